@@ -1,0 +1,3 @@
+from gbmedia.cli import main
+
+raise SystemExit(main())

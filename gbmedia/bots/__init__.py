@@ -1,0 +1,1 @@
+"""Bots: the GB BASIC language, its dialog engine and keyword API, bot participants."""

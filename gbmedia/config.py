@@ -1,0 +1,182 @@
+"""Settings of one gbmedia node, read from ``GBMEDIA_*`` environment variables.
+
+Every setting has a default so that ``gbmedia serve`` starts with nothing set; an
+invalid value stops start-up with a :class:`ConfigError` naming the variable, because
+a node that silently falls back to a default in production is worse than one that
+refuses to start.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "GBMEDIA_"
+
+
+class ConfigError(ValueError):
+    """A setting has a value the node cannot run with."""
+
+
+def _default_data_dir() -> Path:
+    xdg = os.environ.get("XDG_DATA_HOME")
+    base = Path(xdg) if xdg else Path.home() / ".local" / "share"
+    return base / "gbmedia"
+
+
+def _default_node_id() -> str:
+    return socket.gethostname() or "node"
+
+
+def detect_public_host() -> str:
+    """The machine's own outbound interface address, so ICE works without config.
+
+    Connecting a UDP socket sends nothing; it only asks the kernel which local
+    address routes outwards. Falls back to loopback on a machine with no route.
+    """
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        probe.connect(("192.0.2.1", 9))  # TEST-NET-1: never answered, only routed
+        return str(probe.getsockname()[0])
+    except OSError:
+        return "127.0.0.1"
+    finally:
+        probe.close()
+
+
+class Settings(BaseSettings):
+    """One node's configuration. Field ``x`` is read from ``GBMEDIA_X``."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    data_dir: Path = Field(default_factory=_default_data_dir)
+    host: str = "0.0.0.0"
+    port: int = Field(default=7880, ge=0, le=65535)
+    database_url: str | None = None
+    database_pool_size: int = Field(default=10, ge=1, le=500)
+    redis_url: str | None = None
+    kafka_bootstrap_servers: str | None = None
+    public_host: str | None = None
+    udp_ports: str = "50000-60000"
+    operator_token: str | None = Field(default=None, min_length=16)
+    secret_key: str | None = None
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["json", "text"] = "json"
+    region: str = Field(default="local", min_length=1, max_length=64, pattern=r"^[a-z0-9-]+$")
+    node_id: str = Field(default_factory=_default_node_id, min_length=1, max_length=128)
+    shard_count: int = Field(default=16, ge=1, le=4096)
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    api_rate_limit: float = Field(default=50.0, gt=0)
+    api_rate_burst: int = Field(default=100, ge=1)
+    token_ttl_seconds: int = Field(default=6 * 3600, ge=60)
+    shutdown_timeout: float = Field(default=10.0, ge=0)
+
+    @field_validator("log_level", "log_format", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("database_url", "redis_url", "kafka_bootstrap_servers",
+                     "public_host", "operator_token", "secret_key", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_scheme(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("postgresql://", "postgres://")):
+            raise ValueError("must be a postgresql:// URL")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        return value
+
+    @field_validator("kafka_bootstrap_servers")
+    @classmethod
+    def _kafka_servers(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        for server in value.split(","):
+            host, sep, port = server.strip().rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError("must be a comma-separated list of host:port")
+        return value
+
+    @field_validator("secret_key")
+    @classmethod
+    def _fernet_key(cls, value: str | None) -> str | None:
+        if value is not None:
+            from cryptography.fernet import Fernet
+
+            try:
+                Fernet(value.encode())
+            except (ValueError, TypeError):
+                raise ValueError(
+                    "must be 32 url-safe base64-encoded bytes "
+                    "(generate one with `gbmedia secret-key`)"
+                ) from None
+        return value
+
+    @field_validator("udp_ports")
+    @classmethod
+    def _port_range(cls, value: str) -> str:
+        low, sep, high = value.partition("-")
+        if not sep or not low.strip().isdigit() or not high.strip().isdigit():
+            raise ValueError("must look like 50000-60000")
+        lo, hi = int(low), int(high)
+        if not 1024 <= lo <= hi <= 65535:
+            raise ValueError("must be a range within 1024-65535 with min <= max")
+        return f"{lo}-{hi}"
+
+    @model_validator(mode="after")
+    def _absolute_data_dir(self) -> Settings:
+        object.__setattr__(self, "data_dir", self.data_dir.expanduser().resolve())
+        return self
+
+    @property
+    def udp_port_range(self) -> tuple[int, int]:
+        low, _, high = self.udp_ports.partition("-")
+        return int(low), int(high)
+
+    @property
+    def media_host(self) -> str:
+        """Address put in ICE candidates: configured, else the interface address."""
+        return self.public_host or detect_public_host()
+
+
+def env_name(field: str) -> str:
+    return ENV_PREFIX + field.upper()
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read settings from the environment; ``overrides`` win (CLI flags)."""
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            field = str(error["loc"][0]) if error["loc"] else "?"
+            problems.append(f"{env_name(field)}: {error['msg']} (got {error.get('input')!r})")
+        raise ConfigError("invalid configuration: " + "; ".join(problems)) from None
+
+
+def describe_settings() -> list[tuple[str, str, str]]:
+    """(variable, default, description) for every setting: README and deploy docs."""
+    rows = []
+    for name, field in Settings.model_fields.items():
+        if field.default_factory is not None:
+            default = "(computed)"
+        else:
+            default = "" if field.default is None else str(field.default)
+        rows.append((env_name(name), default, field.description or ""))
+    return rows

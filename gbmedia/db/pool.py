@@ -1,0 +1,73 @@
+"""The node's PostgreSQL connection: embedded or configured, migrated, pooled."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import asyncpg
+
+from gbmedia.config import Settings
+from gbmedia.db.embedded import EmbeddedPostgres
+from gbmedia.db.migrate import Migration, migrate
+
+log = logging.getLogger(__name__)
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    # JSONB columns come back as Python objects, not strings.
+    for kind in ("json", "jsonb"):
+        await conn.set_type_codec(kind, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+class Database:
+    """Owns the pool and, when no URL is configured, the embedded server behind it."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.embedded: EmbeddedPostgres | None = None
+        self.url: str | None = settings.database_url
+        self._pool: asyncpg.Pool | None = None
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise RuntimeError("database is not open")
+        return self._pool
+
+    async def open(self, *, run_migrations: bool = True) -> None:
+        """Start the embedded server if needed, migrate, and open the pool."""
+        if self.url is None:
+            self.embedded = EmbeddedPostgres(self.settings.data_dir)
+            self.url = await self.embedded.start()
+        if run_migrations:
+            await self.migrate()
+        self._pool = await asyncpg.create_pool(
+            self.url,
+            min_size=1,
+            max_size=self.settings.database_pool_size,
+            init=_init_connection,
+        )
+
+    async def migrate(self) -> list[Migration]:
+        """Apply pending migrations on a dedicated connection (it holds a session lock)."""
+        assert self.url is not None
+        conn = await asyncpg.connect(self.url)
+        try:
+            return await migrate(conn)
+        finally:
+            await conn.close()
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            await pool.close()
+        if self.embedded is not None:
+            await self.embedded.stop()
+            self.embedded = None
+            self.url = self.settings.database_url
+
+    async def ping(self) -> None:
+        """Raise if the database does not answer ``SELECT 1`` within two seconds."""
+        async with self.pool.acquire(timeout=2.0) as conn:
+            await conn.fetchval("SELECT 1", timeout=2.0)

@@ -1,0 +1,1 @@
+"""The HTTP application: factory, middlewares, health and metrics endpoints."""

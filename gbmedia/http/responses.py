@@ -1,0 +1,72 @@
+"""Reading JSON requests and writing JSON responses with one error shape."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any, TypeVar
+
+from aiohttp import web
+from pydantic import BaseModel, ValidationError
+
+from gbmedia.errors import ApiError, bad_request
+from gbmedia.tenancy.models import to_json
+
+Model = TypeVar("Model", bound=BaseModel)
+
+
+def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response(to_json(data), status=status, headers=headers,
+                             dumps=lambda v: json.dumps(v, separators=(",", ":")))
+
+
+def error_response(error: ApiError, headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response(error.body(), status=error.status, headers=headers)
+
+
+async def read_json(request: web.Request) -> dict[str, Any]:
+    """The body as a JSON object; aiohttp raises 413 past ``client_max_size``."""
+    body = await request.read()
+    if not body:
+        raise bad_request("body_required", "this request needs a JSON object body")
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise bad_request("invalid_json", f"the body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise bad_request("body_not_object", "the body must be a JSON object")
+    return data
+
+
+async def read_model(request: web.Request, model: type[Model]) -> Model:
+    data = await read_json(request)
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        problems = [
+            {"field": ".".join(str(p) for p in e["loc"]) or "(body)", "message": e["msg"]}
+            for e in exc.errors()
+        ]
+        raise bad_request("validation_failed", "the request body is invalid: " + "; ".join(
+            f"{p['field']}: {p['message']}" for p in problems), problems=problems) from None
+
+
+def path_uuid(request: web.Request, name: str) -> uuid.UUID:
+    raw = request.match_info[name]
+    try:
+        return uuid.UUID(raw)
+    except ValueError:
+        raise bad_request("invalid_id", f"{name} must be a UUID, got {raw!r}") from None
+
+
+def query_int(request: web.Request, name: str, default: int, *, low: int, high: int) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise bad_request("invalid_query", f"{name} must be an integer") from None
+    if not low <= value <= high:
+        raise bad_request("invalid_query", f"{name} must be between {low} and {high}")
+    return value

@@ -1,0 +1,1 @@
+"""Chat: conversations, persistence, delivery, receipts, search and the event stream."""

@@ -1,0 +1,40 @@
+"""Prometheus metrics of one node.
+
+Each node (and each test app) has its own registry, so two apps in one process never
+collide over metric names and ``/metrics`` shows exactly this node's figures.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from gbmedia import __version__
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class Metrics:
+    def __init__(self, node_id: str, region: str) -> None:
+        self.registry = CollectorRegistry()
+        self.http_requests = Counter(
+            "gbmedia_http_requests_total", "HTTP requests by route and status",
+            ["method", "route", "status"], registry=self.registry,
+        )
+        self.http_latency = Histogram(
+            "gbmedia_http_request_duration_seconds", "HTTP request latency by route",
+            ["method", "route"], registry=self.registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+        )
+        self.http_errors = Counter(
+            "gbmedia_http_errors_total", "HTTP error responses by error code",
+            ["code"], registry=self.registry,
+        )
+        self.build_info = Gauge(
+            "gbmedia_build_info", "Always 1; labels say what runs where",
+            ["version", "node_id", "region"], registry=self.registry,
+        )
+        self.build_info.labels(__version__, node_id, region).set(1)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

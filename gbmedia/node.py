@@ -1,0 +1,92 @@
+"""One running gbmedia node: settings, database, Redis, metrics and the domains.
+
+Start-up order matters: the database (embedded or not) and its migrations first,
+then the domain services that use it. Shutdown runs in reverse.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from gbmedia.config import Settings
+from gbmedia.db.pool import Database
+from gbmedia.metrics import Metrics
+from gbmedia.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
+from gbmedia.tenancy.secrets import SecretBox, load_or_create_file_secret
+from gbmedia.tenancy.service import Tenancy
+
+log = logging.getLogger(__name__)
+
+
+def operator_token_for(settings: Settings) -> str:
+    """The configured operator token, or one generated once into the data directory."""
+    if settings.operator_token:
+        return settings.operator_token
+    return load_or_create_file_secret(settings.data_dir / "operator.token", lambda: secrets.token_urlsafe(32))
+
+
+@dataclass
+class Node:
+    settings: Settings
+    db: Database
+    metrics: Metrics
+    tenancy: Tenancy
+    rate_limiter: RateLimiter
+    redis: aioredis.Redis | None = None
+    started: float = field(default_factory=time.monotonic)
+
+    @classmethod
+    async def start(cls, settings: Settings) -> Node:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        db = Database(settings)
+        await db.open()
+        redis_client: aioredis.Redis | None = None
+        try:
+            if settings.redis_url:
+                redis_client = aioredis.from_url(settings.redis_url)
+                await redis_client.ping()
+                limiter: RateLimiter = RedisRateLimiter(redis_client, settings.api_rate_limit,
+                                                        settings.api_rate_burst)
+            else:
+                limiter = MemoryRateLimiter(settings.api_rate_limit, settings.api_rate_burst)
+            secret_box = SecretBox.for_node(settings.secret_key, settings.data_dir)
+            tenancy = Tenancy.create(db.pool, settings, secret_box, operator_token_for(settings))
+        except BaseException:
+            if redis_client is not None:
+                await redis_client.aclose()
+            await db.close()
+            raise
+        log.info("node started", extra={"node_id": settings.node_id, "region": settings.region,
+                                        "embedded_db": db.embedded is not None,
+                                        "redis": bool(settings.redis_url)})
+        return cls(settings, db, Metrics(settings.node_id, settings.region), tenancy, limiter, redis_client)
+
+    async def stop(self) -> None:
+        if self.redis is not None:
+            await self.redis.aclose()
+            self.redis = None
+        await self.db.close()
+        log.info("node stopped", extra={"node_id": self.settings.node_id})
+
+    async def readiness(self) -> dict[str, dict[str, Any]]:
+        """Each dependency's health; the node is ready when all are ok."""
+        checks: dict[str, dict[str, Any]] = {"database": await _check(self.db.ping())}
+        if self.redis is not None:
+            checks["redis"] = await _check(self.redis.ping())
+        return checks
+
+
+async def _check(probe: Any) -> dict[str, Any]:
+    started = time.perf_counter()
+    try:
+        await asyncio.wait_for(probe, 2.5)
+    except Exception as exc:  # any failure means "not ready", and says why
+        return {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:300]}
+    return {"ok": True, "latency_ms": round((time.perf_counter() - started) * 1000, 2)}

@@ -1,0 +1,1 @@
+"""Recording: per-track and composite recordings, LL-HLS packaging, storage."""

@@ -1,0 +1,68 @@
+"""Run one node until SIGTERM or SIGINT, then drain and stop cleanly.
+
+On a signal the listening socket closes first (a load balancer's health check now
+fails and new connections go elsewhere), in-flight requests get up to
+``GBMEDIA_SHUTDOWN_TIMEOUT`` seconds to finish, then the pool and the embedded
+database stop. The process exits 0, so an orchestrator sees a clean stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+
+from aiohttp import web
+
+from gbmedia.config import Settings
+from gbmedia.http.app import create_app
+from gbmedia.node import Node
+
+log = logging.getLogger(__name__)
+
+
+def public_url(settings: Settings, port: int) -> str:
+    host = settings.host
+    if host in ("0.0.0.0", "::", ""):
+        host = settings.public_host or "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
+
+
+async def serve(settings: Settings, *, ready_line: bool = True) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    node = await Node.start(settings)
+    runner = web.AppRunner(create_app(node), access_log=None,
+                           shutdown_timeout=settings.shutdown_timeout, handle_signals=False)
+    try:
+        await runner.setup()
+        site = web.TCPSite(runner, settings.host, settings.port)
+        await site.start()
+        port = runner.addresses[0][1] if runner.addresses else settings.port
+        url = public_url(settings, port)
+        log.info("listening", extra={"url": url, "host": settings.host, "port": port})
+        if ready_line:
+            # The one line a person (or a test) waits for; stdout, not the log stream.
+            print(f"gbmedia listening on {url}", flush=True)
+            print(f"operator token in {settings.data_dir / 'operator.token'}"
+                  if not settings.operator_token else "operator token from GBMEDIA_OPERATOR_TOKEN",
+                  flush=True)
+        await stop.wait()
+        log.info("shutting down", extra={"drain_seconds": settings.shutdown_timeout})
+    finally:
+        await runner.cleanup()
+        await node.stop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+
+
+def install_event_loop_policy() -> None:
+    if sys.platform != "win32":
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())

@@ -1,0 +1,1 @@
+"""Media plane: forwards RTP from publishers to subscribers without transcoding."""

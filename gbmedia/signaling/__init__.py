@@ -1,0 +1,1 @@
+"""Signaling: the participant WebSocket protocol, WHIP/WHEP and routing between nodes."""

@@ -1,0 +1,1 @@
+"""Tenancy: customers, instances, subscription tiers and quotas, API keys, tokens, audit."""

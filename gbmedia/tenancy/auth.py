@@ -1,0 +1,70 @@
+"""Who is calling: the operator, or an instance holding one of its API keys.
+
+Failures are told apart by code (``token_expired``, ``token_signature_invalid``,
+``unknown_api_key``...) so an integrator can see what is wrong with a token without
+reading server logs; none of them reveals another tenant's data.
+"""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass
+
+from gbmedia.errors import forbidden, unauthorized
+from gbmedia.tenancy.customers import Customers
+from gbmedia.tenancy.instances import Instances
+from gbmedia.tenancy.models import Actor, Instance, Principal
+from gbmedia.tenancy.tokens import AccessToken, unverified_api_key, verify_token
+
+
+@dataclass(frozen=True)
+class VerifiedToken:
+    token: AccessToken
+    instance: Instance
+
+
+class Authenticator:
+    def __init__(self, instances: Instances, customers: Customers, operator_token: str) -> None:
+        self.instances = instances
+        self.customers = customers
+        self._operator_token = operator_token.encode()
+
+    def is_operator_token(self, presented: str) -> bool:
+        return hmac.compare_digest(presented.encode(), self._operator_token)
+
+    async def verify_access_token(self, token: str) -> VerifiedToken:
+        """Check signature, expiry, key and tenant status of a participant token."""
+        api_key = unverified_api_key(token)
+        found = await self.instances.signing_key(api_key)
+        if found is None:
+            raise unauthorized("unknown_api_key", "the token names an API key that does not exist")
+        signing, revoked = found
+        if revoked:
+            raise unauthorized("api_key_revoked", "the token's API key has been revoked")
+        access = verify_token(token, signing.secret)
+        instance = signing.instance
+        if instance.status != "active":
+            raise forbidden("instance_suspended", f"the instance is {instance.status}")
+        customer = await self.customers.get(instance.customer_id)
+        if customer.status != "active":
+            raise forbidden("customer_suspended", f"the customer account is {customer.status}")
+        return VerifiedToken(access, instance)
+
+    async def authenticate(self, authorization: str | None, request_id: str | None = None) -> Principal:
+        if not authorization:
+            raise unauthorized("auth_required", "send Authorization: Bearer <token>")
+        scheme, _, credential = authorization.partition(" ")
+        credential = credential.strip()
+        if scheme.lower() != "bearer" or not credential:
+            raise unauthorized("auth_scheme_unsupported", "use Authorization: Bearer <token>")
+        if self.is_operator_token(credential):
+            return Principal(kind="operator", actor=Actor("operator", "operator", request_id))
+        verified = await self.verify_access_token(credential)
+        return Principal(
+            kind="instance",
+            actor=Actor(verified.token.api_key, "api_key", request_id),
+            customer_id=verified.instance.customer_id,
+            instance_id=verified.instance.id,
+            identity=verified.token.identity,
+            grants=verified.token.grants,
+        )

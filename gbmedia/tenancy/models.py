@@ -1,0 +1,141 @@
+"""Plain data of the tenancy domain, as handlers and the CLI see it."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from gbmedia.tenancy.tokens import Grants
+
+FEATURES = ("recording", "live", "bots")
+QUOTAS = (
+    "max_instances",
+    "max_concurrent_rooms",
+    "max_participants_per_room",
+    "recording_minutes_per_month",
+    "storage_bytes",
+)
+
+
+def to_json(value: Any) -> Any:
+    """Dataclasses, UUIDs and datetimes as JSON-ready values."""
+    if hasattr(value, "__dataclass_fields__"):
+        return {k: to_json(v) for k, v in asdict(value).items()}
+    if isinstance(value, dict):
+        return {k: to_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_json(v) for v in value]
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, dt.datetime):
+        return value.isoformat()
+    return value
+
+
+@dataclass(frozen=True)
+class Quotas:
+    max_instances: int
+    max_concurrent_rooms: int
+    max_participants_per_room: int
+    recording_minutes_per_month: int
+    storage_bytes: int
+
+
+@dataclass(frozen=True)
+class Plan:
+    id: str
+    name: str
+    quotas: Quotas
+    features: dict[str, bool]
+    price_cents_per_month: int
+
+
+@dataclass(frozen=True)
+class Customer:
+    id: uuid.UUID
+    name: str
+    subscription_tier: str
+    status: str
+    max_instances: int
+    metadata: dict[str, Any]
+    created_at: dt.datetime
+
+
+@dataclass(frozen=True)
+class Instance:
+    id: uuid.UUID
+    customer_id: uuid.UUID
+    name: str
+    status: str
+    shard_id: int
+    region: str
+    locale: str
+    features: dict[str, bool]
+    config: dict[str, Any]
+    created_at: dt.datetime
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    key: str
+    instance_id: uuid.UUID
+    description: str
+    created_at: dt.datetime
+    revoked_at: dt.datetime | None
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """A new key and its secret: the only time the secret is shown."""
+
+    key: str
+    secret: str
+
+
+ActorKind = Literal["operator", "api_key", "cli", "system"]
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who performs a change, for the audit log."""
+
+    name: str
+    kind: ActorKind
+    request_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Principal:
+    """An authenticated caller of the REST API.
+
+    The operator administers every tenant. An instance caller presents a token
+    signed with one of its instance's API keys and reaches only that instance.
+    """
+
+    kind: Literal["operator", "instance"]
+    actor: Actor
+    customer_id: uuid.UUID | None = None
+    instance_id: uuid.UUID | None = None
+    identity: str | None = None
+    grants: Grants = field(default_factory=Grants)
+
+    @property
+    def is_operator(self) -> bool:
+        return self.kind == "operator"
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    id: int
+    at: dt.datetime
+    actor: str
+    actor_kind: str
+    action: str
+    target_type: str
+    target_id: str
+    customer_id: uuid.UUID | None
+    instance_id: uuid.UUID | None
+    details: dict[str, Any]
+    request_id: str | None

@@ -1,0 +1,28 @@
+"""The tenancy domain as one object the node wires up and the HTTP layer uses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import asyncpg
+
+from gbmedia.config import Settings
+from gbmedia.tenancy.auth import Authenticator
+from gbmedia.tenancy.customers import Customers
+from gbmedia.tenancy.instances import Instances
+from gbmedia.tenancy.secrets import SecretBox
+
+
+@dataclass
+class Tenancy:
+    customers: Customers
+    instances: Instances
+    auth: Authenticator
+
+    @classmethod
+    def create(cls, pool: asyncpg.Pool, settings: Settings, secrets: SecretBox,
+               operator_token: str) -> Tenancy:
+        customers = Customers(pool)
+        instances = Instances(pool, customers, secrets, shard_count=settings.shard_count,
+                              default_region=settings.region)
+        return cls(customers, instances, Authenticator(instances, customers, operator_token))
