@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from gbmedia.errors import ApiError
-from gbmedia.http.keys import NODE, PRINCIPAL
+from gbmedia.http.keys import NODE, PRINCIPAL, REQUEST_ID
 from gbmedia.http.responses import error_response, json_response
 from gbmedia.metrics import CONTENT_TYPE
 from gbmedia.node import Node
@@ -48,7 +48,7 @@ async def api_middleware(request: web.Request, handler: Handler) -> web.StreamRe
     node = request.app[NODE]
     supplied = request.headers.get("X-Request-Id", "")
     request_id = supplied if _REQUEST_ID.match(supplied) else uuid.uuid4().hex
-    request["request_id"] = request_id
+    request[REQUEST_ID] = request_id
     started = time.perf_counter()
     headers: dict[str, str] = {}
     error: ApiError | None = None

@@ -11,7 +11,8 @@ if TYPE_CHECKING:
     from gbmedia.tenancy.models import Principal
 
 NODE: web.AppKey[Node] = web.AppKey("node")
-PRINCIPAL = "gbmedia.principal"
+PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal")
+REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id")
 
 
 def principal_of(request: web.Request) -> Principal:

@@ -29,7 +29,7 @@ _LOCALE = Field(default=None, pattern=r"^[a-z]{2,3}(-[A-Za-z]{2,4})?$")
 
 
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class CustomerCreate(_Body):
