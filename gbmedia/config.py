@@ -55,7 +55,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
 
     data_dir: Path = Field(default_factory=_default_data_dir)
-    host: str = "0.0.0.0"
+    host: str = Field(default="0.0.0.0", min_length=1)
     port: int = Field(default=7880, ge=0, le=65535)
     database_url: str | None = None
     database_pool_size: int = Field(default=10, ge=1, le=500)
@@ -80,6 +80,13 @@ class Settings(BaseSettings):
     @classmethod
     def _lower(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
+
+    @field_validator("data_dir", mode="before")
+    @classmethod
+    def _data_dir_given(cls, value: object) -> object:
+        if isinstance(value, str) and not value.strip():
+            raise ValueError("must be a directory path (unset it to use the default)")
+        return value
 
     @field_validator("database_url", "redis_url", "kafka_bootstrap_servers",
                      "public_host", "operator_token", "secret_key", mode="before")
@@ -154,6 +161,10 @@ class Settings(BaseSettings):
         return self.public_host or detect_public_host()
 
 
+# Rejected values are echoed to help fix them, except these: they may be real secrets.
+_SECRET_FIELDS = {"operator_token", "secret_key", "database_url", "redis_url"}
+
+
 def env_name(field: str) -> str:
     return ENV_PREFIX + field.upper()
 
@@ -166,7 +177,8 @@ def load_settings(**overrides: object) -> Settings:
         problems = []
         for error in exc.errors():
             field = str(error["loc"][0]) if error["loc"] else "?"
-            problems.append(f"{env_name(field)}: {error['msg']} (got {error.get('input')!r})")
+            shown = "(hidden)" if field in _SECRET_FIELDS else repr(error.get("input"))
+            problems.append(f"{env_name(field)}: {error['msg']} (got {shown})")
         raise ConfigError("invalid configuration: " + "; ".join(problems)) from None
 
 

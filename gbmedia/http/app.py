@@ -12,6 +12,7 @@ import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from importlib import resources
 
 from aiohttp import web
 
@@ -102,6 +103,16 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
 
+def openapi_handler() -> Handler:
+    """``GET /openapi.json``: the API's OpenAPI document, read once from the package."""
+    document = resources.files("gbmedia.http").joinpath("openapi.json").read_bytes()
+
+    async def openapi(request: web.Request) -> web.Response:
+        return web.Response(body=document, content_type="application/json")
+
+    return openapi
+
+
 def create_app(node: Node) -> web.Application:
     from gbmedia.tenancy import api as tenancy_api
 
@@ -110,5 +121,6 @@ def create_app(node: Node) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
+    app.router.add_get("/openapi.json", openapi_handler())
     tenancy_api.register(app)
     return app
