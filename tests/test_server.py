@@ -27,9 +27,8 @@ def free_port() -> int:
 def bare_env(home: Path, **extra: str) -> dict[str, str]:
     """No GBMEDIA_* at all: only what any process has."""
     env = {"PATH": os.environ["PATH"], "HOME": str(home), "LANG": "C.UTF-8"}
-    for passthrough in ("COVERAGE_PROCESS_START", "COV_CORE_SOURCE", "COV_CORE_CONFIG", "COV_CORE_DATAFILE"):
-        if passthrough in os.environ:
-            env[passthrough] = os.environ[passthrough]
+    # Coverage measures the child when its settings travel along (pyproject: patch = subprocess).
+    env.update({k: v for k, v in os.environ.items() if k.startswith("COVERAGE_")})
     env.update(extra)
     return env
 

@@ -1,0 +1,33 @@
+# Shared by scripts/serve and scripts/test: a virtualenv with gbmedia installed.
+# Works on a fresh Debian 12 with Python 3.11; installs python3-venv when missing
+# and it may (root with apt-get).
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else return 1; fi; }
+
+apt_install() {
+  command -v apt-get >/dev/null || return 1
+  as_root apt-get update -qq >/dev/null && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+ensure_venv() {  # $1: pip extras spec, e.g. "." or ".[dev]"
+  local py=${PYTHON:-python3}
+  if ! "$py" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+    echo "gbmedia needs Python >= 3.11 (set PYTHON=/path/to/python3.11)" >&2; return 1
+  fi
+  if [ ! -x .venv/bin/python ]; then
+    if ! "$py" -c 'import ensurepip, venv' 2>/dev/null; then
+      echo "installing python3-venv..." >&2
+      apt_install python3-venv || { echo "python3-venv is missing and cannot be installed" >&2; return 1; }
+    fi
+    "$py" -m venv .venv
+  fi
+  # Reinstall only when the project's dependencies changed.
+  local stamp=.venv/.gbmedia-installed want
+  want="$1 $(sha256sum pyproject.toml | cut -c1-16)"
+  if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+    echo "installing gbmedia $1 into .venv..." >&2
+    .venv/bin/python -m pip install -q --upgrade pip
+    .venv/bin/python -m pip install -q -e "$1"
+    echo "$want" > "$stamp"
+  fi
+}

@@ -1,0 +1,440 @@
+"""The OpenAPI document (gbmedia/http/openapi.json) against the running application.
+
+It must name exactly the routes the app registers, be a well-formed OpenAPI 3.1
+document, mirror the request models and response dataclasses, list every error
+code the tenancy code can answer, and describe what real calls actually return.
+A tiny JSON Schema validator below covers the keywords the document uses (and the
+structural test refuses any other), so no extra dependency is needed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import re
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+from pydantic import BaseModel
+
+import gbmedia
+import gbmedia.http
+from gbmedia.http.keys import NODE
+from gbmedia.tenancy import api as tenancy_api
+from gbmedia.tenancy import models
+from gbmedia.tenancy.tokens import Grants
+from tests.helpers import OPERATOR, Tenant, bearer
+
+DOC_PATH = Path(gbmedia.http.__file__).parent / "openapi.json"
+DOC: dict[str, Any] = json.loads(DOC_PATH.read_text(encoding="utf-8"))
+METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
+SCHEMA_KEYWORDS = {
+    "$ref", "type", "properties", "required", "additionalProperties", "items", "enum", "const", "format",
+    "minimum", "maximum", "minLength", "maxLength", "pattern", "propertyNames",
+    "default", "description", "examples",
+}
+REQUEST_MODELS: dict[str, tuple[type[BaseModel], bool]] = {  # operationId: (model, is a PATCH)
+    "createCustomer": (tenancy_api.CustomerCreate, False),
+    "updateCustomer": (tenancy_api.CustomerUpdate, True),
+    "createInstance": (tenancy_api.InstanceCreate, False),
+    "updateInstance": (tenancy_api.InstanceUpdate, True),
+    "createKey": (tenancy_api.KeyCreate, False),
+    "createToken": (tenancy_api.TokenCreate, False),
+}
+RESPONSE_DATACLASSES = {
+    "Customer": models.Customer, "Instance": models.Instance, "ApiKey": models.ApiKey,
+    "Credentials": models.Credentials, "Plan": models.Plan, "Quotas": models.Quotas,
+    "AuditEntry": models.AuditEntry, "Grants": Grants,
+}
+# Codes the tenancy services raise that REST callers cannot reach: the pydantic
+# models refuse such input first (as validation_failed).
+UNREACHABLE_CODES = {"unknown_field", "invalid_status", "invalid_features", "invalid_config"}
+
+
+# --- a tiny JSON Schema ------------------------------------------------------------
+
+def pointer(ref: str) -> Any:
+    assert ref.startswith("#/"), ref
+    node: Any = DOC
+    for part in ref[2:].split("/"):
+        node = node[part.replace("~1", "/").replace("~0", "~")]
+    return node
+
+
+def resolve(node: Any) -> Any:
+    while isinstance(node, dict) and "$ref" in node:
+        node = pointer(node["$ref"])
+    return node
+
+
+def _type_ok(value: Any, name: str) -> bool:
+    if name == "integer":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if name == "number":
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    return isinstance(value, {"string": str, "boolean": bool, "object": dict, "array": list,
+                              "null": type(None)}[name])
+
+
+def _format_ok(value: str, fmt: str) -> bool:
+    try:
+        if fmt == "uuid":
+            uuid.UUID(value)
+            return True
+        if fmt == "date-time":
+            return dt.datetime.fromisoformat(value).tzinfo is not None
+    except ValueError:
+        return False
+    raise AssertionError(f"unknown format {fmt}")
+
+
+def validate(value: Any, schema: dict[str, Any], where: str = "$") -> list[str]:
+    """Problems of ``value`` against ``schema``; empty when it conforms."""
+    schema = resolve(schema)
+    unknown = set(schema) - SCHEMA_KEYWORDS
+    assert not unknown, f"{where}: the validator does not know {unknown}"
+    if "type" in schema:
+        types = schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
+        if not any(_type_ok(value, t) for t in types):
+            return [f"{where}: {value!r} is not {types}"]
+    problems: list[str] = []
+    if "enum" in schema and value not in schema["enum"]:
+        problems.append(f"{where}: {value!r} not in {schema['enum']}")
+    if "const" in schema and value != schema["const"]:
+        problems.append(f"{where}: {value!r} != {schema['const']!r}")
+    if isinstance(value, str):
+        if "format" in schema and not _format_ok(value, schema["format"]):
+            problems.append(f"{where}: {value!r} is not a {schema['format']}")
+        if len(value) < schema.get("minLength", 0) or len(value) > schema.get("maxLength", len(value)):
+            problems.append(f"{where}: length of {value!r} out of bounds")
+        if "pattern" in schema and not re.search(schema["pattern"], value):
+            problems.append(f"{where}: {value!r} does not match {schema['pattern']}")
+    if _type_ok(value, "number"):
+        if value < schema.get("minimum", value) or value > schema.get("maximum", value):
+            problems.append(f"{where}: {value} out of bounds")
+    if isinstance(value, list) and "items" in schema:
+        for i, item in enumerate(value):
+            problems += validate(item, schema["items"], f"{where}[{i}]")
+    if isinstance(value, dict):
+        properties = schema.get("properties", {})
+        problems += [f"{where}: missing {k}" for k in schema.get("required", []) if k not in value]
+        extra = schema.get("additionalProperties", True)
+        for key, item in value.items():
+            if "propertyNames" in schema:
+                problems += validate(key, schema["propertyNames"], f"{where} key {key!r}")
+            if key in properties:
+                problems += validate(item, properties[key], f"{where}.{key}")
+            elif extra is False:
+                problems.append(f"{where}: unexpected property {key!r}")
+            elif isinstance(extra, dict):
+                problems += validate(item, extra, f"{where}.{key}")
+    return problems
+
+
+def operations() -> list[tuple[str, str, dict[str, Any]]]:
+    return [(method, path, item[method]) for path, item in DOC["paths"].items()
+            for method in item if method in METHODS]
+
+
+def walk(node: Any) -> Any:
+    yield node
+    if isinstance(node, dict):
+        for value in node.values():
+            yield from walk(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from walk(value)
+
+
+def schemas_in(node: Any) -> Any:
+    """Every (sub)schema in a schema, following no references."""
+    yield node
+    for key in ("properties",):
+        for sub in node.get(key, {}).values():
+            yield from schemas_in(sub)
+    for key in ("items", "additionalProperties", "propertyNames"):
+        if isinstance(node.get(key), dict):
+            yield from schemas_in(node[key])
+
+
+def all_schemas() -> Any:
+    roots = list(DOC["components"]["schemas"].values())
+    roots += [p["schema"] for p in DOC["components"]["parameters"].values()]
+    roots += [h["schema"] for h in DOC["components"]["headers"].values()]
+    for node in walk(DOC["paths"]):
+        if isinstance(node, dict) and isinstance(node.get("schema"), dict):
+            roots.append(node["schema"])
+    for root in roots:
+        yield from schemas_in(root)
+
+
+# --- the document against the router ---------------------------------------------
+
+async def test_the_document_names_exactly_the_registered_routes(client: TestClient):
+    registered = {(route.method.lower(), route.resource.canonical)
+                  for route in client.app.router.routes()
+                  if route.method != "HEAD" and route.resource is not None}
+    documented = {(method, path) for method, path, _ in operations()}
+    assert documented - registered == set(), "documented but not served"
+    assert registered - documented == set(), "served but not documented"
+
+
+async def test_openapi_json_is_served_without_auth_and_is_the_file(client: TestClient):
+    resp = await client.get("/openapi.json")
+    assert resp.status == 200
+    assert resp.content_type == "application/json"
+    assert await resp.read() == DOC_PATH.read_bytes()
+    assert await resp.json() == DOC
+
+
+# --- structure ---------------------------------------------------------------------
+
+def test_the_document_is_well_formed_openapi_3_1():
+    assert DOC["openapi"].startswith("3.1.")
+    assert DOC["info"]["version"] == gbmedia.__version__ == "0.1.0" and DOC["info"]["title"]
+    assert DOC["servers"] == [{"url": "http://127.0.0.1:7880", "description": DOC["servers"][0]["description"]}]
+    schemes = DOC["components"]["securitySchemes"]
+    assert {name: (s["type"], s["scheme"]) for name, s in schemes.items()} == {
+        "operatorToken": ("http", "bearer"), "accessToken": ("http", "bearer")}
+    for claim in ("`iss`", "`sub`", "`name`", "`iat`", "`nbf`", "`exp`", "`jti`", "`grants`", "room_admin"):
+        assert claim in schemes["accessToken"]["description"], claim
+
+    for node in walk(DOC):
+        if isinstance(node, dict) and "$ref" in node:
+            assert resolve(node) is not None, node["$ref"]
+    for schema in all_schemas():
+        assert set(resolve(schema)) <= SCHEMA_KEYWORDS, schema
+
+    ids = [operation["operationId"] for _, _, operation in operations()]
+    assert len(ids) == len(set(ids)), "operationIds must be unique"
+    for method, path, operation in operations():
+        label = f"{method.upper()} {path}"
+        assert operation["summary"] and "Who may call" in operation["description"], label
+        params = [resolve(p) for p in operation.get("parameters", [])]
+        in_path = {p["name"] for p in params if p["in"] == "path"}
+        assert in_path == set(re.findall(r"{(\w+)}", path)), label
+        for param in params:
+            assert param["in"] in ("path", "query", "header") and "schema" in param, label
+            if param["in"] == "path":
+                assert param["required"] is True, label
+            if param["name"].endswith("_id"):
+                assert param["schema"]["format"] == "uuid", label
+        for param in ("limit", "offset", "before"):
+            bounded = [p for p in params if p["name"] == param]
+            assert all({"minimum", "maximum"} <= set(p["schema"]) for p in bounded), label
+        security = operation.get("security", DOC["security"])
+        responses = {status: resolve(r) for status, r in operation["responses"].items()}
+        assert any(s.startswith("2") for s in responses), label
+        if path.startswith("/api/"):
+            assert security and all(set(req) <= set(schemes) for req in security), label
+            assert {"401", "403", "429", "500"} <= set(responses), label
+            assert "Retry-After" in responses["429"]["headers"], label
+        else:
+            assert security == [], label
+        if "requestBody" in operation:
+            assert operation["requestBody"]["required"] is True, label
+            assert {"400", "413"} <= set(responses), label
+        for status, response in responses.items():
+            assert response["description"], (label, status)
+            assert "X-Request-Id" in response["headers"], (label, status)
+            if int(status) >= 400 and (path, status) != ("/readyz", "503"):  # 503 there is the readiness report
+                assert resolve(response["content"]["application/json"]["schema"]) is DOC["components"][
+                    "schemas"]["Error"], (label, status)
+                assert response["x-error-codes"], (label, status)
+                for code in response["x-error-codes"]:
+                    assert f"`{code}`" in response["description"], (label, status, code)
+
+
+def _source_error_codes() -> set[str]:
+    root = Path(gbmedia.http.__file__).parent.parent
+    text = "\n".join(p.read_text(encoding="utf-8") for folder in ("tenancy", "http")
+                     for p in sorted((root / folder).glob("*.py")))
+    codes = set(re.findall(r'\b(?:bad_request|unauthorized|forbidden|conflict)\(\s*"([a-z_]+)"', text))
+    codes |= set(re.findall(r'\bApiError\(\s*\d+,\s*"([a-z_]+)"', text))
+    codes |= {f"{what}_not_found" for what in re.findall(r'\bnot_found\(\s*"([a-z_]+)"', text)}
+    codes |= {f"quota_{quota}_exceeded" for quota in re.findall(r'\bquota_exceeded\(\s*"([a-z_]+)"', text)}
+    return codes
+
+
+def test_every_reachable_error_code_is_documented_and_no_other():
+    documented = {code for node in walk(DOC) if isinstance(node, dict) and "x-error-codes" in node
+                  for code in node["x-error-codes"]}
+    source = _source_error_codes()
+    assert {"quota_max_instances_exceeded", "grant_missing", "api_key_not_found", "rate_limited"} <= source
+    assert source - UNREACHABLE_CODES - documented == set(), "raised but not documented"
+    assert documented - source - {"payload_too_large"} == set(), "documented but never raised"
+
+
+def _normalised(prop: dict[str, Any]) -> tuple[set[str], dict[str, Any]]:
+    """A property's types and constraints, from pydantic's anyOf or the document's type list."""
+    types: set[str] = set()
+    constraints: dict[str, Any] = {}
+    for variant in prop.get("anyOf", [prop]):
+        variant_types = variant["type"] if isinstance(variant["type"], list) else [variant["type"]]
+        types |= set(variant_types)
+        for key in ("minLength", "maxLength", "pattern", "minimum", "maximum", "enum"):
+            if key in variant:
+                constraints[key] = variant[key]
+        if "object" in variant_types:
+            constraints["additionalProperties"] = variant.get("additionalProperties", True)
+    return types, constraints
+
+
+@pytest.mark.parametrize("operation_id", sorted(REQUEST_MODELS))
+def test_request_bodies_mirror_the_pydantic_models(operation_id: str):
+    model, is_patch = REQUEST_MODELS[operation_id]
+    (operation,) = [op for _, _, op in operations() if op["operationId"] == operation_id]
+    documented = resolve(operation["requestBody"]["content"]["application/json"]["schema"])
+    expected = model.model_json_schema()
+    assert documented["additionalProperties"] is expected["additionalProperties"] is False
+    assert set(documented.get("required", [])) == set(expected.get("required", []))
+    assert list(documented["properties"]) == list(expected["properties"])
+    for name, prop in expected["properties"].items():
+        types, constraints = _normalised(prop)
+        if is_patch:
+            types.discard("null")  # accepted by the model, then refused as null_field
+        assert _normalised(documented["properties"][name]) == (types, constraints), name
+        field = model.model_fields[name]
+        if not is_patch and not field.is_required():
+            assert documented["properties"][name]["default"] == field.get_default(call_default_factory=True), name
+    with_bodies = {op["operationId"] for _, _, op in operations() if "requestBody" in op}
+    assert with_bodies == set(REQUEST_MODELS)
+
+
+@pytest.mark.parametrize("name", sorted(RESPONSE_DATACLASSES))
+def test_component_schemas_mirror_the_dataclasses(name: str):
+    schema = DOC["components"]["schemas"][name]
+    fields = dataclasses.fields(RESPONSE_DATACLASSES[name])
+    assert list(schema["properties"]) == [f.name for f in fields]
+    assert schema["additionalProperties"] is False
+    if name == "Grants":  # the claim leaves out false grants and a missing room
+        assert schema["required"] == []
+        return
+    assert schema["required"] == [f.name for f in fields]
+    for f in fields:
+        declared = schema["properties"][f.name].get("type", [])
+        assert ("None" in str(f.type)) == ("null" in declared), f.name
+
+
+def test_grant_and_feature_names_match_the_code():
+    schemas = DOC["components"]["schemas"]
+    assert schemas["TokenCreate"]["properties"]["grants"]["propertyNames"]["enum"] == Grants.names()
+    assert schemas["Instance"]["properties"]["features"]["propertyNames"]["enum"] == list(models.FEATURES)
+    assert list(schemas["Quotas"]["properties"]) == list(models.QUOTAS)
+
+
+# --- real answers against the document ------------------------------------------------
+
+class Caller:
+    """Makes a call, then checks its answer against the documented response."""
+
+    def __init__(self, client: TestClient) -> None:
+        self.client = client
+        self.seen: set[tuple[str, str, str]] = set()
+
+    async def __call__(self, method: str, template: str, status: int, *, headers: dict[str, str] | None = None,
+                       json: Any = None, query: dict[str, str] | None = None, data: bytes | None = None,
+                       **ids: str) -> Any:
+        operation = DOC["paths"][template][method.lower()]
+        if json is not None and status < 300:
+            request_schema = operation["requestBody"]["content"]["application/json"]["schema"]
+            assert validate(json, request_schema) == [], "the test sends an undocumented body"
+        resp = await self.client.request(method, template.format(**ids), headers=headers, json=json,
+                                         params=query, data=data)
+        assert resp.status == status, await resp.text()
+        response = resolve(operation["responses"].get(str(status)))
+        assert response is not None, f"{method} {template} answered an undocumented {status}"
+        ((media, content),) = response["content"].items()
+        assert resp.content_type == media.split(";")[0]
+        assert resp.headers["X-Request-Id"]
+        body = await resp.json() if media == "application/json" else await resp.text()
+        assert validate(body, content["schema"]) == [], (method, template, status, body)
+        if status >= 400:
+            assert body["error"]["code"] in response["x-error-codes"], (method, template, body)
+        self.seen.add((method.lower(), template, str(status)))
+        return body
+
+
+async def test_real_answers_conform_to_the_documented_responses(client: TestClient):
+    call = Caller(client)
+    await call("GET", "/healthz", 200)
+    await call("GET", "/readyz", 200)
+    await call("GET", "/metrics", 200)
+    await call("GET", "/openapi.json", 200)
+    await call("GET", "/api/v1/whoami", 200, headers=OPERATOR)
+    await call("GET", "/api/v1/plans", 200, headers=OPERATOR)
+
+    customer = await call("POST", "/api/v1/customers", 201, headers=OPERATOR,
+                          json={"name": "Docs", "tier": "starter", "metadata": {"crm": 7}})
+    cid = customer["id"]
+    await call("GET", "/api/v1/customers", 200, headers=OPERATOR, query={"limit": "10", "offset": "0"})
+    await call("PATCH", "/api/v1/customers/{customer_id}", 200, headers=OPERATOR, customer_id=cid,
+               json={"name": "Docs Inc", "max_instances": 2})
+    created = await call("POST", "/api/v1/customers/{customer_id}/instances", 201, headers=OPERATOR,
+                         customer_id=cid, json={"name": "main", "region": "eu-west", "locale": "pt-BR",
+                                                "features": {"recording": True}, "config": {"a": [1]}})
+    iid = created["instance"]["id"]
+    tenant = Tenant(cid, iid, created["credentials"]["key"], created["credentials"]["secret"])
+    admin = tenant.admin
+    await call("GET", "/api/v1/customers/{customer_id}", 200, headers=admin, customer_id=cid)
+    await call("GET", "/api/v1/customers/{customer_id}/instances", 200, headers=admin, customer_id=cid)
+    await call("GET", "/api/v1/instances/{instance_id}", 200, headers=admin, instance_id=iid)
+    await call("PATCH", "/api/v1/instances/{instance_id}", 200, headers=admin, instance_id=iid,
+               json={"config": {"theme": "dark"}})
+    await call("GET", "/api/v1/instances/{instance_id}/keys", 200, headers=admin, instance_id=iid)
+    key = await call("POST", "/api/v1/instances/{instance_id}/keys", 201, headers=admin, instance_id=iid,
+                     json={"description": "ci"})
+    await call("DELETE", "/api/v1/instances/{instance_id}/keys/{key}", 200, headers=admin, instance_id=iid,
+               key=key["key"])
+    minted = await call("POST", "/api/v1/instances/{instance_id}/tokens", 201, headers=admin, instance_id=iid,
+                        json={"identity": "ops", "name": "Ops", "grants": {"room_admin": True}, "ttl_seconds": 600})
+    whoami = await call("GET", "/api/v1/whoami", 200, headers=bearer(minted["token"]))
+    assert (whoami["kind"], whoami["identity"], whoami["grants"]) == ("instance", "ops", {"room_admin": True})
+    participant = await call("POST", "/api/v1/instances/{instance_id}/tokens", 201, headers=OPERATOR,
+                             instance_id=iid, json={"identity": "bob", "room": "standup"})
+    await call("GET", "/api/v1/audit", 200, headers=OPERATOR, query={"customer_id": cid, "limit": "5"})
+    entries = await call("GET", "/api/v1/audit", 200, headers=admin)
+    await call("GET", "/api/v1/audit", 200, headers=admin, query={"before": str(entries["entries"][-1]["id"])})
+
+    # Errors, each with a code its response lists.
+    await call("GET", "/api/v1/whoami", 401)
+    await call("GET", "/api/v1/whoami", 401, headers={"Authorization": "Basic eDp5"})
+    await call("POST", "/api/v1/customers", 400, headers=OPERATOR, json={"name": ""})
+    await call("POST", "/api/v1/customers", 400, headers=OPERATOR, json={"name": "x", "tier": "platinum"})
+    await call("POST", "/api/v1/customers", 413, headers={**OPERATOR, "Content-Type": "application/json"},
+               data=b'{"name": "' + b"x" * (client.app[NODE].settings.max_body_bytes + 10) + b'"}')
+    await call("GET", "/api/v1/customers", 400, headers=OPERATOR, query={"limit": "0"})
+    await call("GET", "/api/v1/customers", 403, headers=admin)
+    await call("GET", "/api/v1/instances/{instance_id}", 400, headers=OPERATOR, instance_id="nope")
+    await call("GET", "/api/v1/instances/{instance_id}", 404, headers=OPERATOR, instance_id=str(uuid.uuid4()))
+    await call("GET", "/api/v1/instances/{instance_id}", 403, headers=bearer(participant["token"]),
+               instance_id=iid)
+    await call("PATCH", "/api/v1/instances/{instance_id}", 403, headers=admin, instance_id=iid,
+               json={"status": "suspended"})
+    await call("PATCH", "/api/v1/customers/{customer_id}", 400, headers=OPERATOR, customer_id=cid,
+               json={"name": None})
+    await call("POST", "/api/v1/customers/{customer_id}/instances", 409, headers=OPERATOR, customer_id=cid,
+               json={"name": "main"})
+    await call("POST", "/api/v1/customers/{customer_id}/instances", 201, headers=OPERATOR, customer_id=cid,
+               json={"name": "second"})
+    quota = await call("POST", "/api/v1/customers/{customer_id}/instances", 403, headers=OPERATOR,
+                       customer_id=cid, json={"name": "third"})
+    assert quota["error"]["code"] == "quota_max_instances_exceeded"
+    await call("POST", "/api/v1/instances/{instance_id}/tokens", 400, headers=OPERATOR, instance_id=iid,
+               json={"identity": "x", "grants": {"fly": True}})
+    await call("DELETE", "/api/v1/instances/{instance_id}/keys/{key}", 404, headers=OPERATOR, instance_id=iid,
+               key="APInope")
+    deleted = await call("DELETE", "/api/v1/instances/{instance_id}", 200, headers=OPERATOR, instance_id=iid)
+    assert deleted["status"] == "deleted"
+    await call("GET", "/api/v1/whoami", 401, headers=admin)  # api_key_revoked
+    await call("POST", "/api/v1/instances/{instance_id}/keys", 409, headers=OPERATOR, instance_id=iid, json={})
+    await call("POST", "/api/v1/instances/{instance_id}/tokens", 409, headers=OPERATOR, instance_id=iid,
+               json={"identity": "late"})
+
+    documented = {(m, path) for m, path, _ in operations()}
+    assert documented == {(m, path) for m, path, _ in call.seen}, "every operation is exercised"
+
