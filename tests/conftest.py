@@ -65,11 +65,7 @@ def pg_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 async def template_url(pg_admin_url: str) -> str:
-    conn = await asyncpg.connect(pg_admin_url)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{TEMPLATE_DB}" WITH (FORCE)')
-    finally:
-        await conn.close()
+    await _admin(pg_admin_url, f'DROP DATABASE IF EXISTS "{TEMPLATE_DB}" WITH (FORCE)')
     await ensure_database(pg_admin_url, TEMPLATE_DB)
     url = _with_database(pg_admin_url, TEMPLATE_DB)
     conn = await asyncpg.connect(url)
@@ -80,38 +76,33 @@ async def template_url(pg_admin_url: str) -> str:
     return url
 
 
+async def _admin(admin_url: str, sql: str) -> None:
+    conn = await asyncpg.connect(admin_url)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+async def _scratch_database(admin_url: str, template: str | None) -> AsyncIterator[str]:
+    name = f"t_{uuid.uuid4().hex[:16]}"
+    await _admin(admin_url, f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else ""))
+    yield _with_database(admin_url, name)
+    await _admin(admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 @pytest.fixture
 async def empty_database_url(pg_admin_url: str) -> AsyncIterator[str]:
     """A brand-new database with no schema at all."""
-    name = f"t_{uuid.uuid4().hex[:16]}"
-    conn = await asyncpg.connect(pg_admin_url)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    yield _with_database(pg_admin_url, name)
-    conn = await asyncpg.connect(pg_admin_url)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
+    async for url in _scratch_database(pg_admin_url, None):
+        yield url
 
 
 @pytest.fixture
 async def database_url(pg_admin_url: str, template_url: str) -> AsyncIterator[str]:
     """A database of this test's own, with every migration applied."""
-    name = f"t_{uuid.uuid4().hex[:16]}"
-    conn = await asyncpg.connect(pg_admin_url)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{TEMPLATE_DB}"')
-    finally:
-        await conn.close()
-    yield _with_database(pg_admin_url, name)
-    conn = await asyncpg.connect(pg_admin_url)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
+    async for url in _scratch_database(pg_admin_url, TEMPLATE_DB):
+        yield url
 
 
 @pytest.fixture
