@@ -1,0 +1,94 @@
+"""What the forwarder must know about codecs without decoding: keyframes and matching.
+
+A subscriber's decoder can only start on a keyframe, so a down track holds video
+back until one arrives; these parsers read just enough of the RTP payload headers
+(RFC 7741 for VP8, RFC 6184 for H.264) to tell.
+"""
+
+from __future__ import annotations
+
+from aiortc import RTCRtpSender
+from aiortc.rtcrtpparameters import RTCRtpCodecCapability, RTCRtpCodecParameters
+
+_H264_IDR, _H264_SPS, _H264_STAP_A, _H264_FU_A = 5, 7, 24, 28
+
+
+def is_vp8_keyframe(payload: bytes) -> bool:
+    """True for the first packet of a VP8 keyframe."""
+    if not payload:
+        return False
+    first = payload[0]
+    start_of_partition = first & 0x10
+    partition_id = first & 0x0F
+    if not start_of_partition or partition_id != 0:
+        return False
+    offset = 1
+    if first & 0x80:  # X: extension byte follows
+        if len(payload) < 2:
+            return False
+        ext = payload[1]
+        offset = 2
+        if ext & 0x80:  # I: picture id, 7 or 15 bits
+            if len(payload) <= offset:
+                return False
+            offset += 2 if payload[offset] & 0x80 else 1
+        if ext & 0x40:  # L: TL0PICIDX
+            offset += 1
+        if ext & 0x30:  # T or K: TID/KEYIDX byte
+            offset += 1
+    if len(payload) <= offset:
+        return False
+    return (payload[offset] & 0x01) == 0  # P bit clear: keyframe
+
+
+def is_h264_keyframe(payload: bytes) -> bool:
+    """True for a packet carrying an IDR slice or SPS (start of a keyframe)."""
+    if not payload:
+        return False
+    nal_type = payload[0] & 0x1F
+    if nal_type in (_H264_IDR, _H264_SPS):
+        return True
+    if nal_type == _H264_STAP_A:
+        offset = 1
+        while offset + 2 < len(payload):
+            size = int.from_bytes(payload[offset:offset + 2], "big")
+            if size == 0 or offset + 2 >= len(payload):
+                break
+            if payload[offset + 2] & 0x1F in (_H264_IDR, _H264_SPS):
+                return True
+            offset += 2 + size
+        return False
+    if nal_type == _H264_FU_A and len(payload) > 1:
+        fu_header = payload[1]
+        return bool(fu_header & 0x80) and (fu_header & 0x1F) in (_H264_IDR, _H264_SPS)
+    return False
+
+
+def is_keyframe(mime_type: str, payload: bytes) -> bool:
+    mime = mime_type.lower()
+    if mime == "video/vp8":
+        return is_vp8_keyframe(payload)
+    if mime == "video/h264":
+        return is_h264_keyframe(payload)
+    return True  # audio: every packet decodes on its own
+
+
+def _h264_key(parameters: dict) -> tuple[object, object]:
+    return (str(parameters.get("packetization-mode", "0")),
+            str(parameters.get("profile-level-id", "")).lower()[:4])
+
+
+def capability_for(codec: RTCRtpCodecParameters) -> RTCRtpCodecCapability | None:
+    """The sender capability matching a publisher's codec, to offer it to subscribers."""
+    kind = codec.mimeType.split("/")[0].lower()
+    for capability in RTCRtpSender.getCapabilities(kind).codecs:
+        if capability.mimeType.lower() != codec.mimeType.lower() or capability.clockRate != codec.clockRate:
+            continue
+        if capability.channels != codec.channels:
+            continue
+        if codec.mimeType.lower() == "video/h264" and _h264_key(capability.parameters) != _h264_key(
+            codec.parameters
+        ):
+            continue
+        return capability
+    return None

@@ -1,0 +1,190 @@
+"""The two server-side peer connections of a participant.
+
+Each participant has at most one publisher connection (it offers, carrying every
+track it sends) and one subscriber connection (the server offers, carrying every
+track it receives): track multiplexing, renegotiated as tracks come and go, with
+subscriber transceivers reused for later tracks of the same kind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.exceptions import InvalidStateError
+from aiortc.mediastreams import MediaStreamError
+from aiortc.sdp import SessionDescription
+
+from gbmedia.sfu import aiortc_adapter
+from gbmedia.sfu.codecs import capability_for
+from gbmedia.sfu.forwarder import DownTrack, SenderSlot
+from gbmedia.sfu.track import PublishedTrack
+
+SOURCES = ("camera", "microphone", "screen_share", "screen_share_audio", "unknown")
+
+
+class NegotiationError(ValueError):
+    """An offer or answer the server cannot use; ``code`` goes to the client."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class TrackInfo:
+    """What a publisher says about one of its m-lines."""
+
+    source: str = "unknown"
+    name: str = ""
+
+
+def parse_sdp(sdp: str, expected_type: str) -> SessionDescription:
+    if not isinstance(sdp, str) or not sdp.startswith("v=0"):
+        raise NegotiationError("invalid_sdp", f"the {expected_type} is not an SDP description")
+    try:
+        description = SessionDescription.parse(sdp)
+    except (ValueError, IndexError, KeyError) as exc:
+        raise NegotiationError("invalid_sdp", f"the {expected_type} SDP does not parse: {exc}") from None
+    if not description.media:
+        raise NegotiationError("invalid_sdp", f"the {expected_type} has no media section")
+    return description
+
+
+async def _apply_remote(pc: RTCPeerConnection, sdp: str, kind: str) -> None:
+    try:
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type=kind))
+    except (ValueError, InvalidStateError) as exc:
+        raise NegotiationError("invalid_sdp", f"the {kind} was refused: {exc}") from None
+    except Exception as exc:  # aiortc raises OperationError when no codec is shared
+        if "send parameters" in str(exc) or "codec" in str(exc).lower():
+            raise NegotiationError("no_usable_codec", f"no codec in the {kind} is supported: {exc}") from None
+        raise
+
+
+class PublisherPeer:
+    def __init__(self, participant_id: str, configuration: RTCConfiguration | None = None) -> None:
+        self.participant_id = participant_id
+        self.pc = RTCPeerConnection(configuration or RTCConfiguration(iceServers=[]))
+        self.tracks: dict[str, PublishedTrack] = {}  # by mid
+        self._lock = asyncio.Lock()
+
+    async def answer(self, offer_sdp: str, infos: dict[str, TrackInfo] | None = None
+                     ) -> tuple[str, list[PublishedTrack], list[PublishedTrack]]:
+        """Apply the publisher's offer; returns (answer SDP, new tracks, ended tracks)."""
+        description = parse_sdp(offer_sdp, "offer")
+        infos = infos or {}
+        async with self._lock:
+            await _apply_remote(self.pc, offer_sdp, "offer")
+            sending = {m.rtp.muxId: m for m in description.media
+                       if m.kind in ("audio", "video") and m.direction in ("sendonly", "sendrecv") and m.port != 0}
+            for transceiver in self.pc.getTransceivers():
+                if transceiver.mid not in self.tracks:
+                    aiortc_adapter.drop_rtx(transceiver)
+            await self.pc.setLocalDescription(await self.pc.createAnswer())
+            added: list[PublishedTrack] = []
+            for transceiver in self.pc.getTransceivers():
+                mid = transceiver.mid
+                if mid in self.tracks or mid not in sending:
+                    continue
+                codec = aiortc_adapter.negotiated_codec(transceiver)
+                if codec is None:  # pragma: no cover - _apply_remote refuses such offers
+                    continue
+                info = infos.get(mid, TrackInfo())
+                track = PublishedTrack(self.participant_id, transceiver.kind, info.source, transceiver.receiver,
+                                       codec, mid, name=info.name)
+                track.attach()
+                self.tracks[mid] = track
+                added.append(track)
+            ended = [self.tracks.pop(mid) for mid in list(self.tracks) if mid not in sending]
+            for track in ended:
+                track.close()
+            return self.pc.localDescription.sdp, added, ended
+
+    async def add_ice_candidate(self, candidate: object) -> None:
+        await self.pc.addIceCandidate(candidate)  # type: ignore[arg-type]
+
+    async def close(self) -> None:
+        for track in self.tracks.values():
+            track.close()
+        self.tracks.clear()
+        await self.pc.close()
+
+
+class PlaceholderTrack(MediaStreamTrack):
+    """Gives a sending transceiver a track without producing frames.
+
+    The forwarder writes RTP itself; aiortc's own send loop waits here forever
+    instead of polling for a track.
+    """
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+        self._ended = asyncio.Event()
+
+    async def recv(self) -> object:
+        await self._ended.wait()
+        raise MediaStreamError
+
+    def stop(self) -> None:
+        self._ended.set()
+        super().stop()
+
+
+class SubscriberPeer:
+    def __init__(self, participant_id: str, configuration: RTCConfiguration | None = None) -> None:
+        self.participant_id = participant_id
+        self.pc = RTCPeerConnection(configuration or RTCConfiguration(iceServers=[]))
+        self.slots: list[SenderSlot] = []
+        self._lock = asyncio.Lock()
+
+    def add(self, track: PublishedTrack) -> DownTrack:
+        """Route ``track`` to this subscriber; takes effect after the next offer/answer."""
+        capability = capability_for(track.codec)
+        if capability is None:
+            raise NegotiationError("no_usable_codec", f"cannot forward codec {track.codec.mimeType}")
+        slot = next((s for s in self.slots if s.kind == track.kind and s.down is None), None)
+        if slot is None:
+            transceiver = self.pc.addTransceiver(PlaceholderTrack(track.kind), direction="sendonly")
+            slot = SenderSlot(transceiver, track.kind)
+            aiortc_adapter.tap_keyframe_requests(transceiver.sender, slot.on_keyframe_request)
+            self.slots.append(slot)
+        slot.transceiver.direction = "sendonly"
+        aiortc_adapter.prefer_codecs(slot.transceiver, [capability])
+        return DownTrack(track, slot)
+
+    def remove(self, down: DownTrack) -> None:
+        down.detach()
+        down.slot.transceiver.direction = "inactive"
+
+    def track_ids_by_mid(self) -> dict[str, str]:
+        return {s.mid: s.down.track.id for s in self.slots if s.down is not None and s.mid is not None}
+
+    async def offer(self) -> tuple[str, dict[str, str]]:
+        """A new offer for the current set of tracks, with mid → track id."""
+        async with self._lock:
+            await self.pc.setLocalDescription(await self.pc.createOffer())
+            return self.pc.localDescription.sdp, self.track_ids_by_mid()
+
+    async def accept_answer(self, answer_sdp: str) -> None:
+        parse_sdp(answer_sdp, "answer")
+        async with self._lock:
+            if self.pc.signalingState != "have-local-offer":
+                raise NegotiationError("unexpected_answer", "there is no subscriber offer waiting for an answer")
+            await _apply_remote(self.pc, answer_sdp, "answer")
+            for slot in self.slots:
+                if slot.down is not None:
+                    slot.down.rebind()
+                    slot.down.track.request_keyframe()
+
+    async def add_ice_candidate(self, candidate: object) -> None:
+        await self.pc.addIceCandidate(candidate)  # type: ignore[arg-type]
+
+    async def close(self) -> None:
+        for slot in self.slots:
+            if slot.down is not None:
+                slot.down.detach()
+        await self.pc.close()

@@ -1,0 +1,234 @@
+"""RTP forwarding between real aiortc peers, without transcoding on the server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import av
+import pytest
+from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
+
+from gbmedia.sfu import aiortc_adapter
+from gbmedia.sfu.peers import NegotiationError, PublisherPeer, SubscriberPeer, TrackInfo
+from tests.rtc import ColorVideoTrack, ToneAudioTrack, answer_to, close_to, mean_rgb, offer_from, wait_for
+
+RED = (220, 30, 30)
+BLUE = (30, 30, 220)
+
+
+@dataclass
+class Receiving:
+    """A client-side subscriber that decodes everything it gets."""
+
+    pc: RTCPeerConnection = field(default_factory=RTCPeerConnection)
+    frames: dict[str, list[av.VideoFrame | av.AudioFrame]] = field(default_factory=dict)
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    mids: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.pc.on("track", self._on_track)
+
+    def _on_track(self, track: MediaStreamTrack) -> None:
+        mid = next(t.mid for t in self.pc.getTransceivers() if t.receiver.track is track)
+        self.frames[mid] = []
+        self.tasks.append(asyncio.ensure_future(self._pull(mid, track)))
+
+    async def _pull(self, mid: str, track: MediaStreamTrack) -> None:
+        with contextlib.suppress(Exception):
+            while True:
+                self.frames[mid].append(await track.recv())
+
+    def video(self, track_id: str) -> list[av.VideoFrame]:
+        mid = next(m for m, t in self.mids.items() if t == track_id)
+        return self.frames.get(mid, [])  # type: ignore[return-value]
+
+    async def close(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        await self.pc.close()
+
+
+async def publish(server: PublisherPeer, client: RTCPeerConnection, infos: dict[str, TrackInfo] | None = None):
+    offer = await offer_from(client)
+    answer, added, ended = await server.answer(offer, infos)
+    await client.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+    return added, ended
+
+
+async def subscribe(server: SubscriberPeer, client: Receiving) -> None:
+    offer, mids = await server.offer()
+    client.mids = mids
+    await server.accept_answer(await answer_to(client.pc, offer))
+
+
+@pytest.fixture
+async def publisher() -> AsyncIterator[tuple[PublisherPeer, RTCPeerConnection]]:
+    server, client = PublisherPeer("alice"), RTCPeerConnection()
+    yield server, client
+    await client.close()
+    await server.close()
+
+
+async def test_adapter_finds_every_aiortc_internal_it_uses():
+    await aiortc_adapter.check_internals()
+
+
+async def test_subscriber_decodes_the_publishers_video_and_audio(publisher):
+    server, client = publisher
+    client.addTrack(ColorVideoTrack(RED))
+    client.addTrack(ToneAudioTrack())
+    added, _ = await publish(server, client, {"0": TrackInfo("camera", "cam")})
+    assert sorted(t.kind for t in added) == ["audio", "video"]
+    video = next(t for t in added if t.kind == "video")
+    audio = next(t for t in added if t.kind == "audio")
+    assert (video.source, video.name, video.codec.mimeType) == ("camera", "cam", "video/VP8")
+    assert audio.codec.mimeType == "audio/opus"
+    await wait_for(lambda: video.packets_in > 0 and audio.packets_in > 0)
+
+    sub_server, viewer = SubscriberPeer("bob"), Receiving()
+    try:
+        sub_server.add(video)
+        sub_server.add(audio)
+        await subscribe(sub_server, viewer)
+        await wait_for(lambda: len(viewer.video(video.id)) >= 10)
+        assert close_to(mean_rgb(viewer.video(video.id)[-1]), RED)
+        audio_mid = next(m for m, t in viewer.mids.items() if t == audio.id)
+        await wait_for(lambda: len(viewer.frames.get(audio_mid, [])) >= 10)
+        assert viewer.frames[audio_mid][-1].sample_rate == 48000
+        # The server forwarded RTP: its packet counters moved, and it never decoded.
+        down = next(iter(video.down_tracks))
+        assert down.packets_out > 0
+    finally:
+        await viewer.close()
+        await sub_server.close()
+
+
+async def test_late_joiner_gets_a_keyframe_promptly(publisher):
+    """A subscriber arriving mid-stream triggers a PLI upstream instead of waiting for
+    the publisher's next periodic keyframe (aiortc sends those every few seconds)."""
+    server, client = publisher
+    client.addTrack(ColorVideoTrack(BLUE))
+    added, _ = await publish(server, client)
+    video = added[0]
+    await wait_for(lambda: video.packets_in > 150)  # several seconds into the stream
+
+    sub_server, viewer = SubscriberPeer("carol"), Receiving()
+    try:
+        sub_server.add(video)
+        started = asyncio.get_running_loop().time()
+        await subscribe(sub_server, viewer)
+        await wait_for(lambda: len(viewer.video(video.id)) >= 1, within=10)
+        elapsed = asyncio.get_running_loop().time() - started
+        assert close_to(mean_rgb(viewer.video(video.id)[0]), BLUE)
+        # Generous bound, not a timing assertion on the server: without forwarding the
+        # PLI the first decodable frame waits for a keyframe the publisher never sends
+        # on its own (aiortc's encoder keyframe interval is far longer).
+        assert elapsed < 8, elapsed
+    finally:
+        await viewer.close()
+        await sub_server.close()
+
+
+async def test_unpublish_and_republish_reuses_the_subscriber_transceiver(publisher):
+    server, client = publisher
+    sender = client.addTrack(ColorVideoTrack(RED))
+    added, _ = await publish(server, client)
+    first = added[0]
+    sub_server, viewer = SubscriberPeer("dave"), Receiving()
+    try:
+        down = sub_server.add(first)
+        await subscribe(sub_server, viewer)
+        await wait_for(lambda: len(viewer.video(first.id)) >= 5)
+
+        # Unpublish: the publisher stops sending on its transceiver.
+        transceiver = next(t for t in client.getTransceivers() if t.sender is sender)
+        transceiver.direction = "inactive"
+        _, ended = await publish(server, client)
+        assert ended == [first]
+        assert not first.down_tracks  # detached from every subscriber
+        sub_server.remove(down)
+        await subscribe(sub_server, viewer)
+
+        # Republish a blue camera: a new track id, same subscriber transceiver.
+        client.addTrack(ColorVideoTrack(BLUE))
+        added, _ = await publish(server, client)
+        second = added[0]
+        assert second.id != first.id
+        sub_server.add(second)
+        assert len(sub_server.slots) == 1  # reused, not a new m-line
+        await subscribe(sub_server, viewer)
+        await wait_for(lambda: any(close_to(mean_rgb(f), BLUE) for f in viewer.video(second.id)[-5:]))
+    finally:
+        await viewer.close()
+        await sub_server.close()
+
+
+async def test_server_mute_stops_forwarding(publisher):
+    server, client = publisher
+    client.addTrack(ColorVideoTrack(RED))
+    video = (await publish(server, client))[0][0]
+    sub_server, viewer = SubscriberPeer("erin"), Receiving()
+    try:
+        down = sub_server.add(video)
+        await subscribe(sub_server, viewer)
+        await wait_for(lambda: len(viewer.video(video.id)) >= 3)
+        video.muted = True
+        await asyncio.sleep(0.2)
+        sent = down.packets_out
+        await asyncio.sleep(0.5)
+        assert down.packets_out == sent
+        video.muted = False
+        await wait_for(lambda: down.packets_out > sent)
+    finally:
+        await viewer.close()
+        await sub_server.close()
+
+
+@pytest.mark.parametrize(("sdp", "code"), [
+    ("hello", "invalid_sdp"),
+    ("v=0\r\nthis is not sdp\r\n", "invalid_sdp"),
+])
+async def test_bad_offers_are_refused_with_a_code(sdp: str, code: str):
+    server = PublisherPeer("mallory")
+    try:
+        with pytest.raises(NegotiationError) as info:
+            await server.answer(sdp)
+        assert info.value.code == code
+    finally:
+        await server.close()
+
+
+async def test_an_offer_without_a_supported_codec_is_refused(publisher):
+    _, client = publisher
+    client.addTrack(ColorVideoTrack(RED))
+    offer = await offer_from(client)
+    # Keep only a codec aiortc cannot use on the video m-line.
+    lines = []
+    for line in offer.split("\r\n"):
+        if line.startswith("m=video"):
+            parts = line.split(" ")
+            line = " ".join([*parts[:3], "120"])
+        elif line.startswith(("a=rtpmap:", "a=fmtp:", "a=rtcp-fb:")):
+            continue
+        lines.append(line)
+    lines.insert(-1, "a=rtpmap:120 AV1X/90000")
+    server = PublisherPeer("mallory")
+    try:
+        with pytest.raises(NegotiationError) as info:
+            await server.answer("\r\n".join(lines))
+        assert info.value.code == "no_usable_codec"
+    finally:
+        await server.close()
+
+
+async def test_an_answer_without_an_offer_is_refused():
+    server = SubscriberPeer("zed")
+    try:
+        with pytest.raises(NegotiationError) as info:
+            await server.accept_answer("v=0\r\n")
+        assert info.value.code in ("invalid_sdp", "unexpected_answer")
+    finally:
+        await server.close()
