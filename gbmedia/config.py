@@ -75,6 +75,7 @@ class Settings(BaseSettings):
     api_rate_burst: int = Field(default=100, ge=1)
     token_ttl_seconds: int = Field(default=6 * 3600, ge=60)
     shutdown_timeout: float = Field(default=10.0, ge=0)
+    resume_grace_seconds: float = Field(default=20.0, ge=0, le=3600)
 
     @field_validator("log_level", "log_format", mode="before")
     @classmethod

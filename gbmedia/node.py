@@ -1,7 +1,8 @@
 """One running gbmedia node: settings, database, Redis, metrics and the domains.
 
 Start-up order matters: the database (embedded or not) and its migrations first,
-then the domain services that use it. Shutdown runs in reverse.
+then the domain services that use it, then background tasks (the idle-room
+sweeper). Shutdown runs in reverse.
 """
 
 from __future__ import annotations
@@ -19,6 +20,10 @@ from gbmedia.config import Settings
 from gbmedia.db.pool import Database
 from gbmedia.metrics import Metrics
 from gbmedia.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
+from gbmedia.sfu import aiortc_adapter
+from gbmedia.sfu.media_address import MediaAddress, resolve_media_address
+from gbmedia.signaling.live import LiveRooms
+from gbmedia.signaling.rooms import Rooms, RoomSweeper
 from gbmedia.tenancy.secrets import SecretBox, load_or_create_file_secret
 from gbmedia.tenancy.service import Tenancy
 
@@ -39,6 +44,10 @@ class Node:
     metrics: Metrics
     tenancy: Tenancy
     rate_limiter: RateLimiter
+    rooms: Rooms
+    room_sweeper: RoomSweeper
+    live_rooms: LiveRooms
+    media_address: MediaAddress
     redis: aioredis.Redis | None = None
     started: float = field(default_factory=time.monotonic)
 
@@ -58,6 +67,10 @@ class Node:
                 limiter = MemoryRateLimiter(settings.api_rate_limit, settings.api_rate_burst)
             secret_box = SecretBox.for_node(settings.secret_key, settings.data_dir)
             tenancy = Tenancy.create(db.pool, settings, secret_box, operator_token_for(settings))
+            rooms = Rooms(db.pool, tenancy.customers, tenancy.instances, node_id=settings.node_id)
+            await aiortc_adapter.check_internals()
+            media_address = await resolve_media_address(settings.media_host, settings.udp_port_range)
+            live_rooms = LiveRooms(rooms, resume_grace=settings.resume_grace_seconds, media_address=media_address)
         except BaseException:
             if redis_client is not None:
                 await redis_client.aclose()
@@ -65,10 +78,19 @@ class Node:
             raise
         log.info("node started", extra={"node_id": settings.node_id, "region": settings.region,
                                         "embedded_db": db.embedded is not None,
-                                        "redis": bool(settings.redis_url)})
-        return cls(settings, db, Metrics(settings.node_id, settings.region), tenancy, limiter, redis_client)
+                                        "redis": bool(settings.redis_url),
+                                        "media_address": media_address.advertised,
+                                        "udp_ports": settings.udp_ports})
+        node = cls(settings=settings, db=db, metrics=Metrics(settings.node_id, settings.region),
+                   tenancy=tenancy, rate_limiter=limiter, rooms=rooms,
+                   room_sweeper=RoomSweeper(rooms, live_rooms.participant_count), live_rooms=live_rooms,
+                   media_address=media_address, redis=redis_client)
+        node.room_sweeper.start()
+        return node
 
     async def stop(self) -> None:
+        await self.room_sweeper.stop()
+        await self.live_rooms.close()
         if self.redis is not None:
             await self.redis.aclose()
             self.redis = None

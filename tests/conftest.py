@@ -33,6 +33,7 @@ from tests.helpers import OPERATOR_TOKEN
 
 TEMPLATE_DB = "gbmedia_test_template"
 IN_CI = bool(os.environ.get("CI"))
+pytest_plugins = ["tests.browser"]  # the `browser` fixture: real Chromium (tests/browser.py)
 
 
 def service_missing(reason: str) -> None:

@@ -114,6 +114,8 @@ def openapi_handler() -> Handler:
 
 
 def create_app(node: Node) -> web.Application:
+    from gbmedia.signaling import api as signaling_api
+    from gbmedia.signaling import ws as signaling_ws
     from gbmedia.tenancy import api as tenancy_api
 
     app = web.Application(client_max_size=node.settings.max_body_bytes, middlewares=[api_middleware])
@@ -123,4 +125,6 @@ def create_app(node: Node) -> web.Application:
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/openapi.json", openapi_handler())
     tenancy_api.register(app)
+    signaling_api.register(app)
+    signaling_ws.register(app)
     return app

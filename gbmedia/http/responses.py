@@ -70,3 +70,14 @@ def query_int(request: web.Request, name: str, default: int, *, low: int, high: 
     if not low <= value <= high:
         raise bad_request("invalid_query", f"{name} must be between {low} and {high}")
     return value
+
+
+def query_uuid(request: web.Request, name: str) -> uuid.UUID | None:
+    """An optional UUID query parameter; 400 ``invalid_query`` when it is not one."""
+    raw = request.query.get(name)
+    if raw is None:
+        return None
+    try:
+        return uuid.UUID(raw)
+    except ValueError:
+        raise bad_request("invalid_query", f"{name} must be a UUID") from None

@@ -9,6 +9,9 @@ aiortc clients in the same process keep working):
   keeps what the publisher needs from us (REMB bandwidth feedback, receiver-report
   statistics, NACKs for lost packets) and hands every RTP packet to the SFU instead
   of depacketising, jitter-buffering and decoding it.
+* ICE: host candidates are gathered on one socket per connection, bound in the
+  configured UDP port range and advertising the configured public address
+  (:func:`use_media_address`), instead of one ephemeral port per interface.
 * Send: packets go straight to ``sender.transport._send_rtp`` after we stamp the
   sender's SSRC, payload type and header extensions, store them in the sender's
   history (so aiortc answers the subscriber's NACKs) and count them (so its sender
@@ -22,12 +25,18 @@ at start-up and a test calls it, so an aiortc upgrade that moves them fails loud
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import random
+import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiortc
-from aiortc import RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
+from aioice.candidate import Candidate, candidate_foundation, candidate_priority
+from aioice.ice import Connection as IceConnection
+from aioice.ice import StunProtocol
+from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
 from aiortc.clock import current_datetime, current_ntp_time
 from aiortc.codecs import is_rtx
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
@@ -40,6 +49,8 @@ from aiortc.rtp import (
     RtpPacket,
     pack_remb_fci,
 )
+
+from gbmedia.sfu.media_address import MediaAddress
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +91,9 @@ _SENDER_ATTRS = (
 )
 
 
+_ICE_ATTRS = ("get_component_candidates", "_protocols")
+
+
 async def check_internals() -> None:
     """Raise :class:`AiortcInternalsChanged` unless every private name used exists."""
     if aiortc.__version__ != SUPPORTED_AIORTC:
@@ -97,6 +111,8 @@ async def check_internals() -> None:
         missing += [a for a in _SENDER_ATTRS if not hasattr(transceiver.sender, a)]
         if not hasattr(transceiver, "_codecs"):
             missing.append("RTCRtpTransceiver._codecs")
+        connection = transceiver.receiver.transport.transport.iceGatherer._connection
+        missing += [f"aioice.Connection.{a}" for a in _ICE_ATTRS if not hasattr(connection, a)]
     finally:
         await pc.close()
     if missing:
@@ -177,6 +193,57 @@ def negotiated_codec(transceiver: RTCRtpTransceiver) -> RTCRtpCodecParameters | 
         if not is_rtx(codec):
             return codec
     return None
+
+
+# --- ICE -----------------------------------------------------------------------------
+
+PORT_ATTEMPTS = 64  # random tries in the range before giving up (a nearly full range)
+
+
+def use_media_address(pc: RTCPeerConnection, address: MediaAddress) -> None:
+    """Gather ``pc``'s host candidates on ``address``; call before ``setLocalDescription``.
+
+    aioice binds an ephemeral port on every interface it finds (and skips loopback);
+    a server wants one socket in its port range, advertised as its public address.
+    Transports already patched, or already gathered, are left alone.
+    """
+    transports = {t.receiver.transport for t in pc.getTransceivers()}
+    if pc.sctp is not None:
+        transports.add(pc.sctp.transport)
+    for dtls in transports:
+        connection: IceConnection = dtls.transport.iceGatherer._connection
+        if getattr(connection, "_gbmedia_address", None) is not None:
+            continue
+        connection._gbmedia_address = address  # type: ignore[attr-defined]
+
+        async def gather(component: int, addresses: list[str], timeout: int = 5,  # noqa: ASYNC109 - aioice signature
+                         connection: IceConnection = connection) -> list[Candidate]:
+            return [await _host_candidate(connection, address, component)]
+
+        connection.get_component_candidates = gather  # type: ignore[method-assign]
+
+
+async def _host_candidate(connection: IceConnection, address: MediaAddress, component: int) -> Candidate:
+    loop = asyncio.get_running_loop()
+    low, high = address.ports
+    ports = range(low, high + 1)
+    tries = random.sample(ports, min(PORT_ATTEMPTS, len(ports)))
+    for port in tries:
+        try:
+            transport, protocol = await loop.create_datagram_endpoint(
+                lambda: StunProtocol(connection), local_addr=(address.bind, port))
+        except OSError:
+            continue
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024 * 1024)
+        protocol.local_candidate = Candidate(
+            foundation=candidate_foundation("host", "udp", address.advertised), component=component,
+            transport="udp", priority=candidate_priority(component, "host"), host=address.advertised,
+            port=port, type="host")
+        connection._protocols.append(protocol)
+        return protocol.local_candidate
+    raise ConnectionError(f"no free UDP port in {low}-{high} on {address.bind}")
 
 
 # --- send side ----------------------------------------------------------------------

@@ -19,6 +19,7 @@ from aiortc.sdp import SessionDescription
 from gbmedia.sfu import aiortc_adapter
 from gbmedia.sfu.codecs import capability_for
 from gbmedia.sfu.forwarder import DownTrack, SenderSlot
+from gbmedia.sfu.media_address import MediaAddress
 from gbmedia.sfu.track import PublishedTrack
 
 SOURCES = ("camera", "microphone", "screen_share", "screen_share_audio", "unknown")
@@ -64,10 +65,22 @@ async def _apply_remote(pc: RTCPeerConnection, sdp: str, kind: str) -> None:
         raise
 
 
+async def _set_local(pc: RTCPeerConnection, description: RTCSessionDescription,
+                     address: MediaAddress | None) -> None:
+    if address is not None:
+        aiortc_adapter.use_media_address(pc, address)
+    try:
+        await pc.setLocalDescription(description)
+    except ConnectionError as exc:  # the UDP port range is exhausted
+        raise NegotiationError("media_unavailable", f"the server cannot open a media socket: {exc}") from None
+
+
 class PublisherPeer:
-    def __init__(self, participant_id: str, configuration: RTCConfiguration | None = None) -> None:
+    def __init__(self, participant_id: str, configuration: RTCConfiguration | None = None,
+                 address: MediaAddress | None = None) -> None:
         self.participant_id = participant_id
         self.pc = RTCPeerConnection(configuration or RTCConfiguration(iceServers=[]))
+        self.address = address
         self.tracks: dict[str, PublishedTrack] = {}  # by mid
         self._lock = asyncio.Lock()
 
@@ -83,7 +96,7 @@ class PublisherPeer:
             for transceiver in self.pc.getTransceivers():
                 if transceiver.mid not in self.tracks:
                     aiortc_adapter.drop_rtx(transceiver)
-            await self.pc.setLocalDescription(await self.pc.createAnswer())
+            await _set_local(self.pc, await self.pc.createAnswer(), self.address)
             added: list[PublishedTrack] = []
             for transceiver in self.pc.getTransceivers():
                 mid = transceiver.mid
@@ -135,9 +148,11 @@ class PlaceholderTrack(MediaStreamTrack):
 
 
 class SubscriberPeer:
-    def __init__(self, participant_id: str, configuration: RTCConfiguration | None = None) -> None:
+    def __init__(self, participant_id: str, configuration: RTCConfiguration | None = None,
+                 address: MediaAddress | None = None) -> None:
         self.participant_id = participant_id
         self.pc = RTCPeerConnection(configuration or RTCConfiguration(iceServers=[]))
+        self.address = address
         self.slots: list[SenderSlot] = []
         self._lock = asyncio.Lock()
 
@@ -166,7 +181,7 @@ class SubscriberPeer:
     async def offer(self) -> tuple[str, dict[str, str]]:
         """A new offer for the current set of tracks, with mid → track id."""
         async with self._lock:
-            await self.pc.setLocalDescription(await self.pc.createOffer())
+            await _set_local(self.pc, await self.pc.createOffer(), self.address)
             return self.pc.localDescription.sdp, self.track_ids_by_mid()
 
     async def accept_answer(self, answer_sdp: str) -> None:

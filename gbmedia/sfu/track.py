@@ -38,6 +38,7 @@ class PublishedTrack:
     name: str = ""
     id: str = field(default_factory=new_track_id)
     muted: bool = False
+    muted_by_admin: bool = False
     packets_in: int = 0
     down_tracks: set[DownTrack] = field(default_factory=set)
     media_ssrc: int | None = None

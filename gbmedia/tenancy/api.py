@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from gbmedia.errors import ApiError, bad_request, forbidden, not_found
 from gbmedia.http.keys import NODE, principal_of
-from gbmedia.http.responses import json_response, path_uuid, query_int, read_model
+from gbmedia.http.responses import json_response, path_uuid, query_int, query_uuid, read_model
 from gbmedia.tenancy import audit
 from gbmedia.tenancy.models import Instance, Principal
 from gbmedia.tenancy.service import Tenancy
@@ -270,24 +270,14 @@ async def list_audit(request: web.Request) -> web.Response:
     before = request.query.get("before")
     before_id = query_int(request, "before", 0, low=1, high=2**62) if before is not None else None
     if principal.is_operator:
-        customer_id = _query_uuid(request, "customer_id")
-        instance_id = _query_uuid(request, "instance_id")
+        customer_id = query_uuid(request, "customer_id")
+        instance_id = query_uuid(request, "instance_id")
     else:
         _require_admin(principal)
         customer_id, instance_id = principal.customer_id, principal.instance_id
     entries = await audit.list_entries(request.app[NODE].db.pool, customer_id=customer_id,
                                        instance_id=instance_id, before_id=before_id, limit=limit)
     return json_response({"entries": entries})
-
-
-def _query_uuid(request: web.Request, name: str) -> uuid.UUID | None:
-    raw = request.query.get(name)
-    if raw is None:
-        return None
-    try:
-        return uuid.UUID(raw)
-    except ValueError:
-        raise bad_request("invalid_query", f"{name} must be a UUID") from None
 
 
 def register(app: web.Application) -> None:

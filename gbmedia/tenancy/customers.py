@@ -15,8 +15,20 @@ _CUSTOMER_COLUMNS = "id, name, subscription_tier, status, max_instances, metadat
 CUSTOMER_STATUSES = ("active", "suspended", "closed")
 
 
-def quota_exceeded(quota: str, limit: int, used: int) -> ApiError:
-    """403 whose code names the quota, e.g. ``quota_max_instances_exceeded``."""
+def quota_exceeded(quota: str, limit: int, used: int | None = None, *,
+                   requested: int | None = None) -> ApiError:
+    """403 whose code names the quota, e.g. ``quota_max_instances_exceeded``.
+
+    A counted quota (instances, open rooms) says how many are ``used``; a bound on
+    one value (participants per room) says what was ``requested`` instead.
+    """
+    if requested is not None:
+        return ApiError(
+            403,
+            f"quota_{quota}_exceeded",
+            f"the subscription allows at most {limit} for {quota}; {requested} was requested",
+            {"quota": quota, "limit": limit, "requested": requested},
+        )
     return ApiError(
         403,
         f"quota_{quota}_exceeded",
@@ -142,9 +154,13 @@ class Customers:
                                customer_id=customer_id, details={"changes": values})
         return _customer(row)
 
-    async def quotas(self, customer: Customer) -> Quotas:
-        """The tier's quotas, with the customer's own instance limit."""
-        plan = await self.plan(customer.subscription_tier)
+    async def quotas(self, customer: Customer, conn: asyncpg.Connection | None = None) -> Quotas:
+        """The tier's quotas, with the customer's own instance limit.
+
+        Pass ``conn`` inside a transaction: taking a second pool connection while
+        holding a lock can deadlock a small pool.
+        """
+        plan = await self.plan(customer.subscription_tier, conn)
         values = {q: getattr(plan.quotas, q) for q in QUOTAS}
         values["max_instances"] = customer.max_instances
         return Quotas(**values)

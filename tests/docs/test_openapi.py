@@ -24,6 +24,8 @@ from pydantic import BaseModel
 import gbmedia
 import gbmedia.http
 from gbmedia.http.keys import NODE
+from gbmedia.signaling import api as signaling_api
+from gbmedia.signaling import rooms
 from gbmedia.tenancy import api as tenancy_api
 from gbmedia.tenancy import models
 from gbmedia.tenancy.tokens import Grants
@@ -44,15 +46,22 @@ REQUEST_MODELS: dict[str, tuple[type[BaseModel], bool]] = {  # operationId: (mod
     "updateInstance": (tenancy_api.InstanceUpdate, True),
     "createKey": (tenancy_api.KeyCreate, False),
     "createToken": (tenancy_api.TokenCreate, False),
+    "createRoom": (signaling_api.RoomCreate, False),
+    "muteTrack": (signaling_api.TrackMute, False),
 }
 RESPONSE_DATACLASSES = {
     "Customer": models.Customer, "Instance": models.Instance, "ApiKey": models.ApiKey,
     "Credentials": models.Credentials, "Plan": models.Plan, "Quotas": models.Quotas,
-    "AuditEntry": models.AuditEntry, "Grants": Grants,
+    "AuditEntry": models.AuditEntry, "Grants": Grants, "Room": rooms.Room,
 }
 # Codes the tenancy services raise that REST callers cannot reach: the pydantic
 # models refuse such input first (as validation_failed).
-UNREACHABLE_CODES = {"unknown_field", "invalid_status", "invalid_features", "invalid_config"}
+UNREACHABLE_CODES = {"unknown_field", "invalid_status", "invalid_features", "invalid_config",
+                     "invalid_room_settings"}
+# Where REST error codes come from: whole folders, and the REST-facing modules of
+# signaling (its WebSocket protocol's codes are documented in docs/protocol.md).
+REST_SOURCES = ("tenancy/*.py", "http/*.py", "signaling/rooms.py", "signaling/api.py", "signaling/live.py",
+                "signaling/ws.py")
 
 
 # --- a tiny JSON Schema ------------------------------------------------------------
@@ -228,7 +237,7 @@ def test_the_document_is_well_formed_openapi_3_1():
             assert all({"minimum", "maximum"} <= set(p["schema"]) for p in bounded), label
         security = operation.get("security", DOC["security"])
         responses = {status: resolve(r) for status, r in operation["responses"].items()}
-        assert any(s.startswith("2") for s in responses), label
+        assert any(s.startswith("2") or s == "101" for s in responses), label  # 101: the WebSocket
         if path.startswith("/api/"):
             assert security and all(set(req) <= set(schemes) for req in security), label
             assert {"401", "403", "429", "500"} <= set(responses), label
@@ -251,8 +260,8 @@ def test_the_document_is_well_formed_openapi_3_1():
 
 def _source_error_codes() -> set[str]:
     root = Path(gbmedia.http.__file__).parent.parent
-    text = "\n".join(p.read_text(encoding="utf-8") for folder in ("tenancy", "http")
-                     for p in sorted((root / folder).glob("*.py")))
+    text = "\n".join(p.read_text(encoding="utf-8") for pattern in REST_SOURCES
+                     for p in sorted(root.glob(pattern)))
     codes = set(re.findall(r'\b(?:bad_request|unauthorized|forbidden|conflict)\(\s*"([a-z_]+)"', text))
     codes |= set(re.findall(r'\bApiError\(\s*\d+,\s*"([a-z_]+)"', text))
     codes |= {f"{what}_not_found" for what in re.findall(r'\bnot_found\(\s*"([a-z_]+)"', text)}
@@ -264,7 +273,8 @@ def test_every_reachable_error_code_is_documented_and_no_other():
     documented = {code for node in walk(DOC) if isinstance(node, dict) and "x-error-codes" in node
                   for code in node["x-error-codes"]}
     source = _source_error_codes()
-    assert {"quota_max_instances_exceeded", "grant_missing", "api_key_not_found", "rate_limited"} <= source
+    assert {"quota_max_instances_exceeded", "grant_missing", "api_key_not_found", "rate_limited",
+            "room_not_found", "quota_max_concurrent_rooms_exceeded", "instance_id_required"} <= source
     assert source - UNREACHABLE_CODES - documented == set(), "raised but not documented"
     assert documented - source - {"payload_too_large"} == set(), "documented but never raised"
 
@@ -400,6 +410,40 @@ async def test_real_answers_conform_to_the_documented_responses(client: TestClie
     entries = await call("GET", "/api/v1/audit", 200, headers=admin)
     await call("GET", "/api/v1/audit", 200, headers=admin, query={"before": str(entries["entries"][-1]["id"])})
 
+    room = await call("POST", "/api/v1/rooms", 201, headers=admin,
+                      json={"name": "standup", "kind": "live", "max_participants": 5, "empty_timeout": 60,
+                            "metadata": {"topic": "docs"}})
+    await call("POST", "/api/v1/rooms", 201, headers=OPERATOR, json={"name": "ops.room_1", "instance_id": iid})
+    await call("GET", "/api/v1/rooms", 200, headers=admin)
+    await call("GET", "/api/v1/rooms", 200, headers=OPERATOR,
+               query={"instance_id": iid, "status": "all", "limit": "10", "offset": "0"})
+    await call("GET", "/api/v1/rooms/{room_id}", 200, headers=admin, room_id=room["id"])
+    await call("GET", "/rtc", 400)
+    socket = await client.ws_connect("/rtc")
+    await socket.send_json({"type": "join", "token": participant["token"]})
+    joined = await socket.receive_json()
+    assert joined["type"] == "joined", joined
+    pid = joined["participant"]["id"]
+    detail = await call("GET", "/api/v1/rooms/{room_id}", 200, headers=admin, room_id=room["id"])
+    assert [p["id"] for p in detail["participants"]] == [pid] and detail["num_participants"] == 1
+    listed = await call("GET", "/api/v1/rooms/{room_id}/participants", 200, headers=admin, room_id=room["id"])
+    assert listed["participants"][0]["identity"] == "bob"
+    await call("POST", "/api/v1/rooms/{room_id}/participants/{participant}/tracks/{track}/mute", 404,
+               headers=admin, room_id=room["id"], participant=pid, track="TR_nope", json={"muted": True})
+    await call("POST", "/api/v1/rooms/{room_id}/participants/{participant}/tracks/{track}/mute", 400,
+               headers=admin, room_id=room["id"], participant=pid, track="TR_nope", json={"muted": "yes"})
+    removed = await call("DELETE", "/api/v1/rooms/{room_id}/participants/{participant}", 200, headers=admin,
+                         room_id=room["id"], participant="bob")
+    assert removed["removed"]["id"] == pid
+    assert (await socket.receive_json()) == {"type": "removed", "reason": "removed_by_admin"}
+    await socket.close()
+    await call("DELETE", "/api/v1/rooms/{room_id}/participants/{participant}", 404, headers=admin,
+               room_id=room["id"], participant="bob")
+    closed = await call("DELETE", "/api/v1/rooms/{room_id}", 200, headers=admin, room_id=room["id"])
+    assert closed["status"] == "closed" and closed["closed_at"]
+    creator = await call("POST", "/api/v1/instances/{instance_id}/tokens", 201, headers=admin, instance_id=iid,
+                         json={"identity": "app", "grants": {"room_create": True}})
+
     # Errors, each with a code its response lists.
     await call("GET", "/api/v1/whoami", 401)
     await call("GET", "/api/v1/whoami", 401, headers={"Authorization": "Basic eDp5"})
@@ -428,12 +472,26 @@ async def test_real_answers_conform_to_the_documented_responses(client: TestClie
                json={"identity": "x", "grants": {"fly": True}})
     await call("DELETE", "/api/v1/instances/{instance_id}/keys/{key}", 404, headers=OPERATOR, instance_id=iid,
                key="APInope")
+    await call("POST", "/api/v1/rooms", 400, headers=OPERATOR, json={"name": "no-instance"})
+    await call("POST", "/api/v1/rooms", 400, headers=admin, json={"name": "bad name"})
+    await call("POST", "/api/v1/rooms", 403, headers=admin, json={"name": "huge", "max_participants": 51})
+    await call("POST", "/api/v1/rooms", 403, headers=bearer(participant["token"]), json={"name": "x"})
+    await call("POST", "/api/v1/rooms", 404, headers=OPERATOR, json={"name": "x", "instance_id": str(uuid.uuid4())})
+    await call("POST", "/api/v1/rooms", 409, headers=admin, json={"name": "ops.room_1"})
+    await call("GET", "/api/v1/rooms", 400, headers=admin, query={"status": "bogus"})
+    await call("GET", "/api/v1/rooms", 403, headers=bearer(participant["token"]))
+    await call("GET", "/api/v1/rooms", 404, headers=OPERATOR, query={"instance_id": str(uuid.uuid4())})
+    await call("GET", "/api/v1/rooms/{room_id}", 400, headers=admin, room_id="nope")
+    await call("GET", "/api/v1/rooms/{room_id}", 404, headers=admin, room_id=str(uuid.uuid4()))
+    await call("DELETE", "/api/v1/rooms/{room_id}", 403, headers=bearer(creator["token"]), room_id=room["id"])
+    await call("DELETE", "/api/v1/rooms/{room_id}", 404, headers=OPERATOR, room_id=str(uuid.uuid4()))
     deleted = await call("DELETE", "/api/v1/instances/{instance_id}", 200, headers=OPERATOR, instance_id=iid)
     assert deleted["status"] == "deleted"
     await call("GET", "/api/v1/whoami", 401, headers=admin)  # api_key_revoked
     await call("POST", "/api/v1/instances/{instance_id}/keys", 409, headers=OPERATOR, instance_id=iid, json={})
     await call("POST", "/api/v1/instances/{instance_id}/tokens", 409, headers=OPERATOR, instance_id=iid,
                json={"identity": "late"})
+    await call("POST", "/api/v1/rooms", 409, headers=OPERATOR, json={"name": "late", "instance_id": iid})
 
     documented = {(m, path) for m, path, _ in operations()}
     assert documented == {(m, path) for m, path, _ in call.seen}, "every operation is exercised"

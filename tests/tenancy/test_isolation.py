@@ -6,13 +6,22 @@ row here fails the first test, so isolation is checked for every endpoint.
 
 from __future__ import annotations
 
+import uuid
+
 from aiohttp.test_utils import TestClient
 
 from tests.helpers import OPERATOR, Tenant, create_tenant
 
 
+async def create_room(client: TestClient, tenant: Tenant, name: str = "standup") -> str:
+    resp = await client.post("/api/v1/rooms", json={"name": name}, headers=tenant.admin)
+    assert resp.status == 201, await resp.text()
+    return (await resp.json())["id"]
+
+
 # (method, route template) -> (path with tenant A's ids, body)
-def matrix(a: Tenant) -> dict[tuple[str, str], tuple[str, dict | None]]:
+def matrix(a: Tenant, room: str, participant: str = "alice", track: str = "TR_x"
+           ) -> dict[tuple[str, str], tuple[str, dict | None]]:
     inst, cust = a.instance_id, a.customer_id
     return {
         ("GET", "/api/v1/whoami"): ("/api/v1/whoami", None),
@@ -33,6 +42,15 @@ def matrix(a: Tenant) -> dict[tuple[str, str], tuple[str, dict | None]]:
         ("POST", "/api/v1/instances/{instance_id}/tokens"): (f"/api/v1/instances/{inst}/tokens",
                                                              {"identity": "spy", "room": "r"}),
         ("GET", "/api/v1/audit"): (f"/api/v1/audit?customer_id={cust}&instance_id={inst}", None),
+        ("POST", "/api/v1/rooms"): ("/api/v1/rooms", {"name": "implant", "instance_id": inst}),
+        ("GET", "/api/v1/rooms"): (f"/api/v1/rooms?instance_id={inst}&status=all", None),
+        ("GET", "/api/v1/rooms/{room_id}"): (f"/api/v1/rooms/{room}", None),
+        ("DELETE", "/api/v1/rooms/{room_id}"): (f"/api/v1/rooms/{room}", None),
+        ("GET", "/api/v1/rooms/{room_id}/participants"): (f"/api/v1/rooms/{room}/participants", None),
+        ("DELETE", "/api/v1/rooms/{room_id}/participants/{participant}"): (
+            f"/api/v1/rooms/{room}/participants/{participant}", None),
+        ("POST", "/api/v1/rooms/{room_id}/participants/{participant}/tracks/{track}/mute"): (
+            f"/api/v1/rooms/{room}/participants/{participant}/tracks/{track}/mute", {"muted": True}),
     }
 
 
@@ -47,14 +65,16 @@ def api_routes(client: TestClient) -> set[tuple[str, str]]:
 
 async def test_every_api_route_is_in_the_isolation_matrix(client: TestClient):
     a = await create_tenant(client, "a")
-    assert api_routes(client) == set(matrix(a))
+    assert api_routes(client) == set(matrix(a, str(uuid.uuid4())))
 
 
 async def test_tenant_b_reaches_nothing_of_tenant_a(client: TestClient):
     a = await create_tenant(client, "alpha")
     b = await create_tenant(client, "bravo")
-    secret_markers = [a.customer_id, a.instance_id, a.key, a.secret, "alpha"]
-    for (method, route), (path, body) in matrix(a).items():
+    room = await create_room(client, a, "standup")
+    await create_room(client, b, "bravo-room")
+    secret_markers = [a.customer_id, a.instance_id, a.key, a.secret, "alpha", room, "standup"]
+    for (method, route), (path, body) in matrix(a, room).items():
         resp = await client.request(method, path, json=body, headers=b.admin)
         text = await resp.text()
         # An id the caller put in the path may be echoed back; anything else is a leak.
@@ -77,14 +97,30 @@ async def test_tenant_b_reaches_nothing_of_tenant_a(client: TestClient):
     assert [k["revoked_at"] for k in (await resp.json())["keys"]] == [None]
     resp = await client.get(f"/api/v1/customers/{a.customer_id}/instances", headers=OPERATOR)
     assert [i["name"] for i in (await resp.json())["instances"]] == ["alpha-main"]
+    resp = await client.get("/api/v1/rooms?status=all", headers=a.admin)
+    assert [(r["id"], r["status"]) for r in (await resp.json())["rooms"]] == [(room, "open")]
 
 
 async def test_the_operator_reaches_every_cell_of_the_matrix(client: TestClient):
     """The matrix paths are real: the operator gets a success on each of them."""
+    from gbmedia.tenancy.tokens import Grants, mint_token
+    from tests.rtc import ColorVideoTrack
+    from tests.signaling.test_ws import RtcClient
+
     a = await create_tenant(client, "alpha")
-    cells = matrix(a)
-    # Destructive cells last, so the others still find their targets.
-    order = sorted(cells, key=lambda cell: cell[0] == "DELETE")
+    room = await create_room(client, a)
+    alice = RtcClient(await client.ws_connect("/rtc"))  # a participant publishing a track, for its cells
+    try:
+        await alice.join(mint_token(a.key, a.secret, "alice", Grants.participant("standup")))
+        track = (await alice.publish(ColorVideoTrack((0, 0, 0))))["tracks"][0]["id"]
+        await _operator_reaches(client, matrix(a, room, "alice", track))
+    finally:
+        await alice.close()
+
+
+async def _operator_reaches(client: TestClient, cells: dict[tuple[str, str], tuple[str, dict | None]]) -> None:
+    # Destructive cells last, so the others still find their targets (a participant before its room).
+    order = sorted(cells, key=lambda cell: (cell[0] == "DELETE", "/participants/" not in cell[1]))
     for cell in order:
         path, body = cells[cell]
         if cell == ("POST", "/api/v1/customers/{customer_id}/instances"):

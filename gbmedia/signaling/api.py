@@ -1,0 +1,191 @@
+"""REST routes of the Room API under ``/api/v1/rooms``: create, list, get, close,
+and the participants of a live room: list, remove, mute a track.
+
+Who reaches what: an instance caller reaches only its own instance's rooms, and
+another instance's room answers 404 ``room_not_found`` exactly like a missing one.
+Creating, listing and reading need the ``room_create`` or ``room_admin`` grant;
+closing, removing participants and muting their tracks need ``room_admin``.
+Participants live on the node that holds the room; this node answers for its own.
+The operator reaches every room and names the instance a new room belongs to
+(``instance_id`` in the body); an instance caller may leave ``instance_id`` out, and if it sends one it must be its own.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import asdict
+from typing import Any, Literal, cast
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field
+
+from gbmedia.errors import ApiError, bad_request
+from gbmedia.http.keys import NODE, principal_of
+from gbmedia.http.responses import json_response, path_uuid, query_int, query_uuid, read_model
+from gbmedia.signaling.live import LiveRoom
+from gbmedia.signaling.rooms import (
+    DEFAULT_EMPTY_TIMEOUT,
+    MAX_EMPTY_TIMEOUT,
+    MIN_EMPTY_TIMEOUT,
+    ROOM_NAME_MAX_LENGTH,
+    ROOM_NAME_PATTERN,
+    Room,
+    Rooms,
+    StatusFilter,
+)
+from gbmedia.tenancy import audit
+from gbmedia.tenancy.models import Principal
+
+_STATUS_FILTERS = ("open", "closed", "all")
+
+
+class RoomCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    name: str = Field(min_length=1, max_length=ROOM_NAME_MAX_LENGTH, pattern=ROOM_NAME_PATTERN)
+    kind: Literal["meeting", "live"] = "meeting"
+    max_participants: int | None = Field(default=None, ge=1)
+    empty_timeout: int = Field(default=DEFAULT_EMPTY_TIMEOUT, ge=MIN_EMPTY_TIMEOUT, le=MAX_EMPTY_TIMEOUT)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    # A UUID string; strict mode would accept only uuid.UUID objects.
+    instance_id: uuid.UUID | None = Field(default=None, strict=False)
+
+
+class TrackMute(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    muted: bool
+
+
+def _rooms(request: web.Request) -> Rooms:
+    return request.app[NODE].rooms
+
+
+def _require_any_grant(principal: Principal, *grants: str) -> None:
+    if principal.is_operator or any(principal.grants.has(g) for g in grants):
+        return
+    raise ApiError(403, "grant_missing", f"the token lacks the {' or '.join(grants)} grant",
+                   {"grant": grants[0]})
+
+
+def _scope(principal: Principal, requested: uuid.UUID | None) -> uuid.UUID | None:
+    """The instance whose rooms the caller acts on: its own, or the operator's choice.
+
+    An instance caller naming another instance gets 404, like a missing instance
+    (without echoing the id).
+    """
+    if principal.is_operator:
+        return requested
+    if requested is not None and requested != principal.instance_id:
+        raise ApiError(404, "instance_not_found", "no such instance")
+    return principal.instance_id
+
+
+# --- handlers ---------------------------------------------------------------------
+
+async def create_room(request: web.Request) -> web.Response:
+    principal = principal_of(request)
+    _require_any_grant(principal, "room_create", "room_admin")
+    body = await read_model(request, RoomCreate)
+    instance_id = _scope(principal, body.instance_id)
+    if instance_id is None:
+        raise bad_request("instance_id_required", "the operator must name the room's instance_id")
+    room = await _rooms(request).create(
+        principal.actor, instance_id, body.name, kind=body.kind, max_participants=body.max_participants,
+        empty_timeout=body.empty_timeout, metadata=body.metadata,
+    )
+    return json_response(room, status=201)
+
+
+async def list_rooms(request: web.Request) -> web.Response:
+    principal = principal_of(request)
+    _require_any_grant(principal, "room_create", "room_admin")
+    status = request.query.get("status", "open")
+    if status not in _STATUS_FILTERS:
+        raise bad_request("invalid_query", f"status must be one of {', '.join(_STATUS_FILTERS)}")
+    limit = query_int(request, "limit", 100, low=1, high=1000)
+    offset = query_int(request, "offset", 0, low=0, high=10**9)
+    instance_id = _scope(principal, query_uuid(request, "instance_id"))
+    if principal.is_operator and instance_id is not None:
+        await request.app[NODE].tenancy.instances.get(instance_id)  # 404 for an unknown one
+    rooms = await _rooms(request).list(instance_id, cast(StatusFilter, status), limit=limit, offset=offset)
+    return json_response({"rooms": rooms})
+
+
+def _participants(request: web.Request, room: Room) -> list[dict[str, Any]]:
+    live = request.app[NODE].live_rooms.live.get(room.id)
+    return [p.to_admin_json() for p in live.participants.values()] if live else []
+
+
+async def get_room(request: web.Request) -> web.Response:
+    principal = principal_of(request)
+    _require_any_grant(principal, "room_create", "room_admin")
+    room_id = path_uuid(request, "room_id")
+    room = await _rooms(request).get(_scope(principal, None), room_id)
+    participants = _participants(request, room)
+    return json_response({**asdict(room), "num_participants": len(participants), "participants": participants})
+
+
+async def list_participants(request: web.Request) -> web.Response:
+    principal = principal_of(request)
+    _require_any_grant(principal, "room_create", "room_admin")
+    room = await _rooms(request).get(_scope(principal, None), path_uuid(request, "room_id"))
+    return json_response({"participants": _participants(request, room)})
+
+
+async def _live_room(request: web.Request) -> tuple[Principal, Room, LiveRoom]:
+    """The open room in the path with its live state; 404 ``participant_not_found`` when nobody is in it."""
+    principal = principal_of(request)
+    _require_any_grant(principal, "room_admin")
+    room = await _rooms(request).get(_scope(principal, None), path_uuid(request, "room_id"))
+    live = request.app[NODE].live_rooms.live.get(room.id)
+    if live is None or room.status != "open":
+        raise ApiError(404, "participant_not_found", f"no participant {request.match_info['participant']} "
+                       "in the room")
+    return principal, room, live
+
+
+async def _audit(request: web.Request, principal: Principal, room: Room, action: str,
+                 target: str, details: dict[str, Any]) -> None:
+    async with request.app[NODE].db.pool.acquire() as conn:
+        await audit.record(conn, principal.actor, action, "participant", target, customer_id=room.customer_id,
+                           instance_id=room.instance_id, details={"room_id": str(room.id), **details})
+
+
+async def remove_participant(request: web.Request) -> web.Response:
+    principal, room, live = await _live_room(request)
+    removed = await live.remove(request.match_info["participant"])
+    await _audit(request, principal, room, "participant.remove", removed.id, {"identity": removed.identity})
+    return json_response({"removed": removed.to_json()})
+
+
+async def mute_track(request: web.Request) -> web.Response:
+    principal, room, live = await _live_room(request)
+    body = await read_model(request, TrackMute)
+    track_id = request.match_info["track"]
+    participant = live.find(request.match_info["participant"])
+    track = await live.admin_mute(participant.id, track_id, body.muted)
+    await _audit(request, principal, room, "participant.mute_track", participant.id,
+                 {"track_id": track.id, "muted": body.muted})
+    return json_response({"participant_id": participant.id, "track": {
+        "id": track.id, "kind": track.kind, "source": track.source, "name": track.name, "muted": track.muted}})
+
+
+async def close_room(request: web.Request) -> web.Response:
+    principal = principal_of(request)
+    _require_any_grant(principal, "room_admin")
+    room_id = path_uuid(request, "room_id")
+    rooms = _rooms(request)
+    room = await rooms.get(_scope(principal, None), room_id)
+    return json_response(await rooms.close(principal.actor, room))
+
+
+def register(app: web.Application) -> None:
+    r = app.router
+    r.add_post("/api/v1/rooms", create_room)
+    r.add_get("/api/v1/rooms", list_rooms)
+    r.add_get("/api/v1/rooms/{room_id}", get_room)
+    r.add_delete("/api/v1/rooms/{room_id}", close_room)
+    r.add_get("/api/v1/rooms/{room_id}/participants", list_participants)
+    r.add_delete("/api/v1/rooms/{room_id}/participants/{participant}", remove_participant)
+    r.add_post("/api/v1/rooms/{room_id}/participants/{participant}/tracks/{track}/mute", mute_track)

@@ -1,0 +1,391 @@
+"""Rooms as they live on this node: participants, their tracks and subscriptions.
+
+A :class:`LiveRoom` exists while its database room is open and someone is (or was
+recently) connected. It wires the SFU: a participant's publisher connection yields
+published tracks, which are routed to the subscriber connection of every other
+participant that subscribes. Events go to participants over their socket's
+``send``; a participant whose socket dropped keeps its media for a grace period and
+may resume, so the others never see it leave.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import secrets
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiortc import RTCIceCandidate
+from aiortc.sdp import candidate_from_sdp
+
+from gbmedia.errors import ApiError
+from gbmedia.sfu.forwarder import DownTrack
+from gbmedia.sfu.media_address import MediaAddress
+from gbmedia.sfu.peers import PublisherPeer, SubscriberPeer, TrackInfo, parse_sdp
+from gbmedia.sfu.track import PublishedTrack
+from gbmedia.signaling.protocol import ProtocolError
+from gbmedia.signaling.rooms import Room, Rooms
+from gbmedia.tenancy.models import Actor, Instance
+from gbmedia.tenancy.tokens import Grants
+
+log = logging.getLogger(__name__)
+
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+def track_json(track: PublishedTrack) -> dict[str, Any]:
+    return {"id": track.id, "kind": track.kind, "source": track.source, "name": track.name,
+            "muted": track.muted, "mid": track.mid}
+
+
+@dataclass(eq=False)
+class Participant:
+    identity: str
+    name: str
+    grants: Grants
+    room: LiveRoom
+    auto_subscribe: bool
+    send_to_socket: Send | None
+    id: str = field(default_factory=lambda: "PA_" + uuid.uuid4().hex[:12])
+    resume_token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    publisher: PublisherPeer | None = None
+    subscriber: SubscriberPeer | None = None
+    subscriptions: dict[str, DownTrack] = field(default_factory=dict)
+    offer_pending: str | None = None  # the subscriber offer SDP awaiting an answer
+    renegotiate_after_answer: bool = False
+    grace_task: asyncio.Task[None] | None = None
+    joined_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
+
+    @property
+    def connected(self) -> bool:
+        """False while the socket is away (within the resume grace period)."""
+        return self.send_to_socket is not None
+
+    @property
+    def published(self) -> list[PublishedTrack]:
+        return list(self.publisher.tracks.values()) if self.publisher else []
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "identity": self.identity, "name": self.name,
+                "tracks": [track_json(t) for t in self.published]}
+
+    def to_admin_json(self) -> dict[str, Any]:
+        """What the Room API shows: the protocol's view plus state and grants."""
+        return {**self.to_json(), "state": "active" if self.connected else "disconnected",
+                "joined_at": self.joined_at.isoformat(), "hidden": self.grants.hidden,
+                "can_publish": self.grants.can_publish, "can_subscribe": self.grants.can_subscribe,
+                "subscriptions": sorted(self.subscriptions)}
+
+    async def send(self, message: dict[str, Any]) -> None:
+        """Deliver an event; dropped while the socket is away (resume resends state)."""
+        if self.send_to_socket is not None:
+            try:
+                await self.send_to_socket(message)
+            except (ConnectionError, RuntimeError):
+                self.send_to_socket = None
+
+
+class LiveRoom:
+    def __init__(self, room: Room, registry: LiveRooms) -> None:
+        self.room = room
+        self.registry = registry
+        self.participants: dict[str, Participant] = {}
+        self.closed = False
+
+    @property
+    def visible(self) -> list[Participant]:
+        return [p for p in self.participants.values() if not p.grants.hidden]
+
+    def tracks(self) -> dict[str, PublishedTrack]:
+        return {t.id: t for p in self.participants.values() for t in p.published}
+
+    async def broadcast(self, message: dict[str, Any], *, exclude: Participant | None = None) -> None:
+        await asyncio.gather(*(p.send(message) for p in self.participants.values() if p is not exclude))
+
+    # --- membership ------------------------------------------------------------------
+
+    async def join(self, identity: str, name: str, grants: Grants, *, auto_subscribe: bool,
+                   send: Send) -> Participant:
+        if self.closed:
+            raise ProtocolError("room_closed", "the room has closed")
+        previous = next((p for p in self.participants.values() if p.identity == identity), None)
+        if previous is not None:  # the same person from a new device or tab replaces the old session
+            await previous.send({"type": "removed", "reason": "duplicate_identity"})
+            await self.leave(previous, "duplicate_identity")
+        if len(self.participants) >= self.room.max_participants:
+            raise ProtocolError("room_full", f"the room allows {self.room.max_participants} participants",
+                                details={"max_participants": self.room.max_participants})
+        participant = Participant(identity, name, grants, self, auto_subscribe, send)
+        participant.subscriber = SubscriberPeer(participant.id, address=self.registry.media_address)
+        self.participants[participant.id] = participant
+        self.registry.by_resume_token[participant.resume_token] = participant
+        if not grants.hidden:
+            await self.broadcast({"type": "participant_joined", "participant": participant.to_json()},
+                                 exclude=participant)
+        await self.registry.rooms.touch(self.room.id)
+        return participant
+
+    def joined_message(self, participant: Participant, *, resumed: bool = False) -> dict[str, Any]:
+        return {
+            "type": "joined",
+            "protocol": 1,
+            "resumed": resumed,
+            "room": {"id": str(self.room.id), "name": self.room.name, "kind": self.room.kind,
+                     "max_participants": self.room.max_participants},
+            "participant": {"id": participant.id, "identity": participant.identity, "name": participant.name,
+                            "grants": participant.grants.to_claim()},
+            "participants": [p.to_json() for p in self.visible if p is not participant],
+            "resume_token": participant.resume_token,
+            "resume_grace_seconds": self.registry.resume_grace,
+        }
+
+    async def start_subscriptions(self, participant: Participant) -> None:
+        """Auto-subscribe a newcomer to every track already published."""
+        if participant.auto_subscribe and participant.grants.can_subscribe:
+            await self.set_subscribed(participant, list(self.tracks()), True, quiet=True)
+
+    async def leave(self, participant: Participant, reason: str = "left") -> None:
+        if self.participants.pop(participant.id, None) is None:
+            return
+        self.registry.by_resume_token.pop(participant.resume_token, None)
+        if participant.grace_task is not None and participant.grace_task is not asyncio.current_task():
+            participant.grace_task.cancel()
+        ended = participant.published
+        for track in ended:
+            await self._track_ended(participant, track)
+        for down in participant.subscriptions.values():
+            down.detach()
+        participant.subscriptions.clear()
+        if participant.publisher is not None:
+            await participant.publisher.close()
+        if participant.subscriber is not None:
+            await participant.subscriber.close()
+        if not participant.grants.hidden:
+            await self.broadcast({"type": "participant_left", "participant_id": participant.id, "reason": reason})
+        await self.registry.rooms.touch(self.room.id)
+        log.info("participant left", extra={"room_id": str(self.room.id), "participant_id": participant.id,
+                                            "reason": reason})
+
+    def disconnected(self, participant: Participant) -> None:
+        """The socket dropped without ``leave``: keep the session for the grace period."""
+        participant.send_to_socket = None
+
+        async def expire() -> None:
+            await asyncio.sleep(self.registry.resume_grace)
+            if participant.send_to_socket is None:
+                await self.leave(participant, "disconnected")
+
+        participant.grace_task = asyncio.ensure_future(expire())
+
+    async def resume(self, participant: Participant, send: Send, request_id: str | int | None = None) -> None:
+        """A new socket takes over the session: it gets ``joined`` (``resumed``) and any pending offer."""
+        if participant.grace_task is not None:
+            participant.grace_task.cancel()
+            participant.grace_task = None
+        participant.send_to_socket = send
+        joined = self.joined_message(participant, resumed=True)
+        if request_id is not None:
+            joined["id"] = request_id
+        await participant.send(joined)
+        if participant.offer_pending is not None:  # the answer may never have arrived
+            await participant.send({"type": "offer", "sdp": participant.offer_pending,
+                                    "tracks": participant.subscriber.track_ids_by_mid()})  # type: ignore[union-attr]
+
+    async def close(self, reason: str) -> None:
+        self.closed = True
+        for participant in list(self.participants.values()):
+            await participant.send({"type": "room_closed", "reason": reason})
+            await self.leave(participant, "room_closed")
+
+    # --- media -------------------------------------------------------------------------
+
+    async def publish(self, participant: Participant, sdp: str, infos: dict[str, TrackInfo]) -> tuple[
+            str, list[PublishedTrack]]:
+        if not participant.grants.can_publish:
+            raise ProtocolError("grant_missing", "the token lacks the can_publish grant",
+                                details={"grant": "can_publish"})
+        parse_sdp(sdp, "offer")  # refuse garbage before any connection exists
+        if participant.publisher is None:
+            participant.publisher = PublisherPeer(participant.id, address=self.registry.media_address)
+        answer, added, ended = await participant.publisher.answer(sdp, infos)
+        for track in ended:
+            await self._track_ended(participant, track)
+        for track in added:
+            await self.broadcast({"type": "track_published", "participant_id": participant.id,
+                                  "track": track_json(track)}, exclude=participant)
+        for other in self.participants.values():
+            if other is not participant and other.auto_subscribe and other.grants.can_subscribe and added:
+                await self.set_subscribed(other, [t.id for t in added], True, quiet=True)
+        return answer, added
+
+    async def _track_ended(self, owner: Participant, track: PublishedTrack) -> None:
+        for other in self.participants.values():
+            down = other.subscriptions.pop(track.id, None)
+            if down is not None:
+                other.subscriber.remove(down)  # type: ignore[union-attr]
+                await self.renegotiate(other)
+        track.close()
+        await self.broadcast({"type": "track_unpublished", "participant_id": owner.id, "track_id": track.id},
+                             exclude=owner)
+
+    async def set_subscribed(self, participant: Participant, track_ids: list[str], subscribe: bool,
+                             *, quiet: bool = False) -> None:
+        if not participant.grants.can_subscribe:
+            raise ProtocolError("grant_missing", "the token lacks the can_subscribe grant",
+                                details={"grant": "can_subscribe"})
+        tracks = self.tracks()
+        unknown = [t for t in track_ids if t not in tracks]
+        if unknown and not quiet:
+            raise ProtocolError("track_not_found", f"no such tracks: {unknown}", details={"track_ids": unknown})
+        changed = False
+        for track_id in track_ids:
+            track = tracks.get(track_id)
+            if track is None or track.participant_id == participant.id:
+                continue
+            if subscribe and track_id not in participant.subscriptions:
+                participant.subscriptions[track_id] = participant.subscriber.add(track)  # type: ignore[union-attr]
+                changed = True
+            elif not subscribe and track_id in participant.subscriptions:
+                participant.subscriber.remove(participant.subscriptions.pop(track_id))  # type: ignore[union-attr]
+                changed = True
+        if changed:
+            await self.renegotiate(participant)
+
+    async def renegotiate(self, participant: Participant) -> None:
+        """Send the subscriber a new offer, one at a time."""
+        if participant.offer_pending is not None:
+            participant.renegotiate_after_answer = True
+            return
+        sdp, tracks = await participant.subscriber.offer()  # type: ignore[union-attr]
+        participant.offer_pending = sdp
+        await participant.send({"type": "offer", "sdp": sdp, "tracks": tracks})
+
+    async def answer(self, participant: Participant, sdp: str) -> None:
+        if participant.offer_pending is None:
+            raise ProtocolError("unexpected_answer", "there is no subscriber offer waiting for an answer")
+        await participant.subscriber.accept_answer(sdp)  # type: ignore[union-attr]
+        participant.offer_pending = None
+        if participant.renegotiate_after_answer:
+            participant.renegotiate_after_answer = False
+            await self.renegotiate(participant)
+
+    async def add_candidate(self, participant: Participant, target: str, candidate: dict[str, Any] | None) -> None:
+        peer = participant.publisher if target == "publisher" else participant.subscriber
+        if peer is None or peer.pc.remoteDescription is None:
+            raise ProtocolError("no_connection", f"there is no {target} connection yet")
+        if candidate is None or not candidate.get("candidate"):
+            return  # end-of-candidates: nothing to do for aiortc
+        if candidate.get("sdpMid") is None and candidate.get("sdpMLineIndex") is None:
+            raise ProtocolError("invalid_candidate", "a candidate needs sdpMid or sdpMLineIndex")
+        line = candidate["candidate"]
+        try:
+            parsed: RTCIceCandidate = candidate_from_sdp(line.split(":", 1)[1] if line.startswith("candidate:")
+                                                         else line)
+        except (ValueError, IndexError) as exc:
+            raise ProtocolError("invalid_candidate", f"the ICE candidate does not parse: {exc}") from None
+        parsed.sdpMid = candidate.get("sdpMid")
+        parsed.sdpMLineIndex = candidate.get("sdpMLineIndex")
+        await peer.add_ice_candidate(parsed)
+
+    async def mute(self, participant: Participant, track_id: str, muted: bool) -> None:
+        track = next((t for t in participant.published if t.id == track_id), None)
+        if track is None:
+            raise ProtocolError("track_not_found", f"you publish no track {track_id}")
+        await self._set_muted(participant, track, muted, by_admin=False)
+
+    async def _set_muted(self, owner: Participant, track: PublishedTrack, muted: bool, *, by_admin: bool) -> None:
+        """Muting stops forwarding at once (the SFU drops the track's packets).
+
+        An administrator's mute also tells the owner, whose client should stop
+        sending (LiveKit's server mute); the owner may not unmute a track an
+        administrator muted unless an administrator unmutes it.
+        """
+        if track.muted == muted and track.muted_by_admin == (by_admin and muted):
+            return
+        if not by_admin and track.muted_by_admin and not muted:
+            raise ProtocolError("muted_by_admin", "an administrator muted this track")
+        track.muted = muted
+        track.muted_by_admin = by_admin and muted
+        if not muted:
+            track.request_keyframe()  # subscribers' decoders restart on a keyframe
+        event = {"type": "track_muted", "participant_id": owner.id, "track_id": track.id, "muted": muted}
+        if by_admin:
+            await owner.send({**event, "by_admin": True})
+        await self.broadcast(event, exclude=owner)
+
+    # --- administration (the Room API) -------------------------------------------------------
+
+    def find(self, participant_id: str) -> Participant:
+        """A participant by id or identity, or 404 ``participant_not_found``."""
+        participant = self.participants.get(participant_id) or next(
+            (p for p in self.participants.values() if p.identity == participant_id), None)
+        if participant is None:
+            raise ApiError(404, "participant_not_found", f"no participant {participant_id} in the room")
+        return participant
+
+    async def remove(self, participant_id: str) -> Participant:
+        """Disconnect a participant: it gets ``removed``, the others ``participant_left``."""
+        participant = self.find(participant_id)
+        await participant.send({"type": "removed", "reason": "removed_by_admin"})
+        await self.leave(participant, "removed_by_admin")
+        return participant
+
+    async def admin_mute(self, participant_id: str, track_id: str, muted: bool) -> PublishedTrack:
+        participant = self.find(participant_id)
+        track = next((t for t in participant.published if t.id == track_id), None)
+        if track is None:
+            raise ApiError(404, "track_not_found", f"participant {participant.id} publishes no track {track_id}")
+        await self._set_muted(participant, track, muted, by_admin=True)
+        return track
+
+
+class LiveRooms:
+    """This node's live rooms, found by the database room they belong to."""
+
+    def __init__(self, rooms: Rooms, *, resume_grace: float, media_address: MediaAddress | None = None) -> None:
+        self.rooms = rooms
+        self.resume_grace = resume_grace
+        self.media_address = media_address
+        self.live: dict[uuid.UUID, LiveRoom] = {}
+        self.by_resume_token: dict[str, Participant] = {}
+        rooms.on_close(self._room_closed)
+
+    def participant_count(self, room_id: uuid.UUID) -> int:
+        live = self.live.get(room_id)
+        return len(live.participants) if live else 0
+
+    async def room_for(self, instance: Instance, name: str, actor: Actor) -> LiveRoom:
+        """The open room with this name, created on first join (within quotas)."""
+        try:
+            room = await self.rooms.get(instance.id, name)
+            if room.status != "open":
+                raise ApiError(404, "room_not_found", "closed")
+        except ApiError as exc:
+            if exc.status != 404:
+                raise
+            try:
+                room = await self.rooms.create(actor, instance.id, name)
+            except ApiError as race:
+                if race.code != "room_name_taken":
+                    raise
+                room = await self.rooms.get(instance.id, name)
+        live = self.live.get(room.id)
+        if live is None or live.closed:
+            live = self.live[room.id] = LiveRoom(room, self)
+        return live
+
+    async def _room_closed(self, room: Room, reason: str) -> None:
+        live = self.live.pop(room.id, None)
+        if live is not None:
+            await live.close(reason)
+
+    async def close(self) -> None:
+        for live in list(self.live.values()):
+            with contextlib.suppress(Exception):
+                await live.close("node_shutdown")
+        self.live.clear()

@@ -1,0 +1,142 @@
+"""The participant WebSocket protocol, version 1: parsing and validating messages.
+
+Every frame is a JSON object with a ``type``; a client may add an ``id`` (string or
+integer) that the server echoes on the reply or error, so clients can match them.
+``docs/protocol.md`` documents every message with an example. Bad input never
+closes the socket: it gets an ``error`` message with a code.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError
+
+PROTOCOL_VERSION = 1
+MAX_MESSAGE_BYTES = 256 * 1024  # an SDP with dozens of m-lines stays far below this
+
+RequestId = str | int | None
+TrackId = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+Sdp = Annotated[str, StringConstraints(min_length=1, max_length=MAX_MESSAGE_BYTES)]
+Source = Literal["camera", "microphone", "screen_share", "screen_share_audio", "unknown"]
+
+
+class ProtocolError(Exception):
+    def __init__(self, code: str, message: str, request_id: RequestId = None,
+                 details: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.request_id = request_id
+        self.details = details or {}
+
+    def to_message(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"type": "error", "code": self.code, "message": self.message}
+        if self.request_id is not None:
+            body["id"] = self.request_id
+        if self.details:
+            body["details"] = self.details
+        return body
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    id: Annotated[str, StringConstraints(max_length=64)] | int | None = None
+
+
+class Join(_Message):
+    type: Literal["join"]
+    token: Annotated[str, StringConstraints(min_length=1, max_length=8192)]
+    protocol: int = PROTOCOL_VERSION
+    auto_subscribe: bool = True
+    resume: Annotated[str, StringConstraints(min_length=1, max_length=128)] | None = None
+
+
+class TrackInfoIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    source: Source = "unknown"
+    name: Annotated[str, StringConstraints(max_length=200)] = ""
+
+
+class Publish(_Message):
+    """The publisher connection's offer; its m-lines are the participant's tracks."""
+
+    type: Literal["publish"]
+    sdp: Sdp
+    tracks: dict[Annotated[str, StringConstraints(min_length=1, max_length=32)], TrackInfoIn] = Field(
+        default_factory=dict)
+
+
+class Answer(_Message):
+    """The answer to the server's subscriber offer."""
+
+    type: Literal["answer"]
+    sdp: Sdp
+
+
+class IceCandidate(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    candidate: Annotated[str, StringConstraints(max_length=2048)]
+    sdpMid: str | None = None
+    sdpMLineIndex: int | None = None
+
+
+class Candidate(_Message):
+    type: Literal["candidate"]
+    target: Literal["publisher", "subscriber"]
+    candidate: IceCandidate | None = None  # null: end of candidates
+
+
+class Subscribe(_Message):
+    type: Literal["subscribe"]
+    track_ids: list[TrackId] = Field(min_length=1, max_length=500)
+    subscribe: bool = True
+
+
+class Mute(_Message):
+    type: Literal["mute"]
+    track_id: TrackId
+    muted: bool
+
+
+class Leave(_Message):
+    type: Literal["leave"]
+
+
+class Ping(_Message):
+    type: Literal["ping"]
+
+
+ClientMessage = Join | Publish | Answer | Candidate | Subscribe | Mute | Leave | Ping
+MESSAGE_TYPES = ("join", "publish", "answer", "candidate", "subscribe", "mute", "leave", "ping")
+_ADAPTER: TypeAdapter[ClientMessage] = TypeAdapter(
+    Annotated[ClientMessage, Field(discriminator="type")]
+)
+
+
+def parse_message(raw: str | bytes) -> ClientMessage:
+    """One client frame as a typed message, or :class:`ProtocolError`."""
+    if len(raw) > MAX_MESSAGE_BYTES:
+        raise ProtocolError("message_too_large", f"messages are limited to {MAX_MESSAGE_BYTES} bytes")
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ProtocolError("invalid_json", f"the message is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ProtocolError("invalid_message", "a message must be a JSON object")
+    request_id = data.get("id") if isinstance(data.get("id"), str | int) else None
+    kind = data.get("type")
+    if kind not in MESSAGE_TYPES:
+        raise ProtocolError("unknown_type", f"unknown message type {kind!r}", request_id,
+                            {"types": list(MESSAGE_TYPES)})
+    try:
+        return _ADAPTER.validate_python(data)
+    except ValidationError as exc:
+        problems = [{"field": ".".join(str(p) for p in e["loc"][1:]) or "(message)", "message": e["msg"]}
+                    for e in exc.errors()]
+        raise ProtocolError("invalid_message", f"invalid {kind} message: " + "; ".join(
+            f"{p['field']}: {p['message']}" for p in problems), request_id, {"problems": problems}) from None

@@ -1,0 +1,158 @@
+"""``GET /rtc``: one WebSocket per participant, speaking :mod:`gbmedia.signaling.protocol`.
+
+Authentication is the ``join`` message's token, not a header, so browsers can use
+the plain WebSocket API and tokens stay out of URLs and access logs. Whatever a
+client sends, the reply is a message: errors never close the socket, and one
+participant's bad input never reaches the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from gbmedia.errors import ApiError, bad_request
+from gbmedia.http.keys import NODE
+from gbmedia.sfu.peers import NegotiationError, TrackInfo
+from gbmedia.signaling import protocol as p
+from gbmedia.signaling.live import LiveRooms, Participant
+from gbmedia.tenancy.models import Actor
+
+log = logging.getLogger(__name__)
+
+
+class Connection:
+    """One socket's conversation; holds its participant once joined."""
+
+    def __init__(self, ws: web.WebSocketResponse, request: web.Request) -> None:
+        self.ws = ws
+        self.node = request.app[NODE]
+        self.live_rooms: LiveRooms = self.node.live_rooms
+        self.participant: Participant | None = None
+        self.left = False
+        self._send_lock = asyncio.Lock()
+
+    async def send(self, message: dict[str, Any]) -> None:
+        if self.ws.closed:
+            raise ConnectionError("socket closed")
+        async with self._send_lock:
+            await self.ws.send_json(message)
+
+    async def handle(self, raw: str | bytes) -> None:
+        request_id: p.RequestId = None
+        try:
+            message = p.parse_message(raw)
+            request_id = message.id
+            reply = await self.dispatch(message)
+            if reply is not None:
+                if request_id is not None:
+                    reply["id"] = request_id
+                await self.send(reply)
+        except p.ProtocolError as exc:
+            exc.request_id = exc.request_id if exc.request_id is not None else request_id
+            await self.send(exc.to_message())
+        except NegotiationError as exc:
+            await self.send(p.ProtocolError(exc.code, exc.message, request_id).to_message())
+        except ApiError as exc:
+            await self.send(p.ProtocolError(exc.code, exc.message, request_id, exc.details).to_message())
+        except ConnectionError:
+            pass
+        except Exception:
+            log.exception("signaling message failed")
+            await self.send(p.ProtocolError("internal_error", "the server failed on this message", request_id)
+                            .to_message())
+
+    async def dispatch(self, message: p.ClientMessage) -> dict[str, Any] | None:
+        if isinstance(message, p.Ping):
+            return {"type": "pong"}
+        if isinstance(message, p.Join):
+            return await self.join(message)
+        participant = self.participant
+        if participant is None:
+            raise p.ProtocolError("not_joined", f"send join before {message.type}")
+        room = participant.room
+        if isinstance(message, p.Publish):
+            infos = {mid: TrackInfo(t.source, t.name) for mid, t in message.tracks.items()}
+            answer, _added = await room.publish(participant, message.sdp, infos)
+            return {"type": "publish_answer", "sdp": answer,
+                    "tracks": [{"id": t.id, "mid": t.mid, "kind": t.kind, "source": t.source, "name": t.name}
+                               for t in participant.published]}
+        if isinstance(message, p.Answer):
+            await room.answer(participant, message.sdp)
+            return {"type": "ack"} if message.id is not None else None
+        if isinstance(message, p.Candidate):
+            candidate = message.candidate.model_dump() if message.candidate else None
+            await room.add_candidate(participant, message.target, candidate)
+            return {"type": "ack"} if message.id is not None else None
+        if isinstance(message, p.Subscribe):
+            await room.set_subscribed(participant, message.track_ids, message.subscribe)
+            return {"type": "ack"}
+        if isinstance(message, p.Mute):
+            await room.mute(participant, message.track_id, message.muted)
+            return {"type": "ack"}
+        assert isinstance(message, p.Leave)
+        self.left = True
+        await room.leave(participant, "left")
+        self.participant = None
+        return {"type": "left"}
+
+    async def join(self, message: p.Join) -> dict[str, Any] | None:
+        if self.participant is not None:
+            raise p.ProtocolError("already_joined", "this socket has already joined a room")
+        if message.protocol != p.PROTOCOL_VERSION:
+            raise p.ProtocolError("unsupported_protocol", f"this server speaks protocol {p.PROTOCOL_VERSION}",
+                                  details={"supported": [p.PROTOCOL_VERSION]})
+        verified = await self.node.tenancy.auth.verify_access_token(message.token)
+        token = verified.token
+        if not token.grants.room_join:
+            raise p.ProtocolError("grant_missing", "the token lacks the room_join grant",
+                                  details={"grant": "room_join"})
+        if not token.grants.room:
+            raise p.ProtocolError("room_required", "the token names no room")
+        if message.resume is not None:
+            existing = self.live_rooms.by_resume_token.get(message.resume)
+            if (existing is None or existing.identity != token.identity
+                    or existing.room.room.instance_id != verified.instance.id):
+                raise p.ProtocolError("resume_failed", "the session expired or belongs to someone else")
+            self.participant = existing
+            await existing.room.resume(existing, self.send, message.id)
+            return None
+        room = await self.live_rooms.room_for(verified.instance, token.grants.room,
+                                              Actor(token.api_key, "api_key"))
+        participant = await room.join(token.identity, token.name, token.grants,
+                                      auto_subscribe=message.auto_subscribe, send=self.send)
+        self.participant = participant
+        joined = room.joined_message(participant)
+        if message.id is not None:
+            joined["id"] = message.id
+        await self.send(joined)
+        await room.start_subscriptions(participant)
+        return None
+
+    async def closed(self) -> None:
+        if self.participant is not None and not self.left:
+            self.participant.room.disconnected(self.participant)
+
+
+async def rtc_handler(request: web.Request) -> web.WebSocketResponse:
+    # aiohttp's own limit sits above the protocol's, so an oversized message gets a
+    # protocol error instead of a closed socket.
+    ws = web.WebSocketResponse(max_msg_size=4 * p.MAX_MESSAGE_BYTES, heartbeat=20)
+    if not ws.can_prepare(request).ok:
+        raise bad_request("websocket_required", "GET /rtc is a WebSocket: send an Upgrade: websocket handshake")
+    await ws.prepare(request)
+    connection = Connection(ws, request)
+    try:
+        async for msg in ws:
+            if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
+                await connection.handle(msg.data)
+    finally:
+        await connection.closed()
+    return ws
+
+
+def register(app: web.Application) -> None:
+    app.router.add_get("/rtc", rtc_handler)

@@ -1,0 +1,316 @@
+"""The /rtc WebSocket with real aiortc clients: join, publish, subscribe, leave, resume."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import av
+import pytest
+from aiohttp.test_utils import TestClient
+from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+
+from gbmedia.tenancy.tokens import Grants, mint_token
+from tests.helpers import Tenant, create_tenant
+from tests.rtc import ColorVideoTrack, ToneAudioTrack, close_to, mean_rgb, offer_from, wait_for
+
+RED = (220, 30, 30)
+GREEN = (30, 200, 30)
+NO_STUN = RTCConfiguration(iceServers=[])  # nothing outside this machine answers
+
+
+@dataclass
+class RtcClient:
+    """A participant as a browser would be: one socket, two peer connections."""
+
+    ws: aiohttp.ClientWebSocketResponse
+    events: list[dict[str, Any]] = field(default_factory=list)
+    publisher: RTCPeerConnection | None = None
+    subscriber: RTCPeerConnection = field(default_factory=lambda: RTCPeerConnection(NO_STUN))
+    frames: dict[str, list[Any]] = field(default_factory=dict)  # by track id
+    track_ids: dict[str, str] = field(default_factory=dict)  # mid -> track id
+    _waiters: list[tuple[Any, asyncio.Future[dict[str, Any]]]] = field(default_factory=list)
+    _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    _next_id: int = 0
+
+    def __post_init__(self) -> None:
+        self._tasks.append(asyncio.ensure_future(self._read()))
+        self.subscriber.on("track", self._on_track)
+
+    async def _read(self) -> None:
+        async for msg in self.ws:
+            event = json.loads(msg.data)
+            self.events.append(event)
+            for predicate, future in list(self._waiters):
+                if not future.done() and predicate(event):
+                    future.set_result(event)
+            if event["type"] == "offer":
+                self._tasks.append(asyncio.ensure_future(self._answer(event)))
+
+    async def _answer(self, offer: dict[str, Any]) -> None:
+        self.track_ids.update(offer["tracks"])
+        await self.subscriber.setRemoteDescription(RTCSessionDescription(sdp=offer["sdp"], type="offer"))
+        await self.subscriber.setLocalDescription(await self.subscriber.createAnswer())
+        await self.ws.send_json({"type": "answer", "sdp": self.subscriber.localDescription.sdp})
+
+    def _on_track(self, track: MediaStreamTrack) -> None:
+        mid = next(t.mid for t in self.subscriber.getTransceivers() if t.receiver.track is track)
+
+        async def pull() -> None:
+            with contextlib.suppress(Exception):
+                while True:
+                    frame = await track.recv()
+                    self.frames.setdefault(self.track_ids.get(mid, mid), []).append(frame)
+
+        self._tasks.append(asyncio.ensure_future(pull()))
+
+    async def wait_event(self, predicate, within: float = 15.0) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+        for event in self.events:
+            if predicate(event):
+                return event
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._waiters.append((predicate, future))
+        return await asyncio.wait_for(future, within)
+
+    async def request(self, message: dict[str, Any]) -> dict[str, Any]:
+        self._next_id += 1
+        request_id = f"r{self._next_id}"
+        await self.ws.send_json({**message, "id": request_id})
+        return await self.wait_event(lambda e: e.get("id") == request_id)
+
+    async def join(self, token: str, **extra: Any) -> dict[str, Any]:
+        return await self.request({"type": "join", "token": token, **extra})
+
+    async def publish(self, *tracks: MediaStreamTrack, sources: dict[str, str] | None = None) -> dict[str, Any]:
+        if self.publisher is None:
+            self.publisher = RTCPeerConnection(NO_STUN)
+        for track in tracks:
+            self.publisher.addTrack(track)
+        offer = await offer_from(self.publisher)
+        infos = {mid: {"source": source} for mid, source in (sources or {}).items()}
+        reply = await self.request({"type": "publish", "sdp": offer, "tracks": infos})
+        if reply["type"] == "publish_answer":
+            await self.publisher.setRemoteDescription(RTCSessionDescription(sdp=reply["sdp"], type="answer"))
+        return reply
+
+    def decoded(self, track_id: str) -> list[av.VideoFrame]:
+        return self.frames.get(track_id, [])
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await self.ws.close()
+        if self.publisher is not None:
+            await self.publisher.close()
+        await self.subscriber.close()
+
+
+@pytest.fixture
+async def rtc(client: TestClient) -> AsyncIterator[Any]:
+    opened: list[RtcClient] = []
+
+    async def connect() -> RtcClient:
+        ws = await client.ws_connect("/rtc")
+        rtc_client = RtcClient(ws)
+        opened.append(rtc_client)
+        return rtc_client
+
+    yield connect
+    for rtc_client in opened:
+        await rtc_client.close()
+
+
+@pytest.fixture
+async def tenant(client: TestClient) -> Tenant:
+    return await create_tenant(client)
+
+
+def token(tenant: Tenant, identity: str, room: str = "standup", **grants: bool) -> str:
+    chosen = Grants(room=room, **grants) if grants else Grants.participant(room)
+    return mint_token(tenant.key, tenant.secret, identity, chosen, name=identity.title())
+
+
+async def test_two_participants_see_and_hear_each_other(rtc, tenant: Tenant):
+    alice, bob = await rtc(), await rtc()
+    joined = await alice.join(token(tenant, "alice"))
+    assert joined["type"] == "joined"
+    assert joined["room"]["name"] == "standup" and joined["participants"] == []
+    reply = await alice.publish(ColorVideoTrack(RED), ToneAudioTrack(), sources={"0": "camera", "1": "microphone"})
+    assert reply["type"] == "publish_answer"
+    alice_video = next(t for t in reply["tracks"] if t["kind"] == "video")
+    assert alice_video["source"] == "camera"
+
+    joined = await bob.join(token(tenant, "bob"))
+    assert [p["identity"] for p in joined["participants"]] == ["alice"]
+    assert {t["id"] for t in joined["participants"][0]["tracks"]} == {t["id"] for t in reply["tracks"]}
+    await alice.wait_event(lambda e: e["type"] == "participant_joined" and e["participant"]["identity"] == "bob")
+    bob_reply = await bob.publish(ColorVideoTrack(GREEN))
+    bob_video = bob_reply["tracks"][0]
+
+    # Each decodes the other's picture; bob also gets alice's audio.
+    await wait_for(lambda: len(bob.decoded(alice_video["id"])) >= 5, within=20)
+    await wait_for(lambda: len(alice.decoded(bob_video["id"])) >= 5, within=20)
+    assert close_to(mean_rgb(bob.decoded(alice_video["id"])[-1]), RED)
+    assert close_to(mean_rgb(alice.decoded(bob_video["id"])[-1]), GREEN)
+    alice_audio = next(t for t in reply["tracks"] if t["kind"] == "audio")
+    await wait_for(lambda: len(bob.frames.get(alice_audio["id"], [])) >= 10)
+
+
+async def test_leave_is_announced_and_tracks_go(rtc, tenant: Tenant):
+    alice, bob = await rtc(), await rtc()
+    await alice.join(token(tenant, "alice"))
+    reply = await alice.publish(ColorVideoTrack(RED))
+    await bob.join(token(tenant, "bob"))
+    track_id = reply["tracks"][0]["id"]
+    await wait_for(lambda: len(bob.decoded(track_id)) >= 1, within=20)
+    assert (await alice.request({"type": "leave"}))["type"] == "left"
+    await bob.wait_event(lambda e: e["type"] == "track_unpublished" and e["track_id"] == track_id)
+    left = await bob.wait_event(lambda e: e["type"] == "participant_left")
+    assert left["reason"] == "left"
+
+
+async def test_mute_is_broadcast(rtc, tenant: Tenant):
+    alice, bob = await rtc(), await rtc()
+    await alice.join(token(tenant, "alice"))
+    track_id = (await alice.publish(ColorVideoTrack(RED)))["tracks"][0]["id"]
+    await bob.join(token(tenant, "bob"))
+    assert (await alice.request({"type": "mute", "track_id": track_id, "muted": True}))["type"] == "ack"
+    event = await bob.wait_event(lambda e: e["type"] == "track_muted")
+    assert (event["track_id"], event["muted"]) == (track_id, True)
+    error = await bob.request({"type": "mute", "track_id": track_id, "muted": True})
+    assert (error["type"], error["code"]) == ("error", "track_not_found")  # not bob's track
+
+
+async def test_grants_are_enforced(rtc, tenant: Tenant):
+    viewer = await rtc()
+    await viewer.join(token(tenant, "viewer", room_join=True, can_subscribe=True))
+    error = await viewer.publish(ColorVideoTrack(RED))
+    assert (error["type"], error["code"], error["details"]) == ("error", "grant_missing", {"grant": "can_publish"})
+    outsider = await rtc()
+    error = await outsider.join(token(tenant, "outsider", can_publish=True))
+    assert error["code"] == "grant_missing"
+    assert (await outsider.join(mint_token(tenant.key, tenant.secret, "x", Grants(room_join=True))))["code"] == \
+        "room_required"
+
+
+async def test_resume_after_a_dropped_socket_is_invisible_to_others(rtc, tenant: Tenant, client: TestClient):
+    alice, bob = await rtc(), await rtc()
+    joined = await alice.join(token(tenant, "alice"))
+    await bob.join(token(tenant, "bob"))
+    track_id = (await bob.publish(ColorVideoTrack(GREEN)))["tracks"][0]["id"]
+    await wait_for(lambda: len(alice.decoded(track_id)) >= 1, within=20)
+
+    await alice.ws.close()  # the network drops; alice's media connections stay up
+    count = len(alice.decoded(track_id))
+    await wait_for(lambda: len(alice.decoded(track_id)) > count + 5)  # media keeps flowing
+    again = RtcClient(await client.ws_connect("/rtc"))
+    try:
+        resumed = await again.join(token(tenant, "alice"), resume=joined["resume_token"])
+        assert resumed["type"] == "joined" and resumed["resumed"] is True
+        assert resumed["participant"]["id"] == joined["participant"]["id"]
+        assert [p["identity"] for p in resumed["participants"]] == ["bob"]
+        await asyncio.sleep(0.3)
+        assert not any(e["type"] == "participant_left" for e in bob.events)
+        bad = await again.join(token(tenant, "alice"), resume="nope")
+        assert bad["code"] == "already_joined"
+    finally:
+        await again.close()
+
+
+async def test_a_dropped_socket_leaves_after_the_grace_period(rtc, tenant: Tenant, node):
+    node.live_rooms.resume_grace = 0.3
+    alice, bob = await rtc(), await rtc()
+    joined = await alice.join(token(tenant, "alice"))
+    await bob.join(token(tenant, "bob"))
+    await alice.ws.close()
+    left = await bob.wait_event(lambda e: e["type"] == "participant_left")
+    assert (left["participant_id"], left["reason"]) == (joined["participant"]["id"], "disconnected")
+    carol = await rtc()
+    error = await carol.join(token(tenant, "alice"), resume=joined["resume_token"])
+    assert error["code"] == "resume_failed"
+
+
+async def test_the_same_identity_replaces_its_older_session(rtc, tenant: Tenant):
+    first, second = await rtc(), await rtc()
+    await first.join(token(tenant, "alice"))
+    await second.join(token(tenant, "alice"))
+    removed = await first.wait_event(lambda e: e["type"] == "removed")
+    assert removed["reason"] == "duplicate_identity"
+
+
+@pytest.mark.parametrize(("raw", "code"), [
+    ("{nope", "invalid_json"),
+    ("[1]", "invalid_message"),
+    ('{"type": "teleport"}', "unknown_type"),
+    ('{"type": "join"}', "invalid_message"),
+    ('{"type": "join", "token": 5}', "invalid_message"),
+    ('{"type": "publish", "sdp": "v=0"}', "not_joined"),
+    ('{"type": "subscribe", "track_ids": []}', "invalid_message"),
+    ('{"type": "join", "token": "not-a-jwt"}', "token_malformed"),
+    ('{"type": "join", "token": "x", "protocol": 9}', "unsupported_protocol"),
+])
+async def test_bad_messages_get_protocol_errors_and_the_socket_stays_open(rtc, raw: str, code: str):
+    socket = await rtc()
+    await socket.ws.send_str(raw)
+    error = await socket.wait_event(lambda e: e["type"] == "error")
+    assert error["code"] == code, error
+    assert (await socket.request({"type": "ping"}))["type"] == "pong"
+
+
+async def test_oversized_messages_are_refused_without_closing(rtc):
+    socket = await rtc()
+    await socket.ws.send_str(json.dumps({"type": "ping", "pad": "x" * 300_000}))
+    error = await socket.wait_event(lambda e: e["type"] == "error")
+    assert error["code"] == "message_too_large"
+    assert (await socket.request({"type": "ping"}))["type"] == "pong"
+
+
+async def test_expired_tokens_and_bad_sdp(rtc, tenant: Tenant):
+    import time
+
+    socket = await rtc()
+    expired = mint_token(tenant.key, tenant.secret, "late", Grants.participant("standup"), ttl_seconds=60,
+                         now=time.time() - 3600)
+    assert (await socket.join(expired))["code"] == "token_expired"
+    await socket.join(token(tenant, "alice"))
+    error = await socket.request({"type": "publish", "sdp": "garbage"})
+    assert error["code"] == "invalid_sdp"
+    error = await socket.request({"type": "answer", "sdp": "v=0\r\n"})
+    assert error["code"] == "unexpected_answer"
+    error = await socket.request({"type": "candidate", "target": "publisher",
+                                  "candidate": {"candidate": "candidate:1 1 udp 1 1.2.3.4 9 typ host"}})
+    assert error["code"] == "no_connection"
+    error = await socket.request({"type": "subscribe", "track_ids": ["TR_nope"]})
+    assert error["code"] == "track_not_found"
+    assert (await socket.request({"type": "join", "token": token(tenant, "alice")}))["code"] == "already_joined"
+
+
+async def test_a_full_room_refuses_the_next_participant(rtc, tenant: Tenant, client: TestClient):
+    from tests.helpers import OPERATOR
+
+    resp = await client.post("/api/v1/rooms", json={"name": "tiny", "max_participants": 2,
+                                                    "instance_id": tenant.instance_id}, headers=OPERATOR)
+    assert resp.status == 201, await resp.text()
+    a, b, c = await rtc(), await rtc(), await rtc()
+    await a.join(token(tenant, "a", "tiny"))
+    await b.join(token(tenant, "b", "tiny"))
+    error = await c.join(token(tenant, "c", "tiny"))
+    assert (error["code"], error["details"]) == ("room_full", {"max_participants": 2})
+    # The others are unaffected.
+    assert (await a.request({"type": "ping"}))["type"] == "pong"
+
+
+async def test_closing_a_room_over_rest_disconnects_everyone(rtc, tenant: Tenant, client: TestClient):
+    from tests.helpers import OPERATOR
+
+    alice = await rtc()
+    joined = await alice.join(token(tenant, "alice"))
+    resp = await client.delete(f"/api/v1/rooms/{joined['room']['id']}", headers=OPERATOR)
+    assert resp.status == 200
+    event = await alice.wait_event(lambda e: e["type"] == "room_closed")
+    assert event["reason"] == "api"
