@@ -19,6 +19,7 @@ from typing import Any
 from gbmedia import __version__
 from gbmedia.config import ConfigError, Settings, load_settings
 from gbmedia.errors import ApiError
+from gbmedia.signaling.links import join_link
 from gbmedia.tenancy.models import Actor, to_json
 from gbmedia.tenancy.tokens import Grants
 
@@ -142,7 +143,12 @@ def cmd_token(args: argparse.Namespace, settings: Settings) -> int:
     ttl = args.ttl or settings.token_ttl_seconds
     token = asyncio.run(_with_tenancy(settings, lambda t: t.instances.mint(
         args.instance_id, args.identity, grants, name=args.name, ttl_seconds=ttl)))
-    print(token)
+    if args.url:
+        if not (grants.room and grants.room_join):
+            raise ApiError(400, "url_needs_room", "a join link needs --room (or --grant room_join with --room)")
+        print(join_link(settings.base_url(), token))
+    else:
+        print(token)
     return 0
 
 
@@ -208,6 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--grant", action="append", choices=Grants.names(),
                        help="a grant to include (repeatable); replaces the participant defaults")
     token.add_argument("--ttl", type=int, help="lifetime in seconds (default GBMEDIA_TOKEN_TTL_SECONDS)")
+    token.add_argument("--url", action="store_true",
+                       help="print a join link to the room page (base: GBMEDIA_PUBLIC_URL) instead of the token")
     token.set_defaults(func=cmd_token)
     return parser
 

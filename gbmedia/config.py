@@ -12,6 +12,7 @@ import os
 import socket
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -62,6 +63,7 @@ class Settings(BaseSettings):
     redis_url: str | None = None
     kafka_bootstrap_servers: str | None = None
     public_host: str | None = None
+    public_url: str | None = None
     udp_ports: str = "50000-60000"
     operator_token: str | None = Field(default=None, min_length=16)
     secret_key: str | None = None
@@ -90,10 +92,20 @@ class Settings(BaseSettings):
         return value
 
     @field_validator("database_url", "redis_url", "kafka_bootstrap_servers",
-                     "public_host", "operator_token", "secret_key", mode="before")
+                     "public_host", "public_url", "operator_token", "secret_key", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+            raise ValueError("must be an http:// or https:// base URL without query, e.g. https://meet.example.com")
+        return value.rstrip("/")
 
     @field_validator("database_url")
     @classmethod
@@ -155,6 +167,10 @@ class Settings(BaseSettings):
     def udp_port_range(self) -> tuple[int, int]:
         low, _, high = self.udp_ports.partition("-")
         return int(low), int(high)
+
+    def base_url(self) -> str:
+        """Where people open this node (join links): configured, else its media host and port."""
+        return self.public_url or f"http://{self.media_host}:{self.port}"
 
     @property
     def media_host(self) -> str:

@@ -6,7 +6,11 @@ collide over metric names and ``/metrics`` shows exactly this node's figures.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from gbmedia import __version__
@@ -38,3 +42,38 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+    def watch(self, read: Callable[[], list[Sample]]) -> None:
+        """Export what ``read`` returns at every scrape (see :class:`Sample`)."""
+        self.registry.register(_SampleCollector(read))
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One value read at scrape time: a gauge, or a counter (monotonic, ``_total``)."""
+
+    name: str
+    help: str
+    value: float
+    counter: bool = False
+
+
+class _SampleCollector:
+    """Reads live state when scraped instead of updating metrics on every event.
+
+    The media plane counts packets with plain integer increments; a Prometheus
+    counter per packet would take a lock on the forwarding hot path.
+    """
+
+    def __init__(self, read: Callable[[], list[Sample]]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterator[Metric]:
+        for sample in self._read():
+            if sample.counter:
+                yield CounterMetricFamily(sample.name.removesuffix("_total"), sample.help, value=sample.value)
+            else:
+                yield GaugeMetricFamily(sample.name, sample.help, value=sample.value)
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())

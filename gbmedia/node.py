@@ -85,6 +85,7 @@ class Node:
                    tenancy=tenancy, rate_limiter=limiter, rooms=rooms,
                    room_sweeper=RoomSweeper(rooms, live_rooms.participant_count), live_rooms=live_rooms,
                    media_address=media_address, redis=redis_client)
+        node.metrics.watch(live_rooms.media_samples)
         node.room_sweeper.start()
         return node
 

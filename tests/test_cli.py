@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from cryptography.fernet import Fernet
@@ -26,7 +27,7 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     return code, out, err
 
 
-def test_operator_flow_customer_instance_credentials_token(cli_env: Path, capsys):
+def test_operator_flow_customer_instance_credentials_token(cli_env: Path, capsys, monkeypatch):
     code, out, _ = run(capsys, "tenant", "customer", "create", "Acme", "--tier", "starter",
                        "--metadata", '{"owner": "ops"}')
     assert code == 0
@@ -48,6 +49,19 @@ def test_operator_flow_customer_instance_credentials_token(cli_env: Path, capsys
     assert code == 0
     token = verify_token(out.strip(), credentials["secret"])
     assert (token.identity, token.name, token.grants) == ("alice", "Alice", Grants.participant("standup"))
+
+    # A join link for a newcomer: the room page with the token, on GBMEDIA_PUBLIC_URL.
+    monkeypatch.setenv("GBMEDIA_PUBLIC_URL", "https://meet.example.com/")
+    code, out, _ = run(capsys, "token", "--instance", instance_id, "--identity", "carol", "--room", "standup",
+                       "--url")
+    assert code == 0
+    link = urlsplit(out.strip())
+    assert (link.scheme, link.netloc, link.path) == ("https", "meet.example.com", "/web/room/")
+    token = verify_token(parse_qs(link.query)["token"][0], credentials["secret"])
+    assert (token.identity, token.grants.room) == ("carol", "standup")
+    code, _, err = run(capsys, "token", "--instance", instance_id, "--identity", "svc", "--grant", "room_admin",
+                       "--url")
+    assert code == 1 and "url_needs_room" in err
 
     code, out, _ = run(capsys, "token", "--instance", instance_id, "--identity", "svc", "--grant", "room_admin",
                        "--grant", "room_create")

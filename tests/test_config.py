@@ -249,6 +249,29 @@ def test_every_invalid_variable_is_reported_at_once(monkeypatch: pytest.MonkeyPa
     assert "GBMEDIA_REGION:" in str(info.value)
 
 
+@pytest.mark.parametrize(("value", "expected"), [
+    ("https://meet.example.com/", "https://meet.example.com"),
+    ("http://10.0.0.5:7880", "http://10.0.0.5:7880"),
+    ("", None),
+])
+def test_public_url_is_a_base_url(monkeypatch: pytest.MonkeyPatch, value: str, expected: str | None):
+    monkeypatch.setenv("GBMEDIA_PUBLIC_URL", value)
+    assert load_settings().public_url == expected
+
+
+@pytest.mark.parametrize("value", ["meet.example.com", "ftp://x", "https://x/?a=1", "https://"])
+def test_a_public_url_that_is_not_a_base_url_is_refused(monkeypatch: pytest.MonkeyPatch, value: str):
+    monkeypatch.setenv("GBMEDIA_PUBLIC_URL", value)
+    with pytest.raises(ConfigError, match="GBMEDIA_PUBLIC_URL:"):
+        load_settings()
+
+
+def test_base_url_defaults_to_the_media_host_and_port():
+    settings = load_settings(public_host="192.0.2.9", port=8443)
+    assert settings.base_url() == "http://192.0.2.9:8443"
+    assert load_settings(public_url="https://meet.example.com").base_url() == "https://meet.example.com"
+
+
 def test_config_error_is_a_value_error():
     assert issubclass(ConfigError, ValueError)
 
@@ -256,7 +279,7 @@ def test_config_error_is_a_value_error():
 @pytest.mark.parametrize(
     "variable",
     ["GBMEDIA_DATA_DIR", "GBMEDIA_HOST", "GBMEDIA_PORT", "GBMEDIA_REGION", "GBMEDIA_NODE_ID",
-     "GBMEDIA_UDP_PORTS", "GBMEDIA_LOG_LEVEL", "GBMEDIA_SHARD_COUNT"],
+     "GBMEDIA_UDP_PORTS", "GBMEDIA_LOG_LEVEL", "GBMEDIA_SHARD_COUNT", "GBMEDIA_RESUME_GRACE_SECONDS"],
 )
 def test_empty_value_of_a_non_optional_setting_is_invalid(monkeypatch: pytest.MonkeyPatch, variable: str):
     """deploy/gbmedia.env.example: "For every other setting an empty value is invalid"."""

@@ -97,6 +97,7 @@ class DownTrack:
         if await self._raw.send(out):  # type: ignore[union-attr]
             slot.last_seq, slot.last_ts = out.sequence_number, out.timestamp
             self.packets_out += 1
+            self.track.packets_forwarded += 1
 
     def _start_source(self, packet: RtpPacket, codec: RTCRtpCodecParameters) -> None:
         """Continue the slot's numbering from this source's first packet."""

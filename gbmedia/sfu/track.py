@@ -40,6 +40,7 @@ class PublishedTrack:
     muted: bool = False
     muted_by_admin: bool = False
     packets_in: int = 0
+    packets_forwarded: int = 0  # sum over its down tracks, kept here so it outlives them
     down_tracks: set[DownTrack] = field(default_factory=set)
     media_ssrc: int | None = None
     _last_keyframe_request: float = 0.0

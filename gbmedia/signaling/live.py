@@ -24,6 +24,7 @@ from aiortc import RTCIceCandidate
 from aiortc.sdp import candidate_from_sdp
 
 from gbmedia.errors import ApiError
+from gbmedia.metrics import Sample
 from gbmedia.sfu.forwarder import DownTrack
 from gbmedia.sfu.media_address import MediaAddress
 from gbmedia.sfu.peers import PublisherPeer, SubscriberPeer, TrackInfo, parse_sdp
@@ -230,6 +231,7 @@ class LiveRoom:
                 other.subscriber.remove(down)  # type: ignore[union-attr]
                 await self.renegotiate(other)
         track.close()
+        self.registry.retire(track)
         await self.broadcast({"type": "track_unpublished", "participant_id": owner.id, "track_id": track.id},
                              exclude=owner)
 
@@ -353,7 +355,30 @@ class LiveRooms:
         self.media_address = media_address
         self.live: dict[uuid.UUID, LiveRoom] = {}
         self.by_resume_token: dict[str, Participant] = {}
+        self._retired_in = 0
+        self._retired_forwarded = 0
         rooms.on_close(self._room_closed)
+
+    def retire(self, track: PublishedTrack) -> None:
+        """Keep an ended track's packet counts in the node's totals."""
+        self._retired_in += track.packets_in
+        self._retired_forwarded += track.packets_forwarded
+
+    def media_samples(self) -> list[Sample]:
+        rooms = [live for live in self.live.values() if not live.closed]
+        participants = [p for live in rooms for p in live.participants.values()]
+        tracks = [t for p in participants for t in p.published]
+        return [
+            Sample("gbmedia_live_rooms", "Rooms with live state on this node", len(rooms)),
+            Sample("gbmedia_participants", "Participants connected (or within their resume grace)", len(participants)),
+            Sample("gbmedia_published_tracks", "Tracks being published", len(tracks)),
+            Sample("gbmedia_subscriptions", "Down tracks: published tracks forwarded to a subscriber",
+                   sum(len(p.subscriptions) for p in participants)),
+            Sample("gbmedia_rtp_packets_received_total", "RTP packets received from publishers",
+                   self._retired_in + sum(t.packets_in for t in tracks), counter=True),
+            Sample("gbmedia_rtp_packets_forwarded_total", "RTP packets sent to subscribers",
+                   self._retired_forwarded + sum(t.packets_forwarded for t in tracks), counter=True),
+        ]
 
     def participant_count(self, room_id: uuid.UUID) -> int:
         live = self.live.get(room_id)

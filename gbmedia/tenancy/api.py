@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from gbmedia.errors import ApiError, bad_request, forbidden, not_found
 from gbmedia.http.keys import NODE, principal_of
 from gbmedia.http.responses import json_response, path_uuid, query_int, query_uuid, read_model
+from gbmedia.signaling.links import join_link
 from gbmedia.tenancy import audit
 from gbmedia.tenancy.models import Instance, Principal
 from gbmedia.tenancy.service import Tenancy
@@ -260,8 +261,11 @@ async def create_token(request: web.Request) -> web.Response:
     ttl = body.ttl_seconds or request.app[NODE].settings.token_ttl_seconds
     token = await _tenancy(request).instances.mint(instance.id, body.identity, grants,
                                                    name=body.name, ttl_seconds=ttl)
+    settings = request.app[NODE].settings
+    base = settings.public_url or f"{request.scheme}://{request.host}"
+    url = join_link(base, token) if grants.room and grants.room_join else None
     return json_response({"token": token, "identity": body.identity, "grants": grants.to_claim(),
-                          "expires_at": int(time.time()) + ttl}, status=201)
+                          "expires_at": int(time.time()) + ttl, "url": url}, status=201)
 
 
 async def list_audit(request: web.Request) -> web.Response:

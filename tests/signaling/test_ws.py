@@ -314,3 +314,144 @@ async def test_closing_a_room_over_rest_disconnects_everyone(rtc, tenant: Tenant
     assert resp.status == 200
     event = await alice.wait_event(lambda e: e["type"] == "room_closed")
     assert event["reason"] == "api"
+
+
+BLUE = (30, 30, 220)
+
+
+async def test_a_late_joiner_sees_everyone_at_once(rtc, tenant: Tenant):
+    alice, bob, carol = await rtc(), await rtc(), await rtc()
+    await alice.join(token(tenant, "alice"))
+    red = (await alice.publish(ColorVideoTrack(RED)))["tracks"][0]["id"]
+    await bob.join(token(tenant, "bob"))
+    green = (await bob.publish(ColorVideoTrack(GREEN)))["tracks"][0]["id"]
+    await wait_for(lambda: len(alice.decoded(green)) >= 3 and len(bob.decoded(red)) >= 3, within=20)
+
+    joined = await carol.join(token(tenant, "carol"))
+    assert {p["identity"] for p in joined["participants"]} == {"alice", "bob"}
+    # The forwarded keyframe requests get carol a decodable picture of both without waiting
+    # for the publishers' next periodic keyframe.
+    await wait_for(lambda: len(carol.decoded(red)) >= 3 and len(carol.decoded(green)) >= 3, within=20)
+    assert close_to(mean_rgb(carol.decoded(red)[-1]), RED)
+    assert close_to(mean_rgb(carol.decoded(green)[-1]), GREEN)
+    # One subscriber connection carries both: a single offer/answer round, two m-lines.
+    assert len(carol.subscriber.getTransceivers()) == 2
+
+
+async def test_selective_subscription(rtc, tenant: Tenant):
+    alice, viewer = await rtc(), await rtc()
+    await alice.join(token(tenant, "alice"))
+    reply = await alice.publish(ColorVideoTrack(RED), ToneAudioTrack())
+    video = next(t["id"] for t in reply["tracks"] if t["kind"] == "video")
+    audio = next(t["id"] for t in reply["tracks"] if t["kind"] == "audio")
+    await viewer.join(token(tenant, "viewer"), auto_subscribe=False)
+    await asyncio.sleep(0.5)
+    assert not any(e["type"] == "offer" for e in viewer.events)  # nothing until asked
+
+    assert (await viewer.request({"type": "subscribe", "track_ids": [video]}))["type"] == "ack"
+    offer = await viewer.wait_event(lambda e: e["type"] == "offer")
+    assert list(offer["tracks"].values()) == [video]
+    await wait_for(lambda: len(viewer.decoded(video)) >= 3, within=20)
+    assert audio not in viewer.frames
+
+    await viewer.request({"type": "subscribe", "track_ids": [video], "subscribe": False})
+    await viewer.wait_event(lambda e: e["type"] == "offer" and e["tracks"] == {})
+    await asyncio.sleep(0.5)
+    count = len(viewer.decoded(video))
+    await asyncio.sleep(1.0)
+    assert len(viewer.decoded(video)) <= count + 1  # no longer forwarded
+
+
+async def test_unpublish_and_republish_over_signaling(rtc, tenant: Tenant):
+    alice, bob = await rtc(), await rtc()
+    await alice.join(token(tenant, "alice"))
+    await bob.join(token(tenant, "bob"))
+    first = (await alice.publish(ColorVideoTrack(RED)))["tracks"][0]["id"]
+    await wait_for(lambda: len(bob.decoded(first)) >= 3, within=20)
+
+    transceiver = alice.publisher.getTransceivers()[0]  # type: ignore[union-attr]
+    transceiver.direction = "inactive"
+    reply = await alice.publish()
+    assert reply["tracks"] == []
+    await bob.wait_event(lambda e: e["type"] == "track_unpublished" and e["track_id"] == first)
+
+    reply = await alice.publish(ColorVideoTrack(BLUE), sources={"1": "screen_share"})
+    (second,) = reply["tracks"]
+    assert second["id"] != first and second["source"] == "screen_share"
+    published = await bob.wait_event(lambda e: e["type"] == "track_published" and e["track"]["id"] == second["id"])
+    assert published["track"]["source"] == "screen_share"
+    await wait_for(lambda: any(close_to(mean_rgb(f), BLUE) for f in bob.decoded(second["id"])[-3:]), within=20)
+    assert len(bob.subscriber.getTransceivers()) == 1  # the subscriber's transceiver was reused
+
+
+async def test_camera_and_screen_share_travel_on_one_connection(rtc, tenant: Tenant):
+    alice, bob = await rtc(), await rtc()
+    await alice.join(token(tenant, "alice"))
+    await bob.join(token(tenant, "bob"))
+    reply = await alice.publish(ColorVideoTrack(RED), ColorVideoTrack(BLUE),
+                                sources={"0": "camera", "1": "screen_share"})
+    by_source = {t["source"]: t["id"] for t in reply["tracks"]}
+    await wait_for(lambda: len(bob.decoded(by_source["camera"])) >= 3
+                   and len(bob.decoded(by_source["screen_share"])) >= 3, within=20)
+    assert close_to(mean_rgb(bob.decoded(by_source["camera"])[-1]), RED)
+    assert close_to(mean_rgb(bob.decoded(by_source["screen_share"])[-1]), BLUE)
+
+
+async def test_leave_then_rejoin_as_a_new_session(rtc, tenant: Tenant):
+    alice, bob = await rtc(), await rtc()
+    first = await alice.join(token(tenant, "alice"))
+    await bob.join(token(tenant, "bob"))
+    await alice.request({"type": "leave"})
+    await bob.wait_event(lambda e: e["type"] == "participant_left")
+    error = await alice.request({"type": "ping"})
+    assert error["type"] == "pong"  # the socket stays usable after leave
+    again = await alice.join(token(tenant, "alice"))
+    assert again["type"] == "joined" and again["participant"]["id"] != first["participant"]["id"]
+    rejoined = await bob.wait_event(lambda e: e["type"] == "participant_joined")
+    assert rejoined["participant"]["id"] == again["participant"]["id"]
+    red = (await alice.publish(ColorVideoTrack(RED)))["tracks"][0]["id"]
+    await wait_for(lambda: len(bob.decoded(red)) >= 3, within=20)
+
+
+async def test_h264_is_forwarded_as_the_publisher_sends_it(rtc, tenant: Tenant):
+    from aiortc import RTCRtpSender
+
+    alice, bob = await rtc(), await rtc()
+    await alice.join(token(tenant, "alice"))
+    await bob.join(token(tenant, "bob"))
+    alice.publisher = RTCPeerConnection(NO_STUN)
+    transceiver = alice.publisher.addTransceiver(ColorVideoTrack(RED), direction="sendonly")
+    transceiver.setCodecPreferences([c for c in RTCRtpSender.getCapabilities("video").codecs
+                                     if c.mimeType == "video/H264"])
+    reply = await alice.publish()
+    track_id = reply["tracks"][0]["id"]
+    await wait_for(lambda: len(bob.decoded(track_id)) >= 3, within=20)
+    assert close_to(mean_rgb(bob.decoded(track_id)[-1]), RED)
+    offer = next(e for e in bob.events if e["type"] == "offer")
+    assert "H264/90000" in offer["sdp"] and "VP8/90000" not in offer["sdp"]  # offered exactly the source codec
+
+
+def metric(text: str, name: str) -> float:
+    (line,) = [ln for ln in text.splitlines() if ln.startswith(name + " ")]
+    return float(line.split()[1])
+
+
+async def test_media_metrics_follow_rooms_and_packets(rtc, tenant: Tenant, client: TestClient):
+    alice, bob = await rtc(), await rtc()
+    await alice.join(token(tenant, "alice"))
+    track_id = (await alice.publish(ColorVideoTrack(RED)))["tracks"][0]["id"]
+    await bob.join(token(tenant, "bob"))
+    await wait_for(lambda: len(bob.decoded(track_id)) >= 5, within=20)
+    text = await (await client.get("/metrics")).text()
+    assert metric(text, "gbmedia_live_rooms") == 1 and metric(text, "gbmedia_participants") == 2
+    assert metric(text, "gbmedia_published_tracks") == 1 and metric(text, "gbmedia_subscriptions") == 1
+    forwarded = metric(text, "gbmedia_rtp_packets_forwarded_total")
+    received = metric(text, "gbmedia_rtp_packets_received_total")
+    assert 0 < forwarded <= received
+
+    await alice.request({"type": "leave"})  # the track ends; its packets stay counted
+    await bob.wait_event(lambda e: e["type"] == "participant_left")
+    text = await (await client.get("/metrics")).text()
+    assert metric(text, "gbmedia_participants") == 1 and metric(text, "gbmedia_published_tracks") == 0
+    assert metric(text, "gbmedia_rtp_packets_forwarded_total") >= forwarded
+    assert metric(text, "gbmedia_rtp_packets_received_total") >= received

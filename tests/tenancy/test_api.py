@@ -238,12 +238,16 @@ async def test_minted_token_carries_identity_room_grants_and_expiry(client: Test
     assert (token.identity, token.name, token.api_key) == ("alice", "Alice", tenant.key)
     assert token.grants == Grants.participant("standup")
     assert abs(token.expires_at - (time.time() + 600)) < 30
+    # A join link on the address the caller used: the room page with this token.
+    assert body["url"] == f"http://{client.host}:{client.port}/web/room/?token={body['token']}"
     resp = await client.post(f"/api/v1/instances/{tenant.instance_id}/tokens",
                              json={"identity": "rec", "room": "standup", "grants": {"room_record": True,
                                                                                       "hidden": True}},
                              headers=OPERATOR)
-    token = verify_token((await resp.json())["token"], tenant.secret)
+    body = await resp.json()
+    token = verify_token(body["token"], tenant.secret)
     assert token.grants == Grants(room="standup", room_record=True, hidden=True)
+    assert body["url"] is None  # it cannot join, so no link
     resp = await client.post(f"/api/v1/instances/{tenant.instance_id}/tokens",
                              json={"identity": "x", "grants": {"fly": True}}, headers=OPERATOR)
     assert await error_of(resp) == (400, "unknown_grant")
