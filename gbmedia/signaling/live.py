@@ -59,6 +59,7 @@ class Participant:
     subscriptions: dict[str, DownTrack] = field(default_factory=dict)
     offer_pending: str | None = None  # the subscriber offer SDP awaiting an answer
     renegotiate_after_answer: bool = False
+    offering: bool = False  # a subscriber offer is being created
     grace_task: asyncio.Task[None] | None = None
     joined_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
 
@@ -259,11 +260,19 @@ class LiveRoom:
             await self.renegotiate(participant)
 
     async def renegotiate(self, participant: Participant) -> None:
-        """Send the subscriber a new offer, one at a time."""
-        if participant.offer_pending is not None:
+        """Send the subscriber a new offer, one at a time.
+
+        A change while an offer is being made or awaits its answer is folded into
+        one more offer after that answer, so a client never holds two offers.
+        """
+        if participant.offer_pending is not None or participant.offering:
             participant.renegotiate_after_answer = True
             return
-        sdp, tracks = await participant.subscriber.offer()  # type: ignore[union-attr]
+        participant.offering = True
+        try:
+            sdp, tracks = await participant.subscriber.offer()  # type: ignore[union-attr]
+        finally:
+            participant.offering = False
         participant.offer_pending = sdp
         await participant.send({"type": "offer", "sdp": sdp, "tracks": tracks})
 

@@ -74,6 +74,9 @@ class Connection:
         if participant is None:
             raise p.ProtocolError("not_joined", f"send join before {message.type}")
         room = participant.room
+        if room.participants.get(participant.id) is not participant:
+            self.participant = None  # removed, replaced or the room closed: the session is over
+            raise p.ProtocolError("not_joined", f"you are no longer in the room; join again before {message.type}")
         if isinstance(message, p.Publish):
             infos = {mid: TrackInfo(t.source, t.name) for mid, t in message.tracks.items()}
             answer, _added = await room.publish(participant, message.sdp, infos)

@@ -455,3 +455,33 @@ async def test_media_metrics_follow_rooms_and_packets(rtc, tenant: Tenant, clien
     assert metric(text, "gbmedia_participants") == 1 and metric(text, "gbmedia_published_tracks") == 0
     assert metric(text, "gbmedia_rtp_packets_forwarded_total") >= forwarded
     assert metric(text, "gbmedia_rtp_packets_received_total") >= received
+
+
+async def test_changes_during_an_offer_fold_into_one_more_offer(rtc, tenant: Tenant, node):
+    alice, bob = await rtc(), await rtc()
+    await alice.join(token(tenant, "alice"))
+    reply = await alice.publish(ColorVideoTrack(RED), ToneAudioTrack())
+    joined = await bob.join(token(tenant, "bob"), auto_subscribe=False)
+    live = next(iter(node.live_rooms.live.values()))
+    participant = live.participants[joined["participant"]["id"]]
+    video, audio = (t["id"] for t in reply["tracks"])
+    # Two subscription changes at once: the second must wait for the first answer.
+    await asyncio.gather(live.set_subscribed(participant, [video], True),
+                         live.set_subscribed(participant, [audio], True))
+    await wait_for(lambda: sum(e["type"] == "offer" for e in bob.events) == 2)
+    await wait_for(lambda: len(bob.decoded(video)) >= 3, within=20)
+    assert not [e for e in bob.events if e["type"] == "error"]
+    last = [e for e in bob.events if e["type"] == "offer"][-1]
+    assert set(last["tracks"].values()) == {video, audio}
+
+
+async def test_a_removed_participants_socket_must_join_again(rtc, tenant: Tenant, client: TestClient):
+    from tests.helpers import OPERATOR
+
+    alice = await rtc()
+    joined = await alice.join(token(tenant, "alice"))
+    resp = await client.delete(f"/api/v1/rooms/{joined['room']['id']}/participants/alice", headers=OPERATOR)
+    assert resp.status == 200
+    error = await alice.request({"type": "mute", "track_id": "TR_x", "muted": True})
+    assert error["code"] == "not_joined"
+    assert (await alice.join(token(tenant, "alice")))["type"] == "joined"  # the same socket may join again
