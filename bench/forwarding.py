@@ -1,0 +1,1167 @@
+#!/usr/bin/env python
+"""Forwarding benchmark: one VP8 publisher, N subscribers, a real ``gbmedia serve``.
+
+The server runs as a child process (its own temporary data directory and embedded
+PostgreSQL). One aiortc publisher in this process sends 640x480 VP8 at 30 fps with
+the encoder pinned near 1 Mbps (the server's REMB cannot move it) and a fresh frame
+object every time (see ../shared/notes/aiortc.md, "Janus as the forwarding peer").
+Subscribers run in worker processes (``--per-process`` each), join over ``/rtc``
+with their own tokens, answer the server's offers and count RTP packets and frames
+(marker bits) through :func:`gbmedia.sfu.aiortc_adapter.tap_receiver`: they never
+decode.
+
+For every N the benchmark warms up, then measures over a window: the server
+process's CPU time (utime + stime of all its threads, from /proc; the embedded
+PostgreSQL is a separate process and is reported apart), the packets the publisher
+sent, and the packets and frames every subscriber received. It prints a table and
+JSON. It asserts nothing about time: it is a measurement.
+
+    .venv/bin/python bench/forwarding.py --subscribers 1,4,16,32 --seconds 15
+    .venv/bin/python bench/forwarding.py --smoke
+"""
+
+# ruff: noqa: ASYNC109, ASYNC240 - a harness: explicit timeouts; tiny file checks before starting things
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import contextlib
+import json
+import math
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import aiohttp  # noqa: E402
+import av  # noqa: E402
+import numpy as np  # noqa: E402
+from aiortc import (  # noqa: E402
+    MediaStreamTrack,
+    RTCConfiguration,
+    RTCPeerConnection,
+    RTCRtpSender,
+    RTCSessionDescription,
+)
+from aiortc.codecs.vpx import Vp8Encoder  # noqa: E402
+from aiortc.mediastreams import VIDEO_CLOCK_RATE, VIDEO_PTIME, VIDEO_TIME_BASE  # noqa: E402
+
+from gbmedia.sfu.aiortc_adapter import tap_receiver  # noqa: E402
+from gbmedia.sfu.codecs import is_keyframe  # noqa: E402
+from gbmedia.tenancy.tokens import Grants, mint_token  # noqa: E402
+
+OPERATOR_TOKEN = "bench-operator-token-0123456789abcdef"
+ROOM = "bench-forwarding"
+NO_STUN = RTCConfiguration(iceServers=[])
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+SUBSCRIBER_RCVBUF = 4 << 20  # bytes asked for each subscriber socket (the kernel caps it at rmem_max)
+KEPT_FPS = 29.0  # "kept 30 fps": every subscriber received at least this many frames/s
+
+# Reference figures, measured on these machines (../shared/notes/aiortc.md): aiortc's
+# default path decodes and re-encodes per subscriber: 6.4 ms of server CPU per frame
+# for 1 subscriber, 18.3 for 4, 33.2 for 8, i.e. about 4 ms per subscriber per frame.
+REF_TRANSCODE_MS_PER_FRAME_PER_SUB = 4.0
+REF_TRANSCODE_MS_PER_FRAME = {1: 6.4, 4: 18.3, 8: 33.2}
+REF_JANUS_US_PER_PACKET = 28.0  # Janus 1.1.2 VideoRoom, same stream, marginal
+
+
+class BenchError(RuntimeError):
+    """The benchmark cannot go on; the message says why."""
+
+
+# --- /proc -----------------------------------------------------------------------------
+
+def proc_stat(pid: int) -> list[str] | None:
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    return raw[raw.rindex(")") + 2:].split()  # fields from "state" (field 3) on
+
+
+def cpu_seconds(pid: int, *, children: bool = False) -> float:
+    """utime + stime of every thread of ``pid`` (plus reaped children's if asked)."""
+    fields = proc_stat(pid)
+    if fields is None:
+        return 0.0
+    ticks = int(fields[11]) + int(fields[12])
+    if children:
+        ticks += int(fields[13]) + int(fields[14])
+    return ticks / CLK_TCK
+
+
+def runqueue_wait_seconds(pid: int) -> float:
+    """Time the threads of ``pid`` were ready to run but waited for a CPU (/proc/<pid>/task/*/schedstat)."""
+    total = 0
+    with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(FileNotFoundError, ProcessLookupError, ValueError, IndexError):
+                total += int((task / "schedstat").read_text().split()[1])
+    return total / 1e9
+
+
+def udp_drops(pid: int) -> int:
+    """Datagrams the kernel dropped on ``pid``'s UDP sockets (receive buffer full), from /proc/net/udp*."""
+    inodes = set()
+    with contextlib.suppress(FileNotFoundError, ProcessLookupError, PermissionError):
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+    drops = 0
+    for table in ("udp", "udp6"):
+        with contextlib.suppress(FileNotFoundError):
+            for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+                fields = line.split()
+                if len(fields) >= 13 and fields[9] in inodes:
+                    drops += int(fields[12])
+    return drops
+
+
+def descendants(pid: int) -> list[int]:
+    by_parent: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        fields = proc_stat(int(entry.name))
+        if fields is not None:
+            by_parent.setdefault(int(fields[1]), []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in by_parent.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """A process and its live descendants, plus the children it already reaped."""
+    return cpu_seconds(pid, children=True) + sum(cpu_seconds(c) for c in descendants(pid))
+
+
+def machine_busy() -> tuple[float, float]:
+    """(busy, total) jiffies of the whole machine, from /proc/stat."""
+    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    total = sum(values[:8])  # user nice system idle iowait irq softirq steal
+    return float(total - values[3] - values[4]), float(total)
+
+
+# --- signaling client ---------------------------------------------------------------
+
+class Signaling:
+    """One /rtc socket: requests with ids, other server messages to ``on_event``."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse, on_event: Any = None) -> None:
+        self.ws = ws
+        self.on_event = on_event
+        self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._next = 0
+        self._reader = asyncio.ensure_future(self._read())
+
+    async def _read(self) -> None:
+        async for msg in self.ws:
+            if msg.type != aiohttp.WSMsgType.TEXT:
+                continue
+            event = json.loads(msg.data)
+            future = self._pending.pop(str(event.get("id")), None) if "id" in event else None
+            if future is not None and not future.done():
+                future.set_result(event)
+            elif self.on_event is not None:
+                self.on_event(event)
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(ConnectionError("signaling socket closed"))
+
+    async def request(self, message: dict[str, Any], timeout: float = 30.0) -> dict[str, Any]:
+        self._next += 1
+        request_id = f"b{self._next}"
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = future
+        await self.ws.send_json({**message, "id": request_id})
+        reply = await asyncio.wait_for(future, timeout)
+        if reply.get("type") == "error":
+            raise BenchError(f"{message['type']} refused: {reply.get('code')}: {reply.get('message')}")
+        return reply
+
+    async def send(self, message: dict[str, Any]) -> None:
+        await self.ws.send_json(message)
+
+    async def close(self) -> None:
+        self._reader.cancel()
+        with contextlib.suppress(BaseException):
+            await self._reader
+        await self.ws.close()
+
+
+def ws_url(http_url: str) -> str:
+    return http_url.replace("http://", "ws://", 1).replace("https://", "wss://", 1).rstrip("/") + "/rtc"
+
+
+# --- publisher ----------------------------------------------------------------------
+
+class FixedBitrateVp8Encoder(Vp8Encoder):
+    """aiortc's VP8 encoder with a target bitrate that REMB cannot change."""
+
+    def __init__(self, bitrate: int) -> None:
+        super().__init__()
+        self._fixed_bitrate = bitrate
+        self._Vp8Encoder__target_bitrate = bitrate  # used for the rate-control buffer size
+        self.frames = 0
+        self.forced_keyframes = 0
+        self.remb_updates_ignored = 0
+
+    @property  # type: ignore[override]
+    def target_bitrate(self) -> int:
+        return self._fixed_bitrate
+
+    @target_bitrate.setter
+    def target_bitrate(self, bitrate: int) -> None:
+        self.remb_updates_ignored += 1
+
+    def encode(self, frame: Any, force_keyframe: bool = False) -> tuple[list[bytes], int]:
+        self.frames += 1
+        self.forced_keyframes += bool(force_keyframe)
+        return super().encode(frame, force_keyframe)
+
+
+class PlasmaVideoTrack(MediaStreamTrack):
+    """640x480 at 30 fps: a scrolling smooth pattern, a fresh frame object each time.
+
+    Measured with the encoder at 1 Mbps: about 1.0 Mbps and 113 packets/s come out
+    (pure noise overshoots to 6-15 Mbps; a flat colour undershoots to nearly nothing).
+    """
+
+    kind = "video"
+
+    def __init__(self, width: int = 640, height: int = 480) -> None:
+        super().__init__()
+        self.width, self.height = width, height
+        yy, xx = np.mgrid[0:height * 2, 0:width * 2]
+        self._plasma = (128 + 60 * np.sin(xx / 23.0) + 50 * np.sin(yy / 17.0)
+                        + 30 * np.sin((xx + yy) / 31.0)).clip(0, 255).astype(np.uint8)
+        self._chroma = np.full((height // 2, width), 128, np.uint8)  # U and V planes, flat
+        self._start: float | None = None
+        self._index = 0
+        self.produced = 0
+
+    async def recv(self) -> av.VideoFrame:
+        if self._start is None:
+            self._start = time.monotonic()
+        else:
+            self._index += 1
+            wait = self._start + self._index * VIDEO_PTIME - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+        i, w, h = self._index, self.width, self.height
+        y = self._plasma[(i * 2) % h:(i * 2) % h + h, (i * 3) % w:(i * 3) % w + w]
+        frame = av.VideoFrame.from_ndarray(np.concatenate([y, self._chroma]), format="yuv420p")
+        frame.pts = int(i * VIDEO_PTIME * VIDEO_CLOCK_RATE)
+        frame.time_base = VIDEO_TIME_BASE
+        self.produced += 1
+        return frame
+
+
+class Publisher:
+    def __init__(self, bitrate: int) -> None:
+        self.bitrate = bitrate
+        self.pc = RTCPeerConnection(NO_STUN)
+        self.track = PlasmaVideoTrack()
+        self.encoder = FixedBitrateVp8Encoder(bitrate)
+        self.signaling: Signaling | None = None
+        self.sender: RTCRtpSender | None = None
+        self.track_id = ""
+        self.states: list[tuple[float, str]] = []
+        self.closing = False
+        self.pings: list[tuple[float, float]] = []  # (sent at, reply time in s)
+        self._pinger: asyncio.Future[None] | None = None
+        self.lags: list[tuple[float, float]] = []  # (at, lag in s) of this process's event loop
+        self._watcher: asyncio.Future[None] | None = None
+        self.pc.on("connectionstatechange", self._on_state)
+
+    def start_pinging(self, interval: float = 0.5) -> None:
+        """Ping the server over the signaling socket all along: its reply time shows event-loop lag."""
+        async def loop() -> None:
+            while True:
+                sent = time.monotonic()
+                try:
+                    assert self.signaling is not None
+                    await self.signaling.request({"type": "ping"}, timeout=10)
+                    self.pings.append((sent, time.monotonic() - sent))
+                except (TimeoutError, BenchError, ConnectionError):
+                    self.pings.append((sent, time.monotonic() - sent))
+                await asyncio.sleep(max(0.0, interval - (time.monotonic() - sent)))
+
+        self._pinger = asyncio.ensure_future(loop())
+
+    def watch_loop(self, interval: float = 0.1) -> None:
+        """Record this process's own event-loop lag, to tell it apart from the server's in the pings."""
+        async def loop() -> None:
+            while True:
+                before = time.monotonic()
+                await asyncio.sleep(interval)
+                self.lags.append((before, time.monotonic() - before - interval))
+
+        self._watcher = asyncio.ensure_future(loop())
+
+    def lag_ms_max(self, start: float, end: float) -> float | None:
+        lags = [lag * 1000 for at, lag in self.lags if start <= at <= end]
+        return max(lags) if lags else None
+
+    def ping_ms(self, start: float, end: float) -> tuple[float | None, float | None]:
+        """(median, max) reply time in ms of the pings sent between ``start`` and ``end``."""
+        rtts = [rtt * 1000 for sent, rtt in self.pings if start <= sent <= end]
+        return (statistics.median(rtts), max(rtts)) if rtts else (None, None)
+
+    def state_log(self) -> str:
+        start = self.states[0][0] if self.states else 0.0
+        return ", ".join(f"{t - start:+.1f} s {state}" for t, state in self.states)
+
+    def _on_state(self) -> None:
+        self.states.append((time.monotonic(), self.pc.connectionState))
+        if self.pc.connectionState in ("failed", "closed") and not self.closing:
+            print(f"  publisher connection {self.pc.connectionState}", file=sys.stderr)
+
+    async def start(self, session: aiohttp.ClientSession, url: str, token: str, timeout: float) -> None:
+        self.signaling = Signaling(await session.ws_connect(ws_url(url)))
+        await self.signaling.request({"type": "join", "token": token, "protocol": 1, "auto_subscribe": False})
+        transceiver = self.pc.addTransceiver(self.track, direction="sendonly")
+        vp8 = [c for c in RTCRtpSender.getCapabilities("video").codecs if c.mimeType == "video/VP8"]
+        transceiver.setCodecPreferences(vp8)
+        self.sender = transceiver.sender
+        # aiortc creates its encoder lazily on the first frame; give it ours first.
+        self.sender._RTCRtpSender__encoder = self.encoder  # type: ignore[attr-defined]
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        reply = await self.signaling.request({
+            "type": "publish", "sdp": self.pc.localDescription.sdp,
+            "tracks": {transceiver.mid: {"source": "camera", "name": "bench"}}}, timeout=timeout)
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=reply["sdp"], type="answer"))
+        self.track_id = reply["tracks"][0]["id"]
+        deadline = time.monotonic() + timeout
+        while self.pc.connectionState != "connected":
+            if self.pc.connectionState == "failed" or time.monotonic() > deadline:
+                raise BenchError(f"the publisher connection did not connect ({self.pc.connectionState})")
+            await asyncio.sleep(0.05)
+        self.start_pinging()
+        self.watch_loop()
+
+    async def counters(self) -> dict[str, float]:
+        packets = octets = 0
+        if self.sender is not None:
+            for stats in (await self.sender.getStats()).values():
+                if stats.type == "outbound-rtp":
+                    packets, octets = stats.packetsSent, stats.bytesSent
+        return {"packets": packets, "bytes": octets, "frames": self.encoder.frames,
+                "forced_keyframes": self.encoder.forced_keyframes, "state": self.pc.connectionState}
+
+    async def close(self) -> None:
+        self.closing = True
+        for task in (self._pinger, self._watcher):
+            if task is not None:
+                task.cancel()
+        if self.signaling is not None:
+            with contextlib.suppress(Exception):
+                await self.signaling.request({"type": "leave"}, timeout=5)
+            await self.signaling.close()
+        await self.pc.close()
+
+
+# --- subscriber (runs in worker processes) ------------------------------------------
+
+@dataclass
+class Counts:
+    packets: int = 0  # every packet received, retransmissions included (what the server sent)
+    unique: int = 0  # distinct sequence numbers
+    duplicates: int = 0  # retransmissions of a packet already received
+    frames: int = 0  # marker bits of distinct packets
+    keyframes: int = 0
+    bytes: int = 0
+    ext_seq: int | None = None  # highest extended sequence number seen
+    first_at: float | None = None
+
+
+class Subscriber:
+    """One participant that only receives: one socket, one peer connection."""
+
+    def __init__(self, session: aiohttp.ClientSession, url: str, token: str) -> None:
+        self.session = session
+        self.url = url
+        self.token = token
+        self.pc = RTCPeerConnection(NO_STUN)
+        self.counts = Counts()
+        self.signaling: Signaling | None = None
+        self.errors: list[str] = []
+        self._tapped: set[int] = set()
+        self._seen = bytearray(65536)  # sequence numbers of the last 8192 distinct packets
+        self._recent: collections.deque[int] = collections.deque()
+        self._lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def join(self) -> None:
+        self.signaling = Signaling(await self.session.ws_connect(ws_url(self.url)), self._on_event)
+        await self.signaling.request({"type": "join", "token": self.token, "protocol": 1, "auto_subscribe": True})
+
+    def _on_event(self, event: dict[str, Any]) -> None:
+        if event.get("type") == "offer":
+            task = asyncio.ensure_future(self._answer(event["sdp"]))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        elif event.get("type") in ("error", "removed", "room_closed"):
+            self.errors.append(json.dumps(event))
+
+    async def _answer(self, sdp: str) -> None:
+        try:
+            async with self._lock:
+                await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+                for transceiver in self.pc.getTransceivers():
+                    receiver = transceiver.receiver
+                    if id(receiver) not in self._tapped:
+                        self._tapped.add(id(receiver))
+                        tap_receiver(receiver, self._count)  # raw RTP, never decoded
+                await self.pc.setLocalDescription(await self.pc.createAnswer())
+                self._enlarge_receive_buffers()
+                assert self.signaling is not None
+                await self.signaling.send({"type": "answer", "sdp": self.pc.localDescription.sdp})
+        except Exception as exc:  # reported to the orchestrator in snapshots
+            self.errors.append(f"answer failed: {exc!r}")
+
+    def _enlarge_receive_buffers(self) -> None:
+        """Let a worker that loses the CPU for a moment catch up instead of dropping datagrams."""
+        for transceiver in self.pc.getTransceivers():
+            with contextlib.suppress(Exception):  # aioice internals; a bench may lean on them
+                connection = transceiver.receiver.transport.transport.iceGatherer._connection
+                for protocol in connection._protocols:
+                    sock = protocol.transport.get_extra_info("socket")
+                    if sock is not None:
+                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SUBSCRIBER_RCVBUF)
+
+    async def _count(self, packet: Any, codec: Any) -> None:
+        c = self.counts
+        if c.first_at is None:
+            c.first_at = time.monotonic()
+        c.packets += 1
+        c.bytes += len(packet.payload)
+        seq = packet.sequence_number
+        if self._seen[seq]:
+            c.duplicates += 1  # a NACK answered, or a resend: counted, not a new frame
+            return
+        self._seen[seq] = 1
+        self._recent.append(seq)
+        if len(self._recent) > 8192:
+            self._seen[self._recent.popleft()] = 0
+        c.unique += 1
+        c.frames += packet.marker
+        if packet.payload and is_keyframe(codec.mimeType, packet.payload):
+            c.keyframes += 1
+        if c.ext_seq is None:
+            c.ext_seq = seq
+        else:
+            delta = (seq - c.ext_seq) & 0xFFFF
+            if 0 < delta < 0x8000:
+                c.ext_seq += delta
+
+    def snapshot(self) -> dict[str, Any]:
+        data = asdict(self.counts)
+        data["errors"] = self.errors[-3:]
+        data["state"] = self.pc.connectionState
+        return data
+
+    async def close(self) -> None:
+        if self.signaling is not None:
+            with contextlib.suppress(Exception):
+                await self.signaling.request({"type": "leave"}, timeout=5)
+            await self.signaling.close()
+        for task in list(self._tasks):
+            task.cancel()
+        with contextlib.suppress(Exception):
+            await self.pc.close()
+
+
+async def worker_main() -> None:
+    """A subscriber worker: JSON commands on stdin, one JSON reply line each on stdout."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    out = sys.stdout
+
+    def reply(obj: dict[str, Any]) -> None:
+        out.write(json.dumps(obj) + "\n")
+        out.flush()
+
+    subscribers: list[Subscriber] = []
+    async with aiohttp.ClientSession() as session:
+        try:
+            while True:
+                line = await reader.readline()
+                if not line:
+                    break  # the orchestrator is gone
+                command = json.loads(line)
+                if command["cmd"] == "join":
+                    subscribers = [Subscriber(session, command["url"], t) for t in command["tokens"]]
+                    results = await asyncio.gather(*(s.join() for s in subscribers), return_exceptions=True)
+                    reply({"joined": sum(r is None for r in results),
+                           "errors": [repr(r) for r in results if r is not None]})
+                elif command["cmd"] == "snapshot":
+                    reply({"t": time.monotonic(), "cpu": cpu_seconds(os.getpid()), "udp_drops": udp_drops(os.getpid()),
+                           "subs": [s.snapshot() for s in subscribers]})
+                elif command["cmd"] == "leave":
+                    await asyncio.gather(*(s.close() for s in subscribers), return_exceptions=True)
+                    subscribers = []
+                    reply({"left": True})
+                    break
+        finally:
+            for s in subscribers:
+                with contextlib.suppress(Exception):
+                    await s.close()
+
+
+class Worker:
+    """The orchestrator's handle on one subscriber worker process."""
+
+    def __init__(self, index: int, tokens: list[str], log_path: Path, nice: int) -> None:
+        self.index = index
+        self.nice = nice
+        self.tokens = tokens
+        self.log_path = log_path
+        self.proc: asyncio.subprocess.Process | None = None
+        self._log: Any = None
+
+    async def start(self) -> None:
+        self._log = self.log_path.open("ab")
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable, str(Path(__file__).resolve()), "--worker", "--nice", str(self.nice),
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=self._log,
+            start_new_session=True, preexec_fn=_die_with_parent)  # a ^C in the terminal reaches only the orchestrator
+
+    async def call(self, command: dict[str, Any], timeout: float) -> dict[str, Any]:
+        assert self.proc is not None and self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write((json.dumps(command) + "\n").encode())
+        await self.proc.stdin.drain()
+        line = await asyncio.wait_for(self.proc.stdout.readline(), timeout)
+        if not line:
+            raise BenchError(f"subscriber worker {self.index} exited (rc {self.proc.returncode}); "
+                             f"its log: {self.log_path}\n{tail(self.log_path)}")
+        return json.loads(line)
+
+    async def stop(self, timeout: float = 20.0) -> None:
+        if self.proc is None:
+            return
+        if self.proc.returncode is None:
+            with contextlib.suppress(Exception):
+                await self.call({"cmd": "leave"}, timeout)
+            try:
+                await asyncio.wait_for(self.proc.wait(), 5)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    self.proc.kill()
+                await self.proc.wait()
+        if self._log is not None:
+            self._log.close()
+
+    def kill_now(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()
+
+
+def lower_priority(nice: int) -> None:
+    """Nice this process, and its autogroup: with autogroup scheduling (Linux's default on desktops and
+    these machines) a process in its own session competes as a whole group and plain nice is ignored
+    against other groups such as the server's."""
+    with contextlib.suppress(OSError):
+        os.nice(nice)
+    with contextlib.suppress(OSError):
+        Path("/proc/self/autogroup").write_text(str(nice))
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Linux: the child gets SIGTERM if the orchestrator dies without cleaning up."""
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return "(no log)"
+
+
+# --- the server -----------------------------------------------------------------------
+
+class Server:
+    """``python -m gbmedia serve`` in a temporary data directory."""
+
+    def __init__(self, workdir: Path, startup_timeout: float, extra_env: dict[str, str] | None = None) -> None:
+        self.workdir = workdir
+        self.extra_env = extra_env or {}
+        self.data_dir = workdir / "data"
+        self.log_path = workdir / "server.log"
+        self.startup_timeout = startup_timeout
+        self.proc: asyncio.subprocess.Process | None = None
+        self.url = ""
+        self._log: Any = None
+        self._stdout_task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("GBMEDIA_")}
+        env.update(GBMEDIA_DATA_DIR=str(self.data_dir), GBMEDIA_HOST="127.0.0.1", GBMEDIA_PORT="0",
+                   GBMEDIA_OPERATOR_TOKEN=OPERATOR_TOKEN, GBMEDIA_LOG_LEVEL="warning",
+                   GBMEDIA_LOG_FORMAT="text", GBMEDIA_SHUTDOWN_TIMEOUT="5")
+        env.update(self.extra_env)
+        self._log = self.log_path.open("ab")
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "gbmedia", "serve", cwd=str(ROOT), env=env,
+            stdout=asyncio.subprocess.PIPE, stderr=self._log, start_new_session=True,
+            preexec_fn=_die_with_parent)
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + self.startup_timeout
+        while not self.url:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise BenchError(f"gbmedia serve printed no URL within {self.startup_timeout:.0f} s; "
+                                 f"log {self.log_path}:\n{tail(self.log_path)}")
+            try:
+                line = await asyncio.wait_for(self.proc.stdout.readline(), left)
+            except TimeoutError:
+                continue
+            if not line:
+                rc = await self.proc.wait()
+                raise BenchError(f"gbmedia serve exited with status {rc} before listening; "
+                                 f"log {self.log_path}:\n{tail(self.log_path)}")
+            text = line.decode(errors="replace").strip()
+            if text.startswith("gbmedia listening on "):
+                self.url = text.removeprefix("gbmedia listening on ").strip()
+        self._stdout_task = asyncio.ensure_future(self._drain_stdout())
+
+    async def _drain_stdout(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        while await self.proc.stdout.readline():
+            pass
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def postgres_pid(self) -> int | None:
+        try:
+            return int((self.data_dir / "postgres" / "postmaster.pid").read_text().split()[0])
+        except (FileNotFoundError, ValueError, IndexError, PermissionError):
+            return None
+
+    def cpu(self) -> float:
+        return cpu_seconds(self.pid)
+
+    def postgres_cpu(self) -> float:
+        pid = self.postgres_pid()
+        return tree_cpu_seconds(pid) if pid else 0.0
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.returncode is None
+
+    async def stop(self, timeout: float = 30.0) -> int | None:
+        if self.proc is None:
+            return None
+        postgres = self.postgres_pid()
+        if self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self.proc.wait(), timeout)
+            except TimeoutError:
+                print(f"gbmedia serve ignored SIGTERM for {timeout:.0f} s; killing it", file=sys.stderr)
+                with contextlib.suppress(ProcessLookupError):
+                    self.proc.kill()
+                await self.proc.wait()
+        if self._stdout_task is not None:
+            self._stdout_task.cancel()
+        if self._log is not None:
+            self._log.close()
+        if postgres and proc_stat(postgres) is not None and self.proc.returncode != 0:
+            # A server that did not stop cleanly leaves its embedded PostgreSQL behind.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(postgres, signal.SIGTERM)
+        return self.proc.returncode
+
+    def kill_now(self) -> None:
+        if self.alive():
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()  # type: ignore[union-attr]
+
+
+async def create_tenant(session: aiohttp.ClientSession, url: str) -> tuple[str, str]:
+    headers = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
+    async with session.post(f"{url}/api/v1/customers", json={"name": "bench", "tier": "pro"},
+                            headers=headers) as resp:
+        if resp.status != 201:
+            raise BenchError(f"creating the customer: HTTP {resp.status}: {await resp.text()}")
+        customer = await resp.json()
+    async with session.post(f"{url}/api/v1/customers/{customer['id']}/instances",
+                            json={"name": "bench-main"}, headers=headers) as resp:
+        if resp.status != 201:
+            raise BenchError(f"creating the instance: HTTP {resp.status}: {await resp.text()}")
+        body = await resp.json()
+    return body["credentials"]["key"], body["credentials"]["secret"]
+
+
+# --- one measurement ----------------------------------------------------------------
+
+@dataclass
+class Snapshot:
+    t: float
+    server_cpu: float
+    server_wait: float
+    server_udp_drops: int
+    postgres_cpu: float
+    orchestrator_cpu: float
+    machine: tuple[float, float]
+    publisher: dict[str, float]
+    workers: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def subs(self) -> list[dict[str, Any]]:
+        return [s for w in self.workers for s in w["subs"]]
+
+
+async def snapshot(server: Server, publisher: Publisher, workers: list[Worker]) -> Snapshot:
+    replies = asyncio.gather(*(w.call({"cmd": "snapshot"}, 30) for w in workers))
+    snap = Snapshot(time.monotonic(), server.cpu(), runqueue_wait_seconds(server.pid), udp_drops(server.pid),
+                    server.postgres_cpu(),
+                    cpu_seconds(os.getpid()),
+                    machine_busy(), await publisher.counters())
+    snap.workers = list(await replies)
+    return snap
+
+
+def measure(n: int, a: Snapshot, b: Snapshot, joined: int, not_receiving: int, publisher: Publisher,
+            joining_since: float) -> dict[str, Any]:
+    window = b.t - a.t
+    fps: list[float] = []
+    missing = expected = received = duplicates = frames = keyframes = 0
+    for wa, wb in zip(a.workers, b.workers, strict=True):
+        span = wb["t"] - wa["t"]
+        for sa, sb in zip(wa["subs"], wb["subs"], strict=True):
+            got = sb["unique"] - sa["unique"]
+            want = (sb["ext_seq"] - sa["ext_seq"]) if sa["ext_seq"] is not None and sb["ext_seq"] is not None \
+                else got
+            received += sb["packets"] - sa["packets"]
+            duplicates += sb["duplicates"] - sa["duplicates"]
+            expected += want
+            missing += max(0, want - got)
+            frames += sb["frames"] - sa["frames"]
+            keyframes += sb["keyframes"] - sa["keyframes"]
+            fps.append((sb["frames"] - sa["frames"]) / span if span > 0 else 0.0)
+    pub_packets = b.publisher["packets"] - a.publisher["packets"]
+    pub_frames = b.publisher["frames"] - a.publisher["frames"]
+    server_cpu = b.server_cpu - a.server_cpu
+    busy = (b.machine[0] - a.machine[0]) / max(1.0, b.machine[1] - a.machine[1])
+    worker_cpu = sum(wb["cpu"] - wa["cpu"] for wa, wb in zip(a.workers, b.workers, strict=True))
+    row: dict[str, Any] = {
+        "subscribers": n,
+        "subscribers_joined": joined,
+        "subscribers_without_media": not_receiving,
+        "window_s": round(window, 3),
+        "publisher_packets_per_s": pub_packets / window,
+        "publisher_fps": pub_frames / window,
+        "publisher_kbps": (b.publisher["bytes"] - a.publisher["bytes"]) * 8 / window / 1000,
+        "publisher_forced_keyframes": b.publisher["forced_keyframes"] - a.publisher["forced_keyframes"],
+        "forwarded_packets_per_s": received / window,
+        "forwarded_frames_per_s": frames / window,
+        "duplicates_received": duplicates,
+        "publisher_state": b.publisher["state"],
+        "keyframes_received": keyframes,
+        "server_cpu_s": server_cpu,
+        "server_cpu_percent": 100 * server_cpu / window,
+        "server_runqueue_wait_percent": 100 * (b.server_wait - a.server_wait) / window,
+        "server_udp_drops": b.server_udp_drops - a.server_udp_drops,
+        "subscriber_udp_drops": sum(wb["udp_drops"] - wa["udp_drops"]
+                                    for wa, wb in zip(a.workers, b.workers, strict=True)),
+        "server_cpu_s_per_1000_packets": (server_cpu / (received / 1000)) if received else None,
+        "server_us_per_packet": (server_cpu / received * 1e6) if received else None,
+        "server_ms_per_frame_per_subscriber": (server_cpu / (n * pub_frames) * 1000) if n and pub_frames else None,
+        "postgres_cpu_percent": 100 * (b.postgres_cpu - a.postgres_cpu) / window,
+        "publisher_process_cpu_percent": 100 * (b.orchestrator_cpu - a.orchestrator_cpu) / window,
+        "subscriber_workers_cpu_percent": 100 * worker_cpu / window,
+        "machine_busy_percent": 100 * busy,  # of all cores together
+        "fps_min": min(fps) if fps else None,
+        "fps_median": statistics.median(fps) if fps else None,
+        "fps_max": max(fps) if fps else None,
+        "loss_percent": (100 * missing / expected) if expected else None,
+        "kept_30_fps": (len(fps) == n and min(fps) >= KEPT_FPS) if n else None,
+    }
+    row["ping_ms_median"], row["ping_ms_max"] = publisher.ping_ms(a.t, b.t)
+    row["join_ping_ms_max"] = publisher.ping_ms(joining_since, a.t)[1]
+    row["publisher_loop_lag_ms_max"] = publisher.lag_ms_max(a.t, b.t)
+    return row
+
+
+def add_marginals(rows: list[dict[str, Any]]) -> None:
+    previous = None
+    for row in rows:
+        row["marginal_us_per_packet"] = None
+        row["marginal_ms_per_frame_per_subscriber"] = None
+        if previous is not None:
+            d_cpu = row["server_cpu_s"] / row["window_s"] - previous["server_cpu_s"] / previous["window_s"]
+            d_pkts = row["forwarded_packets_per_s"] - previous["forwarded_packets_per_s"]
+            d_subs = row["subscribers"] - previous["subscribers"]
+            if d_pkts > 0:
+                row["marginal_us_per_packet"] = d_cpu / d_pkts * 1e6
+            if d_subs > 0 and row["publisher_fps"] > 0:
+                row["marginal_ms_per_frame_per_subscriber"] = d_cpu / (d_subs * row["publisher_fps"]) * 1000
+        previous = row
+
+
+async def run_one(n: int, args: argparse.Namespace, server: Server, publisher: Publisher,
+                  key: str, secret: str, workdir: Path, live: list[Worker]) -> dict[str, Any]:
+    grants = Grants(room=ROOM, room_join=True, can_subscribe=True)
+    tokens = [mint_token(key, secret, f"sub-{n}-{i}", grants, name=f"Subscriber {i}") for i in range(n)]
+    per = max(1, args.per_process)
+    workers = [Worker(i, tokens[i * per:(i + 1) * per], workdir / f"worker-n{n}-{i}.log", args.nice)
+               for i in range(math.ceil(n / per))]
+    live.extend(workers)
+    joining_since = time.monotonic()
+    try:
+        await asyncio.gather(*(w.start() for w in workers))
+        results = await asyncio.gather(*(w.call({"cmd": "join", "url": server.url, "tokens": w.tokens},
+                                                args.join_timeout) for w in workers))
+        joined = sum(r["joined"] for r in results)
+        errors = [e for r in results for e in r["errors"]]
+        if errors:
+            print(f"  N={n}: {len(errors)} subscribers could not join: {errors[:3]}", file=sys.stderr)
+        if joined == 0 and n:
+            raise BenchError(f"no subscriber could join at N={n}: {errors[:3]}")
+        # Wait until every joined subscriber receives media (or the time is up).
+        deadline = time.monotonic() + args.join_timeout
+        while True:
+            snap = await snapshot(server, publisher, workers)
+            waiting = [s for s in snap.subs if s["frames"] == 0]
+            if not waiting or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.25)
+        if waiting:
+            print(f"  N={n}: {len(waiting)} of {len(snap.subs)} subscribers received no frame within "
+                  f"{args.join_timeout:.0f} s; states {sorted({s['state'] for s in waiting})}; "
+                  f"errors {[e for s in waiting for e in s['errors']][:3]}", file=sys.stderr)
+        if n and len(waiting) == len(snap.subs):
+            raise BenchError(f"at N={n} no subscriber received any media from the server "
+                             f"(publisher sent {snap.publisher['packets']} packets)")
+        await asyncio.sleep(args.warmup)
+        if not server.alive():
+            raise BenchError(f"gbmedia serve died during warm-up; log:\n{tail(server.log_path)}")
+        profiler = await start_profiler(args, server, n)
+        first = await snapshot(server, publisher, workers)
+        await asyncio.sleep(args.seconds)
+        last = await snapshot(server, publisher, workers)
+        if profiler is not None:
+            await finish_profiler(profiler)
+        if not server.alive():
+            raise BenchError(f"gbmedia serve died while measuring; log:\n{tail(server.log_path)}")
+        return measure(n, first, last, joined, len(waiting), publisher, joining_since)
+    finally:
+        await asyncio.gather(*(w.stop() for w in workers), return_exceptions=True)
+        for w in workers:
+            live.remove(w)
+
+
+async def start_profiler(args: argparse.Namespace, server: Server, n: int) -> Any:
+    """py-spy on the server for the window (``--profile DIR``), collapsed stacks per N."""
+    if args.profile is None:
+        return None
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if not Path(py_spy).exists():
+        raise BenchError("--profile needs py-spy (.venv/bin/pip install py-spy)")
+    args.profile.mkdir(parents=True, exist_ok=True)
+    out = args.profile / f"server-n{n}.txt"
+    proc = await asyncio.create_subprocess_exec(
+        py_spy, "record", "--pid", str(server.pid), "--nonblocking", "--threads", "--rate", "100",
+        "--duration", str(math.ceil(args.seconds)), "--format", "raw", "--output", str(out),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+    await asyncio.sleep(0.5)  # let it attach before the window opens
+    return proc
+
+
+async def finish_profiler(proc: Any) -> None:
+    try:
+        await asyncio.wait_for(proc.wait(), 30)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
+
+
+# --- output -------------------------------------------------------------------------
+
+def fmt(value: Any, spec: str) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "NO"
+    return format(value, spec)
+
+
+def print_table(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
+    print()
+    print(f"gbmedia forwarding: 1 publisher (640x480 VP8, {args.fps_label}, encoder fixed at "
+          f"{args.bitrate / 1e6:.2f} Mbps) -> N subscribers counting RTP without decoding; "
+          f"{args.seconds:.0f} s window after {args.warmup:.0f} s warm-up; server CPU = utime+stime of "
+          f"the gbmedia process, all threads; {os.cpu_count()} cores.")
+    header = ("N", "fwd pkt/s", "srv CPU%", "CPU s/1k pkt", "us/pkt", "us/pkt marg",
+              "ms/frame/sub", "marg", "fps min", "fps med", "loss %", "kept 30 fps")
+    lines = [header]
+    for r in rows:
+        lines.append((
+            str(r["subscribers"]), fmt(r["forwarded_packets_per_s"], ".0f"), fmt(r["server_cpu_percent"], ".1f"),
+            fmt(r["server_cpu_s_per_1000_packets"], ".4f"), fmt(r["server_us_per_packet"], ".1f"),
+            fmt(r["marginal_us_per_packet"], ".1f"), fmt(r["server_ms_per_frame_per_subscriber"], ".3f"),
+            fmt(r["marginal_ms_per_frame_per_subscriber"], ".3f"), fmt(r["fps_min"], ".1f"),
+            fmt(r["fps_median"], ".1f"), fmt(r["loss_percent"], ".2f"),
+            fmt(r["kept_30_fps"], "") if r["subscribers"] else "-"))
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    for i, line in enumerate(lines):
+        print("  ".join(cell.rjust(w) for cell, w in zip(line, widths, strict=True)))
+        if i == 0:
+            print("  ".join("-" * w for w in widths))
+    print()
+    print("Context per row (publisher as sent; CPU % of one core; machine busy = all cores, every process "
+          "on the machine, not only this benchmark's):")
+    ctx_header = ("N", "joined", "no media", "pub state", "pub pkt/s", "pub fps", "pub kbps", "forced KF", "KF rcvd",
+                  "dup rcvd", "drops srv/sub", "ping ms med/max", "join ping max", "own lag max", "srv wait%",
+                  "postgres%", "publisher%", "subscribers%", "machine busy%")
+    ctx = [ctx_header]
+    for r in rows:
+        ctx.append((str(r["subscribers"]), str(r["subscribers_joined"]), str(r["subscribers_without_media"]),
+                    r["publisher_state"], fmt(r["publisher_packets_per_s"], ".1f"), fmt(r["publisher_fps"], ".1f"),
+                    fmt(r["publisher_kbps"], ".0f"), str(r["publisher_forced_keyframes"]),
+                    str(r["keyframes_received"]), str(r["duplicates_received"]),
+                    f"{r['server_udp_drops']}/{r['subscriber_udp_drops']}",
+                    f"{fmt(r['ping_ms_median'], '.1f')}/{fmt(r['ping_ms_max'], '.0f')}",
+                    fmt(r["join_ping_ms_max"], ".0f"), fmt(r["publisher_loop_lag_ms_max"], ".0f"),
+                    fmt(r["server_runqueue_wait_percent"], ".1f"),
+                    fmt(r["postgres_cpu_percent"], ".1f"),
+                    fmt(r["publisher_process_cpu_percent"], ".1f"), fmt(r["subscriber_workers_cpu_percent"], ".1f"),
+                    fmt(r["machine_busy_percent"], ".1f")))
+    widths = [max(len(line[i]) for line in ctx) for i in range(len(ctx_header))]
+    for i, line in enumerate(ctx):
+        print("  ".join(cell.rjust(w) for cell, w in zip(line, widths, strict=True)))
+        if i == 0:
+            print("  ".join("-" * w for w in widths))
+    print()
+    legend = [
+        "fwd pkt/s: RTP packets/s the subscribers received, summed; us/pkt: server CPU per forwarded packet "
+        "(one packet to one subscriber);",
+        "marg: against the row above; ms/frame/sub: server CPU per published frame per subscriber; loss %: from "
+        "each subscriber's sequence numbers;",
+        f"kept 30 fps: every subscriber received >= {KEPT_FPS:.0f} distinct frames/s. Context: KF = keyframes; "
+        "dup = retransmitted packets received twice;",
+        "drops srv/sub: datagrams the kernel dropped on the server's / the subscribers' UDP sockets (receive "
+        "buffer full: that side fell behind);",
+        "ping: reply time of a signaling ping to the server every 0.5 s in the window (its event-loop lag); join "
+        "ping max: the worst while joining and warming up;",
+        "own lag: the publisher process's own event-loop lag (so a slow ping is the server's); srv wait: time "
+        "the server's threads were ready but waited for a CPU.",
+    ]
+    print("Legend: " + "\n        ".join(legend))
+    marginal = [r["marginal_ms_per_frame_per_subscriber"] for r in rows
+                if r["marginal_ms_per_frame_per_subscriber"] is not None]
+    average = [r["server_ms_per_frame_per_subscriber"] for r in rows
+               if r["server_ms_per_frame_per_subscriber"] is not None]
+    ref = ", ".join(f"{v} ms at N={k}" for k, v in REF_TRANSCODE_MS_PER_FRAME.items())
+    print(f"Reference: aiortc's default decode + re-encode costs about {REF_TRANSCODE_MS_PER_FRAME_PER_SUB:.0f} ms "
+          f"of server CPU per frame per subscriber here ({ref}; ../shared/notes/aiortc.md). "
+          f"Janus 1.1.2 forwarding the same stream: about {REF_JANUS_US_PER_PACKET:.0f} us per packet (marginal).")
+    if average:
+        ref_ms = REF_TRANSCODE_MS_PER_FRAME_PER_SUB
+        print(f"gbmedia forwarding: {min(average):.3f}-{max(average):.3f} ms per frame per subscriber on average "
+              f"(the publisher's incoming stream included), transcoding would be {ref_ms / max(average):.0f}-"
+              f"{ref_ms / min(average):.0f}x that"
+              + (f"; {min(marginal):.3f}-{max(marginal):.3f} ms per extra subscriber, transcoding "
+                 f"{ref_ms / max(marginal):.0f}-{ref_ms / min(marginal):.0f}x that." if marginal else "."))
+
+
+# --- main -----------------------------------------------------------------------------
+
+def _env_pair(raw: str) -> tuple[str, str]:
+    name, sep, value = raw.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {raw!r}")
+    return name, value
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--subscribers", default="1,4,16,32", help="comma-separated N values (default 1,4,16,32)")
+    parser.add_argument("--seconds", type=float, default=15.0, help="measurement window per N (default 15)")
+    parser.add_argument("--warmup", type=float, default=5.0, help="warm-up per N before measuring (default 5)")
+    parser.add_argument("--bitrate", type=int, default=1_000_000, help="publisher encoder bitrate (default 1e6)")
+    parser.add_argument("--per-process", type=int, default=8, help="subscribers per worker process (default 8)")
+    parser.add_argument("--nice", type=int, default=10,
+                        help="niceness of the subscriber workers (default 10): on a small machine the subscribers "
+                             "must not starve the server they measure; 0 to run them at the server's priority")
+    parser.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=None,
+                        help="also measure N=0 (publisher only) first, for marginal figures at the first N "
+                             "(default on, off with --smoke)")
+    parser.add_argument("--join-timeout", type=float, default=60.0, help="seconds for subscribers to join and "
+                        "receive a first frame (default 60)")
+    parser.add_argument("--startup-timeout", type=float, default=90.0, help="seconds for the server to start")
+    parser.add_argument("--pause", type=float, default=2.0, help="seconds between rows (default 2)")
+    parser.add_argument("--server-env", action="append", default=[], type=_env_pair, metavar="NAME=VALUE",
+                        help="extra environment for gbmedia serve (repeatable), e.g. GBMEDIA_UDP_PORTS=40000-40999")
+    parser.add_argument("--json", type=Path, help="also write the JSON result to this file")
+    parser.add_argument("--profile", type=Path, help="record the server with py-spy during each window into this "
+                        "folder (collapsed stacks, server-nN.txt); adds a little CPU load to the machine")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs)")
+    parser.add_argument("--smoke", action="store_true", help="quick check: N=1, 5 s window, 2 s warm-up")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.subscribers, args.seconds, args.warmup = "1", 5.0, 2.0
+        args.baseline = False if args.baseline is None else args.baseline
+    if args.baseline is None:
+        args.baseline = True
+    try:
+        args.counts = [int(v) for v in args.subscribers.split(",") if v.strip()]
+    except ValueError:
+        parser.error(f"--subscribers takes integers separated by commas, not {args.subscribers!r}")
+    if not args.counts or any(n < 0 for n in args.counts):
+        parser.error("--subscribers needs at least one N >= 0")
+    if args.baseline and 0 not in args.counts:
+        args.counts = [0, *args.counts]
+    args.fps_label = "30 fps"
+    return args
+
+
+async def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
+    workdir = Path(tempfile.mkdtemp(prefix="gbmedia-bench-"))
+    server = Server(workdir, args.startup_timeout, dict(args.server_env))
+    live: list[Worker] = []
+    publisher: Publisher | None = None
+    rows: list[dict[str, Any]] = []
+    ok = False
+    main_task = asyncio.current_task()
+    assert main_task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main_task.cancel)  # clean up as on ^C
+    try:
+        print(f"starting gbmedia serve (data dir {server.data_dir}) ...", file=sys.stderr)
+        t0 = time.monotonic()
+        await server.start()
+        print(f"  listening on {server.url} after {time.monotonic() - t0:.1f} s, pid {server.pid}, "
+              f"embedded PostgreSQL pid {server.postgres_pid()}", file=sys.stderr)
+        async with aiohttp.ClientSession() as session:
+            key, secret = await create_tenant(session, server.url)
+            publisher = Publisher(args.bitrate)
+            await publisher.start(session, server.url, mint_token(key, secret, "publisher",
+                                                                  Grants.participant(ROOM)), args.join_timeout)
+            print(f"  publisher connected, track {publisher.track_id}", file=sys.stderr)
+            await asyncio.sleep(min(args.warmup, 3.0))
+            for n in args.counts:
+                if publisher.pc.connectionState != "connected":
+                    reason = (f"the publisher's connection is {publisher.pc.connectionState} before N={n} "
+                              f"(state changes: {publisher.state_log()}); stopping here")
+                    print(f"  {reason}", file=sys.stderr)
+                    rows.append({"subscribers": n, "error": reason})
+                    break
+                print(f"N={n}: joining, {args.warmup:.0f} s warm-up, {args.seconds:.0f} s window ...",
+                      file=sys.stderr)
+                try:
+                    row = await run_one(n, args, server, publisher, key, secret, workdir, live)
+                except BenchError as exc:
+                    if not server.alive():
+                        raise
+                    print(f"  N={n} failed: {exc}", file=sys.stderr)
+                    rows.append({"subscribers": n, "error": str(exc)})
+                    continue
+                rows.append(row)
+                print(f"  N={n}: {row['forwarded_packets_per_s']:.0f} packets/s forwarded, server "
+                      f"{row['server_cpu_percent']:.1f}% CPU, fps min {fmt(row['fps_min'], '.1f')}, "
+                      f"machine {row['machine_busy_percent']:.0f}% busy", file=sys.stderr)
+                await asyncio.sleep(args.pause)
+            await publisher.close()
+            publisher = None
+        ok = True
+    finally:
+        for w in live:
+            w.kill_now()
+        if publisher is not None:
+            with contextlib.suppress(Exception):
+                await publisher.close()
+        rc = await server.stop()
+        print(f"gbmedia serve stopped (exit status {rc})", file=sys.stderr)
+        if args.keep or not ok:
+            print(f"logs kept in {workdir}", file=sys.stderr)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    measured = [r for r in rows if "error" not in r]
+    add_marginals(measured)
+    import aiortc
+
+    return {
+        "benchmark": "forwarding",
+        "config": {"subscribers": args.counts, "seconds": args.seconds, "warmup": args.warmup,
+                   "bitrate": args.bitrate, "width": 640, "height": 480, "fps": 30, "codec": "VP8",
+                   "per_process": args.per_process},
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "aiortc": aiortc.__version__,
+                    "platform": platform.platform()},
+        "reference": {"transcode_ms_per_frame_per_subscriber": REF_TRANSCODE_MS_PER_FRAME_PER_SUB,
+                      "transcode_ms_per_frame": REF_TRANSCODE_MS_PER_FRAME,
+                      "janus_us_per_packet": REF_JANUS_US_PER_PACKET},
+        "rows": rows,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    if args.worker:
+        if args.nice:
+            lower_priority(args.nice)
+        asyncio.run(worker_main())
+        return 0
+    try:
+        result = asyncio.run(orchestrate(args))
+    except BenchError as exc:
+        print(f"forwarding benchmark failed: {exc}", file=sys.stderr)
+        return 1
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        print("interrupted; the server and the subscribers were stopped", file=sys.stderr)
+        return 130
+    except Exception:
+        traceback.print_exc()
+        return 1
+    measured = [r for r in result["rows"] if "error" not in r]
+    if measured:
+        print_table(measured, args)
+    for r in result["rows"]:
+        if "error" in r:
+            print(f"N={r['subscribers']}: not measured: {r['error']}")
+    text = json.dumps(result, indent=2, default=float)
+    print()
+    print(text)
+    if args.json:
+        args.json.write_text(text + "\n")
+    return 0 if measured else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
