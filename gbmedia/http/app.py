@@ -66,7 +66,9 @@ async def api_middleware(request: web.Request, handler: Handler) -> web.StreamRe
     except ApiError as exc:
         error = exc
     except web.HTTPException as exc:
-        if exc.status < 400:
+        if exc.status < 400:  # a redirect goes out as it is, with the request id, and is counted
+            exc.headers["X-Request-Id"] = request_id
+            node.metrics.http_requests.labels(request.method, _route_label(request), str(exc.status)).inc()
             raise
         error = ApiError(exc.status, _HTTP_CODES.get(exc.status, "http_error"), exc.reason)
         if exc.status == 413:
@@ -114,6 +116,7 @@ def openapi_handler() -> Handler:
 
 
 def create_app(node: Node) -> web.Application:
+    from gbmedia.http import web as web_files
     from gbmedia.signaling import api as signaling_api
     from gbmedia.signaling import ws as signaling_ws
     from gbmedia.tenancy import api as tenancy_api
@@ -127,4 +130,5 @@ def create_app(node: Node) -> web.Application:
     tenancy_api.register(app)
     signaling_api.register(app)
     signaling_ws.register(app)
+    web_files.register(app)
     return app

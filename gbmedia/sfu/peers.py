@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc import MediaStreamTrack, RTCBundlePolicy, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.exceptions import InvalidStateError
 from aiortc.mediastreams import MediaStreamError
 from aiortc.sdp import SessionDescription
@@ -23,6 +23,18 @@ from gbmedia.sfu.media_address import MediaAddress
 from gbmedia.sfu.track import PublishedTrack
 
 SOURCES = ("camera", "microphone", "screen_share", "screen_share_audio", "unknown")
+
+
+def server_configuration() -> RTCConfiguration:
+    """How every server-side connection is set up.
+
+    ``max-bundle``: all m-lines share one transport. With aiortc's default
+    ("balanced") a first offer holding two tracks of one kind (two cameras for a
+    late joiner, camera plus screen share) leaves the second on a transport that
+    bundling then shuts down, and that track never flows. No STUN/TURN servers:
+    the node's own address is its candidate (see :mod:`gbmedia.sfu.media_address`).
+    """
+    return RTCConfiguration(iceServers=[], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
 
 
 class NegotiationError(ValueError):
@@ -79,7 +91,7 @@ class PublisherPeer:
     def __init__(self, participant_id: str, configuration: RTCConfiguration | None = None,
                  address: MediaAddress | None = None) -> None:
         self.participant_id = participant_id
-        self.pc = RTCPeerConnection(configuration or RTCConfiguration(iceServers=[]))
+        self.pc = RTCPeerConnection(configuration or server_configuration())
         self.address = address
         self.tracks: dict[str, PublishedTrack] = {}  # by mid
         self._lock = asyncio.Lock()
@@ -151,7 +163,7 @@ class SubscriberPeer:
     def __init__(self, participant_id: str, configuration: RTCConfiguration | None = None,
                  address: MediaAddress | None = None) -> None:
         self.participant_id = participant_id
-        self.pc = RTCPeerConnection(configuration or RTCConfiguration(iceServers=[]))
+        self.pc = RTCPeerConnection(configuration or server_configuration())
         self.address = address
         self.slots: list[SenderSlot] = []
         self._lock = asyncio.Lock()

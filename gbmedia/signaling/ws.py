@@ -18,7 +18,7 @@ from gbmedia.errors import ApiError, bad_request
 from gbmedia.http.keys import NODE
 from gbmedia.sfu.peers import NegotiationError, TrackInfo
 from gbmedia.signaling import protocol as p
-from gbmedia.signaling.live import LiveRooms, Participant
+from gbmedia.signaling.live import LiveRooms, Participant, track_json
 from gbmedia.tenancy.models import Actor
 
 log = logging.getLogger(__name__)
@@ -80,9 +80,7 @@ class Connection:
         if isinstance(message, p.Publish):
             infos = {mid: TrackInfo(t.source, t.name) for mid, t in message.tracks.items()}
             answer, _added = await room.publish(participant, message.sdp, infos)
-            return {"type": "publish_answer", "sdp": answer,
-                    "tracks": [{"id": t.id, "mid": t.mid, "kind": t.kind, "source": t.source, "name": t.name}
-                               for t in participant.published]}
+            return {"type": "publish_answer", "sdp": answer, "tracks": [track_json(t) for t in participant.published]}
         if isinstance(message, p.Answer):
             await room.answer(participant, message.sdp)
             return {"type": "ack"} if message.id is not None else None

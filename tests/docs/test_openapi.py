@@ -237,7 +237,8 @@ def test_the_document_is_well_formed_openapi_3_1():
             assert all({"minimum", "maximum"} <= set(p["schema"]) for p in bounded), label
         security = operation.get("security", DOC["security"])
         responses = {status: resolve(r) for status, r in operation["responses"].items()}
-        assert any(s.startswith("2") or s == "101" for s in responses), label  # 101: the WebSocket
+        # 101: the WebSocket; 302 alone: a redirect to a page (`/`)
+        assert any(s.startswith("2") or s == "101" for s in responses) or set(responses) == {"302", "500"}, label
         if path.startswith("/api/"):
             assert security and all(set(req) <= set(schemes) for req in security), label
             assert {"401", "403", "429", "500"} <= set(responses), label
@@ -348,16 +349,20 @@ class Caller:
 
     async def __call__(self, method: str, template: str, status: int, *, headers: dict[str, str] | None = None,
                        json: Any = None, query: dict[str, str] | None = None, data: bytes | None = None,
-                       **ids: str) -> Any:
+                       allow_redirects: bool = True, **ids: str) -> Any:
         operation = DOC["paths"][template][method.lower()]
         if json is not None and status < 300:
             request_schema = operation["requestBody"]["content"]["application/json"]["schema"]
             assert validate(json, request_schema) == [], "the test sends an undocumented body"
         resp = await self.client.request(method, template.format(**ids), headers=headers, json=json,
-                                         params=query, data=data)
+                                         params=query, data=data, allow_redirects=allow_redirects)
         assert resp.status == status, await resp.text()
         response = resolve(operation["responses"].get(str(status)))
         assert response is not None, f"{method} {template} answered an undocumented {status}"
+        if "content" not in response:  # a redirect or an upgrade: headers only
+            assert resp.headers["X-Request-Id"]
+            self.seen.add((method.lower(), template, str(status)))
+            return resp.headers
         ((media, content),) = response["content"].items()
         assert resp.content_type == media.split(";")[0]
         assert resp.headers["X-Request-Id"]
@@ -375,6 +380,12 @@ async def test_real_answers_conform_to_the_documented_responses(client: TestClie
     await call("GET", "/readyz", 200)
     await call("GET", "/metrics", 200)
     await call("GET", "/openapi.json", 200)
+    home = await call("GET", "/", 302, allow_redirects=False)
+    assert home["Location"] == "/web/room/"
+    page = await call("GET", "/web/{path}", 200, path="room/")
+    assert "<title>" in page
+    await call("GET", "/web/{path}", 302, path="room", allow_redirects=False)
+    await call("GET", "/web/{path}", 404, path="room/nope.js")
     await call("GET", "/api/v1/whoami", 200, headers=OPERATOR)
     await call("GET", "/api/v1/plans", 200, headers=OPERATOR)
 

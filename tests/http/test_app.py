@@ -178,7 +178,13 @@ async def test_api_rate_limit_answers_429_with_retry_after(tmp_path: Path, datab
 async def test_rate_limit_is_shared_by_nodes_through_redis(tmp_path: Path, database_url: str, redis_url: str):
     import uuid
 
-    token = f"operator-{uuid.uuid4().hex}"  # a fresh bucket key for this run
+    token = f"operator-{uuid.uuid4().hex}"
+    # The bucket is the caller's ("operator"), not the token's: start it full, whatever ran before.
+    import redis.asyncio as aioredis
+
+    cleaner = aioredis.from_url(redis_url)
+    await cleaner.delete("gbmedia:rl:operator")
+    await cleaner.aclose()
     settings = make_settings(tmp_path, database_url, redis_url=redis_url, operator_token=token,
                              api_rate_limit=0.1, api_rate_burst=4)
     node_a, client_a = await rate_limited_client(settings)

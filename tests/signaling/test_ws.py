@@ -203,6 +203,9 @@ async def test_resume_after_a_dropped_socket_is_invisible_to_others(rtc, tenant:
     joined = await alice.join(token(tenant, "alice"))
     await bob.join(token(tenant, "bob"))
     track_id = (await bob.publish(ColorVideoTrack(GREEN)))["tracks"][0]["id"]
+    own = (await alice.publish(ColorVideoTrack(RED)))["tracks"][0]
+    assert own["muted"] is False
+    await alice.request({"type": "mute", "track_id": own["id"], "muted": True})
     await wait_for(lambda: len(alice.decoded(track_id)) >= 1, within=20)
 
     await alice.ws.close()  # the network drops; alice's media connections stay up
@@ -214,6 +217,8 @@ async def test_resume_after_a_dropped_socket_is_invisible_to_others(rtc, tenant:
         assert resumed["type"] == "joined" and resumed["resumed"] is True
         assert resumed["participant"]["id"] == joined["participant"]["id"]
         assert [p["identity"] for p in resumed["participants"]] == ["bob"]
+        # Its own tracks come back with the server's view of them.
+        assert [(t["id"], t["muted"]) for t in resumed["participant"]["tracks"]] == [(own["id"], True)]
         await asyncio.sleep(0.3)
         assert not any(e["type"] == "participant_left" for e in bob.events)
         bad = await again.join(token(tenant, "alice"), resume="nope")

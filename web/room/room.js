@@ -1,0 +1,279 @@
+// The meeting page: /web/room/?token=<JWT>[&autojoin=1]
+//
+// Without a token it only explains that a join link is needed. With one it previews
+// camera and microphone and joins on the Join button (or at once with autojoin=1).
+// session.js speaks the protocol; this module draws the page from the session's state.
+//
+// For tests and embedding, window.gbroom is a read-only view of the state plus the
+// actions (join, leave, mute toggles, screen share, stats); join() and leave() are
+// also plain globals.
+
+import { Grid } from './grid.js';
+import { RoomSession, tokenClaims } from './session.js';
+
+const $ = (id) => document.getElementById(id);
+const params = new URLSearchParams(window.location.search);
+const token = params.get('token') || '';
+const autojoin = ['1', 'true', 'yes'].includes((params.get('autojoin') || '').toLowerCase());
+const claims = token ? tokenClaims(token) : null;
+
+const session = new RoomSession(token);
+const grid = new Grid($('grid'));
+const audioElements = new Map(); // remote audio track id -> <audio>
+const videoKeys = new Map(); // remote video track id -> tile key
+let soundBlocked = false;
+
+const PHASE_TEXT = {
+  idle: 'Ready to join',
+  joining: 'Joining…',
+  joined: '',
+  reconnecting: 'Connection lost; reconnecting…',
+  leaving: 'Leaving…',
+  left: 'You left the meeting',
+  ended: 'The meeting is over for you',
+  error: 'Could not join',
+};
+
+function displayName(participant) {
+  return participant.name || participant.identity || 'Guest';
+}
+
+function tiles() {
+  const wanted = [];
+  videoKeys.clear();
+  if (!['joined', 'reconnecting', 'leaving'].includes(session.phase)) return wanted;
+  const selfName = (session.self && displayName(session.self)) || 'You';
+  wanted.push({
+    key: 'self', participantId: session.self ? session.self.id : '', name: selfName, self: true, source: 'camera',
+    videoTrack: session.cameraTrack, micMuted: session.micMuted || !session.microphoneTrack,
+    cameraOff: session.cameraOff || !session.cameraTrack,
+  });
+  if (session.screenTrack) {
+    wanted.push({ key: 'self:screen', participantId: session.self ? session.self.id : '', name: selfName, self: true,
+      source: 'screen_share', videoTrack: session.screenTrack, micMuted: false, cameraOff: false });
+  }
+  const media = session.remoteMedia();
+  for (const participant of session.participants.values()) {
+    const tracks = [...participant.tracks.values()];
+    const camera = tracks.find((t) => t.kind === 'video' && t.source !== 'screen_share');
+    const mic = tracks.find((t) => t.kind === 'audio' && t.source !== 'screen_share_audio');
+    const cameraMedia = camera && media.get(camera.id);
+    if (camera) videoKeys.set(camera.id, participant.id);
+    wanted.push({
+      key: participant.id, participantId: participant.id, name: displayName(participant), self: false,
+      source: 'camera', videoTrack: cameraMedia ? cameraMedia.track : null,
+      micMuted: !mic || Boolean(mic.muted), cameraOff: !camera || Boolean(camera.muted),
+    });
+    for (const screen of tracks.filter((t) => t.kind === 'video' && t.source === 'screen_share')) {
+      const key = `${participant.id}:${screen.id}`;
+      const screenMedia = media.get(screen.id);
+      videoKeys.set(screen.id, key);
+      wanted.push({ key, participantId: participant.id, name: displayName(participant), self: false,
+        source: 'screen_share', videoTrack: screenMedia ? screenMedia.track : null, micMuted: false,
+        cameraOff: Boolean(screen.muted) });
+    }
+  }
+  return wanted;
+}
+
+function playAudio(element) {
+  element.play().then(() => {
+    if (soundBlocked && [...audioElements.values()].every((a) => !a.paused)) {
+      soundBlocked = false;
+      render();
+    }
+  }, (error) => {
+    if (error.name === 'NotAllowedError' && !soundBlocked) {
+      soundBlocked = true; // the browser wants a click first
+      render();
+    }
+  });
+}
+
+function syncAudio() {
+  const wanted = new Map();
+  for (const [trackId, media] of session.remoteMedia()) {
+    if (media.track.kind === 'audio') wanted.set(trackId, media.track);
+  }
+  for (const [trackId, element] of audioElements) {
+    if (!wanted.has(trackId)) {
+      element.srcObject = null;
+      element.remove();
+      audioElements.delete(trackId);
+    }
+  }
+  for (const [trackId, track] of wanted) {
+    let element = audioElements.get(trackId);
+    if (!element) {
+      element = document.createElement('audio');
+      element.autoplay = true;
+      element.dataset.trackId = trackId;
+      $('audio').append(element);
+      audioElements.set(trackId, element);
+    }
+    const current = element.srcObject && element.srcObject.getTracks()[0];
+    if (current !== track) {
+      element.srcObject = new MediaStream([track]);
+      playAudio(element);
+    }
+  }
+}
+
+function setText(element, text) {
+  if (element.textContent !== text) element.textContent = text;
+}
+
+function render() {
+  const phase = token ? session.phase : 'no_token';
+  document.body.dataset.phase = phase;
+  const inCall = ['joined', 'reconnecting', 'leaving'].includes(phase);
+  const lobby = ['idle', 'joining', 'left', 'ended', 'error'].includes(phase);
+
+  $('notice').hidden = phase !== 'no_token';
+  $('lobby').hidden = !lobby;
+  $('grid').hidden = !inCall;
+  $('controls').hidden = phase === 'no_token' || ['left', 'ended'].includes(phase);
+
+  const roomName = (session.room && session.room.name) || (claims && claims.grants && claims.grants.room) || '';
+  setText($('room-name'), roomName ? `Meeting: ${roomName}` : 'Meeting');
+  document.title = roomName ? `${roomName} · gbmedia` : 'Meeting · gbmedia';
+
+  let status = phase === 'no_token' ? 'No join link' : PHASE_TEXT[phase] || phase;
+  if (phase === 'joined') {
+    const others = session.participants.size;
+    status = others ? `In the meeting with ${others} other${others === 1 ? '' : 's'}` : 'You are the only one here';
+  }
+  if (inCall && session.message) status = session.message;
+  setText($('status'), status);
+
+  if (lobby) {
+    const name = (claims && (claims.name || claims.sub)) || '';
+    setText($('identity'), name ? `You will join as ${name}.` : 'Join the meeting.');
+    const preview = $('preview');
+    const camera = session.cameraTrack;
+    if ((preview.srcObject && preview.srcObject.getVideoTracks()[0]) !== camera) {
+      preview.srcObject = camera ? new MediaStream([camera]) : null;
+      if (camera) preview.play().catch(() => {});
+    }
+    $('preview-off').hidden = Boolean(camera) && !session.cameraOff;
+    const text = [session.message, session.mediaError].filter(Boolean).join(' ');
+    $('lobby-message').hidden = !text;
+    setText($('lobby-message'), text);
+    const join = $('join');
+    join.disabled = phase === 'joining';
+    setText(join, phase === 'joining' ? 'Joining…' : ['left', 'ended', 'error'].includes(phase) ? 'Join again' : 'Join');
+  }
+
+  grid.update(tiles());
+  syncAudio();
+  $('sound').hidden = !soundBlocked;
+
+  const mic = $('mic');
+  mic.setAttribute('aria-pressed', String(session.micMuted));
+  setText(mic, session.micMuted ? 'Unmute' : 'Mute');
+  mic.disabled = session.camera !== null && !session.microphoneTrack;
+  const camera = $('camera');
+  camera.setAttribute('aria-pressed', String(session.cameraOff));
+  setText(camera, session.cameraOff ? 'Start video' : 'Stop video');
+  camera.disabled = session.camera !== null && !session.cameraTrack;
+  const screen = $('screen');
+  screen.hidden = !inCall || !session.canPublish || !(navigator.mediaDevices && navigator.mediaDevices.getDisplayMedia);
+  screen.setAttribute('aria-pressed', String(Boolean(session.screen)));
+  setText(screen, session.screen ? 'Stop sharing' : 'Share screen');
+  $('leave').hidden = !inCall;
+}
+
+// Resolves to what the subscriber connection receives, per remote track.
+async function stats() {
+  const result = { video: [], audio: [] };
+  for (const [trackId, media] of session.remoteMedia()) {
+    const owner = session.ownerOf(trackId);
+    const report = await media.receiver.getStats();
+    let inbound = null;
+    report.forEach((entry) => {
+      if (entry.type === 'inbound-rtp') inbound = entry;
+    });
+    const base = {
+      trackId, mid: media.mid,
+      participantId: owner ? owner.participant.id : null,
+      identity: owner ? owner.participant.identity : null,
+      name: owner ? displayName(owner.participant) : null,
+      source: owner ? owner.track.source : 'unknown',
+      muted: owner ? Boolean(owner.track.muted) : false,
+      packetsReceived: inbound ? inbound.packetsReceived || 0 : 0,
+      bytesReceived: inbound ? inbound.bytesReceived || 0 : 0,
+    };
+    if (media.track.kind === 'video') {
+      const video = grid.videoFor(videoKeys.get(trackId));
+      result.video.push({ ...base, framesDecoded: inbound ? inbound.framesDecoded || 0 : 0,
+        frameWidth: inbound ? inbound.frameWidth || 0 : 0,
+        videoWidth: video ? video.videoWidth : 0, videoHeight: video ? video.videoHeight : 0 });
+    } else {
+      const element = audioElements.get(trackId);
+      result.audio.push({ ...base, totalSamplesReceived: inbound ? inbound.totalSamplesReceived || 0 : 0,
+        playing: Boolean(element && !element.paused) });
+    }
+  }
+  return result;
+}
+
+function participantView(participant) {
+  return {
+    id: participant.id, identity: participant.identity, name: displayName(participant),
+    tracks: [...participant.tracks.values()].map((t) => ({ id: t.id, kind: t.kind, source: t.source, muted: Boolean(t.muted) })),
+  };
+}
+
+const join = () => session.join();
+const leave = () => session.leave();
+
+window.gbroom = Object.freeze({
+  get phase() { return token ? session.phase : 'no_token'; },
+  get joined() { return session.phase === 'joined'; },
+  get participantId() { return session.self ? session.self.id : null; },
+  get identity() { return session.self ? session.self.identity : null; },
+  get room() { return session.room ? { ...session.room } : null; },
+  get participants() { return [...session.participants.values()].map(participantView); },
+  get localTracks() { return session.localTracks; },
+  get micMuted() { return session.micMuted; },
+  get cameraOff() { return session.cameraOff; },
+  get sharingScreen() { return Boolean(session.screen); },
+  get message() { return session.message; },
+  get errorCode() { return session.error ? session.error.code : null; },
+  get reconnects() { return session.reconnects; },
+  get resumes() { return session.resumes; },
+  get rejoins() { return session.rejoins; },
+  get connectionStates() {
+    return { publisher: session.publisher ? session.publisher.connectionState : null,
+      subscriber: session.subscriber ? session.subscriber.connectionState : null };
+  },
+  stats,
+  join,
+  leave,
+  toggleMicrophone: (muted) => session.toggleMicrophone(muted),
+  toggleCamera: (off) => session.toggleCamera(off),
+  startScreenShare: () => session.startScreenShare(),
+  stopScreenShare: () => session.stopScreenShare(),
+  simulateNetworkLoss: (ms) => session.simulateNetworkLoss(ms),
+});
+window.join = join;
+window.leave = leave;
+
+session.addEventListener('change', render);
+$('join').addEventListener('click', () => join());
+$('leave').addEventListener('click', () => leave());
+$('mic').addEventListener('click', () => session.toggleMicrophone());
+$('camera').addEventListener('click', () => session.toggleCamera());
+$('screen').addEventListener('click', () => (session.screen ? session.stopScreenShare() : session.startScreenShare()));
+$('sound').addEventListener('click', () => {
+  soundBlocked = false;
+  audioElements.forEach(playAudio);
+  render();
+});
+window.addEventListener('pagehide', () => session.leaveNow());
+
+render();
+if (token) {
+  if (autojoin) join();
+  else session.preview();
+}

@@ -1,0 +1,722 @@
+// One participant's session in a room: the signaling socket and the two peer connections.
+//
+// docs/protocol.md is the contract. The publisher connection carries everything this
+// page sends (camera, microphone, screen share) and this side makes its offers
+// (`publish` / `publish_answer`); the subscriber connection carries everything it
+// receives and the server makes its offers (`offer` / `answer`). Which participant a
+// received track belongs to comes from the `tracks` map (mid -> track id) of the
+// latest offer, never from the receiver's track object: transceivers are reused.
+//
+// A socket that drops is reconnected with backoff and the session resumed (`join`
+// with `resume`) within the server's grace period; the media connections never stop.
+// When resuming fails the page joins from scratch with new connections.
+//
+// The session fires "change" whenever something the page shows may have changed.
+
+import { Signaling, SignalingError, signalingUrl } from './signaling.js';
+
+const RTC_CONFIG = { iceServers: [], bundlePolicy: 'max-bundle' }; // the server's candidates are in its SDP
+const VIDEO = { width: { ideal: 1280 }, height: { ideal: 720 }, frameRate: { ideal: 30 } };
+const RETRY_FIRST_MS = 250;
+const RETRY_MAX_MS = 8000;
+const TRANSIENT = new Set(['connection_lost', 'timeout']);
+
+// Codes the page explains to the user: they are no fault of the page.
+export const USER_ERRORS = {
+  auth_required: 'This join link has no access token.',
+  token_malformed: 'This join link is not valid. Ask for a new one.',
+  token_expired: 'This join link has expired. Ask for a new one.',
+  token_not_yet_valid: 'This join link is not valid yet. Try again later.',
+  token_signature_invalid: 'This join link is not valid. Ask for a new one.',
+  unknown_api_key: 'This join link is not valid. Ask for a new one.',
+  api_key_revoked: 'This join link has been revoked. Ask for a new one.',
+  instance_suspended: 'This meeting service is suspended.',
+  customer_suspended: 'This meeting service is suspended.',
+  grant_missing: 'This join link does not allow joining the meeting.',
+  room_required: 'This join link names no meeting.',
+  room_full: 'The meeting is full.',
+  room_closed: 'The meeting has ended.',
+  quota_max_concurrent_rooms_exceeded: 'Too many meetings are running on this account right now.',
+  connection_lost: 'Could not reach the meeting server. Check your network and try again.',
+  timeout: 'The meeting server did not answer. Try again.',
+};
+const FATAL = new Set(Object.keys(USER_ERRORS).filter((code) => !TRANSIENT.has(code)));
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+export function describeError(error) {
+  if (error && USER_ERRORS[error.code]) return USER_ERRORS[error.code];
+  return `Something went wrong${error && error.message ? `: ${error.message}` : '.'}`;
+}
+
+// The claims of a JWT, unverified (for display only), or null.
+export function tokenClaims(token) {
+  try {
+    const part = token.split('.')[1].replace(/-/g, '+').replace(/_/g, '/');
+    const binary = atob(part.padEnd(Math.ceil(part.length / 4) * 4, '='));
+    return JSON.parse(new TextDecoder().decode(Uint8Array.from(binary, (c) => c.charCodeAt(0))));
+  } catch {
+    return null;
+  }
+}
+
+function toParticipant(json) {
+  return {
+    id: json.id,
+    identity: json.identity,
+    name: json.name || json.identity,
+    tracks: new Map((json.tracks || []).map((track) => [track.id, { ...track }])),
+  };
+}
+
+export class RoomSession extends EventTarget {
+  constructor(token) {
+    super();
+    this.token = token;
+    this.phase = 'idle'; // idle | joining | joined | reconnecting | leaving | left | ended | error
+    this.message = '';
+    this.error = null; // the last SignalingError that ended a join
+    this.room = null;
+    this.self = null; // {id, identity, name, grants}
+    this.participants = new Map(); // the others: id -> {id, identity, name, tracks: Map(id -> track)}
+    this.resumeToken = null;
+    this.graceSeconds = 0;
+    this.reconnects = 0; // sockets reopened after a drop
+    this.resumes = 0; // of which resumed the session
+    this.rejoins = 0; // fresh joins after a failed resume
+    this.camera = null; // MediaStream of camera and microphone
+    this.screen = null; // MediaStream of the screen share
+    this.mediaError = '';
+    this.micMuted = false;
+    this.cameraOff = false;
+    this.offlineUntil = 0; // simulateNetworkLoss(): no reconnecting before this
+    this.signaling = null;
+    this._previewing = null;
+    this._resetMedia();
+  }
+
+  get canPublish() {
+    return Boolean(this.self && this.self.grants && this.self.grants.can_publish);
+  }
+
+  get localTracks() {
+    const out = {};
+    for (const [source, id] of Object.entries(this.trackIds)) {
+      out[source] = { id, muted: source === 'microphone' ? this.micMuted : source === 'camera' ? this.cameraOff : false };
+    }
+    return out;
+  }
+
+  _changed() {
+    this.dispatchEvent(new Event('change'));
+  }
+
+  _resetMedia() {
+    this.publisher = null;
+    this.subscriber = null;
+    this.sources = new Map(); // publisher transceiver -> source
+    this.trackIds = {}; // source -> published track id
+    this.remoteMids = {}; // subscriber mid -> track id
+    this.trickle = { publisher: false, subscriber: false }; // may candidates go to the server yet?
+    this.queued = { publisher: [], subscriber: [] };
+    this.publishChain = Promise.resolve();
+    this.subscriberChain = Promise.resolve();
+    this.publishNeeded = false;
+    this.screenTransceiver = null;
+    this.ackedMute = new Map(); // track id -> muted, as the server knows it
+    this.muting = new Set(); // track ids with a mute request in flight
+  }
+
+  // --- local media ---------------------------------------------------------------------
+
+  // Camera and microphone, asked for once (a second call while the first waits gets the same promise).
+  preview() {
+    if (this.camera && this.camera.getTracks().some((track) => track.readyState === 'live')) {
+      return Promise.resolve(this.camera);
+    }
+    if (!this._previewing) this._previewing = this._openLocalMedia().finally(() => { this._previewing = null; });
+    return this._previewing;
+  }
+
+  async _openLocalMedia() {
+    const devices = navigator.mediaDevices;
+    let stream = null;
+    let failure = null;
+    if (!devices || !devices.getUserMedia) {
+      failure = new Error('this page is not a secure context (https), so the browser offers no camera');
+    } else {
+      for (const constraints of [{ video: VIDEO, audio: true }, { audio: true }, { video: VIDEO }]) {
+        try {
+          stream = await devices.getUserMedia(constraints);
+          break;
+        } catch (error) {
+          failure = failure || error;
+        }
+      }
+    }
+    this.mediaError = '';
+    if (!stream) {
+      this.mediaError = `No camera or microphone (${failure && failure.message}); you can still watch and listen.`;
+      console.warn('gbroom: no local media:', failure);
+      stream = new MediaStream();
+    } else if (failure) {
+      this.mediaError = `Only part of camera and microphone is available (${failure.message}).`;
+    }
+    this.camera = stream;
+    this._applyMute();
+    this._changed();
+    return stream;
+  }
+
+  get cameraTrack() {
+    return this.camera ? this.camera.getVideoTracks()[0] || null : null;
+  }
+
+  get microphoneTrack() {
+    return this.camera ? this.camera.getAudioTracks()[0] || null : null;
+  }
+
+  get screenTrack() {
+    return this.screen ? this.screen.getVideoTracks()[0] || null : null;
+  }
+
+  _applyMute() {
+    if (this.microphoneTrack) this.microphoneTrack.enabled = !this.micMuted;
+    if (this.cameraTrack) this.cameraTrack.enabled = !this.cameraOff;
+  }
+
+  _stopLocalMedia() {
+    for (const stream of [this.camera, this.screen]) {
+      if (stream) stream.getTracks().forEach((track) => track.stop());
+    }
+    this.camera = null;
+    this.screen = null;
+  }
+
+  toggleMicrophone(muted = !this.micMuted) {
+    this.micMuted = Boolean(muted);
+    this._applyMute();
+    this._syncMute('microphone');
+    this._changed();
+    return this.micMuted;
+  }
+
+  toggleCamera(off = !this.cameraOff) {
+    this.cameraOff = Boolean(off);
+    this._applyMute();
+    this._syncMute('camera');
+    this._changed();
+    return this.cameraOff;
+  }
+
+  _wantedMute(source) {
+    return source === 'microphone' ? this.micMuted : source === 'camera' ? this.cameraOff : false;
+  }
+
+  // Tells the server a track's mute state once it differs from what the server knows.
+  _syncMute(source) {
+    const trackId = this.trackIds[source];
+    const signaling = this.signaling;
+    if (!trackId || this.muting.has(trackId) || this.phase !== 'joined' || !signaling) return;
+    const muted = this._wantedMute(source);
+    if (this.ackedMute.get(trackId) === muted) return;
+    this.muting.add(trackId);
+    signaling.request({ type: 'mute', track_id: trackId, muted }).then(
+      () => {
+        this.ackedMute.set(trackId, muted);
+      },
+      (error) => {
+        if (TRANSIENT.has(error.code)) return; // tried again once the session is back
+        console.warn('gbroom: mute was refused:', error.code, error.message);
+        this.ackedMute.set(trackId, muted); // do not insist
+      },
+    ).finally(() => {
+      this.muting.delete(trackId);
+      if (this.trackIds[source] === trackId && this._wantedMute(source) !== this.ackedMute.get(trackId)) {
+        if (this.phase === 'joined' && this.signaling && this.signaling.isOpen) this._syncMute(source);
+      }
+    });
+  }
+
+  // --- joining and leaving -------------------------------------------------------------
+
+  async join() {
+    if (['joining', 'joined', 'reconnecting', 'leaving'].includes(this.phase)) return this.phase === 'joined';
+    this.phase = 'joining';
+    this.message = '';
+    this.error = null;
+    this._changed();
+    await this.preview();
+    try {
+      await this._connect(false);
+      return true;
+    } catch (error) {
+      if (error.code === 'cancelled') return false;
+      this._fail(error);
+      return false;
+    }
+  }
+
+  async leave() {
+    if (!['joining', 'joined', 'reconnecting'].includes(this.phase)) return false;
+    const signaling = this.signaling;
+    this.phase = 'leaving';
+    this._changed();
+    if (signaling && signaling.isOpen) {
+      try {
+        await signaling.request({ type: 'leave' }, 5000);
+      } catch (error) {
+        console.warn('gbroom: leave got no answer:', error.code);
+      }
+    }
+    this._end('left', 'You left the meeting.');
+    return true;
+  }
+
+  // Leaves at once, without waiting: the page is going away.
+  leaveNow() {
+    if (this.signaling && this.phase === 'joined') this.signaling.send({ type: 'leave' });
+  }
+
+  _end(phase, message) {
+    const signaling = this.signaling;
+    this.signaling = null;
+    if (signaling) signaling.close();
+    this._closeMedia();
+    this._stopLocalMedia();
+    this.participants = new Map();
+    this.resumeToken = null;
+    this.phase = phase;
+    this.message = message;
+    this._changed();
+  }
+
+  _fail(error) {
+    this.error = error;
+    const expected = Boolean(USER_ERRORS[error.code]);
+    (expected ? console.warn : console.error)('gbroom: could not join:', error.code || '', error.message || error);
+    const signaling = this.signaling;
+    this.signaling = null;
+    if (signaling) signaling.close();
+    this._closeMedia();
+    this.participants = new Map();
+    this.resumeToken = null;
+    this.phase = 'error';
+    this.message = describeError(error);
+    this._changed();
+  }
+
+  // Opens a socket and joins (or resumes); on success the session is 'joined'.
+  async _connect(resume) {
+    if (Date.now() < this.offlineUntil) throw new SignalingError('connection_lost', 'offline');
+    const signaling = new Signaling(signalingUrl(), {
+      onMessage: (message) => {
+        if (this.signaling === signaling) this._onMessage(message);
+      },
+      onClose: () => this._onSocketLost(signaling),
+    });
+    await signaling.open();
+    const previous = this.signaling;
+    this.signaling = signaling;
+    if (previous && previous !== signaling) previous.close();
+    const message = { type: 'join', token: this.token, protocol: 1 };
+    if (resume) message.resume = this.resumeToken;
+    let joined;
+    try {
+      joined = await signaling.request(message);
+    } catch (error) {
+      if (this.signaling === signaling) this.signaling = null;
+      signaling.close();
+      throw error;
+    }
+    if (!['joining', 'reconnecting'].includes(this.phase) || this.signaling !== signaling) {
+      signaling.send({ type: 'leave' }); // left (or gave up) while this join was on its way
+      signaling.close();
+      throw new SignalingError('cancelled', 'the join was cancelled');
+    }
+    // Nothing awaits between here and the end of _joined/_resumed: the next server
+    // message (an offer, an event) is handled only after the state is in place.
+    if (joined.resumed) this._resumed(joined);
+    else this._joined(joined);
+  }
+
+  _adopt(joined) {
+    this.room = joined.room;
+    this.self = joined.participant;
+    this.resumeToken = joined.resume_token;
+    this.graceSeconds = Number(joined.resume_grace_seconds) || 0;
+    this.participants = new Map(joined.participants.map((p) => [p.id, toParticipant(p)]));
+    this.phase = 'joined';
+    this.message = '';
+  }
+
+  _joined(joined) {
+    this._closeMedia(); // a fresh session after a failed resume starts with new connections
+    this._adopt(joined);
+    this._changed();
+    if (this.canPublish) this._publishLocal();
+  }
+
+  _resumed(joined) {
+    this._adopt(joined);
+    this.resumes += 1;
+    const failed = [this.publisher, this.subscriber].some((pc) => pc && pc.connectionState === 'failed');
+    if (failed) {
+      this._restart('a media connection failed while the socket was away');
+      return;
+    }
+    this._flushCandidates('publisher');
+    this._flushCandidates('subscriber');
+    if (this.publishNeeded) this._requestPublish();
+    this._syncMute('microphone');
+    this._syncMute('camera');
+    this._changed();
+  }
+
+  _onSocketLost(signaling) {
+    if (this.signaling !== signaling) return;
+    this.signaling = null;
+    if (this.phase !== 'joined') return; // a join in flight reports its own failure
+    this._reconnect();
+  }
+
+  // The socket dropped (or the session must start over): reconnect with backoff.
+  async _reconnect() {
+    this.phase = 'reconnecting';
+    this.message = 'Connection lost; reconnecting…';
+    this._changed();
+    const deadline = Date.now() + this.graceSeconds * 1000;
+    let delay = RETRY_FIRST_MS;
+    while (this.phase === 'reconnecting') {
+      await sleep(delay);
+      delay = Math.min(delay * 2, RETRY_MAX_MS);
+      if (this.phase !== 'reconnecting') return;
+      const resume = Boolean(this.resumeToken) && Date.now() < deadline;
+      this.reconnects += 1;
+      try {
+        await this._connect(resume);
+        if (!resume) this.rejoins += 1;
+        this._changed();
+        return;
+      } catch (error) {
+        if (this.phase !== 'reconnecting') return;
+        if (error.code === 'resume_failed') {
+          console.info('gbroom: the session could not be resumed; joining again');
+          this.resumeToken = null;
+          delay = 0;
+        } else if (FATAL.has(error.code)) {
+          this._fail(error);
+          return;
+        }
+      }
+    }
+  }
+
+  // Starts over with a fresh join and new media connections.
+  _restart(reason) {
+    console.warn('gbroom: joining again:', reason);
+    const signaling = this.signaling;
+    this.signaling = null;
+    if (signaling) {
+      signaling.send({ type: 'leave' });
+      signaling.close();
+    }
+    this.resumeToken = null;
+    this._reconnect();
+  }
+
+  // For tests: the socket drops as on a network loss, and stays away for `ms`.
+  simulateNetworkLoss(ms = 0) {
+    this.offlineUntil = Date.now() + ms;
+    if (this.signaling) this.signaling.drop();
+  }
+
+  // --- server messages -----------------------------------------------------------------
+
+  _onMessage(message) {
+    const participant = this.participants.get(message.participant_id);
+    switch (message.type) {
+      case 'offer':
+        this._onOffer(message);
+        return;
+      case 'participant_joined':
+        if (message.participant.id !== (this.self && this.self.id)) {
+          this.participants.set(message.participant.id, toParticipant(message.participant));
+        }
+        break;
+      case 'participant_left':
+        this.participants.delete(message.participant_id);
+        break;
+      case 'track_published':
+        if (participant) participant.tracks.set(message.track.id, { ...message.track });
+        break;
+      case 'track_unpublished':
+        if (participant) participant.tracks.delete(message.track_id);
+        break;
+      case 'track_muted': {
+        const track = participant && participant.tracks.get(message.track_id);
+        if (track) track.muted = message.muted;
+        break;
+      }
+      case 'removed':
+        this._end('ended', message.reason === 'duplicate_identity'
+          ? 'You joined this meeting from another tab or device.'
+          : 'You were removed from the meeting.');
+        return;
+      case 'room_closed':
+        this._end('ended', 'The meeting has ended.');
+        return;
+      case 'error':
+        console.warn('gbroom: server error:', message.code, message.message);
+        this.message = describeError(message);
+        break;
+      default:
+        return; // pong, or a reply whose request timed out
+    }
+    this._changed();
+  }
+
+  // --- publishing ----------------------------------------------------------------------
+
+  _ensurePublisher() {
+    if (this.publisher) return this.publisher;
+    const pc = new RTCPeerConnection(RTC_CONFIG);
+    pc.onicecandidate = (event) => this._onLocalCandidate('publisher', pc, event);
+    pc.onconnectionstatechange = () => this._onConnectionState(pc);
+    this.publisher = pc;
+    return pc;
+  }
+
+  _addLocal(track, stream, source) {
+    const transceiver = this._ensurePublisher().addTransceiver(track, { direction: 'sendonly', streams: [stream] });
+    this.sources.set(transceiver, source);
+    return transceiver;
+  }
+
+  _publishLocal() {
+    const camera = this.camera;
+    if (camera) {
+      if (this.microphoneTrack) this._addLocal(this.microphoneTrack, camera, 'microphone');
+      if (this.cameraTrack) this._addLocal(this.cameraTrack, camera, 'camera');
+    }
+    if (this.sources.size) this._requestPublish();
+    if (this.screenTrack) {
+      // A screen share that outlived a fresh rejoin goes in a second negotiation, once
+      // the connection is bundled: the server's aiortc mishandles two video m-lines in
+      // the first offer (see the report in tests/web/test_room_page.py).
+      this.publishChain = this.publishChain.then(() => {
+        if (this.screenTrack && !this.screenTransceiver && this.phase === 'joined') {
+          this.screenTransceiver = this._addLocal(this.screenTrack, this.screen, 'screen_share');
+        }
+      });
+      this._requestPublish();
+    }
+  }
+
+  // Negotiations of the publisher connection run one at a time.
+  _requestPublish() {
+    const pc = this.publisher;
+    this.publishChain = this.publishChain.then(() => this._negotiatePublisher()).catch((error) => {
+      if (pc !== this.publisher) return; // closed because the session ended or started over
+      console.error('gbroom: publishing failed:', error.code || error.name || '', error.message || error);
+      this.message = `Your camera and microphone could not be sent: ${error.message || error}`;
+      this._changed();
+    });
+    return this.publishChain;
+  }
+
+  async _negotiatePublisher() {
+    const pc = this.publisher;
+    const signaling = this.signaling;
+    if (!pc || pc !== this.publisher) return;
+    if (this.phase !== 'joined' || !signaling || !signaling.isOpen) {
+      this.publishNeeded = true; // done after the session resumes
+      return;
+    }
+    this.publishNeeded = false;
+    await pc.setLocalDescription(await pc.createOffer());
+    const tracks = {};
+    for (const transceiver of pc.getTransceivers()) {
+      const source = this.sources.get(transceiver);
+      if (transceiver.mid !== null && source && transceiver.sender.track) tracks[transceiver.mid] = { source };
+    }
+    const reply = signaling.request({ type: 'publish', sdp: pc.localDescription.sdp, tracks });
+    // The server reads its socket in order: candidates sent after publish find its connection.
+    this.trickle.publisher = true;
+    this._flushCandidates('publisher');
+    let answer;
+    try {
+      answer = await reply;
+    } catch (error) {
+      if (pc !== this.publisher) return; // the session ended or started over meanwhile
+      if (TRANSIENT.has(error.code)) {
+        this.publishNeeded = true;
+        if (this.phase === 'joined' && this.signaling && this.signaling.isOpen) this._requestPublish();
+        return;
+      }
+      if (pc.signalingState === 'have-local-offer') await pc.setLocalDescription({ type: 'rollback' });
+      throw error;
+    }
+    if (pc !== this.publisher || pc.signalingState !== 'have-local-offer') return;
+    await pc.setRemoteDescription({ type: 'answer', sdp: answer.sdp });
+    const byMid = new Map(answer.tracks.map((track) => [track.mid, track]));
+    const trackIds = {};
+    for (const transceiver of pc.getTransceivers()) {
+      const source = this.sources.get(transceiver);
+      const published = byMid.get(transceiver.mid);
+      if (source && published && transceiver.sender.track) {
+        trackIds[source] = published.id;
+        if (!this.ackedMute.has(published.id)) this.ackedMute.set(published.id, Boolean(published.muted));
+      }
+    }
+    this.trackIds = trackIds;
+    this._syncMute('microphone');
+    this._syncMute('camera');
+    this._changed();
+  }
+
+  async startScreenShare() {
+    if (this.screen || this.phase !== 'joined' || !this.canPublish) return false;
+    const devices = navigator.mediaDevices;
+    if (!devices || !devices.getDisplayMedia) return false;
+    let stream;
+    try {
+      stream = await devices.getDisplayMedia({ video: true, audio: false });
+    } catch (error) {
+      console.info('gbroom: screen share not started:', error.name, error.message);
+      return false;
+    }
+    const track = stream.getVideoTracks()[0];
+    if (!track || this.phase !== 'joined') {
+      stream.getTracks().forEach((t) => t.stop());
+      return false;
+    }
+    if ('contentHint' in track) track.contentHint = 'detail';
+    track.addEventListener('ended', () => this.stopScreenShare());
+    this.screen = stream;
+    this.screenTransceiver = this._addLocal(track, stream, 'screen_share');
+    this._changed();
+    await this._requestPublish();
+    return true;
+  }
+
+  async stopScreenShare() {
+    if (!this.screen) return false;
+    const stream = this.screen;
+    this.screen = null;
+    stream.getTracks().forEach((track) => track.stop());
+    const transceiver = this.screenTransceiver;
+    this.screenTransceiver = null;
+    if (transceiver && this.publisher && this.publisher.getTransceivers().includes(transceiver)) {
+      this.publisher.removeTrack(transceiver.sender); // the m-line goes inactive: the server unpublishes it
+      this.sources.delete(transceiver);
+      this._changed();
+      await this._requestPublish();
+    }
+    this._changed();
+    return true;
+  }
+
+  // --- receiving -----------------------------------------------------------------------
+
+  _ensureSubscriber() {
+    if (this.subscriber) return this.subscriber;
+    const pc = new RTCPeerConnection(RTC_CONFIG);
+    pc.onicecandidate = (event) => this._onLocalCandidate('subscriber', pc, event);
+    pc.onconnectionstatechange = () => this._onConnectionState(pc);
+    pc.ontrack = () => this._changed();
+    this.subscriber = pc;
+    return pc;
+  }
+
+  _onOffer(offer) {
+    let pc = null;
+    this.subscriberChain = this.subscriberChain.then(async () => {
+      if (this.phase !== 'joined') return; // a resumed session gets the pending offer again
+      pc = this._ensureSubscriber();
+      await pc.setRemoteDescription({ type: 'offer', sdp: offer.sdp });
+      this.remoteMids = { ...offer.tracks };
+      await pc.setLocalDescription(await pc.createAnswer());
+      const signaling = this.signaling;
+      if (pc !== this.subscriber || !signaling || !signaling.isOpen) return;
+      signaling.request({ type: 'answer', sdp: pc.localDescription.sdp }).catch((error) => {
+        if (!TRANSIENT.has(error.code)) console.error('gbroom: the server refused our answer:', error.code, error.message);
+      });
+      this.trickle.subscriber = true;
+      this._flushCandidates('subscriber');
+      this._changed();
+    }).catch((error) => {
+      if (pc !== this.subscriber) return; // closed because the session ended or started over
+      console.error('gbroom: could not apply the server offer:', error.name || '', error.message || error);
+    });
+  }
+
+  // What the subscriber connection receives now: track id -> {mid, track, receiver}.
+  remoteMedia() {
+    const media = new Map();
+    const pc = this.subscriber;
+    if (!pc) return media;
+    for (const transceiver of pc.getTransceivers()) {
+      const trackId = transceiver.mid !== null ? this.remoteMids[transceiver.mid] : undefined;
+      const direction = transceiver.currentDirection;
+      if (!trackId || (direction !== 'recvonly' && direction !== 'sendrecv')) continue;
+      media.set(trackId, { mid: transceiver.mid, track: transceiver.receiver.track, receiver: transceiver.receiver });
+    }
+    return media;
+  }
+
+  // The participant that publishes a track, and the track's description.
+  ownerOf(trackId) {
+    for (const participant of this.participants.values()) {
+      const track = participant.tracks.get(trackId);
+      if (track) return { participant, track };
+    }
+    return null;
+  }
+
+  // --- ICE -----------------------------------------------------------------------------
+
+  _onLocalCandidate(target, pc, event) {
+    if (pc !== this[target]) return;
+    const found = event.candidate;
+    const candidate = found && found.candidate
+      ? { candidate: found.candidate, sdpMid: found.sdpMid, sdpMLineIndex: found.sdpMLineIndex }
+      : null; // end of candidates
+    this.queued[target].push(candidate);
+    this._flushCandidates(target);
+  }
+
+  _flushCandidates(target) {
+    const signaling = this.signaling;
+    if (!this.trickle[target] || this.phase !== 'joined' || !signaling || !signaling.isOpen) return;
+    const pc = this[target];
+    for (const candidate of this.queued[target].splice(0)) {
+      signaling.request({ type: 'candidate', target, candidate }).catch((error) => {
+        if (TRANSIENT.has(error.code)) {
+          if (pc === this[target]) this.queued[target].push(candidate); // sent again after resuming
+        } else {
+          console.warn(`gbroom: the server refused a ${target} ICE candidate:`, error.code, error.message);
+        }
+      });
+    }
+  }
+
+  _onConnectionState(pc) {
+    if (pc.connectionState === 'failed' && this.phase === 'joined' && (pc === this.publisher || pc === this.subscriber)) {
+      this._restart(`the ${pc === this.publisher ? 'publisher' : 'subscriber'} connection failed`);
+    }
+    this._changed();
+  }
+
+  _closeMedia() {
+    for (const pc of [this.publisher, this.subscriber]) {
+      if (pc) {
+        pc.onicecandidate = null;
+        pc.onconnectionstatechange = null;
+        pc.ontrack = null;
+        pc.close();
+      }
+    }
+    this._resetMedia();
+  }
+}
