@@ -18,6 +18,7 @@ import redis.asyncio as aioredis
 
 from gbmedia.config import Settings
 from gbmedia.db.pool import Database
+from gbmedia.messaging.service import Chat
 from gbmedia.metrics import Metrics
 from gbmedia.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
 from gbmedia.sfu import aiortc_adapter
@@ -48,6 +49,7 @@ class Node:
     room_sweeper: RoomSweeper
     live_rooms: LiveRooms
     media_address: MediaAddress
+    chat: Chat
     redis: aioredis.Redis | None = None
     started: float = field(default_factory=time.monotonic)
 
@@ -65,12 +67,17 @@ class Node:
                                                         settings.api_rate_burst)
             else:
                 limiter = MemoryRateLimiter(settings.api_rate_limit, settings.api_rate_burst)
+            chat_limiter: RateLimiter = (
+                RedisRateLimiter(redis_client, settings.chat_rate_limit, settings.chat_rate_burst)
+                if redis_client is not None else MemoryRateLimiter(settings.chat_rate_limit, settings.chat_rate_burst))
             secret_box = SecretBox.for_node(settings.secret_key, settings.data_dir)
             tenancy = Tenancy.create(db.pool, settings, secret_box, operator_token_for(settings))
             rooms = Rooms(db.pool, tenancy.customers, tenancy.instances, node_id=settings.node_id)
             await aiortc_adapter.check_internals()
             media_address = await resolve_media_address(settings.media_host, settings.udp_port_range)
             live_rooms = LiveRooms(rooms, resume_grace=settings.resume_grace_seconds, media_address=media_address)
+            chat = Chat.create(db.pool, tenancy.instances, chat_limiter,
+                               max_content_bytes=settings.chat_max_message_bytes)
         except BaseException:
             if redis_client is not None:
                 await redis_client.aclose()
@@ -84,7 +91,7 @@ class Node:
         node = cls(settings=settings, db=db, metrics=Metrics(settings.node_id, settings.region),
                    tenancy=tenancy, rate_limiter=limiter, rooms=rooms,
                    room_sweeper=RoomSweeper(rooms, live_rooms.participant_count), live_rooms=live_rooms,
-                   media_address=media_address, redis=redis_client)
+                   media_address=media_address, chat=chat, redis=redis_client)
         node.metrics.watch(live_rooms.media_samples)
         node.room_sweeper.start()
         return node

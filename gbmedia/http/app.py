@@ -78,6 +78,8 @@ async def api_middleware(request: web.Request, handler: Handler) -> web.StreamRe
         error = ApiError(500, "internal_error",
                          f"the server failed; its logs have the details under request {request_id}")
     if error is not None:
+        if error.status == 429 and "Retry-After" not in headers and "retry_after" in error.details:
+            headers["Retry-After"] = str(max(1, round(error.details["retry_after"] + 0.5)))
         response = error_response(error, headers)
         node.metrics.http_errors.labels(error.code).inc()
     response.headers["X-Request-Id"] = request_id
@@ -117,6 +119,7 @@ def openapi_handler() -> Handler:
 
 def create_app(node: Node) -> web.Application:
     from gbmedia.http import web as web_files
+    from gbmedia.messaging import api as messaging_api
     from gbmedia.signaling import api as signaling_api
     from gbmedia.signaling import ws as signaling_ws
     from gbmedia.tenancy import api as tenancy_api
@@ -130,5 +133,6 @@ def create_app(node: Node) -> web.Application:
     tenancy_api.register(app)
     signaling_api.register(app)
     signaling_ws.register(app)
+    messaging_api.register(app)
     web_files.register(app)
     return app

@@ -24,11 +24,13 @@ from pydantic import BaseModel
 import gbmedia
 import gbmedia.http
 from gbmedia.http.keys import NODE
+from gbmedia.messaging import api as messaging_api
+from gbmedia.messaging import models as chat_models
 from gbmedia.signaling import api as signaling_api
 from gbmedia.signaling import rooms
 from gbmedia.tenancy import api as tenancy_api
 from gbmedia.tenancy import models
-from gbmedia.tenancy.tokens import Grants
+from gbmedia.tenancy.tokens import Grants, mint_token
 from tests.helpers import OPERATOR, Tenant, bearer
 
 DOC_PATH = Path(gbmedia.http.__file__).parent / "openapi.json"
@@ -48,20 +50,26 @@ REQUEST_MODELS: dict[str, tuple[type[BaseModel], bool]] = {  # operationId: (mod
     "createToken": (tenancy_api.TokenCreate, False),
     "createRoom": (signaling_api.RoomCreate, False),
     "muteTrack": (signaling_api.TrackMute, False),
+    "createConversation": (messaging_api.ConversationCreate, False),
+    "addMember": (messaging_api.MemberAdd, False),
+    "sendMessage": (messaging_api.MessageSend, False),
+    "editMessage": (messaging_api.MessageEdit, False),
+    "postReceipt": (messaging_api.ReceiptUpdate, False),
 }
 RESPONSE_DATACLASSES = {
     "Customer": models.Customer, "Instance": models.Instance, "ApiKey": models.ApiKey,
     "Credentials": models.Credentials, "Plan": models.Plan, "Quotas": models.Quotas,
     "AuditEntry": models.AuditEntry, "Grants": Grants, "Room": rooms.Room,
+    "Message": chat_models.Message, "Member": chat_models.Member, "Receipt": chat_models.Receipt,
 }
 # Codes the tenancy services raise that REST callers cannot reach: the pydantic
 # models refuse such input first (as validation_failed).
 UNREACHABLE_CODES = {"unknown_field", "invalid_status", "invalid_features", "invalid_config",
-                     "invalid_room_settings"}
+                     "invalid_room_settings", "invalid_kind", "invalid_role"}
 # Where REST error codes come from: whole folders, and the REST-facing modules of
 # signaling (its WebSocket protocol's codes are documented in docs/protocol.md).
 REST_SOURCES = ("tenancy/*.py", "http/*.py", "signaling/rooms.py", "signaling/api.py", "signaling/live.py",
-                "signaling/ws.py")
+                "signaling/ws.py", "messaging/*.py")
 
 
 # --- a tiny JSON Schema ------------------------------------------------------------
@@ -340,6 +348,70 @@ def test_grant_and_feature_names_match_the_code():
 
 # --- real answers against the document ------------------------------------------------
 
+async def _chat_calls(call: Caller, tenant: Tenant) -> None:
+    """Every chat operation, with answers and errors checked against the document."""
+    alice = bearer(mint_token(tenant.key, tenant.secret, "alice", Grants()))
+    bob = bearer(mint_token(tenant.key, tenant.secret, "bob", Grants()))
+    mallory = bearer(mint_token(tenant.key, tenant.secret, "mallory", Grants()))
+    conv = await call("POST", "/api/v1/conversations", 201, headers=alice,
+                      json={"kind": "group", "members": ["bob"], "title": "docs", "metadata": {"a": 1}})
+    cid = conv["id"]
+    await call("POST", "/api/v1/conversations", 201, headers=alice, json={"kind": "direct", "members": ["bob"]})
+    await call("POST", "/api/v1/conversations", 200, headers=bob, json={"kind": "direct", "members": ["alice"]})
+    await call("POST", "/api/v1/conversations", 400, headers=OPERATOR, json={"members": ["x"]})
+    await call("GET", "/api/v1/conversations", 200, headers=alice, query={"limit": "10"})
+    await call("GET", "/api/v1/conversations", 200, headers=OPERATOR,
+               query={"instance_id": tenant.instance_id, "identity": "bob"})
+    await call("GET", "/api/v1/conversations/{conversation_id}", 200, headers=bob, conversation_id=cid)
+    await call("GET", "/api/v1/conversations/{conversation_id}", 403, headers=mallory, conversation_id=cid)
+    await call("GET", "/api/v1/conversations/{conversation_id}", 404, headers=alice,
+               conversation_id=str(uuid.uuid4()))
+    await call("POST", "/api/v1/conversations/{conversation_id}/members", 201, headers=alice, conversation_id=cid,
+               json={"identity": "carol"})
+    await call("DELETE", "/api/v1/conversations/{conversation_id}/members/{identity}", 200, headers=OPERATOR,
+               conversation_id=cid, identity="carol")
+    await call("DELETE", "/api/v1/conversations/{conversation_id}/members/{identity}", 404, headers=OPERATOR,
+               conversation_id=cid, identity="carol")
+    sent = await call("POST", "/api/v1/conversations/{conversation_id}/messages", 201, headers=alice,
+                      conversation_id=cid, json={"content": "hello docs", "idempotency_key": "d-1"})
+    await call("POST", "/api/v1/conversations/{conversation_id}/messages", 200, headers=alice,
+               conversation_id=cid, json={"content": "hello docs", "idempotency_key": "d-1"})
+    await call("POST", "/api/v1/conversations/{conversation_id}/messages", 409, headers=alice,
+               conversation_id=cid, json={"content": "other", "idempotency_key": "d-1"})
+    await call("POST", "/api/v1/conversations/{conversation_id}/messages", 400, headers=alice,
+               conversation_id=cid, json={"content": "x", "idempotency_key": "no spaces"})
+    await call("POST", "/api/v1/conversations/{conversation_id}/messages", 413, headers=alice,
+               conversation_id=cid, json={"content": "x" * 20_000, "idempotency_key": "big"})
+    await call("POST", "/api/v1/conversations/{conversation_id}/messages", 201, headers=OPERATOR,
+               conversation_id=cid, json={"content": "from a bot", "idempotency_key": "b-1", "sender": "bot:docs",
+                                          "kind": "system"})
+    await call("GET", "/api/v1/conversations/{conversation_id}/messages", 200, headers=bob, conversation_id=cid,
+               query={"after_seq": "0", "limit": "10"})
+    await call("GET", "/api/v1/conversations/{conversation_id}/messages", 400, headers=bob, conversation_id=cid,
+               query={"after_seq": "0", "before_seq": "2"})
+    await call("GET", "/api/v1/conversations/{conversation_id}/messages/{seq}", 200, headers=bob,
+               conversation_id=cid, seq=str(sent["seq"]))
+    await call("GET", "/api/v1/conversations/{conversation_id}/messages/{seq}", 404, headers=bob,
+               conversation_id=cid, seq="99")
+    await call("PATCH", "/api/v1/conversations/{conversation_id}/messages/{seq}", 200, headers=alice,
+               conversation_id=cid, seq="1", json={"content": "hello, docs"})
+    await call("PATCH", "/api/v1/conversations/{conversation_id}/messages/{seq}", 403, headers=bob,
+               conversation_id=cid, seq="1", json={"content": "mine"})
+    await call("DELETE", "/api/v1/conversations/{conversation_id}/messages/{seq}", 200, headers=alice,
+               conversation_id=cid, seq="1")
+    await call("DELETE", "/api/v1/conversations/{conversation_id}/messages/{seq}", 409, headers=alice,
+               conversation_id=cid, seq="1")
+    await call("POST", "/api/v1/conversations/{conversation_id}/receipts", 200, headers=bob, conversation_id=cid,
+               json={"delivered_seq": 2, "read_seq": 1})
+    await call("POST", "/api/v1/conversations/{conversation_id}/receipts", 400, headers=bob, conversation_id=cid,
+               json={})
+    await call("GET", "/api/v1/messages/search", 200, headers=bob, query={"q": "bot", "limit": "5"})
+    await call("GET", "/api/v1/messages/search", 200, headers=OPERATOR,
+               query={"q": "bot", "instance_id": tenant.instance_id, "conversation_id": cid,
+                      "since": "2020-01-01T00:00:00+00:00", "until": "2100-01-01T00:00:00+00:00"})
+    await call("GET", "/api/v1/messages/search", 400, headers=bob, query={"q": ""})
+
+
 class Caller:
     """Makes a call, then checks its answer against the documented response."""
 
@@ -452,6 +524,7 @@ async def test_real_answers_conform_to_the_documented_responses(client: TestClie
                room_id=room["id"], participant="bob")
     closed = await call("DELETE", "/api/v1/rooms/{room_id}", 200, headers=admin, room_id=room["id"])
     assert closed["status"] == "closed" and closed["closed_at"]
+    await _chat_calls(call, tenant)
     creator = await call("POST", "/api/v1/instances/{instance_id}/tokens", 201, headers=admin, instance_id=iid,
                          json={"identity": "app", "grants": {"room_create": True}})
 

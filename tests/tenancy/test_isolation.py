@@ -10,7 +10,8 @@ import uuid
 
 from aiohttp.test_utils import TestClient
 
-from tests.helpers import OPERATOR, Tenant, create_tenant
+from gbmedia.tenancy.tokens import Grants, mint_token
+from tests.helpers import OPERATOR, Tenant, bearer, create_tenant
 
 
 async def create_room(client: TestClient, tenant: Tenant, name: str = "standup") -> str:
@@ -19,9 +20,23 @@ async def create_room(client: TestClient, tenant: Tenant, name: str = "standup")
     return (await resp.json())["id"]
 
 
+async def create_conversation(client: TestClient, tenant: Tenant) -> str:
+    """A group conversation of alice and bob with one message ("a secret plan")."""
+    alice = bearer(mint_token(tenant.key, tenant.secret, "alice", Grants()))
+    resp = await client.post("/api/v1/conversations", json={"members": ["bob"], "title": "alpha-chat"},
+                             headers=alice)
+    assert resp.status == 201, await resp.text()
+    conversation = (await resp.json())["id"]
+    resp = await client.post(f"/api/v1/conversations/{conversation}/messages",
+                             json={"content": "a secret plan", "idempotency_key": "m1"}, headers=alice)
+    assert resp.status == 201, await resp.text()
+    return conversation
+
+
 # (method, route template) -> (path with tenant A's ids, body)
-def matrix(a: Tenant, room: str, participant: str = "alice", track: str = "TR_x"
+def matrix(a: Tenant, room: str, participant: str = "alice", track: str = "TR_x", conversation: str | None = None
            ) -> dict[tuple[str, str], tuple[str, dict | None]]:
+    conv = f"/api/v1/conversations/{conversation or uuid.uuid4()}"
     inst, cust = a.instance_id, a.customer_id
     return {
         ("GET", "/api/v1/whoami"): ("/api/v1/whoami", None),
@@ -51,6 +66,21 @@ def matrix(a: Tenant, room: str, participant: str = "alice", track: str = "TR_x"
             f"/api/v1/rooms/{room}/participants/{participant}", None),
         ("POST", "/api/v1/rooms/{room_id}/participants/{participant}/tracks/{track}/mute"): (
             f"/api/v1/rooms/{room}/participants/{participant}/tracks/{track}/mute", {"muted": True}),
+        ("POST", "/api/v1/conversations"): ("/api/v1/conversations", {"members": ["x"], "instance_id": inst}),
+        ("GET", "/api/v1/conversations"): (f"/api/v1/conversations?instance_id={inst}", None),
+        ("GET", "/api/v1/conversations/{conversation_id}"): (conv, None),
+        ("POST", "/api/v1/conversations/{conversation_id}/members"): (f"{conv}/members", {"identity": "carol"}),
+        ("DELETE", "/api/v1/conversations/{conversation_id}/members/{identity}"): (f"{conv}/members/carol", None),
+        ("POST", "/api/v1/conversations/{conversation_id}/messages"): (
+            f"{conv}/messages", {"content": "hi", "idempotency_key": "k", "sender": "spy"}),
+        ("GET", "/api/v1/conversations/{conversation_id}/messages"): (f"{conv}/messages", None),
+        ("GET", "/api/v1/conversations/{conversation_id}/messages/{seq}"): (f"{conv}/messages/1", None),
+        ("PATCH", "/api/v1/conversations/{conversation_id}/messages/{seq}"): (f"{conv}/messages/1",
+                                                                              {"content": "pwned"}),
+        ("DELETE", "/api/v1/conversations/{conversation_id}/messages/{seq}"): (f"{conv}/messages/1", None),
+        ("POST", "/api/v1/conversations/{conversation_id}/receipts"): (f"{conv}/receipts",
+                                                                       {"identity": "bob", "read_seq": 1}),
+        ("GET", "/api/v1/messages/search"): (f"/api/v1/messages/search?q=secret&instance_id={inst}", None),
     }
 
 
@@ -73,8 +103,10 @@ async def test_tenant_b_reaches_nothing_of_tenant_a(client: TestClient):
     b = await create_tenant(client, "bravo")
     room = await create_room(client, a, "standup")
     await create_room(client, b, "bravo-room")
-    secret_markers = [a.customer_id, a.instance_id, a.key, a.secret, "alpha", room, "standup"]
-    for (method, route), (path, body) in matrix(a, room).items():
+    conversation = await create_conversation(client, a)
+    secret_markers = [a.customer_id, a.instance_id, a.key, a.secret, "alpha", room, "standup", conversation,
+                      "a secret plan"]
+    for (method, route), (path, body) in matrix(a, room, conversation=conversation).items():
         resp = await client.request(method, path, json=body, headers=b.admin)
         text = await resp.text()
         # An id the caller put in the path may be echoed back; anything else is a leak.
@@ -99,6 +131,10 @@ async def test_tenant_b_reaches_nothing_of_tenant_a(client: TestClient):
     assert [i["name"] for i in (await resp.json())["instances"]] == ["alpha-main"]
     resp = await client.get("/api/v1/rooms?status=all", headers=a.admin)
     assert [(r["id"], r["status"]) for r in (await resp.json())["rooms"]] == [(room, "open")]
+    resp = await client.get(f"/api/v1/conversations/{conversation}/messages", headers=a.admin)
+    assert [(m["content"], m["sender"]) for m in (await resp.json())["messages"]] == [("a secret plan", "alice")]
+    resp = await client.get(f"/api/v1/conversations/{conversation}", headers=a.admin)
+    assert [m["identity"] for m in (await resp.json())["members"]] == ["alice", "bob"]
 
 
 async def test_the_operator_reaches_every_cell_of_the_matrix(client: TestClient):
@@ -113,7 +149,8 @@ async def test_the_operator_reaches_every_cell_of_the_matrix(client: TestClient)
     try:
         await alice.join(mint_token(a.key, a.secret, "alice", Grants.participant("standup")))
         track = (await alice.publish(ColorVideoTrack((0, 0, 0))))["tracks"][0]["id"]
-        await _operator_reaches(client, matrix(a, room, "alice", track))
+        conversation = await create_conversation(client, a)
+        await _operator_reaches(client, matrix(a, room, "alice", track, conversation))
     finally:
         await alice.close()
 

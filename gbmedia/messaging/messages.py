@@ -1,0 +1,303 @@
+"""Messages: send (acknowledged only after the commit, idempotent), history, edits,
+tombstones, receipts and search.
+
+A send takes the conversation's next sequence number under the conversation row's
+lock, inserts the message and its outbox event in the same transaction, and only
+then answers: a message the client saw acknowledged survives any crash after that.
+The client's idempotency key makes a retry return the stored message instead of a
+second copy, whether the first attempt's answer was lost or is still in flight.
+Listeners (the real-time delivery) hear of a change after its commit.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import re
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import asyncpg
+
+from gbmedia.errors import ApiError, bad_request, forbidden, not_found
+from gbmedia.messaging import outbox
+from gbmedia.messaging.conversations import Conversations
+from gbmedia.messaging.models import MESSAGE_KINDS, ChatCaller, Conversation, Message, Receipt, SendResult
+from gbmedia.tenancy.sharding import shard_key_for
+
+log = logging.getLogger(__name__)
+
+_MESSAGE_COLUMNS = ("id, conversation_id, seq, sender_id AS sender, kind, content, metadata, idempotency_key, "
+                    "created_at, edited_at, deleted_at")
+IDEMPOTENCY_KEY = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+DEFAULT_MAX_CONTENT_BYTES = 16 * 1024
+# Instance locales whose language has a PostgreSQL text search configuration.
+_TS_CONFIGS = {"en": "english", "pt": "portuguese", "es": "spanish", "fr": "french", "de": "german",
+               "it": "italian", "nl": "dutch", "ru": "russian", "sv": "swedish", "da": "danish",
+               "fi": "finnish", "no": "norwegian", "nb": "norwegian", "hu": "hungarian", "ro": "romanian",
+               "tr": "turkish"}
+
+ChangeListener = Callable[[str, dict[str, Any]], Awaitable[None]]
+
+
+def ts_config_for(locale: str | None) -> str:
+    """Text search configuration for an instance locale (``pt-BR`` → portuguese)."""
+    if not locale:
+        return "simple"
+    return _TS_CONFIGS.get(locale.split("-")[0].split("_")[0].lower(), "simple")
+
+
+def message_from(row: asyncpg.Record) -> Message:
+    return Message(**dict(row))
+
+
+def message_event(message: Message) -> dict[str, Any]:
+    return {"id": str(message.id), "conversation_id": str(message.conversation_id), "seq": message.seq,
+            "sender": message.sender, "kind": message.kind, "content": message.content,
+            "metadata": message.metadata, "idempotency_key": message.idempotency_key,
+            "created_at": message.created_at.isoformat(),
+            "edited_at": message.edited_at.isoformat() if message.edited_at else None,
+            "deleted_at": message.deleted_at.isoformat() if message.deleted_at else None}
+
+
+class Messages:
+    def __init__(self, pool: asyncpg.Pool, conversations: Conversations, *,
+                 max_content_bytes: int = DEFAULT_MAX_CONTENT_BYTES) -> None:
+        self.pool = pool
+        self.conversations = conversations
+        self.max_content_bytes = max_content_bytes
+        self._listeners: list[ChangeListener] = []
+
+    def on_change(self, listener: ChangeListener) -> None:
+        """``listener(kind, event)`` after each committed change: ``message`` or ``receipt``."""
+        self._listeners.append(listener)
+
+    async def _changed(self, kind: str, event: dict[str, Any]) -> None:
+        for listener in self._listeners:
+            try:
+                await listener(kind, event)
+            except Exception:  # delivery is best effort; the stored message is what counts
+                log.exception("chat change listener failed", extra={"kind": kind})
+
+    # --- send ----------------------------------------------------------------------
+
+    def _check_content(self, content: str) -> None:
+        size = len(content.encode("utf-8"))
+        if size > self.max_content_bytes:
+            raise ApiError(413, "message_too_large",
+                           f"messages are at most {self.max_content_bytes} bytes of UTF-8 ({size} given)",
+                           {"max_bytes": self.max_content_bytes})
+        if not content.strip():
+            raise bad_request("empty_message", "a message needs some content")
+
+    async def send(self, caller: ChatCaller, conversation_id: uuid.UUID, content: str, idempotency_key: str, *,
+                   kind: str = "text", metadata: dict[str, Any] | None = None,
+                   sender: str | None = None) -> SendResult:
+        if not isinstance(idempotency_key, str) or not IDEMPOTENCY_KEY.fullmatch(idempotency_key):
+            raise bad_request("invalid_idempotency_key",
+                              "idempotency_key is 1-128 letters, digits, '.', '_', ':' or '-'")
+        if kind not in MESSAGE_KINDS:
+            raise bad_request("invalid_kind", f"kind is one of {MESSAGE_KINDS}")
+        self._check_content(content)
+        if sender is not None and not caller.admin:
+            raise forbidden("grant_missing", "only an administrator may send as another identity",
+                            grant="room_admin")
+        author = sender or caller.identity
+        if author is None:
+            raise bad_request("sender_required", "the operator names the sender")
+        conversation = await self.conversations.access(caller, conversation_id)
+        existing = await self._by_key(conversation, author, idempotency_key)
+        if existing is not None:
+            return self._replayed(existing, content)
+        instance = await self.conversations.instances.get(conversation.instance_id)
+        try:
+            async with self.pool.acquire() as conn, conn.transaction():
+                seq = await conn.fetchval(
+                    "UPDATE conversations SET last_seq = last_seq + 1 WHERE id = $1 RETURNING last_seq",
+                    conversation.id)
+                row = await conn.fetchrow(
+                    f"""INSERT INTO messages (shard_key, customer_id, instance_id, conversation_id, seq, sender_id,
+                                              kind, content, metadata, idempotency_key, ts_config)
+                        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::regconfig)
+                        RETURNING {_MESSAGE_COLUMNS}""",
+                    conversation.shard_key, conversation.customer_id, conversation.instance_id, conversation.id,
+                    seq, author, kind, content, metadata or {}, idempotency_key, ts_config_for(instance.locale))
+                message = message_from(row)
+                event = message_event(message)
+                await outbox.enqueue(conn, "chat.messages", str(conversation.id),
+                                     {"type": "message.created", "message": event})
+        except asyncpg.UniqueViolationError:
+            # The same key committed concurrently (a retry racing its original): that one stands.
+            existing = await self._by_key(conversation, author, idempotency_key)
+            if existing is None:  # pragma: no cover - the only unique index a send can hit is the key's
+                raise
+            return self._replayed(existing, content)
+        await self._changed("message", event)
+        return SendResult(message, True)
+
+    @staticmethod
+    def _replayed(existing: Message, content: str) -> SendResult:
+        if existing.content != content and existing.deleted_at is None and existing.edited_at is None:
+            raise ApiError(409, "idempotency_key_reused",
+                           "this idempotency key was used for a different message", {"seq": existing.seq})
+        return SendResult(existing, False)
+
+    async def _by_key(self, conversation: Conversation, sender: str, key: str) -> Message | None:
+        row = await self.pool.fetchrow(
+            f"""SELECT {_MESSAGE_COLUMNS} FROM messages
+                 WHERE shard_key = $1 AND conversation_id = $2 AND sender_id = $3 AND idempotency_key = $4""",
+            conversation.shard_key, conversation.id, sender, key)
+        return message_from(row) if row else None
+
+    # --- read ----------------------------------------------------------------------
+
+    async def history(self, caller: ChatCaller, conversation_id: uuid.UUID, *, after_seq: int | None = None,
+                      before_seq: int | None = None, limit: int = 50) -> tuple[list[Message], bool]:
+        """A page in seq order and whether more lie beyond it.
+
+        ``after_seq`` pages forwards (catching up from a cursor: gaps are filled,
+        never skipped); ``before_seq`` pages backwards; neither gives the newest.
+        """
+        conversation = await self.conversations.access(caller, conversation_id)
+        if after_seq is not None:
+            rows = await self.pool.fetch(
+                f"""SELECT {_MESSAGE_COLUMNS} FROM messages
+                     WHERE shard_key = $1 AND conversation_id = $2 AND seq > $3 ORDER BY seq LIMIT $4""",
+                conversation.shard_key, conversation.id, after_seq, limit + 1)
+            page = [message_from(r) for r in rows]
+            return page[:limit], len(page) > limit
+        rows = await self.pool.fetch(
+            f"""SELECT {_MESSAGE_COLUMNS} FROM messages
+                 WHERE shard_key = $1 AND conversation_id = $2 AND ($3::bigint IS NULL OR seq < $3)
+                 ORDER BY seq DESC LIMIT $4""",
+            conversation.shard_key, conversation.id, before_seq, limit + 1)
+        page = [message_from(r) for r in rows]
+        return list(reversed(page[:limit])), len(page) > limit
+
+    async def get(self, caller: ChatCaller, conversation_id: uuid.UUID, seq: int) -> Message:
+        conversation = await self.conversations.access(caller, conversation_id)
+        return await self._get(conversation, seq)
+
+    async def _get(self, conversation: Conversation, seq: int, conn: asyncpg.Connection | None = None,
+                   *, for_update: bool = False) -> Message:
+        row = await (conn or self.pool).fetchrow(
+            f"""SELECT {_MESSAGE_COLUMNS} FROM messages WHERE shard_key = $1 AND conversation_id = $2 AND seq = $3
+                {'FOR UPDATE' if for_update else ''}""", conversation.shard_key, conversation.id, seq)
+        if row is None:
+            raise not_found("message", seq)
+        return message_from(row)
+
+    # --- edit and delete -------------------------------------------------------------
+
+    async def edit(self, caller: ChatCaller, conversation_id: uuid.UUID, seq: int, content: str) -> Message:
+        self._check_content(content)
+        return await self._change(caller, conversation_id, seq, "message.edited", content=content)
+
+    async def delete(self, caller: ChatCaller, conversation_id: uuid.UUID, seq: int) -> Message:
+        """A tombstone: content and metadata go, the seq stays (clients see a gap-free history)."""
+        return await self._change(caller, conversation_id, seq, "message.deleted")
+
+    async def _change(self, caller: ChatCaller, conversation_id: uuid.UUID, seq: int, kind: str,
+                      content: str | None = None) -> Message:
+        conversation = await self.conversations.access(caller, conversation_id)
+        async with self.pool.acquire() as conn, conn.transaction():
+            current = await self._get(conversation, seq, conn, for_update=True)
+            if current.sender != caller.identity and not caller.admin:
+                raise forbidden("not_the_sender", "only the sender (or an administrator) may change a message")
+            if current.deleted_at is not None:
+                raise ApiError(409, "message_deleted", "the message was deleted")
+            if content is not None:
+                row = await conn.fetchrow(
+                    f"""UPDATE messages SET content = $4, edited_at = now()
+                         WHERE shard_key = $1 AND conversation_id = $2 AND seq = $3 RETURNING {_MESSAGE_COLUMNS}""",
+                    conversation.shard_key, conversation.id, seq, content)
+            else:
+                row = await conn.fetchrow(
+                    f"""UPDATE messages SET content = '', metadata = '{{}}', deleted_at = now()
+                         WHERE shard_key = $1 AND conversation_id = $2 AND seq = $3 RETURNING {_MESSAGE_COLUMNS}""",
+                    conversation.shard_key, conversation.id, seq)
+            message = message_from(row)
+            event = message_event(message)
+            await outbox.enqueue(conn, "chat.messages", str(conversation.id), {"type": kind, "message": event})
+        await self._changed("message", event)
+        return message
+
+    # --- receipts --------------------------------------------------------------------
+
+    async def receipt(self, caller: ChatCaller, conversation_id: uuid.UUID, *, delivered_seq: int | None = None,
+                      read_seq: int | None = None) -> Receipt:
+        """Move the caller's cursors forward (never back; read implies delivered).
+
+        Values beyond the conversation's last message are clamped to it.
+        """
+        if caller.identity is None:
+            raise bad_request("identity_required", "receipts belong to an identity; use an access token")
+        if delivered_seq is None and read_seq is None:
+            raise bad_request("receipt_empty", "give delivered_seq, read_seq or both")
+        if any(v is not None and v < 0 for v in (delivered_seq, read_seq)):
+            raise bad_request("invalid_seq", "sequence numbers are >= 0")
+        conversation = await self.conversations.access(caller, conversation_id)
+        delivered = max(delivered_seq or 0, read_seq or 0)
+        async with self.pool.acquire() as conn, conn.transaction():
+            current = await conn.fetchrow(
+                """SELECT m.delivered_seq, m.read_seq, c.last_seq
+                     FROM conversation_members m JOIN conversations c ON c.id = m.conversation_id
+                    WHERE m.conversation_id = $1 AND m.identity = $2 FOR UPDATE OF m""",
+                conversation.id, caller.identity)
+            if current is None:  # an administrator that is not a member has no cursors
+                raise forbidden("not_a_member", "you are not a member of this conversation")
+            last = current["last_seq"]
+            new_delivered = max(current["delivered_seq"], min(delivered, last))
+            new_read = max(current["read_seq"], min(read_seq or 0, last))
+            receipt = Receipt(conversation.id, caller.identity, new_delivered, new_read)
+            moved = (new_delivered, new_read) != (current["delivered_seq"], current["read_seq"])
+            event = {"conversation_id": str(conversation.id), "identity": caller.identity,
+                     "delivered_seq": new_delivered, "read_seq": new_read}
+            if moved:
+                await conn.execute(
+                    """UPDATE conversation_members
+                          SET delivered_seq = $3, read_seq = $4,
+                              delivered_at = CASE WHEN $3 > delivered_seq THEN now() ELSE delivered_at END,
+                              read_at = CASE WHEN $4 > read_seq THEN now() ELSE read_at END
+                        WHERE conversation_id = $1 AND identity = $2""",
+                    conversation.id, caller.identity, new_delivered, new_read)
+                await outbox.enqueue(conn, "chat.receipts", str(conversation.id), {"type": "receipt", **event})
+        if moved:
+            await self._changed("receipt", event)
+        return receipt
+
+    # --- search ----------------------------------------------------------------------
+
+    async def search(self, caller: ChatCaller, query: str, *, conversation_id: uuid.UUID | None = None,
+                     sender: str | None = None, since: dt.datetime | None = None, until: dt.datetime | None = None,
+                     limit: int = 50) -> list[Message]:
+        """Full-text search over what the caller may read, newest first.
+
+        The query is web-search syntax (``"exact phrase"``, ``-not``, ``or``) in the
+        instance's language; an administrator searches the whole instance.
+        """
+        if not query.strip():
+            raise bad_request("query_required", "q must not be empty")
+        if caller.instance_id is None:
+            raise bad_request("instance_id_required", "the operator must name the instance_id to search")
+        if conversation_id is not None:
+            await self.conversations.access(caller, conversation_id)
+        instance = await self.conversations.instances.get(caller.instance_id)
+        config = ts_config_for(instance.locale)
+        rows = await self.pool.fetch(
+            f"""SELECT {', '.join('m.' + c.strip() for c in _MESSAGE_COLUMNS.split(','))}
+                  FROM messages m
+                 WHERE m.instance_id = $1 AND m.shard_key = $2 AND m.deleted_at IS NULL
+                   AND m.search @@ websearch_to_tsquery($3::regconfig, $4)
+                   AND ($5::uuid IS NULL OR m.conversation_id = $5)
+                   AND ($6::text IS NULL OR m.sender_id = $6)
+                   AND ($7::timestamptz IS NULL OR m.created_at >= $7)
+                   AND ($8::timestamptz IS NULL OR m.created_at < $8)
+                   AND ($9::text IS NULL OR EXISTS (
+                        SELECT 1 FROM conversation_members cm
+                         WHERE cm.conversation_id = m.conversation_id AND cm.identity = $9))
+                 ORDER BY m.created_at DESC, m.seq DESC LIMIT $10""",
+            caller.instance_id, shard_key_for(instance.customer_id), config, query, conversation_id, sender, since,
+            until, None if caller.admin else caller.identity, limit)
+        return [message_from(r) for r in rows]

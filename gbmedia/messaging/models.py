@@ -1,0 +1,88 @@
+"""Plain data of chat: conversations, members with their receipt cursors, messages."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+CONVERSATION_KINDS = ("room", "direct", "group", "bot")
+MEMBER_ROLES = ("owner", "member", "bot")
+MESSAGE_KINDS = ("text", "attachment", "system")
+
+
+@dataclass(frozen=True)
+class Conversation:
+    id: uuid.UUID
+    customer_id: uuid.UUID
+    instance_id: uuid.UUID
+    kind: str
+    title: str | None
+    room_id: uuid.UUID | None
+    created_by: str | None
+    metadata: dict[str, Any]
+    last_seq: int
+    created_at: dt.datetime
+    shard_key: int = field(repr=False, default=0)
+
+
+@dataclass(frozen=True)
+class Member:
+    """A member and how far its receipts reach: every seq up to ``read_seq`` is read."""
+
+    identity: str
+    role: str
+    joined_at: dt.datetime
+    delivered_seq: int
+    delivered_at: dt.datetime | None
+    read_seq: int
+    read_at: dt.datetime | None
+
+
+@dataclass(frozen=True)
+class Message:
+    id: uuid.UUID
+    conversation_id: uuid.UUID
+    seq: int
+    sender: str
+    kind: str
+    content: str  # empty once deleted (a tombstone keeps its place in the sequence)
+    metadata: dict[str, Any]
+    idempotency_key: str | None
+    created_at: dt.datetime
+    edited_at: dt.datetime | None
+    deleted_at: dt.datetime | None
+
+
+@dataclass(frozen=True)
+class SendResult:
+    message: Message
+    created: bool  # False: a retry of a send that was already stored
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """A member's cursors after a receipt moved them."""
+
+    conversation_id: uuid.UUID
+    identity: str
+    delivered_seq: int
+    read_seq: int
+
+
+@dataclass(frozen=True)
+class ChatCaller:
+    """Who acts in chat: an identity of an instance, or an administrator of it.
+
+    ``admin`` (the operator, or a token with ``room_admin``) reads every
+    conversation of the instance and may send as a named sender (bots, backends);
+    everyone else reaches only conversations it is a member of.
+    ``room`` is the room a participant token joins: its room conversation is open
+    to it without an explicit membership.
+    """
+
+    instance_id: uuid.UUID | None  # None: the operator, before it names an instance
+    identity: str | None
+    admin: bool = False
+    room: str | None = None
