@@ -16,8 +16,11 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from gbmedia.bus import Bus, MemoryBus, RedisBus
 from gbmedia.config import Settings
 from gbmedia.db.pool import Database
+from gbmedia.messaging.delivery import ChatHub
+from gbmedia.messaging.presence import MemoryPresence, Presence, RedisPresence
 from gbmedia.messaging.service import Chat
 from gbmedia.metrics import Metrics
 from gbmedia.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
@@ -50,6 +53,9 @@ class Node:
     live_rooms: LiveRooms
     media_address: MediaAddress
     chat: Chat
+    bus: Bus
+    chat_hub: ChatHub
+    presence: Presence
     redis: aioredis.Redis | None = None
     started: float = field(default_factory=time.monotonic)
 
@@ -78,6 +84,12 @@ class Node:
             live_rooms = LiveRooms(rooms, resume_grace=settings.resume_grace_seconds, media_address=media_address)
             chat = Chat.create(db.pool, tenancy.instances, chat_limiter,
                                max_content_bytes=settings.chat_max_message_bytes)
+            # Without Redis this node is alone: the in-process bus and presence serve it.
+            bus: Bus = RedisBus(redis_client) if redis_client is not None else MemoryBus()
+            presence: Presence = RedisPresence(redis_client) if redis_client is not None else MemoryPresence()
+            chat_hub = ChatHub(bus, chat.conversations)
+            chat.messages.on_change(chat_hub.on_change)
+            await chat_hub.start()
         except BaseException:
             if redis_client is not None:
                 await redis_client.aclose()
@@ -91,7 +103,8 @@ class Node:
         node = cls(settings=settings, db=db, metrics=Metrics(settings.node_id, settings.region),
                    tenancy=tenancy, rate_limiter=limiter, rooms=rooms,
                    room_sweeper=RoomSweeper(rooms, live_rooms.participant_count), live_rooms=live_rooms,
-                   media_address=media_address, chat=chat, redis=redis_client)
+                   media_address=media_address, chat=chat, bus=bus, chat_hub=chat_hub, presence=presence,
+                   redis=redis_client)
         node.metrics.watch(live_rooms.media_samples)
         node.room_sweeper.start()
         return node
@@ -99,6 +112,8 @@ class Node:
     async def stop(self) -> None:
         await self.room_sweeper.stop()
         await self.live_rooms.close()
+        await self.chat_hub.stop()
+        await self.bus.close()
         if self.redis is not None:
             await self.redis.aclose()
             self.redis = None

@@ -38,7 +38,7 @@ _TS_CONFIGS = {"en": "english", "pt": "portuguese", "es": "spanish", "fr": "fren
                "fi": "finnish", "no": "norwegian", "nb": "norwegian", "hu": "hungarian", "ro": "romanian",
                "tr": "turkish"}
 
-ChangeListener = Callable[[str, dict[str, Any]], Awaitable[None]]
+ChangeListener = Callable[[str, dict[str, Any], Conversation], Awaitable[None]]
 
 
 def ts_config_for(locale: str | None) -> str:
@@ -70,13 +70,13 @@ class Messages:
         self._listeners: list[ChangeListener] = []
 
     def on_change(self, listener: ChangeListener) -> None:
-        """``listener(kind, event)`` after each committed change: ``message`` or ``receipt``."""
+        """``listener(kind, event, conversation)`` after each committed change: ``message`` or ``receipt``."""
         self._listeners.append(listener)
 
-    async def _changed(self, kind: str, event: dict[str, Any]) -> None:
+    async def _changed(self, kind: str, event: dict[str, Any], conversation: Conversation) -> None:
         for listener in self._listeners:
             try:
-                await listener(kind, event)
+                await listener(kind, event, conversation)
             except Exception:  # delivery is best effort; the stored message is what counts
                 log.exception("chat change listener failed", extra={"kind": kind})
 
@@ -133,7 +133,7 @@ class Messages:
             if existing is None:  # pragma: no cover - the only unique index a send can hit is the key's
                 raise
             return self._replayed(existing, content)
-        await self._changed("message", event)
+        await self._changed("message", event, conversation)
         return SendResult(message, True)
 
     @staticmethod
@@ -220,7 +220,7 @@ class Messages:
             message = message_from(row)
             event = message_event(message)
             await outbox.enqueue(conn, "chat.messages", str(conversation.id), {"type": kind, "message": event})
-        await self._changed("message", event)
+        await self._changed("message", event, conversation)
         return message
 
     # --- receipts --------------------------------------------------------------------
@@ -264,7 +264,7 @@ class Messages:
                     conversation.id, caller.identity, new_delivered, new_read)
                 await outbox.enqueue(conn, "chat.receipts", str(conversation.id), {"type": "receipt", **event})
         if moved:
-            await self._changed("receipt", event)
+            await self._changed("receipt", event, conversation)
         return receipt
 
     # --- search ----------------------------------------------------------------------

@@ -375,7 +375,7 @@ class OutboxRelay(_Periodic):
         producer = self._producer
         async with self.pool.acquire() as conn, conn.transaction():
             locked, oldest = await conn.fetchrow(
-                """SELECT $1::int + $2::int > 0,
+                """SELECT pg_try_advisory_xact_lock($1, $2),
                           (SELECT created_at FROM outbox WHERE sent_at IS NULL ORDER BY id LIMIT 1)""",
                 *_RELAY_LOCK)
             self._oldest_unsent = oldest.timestamp() if oldest is not None else None

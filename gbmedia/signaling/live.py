@@ -181,7 +181,10 @@ class LiveRoom:
         async def expire() -> None:
             await asyncio.sleep(self.registry.resume_grace)
             if participant.send_to_socket is None:
-                await self.leave(participant, "disconnected")
+                try:
+                    await self.leave(participant, "disconnected")
+                except Exception:  # e.g. the node is shutting down under it
+                    log.exception("leaving after the grace period failed", extra={"participant_id": participant.id})
 
         participant.grace_task = asyncio.ensure_future(expire())
 
@@ -420,6 +423,9 @@ class LiveRooms:
             await live.close(reason)
 
     async def close(self) -> None:
+        for participant in self.by_resume_token.values():  # nobody resumes on a node going away
+            if participant.grace_task is not None:
+                participant.grace_task.cancel()
         for live in list(self.live.values()):
             with contextlib.suppress(Exception):
                 await live.close("node_shutdown")

@@ -111,8 +111,65 @@ class Ping(_Message):
     type: Literal["ping"]
 
 
-ClientMessage = Join | Publish | Answer | Candidate | Subscribe | Mute | Leave | Ping
-MESSAGE_TYPES = ("join", "publish", "answer", "candidate", "subscribe", "mute", "leave", "ping")
+# --- chat (gbmedia/messaging/socket.py handles these) ----------------------------------
+
+ConversationId = Annotated[str, StringConstraints(min_length=36, max_length=36)]
+
+
+class Auth(_Message):
+    """Authenticate the socket for chat without joining a room (``join`` also does)."""
+
+    type: Literal["auth"]
+    token: Annotated[str, StringConstraints(min_length=1, max_length=8192)]
+    protocol: int = PROTOCOL_VERSION
+
+
+class ChatSend(_Message):
+    type: Literal["chat_send"]
+    conversation_id: ConversationId
+    content: str
+    idempotency_key: Annotated[str, StringConstraints(max_length=256)]
+    kind: Literal["text", "attachment", "system"] = "text"
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class ChatHistory(_Message):
+    type: Literal["chat_history"]
+    conversation_id: ConversationId
+    after_seq: Annotated[int, Field(ge=0)] | None = None
+    before_seq: Annotated[int, Field(ge=1)] | None = None
+    limit: Annotated[int, Field(ge=1, le=500)] = 50
+
+
+class ChatReceipt(_Message):
+    type: Literal["chat_receipt"]
+    conversation_id: ConversationId
+    delivered_seq: Annotated[int, Field(ge=0)] | None = None
+    read_seq: Annotated[int, Field(ge=0)] | None = None
+
+
+class Typing(_Message):
+    type: Literal["typing"]
+    conversation_id: ConversationId
+    active: bool = True
+
+
+class PresenceSet(_Message):
+    type: Literal["presence"]
+    status: Literal["online", "away"]
+
+
+class PresenceGet(_Message):
+    type: Literal["presence_get"]
+    identities: list[Annotated[str, StringConstraints(min_length=1, max_length=256)]] = Field(
+        min_length=1, max_length=500)
+
+
+ChatMessage = Auth | ChatSend | ChatHistory | ChatReceipt | Typing | PresenceSet | PresenceGet
+CHAT_TYPES = ("auth", "chat_send", "chat_history", "chat_receipt", "typing", "presence", "presence_get")
+
+ClientMessage = Join | Publish | Answer | Candidate | Subscribe | Mute | Leave | Ping | ChatMessage
+MESSAGE_TYPES = ("join", "publish", "answer", "candidate", "subscribe", "mute", "leave", "ping", *CHAT_TYPES)
 _ADAPTER: TypeAdapter[ClientMessage] = TypeAdapter(
     Annotated[ClientMessage, Field(discriminator="type")]
 )

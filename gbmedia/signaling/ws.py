@@ -16,9 +16,11 @@ from aiohttp import WSMsgType, web
 
 from gbmedia.errors import ApiError, bad_request
 from gbmedia.http.keys import NODE
+from gbmedia.messaging.models import ChatCaller
+from gbmedia.messaging.socket import ChatSession
 from gbmedia.sfu.peers import NegotiationError, TrackInfo
 from gbmedia.signaling import protocol as p
-from gbmedia.signaling.live import LiveRooms, Participant, track_json
+from gbmedia.signaling.live import LiveRoom, LiveRooms, Participant, track_json
 from gbmedia.tenancy.models import Actor
 
 log = logging.getLogger(__name__)
@@ -32,6 +34,7 @@ class Connection:
         self.node = request.app[NODE]
         self.live_rooms: LiveRooms = self.node.live_rooms
         self.participant: Participant | None = None
+        self.chat_session: ChatSession | None = None
         self.left = False
         self._send_lock = asyncio.Lock()
 
@@ -70,6 +73,12 @@ class Connection:
             return {"type": "pong"}
         if isinstance(message, p.Join):
             return await self.join(message)
+        if isinstance(message, p.Auth):
+            return await self.authenticate(message)
+        if message.type in p.CHAT_TYPES:
+            if self.chat_session is None:
+                raise p.ProtocolError("not_authenticated", f"send auth (or join) before {message.type}")
+            return await self.chat_session.handle(message)  # type: ignore[arg-type]
         participant = self.participant
         if participant is None:
             raise p.ProtocolError("not_joined", f"send join before {message.type}")
@@ -100,13 +109,36 @@ class Connection:
         self.participant = None
         return {"type": "left"}
 
+    async def _verify(self, raw_token: str, protocol: int) -> Any:
+        if protocol != p.PROTOCOL_VERSION:
+            raise p.ProtocolError("unsupported_protocol", f"this server speaks protocol {p.PROTOCOL_VERSION}",
+                                  details={"supported": [p.PROTOCOL_VERSION]})
+        return await self.node.tenancy.auth.verify_access_token(raw_token)
+
+    async def _start_chat(self, verified: Any) -> None:
+        """Chat for the token's identity on this socket (once: ``auth`` or the first ``join``)."""
+        if self.chat_session is not None:
+            return
+        token = verified.token
+        caller = ChatCaller(verified.instance.id, token.identity, admin=token.grants.room_admin,
+                            room=token.grants.room if token.grants.room_join else None)
+        session = ChatSession(self.node.chat, self.node.chat_hub, self.node.presence, caller, self.send,
+                              self.ws.close)
+        await session.start()
+        self.chat_session = session
+
+    async def authenticate(self, message: p.Auth) -> dict[str, Any]:
+        if self.chat_session is not None:
+            raise p.ProtocolError("already_authenticated", "this socket is already authenticated")
+        verified = await self._verify(message.token, message.protocol)
+        await self._start_chat(verified)
+        return {"type": "authenticated", "protocol": p.PROTOCOL_VERSION, "identity": verified.token.identity,
+                "instance_id": str(verified.instance.id)}
+
     async def join(self, message: p.Join) -> dict[str, Any] | None:
         if self.participant is not None:
             raise p.ProtocolError("already_joined", "this socket has already joined a room")
-        if message.protocol != p.PROTOCOL_VERSION:
-            raise p.ProtocolError("unsupported_protocol", f"this server speaks protocol {p.PROTOCOL_VERSION}",
-                                  details={"supported": [p.PROTOCOL_VERSION]})
-        verified = await self.node.tenancy.auth.verify_access_token(message.token)
+        verified = await self._verify(message.token, message.protocol)
         token = verified.token
         if not token.grants.room_join:
             raise p.ProtocolError("grant_missing", "the token lacks the room_join grant",
@@ -129,13 +161,25 @@ class Connection:
         joined = room.joined_message(participant)
         if message.id is not None:
             joined["id"] = message.id
+        joined["chat"] = await self._room_chat(verified, room)
         await self.send(joined)
         await room.start_subscriptions(participant)
         return None
 
+    async def _room_chat(self, verified: Any, room: LiveRoom) -> dict[str, Any]:
+        """The room's conversation, with this participant a member of it."""
+        chat = self.node.chat
+        conversation = await chat.conversations.for_room(verified.instance.id, room.room.id, room.room.name)
+        await chat.conversations.add_member(conversation, verified.token.identity)
+        await self._start_chat(verified)
+        return {"conversation_id": str(conversation.id), "last_seq": conversation.last_seq}
+
     async def closed(self) -> None:
         if self.participant is not None and not self.left:
             self.participant.room.disconnected(self.participant)
+        if self.chat_session is not None:
+            await self.chat_session.stop()
+            self.chat_session = None
 
 
 async def rtc_handler(request: web.Request) -> web.WebSocketResponse:
