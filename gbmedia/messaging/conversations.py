@@ -25,7 +25,7 @@ MAX_MEMBERS = 1000
 IDENTITY_MAX_LENGTH = 256
 
 
-def conversation_from(row: asyncpg.Record) -> Conversation:
+def conversation_from(row: asyncpg.Record | dict[str, Any]) -> Conversation:
     return Conversation(**dict(row))
 
 
@@ -134,17 +134,19 @@ class Conversations:
         of the caller's instance it is not a member of is 403 ``not_a_member``. A
         participant of a room becomes a member of the room's conversation here.
         """
-        conversation = await self.get(caller.instance_id, conversation_id, conn)
-        if caller.admin:
+        row = await (conn or self.pool).fetchrow(
+            f"""SELECT {CONVERSATION_COLUMNS},
+                       EXISTS (SELECT 1 FROM conversation_members m
+                                WHERE m.conversation_id = c.id AND m.identity = $3) AS is_member
+                  FROM conversations c WHERE id = $1 AND ($2::uuid IS NULL OR instance_id = $2)""",
+            conversation_id, caller.instance_id, caller.identity)  # one round trip: sends are hot
+        if row is None:
+            raise not_found("conversation", conversation_id)
+        conversation = conversation_from({k: v for k, v in row.items() if k != "is_member"})
+        if caller.admin or row["is_member"]:
             return conversation
         if caller.identity is None:  # pragma: no cover - callers without identity are admins
             raise forbidden("not_a_member", "you are not a member of this conversation")
-        db = conn or self.pool
-        member = await db.fetchval(
-            "SELECT true FROM conversation_members WHERE conversation_id = $1 AND identity = $2",
-            conversation.id, caller.identity)
-        if member:
-            return conversation
         if conversation.kind == "room" and caller.room is not None and conversation.title == caller.room:
             await self.add_member(conversation, caller.identity, conn=conn)
             return conversation

@@ -75,9 +75,11 @@ class ChatHub:
 
     # --- outgoing ------------------------------------------------------------------
 
-    async def on_change(self, kind: str, event: dict[str, Any], conversation: Conversation) -> None:
+    async def on_change(self, kind: str, event: dict[str, Any], conversation: Conversation,
+                        members: list[str] | None = None) -> None:
         """A committed message or receipt (``Messages.on_change``): fan it out to members."""
-        members = await self.conversations.member_identities(conversation.id)
+        if members is None:
+            members = await self.conversations.member_identities(conversation.id)
         payload = {"type": "chat_message", "message": event} if kind == "message" else {"type": "chat_receipt",
                                                                                          **event}
         await self.bus.publish(CHANNEL, {"instance_id": str(conversation.instance_id), "members": members,

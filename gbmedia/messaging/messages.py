@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import re
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -38,7 +39,12 @@ _TS_CONFIGS = {"en": "english", "pt": "portuguese", "es": "spanish", "fr": "fren
                "fi": "finnish", "no": "norwegian", "nb": "norwegian", "hu": "hungarian", "ro": "romanian",
                "tr": "turkish"}
 
-ChangeListener = Callable[[str, dict[str, Any], Conversation], Awaitable[None]]
+ChangeListener = Callable[[str, dict[str, Any], Conversation, list[str] | None], Awaitable[None]]
+TS_CONFIG_CACHE_SECONDS = 30.0
+
+
+class _AlreadyStored(Exception):
+    """Raised inside a send's transaction to roll it back: the key's message exists."""
 
 
 def ts_config_for(locale: str | None) -> str:
@@ -68,15 +74,18 @@ class Messages:
         self.conversations = conversations
         self.max_content_bytes = max_content_bytes
         self._listeners: list[ChangeListener] = []
+        self._ts_configs: dict[uuid.UUID, tuple[str, float]] = {}
 
     def on_change(self, listener: ChangeListener) -> None:
-        """``listener(kind, event, conversation)`` after each committed change: ``message`` or ``receipt``."""
+        """``listener(kind, event, conversation, members)`` after each committed change (``message`` or
+        ``receipt``); ``members`` is the member list when the change already read it, else None."""
         self._listeners.append(listener)
 
-    async def _changed(self, kind: str, event: dict[str, Any], conversation: Conversation) -> None:
+    async def _changed(self, kind: str, event: dict[str, Any], conversation: Conversation,
+                       members: list[str] | None = None) -> None:
         for listener in self._listeners:
             try:
-                await listener(kind, event, conversation)
+                await listener(kind, event, conversation, members)
             except Exception:  # delivery is best effort; the stored message is what counts
                 log.exception("chat change listener failed", extra={"kind": kind})
 
@@ -107,34 +116,48 @@ class Messages:
         if author is None:
             raise bad_request("sender_required", "the operator names the sender")
         conversation = await self.conversations.access(caller, conversation_id)
-        existing = await self._by_key(conversation, author, idempotency_key)
-        if existing is not None:
-            return self._replayed(existing, content)
-        instance = await self.conversations.instances.get(conversation.instance_id)
+        ts_config = await self._ts_config(conversation.instance_id)
         try:
             async with self.pool.acquire() as conn, conn.transaction():
-                seq = await conn.fetchval(
-                    "UPDATE conversations SET last_seq = last_seq + 1 WHERE id = $1 RETURNING last_seq",
+                # The row lock orders concurrent sends; the members come along for the fan-out.
+                taken = await conn.fetchrow(
+                    """UPDATE conversations SET last_seq = last_seq + 1 WHERE id = $1
+                       RETURNING last_seq, ARRAY(SELECT identity FROM conversation_members
+                                                  WHERE conversation_id = $1) AS members""",
                     conversation.id)
                 row = await conn.fetchrow(
                     f"""INSERT INTO messages (shard_key, customer_id, instance_id, conversation_id, seq, sender_id,
                                               kind, content, metadata, idempotency_key, ts_config)
                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::regconfig)
+                        ON CONFLICT (shard_key, conversation_id, sender_id, idempotency_key)
+                           WHERE idempotency_key IS NOT NULL DO NOTHING
                         RETURNING {_MESSAGE_COLUMNS}""",
                     conversation.shard_key, conversation.customer_id, conversation.instance_id, conversation.id,
-                    seq, author, kind, content, metadata or {}, idempotency_key, ts_config_for(instance.locale))
+                    taken["last_seq"], author, kind, content, metadata or {}, idempotency_key, ts_config)
+                if row is None:
+                    raise _AlreadyStored  # a retry: roll back the seq it took
                 message = message_from(row)
                 event = message_event(message)
                 await outbox.enqueue(conn, "chat.messages", str(conversation.id),
                                      {"type": "message.created", "message": event})
-        except asyncpg.UniqueViolationError:
-            # The same key committed concurrently (a retry racing its original): that one stands.
+        except (_AlreadyStored, asyncpg.UniqueViolationError):
             existing = await self._by_key(conversation, author, idempotency_key)
             if existing is None:  # pragma: no cover - the only unique index a send can hit is the key's
                 raise
             return self._replayed(existing, content)
-        await self._changed("message", event, conversation)
+        await self._changed("message", event, conversation, list(taken["members"]))
         return SendResult(message, True)
+
+    async def _ts_config(self, instance_id: uuid.UUID) -> str:
+        """The instance's text search configuration, cached briefly (locales rarely change)."""
+        now = time.monotonic()
+        cached = self._ts_configs.get(instance_id)
+        if cached is not None and cached[1] > now:
+            return cached[0]
+        instance = await self.conversations.instances.get(instance_id)
+        config = ts_config_for(instance.locale)
+        self._ts_configs[instance_id] = (config, now + TS_CONFIG_CACHE_SECONDS)
+        return config
 
     @staticmethod
     def _replayed(existing: Message, content: str) -> SendResult:

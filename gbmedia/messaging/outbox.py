@@ -72,6 +72,8 @@ import asyncpg
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from gbmedia.metrics import Sample
+
 log = logging.getLogger(__name__)
 
 #: The event stream's topics, as stored in ``outbox.topic``; Kafka's names add a prefix.
@@ -311,6 +313,26 @@ class OutboxRelay(_Periodic):
         """Run the next poll now (e.g. right after a commit that enqueued events)."""
         self._wake.set()
 
+    async def changed(self, *_: object) -> None:
+        """A chat change listener (``chat.messages.on_change``): wakes the relay after the commit."""
+        self.wake()
+
+    def samples(self) -> list[Sample]:
+        """The relay's figures for ``node.metrics.watch``."""
+        return [
+            Sample("gbmedia_outbox_sent_total", "Outbox events acknowledged by Kafka and marked sent",
+                   self.sent, counter=True),
+            Sample("gbmedia_outbox_failed_batches_total", "Outbox batches Kafka did not fully acknowledge",
+                   self.failed_batches, counter=True),
+            Sample("gbmedia_outbox_connect_failures_total", "Failed connections of the outbox relay to Kafka",
+                   self.connect_failures, counter=True),
+            Sample("gbmedia_outbox_deleted_total", "Sent outbox rows deleted after the retention",
+                   self.deleted, counter=True),
+            Sample("gbmedia_outbox_lag_seconds", "Age of the oldest unsent outbox row (0 when none)", self.lag),
+            Sample("gbmedia_outbox_connected", "1 while the outbox relay has a Kafka producer",
+                   1.0 if self.connected else 0.0),
+        ]
+
     # -- Kafka -------------------------------------------------------------------------
 
     async def ensure_topics(self) -> list[str]:
@@ -500,6 +522,11 @@ class OutboxTrimmer(_Periodic):
         self.retention = retention
         self.interval = interval
         self.deleted = 0
+
+    def samples(self) -> list[Sample]:
+        """The trimmer's figures for ``node.metrics.watch``."""
+        return [Sample("gbmedia_outbox_trimmed_total", "Outbox rows deleted unsent (no Kafka configured)",
+                       self.deleted, counter=True)]
 
     async def trim(self) -> int:
         """Delete rows created more than ``retention`` seconds ago; returns how many."""
