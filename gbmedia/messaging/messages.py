@@ -225,6 +225,8 @@ class Messages:
                       content: str | None = None) -> Message:
         conversation = await self.conversations.access(caller, conversation_id)
         async with self.pool.acquire() as conn, conn.transaction():
+            # The conversation's lock, as a send takes it: its events reach the outbox in commit order.
+            await conn.execute("SELECT 1 FROM conversations WHERE id = $1 FOR UPDATE", conversation.id)
             current = await self._get(conversation, seq, conn, for_update=True)
             if current.sender != caller.identity and not caller.admin:
                 raise forbidden("not_the_sender", "only the sender (or an administrator) may change a message")
