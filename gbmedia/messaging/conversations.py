@@ -195,7 +195,7 @@ class Conversations:
                                   conversation.id)
         if count >= MAX_MEMBERS:
             raise bad_request("too_many_members", f"a conversation has at most {MAX_MEMBERS} members")
-        # A newcomer's cursors start at the present: earlier history is readable, not "unread".
+        # A newcomer's cursors start at 0: the history before it joined counts as unread until read.
         row = await db.fetchrow(
             f"""INSERT INTO conversation_members (conversation_id, identity, role, delivered_seq, read_seq)
                 VALUES ($1, $2, $3, 0, 0)

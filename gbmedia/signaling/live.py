@@ -188,13 +188,15 @@ class LiveRoom:
 
         participant.grace_task = asyncio.ensure_future(expire())
 
-    async def resume(self, participant: Participant, send: Send, request_id: str | int | None = None) -> None:
-        """A new socket takes over the session: it gets ``joined`` (``resumed``) and any pending offer."""
+    async def resume(self, participant: Participant, send: Send, request_id: str | int | None = None,
+                     extra: dict[str, Any] | None = None) -> None:
+        """A new socket takes over the session: it gets ``joined`` (``resumed``, plus ``extra``) and any
+        pending offer."""
         if participant.grace_task is not None:
             participant.grace_task.cancel()
             participant.grace_task = None
         participant.send_to_socket = send
-        joined = self.joined_message(participant, resumed=True)
+        joined = {**self.joined_message(participant, resumed=True), **(extra or {})}
         if request_id is not None:
             joined["id"] = request_id
         await participant.send(joined)

@@ -151,7 +151,8 @@ class Connection:
                     or existing.room.room.instance_id != verified.instance.id):
                 raise p.ProtocolError("resume_failed", "the session expired or belongs to someone else")
             self.participant = existing
-            await existing.room.resume(existing, self.send, message.id)
+            chat = await self._room_chat(verified, existing.room)  # a new socket: chat starts again too
+            await existing.room.resume(existing, self.send, message.id, extra={"chat": chat})
             return None
         room = await self.live_rooms.room_for(verified.instance, token.grants.room,
                                               Actor(token.api_key, "api_key"))
@@ -170,9 +171,10 @@ class Connection:
         """The room's conversation, with this participant a member of it."""
         chat = self.node.chat
         conversation = await chat.conversations.for_room(verified.instance.id, room.room.id, room.room.name)
-        await chat.conversations.add_member(conversation, verified.token.identity)
+        member = await chat.conversations.add_member(conversation, verified.token.identity)
         await self._start_chat(verified)
-        return {"conversation_id": str(conversation.id), "last_seq": conversation.last_seq}
+        return {"conversation_id": str(conversation.id), "last_seq": conversation.last_seq,
+                "delivered_seq": member.delivered_seq, "read_seq": member.read_seq}
 
     async def closed(self) -> None:
         if self.participant is not None and not self.left:

@@ -275,3 +275,20 @@ async def test_two_nodes_sharing_redis_deliver_to_members_on_either(tmp_path: Pa
             await test_client.close()
         for node in nodes:
             await node.stop()
+
+
+async def test_a_resumed_socket_chats_again_and_learns_its_cursors(client: TestClient, tenant: Tenant, connect):
+    alice = await connect()
+    joined = await alice.request({"type": "join", "token": token(tenant, "alice", **_participant("standup"))})
+    cid = joined["chat"]["conversation_id"]
+    await alice.request({"type": "chat_send", "conversation_id": cid, "content": "before", "idempotency_key": "b"})
+    await alice.request({"type": "chat_receipt", "conversation_id": cid, "read_seq": 1})
+    await alice.ws.close()
+    again = await connect()
+    resumed = await again.request({"type": "join", "token": token(tenant, "alice", **_participant("standup")),
+                                   "resume": joined["resume_token"]})
+    assert resumed["resumed"] is True
+    assert resumed["chat"] == {"conversation_id": cid, "last_seq": 1, "delivered_seq": 1, "read_seq": 1}
+    ack = await again.request({"type": "chat_send", "conversation_id": cid, "content": "after",
+                               "idempotency_key": "a"})
+    assert (ack["type"], ack["seq"]) == ("chat_ack", 2)

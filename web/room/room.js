@@ -5,9 +5,12 @@
 // session.js speaks the protocol; this module draws the page from the session's state.
 //
 // For tests and embedding, window.gbroom is a read-only view of the state plus the
-// actions (join, leave, mute toggles, screen share, stats); join() and leave() are
-// also plain globals.
+// actions (join, leave, mute toggles, screen share, stats, and gbroom.chat: the chat
+// panel's messages, send, open/close, unread count, who is typing); join() and
+// leave() are also plain globals.
 
+import { RoomChat } from './chat.js';
+import { ChatPanel } from './chatpanel.js';
 import { Grid } from './grid.js';
 import { RoomSession, tokenClaims } from './session.js';
 
@@ -19,6 +22,11 @@ const claims = token ? tokenClaims(token) : null;
 
 const session = new RoomSession(token);
 const grid = new Grid($('grid'));
+const chat = new RoomChat(session);
+const chatPanel = new ChatPanel(chat, {
+  panel: $('chat'), list: $('chat-messages'), typing: $('chat-typing'), form: $('chat-form'), input: $('chat-input'),
+  toggle: $('chat-toggle'), badge: $('chat-unread'), close: $('chat-close'), empty: $('chat-empty'),
+});
 const audioElements = new Map(); // remote audio track id -> <audio>
 const videoKeys = new Map(); // remote video track id -> tile key
 let soundBlocked = false;
@@ -181,6 +189,7 @@ function render() {
   screen.setAttribute('aria-pressed', String(Boolean(session.screen)));
   setText(screen, session.screen ? 'Stop sharing' : 'Share screen');
   $('leave').hidden = !inCall;
+  chatPanel.render(inCall);
 }
 
 // Resolves to what the subscriber connection receives, per remote track.
@@ -224,6 +233,27 @@ function participantView(participant) {
   };
 }
 
+function chatMessageView(item) {
+  return {
+    seq: item.seq, id: item.id, sender: item.sender, name: item.name, own: item.own, kind: item.kind,
+    content: item.content, createdAt: item.createdAt, edited: item.edited, deleted: item.deleted,
+    status: item.status, readBy: [...item.readBy], deliveredTo: [...item.deliveredTo], error: item.error,
+  };
+}
+
+const chatView = Object.freeze({
+  messages: () => chat.list().map(chatMessageView),
+  send: (text) => chat.send(text), // resolves with {seq, duplicate} once stored, or {error}
+  open: () => chatPanel.setOpen(true),
+  close: () => chatPanel.setOpen(false),
+  get isOpen() { return chat.isOpen; },
+  unread: () => chat.unread,
+  typing: () => chat.typingNames,
+  get conversationId() { return chat.conversationId; },
+  get lastSeq() { return chat.lastSeq; },
+  get ready() { return chat.ready; },
+});
+
 const join = () => session.join();
 const leave = () => session.leave();
 
@@ -255,6 +285,8 @@ window.gbroom = Object.freeze({
   startScreenShare: () => session.startScreenShare(),
   stopScreenShare: () => session.stopScreenShare(),
   simulateNetworkLoss: (ms) => session.simulateNetworkLoss(ms),
+  restoreNetwork: () => session.restoreNetwork(),
+  chat: chatView,
 });
 window.join = join;
 window.leave = leave;

@@ -11,7 +11,9 @@
 // with `resume`) within the server's grace period; the media connections never stop.
 // When resuming fails the page joins from scratch with new connections.
 //
-// The session fires "change" whenever something the page shows may have changed.
+// The session fires "change" whenever something the page shows may have changed,
+// "connected" (detail: the `joined` reply) each time a socket has joined or resumed,
+// and "chat" (detail: the event) for the chat events the server pushes (chat.js).
 
 import { Signaling, SignalingError, signalingUrl } from './signaling.js';
 
@@ -109,6 +111,10 @@ export class RoomSession extends EventTarget {
 
   _changed() {
     this.dispatchEvent(new Event('change'));
+  }
+
+  _emit(type, detail) {
+    this.dispatchEvent(new CustomEvent(type, { detail }));
   }
 
   _resetMedia() {
@@ -355,6 +361,7 @@ export class RoomSession extends EventTarget {
     this._adopt(joined);
     this._changed();
     if (this.canPublish) this._publishLocal();
+    this._emit('connected', joined);
   }
 
   _resumed(joined) {
@@ -371,6 +378,7 @@ export class RoomSession extends EventTarget {
     this._syncMute('microphone');
     this._syncMute('camera');
     this._changed();
+    this._emit('connected', joined);
   }
 
   _onSocketLost(signaling) {
@@ -431,6 +439,11 @@ export class RoomSession extends EventTarget {
     if (this.signaling) this.signaling.drop();
   }
 
+  // For tests: ends a simulated network loss early (the next reconnect attempt goes through).
+  restoreNetwork() {
+    this.offlineUntil = 0;
+  }
+
   // --- server messages -----------------------------------------------------------------
 
   _onMessage(message) {
@@ -438,6 +451,11 @@ export class RoomSession extends EventTarget {
     switch (message.type) {
       case 'offer':
         this._onOffer(message);
+        return;
+      case 'chat_message':
+      case 'chat_receipt':
+      case 'typing':
+        this._emit('chat', message);
         return;
       case 'participant_joined':
         if (message.participant.id !== (this.self && this.self.id)) {
