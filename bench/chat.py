@@ -39,8 +39,6 @@ of its conversation exactly once). It asserts nothing about time: it is a measur
     .venv/bin/python bench/chat.py --clients 100 --members 10 --rate 250,500,1000,2000 --seconds 10
 """
 
-# ruff: noqa: ASYNC109, ASYNC240 - a harness: explicit timeouts; tiny /proc reads
-
 from __future__ import annotations
 
 import argparse
@@ -57,7 +55,6 @@ import signal
 import sys
 import tempfile
 import time
-import traceback
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,10 +66,14 @@ if str(ROOT) not in sys.path:
 
 import aiohttp  # noqa: E402
 
-OPERATOR_TOKEN = "bench-operator-token-0123456789abcdef"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/harness.py, also in the worker processes
+import harness  # noqa: E402
+from harness import BenchError, Server, cpu_seconds, fmt, tail  # noqa: E402
+
 TICK = 0.002  # the senders' pacing tick (s)
 HIGH_LIMIT = "1000000"  # rate limits that never bite
+SERVER_ENV = {"GBMEDIA_CHAT_RATE_LIMIT": HIGH_LIMIT, "GBMEDIA_CHAT_RATE_BURST": HIGH_LIMIT,
+              "GBMEDIA_API_RATE_LIMIT": HIGH_LIMIT, "GBMEDIA_API_RATE_BURST": HIGH_LIMIT}
 DEFAULT_MACHINE_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 # The issue's target and the peer measured here (../shared/notes/chat.md).
@@ -83,73 +84,12 @@ REF_SYNAPSE = "Matrix Synapse 1.163 (PostgreSQL 15), same machines: about 40-57 
               "deliveries/s), delivery p50/p99 about 0.1/0.15 s at 5 msg/s and about 1 s at its peak"
 
 
-class BenchError(RuntimeError):
-    """The benchmark cannot go on; the message says why."""
-
-
 # --- /proc -----------------------------------------------------------------------------
-
-def proc_stat(pid: int) -> list[str] | None:
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        return None
-    return raw[raw.rindex(")") + 2:].split()  # fields from "state" (field 3) on
-
-
-def cpu_seconds(pid: int, *, children: bool = False) -> float:
-    """utime + stime of every thread of ``pid`` (plus its reaped children's if asked)."""
-    fields = proc_stat(pid)
-    if fields is None:
-        return 0.0
-    ticks = int(fields[11]) + int(fields[12])
-    if children:
-        ticks += int(fields[13]) + int(fields[14])
-    return ticks / CLK_TCK
-
-
-def descendants(pid: int) -> list[int]:
-    by_parent: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        fields = proc_stat(int(entry.name))
-        if fields is not None:
-            by_parent.setdefault(int(fields[1]), []).append(int(entry.name))
-    found, todo = [], [pid]
-    while todo:
-        for child in by_parent.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
-def tree_cpu_seconds(pid: int) -> float:
-    """A process and its live descendants, plus the children it already reaped."""
-    return cpu_seconds(pid, children=True) + sum(cpu_seconds(c) for c in descendants(pid))
-
 
 def sys_cpu_seconds(pid: int) -> float:
     """stime alone (the kernel's share: syscalls, socket I/O)."""
-    fields = proc_stat(pid)
-    return int(fields[12]) / CLK_TCK if fields is not None else 0.0
-
-
-def runqueue_wait_seconds(pid: int) -> float:
-    """Time the threads of ``pid`` were ready to run but waited for a CPU (/proc/<pid>/task/*/schedstat)."""
-    total = 0
-    with contextlib.suppress(FileNotFoundError, ProcessLookupError):
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            with contextlib.suppress(FileNotFoundError, ProcessLookupError, ValueError, IndexError):
-                total += int((task / "schedstat").read_text().split()[1])
-    return total / 1e9
-
-
-def machine_busy() -> tuple[float, float]:
-    """(busy, total) jiffies of the whole machine, from /proc/stat."""
-    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    total = sum(values[:8])  # user nice system idle iowait irq softirq steal
-    return float(total - values[3] - values[4]), float(total)
+    fields = harness.proc_stat(pid)
+    return int(fields[12]) / harness.CLK_TCK if fields is not None else 0.0
 
 
 def percentile(values: list[int], q: float) -> float | None:
@@ -412,25 +352,13 @@ class WorkerState:
 
 async def worker_main(index: int) -> None:
     """A client worker: JSON commands on stdin, one JSON reply line each on stdout."""
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader(limit=1 << 24)
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    out = sys.stdout
+    reply = harness.reply
     state = WorkerState(index)
     watcher = asyncio.ensure_future(state.watch_lag())
-
-    def reply(obj: dict[str, Any]) -> None:
-        out.write(json.dumps(obj) + "\n")
-        out.flush()
-
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector) as session:
         try:
-            while True:
-                line = await reader.readline()
-                if not line:
-                    break  # the orchestrator is gone
-                command = json.loads(line)
+            async for command in harness.commands(limit=1 << 24):
                 cmd = command["cmd"]
                 if cmd == "connect":
                     state.clients = [ChatClient(state, c["identity"], c["token"], c["conversation"])
@@ -472,174 +400,16 @@ async def worker_main(index: int) -> None:
                     await c.close()
 
 
-class Worker:
+class Worker(harness.WorkerProcess):
     """The orchestrator's handle on one client worker process."""
 
     def __init__(self, index: int, log_path: Path, nice: int) -> None:
-        self.index = index
-        self.nice = nice
-        self.log_path = log_path
-        self.proc: asyncio.subprocess.Process | None = None
-        self._log: Any = None
-        self._lock = asyncio.Lock()
-
-    async def start(self) -> None:
-        self._log = self.log_path.open("ab")
-        self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, str(Path(__file__).resolve()), "--worker", str(self.index), "--nice", str(self.nice),
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=self._log,
-            start_new_session=True, preexec_fn=_die_with_parent, limit=1 << 26)
-
-    async def call(self, command: dict[str, Any], timeout: float = 60.0) -> dict[str, Any]:
-        assert self.proc is not None and self.proc.stdin is not None and self.proc.stdout is not None
-        async with self._lock:
-            self.proc.stdin.write((json.dumps(command) + "\n").encode())
-            await self.proc.stdin.drain()
-            line = await asyncio.wait_for(self.proc.stdout.readline(), timeout)
-        if not line:
-            raise BenchError(f"client worker {self.index} exited (rc {self.proc.returncode}); "
-                             f"its log: {self.log_path}\n{tail(self.log_path)}")
-        return json.loads(line)
-
-    async def stop(self, timeout: float = 20.0) -> None:
-        if self.proc is None:
-            return
-        if self.proc.returncode is None:
-            with contextlib.suppress(Exception):
-                await self.call({"cmd": "close"}, timeout)
-            try:
-                await asyncio.wait_for(self.proc.wait(), 5)
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    self.proc.kill()
-                await self.proc.wait()
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-
-    def kill_now(self) -> None:
-        if self.proc is not None and self.proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.kill()
-
-
-def lower_priority(nice: int) -> None:
-    """Nice this process and its autogroup (with autogroup scheduling plain nice is ignored across sessions)."""
-    with contextlib.suppress(OSError):
-        os.nice(nice)
-    with contextlib.suppress(OSError):
-        Path("/proc/self/autogroup").write_text(str(nice))
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    """Linux: the child gets SIGTERM if the orchestrator dies without cleaning up."""
-    with contextlib.suppress(Exception):
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-def tail(path: Path, lines: int = 30) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except FileNotFoundError:
-        return "(no log)"
+        super().__init__(index, log_path, nice,
+                         argv=[str(Path(__file__).resolve()), "--worker", str(index), "--nice", str(nice)],
+                         what="client worker", stop_command="close", limit=1 << 26)
 
 
 # --- the server and its database ------------------------------------------------------
-
-class Server:
-    """``python -m gbmedia serve`` in a temporary data directory."""
-
-    def __init__(self, workdir: Path, startup_timeout: float, extra_env: dict[str, str]) -> None:
-        self.workdir = workdir
-        self.extra_env = extra_env
-        self.data_dir = workdir / "data"
-        self.log_path = workdir / "server.log"
-        self.startup_timeout = startup_timeout
-        self.proc: asyncio.subprocess.Process | None = None
-        self.url = ""
-        self._log: Any = None
-        self._stdout_task: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("GBMEDIA_")}
-        env.update(GBMEDIA_DATA_DIR=str(self.data_dir), GBMEDIA_HOST="127.0.0.1", GBMEDIA_PORT="0",
-                   GBMEDIA_OPERATOR_TOKEN=OPERATOR_TOKEN, GBMEDIA_LOG_LEVEL="warning",
-                   GBMEDIA_LOG_FORMAT="text", GBMEDIA_SHUTDOWN_TIMEOUT="5",
-                   GBMEDIA_CHAT_RATE_LIMIT=HIGH_LIMIT, GBMEDIA_CHAT_RATE_BURST=HIGH_LIMIT,
-                   GBMEDIA_API_RATE_LIMIT=HIGH_LIMIT, GBMEDIA_API_RATE_BURST=HIGH_LIMIT)
-        env.update(self.extra_env)
-        self._log = self.log_path.open("ab")
-        self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "gbmedia", "serve", cwd=str(ROOT), env=env,
-            stdout=asyncio.subprocess.PIPE, stderr=self._log, start_new_session=True,
-            preexec_fn=_die_with_parent)
-        assert self.proc.stdout is not None
-        deadline = time.monotonic() + self.startup_timeout
-        while not self.url:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise BenchError(f"gbmedia serve printed no URL within {self.startup_timeout:.0f} s; "
-                                 f"log {self.log_path}:\n{tail(self.log_path)}")
-            try:
-                line = await asyncio.wait_for(self.proc.stdout.readline(), left)
-            except TimeoutError:
-                continue
-            if not line:
-                rc = await self.proc.wait()
-                raise BenchError(f"gbmedia serve exited with status {rc} before listening; "
-                                 f"log {self.log_path}:\n{tail(self.log_path)}")
-            text = line.decode(errors="replace").strip()
-            if text.startswith("gbmedia listening on "):
-                self.url = text.removeprefix("gbmedia listening on ").strip()
-        self._stdout_task = asyncio.ensure_future(self._drain_stdout())
-
-    async def _drain_stdout(self) -> None:
-        assert self.proc is not None and self.proc.stdout is not None
-        while await self.proc.stdout.readline():
-            pass
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.returncode is None
-
-    async def stop(self, timeout: float = 30.0) -> int | None:
-        if self.proc is None:
-            return None
-        postgres = embedded_postmaster_pid(self.data_dir)
-        if self.proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(self.proc.wait(), timeout)
-            except TimeoutError:
-                print(f"gbmedia serve ignored SIGTERM for {timeout:.0f} s; killing it", file=sys.stderr)
-                with contextlib.suppress(ProcessLookupError):
-                    self.proc.kill()
-                await self.proc.wait()
-        if self._stdout_task is not None:
-            self._stdout_task.cancel()
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-        if postgres and proc_stat(postgres) is not None and self.proc.returncode != 0:
-            # A server that did not stop cleanly leaves its embedded PostgreSQL behind.
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(postgres, signal.SIGTERM)
-        return self.proc.returncode
-
-
-def embedded_postmaster_pid(data_dir: Path) -> int | None:
-    try:
-        return int((data_dir / "postgres" / "postmaster.pid").read_text().split()[0])
-    except (FileNotFoundError, ValueError, IndexError, PermissionError):
-        return None
-
 
 class Database:
     """Where the server's data lives, how to query it and how to measure its CPU."""
@@ -695,8 +465,8 @@ class Database:
     async def cpu(self) -> dict[int, float]:
         """CPU seconds per process: the embedded postmaster's tree, or the fresh database's backends."""
         if self.mode != "machine":
-            pid = embedded_postmaster_pid(self.data_dir)
-            return {pid: tree_cpu_seconds(pid)} if pid else {}
+            pid = harness.embedded_postmaster_pid(self.data_dir)
+            return {pid: harness.tree_cpu_seconds(pid)} if pid else {}
         assert self._monitor is not None
         pids = await self._monitor.fetch(
             "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()", self.name)
@@ -738,21 +508,6 @@ def cpu_delta(a: dict[int, float], b: dict[int, float]) -> float:
 
 
 # --- setup over REST ---------------------------------------------------------------------
-
-async def create_tenant(session: aiohttp.ClientSession, url: str) -> tuple[str, str]:
-    headers = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
-    async with session.post(f"{url}/api/v1/customers", json={"name": "bench-chat", "tier": "pro"},
-                            headers=headers) as resp:
-        if resp.status != 201:
-            raise BenchError(f"creating the customer: HTTP {resp.status}: {await resp.text()}")
-        customer = await resp.json()
-    async with session.post(f"{url}/api/v1/customers/{customer['id']}/instances",
-                            json={"name": "bench-chat"}, headers=headers) as resp:
-        if resp.status != 201:
-            raise BenchError(f"creating the instance: HTTP {resp.status}: {await resp.text()}")
-        body = await resp.json()
-    return body["credentials"]["key"], body["credentials"]["secret"]
-
 
 @dataclass
 class Plan:
@@ -807,8 +562,8 @@ class Snapshot:
 
 async def snapshot(server: Server, database: Database) -> Snapshot:
     return Snapshot(time.monotonic(), cpu_seconds(server.pid), sys_cpu_seconds(server.pid),
-                    runqueue_wait_seconds(server.pid),
-                    await database.cpu(), cpu_seconds(os.getpid()), machine_busy())
+                    harness.runqueue_wait_seconds(server.pid),
+                    await database.cpu(), cpu_seconds(os.getpid()), harness.machine_busy())
 
 
 async def sleep_until(t: float) -> None:
@@ -834,7 +589,7 @@ async def run_step(index: int, rate: float, args: argparse.Namespace, server: Se
     await sleep_until(window_end)
     last = await snapshot(server, database)
     if profiler is not None:
-        await finish_profiler(profiler)
+        await harness.finish_profiler(profiler)
     if not server.alive():
         raise BenchError(f"gbmedia serve died during the step; log:\n{tail(server.log_path)}")
     # Drain: every message acked (or refused) and delivered to every member.
@@ -915,28 +670,9 @@ async def run_step(index: int, rate: float, args: argparse.Namespace, server: Se
 
 async def start_profiler(args: argparse.Namespace, server: Server, rate: float) -> Any:
     """py-spy on the server for the window (``--profile DIR``), raw collapsed stacks per rate."""
-    py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
-    if not Path(py_spy).exists():
-        raise BenchError("--profile needs py-spy (.venv/bin/pip install py-spy)")
-    args.profile.mkdir(parents=True, exist_ok=True)
-    out = args.profile / f"server-r{rate:g}.txt"
-    proc = await asyncio.create_subprocess_exec(
-        py_spy, "record", "--pid", str(server.pid), "--rate", "100",
-        # --native needs the process paused for each sample; without it py-spy reads it while it runs
-        *(["--native"] if args.profile_native else ["--nonblocking"]),
-        "--duration", str(math.ceil(args.seconds)), "--format", "raw", "--output", str(out),
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
-    await asyncio.sleep(0.5)  # let it attach before the window opens
-    return proc
-
-
-async def finish_profiler(proc: Any) -> None:
-    try:
-        await asyncio.wait_for(proc.wait(), 30)
-    except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        await proc.wait()
+    # --native needs the process paused for each sample; without it py-spy reads it while it runs
+    return await harness.start_py_spy(server.pid, args.profile / f"server-r{rate:g}.txt", args.seconds,
+                              ["--native"] if args.profile_native else ["--nonblocking"])
 
 
 # Where a server sample's time goes: the first rule (in this order) that matches a frame of its stack.
@@ -1001,14 +737,6 @@ def _short(frame: str) -> str:
 
 # --- output -------------------------------------------------------------------------------
 
-def fmt(value: Any, spec: str) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, bool):
-        return "yes" if value else "NO"
-    return format(value, spec)
-
-
 def print_table(result: dict[str, Any]) -> None:
     cfg = result["config"]
     rows = [r for r in result["rows"] if "error" not in r]
@@ -1035,11 +763,7 @@ def print_table(result: dict[str, Any]) -> None:
             fmt(r["server_runqueue_wait_percent"], ".0f"),
             fmt(r["drain_s"], ".1f") + ("" if r["drained"] else "!"),
             str(sum(r["errors"].values())) if r["errors"] else "0", "yes" if r["meets_target"] else "no"))
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    for i, line in enumerate(lines):
-        print("  ".join(cell.rjust(w) for cell, w in zip(line, widths, strict=True)))
-        if i == 0:
-            print("  ".join("-" * w for w in widths))
+    harness.print_aligned(lines)
     print()
     legend = [
         "offered/s: chat_send frames written in the window; acked/s: chat_ack replies that arrived in it (the "
@@ -1146,13 +870,6 @@ def count_check(stored: int, last_seq: dict[str, int], verify: list[dict[str, An
 
 # --- main --------------------------------------------------------------------------------
 
-def _env_pair(raw: str) -> tuple[str, str]:
-    name, sep, value = raw.partition("=")
-    if not sep or not name:
-        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {raw!r}")
-    return name, value
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -1176,7 +893,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help=f"an admin DSN of the machine's PostgreSQL (default {DEFAULT_MACHINE_DSN})")
     parser.add_argument("--startup-timeout", type=float, default=90.0, help="seconds for the server to start")
     parser.add_argument("--pause", type=float, default=1.0, help="seconds between rates (default 1)")
-    parser.add_argument("--server-env", action="append", default=[], type=_env_pair, metavar="NAME=VALUE",
+    parser.add_argument("--server-env", action="append", default=[], type=harness._env_pair, metavar="NAME=VALUE",
                         help="extra environment for gbmedia serve (repeatable), e.g. GBMEDIA_DATABASE_POOL_SIZE=20")
     parser.add_argument("--profile", type=Path, help="record the server with py-spy during each window into this "
                         "folder (raw collapsed stacks, server-r<rate>.txt) and print a summary")
@@ -1208,7 +925,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 async def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="gbmedia-bench-chat-"))
     database = Database(args.postgres, workdir / "data", args.machine_dsn)
-    server = Server(workdir, args.startup_timeout, {**database.server_env(), **dict(args.server_env)})
+    server = Server(workdir, args.startup_timeout, {**database.server_env(), **dict(args.server_env)},
+                    base_env=SERVER_ENV)
     workers: list[Worker] = []
     rows: list[dict[str, Any]] = []
     check: dict[str, Any] | None = None
@@ -1223,10 +941,10 @@ async def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
         await server.start()
         await database.start_monitor()
         print(f"  listening on {server.url} after {time.monotonic() - t0:.1f} s, pid {server.pid}"
-              + (f", embedded PostgreSQL pid {embedded_postmaster_pid(server.data_dir)}"
+              + (f", embedded PostgreSQL pid {harness.embedded_postmaster_pid(server.data_dir)}"
                  if args.postgres == "embedded" else ""), file=sys.stderr)
         async with aiohttp.ClientSession() as session:
-            key, secret = await create_tenant(session, server.url)
+            key, secret = await harness.create_tenant(session, server.url, customer="bench-chat", instance="bench-chat")
             plan = await create_conversations(session, server.url, key, secret, args.clients, args.members)
         print(f"  {len(plan.conversations)} conversations of {args.members} created over REST", file=sys.stderr)
         workers = [Worker(i, workdir / f"worker-{i}.log", args.nice) for i in range(args.workers)]
@@ -1306,26 +1024,11 @@ async def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    with contextlib.suppress(ImportError):
-        import uvloop
-
-        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    if args.worker is not None:
-        if args.nice:
-            lower_priority(args.nice)
-        asyncio.run(worker_main(args.worker))
-        return 0
-    try:
-        result = asyncio.run(orchestrate(args))
-    except BenchError as exc:
-        print(f"chat benchmark failed: {exc}", file=sys.stderr)
-        return 1
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        print("interrupted; the server and the clients were stopped", file=sys.stderr)
-        return 130
-    except Exception:
-        traceback.print_exc()
-        return 1
+    result = harness.run_benchmark(args, "chat", "clients",
+                           (lambda: worker_main(args.worker)) if args.worker is not None else None,
+                           lambda: orchestrate(args))
+    if isinstance(result, int):
+        return result
     print_table(result)
     text = json.dumps({**result, "rows": result["rows"]}, indent=2, default=float)
     if args.json:

@@ -20,7 +20,7 @@ JSON. It asserts nothing about time: it is a measurement.
     .venv/bin/python bench/forwarding.py --smoke
 """
 
-# ruff: noqa: ASYNC109, ASYNC240 - a harness: explicit timeouts; tiny file checks before starting things
+# ruff: noqa: ASYNC109 - a harness: explicit timeouts
 
 from __future__ import annotations
 
@@ -39,7 +39,6 @@ import statistics
 import sys
 import tempfile
 import time
-import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,10 +64,12 @@ from gbmedia.sfu.aiortc_adapter import tap_receiver  # noqa: E402
 from gbmedia.sfu.codecs import is_keyframe  # noqa: E402
 from gbmedia.tenancy.tokens import Grants, mint_token  # noqa: E402
 
-OPERATOR_TOKEN = "bench-operator-token-0123456789abcdef"
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/harness.py, also in the worker processes
+import harness  # noqa: E402
+from harness import BenchError, Server, cpu_seconds, fmt, tail  # noqa: E402
+
 ROOM = "bench-forwarding"
 NO_STUN = RTCConfiguration(iceServers=[])
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 SUBSCRIBER_RCVBUF = 4 << 20  # bytes asked for each subscriber socket (the kernel caps it at rmem_max)
 KEPT_FPS = 29.0  # "kept 30 fps": every subscriber received at least this many frames/s
 
@@ -80,40 +81,7 @@ REF_TRANSCODE_MS_PER_FRAME = {1: 6.4, 4: 18.3, 8: 33.2}
 REF_JANUS_US_PER_PACKET = 28.0  # Janus 1.1.2 VideoRoom, same stream, marginal
 
 
-class BenchError(RuntimeError):
-    """The benchmark cannot go on; the message says why."""
-
-
 # --- /proc -----------------------------------------------------------------------------
-
-def proc_stat(pid: int) -> list[str] | None:
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        return None
-    return raw[raw.rindex(")") + 2:].split()  # fields from "state" (field 3) on
-
-
-def cpu_seconds(pid: int, *, children: bool = False) -> float:
-    """utime + stime of every thread of ``pid`` (plus reaped children's if asked)."""
-    fields = proc_stat(pid)
-    if fields is None:
-        return 0.0
-    ticks = int(fields[11]) + int(fields[12])
-    if children:
-        ticks += int(fields[13]) + int(fields[14])
-    return ticks / CLK_TCK
-
-
-def runqueue_wait_seconds(pid: int) -> float:
-    """Time the threads of ``pid`` were ready to run but waited for a CPU (/proc/<pid>/task/*/schedstat)."""
-    total = 0
-    with contextlib.suppress(FileNotFoundError, ProcessLookupError):
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            with contextlib.suppress(FileNotFoundError, ProcessLookupError, ValueError, IndexError):
-                total += int((task / "schedstat").read_text().split()[1])
-    return total / 1e9
-
 
 def udp_drops(pid: int) -> int:
     """Datagrams the kernel dropped on ``pid``'s UDP sockets (receive buffer full), from /proc/net/udp*."""
@@ -132,34 +100,6 @@ def udp_drops(pid: int) -> int:
                 if len(fields) >= 13 and fields[9] in inodes:
                     drops += int(fields[12])
     return drops
-
-
-def descendants(pid: int) -> list[int]:
-    by_parent: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        fields = proc_stat(int(entry.name))
-        if fields is not None:
-            by_parent.setdefault(int(fields[1]), []).append(int(entry.name))
-    found, todo = [], [pid]
-    while todo:
-        for child in by_parent.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
-def tree_cpu_seconds(pid: int) -> float:
-    """A process and its live descendants, plus the children it already reaped."""
-    return cpu_seconds(pid, children=True) + sum(cpu_seconds(c) for c in descendants(pid))
-
-
-def machine_busy() -> tuple[float, float]:
-    """(busy, total) jiffies of the whole machine, from /proc/stat."""
-    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    total = sum(values[:8])  # user nice system idle iowait irq softirq steal
-    return float(total - values[3] - values[4]), float(total)
 
 
 # --- signaling client ---------------------------------------------------------------
@@ -494,23 +434,11 @@ class Subscriber:
 
 async def worker_main() -> None:
     """A subscriber worker: JSON commands on stdin, one JSON reply line each on stdout."""
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader()
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    out = sys.stdout
-
-    def reply(obj: dict[str, Any]) -> None:
-        out.write(json.dumps(obj) + "\n")
-        out.flush()
-
+    reply = harness.reply
     subscribers: list[Subscriber] = []
     async with aiohttp.ClientSession() as session:
         try:
-            while True:
-                line = await reader.readline()
-                if not line:
-                    break  # the orchestrator is gone
-                command = json.loads(line)
+            async for command in harness.commands():
                 if command["cmd"] == "join":
                     subscribers = [Subscriber(session, command["url"], t) for t in command["tokens"]]
                     results = await asyncio.gather(*(s.join() for s in subscribers), return_exceptions=True)
@@ -530,197 +458,16 @@ async def worker_main() -> None:
                     await s.close()
 
 
-class Worker:
+class Worker(harness.WorkerProcess):
     """The orchestrator's handle on one subscriber worker process."""
 
     def __init__(self, index: int, tokens: list[str], log_path: Path, nice: int) -> None:
-        self.index = index
-        self.nice = nice
+        super().__init__(index, log_path, nice, argv=[str(Path(__file__).resolve()), "--worker", "--nice", str(nice)],
+                         what="subscriber worker", stop_command="leave")
         self.tokens = tokens
-        self.log_path = log_path
-        self.proc: asyncio.subprocess.Process | None = None
-        self._log: Any = None
-
-    async def start(self) -> None:
-        self._log = self.log_path.open("ab")
-        self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, str(Path(__file__).resolve()), "--worker", "--nice", str(self.nice),
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=self._log,
-            start_new_session=True, preexec_fn=_die_with_parent)  # a ^C in the terminal reaches only the orchestrator
-
-    async def call(self, command: dict[str, Any], timeout: float) -> dict[str, Any]:
-        assert self.proc is not None and self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write((json.dumps(command) + "\n").encode())
-        await self.proc.stdin.drain()
-        line = await asyncio.wait_for(self.proc.stdout.readline(), timeout)
-        if not line:
-            raise BenchError(f"subscriber worker {self.index} exited (rc {self.proc.returncode}); "
-                             f"its log: {self.log_path}\n{tail(self.log_path)}")
-        return json.loads(line)
-
-    async def stop(self, timeout: float = 20.0) -> None:
-        if self.proc is None:
-            return
-        if self.proc.returncode is None:
-            with contextlib.suppress(Exception):
-                await self.call({"cmd": "leave"}, timeout)
-            try:
-                await asyncio.wait_for(self.proc.wait(), 5)
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    self.proc.kill()
-                await self.proc.wait()
-        if self._log is not None:
-            self._log.close()
-
-    def kill_now(self) -> None:
-        if self.proc is not None and self.proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.kill()
-
-
-def lower_priority(nice: int) -> None:
-    """Nice this process, and its autogroup: with autogroup scheduling (Linux's default on desktops and
-    these machines) a process in its own session competes as a whole group and plain nice is ignored
-    against other groups such as the server's."""
-    with contextlib.suppress(OSError):
-        os.nice(nice)
-    with contextlib.suppress(OSError):
-        Path("/proc/self/autogroup").write_text(str(nice))
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    """Linux: the child gets SIGTERM if the orchestrator dies without cleaning up."""
-    with contextlib.suppress(Exception):
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-def tail(path: Path, lines: int = 30) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except FileNotFoundError:
-        return "(no log)"
 
 
 # --- the server -----------------------------------------------------------------------
-
-class Server:
-    """``python -m gbmedia serve`` in a temporary data directory."""
-
-    def __init__(self, workdir: Path, startup_timeout: float, extra_env: dict[str, str] | None = None) -> None:
-        self.workdir = workdir
-        self.extra_env = extra_env or {}
-        self.data_dir = workdir / "data"
-        self.log_path = workdir / "server.log"
-        self.startup_timeout = startup_timeout
-        self.proc: asyncio.subprocess.Process | None = None
-        self.url = ""
-        self._log: Any = None
-        self._stdout_task: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("GBMEDIA_")}
-        env.update(GBMEDIA_DATA_DIR=str(self.data_dir), GBMEDIA_HOST="127.0.0.1", GBMEDIA_PORT="0",
-                   GBMEDIA_OPERATOR_TOKEN=OPERATOR_TOKEN, GBMEDIA_LOG_LEVEL="warning",
-                   GBMEDIA_LOG_FORMAT="text", GBMEDIA_SHUTDOWN_TIMEOUT="5")
-        env.update(self.extra_env)
-        self._log = self.log_path.open("ab")
-        self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "gbmedia", "serve", cwd=str(ROOT), env=env,
-            stdout=asyncio.subprocess.PIPE, stderr=self._log, start_new_session=True,
-            preexec_fn=_die_with_parent)
-        assert self.proc.stdout is not None
-        deadline = time.monotonic() + self.startup_timeout
-        while not self.url:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise BenchError(f"gbmedia serve printed no URL within {self.startup_timeout:.0f} s; "
-                                 f"log {self.log_path}:\n{tail(self.log_path)}")
-            try:
-                line = await asyncio.wait_for(self.proc.stdout.readline(), left)
-            except TimeoutError:
-                continue
-            if not line:
-                rc = await self.proc.wait()
-                raise BenchError(f"gbmedia serve exited with status {rc} before listening; "
-                                 f"log {self.log_path}:\n{tail(self.log_path)}")
-            text = line.decode(errors="replace").strip()
-            if text.startswith("gbmedia listening on "):
-                self.url = text.removeprefix("gbmedia listening on ").strip()
-        self._stdout_task = asyncio.ensure_future(self._drain_stdout())
-
-    async def _drain_stdout(self) -> None:
-        assert self.proc is not None and self.proc.stdout is not None
-        while await self.proc.stdout.readline():
-            pass
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def postgres_pid(self) -> int | None:
-        try:
-            return int((self.data_dir / "postgres" / "postmaster.pid").read_text().split()[0])
-        except (FileNotFoundError, ValueError, IndexError, PermissionError):
-            return None
-
-    def cpu(self) -> float:
-        return cpu_seconds(self.pid)
-
-    def postgres_cpu(self) -> float:
-        pid = self.postgres_pid()
-        return tree_cpu_seconds(pid) if pid else 0.0
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.returncode is None
-
-    async def stop(self, timeout: float = 30.0) -> int | None:
-        if self.proc is None:
-            return None
-        postgres = self.postgres_pid()
-        if self.proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(self.proc.wait(), timeout)
-            except TimeoutError:
-                print(f"gbmedia serve ignored SIGTERM for {timeout:.0f} s; killing it", file=sys.stderr)
-                with contextlib.suppress(ProcessLookupError):
-                    self.proc.kill()
-                await self.proc.wait()
-        if self._stdout_task is not None:
-            self._stdout_task.cancel()
-        if self._log is not None:
-            self._log.close()
-        if postgres and proc_stat(postgres) is not None and self.proc.returncode != 0:
-            # A server that did not stop cleanly leaves its embedded PostgreSQL behind.
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(postgres, signal.SIGTERM)
-        return self.proc.returncode
-
-    def kill_now(self) -> None:
-        if self.alive():
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.kill()  # type: ignore[union-attr]
-
-
-async def create_tenant(session: aiohttp.ClientSession, url: str) -> tuple[str, str]:
-    headers = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
-    async with session.post(f"{url}/api/v1/customers", json={"name": "bench", "tier": "pro"},
-                            headers=headers) as resp:
-        if resp.status != 201:
-            raise BenchError(f"creating the customer: HTTP {resp.status}: {await resp.text()}")
-        customer = await resp.json()
-    async with session.post(f"{url}/api/v1/customers/{customer['id']}/instances",
-                            json={"name": "bench-main"}, headers=headers) as resp:
-        if resp.status != 201:
-            raise BenchError(f"creating the instance: HTTP {resp.status}: {await resp.text()}")
-        body = await resp.json()
-    return body["credentials"]["key"], body["credentials"]["secret"]
-
 
 # --- one measurement ----------------------------------------------------------------
 
@@ -743,10 +490,10 @@ class Snapshot:
 
 async def snapshot(server: Server, publisher: Publisher, workers: list[Worker]) -> Snapshot:
     replies = asyncio.gather(*(w.call({"cmd": "snapshot"}, 30) for w in workers))
-    snap = Snapshot(time.monotonic(), server.cpu(), runqueue_wait_seconds(server.pid), udp_drops(server.pid),
+    snap = Snapshot(time.monotonic(), server.cpu(), harness.runqueue_wait_seconds(server.pid), udp_drops(server.pid),
                     server.postgres_cpu(),
                     cpu_seconds(os.getpid()),
-                    machine_busy(), await publisher.counters())
+                    harness.machine_busy(), await publisher.counters())
     snap.workers = list(await replies)
     return snap
 
@@ -871,7 +618,7 @@ async def run_one(n: int, args: argparse.Namespace, server: Server, publisher: P
         await asyncio.sleep(args.seconds)
         last = await snapshot(server, publisher, workers)
         if profiler is not None:
-            await finish_profiler(profiler)
+            await harness.finish_profiler(profiler)
         if not server.alive():
             raise BenchError(f"gbmedia serve died while measuring; log:\n{tail(server.log_path)}")
         return measure(n, first, last, joined, len(waiting), publisher, joining_since)
@@ -885,37 +632,11 @@ async def start_profiler(args: argparse.Namespace, server: Server, n: int) -> An
     """py-spy on the server for the window (``--profile DIR``), collapsed stacks per N."""
     if args.profile is None:
         return None
-    py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
-    if not Path(py_spy).exists():
-        raise BenchError("--profile needs py-spy (.venv/bin/pip install py-spy)")
-    args.profile.mkdir(parents=True, exist_ok=True)
-    out = args.profile / f"server-n{n}.txt"
-    proc = await asyncio.create_subprocess_exec(
-        py_spy, "record", "--pid", str(server.pid), "--nonblocking", "--threads", "--rate", "100",
-        "--duration", str(math.ceil(args.seconds)), "--format", "raw", "--output", str(out),
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
-    await asyncio.sleep(0.5)  # let it attach before the window opens
-    return proc
-
-
-async def finish_profiler(proc: Any) -> None:
-    try:
-        await asyncio.wait_for(proc.wait(), 30)
-    except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        await proc.wait()
+    return await harness.start_py_spy(server.pid, args.profile / f"server-n{n}.txt", args.seconds,
+                              ["--nonblocking", "--threads"])
 
 
 # --- output -------------------------------------------------------------------------
-
-def fmt(value: Any, spec: str) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, bool):
-        return "yes" if value else "NO"
-    return format(value, spec)
-
 
 def print_table(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
     print()
@@ -934,11 +655,7 @@ def print_table(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
             fmt(r["marginal_ms_per_frame_per_subscriber"], ".3f"), fmt(r["fps_min"], ".1f"),
             fmt(r["fps_median"], ".1f"), fmt(r["loss_percent"], ".2f"),
             fmt(r["kept_30_fps"], "") if r["subscribers"] else "-"))
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    for i, line in enumerate(lines):
-        print("  ".join(cell.rjust(w) for cell, w in zip(line, widths, strict=True)))
-        if i == 0:
-            print("  ".join("-" * w for w in widths))
+    harness.print_aligned(lines)
     print()
     print("Context per row (publisher as sent; CPU % of one core; machine busy = all cores, every process "
           "on the machine, not only this benchmark's):")
@@ -958,11 +675,7 @@ def print_table(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
                     fmt(r["postgres_cpu_percent"], ".1f"),
                     fmt(r["publisher_process_cpu_percent"], ".1f"), fmt(r["subscriber_workers_cpu_percent"], ".1f"),
                     fmt(r["machine_busy_percent"], ".1f")))
-    widths = [max(len(line[i]) for line in ctx) for i in range(len(ctx_header))]
-    for i, line in enumerate(ctx):
-        print("  ".join(cell.rjust(w) for cell, w in zip(line, widths, strict=True)))
-        if i == 0:
-            print("  ".join("-" * w for w in widths))
+    harness.print_aligned(ctx)
     print()
     legend = [
         "fwd pkt/s: RTP packets/s the subscribers received, summed; us/pkt: server CPU per forwarded packet "
@@ -998,13 +711,6 @@ def print_table(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
 
 # --- main -----------------------------------------------------------------------------
 
-def _env_pair(raw: str) -> tuple[str, str]:
-    name, sep, value = raw.partition("=")
-    if not sep or not name:
-        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {raw!r}")
-    return name, value
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -1023,7 +729,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "receive a first frame (default 60)")
     parser.add_argument("--startup-timeout", type=float, default=90.0, help="seconds for the server to start")
     parser.add_argument("--pause", type=float, default=2.0, help="seconds between rows (default 2)")
-    parser.add_argument("--server-env", action="append", default=[], type=_env_pair, metavar="NAME=VALUE",
+    parser.add_argument("--server-env", action="append", default=[], type=harness._env_pair, metavar="NAME=VALUE",
                         help="extra environment for gbmedia serve (repeatable), e.g. GBMEDIA_UDP_PORTS=40000-40999")
     parser.add_argument("--json", type=Path, help="also write the JSON result to this file")
     parser.add_argument("--profile", type=Path, help="record the server with py-spy during each window into this "
@@ -1066,7 +772,7 @@ async def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
         print(f"  listening on {server.url} after {time.monotonic() - t0:.1f} s, pid {server.pid}, "
               f"embedded PostgreSQL pid {server.postgres_pid()}", file=sys.stderr)
         async with aiohttp.ClientSession() as session:
-            key, secret = await create_tenant(session, server.url)
+            key, secret = await harness.create_tenant(session, server.url)
             publisher = Publisher(args.bitrate)
             await publisher.start(session, server.url, mint_token(key, secret, "publisher",
                                                                   Grants.participant(ROOM)), args.join_timeout)
@@ -1129,26 +835,10 @@ async def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    with contextlib.suppress(ImportError):
-        import uvloop
-
-        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    if args.worker:
-        if args.nice:
-            lower_priority(args.nice)
-        asyncio.run(worker_main())
-        return 0
-    try:
-        result = asyncio.run(orchestrate(args))
-    except BenchError as exc:
-        print(f"forwarding benchmark failed: {exc}", file=sys.stderr)
-        return 1
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        print("interrupted; the server and the subscribers were stopped", file=sys.stderr)
-        return 130
-    except Exception:
-        traceback.print_exc()
-        return 1
+    result = harness.run_benchmark(args, "forwarding", "subscribers", worker_main if args.worker else None,
+                           lambda: orchestrate(args))
+    if isinstance(result, int):
+        return result
     measured = [r for r in result["rows"] if "error" not in r]
     if measured:
         print_table(measured, args)
