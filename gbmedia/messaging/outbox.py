@@ -55,6 +55,7 @@ Housekeeping
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import datetime as dt
@@ -216,7 +217,7 @@ async def _delete_in_chunks(pool: asyncpg.Pool, condition: str, retention: float
             return total
 
 
-class _Periodic:
+class _Periodic(abc.ABC):
     """start/stop of a background task, in the node's style (see RoomSweeper)."""
 
     _task_name = "outbox"
@@ -238,8 +239,9 @@ class _Periodic:
                 await task
         await self._closed()
 
+    @abc.abstractmethod
     async def _run(self) -> None:
-        raise NotImplementedError
+        """The task's loop; each subclass has its own."""
 
     async def _closed(self) -> None:
         return None
