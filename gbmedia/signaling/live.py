@@ -37,6 +37,9 @@ from gbmedia.tenancy.tokens import Grants
 log = logging.getLogger(__name__)
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
+# Told when a track starts or stops being published in a live room on this node
+# ("published" | "ended"): how recording and packaging find the media they need.
+TrackListener = Callable[[str, "LiveRoom", "Participant", PublishedTrack], Awaitable[None]]
 
 
 def track_json(track: PublishedTrack) -> dict[str, Any]:
@@ -226,6 +229,7 @@ class LiveRoom:
         for track in added:
             await self.broadcast({"type": "track_published", "participant_id": participant.id,
                                   "track": track_json(track)}, exclude=participant)
+            await self.registry.track_changed("published", self, participant, track)
         for other in self.participants.values():
             if other is not participant and other.auto_subscribe and other.grants.can_subscribe and added:
                 await self.set_subscribed(other, [t.id for t in added], True, quiet=True)
@@ -237,6 +241,7 @@ class LiveRoom:
             if down is not None:
                 other.subscriber.remove(down)  # type: ignore[union-attr]
                 await self.renegotiate(other)
+        await self.registry.track_changed("ended", self, owner, track)
         track.close()
         self.registry.retire(track)
         await self.broadcast({"type": "track_unpublished", "participant_id": owner.id, "track_id": track.id},
@@ -372,7 +377,19 @@ class LiveRooms:
         self.by_resume_token: dict[str, Participant] = {}
         self._retired_in = 0
         self._retired_forwarded = 0
+        self._track_listeners: list[TrackListener] = []
         rooms.on_close(self._room_closed)
+
+    def on_track(self, listener: TrackListener) -> None:
+        self._track_listeners.append(listener)
+
+    async def track_changed(self, event: str, live: LiveRoom, participant: Participant,
+                            track: PublishedTrack) -> None:
+        for listener in self._track_listeners:
+            try:
+                await listener(event, live, participant, track)
+            except Exception:  # a listener's failure (a recorder's) never breaks the room
+                log.exception("track listener failed", extra={"event": event, "track_id": track.id})
 
     def retire(self, track: PublishedTrack) -> None:
         """Keep an ended track's packet counts in the node's totals."""

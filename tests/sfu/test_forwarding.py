@@ -232,3 +232,49 @@ async def test_an_answer_without_an_offer_is_refused():
         assert info.value.code in ("invalid_sdp", "unexpected_answer")
     finally:
         await server.close()
+
+
+@dataclass
+class CountingSink:
+    """A packet consumer like a recorder: counts what it is fed, notes the close."""
+
+    packets: int = 0
+    keyframes: int = 0
+    closed: bool = False
+    fail_after: int | None = None
+
+    def on_rtp(self, packet, codec) -> None:  # type: ignore[no-untyped-def]
+        from gbmedia.sfu.codecs import is_keyframe
+        if self.fail_after is not None and self.packets >= self.fail_after:
+            raise RuntimeError("disk full")
+        self.packets += 1
+        if packet.payload and is_keyframe(codec.mimeType, packet.payload):
+            self.keyframes += 1
+
+    def on_track_closed(self) -> None:
+        self.closed = True
+
+
+async def test_packet_sinks_see_every_packet_and_the_close(publisher):
+    server, client = publisher
+    client.addTrack(ColorVideoTrack(RED))
+    added, _ = await publish(server, client)
+    video = added[0]
+    await wait_for(lambda: video.packets_in > 60)
+    sink, failing = CountingSink(), CountingSink(fail_after=3)
+    video.add_sink(sink)
+    video.add_sink(failing)
+    video.add_sink(sink)  # adding twice feeds it once
+    # Joining mid-stream asks the publisher for a keyframe, so the sink can start.
+    await wait_for(lambda: sink.keyframes >= 1 and sink.packets > 30, within=10)
+    assert failing.packets == 3 and failing not in video.sinks  # a failing sink is dropped, others go on
+    before = video.packets_in - sink.packets
+    await wait_for(lambda: sink.packets > 60)
+    assert video.packets_in - sink.packets - before <= 2  # it gets every packet since it joined
+    video.remove_sink(sink)
+    stopped_at = sink.packets
+    await wait_for(lambda: video.packets_in > stopped_at + before + 30)
+    assert sink.packets == stopped_at
+    video.add_sink(sink)
+    video.close()
+    assert sink.closed and not video.sinks

@@ -490,3 +490,24 @@ async def test_a_removed_participants_socket_must_join_again(rtc, tenant: Tenant
     error = await alice.request({"type": "mute", "track_id": "TR_x", "muted": True})
     assert error["code"] == "not_joined"
     assert (await alice.join(token(tenant, "alice")))["type"] == "joined"  # the same socket may join again
+
+
+async def test_track_listeners_hear_publish_and_end(rtc, tenant: Tenant, node):
+    events: list[tuple[str, str, str]] = []
+
+    async def listener(event, live, participant, track):  # type: ignore[no-untyped-def]
+        events.append((event, participant.identity, track.kind))
+        if event == "published":
+            raise RuntimeError("a broken recorder")  # never breaks the room
+
+    node.live_rooms.on_track(listener)
+    alice, bob = await rtc(), await rtc()
+    await alice.join(token(tenant, "alice"))
+    reply = await alice.publish(ColorVideoTrack(RED))
+    await bob.join(token(tenant, "bob"))
+    await wait_for(lambda: len(bob.decoded(reply["tracks"][0]["id"])) >= 1, within=20)
+    assert events == [("published", "alice", "video")]
+    await alice.request({"type": "leave"})
+    await wait_for(lambda: len(events) == 2)
+    assert events[1] == ("ended", "alice", "video")
+    node.live_rooms._track_listeners.remove(listener)
