@@ -20,7 +20,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from aiortc.codecs import depayload
-from aiortc.codecs.vpx import VpxPayloadDescriptor
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import RtpPacket
 

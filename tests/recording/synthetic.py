@@ -65,7 +65,7 @@ def rtp_stream(codec_name: str, seconds: float, *, rgb: tuple[int, int, int] = (
     packets: list[Timed] = []
     seq = first_seq
     video = codec_name != "opus"
-    count = int(round(seconds * (30 if video else 50)))
+    count = round(seconds * (30 if video else 50))
     for i in range(count):
         if video:
             payloads, timestamp = encoder.encode(video_frame(i, rgb), force_keyframe=i % keyframe_every == 0)
