@@ -55,10 +55,11 @@ def frame_size(av_codec: str, keyframe: bytes) -> tuple[int, int]:
         return (int.from_bytes(keyframe[6:8], "little") & 0x3FFF,
                 int.from_bytes(keyframe[8:10], "little") & 0x3FFF)
     decoder = av.CodecContext.create(av_codec, "r")
-    for frame in decoder.decode(av.Packet(keyframe)):
-        return frame.width, frame.height
-    for frame in decoder.decode(None):
-        return frame.width, frame.height
+    try:
+        for frame in [*decoder.decode(av.Packet(keyframe)), *decoder.decode(None)]:
+            return frame.width, frame.height
+    except av.error.FFmpegError as exc:
+        raise ValueError(f"the first keyframe does not decode: {exc}") from None
     raise ValueError("the first keyframe does not decode")
 
 
@@ -88,6 +89,8 @@ class TrackWriter:
         self._frame_ticks = clock_rate // 50 if codec == "opus" else clock_rate // 30
         self.frames = 0
         self.keyframes = 0
+        # Matroska counts in milliseconds: a smaller step would round to the same time.
+        self._min_step = max(1, clock_rate // 1000) if CONTAINERS[codec][0] == "webm" else 1
 
     @property
     def started(self) -> bool:
@@ -121,7 +124,7 @@ class TrackWriter:
         assert self._first_ts is not None
         pts = frame.timestamp - self._first_ts
         if pts <= self._last_pts:  # a repeated or backwards timestamp would stop the muxer
-            pts = self._last_pts + 1
+            pts = self._last_pts + self._min_step
         if self._last_pts >= 0:
             self._frame_ticks = max(1, min(pts - self._last_pts, self.clock_rate))
         self._last_pts = pts

@@ -59,7 +59,7 @@ def audio_frame(index: int, frequency: float = 440.0) -> av.AudioFrame:
 def rtp_stream(codec_name: str, seconds: float, *, rgb: tuple[int, int, int] = (220, 30, 30),
                frequency: float = 440.0, ssrc: int = 1234, first_seq: int = 65000,
                keyframe_every: int = 90) -> list[Timed]:
-    """Packets of ``seconds`` of media; sequence numbers start near the wrap on purpose."""
+    """Packets of ``seconds`` of media; sequence numbers and timestamps wrap early on purpose."""
     codec = CODECS[codec_name]
     encoder = get_encoder(codec)
     packets: list[Timed] = []
@@ -75,7 +75,7 @@ def rtp_stream(codec_name: str, seconds: float, *, rgb: tuple[int, int, int] = (
             at = i / 50
         for n, payload in enumerate(payloads):
             packet = RtpPacket(payload_type=codec.payloadType or 96, sequence_number=seq & 0xFFFF,
-                               timestamp=(timestamp + 0x7FFFF000) & 0xFFFFFFFF, ssrc=ssrc, payload=payload,
+                               timestamp=(timestamp + 0xFFFF0000) & 0xFFFFFFFF, ssrc=ssrc, payload=payload,
                                marker=1 if n == len(payloads) - 1 else 0)
             packets.append(Timed(packet, at))
             seq += 1
