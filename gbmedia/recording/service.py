@@ -461,7 +461,7 @@ class Recordings:
         status, error = ("failed", active.failure) if active.failure else ("completed", None)
         async with self.pool.acquire() as conn, conn.transaction():
             size = await conn.fetchval(
-                "SELECT coalesce(sum(size_bytes), 0) FROM recording_files WHERE recording_id = $1", active.id)
+                "SELECT coalesce(sum(size_bytes), 0)::bigint FROM recording_files WHERE recording_id = $1", active.id)
             await conn.execute(
                 """UPDATE recordings SET status = $2, error = $3, stop_reason = $4, duration_seconds = $5,
                                          size_bytes = $6, stopped_at = now() WHERE id = $1""",
