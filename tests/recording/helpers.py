@@ -99,5 +99,6 @@ async def download(client: TestClient, headers: dict[str, str], recording_id: st
     resp = await client.get(f"/api/v1/recordings/{recording_id}/files/{name}", headers=headers)
     assert resp.status == 200, await resp.text()
     assert resp.headers["Content-Disposition"] == f'attachment; filename="{name}"'
-    into.write_bytes(await resp.read())
+    data = await resp.read()
+    await asyncio.to_thread(into.write_bytes, data)
     return into

@@ -141,8 +141,8 @@ async def test_recording_requests_that_cannot_be_served_are_refused_with_codes(c
     resp = await client.patch(f"/api/v1/instances/{tenant.instance_id}", json={"features": {"recording": True}},
                               headers=OPERATOR)
     async with node.db.pool.acquire() as conn:
-        await conn.execute("INSERT INTO usage_events (customer_id, kind, quantity) VALUES ($1, 'recording_minutes', 600)",
-                           uuid.UUID(tenant.customer_id))
+        await conn.execute("INSERT INTO usage_events (customer_id, kind, quantity) "
+                           "VALUES ($1, 'recording_minutes', 600)", uuid.UUID(tenant.customer_id))
     resp = await client.post(base2, json={}, headers=tenant.admin)
     body = await resp.json()
     assert (resp.status, body["error"]["code"]) == (403, "quota_recording_minutes_per_month_exceeded")
