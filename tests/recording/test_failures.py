@@ -67,7 +67,8 @@ async def test_a_full_disk_fails_the_recording_and_leaves_the_room_alone(full_cl
     bob = await join(client, tenant, "bob")
     try:
         video = (await alice.publish(NoiseVideoTrack()))["tracks"][0]["id"]
-        failed = await poll_recording(client, tenant.admin, rid, lambda r: r["status"] == "failed" and r["stopped_at"], within=60)
+        failed = await poll_recording(client, tenant.admin, rid,
+                                      lambda r: r["status"] == "failed" and r["stopped_at"], within=60)
         assert "No space left on device" in failed["error"], failed
         assert failed["stop_reason"] == "failed" and failed["stopped_at"]
         (entry,) = failed["files"]
