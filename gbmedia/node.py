@@ -25,7 +25,6 @@ from gbmedia.messaging.presence import MemoryPresence, Presence, RedisPresence
 from gbmedia.messaging.service import Chat
 from gbmedia.metrics import Metrics
 from gbmedia.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
-from gbmedia.recording.composite import CompositeJob
 from gbmedia.recording.service import Recordings
 from gbmedia.recording.storage import storage_from_settings
 from gbmedia.sfu import aiortc_adapter
@@ -100,7 +99,7 @@ class Node:
             storage = storage_from_settings(settings)
             await storage.check()
             recordings = Recordings(db.pool, storage, rooms, tenancy.customers, tenancy.instances,
-                                    node_id=settings.node_id, composite_factory=CompositeJob)
+                                    node_id=settings.node_id)
             recordings.attach(live_rooms)
             await recordings.recover()
         except BaseException:

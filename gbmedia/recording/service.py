@@ -43,6 +43,7 @@ import asyncpg
 
 from gbmedia.errors import ApiError, conflict, forbidden, not_found
 from gbmedia.metrics import Sample
+from gbmedia.recording.composite import CompositeJob
 from gbmedia.recording.depacketizer import SUPPORTED, UnsupportedCodec
 from gbmedia.recording.storage import LocalStorage, S3Storage, StorageError
 from gbmedia.recording.track_recorder import TrackRecorder, TrackResult
@@ -151,7 +152,7 @@ CompositeFactory = Callable[..., Any]
 class Recordings:
     def __init__(self, pool: asyncpg.Pool, storage: LocalStorage | S3Storage, rooms: Rooms,
                  customers: Customers, instances: Instances, *, node_id: str,
-                 composite_factory: CompositeFactory | None = None) -> None:
+                 composite_factory: CompositeFactory = CompositeJob) -> None:
         self.pool = pool
         self.storage = storage
         self.rooms = rooms
@@ -251,8 +252,6 @@ class Recordings:
             raise conflict("room_closed", "the room is closed; only open rooms can be recorded")
         if room.node_id is not None and room.node_id != self.node_id:
             raise conflict("room_on_other_node", f"the room's media is on node {room.node_id}; ask that node")
-        if "composite" in kinds and self.composite_factory is None:
-            raise conflict("composite_unavailable", "this node cannot make composite recordings")
         if room.id in self._by_room:
             raise conflict("recording_in_progress", "the room is being recorded already; stop that recording first")
         async with self.pool.acquire() as conn, conn.transaction():
@@ -329,7 +328,6 @@ class Recordings:
         entry.finished = self._spawn(self._finish_file(active, entry))
 
     async def _start_composite(self, active: _Active) -> None:
-        assert self.composite_factory is not None
         name = "composite.mp4"
         key = f"{active.room.instance_id}/{active.id}/{name}"
         path = self.storage.spool_path(key)
@@ -396,8 +394,6 @@ class Recordings:
                 kinds = auto_record_kinds(live.room.metadata)
                 if not kinds:
                     return
-                if "composite" in kinds and self.composite_factory is None:
-                    kinds = [k for k in kinds if k != "composite"] or ["tracks"]
                 try:
                     await self.start(self.system_actor, live.room, kinds)
                 except ApiError as exc:
