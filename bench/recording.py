@@ -98,7 +98,7 @@ async def run_gbmedia(raw: list, codec: str, out: Path) -> float:  # type: ignor
 
 async def run_aiortc(raw: list, codec: str, out: Path) -> float:  # type: ignore[type-arg]
     from aiortc import MediaStreamTrack
-    from aiortc.codecs import get_decoder
+    from aiortc.codecs import depayload, get_decoder
     from aiortc.contrib.media import MediaRecorder
     from aiortc.jitterbuffer import JitterBuffer
     from aiortc.mediastreams import MediaStreamError
@@ -107,7 +107,8 @@ async def run_aiortc(raw: list, codec: str, out: Path) -> float:  # type: ignore
 
     packets = _packets(raw, codec)
     video = codec == "VP8"
-    frames: asyncio.Queue = asyncio.Queue()  # type: ignore[type-arg]
+    frames: asyncio.Queue = asyncio.Queue(maxsize=8)  # type: ignore[type-arg]  # the recorder drains it
+    ended = asyncio.Event()
 
     class Received(MediaStreamTrack):
         kind = "video" if video else "audio"
@@ -115,6 +116,7 @@ async def run_aiortc(raw: list, codec: str, out: Path) -> float:  # type: ignore
         async def recv(self):  # type: ignore[no-untyped-def]
             frame = await frames.get()
             if frame is None:
+                ended.set()
                 self.stop()
                 raise MediaStreamError
             return frame
@@ -128,19 +130,13 @@ async def run_aiortc(raw: list, codec: str, out: Path) -> float:  # type: ignore
     decoder = get_decoder(CODECS[codec])
     loop = asyncio.get_running_loop()
     for packet in packets:
-        from aiortc.codecs import depayload
-
         packet._data = depayload(CODECS[codec], packet.payload)  # what RTCRtpReceiver does before buffering
         _, encoded = buffer.add(packet)
         if encoded is not None:
             for frame in await loop.run_in_executor(None, decoder.decode, encoded):
                 await frames.put(frame)
-        while frames.qsize() > 8:  # let the recorder drain (it runs on the loop)
-            await asyncio.sleep(0)
     await frames.put(None)
-    while not frames.empty():
-        await asyncio.sleep(0.01)
-    await asyncio.sleep(0.05)
+    await ended.wait()
     await recorder.stop()
     return time.process_time() - started
 
