@@ -48,6 +48,7 @@ from gbmedia.recording.depacketizer import SUPPORTED, UnsupportedCodec
 from gbmedia.recording.storage import LocalStorage, S3Storage, StorageError
 from gbmedia.recording.track_recorder import TrackRecorder, TrackResult
 from gbmedia.recording.writer import content_type_for, extension_for
+from gbmedia.sfu import aiortc_adapter
 from gbmedia.signaling.rooms import Room, Rooms
 from gbmedia.tenancy import audit
 from gbmedia.tenancy.customers import Customers, quota_exceeded
@@ -61,8 +62,8 @@ ACTIVE = ("waiting", "recording", "stopping")
 _REC_COLUMNS = ("id, customer_id, instance_id, room_id, kinds, status, error, storage, node_id, started_by, "
                 "stop_reason, duration_seconds, size_bytes, created_at, started_at, stopped_at")
 _FILE_COLUMNS = ("id, recording_id, name, kind, track_id, participant_id, participant_identity, source, codec, "
-                 "content_type, status, error, size_bytes, duration_seconds, start_offset_seconds, created_at, "
-                 "completed_at")
+                 "content_type, status, error, size_bytes, duration_seconds, start_offset_seconds, aligned_by, "
+                 "created_at, completed_at")
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,7 @@ class RecordingFile:
     size_bytes: int
     duration_seconds: float
     start_offset_seconds: float | None
+    aligned_by: str | None
     created_at: dt.datetime
     completed_at: dt.datetime | None
 
@@ -114,7 +116,11 @@ class _File:
     recorder: Any  # TrackRecorder, or the composite job
     content_type: str
     track: Any = None  # the PublishedTrack it taps, None for the composite
+    participant_id: str | None = None
     finished: asyncio.Task[None] | None = None
+    untap: Callable[[], None] | None = None  # stops the sender-report feed
+    arrival_offset: float | None = None
+    sender_first: float | None = None
 
 
 @dataclass(eq=False)
@@ -322,8 +328,9 @@ class Recordings:
                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id""",
             active.id, name, track.kind, track.id, participant.id, participant.identity, track.source,
             codec.mimeType, content_type_for(codec.name), key)
-        entry = _File(row_id, key, recorder, content_type_for(codec.name), track)
+        entry = _File(row_id, key, recorder, content_type_for(codec.name), track, participant.id)
         active.files[track.id] = entry
+        entry.untap = aiortc_adapter.tap_sender_reports(track.receiver, recorder.on_sender_report)
         track.add_sink(recorder)
         entry.finished = self._spawn(self._finish_file(active, entry))
 
@@ -361,6 +368,8 @@ class Recordings:
     async def _finish_file(self, active: _Active, entry: _File) -> None:
         """When the file's writer ends: hand the file to storage and record what it holds."""
         result: TrackResult = await entry.recorder.result()
+        if entry.untap is not None:
+            entry.untap()
         error = result.error
         size = result.stats.size_bytes
         if result.stats.frames and error is None:
@@ -371,12 +380,13 @@ class Recordings:
         offset = None
         if result.first_frame_wall is not None:
             offset = max(0.0, result.first_frame_wall - active.started_wall)
+        entry.arrival_offset, entry.sender_first = offset, result.first_frame_sender
         status = "failed" if error else "completed"
         await self.pool.execute(
             """UPDATE recording_files SET status = $2, error = $3, size_bytes = $4, duration_seconds = $5,
-                                         start_offset_seconds = $6, completed_at = now()
+                                         start_offset_seconds = $6, aligned_by = $7, completed_at = now()
                 WHERE id = $1""",
-            entry.id, status, error, size, result.stats.duration, offset)
+            entry.id, status, error, size, result.stats.duration, offset, None if offset is None else "arrival")
         if not result.stats.frames and error is None:
             # Nothing arrived (the track ended before its first keyframe): no empty file is kept.
             await self.pool.execute("DELETE FROM recording_files WHERE id = $1", entry.id)
@@ -453,6 +463,7 @@ class Recordings:
         pending = [e.finished for e in active.files.values() if e.finished is not None]
         if pending:
             await asyncio.gather(*pending, return_exceptions=True)
+        await self._align(active)
         duration = active.media_seconds()
         status, error = ("failed", active.failure) if active.failure else ("completed", None)
         async with self.pool.acquire() as conn, conn.transaction():
@@ -481,6 +492,24 @@ class Recordings:
         log.info("recording stopped", extra={"recording_id": str(active.id), "status": status, "reason": reason,
                                              "duration_seconds": round(duration, 3), "size_bytes": size})
         return await self.get(None, active.id)
+
+    async def _align(self, active: _Active) -> None:
+        """Line up each publisher's files by its sender reports (its own clock), anchored
+        at the arrival-time offset of its earliest file; others keep arrival alignment."""
+        groups: dict[str, list[_File]] = {}
+        for entry in active.files.values():
+            if entry.participant_id and entry.sender_first is not None and entry.arrival_offset is not None:
+                groups.setdefault(entry.participant_id, []).append(entry)
+        for entries in groups.values():
+            if len(entries) < 2:
+                continue
+            anchor = min(entries, key=lambda e: e.sender_first or 0.0)
+            for entry in entries:
+                offset = max(0.0, (anchor.arrival_offset or 0.0) + (entry.sender_first or 0.0)
+                             - (anchor.sender_first or 0.0))
+                await self.pool.execute(
+                    "UPDATE recording_files SET start_offset_seconds = $2, aligned_by = 'sender_report' "
+                    "WHERE id = $1", entry.id, offset)
 
     async def _fail(self, active: _Active, error: str) -> None:
         """A file failed: the recording fails and stops; the room is left alone."""

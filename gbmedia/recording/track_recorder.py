@@ -10,10 +10,11 @@ failed) goes back with ``loop.call_soon_threadsafe``.
 A/V alignment: each file starts at its own first frame. The recorder estimates
 the wall-clock time of that first frame as the earliest ``arrival - (ts - ts0) /
 clock`` over all frames (the least-delayed packet best approximates the sender's
-clock), and the service stores it per file as ``start_offset_seconds`` from the
-recording's start. That is arrival-time alignment, not RTCP sender reports: SRs
-would also remove the difference in network delay between the audio and the
-video path, which on one connection is small (both share the transport).
+clock). When the publisher sends RTCP sender reports (browsers and aiortc do,
+about once a second) it also computes the first frame's time on the publisher's
+own NTP clock (:func:`sender_time`), which the service uses to line up the tracks
+of one publisher exactly: arrival times carry each path's network and jitter-buffer
+delay, sender reports do not. The recorder follows one SSRC (the first it sees).
 """
 
 from __future__ import annotations
@@ -45,6 +46,20 @@ class TrackResult:
     first_frame_wall: float | None  # time.time() of the first frame, estimated (see module doc)
     lost_packets: int
     error: str | None = None
+    # The first frame's time on the publisher's NTP clock, from an RTCP sender report
+    # (seconds since 1900); None when the publisher sent none.
+    first_frame_sender: float | None = None
+
+
+def ntp_seconds(ntp: int) -> float:
+    return (ntp >> 32) + (ntp & 0xFFFFFFFF) / 2**32
+
+
+def sender_time(rtp_timestamp: int, report: tuple[int, int], clock: int) -> float:
+    """The publisher's NTP time of an RTP timestamp, from one (ntp, rtp) sender report."""
+    ntp, rtp = report
+    delta = ((rtp_timestamp - rtp + 0x80000000) & 0xFFFFFFFF) - 0x80000000
+    return ntp_seconds(ntp) + delta / clock
 
 
 class TrackRecorder:
@@ -66,6 +81,8 @@ class TrackRecorder:
         self._queue: queue.SimpleQueue[tuple[RtpPacket, float] | None] = queue.SimpleQueue()
         self._queued = 0
         self._closed = False
+        self._ssrc: int | None = None
+        self._reports: dict[int, tuple[int, int]] = {}  # ssrc -> latest (ntp, rtp) sender report
         self.error: str | None = None
         self.done: concurrent.futures.Future[TrackResult] = concurrent.futures.Future()
         self._thread = threading.Thread(target=self._run, name=f"rec-{name}", daemon=True)
@@ -76,10 +93,18 @@ class TrackRecorder:
     def on_rtp(self, packet: RtpPacket, codec: RTCRtpCodecParameters) -> None:
         if self._closed or self.error is not None:
             return
+        if self._ssrc is None:
+            self._ssrc = packet.ssrc
+        elif packet.ssrc != self._ssrc:
+            return  # another simulcast layer: one file holds one stream
         if self._queued >= MAX_QUEUED:
             return  # the writer cannot keep up; the assembler treats the gap as a loss
         self._queued += 1
         self._queue.put((packet, time.time()))
+
+    def on_sender_report(self, ssrc: int, ntp: int, rtp: int) -> None:
+        """An RTCP sender report of the track's publisher (on the loop; a dict write only)."""
+        self._reports[ssrc] = (ntp, rtp)
 
     def on_track_closed(self) -> None:
         self.finish()
@@ -106,6 +131,7 @@ class TrackRecorder:
     def _run(self) -> None:
         first_wall: float | None = None
         first_ts: int | None = None
+        first_sender: float | None = None
         clock = self.codec.clockRate
         try:
             while True:
@@ -126,10 +152,15 @@ class TrackRecorder:
                 if self._assembler.keyframe_wanted:
                     self._assembler.keyframe_wanted = False
                     self._call(self._request_keyframe)
+                if first_sender is None and first_ts is not None:
+                    first_sender = self._first_sender(first_ts)
             for frame in self._assembler.flush():
                 self._writer.write(frame)
+            if first_sender is None and first_ts is not None:
+                first_sender = self._first_sender(first_ts)
             stats = self._writer.close()
-            self.done.set_result(TrackResult(stats, first_wall, self._assembler.lost))
+            self.done.set_result(TrackResult(stats, first_wall, self._assembler.lost,
+                                             first_frame_sender=first_sender))
         except Exception as exc:  # disk full, storage gone: the file fails, the room goes on
             self.error = f"{type(exc).__name__}: {exc}"
             log.warning("track recording failed", extra={"path": str(self.path), "error": self.error})
@@ -140,3 +171,7 @@ class TrackRecorder:
                                     self.path.stat().st_size if self.path.exists() else 0)
             self.done.set_result(TrackResult(stats, first_wall, self._assembler.lost, self.error))
             self._call(self._on_failed, self.error)
+
+    def _first_sender(self, first_ts: int) -> float | None:
+        report = self._reports.get(self._ssrc) if self._ssrc is not None else None
+        return None if report is None else sender_time(first_ts & 0xFFFFFFFF, report, self.codec.clockRate)

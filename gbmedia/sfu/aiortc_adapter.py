@@ -109,6 +109,7 @@ async def check_internals() -> None:
         transceiver = pc.addTransceiver("video")
         missing += [a for a in _RECEIVER_ATTRS if not hasattr(transceiver.receiver, a)]
         missing += [a for a in _SENDER_ATTRS if not hasattr(transceiver.sender, a)]
+        missing += [a for a in _RECORDING_RECEIVER_ATTRS if not hasattr(transceiver.receiver, a)]  # recording
         if not hasattr(transceiver, "_codecs"):
             missing.append("RTCRtpTransceiver._codecs")
         connection = transceiver.receiver.transport.transport.iceGatherer._connection
@@ -300,3 +301,45 @@ def tap_keyframe_requests(sender: RTCRtpSender, on_request: KeyframeRequest) -> 
         await original(packet)
 
     sender._handle_rtcp_packet = handle  # type: ignore[method-assign]
+
+
+# --- recording ------------------------------------------------------------------------
+
+SenderReport = Callable[[int, int, int], None]  # (ssrc, ntp_timestamp, rtp_timestamp)
+_RECORDING_RECEIVER_ATTRS = ("_handle_rtcp_packet",)
+
+
+def tap_sender_reports(receiver: RTCRtpReceiver, listener: SenderReport) -> Callable[[], None]:
+    """Call ``listener(ssrc, ntp, rtp)`` for every RTCP sender report the publisher sends.
+
+    A sender report maps the publisher's RTP timestamps to its NTP wall clock, one
+    mapping per track, so tracks of one publisher can be lined up on one clock (A/V
+    sync of recordings). aiortc reads SRs only for its statistics; its receiver's
+    ``_handle_rtcp_packet`` is wrapped once per receiver and still runs. Returns a
+    function that removes the listener.
+    """
+    from aiortc.rtp import RtcpSrPacket
+
+    listeners: list[SenderReport] | None = getattr(receiver, "_gbmedia_sr_listeners", None)
+    if listeners is None:
+        listeners = []
+        receiver._gbmedia_sr_listeners = listeners  # type: ignore[attr-defined]
+        original: Callable[[AnyRtcpPacket], Awaitable[None]] = receiver._handle_rtcp_packet
+
+        async def handle(packet: AnyRtcpPacket) -> None:
+            if isinstance(packet, RtcpSrPacket):
+                for each in tuple(listeners):
+                    try:
+                        each(packet.ssrc, packet.sender_info.ntp_timestamp, packet.sender_info.rtp_timestamp)
+                    except Exception:  # a recorder's bug must not stop RTCP handling
+                        log.exception("sender report listener failed")
+            await original(packet)
+
+        receiver._handle_rtcp_packet = handle  # type: ignore[method-assign]
+    listeners.append(listener)
+
+    def untap() -> None:
+        if listener in listeners:
+            listeners.remove(listener)
+
+    return untap

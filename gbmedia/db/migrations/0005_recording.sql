@@ -51,6 +51,7 @@ CREATE TABLE recording_files (
     size_bytes           bigint NOT NULL DEFAULT 0 CHECK (size_bytes >= 0),
     duration_seconds     double precision NOT NULL DEFAULT 0 CHECK (duration_seconds >= 0),
     start_offset_seconds double precision,
+    aligned_by           text CHECK (aligned_by IN ('sender_report', 'arrival')),
     created_at           timestamptz NOT NULL DEFAULT now(),
     completed_at         timestamptz,
     UNIQUE (recording_id, name)
