@@ -22,7 +22,7 @@ from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import RtpPacket
 
 from gbmedia.recording.depacketizer import FrameAssembler, UnsupportedCodec
-from gbmedia.recording.track_recorder import TrackRecorder
+from gbmedia.recording.track_recorder import TrackRecorder, sender_time
 from gbmedia.recording.writer import TrackWriter, frame_size
 from tests.recording.synthetic import CODECS, rtp_stream
 
@@ -137,6 +137,24 @@ async def test_a_recorded_synthetic_stream_probes_with_its_codec_and_duration(tm
         assert (info["streams"][0]["width"], info["streams"][0]["height"]) == (320, 240)
     ok, errors = decodes_cleanly(path)
     assert ok and not errors.strip(), errors
+
+
+async def test_a_sender_report_gives_the_first_frames_time_on_the_publishers_clock(tmp_path: Path):
+    stream = packets("opus", 1.0)
+    first = stream[0]
+    # The publisher says: RTP timestamp first+4800 (0.1 s in) was NTP 1000.5 s.
+    ntp = (1000 << 32) | (1 << 31)
+    recorder = TrackRecorder(tmp_path / "a.webm", CODECS["opus"], loop=asyncio.get_running_loop())
+    recorder.on_sender_report(first.ssrc + 1, 0, 0)  # another stream's report is ignored
+    recorder.on_sender_report(first.ssrc, ntp, (first.timestamp + 4800) & 0xFFFFFFFF)
+    for p in stream:
+        recorder.on_rtp(p, CODECS["opus"])
+    recorder.on_rtp(RtpPacket(payload_type=111, sequence_number=5, ssrc=first.ssrc + 7, payload=b"x"), CODECS["opus"])
+    recorder.finish()
+    result = await recorder.result()
+    assert result.first_frame_sender == pytest.approx(1000.4, abs=1e-6)
+    assert result.stats.frames == len(stream)  # the packet of another SSRC (simulcast layer) was not mixed in
+    assert sender_time(10, (5 << 32, 0xFFFFFFF0), 48000) == pytest.approx(5 + 26 / 48000)  # across the wrap
 
 
 async def test_a_track_with_no_keyframe_writes_no_file(tmp_path: Path):
