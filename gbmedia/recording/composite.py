@@ -105,6 +105,7 @@ class CompositeJob:
         self._t0: float | None = None  # wall time of composite time 0
         self._frames_out = 0
         self._samples_out = 0
+        self._last_arrival = 0.0
         self._thread = threading.Thread(target=self._run, name="rec-composite", daemon=True)
         self._thread.start()
 
@@ -157,17 +158,18 @@ class CompositeJob:
             while True:
                 try:
                     item = self._queue.get(timeout=1 / FPS)
-                except queue.Empty:
+                except queue.Empty:  # nothing arrives (all muted): the picture still moves on
                     self._render_until(time.time() - LATENCY)
                     continue
                 if item is None:
                     break
                 self._queued -= 1
                 key, packet, codec, arrival = item
+                self._last_arrival = max(self._last_arrival, arrival)
                 self._take(key, packet, codec, arrival)
                 self._render_until(arrival - LATENCY)
-            if self._t0 is not None:
-                self._render_until(time.time())
+            if self._t0 is not None:  # the end: render what arrived, no silence after it
+                self._render_until(self._last_arrival)
             self.done.set_result(TrackResult(self._close(), self._t0, 0))
         except Exception as exc:  # disk full, an encoder failure: the composite fails, the room goes on
             self.error = f"{type(exc).__name__}: {exc}"

@@ -73,6 +73,6 @@ async def test_a_composite_of_two_participants_shows_both_and_mixes_their_audio(
     with av.open(str(path)) as container:
         audio = np.concatenate([f.to_ndarray().reshape(-1) for f in container.decode(audio=0)])
     rate = int(streams["audio"]["sample_rate"])
-    last = audio[-rate:]  # the final second: both were talking
+    last = audio[-3 * rate // 2:-rate // 2]  # a second near the end: both were talking
     assert _tone_strength(last, rate, 440.0) > 0.3 and _tone_strength(last, rate, 1200.0) > 0.3
     assert _tone_strength(last, rate, 800.0) < 0.05  # and nothing else
