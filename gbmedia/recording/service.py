@@ -44,7 +44,7 @@ import asyncpg
 from gbmedia.errors import ApiError, conflict, forbidden, not_found
 from gbmedia.metrics import Sample
 from gbmedia.recording.composite import CompositeJob
-from gbmedia.recording.depacketizer import SUPPORTED, UnsupportedCodec
+from gbmedia.recording.depacketizer import SUPPORTED
 from gbmedia.recording.storage import LocalStorage, S3Storage, StorageError
 from gbmedia.recording.track_recorder import TrackRecorder, TrackResult
 from gbmedia.recording.writer import content_type_for, extension_for
@@ -133,6 +133,7 @@ class _Active:
     media_mono: float | None = None  # when the first frame of any file was written
     status: str = "waiting"
     files: dict[str, _File] = field(default_factory=dict)  # by track id, "composite" for the composite
+    adding: set[str] = field(default_factory=set)  # track ids whose file is being opened
     composite: Any = None
     quota_timer: asyncio.TimerHandle | None = None
     minutes_left: float = 0.0
@@ -303,24 +304,28 @@ class Recordings:
             return
         if "composite" in active.kinds and active.composite is not None:
             active.composite.add_track(track, participant)
-        if "tracks" not in active.kinds or track.id in active.files:
+        if "tracks" not in active.kinds or track.id in active.files or track.id in active.adding:
             return
         codec = track.codec
         if codec.name not in SUPPORTED:
             log.warning("track not recorded: codec not supported", extra={"track_id": track.id,
                                                                           "codec": codec.mimeType})
             return
+        # Claimed before the first await: a start and a track event racing add it once.
+        active.adding.add(track.id)
+        try:
+            await self._open_track_file(active, participant, track)
+        finally:
+            active.adding.discard(track.id)
+
+    async def _open_track_file(self, active: _Active, participant: Any, track: Any) -> None:
+        codec = track.codec
         name = f"{track.id}.{extension_for(codec.name)}"
         key = f"{active.room.instance_id}/{active.id}/{name}"
-        loop = asyncio.get_running_loop()
+        path = self.storage.spool_path(key)
         try:
-            path = self.storage.spool_path(key)
             await asyncio.to_thread(path.parent.mkdir, parents=True, exist_ok=True)
-            recorder = TrackRecorder(path, codec, loop=loop, name=track.id,
-                                     on_started=lambda: self._file_started(active),
-                                     on_failed=lambda error: self._spawn(self._fail(active, error)),
-                                     request_keyframe=track.request_keyframe)
-        except (OSError, UnsupportedCodec) as exc:
+        except OSError as exc:
             raise StorageError(f"cannot record {name}: {exc}") from exc
         row_id = await self.pool.fetchval(
             """INSERT INTO recording_files (recording_id, name, kind, track_id, participant_id,
@@ -328,6 +333,13 @@ class Recordings:
                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id""",
             active.id, name, track.kind, track.id, participant.id, participant.identity, track.source,
             codec.mimeType, content_type_for(codec.name), key)
+        if active.status not in ("waiting", "recording") or active.failure:  # stopped meanwhile
+            await self.pool.execute("DELETE FROM recording_files WHERE id = $1", row_id)
+            return
+        recorder = TrackRecorder(path, codec, loop=asyncio.get_running_loop(), name=track.id,
+                                 on_started=lambda: self._file_started(active),
+                                 on_failed=lambda error: self._spawn(self._fail(active, error)),
+                                 request_keyframe=track.request_keyframe)
         entry = _File(row_id, key, recorder, content_type_for(codec.name), track, participant.id)
         active.files[track.id] = entry
         entry.untap = aiortc_adapter.tap_sender_reports(track.receiver, recorder.on_sender_report)
