@@ -6,13 +6,16 @@ import asyncio
 import uuid
 from pathlib import Path
 
+import av
 from aiohttp.test_utils import TestClient
+from aiortc import RTCPeerConnection, RTCRtpSender
 
 from gbmedia.node import Node
 from gbmedia.tenancy.tokens import Grants, mint_token
 from tests.helpers import OPERATOR, bearer, create_tenant
 from tests.recording.helpers import create_room, download, ffprobe, join, poll_recording, recorder_frames
-from tests.rtc import ColorVideoTrack, ToneAudioTrack, wait_for
+from tests.rtc import ColorVideoTrack, ToneAudioTrack, close_to, mean_rgb, wait_for
+from tests.signaling.test_ws import NO_STUN
 
 RED = (220, 30, 30)
 
@@ -234,3 +237,33 @@ async def test_recordings_end_cleanly_when_the_node_stops(client: TestClient, no
     samples = {s.name: s.value for s in node.recordings.samples()}
     assert samples["gbmedia_recordings_active"] == 0 and samples["gbmedia_recordings_completed_total"] == 1
     await asyncio.sleep(0)
+
+
+async def test_an_h264_track_is_recorded_into_fragmented_mp4_as_sent(client: TestClient, node: Node,
+                                                                     tmp_path: Path):
+    tenant = await create_tenant(client)
+    room = await create_room(client, tenant)
+    resp = await client.post(f"/api/v1/rooms/{room['id']}/recordings", json={}, headers=tenant.admin)
+    rid = (await resp.json())["id"]
+    alice = await join(client, tenant, "alice")
+    try:
+        alice.publisher = RTCPeerConnection(NO_STUN)
+        transceiver = alice.publisher.addTransceiver(ColorVideoTrack(RED), direction="sendonly")
+        transceiver.setCodecPreferences([c for c in RTCRtpSender.getCapabilities("video").codecs
+                                         if c.mimeType == "video/H264"])
+        video = (await alice.publish())["tracks"][0]["id"]
+        await wait_for(lambda: recorder_frames(node, rid).get(video, 0) >= 60, within=40)
+        resp = await client.post(f"/api/v1/recordings/{rid}/stop", headers=tenant.admin)
+        stopped = await resp.json()
+    finally:
+        await alice.close()
+    (entry,) = stopped["files"]
+    assert (entry["name"], entry["codec"], entry["content_type"]) == (f"{video}.mp4", "video/H264", "video/mp4")
+    path = await download(client, tenant.admin, rid, entry["name"], tmp_path / entry["name"])
+    info = ffprobe(path)
+    assert [(s["codec_name"], s["width"], s["height"]) for s in info["streams"]] == [("h264", 320, 240)]
+    assert abs(float(info["format"]["duration"]) - entry["duration_seconds"]) <= 0.5
+    with av.open(str(path)) as container:
+        frames = list(container.decode(video=0))
+    assert len(frames) >= 60
+    assert close_to(mean_rgb(frames[-1]), RED)
