@@ -47,7 +47,7 @@ from gbmedia.recording.composite import CompositeJob
 from gbmedia.recording.depacketizer import SUPPORTED
 from gbmedia.recording.storage import LocalStorage, S3Storage, StorageError
 from gbmedia.recording.track_recorder import TrackRecorder, TrackResult
-from gbmedia.recording.writer import content_type_for, extension_for
+from gbmedia.recording.writer import content_type_for, extension_for, repair
 from gbmedia.sfu import aiortc_adapter
 from gbmedia.signaling.rooms import Room, Rooms
 from gbmedia.tenancy import audit
@@ -552,6 +552,8 @@ class Recordings:
                 "AND status = 'recording'", row["id"])
             for f in files:
                 try:
+                    # The cut file plays as it is; a remux gives it its duration and seek index back.
+                    await asyncio.to_thread(repair, self.storage.spool_path(f["storage_key"]))
                     size = await self.storage.store(f["storage_key"], f["content_type"])
                     await self.pool.execute(
                         """UPDATE recording_files SET status = 'completed', size_bytes = $2, completed_at = now(),

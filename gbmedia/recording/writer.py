@@ -151,3 +151,37 @@ class TrackWriter:
             container.close()
         size = os.path.getsize(self.path) if self.path.exists() else 0
         return WriterStats(self.frames, self.keyframes, self.duration, size)
+
+
+def repair(path: Path) -> bool:
+    """Rewrite a file cut by a crash into a clean one (duration, seek index), in place.
+
+    The cut file already plays; a remux (packets copied, nothing decoded) adds what a
+    clean close writes: WebM's duration and cues, MP4's last fragment's index. Returns
+    False, leaving the file as it was, when nothing in it can be read.
+    """
+    tmp = path.with_name(path.name + ".repair")
+    try:
+        with av.open(str(path)) as source:
+            streams = [s for s in source.streams if s.type in ("audio", "video")]
+            if not streams:
+                return False
+            fmt = "mp4" if path.suffix == ".mp4" else "webm"
+            options = {"movflags": "frag_keyframe+empty_moov+default_base_moof"} if fmt == "mp4" else {}
+            copied = 0
+            with av.open(str(tmp), "w", format=fmt, container_options=options) as target:
+                mapping = {s.index: target.add_stream_from_template(s) for s in streams}
+                for packet in source.demux(streams):
+                    if packet.dts is None or packet.size == 0:
+                        continue
+                    packet.stream = mapping[packet.stream.index]
+                    target.mux(packet)
+                    copied += 1
+        if copied == 0:
+            tmp.unlink(missing_ok=True)
+            return False
+        os.replace(tmp, path)
+        return True
+    except (av.error.FFmpegError, OSError, ValueError):
+        tmp.unlink(missing_ok=True)
+        return False

@@ -102,3 +102,30 @@ async def download(client: TestClient, headers: dict[str, str], recording_id: st
     data = await resp.read()
     await asyncio.to_thread(into.write_bytes, data)
     return into
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def record_then_kill(codec: str, path: Path, seconds_after_data: float = 3.0) -> int:
+    """Record the synthetic stream in real time in a child process, SIGKILL it a few
+    seconds after its file has data; returns the child's exit status."""
+    import os
+    import signal
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-m", "tests.recording.synthetic", codec, str(path), "30"],
+                             cwd=ROOT, stdout=subprocess.PIPE, text=True,
+                             env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "started"
+        for _ in range(600):  # poll the file, not the clock
+            if path.exists() and path.stat().st_size >= 4000:
+                break
+            subprocess.run(["sleep", "0.05"], check=True)
+        subprocess.run(["sleep", str(seconds_after_data)], check=True)
+        child.send_signal(signal.SIGKILL)
+        return child.wait(timeout=30)
+    finally:
+        if child.poll() is None:
+            child.kill()

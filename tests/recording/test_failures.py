@@ -12,17 +12,24 @@ import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import av
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from gbmedia.config import Settings
 from gbmedia.http.app import create_app
 from gbmedia.node import Node
-from gbmedia.recording.track_recorder import TrackRecorder
 from tests.conftest import make_settings, service_missing
 from tests.helpers import create_tenant
-from tests.recording.helpers import NoiseVideoTrack, create_room, join, poll_recording, recorder_frames
-from tests.recording.synthetic import CODECS, rtp_stream
+from tests.recording.helpers import (
+    NoiseVideoTrack,
+    create_room,
+    ffprobe,
+    join,
+    poll_recording,
+    record_then_kill,
+    recorder_frames,
+)
 from tests.rtc import ColorVideoTrack, wait_for
 
 
@@ -116,14 +123,10 @@ async def test_an_interrupted_recording_is_closed_out_at_the_next_start(client: 
     key = f"{tenant.instance_id}/{rid}/TR_cut.webm"
     path = node.recordings.storage.spool_path(key)
     path.parent.mkdir(parents=True)
-    # A cut file: the first half of a clean recording's bytes.
-    recorder = TrackRecorder(tmp_path / "whole.webm", CODECS["VP8"], loop=asyncio.get_running_loop())
-    for timed in rtp_stream("VP8", 4.0):
-        recorder.on_rtp(timed.packet, CODECS["VP8"])
-    recorder.finish()
-    await recorder.result()
-    whole = (tmp_path / "whole.webm").read_bytes()
-    path.write_bytes(whole[: len(whole) // 2])
+    # A cut file, as a crash leaves it: a recorder SIGKILLed mid-way.
+    await asyncio.to_thread(record_then_kill, "VP8", path, 2.0)
+    with av.open(str(path)) as container:
+        cut_until = max(frame.time for frame in container.decode(video=0))
     async with node.db.pool.acquire() as conn:
         await conn.execute(
             """INSERT INTO recordings (id, customer_id, instance_id, room_id, kinds, status, storage, node_id,
@@ -137,9 +140,13 @@ async def test_an_interrupted_recording_is_closed_out_at_the_next_start(client: 
     assert await node.recordings.recover() == 1
     recording = await node.recordings.get(None, rid)
     assert recording.status == "failed" and recording.error.startswith("interrupted")
-    assert recording.duration_seconds >= 5 and recording.size_bytes == len(whole) // 2
     (entry,) = recording.files
-    assert entry.status == "completed" and entry.size_bytes == len(whole) // 2
+    assert recording.duration_seconds >= 5 and recording.size_bytes == entry.size_bytes == path.stat().st_size
+    assert entry.status == "completed" and entry.error.startswith("interrupted")
+    # Repaired at recovery: the file now says how long it is, and still holds everything up to the cut.
     resp = await client.get(f"/api/v1/recordings/{rid}/files/TR_cut.webm", headers=tenant.admin)
-    assert resp.status == 200 and await resp.read() == whole[: len(whole) // 2]
+    assert resp.status == 200
+    downloaded = tmp_path / "downloaded.webm"
+    downloaded.write_bytes(await resp.read())
+    assert abs(float(ffprobe(downloaded)["format"]["duration"]) - cut_until) <= 0.5
     assert recorder_frames(node, str(rid)) == {}

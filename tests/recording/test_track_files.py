@@ -9,11 +9,9 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import os
 import random
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import av
@@ -23,7 +21,8 @@ from aiortc.rtp import RtpPacket
 
 from gbmedia.recording.depacketizer import FrameAssembler, UnsupportedCodec
 from gbmedia.recording.track_recorder import TrackRecorder, sender_time
-from gbmedia.recording.writer import TrackWriter, frame_size
+from gbmedia.recording.writer import TrackWriter, frame_size, repair
+from tests.recording.helpers import record_then_kill
 from tests.recording.synthetic import CODECS, rtp_stream
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -210,23 +209,7 @@ def test_a_recorder_killed_mid_way_leaves_a_playable_file(tmp_path: Path, codec:
     """The recorder runs in a child process fed in real time; SIGKILL it after a few
     seconds: what is on disk decodes, up to about the last second before the kill."""
     path = tmp_path / f"cut.{suffix}"
-    child = subprocess.Popen([sys.executable, "-m", "tests.recording.synthetic", codec, str(path), "30"],
-                             cwd=ROOT, stdout=subprocess.PIPE, text=True,
-                             env={**os.environ, "PYTHONPATH": str(ROOT)})
-    try:
-        assert child.stdout is not None and child.stdout.readline().strip() == "started"
-        # Let it record; the child writes as it goes. Poll the file, not the clock.
-        deadline_reads = 0
-        while path.stat().st_size < 4000 and deadline_reads < 600:
-            deadline_reads += 1
-            subprocess.run(["sleep", "0.05"], check=True)
-        subprocess.run(["sleep", "3"], check=True)
-        child.send_signal(signal.SIGKILL)
-        child.wait(timeout=30)
-    finally:
-        if child.poll() is None:
-            child.kill()
-    assert child.returncode == -signal.SIGKILL
+    assert record_then_kill(codec, path) == -signal.SIGKILL
     info = ffprobe(path)  # a cut WebM has no duration in its header (written at a clean close)
     assert [s["codec_name"] for s in info["streams"]] == [codec.lower()]
     ok, errors = decodes_cleanly(path)
@@ -235,3 +218,16 @@ def test_a_recorder_killed_mid_way_leaves_a_playable_file(tmp_path: Path, codec:
         times = [frame.time for frame in container.decode(video=0)]
     assert len(times) >= 30 and times == sorted(times)  # over a second of 30 fps video survived the kill
     assert 1.0 <= times[-1] < 30
+    # What the node does with it at its next start: a remux gives it its duration and index back.
+    assert repair(path)
+    repaired = ffprobe(path)
+    assert abs(float(repaired["format"]["duration"]) - times[-1]) <= 0.5
+    with av.open(str(path)) as container:
+        assert sum(1 for _ in container.decode(video=0)) == len(times)
+
+
+def test_repair_leaves_an_unreadable_file_alone(tmp_path: Path):
+    junk = tmp_path / "junk.webm"
+    junk.write_bytes(b"not a media file at all")
+    assert not repair(junk) and junk.read_bytes() == b"not a media file at all"
+    assert not (tmp_path / "junk.webm.repair").exists()
