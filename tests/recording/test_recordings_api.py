@@ -79,6 +79,10 @@ async def test_record_a_room_per_track_then_download_the_files(client: TestClien
     assert abs(minutes - stopped["duration_seconds"] / 60) < 1e-6
     assert [(a["action"], a["actor"]) for a in actions] == [("recording.start", tenant.key),
                                                            ("recording.stop", tenant.key)]
+    # A file removed from the store behind the node's back is reported, not served.
+    node.recordings.storage.spool_path(f"{tenant.instance_id}/{rid}/{files['audio']['name']}").unlink()
+    resp = await client.get(f"/api/v1/recordings/{rid}/files/{files['audio']['name']}", headers=recorder)
+    assert resp.status == 404 and (await resp.json())["error"]["code"] == "recording_file_missing"
 
 
 async def test_recording_requests_that_cannot_be_served_are_refused_with_codes(client: TestClient, node: Node):

@@ -130,6 +130,10 @@ async def test_files_are_uploaded_to_the_bucket_and_downloaded_from_it(s3_client
     path = await download(client, tenant.admin, rid, entry["name"], tmp_path / "from-s3.webm")
     assert path.stat().st_size == entry["size_bytes"]
     assert [s["codec_name"] for s in ffprobe(path)["streams"]] == ["opus"]
+    # The object removed behind the node's back: the download says the store failed.
+    await asyncio.to_thread(_boto(s3_endpoint).delete_object, Bucket=BUCKET, Key=key)
+    resp = await client.get(f"/api/v1/recordings/{rid}/files/{entry['name']}", headers=tenant.admin)
+    assert resp.status == 502 and (await resp.json())["error"]["code"] == "storage_unavailable"
 
 
 async def test_an_upload_that_fails_fails_the_recording(s3_client: TestClient, s3_endpoint: str):

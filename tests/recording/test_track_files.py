@@ -231,3 +231,25 @@ def test_repair_leaves_an_unreadable_file_alone(tmp_path: Path):
     junk.write_bytes(b"not a media file at all")
     assert not repair(junk) and junk.read_bytes() == b"not a media file at all"
     assert not (tmp_path / "junk.webm.repair").exists()
+
+
+async def test_local_storage_keeps_files_in_place_and_refuses_bad_keys(tmp_path: Path):
+    from gbmedia.recording.storage import LocalStorage, StorageError
+
+    storage = LocalStorage(tmp_path / "store")
+    await storage.check()
+    path = storage.spool_path("i/r/a.webm")
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"x" * 300_000)
+    assert await storage.store("i/r/a.webm", "video/webm") == 300_000 == await storage.size("i/r/a.webm")
+    assert b"".join([chunk async for chunk in storage.read("i/r/a.webm")]) == b"x" * 300_000
+    await storage.delete("i/r/a.webm")
+    with pytest.raises(StorageError, match="missing"):
+        await storage.store("i/r/a.webm", "video/webm")
+    for bad in ("", "../x", "a//b", "a/./b", "a\\b"):
+        with pytest.raises(StorageError, match="invalid storage key"):
+            storage.spool_path(bad)
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    with pytest.raises(StorageError, match="unusable"):
+        await LocalStorage(blocked / "sub").check()
