@@ -81,6 +81,38 @@ class Settings(BaseSettings):
     chat_max_message_bytes: int = Field(default=16 * 1024, ge=1, le=1024 * 1024)
     chat_rate_limit: float = Field(default=10.0, gt=0)
     chat_rate_burst: int = Field(default=20, ge=1)
+    # Recording (gbmedia/recording): where files are spooled and stored.
+    recording_storage: Literal["local", "s3"] = "local"
+    recording_dir: Path | None = None  # default: <data_dir>/recordings
+    s3_bucket: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+    s3_prefix: str = Field(default="", max_length=512, pattern=r"^[A-Za-z0-9!_.*'()/-]*$")
+    s3_endpoint_url: str | None = None
+    s3_region: str | None = None
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: str | None = None
+
+    @field_validator("recording_dir", "s3_bucket", "s3_endpoint_url", "s3_region", "s3_access_key_id",
+                     "s3_secret_access_key", mode="before")
+    @classmethod
+    def _recording_empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @field_validator("s3_endpoint_url")
+    @classmethod
+    def _s3_endpoint(cls, value: str | None) -> str | None:
+        if value is not None:
+            parts = urlsplit(value)
+            if parts.scheme not in ("http", "https") or not parts.netloc:
+                raise ValueError("must be an http:// or https:// URL, e.g. https://s3.eu-west-1.amazonaws.com")
+        return value
+
+    @model_validator(mode="after")
+    def _s3_needs_a_bucket(self) -> Settings:
+        if self.recording_storage == "s3" and not self.s3_bucket:
+            raise ValueError("GBMEDIA_RECORDING_STORAGE=s3 needs GBMEDIA_S3_BUCKET")
+        if self.recording_dir is not None:
+            object.__setattr__(self, "recording_dir", self.recording_dir.expanduser().resolve())
+        return self
 
     @field_validator("log_level", "log_format", mode="before")
     @classmethod
@@ -182,7 +214,7 @@ class Settings(BaseSettings):
 
 
 # Rejected values are echoed to help fix them, except these: they may be real secrets.
-_SECRET_FIELDS = {"operator_token", "secret_key", "database_url", "redis_url"}
+_SECRET_FIELDS = {"operator_token", "secret_key", "database_url", "redis_url", "s3_secret_access_key"}
 
 
 def env_name(field: str) -> str:
@@ -199,6 +231,9 @@ def load_settings(**overrides: object) -> Settings:
             field = str(error["loc"][0]) if error["loc"] else "?"
             shown = "(hidden)" if field in _SECRET_FIELDS else repr(error.get("input"))
             problems.append(f"{env_name(field)}: {error['msg']} (got {shown})")
+        for error in exc.errors():
+            if not error["loc"]:  # a check across settings: its message names the variables
+                problems = [p for p in problems if not p.startswith(f"{ENV_PREFIX}?")] + [error["msg"]]
         raise ConfigError("invalid configuration: " + "; ".join(problems)) from None
 
 

@@ -25,6 +25,8 @@ from gbmedia.messaging.presence import MemoryPresence, Presence, RedisPresence
 from gbmedia.messaging.service import Chat
 from gbmedia.metrics import Metrics
 from gbmedia.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
+from gbmedia.recording.service import Recordings
+from gbmedia.recording.storage import storage_from_settings
 from gbmedia.sfu import aiortc_adapter
 from gbmedia.sfu.media_address import MediaAddress, resolve_media_address
 from gbmedia.signaling.live import LiveRooms
@@ -58,6 +60,7 @@ class Node:
     chat_hub: ChatHub
     presence: Presence
     outbox: OutboxRelay | OutboxTrimmer
+    recordings: Recordings
     redis: aioredis.Redis | None = None
     started: float = field(default_factory=time.monotonic)
 
@@ -92,6 +95,13 @@ class Node:
             chat_hub = ChatHub(bus, chat.conversations)
             chat.messages.on_change(chat_hub.on_change)
             await chat_hub.start()
+            # Recording: follows the live rooms' tracks; interrupted recordings of this node are closed out.
+            storage = storage_from_settings(settings)
+            await storage.check()
+            recordings = Recordings(db.pool, storage, rooms, tenancy.customers, tenancy.instances,
+                                    node_id=settings.node_id)
+            recordings.attach(live_rooms)
+            await recordings.recover()
         except BaseException:
             if redis_client is not None:
                 await redis_client.aclose()
@@ -112,9 +122,10 @@ class Node:
                    tenancy=tenancy, rate_limiter=limiter, rooms=rooms,
                    room_sweeper=RoomSweeper(rooms, live_rooms.participant_count), live_rooms=live_rooms,
                    media_address=media_address, chat=chat, bus=bus, chat_hub=chat_hub, presence=presence,
-                   outbox=outbox, redis=redis_client)
+                   outbox=outbox, recordings=recordings, redis=redis_client)
         node.metrics.watch(live_rooms.media_samples)
         node.metrics.watch(outbox.samples)
+        node.metrics.watch(recordings.samples)
         node.outbox.start()
         node.room_sweeper.start()
         return node
@@ -122,6 +133,7 @@ class Node:
     async def stop(self) -> None:
         await self.room_sweeper.stop()
         await self.outbox.stop()
+        await self.recordings.close()
         await self.live_rooms.close()
         await self.chat_hub.stop()
         await self.bus.close()

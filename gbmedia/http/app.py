@@ -120,6 +120,7 @@ def openapi_handler() -> Handler:
 def create_app(node: Node) -> web.Application:
     from gbmedia.http import web as web_files
     from gbmedia.messaging import api as messaging_api
+    from gbmedia.recording import api as recording_api
     from gbmedia.signaling import api as signaling_api
     from gbmedia.signaling import ws as signaling_ws
     from gbmedia.tenancy import api as tenancy_api
@@ -134,5 +135,6 @@ def create_app(node: Node) -> web.Application:
     signaling_api.register(app)
     signaling_ws.register(app)
     messaging_api.register(app)
+    recording_api.register(app)
     web_files.register(app)
     return app

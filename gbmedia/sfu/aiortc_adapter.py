@@ -125,6 +125,7 @@ async def check_internals() -> None:
                     if not hasattr(dtls._rtp_router, a)]
         if not hasattr(dtls.transport, "_connection"):
             missing.append("RTCIceTransport._connection")
+        missing += [a for a in _RECORDING_RECEIVER_ATTRS if not hasattr(transceiver.receiver, a)]  # recording
         connection = transceiver.receiver.transport.transport.iceGatherer._connection
         missing += [f"aioice.Connection.{a}" for a in _ICE_ATTRS if not hasattr(connection, a)]
     finally:
@@ -413,3 +414,45 @@ def route_unknown_ssrcs_by_mid(pc: RTCPeerConnection) -> None:
 
         router.route_rtp = route
         router._gbmedia_mid_routing = True
+
+
+# --- recording ------------------------------------------------------------------------
+
+SenderReport = Callable[[int, int, int], None]  # (ssrc, ntp_timestamp, rtp_timestamp)
+_RECORDING_RECEIVER_ATTRS = ("_handle_rtcp_packet",)
+
+
+def tap_sender_reports(receiver: RTCRtpReceiver, listener: SenderReport) -> Callable[[], None]:
+    """Call ``listener(ssrc, ntp, rtp)`` for every RTCP sender report the publisher sends.
+
+    A sender report maps the publisher's RTP timestamps to its NTP wall clock, one
+    mapping per track, so tracks of one publisher can be lined up on one clock (A/V
+    sync of recordings). aiortc reads SRs only for its statistics; its receiver's
+    ``_handle_rtcp_packet`` is wrapped once per receiver and still runs. Returns a
+    function that removes the listener.
+    """
+    from aiortc.rtp import RtcpSrPacket
+
+    listeners: list[SenderReport] | None = getattr(receiver, "_gbmedia_sr_listeners", None)
+    if listeners is None:
+        listeners = []
+        receiver._gbmedia_sr_listeners = listeners  # type: ignore[attr-defined]
+        original: Callable[[AnyRtcpPacket], Awaitable[None]] = receiver._handle_rtcp_packet
+
+        async def handle(packet: AnyRtcpPacket) -> None:
+            if isinstance(packet, RtcpSrPacket):
+                for each in tuple(listeners):
+                    try:
+                        each(packet.ssrc, packet.sender_info.ntp_timestamp, packet.sender_info.rtp_timestamp)
+                    except Exception:  # a recorder's bug must not stop RTCP handling
+                        log.exception("sender report listener failed")
+            await original(packet)
+
+        receiver._handle_rtcp_packet = handle  # type: ignore[method-assign]
+    listeners.append(listener)
+
+    def untap() -> None:
+        if listener in listeners:
+            listeners.remove(listener)
+
+    return untap

@@ -26,6 +26,8 @@ import gbmedia.http
 from gbmedia.http.keys import NODE
 from gbmedia.messaging import api as messaging_api
 from gbmedia.messaging import models as chat_models
+from gbmedia.recording import api as recording_api
+from gbmedia.recording import service as recording_service
 from gbmedia.signaling import api as signaling_api
 from gbmedia.signaling import rooms
 from gbmedia.tenancy import api as tenancy_api
@@ -55,12 +57,14 @@ REQUEST_MODELS: dict[str, tuple[type[BaseModel], bool]] = {  # operationId: (mod
     "sendMessage": (messaging_api.MessageSend, False),
     "editMessage": (messaging_api.MessageEdit, False),
     "postReceipt": (messaging_api.ReceiptUpdate, False),
+    "startRecording": (recording_api.RecordingStart, False),
 }
 RESPONSE_DATACLASSES = {
     "Customer": models.Customer, "Instance": models.Instance, "ApiKey": models.ApiKey,
     "Credentials": models.Credentials, "Plan": models.Plan, "Quotas": models.Quotas,
     "AuditEntry": models.AuditEntry, "Grants": Grants, "Room": rooms.Room,
     "Message": chat_models.Message, "Member": chat_models.Member, "Receipt": chat_models.Receipt,
+    "Recording": recording_service.Recording, "RecordingFile": recording_service.RecordingFile,
 }
 # Codes the tenancy services raise that REST callers cannot reach: the pydantic
 # models refuse such input first (as validation_failed).
@@ -69,7 +73,7 @@ UNREACHABLE_CODES = {"unknown_field", "invalid_status", "invalid_features", "inv
 # Where REST error codes come from: whole folders, and the REST-facing modules of
 # signaling (its WebSocket protocol's codes are documented in docs/protocol.md).
 REST_SOURCES = ("tenancy/*.py", "http/*.py", "signaling/rooms.py", "signaling/api.py", "signaling/live.py",
-                "signaling/ws.py", "messaging/*.py")
+                "signaling/ws.py", "messaging/*.py", "recording/*.py")
 
 
 # --- a tiny JSON Schema ------------------------------------------------------------
@@ -412,6 +416,27 @@ async def _chat_calls(call: Caller, tenant: Tenant) -> None:
     await call("GET", "/api/v1/messages/search", 400, headers=bob, query={"q": ""})
 
 
+async def _recording_calls(call: Caller, admin: dict[str, str], room_id: str) -> None:
+    """Every recording operation on a room nobody publishes in (tests/recording record real media)."""
+    started = await call("POST", "/api/v1/rooms/{room_id}/recordings", 201, headers=admin, room_id=room_id,
+                         json={"kinds": ["tracks", "composite"]})
+    rid = started["id"]
+    await call("POST", "/api/v1/rooms/{room_id}/recordings", 409, headers=admin, room_id=room_id, json={})
+    await call("POST", "/api/v1/rooms/{room_id}/recordings", 400, headers=admin, room_id=room_id,
+               json={"kinds": ["movie"]})
+    await call("GET", "/api/v1/rooms/{room_id}/recordings", 200, headers=admin, room_id=room_id,
+               query={"limit": "10", "offset": "0"})
+    await call("GET", "/api/v1/recordings/{recording_id}", 200, headers=admin, recording_id=rid)
+    await call("GET", "/api/v1/recordings/{recording_id}", 404, headers=admin, recording_id=str(uuid.uuid4()))
+    await call("GET", "/api/v1/recordings/{recording_id}/files/{file}", 409, headers=admin, recording_id=rid,
+               file="composite.mp4")  # not ready while recording
+    await call("GET", "/api/v1/recordings/{recording_id}/files/{file}", 404, headers=admin, recording_id=rid,
+               file="nope.webm")
+    stopped = await call("POST", "/api/v1/recordings/{recording_id}/stop", 200, headers=admin, recording_id=rid)
+    assert stopped["status"] == "completed"
+    await call("POST", "/api/v1/recordings/{recording_id}/stop", 409, headers=admin, recording_id=rid)
+
+
 class Caller:
     """Makes a call, then checks its answer against the documented response."""
 
@@ -522,6 +547,7 @@ async def test_real_answers_conform_to_the_documented_responses(client: TestClie
     await socket.close()
     await call("DELETE", "/api/v1/rooms/{room_id}/participants/{participant}", 404, headers=admin,
                room_id=room["id"], participant="bob")
+    await _recording_calls(call, admin, room["id"])
     closed = await call("DELETE", "/api/v1/rooms/{room_id}", 200, headers=admin, room_id=room["id"])
     assert closed["status"] == "closed" and closed["closed_at"]
     await _chat_calls(call, tenant)

@@ -34,9 +34,12 @@ async def create_conversation(client: TestClient, tenant: Tenant) -> str:
 
 
 # (method, route template) -> (path with tenant A's ids, body)
-def matrix(a: Tenant, room: str, participant: str = "alice", track: str = "TR_x", conversation: str | None = None
+def matrix(a: Tenant, room: str, participant: str = "alice", track: str = "TR_x", conversation: str | None = None,
+           recording: str | None = None, recording_file: str = "TR_x.webm", quiet_room: str | None = None
            ) -> dict[tuple[str, str], tuple[str, dict | None]]:
     conv = f"/api/v1/conversations/{conversation or uuid.uuid4()}"
+    rec = f"/api/v1/recordings/{recording or uuid.uuid4()}"
+    quiet = quiet_room or room
     inst, cust = a.instance_id, a.customer_id
     return {
         ("GET", "/api/v1/whoami"): ("/api/v1/whoami", None),
@@ -81,6 +84,12 @@ def matrix(a: Tenant, room: str, participant: str = "alice", track: str = "TR_x"
         ("POST", "/api/v1/conversations/{conversation_id}/receipts"): (f"{conv}/receipts",
                                                                        {"identity": "bob", "read_seq": 1}),
         ("GET", "/api/v1/messages/search"): (f"/api/v1/messages/search?q=secret&instance_id={inst}", None),
+        # Recordings: start and list on a room nobody records; read, stop, download one that records alice.
+        ("POST", "/api/v1/rooms/{room_id}/recordings"): (f"/api/v1/rooms/{quiet}/recordings", {"kinds": ["tracks"]}),
+        ("GET", "/api/v1/rooms/{room_id}/recordings"): (f"/api/v1/rooms/{quiet}/recordings", None),
+        ("GET", "/api/v1/recordings/{recording_id}"): (rec, None),
+        ("POST", "/api/v1/recordings/{recording_id}/stop"): (f"{rec}/stop", None),
+        ("GET", "/api/v1/recordings/{recording_id}/files/{file}"): (f"{rec}/files/{recording_file}", None),
     }
 
 
@@ -104,9 +113,12 @@ async def test_tenant_b_reaches_nothing_of_tenant_a(client: TestClient):
     room = await create_room(client, a, "standup")
     await create_room(client, b, "bravo-room")
     conversation = await create_conversation(client, a)
+    resp = await client.post(f"/api/v1/rooms/{room}/recordings", json={}, headers=a.admin)
+    assert resp.status == 201, await resp.text()
+    recording = (await resp.json())["id"]
     secret_markers = [a.customer_id, a.instance_id, a.key, a.secret, "alpha", room, "standup", conversation,
-                      "a secret plan"]
-    for (method, route), (path, body) in matrix(a, room, conversation=conversation).items():
+                      "a secret plan", recording]
+    for (method, route), (path, body) in matrix(a, room, conversation=conversation, recording=recording).items():
         resp = await client.request(method, path, json=body, headers=b.admin)
         text = await resp.text()
         # An id the caller put in the path may be echoed back; anything else is a leak.
@@ -150,9 +162,25 @@ async def test_the_operator_reaches_every_cell_of_the_matrix(client: TestClient)
         await alice.join(mint_token(a.key, a.secret, "alice", Grants.participant("standup")))
         track = (await alice.publish(ColorVideoTrack((0, 0, 0))))["tracks"][0]["id"]
         conversation = await create_conversation(client, a)
-        await _operator_reaches(client, matrix(a, room, "alice", track, conversation))
+        recording = await _recording_of(client, room, track)
+        quiet = await create_room(client, a, "quiet")
+        await _operator_reaches(client, matrix(a, room, "alice", track, conversation, recording, f"{track}.webm",
+                                               quiet))
     finally:
         await alice.close()
+
+
+async def _recording_of(client: TestClient, room: str, track: str) -> str:
+    """A recording of the room that has written frames of ``track`` (so its file can be downloaded once stopped)."""
+    from gbmedia.http.keys import NODE
+    from tests.recording.helpers import recorder_frames
+    from tests.rtc import wait_for
+
+    resp = await client.post(f"/api/v1/rooms/{room}/recordings", json={}, headers=OPERATOR)
+    assert resp.status == 201, await resp.text()
+    recording = (await resp.json())["id"]
+    await wait_for(lambda: recorder_frames(client.app[NODE], recording).get(track, 0) >= 5, within=30)
+    return recording
 
 
 async def _operator_reaches(client: TestClient, cells: dict[tuple[str, str], tuple[str, dict | None]]) -> None:

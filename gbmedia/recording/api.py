@@ -1,0 +1,141 @@
+"""REST routes of recordings: start and list under a room, read, stop, download.
+
+Who reaches what: starting and stopping need the ``room_record`` (or ``room_admin``)
+grant; reading and downloading need ``room_record``, ``room_admin`` or
+``room_create``. A token whose grants name a room (``grants.room``) reaches only
+that room's recordings. Another instance's room or recording answers 404 exactly
+like a missing one. The operator reaches all. Starting and stopping write the
+audit log (in :mod:`gbmedia.recording.service`).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field
+
+from gbmedia.errors import ApiError
+from gbmedia.http.keys import NODE, principal_of
+from gbmedia.http.responses import json_response, path_uuid, query_int, read_model
+from gbmedia.recording.service import Recording, Recordings
+from gbmedia.recording.storage import LocalStorage, StorageError
+from gbmedia.signaling.rooms import Room
+from gbmedia.tenancy.models import Principal
+
+_WRITE = ("room_record", "room_admin")
+_READ = ("room_record", "room_admin", "room_create")
+
+
+class RecordingStart(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    kinds: list[Literal["tracks", "composite"]] = Field(default_factory=lambda: ["tracks"], min_length=1,
+                                                        max_length=2)
+
+
+def _recordings(request: web.Request) -> Recordings:
+    return request.app[NODE].recordings
+
+
+def _require(principal: Principal, grants: tuple[str, ...]) -> None:
+    if principal.is_operator or any(principal.grants.has(g) for g in grants):
+        return
+    raise ApiError(403, "grant_missing", f"the token lacks the {' or '.join(grants)} grant", {"grant": grants[0]})
+
+
+def _check_room_grant(principal: Principal, room: Room) -> None:
+    """A token limited to one room (``grants.room``) reaches no other room's recordings."""
+    if not principal.is_operator and principal.grants.room is not None and principal.grants.room != room.name:
+        raise ApiError(403, "room_not_granted", "the token's grants are for another room",
+                       {"room": principal.grants.room})
+
+
+async def _room(request: web.Request, principal: Principal) -> Room:
+    room = await request.app[NODE].rooms.get(None if principal.is_operator else principal.instance_id,
+                                             path_uuid(request, "room_id"))
+    _check_room_grant(principal, room)
+    return room
+
+
+async def _recording(request: web.Request, principal: Principal) -> Recording:
+    recording = await _recordings(request).get(None if principal.is_operator else principal.instance_id,
+                                               path_uuid(request, "recording_id"))
+    if not principal.is_operator and principal.grants.room is not None:
+        room = await request.app[NODE].rooms.get(recording.instance_id, recording.room_id)
+        _check_room_grant(principal, room)
+    return recording
+
+
+async def start_recording(request: web.Request) -> web.Response:
+    principal = principal_of(request)
+    _require(principal, _WRITE)
+    room = await _room(request, principal)
+    body = await read_model(request, RecordingStart)
+    kinds = [k for k in ("tracks", "composite") if k in body.kinds]
+    recording = await _recordings(request).start(principal.actor, room, kinds)
+    return json_response(recording, status=201)
+
+
+async def list_recordings(request: web.Request) -> web.Response:
+    principal = principal_of(request)
+    _require(principal, _READ)
+    room = await _room(request, principal)
+    limit = query_int(request, "limit", 100, low=1, high=1000)
+    offset = query_int(request, "offset", 0, low=0, high=10**9)
+    return json_response({"recordings": await _recordings(request).list_for_room(room.id, limit=limit,
+                                                                                   offset=offset)})
+
+
+async def get_recording(request: web.Request) -> web.Response:
+    principal = principal_of(request)
+    _require(principal, _READ)
+    return json_response(await _recording(request, principal))
+
+
+async def stop_recording(request: web.Request) -> web.Response:
+    principal = principal_of(request)
+    _require(principal, _WRITE)
+    recording = await _recording(request, principal)
+    stopped = await _recordings(request).stop(principal.actor, recording.id, instance_id=recording.instance_id)
+    return json_response(stopped)
+
+
+async def download_file(request: web.Request) -> web.StreamResponse:
+    principal = principal_of(request)
+    _require(principal, _READ)
+    recording = await _recording(request, principal)
+    service = _recordings(request)
+    found, key = await service.file(recording, request.match_info["file"])
+    headers = {"Content-Disposition": f'attachment; filename="{found.name}"',
+               "Cache-Control": "private, no-store"}
+    storage = service.storage
+    if isinstance(storage, LocalStorage):
+        path = storage.path(key)
+        if not path.is_file():
+            raise ApiError(404, "recording_file_missing", f"{found.name} is no longer in storage")
+        return web.FileResponse(path, headers={**headers, "Content-Type": found.content_type})
+    try:
+        size = await storage.size(key)
+        chunks = storage.read(key)
+        first = await anext(chunks, b"")
+    except StorageError as exc:
+        raise ApiError(502, "storage_unavailable", f"the recording store failed: {exc}") from None
+    response = web.StreamResponse(headers={**headers, "Content-Type": found.content_type,
+                                           "Content-Length": str(size)})
+    await response.prepare(request)
+    await response.write(first)
+    async for chunk in chunks:
+        await response.write(chunk)
+    await response.write_eof()
+    return response
+
+
+def register(app: web.Application) -> None:
+    r = app.router
+    r.add_post("/api/v1/rooms/{room_id}/recordings", start_recording)
+    r.add_get("/api/v1/rooms/{room_id}/recordings", list_recordings)
+    r.add_get("/api/v1/recordings/{recording_id}", get_recording)
+    r.add_post("/api/v1/recordings/{recording_id}/stop", stop_recording)
+    r.add_get("/api/v1/recordings/{recording_id}/files/{file}", download_file)
+
