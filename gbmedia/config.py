@@ -81,6 +81,8 @@ class Settings(BaseSettings):
     chat_max_message_bytes: int = Field(default=16 * 1024, ge=1, le=1024 * 1024)
     chat_rate_limit: float = Field(default=10.0, gt=0)
     chat_rate_burst: int = Field(default=20, ge=1)
+    speaker_interval_ms: int = Field(default=500, ge=50, le=10_000)
+    stats_interval_ms: int = Field(default=1000, ge=100, le=60_000)
 
     @field_validator("log_level", "log_format", mode="before")
     @classmethod
