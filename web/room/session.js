@@ -92,6 +92,7 @@ export class RoomSession extends EventTarget {
     this.micMuted = false;
     this.cameraOff = false;
     this.offlineUntil = 0; // simulateNetworkLoss(): no reconnecting before this
+    this.speakers = []; // the latest `speakers` event: [{participant_id, level, dbov}], loudest first
     this.signaling = null;
     this._previewing = null;
     this._resetMedia();
@@ -291,6 +292,7 @@ export class RoomSession extends EventTarget {
     this._closeMedia();
     this._stopLocalMedia();
     this.participants = new Map();
+    this.speakers = [];
     this.resumeToken = null;
     this.phase = phase;
     this.message = message;
@@ -347,6 +349,7 @@ export class RoomSession extends EventTarget {
   }
 
   _adopt(joined) {
+    this.speakers = []; // the server announces the next change; an old list may be stale
     this.room = joined.room;
     this.self = joined.participant;
     this.resumeToken = joined.resume_token;
@@ -470,6 +473,9 @@ export class RoomSession extends EventTarget {
         break;
       case 'track_unpublished':
         if (participant) participant.tracks.delete(message.track_id);
+        break;
+      case 'speakers':
+        this.speakers = Array.isArray(message.speakers) ? message.speakers : [];
         break;
       case 'track_muted': {
         const track = participant && participant.tracks.get(message.track_id);
