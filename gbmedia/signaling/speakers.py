@@ -3,8 +3,10 @@
 Wiring only: :class:`gbmedia.sfu.speakers.SpeakerDetector` does the measuring. Every
 audio track published in a live room gets a level meter (a packet sink); while a room
 has audio tracks a task ticks its detector every ``GBMEDIA_SPEAKER_INTERVAL_MS`` and
-sends the room's participants the ordered list whenever it changed. Hidden
-participants (recorders, bots with the ``hidden`` grant) are never listed.
+sends the room's participants the ordered list whenever it changed; a participant
+that joined (or resumed on a new socket) since gets the current list at the next
+tick. Hidden participants (recorders, bots with the ``hidden`` grant) are never
+listed.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ class _RoomState:
     detector: SpeakerDetector
     task: asyncio.Task[None] | None = None
     tracks: dict[str, PublishedTrack] = field(default_factory=dict)  # metered audio tracks by id
+    told: dict[str, object] = field(default_factory=dict)  # participant id -> the socket sender that has the list
 
 
 class RoomSpeakers:
@@ -60,8 +63,7 @@ class RoomSpeakers:
             while not live.closed:
                 await asyncio.sleep(self.interval)
                 changed = state.detector.tick()
-                if changed is not None:
-                    await live.broadcast({"type": "speakers", "speakers": [s.to_json() for s in changed]})
+                await self._tell(live, state, changed is not None)
                 if state.detector.empty and not state.detector.speakers:
                     break
         except asyncio.CancelledError:
@@ -71,6 +73,22 @@ class RoomSpeakers:
         finally:
             if self._rooms.get(live) is state:
                 del self._rooms[live]
+
+    @staticmethod
+    async def _tell(live: LiveRoom, state: _RoomState, changed: bool) -> None:
+        """Send the list to everyone when it changed, else to whoever lacks it: a newcomer,
+        or a participant that resumed on a new socket (its client starts from an empty list)."""
+        speakers = state.detector.speakers
+        if not changed and not speakers:
+            return
+        event = {"type": "speakers", "speakers": [s.to_json() for s in speakers]}
+        if changed:
+            state.told.clear()
+        targets = [p for p in live.participants.values()
+                   if p.connected and state.told.get(p.id) is not p.send_to_socket]
+        for participant in targets:
+            state.told[participant.id] = participant.send_to_socket
+        await asyncio.gather(*(p.send(event) for p in targets))
 
     async def close(self) -> None:
         self._closed = True

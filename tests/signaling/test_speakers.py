@@ -43,6 +43,12 @@ async def test_speakers_are_announced_loudest_first_and_follow_mute(rtc, tenant:
     assert 24 <= both["speakers"][1]["dbov"] <= 30, both  # -27 dBov
     assert b not in ids(both)
 
+    # A late joiner gets the current list although it did not change.
+    dave = await rtc()
+    await dave.join(token(tenant, "dave"))
+    late = await dave.wait_event(lambda e: e["type"] == "speakers", within=20)
+    assert ids(late) == [a, c]
+
     # Muting stops the packets (and so the level): alice drops out, carol stays.
     audio = reply["tracks"][0]["id"]
     assert (await alice.request({"type": "mute", "track_id": audio, "muted": True}))["type"] == "ack"
