@@ -68,3 +68,23 @@ async def test_hidden_participants_are_never_speakers(rtc, tenant: Tenant):  # n
     event = await viewer.wait_event(lambda e: e["type"] == "speakers" and e["speakers"], within=20)
     assert ids(event) == [a]
     assert all(ids(e) in ([a], []) for e in viewer.events if e["type"] == "speakers")
+
+
+async def test_a_resumed_socket_gets_the_current_speakers_again(rtc, tenant: Tenant, client):  # noqa: F811
+    from tests.signaling.test_ws import RtcClient
+
+    alice, bob = await rtc(), await rtc()
+    a = (await alice.join(token(tenant, "alice")))["participant"]["id"]
+    await alice.publish(ToneAudioTrack(amplitude=8000))
+    joined = await bob.join(token(tenant, "bob"))
+    await bob.wait_event(lambda e: e["type"] == "speakers" and ids(e) == [a], within=20)
+
+    await bob.ws.close()  # the network drops; the list does not change meanwhile
+    again = RtcClient(await client.ws_connect("/rtc"))
+    try:
+        resumed = await again.join(token(tenant, "bob"), resume=joined["resume_token"])
+        assert resumed["resumed"] is True
+        event = await again.wait_event(lambda e: e["type"] == "speakers", within=20)
+        assert ids(event) == [a]
+    finally:
+        await again.close()
