@@ -390,7 +390,7 @@ class Subscriber:
                     if sock is not None:
                         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SUBSCRIBER_RCVBUF)
 
-    async def _count(self, packet: Any, codec: Any) -> None:
+    def _count(self, packet: Any, codec: Any) -> None:
         c = self.counts
         if c.first_at is None:
             c.first_at = time.monotonic()

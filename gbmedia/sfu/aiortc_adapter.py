@@ -39,25 +39,30 @@ from aioice.ice import StunProtocol
 from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
 from aiortc.clock import current_datetime, current_ntp_time
 from aiortc.codecs import is_rtx
-from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+from aiortc.rtcdtlstransport import State as DtlsState
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters, RTCRtpHeaderExtensionParameters
+from aiortc.rtcrtpreceiver import NackGenerator
 from aiortc.rtp import (
     RTCP_PSFB_APP,
     RTCP_PSFB_PLI,
-    RTP_HISTORY_SIZE,
+    RTCP_RTPFB_NACK,
     AnyRtcpPacket,
     RtcpPsfbPacket,
+    RtcpRtpfbPacket,
     RtpPacket,
     pack_remb_fci,
+    unpack_remb_fci,
 )
 
 from gbmedia.sfu.media_address import MediaAddress
+from gbmedia.sfu.rtp import ExtensionLayout
 
 log = logging.getLogger(__name__)
 
 SUPPORTED_AIORTC = "1.16.0"
 RTCP_PSFB_FIR = 4  # RFC 5104; aiortc has no constant for it
 
-PacketSink = Callable[[RtpPacket, RTCRtpCodecParameters], Awaitable[None]]
+PacketSink = Callable[[RtpPacket, RTCRtpCodecParameters], None]
 KeyframeRequest = Callable[[], None]
 
 
@@ -91,7 +96,7 @@ _SENDER_ATTRS = (
 )
 
 
-_ICE_ATTRS = ("get_component_candidates", "_protocols")
+_ICE_ATTRS = ("get_component_candidates", "_protocols", "_nominated")
 
 
 async def check_internals() -> None:
@@ -109,8 +114,17 @@ async def check_internals() -> None:
         transceiver = pc.addTransceiver("video")
         missing += [a for a in _RECEIVER_ATTRS if not hasattr(transceiver.receiver, a)]
         missing += [a for a in _SENDER_ATTRS if not hasattr(transceiver.sender, a)]
-        if not hasattr(transceiver, "_codecs"):
-            missing.append("RTCRtpTransceiver._codecs")
+        missing += [f"RTCRtpTransceiver.{a}" for a in ("_codecs", "_headerExtensions")
+                    if not hasattr(transceiver, a)]
+        ext_map = transceiver.sender._RTCRtpSender__rtp_header_extensions_map
+        if not hasattr(ext_map, "_HeaderExtensionsMap__ids"):
+            missing.append("HeaderExtensionsMap.__ids")
+        dtls = transceiver.receiver.transport
+        missing += [f"RTCDtlsTransport.{a}" for a in ("_rtp_router", "_state", "_tx_srtp") if not hasattr(dtls, a)]
+        missing += [f"RtpRouter.{a}" for a in ("mid_table", "ssrc_table", "route_rtp")
+                    if not hasattr(dtls._rtp_router, a)]
+        if not hasattr(dtls.transport, "_connection"):
+            missing.append("RTCIceTransport._connection")
         connection = transceiver.receiver.transport.transport.iceGatherer._connection
         missing += [f"aioice.Connection.{a}" for a in _ICE_ATTRS if not hasattr(connection, a)]
     finally:
@@ -126,13 +140,16 @@ def tap_receiver(receiver: RTCRtpReceiver, sink: PacketSink) -> None:
 
     Mirrors aiortc 1.16.0's ``RTCRtpReceiver._handle_rtp_packet`` up to the point
     where it would depacketise: bandwidth estimate (REMB), statistics for receiver
-    reports, NACK generation. RTX is not negotiated on publisher connections (see
-    :func:`prefer_codecs`), so every packet is an original.
+    reports, NACK generation (one generator per SSRC: a simulcast publisher sends
+    several streams on one receiver, and aiortc's single generator would take the
+    interleaving for loss). RTX is not negotiated on publisher connections (see
+    :func:`drop_rtx`), so every packet is an original.
     """
     codecs: dict[int, RTCRtpCodecParameters] = receiver._RTCRtpReceiver__codecs  # type: ignore[attr-defined]
     streams: dict[int, Any] = receiver._RTCRtpReceiver__remote_streams  # type: ignore[attr-defined]
     active: dict[int, Any] = receiver._RTCRtpReceiver__active_ssrc  # type: ignore[attr-defined]
-    nack_generator = receiver._RTCRtpReceiver__nack_generator  # type: ignore[attr-defined]
+    nacks_wanted = receiver._RTCRtpReceiver__nack_generator is not None  # type: ignore[attr-defined]
+    nack_generators: dict[int, NackGenerator] = {}
     estimator = receiver._RTCRtpReceiver__remote_bitrate_estimator  # type: ignore[attr-defined]
     from aiortc.rtcrtpreceiver import StreamStatistics
 
@@ -159,9 +176,13 @@ def tap_receiver(receiver: RTCRtpReceiver, sink: PacketSink) -> None:
         if stream is None:
             stream = streams[packet.ssrc] = StreamStatistics(codec.clockRate)
         stream.add(packet)
-        if nack_generator is not None and nack_generator.add(packet):
-            await receiver._send_rtcp_nack(packet.ssrc, sorted(nack_generator.missing))
-        await sink(packet, codec)
+        if nacks_wanted:
+            generator = nack_generators.get(packet.ssrc)
+            if generator is None:
+                generator = nack_generators[packet.ssrc] = NackGenerator()
+            if generator.add(packet):
+                await receiver._send_rtcp_nack(packet.ssrc, sorted(generator.missing))
+        sink(packet, codec)
 
     receiver._handle_rtp_packet = handle  # type: ignore[method-assign]
 
@@ -249,14 +270,23 @@ async def _host_candidate(connection: IceConnection, address: MediaAddress, comp
 # --- send side ----------------------------------------------------------------------
 
 class RawSender:
-    """Sends already-encoded RTP packets through an aiortc sender."""
+    """Sends already-built RTP bytes through an aiortc sender's transport.
 
-    __slots__ = ("_ext_map", "_history", "_sender", "payload_type", "ssrc")
+    The hot path: SRTP-protect and hand the datagram to the UDP transport of the
+    nominated ICE pair directly. aiortc's own path (``_send_rtp`` → ICE transport →
+    aioice ``send`` → ``sendto`` → ``send_data``) is four coroutines per packet for the
+    same two calls. The sender's packet and octet counters are kept, so the sender
+    reports aiortc writes stay right.
+    """
+
+    __slots__ = ("_connection", "_dtls", "_ext_ids", "_route", "_sender", "payload_type", "ssrc")
 
     def __init__(self, sender: RTCRtpSender, payload_type: int) -> None:
         self._sender = sender
-        self._ext_map = sender._RTCRtpSender__rtp_header_extensions_map  # type: ignore[attr-defined]
-        self._history: dict[int, RtpPacket] = sender._RTCRtpSender__rtp_history  # type: ignore[attr-defined]
+        self._dtls = sender.transport
+        self._connection = sender.transport.transport._connection
+        self._ext_ids = sender._RTCRtpSender__rtp_header_extensions_map._HeaderExtensionsMap__ids  # type: ignore[attr-defined]
+        self._route: tuple[Any, tuple[str, int]] | None = None
         self.ssrc: int = sender._ssrc
         self.payload_type = payload_type
 
@@ -269,34 +299,111 @@ class RawSender:
     def mid(self) -> str | None:
         return self._sender._RTCRtpSender__mid  # type: ignore[attr-defined]
 
-    async def send(self, packet: RtpPacket) -> bool:
-        """Send ``packet`` (already carrying our SSRC, PT, sequence and timestamp).
+    def layout(self) -> ExtensionLayout:
+        """The header extensions this sender negotiated (ids, and its mid)."""
+        ids = self._ext_ids
+        mid = self.mid
+        return ExtensionLayout(mid_id=ids.mid or 0, mid=mid.encode() if mid else b"",
+                               abs_send_time_id=ids.abs_send_time or 0, audio_level_id=ids.audio_level or 0)
 
-        Returns False when the transport is not connected (yet, or any more).
-        """
-        packet.extensions.mid = self.mid
-        packet.extensions.abs_send_time = (current_ntp_time() >> 14) & 0x00FFFFFF
-        self._history[packet.sequence_number % RTP_HISTORY_SIZE] = packet
-        data = packet.serialize(self._ext_map)
-        try:
-            await self._sender.transport._send_rtp(data)
-        except ConnectionError:
+    def send(self, data: bytes, payload_size: int) -> bool:
+        """Protect and send one RTP packet; False when not connected (yet, or any more)."""
+        dtls = self._dtls
+        if dtls._state is not DtlsState.CONNECTED:
             return False
+        pair = self._connection._nominated.get(1)
+        if pair is None:
+            return False
+        pair.protocol.transport.sendto(dtls._tx_srtp.protect(data), pair.remote_addr)
         sender = self._sender
-        sender._RTCRtpSender__ntp_timestamp = current_ntp_time()  # type: ignore[attr-defined]
-        sender._RTCRtpSender__rtp_timestamp = packet.timestamp  # type: ignore[attr-defined]
-        sender._RTCRtpSender__octet_count += len(packet.payload)  # type: ignore[attr-defined]
+        sender._RTCRtpSender__octet_count += payload_size  # type: ignore[attr-defined]
         sender._RTCRtpSender__packet_count += 1  # type: ignore[attr-defined]
         return True
 
+    def note_timestamp(self, rtp_timestamp: int) -> None:
+        """Tell aiortc's sender-report writer which RTP time matches now (NTP)."""
+        sender = self._sender
+        sender._RTCRtpSender__ntp_timestamp = current_ntp_time()  # type: ignore[attr-defined]
+        sender._RTCRtpSender__rtp_timestamp = rtp_timestamp  # type: ignore[attr-defined]
 
-def tap_keyframe_requests(sender: RTCRtpSender, on_request: KeyframeRequest) -> None:
-    """Call ``on_request`` when the subscriber asks this sender for a keyframe."""
+
+def abs_send_time() -> int:
+    """The abs-send-time extension's value for now (6.18 fixed point seconds, 24 bits)."""
+    return (current_ntp_time() >> 14) & 0x00FFFFFF
+
+
+NackRequest = Callable[[list[int]], None]
+BitrateEstimate = Callable[[int], None]
+
+
+def tap_sender_rtcp(sender: RTCRtpSender, on_keyframe: KeyframeRequest, on_nack: NackRequest,
+                    on_remb: BitrateEstimate) -> None:
+    """Route a subscriber's feedback on this sender to the SFU.
+
+    Keyframe requests (PLI/FIR) go upstream; NACKs are answered from the down
+    track's own packet history (aiortc's history stays empty: it would need a packet
+    object per forwarded packet); REMB is the subscriber's bandwidth estimate, which
+    picks its simulcast layer. Receiver reports still reach aiortc (RTT, stats).
+    """
     original: Callable[[AnyRtcpPacket], Awaitable[None]] = sender._handle_rtcp_packet
 
     async def handle(packet: AnyRtcpPacket) -> None:
-        if isinstance(packet, RtcpPsfbPacket) and packet.fmt in (RTCP_PSFB_PLI, RTCP_PSFB_FIR):
-            on_request()
+        if isinstance(packet, RtcpPsfbPacket):
+            if packet.fmt in (RTCP_PSFB_PLI, RTCP_PSFB_FIR):
+                on_keyframe()
+                return
+            if packet.fmt == RTCP_PSFB_APP:
+                try:
+                    bitrate, ssrcs = unpack_remb_fci(packet.fci)
+                except ValueError:
+                    return
+                if sender._ssrc in ssrcs:
+                    on_remb(bitrate)
+                return
+        if isinstance(packet, RtcpRtpfbPacket) and packet.fmt == RTCP_RTPFB_NACK:
+            on_nack(list(packet.lost))
+            return
         await original(packet)
 
     sender._handle_rtcp_packet = handle  # type: ignore[method-assign]
+
+
+# --- simulcast (receive side) --------------------------------------------------------
+
+RID_URI = "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id"
+
+
+def accept_rid_extension(transceiver: RTCRtpTransceiver, extension_id: int) -> None:
+    """Negotiate the RTP stream id extension on a transceiver the remote offered.
+
+    aiortc does not know simulcast and drops the extension from the answer; without
+    it the publisher's layers cannot be told apart. Call after
+    ``setRemoteDescription``, before ``createAnswer``.
+    """
+    if not any(e.uri == RID_URI for e in transceiver._headerExtensions):
+        transceiver._headerExtensions.append(RTCRtpHeaderExtensionParameters(id=extension_id, uri=RID_URI))
+
+
+def route_unknown_ssrcs_by_mid(pc: RTCPeerConnection) -> None:
+    """Route packets from SSRCs the SDP never named by their mid header extension.
+
+    A simulcast publisher announces rids, not SSRCs. aiortc 1.16 routes an unknown
+    SSRC by payload type alone, so with two video tracks of one codec (camera and
+    screen share) on a bundled connection it would drop the camera's layers.
+    """
+    for dtls in {t.receiver.transport for t in pc.getTransceivers()}:
+        router = dtls._rtp_router
+        if getattr(router, "_gbmedia_mid_routing", False):
+            continue
+        original = router.route_rtp
+
+        def route(packet: RtpPacket, router: Any = router, original: Any = original) -> Any:
+            if packet.ssrc not in router.ssrc_table and packet.extensions.mid is not None:
+                receiver = router.mid_table.get(packet.extensions.mid)
+                if receiver is not None:
+                    router.ssrc_table[packet.ssrc] = receiver
+                    return receiver
+            return original(packet)
+
+        router.route_rtp = route
+        router._gbmedia_mid_routing = True

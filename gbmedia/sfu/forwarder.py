@@ -3,7 +3,13 @@
 The subscriber's sending transceiver (a :class:`SenderSlot`) outlives any single
 published track: when a transceiver is reused for another track, or the same track
 is republished, the output sequence numbers and timestamps continue where they
-stopped, so the subscriber's jitter buffer never sees a jump backwards.
+stopped, so the subscriber's jitter buffer never sees a jump backwards. The same
+rebasing makes a simulcast layer switch invisible: every layer is its own RTP
+stream (SSRC, sequence, timestamp base), and the subscriber sees one.
+
+The hot path (:meth:`DownTrack.write`) runs once per packet per subscriber, so it
+allocates one ``bytes`` (12-byte header + shared extension block + shared body, see
+:mod:`gbmedia.sfu.rtp`) and makes no await: protect and ``sendto`` are synchronous.
 """
 
 from __future__ import annotations
@@ -12,15 +18,19 @@ import random
 from dataclasses import dataclass, field
 
 from aiortc import RTCRtpTransceiver
-from aiortc.rtcrtpparameters import RTCRtpCodecParameters
-from aiortc.rtp import RtpPacket
 
 from gbmedia.sfu import aiortc_adapter
-from gbmedia.sfu.codecs import is_keyframe
-from gbmedia.sfu.track import PublishedTrack
+from gbmedia.sfu import rtp as rtp_bytes
+from gbmedia.sfu.allocator import LayerAllocator
+from gbmedia.sfu.track import Outgoing, PublishedTrack
 
 # Timestamp step inserted when the source changes: about one frame / one packet.
 _SWITCH_GAP = {90000: 3000, 48000: 960}
+# Sent packets kept for answering NACKs (a power of two; about 2 s of 1 Mbps video).
+HISTORY_SIZE = 256
+_HEADER = rtp_bytes.HEADER
+
+QUALITY_LAYERS = {"low": 0, "medium": 1, "high": 2}
 
 
 @dataclass(eq=False)
@@ -32,6 +42,7 @@ class SenderSlot:
     last_seq: int = field(default_factory=lambda: random.getrandbits(16))
     last_ts: int = field(default_factory=lambda: random.getrandbits(32))
     down: DownTrack | None = None
+    estimate_bps: int | None = None  # the subscriber's latest REMB for this stream
 
     @property
     def mid(self) -> str | None:
@@ -40,24 +51,45 @@ class SenderSlot:
     def on_keyframe_request(self) -> None:
         """The subscriber lost the picture: ask whoever feeds this slot now."""
         if self.down is not None:
-            self.down.track.request_keyframe()
+            self.down.keyframe_requested()
+
+    def on_nack(self, sequence_numbers: list[int]) -> None:
+        if self.down is not None:
+            self.down.resend(sequence_numbers)
 
 
 class DownTrack:
-    __slots__ = ("_raw", "_seq_offset", "_source_ssrc", "_ts_offset", "packets_out", "slot", "track",
-                 "waiting_keyframe")
+    __slots__ = ("_history", "_layout", "_raw", "_seq_offset", "_source_ssrc", "_ts_offset", "allocator",
+                 "bandwidth_cap", "current_layer", "packets_out", "paused", "requested_layer", "resent",
+                 "slot", "track", "waiting_keyframe")
 
     def __init__(self, track: PublishedTrack, slot: SenderSlot) -> None:
         self.track = track
         self.slot = slot
         self._raw: aiortc_adapter.RawSender | None = None
+        self._layout: rtp_bytes.ExtensionLayout | None = None
         self._source_ssrc: int | None = None
         self._seq_offset = 0
         self._ts_offset = 0
+        self._history: list[bytes | None] = [None] * HISTORY_SIZE
         self.waiting_keyframe = track.kind == "video"
+        self.current_layer: int | None = None
+        self.requested_layer = track.top  # what the subscriber asked for (size or quality)
+        self.bandwidth_cap = track.top  # what its bandwidth allows
+        self.allocator = LayerAllocator(track.top)
+        self.paused = False  # the subscriber's video is hidden: send nothing
         self.packets_out = 0
+        self.resent = 0
         slot.down = self
         track.down_tracks.add(self)
+        track.demand_changed()
+
+    @property
+    def desired(self) -> int | None:
+        """The layer this subscriber should get, before looking at what flows."""
+        if self.paused:
+            return None
+        return min(self.requested_layer, self.bandwidth_cap, self.track.top)
 
     def bind(self) -> bool:
         """Connect to the negotiated sender; False until negotiation finished."""
@@ -66,48 +98,137 @@ class DownTrack:
             if codec is None:
                 return False
             self._raw = aiortc_adapter.RawSender(self.slot.transceiver.sender, codec.payloadType)
-        return self._raw.ready
+            self._layout = None
+        if not self._raw.ready:
+            return False
+        if self._layout is None:
+            self._layout = self._raw.layout()
+        return True
 
     def rebind(self) -> None:
-        """Renegotiation may change the payload type: look it up again."""
+        """Renegotiation may change the payload type or the extension ids: look them up again."""
         self._raw = None
+        self._layout = None
 
-    async def write(self, packet: RtpPacket, codec: RTCRtpCodecParameters) -> None:
-        if not self.bind():
-            self.waiting_keyframe = self.track.kind == "video"
-            return
-        if self.waiting_keyframe:
-            if not packet.payload or not is_keyframe(codec.mimeType, packet.payload):
-                self.track.request_keyframe()
+    def write(self, out: Outgoing, now: float) -> None:
+        if self._raw is None or self._layout is None:
+            if not self.bind():
+                self.waiting_keyframe = self.track.kind == "video"
+                return
+        track = self.track
+        if track.simulcast:
+            if not self._follow_layer(out, now):
+                return
+        elif self.waiting_keyframe:
+            if self.paused:
+                return
+            if not out.key:
+                track.request_keyframe()
                 return
             self.waiting_keyframe = False
+        elif self.paused:
+            return
+        packet = out.packet
         if packet.ssrc != self._source_ssrc:
-            self._start_source(packet, codec)
-        slot = self.slot
-        out = RtpPacket(
-            payload_type=self._raw.payload_type,  # type: ignore[union-attr]
-            marker=packet.marker,
-            sequence_number=(packet.sequence_number + self._seq_offset) & 0xFFFF,
-            timestamp=(packet.timestamp + self._ts_offset) & 0xFFFFFFFF,
-            ssrc=self._raw.ssrc,  # type: ignore[union-attr]
-            payload=packet.payload,
-        )
-        out.padding_size = packet.padding_size
-        out.extensions.audio_level = packet.extensions.audio_level
-        if await self._raw.send(out):  # type: ignore[union-attr]
-            slot.last_seq, slot.last_ts = out.sequence_number, out.timestamp
+            self._start_source(packet.ssrc, packet.sequence_number, packet.timestamp)
+        raw = self._raw
+        block = out.extension_block(self._layout)  # type: ignore[arg-type]
+        seq = (packet.sequence_number + self._seq_offset) & 0xFFFF
+        ts = (packet.timestamp + self._ts_offset) & 0xFFFFFFFF
+        b0 = 0x90 if block else 0x80
+        if packet.padding_size:
+            b0 |= 0x20
+        data = _HEADER.pack(b0, (0x80 if packet.marker else 0) | raw.payload_type, seq, ts, raw.ssrc) + block + out.body  # type: ignore[union-attr]
+        if raw.send(data, len(packet.payload)):  # type: ignore[union-attr]
+            self._history[seq & (HISTORY_SIZE - 1)] = data
+            slot = self.slot
+            slot.last_seq, slot.last_ts = seq, ts
             self.packets_out += 1
-            self.track.packets_forwarded += 1
+            track.packets_forwarded += 1
+            if packet.marker:
+                raw.note_timestamp(ts)  # type: ignore[union-attr]
 
-    def _start_source(self, packet: RtpPacket, codec: RTCRtpCodecParameters) -> None:
+    def _follow_layer(self, out: Outgoing, now: float) -> bool:
+        """Simulcast: forward the current layer; move to the best one on its keyframe."""
+        wanted = self.desired
+        if wanted is None:
+            self.current_layer = None
+            return False
+        track = self.track
+        best = track.best_layer(wanted, now)
+        layer = out.layer
+        if layer == self.current_layer:
+            if best is not None and best != layer:
+                track.request_keyframe(best)  # keep forwarding this layer until best's keyframe
+            return True
+        if layer == best and out.key:
+            self.current_layer = layer
+            self.waiting_keyframe = False
+            return True
+        if best is not None and (self.current_layer is None or best != self.current_layer):
+            track.request_keyframe(best)
+        return False
+
+    def _start_source(self, ssrc: int, sequence_number: int, timestamp: int) -> None:
         """Continue the slot's numbering from this source's first packet."""
         slot = self.slot
-        gap = _SWITCH_GAP.get(codec.clockRate, 3000)
-        self._seq_offset = (slot.last_seq + 1 - packet.sequence_number) & 0xFFFF
-        self._ts_offset = (slot.last_ts + gap - packet.timestamp) & 0xFFFFFFFF
-        self._source_ssrc = packet.ssrc
+        gap = _SWITCH_GAP.get(self.track.codec.clockRate, 3000)
+        self._seq_offset = (slot.last_seq + 1 - sequence_number) & 0xFFFF
+        self._ts_offset = (slot.last_ts + gap - timestamp) & 0xFFFFFFFF
+        self._source_ssrc = ssrc
+
+    def resend(self, sequence_numbers: list[int]) -> None:
+        """Answer a subscriber's NACK from the packets sent to it (as originals: no RTX)."""
+        raw = self._raw
+        if raw is None:
+            return
+        history = self._history
+        for seq in sequence_numbers:
+            data = history[seq & (HISTORY_SIZE - 1)]
+            if data is not None and int.from_bytes(data[2:4], "big") == seq:
+                if raw.send(data, 0):
+                    self.resent += 1
+
+    def keyframe_requested(self) -> None:
+        """The subscriber lost the picture: ask the publisher for its current layer."""
+        layer = self.current_layer if self.track.simulcast else None
+        self.track.request_keyframe(layer)
+
+    # --- what the subscriber wants -----------------------------------------------------
+
+    def set_preferences(self, *, paused: bool | None = None, layer: int | None = None) -> None:
+        before = self.desired
+        if paused is not None:
+            if self.paused and not paused and self.track.kind == "video":
+                self.waiting_keyframe = True  # a picture resumes on a keyframe
+                self.current_layer = None
+            self.paused = paused
+        if layer is not None:
+            self.requested_layer = max(0, min(layer, self.track.top))
+        if self.desired != before:
+            self.track.demand_changed()
+
+    def layer_for_size(self, width: int, height: int) -> int:
+        """The smallest layer at least as large as the video element (the top when none is)."""
+        layers = self.track.layers
+        top = layers[-1].size
+        for lay in layers:
+            size = lay.size
+            if size is None and top is not None and lay.rid is not None:
+                scale = 2 ** (len(layers) - 1 - lay.index)  # q/h/f are usually 1/4, 1/2, 1
+                size = (top[0] // scale, top[1] // scale)
+            if size is not None and size[0] >= width and size[1] >= height:
+                return lay.index
+        return len(layers) - 1
+
+    def apply_bandwidth(self, share_bps: float, now: float) -> None:
+        before = self.desired
+        self.bandwidth_cap = self.allocator.update(share_bps, [lay.bitrate for lay in self.track.layers], now)
+        if self.desired != before:
+            self.track.demand_changed()
 
     def detach(self) -> None:
         self.track.down_tracks.discard(self)
         if self.slot.down is self:
             self.slot.down = None
+        self.track.demand_changed()

@@ -9,6 +9,7 @@ subscriber transceivers reused for later tracks of the same kind.
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass
 
 from aiortc import MediaStreamTrack, RTCBundlePolicy, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
@@ -17,9 +18,11 @@ from aiortc.mediastreams import MediaStreamError
 from aiortc.sdp import SessionDescription
 
 from gbmedia.sfu import aiortc_adapter
+from gbmedia.sfu.allocator import video_share
 from gbmedia.sfu.codecs import capability_for
 from gbmedia.sfu.forwarder import DownTrack, SenderSlot
 from gbmedia.sfu.media_address import MediaAddress
+from gbmedia.sfu.simulcast import complete_answer, offered_simulcast
 from gbmedia.sfu.track import PublishedTrack
 
 SOURCES = ("camera", "microphone", "screen_share", "screen_share_audio", "unknown")
@@ -101,6 +104,8 @@ class PublisherPeer:
         """Apply the publisher's offer; returns (answer SDP, new tracks, ended tracks)."""
         description = parse_sdp(offer_sdp, "offer")
         infos = infos or {}
+        simulcast = {mid: offer for mid, offer in offered_simulcast(offer_sdp).items()
+                     if any(m.rtp.muxId == mid and m.kind == "video" for m in description.media)}
         async with self._lock:
             await _apply_remote(self.pc, offer_sdp, "offer")
             sending = {m.rtp.muxId: m for m in description.media
@@ -108,6 +113,9 @@ class PublisherPeer:
             for transceiver in self.pc.getTransceivers():
                 if transceiver.mid not in self.tracks:
                     aiortc_adapter.drop_rtx(transceiver)
+                if transceiver.mid in simulcast:
+                    aiortc_adapter.accept_rid_extension(transceiver, simulcast[transceiver.mid].extension_id)
+            aiortc_adapter.route_unknown_ssrcs_by_mid(self.pc)
             await _set_local(self.pc, await self.pc.createAnswer(), self.address)
             added: list[PublishedTrack] = []
             for transceiver in self.pc.getTransceivers():
@@ -118,15 +126,16 @@ class PublisherPeer:
                 if codec is None:  # pragma: no cover - _apply_remote refuses such offers
                     continue
                 info = infos.get(mid, TrackInfo())
+                offer = simulcast.get(mid)
                 track = PublishedTrack(self.participant_id, transceiver.kind, info.source, transceiver.receiver,
-                                       codec, mid, name=info.name)
+                                       codec, mid, name=info.name, rids=offer.rids if offer else ())
                 track.attach()
                 self.tracks[mid] = track
                 added.append(track)
             ended = [self.tracks.pop(mid) for mid in list(self.tracks) if mid not in sending]
             for track in ended:
                 track.close()
-            return self.pc.localDescription.sdp, added, ended
+            return complete_answer(self.pc.localDescription.sdp, simulcast), added, ended
 
     async def add_ice_candidate(self, candidate: object) -> None:
         await self.pc.addIceCandidate(candidate)  # type: ignore[arg-type]
@@ -166,6 +175,7 @@ class SubscriberPeer:
         self.pc = RTCPeerConnection(configuration or server_configuration())
         self.address = address
         self.slots: list[SenderSlot] = []
+        self.estimate_bps: int | None = None  # the subscriber's bandwidth (REMB), all streams
         self._lock = asyncio.Lock()
 
     def add(self, track: PublishedTrack) -> DownTrack:
@@ -177,11 +187,29 @@ class SubscriberPeer:
         if slot is None:
             transceiver = self.pc.addTransceiver(PlaceholderTrack(track.kind), direction="sendonly")
             slot = SenderSlot(transceiver, track.kind)
-            aiortc_adapter.tap_keyframe_requests(transceiver.sender, slot.on_keyframe_request)
+            aiortc_adapter.tap_sender_rtcp(transceiver.sender, slot.on_keyframe_request, slot.on_nack,
+                                           lambda bitrate, slot=slot: self._on_estimate(slot, bitrate))
             self.slots.append(slot)
         slot.transceiver.direction = "sendonly"
         aiortc_adapter.prefer_codecs(slot.transceiver, [capability])
         return DownTrack(track, slot)
+
+    def _on_estimate(self, slot: SenderSlot, bitrate: int) -> None:
+        slot.estimate_bps = bitrate
+        self.estimate_bps = bitrate
+        self.allocate()
+
+    def allocate(self, now: float | None = None) -> None:
+        """Share the subscriber's bandwidth estimate among its simulcast video down tracks."""
+        if self.estimate_bps is None:
+            return
+        now = time.monotonic() if now is None else now
+        downs = [s.down for s in self.slots if s.down is not None]
+        video = [d for d in downs if d.track.kind == "video" and not d.paused]
+        share = video_share(self.estimate_bps, len(video), len(downs) - len(video))
+        for down in video:
+            if down.track.simulcast:
+                down.apply_bandwidth(share, now)
 
     def remove(self, down: DownTrack) -> None:
         down.detach()

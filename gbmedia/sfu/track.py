@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -14,20 +15,27 @@ from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import RtpPacket
 
 from gbmedia.sfu import aiortc_adapter
+from gbmedia.sfu import rtp as rtp_bytes
+from gbmedia.sfu.codecs import is_keyframe
 
 if TYPE_CHECKING:
     from gbmedia.sfu.forwarder import DownTrack
 
 log = logging.getLogger(__name__)
 
-KEYFRAME_REQUEST_INTERVAL = 0.5  # seconds: at most two PLIs a second reach a publisher
+KEYFRAME_REQUEST_INTERVAL = 0.5  # seconds: at most two PLIs a second reach a publisher, per layer
+LAYER_ACTIVE_SECONDS = 1.0  # a layer with no packet for this long is not flowing (paused, or lost)
+DYNACAST_PAUSE_DELAY = 2.0  # a layer nobody wants is paused only after this long (no flapping)
+
+LayersListener = Callable[["PublishedTrack", list[str]], None]
 
 
 class PacketSink(Protocol):
     """Something that consumes a published track's RTP packets as they arrive
     (a recorder, an HLS packager): called on the event loop for every packet, so it
     must only queue work, never block. Packets are shared with the down tracks:
-    read them, never modify them."""
+    read them, never modify them. A simulcast track feeds sinks its best flowing
+    layer; a change of layer shows as a new SSRC and starts with a keyframe."""
 
     def on_rtp(self, packet: RtpPacket, codec: RTCRtpCodecParameters) -> None: ...
 
@@ -39,6 +47,63 @@ def new_track_id() -> str:
 
 
 @dataclass(eq=False)
+class Layer:
+    """One encoding of a track (a simulcast rid, or the only one) as received."""
+
+    index: int  # 0 = lowest quality
+    rid: str | None
+    ssrc: int | None = None
+    packets: int = 0
+    bytes: int = 0
+    bitrate: float = 0.0  # bits/s over the last measuring window; kept while paused
+    size: tuple[int, int] | None = None  # from its keyframes (VP8)
+    last_packet: float = float("-inf")
+    _window_start: float = 0.0
+    _window_bytes: int = 0
+    _last_keyframe_request: float = float("-inf")
+
+    def note(self, now: float, size: int) -> None:
+        self.packets += 1
+        self.bytes += size
+        self.last_packet = now
+        self._window_bytes += size
+        elapsed = now - self._window_start
+        if elapsed >= 1.0:
+            if elapsed < 2.0:  # a window that spans a pause measures nothing useful
+                self.bitrate = self._window_bytes * 8 / elapsed
+            self._window_start, self._window_bytes = now, 0
+
+    def active(self, now: float) -> bool:
+        return now - self.last_packet < LAYER_ACTIVE_SECONDS
+
+    def to_json(self, now: float) -> dict[str, object]:
+        return {"rid": self.rid, "index": self.index, "active": self.active(now),
+                "bitrate": round(self.bitrate), "width": self.size[0] if self.size else None,
+                "height": self.size[1] if self.size else None}
+
+
+class Outgoing:
+    """One incoming packet, prepared once for every down track that forwards it."""
+
+    __slots__ = ("abs_send_time", "audio_level", "body", "extensions", "key", "layer", "packet")
+
+    def __init__(self, packet: RtpPacket, layer: int, key: bool, abs_send_time: int) -> None:
+        self.packet = packet
+        self.layer = layer
+        self.key = key
+        self.body = rtp_bytes.body(packet.payload, packet.padding_size)
+        self.abs_send_time = abs_send_time
+        self.audio_level = packet.extensions.audio_level
+        self.extensions: dict[rtp_bytes.ExtensionLayout, bytes] = {}
+
+    def extension_block(self, layout: rtp_bytes.ExtensionLayout) -> bytes:
+        block = self.extensions.get(layout)
+        if block is None:
+            block = self.extensions[layout] = rtp_bytes.extension_block(layout, self.abs_send_time, self.audio_level)
+        return block
+
+
+@dataclass(eq=False)
 class PublishedTrack:
     participant_id: str
     kind: str  # "audio" | "video"
@@ -47,6 +112,7 @@ class PublishedTrack:
     codec: RTCRtpCodecParameters
     mid: str
     name: str = ""
+    rids: tuple[str, ...] = ()  # simulcast layers, lowest first; empty when not simulcast
     id: str = field(default_factory=new_track_id)
     muted: bool = False
     muted_by_admin: bool = False
@@ -54,53 +120,175 @@ class PublishedTrack:
     packets_forwarded: int = 0  # sum over its down tracks, kept here so it outlives them
     down_tracks: set[DownTrack] = field(default_factory=set)
     sinks: list[PacketSink] = field(default_factory=list)
-    media_ssrc: int | None = None
-    _last_keyframe_request: float = 0.0
-    _pending_request: asyncio.Task[None] | None = None
+    layers: list[Layer] = field(default_factory=list)
+    media_ssrc: int | None = None  # the last SSRC a packet came from
+    on_layers: LayersListener | None = None  # dynacast: told which rids are needed
+    announced_rids: list[str] | None = None
+    _by_ssrc: dict[int, Layer] = field(default_factory=dict)
+    _sink_layer: int | None = None
+    _pause_timer: asyncio.TimerHandle | None = None
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        if not self.layers:
+            self.layers = [Layer(i, rid) for i, rid in enumerate(self.rids)] or [Layer(0, None)]
+
+    @property
+    def simulcast(self) -> bool:
+        return len(self.layers) > 1
+
+    @property
+    def top(self) -> int:
+        return len(self.layers) - 1
 
     def attach(self) -> None:
         aiortc_adapter.tap_receiver(self.receiver, self.on_packet)
 
-    async def on_packet(self, packet: RtpPacket, codec: RTCRtpCodecParameters) -> None:
+    def _layer_for(self, packet: RtpPacket) -> Layer | None:
+        """The layer of a packet from an SSRC not seen before (by its rid when simulcast)."""
+        if not self.simulcast:
+            layer = self.layers[0]
+        else:
+            rid = packet.extensions.rtp_stream_id
+            layer = next((lay for lay in self.layers if lay.rid == rid), None) if rid else None
+            if layer is None:
+                return None
+        if layer.ssrc is not None:
+            self._by_ssrc.pop(layer.ssrc, None)
+        layer.ssrc = packet.ssrc
+        self._by_ssrc[packet.ssrc] = layer
+        return layer
+
+    def on_packet(self, packet: RtpPacket, codec: RTCRtpCodecParameters) -> None:
+        layer = self._by_ssrc.get(packet.ssrc) or self._layer_for(packet)
+        if layer is None:
+            return  # a simulcast stream not announced, or before its rid is known
+        now = time.monotonic()
+        payload = packet.payload
+        layer.note(now, len(payload))
         self.packets_in += 1
         self.media_ssrc = packet.ssrc
         self.codec = codec
+        key = False
+        if self.kind == "video" and payload:
+            key = is_keyframe(codec.mimeType, payload)
+            if key and layer.size is None:
+                layer.size = rtp_bytes.vp8_keyframe_size(payload) if codec.mimeType.lower() == "video/vp8" else None
         if self.muted:
             return
-        for sink in self.sinks:
-            try:
-                sink.on_rtp(packet, codec)
-            except Exception:  # a failing consumer must not stop the track for the others
-                log.exception("packet sink failed; removed", extra={"track_id": self.id})
-                self.sinks.remove(sink)
-                break
-        for down in tuple(self.down_tracks):
-            await down.write(packet, codec)
+        if self.sinks and self._feeds_sinks(layer, key, now):
+            for sink in self.sinks:
+                try:
+                    sink.on_rtp(packet, codec)
+                except Exception:  # a failing consumer must not stop the track for the others
+                    log.exception("packet sink failed; removed", extra={"track_id": self.id})
+                    self.sinks.remove(sink)
+                    break
+        if self.down_tracks:
+            out = Outgoing(packet, layer.index, key, aiortc_adapter.abs_send_time())
+            for down in self.down_tracks:
+                down.write(out, now)
+
+    def _feeds_sinks(self, layer: Layer, key: bool, now: float) -> bool:
+        """Sinks get one layer, the best flowing one, switched on its keyframe."""
+        current = self._sink_layer
+        if current == layer.index:
+            return True
+        if not self.simulcast:
+            self._sink_layer = layer.index
+            return True
+        best = self.best_layer(self.top, now)
+        if layer.index == best and (key or self.kind != "video"):
+            self._sink_layer = layer.index
+            return True
+        if best is not None and (current is None or best != current):
+            self.request_keyframe(best)
+        return False
+
+    def best_layer(self, wanted: int, now: float) -> int | None:
+        """The layer to forward for a wish: it if flowing, else the nearest flowing below, else above."""
+        layers = self.layers
+        if len(layers) == 1:
+            return 0
+        for index in range(min(wanted, len(layers) - 1), -1, -1):
+            if layers[index].active(now):
+                return index
+        for index in range(wanted + 1, len(layers)):
+            if layers[index].active(now):
+                return index
+        return None
 
     def add_sink(self, sink: PacketSink) -> None:
         """Feed this track's packets to ``sink`` (asks for a keyframe so it can start)."""
         if sink not in self.sinks:
             self.sinks.append(sink)
+            self._sink_layer = None
         self.request_keyframe()
+        self.demand_changed()
 
     def remove_sink(self, sink: PacketSink) -> None:
         if sink in self.sinks:
             self.sinks.remove(sink)
+            self.demand_changed()
 
-    def request_keyframe(self) -> None:
-        """Ask the publisher for a keyframe, at most once per interval."""
-        if self.kind != "video" or self.media_ssrc is None:
+    def request_keyframe(self, layer: int | None = None) -> None:
+        """Ask the publisher for a keyframe on a layer (default: every flowing one), rate limited."""
+        if self.kind != "video":
             return
         now = time.monotonic()
-        if now - self._last_keyframe_request < KEYFRAME_REQUEST_INTERVAL:
+        targets = [self.layers[layer]] if layer is not None else self.layers
+        for lay in targets:
+            if lay.ssrc is None or now - lay._last_keyframe_request < KEYFRAME_REQUEST_INTERVAL:
+                continue
+            lay._last_keyframe_request = now
+            task = asyncio.ensure_future(aiortc_adapter.request_keyframe(self.receiver, lay.ssrc))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    # --- dynacast ------------------------------------------------------------------------
+
+    def needed_rids(self) -> list[str]:
+        """The layers someone wants: every down track's wish, the top one for sinks,
+        and always the lowest (a new subscriber starts at once, before it asks)."""
+        wanted = {0}
+        for down in self.down_tracks:
+            if down.desired is not None:
+                wanted.add(down.desired)
+        if self.sinks:
+            wanted.add(self.top)
+        return [self.layers[i].rid or "" for i in sorted(wanted)]
+
+    def demand_changed(self) -> None:
+        """Resume a layer as soon as it is wanted; pause one only once unwanted for a while."""
+        if not self.simulcast or self.on_layers is None:
             return
-        self._last_keyframe_request = now
-        task = asyncio.ensure_future(aiortc_adapter.request_keyframe(self.receiver, self.media_ssrc))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        needed = self.needed_rids()
+        announced = self.announced_rids
+        if announced is not None and set(needed) <= set(announced):
+            if set(needed) != set(announced) and self._pause_timer is None:
+                loop = asyncio.get_running_loop()
+                self._pause_timer = loop.call_later(DYNACAST_PAUSE_DELAY, self._pause_unneeded)
+            return
+        self._announce(needed)
+
+    def _pause_unneeded(self) -> None:
+        self._pause_timer = None
+        needed = self.needed_rids()
+        if self.announced_rids is None or set(needed) != set(self.announced_rids):
+            self._announce(needed)
+
+    def _announce(self, rids: list[str]) -> None:
+        self.announced_rids = rids
+        if self.on_layers is not None:
+            try:
+                self.on_layers(self, rids)
+            except Exception:
+                log.exception("dynacast listener failed", extra={"track_id": self.id})
 
     def close(self) -> None:
+        if self._pause_timer is not None:
+            self._pause_timer.cancel()
+            self._pause_timer = None
         for down in tuple(self.down_tracks):
             down.detach()
         self.down_tracks.clear()
@@ -110,5 +298,3 @@ class PublishedTrack:
                 sink.on_track_closed()
             except Exception:
                 log.exception("packet sink failed to close", extra={"track_id": self.id})
-
-

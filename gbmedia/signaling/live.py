@@ -15,6 +15,7 @@ import contextlib
 import datetime as dt
 import logging
 import secrets
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -25,11 +26,11 @@ from aiortc.sdp import candidate_from_sdp
 
 from gbmedia.errors import ApiError
 from gbmedia.metrics import Sample
-from gbmedia.sfu.forwarder import DownTrack
+from gbmedia.sfu.forwarder import QUALITY_LAYERS, DownTrack
 from gbmedia.sfu.media_address import MediaAddress
 from gbmedia.sfu.peers import PublisherPeer, SubscriberPeer, TrackInfo, parse_sdp
 from gbmedia.sfu.track import PublishedTrack
-from gbmedia.signaling.protocol import ProtocolError
+from gbmedia.signaling.protocol import ProtocolError, TrackSettings
 from gbmedia.signaling.rooms import Room, Rooms
 from gbmedia.tenancy.models import Actor, Instance
 from gbmedia.tenancy.tokens import Grants
@@ -101,6 +102,7 @@ class LiveRoom:
         self.registry = registry
         self.participants: dict[str, Participant] = {}
         self.closed = False
+        self._tasks: set[asyncio.Future[None]] = set()
 
     @property
     def visible(self) -> list[Participant]:
@@ -227,6 +229,9 @@ class LiveRoom:
         for track in ended:
             await self._track_ended(participant, track)
         for track in added:
+            if track.simulcast:
+                track.on_layers = lambda t, rids, owner=participant: self._layers_needed(owner, t, rids)
+                track.demand_changed()
             await self.broadcast({"type": "track_published", "participant_id": participant.id,
                                   "track": track_json(track)}, exclude=participant)
             await self.registry.track_changed("published", self, participant, track)
@@ -313,6 +318,29 @@ class LiveRoom:
         parsed.sdpMid = candidate.get("sdpMid")
         parsed.sdpMLineIndex = candidate.get("sdpMLineIndex")
         await peer.add_ice_candidate(parsed)
+
+    def track_settings(self, participant: Participant, settings: TrackSettings) -> dict[str, Any]:
+        """Apply a subscriber's size/quality/pause wish to one of its down tracks."""
+        down = participant.subscriptions.get(settings.track_id)
+        if down is None:
+            raise ProtocolError("track_not_subscribed", f"you do not receive track {settings.track_id}")
+        layer: int | None = None
+        if settings.quality is not None:
+            layer = QUALITY_LAYERS[settings.quality]
+        elif settings.width is not None and settings.height is not None:
+            layer = down.layer_for_size(settings.width, settings.height)
+        elif (settings.width is None) != (settings.height is None):
+            raise ProtocolError("invalid_message", "give both width and height, or neither")
+        down.set_preferences(paused=settings.paused, layer=layer)
+        return {"track_id": down.track.id, "paused": down.paused, "layer": down.desired,
+                "layers": [lay.to_json(time.monotonic()) for lay in down.track.layers]}
+
+    def _layers_needed(self, owner: Participant, track: PublishedTrack, rids: list[str]) -> None:
+        """Dynacast: tell the publisher which of its simulcast layers anyone wants."""
+        task = asyncio.ensure_future(owner.send({"type": "publisher_layers", "track_id": track.id,
+                                                 "active": rids}))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def mute(self, participant: Participant, track_id: str, muted: bool) -> None:
         track = next((t for t in participant.published if t.id == track_id), None)

@@ -103,6 +103,17 @@ class Mute(_Message):
     muted: bool
 
 
+class TrackSettings(_Message):
+    """A subscriber's wishes for one track it receives: what to send it, or nothing."""
+
+    type: Literal["track_settings"]
+    track_id: TrackId
+    paused: bool | None = None  # true: the video is hidden, send nothing
+    quality: Literal["low", "medium", "high"] | None = None
+    width: int | None = Field(default=None, ge=1, le=16384)  # the video element's size
+    height: int | None = Field(default=None, ge=1, le=16384)
+
+
 class Leave(_Message):
     type: Literal["leave"]
 
@@ -168,8 +179,9 @@ class PresenceGet(_Message):
 ChatMessage = Auth | ChatSend | ChatHistory | ChatReceipt | Typing | PresenceSet | PresenceGet
 CHAT_TYPES = ("auth", "chat_send", "chat_history", "chat_receipt", "typing", "presence", "presence_get")
 
-ClientMessage = Join | Publish | Answer | Candidate | Subscribe | Mute | Leave | Ping | ChatMessage
-MESSAGE_TYPES = ("join", "publish", "answer", "candidate", "subscribe", "mute", "leave", "ping", *CHAT_TYPES)
+ClientMessage = Join | Publish | Answer | Candidate | Subscribe | Mute | TrackSettings | Leave | Ping | ChatMessage
+MESSAGE_TYPES = ("join", "publish", "answer", "candidate", "subscribe", "mute", "track_settings", "leave", "ping",
+                 *CHAT_TYPES)
 _ADAPTER: TypeAdapter[ClientMessage] = TypeAdapter(
     Annotated[ClientMessage, Field(discriminator="type")]
 )

@@ -103,6 +103,8 @@ class Connection:
         if isinstance(message, p.Mute):
             await room.mute(participant, message.track_id, message.muted)
             return {"type": "ack"}
+        if isinstance(message, p.TrackSettings):
+            return {"type": "track_settings", **room.track_settings(participant, message)}
         assert isinstance(message, p.Leave)
         self.left = True
         await room.leave(participant, "left")

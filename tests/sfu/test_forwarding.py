@@ -278,3 +278,56 @@ async def test_packet_sinks_see_every_packet_and_the_close(publisher):
     video.add_sink(sink)
     video.close()
     assert sink.closed and not video.sinks
+
+
+async def test_lost_packets_are_repaired_by_nack_without_a_freeze(publisher):
+    """The subscriber's link drops one packet in five (first copies only): its NACKs are
+    answered from the down track's history, so frames keep decoding and it never
+    needs to ask for a keyframe to recover."""
+    server, client = publisher
+    client.addTrack(ColorVideoTrack(RED))
+    added, _ = await publish(server, client)
+    video = added[0]
+    await wait_for(lambda: video.packets_in > 30)
+
+    sub_server, viewer = SubscriberPeer("bob"), Receiving()
+    dropped: set[int] = set()
+    keyframe_requests = 0
+    try:
+        down = sub_server.add(video)
+        original_request = down.slot.on_keyframe_request
+
+        def counting_request() -> None:
+            nonlocal keyframe_requests
+            keyframe_requests += 1
+            original_request()
+
+        down.slot.on_keyframe_request = counting_request  # type: ignore[method-assign]
+        await subscribe(sub_server, viewer)
+        ice = viewer.pc.getTransceivers()[0].receiver.transport.transport
+        receive = ice._recv
+
+        async def lossy() -> bytes:
+            """Drop datagrams before SRTP sees them, as a lossy link would (SRTP headers are clear)."""
+            while True:
+                data = await receive()
+                is_rtp = 128 <= data[0] < 192 and not 192 <= data[1] <= 223
+                seq = int.from_bytes(data[2:4], "big")
+                if is_rtp and seq % 5 == 3 and seq not in dropped:
+                    dropped.add(seq)
+                    continue
+                return data
+
+        await wait_for(lambda: len(viewer.video(video.id)) >= 5)
+        ice._recv = lossy
+        before, requests_before = len(viewer.video(video.id)), keyframe_requests
+        await asyncio.sleep(4)
+        decoded = len(viewer.video(video.id)) - before
+        assert len(dropped) >= 15
+        assert down.resent >= len(dropped) * 0.8  # answered from the history
+        assert decoded >= 4 * 30 * 0.8, decoded  # ~30 fps kept: no freeze
+        assert keyframe_requests - requests_before <= 1
+        assert close_to(mean_rgb(viewer.video(video.id)[-1]), RED)
+    finally:
+        await viewer.close()
+        await sub_server.close()
