@@ -9,9 +9,12 @@ Where each figure comes from:
   (``outbound-rtp``: packets and payload bytes sent; ``remote-inbound-rtp``: what the
   subscriber reports back in its receiver reports: cumulative loss, fraction lost,
   jitter, and the round-trip time aiortc derives from LSR/DLSR).
-* A :class:`TrackMeter` sink on each published track: payload bytes and frames
-  (video: RTP marker bits, per SSRC so simulcast layers are not added up; audio:
-  one frame per packet) since the track started, for bitrates and frame rates.
+* The published track's own per-layer counters (``PublishedTrack.layers``: packets,
+  payload bytes, bitrate, size, whether it flows) for bitrates and simulcast layers.
+* A :class:`TrackMeter` sink on each single-layer track for its frames (video: RTP
+  marker bits; audio: one frame per packet). Simulcast tracks get none: a sink makes
+  the SFU keep the top layer flowing for it (it feeds sinks the best layer), which
+  would defeat dynacast; their frame rate is reported as unknown.
 
 Rates need two readings: :class:`RateTracker` keeps the previous cumulative values
 per key and turns each new reading into per-second rates over the interval between
@@ -32,24 +35,20 @@ from gbmedia.sfu.track import PublishedTrack
 
 
 class TrackMeter:
-    """A packet sink counting a published track's payload bytes and frames.
+    """A packet sink counting a single-layer published track's frames.
 
-    Called for every packet on the forwarding path: a few integer additions, and a
-    dict update once per video frame.
+    Called for every packet on the forwarding path: one comparison, and a dict
+    update once per frame (per SSRC: a republished source shows as a new one).
     """
 
-    __slots__ = ("bytes", "closed", "frames", "kind", "packets")
+    __slots__ = ("closed", "frames", "kind")
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
-        self.packets = 0
-        self.bytes = 0
-        self.frames: dict[int, int] = {}  # by SSRC: simulcast layers count apart
+        self.frames: dict[int, int] = {}  # by SSRC
         self.closed = False
 
     def on_rtp(self, packet: RtpPacket, codec: RTCRtpCodecParameters) -> None:
-        self.packets += 1
-        self.bytes += len(packet.payload)
         if self.kind == "audio" or packet.marker:
             self.frames[packet.ssrc] = self.frames.get(packet.ssrc, 0) + 1
 
@@ -113,12 +112,12 @@ class PublishedStats:
     packets_received: int
     packets_lost: int
     bytes_received: int
-    frames_received: int
+    frames_received: int | None  # None where no meter counts frames (simulcast)
     jitter_ms: float | None
     bitrate_bps: float | None = None
     fps: float | None = None
     loss: float | None = None  # fraction of the interval's expected packets that never arrived
-    layers: int = 1  # SSRCs seen (simulcast layers)
+    layers: list[dict[str, Any]] = field(default_factory=list)  # PublishedTrack.layers, as they flow now
 
     def to_json(self) -> dict[str, Any]:
         return _rounded(self.__dict__)
@@ -133,7 +132,8 @@ class DownStats:
     kind: str
     packets_sent: int
     bytes_sent: int
-    layer: Any
+    layer: int | None  # the simulcast layer forwarded now (0 lowest); None for a single-layer track
+    paused: bool  # the subscriber hid the video: nothing is sent
     packets_lost: int | None = None  # as the subscriber reports it
     fraction_lost: float | None = None
     jitter_ms: float | None = None
@@ -153,25 +153,28 @@ async def published_stats(track: PublishedTrack, meter: TrackMeter | None, rates
                           now: float | None = None) -> PublishedStats:
     """One published track's figures; rates relative to the previous call for this track."""
     report = await track.receiver.getStats()
-    inbound = _by_type(report, "inbound-rtp")
+    inbound = _by_type(report, "inbound-rtp")  # aiortc keeps one entry per receiver: the last SSRC's
     received = inbound.packetsReceived if inbound else 0
     lost = inbound.packetsLost if inbound else 0
-    frames = max(meter.frames.values(), default=0) if meter else 0
+    frames = max(meter.frames.values(), default=0) if meter else None
+    clock = time.monotonic() if now is None else now
     stats = PublishedStats(
         track_id=track.id, kind=track.kind, source=track.source, codec=track.codec.mimeType,
         muted=track.muted, packets_received=received, packets_lost=max(0, lost),
-        bytes_received=meter.bytes if meter else 0, frames_received=frames,
+        bytes_received=sum(layer.bytes for layer in track.layers), frames_received=frames,
         jitter_ms=inbound.jitter * 1000 / track.codec.clockRate if inbound and track.codec.clockRate else None,
-        layers=max(1, len(meter.frames)) if meter else 1,
+        layers=[layer.to_json(clock) for layer in track.layers] if track.simulcast else [],
     )
     got = rates.delta(track.id, "received", received)
     missed = rates.delta(track.id, "lost", lost)
-    per_second = rates.rates(track.id, {"bytes": stats.bytes_received, "frames": frames,
-                                        "received": received, "lost": lost}, now)
+    counters: dict[str, float] = {"bytes": stats.bytes_received, "received": received, "lost": lost}
+    if frames is not None:
+        counters["frames"] = frames
+    per_second = rates.rates(track.id, counters, now)
     if per_second is not None:
         if "bytes" in per_second:
             stats.bitrate_bps = per_second["bytes"] * 8
-        if "frames" in per_second:
+        if "frames" in per_second and not track.muted:  # sinks see nothing of a muted track
             stats.fps = per_second["frames"]
     if got is not None and missed is not None and got + missed > 0:
         stats.loss = missed / (got + missed)
@@ -189,7 +192,7 @@ async def down_stats(down: DownTrack, source_fps: float | None, rates: RateTrack
         track_id=track.id, publisher_id=track.participant_id, kind=track.kind,
         packets_sent=outbound.packetsSent if outbound else down.packets_out,
         bytes_sent=outbound.bytesSent if outbound else 0,
-        layer=getattr(down, "current_layer", None),  # simulcast layer, where the forwarder selects one
+        layer=down.current_layer if track.simulcast else None, paused=down.paused,
         fps=source_fps,
     )
     if remote is not None:

@@ -43,6 +43,8 @@ class QualityMonitor:
 
     async def _on_track(self, event: str, live: LiveRoom, participant: Participant, track: PublishedTrack) -> None:
         if event == "published":
+            if track.simulcast:
+                return  # a sink would keep its top layer flowing (see gbmedia.sfu.stats)
             meter = self.meters[track.id] = TrackMeter(track.kind)
             track.add_sink(meter)
         elif (gone := self.meters.pop(track.id, None)) is not None:

@@ -12,6 +12,7 @@ from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import RtpPacket
 
 from gbmedia.sfu.stats import ParticipantStats, RateTracker, TrackMeter
+from tests.sfu.test_simulcast import RawViewer, simulcast  # noqa: F401 - fixture
 
 VP8 = RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000, payloadType=96)
 OPUS = RTCRtpCodecParameters(mimeType="audio/opus", clockRate=48000, channels=2, payloadType=111)
@@ -21,13 +22,13 @@ def rtp(ssrc: int, size: int, marker: bool) -> RtpPacket:
     return RtpPacket(payload_type=96, marker=marker, ssrc=ssrc, payload=b"x" * size)
 
 
-def test_video_frames_are_counted_per_ssrc_and_bytes_all_together():
+def test_video_frames_are_counted_by_marker_bits_per_ssrc():
     meter = TrackMeter("video")
-    for ssrc in (1, 2, 3):  # three simulcast layers, two frames each, two packets per frame
+    for ssrc in (1, 2):  # a source, then a republished one; two frames each, two packets per frame
         for _ in range(2):
             meter.on_rtp(rtp(ssrc, 100, marker=False), VP8)
             meter.on_rtp(rtp(ssrc, 50, marker=True), VP8)
-    assert (meter.packets, meter.bytes, meter.frames) == (12, 900, {1: 2, 2: 2, 3: 2})
+    assert meter.frames == {1: 2, 2: 2}
     meter.on_track_closed()
     assert meter.closed
 
@@ -36,7 +37,7 @@ def test_every_audio_packet_is_a_frame():
     meter = TrackMeter("audio")
     for _ in range(5):
         meter.on_rtp(rtp(7, 80, marker=False), OPUS)
-    assert meter.frames == {7: 5} and meter.bytes == 400
+    assert meter.frames == {7: 5}
 
 
 def test_rates_span_the_interval_between_two_readings():
@@ -71,4 +72,43 @@ def test_a_participant_without_subscriptions_has_no_rtt():
 @pytest.mark.parametrize("kind", ["audio", "video"])
 def test_a_meter_starts_empty(kind: str):
     meter = TrackMeter(kind)
-    assert (meter.packets, meter.bytes, meter.frames, meter.closed) == (0, 0, {}, False)
+    assert (meter.frames, meter.closed) == ({}, False)
+
+
+async def test_a_simulcast_track_reports_its_layers_and_the_layer_each_subscriber_gets(simulcast):  # noqa: F811
+    """With the real three-layer publisher of tests/simulcast.py, and no packet sink: a sink would keep
+    the top layer flowing (the monitor never adds one to a simulcast track)."""
+    import asyncio
+    import time
+
+    from gbmedia.sfu.peers import SubscriberPeer
+    from gbmedia.sfu.stats import down_stats, published_stats
+    from tests.rtc import wait_for
+
+    _server, _client, track, _answer = simulcast
+    await wait_for(lambda: all(layer.active(time.monotonic()) and layer.bitrate > 0 for layer in track.layers))
+    sub, viewer = SubscriberPeer("bob"), RawViewer()
+    try:
+        down = sub.add(track)
+        await viewer.answer(sub)
+        await wait_for(lambda: down.current_layer == 2)
+        rates = RateTracker()
+        await published_stats(track, None, rates)
+        await down_stats(down, None, rates, "bob/track")
+        await asyncio.sleep(1.0)
+        stats = await published_stats(track, None, rates)
+        assert [(layer["rid"], layer["index"], layer["active"]) for layer in stats.layers] == [
+            ("q", 0, True), ("h", 1, True), ("f", 2, True)]
+        assert [(layer["width"], layer["height"]) for layer in stats.layers] == [(80, 60), (160, 120), (320, 240)]
+        assert stats.bitrate_bps and stats.bitrate_bps > 0
+        assert stats.fps is None and stats.frames_received is None  # no sink counts its frames
+        assert stats.bytes_received == sum(layer.bytes for layer in track.layers)
+        sent = await down_stats(down, None, rates, "bob/track")
+        assert (sent.layer, sent.paused) == (2, False) and sent.bitrate_bps and sent.bitrate_bps > 0
+        down.set_preferences(layer=0)
+        await wait_for(lambda: down.current_layer == 0)
+        assert (await down_stats(down, None, rates, "bob/track")).layer == 0
+        assert track.sinks == []
+    finally:
+        await viewer.pc.close()
+        await sub.close()

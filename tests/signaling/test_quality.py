@@ -17,6 +17,7 @@ from typing import Any
 from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.docs.test_openapi import DOC, validate
 from tests.helpers import Tenant, bearer, create_tenant
 from tests.rtc import ColorVideoTrack, ToneAudioTrack, wait_for
 from tests.signaling.test_ws import RED, RtcClient, rtc, tenant, token  # noqa: F401 - fixtures
@@ -33,7 +34,9 @@ async def sent_bytes(client: RtcClient) -> dict[str, int]:
 async def stats_of(client: TestClient, tenant: Tenant, room: str, who: str) -> dict[str, Any]:  # noqa: F811
     resp = await client.get(STATS.format(room=room, participant=who), headers=tenant.admin)
     assert resp.status == 200, await resp.text()
-    return await resp.json()
+    body = await resp.json()
+    assert validate(body, DOC["components"]["schemas"]["ParticipantStats"]) == []  # as documented
+    return body
 
 
 async def test_stats_of_a_publisher_and_a_subscriber_match_what_the_peers_send(rtc, tenant: Tenant,  # noqa: F811
@@ -73,7 +76,7 @@ async def test_stats_of_a_publisher_and_a_subscriber_match_what_the_peers_send(r
         assert (track["packets_lost"], track["loss"]) == (0, 0.0), track  # loopback: nothing lost
         assert 0 <= track["jitter_ms"] < 100, track
         assert 0.5 * client_bps[kind] <= track["bitrate_bps"] <= 2 * client_bps[kind], (track, client_bps)
-        assert track["layers"] == 1 and track["muted"] is False
+        assert track["layers"] == [] and track["muted"] is False  # one layer: no simulcast
     assert published["video"]["codec"] == "video/VP8" and published["audio"]["codec"] == "audio/opus"
     assert 15 <= published["video"]["fps"] <= 40, published["video"]  # ColorVideoTrack: 30 fps
     assert 40 <= published["audio"]["fps"] <= 60, published["audio"]  # 20 ms Opus frames: 50 a second
@@ -87,7 +90,7 @@ async def test_stats_of_a_publisher_and_a_subscriber_match_what_the_peers_send(r
         assert down["packets_sent"] > 50 and down["bytes_sent"] > 0
         assert down["packets_lost"] == 0 and down["fraction_lost"] == 0.0, down
         assert 0.5 * client_bps[kind] <= down["bitrate_bps"] <= 2 * client_bps[kind], (down, client_bps)
-        assert down["layer"] is None  # no simulcast: one layer
+        assert down["layer"] is None and down["paused"] is False  # no simulcast: one layer
     assert 15 <= subscribed["video"]["fps"] <= 40 and subscribed["audio"]["fps"] is None
     assert 0 < bob_stats["rtt_ms"] < 1000, bob_stats
     assert bob_stats["bitrate_out_bps"] > 0
@@ -110,14 +113,17 @@ async def test_stats_of_a_publisher_and_a_subscriber_match_what_the_peers_send(r
     (out,) = families["gbmedia_participant_send_bits_per_second"].samples
     assert out.labels["participant"] == bob_joined["participant"]["id"] and out.value > 0
 
-    # A muted track is not forwarded, and its measured bitrate falls to nothing.
+    # A muted track is not forwarded: bob's down track stops (the publisher's aiortc keeps sending it).
     assert (await alice.request({"type": "mute", "track_id": tracks["audio"], "muted": True}))["type"] == "ack"
     for _ in range(100):
-        audio = next(p for p in (await stats_of(client, tenant, room, "alice"))["published"] if p["kind"] == "audio")
-        if audio["muted"] and audio["bitrate_bps"] == 0:
+        stats = await stats_of(client, tenant, room, "alice")
+        audio = next(p for p in stats["published"] if p["kind"] == "audio")
+        down = next(d for d in (await stats_of(client, tenant, room, "bob"))["subscribed"] if d["kind"] == "audio")
+        if audio["muted"] and down["bitrate_bps"] == 0:
             break
         await asyncio.sleep(0.2)
-    assert audio["muted"] and audio["bitrate_bps"] == 0, audio
+    assert audio["muted"] and audio["fps"] is None and audio["bitrate_bps"] > 0, audio
+    assert down["bitrate_bps"] == 0, down
 
     # Gone participants and tracks leave the gauges.
     await alice.request({"type": "leave"})
@@ -165,3 +171,30 @@ async def test_stats_bad_inputs_and_tenant_isolation(rtc, tenant: Tenant, client
     resp = await client.post("/api/v1/rooms", json={"name": "empty"}, headers=tenant.admin)
     empty = (await resp.json())["id"]
     assert await error(STATS.format(room=empty, participant="alice"), tenant.admin) == (404, "participant_not_found")
+
+
+async def test_a_simulcast_publisher_shows_its_layers_and_gets_no_meter(rtc, tenant: Tenant, client: TestClient,  # noqa: F811
+                                                                        node):
+    """No packet sink on a simulcast track: a sink would keep its top layer flowing (no dynacast)."""
+    from tests.simulcast import SimulcastPublisher
+
+    alice = await rtc()
+    joined = await alice.join(token(tenant, "alice"))
+    publisher = SimulcastPublisher()
+    try:
+        reply = await alice.request({"type": "publish", "sdp": await publisher.offer(),
+                                     "tracks": {"0": {"source": "camera"}}})
+        assert reply["type"] == "publish_answer", reply
+        await publisher.accept(reply["sdp"])
+        (track,) = node.live_rooms.live[uuid.UUID(joined["room"]["id"])].tracks().values()
+        assert track.simulcast and track.sinks == [] and track.id not in node.quality.meters
+        for _ in range(100):
+            stats = await stats_of(client, tenant, joined["room"]["id"], "alice")
+            (video,) = stats["published"]
+            if len(video["layers"]) == 3 and all(layer["active"] for layer in video["layers"]) and video["bitrate_bps"]:
+                break
+            await asyncio.sleep(0.2)
+        assert [layer["rid"] for layer in video["layers"]] == ["q", "h", "f"], video
+        assert video["bitrate_bps"] > 0 and video["fps"] is None and video["frames_received"] is None
+    finally:
+        await publisher.close()
