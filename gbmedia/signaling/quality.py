@@ -94,6 +94,9 @@ class QualityMonitor:
             for track_id, down in list(participant.subscriptions.items()):
                 stats.subscribed.append(await down_stats(down, source_fps.get(track_id), rates,
                                                          f"{participant.id}/{track_id}", now))
+            # aiortc's getStats() never suspends: let the forwarding run between participants
+            # (a room of 50 takes tens of milliseconds to sample).
+            await asyncio.sleep(0)
         return results
 
     async def stats_for(self, live: LiveRoom, participant: Participant) -> ParticipantStats:
