@@ -29,6 +29,7 @@ from gbmedia.sfu.aiortc_adapter import RID_URI, abs_send_time
 from tests.rtc import wait_for
 
 SIZES = {"q": (80, 60), "h": (160, 120), "f": (320, 240)}
+BITRATES = {"q": 60_000, "h": 180_000, "f": 500_000}  # each layer's encoder target
 RID_EXTENSION_ID = 10
 FPS = 15
 
@@ -69,6 +70,8 @@ class _Layer:
     encoder: Vp8Encoder = field(default_factory=Vp8Encoder)
     force_keyframe: bool = True
 
+    def __post_init__(self) -> None:
+        self.encoder.target_bitrate = BITRATES[self.rid]
 
 class _KeyframeResponder:
     """Stands in the client's RTP router for one layer's SSRC: PLI → keyframe."""
@@ -92,6 +95,7 @@ class SimulcastPublisher:
         self.sent: Counter[str] = Counter()
         self.keyframe_requests: Counter[str] = Counter()
         self._task: asyncio.Task[None] | None = None
+        self._rng = np.random.default_rng(7)
 
     async def offer(self) -> str:
         await self.pc.setLocalDescription(await self.pc.createOffer())
@@ -131,8 +135,10 @@ class SimulcastPublisher:
                 for rid in [r for r in self.layers if r in self.active]:
                     layer = self.layers[rid]
                     width, height = SIZES[rid]
-                    image = np.empty((height, width, 3), dtype=np.uint8)
-                    image[:, :] = self.rgb
+                    # the colour plus noise: every layer really needs its bitrate (a flat
+                    # picture would cost almost nothing at any size)
+                    image = self._rng.integers(-24, 24, (height, width, 3), dtype=np.int16)
+                    image = np.clip(image + np.array(self.rgb, dtype=np.int16), 0, 255).astype(np.uint8)
                     frame = av.VideoFrame.from_ndarray(image, format="rgb24")
                     frame.pts, frame.time_base = pts, VIDEO_TIME_BASE
                     payloads, timestamp = layer.encoder.encode(frame, force_keyframe=layer.force_keyframe)

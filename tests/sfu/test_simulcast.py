@@ -185,8 +185,12 @@ async def test_a_congested_subscriber_steps_down_and_back_up(simulcast, monkeypa
         await viewer.answer(sub, own_estimate=False)
         await wait_for(lambda: viewer.sizes[-1:] == [SIZES["f"]])
         rates = [layer.bitrate for layer in track.layers]
-        # an estimate between the h and f bitrates: down to h at once
-        await viewer.send_remb(sub, int((rates[1] + rates[2] * 1.0) / 2))
+        assert rates[0] < rates[1] < rates[2], rates
+        await viewer.send_remb(sub, int(rates[2] * 10))
+        await wait_for(lambda: (sub.estimate_bps or 0) > rates[2] * 5)  # REMB rounds its mantissa
+        assert down.bandwidth_cap == 2  # plenty: the top layer
+        # the estimate falls to what h needs: down to h at once
+        await viewer.send_remb(sub, int(rates[1] * 1.1))
         await wait_for(lambda: down.bandwidth_cap == 1)
         await wait_for(lambda: viewer.sizes[-1:] == [SIZES["h"]])
         # plenty again: back up to f, but only after the estimate held for a while

@@ -13,6 +13,7 @@
 import { RoomChat } from './chat.js';
 import { ChatPanel } from './chatpanel.js';
 import { Grid } from './grid.js';
+import { ViewReporter } from './layers.js';
 import { RoomSession, tokenClaims } from './session.js';
 import { StatsPanel } from './statspanel.js';
 
@@ -24,6 +25,7 @@ const claims = token ? tokenClaims(token) : null;
 
 const session = new RoomSession(token);
 const grid = new Grid($('grid'));
+const views = new ViewReporter((trackId, settings) => session.trackSettings(trackId, settings));
 const chat = new RoomChat(session);
 const chatPanel = new ChatPanel(chat, {
   panel: $('chat'), list: $('chat-messages'), typing: $('chat-typing'), form: $('chat-form'), input: $('chat-input'),
@@ -93,6 +95,19 @@ function tiles() {
     }
   }
   return wanted;
+}
+
+let lastPhase = null;
+
+// Each remote video we receive, with the element that shows it (for its layer).
+function syncViews() {
+  const wanted = new Map();
+  const media = session.remoteMedia();
+  for (const [trackId, key] of videoKeys) {
+    const video = grid.videoFor(key);
+    if (video && media.has(trackId)) wanted.set(trackId, video);
+  }
+  views.sync(wanted);
 }
 
 function playAudio(element) {
@@ -184,6 +199,9 @@ function render() {
   }
 
   grid.update(tiles());
+  if (phase === 'joined' && lastPhase !== 'joined') views.reset(); // a new subscriber starts from defaults
+  lastPhase = phase;
+  syncViews();
   syncAudio();
   $('sound').hidden = !soundBlocked;
 
@@ -236,6 +254,24 @@ async function stats() {
     }
   }
   return result;
+}
+
+// What our publisher connection sends, per simulcast layer (rid) of each outgoing video.
+async function publishing() {
+  const layers = [];
+  if (!session.publisher) return layers;
+  for (const sender of session.publisher.getSenders()) {
+    if (!sender.track || sender.track.kind !== 'video') continue;
+    const encodings = (sender.getParameters().encodings || []);
+    const report = await sender.getStats();
+    report.forEach((entry) => {
+      if (entry.type !== 'outbound-rtp') return;
+      const encoding = encodings.find((e) => e.rid === entry.rid) || {};
+      layers.push({ rid: entry.rid || null, active: encoding.active !== false, frameWidth: entry.frameWidth || 0,
+        framesEncoded: entry.framesEncoded || 0, bytesSent: entry.bytesSent || 0 });
+    });
+  }
+  return layers;
 }
 
 function participantView(participant) {
@@ -298,6 +334,8 @@ window.gbroom = Object.freeze({
   quality: () => statsPanel.refresh(),
   toggleStats: (open) => statsPanel.setOpen(open === undefined ? !statsPanel.isOpen : open),
   get statsOpen() { return statsPanel.isOpen; },
+  publishing,
+  get activeLayers() { return { ...(session.activeLayers || {}) }; },
   join,
   leave,
   toggleMicrophone: (muted) => session.toggleMicrophone(muted),

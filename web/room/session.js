@@ -15,6 +15,7 @@
 // "connected" (detail: the `joined` reply) each time a socket has joined or resumed,
 // and "chat" (detail: the event) for the chat events the server pushes (chat.js).
 
+import { applyActiveLayers, cameraEncodings } from './layers.js';
 import { Signaling, SignalingError, signalingUrl } from './signaling.js';
 
 const RTC_CONFIG = { iceServers: [], bundlePolicy: 'max-bundle' }; // the server's candidates are in its SDP
@@ -477,6 +478,9 @@ export class RoomSession extends EventTarget {
       case 'speakers':
         this.speakers = Array.isArray(message.speakers) ? message.speakers : [];
         break;
+      case 'publisher_layers':
+        this._applyLayers(message.track_id, message.active);
+        return;
       case 'track_muted': {
         const track = participant && participant.tracks.get(message.track_id);
         if (track) track.muted = message.muted;
@@ -502,6 +506,32 @@ export class RoomSession extends EventTarget {
 
   // --- publishing ----------------------------------------------------------------------
 
+  // Dynacast: the server says which simulcast layers of one of our tracks anyone watches.
+  _applyLayers(trackId, active) {
+    const pc = this.publisher;
+    if (!pc || !Array.isArray(active)) return;
+    this.pendingLayers = { ...(this.pendingLayers || {}), [trackId]: [...active] };
+    for (const [transceiver, source] of this.sources) {
+      if (this.trackIds[source] !== trackId || !pc.getTransceivers().includes(transceiver)) continue;
+      this.activeLayers = { ...(this.activeLayers || {}), [trackId]: [...active] };
+      delete this.pendingLayers[trackId];
+      applyActiveLayers(transceiver.sender, active).catch((error) => {
+        console.warn('gbroom: could not change the simulcast layers:', error.name || '', error.message || error);
+      });
+    }
+  }
+
+  // How a remote video is shown (size or paused): the server picks its layer from it.
+  trackSettings(trackId, settings) {
+    const signaling = this.signaling;
+    if (this.phase !== 'joined' || !signaling || !signaling.isOpen) return;
+    signaling.request({ type: 'track_settings', track_id: trackId, ...settings }).catch((error) => {
+      if (!TRANSIENT.has(error.code) && error.code !== 'track_not_subscribed') {
+        console.warn('gbroom: track settings refused:', error.code, error.message);
+      }
+    });
+  }
+
   _ensurePublisher() {
     if (this.publisher) return this.publisher;
     const pc = new RTCPeerConnection(RTC_CONFIG);
@@ -512,7 +542,10 @@ export class RoomSession extends EventTarget {
   }
 
   _addLocal(track, stream, source) {
-    const transceiver = this._ensurePublisher().addTransceiver(track, { direction: 'sendonly', streams: [stream] });
+    const init = { direction: 'sendonly', streams: [stream] };
+    const encodings = source === 'camera' ? cameraEncodings(track) : null;
+    if (encodings) init.sendEncodings = encodings; // simulcast: the server forwards each viewer one layer
+    const transceiver = this._ensurePublisher().addTransceiver(track, init);
     this.sources.set(transceiver, source);
     return transceiver;
   }
@@ -594,6 +627,8 @@ export class RoomSession extends EventTarget {
       }
     }
     this.trackIds = trackIds;
+    // Dynacast news may come before the publish answer that names the track.
+    for (const [trackId, active] of Object.entries(this.pendingLayers || {})) this._applyLayers(trackId, active);
     this._syncMute('microphone');
     this._syncMute('camera');
     this._changed();
