@@ -135,7 +135,7 @@ async def check_internals() -> None:
 
 # --- receive side -------------------------------------------------------------------
 
-def tap_receiver(receiver: RTCRtpReceiver, sink: PacketSink) -> None:
+def tap_receiver(receiver: RTCRtpReceiver, sink: PacketSink, remb_floor: Callable[[], int] | None = None) -> None:
     """Route the receiver's RTP packets to ``sink`` instead of aiortc's decoder.
 
     Mirrors aiortc 1.16.0's ``RTCRtpReceiver._handle_rtp_packet`` up to the point
@@ -144,6 +144,9 @@ def tap_receiver(receiver: RTCRtpReceiver, sink: PacketSink) -> None:
     several streams on one receiver, and aiortc's single generator would take the
     interleaving for loss). RTX is not negotiated on publisher connections (see
     :func:`drop_rtx`), so every packet is an original.
+
+    ``remb_floor`` (bits/s) keeps the REMB sent to the publisher from falling below
+    what the layers someone watches need (see ``PublishedTrack.remb_floor``).
     """
     codecs: dict[int, RTCRtpCodecParameters] = receiver._RTCRtpReceiver__codecs  # type: ignore[attr-defined]
     streams: dict[int, Any] = receiver._RTCRtpReceiver__remote_streams  # type: ignore[attr-defined]
@@ -165,8 +168,11 @@ def tap_receiver(receiver: RTCRtpReceiver, sink: PacketSink) -> None:
                 ssrc=packet.ssrc,
             )
             if rtcp_ssrc is not None and remb is not None:
+                bitrate, ssrcs = remb
+                if remb_floor is not None:
+                    bitrate = max(bitrate, remb_floor())
                 await receiver._send_rtcp(
-                    RtcpPsfbPacket(fmt=RTCP_PSFB_APP, ssrc=rtcp_ssrc, media_ssrc=0, fci=pack_remb_fci(*remb))
+                    RtcpPsfbPacket(fmt=RTCP_PSFB_APP, ssrc=rtcp_ssrc, media_ssrc=0, fci=pack_remb_fci(bitrate, ssrcs))
                 )
         active[packet.ssrc] = current_datetime()
         codec = codecs.get(packet.payload_type)

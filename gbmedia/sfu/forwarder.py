@@ -145,7 +145,7 @@ class DownTrack:
             slot.last_seq, slot.last_ts = seq, ts
             self.packets_out += 1
             track.packets_forwarded += 1
-            if packet.marker:
+            if packet.marker or track.kind == "audio":  # once per frame: sender reports map RTP time to NTP
                 raw.note_timestamp(ts)  # type: ignore[union-attr]
 
     def _follow_layer(self, out: Outgoing, now: float) -> bool:

@@ -27,6 +27,9 @@ KEYFRAME_REQUEST_INTERVAL = 0.5  # seconds: at most two PLIs a second reach a pu
 LAYER_ACTIVE_SECONDS = 1.0  # a layer with no packet for this long is not flowing (paused, or lost)
 DYNACAST_PAUSE_DELAY = 2.0  # a layer nobody wants is paused only after this long (no flapping)
 
+# What a layer is assumed to need before it was measured (bits/s; web/room's maxBitrate values).
+DEFAULT_LAYER_BITRATES = (150_000, 500_000, 1_500_000)
+
 LayersListener = Callable[["PublishedTrack", list[str]], None]
 
 
@@ -142,7 +145,25 @@ class PublishedTrack:
         return len(self.layers) - 1
 
     def attach(self) -> None:
-        aiortc_adapter.tap_receiver(self.receiver, self.on_packet)
+        aiortc_adapter.tap_receiver(self.receiver, self.on_packet, self.remb_floor)
+
+    def remb_floor(self) -> int:
+        """The least bandwidth estimate to tell a simulcast publisher: what its wanted layers need.
+
+        A receive-side estimate never exceeds ~1.5x what arrives. While dynacast has
+        layers paused, little arrives, so the estimate sinks, and the publisher's
+        encoder then has no budget to resume a layer when a subscriber wants it (the
+        browser allocates layers from the estimate): the layer stays off for good.
+        Its own loss-based control still backs off on a link that really is congested.
+        """
+        if not self.simulcast:
+            return 0
+        wanted = self.announced_rids if self.announced_rids is not None else [lay.rid for lay in self.layers]
+        total = 0.0
+        for layer in self.layers:
+            if layer.rid in wanted:
+                total += layer.bitrate or DEFAULT_LAYER_BITRATES[min(layer.index, len(DEFAULT_LAYER_BITRATES) - 1)]
+        return int(total * 1.1)
 
     def _layer_for(self, packet: RtpPacket) -> Layer | None:
         """The layer of a packet from an SSRC not seen before (by its rid when simulcast)."""

@@ -45,7 +45,7 @@ TrackListener = Callable[[str, "LiveRoom", "Participant", PublishedTrack], Await
 
 def track_json(track: PublishedTrack) -> dict[str, Any]:
     return {"id": track.id, "kind": track.kind, "source": track.source, "name": track.name,
-            "muted": track.muted, "mid": track.mid}
+            "muted": track.muted, "mid": track.mid, "layers": list(track.rids)}
 
 
 @dataclass(eq=False)

@@ -231,3 +231,18 @@ async def test_sinks_get_one_layer_the_best_flowing(simulcast):
     assert sink.ssrcs == [track.layers[2].ssrc]
     with contextlib.suppress(ValueError):
         track.remove_sink(sink)
+
+
+def test_the_estimate_told_to_a_publisher_covers_the_layers_someone_wants():
+    from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+
+    vp8 = RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000, payloadType=96)
+    single = PublishedTrack("p", "video", "camera", None, vp8, "0")  # type: ignore[arg-type]
+    assert single.remb_floor() == 0  # not simulcast: the estimator alone decides
+    track = PublishedTrack("p", "video", "camera", None, vp8, "0", rids=("q", "h", "f"))  # type: ignore[arg-type]
+    assert track.remb_floor() == int((150_000 + 500_000 + 1_500_000) * 1.1)  # nothing measured yet: defaults
+    track.layers[0].bitrate = 100_000
+    track.announced_rids = ["q"]  # dynacast paused h and f
+    assert track.remb_floor() == int(100_000 * 1.1)
+    track.announced_rids = ["q", "f"]
+    assert track.remb_floor() == int((100_000 + 1_500_000) * 1.1)

@@ -511,3 +511,48 @@ async def test_track_listeners_hear_publish_and_end(rtc, tenant: Tenant, node):
     await wait_for(lambda: len(events) == 2)
     assert events[1] == ("ended", "alice", "video")
     node.live_rooms._track_listeners.remove(listener)
+
+
+async def test_simulcast_over_signaling_track_settings_and_publisher_layers(rtc, tenant: Tenant, monkeypatch):
+    from gbmedia.sfu import track as track_module
+    from tests.simulcast import SIZES, SimulcastPublisher
+
+    monkeypatch.setattr(track_module, "DYNACAST_PAUSE_DELAY", 0.3)
+    alice, bob = await rtc(), await rtc()
+    await alice.join(token(tenant, "alice"))
+    sender = SimulcastPublisher()
+    try:
+        reply = await alice.request({"type": "publish", "sdp": await sender.offer(),
+                                     "tracks": {"0": {"source": "camera"}}})
+        assert reply["type"] == "publish_answer", reply
+        await sender.accept(reply["sdp"])
+        track = reply["tracks"][0]
+        assert track["layers"] == ["q", "h", "f"]
+        # alone: only the lowest layer is needed, and alice is told so
+        await alice.wait_event(lambda e: e["type"] == "publisher_layers" and e["active"] == ["q"])
+        joined = await bob.join(token(tenant, "bob"))
+        assert joined["participants"][0]["tracks"][0]["layers"] == ["q", "h", "f"]
+        await alice.wait_event(lambda e: e["type"] == "publisher_layers" and e["active"] == ["q", "f"])
+        sender.set_active(["q", "f"])
+        await wait_for(lambda: any(f.width == SIZES["f"][0] for f in bob.decoded(track["id"])), within=20)
+
+        small = await bob.request({"type": "track_settings", "track_id": track["id"], "width": 100, "height": 80})
+        assert small["type"] == "track_settings" and small["layer"] == 1, small
+        assert [layer["rid"] for layer in small["layers"]] == ["q", "h", "f"]
+        await alice.wait_event(lambda e: e["type"] == "publisher_layers" and e["active"] == ["q", "h"])
+        sender.set_active(["q", "h"])
+        count = len(bob.decoded(track["id"]))
+        await wait_for(lambda: any(f.width == SIZES["h"][0] for f in bob.decoded(track["id"])[count:]), within=20)
+        low = await bob.request({"type": "track_settings", "track_id": track["id"], "quality": "low"})
+        assert low["layer"] == 0
+        paused = await bob.request({"type": "track_settings", "track_id": track["id"], "paused": True})
+        assert paused["paused"] is True and paused["layer"] is None
+
+        half = await bob.request({"type": "track_settings", "track_id": track["id"], "width": 100})
+        assert (half["type"], half["code"]) == ("error", "invalid_message")
+        unknown = await bob.request({"type": "track_settings", "track_id": "TR_000000000000", "paused": True})
+        assert (unknown["type"], unknown["code"]) == ("error", "track_not_subscribed")
+        bad = await bob.request({"type": "track_settings", "track_id": track["id"], "quality": "ultra"})
+        assert (bad["type"], bad["code"]) == ("error", "invalid_message")
+    finally:
+        await sender.close()

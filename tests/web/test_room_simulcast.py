@@ -53,8 +53,20 @@ async def test_a_page_publishes_simulcast_and_viewers_get_the_layer_their_tile_n
     await bob.page.set_viewport_size({"width": 1280, "height": 900})
     await wait_decoding(bob, "Alice")
     # A large tile: the layers resume and bob gets more than the lowest one.
-    big = await bob.wait_for(f"(async () => {{ const v = {video_of('Alice')}; return v && v.frameWidth > "
-                             f"{camera.layers[0].size[0]} && v; }})()", timeout=MEDIA_TIMEOUT)
+    try:
+        big = await bob.wait_for(f"(async () => {{ const v = {video_of('Alice')}; return v && v.frameWidth > "
+                                 f"{camera.layers[0].size[0]} && v; }})()", timeout=MEDIA_TIMEOUT)
+    except AssertionError as exc:
+        down = subscription_of(node, "bob", camera.id)
+        state = (None if down is None else
+                 {"desired": down.desired, "requested": down.requested_layer, "cap": down.bandwidth_cap,
+                  "current": down.current_layer, "paused": down.paused, "hold": down.allocator.hold})
+        sub = next((p.subscriber for live in node.live_rooms.live.values() for p in live.participants.values()
+                    if p.identity == "bob"), None)
+        raise AssertionError(
+            f"{exc}; bob's down track {state}; estimate {sub.estimate_bps if sub else None}; layers "
+            f"{[lay.to_json(time.monotonic()) for lay in camera.layers]}; announced {camera.announced_rids}; alice "
+            f"{await alice.evaluate('async () => [gbroom.activeLayers, await gbroom.publishing()]')}") from None
     sent = await alice.evaluate("async () => await gbroom.publishing()")
     assert len({layer["rid"] for layer in sent if layer["active"]}) >= 2, sent
     down = subscription_of(node, "bob", camera.id)
