@@ -35,7 +35,7 @@ export class StatsPanel {
     this.describe = describe; // track id -> {name, source} of a received track
     this.isOpen = false;
     this.rows = [];
-    this.previous = new Map(); // row key -> {bytes, at}
+    this.previous = new Map(); // row key -> {bytes, at, rate}
     this.timer = null;
     toggle.addEventListener('click', () => this.setOpen(!this.isOpen));
   }
@@ -57,11 +57,14 @@ export class StatsPanel {
     if (!inCall && this.isOpen) this.setOpen(false);
   }
 
+  // Bits per second since the previous reading. Chromium serves a cached report to calls close
+  // together (same timestamp): those get the rate already known instead of none.
   _rate(key, bytes, at) {
     const last = this.previous.get(key);
-    this.previous.set(key, { bytes, at });
-    if (!last || at <= last.at || bytes < last.bytes) return null;
-    return ((bytes - last.bytes) * 8 * 1000) / (at - last.at);
+    if (last && at <= last.at) return last.rate;
+    const rate = !last || bytes < last.bytes ? null : ((bytes - last.bytes) * 8 * 1000) / (at - last.at);
+    this.previous.set(key, { bytes, at, rate });
+    return rate;
   }
 
   // Resolves to one row per track sent or received, and refreshes the table.
