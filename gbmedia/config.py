@@ -113,6 +113,8 @@ class Settings(BaseSettings):
         if self.recording_dir is not None:
             object.__setattr__(self, "recording_dir", self.recording_dir.expanduser().resolve())
         return self
+    speaker_interval_ms: int = Field(default=500, ge=50, le=10_000)
+    stats_interval_ms: int = Field(default=1000, ge=100, le=60_000)
 
     @field_validator("log_level", "log_format", mode="before")
     @classmethod

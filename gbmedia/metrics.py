@@ -50,12 +50,19 @@ class Metrics:
 
 @dataclass(frozen=True)
 class Sample:
-    """One value read at scrape time: a gauge, or a counter (monotonic, ``_total``)."""
+    """One value read at scrape time: a gauge, or a counter (monotonic, ``_total``).
+
+    ``labels`` (name, value pairs) make it one series of a labelled metric: samples
+    that share a ``name`` form one metric family, so they must share help text, kind
+    and label names (the first sample of a name sets them; a sample that differs is
+    a programming error and fails the scrape loudly).
+    """
 
     name: str
     help: str
     value: float
     counter: bool = False
+    labels: tuple[tuple[str, str], ...] = ()
 
 
 class _SampleCollector:
@@ -69,11 +76,23 @@ class _SampleCollector:
         self._read = read
 
     def collect(self) -> Iterator[Metric]:
+        families: dict[str, tuple[Sample, CounterMetricFamily | GaugeMetricFamily]] = {}
         for sample in self._read():
-            if sample.counter:
-                yield CounterMetricFamily(sample.name.removesuffix("_total"), sample.help, value=sample.value)
-            else:
-                yield GaugeMetricFamily(sample.name, sample.help, value=sample.value)
+            names = [name for name, _ in sample.labels]
+            known = families.get(sample.name)
+            if known is None:
+                kind = CounterMetricFamily if sample.counter else GaugeMetricFamily
+                name = sample.name.removesuffix("_total") if sample.counter else sample.name
+                if not sample.labels:
+                    families[sample.name] = (sample, kind(name, sample.help, value=sample.value))
+                    continue
+                known = families[sample.name] = (sample, kind(name, sample.help, labels=names))
+            first, family = known
+            if [name for name, _ in first.labels] != names or not names or first.counter != sample.counter:
+                raise ValueError(f"metric {sample.name}: every sample needs the same kind and label names")
+            family.add_metric([value for _, value in sample.labels], sample.value)
+        for _, family in families.values():
+            yield family
 
     def describe(self) -> Iterator[Metric]:
         return iter(())

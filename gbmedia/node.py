@@ -30,7 +30,9 @@ from gbmedia.recording.storage import storage_from_settings
 from gbmedia.sfu import aiortc_adapter
 from gbmedia.sfu.media_address import MediaAddress, resolve_media_address
 from gbmedia.signaling.live import LiveRooms
+from gbmedia.signaling.quality import QualityMonitor
 from gbmedia.signaling.rooms import Rooms, RoomSweeper
+from gbmedia.signaling.speakers import RoomSpeakers
 from gbmedia.tenancy.secrets import SecretBox, load_or_create_file_secret
 from gbmedia.tenancy.service import Tenancy
 
@@ -63,6 +65,8 @@ class Node:
     recordings: Recordings
     redis: aioredis.Redis | None = None
     started: float = field(default_factory=time.monotonic)
+    quality: QualityMonitor | None = None  # media quality sampling (set by start)
+    speakers: RoomSpeakers | None = None  # active speaker events (set by start)
 
     @classmethod
     async def start(cls, settings: Settings) -> Node:
@@ -128,12 +132,21 @@ class Node:
         node.metrics.watch(recordings.samples)
         node.outbox.start()
         node.room_sweeper.start()
+        # Media quality and active speakers: packet sinks on every published track.
+        node.quality = QualityMonitor(live_rooms, settings.stats_interval_ms / 1000)
+        node.speakers = RoomSpeakers(live_rooms, settings.speaker_interval_ms / 1000)
+        node.metrics.watch(node.quality.samples)
+        node.quality.start()
         return node
 
     async def stop(self) -> None:
         await self.room_sweeper.stop()
         await self.outbox.stop()
         await self.recordings.close()
+        if self.quality is not None:
+            await self.quality.stop()
+        if self.speakers is not None:
+            await self.speakers.close()
         await self.live_rooms.close()
         await self.chat_hub.stop()
         await self.bus.close()

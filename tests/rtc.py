@@ -41,13 +41,14 @@ class ColorVideoTrack(MediaStreamTrack):
 
 
 class ToneAudioTrack(MediaStreamTrack):
-    """A 440 Hz tone, 20 ms frames at 48 kHz."""
+    """A 440 Hz tone, 20 ms frames at 48 kHz; ``amplitude`` 0 is silence (aiortc then sends level 127)."""
 
     kind = "audio"
 
-    def __init__(self, frequency: float = 440.0) -> None:
+    def __init__(self, frequency: float = 440.0, amplitude: int = 8000) -> None:
         super().__init__()
         self.frequency = frequency
+        self.amplitude = amplitude
         self._start: float | None = None
         self._samples = 0
 
@@ -60,7 +61,7 @@ class ToneAudioTrack(MediaStreamTrack):
             if wait > 0:
                 await asyncio.sleep(wait)
         t = (np.arange(count) + self._samples) / rate
-        samples = (np.sin(2 * math.pi * self.frequency * t) * 8000).astype(np.int16)
+        samples = (np.sin(2 * math.pi * self.frequency * t) * self.amplitude).astype(np.int16)
         frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
         frame.sample_rate, frame.pts, frame.time_base = rate, self._samples, fractions.Fraction(1, rate)
         self._samples += count

@@ -1,5 +1,5 @@
 """REST routes of the Room API under ``/api/v1/rooms``: create, list, get, close,
-and the participants of a live room: list, remove, mute a track.
+and the participants of a live room: list, remove, mute a track, media quality stats.
 
 Who reaches what: an instance caller reaches only its own instance's rooms, and
 another instance's room answers 404 ``room_not_found`` exactly like a missing one.
@@ -171,6 +171,22 @@ async def mute_track(request: web.Request) -> web.Response:
         "id": track.id, "kind": track.kind, "source": track.source, "name": track.name, "muted": track.muted}})
 
 
+async def participant_stats(request: web.Request) -> web.Response:
+    """Media quality of one participant: its published tracks as the SFU receives them, and
+    each track it subscribes to as the SFU sends it (see :mod:`gbmedia.signaling.quality`)."""
+    principal = principal_of(request)
+    _require_any_grant(principal, "room_create", "room_admin")
+    room = await _rooms(request).get(_scope(principal, None), path_uuid(request, "room_id"))
+    node = request.app[NODE]
+    live = node.live_rooms.live.get(room.id)
+    if live is None or room.status != "open":
+        raise ApiError(404, "participant_not_found", f"no participant {request.match_info['participant']} "
+                       "in the room")
+    participant = live.find(request.match_info["participant"])
+    stats = await node.quality.stats_for(live, participant)
+    return json_response({**stats.to_json(), "interval_seconds": node.quality.interval})
+
+
 async def close_room(request: web.Request) -> web.Response:
     principal = principal_of(request)
     _require_any_grant(principal, "room_admin")
@@ -189,3 +205,4 @@ def register(app: web.Application) -> None:
     r.add_get("/api/v1/rooms/{room_id}/participants", list_participants)
     r.add_delete("/api/v1/rooms/{room_id}/participants/{participant}", remove_participant)
     r.add_post("/api/v1/rooms/{room_id}/participants/{participant}/tracks/{track}/mute", mute_track)
+    r.add_get("/api/v1/rooms/{room_id}/participants/{participant}/stats", participant_stats)

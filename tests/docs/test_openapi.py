@@ -536,6 +536,11 @@ async def test_real_answers_conform_to_the_documented_responses(client: TestClie
     assert [p["id"] for p in detail["participants"]] == [pid] and detail["num_participants"] == 1
     listed = await call("GET", "/api/v1/rooms/{room_id}/participants", 200, headers=admin, room_id=room["id"])
     assert listed["participants"][0]["identity"] == "bob"
+    stats = await call("GET", "/api/v1/rooms/{room_id}/participants/{participant}/stats", 200, headers=admin,
+                       room_id=room["id"], participant=pid)
+    assert (stats["identity"], stats["published"], stats["subscribed"]) == ("bob", [], [])
+    await call("GET", "/api/v1/rooms/{room_id}/participants/{participant}/stats", 404, headers=admin,
+               room_id=room["id"], participant="nobody")
     await call("POST", "/api/v1/rooms/{room_id}/participants/{participant}/tracks/{track}/mute", 404,
                headers=admin, room_id=room["id"], participant=pid, track="TR_nope", json={"muted": True})
     await call("POST", "/api/v1/rooms/{room_id}/participants/{participant}/tracks/{track}/mute", 400,

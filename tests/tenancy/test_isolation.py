@@ -69,6 +69,8 @@ def matrix(a: Tenant, room: str, participant: str = "alice", track: str = "TR_x"
             f"/api/v1/rooms/{room}/participants/{participant}", None),
         ("POST", "/api/v1/rooms/{room_id}/participants/{participant}/tracks/{track}/mute"): (
             f"/api/v1/rooms/{room}/participants/{participant}/tracks/{track}/mute", {"muted": True}),
+        ("GET", "/api/v1/rooms/{room_id}/participants/{participant}/stats"): (
+            f"/api/v1/rooms/{room}/participants/{participant}/stats", None),
         ("POST", "/api/v1/conversations"): ("/api/v1/conversations", {"members": ["x"], "instance_id": inst}),
         ("GET", "/api/v1/conversations"): (f"/api/v1/conversations?instance_id={inst}", None),
         ("GET", "/api/v1/conversations/{conversation_id}"): (conv, None),

@@ -1,7 +1,7 @@
 // The participant grid: one tile per camera (or screen share), updated in place by key.
 //
 // update(tiles) takes the whole wanted list, each
-//   {key, participantId, name, self, source, videoTrack, micMuted, cameraOff}
+//   {key, participantId, name, self, source, videoTrack, micMuted, cameraOff, speaking}
 // and creates, updates or removes tile elements so the DOM matches it. A tile's
 // <video> gets a new MediaStream only when its track changes, so nothing flickers.
 
@@ -76,6 +76,7 @@ function updateTile(tile, spec) {
   element.classList.toggle('mirrored', Boolean(spec.self) && spec.source !== 'screen_share');
   setFlag(element, 'micMuted', spec.micMuted);
   setFlag(element, 'cameraOff', spec.cameraOff || !spec.videoTrack);
+  setFlag(element, 'speaking', spec.speaking);
   const label = spec.source === 'screen_share' ? `${spec.name} (screen)` : spec.self ? `${spec.name} (you)` : spec.name;
   if (tile.name.textContent !== label) tile.name.textContent = label;
   const initial = (spec.name || '?').trim().charAt(0).toUpperCase() || '?';

@@ -5,7 +5,8 @@
 // session.js speaks the protocol; this module draws the page from the session's state.
 //
 // For tests and embedding, window.gbroom is a read-only view of the state plus the
-// actions (join, leave, mute toggles, screen share, stats, and gbroom.chat: the chat
+// actions (join, leave, mute toggles, screen share, stats, the active speakers, the
+// statistics overlay (quality, toggleStats), and gbroom.chat: the chat
 // panel's messages, send, open/close, unread count, who is typing); join() and
 // leave() are also plain globals.
 
@@ -14,6 +15,7 @@ import { ChatPanel } from './chatpanel.js';
 import { Grid } from './grid.js';
 import { ViewReporter } from './layers.js';
 import { RoomSession, tokenClaims } from './session.js';
+import { StatsPanel } from './statspanel.js';
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(window.location.search);
@@ -28,6 +30,13 @@ const chat = new RoomChat(session);
 const chatPanel = new ChatPanel(chat, {
   panel: $('chat'), list: $('chat-messages'), typing: $('chat-typing'), form: $('chat-form'), input: $('chat-input'),
   toggle: $('chat-toggle'), badge: $('chat-unread'), close: $('chat-close'), empty: $('chat-empty'),
+});
+const statsPanel = new StatsPanel(session, {
+  panel: $('stats'), toggle: $('stats-toggle'), body: $('stats-rows'),
+  describe: (trackId) => {
+    const owner = session.ownerOf(trackId);
+    return owner ? { name: displayName(owner.participant), source: owner.track.source } : { name: '?', source: 'unknown' };
+  },
 });
 const audioElements = new Map(); // remote audio track id -> <audio>
 const videoKeys = new Map(); // remote video track id -> tile key
@@ -53,10 +62,11 @@ function tiles() {
   videoKeys.clear();
   if (!['joined', 'reconnecting', 'leaving'].includes(session.phase)) return wanted;
   const selfName = (session.self && displayName(session.self)) || 'You';
+  const speaking = new Set(session.speakers.map((s) => s.participant_id));
   wanted.push({
     key: 'self', participantId: session.self ? session.self.id : '', name: selfName, self: true, source: 'camera',
     videoTrack: session.cameraTrack, micMuted: session.micMuted || !session.microphoneTrack,
-    cameraOff: session.cameraOff || !session.cameraTrack,
+    cameraOff: session.cameraOff || !session.cameraTrack, speaking: Boolean(session.self && speaking.has(session.self.id)),
   });
   if (session.screenTrack) {
     wanted.push({ key: 'self:screen', participantId: session.self ? session.self.id : '', name: selfName, self: true,
@@ -73,6 +83,7 @@ function tiles() {
       key: participant.id, participantId: participant.id, name: displayName(participant), self: false,
       source: 'camera', videoTrack: cameraMedia ? cameraMedia.track : null,
       micMuted: !mic || Boolean(mic.muted), cameraOff: !camera || Boolean(camera.muted),
+      speaking: speaking.has(participant.id),
     });
     for (const screen of tracks.filter((t) => t.kind === 'video' && t.source === 'screen_share')) {
       const key = `${participant.id}:${screen.id}`;
@@ -208,6 +219,7 @@ function render() {
   setText(screen, session.screen ? 'Stop sharing' : 'Share screen');
   $('leave').hidden = !inCall;
   chatPanel.render(inCall);
+  statsPanel.render(inCall);
 }
 
 // Resolves to what the subscriber connection receives, per remote track.
@@ -314,6 +326,14 @@ window.gbroom = Object.freeze({
       subscriber: session.subscriber ? session.subscriber.connectionState : null };
   },
   stats,
+  // The server's latest `speakers` event, loudest first.
+  get speakers() {
+    return session.speakers.map((s) => ({ participantId: s.participant_id, level: s.level, dbov: s.dbov }));
+  },
+  // The statistics overlay: its rows (refreshed now), and opening or closing it.
+  quality: () => statsPanel.refresh(),
+  toggleStats: (open) => statsPanel.setOpen(open === undefined ? !statsPanel.isOpen : open),
+  get statsOpen() { return statsPanel.isOpen; },
   publishing,
   get activeLayers() { return { ...(session.activeLayers || {}) }; },
   join,

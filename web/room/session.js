@@ -93,6 +93,7 @@ export class RoomSession extends EventTarget {
     this.micMuted = false;
     this.cameraOff = false;
     this.offlineUntil = 0; // simulateNetworkLoss(): no reconnecting before this
+    this.speakers = []; // the latest `speakers` event: [{participant_id, level, dbov}], loudest first
     this.signaling = null;
     this._previewing = null;
     this._resetMedia();
@@ -292,6 +293,7 @@ export class RoomSession extends EventTarget {
     this._closeMedia();
     this._stopLocalMedia();
     this.participants = new Map();
+    this.speakers = [];
     this.resumeToken = null;
     this.phase = phase;
     this.message = message;
@@ -348,6 +350,7 @@ export class RoomSession extends EventTarget {
   }
 
   _adopt(joined) {
+    this.speakers = []; // the server announces the next change; an old list may be stale
     this.room = joined.room;
     this.self = joined.participant;
     this.resumeToken = joined.resume_token;
@@ -471,6 +474,9 @@ export class RoomSession extends EventTarget {
         break;
       case 'track_unpublished':
         if (participant) participant.tracks.delete(message.track_id);
+        break;
+      case 'speakers':
+        this.speakers = Array.isArray(message.speakers) ? message.speakers : [];
         break;
       case 'publisher_layers':
         this._applyLayers(message.track_id, message.active);
