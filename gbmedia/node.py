@@ -27,6 +27,7 @@ from gbmedia.metrics import Metrics
 from gbmedia.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
 from gbmedia.sfu import aiortc_adapter
 from gbmedia.sfu.media_address import MediaAddress, resolve_media_address
+from gbmedia.signaling.audience import audience_samples
 from gbmedia.signaling.live import LiveRooms
 from gbmedia.signaling.rooms import Rooms, RoomSweeper
 from gbmedia.tenancy.secrets import SecretBox, load_or_create_file_secret
@@ -114,6 +115,7 @@ class Node:
                    media_address=media_address, chat=chat, bus=bus, chat_hub=chat_hub, presence=presence,
                    outbox=outbox, redis=redis_client)
         node.metrics.watch(live_rooms.media_samples)
+        node.metrics.watch(lambda: audience_samples(live_rooms))
         node.metrics.watch(outbox.samples)
         node.outbox.start()
         node.room_sweeper.start()

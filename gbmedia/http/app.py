@@ -121,6 +121,7 @@ def create_app(node: Node) -> web.Application:
     from gbmedia.http import web as web_files
     from gbmedia.messaging import api as messaging_api
     from gbmedia.signaling import api as signaling_api
+    from gbmedia.signaling import whip as signaling_whip
     from gbmedia.signaling import ws as signaling_ws
     from gbmedia.tenancy import api as tenancy_api
 
@@ -135,4 +136,5 @@ def create_app(node: Node) -> web.Application:
     signaling_ws.register(app)
     messaging_api.register(app)
     web_files.register(app)
+    signaling_whip.register(app)  # /whip and /whep (RFC 9725 ingest, WHEP playback)
     return app
