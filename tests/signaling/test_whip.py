@@ -149,6 +149,9 @@ async def test_an_encoder_publishes_over_whip_and_a_player_decodes_it_over_whep(
         await wait_for(lambda: len(player.frames.get("audio", [])) >= 10, within=30)
         count = await watcher.wait_event(lambda e: e["type"] == "viewer_count" and e["count"] == 2)
         assert count == {"type": "viewer_count", "count": 2}
+        # The watcher also opens a player: still two viewers (distinct identities), three in the room.
+        await whep(client, live_token(tenant, "watcher"), opened=peers)
+        assert room.audience.viewer_count() == 2 and room.audience.occupancy() == 4
 
         # DELETE ends each session; the player no longer counts, the encoder leaves the stage.
         resp = await client.delete(player.location, headers=bearer(live_token(tenant, "player")))
