@@ -163,7 +163,7 @@ async def test_an_encoder_publishes_over_whip_and_a_player_decodes_it_over_whep(
         resp = await client.delete(encoder.location, headers=bearer(host_token(tenant)))
         assert resp.status == 404 and (await resp.json())["error"]["code"] == "session_not_found"
         text = await (await client.get("/metrics")).text()
-        assert "gbmedia_whip_sessions 0.0" in text and "gbmedia_whep_sessions 0.0" in text
+        assert "gbmedia_whip_sessions 0.0" in text and "gbmedia_whep_sessions 1.0" in text
     finally:
         await watcher.close()
 
