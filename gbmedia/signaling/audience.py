@@ -100,6 +100,9 @@ class Audience:
         self.ingest: dict[str, IngestSession] = {}
         self.playback: dict[str, PlaybackSession] = {}
         self.invites: dict[str, str] = {}  # invited participant id -> inviting participant id
+        # Participants that have their `joined`: counts and reactions go only to them, so a
+        # newcomer's first message is always its `joined` (which carries the count).
+        self.greeted: set[str] = set()
         self._reactions = MemoryRateLimiter(REACTION_RATE, REACTION_BURST)
         self._pending_reactions: Counter[str] = Counter()
         self._sent_count: int | None = None
@@ -131,7 +134,16 @@ class Audience:
     def joined(self, participant: Participant) -> None:
         self.count_changed()
 
+    def greet(self, participant: Participant) -> None:
+        self.greeted.add(participant.id)
+
+    async def broadcast(self, message: dict[str, Any]) -> None:
+        """To every participant that has its ``joined`` (others get the state in it)."""
+        await asyncio.gather(*(q.send(message) for q in list(self.live.participants.values())
+                               if q.id in self.greeted))
+
     async def left(self, participant: Participant) -> None:
+        self.greeted.discard(participant.id)
         self.invites.pop(participant.id, None)
         for invited, inviter in list(self.invites.items()):
             if inviter == participant.id:
@@ -160,7 +172,7 @@ class Audience:
         if count == self._sent_count or self.closed:
             return
         self._sent_count, self._count_sent_at = count, loop.time()
-        await self.live.broadcast({"type": "viewer_count", "count": count})
+        await self.broadcast({"type": "viewer_count", "count": count})
 
     def _spawn(self, coroutine: Any) -> asyncio.Task[None]:
         task = asyncio.ensure_future(coroutine)
@@ -196,7 +208,7 @@ class Audience:
             self._reaction_task = None
         pending, self._pending_reactions = self._pending_reactions, Counter()
         for kind, count in pending.items():
-            await self.live.broadcast({"type": "reaction", "kind": kind, "count": count})
+            await self.broadcast({"type": "reaction", "kind": kind, "count": count})
 
     async def invite(self, inviter: Participant, participant_id: str) -> None:
         if not (is_host(inviter) or inviter.grants.room_admin):

@@ -166,7 +166,9 @@ class LiveRoom:
         return message
 
     async def start_subscriptions(self, participant: Participant) -> None:
-        """Auto-subscribe a newcomer to every track already published."""
+        """Auto-subscribe a newcomer to every track already published (it has its ``joined`` now)."""
+        if self.audience is not None:
+            self.audience.greet(participant)
         if participant.auto_subscribe and participant.grants.can_subscribe:
             await self.set_subscribed(participant, list(self.tracks()), True, quiet=True)
 

@@ -234,8 +234,13 @@ async def _session(request: web.Request, which: str) -> _Found:
     scheme, _, credential = authorization.partition(" ")
     if scheme.lower() != "bearer" or not credential.strip():
         raise unauthorized("auth_scheme_unsupported", "use Authorization: Bearer <access token>")
-    verified = await request.app[NODE].tenancy.auth.verify_access_token(credential.strip())
+    node = request.app[NODE]
+    verified = await node.tenancy.auth.verify_access_token(credential.strip())
     token = verified.token
+    decision = await node.rate_limiter.take(token.api_key)
+    if not decision.allowed:
+        raise ApiError(429, "rate_limited", "too many requests; retry later",
+                       {"retry_after": round(decision.retry_after, 3)})
     live = _find_live(request, verified)
     session_id = request.match_info["session"]
     missing = ApiError(404, "session_not_found", f"no {which.upper()} session {session_id} in this room")
