@@ -307,7 +307,8 @@ class Audience:
         @publisher.pc.on("connectionstatechange")
         async def on_state() -> None:
             state = publisher.pc.connectionState
-            if state == "failed" and self.ingest.get(session.id) is session:
+            if state in ("failed", "closed") and self.ingest.get(session.id) is session:
+                del self.ingest[session.id]
                 await self.live.leave(session.participant, "disconnected")
 
     async def close(self) -> None:

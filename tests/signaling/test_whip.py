@@ -308,3 +308,44 @@ async def test_preflight_needs_no_credentials(client: TestClient):
     resp = await client.options("/whep/show/abc")
     assert resp.status == 204 and "DELETE" in resp.headers["Access-Control-Allow-Methods"]
     assert resp.headers["Accept-Patch"] == "application/trickle-ice-sdpfrag"
+
+
+async def test_full_rooms_and_offers_the_server_refuses_after_joining(client: TestClient, tenant: Tenant,
+                                                                     peers: list[Any], node):
+    resp = await client.post("/api/v1/rooms", json={"name": "tiny", "kind": "live", "max_participants": 1},
+                             headers=tenant.admin)
+    assert resp.status == 201
+    await whip(client, host_token(tenant, "obs", "tiny"), ColorVideoTrack(RED), room="tiny", opened=peers)
+    pc = RTCPeerConnection(NO_STUN)
+    peers.append(Encoder(pc, "", "", ""))
+    h264_only(pc, ColorVideoTrack(RED))
+    offer = await offer_from(pc)
+    resp = await client.post("/whip/tiny", data=offer, headers={**SDP, **bearer(host_token(tenant, "cam2", "tiny"))})
+    assert await error_of(resp) == (409, "room_full")
+    player = RTCPeerConnection(NO_STUN)
+    peers.append(Player(player, "", "", ""))
+    player.addTransceiver("video", direction="recvonly")
+    resp = await client.post("/whep/tiny", data=await offer_from(player),
+                             headers={**SDP, **bearer(live_token(tenant, "fan", "tiny"))})
+    assert await error_of(resp) == (409, "room_full")
+    # Not UTF-8; and an H.264 offer in packetization mode 0, which passes the codec check
+    # but the server cannot receive: the encoder joined, is refused, and is gone again.
+    token = host_token(tenant)
+    resp = await client.post("/whip/show", data=b"v=0\r\n\xff\xfe", headers={**SDP, **bearer(token)})
+    assert await error_of(resp) == (400, "invalid_sdp")
+    mode0 = offer.replace("packetization-mode=1", "packetization-mode=0")
+    resp = await client.post("/whip/show", data=mode0, headers={**SDP, **bearer(token)})
+    assert await error_of(resp) == (422, "no_usable_codec")
+    show = next(live for live in node.live_rooms.live.values() if live.room.name == "show")
+    assert show.participants == {} and show.audience.ingest == {}
+
+
+async def test_sessions_end_when_their_connection_goes(client: TestClient, tenant: Tenant, peers: list[Any], node):
+    encoder = await whip(client, host_token(tenant), ColorVideoTrack(RED), opened=peers)
+    player = await whep(client, live_token(tenant, "player"), opened=peers)
+    await wait_for(lambda: len(player.frames.get("video", [])) >= 1, within=30)
+    live = next(iter(node.live_rooms.live.values()))
+    await player.pc.close()  # gone without a DELETE
+    await wait_for(lambda: not live.audience.playback, within=30)
+    await encoder.pc.close()
+    await wait_for(lambda: not live.participants and not live.audience.ingest, within=30)
