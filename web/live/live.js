@@ -55,6 +55,11 @@ function hostName() {
   return first ? first.name : '';
 }
 
+// Whether some host sends video now (else a player shows "away" until one does).
+function onAir() {
+  return [...state.hosts.values()].some((h) => h.tracks.some((t) => t.kind === 'video'));
+}
+
 function render() {
   $('viewer-count').textContent = String(state.viewerCount);
   $('host-name').textContent = hostName();
@@ -72,7 +77,10 @@ function nameOf(identity) {
 function addChat(message) {
   if (message.conversation_id !== conversationId || message.kind !== 'text' || message.deleted_at) return;
   if (state.chat.some((m) => m.seq === message.seq)) return;
-  state.chat.push({ seq: message.seq, sender: message.sender, name: nameOf(message.sender), content: message.content });
+  // Viewers are not listed to each other: a message names its sender itself (metadata.name, from this page).
+  const named = message.metadata && typeof message.metadata.name === 'string' ? message.metadata.name.slice(0, 60) : '';
+  state.chat.push({ seq: message.seq, sender: message.sender, name: named || nameOf(message.sender),
+    content: message.content });
   state.chat.sort((a, b) => a.seq - b.seq);
   state.chat = state.chat.slice(-CHAT_KEEP);
   const list = $('chat');
@@ -100,7 +108,8 @@ async function loadChat() {
 
 async function sendChat(content) {
   const key = crypto.randomUUID ? crypto.randomUUID() : String(Math.random()).slice(2);
-  await signaling.request({ type: 'chat_send', conversation_id: conversationId, content, idempotency_key: key });
+  await signaling.request({ type: 'chat_send', conversation_id: conversationId, content, idempotency_key: key,
+    metadata: { name: state.self.name } });
 }
 
 // --- hearts ----------------------------------------------------------------------------
@@ -224,16 +233,22 @@ function onMessage(message) {
       break;
     case 'participant_left':
       state.hosts.delete(message.participant_id);
+      offAir();
       break;
     case 'track_published': {
       const host = state.hosts.get(message.participant_id);
       if (host) host.tracks.push(message.track);
-      if (state.role !== 'host' && state.state === 'waiting') play();
+      if (state.role !== 'host' && state.state === 'waiting') {
+        // A player still connected gets the new host on the same connection (the server switches).
+        if (player instanceof WhepPlayer && player.pc && player.pc.connectionState === 'connected') setState('whep');
+        else play();
+      }
       break;
     }
     case 'track_unpublished': {
       const host = state.hosts.get(message.participant_id);
       if (host) host.tracks = host.tracks.filter((t) => t.id !== message.track_id);
+      offAir();
       break;
     }
     case 'reaction':
@@ -260,6 +275,10 @@ function onMessage(message) {
       break;
   }
   render();
+}
+
+function offAir() {
+  if (state.state === 'whep' && state.role === 'viewer' && !onAir()) setState('waiting', 'The host is away');
 }
 
 async function start() {
