@@ -203,3 +203,19 @@ async def test_a_full_live_room_counts_players_and_viewers(rtc, tenant: Tenant, 
     assert (await ann.join(viewer(tenant, "ann", room="tiny"), auto_subscribe=False))["type"] == "joined"
     error = await bob.join(viewer(tenant, "bob", room="tiny"), auto_subscribe=False)
     assert error["code"] == "room_full"
+
+
+async def test_hidden_participants_are_neither_hosts_nor_viewers(rtc, tenant: Tenant, node, client: TestClient):
+    star, recorder, ann = await rtc(), await rtc(), await rtc()
+    await star.join(host(tenant), kind="live")
+    hidden = mint_token(tenant.key, tenant.secret, "recorder",
+                        Grants(room="show", room_join=True, can_subscribe=True, can_publish=True, hidden=True))
+    await recorder.join(hidden, auto_subscribe=False)
+    joined = await ann.join(viewer(tenant, "ann"), auto_subscribe=False)
+    assert [p["identity"] for p in joined["participants"]] == ["host"] and joined["viewer_count"] == 1
+    await star.wait_event(lambda e: e["type"] == "viewer_count" and e["count"] == 1)
+    assert "participant_joined" not in types(star)
+    live = next(iter(node.live_rooms.live.values()))
+    assert live.audience.viewer_count() == 1 and len(live.participants) == 3
+    text = await (await client.get("/metrics")).text()
+    assert "gbmedia_live_viewers 1.0" in text
