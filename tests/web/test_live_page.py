@@ -166,3 +166,17 @@ def test_live_page_is_installed_with_the_package():
     files = config["tool"]["setuptools"]["data-files"]
     assert files["share/gbmedia/web/live"] == ["web/live/*.html", "web/live/*.js", "web/live/*.css"]
     assert "web/live/vendor/hls.light.min.mjs" in files["share/gbmedia/web/live/vendor"]
+
+
+async def test_a_viewer_of_a_full_room_watches_over_hls(site: TestClient, tenant: Tenant, browser: Browser,
+                                                        peers: list[Any]):
+    resp = await site.post("/api/v1/rooms", json={"name": "tiny", "kind": "live", "max_participants": 1},
+                           headers=tenant.admin)
+    room_id = (await resp.json())["id"]
+    await whip(site, host_token(tenant, "star", "tiny"), ColorVideoTrack(RED), room="tiny", opened=peers)
+    tab = await browser.open("about:blank")
+    requested: list[str] = []
+    tab.page.on("request", lambda request: requested.append(request.url))
+    await tab.page.goto(page_url(site, live_token(tenant, "ann", "tiny"), room_id=room_id))
+    await tab.wait_for("window.gblive && gblive.state.state === 'hls'", timeout=STATE_TIMEOUT)
+    await wait_for(lambda: any(f"/hls/{room_id}/live.m3u8" in url for url in requested), within=STATE_TIMEOUT)

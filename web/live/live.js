@@ -8,7 +8,8 @@
 // and microphone over the same socket. A viewer invited on stage accepts and
 // publishes the same way (a co-host), still watching the program.
 //
-// Query: token (required), transport=hls (skip WebRTC), autolive=1 (host: go live at once).
+// Query: token (required), transport=hls (skip WebRTC), autolive=1 (host: go live at once),
+// room_id (lets a viewer of a full room still watch over HLS, without chat).
 // State for tests and tools: window.gblive.
 
 import { Signaling, SignalingError, signalingUrl } from '../room/signaling.js';
@@ -294,7 +295,21 @@ async function start() {
   });
   setState('joining', 'Joining…');
   await signaling.open();
-  const joined = await signaling.request({ type: 'join', token, kind: 'live', auto_subscribe: false });
+  let joined;
+  try {
+    joined = await signaling.request({ type: 'join', token, kind: 'live', auto_subscribe: false });
+  } catch (error) {
+    // A full room (a huge audience) still plays over HLS when the link names the room's id.
+    if (!(error instanceof SignalingError && error.code === 'room_full' && params.get('room_id'))) throw error;
+    state.room = { id: params.get('room_id'), name: '' };
+    const hls = new HlsPlayer($('video'), { roomId: state.room.id, token });
+    player = hls;
+    state.transport = 'hls';
+    await hls.start();
+    setState('hls');
+    showUnmute();
+    return;
+  }
   state.room = joined.room;
   state.self = joined.participant;
   state.viewerCount = joined.viewer_count || 0;
