@@ -349,3 +349,19 @@ async def test_sessions_end_when_their_connection_goes(client: TestClient, tenan
     await wait_for(lambda: not live.audience.playback, within=30)
     await encoder.pc.close()
     await wait_for(lambda: not live.participants and not live.audience.ingest, within=30)
+
+
+async def test_players_coming_and_going_leave_the_encoder_alone(client: TestClient, tenant: Tenant,
+                                                               peers: list[Any], node):
+    encoder = await whip(client, host_token(tenant), ColorVideoTrack(RED), opened=peers)
+    players = [await whep(client, live_token(tenant, f"p{i}"), opened=peers) for i in range(3)]
+    await wait_for(lambda: all(len(p.frames.get("video", [])) >= 2 for p in players), within=30)
+    for i, player in enumerate(players):
+        resp = await client.delete(player.location, headers=bearer(live_token(tenant, f"p{i}")))
+        assert resp.status == 200
+    await asyncio.sleep(2)
+    live = next(iter(node.live_rooms.live.values()))
+    assert encoder.pc.connectionState == "connected" and len(live.audience.ingest) == 1
+    late = await whep(client, live_token(tenant, "late"), opened=peers)
+    await wait_for(lambda: len(late.frames.get("video", [])) >= 3, within=30)
+    assert encoder.pc.connectionState == "connected"
