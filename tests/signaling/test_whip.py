@@ -365,3 +365,25 @@ async def test_players_coming_and_going_leave_the_encoder_alone(client: TestClie
     late = await whep(client, live_token(tenant, "late"), opened=peers)
     await wait_for(lambda: len(late.frames.get("video", [])) >= 3, within=30)
     assert encoder.pc.connectionState == "connected"
+
+
+async def test_whip_and_whep_calls_share_the_callers_rate_limit(tmp_path, database_url: str):
+    from aiohttp.test_utils import TestServer
+
+    from gbmedia.http.app import create_app
+    from gbmedia.node import Node
+    from tests.conftest import make_settings
+
+    node = await Node.start(make_settings(tmp_path, database_url, api_rate_limit=0.01, api_rate_burst=3))
+    try:
+        async with TestClient(TestServer(create_app(node))) as client:
+            tenant = await create_tenant(client)  # the operator's calls: its own bucket
+            headers = {**SDP, **bearer(host_token(tenant))}
+            statuses = [(await client.post("/whip/show", data="hello", headers=headers)).status for _ in range(4)]
+            assert statuses == [400, 400, 400, 429]  # a burst of three for the API key, then its budget is spent
+            resp = await client.post("/whip/show", data="hello", headers=headers)
+            assert await error_of(resp) == (429, "rate_limited") and int(resp.headers["Retry-After"]) >= 1
+            resp = await client.delete("/whip/show/x", headers=bearer(host_token(tenant)))
+            assert await error_of(resp) == (429, "rate_limited")
+    finally:
+        await node.stop()
