@@ -29,6 +29,7 @@ from gbmedia.recording.service import Recordings
 from gbmedia.recording.storage import storage_from_settings
 from gbmedia.sfu import aiortc_adapter
 from gbmedia.sfu.media_address import MediaAddress, resolve_media_address
+from gbmedia.signaling.audience import audience_samples
 from gbmedia.signaling.live import LiveRooms
 from gbmedia.signaling.quality import QualityMonitor
 from gbmedia.signaling.rooms import Rooms, RoomSweeper
@@ -128,6 +129,7 @@ class Node:
                    media_address=media_address, chat=chat, bus=bus, chat_hub=chat_hub, presence=presence,
                    outbox=outbox, recordings=recordings, redis=redis_client)
         node.metrics.watch(live_rooms.media_samples)
+        node.metrics.watch(lambda: audience_samples(live_rooms))
         node.metrics.watch(outbox.samples)
         node.metrics.watch(recordings.samples)
         node.outbox.start()

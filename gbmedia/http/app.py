@@ -122,6 +122,7 @@ def create_app(node: Node) -> web.Application:
     from gbmedia.messaging import api as messaging_api
     from gbmedia.recording import api as recording_api
     from gbmedia.signaling import api as signaling_api
+    from gbmedia.signaling import whip as signaling_whip
     from gbmedia.signaling import ws as signaling_ws
     from gbmedia.tenancy import api as tenancy_api
 
@@ -137,4 +138,5 @@ def create_app(node: Node) -> web.Application:
     messaging_api.register(app)
     recording_api.register(app)
     web_files.register(app)
+    signaling_whip.register(app)  # /whip and /whep (RFC 9725 ingest, WHEP playback)
     return app

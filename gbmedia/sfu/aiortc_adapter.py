@@ -456,3 +456,30 @@ def tap_sender_reports(receiver: RTCRtpReceiver, listener: SenderReport) -> Call
             listeners.remove(listener)
 
     return untap
+
+
+# --- live (WHEP playback: the server answers a viewer's offer) -----------------------
+
+def _same_codec(negotiated: RTCRtpCodecParameters, wanted: RTCRtpCodecParameters) -> bool:
+    if negotiated.mimeType.lower() != wanted.mimeType.lower() or negotiated.clockRate != wanted.clockRate:
+        return False
+    if negotiated.mimeType.lower() == "video/h264":
+        def key(codec: RTCRtpCodecParameters) -> tuple[str, str]:
+            return (str(codec.parameters.get("packetization-mode", "0")),
+                    str(codec.parameters.get("profile-level-id", "42")).lower()[:2])
+        return key(negotiated) == key(wanted)
+    return True
+
+
+def answer_with_codec(transceiver: RTCRtpTransceiver, wanted: RTCRtpCodecParameters) -> bool:
+    """Answer a remote offer's m-line with exactly ``wanted`` (the publisher's codec), no RTX.
+
+    ``setRemoteDescription`` leaves every codec both sides know in ``_codecs`` and
+    ``createAnswer`` lists them all; a forwarder can only send the one its publisher
+    sends. Keeps the offer's payload type. False when the offer lacks that codec.
+    """
+    keep = [c for c in transceiver._codecs if not is_rtx(c) and _same_codec(c, wanted)]
+    if not keep:
+        return False
+    transceiver._codecs = keep[:1]
+    return True

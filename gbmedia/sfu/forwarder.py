@@ -21,7 +21,7 @@ from aiortc import RTCRtpTransceiver
 
 from gbmedia.sfu import aiortc_adapter
 from gbmedia.sfu import rtp as rtp_bytes
-from gbmedia.sfu.allocator import LayerAllocator
+from gbmedia.sfu.allocator import LayerAllocator, video_share
 from gbmedia.sfu.track import Outgoing, PublishedTrack
 
 # Timestamp step inserted when the source changes: about one frame / one packet.
@@ -232,3 +232,12 @@ class DownTrack:
         if self.slot.down is self:
             self.slot.down = None
         self.track.demand_changed()
+
+
+def share_estimate(downs: list[DownTrack], estimate_bps: int, now: float) -> None:
+    """Share one subscriber's bandwidth estimate among its simulcast video down tracks."""
+    video = [d for d in downs if d.track.kind == "video" and not d.paused]
+    share = video_share(estimate_bps, len(video), len(downs) - len(video))
+    for down in video:
+        if down.track.simulcast:
+            down.apply_bandwidth(share, now)

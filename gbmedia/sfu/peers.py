@@ -18,9 +18,8 @@ from aiortc.mediastreams import MediaStreamError
 from aiortc.sdp import SessionDescription
 
 from gbmedia.sfu import aiortc_adapter
-from gbmedia.sfu.allocator import video_share
 from gbmedia.sfu.codecs import capability_for
-from gbmedia.sfu.forwarder import DownTrack, SenderSlot
+from gbmedia.sfu.forwarder import DownTrack, SenderSlot, share_estimate
 from gbmedia.sfu.media_address import MediaAddress
 from gbmedia.sfu.simulcast import complete_answer, offered_simulcast
 from gbmedia.sfu.track import PublishedTrack
@@ -69,7 +68,7 @@ def parse_sdp(sdp: str, expected_type: str) -> SessionDescription:
     return description
 
 
-async def _apply_remote(pc: RTCPeerConnection, sdp: str, kind: str) -> None:
+async def apply_remote(pc: RTCPeerConnection, sdp: str, kind: str) -> None:
     try:
         await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type=kind))
     except (ValueError, InvalidStateError) as exc:
@@ -80,7 +79,7 @@ async def _apply_remote(pc: RTCPeerConnection, sdp: str, kind: str) -> None:
         raise
 
 
-async def _set_local(pc: RTCPeerConnection, description: RTCSessionDescription,
+async def set_local(pc: RTCPeerConnection, description: RTCSessionDescription,
                      address: MediaAddress | None) -> None:
     if address is not None:
         aiortc_adapter.use_media_address(pc, address)
@@ -107,7 +106,7 @@ class PublisherPeer:
         simulcast = {mid: offer for mid, offer in offered_simulcast(offer_sdp).items()
                      if any(m.rtp.muxId == mid and m.kind == "video" for m in description.media)}
         async with self._lock:
-            await _apply_remote(self.pc, offer_sdp, "offer")
+            await apply_remote(self.pc, offer_sdp, "offer")
             sending = {m.rtp.muxId: m for m in description.media
                        if m.kind in ("audio", "video") and m.direction in ("sendonly", "sendrecv") and m.port != 0}
             for transceiver in self.pc.getTransceivers():
@@ -116,14 +115,14 @@ class PublisherPeer:
                 if transceiver.mid in simulcast:
                     aiortc_adapter.accept_rid_extension(transceiver, simulcast[transceiver.mid].extension_id)
             aiortc_adapter.route_unknown_ssrcs_by_mid(self.pc)
-            await _set_local(self.pc, await self.pc.createAnswer(), self.address)
+            await set_local(self.pc, await self.pc.createAnswer(), self.address)
             added: list[PublishedTrack] = []
             for transceiver in self.pc.getTransceivers():
                 mid = transceiver.mid
                 if mid in self.tracks or mid not in sending:
                     continue
                 codec = aiortc_adapter.negotiated_codec(transceiver)
-                if codec is None:  # pragma: no cover - _apply_remote refuses such offers
+                if codec is None:  # pragma: no cover - apply_remote refuses such offers
                     continue
                 info = infos.get(mid, TrackInfo())
                 offer = simulcast.get(mid)
@@ -203,13 +202,8 @@ class SubscriberPeer:
         """Share the subscriber's bandwidth estimate among its simulcast video down tracks."""
         if self.estimate_bps is None:
             return
-        now = time.monotonic() if now is None else now
-        downs = [s.down for s in self.slots if s.down is not None]
-        video = [d for d in downs if d.track.kind == "video" and not d.paused]
-        share = video_share(self.estimate_bps, len(video), len(downs) - len(video))
-        for down in video:
-            if down.track.simulcast:
-                down.apply_bandwidth(share, now)
+        share_estimate([s.down for s in self.slots if s.down is not None], self.estimate_bps,
+                       time.monotonic() if now is None else now)
 
     def remove(self, down: DownTrack) -> None:
         down.detach()
@@ -221,7 +215,7 @@ class SubscriberPeer:
     async def offer(self) -> tuple[str, dict[str, str]]:
         """A new offer for the current set of tracks, with mid → track id."""
         async with self._lock:
-            await _set_local(self.pc, await self.pc.createOffer(), self.address)
+            await set_local(self.pc, await self.pc.createOffer(), self.address)
             return self.pc.localDescription.sdp, self.track_ids_by_mid()
 
     async def accept_answer(self, answer_sdp: str) -> None:
@@ -229,7 +223,7 @@ class SubscriberPeer:
         async with self._lock:
             if self.pc.signalingState != "have-local-offer":
                 raise NegotiationError("unexpected_answer", "there is no subscriber offer waiting for an answer")
-            await _apply_remote(self.pc, answer_sdp, "answer")
+            await apply_remote(self.pc, answer_sdp, "answer")
             for slot in self.slots:
                 if slot.down is not None:
                     slot.down.rebind()

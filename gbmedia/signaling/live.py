@@ -30,6 +30,7 @@ from gbmedia.sfu.forwarder import QUALITY_LAYERS, DownTrack
 from gbmedia.sfu.media_address import MediaAddress
 from gbmedia.sfu.peers import PublisherPeer, SubscriberPeer, TrackInfo, parse_sdp
 from gbmedia.sfu.track import PublishedTrack
+from gbmedia.signaling.audience import Audience, on_live_track
 from gbmedia.signaling.protocol import ProtocolError, TrackSettings
 from gbmedia.signaling.rooms import Room, Rooms
 from gbmedia.tenancy.models import Actor, Instance
@@ -103,10 +104,18 @@ class LiveRoom:
         self.participants: dict[str, Participant] = {}
         self.closed = False
         self._tasks: set[asyncio.Future[None]] = set()
+        # Live rooms count their viewers instead of announcing them (gbmedia/signaling/audience.py).
+        self.audience: Audience | None = Audience(self) if room.kind == "live" else None
+
+    def announced(self, participant: Participant) -> bool:
+        """Whether the others hear of ``participant`` one by one (not hidden; in a live room, a host)."""
+        if participant.grants.hidden:
+            return False
+        return self.audience is None or self.audience.announced(participant)
 
     @property
     def visible(self) -> list[Participant]:
-        return [p for p in self.participants.values() if not p.grants.hidden]
+        return [p for p in self.participants.values() if self.announced(p)]
 
     def tracks(self) -> dict[str, PublishedTrack]:
         return {t.id: t for p in self.participants.values() for t in p.published}
@@ -124,21 +133,24 @@ class LiveRoom:
         if previous is not None:  # the same person from a new device or tab replaces the old session
             await previous.send({"type": "removed", "reason": "duplicate_identity"})
             await self.leave(previous, "duplicate_identity")
-        if len(self.participants) >= self.room.max_participants:
+        occupancy = self.audience.occupancy() if self.audience is not None else len(self.participants)
+        if occupancy >= self.room.max_participants:
             raise ProtocolError("room_full", f"the room allows {self.room.max_participants} participants",
                                 details={"max_participants": self.room.max_participants})
         participant = Participant(identity, name, grants, self, auto_subscribe, send)
         participant.subscriber = SubscriberPeer(participant.id, address=self.registry.media_address)
         self.participants[participant.id] = participant
         self.registry.by_resume_token[participant.resume_token] = participant
-        if not grants.hidden:
+        if self.announced(participant):
             await self.broadcast({"type": "participant_joined", "participant": participant.to_json()},
                                  exclude=participant)
+        if self.audience is not None:
+            self.audience.joined(participant)
         await self.registry.rooms.touch(self.room.id)
         return participant
 
     def joined_message(self, participant: Participant, *, resumed: bool = False) -> dict[str, Any]:
-        return {
+        message: dict[str, Any] = {
             "type": "joined",
             "protocol": 1,
             "resumed": resumed,
@@ -151,9 +163,14 @@ class LiveRoom:
             "resume_token": participant.resume_token,
             "resume_grace_seconds": self.registry.resume_grace,
         }
+        if self.audience is not None:
+            message["viewer_count"] = self.audience.viewer_count()
+        return message
 
     async def start_subscriptions(self, participant: Participant) -> None:
-        """Auto-subscribe a newcomer to every track already published."""
+        """Auto-subscribe a newcomer to every track already published (it has its ``joined`` now)."""
+        if self.audience is not None:
+            self.audience.greet(participant)
         if participant.auto_subscribe and participant.grants.can_subscribe:
             await self.set_subscribed(participant, list(self.tracks()), True, quiet=True)
 
@@ -173,8 +190,10 @@ class LiveRoom:
             await participant.publisher.close()
         if participant.subscriber is not None:
             await participant.subscriber.close()
-        if not participant.grants.hidden:
+        if self.announced(participant):
             await self.broadcast({"type": "participant_left", "participant_id": participant.id, "reason": reason})
+        if self.audience is not None:
+            await self.audience.left(participant)
         await self.registry.rooms.touch(self.room.id)
         log.info("participant left", extra={"room_id": str(self.room.id), "participant_id": participant.id,
                                             "reason": reason})
@@ -211,6 +230,8 @@ class LiveRoom:
 
     async def close(self, reason: str) -> None:
         self.closed = True
+        if self.audience is not None:
+            await self.audience.close()
         for participant in list(self.participants.values()):
             await participant.send({"type": "room_closed", "reason": reason})
             await self.leave(participant, "room_closed")
@@ -313,7 +334,7 @@ class LiveRoom:
         try:
             parsed: RTCIceCandidate = candidate_from_sdp(line.split(":", 1)[1] if line.startswith("candidate:")
                                                          else line)
-        except (ValueError, IndexError) as exc:
+        except (ValueError, IndexError, AssertionError) as exc:  # aioice asserts on a short line
             raise ProtocolError("invalid_candidate", f"the ICE candidate does not parse: {exc}") from None
         parsed.sdpMid = candidate.get("sdpMid")
         parsed.sdpMLineIndex = candidate.get("sdpMLineIndex")
@@ -406,6 +427,7 @@ class LiveRooms:
         self._retired_in = 0
         self._retired_forwarded = 0
         self._track_listeners: list[TrackListener] = []
+        self.on_track(on_live_track)  # WHEP players follow a live room's program
         rooms.on_close(self._room_closed)
 
     def on_track(self, listener: TrackListener) -> None:
@@ -444,8 +466,8 @@ class LiveRooms:
         live = self.live.get(room_id)
         return len(live.participants) if live else 0
 
-    async def room_for(self, instance: Instance, name: str, actor: Actor) -> LiveRoom:
-        """The open room with this name, created on first join (within quotas)."""
+    async def room_for(self, instance: Instance, name: str, actor: Actor, kind: str = "meeting") -> LiveRoom:
+        """The open room with this name, created (as ``kind``) on first join (within quotas)."""
         try:
             room = await self.rooms.get(instance.id, name)
             if room.status != "open":
@@ -454,7 +476,7 @@ class LiveRooms:
             if exc.status != 404:
                 raise
             try:
-                room = await self.rooms.create(actor, instance.id, name)
+                room = await self.rooms.create(actor, instance.id, name, kind=kind)
             except ApiError as race:
                 if race.code != "room_name_taken":
                     raise

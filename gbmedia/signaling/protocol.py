@@ -52,6 +52,7 @@ class Join(_Message):
     protocol: int = PROTOCOL_VERSION
     auto_subscribe: bool = True
     resume: Annotated[str, StringConstraints(min_length=1, max_length=128)] | None = None
+    kind: Literal["meeting", "live"] = "meeting"  # the kind of a room this join opens (an existing one keeps its own)
 
 
 class TrackInfoIn(BaseModel):
@@ -179,9 +180,40 @@ class PresenceGet(_Message):
 ChatMessage = Auth | ChatSend | ChatHistory | ChatReceipt | Typing | PresenceSet | PresenceGet
 CHAT_TYPES = ("auth", "chat_send", "chat_history", "chat_receipt", "typing", "presence", "presence_get")
 
-ClientMessage = Join | Publish | Answer | Candidate | Subscribe | Mute | TrackSettings | Leave | Ping | ChatMessage
+# --- live rooms (gbmedia/signaling/audience.py handles these) ----------------------------
+
+ReactionKind = Literal["heart", "like", "laugh", "wow", "clap", "fire"]
+
+
+class Reaction(_Message):
+    """A reaction (a heart) that floats over the video for everyone in a live room."""
+
+    type: Literal["reaction"]
+    kind: ReactionKind = "heart"
+
+
+class CohostInvite(_Message):
+    """A host (or a room_admin) invites a viewer on stage."""
+
+    type: Literal["cohost_invite"]
+    participant_id: Annotated[str, StringConstraints(min_length=1, max_length=256)]
+
+
+class CohostAnswer(_Message):
+    """The invited viewer accepts (it may publish from then on) or declines."""
+
+    type: Literal["cohost_answer"]
+    accept: bool
+
+
+LiveMessage = Reaction | CohostInvite | CohostAnswer
+LIVE_TYPES = ("reaction", "cohost_invite", "cohost_answer")
+
+ClientMessage = (Join | Publish | Answer | Candidate | Subscribe | Mute | TrackSettings | Leave | Ping | ChatMessage
+                 | LiveMessage)
 MESSAGE_TYPES = ("join", "publish", "answer", "candidate", "subscribe", "mute", "track_settings", "leave", "ping",
-                 *CHAT_TYPES)
+                 *CHAT_TYPES,
+                 *LIVE_TYPES)
 _ADAPTER: TypeAdapter[ClientMessage] = TypeAdapter(
     Annotated[ClientMessage, Field(discriminator="type")]
 )

@@ -86,6 +86,10 @@ class Connection:
         if room.participants.get(participant.id) is not participant:
             self.participant = None  # removed, replaced or the room closed: the session is over
             raise p.ProtocolError("not_joined", f"you are no longer in the room; join again before {message.type}")
+        if message.type in p.LIVE_TYPES:
+            if room.audience is None:
+                raise p.ProtocolError("not_a_live_room", f"{message.type} needs a live room")
+            return await room.audience.handle(participant, message)  # type: ignore[arg-type]
         if isinstance(message, p.Publish):
             infos = {mid: TrackInfo(t.source, t.name) for mid, t in message.tracks.items()}
             answer, _added = await room.publish(participant, message.sdp, infos)
@@ -157,7 +161,7 @@ class Connection:
             await existing.room.resume(existing, self.send, message.id, extra={"chat": chat})
             return None
         room = await self.live_rooms.room_for(verified.instance, token.grants.room,
-                                              Actor(token.api_key, "api_key"))
+                                              Actor(token.api_key, "api_key"), kind=message.kind)
         participant = await room.join(token.identity, token.name, token.grants,
                                       auto_subscribe=message.auto_subscribe, send=self.send)
         self.participant = participant

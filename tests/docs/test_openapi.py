@@ -73,7 +73,9 @@ UNREACHABLE_CODES = {"unknown_field", "invalid_status", "invalid_features", "inv
 # Where REST error codes come from: whole folders, and the REST-facing modules of
 # signaling (its WebSocket protocol's codes are documented in docs/protocol.md).
 REST_SOURCES = ("tenancy/*.py", "http/*.py", "signaling/rooms.py", "signaling/api.py", "signaling/live.py",
-                "signaling/ws.py", "messaging/*.py", "recording/*.py")
+                "signaling/ws.py", "messaging/*.py", "recording/*.py", "signaling/whip.py")
+# Bearer-authenticated paths outside /api/ (standard WHIP/WHEP URLs); their CORS preflights need no credentials.
+TOKEN_PATHS = ("/whip/", "/whep/")
 
 
 # --- a tiny JSON Schema ------------------------------------------------------------
@@ -251,7 +253,7 @@ def test_the_document_is_well_formed_openapi_3_1():
         responses = {status: resolve(r) for status, r in operation["responses"].items()}
         # 101: the WebSocket; 302 alone: a redirect to a page (`/`)
         assert any(s.startswith("2") or s == "101" for s in responses) or set(responses) == {"302", "500"}, label
-        if path.startswith("/api/"):
+        if path.startswith("/api/") or (path.startswith(TOKEN_PATHS) and method != "options"):
             assert security and all(set(req) <= set(schemes) for req in security), label
             assert {"401", "403", "429", "500"} <= set(responses), label
             assert "Retry-After" in responses["429"]["headers"], label
@@ -324,7 +326,8 @@ def test_request_bodies_mirror_the_pydantic_models(operation_id: str):
         field = model.model_fields[name]
         if not is_patch and not field.is_required():
             assert documented["properties"][name]["default"] == field.get_default(call_default_factory=True), name
-    with_bodies = {op["operationId"] for _, _, op in operations() if "requestBody" in op}
+    with_bodies = {op["operationId"] for _, _, op in operations()
+                   if "requestBody" in op and "application/json" in op["requestBody"]["content"]}
     assert with_bodies == set(REQUEST_MODELS)
 
 
@@ -435,6 +438,56 @@ async def _recording_calls(call: Caller, admin: dict[str, str], room_id: str) ->
     stopped = await call("POST", "/api/v1/recordings/{recording_id}/stop", 200, headers=admin, recording_id=rid)
     assert stopped["status"] == "completed"
     await call("POST", "/api/v1/recordings/{recording_id}/stop", 409, headers=admin, recording_id=rid)
+async def _live_calls(call: Caller, tenant: Tenant) -> None:
+    """WHIP and WHEP with real aiortc offers (tests/signaling/test_whip.py covers them in depth)."""
+    from aiortc import RTCPeerConnection
+
+    from tests.rtc import ColorVideoTrack, offer_from
+
+    encoder, player = RTCPeerConnection(), RTCPeerConnection()
+    try:
+        encoder.addTransceiver(ColorVideoTrack((200, 0, 0)), direction="sendonly")
+        player.addTransceiver("video", direction="recvonly")
+        host = bearer(mint_token(tenant.key, tenant.secret, "obs", Grants(room="stage", can_publish=True)))
+        viewer = bearer(mint_token(tenant.key, tenant.secret, "fan", Grants(room="stage", can_subscribe=True)))
+        sdp, frag = {"Content-Type": "application/sdp"}, {"Content-Type": "application/trickle-ice-sdpfrag"}
+        play_offer = await offer_from(player)
+        await call("OPTIONS", "/whip/{room}", 204, room="stage")
+        await call("OPTIONS", "/whep/{room}", 204, room="stage")
+        await call("POST", "/whep/{room}", 409, headers={**viewer, **sdp}, room="stage", data=play_offer.encode())
+        publish_offer = await offer_from(encoder)
+        await call("POST", "/whip/{room}", 401, headers=sdp, room="stage", data=publish_offer.encode())
+        await call("POST", "/whip/{room}", 403, headers={**viewer, **sdp}, room="stage", data=publish_offer.encode())
+        await call("POST", "/whip/{room}", 415, headers=host, room="stage", data=publish_offer.encode())
+        await call("POST", "/whip/{room}", 400, headers={**host, **sdp}, room="stage", data=b"hello")
+        answer = await call("POST", "/whip/{room}", 201, headers={**host, **sdp}, room="stage",
+                            data=publish_offer.encode())
+        assert answer.startswith("v=0")
+        (live,) = [r for r in call.client.app[NODE].live_rooms.live.values() if r.room.name == "stage"]
+        (session,) = live.audience.ingest
+        ufrag = next(line for line in publish_offer.splitlines() if line.startswith("a=ice-ufrag:"))
+        await call("OPTIONS", "/whip/{room}/{session}", 204, room="stage", session=session)
+        await call("PATCH", "/whip/{room}/{session}", 204, headers={**host, **frag}, room="stage", session=session,
+                   data=f"{ufrag}\r\na=end-of-candidates\r\n".encode())
+        await call("PATCH", "/whip/{room}/{session}", 412, headers={**host, **frag, "If-Match": '"old"'},
+                   room="stage", session=session, data=f"{ufrag}\r\n".encode())
+        await call("PATCH", "/whip/{room}/{session}", 422, headers={**host, **frag}, room="stage", session=session,
+                   data=b"a=ice-ufrag:other\r\n")
+        played = await call("POST", "/whep/{room}", 201, headers={**viewer, **sdp}, room="stage",
+                            data=play_offer.encode())
+        assert "VP8/90000" in played
+        (whep_id,) = live.audience.playback
+        await call("OPTIONS", "/whep/{room}/{session}", 204, room="stage", session=whep_id)
+        await call("PATCH", "/whep/{room}/{session}", 204, headers={**viewer, **frag}, room="stage",
+                   session=whep_id, data=b"a=end-of-candidates\r\n")
+        await call("DELETE", "/whep/{room}/{session}", 200, headers=viewer, room="stage", session=whep_id)
+        await call("DELETE", "/whep/{room}/{session}", 404, headers=viewer, room="stage", session=whep_id)
+        await call("DELETE", "/whip/{room}/{session}", 200, headers=host, room="stage", session=session)
+        await call("PATCH", "/whip/{room}/{session}", 404, headers={**host, **frag}, room="stage", session=session,
+                   data=b"a=end-of-candidates\r\n")
+    finally:
+        await encoder.close()
+        await player.close()
 
 
 class Caller:
@@ -556,6 +609,7 @@ async def test_real_answers_conform_to_the_documented_responses(client: TestClie
     closed = await call("DELETE", "/api/v1/rooms/{room_id}", 200, headers=admin, room_id=room["id"])
     assert closed["status"] == "closed" and closed["closed_at"]
     await _chat_calls(call, tenant)
+    await _live_calls(call, tenant)
     creator = await call("POST", "/api/v1/instances/{instance_id}/tokens", 201, headers=admin, instance_id=iid,
                          json={"identity": "app", "grants": {"room_create": True}})
 

@@ -554,5 +554,8 @@ async def test_simulcast_over_signaling_track_settings_and_publisher_layers(rtc,
         assert (unknown["type"], unknown["code"]) == ("error", "track_not_subscribed")
         bad = await bob.request({"type": "track_settings", "track_id": track["id"], "quality": "ultra"})
         assert (bad["type"], bad["code"]) == ("error", "invalid_message")
+        short = await alice.request({"type": "candidate", "target": "publisher",
+                                     "candidate": {"candidate": "candidate:1 1 udp", "sdpMid": "0"}})
+        assert (short["type"], short["code"]) == ("error", "invalid_candidate")
     finally:
         await sender.close()

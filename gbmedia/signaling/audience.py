@@ -1,0 +1,339 @@
+"""Live rooms (``kind = "live"``): hosts on stage, an audience that watches.
+
+A meeting announces every participant to every other one. A live room with
+thousands of viewers cannot: each join would be a message to thousands. So in a
+live room only **hosts** (participants whose token carries ``can_publish``, or
+viewers promoted to co-host) are announced and listed; **viewers** are counted.
+The count (distinct identities of viewers on sockets and WHEP players) goes to
+everyone as ``viewer_count``, on change but at most once per
+:data:`VIEWER_COUNT_INTERVAL`, so a crowd arriving costs one message per second
+per socket, not one per arrival.
+
+Reactions (hearts) are rate-limited per participant and sent to the room in
+batches (``reaction`` with a count per kind every :data:`REACTION_INTERVAL`),
+for the same reason. A host or an administrator may invite a viewer to co-host;
+when it accepts it gains ``can_publish`` and appears to everyone as a host.
+
+WHIP ingest sessions are participants without a socket; WHEP playback sessions
+are not participants at all (they cannot send or receive signaling): they are
+audience members fed the room's **program**, the first host's video and audio.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import secrets
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from gbmedia.metrics import Sample
+from gbmedia.ratelimit import MemoryRateLimiter
+from gbmedia.sfu.playback import PlaybackPeer
+from gbmedia.sfu.track import PublishedTrack
+from gbmedia.signaling import protocol as p
+from gbmedia.signaling.protocol import ProtocolError
+
+if TYPE_CHECKING:
+    from gbmedia.signaling.live import LiveRoom, LiveRooms, Participant
+
+log = logging.getLogger(__name__)
+
+VIEWER_COUNT_INTERVAL = 1.0  # seconds: the most often viewer_count goes out
+REACTION_INTERVAL = 0.25  # seconds: reactions are batched this long
+REACTION_RATE = 5.0  # reactions per second per participant, sustained
+REACTION_BURST = 10
+VIDEO_SOURCES = ("camera", "unknown", "screen_share")  # program video, in order of preference
+
+
+def new_session_id() -> str:
+    return secrets.token_urlsafe(18)
+
+
+def new_etag() -> str:
+    return f'"{uuid.uuid4().hex}"'
+
+
+@dataclass(eq=False)
+class IngestSession:
+    """A WHIP encoder publishing as ``participant``."""
+
+    id: str
+    participant: Participant
+    ice_ufrag: str | None
+    etag: str = field(default_factory=new_etag)
+
+    @property
+    def identity(self) -> str:
+        return self.participant.identity
+
+
+@dataclass(eq=False)
+class PlaybackSession:
+    """A WHEP player watching the room's program."""
+
+    id: str
+    identity: str
+    name: str
+    peer: PlaybackPeer
+    ice_ufrag: str | None
+    etag: str = field(default_factory=new_etag)
+
+
+def is_host(participant: Participant) -> bool:
+    return participant.grants.can_publish and not participant.grants.hidden
+
+
+def is_viewer(participant: Participant) -> bool:
+    return not participant.grants.can_publish and not participant.grants.hidden
+
+
+class Audience:
+    """The live-room state of one :class:`LiveRoom`: viewers, reactions, co-hosts, sessions."""
+
+    def __init__(self, live: LiveRoom) -> None:
+        self.live = live
+        self.ingest: dict[str, IngestSession] = {}
+        self.playback: dict[str, PlaybackSession] = {}
+        self.invites: dict[str, str] = {}  # invited participant id -> inviting participant id
+        # Participants that have their `joined`: counts and reactions go only to them, so a
+        # newcomer's first message is always its `joined` (which carries the count).
+        self.greeted: set[str] = set()
+        self._reactions = MemoryRateLimiter(REACTION_RATE, REACTION_BURST)
+        self._pending_reactions: Counter[str] = Counter()
+        self._sent_count: int | None = None
+        self._count_sent_at = float("-inf")
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._count_task: asyncio.Task[None] | None = None
+        self._reaction_task: asyncio.Task[None] | None = None
+        self.closed = False
+
+    # --- who is who ------------------------------------------------------------------
+
+    def announced(self, participant: Participant) -> bool:
+        """Whether the room hears of ``participant`` one by one (hosts do, viewers are counted)."""
+        return is_host(participant)
+
+    def viewer_count(self) -> int:
+        participants = self.live.participants.values()
+        hosts = {p.identity for p in participants if is_host(p)}
+        viewers = {p.identity for p in participants if is_viewer(p)}
+        viewers |= {s.identity for s in self.playback.values()}
+        return len(viewers - hosts)
+
+    def occupancy(self) -> int:
+        """What counts against the room's ``max_participants``: participants and players."""
+        return len(self.live.participants) + len(self.playback)
+
+    # --- membership hooks (called by LiveRoom) -------------------------------------------
+
+    def joined(self, participant: Participant) -> None:
+        self.count_changed()
+
+    def greet(self, participant: Participant) -> None:
+        self.greeted.add(participant.id)
+
+    async def broadcast(self, message: dict[str, Any]) -> None:
+        """To every participant that has its ``joined`` (others get the state in it)."""
+        await asyncio.gather(*(q.send(message) for q in list(self.live.participants.values())
+                               if q.id in self.greeted))
+
+    async def left(self, participant: Participant) -> None:
+        self.greeted.discard(participant.id)
+        self.invites.pop(participant.id, None)
+        for invited, inviter in list(self.invites.items()):
+            if inviter == participant.id:
+                del self.invites[invited]
+        for session_id, session in list(self.ingest.items()):
+            if session.participant is participant:
+                del self.ingest[session_id]
+        self.count_changed()
+        await self.update_program()
+
+    def count_changed(self) -> None:
+        """Schedule a ``viewer_count`` (sent only if the count differs from the last one sent)."""
+        if self.closed or self._count_task is not None:
+            return
+        self._count_task = self._spawn(self._send_count())
+
+    async def _send_count(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            wait = self._count_sent_at + VIEWER_COUNT_INTERVAL - loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
+        finally:
+            self._count_task = None
+        count = self.viewer_count()
+        if count == self._sent_count or self.closed:
+            return
+        self._sent_count, self._count_sent_at = count, loop.time()
+        await self.broadcast({"type": "viewer_count", "count": count})
+
+    def _spawn(self, coroutine: Any) -> asyncio.Task[None]:
+        task = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # --- messages on the socket ------------------------------------------------------
+
+    async def handle(self, participant: Participant, message: p.LiveMessage) -> dict[str, Any] | None:
+        if isinstance(message, p.Reaction):
+            await self.react(participant, message.kind)
+            return {"type": "ack"} if message.id is not None else None
+        if isinstance(message, p.CohostInvite):
+            await self.invite(participant, message.participant_id)
+            return {"type": "ack"}
+        assert isinstance(message, p.CohostAnswer)
+        return await self.answer_invite(participant, message.accept)
+
+    async def react(self, participant: Participant, kind: str) -> None:
+        decision = await self._reactions.take(participant.id)
+        if not decision.allowed:
+            raise ProtocolError("reaction_rate_limited", f"at most {REACTION_RATE:g} reactions a second",
+                                details={"retry_after": round(decision.retry_after, 3)})
+        self._pending_reactions[kind] += 1
+        if self._reaction_task is None:
+            self._reaction_task = self._spawn(self._send_reactions())
+
+    async def _send_reactions(self) -> None:
+        try:
+            await asyncio.sleep(REACTION_INTERVAL)
+        finally:
+            self._reaction_task = None
+        pending, self._pending_reactions = self._pending_reactions, Counter()
+        for kind, count in pending.items():
+            await self.broadcast({"type": "reaction", "kind": kind, "count": count})
+
+    async def invite(self, inviter: Participant, participant_id: str) -> None:
+        if not (is_host(inviter) or inviter.grants.room_admin):
+            raise ProtocolError("cohost_not_allowed", "only a host or a room_admin may invite co-hosts")
+        target = self.live.participants.get(participant_id) or next(
+            (q for q in self.live.participants.values() if q.identity == participant_id), None)
+        if target is None or target.grants.hidden:
+            raise ProtocolError("participant_not_found", f"no participant {participant_id} in the room")
+        if is_host(target):
+            raise ProtocolError("already_host", f"{target.identity} is already a host")
+        self.invites[target.id] = inviter.id
+        await target.send({"type": "cohost_invite",
+                           "from": {"id": inviter.id, "identity": inviter.identity, "name": inviter.name}})
+
+    async def answer_invite(self, participant: Participant, accept: bool) -> dict[str, Any]:
+        inviter_id = self.invites.pop(participant.id, None)
+        if inviter_id is None:
+            raise ProtocolError("no_invite", "nobody has invited you to co-host")
+        inviter = self.live.participants.get(inviter_id)
+        if inviter is not None:
+            await inviter.send({"type": "cohost_answer", "participant_id": participant.id,
+                                "identity": participant.identity, "accepted": accept})
+        if not accept:
+            return {"type": "ack"}
+        participant.grants = dataclasses.replace(participant.grants, can_publish=True)
+        log.info("viewer became a co-host", extra={"room_id": str(self.live.room.id),
+                                                   "participant_id": participant.id, "invited_by": inviter_id})
+        await self.live.broadcast({"type": "participant_joined", "participant": participant.to_json()},
+                                  exclude=participant)
+        self.count_changed()
+        return {"type": "cohost_started", "grants": participant.grants.to_claim()}
+
+    # --- the program and its players ----------------------------------------------------
+
+    def program(self) -> dict[str, PublishedTrack]:
+        """The tracks a player gets: the first host's (in join order) video, and its audio.
+
+        If that host sends no audio, the first audio of any host.
+        """
+        hosts = [q for q in self.live.participants.values() if is_host(q)]
+        chosen: dict[str, PublishedTrack] = {}
+        for host in hosts:
+            videos = [t for t in host.published if t.kind == "video"]
+            if videos:
+                videos.sort(key=lambda t: VIDEO_SOURCES.index(t.source) if t.source in VIDEO_SOURCES else 99)
+                chosen["video"] = videos[0]
+                audio = next((t for t in host.published if t.kind == "audio"), None)
+                if audio is not None:
+                    chosen["audio"] = audio
+                break
+        if "audio" not in chosen:
+            audio = next((t for h in hosts for t in h.published if t.kind == "audio"), None)
+            if audio is not None:
+                chosen["audio"] = audio
+        return chosen
+
+    async def update_program(self, ended: PublishedTrack | None = None) -> None:
+        """Point every player at the current program (after a publish, an end, a leave)."""
+        program = self.program()
+        if ended is not None and program.get(ended.kind) is ended:
+            del program[ended.kind]
+        for session in self.playback.values():
+            for kind in session.peer.slots:
+                wanted = program.get(kind)
+                current = session.peer.playing(kind)
+                if wanted is not None and session.peer.can_play(wanted):
+                    if current is not wanted:
+                        session.peer.play(wanted)
+                elif current is not None and (current is ended or current not in self.live.tracks().values()):
+                    session.peer.stop(kind)
+
+    async def add_playback(self, session: PlaybackSession) -> None:
+        self.playback[session.id] = session
+        await self.update_program()
+        self.count_changed()
+
+        @session.peer.pc.on("connectionstatechange")
+        async def on_state() -> None:
+            if session.peer.pc.connectionState in ("failed", "closed") and session.id in self.playback:
+                await self.end_playback(session, "connection_" + session.peer.pc.connectionState)
+
+    async def end_playback(self, session: PlaybackSession, reason: str = "deleted") -> None:
+        if self.playback.pop(session.id, None) is None:
+            return
+        await session.peer.close()
+        self.count_changed()
+        log.info("playback ended", extra={"room_id": str(self.live.room.id), "session_id": session.id,
+                                          "reason": reason})
+
+    def add_ingest(self, session: IngestSession) -> None:
+        self.ingest[session.id] = session
+        publisher = session.participant.publisher
+        if publisher is None:  # pragma: no cover - WHIP creates the publisher before this
+            return
+
+        @publisher.pc.on("connectionstatechange")
+        async def on_state() -> None:
+            state = publisher.pc.connectionState
+            if state in ("failed", "closed") and self.ingest.get(session.id) is session:
+                del self.ingest[session.id]
+                await self.live.leave(session.participant, "disconnected")
+
+    async def close(self) -> None:
+        self.closed = True
+        for session in list(self.playback.values()):
+            await self.end_playback(session, "room_closed")
+        self.ingest.clear()
+        for task in list(self._tasks):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+
+async def on_live_track(event: str, live: LiveRoom, participant: Participant, track: PublishedTrack) -> None:
+    """A :data:`~gbmedia.signaling.live.TrackListener`: players follow the program."""
+    audience = live.audience
+    if audience is not None:
+        await audience.update_program(ended=track if event == "ended" else None)
+
+
+def audience_samples(live_rooms: LiveRooms) -> list[Sample]:
+    audiences = [live.audience for live in live_rooms.live.values() if live.audience is not None and not live.closed]
+    return [
+        Sample("gbmedia_live_viewers", "Viewers of live rooms (distinct identities on sockets and WHEP players)",
+               sum(a.viewer_count() for a in audiences)),
+        Sample("gbmedia_whip_sessions", "WHIP ingest sessions", sum(len(a.ingest) for a in audiences)),
+        Sample("gbmedia_whep_sessions", "WHEP playback sessions", sum(len(a.playback) for a in audiences)),
+    ]

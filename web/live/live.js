@@ -1,0 +1,370 @@
+// The live page (web/live/?token=...): watch a live room, chat, send hearts; or go live.
+//
+// One signaling socket (../room/signaling.js, docs/protocol.md) joins the live room
+// without subscribing: it carries chat (the room's conversation from `joined`),
+// hearts (`reaction`), the viewer count (`viewer_count`), hosts coming and going and
+// co-host invitations. Media plays through WHEP (player.js), falling back to LL-HLS.
+// A token with can_publish makes this page the host's: "Go live" publishes the camera
+// and microphone over the same socket. A viewer invited on stage accepts and
+// publishes the same way (a co-host), still watching the program.
+//
+// Query: token (required), transport=hls (skip WebRTC), autolive=1 (host: go live at once),
+// room_id (lets a viewer of a full room still watch over HLS, without chat).
+// State for tests and tools: window.gblive.
+
+import { Signaling, SignalingError, signalingUrl } from '../room/signaling.js';
+import { HlsPlayer, NotLive, WhepPlayer, gathered } from './player.js';
+
+const RTC_CONFIG = { iceServers: [], bundlePolicy: 'max-bundle' };
+const CHAT_KEEP = 40;
+const HEARTS_MAX = 15;
+
+const $ = (id) => document.getElementById(id);
+const params = new URLSearchParams(window.location.search);
+const token = params.get('token');
+
+const state = {
+  state: 'loading', // loading | joining | waiting | whep | hls | publishing | error | ended
+  role: 'viewer', // viewer | host | cohost
+  room: null,
+  self: null,
+  viewerCount: 0,
+  hosts: new Map(), // participant id -> {id, identity, name, tracks}
+  chat: [], // {seq, sender, name, content}
+  reactions: 0, // reactions received (sum of counts)
+  heartsShown: 0,
+  invite: null,
+  transport: null, // "whep" | "hls"
+  error: null,
+};
+
+let signaling = null;
+let conversationId = null;
+let player = null;
+let publisher = null;
+let retryTimer = null;
+
+function setState(next, text = '') {
+  state.state = next;
+  document.body.dataset.state = next;
+  $('status').textContent = text;
+}
+
+function hostName() {
+  const first = state.hosts.values().next().value;
+  if (state.role === 'host' && state.self) return state.self.name;
+  return first ? first.name : '';
+}
+
+// Whether some host sends video now (else a player shows "away" until one does).
+function onAir() {
+  return [...state.hosts.values()].some((h) => h.tracks.some((t) => t.kind === 'video'));
+}
+
+function render() {
+  $('viewer-count').textContent = String(state.viewerCount);
+  $('host-name').textContent = hostName();
+  document.body.dataset.role = state.role;
+}
+
+// --- chat ------------------------------------------------------------------------------
+
+function nameOf(identity) {
+  if (state.self && identity === state.self.identity) return state.self.name;
+  for (const host of state.hosts.values()) if (host.identity === identity) return host.name;
+  return identity;
+}
+
+function addChat(message) {
+  if (message.conversation_id !== conversationId || message.kind !== 'text' || message.deleted_at) return;
+  if (state.chat.some((m) => m.seq === message.seq)) return;
+  // Viewers are not listed to each other: a message names its sender itself (metadata.name, from this page).
+  const named = message.metadata && typeof message.metadata.name === 'string' ? message.metadata.name.slice(0, 60) : '';
+  state.chat.push({ seq: message.seq, sender: message.sender, name: named || nameOf(message.sender),
+    content: message.content });
+  state.chat.sort((a, b) => a.seq - b.seq);
+  state.chat = state.chat.slice(-CHAT_KEEP);
+  const list = $('chat');
+  list.replaceChildren(...state.chat.map((m) => {
+    const item = document.createElement('li');
+    const sender = document.createElement('span');
+    sender.className = 'sender';
+    sender.textContent = m.name;
+    const mine = state.self && m.sender === state.self.identity;
+    if (state.role === 'host' && !mine && ![...state.hosts.values()].some((h) => h.identity === m.sender)) {
+      sender.classList.add('invitable'); // the host taps a viewer's name to invite them on stage
+      sender.title = `Invite ${m.name} on stage`;
+      sender.addEventListener('click', () => inviteCohost(m.sender));
+    }
+    item.append(sender, document.createTextNode(m.content));
+    return item;
+  }));
+}
+
+async function loadChat() {
+  if (!conversationId) return;
+  const page = await signaling.request({ type: 'chat_history', conversation_id: conversationId, limit: 30 });
+  for (const message of page.messages) addChat(message);
+}
+
+async function sendChat(content) {
+  const key = crypto.randomUUID ? crypto.randomUUID() : String(Math.random()).slice(2);
+  await signaling.request({ type: 'chat_send', conversation_id: conversationId, content, idempotency_key: key,
+    metadata: { name: state.self.name } });
+}
+
+// --- hearts ----------------------------------------------------------------------------
+
+function floatHearts(count) {
+  const layer = $('hearts');
+  for (let i = 0; i < Math.min(count, HEARTS_MAX); i++) {
+    const heart = document.createElement('span');
+    heart.textContent = '❤';
+    heart.style.setProperty('--drift', `${Math.round(Math.random() * 50 - 25)}px`);
+    heart.style.animationDelay = `${i * 120}ms`;
+    heart.addEventListener('animationend', () => heart.remove());
+    layer.append(heart);
+    state.heartsShown += 1;
+  }
+}
+
+async function sendHeart() {
+  try {
+    await signaling.request({ type: 'reaction', kind: 'heart' });
+  } catch (error) {
+    if (!(error instanceof SignalingError && error.code === 'reaction_rate_limited')) throw error;
+  }
+}
+
+// --- watching ----------------------------------------------------------------------------
+
+async function play() {
+  clearTimeout(retryTimer);
+  if (player) player.stop();
+  player = null;
+  const forceHls = params.get('transport') === 'hls';
+  if (!forceHls) {
+    setState('joining', 'Connecting…');
+    const whep = new WhepPlayer($('video'), { room: state.room.name, token });
+    try {
+      await whep.start();
+      player = whep;
+      state.transport = 'whep';
+      whep.onFailed = () => play();
+      setState('whep');
+      showUnmute();
+      return;
+    } catch (error) {
+      if (error instanceof NotLive) {
+        setState('waiting', 'The stream has not started yet');
+        retryTimer = setTimeout(play, error.retryAfter * 1000);
+        return;
+      }
+      console.warn('gblive: WebRTC playback failed, trying HLS:', error.code || '', error.message);
+      state.error = { transport: 'whep', code: error.code || error.name, message: error.message };
+    }
+  }
+  const hls = new HlsPlayer($('video'), { roomId: state.room.id, token });
+  player = hls;
+  state.transport = 'hls';
+  await hls.start();
+  setState('hls');
+  showUnmute();
+}
+
+function showUnmute() {
+  const video = $('video');
+  $('unmute').hidden = !video.muted;
+}
+
+// --- going live --------------------------------------------------------------------------
+
+async function goLive() {
+  $('go-live').hidden = true;
+  setState('joining', 'Starting the camera…');
+  const stream = await navigator.mediaDevices.getUserMedia({
+    video: { width: { ideal: 720 }, height: { ideal: 1280 }, frameRate: { ideal: 30 } }, audio: true });
+  const preview = $('preview');
+  preview.srcObject = stream;
+  preview.hidden = false;
+  const pc = new RTCPeerConnection(RTC_CONFIG);
+  publisher = pc;
+  for (const track of stream.getTracks()) pc.addTransceiver(track, { direction: 'sendonly', streams: [stream] });
+  await pc.setLocalDescription(await pc.createOffer());
+  await gathered(pc);
+  const tracks = {};
+  for (const transceiver of pc.getTransceivers()) {
+    tracks[transceiver.mid] = { source: transceiver.sender.track.kind === 'video' ? 'camera' : 'microphone' };
+  }
+  const reply = await signaling.request({ type: 'publish', sdp: pc.localDescription.sdp, tracks });
+  await pc.setRemoteDescription({ type: 'answer', sdp: reply.sdp });
+  if (state.role === 'host') setState('publishing');
+}
+
+async function inviteCohost(identity) {
+  try {
+    await signaling.request({ type: 'cohost_invite', participant_id: identity });
+    $('status').textContent = `Invited ${nameOf(identity)}`;
+  } catch (error) {
+    console.warn('gblive: invite failed', error.code);
+  }
+}
+
+async function answerInvite(accept) {
+  $('invite').hidden = true;
+  state.invite = null;
+  const reply = await signaling.request({ type: 'cohost_answer', accept });
+  if (accept && reply.type === 'cohost_started') {
+    state.role = 'cohost';
+    state.self.grants = reply.grants;
+    render();
+    await goLive();
+  }
+}
+
+// --- signaling ---------------------------------------------------------------------------
+
+function onMessage(message) {
+  switch (message.type) {
+    case 'viewer_count':
+      state.viewerCount = message.count;
+      break;
+    case 'participant_joined':
+      state.hosts.set(message.participant.id, message.participant);
+      break;
+    case 'participant_left':
+      state.hosts.delete(message.participant_id);
+      offAir();
+      break;
+    case 'track_published': {
+      const host = state.hosts.get(message.participant_id);
+      if (host) host.tracks.push(message.track);
+      if (state.role !== 'host' && state.state === 'waiting') {
+        // A player still connected gets the new host on the same connection (the server switches).
+        if (player instanceof WhepPlayer && player.pc && player.pc.connectionState === 'connected') setState('whep');
+        else play();
+      }
+      break;
+    }
+    case 'track_unpublished': {
+      const host = state.hosts.get(message.participant_id);
+      if (host) host.tracks = host.tracks.filter((t) => t.id !== message.track_id);
+      offAir();
+      break;
+    }
+    case 'reaction':
+      state.reactions += message.count;
+      floatHearts(message.count);
+      break;
+    case 'chat_message':
+      addChat(message.message);
+      break;
+    case 'cohost_invite':
+      state.invite = message.from;
+      $('invite-text').textContent = `${message.from.name} invites you on stage`;
+      $('invite').hidden = false;
+      break;
+    case 'cohost_answer':
+      $('status').textContent = `${message.identity} ${message.accepted ? 'joins you on stage' : 'declined'}`;
+      break;
+    case 'room_closed':
+    case 'removed':
+      if (player) player.stop();
+      setState('ended', message.type === 'room_closed' ? 'The live has ended' : 'You were removed');
+      break;
+    default:
+      break;
+  }
+  render();
+}
+
+function offAir() {
+  if (state.state === 'whep' && state.role === 'viewer' && !onAir()) setState('waiting', 'The host is away');
+}
+
+async function start() {
+  if (!token) {
+    setState('error', 'This page needs a link with a token (…/web/live/?token=…)');
+    return;
+  }
+  signaling = new Signaling(signalingUrl(), {
+    onMessage,
+    onClose: () => {
+      if (state.state !== 'ended') setState('error', 'Disconnected');
+    },
+  });
+  setState('joining', 'Joining…');
+  await signaling.open();
+  let joined;
+  try {
+    joined = await signaling.request({ type: 'join', token, kind: 'live', auto_subscribe: false });
+  } catch (error) {
+    // A full room (a huge audience) still plays over HLS when the link names the room's id.
+    if (!(error instanceof SignalingError && error.code === 'room_full' && params.get('room_id'))) throw error;
+    state.room = { id: params.get('room_id'), name: '' };
+    const hls = new HlsPlayer($('video'), { roomId: state.room.id, token });
+    player = hls;
+    state.transport = 'hls';
+    await hls.start();
+    setState('hls');
+    showUnmute();
+    return;
+  }
+  state.room = joined.room;
+  state.self = joined.participant;
+  state.viewerCount = joined.viewer_count || 0;
+  for (const participant of joined.participants) state.hosts.set(participant.id, participant);
+  state.role = joined.participant.grants.can_publish ? 'host' : 'viewer';
+  conversationId = joined.chat ? joined.chat.conversation_id : null;
+  render();
+  loadChat().catch((error) => console.warn('gblive: chat history failed', error.code));
+  if (state.role === 'host') {
+    $('go-live').hidden = false;
+    setState('ready', 'You are not live yet');
+    if (params.get('autolive') === '1') await goLive();
+  } else {
+    await play();
+  }
+}
+
+$('chat-form').addEventListener('submit', (event) => {
+  event.preventDefault();
+  const input = $('chat-input');
+  const content = input.value.trim();
+  if (!content || !conversationId) return;
+  input.value = '';
+  sendChat(content).catch((error) => console.warn('gblive: chat send failed', error.code));
+});
+$('heart').addEventListener('click', () => sendHeart().catch((error) => console.warn('gblive: heart', error)));
+$('go-live').addEventListener('click', () => goLive().catch(fail));
+$('invite-accept').addEventListener('click', () => answerInvite(true).catch(fail));
+$('invite-decline').addEventListener('click', () => answerInvite(false).catch(fail));
+$('unmute').addEventListener('click', () => {
+  $('video').muted = false;
+  $('unmute').hidden = true;
+});
+
+function fail(error) {
+  console.error('gblive:', error.code || error.name || '', error.message || error);
+  state.error = { code: error.code || error.name, message: error.message };
+  setState('error', error.message || 'Something went wrong');
+}
+
+window.gblive = {
+  state,
+  sendHeart,
+  sendChat,
+  inviteCohost,
+  answerInvite,
+  async stats() {
+    return player && player.stats ? player.stats() : null;
+  },
+  get player() {
+    return player;
+  },
+  get publisher() {
+    return publisher;
+  },
+};
+
+start().catch(fail);

@@ -1,0 +1,191 @@
+// Playback of a live room: WebRTC through WHEP first, LL-HLS when that fails.
+//
+// WHEP (docs/protocol.md, "WHIP and WHEP"): one receive-only offer POSTed to
+// /whep/{room} with the access token as a bearer token; the 201 answer carries the
+// server's candidates (it does not trickle), so the offer goes out once this side
+// has gathered its own. 409 room_not_live means nobody is on stage yet: the caller
+// retries (on track_published, or after Retry-After). Any other failure, or a
+// connection that does not come up, falls back to HLS at /hls/{room_id}/live.m3u8,
+// with the vendored hls.js (imported only then), or natively where the browser has
+// no Media Source Extensions but plays HLS itself.
+
+const RTC_CONFIG = { iceServers: [], bundlePolicy: 'max-bundle' };
+const GATHER_MS = 3000;
+const CONNECT_MS = 15000;
+
+export class NotLive extends Error {
+  constructor(retryAfter) {
+    super('nobody is live yet');
+    this.name = 'NotLive';
+    this.retryAfter = retryAfter;
+  }
+}
+
+export class PlaybackError extends Error {
+  constructor(code, message) {
+    super(message || code);
+    this.name = 'PlaybackError';
+    this.code = code;
+  }
+}
+
+export function gathered(pc) {
+  if (pc.iceGatheringState === 'complete') return Promise.resolve();
+  return new Promise((resolve) => {
+    const timer = setTimeout(resolve, GATHER_MS);
+    pc.addEventListener('icegatheringstatechange', () => {
+      if (pc.iceGatheringState === 'complete') {
+        clearTimeout(timer);
+        resolve();
+      }
+    });
+  });
+}
+
+function connected(pc) {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new PlaybackError('timeout', 'the WebRTC connection did not come up')),
+      CONNECT_MS);
+    const check = () => {
+      if (pc.connectionState === 'connected') {
+        clearTimeout(timer);
+        resolve();
+      } else if (pc.connectionState === 'failed' || pc.connectionState === 'closed') {
+        clearTimeout(timer);
+        reject(new PlaybackError('ice_failed', 'the WebRTC connection failed'));
+      }
+    };
+    pc.addEventListener('connectionstatechange', check);
+    check();
+  });
+}
+
+export class WhepPlayer {
+  constructor(video, { room, token }) {
+    this.video = video;
+    this.room = room;
+    this.token = token;
+    this.pc = null;
+    this.location = null;
+    this.stream = null;
+  }
+
+  async start() {
+    const pc = new RTCPeerConnection(RTC_CONFIG);
+    this.pc = pc;
+    pc.addTransceiver('video', { direction: 'recvonly' });
+    pc.addTransceiver('audio', { direction: 'recvonly' });
+    this.stream = new MediaStream();
+    pc.ontrack = (event) => {
+      this.stream.addTrack(event.track);
+      if (this.video.srcObject !== this.stream) this.video.srcObject = this.stream;
+    };
+    await pc.setLocalDescription(await pc.createOffer());
+    await gathered(pc);
+    let response;
+    try {
+      response = await fetch(`/whep/${encodeURIComponent(this.room)}`, {
+        method: 'POST',
+        headers: { 'Content-Type': 'application/sdp', Authorization: `Bearer ${this.token}` },
+        body: pc.localDescription.sdp,
+      });
+    } catch (error) {
+      this.stop();
+      throw new PlaybackError('network', String(error));
+    }
+    if (response.status !== 201) {
+      let code = `http_${response.status}`;
+      let message = '';
+      try {
+        const body = await response.json();
+        code = body.error.code;
+        message = body.error.message;
+      } catch { /* not the API's JSON */ }
+      this.stop();
+      if (code === 'room_not_live') throw new NotLive(Number(response.headers.get('Retry-After') || 5));
+      throw new PlaybackError(code, message);
+    }
+    this.location = response.headers.get('Location');
+    await pc.setRemoteDescription({ type: 'answer', sdp: await response.text() });
+    await connected(pc);
+    pc.addEventListener('connectionstatechange', () => {
+      if (pc.connectionState === 'failed' && this.onFailed) this.onFailed();
+    });
+  }
+
+  async stats() {
+    if (!this.pc) return null;
+    const report = await this.pc.getStats();
+    let video = null;
+    let audio = null;
+    report.forEach((s) => {
+      if (s.type === 'inbound-rtp' && s.kind === 'video') video = s;
+      if (s.type === 'inbound-rtp' && s.kind === 'audio') audio = s;
+    });
+    return {
+      framesDecoded: video ? video.framesDecoded || 0 : 0,
+      frameWidth: video ? video.frameWidth || 0 : 0,
+      frameHeight: video ? video.frameHeight || 0 : 0,
+      codec: video && video.codecId && report.get(video.codecId) ? report.get(video.codecId).mimeType : null,
+      audioPackets: audio ? audio.packetsReceived || 0 : 0,
+    };
+  }
+
+  stop() {
+    if (this.location) {
+      fetch(this.location, { method: 'DELETE', headers: { Authorization: `Bearer ${this.token}` } })
+        .catch(() => {});
+      this.location = null;
+    }
+    if (this.pc) this.pc.close();
+    this.pc = null;
+  }
+}
+
+export class HlsPlayer {
+  constructor(video, { roomId, token }) {
+    this.video = video;
+    this.url = `/hls/${encodeURIComponent(roomId)}/live.m3u8`;
+    this.token = token;
+    this.hls = null;
+    this.engine = null; // "native" | "hls.js"
+    this.lastError = null;
+  }
+
+  // hls.js wherever Media Source Extensions exist (it sends the token as a header and
+  // tunes low-latency playback); the browser's own HLS only where they do not (older
+  // iPhones), with the token in the query since a media element sends no headers.
+  async start() {
+    const { default: Hls } = await import('./vendor/hls.light.min.mjs');
+    if (!Hls.isSupported()) {
+      if (!this.video.canPlayType('application/vnd.apple.mpegurl')) {
+        throw new PlaybackError('hls_unsupported', 'this browser plays neither WebRTC nor HLS');
+      }
+      this.engine = 'native';
+      this.video.src = `${this.url}?token=${encodeURIComponent(this.token)}`;
+      return;
+    }
+    this.engine = 'hls.js';
+    const token = this.token;
+    this.hls = new Hls({
+      lowLatencyMode: true,
+      enableWorker: false, // the page's CSP allows no blob: workers
+      xhrSetup: (xhr) => xhr.setRequestHeader('Authorization', `Bearer ${token}`),
+    });
+    this.hls.on(Hls.Events.ERROR, (_event, data) => {
+      this.lastError = { type: data.type, details: data.details, fatal: data.fatal,
+        status: data.response ? data.response.code : undefined };
+      if (data.fatal && data.type === Hls.ErrorTypes.NETWORK_ERROR) {
+        setTimeout(() => this.hls && this.hls.startLoad(), 3000); // the stream may not have started yet
+      }
+    });
+    this.hls.loadSource(this.url);
+    this.hls.attachMedia(this.video);
+  }
+
+  stop() {
+    if (this.hls) this.hls.destroy();
+    this.hls = null;
+    if (this.engine === 'native') this.video.removeAttribute('src');
+  }
+}
