@@ -25,6 +25,8 @@ from gbmedia.messaging.presence import MemoryPresence, Presence, RedisPresence
 from gbmedia.messaging.service import Chat
 from gbmedia.metrics import Metrics
 from gbmedia.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
+from gbmedia.recording.hls.playlist import HlsConfig
+from gbmedia.recording.hls.service import HlsService
 from gbmedia.sfu import aiortc_adapter
 from gbmedia.sfu.media_address import MediaAddress, resolve_media_address
 from gbmedia.signaling.live import LiveRooms
@@ -59,6 +61,7 @@ class Node:
     presence: Presence
     outbox: OutboxRelay | OutboxTrimmer
     redis: aioredis.Redis | None = None
+    hls: HlsService | None = None
     started: float = field(default_factory=time.monotonic)
 
     @classmethod
@@ -117,12 +120,19 @@ class Node:
         node.metrics.watch(outbox.samples)
         node.outbox.start()
         node.room_sweeper.start()
+        if settings.hls_enabled:  # LL-HLS of live rooms, packaged once per room on this node
+            node.hls = HlsService(HlsConfig(settings.hls_segment_seconds, settings.hls_part_seconds,
+                                            settings.hls_window_segments), live_rooms, rooms,
+                                  video_bitrate=settings.hls_video_bitrate)
+            node.metrics.watch(node.hls.samples)
         return node
 
     async def stop(self) -> None:
         await self.room_sweeper.stop()
         await self.outbox.stop()
         await self.live_rooms.close()
+        if self.hls is not None:
+            await self.hls.close()
         await self.chat_hub.stop()
         await self.bus.close()
         if self.redis is not None:

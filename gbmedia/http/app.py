@@ -135,4 +135,7 @@ def create_app(node: Node) -> web.Application:
     signaling_ws.register(app)
     messaging_api.register(app)
     web_files.register(app)
+    from gbmedia.recording.hls import api as hls_api
+
+    hls_api.register(app)
     return app
