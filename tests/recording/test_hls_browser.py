@@ -47,9 +47,9 @@ async def test_hls_js_plays_the_live_stream_in_low_latency_mode(rtc, tenant: Ten
         hls.on(Hls.Events.ERROR, (e, d) => { if (d.fatal) window.hlsErrors.push(d.details); });
         hls.on(Hls.Events.FRAG_LOADED, (e, d) => { if (d.part) window.partsLoaded += 1; });
         hls.loadSource(src); hls.attachMedia(video); video.play(); }""", f"/hls/{room_id}/live.m3u8")
-    await tab.wait_for("window.video.currentTime > 6", timeout=40)
+    await tab.wait_for("window.video.currentTime > 6", timeout=60)
     state = await tab.evaluate("""({w: video.videoWidth, h: video.videoHeight, errors: window.hlsErrors,
         parts: window.partsLoaded, low: hls.lowLatencyMode, partTarget: hls.levels[0].details.partTarget})""")
     assert (state["w"], state["h"]) == (320, 240)
-    assert state["errors"] == [] and state["low"] is True and state["partTarget"] == 0.5
+    assert state["errors"] == [] and state["low"] is True and state["partTarget"] == 0.5, state
     assert state["parts"] >= 4  # it fetched partial segments, not just whole ones
