@@ -260,3 +260,42 @@ async def test_meeting_rooms_get_no_rendition(rtc, tenant: Tenant, client: TestC
     await host.publish(ColorVideoTrack(RED))
     await asyncio.sleep(0.5)
     assert node.hls is not None and node.hls.running == {}
+
+
+async def test_the_program_hands_over_when_its_video_ends(rtc, tenant: Tenant, client: TestClient, node: Node,
+                                                         tmp_path: Path):
+    import uuid
+
+    room_id = await live_room(client, tenant)
+    host, guest = await rtc(), await rtc()
+    await host.join(token(tenant, "host", room="show"))
+    await host.publish(ColorVideoTrack(RED), ToneAudioTrack())
+    await guest.join(token(tenant, "guest", room="show"))
+    await guest.publish(ColorVideoTrack((30, 30, 220)))
+    first = await wait_playlist(client, room_id, lambda t: len(t["segments"]) >= 1)
+    program = node.hls.program(uuid.UUID(room_id))  # type: ignore[union-attr]
+    assert program is not None and program.has_audio
+
+    # The host stops its audio: the program goes on, its audio track now silence.
+    audio = next(t for t in host.publisher.getTransceivers() if t.kind == "audio")  # type: ignore[union-attr]
+    audio.direction = "inactive"
+    await host.publish()
+    await wait_for(lambda: node.hls.running[uuid.UUID(room_id)].audio is None, within=10)  # type: ignore[union-attr]
+    segments_before = int(first["#EXT-X-MEDIA-SEQUENCE"]) + len(first["segments"])
+    later = await wait_playlist(client, room_id, lambda t: int(t["#EXT-X-MEDIA-SEQUENCE"]) + len(t["segments"]) >=
+                                segments_before + 2)
+    clip = tmp_path / "silent.mp4"
+    clip.write_bytes(await media(client, room_id, later["#EXT-X-MAP"][5:-1]) + await media(
+        client, room_id, later["segments"][-1]))
+    streams = {s["codec_type"]: s for s in ffprobe(clip)["streams"]}
+    assert int(streams["audio"]["nb_read_frames"]) >= 40  # about 2 s of (silent) AAC: players never stall
+
+    # The host leaves: the guest's video becomes the program, under a new rendition id.
+    await host.request({"type": "leave"})
+    await wait_for(lambda: (p := node.hls.program(uuid.UUID(room_id))) is not None  # type: ignore[union-attr]
+                   and p is not program, within=10)
+    handed = await wait_playlist(client, room_id, lambda t: t["#EXT-X-MAP"] != first["#EXT-X-MAP"])
+    assert handed["#EXT-X-MEDIA-SEQUENCE"] == "0"
+    assert node.hls.program(uuid.UUID(room_id)).has_audio is False  # type: ignore[union-attr]
+    status, _, _ = await get_text(client, f"/hls/{room_id}/{first['#EXT-X-MAP'][5:-1]}")
+    assert status == 404  # the old rendition's media went with it
