@@ -62,15 +62,27 @@ _PART = re.compile(r'#EXT-X-PART:[^\n]*URI="([^"]+)"')
 # --- the publisher ------------------------------------------------------------------------
 
 class MovingVideo(MediaStreamTrack):
-    """640x480 at 30 fps whose colour drifts (a fresh frame object every time: see the notes)."""
+    """640x480 at 30 fps, moving: three seconds of frames made once, in yuv420p, replayed in a loop (a
+    fresh frame object every time: see the notes), so the publisher spends its CPU on encoding only."""
 
     kind = "video"
+    LOOP = 90
 
     def __init__(self) -> None:
         super().__init__()
         self._start: float | None = None
         self._pts = 0
-        self._base = np.random.default_rng(1).integers(0, 255, (480, 640, 3), dtype=np.uint8)
+        # Gradients and a moving square: compressible like camera video (noise would make every
+        # keyframe huge and measure the encoder instead of the packager).
+        y, x = np.mgrid[0:480, 0:640]
+        base = np.stack([x * 255 // 640, y * 255 // 480, (x + y) * 255 // 1120], axis=-1).astype(np.uint8)
+        self._frames = []
+        for step in range(self.LOOP):
+            image = np.roll(base, step * 7, axis=1)
+            top, left = 100 + (step * 3) % 280, (step * 5) % 560
+            image[top:top + 80, left:left + 80] = (255, 255, 255)
+            rgb = av.VideoFrame.from_ndarray(image, format="rgb24")
+            self._frames.append(rgb.reformat(format="yuv420p").to_ndarray())
 
     async def recv(self) -> av.VideoFrame:
         if self._start is None:
@@ -80,8 +92,8 @@ class MovingVideo(MediaStreamTrack):
             wait = self._start + self._pts / VIDEO_CLOCK_RATE - time.time()
             if wait > 0:
                 await asyncio.sleep(wait)
-        shift = (self._pts // 3000) % 640
-        frame = av.VideoFrame.from_ndarray(np.roll(self._base, shift, axis=1), format="rgb24")
+        index = (self._pts // int(VIDEO_PTIME * VIDEO_CLOCK_RATE)) % self.LOOP
+        frame = av.VideoFrame.from_ndarray(self._frames[index], format="yuv420p")
         frame.pts, frame.time_base = self._pts, VIDEO_TIME_BASE
         return frame
 
@@ -109,7 +121,7 @@ class Tone(MediaStreamTrack):
         return frame
 
 
-async def publish(url: str, token: str, h264: bool) -> tuple[aiohttp.ClientSession, Any, RTCPeerConnection]:
+async def publish(url: str, token: str, h264: bool) -> tuple[aiohttp.ClientSession, Any, RTCPeerConnection, Any]:
     session = aiohttp.ClientSession()
     ws = await session.ws_connect(url.replace("http", "ws", 1) + "/rtc")
     await ws.send_json({"type": "join", "token": token, "id": "j"})
@@ -130,7 +142,12 @@ async def publish(url: str, token: str, h264: bool) -> tuple[aiohttp.ClientSessi
     if reply["type"] != "publish_answer":
         raise BenchError(f"publish refused: {reply}")
     await pc.setRemoteDescription(RTCSessionDescription(sdp=reply["sdp"], type="answer"))
-    return session, ws, pc
+
+    async def keep_reading() -> None:  # answers the server's heartbeats; a silent socket would be dropped
+        async for _ in ws:
+            pass
+
+    return session, ws, pc, asyncio.ensure_future(keep_reading())
 
 
 # --- players ------------------------------------------------------------------------------
@@ -141,16 +158,18 @@ class Stats:
         self.requests = 0
         self.bytes = 0
         self.errors = 0
+        self.statuses: dict[str, int] = {}
         self.media_ms: list[float] = []
         self.reload_ms: list[float] = []
 
-    def record(self, started: float, ended: float, size: int, ok: bool, reload: bool) -> None:
+    def record(self, started: float, ended: float, size: int, status: int, reload: bool) -> None:
         if not self.window[0] <= ended <= self.window[1]:
             return
         self.requests += 1
         self.bytes += size
-        if not ok:
+        if status != 200:
             self.errors += 1
+            self.statuses[str(status)] = self.statuses.get(str(status), 0) + 1
             return
         (self.reload_ms if reload else self.media_ms).append((ended - started) * 1000)
 
@@ -163,9 +182,9 @@ async def fetch(session: aiohttp.ClientSession, url: str, stats: Stats, *, reloa
             body = await resp.read()
             status = resp.status
     except (aiohttp.ClientError, TimeoutError):
-        stats.record(started, time.monotonic(), 0, False, reload)
+        stats.record(started, time.monotonic(), 0, 0, reload)
         return 0, b""
-    stats.record(started, time.monotonic(), len(body), status == 200, reload)
+    stats.record(started, time.monotonic(), len(body), status, reload)
     return status, body
 
 
@@ -226,6 +245,7 @@ async def worker_main() -> None:
             harness.reply({"ok": True})
         elif cmd == "report":
             harness.reply({"requests": stats.requests, "bytes": stats.bytes, "errors": stats.errors,
+                           "statuses": stats.statuses,
                            "media_ms": stats.media_ms, "reload_ms": stats.reload_ms})
         elif cmd == "stop":
             stop.set()
@@ -234,6 +254,7 @@ async def worker_main() -> None:
             if session is not None:
                 await session.close()
             if publisher is not None:
+                publisher[3].cancel()
                 await publisher[2].close()
                 await publisher[1].close()
                 await publisher[0].close()
@@ -267,6 +288,13 @@ async def wait_ready(session: aiohttp.ClientSession, base: str, within: float) -
     raise BenchError(f"the live room's playlist never had two segments within {within:.0f} s")
 
 
+async def hls_counters(url: str) -> dict[str, float]:
+    """The node's gbmedia_hls_* counters: is the stream still produced, and whole?"""
+    async with aiohttp.ClientSession() as session, session.get(url + "/metrics") as resp:
+        return {line.split()[0]: float(line.split()[1]) for line in (await resp.text()).splitlines()
+                if line.startswith("gbmedia_hls_") and line.split()[0].endswith("_total")}
+
+
 async def run_step(players: int, args: argparse.Namespace, server: Server, base: str, workdir: Path,
                    step: int) -> dict[str, Any]:
     per = args.per_process
@@ -281,8 +309,10 @@ async def run_step(players: int, args: argparse.Namespace, server: Server, base:
                                for w in workers))
         await asyncio.sleep(args.warmup)
         cpu0, busy0, load0 = server.cpu(), harness.machine_busy(), os.getloadavg()[0]
+        counters0 = await hls_counters(server.url)
         await asyncio.sleep(args.seconds)
         cpu1, busy1 = server.cpu(), harness.machine_busy()
+        counters1 = await hls_counters(server.url)
         await asyncio.sleep(0.5)
         reports = await asyncio.gather(*(w.call({"cmd": "report"}, 120) for w in workers))
     finally:
@@ -293,8 +323,14 @@ async def run_step(players: int, args: argparse.Namespace, server: Server, base:
     return {
         "players": players, "mode": args.mode, "seconds": args.seconds,
         "requests_per_s": requests / args.seconds,
+        "parts_produced_per_s": (counters1["gbmedia_hls_parts_total"] - counters0["gbmedia_hls_parts_total"])
+        / args.seconds,
+        "packets_lost": counters1["gbmedia_hls_packets_lost_total"] - counters0["gbmedia_hls_packets_lost_total"],
+        "frames_dropped": counters1["gbmedia_hls_frames_dropped_total"]
+        - counters0["gbmedia_hls_frames_dropped_total"],
         "bytes_per_s": sum(r["bytes"] for r in reports) / args.seconds,
         "errors": sum(r["errors"] for r in reports),
+        "error_statuses": {k: sum(r["statuses"].get(k, 0) for r in reports) for r in reports for k in r["statuses"]},
         "media_p50_ms": percentile(media, 0.5), "media_p99_ms": percentile(media, 0.99),
         "reload_p50_ms": percentile(reloads, 0.5), "reload_p99_ms": percentile(reloads, 0.99),
         "server_cpu_percent": 100 * (cpu1 - cpu0) / args.seconds,
@@ -308,12 +344,16 @@ async def run_step(players: int, args: argparse.Namespace, server: Server, base:
 def print_table(result: dict[str, Any]) -> None:
     print(f"\nLL-HLS: {result['source']} 640x480@30 + Opus, mode {result['mode']}, {result['cpus']} CPUs, "
           f"idle server CPU {fmt(result['idle_server_cpu_percent'], '.1f')}% (packaging alone)")
-    lines: list[tuple[str, ...]] = [("players", "req/s", "MB/s", "errors", "media p50 ms", "p99", "reload p50 ms",
-                                     "p99", "server CPU %", "CPU ms/req", "above idle", "machine busy %", "load 1m")]
+    lines: list[tuple[str, ...]] = [("players", "parts/s made", "lost pkts", "dropped frames", "req/s", "MB/s",
+                                     "errors", "media p50 ms", "p99",
+                                     "reload p50 ms", "p99", "server CPU %", "CPU ms/req", "above idle",
+                                     "machine busy %", "load 1m")]
     idle = result["idle_server_cpu_percent"]
     for s in result["steps"]:
         serving = (s["server_cpu_percent"] - idle) * 10 / s["requests_per_s"] if s["requests_per_s"] else None
-        lines.append((str(s["players"]), fmt(s["requests_per_s"], ".0f"), fmt(s["bytes_per_s"] / 1e6, ".2f"),
+        lines.append((str(s["players"]), fmt(s["parts_produced_per_s"], ".2f"), fmt(s["packets_lost"], ".0f"),
+                      fmt(s["frames_dropped"], ".0f"), fmt(s["requests_per_s"], ".0f"),
+                      fmt(s["bytes_per_s"] / 1e6, ".2f"),
                       str(s["errors"]), fmt(s["media_p50_ms"], ".1f"), fmt(s["media_p99_ms"], ".1f"),
                       fmt(s["reload_p50_ms"], ".0f"), fmt(s["reload_p99_ms"], ".0f"),
                       fmt(s["server_cpu_percent"], ".0f"), fmt(s["server_cpu_ms_per_request"], ".3f"),

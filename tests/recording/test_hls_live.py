@@ -119,8 +119,9 @@ async def wait_playlist(client: TestClient, room_id: str, predicate, within: flo
 async def test_vp8_live_room_is_transcoded_to_playable_ll_hls(rtc, tenant: Tenant, client: TestClient,
                                                             node: Node, tmp_path: Path):
     room_id = await live_room(client, tenant)
-    status, body, _ = await get_text(client, f"/hls/{room_id}/live.m3u8")
+    status, body, headers = await get_text(client, f"/hls/{room_id}/live.m3u8")
     assert status == 404 and json.loads(body)["error"]["code"] == "hls_not_found"  # nobody publishes yet
+    assert headers["Cache-Control"] == "no-cache" and headers["Access-Control-Allow-Origin"] == "*"
 
     host = await rtc()
     await host.join(token(tenant, "host", room="show"))

@@ -92,6 +92,15 @@ async def media(request: web.Request) -> web.Response:
                                                   **_CORS})
 
 
+async def _error_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """Errors under /hls/ are never cached (a CDN caching a 404 would delay a stream that starts a moment
+    later) and readable cross-origin (players see why)."""
+    if request.path.startswith("/hls/") and response.status >= 400:
+        response.headers["Cache-Control"] = "no-cache"
+        response.headers.update(_CORS)
+
+
 def register(app: web.Application) -> None:
     app.router.add_get("/hls/{room_id}/" + PLAYLIST_NAME, playlist)
     app.router.add_get("/hls/{room_id}/{name}", media)
+    app.on_response_prepare.append(_error_headers)

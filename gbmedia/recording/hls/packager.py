@@ -426,10 +426,12 @@ class Segmenter:
 
 @dataclass
 class ProgramStats:
-    video_frames: int = 0
+    video_frames: int = 0  # frames that reached the segmenter (remuxed or transcoded)
     frames_encoded: int = 0
     audio_frames: int = 0
-    packets_dropped: int = 0
+    packets_dropped: int = 0  # the worker's queue was full
+    packets_lost: int = 0  # sequence gaps the reorder buffer gave up on (video and audio)
+    frames_dropped: int = 0  # video frames broken by loss or waiting for a keyframe
 
 
 _STOP = object()
@@ -545,6 +547,9 @@ class _Worker:
                 self._video_packet(ready, lost)
             for ready, _lost in self.reorder["audio"].pop(now):  # Opus frames decode alone
                 self._audio_packet(ready)
+            self.p.stats.packets_lost = self.reorder["video"].lost + self.reorder["audio"].lost
+            if self.assembler is not None:
+                self.p.stats.frames_dropped = self.assembler.dropped
             self._keep_audio_up()
 
     def _video_codec(self, mime: str) -> None:

@@ -39,6 +39,8 @@ class HlsService:
         self.bytes_served = 0
         self._retired_parts = 0
         self._retired_encoded = 0
+        self._retired_lost = 0
+        self._retired_dropped = 0
         live_rooms.on_track(self._on_track)
         rooms.on_close(self._on_room_closed)
 
@@ -96,6 +98,8 @@ class HlsService:
         await running.program.stop()
         self._retired_parts += running.program.rendition.parts_total
         self._retired_encoded += running.program.stats.frames_encoded
+        self._retired_lost += running.program.stats.packets_lost
+        self._retired_dropped += running.program.stats.frames_dropped
         log.info("hls program stopped", extra={"room_id": str(room_id), "reason": reason})
 
     async def _on_room_closed(self, room: Room, reason: str) -> None:
@@ -113,6 +117,11 @@ class HlsService:
                    self._retired_parts + sum(p.rendition.parts_total for p in programs), counter=True),
             Sample("gbmedia_hls_frames_transcoded_total", "Video frames encoded for HLS (VP8 sources only)",
                    self._retired_encoded + sum(p.stats.frames_encoded for p in programs), counter=True),
+            Sample("gbmedia_hls_packets_lost_total", "RTP packets the HLS packager never got (sequence gaps)",
+                   self._retired_lost + sum(p.stats.packets_lost for p in programs), counter=True),
+            Sample("gbmedia_hls_frames_dropped_total",
+                   "Video frames the HLS packager dropped (broken by loss, or waiting for a keyframe)",
+                   self._retired_dropped + sum(p.stats.frames_dropped for p in programs), counter=True),
             Sample("gbmedia_hls_bytes_served_total", "Bytes of HLS playlists and media served",
                    self.bytes_served, counter=True),
         ]
