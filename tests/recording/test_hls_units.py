@@ -188,6 +188,7 @@ async def test_playlist_lists_a_window_parts_near_the_edge_and_a_preload_hint():
                          "#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK=1.5",
                          "#EXT-X-MEDIA-SEQUENCE:5", f'#EXT-X-MAP:URI="{rid}-init.mp4"']
     assert lines[7] == "#EXT-X-PROGRAM-DATE-TIME:2026-12-01T23:00:00.000Z"
+    assert text.count("#EXT-X-PROGRAM-DATE-TIME:") == 4  # every listed segment, the open one too
     assert [ln for ln in lines if not ln.startswith("#")] == [f"{rid}-{m}.m4s" for m in (5, 6, 7)]
     parts = [ln for ln in lines if ln.startswith("#EXT-X-PART:")]
     # Within three target durations (9 s) of the edge: every listed segment here (6 s), plus the open one.
@@ -368,3 +369,20 @@ def test_audio_timeline_is_continuous_through_gaps_and_late_packets():
     assert audio.next_index >= before
     fresh = AudioTranscoder()
     assert fresh.fill_to(5000) == [] and fresh.next_index == 5000
+
+
+def test_a_video_stall_ends_the_segment_where_its_media_ends():
+    config = HlsConfig(segment_seconds=2.0, part_seconds=0.5)
+    segments: list[tuple[int, float]] = []
+    parts: list[Part] = []
+    segmenter = Segmenter(config, lambda p, s: parts.append(p), lambda m, d: segments.append((m, d)), audio=False)
+    for i in range(20):
+        segmenter.add_video(Sample(i * 3000, b"\x00", i == 0))
+    segmenter.add_video(Sample(19 * 3000 + 10 * 90000, b"\x00", True))  # ten seconds later
+    assert segments == [(0, 20 * 3000 / 90000)]  # twenty frames, not ten seconds
+    assert parts[-1].msn == 0 and segmenter.segment_start == 19 * 3000 + 10 * 90000
+    for i in range(1, 70):
+        segmenter.add_video(Sample(19 * 3000 + 10 * 90000 + i * 3000, b"\x00", i % 60 == 0))
+    assert segments[1][0] == 1 and abs(segments[1][1] - 2.0) < 0.04
+    assert [p.independent for p in parts if p.msn == 1 and p.index == 0] == [True]
+

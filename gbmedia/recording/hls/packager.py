@@ -385,6 +385,16 @@ class Segmenter:
         previous = self._pending
         if sample.dts <= previous.dts:
             return  # not a later frame: a repeat or a reordered source, which we cannot carry
+        if sample.dts - previous.dts > max(VIDEO_TIMESCALE, 2 * self.config.part_seconds * VIDEO_TIMESCALE):
+            # The video stalled (muted, lost, a frozen publisher). The segment ends where its media ends, so
+            # no duration in the playlist lies; the next one starts at the new frame, after a hole players skip.
+            previous.duration = self.interval
+            self._video.append(previous)
+            self._cut(previous.dts + previous.duration, end_segment=True)
+            self.segment_start = self.part_start = sample.dts
+            self.part_independent = sample.keyframe
+            self._pending = sample
+            return
         previous.duration = sample.dts - previous.dts
         self.interval = max(1, (self.interval * 3 + previous.duration) // 4)
         self._video.append(previous)

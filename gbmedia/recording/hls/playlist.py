@@ -210,10 +210,10 @@ class Rendition:
             with_parts.add(segment.msn)
             if edge >= 3 * config.target_duration:
                 break
-        for position, segment in enumerate(listed):
-            if position == 0:
-                lines.append("#EXT-X-PROGRAM-DATE-TIME:" + segment.started_at.isoformat(timespec="milliseconds")
-                             .replace("+00:00", "Z"))
+        for segment in listed:
+            # On every segment: after a stall the media timeline has a hole, and players map times by these.
+            lines.append("#EXT-X-PROGRAM-DATE-TIME:" + segment.started_at.isoformat(timespec="milliseconds")
+                         .replace("+00:00", "Z"))
             if segment.msn in with_parts:
                 for part in segment.parts:
                     attributes = f'DURATION={_fmt(part.duration)},URI="{self.part_name(part.msn, part.index)}"'
