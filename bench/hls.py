@@ -265,7 +265,7 @@ async def worker_main() -> None:
 class Worker(harness.WorkerProcess):
     def __init__(self, index: int, log_path: Path, nice: int) -> None:
         super().__init__(index, log_path, nice, argv=[__file__, "--worker", "--nice", str(nice)],
-                         what="hls worker", stop_command="stop")
+                         what="hls worker", stop_command="stop", limit=1 << 26)  # reports carry every latency
 
 
 # --- the orchestrator ---------------------------------------------------------------------
