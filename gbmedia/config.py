@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "GBMEDIA_"
@@ -115,6 +115,19 @@ class Settings(BaseSettings):
         return self
     speaker_interval_ms: int = Field(default=500, ge=50, le=10_000)
     stats_interval_ms: int = Field(default=1000, ge=100, le=60_000)
+    hls_enabled: bool = True
+    hls_segment_seconds: float = Field(default=2.0, ge=0.5, le=10.0)
+    hls_part_seconds: float = Field(default=0.5, ge=0.1, le=2.0)
+    hls_window_segments: int = Field(default=6, ge=3, le=100)
+    hls_video_bitrate: int = Field(default=1_500_000, ge=100_000, le=20_000_000)
+
+    @field_validator("hls_part_seconds")
+    @classmethod
+    def _hls_part_within_segment(cls, value: float, info: ValidationInfo) -> float:
+        segment = info.data.get("hls_segment_seconds")
+        if segment is not None and value * 2 > segment:
+            raise ValueError("must be at most half of GBMEDIA_HLS_SEGMENT_SECONDS")
+        return value
 
     @field_validator("log_level", "log_format", mode="before")
     @classmethod

@@ -25,6 +25,8 @@ from gbmedia.messaging.presence import MemoryPresence, Presence, RedisPresence
 from gbmedia.messaging.service import Chat
 from gbmedia.metrics import Metrics
 from gbmedia.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
+from gbmedia.recording.hls.playlist import HlsConfig
+from gbmedia.recording.hls.service import HlsService
 from gbmedia.recording.service import Recordings
 from gbmedia.recording.storage import storage_from_settings
 from gbmedia.sfu import aiortc_adapter
@@ -65,6 +67,7 @@ class Node:
     outbox: OutboxRelay | OutboxTrimmer
     recordings: Recordings
     redis: aioredis.Redis | None = None
+    hls: HlsService | None = None
     started: float = field(default_factory=time.monotonic)
     quality: QualityMonitor | None = None  # media quality sampling (set by start)
     speakers: RoomSpeakers | None = None  # active speaker events (set by start)
@@ -139,6 +142,11 @@ class Node:
         node.speakers = RoomSpeakers(live_rooms, settings.speaker_interval_ms / 1000)
         node.metrics.watch(node.quality.samples)
         node.quality.start()
+        if settings.hls_enabled:  # LL-HLS of live rooms, packaged once per room on this node
+            node.hls = HlsService(HlsConfig(settings.hls_segment_seconds, settings.hls_part_seconds,
+                                            settings.hls_window_segments), live_rooms, rooms,
+                                  video_bitrate=settings.hls_video_bitrate)
+            node.metrics.watch(node.hls.samples)
         return node
 
     async def stop(self) -> None:
@@ -150,6 +158,8 @@ class Node:
         if self.speakers is not None:
             await self.speakers.close()
         await self.live_rooms.close()
+        if self.hls is not None:
+            await self.hls.close()
         await self.chat_hub.stop()
         await self.bus.close()
         if self.redis is not None:

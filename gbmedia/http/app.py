@@ -139,4 +139,7 @@ def create_app(node: Node) -> web.Application:
     recording_api.register(app)
     web_files.register(app)
     signaling_whip.register(app)  # /whip and /whep (RFC 9725 ingest, WHEP playback)
+    from gbmedia.recording.hls import api as hls_api
+
+    hls_api.register(app)
     return app

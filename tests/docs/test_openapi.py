@@ -73,7 +73,7 @@ UNREACHABLE_CODES = {"unknown_field", "invalid_status", "invalid_features", "inv
 # Where REST error codes come from: whole folders, and the REST-facing modules of
 # signaling (its WebSocket protocol's codes are documented in docs/protocol.md).
 REST_SOURCES = ("tenancy/*.py", "http/*.py", "signaling/rooms.py", "signaling/api.py", "signaling/live.py",
-                "signaling/ws.py", "messaging/*.py", "recording/*.py", "signaling/whip.py")
+                "signaling/ws.py", "messaging/*.py", "recording/*.py", "recording/hls/*.py", "signaling/whip.py")
 # Bearer-authenticated paths outside /api/ (standard WHIP/WHEP URLs); their CORS preflights need no credentials.
 TOKEN_PATHS = ("/whip/", "/whep/")
 
@@ -580,6 +580,8 @@ async def test_real_answers_conform_to_the_documented_responses(client: TestClie
                query={"instance_id": iid, "status": "all", "limit": "10", "offset": "0"})
     await call("GET", "/api/v1/rooms/{room_id}", 200, headers=admin, room_id=room["id"])
     await call("GET", "/rtc", 400)
+    await call("GET", "/hls/{room_id}/live.m3u8", 404, room_id=room["id"])  # live, but nobody publishes video
+    await call("GET", "/hls/{room_id}/{name}", 404, room_id=room["id"], name="0a1b2c3d-init.mp4")
     socket = await client.ws_connect("/rtc")
     await socket.send_json({"type": "join", "token": participant["token"]})
     joined = await socket.receive_json()
