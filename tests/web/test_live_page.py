@@ -147,6 +147,10 @@ async def test_without_webrtc_the_page_falls_back_to_hls(site: TestClient, tenan
     assert await tab.evaluate("gblive.player.engine") == "hls.js"  # Chromium has no native HLS
     await wait_for(lambda: any(f"/hls/{room_id}/live.m3u8" in url for url in requested), within=STATE_TIMEOUT)
     assert any(url.endswith("/web/live/vendor/hls.light.min.mjs") for url in requested)
+    # the node's LL-HLS rendition of the room really plays in the page
+    await tab.wait_for("(() => { const v = document.querySelector('video'); return v && v.videoWidth > 0 &&"
+                       " v.currentTime > 2; })()", timeout=MEDIA_TIMEOUT)
+    assert any(f"/hls/{room_id}/" in url and url.endswith(".m4s") for url in requested)  # media parts
 
 
 async def test_the_page_without_a_token_says_so(site: TestClient, browser: Browser):
