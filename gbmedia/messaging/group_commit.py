@@ -96,8 +96,13 @@ judged AS MATERIALIZED (
            e.deleted_at AS x_deleted_at
       FROM input i
       LEFT JOIN locked l ON l.id = i.conversation_id
-      LEFT JOIN messages e ON e.shard_key = l.shard_key AND e.conversation_id = l.id
-                          AND e.sender_id = i.sender AND e.idempotency_key = i.idempotency_key
+      -- LATERAL ... LIMIT 1: one index probe per send, never a hash join over every stored message
+      LEFT JOIN LATERAL (
+          SELECT x.id, x.seq, x.sender_id, x.kind, x.content, x.metadata, x.created_at, x.edited_at, x.deleted_at
+            FROM messages x
+           WHERE x.shard_key = l.shard_key AND x.conversation_id = l.id AND x.sender_id = i.sender
+             AND x.idempotency_key = i.idempotency_key AND x.idempotency_key IS NOT NULL
+           LIMIT 1) e ON true
 ),
 fresh AS MATERIALIZED (
     SELECT j.*, j.last_seq + row_number() OVER (PARTITION BY j.conversation_id ORDER BY j.ord) AS seq,
