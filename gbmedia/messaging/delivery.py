@@ -6,9 +6,11 @@ each node hands it to the sessions of those members that are connected to it. A
 single node without Redis uses the in-process bus, so the path is the same.
 
 Cost per event, not per recipient: the event's JSON text is encoded once, on the
-committing node, and every member's socket gets that same text. Events committed
-together (a group-committed batch of sends) travel in one bus message, so a batch
-costs one publish, not one per message; their order (the commit order) is kept.
+committing node, and every member's socket gets that same frame. The committing
+node hands its own sessions the event at once; the other nodes get it through the
+bus, where events committed together (a group-committed batch of sends) travel in
+one message, so a batch costs one publish, not one per message; their order (the
+commit order) is kept.
 
 Delivery is best effort by design: what is durable is the database. A client that
 was away, or whose socket was too slow and got dropped, catches up with
@@ -21,6 +23,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import uuid
 from typing import Any, Protocol
 
 from gbmedia.bus import Bus, Subscription
@@ -70,6 +73,9 @@ class ChatHub:
         self._subscription: Subscription | None = None
         self._outgoing: list[dict[str, Any]] = []  # events waiting for the next bus message, in commit order
         self._publisher: asyncio.Task[None] | None = None
+        # This hub's bus messages come back to it too (the bus delivers to the publisher); it already
+        # delivered those events locally when it queued them, so it skips them by this mark.
+        self.origin = uuid.uuid4().hex
         self.delivered = 0  # events pushed to local sessions (a metric)
         self.published = 0  # bus messages sent (each carries one or more events)
 
@@ -128,17 +134,26 @@ class ChatHub:
             "type": "typing", "conversation_id": str(conversation.id), "identity": identity, "active": active})
 
     def _queue(self, instance_id: str, members: list[str], event: dict[str, Any]) -> None:
-        """Into the next bus message: everything queued before the publisher runs travels together."""
-        self._outgoing.append({"instance_id": instance_id, "members": members, "frame": encode(event)})
+        """To this node's sessions now, and into the next bus message for the other nodes."""
+        text = encode(event)
+        self._push(instance_id, members, text_frame(text))
+        self._outgoing.append({"instance_id": instance_id, "members": members, "frame": text})
         if self._publisher is None:
             self._publisher = asyncio.ensure_future(self._publish())
+
+    def _push(self, instance_id: str, members: Any, frame: bytes) -> None:
+        sessions = self._sessions
+        for identity in members:
+            for session in tuple(sessions.get((instance_id, identity), ())):
+                session.push(frame)
+                self.delivered += 1
 
     async def _publish(self) -> None:
         try:
             while self._outgoing:
                 events, self._outgoing = self._outgoing, []
                 try:
-                    await self.bus.publish(CHANNEL, {"events": events})
+                    await self.bus.publish(CHANNEL, {"origin": self.origin, "events": events})
                     self.published += 1
                 except Exception:  # delivery is best effort; the stored messages are what counts
                     log.exception("chat events could not be published", extra={"events": len(events)})
@@ -148,13 +163,14 @@ class ChatHub:
     # --- incoming ------------------------------------------------------------------
 
     async def _on_event(self, message: dict[str, Any]) -> None:
+        if message.get("origin") == self.origin:
+            return  # ours: delivered to this node's sessions when it was queued
         events = message.get("events")
         if events is None and "event" in message:  # one event, as a node before batching published it
             events = [message]
         if not isinstance(events, list):
             log.warning("malformed chat event on the bus")
             return
-        sessions = self._sessions
         for entry in events:
             if not isinstance(entry, dict):
                 log.warning("malformed chat event on the bus")
@@ -166,8 +182,4 @@ class ChatHub:
             if not isinstance(instance_id, str) or not isinstance(text, str):
                 log.warning("malformed chat event on the bus")
                 continue
-            frame = text_frame(text)  # once per event, whatever the number of recipients
-            for identity in entry.get("members") or ():
-                for session in tuple(sessions.get((instance_id, identity), ())):
-                    session.push(frame)
-                    self.delivered += 1
+            self._push(instance_id, entry.get("members") or (), text_frame(text))  # one frame, every member

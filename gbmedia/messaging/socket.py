@@ -100,12 +100,17 @@ class ChatSession:
     # --- events to the client ------------------------------------------------------------
 
     def push(self, frame: bytes) -> None:
-        """Queue a ready frame; the turn's frames leave together (:meth:`_flush`)."""
+        """Queue a ready frame; it leaves with the others of this turn and the next (:meth:`_flush`)."""
         if self.cut_off:
             return
         if not self._backlog:
-            self._loop.call_soon(self._flush)
+            self._loop.call_soon(self._flush_next_turn)
         self._backlog.append(frame)
+
+    def _flush_next_turn(self) -> None:
+        # A batch's events reach the sessions in the turn it commits, its acks one turn later (when the
+        # senders' tasks resume): waiting one more turn puts a sender's ack in the same write as its events.
+        self._loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         frames, self._backlog = self._backlog, []
