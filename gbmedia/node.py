@@ -115,6 +115,8 @@ class Node:
                    outbox=outbox, redis=redis_client)
         node.metrics.watch(live_rooms.media_samples)
         node.metrics.watch(outbox.samples)
+        node.metrics.watch(chat.messages.batcher.samples)  # chat group commit and fan-out
+        node.metrics.watch(chat_hub.samples)
         node.outbox.start()
         node.room_sweeper.start()
         return node

@@ -29,6 +29,7 @@ from typing import Any, Protocol
 from gbmedia.bus import Bus, Subscription
 from gbmedia.messaging.conversations import Conversations
 from gbmedia.messaging.models import Conversation
+from gbmedia.metrics import Sample
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +116,16 @@ class ChatHub:
     @property
     def session_count(self) -> int:
         return sum(len(s) for s in self._sessions.values())
+
+    def samples(self) -> list[Sample]:
+        """The fan-out's figures for ``node.metrics.watch``."""
+        return [
+            Sample("gbmedia_chat_events_delivered_total", "Chat events pushed to this node's sockets",
+                   self.delivered, counter=True),
+            Sample("gbmedia_chat_bus_messages_total", "Bus messages of chat events published by this node",
+                   self.published, counter=True),
+            Sample("gbmedia_chat_sessions", "Chat sessions connected to this node", self.session_count),
+        ]
 
     # --- outgoing ------------------------------------------------------------------
 

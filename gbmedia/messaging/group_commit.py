@@ -58,6 +58,7 @@ import asyncpg
 
 from gbmedia.messaging.conversations import CONVERSATION_COLUMNS
 from gbmedia.messaging.models import Conversation, Message
+from gbmedia.metrics import Sample
 
 log = logging.getLogger(__name__)
 
@@ -321,6 +322,19 @@ class SendBatcher:
         self.largest = max(self.largest, len(requests))
         by_ord = {row["ord"]: row for row in rows}
         return [_outcome(r, by_ord[i]) for i, r in enumerate(requests)]
+
+    def samples(self) -> list[Sample]:
+        """The writer's figures for ``node.metrics.watch``: how much group commit groups."""
+        return [
+            Sample("gbmedia_chat_send_batches_total", "Chat send statements (each one commit)", self.batches,
+                   counter=True),
+            Sample("gbmedia_chat_sends_batched_total", "Chat sends written by those statements", self.sends,
+                   counter=True),
+            Sample("gbmedia_chat_send_batch_fallbacks_total",
+                   "Chat batches that failed and were written one send at a time", self.fallbacks, counter=True),
+            Sample("gbmedia_chat_send_batch_largest", "Most sends one chat statement has written", self.largest),
+            Sample("gbmedia_chat_sends_queued", "Chat sends waiting for the next statement", len(self._queue)),
+        ]
 
     async def close(self) -> None:
         """Wait for the batch being written (sends queued behind it are still written)."""

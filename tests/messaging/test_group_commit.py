@@ -354,3 +354,25 @@ async def test_coalesced_frames_are_separate_messages_in_seq_order(client: TestC
 
 
 __all__ = ["connect"]  # the socket fixture, shared with test_chat_socket.py
+
+
+async def test_group_commit_and_fan_out_figures_are_exported(client: TestClient, tenant: Tenant, connect):
+    cid = await conversation_of(client, tenant, "alice", "bob")
+    alice, bob = await connect(tenant, "alice"), await connect(tenant, "bob")
+    acks = await asyncio.gather(*(alice.request({"type": "chat_send", "conversation_id": cid, "content": f"f{n}",
+                                                 "idempotency_key": f"f{n}"}) for n in range(6)))
+    assert sorted(a["seq"] for a in acks) == list(range(1, 7))
+    await bob.wait(lambda e: len(bob.messages(cid)) == 6)
+    figures = {}
+    for line in (await (await client.get("/metrics")).text()).splitlines():
+        if line.startswith("gbmedia_chat_"):
+            name, _, value = line.rpartition(" ")
+            figures[name.split("{")[0]] = float(value)
+    assert figures["gbmedia_chat_sends_batched_total"] == 6
+    assert 1 <= figures["gbmedia_chat_send_batches_total"] <= 6
+    assert figures["gbmedia_chat_send_batch_largest"] >= 1
+    assert figures["gbmedia_chat_sends_queued"] == 0
+    assert figures["gbmedia_chat_send_batch_fallbacks_total"] == 0
+    assert figures["gbmedia_chat_events_delivered_total"] >= 12  # to bob and to alice's own socket
+    assert figures["gbmedia_chat_sessions"] == 2
+    assert figures["gbmedia_chat_bus_messages_total"] >= 1
