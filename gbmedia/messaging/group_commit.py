@@ -218,6 +218,7 @@ class SendBatcher:
         self.max_batch = max_batch
         self._queue: deque[tuple[SendRequest, asyncio.Future[SendOutcome]]] = deque()
         self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._writing: list[tuple[SendRequest, asyncio.Future[SendOutcome]]] = []
         # Figures (metrics and tests): statements run, sends in them, fallbacks to one send each.
         self.batches = 0
@@ -227,10 +228,13 @@ class SendBatcher:
 
     async def submit(self, request: SendRequest) -> SendOutcome:
         """Queue ``request`` and wait for its batch's commit."""
-        future: asyncio.Future[SendOutcome] = asyncio.get_running_loop().create_future()
+        loop = self._loop
+        if loop is None:  # once: get_running_loop costs a getpid() system call on every call
+            loop = self._loop = asyncio.get_running_loop()
+        future: asyncio.Future[SendOutcome] = loop.create_future()
         self._queue.append((request, future))
         if self._task is None:
-            self._task = asyncio.ensure_future(self._run())
+            self._task = loop.create_task(self._run())
         return await future
 
     async def _run(self) -> None:
