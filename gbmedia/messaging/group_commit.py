@@ -90,6 +90,7 @@ locked AS MATERIALIZED (
 ),
 judged AS MATERIALIZED (
     SELECT i.*, l.id IS NOT NULL AND (i.instance_id IS NULL OR l.instance_id = i.instance_id) AS found,
+           min(i.ord) OVER (PARTITION BY i.conversation_id) AS first_ord,
            COALESCE(i.admin OR i.identity = ANY (l.members), false) AS allowed,
            l.shard_key, l.customer_id, l.instance_id AS conversation_instance, l.last_seq,
            e.id AS x_id, e.seq AS x_seq, e.sender_id AS x_sender, e.kind AS x_kind, e.content AS x_content,
@@ -139,7 +140,9 @@ queued AS (
 SELECT j.ord, j.found, j.allowed, f.id AS new_id, f.seq AS new_seq, (SELECT at FROM clock) AS created_at,
        j.x_id, j.x_seq, j.x_sender, j.x_kind, j.x_content, j.x_metadata, j.x_created_at, j.x_edited_at,
        j.x_deleted_at,
-       {', '.join(f'l.{c} AS c_{c}' for c in _CONVERSATION_FIELDS)}, l.members
+       -- the conversation and its members once, on the first row of each conversation
+       {', '.join(f'CASE WHEN j.ord = j.first_ord THEN l.{c} END AS c_{c}' for c in _CONVERSATION_FIELDS)},
+       CASE WHEN j.ord = j.first_ord THEN l.members END AS members, j.conversation_id
   FROM judged j
   LEFT JOIN fresh f ON f.ord = j.ord
   LEFT JOIN locked l ON l.id = j.conversation_id
@@ -183,13 +186,15 @@ class SendOutcome:
     members: list[str] | None
 
 
-def _outcome(request: SendRequest, row: asyncpg.Record) -> SendOutcome:
-    conversation = None
+def _outcome(request: SendRequest, row: asyncpg.Record,
+             conversations: dict[uuid.UUID, tuple[Conversation, list[str]]]) -> SendOutcome:
+    """One send's row; ``conversations`` collects each conversation from the first row that carries it."""
     if row["c_id"] is not None:
-        conversation = Conversation(**{c: row[f"c_{c}"] for c in _CONVERSATION_FIELDS})
-    members = list(row["members"]) if row["members"] is not None else None
+        conversations[row["c_id"]] = (Conversation(**{c: row[f"c_{c}"] for c in _CONVERSATION_FIELDS}),
+                                      list(row["members"]))
     if not row["found"]:
         return SendOutcome("not_found", None, None, None)
+    conversation, members = conversations[row["conversation_id"]]
     if not row["allowed"]:
         return SendOutcome("not_member", None, conversation, members)
     if row["x_id"] is not None:
@@ -324,8 +329,8 @@ class SendBatcher:
         self.batches += 1
         self.sends += len(requests)
         self.largest = max(self.largest, len(requests))
-        by_ord = {row["ord"]: row for row in rows}
-        return [_outcome(r, by_ord[i]) for i, r in enumerate(requests)]
+        conversations: dict[uuid.UUID, tuple[Conversation, list[str]]] = {}
+        return [_outcome(r, row, conversations) for r, row in zip(requests, rows, strict=True)]  # rows by ord
 
     def samples(self) -> list[Sample]:
         """The writer's figures for ``node.metrics.watch``: how much group commit groups."""
