@@ -12,6 +12,9 @@ by its first member's access token (``gbmedia.tenancy.tokens.mint_token``). The
 clients live in ``--workers`` processes (uvloop when available); each worker holds
 N/workers sockets, every conversation's members spread across the workers, so a
 delivery usually crosses processes. Each socket sends ``auth`` with its own token.
+The sockets are a minimal RFC 6455 client on an asyncio protocol by default
+(``--client raw``: cheap, so the clients take less of a small machine from the
+server), or aiohttp's (``--client aiohttp``).
 
 For every rate R (msgs/s in total): the workers send open-loop (a 2 ms pacing tick,
 never waiting for acks) for ``--warmup`` + ``--seconds``; each message goes from a
