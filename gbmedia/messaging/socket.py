@@ -19,7 +19,6 @@ import contextlib
 import json
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from gbmedia.errors import ApiError
@@ -35,7 +34,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-Close = Callable[[], Awaitable[None]]
 MAX_BUFFERED_BYTES = 4 * 1024 * 1024  # unsent output of one socket before it is cut off
 PRESENCE_TTL = 60.0  # seconds an online mark lives without a refresh
 PRESENCE_REFRESH = 20.0
@@ -63,10 +61,13 @@ class RawFrames:
         if self.transport is not None:
             self.transport.write(data)
 
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
 
 class ChatSession:
-    def __init__(self, chat: Chat, hub: ChatHub, presence: Presence, caller: ChatCaller, frames: RawFrames,
-                 close: Close) -> None:
+    def __init__(self, chat: Chat, hub: ChatHub, presence: Presence, caller: ChatCaller, frames: RawFrames) -> None:
         assert caller.instance_id is not None and caller.identity is not None
         self.chat = chat
         self.hub = hub
@@ -75,7 +76,6 @@ class ChatSession:
         self.instance_id = str(caller.instance_id)
         self.identity = caller.identity
         self._frames = frames
-        self._close = close
         self._backlog: list[bytes] = []
         self._loop = asyncio.get_running_loop()
         self._status: Status = "online"
@@ -120,7 +120,9 @@ class ChatSession:
             self.cut_off = True
             log.warning("chat client too slow; disconnecting it",
                         extra={"identity": self.identity, "buffered": self._frames.buffered()})
-            self._tasks.append(asyncio.ensure_future(self._close()))
+            # Abort, not a close handshake: a close frame would queue behind megabytes the client does
+            # not read, and waiting for it would hold the session forever.
+            self._frames.abort()
             return
         self._frames.write(frames[0] if len(frames) == 1 else b"".join(frames))
 

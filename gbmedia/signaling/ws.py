@@ -124,7 +124,7 @@ class Connection:
         caller = ChatCaller(verified.instance.id, token.identity, admin=token.grants.room_admin,
                             room=token.grants.room if token.grants.room_join else None)
         session = ChatSession(self.node.chat, self.node.chat_hub, self.node.presence, caller,
-                              RawFrames(self.ws, self.transport), self.ws.close)
+                              RawFrames(self.ws, self.transport))
         await session.start()
         self.chat_session = session
 

@@ -376,3 +376,49 @@ async def test_group_commit_and_fan_out_figures_are_exported(client: TestClient,
     assert figures["gbmedia_chat_events_delivered_total"] >= 12  # to bob and to alice's own socket
     assert figures["gbmedia_chat_sessions"] == 2
     assert figures["gbmedia_chat_bus_messages_total"] >= 1
+
+
+async def test_a_client_that_stops_reading_is_cut_off(client: TestClient, node: Node, tenant: Tenant, connect,
+                                                     monkeypatch: pytest.MonkeyPatch):
+    """Frames go straight to the transport; once a socket's unsent output passes the limit (limit and
+    kernel buffers made small here, so that happens quickly) the session stops writing and aborts the
+    connection: a close handshake could not get past the unread data."""
+    import socket
+
+    from gbmedia.messaging import socket as chat_socket
+
+    monkeypatch.setattr(chat_socket, "MAX_BUFFERED_BYTES", 32 * 1024)
+    cid = await conversation_of(client, tenant, "alice", "bob")
+    alice = await connect(tenant, "alice")
+    raw = socket.socket()
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    raw.connect((client.host, client.port))
+    raw.setblocking(False)
+    reader, writer = await asyncio.open_connection(sock=raw)
+    writer.write(f"GET /rtc HTTP/1.1\r\nHost: {client.host}:{client.port}\r\nUpgrade: websocket\r\n"
+                 "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                 "Sec-WebSocket-Version: 13\r\n\r\n".encode())
+    assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101")
+    auth = json.dumps({"type": "auth", "token": token(tenant, "bob"), "id": "a"}).encode()
+    writer.write(bytes((0x81, 0xFE)) + len(auth).to_bytes(2, "big") + b"\0\0\0\0" + auth)  # zero mask key
+    for _ in range(300):
+        if node.chat_hub.online_here(tenant.instance_id, "bob"):
+            break
+        await asyncio.sleep(0.01)
+    assert node.chat_hub.online_here(tenant.instance_id, "bob")
+    (session,) = node.chat_hub._sessions[(tenant.instance_id, "bob")]
+    server_side = session._frames.transport.get_extra_info("socket")
+    server_side.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    big = "y" * 15_000
+    for n in range(400):  # bob never reads a byte from here on
+        await alice.request({"type": "chat_send", "conversation_id": cid, "content": big,
+                             "idempotency_key": f"big{n}"})
+        if session.cut_off:
+            break
+    assert session.cut_off, (n, session._frames.buffered())
+    for _ in range(3000):  # the connection is aborted, the session ends
+        if not node.chat_hub.online_here(tenant.instance_id, "bob"):
+            break
+        await asyncio.sleep(0.01)
+    assert not node.chat_hub.online_here(tenant.instance_id, "bob")
+    writer.close()
