@@ -422,3 +422,78 @@ async def test_a_client_that_stops_reading_is_cut_off(client: TestClient, node: 
         await asyncio.sleep(0.01)
     assert not node.chat_hub.online_here(tenant.instance_id, "bob")
     writer.close()
+
+
+async def cancel_lock_waiters(pool: asyncpg.Pool) -> None:
+    await wait_for_lock_waiter(pool, 1)
+    await pool.execute("SELECT pg_cancel_backend(pid) FROM pg_stat_activity "
+                       "WHERE wait_event_type = 'Lock' AND datname = current_database()")
+
+
+async def test_a_failed_batch_is_written_send_by_send_and_only_the_failing_send_fails(
+        client: TestClient, node: Node, tenant: Tenant):
+    """A real statement failure (the backend's query cancelled while it waits for a conversation's
+    lock): the batch is retried one send at a time; the send that fails again gets the error, the
+    send of the other conversation commits; a send whose sender gave up while queued is not written."""
+    blocked = await group(client, tenant, "alice", "bob")
+    free = await group(client, tenant, "alice", "bob")
+    messages = node.chat.messages
+    await warm(messages, tenant, blocked)
+    await warm(messages, tenant, free)
+    pool = node.db.pool
+    fallbacks = messages.batcher.fallbacks
+    holder = await pool.acquire()
+    try:
+        tx = holder.transaction()
+        await tx.start()
+        await holder.execute("SELECT 1 FROM conversations WHERE id = $1 FOR UPDATE", blocked)
+        stuck = asyncio.ensure_future(messages.send(caller(tenant, "alice"), blocked, "stuck", "s1"))
+        fine = asyncio.ensure_future(messages.send(caller(tenant, "bob"), free, "fine", "f1"))
+        await cancel_lock_waiters(pool)  # the batch of both fails
+        await cancel_lock_waiters(pool)  # "stuck" on its own fails again; "fine" on its own commits
+        with pytest.raises(asyncpg.QueryCanceledError):
+            await stuck
+        assert (await fine).created
+        # Queued behind a batch that waits, then abandoned by its sender: never written.
+        waiting = asyncio.ensure_future(messages.send(caller(tenant, "alice"), blocked, "waits", "w1"))
+        await wait_for_lock_waiter(pool, 1)
+        abandoned = asyncio.ensure_future(messages.send(caller(tenant, "alice"), blocked, "abandoned", "x1"))
+        await asyncio.sleep(0)
+        abandoned.cancel()
+        await tx.rollback()
+    finally:
+        await pool.release(holder)
+    assert (await waiting).created
+    with pytest.raises(asyncio.CancelledError):
+        await abandoned
+    assert messages.batcher.fallbacks == fallbacks + 1
+    keys = {r["idempotency_key"] for r in await pool.fetch("SELECT idempotency_key FROM messages")}
+    assert {"f1", "w1"} <= keys and not keys & {"s1", "x1"}
+    assert await stored_seqs(pool, blocked) == [1, 2]
+
+
+async def test_a_lone_send_raced_by_another_writer_is_retried_and_finds_the_stored_message(
+        client: TestClient, node: Node, tenant: Tenant):
+    cid = await group(client, tenant, "alice", "bob")
+    messages = node.chat.messages
+    await warm(messages, tenant, cid)
+    pool = node.db.pool
+    other_node = await pool.acquire()
+    try:
+        tx = other_node.transaction()
+        await tx.start()
+        seq = await other_node.fetchval(
+            "UPDATE conversations SET last_seq = last_seq + 1 WHERE id = $1 RETURNING last_seq", cid)
+        send = asyncio.ensure_future(messages.send(caller(tenant, "alice"), cid, "raced", "alone"))
+        await wait_for_lock_waiter(pool, 1)
+        await other_node.execute(
+            """INSERT INTO messages (shard_key, customer_id, instance_id, conversation_id, seq, sender_id, content,
+                                     idempotency_key)
+               SELECT shard_key, customer_id, instance_id, id, $2, 'alice', 'raced', 'alone'
+                 FROM conversations WHERE id = $1""", cid, seq)
+        await tx.commit()
+    finally:
+        await pool.release(other_node)
+    result = await send
+    assert not result.created and result.message.seq == seq
+    assert await stored_seqs(pool, cid) == [1, 2]
