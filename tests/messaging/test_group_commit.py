@@ -497,3 +497,27 @@ async def test_a_lone_send_raced_by_another_writer_is_retried_and_finds_the_stor
     result = await send
     assert not result.created and result.message.seq == seq
     assert await stored_seqs(pool, cid) == [1, 2]
+
+
+async def test_a_rooms_participant_joins_its_chat_on_the_first_send_and_the_operator_sends_as_a_bot(
+        client: TestClient, node: Node, tenant: Tenant):
+    resp = await client.post("/api/v1/rooms", json={"name": "standup"}, headers=tenant.admin)
+    assert resp.status == 201, await resp.text()
+    room = await resp.json()
+    conversation = await node.chat.conversations.for_room(uuid.UUID(tenant.instance_id), uuid.UUID(room["id"]),
+                                                          "standup")
+    messages = node.chat.messages
+    participant = ChatCaller(uuid.UUID(tenant.instance_id), "zed", room="standup")
+    first = await messages.send(participant, conversation.id, "hi room", "z1")  # not a member before it
+    assert first.created and first.message.seq == 1
+    assert "zed" in await node.chat.conversations.member_identities(conversation.id)
+    elsewhere = ChatCaller(uuid.UUID(tenant.instance_id), "yan", room="another-room")
+    with pytest.raises(ApiError) as refused:
+        await messages.send(elsewhere, conversation.id, "let me in", "y1")
+    assert refused.value.code == "not_a_member"
+    operator = ChatCaller(None, None, admin=True)
+    bot = await messages.send(operator, conversation.id, "beep", "b1", sender="bot")
+    assert (bot.created, bot.message.sender, bot.message.seq) == (True, "bot", 2)
+    with pytest.raises(ApiError) as missing:
+        await messages.send(operator, uuid.uuid4(), "beep", "b2", sender="bot")
+    assert missing.value.code == "conversation_not_found"
