@@ -45,7 +45,6 @@ Guarantees kept
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import json
 import logging
@@ -344,10 +343,3 @@ class SendBatcher:
             Sample("gbmedia_chat_send_batch_largest", "Most sends one chat statement has written", self.largest),
             Sample("gbmedia_chat_sends_queued", "Chat sends waiting for the next statement", len(self._queue)),
         ]
-
-    async def close(self) -> None:
-        """Wait for the batch being written (sends queued behind it are still written)."""
-        task = self._task
-        if task is not None:
-            with contextlib.suppress(Exception):
-                await task
