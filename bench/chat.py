@@ -12,6 +12,9 @@ by its first member's access token (``gbmedia.tenancy.tokens.mint_token``). The
 clients live in ``--workers`` processes (uvloop when available); each worker holds
 N/workers sockets, every conversation's members spread across the workers, so a
 delivery usually crosses processes. Each socket sends ``auth`` with its own token.
+The sockets are a minimal RFC 6455 client on an asyncio protocol by default
+(``--client raw``: cheap, so the clients take less of a small machine from the
+server), or aiohttp's (``--client aiohttp``).
 
 For every rate R (msgs/s in total): the workers send open-loop (a 2 ms pacing tick,
 never waiting for acks) for ``--warmup`` + ``--seconds``; each message goes from a
@@ -43,8 +46,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import collections
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -55,6 +60,7 @@ import signal
 import sys
 import tempfile
 import time
+import urllib.parse
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -126,15 +132,157 @@ class StepStats:
         return self.window_start <= t <= self.window_end
 
 
+WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 1.3
+
+
+class RawWebSocket(asyncio.Protocol):
+    """A minimal RFC 6455 client on a plain asyncio protocol: the handshake (with its
+    Sec-WebSocket-Accept check), masked text frames out, unmasked frames in (fragments
+    reassembled, pings answered, close echoed), no extensions.
+
+    Why not aiohttp's client: on a 2-core machine the clients compete with the server
+    and PostgreSQL, and aiohttp costs a task wake-up and a message object per frame.
+    This one parses every frame of a read in one loop and hands each text message to
+    ``on_text`` synchronously: the same frames and JSON, a fraction of the CPU.
+    """
+
+    def __init__(self, on_text: Any, on_closed: Any) -> None:
+        self.on_text = on_text
+        self.on_closed = on_closed
+        self.transport: asyncio.Transport | None = None
+        self.handshake: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._key = base64.b64encode(os.urandom(16)).decode()
+        self._buffer = bytearray()
+        self._fragments: list[bytes] = []
+        self._open = False
+        self.closed = False
+
+    @classmethod
+    async def connect(cls, url: str, on_text: Any, on_closed: Any) -> RawWebSocket:
+        parts = urllib.parse.urlsplit(url)
+        loop = asyncio.get_running_loop()
+        _, protocol = await loop.create_connection(lambda: cls(on_text, on_closed), parts.hostname, parts.port)
+        assert protocol.transport is not None
+        protocol.transport.write(
+            f"GET {parts.path or '/'} HTTP/1.1\r\nHost: {parts.netloc}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {protocol._key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            .encode())
+        await asyncio.wait_for(protocol.handshake, 30)
+        return protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's TCPTransport is not a subclass
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if not self.handshake.done():
+            self.handshake.set_exception(ConnectionError(f"closed during the handshake: {exc}"))
+        self.on_closed()
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self._buffer
+        buffer += data
+        if not self._open:
+            end = buffer.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            head = bytes(buffer[:end]).decode("latin-1").split("\r\n")
+            del buffer[:end + 4]
+            headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in head[1:])}
+            accept = base64.b64encode(hashlib.sha1((self._key + WS_GUID).encode()).digest()).decode()
+            if not head[0].startswith("HTTP/1.1 101") or headers.get("sec-websocket-accept") != accept:
+                self.handshake.set_exception(BenchError(f"WebSocket handshake refused: {head[0]}"))
+                self.transport.close()  # type: ignore[union-attr]
+                return
+            if headers.get("sec-websocket-extensions"):
+                self.handshake.set_exception(BenchError("the server chose an extension nobody asked for"))
+                self.transport.close()  # type: ignore[union-attr]
+                return
+            self._open = True
+            self.handshake.set_result(None)
+        pos = 0
+        size = len(buffer)
+        while size - pos >= 2:
+            b0 = buffer[pos]
+            length = buffer[pos + 1]
+            if length & 0x80 or b0 & 0x70:
+                raise BenchError("the server sent a masked frame or one with RSV bits (no extension was agreed)")
+            start = pos + 2
+            if length == 126:
+                if size - pos < 4:
+                    break
+                length = int.from_bytes(buffer[pos + 2:pos + 4], "big")
+                start = pos + 4
+            elif length == 127:
+                if size - pos < 10:
+                    break
+                length = int.from_bytes(buffer[pos + 2:pos + 10], "big")
+                start = pos + 10
+            end = start + length
+            if end > size:
+                break
+            payload = bytes(buffer[start:end])
+            pos = end
+            opcode = b0 & 0x0F
+            if opcode in (0x1, 0x0):  # text, continuation (no binary frames on /rtc)
+                if b0 & 0x80 and not self._fragments:
+                    self.on_text(payload)
+                else:
+                    self._fragments.append(payload)
+                    if b0 & 0x80:
+                        self.on_text(b"".join(self._fragments))
+                        self._fragments.clear()
+            elif opcode == 0x9:  # ping
+                self._write(0xA, payload)
+            elif opcode == 0x8:  # close: echo it, then the server closes the TCP connection
+                if not self.closed:
+                    self._write(0x8, payload[:2])
+            elif opcode != 0xA:
+                raise BenchError(f"unexpected WebSocket opcode {opcode}")
+        if pos:
+            del buffer[:pos]
+
+    def _write(self, opcode: int, payload: bytes) -> None:
+        size = len(payload)
+        if size < 126:
+            header = bytes((0x80 | opcode, 0x80 | size))
+        elif size < 65536:
+            header = bytes((0x80 | opcode, 0xFE)) + size.to_bytes(2, "big")
+        else:
+            header = bytes((0x80 | opcode, 0xFF)) + size.to_bytes(8, "big")
+        mask = os.urandom(4)
+        # Client frames are masked (RFC 6455 5.3): XOR with the key repeated, as one big integer.
+        repeated = (mask * (size // 4 + 1))[:size]
+        masked = (int.from_bytes(payload, "big") ^ int.from_bytes(repeated, "big")).to_bytes(size, "big")
+        assert self.transport is not None
+        self.transport.write(header + mask + masked)
+
+    def send_text(self, text: str) -> None:
+        if self.closed or self.transport is None or self.transport.is_closing():
+            raise ConnectionError("socket closed")
+        self._write(0x1, text.encode())
+
+    async def close(self) -> None:
+        if self.transport is not None and not self.closed:
+            self._write(0x8, (1000).to_bytes(2, "big"))
+            for _ in range(50):
+                if self.closed:
+                    break
+                await asyncio.sleep(0.02)
+            self.transport.close()
+
+
 class ChatClient:
     """One socket of one identity; every reply and event is counted, none kept."""
 
-    def __init__(self, worker: WorkerState, identity: str, token: str, conversation: str) -> None:
+    def __init__(self, worker: WorkerState, identity: str, token: str, conversation: str, kind: str = "raw") -> None:
         self.worker = worker
         self.identity = identity
         self.token = token
         self.conversation = conversation
+        self.kind = kind  # "raw" (RawWebSocket) or "aiohttp"
         self.ws: aiohttp.ClientWebSocketResponse | None = None
+        self.raw: RawWebSocket | None = None
         self.seqs: set[int] = set()
         self.duplicates = 0
         self.received = 0
@@ -145,39 +293,51 @@ class ChatClient:
         self._reader: asyncio.Task[None] | None = None
 
     async def connect(self, session: aiohttp.ClientSession, url: str) -> None:
-        self.ws = await session.ws_connect(url, max_msg_size=0, autoping=True)
         self._authenticated = asyncio.get_running_loop().create_future()
-        self._reader = asyncio.ensure_future(self._read())
-        await self.ws.send_str(json.dumps({"type": "auth", "token": self.token, "id": "auth"}))
+        auth = json.dumps({"type": "auth", "token": self.token, "id": "auth"})
+        if self.kind == "raw":
+            self.raw = await RawWebSocket.connect(url, self._on_text, self._on_closed)
+            self.raw.send_text(auth)
+        else:
+            self.ws = await session.ws_connect(url, max_msg_size=0, autoping=True)
+            self._reader = asyncio.ensure_future(self._read())
+            await self.ws.send_str(auth)
         reply = await asyncio.wait_for(self._authenticated, 30)
         if reply.get("type") != "authenticated":
             raise BenchError(f"auth as {self.identity} refused: {reply}")
+
+    def _on_closed(self) -> None:
+        self.worker.closed_sockets += 1
+
+    def _on_text(self, data: bytes | str) -> None:
+        self._dispatch(json.loads(data), time.monotonic())
 
     async def _read(self) -> None:
         assert self.ws is not None
         loads = json.loads
         monotonic = time.monotonic
-        worker = self.worker
         async for msg in self.ws:
             if msg.type != aiohttp.WSMsgType.TEXT:
                 continue
-            now = monotonic()
-            event = loads(msg.data)
-            kind = event.get("type")
-            if kind == "chat_message":
-                self._on_message(event["message"], now)
-            elif kind == "chat_ack":
-                worker.on_ack(event, now)
-            elif kind == "error" and "id" in event:
-                if event["id"] == "auth" and self._authenticated is not None and not self._authenticated.done():
-                    self._authenticated.set_result(event)
-                else:
-                    worker.on_error(event)
-            elif kind == "authenticated" and self._authenticated is not None and not self._authenticated.done():
+            self._dispatch(loads(msg.data), monotonic())
+        self._on_closed()
+
+    def _dispatch(self, event: dict[str, Any], now: float) -> None:
+        worker = self.worker
+        kind = event.get("type")
+        if kind == "chat_message":
+            self._on_message(event["message"], now)
+        elif kind == "chat_ack":
+            worker.on_ack(event, now)
+        elif kind == "error" and "id" in event:
+            if event["id"] == "auth" and self._authenticated is not None and not self._authenticated.done():
                 self._authenticated.set_result(event)
             else:
-                self.other_events[str(kind)] += 1
-        worker.closed_sockets += 1
+                worker.on_error(event)
+        elif kind == "authenticated" and self._authenticated is not None and not self._authenticated.done():
+            self._authenticated.set_result(event)
+        else:
+            self.other_events[str(kind)] += 1
 
     def _on_message(self, message: dict[str, Any], now: float) -> None:
         if message["conversation_id"] != self.conversation:
@@ -208,12 +368,19 @@ class ChatClient:
             (step.own_us if own else step.delivery_us).append(round((now - sent_at) * 1e6))
 
     async def send(self, key: str, sent_at: float) -> None:
-        assert self.ws is not None
         content = f"t={sent_at:.6f} k={key}"
-        await self.ws.send_str(f'{{"type":"chat_send","id":"{key}","conversation_id":"{self.conversation}",'
-                               f'"content":"{content}","idempotency_key":"{key}"}}')
+        frame = (f'{{"type":"chat_send","id":"{key}","conversation_id":"{self.conversation}",'
+                 f'"content":"{content}","idempotency_key":"{key}"}}')
+        if self.raw is not None:
+            self.raw.send_text(frame)
+        else:
+            assert self.ws is not None
+            await self.ws.send_str(frame)
 
     async def close(self) -> None:
+        if self.raw is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.raw.close(), 5)
         if self.ws is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.ws.close(), 5)
@@ -361,7 +528,8 @@ async def worker_main(index: int) -> None:
             async for command in harness.commands(limit=1 << 24):
                 cmd = command["cmd"]
                 if cmd == "connect":
-                    state.clients = [ChatClient(state, c["identity"], c["token"], c["conversation"])
+                    state.clients = [ChatClient(state, c["identity"], c["token"], c["conversation"],
+                                                command.get("client", "raw"))
                                      for c in command["clients"]]
                     gate = asyncio.Semaphore(16)
 
@@ -657,6 +825,11 @@ async def run_step(index: int, rate: float, args: argparse.Namespace, server: Se
         "machine_cpus": os.cpu_count() or 1,
         "sender_behind_ms_max": 1000 * max(r["send_behind_max"] for r in reports),
     }
+    # CPU per persisted message (ms of one core): less sensitive to neighbours than the saturation point.
+    persisted = max(1e-9, row["acked_per_s"])
+    row["server_ms_per_msg"] = 10 * row["server_cpu_percent"] / persisted
+    row["postgres_ms_per_msg"] = 10 * row["postgres_cpu_percent"] / persisted
+    row["clients_ms_per_msg"] = 10 * row["clients_cpu_percent"] / persisted
     # CPU the machine spent on anything but this benchmark (other work on a shared machine), % of one core.
     row["others_cpu_percent"] = max(0.0, row["machine_busy_percent"] * row["machine_cpus"] - row["server_cpu_percent"]
                                     - row["postgres_cpu_percent"] - row["clients_cpu_percent"]
@@ -677,22 +850,28 @@ async def start_profiler(args: argparse.Namespace, server: Server, rate: float) 
 
 # Where a server sample's time goes: the first rule (in this order) that matches a frame of its stack.
 PROFILE_BUCKETS = (
-    ("fan-out writes: ChatSession._write -> send_json (a JSON encode + a frame per member socket)",
-     ("_write (gbmedia/messaging/socket.py",)),
-    ("fan-out dispatch: hub, bus, per-session queues",
-     ("_on_event (gbmedia/messaging/delivery.py", "publish (gbmedia/bus.py", "_dispatch (gbmedia/bus.py",
-      "push (gbmedia/messaging/socket.py")),
+    ("fan-out writes: ChatSession._flush -> transport.write (one write per socket per loop turn)",
+     ("_flush (gbmedia/messaging/socket.py",)),
+    ("fan-out dispatch: hub, frames, bus publish",
+     ("_queue (gbmedia/messaging/delivery.py", "_on_event (gbmedia/messaging/delivery.py",
+      "_publish (gbmedia/messaging/delivery.py", "publish (gbmedia/bus.py", "_dispatch (gbmedia/bus.py",
+      "push (gbmedia/messaging/socket.py", "on_change (gbmedia/messaging/delivery.py")),
     ("member lookup query for the fan-out (member_identities)", ("member_identities (gbmedia/",)),
-    ("idempotency lookup query (Messages._by_key)", ("_by_key (gbmedia/messaging/messages.py",)),
     ("access check queries (Conversations.access: conversation + membership)", ("access (gbmedia/messaging/",)),
     ("instance lookup query (Instances.get, for the locale)", ("get (gbmedia/tenancy/instances.py",)),
-    ("outbox insert (outbox.enqueue: JSON dump + INSERT)", ("enqueue (gbmedia/messaging/outbox.py",)),
-    ("send transaction: pool acquire, BEGIN, UPDATE last_seq, INSERT message, COMMIT, row -> event",
-     ("send (gbmedia/messaging/messages.py",)),
+    ("group commit: the batch statement (SendBatcher._execute: arrays in, rows out)",
+     ("_execute (gbmedia/messaging/group_commit.py",)),
+    ("group commit: outcomes, listeners, answering the sends",
+     ("gbmedia/messaging/group_commit.py", "_committed (gbmedia/messaging/messages.py")),
+    ("send checks before the batch (Messages.send)", ("send (gbmedia/messaging/messages.py",)),
     ("rate limiter", ("take (gbmedia/ratelimit.py",)),
     ("frame parse: json.loads + pydantic (parse_message)", ("parse_message (gbmedia/signaling/protocol.py",)),
-    ("ack reply write (Connection.handle -> send_json)", ("handle (gbmedia/signaling/ws.py",)),
+    ("ack reply (ChatSession.reply: JSON + frame, written with the turn's events)",
+     ("reply (gbmedia/messaging/socket.py", "_send_message (gbmedia/messaging/socket.py")),
+    ("other replies (Connection.handle -> send_json)", ("handle (gbmedia/signaling/ws.py",)),
 )
+# Samples of threads that only wait (thread pool workers blocked on their queue): not work.
+IDLE_FRAMES = ("_queue_SimpleQueue_get", "PyThread_acquire_lock_timed", "_worker (concurrent/futures/thread.py")
 OTHER_BUCKET = "event loop and native code (uvloop I/O, asyncpg protocol callbacks), the rest"
 
 
@@ -706,8 +885,10 @@ def profile_summary(path: Path, top: int = 12) -> list[str]:
         if not stack or not count.isdigit():
             continue
         n = int(count)
-        total += n
         frames = [f.strip() for f in stack.split(";") if f.strip()]
+        if any(idle in frame for frame in frames for idle in IDLE_FRAMES):
+            continue
+        total += n
         for label, needles in PROFILE_BUCKETS:
             if any(needle in frame for frame in frames for needle in needles):
                 buckets[label] += n
@@ -718,7 +899,7 @@ def profile_summary(path: Path, top: int = 12) -> list[str]:
             own[_short(frames[-1])] += n
     if not total:
         return [f"{path}: no samples"]
-    lines = [f"{path}: {total} samples (py-spy, 100/s, idle excluded); by purpose:"]
+    lines = [f"{path}: {total} samples (py-spy, 100/s, idle and waiting threads excluded); by purpose:"]
     lines += [f"    {100 * n / total:5.1f}%  {name}" for name, n in buckets.most_common()]
     lines.append("  hottest frames (self):")
     lines += [f"    {100 * n / total:5.1f}%  {name}" for name, n in own.most_common(top)]
@@ -743,12 +924,13 @@ def print_table(result: dict[str, Any]) -> None:
     members = cfg["members"]
     print()
     print(f"gbmedia chat: {cfg['clients']} clients in {cfg['conversations']} conversations of {members} members "
-          f"over /rtc, {cfg['workers']} client processes ({cfg['event_loop']}), {cfg['seconds']:.0f} s window "
+          f"over /rtc, {cfg['workers']} client processes ({cfg['event_loop']}, "
+          f"{cfg.get('client', 'aiohttp')} WebSocket), {cfg['seconds']:.0f} s window "
           f"after {cfg['warmup']:.0f} s warm-up per rate; {cfg['cpus']} cores;")
     print(f"database: {cfg['database']}.")
     header = ("rate", "offered/s", "acked/s", "deliv/s", "own/s", "ack p50", "ack p99", "deliv p50", "deliv p99",
-              "deliv max", "srv CPU%", "srv sys%", "pg CPU%", "clients%", "others%", "busy%", "srv wait%", "drain s",
-              "errors", "target")
+              "deliv max", "srv CPU%", "srv sys%", "pg CPU%", "clients%", "others%", "busy%", "srv wait%",
+              "srv ms/msg", "pg ms/msg", "cli ms/msg", "drain s", "errors", "target")
     lines = [header]
     for r in rows:
         lines.append((
@@ -761,6 +943,8 @@ def print_table(result: dict[str, Any]) -> None:
             fmt(r["clients_cpu_percent"], ".0f"), fmt(r["others_cpu_percent"], ".0f"),
             fmt(r["machine_busy_percent"], ".0f"),
             fmt(r["server_runqueue_wait_percent"], ".0f"),
+            fmt(r["server_ms_per_msg"], ".3f"), fmt(r["postgres_ms_per_msg"], ".3f"),
+            fmt(r["clients_ms_per_msg"], ".3f"),
             fmt(r["drain_s"], ".1f") + ("" if r["drained"] else "!"),
             str(sum(r["errors"].values())) if r["errors"] else "0", "yes" if r["meets_target"] else "no"))
     harness.print_aligned(lines)
@@ -775,6 +959,8 @@ def print_table(result: dict[str, Any]) -> None:
         "CPU % of one core: srv = utime+stime of gbmedia serve (all threads), sys = its stime alone; "
         "pg = PostgreSQL (see database above); clients = the client workers; others = every other process on "
         "the machine (not this benchmark); busy = the whole machine, % of all cores;",
+        "srv/pg/cli ms/msg: CPU ms of one core per persisted message (server, PostgreSQL, client workers): the "
+        "cost, which neighbours on the machine move far less than the saturation point;",
         "srv wait: time the server's threads were runnable but waited for a CPU; drain s: time after the window "
         "until every message was acked and delivered ('!' = gave up);",
         f"target: drained, no errors, acked >= 98% of offered, ack and delivery p99 < {TARGET_P99_MS:.0f} ms.",
@@ -883,6 +1069,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="seconds to wait after a step for every ack and delivery; a step that does not drain "
                              "ends the run (default 30)")
     parser.add_argument("--workers", type=int, default=4, help="client worker processes (default 4)")
+    parser.add_argument("--client", choices=("raw", "aiohttp"), default="raw",
+                        help="the clients' WebSocket implementation: raw (default; a minimal RFC 6455 client on an "
+                             "asyncio protocol, cheap, so the clients take less of the machine from the server) or "
+                             "aiohttp's ClientSession.ws_connect")
     parser.add_argument("--nice", type=int, default=0,
                         help="niceness (and autogroup priority) of the client workers (default 0: the clients' "
                              "latency readings stay honest; raise it to favour the server)")
@@ -951,7 +1141,7 @@ async def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
         await asyncio.gather(*(w.start() for w in workers))
         ws = server.url.replace("http://", "ws://", 1).rstrip("/") + "/rtc"
         shares = [plan.clients[i::len(workers)] for i in range(len(workers))]  # members spread across workers
-        results = await asyncio.gather(*(w.call({"cmd": "connect", "url": ws, "clients": s}, 120)
+        results = await asyncio.gather(*(w.call({"cmd": "connect", "url": ws, "clients": s, "client": args.client}, 120)
                                          for w, s in zip(workers, shares, strict=True)))
         connected = sum(r["connected"] for r in results)
         if connected != args.clients:
@@ -1004,7 +1194,7 @@ async def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
         "benchmark": "chat",
         "config": {"clients": args.clients, "members": args.members, "conversations": len(plan.conversations),
                    "rates": args.rates, "seconds": args.seconds, "warmup": args.warmup, "workers": args.workers,
-                   "nice": args.nice, "event_loop": loop_name, "cpus": os.cpu_count(),
+                   "nice": args.nice, "client": args.client, "event_loop": loop_name, "cpus": os.cpu_count(),
                    "database": database.describe(), "postgres": args.postgres},
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
         "target": {"msgs_per_s": TARGET_MSGS_PER_S, "members": TARGET_MEMBERS, "p99_ms": TARGET_P99_MS},

@@ -135,6 +135,8 @@ class Node:
         node.metrics.watch(lambda: audience_samples(live_rooms))
         node.metrics.watch(outbox.samples)
         node.metrics.watch(recordings.samples)
+        node.metrics.watch(chat.messages.batcher.samples)  # chat group commit and fan-out
+        node.metrics.watch(chat_hub.samples)
         node.outbox.start()
         node.room_sweeper.start()
         # Media quality and active speakers: packet sinks on every published track.

@@ -1,9 +1,16 @@
 """Real-time chat delivery: committed changes reach the sockets of online members on any node.
 
-The node that commits a change looks up the conversation's members once and
-publishes one event, members included, on the bus channel every node listens to;
+The node that commits a change publishes one event, with the conversation's
+members (read under the send's lock), on the bus channel every node listens to;
 each node hands it to the sessions of those members that are connected to it. A
 single node without Redis uses the in-process bus, so the path is the same.
+
+Cost per event, not per recipient: the event's JSON text is encoded once, on the
+committing node, and every member's socket gets that same frame. The committing
+node hands its own sessions the event at once; the other nodes get it through the
+bus, where events committed together (a group-committed batch of sends) travel in
+one message, so a batch costs one publish, not one per message; their order (the
+commit order) is kept.
 
 Delivery is best effort by design: what is durable is the database. A client that
 was away, or whose socket was too slow and got dropped, catches up with
@@ -12,12 +19,17 @@ was away, or whose socket was too slow and got dropped, catches up with
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
 import logging
+import uuid
 from typing import Any, Protocol
 
 from gbmedia.bus import Bus, Subscription
 from gbmedia.messaging.conversations import Conversations
 from gbmedia.messaging.models import Conversation
+from gbmedia.metrics import Sample
 
 log = logging.getLogger(__name__)
 
@@ -25,12 +37,33 @@ CHANNEL = "chat.events"
 
 
 class Session(Protocol):
-    """A connected chat client: who it is and how to push it an event without blocking."""
+    """A connected chat client: who it is and how to push it an event (a ready frame) without blocking."""
 
     instance_id: str
     identity: str
 
-    def push(self, event: dict[str, Any]) -> None: ...
+    def push(self, frame: bytes) -> None: ...
+
+
+def encode(event: dict[str, Any]) -> str:
+    """An event as the JSON text every recipient's socket gets."""
+    return json.dumps(event, separators=(",", ":"), ensure_ascii=False)
+
+
+def text_frame(text: str) -> bytes:
+    """An unmasked, unfragmented WebSocket text frame (RFC 6455 5.2), as a server sends it.
+
+    Built once per event and written as is to every recipient. A socket that
+    negotiated permessage-deflate may still get uncompressed frames (RSV1 clear,
+    RFC 7692 6), and writing them leaves its compression context untouched.
+    """
+    payload = text.encode("utf-8")
+    size = len(payload)
+    if size < 126:
+        return bytes((0x81, size)) + payload
+    if size < 65536:
+        return b"\x81\x7e" + size.to_bytes(2, "big") + payload
+    return b"\x81\x7f" + size.to_bytes(8, "big") + payload
 
 
 class ChatHub:
@@ -39,12 +72,23 @@ class ChatHub:
         self.conversations = conversations
         self._sessions: dict[tuple[str, str], set[Session]] = {}
         self._subscription: Subscription | None = None
+        self._outgoing: list[dict[str, Any]] = []  # events waiting for the next bus message, in commit order
+        self._publisher: asyncio.Task[None] | None = None
+        # This hub's bus messages come back to it too (the bus delivers to the publisher); it already
+        # delivered those events locally when it queued them, so it skips them by this mark.
+        self.origin = uuid.uuid4().hex
         self.delivered = 0  # events pushed to local sessions (a metric)
+        self.published = 0  # bus messages sent (each carries one or more events)
 
     async def start(self) -> None:
         self._subscription = await self.bus.subscribe(CHANNEL, self._on_event)
 
     async def stop(self) -> None:
+        if self._publisher is not None:
+            self._publisher.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._publisher
+            self._publisher = None
         if self._subscription is not None:
             await self._subscription.close()
             self._subscription = None
@@ -73,6 +117,16 @@ class ChatHub:
     def session_count(self) -> int:
         return sum(len(s) for s in self._sessions.values())
 
+    def samples(self) -> list[Sample]:
+        """The fan-out's figures for ``node.metrics.watch``."""
+        return [
+            Sample("gbmedia_chat_events_delivered_total", "Chat events pushed to this node's sockets",
+                   self.delivered, counter=True),
+            Sample("gbmedia_chat_bus_messages_total", "Bus messages of chat events published by this node",
+                   self.published, counter=True),
+            Sample("gbmedia_chat_sessions", "Chat sessions connected to this node", self.session_count),
+        ]
+
     # --- outgoing ------------------------------------------------------------------
 
     async def on_change(self, kind: str, event: dict[str, Any], conversation: Conversation,
@@ -82,25 +136,61 @@ class ChatHub:
             members = await self.conversations.member_identities(conversation.id)
         payload = {"type": "chat_message", "message": event} if kind == "message" else {"type": "chat_receipt",
                                                                                          **event}
-        await self.bus.publish(CHANNEL, {"instance_id": str(conversation.instance_id), "members": members,
-                                         "event": payload})
+        self._queue(str(conversation.instance_id), members, payload)
 
     async def typing(self, conversation: Conversation, identity: str, active: bool) -> None:
         """Ephemeral: never stored, sent to the other members online now."""
         members = [m for m in await self.conversations.member_identities(conversation.id) if m != identity]
-        await self.bus.publish(CHANNEL, {"instance_id": str(conversation.instance_id), "members": members, "event": {
-            "type": "typing", "conversation_id": str(conversation.id), "identity": identity, "active": active}})
+        self._queue(str(conversation.instance_id), members, {
+            "type": "typing", "conversation_id": str(conversation.id), "identity": identity, "active": active})
+
+    def _queue(self, instance_id: str, members: list[str], event: dict[str, Any]) -> None:
+        """To this node's sessions now, and into the next bus message for the other nodes."""
+        text = encode(event)
+        self._push(instance_id, members, text_frame(text))
+        self._outgoing.append({"instance_id": instance_id, "members": members, "frame": text})
+        if self._publisher is None:
+            self._publisher = asyncio.ensure_future(self._publish())
+
+    def _push(self, instance_id: str, members: Any, frame: bytes) -> None:
+        sessions = self._sessions
+        for identity in members:
+            for session in tuple(sessions.get((instance_id, identity), ())):
+                session.push(frame)
+                self.delivered += 1
+
+    async def _publish(self) -> None:
+        try:
+            while self._outgoing:
+                events, self._outgoing = self._outgoing, []
+                try:
+                    await self.bus.publish(CHANNEL, {"origin": self.origin, "events": events})
+                    self.published += 1
+                except Exception:  # delivery is best effort; the stored messages are what counts
+                    log.exception("chat events could not be published", extra={"events": len(events)})
+        finally:
+            self._publisher = None  # no await between the empty check and here
 
     # --- incoming ------------------------------------------------------------------
 
     async def _on_event(self, message: dict[str, Any]) -> None:
-        instance_id = message.get("instance_id")
-        event = message.get("event")
-        members = message.get("members") or []
-        if not isinstance(instance_id, str) or not isinstance(event, dict):
+        if message.get("origin") == self.origin:
+            return  # ours: delivered to this node's sessions when it was queued
+        events = message.get("events")
+        if events is None and "event" in message:  # one event, as a node before batching published it
+            events = [message]
+        if not isinstance(events, list):
             log.warning("malformed chat event on the bus")
             return
-        for identity in members:
-            for session in tuple(self._sessions.get((instance_id, identity), ())):
-                session.push(event)
-                self.delivered += 1
+        for entry in events:
+            if not isinstance(entry, dict):
+                log.warning("malformed chat event on the bus")
+                continue
+            instance_id = entry.get("instance_id")
+            text = entry.get("frame")
+            if text is None and isinstance(entry.get("event"), dict):
+                text = encode(entry["event"])
+            if not isinstance(instance_id, str) or not isinstance(text, str):
+                log.warning("malformed chat event on the bus")
+                continue
+            self._push(instance_id, entry.get("members") or (), text_frame(text))  # one frame, every member

@@ -4,6 +4,8 @@ tombstones, receipts and search.
 A send takes the conversation's next sequence number under the conversation row's
 lock, inserts the message and its outbox event in the same transaction, and only
 then answers: a message the client saw acknowledged survives any crash after that.
+Sends are group-committed (:mod:`gbmedia.messaging.group_commit`): those waiting at
+one moment, from any socket and conversation, share one statement and one commit.
 The client's idempotency key makes a retry return the stored message instead of a
 second copy, whether the first attempt's answer was lost or is still in flight.
 Listeners (the real-time delivery) hear of a change after its commit.
@@ -12,6 +14,7 @@ Listeners (the real-time delivery) hear of a change after its commit.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import re
 import time
@@ -24,6 +27,7 @@ import asyncpg
 from gbmedia.errors import ApiError, bad_request, forbidden, not_found
 from gbmedia.messaging import outbox
 from gbmedia.messaging.conversations import Conversations
+from gbmedia.messaging.group_commit import SendBatcher, SendOutcome, SendRequest
 from gbmedia.messaging.models import MESSAGE_KINDS, ChatCaller, Conversation, Message, Receipt, SendResult
 from gbmedia.tenancy.sharding import shard_key_for
 
@@ -41,10 +45,6 @@ _TS_CONFIGS = {"en": "english", "pt": "portuguese", "es": "spanish", "fr": "fren
 
 ChangeListener = Callable[[str, dict[str, Any], Conversation, list[str] | None], Awaitable[None]]
 TS_CONFIG_CACHE_SECONDS = 30.0
-
-
-class _AlreadyStored(Exception):
-    """Raised inside a send's transaction to roll it back: the key's message exists."""
 
 
 def ts_config_for(locale: str | None) -> str:
@@ -75,6 +75,7 @@ class Messages:
         self.max_content_bytes = max_content_bytes
         self._listeners: list[ChangeListener] = []
         self._ts_configs: dict[uuid.UUID, tuple[str, float]] = {}
+        self.batcher = SendBatcher(pool, self._committed)
 
     def on_change(self, listener: ChangeListener) -> None:
         """``listener(kind, event, conversation, members)`` after each committed change (``message`` or
@@ -115,38 +116,41 @@ class Messages:
         author = sender or caller.identity
         if author is None:
             raise bad_request("sender_required", "the operator names the sender")
-        conversation = await self.conversations.access(caller, conversation_id)
-        ts_config = await self._ts_config(conversation.instance_id)
-        try:
-            async with self.pool.acquire() as conn, conn.transaction():
-                # The row lock orders concurrent sends; the members come along for the fan-out.
-                taken = await conn.fetchrow(
-                    """UPDATE conversations SET last_seq = last_seq + 1 WHERE id = $1
-                       RETURNING last_seq, ARRAY(SELECT identity FROM conversation_members
-                                                  WHERE conversation_id = $1) AS members""",
-                    conversation.id)
-                row = await conn.fetchrow(
-                    f"""INSERT INTO messages (shard_key, customer_id, instance_id, conversation_id, seq, sender_id,
-                                              kind, content, metadata, idempotency_key, ts_config)
-                        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::regconfig)
-                        ON CONFLICT (shard_key, conversation_id, sender_id, idempotency_key)
-                           WHERE idempotency_key IS NOT NULL DO NOTHING
-                        RETURNING {_MESSAGE_COLUMNS}""",
-                    conversation.shard_key, conversation.customer_id, conversation.instance_id, conversation.id,
-                    taken["last_seq"], author, kind, content, metadata or {}, idempotency_key, ts_config)
-                if row is None:
-                    raise _AlreadyStored  # a retry: roll back the seq it took
-                message = message_from(row)
-                event = message_event(message)
-                await outbox.enqueue(conn, "chat.messages", str(conversation.id),
-                                     {"type": "message.created", "message": event})
-        except (_AlreadyStored, asyncpg.UniqueViolationError):
-            existing = await self._by_key(conversation, author, idempotency_key)
-            if existing is None:  # pragma: no cover - the only unique index a send can hit is the key's
-                raise
-            return self._replayed(existing, content)
-        await self._changed("message", event, conversation, list(taken["members"]))
-        return SendResult(message, True)
+        size = len(content.encode("utf-8")) + (len(json.dumps(metadata)) if metadata else 2)
+        if size > outbox.MAX_PAYLOAD_BYTES - 4096:  # the outbox event must stay under the broker's limit
+            raise ApiError(413, "message_too_large", "the message with its metadata is too large for the event stream",
+                           {"max_bytes": outbox.MAX_PAYLOAD_BYTES - 4096})
+        instance_id = caller.instance_id
+        if instance_id is None:  # the operator: the conversation names the instance (and its language)
+            instance_id = (await self.conversations.access(caller, conversation_id)).instance_id
+        request = SendRequest(conversation_id, caller.instance_id, caller.identity, caller.admin, author, kind,
+                              content, metadata or {}, idempotency_key, await self._ts_config(instance_id))
+        outcome = await self.batcher.submit(request)
+        if outcome.status == "not_member" and self._may_join(caller, outcome.conversation):
+            await self.conversations.access(caller, conversation_id)  # a room's participant joins its chat
+            outcome = await self.batcher.submit(request)
+        if outcome.status == "not_found":
+            raise not_found("conversation", conversation_id)
+        if outcome.status == "not_member":
+            raise forbidden("not_a_member", "you are not a member of this conversation")
+        assert outcome.message is not None
+        if outcome.status == "stored":
+            return self._replayed(outcome.message, content)
+        return SendResult(outcome.message, True)
+
+    @staticmethod
+    def _may_join(caller: ChatCaller, conversation: Conversation | None) -> bool:
+        """Whether :meth:`Conversations.access` would make the caller a member (a room's participant)."""
+        return (conversation is not None and conversation.kind == "room" and caller.identity is not None
+                and caller.room is not None and conversation.title == caller.room)
+
+    async def _committed(self, outcomes: list[SendOutcome]) -> None:
+        """After a batch's commit, before its acks: the new messages to the listeners, in seq order."""
+        for outcome in outcomes:
+            if outcome.status == "created":
+                assert outcome.message is not None and outcome.conversation is not None
+                await self._changed("message", message_event(outcome.message), outcome.conversation,
+                                    outcome.members)
 
     async def _ts_config(self, instance_id: uuid.UUID) -> str:
         """The instance's text search configuration, cached briefly (locales rarely change)."""
@@ -165,13 +169,6 @@ class Messages:
             raise ApiError(409, "idempotency_key_reused",
                            "this idempotency key was used for a different message", {"seq": existing.seq})
         return SendResult(existing, False)
-
-    async def _by_key(self, conversation: Conversation, sender: str, key: str) -> Message | None:
-        row = await self.pool.fetchrow(
-            f"""SELECT {_MESSAGE_COLUMNS} FROM messages
-                 WHERE shard_key = $1 AND conversation_id = $2 AND sender_id = $3 AND idempotency_key = $4""",
-            conversation.shard_key, conversation.id, sender, key)
-        return message_from(row) if row else None
 
     # --- read ----------------------------------------------------------------------
 

@@ -2,40 +2,72 @@
 
 The socket (``gbmedia/signaling/ws.py``) parses frames and hands chat messages
 here. Replies come back as dicts; events for this client (new messages, receipts,
-typing) are pushed through a bounded queue drained by one writer task, so a slow
-client never holds up delivery to others. A client that falls too far behind is
-disconnected: it reconnects and catches up from its last seq with ``chat_history``.
+typing) arrive as ready WebSocket frames (encoded once for all recipients, see
+:mod:`gbmedia.messaging.delivery`). Each socket collects what it gets during one
+turn of the event loop, its ``chat_ack`` replies included, and writes it all to
+its transport in one write at the end of the turn: on a busy node a socket costs
+one system call per turn, not one per event, and nothing ever waits on a socket,
+so a slow client never holds up delivery to others. A client whose unsent output
+grows past :data:`MAX_BUFFERED_BYTES` is disconnected: it reconnects and catches
+up from its last seq with ``chat_history``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gbmedia.errors import ApiError
-from gbmedia.messaging.delivery import ChatHub
+from gbmedia.messaging.delivery import ChatHub, text_frame
 from gbmedia.messaging.messages import message_event
 from gbmedia.messaging.models import ChatCaller
 from gbmedia.messaging.presence import Presence, Status
 from gbmedia.messaging.service import Chat
 from gbmedia.signaling import protocol as p
 
+if TYPE_CHECKING:
+    from aiohttp import web
+
 log = logging.getLogger(__name__)
 
-Send = Callable[[dict[str, Any]], Awaitable[None]]
-Close = Callable[[], Awaitable[None]]
-MAX_PENDING = 5_000  # events queued for one socket before it is cut off
+MAX_BUFFERED_BYTES = 4 * 1024 * 1024  # unsent output of one socket before it is cut off
 PRESENCE_TTL = 60.0  # seconds an online mark lives without a refresh
 PRESENCE_REFRESH = 20.0
 
 
+class RawFrames:
+    """Where a session's frames go: the socket's transport, straight (the socket is aiohttp's).
+
+    aiohttp writes its own frames (replies, pings, close) to the same transport, each
+    in one synchronous write, so frames never interleave; nothing is written once
+    the socket is closing.
+    """
+
+    def __init__(self, ws: web.WebSocketResponse, transport: asyncio.Transport | None) -> None:
+        self.ws = ws
+        self.transport = transport
+
+    def open(self) -> bool:
+        return self.transport is not None and not self.ws.closed and not self.transport.is_closing()
+
+    def buffered(self) -> int:
+        return self.transport.get_write_buffer_size() if self.transport is not None else 0
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None:
+            self.transport.write(data)
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+
 class ChatSession:
-    def __init__(self, chat: Chat, hub: ChatHub, presence: Presence, caller: ChatCaller, send: Send,
-                 close: Close) -> None:
+    def __init__(self, chat: Chat, hub: ChatHub, presence: Presence, caller: ChatCaller, frames: RawFrames) -> None:
         assert caller.instance_id is not None and caller.identity is not None
         self.chat = chat
         self.hub = hub
@@ -43,9 +75,9 @@ class ChatSession:
         self.caller = caller
         self.instance_id = str(caller.instance_id)
         self.identity = caller.identity
-        self._send = send
-        self._close = close
-        self._queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(MAX_PENDING)
+        self._frames = frames
+        self._backlog: list[bytes] = []
+        self._loop = asyncio.get_running_loop()
         self._status: Status = "online"
         self._tasks: list[asyncio.Task[None]] = []
         self.cut_off = False
@@ -53,7 +85,7 @@ class ChatSession:
     async def start(self) -> None:
         self.hub.attach(self)
         await self.presence.set(self.instance_id, self.identity, "online", PRESENCE_TTL)
-        self._tasks = [asyncio.ensure_future(self._write()), asyncio.ensure_future(self._refresh_presence())]
+        self._tasks = [asyncio.ensure_future(self._refresh_presence())]
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -67,22 +99,36 @@ class ChatSession:
 
     # --- events to the client ------------------------------------------------------------
 
-    def push(self, event: dict[str, Any]) -> None:
-        try:
-            self._queue.put_nowait(event)
-        except asyncio.QueueFull:
-            if not self.cut_off:
-                self.cut_off = True
-                log.warning("chat client too slow; disconnecting it", extra={"identity": self.identity})
-                self._tasks.append(asyncio.ensure_future(self._close()))
+    def push(self, frame: bytes) -> None:
+        """Queue a ready frame; it leaves with the others of this turn and the next (:meth:`_flush`)."""
+        if self.cut_off:
+            return
+        if not self._backlog:
+            self._loop.call_soon(self._flush_next_turn)
+        self._backlog.append(frame)
 
-    async def _write(self) -> None:
-        while True:
-            event = await self._queue.get()
-            try:
-                await self._send(event)
-            except ConnectionError:
-                return
+    def _flush_next_turn(self) -> None:
+        # A batch's events reach the sessions in the turn it commits, its acks one turn later (when the
+        # senders' tasks resume): waiting one more turn puts a sender's ack in the same write as its events.
+        self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        frames, self._backlog = self._backlog, []
+        if self.cut_off or not frames or not self._frames.open():
+            return  # closing: what it missed, it catches up with chat_history after reconnecting
+        if self._frames.buffered() > MAX_BUFFERED_BYTES:
+            self.cut_off = True
+            log.warning("chat client too slow; disconnecting it",
+                        extra={"identity": self.identity, "buffered": self._frames.buffered()})
+            # Abort, not a close handshake: a close frame would queue behind megabytes the client does
+            # not read, and waiting for it would hold the session forever.
+            self._frames.abort()
+            return
+        self._frames.write(frames[0] if len(frames) == 1 else b"".join(frames))
+
+    def reply(self, message: dict[str, Any]) -> None:
+        """A reply of this socket's, sent with the turn's events (acks ride along with deliveries)."""
+        self.push(text_frame(json.dumps(message, separators=(",", ":"), ensure_ascii=False)))
 
     async def _refresh_presence(self) -> None:
         while True:
@@ -92,7 +138,7 @@ class ChatSession:
 
     # --- messages from the client ----------------------------------------------------------
 
-    async def handle(self, message: p.ChatMessage) -> dict[str, Any]:
+    async def handle(self, message: p.ChatMessage) -> dict[str, Any] | None:
         if isinstance(message, p.ChatSend):
             return await self._send_message(message)
         if isinstance(message, p.ChatHistory):
@@ -115,14 +161,18 @@ class ChatSession:
         statuses = await self.presence.get(self.instance_id, message.identities)
         return {"type": "presence", "statuses": statuses}
 
-    async def _send_message(self, message: p.ChatSend) -> dict[str, Any]:
+    async def _send_message(self, message: p.ChatSend) -> None:
         await self.chat.check_rate(self.caller)
         result = await self.chat.messages.send(self.caller, _conversation(message.conversation_id), message.content,
                                                message.idempotency_key, kind=message.kind,
                                                metadata=message.metadata)
         stored = result.message
-        return {"type": "chat_ack", "conversation_id": message.conversation_id, "message_id": str(stored.id),
-                "seq": stored.seq, "created_at": stored.created_at.isoformat(), "duplicate": not result.created}
+        ack: dict[str, Any] = {"type": "chat_ack", "conversation_id": message.conversation_id,
+                               "message_id": str(stored.id), "seq": stored.seq,
+                               "created_at": stored.created_at.isoformat(), "duplicate": not result.created}
+        if message.id is not None:
+            ack["id"] = message.id
+        self.reply(ack)  # here, not through the socket's reply path: it joins the turn's single write
 
     async def _history(self, message: p.ChatHistory) -> dict[str, Any]:
         if message.after_seq is not None and message.before_seq is not None:

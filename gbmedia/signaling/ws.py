@@ -17,7 +17,7 @@ from aiohttp import WSMsgType, web
 from gbmedia.errors import ApiError, bad_request
 from gbmedia.http.keys import NODE
 from gbmedia.messaging.models import ChatCaller
-from gbmedia.messaging.socket import ChatSession
+from gbmedia.messaging.socket import ChatSession, RawFrames
 from gbmedia.sfu.peers import NegotiationError, TrackInfo
 from gbmedia.signaling import protocol as p
 from gbmedia.signaling.live import LiveRoom, LiveRooms, Participant, track_json
@@ -35,6 +35,7 @@ class Connection:
         self.live_rooms: LiveRooms = self.node.live_rooms
         self.participant: Participant | None = None
         self.chat_session: ChatSession | None = None
+        self.transport = request.transport  # chat writes its frames straight to it (messaging/socket.py)
         self.left = False
         self._send_lock = asyncio.Lock()
 
@@ -128,8 +129,8 @@ class Connection:
         token = verified.token
         caller = ChatCaller(verified.instance.id, token.identity, admin=token.grants.room_admin,
                             room=token.grants.room if token.grants.room_join else None)
-        session = ChatSession(self.node.chat, self.node.chat_hub, self.node.presence, caller, self.send,
-                              self.ws.close)
+        session = ChatSession(self.node.chat, self.node.chat_hub, self.node.presence, caller,
+                              RawFrames(self.ws, self.transport))
         await session.start()
         self.chat_session = session
 
