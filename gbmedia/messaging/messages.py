@@ -100,6 +100,8 @@ class Messages:
                            {"max_bytes": self.max_content_bytes})
         if not content.strip():
             raise bad_request("empty_message", "a message needs some content")
+        if "\x00" in content:  # PostgreSQL text cannot hold it
+            raise bad_request("invalid_content", "a message cannot contain the NUL character (U+0000)")
 
     async def send(self, caller: ChatCaller, conversation_id: uuid.UUID, content: str, idempotency_key: str, *,
                    kind: str = "text", metadata: dict[str, Any] | None = None,
@@ -116,7 +118,10 @@ class Messages:
         author = sender or caller.identity
         if author is None:
             raise bad_request("sender_required", "the operator names the sender")
-        size = len(content.encode("utf-8")) + (len(json.dumps(metadata)) if metadata else 2)
+        encoded_metadata = json.dumps(metadata) if metadata else "{}"
+        if "\\u0000" in encoded_metadata:  # nor can jsonb
+            raise bad_request("invalid_content", "metadata cannot contain the NUL character (U+0000)")
+        size = len(content.encode("utf-8")) + len(encoded_metadata)
         if size > outbox.MAX_PAYLOAD_BYTES - 4096:  # the outbox event must stay under the broker's limit
             raise ApiError(413, "message_too_large", "the message with its metadata is too large for the event stream",
                            {"max_bytes": outbox.MAX_PAYLOAD_BYTES - 4096})

@@ -122,6 +122,8 @@ async def test_bad_sends_are_refused_and_store_nothing(client: TestClient, tenan
         ({"content": "x", "idempotency_key": "has spaces"}, (400, "invalid_idempotency_key")),
         ({"content": "x", "idempotency_key": ""}, (400, "invalid_idempotency_key")),
         ({"content": "   ", "idempotency_key": "k"}, (400, "empty_message")),
+        ({"content": "a\x00b", "idempotency_key": "k"}, (400, "invalid_content")),  # PostgreSQL cannot store it
+        ({"content": "x", "idempotency_key": "k", "metadata": {"a": "\x00"}}, (400, "invalid_content")),
         ({"content": "x" * (node.settings.chat_max_message_bytes + 1), "idempotency_key": "k"},
          (413, "message_too_large")),
         ({"content": "x"}, (400, "validation_failed")),
