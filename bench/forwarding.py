@@ -29,7 +29,6 @@ import asyncio
 import collections
 import contextlib
 import json
-import math
 import os
 import platform
 import shutil
@@ -66,12 +65,15 @@ from gbmedia.tenancy.tokens import Grants, mint_token  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/harness.py, also in the worker processes
 import harness  # noqa: E402
+import janus_videoroom  # noqa: E402
 from harness import BenchError, Server, cpu_seconds, fmt, tail  # noqa: E402
 
 ROOM = "bench-forwarding"
 NO_STUN = RTCConfiguration(iceServers=[])
 SUBSCRIBER_RCVBUF = 4 << 20  # bytes asked for each subscriber socket (the kernel caps it at rmem_max)
 KEPT_FPS = 29.0  # "kept 30 fps": every subscriber received at least this many frames/s
+LOSS_LIMIT_PERCENT = 1.0  # the issue's bar: 30 fps at < 1% loss
+TARGET_PACKETS_PER_CORE = 60_000  # the issue's target: forwarded packets/s per core of server CPU
 
 # Reference figures, measured on these machines (../shared/notes/aiortc.md): aiortc's
 # default path decodes and re-encodes per subscriber: 6.4 ms of server CPU per frame
@@ -240,10 +242,9 @@ class Publisher:
             while True:
                 sent = time.monotonic()
                 try:
-                    assert self.signaling is not None
-                    await self.signaling.request({"type": "ping"}, timeout=10)
+                    await self._ping()
                     self.pings.append((sent, time.monotonic() - sent))
-                except (TimeoutError, BenchError, ConnectionError):
+                except (TimeoutError, BenchError, ConnectionError, aiohttp.ClientError):
                     self.pings.append((sent, time.monotonic() - sent))
                 await asyncio.sleep(max(0.0, interval - (time.monotonic() - sent)))
 
@@ -280,6 +281,15 @@ class Publisher:
     async def start(self, session: aiohttp.ClientSession, url: str, token: str, timeout: float) -> None:
         self.signaling = Signaling(await session.ws_connect(ws_url(url)))
         await self.signaling.request({"type": "join", "token": token, "protocol": 1, "auto_subscribe": False})
+        mid, offer = await self._offer()
+        reply = await self.signaling.request({
+            "type": "publish", "sdp": offer, "tracks": {mid: {"source": "camera", "name": "bench"}}}, timeout=timeout)
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=reply["sdp"], type="answer"))
+        self.track_id = reply["tracks"][0]["id"]
+        await self._connected(timeout)
+
+    async def _offer(self) -> tuple[str, str]:
+        """The publisher's offer, the same for every server: (mid, sdp) of one VP8 sendonly transceiver."""
         transceiver = self.pc.addTransceiver(self.track, direction="sendonly")
         vp8 = [c for c in RTCRtpSender.getCapabilities("video").codecs if c.mimeType == "video/VP8"]
         transceiver.setCodecPreferences(vp8)
@@ -287,11 +297,9 @@ class Publisher:
         # aiortc creates its encoder lazily on the first frame; give it ours first.
         self.sender._RTCRtpSender__encoder = self.encoder  # type: ignore[attr-defined]
         await self.pc.setLocalDescription(await self.pc.createOffer())
-        reply = await self.signaling.request({
-            "type": "publish", "sdp": self.pc.localDescription.sdp,
-            "tracks": {transceiver.mid: {"source": "camera", "name": "bench"}}}, timeout=timeout)
-        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=reply["sdp"], type="answer"))
-        self.track_id = reply["tracks"][0]["id"]
+        return str(transceiver.mid), self.pc.localDescription.sdp
+
+    async def _connected(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while self.pc.connectionState != "connected":
             if self.pc.connectionState == "failed" or time.monotonic() > deadline:
@@ -299,6 +307,16 @@ class Publisher:
             await asyncio.sleep(0.05)
         self.start_pinging()
         self.watch_loop()
+
+    async def _ping(self) -> None:
+        assert self.signaling is not None
+        await self.signaling.request({"type": "ping"}, timeout=10)
+
+    async def _leave(self) -> None:
+        if self.signaling is not None:
+            with contextlib.suppress(Exception):
+                await self.signaling.request({"type": "leave"}, timeout=5)
+            await self.signaling.close()
 
     async def counters(self) -> dict[str, float]:
         packets = octets = 0
@@ -314,11 +332,42 @@ class Publisher:
         for task in (self._pinger, self._watcher):
             if task is not None:
                 task.cancel()
-        if self.signaling is not None:
-            with contextlib.suppress(Exception):
-                await self.signaling.request({"type": "leave"}, timeout=5)
-            await self.signaling.close()
+        await self._leave()
         await self.pc.close()
+
+
+class JanusPublisher(Publisher):
+    """The same publisher, signaled over Janus's HTTP API: VideoRoom ``join`` as a publisher, ``publish``
+    with the offer; the answer comes in the event. Its pings are Janus ``ping`` requests."""
+
+    def __init__(self, bitrate: int) -> None:
+        super().__init__(bitrate)
+        self.janus: janus_videoroom.JanusSession | None = None
+        self.feed_id = 0
+
+    async def start(self, session: aiohttp.ClientSession, url: str, room: int, timeout: float) -> None:  # type: ignore[override]
+        self.janus = janus_videoroom.JanusSession(session, url)
+        await self.janus.create()
+        handle = await self.janus.attach()
+        joined = await self.janus.message(handle, {"request": "join", "room": room, "ptype": "publisher",
+                                                   "display": "bench"}, timeout=timeout)
+        self.feed_id = int(joined["plugindata"]["data"]["id"])
+        _, offer = await self._offer()
+        reply = await self.janus.message(handle, {"request": "publish"}, janus_videoroom.jsep("offer", offer),
+                                         timeout=timeout)
+        if "jsep" not in reply:
+            raise BenchError(f"janus answered the publisher without an SDP: {reply}")
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=reply["jsep"]["sdp"], type="answer"))
+        self.track_id = f"janus-feed-{self.feed_id}"
+        await self._connected(timeout)
+
+    async def _ping(self) -> None:
+        assert self.janus is not None
+        await self.janus.ping()
+
+    async def _leave(self) -> None:
+        if self.janus is not None:
+            await self.janus.destroy()
 
 
 # --- subscriber (runs in worker processes) ------------------------------------------
@@ -351,6 +400,7 @@ class Subscriber:
         self._recent: collections.deque[int] = collections.deque()
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
+        self.rtx_removed = 0  # RTX payload types taken out of the server's offers
 
     async def join(self) -> None:
         self.signaling = Signaling(await self.session.ws_connect(ws_url(self.url)), self._on_event)
@@ -367,18 +417,28 @@ class Subscriber:
     async def _answer(self, sdp: str) -> None:
         try:
             async with self._lock:
-                await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
-                for transceiver in self.pc.getTransceivers():
-                    receiver = transceiver.receiver
-                    if id(receiver) not in self._tapped:
-                        self._tapped.add(id(receiver))
-                        tap_receiver(receiver, self._count)  # raw RTP, never decoded
-                await self.pc.setLocalDescription(await self.pc.createAnswer())
-                self._enlarge_receive_buffers()
+                answer = await self._apply_offer(sdp)
                 assert self.signaling is not None
-                await self.signaling.send({"type": "answer", "sdp": self.pc.localDescription.sdp})
+                await self.signaling.send({"type": "answer", "sdp": answer})
         except Exception as exc:  # reported to the orchestrator in snapshots
             self.errors.append(f"answer failed: {exc!r}")
+
+    async def _apply_offer(self, sdp: str) -> str:
+        """The server's offer in, the answer out: the same for every server (only the signaling differs).
+
+        RTX is taken out of the offer first (gbmedia offers none; Janus does): ``tap_receiver`` skips RTX
+        packets, so without RTX both servers' repairs arrive as the original packets and count alike."""
+        sdp, removed = janus_videoroom.strip_rtx(sdp)
+        self.rtx_removed += removed
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+        for transceiver in self.pc.getTransceivers():
+            receiver = transceiver.receiver
+            if id(receiver) not in self._tapped:
+                self._tapped.add(id(receiver))
+                tap_receiver(receiver, self._count)  # raw RTP, never decoded
+        await self.pc.setLocalDescription(await self.pc.createAnswer())
+        self._enlarge_receive_buffers()
+        return self.pc.localDescription.sdp
 
     def _enlarge_receive_buffers(self) -> None:
         """Let a worker that loses the CPU for a moment catch up instead of dropping datagrams."""
@@ -419,17 +479,52 @@ class Subscriber:
         data = asdict(self.counts)
         data["errors"] = self.errors[-3:]
         data["state"] = self.pc.connectionState
+        data["rtx_removed"] = self.rtx_removed
         return data
 
     async def close(self) -> None:
-        if self.signaling is not None:
-            with contextlib.suppress(Exception):
-                await self.signaling.request({"type": "leave"}, timeout=5)
-            await self.signaling.close()
+        await self._leave()
         for task in list(self._tasks):
             task.cancel()
         with contextlib.suppress(Exception):
             await self.pc.close()
+
+    async def _leave(self) -> None:
+        if self.signaling is not None:
+            with contextlib.suppress(Exception):
+                await self.signaling.request({"type": "leave"}, timeout=5)
+            await self.signaling.close()
+
+
+class JanusSubscriber(Subscriber):
+    """The same subscriber, signaled over Janus's HTTP API: its own session and VideoRoom handle, ``join``
+    as a subscriber to the publisher's feed; Janus's offer comes in the event, the answer goes with
+    ``start``."""
+
+    def __init__(self, session: aiohttp.ClientSession, url: str, room: int, feed: int, name: str) -> None:
+        super().__init__(session, url, "")
+        self.room, self.feed, self.name = room, feed, name
+        self.janus: janus_videoroom.JanusSession | None = None
+
+    async def join(self) -> None:
+        self.janus = janus_videoroom.JanusSession(self.session, self.url, self._on_janus_event)
+        await self.janus.create()
+        handle = await self.janus.attach()
+        attached = await self.janus.message(handle, {"request": "join", "room": self.room, "ptype": "subscriber",
+                                                     "streams": [{"feed": self.feed}]}, timeout=60)
+        if "jsep" not in attached:
+            raise BenchError(f"janus sent the subscriber no offer: {attached}")
+        async with self._lock:
+            answer = await self._apply_offer(attached["jsep"]["sdp"])
+        await self.janus.message(handle, {"request": "start"}, janus_videoroom.jsep("answer", answer), timeout=60)
+
+    def _on_janus_event(self, event: dict[str, Any]) -> None:
+        if event.get("janus") in ("hangup", "detached") or "error" in event.get("plugindata", {}).get("data", {}):
+            self.errors.append(json.dumps(event))
+
+    async def _leave(self) -> None:
+        if self.janus is not None:
+            await self.janus.destroy()
 
 
 async def worker_main() -> None:
@@ -440,7 +535,11 @@ async def worker_main() -> None:
         try:
             async for command in harness.commands():
                 if command["cmd"] == "join":
-                    subscribers = [Subscriber(session, command["url"], t) for t in command["tokens"]]
+                    if command.get("server") == "janus":
+                        subscribers = [JanusSubscriber(session, command["url"], command["room"], command["feed"], name)
+                                       for name in command["names"]]
+                    else:
+                        subscribers = [Subscriber(session, command["url"], t) for t in command["tokens"]]
                     results = await asyncio.gather(*(s.join() for s in subscribers), return_exceptions=True)
                     reply({"joined": sum(r is None for r in results),
                            "errors": [repr(r) for r in results if r is not None]})
@@ -461,13 +560,82 @@ async def worker_main() -> None:
 class Worker(harness.WorkerProcess):
     """The orchestrator's handle on one subscriber worker process."""
 
-    def __init__(self, index: int, tokens: list[str], log_path: Path, nice: int) -> None:
+    def __init__(self, index: int, join: dict[str, Any], log_path: Path, nice: int) -> None:
         super().__init__(index, log_path, nice, argv=[str(Path(__file__).resolve()), "--worker", "--nice", str(nice)],
                          what="subscriber worker", stop_command="leave")
-        self.tokens = tokens
+        self.join = join  # the "join" command: the server's signaling and this worker's subscribers
 
 
-# --- the server -----------------------------------------------------------------------
+# --- the servers ----------------------------------------------------------------------
+
+class GbmediaTarget:
+    """``gbmedia serve`` (embedded PostgreSQL), one tenant; subscribers join ``/rtc`` with their own tokens."""
+
+    name = "gbmedia"
+
+    def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.server = Server(workdir, args.startup_timeout, dict(args.server_env))
+        self.key = self.secret = ""
+
+    async def start(self, session: aiohttp.ClientSession) -> str:
+        await self.server.start()
+        self.key, self.secret = await harness.create_tenant(session, self.server.url)
+        return (f"gbmedia serve on {self.server.url}, pid {self.server.pid}, "
+                f"embedded PostgreSQL pid {self.server.postgres_pid()}")
+
+    async def publish(self, session: aiohttp.ClientSession, args: argparse.Namespace) -> Publisher:
+        publisher = Publisher(args.bitrate)
+        await publisher.start(session, self.server.url,
+                              mint_token(self.key, self.secret, "publisher", Grants.participant(ROOM)),
+                              args.join_timeout)
+        return publisher
+
+    def join_commands(self, n: int, per: int) -> list[dict[str, Any]]:
+        grants = Grants(room=ROOM, room_join=True, can_subscribe=True)
+        tokens = [mint_token(self.key, self.secret, f"sub-{n}-{i}", grants, name=f"Subscriber {i}") for i in range(n)]
+        return [{"cmd": "join", "server": "gbmedia", "url": self.server.url, "tokens": tokens[i:i + per]}
+                for i in range(0, n, per)]
+
+
+class JanusTarget:
+    """Janus 1.1.2 VideoRoom (``janus_videoroom.py``), one room; each subscriber its own Janus session."""
+
+    name = "janus"
+    room = 4242
+
+    def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.server = janus_videoroom.JanusServer(workdir, args.startup_timeout, args.janus_ip, args.janus_binary)
+        self.control: janus_videoroom.JanusSession | None = None
+        self.feed = 0
+
+    async def start(self, session: aiohttp.ClientSession) -> str:
+        await self.server.start()
+        self.control = janus_videoroom.JanusSession(session, self.server.url)
+        await self.control.create()
+        await janus_videoroom.create_room(self.control, self.room)
+        return (f"janus {self.server.version} on {self.server.url}, pid {self.server.pid}, ICE on "
+                f"{self.server.ip}, room {self.room}")
+
+    async def publish(self, session: aiohttp.ClientSession, args: argparse.Namespace) -> Publisher:
+        publisher = JanusPublisher(args.bitrate)
+        await publisher.start(session, self.server.url, self.room, args.join_timeout)
+        self.feed = publisher.feed_id
+        return publisher
+
+    def join_commands(self, n: int, per: int) -> list[dict[str, Any]]:
+        names = [f"sub-{n}-{i}" for i in range(n)]
+        return [{"cmd": "join", "server": "janus", "url": self.server.url, "room": self.room, "feed": self.feed,
+                 "names": names[i:i + per]} for i in range(0, n, per)]
+
+    async def close(self) -> None:
+        if self.control is not None:
+            await self.control.destroy()
+
+
+Target = GbmediaTarget | JanusTarget
+TARGETS: dict[str, type[GbmediaTarget] | type[JanusTarget]] = {"gbmedia": GbmediaTarget, "janus": JanusTarget}
 
 # --- one measurement ----------------------------------------------------------------
 
@@ -488,7 +656,8 @@ class Snapshot:
         return [s for w in self.workers for s in w["subs"]]
 
 
-async def snapshot(server: Server, publisher: Publisher, workers: list[Worker]) -> Snapshot:
+async def snapshot(server: Server | janus_videoroom.JanusServer, publisher: Publisher,
+                   workers: list[Worker]) -> Snapshot:
     replies = asyncio.gather(*(w.call({"cmd": "snapshot"}, 30) for w in workers))
     snap = Snapshot(time.monotonic(), server.cpu(), harness.runqueue_wait_seconds(server.pid), udp_drops(server.pid),
                     server.postgres_cpu(),
@@ -576,19 +745,17 @@ def add_marginals(rows: list[dict[str, Any]]) -> None:
         previous = row
 
 
-async def run_one(n: int, args: argparse.Namespace, server: Server, publisher: Publisher,
-                  key: str, secret: str, workdir: Path, live: list[Worker]) -> dict[str, Any]:
-    grants = Grants(room=ROOM, room_join=True, can_subscribe=True)
-    tokens = [mint_token(key, secret, f"sub-{n}-{i}", grants, name=f"Subscriber {i}") for i in range(n)]
+async def run_one(n: int, args: argparse.Namespace, target: Target, publisher: Publisher, workdir: Path,
+                  live: list[Worker]) -> dict[str, Any]:
+    server = target.server
     per = max(1, args.per_process)
-    workers = [Worker(i, tokens[i * per:(i + 1) * per], workdir / f"worker-n{n}-{i}.log", args.nice)
-               for i in range(math.ceil(n / per))]
+    workers = [Worker(i, join, workdir / f"{target.name}-worker-n{n}-{i}.log", args.nice)
+               for i, join in enumerate(target.join_commands(n, per))]
     live.extend(workers)
     joining_since = time.monotonic()
     try:
         await asyncio.gather(*(w.start() for w in workers))
-        results = await asyncio.gather(*(w.call({"cmd": "join", "url": server.url, "tokens": w.tokens},
-                                                args.join_timeout) for w in workers))
+        results = await asyncio.gather(*(w.call(w.join, args.join_timeout) for w in workers))
         joined = sum(r["joined"] for r in results)
         errors = [e for r in results for e in r["errors"]]
         if errors:
@@ -612,38 +779,42 @@ async def run_one(n: int, args: argparse.Namespace, server: Server, publisher: P
                              f"(publisher sent {snap.publisher['packets']} packets)")
         await asyncio.sleep(args.warmup)
         if not server.alive():
-            raise BenchError(f"gbmedia serve died during warm-up; log:\n{tail(server.log_path)}")
-        profiler = await start_profiler(args, server, n)
+            raise BenchError(f"{target.name} died during warm-up; log:\n{tail(server.log_path)}")
+        profiler = await start_profiler(args, target, n)
         first = await snapshot(server, publisher, workers)
         await asyncio.sleep(args.seconds)
         last = await snapshot(server, publisher, workers)
         if profiler is not None:
             await harness.finish_profiler(profiler)
         if not server.alive():
-            raise BenchError(f"gbmedia serve died while measuring; log:\n{tail(server.log_path)}")
-        return measure(n, first, last, joined, len(waiting), publisher, joining_since)
+            raise BenchError(f"{target.name} died while measuring; log:\n{tail(server.log_path)}")
+        row = measure(n, first, last, joined, len(waiting), publisher, joining_since)
+        row["server"] = target.name
+        row["rtx_payload_types_removed"] = sum(sb.get("rtx_removed", 0) for sb in last.subs)
+        return row
     finally:
         await asyncio.gather(*(w.stop() for w in workers), return_exceptions=True)
         for w in workers:
             live.remove(w)
 
 
-async def start_profiler(args: argparse.Namespace, server: Server, n: int) -> Any:
-    """py-spy on the server for the window (``--profile DIR``), collapsed stacks per N."""
-    if args.profile is None:
+async def start_profiler(args: argparse.Namespace, target: Target, n: int) -> Any:
+    """py-spy on gbmedia for the window (``--profile DIR``), collapsed stacks per N (Janus is C: not profiled)."""
+    if args.profile is None or target.name != "gbmedia":
         return None
-    return await harness.start_py_spy(server.pid, args.profile / f"server-n{n}.txt", args.seconds,
-                              ["--nonblocking", "--threads"])
+    return await harness.start_py_spy(target.server.pid, args.profile / f"server-n{n}.txt", args.seconds,
+                                      ["--nonblocking", "--threads"])
 
 
 # --- output -------------------------------------------------------------------------
 
-def print_table(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
+def print_table(rows: list[dict[str, Any]], args: argparse.Namespace, name: str = "gbmedia") -> None:
+    process = "the gbmedia serve process" if name == "gbmedia" else f"the {name} process"
     print()
-    print(f"gbmedia forwarding: 1 publisher (640x480 VP8, {args.fps_label}, encoder fixed at "
+    print(f"{name} forwarding: 1 publisher (640x480 VP8, {args.fps_label}, encoder fixed at "
           f"{args.bitrate / 1e6:.2f} Mbps) -> N subscribers counting RTP without decoding; "
           f"{args.seconds:.0f} s window after {args.warmup:.0f} s warm-up; server CPU = utime+stime of "
-          f"the gbmedia process, all threads; {os.cpu_count()} cores.")
+          f"{process}, all threads; {os.cpu_count()} cores.")
     header = ("N", "fwd pkt/s", "srv CPU%", "CPU s/1k pkt", "us/pkt", "us/pkt marg",
               "ms/frame/sub", "marg", "fps min", "fps med", "loss %", "kept 30 fps")
     lines = [header]
@@ -692,6 +863,8 @@ def print_table(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
         "the server's threads were ready but waited for a CPU.",
     ]
     print("Legend: " + "\n        ".join(legend))
+    if name != "gbmedia":
+        return
     marginal = [r["marginal_ms_per_frame_per_subscriber"] for r in rows
                 if r["marginal_ms_per_frame_per_subscriber"] is not None]
     average = [r["server_ms_per_frame_per_subscriber"] for r in rows
@@ -709,12 +882,159 @@ def print_table(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
                  f"{ref_ms / max(marginal):.0f}-{ref_ms / min(marginal):.0f}x that." if marginal else "."))
 
 
+def fit_cpu(rows: list[dict[str, Any]]) -> tuple[float, float] | None:
+    """Least squares of server CPU (s/s) against forwarded packets/s over every row, N=0 included:
+    (µs per packet, the slope; CPU % at no forwarding, the intercept). Steadier than row-to-row marginals."""
+    points = [(r["forwarded_packets_per_s"], r["server_cpu_s"] / r["window_s"]) for r in rows]
+    if len({x for x, _ in points}) < 2:
+        return None
+    slope, intercept = statistics.linear_regression([x for x, _ in points], [y for _, y in points])
+    return slope * 1e6, intercept * 100
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def summarize(rows: list[dict[str, Any]], servers: list[str]) -> dict[str, Any]:
+    """Per server: the largest N up to which every N kept 30 fps at < 1% loss, packets/s per core there,
+    the fitted cost per packet; then the ratios gbmedia/Janus, per N measured on both and overall."""
+    per: dict[str, Any] = {}
+    for name in servers:
+        mine = sorted((r for r in rows if r.get("server") == name), key=lambda r: r["subscribers"])
+        measured = [r for r in mine if "error" not in r]
+        held = None
+        for r in (r for r in mine if r["subscribers"] > 0):
+            if not good(r):
+                break
+            held = r
+        fit = fit_cpu(measured)
+        entry: dict[str, Any] = {
+            "max_subscribers_30fps": held["subscribers"] if held else 0,
+            "any_good_subscribers": [r["subscribers"] for r in mine if r["subscribers"] > 0 and good(r)],
+            "first_failed": next(({"subscribers": r["subscribers"], "why": why_not(r)}
+                                  for r in mine if r["subscribers"] > 0 and not good(r)), None),
+            "fit_us_per_packet": fit[0] if fit else None,
+            "fit_fixed_cpu_percent": fit[1] if fit else None,
+        }
+        if held is not None:
+            cores = held["server_cpu_percent"] / 100
+            entry.update(at_subscribers=held["subscribers"], packets_per_s=held["forwarded_packets_per_s"],
+                         cpu_percent=held["server_cpu_percent"],
+                         packets_per_s_per_core=held["forwarded_packets_per_s"] / cores if cores else None,
+                         us_per_packet=held["server_us_per_packet"],
+                         marginal_us_per_packet=held["marginal_us_per_packet"])
+        if fit and fit[0] > 0:
+            entry["marginal_packets_per_s_per_core"] = 1e6 / fit[0]
+        per[name] = entry
+    summary: dict[str, Any] = {"servers": per}
+    if "gbmedia" in per and "janus" in per:
+        by_n = {}
+        g_rows = {r["subscribers"]: r for r in rows if r.get("server") == "gbmedia" and "error" not in r}
+        j_rows = {r["subscribers"]: r for r in rows if r.get("server") == "janus" and "error" not in r}
+        for n in sorted(set(g_rows) & set(j_rows)):
+            if n == 0:
+                continue
+            g, j = g_rows[n], j_rows[n]
+            by_n[n] = {"average": ratio(g["server_us_per_packet"], j["server_us_per_packet"]),
+                       "marginal": ratio(g["marginal_us_per_packet"], j["marginal_us_per_packet"])}
+        summary["ratio_by_subscribers"] = by_n
+        summary["ratio_fit"] = ratio(per["gbmedia"]["fit_us_per_packet"], per["janus"]["fit_us_per_packet"])
+        if by_n:
+            top = max(by_n)
+            summary["ratio_at_largest_common_n"] = {"subscribers": top, **by_n[top]}
+    return summary
+
+
+def why_not(row: dict[str, Any]) -> str:
+    if "error" in row:
+        return row["error"][:200]
+    reasons = []
+    if row["subscribers_joined"] != row["subscribers"] or row["subscribers_without_media"]:
+        reasons.append(f"{row['subscribers_joined']} joined, {row['subscribers_without_media']} without media")
+    if not row["kept_30_fps"]:
+        reasons.append(f"fps min {fmt(row['fps_min'], '.1f')}")
+    if (row["loss_percent"] or 0.0) >= LOSS_LIMIT_PERCENT:
+        reasons.append(f"loss {row['loss_percent']:.2f}%")
+    return ", ".join(reasons)
+
+
+def print_comparison(result: dict[str, Any]) -> None:
+    rows, summary = result["rows"], result["summary"]
+    servers = result["config"]["servers"]
+    print()
+    print("Side by side (same publisher, same subscriber code; one server after the other in this run):")
+    header = ("server", "N", "fwd pkt/s", "srv CPU%", "CPU s/1k pkt", "marg s/1k", "us/pkt", "us/pkt marg",
+              "fps min", "loss %", "30 fps <1%")
+    lines = [header]
+    for name in servers:
+        for r in (r for r in rows if r.get("server") == name):
+            if "error" in r:
+                lines.append((name, str(r["subscribers"]), *(["-"] * 8), "failed"))
+                continue
+            marg = r["marginal_us_per_packet"]
+            lines.append((name, str(r["subscribers"]), fmt(r["forwarded_packets_per_s"], ".0f"),
+                          fmt(r["server_cpu_percent"], ".1f"), fmt(r["server_cpu_s_per_1000_packets"], ".4f"),
+                          fmt(marg / 1000 if marg is not None else None, ".4f"),
+                          fmt(r["server_us_per_packet"], ".1f"), fmt(marg, ".1f"), fmt(r["fps_min"], ".1f"),
+                          fmt(r["loss_percent"], ".2f"), fmt(good(r), "") if r["subscribers"] else "-"))
+    harness.print_aligned(lines)
+    print()
+    print("Per server:")
+    header = ("server", "max N 30fps <1%", "pkt/s there", "CPU% there", "pkt/s per core", "us/pkt there",
+              "fit us/pkt", "fit fixed CPU%", "marg pkt/s/core", "first miss")
+    lines = [header]
+    for name in servers:
+        e = summary["servers"][name]
+        miss = e["first_failed"]
+        lines.append((name, str(e["max_subscribers_30fps"]), fmt(e.get("packets_per_s"), ".0f"),
+                      fmt(e.get("cpu_percent"), ".1f"), fmt(e.get("packets_per_s_per_core"), ".0f"),
+                      fmt(e.get("us_per_packet"), ".1f"), fmt(e["fit_us_per_packet"], ".1f"),
+                      fmt(e["fit_fixed_cpu_percent"], ".1f"), fmt(e.get("marginal_packets_per_s_per_core"), ".0f"),
+                      f"N={miss['subscribers']}: {miss['why']}" if miss else "none"))
+    harness.print_aligned(lines)
+    print("pkt/s per core: forwarded packets/s / (server CPU% / 100) at the largest N that held; fit: least squares "
+          "of CPU against packets/s over all N (slope, intercept); marg pkt/s/core: 1e6 / fit us/pkt.")
+    if "ratio_by_subscribers" in summary:
+        print()
+        parts = [f"N={n}: average {fmt(v['average'], '.2f')}, marginal {fmt(v['marginal'], '.2f')}"
+                 for n, v in summary["ratio_by_subscribers"].items()]
+        print("Ratio gbmedia/Janus of CPU per forwarded packet: " + ("; ".join(parts) or "no N measured on both")
+              + f"; fit {fmt(summary['ratio_fit'], '.2f')}.")
+        top = summary.get("ratio_at_largest_common_n")
+        if top:
+            for what, value in (("average", top["average"]), ("marginal", top["marginal"]),
+                                ("fit over all N", summary["ratio_fit"])):
+                verdict = "-" if value is None else "met" if value <= 1.0 else "MISSED"
+                print(f"Target ratio <= 1.0, {what} (largest N on both: {top['subscribers']}): "
+                      f"{fmt(value, '.2f')}: {verdict}.")
+    g = summary["servers"].get("gbmedia")
+    if g is not None:
+        per_core = g.get("packets_per_s_per_core")
+        verdict = "met" if per_core is not None and per_core >= TARGET_PACKETS_PER_CORE else "MISSED"
+        print(f"Target >= {TARGET_PACKETS_PER_CORE:,} forwarded packets/s per core (gbmedia, at its largest N that "
+              f"held): {fmt(per_core, ',.0f')}: {verdict}.")
+    load = result["machine"]
+    print(f"Load average before {'/'.join(f'{v:.2f}' for v in load['loadavg_before'])}, after "
+          f"{'/'.join(f'{v:.2f}' for v in load['loadavg_after'])} (1/5/15 min; the machine is shared).")
+
+
 # --- main -----------------------------------------------------------------------------
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--servers", default="gbmedia",
+                        help="comma-separated servers to measure one after the other: gbmedia, janus "
+                             "(default gbmedia; gbmedia,janus for the comparison)")
     parser.add_argument("--subscribers", default="1,4,16,32", help="comma-separated N values (default 1,4,16,32)")
+    parser.add_argument("--extend", action="store_true",
+                        help="after the last N, go on by --step while the server holds 30 fps at < 1%% loss")
+    parser.add_argument("--step", type=int, default=32, help="N step for --extend (default 32)")
+    parser.add_argument("--max-subscribers", type=int, default=256, help="the largest N --extend tries (default 256)")
+    parser.add_argument("--janus-ip", help="the IPv4 address Janus gathers ICE candidates on (default: the "
+                        "machine's own, the source address of its default route; not loopback: aioice skips it)")
+    parser.add_argument("--janus-binary", default=janus_videoroom.JANUS_BINARY, help="default /usr/bin/janus")
     parser.add_argument("--seconds", type=float, default=15.0, help="measurement window per N (default 15)")
     parser.add_argument("--warmup", type=float, default=5.0, help="warm-up per N before measuring (default 5)")
     parser.add_argument("--bitrate", type=int, default=1_000_000, help="publisher encoder bitrate (default 1e6)")
@@ -749,87 +1069,130 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--subscribers takes integers separated by commas, not {args.subscribers!r}")
     if not args.counts or any(n < 0 for n in args.counts):
         parser.error("--subscribers needs at least one N >= 0")
+    args.counts = sorted(set(args.counts))  # marginals are against the row above
+    args.servers = [v.strip() for v in args.servers.split(",") if v.strip()]
+    unknown = [v for v in args.servers if v not in TARGETS]
+    if not args.servers or unknown or len(set(args.servers)) != len(args.servers):
+        parser.error(f"--servers takes gbmedia and/or janus, each once, not {','.join(args.servers)!r}")
+    if args.step < 1:
+        parser.error("--step must be >= 1")
     if args.baseline and 0 not in args.counts:
         args.counts = [0, *args.counts]
     args.fps_label = "30 fps"
     return args
 
 
+def good(row: dict[str, Any]) -> bool:
+    """The issue's bar for a row: every subscriber joined and kept 30 fps, loss under 1%."""
+    return ("error" not in row and bool(row["kept_30_fps"]) and row["subscribers_joined"] == row["subscribers"]
+            and not row["subscribers_without_media"] and (row["loss_percent"] or 0.0) < LOSS_LIMIT_PERCENT)
+
+
+async def measure_server(target: Target, args: argparse.Namespace, workdir: Path,
+                         session: aiohttp.ClientSession, live: list[Worker]) -> list[dict[str, Any]]:
+    """Every N against one server, with its own publisher; the server is started and stopped here."""
+    rows: list[dict[str, Any]] = []
+    publisher: Publisher | None = None
+    server = target.server
+    try:
+        print(f"[{target.name}] starting ...", file=sys.stderr)
+        t0 = time.monotonic()
+        described = await target.start(session)
+        print(f"  {described}, up after {time.monotonic() - t0:.1f} s", file=sys.stderr)
+        publisher = await target.publish(session, args)
+        print(f"  publisher connected, track {publisher.track_id}", file=sys.stderr)
+        await asyncio.sleep(min(args.warmup, 3.0))
+        counts = list(args.counts)
+        index = 0
+        while index < len(counts):
+            n = counts[index]
+            index += 1
+            if publisher.pc.connectionState != "connected":
+                reason = (f"the publisher's connection is {publisher.pc.connectionState} before N={n} "
+                          f"(state changes: {publisher.state_log()}); stopping here")
+                print(f"  {reason}", file=sys.stderr)
+                rows.append({"server": target.name, "subscribers": n, "error": reason})
+                break
+            print(f"[{target.name}] N={n}: joining, {args.warmup:.0f} s warm-up, {args.seconds:.0f} s window ...",
+                  file=sys.stderr)
+            try:
+                row = await run_one(n, args, target, publisher, workdir, live)
+            except BenchError as exc:
+                if not server.alive():
+                    raise
+                print(f"  N={n} failed: {exc}", file=sys.stderr)
+                rows.append({"server": target.name, "subscribers": n, "error": str(exc)})
+                continue
+            rows.append(row)
+            print(f"  [{target.name}] N={n}: {row['forwarded_packets_per_s']:.0f} packets/s forwarded, "
+                  f"{row['server_cpu_percent']:.1f}% CPU, fps min {fmt(row['fps_min'], '.1f')}, loss "
+                  f"{fmt(row['loss_percent'], '.2f')}%, machine {row['machine_busy_percent']:.0f}% busy",
+                  file=sys.stderr)
+            if (index == len(counts) and args.extend and n and good(row)
+                    and n + args.step <= args.max_subscribers):
+                counts.append(n + args.step)  # it held: one step further
+            await asyncio.sleep(args.pause)
+    finally:
+        if publisher is not None:
+            with contextlib.suppress(Exception):
+                await publisher.close()
+        if isinstance(target, JanusTarget):
+            with contextlib.suppress(Exception):
+                await target.close()
+        rc = await server.stop()
+        print(f"[{target.name}] stopped (exit status {rc})", file=sys.stderr)
+    return rows
+
+
 async def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="gbmedia-bench-"))
-    server = Server(workdir, args.startup_timeout, dict(args.server_env))
     live: list[Worker] = []
-    publisher: Publisher | None = None
     rows: list[dict[str, Any]] = []
+    targets: list[Target] = []
     ok = False
     main_task = asyncio.current_task()
     assert main_task is not None
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main_task.cancel)  # clean up as on ^C
+    load_before = os.getloadavg()
     try:
-        print(f"starting gbmedia serve (data dir {server.data_dir}) ...", file=sys.stderr)
-        t0 = time.monotonic()
-        await server.start()
-        print(f"  listening on {server.url} after {time.monotonic() - t0:.1f} s, pid {server.pid}, "
-              f"embedded PostgreSQL pid {server.postgres_pid()}", file=sys.stderr)
         async with aiohttp.ClientSession() as session:
-            key, secret = await harness.create_tenant(session, server.url)
-            publisher = Publisher(args.bitrate)
-            await publisher.start(session, server.url, mint_token(key, secret, "publisher",
-                                                                  Grants.participant(ROOM)), args.join_timeout)
-            print(f"  publisher connected, track {publisher.track_id}", file=sys.stderr)
-            await asyncio.sleep(min(args.warmup, 3.0))
-            for n in args.counts:
-                if publisher.pc.connectionState != "connected":
-                    reason = (f"the publisher's connection is {publisher.pc.connectionState} before N={n} "
-                              f"(state changes: {publisher.state_log()}); stopping here")
-                    print(f"  {reason}", file=sys.stderr)
-                    rows.append({"subscribers": n, "error": reason})
-                    break
-                print(f"N={n}: joining, {args.warmup:.0f} s warm-up, {args.seconds:.0f} s window ...",
-                      file=sys.stderr)
+            for name in args.servers:
+                target = TARGETS[name](args, workdir / name)
+                targets.append(target)
                 try:
-                    row = await run_one(n, args, server, publisher, key, secret, workdir, live)
-                except BenchError as exc:
-                    if not server.alive():
-                        raise
-                    print(f"  N={n} failed: {exc}", file=sys.stderr)
-                    rows.append({"subscribers": n, "error": str(exc)})
-                    continue
-                rows.append(row)
-                print(f"  N={n}: {row['forwarded_packets_per_s']:.0f} packets/s forwarded, server "
-                      f"{row['server_cpu_percent']:.1f}% CPU, fps min {fmt(row['fps_min'], '.1f')}, "
-                      f"machine {row['machine_busy_percent']:.0f}% busy", file=sys.stderr)
+                    rows.extend(await measure_server(target, args, workdir, session, live))
+                finally:
+                    for w in live:
+                        w.kill_now()
+                    live.clear()
                 await asyncio.sleep(args.pause)
-            await publisher.close()
-            publisher = None
         ok = True
     finally:
         for w in live:
             w.kill_now()
-        if publisher is not None:
-            with contextlib.suppress(Exception):
-                await publisher.close()
-        rc = await server.stop()
-        print(f"gbmedia serve stopped (exit status {rc})", file=sys.stderr)
+        for target in targets:
+            target.server.kill_now()
         if args.keep or not ok:
             print(f"logs kept in {workdir}", file=sys.stderr)
         else:
             shutil.rmtree(workdir, ignore_errors=True)
-    measured = [r for r in rows if "error" not in r]
-    add_marginals(measured)
+    for name in args.servers:
+        add_marginals([r for r in rows if r.get("server") == name and "error" not in r])
     import aiortc
 
     return {
         "benchmark": "forwarding",
-        "config": {"subscribers": args.counts, "seconds": args.seconds, "warmup": args.warmup,
-                   "bitrate": args.bitrate, "width": 640, "height": 480, "fps": 30, "codec": "VP8",
-                   "per_process": args.per_process},
+        "config": {"servers": args.servers, "subscribers": args.counts, "seconds": args.seconds,
+                   "warmup": args.warmup, "bitrate": args.bitrate, "width": 640, "height": 480, "fps": 30,
+                   "codec": "VP8", "per_process": args.per_process, "extend": args.extend},
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "aiortc": aiortc.__version__,
-                    "platform": platform.platform()},
+                    "platform": platform.platform(), "loadavg_before": load_before,
+                    "loadavg_after": os.getloadavg()},
         "reference": {"transcode_ms_per_frame_per_subscriber": REF_TRANSCODE_MS_PER_FRAME_PER_SUB,
                       "transcode_ms_per_frame": REF_TRANSCODE_MS_PER_FRAME,
                       "janus_us_per_packet": REF_JANUS_US_PER_PACKET},
         "rows": rows,
+        "summary": summarize(rows, args.servers),
     }
 
 
@@ -840,11 +1203,15 @@ def main(argv: list[str] | None = None) -> int:
     if isinstance(result, int):
         return result
     measured = [r for r in result["rows"] if "error" not in r]
-    if measured:
-        print_table(measured, args)
+    for name in args.servers:
+        mine = [r for r in measured if r["server"] == name]
+        if mine:
+            print_table(mine, args, name)
     for r in result["rows"]:
         if "error" in r:
-            print(f"N={r['subscribers']}: not measured: {r['error']}")
+            print(f"{r['server']} N={r['subscribers']}: not measured: {r['error']}")
+    if measured:
+        print_comparison(result)
     text = json.dumps(result, indent=2, default=float)
     print()
     print(text)
