@@ -1014,12 +1014,30 @@ def print_comparison(result: dict[str, Any]) -> None:
         verdict = "met" if per_core is not None and per_core >= TARGET_PACKETS_PER_CORE else "MISSED"
         print(f"Target >= {TARGET_PACKETS_PER_CORE:,} forwarded packets/s per core (gbmedia, at its largest N that "
               f"held): {fmt(per_core, ',.0f')}: {verdict}.")
+    pinned = result["config"].get("pin_server")
+    print(f"Servers {'pinned to CPU ' + ','.join(map(str, pinned)) if pinned else 'not pinned'}; "
+          f"{result['machine']['cpus']} cores on the machine.")
     load = result["machine"]
     print(f"Load average before {'/'.join(f'{v:.2f}' for v in load['loadavg_before'])}, after "
           f"{'/'.join(f'{v:.2f}' for v in load['loadavg_after'])} (1/5/15 min; the machine is shared).")
 
 
 # --- main -----------------------------------------------------------------------------
+
+def _cpu_list(raw: str) -> set[int]:
+    """``1``, ``0,1`` or ``0-3``: CPU numbers this machine has."""
+    cpus: set[int] = set()
+    try:
+        for part in raw.split(","):
+            low, _, high = part.partition("-")
+            cpus.update(range(int(low), int(high or low) + 1))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected CPU numbers like 1 or 0-1, got {raw!r}") from None
+    available = os.sched_getaffinity(0)
+    if not cpus or not cpus <= available:
+        raise argparse.ArgumentTypeError(f"CPUs {raw!r}: this process may run on {sorted(available)} only")
+    return cpus
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
@@ -1034,6 +1052,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-subscribers", type=int, default=256, help="the largest N --extend tries (default 256)")
     parser.add_argument("--janus-ip", help="the IPv4 address Janus gathers ICE candidates on (default: the "
                         "machine's own, the source address of its default route; not loopback: aioice skips it)")
+    parser.add_argument("--pin-server", type=_cpu_list, metavar="CPUS",
+                        help="pin the server (every thread; both servers alike) to these CPUs, e.g. 1 or 0-1; "
+                             "the publisher and the subscribers stay free (default: not pinned)")
     parser.add_argument("--janus-binary", default=janus_videoroom.JANUS_BINARY, help="default /usr/bin/janus")
     parser.add_argument("--seconds", type=float, default=15.0, help="measurement window per N (default 15)")
     parser.add_argument("--warmup", type=float, default=5.0, help="warm-up per N before measuring (default 5)")
@@ -1082,6 +1103,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def pin_process(pid: int, cpus: set[int]) -> int:
+    """Pin every thread of ``pid`` to ``cpus`` (threads it starts later inherit it): how many were pinned.
+
+    Janus hands each packet from the publisher's thread to every subscriber's loop thread; on a small
+    virtual machine the cross-core wake-ups cost more than the forwarding (the notes' Janus figure was
+    taken pinned to one core). Pinning both servers alike also makes "per core" literal."""
+    pinned: set[int] = set()
+    for _ in range(3):  # threads started while pinning: once more
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            tid = int(task.name)
+            if tid not in pinned:
+                with contextlib.suppress(ProcessLookupError, FileNotFoundError):
+                    os.sched_setaffinity(tid, cpus)
+                    pinned.add(tid)
+    return len(pinned)
+
+
 def good(row: dict[str, Any]) -> bool:
     """The issue's bar for a row: every subscriber joined and kept 30 fps, loss under 1%."""
     return ("error" not in row and bool(row["kept_30_fps"]) and row["subscribers_joined"] == row["subscribers"]
@@ -1099,6 +1137,10 @@ async def measure_server(target: Target, args: argparse.Namespace, workdir: Path
         t0 = time.monotonic()
         described = await target.start(session)
         print(f"  {described}, up after {time.monotonic() - t0:.1f} s", file=sys.stderr)
+        if args.pin_server:
+            threads = pin_process(server.pid, args.pin_server)
+            print(f"  pinned its {threads} threads to CPU {','.join(map(str, sorted(args.pin_server)))}",
+                  file=sys.stderr)
         publisher = await target.publish(session, args)
         print(f"  publisher connected, track {publisher.track_id}", file=sys.stderr)
         await asyncio.sleep(min(args.warmup, 3.0))
@@ -1184,7 +1226,8 @@ async def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
         "benchmark": "forwarding",
         "config": {"servers": args.servers, "subscribers": args.counts, "seconds": args.seconds,
                    "warmup": args.warmup, "bitrate": args.bitrate, "width": 640, "height": 480, "fps": 30,
-                   "codec": "VP8", "per_process": args.per_process, "extend": args.extend},
+                   "codec": "VP8", "per_process": args.per_process, "extend": args.extend,
+                   "pin_server": sorted(args.pin_server) if args.pin_server else None},
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "aiortc": aiortc.__version__,
                     "platform": platform.platform(), "loadavg_before": load_before,
                     "loadavg_after": os.getloadavg()},
