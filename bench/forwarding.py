@@ -85,8 +85,11 @@ REF_JANUS_US_PER_PACKET = 28.0  # Janus 1.1.2 VideoRoom, same stream, marginal
 
 # --- /proc -----------------------------------------------------------------------------
 
-def udp_drops(pid: int) -> int:
-    """Datagrams the kernel dropped on ``pid``'s UDP sockets (receive buffer full), from /proc/net/udp*."""
+def udp_sockets(pid: int) -> tuple[int, int]:
+    """(datagrams the kernel dropped, bytes waiting unread) on ``pid``'s UDP sockets, from /proc/net/udp*.
+
+    Drops: a receive buffer was full. Bytes waiting at the end of a window: that side is behind (a
+    subscriber worker that waits for the CPU reads its media late: low fps there is not the server's)."""
     inodes = set()
     with contextlib.suppress(FileNotFoundError, ProcessLookupError, PermissionError):
         for fd in Path(f"/proc/{pid}/fd").iterdir():
@@ -94,14 +97,20 @@ def udp_drops(pid: int) -> int:
                 target = os.readlink(fd)
                 if target.startswith("socket:["):
                     inodes.add(target[8:-1])
-    drops = 0
+    drops = queued = 0
     for table in ("udp", "udp6"):
         with contextlib.suppress(FileNotFoundError):
             for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
                 fields = line.split()
                 if len(fields) >= 13 and fields[9] in inodes:
                     drops += int(fields[12])
-    return drops
+                    queued += int(fields[4].partition(":")[2], 16)
+    return drops, queued
+
+
+def udp_drops(pid: int) -> int:
+    """Datagrams the kernel dropped on ``pid``'s UDP sockets (receive buffer full)."""
+    return udp_sockets(pid)[0]
 
 
 # --- signaling client ---------------------------------------------------------------
@@ -544,8 +553,9 @@ async def worker_main() -> None:
                     reply({"joined": sum(r is None for r in results),
                            "errors": [repr(r) for r in results if r is not None]})
                 elif command["cmd"] == "snapshot":
-                    reply({"t": time.monotonic(), "cpu": cpu_seconds(os.getpid()), "udp_drops": udp_drops(os.getpid()),
-                           "subs": [s.snapshot() for s in subscribers]})
+                    drops, queued = udp_sockets(os.getpid())
+                    reply({"t": time.monotonic(), "cpu": cpu_seconds(os.getpid()), "udp_drops": drops,
+                           "udp_queued": queued, "subs": [s.snapshot() for s in subscribers]})
                 elif command["cmd"] == "leave":
                     await asyncio.gather(*(s.close() for s in subscribers), return_exceptions=True)
                     subscribers = []
@@ -645,6 +655,7 @@ class Snapshot:
     server_cpu: float
     server_wait: float
     server_udp_drops: int
+    server_udp_queued: int
     postgres_cpu: float
     orchestrator_cpu: float
     machine: tuple[float, float]
@@ -659,8 +670,8 @@ class Snapshot:
 async def snapshot(server: Server | janus_videoroom.JanusServer, publisher: Publisher,
                    workers: list[Worker]) -> Snapshot:
     replies = asyncio.gather(*(w.call({"cmd": "snapshot"}, 30) for w in workers))
-    snap = Snapshot(time.monotonic(), server.cpu(), harness.runqueue_wait_seconds(server.pid), udp_drops(server.pid),
-                    server.postgres_cpu(),
+    snap = Snapshot(time.monotonic(), server.cpu(), harness.runqueue_wait_seconds(server.pid),
+                    *udp_sockets(server.pid), server.postgres_cpu(),
                     cpu_seconds(os.getpid()),
                     harness.machine_busy(), await publisher.counters())
     snap.workers = list(await replies)
@@ -708,6 +719,8 @@ def measure(n: int, a: Snapshot, b: Snapshot, joined: int, not_receiving: int, p
         "server_cpu_percent": 100 * server_cpu / window,
         "server_runqueue_wait_percent": 100 * (b.server_wait - a.server_wait) / window,
         "server_udp_drops": b.server_udp_drops - a.server_udp_drops,
+        "server_udp_queued_kb_end": b.server_udp_queued / 1024,
+        "subscriber_udp_queued_kb_end": sum(w.get("udp_queued", 0) for w in b.workers) / 1024,
         "subscriber_udp_drops": sum(wb["udp_drops"] - wa["udp_drops"]
                                     for wa, wb in zip(a.workers, b.workers, strict=True)),
         "server_cpu_s_per_1000_packets": (server_cpu / (received / 1000)) if received else None,
@@ -806,6 +819,39 @@ async def start_profiler(args: argparse.Namespace, target: Target, n: int) -> An
                                       ["--nonblocking", "--threads"])
 
 
+def profile_summary(path: Path, top: int = 15) -> list[str]:
+    """A py-spy raw (collapsed) profile of the server: the functions with the most self time, and self
+    time by file. Without ``--native``, time in C (uvloop, the sendto syscall, SRTP in OpenSSL/libsrtp) is
+    the Python frame that called it."""
+    own: collections.Counter[str] = collections.Counter()
+    by_file: collections.Counter[str] = collections.Counter()
+    total = 0
+    with contextlib.suppress(FileNotFoundError):
+        for line in path.read_text(errors="replace").splitlines():
+            stack, _, count = line.rpartition(" ")
+            if not stack or not count.isdigit():
+                continue
+            frames = [f.strip() for f in stack.split(";") if f.strip() and not f.startswith("thread ")]
+            if not frames:
+                continue
+            n = int(count)
+            total += n
+            name, _, where = frames[-1].partition(" (")
+            file = where.rstrip(")").rpartition(":")[0] or where.rstrip(")")
+            for marker in ("site-packages/", "python3.11/", str(ROOT) + "/"):
+                if marker in file:
+                    file = file.split(marker, 1)[1]
+            own[f"{name} ({file})"] += n
+            by_file[file] += n
+    if not total:
+        return [f"{path}: no samples"]
+    lines = [f"{path}: {total} samples (py-spy, 100/s, idle excluded); top functions by self time:"]
+    lines += [f"    {100 * n / total:5.1f}%  {name}" for name, n in own.most_common(top)]
+    lines.append("  self time by file:")
+    lines += [f"    {100 * n / total:5.1f}%  {name}" for name, n in by_file.most_common(10)]
+    return lines
+
+
 # --- output -------------------------------------------------------------------------
 
 def print_table(rows: list[dict[str, Any]], args: argparse.Namespace, name: str = "gbmedia") -> None:
@@ -831,7 +877,8 @@ def print_table(rows: list[dict[str, Any]], args: argparse.Namespace, name: str 
     print("Context per row (publisher as sent; CPU % of one core; machine busy = all cores, every process "
           "on the machine, not only this benchmark's):")
     ctx_header = ("N", "joined", "no media", "pub state", "pub pkt/s", "pub fps", "pub kbps", "forced KF", "KF rcvd",
-                  "dup rcvd", "drops srv/sub", "ping ms med/max", "join ping max", "own lag max", "srv wait%",
+                  "dup rcvd", "drops srv/sub", "unread KB srv/sub", "ping ms med/max", "join ping max", "own lag max",
+                  "srv wait%",
                   "postgres%", "publisher%", "subscribers%", "machine busy%")
     ctx = [ctx_header]
     for r in rows:
@@ -840,6 +887,7 @@ def print_table(rows: list[dict[str, Any]], args: argparse.Namespace, name: str 
                     fmt(r["publisher_kbps"], ".0f"), str(r["publisher_forced_keyframes"]),
                     str(r["keyframes_received"]), str(r["duplicates_received"]),
                     f"{r['server_udp_drops']}/{r['subscriber_udp_drops']}",
+                    f"{r['server_udp_queued_kb_end']:.0f}/{r['subscriber_udp_queued_kb_end']:.0f}",
                     f"{fmt(r['ping_ms_median'], '.1f')}/{fmt(r['ping_ms_max'], '.0f')}",
                     fmt(r["join_ping_ms_max"], ".0f"), fmt(r["publisher_loop_lag_ms_max"], ".0f"),
                     fmt(r["server_runqueue_wait_percent"], ".1f"),
@@ -857,6 +905,8 @@ def print_table(rows: list[dict[str, Any]], args: argparse.Namespace, name: str 
         "dup = retransmitted packets received twice;",
         "drops srv/sub: datagrams the kernel dropped on the server's / the subscribers' UDP sockets (receive "
         "buffer full: that side fell behind);",
+        "unread KB srv/sub: receive memory held by datagrams waiting in those sockets at the window's end (that side "
+        "is behind: low fps with a subscriber backlog is the subscribers' CPU, not the server);",
         "ping: reply time of a signaling ping to the server every 0.5 s in the window (its event-loop lag); join "
         "ping max: the worst while joining and warming up;",
         "own lag: the publisher process's own event-loop lag (so a slow ping is the server's); srv wait: time "
@@ -1255,6 +1305,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{r['server']} N={r['subscribers']}: not measured: {r['error']}")
     if measured:
         print_comparison(result)
+    if args.profile is not None and "gbmedia" in args.servers:
+        print()
+        for r in measured:
+            if r["server"] == "gbmedia":
+                summary = profile_summary(args.profile / f"server-n{r['subscribers']}.txt")
+                result.setdefault("profile", {})[str(r["subscribers"])] = summary
+                print("\n".join(summary))
     text = json.dumps(result, indent=2, default=float)
     print()
     print(text)
