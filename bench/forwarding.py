@@ -514,11 +514,12 @@ class JanusSubscriber(Subscriber):
         super().__init__(session, url, "")
         self.room, self.feed, self.name = room, feed, name
         self.janus: janus_videoroom.JanusSession | None = None
+        self.handle = 0
 
     async def join(self) -> None:
         self.janus = janus_videoroom.JanusSession(self.session, self.url, self._on_janus_event)
         await self.janus.create()
-        handle = await self.janus.attach()
+        handle = self.handle = await self.janus.attach()
         attached = await self.janus.message(handle, {"request": "join", "room": self.room, "ptype": "subscriber",
                                                      "streams": [{"feed": self.feed}]}, timeout=60)
         if "jsep" not in attached:
@@ -526,6 +527,11 @@ class JanusSubscriber(Subscriber):
         async with self._lock:
             answer = await self._apply_offer(attached["jsep"]["sdp"])
         await self.janus.message(handle, {"request": "start"}, janus_videoroom.jsep("answer", answer), timeout=60)
+
+    def snapshot(self) -> dict[str, Any]:
+        data = super().snapshot()
+        data["janus_handle"] = [self.janus.id, self.handle] if self.janus is not None and self.handle else None
+        return data
 
     def _on_janus_event(self, event: dict[str, Any]) -> None:
         if event.get("janus") in ("hangup", "detached") or "error" in event.get("plugindata", {}).get("data", {}):
@@ -601,6 +607,15 @@ class GbmediaTarget:
                               args.join_timeout)
         return publisher
 
+    async def sent_packets(self, session: aiohttp.ClientSession, subs: list[dict[str, Any]]) -> int:
+        """RTP packets gbmedia sent to subscribers so far, from its own counter on ``/metrics``."""
+        async with session.get(f"{self.server.url}/metrics") as resp:
+            text = await resp.text()
+        for line in text.splitlines():
+            if line.startswith("gbmedia_rtp_packets_forwarded_total "):
+                return int(float(line.split()[1]))
+        raise BenchError("gbmedia's /metrics has no gbmedia_rtp_packets_forwarded_total")
+
     def join_commands(self, n: int, per: int) -> list[dict[str, Any]]:
         grants = Grants(room=ROOM, room_join=True, can_subscribe=True)
         tokens = [mint_token(self.key, self.secret, f"sub-{n}-{i}", grants, name=f"Subscriber {i}") for i in range(n)]
@@ -633,6 +648,11 @@ class JanusTarget:
         await publisher.start(session, self.server.url, self.room, args.join_timeout)
         self.feed = publisher.feed_id
         return publisher
+
+    async def sent_packets(self, session: aiohttp.ClientSession, subs: list[dict[str, Any]]) -> int:
+        """RTP packets Janus sent to these subscribers so far, from its admin API (each handle's out stats)."""
+        handles = [tuple(s["janus_handle"]) for s in subs if s.get("janus_handle")]
+        return await janus_videoroom.sent_packets(session, self.server, handles)
 
     def join_commands(self, n: int, per: int) -> list[dict[str, Any]]:
         names = [f"sub-{n}-{i}" for i in range(n)]
@@ -759,7 +779,7 @@ def add_marginals(rows: list[dict[str, Any]]) -> None:
 
 
 async def run_one(n: int, args: argparse.Namespace, target: Target, publisher: Publisher, workdir: Path,
-                  live: list[Worker]) -> dict[str, Any]:
+                  live: list[Worker], session: aiohttp.ClientSession) -> dict[str, Any]:
     server = target.server
     per = max(1, args.per_process)
     workers = [Worker(i, join, workdir / f"{target.name}-worker-n{n}-{i}.log", args.nice)
@@ -794,14 +814,19 @@ async def run_one(n: int, args: argparse.Namespace, target: Target, publisher: P
         if not server.alive():
             raise BenchError(f"{target.name} died during warm-up; log:\n{tail(server.log_path)}")
         profiler = await start_profiler(args, target, n)
+        # The server's own count of packets sent, read just outside the CPU window (the reading costs the
+        # server a little CPU: Janus answers an admin request per subscriber).
+        sent_a = await server_count(target, session, snap.subs)
         first = await snapshot(server, publisher, workers)
         await asyncio.sleep(args.seconds)
         last = await snapshot(server, publisher, workers)
+        sent_b = await server_count(target, session, last.subs)
         if profiler is not None:
             await harness.finish_profiler(profiler)
         if not server.alive():
             raise BenchError(f"{target.name} died while measuring; log:\n{tail(server.log_path)}")
         row = measure(n, first, last, joined, len(waiting), publisher, joining_since)
+        add_server_count(row, sent_a, sent_b)
         row["server"] = target.name
         row["rtx_payload_types_removed"] = sum(sb.get("rtx_removed", 0) for sb in last.subs)
         return row
@@ -809,6 +834,39 @@ async def run_one(n: int, args: argparse.Namespace, target: Target, publisher: P
         await asyncio.gather(*(w.stop() for w in workers), return_exceptions=True)
         for w in workers:
             live.remove(w)
+
+
+async def server_count(target: Target, session: aiohttp.ClientSession,
+                       subs: list[dict[str, Any]]) -> tuple[float, int] | None:
+    """(when, packets) of the server's own sent-packet counter; None where it could not be read."""
+    started = time.monotonic()
+    try:
+        count = await target.sent_packets(session, subs)
+    except (BenchError, aiohttp.ClientError, TimeoutError, KeyError, ValueError) as exc:
+        print(f"  {target.name}: its sent-packet count could not be read: {exc!r}", file=sys.stderr)
+        return None
+    return (started + time.monotonic()) / 2, count
+
+
+def add_server_count(row: dict[str, Any], a: tuple[float, int] | None, b: tuple[float, int] | None) -> None:
+    """The server's own sent packets/s, and the per-packet CPU figures over them where it has them.
+
+    What the subscribers read in the window is what the server sent only while they keep up; on a busy
+    machine they fall behind (their unread backlog grows) and CPU / packets read overstates the server's
+    cost. The server's counter does not depend on them."""
+    row["read_packets_per_s"] = row["forwarded_packets_per_s"]
+    row["server_sent_packets_per_s"] = None
+    if a is None or b is None or b[0] <= a[0]:
+        row["packets_counted_by"] = "subscribers"
+        return
+    sent_per_s = (b[1] - a[1]) / (b[0] - a[0])
+    row["server_sent_packets_per_s"] = sent_per_s
+    row["packets_counted_by"] = "server"
+    row["forwarded_packets_per_s"] = sent_per_s
+    cpu_per_s = row["server_cpu_s"] / row["window_s"]
+    if sent_per_s > 0:
+        row["server_us_per_packet"] = cpu_per_s / sent_per_s * 1e6
+        row["server_cpu_s_per_1000_packets"] = cpu_per_s / sent_per_s * 1000
 
 
 async def start_profiler(args: argparse.Namespace, target: Target, n: int) -> Any:
@@ -861,12 +919,13 @@ def print_table(rows: list[dict[str, Any]], args: argparse.Namespace, name: str 
           f"{args.bitrate / 1e6:.2f} Mbps) -> N subscribers counting RTP without decoding; "
           f"{args.seconds:.0f} s window after {args.warmup:.0f} s warm-up; server CPU = utime+stime of "
           f"{process}, all threads; {os.cpu_count()} cores.")
-    header = ("N", "fwd pkt/s", "srv CPU%", "CPU s/1k pkt", "us/pkt", "us/pkt marg",
+    header = ("N", "fwd pkt/s", "read pkt/s", "srv CPU%", "CPU s/1k pkt", "us/pkt", "us/pkt marg",
               "ms/frame/sub", "marg", "fps min", "fps med", "loss %", "kept 30 fps")
     lines = [header]
     for r in rows:
         lines.append((
-            str(r["subscribers"]), fmt(r["forwarded_packets_per_s"], ".0f"), fmt(r["server_cpu_percent"], ".1f"),
+            str(r["subscribers"]), fmt(r["forwarded_packets_per_s"], ".0f"),
+            fmt(r.get("read_packets_per_s", r["forwarded_packets_per_s"]), ".0f"), fmt(r["server_cpu_percent"], ".1f"),
             fmt(r["server_cpu_s_per_1000_packets"], ".4f"), fmt(r["server_us_per_packet"], ".1f"),
             fmt(r["marginal_us_per_packet"], ".1f"), fmt(r["server_ms_per_frame_per_subscriber"], ".3f"),
             fmt(r["marginal_ms_per_frame_per_subscriber"], ".3f"), fmt(r["fps_min"], ".1f"),
@@ -897,8 +956,10 @@ def print_table(rows: list[dict[str, Any]], args: argparse.Namespace, name: str 
     harness.print_aligned(ctx)
     print()
     legend = [
-        "fwd pkt/s: RTP packets/s the subscribers received, summed; us/pkt: server CPU per forwarded packet "
-        "(one packet to one subscriber);",
+        "fwd pkt/s: RTP packets/s the server sent to the subscribers, by its own counter (gbmedia /metrics, Janus "
+        "admin handle_info; read pkt/s where it has none);",
+        "read pkt/s: what the subscribers read in the window (less when they fall behind); us/pkt: server CPU "
+        "per forwarded packet (one packet to one subscriber);",
         "marg: against the row above; ms/frame/sub: server CPU per published frame per subscriber; loss %: from "
         "each subscriber's sequence numbers;",
         f"kept 30 fps: every subscriber received >= {KEPT_FPS:.0f} distinct frames/s. Context: KF = keyframes; "
@@ -1013,21 +1074,24 @@ def print_comparison(result: dict[str, Any]) -> None:
     rows, summary = result["rows"], result["summary"]
     servers = result["config"]["servers"]
     print()
-    print("Side by side (same publisher, same subscriber code; one server after the other in this run):")
-    header = ("server", "N", "fwd pkt/s", "srv CPU%", "CPU s/1k pkt", "marg s/1k", "us/pkt", "us/pkt marg",
-              "fps min", "loss %", "30 fps <1%")
+    print("Side by side (same publisher, same subscriber code; one server after the other in this run; fwd pkt/s "
+          "by the server's own counter, read pkt/s by the subscribers):")
+    header = ("server", "N", "fwd pkt/s", "read pkt/s", "srv CPU%", "CPU s/1k pkt", "marg s/1k", "us/pkt",
+              "us/pkt marg", "fps min", "loss %", "unread KB sub", "30 fps <1%")
     lines = [header]
     for name in servers:
         for r in (r for r in rows if r.get("server") == name):
             if "error" in r:
-                lines.append((name, str(r["subscribers"]), *(["-"] * 8), "failed"))
+                lines.append((name, str(r["subscribers"]), *(["-"] * 10), "failed"))
                 continue
             marg = r["marginal_us_per_packet"]
             lines.append((name, str(r["subscribers"]), fmt(r["forwarded_packets_per_s"], ".0f"),
+                          fmt(r.get("read_packets_per_s"), ".0f"),
                           fmt(r["server_cpu_percent"], ".1f"), fmt(r["server_cpu_s_per_1000_packets"], ".4f"),
                           fmt(marg / 1000 if marg is not None else None, ".4f"),
                           fmt(r["server_us_per_packet"], ".1f"), fmt(marg, ".1f"), fmt(r["fps_min"], ".1f"),
-                          fmt(r["loss_percent"], ".2f"), fmt(good(r), "") if r["subscribers"] else "-"))
+                          fmt(r["loss_percent"], ".2f"), fmt(r["subscriber_udp_queued_kb_end"], ".0f"),
+                          fmt(good(r), "") if r["subscribers"] else "-"))
     harness.print_aligned(lines)
     print()
     print("Per server:")
@@ -1208,7 +1272,7 @@ async def measure_server(target: Target, args: argparse.Namespace, workdir: Path
             print(f"[{target.name}] N={n}: joining, {args.warmup:.0f} s warm-up, {args.seconds:.0f} s window ...",
                   file=sys.stderr)
             try:
-                row = await run_one(n, args, target, publisher, workdir, live)
+                row = await run_one(n, args, target, publisher, workdir, live, session)
             except BenchError as exc:
                 if not server.alive():
                     raise

@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import itertools
 import os
+import secrets
 import signal
 import socket
 import sys
@@ -61,8 +62,8 @@ def free_tcp_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
-def write_config(folder: Path, *, ip: str, http_port: int, lib_dir: Path = JANUS_LIB_DIR,
-                 debug_level: int = 3) -> Path:
+def write_config(folder: Path, *, ip: str, http_port: int, admin_port: int, admin_secret: str,
+                 lib_dir: Path = JANUS_LIB_DIR, debug_level: int = 3) -> Path:
     """A Janus config folder that loads only the VideoRoom plugin and the HTTP transport."""
     plugins, transports, empty = folder / "plugins", folder / "transports", folder / "none"
     for path in (plugins, transports, empty):
@@ -86,6 +87,7 @@ general: {{
     debug_colors = false
     session_timeout = 60
     server_name = "gbmedia-bench-janus"
+    admin_secret = "{admin_secret}"
 }}
 certificates: {{
 }}
@@ -117,7 +119,10 @@ general: {{
     https = false
 }}
 admin: {{
-    admin_http = false
+    admin_base_path = "/admin"
+    admin_http = true
+    admin_port = {admin_port}
+    admin_ip = "127.0.0.1"
     admin_https = false
 }}
 cors: {{
@@ -143,14 +148,18 @@ class JanusServer:
         self.lib_dir = lib_dir
         self.proc: asyncio.subprocess.Process | None = None
         self.url = ""
+        self.admin_url = ""
+        self.admin_secret = secrets.token_hex(12)
         self._log: Any = None
 
     async def start(self) -> None:
         if not Path(self.binary).exists():
             raise BenchError(f"{self.binary} is missing: install the Debian package janus")
         self.ip = self.ip or machine_ipv4()
-        port = free_tcp_port()
-        write_config(self.data_dir, ip=self.ip, http_port=port, lib_dir=self.lib_dir)
+        port, admin_port = free_tcp_port(), free_tcp_port()
+        self.admin_url = f"http://127.0.0.1:{admin_port}/admin"
+        write_config(self.data_dir, ip=self.ip, http_port=port, admin_port=admin_port,
+                     admin_secret=self.admin_secret, lib_dir=self.lib_dir)
         self._log = self.log_path.open("ab")
         self.proc = await asyncio.create_subprocess_exec(
             self.binary, "-F", str(self.data_dir), stdin=asyncio.subprocess.DEVNULL, stdout=self._log,
@@ -380,3 +389,30 @@ def strip_rtx(sdp: str) -> tuple[str, int]:
             continue
         kept.append(line)
     return "\r\n".join(kept), len(rtx)
+
+
+async def admin(http: aiohttp.ClientSession, server: JanusServer, path: str, body: dict[str, Any],
+                timeout: float = 10.0) -> dict[str, Any]:
+    """One Janus admin API request (on 127.0.0.1, with this run's random admin secret)."""
+    request = {**body, "transaction": f"a{next(_transactions)}", "admin_secret": server.admin_secret}
+    async with http.post(f"{server.admin_url}{path}", json=request,
+                         timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
+        reply = await resp.json(content_type=None)
+    if reply.get("janus") != "success":
+        raise BenchError(f"janus admin {body.get('janus')} {path}: {reply.get('error')}")
+    return reply
+
+
+async def sent_packets(http: aiohttp.ClientSession, server: JanusServer, handles: list[tuple[int, int]],
+                       concurrency: int = 8) -> int:
+    """RTP packets Janus sent on these (session, handle) pairs so far: ``handle_info``'s
+    ``webrtc.media.*.stats.out.packets``, summed."""
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(session_id: int, handle_id: int) -> int:
+        async with gate:
+            reply = await admin(http, server, f"/{session_id}/{handle_id}", {"janus": "handle_info"})
+        media = reply.get("info", {}).get("webrtc", {}).get("media", {})
+        return sum(int(m.get("stats", {}).get("out", {}).get("packets", 0)) for m in media.values())
+
+    return sum(await asyncio.gather(*(one(s, h) for s, h in handles)))
