@@ -108,6 +108,12 @@ def udp_sockets(pid: int) -> tuple[int, int]:
     return drops, queued
 
 
+def sys_cpu_seconds(pid: int) -> float:
+    """stime alone, all threads: the kernel's share (the sendto and recvfrom syscalls, the local UDP path)."""
+    fields = harness.proc_stat(pid)
+    return int(fields[12]) / harness.CLK_TCK if fields else 0.0
+
+
 def udp_drops(pid: int) -> int:
     """Datagrams the kernel dropped on ``pid``'s UDP sockets (receive buffer full)."""
     return udp_sockets(pid)[0]
@@ -673,6 +679,7 @@ TARGETS: dict[str, type[GbmediaTarget] | type[JanusTarget]] = {"gbmedia": Gbmedi
 class Snapshot:
     t: float
     server_cpu: float
+    server_sys: float
     server_wait: float
     server_udp_drops: int
     server_udp_queued: int
@@ -690,8 +697,8 @@ class Snapshot:
 async def snapshot(server: Server | janus_videoroom.JanusServer, publisher: Publisher,
                    workers: list[Worker]) -> Snapshot:
     replies = asyncio.gather(*(w.call({"cmd": "snapshot"}, 30) for w in workers))
-    snap = Snapshot(time.monotonic(), server.cpu(), harness.runqueue_wait_seconds(server.pid),
-                    *udp_sockets(server.pid), server.postgres_cpu(),
+    snap = Snapshot(time.monotonic(), server.cpu(), sys_cpu_seconds(server.pid),
+                    harness.runqueue_wait_seconds(server.pid), *udp_sockets(server.pid), server.postgres_cpu(),
                     cpu_seconds(os.getpid()),
                     harness.machine_busy(), await publisher.counters())
     snap.workers = list(await replies)
@@ -737,6 +744,7 @@ def measure(n: int, a: Snapshot, b: Snapshot, joined: int, not_receiving: int, p
         "keyframes_received": keyframes,
         "server_cpu_s": server_cpu,
         "server_cpu_percent": 100 * server_cpu / window,
+        "server_sys_percent": 100 * (b.server_sys - a.server_sys) / window,
         "server_runqueue_wait_percent": 100 * (b.server_wait - a.server_wait) / window,
         "server_udp_drops": b.server_udp_drops - a.server_udp_drops,
         "server_udp_queued_kb_end": b.server_udp_queued / 1024,
@@ -1092,18 +1100,19 @@ def print_comparison(result: dict[str, Any]) -> None:
     print()
     print("Side by side (same publisher, same subscriber code; one server after the other in this run; fwd pkt/s "
           "by the server's own counter, read pkt/s by the subscribers):")
-    header = ("server", "N", "fwd pkt/s", "read pkt/s", "srv CPU%", "CPU s/1k pkt", "marg s/1k", "us/pkt",
+    header = ("server", "N", "fwd pkt/s", "read pkt/s", "srv CPU%", "sys%", "CPU s/1k pkt", "marg s/1k", "us/pkt",
               "us/pkt marg", "fps min", "loss %", "unread KB sub", "30 fps <1%", "srv kept up")
     lines = [header]
     for name in servers:
         for r in (r for r in rows if r.get("server") == name):
             if "error" in r:
-                lines.append((name, str(r["subscribers"]), *(["-"] * 10), "failed", "-"))
+                lines.append((name, str(r["subscribers"]), *(["-"] * 11), "failed", "-"))
                 continue
             marg = r["marginal_us_per_packet"]
             lines.append((name, str(r["subscribers"]), fmt(r["forwarded_packets_per_s"], ".0f"),
                           fmt(r.get("read_packets_per_s"), ".0f"),
-                          fmt(r["server_cpu_percent"], ".1f"), fmt(r["server_cpu_s_per_1000_packets"], ".4f"),
+                          fmt(r["server_cpu_percent"], ".1f"), fmt(r["server_sys_percent"], ".1f"),
+                          fmt(r["server_cpu_s_per_1000_packets"], ".4f"),
                           fmt(marg / 1000 if marg is not None else None, ".4f"),
                           fmt(r["server_us_per_packet"], ".1f"), fmt(marg, ".1f"), fmt(r["fps_min"], ".1f"),
                           fmt(r["loss_percent"], ".2f"), fmt(r["subscriber_udp_queued_kb_end"], ".0f"),
