@@ -849,7 +849,7 @@ async def server_count(target: Target, session: aiohttp.ClientSession,
     """(when, packets) of the server's own sent-packet counter; None where it could not be read."""
     started = time.monotonic()
     try:
-        count = await target.sent_packets(session, subs)
+        count = await asyncio.wait_for(target.sent_packets(session, subs), 30)
     except (BenchError, aiohttp.ClientError, TimeoutError, KeyError, ValueError) as exc:
         print(f"  {target.name}: its sent-packet count could not be read: {exc!r}", file=sys.stderr)
         return None
@@ -868,6 +868,8 @@ def add_server_count(row: dict[str, Any], a: tuple[float, int] | None, b: tuple[
         row["packets_counted_by"] = "subscribers"
         return
     sent_per_s = (b[1] - a[1]) / (b[0] - a[0])
+    row["server_sent_packets"] = b[1] - a[1]
+    row["server_count_span_s"] = b[0] - a[0]
     row["server_sent_packets_per_s"] = sent_per_s
     row["packets_counted_by"] = "server"
     row["forwarded_packets_per_s"] = sent_per_s
