@@ -286,14 +286,15 @@ class RawSender:
     reports aiortc writes stay right.
     """
 
-    __slots__ = ("_connection", "_dtls", "_ext_ids", "_route", "_sender", "payload_type", "ssrc")
+    __slots__ = ("_connection", "_dtls", "_ext_ids", "_pair", "_route", "_sender", "payload_type", "ssrc")
 
     def __init__(self, sender: RTCRtpSender, payload_type: int) -> None:
         self._sender = sender
         self._dtls = sender.transport
         self._connection = sender.transport.transport._connection
         self._ext_ids = sender._RTCRtpSender__rtp_header_extensions_map._HeaderExtensionsMap__ids  # type: ignore[attr-defined]
-        self._route: tuple[Any, tuple[str, int]] | None = None
+        self._pair: Any = None
+        self._route: tuple[Any, tuple[str, int], Any] | None = None
         self.ssrc: int = sender._ssrc
         self.payload_type = payload_type
 
@@ -321,22 +322,31 @@ class RawSender:
         pair = self._connection._nominated.get(1)
         if pair is None:
             return False
-        pair.protocol.transport.sendto(dtls._tx_srtp.protect(data), pair.remote_addr)
+        if pair is not self._pair:  # resolved once per nominated pair, not per packet
+            self._pair = pair
+            self._route = (pair.protocol.transport.sendto, pair.remote_addr, dtls._tx_srtp.protect)
+        sendto, address, protect = self._route  # type: ignore[misc]
+        sendto(protect(data), address)
         sender = self._sender
         sender._RTCRtpSender__octet_count += payload_size  # type: ignore[attr-defined]
         sender._RTCRtpSender__packet_count += 1  # type: ignore[attr-defined]
         return True
 
-    def note_timestamp(self, rtp_timestamp: int) -> None:
-        """Tell aiortc's sender-report writer which RTP time matches now (NTP)."""
+    def note_timestamp(self, rtp_timestamp: int, ntp_time: int) -> None:
+        """Tell aiortc's sender-report writer which RTP time matches ``ntp_time`` (now)."""
         sender = self._sender
-        sender._RTCRtpSender__ntp_timestamp = current_ntp_time()  # type: ignore[attr-defined]
+        sender._RTCRtpSender__ntp_timestamp = ntp_time  # type: ignore[attr-defined]
         sender._RTCRtpSender__rtp_timestamp = rtp_timestamp  # type: ignore[attr-defined]
 
 
-def abs_send_time() -> int:
-    """The abs-send-time extension's value for now (6.18 fixed point seconds, 24 bits)."""
-    return (current_ntp_time() >> 14) & 0x00FFFFFF
+def ntp_now() -> int:
+    """Now as a 64-bit NTP timestamp (what sender reports and abs-send-time derive from)."""
+    return current_ntp_time()
+
+
+def abs_send_time(ntp_time: int | None = None) -> int:
+    """The abs-send-time extension's value (6.18 fixed point seconds, 24 bits) for now or ``ntp_time``."""
+    return ((current_ntp_time() if ntp_time is None else ntp_time) >> 14) & 0x00FFFFFF
 
 
 NackRequest = Callable[[list[int]], None]

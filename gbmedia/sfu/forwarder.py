@@ -146,7 +146,7 @@ class DownTrack:
             self.packets_out += 1
             track.packets_forwarded += 1
             if packet.marker or track.kind == "audio":  # once per frame: sender reports map RTP time to NTP
-                raw.note_timestamp(ts)  # type: ignore[union-attr]
+                raw.note_timestamp(ts, out.ntp_time)  # type: ignore[union-attr]
 
     def _follow_layer(self, out: Outgoing, now: float) -> bool:
         """Simulcast: forward the current layer; move to the best one on its keyframe."""

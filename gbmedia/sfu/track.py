@@ -88,14 +88,15 @@ class Layer:
 class Outgoing:
     """One incoming packet, prepared once for every down track that forwards it."""
 
-    __slots__ = ("abs_send_time", "audio_level", "body", "extensions", "key", "layer", "packet")
+    __slots__ = ("abs_send_time", "audio_level", "body", "extensions", "key", "layer", "ntp_time", "packet")
 
-    def __init__(self, packet: RtpPacket, layer: int, key: bool, abs_send_time: int) -> None:
+    def __init__(self, packet: RtpPacket, layer: int, key: bool, ntp_time: int) -> None:
         self.packet = packet
         self.layer = layer
         self.key = key
         self.body = rtp_bytes.body(packet.payload, packet.padding_size)
-        self.abs_send_time = abs_send_time
+        self.ntp_time = ntp_time  # one clock reading per incoming packet, for every subscriber
+        self.abs_send_time = aiortc_adapter.abs_send_time(ntp_time)
         self.audio_level = packet.extensions.audio_level
         self.extensions: dict[rtp_bytes.ExtensionLayout, bytes] = {}
 
@@ -206,7 +207,7 @@ class PublishedTrack:
                     self.sinks.remove(sink)
                     break
         if self.down_tracks:
-            out = Outgoing(packet, layer.index, key, aiortc_adapter.abs_send_time())
+            out = Outgoing(packet, layer.index, key, aiortc_adapter.ntp_now())
             for down in self.down_tracks:
                 down.write(out, now)
 
