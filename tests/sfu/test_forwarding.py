@@ -160,7 +160,8 @@ async def test_unpublish_and_republish_reuses_the_subscriber_transceiver(publish
         sub_server.add(second)
         assert len(sub_server.slots) == 1  # reused, not a new m-line
         await subscribe(sub_server, viewer)
-        await wait_for(lambda: any(close_to(mean_rgb(f), BLUE) for f in viewer.video(second.id)[-5:]))
+        # generous: on a loaded machine the new track's first keyframe can take a while
+        await wait_for(lambda: any(close_to(mean_rgb(f), BLUE) for f in viewer.video(second.id)[-5:]), within=40)
     finally:
         await viewer.close()
         await sub_server.close()
