@@ -54,6 +54,7 @@ from aiortc.rtp import (
     unpack_remb_fci,
 )
 
+from gbmedia.sfu.codecs import same_codec
 from gbmedia.sfu.media_address import MediaAddress
 from gbmedia.sfu.rtp import ExtensionLayout
 
@@ -470,17 +471,6 @@ def tap_sender_reports(receiver: RTCRtpReceiver, listener: SenderReport) -> Call
 
 # --- live (WHEP playback: the server answers a viewer's offer) -----------------------
 
-def _same_codec(negotiated: RTCRtpCodecParameters, wanted: RTCRtpCodecParameters) -> bool:
-    if negotiated.mimeType.lower() != wanted.mimeType.lower() or negotiated.clockRate != wanted.clockRate:
-        return False
-    if negotiated.mimeType.lower() == "video/h264":
-        def key(codec: RTCRtpCodecParameters) -> tuple[str, str]:
-            return (str(codec.parameters.get("packetization-mode", "0")),
-                    str(codec.parameters.get("profile-level-id", "42")).lower()[:2])
-        return key(negotiated) == key(wanted)
-    return True
-
-
 def answer_with_codec(transceiver: RTCRtpTransceiver, wanted: RTCRtpCodecParameters) -> bool:
     """Answer a remote offer's m-line with exactly ``wanted`` (the publisher's codec), no RTX.
 
@@ -488,7 +478,7 @@ def answer_with_codec(transceiver: RTCRtpTransceiver, wanted: RTCRtpCodecParamet
     ``createAnswer`` lists them all; a forwarder can only send the one its publisher
     sends. Keeps the offer's payload type. False when the offer lacks that codec.
     """
-    keep = [c for c in transceiver._codecs if not is_rtx(c) and _same_codec(c, wanted)]
+    keep = [c for c in transceiver._codecs if not is_rtx(c) and same_codec(c, wanted)]
     if not keep:
         return False
     transceiver._codecs = keep[:1]

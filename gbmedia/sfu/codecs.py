@@ -73,22 +73,33 @@ def is_keyframe(mime_type: str, payload: bytes) -> bool:
     return True  # audio: every packet decodes on its own
 
 
-def _h264_key(parameters: dict) -> tuple[object, object]:
+H264_DEFAULT_PROFILE_LEVEL_ID = "420010"  # RFC 6184 section 8.1: when the SDP gives none
+
+
+def _h264_key(parameters: dict) -> tuple[str, str]:
+    """Packetization mode and profile (profile_idc plus constraint flags: 42e0 is constrained baseline)."""
     return (str(parameters.get("packetization-mode", "0")),
-            str(parameters.get("profile-level-id", "")).lower()[:4])
+            str(parameters.get("profile-level-id", H264_DEFAULT_PROFILE_LEVEL_ID)).lower()[:4])
+
+
+def same_codec(a: RTCRtpCodecParameters | RTCRtpCodecCapability,
+               b: RTCRtpCodecParameters | RTCRtpCodecCapability) -> bool:
+    """Whether a stream encoded as ``a`` can be forwarded to a receiver that negotiated ``b``.
+
+    The one rule for matching a publisher's codec: offering it to subscribers, answering
+    a WHEP viewer with it, and deciding which published track a viewer can play.
+    """
+    if a.mimeType.lower() != b.mimeType.lower() or a.clockRate != b.clockRate:
+        return False
+    if a.mimeType.lower() == "video/h264":
+        return _h264_key(a.parameters) == _h264_key(b.parameters)
+    return True
 
 
 def capability_for(codec: RTCRtpCodecParameters) -> RTCRtpCodecCapability | None:
     """The sender capability matching a publisher's codec, to offer it to subscribers."""
     kind = codec.mimeType.split("/")[0].lower()
     for capability in RTCRtpSender.getCapabilities(kind).codecs:
-        if capability.mimeType.lower() != codec.mimeType.lower() or capability.clockRate != codec.clockRate:
-            continue
-        if capability.channels != codec.channels:
-            continue
-        if codec.mimeType.lower() == "video/h264" and _h264_key(capability.parameters) != _h264_key(
-            codec.parameters
-        ):
-            continue
-        return capability
+        if capability.channels == codec.channels and same_codec(capability, codec):
+            return capability
     return None

@@ -17,6 +17,7 @@ from aiortc import RTCPeerConnection
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
 from gbmedia.sfu import aiortc_adapter
+from gbmedia.sfu.codecs import same_codec
 from gbmedia.sfu.forwarder import DownTrack, SenderSlot, share_estimate
 from gbmedia.sfu.media_address import MediaAddress
 from gbmedia.sfu.peers import (
@@ -83,7 +84,7 @@ class PlaybackPeer:
 
     def can_play(self, track: PublishedTrack) -> bool:
         codec = self.codecs.get(track.kind)
-        return codec is not None and codec.mimeType.lower() == track.codec.mimeType.lower()
+        return codec is not None and same_codec(track.codec, codec)
 
     def playing(self, kind: str) -> PublishedTrack | None:
         slot = self.slots.get(kind)

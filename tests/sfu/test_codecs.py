@@ -83,3 +83,21 @@ def test_capability_matches_codec_and_h264_profile():
     mono_opus = RTCRtpCodecParameters(mimeType="audio/opus", clockRate=48000, channels=1, payloadType=111)
     assert capability_for(mono_opus) is None
     assert capability_for(RTCRtpCodecParameters(mimeType="video/AV1", clockRate=90000, payloadType=45)) is None
+
+
+def test_one_codec_matching_rule_for_subscribers_and_players():
+    from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+
+    from gbmedia.sfu.codecs import same_codec
+
+    def h264(**parameters: str) -> RTCRtpCodecParameters:
+        return RTCRtpCodecParameters(mimeType="video/H264", clockRate=90000, payloadType=102, parameters=parameters)
+
+    constrained = h264(**{"packetization-mode": "1", "profile-level-id": "42e01f"})
+    assert same_codec(constrained, h264(**{"packetization-mode": "1", "profile-level-id": "42E034"}))  # level aside
+    assert not same_codec(constrained, h264(**{"packetization-mode": "1", "profile-level-id": "42001f"}))
+    assert not same_codec(constrained, h264(**{"packetization-mode": "0", "profile-level-id": "42e01f"}))
+    assert same_codec(h264(), h264(**{"profile-level-id": "420010"}))  # RFC 6184's default when absent
+    vp8 = RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000, payloadType=96)
+    assert same_codec(vp8, RTCRtpCodecParameters(mimeType="video/vp8", clockRate=90000, payloadType=97))
+    assert not same_codec(vp8, constrained)
