@@ -58,7 +58,8 @@ def _is_frame_start(codec: str, payload: bytes) -> bool:
     return True
 
 
-def _is_keyframe(codec: str, frame: bytes) -> bool:
+def is_keyframe_frame(codec: str, frame: bytes) -> bool:
+    """Whether a whole depayloaded frame (VP8, or H.264 in Annex B) starts a picture on its own."""
     if codec == "VP8":
         return bool(frame) and not frame[0] & 0x01
     if codec == "H264":
@@ -169,7 +170,7 @@ class FrameAssembler:
         except ValueError:  # a malformed payload: treat like a loss
             self._lost_frame()
             return None, True
-        keyframe = _is_keyframe(self.name, data)
+        keyframe = is_keyframe_frame(self.name, data)
         if self.waiting_for_keyframe and not keyframe:
             self.dropped_frames += 1
             return None, True

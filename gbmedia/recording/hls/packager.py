@@ -42,6 +42,7 @@ from aiortc.codecs.vpx import vp8_depayload
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import RtpPacket
 
+from gbmedia.recording.depacketizer import is_keyframe_frame
 from gbmedia.recording.hls import fmp4
 from gbmedia.recording.hls.fmp4 import AUDIO_TIMESCALE, VIDEO_TIMESCALE, Sample, TrackRun
 from gbmedia.recording.hls.playlist import HlsConfig, Part, Rendition
@@ -186,10 +187,9 @@ class FrameAssembler:
         try:
             if self.codec == "vp8":
                 data = b"".join(vp8_depayload(p) for p in pending.payloads)
-                keyframe = bool(data) and data[0] & 0x01 == 0
             else:
                 data = b"".join(h264_depayload(p) for p in pending.payloads)
-                keyframe = any(fmp4.nal_type(u) == fmp4.NAL_IDR for u in fmp4.split_annexb(data))
+            keyframe = is_keyframe_frame(self.codec.upper(), data)
         except (ValueError, IndexError):
             self.dropped += 1
             self.need_keyframe = True
