@@ -36,6 +36,10 @@ class Subscription(Protocol):
 
 
 class Bus(Protocol):
+    # False: every subscriber lives in this process (a single node), so what a node already handed
+    # its own sessions needs no publishing at all.
+    spans_nodes: bool
+
     async def publish(self, channel: str, message: dict[str, Any]) -> None: ...
 
     async def subscribe(self, channel: str, handler: Handler) -> Subscription: ...
@@ -151,6 +155,8 @@ class _Hub:
 class MemoryBus(_Hub):
     """In-process bus for a single node. Messages go through JSON as they would through Redis."""
 
+    spans_nodes = False
+
     def __init__(self, *, max_pending: int = 10_000) -> None:
         super().__init__(max_pending)
 
@@ -186,6 +192,8 @@ class RedisBus(_Hub):
     with exponential backoff and subscribes every channel again; messages published
     in between are lost. The caller owns ``client`` and closes it after the bus.
     """
+
+    spans_nodes = True
 
     def __init__(
         self,

@@ -81,6 +81,7 @@ class Settings(BaseSettings):
     chat_max_message_bytes: int = Field(default=16 * 1024, ge=1, le=1024 * 1024)
     chat_rate_limit: float = Field(default=10.0, gt=0)
     chat_rate_burst: int = Field(default=20, ge=1)
+    chat_writers: int = Field(default=2, ge=1, le=32)
     # Recording (gbmedia/recording): where files are spooled and stored.
     recording_storage: Literal["local", "s3"] = "local"
     recording_dir: Path | None = None  # default: <data_dir>/recordings

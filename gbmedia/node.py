@@ -96,7 +96,8 @@ class Node:
             media_address = await resolve_media_address(settings.media_host, settings.udp_port_range)
             live_rooms = LiveRooms(rooms, resume_grace=settings.resume_grace_seconds, media_address=media_address)
             chat = Chat.create(db.pool, tenancy.instances, chat_limiter,
-                               max_content_bytes=settings.chat_max_message_bytes)
+                               max_content_bytes=settings.chat_max_message_bytes, batch_pool=db.batch_pool,
+                               writers=settings.chat_writers)
             # Without Redis this node is alone: the in-process bus and presence serve it.
             bus: Bus = RedisBus(redis_client) if redis_client is not None else MemoryBus()
             presence: Presence = RedisPresence(redis_client) if redis_client is not None else MemoryPresence()

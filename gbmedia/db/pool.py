@@ -28,12 +28,28 @@ class Database:
         self.embedded: EmbeddedPostgres | None = None
         self.url: str | None = settings.database_url
         self._pool: asyncpg.Pool | None = None
+        self._batch_pool: asyncpg.Pool | None = None
 
     @property
     def pool(self) -> asyncpg.Pool:
         if self._pool is None:
             raise RuntimeError("database is not open")
         return self._pool
+
+    @property
+    def batch_pool(self) -> asyncpg.Pool:
+        """Connections for the statements a node runs over and over with arrays of any length.
+
+        The chat group commit's statement is one: PostgreSQL would plan it anew for
+        every call (its custom plan for each array length looks cheaper than the
+        generic one), and planning that statement cost more than running a small
+        batch of it. These sessions use the generic plan, made once per connection
+        (``plan_cache_mode = force_generic_plan``), which the pooled connections of
+        :attr:`pool` must not (they promise no session settings).
+        """
+        if self._batch_pool is None:
+            raise RuntimeError("database is not open")
+        return self._batch_pool
 
     async def open(self, *, run_migrations: bool = True) -> None:
         """Start the embedded server if needed, migrate, and open the pool."""
@@ -49,6 +65,14 @@ class Database:
             init=_init_connection,
             reset=_keep_session,
         )
+        self._batch_pool = await asyncpg.create_pool(
+            self.url,
+            min_size=0,
+            max_size=self.settings.chat_writers,  # the chat writer lanes use one each
+            init=_init_connection,
+            reset=_keep_session,
+            server_settings={"plan_cache_mode": "force_generic_plan"},
+        )
 
     async def migrate(self) -> list[Migration]:
         """Apply pending migrations on a dedicated connection (it holds a session lock)."""
@@ -60,6 +84,9 @@ class Database:
             await conn.close()
 
     async def close(self) -> None:
+        if self._batch_pool is not None:
+            batch_pool, self._batch_pool = self._batch_pool, None
+            await batch_pool.close()
         if self._pool is not None:
             pool, self._pool = self._pool, None
             await pool.close()

@@ -3,7 +3,8 @@
 The node that commits a change publishes one event, with the conversation's
 members (read under the send's lock), on the bus channel every node listens to;
 each node hands it to the sessions of those members that are connected to it. A
-single node without Redis uses the in-process bus, so the path is the same.
+single node without Redis hands its sessions every event directly and publishes
+nothing: its in-process bus would bring the event back only to this hub.
 
 Cost per event, not per recipient: the event's JSON text is encoded once, on the
 committing node, and every member's socket gets that same frame. The committing
@@ -148,6 +149,8 @@ class ChatHub:
         """To this node's sessions now, and into the next bus message for the other nodes."""
         text = encode(event)
         self._push(instance_id, members, text_frame(text))
+        if not self.bus.spans_nodes:
+            return  # a single node: its sessions have it; publishing would reach only this hub, which skips it
         self._outgoing.append({"instance_id": instance_id, "members": members, "frame": text})
         if self._publisher is None:
             self._publisher = asyncio.ensure_future(self._publish())

@@ -13,7 +13,10 @@ How
     runs :data:`BATCH_SQL` once in autocommit (a single statement is its own
     transaction) and, after the commit, answers every send of the batch. Then it takes
     what queued meanwhile, at once: there is no timer, so a lone send waits for
-    nothing but its own statement, and under load batches grow by themselves.
+    nothing but its own statement, and under load batches grow by themselves. There
+    are ``GBMEDIA_CHAT_WRITERS`` such queues, each conversation always in the same
+    one, so several statements (each on its own conversations) run at once while the node
+    fans out what the others committed.
 
 The statement, in order:
     1. locks the batch's conversation rows ``FOR UPDATE`` in id order (every writer
@@ -62,6 +65,7 @@ from gbmedia.metrics import Sample
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 512  # sends per statement; more wait for the next one
+DEFAULT_LANES = 2  # writers working at once, each on its own share of the conversations (GBMEDIA_CHAT_WRITERS)
 
 _CONVERSATION_FIELDS = [c.strip() for c in CONVERSATION_COLUMNS.split(",")]
 
@@ -207,62 +211,38 @@ def _outcome(request: SendRequest, row: asyncpg.Record,
     return SendOutcome("created", message, conversation, members)
 
 
-class SendBatcher:
-    """The node's one writer of chat sends; see the module docstring.
+class _Lane:
+    """One writer: a queue and the task that writes it, one statement at a time."""
 
-    ``committed(outcomes)`` runs after each commit, before any send of the batch is
-    answered, with the batch's outcomes in queue order (the new messages of one
-    conversation in seq order): the real-time fan-out hooks in there, so events leave
-    in commit order.
-    """
+    def __init__(self, batcher: SendBatcher) -> None:
+        self.batcher = batcher
+        self.queue: deque[tuple[SendRequest, asyncio.Future[SendOutcome]]] = deque()
+        self.task: asyncio.Task[None] | None = None
+        self.writing: list[tuple[SendRequest, asyncio.Future[SendOutcome]]] = []
 
-    def __init__(self, pool: asyncpg.Pool, committed: Any, *, max_batch: int = MAX_BATCH) -> None:
-        self.pool = pool
-        self.committed = committed
-        self.max_batch = max_batch
-        self._queue: deque[tuple[SendRequest, asyncio.Future[SendOutcome]]] = deque()
-        self._task: asyncio.Task[None] | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._writing: list[tuple[SendRequest, asyncio.Future[SendOutcome]]] = []
-        # Figures (metrics and tests): statements run, sends in them, fallbacks to one send each.
-        self.batches = 0
-        self.sends = 0
-        self.largest = 0
-        self.fallbacks = 0
-
-    async def submit(self, request: SendRequest) -> SendOutcome:
-        """Queue ``request`` and wait for its batch's commit."""
-        loop = self._loop
-        if loop is None:  # once: get_running_loop costs a getpid() system call on every call
-            loop = self._loop = asyncio.get_running_loop()
-        future: asyncio.Future[SendOutcome] = loop.create_future()
-        self._queue.append((request, future))
-        if self._task is None:
-            self._task = loop.create_task(self._run())
-        return await future
-
-    async def _run(self) -> None:
+    async def run(self) -> None:
         try:
-            while self._queue:
-                self._writing = self._take()
-                await self._write(self._writing)
-                self._writing = []
+            while self.queue:
+                self.writing = self.take()
+                await self.batcher._write(self.writing)
+                self.writing = []
         finally:
-            self._task = None  # no await between the empty check and here: nothing can queue unseen
+            self.task = None  # no await between the empty check and here: nothing can queue unseen
             # Only when the task itself was cancelled (the node stops): nobody may wait forever.
-            for _, future in [*self._writing, *self._queue]:
+            for _, future in [*self.writing, *self.queue]:
                 if not future.done():
                     future.set_exception(RuntimeError("the chat writer stopped"))
-            self._writing = []
-            self._queue.clear()
+            self.writing = []
+            self.queue.clear()
 
-    def _take(self) -> list[tuple[SendRequest, asyncio.Future[SendOutcome]]]:
+    def take(self) -> list[tuple[SendRequest, asyncio.Future[SendOutcome]]]:
         """Up to max_batch queued sends, each idempotency key once (a repeat waits for the next batch)."""
         batch: list[tuple[SendRequest, asyncio.Future[SendOutcome]]] = []
         later: list[tuple[SendRequest, asyncio.Future[SendOutcome]]] = []
         keys: set[tuple[uuid.UUID, str, str]] = set()
-        queue = self._queue
-        while queue and len(batch) < self.max_batch:
+        queue = self.queue
+        limit = self.batcher.max_batch
+        while queue and len(batch) < limit:
             item = queue.popleft()
             if item[1].done():  # the sender gave up (cancelled) before its batch: nothing to write
                 continue
@@ -273,6 +253,53 @@ class SendBatcher:
                 batch.append(item)
         queue.extendleft(reversed(later))
         return batch
+
+
+class SendBatcher:
+    """The node's writers of chat sends; see the module docstring.
+
+    ``committed(outcomes)`` runs after each commit, before any send of the batch is
+    answered, with the batch's outcomes in queue order (the new messages of one
+    conversation in seq order): the real-time fan-out hooks in there, so events leave
+    in commit order.
+
+    Lanes: a conversation always goes to the same one of ``lanes`` writers
+    (by its id), each with its own queue, task and connection. One writer alone
+    alternates between the server's work (building the statement, the fan-out) and
+    PostgreSQL's (running it), so neither is ever busy at once and throughput is
+    their sum's inverse; with several, one lane's statement runs while another
+    lane's fan-out does. A conversation's sends still go through one queue, so its
+    order and its events' order stay the commit order, and lanes never wait for
+    each other's row locks.
+    """
+
+    def __init__(self, pool: asyncpg.Pool, committed: Any, *, max_batch: int = MAX_BATCH,
+                 lanes: int = DEFAULT_LANES) -> None:
+        self.pool = pool
+        self.committed = committed
+        self.max_batch = max_batch
+        self.lanes = [_Lane(self) for _ in range(lanes)]
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # Figures (metrics and tests): statements run, sends in them, fallbacks to one send each.
+        self.batches = 0
+        self.sends = 0
+        self.largest = 0
+        self.fallbacks = 0
+
+    def lane_of(self, conversation_id: uuid.UUID) -> _Lane:
+        return self.lanes[conversation_id.int % len(self.lanes)]
+
+    async def submit(self, request: SendRequest) -> SendOutcome:
+        """Queue ``request`` in its conversation's lane and wait for its batch's commit."""
+        loop = self._loop
+        if loop is None:  # once: get_running_loop costs a getpid() system call on every call
+            loop = self._loop = asyncio.get_running_loop()
+        future: asyncio.Future[SendOutcome] = loop.create_future()
+        lane = self.lane_of(request.conversation_id)
+        lane.queue.append((request, future))
+        if lane.task is None:
+            lane.task = loop.create_task(lane.run())
+        return await future
 
     async def _write(self, batch: list[tuple[SendRequest, asyncio.Future[SendOutcome]]]) -> None:
         if not batch:
@@ -341,5 +368,6 @@ class SendBatcher:
             Sample("gbmedia_chat_send_batch_fallbacks_total",
                    "Chat batches that failed and were written one send at a time", self.fallbacks, counter=True),
             Sample("gbmedia_chat_send_batch_largest", "Most sends one chat statement has written", self.largest),
-            Sample("gbmedia_chat_sends_queued", "Chat sends waiting for the next statement", len(self._queue)),
+            Sample("gbmedia_chat_sends_queued", "Chat sends waiting for the next statement",
+                   sum(len(lane.queue) for lane in self.lanes)),
         ]

@@ -27,7 +27,7 @@ import asyncpg
 from gbmedia.errors import ApiError, bad_request, forbidden, not_found
 from gbmedia.messaging import outbox
 from gbmedia.messaging.conversations import Conversations
-from gbmedia.messaging.group_commit import SendBatcher, SendOutcome, SendRequest
+from gbmedia.messaging.group_commit import DEFAULT_LANES, SendBatcher, SendOutcome, SendRequest
 from gbmedia.messaging.models import MESSAGE_KINDS, ChatCaller, Conversation, Message, Receipt, SendResult
 from gbmedia.tenancy.sharding import shard_key_for
 
@@ -69,13 +69,14 @@ def message_event(message: Message) -> dict[str, Any]:
 
 class Messages:
     def __init__(self, pool: asyncpg.Pool, conversations: Conversations, *,
-                 max_content_bytes: int = DEFAULT_MAX_CONTENT_BYTES) -> None:
+                 max_content_bytes: int = DEFAULT_MAX_CONTENT_BYTES, batch_pool: asyncpg.Pool | None = None,
+                 writers: int = DEFAULT_LANES) -> None:
         self.pool = pool
         self.conversations = conversations
         self.max_content_bytes = max_content_bytes
         self._listeners: list[ChangeListener] = []
         self._ts_configs: dict[uuid.UUID, tuple[str, float]] = {}
-        self.batcher = SendBatcher(pool, self._committed)
+        self.batcher = SendBatcher(batch_pool or pool, self._committed, lanes=writers)  # Database.batch_pool: see there
 
     def on_change(self, listener: ChangeListener) -> None:
         """``listener(kind, event, conversation, members)`` after each committed change (``message`` or
@@ -106,6 +107,18 @@ class Messages:
     async def send(self, caller: ChatCaller, conversation_id: uuid.UUID, content: str, idempotency_key: str, *,
                    kind: str = "text", metadata: dict[str, Any] | None = None,
                    sender: str | None = None) -> SendResult:
+        request = await self.prepare(caller, conversation_id, content, idempotency_key, kind=kind,
+                                     metadata=metadata, sender=sender)
+        return await self.commit(caller, request)
+
+    async def prepare(self, caller: ChatCaller, conversation_id: uuid.UUID, content: str, idempotency_key: str, *,
+                      kind: str = "text", metadata: dict[str, Any] | None = None,
+                      sender: str | None = None) -> SendRequest:
+        """A send checked for everything but the conversation (size, kind, key, who may send as whom).
+
+        Split from :meth:`commit` so a socket can check its sends one by one, in the
+        order they came, and let them wait for their commits together.
+        """
         if not isinstance(idempotency_key, str) or not IDEMPOTENCY_KEY.fullmatch(idempotency_key):
             raise bad_request("invalid_idempotency_key",
                               "idempotency_key is 1-128 letters, digits, '.', '_', ':' or '-'")
@@ -128,9 +141,17 @@ class Messages:
         instance_id = caller.instance_id
         if instance_id is None:  # the operator: the conversation names the instance (and its language)
             instance_id = (await self.conversations.access(caller, conversation_id)).instance_id
-        request = SendRequest(conversation_id, caller.instance_id, caller.identity, caller.admin, author, kind,
-                              content, metadata or {}, idempotency_key, await self._ts_config(instance_id))
+        return SendRequest(conversation_id, caller.instance_id, caller.identity, caller.admin, author, kind,
+                           content, metadata or {}, idempotency_key, await self._ts_config(instance_id))
+
+    async def commit(self, caller: ChatCaller, request: SendRequest) -> SendResult:
+        """Write a prepared send (in the next group commit) and answer once it is committed.
+
+        The send joins its batch's queue before this coroutine first waits, so sends
+        whose commits start in some order are numbered in that order.
+        """
         outcome = await self.batcher.submit(request)
+        conversation_id = request.conversation_id
         if outcome.status == "not_member" and self._may_join(caller, outcome.conversation):
             await self.conversations.access(caller, conversation_id)  # a room's participant joins its chat
             outcome = await self.batcher.submit(request)
@@ -140,7 +161,7 @@ class Messages:
             raise forbidden("not_a_member", "you are not a member of this conversation")
         assert outcome.message is not None
         if outcome.status == "stored":
-            return self._replayed(outcome.message, content)
+            return self._replayed(outcome.message, request.content)
         return SendResult(outcome.message, True)
 
     @staticmethod

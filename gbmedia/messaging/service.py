@@ -8,6 +8,7 @@ import asyncpg
 
 from gbmedia.errors import ApiError
 from gbmedia.messaging.conversations import Conversations
+from gbmedia.messaging.group_commit import DEFAULT_LANES
 from gbmedia.messaging.messages import Messages
 from gbmedia.messaging.models import ChatCaller
 from gbmedia.ratelimit import RateLimiter
@@ -22,9 +23,12 @@ class Chat:
 
     @classmethod
     def create(cls, pool: asyncpg.Pool, instances: Instances, send_limiter: RateLimiter, *,
-               max_content_bytes: int) -> Chat:
+               max_content_bytes: int, batch_pool: asyncpg.Pool | None = None,
+               writers: int = DEFAULT_LANES) -> Chat:
         conversations = Conversations(pool, instances)
-        return cls(conversations, Messages(pool, conversations, max_content_bytes=max_content_bytes), send_limiter)
+        messages = Messages(pool, conversations, max_content_bytes=max_content_bytes, batch_pool=batch_pool,
+                            writers=writers)
+        return cls(conversations, messages, send_limiter)
 
     async def check_rate(self, caller: ChatCaller, sender: str | None = None) -> None:
         """429 ``chat_rate_limited`` past the per-sender token bucket (shared through Redis)."""

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from gbmedia.errors import ApiError
 from gbmedia.messaging.delivery import ChatHub, text_frame
+from gbmedia.messaging.group_commit import SendRequest
 from gbmedia.messaging.messages import message_event
 from gbmedia.messaging.models import ChatCaller
 from gbmedia.messaging.presence import Presence, Status
@@ -162,10 +163,18 @@ class ChatSession:
         return {"type": "presence", "statuses": statuses}
 
     async def _send_message(self, message: p.ChatSend) -> None:
+        await self.commit_send(message, await self.prepare_send(message))
+
+    async def prepare_send(self, message: p.ChatSend) -> SendRequest:
+        """The checks a send passes before it may wait for a commit: the rate limit, then its content."""
         await self.chat.check_rate(self.caller)
-        result = await self.chat.messages.send(self.caller, _conversation(message.conversation_id), message.content,
-                                               message.idempotency_key, kind=message.kind,
-                                               metadata=message.metadata)
+        return await self.chat.messages.prepare(self.caller, _conversation(message.conversation_id),
+                                                message.content, message.idempotency_key, kind=message.kind,
+                                                metadata=message.metadata)
+
+    async def commit_send(self, message: p.ChatSend, request: SendRequest) -> None:
+        """Wait for the send's commit, then acknowledge it."""
+        result = await self.chat.messages.commit(self.caller, request)
         stored = result.message
         ack: dict[str, Any] = {"type": "chat_ack", "conversation_id": message.conversation_id,
                                "message_id": str(stored.id), "seq": stored.seq,

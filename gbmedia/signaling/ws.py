@@ -25,6 +25,8 @@ from gbmedia.tenancy.models import Actor
 
 log = logging.getLogger(__name__)
 
+MAX_SENDS_IN_FLIGHT = 64  # chat sends of one socket waiting for their commits at once
+
 
 class Connection:
     """One socket's conversation; holds its participant once joined."""
@@ -38,6 +40,7 @@ class Connection:
         self.transport = request.transport  # chat writes its frames straight to it (messaging/socket.py)
         self.left = False
         self._send_lock = asyncio.Lock()
+        self._sends: set[asyncio.Task[None]] = set()  # chat sends waiting for their commits
 
     async def send(self, message: dict[str, Any]) -> None:
         if self.ws.closed:
@@ -50,24 +53,60 @@ class Connection:
         try:
             message = p.parse_message(raw)
             request_id = message.id
+            if isinstance(message, p.ChatSend) and self.chat_session is not None:
+                await self._pipeline_send(message)
+                return
             reply = await self.dispatch(message)
             if reply is not None:
                 if request_id is not None:
                     reply["id"] = request_id
                 await self.send(reply)
-        except p.ProtocolError as exc:
+        except Exception as exc:
+            await self._report(exc, request_id)
+
+    async def _pipeline_send(self, message: p.ChatSend) -> None:
+        """Check a chat send now, in the socket's order; let its commit happen while the socket reads on.
+
+        Waiting for each commit before reading the next message would cap a socket at
+        one send per commit round trip, however fast the node commits batches. The
+        send is queued for its batch before the next message is read (so one socket's
+        sends are numbered in the order it sent them); its ack, or its error, follows
+        the commit. At most :data:`MAX_SENDS_IN_FLIGHT` wait at once; then the socket
+        stops reading until one is answered.
+        """
+        session = self.chat_session
+        assert session is not None
+        request = await session.prepare_send(message)
+        task = asyncio.ensure_future(self._answer_send(session, message, request))
+        self._sends.add(task)
+        task.add_done_callback(self._sends.discard)
+        if len(self._sends) >= MAX_SENDS_IN_FLIGHT:
+            await asyncio.wait(self._sends, return_when=asyncio.FIRST_COMPLETED)
+
+    async def _answer_send(self, session: ChatSession, message: p.ChatSend, request: Any) -> None:
+        try:
+            await session.commit_send(message, request)
+        except Exception as exc:
+            await self._report(exc, message.id)
+
+    async def _report(self, exc: Exception, request_id: p.RequestId) -> None:
+        """The error message for a request that failed; a socket closed meanwhile gets nothing."""
+        if isinstance(exc, p.ProtocolError):
             exc.request_id = exc.request_id if exc.request_id is not None else request_id
-            await self.send(exc.to_message())
-        except NegotiationError as exc:
-            await self.send(p.ProtocolError(exc.code, exc.message, request_id).to_message())
-        except ApiError as exc:
-            await self.send(p.ProtocolError(exc.code, exc.message, request_id, exc.details).to_message())
+            error = exc
+        elif isinstance(exc, NegotiationError):
+            error = p.ProtocolError(exc.code, exc.message, request_id)
+        elif isinstance(exc, ApiError):
+            error = p.ProtocolError(exc.code, exc.message, request_id, exc.details)
+        elif isinstance(exc, ConnectionError):
+            return
+        else:
+            log.error("signaling message failed", exc_info=exc)
+            error = p.ProtocolError("internal_error", "the server failed on this message", request_id)
+        try:
+            await self.send(error.to_message())
         except ConnectionError:
             pass
-        except Exception:
-            log.exception("signaling message failed")
-            await self.send(p.ProtocolError("internal_error", "the server failed on this message", request_id)
-                            .to_message())
 
     async def dispatch(self, message: p.ClientMessage) -> dict[str, Any] | None:
         if isinstance(message, p.Ping):
