@@ -747,6 +747,21 @@ async def snapshot(server: Server, database: Database) -> Snapshot:
                     await database.cpu(), cpu_seconds(os.getpid()), harness.machine_busy())
 
 
+WRITER_FIGURES = ("gbmedia_chat_send_batches_total", "gbmedia_chat_sends_batched_total",
+                  "gbmedia_chat_send_batch_seconds_total")
+
+
+async def writer_figures(server: Server) -> dict[str, float]:
+    """The server's group-commit counters from /metrics (how many statements, sends in them, time in them)."""
+    figures: dict[str, float] = {}
+    async with aiohttp.ClientSession() as session, session.get(server.url.rstrip("/") + "/metrics") as resp:
+        for line in (await resp.text()).splitlines():
+            name, _, value = line.rpartition(" ")
+            if name.split("{")[0] in WRITER_FIGURES:
+                figures[name.split("{")[0]] = float(value)
+    return figures
+
+
 async def sleep_until(t: float) -> None:
     await asyncio.sleep(max(0.0, t - time.monotonic()))
 
@@ -766,9 +781,11 @@ async def run_step(index: int, rate: float, args: argparse.Namespace, server: Se
         profiler = await start_profiler(args, server, rate)
     await sleep_until(window_start)
     first = await snapshot(server, database)
+    writers_first = await writer_figures(server)
     workers_cpu_first = [s["cpu"] for s in started]  # refined below from the reports
     await sleep_until(window_end)
     last = await snapshot(server, database)
+    writers_last = await writer_figures(server)
     if profiler is not None:
         await harness.finish_profiler(profiler)
     if not server.alive():
@@ -846,6 +863,11 @@ async def run_step(index: int, rate: float, args: argparse.Namespace, server: Se
                        if value / 1000 >= TARGET_P99_MS},
         "slots": len(slot_max_us),
     }
+    statements = writers_last.get(WRITER_FIGURES[0], 0) - writers_first.get(WRITER_FIGURES[0], 0)
+    if statements > 0:  # group commit in the window: statements/s, sends per statement, ms per statement
+        row["statements_per_s"] = statements / window
+        row["sends_per_statement"] = (writers_last[WRITER_FIGURES[1]] - writers_first[WRITER_FIGURES[1]]) / statements
+        row["statement_ms"] = 1000 * (writers_last[WRITER_FIGURES[2]] - writers_first[WRITER_FIGURES[2]]) / statements
     # CPU per persisted message (ms of one core): less sensitive to neighbours than the saturation point.
     persisted = max(1e-9, row["acked_per_s"])
     row["server_ms_per_msg"] = 10 * row["server_cpu_percent"] / persisted
@@ -996,6 +1018,9 @@ def print_table(result: dict[str, Any]) -> None:
         if r["client_lag_ms_max"] > 50 or r["sender_behind_ms_max"] > 50:
             print(f"  rate {r['rate']:g}: the clients' own event loops lagged up to {r['client_lag_ms_max']:.0f} ms "
                   f"(sender behind schedule up to {r['sender_behind_ms_max']:.0f} ms): latencies include that")
+        if "statements_per_s" in r:
+            print(f"  rate {r['rate']:g}: group commit wrote {r['statements_per_s']:.0f} statements/s of "
+                  f"{r['sends_per_statement']:.1f} sends, {r['statement_ms']:.1f} ms each (connection to rows)")
         if r.get("slow_slots"):
             shown = ", ".join(f"{at} {ms:g} ms" for at, ms in list(r["slow_slots"].items())[:8])
             print(f"  rate {r['rate']:g}: {len(r['slow_slots'])} of {r['slots']} slots of 100 ms had a delivery over "

@@ -51,6 +51,7 @@ import asyncio
 import datetime as dt
 import json
 import logging
+import time
 import uuid
 from collections import deque
 from dataclasses import dataclass
@@ -285,6 +286,7 @@ class SendBatcher:
         self.sends = 0
         self.largest = 0
         self.fallbacks = 0
+        self.statement_seconds = 0.0  # from taking a connection to the statement's rows, summed
 
     def lane_of(self, conversation_id: uuid.UUID) -> _Lane:
         return self.lanes[conversation_id.int % len(self.lanes)]
@@ -350,8 +352,10 @@ class SendBatcher:
                                        r.content, json.dumps(r.metadata, separators=(",", ":"), ensure_ascii=False),
                                        r.idempotency_key, r.ts_config)):
                 columns[i].append(value)
+        started = time.perf_counter()
         async with self.pool.acquire() as conn:
             rows = await conn.fetch(BATCH_SQL, *columns)
+        self.statement_seconds += time.perf_counter() - started
         self.batches += 1
         self.sends += len(requests)
         self.largest = max(self.largest, len(requests))
@@ -368,6 +372,9 @@ class SendBatcher:
             Sample("gbmedia_chat_send_batch_fallbacks_total",
                    "Chat batches that failed and were written one send at a time", self.fallbacks, counter=True),
             Sample("gbmedia_chat_send_batch_largest", "Most sends one chat statement has written", self.largest),
+            Sample("gbmedia_chat_send_batch_seconds_total",
+                   "Time chat send statements took, from taking a connection to their rows (committed)",
+                   self.statement_seconds, counter=True),
             Sample("gbmedia_chat_sends_queued", "Chat sends waiting for the next statement",
                    sum(len(lane.queue) for lane in self.lanes)),
         ]

@@ -382,6 +382,7 @@ async def test_group_commit_and_fan_out_figures_are_exported(client: TestClient,
     assert figures["gbmedia_chat_sends_batched_total"] == 6
     assert 1 <= figures["gbmedia_chat_send_batches_total"] <= 6
     assert figures["gbmedia_chat_send_batch_largest"] >= 1
+    assert 0 < figures["gbmedia_chat_send_batch_seconds_total"] < 60
     assert figures["gbmedia_chat_sends_queued"] == 0
     assert figures["gbmedia_chat_send_batch_fallbacks_total"] == 0
     assert figures["gbmedia_chat_events_delivered_total"] >= 12  # to bob and to alice's own socket
