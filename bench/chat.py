@@ -1119,7 +1119,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--drain", type=float, default=30.0,
                         help="seconds to wait after a step for every ack and delivery; a step that does not drain "
                              "ends the run (default 30)")
-    parser.add_argument("--workers", type=int, default=4, help="client worker processes (default 4)")
+    parser.add_argument("--workers", type=int, default=2, help="client worker processes (default 2)")
     parser.add_argument("--client", choices=("raw", "aiohttp"), default="raw",
                         help="the clients' WebSocket implementation: raw (default; a minimal RFC 6455 client on an "
                              "asyncio protocol, cheap, so the clients take less of the machine from the server) or "

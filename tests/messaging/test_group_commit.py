@@ -630,3 +630,36 @@ async def test_a_socket_stops_reading_when_too_many_of_its_sends_wait(
         await pool.release(holder)
     acks = [await alice.wait(lambda e, n=n: e.get("id") == f"b{n}") for n in range(1, 5)]
     assert [a["seq"] for a in acks] == [2, 3, 4, 5]
+
+
+async def test_a_pipelined_send_that_fails_inside_the_server_gets_internal_error_and_the_socket_lives_on(
+        node: Node, client: TestClient, tenant: Tenant, connect):
+    cid = await conversation_of(client, tenant, "alice", "bob")
+    alice = await connect(tenant, "alice")
+    gone = await connect(tenant, "alice")  # a second device of alice's that leaves before its answer
+    await alice.request({"type": "chat_send", "conversation_id": cid, "content": "warm", "idempotency_key": "i0"})
+    lane = node.chat.messages.batcher.lane_of(uuid.UUID(cid))
+    pool = node.db.pool
+    holder = await pool.acquire()
+    try:
+        tx = holder.transaction()
+        await tx.start()
+        await holder.execute("SELECT 1 FROM conversations WHERE id = $1 FOR UPDATE", cid)
+        await alice.ws.send_json({"type": "chat_send", "conversation_id": cid, "content": "doomed",
+                                  "idempotency_key": "i1", "id": "doomed"})
+        await gone.ws.send_json({"type": "chat_send", "conversation_id": cid, "content": "unanswered",
+                                 "idempotency_key": "i2", "id": "unanswered"})
+        await wait_for_lock_waiter(pool, 1)
+        assert await in_flight(lane, 2) == 2
+        await gone.close()
+        await asyncio.sleep(0.2)  # the server notices the closed socket
+        assert lane.task is not None
+        lane.task.cancel()  # the writer stops under both sends: an error nobody expected
+        refused = await alice.wait(lambda e: e.get("id") == "doomed")
+        assert (refused["type"], refused["code"]) == ("error", "internal_error")
+        await tx.rollback()
+    finally:
+        await pool.release(holder)
+    after = await alice.request({"type": "chat_send", "conversation_id": cid, "content": "again",
+                                 "idempotency_key": "i1"})
+    assert (after["type"], after["seq"], after["duplicate"]) == ("chat_ack", 2, False)  # the retry is stored once
