@@ -293,6 +293,10 @@ class SendBatcher:
 
     async def submit(self, request: SendRequest) -> SendOutcome:
         """Queue ``request`` in its conversation's lane and wait for its batch's commit."""
+        return await self.enqueue(request)
+
+    def enqueue(self, request: SendRequest) -> asyncio.Future[SendOutcome]:
+        """Queue ``request`` now; the future is its outcome once its batch committed."""
         loop = self._loop
         if loop is None:  # once: get_running_loop costs a getpid() system call on every call
             loop = self._loop = asyncio.get_running_loop()
@@ -301,7 +305,7 @@ class SendBatcher:
         lane.queue.append((request, future))
         if lane.task is None:
             lane.task = loop.create_task(lane.run())
-        return await future
+        return future
 
     async def _write(self, batch: list[tuple[SendRequest, asyncio.Future[SendOutcome]]]) -> None:
         if not batch:

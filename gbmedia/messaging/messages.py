@@ -151,10 +151,18 @@ class Messages:
         whose commits start in some order are numbered in that order.
         """
         outcome = await self.batcher.submit(request)
-        conversation_id = request.conversation_id
-        if outcome.status == "not_member" and self._may_join(caller, outcome.conversation):
-            await self.conversations.access(caller, conversation_id)  # a room's participant joins its chat
+        if self.needs_join(caller, outcome):
+            await self.conversations.access(caller, request.conversation_id)  # a room's participant joins its chat
             outcome = await self.batcher.submit(request)
+        return self.result_of(request, outcome)
+
+    def needs_join(self, caller: ChatCaller, outcome: SendOutcome) -> bool:
+        """The caller is not a member yet but joins by sending: a room's participant in its room's chat."""
+        return outcome.status == "not_member" and self._may_join(caller, outcome.conversation)
+
+    def result_of(self, request: SendRequest, outcome: SendOutcome) -> SendResult:
+        """What a committed batch did with the send, or the error it is for its sender."""
+        conversation_id = request.conversation_id
         if outcome.status == "not_found":
             raise not_found("conversation", conversation_id)
         if outcome.status == "not_member":

@@ -19,13 +19,14 @@ import contextlib
 import json
 import logging
 import uuid
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from gbmedia.errors import ApiError
 from gbmedia.messaging.delivery import ChatHub, text_frame
-from gbmedia.messaging.group_commit import SendRequest
+from gbmedia.messaging.group_commit import SendOutcome, SendRequest
 from gbmedia.messaging.messages import message_event
-from gbmedia.messaging.models import ChatCaller
+from gbmedia.messaging.models import ChatCaller, SendResult
 from gbmedia.messaging.presence import Presence, Status
 from gbmedia.messaging.service import Chat
 from gbmedia.signaling import protocol as p
@@ -78,6 +79,7 @@ class ChatSession:
         self.identity = caller.identity
         self._frames = frames
         self._backlog: list[bytes] = []
+        self._joining: set[asyncio.Task[None]] = set()  # first sends of room participants, joining the chat
         self._loop = asyncio.get_running_loop()
         self._status: Status = "online"
         self._tasks: list[asyncio.Task[None]] = []
@@ -174,7 +176,45 @@ class ChatSession:
 
     async def commit_send(self, message: p.ChatSend, request: SendRequest) -> None:
         """Wait for the send's commit, then acknowledge it."""
-        result = await self.chat.messages.commit(self.caller, request)
+        self._ack(message, await self.chat.messages.commit(self.caller, request))
+
+    def start_commit(self, message: p.ChatSend, request: SendRequest,
+                     failed: Callable[[Exception], None]) -> asyncio.Future[SendOutcome]:
+        """Queue the send for its batch now; its ack, or ``failed(error)``, follows the batch's commit.
+
+        :meth:`commit_send` without a task per send: the batch's outcome is turned into
+        the ack in a callback. Only a room participant's first send, which joins the
+        room's chat before it is written again, takes the coroutine path.
+        """
+        messages = self.chat.messages
+        pending = messages.batcher.enqueue(request)
+
+        def committed(outcome: asyncio.Future[SendOutcome]) -> None:
+            if outcome.cancelled():
+                return
+            error = outcome.exception()
+            if error is None and messages.needs_join(self.caller, outcome.result()):
+                self._joining.add(task := asyncio.ensure_future(self._join_and_commit(message, request, failed)))
+                task.add_done_callback(self._joining.discard)
+                return
+            try:
+                if error is not None:
+                    raise error
+                self._ack(message, messages.result_of(request, outcome.result()))
+            except Exception as exc:
+                failed(exc)
+
+        pending.add_done_callback(committed)
+        return pending
+
+    async def _join_and_commit(self, message: p.ChatSend, request: SendRequest,
+                               failed: Callable[[Exception], None]) -> None:
+        try:
+            await self.commit_send(message, request)
+        except Exception as exc:
+            failed(exc)
+
+    def _ack(self, message: p.ChatSend, result: SendResult) -> None:
         stored = result.message
         ack: dict[str, Any] = {"type": "chat_ack", "conversation_id": message.conversation_id,
                                "message_id": str(stored.id), "seq": stored.seq,

@@ -40,7 +40,8 @@ class Connection:
         self.transport = request.transport  # chat writes its frames straight to it (messaging/socket.py)
         self.left = False
         self._send_lock = asyncio.Lock()
-        self._sends: set[asyncio.Task[None]] = set()  # chat sends waiting for their commits
+        self._sends: set[asyncio.Future[Any]] = set()  # chat sends waiting for their commits
+        self._reports: set[asyncio.Task[None]] = set()
 
     async def send(self, message: dict[str, Any]) -> None:
         if self.ws.closed:
@@ -77,17 +78,16 @@ class Connection:
         session = self.chat_session
         assert session is not None
         request = await session.prepare_send(message)
-        task = asyncio.ensure_future(self._answer_send(session, message, request))
-        self._sends.add(task)
-        task.add_done_callback(self._sends.discard)
+        pending = session.start_commit(message, request, lambda exc: self._report_later(exc, message.id))
+        self._sends.add(pending)
+        pending.add_done_callback(self._sends.discard)
         if len(self._sends) >= MAX_SENDS_IN_FLIGHT:
             await asyncio.wait(self._sends, return_when=asyncio.FIRST_COMPLETED)
 
-    async def _answer_send(self, session: ChatSession, message: p.ChatSend, request: Any) -> None:
-        try:
-            await session.commit_send(message, request)
-        except Exception as exc:
-            await self._report(exc, message.id)
+    def _report_later(self, exc: Exception, request_id: p.RequestId) -> None:
+        """:meth:`_report` from a callback (a pipelined send's error), in a task of its own."""
+        self._reports.add(task := asyncio.ensure_future(self._report(exc, request_id)))
+        task.add_done_callback(self._reports.discard)
 
     async def _report(self, exc: Exception, request_id: p.RequestId) -> None:
         """The error message for a request that failed; a socket closed meanwhile gets nothing."""
