@@ -1,7 +1,5 @@
-"""The chat migrations 0006 and 0007.
-
-0006: a message's tenant is its conversation's, and deleting a tenant deletes its
-messages. 0007: the full-text index merges its pending list in small steps. Database
+"""The chat migration 0006: a message's tenant is its conversation's, and deleting a
+tenant deletes its messages. Database
 tests use the ``pool`` fixture: a fresh database of their own with every migration
 applied.
 """
@@ -60,10 +58,3 @@ async def test_deleting_the_owner_deletes_the_messages(pool: asyncpg.Pool, delet
     assert await count(pool, cid) == 0
     assert await count(pool, kept) == 1  # another tenant's messages stay
 
-
-async def test_every_partition_of_the_search_index_merges_its_pending_list_in_small_steps(pool: asyncpg.Pool):
-    """0007: each partition's GIN index flushes its pending list at 64 kB (a full 4 MB list stalled sends)."""
-    rows = await pool.fetch("""SELECT c.relname, c.reloptions FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-                                WHERE i.inhparent = 'messages_search'::regclass""")
-    assert len(rows) == 8
-    assert all("gin_pending_list_limit=64" in (r["reloptions"] or []) for r in rows), rows
