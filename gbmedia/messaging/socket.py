@@ -142,8 +142,7 @@ class ChatSession:
     # --- messages from the client ----------------------------------------------------------
 
     async def handle(self, message: p.ChatMessage) -> dict[str, Any] | None:
-        if isinstance(message, p.ChatSend):
-            return await self._send_message(message)
+        """Every chat request but ``chat_send``, which the socket pipelines (:meth:`start_commit`)."""
         if isinstance(message, p.ChatHistory):
             return await self._history(message)
         if isinstance(message, p.ChatReceipt):
@@ -164,9 +163,6 @@ class ChatSession:
         statuses = await self.presence.get(self.instance_id, message.identities)
         return {"type": "presence", "statuses": statuses}
 
-    async def _send_message(self, message: p.ChatSend) -> None:
-        await self.commit_send(message, await self.prepare_send(message))
-
     async def prepare_send(self, message: p.ChatSend) -> SendRequest:
         """The checks a send passes before it may wait for a commit: the rate limit, then its content."""
         await self.chat.check_rate(self.caller)
@@ -174,17 +170,13 @@ class ChatSession:
                                                 message.content, message.idempotency_key, kind=message.kind,
                                                 metadata=message.metadata)
 
-    async def commit_send(self, message: p.ChatSend, request: SendRequest) -> None:
-        """Wait for the send's commit, then acknowledge it."""
-        self._ack(message, await self.chat.messages.commit(self.caller, request))
-
     def start_commit(self, message: p.ChatSend, request: SendRequest,
                      failed: Callable[[Exception], None]) -> asyncio.Future[SendOutcome]:
         """Queue the send for its batch now; its ack, or ``failed(error)``, follows the batch's commit.
 
-        :meth:`commit_send` without a task per send: the batch's outcome is turned into
-        the ack in a callback. Only a room participant's first send, which joins the
-        room's chat before it is written again, takes the coroutine path.
+        No task per send: the batch's outcome is turned into the ack in a callback. Only
+        a room participant's first send, which joins the room's chat before it is
+        written again (:meth:`Messages.commit`), takes a coroutine.
         """
         messages = self.chat.messages
         pending = messages.batcher.enqueue(request)
@@ -210,7 +202,7 @@ class ChatSession:
     async def _join_and_commit(self, message: p.ChatSend, request: SendRequest,
                                failed: Callable[[Exception], None]) -> None:
         try:
-            await self.commit_send(message, request)
+            self._ack(message, await self.chat.messages.commit(self.caller, request))
         except Exception as exc:
             failed(exc)
 

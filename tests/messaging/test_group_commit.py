@@ -663,3 +663,26 @@ async def test_a_pipelined_send_that_fails_inside_the_server_gets_internal_error
     after = await alice.request({"type": "chat_send", "conversation_id": cid, "content": "again",
                                  "idempotency_key": "i1"})
     assert (after["type"], after["seq"], after["duplicate"]) == ("chat_ack", 2, False)  # the retry is stored once
+
+
+async def test_a_rooms_participant_joins_its_chat_on_the_first_send_over_the_socket(
+        client: TestClient, node: Node, tenant: Tenant, connect):
+    """The pipelined path's one coroutine: the first send of a room's participant (authenticated with
+    `auth`, so not a member yet) joins the room's chat, is written again and acknowledged."""
+    resp = await client.post("/api/v1/rooms", json={"name": "retro"}, headers=tenant.admin)
+    assert resp.status == 201, await resp.text()
+    room = await resp.json()
+    conversation = await node.chat.conversations.for_room(uuid.UUID(tenant.instance_id), uuid.UUID(room["id"]),
+                                                          "retro")
+    zed = await connect()
+    authed = await zed.request({"type": "auth", "token": token(tenant, "zed", room_join=True, room="retro")})
+    assert authed["type"] == "authenticated", authed
+    ack = await zed.request({"type": "chat_send", "conversation_id": str(conversation.id), "content": "hi",
+                             "idempotency_key": "z1"})
+    assert (ack["type"], ack["seq"]) == ("chat_ack", 1)
+    assert "zed" in await node.chat.conversations.member_identities(conversation.id)
+    outsider = await connect()
+    await outsider.request({"type": "auth", "token": token(tenant, "yan", room_join=True, room="other")})
+    refused = await outsider.request({"type": "chat_send", "conversation_id": str(conversation.id),
+                                      "content": "let me in", "idempotency_key": "y1"})
+    assert (refused["type"], refused["code"]) == ("error", "not_a_member")
