@@ -57,3 +57,20 @@ async def test_database_pool_decodes_jsonb_and_refuses_use_before_open(tmp_path:
     finally:
         await db.close()
     await db.close()
+
+
+async def test_batch_sessions_use_generic_plans_and_a_small_gin_pending_list(tmp_path: Path, database_url: str):
+    """The chat group commit's connections carry the two settings its latency depends on; the shared pool does not."""
+    db = Database(Settings(data_dir=tmp_path, database_url=database_url))
+    with pytest.raises(RuntimeError, match="not open"):
+        _ = db.batch_pool
+    await db.open()
+    try:
+        async with db.batch_pool.acquire() as conn:
+            assert await conn.fetchval("SHOW plan_cache_mode") == "force_generic_plan"
+            assert await conn.fetchval("SHOW gin_pending_list_limit") == "64kB"
+        async with db.pool.acquire() as conn:
+            assert await conn.fetchval("SHOW plan_cache_mode") == "auto"
+            assert await conn.fetchval("SHOW gin_pending_list_limit") == "4MB"
+    finally:
+        await db.close()
