@@ -10,35 +10,15 @@ from __future__ import annotations
 from aiortc import RTCRtpSender
 from aiortc.rtcrtpparameters import RTCRtpCodecCapability, RTCRtpCodecParameters
 
+from gbmedia.sfu.rtp import vp8_frame_offset
+
 _H264_IDR, _H264_SPS, _H264_STAP_A, _H264_FU_A = 5, 7, 24, 28
 
 
 def is_vp8_keyframe(payload: bytes) -> bool:
     """True for the first packet of a VP8 keyframe."""
-    if not payload:
-        return False
-    first = payload[0]
-    start_of_partition = first & 0x10
-    partition_id = first & 0x0F
-    if not start_of_partition or partition_id != 0:
-        return False
-    offset = 1
-    if first & 0x80:  # X: extension byte follows
-        if len(payload) < 2:
-            return False
-        ext = payload[1]
-        offset = 2
-        if ext & 0x80:  # I: picture id, 7 or 15 bits
-            if len(payload) <= offset:
-                return False
-            offset += 2 if payload[offset] & 0x80 else 1
-        if ext & 0x40:  # L: TL0PICIDX
-            offset += 1
-        if ext & 0x30:  # T or K: TID/KEYIDX byte
-            offset += 1
-    if len(payload) <= offset:
-        return False
-    return (payload[offset] & 0x01) == 0  # P bit clear: keyframe
+    offset = vp8_frame_offset(payload)
+    return offset is not None and (payload[offset] & 0x01) == 0  # P bit clear: keyframe
 
 
 def is_h264_keyframe(payload: bytes) -> bool:

@@ -66,15 +66,18 @@ def first_bytes(has_extension: bool, has_padding: bool, marker: bool, payload_ty
     return b0, (0x80 if marker else 0) | (payload_type & 0x7F)
 
 
-def vp8_keyframe_size(payload: bytes) -> tuple[int, int] | None:
-    """Width and height from the first packet of a VP8 keyframe (RFC 7741, RFC 6386 9.1).
+def vp8_frame_offset(payload: bytes) -> int | None:
+    """Where the VP8 frame starts in the first packet of a frame (after RFC 7741's descriptor), or None.
 
-    Used to learn each simulcast layer's resolution, which subscribers' size
-    requests are matched against.
+    None: the packet does not start partition 0 of a frame, or its descriptor is cut
+    short. The SFU reads keyframes (``is_vp8_keyframe``) and their sizes
+    (:func:`vp8_keyframe_size`) from there.
     """
-    if len(payload) < 1:
+    if not payload:
         return None
     first = payload[0]
+    if not (first & 0x10) or (first & 0x0F) != 0:  # S clear or PID != 0: not the start of partition 0
+        return None
     offset = 1
     if first & 0x80:  # X: extension byte follows
         if len(payload) < 2:
@@ -89,7 +92,17 @@ def vp8_keyframe_size(payload: bytes) -> tuple[int, int] | None:
             offset += 1
         if ext & 0x30:  # T or K: TID/KEYIDX byte
             offset += 1
-    if not (first & 0x10) or (first & 0x0F) != 0:  # not the start of partition 0
+    return offset if len(payload) > offset else None
+
+
+def vp8_keyframe_size(payload: bytes) -> tuple[int, int] | None:
+    """Width and height from the first packet of a VP8 keyframe (RFC 7741, RFC 6386 9.1).
+
+    Used to learn each simulcast layer's resolution, which subscribers' size
+    requests are matched against.
+    """
+    offset = vp8_frame_offset(payload)
+    if offset is None:
         return None
     frame = payload[offset:offset + 10]
     if len(frame) < 10 or frame[0] & 0x01 or frame[3:6] != b"\x9d\x01\x2a":
