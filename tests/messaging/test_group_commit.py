@@ -13,8 +13,10 @@ the one-event bus messages of a node that does not batch.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import uuid
+from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
@@ -131,6 +133,37 @@ async def test_a_key_twice_in_one_batch_is_stored_once(client: TestClient, node:
         "SELECT count(*) FROM messages WHERE conversation_id = $1 AND idempotency_key = 'twice'", cid) == 2
 
 
+@contextlib.asynccontextmanager
+async def conversation_locked(pool: asyncpg.Pool, cid: uuid.UUID | str) -> AsyncIterator[None]:
+    """Hold a conversation's row lock, as another node's writer would, until the block ends (then roll back)."""
+    async with pool.acquire() as holder:
+        tx = holder.transaction()
+        await tx.start()
+        try:
+            await holder.execute("SELECT 1 FROM conversations WHERE id = $1 FOR UPDATE", cid)
+            yield
+        finally:
+            await tx.rollback()
+
+
+@contextlib.asynccontextmanager
+async def another_node_storing(pool: asyncpg.Pool, cid: uuid.UUID, sender: str, key: str) -> AsyncIterator[int]:
+    """Another node's send of ``key``: it takes the conversation's next seq (and its lock) first, and
+    stores and commits the message 'raced' when the block ends. Yields that seq."""
+    async with pool.acquire() as other_node:
+        tx = other_node.transaction()
+        await tx.start()
+        seq = await other_node.fetchval(
+            "UPDATE conversations SET last_seq = last_seq + 1 WHERE id = $1 RETURNING last_seq", cid)
+        yield seq
+        await other_node.execute(
+            """INSERT INTO messages (shard_key, customer_id, instance_id, conversation_id, seq, sender_id, content,
+                                     idempotency_key)
+               SELECT shard_key, customer_id, instance_id, id, $2, $3, 'raced', $4
+                 FROM conversations WHERE id = $1""", cid, seq, sender, key)
+        await tx.commit()
+
+
 async def wait_for_lock_waiter(pool: asyncpg.Pool, count: int) -> None:
     """Until ``count`` backends wait for a lock (PostgreSQL has no event to await for that)."""
     for _ in range(3000):
@@ -150,23 +183,10 @@ async def test_a_key_stored_by_another_writer_while_the_batch_waited_is_not_stor
     await warm(messages, tenant, cid)
     pool = node.db.pool
     fallbacks = messages.batcher.fallbacks
-    other_node = await pool.acquire()
-    try:
-        tx = other_node.transaction()
-        await tx.start()
-        seq = await other_node.fetchval(
-            "UPDATE conversations SET last_seq = last_seq + 1 WHERE id = $1 RETURNING last_seq", cid)
+    async with another_node_storing(pool, cid, "alice", "race") as seq:
         sends = asyncio.gather(messages.send(caller(tenant, "alice"), cid, "raced", "race"),
                                messages.send(caller(tenant, "bob"), cid, "bystander", "b-1"))
         await wait_for_lock_waiter(pool, 1)  # the batch's statement started, then blocked on the row lock
-        await other_node.execute(
-            """INSERT INTO messages (shard_key, customer_id, instance_id, conversation_id, seq, sender_id, content,
-                                     idempotency_key)
-               SELECT shard_key, customer_id, instance_id, id, $2, 'alice', 'raced', 'race'
-                 FROM conversations WHERE id = $1""", cid, seq)
-        await tx.commit()
-    finally:
-        await pool.release(other_node)
     raced, bystander = await sends
     assert not raced.created and raced.message.seq == seq
     assert bystander.created and bystander.message.seq == seq + 1
@@ -328,11 +348,7 @@ async def test_the_writer_stopping_fails_what_it_was_writing(node: Node, client:
     messages = node.chat.messages
     await warm(messages, tenant, cid)
     pool = node.db.pool
-    blocker = await pool.acquire()
-    try:
-        tx = blocker.transaction()
-        await tx.start()
-        await blocker.execute("SELECT 1 FROM conversations WHERE id = $1 FOR UPDATE", cid)
+    async with conversation_locked(pool, cid):
         first = asyncio.ensure_future(messages.send(caller(tenant, "alice"), cid, "first", "w1"))
         await wait_for_lock_waiter(pool, 1)
         queued = asyncio.ensure_future(messages.send(caller(tenant, "alice"), cid, "queued", "w2"))
@@ -343,9 +359,6 @@ async def test_the_writer_stopping_fails_what_it_was_writing(node: Node, client:
         for pending in (first, queued):
             with pytest.raises(RuntimeError, match="chat writer stopped"):
                 await pending
-        await tx.rollback()
-    finally:
-        await pool.release(blocker)
     # The cancelled statement was rolled back; the next send starts a new writer.
     result = await messages.send(caller(tenant, "alice"), cid, "after", "w3")
     assert result.created and await stored_seqs(pool, cid) == list(range(1, result.message.seq + 1))
@@ -454,11 +467,7 @@ async def test_a_failed_batch_is_written_send_by_send_and_only_the_failing_send_
     await warm(messages, tenant, free)
     pool = node.db.pool
     fallbacks = messages.batcher.fallbacks
-    holder = await pool.acquire()
-    try:
-        tx = holder.transaction()
-        await tx.start()
-        await holder.execute("SELECT 1 FROM conversations WHERE id = $1 FOR UPDATE", blocked)
+    async with conversation_locked(pool, blocked):
         stuck = asyncio.ensure_future(messages.send(caller(tenant, "alice"), blocked, "stuck", "s1"))
         fine = asyncio.ensure_future(messages.send(caller(tenant, "bob"), free, "fine", "f1"))
         await cancel_lock_waiters(pool)  # the batch of both fails
@@ -472,9 +481,6 @@ async def test_a_failed_batch_is_written_send_by_send_and_only_the_failing_send_
         abandoned = asyncio.ensure_future(messages.send(caller(tenant, "alice"), blocked, "abandoned", "x1"))
         await asyncio.sleep(0)
         abandoned.cancel()
-        await tx.rollback()
-    finally:
-        await pool.release(holder)
     assert (await waiting).created
     with pytest.raises(asyncio.CancelledError):
         await abandoned
@@ -490,22 +496,9 @@ async def test_a_lone_send_raced_by_another_writer_is_retried_and_finds_the_stor
     messages = node.chat.messages
     await warm(messages, tenant, cid)
     pool = node.db.pool
-    other_node = await pool.acquire()
-    try:
-        tx = other_node.transaction()
-        await tx.start()
-        seq = await other_node.fetchval(
-            "UPDATE conversations SET last_seq = last_seq + 1 WHERE id = $1 RETURNING last_seq", cid)
+    async with another_node_storing(pool, cid, "alice", "alone") as seq:
         send = asyncio.ensure_future(messages.send(caller(tenant, "alice"), cid, "raced", "alone"))
         await wait_for_lock_waiter(pool, 1)
-        await other_node.execute(
-            """INSERT INTO messages (shard_key, customer_id, instance_id, conversation_id, seq, sender_id, content,
-                                     idempotency_key)
-               SELECT shard_key, customer_id, instance_id, id, $2, 'alice', 'raced', 'alone'
-                 FROM conversations WHERE id = $1""", cid, seq)
-        await tx.commit()
-    finally:
-        await pool.release(other_node)
     result = await send
     assert not result.created and result.message.seq == seq
     assert await stored_seqs(pool, cid) == [1, 2]
@@ -546,18 +539,11 @@ async def test_a_conversation_waiting_for_its_lock_holds_up_no_other_lane(client
     await warm(messages, tenant, blocked)
     await warm(messages, tenant, free)
     pool = node.db.pool
-    holder = await pool.acquire()
-    try:
-        tx = holder.transaction()
-        await tx.start()
-        await holder.execute("SELECT 1 FROM conversations WHERE id = $1 FOR UPDATE", blocked)
+    async with conversation_locked(pool, blocked):
         stuck = asyncio.ensure_future(messages.send(caller(tenant, "alice"), blocked, "waits", "l1"))
         await wait_for_lock_waiter(pool, 1)
         passed = [await messages.send(caller(tenant, "bob"), free, f"meanwhile {n}", f"l2-{n}") for n in range(3)]
         assert [r.message.seq for r in passed] == [2, 3, 4] and not stuck.done()
-        await tx.rollback()
-    finally:
-        await pool.release(holder)
     assert (await stuck).message.seq == 2
 
 
@@ -580,11 +566,7 @@ async def test_a_socket_does_not_wait_for_one_send_to_commit_before_the_next(
     await alice.request({"type": "chat_send", "conversation_id": cid, "content": "warm", "idempotency_key": "p0"})
     lane = node.chat.messages.batcher.lane_of(uuid.UUID(cid))
     pool = node.db.pool
-    holder = await pool.acquire()
-    try:
-        tx = holder.transaction()
-        await tx.start()
-        await holder.execute("SELECT 1 FROM conversations WHERE id = $1 FOR UPDATE", cid)
+    async with conversation_locked(pool, cid):
         for n in range(1, 6):
             await alice.ws.send_json({"type": "chat_send", "conversation_id": cid, "content": f"p{n}",
                                       "idempotency_key": f"p{n}", "id": f"s{n}"})
@@ -593,9 +575,6 @@ async def test_a_socket_does_not_wait_for_one_send_to_commit_before_the_next(
         await wait_for_lock_waiter(pool, 1)  # a statement waits for the lock, with all five in it or queued
         assert await in_flight(lane, 5) >= 5  # (six when the refused send is in this lane too)
         assert not [e for e in alice.events if str(e.get("id", "")).startswith("s")]
-        await tx.rollback()
-    finally:
-        await pool.release(holder)
     acks = [await alice.wait(lambda e, n=n: e.get("id") == f"s{n}") for n in range(1, 6)]
     assert [a["seq"] for a in acks] == [2, 3, 4, 5, 6]  # the socket's order
     refused = await alice.wait(lambda e: e.get("id") == "sx")
@@ -613,11 +592,7 @@ async def test_a_socket_stops_reading_when_too_many_of_its_sends_wait(
     await alice.request({"type": "chat_send", "conversation_id": cid, "content": "warm", "idempotency_key": "b0"})
     lane = node.chat.messages.batcher.lane_of(uuid.UUID(cid))
     pool = node.db.pool
-    holder = await pool.acquire()
-    try:
-        tx = holder.transaction()
-        await tx.start()
-        await holder.execute("SELECT 1 FROM conversations WHERE id = $1 FOR UPDATE", cid)
+    async with conversation_locked(pool, cid):
         for n in range(1, 5):
             await alice.ws.send_json({"type": "chat_send", "conversation_id": cid, "content": f"b{n}",
                                       "idempotency_key": f"b{n}", "id": f"b{n}"})
@@ -625,9 +600,6 @@ async def test_a_socket_stops_reading_when_too_many_of_its_sends_wait(
         assert await in_flight(lane, 2) == 2
         await asyncio.sleep(0.3)  # time for the socket to read on, if it did
         assert await in_flight(lane, 2) == 2  # b1 and b2 wait for the commit; b3 and b4 are not read yet
-        await tx.rollback()
-    finally:
-        await pool.release(holder)
     acks = [await alice.wait(lambda e, n=n: e.get("id") == f"b{n}") for n in range(1, 5)]
     assert [a["seq"] for a in acks] == [2, 3, 4, 5]
 
@@ -640,11 +612,7 @@ async def test_a_pipelined_send_that_fails_inside_the_server_gets_internal_error
     await alice.request({"type": "chat_send", "conversation_id": cid, "content": "warm", "idempotency_key": "i0"})
     lane = node.chat.messages.batcher.lane_of(uuid.UUID(cid))
     pool = node.db.pool
-    holder = await pool.acquire()
-    try:
-        tx = holder.transaction()
-        await tx.start()
-        await holder.execute("SELECT 1 FROM conversations WHERE id = $1 FOR UPDATE", cid)
+    async with conversation_locked(pool, cid):
         await alice.ws.send_json({"type": "chat_send", "conversation_id": cid, "content": "doomed",
                                   "idempotency_key": "i1", "id": "doomed"})
         await gone.ws.send_json({"type": "chat_send", "conversation_id": cid, "content": "unanswered",
@@ -657,9 +625,6 @@ async def test_a_pipelined_send_that_fails_inside_the_server_gets_internal_error
         lane.task.cancel()  # the writer stops under both sends: an error nobody expected
         refused = await alice.wait(lambda e: e.get("id") == "doomed")
         assert (refused["type"], refused["code"]) == ("error", "internal_error")
-        await tx.rollback()
-    finally:
-        await pool.release(holder)
     after = await alice.request({"type": "chat_send", "conversation_id": cid, "content": "again",
                                  "idempotency_key": "i1"})
     assert (after["type"], after["seq"], after["duplicate"]) == ("chat_ack", 2, False)  # the retry is stored once
