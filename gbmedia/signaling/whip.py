@@ -24,14 +24,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from aiortc import RTCIceCandidate
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.sdp import SessionDescription, candidate_from_sdp
 
-from gbmedia.errors import ApiError, forbidden, unauthorized
+from gbmedia.errors import ApiError, forbidden
 from gbmedia.http.keys import NODE
 from gbmedia.http.responses import error_response
 from gbmedia.sfu.peers import NegotiationError, TrackInfo, parse_sdp
@@ -39,8 +39,11 @@ from gbmedia.sfu.playback import PlaybackPeer
 from gbmedia.signaling.audience import IngestSession, PlaybackSession, new_session_id
 from gbmedia.signaling.live import LiveRoom
 from gbmedia.signaling.protocol import ProtocolError
-from gbmedia.tenancy.auth import VerifiedToken
+from gbmedia.tenancy.auth import VerifiedToken, bearer_credential
 from gbmedia.tenancy.models import Actor
+
+if TYPE_CHECKING:
+    from gbmedia.node import Node
 
 log = logging.getLogger(__name__)
 
@@ -85,26 +88,31 @@ async def _discard(message: dict[str, Any]) -> None:
 
 # --- requests ------------------------------------------------------------------------
 
+async def _bearer(request: web.Request) -> VerifiedToken:
+    """The request's bearer access token, verified (401/403 otherwise)."""
+    credential = bearer_credential(request.headers.get("Authorization"), "access token")
+    return await request.app[NODE].tenancy.auth.verify_access_token(credential)
+
+
+async def _within_rate(node: Node, api_key: str) -> None:
+    """429 once the token's API key has spent its request budget (the same buckets as the REST API's)."""
+    decision = await node.rate_limiter.take(api_key)
+    if not decision.allowed:
+        raise ApiError(429, "rate_limited", "too many requests; retry later",
+                       {"retry_after": round(decision.retry_after, 3)})
+
+
 async def _verify(request: web.Request, grant: str) -> VerifiedToken:
     """The bearer access token, with ``grant``, for the room in the path."""
-    authorization = request.headers.get("Authorization", "")
-    if not authorization:
-        raise unauthorized("auth_required", "send Authorization: Bearer <access token>")
-    scheme, _, credential = authorization.partition(" ")
-    if scheme.lower() != "bearer" or not credential.strip():
-        raise unauthorized("auth_scheme_unsupported", "use Authorization: Bearer <access token>")
     node = request.app[NODE]
-    verified = await node.tenancy.auth.verify_access_token(credential.strip())
+    verified = await _bearer(request)
     grants = verified.token.grants
     if not grants.has(grant):
         raise forbidden("grant_missing", f"the token lacks the {grant} grant", grant=grant)
     room = request.match_info["room"]
     if grants.room != room:
         raise forbidden("room_mismatch", f"the token is not for room {room!r}", token_room=grants.room)
-    decision = await node.rate_limiter.take(verified.token.api_key)
-    if not decision.allowed:
-        raise ApiError(429, "rate_limited", "too many requests; retry later",
-                       {"retry_after": round(decision.retry_after, 3)})
+    await _within_rate(node, verified.token.api_key)
     return verified
 
 
@@ -228,19 +236,10 @@ class _Found:
 async def _session(request: web.Request, which: str) -> _Found:
     """The session in the path, for a token of its instance and identity (or a room_admin of its room)."""
     grant = "can_publish" if which == "whip" else "can_subscribe"
-    authorization = request.headers.get("Authorization", "")
-    if not authorization:
-        raise unauthorized("auth_required", "send Authorization: Bearer <access token>")
-    scheme, _, credential = authorization.partition(" ")
-    if scheme.lower() != "bearer" or not credential.strip():
-        raise unauthorized("auth_scheme_unsupported", "use Authorization: Bearer <access token>")
     node = request.app[NODE]
-    verified = await node.tenancy.auth.verify_access_token(credential.strip())
+    verified = await _bearer(request)
     token = verified.token
-    decision = await node.rate_limiter.take(token.api_key)
-    if not decision.allowed:
-        raise ApiError(429, "rate_limited", "too many requests; retry later",
-                       {"retry_after": round(decision.retry_after, 3)})
+    await _within_rate(node, token.api_key)
     live = _find_live(request, verified)
     session_id = request.match_info["session"]
     missing = ApiError(404, "session_not_found", f"no {which.upper()} session {session_id} in this room")

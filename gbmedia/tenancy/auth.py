@@ -51,12 +51,7 @@ class Authenticator:
         return VerifiedToken(access, instance)
 
     async def authenticate(self, authorization: str | None, request_id: str | None = None) -> Principal:
-        if not authorization:
-            raise unauthorized("auth_required", "send Authorization: Bearer <token>")
-        scheme, _, credential = authorization.partition(" ")
-        credential = credential.strip()
-        if scheme.lower() != "bearer" or not credential:
-            raise unauthorized("auth_scheme_unsupported", "use Authorization: Bearer <token>")
+        credential = bearer_credential(authorization)
         if self.is_operator_token(credential):
             return Principal(kind="operator", actor=Actor("operator", "operator", request_id))
         verified = await self.verify_access_token(credential)
@@ -68,3 +63,14 @@ class Authenticator:
             identity=verified.token.identity,
             grants=verified.token.grants,
         )
+
+
+def bearer_credential(authorization: str | None, what: str = "token") -> str:
+    """The credential of an ``Authorization: Bearer`` header, or 401 saying what is wrong with the header."""
+    if not authorization:
+        raise unauthorized("auth_required", f"send Authorization: Bearer <{what}>")
+    scheme, _, credential = authorization.partition(" ")
+    credential = credential.strip()
+    if scheme.lower() != "bearer" or not credential:
+        raise unauthorized("auth_scheme_unsupported", f"use Authorization: Bearer <{what}>")
+    return credential
