@@ -29,7 +29,7 @@ from gbmedia.db.migrate import migrate
 from gbmedia.db.pool import _init_connection
 from gbmedia.http.app import create_app
 from gbmedia.node import Node
-from tests.helpers import OPERATOR_TOKEN
+from tests.helpers import OPERATOR_TOKEN, Tenant, create_tenant
 
 TEMPLATE_DB = "gbmedia_test_template"
 IN_CI = bool(os.environ.get("CI"))
@@ -157,5 +157,28 @@ async def node(settings: Settings) -> AsyncIterator[Node]:
 async def client(node: Node) -> AsyncIterator[TestClient]:
     async with TestClient(TestServer(create_app(node))) as test_client:
         yield test_client
+
+
+@pytest.fixture
+async def tenant(client: TestClient) -> Tenant:
+    """A customer with one instance and an API key, made over REST (tests/helpers.py)."""
+    return await create_tenant(client)
+
+
+@pytest.fixture
+async def rtc(client: TestClient) -> AsyncIterator[Any]:
+    """``await rtc()``: a new participant socket on /rtc with its aiortc peers, all closed after the test."""
+    from tests.signaling.test_ws import RtcClient  # the participant client lives with the protocol's tests
+
+    opened: list[RtcClient] = []
+
+    async def connect() -> RtcClient:
+        rtc_client = RtcClient(await client.ws_connect("/rtc"))
+        opened.append(rtc_client)
+        return rtc_client
+
+    yield connect
+    for rtc_client in opened:
+        await rtc_client.close()
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import uuid
 
-import pytest
 from aiohttp.test_utils import TestClient
 
 from gbmedia.tenancy.tokens import Grants, mint_token
@@ -18,11 +17,6 @@ def as_user(tenant: Tenant, identity: str, **grants: bool) -> dict[str, str]:
 
 async def error_of(resp) -> tuple[int, str]:  # type: ignore[no-untyped-def]
     return resp.status, (await resp.json())["error"]["code"]
-
-
-@pytest.fixture
-async def tenant(client: TestClient) -> Tenant:
-    return await create_tenant(client)
 
 
 async def group(client: TestClient, tenant: Tenant, owner: str, *members: str, title: str = "team") -> dict:

@@ -10,7 +10,7 @@ from aiohttp.test_utils import TestClient
 from gbmedia.config import Settings
 from gbmedia.node import Node
 from tests.conftest import make_settings
-from tests.helpers import Tenant, create_tenant
+from tests.helpers import Tenant
 from tests.messaging.test_chat_api import error_of, group, send
 from tests.messaging.test_chat_socket import connect, conversation_of  # noqa: F401 - fixture
 
@@ -18,11 +18,6 @@ from tests.messaging.test_chat_socket import connect, conversation_of  # noqa: F
 @pytest.fixture
 def settings(tmp_path: Path, database_url: str) -> Settings:
     return make_settings(tmp_path, database_url, chat_rate_limit=0.05, chat_rate_burst=5)
-
-
-@pytest.fixture
-async def tenant(client: TestClient) -> Tenant:
-    return await create_tenant(client)
 
 
 async def test_the_send_rate_limit_answers_429_with_retry_after(client: TestClient, tenant: Tenant, node):

@@ -66,11 +66,6 @@ def token(tenant: Tenant, identity: str, **grants: Any) -> str:
 
 
 @pytest.fixture
-async def tenant(client: TestClient) -> Tenant:
-    return await create_tenant(client)
-
-
-@pytest.fixture
 async def connect(client: TestClient) -> AsyncIterator[Any]:
     opened: list[ChatClient] = []
 

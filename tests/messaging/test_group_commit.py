@@ -28,13 +28,8 @@ from gbmedia.messaging.messages import Messages, message_event
 from gbmedia.messaging.models import ChatCaller
 from gbmedia.node import Node
 from gbmedia.signaling import ws as ws_module
-from tests.helpers import Tenant, bearer, create_tenant
+from tests.helpers import Tenant, bearer
 from tests.messaging.test_chat_socket import ChatClient, connect, conversation_of, token
-
-
-@pytest.fixture
-async def tenant(client: TestClient) -> Tenant:
-    return await create_tenant(client)
 
 
 def caller(tenant: Tenant, identity: str) -> ChatCaller:

@@ -12,7 +12,7 @@ from aiohttp.test_utils import TestClient
 
 from tests.browser import Browser
 from tests.helpers import Tenant
-from tests.recording.test_hls_live import RED, live_room, rtc, tenant, wait_playlist  # noqa: F401 - fixtures
+from tests.recording.test_hls_live import RED, live_room, wait_playlist
 from tests.rtc import ColorVideoTrack, ToneAudioTrack
 from tests.signaling.test_ws import token
 
@@ -22,7 +22,7 @@ WEB = Path(__file__).resolve().parents[2] / "web"
 HLS_JS = WEB / "live" / "vendor" / "hls.light.min.mjs"  # what web/live loads on its LL-HLS fallback
 
 
-async def test_hls_js_plays_the_live_stream_in_low_latency_mode(rtc, tenant: Tenant, client: TestClient,  # noqa: F811
+async def test_hls_js_plays_the_live_stream_in_low_latency_mode(rtc, tenant: Tenant, client: TestClient,
                                                                browser: Browser):
     assert HLS_JS.is_file(), "web/live vendors hls.js"
     room_id = await live_room(client, tenant)

@@ -14,7 +14,6 @@ import json
 import re
 import shutil
 import subprocess
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -23,31 +22,12 @@ from aiohttp.test_utils import TestClient
 from aiortc import RTCPeerConnection, RTCRtpSender
 
 from gbmedia.node import Node
-from tests.helpers import Tenant, create_tenant
+from tests.helpers import Tenant
 from tests.rtc import ColorVideoTrack, ToneAudioTrack, wait_for
-from tests.signaling.test_ws import NO_STUN, RtcClient, token
+from tests.signaling.test_ws import NO_STUN, token
 
 RED = (220, 30, 30)
 pytestmark = pytest.mark.skipif(shutil.which("ffprobe") is None, reason="ffprobe is not installed")
-
-
-@pytest.fixture
-async def rtc(client: TestClient) -> AsyncIterator[Any]:
-    opened: list[RtcClient] = []
-
-    async def connect() -> RtcClient:
-        rtc_client = RtcClient(await client.ws_connect("/rtc"))
-        opened.append(rtc_client)
-        return rtc_client
-
-    yield connect
-    for rtc_client in opened:
-        await rtc_client.close()
-
-
-@pytest.fixture
-async def tenant(client: TestClient) -> Tenant:
-    return await create_tenant(client)
 
 
 async def live_room(client: TestClient, tenant: Tenant, name: str = "show") -> str:

@@ -8,38 +8,16 @@ bring a viewer on stage as a co-host.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from typing import Any
 
-import pytest
 from aiohttp.test_utils import TestClient
 
 from gbmedia.signaling import audience
 from gbmedia.tenancy.tokens import Grants, mint_token
-from tests.helpers import Tenant, create_tenant
+from tests.helpers import Tenant
 from tests.rtc import ColorVideoTrack, wait_for
 from tests.signaling.test_ws import RtcClient
 
 RED = (220, 30, 30)
-
-
-@pytest.fixture
-async def tenant(client: TestClient) -> Tenant:
-    return await create_tenant(client)
-
-
-@pytest.fixture
-async def rtc(client: TestClient) -> AsyncIterator[Any]:
-    opened: list[RtcClient] = []
-
-    async def connect() -> RtcClient:
-        rtc_client = RtcClient(await client.ws_connect("/rtc"))
-        opened.append(rtc_client)
-        return rtc_client
-
-    yield connect
-    for rtc_client in opened:
-        await rtc_client.close()
 
 
 def host(tenant: Tenant, identity: str = "host", room: str = "show") -> str:

@@ -8,12 +8,12 @@ from aiohttp.test_utils import TestClient
 
 from tests.helpers import OPERATOR, Tenant
 from tests.rtc import ColorVideoTrack, ToneAudioTrack, wait_for
-from tests.signaling.test_ws import RED, rtc, tenant, token  # noqa: F401 - fixtures
+from tests.signaling.test_ws import RED, token
 
 MUTE = "/api/v1/rooms/{room}/participants/{participant}/tracks/{track}/mute"
 
 
-async def test_get_room_lists_participants_and_their_tracks(rtc, tenant: Tenant, client: TestClient):  # noqa: F811
+async def test_get_room_lists_participants_and_their_tracks(rtc, tenant: Tenant, client: TestClient):
     alice, bob = await rtc(), await rtc()
     joined = await alice.join(token(tenant, "alice"))
     reply = await alice.publish(ColorVideoTrack(RED), ToneAudioTrack(), sources={"0": "camera", "1": "microphone"})
@@ -43,7 +43,7 @@ async def test_get_room_lists_participants_and_their_tracks(rtc, tenant: Tenant,
     assert states == {"alice": "disconnected", "bob": "active"}
 
 
-async def test_an_admin_mute_stops_forwarding_until_an_admin_unmutes(rtc, tenant: Tenant,  # noqa: F811
+async def test_an_admin_mute_stops_forwarding_until_an_admin_unmutes(rtc, tenant: Tenant,
                                                                      client: TestClient):
     alice, bob = await rtc(), await rtc()
     joined = await alice.join(token(tenant, "alice"))
@@ -79,7 +79,7 @@ async def test_an_admin_mute_stops_forwarding_until_an_admin_unmutes(rtc, tenant
     assert actions.count("participant.mute_track") == 2
 
 
-async def test_removing_a_participant_disconnects_it_and_tells_the_others(rtc, tenant: Tenant,  # noqa: F811
+async def test_removing_a_participant_disconnects_it_and_tells_the_others(rtc, tenant: Tenant,
                                                                           client: TestClient):
     alice, bob = await rtc(), await rtc()
     joined = await alice.join(token(tenant, "alice"))
@@ -97,7 +97,7 @@ async def test_removing_a_participant_disconnects_it_and_tells_the_others(rtc, t
     assert (resp.status, (await resp.json())["error"]["code"]) == (404, "participant_not_found")
 
 
-async def test_participant_routes_need_room_admin_and_stay_in_the_tenant(rtc, tenant: Tenant,  # noqa: F811
+async def test_participant_routes_need_room_admin_and_stay_in_the_tenant(rtc, tenant: Tenant,
                                                                          client: TestClient):
     from tests.helpers import bearer, create_tenant
 

@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.docs.test_openapi import DOC, validate
 from tests.helpers import Tenant, bearer, create_tenant
 from tests.rtc import ColorVideoTrack, ToneAudioTrack, wait_for
-from tests.signaling.test_ws import RED, RtcClient, rtc, tenant, token  # noqa: F401 - fixtures
+from tests.signaling.test_ws import RED, RtcClient, token
 
 STATS = "/api/v1/rooms/{room}/participants/{participant}/stats"
 
@@ -31,7 +31,7 @@ async def sent_bytes(client: RtcClient) -> dict[str, int]:
     return {s.kind: s.bytesSent for s in report.values() if s.type == "outbound-rtp"}
 
 
-async def stats_of(client: TestClient, tenant: Tenant, room: str, who: str) -> dict[str, Any]:  # noqa: F811
+async def stats_of(client: TestClient, tenant: Tenant, room: str, who: str) -> dict[str, Any]:
     resp = await client.get(STATS.format(room=room, participant=who), headers=tenant.admin)
     assert resp.status == 200, await resp.text()
     body = await resp.json()
@@ -39,7 +39,7 @@ async def stats_of(client: TestClient, tenant: Tenant, room: str, who: str) -> d
     return body
 
 
-async def test_stats_of_a_publisher_and_a_subscriber_match_what_the_peers_send(rtc, tenant: Tenant,  # noqa: F811
+async def test_stats_of_a_publisher_and_a_subscriber_match_what_the_peers_send(rtc, tenant: Tenant,
                                                                                client: TestClient):
     alice, bob = await rtc(), await rtc()
     joined = await alice.join(token(tenant, "alice"))
@@ -136,7 +136,7 @@ async def test_stats_of_a_publisher_and_a_subscriber_match_what_the_peers_send(r
     assert "gbmedia_track_bits_per_second{" not in text and "gbmedia_participant_rtt_seconds{" not in text
 
 
-async def test_a_participant_who_just_joined_gets_counters_without_rates(rtc, tenant: Tenant,  # noqa: F811
+async def test_a_participant_who_just_joined_gets_counters_without_rates(rtc, tenant: Tenant,
                                                                           client: TestClient):
     alice = await rtc()
     joined = await alice.join(token(tenant, "alice"))
@@ -147,7 +147,7 @@ async def test_a_participant_who_just_joined_gets_counters_without_rates(rtc, te
     assert track["kind"] == "audio" and track["bitrate_bps"] is None and track["fps"] is None
 
 
-async def test_stats_bad_inputs_and_tenant_isolation(rtc, tenant: Tenant, client: TestClient):  # noqa: F811
+async def test_stats_bad_inputs_and_tenant_isolation(rtc, tenant: Tenant, client: TestClient):
     alice = await rtc()
     joined = await alice.join(token(tenant, "alice"))
     room = joined["room"]["id"]
@@ -173,7 +173,7 @@ async def test_stats_bad_inputs_and_tenant_isolation(rtc, tenant: Tenant, client
     assert await error(STATS.format(room=empty, participant="alice"), tenant.admin) == (404, "participant_not_found")
 
 
-async def test_a_simulcast_publisher_shows_its_layers_and_gets_no_meter(rtc, tenant: Tenant, client: TestClient,  # noqa: F811
+async def test_a_simulcast_publisher_shows_its_layers_and_gets_no_meter(rtc, tenant: Tenant, client: TestClient,
                                                                         node):
     """No packet sink on a simulcast track: a sink would keep its top layer flowing (no dynacast)."""
     from tests.simulcast import SimulcastPublisher

@@ -12,7 +12,7 @@ from typing import Any
 
 from tests.helpers import Tenant
 from tests.rtc import ToneAudioTrack
-from tests.signaling.test_ws import rtc, tenant, token  # noqa: F401 - fixtures
+from tests.signaling.test_ws import token
 
 AUDIO_LEVEL = "urn:ietf:params:rtp-hdrext:ssrc-audio-level"
 
@@ -21,7 +21,7 @@ def ids(event: dict[str, Any]) -> list[str]:
     return [s["participant_id"] for s in event["speakers"]]
 
 
-async def test_speakers_are_announced_loudest_first_and_follow_mute(rtc, tenant: Tenant):  # noqa: F811
+async def test_speakers_are_announced_loudest_first_and_follow_mute(rtc, tenant: Tenant):
     alice, bob, carol = await rtc(), await rtc(), await rtc()
     a = (await alice.join(token(tenant, "alice")))["participant"]["id"]
     reply = await alice.publish(ToneAudioTrack(amplitude=8000))
@@ -58,7 +58,7 @@ async def test_speakers_are_announced_loudest_first_and_follow_mute(rtc, tenant:
     await bob.wait_event(lambda e: e["type"] == "speakers" and e["speakers"] == [], within=20)
 
 
-async def test_hidden_participants_are_never_speakers(rtc, tenant: Tenant):  # noqa: F811
+async def test_hidden_participants_are_never_speakers(rtc, tenant: Tenant):
     viewer, ghost, alice = await rtc(), await rtc(), await rtc()
     await viewer.join(token(tenant, "viewer"))
     await ghost.join(token(tenant, "ghost", room_join=True, can_publish=True, can_subscribe=True, hidden=True))
@@ -70,7 +70,7 @@ async def test_hidden_participants_are_never_speakers(rtc, tenant: Tenant):  # n
     assert all(ids(e) in ([a], []) for e in viewer.events if e["type"] == "speakers")
 
 
-async def test_a_resumed_socket_gets_the_current_speakers_again(rtc, tenant: Tenant, client):  # noqa: F811
+async def test_a_resumed_socket_gets_the_current_speakers_again(rtc, tenant: Tenant, client):
     from tests.signaling.test_ws import RtcClient
 
     alice, bob = await rtc(), await rtc()

@@ -62,11 +62,6 @@ def h264_only(pc: RTCPeerConnection, track: MediaStreamTrack) -> None:
 
 
 @pytest.fixture
-async def tenant(client: TestClient) -> Tenant:
-    return await create_tenant(client)
-
-
-@pytest.fixture
 async def peers() -> AsyncIterator[list[Any]]:
     opened: list[Any] = []
     yield opened

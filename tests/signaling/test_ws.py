@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,7 +15,7 @@ from aiohttp.test_utils import TestClient
 from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
 from gbmedia.tenancy.tokens import Grants, mint_token
-from tests.helpers import Tenant, create_tenant
+from tests.helpers import Tenant
 from tests.rtc import ColorVideoTrack, ToneAudioTrack, close_to, mean_rgb, offer_from, wait_for
 
 RED = (220, 30, 30)
@@ -108,26 +107,6 @@ class RtcClient:
         if self.publisher is not None:
             await self.publisher.close()
         await self.subscriber.close()
-
-
-@pytest.fixture
-async def rtc(client: TestClient) -> AsyncIterator[Any]:
-    opened: list[RtcClient] = []
-
-    async def connect() -> RtcClient:
-        ws = await client.ws_connect("/rtc")
-        rtc_client = RtcClient(ws)
-        opened.append(rtc_client)
-        return rtc_client
-
-    yield connect
-    for rtc_client in opened:
-        await rtc_client.close()
-
-
-@pytest.fixture
-async def tenant(client: TestClient) -> Tenant:
-    return await create_tenant(client)
 
 
 def token(tenant: Tenant, identity: str, room: str = "standup", **grants: bool) -> str:
