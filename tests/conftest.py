@@ -30,6 +30,7 @@ from gbmedia.db.pool import _init_connection
 from gbmedia.http.app import create_app
 from gbmedia.node import Node
 from tests.helpers import OPERATOR_TOKEN, Tenant, create_tenant
+from tests.rtc import RtcClient
 
 TEMPLATE_DB = "gbmedia_test_template"
 IN_CI = bool(os.environ.get("CI"))
@@ -168,8 +169,6 @@ async def tenant(client: TestClient) -> Tenant:
 @pytest.fixture
 async def rtc(client: TestClient) -> AsyncIterator[Any]:
     """``await rtc()``: a new participant socket on /rtc with its aiortc peers, all closed after the test."""
-    from tests.signaling.test_ws import RtcClient  # the participant client lives with the protocol's tests
-
     opened: list[RtcClient] = []
 
     async def connect() -> RtcClient:
@@ -180,5 +179,3 @@ async def rtc(client: TestClient) -> AsyncIterator[Any]:
     yield connect
     for rtc_client in opened:
         await rtc_client.close()
-
-

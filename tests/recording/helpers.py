@@ -18,7 +18,7 @@ from aiortc import MediaStreamTrack
 from gbmedia.node import Node
 from gbmedia.tenancy.tokens import Grants, mint_token
 from tests.helpers import Tenant
-from tests.signaling.test_ws import RtcClient
+from tests.rtc import RtcClient
 
 
 class NoiseVideoTrack(MediaStreamTrack):

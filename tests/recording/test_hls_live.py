@@ -23,8 +23,8 @@ from aiortc import RTCPeerConnection, RTCRtpSender
 
 from gbmedia.node import Node
 from tests.helpers import Tenant
-from tests.rtc import ColorVideoTrack, ToneAudioTrack, wait_for
-from tests.signaling.test_ws import NO_STUN, token
+from tests.rtc import NO_STUN, ColorVideoTrack, ToneAudioTrack, wait_for
+from tests.signaling.test_ws import token
 
 RED = (220, 30, 30)
 pytestmark = pytest.mark.skipif(shutil.which("ffprobe") is None, reason="ffprobe is not installed")

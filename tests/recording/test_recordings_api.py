@@ -14,8 +14,7 @@ from gbmedia.node import Node
 from gbmedia.tenancy.tokens import Grants, mint_token
 from tests.helpers import OPERATOR, bearer, create_tenant
 from tests.recording.helpers import create_room, download, ffprobe, join, poll_recording, recorder_frames
-from tests.rtc import ColorVideoTrack, ToneAudioTrack, close_to, mean_rgb, wait_for
-from tests.signaling.test_ws import NO_STUN
+from tests.rtc import NO_STUN, ColorVideoTrack, ToneAudioTrack, close_to, mean_rgb, wait_for
 
 RED = (220, 30, 30)
 

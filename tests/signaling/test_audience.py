@@ -14,8 +14,7 @@ from aiohttp.test_utils import TestClient
 from gbmedia.signaling import audience
 from gbmedia.tenancy.tokens import Grants, mint_token
 from tests.helpers import Tenant
-from tests.rtc import ColorVideoTrack, wait_for
-from tests.signaling.test_ws import RtcClient
+from tests.rtc import ColorVideoTrack, RtcClient, wait_for
 
 RED = (220, 30, 30)
 

@@ -19,8 +19,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.docs.test_openapi import DOC, validate
 from tests.helpers import Tenant, bearer, create_tenant
-from tests.rtc import ColorVideoTrack, ToneAudioTrack, wait_for
-from tests.signaling.test_ws import RED, RtcClient, token
+from tests.rtc import ColorVideoTrack, RtcClient, ToneAudioTrack, wait_for
+from tests.signaling.test_ws import RED, token
 
 STATS = "/api/v1/rooms/{room}/participants/{participant}/stats"
 

@@ -71,7 +71,7 @@ async def test_hidden_participants_are_never_speakers(rtc, tenant: Tenant):
 
 
 async def test_a_resumed_socket_gets_the_current_speakers_again(rtc, tenant: Tenant, client):
-    from tests.signaling.test_ws import RtcClient
+    from tests.rtc import RtcClient
 
     alice, bob = await rtc(), await rtc()
     a = (await alice.join(token(tenant, "alice")))["participant"]["id"]

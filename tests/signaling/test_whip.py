@@ -20,8 +20,7 @@ from aiortc import MediaStreamTrack, RTCPeerConnection, RTCRtpSender, RTCSession
 from gbmedia.signaling.whip import parse_sdpfrag
 from gbmedia.tenancy.tokens import Grants, mint_token
 from tests.helpers import Tenant, bearer, create_tenant
-from tests.rtc import ColorVideoTrack, ToneAudioTrack, close_to, mean_rgb, offer_from, wait_for
-from tests.signaling.test_ws import NO_STUN, RtcClient
+from tests.rtc import NO_STUN, ColorVideoTrack, RtcClient, ToneAudioTrack, close_to, mean_rgb, offer_from, wait_for
 
 RED = (220, 30, 30)
 BLUE = (30, 30, 220)

@@ -154,8 +154,7 @@ async def test_tenant_b_reaches_nothing_of_tenant_a(client: TestClient):
 async def test_the_operator_reaches_every_cell_of_the_matrix(client: TestClient):
     """The matrix paths are real: the operator gets a success on each of them."""
     from gbmedia.tenancy.tokens import Grants, mint_token
-    from tests.rtc import ColorVideoTrack
-    from tests.signaling.test_ws import RtcClient
+    from tests.rtc import ColorVideoTrack, RtcClient
 
     a = await create_tenant(client, "alpha")
     room = await create_room(client, a)

@@ -21,9 +21,8 @@ from gbmedia.http.app import create_app
 from gbmedia.node import Node
 from tests.browser import Browser
 from tests.helpers import Tenant, create_tenant
-from tests.rtc import ColorVideoTrack, ToneAudioTrack, wait_for
+from tests.rtc import ColorVideoTrack, RtcClient, ToneAudioTrack, wait_for
 from tests.signaling.test_whip import host_token, live_token, whep, whip
-from tests.signaling.test_ws import RtcClient
 
 MEDIA_TIMEOUT = 45.0
 STATE_TIMEOUT = 20.0
