@@ -79,6 +79,7 @@ import harness  # noqa: E402
 from harness import BenchError, Server, cpu_seconds, fmt, tail  # noqa: E402
 
 TICK = 0.002  # the senders' pacing tick (s)
+NEIGHBOUR_CORES = 0.5  # other processes' CPU in a 0.1 s sample that a slow slot is put down to
 HIGH_LIMIT = "1000000"  # rate limits that never bite
 SERVER_ENV = {"GBMEDIA_CHAT_RATE_LIMIT": HIGH_LIMIT, "GBMEDIA_CHAT_RATE_BURST": HIGH_LIMIT,
               "GBMEDIA_API_RATE_LIMIT": HIGH_LIMIT, "GBMEDIA_API_RATE_BURST": HIGH_LIMIT}
@@ -603,6 +604,7 @@ class Database:
         self.name = f"gbmedia_bench_chat_{uuid.uuid4().hex[:10]}" if mode == "machine" else "gbmedia"
         self.created = False
         self._monitor: Any = None  # asyncpg connection (machine mode)
+        self._backends: list[int] = []  # the fresh database's backends at the last cpu() (machine mode)
 
     def server_env(self) -> dict[str, str]:
         return {"GBMEDIA_DATABASE_URL": self._dsn_for(self.name)} if self.mode == "machine" else {}
@@ -652,7 +654,15 @@ class Database:
         assert self._monitor is not None
         pids = await self._monitor.fetch(
             "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()", self.name)
+        self._backends = [r["pid"] for r in pids]
         return {r["pid"]: cpu_seconds(r["pid"]) for r in pids}
+
+    def pids(self) -> list[int]:
+        """PostgreSQL's processes that work for this benchmark (for the machine probe's own share)."""
+        if self.mode == "machine":
+            return list(self._backends)
+        pid = harness.embedded_postmaster_pid(self.data_dir)
+        return [pid, *harness.descendants(pid)] if pid else []
 
     async def counts(self) -> tuple[int, dict[str, int]]:
         import asyncpg
@@ -763,12 +773,18 @@ async def writer_figures(server: Server) -> dict[str, float]:
     return figures
 
 
+def wall_clock(monotonic: float) -> str:
+    """A CLOCK_MONOTONIC time as UTC wall-clock text (HH:MM:SS.mmm), as the logs write it."""
+    at = monotonic + time.time() - time.monotonic()
+    return time.strftime("%H:%M:%S", time.gmtime(at)) + f".{int(at % 1 * 1000):03d}"
+
+
 async def sleep_until(t: float) -> None:
     await asyncio.sleep(max(0.0, t - time.monotonic()))
 
 
 async def run_step(index: int, rate: float, args: argparse.Namespace, server: Server, database: Database,
-                   workers: list[Worker], plan: Plan) -> dict[str, Any]:
+                   workers: list[Worker], plan: Plan, probe: harness.MachineProbe | None) -> dict[str, Any]:
     start_at = time.monotonic() + 0.5
     window_start = start_at + args.warmup
     window_end = window_start + args.seconds
@@ -863,6 +879,14 @@ async def run_step(index: int, rate: float, args: argparse.Namespace, server: Se
         "slow_slots": {f"{slot / 10:.1f}s": round(value / 1000, 1) for slot, value in sorted(slot_max_us.items())
                        if value / 1000 >= TARGET_P99_MS},
         "slots": len(slot_max_us),
+        # What the machine did around each slow slot (from 0.2 s before it to 0.3 s after its start).
+        "slow_slot_machine": {f"{slot / 10:.1f}s": probe.around(window_start + slot / 10 - 0.2,
+                                                                window_start + slot / 10 + 0.3)
+                              for slot, value in sorted(slot_max_us.items()) if value / 1000 >= TARGET_P99_MS}
+                             if probe is not None else {},
+        "machine_probe": probe.summary(window_start, window_end) if probe is not None else None,
+        # The window's start on the wall clock (UTC), to find a slow slot in the server's and PostgreSQL's logs.
+        "window_start_utc": wall_clock(window_start),
     }
     statements = writers_last.get(WRITER_FIGURES[0], 0) - writers_first.get(WRITER_FIGURES[0], 0)
     if statements > 0:  # group commit in the window: statements/s, sends per statement, ms per statement
@@ -1022,9 +1046,18 @@ def print_table(result: dict[str, Any]) -> None:
         if "statements_per_s" in r:
             print(f"  rate {r['rate']:g}: group commit wrote {r['statements_per_s']:.0f} statements/s of "
                   f"{r['sends_per_statement']:.1f} sends, {r['statement_ms']:.1f} ms each (connection to rows)")
+        probe = r.get("machine_probe")
+        if probe is not None:
+            stalls = probe["disk_stalls"]
+            print(f"  rate {r['rate']:g}: machine probe: {len(stalls)} disk flushes over {probe['stall_ms']:g} ms"
+                  + (" (s into the window, ms: " + ", ".join(f"{at:g}s {ms:g}" for at, ms in stalls[:8])
+                     + (" ..." if len(stalls) > 8 else "") + ")" if stalls else "")
+                  + f"; other processes' peak {probe['others_peak_cores']:.2f} cores in a 0.1 s sample")
         if r.get("slow_slots"):
-            shown = ", ".join(f"{at} {ms:g} ms" for at, ms in list(r["slow_slots"].items())[:8])
-            print(f"  rate {r['rate']:g}: {len(r['slow_slots'])} of {r['slots']} slots of 100 ms had a delivery over "
+            shown = ", ".join(f"{at} {ms:g} ms{slot_cause(r.get('slow_slot_machine', {}).get(at))}"
+                              for at, ms in list(r["slow_slots"].items())[:8])
+            print(f"  rate {r['rate']:g}: {len(r['slow_slots'])} of {r['slots']} slots of 100 ms (from "
+                  f"{r['window_start_utc']} UTC) had a delivery over "
                   f"{TARGET_P99_MS:.0f} ms (by send time in the window, the slowest): {shown}"
                   f"{' ...' if len(r['slow_slots']) > 8 else ''}")
     for r in result["rows"]:
@@ -1053,6 +1086,18 @@ def print_table(result: dict[str, Any]) -> None:
             print(line)
     for line in result.get("profile_summary", []):
         print(line)
+
+
+def slot_cause(machine: dict[str, float] | None) -> str:
+    """What the machine probe saw around a slow slot: a slow disk flush, a busy neighbour, or nothing."""
+    if not machine:
+        return ""
+    causes = []
+    if machine["disk_ms"] > 0:
+        causes.append(f"disk flush {machine['disk_ms']:.0f} ms")
+    if machine["others_cores"] >= NEIGHBOUR_CORES:
+        causes.append(f"others {machine['others_cores']:.1f} cores")
+    return f" ({', '.join(causes)})" if causes else ""
 
 
 def count_check(stored: int, last_seq: dict[str, int], verify: list[dict[str, Any]],
@@ -1142,6 +1187,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--profile-native", action="store_true",
                         help="with --profile: also sample native frames (uvloop, asyncpg's Cython protocol); "
                         "pauses the server for each sample")
+    parser.add_argument("--no-probe", dest="probe", action="store_false",
+                        help="do not run the machine probe (a small disk flush every 50 ms and a CPU reading every "
+                             "0.1 s beside the benchmark, which tell a slow slot's cause: a slow disk or a neighbour)")
     parser.add_argument("--json", type=Path, help="also write the JSON result to this file")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (server and worker logs)")
     parser.add_argument("--smoke", action="store_true",
@@ -1164,12 +1212,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def own_pids(server: Server, database: Database, workers: list[Worker]) -> list[int]:
+    """The benchmark's own processes: this one, the server and its children, PostgreSQL's, the client workers."""
+    return [os.getpid(), server.pid, *harness.descendants(server.pid), *database.pids(),
+            *(w.proc.pid for w in workers if w.proc is not None)]
+
+
 async def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="gbmedia-bench-chat-"))
     database = Database(args.postgres, workdir / "data", args.machine_dsn)
     server = Server(workdir, args.startup_timeout, {**database.server_env(), **dict(args.server_env)},
                     base_env=SERVER_ENV)
     workers: list[Worker] = []
+    probe: harness.MachineProbe | None = None
     rows: list[dict[str, Any]] = []
     check: dict[str, Any] | None = None
     ok = False
@@ -1200,11 +1255,14 @@ async def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
             raise BenchError(f"only {connected} of {args.clients} clients connected: "
                              f"{[e for r in results for e in r['errors']][:3]}")
         print(f"  {connected} clients connected and authenticated in {len(workers)} processes", file=sys.stderr)
+        if args.probe:
+            probe = harness.MachineProbe(workdir, lambda: own_pids(server, database, workers))
+            probe.start()
         await asyncio.sleep(args.pause)
         for index, rate in enumerate(args.rates):
             print(f"rate {rate:g} msgs/s: {args.warmup:.0f} s warm-up, {args.seconds:.0f} s window ...",
                   file=sys.stderr)
-            row = await run_step(index, rate, args, server, database, workers, plan)
+            row = await run_step(index, rate, args, server, database, workers, plan, probe)
             rows.append(row)
             print(f"  offered {row['offered_per_s']:.0f}/s, acked {row['acked_per_s']:.0f}/s, deliveries "
                   f"{row['deliveries_per_s']:.0f}/s, ack p99 {fmt(row['ack_ms_p99'], '.1f')} ms, delivery p99 "
@@ -1229,6 +1287,8 @@ async def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
         check = count_check(stored, last_seq, list(verify), plan)
         ok = True
     finally:
+        if probe is not None:
+            probe.stop()
         await asyncio.gather(*(w.stop() for w in workers), return_exceptions=True)
         for w in workers:
             w.kill_now()

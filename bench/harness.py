@@ -17,6 +17,7 @@ import os
 import shutil
 import signal
 import sys
+import threading
 import time
 import traceback
 from collections.abc import AsyncIterator, Callable, Coroutine
@@ -56,14 +57,24 @@ def cpu_seconds(pid: int, *, children: bool = False) -> float:
     return ticks / CLK_TCK
 
 
-def runqueue_wait_seconds(pid: int) -> float:
-    """Time the threads of ``pid`` were ready to run but waited for a CPU (/proc/<pid>/task/*/schedstat)."""
+def _schedstat_seconds(pid: int, field: int) -> float:
+    """One field of /proc/<pid>/task/*/schedstat summed over the threads: 0 on a CPU, 1 waiting for one (ns)."""
     total = 0
     with contextlib.suppress(FileNotFoundError, ProcessLookupError):
         for task in Path(f"/proc/{pid}/task").iterdir():
             with contextlib.suppress(FileNotFoundError, ProcessLookupError, ValueError, IndexError):
-                total += int((task / "schedstat").read_text().split()[1])
+                total += int((task / "schedstat").read_text().split()[field])
     return total / 1e9
+
+
+def runqueue_wait_seconds(pid: int) -> float:
+    """Time the threads of ``pid`` were ready to run but waited for a CPU."""
+    return _schedstat_seconds(pid, 1)
+
+
+def oncpu_seconds(pid: int) -> float:
+    """Time the threads of ``pid`` ran, to the nanosecond (``cpu_seconds`` counts clock ticks)."""
+    return _schedstat_seconds(pid, 0)
 
 
 def descendants(pid: int) -> list[int]:
@@ -100,6 +111,94 @@ def embedded_postmaster_pid(data_dir: Path) -> int | None:
         return int((data_dir / "postgres" / "postmaster.pid").read_text().split()[0])
     except (FileNotFoundError, ValueError, IndexError, PermissionError):
         return None
+
+
+# --- what the machine did meanwhile -----------------------------------------------------
+
+class MachineProbe:
+    """Disk flushes and other processes' CPU, read beside a benchmark to explain its slow moments.
+
+    A latency tail on a small shared machine often comes from outside the server: a
+    commit waits for the disk's flush, and the kernel's periodic writeback of dirty
+    pages (every 30 s on these machines) can hold a flush up for tens of ms; or a
+    neighbour process takes a core for a fraction of a second. Two daemon threads
+    watch for both: one writes 8 kB to a file in ``directory`` (the filesystem the
+    database writes) and flushes it (``fdatasync``) every ``fsync_every`` s, keeping the flushes
+    over ``stall_ms``; the other reads the machine's busy time every 0.1 s and
+    subtracts the benchmark's own processes (``own_pids()``, asked again every
+    second; their time to the nanosecond, the machine's in clock ticks, so a reading
+    is good to about 0.1 of a core): what is left is the neighbours'. Its own cost: well under 1 % of a core
+    and one small flush per ``fsync_every``.
+    """
+
+    SAMPLE = 0.1  # seconds per CPU sample
+
+    def __init__(self, directory: Path, own_pids: Callable[[], list[int]], *, fsync_every: float = 0.05,
+                 stall_ms: float = 20.0) -> None:
+        self.path = directory / "machine-probe.dat"
+        self.own_pids = own_pids
+        self.fsync_every = fsync_every
+        self.stall_ms = stall_ms
+        self.flushes = 0
+        self.disk_stalls: list[tuple[float, float]] = []  # (CLOCK_MONOTONIC at the flush's start, ms)
+        self.others: list[tuple[float, float]] = []  # (CLOCK_MONOTONIC at the sample's start, cores)
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._disk, daemon=True, name="probe-disk"),
+                         threading.Thread(target=self._cpu, daemon=True, name="probe-cpu")]
+
+    def start(self) -> None:
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(5)
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+    def _disk(self) -> None:
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600)
+        block = b"\0" * 8192
+        try:
+            while not self._stop.wait(self.fsync_every):
+                started = time.monotonic()
+                os.pwrite(fd, block, (self.flushes % 64) * len(block))
+                os.fdatasync(fd)
+                took_ms = (time.monotonic() - started) * 1000
+                self.flushes += 1
+                if took_ms > self.stall_ms:
+                    self.disk_stalls.append((started, took_ms))
+        finally:
+            os.close(fd)
+
+    def _cpu(self) -> None:
+        pids: list[int] = []
+        asked = 0.0
+        last_t, last_busy, last_own = time.monotonic(), machine_busy()[0], 0.0
+        while not self._stop.wait(self.SAMPLE):
+            now = time.monotonic()
+            if now - asked >= 1.0:
+                pids, asked = self.own_pids(), now
+                last_own = sum(oncpu_seconds(p) for p in pids)  # a new set: start its count afresh
+                last_t, last_busy = now, machine_busy()[0]
+                continue
+            busy, own = machine_busy()[0], sum(oncpu_seconds(p) for p in pids)
+            others = (busy - last_busy) / CLK_TCK - (own - last_own)
+            self.others.append((last_t, max(0.0, others) / max(1e-6, now - last_t)))
+            last_t, last_busy, last_own = now, busy, own
+
+    def around(self, start: float, end: float) -> dict[str, float]:
+        """The worst disk flush and the neighbours' peak (cores) between ``start`` and ``end``."""
+        disk = max((ms for t, ms in self.disk_stalls if start <= t <= end), default=0.0)
+        others = max((cores for t, cores in self.others if start <= t <= end), default=0.0)
+        return {"disk_ms": disk, "others_cores": others}
+
+    def summary(self, start: float, end: float) -> dict[str, Any]:
+        """The window's readings: flushes, those over ``stall_ms`` (s into the window, ms), the neighbours' peak."""
+        stalls = [(round(t - start, 1), round(ms, 1)) for t, ms in self.disk_stalls if start <= t <= end]
+        peak = max((cores for t, cores in self.others if start <= t <= end), default=0.0)
+        return {"disk_stalls": stalls, "stall_ms": self.stall_ms, "others_peak_cores": round(peak, 2)}
 
 
 # --- child processes --------------------------------------------------------------------
