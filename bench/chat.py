@@ -1049,7 +1049,9 @@ def print_table(result: dict[str, Any]) -> None:
         probe = r.get("machine_probe")
         if probe is not None:
             stalls = probe["disk_stalls"]
-            print(f"  rate {r['rate']:g}: machine probe: {len(stalls)} disk flushes over {probe['stall_ms']:g} ms"
+            print(f"  rate {r['rate']:g}: machine probe: disk flush (8 kB + fdatasync) p50 "
+                  f"{probe['flush_ms_p50']:g} ms, p99 {probe['flush_ms_p99']:g} ms; "
+                  f"{len(stalls)} over {probe['stall_ms']:g} ms"
                   + (" (s into the window, ms: " + ", ".join(f"{at:g}s {ms:g}" for at, ms in stalls[:8])
                      + (" ..." if len(stalls) > 8 else "") + ")" if stalls else "")
                   + f"; other processes' peak {probe['others_peak_cores']:.2f} cores in a 0.1 s sample")

@@ -139,8 +139,7 @@ class MachineProbe:
         self.own_pids = own_pids
         self.fsync_every = fsync_every
         self.stall_ms = stall_ms
-        self.flushes = 0
-        self.disk_stalls: list[tuple[float, float]] = []  # (CLOCK_MONOTONIC at the flush's start, ms)
+        self.flushes: list[tuple[float, float]] = []  # (CLOCK_MONOTONIC at the flush's start, ms)
         self.others: list[tuple[float, float]] = []  # (CLOCK_MONOTONIC at the sample's start, cores)
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._disk, daemon=True, name="probe-disk"),
@@ -163,12 +162,9 @@ class MachineProbe:
         try:
             while not self._stop.wait(self.fsync_every):
                 started = time.monotonic()
-                os.pwrite(fd, block, (self.flushes % 64) * len(block))
+                os.pwrite(fd, block, (len(self.flushes) % 64) * len(block))
                 os.fdatasync(fd)
-                took_ms = (time.monotonic() - started) * 1000
-                self.flushes += 1
-                if took_ms > self.stall_ms:
-                    self.disk_stalls.append((started, took_ms))
+                self.flushes.append((started, (time.monotonic() - started) * 1000))
         finally:
             os.close(fd)
 
@@ -190,15 +186,26 @@ class MachineProbe:
 
     def around(self, start: float, end: float) -> dict[str, float]:
         """The worst disk flush and the neighbours' peak (cores) between ``start`` and ``end``."""
-        disk = max((ms for t, ms in self.disk_stalls if start <= t <= end), default=0.0)
+        disk = max((ms for t, ms in self.flushes if start <= t <= end and ms > self.stall_ms), default=0.0)
         others = max((cores for t, cores in self.others if start <= t <= end), default=0.0)
         return {"disk_ms": disk, "others_cores": others}
 
     def summary(self, start: float, end: float) -> dict[str, Any]:
-        """The window's readings: flushes, those over ``stall_ms`` (s into the window, ms), the neighbours' peak."""
-        stalls = [(round(t - start, 1), round(ms, 1)) for t, ms in self.disk_stalls if start <= t <= end]
+        """The window's readings: the flushes' p50/p99, those over ``stall_ms`` (s into the window, ms), the
+        neighbours' peak. A commit waits for such a flush, so its p50 is in every chat send's latency."""
+        flushes = sorted(ms for t, ms in self.flushes if start <= t <= end)
+        stalls = [(round(t - start, 1), round(ms, 1)) for t, ms in self.flushes if start <= t <= end
+                  and ms > self.stall_ms]
         peak = max((cores for t, cores in self.others if start <= t <= end), default=0.0)
-        return {"disk_stalls": stalls, "stall_ms": self.stall_ms, "others_peak_cores": round(peak, 2)}
+        return {"flushes": len(flushes), "flush_ms_p50": round(_nearest_rank(flushes, 50), 2),
+                "flush_ms_p99": round(_nearest_rank(flushes, 99), 2), "disk_stalls": stalls,
+                "stall_ms": self.stall_ms, "others_peak_cores": round(peak, 2)}
+
+
+def _nearest_rank(ordered: list[float], q: float) -> float:
+    if not ordered:
+        return 0.0
+    return ordered[max(0, min(len(ordered) - 1, math.ceil(q / 100 * len(ordered)) - 1))]
 
 
 # --- child processes --------------------------------------------------------------------
