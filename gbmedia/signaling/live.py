@@ -180,16 +180,19 @@ class LiveRoom:
         self.registry.by_resume_token.pop(participant.resume_token, None)
         if participant.grace_task is not None and participant.grace_task is not asyncio.current_task():
             participant.grace_task.cancel()
-        ended = participant.published
-        for track in ended:
-            await self._track_ended(participant, track)
-        for down in participant.subscriptions.values():
-            down.detach()
-        participant.subscriptions.clear()
-        if participant.publisher is not None:
-            await participant.publisher.close()
-        if participant.subscriber is not None:
-            await participant.subscriber.close()
+        try:
+            for track in participant.published:
+                await self._track_ended(participant, track)
+        finally:
+            # Whatever telling the others did, this participant's own connections close: an open one keeps
+            # its ICE and DTLS transports, and a receive thread per track that stops the process exiting.
+            for down in participant.subscriptions.values():
+                down.detach()
+            participant.subscriptions.clear()
+            if participant.publisher is not None:
+                await participant.publisher.close()
+            if participant.subscriber is not None:
+                await participant.subscriber.close()
         if self.announced(participant):
             await self.broadcast({"type": "participant_left", "participant_id": participant.id, "reason": reason})
         if self.audience is not None:
@@ -234,7 +237,11 @@ class LiveRoom:
             await self.audience.close()
         for participant in list(self.participants.values()):
             await participant.send({"type": "room_closed", "reason": reason})
-            await self.leave(participant, "room_closed")
+            try:
+                await self.leave(participant, "room_closed")
+            except Exception:  # its connections are closed (leave's finally); the others still leave
+                log.exception("a participant's leave failed while its room closed",
+                              extra={"room_id": str(self.room.id), "participant_id": participant.id})
 
     # --- media -------------------------------------------------------------------------
 
@@ -256,17 +263,32 @@ class LiveRoom:
             await self.broadcast({"type": "track_published", "participant_id": participant.id,
                                   "track": track_json(track)}, exclude=participant)
             await self.registry.track_changed("published", self, participant, track)
-        for other in self.participants.values():
-            if other is not participant and other.auto_subscribe and other.grants.can_subscribe and added:
+        for other in list(self.participants.values()):  # a copy: others may leave while one renegotiates
+            if other is participant or not (other.auto_subscribe and other.grants.can_subscribe and added):
+                continue
+            if self.participants.get(other.id) is not other:
+                continue  # left meanwhile
+            try:
                 await self.set_subscribed(other, [t.id for t in added], True, quiet=True)
+            except Exception as exc:  # the other's connection is closing: this publish still stands
+                log.warning("could not subscribe a participant to new tracks",
+                            extra={"room_id": str(self.room.id), "participant_id": other.id, "error": repr(exc)})
         return answer, added
 
     async def _track_ended(self, owner: Participant, track: PublishedTrack) -> None:
-        for other in self.participants.values():
+        for other in list(self.participants.values()):  # a copy: others may leave while one renegotiates
             down = other.subscriptions.pop(track.id, None)
-            if down is not None:
-                other.subscriber.remove(down)  # type: ignore[union-attr]
+            if down is None:
+                continue
+            other.subscriber.remove(down)  # type: ignore[union-attr]
+            if self.participants.get(other.id) is not other:
+                continue  # left meanwhile: its own leave closes its connections
+            try:
                 await self.renegotiate(other)
+            except Exception as exc:  # its subscriber connection is closing (it is leaving too, or failed)
+                log.warning("could not renegotiate after a track ended",
+                            extra={"room_id": str(self.room.id), "participant_id": other.id,
+                                   "track_id": track.id, "error": repr(exc)})
         await self.registry.track_changed("ended", self, owner, track)
         track.close()
         self.registry.retire(track)
