@@ -11,7 +11,11 @@ on a developer machine it skips with the reason.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import gc
 import os
+import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -21,6 +25,7 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient, TestServer
+from aiortc import RTCRtpReceiver
 from cryptography.fernet import Fernet
 
 from gbmedia.config import Settings
@@ -35,6 +40,35 @@ from tests.rtc import RtcClient
 TEMPLATE_DB = "gbmedia_test_template"
 IN_CI = bool(os.environ.get("CI"))
 pytest_plugins = ["tests.browser"]  # the `browser` fixture: real Chromium (tests/browser.py)
+
+
+def _receive_threads() -> set[threading.Thread]:
+    """aiortc's decoder threads, one per started receiver, alive until its peer connection closes."""
+    return {t for t in threading.enumerate() if t.name in ("video-decoder", "audio-decoder") and t.is_alive()}
+
+
+@pytest.fixture(autouse=True)
+async def no_peer_connection_left_open() -> AsyncIterator[None]:
+    """Fail a test (after its fixtures' teardown) that leaves a peer connection with a receiver open.
+
+    Each started aiortc receiver runs a decoder thread that is not a daemon: one left
+    running keeps the interpreter from exiting after the last test, which in CI is a hang
+    until the job's time limit instead of a failure naming the test. So the leftover
+    receivers are stopped here too (their public ``stop()``, in the session's event loop
+    they live in), and the test fails with the count.
+    """
+    before = _receive_threads()
+    yield
+    for _ in range(100):  # up to 5 s for the threads of connections closed just now to end
+        if not (left := _receive_threads() - before):
+            break
+        await asyncio.sleep(0.05)
+    if left:
+        for receiver in [o for o in gc.get_objects() if isinstance(o, RTCRtpReceiver)]:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(receiver.stop(), 2.0)
+        pytest.fail(f"the test left {len(left)} aiortc receiver thread(s) running: a peer connection was not "
+                    f"closed ({len(_receive_threads() - before)} still running after stopping every receiver)")
 
 
 def service_missing(reason: str) -> None:
