@@ -103,11 +103,8 @@ def sys_cpu_seconds(pid: int) -> float:
 
 def percentile(values: list[int], q: float) -> float | None:
     """Nearest-rank percentile of microsecond values, in ms."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    rank = max(0, min(len(ordered) - 1, math.ceil(q / 100 * len(ordered)) - 1))
-    return ordered[rank] / 1000
+    value = harness.percentile(values, q)
+    return value / 1000 if value is not None else None
 
 
 # --- the client side (worker processes) ------------------------------------------------
@@ -838,6 +835,8 @@ async def run_step(index: int, rate: float, args: argparse.Namespace, server: Se
     for r in reports:
         for slot, value in r["slot_max_us"].items():  # JSON made the keys strings
             slot_max_us[int(slot)] = max(slot_max_us.get(int(slot), 0), value)
+    # Slots of 100 ms (by send time, from the window's start) whose slowest delivery missed the target.
+    slow = [(slot, value) for slot, value in sorted(slot_max_us.items()) if value / 1000 >= TARGET_P99_MS]
     errors: collections.Counter[str] = collections.Counter()
     for r in reports:
         errors.update(r["errors"])
@@ -875,15 +874,12 @@ async def run_step(index: int, rate: float, args: argparse.Namespace, server: Se
         "client_lag_ms_max": 1000 * max(r["lag_max"] for r in reports),
         "machine_cpus": os.cpu_count() or 1,
         "sender_behind_ms_max": 1000 * max(r["send_behind_max"] for r in reports),
-        # Slots of 100 ms (by send time, from the window's start) whose slowest delivery missed the target.
-        "slow_slots": {f"{slot / 10:.1f}s": round(value / 1000, 1) for slot, value in sorted(slot_max_us.items())
-                       if value / 1000 >= TARGET_P99_MS},
+        "slow_slots": {f"{slot / 10:.1f}s": round(value / 1000, 1) for slot, value in slow},
         "slots": len(slot_max_us),
         # What the machine did around each slow slot (from 0.2 s before it to 0.3 s after its start).
         "slow_slot_machine": {f"{slot / 10:.1f}s": probe.around(window_start + slot / 10 - 0.2,
                                                                 window_start + slot / 10 + 0.3)
-                              for slot, value in sorted(slot_max_us.items()) if value / 1000 >= TARGET_P99_MS}
-                             if probe is not None else {},
+                              for slot, _ in slow} if probe is not None else {},
         "machine_probe": probe.summary(window_start, window_end) if probe is not None else None,
         # The window's start on the wall clock (UTC), to find a slow slot in the server's and PostgreSQL's logs.
         "window_start_utc": wall_clock(window_start),

@@ -127,8 +127,8 @@ class MachineProbe:
     over ``stall_ms``; the other reads the machine's busy time every 0.1 s and
     subtracts the benchmark's own processes (``own_pids()``, asked again every
     second; their time to the nanosecond, the machine's in clock ticks, so a reading
-    is good to about 0.1 of a core): what is left is the neighbours'. Its own cost: well under 1 % of a core
-    and one small flush per ``fsync_every``.
+    is good to about 0.1 of a core): what is left is the neighbours'. Its own cost:
+    well under 1 % of a core and one small flush per ``fsync_every``.
     """
 
     SAMPLE = 0.1  # seconds per CPU sample
@@ -193,18 +193,20 @@ class MachineProbe:
     def summary(self, start: float, end: float) -> dict[str, Any]:
         """The window's readings: the flushes' p50/p99, those over ``stall_ms`` (s into the window, ms), the
         neighbours' peak. A commit waits for such a flush, so its p50 is in every chat send's latency."""
-        flushes = sorted(ms for t, ms in self.flushes if start <= t <= end)
+        flushes = [ms for t, ms in self.flushes if start <= t <= end]
         stalls = [(round(t - start, 1), round(ms, 1)) for t, ms in self.flushes if start <= t <= end
                   and ms > self.stall_ms]
         peak = max((cores for t, cores in self.others if start <= t <= end), default=0.0)
-        return {"flushes": len(flushes), "flush_ms_p50": round(_nearest_rank(flushes, 50), 2),
-                "flush_ms_p99": round(_nearest_rank(flushes, 99), 2), "disk_stalls": stalls,
+        return {"flushes": len(flushes), "flush_ms_p50": round(percentile(flushes, 50) or 0.0, 2),
+                "flush_ms_p99": round(percentile(flushes, 99) or 0.0, 2), "disk_stalls": stalls,
                 "stall_ms": self.stall_ms, "others_peak_cores": round(peak, 2)}
 
 
-def _nearest_rank(ordered: list[float], q: float) -> float:
-    if not ordered:
-        return 0.0
+def percentile(values: list[float] | list[int], q: float) -> float | None:
+    """Nearest-rank percentile (``q`` in %, 100 is the maximum), or None without values."""
+    if not values:
+        return None
+    ordered = sorted(values)
     return ordered[max(0, min(len(ordered) - 1, math.ceil(q / 100 * len(ordered)) - 1))]
 
 

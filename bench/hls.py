@@ -270,13 +270,6 @@ class Worker(harness.WorkerProcess):
 
 # --- the orchestrator ---------------------------------------------------------------------
 
-def percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
-
-
 async def wait_ready(session: aiohttp.ClientSession, base: str, within: float) -> None:
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
@@ -331,8 +324,8 @@ async def run_step(players: int, args: argparse.Namespace, server: Server, base:
         "bytes_per_s": sum(r["bytes"] for r in reports) / args.seconds,
         "errors": sum(r["errors"] for r in reports),
         "error_statuses": {k: sum(r["statuses"].get(k, 0) for r in reports) for r in reports for k in r["statuses"]},
-        "media_p50_ms": percentile(media, 0.5), "media_p99_ms": percentile(media, 0.99),
-        "reload_p50_ms": percentile(reloads, 0.5), "reload_p99_ms": percentile(reloads, 0.99),
+        "media_p50_ms": harness.percentile(media, 50), "media_p99_ms": harness.percentile(media, 99),
+        "reload_p50_ms": harness.percentile(reloads, 50), "reload_p99_ms": harness.percentile(reloads, 99),
         "server_cpu_percent": 100 * (cpu1 - cpu0) / args.seconds,
         "server_cpu_ms_per_request": 1000 * (cpu1 - cpu0) / requests if requests else None,
         "server_cpu_s": cpu1 - cpu0,

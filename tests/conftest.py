@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import gc
 import os
-import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -35,16 +34,11 @@ from gbmedia.db.pool import _init_connection
 from gbmedia.http.app import create_app
 from gbmedia.node import Node
 from tests.helpers import OPERATOR_TOKEN, Tenant, create_tenant
-from tests.rtc import RtcClient
+from tests.rtc import RtcClient, receiver_threads
 
 TEMPLATE_DB = "gbmedia_test_template"
 IN_CI = bool(os.environ.get("CI"))
 pytest_plugins = ["tests.browser"]  # the `browser` fixture: real Chromium (tests/browser.py)
-
-
-def _receive_threads() -> set[threading.Thread]:
-    """aiortc's decoder threads, one per started receiver, alive until its peer connection closes."""
-    return {t for t in threading.enumerate() if t.name in ("video-decoder", "audio-decoder") and t.is_alive()}
 
 
 @pytest.fixture(autouse=True)
@@ -57,10 +51,10 @@ async def no_peer_connection_left_open() -> AsyncIterator[None]:
     receivers are stopped here too (their public ``stop()``, in the session's event loop
     they live in), and the test fails with the count.
     """
-    before = _receive_threads()
+    before = receiver_threads()
     yield
     for _ in range(100):  # up to 5 s for the threads of connections closed just now to end
-        if not (left := _receive_threads() - before):
+        if not (left := receiver_threads() - before):
             break
         await asyncio.sleep(0.05)
     if left:
@@ -68,7 +62,7 @@ async def no_peer_connection_left_open() -> AsyncIterator[None]:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(receiver.stop(), 2.0)
         pytest.fail(f"the test left {len(left)} aiortc receiver thread(s) running: a peer connection was not "
-                    f"closed ({len(_receive_threads() - before)} still running after stopping every receiver)")
+                    f"closed ({len(receiver_threads() - before)} still running after stopping every receiver)")
 
 
 def service_missing(reason: str) -> None:

@@ -7,6 +7,7 @@ import contextlib
 import fractions
 import json
 import math
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,6 +17,14 @@ import av
 import numpy as np
 from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import VIDEO_CLOCK_RATE, VIDEO_PTIME, VIDEO_TIME_BASE
+
+
+def receiver_threads() -> set[threading.Thread]:
+    """aiortc's decoder threads, one per started receiver, alive until its peer connection closes.
+
+    They are not daemons: one left running keeps the process from exiting.
+    """
+    return {t for t in threading.enumerate() if t.name in ("video-decoder", "audio-decoder") and t.is_alive()}
 
 
 class ColorVideoTrack(MediaStreamTrack):

@@ -17,7 +17,7 @@ import logging
 import secrets
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -263,11 +263,9 @@ class LiveRoom:
             await self.broadcast({"type": "track_published", "participant_id": participant.id,
                                   "track": track_json(track)}, exclude=participant)
             await self.registry.track_changed("published", self, participant, track)
-        for other in list(self.participants.values()):  # a copy: others may leave while one renegotiates
-            if other is participant or not (other.auto_subscribe and other.grants.can_subscribe and added):
+        for other in self._one_by_one(exclude=participant):
+            if not (added and other.auto_subscribe and other.grants.can_subscribe):
                 continue
-            if self.participants.get(other.id) is not other:
-                continue  # left meanwhile
             try:
                 await self.set_subscribed(other, [t.id for t in added], True, quiet=True)
             except Exception as exc:  # the other's connection is closing: this publish still stands
@@ -275,14 +273,19 @@ class LiveRoom:
                             extra={"room_id": str(self.room.id), "participant_id": other.id, "error": repr(exc)})
         return answer, added
 
+    def _one_by_one(self, exclude: Participant | None = None) -> Iterator[Participant]:
+        """The room's participants for a loop that awaits between them: whoever leaves meanwhile is left
+        out (its own leave closes its connections), and the room's dict may change under the loop."""
+        for participant in list(self.participants.values()):
+            if participant is not exclude and self.participants.get(participant.id) is participant:
+                yield participant
+
     async def _track_ended(self, owner: Participant, track: PublishedTrack) -> None:
-        for other in list(self.participants.values()):  # a copy: others may leave while one renegotiates
+        for other in self._one_by_one():
             down = other.subscriptions.pop(track.id, None)
             if down is None:
                 continue
             other.subscriber.remove(down)  # type: ignore[union-attr]
-            if self.participants.get(other.id) is not other:
-                continue  # left meanwhile: its own leave closes its connections
             try:
                 await self.renegotiate(other)
             except Exception as exc:  # its subscriber connection is closing (it is leaving too, or failed)

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 
 from gbmedia.signaling.live import LiveRoom, Participant
 from gbmedia.tenancy.tokens import Grants, mint_token
 from tests.helpers import Tenant
-from tests.rtc import ColorVideoTrack, RtcClient, wait_for
+from tests.rtc import ColorVideoTrack, RtcClient, receiver_threads, wait_for
 
 RED = (220, 30, 30)
 GREEN = (30, 200, 30)
@@ -16,11 +15,6 @@ GREEN = (30, 200, 30)
 
 def token(tenant: Tenant, identity: str) -> str:
     return mint_token(tenant.key, tenant.secret, identity, Grants.participant("standup"), name=identity.title())
-
-
-def decoder_threads() -> set[threading.Thread]:
-    """aiortc's per-receiver decoder threads: not daemons, so one left running keeps the process from exiting."""
-    return {t for t in threading.enumerate() if t.name.endswith("-decoder") and t.is_alive()}
 
 
 async def two_publishers(rtc, tenant: Tenant, node) -> tuple[LiveRoom, list[RtcClient], Participant, Participant]:  # type: ignore[no-untyped-def]
@@ -49,16 +43,16 @@ async def test_a_leave_closes_its_connections_even_when_telling_another_fails(rt
 
 
 async def test_participants_leaving_at_once_close_every_connection(rtc, tenant: Tenant, node):
-    before = decoder_threads()
+    before = receiver_threads()
     live, clients, alice, bob = await two_publishers(rtc, tenant, node)
     peers = [peer for p in (alice, bob) for peer in (p.publisher, p.subscriber) if peer is not None]
-    assert len(peers) == 4 and decoder_threads() - before  # the server's receivers and the clients' decode
+    assert len(peers) == 4 and receiver_threads() - before  # the server's receivers and the clients' decode
     await asyncio.gather(live.leave(alice), live.leave(bob))
     assert live.participants == {}
     assert [peer.pc.connectionState for peer in peers] == ["closed"] * 4
     for client in clients:
         await client.close()
-    await wait_for(lambda: not decoder_threads() - before, within=5)  # every receiver's thread stopped
+    await wait_for(lambda: not receiver_threads() - before, within=5)  # every receiver's thread stopped
 
 
 async def test_a_publish_stands_when_another_cannot_be_subscribed(rtc, tenant: Tenant, node):
