@@ -75,9 +75,10 @@ class _Subscription:
             # A stuck handler must not grow memory without bound; say so rarely, not per message.
             self.dropped += 1
             if self.dropped == 1 or self.dropped % 1000 == 0:
-                log.warning("bus subscriber is falling behind; dropping messages",
-                            extra={"channel": self.channel, "dropped": self.dropped,
-                                   "max_pending": self._queue.maxsize})
+                log.warning(
+                    "bus subscriber is falling behind; dropping messages",
+                    extra={"channel": self.channel, "dropped": self.dropped, "max_pending": self._queue.maxsize},
+                )
 
     async def _run(self) -> None:
         while True:
@@ -87,8 +88,13 @@ class _Subscription:
             try:
                 await self._handler(message)
             except Exception:
-                log.exception("bus handler failed", extra={
-                    "channel": self.channel, "handler": getattr(self._handler, "__qualname__", repr(self._handler))})
+                log.exception(
+                    "bus handler failed",
+                    extra={
+                        "channel": self.channel,
+                        "handler": getattr(self._handler, "__qualname__", repr(self._handler)),
+                    },
+                )
 
     def abort(self) -> asyncio.Task[None] | None:
         """Stop without releasing; returns the task to wait for (None when it is the caller's own)."""
@@ -290,8 +296,9 @@ class RedisBus(_Hub):
                 lost = True
                 delay = self._delay * random.uniform(0.5, 1.0)  # jitter: nodes don't reconnect in step
                 self._delay = min(self._delay * 2, self._reconnect_max)
-                log.warning("bus connection lost; reconnecting",
-                            extra={"error": repr(exc), "retry_in": round(delay, 3)})
+                log.warning(
+                    "bus connection lost; reconnecting", extra={"error": repr(exc), "retry_in": round(delay, 3)}
+                )
                 await self._drop_pubsub()
                 await asyncio.sleep(delay)
 

@@ -19,7 +19,7 @@ from typing import Any
 from gbmedia import __version__
 from gbmedia.config import ConfigError, Settings, load_settings
 from gbmedia.errors import ApiError
-from gbmedia.signaling.links import join_link
+from gbmedia.tenancy.links import join_link
 from gbmedia.tenancy.models import Actor, to_json
 from gbmedia.tenancy.tokens import Grants
 
@@ -48,14 +48,16 @@ async def _with_tenancy(settings: Settings, work: Callable[[Any], Awaitable[Any]
     db = Database(settings)
     await db.open()
     try:
-        tenancy = Tenancy.create(db.pool, settings, SecretBox.for_node(settings.secret_key, settings.data_dir),
-                                 operator_token_for(settings))
+        tenancy = Tenancy.create(
+            db.pool, settings, SecretBox.for_node(settings.secret_key, settings.data_dir), operator_token_for(settings)
+        )
         return await work(tenancy)
     finally:
         await db.close()
 
 
 # --- commands ---------------------------------------------------------------------
+
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from gbmedia.logs import configure_logging
@@ -91,8 +93,14 @@ def cmd_secret_key(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_customer_create(args: argparse.Namespace, settings: Settings) -> int:
     metadata = json.loads(args.metadata) if args.metadata else {}
-    customer = asyncio.run(_with_tenancy(settings, lambda t: t.customers.create(
-        _cli_actor(), args.name, args.tier, metadata=metadata, max_instances=args.max_instances)))
+    customer = asyncio.run(
+        _with_tenancy(
+            settings,
+            lambda t: t.customers.create(
+                _cli_actor(), args.name, args.tier, metadata=metadata, max_instances=args.max_instances
+            ),
+        )
+    )
     _print(customer)
     return 0
 
@@ -103,8 +111,14 @@ def cmd_customer_list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_instance_create(args: argparse.Namespace, settings: Settings) -> int:
-    instance, credentials = asyncio.run(_with_tenancy(settings, lambda t: t.instances.create(
-        _cli_actor(), args.customer_id, args.name, region=args.region, locale=args.locale)))
+    instance, credentials = asyncio.run(
+        _with_tenancy(
+            settings,
+            lambda t: t.instances.create(
+                _cli_actor(), args.customer_id, args.name, region=args.region, locale=args.locale
+            ),
+        )
+    )
     _print({"instance": instance, "credentials": credentials})
     return 0
 
@@ -116,6 +130,7 @@ def cmd_instance_list(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_instance_credentials(args: argparse.Namespace, settings: Settings) -> int:
     """Print the newest active key and its secret (the CLI runs with the node's key)."""
+
     async def work(tenancy: Any) -> dict[str, str]:
         signing = await tenancy.instances.newest_signing_key(args.instance_id)
         return {"instance_id": str(signing.instance.id), "key": signing.key, "secret": signing.secret}
@@ -125,8 +140,11 @@ def cmd_instance_credentials(args: argparse.Namespace, settings: Settings) -> in
 
 
 def cmd_instance_new_key(args: argparse.Namespace, settings: Settings) -> int:
-    _print(asyncio.run(_with_tenancy(settings, lambda t: t.instances.create_key(
-        _cli_actor(), args.instance_id, args.description))))
+    _print(
+        asyncio.run(
+            _with_tenancy(settings, lambda t: t.instances.create_key(_cli_actor(), args.instance_id, args.description))
+        )
+    )
     return 0
 
 
@@ -141,8 +159,12 @@ def cmd_token(args: argparse.Namespace, settings: Settings) -> int:
     else:
         raise ApiError(400, "grants_required", "give --room (participant grants) or --grant")
     ttl = args.ttl or settings.token_ttl_seconds
-    token = asyncio.run(_with_tenancy(settings, lambda t: t.instances.mint(
-        args.instance_id, args.identity, grants, name=args.name, ttl_seconds=ttl)))
+    token = asyncio.run(
+        _with_tenancy(
+            settings,
+            lambda t: t.instances.mint(args.instance_id, args.identity, grants, name=args.name, ttl_seconds=ttl),
+        )
+    )
     if args.url:
         if not (grants.room and grants.room_join):
             raise ApiError(400, "url_needs_room", "a join link needs --room (or --grant room_join with --room)")
@@ -154,10 +176,13 @@ def cmd_token(args: argparse.Namespace, settings: Settings) -> int:
 
 # --- parser -----------------------------------------------------------------------
 
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="gbmedia", description="gbmedia: self-hosted conferencing server. "
-        "Settings come from GBMEDIA_* environment variables (see README).")
+        prog="gbmedia",
+        description="gbmedia: self-hosted conferencing server. "
+        "Settings come from GBMEDIA_* environment variables (see README).",
+    )
     parser.add_argument("--version", action="version", version=f"gbmedia {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -211,11 +236,18 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--identity", required=True, help="participant identity (the token's sub)")
     token.add_argument("--name", help="display name (default: the identity)")
     token.add_argument("--room", help="room name; alone it grants join, publish, subscribe, data")
-    token.add_argument("--grant", action="append", choices=Grants.names(),
-                       help="a grant to include (repeatable); replaces the participant defaults")
+    token.add_argument(
+        "--grant",
+        action="append",
+        choices=Grants.names(),
+        help="a grant to include (repeatable); replaces the participant defaults",
+    )
     token.add_argument("--ttl", type=int, help="lifetime in seconds (default GBMEDIA_TOKEN_TTL_SECONDS)")
-    token.add_argument("--url", action="store_true",
-                       help="print a join link to the room page (base: GBMEDIA_PUBLIC_URL) instead of the token")
+    token.add_argument(
+        "--url",
+        action="store_true",
+        help="print a join link to the room page (base: GBMEDIA_PUBLIC_URL) instead of the token",
+    )
     token.set_defaults(func=cmd_token)
     return parser
 

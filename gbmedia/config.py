@@ -92,8 +92,15 @@ class Settings(BaseSettings):
     s3_access_key_id: str | None = None
     s3_secret_access_key: str | None = None
 
-    @field_validator("recording_dir", "s3_bucket", "s3_endpoint_url", "s3_region", "s3_access_key_id",
-                     "s3_secret_access_key", mode="before")
+    @field_validator(
+        "recording_dir",
+        "s3_bucket",
+        "s3_endpoint_url",
+        "s3_region",
+        "s3_access_key_id",
+        "s3_secret_access_key",
+        mode="before",
+    )
     @classmethod
     def _recording_empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
@@ -114,6 +121,7 @@ class Settings(BaseSettings):
         if self.recording_dir is not None:
             object.__setattr__(self, "recording_dir", self.recording_dir.expanduser().resolve())
         return self
+
     speaker_interval_ms: int = Field(default=500, ge=50, le=10_000)
     stats_interval_ms: int = Field(default=1000, ge=100, le=60_000)
     hls_enabled: bool = True
@@ -142,8 +150,16 @@ class Settings(BaseSettings):
             raise ValueError("must be a directory path (unset it to use the default)")
         return value
 
-    @field_validator("database_url", "redis_url", "kafka_bootstrap_servers",
-                     "public_host", "public_url", "operator_token", "secret_key", mode="before")
+    @field_validator(
+        "database_url",
+        "redis_url",
+        "kafka_bootstrap_servers",
+        "public_host",
+        "public_url",
+        "operator_token",
+        "secret_key",
+        mode="before",
+    )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
@@ -193,8 +209,7 @@ class Settings(BaseSettings):
                 Fernet(value.encode())
             except (ValueError, TypeError):
                 raise ValueError(
-                    "must be 32 url-safe base64-encoded bytes "
-                    "(generate one with `gbmedia secret-key`)"
+                    "must be 32 url-safe base64-encoded bytes (generate one with `gbmedia secret-key`)"
                 ) from None
         return value
 

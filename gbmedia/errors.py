@@ -2,7 +2,8 @@
 
 Domain modules raise these; the HTTP layer renders them as
 ``{"error": {"code", "message"}}`` and the signaling layer as protocol errors, so
-one error means the same thing to every client.
+one error means the same thing to every client. :class:`ProtocolError` is the
+socket's own error (no HTTP status): any layer that serves a socket may raise it.
 """
 
 from __future__ import annotations
@@ -46,3 +47,25 @@ def not_found(what: str, ident: object) -> ApiError:
 
 def conflict(code: str, message: str) -> ApiError:
     return ApiError(409, code, message)
+
+
+RequestId = str | int | None  # a socket message's ``id``, echoed on its reply or error
+
+
+class ProtocolError(Exception):
+    def __init__(
+        self, code: str, message: str, request_id: RequestId = None, details: dict[str, Any] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.request_id = request_id
+        self.details = details or {}
+
+    def to_message(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"type": "error", "code": self.code, "message": self.message}
+        if self.request_id is not None:
+            body["id"] = self.request_id
+        if self.details:
+            body["details"] = self.details
+        return body

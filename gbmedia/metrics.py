@@ -22,21 +22,29 @@ class Metrics:
     def __init__(self, node_id: str, region: str) -> None:
         self.registry = CollectorRegistry()
         self.http_requests = Counter(
-            "gbmedia_http_requests_total", "HTTP requests by route and status",
-            ["method", "route", "status"], registry=self.registry,
+            "gbmedia_http_requests_total",
+            "HTTP requests by route and status",
+            ["method", "route", "status"],
+            registry=self.registry,
         )
         self.http_latency = Histogram(
-            "gbmedia_http_request_duration_seconds", "HTTP request latency by route",
-            ["method", "route"], registry=self.registry,
+            "gbmedia_http_request_duration_seconds",
+            "HTTP request latency by route",
+            ["method", "route"],
+            registry=self.registry,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
         )
         self.http_errors = Counter(
-            "gbmedia_http_errors_total", "HTTP error responses by error code",
-            ["code"], registry=self.registry,
+            "gbmedia_http_errors_total",
+            "HTTP error responses by error code",
+            ["code"],
+            registry=self.registry,
         )
         self.build_info = Gauge(
-            "gbmedia_build_info", "Always 1; labels say what runs where",
-            ["version", "node_id", "region"], registry=self.registry,
+            "gbmedia_build_info",
+            "Always 1; labels say what runs where",
+            ["version", "node_id", "region"],
+            registry=self.registry,
         )
         self.build_info.labels(__version__, node_id, region).set(1)
 

@@ -20,22 +20,22 @@ from gbmedia.bus import Bus, MemoryBus, RedisBus
 from gbmedia.config import Settings
 from gbmedia.db.pool import Database
 from gbmedia.messaging.delivery import ChatHub
-from gbmedia.messaging.outbox import OutboxRelay, OutboxTrimmer
 from gbmedia.messaging.presence import MemoryPresence, Presence, RedisPresence
 from gbmedia.messaging.service import Chat
 from gbmedia.metrics import Metrics
+from gbmedia.outbox import OutboxRelay, OutboxTrimmer
 from gbmedia.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
-from gbmedia.recording.hls.playlist import HlsConfig
-from gbmedia.recording.hls.service import HlsService
 from gbmedia.recording.service import Recordings
 from gbmedia.recording.storage import storage_from_settings
+from gbmedia.rooms.audience import audience_samples
+from gbmedia.rooms.live import LiveRooms
+from gbmedia.rooms.quality import QualityMonitor
+from gbmedia.rooms.speakers import RoomSpeakers
+from gbmedia.rooms.store import Rooms, RoomSweeper
 from gbmedia.sfu import aiortc_adapter
 from gbmedia.sfu.media_address import MediaAddress, resolve_media_address
-from gbmedia.signaling.audience import audience_samples
-from gbmedia.signaling.live import LiveRooms
-from gbmedia.signaling.quality import QualityMonitor
-from gbmedia.signaling.rooms import Rooms, RoomSweeper
-from gbmedia.signaling.speakers import RoomSpeakers
+from gbmedia.streaming.playlist import HlsConfig
+from gbmedia.streaming.service import HlsService
 from gbmedia.tenancy.secrets import SecretBox, load_or_create_file_secret
 from gbmedia.tenancy.service import Tenancy
 
@@ -82,22 +82,28 @@ class Node:
             if settings.redis_url:
                 redis_client = aioredis.from_url(settings.redis_url)
                 await redis_client.ping()
-                limiter: RateLimiter = RedisRateLimiter(redis_client, settings.api_rate_limit,
-                                                        settings.api_rate_burst)
+                limiter: RateLimiter = RedisRateLimiter(redis_client, settings.api_rate_limit, settings.api_rate_burst)
             else:
                 limiter = MemoryRateLimiter(settings.api_rate_limit, settings.api_rate_burst)
             chat_limiter: RateLimiter = (
                 RedisRateLimiter(redis_client, settings.chat_rate_limit, settings.chat_rate_burst)
-                if redis_client is not None else MemoryRateLimiter(settings.chat_rate_limit, settings.chat_rate_burst))
+                if redis_client is not None
+                else MemoryRateLimiter(settings.chat_rate_limit, settings.chat_rate_burst)
+            )
             secret_box = SecretBox.for_node(settings.secret_key, settings.data_dir)
             tenancy = Tenancy.create(db.pool, settings, secret_box, operator_token_for(settings))
             rooms = Rooms(db.pool, tenancy.customers, tenancy.instances, node_id=settings.node_id)
             await aiortc_adapter.check_internals()
             media_address = await resolve_media_address(settings.media_host, settings.udp_port_range)
             live_rooms = LiveRooms(rooms, resume_grace=settings.resume_grace_seconds, media_address=media_address)
-            chat = Chat.create(db.pool, tenancy.instances, chat_limiter,
-                               max_content_bytes=settings.chat_max_message_bytes, batch_pool=db.batch_pool,
-                               writers=settings.chat_writers)
+            chat = Chat.create(
+                db.pool,
+                tenancy.instances,
+                chat_limiter,
+                max_content_bytes=settings.chat_max_message_bytes,
+                batch_pool=db.batch_pool,
+                writers=settings.chat_writers,
+            )
             # Without Redis this node is alone: the in-process bus and presence serve it.
             bus: Bus = RedisBus(redis_client) if redis_client is not None else MemoryBus()
             presence: Presence = RedisPresence(redis_client) if redis_client is not None else MemoryPresence()
@@ -107,8 +113,9 @@ class Node:
             # Recording: follows the live rooms' tracks; interrupted recordings of this node are closed out.
             storage = storage_from_settings(settings)
             await storage.check()
-            recordings = Recordings(db.pool, storage, rooms, tenancy.customers, tenancy.instances,
-                                    node_id=settings.node_id)
+            recordings = Recordings(
+                db.pool, storage, rooms, tenancy.customers, tenancy.instances, node_id=settings.node_id
+            )
             recordings.attach(live_rooms)
             await recordings.recover()
         except BaseException:
@@ -116,22 +123,43 @@ class Node:
                 await redis_client.aclose()
             await db.close()
             raise
-        log.info("node started", extra={"node_id": settings.node_id, "region": settings.region,
-                                        "embedded_db": db.embedded is not None,
-                                        "redis": bool(settings.redis_url),
-                                        "media_address": media_address.advertised,
-                                        "udp_ports": settings.udp_ports})
+        log.info(
+            "node started",
+            extra={
+                "node_id": settings.node_id,
+                "region": settings.region,
+                "embedded_db": db.embedded is not None,
+                "redis": bool(settings.redis_url),
+                "media_address": media_address.advertised,
+                "udp_ports": settings.udp_ports,
+            },
+        )
         # The event stream: relay the outbox to Kafka, or (single node, no Kafka) keep it trimmed.
         outbox: OutboxRelay | OutboxTrimmer = (
             OutboxRelay(db.pool, settings.kafka_bootstrap_servers)
-            if settings.kafka_bootstrap_servers else OutboxTrimmer(db.pool))
+            if settings.kafka_bootstrap_servers
+            else OutboxTrimmer(db.pool)
+        )
         if isinstance(outbox, OutboxRelay):
             chat.messages.on_change(outbox.changed)  # relay promptly after local commits
-        node = cls(settings=settings, db=db, metrics=Metrics(settings.node_id, settings.region),
-                   tenancy=tenancy, rate_limiter=limiter, rooms=rooms,
-                   room_sweeper=RoomSweeper(rooms, live_rooms.participant_count), live_rooms=live_rooms,
-                   media_address=media_address, chat=chat, bus=bus, chat_hub=chat_hub, presence=presence,
-                   outbox=outbox, recordings=recordings, redis=redis_client)
+        node = cls(
+            settings=settings,
+            db=db,
+            metrics=Metrics(settings.node_id, settings.region),
+            tenancy=tenancy,
+            rate_limiter=limiter,
+            rooms=rooms,
+            room_sweeper=RoomSweeper(rooms, live_rooms.participant_count),
+            live_rooms=live_rooms,
+            media_address=media_address,
+            chat=chat,
+            bus=bus,
+            chat_hub=chat_hub,
+            presence=presence,
+            outbox=outbox,
+            recordings=recordings,
+            redis=redis_client,
+        )
         node.metrics.watch(live_rooms.media_samples)
         node.metrics.watch(lambda: audience_samples(live_rooms))
         node.metrics.watch(outbox.samples)
@@ -146,9 +174,12 @@ class Node:
         node.metrics.watch(node.quality.samples)
         node.quality.start()
         if settings.hls_enabled:  # LL-HLS of live rooms, packaged once per room on this node
-            node.hls = HlsService(HlsConfig(settings.hls_segment_seconds, settings.hls_part_seconds,
-                                            settings.hls_window_segments), live_rooms, rooms,
-                                  video_bitrate=settings.hls_video_bitrate)
+            node.hls = HlsService(
+                HlsConfig(settings.hls_segment_seconds, settings.hls_part_seconds, settings.hls_window_segments),
+                live_rooms,
+                rooms,
+                video_bitrate=settings.hls_video_bitrate,
+            )
             node.metrics.watch(node.hls.samples)
         return node
 

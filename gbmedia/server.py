@@ -16,8 +16,8 @@ import sys
 
 from aiohttp import web
 
+from gbmedia.app import create_app
 from gbmedia.config import Settings
-from gbmedia.http.app import create_app
 from gbmedia.node import Node
 
 log = logging.getLogger(__name__)
@@ -38,8 +38,9 @@ async def serve(settings: Settings, *, ready_line: bool = True) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     node = await Node.start(settings)
-    runner = web.AppRunner(create_app(node), access_log=None,
-                           shutdown_timeout=settings.shutdown_timeout, handle_signals=False)
+    runner = web.AppRunner(
+        create_app(node), access_log=None, shutdown_timeout=settings.shutdown_timeout, handle_signals=False
+    )
     try:
         await runner.setup()
         site = web.TCPSite(runner, settings.host, settings.port)
@@ -51,9 +52,12 @@ async def serve(settings: Settings, *, ready_line: bool = True) -> None:
         if ready_line:
             # The one line a person (or a test) waits for; stdout, not the log stream.
             print(f"gbmedia listening on {url}", flush=True)
-            print(f"operator token in {settings.data_dir / 'operator.token'}"
-                  if not settings.operator_token else "operator token from GBMEDIA_OPERATOR_TOKEN",
-                  flush=True)
+            print(
+                f"operator token in {settings.data_dir / 'operator.token'}"
+                if not settings.operator_token
+                else "operator token from GBMEDIA_OPERATOR_TOKEN",
+                flush=True,
+            )
         await stop.wait()
         log.info("shutting down", extra={"drain_seconds": settings.shutdown_timeout})
     finally:

@@ -28,11 +28,11 @@ from aiohttp.test_utils import TestClient, TestServer
 from aiortc import RTCRtpReceiver
 from cryptography.fernet import Fernet
 
+from gbmedia.app import create_app
 from gbmedia.config import Settings
 from gbmedia.db.embedded import ensure_database
 from gbmedia.db.migrate import migrate
 from gbmedia.db.pool import _init_connection
-from gbmedia.http.app import create_app
 from gbmedia.node import Node
 from tests.helpers import OPERATOR_TOKEN, Tenant, create_tenant
 from tests.rtc import RtcClient, receiver_threads
@@ -57,7 +57,7 @@ async def no_peer_connection_left_open() -> AsyncIterator[None]:
     :class:`ReceiverLeftRunning` warning naming it in the summary. A warning, not a
     failure: one full run showed two browser tests each leaving one server-side receiver,
     which reruns did not repeat and whose cause is not found yet (see docs/testing.md);
-    tests of connection cleanup assert it themselves (tests/signaling/test_live.py).
+    tests of connection cleanup assert it themselves (tests/rooms/test_live.py).
     """
     before = receiver_threads()
     yield
@@ -69,9 +69,13 @@ async def no_peer_connection_left_open() -> AsyncIterator[None]:
         for receiver in [o for o in gc.get_objects() if isinstance(o, RTCRtpReceiver)]:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(receiver.stop(), 2.0)
-        warnings.warn(ReceiverLeftRunning(
-            f"the test left {len(left)} aiortc receiver thread(s) running: a peer connection was not closed "
-            f"({len(receiver_threads() - before)} still running after stopping every receiver)"), stacklevel=1)
+        warnings.warn(
+            ReceiverLeftRunning(
+                f"the test left {len(left)} aiortc receiver thread(s) running: a peer connection was not closed "
+                f"({len(receiver_threads() - before)} still running after stopping every receiver)"
+            ),
+            stacklevel=1,
+        )
 
 
 def service_missing(reason: str) -> None:

@@ -37,9 +37,9 @@ async def create_tenant(client: TestClient, name: str = "acme", tier: str = "sta
     resp = await client.post("/api/v1/customers", json={"name": name, "tier": tier}, headers=OPERATOR)
     assert resp.status == 201, await resp.text()
     customer = await resp.json()
-    resp = await client.post(f"/api/v1/customers/{customer['id']}/instances",
-                             json={"name": f"{name}-main"}, headers=OPERATOR)
+    resp = await client.post(
+        f"/api/v1/customers/{customer['id']}/instances", json={"name": f"{name}-main"}, headers=OPERATOR
+    )
     assert resp.status == 201, await resp.text()
     body = await resp.json()
-    return Tenant(customer["id"], body["instance"]["id"], body["credentials"]["key"],
-                  body["credentials"]["secret"])
+    return Tenant(customer["id"], body["instance"]["id"], body["credentials"]["key"], body["credentials"]["secret"])

@@ -73,6 +73,7 @@ class _Layer:
     def __post_init__(self) -> None:
         self.encoder.target_bitrate = BITRATES[self.rid]
 
+
 class _KeyframeResponder:
     """Stands in the client's RTP router for one layer's SSRC: PLI → keyframe."""
 
@@ -121,11 +122,17 @@ class SimulcastPublisher:
         sender = self.transceiver.sender
         codec = next(c for c in self.transceiver._codecs if c.mimeType == "video/VP8")
         ext_map = HeaderExtensionsMap()
-        ext_map.configure(RTCRtpParameters(headerExtensions=[
-            RTCRtpHeaderExtensionParameters(id=1, uri="urn:ietf:params:rtp-hdrext:sdes:mid"),
-            RTCRtpHeaderExtensionParameters(id=3, uri="http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"),
-            RTCRtpHeaderExtensionParameters(id=RID_EXTENSION_ID, uri=RID_URI),
-        ]))
+        ext_map.configure(
+            RTCRtpParameters(
+                headerExtensions=[
+                    RTCRtpHeaderExtensionParameters(id=1, uri="urn:ietf:params:rtp-hdrext:sdes:mid"),
+                    RTCRtpHeaderExtensionParameters(
+                        id=3, uri="http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
+                    ),
+                    RTCRtpHeaderExtensionParameters(id=RID_EXTENSION_ID, uri=RID_URI),
+                ]
+            )
+        )
         mid = self.transceiver.mid
         loop = asyncio.get_running_loop()
         start, frame_no = loop.time(), 0
@@ -144,9 +151,14 @@ class SimulcastPublisher:
                     payloads, timestamp = layer.encoder.encode(frame, force_keyframe=layer.force_keyframe)
                     layer.force_keyframe = False
                     for i, payload in enumerate(payloads):
-                        packet = RtpPacket(payload_type=codec.payloadType, marker=int(i == len(payloads) - 1),
-                                           sequence_number=layer.seq, ssrc=layer.ssrc, payload=payload,
-                                           timestamp=(timestamp + layer.ts_base) & 0xFFFFFFFF)
+                        packet = RtpPacket(
+                            payload_type=codec.payloadType,
+                            marker=int(i == len(payloads) - 1),
+                            sequence_number=layer.seq,
+                            ssrc=layer.ssrc,
+                            payload=payload,
+                            timestamp=(timestamp + layer.ts_base) & 0xFFFFFFFF,
+                        )
                         packet.extensions.mid = mid
                         packet.extensions.rtp_stream_id = rid
                         packet.extensions.abs_send_time = abs_send_time()

@@ -71,6 +71,7 @@ async def bus(backend: str | None, prefix: str) -> AsyncIterator[Bus]:
 
 # --- both implementations ------------------------------------------------------------------
 
+
 async def test_delivers_to_every_subscriber(bus: Bus):
     seen_a, handler_a = recorder()
     seen_b, handler_b = recorder()
@@ -264,6 +265,7 @@ async def test_full_queue_drops_and_counts(backend: str | None, prefix: str, cap
 
 # --- Redis only ----------------------------------------------------------------------------
 
+
 @pytest.mark.redis
 async def test_two_nodes_see_each_others_messages(redis_url: str, prefix: str):
     client_a, client_b = aioredis.from_url(redis_url), aioredis.from_url(redis_url)
@@ -324,8 +326,9 @@ async def test_subscribe_returns_once_redis_confirmed(redis_client: aioredis.Red
 
 
 @pytest.mark.redis
-async def test_survives_a_dropped_connection(redis_url: str, redis_client: aioredis.Redis, prefix: str,
-                                             caplog: pytest.LogCaptureFixture):
+async def test_survives_a_dropped_connection(
+    redis_url: str, redis_client: aioredis.Redis, prefix: str, caplog: pytest.LogCaptureFixture
+):
     client = aioredis.from_url(redis_url)
     bus = RedisBus(client, prefix=prefix)
     before = asyncio.all_tasks()
@@ -414,8 +417,9 @@ class FreezingProxy:
 
 
 @pytest.mark.redis
-async def test_detects_a_silent_connection_by_ping(redis_url: str, redis_client: aioredis.Redis, prefix: str,
-                                                   caplog: pytest.LogCaptureFixture):
+async def test_detects_a_silent_connection_by_ping(
+    redis_url: str, redis_client: aioredis.Redis, prefix: str, caplog: pytest.LogCaptureFixture
+):
     target = urlsplit(redis_url)
     proxy = FreezingProxy(target.hostname or "127.0.0.1", target.port or 6379)
     port = await proxy.start()
@@ -426,8 +430,7 @@ async def test_detects_a_silent_connection_by_ping(redis_url: str, redis_client:
         await bus.subscribe("c", handler)
         with caplog.at_level(logging.WARNING, logger="gbmedia.bus"):
             proxy.freeze()  # the bus's connection stays open but nothing comes through any more
-            await wait_until(lambda: any("no reply from Redis" in str(getattr(r, "error", ""))
-                                         for r in caplog.records))
+            await wait_until(lambda: any("no reply from Redis" in str(getattr(r, "error", "")) for r in caplog.records))
         probes = 0
         while not seen:  # a fresh connection through the proxy is not frozen
             await redis_client.publish(prefix + "c", '{"i": "probe"}')
@@ -441,8 +444,9 @@ async def test_detects_a_silent_connection_by_ping(redis_url: str, redis_client:
 
 
 @pytest.mark.redis
-async def test_ignores_messages_that_are_not_json_objects(redis_client: aioredis.Redis, prefix: str,
-                                                          caplog: pytest.LogCaptureFixture):
+async def test_ignores_messages_that_are_not_json_objects(
+    redis_client: aioredis.Redis, prefix: str, caplog: pytest.LogCaptureFixture
+):
     bus = RedisBus(redis_client, prefix=prefix)
     try:
         seen, handler = recorder()
@@ -466,8 +470,9 @@ async def test_unreachable_redis_retries_and_closes_cleanly(caplog: pytest.LogCa
     _seen, handler = recorder()
     with caplog.at_level(logging.WARNING, logger="gbmedia.bus"):
         pending = asyncio.create_task(bus.subscribe("c", handler))
-        await wait_until(lambda: sum(r.getMessage() == "bus connection lost; reconnecting"
-                                     for r in caplog.records) >= 3)
+        await wait_until(
+            lambda: sum(r.getMessage() == "bus connection lost; reconnecting" for r in caplog.records) >= 3
+        )
     assert not pending.done()  # subscribe waits for Redis
     await bus.close()
     with pytest.raises(RuntimeError, match="closed"):

@@ -28,12 +28,16 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
 
 
 def test_operator_flow_customer_instance_credentials_token(cli_env: Path, capsys, monkeypatch):
-    code, out, _ = run(capsys, "tenant", "customer", "create", "Acme", "--tier", "starter",
-                       "--metadata", '{"owner": "ops"}')
+    code, out, _ = run(
+        capsys, "tenant", "customer", "create", "Acme", "--tier", "starter", "--metadata", '{"owner": "ops"}'
+    )
     assert code == 0
     customer = json.loads(out)
-    assert (customer["name"], customer["subscription_tier"], customer["metadata"]) == ("Acme", "starter",
-                                                                                       {"owner": "ops"})
+    assert (customer["name"], customer["subscription_tier"], customer["metadata"]) == (
+        "Acme",
+        "starter",
+        {"owner": "ops"},
+    )
     code, out, _ = run(capsys, "tenant", "instance", "create", customer["id"], "main", "--region", "eu")
     created = json.loads(out)
     instance_id = created["instance"]["id"]
@@ -44,27 +48,49 @@ def test_operator_flow_customer_instance_credentials_token(cli_env: Path, capsys
     credentials = json.loads(out)
     assert credentials == {"instance_id": instance_id, **created["credentials"]}
 
-    code, out, _ = run(capsys, "token", "--instance", instance_id, "--identity", "alice", "--room", "standup",
-                       "--name", "Alice", "--ttl", "120")
+    code, out, _ = run(
+        capsys,
+        "token",
+        "--instance",
+        instance_id,
+        "--identity",
+        "alice",
+        "--room",
+        "standup",
+        "--name",
+        "Alice",
+        "--ttl",
+        "120",
+    )
     assert code == 0
     token = verify_token(out.strip(), credentials["secret"])
     assert (token.identity, token.name, token.grants) == ("alice", "Alice", Grants.participant("standup"))
 
     # A join link for a newcomer: the room page with the token, on GBMEDIA_PUBLIC_URL.
     monkeypatch.setenv("GBMEDIA_PUBLIC_URL", "https://meet.example.com/")
-    code, out, _ = run(capsys, "token", "--instance", instance_id, "--identity", "carol", "--room", "standup",
-                       "--url")
+    code, out, _ = run(capsys, "token", "--instance", instance_id, "--identity", "carol", "--room", "standup", "--url")
     assert code == 0
     link = urlsplit(out.strip())
     assert (link.scheme, link.netloc, link.path) == ("https", "meet.example.com", "/web/room/")
     token = verify_token(parse_qs(link.query)["token"][0], credentials["secret"])
     assert (token.identity, token.grants.room) == ("carol", "standup")
-    code, _, err = run(capsys, "token", "--instance", instance_id, "--identity", "svc", "--grant", "room_admin",
-                       "--url")
+    code, _, err = run(
+        capsys, "token", "--instance", instance_id, "--identity", "svc", "--grant", "room_admin", "--url"
+    )
     assert code == 1 and "url_needs_room" in err
 
-    code, out, _ = run(capsys, "token", "--instance", instance_id, "--identity", "svc", "--grant", "room_admin",
-                       "--grant", "room_create")
+    code, out, _ = run(
+        capsys,
+        "token",
+        "--instance",
+        instance_id,
+        "--identity",
+        "svc",
+        "--grant",
+        "room_admin",
+        "--grant",
+        "room_create",
+    )
     token = verify_token(out.strip(), credentials["secret"])
     assert token.grants == Grants(room_admin=True, room_create=True)
 
@@ -107,10 +133,22 @@ def test_cli_rejects_bad_arguments_with_usage(capsys):
 
 def test_help_is_available_on_every_command(capsys):
     parser = build_parser()
-    commands = [[], ["serve"], ["migrate"], ["secret-key"], ["token"], ["tenant"], ["tenant", "customer"],
-                ["tenant", "customer", "create"], ["tenant", "customer", "list"], ["tenant", "instance"],
-                ["tenant", "instance", "create"], ["tenant", "instance", "list"],
-                ["tenant", "instance", "credentials"], ["tenant", "instance", "new-key"]]
+    commands = [
+        [],
+        ["serve"],
+        ["migrate"],
+        ["secret-key"],
+        ["token"],
+        ["tenant"],
+        ["tenant", "customer"],
+        ["tenant", "customer", "create"],
+        ["tenant", "customer", "list"],
+        ["tenant", "instance"],
+        ["tenant", "instance", "create"],
+        ["tenant", "instance", "list"],
+        ["tenant", "instance", "credentials"],
+        ["tenant", "instance", "new-key"],
+    ]
     for argv in commands:
         with pytest.raises(SystemExit) as exit_info:
             parser.parse_args([*argv, "--help"])
@@ -124,8 +162,9 @@ def test_secret_key_prints_a_usable_key(capsys):
     assert code == 0
 
 
-def test_migrate_on_an_empty_database_applies_everything_then_nothing(monkeypatch, tmp_path, empty_database_url,
-                                                                        capsys):
+def test_migrate_on_an_empty_database_applies_everything_then_nothing(
+    monkeypatch, tmp_path, empty_database_url, capsys
+):
     monkeypatch.setenv("GBMEDIA_DATABASE_URL", empty_database_url)
     monkeypatch.setenv("GBMEDIA_DATA_DIR", str(tmp_path))
     code, out, _ = run(capsys, "migrate")

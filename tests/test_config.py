@@ -38,6 +38,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
 
 # --- defaults -----------------------------------------------------------------------
 
+
 def test_defaults_with_empty_environment(clean_env: Path):
     s = Settings()
     assert s.port == 7880
@@ -90,6 +91,7 @@ def test_settings_are_frozen():
 
 
 # --- environment --------------------------------------------------------------------
+
 
 def test_environment_variables_are_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     key = Fernet.generate_key().decode()
@@ -249,11 +251,14 @@ def test_every_invalid_variable_is_reported_at_once(monkeypatch: pytest.MonkeyPa
     assert "GBMEDIA_REGION:" in str(info.value)
 
 
-@pytest.mark.parametrize(("value", "expected"), [
-    ("https://meet.example.com/", "https://meet.example.com"),
-    ("http://10.0.0.5:7880", "http://10.0.0.5:7880"),
-    ("", None),
-])
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("https://meet.example.com/", "https://meet.example.com"),
+        ("http://10.0.0.5:7880", "http://10.0.0.5:7880"),
+        ("", None),
+    ],
+)
 def test_public_url_is_a_base_url(monkeypatch: pytest.MonkeyPatch, value: str, expected: str | None):
     monkeypatch.setenv("GBMEDIA_PUBLIC_URL", value)
     assert load_settings().public_url == expected
@@ -278,8 +283,17 @@ def test_config_error_is_a_value_error():
 
 @pytest.mark.parametrize(
     "variable",
-    ["GBMEDIA_DATA_DIR", "GBMEDIA_HOST", "GBMEDIA_PORT", "GBMEDIA_REGION", "GBMEDIA_NODE_ID",
-     "GBMEDIA_UDP_PORTS", "GBMEDIA_LOG_LEVEL", "GBMEDIA_SHARD_COUNT", "GBMEDIA_RESUME_GRACE_SECONDS"],
+    [
+        "GBMEDIA_DATA_DIR",
+        "GBMEDIA_HOST",
+        "GBMEDIA_PORT",
+        "GBMEDIA_REGION",
+        "GBMEDIA_NODE_ID",
+        "GBMEDIA_UDP_PORTS",
+        "GBMEDIA_LOG_LEVEL",
+        "GBMEDIA_SHARD_COUNT",
+        "GBMEDIA_RESUME_GRACE_SECONDS",
+    ],
 )
 def test_empty_value_of_a_non_optional_setting_is_invalid(monkeypatch: pytest.MonkeyPatch, variable: str):
     """deploy/gbmedia.env.example: "For every other setting an empty value is invalid"."""
@@ -289,6 +303,7 @@ def test_empty_value_of_a_non_optional_setting_is_invalid(monkeypatch: pytest.Mo
 
 
 # --- overrides ----------------------------------------------------------------------
+
 
 def test_overrides_win_over_environment(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("GBMEDIA_PORT", "9999")
@@ -310,6 +325,7 @@ def test_invalid_override_names_the_variable():
 
 # --- derived values -----------------------------------------------------------------
 
+
 def test_media_host_is_public_host_when_set():
     assert Settings(public_host="media.example.com").media_host == "media.example.com"
 
@@ -327,6 +343,7 @@ def test_detect_public_host_returns_dotted_quad():
 
 # --- documentation ------------------------------------------------------------------
 
+
 def test_describe_settings_lists_every_field():
     rows = describe_settings()
     assert [name for name, _, _ in rows] == [env_name(f) for f in Settings.model_fields]
@@ -343,8 +360,7 @@ def test_describe_settings_lists_every_field():
 
 def test_env_example_documents_every_setting():
     text = (ROOT / "deploy" / "gbmedia.env.example").read_text(encoding="utf-8")
-    missing = [name for name, _, _ in describe_settings()
-               if not re.search(rf"^#?{name}=", text, re.MULTILINE)]
+    missing = [name for name, _, _ in describe_settings() if not re.search(rf"^#?{name}=", text, re.MULTILINE)]
     assert missing == []
 
 
@@ -358,6 +374,7 @@ def test_readme_documents_every_setting():
 
 # --- CLI ------------------------------------------------------------------------------
 
+
 def test_cli_serve_with_invalid_setting_exits_2_naming_the_variable(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ):
@@ -370,11 +387,14 @@ def test_cli_serve_with_invalid_setting_exits_2_naming_the_variable(
     assert "'abc'" in err
 
 
-@pytest.mark.parametrize(("var", "value"), [
-    ("GBMEDIA_OPERATOR_TOKEN", "tooshort-secret"),
-    ("GBMEDIA_SECRET_KEY", "not-a-fernet-key-secret"),
-    ("GBMEDIA_DATABASE_URL", "mysql://user:hunter2@db/x"),
-])
+@pytest.mark.parametrize(
+    ("var", "value"),
+    [
+        ("GBMEDIA_OPERATOR_TOKEN", "tooshort-secret"),
+        ("GBMEDIA_SECRET_KEY", "not-a-fernet-key-secret"),
+        ("GBMEDIA_DATABASE_URL", "mysql://user:hunter2@db/x"),
+    ],
+)
 def test_rejected_secrets_are_not_echoed(monkeypatch: pytest.MonkeyPatch, var: str, value: str):
     monkeypatch.setenv(var, value)
     with pytest.raises(ConfigError) as excinfo:

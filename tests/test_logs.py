@@ -78,8 +78,11 @@ def test_text_formatter_includes_extras_as_key_value():
     logger.info("node started", extra={"port": 7880, "region": "eu"})
     line = stream.getvalue().rstrip("\n")
     assert "\n" not in line
-    assert re.fullmatch(rf"\d{{2}}:\d{{2}}:\d{{2}} INFO    {re.escape(logger.name)}: node started  "
-                        r"port=7880 region=eu", line)
+    assert re.fullmatch(
+        rf"\d{{2}}:\d{{2}}:\d{{2}} INFO    {re.escape(logger.name)}: node started  "
+        r"port=7880 region=eu",
+        line,
+    )
 
 
 def test_text_formatter_without_extras_and_with_exception():

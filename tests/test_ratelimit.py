@@ -13,6 +13,7 @@ from gbmedia.ratelimit import Decision, MemoryRateLimiter, RedisRateLimiter
 
 # --- in memory ------------------------------------------------------------------------
 
+
 async def test_memory_allows_burst_then_denies():
     limiter = MemoryRateLimiter(rate=1.0, burst=3)
     for _ in range(3):
@@ -96,6 +97,7 @@ async def test_memory_existing_key_at_max_keys_does_not_evict():
 
 
 # --- Redis ------------------------------------------------------------------------------
+
 
 @pytest.fixture
 async def redis_client(redis_url: str) -> AsyncIterator[aioredis.Redis]:

@@ -55,8 +55,13 @@ def get_json(url: str) -> tuple[int, dict]:
 
 def test_serve_with_no_environment_prints_url_answers_and_stops_cleanly(tmp_path: Path):
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "gbmedia", "serve", "--port", str(port)],
-                            env=bare_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gbmedia", "serve", "--port", str(port)],
+        env=bare_env(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         line = wait_for_line(proc, "gbmedia listening on")
         url = line.split("listening on", 1)[1].strip()
@@ -69,8 +74,9 @@ def test_serve_with_no_environment_prints_url_answers_and_stops_cleanly(tmp_path
         data_dir = tmp_path / ".local" / "share" / "gbmedia"
         token = (data_dir / "operator.token").read_text().strip()
         assert oct((data_dir / "operator.token").stat().st_mode & 0o777) == "0o600"
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/api/v1/plans",
-                                         headers={"Authorization": f"Bearer {token}"})
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/api/v1/plans", headers={"Authorization": f"Bearer {token}"}
+        )
         with urllib.request.urlopen(request, timeout=10) as resp:
             assert resp.status == 200
         assert (data_dir / "postgres" / "postmaster.pid").exists()
@@ -86,19 +92,26 @@ def test_serve_with_no_environment_prints_url_answers_and_stops_cleanly(tmp_path
 
 
 def test_an_invalid_setting_stops_start_up_naming_the_variable(tmp_path: Path):
-    result = subprocess.run([sys.executable, "-m", "gbmedia", "serve"],
-                            env=bare_env(tmp_path, GBMEDIA_UDP_PORTS="9000-8000"),
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "gbmedia", "serve"],
+        env=bare_env(tmp_path, GBMEDIA_UDP_PORTS="9000-8000"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2
     assert "GBMEDIA_UDP_PORTS" in result.stderr
     assert not (tmp_path / ".local" / "share" / "gbmedia").exists()  # nothing was started
 
 
-@pytest.mark.parametrize(("host", "public", "expected"), [
-    ("0.0.0.0", None, "http://127.0.0.1:7880"),
-    ("0.0.0.0", "10.1.2.3", "http://10.1.2.3:7880"),
-    ("192.168.1.5", None, "http://192.168.1.5:7880"),
-    ("::1", None, "http://[::1]:7880"),
-])
+@pytest.mark.parametrize(
+    ("host", "public", "expected"),
+    [
+        ("0.0.0.0", None, "http://127.0.0.1:7880"),
+        ("0.0.0.0", "10.1.2.3", "http://10.1.2.3:7880"),
+        ("192.168.1.5", None, "http://192.168.1.5:7880"),
+        ("::1", None, "http://[::1]:7880"),
+    ],
+)
 def test_public_url(host: str, public: str | None, expected: str):
     assert public_url(load_settings(host=host, public_host=public), 7880) == expected

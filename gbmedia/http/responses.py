@@ -16,8 +16,9 @@ Model = TypeVar("Model", bound=BaseModel)
 
 
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    return web.json_response(to_json(data), status=status, headers=headers,
-                             dumps=lambda v: json.dumps(v, separators=(",", ":")))
+    return web.json_response(
+        to_json(data), status=status, headers=headers, dumps=lambda v: json.dumps(v, separators=(",", ":"))
+    )
 
 
 def error_response(error: ApiError, headers: dict[str, str] | None = None) -> web.Response:
@@ -44,11 +45,13 @@ async def read_model(request: web.Request, model: type[Model]) -> Model:
         return model.model_validate(data)
     except ValidationError as exc:
         problems = [
-            {"field": ".".join(str(p) for p in e["loc"]) or "(body)", "message": e["msg"]}
-            for e in exc.errors()
+            {"field": ".".join(str(p) for p in e["loc"]) or "(body)", "message": e["msg"]} for e in exc.errors()
         ]
-        raise bad_request("validation_failed", "the request body is invalid: " + "; ".join(
-            f"{p['field']}: {p['message']}" for p in problems), problems=problems) from None
+        raise bad_request(
+            "validation_failed",
+            "the request body is invalid: " + "; ".join(f"{p['field']}: {p['message']}" for p in problems),
+            problems=problems,
+        ) from None
 
 
 def path_uuid(request: web.Request, name: str) -> uuid.UUID:

@@ -55,8 +55,10 @@ CONTENT_TYPES = {
 DEFAULT_TYPE = "application/octet-stream"
 
 # Pages may load only what this server serves; media comes over WebRTC, not URLs.
-PAGE_POLICY = ("default-src 'self'; connect-src 'self'; img-src 'self' data: blob:; media-src 'self' blob:; "
-               "object-src 'none'; base-uri 'none'; frame-ancestors 'self'; form-action 'self'")
+PAGE_POLICY = (
+    "default-src 'self'; connect-src 'self'; img-src 'self' data: blob:; media-src 'self' blob:; "
+    "object-src 'none'; base-uri 'none'; frame-ancestors 'self'; form-action 'self'"
+)
 
 
 def _not_found(path: str) -> ApiError:

@@ -80,13 +80,20 @@ def caller_of(principal: Principal, instance_id: uuid.UUID | None = None) -> Cha
     return ChatCaller(principal.instance_id, principal.identity, admin=principal.grants.room_admin, room=room)
 
 
-def conversation_json(conversation: Conversation, member: Member | None = None,
-                      members: list[Member] | None = None) -> dict[str, Any]:
+def conversation_json(
+    conversation: Conversation, member: Member | None = None, members: list[Member] | None = None
+) -> dict[str, Any]:
     body: dict[str, Any] = {
-        "id": conversation.id, "instance_id": conversation.instance_id, "kind": conversation.kind,
-        "title": conversation.title, "room_id": conversation.room_id, "created_by": conversation.created_by,
-        "metadata": conversation.metadata, "last_seq": conversation.last_seq,
-        "created_at": conversation.created_at}
+        "id": conversation.id,
+        "instance_id": conversation.instance_id,
+        "kind": conversation.kind,
+        "title": conversation.title,
+        "room_id": conversation.room_id,
+        "created_by": conversation.created_by,
+        "metadata": conversation.metadata,
+        "last_seq": conversation.last_seq,
+        "created_at": conversation.created_at,
+    }
     if member is not None:
         body["unread"] = max(0, conversation.last_seq - member.read_seq)
         body["read_seq"] = member.read_seq
@@ -117,11 +124,13 @@ def _query_time(request: web.Request, name: str) -> dt.datetime | None:
 
 # --- conversations ---------------------------------------------------------------------
 
+
 async def create_conversation(request: web.Request) -> web.Response:
     body = await read_model(request, ConversationCreate)
     caller = caller_of(principal_of(request), body.instance_id)
     conversation, created = await chat_of(request).conversations.create(
-        caller, body.kind, body.members, title=body.title, metadata=body.metadata)
+        caller, body.kind, body.members, title=body.title, metadata=body.metadata
+    )
     members = await chat_of(request).conversations.members(conversation)
     return json_response(conversation_json(conversation, members=members), status=201 if created else 200)
 
@@ -131,15 +140,17 @@ async def list_conversations(request: web.Request) -> web.Response:
     caller = caller_of(principal, query_uuid(request, "instance_id"))
     limit = query_int(request, "limit", 100, low=1, high=1000)
     offset = query_int(request, "offset", 0, low=0, high=10**9)
-    found = await chat_of(request).conversations.list_for(caller, request.query.get("identity"), limit=limit,
-                                                          offset=offset)
+    found = await chat_of(request).conversations.list_for(
+        caller, request.query.get("identity"), limit=limit, offset=offset
+    )
     return json_response({"conversations": [conversation_json(c, m) for c, m in found]})
 
 
 async def get_conversation(request: web.Request) -> web.Response:
     chat = chat_of(request)
-    conversation = await chat.conversations.access(caller_of(principal_of(request)),
-                                                   path_uuid(request, "conversation_id"))
+    conversation = await chat.conversations.access(
+        caller_of(principal_of(request)), path_uuid(request, "conversation_id")
+    )
     return json_response(conversation_json(conversation, members=await chat.conversations.members(conversation)))
 
 
@@ -158,22 +169,30 @@ async def remove_member(request: web.Request) -> web.Response:
     conversation = await chat.conversations.access(caller, path_uuid(request, "conversation_id"))
     identity = request.match_info["identity"]
     if not caller.admin and identity != caller.identity:
-        raise ApiError(403, "grant_missing", "only an administrator removes others (anyone may leave)",
-                       {"grant": "room_admin"})
+        raise ApiError(
+            403, "grant_missing", "only an administrator removes others (anyone may leave)", {"grant": "room_admin"}
+        )
     await chat.conversations.remove_member(conversation, identity)
     return json_response({"removed": identity})
 
 
 # --- messages --------------------------------------------------------------------------
 
+
 async def send_message(request: web.Request) -> web.Response:
     chat = chat_of(request)
     caller = caller_of(principal_of(request))
     body = await read_model(request, MessageSend)
     await chat.check_rate(caller, body.sender)
-    result = await chat.messages.send(caller, path_uuid(request, "conversation_id"), body.content,
-                                      body.idempotency_key, kind=body.kind, metadata=body.metadata,
-                                      sender=body.sender)
+    result = await chat.messages.send(
+        caller,
+        path_uuid(request, "conversation_id"),
+        body.content,
+        body.idempotency_key,
+        kind=body.kind,
+        metadata=body.metadata,
+        sender=body.sender,
+    )
     return json_response(result.message, status=201 if result.created else 200)
 
 
@@ -186,28 +205,34 @@ async def list_messages(request: web.Request) -> web.Response:
     before_seq = query_int(request, "before_seq", 0, low=1, high=2**62) if before is not None else None
     limit = query_int(request, "limit", 50, low=1, high=500)
     messages, more = await chat_of(request).messages.history(
-        caller_of(principal_of(request)), path_uuid(request, "conversation_id"), after_seq=after_seq,
-        before_seq=before_seq, limit=limit)
+        caller_of(principal_of(request)),
+        path_uuid(request, "conversation_id"),
+        after_seq=after_seq,
+        before_seq=before_seq,
+        limit=limit,
+    )
     return json_response({"messages": messages, "has_more": more})
 
 
 async def get_message(request: web.Request) -> web.Response:
-    message = await chat_of(request).messages.get(caller_of(principal_of(request)),
-                                                  path_uuid(request, "conversation_id"), _seq(request))
+    message = await chat_of(request).messages.get(
+        caller_of(principal_of(request)), path_uuid(request, "conversation_id"), _seq(request)
+    )
     return json_response(message)
 
 
 async def edit_message(request: web.Request) -> web.Response:
     body = await read_model(request, MessageEdit)
-    message = await chat_of(request).messages.edit(caller_of(principal_of(request)),
-                                                   path_uuid(request, "conversation_id"), _seq(request),
-                                                   body.content)
+    message = await chat_of(request).messages.edit(
+        caller_of(principal_of(request)), path_uuid(request, "conversation_id"), _seq(request), body.content
+    )
     return json_response(message)
 
 
 async def delete_message(request: web.Request) -> web.Response:
-    message = await chat_of(request).messages.delete(caller_of(principal_of(request)),
-                                                     path_uuid(request, "conversation_id"), _seq(request))
+    message = await chat_of(request).messages.delete(
+        caller_of(principal_of(request)), path_uuid(request, "conversation_id"), _seq(request)
+    )
     return json_response(message)
 
 
@@ -216,11 +241,13 @@ async def post_receipt(request: web.Request) -> web.Response:
     caller = caller_of(principal_of(request))
     if body.identity is not None:  # a bot backend reports for its bot
         if not caller.admin:
-            raise ApiError(403, "grant_missing", "reporting for another identity needs room_admin",
-                           {"grant": "room_admin"})
+            raise ApiError(
+                403, "grant_missing", "reporting for another identity needs room_admin", {"grant": "room_admin"}
+            )
         caller = ChatCaller(caller.instance_id, body.identity, admin=True)
-    receipt = await chat_of(request).messages.receipt(caller, path_uuid(request, "conversation_id"),
-                                                      delivered_seq=body.delivered_seq, read_seq=body.read_seq)
+    receipt = await chat_of(request).messages.receipt(
+        caller, path_uuid(request, "conversation_id"), delivered_seq=body.delivered_seq, read_seq=body.read_seq
+    )
     return json_response(receipt)
 
 
@@ -229,9 +256,14 @@ async def search_messages(request: web.Request) -> web.Response:
     caller = caller_of(principal, query_uuid(request, "instance_id"))
     limit = query_int(request, "limit", 50, low=1, high=500)
     found = await chat_of(request).messages.search(
-        caller, request.query.get("q", ""), conversation_id=query_uuid(request, "conversation_id"),
-        sender=request.query.get("sender"), since=_query_time(request, "since"),
-        until=_query_time(request, "until"), limit=limit)
+        caller,
+        request.query.get("q", ""),
+        conversation_id=query_uuid(request, "conversation_id"),
+        sender=request.query.get("sender"),
+        since=_query_time(request, "since"),
+        until=_query_time(request, "until"),
+        limit=limit,
+    )
     return json_response({"messages": found})
 
 

@@ -121,29 +121,40 @@ class ChatHub:
     def samples(self) -> list[Sample]:
         """The fan-out's figures for ``node.metrics.watch``."""
         return [
-            Sample("gbmedia_chat_events_delivered_total", "Chat events pushed to this node's sockets",
-                   self.delivered, counter=True),
-            Sample("gbmedia_chat_bus_messages_total", "Bus messages of chat events published by this node",
-                   self.published, counter=True),
+            Sample(
+                "gbmedia_chat_events_delivered_total",
+                "Chat events pushed to this node's sockets",
+                self.delivered,
+                counter=True,
+            ),
+            Sample(
+                "gbmedia_chat_bus_messages_total",
+                "Bus messages of chat events published by this node",
+                self.published,
+                counter=True,
+            ),
             Sample("gbmedia_chat_sessions", "Chat sessions connected to this node", self.session_count),
         ]
 
     # --- outgoing ------------------------------------------------------------------
 
-    async def on_change(self, kind: str, event: dict[str, Any], conversation: Conversation,
-                        members: list[str] | None = None) -> None:
+    async def on_change(
+        self, kind: str, event: dict[str, Any], conversation: Conversation, members: list[str] | None = None
+    ) -> None:
         """A committed message or receipt (``Messages.on_change``): fan it out to members."""
         if members is None:
             members = await self.conversations.member_identities(conversation.id)
-        payload = {"type": "chat_message", "message": event} if kind == "message" else {"type": "chat_receipt",
-                                                                                         **event}
+        payload = {"type": "chat_message", "message": event} if kind == "message" else {"type": "chat_receipt", **event}
         self._queue(str(conversation.instance_id), members, payload)
 
     async def typing(self, conversation: Conversation, identity: str, active: bool) -> None:
         """Ephemeral: never stored, sent to the other members online now."""
         members = [m for m in await self.conversations.member_identities(conversation.id) if m != identity]
-        self._queue(str(conversation.instance_id), members, {
-            "type": "typing", "conversation_id": str(conversation.id), "identity": identity, "active": active})
+        self._queue(
+            str(conversation.instance_id),
+            members,
+            {"type": "typing", "conversation_id": str(conversation.id), "identity": identity, "active": active},
+        )
 
     def _queue(self, instance_id: str, members: list[str], event: dict[str, Any]) -> None:
         """To this node's sessions now, and into the next bus message for the other nodes."""

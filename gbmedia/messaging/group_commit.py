@@ -71,8 +71,10 @@ DEFAULT_LANES = 2  # writers working at once, each on its own share of the conve
 _CONVERSATION_FIELDS = [c.strip() for c in CONVERSATION_COLUMNS.split(",")]
 
 # Python's datetime.isoformat() of a UTC timestamp, so the outbox event and the socket's event agree.
-_ISO_UTC = ("to_char(t AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS') || "
-            "CASE WHEN to_char(t, 'US') = '000000' THEN '' ELSE '.' || to_char(t, 'US') END || '+00:00'")
+_ISO_UTC = (
+    "to_char(t AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS') || "
+    "CASE WHEN to_char(t, 'US') = '000000' THEN '' ELSE '.' || to_char(t, 'US') END || '+00:00'"
+)
 
 BATCH_SQL = f"""
 WITH input AS MATERIALIZED (
@@ -85,7 +87,7 @@ clock AS MATERIALIZED (
     SELECT now() AS at, (SELECT {_ISO_UTC} FROM (SELECT now() AS t) n) AS at_text
 ),
 locked AS MATERIALIZED (
-    SELECT {', '.join('c.' + c for c in _CONVERSATION_FIELDS)},
+    SELECT {", ".join("c." + c for c in _CONVERSATION_FIELDS)},
            ARRAY(SELECT m.identity FROM conversation_members m WHERE m.conversation_id = c.id) AS members
       FROM conversations c
      WHERE c.id IN (SELECT conversation_id FROM input)
@@ -145,7 +147,7 @@ SELECT j.ord, j.found, j.allowed, f.id AS new_id, f.seq AS new_seq, (SELECT at F
        j.x_id, j.x_seq, j.x_sender, j.x_kind, j.x_content, j.x_metadata, j.x_created_at, j.x_edited_at,
        j.x_deleted_at,
        -- the conversation and its members once, on the first row of each conversation
-       {', '.join(f'CASE WHEN j.ord = j.first_ord THEN l.{c} END AS c_{c}' for c in _CONVERSATION_FIELDS)},
+       {", ".join(f"CASE WHEN j.ord = j.first_ord THEN l.{c} END AS c_{c}" for c in _CONVERSATION_FIELDS)},
        CASE WHEN j.ord = j.first_ord THEN l.members END AS members, j.conversation_id
   FROM judged j
   LEFT JOIN fresh f ON f.ord = j.ord
@@ -190,25 +192,49 @@ class SendOutcome:
     members: list[str] | None
 
 
-def _outcome(request: SendRequest, row: asyncpg.Record,
-             conversations: dict[uuid.UUID, tuple[Conversation, list[str]]]) -> SendOutcome:
+def _outcome(
+    request: SendRequest, row: asyncpg.Record, conversations: dict[uuid.UUID, tuple[Conversation, list[str]]]
+) -> SendOutcome:
     """One send's row; ``conversations`` collects each conversation from the first row that carries it."""
     if row["c_id"] is not None:
-        conversations[row["c_id"]] = (Conversation(**{c: row[f"c_{c}"] for c in _CONVERSATION_FIELDS}),
-                                      list(row["members"]))
+        conversations[row["c_id"]] = (
+            Conversation(**{c: row[f"c_{c}"] for c in _CONVERSATION_FIELDS}),
+            list(row["members"]),
+        )
     if not row["found"]:
         return SendOutcome("not_found", None, None, None)
     conversation, members = conversations[row["conversation_id"]]
     if not row["allowed"]:
         return SendOutcome("not_member", None, conversation, members)
     if row["x_id"] is not None:
-        stored = Message(row["x_id"], request.conversation_id, row["x_seq"], row["x_sender"], row["x_kind"],
-                         row["x_content"], row["x_metadata"], request.idempotency_key, row["x_created_at"],
-                         row["x_edited_at"], row["x_deleted_at"])
+        stored = Message(
+            row["x_id"],
+            request.conversation_id,
+            row["x_seq"],
+            row["x_sender"],
+            row["x_kind"],
+            row["x_content"],
+            row["x_metadata"],
+            request.idempotency_key,
+            row["x_created_at"],
+            row["x_edited_at"],
+            row["x_deleted_at"],
+        )
         return SendOutcome("stored", stored, conversation, members)
     created_at: dt.datetime = row["created_at"]
-    message = Message(row["new_id"], request.conversation_id, row["new_seq"], request.sender, request.kind,
-                      request.content, request.metadata, request.idempotency_key, created_at, None, None)
+    message = Message(
+        row["new_id"],
+        request.conversation_id,
+        row["new_seq"],
+        request.sender,
+        request.kind,
+        request.content,
+        request.metadata,
+        request.idempotency_key,
+        created_at,
+        None,
+        None,
+    )
     return SendOutcome("created", message, conversation, members)
 
 
@@ -274,8 +300,9 @@ class SendBatcher:
     each other's row locks.
     """
 
-    def __init__(self, pool: asyncpg.Pool, committed: Any, *, max_batch: int = MAX_BATCH,
-                 lanes: int = DEFAULT_LANES) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, committed: Any, *, max_batch: int = MAX_BATCH, lanes: int = DEFAULT_LANES
+    ) -> None:
         self.pool = pool
         self.committed = committed
         self.max_batch = max_batch
@@ -318,8 +345,9 @@ class SendBatcher:
                 return
             # One bad send must not fail the others: write each on its own.
             self.fallbacks += 1
-            log.warning("chat batch failed; writing its sends one by one",
-                        extra={"sends": len(batch), "error": repr(exc)})
+            log.warning(
+                "chat batch failed; writing its sends one by one", extra={"sends": len(batch), "error": repr(exc)}
+            )
             for item in batch:
                 if not item[1].done():
                     await self._write([item])
@@ -339,8 +367,9 @@ class SendBatcher:
         if not item[1].done():
             item[1].set_exception(exc)
 
-    async def _deliver(self, batch: list[tuple[SendRequest, asyncio.Future[SendOutcome]]],
-                       outcomes: list[SendOutcome]) -> None:
+    async def _deliver(
+        self, batch: list[tuple[SendRequest, asyncio.Future[SendOutcome]]], outcomes: list[SendOutcome]
+    ) -> None:
         try:
             await self.committed(outcomes)
         except Exception:  # delivery is best effort; the commit is what the ack promises
@@ -352,9 +381,21 @@ class SendBatcher:
     async def _execute(self, requests: list[SendRequest]) -> list[SendOutcome]:
         columns: list[list[Any]] = [[] for _ in range(11)]
         for ord_, r in enumerate(requests):
-            for i, value in enumerate((ord_, r.conversation_id, r.instance_id, r.identity, r.admin, r.sender, r.kind,
-                                       r.content, json.dumps(r.metadata, separators=(",", ":"), ensure_ascii=False),
-                                       r.idempotency_key, r.ts_config)):
+            for i, value in enumerate(
+                (
+                    ord_,
+                    r.conversation_id,
+                    r.instance_id,
+                    r.identity,
+                    r.admin,
+                    r.sender,
+                    r.kind,
+                    r.content,
+                    json.dumps(r.metadata, separators=(",", ":"), ensure_ascii=False),
+                    r.idempotency_key,
+                    r.ts_config,
+                )
+            ):
                 columns[i].append(value)
         started = time.perf_counter()
         async with self.pool.acquire() as conn:
@@ -369,16 +410,28 @@ class SendBatcher:
     def samples(self) -> list[Sample]:
         """The writer's figures for ``node.metrics.watch``: how much group commit groups."""
         return [
-            Sample("gbmedia_chat_send_batches_total", "Chat send statements (each one commit)", self.batches,
-                   counter=True),
-            Sample("gbmedia_chat_sends_batched_total", "Chat sends written by those statements", self.sends,
-                   counter=True),
-            Sample("gbmedia_chat_send_batch_fallbacks_total",
-                   "Chat batches that failed and were written one send at a time", self.fallbacks, counter=True),
+            Sample(
+                "gbmedia_chat_send_batches_total", "Chat send statements (each one commit)", self.batches, counter=True
+            ),
+            Sample(
+                "gbmedia_chat_sends_batched_total", "Chat sends written by those statements", self.sends, counter=True
+            ),
+            Sample(
+                "gbmedia_chat_send_batch_fallbacks_total",
+                "Chat batches that failed and were written one send at a time",
+                self.fallbacks,
+                counter=True,
+            ),
             Sample("gbmedia_chat_send_batch_largest", "Most sends one chat statement has written", self.largest),
-            Sample("gbmedia_chat_send_batch_seconds_total",
-                   "Time chat send statements took, from taking a connection to their rows (committed)",
-                   self.statement_seconds, counter=True),
-            Sample("gbmedia_chat_sends_queued", "Chat sends waiting for the next statement",
-                   sum(len(lane.queue) for lane in self.lanes)),
+            Sample(
+                "gbmedia_chat_send_batch_seconds_total",
+                "Time chat send statements took, from taking a connection to their rows (committed)",
+                self.statement_seconds,
+                counter=True,
+            ),
+            Sample(
+                "gbmedia_chat_sends_queued",
+                "Chat sends waiting for the next statement",
+                sum(len(lane.queue) for lane in self.lanes),
+            ),
         ]

@@ -24,8 +24,8 @@ from typing import Any
 
 import asyncpg
 
+from gbmedia import outbox
 from gbmedia.errors import ApiError, bad_request, forbidden, not_found
-from gbmedia.messaging import outbox
 from gbmedia.messaging.conversations import Conversations
 from gbmedia.messaging.group_commit import DEFAULT_LANES, SendBatcher, SendOutcome, SendRequest
 from gbmedia.messaging.models import MESSAGE_KINDS, ChatCaller, Conversation, Message, Receipt, SendResult
@@ -33,15 +33,31 @@ from gbmedia.tenancy.sharding import shard_key_for
 
 log = logging.getLogger(__name__)
 
-_MESSAGE_COLUMNS = ("id, conversation_id, seq, sender_id AS sender, kind, content, metadata, idempotency_key, "
-                    "created_at, edited_at, deleted_at")
+_MESSAGE_COLUMNS = (
+    "id, conversation_id, seq, sender_id AS sender, kind, content, metadata, idempotency_key, "
+    "created_at, edited_at, deleted_at"
+)
 IDEMPOTENCY_KEY = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 DEFAULT_MAX_CONTENT_BYTES = 16 * 1024
 # Instance locales whose language has a PostgreSQL text search configuration.
-_TS_CONFIGS = {"en": "english", "pt": "portuguese", "es": "spanish", "fr": "french", "de": "german",
-               "it": "italian", "nl": "dutch", "ru": "russian", "sv": "swedish", "da": "danish",
-               "fi": "finnish", "no": "norwegian", "nb": "norwegian", "hu": "hungarian", "ro": "romanian",
-               "tr": "turkish"}
+_TS_CONFIGS = {
+    "en": "english",
+    "pt": "portuguese",
+    "es": "spanish",
+    "fr": "french",
+    "de": "german",
+    "it": "italian",
+    "nl": "dutch",
+    "ru": "russian",
+    "sv": "swedish",
+    "da": "danish",
+    "fi": "finnish",
+    "no": "norwegian",
+    "nb": "norwegian",
+    "hu": "hungarian",
+    "ro": "romanian",
+    "tr": "turkish",
+}
 
 ChangeListener = Callable[[str, dict[str, Any], Conversation, list[str] | None], Awaitable[None]]
 TS_CONFIG_CACHE_SECONDS = 30.0
@@ -59,18 +75,31 @@ def message_from(row: asyncpg.Record) -> Message:
 
 
 def message_event(message: Message) -> dict[str, Any]:
-    return {"id": str(message.id), "conversation_id": str(message.conversation_id), "seq": message.seq,
-            "sender": message.sender, "kind": message.kind, "content": message.content,
-            "metadata": message.metadata, "idempotency_key": message.idempotency_key,
-            "created_at": message.created_at.isoformat(),
-            "edited_at": message.edited_at.isoformat() if message.edited_at else None,
-            "deleted_at": message.deleted_at.isoformat() if message.deleted_at else None}
+    return {
+        "id": str(message.id),
+        "conversation_id": str(message.conversation_id),
+        "seq": message.seq,
+        "sender": message.sender,
+        "kind": message.kind,
+        "content": message.content,
+        "metadata": message.metadata,
+        "idempotency_key": message.idempotency_key,
+        "created_at": message.created_at.isoformat(),
+        "edited_at": message.edited_at.isoformat() if message.edited_at else None,
+        "deleted_at": message.deleted_at.isoformat() if message.deleted_at else None,
+    }
 
 
 class Messages:
-    def __init__(self, pool: asyncpg.Pool, conversations: Conversations, *,
-                 max_content_bytes: int = DEFAULT_MAX_CONTENT_BYTES, batch_pool: asyncpg.Pool | None = None,
-                 writers: int = DEFAULT_LANES) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        conversations: Conversations,
+        *,
+        max_content_bytes: int = DEFAULT_MAX_CONTENT_BYTES,
+        batch_pool: asyncpg.Pool | None = None,
+        writers: int = DEFAULT_LANES,
+    ) -> None:
         self.pool = pool
         self.conversations = conversations
         self.max_content_bytes = max_content_bytes
@@ -83,8 +112,9 @@ class Messages:
         ``receipt``); ``members`` is the member list when the change already read it, else None."""
         self._listeners.append(listener)
 
-    async def _changed(self, kind: str, event: dict[str, Any], conversation: Conversation,
-                       members: list[str] | None = None) -> None:
+    async def _changed(
+        self, kind: str, event: dict[str, Any], conversation: Conversation, members: list[str] | None = None
+    ) -> None:
         for listener in self._listeners:
             try:
                 await listener(kind, event, conversation, members)
@@ -96,38 +126,58 @@ class Messages:
     def _check_content(self, content: str) -> None:
         size = len(content.encode("utf-8"))
         if size > self.max_content_bytes:
-            raise ApiError(413, "message_too_large",
-                           f"messages are at most {self.max_content_bytes} bytes of UTF-8 ({size} given)",
-                           {"max_bytes": self.max_content_bytes})
+            raise ApiError(
+                413,
+                "message_too_large",
+                f"messages are at most {self.max_content_bytes} bytes of UTF-8 ({size} given)",
+                {"max_bytes": self.max_content_bytes},
+            )
         if not content.strip():
             raise bad_request("empty_message", "a message needs some content")
         if "\x00" in content:  # PostgreSQL text cannot hold it
             raise bad_request("invalid_content", "a message cannot contain the NUL character (U+0000)")
 
-    async def send(self, caller: ChatCaller, conversation_id: uuid.UUID, content: str, idempotency_key: str, *,
-                   kind: str = "text", metadata: dict[str, Any] | None = None,
-                   sender: str | None = None) -> SendResult:
-        request = await self.prepare(caller, conversation_id, content, idempotency_key, kind=kind,
-                                     metadata=metadata, sender=sender)
+    async def send(
+        self,
+        caller: ChatCaller,
+        conversation_id: uuid.UUID,
+        content: str,
+        idempotency_key: str,
+        *,
+        kind: str = "text",
+        metadata: dict[str, Any] | None = None,
+        sender: str | None = None,
+    ) -> SendResult:
+        request = await self.prepare(
+            caller, conversation_id, content, idempotency_key, kind=kind, metadata=metadata, sender=sender
+        )
         return await self.commit(caller, request)
 
-    async def prepare(self, caller: ChatCaller, conversation_id: uuid.UUID, content: str, idempotency_key: str, *,
-                      kind: str = "text", metadata: dict[str, Any] | None = None,
-                      sender: str | None = None) -> SendRequest:
+    async def prepare(
+        self,
+        caller: ChatCaller,
+        conversation_id: uuid.UUID,
+        content: str,
+        idempotency_key: str,
+        *,
+        kind: str = "text",
+        metadata: dict[str, Any] | None = None,
+        sender: str | None = None,
+    ) -> SendRequest:
         """A send checked for everything but the conversation (size, kind, key, who may send as whom).
 
         Split from :meth:`commit` so a socket can check its sends one by one, in the
         order they came, and let them wait for their commits together.
         """
         if not isinstance(idempotency_key, str) or not IDEMPOTENCY_KEY.fullmatch(idempotency_key):
-            raise bad_request("invalid_idempotency_key",
-                              "idempotency_key is 1-128 letters, digits, '.', '_', ':' or '-'")
+            raise bad_request(
+                "invalid_idempotency_key", "idempotency_key is 1-128 letters, digits, '.', '_', ':' or '-'"
+            )
         if kind not in MESSAGE_KINDS:
             raise bad_request("invalid_kind", f"kind is one of {MESSAGE_KINDS}")
         self._check_content(content)
         if sender is not None and not caller.admin:
-            raise forbidden("grant_missing", "only an administrator may send as another identity",
-                            grant="room_admin")
+            raise forbidden("grant_missing", "only an administrator may send as another identity", grant="room_admin")
         author = sender or caller.identity
         if author is None:
             raise bad_request("sender_required", "the operator names the sender")
@@ -136,13 +186,27 @@ class Messages:
             raise bad_request("invalid_content", "metadata cannot contain the NUL character (U+0000)")
         size = len(content.encode("utf-8")) + len(encoded_metadata)
         if size > outbox.MAX_PAYLOAD_BYTES - 4096:  # the outbox event must stay under the broker's limit
-            raise ApiError(413, "message_too_large", "the message with its metadata is too large for the event stream",
-                           {"max_bytes": outbox.MAX_PAYLOAD_BYTES - 4096})
+            raise ApiError(
+                413,
+                "message_too_large",
+                "the message with its metadata is too large for the event stream",
+                {"max_bytes": outbox.MAX_PAYLOAD_BYTES - 4096},
+            )
         instance_id = caller.instance_id
         if instance_id is None:  # the operator: the conversation names the instance (and its language)
             instance_id = (await self.conversations.access(caller, conversation_id)).instance_id
-        return SendRequest(conversation_id, caller.instance_id, caller.identity, caller.admin, author, kind,
-                           content, metadata or {}, idempotency_key, await self._ts_config(instance_id))
+        return SendRequest(
+            conversation_id,
+            caller.instance_id,
+            caller.identity,
+            caller.admin,
+            author,
+            kind,
+            content,
+            metadata or {},
+            idempotency_key,
+            await self._ts_config(instance_id),
+        )
 
     async def commit(self, caller: ChatCaller, request: SendRequest) -> SendResult:
         """Write a prepared send (in the next group commit) and answer once it is committed.
@@ -175,16 +239,20 @@ class Messages:
     @staticmethod
     def _may_join(caller: ChatCaller, conversation: Conversation | None) -> bool:
         """Whether :meth:`Conversations.access` would make the caller a member (a room's participant)."""
-        return (conversation is not None and conversation.kind == "room" and caller.identity is not None
-                and caller.room is not None and conversation.title == caller.room)
+        return (
+            conversation is not None
+            and conversation.kind == "room"
+            and caller.identity is not None
+            and caller.room is not None
+            and conversation.title == caller.room
+        )
 
     async def _committed(self, outcomes: list[SendOutcome]) -> None:
         """After a batch's commit, before its acks: the new messages to the listeners, in seq order."""
         for outcome in outcomes:
             if outcome.status == "created":
                 assert outcome.message is not None and outcome.conversation is not None
-                await self._changed("message", message_event(outcome.message), outcome.conversation,
-                                    outcome.members)
+                await self._changed("message", message_event(outcome.message), outcome.conversation, outcome.members)
 
     async def _ts_config(self, instance_id: uuid.UUID) -> str:
         """The instance's text search configuration, cached briefly (locales rarely change)."""
@@ -200,14 +268,25 @@ class Messages:
     @staticmethod
     def _replayed(existing: Message, content: str) -> SendResult:
         if existing.content != content and existing.deleted_at is None and existing.edited_at is None:
-            raise ApiError(409, "idempotency_key_reused",
-                           "this idempotency key was used for a different message", {"seq": existing.seq})
+            raise ApiError(
+                409,
+                "idempotency_key_reused",
+                "this idempotency key was used for a different message",
+                {"seq": existing.seq},
+            )
         return SendResult(existing, False)
 
     # --- read ----------------------------------------------------------------------
 
-    async def history(self, caller: ChatCaller, conversation_id: uuid.UUID, *, after_seq: int | None = None,
-                      before_seq: int | None = None, limit: int = 50) -> tuple[list[Message], bool]:
+    async def history(
+        self,
+        caller: ChatCaller,
+        conversation_id: uuid.UUID,
+        *,
+        after_seq: int | None = None,
+        before_seq: int | None = None,
+        limit: int = 50,
+    ) -> tuple[list[Message], bool]:
         """A page in seq order and whether more lie beyond it.
 
         ``after_seq`` pages forwards (catching up from a cursor: gaps are filled,
@@ -218,14 +297,22 @@ class Messages:
             rows = await self.pool.fetch(
                 f"""SELECT {_MESSAGE_COLUMNS} FROM messages
                      WHERE shard_key = $1 AND conversation_id = $2 AND seq > $3 ORDER BY seq LIMIT $4""",
-                conversation.shard_key, conversation.id, after_seq, limit + 1)
+                conversation.shard_key,
+                conversation.id,
+                after_seq,
+                limit + 1,
+            )
             page = [message_from(r) for r in rows]
             return page[:limit], len(page) > limit
         rows = await self.pool.fetch(
             f"""SELECT {_MESSAGE_COLUMNS} FROM messages
                  WHERE shard_key = $1 AND conversation_id = $2 AND ($3::bigint IS NULL OR seq < $3)
                  ORDER BY seq DESC LIMIT $4""",
-            conversation.shard_key, conversation.id, before_seq, limit + 1)
+            conversation.shard_key,
+            conversation.id,
+            before_seq,
+            limit + 1,
+        )
         page = [message_from(r) for r in rows]
         return list(reversed(page[:limit])), len(page) > limit
 
@@ -233,11 +320,16 @@ class Messages:
         conversation = await self.conversations.access(caller, conversation_id)
         return await self._get(conversation, seq)
 
-    async def _get(self, conversation: Conversation, seq: int, conn: asyncpg.Connection | None = None,
-                   *, for_update: bool = False) -> Message:
+    async def _get(
+        self, conversation: Conversation, seq: int, conn: asyncpg.Connection | None = None, *, for_update: bool = False
+    ) -> Message:
         row = await (conn or self.pool).fetchrow(
             f"""SELECT {_MESSAGE_COLUMNS} FROM messages WHERE shard_key = $1 AND conversation_id = $2 AND seq = $3
-                {'FOR UPDATE' if for_update else ''}""", conversation.shard_key, conversation.id, seq)
+                {"FOR UPDATE" if for_update else ""}""",
+            conversation.shard_key,
+            conversation.id,
+            seq,
+        )
         if row is None:
             raise not_found("message", seq)
         return message_from(row)
@@ -252,8 +344,9 @@ class Messages:
         """A tombstone: content and metadata go, the seq stays (clients see a gap-free history)."""
         return await self._change(caller, conversation_id, seq, "message.deleted")
 
-    async def _change(self, caller: ChatCaller, conversation_id: uuid.UUID, seq: int, kind: str,
-                      content: str | None = None) -> Message:
+    async def _change(
+        self, caller: ChatCaller, conversation_id: uuid.UUID, seq: int, kind: str, content: str | None = None
+    ) -> Message:
         conversation = await self.conversations.access(caller, conversation_id)
         async with self.pool.acquire() as conn, conn.transaction():
             # The conversation's lock, as a send takes it: its events reach the outbox in commit order.
@@ -267,12 +360,19 @@ class Messages:
                 row = await conn.fetchrow(
                     f"""UPDATE messages SET content = $4, edited_at = now()
                          WHERE shard_key = $1 AND conversation_id = $2 AND seq = $3 RETURNING {_MESSAGE_COLUMNS}""",
-                    conversation.shard_key, conversation.id, seq, content)
+                    conversation.shard_key,
+                    conversation.id,
+                    seq,
+                    content,
+                )
             else:
                 row = await conn.fetchrow(
                     f"""UPDATE messages SET content = '', metadata = '{{}}', deleted_at = now()
                          WHERE shard_key = $1 AND conversation_id = $2 AND seq = $3 RETURNING {_MESSAGE_COLUMNS}""",
-                    conversation.shard_key, conversation.id, seq)
+                    conversation.shard_key,
+                    conversation.id,
+                    seq,
+                )
             message = message_from(row)
             event = message_event(message)
             await outbox.enqueue(conn, "chat.messages", str(conversation.id), {"type": kind, "message": event})
@@ -281,8 +381,14 @@ class Messages:
 
     # --- receipts --------------------------------------------------------------------
 
-    async def receipt(self, caller: ChatCaller, conversation_id: uuid.UUID, *, delivered_seq: int | None = None,
-                      read_seq: int | None = None) -> Receipt:
+    async def receipt(
+        self,
+        caller: ChatCaller,
+        conversation_id: uuid.UUID,
+        *,
+        delivered_seq: int | None = None,
+        read_seq: int | None = None,
+    ) -> Receipt:
         """Move the caller's cursors forward (never back; read implies delivered).
 
         Values beyond the conversation's last message are clamped to it.
@@ -300,7 +406,9 @@ class Messages:
                 """SELECT m.delivered_seq, m.read_seq, c.last_seq
                      FROM conversation_members m JOIN conversations c ON c.id = m.conversation_id
                     WHERE m.conversation_id = $1 AND m.identity = $2 FOR UPDATE OF m""",
-                conversation.id, caller.identity)
+                conversation.id,
+                caller.identity,
+            )
             if current is None:  # an administrator that is not a member has no cursors
                 raise forbidden("not_a_member", "you are not a member of this conversation")
             last = current["last_seq"]
@@ -308,8 +416,12 @@ class Messages:
             new_read = max(current["read_seq"], min(read_seq or 0, last))
             receipt = Receipt(conversation.id, caller.identity, new_delivered, new_read)
             moved = (new_delivered, new_read) != (current["delivered_seq"], current["read_seq"])
-            event = {"conversation_id": str(conversation.id), "identity": caller.identity,
-                     "delivered_seq": new_delivered, "read_seq": new_read}
+            event = {
+                "conversation_id": str(conversation.id),
+                "identity": caller.identity,
+                "delivered_seq": new_delivered,
+                "read_seq": new_read,
+            }
             if moved:
                 await conn.execute(
                     """UPDATE conversation_members
@@ -317,7 +429,11 @@ class Messages:
                               delivered_at = CASE WHEN $3 > delivered_seq THEN now() ELSE delivered_at END,
                               read_at = CASE WHEN $4 > read_seq THEN now() ELSE read_at END
                         WHERE conversation_id = $1 AND identity = $2""",
-                    conversation.id, caller.identity, new_delivered, new_read)
+                    conversation.id,
+                    caller.identity,
+                    new_delivered,
+                    new_read,
+                )
                 await outbox.enqueue(conn, "chat.receipts", str(conversation.id), {"type": "receipt", **event})
         if moved:
             await self._changed("receipt", event, conversation)
@@ -325,9 +441,17 @@ class Messages:
 
     # --- search ----------------------------------------------------------------------
 
-    async def search(self, caller: ChatCaller, query: str, *, conversation_id: uuid.UUID | None = None,
-                     sender: str | None = None, since: dt.datetime | None = None, until: dt.datetime | None = None,
-                     limit: int = 50) -> list[Message]:
+    async def search(
+        self,
+        caller: ChatCaller,
+        query: str,
+        *,
+        conversation_id: uuid.UUID | None = None,
+        sender: str | None = None,
+        since: dt.datetime | None = None,
+        until: dt.datetime | None = None,
+        limit: int = 50,
+    ) -> list[Message]:
         """Full-text search over what the caller may read, newest first.
 
         The query is web-search syntax (``"exact phrase"``, ``-not``, ``or``) in the
@@ -342,7 +466,7 @@ class Messages:
         instance = await self.conversations.instances.get(caller.instance_id)
         config = ts_config_for(instance.locale)
         rows = await self.pool.fetch(
-            f"""SELECT {', '.join('m.' + c.strip() for c in _MESSAGE_COLUMNS.split(','))}
+            f"""SELECT {", ".join("m." + c.strip() for c in _MESSAGE_COLUMNS.split(","))}
                   FROM messages m
                  WHERE m.instance_id = $1 AND m.shard_key = $2 AND m.deleted_at IS NULL
                    AND m.search @@ websearch_to_tsquery($3::regconfig, $4)
@@ -354,6 +478,15 @@ class Messages:
                         SELECT 1 FROM conversation_members cm
                          WHERE cm.conversation_id = m.conversation_id AND cm.identity = $9))
                  ORDER BY m.created_at DESC, m.seq DESC LIMIT $10""",
-            caller.instance_id, shard_key_for(instance.customer_id), config, query, conversation_id, sender, since,
-            until, None if caller.admin else caller.identity, limit)
+            caller.instance_id,
+            shard_key_for(instance.customer_id),
+            config,
+            query,
+            conversation_id,
+            sender,
+            since,
+            until,
+            None if caller.admin else caller.identity,
+            limit,
+        )
         return [message_from(r) for r in rows]

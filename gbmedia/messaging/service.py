@@ -22,12 +22,20 @@ class Chat:
     send_limiter: RateLimiter
 
     @classmethod
-    def create(cls, pool: asyncpg.Pool, instances: Instances, send_limiter: RateLimiter, *,
-               max_content_bytes: int, batch_pool: asyncpg.Pool | None = None,
-               writers: int = DEFAULT_LANES) -> Chat:
+    def create(
+        cls,
+        pool: asyncpg.Pool,
+        instances: Instances,
+        send_limiter: RateLimiter,
+        *,
+        max_content_bytes: int,
+        batch_pool: asyncpg.Pool | None = None,
+        writers: int = DEFAULT_LANES,
+    ) -> Chat:
         conversations = Conversations(pool, instances)
-        messages = Messages(pool, conversations, max_content_bytes=max_content_bytes, batch_pool=batch_pool,
-                            writers=writers)
+        messages = Messages(
+            pool, conversations, max_content_bytes=max_content_bytes, batch_pool=batch_pool, writers=writers
+        )
         return cls(conversations, messages, send_limiter)
 
     async def check_rate(self, caller: ChatCaller, sender: str | None = None) -> None:
@@ -36,5 +44,9 @@ class Chat:
         decision = await self.send_limiter.take(f"chat:{caller.instance_id}:{who}")
         if not decision.allowed:
             retry = max(1, round(decision.retry_after + 0.5))
-            raise ApiError(429, "chat_rate_limited", f"too many messages; retry in {retry} s",
-                           {"retry_after": round(decision.retry_after, 3)})
+            raise ApiError(
+                429,
+                "chat_rate_limited",
+                f"too many messages; retry in {retry} s",
+                {"retry_after": round(decision.retry_after, 3)},
+            )

@@ -121,8 +121,10 @@ class ChatSession:
             return  # closing: what it missed, it catches up with chat_history after reconnecting
         if self._frames.buffered() > MAX_BUFFERED_BYTES:
             self.cut_off = True
-            log.warning("chat client too slow; disconnecting it",
-                        extra={"identity": self.identity, "buffered": self._frames.buffered()})
+            log.warning(
+                "chat client too slow; disconnecting it",
+                extra={"identity": self.identity, "buffered": self._frames.buffered()},
+            )
             # Abort, not a close handshake: a close frame would queue behind megabytes the client does
             # not read, and waiting for it would hold the session forever.
             self._frames.abort()
@@ -146,11 +148,18 @@ class ChatSession:
         if isinstance(message, p.ChatHistory):
             return await self._history(message)
         if isinstance(message, p.ChatReceipt):
-            receipt = await self.chat.messages.receipt(self.caller, _conversation(message.conversation_id),
-                                                       delivered_seq=message.delivered_seq,
-                                                       read_seq=message.read_seq)
-            return {"type": "chat_receipt_ack", "conversation_id": message.conversation_id,
-                    "delivered_seq": receipt.delivered_seq, "read_seq": receipt.read_seq}
+            receipt = await self.chat.messages.receipt(
+                self.caller,
+                _conversation(message.conversation_id),
+                delivered_seq=message.delivered_seq,
+                read_seq=message.read_seq,
+            )
+            return {
+                "type": "chat_receipt_ack",
+                "conversation_id": message.conversation_id,
+                "delivered_seq": receipt.delivered_seq,
+                "read_seq": receipt.read_seq,
+            }
         if isinstance(message, p.Typing):
             conversation = await self.chat.conversations.access(self.caller, _conversation(message.conversation_id))
             await self.hub.typing(conversation, self.identity, message.active)
@@ -166,12 +175,18 @@ class ChatSession:
     async def prepare_send(self, message: p.ChatSend) -> SendRequest:
         """The checks a send passes before it may wait for a commit: the rate limit, then its content."""
         await self.chat.check_rate(self.caller)
-        return await self.chat.messages.prepare(self.caller, _conversation(message.conversation_id),
-                                                message.content, message.idempotency_key, kind=message.kind,
-                                                metadata=message.metadata)
+        return await self.chat.messages.prepare(
+            self.caller,
+            _conversation(message.conversation_id),
+            message.content,
+            message.idempotency_key,
+            kind=message.kind,
+            metadata=message.metadata,
+        )
 
-    def start_commit(self, message: p.ChatSend, request: SendRequest,
-                     failed: Callable[[Exception], None]) -> asyncio.Future[SendOutcome]:
+    def start_commit(
+        self, message: p.ChatSend, request: SendRequest, failed: Callable[[Exception], None]
+    ) -> asyncio.Future[SendOutcome]:
         """Queue the send for its batch now; its ack, or ``failed(error)``, follows the batch's commit.
 
         No task per send: the batch's outcome is turned into the ack in a callback. Only
@@ -199,8 +214,9 @@ class ChatSession:
         pending.add_done_callback(committed)
         return pending
 
-    async def _join_and_commit(self, message: p.ChatSend, request: SendRequest,
-                               failed: Callable[[Exception], None]) -> None:
+    async def _join_and_commit(
+        self, message: p.ChatSend, request: SendRequest, failed: Callable[[Exception], None]
+    ) -> None:
         try:
             self._ack(message, await self.chat.messages.commit(self.caller, request))
         except Exception as exc:
@@ -208,9 +224,14 @@ class ChatSession:
 
     def _ack(self, message: p.ChatSend, result: SendResult) -> None:
         stored = result.message
-        ack: dict[str, Any] = {"type": "chat_ack", "conversation_id": message.conversation_id,
-                               "message_id": str(stored.id), "seq": stored.seq,
-                               "created_at": stored.created_at.isoformat(), "duplicate": not result.created}
+        ack: dict[str, Any] = {
+            "type": "chat_ack",
+            "conversation_id": message.conversation_id,
+            "message_id": str(stored.id),
+            "seq": stored.seq,
+            "created_at": stored.created_at.isoformat(),
+            "duplicate": not result.created,
+        }
         if message.id is not None:
             ack["id"] = message.id
         self.reply(ack)  # here, not through the socket's reply path: it joins the turn's single write
@@ -219,10 +240,18 @@ class ChatSession:
         if message.after_seq is not None and message.before_seq is not None:
             raise p.ProtocolError("invalid_message", "give after_seq or before_seq, not both")
         messages, more = await self.chat.messages.history(
-            self.caller, _conversation(message.conversation_id), after_seq=message.after_seq,
-            before_seq=message.before_seq, limit=message.limit)
-        return {"type": "chat_history", "conversation_id": message.conversation_id,
-                "messages": [message_event(m) for m in messages], "has_more": more}
+            self.caller,
+            _conversation(message.conversation_id),
+            after_seq=message.after_seq,
+            before_seq=message.before_seq,
+            limit=message.limit,
+        )
+        return {
+            "type": "chat_history",
+            "conversation_id": message.conversation_id,
+            "messages": [message_event(m) for m in messages],
+            "has_more": more,
+        }
 
 
 def _conversation(raw: str) -> uuid.UUID:

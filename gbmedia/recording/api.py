@@ -20,7 +20,7 @@ from gbmedia.http.keys import NODE, principal_of
 from gbmedia.http.responses import json_response, path_uuid, query_int, read_model
 from gbmedia.recording.service import Recording, Recordings
 from gbmedia.recording.storage import LocalStorage, StorageError
-from gbmedia.signaling.rooms import Room
+from gbmedia.rooms.store import Room
 from gbmedia.tenancy.models import Principal
 
 _WRITE = ("room_record", "room_admin")
@@ -30,8 +30,7 @@ _READ = ("room_record", "room_admin", "room_create")
 class RecordingStart(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    kinds: list[Literal["tracks", "composite"]] = Field(default_factory=lambda: ["tracks"], min_length=1,
-                                                        max_length=2)
+    kinds: list[Literal["tracks", "composite"]] = Field(default_factory=lambda: ["tracks"], min_length=1, max_length=2)
 
 
 def _recordings(request: web.Request) -> Recordings:
@@ -47,20 +46,23 @@ def _require(principal: Principal, grants: tuple[str, ...]) -> None:
 def _check_room_grant(principal: Principal, room: Room) -> None:
     """A token limited to one room (``grants.room``) reaches no other room's recordings."""
     if not principal.is_operator and principal.grants.room is not None and principal.grants.room != room.name:
-        raise ApiError(403, "room_not_granted", "the token's grants are for another room",
-                       {"room": principal.grants.room})
+        raise ApiError(
+            403, "room_not_granted", "the token's grants are for another room", {"room": principal.grants.room}
+        )
 
 
 async def _room(request: web.Request, principal: Principal) -> Room:
-    room = await request.app[NODE].rooms.get(None if principal.is_operator else principal.instance_id,
-                                             path_uuid(request, "room_id"))
+    room = await request.app[NODE].rooms.get(
+        None if principal.is_operator else principal.instance_id, path_uuid(request, "room_id")
+    )
     _check_room_grant(principal, room)
     return room
 
 
 async def _recording(request: web.Request, principal: Principal) -> Recording:
-    recording = await _recordings(request).get(None if principal.is_operator else principal.instance_id,
-                                               path_uuid(request, "recording_id"))
+    recording = await _recordings(request).get(
+        None if principal.is_operator else principal.instance_id, path_uuid(request, "recording_id")
+    )
     if not principal.is_operator and principal.grants.room is not None:
         room = await request.app[NODE].rooms.get(recording.instance_id, recording.room_id)
         _check_room_grant(principal, room)
@@ -83,8 +85,7 @@ async def list_recordings(request: web.Request) -> web.Response:
     room = await _room(request, principal)
     limit = query_int(request, "limit", 100, low=1, high=1000)
     offset = query_int(request, "offset", 0, low=0, high=10**9)
-    return json_response({"recordings": await _recordings(request).list_for_room(room.id, limit=limit,
-                                                                                   offset=offset)})
+    return json_response({"recordings": await _recordings(request).list_for_room(room.id, limit=limit, offset=offset)})
 
 
 async def get_recording(request: web.Request) -> web.Response:
@@ -107,8 +108,7 @@ async def download_file(request: web.Request) -> web.StreamResponse:
     recording = await _recording(request, principal)
     service = _recordings(request)
     found, key = await service.file(recording, request.match_info["file"])
-    headers = {"Content-Disposition": f'attachment; filename="{found.name}"',
-               "Cache-Control": "private, no-store"}
+    headers = {"Content-Disposition": f'attachment; filename="{found.name}"', "Cache-Control": "private, no-store"}
     storage = service.storage
     if isinstance(storage, LocalStorage):
         path = storage.path(key)
@@ -121,8 +121,7 @@ async def download_file(request: web.Request) -> web.StreamResponse:
         first = await anext(chunks, b"")
     except StorageError as exc:
         raise ApiError(502, "storage_unavailable", f"the recording store failed: {exc}") from None
-    response = web.StreamResponse(headers={**headers, "Content-Type": found.content_type,
-                                           "Content-Length": str(size)})
+    response = web.StreamResponse(headers={**headers, "Content-Type": found.content_type, "Content-Length": str(size)})
     await response.prepare(request)
     await response.write(first)
     async for chunk in chunks:
@@ -138,4 +137,3 @@ def register(app: web.Application) -> None:
     r.add_get("/api/v1/recordings/{recording_id}", get_recording)
     r.add_post("/api/v1/recordings/{recording_id}/stop", stop_recording)
     r.add_get("/api/v1/recordings/{recording_id}/files/{file}", download_file)
-

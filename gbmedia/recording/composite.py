@@ -82,9 +82,14 @@ class _Sink:
 class CompositeJob:
     """One room's composite: add its tracks as they come, finish when the recording stops."""
 
-    def __init__(self, path: Path, *, loop: asyncio.AbstractEventLoop,
-                 on_started: Callable[[], None] | None = None,
-                 on_failed: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        loop: asyncio.AbstractEventLoop,
+        on_started: Callable[[], None] | None = None,
+        on_failed: Callable[[str], None] | None = None,
+    ) -> None:
         self.path = path
         self._loop = loop
         self._on_started = on_started
@@ -177,8 +182,9 @@ class CompositeJob:
             try:
                 stats = self._close()
             except Exception:
-                stats = WriterStats(self._frames_out, 0, self._frames_out / FPS,
-                                    self.path.stat().st_size if self.path.exists() else 0)
+                stats = WriterStats(
+                    self._frames_out, 0, self._frames_out / FPS, self.path.stat().st_size if self.path.exists() else 0
+                )
             self.done.set_result(TrackResult(stats, self._t0, 0, self.error))
             self._call(self._on_failed, self.error)
 
@@ -192,8 +198,9 @@ class CompositeJob:
             return
         if source is None:
             kind = "audio" if codec.name == "opus" else "video"
-            source = self._sources[key] = _Source(key, kind, FrameAssembler(codec),
-                                                  av.CodecContext.create(_DECODERS[codec.name], "r"))
+            source = self._sources[key] = _Source(
+                key, kind, FrameAssembler(codec), av.CodecContext.create(_DECODERS[codec.name], "r")
+            )
             if kind == "audio":
                 source.resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
         for frame in source.assembler.add(packet):
@@ -233,11 +240,19 @@ class CompositeJob:
 
     def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        container = av.open(str(self.path), "w", format="mp4", container_options={
-            "movflags": "frag_keyframe+empty_moov+default_base_moof", "frag_duration": str(FRAGMENT_US),
-            "flush_packets": "1"})
-        video = container.add_stream("libx264", rate=FPS, options={
-            "preset": "ultrafast", "tune": "zerolatency", "g": str(FPS * 2)})
+        container = av.open(
+            str(self.path),
+            "w",
+            format="mp4",
+            container_options={
+                "movflags": "frag_keyframe+empty_moov+default_base_moof",
+                "frag_duration": str(FRAGMENT_US),
+                "flush_packets": "1",
+            },
+        )
+        video = container.add_stream(
+            "libx264", rate=FPS, options={"preset": "ultrafast", "tune": "zerolatency", "g": str(FPS * 2)}
+        )
         video.width, video.height, video.pix_fmt = WIDTH, HEIGHT, "yuv420p"
         audio = container.add_stream("aac", rate=SAMPLE_RATE, layout="mono")
         self._container, self._video, self._audio = container, video, audio
@@ -272,7 +287,7 @@ class CompositeJob:
             row, col = divmod(index, cols)
             y = row * tile_h + (tile_h - picture.shape[0]) // 2
             x = col * tile_w + (tile_w - picture.shape[1]) // 2
-            canvas[y:y + picture.shape[0], x:x + picture.shape[1]] = picture
+            canvas[y : y + picture.shape[0], x : x + picture.shape[1]] = picture
         return canvas
 
     def _mix(self, count: int) -> np.ndarray:
@@ -284,7 +299,7 @@ class CompositeJob:
             while filled < count and source.samples:
                 chunk = source.samples[0]
                 take = min(count - filled, len(chunk))
-                mixed[filled:filled + take] += chunk[:take]
+                mixed[filled : filled + take] += chunk[:take]
                 if take == len(chunk):
                     source.samples.popleft()
                 else:

@@ -48,8 +48,8 @@ from gbmedia.recording.depacketizer import SUPPORTED
 from gbmedia.recording.storage import LocalStorage, S3Storage, StorageError
 from gbmedia.recording.track_recorder import TrackRecorder, TrackResult
 from gbmedia.recording.writer import content_type_for, extension_for, repair
+from gbmedia.rooms.store import Room, Rooms
 from gbmedia.sfu import aiortc_adapter
-from gbmedia.signaling.rooms import Room, Rooms
 from gbmedia.tenancy import audit
 from gbmedia.tenancy.customers import Customers, quota_exceeded
 from gbmedia.tenancy.instances import Instances
@@ -59,11 +59,15 @@ log = logging.getLogger(__name__)
 
 KINDS = ("tracks", "composite")
 ACTIVE = ("waiting", "recording", "stopping")
-_REC_COLUMNS = ("id, customer_id, instance_id, room_id, kinds, status, error, storage, node_id, started_by, "
-                "stop_reason, duration_seconds, size_bytes, created_at, started_at, stopped_at")
-_FILE_COLUMNS = ("id, recording_id, name, kind, track_id, participant_id, participant_identity, source, codec, "
-                 "content_type, status, error, size_bytes, duration_seconds, start_offset_seconds, aligned_by, "
-                 "created_at, completed_at")
+_REC_COLUMNS = (
+    "id, customer_id, instance_id, room_id, kinds, status, error, storage, node_id, started_by, "
+    "stop_reason, duration_seconds, size_bytes, created_at, started_at, stopped_at"
+)
+_FILE_COLUMNS = (
+    "id, recording_id, name, kind, track_id, participant_id, participant_identity, source, codec, "
+    "content_type, status, error, size_bytes, duration_seconds, start_offset_seconds, aligned_by, "
+    "created_at, completed_at"
+)
 
 
 @dataclass(frozen=True)
@@ -157,9 +161,17 @@ CompositeFactory = Callable[..., Any]
 
 
 class Recordings:
-    def __init__(self, pool: asyncpg.Pool, storage: LocalStorage | S3Storage, rooms: Rooms,
-                 customers: Customers, instances: Instances, *, node_id: str,
-                 composite_factory: CompositeFactory = CompositeJob) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        storage: LocalStorage | S3Storage,
+        rooms: Rooms,
+        customers: Customers,
+        instances: Instances,
+        *,
+        node_id: str,
+        composite_factory: CompositeFactory = CompositeJob,
+    ) -> None:
         self.pool = pool
         self.storage = storage
         self.rooms = rooms
@@ -187,8 +199,11 @@ class Recordings:
     # --- reading ---------------------------------------------------------------------
 
     async def _files(self, conn: Any, recording_ids: list[uuid.UUID]) -> dict[uuid.UUID, list[RecordingFile]]:
-        rows = await conn.fetch(f"SELECT {_FILE_COLUMNS} FROM recording_files WHERE recording_id = ANY($1::uuid[]) "
-                                "ORDER BY created_at, name", recording_ids)
+        rows = await conn.fetch(
+            f"SELECT {_FILE_COLUMNS} FROM recording_files WHERE recording_id = ANY($1::uuid[]) "
+            "ORDER BY created_at, name",
+            recording_ids,
+        )
         out: dict[uuid.UUID, list[RecordingFile]] = {i: [] for i in recording_ids}
         for row in rows:
             out[row["recording_id"]].append(_file(row))
@@ -198,7 +213,9 @@ class Recordings:
         """The recording, or 404 ``recording_not_found`` (also for another instance's)."""
         row = await self.pool.fetchrow(
             f"SELECT {_REC_COLUMNS} FROM recordings WHERE id = $1 AND ($2::uuid IS NULL OR instance_id = $2)",
-            recording_id, instance_id)
+            recording_id,
+            instance_id,
+        )
         if row is None:
             raise not_found("recording", recording_id)
         files = await self._files(self.pool, [recording_id])
@@ -207,7 +224,11 @@ class Recordings:
     async def list_for_room(self, room_id: uuid.UUID, *, limit: int = 100, offset: int = 0) -> list[Recording]:
         rows = await self.pool.fetch(
             f"""SELECT {_REC_COLUMNS} FROM recordings WHERE room_id = $1
-                 ORDER BY created_at DESC, id LIMIT $2 OFFSET $3""", room_id, limit, offset)
+                 ORDER BY created_at DESC, id LIMIT $2 OFFSET $3""",
+            room_id,
+            limit,
+            offset,
+        )
         files = await self._files(self.pool, [r["id"] for r in rows])
         return [Recording(**dict(r), files=files[r["id"]]) for r in rows]
 
@@ -215,7 +236,9 @@ class Recordings:
         """A finished file of the recording and its storage key."""
         row = await self.pool.fetchrow(
             f"SELECT {_FILE_COLUMNS}, storage_key FROM recording_files WHERE recording_id = $1 AND name = $2",
-            recording.id, name)
+            recording.id,
+            name,
+        )
         if row is None:
             raise ApiError(404, "recording_file_not_found", f"the recording has no file {name!r}")
         values = dict(row)
@@ -236,15 +259,20 @@ class Recordings:
         customer = await self.customers.get(room.customer_id, conn)
         plan = await self.customers.plan(customer.subscription_tier, conn)
         if not plan.features.get("recording", False):
-            raise forbidden("feature_not_in_plan", f"the {plan.name} tier does not include recording",
-                            feature="recording", tier=plan.id)
+            raise forbidden(
+                "feature_not_in_plan",
+                f"the {plan.name} tier does not include recording",
+                feature="recording",
+                tier=plan.id,
+            )
         if instance.features.get("recording") is False:
             raise forbidden("feature_disabled", "recording is turned off for this instance", feature="recording")
         used = await conn.fetchval(
             """SELECT coalesce(sum(quantity), 0)::float8 FROM usage_events
                 WHERE customer_id = $1 AND kind = 'recording_minutes'
                   AND occurred_at >= date_trunc('month', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'""",
-            customer.id)
+            customer.id,
+        )
         running = sum(a.media_seconds() / 60 for a in self.active.values() if a.room.customer_id == customer.id)
         limit = plan.quotas.recording_minutes_per_month
         left = limit - used - running
@@ -268,19 +296,41 @@ class Recordings:
                     f"""INSERT INTO recordings (customer_id, instance_id, room_id, kinds, storage, node_id,
                                                 started_by, started_at)
                         VALUES ($1, $2, $3, $4, $5, $6, $7, now()) RETURNING {_REC_COLUMNS}""",
-                    room.customer_id, room.instance_id, room.id, kinds, self.storage.name, self.node_id, actor.name)
+                    room.customer_id,
+                    room.instance_id,
+                    room.id,
+                    kinds,
+                    self.storage.name,
+                    self.node_id,
+                    actor.name,
+                )
             except asyncpg.UniqueViolationError:
-                raise conflict("recording_in_progress",
-                               "the room is being recorded already; stop that recording first") from None
-            await audit.record(conn, actor, "recording.start", "recording", row["id"], customer_id=room.customer_id,
-                               instance_id=room.instance_id,
-                               details={"room_id": str(room.id), "kinds": kinds, "storage": self.storage.name})
+                raise conflict(
+                    "recording_in_progress", "the room is being recorded already; stop that recording first"
+                ) from None
+            await audit.record(
+                conn,
+                actor,
+                "recording.start",
+                "recording",
+                row["id"],
+                customer_id=room.customer_id,
+                instance_id=room.instance_id,
+                details={"room_id": str(room.id), "kinds": kinds, "storage": self.storage.name},
+            )
         active = _Active(row["id"], room, list(kinds), time.time(), time.monotonic())
         self.active[active.id] = active
         self._by_room[room.id] = active
         active.minutes_left = left
-        log.info("recording started", extra={"recording_id": str(active.id), "room_id": str(room.id),
-                                             "kinds": kinds, "minutes_left": round(left, 1)})
+        log.info(
+            "recording started",
+            extra={
+                "recording_id": str(active.id),
+                "room_id": str(room.id),
+                "kinds": kinds,
+                "minutes_left": round(left, 1),
+            },
+        )
         try:
             if "composite" in kinds:
                 await self._start_composite(active)
@@ -308,8 +358,9 @@ class Recordings:
             return
         codec = track.codec
         if codec.name not in SUPPORTED:
-            log.warning("track not recorded: codec not supported", extra={"track_id": track.id,
-                                                                          "codec": codec.mimeType})
+            log.warning(
+                "track not recorded: codec not supported", extra={"track_id": track.id, "codec": codec.mimeType}
+            )
             return
         # Claimed before the first await: a start and a track event racing add it once.
         active.adding.add(track.id)
@@ -331,15 +382,29 @@ class Recordings:
             """INSERT INTO recording_files (recording_id, name, kind, track_id, participant_id,
                                             participant_identity, source, codec, content_type, storage_key)
                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id""",
-            active.id, name, track.kind, track.id, participant.id, participant.identity, track.source,
-            codec.mimeType, content_type_for(codec.name), key)
+            active.id,
+            name,
+            track.kind,
+            track.id,
+            participant.id,
+            participant.identity,
+            track.source,
+            codec.mimeType,
+            content_type_for(codec.name),
+            key,
+        )
         if active.status not in ("waiting", "recording") or active.failure:  # stopped meanwhile
             await self.pool.execute("DELETE FROM recording_files WHERE id = $1", row_id)
             return
-        recorder = TrackRecorder(path, codec, loop=asyncio.get_running_loop(), name=track.id,
-                                 on_started=lambda: self._file_started(active),
-                                 on_failed=lambda error: self._spawn(self._fail(active, error)),
-                                 request_keyframe=track.request_keyframe)
+        recorder = TrackRecorder(
+            path,
+            codec,
+            loop=asyncio.get_running_loop(),
+            name=track.id,
+            on_started=lambda: self._file_started(active),
+            on_failed=lambda error: self._spawn(self._fail(active, error)),
+            request_keyframe=track.request_keyframe,
+        )
         entry = _File(row_id, key, recorder, content_type_for(codec.name), track, participant.id)
         active.files[track.id] = entry
         entry.untap = aiortc_adapter.tap_sender_reports(track.receiver, recorder.on_sender_report)
@@ -354,13 +419,19 @@ class Recordings:
             await asyncio.to_thread(path.parent.mkdir, parents=True, exist_ok=True)
         except OSError as exc:
             raise StorageError(f"cannot record {name}: {exc}") from exc
-        job = self.composite_factory(path, loop=asyncio.get_running_loop(),
-                                     on_started=lambda: self._file_started(active),
-                                     on_failed=lambda error: self._spawn(self._fail(active, error)))
+        job = self.composite_factory(
+            path,
+            loop=asyncio.get_running_loop(),
+            on_started=lambda: self._file_started(active),
+            on_failed=lambda error: self._spawn(self._fail(active, error)),
+        )
         row_id = await self.pool.fetchval(
             """INSERT INTO recording_files (recording_id, name, kind, codec, content_type, storage_key)
                VALUES ($1, $2, 'composite', 'video/H264+audio/AAC', 'video/mp4', $3) RETURNING id""",
-            active.id, name, key)
+            active.id,
+            name,
+            key,
+        )
         active.composite = job
         entry = _File(row_id, key, job, "video/mp4")
         active.files["composite"] = entry
@@ -371,11 +442,15 @@ class Recordings:
             active.media_mono = time.monotonic()
             # The month's minutes run out this long after the media starts: stop then.
             active.quota_timer = asyncio.get_running_loop().call_later(
-                active.minutes_left * 60, lambda: self._spawn(self._quota_stop(active)))
+                active.minutes_left * 60, lambda: self._spawn(self._quota_stop(active))
+            )
         if active.status == "waiting":
             active.status = "recording"
-            self._spawn(self.pool.execute(
-                "UPDATE recordings SET status = 'recording' WHERE id = $1 AND status = 'waiting'", active.id))
+            self._spawn(
+                self.pool.execute(
+                    "UPDATE recordings SET status = 'recording' WHERE id = $1 AND status = 'waiting'", active.id
+                )
+            )
 
     async def _finish_file(self, active: _Active, entry: _File) -> None:
         """When the file's writer ends: hand the file to storage and record what it holds."""
@@ -398,7 +473,14 @@ class Recordings:
             """UPDATE recording_files SET status = $2, error = $3, size_bytes = $4, duration_seconds = $5,
                                          start_offset_seconds = $6, aligned_by = $7, completed_at = now()
                 WHERE id = $1""",
-            entry.id, status, error, size, result.stats.duration, offset, None if offset is None else "arrival")
+            entry.id,
+            status,
+            error,
+            size,
+            result.stats.duration,
+            offset,
+            None if offset is None else "arrival",
+        )
         if not result.stats.frames and error is None:
             # Nothing arrived (the track ended before its first keyframe): no empty file is kept.
             await self.pool.execute("DELETE FROM recording_files WHERE id = $1", entry.id)
@@ -419,8 +501,10 @@ class Recordings:
                 try:
                     await self.start(self.system_actor, live.room, kinds)
                 except ApiError as exc:
-                    log.warning("auto-record did not start", extra={"room_id": str(live.room.id), "code": exc.code,
-                                                                    "reason": exc.message})
+                    log.warning(
+                        "auto-record did not start",
+                        extra={"room_id": str(live.room.id), "code": exc.code, "reason": exc.message},
+                    )
                 return  # start() attached every current track, this one included
             try:
                 await self._add_track(active, participant, track)
@@ -446,15 +530,17 @@ class Recordings:
 
     # --- stop ----------------------------------------------------------------------------
 
-    async def stop(self, actor: Actor, recording_id: uuid.UUID, *, reason: str = "api",
-                   instance_id: uuid.UUID | None = None) -> Recording:
+    async def stop(
+        self, actor: Actor, recording_id: uuid.UUID, *, reason: str = "api", instance_id: uuid.UUID | None = None
+    ) -> Recording:
         """Finish every file, store them, write duration, size and usage; idempotent while stopping."""
         active = self.active.get(recording_id)
         if active is None or (instance_id is not None and active.room.instance_id != instance_id):
             recording = await self.get(instance_id, recording_id)
             if recording.status in ACTIVE:
-                raise conflict("recording_on_other_node",
-                               f"the recording runs on node {recording.node_id}; ask that node")
+                raise conflict(
+                    "recording_on_other_node", f"the recording runs on node {recording.node_id}; ask that node"
+                )
             raise conflict("recording_not_active", f"the recording is {recording.status} already")
         if active.stopping is None:
             active.stopping = asyncio.ensure_future(self._stop(actor, active, reason))
@@ -464,8 +550,9 @@ class Recordings:
         if active.quota_timer is not None:
             active.quota_timer.cancel()
         active.status = "stopping"
-        await self.pool.execute("UPDATE recordings SET status = 'stopping' WHERE id = $1 AND status <> 'failed'",
-                                active.id)
+        await self.pool.execute(
+            "UPDATE recordings SET status = 'stopping' WHERE id = $1 AND status <> 'failed'", active.id
+        )
         for entry in list(active.files.values()):
             if entry.track is not None:
                 entry.track.remove_sink(entry.recorder)
@@ -480,20 +567,43 @@ class Recordings:
         status, error = ("failed", active.failure) if active.failure else ("completed", None)
         async with self.pool.acquire() as conn, conn.transaction():
             size = await conn.fetchval(
-                "SELECT coalesce(sum(size_bytes), 0)::bigint FROM recording_files WHERE recording_id = $1", active.id)
+                "SELECT coalesce(sum(size_bytes), 0)::bigint FROM recording_files WHERE recording_id = $1", active.id
+            )
             await conn.execute(
                 """UPDATE recordings SET status = $2, error = $3, stop_reason = $4, duration_seconds = $5,
                                          size_bytes = $6, stopped_at = now() WHERE id = $1""",
-                active.id, status, error, reason, duration, size)
+                active.id,
+                status,
+                error,
+                reason,
+                duration,
+                size,
+            )
             if duration > 0:
                 await conn.execute(
                     """INSERT INTO usage_events (customer_id, instance_id, kind, quantity, room_id)
                        VALUES ($1, $2, 'recording_minutes', $3, $4)""",
-                    active.room.customer_id, active.room.instance_id, duration / 60, active.room.id)
-            await audit.record(conn, actor, "recording.stop", "recording", active.id,
-                               customer_id=active.room.customer_id, instance_id=active.room.instance_id,
-                               details={"room_id": str(active.room.id), "reason": reason, "status": status,
-                                        "duration_seconds": round(duration, 3), "size_bytes": size})
+                    active.room.customer_id,
+                    active.room.instance_id,
+                    duration / 60,
+                    active.room.id,
+                )
+            await audit.record(
+                conn,
+                actor,
+                "recording.stop",
+                "recording",
+                active.id,
+                customer_id=active.room.customer_id,
+                instance_id=active.room.instance_id,
+                details={
+                    "room_id": str(active.room.id),
+                    "reason": reason,
+                    "status": status,
+                    "duration_seconds": round(duration, 3),
+                    "size_bytes": size,
+                },
+            )
         self.active.pop(active.id, None)
         if self._by_room.get(active.room.id) is active:
             del self._by_room[active.room.id]
@@ -501,8 +611,16 @@ class Recordings:
             self.failed += 1
         else:
             self.completed += 1
-        log.info("recording stopped", extra={"recording_id": str(active.id), "status": status, "reason": reason,
-                                             "duration_seconds": round(duration, 3), "size_bytes": size})
+        log.info(
+            "recording stopped",
+            extra={
+                "recording_id": str(active.id),
+                "status": status,
+                "reason": reason,
+                "duration_seconds": round(duration, 3),
+                "size_bytes": size,
+            },
+        )
         return await self.get(None, active.id)
 
     async def _align(self, active: _Active) -> None:
@@ -517,11 +635,14 @@ class Recordings:
                 continue
             anchor = min(entries, key=lambda e: e.sender_first or 0.0)
             for entry in entries:
-                offset = max(0.0, (anchor.arrival_offset or 0.0) + (entry.sender_first or 0.0)
-                             - (anchor.sender_first or 0.0))
+                offset = max(
+                    0.0, (anchor.arrival_offset or 0.0) + (entry.sender_first or 0.0) - (anchor.sender_first or 0.0)
+                )
                 await self.pool.execute(
-                    "UPDATE recording_files SET start_offset_seconds = $2, aligned_by = 'sender_report' "
-                    "WHERE id = $1", entry.id, offset)
+                    "UPDATE recording_files SET start_offset_seconds = $2, aligned_by = 'sender_report' WHERE id = $1",
+                    entry.id,
+                    offset,
+                )
 
     async def _fail(self, active: _Active, error: str) -> None:
         """A file failed: the recording fails and stops; the room is left alone."""
@@ -529,8 +650,9 @@ class Recordings:
             return
         active.failure = error[:1000]
         log.warning("recording failed", extra={"recording_id": str(active.id), "error": active.failure})
-        await self.pool.execute("UPDATE recordings SET status = 'failed', error = $2 WHERE id = $1",
-                                active.id, active.failure)
+        await self.pool.execute(
+            "UPDATE recordings SET status = 'failed', error = $2 WHERE id = $1", active.id, active.failure
+        )
         if active.stopping is None:
             active.stopping = asyncio.ensure_future(self._stop(self.system_actor, active, "failed"))
             self._tasks.add(active.stopping)  # type: ignore[arg-type]
@@ -545,11 +667,14 @@ class Recordings:
         file is listed with its size (and uploaded, for S3).
         """
         rows = await self.pool.fetch(
-            "SELECT id FROM recordings WHERE node_id = $1 AND status = ANY($2::text[])", self.node_id, list(ACTIVE))
+            "SELECT id FROM recordings WHERE node_id = $1 AND status = ANY($2::text[])", self.node_id, list(ACTIVE)
+        )
         for row in rows:
             files = await self.pool.fetch(
                 "SELECT id, storage_key, content_type FROM recording_files WHERE recording_id = $1 "
-                "AND status = 'recording'", row["id"])
+                "AND status = 'recording'",
+                row["id"],
+            )
             for f in files:
                 try:
                     # The cut file plays as it is; a remux gives it its duration and seek index back.
@@ -558,17 +683,22 @@ class Recordings:
                     await self.pool.execute(
                         """UPDATE recording_files SET status = 'completed', size_bytes = $2, completed_at = now(),
                                   error = 'interrupted: the node stopped while recording' WHERE id = $1""",
-                        f["id"], size)
+                        f["id"],
+                        size,
+                    )
                 except StorageError as exc:
                     await self.pool.execute(
-                        "UPDATE recording_files SET status = 'failed', error = $2 WHERE id = $1", f["id"], str(exc))
+                        "UPDATE recording_files SET status = 'failed', error = $2 WHERE id = $1", f["id"], str(exc)
+                    )
             await self.pool.execute(
                 """UPDATE recordings SET status = 'failed', error = 'interrupted: the node stopped while recording',
                           stop_reason = 'interrupted', stopped_at = now(),
                           size_bytes = (SELECT coalesce(sum(size_bytes), 0) FROM recording_files
                                          WHERE recording_id = $1),
                           duration_seconds = greatest(0, extract(epoch FROM now() - started_at))
-                    WHERE id = $1""", row["id"])
+                    WHERE id = $1""",
+                row["id"],
+            )
         if rows:
             log.warning("interrupted recordings marked failed", extra={"count": len(rows)})
         return len(rows)
@@ -588,8 +718,9 @@ class Recordings:
         return [
             Sample("gbmedia_recordings_active", "Recordings running on this node", len(self.active)),
             Sample("gbmedia_recording_files_active", "Files being written by running recordings", len(files)),
-            Sample("gbmedia_recordings_completed_total", "Recordings completed on this node", self.completed,
-                   counter=True),
+            Sample(
+                "gbmedia_recordings_completed_total", "Recordings completed on this node", self.completed, counter=True
+            ),
             Sample("gbmedia_recordings_failed_total", "Recordings failed on this node", self.failed, counter=True),
         ]
 

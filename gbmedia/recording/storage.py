@@ -99,6 +99,7 @@ class LocalStorage:
             self.spool.mkdir(parents=True, exist_ok=True)
             if not os.access(self.spool, os.W_OK):
                 raise StorageError(f"the recording directory {self.spool} is not writable")
+
         try:
             await asyncio.to_thread(probe)
         except OSError as exc:
@@ -110,9 +111,17 @@ class S3Storage:
 
     name = "s3"
 
-    def __init__(self, spool: Path, *, bucket: str, prefix: str = "", endpoint_url: str | None = None,
-                 region: str | None = None, access_key_id: str | None = None,
-                 secret_access_key: str | None = None) -> None:
+    def __init__(
+        self,
+        spool: Path,
+        *,
+        bucket: str,
+        prefix: str = "",
+        endpoint_url: str | None = None,
+        region: str | None = None,
+        access_key_id: str | None = None,
+        secret_access_key: str | None = None,
+    ) -> None:
         import boto3
         from botocore.config import Config
 
@@ -121,9 +130,13 @@ class S3Storage:
         self.prefix = prefix.strip("/")
         # Credentials: the settings if given, else boto3's usual chain (env, profile, instance role).
         self._client: Any = boto3.session.Session().client(
-            "s3", endpoint_url=endpoint_url, region_name=region, aws_access_key_id=access_key_id,
+            "s3",
+            endpoint_url=endpoint_url,
+            region_name=region,
+            aws_access_key_id=access_key_id,
             aws_secret_access_key=secret_access_key,
-            config=Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5, read_timeout=30))
+            config=Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5, read_timeout=30),
+        )
 
     def _object(self, key: str) -> str:
         key = _safe_key(key)
@@ -147,8 +160,13 @@ class S3Storage:
         path = self.spool_path(key)
         try:
             size = path.stat().st_size
-            await asyncio.to_thread(self._client.upload_file, str(path), self.bucket, self._object(key),
-                                    ExtraArgs={"ContentType": content_type or "application/octet-stream"})
+            await asyncio.to_thread(
+                self._client.upload_file,
+                str(path),
+                self.bucket,
+                self._object(key),
+                ExtraArgs={"ContentType": content_type or "application/octet-stream"},
+            )
         except (OSError, BotoCoreError, ClientError, S3UploadFailedError) as exc:
             raise StorageError(f"uploading {key} to s3://{self.bucket} failed: {exc}") from exc
         await asyncio.to_thread(lambda: path.unlink(missing_ok=True))
@@ -178,7 +196,13 @@ class S3Storage:
 def storage_from_settings(settings: Any) -> LocalStorage | S3Storage:
     directory = settings.recording_dir or settings.data_dir / "recordings"
     if settings.recording_storage == "s3":
-        return S3Storage(directory, bucket=settings.s3_bucket or "", prefix=settings.s3_prefix,
-                         endpoint_url=settings.s3_endpoint_url, region=settings.s3_region,
-                         access_key_id=settings.s3_access_key_id, secret_access_key=settings.s3_secret_access_key)
+        return S3Storage(
+            directory,
+            bucket=settings.s3_bucket or "",
+            prefix=settings.s3_prefix,
+            endpoint_url=settings.s3_endpoint_url,
+            region=settings.s3_region,
+            access_key_id=settings.s3_access_key_id,
+            secret_access_key=settings.s3_secret_access_key,
+        )
     return LocalStorage(directory)

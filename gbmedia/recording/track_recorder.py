@@ -65,11 +65,17 @@ def sender_time(rtp_timestamp: int, report: tuple[int, int], clock: int) -> floa
 class TrackRecorder:
     """A :class:`gbmedia.sfu.track.PacketSink` that writes one track to ``path``."""
 
-    def __init__(self, path: Path, codec: RTCRtpCodecParameters, *, loop: asyncio.AbstractEventLoop,
-                 on_started: Callable[[], None] | None = None,
-                 on_failed: Callable[[str], None] | None = None,
-                 request_keyframe: Callable[[], None] | None = None,
-                 name: str = "track") -> None:
+    def __init__(
+        self,
+        path: Path,
+        codec: RTCRtpCodecParameters,
+        *,
+        loop: asyncio.AbstractEventLoop,
+        on_started: Callable[[], None] | None = None,
+        on_failed: Callable[[str], None] | None = None,
+        request_keyframe: Callable[[], None] | None = None,
+        name: str = "track",
+    ) -> None:
         self.path = path
         self.codec = codec
         self._assembler = FrameAssembler(codec)  # refuses unsupported codecs before anything starts
@@ -159,16 +165,19 @@ class TrackRecorder:
             if first_sender is None and first_ts is not None:
                 first_sender = self._first_sender(first_ts)
             stats = self._writer.close()
-            self.done.set_result(TrackResult(stats, first_wall, self._assembler.lost,
-                                             first_frame_sender=first_sender))
+            self.done.set_result(TrackResult(stats, first_wall, self._assembler.lost, first_frame_sender=first_sender))
         except Exception as exc:  # disk full, storage gone: the file fails, the room goes on
             self.error = f"{type(exc).__name__}: {exc}"
             log.warning("track recording failed", extra={"path": str(self.path), "error": self.error})
             try:
                 stats = self._writer.close()
             except Exception:
-                stats = WriterStats(self._writer.frames, self._writer.keyframes, self._writer.duration,
-                                    self.path.stat().st_size if self.path.exists() else 0)
+                stats = WriterStats(
+                    self._writer.frames,
+                    self._writer.keyframes,
+                    self._writer.duration,
+                    self.path.stat().st_size if self.path.exists() else 0,
+                )
             self.done.set_result(TrackResult(stats, first_wall, self._assembler.lost, self.error))
             self._call(self._on_failed, self.error)
 

@@ -52,8 +52,7 @@ def frame_size(av_codec: str, keyframe: bytes) -> tuple[int, int]:
     would have to be parsed, so the keyframe is decoded once instead.
     """
     if av_codec == "vp8" and len(keyframe) >= 10 and keyframe[3:6] == b"\x9d\x01\x2a":
-        return (int.from_bytes(keyframe[6:8], "little") & 0x3FFF,
-                int.from_bytes(keyframe[8:10], "little") & 0x3FFF)
+        return (int.from_bytes(keyframe[6:8], "little") & 0x3FFF, int.from_bytes(keyframe[8:10], "little") & 0x3FFF)
     decoder = av.CodecContext.create(av_codec, "r")
     try:
         for frame in [*decoder.decode(av.Packet(keyframe)), *decoder.decode(None)]:
@@ -101,8 +100,11 @@ class TrackWriter:
         if fmt == "webm":
             options = {"cluster_time_limit": str(CLUSTER_MS), "flush_packets": "1"}
         else:
-            options = {"movflags": "frag_keyframe+empty_moov+default_base_moof",
-                       "frag_duration": str(FRAGMENT_US), "flush_packets": "1"}
+            options = {
+                "movflags": "frag_keyframe+empty_moov+default_base_moof",
+                "frag_duration": str(FRAGMENT_US),
+                "flush_packets": "1",
+            }
         self.path.parent.mkdir(parents=True, exist_ok=True)
         container = av.open(str(self.path), "w", format=fmt, container_options=options)
         try:

@@ -115,15 +115,15 @@ async def check_internals() -> None:
         transceiver = pc.addTransceiver("video")
         missing += [a for a in _RECEIVER_ATTRS if not hasattr(transceiver.receiver, a)]
         missing += [a for a in _SENDER_ATTRS if not hasattr(transceiver.sender, a)]
-        missing += [f"RTCRtpTransceiver.{a}" for a in ("_codecs", "_headerExtensions")
-                    if not hasattr(transceiver, a)]
+        missing += [f"RTCRtpTransceiver.{a}" for a in ("_codecs", "_headerExtensions") if not hasattr(transceiver, a)]
         ext_map = transceiver.sender._RTCRtpSender__rtp_header_extensions_map
         if not hasattr(ext_map, "_HeaderExtensionsMap__ids"):
             missing.append("HeaderExtensionsMap.__ids")
         dtls = transceiver.receiver.transport
         missing += [f"RTCDtlsTransport.{a}" for a in ("_rtp_router", "_state", "_tx_srtp") if not hasattr(dtls, a)]
-        missing += [f"RtpRouter.{a}" for a in ("mid_table", "ssrc_table", "route_rtp")
-                    if not hasattr(dtls._rtp_router, a)]
+        missing += [
+            f"RtpRouter.{a}" for a in ("mid_table", "ssrc_table", "route_rtp") if not hasattr(dtls._rtp_router, a)
+        ]
         if not hasattr(dtls.transport, "_connection"):
             missing.append("RTCIceTransport._connection")
         missing += [a for a in _RECORDING_RECEIVER_ATTRS if not hasattr(transceiver.receiver, a)]  # recording
@@ -136,6 +136,7 @@ async def check_internals() -> None:
 
 
 # --- receive side -------------------------------------------------------------------
+
 
 def tap_receiver(receiver: RTCRtpReceiver, sink: PacketSink, remb_floor: Callable[[], int] | None = None) -> None:
     """Route the receiver's RTP packets to ``sink`` instead of aiortc's decoder.
@@ -245,8 +246,12 @@ def use_media_address(pc: RTCPeerConnection, address: MediaAddress) -> None:
             continue
         connection._gbmedia_address = address  # type: ignore[attr-defined]
 
-        async def gather(component: int, addresses: list[str], timeout: int = 5,  # noqa: ASYNC109 - aioice signature
-                         connection: IceConnection = connection) -> list[Candidate]:
+        async def gather(
+            component: int,
+            addresses: list[str],
+            timeout: int = 5,  # noqa: ASYNC109 - aioice signature
+            connection: IceConnection = connection,
+        ) -> list[Candidate]:
             return [await _host_candidate(connection, address, component)]
 
         connection.get_component_candidates = gather  # type: ignore[method-assign]
@@ -260,22 +265,29 @@ async def _host_candidate(connection: IceConnection, address: MediaAddress, comp
     for port in tries:
         try:
             transport, protocol = await loop.create_datagram_endpoint(
-                lambda: StunProtocol(connection), local_addr=(address.bind, port))
+                lambda: StunProtocol(connection), local_addr=(address.bind, port)
+            )
         except OSError:
             continue
         sock = transport.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024 * 1024)
         protocol.local_candidate = Candidate(
-            foundation=candidate_foundation("host", "udp", address.advertised), component=component,
-            transport="udp", priority=candidate_priority(component, "host"), host=address.advertised,
-            port=port, type="host")
+            foundation=candidate_foundation("host", "udp", address.advertised),
+            component=component,
+            transport="udp",
+            priority=candidate_priority(component, "host"),
+            host=address.advertised,
+            port=port,
+            type="host",
+        )
         connection._protocols.append(protocol)
         return protocol.local_candidate
     raise ConnectionError(f"no free UDP port in {low}-{high} on {address.bind}")
 
 
 # --- send side ----------------------------------------------------------------------
+
 
 class RawSender:
     """Sends already-built RTP bytes through an aiortc sender's transport.
@@ -312,8 +324,12 @@ class RawSender:
         """The header extensions this sender negotiated (ids, and its mid)."""
         ids = self._ext_ids
         mid = self.mid
-        return ExtensionLayout(mid_id=ids.mid or 0, mid=mid.encode() if mid else b"",
-                               abs_send_time_id=ids.abs_send_time or 0, audio_level_id=ids.audio_level or 0)
+        return ExtensionLayout(
+            mid_id=ids.mid or 0,
+            mid=mid.encode() if mid else b"",
+            abs_send_time_id=ids.abs_send_time or 0,
+            audio_level_id=ids.audio_level or 0,
+        )
 
     def send(self, data: bytes, payload_size: int) -> bool:
         """Protect and send one RTP packet; False when not connected (yet, or any more)."""
@@ -354,8 +370,9 @@ NackRequest = Callable[[list[int]], None]
 BitrateEstimate = Callable[[int], None]
 
 
-def tap_sender_rtcp(sender: RTCRtpSender, on_keyframe: KeyframeRequest, on_nack: NackRequest,
-                    on_remb: BitrateEstimate) -> None:
+def tap_sender_rtcp(
+    sender: RTCRtpSender, on_keyframe: KeyframeRequest, on_nack: NackRequest, on_remb: BitrateEstimate
+) -> None:
     """Route a subscriber's feedback on this sender to the SFU.
 
     Keyframe requests (PLI/FIR) go upstream; NACKs are answered from the down
@@ -470,6 +487,7 @@ def tap_sender_reports(receiver: RTCRtpReceiver, listener: SenderReport) -> Call
 
 
 # --- live (WHEP playback: the server answers a viewer's offer) -----------------------
+
 
 def answer_with_codec(transceiver: RTCRtpTransceiver, wanted: RTCRtpCodecParameters) -> bool:
     """Answer a remote offer's m-line with exactly ``wanted`` (the publisher's codec), no RTX.

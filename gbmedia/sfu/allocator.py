@@ -70,8 +70,9 @@ class LayerAllocator:
             self._rising_since = None
             return self.cap
         nxt = self.cap + 1
-        room = nxt <= top and (bitrates[nxt] * HEADROOM <= share_bps or
-                               (current > 0 and share_bps >= current * UNCONGESTED))
+        room = nxt <= top and (
+            bitrates[nxt] * HEADROOM <= share_bps or (current > 0 and share_bps >= current * UNCONGESTED)
+        )
         if room and now - self._last_step_down >= self.hold:
             if self._rising_since is None:
                 self._rising_since = now

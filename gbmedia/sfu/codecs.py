@@ -31,7 +31,7 @@ def is_h264_keyframe(payload: bytes) -> bool:
     if nal_type == _H264_STAP_A:
         offset = 1
         while offset + 2 < len(payload):
-            size = int.from_bytes(payload[offset:offset + 2], "big")
+            size = int.from_bytes(payload[offset : offset + 2], "big")
             if size == 0 or offset + 2 >= len(payload):
                 break
             if payload[offset + 2] & 0x1F in (_H264_IDR, _H264_SPS):
@@ -58,12 +58,15 @@ H264_DEFAULT_PROFILE_LEVEL_ID = "420010"  # RFC 6184 section 8.1: when the SDP g
 
 def _h264_key(parameters: dict) -> tuple[str, str]:
     """Packetization mode and profile (profile_idc plus constraint flags: 42e0 is constrained baseline)."""
-    return (str(parameters.get("packetization-mode", "0")),
-            str(parameters.get("profile-level-id", H264_DEFAULT_PROFILE_LEVEL_ID)).lower()[:4])
+    return (
+        str(parameters.get("packetization-mode", "0")),
+        str(parameters.get("profile-level-id", H264_DEFAULT_PROFILE_LEVEL_ID)).lower()[:4],
+    )
 
 
-def same_codec(a: RTCRtpCodecParameters | RTCRtpCodecCapability,
-               b: RTCRtpCodecParameters | RTCRtpCodecCapability) -> bool:
+def same_codec(
+    a: RTCRtpCodecParameters | RTCRtpCodecCapability, b: RTCRtpCodecParameters | RTCRtpCodecCapability
+) -> bool:
     """Whether a stream encoded as ``a`` can be forwarded to a receiver that negotiated ``b``.
 
     The one rule for matching a publisher's codec: offering it to subscribers, answering

@@ -59,9 +59,24 @@ class SenderSlot:
 
 
 class DownTrack:
-    __slots__ = ("_history", "_layout", "_raw", "_seq_offset", "_source_ssrc", "_ts_offset", "allocator",
-                 "bandwidth_cap", "current_layer", "packets_out", "paused", "requested_layer", "resent",
-                 "slot", "track", "waiting_keyframe")
+    __slots__ = (
+        "_history",
+        "_layout",
+        "_raw",
+        "_seq_offset",
+        "_source_ssrc",
+        "_ts_offset",
+        "allocator",
+        "bandwidth_cap",
+        "current_layer",
+        "packets_out",
+        "paused",
+        "requested_layer",
+        "resent",
+        "slot",
+        "track",
+        "waiting_keyframe",
+    )
 
     def __init__(self, track: PublishedTrack, slot: SenderSlot) -> None:
         self.track = track

@@ -79,8 +79,7 @@ async def apply_remote(pc: RTCPeerConnection, sdp: str, kind: str) -> None:
         raise
 
 
-async def set_local(pc: RTCPeerConnection, description: RTCSessionDescription,
-                     address: MediaAddress | None) -> None:
+async def set_local(pc: RTCPeerConnection, description: RTCSessionDescription, address: MediaAddress | None) -> None:
     if address is not None:
         aiortc_adapter.use_media_address(pc, address)
     try:
@@ -90,25 +89,33 @@ async def set_local(pc: RTCPeerConnection, description: RTCSessionDescription,
 
 
 class PublisherPeer:
-    def __init__(self, participant_id: str, configuration: RTCConfiguration | None = None,
-                 address: MediaAddress | None = None) -> None:
+    def __init__(
+        self, participant_id: str, configuration: RTCConfiguration | None = None, address: MediaAddress | None = None
+    ) -> None:
         self.participant_id = participant_id
         self.pc = RTCPeerConnection(configuration or server_configuration())
         self.address = address
         self.tracks: dict[str, PublishedTrack] = {}  # by mid
         self._lock = asyncio.Lock()
 
-    async def answer(self, offer_sdp: str, infos: dict[str, TrackInfo] | None = None
-                     ) -> tuple[str, list[PublishedTrack], list[PublishedTrack]]:
+    async def answer(
+        self, offer_sdp: str, infos: dict[str, TrackInfo] | None = None
+    ) -> tuple[str, list[PublishedTrack], list[PublishedTrack]]:
         """Apply the publisher's offer; returns (answer SDP, new tracks, ended tracks)."""
         description = parse_sdp(offer_sdp, "offer")
         infos = infos or {}
-        simulcast = {mid: offer for mid, offer in offered_simulcast(offer_sdp).items()
-                     if any(m.rtp.muxId == mid and m.kind == "video" for m in description.media)}
+        simulcast = {
+            mid: offer
+            for mid, offer in offered_simulcast(offer_sdp).items()
+            if any(m.rtp.muxId == mid and m.kind == "video" for m in description.media)
+        }
         async with self._lock:
             await apply_remote(self.pc, offer_sdp, "offer")
-            sending = {m.rtp.muxId: m for m in description.media
-                       if m.kind in ("audio", "video") and m.direction in ("sendonly", "sendrecv") and m.port != 0}
+            sending = {
+                m.rtp.muxId: m
+                for m in description.media
+                if m.kind in ("audio", "video") and m.direction in ("sendonly", "sendrecv") and m.port != 0
+            }
             for transceiver in self.pc.getTransceivers():
                 if transceiver.mid not in self.tracks:
                     aiortc_adapter.drop_rtx(transceiver)
@@ -126,8 +133,16 @@ class PublisherPeer:
                     continue
                 info = infos.get(mid, TrackInfo())
                 offer = simulcast.get(mid)
-                track = PublishedTrack(self.participant_id, transceiver.kind, info.source, transceiver.receiver,
-                                       codec, mid, name=info.name, rids=offer.rids if offer else ())
+                track = PublishedTrack(
+                    self.participant_id,
+                    transceiver.kind,
+                    info.source,
+                    transceiver.receiver,
+                    codec,
+                    mid,
+                    name=info.name,
+                    rids=offer.rids if offer else (),
+                )
                 track.attach()
                 self.tracks[mid] = track
                 added.append(track)
@@ -168,8 +183,9 @@ class PlaceholderTrack(MediaStreamTrack):
 
 
 class SubscriberPeer:
-    def __init__(self, participant_id: str, configuration: RTCConfiguration | None = None,
-                 address: MediaAddress | None = None) -> None:
+    def __init__(
+        self, participant_id: str, configuration: RTCConfiguration | None = None, address: MediaAddress | None = None
+    ) -> None:
         self.participant_id = participant_id
         self.pc = RTCPeerConnection(configuration or server_configuration())
         self.address = address
@@ -186,8 +202,12 @@ class SubscriberPeer:
         if slot is None:
             transceiver = self.pc.addTransceiver(PlaceholderTrack(track.kind), direction="sendonly")
             slot = SenderSlot(transceiver, track.kind)
-            aiortc_adapter.tap_sender_rtcp(transceiver.sender, slot.on_keyframe_request, slot.on_nack,
-                                           lambda bitrate, slot=slot: self._on_estimate(slot, bitrate))
+            aiortc_adapter.tap_sender_rtcp(
+                transceiver.sender,
+                slot.on_keyframe_request,
+                slot.on_nack,
+                lambda bitrate, slot=slot: self._on_estimate(slot, bitrate),
+            )
             self.slots.append(slot)
         slot.transceiver.direction = "sendonly"
         aiortc_adapter.prefer_codecs(slot.transceiver, [capability])
@@ -202,8 +222,11 @@ class SubscriberPeer:
         """Share the subscriber's bandwidth estimate among its simulcast video down tracks."""
         if self.estimate_bps is None:
             return
-        share_estimate([s.down for s in self.slots if s.down is not None], self.estimate_bps,
-                       time.monotonic() if now is None else now)
+        share_estimate(
+            [s.down for s in self.slots if s.down is not None],
+            self.estimate_bps,
+            time.monotonic() if now is None else now,
+        )
 
     def remove(self, down: DownTrack) -> None:
         down.detach()

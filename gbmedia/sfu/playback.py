@@ -52,8 +52,11 @@ class PlaybackPeer:
         room sends lacks the codec the publisher sends.
         """
         description = parse_sdp(offer_sdp, "offer")
-        receiving = {m.rtp.muxId for m in description.media
-                     if m.kind in PLAYBACK_KINDS and m.direction in ("recvonly", "sendrecv") and m.port != 0}
+        receiving = {
+            m.rtp.muxId
+            for m in description.media
+            if m.kind in PLAYBACK_KINDS and m.direction in ("recvonly", "sendrecv") and m.port != 0
+        }
         if not receiving:
             raise NegotiationError("invalid_sdp", "the offer has no receiving audio or video m-line")
         await apply_remote(self.pc, offer_sdp, "offer")
@@ -63,13 +66,16 @@ class PlaybackPeer:
                 continue  # answered inactive: nothing of that kind to send
             codec = codecs[kind]
             if not aiortc_adapter.answer_with_codec(transceiver, codec):
-                raise NegotiationError("no_usable_codec", f"the offer's {kind} m-line does not offer "
-                                       f"{codec.mimeType}, the codec the room's host sends")
+                raise NegotiationError(
+                    "no_usable_codec",
+                    f"the offer's {kind} m-line does not offer {codec.mimeType}, the codec the room's host sends",
+                )
             transceiver.sender.replaceTrack(PlaceholderTrack(kind))
             transceiver.direction = "sendonly"
             slot = SenderSlot(transceiver, kind)
-            aiortc_adapter.tap_sender_rtcp(transceiver.sender, slot.on_keyframe_request, slot.on_nack,
-                                           self._on_estimate)
+            aiortc_adapter.tap_sender_rtcp(
+                transceiver.sender, slot.on_keyframe_request, slot.on_nack, self._on_estimate
+            )
             self.slots[kind] = slot
             self.codecs[kind] = codec
         if not self.slots:

@@ -40,8 +40,7 @@ def body(payload: bytes, padding_size: int) -> bytes:
     return payload + bytes(padding_size - 1) + bytes((padding_size,))
 
 
-def extension_block(layout: ExtensionLayout, abs_send_time: int | None,
-                    audio_level: tuple[bool, int] | None) -> bytes:
+def extension_block(layout: ExtensionLayout, abs_send_time: int | None, audio_level: tuple[bool, int] | None) -> bytes:
     """An RFC 8285 one-byte-header extension block, padded to 32 bits; b"" if empty."""
     elements = bytearray()
     if layout.mid_id and layout.mid:
@@ -104,7 +103,7 @@ def vp8_keyframe_size(payload: bytes) -> tuple[int, int] | None:
     offset = vp8_frame_offset(payload)
     if offset is None:
         return None
-    frame = payload[offset:offset + 10]
+    frame = payload[offset : offset + 10]
     if len(frame) < 10 or frame[0] & 0x01 or frame[3:6] != b"\x9d\x01\x2a":
         return None
     width = int.from_bytes(frame[6:8], "little") & 0x3FFF

@@ -83,8 +83,11 @@ def complete_answer(answer: str, offers: dict[str, SimulcastOffer]) -> str:
         mid = next((line[6:].strip() for line in section if line.startswith("a=mid:")), None)
         offer = offers.get(mid) if mid is not None else None
         out += section
-        if offer is not None and not section[0].startswith("m=application") and not any(
-                line.startswith("a=simulcast:") for line in section):
+        if (
+            offer is not None
+            and not section[0].startswith("m=application")
+            and not any(line.startswith("a=simulcast:") for line in section)
+        ):
             out += [f"a=rid:{rid} recv" for rid in offer.rids]
             out.append("a=simulcast:recv " + ";".join(offer.rids))
     return "\r\n".join(out) + "\r\n"

@@ -19,7 +19,7 @@ tracks together) and per tick:
   one becomes louder by ``margin_db``, so near-equal voices do not flap.
 
 :class:`SpeakerDetector` is plain logic with no timers; the signaling layer ticks it
-(see :mod:`gbmedia.signaling.speakers`).
+(see :mod:`gbmedia.rooms.speakers`).
 """
 
 from __future__ import annotations
@@ -85,8 +85,11 @@ class Speaker:
     level: float  # smoothed mean linear amplitude, 0..1
 
     def to_json(self) -> dict[str, object]:
-        return {"participant_id": self.participant_id, "level": round(self.level, 4),
-                "dbov": round(to_dbov(self.level), 1)}
+        return {
+            "participant_id": self.participant_id,
+            "level": round(self.level, 4),
+            "dbov": round(to_dbov(self.level), 1),
+        }
 
 
 @dataclass
@@ -103,8 +106,9 @@ class _Source:
 class SpeakerDetector:
     """Who speaks in one room, loudest first, updated once per :meth:`tick`."""
 
-    def __init__(self, *, window: int = 3, start_dbov: float = 40.0, stop_dbov: float = 46.0,
-                 margin_db: float = 2.0) -> None:
+    def __init__(
+        self, *, window: int = 3, start_dbov: float = 40.0, stop_dbov: float = 46.0, margin_db: float = 2.0
+    ) -> None:
         if window < 1:
             raise ValueError("window must be at least one tick")
         if stop_dbov < start_dbov:

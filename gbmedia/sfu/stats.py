@@ -80,8 +80,11 @@ class RateTracker:
         if previous is None or now <= previous.at:
             return None
         elapsed = now - previous.at
-        return {name: (value - previous.values[name]) / elapsed for name, value in values.items()
-                if name in previous.values and value >= previous.values[name]}
+        return {
+            name: (value - previous.values[name]) / elapsed
+            for name, value in values.items()
+            if name in previous.values and value >= previous.values[name]
+        }
 
     def delta(self, key: str, name: str, value: float) -> float | None:
         """How much ``name`` grew since the previous reading of ``key`` (call before :meth:`rates`)."""
@@ -149,8 +152,9 @@ def _rounded(values: dict[str, Any]) -> dict[str, Any]:
     return {k: round(v, 3) if isinstance(v, float) else v for k, v in values.items()}
 
 
-async def published_stats(track: PublishedTrack, meter: TrackMeter | None, rates: RateTracker,
-                          now: float | None = None) -> PublishedStats:
+async def published_stats(
+    track: PublishedTrack, meter: TrackMeter | None, rates: RateTracker, now: float | None = None
+) -> PublishedStats:
     """One published track's figures; rates relative to the previous call for this track."""
     report = await track.receiver.getStats()
     inbound = _by_type(report, "inbound-rtp")  # aiortc keeps one entry per receiver: the last SSRC's
@@ -159,9 +163,15 @@ async def published_stats(track: PublishedTrack, meter: TrackMeter | None, rates
     frames = max(meter.frames.values(), default=0) if meter else None
     clock = time.monotonic() if now is None else now
     stats = PublishedStats(
-        track_id=track.id, kind=track.kind, source=track.source, codec=track.codec.mimeType,
-        muted=track.muted, packets_received=received, packets_lost=max(0, lost),
-        bytes_received=sum(layer.bytes for layer in track.layers), frames_received=frames,
+        track_id=track.id,
+        kind=track.kind,
+        source=track.source,
+        codec=track.codec.mimeType,
+        muted=track.muted,
+        packets_received=received,
+        packets_lost=max(0, lost),
+        bytes_received=sum(layer.bytes for layer in track.layers),
+        frames_received=frames,
         jitter_ms=inbound.jitter * 1000 / track.codec.clockRate if inbound and track.codec.clockRate else None,
         layers=[layer.to_json(clock) for layer in track.layers] if track.simulcast else [],
     )
@@ -181,18 +191,22 @@ async def published_stats(track: PublishedTrack, meter: TrackMeter | None, rates
     return stats
 
 
-async def down_stats(down: DownTrack, source_fps: float | None, rates: RateTracker, key: str,
-                     now: float | None = None) -> DownStats:
+async def down_stats(
+    down: DownTrack, source_fps: float | None, rates: RateTracker, key: str, now: float | None = None
+) -> DownStats:
     """One down track's figures, keyed ``key`` (subscriber and track) for its rates."""
     report = await down.slot.transceiver.sender.getStats()
     outbound = _by_type(report, "outbound-rtp")
     remote = _by_type(report, "remote-inbound-rtp")
     track = down.track
     stats = DownStats(
-        track_id=track.id, publisher_id=track.participant_id, kind=track.kind,
+        track_id=track.id,
+        publisher_id=track.participant_id,
+        kind=track.kind,
         packets_sent=outbound.packetsSent if outbound else down.packets_out,
         bytes_sent=outbound.bytesSent if outbound else 0,
-        layer=down.current_layer if track.simulcast else None, paused=down.paused,
+        layer=down.current_layer if track.simulcast else None,
+        paused=down.paused,
         fps=source_fps,
     )
     if remote is not None:
@@ -228,12 +242,16 @@ class ParticipantStats:
 
     def to_json(self) -> dict[str, Any]:
         rtt = self.rtt_ms
-        return {"participant_id": self.participant_id, "identity": self.identity, "sampled_at": self.sampled_at,
-                "rtt_ms": round(rtt, 3) if rtt is not None else None,
-                "bitrate_in_bps": _total(p.bitrate_bps for p in self.published),
-                "bitrate_out_bps": _total(d.bitrate_bps for d in self.subscribed),
-                "published": [p.to_json() for p in self.published],
-                "subscribed": [d.to_json() for d in self.subscribed]}
+        return {
+            "participant_id": self.participant_id,
+            "identity": self.identity,
+            "sampled_at": self.sampled_at,
+            "rtt_ms": round(rtt, 3) if rtt is not None else None,
+            "bitrate_in_bps": _total(p.bitrate_bps for p in self.published),
+            "bitrate_out_bps": _total(d.bitrate_bps for d in self.subscribed),
+            "published": [p.to_json() for p in self.published],
+            "subscribed": [d.to_json() for d in self.subscribed],
+        }
 
 
 def _total(values: Any) -> float | None:

@@ -80,9 +80,14 @@ class Layer:
         return now - self.last_packet < LAYER_ACTIVE_SECONDS
 
     def to_json(self, now: float) -> dict[str, object]:
-        return {"rid": self.rid, "index": self.index, "active": self.active(now),
-                "bitrate": round(self.bitrate), "width": self.size[0] if self.size else None,
-                "height": self.size[1] if self.size else None}
+        return {
+            "rid": self.rid,
+            "index": self.index,
+            "active": self.active(now),
+            "bitrate": round(self.bitrate),
+            "width": self.size[0] if self.size else None,
+            "height": self.size[1] if self.size else None,
+        }
 
 
 class Outgoing:

@@ -13,31 +13,14 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError
 
+from gbmedia.errors import ProtocolError
+
 PROTOCOL_VERSION = 1
 MAX_MESSAGE_BYTES = 256 * 1024  # an SDP with dozens of m-lines stays far below this
 
-RequestId = str | int | None
 TrackId = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 Sdp = Annotated[str, StringConstraints(min_length=1, max_length=MAX_MESSAGE_BYTES)]
 Source = Literal["camera", "microphone", "screen_share", "screen_share_audio", "unknown"]
-
-
-class ProtocolError(Exception):
-    def __init__(self, code: str, message: str, request_id: RequestId = None,
-                 details: dict[str, Any] | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.request_id = request_id
-        self.details = details or {}
-
-    def to_message(self) -> dict[str, Any]:
-        body: dict[str, Any] = {"type": "error", "code": self.code, "message": self.message}
-        if self.request_id is not None:
-            body["id"] = self.request_id
-        if self.details:
-            body["details"] = self.details
-        return body
 
 
 class _Message(BaseModel):
@@ -68,7 +51,8 @@ class Publish(_Message):
     type: Literal["publish"]
     sdp: Sdp
     tracks: dict[Annotated[str, StringConstraints(min_length=1, max_length=32)], TrackInfoIn] = Field(
-        default_factory=dict)
+        default_factory=dict
+    )
 
 
 class Answer(_Message):
@@ -174,13 +158,14 @@ class PresenceSet(_Message):
 class PresenceGet(_Message):
     type: Literal["presence_get"]
     identities: list[Annotated[str, StringConstraints(min_length=1, max_length=256)]] = Field(
-        min_length=1, max_length=500)
+        min_length=1, max_length=500
+    )
 
 
 ChatMessage = Auth | ChatSend | ChatHistory | ChatReceipt | Typing | PresenceSet | PresenceGet
 CHAT_TYPES = ("auth", "chat_send", "chat_history", "chat_receipt", "typing", "presence", "presence_get")
 
-# --- live rooms (gbmedia/signaling/audience.py handles these) ----------------------------
+# --- live rooms (gbmedia/rooms/audience.py handles these) ----------------------------
 
 ReactionKind = Literal["heart", "like", "laugh", "wow", "clap", "fire"]
 
@@ -209,14 +194,23 @@ class CohostAnswer(_Message):
 LiveMessage = Reaction | CohostInvite | CohostAnswer
 LIVE_TYPES = ("reaction", "cohost_invite", "cohost_answer")
 
-ClientMessage = (Join | Publish | Answer | Candidate | Subscribe | Mute | TrackSettings | Leave | Ping | ChatMessage
-                 | LiveMessage)
-MESSAGE_TYPES = ("join", "publish", "answer", "candidate", "subscribe", "mute", "track_settings", "leave", "ping",
-                 *CHAT_TYPES,
-                 *LIVE_TYPES)
-_ADAPTER: TypeAdapter[ClientMessage] = TypeAdapter(
-    Annotated[ClientMessage, Field(discriminator="type")]
+ClientMessage = (
+    Join | Publish | Answer | Candidate | Subscribe | Mute | TrackSettings | Leave | Ping | ChatMessage | LiveMessage
 )
+MESSAGE_TYPES = (
+    "join",
+    "publish",
+    "answer",
+    "candidate",
+    "subscribe",
+    "mute",
+    "track_settings",
+    "leave",
+    "ping",
+    *CHAT_TYPES,
+    *LIVE_TYPES,
+)
+_ADAPTER: TypeAdapter[ClientMessage] = TypeAdapter(Annotated[ClientMessage, Field(discriminator="type")])
 
 
 def parse_message(raw: str | bytes) -> ClientMessage:
@@ -232,12 +226,18 @@ def parse_message(raw: str | bytes) -> ClientMessage:
     request_id = data.get("id") if isinstance(data.get("id"), str | int) else None
     kind = data.get("type")
     if kind not in MESSAGE_TYPES:
-        raise ProtocolError("unknown_type", f"unknown message type {kind!r}", request_id,
-                            {"types": list(MESSAGE_TYPES)})
+        raise ProtocolError(
+            "unknown_type", f"unknown message type {kind!r}", request_id, {"types": list(MESSAGE_TYPES)}
+        )
     try:
         return _ADAPTER.validate_python(data)
     except ValidationError as exc:
-        problems = [{"field": ".".join(str(p) for p in e["loc"][1:]) or "(message)", "message": e["msg"]}
-                    for e in exc.errors()]
-        raise ProtocolError("invalid_message", f"invalid {kind} message: " + "; ".join(
-            f"{p['field']}: {p['message']}" for p in problems), request_id, {"problems": problems}) from None
+        problems = [
+            {"field": ".".join(str(p) for p in e["loc"][1:]) or "(message)", "message": e["msg"]} for e in exc.errors()
+        ]
+        raise ProtocolError(
+            "invalid_message",
+            f"invalid {kind} message: " + "; ".join(f"{p['field']}: {p['message']}" for p in problems),
+            request_id,
+            {"problems": problems},
+        ) from None

@@ -8,7 +8,7 @@ an encoder (OBS, GStreamer, a browser) publishing into the live room; the answer
 client's trickled candidates; ``DELETE`` ends the session. ``/whep/{room}`` is the
 same for a player (``can_subscribe``): its offer receives, and the answer sends
 the room's program (the first host's video and audio, see
-:mod:`gbmedia.signaling.audience`).
+:mod:`gbmedia.rooms.audience`).
 
 The room in the path must be the token's room; an encoder's token opens the room
 as a live room if it is not open yet. A WHIP session is a participant of the room
@@ -34,10 +34,10 @@ from aiortc.sdp import SessionDescription, candidate_from_sdp
 from gbmedia.errors import ApiError, forbidden
 from gbmedia.http.keys import NODE
 from gbmedia.http.responses import error_response
+from gbmedia.rooms.audience import IngestSession, PlaybackSession, new_session_id
+from gbmedia.rooms.live import LiveRoom
 from gbmedia.sfu.peers import NegotiationError, TrackInfo, parse_sdp
 from gbmedia.sfu.playback import PlaybackPeer
-from gbmedia.signaling.audience import IngestSession, PlaybackSession, new_session_id
-from gbmedia.signaling.live import LiveRoom
 from gbmedia.signaling.protocol import ProtocolError
 from gbmedia.tenancy.auth import VerifiedToken, bearer_credential
 from gbmedia.tenancy.models import Actor
@@ -88,6 +88,7 @@ async def _discard(message: dict[str, Any]) -> None:
 
 # --- requests ------------------------------------------------------------------------
 
+
 async def _bearer(request: web.Request) -> VerifiedToken:
     """The request's bearer access token, verified (401/403 otherwise)."""
     credential = bearer_credential(request.headers.get("Authorization"), "access token")
@@ -98,8 +99,9 @@ async def _within_rate(node: Node, api_key: str) -> None:
     """429 once the token's API key has spent its request budget (the same buckets as the REST API's)."""
     decision = await node.rate_limiter.take(api_key)
     if not decision.allowed:
-        raise ApiError(429, "rate_limited", "too many requests; retry later",
-                       {"retry_after": round(decision.retry_after, 3)})
+        raise ApiError(
+            429, "rate_limited", "too many requests; retry later", {"retry_after": round(decision.retry_after, 3)}
+        )
 
 
 async def _verify(request: web.Request, grant: str) -> VerifiedToken:
@@ -118,8 +120,9 @@ async def _verify(request: web.Request, grant: str) -> VerifiedToken:
 
 async def _read_body(request: web.Request, content_type: str) -> str:
     if request.content_type != content_type:
-        raise ApiError(415, "unsupported_media_type", f"send the body as {content_type}",
-                       {"content_type": request.content_type})
+        raise ApiError(
+            415, "unsupported_media_type", f"send the body as {content_type}", {"content_type": request.content_type}
+        )
     body = await request.read()
     if len(body) > MAX_SDP_BYTES:
         raise ApiError(413, "payload_too_large", f"the body exceeds {MAX_SDP_BYTES} bytes")
@@ -142,17 +145,24 @@ def _offer(sdp: str, direction: str) -> SessionDescription:
     media = [m for m in description.media if m.kind in ("audio", "video") and m.port != 0]
     wanted = ("sendonly", "sendrecv") if direction == "publish" else ("recvonly", "sendrecv")
     if not any(m.direction in wanted for m in media):
-        raise ApiError(400, "invalid_sdp", "the offer has no audio or video m-line that "
-                       + ("sends" if direction == "publish" else "receives"))
+        raise ApiError(
+            400,
+            "invalid_sdp",
+            "the offer has no audio or video m-line that " + ("sends" if direction == "publish" else "receives"),
+        )
     for m in media:
         if direction == "publish" and m.direction not in wanted:
             continue
         offered = sorted({c.mimeType.split("/")[-1].lower() for c in m.rtp.codecs})
         usable = FORWARDED_VIDEO if m.kind == "video" else FORWARDED_AUDIO
         if not set(offered) & set(usable):
-            raise ApiError(422, "no_usable_codec", f"the {m.kind} m-line (mid {m.rtp.muxId}) offers {offered}; "
-                           f"the server forwards {m.kind} as {', '.join(usable)}",
-                           {"mid": m.rtp.muxId, "kind": m.kind, "offered": offered, "supported": list(usable)})
+            raise ApiError(
+                422,
+                "no_usable_codec",
+                f"the {m.kind} m-line (mid {m.rtp.muxId}) offers {offered}; "
+                f"the server forwards {m.kind} as {', '.join(usable)}",
+                {"mid": m.rtp.muxId, "kind": m.kind, "offered": offered, "supported": list(usable)},
+            )
     return description
 
 
@@ -173,37 +183,53 @@ def _negotiation_failed(exc: NegotiationError) -> ApiError:
 
 def _find_live(request: web.Request, verified: VerifiedToken) -> LiveRoom | None:
     name = request.match_info["room"]
-    return next((live for live in request.app[NODE].live_rooms.live.values()
-                 if not live.closed and live.room.instance_id == verified.instance.id and live.room.name == name),
-                None)
+    return next(
+        (
+            live
+            for live in request.app[NODE].live_rooms.live.values()
+            if not live.closed and live.room.instance_id == verified.instance.id and live.room.name == name
+        ),
+        None,
+    )
 
 
 def _created(answer: str, location: str, etag: str) -> web.Response:
-    return web.Response(status=201, body=answer.encode(), content_type=SDP, headers={
-        "Location": location, "ETag": etag, "Accept-Patch": SDPFRAG})
+    return web.Response(
+        status=201,
+        body=answer.encode(),
+        content_type=SDP,
+        headers={"Location": location, "ETag": etag, "Accept-Patch": SDPFRAG},
+    )
 
 
 # --- WHIP ------------------------------------------------------------------------------
+
 
 async def whip_publish(request: web.Request) -> web.Response:
     verified = await _verify(request, "can_publish")
     sdp = await _read_body(request, SDP)
     description = _offer(sdp, "publish")
     token = verified.token
-    live = await request.app[NODE].live_rooms.room_for(verified.instance, request.match_info["room"],
-                                                      Actor(token.api_key, "api_key"), kind="live")
+    live = await request.app[NODE].live_rooms.room_for(
+        verified.instance, request.match_info["room"], Actor(token.api_key, "api_key"), kind="live"
+    )
     if live.audience is None:
-        raise ApiError(409, "not_a_live_room", f"room {live.room.name!r} is a {live.room.kind} room; "
-                       "WHIP publishes into live rooms")
+        raise ApiError(
+            409,
+            "not_a_live_room",
+            f"room {live.room.name!r} is a {live.room.kind} room; WHIP publishes into live rooms",
+        )
     try:
-        participant = await live.join(token.identity, token.name, token.grants, auto_subscribe=False,
-                                      send=_discard)
+        participant = await live.join(token.identity, token.name, token.grants, auto_subscribe=False, send=_discard)
     except ProtocolError as exc:
         if exc.code == "room_full":
             raise ApiError(409, "room_full", exc.message, exc.details) from None
         raise ApiError(409, "room_closed", exc.message) from None
-    infos = {m.rtp.muxId: TrackInfo("camera" if m.kind == "video" else "microphone", "whip")
-             for m in description.media if m.rtp.muxId}
+    infos = {
+        m.rtp.muxId: TrackInfo("camera" if m.kind == "video" else "microphone", "whip")
+        for m in description.media
+        if m.rtp.muxId
+    }
     try:
         answer, _added = await live.publish(participant, sdp, infos)
     except NegotiationError as exc:
@@ -211,8 +237,10 @@ async def whip_publish(request: web.Request) -> web.Response:
         raise _negotiation_failed(exc) from None
     session = IngestSession(new_session_id(), participant, _ufrag(description))
     live.audience.add_ingest(session)
-    log.info("whip session started", extra={"room_id": str(live.room.id), "session_id": session.id,
-                                            "participant_id": participant.id})
+    log.info(
+        "whip session started",
+        extra={"room_id": str(live.room.id), "session_id": session.id, "participant_id": participant.id},
+    )
     return _created(answer, f"/whip/{live.room.name}/{session.id}", session.etag)
 
 
@@ -277,13 +305,15 @@ async def _patch(request: web.Request, which: str) -> web.Response:
     found = await _session(request, which)
     if_match = request.headers.get("If-Match")
     if if_match is not None and if_match != "*" and if_match != found.etag:
-        raise ApiError(412, "etag_mismatch", "If-Match does not name this session's current ETag",
-                       {"etag": found.etag})
+        raise ApiError(412, "etag_mismatch", "If-Match does not name this session's current ETag", {"etag": found.etag})
     fragment = await _read_body(request, SDPFRAG)
     ufrag, candidates = parse_sdpfrag(fragment)
     if ufrag is not None and found.ice_ufrag is not None and ufrag != found.ice_ufrag:
-        raise ApiError(422, "ice_restart_unsupported", "this server does not support ICE restarts; "
-                       "DELETE the session and POST a new offer")
+        raise ApiError(
+            422,
+            "ice_restart_unsupported",
+            "this server does not support ICE restarts; DELETE the session and POST a new offer",
+        )
     if found.ingest is not None:
         peer: Any = found.ingest.participant.publisher
     else:
@@ -321,22 +351,27 @@ def parse_sdpfrag(fragment: str) -> tuple[str | None, list[tuple[str | None, str
 
 # --- WHEP ------------------------------------------------------------------------------
 
+
 async def whep_play(request: web.Request) -> web.Response:
     verified = await _verify(request, "can_subscribe")
     sdp = await _read_body(request, SDP)
     description = _offer(sdp, "play")
     live = _find_live(request, verified)
     if live is not None and live.audience is None:
-        raise ApiError(409, "not_a_live_room", f"room {live.room.name!r} is a {live.room.kind} room; "
-                       "WHEP plays live rooms")
+        raise ApiError(
+            409, "not_a_live_room", f"room {live.room.name!r} is a {live.room.kind} room; WHEP plays live rooms"
+        )
     program = live.audience.program() if live is not None and live.audience is not None else {}
     if live is None or live.audience is None or "video" not in program:
         raise ApiError(409, "room_not_live", "nobody is live in this room yet; retry later")
     if live.audience.occupancy() >= live.room.max_participants:
-        raise ApiError(409, "room_full", f"the room allows {live.room.max_participants} participants and players",
-                       {"max_participants": live.room.max_participants})
-    codecs = {"video": program["video"].codec, "audio": program["audio"].codec if "audio" in program
-              else DEFAULT_AUDIO}
+        raise ApiError(
+            409,
+            "room_full",
+            f"the room allows {live.room.max_participants} participants and players",
+            {"max_participants": live.room.max_participants},
+        )
+    codecs = {"video": program["video"].codec, "audio": program["audio"].codec if "audio" in program else DEFAULT_AUDIO}
     session_id = new_session_id()
     peer = PlaybackPeer(session_id, address=live.registry.media_address)
     try:
@@ -347,19 +382,28 @@ async def whep_play(request: web.Request) -> web.Response:
     token = verified.token
     session = PlaybackSession(session_id, token.identity, token.name, peer, _ufrag(description))
     await live.audience.add_playback(session)
-    log.info("whep session started", extra={"room_id": str(live.room.id), "session_id": session.id,
-                                            "identity": token.identity})
+    log.info(
+        "whep session started",
+        extra={"room_id": str(live.room.id), "session_id": session.id, "identity": token.identity},
+    )
     return _created(answer, f"/whep/{live.room.name}/{session.id}", session.etag)
 
 
 # --- routes --------------------------------------------------------------------------
 
+
 def _preflight(methods: str, accept: dict[str, str]) -> Handler:
     async def options(request: web.Request) -> web.Response:
-        return web.Response(status=204, headers={
-            **CORS, **accept, "Access-Control-Allow-Methods": methods,
-            "Access-Control-Allow-Headers": "Authorization, Content-Type, If-Match",
-            "Access-Control-Max-Age": "600"})
+        return web.Response(
+            status=204,
+            headers={
+                **CORS,
+                **accept,
+                "Access-Control-Allow-Methods": methods,
+                "Access-Control-Allow-Headers": "Authorization, Content-Type, If-Match",
+                "Access-Control-Max-Age": "600",
+            },
+        )
 
     return options
 

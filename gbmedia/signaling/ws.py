@@ -14,13 +14,14 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from gbmedia.errors import ApiError, bad_request
+from gbmedia.errors import ApiError, RequestId, bad_request
 from gbmedia.http.keys import NODE
 from gbmedia.messaging.models import ChatCaller
 from gbmedia.messaging.socket import ChatSession, RawFrames
+from gbmedia.rooms.audience import Audience
+from gbmedia.rooms.live import LiveRoom, LiveRooms, Participant, track_json
 from gbmedia.sfu.peers import NegotiationError, TrackInfo
 from gbmedia.signaling import protocol as p
-from gbmedia.signaling.live import LiveRoom, LiveRooms, Participant, track_json
 from gbmedia.tenancy.models import Actor
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ class Connection:
             await self.ws.send_json(message)
 
     async def handle(self, raw: str | bytes) -> None:
-        request_id: p.RequestId = None
+        request_id: RequestId = None
         try:
             message = p.parse_message(raw)
             request_id = message.id
@@ -84,12 +85,12 @@ class Connection:
         if len(self._sends) >= MAX_SENDS_IN_FLIGHT:
             await asyncio.wait(self._sends, return_when=asyncio.FIRST_COMPLETED)
 
-    def _report_later(self, exc: Exception, request_id: p.RequestId) -> None:
+    def _report_later(self, exc: Exception, request_id: RequestId) -> None:
         """:meth:`_report` from a callback (a pipelined send's error), in a task of its own."""
         self._reports.add(task := asyncio.ensure_future(self._report(exc, request_id)))
         task.add_done_callback(self._reports.discard)
 
-    async def _report(self, exc: Exception, request_id: p.RequestId) -> None:
+    async def _report(self, exc: Exception, request_id: RequestId) -> None:
         """The error message for a request that failed; a socket closed meanwhile gets nothing."""
         if isinstance(exc, p.ProtocolError):
             exc.request_id = exc.request_id if exc.request_id is not None else request_id
@@ -129,7 +130,7 @@ class Connection:
         if message.type in p.LIVE_TYPES:
             if room.audience is None:
                 raise p.ProtocolError("not_a_live_room", f"{message.type} needs a live room")
-            return await room.audience.handle(participant, message)  # type: ignore[arg-type]
+            return await self._live_message(room.audience, participant, message)  # type: ignore[arg-type]
         if isinstance(message, p.Publish):
             infos = {mid: TrackInfo(t.source, t.name) for mid, t in message.tracks.items()}
             answer, _added = await room.publish(participant, message.sdp, infos)
@@ -148,17 +149,41 @@ class Connection:
             await room.mute(participant, message.track_id, message.muted)
             return {"type": "ack"}
         if isinstance(message, p.TrackSettings):
-            return {"type": "track_settings", **room.track_settings(participant, message)}
+            settings = room.track_settings(
+                participant,
+                message.track_id,
+                paused=message.paused,
+                quality=message.quality,
+                width=message.width,
+                height=message.height,
+            )
+            return {"type": "track_settings", **settings}
         assert isinstance(message, p.Leave)
         self.left = True
         await room.leave(participant, "left")
         self.participant = None
         return {"type": "left"}
 
+    @staticmethod
+    async def _live_message(
+        audience: Audience, participant: Participant, message: p.LiveMessage
+    ) -> dict[str, Any] | None:
+        if isinstance(message, p.Reaction):
+            await audience.react(participant, message.kind)
+            return {"type": "ack"} if message.id is not None else None
+        if isinstance(message, p.CohostInvite):
+            await audience.invite(participant, message.participant_id)
+            return {"type": "ack"}
+        assert isinstance(message, p.CohostAnswer)
+        return await audience.answer_invite(participant, message.accept)
+
     async def _verify(self, raw_token: str, protocol: int) -> Any:
         if protocol != p.PROTOCOL_VERSION:
-            raise p.ProtocolError("unsupported_protocol", f"this server speaks protocol {p.PROTOCOL_VERSION}",
-                                  details={"supported": [p.PROTOCOL_VERSION]})
+            raise p.ProtocolError(
+                "unsupported_protocol",
+                f"this server speaks protocol {p.PROTOCOL_VERSION}",
+                details={"supported": [p.PROTOCOL_VERSION]},
+            )
         return await self.node.tenancy.auth.verify_access_token(raw_token)
 
     async def _start_chat(self, verified: Any) -> None:
@@ -166,10 +191,15 @@ class Connection:
         if self.chat_session is not None:
             return
         token = verified.token
-        caller = ChatCaller(verified.instance.id, token.identity, admin=token.grants.room_admin,
-                            room=token.grants.room if token.grants.room_join else None)
-        session = ChatSession(self.node.chat, self.node.chat_hub, self.node.presence, caller,
-                              RawFrames(self.ws, self.transport))
+        caller = ChatCaller(
+            verified.instance.id,
+            token.identity,
+            admin=token.grants.room_admin,
+            room=token.grants.room if token.grants.room_join else None,
+        )
+        session = ChatSession(
+            self.node.chat, self.node.chat_hub, self.node.presence, caller, RawFrames(self.ws, self.transport)
+        )
         await session.start()
         self.chat_session = session
 
@@ -178,8 +208,12 @@ class Connection:
             raise p.ProtocolError("already_authenticated", "this socket is already authenticated")
         verified = await self._verify(message.token, message.protocol)
         await self._start_chat(verified)
-        return {"type": "authenticated", "protocol": p.PROTOCOL_VERSION, "identity": verified.token.identity,
-                "instance_id": str(verified.instance.id)}
+        return {
+            "type": "authenticated",
+            "protocol": p.PROTOCOL_VERSION,
+            "identity": verified.token.identity,
+            "instance_id": str(verified.instance.id),
+        }
 
     async def join(self, message: p.Join) -> dict[str, Any] | None:
         if self.participant is not None:
@@ -187,23 +221,29 @@ class Connection:
         verified = await self._verify(message.token, message.protocol)
         token = verified.token
         if not token.grants.room_join:
-            raise p.ProtocolError("grant_missing", "the token lacks the room_join grant",
-                                  details={"grant": "room_join"})
+            raise p.ProtocolError(
+                "grant_missing", "the token lacks the room_join grant", details={"grant": "room_join"}
+            )
         if not token.grants.room:
             raise p.ProtocolError("room_required", "the token names no room")
         if message.resume is not None:
             existing = self.live_rooms.by_resume_token.get(message.resume)
-            if (existing is None or existing.identity != token.identity
-                    or existing.room.room.instance_id != verified.instance.id):
+            if (
+                existing is None
+                or existing.identity != token.identity
+                or existing.room.room.instance_id != verified.instance.id
+            ):
                 raise p.ProtocolError("resume_failed", "the session expired or belongs to someone else")
             self.participant = existing
             chat = await self._room_chat(verified, existing.room)  # a new socket: chat starts again too
             await existing.room.resume(existing, self.send, message.id, extra={"chat": chat})
             return None
-        room = await self.live_rooms.room_for(verified.instance, token.grants.room,
-                                              Actor(token.api_key, "api_key"), kind=message.kind)
-        participant = await room.join(token.identity, token.name, token.grants,
-                                      auto_subscribe=message.auto_subscribe, send=self.send)
+        room = await self.live_rooms.room_for(
+            verified.instance, token.grants.room, Actor(token.api_key, "api_key"), kind=message.kind
+        )
+        participant = await room.join(
+            token.identity, token.name, token.grants, auto_subscribe=message.auto_subscribe, send=self.send
+        )
         self.participant = participant
         joined = room.joined_message(participant)
         if message.id is not None:
@@ -219,8 +259,12 @@ class Connection:
         conversation = await chat.conversations.for_room(verified.instance.id, room.room.id, room.room.name)
         member = await chat.conversations.add_member(conversation, verified.token.identity)
         await self._start_chat(verified)
-        return {"conversation_id": str(conversation.id), "last_seq": conversation.last_seq,
-                "delivered_seq": member.delivered_seq, "read_seq": member.read_seq}
+        return {
+            "conversation_id": str(conversation.id),
+            "last_seq": conversation.last_seq,
+            "delivered_seq": member.delivered_seq,
+            "read_seq": member.read_seq,
+        }
 
     async def closed(self) -> None:
         if self.participant is not None and not self.left:

@@ -18,8 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from gbmedia.errors import ApiError, bad_request, forbidden, not_found
 from gbmedia.http.keys import NODE, principal_of
 from gbmedia.http.responses import json_response, path_uuid, query_int, query_uuid, read_model
-from gbmedia.signaling.links import join_link
 from gbmedia.tenancy import audit
+from gbmedia.tenancy.links import join_link
 from gbmedia.tenancy.models import Instance, Principal
 from gbmedia.tenancy.service import Tenancy
 from gbmedia.tenancy.tokens import Grants
@@ -126,16 +126,19 @@ def reachable_customer_id(request: web.Request) -> uuid.UUID:
 
 # --- handlers ---------------------------------------------------------------------
 
+
 async def whoami(request: web.Request) -> web.Response:
     principal = principal_of(request)
-    return json_response({
-        "kind": principal.kind,
-        "actor": principal.actor.name,
-        "customer_id": principal.customer_id,
-        "instance_id": principal.instance_id,
-        "identity": principal.identity,
-        "grants": principal.grants.to_claim(),
-    })
+    return json_response(
+        {
+            "kind": principal.kind,
+            "actor": principal.actor.name,
+            "customer_id": principal.customer_id,
+            "instance_id": principal.instance_id,
+            "identity": principal.identity,
+            "grants": principal.grants.to_claim(),
+        }
+    )
 
 
 async def list_plans(request: web.Request) -> web.Response:
@@ -163,11 +166,13 @@ async def get_customer(request: web.Request) -> web.Response:
     customer_id = reachable_customer_id(request)
     customers = _tenancy(request).customers
     customer = await customers.get(customer_id)
-    return json_response({
-        "customer": customer,
-        "quotas": await customers.quotas(customer),
-        "usage": await customers.usage(customer_id),
-    })
+    return json_response(
+        {
+            "customer": customer,
+            "quotas": await customers.quotas(customer),
+            "usage": await customers.usage(customer_id),
+        }
+    )
 
 
 async def update_customer(request: web.Request) -> web.Response:
@@ -195,8 +200,13 @@ async def create_instance(request: web.Request) -> web.Response:
     customer_id = path_uuid(request, "customer_id")
     body = await read_model(request, InstanceCreate)
     instance, credentials = await _tenancy(request).instances.create(
-        principal.actor, customer_id, body.name, region=body.region, locale=body.locale or "en",
-        features=body.features, config=body.config,
+        principal.actor,
+        customer_id,
+        body.name,
+        region=body.region,
+        locale=body.locale or "en",
+        features=body.features,
+        config=body.config,
     )
     return json_response({"instance": instance, "credentials": credentials}, status=201)
 
@@ -259,13 +269,20 @@ async def create_token(request: web.Request) -> web.Response:
     body = await read_model(request, TokenCreate)
     grants = grants_from_request(body)
     ttl = body.ttl_seconds or request.app[NODE].settings.token_ttl_seconds
-    token = await _tenancy(request).instances.mint(instance.id, body.identity, grants,
-                                                   name=body.name, ttl_seconds=ttl)
+    token = await _tenancy(request).instances.mint(instance.id, body.identity, grants, name=body.name, ttl_seconds=ttl)
     settings = request.app[NODE].settings
     base = settings.public_url or f"{request.scheme}://{request.host}"
     url = join_link(base, token) if grants.room and grants.room_join else None
-    return json_response({"token": token, "identity": body.identity, "grants": grants.to_claim(),
-                          "expires_at": int(time.time()) + ttl, "url": url}, status=201)
+    return json_response(
+        {
+            "token": token,
+            "identity": body.identity,
+            "grants": grants.to_claim(),
+            "expires_at": int(time.time()) + ttl,
+            "url": url,
+        },
+        status=201,
+    )
 
 
 async def list_audit(request: web.Request) -> web.Response:
@@ -279,8 +296,9 @@ async def list_audit(request: web.Request) -> web.Response:
     else:
         _require_admin(principal)
         customer_id, instance_id = principal.customer_id, principal.instance_id
-    entries = await audit.list_entries(request.app[NODE].db.pool, customer_id=customer_id,
-                                       instance_id=instance_id, before_id=before_id, limit=limit)
+    entries = await audit.list_entries(
+        request.app[NODE].db.pool, customer_id=customer_id, instance_id=instance_id, before_id=before_id, limit=limit
+    )
     return json_response({"entries": entries})
 
 

@@ -29,8 +29,15 @@ async def record(
         """INSERT INTO audit_log (actor, actor_kind, action, target_type, target_id,
                                   customer_id, instance_id, details, request_id)
            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)""",
-        actor.name, actor.kind, action, target_type, str(target_id),
-        customer_id, instance_id, details or {}, actor.request_id,
+        actor.name,
+        actor.kind,
+        action,
+        target_type,
+        str(target_id),
+        customer_id,
+        instance_id,
+        details or {},
+        actor.request_id,
     )
 
 
@@ -52,6 +59,9 @@ async def list_entries(
               AND ($3::bigint IS NULL OR id < $3)
             ORDER BY id DESC
             LIMIT $4""",
-        customer_id, instance_id, before_id, limit,
+        customer_id,
+        instance_id,
+        before_id,
+        limit,
     )
     return [AuditEntry(**dict(r)) for r in rows]

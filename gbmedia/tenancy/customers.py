@@ -15,8 +15,7 @@ _CUSTOMER_COLUMNS = "id, name, subscription_tier, status, max_instances, metadat
 CUSTOMER_STATUSES = ("active", "suspended", "closed")
 
 
-def quota_exceeded(quota: str, limit: int, used: int | None = None, *,
-                   requested: int | None = None) -> ApiError:
+def quota_exceeded(quota: str, limit: int, used: int | None = None, *, requested: int | None = None) -> ApiError:
     """403 whose code names the quota, e.g. ``quota_max_instances_exceeded``.
 
     A counted quota (instances, open rooms) says how many are ``used``; a bound on
@@ -62,8 +61,9 @@ class Customers:
     async def plan(self, plan_id: str, conn: asyncpg.Connection | None = None) -> Plan:
         row = await (conn or self.pool).fetchrow("SELECT * FROM plans WHERE id = $1", plan_id)
         if row is None:
-            raise bad_request("unknown_tier", f"no subscription tier {plan_id!r}",
-                              tiers=[p.id for p in await self.plans()])
+            raise bad_request(
+                "unknown_tier", f"no subscription tier {plan_id!r}", tiers=[p.id for p in await self.plans()]
+            )
         return _plan(row)
 
     async def create(
@@ -80,7 +80,8 @@ class Customers:
             row = await conn.fetchrow(
                 f"""INSERT INTO customers (name, subscription_tier, max_instances, metadata)
                     VALUES ($1, $2, $3, $4) RETURNING {_CUSTOMER_COLUMNS}""",
-                name, plan.id,
+                name,
+                plan.id,
                 plan.quotas.max_instances if max_instances is None else max_instances,
                 metadata or {},
             )
@@ -89,21 +90,32 @@ class Customers:
                 """INSERT INTO subscriptions (customer_id, plan_id, status, activated_at,
                                               amount_cents)
                    VALUES ($1, $2, 'active', now(), $3)""",
-                customer.id, plan.id, plan.price_cents_per_month,
+                customer.id,
+                plan.id,
+                plan.price_cents_per_month,
             )
-            await audit.record(conn, actor, "customer.create", "customer", customer.id,
-                               customer_id=customer.id, details={"name": name, "tier": plan.id})
+            await audit.record(
+                conn,
+                actor,
+                "customer.create",
+                "customer",
+                customer.id,
+                customer_id=customer.id,
+                details={"name": name, "tier": plan.id},
+            )
         return customer
 
     async def list(self, *, limit: int = 100, offset: int = 0) -> list[Customer]:
         rows = await self.pool.fetch(
             f"SELECT {_CUSTOMER_COLUMNS} FROM customers ORDER BY created_at, id LIMIT $1 OFFSET $2",
-            limit, offset,
+            limit,
+            offset,
         )
         return [_customer(r) for r in rows]
 
-    async def get(self, customer_id: uuid.UUID, conn: asyncpg.Connection | None = None,
-                  *, for_update: bool = False) -> Customer:
+    async def get(
+        self, customer_id: uuid.UUID, conn: asyncpg.Connection | None = None, *, for_update: bool = False
+    ) -> Customer:
         lock = " FOR UPDATE" if for_update else ""
         row = await (conn or self.pool).fetchrow(
             f"SELECT {_CUSTOMER_COLUMNS} FROM customers WHERE id = $1{lock}", customer_id
@@ -140,7 +152,9 @@ class Customers:
                     """INSERT INTO subscriptions (customer_id, plan_id, status, activated_at,
                                                   amount_cents)
                        VALUES ($1, $2, 'active', now(), $3)""",
-                    customer_id, plan.id, plan.price_cents_per_month,
+                    customer_id,
+                    plan.id,
+                    plan.price_cents_per_month,
                 )
             if not values:
                 return current
@@ -148,10 +162,18 @@ class Customers:
             row = await conn.fetchrow(
                 f"""UPDATE customers SET {assignments}, updated_at = now()
                      WHERE id = $1 RETURNING {_CUSTOMER_COLUMNS}""",
-                customer_id, *values.values(),
+                customer_id,
+                *values.values(),
             )
-            await audit.record(conn, actor, "customer.update", "customer", customer_id,
-                               customer_id=customer_id, details={"changes": values})
+            await audit.record(
+                conn,
+                actor,
+                "customer.update",
+                "customer",
+                customer_id,
+                customer_id=customer_id,
+                details={"changes": values},
+            )
         return _customer(row)
 
     async def quotas(self, customer: Customer, conn: asyncpg.Connection | None = None) -> Quotas:

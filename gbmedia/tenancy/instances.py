@@ -45,8 +45,9 @@ class SigningKey:
 
 
 class Instances:
-    def __init__(self, pool: asyncpg.Pool, customers: Customers, secrets: SecretBox,
-                 *, shard_count: int, default_region: str) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, customers: Customers, secrets: SecretBox, *, shard_count: int, default_region: str
+    ) -> None:
         self.pool = pool
         self.customers = customers
         self.secrets = secrets
@@ -83,16 +84,27 @@ class Instances:
                     f"""INSERT INTO instances (customer_id, name, shard_id, region, locale,
                                                features, config)
                         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {_INSTANCE_COLUMNS}""",
-                    customer_id, name, shard_id_for(customer_id, self.shard_count),
-                    region or self.default_region, locale, features, config or {},
+                    customer_id,
+                    name,
+                    shard_id_for(customer_id, self.shard_count),
+                    region or self.default_region,
+                    locale,
+                    features,
+                    config or {},
                 )
             except asyncpg.UniqueViolationError:
-                raise conflict("instance_name_taken",
-                               f"the customer already has an instance named {name!r}") from None
+                raise conflict("instance_name_taken", f"the customer already has an instance named {name!r}") from None
             instance = _instance(row)
-            await audit.record(conn, actor, "instance.create", "instance", instance.id,
-                               customer_id=customer_id, instance_id=instance.id,
-                               details={"name": name, "region": instance.region})
+            await audit.record(
+                conn,
+                actor,
+                "instance.create",
+                "instance",
+                instance.id,
+                customer_id=customer_id,
+                instance_id=instance.id,
+                details={"name": name, "region": instance.region},
+            )
             credentials = await self._add_key(conn, actor, instance, "initial key")
         return instance, credentials
 
@@ -131,20 +143,27 @@ class Instances:
                 row = await conn.fetchrow(
                     f"""UPDATE instances SET {assignments}, updated_at = now()
                          WHERE id = $1 RETURNING {_INSTANCE_COLUMNS}""",
-                    instance_id, *changes.values(),
+                    instance_id,
+                    *changes.values(),
                 )
             except asyncpg.UniqueViolationError:
-                raise conflict("instance_name_taken",
-                               "the customer already has an instance with that name") from None
+                raise conflict("instance_name_taken", "the customer already has an instance with that name") from None
             if changes.get("status") == "deleted":
                 await conn.execute(
                     "UPDATE api_keys SET revoked_at = now() WHERE instance_id = $1 AND revoked_at IS NULL",
                     instance_id,
                 )
             action = "instance.delete" if changes.get("status") == "deleted" else "instance.update"
-            await audit.record(conn, actor, action, "instance", instance_id,
-                               customer_id=current.customer_id, instance_id=instance_id,
-                               details={"changes": changes})
+            await audit.record(
+                conn,
+                actor,
+                action,
+                "instance",
+                instance_id,
+                customer_id=current.customer_id,
+                instance_id=instance_id,
+                details={"changes": changes},
+            )
         return _instance(row)
 
     async def delete(self, actor: Actor, instance_id: uuid.UUID) -> Instance:
@@ -153,17 +172,28 @@ class Instances:
 
     # --- API keys -----------------------------------------------------------------
 
-    async def _add_key(self, conn: asyncpg.Connection, actor: Actor, instance: Instance,
-                       description: str) -> Credentials:
+    async def _add_key(
+        self, conn: asyncpg.Connection, actor: Actor, instance: Instance, description: str
+    ) -> Credentials:
         key, secret = new_api_key(), new_api_secret()
         await conn.execute(
             """INSERT INTO api_keys (key, instance_id, secret_ciphertext, description)
                VALUES ($1, $2, $3, $4)""",
-            key, instance.id, self.secrets.encrypt(secret), description,
+            key,
+            instance.id,
+            self.secrets.encrypt(secret),
+            description,
         )
-        await audit.record(conn, actor, "api_key.create", "api_key", key,
-                           customer_id=instance.customer_id, instance_id=instance.id,
-                           details={"description": description})
+        await audit.record(
+            conn,
+            actor,
+            "api_key.create",
+            "api_key",
+            key,
+            customer_id=instance.customer_id,
+            instance_id=instance.id,
+            details={"description": description},
+        )
         return Credentials(key=key, secret=secret)
 
     async def create_key(self, actor: Actor, instance_id: uuid.UUID, description: str = "") -> Credentials:
@@ -188,12 +218,14 @@ class Instances:
                 """UPDATE api_keys SET revoked_at = coalesce(revoked_at, now())
                     WHERE key = $1 AND instance_id = $2
                 RETURNING key, instance_id, description, created_at, revoked_at""",
-                key, instance_id,
+                key,
+                instance_id,
             )
             if row is None:
                 raise not_found("api_key", key)
-            await audit.record(conn, actor, "api_key.revoke", "api_key", key,
-                               customer_id=instance.customer_id, instance_id=instance_id)
+            await audit.record(
+                conn, actor, "api_key.revoke", "api_key", key, customer_id=instance.customer_id, instance_id=instance_id
+            )
         return ApiKey(**dict(row))
 
     async def signing_key(self, api_key: str) -> tuple[SigningKey, bool] | None:
@@ -219,8 +251,9 @@ class Instances:
             raise conflict("no_active_api_key", f"instance {instance_id} has no active API key")
         return SigningKey(instance, row["key"], self.secrets.decrypt(row["secret_ciphertext"]))
 
-    async def mint(self, instance_id: uuid.UUID, identity: str, grants: Grants, *,
-                   name: str | None = None, ttl_seconds: int) -> str:
+    async def mint(
+        self, instance_id: uuid.UUID, identity: str, grants: Grants, *, name: str | None = None, ttl_seconds: int
+    ) -> str:
         """A token signed with the instance's newest active key."""
         signing = await self.newest_signing_key(instance_id)
         if signing.instance.status != "active":

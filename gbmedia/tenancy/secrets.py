@@ -46,9 +46,7 @@ class SecretBox:
 
     @classmethod
     def for_node(cls, configured: str | None, data_dir: Path) -> SecretBox:
-        key = configured or load_or_create_file_secret(
-            data_dir / "secret.key", lambda: Fernet.generate_key().decode()
-        )
+        key = configured or load_or_create_file_secret(data_dir / "secret.key", lambda: Fernet.generate_key().decode())
         return cls(key)
 
     def encrypt(self, plaintext: str) -> bytes:
@@ -60,8 +58,7 @@ class SecretBox:
             return self._fernet.decrypt(bytes(ciphertext)).decode()
         except InvalidToken:
             raise SecretKeyMismatch(
-                "an API secret cannot be decrypted: GBMEDIA_SECRET_KEY differs from the key "
-                "that stored it"
+                "an API secret cannot be decrypted: GBMEDIA_SECRET_KEY differs from the key that stored it"
             ) from None
 
 

@@ -20,9 +20,9 @@ class Tenancy:
     auth: Authenticator
 
     @classmethod
-    def create(cls, pool: asyncpg.Pool, settings: Settings, secrets: SecretBox,
-               operator_token: str) -> Tenancy:
+    def create(cls, pool: asyncpg.Pool, settings: Settings, secrets: SecretBox, operator_token: str) -> Tenancy:
         customers = Customers(pool)
-        instances = Instances(pool, customers, secrets, shard_count=settings.shard_count,
-                              default_region=settings.region)
+        instances = Instances(
+            pool, customers, secrets, shard_count=settings.shard_count, default_region=settings.region
+        )
         return cls(customers, instances, Authenticator(instances, customers, operator_token))

@@ -55,9 +55,7 @@ BOT_PLATFORM_TABLES = [
     "kb_question_alternates",
 ]
 
-_CREATE_TABLE = re.compile(
-    r"CREATE\s+TABLE\s+(?:IF\s+NOT\s+EXISTS\s+)?(\w+)(\s+PARTITION\s+OF\b)?", re.IGNORECASE
-)
+_CREATE_TABLE = re.compile(r"CREATE\s+TABLE\s+(?:IF\s+NOT\s+EXISTS\s+)?(\w+)(\s+PARTITION\s+OF\b)?", re.IGNORECASE)
 
 
 def created_tables() -> set[str]:
@@ -114,7 +112,8 @@ async def new_instance(conn: asyncpg.Connection, name: str = "i") -> uuid.UUID:
     )
     return await conn.fetchval(
         "INSERT INTO instances (customer_id, name, shard_id, region) VALUES ($1, $2, 0, 'local') RETURNING id",
-        customer, name,
+        customer,
+        name,
     )
 
 
@@ -130,9 +129,7 @@ async def populate(conn: asyncpg.Connection, instance: uuid.UUID) -> dict[str, u
     await conn.execute(
         "INSERT INTO schedules (instance_id, dialog_name, cron) VALUES ($1, 'report', '0 9 * * 1-5')", instance
     )
-    await conn.execute(
-        "INSERT INTO instance_settings (instance_id, key, value) VALUES ($1, 'welcome', 'Hi')", instance
-    )
+    await conn.execute("INSERT INTO instance_settings (instance_id, key, value) VALUES ($1, 'welcome', 'Hi')", instance)
     ids["user"] = await conn.fetchval(
         """INSERT INTO bot_users (instance_id, system_id, display_name, email, default_channel)
            VALUES ($1, '5511999990000', 'Ana', 'ana@example.com', 'whatsapp') RETURNING id""",
@@ -143,26 +140,35 @@ async def populate(conn: asyncpg.Connection, instance: uuid.UUID) -> dict[str, u
     )
     await conn.execute(
         "INSERT INTO bot_user_groups (instance_id, group_id, user_id) VALUES ($1, $2, $3)",
-        instance, ids["group"], ids["user"],
+        instance,
+        ids["group"],
+        ids["user"],
     )
     ids["subject"] = await conn.fetchval(
         """INSERT INTO kb_subjects (instance_id, package_id, title, responsible_user_id)
            VALUES ($1, $2, 'Billing', $3) RETURNING id""",
-        instance, ids["package"], ids["user"],
+        instance,
+        ids["package"],
+        ids["user"],
     )
     ids["answer"] = await conn.fetchval(
         """INSERT INTO kb_answers (instance_id, package_id, content, format)
            VALUES ($1, $2, 'Pay by card.', 'markdown') RETURNING id""",
-        instance, ids["package"],
+        instance,
+        ids["package"],
     )
     ids["question"] = await conn.fetchval(
         """INSERT INTO kb_questions (instance_id, package_id, subject_id, answer_id, content, keywords)
            VALUES ($1, $2, $3, $4, 'How do I pay?', '{pay,card}') RETURNING id""",
-        instance, ids["package"], ids["subject"], ids["answer"],
+        instance,
+        ids["package"],
+        ids["subject"],
+        ids["answer"],
     )
     await conn.execute(
         "INSERT INTO kb_question_alternates (instance_id, question_id, content) VALUES ($1, $2, 'Payment?')",
-        instance, ids["question"],
+        instance,
+        ids["question"],
     )
     return ids
 
@@ -266,8 +272,10 @@ async def test_bot_user_defaults(pool: asyncpg.Pool) -> None:
         ("INSERT INTO packages (instance_id, name, kind) VALUES ($1, 'faq.gbkb', 'gbkb')", ()),
         ("INSERT INTO schedules (instance_id, dialog_name, cron) VALUES ($1, 'report', '* * * * *')", ()),
         ("INSERT INTO bot_user_groups (instance_id, group_id, user_id) VALUES ($1, $2, $3)", ("group", "user")),
-        ("INSERT INTO kb_question_alternates (instance_id, question_id, content) VALUES ($1, $2, 'Payment?')",
-         ("question",)),
+        (
+            "INSERT INTO kb_question_alternates (instance_id, question_id, content) VALUES ($1, $2, 'Payment?')",
+            ("question",),
+        ),
     ],
 )
 async def test_unique_constraints_reject_duplicates(pool: asyncpg.Pool, sql: str, args: tuple[str, ...]) -> None:
@@ -314,17 +322,21 @@ async def test_rows_cannot_point_into_another_instance(pool: asyncpg.Pool) -> No
         with pytest.raises(asyncpg.ForeignKeyViolationError):
             await conn.execute(
                 "INSERT INTO bot_user_groups (instance_id, group_id, user_id) VALUES ($1, $2, $3)",
-                a, ids_a["group"], ids_b["user"],
+                a,
+                ids_a["group"],
+                ids_b["user"],
             )
         with pytest.raises(asyncpg.ForeignKeyViolationError):
             await conn.execute(
                 "INSERT INTO kb_questions (instance_id, answer_id, content) VALUES ($1, $2, 'q')",
-                a, ids_b["answer"],
+                a,
+                ids_b["answer"],
             )
         with pytest.raises(asyncpg.ForeignKeyViolationError):
             await conn.execute(
                 "INSERT INTO kb_subjects (instance_id, parent_id, title) VALUES ($1, $2, 't')",
-                a, ids_b["subject"],
+                a,
+                ids_b["subject"],
             )
 
 
@@ -335,11 +347,13 @@ async def test_subject_tree(pool: asyncpg.Pool) -> None:
         root = ids["subject"]
         child = await conn.fetchval(
             "INSERT INTO kb_subjects (instance_id, parent_id, title) VALUES ($1, $2, 'Cards') RETURNING id",
-            instance, root,
+            instance,
+            root,
         )
         leaf = await conn.fetchval(
             "INSERT INTO kb_subjects (instance_id, parent_id, title) VALUES ($1, $2, 'Visa') RETURNING id",
-            instance, child,
+            instance,
+            child,
         )
         path = await conn.fetchval(
             """WITH RECURSIVE up AS (
@@ -355,7 +369,8 @@ async def test_subject_tree(pool: asyncpg.Pool) -> None:
         with pytest.raises(asyncpg.ForeignKeyViolationError):
             await conn.execute(
                 "INSERT INTO kb_subjects (instance_id, parent_id, title) VALUES ($1, $2, 'orphan')",
-                instance, uuid.uuid4(),
+                instance,
+                uuid.uuid4(),
             )
         with pytest.raises(asyncpg.CheckViolationError):
             await conn.execute("UPDATE kb_subjects SET parent_id = id WHERE id = $1", leaf)
@@ -364,8 +379,9 @@ async def test_subject_tree(pool: asyncpg.Pool) -> None:
         await conn.execute("UPDATE kb_questions SET subject_id = $1 WHERE id = $2", leaf, ids["question"])
         await conn.execute("DELETE FROM kb_subjects WHERE id = $1", child)  # takes the subtree
         assert await conn.fetchval("SELECT array_agg(title) FROM kb_subjects") == ["Billing"]
-        question = await conn.fetchrow("SELECT instance_id, subject_id FROM kb_questions WHERE id = $1",
-                                       ids["question"])
+        question = await conn.fetchrow(
+            "SELECT instance_id, subject_id FROM kb_questions WHERE id = $1", ids["question"]
+        )
         assert question["instance_id"] == instance
         assert question["subject_id"] is None
 
@@ -377,7 +393,8 @@ async def test_answer_chain_and_question_lifetime(pool: asyncpg.Pool) -> None:
         first = ids["answer"]
         second = await conn.fetchval(
             "INSERT INTO kb_answers (instance_id, content, prev_id) VALUES ($1, 'Step 2', $2) RETURNING id",
-            instance, first,
+            instance,
+            first,
         )
         await conn.execute("UPDATE kb_answers SET next_id = $1 WHERE id = $2", second, first)
 
@@ -406,8 +423,8 @@ async def test_instance_logs_are_append_only_identity(pool: asyncpg.Pool) -> Non
             "INSERT INTO instance_logs (instance_id, message) VALUES ($1, 'a') RETURNING id", instance
         )
         second = await conn.fetchval(
-            "INSERT INTO instance_logs (instance_id, message, details) VALUES ($1, 'b', '{\"k\": 1}') "
-            "RETURNING id", instance
+            "INSERT INTO instance_logs (instance_id, message, details) VALUES ($1, 'b', '{\"k\": 1}') RETURNING id",
+            instance,
         )
         assert second > first
         assert await conn.fetchval("SELECT details FROM instance_logs WHERE id = $1", second) == {"k": 1}

@@ -21,18 +21,38 @@ async def test_migrations_from_empty_create_the_seed_tables_with_their_columns(e
     try:
         applied = await migrate(conn)
         assert [m.version for m in applied] == [m.version for m in available_migrations()]
-        assert {"customers", "instances", "rooms", "messages", "subscriptions", "usage_events", "api_keys",
-                "audit_log", "plans", "conversations", "schema_migrations"} <= await tables(conn)
+        assert {
+            "customers",
+            "instances",
+            "rooms",
+            "messages",
+            "subscriptions",
+            "usage_events",
+            "api_keys",
+            "audit_log",
+            "plans",
+            "conversations",
+            "schema_migrations",
+        } <= await tables(conn)
         seed_columns = {
             "customers": {"id", "name", "subscription_tier", "status", "max_instances", "metadata", "created_at"},
             "instances": {"id", "customer_id", "name", "status", "shard_id", "region", "config", "created_at"},
             "rooms": {"id", "customer_id", "instance_id", "name", "kind", "status", "config", "created_at"},
-            "messages": {"id", "customer_id", "instance_id", "conversation_id", "sender_id", "kind", "content",
-                         "metadata", "created_at", "shard_key"},
+            "messages": {
+                "id",
+                "customer_id",
+                "instance_id",
+                "conversation_id",
+                "sender_id",
+                "kind",
+                "content",
+                "metadata",
+                "created_at",
+                "shard_key",
+            },
         }
         for table, columns in seed_columns.items():
-            rows = await conn.fetch("SELECT column_name FROM information_schema.columns WHERE table_name = $1",
-                                    table)
+            rows = await conn.fetch("SELECT column_name FROM information_schema.columns WHERE table_name = $1", table)
             assert columns <= {r["column_name"] for r in rows}, table
         assert await migrate(conn) == []  # a second run applies nothing
     finally:
@@ -44,20 +64,31 @@ async def test_messages_are_hash_partitioned_by_shard_key(empty_database_url: st
     try:
         await migrate(conn)
         strategy = await conn.fetchval(
-            "SELECT partstrat::text FROM pg_partitioned_table WHERE partrelid = 'messages'::regclass")
-        partitions = await conn.fetchval(
-            "SELECT count(*) FROM pg_inherits WHERE inhparent = 'messages'::regclass")
+            "SELECT partstrat::text FROM pg_partitioned_table WHERE partrelid = 'messages'::regclass"
+        )
+        partitions = await conn.fetchval("SELECT count(*) FROM pg_inherits WHERE inhparent = 'messages'::regclass")
         assert (strategy, partitions) == ("h", 8)
-        customer = await conn.fetchval("INSERT INTO customers (name, subscription_tier, max_instances) "
-                                       "VALUES ('c', 'free', 1) RETURNING id")
-        instance = await conn.fetchval("INSERT INTO instances (customer_id, name, shard_id, region) "
-                                       "VALUES ($1, 'i', 0, 'local') RETURNING id", customer)
-        conversation = await conn.fetchval("INSERT INTO conversations (customer_id, instance_id, kind) "
-                                           "VALUES ($1, $2, 'group') RETURNING id", customer, instance)
+        customer = await conn.fetchval(
+            "INSERT INTO customers (name, subscription_tier, max_instances) VALUES ('c', 'free', 1) RETURNING id"
+        )
+        instance = await conn.fetchval(
+            "INSERT INTO instances (customer_id, name, shard_id, region) VALUES ($1, 'i', 0, 'local') RETURNING id",
+            customer,
+        )
+        conversation = await conn.fetchval(
+            "INSERT INTO conversations (customer_id, instance_id, kind) VALUES ($1, $2, 'group') RETURNING id",
+            customer,
+            instance,
+        )
         for shard_key in (1, 2, 3, 12345):
-            await conn.execute("INSERT INTO messages (shard_key, customer_id, instance_id, conversation_id, "
-                               "sender_id, content) VALUES ($1, $2, $3, $4, 'u', 'hi')",
-                               shard_key, customer, instance, conversation)
+            await conn.execute(
+                "INSERT INTO messages (shard_key, customer_id, instance_id, conversation_id, "
+                "sender_id, content) VALUES ($1, $2, $3, $4, 'u', 'hi')",
+                shard_key,
+                customer,
+                instance,
+                conversation,
+            )
         assert await conn.fetchval("SELECT count(*) FROM messages") == 4
         used = await conn.fetchval("SELECT count(DISTINCT tableoid) FROM messages")
         assert used >= 2  # rows spread over partitions

@@ -28,8 +28,8 @@ from gbmedia.messaging import api as messaging_api
 from gbmedia.messaging import models as chat_models
 from gbmedia.recording import api as recording_api
 from gbmedia.recording import service as recording_service
-from gbmedia.signaling import api as signaling_api
-from gbmedia.signaling import rooms
+from gbmedia.rooms import api as rooms_api
+from gbmedia.rooms import store as rooms
 from gbmedia.tenancy import api as tenancy_api
 from gbmedia.tenancy import models
 from gbmedia.tenancy.tokens import Grants, mint_token
@@ -39,9 +39,24 @@ DOC_PATH = Path(gbmedia.http.__file__).parent / "openapi.json"
 DOC: dict[str, Any] = json.loads(DOC_PATH.read_text(encoding="utf-8"))
 METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
 SCHEMA_KEYWORDS = {
-    "$ref", "type", "properties", "required", "additionalProperties", "items", "enum", "const", "format",
-    "minimum", "maximum", "minLength", "maxLength", "pattern", "propertyNames",
-    "default", "description", "examples",
+    "$ref",
+    "type",
+    "properties",
+    "required",
+    "additionalProperties",
+    "items",
+    "enum",
+    "const",
+    "format",
+    "minimum",
+    "maximum",
+    "minLength",
+    "maxLength",
+    "pattern",
+    "propertyNames",
+    "default",
+    "description",
+    "examples",
 }
 REQUEST_MODELS: dict[str, tuple[type[BaseModel], bool]] = {  # operationId: (model, is a PATCH)
     "createCustomer": (tenancy_api.CustomerCreate, False),
@@ -50,8 +65,8 @@ REQUEST_MODELS: dict[str, tuple[type[BaseModel], bool]] = {  # operationId: (mod
     "updateInstance": (tenancy_api.InstanceUpdate, True),
     "createKey": (tenancy_api.KeyCreate, False),
     "createToken": (tenancy_api.TokenCreate, False),
-    "createRoom": (signaling_api.RoomCreate, False),
-    "muteTrack": (signaling_api.TrackMute, False),
+    "createRoom": (rooms_api.RoomCreate, False),
+    "muteTrack": (rooms_api.TrackMute, False),
     "createConversation": (messaging_api.ConversationCreate, False),
     "addMember": (messaging_api.MemberAdd, False),
     "sendMessage": (messaging_api.MessageSend, False),
@@ -60,25 +75,51 @@ REQUEST_MODELS: dict[str, tuple[type[BaseModel], bool]] = {  # operationId: (mod
     "startRecording": (recording_api.RecordingStart, False),
 }
 RESPONSE_DATACLASSES = {
-    "Customer": models.Customer, "Instance": models.Instance, "ApiKey": models.ApiKey,
-    "Credentials": models.Credentials, "Plan": models.Plan, "Quotas": models.Quotas,
-    "AuditEntry": models.AuditEntry, "Grants": Grants, "Room": rooms.Room,
-    "Message": chat_models.Message, "Member": chat_models.Member, "Receipt": chat_models.Receipt,
-    "Recording": recording_service.Recording, "RecordingFile": recording_service.RecordingFile,
+    "Customer": models.Customer,
+    "Instance": models.Instance,
+    "ApiKey": models.ApiKey,
+    "Credentials": models.Credentials,
+    "Plan": models.Plan,
+    "Quotas": models.Quotas,
+    "AuditEntry": models.AuditEntry,
+    "Grants": Grants,
+    "Room": rooms.Room,
+    "Message": chat_models.Message,
+    "Member": chat_models.Member,
+    "Receipt": chat_models.Receipt,
+    "Recording": recording_service.Recording,
+    "RecordingFile": recording_service.RecordingFile,
 }
 # Codes the tenancy services raise that REST callers cannot reach: the pydantic
 # models refuse such input first (as validation_failed).
-UNREACHABLE_CODES = {"unknown_field", "invalid_status", "invalid_features", "invalid_config",
-                     "invalid_room_settings", "invalid_kind", "invalid_role"}
+UNREACHABLE_CODES = {
+    "unknown_field",
+    "invalid_status",
+    "invalid_features",
+    "invalid_config",
+    "invalid_room_settings",
+    "invalid_kind",
+    "invalid_role",
+}
 # Where REST error codes come from: whole folders, and the REST-facing modules of
 # signaling (its WebSocket protocol's codes are documented in docs/protocol.md).
-REST_SOURCES = ("tenancy/*.py", "http/*.py", "signaling/rooms.py", "signaling/api.py", "signaling/live.py",
-                "signaling/ws.py", "messaging/*.py", "recording/*.py", "recording/hls/*.py", "signaling/whip.py")
+REST_SOURCES = (
+    "tenancy/*.py",
+    "http/*.py",
+    "app.py",
+    "rooms/*.py",
+    "signaling/ws.py",
+    "messaging/*.py",
+    "recording/*.py",
+    "streaming/*.py",
+    "signaling/whip.py",
+)
 # Bearer-authenticated paths outside /api/ (standard WHIP/WHEP URLs); their CORS preflights need no credentials.
 TOKEN_PATHS = ("/whip/", "/whep/")
 
 
 # --- a tiny JSON Schema ------------------------------------------------------------
+
 
 def pointer(ref: str) -> Any:
     assert ref.startswith("#/"), ref
@@ -99,8 +140,7 @@ def _type_ok(value: Any, name: str) -> bool:
         return isinstance(value, int) and not isinstance(value, bool)
     if name == "number":
         return isinstance(value, int | float) and not isinstance(value, bool)
-    return isinstance(value, {"string": str, "boolean": bool, "object": dict, "array": list,
-                              "null": type(None)}[name])
+    return isinstance(value, {"string": str, "boolean": bool, "object": dict, "array": list, "null": type(None)}[name])
 
 
 def _format_ok(value: str, fmt: str) -> bool:
@@ -159,8 +199,7 @@ def validate(value: Any, schema: dict[str, Any], where: str = "$") -> list[str]:
 
 
 def operations() -> list[tuple[str, str, dict[str, Any]]]:
-    return [(method, path, item[method]) for path, item in DOC["paths"].items()
-            for method in item if method in METHODS]
+    return [(method, path, item[method]) for path, item in DOC["paths"].items() for method in item if method in METHODS]
 
 
 def walk(node: Any) -> Any:
@@ -197,10 +236,13 @@ def all_schemas() -> Any:
 
 # --- the document against the router ---------------------------------------------
 
+
 async def test_the_document_names_exactly_the_registered_routes(client: TestClient):
-    registered = {(route.method.lower(), route.resource.canonical)
-                  for route in client.app.router.routes()
-                  if route.method != "HEAD" and route.resource is not None}
+    registered = {
+        (route.method.lower(), route.resource.canonical)
+        for route in client.app.router.routes()
+        if route.method != "HEAD" and route.resource is not None
+    }
     documented = {(method, path) for method, path, _ in operations()}
     assert documented - registered == set(), "documented but not served"
     assert registered - documented == set(), "served but not documented"
@@ -216,13 +258,16 @@ async def test_openapi_json_is_served_without_auth_and_is_the_file(client: TestC
 
 # --- structure ---------------------------------------------------------------------
 
+
 def test_the_document_is_well_formed_openapi_3_1():
     assert DOC["openapi"].startswith("3.1.")
     assert DOC["info"]["version"] == gbmedia.__version__ == "0.1.0" and DOC["info"]["title"]
     assert DOC["servers"] == [{"url": "http://127.0.0.1:7880", "description": DOC["servers"][0]["description"]}]
     schemes = DOC["components"]["securitySchemes"]
     assert {name: (s["type"], s["scheme"]) for name, s in schemes.items()} == {
-        "operatorToken": ("http", "bearer"), "accessToken": ("http", "bearer")}
+        "operatorToken": ("http", "bearer"),
+        "accessToken": ("http", "bearer"),
+    }
     for claim in ("`iss`", "`sub`", "`name`", "`iat`", "`nbf`", "`exp`", "`jti`", "`grants`", "room_admin"):
         assert claim in schemes["accessToken"]["description"], claim
 
@@ -266,8 +311,9 @@ def test_the_document_is_well_formed_openapi_3_1():
             assert response["description"], (label, status)
             assert "X-Request-Id" in response["headers"], (label, status)
             if int(status) >= 400 and (path, status) != ("/readyz", "503"):  # 503 there is the readiness report
-                assert resolve(response["content"]["application/json"]["schema"]) is DOC["components"][
-                    "schemas"]["Error"], (label, status)
+                assert (
+                    resolve(response["content"]["application/json"]["schema"]) is DOC["components"]["schemas"]["Error"]
+                ), (label, status)
                 assert response["x-error-codes"], (label, status)
                 for code in response["x-error-codes"]:
                     assert f"`{code}`" in response["description"], (label, status, code)
@@ -275,8 +321,7 @@ def test_the_document_is_well_formed_openapi_3_1():
 
 def _source_error_codes() -> set[str]:
     root = Path(gbmedia.http.__file__).parent.parent
-    text = "\n".join(p.read_text(encoding="utf-8") for pattern in REST_SOURCES
-                     for p in sorted(root.glob(pattern)))
+    text = "\n".join(p.read_text(encoding="utf-8") for pattern in REST_SOURCES for p in sorted(root.glob(pattern)))
     codes = set(re.findall(r'\b(?:bad_request|unauthorized|forbidden|conflict)\(\s*"([a-z_]+)"', text))
     codes |= set(re.findall(r'\bApiError\(\s*\d+,\s*"([a-z_]+)"', text))
     codes |= {f"{what}_not_found" for what in re.findall(r'\bnot_found\(\s*"([a-z_]+)"', text)}
@@ -285,11 +330,22 @@ def _source_error_codes() -> set[str]:
 
 
 def test_every_reachable_error_code_is_documented_and_no_other():
-    documented = {code for node in walk(DOC) if isinstance(node, dict) and "x-error-codes" in node
-                  for code in node["x-error-codes"]}
+    documented = {
+        code
+        for node in walk(DOC)
+        if isinstance(node, dict) and "x-error-codes" in node
+        for code in node["x-error-codes"]
+    }
     source = _source_error_codes()
-    assert {"quota_max_instances_exceeded", "grant_missing", "api_key_not_found", "rate_limited",
-            "room_not_found", "quota_max_concurrent_rooms_exceeded", "instance_id_required"} <= source
+    assert {
+        "quota_max_instances_exceeded",
+        "grant_missing",
+        "api_key_not_found",
+        "rate_limited",
+        "room_not_found",
+        "quota_max_concurrent_rooms_exceeded",
+        "instance_id_required",
+    } <= source
     assert source - UNREACHABLE_CODES - documented == set(), "raised but not documented"
     assert documented - source - {"payload_too_large"} == set(), "documented but never raised"
 
@@ -326,8 +382,11 @@ def test_request_bodies_mirror_the_pydantic_models(operation_id: str):
         field = model.model_fields[name]
         if not is_patch and not field.is_required():
             assert documented["properties"][name]["default"] == field.get_default(call_default_factory=True), name
-    with_bodies = {op["operationId"] for _, _, op in operations()
-                   if "requestBody" in op and "application/json" in op["requestBody"]["content"]}
+    with_bodies = {
+        op["operationId"]
+        for _, _, op in operations()
+        if "requestBody" in op and "application/json" in op["requestBody"]["content"]
+    }
     assert with_bodies == set(REQUEST_MODELS)
 
 
@@ -355,89 +414,236 @@ def test_grant_and_feature_names_match_the_code():
 
 # --- real answers against the document ------------------------------------------------
 
+
 async def _chat_calls(call: Caller, tenant: Tenant) -> None:
     """Every chat operation, with answers and errors checked against the document."""
     alice = bearer(mint_token(tenant.key, tenant.secret, "alice", Grants()))
     bob = bearer(mint_token(tenant.key, tenant.secret, "bob", Grants()))
     mallory = bearer(mint_token(tenant.key, tenant.secret, "mallory", Grants()))
-    conv = await call("POST", "/api/v1/conversations", 201, headers=alice,
-                      json={"kind": "group", "members": ["bob"], "title": "docs", "metadata": {"a": 1}})
+    conv = await call(
+        "POST",
+        "/api/v1/conversations",
+        201,
+        headers=alice,
+        json={"kind": "group", "members": ["bob"], "title": "docs", "metadata": {"a": 1}},
+    )
     cid = conv["id"]
     await call("POST", "/api/v1/conversations", 201, headers=alice, json={"kind": "direct", "members": ["bob"]})
     await call("POST", "/api/v1/conversations", 200, headers=bob, json={"kind": "direct", "members": ["alice"]})
     await call("POST", "/api/v1/conversations", 400, headers=OPERATOR, json={"members": ["x"]})
     await call("GET", "/api/v1/conversations", 200, headers=alice, query={"limit": "10"})
-    await call("GET", "/api/v1/conversations", 200, headers=OPERATOR,
-               query={"instance_id": tenant.instance_id, "identity": "bob"})
+    await call(
+        "GET",
+        "/api/v1/conversations",
+        200,
+        headers=OPERATOR,
+        query={"instance_id": tenant.instance_id, "identity": "bob"},
+    )
     await call("GET", "/api/v1/conversations/{conversation_id}", 200, headers=bob, conversation_id=cid)
     await call("GET", "/api/v1/conversations/{conversation_id}", 403, headers=mallory, conversation_id=cid)
-    await call("GET", "/api/v1/conversations/{conversation_id}", 404, headers=alice,
-               conversation_id=str(uuid.uuid4()))
-    await call("POST", "/api/v1/conversations/{conversation_id}/members", 201, headers=alice, conversation_id=cid,
-               json={"identity": "carol"})
-    await call("DELETE", "/api/v1/conversations/{conversation_id}/members/{identity}", 200, headers=OPERATOR,
-               conversation_id=cid, identity="carol")
-    await call("DELETE", "/api/v1/conversations/{conversation_id}/members/{identity}", 404, headers=OPERATOR,
-               conversation_id=cid, identity="carol")
-    sent = await call("POST", "/api/v1/conversations/{conversation_id}/messages", 201, headers=alice,
-                      conversation_id=cid, json={"content": "hello docs", "idempotency_key": "d-1"})
-    await call("POST", "/api/v1/conversations/{conversation_id}/messages", 200, headers=alice,
-               conversation_id=cid, json={"content": "hello docs", "idempotency_key": "d-1"})
-    await call("POST", "/api/v1/conversations/{conversation_id}/messages", 409, headers=alice,
-               conversation_id=cid, json={"content": "other", "idempotency_key": "d-1"})
-    await call("POST", "/api/v1/conversations/{conversation_id}/messages", 400, headers=alice,
-               conversation_id=cid, json={"content": "x", "idempotency_key": "no spaces"})
-    await call("POST", "/api/v1/conversations/{conversation_id}/messages", 413, headers=alice,
-               conversation_id=cid, json={"content": "x" * 20_000, "idempotency_key": "big"})
-    await call("POST", "/api/v1/conversations/{conversation_id}/messages", 201, headers=OPERATOR,
-               conversation_id=cid, json={"content": "from a bot", "idempotency_key": "b-1", "sender": "bot:docs",
-                                          "kind": "system"})
-    await call("GET", "/api/v1/conversations/{conversation_id}/messages", 200, headers=bob, conversation_id=cid,
-               query={"after_seq": "0", "limit": "10"})
-    await call("GET", "/api/v1/conversations/{conversation_id}/messages", 400, headers=bob, conversation_id=cid,
-               query={"after_seq": "0", "before_seq": "2"})
-    await call("GET", "/api/v1/conversations/{conversation_id}/messages/{seq}", 200, headers=bob,
-               conversation_id=cid, seq=str(sent["seq"]))
-    await call("GET", "/api/v1/conversations/{conversation_id}/messages/{seq}", 404, headers=bob,
-               conversation_id=cid, seq="99")
-    await call("PATCH", "/api/v1/conversations/{conversation_id}/messages/{seq}", 200, headers=alice,
-               conversation_id=cid, seq="1", json={"content": "hello, docs"})
-    await call("PATCH", "/api/v1/conversations/{conversation_id}/messages/{seq}", 403, headers=bob,
-               conversation_id=cid, seq="1", json={"content": "mine"})
-    await call("DELETE", "/api/v1/conversations/{conversation_id}/messages/{seq}", 200, headers=alice,
-               conversation_id=cid, seq="1")
-    await call("DELETE", "/api/v1/conversations/{conversation_id}/messages/{seq}", 409, headers=alice,
-               conversation_id=cid, seq="1")
-    await call("POST", "/api/v1/conversations/{conversation_id}/receipts", 200, headers=bob, conversation_id=cid,
-               json={"delivered_seq": 2, "read_seq": 1})
-    await call("POST", "/api/v1/conversations/{conversation_id}/receipts", 400, headers=bob, conversation_id=cid,
-               json={})
+    await call("GET", "/api/v1/conversations/{conversation_id}", 404, headers=alice, conversation_id=str(uuid.uuid4()))
+    await call(
+        "POST",
+        "/api/v1/conversations/{conversation_id}/members",
+        201,
+        headers=alice,
+        conversation_id=cid,
+        json={"identity": "carol"},
+    )
+    await call(
+        "DELETE",
+        "/api/v1/conversations/{conversation_id}/members/{identity}",
+        200,
+        headers=OPERATOR,
+        conversation_id=cid,
+        identity="carol",
+    )
+    await call(
+        "DELETE",
+        "/api/v1/conversations/{conversation_id}/members/{identity}",
+        404,
+        headers=OPERATOR,
+        conversation_id=cid,
+        identity="carol",
+    )
+    sent = await call(
+        "POST",
+        "/api/v1/conversations/{conversation_id}/messages",
+        201,
+        headers=alice,
+        conversation_id=cid,
+        json={"content": "hello docs", "idempotency_key": "d-1"},
+    )
+    await call(
+        "POST",
+        "/api/v1/conversations/{conversation_id}/messages",
+        200,
+        headers=alice,
+        conversation_id=cid,
+        json={"content": "hello docs", "idempotency_key": "d-1"},
+    )
+    await call(
+        "POST",
+        "/api/v1/conversations/{conversation_id}/messages",
+        409,
+        headers=alice,
+        conversation_id=cid,
+        json={"content": "other", "idempotency_key": "d-1"},
+    )
+    await call(
+        "POST",
+        "/api/v1/conversations/{conversation_id}/messages",
+        400,
+        headers=alice,
+        conversation_id=cid,
+        json={"content": "x", "idempotency_key": "no spaces"},
+    )
+    await call(
+        "POST",
+        "/api/v1/conversations/{conversation_id}/messages",
+        413,
+        headers=alice,
+        conversation_id=cid,
+        json={"content": "x" * 20_000, "idempotency_key": "big"},
+    )
+    await call(
+        "POST",
+        "/api/v1/conversations/{conversation_id}/messages",
+        201,
+        headers=OPERATOR,
+        conversation_id=cid,
+        json={"content": "from a bot", "idempotency_key": "b-1", "sender": "bot:docs", "kind": "system"},
+    )
+    await call(
+        "GET",
+        "/api/v1/conversations/{conversation_id}/messages",
+        200,
+        headers=bob,
+        conversation_id=cid,
+        query={"after_seq": "0", "limit": "10"},
+    )
+    await call(
+        "GET",
+        "/api/v1/conversations/{conversation_id}/messages",
+        400,
+        headers=bob,
+        conversation_id=cid,
+        query={"after_seq": "0", "before_seq": "2"},
+    )
+    await call(
+        "GET",
+        "/api/v1/conversations/{conversation_id}/messages/{seq}",
+        200,
+        headers=bob,
+        conversation_id=cid,
+        seq=str(sent["seq"]),
+    )
+    await call(
+        "GET", "/api/v1/conversations/{conversation_id}/messages/{seq}", 404, headers=bob, conversation_id=cid, seq="99"
+    )
+    await call(
+        "PATCH",
+        "/api/v1/conversations/{conversation_id}/messages/{seq}",
+        200,
+        headers=alice,
+        conversation_id=cid,
+        seq="1",
+        json={"content": "hello, docs"},
+    )
+    await call(
+        "PATCH",
+        "/api/v1/conversations/{conversation_id}/messages/{seq}",
+        403,
+        headers=bob,
+        conversation_id=cid,
+        seq="1",
+        json={"content": "mine"},
+    )
+    await call(
+        "DELETE",
+        "/api/v1/conversations/{conversation_id}/messages/{seq}",
+        200,
+        headers=alice,
+        conversation_id=cid,
+        seq="1",
+    )
+    await call(
+        "DELETE",
+        "/api/v1/conversations/{conversation_id}/messages/{seq}",
+        409,
+        headers=alice,
+        conversation_id=cid,
+        seq="1",
+    )
+    await call(
+        "POST",
+        "/api/v1/conversations/{conversation_id}/receipts",
+        200,
+        headers=bob,
+        conversation_id=cid,
+        json={"delivered_seq": 2, "read_seq": 1},
+    )
+    await call(
+        "POST", "/api/v1/conversations/{conversation_id}/receipts", 400, headers=bob, conversation_id=cid, json={}
+    )
     await call("GET", "/api/v1/messages/search", 200, headers=bob, query={"q": "bot", "limit": "5"})
-    await call("GET", "/api/v1/messages/search", 200, headers=OPERATOR,
-               query={"q": "bot", "instance_id": tenant.instance_id, "conversation_id": cid,
-                      "since": "2020-01-01T00:00:00+00:00", "until": "2100-01-01T00:00:00+00:00"})
+    await call(
+        "GET",
+        "/api/v1/messages/search",
+        200,
+        headers=OPERATOR,
+        query={
+            "q": "bot",
+            "instance_id": tenant.instance_id,
+            "conversation_id": cid,
+            "since": "2020-01-01T00:00:00+00:00",
+            "until": "2100-01-01T00:00:00+00:00",
+        },
+    )
     await call("GET", "/api/v1/messages/search", 400, headers=bob, query={"q": ""})
 
 
 async def _recording_calls(call: Caller, admin: dict[str, str], room_id: str) -> None:
     """Every recording operation on a room nobody publishes in (tests/recording record real media)."""
-    started = await call("POST", "/api/v1/rooms/{room_id}/recordings", 201, headers=admin, room_id=room_id,
-                         json={"kinds": ["tracks", "composite"]})
+    started = await call(
+        "POST",
+        "/api/v1/rooms/{room_id}/recordings",
+        201,
+        headers=admin,
+        room_id=room_id,
+        json={"kinds": ["tracks", "composite"]},
+    )
     rid = started["id"]
     await call("POST", "/api/v1/rooms/{room_id}/recordings", 409, headers=admin, room_id=room_id, json={})
-    await call("POST", "/api/v1/rooms/{room_id}/recordings", 400, headers=admin, room_id=room_id,
-               json={"kinds": ["movie"]})
-    await call("GET", "/api/v1/rooms/{room_id}/recordings", 200, headers=admin, room_id=room_id,
-               query={"limit": "10", "offset": "0"})
+    await call(
+        "POST", "/api/v1/rooms/{room_id}/recordings", 400, headers=admin, room_id=room_id, json={"kinds": ["movie"]}
+    )
+    await call(
+        "GET",
+        "/api/v1/rooms/{room_id}/recordings",
+        200,
+        headers=admin,
+        room_id=room_id,
+        query={"limit": "10", "offset": "0"},
+    )
     await call("GET", "/api/v1/recordings/{recording_id}", 200, headers=admin, recording_id=rid)
     await call("GET", "/api/v1/recordings/{recording_id}", 404, headers=admin, recording_id=str(uuid.uuid4()))
-    await call("GET", "/api/v1/recordings/{recording_id}/files/{file}", 409, headers=admin, recording_id=rid,
-               file="composite.mp4")  # not ready while recording
-    await call("GET", "/api/v1/recordings/{recording_id}/files/{file}", 404, headers=admin, recording_id=rid,
-               file="nope.webm")
+    await call(
+        "GET",
+        "/api/v1/recordings/{recording_id}/files/{file}",
+        409,
+        headers=admin,
+        recording_id=rid,
+        file="composite.mp4",
+    )  # not ready while recording
+    await call(
+        "GET", "/api/v1/recordings/{recording_id}/files/{file}", 404, headers=admin, recording_id=rid, file="nope.webm"
+    )
     stopped = await call("POST", "/api/v1/recordings/{recording_id}/stop", 200, headers=admin, recording_id=rid)
     assert stopped["status"] == "completed"
     await call("POST", "/api/v1/recordings/{recording_id}/stop", 409, headers=admin, recording_id=rid)
+
+
 async def _live_calls(call: Caller, tenant: Tenant) -> None:
     """WHIP and WHEP with real aiortc offers (tests/signaling/test_whip.py covers them in depth)."""
     from aiortc import RTCPeerConnection
@@ -460,31 +666,68 @@ async def _live_calls(call: Caller, tenant: Tenant) -> None:
         await call("POST", "/whip/{room}", 403, headers={**viewer, **sdp}, room="stage", data=publish_offer.encode())
         await call("POST", "/whip/{room}", 415, headers=host, room="stage", data=publish_offer.encode())
         await call("POST", "/whip/{room}", 400, headers={**host, **sdp}, room="stage", data=b"hello")
-        answer = await call("POST", "/whip/{room}", 201, headers={**host, **sdp}, room="stage",
-                            data=publish_offer.encode())
+        answer = await call(
+            "POST", "/whip/{room}", 201, headers={**host, **sdp}, room="stage", data=publish_offer.encode()
+        )
         assert answer.startswith("v=0")
         (live,) = [r for r in call.client.app[NODE].live_rooms.live.values() if r.room.name == "stage"]
         (session,) = live.audience.ingest
         ufrag = next(line for line in publish_offer.splitlines() if line.startswith("a=ice-ufrag:"))
         await call("OPTIONS", "/whip/{room}/{session}", 204, room="stage", session=session)
-        await call("PATCH", "/whip/{room}/{session}", 204, headers={**host, **frag}, room="stage", session=session,
-                   data=f"{ufrag}\r\na=end-of-candidates\r\n".encode())
-        await call("PATCH", "/whip/{room}/{session}", 412, headers={**host, **frag, "If-Match": '"old"'},
-                   room="stage", session=session, data=f"{ufrag}\r\n".encode())
-        await call("PATCH", "/whip/{room}/{session}", 422, headers={**host, **frag}, room="stage", session=session,
-                   data=b"a=ice-ufrag:other\r\n")
-        played = await call("POST", "/whep/{room}", 201, headers={**viewer, **sdp}, room="stage",
-                            data=play_offer.encode())
+        await call(
+            "PATCH",
+            "/whip/{room}/{session}",
+            204,
+            headers={**host, **frag},
+            room="stage",
+            session=session,
+            data=f"{ufrag}\r\na=end-of-candidates\r\n".encode(),
+        )
+        await call(
+            "PATCH",
+            "/whip/{room}/{session}",
+            412,
+            headers={**host, **frag, "If-Match": '"old"'},
+            room="stage",
+            session=session,
+            data=f"{ufrag}\r\n".encode(),
+        )
+        await call(
+            "PATCH",
+            "/whip/{room}/{session}",
+            422,
+            headers={**host, **frag},
+            room="stage",
+            session=session,
+            data=b"a=ice-ufrag:other\r\n",
+        )
+        played = await call(
+            "POST", "/whep/{room}", 201, headers={**viewer, **sdp}, room="stage", data=play_offer.encode()
+        )
         assert "VP8/90000" in played
         (whep_id,) = live.audience.playback
         await call("OPTIONS", "/whep/{room}/{session}", 204, room="stage", session=whep_id)
-        await call("PATCH", "/whep/{room}/{session}", 204, headers={**viewer, **frag}, room="stage",
-                   session=whep_id, data=b"a=end-of-candidates\r\n")
+        await call(
+            "PATCH",
+            "/whep/{room}/{session}",
+            204,
+            headers={**viewer, **frag},
+            room="stage",
+            session=whep_id,
+            data=b"a=end-of-candidates\r\n",
+        )
         await call("DELETE", "/whep/{room}/{session}", 200, headers=viewer, room="stage", session=whep_id)
         await call("DELETE", "/whep/{room}/{session}", 404, headers=viewer, room="stage", session=whep_id)
         await call("DELETE", "/whip/{room}/{session}", 200, headers=host, room="stage", session=session)
-        await call("PATCH", "/whip/{room}/{session}", 404, headers={**host, **frag}, room="stage", session=session,
-                   data=b"a=end-of-candidates\r\n")
+        await call(
+            "PATCH",
+            "/whip/{room}/{session}",
+            404,
+            headers={**host, **frag},
+            room="stage",
+            session=session,
+            data=b"a=end-of-candidates\r\n",
+        )
     finally:
         await encoder.close()
         await player.close()
@@ -497,15 +740,32 @@ class Caller:
         self.client = client
         self.seen: set[tuple[str, str, str]] = set()
 
-    async def __call__(self, method: str, template: str, status: int, *, headers: dict[str, str] | None = None,
-                       json: Any = None, query: dict[str, str] | None = None, data: bytes | None = None,
-                       allow_redirects: bool = True, **ids: str) -> Any:
+    async def __call__(
+        self,
+        method: str,
+        template: str,
+        status: int,
+        *,
+        headers: dict[str, str] | None = None,
+        json: Any = None,
+        query: dict[str, str] | None = None,
+        data: bytes | None = None,
+        allow_redirects: bool = True,
+        **ids: str,
+    ) -> Any:
         operation = DOC["paths"][template][method.lower()]
         if json is not None and status < 300:
             request_schema = operation["requestBody"]["content"]["application/json"]["schema"]
             assert validate(json, request_schema) == [], "the test sends an undocumented body"
-        resp = await self.client.request(method, template.format(**ids), headers=headers, json=json,
-                                         params=query, data=data, allow_redirects=allow_redirects)
+        resp = await self.client.request(
+            method,
+            template.format(**ids),
+            headers=headers,
+            json=json,
+            params=query,
+            data=data,
+            allow_redirects=allow_redirects,
+        )
         assert resp.status == status, await resp.text()
         response = resolve(operation["responses"].get(str(status)))
         assert response is not None, f"{method} {template} answered an undocumented {status}"
@@ -539,45 +799,102 @@ async def test_real_answers_conform_to_the_documented_responses(client: TestClie
     await call("GET", "/api/v1/whoami", 200, headers=OPERATOR)
     await call("GET", "/api/v1/plans", 200, headers=OPERATOR)
 
-    customer = await call("POST", "/api/v1/customers", 201, headers=OPERATOR,
-                          json={"name": "Docs", "tier": "starter", "metadata": {"crm": 7}})
+    customer = await call(
+        "POST",
+        "/api/v1/customers",
+        201,
+        headers=OPERATOR,
+        json={"name": "Docs", "tier": "starter", "metadata": {"crm": 7}},
+    )
     cid = customer["id"]
     await call("GET", "/api/v1/customers", 200, headers=OPERATOR, query={"limit": "10", "offset": "0"})
-    await call("PATCH", "/api/v1/customers/{customer_id}", 200, headers=OPERATOR, customer_id=cid,
-               json={"name": "Docs Inc", "max_instances": 2})
-    created = await call("POST", "/api/v1/customers/{customer_id}/instances", 201, headers=OPERATOR,
-                         customer_id=cid, json={"name": "main", "region": "eu-west", "locale": "pt-BR",
-                                                "features": {"recording": True}, "config": {"a": [1]}})
+    await call(
+        "PATCH",
+        "/api/v1/customers/{customer_id}",
+        200,
+        headers=OPERATOR,
+        customer_id=cid,
+        json={"name": "Docs Inc", "max_instances": 2},
+    )
+    created = await call(
+        "POST",
+        "/api/v1/customers/{customer_id}/instances",
+        201,
+        headers=OPERATOR,
+        customer_id=cid,
+        json={
+            "name": "main",
+            "region": "eu-west",
+            "locale": "pt-BR",
+            "features": {"recording": True},
+            "config": {"a": [1]},
+        },
+    )
     iid = created["instance"]["id"]
     tenant = Tenant(cid, iid, created["credentials"]["key"], created["credentials"]["secret"])
     admin = tenant.admin
     await call("GET", "/api/v1/customers/{customer_id}", 200, headers=admin, customer_id=cid)
     await call("GET", "/api/v1/customers/{customer_id}/instances", 200, headers=admin, customer_id=cid)
     await call("GET", "/api/v1/instances/{instance_id}", 200, headers=admin, instance_id=iid)
-    await call("PATCH", "/api/v1/instances/{instance_id}", 200, headers=admin, instance_id=iid,
-               json={"config": {"theme": "dark"}})
+    await call(
+        "PATCH",
+        "/api/v1/instances/{instance_id}",
+        200,
+        headers=admin,
+        instance_id=iid,
+        json={"config": {"theme": "dark"}},
+    )
     await call("GET", "/api/v1/instances/{instance_id}/keys", 200, headers=admin, instance_id=iid)
-    key = await call("POST", "/api/v1/instances/{instance_id}/keys", 201, headers=admin, instance_id=iid,
-                     json={"description": "ci"})
-    await call("DELETE", "/api/v1/instances/{instance_id}/keys/{key}", 200, headers=admin, instance_id=iid,
-               key=key["key"])
-    minted = await call("POST", "/api/v1/instances/{instance_id}/tokens", 201, headers=admin, instance_id=iid,
-                        json={"identity": "ops", "name": "Ops", "grants": {"room_admin": True}, "ttl_seconds": 600})
+    key = await call(
+        "POST", "/api/v1/instances/{instance_id}/keys", 201, headers=admin, instance_id=iid, json={"description": "ci"}
+    )
+    await call(
+        "DELETE", "/api/v1/instances/{instance_id}/keys/{key}", 200, headers=admin, instance_id=iid, key=key["key"]
+    )
+    minted = await call(
+        "POST",
+        "/api/v1/instances/{instance_id}/tokens",
+        201,
+        headers=admin,
+        instance_id=iid,
+        json={"identity": "ops", "name": "Ops", "grants": {"room_admin": True}, "ttl_seconds": 600},
+    )
     whoami = await call("GET", "/api/v1/whoami", 200, headers=bearer(minted["token"]))
     assert (whoami["kind"], whoami["identity"], whoami["grants"]) == ("instance", "ops", {"room_admin": True})
-    participant = await call("POST", "/api/v1/instances/{instance_id}/tokens", 201, headers=OPERATOR,
-                             instance_id=iid, json={"identity": "bob", "room": "standup"})
+    participant = await call(
+        "POST",
+        "/api/v1/instances/{instance_id}/tokens",
+        201,
+        headers=OPERATOR,
+        instance_id=iid,
+        json={"identity": "bob", "room": "standup"},
+    )
     await call("GET", "/api/v1/audit", 200, headers=OPERATOR, query={"customer_id": cid, "limit": "5"})
     entries = await call("GET", "/api/v1/audit", 200, headers=admin)
     await call("GET", "/api/v1/audit", 200, headers=admin, query={"before": str(entries["entries"][-1]["id"])})
 
-    room = await call("POST", "/api/v1/rooms", 201, headers=admin,
-                      json={"name": "standup", "kind": "live", "max_participants": 5, "empty_timeout": 60,
-                            "metadata": {"topic": "docs"}})
+    room = await call(
+        "POST",
+        "/api/v1/rooms",
+        201,
+        headers=admin,
+        json={
+            "name": "standup",
+            "kind": "live",
+            "max_participants": 5,
+            "empty_timeout": 60,
+            "metadata": {"topic": "docs"},
+        },
+    )
     await call("POST", "/api/v1/rooms", 201, headers=OPERATOR, json={"name": "ops.room_1", "instance_id": iid})
     await call("GET", "/api/v1/rooms", 200, headers=admin)
-    await call("GET", "/api/v1/rooms", 200, headers=OPERATOR,
-               query={"instance_id": iid, "status": "all", "limit": "10", "offset": "0"})
+    await call(
+        "GET",
+        "/api/v1/rooms",
+        200,
+        headers=OPERATOR,
+        query={"instance_id": iid, "status": "all", "limit": "10", "offset": "0"},
+    )
     await call("GET", "/api/v1/rooms/{room_id}", 200, headers=admin, room_id=room["id"])
     await call("GET", "/rtc", 400)
     await call("GET", "/hls/{room_id}/live.m3u8", 404, room_id=room["id"])  # live, but nobody publishes video
@@ -591,58 +908,133 @@ async def test_real_answers_conform_to_the_documented_responses(client: TestClie
     assert [p["id"] for p in detail["participants"]] == [pid] and detail["num_participants"] == 1
     listed = await call("GET", "/api/v1/rooms/{room_id}/participants", 200, headers=admin, room_id=room["id"])
     assert listed["participants"][0]["identity"] == "bob"
-    stats = await call("GET", "/api/v1/rooms/{room_id}/participants/{participant}/stats", 200, headers=admin,
-                       room_id=room["id"], participant=pid)
+    stats = await call(
+        "GET",
+        "/api/v1/rooms/{room_id}/participants/{participant}/stats",
+        200,
+        headers=admin,
+        room_id=room["id"],
+        participant=pid,
+    )
     assert (stats["identity"], stats["published"], stats["subscribed"]) == ("bob", [], [])
-    await call("GET", "/api/v1/rooms/{room_id}/participants/{participant}/stats", 404, headers=admin,
-               room_id=room["id"], participant="nobody")
-    await call("POST", "/api/v1/rooms/{room_id}/participants/{participant}/tracks/{track}/mute", 404,
-               headers=admin, room_id=room["id"], participant=pid, track="TR_nope", json={"muted": True})
-    await call("POST", "/api/v1/rooms/{room_id}/participants/{participant}/tracks/{track}/mute", 400,
-               headers=admin, room_id=room["id"], participant=pid, track="TR_nope", json={"muted": "yes"})
-    removed = await call("DELETE", "/api/v1/rooms/{room_id}/participants/{participant}", 200, headers=admin,
-                         room_id=room["id"], participant="bob")
+    await call(
+        "GET",
+        "/api/v1/rooms/{room_id}/participants/{participant}/stats",
+        404,
+        headers=admin,
+        room_id=room["id"],
+        participant="nobody",
+    )
+    await call(
+        "POST",
+        "/api/v1/rooms/{room_id}/participants/{participant}/tracks/{track}/mute",
+        404,
+        headers=admin,
+        room_id=room["id"],
+        participant=pid,
+        track="TR_nope",
+        json={"muted": True},
+    )
+    await call(
+        "POST",
+        "/api/v1/rooms/{room_id}/participants/{participant}/tracks/{track}/mute",
+        400,
+        headers=admin,
+        room_id=room["id"],
+        participant=pid,
+        track="TR_nope",
+        json={"muted": "yes"},
+    )
+    removed = await call(
+        "DELETE",
+        "/api/v1/rooms/{room_id}/participants/{participant}",
+        200,
+        headers=admin,
+        room_id=room["id"],
+        participant="bob",
+    )
     assert removed["removed"]["id"] == pid
     assert (await socket.receive_json()) == {"type": "removed", "reason": "removed_by_admin"}
     await socket.close()
-    await call("DELETE", "/api/v1/rooms/{room_id}/participants/{participant}", 404, headers=admin,
-               room_id=room["id"], participant="bob")
+    await call(
+        "DELETE",
+        "/api/v1/rooms/{room_id}/participants/{participant}",
+        404,
+        headers=admin,
+        room_id=room["id"],
+        participant="bob",
+    )
     await _recording_calls(call, admin, room["id"])
     closed = await call("DELETE", "/api/v1/rooms/{room_id}", 200, headers=admin, room_id=room["id"])
     assert closed["status"] == "closed" and closed["closed_at"]
     await _chat_calls(call, tenant)
     await _live_calls(call, tenant)
-    creator = await call("POST", "/api/v1/instances/{instance_id}/tokens", 201, headers=admin, instance_id=iid,
-                         json={"identity": "app", "grants": {"room_create": True}})
+    creator = await call(
+        "POST",
+        "/api/v1/instances/{instance_id}/tokens",
+        201,
+        headers=admin,
+        instance_id=iid,
+        json={"identity": "app", "grants": {"room_create": True}},
+    )
 
     # Errors, each with a code its response lists.
     await call("GET", "/api/v1/whoami", 401)
     await call("GET", "/api/v1/whoami", 401, headers={"Authorization": "Basic eDp5"})
     await call("POST", "/api/v1/customers", 400, headers=OPERATOR, json={"name": ""})
     await call("POST", "/api/v1/customers", 400, headers=OPERATOR, json={"name": "x", "tier": "platinum"})
-    await call("POST", "/api/v1/customers", 413, headers={**OPERATOR, "Content-Type": "application/json"},
-               data=b'{"name": "' + b"x" * (client.app[NODE].settings.max_body_bytes + 10) + b'"}')
+    await call(
+        "POST",
+        "/api/v1/customers",
+        413,
+        headers={**OPERATOR, "Content-Type": "application/json"},
+        data=b'{"name": "' + b"x" * (client.app[NODE].settings.max_body_bytes + 10) + b'"}',
+    )
     await call("GET", "/api/v1/customers", 400, headers=OPERATOR, query={"limit": "0"})
     await call("GET", "/api/v1/customers", 403, headers=admin)
     await call("GET", "/api/v1/instances/{instance_id}", 400, headers=OPERATOR, instance_id="nope")
     await call("GET", "/api/v1/instances/{instance_id}", 404, headers=OPERATOR, instance_id=str(uuid.uuid4()))
-    await call("GET", "/api/v1/instances/{instance_id}", 403, headers=bearer(participant["token"]),
-               instance_id=iid)
-    await call("PATCH", "/api/v1/instances/{instance_id}", 403, headers=admin, instance_id=iid,
-               json={"status": "suspended"})
-    await call("PATCH", "/api/v1/customers/{customer_id}", 400, headers=OPERATOR, customer_id=cid,
-               json={"name": None})
-    await call("POST", "/api/v1/customers/{customer_id}/instances", 409, headers=OPERATOR, customer_id=cid,
-               json={"name": "main"})
-    await call("POST", "/api/v1/customers/{customer_id}/instances", 201, headers=OPERATOR, customer_id=cid,
-               json={"name": "second"})
-    quota = await call("POST", "/api/v1/customers/{customer_id}/instances", 403, headers=OPERATOR,
-                       customer_id=cid, json={"name": "third"})
+    await call("GET", "/api/v1/instances/{instance_id}", 403, headers=bearer(participant["token"]), instance_id=iid)
+    await call(
+        "PATCH", "/api/v1/instances/{instance_id}", 403, headers=admin, instance_id=iid, json={"status": "suspended"}
+    )
+    await call("PATCH", "/api/v1/customers/{customer_id}", 400, headers=OPERATOR, customer_id=cid, json={"name": None})
+    await call(
+        "POST",
+        "/api/v1/customers/{customer_id}/instances",
+        409,
+        headers=OPERATOR,
+        customer_id=cid,
+        json={"name": "main"},
+    )
+    await call(
+        "POST",
+        "/api/v1/customers/{customer_id}/instances",
+        201,
+        headers=OPERATOR,
+        customer_id=cid,
+        json={"name": "second"},
+    )
+    quota = await call(
+        "POST",
+        "/api/v1/customers/{customer_id}/instances",
+        403,
+        headers=OPERATOR,
+        customer_id=cid,
+        json={"name": "third"},
+    )
     assert quota["error"]["code"] == "quota_max_instances_exceeded"
-    await call("POST", "/api/v1/instances/{instance_id}/tokens", 400, headers=OPERATOR, instance_id=iid,
-               json={"identity": "x", "grants": {"fly": True}})
-    await call("DELETE", "/api/v1/instances/{instance_id}/keys/{key}", 404, headers=OPERATOR, instance_id=iid,
-               key="APInope")
+    await call(
+        "POST",
+        "/api/v1/instances/{instance_id}/tokens",
+        400,
+        headers=OPERATOR,
+        instance_id=iid,
+        json={"identity": "x", "grants": {"fly": True}},
+    )
+    await call(
+        "DELETE", "/api/v1/instances/{instance_id}/keys/{key}", 404, headers=OPERATOR, instance_id=iid, key="APInope"
+    )
     await call("POST", "/api/v1/rooms", 400, headers=OPERATOR, json={"name": "no-instance"})
     await call("POST", "/api/v1/rooms", 400, headers=admin, json={"name": "bad name"})
     await call("POST", "/api/v1/rooms", 403, headers=admin, json={"name": "huge", "max_participants": 51})
@@ -660,10 +1052,15 @@ async def test_real_answers_conform_to_the_documented_responses(client: TestClie
     assert deleted["status"] == "deleted"
     await call("GET", "/api/v1/whoami", 401, headers=admin)  # api_key_revoked
     await call("POST", "/api/v1/instances/{instance_id}/keys", 409, headers=OPERATOR, instance_id=iid, json={})
-    await call("POST", "/api/v1/instances/{instance_id}/tokens", 409, headers=OPERATOR, instance_id=iid,
-               json={"identity": "late"})
+    await call(
+        "POST",
+        "/api/v1/instances/{instance_id}/tokens",
+        409,
+        headers=OPERATOR,
+        instance_id=iid,
+        json={"identity": "late"},
+    )
     await call("POST", "/api/v1/rooms", 409, headers=OPERATOR, json={"name": "late", "instance_id": iid})
 
     documented = {(m, path) for m, path, _ in operations()}
     assert documented == {(m, path) for m, path, _ in call.seen}, "every operation is exercised"
-

@@ -42,7 +42,7 @@ def _unchunk(body: bytes) -> bytes:
         if size == 0:
             break
         out += rest[:size]
-        body = rest[size + 2:]
+        body = rest[size + 2 :]
     return out
 
 
@@ -66,17 +66,19 @@ def test_web_root_is_the_repository_web_folder():
     assert (web_files.WEB_ROOT / "room" / "index.html").is_file()
 
 
-@pytest.mark.parametrize(("path", "content_type"), [
-    ("/web/room/", "text/html; charset=utf-8"),
-    ("/web/room/index.html", "text/html; charset=utf-8"),
-    ("/web/room/room.js", "text/javascript; charset=utf-8"),
-    ("/web/room/session.js", "text/javascript; charset=utf-8"),
-    ("/web/room/signaling.js", "text/javascript; charset=utf-8"),
-    ("/web/room/grid.js", "text/javascript; charset=utf-8"),
-    ("/web/room/room.css", "text/css; charset=utf-8"),
-])
-async def test_files_are_served_with_their_content_type_and_no_cache(client: TestClient, path: str,
-                                                                     content_type: str):
+@pytest.mark.parametrize(
+    ("path", "content_type"),
+    [
+        ("/web/room/", "text/html; charset=utf-8"),
+        ("/web/room/index.html", "text/html; charset=utf-8"),
+        ("/web/room/room.js", "text/javascript; charset=utf-8"),
+        ("/web/room/session.js", "text/javascript; charset=utf-8"),
+        ("/web/room/signaling.js", "text/javascript; charset=utf-8"),
+        ("/web/room/grid.js", "text/javascript; charset=utf-8"),
+        ("/web/room/room.css", "text/css; charset=utf-8"),
+    ],
+)
+async def test_files_are_served_with_their_content_type_and_no_cache(client: TestClient, path: str, content_type: str):
     resp = await client.get(path, allow_redirects=False)
     assert resp.status == 200, await resp.text()
     assert resp.headers["Content-Type"] == content_type
@@ -109,13 +111,16 @@ async def test_a_directory_without_its_slash_redirects_and_keeps_the_query(clien
     assert (resp.status, resp.headers["Location"]) == (302, "/web/room/")
 
 
-@pytest.mark.parametrize("path", [
-    "/web/room/nope.js",
-    "/web/nowhere/",
-    "/web/",  # the folder has no index.html
-    "/web/room/index.html/",
-    "/web/room/.hidden",
-])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/web/room/nope.js",
+        "/web/nowhere/",
+        "/web/",  # the folder has no index.html
+        "/web/room/index.html/",
+        "/web/room/.hidden",
+    ],
+)
 async def test_missing_files_are_a_json_404(client: TestClient, path: str):
     resp = await client.get(path, allow_redirects=False)
     assert resp.status == 404
@@ -125,18 +130,21 @@ async def test_missing_files_are_a_json_404(client: TestClient, path: str):
     assert body["error"]["message"]
 
 
-@pytest.mark.parametrize("target", [
-    "/web/../pyproject.toml",
-    "/web/room/../../pyproject.toml",
-    "/web/room/%2e%2e/%2e%2e/pyproject.toml",
-    "/web/room/%2E%2E/%2E%2E/pyproject.toml",
-    "/web/room/..%2f..%2fpyproject.toml",
-    "/web/%2e%2e/gbmedia/__init__.py",
-    "/web/room/..%5c..%5cpyproject.toml",
-    "/web//etc/passwd",
-    "/web/%2fetc%2fpasswd",
-    "/web/room/%00index.html",
-])
+@pytest.mark.parametrize(
+    "target",
+    [
+        "/web/../pyproject.toml",
+        "/web/room/../../pyproject.toml",
+        "/web/room/%2e%2e/%2e%2e/pyproject.toml",
+        "/web/room/%2E%2E/%2E%2E/pyproject.toml",
+        "/web/room/..%2f..%2fpyproject.toml",
+        "/web/%2e%2e/gbmedia/__init__.py",
+        "/web/room/..%5c..%5cpyproject.toml",
+        "/web//etc/passwd",
+        "/web/%2fetc%2fpasswd",
+        "/web/room/%00index.html",
+    ],
+)
 async def test_paths_out_of_the_web_folder_are_refused(client: TestClient, target: str):
     status, headers, body = await raw_get(client, target)
     assert status in (400, 404), (status, body)

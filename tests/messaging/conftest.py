@@ -59,14 +59,24 @@ class TansuBroker:
         url = f"tcp://127.0.0.1:{self.port}"
         with self.log_path.open("ab") as log_file:
             self.proc = await asyncio.create_subprocess_exec(
-                str(self.binary), "broker", "--listener-url", url, "--advertised-listener-url", url,
-                "--storage-engine", "memory://tansu/",
-                stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                str(self.binary),
+                "broker",
+                "--listener-url",
+                url,
+                "--advertised-listener-url",
+                url,
+                "--storage-engine",
+                "memory://tansu/",
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
         deadline = time.monotonic() + READY_TIMEOUT
         while True:
             if self.proc.returncode is not None:
-                raise RuntimeError(f"tansu exited with {self.proc.returncode}: "
-                                   f"{self.log_path.read_text(errors='replace')[-2000:]}")
+                raise RuntimeError(
+                    f"tansu exited with {self.proc.returncode}: {self.log_path.read_text(errors='replace')[-2000:]}"
+                )
             try:
                 _, writer = await asyncio.open_connection("127.0.0.1", self.port)
             except OSError:

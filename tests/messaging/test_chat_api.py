@@ -20,17 +20,23 @@ async def error_of(resp) -> tuple[int, str]:  # type: ignore[no-untyped-def]
 
 
 async def group(client: TestClient, tenant: Tenant, owner: str, *members: str, title: str = "team") -> dict:
-    resp = await client.post("/api/v1/conversations", json={"kind": "group", "members": list(members),
-                                                            "title": title}, headers=as_user(tenant, owner))
+    resp = await client.post(
+        "/api/v1/conversations",
+        json={"kind": "group", "members": list(members), "title": title},
+        headers=as_user(tenant, owner),
+    )
     assert resp.status == 201, await resp.text()
     return await resp.json()
 
 
-async def send(client: TestClient, tenant: Tenant, who: str, conversation_id: str, content: str,
-               key: str | None = None):  # type: ignore[no-untyped-def]
-    return await client.post(f"/api/v1/conversations/{conversation_id}/messages",
-                             json={"content": content, "idempotency_key": key or uuid.uuid4().hex},
-                             headers=as_user(tenant, who))
+async def send(
+    client: TestClient, tenant: Tenant, who: str, conversation_id: str, content: str, key: str | None = None
+):  # type: ignore[no-untyped-def]
+    return await client.post(
+        f"/api/v1/conversations/{conversation_id}/messages",
+        json={"content": content, "idempotency_key": key or uuid.uuid4().hex},
+        headers=as_user(tenant, who),
+    )
 
 
 async def test_a_group_conversation_numbers_its_messages_in_order(client: TestClient, tenant: Tenant):
@@ -50,16 +56,16 @@ async def test_a_group_conversation_numbers_its_messages_in_order(client: TestCl
     assert [m["sender"] for m in page["messages"]][:2] == ["alice", "bob"]
 
 
-async def test_a_retried_send_returns_the_stored_message_and_stores_nothing_twice(client: TestClient,
-                                                                                    tenant: Tenant):
+async def test_a_retried_send_returns_the_stored_message_and_stores_nothing_twice(client: TestClient, tenant: Tenant):
     conversation = await group(client, tenant, "alice", "bob")
     first = await send(client, tenant, "alice", conversation["id"], "once", key="k-1")
     again = await send(client, tenant, "alice", conversation["id"], "once", key="k-1")
     assert (first.status, again.status) == (201, 200)
     assert (await first.json())["id"] == (await again.json())["id"]
     # Concurrent retries of one key: still one message.
-    results = await asyncio.gather(*(send(client, tenant, "alice", conversation["id"], "race", key="k-2")
-                                     for _ in range(8)))
+    results = await asyncio.gather(
+        *(send(client, tenant, "alice", conversation["id"], "race", key="k-2") for _ in range(8))
+    )
     assert sorted(r.status for r in results) == [200] * 7 + [201]
     assert len({(await r.json())["id"] for r in results}) == 1
     resp = await client.get(f"/api/v1/conversations/{conversation['id']}/messages", headers=as_user(tenant, "bob"))
@@ -105,7 +111,8 @@ async def test_members_only_and_other_tenants_see_nothing(client: TestClient, te
     mine = await (await client.get("/api/v1/conversations", headers=as_user(tenant, "bob"))).json()
     assert [c["id"] for c in mine["conversations"]] == [conversation["id"]]
     assert (await (await client.get("/api/v1/conversations", headers=as_user(tenant, "mallory"))).json()) == {
-        "conversations": []}
+        "conversations": []
+    }
 
 
 async def test_bad_sends_are_refused_and_store_nothing(client: TestClient, tenant: Tenant, node):
@@ -118,8 +125,10 @@ async def test_bad_sends_are_refused_and_store_nothing(client: TestClient, tenan
         ({"content": "   ", "idempotency_key": "k"}, (400, "empty_message")),
         ({"content": "a\x00b", "idempotency_key": "k"}, (400, "invalid_content")),  # PostgreSQL cannot store it
         ({"content": "x", "idempotency_key": "k", "metadata": {"a": "\x00"}}, (400, "invalid_content")),
-        ({"content": "x" * (node.settings.chat_max_message_bytes + 1), "idempotency_key": "k"},
-         (413, "message_too_large")),
+        (
+            {"content": "x" * (node.settings.chat_max_message_bytes + 1), "idempotency_key": "k"},
+            (413, "message_too_large"),
+        ),
         ({"content": "x"}, (400, "validation_failed")),
         ({"content": "x", "idempotency_key": "k", "sender": "bob"}, (403, "grant_missing")),
     ]
@@ -128,8 +137,9 @@ async def test_bad_sends_are_refused_and_store_nothing(client: TestClient, tenan
     resp = await client.post(url, data=b"{nope", headers={**headers, "Content-Type": "application/json"})
     assert await error_of(resp) == (400, "invalid_json")
     unknown = f"/api/v1/conversations/{uuid.uuid4()}/messages"
-    assert await error_of(await client.post(unknown, json={"content": "x", "idempotency_key": "k"},
-                                            headers=headers)) == (404, "conversation_not_found")
+    assert await error_of(
+        await client.post(unknown, json={"content": "x", "idempotency_key": "k"}, headers=headers)
+    ) == (404, "conversation_not_found")
     page = await (await client.get(url, headers=headers)).json()
     assert page["messages"] == []
 
@@ -174,11 +184,14 @@ async def test_search_finds_words_and_respects_membership_and_tenant(client: Tes
     assert await search(as_user(tenant, "bob"), q="budget") == ["the quarterly budget review is on friday"]
     assert await search(as_user(tenant, "bob"), q="budget", sender="bob") == []
     assert sorted(await search(as_user(tenant, "ops", room_admin=True), q="budget")) == [
-        "secret budget numbers", "the quarterly budget review is on friday"]
+        "secret budget numbers",
+        "the quarterly budget review is on friday",
+    ]
     assert await search(as_user(tenant, "bob"), q='"budget review"') == ["the quarterly budget review is on friday"]
     assert await search(as_user(tenant, "bob"), q="lunch", conversation_id=ours["id"]) == ["lunch at noon"]
-    resp = await client.get("/api/v1/messages/search", params={"q": "x", "conversation_id": theirs["id"]},
-                            headers=as_user(tenant, "bob"))
+    resp = await client.get(
+        "/api/v1/messages/search", params={"q": "x", "conversation_id": theirs["id"]}, headers=as_user(tenant, "bob")
+    )
     assert await error_of(resp) == (403, "not_a_member")
     resp = await client.get("/api/v1/messages/search", params={"q": " "}, headers=as_user(tenant, "bob"))
     assert await error_of(resp) == (400, "query_required")
@@ -188,15 +201,16 @@ async def test_search_finds_words_and_respects_membership_and_tenant(client: Tes
 async def test_an_instance_in_portuguese_searches_with_stemming(client: TestClient):
     resp = await client.post("/api/v1/customers", json={"name": "Brasil", "tier": "starter"}, headers=OPERATOR)
     customer = await resp.json()
-    resp = await client.post(f"/api/v1/customers/{customer['id']}/instances",
-                             json={"name": "br", "locale": "pt-BR"}, headers=OPERATOR)
+    resp = await client.post(
+        f"/api/v1/customers/{customer['id']}/instances", json={"name": "br", "locale": "pt-BR"}, headers=OPERATOR
+    )
     body = await resp.json()
-    tenant = Tenant(customer["id"], body["instance"]["id"], body["credentials"]["key"],
-                    body["credentials"]["secret"])
+    tenant = Tenant(customer["id"], body["instance"]["id"], body["credentials"]["key"], body["credentials"]["secret"])
     conversation = await group(client, tenant, "ana", "bia")
     await send(client, tenant, "ana", conversation["id"], "As reuniões foram canceladas")
-    resp = await client.get("/api/v1/messages/search", params={"q": "reuniões cancelado"},
-                            headers=as_user(tenant, "bia"))
+    resp = await client.get(
+        "/api/v1/messages/search", params={"q": "reuniões cancelado"}, headers=as_user(tenant, "bia")
+    )
     assert [m["content"] for m in (await resp.json())["messages"]] == ["As reuniões foram canceladas"]
 
 
@@ -208,12 +222,15 @@ async def test_edits_and_tombstones(client: TestClient, tenant: Tenant):
     alice = as_user(tenant, "alice")
     edited = await (await client.patch(f"{url}/1", json={"content": "typo here"}, headers=alice)).json()
     assert edited["content"] == "typo here" and edited["edited_at"]
-    assert await error_of(await client.patch(f"{url}/1", json={"content": "mine now"},
-                                             headers=as_user(tenant, "bob"))) == (403, "not_the_sender")
+    assert await error_of(
+        await client.patch(f"{url}/1", json={"content": "mine now"}, headers=as_user(tenant, "bob"))
+    ) == (403, "not_the_sender")
     deleted = await (await client.delete(f"{url}/2", headers=alice)).json()
     assert (deleted["content"], deleted["seq"]) == ("", 2) and deleted["deleted_at"]
     assert await error_of(await client.patch(f"{url}/2", json={"content": "back"}, headers=alice)) == (
-        409, "message_deleted")
+        409,
+        "message_deleted",
+    )
     page = await (await client.get(url, headers=alice)).json()
     assert [(m["seq"], m["content"]) for m in page["messages"]] == [(1, "typo here"), (2, "")]
     assert await error_of(await client.get(f"{url}/9", headers=alice)) == (404, "message_not_found")
@@ -221,18 +238,22 @@ async def test_edits_and_tombstones(client: TestClient, tenant: Tenant):
 
 
 async def test_direct_conversations_are_unique_per_pair(client: TestClient, tenant: Tenant):
-    resp = await client.post("/api/v1/conversations", json={"kind": "direct", "members": ["bob"]},
-                             headers=as_user(tenant, "alice"))
+    resp = await client.post(
+        "/api/v1/conversations", json={"kind": "direct", "members": ["bob"]}, headers=as_user(tenant, "alice")
+    )
     assert resp.status == 201
     first = await resp.json()
-    resp = await client.post("/api/v1/conversations", json={"kind": "direct", "members": ["alice"]},
-                             headers=as_user(tenant, "bob"))
+    resp = await client.post(
+        "/api/v1/conversations", json={"kind": "direct", "members": ["alice"]}, headers=as_user(tenant, "bob")
+    )
     assert resp.status == 200 and (await resp.json())["id"] == first["id"]
-    resp = await client.post("/api/v1/conversations", json={"kind": "direct", "members": ["bob", "carol"]},
-                             headers=as_user(tenant, "alice"))
+    resp = await client.post(
+        "/api/v1/conversations", json={"kind": "direct", "members": ["bob", "carol"]}, headers=as_user(tenant, "alice")
+    )
     assert await error_of(resp) == (400, "direct_needs_two")
-    resp = await client.post(f"/api/v1/conversations/{first['id']}/members", json={"identity": "carol"},
-                             headers=as_user(tenant, "alice"))
+    resp = await client.post(
+        f"/api/v1/conversations/{first['id']}/members", json={"identity": "carol"}, headers=as_user(tenant, "alice")
+    )
     assert await error_of(resp) == (400, "direct_is_fixed")
 
 
@@ -251,15 +272,23 @@ async def test_members_join_and_leave(client: TestClient, tenant: Tenant):
 
 
 async def test_a_bot_backend_sends_as_its_bot_with_room_admin(client: TestClient, tenant: Tenant):
-    resp = await client.post("/api/v1/conversations", json={"kind": "bot", "members": ["bot:helper", "alice"]},
-                             headers=as_user(tenant, "ops", room_admin=True))
+    resp = await client.post(
+        "/api/v1/conversations",
+        json={"kind": "bot", "members": ["bot:helper", "alice"]},
+        headers=as_user(tenant, "ops", room_admin=True),
+    )
     assert resp.status == 201, await resp.text()
     conversation = await resp.json()
     assert {m["identity"] for m in conversation["members"]} >= {"bot:helper", "alice"}
-    resp = await client.post(f"/api/v1/conversations/{conversation['id']}/messages",
-                             json={"content": "How can I help?", "idempotency_key": "greet", "sender": "bot:helper"},
-                             headers=as_user(tenant, "ops", room_admin=True))
+    resp = await client.post(
+        f"/api/v1/conversations/{conversation['id']}/messages",
+        json={"content": "How can I help?", "idempotency_key": "greet", "sender": "bot:helper"},
+        headers=as_user(tenant, "ops", room_admin=True),
+    )
     assert resp.status == 201 and (await resp.json())["sender"] == "bot:helper"
-    resp = await client.post(f"/api/v1/conversations/{conversation['id']}/messages",
-                             json={"content": "op", "idempotency_key": "op"}, headers=OPERATOR)
+    resp = await client.post(
+        f"/api/v1/conversations/{conversation['id']}/messages",
+        json={"content": "op", "idempotency_key": "op"},
+        headers=OPERATOR,
+    )
     assert await error_of(resp) == (400, "sender_required")

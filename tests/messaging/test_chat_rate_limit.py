@@ -34,12 +34,14 @@ async def test_the_send_rate_limit_answers_429_with_retry_after(client: TestClie
 async def test_a_flood_is_refused_with_retry_after(client: TestClient, tenant: Tenant, connect, node: Node):  # noqa: F811
     cid = await conversation_of(client, tenant, "alice", "bob")
     alice = await connect(tenant, "alice")
-    replies = [await alice.request({"type": "chat_send", "conversation_id": cid, "content": f"{n}",
-                                    "idempotency_key": f"f{n}"}) for n in range(node.settings.chat_rate_burst + 2)]
+    replies = [
+        await alice.request(
+            {"type": "chat_send", "conversation_id": cid, "content": f"{n}", "idempotency_key": f"f{n}"}
+        )
+        for n in range(node.settings.chat_rate_burst + 2)
+    ]
     limited = [r for r in replies if r["type"] == "error"]
     assert limited and limited[0]["code"] == "chat_rate_limited" and limited[0]["details"]["retry_after"] > 0
     history = await alice.request({"type": "chat_history", "conversation_id": cid, "limit": 500})
     acked = [r["seq"] for r in replies if r["type"] == "chat_ack"]
     assert [m["seq"] for m in history["messages"]] == acked  # what was refused was not stored
-
-

@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from gbmedia.http.app import create_app
+from gbmedia.app import create_app
 from gbmedia.node import Node
 from gbmedia.tenancy.tokens import Grants, mint_token
 from tests.conftest import make_settings
@@ -53,8 +53,11 @@ class ChatClient:
         return await self.wait(lambda e: e.get("id") == rid)
 
     def messages(self, conversation_id: str) -> list[dict[str, Any]]:
-        return [e["message"] for e in self.events
-                if e["type"] == "chat_message" and e["message"]["conversation_id"] == conversation_id]
+        return [
+            e["message"]
+            for e in self.events
+            if e["type"] == "chat_message" and e["message"]["conversation_id"] == conversation_id
+        ]
 
     async def close(self) -> None:
         self._reader.cancel()
@@ -69,8 +72,9 @@ def token(tenant: Tenant, identity: str, **grants: Any) -> str:
 async def connect(client: TestClient) -> AsyncIterator[Any]:
     opened: list[ChatClient] = []
 
-    async def open_as(tenant: Tenant | None = None, identity: str | None = None,
-                      test_client: TestClient = client) -> ChatClient:
+    async def open_as(
+        tenant: Tenant | None = None, identity: str | None = None, test_client: TestClient = client
+    ) -> ChatClient:
         chat = ChatClient(await test_client.ws_connect("/rtc"))
         opened.append(chat)
         if tenant is not None and identity is not None:
@@ -84,24 +88,28 @@ async def connect(client: TestClient) -> AsyncIterator[Any]:
 
 
 async def conversation_of(client: TestClient, tenant: Tenant, owner: str, *members: str) -> str:
-    resp = await client.post("/api/v1/conversations", json={"members": list(members)},
-                             headers=bearer(token(tenant, owner)))
+    resp = await client.post(
+        "/api/v1/conversations", json={"members": list(members)}, headers=bearer(token(tenant, owner))
+    )
     assert resp.status == 201, await resp.text()
     return (await resp.json())["id"]
 
 
 async def test_a_send_is_acknowledged_with_its_seq_and_delivered_to_the_other_member(
-        client: TestClient, tenant: Tenant, connect):
+    client: TestClient, tenant: Tenant, connect
+):
     cid = await conversation_of(client, tenant, "alice", "bob")
     alice, bob = await connect(tenant, "alice"), await connect(tenant, "bob")
-    ack = await alice.request({"type": "chat_send", "conversation_id": cid, "content": "hi bob",
-                               "idempotency_key": "a-1"})
+    ack = await alice.request(
+        {"type": "chat_send", "conversation_id": cid, "content": "hi bob", "idempotency_key": "a-1"}
+    )
     assert (ack["type"], ack["seq"], ack["duplicate"]) == ("chat_ack", 1, False)
     event = await bob.wait(lambda e: e["type"] == "chat_message")
     assert (event["message"]["content"], event["message"]["seq"], event["message"]["sender"]) == ("hi bob", 1, "alice")
     await alice.wait(lambda e: e["type"] == "chat_message")  # the sender's other devices see it too
-    again = await alice.request({"type": "chat_send", "conversation_id": cid, "content": "hi bob",
-                                 "idempotency_key": "a-1"})
+    again = await alice.request(
+        {"type": "chat_send", "conversation_id": cid, "content": "hi bob", "idempotency_key": "a-1"}
+    )
     assert (again["seq"], again["duplicate"], again["message_id"]) == (1, True, ack["message_id"])
     await asyncio.sleep(0.2)
     assert len(bob.messages(cid)) == 1  # a retry is not delivered twice
@@ -111,9 +119,12 @@ async def test_join_then_burst_every_member_receives_every_message(client: TestC
     cid = await conversation_of(client, tenant, "alice", "bob", "carol")
     alice = await connect(tenant, "alice")
     bob, carol = await connect(tenant, "bob"), await connect(tenant, "carol")
-    acks = await asyncio.gather(*(alice.request({"type": "chat_send", "conversation_id": cid,
-                                                 "content": f"m{n}", "idempotency_key": f"k{n}"})
-                                  for n in range(15)))
+    acks = await asyncio.gather(
+        *(
+            alice.request({"type": "chat_send", "conversation_id": cid, "content": f"m{n}", "idempotency_key": f"k{n}"})
+            for n in range(15)
+        )
+    )
     assert sorted(a["seq"] for a in acks) == list(range(1, 16))
     for member in (bob, carol):
         await member.wait(lambda e, m=member: len(m.messages(cid)) >= 15)
@@ -128,8 +139,9 @@ async def test_a_client_that_was_away_catches_up_from_its_last_seq(client: TestC
     last_seq = bob.messages(cid)[-1]["seq"]
     await bob.close()
     for n in range(2, 6):
-        await alice.request({"type": "chat_send", "conversation_id": cid, "content": f"m{n}",
-                             "idempotency_key": str(n)})
+        await alice.request(
+            {"type": "chat_send", "conversation_id": cid, "content": f"m{n}", "idempotency_key": str(n)}
+        )
     bob = await connect(tenant, "bob")
     page = await bob.request({"type": "chat_history", "conversation_id": cid, "after_seq": last_seq, "limit": 2})
     assert [m["seq"] for m in page["messages"]] == [2, 3] and page["has_more"] is True
@@ -140,8 +152,9 @@ async def test_a_client_that_was_away_catches_up_from_its_last_seq(client: TestC
 async def test_receipts_reach_the_sender(client: TestClient, tenant: Tenant, connect):
     cid = await conversation_of(client, tenant, "alice", "bob")
     alice, bob = await connect(tenant, "alice"), await connect(tenant, "bob")
-    ack = await alice.request({"type": "chat_send", "conversation_id": cid, "content": "read me",
-                               "idempotency_key": "r"})
+    ack = await alice.request(
+        {"type": "chat_send", "conversation_id": cid, "content": "read me", "idempotency_key": "r"}
+    )
     await bob.wait(lambda e: e["type"] == "chat_message")
     reply = await bob.request({"type": "chat_receipt", "conversation_id": cid, "delivered_seq": ack["seq"]})
     assert (reply["type"], reply["delivered_seq"], reply["read_seq"]) == ("chat_receipt_ack", 1, 0)
@@ -184,18 +197,25 @@ async def test_presence_follows_the_socket(client: TestClient, tenant: Tenant, c
 async def test_chat_needs_auth_and_bad_input_gets_errors(client: TestClient, tenant: Tenant, connect):
     cid = await conversation_of(client, tenant, "alice", "bob")
     anonymous = await connect()
-    error = await anonymous.request({"type": "chat_send", "conversation_id": cid, "content": "x",
-                                     "idempotency_key": "k"})
+    error = await anonymous.request(
+        {"type": "chat_send", "conversation_id": cid, "content": "x", "idempotency_key": "k"}
+    )
     assert error["code"] == "not_authenticated"
     assert (await anonymous.request({"type": "auth", "token": "nope"}))["code"] == "token_malformed"
     alice = await connect(tenant, "alice")
     cases = [
-        ({"type": "chat_send", "conversation_id": cid, "content": "x", "idempotency_key": "bad key"},
-         "invalid_idempotency_key"),
-        ({"type": "chat_send", "conversation_id": cid, "content": "x" * 20_000, "idempotency_key": "big"},
-         "message_too_large"),
-        ({"type": "chat_send", "conversation_id": str(uuid.uuid4()), "content": "x", "idempotency_key": "k"},
-         "conversation_not_found"),
+        (
+            {"type": "chat_send", "conversation_id": cid, "content": "x", "idempotency_key": "bad key"},
+            "invalid_idempotency_key",
+        ),
+        (
+            {"type": "chat_send", "conversation_id": cid, "content": "x" * 20_000, "idempotency_key": "big"},
+            "message_too_large",
+        ),
+        (
+            {"type": "chat_send", "conversation_id": str(uuid.uuid4()), "content": "x", "idempotency_key": "k"},
+            "conversation_not_found",
+        ),
         ({"type": "chat_send", "conversation_id": "x" * 36, "content": "x", "idempotency_key": "k"}, "invalid_id"),
         ({"type": "chat_send", "conversation_id": cid}, "invalid_message"),
         ({"type": "chat_history", "conversation_id": cid, "after_seq": 1, "before_seq": 3}, "invalid_message"),
@@ -215,8 +235,9 @@ async def test_participants_of_a_room_chat_in_its_conversation(client: TestClien
     joined_b = await bob.request({"type": "join", "token": token(tenant, "bob", **_participant("standup"))})
     cid = joined_a["chat"]["conversation_id"]
     assert joined_b["chat"]["conversation_id"] == cid
-    await alice.request({"type": "chat_send", "conversation_id": cid, "content": "can you hear me?",
-                         "idempotency_key": "room-1"})
+    await alice.request(
+        {"type": "chat_send", "conversation_id": cid, "content": "can you hear me?", "idempotency_key": "room-1"}
+    )
     event = await bob.wait(lambda e: e["type"] == "chat_message")
     assert event["message"]["content"] == "can you hear me?"
     resp = await client.get(f"/api/v1/conversations/{cid}", headers=bearer(token(tenant, "ops", room_admin=True)))
@@ -231,16 +252,16 @@ def _participant(room: str) -> dict[str, Any]:
 
 
 @pytest.mark.redis
-async def test_two_nodes_sharing_redis_deliver_to_members_on_either(tmp_path: Path, database_url: str,
-                                                                   redis_url: str):
+async def test_two_nodes_sharing_redis_deliver_to_members_on_either(tmp_path: Path, database_url: str, redis_url: str):
     from cryptography.fernet import Fernet
 
     nodes, clients, sockets = [], [], []
     secret_key = Fernet.generate_key().decode()  # a cluster shares its secret key
     try:
         for n in range(2):
-            settings = make_settings(tmp_path / f"node{n}", database_url, redis_url=redis_url, node_id=f"n{n}",
-                                     secret_key=secret_key)
+            settings = make_settings(
+                tmp_path / f"node{n}", database_url, redis_url=redis_url, node_id=f"n{n}", secret_key=secret_key
+            )
             node = await Node.start(settings)
             nodes.append(node)
             test_client = TestClient(TestServer(create_app(node)))
@@ -253,12 +274,14 @@ async def test_two_nodes_sharing_redis_deliver_to_members_on_either(tmp_path: Pa
         sockets += [alice, bob]
         for chat, who in ((alice, "alice"), (bob, "bob")):
             assert (await chat.request({"type": "auth", "token": token(tenant, who)}))["type"] == "authenticated"
-        await alice.request({"type": "chat_send", "conversation_id": cid, "content": "across nodes",
-                             "idempotency_key": "x-1"})
+        await alice.request(
+            {"type": "chat_send", "conversation_id": cid, "content": "across nodes", "idempotency_key": "x-1"}
+        )
         event = await bob.wait(lambda e: e["type"] == "chat_message")
         assert event["message"]["content"] == "across nodes"
-        await bob.request({"type": "chat_send", "conversation_id": cid, "content": "and back",
-                           "idempotency_key": "x-2"})
+        await bob.request(
+            {"type": "chat_send", "conversation_id": cid, "content": "and back", "idempotency_key": "x-2"}
+        )
         back = await alice.wait(lambda e: e["type"] == "chat_message" and e["message"]["sender"] == "bob")
         assert back["message"]["seq"] == 2
         presence = await alice.request({"type": "presence_get", "identities": ["bob"]})
@@ -280,10 +303,10 @@ async def test_a_resumed_socket_chats_again_and_learns_its_cursors(client: TestC
     await alice.request({"type": "chat_receipt", "conversation_id": cid, "read_seq": 1})
     await alice.ws.close()
     again = await connect()
-    resumed = await again.request({"type": "join", "token": token(tenant, "alice", **_participant("standup")),
-                                   "resume": joined["resume_token"]})
+    resumed = await again.request(
+        {"type": "join", "token": token(tenant, "alice", **_participant("standup")), "resume": joined["resume_token"]}
+    )
     assert resumed["resumed"] is True
     assert resumed["chat"] == {"conversation_id": cid, "last_seq": 1, "delivered_seq": 1, "read_seq": 1}
-    ack = await again.request({"type": "chat_send", "conversation_id": cid, "content": "after",
-                               "idempotency_key": "a"})
+    ack = await again.request({"type": "chat_send", "conversation_id": cid, "content": "after", "idempotency_key": "a"})
     assert (ack["type"], ack["seq"]) == ("chat_ack", 2)

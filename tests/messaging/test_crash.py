@@ -64,8 +64,8 @@ class ServerProcess:
     async def start(self) -> str:
         with self.stdout_path.open("wb") as out, self.stderr_path.open("wb") as err:
             self.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "gbmedia", "serve", env=self.env,
-                stdin=subprocess.DEVNULL, stdout=out, stderr=err)
+                sys.executable, "-m", "gbmedia", "serve", env=self.env, stdin=subprocess.DEVNULL, stdout=out, stderr=err
+            )
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             for line in self.stdout_path.read_text(errors="replace").splitlines():
@@ -178,9 +178,9 @@ class Socket:
             await self._reader
 
 
-async def send_burst(sock: Socket, cid: str, numbers: list[int], *, tag: str,
-                     on_ack: Callable[[int], None] | None = None
-                     ) -> tuple[dict[int, dict[str, Any]], list[tuple[int, dict[str, Any]]], int]:
+async def send_burst(
+    sock: Socket, cid: str, numbers: list[int], *, tag: str, on_ack: Callable[[int], None] | None = None
+) -> tuple[dict[int, dict[str, Any]], list[tuple[int, dict[str, Any]]], int]:
     """Send ``numbers`` pipelined (up to WINDOW unanswered) until done or the socket drops.
 
     Returns the acks that arrived (by message number), any error replies, and how
@@ -227,8 +227,9 @@ async def catch_up(sock: Socket, cid: str, after_seq: int = 0, limit: int = 40) 
     messages: list[dict[str, Any]] = []
     pages = 0
     while True:
-        page = await sock.request({"type": "chat_history", "conversation_id": cid, "after_seq": after_seq,
-                                   "limit": limit})
+        page = await sock.request(
+            {"type": "chat_history", "conversation_id": cid, "after_seq": after_seq, "limit": limit}
+        )
         assert page["type"] == "chat_history", page
         pages += 1
         messages += page["messages"]
@@ -244,7 +245,9 @@ async def stored_messages(database_url: str, cid: str) -> list[asyncpg.Record]:
     try:
         return await conn.fetch(
             """SELECT id, seq, sender_id, content, idempotency_key FROM messages
-                WHERE conversation_id = $1 ORDER BY seq, id""", uuid.UUID(cid))
+                WHERE conversation_id = $1 ORDER BY seq, id""",
+            uuid.UUID(cid),
+        )
     finally:
         await conn.close()
 
@@ -273,23 +276,34 @@ def check_consistent(rows: list[asyncpg.Record], acks: dict[int, dict[str, Any]]
         row = by_key[key(n)]
         assert (row["seq"], str(row["id"])) == (ack["seq"], ack["message_id"]), (
             f"{when}: {key(n)} was acked as seq {ack['seq']} id {ack['message_id']}, "
-            f"stored as seq {row['seq']} id {row['id']}")
+            f"stored as seq {row['seq']} id {row['id']}"
+        )
         assert (row["content"], row["sender_id"]) == (content(n), "alice"), (when, dict(row))
     return by_key
 
 
 async def test_a_message_acknowledged_before_a_crash_is_never_lost_and_retries_never_duplicate(
-        tmp_path: Path, database_url: str):
+    tmp_path: Path, database_url: str
+):
     env = {k: v for k, v in os.environ.items() if not k.startswith("GBMEDIA_")}
-    env.update({
-        "HOME": str(tmp_path), "LANG": "C.UTF-8",
-        "GBMEDIA_DATABASE_URL": database_url, "GBMEDIA_DATA_DIR": str(tmp_path / "data"),
-        "GBMEDIA_HOST": "127.0.0.1", "GBMEDIA_PORT": "0",
-        "GBMEDIA_OPERATOR_TOKEN": OPERATOR_TOKEN, "GBMEDIA_SECRET_KEY": Fernet.generate_key().decode(),
-        "GBMEDIA_CHAT_RATE_LIMIT": "100000", "GBMEDIA_CHAT_RATE_BURST": "100000",
-        "GBMEDIA_API_RATE_LIMIT": "100000", "GBMEDIA_API_RATE_BURST": "100000",
-        "GBMEDIA_LOG_LEVEL": "warning", "GBMEDIA_SHUTDOWN_TIMEOUT": "1",
-    })
+    env.update(
+        {
+            "HOME": str(tmp_path),
+            "LANG": "C.UTF-8",
+            "GBMEDIA_DATABASE_URL": database_url,
+            "GBMEDIA_DATA_DIR": str(tmp_path / "data"),
+            "GBMEDIA_HOST": "127.0.0.1",
+            "GBMEDIA_PORT": "0",
+            "GBMEDIA_OPERATOR_TOKEN": OPERATOR_TOKEN,
+            "GBMEDIA_SECRET_KEY": Fernet.generate_key().decode(),
+            "GBMEDIA_CHAT_RATE_LIMIT": "100000",
+            "GBMEDIA_CHAT_RATE_BURST": "100000",
+            "GBMEDIA_API_RATE_LIMIT": "100000",
+            "GBMEDIA_API_RATE_BURST": "100000",
+            "GBMEDIA_LOG_LEVEL": "warning",
+            "GBMEDIA_SHUTDOWN_TIMEOUT": "1",
+        }
+    )
     first = ServerProcess(env, tmp_path, "first")
     second = ServerProcess(env, tmp_path, "second")  # the same environment: same database, same secret key
     sockets: list[Socket] = []
@@ -299,21 +313,25 @@ async def test_a_message_acknowledged_before_a_crash_is_never_lost_and_retries_n
             url = await first.start()
 
             # A tenant and a group conversation of alice and bob, over REST.
-            async with http.post(url + "/api/v1/customers", json={"name": "crash", "tier": "starter"},
-                                 headers=OPERATOR) as resp:
+            async with http.post(
+                url + "/api/v1/customers", json={"name": "crash", "tier": "starter"}, headers=OPERATOR
+            ) as resp:
                 assert resp.status == 201, await resp.text()
                 customer = await resp.json()
-            async with http.post(url + f"/api/v1/customers/{customer['id']}/instances",
-                                 json={"name": "crash-main"}, headers=OPERATOR) as resp:
+            async with http.post(
+                url + f"/api/v1/customers/{customer['id']}/instances", json={"name": "crash-main"}, headers=OPERATOR
+            ) as resp:
                 assert resp.status == 201, await resp.text()
                 credentials = (await resp.json())["credentials"]
 
             def token(identity: str) -> str:
                 return mint_token(credentials["key"], credentials["secret"], identity, Grants())
 
-            async with http.post(url + "/api/v1/conversations", json={"kind": "group", "members": ["bob"],
-                                                                      "title": "crash test"},
-                                 headers=bearer(token("alice"))) as resp:
+            async with http.post(
+                url + "/api/v1/conversations",
+                json={"kind": "group", "members": ["bob"], "title": "crash test"},
+                headers=bearer(token("alice")),
+            ) as resp:
                 assert resp.status == 201, await resp.text()
                 cid = (await resp.json())["id"]
 
@@ -329,8 +347,9 @@ async def test_a_message_acknowledged_before_a_crash_is_never_lost_and_retries_n
 
             answered, errors, sent = await send_burst(alice, cid, list(range(TOTAL)), tag="a", on_ack=kill_at)
             assert not errors, f"sends refused before the kill: {errors[:5]}\n{first.stderr_tail()}"
-            assert killed, (f"the burst ended ({len(answered)} acks of {sent} sends) before the kill point\n"
-                            f"{first.stderr_tail()}")
+            assert killed, (
+                f"the burst ended ({len(answered)} acks of {sent} sends) before the kill point\n{first.stderr_tail()}"
+            )
             async with asyncio.timeout(REPLY_TIMEOUT):
                 await alice.closed.wait()  # the socket dropped with the server
             assert await first.exited() == -signal.SIGKILL
@@ -343,8 +362,13 @@ async def test_a_message_acknowledged_before_a_crash_is_never_lost_and_retries_n
             arrival = list(answered)
             acked = {n: answered[n] for n in arrival[:KILL_AFTER] if n not in LOST_IN_TRANSIT}
             dropped = [n for n in LOST_IN_TRANSIT if n in answered]
-            figures.update(sent_before_kill=sent, acks_received=len(answered), acked_seen=len(acked),
-                           acks_dropped=len(dropped), acks_after_kill=len(arrival) - KILL_AFTER)
+            figures.update(
+                sent_before_kill=sent,
+                acks_received=len(answered),
+                acked_seen=len(acked),
+                acks_dropped=len(dropped),
+                acks_after_kill=len(arrival) - KILL_AFTER,
+            )
 
             # The database, with the server dead: every ack is there, with its seq.
             rows = await stored_messages(database_url, cid)
@@ -365,7 +389,10 @@ async def test_a_message_acknowledged_before_a_crash_is_never_lost_and_retries_n
             for n, ack in answered.items():
                 message = seen_by_bob[ack["seq"] - 1]
                 assert (message["idempotency_key"], message["content"], message["id"]) == (
-                    key(n), content(n), ack["message_id"]), message
+                    key(n),
+                    content(n),
+                    ack["message_id"],
+                ), message
 
             # alice reconnects and retries everything she has no ack for, plus a few she has (a
             # client unsure whether its ack arrived): the same keys, the same content.
@@ -377,19 +404,30 @@ async def test_a_message_acknowledged_before_a_crash_is_never_lost_and_retries_n
             assert not errors, f"retries refused: {errors[:5]}\n{second.stderr_tail()}"
             missing = sorted(set(unacked + resent_acked) - set(retried))
             assert not missing and sent == len(unacked) + len(resent_acked), (
-                f"retries without an ack: {missing[:10]} (sent {sent})\n{second.stderr_tail()}")
+                f"retries without an ack: {missing[:10]} (sent {sent})\n{second.stderr_tail()}"
+            )
             for n in stored_unacked:  # stored before the crash, its ack lost: the original comes back
                 assert (retried[n]["duplicate"], retried[n]["seq"], retried[n]["message_id"]) == (
-                    True, by_key[key(n)]["seq"], str(by_key[key(n)]["id"])), retried[n]
+                    True,
+                    by_key[key(n)]["seq"],
+                    str(by_key[key(n)]["id"]),
+                ), retried[n]
             for n in resent_acked:
                 assert (retried[n]["duplicate"], retried[n]["seq"], retried[n]["message_id"]) == (
-                    True, acked[n]["seq"], acked[n]["message_id"]), retried[n]
+                    True,
+                    acked[n]["seq"],
+                    acked[n]["message_id"],
+                ), retried[n]
             fresh = {n: a for n, a in retried.items() if key(n) not in by_key}
             assert all(a["duplicate"] is False for a in fresh.values()), {
-                n: a for n, a in fresh.items() if a["duplicate"] is not False}
+                n: a for n, a in fresh.items() if a["duplicate"] is not False
+            }
             assert sorted(a["seq"] for a in fresh.values()) == list(range(len(rows) + 1, TOTAL + 1))
-            figures.update(retried=len(unacked) + len(resent_acked),
-                           duplicates=sum(a["duplicate"] for a in retried.values()), stored_by_retry=len(fresh))
+            figures.update(
+                retried=len(unacked) + len(resent_acked),
+                duplicates=sum(a["duplicate"] for a in retried.values()),
+                stored_by_retry=len(fresh),
+            )
 
             # Exactly k0..k299, each once, each with the seq of its (first) ack.
             final = await stored_messages(database_url, cid)
@@ -413,8 +451,9 @@ async def test_a_message_acknowledged_before_a_crash_is_never_lost_and_retries_n
             print(f"crash test figures: {figures}")
     except BaseException:
         print(f"crash test figures so far: {figures}")
-        print(f"--- first server stderr ---\n{first.stderr_tail()}\n--- second server stderr ---\n"
-              f"{second.stderr_tail()}")
+        print(
+            f"--- first server stderr ---\n{first.stderr_tail()}\n--- second server stderr ---\n{second.stderr_tail()}"
+        )
         raise
     finally:
         for sock in sockets:

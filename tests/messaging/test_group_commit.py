@@ -40,8 +40,9 @@ async def group(client: TestClient, tenant: Tenant, owner: str, *members: str) -
     return uuid.UUID(await conversation_of(client, tenant, owner, *members))
 
 
-async def group_in_lane_of(client: TestClient, tenant: Tenant, messages: Messages, other: uuid.UUID,
-                           same: bool = True) -> uuid.UUID:
+async def group_in_lane_of(
+    client: TestClient, tenant: Tenant, messages: Messages, other: uuid.UUID, same: bool = True
+) -> uuid.UUID:
     """A new conversation of alice and bob whose sends go to ``other``'s writer lane (or, not ``same``, another)."""
     while True:
         cid = await group(client, tenant, "alice", "bob")
@@ -55,20 +56,21 @@ async def warm(messages: Messages, tenant: Tenant, cid: uuid.UUID, identity: str
 
 
 async def stored_seqs(pool: asyncpg.Pool, cid: uuid.UUID) -> list[int]:
-    return [r["seq"] for r in await pool.fetch("SELECT seq FROM messages WHERE conversation_id = $1 ORDER BY seq",
-                                               cid)]
+    return [r["seq"] for r in await pool.fetch("SELECT seq FROM messages WHERE conversation_id = $1 ORDER BY seq", cid)]
 
 
 async def test_concurrent_sends_share_a_batch_and_get_consecutive_seqs_and_their_own_ids(
-        client: TestClient, node: Node, tenant: Tenant):
+    client: TestClient, node: Node, tenant: Tenant
+):
     members = [f"m{i}" for i in range(10)]
     cid = await group(client, tenant, "alice", *members)
     messages = node.chat.messages
     await warm(messages, tenant, cid)
     batches_before = messages.batcher.batches
     senders = ["alice", *members] * 4
-    results = await asyncio.gather(*(messages.send(caller(tenant, who), cid, f"hello {n}", f"k{n}")
-                                     for n, who in enumerate(senders)))
+    results = await asyncio.gather(
+        *(messages.send(caller(tenant, who), cid, f"hello {n}", f"k{n}") for n, who in enumerate(senders))
+    )
     assert messages.batcher.batches - batches_before < len(senders)  # they did share statements
     assert messages.batcher.largest > 1
     # Queue order is seq order: the n-th send got seq n + 2 (the warm-up is seq 1).
@@ -76,10 +78,12 @@ async def test_concurrent_sends_share_a_batch_and_get_consecutive_seqs_and_their
     assert all(r.created for r in results)
     assert len({r.message.id for r in results}) == len(senders)
     rows = await node.db.pool.fetch(
-        "SELECT id, seq, sender_id, content FROM messages WHERE conversation_id = $1 AND seq > 1 ORDER BY seq", cid)
+        "SELECT id, seq, sender_id, content FROM messages WHERE conversation_id = $1 AND seq > 1 ORDER BY seq", cid
+    )
     assert [(r["id"], r["seq"], r["sender_id"], r["content"]) for r in rows] == [
         (r.message.id, r.message.seq, who, f"hello {n}")
-        for n, (r, who) in enumerate(zip(results, senders, strict=True))]
+        for n, (r, who) in enumerate(zip(results, senders, strict=True))
+    ]
     assert await node.db.pool.fetchval("SELECT last_seq FROM conversations WHERE id = $1", cid) == len(senders) + 1
 
 
@@ -118,14 +122,19 @@ async def test_a_key_twice_in_one_batch_is_stored_once(client: TestClient, node:
         messages.send(caller(tenant, "alice"), cid, "same", "twice"),
         messages.send(caller(tenant, "alice"), cid, "same", "twice"),
         messages.send(caller(tenant, "alice"), cid, "not the same", "twice"),
-        return_exceptions=True)
+        return_exceptions=True,
+    )
     assert a.created and not b.created and b.message.id == a.message.id and b.message.seq == a.message.seq
     assert isinstance(c, ApiError) and c.code == "idempotency_key_reused"
     # The same key from another sender is another message.
     d = await messages.send(caller(tenant, "bob"), cid, "same", "twice")
     assert d.created and d.message.seq == a.message.seq + 1
-    assert await node.db.pool.fetchval(
-        "SELECT count(*) FROM messages WHERE conversation_id = $1 AND idempotency_key = 'twice'", cid) == 2
+    assert (
+        await node.db.pool.fetchval(
+            "SELECT count(*) FROM messages WHERE conversation_id = $1 AND idempotency_key = 'twice'", cid
+        )
+        == 2
+    )
 
 
 @contextlib.asynccontextmanager
@@ -149,13 +158,19 @@ async def another_node_storing(pool: asyncpg.Pool, cid: uuid.UUID, sender: str, 
         tx = other_node.transaction()
         await tx.start()
         seq = await other_node.fetchval(
-            "UPDATE conversations SET last_seq = last_seq + 1 WHERE id = $1 RETURNING last_seq", cid)
+            "UPDATE conversations SET last_seq = last_seq + 1 WHERE id = $1 RETURNING last_seq", cid
+        )
         yield seq
         await other_node.execute(
             """INSERT INTO messages (shard_key, customer_id, instance_id, conversation_id, seq, sender_id, content,
                                      idempotency_key)
                SELECT shard_key, customer_id, instance_id, id, $2, $3, 'raced', $4
-                 FROM conversations WHERE id = $1""", cid, seq, sender, key)
+                 FROM conversations WHERE id = $1""",
+            cid,
+            seq,
+            sender,
+            key,
+        )
         await tx.commit()
 
 
@@ -169,7 +184,8 @@ async def wait_for_lock_waiter(pool: asyncpg.Pool, count: int) -> None:
 
 
 async def test_a_key_stored_by_another_writer_while_the_batch_waited_is_not_stored_twice(
-        client: TestClient, node: Node, tenant: Tenant):
+    client: TestClient, node: Node, tenant: Tenant
+):
     """Another node commits the key while this batch waits for the conversation's lock: the batch's
     snapshot cannot see that row, the unique index refuses the insert, and the fallback (each send on
     its own) finds it; the batch's other send is stored with the next seq, after the other node's."""
@@ -179,8 +195,10 @@ async def test_a_key_stored_by_another_writer_while_the_batch_waited_is_not_stor
     pool = node.db.pool
     fallbacks = messages.batcher.fallbacks
     async with another_node_storing(pool, cid, "alice", "race") as seq:
-        sends = asyncio.gather(messages.send(caller(tenant, "alice"), cid, "raced", "race"),
-                               messages.send(caller(tenant, "bob"), cid, "bystander", "b-1"))
+        sends = asyncio.gather(
+            messages.send(caller(tenant, "alice"), cid, "raced", "race"),
+            messages.send(caller(tenant, "bob"), cid, "bystander", "b-1"),
+        )
         await wait_for_lock_waiter(pool, 1)  # the batch's statement started, then blocked on the row lock
     raced, bystander = await sends
     assert not raced.created and raced.message.seq == seq
@@ -189,8 +207,7 @@ async def test_a_key_stored_by_another_writer_while_the_batch_waited_is_not_stor
     assert await stored_seqs(pool, cid) == list(range(1, seq + 2))
 
 
-async def test_two_writers_on_the_same_conversations_keep_seqs_gap_free(client: TestClient, node: Node,
-                                                                     tenant: Tenant):
+async def test_two_writers_on_the_same_conversations_keep_seqs_gap_free(client: TestClient, node: Node, tenant: Tenant):
     """Two nodes' batchers (two Messages on one database) sending at once to overlapping conversations:
     locks in id order, so no deadlock; every conversation numbered 1..n without gaps or repeats."""
     conversations = [await group(client, tenant, "alice", "bob") for _ in range(3)]
@@ -198,29 +215,42 @@ async def test_two_writers_on_the_same_conversations_keep_seqs_gap_free(client: 
     second = Messages(node.db.pool, node.chat.conversations)
     for messages in (first, second):
         await warm(messages, tenant, conversations[0])
-    sends = [(first if n % 2 else second).send(caller(tenant, "alice" if n % 3 else "bob"),
-                                              conversations[n % 3], f"m{n}", f"k{n}")
-             for n in range(120)]
+    sends = [
+        (first if n % 2 else second).send(
+            caller(tenant, "alice" if n % 3 else "bob"), conversations[n % 3], f"m{n}", f"k{n}"
+        )
+        for n in range(120)
+    ]
     for result in await asyncio.gather(*sends):
         assert result.created
     for cid in conversations:
         seqs = await stored_seqs(node.db.pool, cid)
         assert seqs == list(range(1, len(seqs) + 1))
         assert await node.db.pool.fetchval("SELECT last_seq FROM conversations WHERE id = $1", cid) == len(seqs)
-    assert await node.db.pool.fetchval("SELECT count(*) FROM messages WHERE conversation_id = ANY($1::uuid[])",
-                                       conversations) == 122
+    assert (
+        await node.db.pool.fetchval(
+            "SELECT count(*) FROM messages WHERE conversation_id = ANY($1::uuid[])", conversations
+        )
+        == 122
+    )
 
 
-async def test_the_outbox_gets_each_messages_event_in_the_same_statement(client: TestClient, node: Node,
-                                                                       tenant: Tenant):
+async def test_the_outbox_gets_each_messages_event_in_the_same_statement(
+    client: TestClient, node: Node, tenant: Tenant
+):
     cid = await group(client, tenant, "alice", "bob")
     messages = node.chat.messages
     await warm(messages, tenant, cid)
-    results = await asyncio.gather(*(messages.send(caller(tenant, "bob"), cid, f"é {n}", f"o{n}",
-                                                   metadata={"n": n, "tags": ["x"]}) for n in range(5)))
+    results = await asyncio.gather(
+        *(
+            messages.send(caller(tenant, "bob"), cid, f"é {n}", f"o{n}", metadata={"n": n, "tags": ["x"]})
+            for n in range(5)
+        )
+    )
     rows = await node.db.pool.fetch(
         "SELECT id, event_id, topic, key, payload FROM outbox WHERE payload->>'type' = 'message.created' "
-        "AND payload->'message'->>'sender' = 'bob' ORDER BY id")
+        "AND payload->'message'->>'sender' = 'bob' ORDER BY id"
+    )
     assert [r["payload"]["message"] for r in rows] == [message_event(r.message) for r in results]
     assert all(r["topic"] == "chat.messages" and r["key"] == str(cid) for r in rows)
     assert all(r["payload"]["event_id"] == str(r["event_id"]) for r in rows)
@@ -228,7 +258,8 @@ async def test_the_outbox_gets_each_messages_event_in_the_same_statement(client:
 
 
 async def test_a_socket_that_negotiated_compression_reads_the_fanned_out_frames(
-        client: TestClient, tenant: Tenant, connect):
+    client: TestClient, tenant: Tenant, connect
+):
     """Chat frames are written uncompressed straight to the transport (RSV1 clear): legal on a
     permessage-deflate socket, and aiohttp's own compressed replies on it still decode."""
     cid = await conversation_of(client, tenant, "alice", "bob")
@@ -239,13 +270,15 @@ async def test_a_socket_that_negotiated_compression_reads_the_fanned_out_frames(
         reply = await bob.request({"type": "auth", "token": token(tenant, "bob")})
         assert reply["type"] == "authenticated"
         for n in range(3):
-            ack = await alice.request({"type": "chat_send", "conversation_id": cid, "content": f"x{n}" * 50,
-                                       "idempotency_key": f"z{n}"})
+            ack = await alice.request(
+                {"type": "chat_send", "conversation_id": cid, "content": f"x{n}" * 50, "idempotency_key": f"z{n}"}
+            )
             assert ack["type"] == "chat_ack"
         await bob.wait(lambda e: len(bob.messages(cid)) == 3)
         assert [m["content"] for m in bob.messages(cid)] == [f"x{n}" * 50 for n in range(3)]
-        sent = await bob.request({"type": "chat_send", "conversation_id": cid, "content": "back",
-                                  "idempotency_key": "bk"})
+        sent = await bob.request(
+            {"type": "chat_send", "conversation_id": cid, "content": "back", "idempotency_key": "bk"}
+        )
         assert (sent["type"], sent["seq"]) == ("chat_ack", 4)
         page = await bob.request({"type": "chat_history", "conversation_id": cid, "after_seq": 0})
         assert [m["seq"] for m in page["messages"]] == [1, 2, 3, 4]
@@ -256,19 +289,18 @@ async def test_a_socket_that_negotiated_compression_reads_the_fanned_out_frames(
 async def test_the_ack_carries_the_request_id_and_arrives_once(client: TestClient, tenant: Tenant, connect):
     cid = await conversation_of(client, tenant, "alice", "bob")
     alice = await connect(tenant, "alice")
-    await alice.ws.send_json({"type": "chat_send", "conversation_id": cid, "content": "no id",
-                              "idempotency_key": "n1"})
+    await alice.ws.send_json({"type": "chat_send", "conversation_id": cid, "content": "no id", "idempotency_key": "n1"})
     ack = await alice.wait(lambda e: e["type"] == "chat_ack")
     assert "id" not in ack and ack["seq"] == 1
-    ack = await alice.request({"type": "chat_send", "conversation_id": cid, "content": "with id",
-                               "idempotency_key": "n2"})
+    ack = await alice.request(
+        {"type": "chat_send", "conversation_id": cid, "content": "with id", "idempotency_key": "n2"}
+    )
     assert ack["seq"] == 2
     await alice.wait(lambda e: len(alice.messages(cid)) == 2)
     assert [e.get("id") for e in alice.events if e["type"] == "chat_ack"] == [None, ack["id"]]
 
 
-async def test_one_event_bus_messages_and_malformed_entries(client: TestClient, node: Node, tenant: Tenant,
-                                                            connect):
+async def test_one_event_bus_messages_and_malformed_entries(client: TestClient, node: Node, tenant: Tenant, connect):
     """A node that publishes one event per bus message (before batching) still reaches this node's
     sessions; malformed entries are skipped without losing the good ones next to them."""
     bob = await connect(tenant, "bob")
@@ -276,9 +308,16 @@ async def test_one_event_bus_messages_and_malformed_entries(client: TestClient, 
     await node.bus.publish(CHANNEL, {"instance_id": tenant.instance_id, "members": ["bob"], "event": event})
     assert await bob.wait(lambda e: e["type"] == "typing") == event
     good = {"type": "typing", "conversation_id": "c", "identity": "carol", "active": False}
-    await node.bus.publish(CHANNEL, {"events": [
-        "not an object", {"instance_id": 7, "members": ["bob"], "frame": "{}"},
-        {"instance_id": tenant.instance_id, "members": ["bob"], "frame": json.dumps(good)}]})
+    await node.bus.publish(
+        CHANNEL,
+        {
+            "events": [
+                "not an object",
+                {"instance_id": 7, "members": ["bob"], "frame": "{}"},
+                {"instance_id": tenant.instance_id, "members": ["bob"], "frame": json.dumps(good)},
+            ]
+        },
+    )
     assert await bob.wait(lambda e: e.get("identity") == "carol") == good
     await node.bus.publish(CHANNEL, {"events": "nope"})
     await node.bus.publish(CHANNEL, {"instance_id": tenant.instance_id, "members": ["bob"], "event": good})
@@ -297,8 +336,9 @@ async def test_a_large_frame_reaches_a_plain_websocket_client(client: TestClient
     cid = await conversation_of(client, tenant, "alice", "bob")
     alice, bob = await connect(tenant, "alice"), await connect(tenant, "bob")
     content = "ü" * 8000  # 16,000 bytes: a 16-bit length frame
-    ack = await alice.request({"type": "chat_send", "conversation_id": cid, "content": content,
-                               "idempotency_key": "big"})
+    ack = await alice.request(
+        {"type": "chat_send", "conversation_id": cid, "content": content, "idempotency_key": "big"}
+    )
     assert ack["type"] == "chat_ack"
     message = (await bob.wait(lambda e: e["type"] == "chat_message"))["message"]
     assert message["content"] == content
@@ -307,16 +347,22 @@ async def test_a_large_frame_reaches_a_plain_websocket_client(client: TestClient
 async def test_rest_sends_are_batched_too(client: TestClient, node: Node, tenant: Tenant):
     cid = await conversation_of(client, tenant, "alice", "bob")
     headers = bearer(token(tenant, "alice"))
-    responses = await asyncio.gather(*(client.post(f"/api/v1/conversations/{cid}/messages", headers=headers,
-                                                   json={"content": f"r{n}", "idempotency_key": f"r{n}"})
-                                       for n in range(12)))
+    responses = await asyncio.gather(
+        *(
+            client.post(
+                f"/api/v1/conversations/{cid}/messages",
+                headers=headers,
+                json={"content": f"r{n}", "idempotency_key": f"r{n}"},
+            )
+            for n in range(12)
+        )
+    )
     assert [r.status for r in responses] == [201] * 12
     seqs = sorted([(await r.json())["seq"] for r in responses])
     assert seqs == list(range(1, 13))
 
 
-async def test_a_session_on_a_closed_socket_drops_frames(client: TestClient, tenant: Tenant, connect,
-                                                         node: Node):
+async def test_a_session_on_a_closed_socket_drops_frames(client: TestClient, tenant: Tenant, connect, node: Node):
     cid = await conversation_of(client, tenant, "alice", "bob")
     alice = await connect(tenant, "alice")
     ws = await client.ws_connect("/rtc")
@@ -325,16 +371,16 @@ async def test_a_session_on_a_closed_socket_drops_frames(client: TestClient, ten
         assert (await ws.receive_json())["type"] == "authenticated"
     finally:
         await ws.close()
-    ack = await alice.request({"type": "chat_send", "conversation_id": cid, "content": "bob left",
-                               "idempotency_key": "gone"})
+    ack = await alice.request(
+        {"type": "chat_send", "conversation_id": cid, "content": "bob left", "idempotency_key": "gone"}
+    )
     assert ack["type"] == "chat_ack"  # nothing to write to bob's closed socket, nothing breaks
 
 
 async def test_a_message_too_large_for_the_event_stream_is_refused(node: Node, client: TestClient, tenant: Tenant):
     cid = await group(client, tenant, "alice", "bob")
     with pytest.raises(ApiError) as refused:
-        await node.chat.messages.send(caller(tenant, "alice"), cid, "x", "huge",
-                                      metadata={"blob": "y" * (512 * 1024)})
+        await node.chat.messages.send(caller(tenant, "alice"), cid, "x", "huge", metadata={"blob": "y" * (512 * 1024)})
     assert (refused.value.status, refused.value.code) == (413, "message_too_large")
 
 
@@ -364,9 +410,12 @@ async def test_coalesced_frames_are_separate_messages_in_seq_order(client: TestC
     cid = await conversation_of(client, tenant, "alice", "bob")
     alice = await connect(tenant, "alice")
     bob = await connect(tenant, "bob")
-    acks = await asyncio.gather(*(alice.request({"type": "chat_send", "conversation_id": cid,
-                                                     "content": f"c{n}", "idempotency_key": f"c{n}"})
-                                      for n in range(20)))
+    acks = await asyncio.gather(
+        *(
+            alice.request({"type": "chat_send", "conversation_id": cid, "content": f"c{n}", "idempotency_key": f"c{n}"})
+            for n in range(20)
+        )
+    )
     assert sorted(a["seq"] for a in acks) == list(range(1, 21))
     await bob.wait(lambda e: len(bob.messages(cid)) == 20)
     assert [m["seq"] for m in bob.messages(cid)] == list(range(1, 21))  # in seq order
@@ -378,8 +427,12 @@ __all__ = ["connect"]  # the socket fixture, shared with test_chat_socket.py
 async def test_group_commit_and_fan_out_figures_are_exported(client: TestClient, tenant: Tenant, connect):
     cid = await conversation_of(client, tenant, "alice", "bob")
     alice, bob = await connect(tenant, "alice"), await connect(tenant, "bob")
-    acks = await asyncio.gather(*(alice.request({"type": "chat_send", "conversation_id": cid, "content": f"f{n}",
-                                                 "idempotency_key": f"f{n}"}) for n in range(6)))
+    acks = await asyncio.gather(
+        *(
+            alice.request({"type": "chat_send", "conversation_id": cid, "content": f"f{n}", "idempotency_key": f"f{n}"})
+            for n in range(6)
+        )
+    )
     assert sorted(a["seq"] for a in acks) == list(range(1, 7))
     await bob.wait(lambda e: len(bob.messages(cid)) == 6)
     figures = {}
@@ -398,8 +451,9 @@ async def test_group_commit_and_fan_out_figures_are_exported(client: TestClient,
     assert figures["gbmedia_chat_bus_messages_total"] == 0  # one node, no Redis: nobody else to tell
 
 
-async def test_a_client_that_stops_reading_is_cut_off(client: TestClient, node: Node, tenant: Tenant, connect,
-                                                     monkeypatch: pytest.MonkeyPatch):
+async def test_a_client_that_stops_reading_is_cut_off(
+    client: TestClient, node: Node, tenant: Tenant, connect, monkeypatch: pytest.MonkeyPatch
+):
     """Frames go straight to the transport; once a socket's unsent output passes the limit (limit and
     kernel buffers made small here, so that happens quickly) the session stops writing and aborts the
     connection: a close handshake could not get past the unread data."""
@@ -415,9 +469,11 @@ async def test_a_client_that_stops_reading_is_cut_off(client: TestClient, node: 
     raw.connect((client.host, client.port))
     raw.setblocking(False)
     reader, writer = await asyncio.open_connection(sock=raw)
-    writer.write(f"GET /rtc HTTP/1.1\r\nHost: {client.host}:{client.port}\r\nUpgrade: websocket\r\n"
-                 "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-                 "Sec-WebSocket-Version: 13\r\n\r\n".encode())
+    writer.write(
+        f"GET /rtc HTTP/1.1\r\nHost: {client.host}:{client.port}\r\nUpgrade: websocket\r\n"
+        "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        "Sec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
     assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101")
     auth = json.dumps({"type": "auth", "token": token(tenant, "bob"), "id": "a"}).encode()
     writer.write(bytes((0x81, 0xFE)) + len(auth).to_bytes(2, "big") + b"\0\0\0\0" + auth)  # zero mask key
@@ -431,8 +487,7 @@ async def test_a_client_that_stops_reading_is_cut_off(client: TestClient, node: 
     server_side.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
     big = "y" * 15_000
     for n in range(400):  # bob never reads a byte from here on
-        await alice.request({"type": "chat_send", "conversation_id": cid, "content": big,
-                             "idempotency_key": f"big{n}"})
+        await alice.request({"type": "chat_send", "conversation_id": cid, "content": big, "idempotency_key": f"big{n}"})
         if session.cut_off:
             break
     assert session.cut_off, (n, session._frames.buffered())
@@ -446,12 +501,15 @@ async def test_a_client_that_stops_reading_is_cut_off(client: TestClient, node: 
 
 async def cancel_lock_waiters(pool: asyncpg.Pool) -> None:
     await wait_for_lock_waiter(pool, 1)
-    await pool.execute("SELECT pg_cancel_backend(pid) FROM pg_stat_activity "
-                       "WHERE wait_event_type = 'Lock' AND datname = current_database()")
+    await pool.execute(
+        "SELECT pg_cancel_backend(pid) FROM pg_stat_activity "
+        "WHERE wait_event_type = 'Lock' AND datname = current_database()"
+    )
 
 
 async def test_a_failed_batch_is_written_send_by_send_and_only_the_failing_send_fails(
-        client: TestClient, node: Node, tenant: Tenant):
+    client: TestClient, node: Node, tenant: Tenant
+):
     """A real statement failure (the backend's query cancelled while it waits for a conversation's
     lock): the batch is retried one send at a time; the send that fails again gets the error, the
     send of the other conversation commits; a send whose sender gave up while queued is not written."""
@@ -486,7 +544,8 @@ async def test_a_failed_batch_is_written_send_by_send_and_only_the_failing_send_
 
 
 async def test_a_lone_send_raced_by_another_writer_is_retried_and_finds_the_stored_message(
-        client: TestClient, node: Node, tenant: Tenant):
+    client: TestClient, node: Node, tenant: Tenant
+):
     cid = await group(client, tenant, "alice", "bob")
     messages = node.chat.messages
     await warm(messages, tenant, cid)
@@ -500,12 +559,14 @@ async def test_a_lone_send_raced_by_another_writer_is_retried_and_finds_the_stor
 
 
 async def test_a_rooms_participant_joins_its_chat_on_the_first_send_and_the_operator_sends_as_a_bot(
-        client: TestClient, node: Node, tenant: Tenant):
+    client: TestClient, node: Node, tenant: Tenant
+):
     resp = await client.post("/api/v1/rooms", json={"name": "standup"}, headers=tenant.admin)
     assert resp.status == 201, await resp.text()
     room = await resp.json()
-    conversation = await node.chat.conversations.for_room(uuid.UUID(tenant.instance_id), uuid.UUID(room["id"]),
-                                                          "standup")
+    conversation = await node.chat.conversations.for_room(
+        uuid.UUID(tenant.instance_id), uuid.UUID(room["id"]), "standup"
+    )
     messages = node.chat.messages
     participant = ChatCaller(uuid.UUID(tenant.instance_id), "zed", room="standup")
     first = await messages.send(participant, conversation.id, "hi room", "z1")  # not a member before it
@@ -523,8 +584,9 @@ async def test_a_rooms_participant_joins_its_chat_on_the_first_send_and_the_oper
     assert missing.value.code == "conversation_not_found"
 
 
-async def test_a_conversation_waiting_for_its_lock_holds_up_no_other_lane(client: TestClient, node: Node,
-                                                                         tenant: Tenant):
+async def test_a_conversation_waiting_for_its_lock_holds_up_no_other_lane(
+    client: TestClient, node: Node, tenant: Tenant
+):
     """Writers run in lanes: while one conversation's statement waits (here for a row lock another
     transaction holds), sends to a conversation of another lane are committed and acknowledged."""
     messages = node.chat.messages
@@ -552,7 +614,8 @@ async def in_flight(lane, count: int) -> int:  # type: ignore[no-untyped-def]
 
 
 async def test_a_socket_does_not_wait_for_one_send_to_commit_before_the_next(
-        node: Node, client: TestClient, tenant: Tenant, connect):
+    node: Node, client: TestClient, tenant: Tenant, connect
+):
     """Sends of one socket wait for their commits together (gbmedia/signaling/ws.py pipelines them), are
     numbered in the order the socket sent them, and each gets its own ack or error by request id."""
     cid = await conversation_of(client, tenant, "alice", "bob")
@@ -563,10 +626,18 @@ async def test_a_socket_does_not_wait_for_one_send_to_commit_before_the_next(
     pool = node.db.pool
     async with conversation_locked(pool, cid):
         for n in range(1, 6):
-            await alice.ws.send_json({"type": "chat_send", "conversation_id": cid, "content": f"p{n}",
-                                      "idempotency_key": f"p{n}", "id": f"s{n}"})
-        await alice.ws.send_json({"type": "chat_send", "conversation_id": other, "content": "not mine",
-                                  "idempotency_key": "px", "id": "sx"})
+            await alice.ws.send_json(
+                {
+                    "type": "chat_send",
+                    "conversation_id": cid,
+                    "content": f"p{n}",
+                    "idempotency_key": f"p{n}",
+                    "id": f"s{n}",
+                }
+            )
+        await alice.ws.send_json(
+            {"type": "chat_send", "conversation_id": other, "content": "not mine", "idempotency_key": "px", "id": "sx"}
+        )
         await wait_for_lock_waiter(pool, 1)  # a statement waits for the lock, with all five in it or queued
         assert await in_flight(lane, 5) >= 5  # (six when the refused send is in this lane too)
         assert not [e for e in alice.events if str(e.get("id", "")).startswith("s")]
@@ -574,13 +645,13 @@ async def test_a_socket_does_not_wait_for_one_send_to_commit_before_the_next(
     assert [a["seq"] for a in acks] == [2, 3, 4, 5, 6]  # the socket's order
     refused = await alice.wait(lambda e: e.get("id") == "sx")
     assert (refused["type"], refused["code"]) == ("error", "not_a_member")
-    after = await alice.request({"type": "chat_send", "conversation_id": cid, "content": "p7",
-                                 "idempotency_key": "p7"})
+    after = await alice.request({"type": "chat_send", "conversation_id": cid, "content": "p7", "idempotency_key": "p7"})
     assert after["seq"] == 7
 
 
 async def test_a_socket_stops_reading_when_too_many_of_its_sends_wait(
-        node: Node, client: TestClient, tenant: Tenant, connect, monkeypatch: pytest.MonkeyPatch):
+    node: Node, client: TestClient, tenant: Tenant, connect, monkeypatch: pytest.MonkeyPatch
+):
     monkeypatch.setattr(ws_module, "MAX_SENDS_IN_FLIGHT", 2)
     cid = await conversation_of(client, tenant, "alice", "bob")
     alice = await connect(tenant, "alice")
@@ -589,8 +660,15 @@ async def test_a_socket_stops_reading_when_too_many_of_its_sends_wait(
     pool = node.db.pool
     async with conversation_locked(pool, cid):
         for n in range(1, 5):
-            await alice.ws.send_json({"type": "chat_send", "conversation_id": cid, "content": f"b{n}",
-                                      "idempotency_key": f"b{n}", "id": f"b{n}"})
+            await alice.ws.send_json(
+                {
+                    "type": "chat_send",
+                    "conversation_id": cid,
+                    "content": f"b{n}",
+                    "idempotency_key": f"b{n}",
+                    "id": f"b{n}",
+                }
+            )
         await wait_for_lock_waiter(pool, 1)
         assert await in_flight(lane, 2) == 2
         await asyncio.sleep(0.3)  # time for the socket to read on, if it did
@@ -600,7 +678,8 @@ async def test_a_socket_stops_reading_when_too_many_of_its_sends_wait(
 
 
 async def test_a_pipelined_send_that_fails_inside_the_server_gets_internal_error_and_the_socket_lives_on(
-        node: Node, client: TestClient, tenant: Tenant, connect):
+    node: Node, client: TestClient, tenant: Tenant, connect
+):
     cid = await conversation_of(client, tenant, "alice", "bob")
     alice = await connect(tenant, "alice")
     gone = await connect(tenant, "alice")  # a second device of alice's that leaves before its answer
@@ -608,10 +687,18 @@ async def test_a_pipelined_send_that_fails_inside_the_server_gets_internal_error
     lane = node.chat.messages.batcher.lane_of(uuid.UUID(cid))
     pool = node.db.pool
     async with conversation_locked(pool, cid):
-        await alice.ws.send_json({"type": "chat_send", "conversation_id": cid, "content": "doomed",
-                                  "idempotency_key": "i1", "id": "doomed"})
-        await gone.ws.send_json({"type": "chat_send", "conversation_id": cid, "content": "unanswered",
-                                 "idempotency_key": "i2", "id": "unanswered"})
+        await alice.ws.send_json(
+            {"type": "chat_send", "conversation_id": cid, "content": "doomed", "idempotency_key": "i1", "id": "doomed"}
+        )
+        await gone.ws.send_json(
+            {
+                "type": "chat_send",
+                "conversation_id": cid,
+                "content": "unanswered",
+                "idempotency_key": "i2",
+                "id": "unanswered",
+            }
+        )
         await wait_for_lock_waiter(pool, 1)
         assert await in_flight(lane, 2) == 2
         await gone.close()
@@ -620,29 +707,32 @@ async def test_a_pipelined_send_that_fails_inside_the_server_gets_internal_error
         lane.task.cancel()  # the writer stops under both sends: an error nobody expected
         refused = await alice.wait(lambda e: e.get("id") == "doomed")
         assert (refused["type"], refused["code"]) == ("error", "internal_error")
-    after = await alice.request({"type": "chat_send", "conversation_id": cid, "content": "again",
-                                 "idempotency_key": "i1"})
+    after = await alice.request(
+        {"type": "chat_send", "conversation_id": cid, "content": "again", "idempotency_key": "i1"}
+    )
     assert (after["type"], after["seq"], after["duplicate"]) == ("chat_ack", 2, False)  # the retry is stored once
 
 
 async def test_a_rooms_participant_joins_its_chat_on_the_first_send_over_the_socket(
-        client: TestClient, node: Node, tenant: Tenant, connect):
+    client: TestClient, node: Node, tenant: Tenant, connect
+):
     """The pipelined path's one coroutine: the first send of a room's participant (authenticated with
     `auth`, so not a member yet) joins the room's chat, is written again and acknowledged."""
     resp = await client.post("/api/v1/rooms", json={"name": "retro"}, headers=tenant.admin)
     assert resp.status == 201, await resp.text()
     room = await resp.json()
-    conversation = await node.chat.conversations.for_room(uuid.UUID(tenant.instance_id), uuid.UUID(room["id"]),
-                                                          "retro")
+    conversation = await node.chat.conversations.for_room(uuid.UUID(tenant.instance_id), uuid.UUID(room["id"]), "retro")
     zed = await connect()
     authed = await zed.request({"type": "auth", "token": token(tenant, "zed", room_join=True, room="retro")})
     assert authed["type"] == "authenticated", authed
-    ack = await zed.request({"type": "chat_send", "conversation_id": str(conversation.id), "content": "hi",
-                             "idempotency_key": "z1"})
+    ack = await zed.request(
+        {"type": "chat_send", "conversation_id": str(conversation.id), "content": "hi", "idempotency_key": "z1"}
+    )
     assert (ack["type"], ack["seq"]) == ("chat_ack", 1)
     assert "zed" in await node.chat.conversations.member_identities(conversation.id)
     outsider = await connect()
     await outsider.request({"type": "auth", "token": token(tenant, "yan", room_join=True, room="other")})
-    refused = await outsider.request({"type": "chat_send", "conversation_id": str(conversation.id),
-                                      "content": "let me in", "idempotency_key": "y1"})
+    refused = await outsider.request(
+        {"type": "chat_send", "conversation_id": str(conversation.id), "content": "let me in", "idempotency_key": "y1"}
+    )
     assert (refused["type"], refused["code"]) == ("error", "not_a_member")

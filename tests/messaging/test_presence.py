@@ -13,8 +13,7 @@ import redis.asyncio as aioredis
 from gbmedia.messaging.presence import MemoryPresence, Presence, RedisPresence
 
 
-async def wait_for_status(presence: Presence, instance: str, identity: str, status: str,
-                          within: float = 10.0) -> None:
+async def wait_for_status(presence: Presence, instance: str, identity: str, status: str, within: float = 10.0) -> None:
     deadline = time.monotonic() + within
     while (await presence.get(instance, [identity]))[identity] != status:
         if time.monotonic() > deadline:
@@ -60,7 +59,10 @@ async def test_set_then_get(presence: Presence, instance: str):
 async def test_unknown_identities_are_offline(presence: Presence, instance: str):
     await presence.set(instance, "alice", "online", 30)
     assert await presence.get(instance, ["alice", "nobody", "ghost"]) == {
-        "alice": "online", "nobody": "offline", "ghost": "offline"}
+        "alice": "online",
+        "nobody": "offline",
+        "ghost": "offline",
+    }
     assert await presence.get(instance, []) == {}
 
 
@@ -109,7 +111,11 @@ async def test_instances_are_separate(presence: Presence, instance: str):
 async def test_identities_with_separators_do_not_collide(presence: Presence, instance: str):
     await presence.set(instance, "a:b", "online", 30)
     assert await presence.get(instance, ["a:b", "a", "b", "a:b:"]) == {
-        "a:b": "online", "a": "offline", "b": "offline", "a:b:": "offline"}
+        "a:b": "online",
+        "a": "offline",
+        "b": "offline",
+        "a:b:": "offline",
+    }
 
 
 async def test_rejects_bad_arguments(presence: Presence, instance: str):
@@ -128,6 +134,7 @@ async def test_rejects_bad_arguments(presence: Presence, instance: str):
 
 
 # --- implementation details ----------------------------------------------------------------
+
 
 async def test_memory_sweeps_expired_entries():
     presence = MemoryPresence()

@@ -73,8 +73,9 @@ def recorder_frames(node: Node, recording_id: str) -> dict[str, int]:
     return out
 
 
-async def poll_recording(client: TestClient, headers: dict[str, str], recording_id: str, predicate: Any,
-                         within: float = 30.0) -> dict[str, Any]:
+async def poll_recording(
+    client: TestClient, headers: dict[str, str], recording_id: str, predicate: Any, within: float = 30.0
+) -> dict[str, Any]:
     deadline = time.monotonic() + within
     while True:
         resp = await client.get(f"/api/v1/recordings/{recording_id}", headers=headers)
@@ -88,9 +89,21 @@ async def poll_recording(client: TestClient, headers: dict[str, str], recording_
 
 
 def ffprobe(path: Path) -> dict[str, Any]:
-    out = subprocess.run(["ffprobe", "-v", "error", "-show_entries",
-                          "format=duration:stream=codec_name,codec_type,width,height,sample_rate",
-                          "-of", "json", str(path)], capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [
+            "ffprobe",
+            "-v",
+            "error",
+            "-show_entries",
+            "format=duration:stream=codec_name,codec_type,width,height,sample_rate",
+            "-of",
+            "json",
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
 
@@ -114,9 +127,13 @@ def record_then_kill(codec: str, path: Path, seconds_after_data: float = 3.0) ->
     import signal
     import sys
 
-    child = subprocess.Popen([sys.executable, "-m", "tests.recording.synthetic", codec, str(path), "30"],
-                             cwd=ROOT, stdout=subprocess.PIPE, text=True,
-                             env={**os.environ, "PYTHONPATH": str(ROOT)})
+    child = subprocess.Popen(
+        [sys.executable, "-m", "tests.recording.synthetic", codec, str(path), "30"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     try:
         assert child.stdout is not None and child.stdout.readline().strip() == "started"
         for _ in range(600):  # poll the file, not the clock

@@ -27,9 +27,12 @@ from aiortc.rtp import RtpPacket
 
 CODECS = {
     "VP8": RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000, payloadType=96),
-    "H264": RTCRtpCodecParameters(mimeType="video/H264", clockRate=90000, payloadType=102,
-                                  parameters={"packetization-mode": "1", "level-asymmetry-allowed": "1",
-                                              "profile-level-id": "42e01f"}),
+    "H264": RTCRtpCodecParameters(
+        mimeType="video/H264",
+        clockRate=90000,
+        payloadType=102,
+        parameters={"packetization-mode": "1", "level-asymmetry-allowed": "1", "profile-level-id": "42e01f"},
+    ),
     "opus": RTCRtpCodecParameters(mimeType="audio/opus", clockRate=48000, channels=2, payloadType=111),
 }
 
@@ -56,9 +59,16 @@ def audio_frame(index: int, frequency: float = 440.0) -> av.AudioFrame:
     return frame
 
 
-def rtp_stream(codec_name: str, seconds: float, *, rgb: tuple[int, int, int] = (220, 30, 30),
-               frequency: float = 440.0, ssrc: int = 1234, first_seq: int = 65000,
-               keyframe_every: int = 90) -> list[Timed]:
+def rtp_stream(
+    codec_name: str,
+    seconds: float,
+    *,
+    rgb: tuple[int, int, int] = (220, 30, 30),
+    frequency: float = 440.0,
+    ssrc: int = 1234,
+    first_seq: int = 65000,
+    keyframe_every: int = 90,
+) -> list[Timed]:
     """Packets of ``seconds`` of media; sequence numbers and timestamps wrap early on purpose."""
     codec = CODECS[codec_name]
     encoder = get_encoder(codec)
@@ -74,9 +84,14 @@ def rtp_stream(codec_name: str, seconds: float, *, rgb: tuple[int, int, int] = (
             payloads, timestamp = encoder.encode(audio_frame(i, frequency))
             at = i / 50
         for n, payload in enumerate(payloads):
-            packet = RtpPacket(payload_type=codec.payloadType or 96, sequence_number=seq & 0xFFFF,
-                               timestamp=(timestamp + 0xFFFF0000) & 0xFFFFFFFF, ssrc=ssrc, payload=payload,
-                               marker=1 if n == len(payloads) - 1 else 0)
+            packet = RtpPacket(
+                payload_type=codec.payloadType or 96,
+                sequence_number=seq & 0xFFFF,
+                timestamp=(timestamp + 0xFFFF0000) & 0xFFFFFFFF,
+                ssrc=ssrc,
+                payload=payload,
+                marker=1 if n == len(payloads) - 1 else 0,
+            )
             packets.append(Timed(packet, at))
             seq += 1
     return packets
@@ -93,8 +108,9 @@ def _record_live(codec_name: str, path: str, seconds: float) -> None:
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        recorder = TrackRecorder(Path(path), CODECS[codec_name], loop=loop,
-                                 on_started=lambda: print("started", flush=True))
+        recorder = TrackRecorder(
+            Path(path), CODECS[codec_name], loop=loop, on_started=lambda: print("started", flush=True)
+        )
         start = time.monotonic()
         for timed in stream:
             wait = start + timed.at - time.monotonic()

@@ -21,8 +21,8 @@ BLUE = (30, 30, 220)
 def _tile_colours(frame: av.VideoFrame) -> tuple[tuple[int, ...], tuple[int, ...]]:
     image = frame.to_ndarray(format="rgb24")
     h, w, _ = image.shape
-    left = image[h // 2 - 20:h // 2 + 20, w // 4 - 20:w // 4 + 20].reshape(-1, 3).mean(axis=0)
-    right = image[h // 2 - 20:h // 2 + 20, 3 * w // 4 - 20:3 * w // 4 + 20].reshape(-1, 3).mean(axis=0)
+    left = image[h // 2 - 20 : h // 2 + 20, w // 4 - 20 : w // 4 + 20].reshape(-1, 3).mean(axis=0)
+    right = image[h // 2 - 20 : h // 2 + 20, 3 * w // 4 - 20 : 3 * w // 4 + 20].reshape(-1, 3).mean(axis=0)
     return tuple(int(v) for v in left), tuple(int(v) for v in right)
 
 
@@ -33,12 +33,14 @@ def _tone_strength(samples: np.ndarray, rate: int, frequency: float) -> float:
     return float(spectrum[band].max() / spectrum.max())
 
 
-async def test_a_composite_of_two_participants_shows_both_and_mixes_their_audio(client: TestClient, node: Node,
-                                                                               tmp_path: Path):
+async def test_a_composite_of_two_participants_shows_both_and_mixes_their_audio(
+    client: TestClient, node: Node, tmp_path: Path
+):
     tenant = await create_tenant(client)
     room = await create_room(client, tenant)
-    resp = await client.post(f"/api/v1/rooms/{room['id']}/recordings", json={"kinds": ["composite"]},
-                             headers=tenant.admin)
+    resp = await client.post(
+        f"/api/v1/rooms/{room['id']}/recordings", json={"kinds": ["composite"]}, headers=tenant.admin
+    )
     assert resp.status == 201, await resp.text()
     rid = (await resp.json())["id"]
     alice = await join(client, tenant, "alice")
@@ -73,6 +75,6 @@ async def test_a_composite_of_two_participants_shows_both_and_mixes_their_audio(
     with av.open(str(path)) as container:
         audio = np.concatenate([f.to_ndarray().reshape(-1) for f in container.decode(audio=0)])
     rate = int(streams["audio"]["sample_rate"])
-    last = audio[-3 * rate // 2:-rate // 2]  # a second near the end: both were talking
+    last = audio[-3 * rate // 2 : -rate // 2]  # a second near the end: both were talking
     assert _tone_strength(last, rate, 440.0) > 0.3 and _tone_strength(last, rate, 1200.0) > 0.3
     assert _tone_strength(last, rate, 800.0) < 0.05  # and nothing else

@@ -16,8 +16,8 @@ import av
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from gbmedia.app import create_app
 from gbmedia.config import Settings
-from gbmedia.http.app import create_app
 from gbmedia.node import Node
 from tests.conftest import make_settings, service_missing
 from tests.helpers import create_tenant
@@ -38,8 +38,9 @@ def small_disk(tmp_path: Path) -> AsyncIterator[Path]:
     """A real 96 KiB filesystem (tmpfs): writes past it fail with ENOSPC, as on a full disk."""
     mount = tmp_path / "small-disk"
     mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=96k", "tmpfs", str(mount)], capture_output=True,
-                          text=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=96k", "tmpfs", str(mount)], capture_output=True, text=True
+    )
     if done.returncode != 0:
         service_missing(f"cannot mount a small tmpfs for the disk-full test: {done.stderr.strip()}")
     try:
@@ -74,8 +75,9 @@ async def test_a_full_disk_fails_the_recording_and_leaves_the_room_alone(full_cl
     bob = await join(client, tenant, "bob")
     try:
         video = (await alice.publish(NoiseVideoTrack()))["tracks"][0]["id"]
-        failed = await poll_recording(client, tenant.admin, rid,
-                                      lambda r: r["status"] == "failed" and r["stopped_at"], within=60)
+        failed = await poll_recording(
+            client, tenant.admin, rid, lambda r: r["status"] == "failed" and r["stopped_at"], within=60
+        )
         assert "No space left on device" in failed["error"], failed
         assert failed["stop_reason"] == "failed" and failed["stopped_at"]
         (entry,) = failed["files"]
@@ -113,8 +115,7 @@ async def test_a_broken_store_fails_the_recording_and_leaves_the_room_alone(clie
         await bob.close()
 
 
-async def test_an_interrupted_recording_is_closed_out_at_the_next_start(client: TestClient, node: Node,
-                                                                        tmp_path: Path):
+async def test_an_interrupted_recording_is_closed_out_at_the_next_start(client: TestClient, node: Node, tmp_path: Path):
     """What a crash leaves (rows still 'recording', a cut file on disk) becomes a failed
     recording with ``interrupted`` whose file is listed with its size and downloads."""
     tenant = await create_tenant(client)
@@ -132,11 +133,18 @@ async def test_an_interrupted_recording_is_closed_out_at_the_next_start(client: 
             """INSERT INTO recordings (id, customer_id, instance_id, room_id, kinds, status, storage, node_id,
                                        started_by, started_at)
                VALUES ($1, $2, $3, $4, '{tracks}', 'recording', 'local', $5, 'x', now() - interval '5 seconds')""",
-            rid, uuid.UUID(tenant.customer_id), uuid.UUID(tenant.instance_id), uuid.UUID(room["id"]),
-            node.settings.node_id)
+            rid,
+            uuid.UUID(tenant.customer_id),
+            uuid.UUID(tenant.instance_id),
+            uuid.UUID(room["id"]),
+            node.settings.node_id,
+        )
         await conn.execute(
             """INSERT INTO recording_files (recording_id, name, kind, codec, content_type, storage_key)
-               VALUES ($1, 'TR_cut.webm', 'video', 'video/VP8', 'video/webm', $2)""", rid, key)
+               VALUES ($1, 'TR_cut.webm', 'video', 'video/VP8', 'video/webm', $2)""",
+            rid,
+            key,
+        )
     assert await node.recordings.recover() == 1
     recording = await node.recordings.get(None, rid)
     assert recording.status == "failed" and recording.error.startswith("interrupted")

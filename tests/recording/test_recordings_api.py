@@ -72,12 +72,16 @@ async def test_record_a_room_per_track_then_download_the_files(client: TestClien
     resp = await client.get(f"/api/v1/rooms/{room['id']}/recordings", headers=tenant.admin)
     assert [r["id"] for r in (await resp.json())["recordings"]] == [rid]
     async with node.db.pool.acquire() as conn:
-        minutes = await conn.fetchval("SELECT sum(quantity)::float8 FROM usage_events WHERE kind = 'recording_minutes' "
-                                      "AND customer_id = $1", uuid.UUID(tenant.customer_id))
+        minutes = await conn.fetchval(
+            "SELECT sum(quantity)::float8 FROM usage_events WHERE kind = 'recording_minutes' AND customer_id = $1",
+            uuid.UUID(tenant.customer_id),
+        )
         actions = await conn.fetch("SELECT action, actor FROM audit_log WHERE target_id = $1 ORDER BY id", rid)
     assert abs(minutes - stopped["duration_seconds"] / 60) < 1e-6
-    assert [(a["action"], a["actor"]) for a in actions] == [("recording.start", tenant.key),
-                                                           ("recording.stop", tenant.key)]
+    assert [(a["action"], a["actor"]) for a in actions] == [
+        ("recording.start", tenant.key),
+        ("recording.stop", tenant.key),
+    ]
     # A file removed from the store behind the node's back is reported, not served.
     node.recordings.storage.spool_path(f"{tenant.instance_id}/{rid}/{files['audio']['name']}").unlink()
     resp = await client.get(f"/api/v1/recordings/{rid}/files/{files['audio']['name']}", headers=recorder)
@@ -97,13 +101,19 @@ async def test_recording_requests_that_cannot_be_served_are_refused_with_codes(c
     other_room = bearer(tenant.token("r", room_record=True, room="other"))
     assert await code(await client.post(base, json={}, headers=other_room)) == (403, "room_not_granted")
     assert await code(await client.post(base, json={"kinds": ["audio"]}, headers=tenant.admin)) == (
-        400, "validation_failed")
+        400,
+        "validation_failed",
+    )
     assert await code(await client.post(base, json={"kinds": []}, headers=tenant.admin)) == (400, "validation_failed")
     assert await code(await client.post(base, headers=tenant.admin)) == (400, "body_required")
-    assert await code(await client.post(f"/api/v1/rooms/{uuid.uuid4()}/recordings", json={},
-                                        headers=tenant.admin)) == (404, "room_not_found")
+    assert await code(await client.post(f"/api/v1/rooms/{uuid.uuid4()}/recordings", json={}, headers=tenant.admin)) == (
+        404,
+        "room_not_found",
+    )
     assert await code(await client.get(f"/api/v1/recordings/{uuid.uuid4()}", headers=tenant.admin)) == (
-        404, "recording_not_found")
+        404,
+        "recording_not_found",
+    )
     assert await code(await client.get("/api/v1/recordings/nope", headers=tenant.admin)) == (400, "invalid_id")
 
     resp = await client.post(base, json={"kinds": ["tracks", "composite"]}, headers=tenant.admin)
@@ -117,18 +127,27 @@ async def test_recording_requests_that_cannot_be_served_are_refused_with_codes(c
     # Nobody ever published: it completes with no files and no minutes used.
     assert (stopped["status"], stopped["files"], stopped["duration_seconds"]) == ("completed", [], 0)
     assert await code(await client.post(f"/api/v1/recordings/{rid}/stop", headers=tenant.admin)) == (
-        409, "recording_not_active")
+        409,
+        "recording_not_active",
+    )
     assert await code(await client.get(f"/api/v1/recordings/{rid}/files/x.webm", headers=tenant.admin)) == (
-        404, "recording_file_not_found")
+        404,
+        "recording_file_not_found",
+    )
 
     # A recording still marked running by another node is that node's to stop.
     async with node.db.pool.acquire() as conn:
         elsewhere = await conn.fetchval(
             """INSERT INTO recordings (customer_id, instance_id, room_id, kinds, status, storage, node_id, started_by)
                VALUES ($1, $2, $3, '{tracks}', 'recording', 'local', 'node-b', 'x') RETURNING id""",
-            uuid.UUID(tenant.customer_id), uuid.UUID(tenant.instance_id), uuid.UUID(room["id"]))
+            uuid.UUID(tenant.customer_id),
+            uuid.UUID(tenant.instance_id),
+            uuid.UUID(room["id"]),
+        )
     assert await code(await client.post(f"/api/v1/recordings/{elsewhere}/stop", headers=tenant.admin)) == (
-        409, "recording_on_other_node")
+        409,
+        "recording_on_other_node",
+    )
     async with node.db.pool.acquire() as conn:
         await conn.execute("UPDATE recordings SET status = 'completed' WHERE id = $1", elsewhere)
         await conn.execute("UPDATE rooms SET node_id = 'node-b' WHERE id = $1", uuid.UUID(room["id"]))
@@ -142,15 +161,19 @@ async def test_recording_requests_that_cannot_be_served_are_refused_with_codes(c
     assert await code(await client.post(base, json={}, headers=tenant.admin)) == (409, "room_closed")
     room2 = await create_room(client, tenant, "second")
     base2 = f"/api/v1/rooms/{room2['id']}/recordings"
-    resp = await client.patch(f"/api/v1/instances/{tenant.instance_id}", json={"features": {"recording": False}},
-                              headers=OPERATOR)
+    resp = await client.patch(
+        f"/api/v1/instances/{tenant.instance_id}", json={"features": {"recording": False}}, headers=OPERATOR
+    )
     assert resp.status == 200, await resp.text()
     assert await code(await client.post(base2, json={}, headers=tenant.admin)) == (403, "feature_disabled")
-    resp = await client.patch(f"/api/v1/instances/{tenant.instance_id}", json={"features": {"recording": True}},
-                              headers=OPERATOR)
+    resp = await client.patch(
+        f"/api/v1/instances/{tenant.instance_id}", json={"features": {"recording": True}}, headers=OPERATOR
+    )
     async with node.db.pool.acquire() as conn:
-        await conn.execute("INSERT INTO usage_events (customer_id, kind, quantity) "
-                           "VALUES ($1, 'recording_minutes', 600)", uuid.UUID(tenant.customer_id))
+        await conn.execute(
+            "INSERT INTO usage_events (customer_id, kind, quantity) VALUES ($1, 'recording_minutes', 600)",
+            uuid.UUID(tenant.customer_id),
+        )
     resp = await client.post(base2, json={}, headers=tenant.admin)
     body = await resp.json()
     assert (resp.status, body["error"]["code"]) == (403, "quota_recording_minutes_per_month_exceeded")
@@ -169,8 +192,9 @@ async def test_the_operator_reaches_any_instances_recordings(client: TestClient)
     assert resp.status == 201
     rid = (await resp.json())["id"]
     assert (await resp.json())["started_by"] == "operator"
-    resp = await client.get(f"/api/v1/rooms/{room['id']}/recordings", headers=OPERATOR,
-                            params={"limit": "5", "offset": "0"})
+    resp = await client.get(
+        f"/api/v1/rooms/{room['id']}/recordings", headers=OPERATOR, params={"limit": "5", "offset": "0"}
+    )
     assert [r["id"] for r in (await resp.json())["recordings"]] == [rid]
     resp = await client.post(f"/api/v1/recordings/{rid}/stop", headers=OPERATOR)
     assert (await resp.json())["status"] == "completed"
@@ -179,8 +203,7 @@ async def test_the_operator_reaches_any_instances_recordings(client: TestClient)
     assert resp.status == 200
 
 
-async def test_auto_record_starts_with_the_first_track_and_stops_when_the_room_closes(client: TestClient,
-                                                                                      node: Node):
+async def test_auto_record_starts_with_the_first_track_and_stops_when_the_room_closes(client: TestClient, node: Node):
     tenant = await create_tenant(client)
     room = await create_room(client, tenant, metadata={"auto_record": True})
     alice = await join(client, tenant, "alice")
@@ -205,8 +228,10 @@ async def test_a_recording_stops_by_itself_when_the_months_minutes_run_out(clien
     tenant = await create_tenant(client)
     room = await create_room(client, tenant)
     async with node.db.pool.acquire() as conn:  # 600 allowed, 599.97 used: about two seconds left
-        await conn.execute("INSERT INTO usage_events (customer_id, kind, quantity) "
-                           "VALUES ($1, 'recording_minutes', 599.97)", uuid.UUID(tenant.customer_id))
+        await conn.execute(
+            "INSERT INTO usage_events (customer_id, kind, quantity) VALUES ($1, 'recording_minutes', 599.97)",
+            uuid.UUID(tenant.customer_id),
+        )
     resp = await client.post(f"/api/v1/rooms/{room['id']}/recordings", json={}, headers=tenant.admin)
     rid = (await resp.json())["id"]
     alice = await join(client, tenant, "alice")
@@ -242,8 +267,7 @@ async def test_recordings_end_cleanly_when_the_node_stops(client: TestClient, no
     await asyncio.sleep(0)
 
 
-async def test_an_h264_track_is_recorded_into_fragmented_mp4_as_sent(client: TestClient, node: Node,
-                                                                     tmp_path: Path):
+async def test_an_h264_track_is_recorded_into_fragmented_mp4_as_sent(client: TestClient, node: Node, tmp_path: Path):
     tenant = await create_tenant(client)
     room = await create_room(client, tenant)
     resp = await client.post(f"/api/v1/rooms/{room['id']}/recordings", json={}, headers=tenant.admin)
@@ -252,8 +276,9 @@ async def test_an_h264_track_is_recorded_into_fragmented_mp4_as_sent(client: Tes
     try:
         alice.publisher = RTCPeerConnection(NO_STUN)
         transceiver = alice.publisher.addTransceiver(ColorVideoTrack(RED), direction="sendonly")
-        transceiver.setCodecPreferences([c for c in RTCRtpSender.getCapabilities("video").codecs
-                                         if c.mimeType == "video/H264"])
+        transceiver.setCodecPreferences(
+            [c for c in RTCRtpSender.getCapabilities("video").codecs if c.mimeType == "video/H264"]
+        )
         video = (await alice.publish())["tracks"][0]["id"]
         await wait_for(lambda: recorder_frames(node, rid).get(video, 0) >= 60, within=40)
         resp = await client.post(f"/api/v1/recordings/{rid}/stop", headers=tenant.admin)

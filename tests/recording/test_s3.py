@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from gbmedia.app import create_app
 from gbmedia.config import ConfigError, load_settings
-from gbmedia.http.app import create_app
 from gbmedia.node import Node
 from gbmedia.recording.storage import S3Storage, StorageError
 from tests.conftest import make_settings, service_missing
@@ -46,8 +46,11 @@ def s3_endpoint() -> Iterator[str]:
     except ImportError as exc:
         service_missing(f"moto[server] is not installed: {exc}")
     port = _free_port()
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     endpoint = f"http://127.0.0.1:{port}"
     try:
         for _ in range(200):
@@ -65,16 +68,28 @@ def s3_endpoint() -> Iterator[str]:
 def _boto(endpoint: str) -> Any:
     import boto3
 
-    return boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="testing", aws_secret_access_key="testing",
-                        region_name="us-east-1")
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        region_name="us-east-1",
+    )
 
 
 @pytest.fixture
 async def s3_client(tmp_path: Path, database_url: str, s3_endpoint: str) -> AsyncIterator[TestClient]:
     s3 = _boto(s3_endpoint)
     await asyncio.to_thread(s3.create_bucket, Bucket=BUCKET)
-    settings = make_settings(tmp_path, database_url, recording_storage="s3", s3_bucket=BUCKET,
-                             s3_prefix="rec", s3_endpoint_url=s3_endpoint, **CREDENTIALS)
+    settings = make_settings(
+        tmp_path,
+        database_url,
+        recording_storage="s3",
+        s3_bucket=BUCKET,
+        s3_prefix="rec",
+        s3_endpoint_url=s3_endpoint,
+        **CREDENTIALS,
+    )
     node = await Node.start(settings)
     try:
         async with TestClient(TestServer(create_app(node))) as client:
@@ -108,8 +123,9 @@ def _frames(client: TestClient, rid: str, track: str) -> int:
     return recorder_frames(client.server.app[NODE], rid).get(track, 0)
 
 
-async def test_files_are_uploaded_to_the_bucket_and_downloaded_from_it(s3_client: TestClient, s3_endpoint: str,
-                                                                      tmp_path: Path):
+async def test_files_are_uploaded_to_the_bucket_and_downloaded_from_it(
+    s3_client: TestClient, s3_endpoint: str, tmp_path: Path
+):
     from gbmedia.http.keys import NODE
 
     client = s3_client
@@ -159,10 +175,17 @@ async def test_an_upload_that_fails_fails_the_recording(s3_client: TestClient, s
         await asyncio.to_thread(_boto(s3_endpoint).create_bucket, Bucket=BUCKET)
 
 
-async def test_s3_storage_checks_its_bucket_and_settings(s3_endpoint: str, tmp_path: Path,
-                                                         monkeypatch: pytest.MonkeyPatch):
-    storage = S3Storage(tmp_path, bucket="no-such-bucket", endpoint_url=s3_endpoint, region="us-east-1",
-                        access_key_id="testing", secret_access_key="testing")
+async def test_s3_storage_checks_its_bucket_and_settings(
+    s3_endpoint: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    storage = S3Storage(
+        tmp_path,
+        bucket="no-such-bucket",
+        endpoint_url=s3_endpoint,
+        region="us-east-1",
+        access_key_id="testing",
+        secret_access_key="testing",
+    )
     with pytest.raises(StorageError, match="head_bucket"):
         await storage.check()
     with pytest.raises(StorageError, match="invalid storage key"):

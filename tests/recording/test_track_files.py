@@ -29,15 +29,29 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def ffprobe(path: Path) -> dict:
-    out = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "format=duration:stream=codec_name,width,height",
-                          "-of", "json", str(path)], capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [
+            "ffprobe",
+            "-v",
+            "error",
+            "-show_entries",
+            "format=duration:stream=codec_name,width,height",
+            "-of",
+            "json",
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
 
 
 def decodes_cleanly(path: Path) -> tuple[bool, str]:
-    out = subprocess.run(["ffmpeg", "-v", "error", "-i", str(path), "-f", "null", "-"], capture_output=True,
-                         text=True, timeout=120)
+    out = subprocess.run(
+        ["ffmpeg", "-v", "error", "-i", str(path), "-f", "null", "-"], capture_output=True, text=True, timeout=120
+    )
     return out.returncode == 0, out.stderr
 
 
@@ -46,6 +60,7 @@ def packets(codec: str, seconds: float, **kwargs) -> list[RtpPacket]:  # type: i
 
 
 # --- the frame assembler -------------------------------------------------------------
+
 
 def test_in_order_packets_give_every_frame_with_unwrapped_timestamps():
     stream = packets("VP8", 2.0)
@@ -64,7 +79,7 @@ def test_reordered_and_duplicated_packets_still_give_every_frame():
     shuffled = list(stream[:3])
     rest = stream[3:]
     for i in range(0, len(rest), 6):  # shuffle within windows of 6 packets, duplicate some
-        window = rest[i:i + 6]
+        window = rest[i : i + 6]
         rng.shuffle(window)
         shuffled += window + window[:1]
     assembler = FrameAssembler(CODECS["H264"])
@@ -115,10 +130,13 @@ def test_video_frame_size_from_a_vp8_header_and_an_h264_keyframe():
 
 # --- files -------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("codec", "suffix", "expected"), [("VP8", "webm", "vp8"), ("H264", "mp4", "h264"),
-                                                           ("opus", "webm", "opus")])
-async def test_a_recorded_synthetic_stream_probes_with_its_codec_and_duration(tmp_path: Path, codec: str,
-                                                                             suffix: str, expected: str):
+
+@pytest.mark.parametrize(
+    ("codec", "suffix", "expected"), [("VP8", "webm", "vp8"), ("H264", "mp4", "h264"), ("opus", "webm", "opus")]
+)
+async def test_a_recorded_synthetic_stream_probes_with_its_codec_and_duration(
+    tmp_path: Path, codec: str, suffix: str, expected: str
+):
     seconds = 4.0
     path = tmp_path / f"track.{suffix}"
     started = asyncio.Event()
@@ -179,8 +197,9 @@ async def test_a_write_failure_is_reported_not_raised(tmp_path: Path):
         failures.append(error)
         got.set()
 
-    recorder = TrackRecorder(blocker / "sub" / "t.webm", CODECS["VP8"], loop=asyncio.get_running_loop(),
-                             on_failed=failed)
+    recorder = TrackRecorder(
+        blocker / "sub" / "t.webm", CODECS["VP8"], loop=asyncio.get_running_loop(), on_failed=failed
+    )
     for p in packets("VP8", 0.5):
         recorder.on_rtp(p, CODECS["VP8"])
     await asyncio.wait_for(got.wait(), 15)

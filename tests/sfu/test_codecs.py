@@ -11,9 +11,12 @@ from gbmedia.sfu.codecs import capability_for, is_h264_keyframe, is_keyframe, is
 from tests.rtc import ColorVideoTrack
 
 VP8 = RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000, payloadType=96)
-H264 = RTCRtpCodecParameters(mimeType="video/H264", clockRate=90000, payloadType=102,
-                             parameters={"packetization-mode": "1", "level-asymmetry-allowed": "1",
-                                         "profile-level-id": "42e01f"})
+H264 = RTCRtpCodecParameters(
+    mimeType="video/H264",
+    clockRate=90000,
+    payloadType=102,
+    parameters={"packetization-mode": "1", "level-asymmetry-allowed": "1", "profile-level-id": "42e01f"},
+)
 
 
 async def encoded_payloads(codec: RTCRtpCodecParameters, frames: int = 3) -> list[list[bytes]]:
@@ -75,8 +78,12 @@ def test_capability_matches_codec_and_h264_profile():
     assert capability_for(VP8).mimeType == "video/VP8"
     h264 = capability_for(H264)
     assert h264 is not None and h264.parameters["profile-level-id"][:4] == "42e0"
-    main_profile = RTCRtpCodecParameters(mimeType="video/H264", clockRate=90000, payloadType=100,
-                                         parameters={"packetization-mode": "1", "profile-level-id": "4d001f"})
+    main_profile = RTCRtpCodecParameters(
+        mimeType="video/H264",
+        clockRate=90000,
+        payloadType=100,
+        parameters={"packetization-mode": "1", "profile-level-id": "4d001f"},
+    )
     assert capability_for(main_profile) is None  # aiortc cannot send it: not offered to subscribers
     opus = RTCRtpCodecParameters(mimeType="audio/opus", clockRate=48000, channels=2, payloadType=111)
     assert capability_for(opus).mimeType == "audio/opus"

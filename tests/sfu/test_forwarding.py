@@ -188,10 +188,13 @@ async def test_server_mute_stops_forwarding(publisher):
         await sub_server.close()
 
 
-@pytest.mark.parametrize(("sdp", "code"), [
-    ("hello", "invalid_sdp"),
-    ("v=0\r\nthis is not sdp\r\n", "invalid_sdp"),
-])
+@pytest.mark.parametrize(
+    ("sdp", "code"),
+    [
+        ("hello", "invalid_sdp"),
+        ("v=0\r\nthis is not sdp\r\n", "invalid_sdp"),
+    ],
+)
 async def test_bad_offers_are_refused_with_a_code(sdp: str, code: str):
     server = PublisherPeer("mallory")
     try:
@@ -246,6 +249,7 @@ class CountingSink:
 
     def on_rtp(self, packet, codec) -> None:  # type: ignore[no-untyped-def]
         from gbmedia.sfu.codecs import is_keyframe
+
         if self.fail_after is not None and self.packets >= self.fail_after:
             raise RuntimeError("disk full")
         self.packets += 1

@@ -15,21 +15,28 @@ def ext_map(layout: rtp.ExtensionLayout) -> HeaderExtensionsMap:
     if layout.mid_id:
         extensions.append(RTCRtpHeaderExtensionParameters(id=layout.mid_id, uri="urn:ietf:params:rtp-hdrext:sdes:mid"))
     if layout.abs_send_time_id:
-        extensions.append(RTCRtpHeaderExtensionParameters(
-            id=layout.abs_send_time_id, uri="http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"))
+        extensions.append(
+            RTCRtpHeaderExtensionParameters(
+                id=layout.abs_send_time_id, uri="http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
+            )
+        )
     if layout.audio_level_id:
-        extensions.append(RTCRtpHeaderExtensionParameters(
-            id=layout.audio_level_id, uri="urn:ietf:params:rtp-hdrext:ssrc-audio-level"))
+        extensions.append(
+            RTCRtpHeaderExtensionParameters(id=layout.audio_level_id, uri="urn:ietf:params:rtp-hdrext:ssrc-audio-level")
+        )
     m = HeaderExtensionsMap()
     m.configure(RTCRtpParameters(headerExtensions=extensions))
     return m
 
 
-@pytest.mark.parametrize("layout", [
-    rtp.ExtensionLayout(mid_id=1, mid=b"0", abs_send_time_id=3),
-    rtp.ExtensionLayout(mid_id=4, mid=b"12", abs_send_time_id=2, audio_level_id=1),
-    rtp.ExtensionLayout(),
-])
+@pytest.mark.parametrize(
+    "layout",
+    [
+        rtp.ExtensionLayout(mid_id=1, mid=b"0", abs_send_time_id=3),
+        rtp.ExtensionLayout(mid_id=4, mid=b"12", abs_send_time_id=2, audio_level_id=1),
+        rtp.ExtensionLayout(),
+    ],
+)
 @pytest.mark.parametrize("padding", [0, 1, 37])
 def test_built_packets_parse_back_with_every_field(layout: rtp.ExtensionLayout, padding: int):
     payload = bytes(range(200))
@@ -54,18 +61,27 @@ def test_the_same_as_aiortcs_serializer():
     layout = rtp.ExtensionLayout(mid_id=1, mid=b"3", abs_send_time_id=3)
     packet = RtpPacket(payload_type=100, marker=0, sequence_number=7, timestamp=9, ssrc=11, payload=b"abc")
     packet.extensions.mid, packet.extensions.abs_send_time = "3", 99
-    ours = rtp.HEADER.pack(*rtp.first_bytes(True, False, False, 100), 7, 9, 11) + \
-        rtp.extension_block(layout, 99, None) + rtp.body(b"abc", 0)
+    ours = (
+        rtp.HEADER.pack(*rtp.first_bytes(True, False, False, 100), 7, 9, 11)
+        + rtp.extension_block(layout, 99, None)
+        + rtp.body(b"abc", 0)
+    )
     assert ours == packet.serialize(ext_map(layout))
 
 
 def test_vp8_keyframe_sizes_and_non_keyframes():
     # descriptor X=1 I=1 (15-bit picture id), S=1 PID=0; then a keyframe header for 640x360
-    key = bytes([0x90, 0x80, 0x81, 0x23]) + bytes([0x50, 0x1A, 0x00, 0x9D, 0x01, 0x2A]) + \
-        (640).to_bytes(2, "little") + (360).to_bytes(2, "little")
+    key = (
+        bytes([0x90, 0x80, 0x81, 0x23])
+        + bytes([0x50, 0x1A, 0x00, 0x9D, 0x01, 0x2A])
+        + (640).to_bytes(2, "little")
+        + (360).to_bytes(2, "little")
+    )
     assert rtp.vp8_keyframe_size(key) == (640, 360)
-    assert rtp.vp8_keyframe_size(bytes([0x10, 0x50, 0x1A, 0x00, 0x9D, 0x01, 0x2A, 0x40, 0x01, 0xF0, 0x00])) == \
-        (320, 240)
+    assert rtp.vp8_keyframe_size(bytes([0x10, 0x50, 0x1A, 0x00, 0x9D, 0x01, 0x2A, 0x40, 0x01, 0xF0, 0x00])) == (
+        320,
+        240,
+    )
     inter = bytes([0x10, 0x51, 0x1A, 0x00]) + bytes(8)
     assert rtp.vp8_keyframe_size(inter) is None
     assert rtp.vp8_keyframe_size(bytes([0x00]) + key[4:]) is None  # not the start of a partition

@@ -57,8 +57,11 @@ class RawViewer:
         if size is not None and (not self.sizes or self.sizes[-1] != size):
             self.sizes.append(size)
         pid = picture_id(payload)
-        if pid is not None and self._last_picture is not None and pid not in (
-                self._last_picture, (self._last_picture + 1) & 0x7FFF):
+        if (
+            pid is not None
+            and self._last_picture is not None
+            and pid not in (self._last_picture, (self._last_picture + 1) & 0x7FFF)
+        ):
             self.switches += 1
             if not key:
                 self.bad_switches += 1
@@ -79,8 +82,9 @@ class RawViewer:
         receiver = self.pc.getTransceivers()[0].receiver
         ssrcs = [s.transceiver.sender._ssrc for s in server.slots]
         rtcp_ssrc = receiver._RTCRtpReceiver__rtcp_ssrc
-        await receiver._send_rtcp(RtcpPsfbPacket(fmt=RTCP_PSFB_APP, ssrc=rtcp_ssrc, media_ssrc=0,
-                                                 fci=pack_remb_fci(bitrate, ssrcs)))
+        await receiver._send_rtcp(
+            RtcpPsfbPacket(fmt=RTCP_PSFB_APP, ssrc=rtcp_ssrc, media_ssrc=0, fci=pack_remb_fci(bitrate, ssrcs))
+        )
 
 
 @pytest.fixture

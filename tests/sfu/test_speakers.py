@@ -14,8 +14,11 @@ from gbmedia.sfu.speakers import LevelMeter, SpeakerDetector, amplitude, to_dbov
 
 OPUS = RTCRtpCodecParameters(mimeType="audio/opus", clockRate=48000, channels=2, payloadType=111)
 EXTENSIONS = HeaderExtensionsMap()
-EXTENSIONS.configure(RTCRtpParameters(headerExtensions=[
-    RTCRtpHeaderExtensionParameters(id=1, uri="urn:ietf:params:rtp-hdrext:ssrc-audio-level")]))
+EXTENSIONS.configure(
+    RTCRtpParameters(
+        headerExtensions=[RTCRtpHeaderExtensionParameters(id=1, uri="urn:ietf:params:rtp-hdrext:ssrc-audio-level")]
+    )
+)
 
 
 def packet(dbov: int | None, seq: int = 0) -> RtpPacket:

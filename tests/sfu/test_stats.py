@@ -1,7 +1,7 @@
 """The counters and rate arithmetic behind media stats (gbmedia/sfu/stats.py).
 
 The end-to-end figures (with real peers, RTCP and the Room API) are checked in
-tests/signaling/test_quality.py; here, the parts whose edge cases a live call
+tests/rooms/test_quality.py; here, the parts whose edge cases a live call
 rarely hits: simulcast SSRCs, counters that restart, forgotten keys.
 """
 
@@ -64,9 +64,16 @@ def test_forgotten_keys_start_over():
 def test_a_participant_without_subscriptions_has_no_rtt():
     stats = ParticipantStats("PA_a", "alice", "2026-12-01T00:00:00+00:00")
     assert stats.rtt_ms is None
-    assert stats.to_json() == {"participant_id": "PA_a", "identity": "alice",
-                               "sampled_at": "2026-12-01T00:00:00+00:00", "rtt_ms": None,
-                               "bitrate_in_bps": None, "bitrate_out_bps": None, "published": [], "subscribed": []}
+    assert stats.to_json() == {
+        "participant_id": "PA_a",
+        "identity": "alice",
+        "sampled_at": "2026-12-01T00:00:00+00:00",
+        "rtt_ms": None,
+        "bitrate_in_bps": None,
+        "bitrate_out_bps": None,
+        "published": [],
+        "subscribed": [],
+    }
 
 
 @pytest.mark.parametrize("kind", ["audio", "video"])
@@ -98,7 +105,10 @@ async def test_a_simulcast_track_reports_its_layers_and_the_layer_each_subscribe
         await asyncio.sleep(1.0)
         stats = await published_stats(track, None, rates)
         assert [(layer["rid"], layer["index"], layer["active"]) for layer in stats.layers] == [
-            ("q", 0, True), ("h", 1, True), ("f", 2, True)]
+            ("q", 0, True),
+            ("h", 1, True),
+            ("f", 2, True),
+        ]
         assert [(layer["width"], layer["height"]) for layer in stats.layers] == [(80, 60), (160, 120), (320, 240)]
         assert stats.bitrate_bps and stats.bitrate_bps > 0
         assert stats.fps is None and stats.frames_received is None  # no sink counts its frames

@@ -56,8 +56,9 @@ class Player:
 
 def h264_only(pc: RTCPeerConnection, track: MediaStreamTrack) -> None:
     transceiver = pc.addTransceiver(track, direction="sendonly")
-    transceiver.setCodecPreferences([c for c in RTCRtpSender.getCapabilities("video").codecs
-                                     if c.mimeType == "video/H264"])
+    transceiver.setCodecPreferences(
+        [c for c in RTCRtpSender.getCapabilities("video").codecs if c.mimeType == "video/H264"]
+    )
 
 
 @pytest.fixture
@@ -70,8 +71,9 @@ async def peers() -> AsyncIterator[list[Any]]:
         await item.pc.close()
 
 
-async def whip(client: TestClient, token: str, *tracks: MediaStreamTrack, room: str = "show",
-               opened: list[Any] | None = None) -> Encoder:
+async def whip(
+    client: TestClient, token: str, *tracks: MediaStreamTrack, room: str = "show", opened: list[Any] | None = None
+) -> Encoder:
     """Publish ``tracks`` (video as H.264, like OBS) over WHIP."""
     pc = RTCPeerConnection(NO_STUN)
     if opened is not None:
@@ -119,8 +121,9 @@ async def rtc_client(client: TestClient) -> RtcClient:
     return RtcClient(await client.ws_connect("/rtc"))
 
 
-async def test_an_encoder_publishes_over_whip_and_a_player_decodes_it_over_whep(client: TestClient, tenant: Tenant,
-                                                                                 peers: list[Any], node):
+async def test_an_encoder_publishes_over_whip_and_a_player_decodes_it_over_whep(
+    client: TestClient, tenant: Tenant, peers: list[Any], node
+):
     watcher = await rtc_client(client)
     try:
         encoder = await whip(client, host_token(tenant), ColorVideoTrack(RED), ToneAudioTrack(), opened=peers)
@@ -162,8 +165,7 @@ async def test_an_encoder_publishes_over_whip_and_a_player_decodes_it_over_whep(
         await watcher.close()
 
 
-async def test_players_follow_the_program_when_the_host_changes(client: TestClient, tenant: Tenant,
-                                                                peers: list[Any]):
+async def test_players_follow_the_program_when_the_host_changes(client: TestClient, tenant: Tenant, peers: list[Any]):
     first = await whip(client, host_token(tenant, "first"), ColorVideoTrack(RED), opened=peers)
     await whip(client, host_token(tenant, "second"), ColorVideoTrack(BLUE), opened=peers)
     player = await whep(client, live_token(tenant, "player"), opened=peers)
@@ -204,15 +206,19 @@ async def test_trickle_ice_over_patch(client: TestClient, tenant: Tenant, peers:
     player = await whep(client, live_token(tenant, "player"), opened=peers)
     player_offer = player.pc.localDescription.sdp
     player_ufrag = next(line for line in player_offer.splitlines() if line.startswith("a=ice-ufrag:"))
-    resp = await client.patch(player.location, data=f"{player_ufrag}\r\na=end-of-candidates\r\n",
-                              headers={**bearer(live_token(tenant, "player")),
-                                       "Content-Type": "application/trickle-ice-sdpfrag"})
+    resp = await client.patch(
+        player.location,
+        data=f"{player_ufrag}\r\na=end-of-candidates\r\n",
+        headers={**bearer(live_token(tenant, "player")), "Content-Type": "application/trickle-ice-sdpfrag"},
+    )
     assert resp.status == 204, await resp.text()
 
 
 def test_sdp_fragments_parse():
-    ufrag, candidates = parse_sdpfrag("a=ice-ufrag:abc\r\na=ice-pwd:x\r\nm=audio 9 RTP/AVP 0\r\na=mid:1\r\n"
-                                      "a=candidate:1 1 udp 2 192.0.2.1 5000 typ host\r\na=end-of-candidates\r\n")
+    ufrag, candidates = parse_sdpfrag(
+        "a=ice-ufrag:abc\r\na=ice-pwd:x\r\nm=audio 9 RTP/AVP 0\r\na=mid:1\r\n"
+        "a=candidate:1 1 udp 2 192.0.2.1 5000 typ host\r\na=end-of-candidates\r\n"
+    )
     assert ufrag == "abc" and candidates == [("1", "candidate:1 1 udp 2 192.0.2.1 5000 typ host")]
 
 
@@ -241,7 +247,9 @@ async def test_bad_requests_get_clear_json_errors(client: TestClient, tenant: Te
     assert await post("/whip/show", offer, {**SDP, **bearer(viewer)}) == (403, "grant_missing")
     assert await post("/whip/other", offer, {**SDP, **bearer(token)}) == (403, "room_mismatch")
     assert await post("/whip/show", offer, {"Content-Type": "text/plain", **bearer(token)}) == (
-        415, "unsupported_media_type")
+        415,
+        "unsupported_media_type",
+    )
     assert await post("/whip/show", "hello", {**SDP, **bearer(token)}) == (400, "invalid_sdp")
     assert await post("/whip/show", "v=0\r\nnot sdp\r\n", {**SDP, **bearer(token)}) == (400, "invalid_sdp")
     receive_only = offer.replace("a=sendonly", "a=recvonly")
@@ -267,7 +275,9 @@ async def test_bad_requests_get_clear_json_errors(client: TestClient, tenant: Te
     assert await error_of(resp) == (409, "room_not_live") and resp.headers["Retry-After"] == "5"
     assert await post("/whep/show", offer, {**SDP, **bearer(viewer)}) == (400, "invalid_sdp")  # sends only
     assert await post("/whep/show", play_offer, {**SDP, **bearer(live_token(tenant, "x", can_publish=True))}) == (
-        403, "grant_missing")
+        403,
+        "grant_missing",
+    )
     meeting = await rtc_client(client)
     try:
         await meeting.join(mint_token(tenant.key, tenant.secret, "m", Grants.participant("standup")))
@@ -278,22 +288,26 @@ async def test_bad_requests_get_clear_json_errors(client: TestClient, tenant: Te
         await meeting.close()
 
 
-async def test_a_player_whose_offer_lacks_the_hosts_codec_is_refused(client: TestClient, tenant: Tenant,
-                                                                    peers: list[Any]):
+async def test_a_player_whose_offer_lacks_the_hosts_codec_is_refused(
+    client: TestClient, tenant: Tenant, peers: list[Any]
+):
     await whip(client, host_token(tenant), ColorVideoTrack(RED), opened=peers)
     pc = RTCPeerConnection(NO_STUN)
     peers.append(Player(pc, "", "", ""))
     transceiver = pc.addTransceiver("video", direction="recvonly")
-    transceiver.setCodecPreferences([c for c in RTCRtpSender.getCapabilities("video").codecs
-                                     if c.mimeType == "video/VP8"])
-    resp = await client.post("/whep/show", data=await offer_from(pc),
-                             headers={**SDP, **bearer(live_token(tenant, "player"))})
+    transceiver.setCodecPreferences(
+        [c for c in RTCRtpSender.getCapabilities("video").codecs if c.mimeType == "video/VP8"]
+    )
+    resp = await client.post(
+        "/whep/show", data=await offer_from(pc), headers={**SDP, **bearer(live_token(tenant, "player"))}
+    )
     assert await error_of(resp) == (422, "no_usable_codec")
 
 
 async def test_preflight_needs_no_credentials(client: TestClient):
-    resp = await client.options("/whip/show", headers={"Origin": "https://studio.example",
-                                                      "Access-Control-Request-Method": "POST"})
+    resp = await client.options(
+        "/whip/show", headers={"Origin": "https://studio.example", "Access-Control-Request-Method": "POST"}
+    )
     assert resp.status == 204
     assert resp.headers["Access-Control-Allow-Origin"] == "*"
     assert "POST" in resp.headers["Access-Control-Allow-Methods"]
@@ -304,10 +318,12 @@ async def test_preflight_needs_no_credentials(client: TestClient):
     assert resp.headers["Accept-Patch"] == "application/trickle-ice-sdpfrag"
 
 
-async def test_full_rooms_and_offers_the_server_refuses_after_joining(client: TestClient, tenant: Tenant,
-                                                                     peers: list[Any], node):
-    resp = await client.post("/api/v1/rooms", json={"name": "tiny", "kind": "live", "max_participants": 1},
-                             headers=tenant.admin)
+async def test_full_rooms_and_offers_the_server_refuses_after_joining(
+    client: TestClient, tenant: Tenant, peers: list[Any], node
+):
+    resp = await client.post(
+        "/api/v1/rooms", json={"name": "tiny", "kind": "live", "max_participants": 1}, headers=tenant.admin
+    )
     assert resp.status == 201
     await whip(client, host_token(tenant, "obs", "tiny"), ColorVideoTrack(RED), room="tiny", opened=peers)
     pc = RTCPeerConnection(NO_STUN)
@@ -319,8 +335,9 @@ async def test_full_rooms_and_offers_the_server_refuses_after_joining(client: Te
     player = RTCPeerConnection(NO_STUN)
     peers.append(Player(player, "", "", ""))
     player.addTransceiver("video", direction="recvonly")
-    resp = await client.post("/whep/tiny", data=await offer_from(player),
-                             headers={**SDP, **bearer(live_token(tenant, "fan", "tiny"))})
+    resp = await client.post(
+        "/whep/tiny", data=await offer_from(player), headers={**SDP, **bearer(live_token(tenant, "fan", "tiny"))}
+    )
     assert await error_of(resp) == (409, "room_full")
     # Not UTF-8; and an H.264 offer in packetization mode 0, which passes the codec check
     # but the server cannot receive: the encoder joined, is refused, and is gone again.
@@ -345,8 +362,9 @@ async def test_sessions_end_when_their_connection_goes(client: TestClient, tenan
     await wait_for(lambda: not live.participants and not live.audience.ingest, within=30)
 
 
-async def test_players_coming_and_going_leave_the_encoder_alone(client: TestClient, tenant: Tenant,
-                                                               peers: list[Any], node):
+async def test_players_coming_and_going_leave_the_encoder_alone(
+    client: TestClient, tenant: Tenant, peers: list[Any], node
+):
     encoder = await whip(client, host_token(tenant), ColorVideoTrack(RED), opened=peers)
     players = [await whep(client, live_token(tenant, f"p{i}"), opened=peers) for i in range(3)]
     await wait_for(lambda: all(len(p.frames.get("video", [])) >= 2 for p in players), within=30)
@@ -364,7 +382,7 @@ async def test_players_coming_and_going_leave_the_encoder_alone(client: TestClie
 async def test_whip_and_whep_calls_share_the_callers_rate_limit(tmp_path, database_url: str):
     from aiohttp.test_utils import TestServer
 
-    from gbmedia.http.app import create_app
+    from gbmedia.app import create_app
     from gbmedia.node import Node
     from tests.conftest import make_settings
 

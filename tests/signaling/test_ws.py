@@ -15,6 +15,8 @@ from tests.rtc import NO_STUN, ColorVideoTrack, RtcClient, ToneAudioTrack, close
 
 RED = (220, 30, 30)
 GREEN = (30, 200, 30)
+
+
 def token(tenant: Tenant, identity: str, room: str = "standup", **grants: bool) -> str:
     chosen = Grants(room=room, **grants) if grants else Grants.participant(room)
     return mint_token(tenant.key, tenant.secret, identity, chosen, name=identity.title())
@@ -79,8 +81,9 @@ async def test_grants_are_enforced(rtc, tenant: Tenant):
     outsider = await rtc()
     error = await outsider.join(token(tenant, "outsider", can_publish=True))
     assert error["code"] == "grant_missing"
-    assert (await outsider.join(mint_token(tenant.key, tenant.secret, "x", Grants(room_join=True))))["code"] == \
-        "room_required"
+    assert (await outsider.join(mint_token(tenant.key, tenant.secret, "x", Grants(room_join=True))))[
+        "code"
+    ] == "room_required"
 
 
 async def test_resume_after_a_dropped_socket_is_invisible_to_others(rtc, tenant: Tenant, client: TestClient):
@@ -133,17 +136,20 @@ async def test_the_same_identity_replaces_its_older_session(rtc, tenant: Tenant)
     assert removed["reason"] == "duplicate_identity"
 
 
-@pytest.mark.parametrize(("raw", "code"), [
-    ("{nope", "invalid_json"),
-    ("[1]", "invalid_message"),
-    ('{"type": "teleport"}', "unknown_type"),
-    ('{"type": "join"}', "invalid_message"),
-    ('{"type": "join", "token": 5}', "invalid_message"),
-    ('{"type": "publish", "sdp": "v=0"}', "not_joined"),
-    ('{"type": "subscribe", "track_ids": []}', "invalid_message"),
-    ('{"type": "join", "token": "not-a-jwt"}', "token_malformed"),
-    ('{"type": "join", "token": "x", "protocol": 9}', "unsupported_protocol"),
-])
+@pytest.mark.parametrize(
+    ("raw", "code"),
+    [
+        ("{nope", "invalid_json"),
+        ("[1]", "invalid_message"),
+        ('{"type": "teleport"}', "unknown_type"),
+        ('{"type": "join"}', "invalid_message"),
+        ('{"type": "join", "token": 5}', "invalid_message"),
+        ('{"type": "publish", "sdp": "v=0"}', "not_joined"),
+        ('{"type": "subscribe", "track_ids": []}', "invalid_message"),
+        ('{"type": "join", "token": "not-a-jwt"}', "token_malformed"),
+        ('{"type": "join", "token": "x", "protocol": 9}', "unsupported_protocol"),
+    ],
+)
 async def test_bad_messages_get_protocol_errors_and_the_socket_stays_open(rtc, raw: str, code: str):
     socket = await rtc()
     await socket.ws.send_str(raw)
@@ -164,16 +170,22 @@ async def test_expired_tokens_and_bad_sdp(rtc, tenant: Tenant):
     import time
 
     socket = await rtc()
-    expired = mint_token(tenant.key, tenant.secret, "late", Grants.participant("standup"), ttl_seconds=60,
-                         now=time.time() - 3600)
+    expired = mint_token(
+        tenant.key, tenant.secret, "late", Grants.participant("standup"), ttl_seconds=60, now=time.time() - 3600
+    )
     assert (await socket.join(expired))["code"] == "token_expired"
     await socket.join(token(tenant, "alice"))
     error = await socket.request({"type": "publish", "sdp": "garbage"})
     assert error["code"] == "invalid_sdp"
     error = await socket.request({"type": "answer", "sdp": "v=0\r\n"})
     assert error["code"] == "unexpected_answer"
-    error = await socket.request({"type": "candidate", "target": "publisher",
-                                  "candidate": {"candidate": "candidate:1 1 udp 1 1.2.3.4 9 typ host"}})
+    error = await socket.request(
+        {
+            "type": "candidate",
+            "target": "publisher",
+            "candidate": {"candidate": "candidate:1 1 udp 1 1.2.3.4 9 typ host"},
+        }
+    )
     assert error["code"] == "no_connection"
     error = await socket.request({"type": "subscribe", "track_ids": ["TR_nope"]})
     assert error["code"] == "track_not_found"
@@ -183,8 +195,11 @@ async def test_expired_tokens_and_bad_sdp(rtc, tenant: Tenant):
 async def test_a_full_room_refuses_the_next_participant(rtc, tenant: Tenant, client: TestClient):
     from tests.helpers import OPERATOR
 
-    resp = await client.post("/api/v1/rooms", json={"name": "tiny", "max_participants": 2,
-                                                    "instance_id": tenant.instance_id}, headers=OPERATOR)
+    resp = await client.post(
+        "/api/v1/rooms",
+        json={"name": "tiny", "max_participants": 2, "instance_id": tenant.instance_id},
+        headers=OPERATOR,
+    )
     assert resp.status == 201, await resp.text()
     a, b, c = await rtc(), await rtc(), await rtc()
     await a.join(token(tenant, "a", "tiny"))
@@ -278,11 +293,14 @@ async def test_camera_and_screen_share_travel_on_one_connection(rtc, tenant: Ten
     alice, bob = await rtc(), await rtc()
     await alice.join(token(tenant, "alice"))
     await bob.join(token(tenant, "bob"))
-    reply = await alice.publish(ColorVideoTrack(RED), ColorVideoTrack(BLUE),
-                                sources={"0": "camera", "1": "screen_share"})
+    reply = await alice.publish(
+        ColorVideoTrack(RED), ColorVideoTrack(BLUE), sources={"0": "camera", "1": "screen_share"}
+    )
     by_source = {t["source"]: t["id"] for t in reply["tracks"]}
-    await wait_for(lambda: len(bob.decoded(by_source["camera"])) >= 3
-                   and len(bob.decoded(by_source["screen_share"])) >= 3, within=20)
+    await wait_for(
+        lambda: len(bob.decoded(by_source["camera"])) >= 3 and len(bob.decoded(by_source["screen_share"])) >= 3,
+        within=20,
+    )
     assert close_to(mean_rgb(bob.decoded(by_source["camera"])[-1]), RED)
     assert close_to(mean_rgb(bob.decoded(by_source["screen_share"])[-1]), BLUE)
 
@@ -311,8 +329,9 @@ async def test_h264_is_forwarded_as_the_publisher_sends_it(rtc, tenant: Tenant):
     await bob.join(token(tenant, "bob"))
     alice.publisher = RTCPeerConnection(NO_STUN)
     transceiver = alice.publisher.addTransceiver(ColorVideoTrack(RED), direction="sendonly")
-    transceiver.setCodecPreferences([c for c in RTCRtpSender.getCapabilities("video").codecs
-                                     if c.mimeType == "video/H264"])
+    transceiver.setCodecPreferences(
+        [c for c in RTCRtpSender.getCapabilities("video").codecs if c.mimeType == "video/H264"]
+    )
     reply = await alice.publish()
     track_id = reply["tracks"][0]["id"]
     await wait_for(lambda: len(bob.decoded(track_id)) >= 3, within=20)
@@ -356,8 +375,9 @@ async def test_changes_during_an_offer_fold_into_one_more_offer(rtc, tenant: Ten
     participant = live.participants[joined["participant"]["id"]]
     video, audio = (t["id"] for t in reply["tracks"])
     # Two subscription changes at once: the second must wait for the first answer.
-    await asyncio.gather(live.set_subscribed(participant, [video], True),
-                         live.set_subscribed(participant, [audio], True))
+    await asyncio.gather(
+        live.set_subscribed(participant, [video], True), live.set_subscribed(participant, [audio], True)
+    )
     await wait_for(lambda: sum(e["type"] == "offer" for e in bob.events) == 2)
     await wait_for(lambda: len(bob.decoded(video)) >= 3, within=20)
     assert not [e for e in bob.events if e["type"] == "error"]
@@ -407,8 +427,9 @@ async def test_simulcast_over_signaling_track_settings_and_publisher_layers(rtc,
     await alice.join(token(tenant, "alice"))
     sender = SimulcastPublisher()
     try:
-        reply = await alice.request({"type": "publish", "sdp": await sender.offer(),
-                                     "tracks": {"0": {"source": "camera"}}})
+        reply = await alice.request(
+            {"type": "publish", "sdp": await sender.offer(), "tracks": {"0": {"source": "camera"}}}
+        )
         assert reply["type"] == "publish_answer", reply
         await sender.accept(reply["sdp"])
         track = reply["tracks"][0]
@@ -439,8 +460,9 @@ async def test_simulcast_over_signaling_track_settings_and_publisher_layers(rtc,
         assert (unknown["type"], unknown["code"]) == ("error", "track_not_subscribed")
         bad = await bob.request({"type": "track_settings", "track_id": track["id"], "quality": "ultra"})
         assert (bad["type"], bad["code"]) == ("error", "invalid_message")
-        short = await alice.request({"type": "candidate", "target": "publisher",
-                                     "candidate": {"candidate": "candidate:1 1 udp", "sdpMid": "0"}})
+        short = await alice.request(
+            {"type": "candidate", "target": "publisher", "candidate": {"candidate": "candidate:1 1 udp", "sdpMid": "0"}}
+        )
         assert (short["type"], short["code"]) == ("error", "invalid_candidate")
     finally:
         await sender.close()

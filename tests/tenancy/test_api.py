@@ -21,9 +21,11 @@ async def error_of(resp) -> tuple[int, str]:  # type: ignore[no-untyped-def]
 
 # --- customers and quotas ---------------------------------------------------------
 
+
 async def test_customer_is_created_with_its_tier_quota_and_subscription(client: TestClient, pool: asyncpg.Pool):
-    resp = await client.post("/api/v1/customers", json={"name": "Acme", "tier": "pro",
-                                                        "metadata": {"crm": "42"}}, headers=OPERATOR)
+    resp = await client.post(
+        "/api/v1/customers", json={"name": "Acme", "tier": "pro", "metadata": {"crm": "42"}}, headers=OPERATOR
+    )
     assert resp.status == 201
     customer = await resp.json()
     assert customer["subscription_tier"] == "pro"
@@ -33,9 +35,13 @@ async def test_customer_is_created_with_its_tier_quota_and_subscription(client: 
 
     resp = await client.get(f"/api/v1/customers/{customer['id']}", headers=OPERATOR)
     body = await resp.json()
-    assert body["quotas"] == {"max_instances": 10, "max_concurrent_rooms": 100,
-                              "max_participants_per_room": 300, "recording_minutes_per_month": 6000,
-                              "storage_bytes": 107374182400}
+    assert body["quotas"] == {
+        "max_instances": 10,
+        "max_concurrent_rooms": 100,
+        "max_participants_per_room": 300,
+        "recording_minutes_per_month": 6000,
+        "storage_bytes": 107374182400,
+    }
     assert body["usage"] == {"instances": 0, "open_rooms": 0}
 
 
@@ -43,8 +49,7 @@ async def test_the_instance_beyond_the_quota_is_refused_with_the_quota_code(clie
     resp = await client.post("/api/v1/customers", json={"name": "Small", "tier": "starter"}, headers=OPERATOR)
     customer_id = (await resp.json())["id"]
     for n in range(3):  # starter allows 3
-        resp = await client.post(f"/api/v1/customers/{customer_id}/instances", json={"name": f"i{n}"},
-                                 headers=OPERATOR)
+        resp = await client.post(f"/api/v1/customers/{customer_id}/instances", json={"name": f"i{n}"}, headers=OPERATOR)
         assert resp.status == 201
     resp = await client.post(f"/api/v1/customers/{customer_id}/instances", json={"name": "i3"}, headers=OPERATOR)
     assert await error_of(resp) == (403, "quota_max_instances_exceeded")
@@ -72,47 +77,56 @@ async def test_concurrent_creations_cannot_both_take_the_last_slot(client: TestC
 
     resp = await client.post("/api/v1/customers", json={"name": "Race", "max_instances": 1}, headers=OPERATOR)
     customer_id = (await resp.json())["id"]
-    results = await asyncio.gather(*[
-        client.post(f"/api/v1/customers/{customer_id}/instances", json={"name": f"r{n}"}, headers=OPERATOR)
-        for n in range(5)
-    ])
+    results = await asyncio.gather(
+        *[
+            client.post(f"/api/v1/customers/{customer_id}/instances", json={"name": f"r{n}"}, headers=OPERATOR)
+            for n in range(5)
+        ]
+    )
     assert sorted(r.status for r in results) == [201, 403, 403, 403, 403]
 
 
 async def test_changing_tier_moves_the_instance_quota_and_the_subscription(client: TestClient, pool: asyncpg.Pool):
     resp = await client.post("/api/v1/customers", json={"name": "Grow"}, headers=OPERATOR)
     customer_id = (await resp.json())["id"]
-    resp = await client.patch(f"/api/v1/customers/{customer_id}", json={"subscription_tier": "pro"},
-                              headers=OPERATOR)
+    resp = await client.patch(f"/api/v1/customers/{customer_id}", json={"subscription_tier": "pro"}, headers=OPERATOR)
     assert resp.status == 200
     assert (await resp.json())["max_instances"] == 10
-    subs = await pool.fetch("SELECT plan_id, status FROM subscriptions WHERE customer_id = $1 ORDER BY created_at",
-                            uuid.UUID(customer_id))
+    subs = await pool.fetch(
+        "SELECT plan_id, status FROM subscriptions WHERE customer_id = $1 ORDER BY created_at", uuid.UUID(customer_id)
+    )
     assert [(s["plan_id"], s["status"]) for s in subs] == [("free", "cancelled"), ("pro", "active")]
     # An explicit limit in the same call wins over the tier's.
-    resp = await client.patch(f"/api/v1/customers/{customer_id}",
-                              json={"subscription_tier": "starter", "max_instances": 7}, headers=OPERATOR)
+    resp = await client.patch(
+        f"/api/v1/customers/{customer_id}", json={"subscription_tier": "starter", "max_instances": 7}, headers=OPERATOR
+    )
     assert (await resp.json())["max_instances"] == 7
 
 
-@pytest.mark.parametrize(("body", "code"), [
-    ({"name": ""}, "validation_failed"),
-    ({"name": "x", "tier": "platinum"}, "unknown_tier"),
-    ({"name": "x", "surprise": 1}, "validation_failed"),
-    ({"name": "x", "max_instances": -1}, "validation_failed"),
-    ({"name": 5}, "validation_failed"),
-])
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        ({"name": ""}, "validation_failed"),
+        ({"name": "x", "tier": "platinum"}, "unknown_tier"),
+        ({"name": "x", "surprise": 1}, "validation_failed"),
+        ({"name": "x", "max_instances": -1}, "validation_failed"),
+        ({"name": 5}, "validation_failed"),
+    ],
+)
 async def test_bad_customer_bodies_are_refused_and_nothing_is_stored(client, pool, body, code):
     resp = await client.post("/api/v1/customers", json=body, headers=OPERATOR)
     assert await error_of(resp) == (400, code)
     assert await pool.fetchval("SELECT count(*) FROM customers") == 0
 
 
-@pytest.mark.parametrize(("body", "code"), [
-    ({"status": "bogus"}, "validation_failed"),
-    ({"name": None}, "null_field"),
-    ({"subscription_tier": "nope"}, "unknown_tier"),
-])
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        ({"status": "bogus"}, "validation_failed"),
+        ({"name": None}, "null_field"),
+        ({"subscription_tier": "nope"}, "unknown_tier"),
+    ],
+)
 async def test_bad_customer_updates_are_refused(client: TestClient, body, code):
     resp = await client.post("/api/v1/customers", json={"name": "U"}, headers=OPERATOR)
     customer_id = (await resp.json())["id"]
@@ -134,6 +148,7 @@ async def test_missing_ids_answer_404_and_malformed_ids_400(client: TestClient):
 
 # --- instances ----------------------------------------------------------------------
 
+
 async def test_instance_gets_a_deterministic_shard_and_the_node_region(client: TestClient, node):
     tenant = await create_tenant(client)
     resp = await client.get(f"/api/v1/instances/{tenant.instance_id}", headers=OPERATOR)
@@ -142,8 +157,11 @@ async def test_instance_gets_a_deterministic_shard_and_the_node_region(client: T
 
     assert instance["shard_id"] == shard_id_for(uuid.UUID(tenant.customer_id), node.settings.shard_count)
     assert instance["region"] == node.settings.region
-    resp = await client.post(f"/api/v1/customers/{tenant.customer_id}/instances",
-                             json={"name": "second", "region": "eu-west"}, headers=OPERATOR)
+    resp = await client.post(
+        f"/api/v1/customers/{tenant.customer_id}/instances",
+        json={"name": "second", "region": "eu-west"},
+        headers=OPERATOR,
+    )
     second = (await resp.json())["instance"]
     assert second["shard_id"] == instance["shard_id"]  # same customer, same shard
     assert second["region"] == "eu-west"
@@ -151,16 +169,20 @@ async def test_instance_gets_a_deterministic_shard_and_the_node_region(client: T
 
 async def test_instance_names_are_unique_per_customer(client: TestClient):
     tenant = await create_tenant(client)
-    resp = await client.post(f"/api/v1/customers/{tenant.customer_id}/instances",
-                             json={"name": "acme-main"}, headers=OPERATOR)
+    resp = await client.post(
+        f"/api/v1/customers/{tenant.customer_id}/instances", json={"name": "acme-main"}, headers=OPERATOR
+    )
     assert await error_of(resp) == (409, "instance_name_taken")
 
 
 async def test_instance_admin_tunes_its_instance_but_not_status_or_region(client: TestClient):
     tenant = await create_tenant(client)
     url = f"/api/v1/instances/{tenant.instance_id}"
-    resp = await client.patch(url, json={"locale": "pt-BR", "features": {"recording": True},
-                                         "config": {"theme": "dark"}}, headers=tenant.admin)
+    resp = await client.patch(
+        url,
+        json={"locale": "pt-BR", "features": {"recording": True}, "config": {"theme": "dark"}},
+        headers=tenant.admin,
+    )
     assert resp.status == 200
     body = await resp.json()
     assert (body["locale"], body["features"], body["config"]) == ("pt-BR", {"recording": True}, {"theme": "dark"})
@@ -194,12 +216,14 @@ async def test_a_deleted_instance_cannot_be_changed_and_its_keys_stop_working(cl
     assert await error_of(resp) == (409, "instance_deleted")
     resp = await client.post(f"/api/v1/instances/{tenant.instance_id}/keys", json={}, headers=OPERATOR)
     assert await error_of(resp) == (409, "instance_deleted")
-    resp = await client.post(f"/api/v1/instances/{tenant.instance_id}/tokens", json={"identity": "x",
-                             "room": "r"}, headers=OPERATOR)
+    resp = await client.post(
+        f"/api/v1/instances/{tenant.instance_id}/tokens", json={"identity": "x", "room": "r"}, headers=OPERATOR
+    )
     assert resp.status == 409
 
 
 # --- keys and tokens ----------------------------------------------------------------
+
 
 async def test_secrets_are_shown_once_and_stored_encrypted(client: TestClient, pool: asyncpg.Pool):
     tenant = await create_tenant(client)
@@ -213,8 +237,9 @@ async def test_secrets_are_shown_once_and_stored_encrypted(client: TestClient, p
 
 async def test_key_rotation_new_key_works_revoked_key_fails(client: TestClient):
     tenant = await create_tenant(client)
-    resp = await client.post(f"/api/v1/instances/{tenant.instance_id}/keys", json={"description": "ci"},
-                             headers=tenant.admin)
+    resp = await client.post(
+        f"/api/v1/instances/{tenant.instance_id}/keys", json={"description": "ci"}, headers=tenant.admin
+    )
     assert resp.status == 201
     new = await resp.json()
     rotated = Tenant(tenant.customer_id, tenant.instance_id, new["key"], new["secret"])
@@ -229,9 +254,11 @@ async def test_key_rotation_new_key_works_revoked_key_fails(client: TestClient):
 
 async def test_minted_token_carries_identity_room_grants_and_expiry(client: TestClient):
     tenant = await create_tenant(client)
-    resp = await client.post(f"/api/v1/instances/{tenant.instance_id}/tokens",
-                             json={"identity": "alice", "name": "Alice", "room": "standup", "ttl_seconds": 600},
-                             headers=tenant.admin)
+    resp = await client.post(
+        f"/api/v1/instances/{tenant.instance_id}/tokens",
+        json={"identity": "alice", "name": "Alice", "room": "standup", "ttl_seconds": 600},
+        headers=tenant.admin,
+    )
     assert resp.status == 201
     body = await resp.json()
     token = verify_token(body["token"], tenant.secret)
@@ -240,23 +267,29 @@ async def test_minted_token_carries_identity_room_grants_and_expiry(client: Test
     assert abs(token.expires_at - (time.time() + 600)) < 30
     # A join link on the address the caller used: the room page with this token.
     assert body["url"] == f"http://{client.host}:{client.port}/web/room/?token={body['token']}"
-    resp = await client.post(f"/api/v1/instances/{tenant.instance_id}/tokens",
-                             json={"identity": "rec", "room": "standup", "grants": {"room_record": True,
-                                                                                      "hidden": True}},
-                             headers=OPERATOR)
+    resp = await client.post(
+        f"/api/v1/instances/{tenant.instance_id}/tokens",
+        json={"identity": "rec", "room": "standup", "grants": {"room_record": True, "hidden": True}},
+        headers=OPERATOR,
+    )
     body = await resp.json()
     token = verify_token(body["token"], tenant.secret)
     assert token.grants == Grants(room="standup", room_record=True, hidden=True)
     assert body["url"] is None  # it cannot join, so no link
-    resp = await client.post(f"/api/v1/instances/{tenant.instance_id}/tokens",
-                             json={"identity": "x", "grants": {"fly": True}}, headers=OPERATOR)
+    resp = await client.post(
+        f"/api/v1/instances/{tenant.instance_id}/tokens",
+        json={"identity": "x", "grants": {"fly": True}},
+        headers=OPERATOR,
+    )
     assert await error_of(resp) == (400, "unknown_grant")
-    resp = await client.post(f"/api/v1/instances/{tenant.instance_id}/tokens",
-                             json={"identity": "x", "ttl_seconds": 5}, headers=OPERATOR)
+    resp = await client.post(
+        f"/api/v1/instances/{tenant.instance_id}/tokens", json={"identity": "x", "ttl_seconds": 5}, headers=OPERATOR
+    )
     assert await error_of(resp) == (400, "validation_failed")
 
 
 # --- token validation at the door ---------------------------------------------------
+
 
 async def test_token_validation_codes(client: TestClient):
     a = await create_tenant(client, "a")
@@ -266,14 +299,26 @@ async def test_token_validation_codes(client: TestClient):
         "no header": ({}, 401, "auth_required"),
         "basic scheme": ({"Authorization": "Basic Zm9vOmJhcg=="}, 401, "auth_scheme_unsupported"),
         "garbage": (bearer("not.a.jwt"), 401, "token_malformed"),
-        "expired": (bearer(mint_token(a.key, a.secret, "u", Grants(room_admin=True), ttl_seconds=60,
-                                      now=time.time() - 3600)), 401, "token_expired"),
-        "not yet valid": (bearer(mint_token(a.key, a.secret, "u", Grants(room_admin=True),
-                                            now=time.time() + 3600)), 401, "token_not_yet_valid"),
-        "wrong signature": (bearer(mint_token(a.key, "guessed-secret", "u", Grants(room_admin=True))),
-                            401, "token_signature_invalid"),
-        "other instance's secret": (bearer(mint_token(a.key, b.secret, "u", Grants(room_admin=True))),
-                                    401, "token_signature_invalid"),
+        "expired": (
+            bearer(mint_token(a.key, a.secret, "u", Grants(room_admin=True), ttl_seconds=60, now=time.time() - 3600)),
+            401,
+            "token_expired",
+        ),
+        "not yet valid": (
+            bearer(mint_token(a.key, a.secret, "u", Grants(room_admin=True), now=time.time() + 3600)),
+            401,
+            "token_not_yet_valid",
+        ),
+        "wrong signature": (
+            bearer(mint_token(a.key, "guessed-secret", "u", Grants(room_admin=True))),
+            401,
+            "token_signature_invalid",
+        ),
+        "other instance's secret": (
+            bearer(mint_token(a.key, b.secret, "u", Grants(room_admin=True))),
+            401,
+            "token_signature_invalid",
+        ),
         "unknown key": (bearer(mint_token("APIunknown", a.secret, "u", Grants())), 401, "unknown_api_key"),
         "wrong operator token": (bearer("test-operator-token-wrong!!"), 401, "token_malformed"),
     }
@@ -309,8 +354,7 @@ async def test_instance_callers_cannot_do_operator_work(client: TestClient):
 
 async def test_instance_caller_reads_its_own_customer_and_only_its_instance(client: TestClient):
     tenant = await create_tenant(client)
-    await client.post(f"/api/v1/customers/{tenant.customer_id}/instances", json={"name": "sibling"},
-                      headers=OPERATOR)
+    await client.post(f"/api/v1/customers/{tenant.customer_id}/instances", json={"name": "sibling"}, headers=OPERATOR)
     resp = await client.get(f"/api/v1/customers/{tenant.customer_id}", headers=tenant.admin)
     assert (await resp.json())["customer"]["id"] == tenant.customer_id
     resp = await client.get(f"/api/v1/customers/{tenant.customer_id}/instances", headers=tenant.admin)
@@ -319,16 +363,19 @@ async def test_instance_caller_reads_its_own_customer_and_only_its_instance(clie
 
 # --- audit --------------------------------------------------------------------------
 
+
 async def test_every_mutation_writes_an_audit_row(client: TestClient, pool: asyncpg.Pool):
     tenant = await create_tenant(client)
-    resp = await client.post(f"/api/v1/instances/{tenant.instance_id}/keys", json={},
-                             headers={**tenant.admin, "X-Request-Id": "req-123"})
+    resp = await client.post(
+        f"/api/v1/instances/{tenant.instance_id}/keys", json={}, headers={**tenant.admin, "X-Request-Id": "req-123"}
+    )
     new_key = (await resp.json())["key"]
     await client.delete(f"/api/v1/instances/{tenant.instance_id}/keys/{new_key}", headers=tenant.admin)
     await client.patch(f"/api/v1/instances/{tenant.instance_id}", json={"locale": "fr"}, headers=tenant.admin)
     await client.patch(f"/api/v1/customers/{tenant.customer_id}", json={"name": "Acme 2"}, headers=OPERATOR)
-    rows = await pool.fetch("SELECT actor, actor_kind, action, target_type, target_id, request_id "
-                            "FROM audit_log ORDER BY id")
+    rows = await pool.fetch(
+        "SELECT actor, actor_kind, action, target_type, target_id, request_id FROM audit_log ORDER BY id"
+    )
     assert [(r["actor_kind"], r["action"], r["target_type"]) for r in rows] == [
         ("operator", "customer.create", "customer"),
         ("operator", "instance.create", "instance"),

@@ -23,20 +23,29 @@ async def create_room(client: TestClient, tenant: Tenant, name: str = "standup")
 async def create_conversation(client: TestClient, tenant: Tenant) -> str:
     """A group conversation of alice and bob with one message ("a secret plan")."""
     alice = bearer(mint_token(tenant.key, tenant.secret, "alice", Grants()))
-    resp = await client.post("/api/v1/conversations", json={"members": ["bob"], "title": "alpha-chat"},
-                             headers=alice)
+    resp = await client.post("/api/v1/conversations", json={"members": ["bob"], "title": "alpha-chat"}, headers=alice)
     assert resp.status == 201, await resp.text()
     conversation = (await resp.json())["id"]
-    resp = await client.post(f"/api/v1/conversations/{conversation}/messages",
-                             json={"content": "a secret plan", "idempotency_key": "m1"}, headers=alice)
+    resp = await client.post(
+        f"/api/v1/conversations/{conversation}/messages",
+        json={"content": "a secret plan", "idempotency_key": "m1"},
+        headers=alice,
+    )
     assert resp.status == 201, await resp.text()
     return conversation
 
 
 # (method, route template) -> (path with tenant A's ids, body)
-def matrix(a: Tenant, room: str, participant: str = "alice", track: str = "TR_x", conversation: str | None = None,
-           recording: str | None = None, recording_file: str = "TR_x.webm", quiet_room: str | None = None
-           ) -> dict[tuple[str, str], tuple[str, dict | None]]:
+def matrix(
+    a: Tenant,
+    room: str,
+    participant: str = "alice",
+    track: str = "TR_x",
+    conversation: str | None = None,
+    recording: str | None = None,
+    recording_file: str = "TR_x.webm",
+    quiet_room: str | None = None,
+) -> dict[tuple[str, str], tuple[str, dict | None]]:
     conv = f"/api/v1/conversations/{conversation or uuid.uuid4()}"
     rec = f"/api/v1/recordings/{recording or uuid.uuid4()}"
     quiet = quiet_room or room
@@ -49,16 +58,20 @@ def matrix(a: Tenant, room: str, participant: str = "alice", track: str = "TR_x"
         ("GET", "/api/v1/customers/{customer_id}"): (f"/api/v1/customers/{cust}", None),
         ("PATCH", "/api/v1/customers/{customer_id}"): (f"/api/v1/customers/{cust}", {"name": "pwned"}),
         ("GET", "/api/v1/customers/{customer_id}/instances"): (f"/api/v1/customers/{cust}/instances", None),
-        ("POST", "/api/v1/customers/{customer_id}/instances"): (f"/api/v1/customers/{cust}/instances",
-                                                                {"name": "implant"}),
+        ("POST", "/api/v1/customers/{customer_id}/instances"): (
+            f"/api/v1/customers/{cust}/instances",
+            {"name": "implant"},
+        ),
         ("GET", "/api/v1/instances/{instance_id}"): (f"/api/v1/instances/{inst}", None),
         ("PATCH", "/api/v1/instances/{instance_id}"): (f"/api/v1/instances/{inst}", {"config": {"x": 1}}),
         ("DELETE", "/api/v1/instances/{instance_id}"): (f"/api/v1/instances/{inst}", None),
         ("GET", "/api/v1/instances/{instance_id}/keys"): (f"/api/v1/instances/{inst}/keys", None),
         ("POST", "/api/v1/instances/{instance_id}/keys"): (f"/api/v1/instances/{inst}/keys", {}),
         ("DELETE", "/api/v1/instances/{instance_id}/keys/{key}"): (f"/api/v1/instances/{inst}/keys/{a.key}", None),
-        ("POST", "/api/v1/instances/{instance_id}/tokens"): (f"/api/v1/instances/{inst}/tokens",
-                                                             {"identity": "spy", "room": "r"}),
+        ("POST", "/api/v1/instances/{instance_id}/tokens"): (
+            f"/api/v1/instances/{inst}/tokens",
+            {"identity": "spy", "room": "r"},
+        ),
         ("GET", "/api/v1/audit"): (f"/api/v1/audit?customer_id={cust}&instance_id={inst}", None),
         ("POST", "/api/v1/rooms"): ("/api/v1/rooms", {"name": "implant", "instance_id": inst}),
         ("GET", "/api/v1/rooms"): (f"/api/v1/rooms?instance_id={inst}&status=all", None),
@@ -66,25 +79,37 @@ def matrix(a: Tenant, room: str, participant: str = "alice", track: str = "TR_x"
         ("DELETE", "/api/v1/rooms/{room_id}"): (f"/api/v1/rooms/{room}", None),
         ("GET", "/api/v1/rooms/{room_id}/participants"): (f"/api/v1/rooms/{room}/participants", None),
         ("DELETE", "/api/v1/rooms/{room_id}/participants/{participant}"): (
-            f"/api/v1/rooms/{room}/participants/{participant}", None),
+            f"/api/v1/rooms/{room}/participants/{participant}",
+            None,
+        ),
         ("POST", "/api/v1/rooms/{room_id}/participants/{participant}/tracks/{track}/mute"): (
-            f"/api/v1/rooms/{room}/participants/{participant}/tracks/{track}/mute", {"muted": True}),
+            f"/api/v1/rooms/{room}/participants/{participant}/tracks/{track}/mute",
+            {"muted": True},
+        ),
         ("GET", "/api/v1/rooms/{room_id}/participants/{participant}/stats"): (
-            f"/api/v1/rooms/{room}/participants/{participant}/stats", None),
+            f"/api/v1/rooms/{room}/participants/{participant}/stats",
+            None,
+        ),
         ("POST", "/api/v1/conversations"): ("/api/v1/conversations", {"members": ["x"], "instance_id": inst}),
         ("GET", "/api/v1/conversations"): (f"/api/v1/conversations?instance_id={inst}", None),
         ("GET", "/api/v1/conversations/{conversation_id}"): (conv, None),
         ("POST", "/api/v1/conversations/{conversation_id}/members"): (f"{conv}/members", {"identity": "carol"}),
         ("DELETE", "/api/v1/conversations/{conversation_id}/members/{identity}"): (f"{conv}/members/carol", None),
         ("POST", "/api/v1/conversations/{conversation_id}/messages"): (
-            f"{conv}/messages", {"content": "hi", "idempotency_key": "k", "sender": "spy"}),
+            f"{conv}/messages",
+            {"content": "hi", "idempotency_key": "k", "sender": "spy"},
+        ),
         ("GET", "/api/v1/conversations/{conversation_id}/messages"): (f"{conv}/messages", None),
         ("GET", "/api/v1/conversations/{conversation_id}/messages/{seq}"): (f"{conv}/messages/1", None),
-        ("PATCH", "/api/v1/conversations/{conversation_id}/messages/{seq}"): (f"{conv}/messages/1",
-                                                                              {"content": "pwned"}),
+        ("PATCH", "/api/v1/conversations/{conversation_id}/messages/{seq}"): (
+            f"{conv}/messages/1",
+            {"content": "pwned"},
+        ),
         ("DELETE", "/api/v1/conversations/{conversation_id}/messages/{seq}"): (f"{conv}/messages/1", None),
-        ("POST", "/api/v1/conversations/{conversation_id}/receipts"): (f"{conv}/receipts",
-                                                                       {"identity": "bob", "read_seq": 1}),
+        ("POST", "/api/v1/conversations/{conversation_id}/receipts"): (
+            f"{conv}/receipts",
+            {"identity": "bob", "read_seq": 1},
+        ),
         ("GET", "/api/v1/messages/search"): (f"/api/v1/messages/search?q=secret&instance_id={inst}", None),
         # Recordings: start and list on a room nobody records; read, stop, download one that records alice.
         ("POST", "/api/v1/rooms/{room_id}/recordings"): (f"/api/v1/rooms/{quiet}/recordings", {"kinds": ["tracks"]}),
@@ -118,8 +143,18 @@ async def test_tenant_b_reaches_nothing_of_tenant_a(client: TestClient):
     resp = await client.post(f"/api/v1/rooms/{room}/recordings", json={}, headers=a.admin)
     assert resp.status == 201, await resp.text()
     recording = (await resp.json())["id"]
-    secret_markers = [a.customer_id, a.instance_id, a.key, a.secret, "alpha", room, "standup", conversation,
-                      "a secret plan", recording]
+    secret_markers = [
+        a.customer_id,
+        a.instance_id,
+        a.key,
+        a.secret,
+        "alpha",
+        room,
+        "standup",
+        conversation,
+        "a secret plan",
+        recording,
+    ]
     for (method, route), (path, body) in matrix(a, room, conversation=conversation, recording=recording).items():
         resp = await client.request(method, path, json=body, headers=b.admin)
         text = await resp.text()
@@ -165,8 +200,9 @@ async def test_the_operator_reaches_every_cell_of_the_matrix(client: TestClient)
         conversation = await create_conversation(client, a)
         recording = await _recording_of(client, room, track)
         quiet = await create_room(client, a, "quiet")
-        await _operator_reaches(client, matrix(a, room, "alice", track, conversation, recording, f"{track}.webm",
-                                               quiet))
+        await _operator_reaches(
+            client, matrix(a, room, "alice", track, conversation, recording, f"{track}.webm", quiet)
+        )
     finally:
         await alice.close()
 

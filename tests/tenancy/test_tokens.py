@@ -41,23 +41,35 @@ def assert_refused(token: str, secret: str, status: int, code: str) -> ApiError:
 
 # --- grants -------------------------------------------------------------------------
 
+
 def test_participant_grants():
     g = Grants.participant("standup")
-    assert g == Grants(room="standup", room_join=True, can_publish=True, can_subscribe=True,
-                       can_publish_data=True)
+    assert g == Grants(room="standup", room_join=True, can_publish=True, can_subscribe=True, can_publish_data=True)
     assert not g.room_admin and not g.room_create and not g.room_record and not g.hidden
 
 
 def test_names_lists_boolean_grants_only():
-    assert Grants.names() == ["room_join", "can_publish", "can_subscribe", "can_publish_data",
-                              "room_admin", "room_create", "room_record", "hidden"]
+    assert Grants.names() == [
+        "room_join",
+        "can_publish",
+        "can_subscribe",
+        "can_publish_data",
+        "room_admin",
+        "room_create",
+        "room_record",
+        "hidden",
+    ]
 
 
 def test_to_claim_omits_false_and_none():
     assert Grants().to_claim() == {}
     assert Grants(room_admin=True).to_claim() == {"room_admin": True}
     assert Grants.participant("r").to_claim() == {
-        "room": "r", "room_join": True, "can_publish": True, "can_subscribe": True, "can_publish_data": True,
+        "room": "r",
+        "room_join": True,
+        "can_publish": True,
+        "can_subscribe": True,
+        "can_publish_data": True,
     }
 
 
@@ -105,6 +117,7 @@ def test_has():
 
 
 # --- mint / verify ------------------------------------------------------------------
+
 
 def test_mint_verify_round_trip():
     now = time.time()
@@ -243,6 +256,7 @@ def test_verify_garbage(garbage: str):
 
 # --- unverified_api_key -------------------------------------------------------------
 
+
 def test_unverified_api_key_reads_iss_without_the_secret():
     token = mint_token(KEY, SECRET, "alice", Grants())
     assert unverified_api_key(token) == KEY
@@ -272,6 +286,7 @@ def test_unverified_api_key_without_usable_iss(iss: Any):
 
 # --- require_grant --------------------------------------------------------------------
 
+
 def test_require_grant():
     token = verify_token(mint_token(KEY, SECRET, "alice", Grants.participant("r")), SECRET)
     require_grant(token, "can_publish")  # present: no error
@@ -280,5 +295,10 @@ def test_require_grant():
     assert info.value.status == 403
     assert info.value.code == "grant_missing"
     assert info.value.details == {"grant": "room_admin"}
-    assert info.value.body() == {"error": {"code": "grant_missing", "message": "the token lacks the room_admin grant",
-                                           "details": {"grant": "room_admin"}}}
+    assert info.value.body() == {
+        "error": {
+            "code": "grant_missing",
+            "message": "the token lacks the room_admin grant",
+            "details": {"grant": "room_admin"},
+        }
+    }

@@ -14,30 +14,17 @@ from typing import Any
 from urllib.parse import urlencode
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
-from gbmedia.config import detect_public_host
-from gbmedia.http.app import create_app
 from gbmedia.node import Node
 from tests.browser import Browser
-from tests.helpers import Tenant, create_tenant
+from tests.helpers import Tenant
 from tests.rtc import ColorVideoTrack, RtcClient, ToneAudioTrack, wait_for
 from tests.signaling.test_whip import host_token, live_token, whep, whip
 
 MEDIA_TIMEOUT = 45.0
 STATE_TIMEOUT = 20.0
 RED = (220, 30, 30)
-
-
-@pytest.fixture
-async def site(node: Node) -> AsyncIterator[TestClient]:
-    async with TestClient(TestServer(create_app(node), host=detect_public_host())) as client:
-        yield client
-
-
-@pytest.fixture
-async def tenant(site: TestClient) -> Tenant:
-    return await create_tenant(site)
 
 
 @pytest.fixture
@@ -54,15 +41,18 @@ def page_url(site: TestClient, token: str, **query: str) -> str:
     return str(site.make_url("/web/live/")) + "?" + urlencode({"token": token, **query})
 
 
-async def test_a_phone_viewer_watches_over_whep_with_chat_hearts_and_count(site: TestClient, tenant: Tenant,
-                                                                           browser: Browser, peers: list[Any]):
+async def test_a_phone_viewer_watches_over_whep_with_chat_hearts_and_count(
+    site: TestClient, tenant: Tenant, browser: Browser, peers: list[Any]
+):
     await whip(site, host_token(tenant, "star"), ColorVideoTrack(RED), ToneAudioTrack(), opened=peers)
     tab = await browser.open(page_url(site, live_token(tenant, "ann")))
     await tab.page.set_viewport_size({"width": 390, "height": 844})
     await tab.wait_for("window.gblive && gblive.state.state === 'whep'", timeout=MEDIA_TIMEOUT)
-    stats = await tab.wait_for("(async () => { const s = await gblive.stats(); "
-                               "return s && s.framesDecoded > 10 && s.frameWidth > 0 && s; })()",
-                               timeout=MEDIA_TIMEOUT)
+    stats = await tab.wait_for(
+        "(async () => { const s = await gblive.stats(); "
+        "return s && s.framesDecoded > 10 && s.frameWidth > 0 && s; })()",
+        timeout=MEDIA_TIMEOUT,
+    )
     assert stats["codec"] == "video/H264"
     assert await tab.evaluate("document.getElementById('video').videoWidth") > 0
     assert await tab.evaluate("document.getElementById('host-name').textContent") == "Star"
@@ -81,26 +71,42 @@ async def test_a_phone_viewer_watches_over_whep_with_chat_hearts_and_count(site:
         assert (await bob.request({"type": "reaction", "kind": "heart"}))["type"] == "ack"
         await tab.wait_for("gblive.state.reactions >= 1 && gblive.state.heartsShown >= 1", timeout=STATE_TIMEOUT)
         conversation = joined["chat"]["conversation_id"]
-        sent = await bob.request({"type": "chat_send", "conversation_id": conversation, "content": "hello from bob",
-                                  "idempotency_key": "bob-1"})
+        sent = await bob.request(
+            {
+                "type": "chat_send",
+                "conversation_id": conversation,
+                "content": "hello from bob",
+                "idempotency_key": "bob-1",
+            }
+        )
         assert sent["type"] == "chat_ack", sent
-        await tab.wait_for("[...document.querySelectorAll('#chat li')].some(li => li.textContent === "
-                           "'bobhello from bob')", timeout=STATE_TIMEOUT)
+        await tab.wait_for(
+            "[...document.querySelectorAll('#chat li')].some(li => li.textContent === 'bobhello from bob')",
+            timeout=STATE_TIMEOUT,
+        )
         await tab.page.fill("#chat-input", "hi bob")
         await tab.page.press("#chat-input", "Enter")
-        message = await bob.wait_event(lambda e: e["type"] == "chat_message"
-                                       and e["message"]["content"] == "hi bob", within=STATE_TIMEOUT)
+        message = await bob.wait_event(
+            lambda e: e["type"] == "chat_message" and e["message"]["content"] == "hi bob", within=STATE_TIMEOUT
+        )
         assert message["message"]["sender"] == "ann"
         await tab.page.click("#heart")  # the page's own heart reaches bob
-        await bob.wait_event(lambda e: e["type"] == "reaction" and e["kind"] == "heart" and e["count"] >= 1
-                             and sum(x["count"] for x in bob.events if x["type"] == "reaction") >= 2)
+        await bob.wait_event(
+            lambda e: (
+                e["type"] == "reaction"
+                and e["kind"] == "heart"
+                and e["count"] >= 1
+                and sum(x["count"] for x in bob.events if x["type"] == "reaction") >= 2
+            )
+        )
     finally:
         await bob.close()
     tab.assert_no_errors()
 
 
-async def test_the_host_goes_live_from_the_browser(site: TestClient, tenant: Tenant, browser: Browser,
-                                                   peers: list[Any]):
+async def test_the_host_goes_live_from_the_browser(
+    site: TestClient, tenant: Tenant, browser: Browser, peers: list[Any]
+):
     tab = await browser.open(page_url(site, host_token(tenant, "star"), autolive="1"))
     await tab.wait_for("window.gblive && gblive.state.state === 'publishing'", timeout=MEDIA_TIMEOUT)
     assert await tab.evaluate("gblive.state.role") == "host"
@@ -112,8 +118,9 @@ async def test_the_host_goes_live_from_the_browser(site: TestClient, tenant: Ten
     tab.assert_no_errors()
 
 
-async def test_a_viewer_accepts_an_invite_and_goes_on_stage(site: TestClient, tenant: Tenant, browser: Browser,
-                                                            peers: list[Any]):
+async def test_a_viewer_accepts_an_invite_and_goes_on_stage(
+    site: TestClient, tenant: Tenant, browser: Browser, peers: list[Any]
+):
     await whip(site, host_token(tenant, "star"), ColorVideoTrack(RED), opened=peers)
     star = RtcClient(await site.ws_connect("/rtc"))  # the host's control socket (its page, in real life)
     try:
@@ -123,19 +130,25 @@ async def test_a_viewer_accepts_an_invite_and_goes_on_stage(site: TestClient, te
         assert (await star.request({"type": "cohost_invite", "participant_id": "ann"}))["type"] == "ack"
         await tab.wait_for("!document.getElementById('invite').hidden", timeout=STATE_TIMEOUT)
         await tab.page.click("#invite-accept")
-        await tab.wait_for("gblive.state.role === 'cohost' && gblive.publisher && "
-                           "gblive.publisher.connectionState === 'connected'", timeout=MEDIA_TIMEOUT)
-        joined = await star.wait_event(lambda e: e["type"] == "participant_joined"
-                                       and e["participant"]["identity"] == "ann", within=STATE_TIMEOUT)
-        await star.wait_event(lambda e: e["type"] == "track_published"
-                              and e["participant_id"] == joined["participant"]["id"], within=MEDIA_TIMEOUT)
+        await tab.wait_for(
+            "gblive.state.role === 'cohost' && gblive.publisher && gblive.publisher.connectionState === 'connected'",
+            timeout=MEDIA_TIMEOUT,
+        )
+        joined = await star.wait_event(
+            lambda e: e["type"] == "participant_joined" and e["participant"]["identity"] == "ann", within=STATE_TIMEOUT
+        )
+        await star.wait_event(
+            lambda e: e["type"] == "track_published" and e["participant_id"] == joined["participant"]["id"],
+            within=MEDIA_TIMEOUT,
+        )
         tab.assert_no_errors()
     finally:
         await star.close()
 
 
-async def test_without_webrtc_the_page_falls_back_to_hls(site: TestClient, tenant: Tenant, browser: Browser,
-                                                         node: Node, peers: list[Any]):
+async def test_without_webrtc_the_page_falls_back_to_hls(
+    site: TestClient, tenant: Tenant, browser: Browser, node: Node, peers: list[Any]
+):
     await whip(site, host_token(tenant, "star"), ColorVideoTrack(RED), opened=peers)
     room_id = str(next(iter(node.live_rooms.live.values())).room.id)
     tab = await browser.open("about:blank")
@@ -147,8 +160,10 @@ async def test_without_webrtc_the_page_falls_back_to_hls(site: TestClient, tenan
     await wait_for(lambda: any(f"/hls/{room_id}/live.m3u8" in url for url in requested), within=STATE_TIMEOUT)
     assert any(url.endswith("/web/live/vendor/hls.light.min.mjs") for url in requested)
     # the node's LL-HLS rendition of the room really plays in the page
-    await tab.wait_for("(() => { const v = document.querySelector('video'); return v && v.videoWidth > 0 &&"
-                       " v.currentTime > 2; })()", timeout=MEDIA_TIMEOUT)
+    await tab.wait_for(
+        "(() => { const v = document.querySelector('video'); return v && v.videoWidth > 0 && v.currentTime > 2; })()",
+        timeout=MEDIA_TIMEOUT,
+    )
     assert any(f"/hls/{room_id}/" in url and url.endswith(".m4s") for url in requested)  # media parts
 
 
@@ -171,10 +186,12 @@ def test_live_page_is_installed_with_the_package():
     assert "web/live/vendor/hls.light.min.mjs" in files["share/gbmedia/web/live/vendor"]
 
 
-async def test_a_viewer_of_a_full_room_watches_over_hls(site: TestClient, tenant: Tenant, browser: Browser,
-                                                        peers: list[Any]):
-    resp = await site.post("/api/v1/rooms", json={"name": "tiny", "kind": "live", "max_participants": 1},
-                           headers=tenant.admin)
+async def test_a_viewer_of_a_full_room_watches_over_hls(
+    site: TestClient, tenant: Tenant, browser: Browser, peers: list[Any]
+):
+    resp = await site.post(
+        "/api/v1/rooms", json={"name": "tiny", "kind": "live", "max_participants": 1}, headers=tenant.admin
+    )
     room_id = (await resp.json())["id"]
     await whip(site, host_token(tenant, "star", "tiny"), ColorVideoTrack(RED), room="tiny", opened=peers)
     tab = await browser.open("about:blank")

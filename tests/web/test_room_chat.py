@@ -17,11 +17,7 @@ from gbmedia.node import Node
 from gbmedia.tenancy.tokens import Grants, mint_token
 from tests.browser import Browser, Tab
 from tests.helpers import Tenant, bearer
-from tests.web import test_room_page as room_page
 from tests.web.test_room_page import STATE_TIMEOUT, open_joined
-
-site = room_page.site  # the node on the interface address, and a tenant on it
-tenant = room_page.tenant
 
 MESSAGES = "[...document.querySelectorAll('#chat-messages .chat-msg')]"
 SHOWN = f"""() => {MESSAGES}.map(m => ({{
@@ -42,8 +38,10 @@ def bubble(text: str, attribute: str = "") -> str:
 
 async def badge(tab: Tab) -> str | None:
     """The unread count the Chat button shows, or None when it shows none."""
-    return await tab.evaluate("(() => { const b = document.querySelector('#chat-unread');"
-                              " return b.checkVisibility() ? b.textContent : null; })()")
+    return await tab.evaluate(
+        "(() => { const b = document.querySelector('#chat-unread');"
+        " return b.checkVisibility() ? b.textContent : null; })()"
+    )
 
 
 async def join_chat(browser: Browser, site: TestClient, tenant: Tenant, identity: str) -> Tab:
@@ -54,8 +52,7 @@ async def join_chat(browser: Browser, site: TestClient, tenant: Tenant, identity
 
 async def open_panel(tab: Tab) -> None:
     await tab.page.click("#chat-toggle")
-    await tab.wait_for("document.querySelector('#chat').checkVisibility() && gbroom.chat.isOpen",
-                       timeout=STATE_TIMEOUT)
+    await tab.wait_for("document.querySelector('#chat').checkVisibility() && gbroom.chat.isOpen", timeout=STATE_TIMEOUT)
 
 
 async def say(tab: Tab, text: str) -> None:
@@ -67,14 +64,14 @@ async def say(tab: Tab, text: str) -> None:
 async def stored(site: TestClient, tenant: Tenant, conversation_id: str) -> list[dict]:
     """The conversation's messages as the server stored them."""
     token = mint_token(tenant.key, tenant.secret, "alice", Grants.participant("standup"))
-    resp = await site.get(f"/api/v1/conversations/{conversation_id}/messages", params={"limit": "500"},
-                          headers=bearer(token))
+    resp = await site.get(
+        f"/api/v1/conversations/{conversation_id}/messages", params={"limit": "500"}, headers=bearer(token)
+    )
     assert resp.status == 200, await resp.text()
     return (await resp.json())["messages"]
 
 
-async def test_two_tabs_chat_with_unread_counts_receipts_and_typing(site: TestClient, tenant: Tenant,
-                                                                    browser: Browser):
+async def test_two_tabs_chat_with_unread_counts_receipts_and_typing(site: TestClient, tenant: Tenant, browser: Browser):
     alice = await join_chat(browser, site, tenant, "alice")
     bob = await join_chat(browser, site, tenant, "bob")
     assert await alice.evaluate("gbroom.chat.conversationId") == await bob.evaluate("gbroom.chat.conversationId")
@@ -107,10 +104,13 @@ async def test_two_tabs_chat_with_unread_counts_receipts_and_typing(site: TestCl
     await bob.wait_for(f"{MESSAGES}.length === 2", timeout=STATE_TIMEOUT)
     shown = await bob.evaluate(SHOWN)
     assert [(m["sender"], m["text"], m["own"], m["status"]) for m in shown] == [
-        ("Alice", "hello bob", False, None), ("Alice", "are you there?", False, None)]
+        ("Alice", "hello bob", False, None),
+        ("Alice", "are you there?", False, None),
+    ]
     assert all(m["time"] for m in shown)
-    await bob.wait_for("document.querySelector('#chat-unread').hidden && gbroom.chat.unread() === 0",
-                       timeout=STATE_TIMEOUT)
+    await bob.wait_for(
+        "document.querySelector('#chat-unread').hidden && gbroom.chat.unread() === 0", timeout=STATE_TIMEOUT
+    )
     await alice.wait_for(bubble("are you there?", "?.dataset.status === 'read'"), timeout=STATE_TIMEOUT)
     await alice.wait_for(bubble("hello bob", "?.dataset.status === 'read'"), timeout=STATE_TIMEOUT)
     mark = await alice.evaluate(bubble("hello bob", ".querySelector('.chat-mark')") + ".textContent")
@@ -119,8 +119,9 @@ async def test_two_tabs_chat_with_unread_counts_receipts_and_typing(site: TestCl
 
     # Bob types: Alice sees it; his Enter sends, and the indicator goes.
     await bob.page.fill("#chat-input", "yes, I am")
-    await alice.wait_for("document.querySelector('#chat-typing').textContent === 'Bob is typing…'",
-                         timeout=STATE_TIMEOUT)
+    await alice.wait_for(
+        "document.querySelector('#chat-typing').textContent === 'Bob is typing…'", timeout=STATE_TIMEOUT
+    )
     assert await alice.evaluate("gbroom.chat.typing()") == ["Bob"]
     await bob.page.press("#chat-input", "Enter")
     await alice.wait_for(bubble("yes, I am"), timeout=STATE_TIMEOUT)
@@ -132,8 +133,9 @@ async def test_two_tabs_chat_with_unread_counts_receipts_and_typing(site: TestCl
 
     # Typing that stops without sending (the input loses focus) clears too.
     await alice.page.fill("#chat-input", "hmm")
-    await bob.wait_for("document.querySelector('#chat-typing').textContent === 'Alice is typing…'",
-                       timeout=STATE_TIMEOUT)
+    await bob.wait_for(
+        "document.querySelector('#chat-typing').textContent === 'Alice is typing…'", timeout=STATE_TIMEOUT
+    )
     await alice.evaluate("document.querySelector('#chat-input').blur()")
     await bob.wait_for("document.querySelector('#chat-typing').textContent === ''", timeout=STATE_TIMEOUT)
 
@@ -147,14 +149,19 @@ async def test_two_tabs_chat_with_unread_counts_receipts_and_typing(site: TestCl
 
     cid = await alice.evaluate("gbroom.chat.conversationId")
     assert [(m["seq"], m["sender"]) for m in await stored(site, tenant, cid)] == [
-        (1, "alice"), (2, "alice"), (3, "bob"), (4, "alice")]
+        (1, "alice"),
+        (2, "alice"),
+        (3, "bob"),
+        (4, "alice"),
+    ]
     for tab in (alice, bob):
         assert [m["seq"] for m in await tab.evaluate("gbroom.chat.messages()")] == [1, 2, 3, 4]
         tab.assert_no_errors()
 
 
-async def test_text_is_shown_as_text_and_edits_and_deletes_update_in_place(site: TestClient, tenant: Tenant,
-                                                                           browser: Browser):
+async def test_text_is_shown_as_text_and_edits_and_deletes_update_in_place(
+    site: TestClient, tenant: Tenant, browser: Browser
+):
     alice = await join_chat(browser, site, tenant, "alice")
     bob = await join_chat(browser, site, tenant, "bob")
     dialogs: list[str] = []
@@ -186,12 +193,14 @@ async def test_text_is_shown_as_text_and_edits_and_deletes_update_in_place(site:
     # An edit and a delete (here through the REST API) change the message where it stands.
     cid = await alice.evaluate("gbroom.chat.conversationId")
     alice_token = mint_token(tenant.key, tenant.secret, "alice", Grants.participant("standup"))
-    resp = await site.patch(f"/api/v1/conversations/{cid}/messages/1", json={"content": "plain text now"},
-                            headers=bearer(alice_token))
+    resp = await site.patch(
+        f"/api/v1/conversations/{cid}/messages/1", json={"content": "plain text now"}, headers=bearer(alice_token)
+    )
     assert resp.status == 200, await resp.text()
     for tab in (alice, bob):
-        await tab.wait_for(bubble("plain text now", "?.querySelector('.chat-edited').checkVisibility()"),
-                           timeout=STATE_TIMEOUT)
+        await tab.wait_for(
+            bubble("plain text now", "?.querySelector('.chat-edited').checkVisibility()"), timeout=STATE_TIMEOUT
+        )
         assert await tab.evaluate(bubble("plain text now", ".dataset.seq")) == "1"
     resp = await site.delete(f"/api/v1/conversations/{cid}/messages/2", headers=bearer(alice_token))
     assert resp.status == 200, await resp.text()
@@ -199,12 +208,15 @@ async def test_text_is_shown_as_text_and_edits_and_deletes_update_in_place(site:
         await tab.wait_for(f"{MESSAGES}[1]?.classList.contains('deleted')", timeout=STATE_TIMEOUT)
         assert [m["text"] for m in await tab.evaluate(SHOWN)] == ["plain text now", "message deleted"]
         assert [(m["seq"], m["deleted"]) for m in await tab.evaluate("gbroom.chat.messages()")] == [
-            (1, False), (2, True)]
+            (1, False),
+            (2, True),
+        ]
         tab.assert_no_errors()
 
 
-async def test_messages_sent_while_the_socket_is_down_arrive_exactly_once(site: TestClient, tenant: Tenant,
-                                                                         browser: Browser, node: Node):
+async def test_messages_sent_while_the_socket_is_down_arrive_exactly_once(
+    site: TestClient, tenant: Tenant, browser: Browser, node: Node
+):
     alice = await join_chat(browser, site, tenant, "alice")
     bob = await join_chat(browser, site, tenant, "bob")
     await open_panel(alice)
@@ -245,8 +257,13 @@ async def test_messages_sent_while_the_socket_is_down_arrive_exactly_once(site: 
     await alice.wait_for(bubble("queued across a rejoin"), timeout=STATE_TIMEOUT)
     await bob.wait_for(bubble("queued across a rejoin", "?.dataset.seq"), timeout=STATE_TIMEOUT)
 
-    texts = ["sent while offline", "said while bob was away", "just before the drop", "while bob rejoins",
-             "queued across a rejoin"]
+    texts = [
+        "sent while offline",
+        "said while bob was away",
+        "just before the drop",
+        "while bob rejoins",
+        "queued across a rejoin",
+    ]
     server = await stored(site, tenant, cid)
     assert sorted(m["content"] for m in server) == sorted(texts)  # each stored once
     assert [m["seq"] for m in server] == [1, 2, 3, 4, 5]
@@ -256,5 +273,6 @@ async def test_messages_sent_while_the_socket_is_down_arrive_exactly_once(site: 
         assert sorted(m["text"] for m in shown) == sorted(texts)
         assert [m["seq"] for m in shown] == [1, 2, 3, 4, 5]
         assert [(m["seq"], m["content"]) for m in await tab.evaluate("gbroom.chat.messages()")] == [
-            (m["seq"], m["content"]) for m in server]
+            (m["seq"], m["content"]) for m in server
+        ]
         tab.assert_no_errors()

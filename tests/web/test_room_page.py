@@ -9,18 +9,14 @@ running this have two shared cores); nothing asserts how long anything took.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from urllib.parse import urlencode
 
-import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
-from gbmedia.config import detect_public_host
-from gbmedia.http.app import create_app
 from gbmedia.node import Node
 from gbmedia.tenancy.tokens import Grants, mint_token
 from tests.browser import Browser, Tab
-from tests.helpers import OPERATOR, Tenant, create_tenant
+from tests.helpers import OPERATOR, Tenant
 
 # A server bug (not the page's): gbmedia/sfu/peers.py builds its RTCPeerConnections with
 # aiortc's default bundle policy, "balanced". aiortc then gives a second transceiver of a
@@ -33,18 +29,6 @@ from tests.helpers import OPERATOR, Tenant, create_tenant
 # bundlePolicy=RTCBundlePolicy.MAX_BUNDLE for both peers (browsers always bundle).
 MEDIA_TIMEOUT = 45.0  # seconds: first frames, with three tabs encoding and decoding on two cores
 STATE_TIMEOUT = 20.0
-
-
-@pytest.fixture
-async def site(node: Node) -> AsyncIterator[TestClient]:
-    """The node's app on the interface address, as a browser elsewhere would reach it."""
-    async with TestClient(TestServer(create_app(node), host=detect_public_host())) as client:
-        yield client
-
-
-@pytest.fixture
-async def tenant(site: TestClient) -> Tenant:
-    return await create_tenant(site)
 
 
 def subscriber_bundle_split(node: Node, identity: str) -> bool:
@@ -77,10 +61,13 @@ async def wait_decoding(tab: Tab, name: str) -> dict:
     """Until the page decodes and renders ``name``'s camera, and keeps decoding it."""
     first = await tab.wait_for(
         f"(async () => {{ const v = {video_of(name)}; return v && v.framesDecoded > 0 && v.videoWidth > 0 && v; }})()",
-        timeout=MEDIA_TIMEOUT)
+        timeout=MEDIA_TIMEOUT,
+    )
     later = await tab.wait_for(
         f"(async () => {{ const v = {video_of(name)}; return v && v.framesDecoded >= {first['framesDecoded'] + 10}"
-        " && v; })()", timeout=MEDIA_TIMEOUT)
+        " && v; })()",
+        timeout=MEDIA_TIMEOUT,
+    )
     assert later["videoWidth"] > 0 and later["frameWidth"] > 0, later
     return later
 
@@ -88,23 +75,29 @@ async def wait_decoding(tab: Tab, name: str) -> dict:
 async def wait_hearing(tab: Tab, name: str) -> dict:
     """Until audio from ``name`` arrives, keeps arriving, and plays in an ``<audio>`` element."""
     js = f"(await gbroom.stats()).audio.find(a => a.name === {name!r})"
-    first = await tab.wait_for(f"(async () => {{ const a = {js}; return a && a.bytesReceived > 0 && a; }})()",
-                               timeout=MEDIA_TIMEOUT)
+    first = await tab.wait_for(
+        f"(async () => {{ const a = {js}; return a && a.bytesReceived > 0 && a; }})()", timeout=MEDIA_TIMEOUT
+    )
     later = await tab.wait_for(
         f"(async () => {{ const a = {js}; return a && a.bytesReceived > {first['bytesReceived']}"
-        f" && a.packetsReceived > {first['packetsReceived'] + 20} && a; }})()", timeout=MEDIA_TIMEOUT)
+        f" && a.packetsReceived > {first['packetsReceived'] + 20} && a; }})()",
+        timeout=MEDIA_TIMEOUT,
+    )
     assert later["playing"] and later["totalSamplesReceived"] > 0, later  # played out, not only received
     return later
 
 
 def tile(name: str, attribute: str = "") -> str:
     """JS: the remote camera tile captioned ``name``."""
-    return ("[...document.querySelectorAll('#grid .tile:not(.self):not(.screen)')]"
-            f".find(t => t.querySelector('.name').textContent === {name!r})" + attribute)
+    return (
+        "[...document.querySelectorAll('#grid .tile:not(.self):not(.screen)')]"
+        f".find(t => t.querySelector('.name').textContent === {name!r})" + attribute
+    )
 
 
-async def test_two_tabs_see_and_hear_each_other_and_a_late_joiner_sees_both(site: TestClient, tenant: Tenant,
-                                                                            browser: Browser, node: Node):
+async def test_two_tabs_see_and_hear_each_other_and_a_late_joiner_sees_both(
+    site: TestClient, tenant: Tenant, browser: Browser, node: Node
+):
     alice = await open_joined(browser, site, tenant, "alice")
     bob = await open_joined(browser, site, tenant, "bob")
 
@@ -132,10 +125,13 @@ async def test_two_tabs_see_and_hear_each_other_and_a_late_joiner_sees_both(site
     assert sorted(p["name"] for p in await carol.evaluate("gbroom.participants")) == ["Alice", "Bob"]
     await carol.wait_for("document.querySelectorAll('#grid .tile').length === 3", timeout=STATE_TIMEOUT)
     # Its subscriber connection carries four tracks, and media flows on it.
-    await carol.wait_for("""(async () => {
+    await carol.wait_for(
+        """(async () => {
         const s = await gbroom.stats(), all = [...s.video, ...s.audio];
         return all.length === 4 && all.some(t => t.packetsReceived > 0);
-    })()""", timeout=MEDIA_TIMEOUT)
+    })()""",
+        timeout=MEDIA_TIMEOUT,
+    )
     for tab in (alice, bob):
         await wait_decoding(tab, "Carol")
         await wait_hearing(tab, "Carol")
@@ -214,8 +210,7 @@ async def test_a_page_without_a_token_asks_for_a_join_link(site: TestClient, bro
     tab.assert_no_errors()
 
 
-async def test_a_page_with_a_token_previews_and_joins_on_the_button(site: TestClient, tenant: Tenant,
-                                                                    browser: Browser):
+async def test_a_page_with_a_token_previews_and_joins_on_the_button(site: TestClient, tenant: Tenant, browser: Browser):
     tab = await browser.open(join_link(site, tenant, "dora"))
     await tab.wait_for("document.querySelector('#preview').videoWidth > 0", timeout=STATE_TIMEOUT)
     assert "Dora" in await tab.evaluate("document.querySelector('#identity').textContent")
@@ -230,8 +225,9 @@ async def test_a_page_with_a_token_previews_and_joins_on_the_button(site: TestCl
 async def test_an_expired_link_explains_itself(site: TestClient, tenant: Tenant, browser: Browser):
     import time
 
-    token = mint_token(tenant.key, tenant.secret, "late", Grants.participant("standup"), ttl_seconds=60,
-                       now=time.time() - 3600)
+    token = mint_token(
+        tenant.key, tenant.secret, "late", Grants.participant("standup"), ttl_seconds=60, now=time.time() - 3600
+    )
     tab = await browser.open(str(site.make_url("/web/room/")) + "?" + urlencode({"token": token, "autojoin": "1"}))
     await tab.wait_for("gbroom.phase === 'error'", timeout=STATE_TIMEOUT)
     assert await tab.evaluate("gbroom.errorCode") == "token_expired"
@@ -239,8 +235,7 @@ async def test_an_expired_link_explains_itself(site: TestClient, tenant: Tenant,
     tab.assert_no_errors()  # an expected refusal is explained, not logged as an error
 
 
-async def test_a_dropped_socket_resumes_without_the_others_noticing(site: TestClient, tenant: Tenant,
-                                                                   browser: Browser):
+async def test_a_dropped_socket_resumes_without_the_others_noticing(site: TestClient, tenant: Tenant, browser: Browser):
     alice = await open_joined(browser, site, tenant, "alice")
     bob = await open_joined(browser, site, tenant, "bob")
     await wait_decoding(alice, "Bob")
@@ -262,8 +257,7 @@ async def test_a_dropped_socket_resumes_without_the_others_noticing(site: TestCl
     bob.assert_no_errors()
 
 
-async def test_a_failed_resume_joins_again_from_scratch(site: TestClient, tenant: Tenant, node: Node,
-                                                       browser: Browser):
+async def test_a_failed_resume_joins_again_from_scratch(site: TestClient, tenant: Tenant, node: Node, browser: Browser):
     alice = await open_joined(browser, site, tenant, "alice")
     bob = await open_joined(browser, site, tenant, "bob")
     await wait_decoding(alice, "Bob")
@@ -281,8 +275,7 @@ async def test_a_failed_resume_joins_again_from_scratch(site: TestClient, tenant
     bob.assert_no_errors()
 
 
-async def test_screen_share_is_another_tile_and_goes_when_stopped(site: TestClient, tenant: Tenant,
-                                                                  browser: Browser):
+async def test_screen_share_is_another_tile_and_goes_when_stopped(site: TestClient, tenant: Tenant, browser: Browser):
     alice = await open_joined(browser, site, tenant, "alice")
     bob = await open_joined(browser, site, tenant, "bob")
     await wait_decoding(bob, "Alice")
@@ -291,10 +284,11 @@ async def test_screen_share_is_another_tile_and_goes_when_stopped(site: TestClie
     await alice.wait_for("gbroom.sharingScreen && gbroom.localTracks.screen_share", timeout=STATE_TIMEOUT)
     assert await alice.evaluate("document.querySelector('#screen').textContent") == "Stop sharing"
     assert await alice.evaluate("document.querySelectorAll('#grid .tile.self').length") == 2
-    screen = ("(await gbroom.stats()).video.find(v => v.name === 'Alice' && v.source === 'screen_share')")
+    screen = "(await gbroom.stats()).video.find(v => v.name === 'Alice' && v.source === 'screen_share')"
     shared = await bob.wait_for(
         f"(async () => {{ const v = {screen}; return v && v.framesDecoded > 0 && v.videoWidth > 0 && v; }})()",
-        timeout=MEDIA_TIMEOUT)
+        timeout=MEDIA_TIMEOUT,
+    )
     tile_js = f"document.querySelector('#grid .tile.screen[data-participant-id=\"{shared['participantId']}\"]')"
     assert await bob.evaluate(f"{tile_js}.querySelector('.name').textContent") == "Alice (screen)"
     await wait_decoding(bob, "Alice")  # the camera goes on

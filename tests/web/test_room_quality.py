@@ -13,12 +13,10 @@ from aiohttp.test_utils import TestClient
 
 from tests.browser import Browser, Tab
 from tests.helpers import Tenant
-from tests.web.test_room_page import (  # noqa: F401 - fixtures
+from tests.web.test_room_page import (
     MEDIA_TIMEOUT,
     STATE_TIMEOUT,
     open_joined,
-    site,
-    tenant,
     tile,
     wait_decoding,
 )
@@ -41,8 +39,11 @@ async def wait_ring(tab: Tab, name: str, colour: str) -> None:
     await tab.wait_for(f"({js}) === {colour!r}", timeout=STATE_TIMEOUT)
 
 
-async def test_the_speaker_is_highlighted_and_the_muted_one_is_not(site: TestClient, tenant: Tenant,  # noqa: F811
-                                                                   browser: Browser):
+async def test_the_speaker_is_highlighted_and_the_muted_one_is_not(
+    site: TestClient,
+    tenant: Tenant,
+    browser: Browser,
+):
     alice = await open_joined(browser, site, tenant, "alice")
     bob = await open_joined(browser, site, tenant, "bob")
     await wait_decoding(bob, "Alice")
@@ -51,8 +52,9 @@ async def test_the_speaker_is_highlighted_and_the_muted_one_is_not(site: TestCli
 
     await bob.wait_for(speaking("Alice"), timeout=SPEAKER_TIMEOUT)
     alice_id = await alice.evaluate("gbroom.participantId")
-    await bob.wait_for(f"gbroom.speakers.length === 1 && gbroom.speakers[0].participantId === {alice_id!r}",
-                       timeout=SPEAKER_TIMEOUT)
+    await bob.wait_for(
+        f"gbroom.speakers.length === 1 && gbroom.speakers[0].participantId === {alice_id!r}", timeout=SPEAKER_TIMEOUT
+    )
     await wait_ring(bob, "Alice", "rgb(34, 197, 94)")  # --speaking
     assert await bob.evaluate(own_tile_speaking()) is False
     await alice.wait_for(own_tile_speaking(), timeout=SPEAKER_TIMEOUT)  # the speaker sees itself too
@@ -69,8 +71,11 @@ async def test_the_speaker_is_highlighted_and_the_muted_one_is_not(site: TestCli
     bob.assert_no_errors()
 
 
-async def test_the_stats_overlay_shows_what_the_browser_measures(site: TestClient, tenant: Tenant,  # noqa: F811
-                                                                 browser: Browser):
+async def test_the_stats_overlay_shows_what_the_browser_measures(
+    site: TestClient,
+    tenant: Tenant,
+    browser: Browser,
+):
     alice = await open_joined(browser, site, tenant, "alice")
     bob = await open_joined(browser, site, tenant, "bob")
     await wait_decoding(bob, "Alice")
@@ -80,21 +85,30 @@ async def test_the_stats_overlay_shows_what_the_browser_measures(site: TestClien
     assert await bob.evaluate("gbroom.statsOpen") is True
     assert await bob.evaluate("document.querySelector('#stats-toggle').getAttribute('aria-pressed')") == "true"
     # A received video row with a bitrate and a frame rate, and a sent one with the server's RTT.
-    row = await bob.wait_for("""(() => {
+    row = await bob.wait_for(
+        """(() => {
         const row = document.querySelector('#stats-rows tr[data-direction="received"][data-kind="video"]');
         return row && !row.children[2].textContent.startsWith('–') && !row.children[5].textContent.startsWith('–')
             && [...row.children].map(td => td.textContent);
-    })()""", timeout=MEDIA_TIMEOUT)
+    })()""",
+        timeout=MEDIA_TIMEOUT,
+    )
     assert row[0] == "↓ Alice" and row[1].startswith("video") and row[2].endswith(" kb/s"), row
-    await bob.wait_for("""(() => {
+    await bob.wait_for(
+        """(() => {
         const row = document.querySelector('#stats-rows tr[data-direction="sent"][data-kind="audio"]');
         return row && row.children[6].textContent.endsWith(' ms');
-    })()""", timeout=MEDIA_TIMEOUT)
-    rows = await bob.wait_for("""(async () => {
+    })()""",
+        timeout=MEDIA_TIMEOUT,
+    )
+    rows = await bob.wait_for(
+        """(async () => {
         const rows = await gbroom.quality();
         return rows.some(r => r.direction === 'received' && r.kind === 'video' && r.bitrate > 0 && r.fps > 0)
             && rows;
-    })()""", timeout=MEDIA_TIMEOUT)
+    })()""",
+        timeout=MEDIA_TIMEOUT,
+    )
     received = next(r for r in rows if r["direction"] == "received" and r["kind"] == "video")
     assert received["name"] == "Alice" and received["source"] == "camera", received
     assert received["packets"] > 0 and received["lost"] >= 0 and received["jitterMs"] >= 0, received

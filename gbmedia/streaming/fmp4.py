@@ -67,6 +67,7 @@ def to_avcc(units: Iterable[bytes]) -> bytes:
 
 # --- init segment -------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class VideoTrackInfo:
     width: int
@@ -92,13 +93,30 @@ class AudioTrackInfo:
 
 
 def _mvhd(next_track_id: int) -> bytes:
-    return full_box(b"mvhd", 0, 0, struct.pack(">IIII", 0, 0, 1000, 0), struct.pack(">IH", 0x00010000, 0x0100),
-                    bytes(10), _MATRIX, bytes(24), struct.pack(">I", next_track_id))
+    return full_box(
+        b"mvhd",
+        0,
+        0,
+        struct.pack(">IIII", 0, 0, 1000, 0),
+        struct.pack(">IH", 0x00010000, 0x0100),
+        bytes(10),
+        _MATRIX,
+        bytes(24),
+        struct.pack(">I", next_track_id),
+    )
 
 
 def _tkhd(track_id: int, volume: int, width: int, height: int) -> bytes:
-    return full_box(b"tkhd", 0, 3, struct.pack(">IIIII", 0, 0, track_id, 0, 0), bytes(8),
-                    struct.pack(">hhhH", 0, 0, volume, 0), _MATRIX, struct.pack(">II", width << 16, height << 16))
+    return full_box(
+        b"tkhd",
+        0,
+        3,
+        struct.pack(">IIIII", 0, 0, track_id, 0, 0),
+        bytes(8),
+        struct.pack(">hhhH", 0, 0, volume, 0),
+        _MATRIX,
+        struct.pack(">II", width << 16, height << 16),
+    )
 
 
 def _mdhd(timescale: int) -> bytes:
@@ -115,28 +133,45 @@ def _dinf() -> bytes:
 
 
 def _stbl(sample_entry: bytes) -> bytes:
-    return box(b"stbl",
-               full_box(b"stsd", 0, 0, struct.pack(">I", 1), sample_entry),
-               full_box(b"stts", 0, 0, struct.pack(">I", 0)),
-               full_box(b"stsc", 0, 0, struct.pack(">I", 0)),
-               full_box(b"stsz", 0, 0, struct.pack(">II", 0, 0)),
-               full_box(b"stco", 0, 0, struct.pack(">I", 0)))
+    return box(
+        b"stbl",
+        full_box(b"stsd", 0, 0, struct.pack(">I", 1), sample_entry),
+        full_box(b"stts", 0, 0, struct.pack(">I", 0)),
+        full_box(b"stsc", 0, 0, struct.pack(">I", 0)),
+        full_box(b"stsz", 0, 0, struct.pack(">II", 0, 0)),
+        full_box(b"stco", 0, 0, struct.pack(">I", 0)),
+    )
 
 
 def _avc1(video: VideoTrackInfo) -> bytes:
     sps, pps = video.sps, video.pps
-    avcc = box(b"avcC", bytes([1, sps[1], sps[2], sps[3], 0xFF, 0xE1]), struct.pack(">H", len(sps)), sps,
-               bytes([1]), struct.pack(">H", len(pps)), pps)
+    avcc = box(
+        b"avcC",
+        bytes([1, sps[1], sps[2], sps[3], 0xFF, 0xE1]),
+        struct.pack(">H", len(sps)),
+        sps,
+        bytes([1]),
+        struct.pack(">H", len(pps)),
+        pps,
+    )
     compressor = bytes(32)
-    return box(b"avc1", bytes(6), struct.pack(">H", 1), bytes(16),
-               struct.pack(">HHIIIH", video.width, video.height, 0x00480000, 0x00480000, 0, 1),
-               compressor, struct.pack(">Hh", 0x0018, -1), avcc)
+    return box(
+        b"avc1",
+        bytes(6),
+        struct.pack(">H", 1),
+        bytes(16),
+        struct.pack(">HHIIIH", video.width, video.height, 0x00480000, 0x00480000, 0, 1),
+        compressor,
+        struct.pack(">Hh", 0x0018, -1),
+        avcc,
+    )
 
 
 def _descriptor(tag: int, payload: bytes) -> bytes:
     size = len(payload)
-    encoded = bytes([0x80 | ((size >> 21) & 0x7F), 0x80 | ((size >> 14) & 0x7F), 0x80 | ((size >> 7) & 0x7F),
-                     size & 0x7F])
+    encoded = bytes(
+        [0x80 | ((size >> 21) & 0x7F), 0x80 | ((size >> 14) & 0x7F), 0x80 | ((size >> 7) & 0x7F), size & 0x7F]
+    )
     return bytes([tag]) + encoded + payload
 
 
@@ -145,28 +180,51 @@ def _mp4a(audio: AudioTrackInfo) -> bytes:
     decoder_config = _descriptor(0x04, bytes([0x40, 0x15]) + bytes(3) + struct.pack(">II", 0, 0) + decoder_specific)
     es = _descriptor(0x03, struct.pack(">HB", AUDIO_TRACK_ID, 0) + decoder_config + _descriptor(0x06, b"\x02"))
     esds = full_box(b"esds", 0, 0, es)
-    return box(b"mp4a", bytes(6), struct.pack(">H", 1), bytes(8),
-               struct.pack(">HHHHI", audio.channels, 16, 0, 0, audio.sample_rate << 16), esds)
+    return box(
+        b"mp4a",
+        bytes(6),
+        struct.pack(">H", 1),
+        bytes(8),
+        struct.pack(">HHHHI", audio.channels, 16, 0, 0, audio.sample_rate << 16),
+        esds,
+    )
 
 
 def init_segment(video: VideoTrackInfo, audio: AudioTrackInfo | None) -> bytes:
     """``ftyp`` + ``moov`` describing the tracks, with ``mvex`` (the samples come in fragments)."""
     ftyp = box(b"ftyp", b"iso6", struct.pack(">I", 0), b"iso6", b"cmfc", b"isom", b"mp41")
-    video_trak = box(b"trak", _tkhd(VIDEO_TRACK_ID, 0, video.width, video.height),
-                     box(b"mdia", _mdhd(VIDEO_TIMESCALE), _hdlr(b"vide", b"VideoHandler"),
-                         box(b"minf", full_box(b"vmhd", 0, 1, bytes(8)), _dinf(), _stbl(_avc1(video)))))
+    video_trak = box(
+        b"trak",
+        _tkhd(VIDEO_TRACK_ID, 0, video.width, video.height),
+        box(
+            b"mdia",
+            _mdhd(VIDEO_TIMESCALE),
+            _hdlr(b"vide", b"VideoHandler"),
+            box(b"minf", full_box(b"vmhd", 0, 1, bytes(8)), _dinf(), _stbl(_avc1(video))),
+        ),
+    )
     traks = [video_trak]
     trexes = [full_box(b"trex", 0, 0, struct.pack(">IIIII", VIDEO_TRACK_ID, 1, 0, 0, 0))]
     if audio is not None:
-        traks.append(box(b"trak", _tkhd(AUDIO_TRACK_ID, 0x0100, 0, 0),
-                         box(b"mdia", _mdhd(audio.sample_rate), _hdlr(b"soun", b"SoundHandler"),
-                             box(b"minf", full_box(b"smhd", 0, 0, bytes(4)), _dinf(), _stbl(_mp4a(audio))))))
+        traks.append(
+            box(
+                b"trak",
+                _tkhd(AUDIO_TRACK_ID, 0x0100, 0, 0),
+                box(
+                    b"mdia",
+                    _mdhd(audio.sample_rate),
+                    _hdlr(b"soun", b"SoundHandler"),
+                    box(b"minf", full_box(b"smhd", 0, 0, bytes(4)), _dinf(), _stbl(_mp4a(audio))),
+                ),
+            )
+        )
         trexes.append(full_box(b"trex", 0, 0, struct.pack(">IIIII", AUDIO_TRACK_ID, 1, 0, 0, 0)))
     next_id = (AUDIO_TRACK_ID if audio is not None else VIDEO_TRACK_ID) + 1
     return ftyp + box(b"moov", _mvhd(next_id), *traks, box(b"mvex", *trexes))
 
 
 # --- fragments -----------------------------------------------------------------------------
+
 
 @dataclass
 class Sample:
@@ -186,13 +244,16 @@ class TrackRun:
 
 def _traf(run: TrackRun, data_offset: int) -> bytes:
     flags = 0x000001 | 0x000100 | 0x000200 | 0x000400  # data offset, duration, size, flags per sample
-    entries = b"".join(struct.pack(">III", s.duration, len(s.data),
-                                   SYNC_SAMPLE_FLAGS if s.keyframe else NON_SYNC_SAMPLE_FLAGS)
-                       for s in run.samples)
-    return box(b"traf",
-               full_box(b"tfhd", 0, 0x020000, struct.pack(">I", run.track_id)),  # default-base-is-moof
-               full_box(b"tfdt", 1, 0, struct.pack(">Q", run.samples[0].dts)),
-               full_box(b"trun", 0, flags, struct.pack(">Ii", len(run.samples), data_offset), entries))
+    entries = b"".join(
+        struct.pack(">III", s.duration, len(s.data), SYNC_SAMPLE_FLAGS if s.keyframe else NON_SYNC_SAMPLE_FLAGS)
+        for s in run.samples
+    )
+    return box(
+        b"traf",
+        full_box(b"tfhd", 0, 0x020000, struct.pack(">I", run.track_id)),  # default-base-is-moof
+        full_box(b"tfdt", 1, 0, struct.pack(">Q", run.samples[0].dts)),
+        full_box(b"trun", 0, flags, struct.pack(">Ii", len(run.samples), data_offset), entries),
+    )
 
 
 def fragment(sequence_number: int, runs: list[TrackRun]) -> bytes:
@@ -202,8 +263,11 @@ def fragment(sequence_number: int, runs: list[TrackRun]) -> bytes:
         raise ValueError("a fragment needs at least one sample")
 
     def moof(offsets: list[int]) -> bytes:
-        return box(b"moof", full_box(b"mfhd", 0, 0, struct.pack(">I", sequence_number)),
-                   *(_traf(run, offset) for run, offset in zip(runs, offsets, strict=True)))
+        return box(
+            b"moof",
+            full_box(b"mfhd", 0, 0, struct.pack(">I", sequence_number)),
+            *(_traf(run, offset) for run, offset in zip(runs, offsets, strict=True)),
+        )
 
     size = len(moof([0] * len(runs)))  # offsets never change the size
     offsets, position = [], size + 8

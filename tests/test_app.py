@@ -10,8 +10,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from gbmedia.app import create_app
 from gbmedia.config import Settings
-from gbmedia.http.app import create_app
 from gbmedia.node import Node
 from tests.conftest import make_settings
 from tests.helpers import OPERATOR, create_tenant
@@ -29,15 +29,17 @@ async def test_healthz_answers_without_auth(client: TestClient):
     assert body["status"] == "ok" and body["node_id"]
 
 
-@pytest.mark.parametrize(("raw", "code"), [
-    (b"{not json", "invalid_json"),
-    (b"[1, 2]", "body_not_object"),
-    (b"", "body_required"),
-    (b"\xff\xfe", "invalid_json"),
-])
+@pytest.mark.parametrize(
+    ("raw", "code"),
+    [
+        (b"{not json", "invalid_json"),
+        (b"[1, 2]", "body_not_object"),
+        (b"", "body_required"),
+        (b"\xff\xfe", "invalid_json"),
+    ],
+)
 async def test_malformed_bodies_get_400_with_a_code(client: TestClient, raw: bytes, code: str):
-    resp = await client.post("/api/v1/customers", data=raw,
-                             headers={**OPERATOR, "Content-Type": "application/json"})
+    resp = await client.post("/api/v1/customers", data=raw, headers={**OPERATOR, "Content-Type": "application/json"})
     assert resp.status == 400
     assert await error_code(resp) == code
     # The server is still fine afterwards.
@@ -46,8 +48,7 @@ async def test_malformed_bodies_get_400_with_a_code(client: TestClient, raw: byt
 
 async def test_oversized_body_gets_413_and_nothing_is_stored(client: TestClient, node: Node):
     big = b'{"name": "' + b"x" * (node.settings.max_body_bytes + 10) + b'"}'
-    resp = await client.post("/api/v1/customers", data=big,
-                             headers={**OPERATOR, "Content-Type": "application/json"})
+    resp = await client.post("/api/v1/customers", data=big, headers={**OPERATOR, "Content-Type": "application/json"})
     assert resp.status == 413
     body = await resp.json()
     assert body["error"]["code"] == "payload_too_large"
@@ -99,8 +100,7 @@ async def test_metrics_count_requests_by_route_template_and_errors_by_code(clien
     assert resp.status == 200
     assert resp.content_type == "text/plain"
     text = await resp.text()
-    assert ('gbmedia_http_requests_total{method="GET",route="/api/v1/instances/{instance_id}",status="200"} 1.0'
-            in text)
+    assert 'gbmedia_http_requests_total{method="GET",route="/api/v1/instances/{instance_id}",status="200"} 1.0' in text
     assert tenant.instance_id not in text  # ids never become labels
     assert 'gbmedia_http_errors_total{code="auth_required"} 1.0' in text
     assert 'gbmedia_http_request_duration_seconds_count{method="POST",route="/api/v1/customers"} 1.0' in text
@@ -157,8 +157,9 @@ async def rate_limited_client(settings: Settings) -> tuple[Node, TestClient]:
 
 
 async def test_api_rate_limit_answers_429_with_retry_after(tmp_path: Path, database_url: str):
-    node, client = await rate_limited_client(make_settings(tmp_path, database_url, api_rate_limit=0.5,
-                                                           api_rate_burst=3))
+    node, client = await rate_limited_client(
+        make_settings(tmp_path, database_url, api_rate_limit=0.5, api_rate_burst=3)
+    )
     try:
         statuses = [(await client.get("/api/v1/plans", headers=OPERATOR)).status for _ in range(3)]
         assert statuses == [200, 200, 200]
@@ -185,8 +186,9 @@ async def test_rate_limit_is_shared_by_nodes_through_redis(tmp_path: Path, datab
     cleaner = aioredis.from_url(redis_url)
     await cleaner.delete("gbmedia:rl:operator")
     await cleaner.aclose()
-    settings = make_settings(tmp_path, database_url, redis_url=redis_url, operator_token=token,
-                             api_rate_limit=0.1, api_rate_burst=4)
+    settings = make_settings(
+        tmp_path, database_url, redis_url=redis_url, operator_token=token, api_rate_limit=0.1, api_rate_burst=4
+    )
     node_a, client_a = await rate_limited_client(settings)
     node_b, client_b = await rate_limited_client(settings)
     headers = {"Authorization": f"Bearer {token}"}

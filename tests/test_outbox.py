@@ -17,7 +17,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
 
 from gbmedia.db.pool import _init_connection
-from gbmedia.messaging.outbox import (
+from gbmedia.outbox import (
     EVENT_ID_HEADER,
     TOPICS,
     EventDeduper,
@@ -57,6 +57,7 @@ async def relay(pool: asyncpg.Pool, kafka_bootstrap: str) -> AsyncIterator[Outbo
 def async_true(predicate: Callable[[], bool]) -> Callable[[], Awaitable[bool]]:
     async def check() -> bool:
         return predicate()
+
     return check
 
 
@@ -68,14 +69,15 @@ async def all_sent(pool: asyncpg.Pool) -> bool:
     return await unsent(pool) == 0
 
 
-async def enqueue_events(pool: asyncpg.Pool, events: Iterable[tuple[str, str, dict[str, Any]]],
-                         per_transaction: int = 10) -> list[uuid.UUID]:
+async def enqueue_events(
+    pool: asyncpg.Pool, events: Iterable[tuple[str, str, dict[str, Any]]], per_transaction: int = 10
+) -> list[uuid.UUID]:
     """Enqueue (topic, key, payload) events, ``per_transaction`` to a committed transaction."""
     pending = list(events)
     ids: list[uuid.UUID] = []
     for start in range(0, len(pending), per_transaction):
         async with pool.acquire() as conn, conn.transaction():
-            for topic, key, payload in pending[start:start + per_transaction]:
+            for topic, key, payload in pending[start : start + per_transaction]:
                 ids.append(await enqueue(conn, topic, key, payload))
     return ids
 
@@ -84,9 +86,15 @@ async def read_topics(bootstrap: str, topics: Iterable[str], partitions: int = 8
     """Everything in ``topics``, read by a consumer group from the earliest offset to the end."""
     names = sorted(kafka_topic(t) for t in topics)
     consumer = AIOKafkaConsumer(
-        *names, bootstrap_servers=bootstrap, group_id=f"test-{uuid.uuid4().hex[:8]}",
-        auto_offset_reset="earliest", enable_auto_commit=False,
-        session_timeout_ms=1000, heartbeat_interval_ms=200, rebalance_timeout_ms=1000)
+        *names,
+        bootstrap_servers=bootstrap,
+        group_id=f"test-{uuid.uuid4().hex[:8]}",
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        session_timeout_ms=1000,
+        heartbeat_interval_ms=200,
+        rebalance_timeout_ms=1000,
+    )
     await consumer.start()
     records: list[ConsumerRecord] = []
     try:
@@ -119,13 +127,22 @@ async def test_enqueue_stores_the_payload_with_its_event_id(pool: asyncpg.Pool) 
     async with pool.acquire() as conn, conn.transaction():
         conversation = uuid.uuid4()
         at = dt.datetime(2025, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
-        event_id = await enqueue(conn, "chat.messages", str(conversation),
-                                 {"conversation_id": conversation, "text": "héllo", "seq": 1, "at": at})
+        event_id = await enqueue(
+            conn,
+            "chat.messages",
+            str(conversation),
+            {"conversation_id": conversation, "text": "héllo", "seq": 1, "at": at},
+        )
     row = await pool.fetchrow("SELECT * FROM outbox")
     assert row["event_id"] == event_id
     assert row["topic"] == "chat.messages" and row["key"] == str(conversation) and row["sent_at"] is None
-    assert row["payload"] == {"conversation_id": str(conversation), "text": "héllo", "seq": 1,
-                              "at": "2025-01-02T03:04:05+00:00", "event_id": str(event_id)}
+    assert row["payload"] == {
+        "conversation_id": str(conversation),
+        "text": "héllo",
+        "seq": 1,
+        "at": "2025-01-02T03:04:05+00:00",
+        "event_id": str(event_id),
+    }
 
 
 async def test_invalid_topic_refused(pool: asyncpg.Pool) -> None:
@@ -171,12 +188,16 @@ async def test_enqueue_works_without_the_pools_json_codec(database_url: str) -> 
 
 
 async def test_committed_rows_are_published_and_marked_sent(
-        pool: asyncpg.Pool, relay: OutboxRelay, kafka_bootstrap: str) -> None:
-    ids = await enqueue_events(pool, [
-        ("chat.messages", "conv-1", {"text": "one"}),
-        ("chat.receipts", "conv-1", {"read_seq": 1}),
-        ("chat.conversations", "conv-2", {"name": "ünïcode"}),
-    ])
+    pool: asyncpg.Pool, relay: OutboxRelay, kafka_bootstrap: str
+) -> None:
+    ids = await enqueue_events(
+        pool,
+        [
+            ("chat.messages", "conv-1", {"text": "one"}),
+            ("chat.receipts", "conv-1", {"read_seq": 1}),
+            ("chat.conversations", "conv-2", {"name": "ünïcode"}),
+        ],
+    )
     await eventually(lambda: all_sent(pool), "rows marked sent")
     assert await pool.fetchval("SELECT count(*) FROM outbox WHERE sent_at IS NOT NULL") == 3
     records = await read_topics(kafka_bootstrap, TOPICS)
@@ -209,7 +230,8 @@ async def test_a_change_listener_wakes_the_relay(pool: asyncpg.Pool, kafka_boots
 
 
 async def test_rolled_back_transaction_publishes_nothing(
-        pool: asyncpg.Pool, relay: OutboxRelay, kafka_bootstrap: str) -> None:
+    pool: asyncpg.Pool, relay: OutboxRelay, kafka_bootstrap: str
+) -> None:
     rolled_back: list[uuid.UUID] = []
     with pytest.raises(ZeroDivisionError):
         async with pool.acquire() as conn, conn.transaction():
@@ -233,8 +255,7 @@ def check_order(records: list[ConsumerRecord], expected: dict[str, list[int]]) -
     assert got == expected  # every event exactly once, in enqueue order per key
 
 
-async def test_every_event_once_in_order_per_key_across_partitions(
-        pool: asyncpg.Pool, kafka_bootstrap: str) -> None:
+async def test_every_event_once_in_order_per_key_across_partitions(pool: asyncpg.Pool, kafka_bootstrap: str) -> None:
     relay = make_relay(pool, kafka_bootstrap, batch_size=16)  # many batches
     relay.start()
     try:
@@ -261,10 +282,12 @@ async def test_relay_rides_out_a_broker_outage(pool: asyncpg.Pool, tansu_broker:
     try:
         await eventually(async_true(lambda: relay.connected), "the relay to connect")
         await tansu_broker.kill()
-        ids = await enqueue_events(pool, [("chat.messages", f"k{n % 3}", {"key": f"k{n % 3}", "n": n})
-                                          for n in range(30)])
-        await eventually(async_true(lambda: relay.failed_batches + relay.connect_failures >= 2),
-                         "the relay to notice the outage")
+        ids = await enqueue_events(
+            pool, [("chat.messages", f"k{n % 3}", {"key": f"k{n % 3}", "n": n}) for n in range(30)]
+        )
+        await eventually(
+            async_true(lambda: relay.failed_batches + relay.connect_failures >= 2), "the relay to notice the outage"
+        )
         assert await unsent(pool) == 30
         assert relay.lag > 0 and relay.last_error
         await tansu_broker.start()  # same port, empty: the relay creates its topics again
@@ -307,8 +330,7 @@ class SlowRelay(OutboxRelay):
         return await super()._produce(producer, rows)
 
 
-async def test_two_relays_never_both_send_a_row(
-        pool: asyncpg.Pool, database_url: str, kafka_bootstrap: str) -> None:
+async def test_two_relays_never_both_send_a_row(pool: asyncpg.Pool, database_url: str, kafka_bootstrap: str) -> None:
     other_pool = await asyncpg.create_pool(database_url, min_size=1, max_size=4, init=_init_connection)
     first = SlowRelay(pool, kafka_bootstrap, batch_size=20, request_timeout=2.0, send_timeout=5.0)
     second = make_relay(other_pool, kafka_bootstrap, batch_size=20, client_id="gbmedia-outbox-2")
@@ -321,7 +343,7 @@ async def test_two_relays_never_both_send_a_row(
     try:
         # ...then more through both pools while both relays poll, so they compete for every batch.
         for i in range(200, 300, 25):
-            ids += await enqueue_events(pool if i % 50 else other_pool, events[i:i + 25], per_transaction=5)
+            ids += await enqueue_events(pool if i % 50 else other_pool, events[i : i + 25], per_transaction=5)
         await eventually(lambda: all_sent(pool), "300 rows sent")
         assert first.sent + second.sent == 300
         assert first.failed_batches == second.failed_batches == 0
@@ -348,10 +370,8 @@ class CrashingRelay(OutboxRelay):
         return result
 
 
-async def test_a_crash_before_the_commit_resends_and_consumers_dedupe(
-        pool: asyncpg.Pool, kafka_bootstrap: str) -> None:
-    ids = await enqueue_events(pool, [("chat.messages", f"k{n % 2}", {"key": f"k{n % 2}", "n": n})
-                                      for n in range(10)])
+async def test_a_crash_before_the_commit_resends_and_consumers_dedupe(pool: asyncpg.Pool, kafka_bootstrap: str) -> None:
+    ids = await enqueue_events(pool, [("chat.messages", f"k{n % 2}", {"key": f"k{n % 2}", "n": n}) for n in range(10)])
     relay = CrashingRelay(pool, kafka_bootstrap, batch_size=4, request_timeout=2.0, backoff_max=0.3)
     relay.start()
     try:
@@ -368,8 +388,9 @@ async def test_a_crash_before_the_commit_resends_and_consumers_dedupe(
 
 async def test_relay_deletes_sent_rows_after_the_retention(pool: asyncpg.Pool) -> None:
     ids = await enqueue_events(pool, [("chat.messages", "k", {"n": n}) for n in range(4)])
-    await pool.execute("UPDATE outbox SET sent_at = now() - interval '2 hours' WHERE event_id = ANY($1::uuid[])",
-                       ids[:2])
+    await pool.execute(
+        "UPDATE outbox SET sent_at = now() - interval '2 hours' WHERE event_id = ANY($1::uuid[])", ids[:2]
+    )
     await pool.execute("UPDATE outbox SET sent_at = now() WHERE event_id = $1", ids[2])
     await pool.execute("UPDATE outbox SET created_at = now() - interval '3 hours' WHERE event_id = $1", ids[3])
     relay = OutboxRelay(pool, "127.0.0.1:9")  # never connects: delete_sent needs only the database
@@ -384,8 +405,9 @@ async def test_relay_deletes_sent_rows_after_the_retention(pool: asyncpg.Pool) -
 
 async def test_trimmer_deletes_old_rows_and_keeps_new_ones(pool: asyncpg.Pool) -> None:
     ids = await enqueue_events(pool, [("chat.messages", "k", {"n": n}) for n in range(6)])
-    await pool.execute("UPDATE outbox SET created_at = now() - interval '61 minutes' WHERE event_id = ANY($1::uuid[])",
-                       ids[:3])
+    await pool.execute(
+        "UPDATE outbox SET created_at = now() - interval '61 minutes' WHERE event_id = ANY($1::uuid[])", ids[:3]
+    )
     await pool.execute("UPDATE outbox SET sent_at = now() - interval '2 hours' WHERE event_id = $1", ids[3])
     trimmer = OutboxTrimmer(pool)
     assert await trimmer.trim() == 3
@@ -397,8 +419,10 @@ async def test_trimmer_deletes_old_rows_and_keeps_new_ones(pool: asyncpg.Pool) -
     background = OutboxTrimmer(pool, interval=0.05)
     background.start()
     try:
+
         async def trimmed() -> bool:
             return await pool.fetchval("SELECT count(*) FROM outbox") == 2
+
         await eventually(trimmed, "the background trim")
     finally:
         await background.stop()
@@ -411,8 +435,9 @@ async def test_trimmer_deletes_old_rows_and_keeps_new_ones(pool: asyncpg.Pool) -
 
 def test_event_id_of_reads_the_header_else_the_value() -> None:
     header_id, value_id = uuid.uuid4(), uuid.uuid4()
-    with_header = SimpleNamespace(headers=((EVENT_ID_HEADER, str(header_id).encode()),),
-                                  value=json.dumps({"event_id": str(value_id)}).encode())
+    with_header = SimpleNamespace(
+        headers=((EVENT_ID_HEADER, str(header_id).encode()),), value=json.dumps({"event_id": str(value_id)}).encode()
+    )
     assert event_id_of(with_header) == header_id
     assert event_id_of(SimpleNamespace(headers=(), value=json.dumps({"event_id": str(value_id)}).encode())) == value_id
 

@@ -39,8 +39,7 @@ async def stats_of(client: TestClient, tenant: Tenant, room: str, who: str) -> d
     return body
 
 
-async def test_stats_of_a_publisher_and_a_subscriber_match_what_the_peers_send(rtc, tenant: Tenant,
-                                                                               client: TestClient):
+async def test_stats_of_a_publisher_and_a_subscriber_match_what_the_peers_send(rtc, tenant: Tenant, client: TestClient):
     alice, bob = await rtc(), await rtc()
     joined = await alice.join(token(tenant, "alice"))
     room = joined["room"]["id"]
@@ -101,7 +100,8 @@ async def test_stats_of_a_publisher_and_a_subscriber_match_what_the_peers_send(r
     series = {(s.labels["track"], s.labels["kind"]): s for s in families["gbmedia_track_bits_per_second"].samples}
     assert set(series) == {(tracks["video"], "video"), (tracks["audio"], "audio")}
     assert {(s.labels["room"], s.labels["participant"]) for s in series.values()} == {
-        (room, joined["participant"]["id"])}
+        (room, joined["participant"]["id"])
+    }
     assert all(s.value > 0 for s in series.values())
     fps = {s.labels["kind"]: s.value for s in families["gbmedia_track_frames_per_second"].samples}
     assert 15 <= fps["video"] <= 40 and 40 <= fps["audio"] <= 60
@@ -136,8 +136,7 @@ async def test_stats_of_a_publisher_and_a_subscriber_match_what_the_peers_send(r
     assert "gbmedia_track_bits_per_second{" not in text and "gbmedia_participant_rtt_seconds{" not in text
 
 
-async def test_a_participant_who_just_joined_gets_counters_without_rates(rtc, tenant: Tenant,
-                                                                          client: TestClient):
+async def test_a_participant_who_just_joined_gets_counters_without_rates(rtc, tenant: Tenant, client: TestClient):
     alice = await rtc()
     joined = await alice.join(token(tenant, "alice"))
     await alice.publish(ToneAudioTrack())
@@ -173,8 +172,7 @@ async def test_stats_bad_inputs_and_tenant_isolation(rtc, tenant: Tenant, client
     assert await error(STATS.format(room=empty, participant="alice"), tenant.admin) == (404, "participant_not_found")
 
 
-async def test_a_simulcast_publisher_shows_its_layers_and_gets_no_meter(rtc, tenant: Tenant, client: TestClient,
-                                                                        node):
+async def test_a_simulcast_publisher_shows_its_layers_and_gets_no_meter(rtc, tenant: Tenant, client: TestClient, node):
     """No packet sink on a simulcast track: a sink would keep its top layer flowing (no dynacast)."""
     from tests.simulcast import SimulcastPublisher
 
@@ -182,8 +180,9 @@ async def test_a_simulcast_publisher_shows_its_layers_and_gets_no_meter(rtc, ten
     joined = await alice.join(token(tenant, "alice"))
     publisher = SimulcastPublisher()
     try:
-        reply = await alice.request({"type": "publish", "sdp": await publisher.offer(),
-                                     "tracks": {"0": {"source": "camera"}}})
+        reply = await alice.request(
+            {"type": "publish", "sdp": await publisher.offer(), "tracks": {"0": {"source": "camera"}}}
+        )
         assert reply["type"] == "publish_answer", reply
         await publisher.accept(reply["sdp"])
         (track,) = node.live_rooms.live[uuid.UUID(joined["room"]["id"])].tracks().values()

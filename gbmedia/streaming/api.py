@@ -15,8 +15,8 @@ from aiohttp import web
 
 from gbmedia.errors import ApiError, bad_request
 from gbmedia.http.keys import NODE
-from gbmedia.recording.hls.playlist import PLAYLIST_NAME, Rendition
-from gbmedia.recording.hls.service import HlsService
+from gbmedia.streaming.playlist import PLAYLIST_NAME, Rendition
+from gbmedia.streaming.service import HlsService
 
 PLAYLIST_TYPE = "application/vnd.apple.mpegurl"
 IMMUTABLE = "public, max-age=31536000, immutable"
@@ -61,8 +61,9 @@ async def playlist(request: web.Request) -> web.Response:
     if msn is not None:
         limit = rendition.last_complete_msn + 2
         if msn > limit:  # RFC 8216bis 6.2.5.2: too far ahead is a client error
-            raise bad_request("invalid_hls_query", f"_HLS_msn {msn} is beyond the live edge (at most {limit})",
-                              limit=limit)
+            raise bad_request(
+                "invalid_hls_query", f"_HLS_msn {msn} is beyond the live edge (at most {limit})", limit=limit
+            )
         reached = await rendition.wait_until(lambda: rendition.reached(msn, part), timeout)
         if not reached:
             raise ApiError(503, "hls_timeout", f"segment {msn} part {part} did not appear in time")
@@ -88,8 +89,9 @@ async def media(request: web.Request) -> web.Response:
     if found is None:
         raise ApiError(404, "hls_file_not_found", f"no file {name[:80]!r} in this live stream")
     _service(request).bytes_served += len(found.body)
-    return web.Response(body=found.body, headers={"Content-Type": found.content_type, "Cache-Control": IMMUTABLE,
-                                                  **_CORS})
+    return web.Response(
+        body=found.body, headers={"Content-Type": found.content_type, "Cache-Control": IMMUTABLE, **_CORS}
+    )
 
 
 async def _error_headers(request: web.Request, response: web.StreamResponse) -> None:

@@ -131,13 +131,19 @@ async def enqueue(conn: asyncpg.Connection, topic: str, key: str, payload: Mappi
     if not conn.is_in_transaction():
         raise RuntimeError("enqueue must run inside the transaction of the change it describes")
     event_id = uuid.uuid4()
-    body = json.dumps({**payload, "event_id": str(event_id)}, default=_json_default,
-                      ensure_ascii=False, separators=(",", ":"))
+    body = json.dumps(
+        {**payload, "event_id": str(event_id)}, default=_json_default, ensure_ascii=False, separators=(",", ":")
+    )
     if len(body.encode()) > MAX_PAYLOAD_BYTES:
         raise ValueError(f"outbox payload is larger than {MAX_PAYLOAD_BYTES} bytes")
     # ::text::jsonb: the text travels as is, whatever JSON codec the connection has.
-    await conn.execute("INSERT INTO outbox (event_id, topic, key, payload) VALUES ($1, $2, $3, $4::text::jsonb)",
-                       event_id, topic, key, body)
+    await conn.execute(
+        "INSERT INTO outbox (event_id, topic, key, payload) VALUES ($1, $2, $3, $4::text::jsonb)",
+        event_id,
+        topic,
+        key,
+        body,
+    )
     return event_id
 
 
@@ -210,7 +216,9 @@ async def _delete_in_chunks(pool: asyncpg.Pool, condition: str, retention: float
     while True:
         status = await pool.execute(
             f"DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE {condition} ORDER BY id LIMIT $2)",
-            dt.timedelta(seconds=retention), _DELETE_CHUNK)
+            dt.timedelta(seconds=retention),
+            _DELETE_CHUNK,
+        )
         count = int(status.split()[-1])
         total += count
         if count < _DELETE_CHUNK:
@@ -258,13 +266,27 @@ class OutboxRelay(_Periodic):
 
     _task_name = "outbox-relay"
 
-    def __init__(self, pool: asyncpg.Pool, bootstrap_servers: str, *,
-                 topic_prefix: str = DEFAULT_TOPIC_PREFIX, partitions: int = DEFAULT_PARTITIONS,
-                 replication_factor: int = 1, batch_size: int = 500, idle_interval: float = 0.25,
-                 busy_interval: float = 0.0, retention: float = DEFAULT_RETENTION,
-                 cleanup_interval: float = 60.0, backoff_initial: float = 0.2, backoff_max: float = 30.0,
-                 request_timeout: float = 10.0, send_timeout: float = 30.0, idempotent: bool = False,
-                 client_id: str = "gbmedia-outbox", producer_options: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        bootstrap_servers: str,
+        *,
+        topic_prefix: str = DEFAULT_TOPIC_PREFIX,
+        partitions: int = DEFAULT_PARTITIONS,
+        replication_factor: int = 1,
+        batch_size: int = 500,
+        idle_interval: float = 0.25,
+        busy_interval: float = 0.0,
+        retention: float = DEFAULT_RETENTION,
+        cleanup_interval: float = 60.0,
+        backoff_initial: float = 0.2,
+        backoff_max: float = 30.0,
+        request_timeout: float = 10.0,
+        send_timeout: float = 30.0,
+        idempotent: bool = False,
+        client_id: str = "gbmedia-outbox",
+        producer_options: Mapping[str, Any] | None = None,
+    ) -> None:
         if not _PREFIX_RE.match(topic_prefix):
             raise ValueError(f"invalid topic prefix {topic_prefix!r}: must match {_PREFIX_RE.pattern}")
         if partitions < 1 or replication_factor < 1 or batch_size < 1:
@@ -322,32 +344,55 @@ class OutboxRelay(_Periodic):
     def samples(self) -> list[Sample]:
         """The relay's figures for ``node.metrics.watch``."""
         return [
-            Sample("gbmedia_outbox_sent_total", "Outbox events acknowledged by Kafka and marked sent",
-                   self.sent, counter=True),
-            Sample("gbmedia_outbox_failed_batches_total", "Outbox batches Kafka did not fully acknowledge",
-                   self.failed_batches, counter=True),
-            Sample("gbmedia_outbox_connect_failures_total", "Failed connections of the outbox relay to Kafka",
-                   self.connect_failures, counter=True),
-            Sample("gbmedia_outbox_deleted_total", "Sent outbox rows deleted after the retention",
-                   self.deleted, counter=True),
+            Sample(
+                "gbmedia_outbox_sent_total",
+                "Outbox events acknowledged by Kafka and marked sent",
+                self.sent,
+                counter=True,
+            ),
+            Sample(
+                "gbmedia_outbox_failed_batches_total",
+                "Outbox batches Kafka did not fully acknowledge",
+                self.failed_batches,
+                counter=True,
+            ),
+            Sample(
+                "gbmedia_outbox_connect_failures_total",
+                "Failed connections of the outbox relay to Kafka",
+                self.connect_failures,
+                counter=True,
+            ),
+            Sample(
+                "gbmedia_outbox_deleted_total",
+                "Sent outbox rows deleted after the retention",
+                self.deleted,
+                counter=True,
+            ),
             Sample("gbmedia_outbox_lag_seconds", "Age of the oldest unsent outbox row (0 when none)", self.lag),
-            Sample("gbmedia_outbox_connected", "1 while the outbox relay has a Kafka producer",
-                   1.0 if self.connected else 0.0),
+            Sample(
+                "gbmedia_outbox_connected",
+                "1 while the outbox relay has a Kafka producer",
+                1.0 if self.connected else 0.0,
+            ),
         ]
 
     # -- Kafka -------------------------------------------------------------------------
 
     async def ensure_topics(self) -> list[str]:
         """Create the missing topics of :data:`TOPICS`; returns those it created."""
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap_servers, client_id=self.client_id,
-                                    request_timeout_ms=int(self.request_timeout * 1000))
+        admin = AIOKafkaAdminClient(
+            bootstrap_servers=self.bootstrap_servers,
+            client_id=self.client_id,
+            request_timeout_ms=int(self.request_timeout * 1000),
+        )
         try:
             await admin.start()
             existing = set(await admin.list_topics())
             missing = sorted(self.kafka_topic(t) for t in TOPICS if self.kafka_topic(t) not in existing)
             if missing:
                 response = await admin.create_topics(
-                    [NewTopic(name, self.partitions, self.replication_factor) for name in missing])
+                    [NewTopic(name, self.partitions, self.replication_factor) for name in missing]
+                )
                 for name, code, message in response.topic_errors:
                     if code not in (0, 36):  # 36: TOPIC_ALREADY_EXISTS (another node won the race)
                         raise RuntimeError(f"creating topic {name} failed: error {code}: {message}")
@@ -357,9 +402,12 @@ class OutboxRelay(_Periodic):
 
     async def _connect(self) -> None:
         created = await self.ensure_topics()
-        options: dict[str, Any] = {"acks": "all", "enable_idempotence": self.idempotent,
-                                   "request_timeout_ms": int(self.request_timeout * 1000),
-                                   "client_id": self.client_id}
+        options: dict[str, Any] = {
+            "acks": "all",
+            "enable_idempotence": self.idempotent,
+            "request_timeout_ms": int(self.request_timeout * 1000),
+            "client_id": self.client_id,
+        }
         options.update(self.producer_options)
         producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap_servers, **options)
         try:
@@ -368,8 +416,14 @@ class OutboxRelay(_Periodic):
             await self._stop_producer(producer)
             raise
         self._producer = producer
-        log.info("outbox relay connected", extra={"bootstrap_servers": self.bootstrap_servers,
-                                                  "topics_created": created, "topic_prefix": self.topic_prefix})
+        log.info(
+            "outbox relay connected",
+            extra={
+                "bootstrap_servers": self.bootstrap_servers,
+                "topics_created": created,
+                "topic_prefix": self.topic_prefix,
+            },
+        )
 
     async def _stop_producer(self, producer: Any) -> None:
         # stop() flushes what is queued; bounded so a dead broker cannot hold up shutdown.
@@ -401,19 +455,24 @@ class OutboxRelay(_Periodic):
             locked, oldest = await conn.fetchrow(
                 """SELECT pg_try_advisory_xact_lock($1, $2),
                           (SELECT created_at FROM outbox WHERE sent_at IS NULL ORDER BY id LIMIT 1)""",
-                *_RELAY_LOCK)
+                *_RELAY_LOCK,
+            )
             self._oldest_unsent = oldest.timestamp() if oldest is not None else None
             if not locked or oldest is None:
                 return 0
             rows = await conn.fetch(
                 """SELECT id, event_id, topic, key, payload::text AS payload, created_at FROM outbox
-                    WHERE sent_at IS NULL ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED""", self.batch_size)
+                    WHERE sent_at IS NULL ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED""",
+                self.batch_size,
+            )
             if not rows:
                 return 0
             acked, error = await self._produce(producer, rows)
             if acked:
-                await conn.execute("UPDATE outbox SET sent_at = now() WHERE id = ANY($1::bigint[])",
-                                   [row["id"] for row in rows[:acked]])
+                await conn.execute(
+                    "UPDATE outbox SET sent_at = now() WHERE id = ANY($1::bigint[])",
+                    [row["id"] for row in rows[:acked]],
+                )
         if acked:
             self.sent += acked
             self.batches += 1
@@ -433,8 +492,11 @@ class OutboxRelay(_Periodic):
                 try:
                     for row in rows:
                         fut = await producer.send(
-                            self.topic_prefix + row["topic"], value=row["payload"].encode(),
-                            key=row["key"].encode(), headers=[(EVENT_ID_HEADER, str(row["event_id"]).encode())])
+                            self.topic_prefix + row["topic"],
+                            value=row["payload"].encode(),
+                            key=row["key"].encode(),
+                            headers=[(EVENT_ID_HEADER, str(row["event_id"]).encode())],
+                        )
                         fut.add_done_callback(_retrieve)
                         futures.append(fut)
                 except Exception as exc:  # queueing failed (no metadata, closed producer): stop here
@@ -493,11 +555,19 @@ class OutboxRelay(_Periodic):
                 cause = exc.cause if isinstance(exc, OutboxSendError) else exc
                 self.last_error = f"{type(cause).__name__}: {cause}"[:300]
                 delay = self._backoff(failures)
-                log.warning("outbox relay failed", extra={
-                    "error": type(cause).__name__, "detail": str(cause)[:300], "attempt": failures,
-                    "retry_in_s": round(delay, 3), "lag_s": round(self.lag, 3),
-                    "batch_rows": getattr(exc, "selected", None), "batch_sent": getattr(exc, "sent", None),
-                    "first_unsent_id": getattr(exc, "first_unsent_id", None)})
+                log.warning(
+                    "outbox relay failed",
+                    extra={
+                        "error": type(cause).__name__,
+                        "detail": str(cause)[:300],
+                        "attempt": failures,
+                        "retry_in_s": round(delay, 3),
+                        "lag_s": round(self.lag, 3),
+                        "batch_rows": getattr(exc, "selected", None),
+                        "batch_sent": getattr(exc, "sent", None),
+                        "first_unsent_id": getattr(exc, "first_unsent_id", None),
+                    },
+                )
                 if kafka_side:
                     # Reconnect from scratch: a restarted broker may have lost its topics.
                     await self._disconnect()
@@ -527,8 +597,14 @@ class OutboxTrimmer(_Periodic):
 
     def samples(self) -> list[Sample]:
         """The trimmer's figures for ``node.metrics.watch``."""
-        return [Sample("gbmedia_outbox_trimmed_total", "Outbox rows deleted unsent (no Kafka configured)",
-                       self.deleted, counter=True)]
+        return [
+            Sample(
+                "gbmedia_outbox_trimmed_total",
+                "Outbox rows deleted unsent (no Kafka configured)",
+                self.deleted,
+                counter=True,
+            )
+        ]
 
     async def trim(self) -> int:
         """Delete rows created more than ``retention`` seconds ago; returns how many."""

@@ -22,8 +22,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from gbmedia.errors import ApiError, bad_request
 from gbmedia.http.keys import NODE, principal_of
 from gbmedia.http.responses import json_response, path_uuid, query_int, query_uuid, read_model
-from gbmedia.signaling.live import LiveRoom
-from gbmedia.signaling.rooms import (
+from gbmedia.rooms.live import LiveRoom
+from gbmedia.rooms.store import (
     DEFAULT_EMPTY_TIMEOUT,
     MAX_EMPTY_TIMEOUT,
     MIN_EMPTY_TIMEOUT,
@@ -64,8 +64,7 @@ def _rooms(request: web.Request) -> Rooms:
 def _require_any_grant(principal: Principal, *grants: str) -> None:
     if principal.is_operator or any(principal.grants.has(g) for g in grants):
         return
-    raise ApiError(403, "grant_missing", f"the token lacks the {' or '.join(grants)} grant",
-                   {"grant": grants[0]})
+    raise ApiError(403, "grant_missing", f"the token lacks the {' or '.join(grants)} grant", {"grant": grants[0]})
 
 
 def _scope(principal: Principal, requested: uuid.UUID | None) -> uuid.UUID | None:
@@ -83,6 +82,7 @@ def _scope(principal: Principal, requested: uuid.UUID | None) -> uuid.UUID | Non
 
 # --- handlers ---------------------------------------------------------------------
 
+
 async def create_room(request: web.Request) -> web.Response:
     principal = principal_of(request)
     _require_any_grant(principal, "room_create", "room_admin")
@@ -91,8 +91,13 @@ async def create_room(request: web.Request) -> web.Response:
     if instance_id is None:
         raise bad_request("instance_id_required", "the operator must name the room's instance_id")
     room = await _rooms(request).create(
-        principal.actor, instance_id, body.name, kind=body.kind, max_participants=body.max_participants,
-        empty_timeout=body.empty_timeout, metadata=body.metadata,
+        principal.actor,
+        instance_id,
+        body.name,
+        kind=body.kind,
+        max_participants=body.max_participants,
+        empty_timeout=body.empty_timeout,
+        metadata=body.metadata,
     )
     return json_response(room, status=201)
 
@@ -140,16 +145,24 @@ async def _live_room(request: web.Request) -> tuple[Principal, Room, LiveRoom]:
     room = await _rooms(request).get(_scope(principal, None), path_uuid(request, "room_id"))
     live = request.app[NODE].live_rooms.live.get(room.id)
     if live is None or room.status != "open":
-        raise ApiError(404, "participant_not_found", f"no participant {request.match_info['participant']} "
-                       "in the room")
+        raise ApiError(404, "participant_not_found", f"no participant {request.match_info['participant']} in the room")
     return principal, room, live
 
 
-async def _audit(request: web.Request, principal: Principal, room: Room, action: str,
-                 target: str, details: dict[str, Any]) -> None:
+async def _audit(
+    request: web.Request, principal: Principal, room: Room, action: str, target: str, details: dict[str, Any]
+) -> None:
     async with request.app[NODE].db.pool.acquire() as conn:
-        await audit.record(conn, principal.actor, action, "participant", target, customer_id=room.customer_id,
-                           instance_id=room.instance_id, details={"room_id": str(room.id), **details})
+        await audit.record(
+            conn,
+            principal.actor,
+            action,
+            "participant",
+            target,
+            customer_id=room.customer_id,
+            instance_id=room.instance_id,
+            details={"room_id": str(room.id), **details},
+        )
 
 
 async def remove_participant(request: web.Request) -> web.Response:
@@ -165,23 +178,33 @@ async def mute_track(request: web.Request) -> web.Response:
     track_id = request.match_info["track"]
     participant = live.find(request.match_info["participant"])
     track = await live.admin_mute(participant.id, track_id, body.muted)
-    await _audit(request, principal, room, "participant.mute_track", participant.id,
-                 {"track_id": track.id, "muted": body.muted})
-    return json_response({"participant_id": participant.id, "track": {
-        "id": track.id, "kind": track.kind, "source": track.source, "name": track.name, "muted": track.muted}})
+    await _audit(
+        request, principal, room, "participant.mute_track", participant.id, {"track_id": track.id, "muted": body.muted}
+    )
+    return json_response(
+        {
+            "participant_id": participant.id,
+            "track": {
+                "id": track.id,
+                "kind": track.kind,
+                "source": track.source,
+                "name": track.name,
+                "muted": track.muted,
+            },
+        }
+    )
 
 
 async def participant_stats(request: web.Request) -> web.Response:
     """Media quality of one participant: its published tracks as the SFU receives them, and
-    each track it subscribes to as the SFU sends it (see :mod:`gbmedia.signaling.quality`)."""
+    each track it subscribes to as the SFU sends it (see :mod:`gbmedia.rooms.quality`)."""
     principal = principal_of(request)
     _require_any_grant(principal, "room_create", "room_admin")
     room = await _rooms(request).get(_scope(principal, None), path_uuid(request, "room_id"))
     node = request.app[NODE]
     live = node.live_rooms.live.get(room.id)
     if live is None or room.status != "open":
-        raise ApiError(404, "participant_not_found", f"no participant {request.match_info['participant']} "
-                       "in the room")
+        raise ApiError(404, "participant_not_found", f"no participant {request.match_info['participant']} in the room")
     participant = live.find(request.match_info["participant"])
     stats = await node.quality.stats_for(live, participant)
     return json_response({**stats.to_json(), "interval_seconds": node.quality.interval})

@@ -18,9 +18,9 @@ import pytest
 from aiortc.codecs.h264 import H264Encoder
 from aiortc.codecs.vpx import Vp8Encoder
 
-from gbmedia.recording.hls import fmp4
-from gbmedia.recording.hls.fmp4 import Sample
-from gbmedia.recording.hls.packager import (
+from gbmedia.streaming import fmp4
+from gbmedia.streaming.fmp4 import Sample
+from gbmedia.streaming.packager import (
     AudioTranscoder,
     FrameAssembler,
     RtpIn,
@@ -30,12 +30,13 @@ from gbmedia.recording.hls.packager import (
     _extend_like,
     _Unwrapper,
 )
-from gbmedia.recording.hls.playlist import HlsConfig, Part, Rendition
+from gbmedia.streaming.playlist import HlsConfig, Part, Rendition
 
 NOW = dt.datetime(2026, 12, 1, 23, 0, tzinfo=dt.UTC)
 
 
 # --- fMP4 --------------------------------------------------------------------------
+
 
 def test_annexb_split_and_avcc():
     stream = b"\x00\x00\x00\x01\x67\x42\x00\x1f" + b"\x00\x00\x01\x68\xce" + b"\x00\x00\x00\x01\x65\x88\x84"
@@ -56,11 +57,12 @@ def test_fragment_offsets_point_at_each_tracks_samples():
     data = fmp4.fragment(7, [fmp4.TrackRun(1, video), fmp4.TrackRun(2, audio), fmp4.TrackRun(3, [])])
     (moof_kind, moof_start, moof_size), (mdat_kind, _, mdat_size) = list(fmp4.iter_boxes(data))
     assert (moof_kind, mdat_kind) == (b"moof", b"mdat") and mdat_size == 8 + 22
-    trafs = [(s, n) for kind, s, n in fmp4.iter_boxes(data, moof_start + 8, moof_start + moof_size)
-             if kind == b"traf"]
+    trafs = [(s, n) for kind, s, n in fmp4.iter_boxes(data, moof_start + 8, moof_start + moof_size) if kind == b"traf"]
     assert len(trafs) == 2
-    expected = [(b"V" * 10 + b"v" * 7, [(3000, 10, fmp4.SYNC_SAMPLE_FLAGS), (3000, 7, fmp4.NON_SYNC_SAMPLE_FLAGS)]),
-                (b"A" * 5, [(1024, 5, fmp4.SYNC_SAMPLE_FLAGS)])]
+    expected = [
+        (b"V" * 10 + b"v" * 7, [(3000, 10, fmp4.SYNC_SAMPLE_FLAGS), (3000, 7, fmp4.NON_SYNC_SAMPLE_FLAGS)]),
+        (b"A" * 5, [(1024, 5, fmp4.SYNC_SAMPLE_FLAGS)]),
+    ]
     for (start, size), (payload, entries) in zip(trafs, expected, strict=True):
         boxes = _children(data, start, size)
         tfdt_start, _ = boxes[b"tfdt"]
@@ -68,7 +70,7 @@ def test_fragment_offsets_point_at_each_tracks_samples():
         trun_start, _ = boxes[b"trun"]
         count, offset = struct.unpack_from(">Ii", data, trun_start + 12)
         assert count == len(entries)
-        assert data[moof_start + offset:moof_start + offset + len(payload)] == payload
+        assert data[moof_start + offset : moof_start + offset + len(payload)] == payload
         assert [struct.unpack_from(">III", data, trun_start + 20 + 12 * i) for i in range(count)] == entries
     with pytest.raises(ValueError):
         fmp4.fragment(1, [fmp4.TrackRun(1, [])])
@@ -84,7 +86,11 @@ def test_init_segment_layout_and_codec_strings():
     assert [kind for kind, _, _ in fmp4.iter_boxes(data)] == [b"ftyp", b"moov"]
     _, moov_start, moov_size = list(fmp4.iter_boxes(data))[1]
     assert [k for k, _, _ in fmp4.iter_boxes(data, moov_start + 8, moov_start + moov_size)] == [
-        b"mvhd", b"trak", b"trak", b"mvex"]
+        b"mvhd",
+        b"trak",
+        b"trak",
+        b"mvex",
+    ]
     assert b"avcC" in data and b"esds" in data and b"\x11\x90" in data
     video_only = fmp4.init_segment(video, None)
     assert b"mp4a" not in video_only and b"soun" not in video_only
@@ -117,8 +123,9 @@ def test_segmenter_output_decodes_and_keeps_part_and_segment_rules(tmp_path: Pat
     config = HlsConfig(segment_seconds=1.0, part_seconds=0.3, window_segments=3)
     parts: list[Part] = []
     segments: list[tuple[int, float]] = []
-    segmenter = Segmenter(config, lambda part, start: parts.append(part), lambda m, d: segments.append((m, d)),
-                          audio=True)
+    segmenter = Segmenter(
+        config, lambda part, start: parts.append(part), lambda m, d: segments.append((m, d)), audio=True
+    )
     assert segmenter.wants_keyframe(0)
     audio = AudioTranscoder()
     sps = pps = None
@@ -133,12 +140,19 @@ def test_segmenter_output_decodes_and_keeps_part_and_segment_rules(tmp_path: Pat
     assert all(0.9 <= d <= 1.5 for _, d in segments)
     assert all(p.duration <= 0.3 + 1e-9 for p in parts)
     assert all(p.independent == (p.index == 0) for p in parts)  # keyframes every 30 frames: only at segment starts
-    init = fmp4.init_segment(fmp4.VideoTrackInfo(160, 120, sps, pps),  # type: ignore[arg-type]
-                             fmp4.AudioTrackInfo(48000, 2, audio.audio_specific_config))
+    init = fmp4.init_segment(
+        fmp4.VideoTrackInfo(160, 120, sps, pps),  # type: ignore[arg-type]
+        fmp4.AudioTrackInfo(48000, 2, audio.audio_specific_config),
+    )
     clip = tmp_path / "clip.mp4"
     clip.write_bytes(init + b"".join(p.data for p in parts))
-    out = subprocess.run(["ffprobe", "-v", "error", "-count_frames", "-show_streams", "-of", "json", str(clip)],
-                         capture_output=True, text=True, check=True, timeout=60)
+    out = subprocess.run(
+        ["ffprobe", "-v", "error", "-count_frames", "-show_streams", "-of", "json", str(clip)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
     streams = {s["codec_type"]: s for s in json.loads(out.stdout)["streams"]}
     assert streams["video"]["codec_name"] == "h264" and streams["audio"]["codec_name"] == "aac"
     assert int(streams["video"]["nb_read_frames"]) == 99  # all but the last, which waits for its duration
@@ -159,6 +173,7 @@ def test_segmenter_cuts_without_a_keyframe_at_the_target_duration():
 
 
 # --- playlist -----------------------------------------------------------------------
+
 
 def _rendition(config: HlsConfig | None = None) -> Rendition:
     rendition = Rendition(config or HlsConfig(segment_seconds=2.0, part_seconds=0.5, window_segments=3))
@@ -183,10 +198,15 @@ async def test_playlist_lists_a_window_parts_near_the_edge_and_a_preload_hint():
     text = rendition.playlist()
     lines = text.splitlines()
     rid = rendition.id
-    assert lines[:7] == ["#EXTM3U", "#EXT-X-VERSION:9", "#EXT-X-TARGETDURATION:3",
-                         "#EXT-X-PART-INF:PART-TARGET=0.5",
-                         "#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK=1.5",
-                         "#EXT-X-MEDIA-SEQUENCE:5", f'#EXT-X-MAP:URI="{rid}-init.mp4"']
+    assert lines[:7] == [
+        "#EXTM3U",
+        "#EXT-X-VERSION:9",
+        "#EXT-X-TARGETDURATION:3",
+        "#EXT-X-PART-INF:PART-TARGET=0.5",
+        "#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK=1.5",
+        "#EXT-X-MEDIA-SEQUENCE:5",
+        f'#EXT-X-MAP:URI="{rid}-init.mp4"',
+    ]
     assert lines[7] == "#EXT-X-PROGRAM-DATE-TIME:2026-12-01T23:00:00.000Z"
     assert text.count("#EXT-X-PROGRAM-DATE-TIME:") == 4  # every listed segment, the open one too
     assert [ln for ln in lines if not ln.startswith("#")] == [f"{rid}-{m}.m4s" for m in (5, 6, 7)]
@@ -250,6 +270,7 @@ async def test_reached_and_upcoming_follow_the_rfc_rules():
 
 # --- reordering and depacketizing ------------------------------------------------------
 
+
 def _rtp(seq: int, ts: int = 0, marker: bool = False, payload: bytes = b"", arrival: float = 0.0) -> RtpIn:
     return RtpIn(seq & 0xFFFF, ts & 0xFFFFFFFF, marker, payload, arrival)
 
@@ -258,8 +279,7 @@ def test_reorder_puts_packets_back_in_order_and_declares_losses():
     reorder = SequenceReorder(max_wait=0.1, max_packets=4)
     for seq in (65534, 0, 65535, 1, 1):  # across the wrap, one duplicate
         reorder.push(_rtp(seq))
-    assert [(p.seq, lost) for p, lost in reorder.pop(0.0)] == [(65534, False), (65535, False), (0, False),
-                                                              (1, False)]
+    assert [(p.seq, lost) for p, lost in reorder.pop(0.0)] == [(65534, False), (65535, False), (0, False), (1, False)]
     reorder.push(_rtp(4, arrival=0.0))  # 2 and 3 missing
     assert reorder.pop(0.05) == []  # still waiting
     assert [(p.seq, lost) for p, lost in reorder.pop(0.2)] == [(4, True)]
@@ -327,10 +347,13 @@ def test_assembler_drops_what_does_not_depayload():
     assert vp8.add(_rtp(2, 20, False, b"\x10\x00"), False) == []
     # A frame whose marker never came is taken whole when the next one starts (nothing was lost).
     assert [(f.timestamp & 0xFFFF, f.keyframe) for f in vp8.add(_rtp(3, 30, True, b"\x10\x00\x00"), False)] == [
-        (20, True), (30, True)]
+        (20, True),
+        (30, True),
+    ]
 
 
 # --- audio -------------------------------------------------------------------------
+
 
 def _opus_packets(count: int) -> list[bytes]:
     encoder = av.CodecContext.create("libopus", "w")
@@ -385,4 +408,3 @@ def test_a_video_stall_ends_the_segment_where_its_media_ends():
         segmenter.add_video(Sample(19 * 3000 + 10 * 90000 + i * 3000, b"\x00", i % 60 == 0))
     assert segments[1][0] == 1 and abs(segments[1][1] - 2.0) < 0.04
     assert [p.independent for p in parts if p.msn == 1 and p.index == 0] == [True]
-

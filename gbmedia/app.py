@@ -60,8 +60,12 @@ async def api_middleware(request: web.Request, handler: Handler) -> web.StreamRe
             decision = await node.rate_limiter.take(principal.actor.name)
             if not decision.allowed:
                 headers["Retry-After"] = str(max(1, round(decision.retry_after + 0.5)))
-                raise ApiError(429, "rate_limited", "too many requests; retry later",
-                               {"retry_after": round(decision.retry_after, 3)})
+                raise ApiError(
+                    429,
+                    "rate_limited",
+                    "too many requests; retry later",
+                    {"retry_after": round(decision.retry_after, 3)},
+                )
         response = await handler(request)
     except ApiError as exc:
         error = exc
@@ -75,8 +79,9 @@ async def api_middleware(request: web.Request, handler: Handler) -> web.StreamRe
             error.message = f"the request body exceeds {node.settings.max_body_bytes} bytes"
     except Exception:
         log.exception("unhandled error", extra={"request_id": request_id, "path": request.path})
-        error = ApiError(500, "internal_error",
-                         f"the server failed; its logs have the details under request {request_id}")
+        error = ApiError(
+            500, "internal_error", f"the server failed; its logs have the details under request {request_id}"
+        )
     if error is not None:
         if error.status == 429 and "Retry-After" not in headers and "retry_after" in error.details:
             headers["Retry-After"] = str(max(1, round(error.details["retry_after"] + 0.5)))
@@ -91,15 +96,15 @@ async def api_middleware(request: web.Request, handler: Handler) -> web.StreamRe
 
 async def healthz(request: web.Request) -> web.Response:
     node = request.app[NODE]
-    return json_response({"status": "ok", "node_id": node.settings.node_id,
-                          "uptime_seconds": round(time.monotonic() - node.started, 3)})
+    return json_response(
+        {"status": "ok", "node_id": node.settings.node_id, "uptime_seconds": round(time.monotonic() - node.started, 3)}
+    )
 
 
 async def readyz(request: web.Request) -> web.Response:
     checks = await request.app[NODE].readiness()
     ready = all(c["ok"] for c in checks.values())
-    return json_response({"status": "ready" if ready else "not_ready", "checks": checks},
-                         status=200 if ready else 503)
+    return json_response({"status": "ready" if ready else "not_ready", "checks": checks}, status=200 if ready else 503)
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -121,7 +126,7 @@ def create_app(node: Node) -> web.Application:
     from gbmedia.http import web as web_files
     from gbmedia.messaging import api as messaging_api
     from gbmedia.recording import api as recording_api
-    from gbmedia.signaling import api as signaling_api
+    from gbmedia.rooms import api as rooms_api
     from gbmedia.signaling import whip as signaling_whip
     from gbmedia.signaling import ws as signaling_ws
     from gbmedia.tenancy import api as tenancy_api
@@ -133,13 +138,13 @@ def create_app(node: Node) -> web.Application:
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/openapi.json", openapi_handler())
     tenancy_api.register(app)
-    signaling_api.register(app)
+    rooms_api.register(app)
     signaling_ws.register(app)
     messaging_api.register(app)
     recording_api.register(app)
     web_files.register(app)
     signaling_whip.register(app)  # /whip and /whep (RFC 9725 ingest, WHEP playback)
-    from gbmedia.recording.hls import api as hls_api
+    from gbmedia.streaming import api as hls_api
 
     hls_api.register(app)
     return app

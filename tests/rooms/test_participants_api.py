@@ -27,8 +27,10 @@ async def test_get_room_lists_participants_and_their_tracks(rtc, tenant: Tenant,
     assert room["num_participants"] == 2
     by_identity = {p["identity"]: p for p in room["participants"]}
     assert by_identity["alice"]["state"] == "active"
-    assert {(t["kind"], t["source"]) for t in by_identity["alice"]["tracks"]} == {("video", "camera"),
-                                                                                   ("audio", "microphone")}
+    assert {(t["kind"], t["source"]) for t in by_identity["alice"]["tracks"]} == {
+        ("video", "camera"),
+        ("audio", "microphone"),
+    }
     assert set(by_identity["bob"]["subscriptions"]) == {t["id"] for t in reply["tracks"]}
     assert by_identity["bob"]["tracks"] == [] and by_identity["bob"]["can_publish"] is True
 
@@ -43,8 +45,7 @@ async def test_get_room_lists_participants_and_their_tracks(rtc, tenant: Tenant,
     assert states == {"alice": "disconnected", "bob": "active"}
 
 
-async def test_an_admin_mute_stops_forwarding_until_an_admin_unmutes(rtc, tenant: Tenant,
-                                                                     client: TestClient):
+async def test_an_admin_mute_stops_forwarding_until_an_admin_unmutes(rtc, tenant: Tenant, client: TestClient):
     alice, bob = await rtc(), await rtc()
     joined = await alice.join(token(tenant, "alice"))
     track_id = (await alice.publish(ColorVideoTrack(RED)))["tracks"][0]["id"]
@@ -79,8 +80,7 @@ async def test_an_admin_mute_stops_forwarding_until_an_admin_unmutes(rtc, tenant
     assert actions.count("participant.mute_track") == 2
 
 
-async def test_removing_a_participant_disconnects_it_and_tells_the_others(rtc, tenant: Tenant,
-                                                                          client: TestClient):
+async def test_removing_a_participant_disconnects_it_and_tells_the_others(rtc, tenant: Tenant, client: TestClient):
     alice, bob = await rtc(), await rtc()
     joined = await alice.join(token(tenant, "alice"))
     track_id = (await alice.publish(ColorVideoTrack(RED)))["tracks"][0]["id"]
@@ -97,8 +97,7 @@ async def test_removing_a_participant_disconnects_it_and_tells_the_others(rtc, t
     assert (resp.status, (await resp.json())["error"]["code"]) == (404, "participant_not_found")
 
 
-async def test_participant_routes_need_room_admin_and_stay_in_the_tenant(rtc, tenant: Tenant,
-                                                                         client: TestClient):
+async def test_participant_routes_need_room_admin_and_stay_in_the_tenant(rtc, tenant: Tenant, client: TestClient):
     from tests.helpers import bearer, create_tenant
 
     alice = await rtc()
@@ -110,8 +109,10 @@ async def test_participant_routes_need_room_admin_and_stay_in_the_tenant(rtc, te
     resp = await client.delete(f"/api/v1/rooms/{room_id}/participants/alice", headers=creator)
     assert (resp.status, (await resp.json())["error"]["code"]) == (403, "grant_missing")
     other = await create_tenant(client, "globex")
-    for method, path in (("GET", f"/api/v1/rooms/{room_id}/participants"),
-                         ("DELETE", f"/api/v1/rooms/{room_id}/participants/alice")):
+    for method, path in (
+        ("GET", f"/api/v1/rooms/{room_id}/participants"),
+        ("DELETE", f"/api/v1/rooms/{room_id}/participants/alice"),
+    ):
         resp = await client.request(method, path, headers=other.admin)
         assert (resp.status, (await resp.json())["error"]["code"]) == (404, "room_not_found")
     assert (await alice.request({"type": "ping"}))["type"] == "pong"  # alice was never touched

@@ -44,8 +44,10 @@ ROOM_NAME_PATTERN = r"^[A-Za-z0-9._-]+$"
 ROOM_NAME_MAX_LENGTH = 200
 _ROOM_NAME = re.compile(ROOM_NAME_PATTERN)
 
-_ROOM_COLUMNS = ("id, customer_id, instance_id, name, kind, status, max_participants, empty_timeout, "
-                 "metadata, node_id, created_at, closed_at, last_active_at")
+_ROOM_COLUMNS = (
+    "id, customer_id, instance_id, name, kind, status, max_participants, empty_timeout, "
+    "metadata, node_id, created_at, closed_at, last_active_at"
+)
 
 StatusFilter = Literal["open", "closed", "all"]
 # Live participants of a room on this node (the signaling layer's count).
@@ -80,8 +82,7 @@ def no_participants(room_id: uuid.UUID) -> int:
 
 
 class Rooms:
-    def __init__(self, pool: asyncpg.Pool, customers: Customers, instances: Instances, *,
-                 node_id: str) -> None:
+    def __init__(self, pool: asyncpg.Pool, customers: Customers, instances: Instances, *, node_id: str) -> None:
         self.pool = pool
         self.customers = customers
         self.instances = instances
@@ -117,13 +118,15 @@ class Rooms:
         """
         # The REST models refuse these first; this guards the other callers.
         if len(name) > ROOM_NAME_MAX_LENGTH or not _ROOM_NAME.fullmatch(name):
-            raise bad_request("invalid_room_settings",
-                              f"a room name is 1-{ROOM_NAME_MAX_LENGTH} letters, digits, '-', '_' or '.'")
+            raise bad_request(
+                "invalid_room_settings", f"a room name is 1-{ROOM_NAME_MAX_LENGTH} letters, digits, '-', '_' or '.'"
+            )
         if kind not in ROOM_KINDS:
             raise bad_request("invalid_room_settings", f"kind must be one of {ROOM_KINDS}")
         if not MIN_EMPTY_TIMEOUT <= empty_timeout <= MAX_EMPTY_TIMEOUT:
-            raise bad_request("invalid_room_settings",
-                              f"empty_timeout must be {MIN_EMPTY_TIMEOUT}-{MAX_EMPTY_TIMEOUT} seconds")
+            raise bad_request(
+                "invalid_room_settings", f"empty_timeout must be {MIN_EMPTY_TIMEOUT}-{MAX_EMPTY_TIMEOUT} seconds"
+            )
         if max_participants is not None and max_participants < 1:
             raise bad_request("invalid_room_settings", "max_participants must be at least 1")
         async with self.pool.acquire() as conn, conn.transaction():
@@ -149,17 +152,34 @@ class Rooms:
                     f"""INSERT INTO rooms (customer_id, instance_id, name, kind, max_participants,
                                            empty_timeout, metadata, node_id)
                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING {_ROOM_COLUMNS}""",
-                    customer.id, instance.id, name, kind, max_participants, empty_timeout,
-                    metadata or {}, self.node_id,
+                    customer.id,
+                    instance.id,
+                    name,
+                    kind,
+                    max_participants,
+                    empty_timeout,
+                    metadata or {},
+                    self.node_id,
                 )
             except asyncpg.UniqueViolationError:
-                raise conflict("room_name_taken",
-                               f"the instance already has an open room named {name!r}") from None
+                raise conflict("room_name_taken", f"the instance already has an open room named {name!r}") from None
             room = _room(row)
-            await audit.record(conn, actor, "room.create", "room", room.id,
-                               customer_id=room.customer_id, instance_id=room.instance_id,
-                               details={"name": name, "kind": kind, "max_participants": max_participants,
-                                        "empty_timeout": empty_timeout, "node_id": self.node_id})
+            await audit.record(
+                conn,
+                actor,
+                "room.create",
+                "room",
+                room.id,
+                customer_id=room.customer_id,
+                instance_id=room.instance_id,
+                details={
+                    "name": name,
+                    "kind": kind,
+                    "max_participants": max_participants,
+                    "empty_timeout": empty_timeout,
+                    "node_id": self.node_id,
+                },
+            )
         return room
 
     async def get(self, instance_id: uuid.UUID | None, name_or_id: uuid.UUID | str) -> Room:
@@ -175,21 +195,24 @@ class Rooms:
             row = await self.pool.fetchrow(
                 f"""SELECT {_ROOM_COLUMNS} FROM rooms
                      WHERE id = $1 AND ($2::uuid IS NULL OR instance_id = $2)""",
-                room_id, instance_id,
+                room_id,
+                instance_id,
             )
         # A name may look like a UUID; it is tried as a name when no id matched.
         if row is None and instance_id is not None and not isinstance(name_or_id, uuid.UUID):
             row = await self.pool.fetchrow(
                 f"""SELECT {_ROOM_COLUMNS} FROM rooms WHERE instance_id = $1 AND name = $2
                      ORDER BY status = 'open' DESC, created_at DESC, id LIMIT 1""",
-                instance_id, name_or_id,
+                instance_id,
+                name_or_id,
             )
         if row is None:
             raise not_found("room", name_or_id)
         return _room(row)
 
-    async def list(self, instance_id: uuid.UUID | None, status: StatusFilter = "open", *,
-                   limit: int = 100, offset: int = 0) -> list[Room]:
+    async def list(
+        self, instance_id: uuid.UUID | None, status: StatusFilter = "open", *, limit: int = 100, offset: int = 0
+    ) -> list[Room]:
         """Newest first. ``instance_id`` None lists every instance's rooms (operator)."""
         if status not in (*ROOM_STATUSES, "all"):
             raise bad_request("invalid_query", "status must be open, closed or all")
@@ -199,7 +222,10 @@ class Rooms:
                    AND ($2::text = 'all' OR status = $2)
                  ORDER BY created_at DESC, id
                  LIMIT $3 OFFSET $4""",
-            instance_id, status, limit, offset,
+            instance_id,
+            status,
+            limit,
+            offset,
         )
         return [_room(r) for r in rows]
 
@@ -217,9 +243,16 @@ class Rooms:
                     raise not_found("room", room.id)
                 return _room(current)
             closed = _room(row)
-            await audit.record(conn, actor, "room.close", "room", closed.id,
-                               customer_id=closed.customer_id, instance_id=closed.instance_id,
-                               details={"name": closed.name, "reason": reason})
+            await audit.record(
+                conn,
+                actor,
+                "room.close",
+                "room",
+                closed.id,
+                customer_id=closed.customer_id,
+                instance_id=closed.instance_id,
+                details={"name": closed.name, "reason": reason},
+            )
         await self._closed(closed, reason)
         return closed
 
@@ -265,10 +298,16 @@ class Rooms:
                 if row is None:
                     continue
                 done = _room(row)
-                await audit.record(conn, self.system_actor, "room.close", "room", done.id,
-                                   customer_id=done.customer_id, instance_id=done.instance_id,
-                                   details={"name": done.name, "reason": "idle",
-                                            "empty_timeout": done.empty_timeout})
+                await audit.record(
+                    conn,
+                    self.system_actor,
+                    "room.close",
+                    "room",
+                    done.id,
+                    customer_id=done.customer_id,
+                    instance_id=done.instance_id,
+                    details={"name": done.name, "reason": "idle", "empty_timeout": done.empty_timeout},
+                )
             closed.append(done)
             await self._closed(done, "idle")
         if occupied:
@@ -302,8 +341,9 @@ class RoomSweeper:
     with its live count (``node.room_sweeper.participant_count = ...``).
     """
 
-    def __init__(self, rooms: Rooms, participant_count: ParticipantCount = no_participants,
-                 interval: float = SWEEP_INTERVAL) -> None:
+    def __init__(
+        self, rooms: Rooms, participant_count: ParticipantCount = no_participants, interval: float = SWEEP_INTERVAL
+    ) -> None:
         self.rooms = rooms
         self.participant_count = participant_count
         self.interval = interval
@@ -329,8 +369,10 @@ class RoomSweeper:
     async def sweep(self) -> list[Room]:
         closed = await self.rooms.close_idle(self.participant_count)
         for room in closed:
-            log.info("idle room closed", extra={"room_id": str(room.id), "room": room.name,
-                                                "instance_id": str(room.instance_id)})
+            log.info(
+                "idle room closed",
+                extra={"room_id": str(room.id), "room": room.name, "instance_id": str(room.instance_id)},
+            )
         return closed
 
     async def _run(self) -> None:
@@ -342,4 +384,3 @@ class RoomSweeper:
             except Exception as exc:  # the database may be away for a while; try again later
                 log.warning("room sweep failed: %s: %s", type(exc).__name__, exc)
             await asyncio.sleep(self.interval)
-

@@ -141,7 +141,7 @@ class Rendition:
         return self.init is not None and any(s.parts for s in self.segments)
 
     def _listed(self) -> list[Segment]:
-        complete = [s for s in self.segments if s.complete][-self.config.window_segments:]
+        complete = [s for s in self.segments if s.complete][-self.config.window_segments :]
         tail = [s for s in self.segments if not s.complete]
         return complete + tail
 
@@ -196,11 +196,15 @@ class Rendition:
         """The media playlist (RFC 8216bis, version 9 for EXT-X-PART and blocking reloads)."""
         config = self.config
         listed = self._listed()
-        lines = ["#EXTM3U", "#EXT-X-VERSION:9", f"#EXT-X-TARGETDURATION:{config.target_duration}",
-                 f"#EXT-X-PART-INF:PART-TARGET={_fmt(config.part_seconds)}",
-                 f"#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK={_fmt(config.part_hold_back)}",
-                 f"#EXT-X-MEDIA-SEQUENCE:{listed[0].msn if listed else 0}",
-                 f'#EXT-X-MAP:URI="{self.id}-init.mp4"']
+        lines = [
+            "#EXTM3U",
+            "#EXT-X-VERSION:9",
+            f"#EXT-X-TARGETDURATION:{config.target_duration}",
+            f"#EXT-X-PART-INF:PART-TARGET={_fmt(config.part_seconds)}",
+            f"#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK={_fmt(config.part_hold_back)}",
+            f"#EXT-X-MEDIA-SEQUENCE:{listed[0].msn if listed else 0}",
+            f'#EXT-X-MAP:URI="{self.id}-init.mp4"',
+        ]
         # Parts are listed only near the live edge (the spec: within three target durations of it).
         with_parts = set()
         edge = 0.0
@@ -212,8 +216,10 @@ class Rendition:
                 break
         for segment in listed:
             # On every segment: after a stall the media timeline has a hole, and players map times by these.
-            lines.append("#EXT-X-PROGRAM-DATE-TIME:" + segment.started_at.isoformat(timespec="milliseconds")
-                         .replace("+00:00", "Z"))
+            lines.append(
+                "#EXT-X-PROGRAM-DATE-TIME:"
+                + segment.started_at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+            )
             if segment.msn in with_parts:
                 for part in segment.parts:
                     attributes = f'DURATION={_fmt(part.duration)},URI="{self.part_name(part.msn, part.index)}"'

@@ -11,7 +11,7 @@ import asyncio
 
 from aiohttp.test_utils import TestClient
 
-from gbmedia.signaling import audience
+from gbmedia.rooms import audience
 from gbmedia.tenancy.tokens import Grants, mint_token
 from tests.helpers import Tenant
 from tests.rtc import ColorVideoTrack, RtcClient, wait_for
@@ -84,8 +84,9 @@ async def test_hearts_reach_everyone_in_batches_and_are_rate_limited(rtc, tenant
     await bob.join(viewer(tenant, "bob"), auto_subscribe=False)
     loop = asyncio.get_running_loop()
     started = loop.time()
-    replies = await asyncio.gather(*(ann.request({"type": "reaction", "kind": "heart"})
-                                     for _ in range(audience.REACTION_BURST + 3)))
+    replies = await asyncio.gather(
+        *(ann.request({"type": "reaction", "kind": "heart"}) for _ in range(audience.REACTION_BURST + 3))
+    )
     accepted = [r for r in replies if r["type"] == "ack"]
     refused = [r for r in replies if r["type"] == "error"]
     assert len(accepted) >= audience.REACTION_BURST and refused
@@ -122,8 +123,9 @@ async def test_a_viewer_invited_on_stage_becomes_a_co_host(rtc, tenant: Tenant):
 
     # Only hosts and admins invite; only known viewers can be invited; an answer needs an invite.
     assert (await bob.request({"type": "cohost_invite", "participant_id": ann_id}))["code"] == "cohost_not_allowed"
-    assert (await star.request({"type": "cohost_invite", "participant_id": "PA_nobody"}))["code"] == \
-        "participant_not_found"
+    assert (await star.request({"type": "cohost_invite", "participant_id": "PA_nobody"}))[
+        "code"
+    ] == "participant_not_found"
     assert (await star.request({"type": "cohost_invite", "participant_id": "host"}))["code"] == "already_host"
     assert (await ann.request({"type": "cohost_answer", "accept": True}))["code"] == "no_invite"
     refused = await ann.publish(ColorVideoTrack(RED))
@@ -153,8 +155,9 @@ async def test_a_viewer_invited_on_stage_becomes_a_co_host(rtc, tenant: Tenant):
     assert reply["type"] == "publish_answer"
     await bob.wait_event(lambda e: e["type"] == "track_published" and e["participant_id"] == ann_id)
     later = await rtc()
-    assert sorted(p["identity"] for p in (await later.join(viewer(tenant, "carl"), auto_subscribe=False))[
-        "participants"]) == ["ann", "host"]
+    assert sorted(
+        p["identity"] for p in (await later.join(viewer(tenant, "carl"), auto_subscribe=False))["participants"]
+    ) == ["ann", "host"]
     await ann.request({"type": "leave"})
     await bob.wait_event(lambda e: e["type"] == "participant_left" and e["participant_id"] == ann_id)
 
@@ -172,8 +175,9 @@ async def test_an_admin_viewer_may_invite(rtc, tenant: Tenant):
 
 
 async def test_a_full_live_room_counts_players_and_viewers(rtc, tenant: Tenant, client: TestClient):
-    resp = await client.post("/api/v1/rooms", json={"name": "tiny", "kind": "live", "max_participants": 2},
-                             headers=tenant.admin)
+    resp = await client.post(
+        "/api/v1/rooms", json={"name": "tiny", "kind": "live", "max_participants": 2}, headers=tenant.admin
+    )
     assert resp.status == 201
     star, ann, bob = await rtc(), await rtc(), await rtc()
     await star.join(host(tenant, room="tiny"))
@@ -185,8 +189,12 @@ async def test_a_full_live_room_counts_players_and_viewers(rtc, tenant: Tenant, 
 async def test_hidden_participants_are_neither_hosts_nor_viewers(rtc, tenant: Tenant, node, client: TestClient):
     star, recorder, ann = await rtc(), await rtc(), await rtc()
     await star.join(host(tenant), kind="live")
-    hidden = mint_token(tenant.key, tenant.secret, "recorder",
-                        Grants(room="show", room_join=True, can_subscribe=True, can_publish=True, hidden=True))
+    hidden = mint_token(
+        tenant.key,
+        tenant.secret,
+        "recorder",
+        Grants(room="show", room_join=True, can_subscribe=True, can_publish=True, hidden=True),
+    )
     await recorder.join(hidden, auto_subscribe=False)
     joined = await ann.join(viewer(tenant, "ann"), auto_subscribe=False)
     assert [p["identity"] for p in joined["participants"]] == ["host"] and joined["viewer_count"] == 1

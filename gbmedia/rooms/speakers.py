@@ -16,9 +16,9 @@ import contextlib
 import logging
 from dataclasses import dataclass, field
 
+from gbmedia.rooms.live import LiveRoom, LiveRooms, Participant
 from gbmedia.sfu.speakers import SpeakerDetector
 from gbmedia.sfu.track import PublishedTrack
-from gbmedia.signaling.live import LiveRoom, LiveRooms, Participant
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +84,9 @@ class RoomSpeakers:
         event = {"type": "speakers", "speakers": [s.to_json() for s in speakers]}
         if changed:
             state.told.clear()
-        targets = [p for p in live.participants.values()
-                   if p.connected and state.told.get(p.id) is not p.send_to_socket]
+        targets = [
+            p for p in live.participants.values() if p.connected and state.told.get(p.id) is not p.send_to_socket
+        ]
         for participant in targets:
             state.told[participant.id] = participant.send_to_socket
         await asyncio.gather(*(p.send(event) for p in targets))

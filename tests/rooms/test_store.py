@@ -11,7 +11,7 @@ import pytest
 
 from gbmedia.config import Settings
 from gbmedia.errors import ApiError
-from gbmedia.signaling.rooms import DEFAULT_EMPTY_TIMEOUT, Room, Rooms, RoomSweeper
+from gbmedia.rooms.store import DEFAULT_EMPTY_TIMEOUT, Room, Rooms, RoomSweeper
 from gbmedia.tenancy import audit
 from gbmedia.tenancy.models import Actor, Instance
 from gbmedia.tenancy.secrets import SecretBox
@@ -45,8 +45,9 @@ async def api_error(awaitable) -> ApiError:  # type: ignore[no-untyped-def]
 
 async def backdate(pool: asyncpg.Pool, room: Room, seconds: int) -> None:
     """Move the room's last activity into the past, instead of waiting for it."""
-    await pool.execute("UPDATE rooms SET last_active_at = now() - make_interval(secs => $2) WHERE id = $1",
-                       room.id, seconds)
+    await pool.execute(
+        "UPDATE rooms SET last_active_at = now() - make_interval(secs => $2) WHERE id = $1", room.id, seconds
+    )
 
 
 async def status_of(pool: asyncpg.Pool, room: Room) -> str:
@@ -54,6 +55,7 @@ async def status_of(pool: asyncpg.Pool, room: Room) -> str:
 
 
 # --- create ------------------------------------------------------------------------
+
 
 async def test_create_uses_the_tier_defaults_and_this_node(rooms: Rooms, tenancy: Tenancy, pool: asyncpg.Pool):
     instance = await make_instance(tenancy, "free")
@@ -66,12 +68,13 @@ async def test_create_uses_the_tier_defaults_and_this_node(rooms: Rooms, tenancy
     assert room.last_active_at >= room.created_at
 
     live = await rooms.create(ACTOR, instance.id, "show", "live", 5, 60, {"topic": "launch"})
-    assert (live.kind, live.max_participants, live.empty_timeout, live.metadata) == ("live", 5, 60,
-                                                                                     {"topic": "launch"})
+    assert (live.kind, live.max_participants, live.empty_timeout, live.metadata) == ("live", 5, 60, {"topic": "launch"})
     entries = await audit.list_entries(pool, instance_id=instance.id)
     created = [e for e in entries if e.action == "room.create"]
-    assert [(e.target_id, e.actor, e.request_id) for e in created] == [(str(live.id), "tester", "req-1"),
-                                                                       (str(room.id), "tester", "req-1")]
+    assert [(e.target_id, e.actor, e.request_id) for e in created] == [
+        (str(live.id), "tester", "req-1"),
+        (str(room.id), "tester", "req-1"),
+    ]
     assert created[0].details["name"] == "show"
 
 
@@ -91,11 +94,11 @@ async def test_open_rooms_are_counted_per_customer_against_the_quota(rooms: Room
     assert (await rooms.create(ACTOR, second.id, "c")).status == "open"
 
 
-async def test_concurrent_creations_cannot_exceed_the_room_quota(rooms: Rooms, tenancy: Tenancy,
-                                                                 pool: asyncpg.Pool):
+async def test_concurrent_creations_cannot_exceed_the_room_quota(rooms: Rooms, tenancy: Tenancy, pool: asyncpg.Pool):
     instance = await make_instance(tenancy, "free")
-    results = await asyncio.gather(*[rooms.create(ACTOR, instance.id, f"r{n}") for n in range(6)],
-                                   return_exceptions=True)
+    results = await asyncio.gather(
+        *[rooms.create(ACTOR, instance.id, f"r{n}") for n in range(6)], return_exceptions=True
+    )
     created = [r for r in results if isinstance(r, Room)]
     refused = [r for r in results if isinstance(r, ApiError)]
     assert len(created) == 2, results
@@ -140,9 +143,19 @@ async def test_only_active_tenants_get_rooms(rooms: Rooms, tenancy: Tenancy):
     assert (error.status, error.code) == (404, "instance_not_found")
 
 
-@pytest.mark.parametrize("kwargs", [{"kind": "webinar"}, {"empty_timeout": 0}, {"empty_timeout": 86401},
-                                    {"max_participants": 0}, {"name": ""}, {"name": "a b"},
-                                    {"name": "x" * 201}, {"name": "x\n"}])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"kind": "webinar"},
+        {"empty_timeout": 0},
+        {"empty_timeout": 86401},
+        {"max_participants": 0},
+        {"name": ""},
+        {"name": "a b"},
+        {"name": "x" * 201},
+        {"name": "x\n"},
+    ],
+)
 async def test_create_refuses_bad_settings_from_any_caller(rooms: Rooms, tenancy: Tenancy, kwargs: dict):
     instance = await make_instance(tenancy)
     kwargs = {"name": "x", **kwargs}
@@ -151,6 +164,7 @@ async def test_create_refuses_bad_settings_from_any_caller(rooms: Rooms, tenancy
 
 
 # --- get, list ---------------------------------------------------------------------
+
 
 async def test_get_by_id_or_name_within_the_instance_only(rooms: Rooms, tenancy: Tenancy):
     instance = await make_instance(tenancy, "starter", "one")
@@ -169,8 +183,13 @@ async def test_get_by_id_or_name_within_the_instance_only(rooms: Rooms, tenancy:
     named = await rooms.create(ACTOR, instance.id, looks_like_an_id)
     assert (await rooms.get(instance.id, looks_like_an_id)).id == named.id
 
-    for instance_id, key in [(other.id, current.id), (other.id, "standup"), (instance.id, uuid.uuid4()),
-                             (instance.id, "nope"), (None, "standup")]:
+    for instance_id, key in [
+        (other.id, current.id),
+        (other.id, "standup"),
+        (instance.id, uuid.uuid4()),
+        (instance.id, "nope"),
+        (None, "standup"),
+    ]:
         error = await api_error(rooms.get(instance_id, key))
         assert (error.status, error.code) == (404, "room_not_found"), (instance_id, key)
 
@@ -198,6 +217,7 @@ async def test_list_filters_by_instance_and_status_newest_first(rooms: Rooms, te
 
 
 # --- close, touch ------------------------------------------------------------------
+
 
 async def test_close_is_idempotent_and_audited_once(rooms: Rooms, tenancy: Tenancy, pool: asyncpg.Pool):
     instance = await make_instance(tenancy)
@@ -243,12 +263,14 @@ async def test_touch_moves_last_activity_of_open_rooms_only(rooms: Rooms, tenanc
 
 # --- idle rooms ----------------------------------------------------------------------
 
+
 async def test_close_idle_closes_empty_rooms_past_their_timeout(rooms: Rooms, tenancy: Tenancy, pool: asyncpg.Pool):
     instance = await make_instance(tenancy, "starter")
     idle = await rooms.create(ACTOR, instance.id, "idle", empty_timeout=1)
     fresh = await rooms.create(ACTOR, instance.id, "fresh", empty_timeout=3600)
     elsewhere = await Rooms(pool, tenancy.customers, tenancy.instances, node_id="node-b").create(
-        ACTOR, instance.id, "elsewhere", empty_timeout=1)
+        ACTOR, instance.id, "elsewhere", empty_timeout=1
+    )
     for room in (idle, fresh, elsewhere):
         await backdate(pool, room, 60)
     heard: list[tuple[str, str]] = []
@@ -269,8 +291,9 @@ async def test_close_idle_closes_empty_rooms_past_their_timeout(rooms: Rooms, te
     assert await rooms.close_idle(lambda room_id: 0) == []
 
 
-async def test_a_room_with_participants_stays_open_and_its_clock_restarts(rooms: Rooms, tenancy: Tenancy,
-                                                                           pool: asyncpg.Pool):
+async def test_a_room_with_participants_stays_open_and_its_clock_restarts(
+    rooms: Rooms, tenancy: Tenancy, pool: asyncpg.Pool
+):
     instance = await make_instance(tenancy)
     room = await rooms.create(ACTOR, instance.id, "busy", empty_timeout=1)
     await backdate(pool, room, 60)

@@ -73,8 +73,13 @@ async def media(client: TestClient, room_id: str, uri: str) -> bytes:
 
 
 def ffprobe(path: Path) -> dict[str, Any]:
-    out = subprocess.run(["ffprobe", "-v", "error", "-show_streams", "-show_format", "-count_frames", "-of", "json",
-                          str(path)], capture_output=True, text=True, timeout=60, check=True)
+    out = subprocess.run(
+        ["ffprobe", "-v", "error", "-show_streams", "-show_format", "-count_frames", "-of", "json", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     return json.loads(out.stdout)
 
 
@@ -96,8 +101,9 @@ async def wait_playlist(client: TestClient, room_id: str, predicate, within: flo
     raise AssertionError(f"playlist never matched; last: {found.get('text')}")
 
 
-async def test_vp8_live_room_is_transcoded_to_playable_ll_hls(rtc, tenant: Tenant, client: TestClient,
-                                                            node: Node, tmp_path: Path):
+async def test_vp8_live_room_is_transcoded_to_playable_ll_hls(
+    rtc, tenant: Tenant, client: TestClient, node: Node, tmp_path: Path
+):
     room_id = await live_room(client, tenant)
     status, body, headers = await get_text(client, f"/hls/{room_id}/live.m3u8")
     assert status == 404 and json.loads(body)["error"]["code"] == "hls_not_found"  # nobody publishes yet
@@ -137,15 +143,23 @@ async def test_vp8_live_room_is_transcoded_to_playable_ll_hls(rtc, tenant: Tenan
     part_clip = tmp_path / "part.mp4"
     part_clip.write_bytes(init + b"".join(segments) + last_part)
     assert int({s["codec_type"]: s for s in ffprobe(part_clip)["streams"]}["video"]["nb_read_frames"]) > int(
-        streams["video"]["nb_read_frames"])
+        streams["video"]["nb_read_frames"]
+    )
 
     # The duration grows while live, and ffmpeg itself plays the playlist URL.
-    later = await wait_playlist(client, room_id, lambda t: int(t["#EXT-X-MEDIA-SEQUENCE"]) + len(t["segments"]) >
-                                int(first["#EXT-X-MEDIA-SEQUENCE"]) + len(first["segments"]) + 1)
+    later = await wait_playlist(
+        client,
+        room_id,
+        lambda t: (
+            int(t["#EXT-X-MEDIA-SEQUENCE"]) + len(t["segments"])
+            > int(first["#EXT-X-MEDIA-SEQUENCE"]) + len(first["segments"]) + 1
+        ),
+    )
     assert later["segments"][-1] != first["segments"][-1]
     url = str(client.make_url(f"/hls/{room_id}/live.m3u8"))
     played = await asyncio.create_subprocess_exec(
-        "ffmpeg", "-v", "error", "-i", url, "-t", "2", "-f", "null", "-", stderr=subprocess.PIPE)
+        "ffmpeg", "-v", "error", "-i", url, "-t", "2", "-f", "null", "-", stderr=subprocess.PIPE
+    )
     _, err = await asyncio.wait_for(played.communicate(), 60)
     assert played.returncode == 0, err.decode()
     assert node.hls is not None and node.hls.program(__import__("uuid").UUID(room_id)).stats.frames_encoded > 0
@@ -174,8 +188,7 @@ async def test_blocking_reload_and_bad_queries(rtc, tenant: Tenant, client: Test
     msn, part = int(hint[1]), int(hint[2])
 
     # Asking for the hinted part blocks until the playlist lists it.
-    status, text, headers = await get_text(client, f"/hls/{room_id}/live.m3u8", _HLS_msn=str(msn),
-                                           _HLS_part=str(part))
+    status, text, headers = await get_text(client, f"/hls/{room_id}/live.m3u8", _HLS_msn=str(msn), _HLS_part=str(part))
     assert status == 200, text
     assert headers["Cache-Control"].startswith("public, max-age=")
     listed = parse_playlist(text)
@@ -190,8 +203,13 @@ async def test_blocking_reload_and_bad_queries(rtc, tenant: Tenant, client: Test
     status, text, _ = await get_text(client, f"/hls/{room_id}/live.m3u8", _HLS_msn=str(msn))
     assert status == 200 and any(uri.endswith(f"-{msn}.m4s") for uri in parse_playlist(text)["segments"])
 
-    for params in ({"_HLS_msn": "-1"}, {"_HLS_msn": "x"}, {"_HLS_part": "1"}, {"_HLS_msn": "1", "_HLS_part": "a"},
-                   {"_HLS_msn": "100000"}):
+    for params in (
+        {"_HLS_msn": "-1"},
+        {"_HLS_msn": "x"},
+        {"_HLS_part": "1"},
+        {"_HLS_msn": "1", "_HLS_part": "a"},
+        {"_HLS_msn": "100000"},
+    ):
         status, body, _ = await get_text(client, f"/hls/{room_id}/live.m3u8", **params)
         assert status == 400, params
         assert json.loads(body)["error"]["code"] == "invalid_hls_query"
@@ -204,15 +222,17 @@ async def test_blocking_reload_and_bad_queries(rtc, tenant: Tenant, client: Test
     assert headers["Cache-Control"] == "no-cache" and headers["Content-Type"] == "application/vnd.apple.mpegurl"
 
 
-async def test_h264_source_is_remuxed_without_encoding(rtc, tenant: Tenant, client: TestClient, node: Node,
-                                                       tmp_path: Path):
+async def test_h264_source_is_remuxed_without_encoding(
+    rtc, tenant: Tenant, client: TestClient, node: Node, tmp_path: Path
+):
     room_id = await live_room(client, tenant)
     host = await rtc()
     await host.join(token(tenant, "host", room="show"))
     host.publisher = RTCPeerConnection(NO_STUN)
     transceiver = host.publisher.addTransceiver(ColorVideoTrack(RED, 320, 240), direction="sendonly")
-    transceiver.setCodecPreferences([c for c in RTCRtpSender.getCapabilities("video").codecs
-                                     if c.mimeType == "video/H264"])
+    transceiver.setCodecPreferences(
+        [c for c in RTCRtpSender.getCapabilities("video").codecs if c.mimeType == "video/H264"]
+    )
     await host.publish()
     found = await wait_playlist(client, room_id, lambda t: len(t["segments"]) >= 2)
     program = node.hls.program(__import__("uuid").UUID(room_id))  # type: ignore[union-attr]
@@ -243,8 +263,9 @@ async def test_meeting_rooms_get_no_rendition(rtc, tenant: Tenant, client: TestC
     assert node.hls is not None and node.hls.running == {}
 
 
-async def test_the_program_hands_over_when_its_video_ends(rtc, tenant: Tenant, client: TestClient, node: Node,
-                                                         tmp_path: Path):
+async def test_the_program_hands_over_when_its_video_ends(
+    rtc, tenant: Tenant, client: TestClient, node: Node, tmp_path: Path
+):
     import uuid
 
     room_id = await live_room(client, tenant)
@@ -263,18 +284,25 @@ async def test_the_program_hands_over_when_its_video_ends(rtc, tenant: Tenant, c
     await host.publish()
     await wait_for(lambda: node.hls.running[uuid.UUID(room_id)].audio is None, within=10)  # type: ignore[union-attr]
     segments_before = int(first["#EXT-X-MEDIA-SEQUENCE"]) + len(first["segments"])
-    later = await wait_playlist(client, room_id, lambda t: int(t["#EXT-X-MEDIA-SEQUENCE"]) + len(t["segments"]) >=
-                                segments_before + 2)
+    later = await wait_playlist(
+        client, room_id, lambda t: int(t["#EXT-X-MEDIA-SEQUENCE"]) + len(t["segments"]) >= segments_before + 2
+    )
     clip = tmp_path / "silent.mp4"
-    clip.write_bytes(await media(client, room_id, later["#EXT-X-MAP"][5:-1]) + await media(
-        client, room_id, later["segments"][-1]))
+    clip.write_bytes(
+        await media(client, room_id, later["#EXT-X-MAP"][5:-1]) + await media(client, room_id, later["segments"][-1])
+    )
     streams = {s["codec_type"]: s for s in ffprobe(clip)["streams"]}
     assert int(streams["audio"]["nb_read_frames"]) >= 40  # about 2 s of (silent) AAC: players never stall
 
     # The host leaves: the guest's video becomes the program, under a new rendition id.
     await host.request({"type": "leave"})
-    await wait_for(lambda: (p := node.hls.program(uuid.UUID(room_id))) is not None  # type: ignore[union-attr]
-                   and p is not program, within=10)
+    await wait_for(
+        lambda: (
+            (p := node.hls.program(uuid.UUID(room_id))) is not None  # type: ignore[union-attr]
+            and p is not program
+        ),
+        within=10,
+    )
     handed = await wait_playlist(client, room_id, lambda t: t["#EXT-X-MAP"] != first["#EXT-X-MAP"])
     assert handed["#EXT-X-MEDIA-SEQUENCE"] == "0"
     assert node.hls.program(uuid.UUID(room_id)).has_audio is False  # type: ignore[union-attr]

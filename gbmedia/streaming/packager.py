@@ -12,7 +12,7 @@ handled in one worker thread per program, never on the loop:
 * audio: Opus is decoded and encoded once to AAC-LC (what HLS players play);
 * the :class:`Segmenter` cuts parts of about ``part_seconds`` and segments that
   start on a keyframe after about ``segment_seconds``, writing each part as one
-  ``moof``+``mdat`` (see :mod:`gbmedia.recording.hls.fmp4`).
+  ``moof``+``mdat`` (see :mod:`gbmedia.streaming.fmp4`).
 
 Audio is placed on the video's timeline by arrival time: each track's first packet
 anchors its RTP clock to the wall clock, and the first video keyframe is time 0.
@@ -43,9 +43,9 @@ from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import RtpPacket
 
 from gbmedia.recording.depacketizer import is_keyframe_frame
-from gbmedia.recording.hls import fmp4
-from gbmedia.recording.hls.fmp4 import AUDIO_TIMESCALE, VIDEO_TIMESCALE, Sample, TrackRun
-from gbmedia.recording.hls.playlist import HlsConfig, Part, Rendition
+from gbmedia.streaming import fmp4
+from gbmedia.streaming.fmp4 import AUDIO_TIMESCALE, VIDEO_TIMESCALE, Sample, TrackRun
+from gbmedia.streaming.playlist import HlsConfig, Part, Rendition
 
 log = logging.getLogger(__name__)
 
@@ -450,8 +450,9 @@ _STOP = object()
 class Program:
     """One live room's rendition and the worker thread that produces it."""
 
-    def __init__(self, room_id: str, config: HlsConfig, *, video_bitrate: int,
-                 request_keyframe: Callable[[], None], audio: bool) -> None:
+    def __init__(
+        self, room_id: str, config: HlsConfig, *, video_bitrate: int, request_keyframe: Callable[[], None], audio: bool
+    ) -> None:
         self.room_id = room_id
         self.config = config
         self.video_bitrate = video_bitrate
@@ -479,8 +480,13 @@ class Program:
         if self._queue.qsize() > QUEUE_LIMIT:
             self.stats.packets_dropped += 1
             return
-        self._queue.put((kind, RtpIn(packet.sequence_number, packet.timestamp, packet.marker,
-                                     packet.payload, time.monotonic()), codec.mimeType.lower()))
+        self._queue.put(
+            (
+                kind,
+                RtpIn(packet.sequence_number, packet.timestamp, packet.marker, packet.payload, time.monotonic()),
+                codec.mimeType.lower(),
+            )
+        )
 
     # --- the worker thread ------------------------------------------------------------------
 
@@ -633,13 +639,24 @@ class _Worker:
         assert self.sps is not None and self.pps is not None
         width, height = _probe_size(annexb)
         video = fmp4.VideoTrackInfo(width, height, self.sps, self.pps)
-        audio = (fmp4.AudioTrackInfo(AUDIO_TIMESCALE, 2, self.audio.audio_specific_config)
-                 if self.audio is not None else None)
+        audio = (
+            fmp4.AudioTrackInfo(AUDIO_TIMESCALE, 2, self.audio.audio_specific_config)
+            if self.audio is not None
+            else None
+        )
         codecs = video.codec_string + (("," + audio.codec_string) if audio is not None else "")
         self.p._to_loop(self.p.rendition.set_init, fmp4.init_segment(video, audio), codecs, (width, height))
         self.init_written = True
-        log.info("hls rendition started", extra={"room_id": self.p.room_id, "codec": self.p.video_codec,
-                                                 "width": width, "height": height, "audio": audio is not None})
+        log.info(
+            "hls rendition started",
+            extra={
+                "room_id": self.p.room_id,
+                "codec": self.p.video_codec,
+                "width": width,
+                "height": height,
+                "audio": audio is not None,
+            },
+        )
 
     def _audio_packet(self, packet: RtpIn) -> None:
         if self.audio is None:

@@ -18,9 +18,9 @@ import time
 from dataclasses import dataclass
 
 from gbmedia.metrics import Sample
+from gbmedia.rooms.live import LiveRoom, LiveRooms, Participant
 from gbmedia.sfu.stats import ParticipantStats, RateTracker, TrackMeter, down_stats, published_stats
 from gbmedia.sfu.track import PublishedTrack
-from gbmedia.signaling.live import LiveRoom, LiveRooms, Participant
 
 log = logging.getLogger(__name__)
 
@@ -92,8 +92,9 @@ class QualityMonitor:
                 source_fps[track.id] = published.fps if track.kind == "video" else None
         for participant, stats in zip(participants, results, strict=True):
             for track_id, down in list(participant.subscriptions.items()):
-                stats.subscribed.append(await down_stats(down, source_fps.get(track_id), rates,
-                                                         f"{participant.id}/{track_id}", now))
+                stats.subscribed.append(
+                    await down_stats(down, source_fps.get(track_id), rates, f"{participant.id}/{track_id}", now)
+                )
             # aiortc's getStats() never suspends: let the forwarding run between participants
             # (a room of 50 takes tens of milliseconds to sample).
             await asyncio.sleep(0)
@@ -117,28 +118,47 @@ class QualityMonitor:
                 labels = (*who, ("track", track.track_id), ("kind", track.kind))
                 for name, help_text, value in (
                     ("gbmedia_track_bits_per_second", "Bitrate a published track arrives with", track.bitrate_bps),
-                    ("gbmedia_track_frames_per_second", "Frames per second a published track arrives with",
-                     track.fps),
-                    ("gbmedia_track_loss_ratio", "Share of a published track's packets lost on the way in, "
-                     "over the last interval", track.loss),
-                    ("gbmedia_track_jitter_seconds", "Interarrival jitter of a published track",
-                     track.jitter_ms / 1000 if track.jitter_ms is not None else None),
-                    ("gbmedia_track_packets_lost", "Packets of a published track lost on the way in, since it "
-                     "started", track.packets_lost),
+                    ("gbmedia_track_frames_per_second", "Frames per second a published track arrives with", track.fps),
+                    (
+                        "gbmedia_track_loss_ratio",
+                        "Share of a published track's packets lost on the way in, over the last interval",
+                        track.loss,
+                    ),
+                    (
+                        "gbmedia_track_jitter_seconds",
+                        "Interarrival jitter of a published track",
+                        track.jitter_ms / 1000 if track.jitter_ms is not None else None,
+                    ),
+                    (
+                        "gbmedia_track_packets_lost",
+                        "Packets of a published track lost on the way in, since it started",
+                        track.packets_lost,
+                    ),
                 ):
                     if value is not None:
                         out.append(Sample(name, help_text, value, labels=labels))
             rtt = stats.rtt_ms
             if rtt is not None:
-                out.append(Sample("gbmedia_participant_rtt_seconds", "Round-trip time to a participant, from "
-                                  "its receiver reports", rtt / 1000, labels=who))
+                out.append(
+                    Sample(
+                        "gbmedia_participant_rtt_seconds",
+                        "Round-trip time to a participant, from its receiver reports",
+                        rtt / 1000,
+                        labels=who,
+                    )
+                )
             sent = [d.bitrate_bps for d in stats.subscribed if d.bitrate_bps is not None]
             if sent:
-                out.append(Sample("gbmedia_participant_send_bits_per_second", "Bitrate the SFU sends a "
-                                  "participant, all its subscriptions together", sum(sent), labels=who))
+                out.append(
+                    Sample(
+                        "gbmedia_participant_send_bits_per_second",
+                        "Bitrate the SFU sends a participant, all its subscriptions together",
+                        sum(sent),
+                        labels=who,
+                    )
+                )
         return out
 
 
 def _rate_keys(stats: ParticipantStats) -> list[str]:
-    return ([p.track_id for p in stats.published]
-            + [f"{stats.participant_id}/{d.track_id}" for d in stats.subscribed])
+    return [p.track_id for p in stats.published] + [f"{stats.participant_id}/{d.track_id}" for d in stats.subscribed]

@@ -14,11 +14,11 @@ import uuid
 from dataclasses import dataclass
 
 from gbmedia.metrics import Sample
-from gbmedia.recording.hls.packager import Program
-from gbmedia.recording.hls.playlist import HlsConfig, Rendition
+from gbmedia.rooms.live import LiveRoom, LiveRooms, Participant
+from gbmedia.rooms.store import Room, Rooms
 from gbmedia.sfu.track import PublishedTrack
-from gbmedia.signaling.live import LiveRoom, LiveRooms, Participant
-from gbmedia.signaling.rooms import Room, Rooms
+from gbmedia.streaming.packager import Program
+from gbmedia.streaming.playlist import HlsConfig, Rendition
 
 log = logging.getLogger(__name__)
 
@@ -78,15 +78,22 @@ class HlsService:
 
     def _start(self, live: LiveRoom, participant: Participant, video: PublishedTrack) -> None:
         audio = next((t for t in participant.published if t.kind == "audio"), None)
-        program = Program(str(live.room.id), self.config, video_bitrate=self.video_bitrate,
-                          request_keyframe=video.request_keyframe, audio=audio is not None)
+        program = Program(
+            str(live.room.id),
+            self.config,
+            video_bitrate=self.video_bitrate,
+            request_keyframe=video.request_keyframe,
+            audio=audio is not None,
+        )
         program.start()
         self.running[live.room.id] = _Running(program, video, audio)
         if audio is not None:
             audio.add_sink(program.audio_sink)
         video.add_sink(program.video_sink)
-        log.info("hls program started", extra={"room_id": str(live.room.id), "video_track": video.id,
-                                               "audio_track": audio.id if audio else None})
+        log.info(
+            "hls program started",
+            extra={"room_id": str(live.room.id), "video_track": video.id, "audio_track": audio.id if audio else None},
+        )
 
     async def _stop(self, room_id: uuid.UUID, reason: str) -> None:
         running = self.running.pop(room_id, None)
@@ -113,15 +120,34 @@ class HlsService:
         programs = [r.program for r in self.running.values()]
         return [
             Sample("gbmedia_hls_renditions", "LL-HLS renditions being produced on this node", len(programs)),
-            Sample("gbmedia_hls_parts_total", "LL-HLS partial segments produced",
-                   self._retired_parts + sum(p.rendition.parts_total for p in programs), counter=True),
-            Sample("gbmedia_hls_frames_transcoded_total", "Video frames encoded for HLS (VP8 sources only)",
-                   self._retired_encoded + sum(p.stats.frames_encoded for p in programs), counter=True),
-            Sample("gbmedia_hls_packets_lost_total", "RTP packets the HLS packager never got (sequence gaps)",
-                   self._retired_lost + sum(p.stats.packets_lost for p in programs), counter=True),
-            Sample("gbmedia_hls_frames_dropped_total",
-                   "Video frames the HLS packager dropped (broken by loss, or waiting for a keyframe)",
-                   self._retired_dropped + sum(p.stats.frames_dropped for p in programs), counter=True),
-            Sample("gbmedia_hls_bytes_served_total", "Bytes of HLS playlists and media served",
-                   self.bytes_served, counter=True),
+            Sample(
+                "gbmedia_hls_parts_total",
+                "LL-HLS partial segments produced",
+                self._retired_parts + sum(p.rendition.parts_total for p in programs),
+                counter=True,
+            ),
+            Sample(
+                "gbmedia_hls_frames_transcoded_total",
+                "Video frames encoded for HLS (VP8 sources only)",
+                self._retired_encoded + sum(p.stats.frames_encoded for p in programs),
+                counter=True,
+            ),
+            Sample(
+                "gbmedia_hls_packets_lost_total",
+                "RTP packets the HLS packager never got (sequence gaps)",
+                self._retired_lost + sum(p.stats.packets_lost for p in programs),
+                counter=True,
+            ),
+            Sample(
+                "gbmedia_hls_frames_dropped_total",
+                "Video frames the HLS packager dropped (broken by loss, or waiting for a keyframe)",
+                self._retired_dropped + sum(p.stats.frames_dropped for p in programs),
+                counter=True,
+            ),
+            Sample(
+                "gbmedia_hls_bytes_served_total",
+                "Bytes of HLS playlists and media served",
+                self.bytes_served,
+                counter=True,
+            ),
         ]

@@ -12,9 +12,9 @@ from aiohttp.test_utils import TestClient
 
 from tests.browser import Browser
 from tests.helpers import Tenant
-from tests.recording.test_hls_live import RED, live_room, wait_playlist
 from tests.rtc import ColorVideoTrack, ToneAudioTrack
 from tests.signaling.test_ws import token
+from tests.streaming.test_live import RED, live_room, wait_playlist
 
 WEB = Path(__file__).resolve().parents[2] / "web"
 
@@ -22,8 +22,9 @@ WEB = Path(__file__).resolve().parents[2] / "web"
 HLS_JS = WEB / "live" / "vendor" / "hls.light.min.mjs"  # what web/live loads on its LL-HLS fallback
 
 
-async def test_hls_js_plays_the_live_stream_in_low_latency_mode(rtc, tenant: Tenant, client: TestClient,
-                                                               browser: Browser):
+async def test_hls_js_plays_the_live_stream_in_low_latency_mode(
+    rtc, tenant: Tenant, client: TestClient, browser: Browser
+):
     assert HLS_JS.is_file(), "web/live vendors hls.js"
     room_id = await live_room(client, tenant)
     host = await rtc()
@@ -33,13 +34,16 @@ async def test_hls_js_plays_the_live_stream_in_low_latency_mode(rtc, tenant: Ten
     tab = await browser.open(str(client.make_url("/healthz")))  # same origin as the stream
     # the same ES module the live page imports, served by the node under /web/
     await tab.evaluate("async () => { window.Hls = (await import('/web/live/vendor/hls.light.min.mjs')).default; }")
-    await tab.evaluate("""(src) => {
+    await tab.evaluate(
+        """(src) => {
         window.hlsErrors = []; window.partsLoaded = 0;
         const video = document.createElement('video'); video.muted = true; document.body.appendChild(video);
         const hls = new Hls({lowLatencyMode: true}); window.hls = hls; window.video = video;
         hls.on(Hls.Events.ERROR, (e, d) => { if (d.fatal) window.hlsErrors.push(d.details); });
         hls.on(Hls.Events.FRAG_LOADED, (e, d) => { if (d.part) window.partsLoaded += 1; });
-        hls.loadSource(src); hls.attachMedia(video); video.play(); }""", f"/hls/{room_id}/live.m3u8")
+        hls.loadSource(src); hls.attachMedia(video); video.play(); }""",
+        f"/hls/{room_id}/live.m3u8",
+    )
     await tab.wait_for("window.video.currentTime > 6", timeout=60)
     state = await tab.evaluate("""({w: video.videoWidth, h: video.videoHeight, errors: window.hlsErrors,
         parts: window.partsLoaded, low: hls.lowLatencyMode, partTarget: hls.levels[0].details.partTarget})""")

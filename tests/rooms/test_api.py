@@ -37,18 +37,51 @@ async def names(client: TestClient, headers: dict[str, str], query: str = "") ->
 
 # --- the lifecycle ---------------------------------------------------------------------
 
+
 async def test_create_list_get_and_close_a_room(client: TestClient, node: Node):
     tenant = await create_tenant(client, "acme", "starter")
-    room = await create(client, tenant.admin, name="standup", kind="live", max_participants=20,
-                        empty_timeout=600, metadata={"topic": "sprint"})
-    assert {k: room[k] for k in ("name", "kind", "status", "max_participants", "empty_timeout", "metadata",
-                                 "instance_id", "customer_id", "node_id", "closed_at")} == {
-        "name": "standup", "kind": "live", "status": "open", "max_participants": 20, "empty_timeout": 600,
-        "metadata": {"topic": "sprint"}, "instance_id": tenant.instance_id, "customer_id": tenant.customer_id,
-        "node_id": node.settings.node_id, "closed_at": None}
+    room = await create(
+        client,
+        tenant.admin,
+        name="standup",
+        kind="live",
+        max_participants=20,
+        empty_timeout=600,
+        metadata={"topic": "sprint"},
+    )
+    assert {
+        k: room[k]
+        for k in (
+            "name",
+            "kind",
+            "status",
+            "max_participants",
+            "empty_timeout",
+            "metadata",
+            "instance_id",
+            "customer_id",
+            "node_id",
+            "closed_at",
+        )
+    } == {
+        "name": "standup",
+        "kind": "live",
+        "status": "open",
+        "max_participants": 20,
+        "empty_timeout": 600,
+        "metadata": {"topic": "sprint"},
+        "instance_id": tenant.instance_id,
+        "customer_id": tenant.customer_id,
+        "node_id": node.settings.node_id,
+        "closed_at": None,
+    }
     defaults = await create(client, tenant.admin, name="daily.sync_2")
     assert (defaults["kind"], defaults["max_participants"], defaults["empty_timeout"], defaults["metadata"]) == (
-        "meeting", 50, 300, {})  # starter allows 50 participants per room
+        "meeting",
+        50,
+        300,
+        {},
+    )  # starter allows 50 participants per room
 
     assert await names(client, tenant.admin) == ["daily.sync_2", "standup"]
     resp = await client.get(f"/api/v1/rooms/{room['id']}", headers=tenant.admin)
@@ -82,6 +115,7 @@ async def test_a_closed_rooms_name_can_be_used_again_but_an_open_ones_cannot(cli
 
 # --- quotas --------------------------------------------------------------------------
 
+
 async def test_the_room_beyond_the_concurrent_quota_is_refused_until_one_closes(client: TestClient):
     tenant = await create_tenant(client, "small", "free")  # free: 2 open rooms
     first = await create(client, tenant.admin, name="one")
@@ -99,9 +133,9 @@ async def test_the_room_beyond_the_concurrent_quota_is_refused_until_one_closes(
 
 async def test_concurrent_creations_cannot_exceed_the_room_quota(client: TestClient):
     tenant = await create_tenant(client, "race", "free")
-    results = await asyncio.gather(*[
-        client.post("/api/v1/rooms", json={"name": f"r{n}"}, headers=tenant.admin) for n in range(5)
-    ])
+    results = await asyncio.gather(
+        *[client.post("/api/v1/rooms", json={"name": f"r{n}"}, headers=tenant.admin) for n in range(5)]
+    )
     assert sorted(r.status for r in results) == [201, 201, 403, 403, 403]
     assert len(await names(client, tenant.admin, "?status=all")) == 2
 
@@ -110,14 +144,18 @@ async def test_max_participants_above_the_tier_quota_is_refused(client: TestClie
     tenant = await create_tenant(client, "small", "free")  # free: 10 per room
     resp = await client.post("/api/v1/rooms", json={"name": "big", "max_participants": 11}, headers=tenant.admin)
     assert await error_of(resp) == (403, "quota_max_participants_per_room_exceeded")
-    assert (await resp.json())["error"]["details"] == {"quota": "max_participants_per_room", "limit": 10,
-                                                       "requested": 11}
+    assert (await resp.json())["error"]["details"] == {
+        "quota": "max_participants_per_room",
+        "limit": 10,
+        "requested": 11,
+    }
     assert await names(client, tenant.admin, "?status=all") == []
     room = await create(client, tenant.admin, name="full", max_participants=10)
     assert room["max_participants"] == 10
 
 
 # --- who may call ----------------------------------------------------------------------
+
 
 async def test_grants_decide_who_may_create_read_and_close(client: TestClient):
     tenant = await create_tenant(client)
@@ -146,8 +184,7 @@ async def test_the_operator_names_the_instance(client: TestClient):
     b = await create_tenant(client, "bravo")
     resp = await client.post("/api/v1/rooms", json={"name": "ops"}, headers=OPERATOR)
     assert await error_of(resp) == (400, "instance_id_required")
-    resp = await client.post("/api/v1/rooms", json={"name": "ops", "instance_id": str(uuid.uuid4())},
-                             headers=OPERATOR)
+    resp = await client.post("/api/v1/rooms", json={"name": "ops", "instance_id": str(uuid.uuid4())}, headers=OPERATOR)
     assert await error_of(resp) == (404, "instance_not_found")
 
     room = await create(client, OPERATOR, name="ops", instance_id=a.instance_id)
@@ -167,8 +204,7 @@ async def test_an_instance_reaches_only_its_own_rooms(client: TestClient):
     a = await create_tenant(client, "alpha")
     b = await create_tenant(client, "bravo")
     room = await create(client, a.admin, name="secret")
-    resp = await client.post("/api/v1/rooms", json={"name": "implant", "instance_id": a.instance_id},
-                             headers=b.admin)
+    resp = await client.post("/api/v1/rooms", json={"name": "implant", "instance_id": a.instance_id}, headers=b.admin)
     assert await error_of(resp) == (404, "instance_not_found")
     assert a.instance_id not in await resp.text()
     resp = await client.get(f"/api/v1/rooms?instance_id={a.instance_id}", headers=b.admin)
@@ -183,26 +219,30 @@ async def test_an_instance_reaches_only_its_own_rooms(client: TestClient):
 
 # --- bad input -------------------------------------------------------------------------
 
-@pytest.mark.parametrize("body", [
-    {},
-    {"name": ""},
-    {"name": "has space"},
-    {"name": "a/b"},
-    {"name": "é"},
-    {"name": "x" * 201},
-    {"name": 5},
-    {"name": "ok", "kind": "webinar"},
-    {"name": "ok", "max_participants": 0},
-    {"name": "ok", "max_participants": "5"},
-    {"name": "ok", "max_participants": 2.5},
-    {"name": "ok", "empty_timeout": 0},
-    {"name": "ok", "empty_timeout": 86401},
-    {"name": "ok", "empty_timeout": True},
-    {"name": "ok", "metadata": ["x"]},
-    {"name": "ok", "instance_id": "not-a-uuid"},
-    {"name": "ok", "status": "closed"},
-    {"name": "ok", "node_id": "elsewhere"},
-])
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {},
+        {"name": ""},
+        {"name": "has space"},
+        {"name": "a/b"},
+        {"name": "é"},
+        {"name": "x" * 201},
+        {"name": 5},
+        {"name": "ok", "kind": "webinar"},
+        {"name": "ok", "max_participants": 0},
+        {"name": "ok", "max_participants": "5"},
+        {"name": "ok", "max_participants": 2.5},
+        {"name": "ok", "empty_timeout": 0},
+        {"name": "ok", "empty_timeout": 86401},
+        {"name": "ok", "empty_timeout": True},
+        {"name": "ok", "metadata": ["x"]},
+        {"name": "ok", "instance_id": "not-a-uuid"},
+        {"name": "ok", "status": "closed"},
+        {"name": "ok", "node_id": "elsewhere"},
+    ],
+)
 async def test_bad_bodies_are_refused_and_nothing_is_stored(client: TestClient, body: dict[str, Any]):
     tenant = await create_tenant(client)
     resp = await client.post("/api/v1/rooms", json=body, headers=tenant.admin)
@@ -221,12 +261,14 @@ async def test_bad_queries_and_ids_are_refused(client: TestClient):
         assert await error_of(resp) == (400, "invalid_id"), method
         resp = await client.request(method, f"/api/v1/rooms/{uuid.uuid4()}", headers=tenant.admin)
         assert await error_of(resp) == (404, "room_not_found"), method
-    resp = await client.post("/api/v1/rooms", data=b"{nope", headers={**tenant.admin,
-                                                                      "Content-Type": "application/json"})
+    resp = await client.post(
+        "/api/v1/rooms", data=b"{nope", headers={**tenant.admin, "Content-Type": "application/json"}
+    )
     assert await error_of(resp) == (400, "invalid_json")
 
 
 # --- audit -----------------------------------------------------------------------------
+
 
 async def test_create_and_close_write_audit_rows(client: TestClient, pool: asyncpg.Pool):
     tenant = await create_tenant(client)
@@ -245,6 +287,7 @@ async def test_create_and_close_write_audit_rows(client: TestClient, pool: async
 
 
 # --- the node's idle sweeper -----------------------------------------------------------
+
 
 async def test_the_nodes_sweeper_closes_an_idle_empty_room(client: TestClient, node: Node):
     tenant = await create_tenant(client)
@@ -267,7 +310,10 @@ async def test_the_nodes_sweeper_closes_an_idle_empty_room(client: TestClient, n
     resp = await client.get("/api/v1/audit", headers=OPERATOR)
     (entry,) = [e for e in (await resp.json())["entries"] if e["action"] == "room.close"]
     assert (entry["actor"], entry["actor_kind"], entry["details"]["reason"]) == (
-        f"node:{node.settings.node_id}", "system", "idle")
+        f"node:{node.settings.node_id}",
+        "system",
+        "idle",
+    )
 
 
 async def test_node_start_and_stop_run_the_sweeper(tmp_path: Path, database_url: str):

@@ -24,15 +24,14 @@ from typing import Any
 from aiortc import RTCIceCandidate
 from aiortc.sdp import candidate_from_sdp
 
-from gbmedia.errors import ApiError
+from gbmedia.errors import ApiError, ProtocolError
 from gbmedia.metrics import Sample
+from gbmedia.rooms.audience import Audience, on_live_track
+from gbmedia.rooms.store import Room, Rooms
 from gbmedia.sfu.forwarder import QUALITY_LAYERS, DownTrack
 from gbmedia.sfu.media_address import MediaAddress
 from gbmedia.sfu.peers import PublisherPeer, SubscriberPeer, TrackInfo, parse_sdp
 from gbmedia.sfu.track import PublishedTrack
-from gbmedia.signaling.audience import Audience, on_live_track
-from gbmedia.signaling.protocol import ProtocolError, TrackSettings
-from gbmedia.signaling.rooms import Room, Rooms
 from gbmedia.tenancy.models import Actor, Instance
 from gbmedia.tenancy.tokens import Grants
 
@@ -45,8 +44,15 @@ TrackListener = Callable[[str, "LiveRoom", "Participant", PublishedTrack], Await
 
 
 def track_json(track: PublishedTrack) -> dict[str, Any]:
-    return {"id": track.id, "kind": track.kind, "source": track.source, "name": track.name,
-            "muted": track.muted, "mid": track.mid, "layers": list(track.rids)}
+    return {
+        "id": track.id,
+        "kind": track.kind,
+        "source": track.source,
+        "name": track.name,
+        "muted": track.muted,
+        "mid": track.mid,
+        "layers": list(track.rids),
+    }
 
 
 @dataclass(eq=False)
@@ -78,15 +84,24 @@ class Participant:
         return list(self.publisher.tracks.values()) if self.publisher else []
 
     def to_json(self) -> dict[str, Any]:
-        return {"id": self.id, "identity": self.identity, "name": self.name,
-                "tracks": [track_json(t) for t in self.published]}
+        return {
+            "id": self.id,
+            "identity": self.identity,
+            "name": self.name,
+            "tracks": [track_json(t) for t in self.published],
+        }
 
     def to_admin_json(self) -> dict[str, Any]:
         """What the Room API shows: the protocol's view plus state and grants."""
-        return {**self.to_json(), "state": "active" if self.connected else "disconnected",
-                "joined_at": self.joined_at.isoformat(), "hidden": self.grants.hidden,
-                "can_publish": self.grants.can_publish, "can_subscribe": self.grants.can_subscribe,
-                "subscriptions": sorted(self.subscriptions)}
+        return {
+            **self.to_json(),
+            "state": "active" if self.connected else "disconnected",
+            "joined_at": self.joined_at.isoformat(),
+            "hidden": self.grants.hidden,
+            "can_publish": self.grants.can_publish,
+            "can_subscribe": self.grants.can_subscribe,
+            "subscriptions": sorted(self.subscriptions),
+        }
 
     async def send(self, message: dict[str, Any]) -> None:
         """Deliver an event; dropped while the socket is away (resume resends state)."""
@@ -104,7 +119,7 @@ class LiveRoom:
         self.participants: dict[str, Participant] = {}
         self.closed = False
         self._tasks: set[asyncio.Future[None]] = set()
-        # Live rooms count their viewers instead of announcing them (gbmedia/signaling/audience.py).
+        # Live rooms count their viewers instead of announcing them (gbmedia/rooms/audience.py).
         self.audience: Audience | None = Audience(self) if room.kind == "live" else None
 
     def announced(self, participant: Participant) -> bool:
@@ -125,8 +140,7 @@ class LiveRoom:
 
     # --- membership ------------------------------------------------------------------
 
-    async def join(self, identity: str, name: str, grants: Grants, *, auto_subscribe: bool,
-                   send: Send) -> Participant:
+    async def join(self, identity: str, name: str, grants: Grants, *, auto_subscribe: bool, send: Send) -> Participant:
         if self.closed:
             raise ProtocolError("room_closed", "the room has closed")
         previous = next((p for p in self.participants.values() if p.identity == identity), None)
@@ -135,15 +149,19 @@ class LiveRoom:
             await self.leave(previous, "duplicate_identity")
         occupancy = self.audience.occupancy() if self.audience is not None else len(self.participants)
         if occupancy >= self.room.max_participants:
-            raise ProtocolError("room_full", f"the room allows {self.room.max_participants} participants",
-                                details={"max_participants": self.room.max_participants})
+            raise ProtocolError(
+                "room_full",
+                f"the room allows {self.room.max_participants} participants",
+                details={"max_participants": self.room.max_participants},
+            )
         participant = Participant(identity, name, grants, self, auto_subscribe, send)
         participant.subscriber = SubscriberPeer(participant.id, address=self.registry.media_address)
         self.participants[participant.id] = participant
         self.registry.by_resume_token[participant.resume_token] = participant
         if self.announced(participant):
-            await self.broadcast({"type": "participant_joined", "participant": participant.to_json()},
-                                 exclude=participant)
+            await self.broadcast(
+                {"type": "participant_joined", "participant": participant.to_json()}, exclude=participant
+            )
         if self.audience is not None:
             self.audience.joined(participant)
         await self.registry.rooms.touch(self.room.id)
@@ -154,11 +172,19 @@ class LiveRoom:
             "type": "joined",
             "protocol": 1,
             "resumed": resumed,
-            "room": {"id": str(self.room.id), "name": self.room.name, "kind": self.room.kind,
-                     "max_participants": self.room.max_participants},
-            "participant": {"id": participant.id, "identity": participant.identity, "name": participant.name,
-                            "grants": participant.grants.to_claim(),
-                            "tracks": [track_json(t) for t in participant.published]},
+            "room": {
+                "id": str(self.room.id),
+                "name": self.room.name,
+                "kind": self.room.kind,
+                "max_participants": self.room.max_participants,
+            },
+            "participant": {
+                "id": participant.id,
+                "identity": participant.identity,
+                "name": participant.name,
+                "grants": participant.grants.to_claim(),
+                "tracks": [track_json(t) for t in participant.published],
+            },
             "participants": [p.to_json() for p in self.visible if p is not participant],
             "resume_token": participant.resume_token,
             "resume_grace_seconds": self.registry.resume_grace,
@@ -198,8 +224,9 @@ class LiveRoom:
         if self.audience is not None:
             await self.audience.left(participant)
         await self.registry.rooms.touch(self.room.id)
-        log.info("participant left", extra={"room_id": str(self.room.id), "participant_id": participant.id,
-                                            "reason": reason})
+        log.info(
+            "participant left", extra={"room_id": str(self.room.id), "participant_id": participant.id, "reason": reason}
+        )
 
     def disconnected(self, participant: Participant) -> None:
         """The socket dropped without ``leave``: keep the session for the grace period."""
@@ -215,8 +242,13 @@ class LiveRoom:
 
         participant.grace_task = asyncio.ensure_future(expire())
 
-    async def resume(self, participant: Participant, send: Send, request_id: str | int | None = None,
-                     extra: dict[str, Any] | None = None) -> None:
+    async def resume(
+        self,
+        participant: Participant,
+        send: Send,
+        request_id: str | int | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
         """A new socket takes over the session: it gets ``joined`` (``resumed``, plus ``extra``) and any
         pending offer."""
         if participant.grace_task is not None:
@@ -228,8 +260,9 @@ class LiveRoom:
             joined["id"] = request_id
         await participant.send(joined)
         if participant.offer_pending is not None:  # the answer may never have arrived
-            await participant.send({"type": "offer", "sdp": participant.offer_pending,
-                                    "tracks": participant.subscriber.track_ids_by_mid()})  # type: ignore[union-attr]
+            await participant.send(
+                {"type": "offer", "sdp": participant.offer_pending, "tracks": participant.subscriber.track_ids_by_mid()}
+            )  # type: ignore[union-attr]
 
     async def close(self, reason: str) -> None:
         self.closed = True
@@ -240,16 +273,20 @@ class LiveRoom:
             try:
                 await self.leave(participant, "room_closed")
             except Exception:  # its connections are closed (leave's finally); the others still leave
-                log.exception("a participant's leave failed while its room closed",
-                              extra={"room_id": str(self.room.id), "participant_id": participant.id})
+                log.exception(
+                    "a participant's leave failed while its room closed",
+                    extra={"room_id": str(self.room.id), "participant_id": participant.id},
+                )
 
     # --- media -------------------------------------------------------------------------
 
-    async def publish(self, participant: Participant, sdp: str, infos: dict[str, TrackInfo]) -> tuple[
-            str, list[PublishedTrack]]:
+    async def publish(
+        self, participant: Participant, sdp: str, infos: dict[str, TrackInfo]
+    ) -> tuple[str, list[PublishedTrack]]:
         if not participant.grants.can_publish:
-            raise ProtocolError("grant_missing", "the token lacks the can_publish grant",
-                                details={"grant": "can_publish"})
+            raise ProtocolError(
+                "grant_missing", "the token lacks the can_publish grant", details={"grant": "can_publish"}
+            )
         parse_sdp(sdp, "offer")  # refuse garbage before any connection exists
         if participant.publisher is None:
             participant.publisher = PublisherPeer(participant.id, address=self.registry.media_address)
@@ -260,8 +297,10 @@ class LiveRoom:
             if track.simulcast:
                 track.on_layers = lambda t, rids, owner=participant: self._layers_needed(owner, t, rids)
                 track.demand_changed()
-            await self.broadcast({"type": "track_published", "participant_id": participant.id,
-                                  "track": track_json(track)}, exclude=participant)
+            await self.broadcast(
+                {"type": "track_published", "participant_id": participant.id, "track": track_json(track)},
+                exclude=participant,
+            )
             await self.registry.track_changed("published", self, participant, track)
         for other in self._one_by_one(exclude=participant):
             if not (added and other.auto_subscribe and other.grants.can_subscribe):
@@ -269,8 +308,10 @@ class LiveRoom:
             try:
                 await self.set_subscribed(other, [t.id for t in added], True, quiet=True)
             except Exception as exc:  # the other's connection is closing: this publish still stands
-                log.warning("could not subscribe a participant to new tracks",
-                            extra={"room_id": str(self.room.id), "participant_id": other.id, "error": repr(exc)})
+                log.warning(
+                    "could not subscribe a participant to new tracks",
+                    extra={"room_id": str(self.room.id), "participant_id": other.id, "error": repr(exc)},
+                )
         return answer, added
 
     def _one_by_one(self, exclude: Participant | None = None) -> Iterator[Participant]:
@@ -289,20 +330,29 @@ class LiveRoom:
             try:
                 await self.renegotiate(other)
             except Exception as exc:  # its subscriber connection is closing (it is leaving too, or failed)
-                log.warning("could not renegotiate after a track ended",
-                            extra={"room_id": str(self.room.id), "participant_id": other.id,
-                                   "track_id": track.id, "error": repr(exc)})
+                log.warning(
+                    "could not renegotiate after a track ended",
+                    extra={
+                        "room_id": str(self.room.id),
+                        "participant_id": other.id,
+                        "track_id": track.id,
+                        "error": repr(exc),
+                    },
+                )
         await self.registry.track_changed("ended", self, owner, track)
         track.close()
         self.registry.retire(track)
-        await self.broadcast({"type": "track_unpublished", "participant_id": owner.id, "track_id": track.id},
-                             exclude=owner)
+        await self.broadcast(
+            {"type": "track_unpublished", "participant_id": owner.id, "track_id": track.id}, exclude=owner
+        )
 
-    async def set_subscribed(self, participant: Participant, track_ids: list[str], subscribe: bool,
-                             *, quiet: bool = False) -> None:
+    async def set_subscribed(
+        self, participant: Participant, track_ids: list[str], subscribe: bool, *, quiet: bool = False
+    ) -> None:
         if not participant.grants.can_subscribe:
-            raise ProtocolError("grant_missing", "the token lacks the can_subscribe grant",
-                                details={"grant": "can_subscribe"})
+            raise ProtocolError(
+                "grant_missing", "the token lacks the can_subscribe grant", details={"grant": "can_subscribe"}
+            )
         tracks = self.tracks()
         unknown = [t for t in track_ids if t not in tracks]
         if unknown and not quiet:
@@ -357,34 +407,47 @@ class LiveRoom:
             raise ProtocolError("invalid_candidate", "a candidate needs sdpMid or sdpMLineIndex")
         line = candidate["candidate"]
         try:
-            parsed: RTCIceCandidate = candidate_from_sdp(line.split(":", 1)[1] if line.startswith("candidate:")
-                                                         else line)
+            parsed: RTCIceCandidate = candidate_from_sdp(
+                line.split(":", 1)[1] if line.startswith("candidate:") else line
+            )
         except (ValueError, IndexError, AssertionError) as exc:  # aioice asserts on a short line
             raise ProtocolError("invalid_candidate", f"the ICE candidate does not parse: {exc}") from None
         parsed.sdpMid = candidate.get("sdpMid")
         parsed.sdpMLineIndex = candidate.get("sdpMLineIndex")
         await peer.add_ice_candidate(parsed)
 
-    def track_settings(self, participant: Participant, settings: TrackSettings) -> dict[str, Any]:
+    def track_settings(
+        self,
+        participant: Participant,
+        track_id: str,
+        *,
+        paused: bool | None = None,
+        quality: str | None = None,
+        width: int | None = None,
+        height: int | None = None,
+    ) -> dict[str, Any]:
         """Apply a subscriber's size/quality/pause wish to one of its down tracks."""
-        down = participant.subscriptions.get(settings.track_id)
+        down = participant.subscriptions.get(track_id)
         if down is None:
-            raise ProtocolError("track_not_subscribed", f"you do not receive track {settings.track_id}")
+            raise ProtocolError("track_not_subscribed", f"you do not receive track {track_id}")
         layer: int | None = None
-        if settings.quality is not None:
-            layer = QUALITY_LAYERS[settings.quality]
-        elif settings.width is not None and settings.height is not None:
-            layer = down.layer_for_size(settings.width, settings.height)
-        elif (settings.width is None) != (settings.height is None):
+        if quality is not None:
+            layer = QUALITY_LAYERS[quality]
+        elif width is not None and height is not None:
+            layer = down.layer_for_size(width, height)
+        elif (width is None) != (height is None):
             raise ProtocolError("invalid_message", "give both width and height, or neither")
-        down.set_preferences(paused=settings.paused, layer=layer)
-        return {"track_id": down.track.id, "paused": down.paused, "layer": down.desired,
-                "layers": [lay.to_json(time.monotonic()) for lay in down.track.layers]}
+        down.set_preferences(paused=paused, layer=layer)
+        return {
+            "track_id": down.track.id,
+            "paused": down.paused,
+            "layer": down.desired,
+            "layers": [lay.to_json(time.monotonic()) for lay in down.track.layers],
+        }
 
     def _layers_needed(self, owner: Participant, track: PublishedTrack, rids: list[str]) -> None:
         """Dynacast: tell the publisher which of its simulcast layers anyone wants."""
-        task = asyncio.ensure_future(owner.send({"type": "publisher_layers", "track_id": track.id,
-                                                 "active": rids}))
+        task = asyncio.ensure_future(owner.send({"type": "publisher_layers", "track_id": track.id, "active": rids}))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -419,7 +482,8 @@ class LiveRoom:
     def find(self, participant_id: str) -> Participant:
         """A participant by id or identity, or 404 ``participant_not_found``."""
         participant = self.participants.get(participant_id) or next(
-            (p for p in self.participants.values() if p.identity == participant_id), None)
+            (p for p in self.participants.values() if p.identity == participant_id), None
+        )
         if participant is None:
             raise ApiError(404, "participant_not_found", f"no participant {participant_id} in the room")
         return participant
@@ -458,8 +522,7 @@ class LiveRooms:
     def on_track(self, listener: TrackListener) -> None:
         self._track_listeners.append(listener)
 
-    async def track_changed(self, event: str, live: LiveRoom, participant: Participant,
-                            track: PublishedTrack) -> None:
+    async def track_changed(self, event: str, live: LiveRoom, participant: Participant, track: PublishedTrack) -> None:
         for listener in self._track_listeners:
             try:
                 await listener(event, live, participant, track)
@@ -479,12 +542,23 @@ class LiveRooms:
             Sample("gbmedia_live_rooms", "Rooms with live state on this node", len(rooms)),
             Sample("gbmedia_participants", "Participants connected (or within their resume grace)", len(participants)),
             Sample("gbmedia_published_tracks", "Tracks being published", len(tracks)),
-            Sample("gbmedia_subscriptions", "Down tracks: published tracks forwarded to a subscriber",
-                   sum(len(p.subscriptions) for p in participants)),
-            Sample("gbmedia_rtp_packets_received_total", "RTP packets received from publishers",
-                   self._retired_in + sum(t.packets_in for t in tracks), counter=True),
-            Sample("gbmedia_rtp_packets_forwarded_total", "RTP packets sent to subscribers",
-                   self._retired_forwarded + sum(t.packets_forwarded for t in tracks), counter=True),
+            Sample(
+                "gbmedia_subscriptions",
+                "Down tracks: published tracks forwarded to a subscriber",
+                sum(len(p.subscriptions) for p in participants),
+            ),
+            Sample(
+                "gbmedia_rtp_packets_received_total",
+                "RTP packets received from publishers",
+                self._retired_in + sum(t.packets_in for t in tracks),
+                counter=True,
+            ),
+            Sample(
+                "gbmedia_rtp_packets_forwarded_total",
+                "RTP packets sent to subscribers",
+                self._retired_forwarded + sum(t.packets_forwarded for t in tracks),
+                counter=True,
+            ),
         ]
 
     def participant_count(self, room_id: uuid.UUID) -> int:

@@ -31,15 +31,14 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from gbmedia.errors import ProtocolError
 from gbmedia.metrics import Sample
 from gbmedia.ratelimit import MemoryRateLimiter
 from gbmedia.sfu.playback import PlaybackPeer
 from gbmedia.sfu.track import PublishedTrack
-from gbmedia.signaling import protocol as p
-from gbmedia.signaling.protocol import ProtocolError
 
 if TYPE_CHECKING:
-    from gbmedia.signaling.live import LiveRoom, LiveRooms, Participant
+    from gbmedia.rooms.live import LiveRoom, LiveRooms, Participant
 
 log = logging.getLogger(__name__)
 
@@ -139,8 +138,7 @@ class Audience:
 
     async def broadcast(self, message: dict[str, Any]) -> None:
         """To every participant that has its ``joined`` (others get the state in it)."""
-        await asyncio.gather(*(q.send(message) for q in list(self.live.participants.values())
-                               if q.id in self.greeted))
+        await asyncio.gather(*(q.send(message) for q in list(self.live.participants.values()) if q.id in self.greeted))
 
     async def left(self, participant: Participant) -> None:
         self.greeted.discard(participant.id)
@@ -182,21 +180,14 @@ class Audience:
 
     # --- messages on the socket ------------------------------------------------------
 
-    async def handle(self, participant: Participant, message: p.LiveMessage) -> dict[str, Any] | None:
-        if isinstance(message, p.Reaction):
-            await self.react(participant, message.kind)
-            return {"type": "ack"} if message.id is not None else None
-        if isinstance(message, p.CohostInvite):
-            await self.invite(participant, message.participant_id)
-            return {"type": "ack"}
-        assert isinstance(message, p.CohostAnswer)
-        return await self.answer_invite(participant, message.accept)
-
     async def react(self, participant: Participant, kind: str) -> None:
         decision = await self._reactions.take(participant.id)
         if not decision.allowed:
-            raise ProtocolError("reaction_rate_limited", f"at most {REACTION_RATE:g} reactions a second",
-                                details={"retry_after": round(decision.retry_after, 3)})
+            raise ProtocolError(
+                "reaction_rate_limited",
+                f"at most {REACTION_RATE:g} reactions a second",
+                details={"retry_after": round(decision.retry_after, 3)},
+            )
         self._pending_reactions[kind] += 1
         if self._reaction_task is None:
             self._reaction_task = self._spawn(self._send_reactions())
@@ -214,14 +205,16 @@ class Audience:
         if not (is_host(inviter) or inviter.grants.room_admin):
             raise ProtocolError("cohost_not_allowed", "only a host or a room_admin may invite co-hosts")
         target = self.live.participants.get(participant_id) or next(
-            (q for q in self.live.participants.values() if q.identity == participant_id), None)
+            (q for q in self.live.participants.values() if q.identity == participant_id), None
+        )
         if target is None or target.grants.hidden:
             raise ProtocolError("participant_not_found", f"no participant {participant_id} in the room")
         if is_host(target):
             raise ProtocolError("already_host", f"{target.identity} is already a host")
         self.invites[target.id] = inviter.id
-        await target.send({"type": "cohost_invite",
-                           "from": {"id": inviter.id, "identity": inviter.identity, "name": inviter.name}})
+        await target.send(
+            {"type": "cohost_invite", "from": {"id": inviter.id, "identity": inviter.identity, "name": inviter.name}}
+        )
 
     async def answer_invite(self, participant: Participant, accept: bool) -> dict[str, Any]:
         inviter_id = self.invites.pop(participant.id, None)
@@ -229,15 +222,24 @@ class Audience:
             raise ProtocolError("no_invite", "nobody has invited you to co-host")
         inviter = self.live.participants.get(inviter_id)
         if inviter is not None:
-            await inviter.send({"type": "cohost_answer", "participant_id": participant.id,
-                                "identity": participant.identity, "accepted": accept})
+            await inviter.send(
+                {
+                    "type": "cohost_answer",
+                    "participant_id": participant.id,
+                    "identity": participant.identity,
+                    "accepted": accept,
+                }
+            )
         if not accept:
             return {"type": "ack"}
         participant.grants = dataclasses.replace(participant.grants, can_publish=True)
-        log.info("viewer became a co-host", extra={"room_id": str(self.live.room.id),
-                                                   "participant_id": participant.id, "invited_by": inviter_id})
-        await self.live.broadcast({"type": "participant_joined", "participant": participant.to_json()},
-                                  exclude=participant)
+        log.info(
+            "viewer became a co-host",
+            extra={"room_id": str(self.live.room.id), "participant_id": participant.id, "invited_by": inviter_id},
+        )
+        await self.live.broadcast(
+            {"type": "participant_joined", "participant": participant.to_json()}, exclude=participant
+        )
         self.count_changed()
         return {"type": "cohost_started", "grants": participant.grants.to_claim()}
 
@@ -295,8 +297,9 @@ class Audience:
             return
         await session.peer.close()
         self.count_changed()
-        log.info("playback ended", extra={"room_id": str(self.live.room.id), "session_id": session.id,
-                                          "reason": reason})
+        log.info(
+            "playback ended", extra={"room_id": str(self.live.room.id), "session_id": session.id, "reason": reason}
+        )
 
     def add_ingest(self, session: IngestSession) -> None:
         self.ingest[session.id] = session
@@ -323,7 +326,7 @@ class Audience:
 
 
 async def on_live_track(event: str, live: LiveRoom, participant: Participant, track: PublishedTrack) -> None:
-    """A :data:`~gbmedia.signaling.live.TrackListener`: players follow the program."""
+    """A :data:`~gbmedia.rooms.live.TrackListener`: players follow the program."""
     audience = live.audience
     if audience is not None:
         await audience.update_program(ended=track if event == "ended" else None)
@@ -332,8 +335,11 @@ async def on_live_track(event: str, live: LiveRoom, participant: Participant, tr
 def audience_samples(live_rooms: LiveRooms) -> list[Sample]:
     audiences = [live.audience for live in live_rooms.live.values() if live.audience is not None and not live.closed]
     return [
-        Sample("gbmedia_live_viewers", "Viewers of live rooms (distinct identities on sockets and WHEP players)",
-               sum(a.viewer_count() for a in audiences)),
+        Sample(
+            "gbmedia_live_viewers",
+            "Viewers of live rooms (distinct identities on sockets and WHEP players)",
+            sum(a.viewer_count() for a in audiences),
+        ),
         Sample("gbmedia_whip_sessions", "WHIP ingest sessions", sum(len(a.ingest) for a in audiences)),
         Sample("gbmedia_whep_sessions", "WHEP playback sessions", sum(len(a.playback) for a in audiences)),
     ]

@@ -15,9 +15,9 @@ from aiohttp.test_utils import TestClient
 from gbmedia.config import Settings
 from tests.conftest import make_settings
 from tests.helpers import Tenant
-from tests.recording.test_hls_live import RED, get_text, live_room, wait_playlist
 from tests.rtc import ColorVideoTrack
 from tests.signaling.test_ws import token
+from tests.streaming.test_live import RED, get_text, live_room, wait_playlist
 
 
 @pytest.fixture
@@ -25,8 +25,7 @@ def settings(tmp_path: Path, database_url: str) -> Settings:
     return make_settings(tmp_path, database_url, hls_segment_seconds=1.0, hls_part_seconds=0.25)
 
 
-async def test_a_stalled_stream_times_out_blocking_requests_then_resumes(rtc, tenant: Tenant,
-                                                                        client: TestClient):
+async def test_a_stalled_stream_times_out_blocking_requests_then_resumes(rtc, tenant: Tenant, client: TestClient):
     room_id = await live_room(client, tenant)
     host = await rtc()
     await host.join(token(tenant, "host", room="show"))
