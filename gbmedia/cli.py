@@ -19,8 +19,9 @@ from typing import Any
 from gbmedia import __version__
 from gbmedia.config import ConfigError, Settings, load_settings
 from gbmedia.errors import ApiError
+from gbmedia.http.responses import to_json
 from gbmedia.tenancy.links import join_link
-from gbmedia.tenancy.models import Actor, to_json
+from gbmedia.tenancy.models import Actor
 from gbmedia.tenancy.tokens import Grants
 
 

@@ -161,7 +161,7 @@ class Node:
             redis=redis_client,
         )
         node.metrics.watch(live_rooms.media_samples)
-        node.metrics.watch(lambda: audience_samples(live_rooms))
+        node.metrics.watch(lambda: audience_samples(live_rooms.audiences()))
         node.metrics.watch(outbox.samples)
         node.metrics.watch(recordings.samples)
         node.metrics.watch(chat.messages.batcher.samples)  # chat group commit and fan-out

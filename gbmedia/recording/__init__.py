@@ -1,1 +1,1 @@
-"""Recording: per-track and composite recordings, LL-HLS packaging, storage."""
+"""Recording: per-track and composite recordings of rooms, and their storage."""

@@ -10,17 +10,18 @@ audit log (in :mod:`gbmedia.recording.service`).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from gbmedia.errors import ApiError
-from gbmedia.http.keys import NODE, principal_of
 from gbmedia.http.responses import json_response, path_uuid, query_int, read_model
 from gbmedia.recording.service import Recording, Recordings
 from gbmedia.recording.storage import LocalStorage, StorageError
-from gbmedia.rooms.store import Room
+from gbmedia.rooms.store import Room, Rooms
+from gbmedia.tenancy.auth import principal_of
 from gbmedia.tenancy.models import Principal
 
 _WRITE = ("room_record", "room_admin")
@@ -33,8 +34,17 @@ class RecordingStart(BaseModel):
     kinds: list[Literal["tracks", "composite"]] = Field(default_factory=lambda: ["tracks"], min_length=1, max_length=2)
 
 
+@dataclass(frozen=True)
+class RecordingsApi:
+    recordings: Recordings
+    rooms: Rooms
+
+
+RECORDINGS_API: web.AppKey[RecordingsApi] = web.AppKey("recordings_api", RecordingsApi)
+
+
 def _recordings(request: web.Request) -> Recordings:
-    return request.app[NODE].recordings
+    return request.app[RECORDINGS_API].recordings
 
 
 def _require(principal: Principal, grants: tuple[str, ...]) -> None:
@@ -52,7 +62,7 @@ def _check_room_grant(principal: Principal, room: Room) -> None:
 
 
 async def _room(request: web.Request, principal: Principal) -> Room:
-    room = await request.app[NODE].rooms.get(
+    room = await request.app[RECORDINGS_API].rooms.get(
         None if principal.is_operator else principal.instance_id, path_uuid(request, "room_id")
     )
     _check_room_grant(principal, room)
@@ -64,7 +74,7 @@ async def _recording(request: web.Request, principal: Principal) -> Recording:
         None if principal.is_operator else principal.instance_id, path_uuid(request, "recording_id")
     )
     if not principal.is_operator and principal.grants.room is not None:
-        room = await request.app[NODE].rooms.get(recording.instance_id, recording.room_id)
+        room = await request.app[RECORDINGS_API].rooms.get(recording.instance_id, recording.room_id)
         _check_room_grant(principal, room)
     return recording
 
@@ -130,7 +140,8 @@ async def download_file(request: web.Request) -> web.StreamResponse:
     return response
 
 
-def register(app: web.Application) -> None:
+def register(app: web.Application, api: RecordingsApi) -> None:
+    app[RECORDINGS_API] = api
     r = app.router
     r.add_post("/api/v1/rooms/{room_id}/recordings", start_recording)
     r.add_get("/api/v1/rooms/{room_id}/recordings", list_recordings)

@@ -48,8 +48,10 @@ from gbmedia.recording.depacketizer import SUPPORTED
 from gbmedia.recording.storage import LocalStorage, S3Storage, StorageError
 from gbmedia.recording.track_recorder import TrackRecorder, TrackResult
 from gbmedia.recording.writer import content_type_for, extension_for, repair
+from gbmedia.rooms.media import ENDED, PUBLISHED, RoomEvents, RoomMedia, TrackOwner
 from gbmedia.rooms.store import Room, Rooms
 from gbmedia.sfu import aiortc_adapter
+from gbmedia.sfu.track import PublishedTrack
 from gbmedia.tenancy import audit
 from gbmedia.tenancy.customers import Customers, quota_exceeded
 from gbmedia.tenancy.instances import Instances
@@ -119,7 +121,7 @@ class _File:
     key: str
     recorder: Any  # TrackRecorder, or the composite job
     content_type: str
-    track: Any = None  # the PublishedTrack it taps, None for the composite
+    track: PublishedTrack | None = None  # the track it taps, None for the composite
     participant_id: str | None = None
     finished: asyncio.Task[None] | None = None
     untap: Callable[[], None] | None = None  # stops the sender-report feed
@@ -182,7 +184,7 @@ class Recordings:
         self.active: dict[uuid.UUID, _Active] = {}  # by recording id
         self._by_room: dict[uuid.UUID, _Active] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._live: Any = None  # LiveRooms, set by attach()
+        self._rooms_media: RoomEvents | None = None  # the node's live rooms, set by attach()
         self.completed = 0
         self.failed = 0
         rooms.on_close(self._room_closed)
@@ -191,10 +193,10 @@ class Recordings:
     def system_actor(self) -> Actor:
         return Actor(f"node:{self.node_id}", "system")
 
-    def attach(self, live_rooms: Any) -> None:
-        """Follow the tracks of this node's live rooms (``LiveRooms.on_track``)."""
-        self._live = live_rooms
-        live_rooms.on_track(self._on_track)
+    def attach(self, events: RoomEvents) -> None:
+        """Follow the tracks of this node's live rooms."""
+        self._rooms_media = events
+        events.on_track(self._on_track)
 
     # --- reading ---------------------------------------------------------------------
 
@@ -334,11 +336,9 @@ class Recordings:
         try:
             if "composite" in kinds:
                 await self._start_composite(active)
-            live = self._live.live.get(room.id) if self._live is not None else None
-            if live is not None:
-                for participant in list(live.participants.values()):
-                    for track in participant.published:
-                        await self._add_track(active, participant, track)
+            media = self._rooms_media.media_of(room.id) if self._rooms_media is not None else None
+            for owner, track in media.published() if media is not None else []:
+                await self._add_track(active, owner, track)
         except StorageError as exc:
             await self._fail(active, str(exc))
         return await self.get(None, active.id)
@@ -349,7 +349,7 @@ class Recordings:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    async def _add_track(self, active: _Active, participant: Any, track: Any) -> None:
+    async def _add_track(self, active: _Active, participant: TrackOwner, track: PublishedTrack) -> None:
         if active.status not in ("waiting", "recording") or active.failure:
             return
         if "composite" in active.kinds and active.composite is not None:
@@ -369,7 +369,7 @@ class Recordings:
         finally:
             active.adding.discard(track.id)
 
-    async def _open_track_file(self, active: _Active, participant: Any, track: Any) -> None:
+    async def _open_track_file(self, active: _Active, participant: TrackOwner, track: PublishedTrack) -> None:
         codec = track.codec
         name = f"{track.id}.{extension_for(codec.name)}"
         key = f"{active.room.instance_id}/{active.id}/{name}"
@@ -491,9 +491,9 @@ class Recordings:
 
     # --- track events ---------------------------------------------------------------------
 
-    async def _on_track(self, event: str, live: Any, participant: Any, track: Any) -> None:
+    async def _on_track(self, event: str, live: RoomMedia, participant: TrackOwner, track: PublishedTrack) -> None:
         active = self._by_room.get(live.room.id)
-        if event == "published":
+        if event == PUBLISHED:
             if active is None:
                 kinds = auto_record_kinds(live.room.metadata)
                 if not kinds:
@@ -510,7 +510,7 @@ class Recordings:
                 await self._add_track(active, participant, track)
             except StorageError as exc:
                 await self._fail(active, str(exc))
-        elif event == "ended" and active is not None:
+        elif event == ENDED and active is not None:
             entry = active.files.get(track.id)
             if entry is not None:
                 track.remove_sink(entry.recorder)

@@ -13,16 +13,17 @@ The operator reaches every room and names the instance a new room belongs to
 from __future__ import annotations
 
 import uuid
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Any, Literal, cast
 
+import asyncpg
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from gbmedia.errors import ApiError, bad_request
-from gbmedia.http.keys import NODE, principal_of
 from gbmedia.http.responses import json_response, path_uuid, query_int, query_uuid, read_model
-from gbmedia.rooms.live import LiveRoom
+from gbmedia.rooms.live import LiveRoom, LiveRooms
+from gbmedia.rooms.quality import QualityMonitor
 from gbmedia.rooms.store import (
     DEFAULT_EMPTY_TIMEOUT,
     MAX_EMPTY_TIMEOUT,
@@ -34,6 +35,8 @@ from gbmedia.rooms.store import (
     StatusFilter,
 )
 from gbmedia.tenancy import audit
+from gbmedia.tenancy.auth import principal_of
+from gbmedia.tenancy.instances import Instances
 from gbmedia.tenancy.models import Principal
 
 _STATUS_FILTERS = ("open", "closed", "all")
@@ -57,8 +60,22 @@ class TrackMute(BaseModel):
     muted: bool
 
 
+@dataclass(frozen=True)
+class RoomsApi:
+    """What the Room API serves: the rooms, their live state on this node, media quality."""
+
+    rooms: Rooms
+    live_rooms: LiveRooms
+    instances: Instances
+    quality: QualityMonitor | None
+    pool: asyncpg.Pool  # the audit log
+
+
+ROOMS_API: web.AppKey[RoomsApi] = web.AppKey("rooms_api", RoomsApi)
+
+
 def _rooms(request: web.Request) -> Rooms:
-    return request.app[NODE].rooms
+    return request.app[ROOMS_API].rooms
 
 
 def _require_any_grant(principal: Principal, *grants: str) -> None:
@@ -112,13 +129,13 @@ async def list_rooms(request: web.Request) -> web.Response:
     offset = query_int(request, "offset", 0, low=0, high=10**9)
     instance_id = _scope(principal, query_uuid(request, "instance_id"))
     if principal.is_operator and instance_id is not None:
-        await request.app[NODE].tenancy.instances.get(instance_id)  # 404 for an unknown one
+        await request.app[ROOMS_API].instances.get(instance_id)  # 404 for an unknown one
     rooms = await _rooms(request).list(instance_id, cast(StatusFilter, status), limit=limit, offset=offset)
     return json_response({"rooms": rooms})
 
 
 def _participants(request: web.Request, room: Room) -> list[dict[str, Any]]:
-    live = request.app[NODE].live_rooms.live.get(room.id)
+    live = request.app[ROOMS_API].live_rooms.live.get(room.id)
     return [p.to_admin_json() for p in live.participants.values()] if live else []
 
 
@@ -143,7 +160,7 @@ async def _live_room(request: web.Request) -> tuple[Principal, Room, LiveRoom]:
     principal = principal_of(request)
     _require_any_grant(principal, "room_admin")
     room = await _rooms(request).get(_scope(principal, None), path_uuid(request, "room_id"))
-    live = request.app[NODE].live_rooms.live.get(room.id)
+    live = request.app[ROOMS_API].live_rooms.live.get(room.id)
     if live is None or room.status != "open":
         raise ApiError(404, "participant_not_found", f"no participant {request.match_info['participant']} in the room")
     return principal, room, live
@@ -152,7 +169,7 @@ async def _live_room(request: web.Request) -> tuple[Principal, Room, LiveRoom]:
 async def _audit(
     request: web.Request, principal: Principal, room: Room, action: str, target: str, details: dict[str, Any]
 ) -> None:
-    async with request.app[NODE].db.pool.acquire() as conn:
+    async with request.app[ROOMS_API].pool.acquire() as conn:
         await audit.record(
             conn,
             principal.actor,
@@ -201,13 +218,14 @@ async def participant_stats(request: web.Request) -> web.Response:
     principal = principal_of(request)
     _require_any_grant(principal, "room_create", "room_admin")
     room = await _rooms(request).get(_scope(principal, None), path_uuid(request, "room_id"))
-    node = request.app[NODE]
-    live = node.live_rooms.live.get(room.id)
+    api = request.app[ROOMS_API]
+    live = api.live_rooms.live.get(room.id)
     if live is None or room.status != "open":
         raise ApiError(404, "participant_not_found", f"no participant {request.match_info['participant']} in the room")
     participant = live.find(request.match_info["participant"])
-    stats = await node.quality.stats_for(live, participant)
-    return json_response({**stats.to_json(), "interval_seconds": node.quality.interval})
+    assert api.quality is not None  # the node starts its quality monitor before it serves
+    stats = await api.quality.stats_for(live, participant)
+    return json_response({**stats.to_json(), "interval_seconds": api.quality.interval})
 
 
 async def close_room(request: web.Request) -> web.Response:
@@ -219,7 +237,8 @@ async def close_room(request: web.Request) -> web.Response:
     return json_response(await rooms.close(principal.actor, room))
 
 
-def register(app: web.Application) -> None:
+def register(app: web.Application, api: RoomsApi) -> None:
+    app[ROOMS_API] = api
     r = app.router
     r.add_post("/api/v1/rooms", create_room)
     r.add_get("/api/v1/rooms", list_rooms)

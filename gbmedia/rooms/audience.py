@@ -16,7 +16,11 @@ when it accepts it gains ``can_publish`` and appears to everyone as a host.
 
 WHIP ingest sessions are participants without a socket; WHEP playback sessions
 are not participants at all (they cannot send or receive signaling): they are
-audience members fed the room's **program**, the first host's video and audio.
+audience members fed the room's **program** (:mod:`gbmedia.rooms.program`), which
+the room's LL-HLS rendition follows too.
+
+The audience is the live room's :class:`~gbmedia.rooms.policy.RoomPolicy`; it sees
+its room only through :class:`~gbmedia.rooms.policy.RoomMembers`.
 """
 
 from __future__ import annotations
@@ -29,16 +33,17 @@ import secrets
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from gbmedia.errors import ProtocolError
 from gbmedia.metrics import Sample
 from gbmedia.ratelimit import MemoryRateLimiter
+from gbmedia.rooms.media import ENDED
+from gbmedia.rooms.participant import Participant
+from gbmedia.rooms.policy import RoomMembers
+from gbmedia.rooms.program import NO_PROGRAM, Program, program_of
 from gbmedia.sfu.playback import PlaybackPeer
 from gbmedia.sfu.track import PublishedTrack
-
-if TYPE_CHECKING:
-    from gbmedia.rooms.live import LiveRoom, LiveRooms, Participant
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +51,6 @@ VIEWER_COUNT_INTERVAL = 1.0  # seconds: the most often viewer_count goes out
 REACTION_INTERVAL = 0.25  # seconds: reactions are batched this long
 REACTION_RATE = 5.0  # reactions per second per participant, sustained
 REACTION_BURST = 10
-VIDEO_SOURCES = ("camera", "unknown", "screen_share")  # program video, in order of preference
 
 
 def new_session_id() -> str:
@@ -83,19 +87,12 @@ class PlaybackSession:
     etag: str = field(default_factory=new_etag)
 
 
-def is_host(participant: Participant) -> bool:
-    return participant.grants.can_publish and not participant.grants.hidden
-
-
-def is_viewer(participant: Participant) -> bool:
-    return not participant.grants.can_publish and not participant.grants.hidden
-
-
 class Audience:
-    """The live-room state of one :class:`LiveRoom`: viewers, reactions, co-hosts, sessions."""
+    """The live-room policy of one room: viewers, reactions, co-hosts, sessions, the program."""
 
-    def __init__(self, live: LiveRoom) -> None:
+    def __init__(self, live: RoomMembers) -> None:
         self.live = live
+        self.current_program = NO_PROGRAM  # what players show and the room's followers were told
         self.ingest: dict[str, IngestSession] = {}
         self.playback: dict[str, PlaybackSession] = {}
         self.invites: dict[str, str] = {}  # invited participant id -> inviting participant id
@@ -115,18 +112,21 @@ class Audience:
 
     def announced(self, participant: Participant) -> bool:
         """Whether the room hears of ``participant`` one by one (hosts do, viewers are counted)."""
-        return is_host(participant)
+        return participant.is_host
 
     def viewer_count(self) -> int:
         participants = self.live.participants.values()
-        hosts = {p.identity for p in participants if is_host(p)}
-        viewers = {p.identity for p in participants if is_viewer(p)}
+        hosts = {p.identity for p in participants if p.is_host}
+        viewers = {p.identity for p in participants if p.is_viewer}
         viewers |= {s.identity for s in self.playback.values()}
         return len(viewers - hosts)
 
     def occupancy(self) -> int:
         """What counts against the room's ``max_participants``: participants and players."""
         return len(self.live.participants) + len(self.playback)
+
+    def joined_extra(self) -> dict[str, Any]:
+        return {"viewer_count": self.viewer_count()}
 
     # --- membership hooks (called by LiveRoom) -------------------------------------------
 
@@ -202,14 +202,14 @@ class Audience:
             await self.broadcast({"type": "reaction", "kind": kind, "count": count})
 
     async def invite(self, inviter: Participant, participant_id: str) -> None:
-        if not (is_host(inviter) or inviter.grants.room_admin):
+        if not (inviter.is_host or inviter.grants.room_admin):
             raise ProtocolError("cohost_not_allowed", "only a host or a room_admin may invite co-hosts")
         target = self.live.participants.get(participant_id) or next(
             (q for q in self.live.participants.values() if q.identity == participant_id), None
         )
         if target is None or target.grants.hidden:
             raise ProtocolError("participant_not_found", f"no participant {participant_id} in the room")
-        if is_host(target):
+        if target.is_host:
             raise ProtocolError("already_host", f"{target.identity} is already a host")
         self.invites[target.id] = inviter.id
         await target.send(
@@ -245,42 +245,32 @@ class Audience:
 
     # --- the program and its players ----------------------------------------------------
 
-    def program(self) -> dict[str, PublishedTrack]:
-        """The tracks a player gets: the first host's (in join order) video, and its audio.
+    def program(self) -> Program:
+        return program_of(self.live.participants.values())
 
-        If that host sends no audio, the first audio of any host.
-        """
-        hosts = [q for q in self.live.participants.values() if is_host(q)]
-        chosen: dict[str, PublishedTrack] = {}
-        for host in hosts:
-            videos = [t for t in host.published if t.kind == "video"]
-            if videos:
-                videos.sort(key=lambda t: VIDEO_SOURCES.index(t.source) if t.source in VIDEO_SOURCES else 99)
-                chosen["video"] = videos[0]
-                audio = next((t for t in host.published if t.kind == "audio"), None)
-                if audio is not None:
-                    chosen["audio"] = audio
-                break
-        if "audio" not in chosen:
-            audio = next((t for h in hosts for t in h.published if t.kind == "audio"), None)
-            if audio is not None:
-                chosen["audio"] = audio
-        return chosen
+    async def track_changed(self, event: str, track: PublishedTrack) -> None:
+        await self.update_program(ended=track if event == ENDED else None)
 
     async def update_program(self, ended: PublishedTrack | None = None) -> None:
-        """Point every player at the current program (after a publish, an end, a leave)."""
-        program = self.program()
-        if ended is not None and program.get(ended.kind) is ended:
-            del program[ended.kind]
+        """Follow the program after a publish, an end (``ended`` is still open), a leave or a new player:
+        point every player at it, and tell the room when it changed."""
+        program = program_of(self.live.participants.values(), without=ended)
         for session in self.playback.values():
-            for kind in session.peer.slots:
-                wanted = program.get(kind)
-                current = session.peer.playing(kind)
-                if wanted is not None and session.peer.can_play(wanted):
-                    if current is not wanted:
-                        session.peer.play(wanted)
-                elif current is not None and (current is ended or current not in self.live.tracks().values()):
-                    session.peer.stop(kind)
+            self._point(session, program, ended)
+        if not program.same_as(self.current_program):
+            self.current_program = program
+            await self.live.program_changed(program)
+
+    def _point(self, session: PlaybackSession, program: Program, ended: PublishedTrack | None) -> None:
+        live_tracks = self.live.tracks().values()
+        for kind in session.peer.slots:
+            wanted = program.get(kind)
+            current = session.peer.playing(kind)
+            if wanted is not None and session.peer.can_play(wanted):
+                if current is not wanted:
+                    session.peer.play(wanted)
+            elif current is not None and (current is ended or current not in live_tracks):
+                session.peer.stop(kind)
 
     async def add_playback(self, session: PlaybackSession) -> None:
         self.playback[session.id] = session
@@ -325,15 +315,7 @@ class Audience:
                 await task
 
 
-async def on_live_track(event: str, live: LiveRoom, participant: Participant, track: PublishedTrack) -> None:
-    """A :data:`~gbmedia.rooms.live.TrackListener`: players follow the program."""
-    audience = live.audience
-    if audience is not None:
-        await audience.update_program(ended=track if event == "ended" else None)
-
-
-def audience_samples(live_rooms: LiveRooms) -> list[Sample]:
-    audiences = [live.audience for live in live_rooms.live.values() if live.audience is not None and not live.closed]
+def audience_samples(audiences: list[Audience]) -> list[Sample]:
     return [
         Sample(
             "gbmedia_live_viewers",

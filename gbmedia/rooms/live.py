@@ -12,13 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import logging
-import secrets
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 from aiortc import RTCIceCandidate
@@ -26,9 +23,13 @@ from aiortc.sdp import candidate_from_sdp
 
 from gbmedia.errors import ApiError, ProtocolError
 from gbmedia.metrics import Sample
-from gbmedia.rooms.audience import Audience, on_live_track
+from gbmedia.rooms.audience import Audience
+from gbmedia.rooms.media import ENDED, PUBLISHED, ProgramListener, RoomMedia, TrackListener, TrackOwner
+from gbmedia.rooms.participant import Participant, Send, track_json
+from gbmedia.rooms.policy import MeetingPolicy, RoomMembers, RoomPolicy
+from gbmedia.rooms.program import Program
 from gbmedia.rooms.store import Room, Rooms
-from gbmedia.sfu.forwarder import QUALITY_LAYERS, DownTrack
+from gbmedia.sfu.forwarder import QUALITY_LAYERS
 from gbmedia.sfu.media_address import MediaAddress
 from gbmedia.sfu.peers import PublisherPeer, SubscriberPeer, TrackInfo, parse_sdp
 from gbmedia.sfu.track import PublishedTrack
@@ -37,79 +38,10 @@ from gbmedia.tenancy.tokens import Grants
 
 log = logging.getLogger(__name__)
 
-Send = Callable[[dict[str, Any]], Awaitable[None]]
-# Told when a track starts or stops being published in a live room on this node
-# ("published" | "ended"): how recording and packaging find the media they need.
-TrackListener = Callable[[str, "LiveRoom", "Participant", PublishedTrack], Awaitable[None]]
-
-
-def track_json(track: PublishedTrack) -> dict[str, Any]:
-    return {
-        "id": track.id,
-        "kind": track.kind,
-        "source": track.source,
-        "name": track.name,
-        "muted": track.muted,
-        "mid": track.mid,
-        "layers": list(track.rids),
-    }
-
-
-@dataclass(eq=False)
-class Participant:
-    identity: str
-    name: str
-    grants: Grants
-    room: LiveRoom
-    auto_subscribe: bool
-    send_to_socket: Send | None
-    id: str = field(default_factory=lambda: "PA_" + uuid.uuid4().hex[:12])
-    resume_token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
-    publisher: PublisherPeer | None = None
-    subscriber: SubscriberPeer | None = None
-    subscriptions: dict[str, DownTrack] = field(default_factory=dict)
-    offer_pending: str | None = None  # the subscriber offer SDP awaiting an answer
-    renegotiate_after_answer: bool = False
-    offering: bool = False  # a subscriber offer is being created
-    grace_task: asyncio.Task[None] | None = None
-    joined_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
-
-    @property
-    def connected(self) -> bool:
-        """False while the socket is away (within the resume grace period)."""
-        return self.send_to_socket is not None
-
-    @property
-    def published(self) -> list[PublishedTrack]:
-        return list(self.publisher.tracks.values()) if self.publisher else []
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "identity": self.identity,
-            "name": self.name,
-            "tracks": [track_json(t) for t in self.published],
-        }
-
-    def to_admin_json(self) -> dict[str, Any]:
-        """What the Room API shows: the protocol's view plus state and grants."""
-        return {
-            **self.to_json(),
-            "state": "active" if self.connected else "disconnected",
-            "joined_at": self.joined_at.isoformat(),
-            "hidden": self.grants.hidden,
-            "can_publish": self.grants.can_publish,
-            "can_subscribe": self.grants.can_subscribe,
-            "subscriptions": sorted(self.subscriptions),
-        }
-
-    async def send(self, message: dict[str, Any]) -> None:
-        """Deliver an event; dropped while the socket is away (resume resends state)."""
-        if self.send_to_socket is not None:
-            try:
-                await self.send_to_socket(message)
-            except (ConnectionError, RuntimeError):
-                self.send_to_socket = None
+# Rooms-internal followers of tracks (quality, speakers) see the room and participant themselves.
+RoomTrackListener = Callable[[str, "LiveRoom", Participant, PublishedTrack], Awaitable[None]]
+# The policy of each room kind (gbmedia/rooms/policy.py).
+POLICIES: dict[str, Callable[[RoomMembers], RoomPolicy]] = {"meeting": MeetingPolicy, "live": Audience}
 
 
 class LiveRoom:
@@ -119,14 +51,16 @@ class LiveRoom:
         self.participants: dict[str, Participant] = {}
         self.closed = False
         self._tasks: set[asyncio.Future[None]] = set()
-        # Live rooms count their viewers instead of announcing them (gbmedia/rooms/audience.py).
-        self.audience: Audience | None = Audience(self) if room.kind == "live" else None
+        self.policy: RoomPolicy = POLICIES.get(room.kind, MeetingPolicy)(self)
+
+    @property
+    def audience(self) -> Audience | None:
+        """A live room's audience (its policy); None in a meeting. For the transports that serve audiences."""
+        return self.policy if isinstance(self.policy, Audience) else None
 
     def announced(self, participant: Participant) -> bool:
         """Whether the others hear of ``participant`` one by one (not hidden; in a live room, a host)."""
-        if participant.grants.hidden:
-            return False
-        return self.audience is None or self.audience.announced(participant)
+        return not participant.grants.hidden and self.policy.announced(participant)
 
     @property
     def visible(self) -> list[Participant]:
@@ -134,6 +68,12 @@ class LiveRoom:
 
     def tracks(self) -> dict[str, PublishedTrack]:
         return {t.id: t for p in self.participants.values() for t in p.published}
+
+    def published(self) -> list[tuple[TrackOwner, PublishedTrack]]:
+        return [(p, t) for p in self.participants.values() for t in p.published]
+
+    async def program_changed(self, program: Program) -> None:
+        await self.registry.program_changed(self, program)
 
     async def broadcast(self, message: dict[str, Any], *, exclude: Participant | None = None) -> None:
         await asyncio.gather(*(p.send(message) for p in self.participants.values() if p is not exclude))
@@ -147,23 +87,21 @@ class LiveRoom:
         if previous is not None:  # the same person from a new device or tab replaces the old session
             await previous.send({"type": "removed", "reason": "duplicate_identity"})
             await self.leave(previous, "duplicate_identity")
-        occupancy = self.audience.occupancy() if self.audience is not None else len(self.participants)
-        if occupancy >= self.room.max_participants:
+        if self.policy.occupancy() >= self.room.max_participants:
             raise ProtocolError(
                 "room_full",
                 f"the room allows {self.room.max_participants} participants",
                 details={"max_participants": self.room.max_participants},
             )
-        participant = Participant(identity, name, grants, self, auto_subscribe, send)
-        participant.subscriber = SubscriberPeer(participant.id, address=self.registry.media_address)
+        participant = Participant(identity, name, grants, auto_subscribe, send)
+        participant.connect_subscriber(SubscriberPeer(participant.id, address=self.registry.media_address))
         self.participants[participant.id] = participant
-        self.registry.by_resume_token[participant.resume_token] = participant
+        self.registry.by_resume_token[participant.resume_token] = (self, participant)
         if self.announced(participant):
             await self.broadcast(
                 {"type": "participant_joined", "participant": participant.to_json()}, exclude=participant
             )
-        if self.audience is not None:
-            self.audience.joined(participant)
+        self.policy.joined(participant)
         await self.registry.rooms.touch(self.room.id)
         return participant
 
@@ -189,14 +127,11 @@ class LiveRoom:
             "resume_token": participant.resume_token,
             "resume_grace_seconds": self.registry.resume_grace,
         }
-        if self.audience is not None:
-            message["viewer_count"] = self.audience.viewer_count()
-        return message
+        return {**message, **self.policy.joined_extra()}
 
     async def start_subscriptions(self, participant: Participant) -> None:
         """Auto-subscribe a newcomer to every track already published (it has its ``joined`` now)."""
-        if self.audience is not None:
-            self.audience.greet(participant)
+        self.policy.greet(participant)
         if participant.auto_subscribe and participant.grants.can_subscribe:
             await self.set_subscribed(participant, list(self.tracks()), True, quiet=True)
 
@@ -221,8 +156,7 @@ class LiveRoom:
                 await participant.subscriber.close()
         if self.announced(participant):
             await self.broadcast({"type": "participant_left", "participant_id": participant.id, "reason": reason})
-        if self.audience is not None:
-            await self.audience.left(participant)
+        await self.policy.left(participant)
         await self.registry.rooms.touch(self.room.id)
         log.info(
             "participant left", extra={"room_id": str(self.room.id), "participant_id": participant.id, "reason": reason}
@@ -259,15 +193,12 @@ class LiveRoom:
         if request_id is not None:
             joined["id"] = request_id
         await participant.send(joined)
-        if participant.offer_pending is not None:  # the answer may never have arrived
-            await participant.send(
-                {"type": "offer", "sdp": participant.offer_pending, "tracks": participant.subscriber.track_ids_by_mid()}
-            )  # type: ignore[union-attr]
+        if participant.negotiation is not None:  # the answer may never have arrived
+            await participant.negotiation.resend()
 
     async def close(self, reason: str) -> None:
         self.closed = True
-        if self.audience is not None:
-            await self.audience.close()
+        await self.policy.close()
         for participant in list(self.participants.values()):
             await participant.send({"type": "room_closed", "reason": reason})
             try:
@@ -301,7 +232,8 @@ class LiveRoom:
                 {"type": "track_published", "participant_id": participant.id, "track": track_json(track)},
                 exclude=participant,
             )
-            await self.registry.track_changed("published", self, participant, track)
+            await self.registry.track_changed(PUBLISHED, self, participant, track)
+            await self.policy.track_changed(PUBLISHED, track)
         for other in self._one_by_one(exclude=participant):
             if not (added and other.auto_subscribe and other.grants.can_subscribe):
                 continue
@@ -339,7 +271,8 @@ class LiveRoom:
                         "error": repr(exc),
                     },
                 )
-        await self.registry.track_changed("ended", self, owner, track)
+        await self.registry.track_changed(ENDED, self, owner, track)
+        await self.policy.track_changed(ENDED, track)
         track.close()
         self.registry.retire(track)
         await self.broadcast(
@@ -372,30 +305,14 @@ class LiveRoom:
             await self.renegotiate(participant)
 
     async def renegotiate(self, participant: Participant) -> None:
-        """Send the subscriber a new offer, one at a time.
-
-        A change while an offer is being made or awaits its answer is folded into
-        one more offer after that answer, so a client never holds two offers.
-        """
-        if participant.offer_pending is not None or participant.offering:
-            participant.renegotiate_after_answer = True
-            return
-        participant.offering = True
-        try:
-            sdp, tracks = await participant.subscriber.offer()  # type: ignore[union-attr]
-        finally:
-            participant.offering = False
-        participant.offer_pending = sdp
-        await participant.send({"type": "offer", "sdp": sdp, "tracks": tracks})
+        """Offer the subscriber its current tracks (folded into the next offer when one is in flight)."""
+        if participant.negotiation is not None:
+            await participant.negotiation.renegotiate()
 
     async def answer(self, participant: Participant, sdp: str) -> None:
-        if participant.offer_pending is None:
+        if participant.negotiation is None:
             raise ProtocolError("unexpected_answer", "there is no subscriber offer waiting for an answer")
-        await participant.subscriber.accept_answer(sdp)  # type: ignore[union-attr]
-        participant.offer_pending = None
-        if participant.renegotiate_after_answer:
-            participant.renegotiate_after_answer = False
-            await self.renegotiate(participant)
+        await participant.negotiation.answer(sdp)
 
     async def add_candidate(self, participant: Participant, target: str, candidate: dict[str, Any] | None) -> None:
         peer = participant.publisher if target == "publisher" else participant.subscriber
@@ -512,15 +429,24 @@ class LiveRooms:
         self.resume_grace = resume_grace
         self.media_address = media_address
         self.live: dict[uuid.UUID, LiveRoom] = {}
-        self.by_resume_token: dict[str, Participant] = {}
+        self.by_resume_token: dict[str, tuple[LiveRoom, Participant]] = {}
         self._retired_in = 0
         self._retired_forwarded = 0
-        self._track_listeners: list[TrackListener] = []
-        self.on_track(on_live_track)  # WHEP players follow a live room's program
+        self._track_listeners: list[TrackListener | RoomTrackListener] = []
+        self._program_listeners: list[ProgramListener] = []
         rooms.on_close(self._room_closed)
 
-    def on_track(self, listener: TrackListener) -> None:
+    # --- what recording, streaming and bots follow (gbmedia/rooms/media.py) ------------------
+
+    def on_track(self, listener: TrackListener | RoomTrackListener) -> None:
         self._track_listeners.append(listener)
+
+    def on_program(self, listener: ProgramListener) -> None:
+        self._program_listeners.append(listener)
+
+    def media_of(self, room_id: uuid.UUID) -> RoomMedia | None:
+        live = self.live.get(room_id)
+        return live if live is not None and not live.closed else None
 
     async def track_changed(self, event: str, live: LiveRoom, participant: Participant, track: PublishedTrack) -> None:
         for listener in self._track_listeners:
@@ -528,6 +454,16 @@ class LiveRooms:
                 await listener(event, live, participant, track)
             except Exception:  # a listener's failure (a recorder's) never breaks the room
                 log.exception("track listener failed", extra={"event": event, "track_id": track.id})
+
+    async def program_changed(self, live: LiveRoom, program: Program) -> None:
+        for listener in self._program_listeners:
+            try:
+                await listener(live, program)
+            except Exception:  # a follower's failure (the HLS packager's) never breaks the room
+                log.exception("program listener failed", extra={"room_id": str(live.room.id)})
+
+    def audiences(self) -> list[Audience]:
+        return [live.audience for live in self.live.values() if live.audience is not None and not live.closed]
 
     def retire(self, track: PublishedTrack) -> None:
         """Keep an ended track's packet counts in the node's totals."""
@@ -591,7 +527,7 @@ class LiveRooms:
             await live.close(reason)
 
     async def close(self) -> None:
-        for participant in self.by_resume_token.values():  # nobody resumes on a node going away
+        for _, participant in self.by_resume_token.values():  # nobody resumes on a node going away
             if participant.grace_task is not None:
                 participant.grace_task.cancel()
         for live in list(self.live.values()):

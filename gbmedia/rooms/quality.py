@@ -18,7 +18,8 @@ import time
 from dataclasses import dataclass
 
 from gbmedia.metrics import Sample
-from gbmedia.rooms.live import LiveRoom, LiveRooms, Participant
+from gbmedia.rooms.live import LiveRoom, LiveRooms
+from gbmedia.rooms.participant import Participant
 from gbmedia.sfu.stats import ParticipantStats, RateTracker, TrackMeter, down_stats, published_stats
 from gbmedia.sfu.track import PublishedTrack
 

@@ -16,7 +16,8 @@ import contextlib
 import logging
 from dataclasses import dataclass, field
 
-from gbmedia.rooms.live import LiveRoom, LiveRooms, Participant
+from gbmedia.rooms.live import LiveRoom, LiveRooms
+from gbmedia.rooms.participant import Participant
 from gbmedia.sfu.speakers import SpeakerDetector
 from gbmedia.sfu.track import PublishedTrack
 

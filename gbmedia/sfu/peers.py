@@ -191,7 +191,6 @@ class SubscriberPeer:
         self.address = address
         self.slots: list[SenderSlot] = []
         self.estimate_bps: int | None = None  # the subscriber's bandwidth (REMB), all streams
-        self._lock = asyncio.Lock()
 
     def add(self, track: PublishedTrack) -> DownTrack:
         """Route ``track`` to this subscriber; takes effect after the next offer/answer."""
@@ -236,21 +235,23 @@ class SubscriberPeer:
         return {s.mid: s.down.track.id for s in self.slots if s.down is not None and s.mid is not None}
 
     async def offer(self) -> tuple[str, dict[str, str]]:
-        """A new offer for the current set of tracks, with mid → track id."""
-        async with self._lock:
-            await set_local(self.pc, await self.pc.createOffer(), self.address)
-            return self.pc.localDescription.sdp, self.track_ids_by_mid()
+        """A new offer for the current set of tracks, with mid → track id.
+
+        One offer or answer at a time: the caller serialises them (the room's
+        ``SubscriberNegotiation`` is their one owner).
+        """
+        await set_local(self.pc, await self.pc.createOffer(), self.address)
+        return self.pc.localDescription.sdp, self.track_ids_by_mid()
 
     async def accept_answer(self, answer_sdp: str) -> None:
         parse_sdp(answer_sdp, "answer")
-        async with self._lock:
-            if self.pc.signalingState != "have-local-offer":
-                raise NegotiationError("unexpected_answer", "there is no subscriber offer waiting for an answer")
-            await apply_remote(self.pc, answer_sdp, "answer")
-            for slot in self.slots:
-                if slot.down is not None:
-                    slot.down.rebind()
-                    slot.down.track.request_keyframe()
+        if self.pc.signalingState != "have-local-offer":
+            raise NegotiationError("unexpected_answer", "there is no subscriber offer waiting for an answer")
+        await apply_remote(self.pc, answer_sdp, "answer")
+        for slot in self.slots:
+            if slot.down is not None:
+                slot.down.rebind()
+                slot.down.track.request_keyframe()
 
     async def add_ice_candidate(self, candidate: object) -> None:
         await self.pc.addIceCandidate(candidate)  # type: ignore[arg-type]

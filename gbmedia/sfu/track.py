@@ -8,7 +8,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from aiortc import RTCRtpReceiver
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
@@ -17,9 +17,6 @@ from aiortc.rtp import RtpPacket
 from gbmedia.sfu import aiortc_adapter
 from gbmedia.sfu import rtp as rtp_bytes
 from gbmedia.sfu.codecs import is_keyframe
-
-if TYPE_CHECKING:
-    from gbmedia.sfu.forwarder import DownTrack
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +109,20 @@ class Outgoing:
         return block
 
 
+class Downstream(Protocol):
+    """What a published track needs of a subscriber's down track (:class:`gbmedia.sfu.forwarder.DownTrack`);
+    a protocol, so this module need not import the forwarder that imports it."""
+
+    @property
+    def desired(self) -> int | None:
+        """The simulcast layer it wants."""
+        ...
+
+    def write(self, out: Outgoing, now: float) -> None: ...
+
+    def detach(self) -> None: ...
+
+
 @dataclass(eq=False)
 class PublishedTrack:
     participant_id: str
@@ -127,7 +138,7 @@ class PublishedTrack:
     muted_by_admin: bool = False
     packets_in: int = 0
     packets_forwarded: int = 0  # sum over its down tracks, kept here so it outlives them
-    down_tracks: set[DownTrack] = field(default_factory=set)
+    down_tracks: set[Downstream] = field(default_factory=set)
     sinks: list[PacketSink] = field(default_factory=list)
     layers: list[Layer] = field(default_factory=list)
     media_ssrc: int | None = None  # the last SSRC a packet came from

@@ -1,1 +1,1 @@
-"""Signaling: the participant WebSocket protocol, WHIP/WHEP and routing between nodes."""
+"""Signaling: the transports of the room domain: the participant WebSocket (/rtc), WHIP and WHEP."""

@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 from aiortc import RTCIceCandidate
@@ -32,18 +32,17 @@ from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.sdp import SessionDescription, candidate_from_sdp
 
 from gbmedia.errors import ApiError, forbidden
-from gbmedia.http.keys import NODE
 from gbmedia.http.responses import error_response
+from gbmedia.metrics import Metrics
+from gbmedia.ratelimit import RateLimiter
 from gbmedia.rooms.audience import IngestSession, PlaybackSession, new_session_id
-from gbmedia.rooms.live import LiveRoom
+from gbmedia.rooms.live import LiveRoom, LiveRooms
+from gbmedia.rooms.program import NO_PROGRAM
 from gbmedia.sfu.peers import NegotiationError, TrackInfo, parse_sdp
 from gbmedia.sfu.playback import PlaybackPeer
 from gbmedia.signaling.protocol import ProtocolError
-from gbmedia.tenancy.auth import VerifiedToken, bearer_credential
+from gbmedia.tenancy.auth import Authenticator, VerifiedToken, bearer_credential
 from gbmedia.tenancy.models import Actor
-
-if TYPE_CHECKING:
-    from gbmedia.node import Node
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +61,19 @@ CORS = {
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+@dataclass(frozen=True)
+class WhipService:
+    """What WHIP and WHEP serve: token checks, the live rooms, the REST API's rate limits and error counts."""
+
+    auth: Authenticator
+    live_rooms: LiveRooms
+    rate_limiter: RateLimiter
+    metrics: Metrics
+
+
+WHIP: web.AppKey[WhipService] = web.AppKey("whip", WhipService)
+
+
 def _with_cors(handler: Handler) -> Handler:
     """Errors as the API's JSON, and CORS headers on every answer (players run on other origins)."""
 
@@ -74,7 +86,7 @@ def _with_cors(handler: Handler) -> Handler:
                 headers["Retry-After"] = str(max(1, round(error.details.get("retry_after", 1) + 0.5)))
             if error.code == "room_not_live":
                 headers["Retry-After"] = "5"
-            request.app[NODE].metrics.http_errors.labels(error.code).inc()
+            request.app[WHIP].metrics.http_errors.labels(error.code).inc()
             return error_response(error, headers)
         response.headers.update(CORS)
         return response
@@ -92,12 +104,12 @@ async def _discard(message: dict[str, Any]) -> None:
 async def _bearer(request: web.Request) -> VerifiedToken:
     """The request's bearer access token, verified (401/403 otherwise)."""
     credential = bearer_credential(request.headers.get("Authorization"), "access token")
-    return await request.app[NODE].tenancy.auth.verify_access_token(credential)
+    return await request.app[WHIP].auth.verify_access_token(credential)
 
 
-async def _within_rate(node: Node, api_key: str) -> None:
+async def _within_rate(service: WhipService, api_key: str) -> None:
     """429 once the token's API key has spent its request budget (the same buckets as the REST API's)."""
-    decision = await node.rate_limiter.take(api_key)
+    decision = await service.rate_limiter.take(api_key)
     if not decision.allowed:
         raise ApiError(
             429, "rate_limited", "too many requests; retry later", {"retry_after": round(decision.retry_after, 3)}
@@ -106,7 +118,6 @@ async def _within_rate(node: Node, api_key: str) -> None:
 
 async def _verify(request: web.Request, grant: str) -> VerifiedToken:
     """The bearer access token, with ``grant``, for the room in the path."""
-    node = request.app[NODE]
     verified = await _bearer(request)
     grants = verified.token.grants
     if not grants.has(grant):
@@ -114,7 +125,7 @@ async def _verify(request: web.Request, grant: str) -> VerifiedToken:
     room = request.match_info["room"]
     if grants.room != room:
         raise forbidden("room_mismatch", f"the token is not for room {room!r}", token_room=grants.room)
-    await _within_rate(node, verified.token.api_key)
+    await _within_rate(request.app[WHIP], verified.token.api_key)
     return verified
 
 
@@ -186,7 +197,7 @@ def _find_live(request: web.Request, verified: VerifiedToken) -> LiveRoom | None
     return next(
         (
             live
-            for live in request.app[NODE].live_rooms.live.values()
+            for live in request.app[WHIP].live_rooms.live.values()
             if not live.closed and live.room.instance_id == verified.instance.id and live.room.name == name
         ),
         None,
@@ -210,7 +221,7 @@ async def whip_publish(request: web.Request) -> web.Response:
     sdp = await _read_body(request, SDP)
     description = _offer(sdp, "publish")
     token = verified.token
-    live = await request.app[NODE].live_rooms.room_for(
+    live = await request.app[WHIP].live_rooms.room_for(
         verified.instance, request.match_info["room"], Actor(token.api_key, "api_key"), kind="live"
     )
     if live.audience is None:
@@ -264,10 +275,9 @@ class _Found:
 async def _session(request: web.Request, which: str) -> _Found:
     """The session in the path, for a token of its instance and identity (or a room_admin of its room)."""
     grant = "can_publish" if which == "whip" else "can_subscribe"
-    node = request.app[NODE]
     verified = await _bearer(request)
     token = verified.token
-    await _within_rate(node, token.api_key)
+    await _within_rate(request.app[WHIP], token.api_key)
     live = _find_live(request, verified)
     session_id = request.match_info["session"]
     missing = ApiError(404, "session_not_found", f"no {which.upper()} session {session_id} in this room")
@@ -361,8 +371,8 @@ async def whep_play(request: web.Request) -> web.Response:
         raise ApiError(
             409, "not_a_live_room", f"room {live.room.name!r} is a {live.room.kind} room; WHEP plays live rooms"
         )
-    program = live.audience.program() if live is not None and live.audience is not None else {}
-    if live is None or live.audience is None or "video" not in program:
+    program = live.audience.program() if live is not None and live.audience is not None else NO_PROGRAM
+    if live is None or live.audience is None or program.video is None:
         raise ApiError(409, "room_not_live", "nobody is live in this room yet; retry later")
     if live.audience.occupancy() >= live.room.max_participants:
         raise ApiError(
@@ -371,7 +381,7 @@ async def whep_play(request: web.Request) -> web.Response:
             f"the room allows {live.room.max_participants} participants and players",
             {"max_participants": live.room.max_participants},
         )
-    codecs = {"video": program["video"].codec, "audio": program["audio"].codec if "audio" in program else DEFAULT_AUDIO}
+    codecs = {"video": program.video.codec, "audio": program.audio.codec if program.audio else DEFAULT_AUDIO}
     session_id = new_session_id()
     peer = PlaybackPeer(session_id, address=live.registry.media_address)
     try:
@@ -424,7 +434,8 @@ async def whep_patch(request: web.Request) -> web.Response:
     return await _patch(request, "whep")
 
 
-def register(app: web.Application) -> None:
+def register(app: web.Application, service: WhipService) -> None:
+    app[WHIP] = service
     r = app.router
     for which, post in (("whip", whip_publish), ("whep", whep_play)):
         r.add_route("OPTIONS", f"/{which}/{{room}}", _with_cors(_preflight("POST, OPTIONS", {"Accept-Post": SDP})))

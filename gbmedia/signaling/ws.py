@@ -10,18 +10,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import WSMsgType, web
 
 from gbmedia.errors import ApiError, RequestId, bad_request
-from gbmedia.http.keys import NODE
+from gbmedia.messaging.delivery import ChatHub
 from gbmedia.messaging.models import ChatCaller
+from gbmedia.messaging.presence import Presence
+from gbmedia.messaging.service import Chat
 from gbmedia.messaging.socket import ChatSession, RawFrames
 from gbmedia.rooms.audience import Audience
-from gbmedia.rooms.live import LiveRoom, LiveRooms, Participant, track_json
+from gbmedia.rooms.live import LiveRoom, LiveRooms
+from gbmedia.rooms.participant import Participant, track_json
 from gbmedia.sfu.peers import NegotiationError, TrackInfo
 from gbmedia.signaling import protocol as p
+from gbmedia.tenancy.auth import Authenticator
 from gbmedia.tenancy.models import Actor
 
 log = logging.getLogger(__name__)
@@ -29,13 +34,28 @@ log = logging.getLogger(__name__)
 MAX_SENDS_IN_FLIGHT = 64  # chat sends of one socket waiting for their commits at once
 
 
+@dataclass(frozen=True)
+class RtcService:
+    """What the participant socket serves: token checks, the rooms on this node, chat."""
+
+    auth: Authenticator
+    live_rooms: LiveRooms
+    chat: Chat
+    chat_hub: ChatHub
+    presence: Presence
+
+
+RTC: web.AppKey[RtcService] = web.AppKey("rtc", RtcService)
+
+
 class Connection:
     """One socket's conversation; holds its participant once joined."""
 
     def __init__(self, ws: web.WebSocketResponse, request: web.Request) -> None:
         self.ws = ws
-        self.node = request.app[NODE]
-        self.live_rooms: LiveRooms = self.node.live_rooms
+        self.service = request.app[RTC]
+        self.live_rooms: LiveRooms = self.service.live_rooms
+        self.room: LiveRoom | None = None  # the participant's room, once joined
         self.participant: Participant | None = None
         self.chat_session: ChatSession | None = None
         self.transport = request.transport  # chat writes its frames straight to it (messaging/socket.py)
@@ -120,12 +140,11 @@ class Connection:
             if self.chat_session is None:
                 raise p.ProtocolError("not_authenticated", f"send auth (or join) before {message.type}")
             return await self.chat_session.handle(message)  # type: ignore[arg-type]
-        participant = self.participant
-        if participant is None:
+        participant, room = self.participant, self.room
+        if participant is None or room is None:
             raise p.ProtocolError("not_joined", f"send join before {message.type}")
-        room = participant.room
         if room.participants.get(participant.id) is not participant:
-            self.participant = None  # removed, replaced or the room closed: the session is over
+            self.room, self.participant = None, None  # removed, replaced or the room closed: the session is over
             raise p.ProtocolError("not_joined", f"you are no longer in the room; join again before {message.type}")
         if message.type in p.LIVE_TYPES:
             if room.audience is None:
@@ -161,7 +180,7 @@ class Connection:
         assert isinstance(message, p.Leave)
         self.left = True
         await room.leave(participant, "left")
-        self.participant = None
+        self.room, self.participant = None, None
         return {"type": "left"}
 
     @staticmethod
@@ -184,7 +203,7 @@ class Connection:
                 f"this server speaks protocol {p.PROTOCOL_VERSION}",
                 details={"supported": [p.PROTOCOL_VERSION]},
             )
-        return await self.node.tenancy.auth.verify_access_token(raw_token)
+        return await self.service.auth.verify_access_token(raw_token)
 
     async def _start_chat(self, verified: Any) -> None:
         """Chat for the token's identity on this socket (once: ``auth`` or the first ``join``)."""
@@ -198,7 +217,7 @@ class Connection:
             room=token.grants.room if token.grants.room_join else None,
         )
         session = ChatSession(
-            self.node.chat, self.node.chat_hub, self.node.presence, caller, RawFrames(self.ws, self.transport)
+            self.service.chat, self.service.chat_hub, self.service.presence, caller, RawFrames(self.ws, self.transport)
         )
         await session.start()
         self.chat_session = session
@@ -227,16 +246,17 @@ class Connection:
         if not token.grants.room:
             raise p.ProtocolError("room_required", "the token names no room")
         if message.resume is not None:
-            existing = self.live_rooms.by_resume_token.get(message.resume)
+            room, existing = self.live_rooms.by_resume_token.get(message.resume, (None, None))
             if (
-                existing is None
+                room is None
+                or existing is None
                 or existing.identity != token.identity
-                or existing.room.room.instance_id != verified.instance.id
+                or room.room.instance_id != verified.instance.id
             ):
                 raise p.ProtocolError("resume_failed", "the session expired or belongs to someone else")
-            self.participant = existing
-            chat = await self._room_chat(verified, existing.room)  # a new socket: chat starts again too
-            await existing.room.resume(existing, self.send, message.id, extra={"chat": chat})
+            self.room, self.participant = room, existing
+            chat = await self._room_chat(verified, room)  # a new socket: chat starts again too
+            await room.resume(existing, self.send, message.id, extra={"chat": chat})
             return None
         room = await self.live_rooms.room_for(
             verified.instance, token.grants.room, Actor(token.api_key, "api_key"), kind=message.kind
@@ -244,7 +264,7 @@ class Connection:
         participant = await room.join(
             token.identity, token.name, token.grants, auto_subscribe=message.auto_subscribe, send=self.send
         )
-        self.participant = participant
+        self.room, self.participant = room, participant
         joined = room.joined_message(participant)
         if message.id is not None:
             joined["id"] = message.id
@@ -255,7 +275,7 @@ class Connection:
 
     async def _room_chat(self, verified: Any, room: LiveRoom) -> dict[str, Any]:
         """The room's conversation, with this participant a member of it."""
-        chat = self.node.chat
+        chat = self.service.chat
         conversation = await chat.conversations.for_room(verified.instance.id, room.room.id, room.room.name)
         member = await chat.conversations.add_member(conversation, verified.token.identity)
         await self._start_chat(verified)
@@ -267,8 +287,8 @@ class Connection:
         }
 
     async def closed(self) -> None:
-        if self.participant is not None and not self.left:
-            self.participant.room.disconnected(self.participant)
+        if self.room is not None and self.participant is not None and not self.left:
+            self.room.disconnected(self.participant)
         if self.chat_session is not None:
             await self.chat_session.stop()
             self.chat_session = None
@@ -291,5 +311,6 @@ async def rtc_handler(request: web.Request) -> web.WebSocketResponse:
     return ws
 
 
-def register(app: web.Application) -> None:
+def register(app: web.Application, service: RtcService) -> None:
+    app[RTC] = service
     app.router.add_get("/rtc", rtc_handler)

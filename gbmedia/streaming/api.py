@@ -14,7 +14,6 @@ import uuid
 from aiohttp import web
 
 from gbmedia.errors import ApiError, bad_request
-from gbmedia.http.keys import NODE
 from gbmedia.streaming.playlist import PLAYLIST_NAME, Rendition
 from gbmedia.streaming.service import HlsService
 
@@ -23,8 +22,12 @@ IMMUTABLE = "public, max-age=31536000, immutable"
 _CORS = {"Access-Control-Allow-Origin": "*"}
 
 
+# None when LL-HLS is off on this node (GBMEDIA_HLS_ENABLED=false): its routes then answer 404.
+HLS: web.AppKey[HlsService | None] = web.AppKey("hls")
+
+
 def _service(request: web.Request) -> HlsService:
-    service = request.app[NODE].hls
+    service = request.app[HLS]
     if service is None:
         raise ApiError(404, "hls_not_found", "LL-HLS is disabled on this node")
     return service
@@ -102,7 +105,8 @@ async def _error_headers(request: web.Request, response: web.StreamResponse) -> 
         response.headers.update(_CORS)
 
 
-def register(app: web.Application) -> None:
+def register(app: web.Application, hls: HlsService | None) -> None:
+    app[HLS] = hls
     app.router.add_get("/hls/{room_id}/" + PLAYLIST_NAME, playlist)
     app.router.add_get("/hls/{room_id}/{name}", media)
     app.on_response_prepare.append(_error_headers)

@@ -1,10 +1,13 @@
 """Which rooms get an LL-HLS rendition, and when it starts and stops.
 
 A live room (``kind == 'live'``) gets one rendition, produced once however many
-viewers fetch it: its program is the first video track published in the room and
-the audio track of the same participant. When that video track ends the rendition
-is removed (its URLs answer 404) and the next video track in the room, if any,
-starts a new one; when the room closes everything goes.
+viewers fetch it. It shows the room's program (:mod:`gbmedia.rooms.program`), the
+same one WHEP players get, and follows the room's "program changed" events: the
+rendition starts when the program has a video, is replaced (its URLs answer 404
+until the new one has parts) when the program's video changes, and is removed
+when the program has none or the room closes. When only the program's audio
+changes, the rendition takes the new audio (a gap is filled with silence); a
+rendition started without audio stays without it.
 """
 
 from __future__ import annotations
@@ -14,10 +17,11 @@ import uuid
 from dataclasses import dataclass
 
 from gbmedia.metrics import Sample
-from gbmedia.rooms.live import LiveRoom, LiveRooms, Participant
+from gbmedia.rooms.media import RoomEvents, RoomMedia
+from gbmedia.rooms.program import Program
 from gbmedia.rooms.store import Room, Rooms
 from gbmedia.sfu.track import PublishedTrack
-from gbmedia.streaming.packager import Program
+from gbmedia.streaming.packager import Program as Packager
 from gbmedia.streaming.playlist import HlsConfig, Rendition
 
 log = logging.getLogger(__name__)
@@ -25,60 +29,53 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class _Running:
-    program: Program
+    program: Packager
     video: PublishedTrack
     audio: PublishedTrack | None
 
 
 class HlsService:
-    def __init__(self, config: HlsConfig, live_rooms: LiveRooms, rooms: Rooms, *, video_bitrate: int) -> None:
+    def __init__(self, config: HlsConfig, events: RoomEvents, rooms: Rooms, *, video_bitrate: int) -> None:
         self.config = config
         self.video_bitrate = video_bitrate
-        self.live_rooms = live_rooms
         self.running: dict[uuid.UUID, _Running] = {}
         self.bytes_served = 0
         self._retired_parts = 0
         self._retired_encoded = 0
         self._retired_lost = 0
         self._retired_dropped = 0
-        live_rooms.on_track(self._on_track)
+        events.on_program(self._on_program)
         rooms.on_close(self._on_room_closed)
 
     def rendition(self, room_id: uuid.UUID) -> Rendition | None:
         running = self.running.get(room_id)
         return running.program.rendition if running is not None else None
 
-    def program(self, room_id: uuid.UUID) -> Program | None:
+    def program(self, room_id: uuid.UUID) -> Packager | None:
         running = self.running.get(room_id)
         return running.program if running is not None else None
 
-    async def _on_track(self, event: str, live: LiveRoom, participant: Participant, track: PublishedTrack) -> None:
+    async def _on_program(self, live: RoomMedia, program: Program) -> None:
         if live.room.kind != "live":
             return
         room_id = live.room.id
         running = self.running.get(room_id)
-        if event == "published":
-            if running is None and track.kind == "video":
-                self._start(live, participant, track)
+        if running is not None and running.video is not program.video:
+            await self._stop(room_id, "program_changed" if program.video is not None else "program_track_ended")
+            running = None
+        if program.video is None or live.closed:
             return
-        if running is not None and track is running.video:
-            await self._stop(room_id, "program_track_ended")
-            if not live.closed:
-                self._start_next(live, exclude=track)
-        elif running is not None and track is running.audio:
-            track.remove_sink(running.program.audio_sink)  # the packager fills the gap with silence
-            running.audio = None
+        if running is None:
+            self._start(live, program.video, program.audio)
+        elif running.audio is not program.audio and running.program.has_audio:
+            if running.audio is not None:
+                running.audio.remove_sink(running.program.audio_sink)  # the packager fills the gap with silence
+            running.audio = program.audio
+            if program.audio is not None:
+                program.audio.add_sink(running.program.audio_sink)
 
-    def _start_next(self, live: LiveRoom, *, exclude: PublishedTrack) -> None:
-        for participant in live.participants.values():
-            for track in participant.published:
-                if track.kind == "video" and track is not exclude:
-                    self._start(live, participant, track)
-                    return
-
-    def _start(self, live: LiveRoom, participant: Participant, video: PublishedTrack) -> None:
-        audio = next((t for t in participant.published if t.kind == "audio"), None)
-        program = Program(
+    def _start(self, live: RoomMedia, video: PublishedTrack, audio: PublishedTrack | None) -> None:
+        program = Packager(
             str(live.room.id),
             self.config,
             video_bitrate=self.video_bitrate,

@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Any, Literal
 
+import asyncpg
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from gbmedia.errors import ApiError, bad_request, forbidden, not_found
-from gbmedia.http.keys import NODE, principal_of
 from gbmedia.http.responses import json_response, path_uuid, query_int, query_uuid, read_model
 from gbmedia.tenancy import audit
+from gbmedia.tenancy.auth import principal_of
 from gbmedia.tenancy.links import join_link
 from gbmedia.tenancy.models import Instance, Principal
 from gbmedia.tenancy.service import Tenancy
@@ -81,8 +83,21 @@ class TokenCreate(_Body):
     ttl_seconds: int | None = Field(default=None, ge=60, le=30 * 86400)
 
 
+@dataclass(frozen=True)
+class TenancyApi:
+    """What the tenancy routes serve: the tenancy service, the pool (audit log), token defaults."""
+
+    tenancy: Tenancy
+    pool: asyncpg.Pool
+    token_ttl_seconds: int
+    public_url: str | None
+
+
+TENANCY_API: web.AppKey[TenancyApi] = web.AppKey("tenancy_api", TenancyApi)
+
+
 def _tenancy(request: web.Request) -> Tenancy:
-    return request.app[NODE].tenancy
+    return request.app[TENANCY_API].tenancy
 
 
 def _changes(body: BaseModel) -> dict[str, Any]:
@@ -268,10 +283,10 @@ async def create_token(request: web.Request) -> web.Response:
     instance = await reachable_instance(request)
     body = await read_model(request, TokenCreate)
     grants = grants_from_request(body)
-    ttl = body.ttl_seconds or request.app[NODE].settings.token_ttl_seconds
+    api = request.app[TENANCY_API]
+    ttl = body.ttl_seconds or api.token_ttl_seconds
     token = await _tenancy(request).instances.mint(instance.id, body.identity, grants, name=body.name, ttl_seconds=ttl)
-    settings = request.app[NODE].settings
-    base = settings.public_url or f"{request.scheme}://{request.host}"
+    base = api.public_url or f"{request.scheme}://{request.host}"
     url = join_link(base, token) if grants.room and grants.room_join else None
     return json_response(
         {
@@ -297,12 +312,17 @@ async def list_audit(request: web.Request) -> web.Response:
         _require_admin(principal)
         customer_id, instance_id = principal.customer_id, principal.instance_id
     entries = await audit.list_entries(
-        request.app[NODE].db.pool, customer_id=customer_id, instance_id=instance_id, before_id=before_id, limit=limit
+        request.app[TENANCY_API].pool,
+        customer_id=customer_id,
+        instance_id=instance_id,
+        before_id=before_id,
+        limit=limit,
     )
     return json_response({"entries": entries})
 
 
-def register(app: web.Application) -> None:
+def register(app: web.Application, api: TenancyApi) -> None:
+    app[TENANCY_API] = api
     r = app.router
     r.add_get("/api/v1/whoami", whoami)
     r.add_get("/api/v1/plans", list_plans)

@@ -10,11 +10,22 @@ from __future__ import annotations
 import hmac
 from dataclasses import dataclass
 
+from aiohttp import web
+
 from gbmedia.errors import forbidden, unauthorized
+from gbmedia.http.keys import REQUEST_ID
+from gbmedia.http.middleware import Authenticate
 from gbmedia.tenancy.customers import Customers
 from gbmedia.tenancy.instances import Instances
 from gbmedia.tenancy.models import Actor, Instance, Principal
 from gbmedia.tenancy.tokens import AccessToken, unverified_api_key, verify_token
+
+PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal")
+
+
+def principal_of(request: web.Request) -> Principal:
+    """Who called an ``/api/`` route (the API middleware authenticated it before any handler)."""
+    return request[PRINCIPAL]
 
 
 @dataclass(frozen=True)
@@ -74,3 +85,14 @@ def bearer_credential(authorization: str | None, what: str = "token") -> str:
     if scheme.lower() != "bearer" or not credential:
         raise unauthorized("auth_scheme_unsupported", f"use Authorization: Bearer <{what}>")
     return credential
+
+
+def request_authenticator(auth: Authenticator) -> Authenticate:
+    """The API middleware's ``Authenticate``: the request's principal, kept on it; rate-limited per actor."""
+
+    async def authenticate(request: web.Request) -> str:
+        principal = await auth.authenticate(request.headers.get("Authorization"), request[REQUEST_ID])
+        request[PRINCIPAL] = principal
+        return principal.actor.name
+
+    return authenticate

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from gbmedia.tenancy.tokens import Grants
@@ -17,21 +17,6 @@ QUOTAS = (
     "recording_minutes_per_month",
     "storage_bytes",
 )
-
-
-def to_json(value: Any) -> Any:
-    """Dataclasses, UUIDs and datetimes as JSON-ready values."""
-    if hasattr(value, "__dataclass_fields__"):
-        return {k: to_json(v) for k, v in asdict(value).items()}
-    if isinstance(value, dict):
-        return {k: to_json(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [to_json(v) for v in value]
-    if isinstance(value, uuid.UUID):
-        return str(value)
-    if isinstance(value, dt.datetime):
-        return value.isoformat()
-    return value
 
 
 @dataclass(frozen=True)

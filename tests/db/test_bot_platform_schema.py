@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 MIGRATIONS = ROOT / "gbmedia" / "db" / "migrations"
 SCHEMA_DOC = ROOT / "docs" / "schema.md"
 
-# Every table of the older General Bots platform (docs: /work/shared/notes/gb-basic.md).
+# Every table of the older General Bots platform (docs/schema.md says where each went).
 OLD_TABLES = {
     "GuaribasInstance",
     "GuaribasPackage",

@@ -23,7 +23,7 @@ from pydantic import BaseModel
 
 import gbmedia
 import gbmedia.http
-from gbmedia.http.keys import NODE
+from gbmedia.app import NODE
 from gbmedia.messaging import api as messaging_api
 from gbmedia.messaging import models as chat_models
 from gbmedia.recording import api as recording_api

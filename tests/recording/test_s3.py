@@ -118,7 +118,7 @@ async def _record_a_tone(client: TestClient, tenant: Any, frames: int = 100) -> 
 
 
 def _frames(client: TestClient, rid: str, track: str) -> int:
-    from gbmedia.http.keys import NODE
+    from gbmedia.app import NODE
 
     return recorder_frames(client.server.app[NODE], rid).get(track, 0)
 
@@ -126,7 +126,7 @@ def _frames(client: TestClient, rid: str, track: str) -> int:
 async def test_files_are_uploaded_to_the_bucket_and_downloaded_from_it(
     s3_client: TestClient, s3_endpoint: str, tmp_path: Path
 ):
-    from gbmedia.http.keys import NODE
+    from gbmedia.app import NODE
 
     client = s3_client
     node = client.server.app[NODE]

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-from gbmedia.rooms.live import LiveRoom, Participant
+from gbmedia.rooms.live import LiveRoom
+from gbmedia.rooms.participant import Participant
 from gbmedia.tenancy.tokens import Grants, mint_token
 from tests.helpers import Tenant
 from tests.rtc import ColorVideoTrack, RtcClient, receiver_threads, wait_for

@@ -209,7 +209,7 @@ async def test_the_operator_reaches_every_cell_of_the_matrix(client: TestClient)
 
 async def _recording_of(client: TestClient, room: str, track: str) -> str:
     """A recording of the room that has written frames of ``track`` (so its file can be downloaded once stopped)."""
-    from gbmedia.http.keys import NODE
+    from gbmedia.app import NODE
     from tests.recording.helpers import recorder_frames
     from tests.rtc import wait_for
 

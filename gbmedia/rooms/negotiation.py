@@ -1,0 +1,72 @@
+"""The subscriber connection's offers and answers, with one owner.
+
+The server offers to a subscriber whenever the set of tracks it receives changes.
+A client holds at most one offer: a change while an offer is being made, or waits
+for its answer, or while the answer is being applied, is folded into one more
+offer after that answer (LiveKit's transport keeps the same rule). The states move
+synchronously, before any await, so two changes racing on the event loop can never
+produce two offers, and a second answer to one offer is refused.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from gbmedia.errors import ProtocolError
+from gbmedia.sfu.peers import SubscriberPeer
+
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+class State(enum.Enum):
+    IDLE = "idle"
+    OFFERING = "offering"  # creating the offer (ICE gathering)
+    AWAITING_ANSWER = "awaiting_answer"
+    ANSWERING = "answering"  # applying the client's answer
+
+
+class SubscriberNegotiation:
+    def __init__(self, peer: SubscriberPeer, send: Send) -> None:
+        self.peer = peer
+        self._send = send
+        self.state = State.IDLE
+        self.pending_offer: str | None = None  # the offer the client has to answer
+        self.again = False  # a change arrived meanwhile: offer once more after the answer
+
+    async def renegotiate(self) -> None:
+        """Offer the current set of tracks now, or after the answer in flight."""
+        if self.state is not State.IDLE:
+            self.again = True
+            return
+        self.state = State.OFFERING
+        self.again = False
+        try:
+            sdp, tracks = await self.peer.offer()
+        except BaseException:
+            self.state = State.IDLE
+            raise
+        self.pending_offer = sdp
+        self.state = State.AWAITING_ANSWER
+        await self._send({"type": "offer", "sdp": sdp, "tracks": tracks})
+
+    async def answer(self, sdp: str) -> None:
+        """Apply the client's answer; then make the offer that changes meanwhile asked for."""
+        if self.state is not State.AWAITING_ANSWER:
+            raise ProtocolError("unexpected_answer", "there is no subscriber offer waiting for an answer")
+        self.state = State.ANSWERING
+        try:
+            await self.peer.accept_answer(sdp)
+        except BaseException:
+            self.state = State.AWAITING_ANSWER  # the offer still waits: the client may answer again
+            raise
+        self.pending_offer = None
+        self.state = State.IDLE
+        if self.again:
+            await self.renegotiate()
+
+    async def resend(self) -> None:
+        """Send the waiting offer again (a resumed socket may never have received it)."""
+        if self.pending_offer is not None and self.state is State.AWAITING_ANSWER:
+            await self._send({"type": "offer", "sdp": self.pending_offer, "tracks": self.peer.track_ids_by_mid()})
