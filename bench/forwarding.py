@@ -3,8 +3,8 @@
 The server runs as a child process (its own temporary data directory and embedded
 PostgreSQL). One aiortc publisher in this process sends 640x480 VP8 at 30 fps with
 the encoder pinned near 1 Mbps (the server's REMB cannot move it) and a fresh frame
-object every time (aiortc's encoder keeps per-frame state: a reused frame object
-makes it misbehave). Subscribers run in worker processes (``--per-process`` each),
+object every time (aiortc encodes in a thread pool while the track makes the next
+frame). Subscribers run in worker processes (``--per-process`` each),
 join over ``/rtc`` with their own tokens, answer the server's offers and count RTP
 packets and frames (marker bits) through :func:`gbmedia.sfu.aiortc_adapter.tap_receiver`:
 they never decode. ``--servers gbmedia,janus`` runs the same load against Janus 1.1.2

@@ -3,7 +3,8 @@
 What a publisher sends decides what the server has to forward, so the sources are built
 to look like camera video to the encoder (smooth, moving: noise would overshoot the
 bitrate, a still image undershoot it) and every frame is a fresh object (aiortc's
-encoder keeps state keyed on it). The clocks pace frames in real time.
+sender encodes in a thread pool while the track makes the next frame, so a frame object
+reused and changed could be encoded mid-change). The clocks pace frames in real time.
 """
 
 from __future__ import annotations
