@@ -12,7 +12,8 @@ on the event loop, plus a periodic tick per room. This measures, in one process:
 
 Prints a table and JSON. Asserts nothing about time.
 
-    .venv/bin/python bench/quality.py [--packets 200000] [--json out.json]
+    python -m bench.quality [--packets 200000] [--json out.json]
+    python -m bench.quality --smoke
 """
 
 from __future__ import annotations
@@ -21,11 +22,8 @@ import argparse
 import asyncio
 import json
 import os
-import sys
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from aiortc import RTCPeerConnection
 from aiortc.rtcrtpparameters import (
@@ -35,6 +33,7 @@ from aiortc.rtcrtpparameters import (
 )
 from aiortc.rtp import HeaderExtensionsMap, RtpPacket
 
+from bench.lib.media import ToneAudioTrack
 from gbmedia.sfu.speakers import SpeakerDetector
 from gbmedia.sfu.stats import RateTracker, TrackMeter
 
@@ -42,23 +41,30 @@ OPUS = RTCRtpCodecParameters(mimeType="audio/opus", clockRate=48000, channels=2,
 
 
 def cpu() -> float:
+    """This process's CPU time, every thread: what the figures here are made of."""
     return time.process_time()
 
 
 def packets(count: int) -> list[RtpPacket]:
+    """``count`` Opus packets as the server's transport hands them over: parsed, with the audio level extension."""
     extensions = HeaderExtensionsMap()
-    extensions.configure(RTCRtpParameters(headerExtensions=[
-        RTCRtpHeaderExtensionParameters(id=1, uri="urn:ietf:params:rtp-hdrext:ssrc-audio-level")]))
+    extensions.configure(
+        RTCRtpParameters(
+            headerExtensions=[RTCRtpHeaderExtensionParameters(id=1, uri="urn:ietf:params:rtp-hdrext:ssrc-audio-level")]
+        )
+    )
     out = []
     for seq in range(min(count, 5000)):
-        sent = RtpPacket(payload_type=111, sequence_number=seq, timestamp=seq * 960, ssrc=1, marker=seq % 3 == 0,
-                         payload=bytes(120))
+        sent = RtpPacket(
+            payload_type=111, sequence_number=seq, timestamp=seq * 960, ssrc=1, marker=seq % 3 == 0, payload=bytes(120)
+        )
         sent.extensions.audio_level = (False, seq % 128)
         out.append(RtpPacket.parse(sent.serialize(extensions), extensions))
     return (out * (count // len(out) + 1))[:count]
 
 
 def per_packet(sink: object, batch: list[RtpPacket]) -> float:
+    """µs of CPU per ``sink.on_rtp`` call over ``batch``, the loop included."""
     on_rtp = sink.on_rtp  # type: ignore[attr-defined]
     started = cpu()
     for packet in batch:
@@ -68,8 +74,10 @@ def per_packet(sink: object, batch: list[RtpPacket]) -> float:
 
 def baseline(batch: list[RtpPacket]) -> float:
     """The loop alone, to subtract: a sink that does nothing."""
+
     def nothing(packet: RtpPacket, codec: RTCRtpCodecParameters) -> None:
         return None
+
     started = cpu()
     for packet in batch:
         nothing(packet, OPUS)
@@ -77,6 +85,7 @@ def baseline(batch: list[RtpPacket]) -> float:
 
 
 def tick_cost(participants: int, rounds: int = 200) -> float:
+    """µs of CPU per ``SpeakerDetector.tick`` for a room of ``participants``, a quarter of them talking."""
     detector = SpeakerDetector()
     meters = [detector.add(f"PA_{i}", f"TR_{i}") for i in range(participants)]
     batch = packets(25)
@@ -94,8 +103,6 @@ def tick_cost(participants: int, rounds: int = 200) -> float:
 
 async def sample_cost(rounds: int = 200) -> tuple[float, float]:
     """µs of CPU per receiver.getStats() and per sender.getStats() on a connected pair."""
-    from tests.rtc import ToneAudioTrack  # a real audio source
-
     a, b = RTCPeerConnection(), RTCPeerConnection()
     try:
         a.addTrack(ToneAudioTrack())
@@ -128,18 +135,25 @@ async def sample_cost(rounds: int = 200) -> tuple[float, float]:
         await b.close()
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
+    """Measure, print the table and the JSON; ``--smoke`` measures fewer packets, ticks and samples."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--packets", type=int, default=200_000)
     parser.add_argument("--json", type=Path)
-    args = parser.parse_args()
+    parser.add_argument(
+        "--smoke", action="store_true", help="quick check: 20,000 packets, 20 ticks and samples: does it run?"
+    )
+    args = parser.parse_args(argv)
+    rounds = 200
+    if args.smoke:
+        args.packets, rounds = 20_000, 20
 
     batch = packets(args.packets)
     base = min(baseline(batch) for _ in range(3))
     track_meter = min(per_packet(TrackMeter("video"), batch) for _ in range(3)) - base
     level_meter = min(per_packet(SpeakerDetector().add("PA", "TR"), batch) for _ in range(3)) - base
-    ticks = {n: tick_cost(n) for n in (2, 10, 50, 200)}
-    receive, send = asyncio.run(sample_cost())
+    ticks = {n: tick_cost(n, rounds) for n in (2, 10, 50, 200)}
+    receive, send = asyncio.run(sample_cost(rounds))
     load = os.getloadavg()
 
     print(f"machine load (1/5/15 min): {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} CPUs")
@@ -151,13 +165,17 @@ def main() -> None:
         print(f"| SpeakerDetector.tick, room of {n} audio participants | {cost:.1f} µs |")
     print(f"| receiver.getStats() + rates, per published track and sample | {receive:.1f} µs |")
     print(f"| sender.getStats() + rates, per down track and sample | {send:.1f} µs |")
-    result = {"load": load, "per_packet_us": {"track_meter": track_meter, "level_meter": level_meter,
-                                              "loop": base},
-              "tick_us": ticks, "sample_us": {"receiver": receive, "sender": send}}
+    result = {
+        "load": load,
+        "per_packet_us": {"track_meter": track_meter, "level_meter": level_meter, "loop": base},
+        "tick_us": ticks,
+        "sample_us": {"receiver": receive, "sender": send},
+    }
     print(json.dumps(result))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2), encoding="utf-8")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -1,20 +1,20 @@
-"""Janus 1.1.2 as the reference forwarding peer of ``bench/forwarding.py``: its config, its process, its HTTP API.
+"""Janus 1.1.2 as the reference forwarding peer of ``bench.forwarding``: its config, its process, its HTTP API.
 
-``forwarding.py --servers gbmedia,janus`` runs the same load against ``gbmedia serve`` and against
-Janus (Debian package ``janus``, ``/usr/bin/janus``) with its VideoRoom plugin, one after the other.
-This module knows only Janus; the publisher and the subscribers (the same code for both servers,
-only their signaling differs) live in ``forwarding.py``.
+``python -m bench.forwarding --servers gbmedia,janus`` runs the same load against ``gbmedia serve``
+and against Janus (Debian package ``janus``, ``/usr/bin/janus``) with its VideoRoom plugin, one after
+the other. This module knows only Janus; the publisher and the subscribers (the same code for both
+servers, only their signaling differs) are in ``bench.lib.publisher`` and ``bench.lib.subscriber``.
 
-The config is written to a temporary folder each run (``../shared/notes/aiortc.md``, "Janus as the
-forwarding peer"): only ``libjanus_videoroom.so`` and ``libjanus_http.so`` are loaded (the plugin and
-transport folders are temporary folders holding a link to each), ICE only on the machine's own IPv4
-(aioice skips loopback addresses, so 127.0.0.1 would give the aiortc peers nothing to pair with),
-IPv6 off, the HTTP API on 127.0.0.1 on a free port, the admin API off, warnings-only logging (as
-``gbmedia serve`` runs in the benchmark). Janus's CPU is read from ``/proc`` exactly as gbmedia's:
-utime + stime of the process, all its threads.
+The config is written to a temporary folder each run: only ``libjanus_videoroom.so`` and
+``libjanus_http.so`` are loaded (the plugin and transport folders are temporary folders holding a
+link to each), ICE only on the machine's own IPv4 (aioice skips loopback addresses, so 127.0.0.1
+would give the aiortc peers nothing to pair with), IPv6 off, the HTTP API and the admin API (with a
+random secret, only to read the packet counters) on 127.0.0.1 on free ports, warnings-only logging
+(as ``gbmedia serve`` runs in the benchmark). Janus's CPU is read from ``/proc`` exactly as
+gbmedia's: utime + stime of the process, all its threads.
 """
 
-# ruff: noqa: ASYNC109, ASYNC240 - a harness: explicit timeouts; tiny file checks before starting things
+# ruff: noqa: ASYNC109, ASYNC240 - explicit timeouts; tiny file checks before starting things
 
 from __future__ import annotations
 
@@ -32,7 +32,10 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from harness import BenchError, _die_with_parent, cpu_seconds, tail
+
+from bench.lib.children import die_with_parent, tail
+from bench.lib.errors import BenchError
+from bench.lib.server import ChildServer
 
 JANUS_BINARY = "/usr/bin/janus"
 JANUS_LIB_DIR = Path("/usr/lib/x86_64-linux-gnu/janus")  # from `dpkg -L janus`
@@ -62,14 +65,24 @@ def free_tcp_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
-def write_config(folder: Path, *, ip: str, http_port: int, admin_port: int, admin_secret: str,
-                 lib_dir: Path = JANUS_LIB_DIR, debug_level: int = 3) -> Path:
+def write_config(
+    folder: Path,
+    *,
+    ip: str,
+    http_port: int,
+    admin_port: int,
+    admin_secret: str,
+    lib_dir: Path = JANUS_LIB_DIR,
+    debug_level: int = 3,
+) -> Path:
     """A Janus config folder that loads only the VideoRoom plugin and the HTTP transport."""
     plugins, transports, empty = folder / "plugins", folder / "transports", folder / "none"
     for path in (plugins, transports, empty):
         path.mkdir(parents=True, exist_ok=True)
-    for source, target in ((lib_dir / "plugins" / "libjanus_videoroom.so", plugins),
-                           (lib_dir / "transports" / "libjanus_http.so", transports)):
+    for source, target in (
+        (lib_dir / "plugins" / "libjanus_videoroom.so", plugins),
+        (lib_dir / "transports" / "libjanus_http.so", transports),
+    ):
         if not source.exists():
             raise BenchError(f"{source} is missing: is the Debian package janus installed? (dpkg -L janus)")
         link = target / source.name
@@ -132,25 +145,29 @@ cors: {{
     return folder
 
 
-class JanusServer:
-    """``janus -F <config folder>`` as a child process; the same interface as ``harness.Server``."""
+class JanusServer(ChildServer):
+    """``janus -F <config folder>`` as a child process; read and stopped like ``bench.lib.server.Server``."""
 
     name = "janus"
+    label = "janus"
+    stop_signal = signal.SIGINT  # Janus's own clean shutdown
 
-    def __init__(self, workdir: Path, startup_timeout: float, ip: str | None = None,
-                 binary: str = JANUS_BINARY, lib_dir: Path = JANUS_LIB_DIR) -> None:
-        self.workdir = workdir
+    def __init__(
+        self,
+        workdir: Path,
+        startup_timeout: float,
+        ip: str | None = None,
+        binary: str = JANUS_BINARY,
+        lib_dir: Path = JANUS_LIB_DIR,
+    ) -> None:
+        super().__init__(workdir, startup_timeout, workdir / "janus.log")
         self.data_dir = workdir / "config"  # its config folder
-        self.log_path = workdir / "janus.log"
-        self.startup_timeout = startup_timeout
         self.ip = ip
         self.binary = binary
         self.lib_dir = lib_dir
-        self.proc: asyncio.subprocess.Process | None = None
-        self.url = ""
         self.admin_url = ""
         self.admin_secret = secrets.token_hex(12)
-        self._log: Any = None
+        self.info: dict[str, Any] = {}
 
     async def start(self) -> None:
         if not Path(self.binary).exists():
@@ -158,19 +175,34 @@ class JanusServer:
         self.ip = self.ip or machine_ipv4()
         port, admin_port = free_tcp_port(), free_tcp_port()
         self.admin_url = f"http://127.0.0.1:{admin_port}/admin"
-        write_config(self.data_dir, ip=self.ip, http_port=port, admin_port=admin_port,
-                     admin_secret=self.admin_secret, lib_dir=self.lib_dir)
-        self._log = self.log_path.open("ab")
+        write_config(
+            self.data_dir,
+            ip=self.ip,
+            http_port=port,
+            admin_port=admin_port,
+            admin_secret=self.admin_secret,
+            lib_dir=self.lib_dir,
+        )
+        log = self.open_log()
         self.proc = await asyncio.create_subprocess_exec(
-            self.binary, "-F", str(self.data_dir), stdin=asyncio.subprocess.DEVNULL, stdout=self._log,
-            stderr=asyncio.subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent)
+            self.binary,
+            "-F",
+            str(self.data_dir),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=log,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=die_with_parent,
+        )
         url = f"http://127.0.0.1:{port}/janus"
         deadline = time.monotonic() + self.startup_timeout
         async with aiohttp.ClientSession() as http:
             while True:
                 if self.proc.returncode is not None:
-                    raise BenchError(f"janus exited with status {self.proc.returncode} before answering; "
-                                     f"log {self.log_path}:\n{tail(self.log_path)}")
+                    raise BenchError(
+                        f"janus exited with status {self.proc.returncode} before answering; "
+                        f"log {self.log_path}:\n{tail(self.log_path)}"
+                    )
                 with contextlib.suppress(aiohttp.ClientError, TimeoutError):
                     async with http.get(f"{url}/info", timeout=aiohttp.ClientTimeout(total=2)) as resp:
                         info = await resp.json(content_type=None)
@@ -178,8 +210,10 @@ class JanusServer:
                             self.info = info
                             break
                 if time.monotonic() > deadline:
-                    raise BenchError(f"janus did not answer on {url} within {self.startup_timeout:.0f} s; "
-                                     f"log {self.log_path}:\n{tail(self.log_path)}")
+                    raise BenchError(
+                        f"janus did not answer on {url} within {self.startup_timeout:.0f} s; "
+                        f"log {self.log_path}:\n{tail(self.log_path)}"
+                    )
                 await asyncio.sleep(0.1)
         if VIDEOROOM not in info.get("plugins", {}):
             raise BenchError(f"janus runs without {VIDEOROOM}: {sorted(info.get('plugins', {}))}")
@@ -187,47 +221,13 @@ class JanusServer:
 
     @property
     def version(self) -> str:
-        return str(getattr(self, "info", {}).get("version_string", "?"))
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def postgres_pid(self) -> int | None:
-        return None  # Janus has no database
-
-    def cpu(self) -> float:
-        return cpu_seconds(self.pid)
-
-    def postgres_cpu(self) -> float:
-        return 0.0
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.returncode is None
+        return str(self.info.get("version_string", "?"))
 
     async def stop(self, timeout: float = 15.0) -> int | None:
         if self.proc is None:
             return None
-        if self.proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.send_signal(signal.SIGINT)  # Janus's own clean shutdown
-            try:
-                await asyncio.wait_for(self.proc.wait(), timeout)
-            except TimeoutError:
-                print(f"janus ignored SIGINT for {timeout:.0f} s; killing it", file=sys.stderr)
-                with contextlib.suppress(ProcessLookupError):
-                    self.proc.kill()
-                await self.proc.wait()
-        if self._log is not None:
-            self._log.close()
-            self._log = None
+        await self._terminate(timeout)
         return self.proc.returncode
-
-    def kill_now(self) -> None:
-        if self.alive():
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.kill()  # type: ignore[union-attr]
 
 
 # --- the HTTP API -----------------------------------------------------------------------
@@ -243,8 +243,9 @@ class JanusSession:
     Events without a pending transaction (``webrtcup``, ``media``, ``hangup``, ...) go to ``on_event``.
     """
 
-    def __init__(self, http: aiohttp.ClientSession, url: str,
-                 on_event: Callable[[dict[str, Any]], None] | None = None) -> None:
+    def __init__(
+        self, http: aiohttp.ClientSession, url: str, on_event: Callable[[dict[str, Any]], None] | None = None
+    ) -> None:
         self.http = http
         self.url = url.rstrip("/")
         self.on_event = on_event
@@ -255,13 +256,13 @@ class JanusSession:
 
     async def _post(self, path: str, body: dict[str, Any], timeout: float) -> dict[str, Any]:
         transaction = body.setdefault("transaction", f"t{os.getpid()}-{next(_transactions)}")
-        async with self.http.post(f"{self.url}{path}", json=body,
-                                  timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
+        async with self.http.post(f"{self.url}{path}", json=body, timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
             reply = await resp.json(content_type=None)
         if reply.get("janus") == "error":
             error = reply.get("error", {})
-            raise BenchError(f"janus refused {body.get('janus')} ({transaction}): "
-                             f"{error.get('code')}: {error.get('reason')}")
+            raise BenchError(
+                f"janus refused {body.get('janus')} ({transaction}): {error.get('code')}: {error.get('reason')}"
+            )
         return reply
 
     async def create(self, timeout: float = 30.0) -> None:
@@ -273,8 +274,9 @@ class JanusSession:
         reply = await self._post(f"/{self.id}", {"janus": "attach", "plugin": plugin}, timeout)
         return int(reply["data"]["id"])
 
-    async def message(self, handle: int, body: dict[str, Any], jsep: dict[str, Any] | None = None,
-                      timeout: float = 30.0) -> dict[str, Any]:
+    async def message(
+        self, handle: int, body: dict[str, Any], jsep: dict[str, Any] | None = None, timeout: float = 30.0
+    ) -> dict[str, Any]:
         """A plugin request; its reply (``success``) or its event: the whole Janus message, plugindata and
         jsep included. A plugin error (``error_code`` in the data) raises."""
         transaction = f"t{os.getpid()}-{next(_transactions)}"
@@ -291,8 +293,10 @@ class JanusSession:
             self._pending.pop(transaction, None)
         data = reply.get("plugindata", {}).get("data", {})
         if "error_code" in data or reply.get("janus") == "error":
-            raise BenchError(f"videoroom refused {body.get('request')}: {data.get('error_code')}: "
-                             f"{data.get('error') or reply.get('error')}")
+            raise BenchError(
+                f"videoroom refused {body.get('request')}: {data.get('error_code')}: "
+                f"{data.get('error') or reply.get('error')}"
+            )
         return reply
 
     async def ping(self, timeout: float = 10.0) -> None:
@@ -302,8 +306,9 @@ class JanusSession:
         """The long poll: Janus holds each GET up to 30 s, then answers with a keepalive."""
         while not self.closed:
             try:
-                async with self.http.get(f"{self.url}/{self.id}", params={"maxev": "20"},
-                                         timeout=aiohttp.ClientTimeout(total=65)) as resp:
+                async with self.http.get(
+                    f"{self.url}/{self.id}", params={"maxev": "20"}, timeout=aiohttp.ClientTimeout(total=65)
+                ) as resp:
                     events = await resp.json(content_type=None)
             except (aiohttp.ClientError, TimeoutError) as exc:
                 if self.closed:
@@ -353,10 +358,22 @@ async def create_room(session: JanusSession, room: int, *, bitrate: int = 10_000
     """A VideoRoom for one VP8 publisher: the REMB cap ``bitrate`` far above the stream (the publisher's
     encoder is pinned anyway), no periodic keyframe requests (``fir_freq`` 0, as gbmedia sends none)."""
     handle = await session.attach()
-    await session.message(handle, {
-        "request": "create", "room": room, "description": "gbmedia bench", "publishers": 1,
-        "bitrate": bitrate, "fir_freq": 0, "videocodec": "vp8", "audiocodec": "opus", "record": False,
-        "notify_joining": False, "permanent": False})
+    await session.message(
+        handle,
+        {
+            "request": "create",
+            "room": room,
+            "description": "gbmedia bench",
+            "publishers": 1,
+            "bitrate": bitrate,
+            "fir_freq": 0,
+            "videocodec": "vp8",
+            "audiocodec": "opus",
+            "record": False,
+            "notify_joining": False,
+            "permanent": False,
+        },
+    )
     return handle
 
 
@@ -367,8 +384,11 @@ def strip_rtx(sdp: str) -> tuple[str, int]:
     its subscribers): answering without RTX makes Janus resend lost packets as themselves too, so both
     servers' repairs reach the counters the same way."""
     lines = sdp.split("\r\n")
-    rtx = {line.split(":", 1)[1].split()[0] for line in lines
-           if line.startswith("a=rtpmap:") and line.split()[1].lower().startswith("rtx/")}
+    rtx = {
+        line.split(":", 1)[1].split()[0]
+        for line in lines
+        if line.startswith("a=rtpmap:") and line.split()[1].lower().startswith("rtx/")
+    }
     if not rtx:
         return sdp, 0
     rtx_ssrcs: set[str] = set()
@@ -380,8 +400,11 @@ def strip_rtx(sdp: str) -> tuple[str, int]:
         if line.startswith("m="):
             fields = line.split()
             line = " ".join(fields[:3] + [pt for pt in fields[3:] if pt not in rtx])
-        elif any(line.startswith(f"{p}{pt} ") or line == f"{p}{pt}" for pt in rtx
-                 for p in ("a=rtpmap:", "a=fmtp:", "a=rtcp-fb:")):
+        elif any(
+            line.startswith(f"{p}{pt} ") or line == f"{p}{pt}"
+            for pt in rtx
+            for p in ("a=rtpmap:", "a=fmtp:", "a=rtcp-fb:")
+        ):
             continue
         elif line.startswith("a=ssrc-group:FID "):
             continue
@@ -391,20 +414,23 @@ def strip_rtx(sdp: str) -> tuple[str, int]:
     return "\r\n".join(kept), len(rtx)
 
 
-async def admin(http: aiohttp.ClientSession, server: JanusServer, path: str, body: dict[str, Any],
-                timeout: float = 10.0) -> dict[str, Any]:
+async def admin(
+    http: aiohttp.ClientSession, server: JanusServer, path: str, body: dict[str, Any], timeout: float = 10.0
+) -> dict[str, Any]:
     """One Janus admin API request (on 127.0.0.1, with this run's random admin secret)."""
     request = {**body, "transaction": f"a{next(_transactions)}", "admin_secret": server.admin_secret}
-    async with http.post(f"{server.admin_url}{path}", json=request,
-                         timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
+    async with http.post(
+        f"{server.admin_url}{path}", json=request, timeout=aiohttp.ClientTimeout(total=timeout)
+    ) as resp:
         reply = await resp.json(content_type=None)
     if reply.get("janus") != "success":
         raise BenchError(f"janus admin {body.get('janus')} {path}: {reply.get('error')}")
     return reply
 
 
-async def sent_packets(http: aiohttp.ClientSession, server: JanusServer, handles: list[tuple[int, int]],
-                       concurrency: int = 8) -> int:
+async def sent_packets(
+    http: aiohttp.ClientSession, server: JanusServer, handles: list[tuple[int, int]], concurrency: int = 8
+) -> int:
     """RTP packets Janus sent on these (session, handle) pairs so far: ``handle_info``'s
     ``webrtc.media.*.stats.out.packets``, summed."""
     gate = asyncio.Semaphore(concurrency)

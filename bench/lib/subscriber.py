@@ -1,0 +1,238 @@
+"""Subscribers: receivers that count RTP packets and frames without decoding, and the worker loop that runs them.
+
+A receiver that decoded would measure its own CPU, not the server's, and would need a
+core per few subscribers; these tap the raw packets
+(:func:`gbmedia.sfu.aiortc_adapter.tap_receiver`) and count distinct sequence numbers,
+marker bits (frames) and keyframes. ``Subscriber`` joins gbmedia's ``/rtc``;
+``JanusSubscriber`` Janus's VideoRoom; ``bench.lib.whep.WhepViewer`` plays over WHEP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import aiohttp
+from aiortc import RTCPeerConnection, RTCSessionDescription
+
+from bench.lib import janus
+from bench.lib.errors import BenchError
+from bench.lib.proc import cpu_seconds, udp_sockets
+from bench.lib.rtc import NO_STUN, enlarge_receive_buffers
+from bench.lib.signaling import Signaling
+from bench.lib.workers import commands, reply
+from gbmedia.sfu.aiortc_adapter import tap_receiver
+from gbmedia.sfu.codecs import is_keyframe
+
+
+@dataclass
+class Counts:
+    """What one subscriber received so far."""
+
+    packets: int = 0  # every packet received, retransmissions included (what the server sent)
+    unique: int = 0  # distinct sequence numbers
+    duplicates: int = 0  # retransmissions of a packet already received
+    frames: int = 0  # marker bits of distinct packets
+    keyframes: int = 0
+    bytes: int = 0
+    ext_seq: int | None = None  # highest extended sequence number seen
+    first_at: float | None = None
+
+
+class PacketCounter:
+    """``Counts`` from raw RTP packets (a ``tap_receiver`` sink): duplicates told apart from new packets by
+    the sequence numbers of the last 8192 distinct packets, loss from the extended sequence number."""
+
+    def __init__(self) -> None:
+        self.counts = Counts()
+        self._seen = bytearray(65536)
+        self._recent: collections.deque[int] = collections.deque()
+
+    def __call__(self, packet: Any, codec: Any) -> None:
+        c = self.counts
+        if c.first_at is None:
+            c.first_at = time.monotonic()
+        c.packets += 1
+        c.bytes += len(packet.payload)
+        seq = packet.sequence_number
+        if self._seen[seq]:
+            c.duplicates += 1  # a NACK answered, or a resend: counted, not a new frame
+            return
+        self._seen[seq] = 1
+        self._recent.append(seq)
+        if len(self._recent) > 8192:
+            self._seen[self._recent.popleft()] = 0
+        c.unique += 1
+        c.frames += packet.marker
+        if packet.payload and is_keyframe(codec.mimeType, packet.payload):
+            c.keyframes += 1
+        if c.ext_seq is None:
+            c.ext_seq = seq
+        else:
+            delta = (seq - c.ext_seq) & 0xFFFF
+            if 0 < delta < 0x8000:
+                c.ext_seq += delta
+
+
+class Subscriber:
+    """One participant that only receives: one socket, one peer connection."""
+
+    def __init__(self, session: aiohttp.ClientSession, url: str, token: str) -> None:
+        self.session = session
+        self.url = url
+        self.token = token
+        self.pc = RTCPeerConnection(NO_STUN)
+        self.counter = PacketCounter()
+        self.signaling: Signaling | None = None
+        self.errors: list[str] = []
+        self._tapped: set[int] = set()
+        self._lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.rtx_removed = 0  # RTX payload types taken out of the server's offers
+
+    @property
+    def counts(self) -> Counts:
+        return self.counter.counts
+
+    async def join(self) -> None:
+        self.signaling = await Signaling.connect(self.session, self.url, self._on_event)
+        await self.signaling.request({"type": "join", "token": self.token, "protocol": 1, "auto_subscribe": True})
+
+    def _on_event(self, event: dict[str, Any]) -> None:
+        if event.get("type") == "offer":
+            task = asyncio.ensure_future(self._answer(event["sdp"]))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        elif event.get("type") in ("error", "removed", "room_closed"):
+            self.errors.append(json.dumps(event))
+
+    async def _answer(self, sdp: str) -> None:
+        try:
+            async with self._lock:
+                answer = await self._apply_offer(sdp)
+                assert self.signaling is not None
+                await self.signaling.send({"type": "answer", "sdp": answer})
+        except Exception as exc:  # reported to the orchestrator in snapshots
+            self.errors.append(f"answer failed: {exc!r}")
+
+    async def _apply_offer(self, sdp: str) -> str:
+        """The server's offer in, the answer out: the same for every server (only the signaling differs).
+
+        RTX is taken out of the offer first (gbmedia offers none; Janus does): ``tap_receiver`` skips RTX
+        packets, so without RTX both servers' repairs arrive as the original packets and count alike."""
+        sdp, removed = janus.strip_rtx(sdp)
+        self.rtx_removed += removed
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+        for transceiver in self.pc.getTransceivers():
+            receiver = transceiver.receiver
+            if id(receiver) not in self._tapped:
+                self._tapped.add(id(receiver))
+                tap_receiver(receiver, self.counter)  # raw RTP, never decoded
+        await self.pc.setLocalDescription(await self.pc.createAnswer())
+        enlarge_receive_buffers(self.pc)
+        return self.pc.localDescription.sdp
+
+    def snapshot(self) -> dict[str, Any]:
+        data = asdict(self.counts)
+        data["errors"] = self.errors[-3:]
+        data["state"] = self.pc.connectionState
+        data["rtx_removed"] = self.rtx_removed
+        return data
+
+    async def close(self) -> None:
+        await self._leave()
+        for task in list(self._tasks):
+            task.cancel()
+        with contextlib.suppress(Exception):
+            await self.pc.close()
+
+    async def _leave(self) -> None:
+        if self.signaling is not None:
+            await self.signaling.leave()
+
+
+class JanusSubscriber(Subscriber):
+    """The same subscriber, signaled over Janus's HTTP API: its own session and VideoRoom handle, ``join``
+    as a subscriber to the publisher's feed; Janus's offer comes in the event, the answer goes with
+    ``start``."""
+
+    def __init__(self, session: aiohttp.ClientSession, url: str, room: int, feed: int, name: str) -> None:
+        super().__init__(session, url, "")
+        self.room, self.feed, self.name = room, feed, name
+        self.janus: janus.JanusSession | None = None
+        self.handle = 0
+
+    async def join(self) -> None:
+        self.janus = janus.JanusSession(self.session, self.url, self._on_janus_event)
+        await self.janus.create()
+        handle = self.handle = await self.janus.attach()
+        attached = await self.janus.message(
+            handle,
+            {"request": "join", "room": self.room, "ptype": "subscriber", "streams": [{"feed": self.feed}]},
+            timeout=60,
+        )
+        if "jsep" not in attached:
+            raise BenchError(f"janus sent the subscriber no offer: {attached}")
+        async with self._lock:
+            answer = await self._apply_offer(attached["jsep"]["sdp"])
+        await self.janus.message(handle, {"request": "start"}, janus.jsep("answer", answer), timeout=60)
+
+    def snapshot(self) -> dict[str, Any]:
+        data = super().snapshot()
+        data["janus_handle"] = [self.janus.id, self.handle] if self.janus is not None and self.handle else None
+        return data
+
+    def _on_janus_event(self, event: dict[str, Any]) -> None:
+        if event.get("janus") in ("hangup", "detached") or "error" in event.get("plugindata", {}).get("data", {}):
+            self.errors.append(json.dumps(event))
+
+    async def _leave(self) -> None:
+        if self.janus is not None:
+            await self.janus.destroy()
+
+
+async def serve_subscribers(make: Callable[[aiohttp.ClientSession, dict[str, Any]], list[Subscriber]]) -> None:
+    """A subscriber worker process: JSON commands on stdin, one JSON reply line each on stdout.
+
+    ``join`` (``make`` builds its subscribers from the command) answers how many joined; ``snapshot``
+    answers every subscriber's counts with this process's CPU and UDP figures; ``leave`` closes them."""
+    subscribers: list[Subscriber] = []
+    async with aiohttp.ClientSession() as session:
+        try:
+            async for command in commands():
+                if command["cmd"] == "join":
+                    subscribers = make(session, command)
+                    results = await asyncio.gather(*(s.join() for s in subscribers), return_exceptions=True)
+                    reply(
+                        {
+                            "joined": sum(r is None for r in results),
+                            "errors": [repr(r) for r in results if r is not None],
+                        }
+                    )
+                elif command["cmd"] == "snapshot":
+                    drops, queued = udp_sockets(os.getpid())
+                    reply(
+                        {
+                            "t": time.monotonic(),
+                            "cpu": cpu_seconds(os.getpid()),
+                            "udp_drops": drops,
+                            "udp_queued": queued,
+                            "subs": [s.snapshot() for s in subscribers],
+                        }
+                    )
+                elif command["cmd"] == "leave":
+                    await asyncio.gather(*(s.close() for s in subscribers), return_exceptions=True)
+                    subscribers = []
+                    reply({"left": True})
+                    break
+        finally:
+            for s in subscribers:
+                with contextlib.suppress(Exception):
+                    await s.close()

@@ -1,0 +1,93 @@
+"""WHIP and WHEP clients: a publisher and viewers that signal over HTTP (``POST /whip/{room}``, ``/whep/{room}``).
+
+The live benchmark's scenario is a broadcast: one encoder publishing, players watching,
+each with one HTTP exchange and no socket. Both count and report exactly as the ``/rtc``
+publisher and subscribers do, so the figures compare.
+"""
+
+# ruff: noqa: ASYNC109 - explicit timeouts
+
+from __future__ import annotations
+
+import contextlib
+
+import aiohttp
+from aiortc import RTCSessionDescription
+
+from bench.lib.errors import BenchError
+from bench.lib.publisher import Publisher
+from bench.lib.rtc import enlarge_receive_buffers
+from bench.lib.signaling import Signaling
+from bench.lib.subscriber import Subscriber
+from gbmedia.sfu.aiortc_adapter import tap_receiver
+
+SDP = {"Content-Type": "application/sdp"}
+
+
+async def exchange(session: aiohttp.ClientSession, url: str, offer: str, token: str, what: str) -> tuple[str, str]:
+    """POST an SDP offer to a WHIP or WHEP endpoint: (the resource's ``Location``, the answer)."""
+    async with session.post(url, data=offer, headers={**SDP, "Authorization": f"Bearer {token}"}) as resp:
+        if resp.status != 201:
+            raise BenchError(f"{what}: HTTP {resp.status}: {await resp.text()}")
+        return resp.headers["Location"], await resp.text()
+
+
+async def delete(session: aiohttp.ClientSession, url: str, token: str) -> None:
+    """DELETE a WHIP or WHEP resource, as a client that leaves does (a failure is ignored: it is going anyway)."""
+    with contextlib.suppress(Exception):
+        async with session.delete(url, headers={"Authorization": f"Bearer {token}"}):
+            pass
+
+
+class WhipPublisher(Publisher):
+    """The ``/rtc`` publisher's track and encoder, publishing over WHIP instead of the socket.
+
+    It still opens a signaling socket (without joining) to ping the server all along:
+    the reply time is the server's event-loop lag.
+    """
+
+    def __init__(self, bitrate: int, width: int, height: int, room: str) -> None:
+        super().__init__(bitrate, width, height)
+        self.room = room
+        self.location = ""
+        self.token = ""
+        self.session: aiohttp.ClientSession | None = None
+        self.url = ""
+
+    async def start(self, session: aiohttp.ClientSession, url: str, token: str, timeout: float) -> None:
+        self.session, self.url, self.token = session, url, token
+        self.signaling = await Signaling.connect(session, url)
+        _, offer = await self._offer()
+        self.location, answer = await exchange(session, f"{url}/whip/{self.room}", offer, token, "WHIP publish")
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+        self.track_id = self.location.rsplit("/", 1)[-1]
+        await self._connected(timeout)
+
+    async def _leave(self) -> None:
+        if self.session is not None and self.location:
+            await delete(self.session, f"{self.url}{self.location}", self.token)
+        if self.signaling is not None:
+            await self.signaling.close()
+
+
+class WhepViewer(Subscriber):
+    """One WHEP player that counts packets like the ``/rtc`` subscribers (no decoding)."""
+
+    def __init__(self, session: aiohttp.ClientSession, url: str, token: str, room: str) -> None:
+        super().__init__(session, url, token)
+        self.room = room
+        self.location = ""
+
+    async def join(self) -> None:
+        transceiver = self.pc.addTransceiver("video", direction="recvonly")
+        tap_receiver(transceiver.receiver, self.counter)
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        enlarge_receive_buffers(self.pc)
+        self.location, answer = await exchange(
+            self.session, f"{self.url}/whep/{self.room}", self.pc.localDescription.sdp, self.token, "WHEP play"
+        )
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+
+    async def _leave(self) -> None:
+        if self.location:
+            await delete(self.session, f"{self.url}{self.location}", self.token)

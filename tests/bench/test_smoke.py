@@ -1,0 +1,143 @@
+"""Every benchmark's ``--smoke`` run: ``python -m bench.<name> --smoke`` exits 0 and prints the figures it exists for.
+
+The benchmarks are measurements, not tests: nothing here asserts a time or a rate. What is
+asserted is that each one still runs end to end (its server child, its worker processes,
+its clients) and that the figures it prints are there and come from real traffic.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+TIMEOUT = 300  # seconds; a smoke run takes 5-30 s on a quiet 2-core machine
+
+
+def smoke(name: str, *args: str) -> str:
+    """``python -m bench.<name> --smoke *args`` from the repository root: its stdout (the run must exit 0)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run(
+        [sys.executable, "-m", f"bench.{name}", "--smoke", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert done.returncode == 0, (
+        f"bench.{name} --smoke exited {done.returncode}:\n{done.stdout[-3000:]}\n" + (done.stderr[-5000:])
+    )
+    return done.stdout
+
+
+def last_json(stdout: str) -> dict[str, Any]:
+    """The JSON document a benchmark prints last (indented over many lines, or on one line)."""
+    start = stdout.rfind("\n{\n")
+    text = stdout[start + 1 :] if start >= 0 else stdout.strip().splitlines()[-1]
+    return json.loads(text)
+
+
+def measured(rows: list[dict[str, Any]], n: int) -> dict[str, Any]:
+    row = next(r for r in rows if r["subscribers"] == n)
+    assert "error" not in row, row
+    return row
+
+
+def test_forwarding_smoke_forwards_to_one_subscriber_and_prints_cpu_per_packet() -> None:
+    out = smoke("forwarding")
+    assert "gbmedia forwarding: 1 publisher" in out
+    for header in ("fwd pkt/s", "srv CPU%", "us/pkt", "fps min", "loss %", "Side by side", "Per server:"):
+        assert header in out
+    result = last_json(out)
+    row = measured(result["rows"], 1)
+    assert row["server"] == "gbmedia"
+    assert row["subscribers_joined"] == 1 and row["subscribers_without_media"] == 0
+    assert row["packets_counted_by"] == "server"  # gbmedia's own counter on /metrics was read
+    assert row["forwarded_packets_per_s"] > 0 and row["read_packets_per_s"] > 0
+    assert row["server_us_per_packet"] > 0 and row["fps_min"] > 0
+    assert row["loss_percent"] is not None
+    assert isinstance(result["summary"]["servers"]["gbmedia"]["max_subscribers_30fps"], int)
+
+
+@pytest.mark.skipif(not Path("/usr/bin/janus").exists(), reason="Janus (Debian package janus) is not installed")
+def test_forwarding_smoke_against_janus_compares_both_servers() -> None:
+    out = smoke("forwarding", "--servers", "gbmedia,janus")
+    assert "janus forwarding: 1 publisher" in out and "Ratio gbmedia/Janus" in out
+    result = last_json(out)
+    for server in ("gbmedia", "janus"):
+        row = next(r for r in result["rows"] if r["server"] == server)
+        assert "error" not in row and row["forwarded_packets_per_s"] > 0
+    assert "1" in result["summary"]["ratio_by_subscribers"]
+
+
+def test_live_smoke_plays_two_whep_viewers_and_gives_a_verdict() -> None:
+    out = smoke("live")
+    assert "gbmedia live: 1 WHIP publisher" in out
+    for header in ("pub kbps", "fwd pkt/s", "srv CPU%", "verdict", "Largest N held by one server process"):
+        assert header in out
+    result = last_json(out)
+    assert [r["subscribers"] for r in result["rows"]] == [0, 2]
+    baseline, row = measured(result["rows"], 0), measured(result["rows"], 2)
+    assert baseline["publisher_kbps"] > 0
+    assert row["subscribers_joined"] == 2 and row["subscribers_without_media"] == 0
+    assert row["forwarded_packets_per_s"] > 0 and row["fps_min"] > 0
+    assert row["verdict"] in ("holds", "inconclusive", "fails")
+    assert isinstance(result["summary"]["max_viewers_held"], int)
+
+
+def test_chat_smoke_persists_and_delivers_every_message(tmp_path: Path) -> None:
+    out = smoke("chat", "--json", str(tmp_path / "chat.json"))
+    for header in ("offered/s", "acked/s", "deliv/s", "deliv p99", "srv ms/msg", "Target (the issue)"):
+        assert header in out
+    assert "COUNT CHECK ok" in out
+    result = json.loads((tmp_path / "chat.json").read_text())
+    (row,) = result["rows"]
+    assert row["drained"] and not row["errors"]
+    assert row["acked_per_s"] > 0 and row["deliveries_per_s"] > 0
+    assert row["delivery_ms_p99"] is not None and row["ack_ms_p99"] is not None
+    assert row["machine_probe"]["flushes"] > 0
+    check = result["count_check"]
+    assert check["ok"] and check["sent"] == check["acked"] == check["stored"] > 0
+
+
+def test_hls_smoke_serves_ll_hls_parts_to_players() -> None:
+    out = smoke("hls")
+    assert "LL-HLS: VP8 (transcoded)" in out
+    for header in ("parts/s made", "req/s", "media p50 ms", "reload p50 ms", "CPU ms/req"):
+        assert header in out
+    result = last_json(out)
+    (step,) = result["steps"]
+    assert step["players"] == 5
+    assert step["requests_per_s"] > 0 and step["bytes_per_s"] > 0 and step["parts_produced_per_s"] > 0
+    assert step["media_p50_ms"] is not None and step["server_cpu_ms_per_request"] is not None
+
+
+@pytest.mark.skipif(shutil.which("ffprobe") is None, reason="the recording benchmark checks its files with ffprobe")
+def test_recording_smoke_records_both_tracks_with_both_pipelines(tmp_path: Path) -> None:
+    out = smoke("recording", "--json", str(tmp_path / "recording.json"))
+    assert "gbmedia CPU s" in out and "aiortc CPU s" in out and "ms CPU per media s" in out
+    result = json.loads((tmp_path / "recording.json").read_text())
+    assert [r["codec"] for r in result["results"]] == ["VP8", "opus"]
+    for row in result["results"]:
+        assert row["packets"] > 0 and row["kbps"] > 0
+        for pipeline in ("gbmedia", "aiortc"):
+            assert row[f"{pipeline}_cpu_s"] >= 0
+            assert row[f"{pipeline}_file_duration_s"] > 2  # a 3 s stream, all of it written
+
+
+def test_quality_smoke_prices_the_sinks_ticks_and_samples() -> None:
+    out = smoke("quality")
+    assert "TrackMeter.on_rtp, per packet" in out and "SpeakerDetector.tick" in out
+    result = last_json(out)
+    assert set(result["per_packet_us"]) == {"track_meter", "level_meter", "loop"}
+    assert set(result["tick_us"]) == {"2", "10", "50", "200"}
+    assert all(value > 0 for value in result["tick_us"].values())
+    assert result["sample_us"]["receiver"] > 0 and result["sample_us"]["sender"] > 0
