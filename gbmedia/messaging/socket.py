@@ -22,14 +22,14 @@ import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from gbmedia.errors import ApiError
+from gbmedia.errors import ApiError, ProtocolError
+from gbmedia.messaging import protocol as p
 from gbmedia.messaging.delivery import ChatHub, text_frame
 from gbmedia.messaging.group_commit import SendOutcome, SendRequest
 from gbmedia.messaging.messages import message_event
 from gbmedia.messaging.models import ChatCaller, SendResult
 from gbmedia.messaging.presence import Presence, Status
 from gbmedia.messaging.service import Chat
-from gbmedia.signaling import protocol as p
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -238,7 +238,7 @@ class ChatSession:
 
     async def _history(self, message: p.ChatHistory) -> dict[str, Any]:
         if message.after_seq is not None and message.before_seq is not None:
-            raise p.ProtocolError("invalid_message", "give after_seq or before_seq, not both")
+            raise ProtocolError("invalid_message", "give after_seq or before_seq, not both")
         messages, more = await self.chat.messages.history(
             self.caller,
             _conversation(message.conversation_id),

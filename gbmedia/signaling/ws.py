@@ -17,6 +17,7 @@ from aiohttp import WSMsgType, web
 from gbmedia.errors import ApiError, RequestId, bad_request
 from gbmedia.http.keys import NODE
 from gbmedia.messaging.models import ChatCaller
+from gbmedia.messaging.protocol import CHAT_TYPES, Auth, ChatSend
 from gbmedia.messaging.socket import ChatSession, RawFrames
 from gbmedia.rooms.audience import Audience
 from gbmedia.rooms.live import LiveRoom, LiveRooms, Participant, track_json
@@ -55,7 +56,7 @@ class Connection:
         try:
             message = p.parse_message(raw)
             request_id = message.id
-            if isinstance(message, p.ChatSend) and self.chat_session is not None:
+            if isinstance(message, ChatSend) and self.chat_session is not None:
                 await self._pipeline_send(message)
                 return
             reply = await self.dispatch(message)
@@ -66,7 +67,7 @@ class Connection:
         except Exception as exc:
             await self._report(exc, request_id)
 
-    async def _pipeline_send(self, message: p.ChatSend) -> None:
+    async def _pipeline_send(self, message: ChatSend) -> None:
         """Check a chat send now, in the socket's order; let its commit happen while the socket reads on.
 
         Waiting for each commit before reading the next message would cap a socket at
@@ -114,9 +115,9 @@ class Connection:
             return {"type": "pong"}
         if isinstance(message, p.Join):
             return await self.join(message)
-        if isinstance(message, p.Auth):
+        if isinstance(message, Auth):
             return await self.authenticate(message)
-        if message.type in p.CHAT_TYPES:
+        if message.type in CHAT_TYPES:
             if self.chat_session is None:
                 raise p.ProtocolError("not_authenticated", f"send auth (or join) before {message.type}")
             return await self.chat_session.handle(message)  # type: ignore[arg-type]
@@ -203,7 +204,7 @@ class Connection:
         await session.start()
         self.chat_session = session
 
-    async def authenticate(self, message: p.Auth) -> dict[str, Any]:
+    async def authenticate(self, message: Auth) -> dict[str, Any]:
         if self.chat_session is not None:
             raise p.ProtocolError("already_authenticated", "this socket is already authenticated")
         verified = await self._verify(message.token, message.protocol)
