@@ -212,6 +212,12 @@ async def test_handlers_get_json_round_tripped_copies(bus: Bus):
     assert seen == [{"pair": [1, 2], "nested": {"k": "ü"}}]
 
 
+async def test_says_whether_it_spans_more_than_this_process(bus: Bus):
+    """What a publisher may skip: on a bus that spans one process, a message reaches only this node's own
+    subscribers, which the chat fan-out serves directly (tests/messaging/test_delivery.py)."""
+    assert bus.spans_nodes is isinstance(bus, RedisBus)
+
+
 async def test_close_leaves_no_running_tasks(backend: str | None, prefix: str):
     before = asyncio.all_tasks()
     client = aioredis.from_url(backend) if backend else None

@@ -79,8 +79,7 @@ def caller_of(principal: Principal, instance_id: uuid.UUID | None = None) -> Cha
         return ChatCaller(instance_id, None, admin=True)
     if instance_id is not None and instance_id != principal.instance_id:
         raise ApiError(404, "instance_not_found", "no such instance")
-    room = principal.grants.room if principal.grants.room_join else None
-    return ChatCaller(principal.instance_id, principal.identity, admin=principal.grants.room_admin, room=room)
+    return ChatCaller.with_grants(principal.instance_id, principal.identity, principal.grants)
 
 
 def conversation_json(

@@ -13,6 +13,7 @@ Listeners (the real-time delivery) hear of a change after its commit.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import logging
@@ -60,7 +61,13 @@ _TS_CONFIGS = {
 }
 
 ChangeListener = Callable[[str, dict[str, Any], Conversation, list[str] | None], Awaitable[None]]
+SendAnswer = Callable[[SendResult | BaseException], None]  # a send's result, or the error it is for its sender
 TS_CONFIG_CACHE_SECONDS = 30.0
+
+
+def _cancel_with(source: asyncio.Future[Any], target: asyncio.Future[Any]) -> None:
+    """Once ``source`` is cancelled, cancel ``target`` too (nothing when it is done already)."""
+    source.add_done_callback(lambda done: target.cancel() if done.cancelled() else None)
 
 
 def ts_config_for(locale: str | None) -> str:
@@ -106,6 +113,7 @@ class Messages:
         self._listeners: list[ChangeListener] = []
         self._ts_configs: dict[uuid.UUID, tuple[str, float]] = {}
         self.batcher = SendBatcher(batch_pool or pool, self._committed, lanes=writers)  # Database.batch_pool: see there
+        self._joining: set[asyncio.Task[None]] = set()  # first sends of room participants, joining the chat
 
     def on_change(self, listener: ChangeListener) -> None:
         """``listener(kind, event, conversation, members)`` after each committed change (``message`` or
@@ -209,28 +217,81 @@ class Messages:
         )
 
     async def commit(self, caller: ChatCaller, request: SendRequest) -> SendResult:
-        """Write a prepared send (in the next group commit) and answer once it is committed.
+        """Write a prepared send (:meth:`submit`) and answer once it is committed.
 
         The send joins its batch's queue before this coroutine first waits, so sends
         whose commits start in some order are numbered in that order.
         """
-        outcome = await self.batcher.submit(request)
-        if self.needs_join(caller, outcome):
-            await self.conversations.access(caller, request.conversation_id)  # a room's participant joins its chat
-            outcome = await self.batcher.submit(request)
-        return self.result_of(request, outcome)
+        answers: list[SendResult | BaseException] = []
+        await self.submit(caller, request, answers.append)
+        if isinstance(answers[0], BaseException):
+            raise answers[0]
+        return answers[0]
 
-    def needs_join(self, caller: ChatCaller, outcome: SendOutcome) -> bool:
+    def submit(self, caller: ChatCaller, request: SendRequest, answer: SendAnswer) -> asyncio.Future[None]:
+        """The one way a prepared send is written (REST through :meth:`commit`, the socket directly).
+
+        The send is queued for its batch now (so one sender's sends are numbered in the
+        order it submits them); ``answer`` gets the :class:`SendResult`, or the error
+        for the sender, once the batch is committed. A caller that is not a member yet
+        but joins by sending (a room's participant in its room's chat, see
+        :meth:`_may_join`) hears ``not_member`` from the batch: it joins and the send is
+        submitted once more, the only retry; whatever that batch says is the answer.
+
+        No task per send: the batch's outcome becomes the answer in a callback, in the
+        turn the batch's waiters wake, so a socket's ack leaves in the same write as
+        the batch's events (:meth:`ChatSession.push`). Only the join takes a coroutine.
+        The returned future is done once ``answer`` was called; cancelling it (the
+        sender gave up) drops the send if it is still queued.
+        """
+        queued = self.batcher.enqueue(request)
+        answered: asyncio.Future[None] = queued.get_loop().create_future()
+
+        def settle(result: SendResult | BaseException) -> None:
+            if not answered.done():  # else cancelled: nobody waits for the answer any more
+                answered.set_result(None)
+                answer(result)
+
+        def committed(outcome: asyncio.Future[SendOutcome]) -> None:
+            if outcome.cancelled():
+                return  # the sender gave up (``answered`` was cancelled)
+            error = outcome.exception()
+            if error is not None:
+                settle(error)
+            elif self._needs_join(caller, outcome.result()):
+                joining = asyncio.ensure_future(self._join_and_resubmit(caller, request, settle))
+                self._joining.add(joining)
+                joining.add_done_callback(self._joining.discard)
+                _cancel_with(joining, answered)  # the node stops: nobody waits forever
+                _cancel_with(answered, joining)
+            else:
+                settle(self._result_or_error(request, outcome.result()))
+
+        queued.add_done_callback(committed)
+        _cancel_with(answered, queued)  # a queued send nobody waits for is never written
+        return answered
+
+    async def _join_and_resubmit(self, caller: ChatCaller, request: SendRequest, settle: SendAnswer) -> None:
+        """A room's participant's first send: join the room's chat, then the send's one retry."""
+        try:
+            await self.conversations.access(caller, request.conversation_id)  # makes the participant a member
+            outcome = await self.batcher.submit(request)
+        except Exception as exc:
+            settle(exc)
+            return
+        settle(self._result_or_error(request, outcome))
+
+    def _needs_join(self, caller: ChatCaller, outcome: SendOutcome) -> bool:
         """The caller is not a member yet but joins by sending: a room's participant in its room's chat."""
         return outcome.status == "not_member" and self._may_join(caller, outcome.conversation)
 
-    def result_of(self, request: SendRequest, outcome: SendOutcome) -> SendResult:
+    def _result_or_error(self, request: SendRequest, outcome: SendOutcome) -> SendResult | Exception:
         """What a committed batch did with the send, or the error it is for its sender."""
         conversation_id = request.conversation_id
         if outcome.status == "not_found":
-            raise not_found("conversation", conversation_id)
+            return not_found("conversation", conversation_id)
         if outcome.status == "not_member":
-            raise forbidden("not_a_member", "you are not a member of this conversation")
+            return forbidden("not_a_member", "you are not a member of this conversation")
         assert outcome.message is not None
         if outcome.status == "stored":
             return self._replayed(outcome.message, request.content)
@@ -266,9 +327,9 @@ class Messages:
         return config
 
     @staticmethod
-    def _replayed(existing: Message, content: str) -> SendResult:
+    def _replayed(existing: Message, content: str) -> SendResult | ApiError:
         if existing.content != content and existing.deleted_at is None and existing.edited_at is None:
-            raise ApiError(
+            return ApiError(
                 409,
                 "idempotency_key_reused",
                 "this idempotency key was used for a different message",

@@ -5,7 +5,10 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from gbmedia.tenancy.tokens import Grants
 
 CONVERSATION_KINDS = ("room", "direct", "group", "bot")
 MEMBER_ROLES = ("owner", "member", "bot")
@@ -86,3 +89,8 @@ class ChatCaller:
     identity: str | None
     admin: bool = False
     room: str | None = None
+
+    @classmethod
+    def with_grants(cls, instance_id: uuid.UUID | None, identity: str | None, grants: Grants) -> ChatCaller:
+        """An instance's identity acting with its access token's grants (REST and the socket alike)."""
+        return cls(instance_id, identity, admin=grants.room_admin, room=grants.room if grants.room_join else None)

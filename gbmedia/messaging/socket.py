@@ -1,8 +1,10 @@
 """Chat on the participant WebSocket: one :class:`ChatSession` per authenticated socket.
 
-The socket (``gbmedia/signaling/ws.py``) parses frames and hands chat messages
-here. Replies come back as dicts; events for this client (new messages, receipts,
-typing) arrive as ready WebSocket frames (encoded once for all recipients, see
+The socket (``gbmedia/signaling/ws.py``) parses frames, chat's among them (defined in
+:mod:`gbmedia.messaging.protocol`), authenticates (``auth`` or ``join``), opens the
+session (:meth:`ChatSession.open`) and hands it every other chat message. Replies
+come back as dicts; events for this client (new messages, receipts, typing) arrive
+as ready WebSocket frames (encoded once for all recipients, see
 :mod:`gbmedia.messaging.delivery`). Each socket collects what it gets during one
 turn of the event loop, its ``chat_ack`` replies included, and writes it all to
 its transport in one write at the end of the turn: on a busy node a socket costs
@@ -22,14 +24,13 @@ import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from gbmedia.errors import ApiError
+from gbmedia.errors import ApiError, ProtocolError, RequestId
+from gbmedia.messaging import protocol as p
 from gbmedia.messaging.delivery import ChatHub, text_frame
-from gbmedia.messaging.group_commit import SendOutcome, SendRequest
 from gbmedia.messaging.messages import message_event
 from gbmedia.messaging.models import ChatCaller, SendResult
 from gbmedia.messaging.presence import Presence, Status
 from gbmedia.messaging.service import Chat
-from gbmedia.signaling import protocol as p
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -39,6 +40,11 @@ log = logging.getLogger(__name__)
 MAX_BUFFERED_BYTES = 4 * 1024 * 1024  # unsent output of one socket before it is cut off
 PRESENCE_TTL = 60.0  # seconds an online mark lives without a refresh
 PRESENCE_REFRESH = 20.0
+MAX_SENDS_IN_FLIGHT = 64  # chat sends of one socket waiting for their commits at once
+
+# How a session reports the error of a request it answers later (a pipelined send's), with its id:
+# the socket's own error path, so the client gets the same error message as for any request.
+Report = Callable[[Exception, RequestId], None]
 
 
 class RawFrames:
@@ -69,7 +75,9 @@ class RawFrames:
 
 
 class ChatSession:
-    def __init__(self, chat: Chat, hub: ChatHub, presence: Presence, caller: ChatCaller, frames: RawFrames) -> None:
+    def __init__(
+        self, chat: Chat, hub: ChatHub, presence: Presence, caller: ChatCaller, frames: RawFrames, report: Report
+    ) -> None:
         assert caller.instance_id is not None and caller.identity is not None
         self.chat = chat
         self.hub = hub
@@ -78,14 +86,24 @@ class ChatSession:
         self.instance_id = str(caller.instance_id)
         self.identity = caller.identity
         self._frames = frames
+        self._report = report
         self._backlog: list[bytes] = []
-        self._joining: set[asyncio.Task[None]] = set()  # first sends of room participants, joining the chat
+        self._sends: set[asyncio.Future[None]] = set()  # sends waiting for their commits
         self._loop = asyncio.get_running_loop()
         self._status: Status = "online"
         self._tasks: list[asyncio.Task[None]] = []
         self.cut_off = False
 
-    async def start(self) -> None:
+    @classmethod
+    async def open(
+        cls, chat: Chat, hub: ChatHub, presence: Presence, caller: ChatCaller, frames: RawFrames, report: Report
+    ) -> ChatSession:
+        """The socket's chat, started: ``caller`` is online and gets its conversations' events on ``frames``."""
+        session = cls(chat, hub, presence, caller, frames, report)
+        await session._start()
+        return session
+
+    async def _start(self) -> None:
         self.hub.attach(self)
         await self.presence.set(self.instance_id, self.identity, "online", PRESENCE_TTL)
         self._tasks = [asyncio.ensure_future(self._refresh_presence())]
@@ -144,7 +162,13 @@ class ChatSession:
     # --- messages from the client ----------------------------------------------------------
 
     async def handle(self, message: p.ChatMessage) -> dict[str, Any] | None:
-        """Every chat request but ``chat_send``, which the socket pipelines (:meth:`start_commit`)."""
+        """A chat request's reply; none for ``chat_send``, whose ack follows its commit (:meth:`_send`).
+
+        ``auth`` is the socket's own (it opens the session) and never reaches here.
+        """
+        if isinstance(message, p.ChatSend):
+            await self._send(message)
+            return None
         if isinstance(message, p.ChatHistory):
             return await self._history(message)
         if isinstance(message, p.ChatReceipt):
@@ -172,10 +196,18 @@ class ChatSession:
         statuses = await self.presence.get(self.instance_id, message.identities)
         return {"type": "presence", "statuses": statuses}
 
-    async def prepare_send(self, message: p.ChatSend) -> SendRequest:
-        """The checks a send passes before it may wait for a commit: the rate limit, then its content."""
+    async def _send(self, message: p.ChatSend) -> None:
+        """Check a send now, in the socket's order; let its commit happen while the socket reads on.
+
+        Waiting for each commit before reading the next message would cap a socket at
+        one send per commit round trip, however fast the node commits batches. The
+        send is queued for its batch before the next message is read (so one socket's
+        sends are numbered in the order it sent them); its ack, or its error, follows
+        the commit. At most :data:`MAX_SENDS_IN_FLIGHT` wait at once; then the socket
+        stops reading until one is answered.
+        """
         await self.chat.check_rate(self.caller)
-        return await self.chat.messages.prepare(
+        request = await self.chat.messages.prepare(
             self.caller,
             _conversation(message.conversation_id),
             message.content,
@@ -183,44 +215,20 @@ class ChatSession:
             kind=message.kind,
             metadata=message.metadata,
         )
+        pending = self.chat.messages.submit(self.caller, request, lambda result: self._answer(message, result))
+        self._sends.add(pending)
+        pending.add_done_callback(self._sends.discard)
+        if len(self._sends) >= MAX_SENDS_IN_FLIGHT:
+            await asyncio.wait(self._sends, return_when=asyncio.FIRST_COMPLETED)
 
-    def start_commit(
-        self, message: p.ChatSend, request: SendRequest, failed: Callable[[Exception], None]
-    ) -> asyncio.Future[SendOutcome]:
-        """Queue the send for its batch now; its ack, or ``failed(error)``, follows the batch's commit.
-
-        No task per send: the batch's outcome is turned into the ack in a callback. Only
-        a room participant's first send, which joins the room's chat before it is
-        written again (:meth:`Messages.commit`), takes a coroutine.
-        """
-        messages = self.chat.messages
-        pending = messages.batcher.enqueue(request)
-
-        def committed(outcome: asyncio.Future[SendOutcome]) -> None:
-            if outcome.cancelled():
-                return
-            error = outcome.exception()
-            if error is None and messages.needs_join(self.caller, outcome.result()):
-                self._joining.add(task := asyncio.ensure_future(self._join_and_commit(message, request, failed)))
-                task.add_done_callback(self._joining.discard)
-                return
-            try:
-                if error is not None:
-                    raise error
-                self._ack(message, messages.result_of(request, outcome.result()))
-            except Exception as exc:
-                failed(exc)
-
-        pending.add_done_callback(committed)
-        return pending
-
-    async def _join_and_commit(
-        self, message: p.ChatSend, request: SendRequest, failed: Callable[[Exception], None]
-    ) -> None:
+    def _answer(self, message: p.ChatSend, result: SendResult | BaseException) -> None:
+        """A committed send's ack, or its error through the socket's error path."""
         try:
-            self._ack(message, await self.chat.messages.commit(self.caller, request))
+            if isinstance(result, BaseException):
+                raise result
+            self._ack(message, result)
         except Exception as exc:
-            failed(exc)
+            self._report(exc, message.id)
 
     def _ack(self, message: p.ChatSend, result: SendResult) -> None:
         stored = result.message
@@ -238,7 +246,7 @@ class ChatSession:
 
     async def _history(self, message: p.ChatHistory) -> dict[str, Any]:
         if message.after_seq is not None and message.before_seq is not None:
-            raise p.ProtocolError("invalid_message", "give after_seq or before_seq, not both")
+            raise ProtocolError("invalid_message", "give after_seq or before_seq, not both")
         messages, more = await self.chat.messages.history(
             self.caller,
             _conversation(message.conversation_id),
@@ -252,6 +260,24 @@ class ChatSession:
             "messages": [message_event(m) for m in messages],
             "has_more": more,
         }
+
+
+async def room_chat(
+    chat: Chat, instance_id: uuid.UUID, room_id: uuid.UUID, room_name: str, identity: str
+) -> dict[str, Any]:
+    """A room's conversation with ``identity`` a member of it: the ``chat`` of a ``joined`` message.
+
+    All chat knows of a room: its id and its name (the conversation's title, which a
+    participant token's ``room`` grant names, see ``Messages._may_join``).
+    """
+    conversation = await chat.conversations.for_room(instance_id, room_id, room_name)
+    member = await chat.conversations.add_member(conversation, identity)
+    return {
+        "conversation_id": str(conversation.id),
+        "last_seq": conversation.last_seq,
+        "delivered_seq": member.delivered_seq,
+        "read_seq": member.read_seq,
+    }
 
 
 def _conversation(raw: str) -> uuid.UUID:

@@ -4,29 +4,27 @@ Every frame is a JSON object with a ``type``; a client may add an ``id`` (string
 integer) that the server echoes on the reply or error, so clients can match them.
 ``docs/protocol.md`` documents every message with an example. Bad input never
 closes the socket: it gets an ``error`` message with a code.
+
+The socket carries the room's messages (here) and chat's, which chat defines
+(:mod:`gbmedia.messaging.protocol`); both are parsed as one union by the same
+rules (:mod:`gbmedia.wire`), so a client sees one protocol.
 """
 
 from __future__ import annotations
 
-import json
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter
 
-from gbmedia.errors import ProtocolError
-
-PROTOCOL_VERSION = 1
-MAX_MESSAGE_BYTES = 256 * 1024  # an SDP with dozens of m-lines stays far below this
+from gbmedia import wire
+from gbmedia.errors import ProtocolError as ProtocolError  # the socket's error, for ws.py and whip.py
+from gbmedia.messaging.protocol import CHAT_TYPES, ChatMessage
+from gbmedia.wire import MAX_MESSAGE_BYTES, PROTOCOL_VERSION
+from gbmedia.wire import Message as _Message
 
 TrackId = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 Sdp = Annotated[str, StringConstraints(min_length=1, max_length=MAX_MESSAGE_BYTES)]
 Source = Literal["camera", "microphone", "screen_share", "screen_share_audio", "unknown"]
-
-
-class _Message(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    id: Annotated[str, StringConstraints(max_length=64)] | int | None = None
 
 
 class Join(_Message):
@@ -107,63 +105,7 @@ class Ping(_Message):
     type: Literal["ping"]
 
 
-# --- chat (gbmedia/messaging/socket.py handles these) ----------------------------------
-
-ConversationId = Annotated[str, StringConstraints(min_length=36, max_length=36)]
-
-
-class Auth(_Message):
-    """Authenticate the socket for chat without joining a room (``join`` also does)."""
-
-    type: Literal["auth"]
-    token: Annotated[str, StringConstraints(min_length=1, max_length=8192)]
-    protocol: int = PROTOCOL_VERSION
-
-
-class ChatSend(_Message):
-    type: Literal["chat_send"]
-    conversation_id: ConversationId
-    content: str
-    idempotency_key: Annotated[str, StringConstraints(max_length=256)]
-    kind: Literal["text", "attachment", "system"] = "text"
-    metadata: dict[str, Any] = Field(default_factory=dict)
-
-
-class ChatHistory(_Message):
-    type: Literal["chat_history"]
-    conversation_id: ConversationId
-    after_seq: Annotated[int, Field(ge=0)] | None = None
-    before_seq: Annotated[int, Field(ge=1)] | None = None
-    limit: Annotated[int, Field(ge=1, le=500)] = 50
-
-
-class ChatReceipt(_Message):
-    type: Literal["chat_receipt"]
-    conversation_id: ConversationId
-    delivered_seq: Annotated[int, Field(ge=0)] | None = None
-    read_seq: Annotated[int, Field(ge=0)] | None = None
-
-
-class Typing(_Message):
-    type: Literal["typing"]
-    conversation_id: ConversationId
-    active: bool = True
-
-
-class PresenceSet(_Message):
-    type: Literal["presence"]
-    status: Literal["online", "away"]
-
-
-class PresenceGet(_Message):
-    type: Literal["presence_get"]
-    identities: list[Annotated[str, StringConstraints(min_length=1, max_length=256)]] = Field(
-        min_length=1, max_length=500
-    )
-
-
-ChatMessage = Auth | ChatSend | ChatHistory | ChatReceipt | Typing | PresenceSet | PresenceGet
-CHAT_TYPES = ("auth", "chat_send", "chat_history", "chat_receipt", "typing", "presence", "presence_get")
+# --- chat: ChatMessage (gbmedia/messaging/protocol.py); gbmedia/messaging/socket.py handles them ---------
 
 # --- live rooms (gbmedia/rooms/audience.py handles these) ----------------------------
 
@@ -215,29 +157,4 @@ _ADAPTER: TypeAdapter[ClientMessage] = TypeAdapter(Annotated[ClientMessage, Fiel
 
 def parse_message(raw: str | bytes) -> ClientMessage:
     """One client frame as a typed message, or :class:`ProtocolError`."""
-    if len(raw) > MAX_MESSAGE_BYTES:
-        raise ProtocolError("message_too_large", f"messages are limited to {MAX_MESSAGE_BYTES} bytes")
-    try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ProtocolError("invalid_json", f"the message is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise ProtocolError("invalid_message", "a message must be a JSON object")
-    request_id = data.get("id") if isinstance(data.get("id"), str | int) else None
-    kind = data.get("type")
-    if kind not in MESSAGE_TYPES:
-        raise ProtocolError(
-            "unknown_type", f"unknown message type {kind!r}", request_id, {"types": list(MESSAGE_TYPES)}
-        )
-    try:
-        return _ADAPTER.validate_python(data)
-    except ValidationError as exc:
-        problems = [
-            {"field": ".".join(str(p) for p in e["loc"][1:]) or "(message)", "message": e["msg"]} for e in exc.errors()
-        ]
-        raise ProtocolError(
-            "invalid_message",
-            f"invalid {kind} message: " + "; ".join(f"{p['field']}: {p['message']}" for p in problems),
-            request_id,
-            {"problems": problems},
-        ) from None
+    return wire.parse(raw, MESSAGE_TYPES, _ADAPTER)

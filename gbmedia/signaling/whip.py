@@ -31,7 +31,7 @@ from aiortc import RTCIceCandidate
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.sdp import SessionDescription, candidate_from_sdp
 
-from gbmedia.errors import ApiError, forbidden
+from gbmedia.errors import ApiError, ProtocolError, forbidden
 from gbmedia.http.responses import error_response
 from gbmedia.metrics import Metrics
 from gbmedia.ratelimit import RateLimiter
@@ -40,7 +40,6 @@ from gbmedia.rooms.live import LiveRoom, LiveRooms
 from gbmedia.rooms.program import NO_PROGRAM
 from gbmedia.sfu.peers import NegotiationError, TrackInfo, parse_sdp
 from gbmedia.sfu.playback import PlaybackPeer
-from gbmedia.signaling.protocol import ProtocolError
 from gbmedia.tenancy.auth import Authenticator, VerifiedToken, bearer_credential
 from gbmedia.tenancy.models import Actor
 

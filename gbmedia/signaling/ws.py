@@ -19,8 +19,9 @@ from gbmedia.errors import ApiError, RequestId, bad_request
 from gbmedia.messaging.delivery import ChatHub
 from gbmedia.messaging.models import ChatCaller
 from gbmedia.messaging.presence import Presence
+from gbmedia.messaging.protocol import CHAT_TYPES, Auth
 from gbmedia.messaging.service import Chat
-from gbmedia.messaging.socket import ChatSession, RawFrames
+from gbmedia.messaging.socket import ChatSession, RawFrames, room_chat
 from gbmedia.rooms.audience import Audience
 from gbmedia.rooms.live import LiveRoom, LiveRooms
 from gbmedia.rooms.participant import Participant, track_json
@@ -30,8 +31,6 @@ from gbmedia.tenancy.auth import Authenticator
 from gbmedia.tenancy.models import Actor
 
 log = logging.getLogger(__name__)
-
-MAX_SENDS_IN_FLIGHT = 64  # chat sends of one socket waiting for their commits at once
 
 
 @dataclass(frozen=True)
@@ -61,7 +60,6 @@ class Connection:
         self.transport = request.transport  # chat writes its frames straight to it (messaging/socket.py)
         self.left = False
         self._send_lock = asyncio.Lock()
-        self._sends: set[asyncio.Future[Any]] = set()  # chat sends waiting for their commits
         self._reports: set[asyncio.Task[None]] = set()
 
     async def send(self, message: dict[str, Any]) -> None:
@@ -75,9 +73,6 @@ class Connection:
         try:
             message = p.parse_message(raw)
             request_id = message.id
-            if isinstance(message, p.ChatSend) and self.chat_session is not None:
-                await self._pipeline_send(message)
-                return
             reply = await self.dispatch(message)
             if reply is not None:
                 if request_id is not None:
@@ -86,27 +81,8 @@ class Connection:
         except Exception as exc:
             await self._report(exc, request_id)
 
-    async def _pipeline_send(self, message: p.ChatSend) -> None:
-        """Check a chat send now, in the socket's order; let its commit happen while the socket reads on.
-
-        Waiting for each commit before reading the next message would cap a socket at
-        one send per commit round trip, however fast the node commits batches. The
-        send is queued for its batch before the next message is read (so one socket's
-        sends are numbered in the order it sent them); its ack, or its error, follows
-        the commit. At most :data:`MAX_SENDS_IN_FLIGHT` wait at once; then the socket
-        stops reading until one is answered.
-        """
-        session = self.chat_session
-        assert session is not None
-        request = await session.prepare_send(message)
-        pending = session.start_commit(message, request, lambda exc: self._report_later(exc, message.id))
-        self._sends.add(pending)
-        pending.add_done_callback(self._sends.discard)
-        if len(self._sends) >= MAX_SENDS_IN_FLIGHT:
-            await asyncio.wait(self._sends, return_when=asyncio.FIRST_COMPLETED)
-
     def _report_later(self, exc: Exception, request_id: RequestId) -> None:
-        """:meth:`_report` from a callback (a pipelined send's error), in a task of its own."""
+        """:meth:`_report` from a callback (a pipelined chat send's error), in a task of its own."""
         self._reports.add(task := asyncio.ensure_future(self._report(exc, request_id)))
         task.add_done_callback(self._reports.discard)
 
@@ -134,9 +110,9 @@ class Connection:
             return {"type": "pong"}
         if isinstance(message, p.Join):
             return await self.join(message)
-        if isinstance(message, p.Auth):
+        if isinstance(message, Auth):
             return await self.authenticate(message)
-        if message.type in p.CHAT_TYPES:
+        if message.type in CHAT_TYPES:  # chat's own: its session answers (a chat_send's ack follows the commit)
             if self.chat_session is None:
                 raise p.ProtocolError("not_authenticated", f"send auth (or join) before {message.type}")
             return await self.chat_session.handle(message)  # type: ignore[arg-type]
@@ -210,19 +186,16 @@ class Connection:
         if self.chat_session is not None:
             return
         token = verified.token
-        caller = ChatCaller(
-            verified.instance.id,
-            token.identity,
-            admin=token.grants.room_admin,
-            room=token.grants.room if token.grants.room_join else None,
+        self.chat_session = await ChatSession.open(
+            self.service.chat,
+            self.service.chat_hub,
+            self.service.presence,
+            ChatCaller.with_grants(verified.instance.id, token.identity, token.grants),
+            RawFrames(self.ws, self.transport),
+            self._report_later,
         )
-        session = ChatSession(
-            self.service.chat, self.service.chat_hub, self.service.presence, caller, RawFrames(self.ws, self.transport)
-        )
-        await session.start()
-        self.chat_session = session
 
-    async def authenticate(self, message: p.Auth) -> dict[str, Any]:
+    async def authenticate(self, message: Auth) -> dict[str, Any]:
         if self.chat_session is not None:
             raise p.ProtocolError("already_authenticated", "this socket is already authenticated")
         verified = await self._verify(message.token, message.protocol)
@@ -275,16 +248,10 @@ class Connection:
 
     async def _room_chat(self, verified: Any, room: LiveRoom) -> dict[str, Any]:
         """The room's conversation, with this participant a member of it."""
-        chat = self.service.chat
-        conversation = await chat.conversations.for_room(verified.instance.id, room.room.id, room.room.name)
-        member = await chat.conversations.add_member(conversation, verified.token.identity)
+        identity = verified.token.identity
+        chat = await room_chat(self.service.chat, verified.instance.id, room.room.id, room.room.name, identity)
         await self._start_chat(verified)
-        return {
-            "conversation_id": str(conversation.id),
-            "last_seq": conversation.last_seq,
-            "delivered_seq": member.delivered_seq,
-            "read_seq": member.read_seq,
-        }
+        return chat
 
     async def closed(self) -> None:
         if self.room is not None and self.participant is not None and not self.left:

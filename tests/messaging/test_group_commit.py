@@ -23,11 +23,11 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from gbmedia.errors import ApiError
+from gbmedia.messaging import socket as chat_socket
 from gbmedia.messaging.delivery import CHANNEL, text_frame
 from gbmedia.messaging.messages import Messages, message_event
-from gbmedia.messaging.models import ChatCaller
+from gbmedia.messaging.models import ChatCaller, SendResult
 from gbmedia.node import Node
-from gbmedia.signaling import ws as ws_module
 from tests.helpers import Tenant, bearer
 from tests.messaging.test_chat_socket import ChatClient, connect, conversation_of, token
 
@@ -384,16 +384,28 @@ async def test_a_message_too_large_for_the_event_stream_is_refused(node: Node, c
     assert (refused.value.status, refused.value.code) == (413, "message_too_large")
 
 
-async def test_the_writer_stopping_fails_what_it_was_writing(node: Node, client: TestClient, tenant: Tenant):
-    cid = await group(client, tenant, "alice", "bob")
+@contextlib.asynccontextmanager
+async def writing_and_queued(
+    node: Node, tenant: Tenant, cid: uuid.UUID, keys: tuple[str, str]
+) -> AsyncIterator[tuple[asyncio.Future[SendResult], asyncio.Future[SendResult]]]:
+    """Two sends of alice's: the first being written (its statement waits for the conversation's lock,
+    held until the block ends), the second queued behind it."""
     messages = node.chat.messages
     await warm(messages, tenant, cid)
     pool = node.db.pool
     async with conversation_locked(pool, cid):
-        first = asyncio.ensure_future(messages.send(caller(tenant, "alice"), cid, "first", "w1"))
+        first = asyncio.ensure_future(messages.send(caller(tenant, "alice"), cid, "first", keys[0]))
         await wait_for_lock_waiter(pool, 1)
-        queued = asyncio.ensure_future(messages.send(caller(tenant, "alice"), cid, "queued", "w2"))
+        queued = asyncio.ensure_future(messages.send(caller(tenant, "alice"), cid, "queued", keys[1]))
         await asyncio.sleep(0)
+        yield first, queued
+
+
+async def test_the_writer_stopping_fails_what_it_was_writing(node: Node, client: TestClient, tenant: Tenant):
+    cid = await group(client, tenant, "alice", "bob")
+    messages = node.chat.messages
+    pool = node.db.pool
+    async with writing_and_queued(node, tenant, cid, ("w1", "w2")) as (first, queued):
         lane = messages.batcher.lane_of(cid)
         assert lane.task is not None
         lane.task.cancel()  # what a node's shutdown does to its tasks
@@ -458,8 +470,6 @@ async def test_a_client_that_stops_reading_is_cut_off(
     kernel buffers made small here, so that happens quickly) the session stops writing and aborts the
     connection: a close handshake could not get past the unread data."""
     import socket
-
-    from gbmedia.messaging import socket as chat_socket
 
     monkeypatch.setattr(chat_socket, "MAX_BUFFERED_BYTES", 32 * 1024)
     cid = await conversation_of(client, tenant, "alice", "bob")
@@ -616,7 +626,7 @@ async def in_flight(lane, count: int) -> int:  # type: ignore[no-untyped-def]
 async def test_a_socket_does_not_wait_for_one_send_to_commit_before_the_next(
     node: Node, client: TestClient, tenant: Tenant, connect
 ):
-    """Sends of one socket wait for their commits together (gbmedia/signaling/ws.py pipelines them), are
+    """Sends of one socket wait for their commits together (the chat session pipelines them), are
     numbered in the order the socket sent them, and each gets its own ack or error by request id."""
     cid = await conversation_of(client, tenant, "alice", "bob")
     other = await conversation_of(client, tenant, "carol", "dave")  # alice is not a member
@@ -652,7 +662,7 @@ async def test_a_socket_does_not_wait_for_one_send_to_commit_before_the_next(
 async def test_a_socket_stops_reading_when_too_many_of_its_sends_wait(
     node: Node, client: TestClient, tenant: Tenant, connect, monkeypatch: pytest.MonkeyPatch
 ):
-    monkeypatch.setattr(ws_module, "MAX_SENDS_IN_FLIGHT", 2)
+    monkeypatch.setattr(chat_socket, "MAX_SENDS_IN_FLIGHT", 2)
     cid = await conversation_of(client, tenant, "alice", "bob")
     alice = await connect(tenant, "alice")
     await alice.request({"type": "chat_send", "conversation_id": cid, "content": "warm", "idempotency_key": "b0"})
