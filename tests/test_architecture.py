@@ -7,6 +7,7 @@ Every ``import`` in the package counts: at module level, inside functions, and u
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import gbmedia
@@ -140,3 +141,15 @@ def test_the_checker_sees_function_level_and_type_only_imports(tmp_path: Path):
         "gbmedia.app",
         "gbmedia.node",
     }
+
+
+def test_docs_architecture_names_the_same_layers():
+    """docs/architecture.md's table of layers says what LAYERS says."""
+    doc = (ROOT.parent / "docs" / "architecture.md").read_text(encoding="utf-8")
+    documented: dict[int, set[str]] = {}
+    for line in doc.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 2 and cells[0].isdigit():
+            names = {n.rstrip("/") for n in re.findall(r"`([^`]+)`", cells[1])}
+            documented.setdefault(int(cells[0]), set()).update("root" if n in ROOT_MODULES else n for n in names)
+    assert documented == {i: layer - {"gbmedia"} for i, layer in enumerate(LAYERS)}

@@ -54,12 +54,15 @@ PROFILE_BUCKETS = (
         "group commit: outcomes, listeners, answering the sends",
         ("gbmedia/messaging/group_commit.py", "_committed (gbmedia/messaging/messages.py"),
     ),
-    ("send checks before the batch (Messages.send)", ("send (gbmedia/messaging/messages.py",)),
+    (
+        "send checks before the batch (Messages.prepare)",
+        ("send (gbmedia/messaging/messages.py", "prepare (gbmedia/messaging/messages.py"),
+    ),
     ("rate limiter", ("take (gbmedia/ratelimit.py",)),
     ("frame parse: json.loads + pydantic (parse_message)", ("parse_message (gbmedia/signaling/protocol.py",)),
     (
         "ack reply (ChatSession.reply: JSON + frame, written with the turn's events)",
-        ("reply (gbmedia/messaging/socket.py", "_send_message (gbmedia/messaging/socket.py"),
+        ("reply (gbmedia/messaging/socket.py", "_send (gbmedia/messaging/socket.py"),
     ),
     ("other replies (Connection.handle -> send_json)", ("handle (gbmedia/signaling/ws.py",)),
 )
