@@ -6,6 +6,11 @@ published tracks, which are routed to the subscriber connection of every other
 participant that subscribes. Events go to participants over their socket's
 ``send``; a participant whose socket dropped keeps its media for a grace period and
 may resume, so the others never see it leave.
+
+What depends on the room's kind is its policy's (:mod:`gbmedia.rooms.policy`); a
+subscriber's offers and answers are its ``SubscriberNegotiation``'s
+(:mod:`gbmedia.rooms.negotiation`). :class:`LiveRooms` is what recording, streaming
+and bots follow (:mod:`gbmedia.rooms.media`).
 """
 
 from __future__ import annotations
