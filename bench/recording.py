@@ -6,8 +6,9 @@ Both record the same stream: RTP packets of ``--seconds`` of 640x480 VP8 at 30 f
 frames/s, made in advance by aiortc's own encoders and packetisers
 (tests/recording/synthetic.py), so making them is not measured.
 
-* gbmedia: :class:`gbmedia.recording.track_recorder.TrackRecorder`, what the server
-  attaches to a published track: reorder, depacketise, mux into WebM, no decoding.
+* gbmedia: what the server attaches to a published track: its frame source
+  (:mod:`gbmedia.sfu.frames`: reorder, depacketise) feeding a
+  :class:`gbmedia.recording.track_recorder.TrackRecorder` (mux into WebM), no decoding.
 * aiortc: what recording a received track costs with aiortc alone: its jitter buffer
   and decoder (as ``RTCRtpReceiver`` runs them) feed a ``MediaStreamTrack`` into
   ``aiortc.contrib.media.MediaRecorder`` writing WebM, which re-encodes (libvpx,
@@ -82,14 +83,15 @@ def _packets(raw: list[tuple[bytes, int, int, int]], codec: str):  # type: ignor
 
 async def run_gbmedia(raw: list, codec: str, out: Path) -> float:  # type: ignore[type-arg]
     from gbmedia.recording.track_recorder import TrackRecorder
-    from tests.recording.synthetic import CODECS
+    from tests.recording.synthetic import CODECS, frame_feed
 
     packets = _packets(raw, codec)
     started = time.process_time()
     recorder = TrackRecorder(out, CODECS[codec], loop=asyncio.get_running_loop())
+    feed = frame_feed(recorder, codec)  # what the track's frame source does: reorder, assemble
     for packet in packets:
-        recorder.on_rtp(packet, CODECS[codec])
-    recorder.finish()
+        feed.on_rtp(packet, CODECS[codec])
+    feed.on_track_closed()
     result = await recorder.result()
     used = time.process_time() - started
     assert result.error is None and result.stats.frames > 0, result

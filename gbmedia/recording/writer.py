@@ -24,7 +24,7 @@ from pathlib import Path
 
 import av
 
-from gbmedia.recording.depacketizer import EncodedFrame
+from gbmedia.sfu.frames import EncodedFrame
 
 CLUSTER_MS = 1000
 FRAGMENT_US = 1_000_000
