@@ -72,7 +72,7 @@ class WriterStats:
 
 class TrackWriter:
     """One track's frames into one file. The file is created at the first frame
-    (for video, a keyframe: the caller's assembler guarantees it)."""
+    (for video, a keyframe: the track's frame source guarantees it)."""
 
     def __init__(self, path: Path, codec: str, clock_rate: int) -> None:
         if codec not in CONTAINERS:

@@ -190,6 +190,10 @@ class FrameSource:
         self._packets: dict[int, _Held] = {}  # by extended sequence number
         self._seq = Unwrapper(SEQUENCE_BITS)
         self._next: int | None = None  # extended sequence number of the next packet to take
+        self._blocked = 0  # where the last look at the head frame stopped: the first missing packet
+        # The head frame as far as it was looked at: its first packet, the next one to look at, the payloads
+        # so far. Each packet is looked at once however many come before the frame completes.
+        self._scan: tuple[int, int, list[bytes]] | None = None
         self._ssrc: int | None = None
         self._codec: RTCRtpCodecParameters | None = None
         self._broken_ts: int | None = None  # the RTP timestamp of the last frame counted as broken
@@ -295,7 +299,7 @@ class FrameSource:
                 continue
             highest = self._seq.highest
             assert highest is not None
-            missing = self._first_missing()
+            missing = self._blocked
             if missing > highest:
                 break  # nothing is missing: the head frame's packets are still coming
             if highest - missing >= REORDER_WINDOW:
@@ -318,13 +322,6 @@ class FrameSource:
                     self._give_up()
         finally:
             self._flushing = False
-
-    def _first_missing(self) -> int:
-        assert self._next is not None
-        seq = self._next
-        while seq in self._packets:
-            seq += 1
-        return seq
 
     def _arrival_after(self, missing: int) -> float:
         """When the first packet after a missing one came (the gap is known since then)."""
@@ -394,6 +391,7 @@ class FrameSource:
         assert start is not None
         held = packets.get(start)
         if held is None:
+            self._blocked = start
             return False
         packet = held[0]
         if not packet.payload:  # padding: holds a sequence number, carries no media
@@ -414,10 +412,14 @@ class FrameSource:
         payloads = [packet.payload]
         end = start + 1
         if not packet.marker:
+            if self._scan is not None and self._scan[0] == start:  # go on where the last look stopped
+                _, end, payloads = self._scan
             timestamp = packet.timestamp
             while True:
                 following = packets.get(end)
                 if following is None:
+                    self._scan = (start, end, payloads)
+                    self._blocked = end
                     return False
                 part = following[0]
                 if part.payload:
@@ -430,6 +432,7 @@ class FrameSource:
         for seq in range(start, end):
             del packets[seq]
         self._next = end
+        self._scan = None
         self._emit(payloads, held)
         return True
 

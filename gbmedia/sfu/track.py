@@ -36,11 +36,11 @@ LayersListener = Callable[["PublishedTrack", list[str]], None]
 
 class PacketSink(Protocol):
     """Something that consumes a published track's RTP packets as they arrive (a level
-    meter, a track's frame source): called on the event loop for every packet, so it
-    must only queue work, never block. Consumers of whole frames (recorders, LL-HLS)
-    are :class:`~gbmedia.sfu.frames.FrameSink` objects instead. Packets are shared with the down tracks:
-    read them, never modify them. A simulcast track feeds sinks its best flowing
-    layer; a change of layer shows as a new SSRC and starts with a keyframe."""
+    meter, the track's frame source): called on the event loop for every packet, so it
+    must only queue work, never block. Packets are shared with the down tracks: read
+    them, never modify them. A simulcast track feeds sinks its best flowing layer; a
+    change of layer shows as a new SSRC and starts with a keyframe. Consumers of whole
+    frames (recorders, LL-HLS) are :class:`~gbmedia.sfu.frames.FrameSink` objects instead."""
 
     def on_rtp(self, packet: RtpPacket, codec: RTCRtpCodecParameters) -> None: ...
 
@@ -135,7 +135,7 @@ class PublishedTrack:
     media_ssrc: int | None = None  # the last SSRC a packet came from
     on_layers: LayersListener | None = None  # dynacast: told which rids are needed
     announced_rids: list[str] | None = None
-    frame_source: FrameSource | None = None  # made when the first frame sink comes (FrameSource.of)
+    frame_source: FrameSource | None = field(default=None, repr=False)  # made for the first frame sink
     _by_ssrc: dict[int, Layer] = field(default_factory=dict)
     _sink_layer: int | None = None
     _pause_timer: asyncio.TimerHandle | None = None
