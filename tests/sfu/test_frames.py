@@ -20,7 +20,7 @@ from aiortc.codecs.vpx import Vp8Encoder
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import RtpPacket
 
-from gbmedia.sfu.frames import EncodedFrame, FrameSink, FrameSource
+from gbmedia.sfu.frames import REORDER_WINDOW, EncodedFrame, FrameSink, FrameSource
 from gbmedia.sfu.track import PublishedTrack
 from gbmedia.sfu.unwrap import Unwrapper, wrap_delta
 from tests.recording.synthetic import CODECS, rtp_stream
@@ -489,3 +489,23 @@ def test_a_vp8_packet_without_frame_data_gives_no_frame():
     )
     feed.send([empty, *stream[2:]])
     assert len(sink.frames) == 2 and sink.missed_frames == 0
+
+
+def test_a_frame_of_more_packets_than_the_window_is_not_given_up_on_while_it_arrives():
+    """The window counts packets after a missing one: a big keyframe still arriving has none missing."""
+    count = REORDER_WINDOW * 2
+    sent = [
+        RtpPacket(
+            payload_type=96,
+            sequence_number=(65500 + i) & 0xFFFF,
+            timestamp=9000,
+            marker=i == count - 1,
+            payload=(b"\x10\x00" if i == 0 else b"\x00\x01") + bytes(100),
+        )
+        for i in range(count)
+    ]
+    sink = Frames()
+    feed = Feed("VP8", sink)
+    feed.send(sent)
+    assert len(sink.frames) == 1 and sink.frames[0].keyframe and sink.missed_frames == 0
+    assert len(sink.frames[0].data) == 1 + count * 100 + (count - 1)
