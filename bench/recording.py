@@ -5,8 +5,9 @@ Both record the same stream: RTP packets of ``--seconds`` of 640x480 VP8 at 30 f
 frames/s, made in advance by aiortc's own encoders and packetisers, so making them is
 not measured.
 
-* gbmedia: :class:`gbmedia.recording.track_recorder.TrackRecorder`, what the server
-  attaches to a published track: reorder, depacketise, mux into WebM, no decoding.
+* gbmedia: what the server attaches to a published track: its frame source
+  (:mod:`gbmedia.sfu.frames`: reorder, depacketise) feeding a
+  :class:`gbmedia.recording.track_recorder.TrackRecorder` (mux into WebM), no decoding.
 * aiortc: what recording a received track costs with aiortc alone: its jitter buffer
   and decoder (as ``RTCRtpReceiver`` runs them) feed a ``MediaStreamTrack`` into
   ``aiortc.contrib.media.MediaRecorder`` writing WebM, which re-encodes (libvpx,
@@ -48,6 +49,7 @@ from aiortc.rtp import RtpPacket
 from bench.lib import REPO_ROOT
 from bench.lib.media import CODECS, audio_frame
 from gbmedia.recording.track_recorder import TrackRecorder
+from gbmedia.sfu.frames import FrameSource
 
 Stream = list[tuple[bytes, int, int, int]]  # (payload, sequence, timestamp, marker): picklable for the children
 
@@ -89,9 +91,11 @@ async def run_gbmedia(raw: Stream, codec: str, out: Path) -> float:
     packets = rtp_packets(raw, codec)
     started = time.process_time()
     recorder = TrackRecorder(out, CODECS[codec], loop=asyncio.get_running_loop())
+    feed = FrameSource("audio" if codec == "opus" else "video", lambda: None)  # a published track's: reorder, assemble
+    feed.subscribe(recorder)
     for packet in packets:
-        recorder.on_rtp(packet, CODECS[codec])
-    recorder.finish()
+        feed.on_rtp(packet, CODECS[codec])
+    feed.on_track_closed()
     result = await recorder.result()
     used = time.process_time() - started
     assert result.error is None and result.stats.frames > 0, result

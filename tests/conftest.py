@@ -88,6 +88,15 @@ def service_missing(reason: str) -> None:
     pytest.skip(reason)
 
 
+@pytest.fixture
+def media_tools() -> str:
+    """ffprobe's path (Debian's ffmpeg, which scripts/test installs): media files are checked with it."""
+    path = shutil.which("ffprobe")
+    if path is None or shutil.which("ffmpeg") is None:
+        service_missing("ffprobe and ffmpeg (Debian package ffmpeg)")
+    return path or "ffprobe"
+
+
 def _with_database(admin_url: str, name: str) -> str:
     base, _, query = admin_url.partition("?")
     base = base.rsplit("/", 1)[0] + "/" + name

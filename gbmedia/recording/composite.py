@@ -2,18 +2,20 @@
 
 Unlike per-track recording this needs pixels and samples, so each source track
 is decoded exactly once, here (never per subscriber): a background job with one
-thread takes every source's RTP packets (the same :class:`FrameAssembler` as the
-per-track recorder), decodes them, keeps the latest picture of each video source
+thread takes every source's frames (from the track's frame source, shared with the
+per-track recorder and LL-HLS: see :mod:`gbmedia.sfu.frames`), decodes them, keeps
+the latest picture of each video source
 and a sample queue for each audio source, and on its own clock renders the grid
 (``FPS`` frames a second, ``WIDTH`` x ``HEIGHT``, tiles in arrival order, each
 picture fitted into its tile) and mixes the audio (sum of the sources, clipped),
 encoding H.264 (libx264, ultrafast) and AAC into a fragmented MP4, crash-safe
 like the per-track files.
 
-The clock is the wall clock as packets arrive, held ``LATENCY`` behind so that
+The clock is the wall clock as frames arrive, held ``LATENCY`` behind so that
 every source's media for an instant is there before the instant is rendered; a
 source that starts late is padded with silence so its audio lines up with the
-moment it joined.
+moment it joined. A missing packet may hold a source's frames back for half of
+``LATENCY`` (``reorder_wait``): longer, and they would miss their moment anyway.
 """
 
 from __future__ import annotations
@@ -34,12 +36,11 @@ from typing import Any
 
 import av
 import numpy as np
-from aiortc.rtcrtpparameters import RTCRtpCodecParameters
-from aiortc.rtp import RtpPacket
 
-from gbmedia.recording.depacketizer import SUPPORTED, FrameAssembler
+from gbmedia.recording.codecs import SUPPORTED
 from gbmedia.recording.track_recorder import MAX_QUEUED, TrackResult
 from gbmedia.recording.writer import FRAGMENT_US, WriterStats
+from gbmedia.sfu.frames import EncodedFrame, FrameSink
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,6 @@ _DECODERS = {"VP8": "vp8", "H264": "h264", "opus": "opus"}
 class _Source:
     key: int
     kind: str
-    assembler: FrameAssembler
     decoder: Any
     picture: np.ndarray | None = None  # the latest frame, fitted to its tile
     picture_tile: tuple[int, int] = (0, 0)
@@ -66,17 +66,19 @@ class _Source:
     resampler: Any = None
 
 
-class _Sink:
-    """The packet sink one source track gets; queues into the job."""
+class _Sink(FrameSink):
+    """The frame sink one source track gets; queues into the job."""
+
+    reorder_wait = LATENCY / 2
 
     def __init__(self, job: CompositeJob, key: int, track: Any) -> None:
         self.job, self.key, self.track = job, key, track
 
-    def on_rtp(self, packet: RtpPacket, codec: RTCRtpCodecParameters) -> None:
-        self.job._put((self.key, packet, codec, time.time()))
+    def on_frame(self, frame: EncodedFrame) -> bool:
+        return self.job._put((self.key, frame, frame.arrival))
 
     def on_track_closed(self) -> None:
-        self.job._put((self.key, None, None, time.time()))
+        self.job._put((self.key, None, time.time()))
 
 
 class CompositeJob:
@@ -94,10 +96,9 @@ class CompositeJob:
         self._loop = loop
         self._on_started = on_started
         self._on_failed = on_failed
-        self._queue: queue.SimpleQueue[tuple[int, RtpPacket | None, Any, float] | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[tuple[int, EncodedFrame | None, float] | None] = queue.SimpleQueue()
         self._queued = 0
         self._sinks: dict[str, tuple[_Sink, Any]] = {}  # track id -> (sink, track)
-        self._keyframe_requests: dict[int, Callable[[], None]] = {}  # source key -> the track's request
         self._next_key = 0
         self._closed = False
         self.error: str | None = None
@@ -122,7 +123,6 @@ class CompositeJob:
         sink = _Sink(self, self._next_key, track)
         self._next_key += 1
         self._sinks[track.id] = (sink, track)
-        self._keyframe_requests[sink.key] = track.request_keyframe
         track.add_sink(sink)
 
     def remove_track(self, track: Any) -> None:
@@ -143,11 +143,15 @@ class CompositeJob:
     async def result(self) -> TrackResult:
         return await asyncio.wrap_future(self.done)
 
-    def _put(self, item: tuple[int, RtpPacket | None, Any, float]) -> None:
-        if self._closed or self.error is not None or self._queued >= MAX_QUEUED:
-            return
+    def _put(self, item: tuple[int, EncodedFrame | None, float]) -> bool:
+        """Queue for the thread; False when it cannot keep up (the frame source then resumes at a keyframe)."""
+        if self._closed or self.error is not None:
+            return True  # taken, and nothing more is made of it
+        if self._queued >= MAX_QUEUED:
+            return False
         self._queued += 1
         self._queue.put(item)
+        return True
 
     def _call(self, callback: Callable[..., None] | None, *args: object) -> None:
         if callback is not None:
@@ -169,9 +173,9 @@ class CompositeJob:
                 if item is None:
                     break
                 self._queued -= 1
-                key, packet, codec, arrival = item
+                key, frame, arrival = item
                 self._last_arrival = max(self._last_arrival, arrival)
-                self._take(key, packet, codec, arrival)
+                self._take(key, frame, arrival)
                 self._render_until(arrival - LATENCY)
             if self._t0 is not None:  # the end: render what arrived, no silence after it
                 self._render_until(self._last_arrival)
@@ -188,31 +192,26 @@ class CompositeJob:
             self.done.set_result(TrackResult(stats, self._t0, 0, self.error))
             self._call(self._on_failed, self.error)
 
-    def _take(self, key: int, packet: RtpPacket | None, codec: Any, arrival: float) -> None:
+    def _take(self, key: int, frame: EncodedFrame | None, arrival: float) -> None:
         source = self._sources.get(key)
-        if packet is None:
+        if frame is None:
             if source is not None:
                 source.ended = True
                 if key in self._order:
                     self._order.remove(key)
             return
         if source is None:
-            kind = "audio" if codec.name == "opus" else "video"
-            source = self._sources[key] = _Source(
-                key, kind, FrameAssembler(codec), av.CodecContext.create(_DECODERS[codec.name], "r")
-            )
+            codec = frame.codec.name
+            kind = "audio" if codec == "opus" else "video"
+            source = self._sources[key] = _Source(key, kind, av.CodecContext.create(_DECODERS[codec], "r"))
             if kind == "audio":
                 source.resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
-        for frame in source.assembler.add(packet):
-            try:
-                decoded = source.decoder.decode(av.Packet(frame.data))
-            except av.error.FFmpegError:
-                continue  # a broken frame: the next keyframe repairs the picture
-            for out in decoded:
-                self._use(source, out, arrival)
-        if source.assembler.keyframe_wanted:
-            source.assembler.keyframe_wanted = False
-            self._call(self._keyframe_requests.get(key))
+        try:
+            decoded = source.decoder.decode(av.Packet(frame.data))
+        except av.error.FFmpegError:
+            return  # a broken frame: the next keyframe repairs the picture
+        for out in decoded:
+            self._use(source, out, arrival)
 
     def _use(self, source: _Source, frame: Any, arrival: float) -> None:
         if self._t0 is None:

@@ -43,8 +43,8 @@ import asyncpg
 
 from gbmedia.errors import ApiError, conflict, forbidden, not_found
 from gbmedia.metrics import Sample
+from gbmedia.recording.codecs import SUPPORTED
 from gbmedia.recording.composite import CompositeJob
-from gbmedia.recording.depacketizer import SUPPORTED
 from gbmedia.recording.storage import LocalStorage, S3Storage, StorageError
 from gbmedia.recording.track_recorder import TrackRecorder, TrackResult
 from gbmedia.recording.writer import content_type_for, extension_for, repair
@@ -403,7 +403,6 @@ class Recordings:
             name=track.id,
             on_started=lambda: self._file_started(active),
             on_failed=lambda error: self._spawn(self._fail(active, error)),
-            request_keyframe=track.request_keyframe,
         )
         entry = _File(row_id, key, recorder, content_type_for(codec.name), track, participant.id)
         active.files[track.id] = entry

@@ -1,11 +1,14 @@
-"""One published track recorded into one file: a packet sink with a muxing thread.
+"""One published track recorded into one file: a frame sink with a muxing thread.
 
-The SFU calls :meth:`TrackRecorder.on_rtp` on the event loop for every packet;
-it only stamps the arrival time and queues the packet. A thread of its own
-reorders, depacketises and muxes (:class:`FrameAssembler`, :class:`TrackWriter`),
-so a slow disk never stalls forwarding. What the thread learns that the loop must
-act on (the first frame is on disk, a keyframe is needed after a loss, the file
-failed) goes back with ``loop.call_soon_threadsafe``.
+The track's frame source (:mod:`gbmedia.sfu.frames`) hands :meth:`TrackRecorder.on_frame`
+whole frames on the event loop, in order, from a keyframe on, after a loss from the
+next keyframe (it asks the publisher for one); the recorder only queues them. A
+thread of its own muxes them (:class:`TrackWriter`), so a slow disk never stalls
+forwarding. What the thread learns that the loop must act on (the first frame is on
+disk, the file failed) goes back with ``loop.call_soon_threadsafe``. A recorder
+lets a missing packet hold its frames back for up to ``REORDER_WAIT``: a file wants
+every frame, not low delay (the source gives up sooner when a live consumer shares
+the track).
 
 A/V alignment: each file starts at its own first frame. The recorder estimates
 the wall-clock time of that first frame as the earliest ``arrival - (ts - ts0) /
@@ -24,20 +27,21 @@ import concurrent.futures
 import logging
 import queue
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
-from aiortc.rtp import RtpPacket
 
-from gbmedia.recording.depacketizer import FrameAssembler
+from gbmedia.recording.codecs import check_supported
 from gbmedia.recording.writer import TrackWriter, WriterStats
+from gbmedia.sfu.frames import EncodedFrame, FrameSink
+from gbmedia.sfu.unwrap import TIMESTAMP_BITS, wrap_delta
 
 log = logging.getLogger(__name__)
 
-MAX_QUEUED = 20_000  # packets (about a minute of 2 Mbps video); past that the thread is stuck: drop
+MAX_QUEUED = 3000  # frames (a minute of audio, more of video); past that the thread is stuck: refuse
+REORDER_WAIT = 1.0  # seconds; a retransmission that comes at all comes within a round trip
 
 
 @dataclass(frozen=True)
@@ -58,12 +62,16 @@ def ntp_seconds(ntp: int) -> float:
 def sender_time(rtp_timestamp: int, report: tuple[int, int], clock: int) -> float:
     """The publisher's NTP time of an RTP timestamp, from one (ntp, rtp) sender report."""
     ntp, rtp = report
-    delta = ((rtp_timestamp - rtp + 0x80000000) & 0xFFFFFFFF) - 0x80000000
-    return ntp_seconds(ntp) + delta / clock
+    return ntp_seconds(ntp) + wrap_delta(rtp, rtp_timestamp, TIMESTAMP_BITS) / clock
 
 
-class TrackRecorder:
-    """A :class:`gbmedia.sfu.track.PacketSink` that writes one track to ``path``."""
+class TrackRecorder(FrameSink):
+    """A :class:`~gbmedia.sfu.frames.FrameSink` that writes one track to ``path``.
+
+    Keyframes after a loss are the track's frame source's to ask for, not the recorder's.
+    """
+
+    reorder_wait = REORDER_WAIT
 
     def __init__(
         self,
@@ -73,22 +81,21 @@ class TrackRecorder:
         loop: asyncio.AbstractEventLoop,
         on_started: Callable[[], None] | None = None,
         on_failed: Callable[[str], None] | None = None,
-        request_keyframe: Callable[[], None] | None = None,
         name: str = "track",
     ) -> None:
+        check_supported(codec)  # refuses unsupported codecs before anything starts
         self.path = path
         self.codec = codec
-        self._assembler = FrameAssembler(codec)  # refuses unsupported codecs before anything starts
         self._writer = TrackWriter(path, codec.name, codec.clockRate)
         self._loop = loop
         self._on_started = on_started
         self._on_failed = on_failed
-        self._request_keyframe = request_keyframe
-        self._queue: queue.SimpleQueue[tuple[RtpPacket, float] | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[EncodedFrame | None] = queue.SimpleQueue()
         self._queued = 0
         self._closed = False
         self._ssrc: int | None = None
         self._reports: dict[int, tuple[int, int]] = {}  # ssrc -> latest (ntp, rtp) sender report
+        self.lost_packets = 0  # sequence numbers the frame source gave up on while this recorded
         self.error: str | None = None
         self.done: concurrent.futures.Future[TrackResult] = concurrent.futures.Future()
         self._thread = threading.Thread(target=self._run, name=f"rec-{name}", daemon=True)
@@ -96,17 +103,21 @@ class TrackRecorder:
 
     # --- on the event loop --------------------------------------------------------------
 
-    def on_rtp(self, packet: RtpPacket, codec: RTCRtpCodecParameters) -> None:
+    def on_frame(self, frame: EncodedFrame) -> bool:
         if self._closed or self.error is not None:
-            return
+            return True  # taken, and nothing more is written
         if self._ssrc is None:
-            self._ssrc = packet.ssrc
-        elif packet.ssrc != self._ssrc:
-            return  # another simulcast layer: one file holds one stream
+            self._ssrc = frame.ssrc
+        elif frame.ssrc != self._ssrc:
+            return True  # another simulcast layer: one file holds one stream
         if self._queued >= MAX_QUEUED:
-            return  # the writer cannot keep up; the assembler treats the gap as a loss
+            return False  # the writer cannot keep up: the source resumes this file at a keyframe
         self._queued += 1
-        self._queue.put((packet, time.time()))
+        self._queue.put(frame)
+        return True
+
+    def on_loss(self, packets: int, frames: int) -> None:
+        self.lost_packets += packets
 
     def on_sender_report(self, ssrc: int, ntp: int, rtp: int) -> None:
         """An RTCP sender report of the track's publisher (on the loop; a dict write only)."""
@@ -116,7 +127,7 @@ class TrackRecorder:
         self.finish()
 
     def finish(self) -> None:
-        """No more packets: the thread writes what it has and closes the file."""
+        """No more frames: the thread writes what it has and closes the file."""
         if not self._closed:
             self._closed = True
             self._queue.put(None)
@@ -136,36 +147,29 @@ class TrackRecorder:
 
     def _run(self) -> None:
         first_wall: float | None = None
-        first_ts: int | None = None
+        first: EncodedFrame | None = None
         first_sender: float | None = None
         clock = self.codec.clockRate
         try:
             while True:
-                item = self._queue.get()
-                if item is None:
+                frame = self._queue.get()
+                if frame is None:
                     break
                 self._queued -= 1
-                packet, arrival = item
-                for frame in self._assembler.add(packet):
-                    started = self._writer.started
-                    self._writer.write(frame)
-                    if first_ts is None:
-                        first_ts = frame.timestamp
-                    wall = arrival - (frame.timestamp - first_ts) / clock
-                    first_wall = wall if first_wall is None else min(first_wall, wall)
-                    if not started:
-                        self._call(self._on_started)
-                if self._assembler.keyframe_wanted:
-                    self._assembler.keyframe_wanted = False
-                    self._call(self._request_keyframe)
-                if first_sender is None and first_ts is not None:
-                    first_sender = self._first_sender(first_ts)
-            for frame in self._assembler.flush():
+                started = self._writer.started
                 self._writer.write(frame)
-            if first_sender is None and first_ts is not None:
-                first_sender = self._first_sender(first_ts)
+                if first is None:
+                    first = frame
+                wall = frame.arrival - (frame.timestamp - first.timestamp) / clock
+                first_wall = wall if first_wall is None else min(first_wall, wall)
+                if not started:
+                    self._call(self._on_started)
+                if first_sender is None:
+                    first_sender = self._first_sender(first)
+            if first_sender is None and first is not None:  # a report that came after the last frame
+                first_sender = self._first_sender(first)
             stats = self._writer.close()
-            self.done.set_result(TrackResult(stats, first_wall, self._assembler.lost, first_frame_sender=first_sender))
+            self.done.set_result(TrackResult(stats, first_wall, self.lost_packets, first_frame_sender=first_sender))
         except Exception as exc:  # disk full, storage gone: the file fails, the room goes on
             self.error = f"{type(exc).__name__}: {exc}"
             log.warning("track recording failed", extra={"path": str(self.path), "error": self.error})
@@ -178,9 +182,9 @@ class TrackRecorder:
                     self._writer.duration,
                     self.path.stat().st_size if self.path.exists() else 0,
                 )
-            self.done.set_result(TrackResult(stats, first_wall, self._assembler.lost, self.error))
+            self.done.set_result(TrackResult(stats, first_wall, self.lost_packets, self.error))
             self._call(self._on_failed, self.error)
 
-    def _first_sender(self, first_ts: int) -> float | None:
-        report = self._reports.get(self._ssrc) if self._ssrc is not None else None
-        return None if report is None else sender_time(first_ts & 0xFFFFFFFF, report, self.codec.clockRate)
+    def _first_sender(self, first: EncodedFrame) -> float | None:
+        report = self._reports.get(first.ssrc)
+        return None if report is None else sender_time(first.rtp_timestamp, report, self.codec.clockRate)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import av
 
-from gbmedia.recording.depacketizer import EncodedFrame
+from gbmedia.sfu.frames import EncodedFrame
 
 CLUSTER_MS = 1000
 FRAGMENT_US = 1_000_000
@@ -72,7 +72,7 @@ class WriterStats:
 
 class TrackWriter:
     """One track's frames into one file. The file is created at the first frame
-    (for video, a keyframe: the caller's assembler guarantees it)."""
+    (for video, a keyframe: the track's frame source guarantees it)."""
 
     def __init__(self, path: Path, codec: str, clock_rate: int) -> None:
         if codec not in CONTAINERS:

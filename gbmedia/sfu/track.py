@@ -17,6 +17,7 @@ from aiortc.rtp import RtpPacket
 from gbmedia.sfu import aiortc_adapter
 from gbmedia.sfu import rtp as rtp_bytes
 from gbmedia.sfu.codecs import is_keyframe
+from gbmedia.sfu.frames import FrameSink, FrameSource
 
 log = logging.getLogger(__name__)
 
@@ -31,11 +32,12 @@ LayersListener = Callable[["PublishedTrack", list[str]], None]
 
 
 class PacketSink(Protocol):
-    """Something that consumes a published track's RTP packets as they arrive
-    (a recorder, an HLS packager): called on the event loop for every packet, so it
-    must only queue work, never block. Packets are shared with the down tracks:
-    read them, never modify them. A simulcast track feeds sinks its best flowing
-    layer; a change of layer shows as a new SSRC and starts with a keyframe."""
+    """Something that consumes a published track's RTP packets as they arrive (a level
+    meter, the track's frame source): called on the event loop for every packet, so it
+    must only queue work, never block. Packets are shared with the down tracks: read
+    them, never modify them. A simulcast track feeds sinks its best flowing layer; a
+    change of layer shows as a new SSRC and starts with a keyframe. Consumers of whole
+    frames (recorders, LL-HLS) are :class:`~gbmedia.sfu.frames.FrameSink` objects instead."""
 
     def on_rtp(self, packet: RtpPacket, codec: RTCRtpCodecParameters) -> None: ...
 
@@ -144,6 +146,7 @@ class PublishedTrack:
     media_ssrc: int | None = None  # the last SSRC a packet came from
     on_layers: LayersListener | None = None  # dynacast: told which rids are needed
     announced_rids: list[str] | None = None
+    frame_source: FrameSource | None = field(default=None, repr=False)  # made for the first frame sink
     _by_ssrc: dict[int, Layer] = field(default_factory=dict)
     _sink_layer: int | None = None
     _pause_timer: asyncio.TimerHandle | None = None
@@ -256,15 +259,32 @@ class PublishedTrack:
                 return index
         return None
 
-    def add_sink(self, sink: PacketSink) -> None:
-        """Feed this track's packets to ``sink`` (asks for a keyframe so it can start)."""
+    def frames(self) -> FrameSource:
+        """The track's one frame source, made on first use (it adds itself as a packet sink while subscribed)."""
+        if self.frame_source is None:
+            self.frame_source = FrameSource(
+                self.kind, self.request_keyframe, attach=self.add_sink, detach=self.remove_sink
+            )
+        return self.frame_source
+
+    def add_sink(self, sink: PacketSink | FrameSink) -> None:
+        """Feed this track to ``sink`` (asks for a keyframe so it can start): its packets to a
+        packet sink; whole frames to a :class:`~gbmedia.sfu.frames.FrameSink`, which all share the
+        track's one frame source (packets reordered and assembled once, however many want frames)."""
+        if isinstance(sink, FrameSink):
+            self.frames().subscribe(sink)
+            return
         if sink not in self.sinks:
             self.sinks.append(sink)
             self._sink_layer = None
         self.request_keyframe()
         self.demand_changed()
 
-    def remove_sink(self, sink: PacketSink) -> None:
+    def remove_sink(self, sink: PacketSink | FrameSink) -> None:
+        if isinstance(sink, FrameSink):
+            if self.frame_source is not None:
+                self.frame_source.unsubscribe(sink)
+            return
         if sink in self.sinks:
             self.sinks.remove(sink)
             self.demand_changed()

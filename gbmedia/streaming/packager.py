@@ -1,12 +1,15 @@
 """RTP in, fMP4 parts out: the packaging pipeline of one live room's program.
 
-A program is the host's video track and its audio track. Their packets arrive on
-the event loop (a :class:`~gbmedia.sfu.track.PacketSink` only queues them) and are
-handled in one worker thread per program, never on the loop:
+A program is the host's video track and its audio track. Their frames come from
+each track's frame source (:mod:`gbmedia.sfu.frames`, shared with recordings):
+reordered by sequence number, depacketized (H.264: single NAL, STAP-A, FU-A), and
+after a loss only from the next keyframe on, asked for by the source. A missing
+packet holds them back for ``REORDER_WAIT`` at most (viewers see any wait as
+latency). The program's :class:`~gbmedia.sfu.frames.FrameSink` objects only queue the
+frames (on the event loop); one worker thread per program does the rest, never on
+the loop:
 
-* reorder by sequence number with a small buffer; after a loss, wait for a keyframe
-  (and ask the publisher for one);
-* video: H.264 is depacketized (single NAL, STAP-A, FU-A) and remuxed as it is;
+* video: H.264 access units are remuxed as they are;
   VP8 is decoded and encoded once to H.264 (libx264, ultrafast, zerolatency) with an
   IDR at every segment start;
 * audio: Opus is decoded and encoded once to AAC-LC (what HLS players play);
@@ -14,7 +17,7 @@ handled in one worker thread per program, never on the loop:
   start on a keyframe after about ``segment_seconds``, writing each part as one
   ``moof``+``mdat`` (see :mod:`gbmedia.streaming.fmp4`).
 
-Audio is placed on the video's timeline by arrival time: each track's first packet
+Audio is placed on the video's timeline by arrival time: each track's first frame
 anchors its RTP clock to the wall clock, and the first video keyframe is time 0.
 """
 
@@ -24,25 +27,19 @@ import asyncio
 import contextlib
 import datetime as dt
 import fractions
-import heapq
-import itertools
 import logging
 import queue
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import av
 import numpy as np
-from aiortc.codecs.h264 import h264_depayload
-from aiortc.codecs.vpx import vp8_depayload
-from aiortc.rtcrtpparameters import RTCRtpCodecParameters
-from aiortc.rtp import RtpPacket
 
-from gbmedia.recording.depacketizer import is_keyframe_frame
+from gbmedia.sfu.frames import EncodedFrame, FrameSink
 from gbmedia.streaming import fmp4
 from gbmedia.streaming.fmp4 import AUDIO_TIMESCALE, VIDEO_TIMESCALE, Sample, TrackRun
 from gbmedia.streaming.playlist import HlsConfig, Part, Rendition
@@ -50,157 +47,9 @@ from gbmedia.streaming.playlist import HlsConfig, Part, Rendition
 log = logging.getLogger(__name__)
 
 REORDER_WAIT = 0.1  # seconds a gap may stay open before the missing packets count as lost
-REORDER_MAX_PACKETS = 128
-QUEUE_LIMIT = 5000  # packets waiting for the worker; beyond that they are dropped (counted as loss)
+QUEUE_LIMIT = 1000  # frames waiting for the worker; beyond that they are refused (video resumes at a keyframe)
 AUDIO_LAG_FILL = 0.5  # seconds: audio further behind the video than this is filled with silence
 KEYFRAME_RETRY = 1.0
-
-
-@dataclass(frozen=True, slots=True)
-class RtpIn:
-    """What the loop hands the worker: the packet fields it needs (packets are shared, read-only)."""
-
-    seq: int
-    timestamp: int
-    marker: bool
-    payload: bytes
-    arrival: float
-
-
-class _Unwrapper:
-    """Extends a wrapping counter (16-bit sequence numbers, 32-bit timestamps) monotonically."""
-
-    def __init__(self, bits: int) -> None:
-        self._modulo = 1 << bits
-        self._half = 1 << (bits - 1)
-        self._last: int | None = None
-
-    def __call__(self, value: int) -> int:
-        if self._last is None:
-            self._last = value + self._modulo * 16  # room below for packets that arrive late
-            return self._last
-        delta = (value - self._last) % self._modulo
-        if delta >= self._half:
-            delta -= self._modulo
-        extended = self._last + delta
-        self._last = max(self._last, extended)
-        return extended
-
-
-class SequenceReorder:
-    """Puts packets back in sequence order; a gap open too long (or too many waiting) is a loss."""
-
-    def __init__(self, max_wait: float = REORDER_WAIT, max_packets: int = REORDER_MAX_PACKETS) -> None:
-        self.max_wait = max_wait
-        self.max_packets = max_packets
-        self._extend = _Unwrapper(16)
-        self._heap: list[tuple[int, int, RtpIn]] = []
-        self._next: int | None = None
-        self._counter = itertools.count()
-        self.lost = 0
-
-    def push(self, packet: RtpIn) -> None:
-        ext = self._extend(packet.seq)
-        if self._next is not None and ext < self._next:
-            return  # a duplicate, or later than we could wait
-        heapq.heappush(self._heap, (ext, next(self._counter), packet))
-
-    def pop(self, now: float) -> list[tuple[RtpIn, bool]]:
-        """Packets now in order, each with whether packets were lost just before it."""
-        out: list[tuple[RtpIn, bool]] = []
-        lost = False
-        while self._heap:
-            ext, _, packet = self._heap[0]
-            if self._next is None:
-                self._next = ext
-            if ext < self._next:
-                heapq.heappop(self._heap)  # duplicate
-                continue
-            if ext == self._next:
-                heapq.heappop(self._heap)
-                out.append((packet, lost))
-                lost = False
-                self._next += 1
-                continue
-            if len(self._heap) > self.max_packets or now - packet.arrival > self.max_wait:
-                self.lost += ext - self._next
-                self._next = ext
-                lost = True
-                continue
-            break
-        return out
-
-
-@dataclass
-class EncodedFrame:
-    data: bytes  # VP8 frame, or H.264 access unit in Annex-B
-    timestamp: int  # extended RTP timestamp
-    keyframe: bool
-    arrival: float
-
-
-@dataclass
-class _Pending:
-    timestamp: int
-    arrival: float
-    payloads: list[bytes] = field(default_factory=list)
-
-
-class FrameAssembler:
-    """RTP packets (in order) to whole video frames; drops frames until a keyframe after loss."""
-
-    def __init__(self, codec: str) -> None:
-        if codec not in ("vp8", "h264"):
-            raise ValueError(f"no depacketizer for {codec}")
-        self.codec = codec
-        self._ts = _Unwrapper(32)
-        self._current: _Pending | None = None
-        self._broken_ts: int | None = None
-        self.need_keyframe = True  # nothing decodes before the first keyframe
-        self.dropped = 0
-
-    def add(self, packet: RtpIn, lost_before: bool) -> list[EncodedFrame]:
-        out: list[EncodedFrame] = []
-        ts = self._ts(packet.timestamp)
-        if lost_before:  # the lost packets belong to the current frame or start this one: both are broken
-            if self._current is not None:
-                self.dropped += 1
-            self._current = None
-            self._broken_ts = ts
-            self.need_keyframe = True
-        if self._current is not None and self._current.timestamp != ts:
-            out.extend(self._finish())  # its marker never came, yet nothing was lost: take it whole
-        if ts == self._broken_ts:
-            if packet.marker:
-                self._broken_ts = None
-            return out
-        if self._current is None:
-            self._current = _Pending(ts, packet.arrival)
-        self._current.payloads.append(packet.payload)
-        if packet.marker:
-            out.extend(self._finish())
-        return out
-
-    def _finish(self) -> list[EncodedFrame]:
-        pending, self._current = self._current, None
-        assert pending is not None
-        try:
-            if self.codec == "vp8":
-                data = b"".join(vp8_depayload(p) for p in pending.payloads)
-            else:
-                data = b"".join(h264_depayload(p) for p in pending.payloads)
-            keyframe = is_keyframe_frame(self.codec.upper(), data)
-        except (ValueError, IndexError):
-            self.dropped += 1
-            self.need_keyframe = True
-            return []
-        if not data:
-            return []
-        if self.need_keyframe and not keyframe:
-            self.dropped += 1
-            return []
-        self.need_keyframe = False
-        return [EncodedFrame(data, pending.timestamp, keyframe, pending.arrival)]
 
 
 class VideoTranscoder:
@@ -439,7 +288,7 @@ class ProgramStats:
     video_frames: int = 0  # frames that reached the segmenter (remuxed or transcoded)
     frames_encoded: int = 0
     audio_frames: int = 0
-    packets_dropped: int = 0  # the worker's queue was full
+    frames_refused: int = 0  # the worker's queue was full (a refused video frame also counts as dropped)
     packets_lost: int = 0  # sequence gaps the reorder buffer gave up on (video and audio)
     frames_dropped: int = 0  # video frames broken by loss or waiting for a keyframe
 
@@ -476,17 +325,13 @@ class Program:
         await asyncio.to_thread(self._thread.join, 10)
         self.rendition.end()
 
-    def enqueue(self, kind: str, packet: RtpPacket, codec: RTCRtpCodecParameters) -> None:
+    def enqueue(self, kind: str, frame: EncodedFrame) -> bool:
+        """Queue a frame for the worker (on the loop); False when the worker is that far behind."""
         if self._queue.qsize() > QUEUE_LIMIT:
-            self.stats.packets_dropped += 1
-            return
-        self._queue.put(
-            (
-                kind,
-                RtpIn(packet.sequence_number, packet.timestamp, packet.marker, packet.payload, time.monotonic()),
-                codec.mimeType.lower(),
-            )
-        )
+            self.stats.frames_refused += 1
+            return False
+        self._queue.put((kind, frame))
+        return True
 
     # --- the worker thread ------------------------------------------------------------------
 
@@ -503,17 +348,25 @@ class Program:
             self._to_loop(self.rendition.end)
 
 
-class _Sink:
-    """The PacketSink a published track feeds: only queues (it runs on the event loop)."""
+class _Sink(FrameSink):
+    """The frame sink a published track feeds: only queues and counts (it runs on the event loop)."""
+
+    reorder_wait = REORDER_WAIT
 
     def __init__(self, program: Program, kind: str) -> None:
         self.program, self.kind = program, kind
 
-    def on_rtp(self, packet: RtpPacket, codec: RTCRtpCodecParameters) -> None:
-        self.program.enqueue(self.kind, packet, codec)
+    def on_frame(self, frame: EncodedFrame) -> bool:
+        return self.program.enqueue(self.kind, frame)
+
+    def on_loss(self, packets: int, frames: int) -> None:
+        stats = self.program.stats
+        stats.packets_lost += packets
+        if self.kind == "video":
+            stats.frames_dropped += frames
 
     def on_track_closed(self) -> None:
-        self.program._queue.put((self.kind, None, None))
+        self.program._queue.put((self.kind, None))
 
 
 class _Worker:
@@ -522,16 +375,13 @@ class _Worker:
     def __init__(self, program: Program) -> None:
         self.p = program
         self.config = program.config
-        self.reorder = {"video": SequenceReorder(), "audio": SequenceReorder()}
-        self.assembler: FrameAssembler | None = None
         self.transcoder: VideoTranscoder | None = None
         self.audio = AudioTranscoder() if program.has_audio else None
         self.segmenter = Segmenter(self.config, self._part, self._segment_end, audio=program.has_audio)
         self.origin_ts: int | None = None  # extended RTP timestamp of the first keyframe
-        self.origin_wall: float | None = None  # its arrival on the monotonic clock
+        self.origin_wall: float | None = None  # its capture time, estimated on the arrival clock (time.time())
         self.origin_utc: dt.datetime | None = None
-        self.video_anchor: tuple[float, int] | None = None
-        self.audio_ts = _Unwrapper(32)
+        self.video_anchor: tuple[float, int] | None = None  # (arrival, extended timestamp) of the first frame
         self.audio_offset: int | None = None  # timeline index = extended audio timestamp + offset
         self.audio_anchor: tuple[float, int] | None = None
         self.sps: bytes | None = None
@@ -548,33 +398,26 @@ class _Worker:
             if item is _STOP:
                 return
             if item is not None:
-                kind, packet, mime = item
-                if packet is None:
+                kind, frame = item
+                if frame is None:
                     continue  # a track closed: the service stops or re-plans the program
                 if kind == "video":
-                    self._video_codec(mime)
+                    self._video_codec(frame.codec.mimeType.lower())
                     if self.video_anchor is None:
-                        self.video_anchor = (packet.arrival, packet.timestamp)
-                elif self.audio_anchor is None:
-                    self.audio_anchor = (packet.arrival, packet.timestamp)
-                self.reorder[kind].push(packet)
-            now = time.monotonic()
-            for ready, lost in self.reorder["video"].pop(now):
-                self._video_packet(ready, lost)
-            for ready, _lost in self.reorder["audio"].pop(now):  # Opus frames decode alone
-                self._audio_packet(ready)
-            self.p.stats.packets_lost = self.reorder["video"].lost + self.reorder["audio"].lost
-            if self.assembler is not None:
-                self.p.stats.frames_dropped = self.assembler.dropped
+                        self.video_anchor = (frame.arrival, frame.timestamp)
+                    self._video_frame(frame)
+                else:
+                    if self.audio_anchor is None:
+                        self.audio_anchor = (frame.arrival, frame.timestamp)
+                    self._audio_frame(frame)
             self._keep_audio_up()
 
     def _video_codec(self, mime: str) -> None:
-        if self.assembler is not None:
+        if self.p.video_codec is not None:
             return
         codec = {"video/h264": "h264", "video/vp8": "vp8"}.get(mime)
         if codec is None:
             raise ValueError(f"HLS cannot package {mime}")
-        self.assembler = FrameAssembler(codec)
         self.p.video_codec = codec
         if codec == "vp8":
             self.transcoder = VideoTranscoder(self.p.video_bitrate)
@@ -584,22 +427,16 @@ class _Worker:
             self.last_keyframe_request = now
             self.p._to_loop(self.p._request_keyframe)
 
-    def _video_packet(self, packet: RtpIn, lost: bool) -> None:
-        assert self.assembler is not None
-        for frame in self.assembler.add(packet, lost):
-            self._video_frame(frame)
-        if self.assembler.need_keyframe:
-            self._ask_keyframe(time.monotonic())
-
     def _video_frame(self, frame: EncodedFrame) -> None:
         if self.origin_ts is None:
             if not frame.keyframe:
                 return
             self.origin_ts = frame.timestamp
             assert self.video_anchor is not None
-            # The keyframe's capture time, on the arrival clock of the first packet.
-            self.origin_wall = self.video_anchor[0] + (frame.timestamp - self._first_video_ts()) / VIDEO_TIMESCALE
-            self.origin_utc = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=time.monotonic() - self.origin_wall)
+            # The keyframe's capture time, on the arrival clock of the first frame.
+            anchor_wall, anchor_ts = self.video_anchor
+            self.origin_wall = anchor_wall + (frame.timestamp - anchor_ts) / VIDEO_TIMESCALE
+            self.origin_utc = dt.datetime.fromtimestamp(self.origin_wall, dt.UTC)
         pts = frame.timestamp - self.origin_ts
         self.p.stats.video_frames += 1
         if self.transcoder is not None:
@@ -612,11 +449,6 @@ class _Worker:
                 self._ask_keyframe(time.monotonic())  # a publisher's keyframe ends each segment
         for data, unit_pts, keyframe in units:
             self._video_unit(data, unit_pts, keyframe)
-
-    def _first_video_ts(self) -> int:
-        assert self.video_anchor is not None and self.assembler is not None
-        # The assembler extended every timestamp from the first one; re-extend the anchor the same way.
-        return _extend_like(self.video_anchor[1], self.origin_ts)
 
     def _video_unit(self, annexb: bytes, pts: int, keyframe: bool) -> None:
         units = [u for u in fmp4.split_annexb(annexb) if fmp4.nal_type(u) != fmp4.NAL_AUD]
@@ -658,20 +490,16 @@ class _Worker:
             },
         )
 
-    def _audio_packet(self, packet: RtpIn) -> None:
-        if self.audio is None:
-            return
-        ts = self.audio_ts(packet.timestamp)
-        if self.origin_wall is None or self.audio_anchor is None:
+    def _audio_frame(self, frame: EncodedFrame) -> None:
+        if self.audio is None or self.origin_wall is None or self.audio_anchor is None:
             return  # nothing plays before the first video keyframe
         if self.audio_offset is None:
             anchor_wall, anchor_ts = self.audio_anchor
-            anchor_ext = _extend_like(anchor_ts, ts)
-            self.audio_offset = round((anchor_wall - self.origin_wall) * AUDIO_TIMESCALE) - anchor_ext
-        index = ts + self.audio_offset
+            self.audio_offset = round((anchor_wall - self.origin_wall) * AUDIO_TIMESCALE) - anchor_ts
+        index = frame.timestamp + self.audio_offset
         if index < 0:
             return
-        for sample in self.audio.add(packet.payload, index):
+        for sample in self.audio.add(frame.data, index):
             self.p.stats.audio_frames += 1
             self.segmenter.add_audio(sample)
 
@@ -692,17 +520,6 @@ class _Worker:
 
     def _segment_end(self, msn: int, duration: float) -> None:
         self.p._to_loop(self.p.rendition.end_segment, msn, duration)
-
-
-def _extend_like(raw: int, reference: int | None) -> int:
-    """The 32-bit timestamp ``raw`` extended to the wrap cycle nearest ``reference``."""
-    if reference is None:
-        return raw
-    modulo = 1 << 32
-    candidate = reference - ((reference - raw) % modulo)
-    if reference - candidate > modulo // 2:
-        candidate += modulo
-    return candidate
 
 
 def _probe_size(annexb: bytes) -> tuple[int, int]:

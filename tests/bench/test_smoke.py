@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.conftest import service_missing
 
 ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT = 300  # seconds; a smoke run takes 5-30 s on a quiet 2-core machine
@@ -67,8 +68,9 @@ def test_forwarding_smoke_forwards_to_one_subscriber_and_prints_cpu_per_packet()
     assert isinstance(result["summary"]["servers"]["gbmedia"]["max_subscribers_30fps"], int)
 
 
-@pytest.mark.skipif(not Path("/usr/bin/janus").exists(), reason="Janus (Debian package janus) is not installed")
 def test_forwarding_smoke_against_janus_compares_both_servers() -> None:
+    if not Path("/usr/bin/janus").exists():  # scripts/test installs Debian's janus
+        service_missing("Janus (Debian package janus), the forwarding benchmark's peer")
     out = smoke("forwarding", "--servers", "gbmedia,janus")
     assert "janus forwarding: 1 publisher" in out and "Ratio gbmedia/Janus" in out
     result = last_json(out)
@@ -120,7 +122,7 @@ def test_hls_smoke_serves_ll_hls_parts_to_players() -> None:
     assert step["media_p50_ms"] is not None and step["server_cpu_ms_per_request"] is not None
 
 
-@pytest.mark.skipif(shutil.which("ffprobe") is None, reason="the recording benchmark checks its files with ffprobe")
+@pytest.mark.usefixtures("media_tools")
 def test_recording_smoke_records_both_tracks_with_both_pipelines(tmp_path: Path) -> None:
     out = smoke("recording", "--json", str(tmp_path / "recording.json"))
     assert "gbmedia CPU s" in out and "aiortc CPU s" in out and "ms CPU per media s" in out

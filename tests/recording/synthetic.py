@@ -6,6 +6,9 @@ three seconds of a solid-colour 320x240 video at 30 fps (or a 440 Hz Opus tone a
 sequence numbers and RTP timestamps. Used by the recording tests, the crash test's
 child process and bench/recording.py.
 
+A recorder takes frames, not packets: :func:`frame_feed` puts a frame source (what
+a published track gives its frame sinks) between packets and a recorder.
+
 Run as a script it records such a stream in real time into a file, the way the
 server's recorder does, so a test can SIGKILL it mid-way:
 ``python -m tests.recording.synthetic VP8 out.webm 20``.
@@ -24,6 +27,8 @@ import numpy as np
 from aiortc.codecs import get_encoder
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import RtpPacket
+
+from gbmedia.sfu.frames import FrameSink, FrameSource
 
 CODECS = {
     "VP8": RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000, payloadType=96),
@@ -97,6 +102,14 @@ def rtp_stream(
     return packets
 
 
+def frame_feed(sink: FrameSink, codec_name: str) -> FrameSource:
+    """A frame source feeding ``sink``, as a published track's would: give it packets with
+    ``on_rtp(packet, CODECS[codec_name])``, end with ``on_track_closed()``."""
+    source = FrameSource("audio" if codec_name == "opus" else "video", lambda: None)
+    source.subscribe(sink)
+    return source
+
+
 def _record_live(codec_name: str, path: str, seconds: float) -> None:
     """Record in real time with the server's recorder; prints 'started' at the first frame."""
     import asyncio
@@ -111,13 +124,14 @@ def _record_live(codec_name: str, path: str, seconds: float) -> None:
         recorder = TrackRecorder(
             Path(path), CODECS[codec_name], loop=loop, on_started=lambda: print("started", flush=True)
         )
+        feed = frame_feed(recorder, codec_name)
         start = time.monotonic()
         for timed in stream:
             wait = start + timed.at - time.monotonic()
             if wait > 0:
                 await asyncio.sleep(wait)
-            recorder.on_rtp(timed.packet, CODECS[codec_name])
-        recorder.finish()
+            feed.on_rtp(timed.packet, CODECS[codec_name])
+        feed.on_track_closed()
         await recorder.result()
         print("finished", flush=True)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from pathlib import Path
 
@@ -10,8 +11,13 @@ import numpy as np
 from aiohttp.test_utils import TestClient
 
 from gbmedia.node import Node
+from gbmedia.recording.composite import CompositeJob
+from gbmedia.recording.track_recorder import MAX_QUEUED
+from gbmedia.sfu.frames import EncodedFrame
+from gbmedia.sfu.track import PublishedTrack
 from tests.helpers import create_tenant
 from tests.recording.helpers import create_room, download, ffprobe, join, recorder_frames
+from tests.recording.synthetic import CODECS, rtp_stream
 from tests.rtc import ColorVideoTrack, ToneAudioTrack, close_to, wait_for
 
 RED = (220, 30, 30)
@@ -78,3 +84,26 @@ async def test_a_composite_of_two_participants_shows_both_and_mixes_their_audio(
     last = audio[-3 * rate // 2 : -rate // 2]  # a second near the end: both were talking
     assert _tone_strength(last, rate, 440.0) > 0.3 and _tone_strength(last, rate, 1200.0) > 0.3
     assert _tone_strength(last, rate, 800.0) < 0.05  # and nothing else
+
+
+async def test_the_composite_takes_frames_from_each_tracks_frame_source_and_leaves_it(tmp_path: Path):
+    """Its sinks share the tracks' frame sources with any other consumer; one that is behind refuses."""
+    track = PublishedTrack("p", "video", "camera", None, CODECS["VP8"], "0")  # type: ignore[arg-type]
+    track.request_keyframe = lambda layer=None: None  # type: ignore[method-assign]
+    job = CompositeJob(tmp_path / "composite.mp4", loop=asyncio.get_running_loop())
+    job.add_track(track)
+    job.add_track(track)  # once
+    (sink,) = track.frames().sinks
+    frame = EncodedFrame(b"\x00", 0, True, 0.0, 0, 1, CODECS["VP8"])
+    job._queued = MAX_QUEUED  # as if its thread were stuck (nothing is queued yet)
+    assert not sink.on_frame(frame)  # refused: the source resumes it at a keyframe
+    job._queued = 0
+    for timed in rtp_stream("VP8", 0.5):
+        track.on_packet(timed.packet, CODECS["VP8"])
+    job.remove_track(track)
+    assert track.frames().sinks == [] and track.sinks == []
+    job.finish()
+    job.finish()  # twice: harmless
+    result = await job.result()
+    assert result.error is None and result.stats.frames > 0
+    assert sink.on_frame(frame)  # after the end: taken, and nothing is made of it

@@ -1,15 +1,15 @@
-"""Per-track recording of a known synthetic stream: frames, files, ffprobe, SIGKILL.
+"""Per-track recording of a known synthetic stream: files, ffprobe, SIGKILL.
 
 The stream is made by aiortc's own encoders and packetisers (tests/recording/synthetic.py),
-so the payloads are what a WebRTC publisher sends; ffprobe and ffmpeg judge the files.
+so the payloads are what a WebRTC publisher sends; a frame source turns them into frames
+as a published track's does (its own tests: tests/sfu/test_frames.py); ffprobe and ffmpeg
+judge the files.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
-import random
 import signal
 import subprocess
 from pathlib import Path
@@ -19,11 +19,12 @@ import pytest
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import RtpPacket
 
-from gbmedia.recording.depacketizer import FrameAssembler, UnsupportedCodec
-from gbmedia.recording.track_recorder import TrackRecorder, sender_time
+from gbmedia.recording.codecs import UnsupportedCodec
+from gbmedia.recording.track_recorder import MAX_QUEUED, TrackRecorder, sender_time
 from gbmedia.recording.writer import TrackWriter, frame_size, repair
+from gbmedia.sfu.frames import EncodedFrame, FrameSink
 from tests.recording.helpers import record_then_kill
-from tests.recording.synthetic import CODECS, rtp_stream
+from tests.recording.synthetic import CODECS, frame_feed, rtp_stream
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -59,71 +60,39 @@ def packets(codec: str, seconds: float, **kwargs) -> list[RtpPacket]:  # type: i
     return [t.packet for t in rtp_stream(codec, seconds, **kwargs)]
 
 
-# --- the frame assembler -------------------------------------------------------------
+class Frames(FrameSink):
+    """Collects what a frame source hands out."""
+
+    def __init__(self) -> None:
+        self.frames: list[EncodedFrame] = []
+
+    def on_frame(self, frame: EncodedFrame) -> bool:
+        self.frames.append(frame)
+        return True
+
+    def on_track_closed(self) -> None:
+        pass
 
 
-def test_in_order_packets_give_every_frame_with_unwrapped_timestamps():
-    stream = packets("VP8", 2.0)
-    assembler = FrameAssembler(CODECS["VP8"])
-    frames = [f for p in stream for f in assembler.add(p)]
-    assert len(frames) == 60
-    assert frames[0].keyframe and not frames[1].keyframe
-    steps = {b.timestamp - a.timestamp for a, b in itertools.pairwise(frames)}
-    assert steps <= {2999, 3000, 3001}  # the timestamps cross 2**32 in this stream and still go forwards
-    assert frames[-1].timestamp > 0xFFFFFFFF
+def frames_of(codec: str, stream: list[RtpPacket]) -> list[EncodedFrame]:
+    sink = Frames()
+    feed = frame_feed(sink, codec)
+    for p in stream:
+        feed.on_rtp(p, CODECS[codec])
+    feed.on_track_closed()
+    return sink.frames
 
 
-def test_reordered_and_duplicated_packets_still_give_every_frame():
-    stream = packets("H264", 2.0)
-    rng = random.Random(7)
-    shuffled = list(stream[:3])
-    rest = stream[3:]
-    for i in range(0, len(rest), 6):  # shuffle within windows of 6 packets, duplicate some
-        window = rest[i : i + 6]
-        rng.shuffle(window)
-        shuffled += window + window[:1]
-    assembler = FrameAssembler(CODECS["H264"])
-    frames = [f for p in shuffled for f in assembler.add(p)] + assembler.flush()
-    assert len(frames) == 60 and assembler.lost == 0
-    assert [f.timestamp for f in frames] == sorted(f.timestamp for f in frames)
-
-
-def test_a_lost_video_packet_drops_frames_until_the_next_keyframe_and_asks_for_one():
-    stream = packets("VP8", 4.0, keyframe_every=60)
-    order = list(dict.fromkeys(p.timestamp for p in stream))  # frame timestamps in sending order
-    lost = next(i for i, p in enumerate(stream) if p.timestamp == order[10])
-    assembler = FrameAssembler(CODECS["VP8"], window=8)
-    frames = []
-    for i, p in enumerate(stream):
-        if i != lost:
-            frames += assembler.add(p)
-    frames += assembler.flush()
-    assert assembler.keyframe_wanted and assembler.lost == 1
-    kept = [order.index(f.timestamp & 0xFFFFFFFF) for f in frames]
-    assert kept[:10] == list(range(10))  # frames before the loss
-    assert kept[10] == 60 and frames[10].keyframe  # then nothing until the keyframe
-    assert len(frames) == 10 + 60
-
-
-def test_audio_loss_loses_only_that_frame():
-    stream = packets("opus", 1.0)
-    assembler = FrameAssembler(CODECS["opus"], window=4)
-    frames = [f for i, p in enumerate(stream) if i != 20 for f in assembler.add(p)] + assembler.flush()
-    assert len(frames) == 49 and not assembler.keyframe_wanted
-
-
-def test_padding_only_packets_are_ignored_and_unknown_codecs_refused():
-    assembler = FrameAssembler(CODECS["opus"])
-    assert assembler.add(RtpPacket(payload_type=111, sequence_number=1, payload=b"")) == []
+async def test_unknown_codecs_are_refused(tmp_path: Path):
+    pcmu = RTCRtpCodecParameters(mimeType="audio/PCMU", clockRate=8000, payloadType=0)
     with pytest.raises(UnsupportedCodec):
-        FrameAssembler(RTCRtpCodecParameters(mimeType="audio/PCMU", clockRate=8000, payloadType=0))
+        TrackRecorder(tmp_path / "never.webm", pcmu, loop=asyncio.get_running_loop())
 
 
 def test_video_frame_size_from_a_vp8_header_and_an_h264_keyframe():
     for codec, av_name in (("VP8", "vp8"), ("H264", "h264")):
-        assembler = FrameAssembler(CODECS[codec])
-        first = next(f for p in packets(codec, 0.2) for f in assembler.add(p))
-        assert frame_size(av_name, first.data) == (320, 240)
+        first = frames_of(codec, packets(codec, 0.2))[0]
+        assert first.keyframe and frame_size(av_name, first.data) == (320, 240)
     with pytest.raises(ValueError, match="does not decode"):
         frame_size("h264", b"\x00\x00\x00\x01\x09\xf0")
 
@@ -141,9 +110,10 @@ async def test_a_recorded_synthetic_stream_probes_with_its_codec_and_duration(
     path = tmp_path / f"track.{suffix}"
     started = asyncio.Event()
     recorder = TrackRecorder(path, CODECS[codec], loop=asyncio.get_running_loop(), on_started=started.set)
+    feed = frame_feed(recorder, codec)
     for p in packets(codec, seconds):
-        recorder.on_rtp(p, CODECS[codec])
-    recorder.on_track_closed()
+        feed.on_rtp(p, CODECS[codec])
+    feed.on_track_closed()  # the recorder hears it through its source, like from a track
     result = await recorder.result()
     assert result.error is None and started.is_set()
     assert abs(result.stats.duration - seconds) < 0.1 and result.stats.size_bytes == path.stat().st_size
@@ -164,9 +134,11 @@ async def test_a_sender_report_gives_the_first_frames_time_on_the_publishers_clo
     recorder = TrackRecorder(tmp_path / "a.webm", CODECS["opus"], loop=asyncio.get_running_loop())
     recorder.on_sender_report(first.ssrc + 1, 0, 0)  # another stream's report is ignored
     recorder.on_sender_report(first.ssrc, ntp, (first.timestamp + 4800) & 0xFFFFFFFF)
+    feed = frame_feed(recorder, "opus")
     for p in stream:
-        recorder.on_rtp(p, CODECS["opus"])
-    recorder.on_rtp(RtpPacket(payload_type=111, sequence_number=5, ssrc=first.ssrc + 7, payload=b"x"), CODECS["opus"])
+        feed.on_rtp(p, CODECS["opus"])
+    feed.on_rtp(RtpPacket(payload_type=111, sequence_number=5, ssrc=first.ssrc + 7, payload=b"x"), CODECS["opus"])
+    feed.unsubscribe(recorder)
     recorder.finish()
     result = await recorder.result()
     assert result.first_frame_sender == pytest.approx(1000.4, abs=1e-6)
@@ -174,12 +146,30 @@ async def test_a_sender_report_gives_the_first_frames_time_on_the_publishers_clo
     assert sender_time(10, (5 << 32, 0xFFFFFFF0), 48000) == pytest.approx(5 + 26 / 48000)  # across the wrap
 
 
+async def test_a_lost_packet_is_counted_and_a_recorder_that_falls_behind_refuses_frames(tmp_path: Path):
+    stream = packets("VP8", 4.0, keyframe_every=60)
+    recorder = TrackRecorder(tmp_path / "lossy.webm", CODECS["VP8"], loop=asyncio.get_running_loop())
+    feed = frame_feed(recorder, "VP8")
+    for i, p in enumerate(stream):
+        if i != 10:
+            feed.on_rtp(p, CODECS["VP8"])
+    key = frames_of("VP8", stream[:1])[0]
+    queued, recorder._queued = recorder._queued, MAX_QUEUED  # as if its thread were stuck
+    assert not recorder.on_frame(key)
+    recorder._queued = queued
+    feed.on_track_closed()
+    result = await recorder.result()
+    assert result.lost_packets == 1 and result.stats.frames == 10 + 60 and result.stats.keyframes == 2
+
+
 async def test_a_track_with_no_keyframe_writes_no_file(tmp_path: Path):
     path = tmp_path / "never.webm"
     stream = packets("VP8", 1.0)[2:]  # the keyframe's first packets are gone
     recorder = TrackRecorder(path, CODECS["VP8"], loop=asyncio.get_running_loop())
+    feed = frame_feed(recorder, "VP8")
     for p in stream:
-        recorder.on_rtp(p, CODECS["VP8"])
+        feed.on_rtp(p, CODECS["VP8"])
+    feed.unsubscribe(recorder)
     recorder.finish()
     result = await recorder.result()
     assert result.stats.frames == 0 and not path.exists() and result.first_frame_wall is None
@@ -200,9 +190,11 @@ async def test_a_write_failure_is_reported_not_raised(tmp_path: Path):
     recorder = TrackRecorder(
         blocker / "sub" / "t.webm", CODECS["VP8"], loop=asyncio.get_running_loop(), on_failed=failed
     )
+    feed = frame_feed(recorder, "VP8")
     for p in packets("VP8", 0.5):
-        recorder.on_rtp(p, CODECS["VP8"])
+        feed.on_rtp(p, CODECS["VP8"])
     await asyncio.wait_for(got.wait(), 15)
+    assert recorder.on_frame(frames_of("VP8", packets("VP8", 0.1))[0])  # taken, and thrown away
     recorder.finish()
     result = await recorder.result()
     assert result.error and "Error" in result.error and failures == [result.error]
@@ -210,8 +202,7 @@ async def test_a_write_failure_is_reported_not_raised(tmp_path: Path):
 
 def test_writer_keeps_timestamps_increasing(tmp_path: Path):
     """A repeated timestamp (a publisher glitch) must not stop the muxer."""
-    assembler = FrameAssembler(CODECS["opus"])
-    frames = [f for p in packets("opus", 0.2) for f in assembler.add(p)]
+    frames = frames_of("opus", packets("opus", 0.2))
     writer = TrackWriter(tmp_path / "a.webm", "opus", 48000)
     for frame in frames[:5] + frames[4:5] + frames[5:]:
         writer.write(frame)

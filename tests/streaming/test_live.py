@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from tests.rtc import NO_STUN, ColorVideoTrack, ToneAudioTrack, wait_for
 from tests.signaling.test_ws import token
 
 RED = (220, 30, 30)
-pytestmark = pytest.mark.skipif(shutil.which("ffprobe") is None, reason="ffprobe is not installed")
+pytestmark = pytest.mark.usefixtures("media_tools")  # every test here checks the stream with ffprobe/ffmpeg
 
 
 async def live_room(client: TestClient, tenant: Tenant, name: str = "show") -> str:

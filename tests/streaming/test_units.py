@@ -1,5 +1,6 @@
-"""The LL-HLS pieces one by one: fMP4 boxes, the playlist and its rules, reordering,
-depacketizing real aiortc RTP, segmenting, audio continuity. Media checks use ffprobe."""
+"""The LL-HLS pieces one by one: fMP4 boxes, the playlist and its rules, the program's frame
+sinks, segmenting, audio continuity. Media checks use ffprobe. (Reordering and depacketizing
+are the track's frame source's: tests/sfu/test_frames.py.)"""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import asyncio
 import datetime as dt
 import fractions
 import json
-import shutil
 import struct
 import subprocess
 from pathlib import Path
@@ -15,22 +15,14 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-from aiortc.codecs.h264 import H264Encoder
 from aiortc.codecs.vpx import Vp8Encoder
 
+from gbmedia.sfu.frames import EncodedFrame
 from gbmedia.streaming import fmp4
 from gbmedia.streaming.fmp4 import Sample
-from gbmedia.streaming.packager import (
-    AudioTranscoder,
-    FrameAssembler,
-    RtpIn,
-    Segmenter,
-    SequenceReorder,
-    VideoTranscoder,
-    _extend_like,
-    _Unwrapper,
-)
+from gbmedia.streaming.packager import QUEUE_LIMIT, AudioTranscoder, Program, Segmenter, VideoTranscoder
 from gbmedia.streaming.playlist import HlsConfig, Part, Rendition
+from tests.recording.synthetic import CODECS
 
 NOW = dt.datetime(2026, 12, 1, 23, 0, tzinfo=dt.UTC)
 
@@ -118,7 +110,7 @@ def fmp4_vp8(payload: bytes) -> bytes:
     return vp8_depayload(payload)
 
 
-@pytest.mark.skipif(shutil.which("ffprobe") is None, reason="ffprobe is not installed")
+@pytest.mark.usefixtures("media_tools")
 def test_segmenter_output_decodes_and_keeps_part_and_segment_rules(tmp_path: Path):
     config = HlsConfig(segment_seconds=1.0, part_seconds=0.3, window_segments=3)
     parts: list[Part] = []
@@ -268,88 +260,18 @@ async def test_reached_and_upcoming_follow_the_rfc_rules():
     assert old.reached(0, 0)  # already left the window
 
 
-# --- reordering and depacketizing ------------------------------------------------------
+# --- the program's frame sinks --------------------------------------------------------
 
 
-def _rtp(seq: int, ts: int = 0, marker: bool = False, payload: bytes = b"", arrival: float = 0.0) -> RtpIn:
-    return RtpIn(seq & 0xFFFF, ts & 0xFFFFFFFF, marker, payload, arrival)
-
-
-def test_reorder_puts_packets_back_in_order_and_declares_losses():
-    reorder = SequenceReorder(max_wait=0.1, max_packets=4)
-    for seq in (65534, 0, 65535, 1, 1):  # across the wrap, one duplicate
-        reorder.push(_rtp(seq))
-    assert [(p.seq, lost) for p, lost in reorder.pop(0.0)] == [(65534, False), (65535, False), (0, False), (1, False)]
-    reorder.push(_rtp(4, arrival=0.0))  # 2 and 3 missing
-    assert reorder.pop(0.05) == []  # still waiting
-    assert [(p.seq, lost) for p, lost in reorder.pop(0.2)] == [(4, True)]
-    assert reorder.lost == 2
-    reorder.push(_rtp(2))  # too late now
-    for seq in range(6, 12):  # 5 never comes; too many wait
-        reorder.push(_rtp(seq, arrival=1.0))
-    assert [p.seq for p, _ in reorder.pop(1.0)] == list(range(6, 12))
-
-
-def test_unwrap_and_extend_like():
-    unwrap = _Unwrapper(32)
-    first = unwrap(0xFFFFFF00)
-    assert unwrap(0x100) - first == 0x200 and unwrap(0xFFFFFF80) - first == 0x80
-    assert _extend_like(0xFFFFFFF0, (5 << 32) + 0x10) == (4 << 32) + 0xFFFFFFF0
-    assert _extend_like(0x20, (5 << 32) + 0x10) == (5 << 32) + 0x20
-    assert _extend_like(7, None) == 7
-
-
-def _packets(encoder, frames: int, keyframes: set[int]) -> list[list[RtpIn]]:  # type: ignore[no-untyped-def]
-    """Real RTP payloads from aiortc's own encoders, one list of packets per frame."""
-    seq = 100
-    out = []
-    for i in range(frames):
-        image = np.full((120, 160, 3), 60 + i, dtype=np.uint8)
-        frame = av.VideoFrame.from_ndarray(image, format="rgb24")
-        frame.pts, frame.time_base = i * 3000, fractions.Fraction(1, 90000)
-        payloads, timestamp = encoder.encode(frame, force_keyframe=i in keyframes)
-        packets = []
-        for j, payload in enumerate(payloads):
-            packets.append(_rtp(seq, timestamp, j == len(payloads) - 1, payload))
-            seq += 1
-        out.append(packets)
-    return out
-
-
-@pytest.mark.parametrize(("codec", "encoder"), [("vp8", Vp8Encoder), ("h264", H264Encoder)])
-def test_assembler_yields_frames_and_waits_for_a_keyframe_after_loss(codec: str, encoder: type):
-    frames = _packets(encoder(), 8, {0, 5})
-    reorder = SequenceReorder(max_wait=0.1)
-    assembler = FrameAssembler(codec)
-    out = []
-    for i, packets in enumerate(frames):
-        for j, packet in enumerate(packets):
-            if i == 2 and j == 0:
-                continue  # lost on the way
-            reorder.push(RtpIn(packet.seq, packet.timestamp, packet.marker, packet.payload, float(i)))
-            for ready, lost in reorder.pop(float(i) + 0.05):
-                out += assembler.add(ready, lost)
-    # Frames 0 and 1; frame 2 is broken, so nothing until the keyframe at 5; then 5, 6, 7.
-    expected = [frames[i][0].timestamp for i in (0, 1, 5, 6, 7)]
-    assert [f.timestamp - out[0].timestamp for f in out] == [t - expected[0] for t in expected]
-    assert [f.keyframe for f in out] == [True, False, True, False, False]
-    assert assembler.dropped >= 1 and not assembler.need_keyframe
-    with pytest.raises(ValueError):
-        FrameAssembler("vp9")
-
-
-def test_assembler_drops_what_does_not_depayload():
-    assembler = FrameAssembler("h264")
-    assert assembler.add(_rtp(1, 10, True, b"\x1f\x00"), False) == []  # NAL type 31: unsupported
-    assert assembler.need_keyframe and assembler.dropped == 1
-    vp8 = FrameAssembler("vp8")
-    assert vp8.add(_rtp(1, 10, True, b"\x10\x01\x02"), False) == []  # an inter frame first: waits for a key
-    assert vp8.add(_rtp(2, 20, False, b"\x10\x00"), False) == []
-    # A frame whose marker never came is taken whole when the next one starts (nothing was lost).
-    assert [(f.timestamp & 0xFFFF, f.keyframe) for f in vp8.add(_rtp(3, 30, True, b"\x10\x00\x00"), False)] == [
-        (20, True),
-        (30, True),
-    ]
+async def test_the_programs_sinks_count_losses_and_refuse_frames_when_the_worker_is_behind():
+    program = Program("room", HlsConfig(), video_bitrate=500_000, request_keyframe=lambda: None, audio=True)
+    program.video_sink.on_loss(3, 2)
+    program.audio_sink.on_loss(1, 5)  # audio frames are not "dropped": their packets are lost
+    assert (program.stats.packets_lost, program.stats.frames_dropped) == (4, 2)
+    frame = EncodedFrame(b"\x00", 1, True, 0.0, 1, 1, CODECS["VP8"])
+    assert all(program.video_sink.on_frame(frame) for _ in range(QUEUE_LIMIT + 1))
+    assert not program.video_sink.on_frame(frame) and program.stats.frames_refused == 1
+    assert program.video_sink.reorder_wait == program.audio_sink.reorder_wait == 0.1  # live: latency counts
 
 
 # --- audio -------------------------------------------------------------------------
