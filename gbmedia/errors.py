@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import ValidationError
+
 
 @dataclass
 class ApiError(Exception):
@@ -69,3 +71,12 @@ class ProtocolError(Exception):
         if self.details:
             body["details"] = self.details
         return body
+
+
+def validation_problems(exc: ValidationError, *, skip: int = 0, whole: str) -> tuple[list[dict[str, Any]], str]:
+    """pydantic's failures as ``problems`` (each field's path, less its first ``skip`` parts, and its message;
+    ``whole`` names a failure of the input as a whole), and as one line for a human."""
+    problems = [
+        {"field": ".".join(str(p) for p in e["loc"][skip:]) or whole, "message": e["msg"]} for e in exc.errors()
+    ]
+    return problems, "; ".join(f"{p['field']}: {p['message']}" for p in problems)

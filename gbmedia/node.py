@@ -66,11 +66,11 @@ class Node:
     presence: Presence
     outbox: OutboxRelay | OutboxTrimmer
     recordings: Recordings
+    quality: QualityMonitor  # media quality sampling
+    speakers: RoomSpeakers  # active speaker events
     redis: aioredis.Redis | None = None
     hls: HlsService | None = None
     started: float = field(default_factory=time.monotonic)
-    quality: QualityMonitor | None = None  # media quality sampling (set by start)
-    speakers: RoomSpeakers | None = None  # active speaker events (set by start)
 
     @classmethod
     async def start(cls, settings: Settings) -> Node:
@@ -158,6 +158,9 @@ class Node:
             presence=presence,
             outbox=outbox,
             recordings=recordings,
+            # Media quality and active speakers: packet sinks on every published track.
+            quality=QualityMonitor(live_rooms, settings.stats_interval_ms / 1000),
+            speakers=RoomSpeakers(live_rooms, settings.speaker_interval_ms / 1000),
             redis=redis_client,
         )
         node.metrics.watch(live_rooms.media_samples)
@@ -168,9 +171,6 @@ class Node:
         node.metrics.watch(chat_hub.samples)
         node.outbox.start()
         node.room_sweeper.start()
-        # Media quality and active speakers: packet sinks on every published track.
-        node.quality = QualityMonitor(live_rooms, settings.stats_interval_ms / 1000)
-        node.speakers = RoomSpeakers(live_rooms, settings.speaker_interval_ms / 1000)
         node.metrics.watch(node.quality.samples)
         node.quality.start()
         if settings.hls_enabled:  # LL-HLS of live rooms, packaged once per room on this node
@@ -187,10 +187,8 @@ class Node:
         await self.room_sweeper.stop()
         await self.outbox.stop()
         await self.recordings.close()
-        if self.quality is not None:
-            await self.quality.stop()
-        if self.speakers is not None:
-            await self.speakers.close()
+        await self.quality.stop()
+        await self.speakers.close()
         await self.live_rooms.close()
         if self.hls is not None:
             await self.hls.close()

@@ -12,11 +12,11 @@ and a bad frame becomes a :class:`ProtocolError` with a stable code.
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, TypeVar
 
 from pydantic import BaseModel, ConfigDict, StringConstraints, TypeAdapter, ValidationError
 
-from gbmedia.errors import ProtocolError
+from gbmedia.errors import ProtocolError, validation_problems
 
 PROTOCOL_VERSION = 1
 MAX_MESSAGE_BYTES = 256 * 1024  # an SDP with dozens of m-lines stays far below this
@@ -53,15 +53,8 @@ def parse(raw: str | bytes, types: tuple[str, ...], adapter: TypeAdapter[T]) -> 
     try:
         return adapter.validate_python(data)
     except ValidationError as exc:
-        problems = _problems(exc)
+        # Each failed field's path below the message's tag (the union's discriminator).
+        problems, text = validation_problems(exc, skip=1, whole="(message)")
         raise ProtocolError(
-            "invalid_message",
-            f"invalid {kind} message: " + "; ".join(f"{p['field']}: {p['message']}" for p in problems),
-            request_id,
-            {"problems": problems},
+            "invalid_message", f"invalid {kind} message: {text}", request_id, {"problems": problems}
         ) from None
-
-
-def _problems(exc: ValidationError) -> list[dict[str, Any]]:
-    """Each failed field (its path below the message's tag) with pydantic's message."""
-    return [{"field": ".".join(str(p) for p in e["loc"][1:]) or "(message)", "message": e["msg"]} for e in exc.errors()]

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fractions
 import json
-import math
 import threading
 import time
 from dataclasses import dataclass, field
@@ -17,6 +15,9 @@ import av
 import numpy as np
 from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import VIDEO_CLOCK_RATE, VIDEO_PTIME, VIDEO_TIME_BASE
+
+# The benchmarks' tone is the tests' too (re-exported for the tests that import it from here).
+from bench.lib.media import ToneAudioTrack as ToneAudioTrack
 
 
 def receiver_threads() -> set[threading.Thread]:
@@ -51,34 +52,6 @@ class ColorVideoTrack(MediaStreamTrack):
         image[:, :] = self.rgb
         frame = av.VideoFrame.from_ndarray(image, format="rgb24")
         frame.pts, frame.time_base = self._pts, VIDEO_TIME_BASE
-        return frame
-
-
-class ToneAudioTrack(MediaStreamTrack):
-    """A 440 Hz tone, 20 ms frames at 48 kHz; ``amplitude`` 0 is silence (aiortc then sends level 127)."""
-
-    kind = "audio"
-
-    def __init__(self, frequency: float = 440.0, amplitude: int = 8000) -> None:
-        super().__init__()
-        self.frequency = frequency
-        self.amplitude = amplitude
-        self._start: float | None = None
-        self._samples = 0
-
-    async def recv(self) -> av.AudioFrame:
-        rate, count = 48000, 960
-        if self._start is None:
-            self._start = time.time()
-        else:
-            wait = self._start + self._samples / rate - time.time()
-            if wait > 0:
-                await asyncio.sleep(wait)
-        t = (np.arange(count) + self._samples) / rate
-        samples = (np.sin(2 * math.pi * self.frequency * t) * self.amplitude).astype(np.int16)
-        frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
-        frame.sample_rate, frame.pts, frame.time_base = rate, self._samples, fractions.Fraction(1, rate)
-        self._samples += count
         return frame
 
 

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from gbmedia.errors import ApiError, bad_request
+from gbmedia.errors import ApiError, bad_request, validation_problems
 
 Model = TypeVar("Model", bound=BaseModel)
 
@@ -60,14 +60,8 @@ async def read_model(request: web.Request, model: type[Model]) -> Model:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        problems = [
-            {"field": ".".join(str(p) for p in e["loc"]) or "(body)", "message": e["msg"]} for e in exc.errors()
-        ]
-        raise bad_request(
-            "validation_failed",
-            "the request body is invalid: " + "; ".join(f"{p['field']}: {p['message']}" for p in problems),
-            problems=problems,
-        ) from None
+        problems, text = validation_problems(exc, whole="(body)")
+        raise bad_request("validation_failed", f"the request body is invalid: {text}", problems=problems) from None
 
 
 def path_uuid(request: web.Request, name: str) -> uuid.UUID:

@@ -67,7 +67,7 @@ class RoomsApi:
     rooms: Rooms
     live_rooms: LiveRooms
     instances: Instances
-    quality: QualityMonitor | None
+    quality: QualityMonitor
     pool: asyncpg.Pool  # the audit log
 
 
@@ -223,7 +223,6 @@ async def participant_stats(request: web.Request) -> web.Response:
     if live is None or room.status != "open":
         raise ApiError(404, "participant_not_found", f"no participant {request.match_info['participant']} in the room")
     participant = live.find(request.match_info["participant"])
-    assert api.quality is not None  # the node starts its quality monitor before it serves
     stats = await api.quality.stats_for(live, participant)
     return json_response({**stats.to_json(), "interval_seconds": api.quality.interval})
 

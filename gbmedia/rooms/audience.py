@@ -92,7 +92,7 @@ class Audience:
 
     def __init__(self, live: RoomMembers) -> None:
         self.live = live
-        self.current_program = NO_PROGRAM  # what players show and the room's followers were told
+        self.current_program = NO_PROGRAM  # the program players show and the room's followers were told of
         self.ingest: dict[str, IngestSession] = {}
         self.playback: dict[str, PlaybackSession] = {}
         self.invites: dict[str, str] = {}  # invited participant id -> inviting participant id
@@ -245,9 +245,6 @@ class Audience:
 
     # --- the program and its players ----------------------------------------------------
 
-    def program(self) -> Program:
-        return program_of(self.live.participants.values())
-
     async def track_changed(self, event: str, track: PublishedTrack) -> None:
         await self.update_program(ended=track if event == ENDED else None)
 
@@ -255,14 +252,17 @@ class Audience:
         """Follow the program after a publish, an end (``ended`` is still open), a leave or a new player:
         point every player at it, and tell the room when it changed."""
         program = program_of(self.live.participants.values(), without=ended)
+        live_tracks = set(self.live.tracks().values())
         for session in self.playback.values():
-            self._point(session, program, ended)
-        if not program.same_as(self.current_program):
+            self._point(session, program, ended, live_tracks)
+        if program != self.current_program:
             self.current_program = program
             await self.live.program_changed(program)
 
-    def _point(self, session: PlaybackSession, program: Program, ended: PublishedTrack | None) -> None:
-        live_tracks = self.live.tracks().values()
+    @staticmethod
+    def _point(
+        session: PlaybackSession, program: Program, ended: PublishedTrack | None, live_tracks: set[PublishedTrack]
+    ) -> None:
         for kind in session.peer.slots:
             wanted = program.get(kind)
             current = session.peer.playing(kind)

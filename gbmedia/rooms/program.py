@@ -21,14 +21,13 @@ VIDEO_SOURCES = ("camera", "unknown", "screen_share")  # program video, in order
 
 @dataclass(frozen=True)
 class Program:
+    """Two programs are equal when they hold the same track objects (tracks compare by identity)."""
+
     video: PublishedTrack | None = None
     audio: PublishedTrack | None = None
 
     def get(self, kind: str) -> PublishedTrack | None:
         return self.video if kind == "video" else self.audio if kind == "audio" else None
-
-    def same_as(self, other: Program) -> bool:
-        return self.video is other.video and self.audio is other.audio
 
 
 NO_PROGRAM = Program()

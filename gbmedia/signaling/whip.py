@@ -370,7 +370,7 @@ async def whep_play(request: web.Request) -> web.Response:
         raise ApiError(
             409, "not_a_live_room", f"room {live.room.name!r} is a {live.room.kind} room; WHEP plays live rooms"
         )
-    program = live.audience.program() if live is not None and live.audience is not None else NO_PROGRAM
+    program = live.audience.current_program if live is not None and live.audience is not None else NO_PROGRAM
     if live is None or live.audience is None or program.video is None:
         raise ApiError(409, "room_not_live", "nobody is live in this room yet; retry later")
     if live.audience.occupancy() >= live.room.max_participants:

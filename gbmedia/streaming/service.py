@@ -56,8 +56,7 @@ class HlsService:
         return running.program if running is not None else None
 
     async def _on_program(self, live: RoomMedia, program: Program) -> None:
-        if live.room.kind != "live":
-            return
+        """Only live rooms have a program (their audience tells it); a closing room starts nothing new."""
         room_id = live.room.id
         running = self.running.get(room_id)
         if running is not None and running.video is not program.video:

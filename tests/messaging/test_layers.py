@@ -37,4 +37,8 @@ def test_messaging_imports_nothing_above_it():
 
 
 def test_the_wire_rules_import_only_the_core_errors():
-    assert gbmedia_imports(PACKAGE / "wire.py") <= {"gbmedia.errors", "gbmedia.errors.ProtocolError"}
+    assert gbmedia_imports(PACKAGE / "wire.py") <= {
+        "gbmedia.errors",
+        "gbmedia.errors.ProtocolError",
+        "gbmedia.errors.validation_problems",
+    }

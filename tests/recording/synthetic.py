@@ -17,7 +17,6 @@ server's recorder does, so a test can SIGKILL it mid-way:
 from __future__ import annotations
 
 import fractions
-import math
 import sys
 import time
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from aiortc.codecs import get_encoder
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import RtpPacket
 
+from bench.lib.media import audio_frame  # the benchmarks' tone, shared with the tests
 from gbmedia.sfu.frames import FrameSink, FrameSource
 
 CODECS = {
@@ -53,14 +53,6 @@ def video_frame(index: int, rgb: tuple[int, int, int], width: int = 320, height:
     image[:, :] = rgb
     frame = av.VideoFrame.from_ndarray(image, format="rgb24")
     frame.pts, frame.time_base = index * 3000, fractions.Fraction(1, 90000)
-    return frame
-
-
-def audio_frame(index: int, frequency: float = 440.0) -> av.AudioFrame:
-    t = (np.arange(960) + index * 960) / 48000
-    samples = (np.sin(2 * math.pi * frequency * t) * 8000).astype(np.int16)
-    frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
-    frame.sample_rate, frame.pts, frame.time_base = 48000, index * 960, fractions.Fraction(1, 48000)
     return frame
 
 
