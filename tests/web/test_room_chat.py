@@ -146,6 +146,9 @@ async def test_two_tabs_chat_with_unread_counts_receipts_and_typing(site: TestCl
     assert await alice.evaluate(f"{MESSAGES}.length") == 3
     await alice.page.press("#chat-input", "Enter")
     await bob.wait_for(bubble("line one\nline two"), timeout=STATE_TIMEOUT)
+    # Members hear of a batch before its senders get their acks (both after the commit): Bob can show
+    # the message a moment before Alice's page has its seq.
+    await alice.wait_for(bubble("line one\nline two", "?.dataset.seq"), timeout=STATE_TIMEOUT)  # acknowledged
 
     cid = await alice.evaluate("gbroom.chat.conversationId")
     assert [(m["seq"], m["sender"]) for m in await stored(site, tenant, cid)] == [
