@@ -122,6 +122,18 @@ class Settings(BaseSettings):
             object.__setattr__(self, "recording_dir", self.recording_dir.expanduser().resolve())
         return self
 
+    # Cluster (gbmedia/rooms/registry.py, placement.py; gbmedia/signaling/relay.py): on with Redis.
+    cluster_secret: str | None = Field(default=None, min_length=16)
+    cluster_host: str | None = None  # bind address of the internal listener (default: GBMEDIA_HOST)
+    cluster_port: int = Field(default=0, ge=0, le=65535)  # internal listener, 0 picks a free one
+    node_capacity: float = Field(default=2000.0, gt=0)  # placement cost units (down tracks) one node carries
+    node_max_cpu: float = Field(default=0.85, gt=0, le=1.0)  # above this CPU share a node takes no new rooms
+    heartbeat_seconds: float = Field(default=1.0, ge=0.1, le=30.0)
+    node_ttl_seconds: float = Field(default=3.0, ge=0.3, le=120.0)
+    drain_timeout: float = Field(default=60.0, ge=0, le=86_400)
+    workers: int | None = Field(default=None, ge=1, le=256)
+    cascade_viewers: int = Field(default=200, ge=1)  # viewers one node serves in a live room before edges
+
     speaker_interval_ms: int = Field(default=500, ge=50, le=10_000)
     stats_interval_ms: int = Field(default=1000, ge=100, le=60_000)
     hls_enabled: bool = True
@@ -158,6 +170,8 @@ class Settings(BaseSettings):
         "public_url",
         "operator_token",
         "secret_key",
+        "cluster_secret",
+        "cluster_host",
         mode="before",
     )
     @classmethod
@@ -225,6 +239,17 @@ class Settings(BaseSettings):
         return f"{lo}-{hi}"
 
     @model_validator(mode="after")
+    def _node_outlives_heartbeats(self) -> Settings:
+        if self.node_ttl_seconds < 2 * self.heartbeat_seconds:
+            raise ValueError("GBMEDIA_NODE_TTL_SECONDS must be at least twice GBMEDIA_HEARTBEAT_SECONDS")
+        return self
+
+    @property
+    def clustered(self) -> bool:
+        """A node with Redis is a cluster member: it registers, places rooms and relays."""
+        return self.redis_url is not None
+
+    @model_validator(mode="after")
     def _absolute_data_dir(self) -> Settings:
         object.__setattr__(self, "data_dir", self.data_dir.expanduser().resolve())
         return self
@@ -245,7 +270,7 @@ class Settings(BaseSettings):
 
 
 # Rejected values are echoed to help fix them, except these: they may be real secrets.
-_SECRET_FIELDS = {"operator_token", "secret_key", "database_url", "redis_url", "s3_secret_access_key"}
+_SECRET_FIELDS = {"operator_token", "secret_key", "cluster_secret", "database_url", "redis_url", "s3_secret_access_key"}
 
 
 def env_name(field: str) -> str:
