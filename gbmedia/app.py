@@ -21,8 +21,10 @@ from gbmedia.metrics import CONTENT_TYPE
 from gbmedia.node import Node
 from gbmedia.recording import api as recording_api
 from gbmedia.rooms import api as rooms_api
+from gbmedia.rooms import nodes_api
 from gbmedia.signaling import whip as signaling_whip
 from gbmedia.signaling import ws as signaling_ws
+from gbmedia.signaling.relay import cluster_middleware
 from gbmedia.streaming import api as streaming_api
 from gbmedia.tenancy import api as tenancy_api
 from gbmedia.tenancy.auth import request_authenticator
@@ -67,7 +69,9 @@ def create_app(node: Node) -> web.Application:
         metrics=node.metrics,
         max_body_bytes=settings.max_body_bytes,
     )
-    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[middleware])
+    app = web.Application(
+        client_max_size=settings.max_body_bytes, middlewares=[middleware, cluster_middleware(node.relay.auth)]
+    )
     app[NODE] = node
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
@@ -80,16 +84,21 @@ def create_app(node: Node) -> web.Application:
         ),
     )
     rooms_api.register(
-        app, rooms_api.RoomsApi(node.rooms, node.live_rooms, node.tenancy.instances, node.quality, node.db.pool)
+        app,
+        rooms_api.RoomsApi(node.rooms, node.live_rooms, node.tenancy.instances, node.quality, node.db.pool, node.relay),
     )
     signaling_ws.register(
-        app, signaling_ws.RtcService(node.tenancy.auth, node.live_rooms, node.chat, node.chat_hub, node.presence)
+        app,
+        signaling_ws.RtcService(
+            node.tenancy.auth, node.live_rooms, node.chat, node.chat_hub, node.presence, node.relay
+        ),
     )
+    nodes_api.register(app, nodes_api.NodesApi(node.registry, node.db.pool))
     messaging_api.register(app, node.chat)
-    recording_api.register(app, recording_api.RecordingsApi(node.recordings, node.rooms))
+    recording_api.register(app, recording_api.RecordingsApi(node.recordings, node.rooms, node.relay))
     web_files.register(app)
     signaling_whip.register(  # /whip and /whep (RFC 9725 ingest, WHEP playback)
-        app, signaling_whip.WhipService(node.tenancy.auth, node.live_rooms, node.rate_limiter, node.metrics)
+        app, signaling_whip.WhipService(node.tenancy.auth, node.live_rooms, node.rate_limiter, node.metrics, node.relay)
     )
-    streaming_api.register(app, node.hls)
+    streaming_api.register(app, node.hls, streaming_api.HlsOrigin(node.rooms, node.relay))
     return app

@@ -175,6 +175,53 @@ def cmd_token(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_drain(args: argparse.Namespace, settings: Settings) -> int:
+    """Ask a node (and its workers) to drain through Redis; ``--wait`` until they have left."""
+    if not settings.redis_url:
+        raise ApiError(
+            400, "not_clustered", "drain needs a cluster (GBMEDIA_REDIS_URL); a single node just stops on SIGTERM"
+        )
+    import itertools
+    import time
+
+    import redis.asyncio as aioredis
+
+    from gbmedia.rooms.registry import NodeInfo, RedisRegistry
+
+    target = args.node or settings.node_id
+
+    async def run() -> list[str]:
+        client = aioredis.from_url(settings.redis_url)
+        try:
+            me = NodeInfo("cli", settings.region, "", "", "", settings.udp_ports, 1.0, 1.0)
+            registry = RedisRegistry(client, me, ttl=settings.node_ttl_seconds)
+
+            def matching(nodes: list[NodeInfo]) -> list[str]:
+                return [n.node_id for n in nodes if n.node_id == target or n.node_id.startswith(f"{target}-w")]
+
+            chosen = matching(await registry.live_nodes())
+            if not chosen:
+                raise ApiError(404, "node_not_found", f"no live node {target!r} (or its workers) in the registry")
+            for node_id in chosen:
+                await registry.request_drain(node_id)
+            if not args.wait:
+                return chosen
+            deadline = time.monotonic() + (args.timeout or settings.drain_timeout + settings.node_ttl_seconds + 10)
+            for _poll in itertools.count():
+                left = matching(await registry.live_nodes())
+                if not left:
+                    return chosen
+                if time.monotonic() > deadline:
+                    raise ApiError(504, "drain_timeout", f"nodes still live: {left}")
+                await asyncio.sleep(0.5)
+            raise AssertionError("unreachable")
+        finally:
+            await client.aclose()
+
+    _print({"drained" if args.wait else "drain_requested": asyncio.run(run())})
+    return 0
+
+
 # --- parser -----------------------------------------------------------------------
 
 
@@ -191,6 +238,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="bind address (GBMEDIA_HOST, default 0.0.0.0)")
     serve.add_argument("--port", type=int, help="HTTP port (GBMEDIA_PORT, default 7880; 0 picks a free one)")
     serve.set_defaults(func=cmd_serve)
+
+    drain = sub.add_parser(
+        "drain", help="move a node's rooms to other nodes and let it exit (rolling upgrades; needs Redis)"
+    )
+    drain.add_argument("--node", help="node id (default GBMEDIA_NODE_ID); its workers <id>-wN drain too")
+    drain.add_argument("--wait", action="store_true", help="wait until the node has left the registry")
+    drain.add_argument("--timeout", type=float, help="seconds --wait waits (default: drain timeout + margin)")
+    drain.set_defaults(func=cmd_drain)
 
     migrate = sub.add_parser("migrate", help="apply pending database migrations and exit")
     migrate.set_defaults(func=cmd_migrate)

@@ -22,18 +22,22 @@ from gbmedia.db.pool import Database
 from gbmedia.messaging.delivery import ChatHub
 from gbmedia.messaging.presence import MemoryPresence, Presence, RedisPresence
 from gbmedia.messaging.service import Chat
-from gbmedia.metrics import Metrics
+from gbmedia.metrics import Metrics, Sample
 from gbmedia.outbox import OutboxRelay, OutboxTrimmer
 from gbmedia.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
 from gbmedia.recording.service import Recordings
 from gbmedia.recording.storage import storage_from_settings
 from gbmedia.rooms.audience import audience_samples
+from gbmedia.rooms.cluster import ClusterMember
 from gbmedia.rooms.live import LiveRooms
+from gbmedia.rooms.placement import LocalPlacement, RedisPlacement
 from gbmedia.rooms.quality import QualityMonitor
+from gbmedia.rooms.registry import LocalRegistry, NodeInfo, NodeRegistry, RedisRegistry
 from gbmedia.rooms.speakers import RoomSpeakers
 from gbmedia.rooms.store import Rooms, RoomSweeper
 from gbmedia.sfu import aiortc_adapter
 from gbmedia.sfu.media_address import MediaAddress, resolve_media_address
+from gbmedia.signaling.relay import ClusterAuth, Relay
 from gbmedia.streaming.playlist import HlsConfig
 from gbmedia.streaming.service import HlsService
 from gbmedia.tenancy.secrets import SecretBox, load_or_create_file_secret
@@ -47,6 +51,17 @@ def operator_token_for(settings: Settings) -> str:
     if settings.operator_token:
         return settings.operator_token
     return load_or_create_file_secret(settings.data_dir / "operator.token", lambda: secrets.token_urlsafe(32))
+
+
+def cluster_secret_for(settings: Settings) -> str:
+    """The configured cluster secret, or one generated once into the data directory.
+
+    Nodes that share a data directory (the workers of one machine) agree on the
+    generated one; nodes on several machines must be given the same value.
+    """
+    if settings.cluster_secret:
+        return settings.cluster_secret
+    return load_or_create_file_secret(settings.data_dir / "cluster.secret", lambda: secrets.token_urlsafe(32))
 
 
 @dataclass
@@ -68,6 +83,10 @@ class Node:
     recordings: Recordings
     quality: QualityMonitor  # media quality sampling
     speakers: RoomSpeakers  # active speaker events
+    registry: NodeRegistry  # the cluster's nodes (only this one without Redis)
+    placement: LocalPlacement | RedisPlacement
+    member: ClusterMember  # heartbeat, fencing, adoption, drain
+    relay: Relay  # forwards a room's requests to its node
     redis: aioredis.Redis | None = None
     hls: HlsService | None = None
     started: float = field(default_factory=time.monotonic)
@@ -118,6 +137,36 @@ class Node:
             )
             recordings.attach(live_rooms)
             await recordings.recover()
+            me = NodeInfo(
+                node_id=settings.node_id,
+                region=settings.region,
+                url=settings.base_url(),
+                internal_url="",  # known once the server listens (server.py)
+                media_address=media_address.advertised,
+                udp_ports=settings.udp_ports,
+                capacity=settings.node_capacity,
+                max_cpu=settings.node_max_cpu,
+            )
+            registry: NodeRegistry
+            placement: LocalPlacement | RedisPlacement
+            if redis_client is not None:
+                registry = RedisRegistry(redis_client, me, ttl=settings.node_ttl_seconds)
+                placement = RedisPlacement(redis_client, registry, rooms)
+            else:
+                registry = LocalRegistry(me)
+                placement = LocalPlacement(registry)
+            rooms.on_close(lambda room, _reason: placement.release(room.id))
+            member = ClusterMember(
+                registry,
+                placement,
+                live_rooms,
+                heartbeat_seconds=settings.heartbeat_seconds,
+                adopt_seconds=settings.node_ttl_seconds,
+            )
+            relay = Relay(placement, registry, ClusterAuth(cluster_secret_for(settings), settings.node_id))
+            member.pipes = relay
+            member.sockets = lambda: live_rooms.sockets
+            await member.start()
         except BaseException:
             if redis_client is not None:
                 await redis_client.aclose()
@@ -161,6 +210,10 @@ class Node:
             # Media quality and active speakers: packet sinks on every published track.
             quality=QualityMonitor(live_rooms, settings.stats_interval_ms / 1000),
             speakers=RoomSpeakers(live_rooms, settings.speaker_interval_ms / 1000),
+            registry=registry,
+            placement=placement,
+            member=member,
+            relay=relay,
             redis=redis_client,
         )
         node.metrics.watch(live_rooms.media_samples)
@@ -169,6 +222,8 @@ class Node:
         node.metrics.watch(recordings.samples)
         node.metrics.watch(chat.messages.batcher.samples)  # chat group commit and fan-out
         node.metrics.watch(chat_hub.samples)
+        node.metrics.watch(relay.samples)
+        node.metrics.watch(node.load_samples)
         node.outbox.start()
         node.room_sweeper.start()
         node.metrics.watch(node.quality.samples)
@@ -183,7 +238,20 @@ class Node:
             node.metrics.watch(node.hls.samples)
         return node
 
+    def load_samples(self) -> list[Sample]:
+        """The node's placement load, for autoscaling (deploy/kubernetes/hpa.yaml) and dashboards."""
+        me = self.registry.me
+        return [
+            Sample(
+                "gbmedia_node_load", "Placement load: cost over capacity, or CPU over its limit (0-1+)", me.load_share
+            ),
+            Sample("gbmedia_node_cpu", "Share of one core this node process used over the last heartbeat", me.load.cpu),
+            Sample("gbmedia_node_draining", "1 while the node drains", 1 if me.draining else 0),
+        ]
+
     async def stop(self) -> None:
+        await self.member.stop()
+        await self.relay.close()
         await self.room_sweeper.stop()
         await self.outbox.stop()
         await self.recordings.close()
@@ -205,6 +273,8 @@ class Node:
         checks: dict[str, dict[str, Any]] = {"database": await _check(self.db.ping())}
         if self.redis is not None:
             checks["redis"] = await _check(self.redis.ping())
+        if self.member.draining:  # the balancer sends new clients elsewhere; relays still reach it
+            checks["placement"] = {"ok": False, "error": "draining"}
         return checks
 
 

@@ -48,6 +48,7 @@ async def serve(settings: Settings, *, ready_line: bool = True) -> None:
         port = runner.addresses[0][1] if runner.addresses else settings.port
         url = public_url(settings, port)
         log.info("listening", extra={"url": url, "host": settings.host, "port": port})
+        await node.member.serve_at(url, await _internal_url(runner, node, settings))
         freeze_startup_heap()
         if ready_line:
             # The one line a person (or a test) waits for; stdout, not the log stream.
@@ -58,13 +59,46 @@ async def serve(settings: Settings, *, ready_line: bool = True) -> None:
                 else "operator token from GBMEDIA_OPERATOR_TOKEN",
                 flush=True,
             )
-        await stop.wait()
+        await _until_stopped(stop, node)
+        if settings.clustered and not node.member.drained.is_set():
+            # Rooms move to other nodes before this one goes: meetings continue (rolling upgrades).
+            await node.member.start_drain(settings.drain_timeout)
         log.info("shutting down", extra={"drain_seconds": settings.shutdown_timeout})
     finally:
         await runner.cleanup()
         await node.stop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
+
+
+async def _internal_url(runner: web.AppRunner, node: Node, settings: Settings) -> str:
+    """Open the cluster listener (a node with Redis) and return the URL other nodes relay to.
+
+    It is a second site of the same application: each worker of a machine shares the
+    public port, so relays need an address that reaches this very process.
+    """
+    if not settings.clustered:
+        return ""
+    site = web.TCPSite(runner, settings.cluster_host or settings.host, settings.cluster_port)
+    await site.start()
+    bound = runner.addresses[-1][1]  # the site just started (its port, when 0 was asked for)
+    host = node.media_address.advertised
+    if ":" in host:
+        host = f"[{host}]"
+    url = f"http://{host}:{bound}"
+    log.info("cluster listener", extra={"internal_url": url})
+    return url
+
+
+async def _until_stopped(stop: asyncio.Event, node: Node) -> None:
+    """Until SIGTERM/SIGINT, or until an operator's drain (``gbmedia drain``) has finished."""
+    signalled = asyncio.ensure_future(stop.wait())
+    drained = asyncio.ensure_future(node.member.drained.wait())
+    try:
+        await asyncio.wait({signalled, drained}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        signalled.cancel()
+        drained.cancel()
 
 
 def freeze_startup_heap() -> None:

@@ -20,6 +20,7 @@ from gbmedia.errors import ApiError
 from gbmedia.http.responses import json_response, path_uuid, query_int, read_model
 from gbmedia.recording.service import Recording, Recordings
 from gbmedia.recording.storage import LocalStorage, StorageError
+from gbmedia.rooms.placement import RoomRouter
 from gbmedia.rooms.store import Room, Rooms
 from gbmedia.tenancy.auth import principal_of
 from gbmedia.tenancy.models import Principal
@@ -38,6 +39,7 @@ class RecordingStart(BaseModel):
 class RecordingsApi:
     recordings: Recordings
     rooms: Rooms
+    router: RoomRouter  # recorders run on the room's node: starting and stopping happen there
 
 
 RECORDINGS_API: web.AppKey[RecordingsApi] = web.AppKey("recordings_api", RecordingsApi)
@@ -79,10 +81,18 @@ async def _recording(request: web.Request, principal: Principal) -> Recording:
     return recording
 
 
-async def start_recording(request: web.Request) -> web.Response:
+async def _on_owner(request: web.Request, room: Room) -> web.StreamResponse | None:
+    if room.status != "open":
+        return None
+    return await request.app[RECORDINGS_API].router.forward(request, room)
+
+
+async def start_recording(request: web.Request) -> web.StreamResponse:
     principal = principal_of(request)
     _require(principal, _WRITE)
     room = await _room(request, principal)
+    if (relayed := await _on_owner(request, room)) is not None:
+        return relayed
     body = await read_model(request, RecordingStart)
     kinds = [k for k in ("tracks", "composite") if k in body.kinds]
     recording = await _recordings(request).start(principal.actor, room, kinds)
@@ -104,10 +114,13 @@ async def get_recording(request: web.Request) -> web.Response:
     return json_response(await _recording(request, principal))
 
 
-async def stop_recording(request: web.Request) -> web.Response:
+async def stop_recording(request: web.Request) -> web.StreamResponse:
     principal = principal_of(request)
     _require(principal, _WRITE)
     recording = await _recording(request, principal)
+    room = await request.app[RECORDINGS_API].rooms.get(recording.instance_id, recording.room_id)
+    if (relayed := await _on_owner(request, room)) is not None:
+        return relayed
     stopped = await _recordings(request).stop(principal.actor, recording.id, instance_id=recording.instance_id)
     return json_response(stopped)
 

@@ -13,7 +13,7 @@ The operator reaches every room and names the instance a new room belongs to
 from __future__ import annotations
 
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal, cast
 
 import asyncpg
@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from gbmedia.errors import ApiError, bad_request
 from gbmedia.http.responses import json_response, path_uuid, query_int, query_uuid, read_model
 from gbmedia.rooms.live import LiveRoom, LiveRooms
+from gbmedia.rooms.placement import RoomRouter
 from gbmedia.rooms.quality import QualityMonitor
 from gbmedia.rooms.store import (
     DEFAULT_EMPTY_TIMEOUT,
@@ -69,6 +70,7 @@ class RoomsApi:
     instances: Instances
     quality: QualityMonitor
     pool: asyncpg.Pool  # the audit log
+    router: RoomRouter  # a room's live state is on its node: requests for it go there
 
 
 ROOMS_API: web.AppKey[RoomsApi] = web.AppKey("rooms_api", RoomsApi)
@@ -116,7 +118,9 @@ async def create_room(request: web.Request) -> web.Response:
         empty_timeout=body.empty_timeout,
         metadata=body.metadata,
     )
-    return json_response(room, status=201)
+    instance = await request.app[ROOMS_API].instances.get(instance_id)
+    node_id = await request.app[ROOMS_API].router.place(room, instance.region)
+    return json_response(replace(room, node_id=node_id), status=201)
 
 
 async def list_rooms(request: web.Request) -> web.Response:
@@ -139,20 +143,38 @@ def _participants(request: web.Request, room: Room) -> list[dict[str, Any]]:
     return [p.to_admin_json() for p in live.participants.values()] if live else []
 
 
-async def get_room(request: web.Request) -> web.Response:
+async def get_room(request: web.Request) -> web.StreamResponse:
     principal = principal_of(request)
     _require_any_grant(principal, "room_create", "room_admin")
     room_id = path_uuid(request, "room_id")
     room = await _rooms(request).get(_scope(principal, None), room_id)
+    if (relayed := await _on_owner(request, room)) is not None:
+        return relayed
     participants = _participants(request, room)
     return json_response({**asdict(room), "num_participants": len(participants), "participants": participants})
 
 
-async def list_participants(request: web.Request) -> web.Response:
+async def list_participants(request: web.Request) -> web.StreamResponse:
     principal = principal_of(request)
     _require_any_grant(principal, "room_create", "room_admin")
     room = await _rooms(request).get(_scope(principal, None), path_uuid(request, "room_id"))
+    if (relayed := await _on_owner(request, room)) is not None:
+        return relayed
     return json_response({"participants": _participants(request, room)})
+
+
+async def _on_owner(request: web.Request, room: Room) -> web.StreamResponse | None:
+    """The owner's answer when an open room lives on another node; None when it is here (or closed)."""
+    if room.status != "open":
+        return None
+    return await request.app[ROOMS_API].router.forward(request, room)
+
+
+class _Relayed(Exception):
+    """The request was answered by the room's node: its response is the answer."""
+
+    def __init__(self, response: web.StreamResponse) -> None:
+        self.response = response
 
 
 async def _live_room(request: web.Request) -> tuple[Principal, Room, LiveRoom]:
@@ -160,6 +182,8 @@ async def _live_room(request: web.Request) -> tuple[Principal, Room, LiveRoom]:
     principal = principal_of(request)
     _require_any_grant(principal, "room_admin")
     room = await _rooms(request).get(_scope(principal, None), path_uuid(request, "room_id"))
+    if (relayed := await _on_owner(request, room)) is not None:
+        raise _Relayed(relayed)
     live = request.app[ROOMS_API].live_rooms.live.get(room.id)
     if live is None or room.status != "open":
         raise ApiError(404, "participant_not_found", f"no participant {request.match_info['participant']} in the room")
@@ -182,15 +206,21 @@ async def _audit(
         )
 
 
-async def remove_participant(request: web.Request) -> web.Response:
-    principal, room, live = await _live_room(request)
+async def remove_participant(request: web.Request) -> web.StreamResponse:
+    try:
+        principal, room, live = await _live_room(request)
+    except _Relayed as relayed:
+        return relayed.response
     removed = await live.remove(request.match_info["participant"])
     await _audit(request, principal, room, "participant.remove", removed.id, {"identity": removed.identity})
     return json_response({"removed": removed.to_json()})
 
 
-async def mute_track(request: web.Request) -> web.Response:
-    principal, room, live = await _live_room(request)
+async def mute_track(request: web.Request) -> web.StreamResponse:
+    try:
+        principal, room, live = await _live_room(request)
+    except _Relayed as relayed:
+        return relayed.response
     body = await read_model(request, TrackMute)
     track_id = request.match_info["track"]
     participant = live.find(request.match_info["participant"])
@@ -212,12 +242,14 @@ async def mute_track(request: web.Request) -> web.Response:
     )
 
 
-async def participant_stats(request: web.Request) -> web.Response:
+async def participant_stats(request: web.Request) -> web.StreamResponse:
     """Media quality of one participant: its published tracks as the SFU receives them, and
     each track it subscribes to as the SFU sends it (see :mod:`gbmedia.rooms.quality`)."""
     principal = principal_of(request)
     _require_any_grant(principal, "room_create", "room_admin")
     room = await _rooms(request).get(_scope(principal, None), path_uuid(request, "room_id"))
+    if (relayed := await _on_owner(request, room)) is not None:
+        return relayed
     api = request.app[ROOMS_API]
     live = api.live_rooms.live.get(room.id)
     if live is None or room.status != "open":
@@ -227,12 +259,14 @@ async def participant_stats(request: web.Request) -> web.Response:
     return json_response({**stats.to_json(), "interval_seconds": api.quality.interval})
 
 
-async def close_room(request: web.Request) -> web.Response:
+async def close_room(request: web.Request) -> web.StreamResponse:
     principal = principal_of(request)
     _require_any_grant(principal, "room_admin")
     room_id = path_uuid(request, "room_id")
     rooms = _rooms(request)
     room = await rooms.get(_scope(principal, None), room_id)
+    if (relayed := await _on_owner(request, room)) is not None:  # the owner closes it and ends its live state
+        return relayed
     return json_response(await rooms.close(principal.actor, room))
 
 

@@ -202,12 +202,24 @@ class LiveRoom:
             await participant.negotiation.resend()
 
     async def close(self, reason: str) -> None:
+        await self._end({"type": "room_closed", "reason": reason}, "room_closed")
+
+    async def move_away(self, reason: str) -> None:
+        """This node stops serving the room (it drains, or another node owns it now); the room stays open.
+
+        Every participant is told ``moved`` and its socket ends: clients join again
+        through any node and land on the room's new node (docs/protocol.md, "Clusters").
+        """
+        await self._end({"type": "moved", "reason": reason}, "moved")
+        self.registry.live.pop(self.room.id, None)
+
+    async def _end(self, message: dict[str, Any], leave_reason: str) -> None:
         self.closed = True
         await self.policy.close()
         for participant in list(self.participants.values()):
-            await participant.send({"type": "room_closed", "reason": reason})
+            await participant.send(message)
             try:
-                await self.leave(participant, "room_closed")
+                await self.leave(participant, leave_reason)
             except Exception:  # its connections are closed (leave's finally); the others still leave
                 log.exception(
                     "a participant's leave failed while its room closed",
@@ -435,6 +447,7 @@ class LiveRooms:
         self.media_address = media_address
         self.live: dict[uuid.UUID, LiveRoom] = {}
         self.by_resume_token: dict[str, tuple[LiveRoom, Participant]] = {}
+        self.sockets = 0  # open signaling sockets on this node (the signaling side counts them)
         self._retired_in = 0
         self._retired_forwarded = 0
         self._track_listeners: list[TrackListener | RoomTrackListener] = []
@@ -475,6 +488,11 @@ class LiveRooms:
         self._retired_in += track.packets_in
         self._retired_forwarded += track.packets_forwarded
 
+    def forwarded_total(self) -> int:
+        """RTP packets this node has sent to subscribers, ended tracks included."""
+        tracks = [t for live in self.live.values() for p in live.participants.values() for t in p.published]
+        return self._retired_forwarded + sum(t.packets_forwarded for t in tracks)
+
     def media_samples(self) -> list[Sample]:
         rooms = [live for live in self.live.values() if not live.closed]
         participants = [p for live in rooms for p in live.participants.values()]
@@ -508,19 +526,10 @@ class LiveRooms:
 
     async def room_for(self, instance: Instance, name: str, actor: Actor, kind: str = "meeting") -> LiveRoom:
         """The open room with this name, created (as ``kind``) on first join (within quotas)."""
-        try:
-            room = await self.rooms.get(instance.id, name)
-            if room.status != "open":
-                raise ApiError(404, "room_not_found", "closed")
-        except ApiError as exc:
-            if exc.status != 404:
-                raise
-            try:
-                room = await self.rooms.create(actor, instance.id, name, kind=kind)
-            except ApiError as race:
-                if race.code != "room_name_taken":
-                    raise
-                room = await self.rooms.get(instance.id, name)
+        return self.live_for(await self.rooms.open(actor, instance.id, name, kind))
+
+    def live_for(self, room: Room) -> LiveRoom:
+        """The live state of an open room this node serves, made on first use."""
         live = self.live.get(room.id)
         if live is None or live.closed:
             live = self.live[room.id] = LiveRoom(room, self)

@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 import asyncpg
 
-from gbmedia.errors import bad_request, conflict, not_found
+from gbmedia.errors import ApiError, bad_request, conflict, not_found
 from gbmedia.tenancy import audit
 from gbmedia.tenancy.customers import Customers, quota_exceeded
 from gbmedia.tenancy.instances import Instances
@@ -181,6 +181,42 @@ class Rooms:
                 },
             )
         return room
+
+    async def open(self, actor: Actor, instance_id: uuid.UUID, name: str, kind: str = "meeting") -> Room:
+        """The instance's open room with this name, created (as ``kind``) when there is none."""
+        try:
+            room = await self.get(instance_id, name)
+            if room.status == "open":
+                return room
+        except ApiError as exc:
+            if exc.status != 404:
+                raise
+        try:
+            return await self.create(actor, instance_id, name, kind=kind)
+        except ApiError as race:
+            if race.code != "room_name_taken":
+                raise
+            return await self.get(instance_id, name)
+
+    async def set_node(self, room_id: uuid.UUID, node_id: str) -> None:
+        """Record the node placement chose for an open room."""
+        await self.pool.execute(
+            "UPDATE rooms SET node_id = $2, last_active_at = now() WHERE id = $1 AND status = 'open'"
+            " AND node_id IS DISTINCT FROM $2",
+            room_id,
+            node_id,
+        )
+
+    async def open_elsewhere(self, live_nodes: list[str], limit: int = 100) -> list[Room]:
+        """Open rooms recorded on a node that is not among ``live_nodes`` (dead or gone)."""
+        rows = await self.pool.fetch(
+            f"""SELECT {_ROOM_COLUMNS} FROM rooms
+                 WHERE status = 'open' AND (node_id IS NULL OR NOT node_id = ANY($1::text[]))
+                 ORDER BY last_active_at DESC LIMIT $2""",
+            live_nodes,
+            limit,
+        )
+        return [_room(row) for row in rows]
 
     async def get(self, instance_id: uuid.UUID | None, name_or_id: uuid.UUID | str) -> Room:
         """The room with this id, or the instance's room with this name (an open one

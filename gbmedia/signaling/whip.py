@@ -40,6 +40,7 @@ from gbmedia.rooms.live import LiveRoom, LiveRooms
 from gbmedia.rooms.program import NO_PROGRAM
 from gbmedia.sfu.peers import NegotiationError, TrackInfo, parse_sdp
 from gbmedia.sfu.playback import PlaybackPeer
+from gbmedia.signaling.relay import Relay
 from gbmedia.tenancy.auth import Authenticator, VerifiedToken, bearer_credential
 from gbmedia.tenancy.models import Actor
 
@@ -68,6 +69,7 @@ class WhipService:
     live_rooms: LiveRooms
     rate_limiter: RateLimiter
     metrics: Metrics
+    relay: Relay  # sessions live on the room's node: requests for another node's room go there
 
 
 WHIP: web.AppKey[WhipService] = web.AppKey("whip", WhipService)
@@ -215,8 +217,27 @@ def _created(answer: str, location: str, etag: str) -> web.Response:
 # --- WHIP ------------------------------------------------------------------------------
 
 
-async def whip_publish(request: web.Request) -> web.Response:
+async def _on_owner(request: web.Request, verified: VerifiedToken, *, create: bool) -> web.StreamResponse | None:
+    """The owner's answer when the room in the path lives on another node (None: here, or no open room)."""
+    service = request.app[WHIP]
+    rooms = service.live_rooms.rooms
+    name = request.match_info["room"]
+    if create:  # WHIP ingest opens the live room, as a first join does
+        room = await rooms.open(Actor(verified.token.api_key, "api_key"), verified.instance.id, name, "live")
+    else:
+        try:
+            room = await rooms.get(verified.instance.id, name)
+        except ApiError:
+            return None
+        if room.status != "open":
+            return None
+    return await service.relay.forward(request, room, verified.instance.region)
+
+
+async def whip_publish(request: web.Request) -> web.StreamResponse:
     verified = await _verify(request, "can_publish")
+    if (relayed := await _on_owner(request, verified, create=True)) is not None:
+        return relayed
     sdp = await _read_body(request, SDP)
     description = _offer(sdp, "publish")
     token = verified.token
@@ -298,7 +319,9 @@ async def _session(request: web.Request, which: str) -> _Found:
     return found
 
 
-async def _delete(request: web.Request, which: str) -> web.Response:
+async def _delete(request: web.Request, which: str) -> web.StreamResponse:
+    if (relayed := await _on_owner(request, await _bearer(request), create=False)) is not None:
+        return relayed
     found = await _session(request, which)
     audience = found.live.audience
     assert audience is not None
@@ -310,7 +333,9 @@ async def _delete(request: web.Request, which: str) -> web.Response:
     return web.Response(status=200)
 
 
-async def _patch(request: web.Request, which: str) -> web.Response:
+async def _patch(request: web.Request, which: str) -> web.StreamResponse:
+    if (relayed := await _on_owner(request, await _bearer(request), create=False)) is not None:
+        return relayed
     found = await _session(request, which)
     if_match = request.headers.get("If-Match")
     if if_match is not None and if_match != "*" and if_match != found.etag:
@@ -361,8 +386,10 @@ def parse_sdpfrag(fragment: str) -> tuple[str | None, list[tuple[str | None, str
 # --- WHEP ------------------------------------------------------------------------------
 
 
-async def whep_play(request: web.Request) -> web.Response:
+async def whep_play(request: web.Request) -> web.StreamResponse:
     verified = await _verify(request, "can_subscribe")
+    if (relayed := await _on_owner(request, verified, create=False)) is not None:
+        return relayed
     sdp = await _read_body(request, SDP)
     description = _offer(sdp, "play")
     live = _find_live(request, verified)
@@ -417,19 +444,19 @@ def _preflight(methods: str, accept: dict[str, str]) -> Handler:
     return options
 
 
-async def whip_delete(request: web.Request) -> web.Response:
+async def whip_delete(request: web.Request) -> web.StreamResponse:
     return await _delete(request, "whip")
 
 
-async def whip_patch(request: web.Request) -> web.Response:
+async def whip_patch(request: web.Request) -> web.StreamResponse:
     return await _patch(request, "whip")
 
 
-async def whep_delete(request: web.Request) -> web.Response:
+async def whep_delete(request: web.Request) -> web.StreamResponse:
     return await _delete(request, "whep")
 
 
-async def whep_patch(request: web.Request) -> web.Response:
+async def whep_patch(request: web.Request) -> web.StreamResponse:
     return await _patch(request, "whep")
 
 

@@ -13,6 +13,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 from aiohttp import WSMsgType, web
 
 from gbmedia.errors import ApiError, RequestId, bad_request
@@ -27,10 +28,13 @@ from gbmedia.rooms.live import LiveRoom, LiveRooms
 from gbmedia.rooms.participant import Participant, track_json
 from gbmedia.sfu.peers import NegotiationError, TrackInfo
 from gbmedia.signaling import protocol as p
+from gbmedia.signaling.relay import Relay, SocketPipe, relayed
 from gbmedia.tenancy.auth import Authenticator
 from gbmedia.tenancy.models import Actor
 
 log = logging.getLogger(__name__)
+
+CLOSE_MOVED = 1012  # "service restart": reconnect (docs/protocol.md, "Clusters")
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,7 @@ class RtcService:
     chat: Chat
     chat_hub: ChatHub
     presence: Presence
+    relay: Relay
 
 
 RTC: web.AppKey[RtcService] = web.AppKey("rtc", RtcService)
@@ -52,6 +57,7 @@ class Connection:
 
     def __init__(self, ws: web.WebSocketResponse, request: web.Request) -> None:
         self.ws = ws
+        self.request = request
         self.service = request.app[RTC]
         self.live_rooms: LiveRooms = self.service.live_rooms
         self.room: LiveRoom | None = None  # the participant's room, once joined
@@ -61,14 +67,23 @@ class Connection:
         self.left = False
         self._send_lock = asyncio.Lock()
         self._reports: set[asyncio.Task[None]] = set()
+        self.pipe: SocketPipe | None = None  # set when the room lives on another node
+        self._closing: asyncio.Future[bool] | None = None
+        self._raw: str | bytes = ""  # the frame being handled: a join relayed to the owner goes as it came
 
     async def send(self, message: dict[str, Any]) -> None:
         if self.ws.closed:
             raise ConnectionError("socket closed")
         async with self._send_lock:
             await self.ws.send_json(message)
+        if message.get("type") == "moved":  # the room left this node: the client reconnects and lands on the new one
+            self._closing = asyncio.ensure_future(self.ws.close(code=CLOSE_MOVED, message=b"room moved"))
 
     async def handle(self, raw: str | bytes) -> None:
+        if self.pipe is not None:
+            await self.pipe.send(raw)
+            return
+        self._raw = raw
         request_id: RequestId = None
         try:
             message = p.parse_message(raw)
@@ -218,6 +233,9 @@ class Connection:
             )
         if not token.grants.room:
             raise p.ProtocolError("room_required", "the token names no room")
+        if message.resume is not None and message.resume not in self.live_rooms.by_resume_token:
+            if await self._relay_to_owner(verified, token.grants.room, message.kind):
+                return None  # the session lives on the room's node, which answers through the pipe
         if message.resume is not None:
             room, existing = self.live_rooms.by_resume_token.get(message.resume, (None, None))
             if (
@@ -231,9 +249,12 @@ class Connection:
             chat = await self._room_chat(verified, room)  # a new socket: chat starts again too
             await room.resume(existing, self.send, message.id, extra={"chat": chat})
             return None
-        room = await self.live_rooms.room_for(
-            verified.instance, token.grants.room, Actor(token.api_key, "api_key"), kind=message.kind
+        if await self._relay_to_owner(verified, token.grants.room, message.kind):
+            return None
+        stored = await self.live_rooms.rooms.open(
+            Actor(token.api_key, "api_key"), verified.instance.id, token.grants.room, message.kind
         )
+        room = self.live_rooms.live_for(stored)
         participant = await room.join(
             token.identity, token.name, token.grants, auto_subscribe=message.auto_subscribe, send=self.send
         )
@@ -246,6 +267,29 @@ class Connection:
         await room.start_subscriptions(participant)
         return None
 
+    async def _relay_to_owner(self, verified: Any, name: str, kind: str) -> bool:
+        """Pipe this socket to the room's node when that is another one; True when it did."""
+        token = verified.token
+        relay = self.service.relay
+        for _attempt in range(2):
+            stored = await self.live_rooms.rooms.open(Actor(token.api_key, "api_key"), verified.instance.id, name, kind)
+            owner = await relay.owner(stored, verified.instance.region)
+            if owner is None:
+                return False
+            if relayed(self.request):
+                raise p.ProtocolError("room_moving", "the room is moving to another node; reconnect and join again")
+            try:
+                self.pipe = await relay.open_pipe(
+                    self.request, self.ws, owner, self._raw, max_msg_size=4 * p.MAX_MESSAGE_BYTES
+                )
+            except aiohttp.ClientConnectorError:
+                continue  # the owner died before its registry entry expired: it is forgotten, place again
+            if self.chat_session is not None:  # the owner's session serves chat on this socket from now on
+                await self.chat_session.stop()
+                self.chat_session = None
+            return True
+        raise p.ProtocolError("owner_unreachable", "the room's node cannot be reached; retry")
+
     async def _room_chat(self, verified: Any, room: LiveRoom) -> dict[str, Any]:
         """The room's conversation, with this participant a member of it."""
         identity = verified.token.identity
@@ -254,6 +298,9 @@ class Connection:
         return chat
 
     async def closed(self) -> None:
+        if self.pipe is not None:
+            await self.pipe.close()
+            self.pipe = None
         if self.room is not None and self.participant is not None and not self.left:
             self.room.disconnected(self.participant)
         if self.chat_session is not None:
@@ -269,11 +316,13 @@ async def rtc_handler(request: web.Request) -> web.WebSocketResponse:
         raise bad_request("websocket_required", "GET /rtc is a WebSocket: send an Upgrade: websocket handshake")
     await ws.prepare(request)
     connection = Connection(ws, request)
+    connection.live_rooms.sockets += 1
     try:
         async for msg in ws:
             if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
                 await connection.handle(msg.data)
     finally:
+        connection.live_rooms.sockets -= 1
         await connection.closed()
     return ws
 

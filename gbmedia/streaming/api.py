@@ -10,10 +10,13 @@ are immutable. Errors are JSON like the rest of the API.
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 
 from aiohttp import web
 
 from gbmedia.errors import ApiError, bad_request
+from gbmedia.rooms.placement import RoomRouter
+from gbmedia.rooms.store import Rooms
 from gbmedia.streaming.playlist import PLAYLIST_NAME, Rendition
 from gbmedia.streaming.service import HlsService
 
@@ -54,7 +57,34 @@ def _hls_int(request: web.Request, name: str) -> int | None:
     return int(raw)
 
 
-async def playlist(request: web.Request) -> web.Response:
+async def _on_owner(request: web.Request) -> web.StreamResponse | None:
+    """A live room packaged on another node: its answer, fetched from there (None: here, or no such room)."""
+    room_id = _as_uuid(request.match_info["room_id"])
+    if room_id is None:
+        return None
+    service = request.app[HLS]
+    if service is not None and (here := service.rendition(room_id)) is not None and not here.ended:
+        return None
+    origin = request.app[HLS_ORIGIN]
+    try:
+        room = await origin.rooms.get(None, room_id)
+    except ApiError:
+        return None
+    if room.status != "open" or room.kind != "live":
+        return None
+    return await origin.router.forward(request, room)
+
+
+def _as_uuid(raw: str) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(raw)
+    except ValueError:
+        return None
+
+
+async def playlist(request: web.Request) -> web.StreamResponse:
+    if (relayed := await _on_owner(request)) is not None:
+        return relayed
     rendition = _rendition(request)
     msn = _hls_int(request, "_HLS_msn")
     part = _hls_int(request, "_HLS_part")
@@ -82,7 +112,9 @@ async def playlist(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": PLAYLIST_TYPE, "Cache-Control": cache, **_CORS})
 
 
-async def media(request: web.Request) -> web.Response:
+async def media(request: web.Request) -> web.StreamResponse:
+    if (relayed := await _on_owner(request)) is not None:
+        return relayed
     rendition = _rendition(request)
     name = request.match_info["name"]
     found = rendition.file(name)
@@ -105,8 +137,20 @@ async def _error_headers(request: web.Request, response: web.StreamResponse) -> 
         response.headers.update(_CORS)
 
 
-def register(app: web.Application, hls: HlsService | None) -> None:
+@dataclass(frozen=True)
+class HlsOrigin:
+    """Where a live room's rendition is made: on the room's node, reached through the router."""
+
+    rooms: Rooms
+    router: RoomRouter
+
+
+HLS_ORIGIN: web.AppKey[HlsOrigin] = web.AppKey("hls_origin", HlsOrigin)
+
+
+def register(app: web.Application, hls: HlsService | None, origin: HlsOrigin) -> None:
     app[HLS] = hls
+    app[HLS_ORIGIN] = origin
     app.router.add_get("/hls/{room_id}/" + PLAYLIST_NAME, playlist)
     app.router.add_get("/hls/{room_id}/{name}", media)
     app.on_response_prepare.append(_error_headers)

@@ -18,9 +18,6 @@ import contextlib
 import json
 import os
 import signal
-import subprocess
-import sys
-import time
 import uuid
 from collections.abc import Callable
 from functools import partial
@@ -33,13 +30,13 @@ from cryptography.fernet import Fernet
 
 from gbmedia.tenancy.tokens import Grants, mint_token
 from tests.helpers import OPERATOR, OPERATOR_TOKEN, bearer
+from tests.processes import ServerProcess
 
 TOTAL = 300  # messages alice means to send
 KILL_AFTER = 100  # acks received when the server is killed
 # Acks alice "never gets" (as if lost on the way): the server stored and answered them, she retries them.
 LOST_IN_TRANSIT = (40, 77)
 WINDOW = 20  # sends in flight at once
-START_TIMEOUT = 120.0  # a loaded 2-core machine, maybe with coverage in the child
 REPLY_TIMEOUT = 60.0
 TEST_TIMEOUT = 300.0  # the whole test; it normally takes a few seconds
 
@@ -50,67 +47,6 @@ def key(n: int) -> str:
 
 def content(n: int) -> str:
     return f"message {n} from alice"
-
-
-class ServerProcess:
-    """One ``gbmedia serve`` child; its stdout and stderr go to files (no pipe can fill up)."""
-
-    def __init__(self, env: dict[str, str], logs: Path, name: str) -> None:
-        self.env = env
-        self.stdout_path = logs / f"{name}.stdout"
-        self.stderr_path = logs / f"{name}.stderr"
-        self.proc: asyncio.subprocess.Process | None = None
-
-    async def start(self) -> str:
-        with self.stdout_path.open("wb") as out, self.stderr_path.open("wb") as err:
-            self.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "gbmedia", "serve", env=self.env, stdin=subprocess.DEVNULL, stdout=out, stderr=err
-            )
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            for line in self.stdout_path.read_text(errors="replace").splitlines():
-                if "gbmedia listening on" in line:
-                    return line.split("listening on", 1)[1].strip()
-            if self.proc.returncode is not None:
-                raise AssertionError(f"the server exited with {self.proc.returncode}:\n{self.stderr_tail()}")
-            await asyncio.sleep(0.05)
-        raise AssertionError(f"no 'gbmedia listening on' within {START_TIMEOUT}s:\n{self.stderr_tail()}")
-
-    def kill(self) -> None:
-        """SIGKILL: no drain, no cleanup, exactly like a crash or an OOM kill."""
-        assert self.proc is not None
-        os.kill(self.proc.pid, signal.SIGKILL)
-
-    async def exited(self, within: float = 60.0) -> int:
-        assert self.proc is not None
-        try:
-            async with asyncio.timeout(within):
-                return await self.proc.wait()
-        except TimeoutError:
-            raise AssertionError(f"the server did not exit within {within}s:\n{self.stderr_tail()}") from None
-
-    async def stop(self) -> None:
-        """SIGTERM and wait (so a coverage run of the child writes its data); SIGKILL if it hangs."""
-        if self.proc is None or self.proc.returncode is not None:
-            return
-        self.proc.terminate()
-        with contextlib.suppress(AssertionError):
-            await self.exited(30.0)
-        await self.ensure_dead()
-
-    async def ensure_dead(self) -> None:
-        if self.proc is not None and self.proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.kill()
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(30):
-                    await self.proc.wait()
-
-    def stderr_tail(self, chars: int = 4000) -> str:
-        try:
-            return self.stderr_path.read_text(errors="replace")[-chars:] or "(stderr empty)"
-        except FileNotFoundError:
-            return "(no stderr)"
 
 
 class Socket:

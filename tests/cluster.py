@@ -1,0 +1,119 @@
+"""A cluster of real ``gbmedia serve`` processes on this machine, sharing PostgreSQL and Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import redis.asyncio as aioredis
+from cryptography.fernet import Fernet
+
+from gbmedia.config import detect_public_host
+from tests.helpers import OPERATOR, OPERATOR_TOKEN, Tenant
+from tests.processes import ServerProcess
+
+CLUSTER_REDIS_DB = 11  # flushed by each cluster test: nothing else uses it
+
+
+def cluster_redis_url(redis_url: str) -> str:
+    base, _, _db = redis_url.rpartition("/")
+    return f"{base}/{CLUSTER_REDIS_DB}" if base.startswith("redis") and _db.isdigit() else redis_url
+
+
+class Cluster:
+    """Node processes of one cluster: the same database, Redis, secret key and cluster secret."""
+
+    def __init__(self, tmp_path: Path, database_url: str, redis_url: str) -> None:
+        self.tmp_path = tmp_path
+        self.redis_url = cluster_redis_url(redis_url)
+        self.host = detect_public_host()  # browsers need a real interface address for ICE
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("GBMEDIA_")}
+        self.env.update(
+            {
+                "HOME": str(tmp_path),
+                "LANG": "C.UTF-8",
+                "GBMEDIA_DATABASE_URL": database_url,
+                "GBMEDIA_REDIS_URL": self.redis_url,
+                "GBMEDIA_HOST": self.host,
+                "GBMEDIA_PUBLIC_HOST": self.host,
+                "GBMEDIA_PORT": "0",
+                "GBMEDIA_OPERATOR_TOKEN": OPERATOR_TOKEN,
+                "GBMEDIA_SECRET_KEY": Fernet.generate_key().decode(),
+                "GBMEDIA_CLUSTER_SECRET": secrets.token_urlsafe(24),
+                "GBMEDIA_API_RATE_LIMIT": "100000",
+                "GBMEDIA_API_RATE_BURST": "100000",
+                "GBMEDIA_LOG_LEVEL": "info",
+                "GBMEDIA_SHUTDOWN_TIMEOUT": "1",
+                "GBMEDIA_DRAIN_TIMEOUT": "20",
+                "GBMEDIA_NODE_MAX_CPU": "1",  # the test machine's CPU is shared: placement by cost only
+                "GBMEDIA_HLS_ENABLED": "false",
+            }
+        )
+        self.nodes: dict[str, ServerProcess] = {}
+        self._next_ports = 41000
+
+    async def reset_redis(self) -> None:
+        client = aioredis.from_url(self.redis_url)
+        try:
+            await client.flushdb()
+        finally:
+            await client.aclose()
+
+    async def start(self, name: str, *, args: tuple[str, ...] = (), **env: str) -> ServerProcess:
+        low = self._next_ports
+        self._next_ports += 400
+        node_env = {
+            **self.env,
+            "GBMEDIA_NODE_ID": name,
+            "GBMEDIA_DATA_DIR": str(self.tmp_path / name),
+            "GBMEDIA_UDP_PORTS": f"{low}-{low + 399}",
+            **{f"GBMEDIA_{k.upper()}": v for k, v in env.items()},
+        }
+        process = ServerProcess(node_env, self.tmp_path, name, args)
+        self.nodes[name] = process
+        await process.start()
+        return process
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(node.stop() for node in self.nodes.values()), return_exceptions=True)
+
+    async def live_nodes(self, http: aiohttp.ClientSession, via: str) -> list[dict[str, Any]]:
+        async with http.get(self.nodes[via].url + "/api/v1/nodes", headers=OPERATOR) as resp:
+            assert resp.status == 200, await resp.text()
+            return list((await resp.json())["nodes"])
+
+    async def wait_registered(self, http: aiohttp.ClientSession, names: set[str], within: float = 30.0) -> None:
+        """Until every node in ``names`` is in the registry with its cluster listener."""
+        async with asyncio.timeout(within):
+            while True:
+                nodes = await self.live_nodes(http, next(iter(names)))
+                if names <= {n["node_id"] for n in nodes if n["internal_url"]}:
+                    return
+                await asyncio.sleep(0.2)
+
+
+async def create_tenant_over_http(http: aiohttp.ClientSession, url: str, name: str = "acme") -> Tenant:
+    async with http.post(url + "/api/v1/customers", json={"name": name, "tier": "pro"}, headers=OPERATOR) as resp:
+        assert resp.status == 201, await resp.text()
+        customer = await resp.json()
+    async with http.post(
+        url + f"/api/v1/customers/{customer['id']}/instances", json={"name": f"{name}-main"}, headers=OPERATOR
+    ) as resp:
+        assert resp.status == 201, await resp.text()
+        body = await resp.json()
+    return Tenant(customer["id"], body["instance"]["id"], body["credentials"]["key"], body["credentials"]["secret"])
+
+
+@contextlib.asynccontextmanager
+async def running_cluster(tmp_path: Path, database_url: str, redis_url: str):  # type: ignore[no-untyped-def]
+    cluster = Cluster(tmp_path, database_url, redis_url)
+    await cluster.reset_redis()
+    try:
+        yield cluster
+    finally:
+        await cluster.stop()

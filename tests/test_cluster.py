@@ -1,0 +1,126 @@
+"""A cluster of real node processes: rooms spanning nodes, placement, relaying, failover, drain.
+
+Every node here is a ``gbmedia serve`` process on this machine with the test
+PostgreSQL and a Redis database of its own; participants are aiortc peers speaking
+the documented protocol. Timeouts are generous (two shared cores); nothing asserts
+how long anything took, except where the product promises a bound (media back
+within 5 s after the loss of a room's node), measured from the clients' own frames.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from gbmedia.tenancy.tokens import Grants, mint_token
+from tests.cluster import Cluster, create_tenant_over_http, running_cluster
+from tests.helpers import OPERATOR, Tenant, bearer
+from tests.rtc import ColorVideoTrack, RtcClient, close_to, mean_rgb, wait_for
+
+RED, GREEN = (220, 30, 30), (30, 200, 40)
+MEDIA_TIMEOUT = 40.0
+
+
+def token(tenant: Tenant, identity: str, room: str = "standup") -> str:
+    return mint_token(tenant.key, tenant.secret, identity, Grants.participant(room), name=identity.title())
+
+
+def candidate_ports(sdp: str) -> set[int]:
+    return {int(m.group(1)) for m in re.finditer(r"a=candidate:\S+ \d+ udp \d+ \S+ (\d+) typ host", sdp)}
+
+
+def udp_range(cluster: Cluster, name: str) -> range:
+    low, high = cluster.nodes[name].env["GBMEDIA_UDP_PORTS"].split("-")
+    return range(int(low), int(high) + 1)
+
+
+async def connect(http: aiohttp.ClientSession, url: str, room: str = "standup") -> RtcClient:
+    return RtcClient(await http.ws_connect(url.replace("http", "ws", 1) + f"/rtc?room={room}"))
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path, database_url: str, redis_url: str):  # type: ignore[no-untyped-def]
+    async with running_cluster(tmp_path, database_url, redis_url) as running:
+        yield running
+
+
+async def test_two_clients_on_two_nodes_share_one_room_and_media_goes_to_its_node(cluster: Cluster):
+    a, b = await asyncio.gather(cluster.start("node-a"), cluster.start("node-b"))
+    clients: list[RtcClient] = []
+    async with aiohttp.ClientSession() as http:
+        await cluster.wait_registered(http, {"node-a", "node-b"})
+        tenant = await create_tenant_over_http(http, a.url)
+        # Created through node B, the room is placed (on B: the asking node keeps an equal choice).
+        async with http.post(b.url + "/api/v1/rooms", json={"name": "standup"}, headers=bearer(tenant.token())) as resp:
+            assert resp.status == 201, await resp.text()
+            room = await resp.json()
+        owner = room["node_id"]
+        assert owner in ("node-a", "node-b")
+        other = "node-a" if owner == "node-b" else "node-b"
+        # Read through either node, the room names its node.
+        for node in (a, b):
+            async with http.get(node.url + f"/api/v1/rooms/{room['id']}", headers=bearer(tenant.token())) as resp:
+                assert (await resp.json())["node_id"] == owner
+
+        try:
+            alice = await connect(http, a.url)
+            bob = await connect(http, b.url)
+            clients += [alice, bob]
+            assert (await alice.join(token(tenant, "alice")))["type"] == "joined"
+            alice_reply = await alice.publish(ColorVideoTrack(RED))
+            joined = await bob.join(token(tenant, "bob"))
+            assert [p["identity"] for p in joined["participants"]] == ["alice"]
+            bob_reply = await bob.publish(ColorVideoTrack(GREEN))
+            alice_video, bob_video = alice_reply["tracks"][0]["id"], bob_reply["tracks"][0]["id"]
+
+            await wait_for(lambda: len(bob.decoded(alice_video)) >= 5, within=MEDIA_TIMEOUT)
+            await wait_for(lambda: len(alice.decoded(bob_video)) >= 5, within=MEDIA_TIMEOUT)
+            assert close_to(mean_rgb(bob.decoded(alice_video)[-1]), RED)
+            assert close_to(mean_rgb(alice.decoded(bob_video)[-1]), GREEN)
+
+            # Both clients' media goes to the owner's UDP ports, whichever node took their socket.
+            for answer in (alice_reply["sdp"], bob_reply["sdp"]):
+                ports = candidate_ports(answer)
+                assert ports and all(port in udp_range(cluster, owner) for port in ports), ports
+                assert not any(port in udp_range(cluster, other) for port in ports)
+
+            # The owner lists both participants; asked through the other node, the same answer.
+            for node in (a, b):
+                async with http.get(
+                    node.url + f"/api/v1/rooms/{room['id']}/participants", headers=bearer(tenant.token())
+                ) as resp:
+                    assert resp.status == 200, await resp.text()
+                    assert sorted(p["identity"] for p in (await resp.json())["participants"]) == ["alice", "bob"]
+        finally:
+            for client in clients:
+                await client.close()
+
+
+async def test_a_request_with_a_bad_cluster_secret_is_refused_and_logged(cluster: Cluster):
+    a = await cluster.start("node-a")
+    async with aiohttp.ClientSession() as http:
+        forged = {
+            "X-Gbmedia-Cluster-Node": "intruder",
+            "X-Gbmedia-Cluster-Time": "0",
+            "X-Gbmedia-Cluster-Signature": "00" * 32,
+        }
+        async with http.get(a.url + "/api/v1/nodes", headers={**OPERATOR, **forged}) as resp:
+            assert resp.status == 403
+            assert (await resp.json())["error"]["code"] == "cluster_auth_failed"
+        async with http.get(a.url.replace("http", "ws", 1) + "/rtc", headers=forged) as resp:
+            assert resp.status == 403
+        # Signed with another cluster's secret: refused too, and the node says so in its log.
+        from gbmedia.signaling.relay import ClusterAuth
+
+        wrong = ClusterAuth("another-cluster-secret-0123", "node-x").headers("GET", "/api/v1/nodes")
+        async with http.get(a.url + "/api/v1/nodes", headers={**OPERATOR, **wrong}) as resp:
+            assert resp.status == 403
+        async with http.get(a.url + "/healthz") as resp:
+            assert resp.status == 200  # the node is fine
+    await wait_for(
+        lambda: any(r.get("msg") == "relayed request refused: bad cluster signature" for r in a.log_records())
+    )
