@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import secrets
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from cryptography.fernet import Fernet
 from gbmedia.config import detect_public_host
 from tests.helpers import OPERATOR, OPERATOR_TOKEN, Tenant
 from tests.processes import ServerProcess
+from tests.rtc import ColorVideoTrack, RtcClient
 
 CLUSTER_REDIS_DB = 11  # flushed by each cluster test: nothing else uses it
 
@@ -117,3 +119,95 @@ async def running_cluster(tmp_path: Path, database_url: str, redis_url: str):  #
         yield cluster
     finally:
         await cluster.stop()
+
+
+class ReconnectingParticipant:
+    """A client that follows docs/protocol.md ("Clusters") with no help from the test.
+
+    It joins and publishes a coloured camera; when its socket ends it reconnects (to
+    the next of ``urls`` when one refuses, as a load balancer would) and resumes;
+    after ``resume_failed`` or ``moved`` it joins afresh and publishes again. Every
+    session is kept, with the time each decoded video frame arrived.
+    """
+
+    def __init__(self, http: aiohttp.ClientSession, urls: list[str], token: str, color: tuple[int, int, int]) -> None:
+        self.http = http
+        self.urls = urls
+        self.token = token
+        self.color = color
+        self.sessions: list[tuple[float, RtcClient]] = []  # (started at, client)
+        self.errors: list[dict[str, Any]] = []  # error messages other than the expected resume_failed
+        self.moves = 0
+        self.resume_token: str | None = None
+        self.joined = asyncio.Event()
+        self._closing = False
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+        async with asyncio.timeout(60):
+            await self.joined.wait()
+
+    @property
+    def client(self) -> RtcClient:
+        return self.sessions[-1][1]
+
+    def frames_since(self, moment: float) -> int:
+        return sum(1 for _, c in self.sessions for t in c.video_arrivals if t > moment)
+
+    def first_frame_after(self, moment: float) -> float | None:
+        times = [t for _, c in self.sessions for t in c.video_arrivals if t > moment]
+        return min(times) if times else None
+
+    async def _socket(self) -> aiohttp.ClientWebSocketResponse:
+        while True:
+            for url in self.urls:
+                with contextlib.suppress(aiohttp.ClientError, OSError):
+                    return await self.http.ws_connect(url.replace("http", "ws", 1) + "/rtc?room=standup")
+            await asyncio.sleep(0.2)
+
+    async def _run(self) -> None:
+        while not self._closing:
+            client = RtcClient(await self._socket())
+            try:
+                reply = await self._join(client)
+            except (TimeoutError, ConnectionError, aiohttp.ClientError):
+                await client.close()
+                continue
+            if reply is None:
+                await client.close()
+                await asyncio.sleep(0.2)
+                continue
+            self.sessions.append((time.monotonic(), client))
+            self.joined.set()
+            await client._tasks[0]  # until the socket ends
+            if any(e["type"] == "moved" for e in client.events):
+                self.moves += 1
+                self.resume_token = None  # the room moved: join afresh on its new node
+            self.errors += [e for e in client.events if e["type"] == "error" and e["code"] != "resume_failed"]
+            if not self._closing:
+                await asyncio.sleep(0.1)
+
+    async def _join(self, client: RtcClient) -> dict[str, Any] | None:
+        if self.resume_token is not None:
+            reply = await asyncio.wait_for(client.join(self.token, resume=self.resume_token), 20)
+            if reply["type"] == "joined":
+                return reply
+            self.resume_token = None
+        reply = await asyncio.wait_for(client.join(self.token), 20)
+        if reply["type"] != "joined":
+            self.errors.append(reply)
+            return None
+        self.resume_token = reply["resume_token"]
+        await asyncio.wait_for(client.publish(ColorVideoTrack(self.color)), 20)
+        return reply
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        for _, client in self.sessions:
+            with contextlib.suppress(Exception):
+                await client.close()

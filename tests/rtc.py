@@ -97,6 +97,7 @@ class RtcClient:
     subscriber: RTCPeerConnection = field(default_factory=lambda: RTCPeerConnection(NO_STUN))
     frames: dict[str, list[Any]] = field(default_factory=dict)  # by track id
     track_ids: dict[str, str] = field(default_factory=dict)  # mid -> track id
+    video_arrivals: list[float] = field(default_factory=list)  # monotonic time of each decoded video frame
     _waiters: list[tuple[Any, asyncio.Future[dict[str, Any]]]] = field(default_factory=list)
     _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     _next_id: int = 0
@@ -129,6 +130,8 @@ class RtcClient:
                 while True:
                     frame = await track.recv()
                     self.frames.setdefault(self.track_ids.get(mid, mid), []).append(frame)
+                    if isinstance(frame, av.VideoFrame):
+                        self.video_arrivals.append(time.monotonic())
 
         self._tasks.append(asyncio.ensure_future(pull()))
 

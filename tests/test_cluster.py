@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from pathlib import Path
 
 import aiohttp
 import pytest
 
 from gbmedia.tenancy.tokens import Grants, mint_token
-from tests.cluster import Cluster, create_tenant_over_http, running_cluster
+from tests.cluster import Cluster, ReconnectingParticipant, create_tenant_over_http, running_cluster
 from tests.helpers import OPERATOR, Tenant, bearer
 from tests.rtc import ColorVideoTrack, RtcClient, close_to, mean_rgb, wait_for
 
@@ -124,3 +125,102 @@ async def test_a_request_with_a_bad_cluster_secret_is_refused_and_logged(cluster
     await wait_for(
         lambda: any(r.get("msg") == "relayed request refused: bad cluster signature" for r in a.log_records())
     )
+
+
+async def _room_on(http: aiohttp.ClientSession, url: str, tenant: Tenant) -> dict:
+    async with http.post(url + "/api/v1/rooms", json={"name": "standup"}, headers=bearer(tenant.token())) as resp:
+        assert resp.status == 201, await resp.text()
+        return await resp.json()
+
+
+async def _room(http: aiohttp.ClientSession, url: str, tenant: Tenant, room_id: str) -> dict:
+    async with http.get(url + f"/api/v1/rooms/{room_id}", headers=bearer(tenant.token())) as resp:
+        assert resp.status == 200, await resp.text()
+        return await resp.json()
+
+
+async def test_when_the_rooms_node_is_killed_the_room_moves_and_both_clients_get_media_back(cluster: Cluster):
+    a, b, c = await asyncio.gather(cluster.start("node-a"), cluster.start("node-b"), cluster.start("node-c"))
+    async with aiohttp.ClientSession() as http:
+        await cluster.wait_registered(http, {"node-a", "node-b", "node-c"})
+        tenant = await create_tenant_over_http(http, a.url)
+        room = await _room_on(http, c.url, tenant)  # placed on C, which neither client talks to
+        assert room["node_id"] == "node-c"
+        alice = ReconnectingParticipant(http, [a.url], token(tenant, "alice"), RED)
+        bob = ReconnectingParticipant(http, [b.url], token(tenant, "bob"), GREEN)
+        try:
+            await alice.start()
+            await bob.start()
+            await wait_for(lambda: alice.frames_since(0) >= 5 and bob.frames_since(0) >= 5, within=MEDIA_TIMEOUT)
+
+            c.kill()
+            killed = time.monotonic()
+            # Nobody does anything: both clients are back in the room, on a live node, and decode each other.
+            await wait_for(
+                lambda: alice.frames_since(killed + 0.5) >= 10 and bob.frames_since(killed + 0.5) >= 10,
+                within=MEDIA_TIMEOUT,
+            )
+            assert len(alice.sessions) >= 2 and len(bob.sessions) >= 2
+            moved = await _room(http, a.url, tenant, room["id"])
+            assert moved["status"] == "open" and moved["node_id"] in ("node-a", "node-b")
+            assert sorted(p["identity"] for p in moved["participants"]) == ["alice", "bob"]
+            assert close_to(mean_rgb(next(iter(alice.client.frames.values()))[-1]), GREEN)
+            assert close_to(mean_rgb(next(iter(bob.client.frames.values()))[-1]), RED)
+            assert alice.errors == [] and bob.errors == []
+            # C is gone from the registry, and no open room is left on it.
+            nodes = {n["node_id"] for n in await cluster.live_nodes(http, "node-a")}
+            assert "node-c" not in nodes
+        finally:
+            await alice.close()
+            await bob.close()
+
+
+async def test_a_dead_nodes_idle_rooms_are_adopted_and_close_so_they_stop_counting(cluster: Cluster):
+    a, c = await asyncio.gather(cluster.start("node-a"), cluster.start("node-c"))
+    async with aiohttp.ClientSession() as http:
+        await cluster.wait_registered(http, {"node-a", "node-c"})
+        tenant = await create_tenant_over_http(http, a.url)
+        async with http.post(
+            c.url + "/api/v1/rooms", json={"name": "orphan", "empty_timeout": 1}, headers=bearer(tenant.token())
+        ) as resp:
+            room = await resp.json()
+        assert room["node_id"] == "node-c"
+        c.kill()
+        # Within a few heartbeats A adopts the room, and its idle sweep closes it (nobody came back).
+        for _poll in range(200):
+            closed = await _room(http, a.url, tenant, room["id"])
+            if closed["status"] == "closed":
+                break
+            await asyncio.sleep(0.3)
+        assert closed["status"] == "closed" and closed["node_id"] == "node-a"
+
+
+async def test_drain_moves_the_room_while_both_clients_keep_receiving(cluster: Cluster):
+    a, b = await asyncio.gather(cluster.start("node-a"), cluster.start("node-b"))
+    async with aiohttp.ClientSession() as http:
+        await cluster.wait_registered(http, {"node-a", "node-b"})
+        tenant = await create_tenant_over_http(http, a.url)
+        room = await _room_on(http, a.url, tenant)
+        assert room["node_id"] == "node-a"
+        # The clients' "load balancer": their own node first, the other when it refuses.
+        alice = ReconnectingParticipant(http, [a.url, b.url], token(tenant, "alice"), RED)
+        bob = ReconnectingParticipant(http, [b.url, a.url], token(tenant, "bob"), GREEN)
+        try:
+            await alice.start()
+            await bob.start()
+            await wait_for(lambda: alice.frames_since(0) >= 5 and bob.frames_since(0) >= 5, within=MEDIA_TIMEOUT)
+
+            async with http.post(a.url + "/api/v1/nodes/node-a/drain", headers=OPERATOR) as resp:
+                assert resp.status == 202, await resp.text()
+            asked = time.monotonic()
+            assert await a.exited(within=60) == 0  # A empties and exits by itself
+            await wait_for(
+                lambda: alice.frames_since(asked + 0.5) >= 10 and bob.frames_since(asked + 0.5) >= 10,
+                within=MEDIA_TIMEOUT,
+            )
+            assert (await _room(http, b.url, tenant, room["id"]))["node_id"] == "node-b"
+            assert alice.moves >= 1 and bob.moves >= 1  # told to move, not dropped
+            assert alice.errors == [] and bob.errors == []
+        finally:
+            await alice.close()
+            await bob.close()
