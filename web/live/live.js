@@ -12,7 +12,7 @@
 // room_id (lets a viewer of a full room still watch over HLS, without chat).
 // State for tests and tools: window.gblive.
 
-import { Signaling, SignalingError, signalingUrl } from '../room/signaling.js';
+import { Signaling, SignalingError, roomOfToken, signalingUrl } from '../room/signaling.js';
 import { HlsPlayer, NotLive, WhepPlayer, gathered } from './player.js';
 
 const RTC_CONFIG = { iceServers: [], bundlePolicy: 'max-bundle' };
@@ -43,6 +43,10 @@ let conversationId = null;
 let player = null;
 let publisher = null;
 let retryTimer = null;
+let live = false; // this page publishes (a host on air, or a co-host): it publishes again after a reconnect
+let reconnects = 0;
+const RECONNECT_FIRST_MS = 250;
+const RECONNECT_MAX_MS = 4000;
 
 function setState(next, text = '') {
   state.state = next;
@@ -198,6 +202,7 @@ async function goLive() {
   }
   const reply = await signaling.request({ type: 'publish', sdp: pc.localDescription.sdp, tracks });
   await pc.setRemoteDescription({ type: 'answer', sdp: reply.sdp });
+  live = true;
   if (state.role === 'host') setState('publishing');
 }
 
@@ -282,22 +287,81 @@ function offAir() {
   if (state.state === 'whep' && state.role === 'viewer' && !onAir()) setState('waiting', 'The host is away');
 }
 
+// The socket ended (the room moved to another node, the node went away, the network
+// dropped): join again through any node, then publish again (a host on air) or play on.
+async function reconnect() {
+  if (['ended', 'reconnecting'].includes(state.state)) return;
+  const wasLive = live;
+  setState('reconnecting', 'Reconnecting…');
+  if (publisher) publisher.close();
+  publisher = null;
+  live = false;
+  let delay = RECONNECT_FIRST_MS;
+  for (;;) {
+    await new Promise((resolve) => setTimeout(resolve, delay));
+    delay = Math.min(delay * 2, RECONNECT_MAX_MS);
+    reconnects += 1;
+    try {
+      if (!(await connect())) return;
+      break;
+    } catch (error) {
+      console.warn('gblive: reconnect failed:', error.code || error.name || '', error.message || '');
+      if (error.code && ['token_expired', 'grant_missing', 'room_required'].includes(error.code)) {
+        fail(error);
+        return;
+      }
+    }
+  }
+  if (wasLive) {
+    await goLive();
+  } else if (state.role === 'host') {
+    $('go-live').hidden = false;
+    setState('ready', 'You are not live yet');
+  } else {
+    await play(); // the room may be on another node now: a new WHEP session there
+  }
+}
+
+// Opens the socket and joins; false when the page plays over HLS without a socket (a full room).
+async function connect() {
+  const next = new Signaling(signalingUrl(window.location, roomOfToken(token)), {
+    onMessage: (message) => {
+      if (signaling === next) onMessage(message);
+    },
+    onClose: () => {
+      if (signaling === next) reconnect().catch(fail);
+    },
+  });
+  await next.open();
+  let joined;
+  try {
+    joined = await next.request({ type: 'join', token, kind: 'live', auto_subscribe: false });
+  } catch (error) {
+    next.close();
+    throw error;
+  }
+  if (signaling && signaling !== next) signaling.close();
+  signaling = next;
+  state.room = joined.room;
+  state.self = joined.participant;
+  state.viewerCount = joined.viewer_count || 0;
+  state.hosts = new Map();
+  for (const participant of joined.participants) state.hosts.set(participant.id, participant);
+  state.role = joined.participant.grants.can_publish ? 'host' : 'viewer';
+  conversationId = joined.chat ? joined.chat.conversation_id : null;
+  render();
+  loadChat().catch((error) => console.warn('gblive: chat history failed', error.code));
+  return true;
+}
+
 async function start() {
   if (!token) {
     setState('error', 'This page needs a link with a token (…/web/live/?token=…)');
     return;
   }
-  signaling = new Signaling(signalingUrl(), {
-    onMessage,
-    onClose: () => {
-      if (state.state !== 'ended') setState('error', 'Disconnected');
-    },
-  });
   setState('joining', 'Joining…');
-  await signaling.open();
-  let joined;
   try {
-    joined = await signaling.request({ type: 'join', token, kind: 'live', auto_subscribe: false });
+    await connect();
   } catch (error) {
     // A full room (a huge audience) still plays over HLS when the link names the room's id.
     if (!(error instanceof SignalingError && error.code === 'room_full' && params.get('room_id'))) throw error;
@@ -310,14 +374,6 @@ async function start() {
     showUnmute();
     return;
   }
-  state.room = joined.room;
-  state.self = joined.participant;
-  state.viewerCount = joined.viewer_count || 0;
-  for (const participant of joined.participants) state.hosts.set(participant.id, participant);
-  state.role = joined.participant.grants.can_publish ? 'host' : 'viewer';
-  conversationId = joined.chat ? joined.chat.conversation_id : null;
-  render();
-  loadChat().catch((error) => console.warn('gblive: chat history failed', error.code));
   if (state.role === 'host') {
     $('go-live').hidden = false;
     setState('ready', 'You are not live yet');
@@ -352,6 +408,9 @@ function fail(error) {
 
 window.gblive = {
   state,
+  get reconnects() {
+    return reconnects;
+  },
   sendHeart,
   sendChat,
   inviteCohost,

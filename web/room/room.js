@@ -321,6 +321,7 @@ window.gbroom = Object.freeze({
   get reconnects() { return session.reconnects; },
   get resumes() { return session.resumes; },
   get rejoins() { return session.rejoins; },
+  get moves() { return session.moves; },
   get connectionStates() {
     return { publisher: session.publisher ? session.publisher.connectionState : null,
       subscriber: session.subscriber ? session.subscriber.connectionState : null };

@@ -16,7 +16,7 @@
 // and "chat" (detail: the event) for the chat events the server pushes (chat.js).
 
 import { applyActiveLayers, cameraEncodings } from './layers.js';
-import { Signaling, SignalingError, signalingUrl } from './signaling.js';
+import { Signaling, SignalingError, roomOfToken, signalingUrl } from './signaling.js';
 
 const RTC_CONFIG = { iceServers: [], bundlePolicy: 'max-bundle' }; // the server's candidates are in its SDP
 const VIDEO = { width: { ideal: 1280 }, height: { ideal: 720 }, frameRate: { ideal: 30 } };
@@ -87,6 +87,8 @@ export class RoomSession extends EventTarget {
     this.reconnects = 0; // sockets reopened after a drop
     this.resumes = 0; // of which resumed the session
     this.rejoins = 0; // fresh joins after a failed resume
+    this.moves = 0; // `moved`: the room went to another node
+    this.moving = false;
     this.camera = null; // MediaStream of camera and microphone
     this.screen = null; // MediaStream of the screen share
     this.mediaError = '';
@@ -318,7 +320,7 @@ export class RoomSession extends EventTarget {
   // Opens a socket and joins (or resumes); on success the session is 'joined'.
   async _connect(resume) {
     if (Date.now() < this.offlineUntil) throw new SignalingError('connection_lost', 'offline');
-    const signaling = new Signaling(signalingUrl(), {
+    const signaling = new Signaling(signalingUrl(window.location, roomOfToken(this.token)), {
       onMessage: (message) => {
         if (this.signaling === signaling) this._onMessage(message);
       },
@@ -395,10 +397,12 @@ export class RoomSession extends EventTarget {
   // The socket dropped (or the session must start over): reconnect with backoff.
   async _reconnect() {
     this.phase = 'reconnecting';
-    this.message = 'Connection lost; reconnecting…';
+    const moving = this.moving;
+    this.moving = false;
+    this.message = moving ? 'Moving to another server…' : 'Connection lost; reconnecting…';
     this._changed();
     const deadline = Date.now() + this.graceSeconds * 1000;
-    let delay = RETRY_FIRST_MS;
+    let delay = moving ? 0 : RETRY_FIRST_MS;
     while (this.phase === 'reconnecting') {
       await sleep(delay);
       delay = Math.min(delay * 2, RETRY_MAX_MS);
@@ -493,6 +497,13 @@ export class RoomSession extends EventTarget {
         return;
       case 'room_closed':
         this._end('ended', 'The meeting has ended.');
+        return;
+      case 'moved':
+        // The room moves to another node (a drain, or its node changed): the server ends this
+        // socket; join again at once, afresh (the session stays behind), through any node.
+        this.resumeToken = null;
+        this.moving = true;
+        this.moves += 1;
         return;
       case 'error':
         console.warn('gbroom: server error:', message.code, message.message);

@@ -15,8 +15,21 @@ export class SignalingError extends Error {
   }
 }
 
-export function signalingUrl(location = window.location) {
-  return (location.protocol === 'https:' ? 'wss' : 'ws') + '://' + location.host + '/rtc';
+// The room a participant token is for (its `grants.room` claim), or '' when it names none.
+export function roomOfToken(token) {
+  try {
+    const payload = token.split('.')[1].replace(/-/g, '+').replace(/_/g, '/');
+    return JSON.parse(atob(payload)).grants.room || '';
+  } catch (error) {
+    return '';
+  }
+}
+
+// The socket's URL. `room` goes in the query so a room-aware load balancer (deploy/haproxy)
+// can send the socket to the room's node; any node would relay it there anyway.
+export function signalingUrl(location = window.location, room = '') {
+  const base = (location.protocol === 'https:' ? 'wss' : 'ws') + '://' + location.host + '/rtc';
+  return room ? `${base}?room=${encodeURIComponent(room)}` : base;
 }
 
 export class Signaling {
