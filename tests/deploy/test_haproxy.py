@@ -61,6 +61,10 @@ def test_both_configurations_route_rooms_alike():
 # --- a real HAProxy in front of three stand-in nodes --------------------------------------
 
 
+NODES = ("node1", "node2", "node3")
+ROOMS = [f"room-{i}" for i in range(24)]
+
+
 @dataclass
 class StandIn:
     """A stand-in node: answers with its name and the room header the balancer set."""
@@ -185,10 +189,6 @@ async def balancer(tmp_path: Path) -> AsyncIterator[Balancer]:
             for ws in node.sockets:
                 await ws.close()
             await node.server.close()  # type: ignore[union-attr]
-
-
-NODES = ("node1", "node2", "node3")
-ROOMS = [f"room-{i}" for i in range(24)]
 
 
 async def owners(lb: Balancer) -> dict[str, str]:
