@@ -82,7 +82,9 @@ async def _internal_url(runner: web.AppRunner, node: Node, settings: Settings) -
     site = web.TCPSite(runner, settings.cluster_host or settings.host, settings.cluster_port)
     await site.start()
     bound = runner.addresses[-1][1]  # the site just started (its port, when 0 was asked for)
-    host = node.media_address.advertised
+    # A specific cluster bind address is what other nodes reach; else the node's media address.
+    chosen = settings.cluster_host or settings.host
+    host = chosen if chosen not in ("0.0.0.0", "::", "") else node.media_address.advertised
     if ":" in host:
         host = f"[{host}]"
     url = f"http://{host}:{bound}"
