@@ -143,3 +143,18 @@ def test_quality_smoke_prices_the_sinks_ticks_and_samples() -> None:
     assert set(result["tick_us"]) == {"2", "10", "50", "200"}
     assert all(value > 0 for value in result["tick_us"].values())
     assert result["sample_us"]["receiver"] > 0 and result["sample_us"]["sender"] > 0
+
+
+def test_cluster_smoke_joins_both_ways_counts_redis_calls_and_holds_idle_sockets() -> None:
+    out = smoke("cluster")
+    assert "gbmedia cluster: 2 node processes" in out
+    for header in ("straight to the owner", "through another node", "Redis calls/join", "KB per socket"):
+        assert header in out
+    result = last_json(out)
+    for path in ("join_direct", "join_relayed"):
+        row = result[path]
+        assert row["joins"] == 20 and row["p50_ms"] > 0 and row["redis_calls_per_join"] > 0
+    # Relaying looks the owner up in Redis: more calls than a join on the owner itself.
+    assert result["join_relayed"]["redis_calls_per_join"] > result["join_direct"]["redis_calls_per_join"]
+    idle = result["idle_sockets"]
+    assert idle["sockets"] == 50 and idle["healthz_ok"] is True
