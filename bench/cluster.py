@@ -153,7 +153,8 @@ async def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
         try:
             await a.start()
             await b.start()
-            async with aiohttp.ClientSession() as http:
+            # No connector limit: the idle sockets stay open (aiohttp's default caps a session at 100).
+            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
                 key, secret = await create_tenant(http, a.url)
                 rooms = max(1, args.joins // 20)
                 admin = mint_token(key, secret, "admin", Grants(room_admin=True))

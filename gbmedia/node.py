@@ -151,7 +151,9 @@ class Node:
             placement: LocalPlacement | RedisPlacement
             if redis_client is not None:
                 registry = RedisRegistry(redis_client, me, ttl=settings.node_ttl_seconds)
-                placement = RedisPlacement(redis_client, registry, rooms)
+                placement = RedisPlacement(
+                    redis_client, registry, rooms, recent_ms=int(settings.node_ttl_seconds * 1000)
+                )
             else:
                 registry = LocalRegistry(me)
                 placement = LocalPlacement(registry)

@@ -224,3 +224,43 @@ async def test_drain_moves_the_room_while_both_clients_keep_receiving(cluster: C
         finally:
             await alice.close()
             await bob.close()
+
+
+async def test_placement_fills_the_instances_region_by_capacity_then_the_next_and_a_full_cluster_refuses(
+    cluster: Cluster,
+):
+    # Capacities in placement's cost units: a new meeting is charged 24 until its node reports it.
+    _a, _b, c = await asyncio.gather(
+        cluster.start("node-a", region="eu-west", node_capacity="30"),
+        cluster.start("node-b", region="eu-west", node_capacity="60"),
+        cluster.start("node-c", region="us-east", node_capacity="50"),
+    )
+    async with aiohttp.ClientSession() as http:
+        await cluster.wait_registered(http, {"node-a", "node-b", "node-c"})
+        async with http.post(c.url + "/api/v1/customers", json={"name": "eu", "tier": "pro"}, headers=OPERATOR) as r:
+            customer = await r.json()
+        async with http.post(
+            c.url + f"/api/v1/customers/{customer['id']}/instances",
+            json={"name": "eu-main", "region": "eu-west"},
+            headers=OPERATOR,
+        ) as resp:
+            body = await resp.json()
+        creds = body["credentials"]
+        tenant = Tenant(customer["id"], body["instance"]["id"], creds["key"], creds["secret"])
+
+        placed = []
+        for index in range(5):  # all created through the us-east node
+            async with http.post(
+                c.url + "/api/v1/rooms", json={"name": f"r{index}"}, headers=bearer(tenant.token())
+            ) as resp:
+                assert resp.status == 201, await resp.text()
+                placed.append((await resp.json())["node_id"])
+        # eu-west first (A fits one, B two), then the next region; never over a node's capacity.
+        assert placed == ["node-a", "node-b", "node-b", "node-c", "node-c"], placed
+        async with http.post(c.url + "/api/v1/rooms", json={"name": "r5"}, headers=bearer(tenant.token())) as resp:
+            assert resp.status == 503
+            assert (await resp.json())["error"]["code"] == "cluster_full"
+        # The registry shows what each node carries (its placed rooms), through any node.
+        nodes = {n["node_id"]: n for n in await cluster.live_nodes(http, "node-a")}
+        assert {n: nodes[n]["region"] for n in nodes} == {"node-a": "eu-west", "node-b": "eu-west", "node-c": "us-east"}
+        assert nodes["node-b"]["load"]["cost"] >= 48 and nodes["node-a"]["load_share"] > 0.5

@@ -22,7 +22,7 @@ from dataclasses import replace
 from typing import Protocol
 
 from gbmedia.rooms.live import LiveRooms
-from gbmedia.rooms.placement import LocalPlacement, RedisPlacement, room_cost
+from gbmedia.rooms.placement import NEW_ROOM_COST, LocalPlacement, RedisPlacement, room_cost
 from gbmedia.rooms.registry import Heartbeat, NodeLoad, NodeRegistry
 
 log = logging.getLogger(__name__)
@@ -75,7 +75,22 @@ class ClusterMember:
         except Exception:  # Redis away: the entry expires by itself
             log.warning("could not withdraw from the registry", exc_info=True)
 
-    def read_load(self) -> NodeLoad:
+    async def read_load(self) -> NodeLoad:
+        """The node's load now. Its cost: what its live rooms forward, plus, for each room placed
+        here that carries less than a new room is charged (nobody in it yet), that charge."""
+        placed = await self.live_rooms.rooms.count_open_on(self.placement.node_id)
+        load = self.media_load()
+        reserved = 0.0
+        for kind, count in placed.items():
+            busy = sum(
+                1
+                for live in self.live_rooms.live.values()
+                if not live.closed and live.room.kind == kind and live.cost() >= NEW_ROOM_COST.get(kind, 0.0)
+            )
+            reserved += max(count - busy, 0) * NEW_ROOM_COST.get(kind, NEW_ROOM_COST["meeting"])
+        return replace(load, cost=load.cost + reserved)
+
+    def media_load(self) -> NodeLoad:
         now, cpu = time.monotonic(), time.process_time()
         wall0, cpu0 = self._cpu_mark
         self._cpu_mark = (now, cpu)

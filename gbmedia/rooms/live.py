@@ -74,6 +74,11 @@ class LiveRoom:
     def tracks(self) -> dict[str, PublishedTrack]:
         return {t.id: t for p in self.participants.values() for t in p.published}
 
+    def cost(self) -> float:
+        """What this room costs its node now, in placement's unit (rooms/placement.py)."""
+        participants = list(self.participants.values())
+        return float(sum(len(p.published) + len(p.subscriptions) for p in participants))
+
     def published(self) -> list[tuple[TrackOwner, PublishedTrack]]:
         return [(p, t) for p in self.participants.values() for t in p.published]
 

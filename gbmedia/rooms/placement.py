@@ -25,7 +25,7 @@ import redis.asyncio as aioredis
 from aiohttp import web
 
 from gbmedia.errors import ApiError
-from gbmedia.rooms.registry import NODE_KEY, NodeInfo, NodeRegistry
+from gbmedia.rooms.registry import NODE_KEY, RECENT_KEY, NodeInfo, NodeRegistry
 from gbmedia.rooms.store import Room, Rooms
 
 log = logging.getLogger(__name__)
@@ -106,11 +106,17 @@ class RoomRouter(Protocol):
     async def place(self, room: Room, region: str | None = None) -> str: ...
 
 
-# Claim a room for ARGV[1] unless a live node (its registry key exists) holds it.
+# Claim a room for ARGV[1] unless a live node (its registry key exists) holds it. A claim
+# also charges the new owner the room's cost (ARGV[4]) under RECENT_KEY for ARGV[5] ms: until
+# its heartbeats count the room, placements racing in the same second see it as busier.
 _CLAIM = """
 local owner = redis.call('GET', KEYS[1])
 if owner and redis.call('EXISTS', ARGV[2] .. owner) == 1 then return owner end
 redis.call('SET', KEYS[1], ARGV[1])
+if tonumber(ARGV[4]) > 0 then
+  redis.call('INCRBYFLOAT', ARGV[3] .. ARGV[1], ARGV[4])
+  redis.call('PEXPIRE', ARGV[3] .. ARGV[1], ARGV[5])
+end
 return ARGV[1]
 """
 
@@ -148,8 +154,9 @@ class LocalPlacement:
 class RedisPlacement:
     """Placement over the Redis registry (see the module docstring)."""
 
-    def __init__(self, redis: aioredis.Redis, registry: NodeRegistry, rooms: Rooms) -> None:
+    def __init__(self, redis: aioredis.Redis, registry: NodeRegistry, rooms: Rooms, *, recent_ms: int = 3000) -> None:
         self.redis = redis
+        self.recent_ms = recent_ms  # how long a placement is charged before the owner's heartbeat counts it
         self.registry = registry
         self.rooms = rooms
         self._claim = redis.register_script(_CLAIM)
@@ -175,7 +182,9 @@ class RedisPlacement:
                 "every node of the cluster is at capacity or draining; try again shortly",
                 {"nodes": len(nodes)},
             )
-        owner_id = (await self._claim(keys=[ROOM_KEY + str(room.id)], args=[chosen.node_id, NODE_KEY])).decode()
+        owner_id = (
+            await self._claim(keys=[ROOM_KEY + str(room.id)], args=self._claim_args(chosen.node_id, room.kind))
+        ).decode()
         owner = chosen if owner_id == chosen.node_id else await self.registry.get(owner_id)
         if owner is None:  # the winner died between its claim and our read: place again
             return await self.owner(room, region)
@@ -204,8 +213,12 @@ class RedisPlacement:
 
     async def claim(self, room_id: uuid.UUID) -> str:
         """Claim a room for this node unless a live node holds it; the owner after the claim."""
-        owner = await self._claim(keys=[ROOM_KEY + str(room_id)], args=[self.node_id, NODE_KEY])
+        owner = await self._claim(keys=[ROOM_KEY + str(room_id)], args=self._claim_args(self.node_id, None))
         return str(owner.decode())
+
+    def _claim_args(self, node_id: str, kind: str | None) -> list[str | float | int]:
+        cost = NEW_ROOM_COST.get(kind, NEW_ROOM_COST["meeting"]) if kind is not None else 0.0
+        return [node_id, NODE_KEY, RECENT_KEY, cost, self.recent_ms]
 
     async def release(self, room_id: uuid.UUID) -> None:
         """Give up a room this node owns (closed or moved away): the next join places it anew."""

@@ -19,7 +19,7 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Protocol
 
@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 NODE_KEY = "gbmedia:node:"  # + node id: the node's NodeInfo as JSON, with an expiry
 NODES_KEY = "gbmedia:nodes"  # set of node ids ever registered (pruned as they expire)
 DRAIN_KEY = "gbmedia:drain:"  # + node id: an operator asked this node to drain
+RECENT_KEY = "gbmedia:recent:"  # + node id: rooms placed on it since its last heartbeats (expires)
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,13 @@ class NodeInfo:
         return cls(**data)
 
 
+def with_recent(node: NodeInfo, recent_cost: float) -> NodeInfo:
+    """The node's load with the rooms placed on it since its last heartbeat, which it has not counted yet."""
+    if not recent_cost:
+        return node
+    return replace(node, load=replace(node.load, cost=node.load.cost + recent_cost))
+
+
 class NodeRegistry(Protocol):
     """The live nodes of the cluster (or only this one)."""
 
@@ -109,7 +117,7 @@ class NodeRegistry(Protocol):
     async def withdraw(self) -> None: ...
 
 
-LoadReader = Callable[[], NodeLoad]
+LoadReader = Callable[[], Awaitable[NodeLoad]]
 
 
 class Heartbeat:
@@ -134,7 +142,7 @@ class Heartbeat:
             self._task = None
 
     async def beat(self) -> None:
-        await self.registry.publish(self.read_load())
+        await self.registry.publish(await self.read_load())
         for listener in self.listeners:
             result = listener()
             if asyncio.iscoroutine(result):
@@ -225,14 +233,14 @@ class RedisRegistry:
         ids = sorted(m.decode() if isinstance(m, bytes) else m for m in await self.redis.smembers(NODES_KEY))
         if not ids:
             return []
-        raws = await self.redis.mget([NODE_KEY + i for i in ids])
+        raws = await self.redis.mget([NODE_KEY + i for i in ids] + [RECENT_KEY + i for i in ids])
         nodes = []
         gone = []
-        for node_id, raw in zip(ids, raws, strict=True):
+        for node_id, raw, recent in zip(ids, raws[: len(ids)], raws[len(ids) :], strict=True):
             if raw is None:
                 gone.append(node_id)
                 continue
-            nodes.append(NodeInfo.from_json(raw))
+            nodes.append(with_recent(NodeInfo.from_json(raw), float(recent or 0)))
         if gone:  # expired entries: keep the set small (a node coming back adds itself again)
             await self.redis.srem(NODES_KEY, *gone)
         return nodes

@@ -12,6 +12,7 @@ import redis.asyncio as aioredis
 from gbmedia.config import Settings
 from gbmedia.errors import ApiError
 from gbmedia.rooms.placement import (
+    LOCAL_PREFERENCE,
     NEW_ROOM_COST,
     LocalPlacement,
     RedisPlacement,
@@ -211,3 +212,21 @@ async def test_a_single_node_places_everything_on_itself():
     assert await placement.owners([]) == [] and await placement.adopt_orphans() == []
     await registry.request_drain("solo")
     assert await registry.drain_requested()
+
+
+async def test_rooms_placed_in_one_burst_spread_before_any_heartbeat_counts_them(
+    redis_client: aioredis.Redis, rooms: Rooms, tenancy: Tenancy
+):
+    instance = await make_instance(tenancy, "pro")
+    first = RedisPlacement(redis_client, await registered(redis_client, node("n1")), rooms)
+    await registered(redis_client, node("n2"))
+    owners = []
+    for attempt in range(12):  # all through n1, faster than any heartbeat
+        room = await rooms.create(ACTOR, instance.id, f"burst-{attempt}")
+        owners.append((await first.owner(room)).node_id)
+    # n1 keeps rooms while it is within LOCAL_PREFERENCE of the freest node, then they go to n2.
+    cost = NEW_ROOM_COST["meeting"]
+    assert owners[:4] == ["n1"] * 4 and owners.count("n2") >= 4, owners
+    loads = {n.node_id: n.load.cost for n in await first.registry.live_nodes()}
+    assert loads == {"n1": owners.count("n1") * cost, "n2": owners.count("n2") * cost}
+    assert loads["n1"] - loads["n2"] <= LOCAL_PREFERENCE * 1000 + cost

@@ -20,6 +20,7 @@ from gbmedia.tenancy.tokens import Grants, mint_token
 from tests.browser import Browser, Tab
 from tests.cluster import Cluster, create_tenant_over_http, running_cluster
 from tests.helpers import OPERATOR, Tenant, bearer
+from tests.signaling.test_whip import host_token, live_token
 from tests.web.test_room_page import STATE_TIMEOUT, wait_decoding
 
 
@@ -101,3 +102,38 @@ async def test_a_drained_node_hands_the_meeting_over_without_an_error_on_either_
             cluster.nodes["node-a"].url + f"/api/v1/rooms/{room['id']}", headers=bearer(tenant.token())
         ) as resp:
             assert (await resp.json())["node_id"] in ("node-a", "node-b")
+
+
+async def test_a_live_show_survives_the_drain_of_its_node_host_and_viewer_come_back_by_themselves(
+    cluster: Cluster, browser: Browser
+):
+    async with aiohttp.ClientSession() as http:
+        a, _b, c = await asyncio.gather(cluster.start("node-a"), cluster.start("node-b"), cluster.start("node-c"))
+        await cluster.wait_registered(http, {"node-a", "node-b", "node-c"})
+        tenant = await create_tenant_over_http(http, a.url)
+        async with http.post(
+            c.url + "/api/v1/rooms", json={"name": "show", "kind": "live"}, headers=bearer(tenant.token())
+        ) as resp:
+            room = await resp.json()
+        assert room["node_id"] == "node-c"
+        host = await browser.open(
+            f"{a.url}/web/live/?" + urlencode({"token": host_token(tenant, "star"), "autolive": "1"})
+        )
+        await host.wait_for("window.gblive && gblive.state.state === 'publishing'", timeout=60)
+        viewer = await browser.open(
+            f"{cluster.nodes['node-b'].url}/web/live/?" + urlencode({"token": live_token(tenant, "ann")})
+        )
+        decoding = "(async () => { const s = await gblive.stats(); return s && s.framesDecoded > {n} && s; })()"
+        first = await viewer.wait_for(decoding.replace("{n}", "10"), timeout=60)
+        assert first["frameWidth"] > 0
+
+        async with http.post(a.url + "/api/v1/nodes/node-c/drain", headers=OPERATOR) as resp:
+            assert resp.status == 202
+        assert await c.exited(within=60) == 0
+        await host.wait_for("gblive.reconnects >= 1 && gblive.state.state === 'publishing'", timeout=60)
+        await viewer.wait_for("gblive.reconnects >= 1 && gblive.state.state === 'whep'", timeout=60)
+        await viewer.wait_for(decoding.replace("{n}", "10"), timeout=60)  # a new player, on the new node
+        async with http.get(a.url + f"/api/v1/rooms/{room['id']}", headers=bearer(tenant.token())) as resp:
+            assert (await resp.json())["node_id"] in ("node-a", "node-b")
+        host.assert_no_errors()
+        viewer.assert_no_errors()
