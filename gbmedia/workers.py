@@ -30,12 +30,14 @@ import asyncio
 import contextlib
 import ctypes
 import logging
+import math
 import os
 import secrets
 import signal
 import socket
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from gbmedia.config import ConfigError, Settings, env_name, load_settings
 
@@ -49,17 +51,40 @@ TOKEN_PREFIX = "operator token "
 STOP_MARGIN_SECONDS = 10.0  # beyond drain and shutdown timeouts before a worker is killed
 STABLE_SECONDS = 30.0  # a worker that ran this long restarts without backoff
 MAX_RESTART_DELAY = 30.0
+CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
 # --- the pure pieces ----------------------------------------------------------------
 
 
-def available_cores() -> int:
-    """The cores this process may run on (its CPU affinity, as a container's cpuset sets it)."""
+def available_cores(cgroup_root: Path = CGROUP_ROOT) -> int:
+    """The cores this process may use: its CPU affinity (a container's cpuset), capped by a CPU quota.
+
+    A Kubernetes pod with ``limits.cpu: 2`` on a 64-core machine still sees 64 cores
+    in its affinity; its quota says 2. A fraction counts as a core (1.5 → 2).
+    """
     try:
-        return len(os.sched_getaffinity(0)) or 1
+        cores = len(os.sched_getaffinity(0)) or 1
     except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    quota = cgroup_cpu_quota(cgroup_root)
+    return min(cores, max(1, math.ceil(quota))) if quota is not None else cores
+
+
+def cgroup_cpu_quota(root: Path = CGROUP_ROOT) -> float | None:
+    """The container's CPU quota in cores (cgroup v2 ``cpu.max``, else v1 CFS), None when unlimited."""
+    for quota_file, period_file in (("cpu.max", None), ("cpu/cpu.cfs_quota_us", "cpu/cpu.cfs_period_us")):
+        try:
+            fields = (root / quota_file).read_text().split()
+            if period_file is not None:
+                fields.append((root / period_file).read_text().strip())
+            quota, period = fields[0], fields[1]
+            if quota == "max" or int(quota) <= 0:
+                return None
+            return int(quota) / int(period) if int(period) > 0 else None
+        except (OSError, ValueError, IndexError):
+            continue
+    return None
 
 
 def worker_count(settings: Settings) -> int:
@@ -202,24 +227,24 @@ def reserve_port(host: str, port: int) -> socket.socket:
     """
     infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     family, kind, proto, _, address = infos[0]
-    probe = socket.socket(family, kind, proto)
-    try:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        probe.bind(address)
+
+    def bound_socket(port: int, *, reuse_port: bool) -> socket.socket:
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if family == socket.AF_INET6:  # as asyncio's create_server binds the workers' sockets
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind((address[0], port, *address[2:]))
+        except OSError as exc:
+            sock.close()
+            raise ConfigError(f"GBMEDIA_PORT {port} on {host}: {exc.strerror or exc}") from None
+        return sock
+
+    with bound_socket(port, reuse_port=False) as probe:
         chosen = probe.getsockname()[1]
-    except OSError as exc:
-        probe.close()
-        raise ConfigError(f"GBMEDIA_PORT {port} on {host}: {exc.strerror or exc}") from None
-    probe.close()
-    held = socket.socket(family, kind, proto)
-    try:
-        held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        held.bind((address[0], chosen, *address[2:]))
-    except OSError as exc:
-        held.close()
-        raise ConfigError(f"GBMEDIA_PORT {chosen} on {host}: {exc.strerror or exc}") from None
-    return held
+    return bound_socket(chosen, reuse_port=True)
 
 
 def _prepare_secrets(settings: Settings) -> str:
@@ -232,6 +257,12 @@ def _prepare_secrets(settings: Settings) -> str:
     return settings.cluster_secret or load_or_create_file_secret(
         settings.data_dir / "cluster.secret", lambda: secrets.token_urlsafe(32)
     )
+
+
+def _say(line: str) -> None:
+    """A line on the supervisor's stdout; one nobody reads any more is dropped, not fatal."""
+    with contextlib.suppress(BrokenPipeError, ValueError):
+        print(line, flush=True)
 
 
 def _exit_description(code: int) -> dict[str, object]:
@@ -344,12 +375,11 @@ class Supervisor:
             "workers listening",
             extra={"url": url, "workers": self.count, "node_ids": [slot.plan.node_id for slot in self._slots]},
         )
-        print(f"gbmedia listening on {url}", flush=True)
-        print(
+        _say(f"gbmedia listening on {url}")
+        _say(
             f"operator token in {self.settings.data_dir / 'operator.token'}"
             if not self.settings.operator_token
-            else "operator token from GBMEDIA_OPERATOR_TOKEN",
-            flush=True,
+            else "operator token from GBMEDIA_OPERATOR_TOKEN"
         )
 
     async def _keep(self, slot: _Slot) -> None:
@@ -420,10 +450,10 @@ class Supervisor:
             line = raw.decode(errors="replace").rstrip("\r\n")
             if line.startswith(READY_PREFIX):
                 log.info("worker ready", extra={"worker": index, "node_id": node_id, "pid": proc.pid})
-                print(f"worker {index} (node {node_id}, pid {proc.pid}) ready", flush=True)
+                _say(f"worker {index} (node {node_id}, pid {proc.pid}) ready")
                 slot.ready.set()
             elif not line.startswith(TOKEN_PREFIX):  # the supervisor prints that one once
-                print(f"worker {index}: {line}", flush=True)
+                _say(f"worker {index}: {line}")
 
     async def _stop_workers(self, keepers: list[asyncio.Task[None]]) -> None:
         self._stopping = True

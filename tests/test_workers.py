@@ -64,6 +64,7 @@ def test_a_range_too_small_for_the_workers_is_refused_naming_the_variable():
 
 def test_default_worker_count_is_one_per_core_in_a_cluster_and_one_alone(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 2, 5})
+    monkeypatch.setattr(workers, "cgroup_cpu_quota", lambda root: None)
     assert workers.available_cores() == 3
     assert worker_count(load_settings()) == 1
     assert worker_count(load_settings(redis_url="redis://127.0.0.1:6379/7")) == 3
@@ -71,6 +72,28 @@ def test_default_worker_count_is_one_per_core_in_a_cluster_and_one_alone(monkeyp
     assert worker_count(load_settings(workers=1)) == 1
     monkeypatch.setenv("GBMEDIA_WORKERS", "4")
     assert worker_count(load_settings(redis_url="redis://127.0.0.1:6379/7")) == 4
+
+
+@pytest.mark.parametrize(
+    ("files", "quota", "cores"),
+    [
+        ({"cpu.max": "200000 100000\n"}, 2.0, 2),
+        ({"cpu.max": "150000 100000\n"}, 1.5, 2),  # a fraction of a core counts as one
+        ({"cpu.max": "max 100000\n"}, None, 8),
+        ({"cpu/cpu.cfs_quota_us": "50000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 0.5, 1),
+        ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None, 8),
+        ({}, None, 8),
+    ],
+)
+def test_a_containers_cpu_quota_caps_the_cores(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, files: dict[str, str], quota: float | None, cores: int
+):
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
+    assert workers.cgroup_cpu_quota(tmp_path) == quota
+    assert workers.available_cores(tmp_path) == cores
 
 
 def test_several_workers_without_redis_are_refused():
