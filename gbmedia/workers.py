@@ -22,6 +22,8 @@ operator token, the secret key, the cluster secret), and starts the embedded
 PostgreSQL and migrates it, handing the workers its URL. Then it prints the ready
 line once every worker listens, restarts a worker that dies (with backoff), and on
 SIGTERM or SIGINT passes the signal on and waits for the workers to drain and stop.
+A worker that exits cleanly by itself was drained (``gbmedia drain --node <id>``
+drains every ``<id>-wN``): it is not restarted, and the supervisor exits once all are.
 """
 
 from __future__ import annotations
@@ -32,7 +34,6 @@ import ctypes
 import logging
 import math
 import os
-import secrets
 import signal
 import socket
 import sys
@@ -249,14 +250,12 @@ def reserve_port(host: str, port: int) -> socket.socket:
 
 def _prepare_secrets(settings: Settings) -> str:
     """Create the data directory's generated secrets once, before workers read them; the cluster secret."""
-    from gbmedia.node import operator_token_for
-    from gbmedia.tenancy.secrets import SecretBox, load_or_create_file_secret
+    from gbmedia.node import cluster_secret_for, operator_token_for
+    from gbmedia.tenancy.secrets import SecretBox
 
     operator_token_for(settings)
     SecretBox.for_node(settings.secret_key, settings.data_dir)
-    return settings.cluster_secret or load_or_create_file_secret(
-        settings.data_dir / "cluster.secret", lambda: secrets.token_urlsafe(32)
-    )
+    return cluster_secret_for(settings)
 
 
 def _say(line: str) -> None:
@@ -301,6 +300,7 @@ class Supervisor:
         self._started = False  # every worker listened once: later exits are restarted
         self._exit_code = 0
         self._slots: list[_Slot] = []
+        self._drained: set[int] = set()  # workers that stopped by themselves (exit 0): not restarted
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -383,7 +383,12 @@ class Supervisor:
         )
 
     async def _keep(self, slot: _Slot) -> None:
-        """Run one worker; start it again when it dies, until the supervisor stops."""
+        """Run one worker; start it again when it dies, until the supervisor stops.
+
+        A worker that exits 0 by itself was drained (``gbmedia drain`` moved its rooms
+        away and it left the cluster): it is not started again, and when every worker
+        has drained the supervisor exits too, as a single node does after its drain.
+        """
         loop = asyncio.get_running_loop()
         failures = 0
         while True:
@@ -398,6 +403,15 @@ class Supervisor:
             fields |= _exit_description(code)
             if self._stopping:
                 (log.info if code == 0 else log.warning)("worker exited", extra=fields | {"expected": True})
+                return
+            if code == 0 and self._started:
+                # A worker stops by itself, and cleanly, only when told to: drained (gbmedia drain).
+                log.info("worker exited", extra=fields | {"expected": True})
+                self._drained.add(slot.plan.index)
+                log.info("worker drained, not restarted", extra=fields | {"drained": len(self._drained)})
+                if len(self._drained) == len(self._slots):
+                    log.info("every worker drained, stopping", extra={"workers": len(self._slots)})
+                    self._stop.set()
                 return
             log.error("worker exited", extra=fields | {"expected": False})
             if not self._started:

@@ -22,12 +22,17 @@ import urllib.request
 import uuid
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from gbmedia import workers
 from gbmedia.cli import build_parser
 from gbmedia.config import ConfigError, load_settings
+from gbmedia.tenancy.tokens import Grants, mint_token
 from gbmedia.workers import MIN_UDP_PORTS_PER_WORKER, plan_workers, restart_delay, split_port_range, worker_count
+from tests.cluster import create_tenant_over_http
+from tests.helpers import OPERATOR, OPERATOR_TOKEN, bearer
+from tests.rtc import RtcClient
 from tests.test_server import bare_env
 
 REPO = Path(__file__).resolve().parents[1]
@@ -393,3 +398,102 @@ def test_a_port_already_taken_is_refused_naming_the_variable(tmp_path: Path):
         )
     assert result.returncode == 2, result.stderr
     assert f"GBMEDIA_PORT {port} on 127.0.0.1: Address already in use" in result.stderr
+
+
+def test_gbmedia_drain_stops_every_worker_and_then_the_supervisor(tmp_path: Path, redis_url: str, database_url: str):
+    node = f"wk-{uuid.uuid4().hex[:8]}"
+    env = bare_env(
+        tmp_path,
+        GBMEDIA_REDIS_URL=redis_url,
+        GBMEDIA_DATABASE_URL=database_url,
+        GBMEDIA_DATA_DIR=str(tmp_path / "data"),
+        GBMEDIA_NODE_ID=node,
+        GBMEDIA_UDP_PORTS="51300-51363",
+        GBMEDIA_HOST="127.0.0.1",
+    )
+    server = Supervised(tmp_path, env, "--workers", "2", "--port", "0")
+    try:
+        pids = [int(server.wait_for(READY.pattern)[3]) for _ in range(2)]
+        server.wait_for("^gbmedia listening on ")
+        drain = subprocess.run(
+            [sys.executable, "-m", "gbmedia", "drain", "--node", node, "--wait", "--timeout", "120"],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+        assert drain.returncode == 0, drain.stderr
+        assert sorted(json.loads(drain.stdout)["drained"]) == [f"{node}-w0", f"{node}-w1"]
+        # Drained workers leave for good: no restart, and the supervisor follows them out.
+        assert server.proc.wait(timeout=120) == 0, server.log_tail()
+        assert sorted(e["worker"] for e in server.events("worker drained, not restarted")) == [0, 1]
+        assert not server.events("worker restarting")
+        assert all(wait_gone(pid) for pid in pids)
+    finally:
+        server.close()
+
+
+async def test_a_room_on_one_worker_is_served_through_the_shared_port_whichever_worker_answers(
+    tmp_path: Path, redis_url: str, database_url: str
+):
+    """Why workers need the cluster: the kernel picks the worker, the registry names the room's owner."""
+    node = f"wk-{uuid.uuid4().hex[:8]}"
+    env = bare_env(
+        tmp_path,
+        GBMEDIA_REDIS_URL=redis_url,
+        GBMEDIA_DATABASE_URL=database_url,
+        GBMEDIA_DATA_DIR=str(tmp_path / "data"),
+        GBMEDIA_NODE_ID=node,
+        GBMEDIA_UDP_PORTS="51400-51463",
+        GBMEDIA_HOST="127.0.0.1",
+        GBMEDIA_PUBLIC_HOST="127.0.0.1",  # the cluster listeners' advertised address: where they listen
+        GBMEDIA_OPERATOR_TOKEN=OPERATOR_TOKEN,
+        GBMEDIA_API_RATE_LIMIT="100000",
+        GBMEDIA_API_RATE_BURST="100000",
+        GBMEDIA_NODE_MAX_CPU="1",  # the shared test machine's CPU: placement by cost only
+        GBMEDIA_HLS_ENABLED="false",
+    )
+    server = Supervised(tmp_path, env, "--workers", "2", "--port", "0")
+    clients: list[RtcClient] = []
+    try:
+        for _ in range(2):
+            server.wait_for(READY.pattern)
+        url = server.wait_for(r"^gbmedia listening on (\S+)$")[1]
+        workers_ = {f"{node}-w0", f"{node}-w1"}
+        # Fresh connections for every request, so the kernel picks a worker each time.
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
+            async with http.get(url + "/api/v1/nodes", headers=OPERATOR) as resp:
+                nodes = {n["node_id"]: n for n in (await resp.json())["nodes"]}
+            assert workers_ <= set(nodes)
+            internal = {nodes[w]["internal_url"] for w in workers_}
+            assert len(internal) == 2 and "" not in internal  # each worker has its own cluster listener
+            tenant = await create_tenant_over_http(http, url)
+            async with http.post(
+                url + "/api/v1/rooms", json={"name": "standup"}, headers=bearer(tenant.token())
+            ) as resp:
+                assert resp.status == 201, await resp.text()
+                room = await resp.json()
+            assert room["node_id"] in workers_
+            for _ in range(30):  # some land on the owner, the others are relayed to it
+                async with http.get(url + f"/api/v1/rooms/{room['id']}", headers=bearer(tenant.token())) as resp:
+                    assert resp.status == 200, await resp.text()
+                    assert (await resp.json())["node_id"] == room["node_id"]
+            for identity in ("alice", "bob", "carol"):
+                client = RtcClient(await http.ws_connect(url.replace("http", "ws", 1) + "/rtc?room=standup"))
+                clients.append(client)
+                token = mint_token(tenant.key, tenant.secret, identity, Grants.participant("standup"))
+                joined = await client.join(token)
+                assert joined["type"] == "joined", joined
+            # Each joined whichever worker took its socket: all three are in the one room.
+            async with http.get(
+                url + f"/api/v1/rooms/{room['id']}/participants", headers=bearer(tenant.token())
+            ) as resp:
+                assert sorted(p["identity"] for p in (await resp.json())["participants"]) == ["alice", "bob", "carol"]
+    finally:
+        for client in clients:
+            await client.close()
+        server.proc.send_signal(signal.SIGTERM)
+        code = server.proc.wait(timeout=180)
+        server.close()
+    assert code == 0, server.log_tail()
