@@ -134,6 +134,7 @@ async def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
             "GBMEDIA_DATA_DIR": str(tmp / "data"),
             "GBMEDIA_REDIS_URL": args.redis_url,
             "GBMEDIA_NODE_MAX_CPU": "1",
+            "GBMEDIA_WORKERS": "1",  # each server one node process (with Redis the default is one per core)
             "GBMEDIA_API_RATE_LIMIT": "100000",
             "GBMEDIA_API_RATE_BURST": "100000",
             **dict(args.server_env),

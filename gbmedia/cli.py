@@ -61,12 +61,21 @@ async def _with_tenancy(settings: Settings, work: Callable[[Any], Awaitable[Any]
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    """One node in this process, or (several workers) a supervisor of worker processes."""
+    from gbmedia import workers
     from gbmedia.logs import configure_logging
     from gbmedia.server import install_event_loop_policy, serve
 
+    index = workers.worker_index()
+    count = workers.worker_count(settings) if index is None else 1
     configure_logging(settings.log_level, settings.log_format)
+    if count > 1:
+        return workers.supervise(settings, count)
+    if index is not None:
+        workers.die_with_supervisor()
     install_event_loop_policy()
-    asyncio.run(serve(settings))
+    # A worker shares the HTTP port with its siblings; a lone node binds it alone.
+    asyncio.run(serve(settings, reuse_port=index is not None))
     return 0
 
 
@@ -237,6 +246,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run a node (embedded PostgreSQL when no database URL is set)")
     serve.add_argument("--host", help="bind address (GBMEDIA_HOST, default 0.0.0.0)")
     serve.add_argument("--port", type=int, help="HTTP port (GBMEDIA_PORT, default 7880; 0 picks a free one)")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        help="node processes sharing the HTTP port (GBMEDIA_WORKERS; default: one per core with "
+        "GBMEDIA_REDIS_URL, else 1; more than 1 needs GBMEDIA_REDIS_URL)",
+    )
     serve.set_defaults(func=cmd_serve)
 
     drain = sub.add_parser(
@@ -311,7 +326,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        settings = load_settings(host=getattr(args, "host", None), port=getattr(args, "port", None))
+        settings = load_settings(
+            host=getattr(args, "host", None), port=getattr(args, "port", None), workers=getattr(args, "workers", None)
+        )
         return int(args.func(args, settings))
     except ConfigError as exc:
         print(f"gbmedia: {exc}", file=sys.stderr)

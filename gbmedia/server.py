@@ -32,7 +32,13 @@ def public_url(settings: Settings, port: int) -> str:
     return f"http://{host}:{port}"
 
 
-async def serve(settings: Settings, *, ready_line: bool = True) -> None:
+async def serve(settings: Settings, *, ready_line: bool = True, reuse_port: bool = False) -> None:
+    """Run the node until SIGTERM or SIGINT.
+
+    ``reuse_port``: this process is one of several workers (:mod:`gbmedia.workers`)
+    listening on the same port with SO_REUSEPORT; the kernel spreads new
+    connections over them.
+    """
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -43,7 +49,7 @@ async def serve(settings: Settings, *, ready_line: bool = True) -> None:
     )
     try:
         await runner.setup()
-        site = web.TCPSite(runner, settings.host, settings.port)
+        site = web.TCPSite(runner, settings.host, settings.port, reuse_port=reuse_port or None)
         await site.start()
         port = runner.addresses[0][1] if runner.addresses else settings.port
         url = public_url(settings, port)

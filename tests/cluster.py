@@ -54,6 +54,7 @@ class Cluster:
                 "GBMEDIA_DRAIN_TIMEOUT": "20",
                 "GBMEDIA_NODE_MAX_CPU": "1",  # the test machine's CPU is shared: placement by cost only
                 "GBMEDIA_HLS_ENABLED": "false",
+                "GBMEDIA_WORKERS": "1",  # one node process each (with Redis the default is one per core)
             }
         )
         self.nodes: dict[str, ServerProcess] = {}

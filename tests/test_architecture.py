@@ -18,7 +18,7 @@ ROOT = Path(gbmedia.__file__).parent
 # package of its own layer or a higher one. The core modules may import one another.
 # The core modules may import one another; the root's modules (the composition root) too.
 CORE = {"gbmedia", "config", "db", "bus", "outbox", "metrics", "logs", "errors", "ratelimit", "http", "wire"}
-ROOT_MODULES = {"node", "app", "server", "cli", "__main__"}
+ROOT_MODULES = {"node", "app", "server", "cli", "workers", "__main__"}
 LAYERS: list[set[str]] = [
     CORE | {"sfu"},
     {"tenancy"},

@@ -93,6 +93,8 @@ def test_manifest_matches_the_kubernetes_schemas(manifest: str):
 
 
 # (manifest, text, replacement, part of the error it must cause)
+SUPERVISOR_MARGIN = 10.0  # gbmedia/workers.py: drain + shutdown timeouts + this, then SIGKILL
+
 BROKEN = {
     "a misspelt field": (
         "statefulset.yaml",
@@ -165,6 +167,7 @@ def test_termination_leaves_time_for_the_drain():
     assert pre_stop[0] == "sleep"
     needed = float(pre_stop[1]) + float(config_value("GBMEDIA_DRAIN_TIMEOUT"))
     needed += float(config_value("GBMEDIA_SHUTDOWN_TIMEOUT"))
+    needed += SUPERVISOR_MARGIN  # the workers' supervisor waits this long more before it kills a stuck worker
     assert pod["terminationGracePeriodSeconds"] > needed
 
 
