@@ -19,7 +19,9 @@ from tests.helpers import OPERATOR, OPERATOR_TOKEN, Tenant
 from tests.processes import ServerProcess
 from tests.rtc import ColorVideoTrack, RtcClient
 
-CLUSTER_REDIS_DB = 11  # flushed by each cluster test: nothing else uses it
+# Flushed by each cluster test: nothing else may use it (GBMEDIA_TEST_CLUSTER_REDIS_DB picks another
+# for a second test run on the same Redis).
+CLUSTER_REDIS_DB = int(os.environ.get("GBMEDIA_TEST_CLUSTER_REDIS_DB", "11"))
 
 
 def cluster_redis_url(redis_url: str) -> str:
