@@ -68,6 +68,7 @@ def create_app(node: Node) -> web.Application:
         rate_limiter=node.rate_limiter,
         metrics=node.metrics,
         max_body_bytes=settings.max_body_bytes,
+        already_counted=node.relay.auth.signed,
     )
     app = web.Application(
         client_max_size=settings.max_body_bytes, middlewares=[middleware, cluster_middleware(node.relay.auth)]
@@ -93,7 +94,7 @@ def create_app(node: Node) -> web.Application:
             node.tenancy.auth, node.live_rooms, node.chat, node.chat_hub, node.presence, node.relay
         ),
     )
-    nodes_api.register(app, nodes_api.NodesApi(node.registry, node.db.pool))
+    nodes_api.register(app, nodes_api.NodesApi(node.registry, node.db.pool, settings.clustered))
     messaging_api.register(app, node.chat)
     recording_api.register(app, recording_api.RecordingsApi(node.recordings, node.rooms, node.relay))
     web_files.register(app)

@@ -164,6 +164,7 @@ class Node:
                 live_rooms,
                 heartbeat_seconds=settings.heartbeat_seconds,
                 adopt_seconds=settings.node_ttl_seconds,
+                drain_timeout=settings.drain_timeout,
             )
             relay = Relay(placement, registry, ClusterAuth(cluster_secret_for(settings), settings.node_id))
             member.pipes = relay

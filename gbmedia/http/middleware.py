@@ -51,8 +51,16 @@ def route_label(request: web.Request) -> str:
 
 
 def api_middleware(
-    *, authenticate: Authenticate, rate_limiter: RateLimiter, metrics: Metrics, max_body_bytes: int
+    *,
+    authenticate: Authenticate,
+    rate_limiter: RateLimiter,
+    metrics: Metrics,
+    max_body_bytes: int,
+    already_counted: Callable[[web.Request], bool] = lambda _request: False,
 ) -> Middleware:
+    """``already_counted``: a request another node forwarded after taking its rate-limit token
+    (signaling/relay.py) is not counted twice against the caller's budget."""
+
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         supplied = request.headers.get("X-Request-Id", "")
@@ -64,8 +72,8 @@ def api_middleware(
         try:
             if request.path.startswith("/api/"):
                 caller = await authenticate(request)
-                decision = await rate_limiter.take(caller)
-                if not decision.allowed:
+                decision = await rate_limiter.take(caller) if not already_counted(request) else None
+                if decision is not None and not decision.allowed:
                     headers["Retry-After"] = str(max(1, round(decision.retry_after + 0.5)))
                     raise ApiError(
                         429,

@@ -41,6 +41,7 @@ class ClusterMember:
         *,
         heartbeat_seconds: float,
         adopt_seconds: float,
+        drain_timeout: float | None = None,
     ) -> None:
         self.registry = registry
         self.placement = placement
@@ -48,6 +49,7 @@ class ClusterMember:
         self.heartbeat = Heartbeat(registry, self.read_load, heartbeat_seconds)
         self.heartbeat.listeners.append(self._after_beat)
         self.adopt_seconds = adopt_seconds
+        self.drain_timeout = drain_timeout  # a drain asked for through Redis waits this long at most
         self.sockets: Callable[[], int] = lambda: 0  # open signaling sockets (set by the signaling side)
         self.pipes: PipeCloser | None = None  # relayed sockets, ended on drain
         self.drained = asyncio.Event()
@@ -115,7 +117,7 @@ class ClusterMember:
     async def _after_beat(self) -> None:
         await self._fence()
         if not self.draining and await self.registry.drain_requested():
-            self.start_drain(timeout=None)
+            self.start_drain(self.drain_timeout)
         if time.monotonic() - self._last_adopt >= self.adopt_seconds and not self.draining:
             self._last_adopt = time.monotonic()
             await self.placement.adopt_orphans()
@@ -143,6 +145,10 @@ class ClusterMember:
         """Move every room away, then set :attr:`drained` (see the module docstring)."""
         self.draining = True
         self.registry.set_draining()
+        try:
+            await self.registry.clear_drain()  # consumed: the node restarted under this id does not drain again
+        except Exception:
+            log.warning("could not clear the drain request", exc_info=True)
         started = time.monotonic()
         log.info("node draining", extra={"node_id": self.placement.node_id, "rooms": len(self.live_rooms.live)})
         try:

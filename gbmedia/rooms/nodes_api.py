@@ -23,6 +23,7 @@ from gbmedia.tenancy.auth import principal_of
 class NodesApi:
     registry: NodeRegistry
     pool: asyncpg.Pool  # the audit log
+    clustered: bool  # with Redis: a drained node's rooms have somewhere to go
 
 
 NODES_API: web.AppKey[NodesApi] = web.AppKey("nodes_api", NodesApi)
@@ -46,6 +47,10 @@ async def list_nodes(request: web.Request) -> web.Response:
 async def drain_node(request: web.Request) -> web.Response:
     _operator(request)
     api = request.app[NODES_API]
+    if not api.clustered:
+        raise ApiError(
+            409, "not_clustered", "a single node has nowhere to move its rooms; stop it with SIGTERM instead"
+        )
     node_id = request.match_info["node_id"]
     node = await api.registry.get(node_id)
     if node is None:

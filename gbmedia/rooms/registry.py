@@ -110,6 +110,8 @@ class NodeRegistry(Protocol):
 
     async def request_drain(self, node_id: str) -> None: ...
 
+    async def clear_drain(self) -> None: ...
+
     def set_draining(self) -> None: ...
 
     async def publish(self, load: NodeLoad) -> None: ...
@@ -187,6 +189,9 @@ class LocalRegistry:
     async def request_drain(self, node_id: str) -> None:
         if node_id == self.me.node_id:
             self._drain = True
+
+    async def clear_drain(self) -> None:
+        self._drain = False
 
     async def withdraw(self) -> None:
         """Nothing to withdraw from: nobody else reads a local registry."""

@@ -81,7 +81,14 @@ class ClusterAuth:
             SIGNATURE_HEADER: self._signature(self.node_id, stamp, method, path),
         }
 
-    def verify(self, request: web.Request) -> str:
+    def signed(self, request: web.Request) -> bool:
+        """True for a request whose cluster signature is valid (a bad one is refused by the middleware)."""
+        try:
+            return SIGNATURE_HEADER in request.headers and bool(self.verify(request, quiet=True))
+        except ApiError:
+            return False
+
+    def verify(self, request: web.Request, *, quiet: bool = False) -> str:
         """The sending node's id; raises 403 when the signature or its age is wrong."""
         node = request.headers.get(NODE_HEADER, "")
         stamp = request.headers.get(TIME_HEADER, "")
@@ -92,6 +99,8 @@ class ClusterAuth:
             age = float("inf")
         expected = self._signature(node, stamp, request.method, request.path_qs)
         if not node or age > MAX_SKEW_SECONDS or not hmac.compare_digest(presented, expected):
+            if quiet:
+                raise ApiError(403, "cluster_auth_failed", "the request's cluster signature is not valid")
             log.warning(
                 "relayed request refused: bad cluster signature",
                 extra={"from_node": node[:128], "path": request.path, "remote": request.remote, "age": age},

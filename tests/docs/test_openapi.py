@@ -113,6 +113,7 @@ REST_SOURCES = (
     "recording/*.py",
     "streaming/*.py",
     "signaling/whip.py",
+    "signaling/relay.py",
 )
 # Bearer-authenticated paths outside /api/ (standard WHIP/WHEP URLs); their CORS preflights need no credentials.
 TOKEN_PATHS = ("/whip/", "/whep/")
@@ -289,7 +290,7 @@ def test_the_document_is_well_formed_openapi_3_1():
             assert param["in"] in ("path", "query", "header") and "schema" in param, label
             if param["in"] == "path":
                 assert param["required"] is True, label
-            if param["name"].endswith("_id"):
+            if param["name"].endswith("_id") and param["name"] != "node_id":  # node ids are names (GBMEDIA_NODE_ID)
                 assert param["schema"]["format"] == "uuid", label
         for param in ("limit", "offset", "before"):
             bounded = [p for p in params if p["name"] == param]
@@ -992,6 +993,8 @@ async def test_real_answers_conform_to_the_documented_responses(client: TestClie
     )
     await call("GET", "/api/v1/customers", 400, headers=OPERATOR, query={"limit": "0"})
     await call("GET", "/api/v1/customers", 403, headers=admin)
+    await call("GET", "/api/v1/nodes", 403, headers=admin)
+    await call("POST", "/api/v1/nodes/{node_id}/drain", 403, headers=admin, node_id="any")
     await call("GET", "/api/v1/instances/{instance_id}", 400, headers=OPERATOR, instance_id="nope")
     await call("GET", "/api/v1/instances/{instance_id}", 404, headers=OPERATOR, instance_id=str(uuid.uuid4()))
     await call("GET", "/api/v1/instances/{instance_id}", 403, headers=bearer(participant["token"]), instance_id=iid)
@@ -1061,6 +1064,12 @@ async def test_real_answers_conform_to_the_documented_responses(client: TestClie
         json={"identity": "late"},
     )
     await call("POST", "/api/v1/rooms", 409, headers=OPERATOR, json={"name": "late", "instance_id": iid})
+
+    # The cluster's nodes (a node without Redis lists itself, and has nowhere to drain to; the
+    # drain's 202 and 404 are answered by cluster nodes in tests/test_cluster.py).
+    nodes = await call("GET", "/api/v1/nodes", 200, headers=OPERATOR)
+    (me,) = nodes["nodes"]
+    await call("POST", "/api/v1/nodes/{node_id}/drain", 409, headers=OPERATOR, node_id=me["node_id"])
 
     documented = {(m, path) for m, path, _ in operations()}
     assert documented == {(m, path) for m, path, _ in call.seen}, "every operation is exercised"
