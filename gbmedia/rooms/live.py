@@ -125,6 +125,7 @@ class LiveRoom:
                 "name": self.room.name,
                 "kind": self.room.kind,
                 "max_participants": self.room.max_participants,
+                "node_id": self.registry.rooms.node_id,  # the node serving it now (it changes when the room moves)
             },
             "participant": {
                 "id": participant.id,

@@ -246,7 +246,7 @@ function onMessage(message) {
       if (host) host.tracks.push(message.track);
       if (state.role !== 'host' && state.state === 'waiting') {
         // A player still connected gets the new host on the same connection (the server switches).
-        if (player instanceof WhepPlayer && player.pc && player.pc.connectionState === 'connected') setState('whep');
+        if (player instanceof WhepPlayer && playerConnected()) setState('whep');
         else play();
       }
       break;
@@ -283,6 +283,10 @@ function onMessage(message) {
   render();
 }
 
+function playerConnected() {
+  return Boolean(player && player.pc && player.pc.connectionState === 'connected');
+}
+
 function offAir() {
   if (state.state === 'whep' && state.role === 'viewer' && !onAir()) setState('waiting', 'The host is away');
 }
@@ -292,6 +296,7 @@ function offAir() {
 async function reconnect() {
   if (['ended', 'reconnecting'].includes(state.state)) return;
   const wasLive = live;
+  const servedBy = state.room ? state.room.node_id : null;
   setState('reconnecting', 'Reconnecting…');
   if (publisher) publisher.close();
   publisher = null;
@@ -317,8 +322,14 @@ async function reconnect() {
   } else if (state.role === 'host') {
     $('go-live').hidden = false;
     setState('ready', 'You are not live yet');
+  } else if (state.room.node_id !== servedBy || !(player instanceof WhepPlayer) || !playerConnected()) {
+    // The room moved to another node (its old node ended the player's session), or the player is gone.
+    if (player instanceof WhepPlayer) player.abandon();
+    player = null;
+    if (onAir()) await play();
+    else setState('waiting', 'The host is away'); // track_published starts the player
   } else {
-    await play(); // the room may be on another node now: a new WHEP session there
+    setState('whep'); // a blip of the socket only: the same node still plays to us
   }
 }
 

@@ -131,6 +131,13 @@ export class WhepPlayer {
     };
   }
 
+  // Drops the connection without ending the session at the server: its node ended it (the room
+  // moved to another node), and a DELETE there would only fail.
+  abandon() {
+    this.location = null;
+    this.stop();
+  }
+
   stop() {
     if (this.location) {
       fetch(this.location, { method: 'DELETE', headers: { Authorization: `Bearer ${this.token}` } })
