@@ -123,7 +123,8 @@ class ClusterMember:
             await self.placement.adopt_orphans()
 
     async def _fence(self) -> None:
-        ids = [room_id for room_id, live in self.live_rooms.live.items() if not live.closed]
+        # An edge copy of a live room lives on a node that does not own the room (gbmedia/rooms/cascade.py).
+        ids = [room_id for room_id, live in self.live_rooms.live.items() if not live.closed and not live.edge]
         for room_id, owner in zip(ids, await self.placement.owners(ids), strict=True):
             if owner is None and not self.draining:
                 owner = await self.placement.claim(room_id)  # Redis lost the key (flushed): claim it back
