@@ -318,15 +318,33 @@ async def test_players_go_to_edges_edges_feed_edges_and_follow_a_new_host(cluste
         for player in players:
             await wait_for(lambda player=player: shows(player.frames, GREEN), within=MEDIA_TIMEOUT)
 
-        # A player's session is found through any node (its Location names the edge that holds it).
-        assert "node=node-c" in players[2].location
-        async with http.delete(a.url + players[2].location, headers=bearer(viewer_token(tenant, "p2"))) as resp:
+        # A player's session is found through any node (its Location names the edge that holds it). B's last
+        # player leaves, but B stays: C pulls from it.
+        assert "node=node-b" in players[1].location
+        async with http.delete(a.url + players[1].location, headers=bearer(viewer_token(tenant, "p1"))) as resp:
             assert resp.status == 200, await resp.text()
-        await eventually(lambda: _equals(metric(http, c.url, "gbmedia_cascade_pulls"), 0))
-        await eventually(lambda: _equals(metric(http, b.url, "gbmedia_cascade_feeds"), 0))
-        assert await metric(http, b.url, "gbmedia_cascade_pulls") == 1  # B still serves its player
+        await eventually(lambda: _equals(metric(http, b.url, "gbmedia_whep_sessions"), 0))
+        await asyncio.sleep(3)  # three lingers: an edge that feeds another is never released
+        assert await metric(http, b.url, "gbmedia_cascade_feeds") == 1
+        assert await metric(http, b.url, "gbmedia_live_rooms") == 1
+
+        # B dies: C pulls from the room's own node instead, and its player keeps watching.
+        b.kill()
+        killed = len(players[2].frames)
+        await eventually(lambda: _tree_is(cluster, room["id"], {b"node-c": b"node-a"}))
+        await wait_for(lambda: len(players[2].frames) >= killed + 30, within=MEDIA_TIMEOUT)
+        assert shows(players[2].frames, GREEN)
 
         # The room closes: the edges' copies close with it.
         async with http.delete(a.url + f"/api/v1/rooms/{room['id']}", headers=bearer(tenant.token())) as resp:
             assert resp.status in (200, 204), await resp.text()
-        await eventually(lambda: _equals(metric(http, b.url, "gbmedia_live_rooms"), 0))
+        await eventually(lambda: _equals(metric(http, c.url, "gbmedia_live_rooms"), 0))
+        await eventually(lambda: _equals(metric(http, c.url, "gbmedia_cascade_pulls"), 0))
+
+
+async def _tree_is(cluster: Cluster, room_id: str, tree: dict[bytes, bytes]) -> bool:
+    store = aioredis.from_url(cluster.redis_url)
+    try:
+        return bool(await store.hgetall(f"gbmedia:edges:{room_id}") == tree)
+    finally:
+        await store.aclose()

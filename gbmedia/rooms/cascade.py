@@ -63,7 +63,7 @@ from gbmedia.bus import Bus, Subscription
 from gbmedia.metrics import Sample
 from gbmedia.rooms.live import LiveRoom, LiveRooms
 from gbmedia.rooms.participant import Participant
-from gbmedia.rooms.placement import Placer, edge_candidates, may_serve_viewers
+from gbmedia.rooms.placement import LocalPlacement, RedisPlacement, edge_candidates, may_serve_viewers
 from gbmedia.rooms.program import Program
 from gbmedia.rooms.registry import NodeInfo, NodeRegistry
 from gbmedia.rooms.store import Room, Rooms
@@ -398,6 +398,7 @@ class EdgeFeed:
         self._keys: dict[str, str] = {}  # stage participant id -> the program key it shows
         self._wake = asyncio.Event()
         self._stale = False
+        self._force = False  # pull anew even if the program is the same (the feeding node changed)
         self._task: asyncio.Task[None] | None = None
         self._linger: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
@@ -441,7 +442,10 @@ class EdgeFeed:
             try:
                 if self.wanted == "":
                     await self._drop_stage()
-                elif not self._stale and (self.wanted is None or self.wanted != self.key or self.stage is None):
+                elif self._force or (
+                    not self._stale and (self.wanted is None or self.wanted != self.key or self.stage is None)
+                ):
+                    self._force = False
                     await self._pull()
                 failures = 0
             except FeedUnavailable as exc:
@@ -459,7 +463,7 @@ class EdgeFeed:
                         self.first.set()
                         await self._lost("upstream_unreachable")
                         return
-                    await self.cascade.reparent(self.live.room)
+                    await self.cascade.reparent(self.room_id)
                     await asyncio.sleep(PULL_BACKOFF * 2 ** (failures - 1))
                     continue
             except asyncio.CancelledError:
@@ -558,8 +562,23 @@ class EdgeFeed:
         if room is not None and room.status == "closed":
             told = message is not None and message.get("type") == "room_closed"
             await self._close(str(message.get("reason") or "api") if told else "api")  # type: ignore[union-attr]
-        else:
+        elif not await self._feed_from_origin():
             await self._lost("upstream_lost")
+
+    async def _feed_from_origin(self) -> bool:
+        """An edge that fed this one is gone: pull from the room's own node instead, the viewers staying.
+        False when the origin itself is gone (the room is placed again; the viewers move to it)."""
+        origin = await self.cascade.origin_of(self.room_id)
+        if origin is None or origin.node_id in (self.parent_id, self.cascade.node_id):
+            return False
+        await self.cascade.rejoin_tree(self.room_id, origin.node_id)
+        log.info(
+            "edge pulls from the room's node: the edge that fed it is gone",
+            extra={"room_id": str(self.room_id), "gone": self.parent_id, "origin": origin.node_id},
+        )
+        self._force = True
+        self.poke()
+        return True
 
     async def _close(self, reason: str) -> None:
         if self.cascade.live_rooms.live.get(self.room_id) is self.live:
@@ -627,7 +646,7 @@ class EdgeFeed:
         """The heartbeat's look: the feeding node still lives; a missed announcement is caught up."""
         if self.stopped or self._task is None or self._task.done():
             return
-        if self.parent_id is not None and self.parent_id not in alive:
+        if self.parent_id is not None and self.parent_id not in alive and not self._force:
             await self.upstream_ended(None)
             return
         if self.wanted != self.key and self.wanted != "":
@@ -642,7 +661,7 @@ class Cascade:
         redis: aioredis.Redis | None,
         bus: Bus,
         registry: NodeRegistry,
-        placement: Placer,
+        placement: LocalPlacement | RedisPlacement,
         live_rooms: LiveRooms,
         rooms: Rooms,
         *,
@@ -749,11 +768,16 @@ class Cascade:
         raw = await self.redis.hget(EDGES_KEY + str(room_id), self.node_id)
         return _text(raw) if raw is not None else None
 
-    async def reparent(self, room: Room) -> None:
+    async def origin_of(self, room_id: uuid.UUID) -> NodeInfo | None:
+        """The room's live owner, as placement has it (None: unplaced, or its node is dead); places nothing."""
+        owner = (await self.placement.owners([room_id]))[0]
+        return await self.registry.get(owner) if owner is not None else None
+
+    async def reparent(self, room_id: uuid.UUID) -> None:
         """The feeding node failed us: pull from the origin from now on."""
-        origin = await self.placement.owner(room)
-        if origin.node_id != self.node_id:
-            await self.redis.hset(EDGES_KEY + str(room.id), self.node_id, origin.node_id)
+        origin = await self.origin_of(room_id)
+        if origin is not None and origin.node_id != self.node_id:
+            await self.rejoin_tree(room_id, origin.node_id)
 
     async def leave_tree(self, room_id: uuid.UUID, *, force: bool) -> bool:
         keys = [EDGES_KEY + str(room_id), VIEWERS_KEY + str(room_id), SEATS_KEY + str(room_id)]
@@ -830,14 +854,18 @@ class Cascade:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for link in links:
                     pipe.hgetall(VIEWERS_KEY + str(link.room_id))
-                    pipe.hlen(EDGES_KEY + str(link.room_id))
+                    pipe.hkeys(EDGES_KEY + str(link.room_id))
                 replies = await pipe.execute()
             for index, link in enumerate(links):
-                raw, edges = replies[2 * index], replies[2 * index + 1]
+                raw, edges = replies[2 * index], [_text(e) for e in replies[2 * index + 1]]
                 counts = {_text(k): int(v) for k, v in raw.items()}
                 await link.sync(counts, alive)
-                if link.feed is None:
-                    self._edges[link.room_id] = int(edges)
+                if link.feed is None:  # the origin forgets dead edges (the edges they fed pull from it now)
+                    dead = [e for e in edges if e not in alive]
+                    if dead:
+                        await self.redis.hdel(EDGES_KEY + str(link.room_id), *dead)
+                        await self.redis.hdel(VIEWERS_KEY + str(link.room_id), *dead)
+                    self._edges[link.room_id] = len(edges) - len(dead)
             for room_id in list(self._edges):
                 if room_id not in self.links:
                     del self._edges[room_id]
