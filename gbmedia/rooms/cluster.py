@@ -87,7 +87,10 @@ class ClusterMember:
             busy = sum(
                 1
                 for live in self.live_rooms.live.values()
-                if not live.closed and live.room.kind == kind and live.cost() >= NEW_ROOM_COST.get(kind, 0.0)
+                if not live.closed
+                and not live.edge  # an edge copy is another node's room (gbmedia/rooms/cascade.py)
+                and live.room.kind == kind
+                and live.cost() >= NEW_ROOM_COST.get(kind, 0.0)
             )
             reserved += max(count - busy, 0) * NEW_ROOM_COST.get(kind, NEW_ROOM_COST["meeting"])
         return replace(load, cost=load.cost + reserved)

@@ -90,7 +90,17 @@ def _room_id(request: web.Request) -> uuid.UUID:
 
 
 def _unavailable(exc: FeedUnavailable) -> ApiError:
-    return ApiError(409, exc.code, exc.message)
+    if exc.code == "room_not_live":
+        return ApiError(409, "room_not_live", exc.message)
+    return ApiError(409, "not_serving", exc.message)
+
+
+def _negotiation_failed(exc: NegotiationError) -> ApiError:
+    if exc.code == "no_usable_codec":
+        return ApiError(422, "no_usable_codec", exc.message)
+    if exc.code == "media_unavailable":
+        return ApiError(503, "media_unavailable", exc.message)
+    return ApiError(400, "invalid_sdp", exc.message)
 
 
 async def feed_offer(request: web.Request) -> web.StreamResponse:
@@ -120,7 +130,7 @@ async def feed_offer(request: web.Request) -> web.StreamResponse:
         answer = await peer.answer(body.decode("utf-8", "replace"), codecs)
     except NegotiationError as exc:
         await peer.close()
-        raise ApiError(422 if exc.code == "no_usable_codec" else 400, exc.code, exc.message) from None
+        raise _negotiation_failed(exc) from None
     session = PlaybackSession(session_id, f"node:{edge}", edge, peer, None, edge=edge)
     await audience.add_playback(session)
     log.info("feeding a live room to an edge", extra={"room_id": str(room.id), "edge": edge, "session_id": session_id})
