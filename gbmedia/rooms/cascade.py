@@ -82,6 +82,7 @@ READY_SECONDS = 10.0  # a new edge copy waits this long for its first feed befor
 KEY_TTL_SECONDS = 86_400  # the room's keys outlive a forgotten room by this much at most
 PULL_ATTEMPTS = 4  # failed pulls in a row before an edge gives its copy up
 PULL_BACKOFF = 0.5  # seconds before the first retry; doubled each time
+REPORT_INTERVAL = 0.25  # seconds: the most often a copy tells the others its viewers (a crowd arriving)
 
 
 def program_key(program: Program) -> str:
@@ -276,6 +277,7 @@ class RoomLink:
         self.ended = False
         self._subscription: Subscription | None = None
         self._dirty = False
+        self.writing = asyncio.Lock()  # one count write at a time, each counting when it writes: the last is right
         self._writer: asyncio.Task[None] | None = None
         self._reported: int | None = None
 
@@ -305,20 +307,23 @@ class RoomLink:
             self.feed.audience_changed()
 
     async def _write(self) -> None:
-        """Report this node's viewers (Redis for seats, the bus for the other copies), latest value only."""
+        """Report this node's viewers (Redis for seats, the bus for the other copies): the latest value,
+        at most every :data:`REPORT_INTERVAL` (a viewer's own seat is counted at once, see ``seated``)."""
         try:
             while self._dirty and not self.ended:
                 self._dirty = False
-                count = self.audience.local_viewer_count()
-                if count == self._reported:
-                    continue
-                try:
-                    await self.cascade.redis.hset(VIEWERS_KEY + str(self.room_id), self.cascade.node_id, count)
-                except Exception:
-                    log.warning("could not report a live room's viewers", exc_info=True)
-                    continue
+                async with self.writing:
+                    count = self.audience.local_viewer_count()
+                    if count == self._reported:
+                        continue
+                    try:
+                        await self.cascade.redis.hset(VIEWERS_KEY + str(self.room_id), self.cascade.node_id, count)
+                    except Exception:
+                        log.warning("could not report a live room's viewers", exc_info=True)
+                        continue
                 self._reported = count
                 await self._publish({"type": "viewers", "count": count})
+                await asyncio.sleep(REPORT_INTERVAL)
         finally:
             self._writer = None
 
@@ -751,12 +756,14 @@ class Cascade:
         """The viewer of ``seat`` has joined here: its reservation becomes a counted viewer."""
         if not self.enabled:
             return
-        live = self.live_rooms.live.get(room_id)
-        count = live.audience.local_viewer_count() if live is not None and live.audience is not None else 0
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.zrem(SEATS_KEY + str(room_id), f"{self.node_id} {seat}")
-            pipe.hset(VIEWERS_KEY + str(room_id), self.node_id, count)
-            await pipe.execute()
+        link = self.links.get(room_id)
+        async with link.writing if link is not None else contextlib.nullcontext():
+            live = self.live_rooms.live.get(room_id)
+            count = live.audience.local_viewer_count() if live is not None and live.audience is not None else 0
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.zrem(SEATS_KEY + str(room_id), f"{self.node_id} {seat}")
+                pipe.hset(VIEWERS_KEY + str(room_id), self.node_id, count)
+                await pipe.execute()
 
     async def serves(self, room_id: uuid.UUID) -> bool:
         """Whether this node is one of the room's edges."""

@@ -328,7 +328,7 @@ async def _session(request: web.Request, which: str) -> _Found:
         identity = found.ingest.identity
     else:
         found.playback = live.audience.playback.get(session_id)
-        if found.playback is None:
+        if found.playback is None or found.playback.edge is not None:  # an edge node's feed is not a player's
             raise missing
         identity = found.playback.identity
     if not (token.grants.room_admin or (token.identity == identity and token.grants.has(grant))):
