@@ -406,7 +406,6 @@ class EdgeFeed:
         self._force = False  # pull anew even if the program is the same (the feeding node changed)
         self._task: asyncio.Task[None] | None = None
         self._linger: asyncio.Task[None] | None = None
-        self._lock = asyncio.Lock()
 
     def start(self) -> None:
         self._task = self.cascade.spawn(self._run())

@@ -81,6 +81,7 @@ def settings(tmp_path: Path, database_url: str, redis_url: str) -> Settings:
         cascade_viewers=3,
         cascade_fanout=1,
         node_ttl_seconds=30.0,
+        node_max_cpu=1.0,  # this process's CPU is the whole test run's: seats by cost only
     )
 
 
