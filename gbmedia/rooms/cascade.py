@@ -41,8 +41,13 @@ publishers always go to the origin.
   rejoin through any node and get a seat again).
 
 Limits: edge viewers see the program (one video, one audio), not every host's
-tracks; they cannot be invited on stage; ``max_participants`` is checked per copy;
-a viewer's resume works on the node that served it, not through another one.
+tracks, and a host's mute is not mirrored to them (the origin simply stops
+forwarding); they cannot be invited on stage; a simulcast program reaches an edge
+as the one layer the edge's bandwidth estimate allows; ``max_participants`` is
+checked per copy; one identity watching on two nodes counts twice; a viewer's
+resume works on the node that served it, not through another one (the client joins
+afresh); a viewer routed to an edge that released its copy in the same instant gets
+``room_moving`` and retries.
 """
 
 from __future__ import annotations
