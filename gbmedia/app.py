@@ -22,6 +22,7 @@ from gbmedia.node import Node
 from gbmedia.recording import api as recording_api
 from gbmedia.rooms import api as rooms_api
 from gbmedia.rooms import nodes_api
+from gbmedia.signaling import cascade as signaling_cascade
 from gbmedia.signaling import whip as signaling_whip
 from gbmedia.signaling import ws as signaling_ws
 from gbmedia.signaling.relay import cluster_middleware
@@ -102,4 +103,5 @@ def create_app(node: Node) -> web.Application:
         app, signaling_whip.WhipService(node.tenancy.auth, node.live_rooms, node.rate_limiter, node.metrics, node.relay)
     )
     streaming_api.register(app, node.hls, streaming_api.HlsOrigin(node.rooms, node.relay))
+    signaling_cascade.register(app, node.cascade)  # live rooms' feeds to edge nodes (cluster listener, signed)
     return app

@@ -133,6 +133,8 @@ class Settings(BaseSettings):
     drain_timeout: float = Field(default=60.0, ge=0, le=86_400)
     workers: int | None = Field(default=None, ge=1, le=256)
     cascade_viewers: int = Field(default=200, ge=1)  # viewers one node serves in a live room before edges
+    cascade_fanout: int = Field(default=4, ge=1, le=64)  # edges one node feeds before edges feed edges
+    cascade_linger_seconds: float = Field(default=10.0, ge=0, le=3600)  # an unwatched edge keeps its copy this long
 
     speaker_interval_ms: int = Field(default=500, ge=50, le=10_000)
     stats_interval_ms: int = Field(default=1000, ge=100, le=60_000)

@@ -28,6 +28,7 @@ from gbmedia.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
 from gbmedia.recording.service import Recordings
 from gbmedia.recording.storage import storage_from_settings
 from gbmedia.rooms.audience import audience_samples
+from gbmedia.rooms.cascade import Cascade
 from gbmedia.rooms.cluster import ClusterMember
 from gbmedia.rooms.live import LiveRooms
 from gbmedia.rooms.placement import LocalPlacement, RedisPlacement
@@ -37,6 +38,7 @@ from gbmedia.rooms.speakers import RoomSpeakers
 from gbmedia.rooms.store import Rooms, RoomSweeper
 from gbmedia.sfu import aiortc_adapter
 from gbmedia.sfu.media_address import MediaAddress, resolve_media_address
+from gbmedia.signaling.cascade import HttpFeeder
 from gbmedia.signaling.relay import ClusterAuth, Relay
 from gbmedia.streaming.playlist import HlsConfig
 from gbmedia.streaming.service import HlsService
@@ -87,6 +89,7 @@ class Node:
     placement: LocalPlacement | RedisPlacement
     member: ClusterMember  # heartbeat, fencing, adoption, drain
     relay: Relay  # forwards a room's requests to its node
+    cascade: Cascade  # live rooms' audiences spread over edge nodes
     redis: aioredis.Redis | None = None
     hls: HlsService | None = None
     started: float = field(default_factory=time.monotonic)
@@ -166,7 +169,23 @@ class Node:
                 adopt_seconds=settings.node_ttl_seconds,
                 drain_timeout=settings.drain_timeout,
             )
-            relay = Relay(placement, registry, ClusterAuth(cluster_secret_for(settings), settings.node_id))
+            # Live audiences cascade to edge nodes (a cluster only: with Redis and its bus).
+            cascade = Cascade(
+                redis_client,
+                bus,
+                registry,
+                placement,
+                live_rooms,
+                rooms,
+                viewers=settings.cascade_viewers,
+                fanout=settings.cascade_fanout,
+                linger=settings.cascade_linger_seconds,
+            )
+            relay = Relay(
+                placement, registry, ClusterAuth(cluster_secret_for(settings), settings.node_id), cascade=cascade
+            )
+            cascade.feeder = HttpFeeder(relay)
+            member.heartbeat.listeners.append(cascade.tick)
             member.pipes = relay
             member.sockets = lambda: live_rooms.sockets
             await member.start()
@@ -217,6 +236,7 @@ class Node:
             placement=placement,
             member=member,
             relay=relay,
+            cascade=cascade,
             redis=redis_client,
         )
         node.metrics.watch(live_rooms.media_samples)
@@ -226,6 +246,7 @@ class Node:
         node.metrics.watch(chat.messages.batcher.samples)  # chat group commit and fan-out
         node.metrics.watch(chat_hub.samples)
         node.metrics.watch(relay.samples)
+        node.metrics.watch(cascade.samples)
         node.metrics.watch(node.load_samples)
         node.outbox.start()
         node.room_sweeper.start()
@@ -254,6 +275,7 @@ class Node:
 
     async def stop(self) -> None:
         await self.member.stop()
+        await self.cascade.close()  # edge copies end while their feeding nodes can still be told
         await self.relay.close()
         await self.room_sweeper.stop()
         await self.outbox.stop()

@@ -21,6 +21,14 @@ the room's LL-HLS rendition follows too.
 
 The audience is the live room's :class:`~gbmedia.rooms.policy.RoomPolicy`; it sees
 its room only through :class:`~gbmedia.rooms.policy.RoomMembers`.
+
+In a cluster a live audience may span nodes (:mod:`gbmedia.rooms.cascade`): the
+room's own node (the origin) and edge nodes that serve further viewers from a copy
+of the room. Each copy's audience has a :class:`AudienceLink` to the others: it
+reports its own viewers, learns theirs (``remote``), so ``viewer_count`` is the
+room's total everywhere, and hands its reactions on so hearts reach every viewer.
+WHEP sessions that feed an edge (``PlaybackSession.edge``) are servers, not viewers:
+they are neither counted nor charged against ``max_participants``.
 """
 
 from __future__ import annotations
@@ -33,7 +41,7 @@ import secrets
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from gbmedia.errors import ProtocolError
 from gbmedia.metrics import Sample
@@ -77,7 +85,7 @@ class IngestSession:
 
 @dataclass(eq=False)
 class PlaybackSession:
-    """A WHEP player watching the room's program."""
+    """A WHEP player watching the room's program, or an edge node pulling it (``edge``: that node's id)."""
 
     id: str
     identity: str
@@ -85,6 +93,27 @@ class PlaybackSession:
     peer: PlaybackPeer
     ice_ufrag: str | None
     etag: str = field(default_factory=new_etag)
+    edge: str | None = None
+
+
+class AudienceLink(Protocol):
+    """The audience's tie to the room's copies on other nodes (gbmedia/rooms/cascade.py)."""
+
+    def local_changed(self) -> None:
+        """This node's viewers changed: report them (done in the background, coalesced)."""
+        ...
+
+    async def reactions(self, counts: dict[str, int]) -> None:
+        """A batch of this node's reactions, for the viewers on the other nodes."""
+        ...
+
+    async def program_changed(self, program: Program) -> None:
+        """The program of this copy changed (edges that pull from it follow)."""
+        ...
+
+    async def closed(self) -> None:
+        """This copy of the room ends (closed, moved away, or an edge released)."""
+        ...
 
 
 class Audience:
@@ -107,6 +136,8 @@ class Audience:
         self._count_task: asyncio.Task[None] | None = None
         self._reaction_task: asyncio.Task[None] | None = None
         self.closed = False
+        self.link: AudienceLink | None = None  # set in a cluster (gbmedia/rooms/cascade.py)
+        self.remote: dict[str, int] = {}  # viewers the room's copies on other nodes serve, by node id
 
     # --- who is who ------------------------------------------------------------------
 
@@ -114,16 +145,40 @@ class Audience:
         """Whether the room hears of ``participant`` one by one (hosts do, viewers are counted)."""
         return participant.is_host
 
-    def viewer_count(self) -> int:
+    def local_viewer_count(self) -> int:
+        """Viewers on this node: distinct identities on sockets and WHEP players, hosts left out."""
         participants = self.live.participants.values()
         hosts = {p.identity for p in participants if p.is_host}
         viewers = {p.identity for p in participants if p.is_viewer}
-        viewers |= {s.identity for s in self.playback.values()}
+        viewers |= {s.identity for s in self.playback.values() if s.edge is None}
         return len(viewers - hosts)
 
+    def viewer_count(self) -> int:
+        """The room's viewers: this node's and those of its copies on other nodes."""
+        return self.local_viewer_count() + sum(self.remote.values())
+
+    def audience_size(self) -> int:
+        """Who this copy of the room serves beyond its hosts: viewers, players and edges pulling from it."""
+        viewers = sum(1 for p in self.live.participants.values() if not p.is_host)
+        return viewers + len(self.playback)
+
+    @property
+    def players(self) -> list[PlaybackSession]:
+        return [s for s in self.playback.values() if s.edge is None]
+
     def occupancy(self) -> int:
-        """What counts against the room's ``max_participants``: participants and players."""
-        return len(self.live.participants) + len(self.playback)
+        """What counts against the room's ``max_participants``: participants and players (not edges)."""
+        return len(self.live.participants) + len(self.players)
+
+    def set_remote(self, node_id: str, count: int) -> None:
+        """Another node reports the viewers it serves (0: none, forgotten)."""
+        before = self.remote.get(node_id, 0)
+        if count > 0:
+            self.remote[node_id] = count
+        else:
+            self.remote.pop(node_id, None)
+        if count != before:
+            self.count_changed(report=False)
 
     def joined_extra(self) -> dict[str, Any]:
         return {"viewer_count": self.viewer_count()}
@@ -152,9 +207,14 @@ class Audience:
         self.count_changed()
         await self.update_program()
 
-    def count_changed(self) -> None:
-        """Schedule a ``viewer_count`` (sent only if the count differs from the last one sent)."""
-        if self.closed or self._count_task is not None:
+    def count_changed(self, *, report: bool = True) -> None:
+        """Schedule a ``viewer_count`` (sent only if the count differs from the last one sent);
+        ``report``: this node's own viewers changed, so the other nodes are told."""
+        if self.closed:
+            return
+        if report and self.link is not None:
+            self.link.local_changed()
+        if self._count_task is not None:
             return
         self._count_task = self._spawn(self._send_count())
 
@@ -198,7 +258,13 @@ class Audience:
         finally:
             self._reaction_task = None
         pending, self._pending_reactions = self._pending_reactions, Counter()
-        for kind, count in pending.items():
+        await self.remote_reactions(pending)
+        if self.link is not None and pending:
+            await self.link.reactions(dict(pending))
+
+    async def remote_reactions(self, counts: dict[str, int]) -> None:
+        """Reactions to show this node's participants (its own batch, or another node's)."""
+        for kind, count in counts.items():
             await self.broadcast({"type": "reaction", "kind": kind, "count": count})
 
     async def invite(self, inviter: Participant, participant_id: str) -> None:
@@ -258,6 +324,8 @@ class Audience:
         if program != self.current_program:
             self.current_program = program
             await self.live.program_changed(program)
+            if self.link is not None:
+                await self.link.program_changed(program)
 
     @staticmethod
     def _point(
@@ -313,15 +381,25 @@ class Audience:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        if self.link is not None:
+            try:
+                await self.link.closed()
+            except Exception:  # the other nodes find out by themselves (their heartbeat checks)
+                log.exception("telling other nodes the room ended failed", extra={"room_id": str(self.live.room.id)})
 
 
 def audience_samples(audiences: list[Audience]) -> list[Sample]:
     return [
         Sample(
             "gbmedia_live_viewers",
-            "Viewers of live rooms (distinct identities on sockets and WHEP players)",
-            sum(a.viewer_count() for a in audiences),
+            "Viewers this node serves in live rooms (distinct identities on sockets and WHEP players)",
+            sum(a.local_viewer_count() for a in audiences),
         ),
         Sample("gbmedia_whip_sessions", "WHIP ingest sessions", sum(len(a.ingest) for a in audiences)),
-        Sample("gbmedia_whep_sessions", "WHEP playback sessions", sum(len(a.playback) for a in audiences)),
+        Sample("gbmedia_whep_sessions", "WHEP playback sessions", sum(len(a.players) for a in audiences)),
+        Sample(
+            "gbmedia_cascade_feeds",
+            "Live rooms' programs this node sends to edge nodes (one per edge that pulls from it)",
+            sum(len(a.playback) - len(a.players) for a in audiences),
+        ),
     ]

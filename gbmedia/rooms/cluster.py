@@ -87,7 +87,10 @@ class ClusterMember:
             busy = sum(
                 1
                 for live in self.live_rooms.live.values()
-                if not live.closed and live.room.kind == kind and live.cost() >= NEW_ROOM_COST.get(kind, 0.0)
+                if not live.closed
+                and not live.edge  # an edge copy is another node's room (gbmedia/rooms/cascade.py)
+                and live.room.kind == kind
+                and live.cost() >= NEW_ROOM_COST.get(kind, 0.0)
             )
             reserved += max(count - busy, 0) * NEW_ROOM_COST.get(kind, NEW_ROOM_COST["meeting"])
         return replace(load, cost=load.cost + reserved)
@@ -123,7 +126,8 @@ class ClusterMember:
             await self.placement.adopt_orphans()
 
     async def _fence(self) -> None:
-        ids = [room_id for room_id, live in self.live_rooms.live.items() if not live.closed]
+        # An edge copy of a live room lives on a node that does not own the room (gbmedia/rooms/cascade.py).
+        ids = [room_id for room_id, live in self.live_rooms.live.items() if not live.closed and not live.edge]
         for room_id, owner in zip(ids, await self.placement.owners(ids), strict=True):
             if owner is None and not self.draining:
                 owner = await self.placement.claim(room_id)  # Redis lost the key (flushed): claim it back

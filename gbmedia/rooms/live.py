@@ -11,6 +11,12 @@ What depends on the room's kind is its policy's (:mod:`gbmedia.rooms.policy`); a
 subscriber's offers and answers are its ``SubscriberNegotiation``'s
 (:mod:`gbmedia.rooms.negotiation`). :class:`LiveRooms` is what recording, streaming
 and bots follow (:mod:`gbmedia.rooms.media`).
+
+A live room whose audience outgrew its node also has **edge copies** on other nodes
+(:mod:`gbmedia.rooms.cascade`): a ``LiveRoom`` with ``edge`` set, whose only host is
+the program pulled from another node (a participant with ``fed_by``) and whose other
+participants are viewers. Recording, streaming and bots follow only the room's own
+node: edge copies are left out of what :class:`LiveRooms` tells them.
 """
 
 from __future__ import annotations
@@ -47,14 +53,18 @@ log = logging.getLogger(__name__)
 RoomTrackListener = Callable[[str, "LiveRoom", Participant, PublishedTrack], Awaitable[None]]
 # The policy of each room kind (gbmedia/rooms/policy.py).
 POLICIES: dict[str, Callable[[RoomMembers], RoomPolicy]] = {"meeting": MeetingPolicy, "live": Audience}
+# Told of every LiveRoom this node makes (the cascade links live audiences across nodes).
+CreatedListener = Callable[["LiveRoom"], None]
 
 
 class LiveRoom:
-    def __init__(self, room: Room, registry: LiveRooms) -> None:
+    def __init__(self, room: Room, registry: LiveRooms, *, edge: bool = False) -> None:
         self.room = room
         self.registry = registry
+        self.edge = edge  # an edge node's copy of another node's live room (see the module docstring)
         self.participants: dict[str, Participant] = {}
         self.closed = False
+        self.end_message: dict[str, Any] | None = None  # what the participants were told when the room ended here
         self._tasks: set[asyncio.Future[None]] = set()
         self.policy: RoomPolicy = POLICIES.get(room.kind, MeetingPolicy)(self)
 
@@ -93,7 +103,7 @@ class LiveRoom:
     async def join(self, identity: str, name: str, grants: Grants, *, auto_subscribe: bool, send: Send) -> Participant:
         if self.closed:
             raise ProtocolError("room_closed", "the room has closed")
-        previous = next((p for p in self.participants.values() if p.identity == identity), None)
+        previous = next((p for p in self.participants.values() if p.identity == identity and p.fed_by is None), None)
         if previous is not None:  # the same person from a new device or tab replaces the old session
             await previous.send({"type": "removed", "reason": "duplicate_identity"})
             await self.leave(previous, "duplicate_identity")
@@ -221,6 +231,7 @@ class LiveRoom:
 
     async def _end(self, message: dict[str, Any], leave_reason: str) -> None:
         self.closed = True
+        self.end_message = message
         await self.policy.close()
         for participant in list(self.participants.values()):
             await participant.send(message)
@@ -247,6 +258,26 @@ class LiveRoom:
         answer, added, ended = await participant.publisher.answer(sdp, infos)
         for track in ended:
             await self._track_ended(participant, track)
+        await self._tracks_added(participant, added)
+        return answer, added
+
+    async def add_feed(self, participant: Participant, feed: Any) -> None:
+        """An edge copy's host: ``participant`` (``fed_by`` set, no socket) joins with the tracks ``feed``
+        pulls from another node (a :class:`~gbmedia.sfu.pull.PullPeer`, its publisher from now on).
+
+        The viewers hear of it as of any host that joins and publishes, and auto-subscribe.
+        """
+        if self.closed:
+            await feed.close()
+            raise ProtocolError("room_closed", "the room has closed")
+        self.participants[participant.id] = participant
+        if self.announced(participant):
+            await self.broadcast({"type": "participant_joined", "participant": participant.to_json()})
+        self.policy.joined(participant)
+        participant.publisher = feed
+        await self._tracks_added(participant, list(feed.tracks.values()))
+
+    async def _tracks_added(self, participant: Participant, added: list[PublishedTrack]) -> None:
         for track in added:
             if track.simulcast:
                 track.on_layers = lambda t, rids, owner=participant: self._layers_needed(owner, t, rids)
@@ -267,7 +298,6 @@ class LiveRoom:
                     "could not subscribe a participant to new tracks",
                     extra={"room_id": str(self.room.id), "participant_id": other.id, "error": repr(exc)},
                 )
-        return answer, added
 
     def _one_by_one(self, exclude: Participant | None = None) -> Iterator[Participant]:
         """The room's participants for a loop that awaits between them: whoever leaves meanwhile is left
@@ -458,6 +488,7 @@ class LiveRooms:
         self._retired_forwarded = 0
         self._track_listeners: list[TrackListener | RoomTrackListener] = []
         self._program_listeners: list[ProgramListener] = []
+        self._created_listeners: list[CreatedListener] = []
         rooms.on_close(self._room_closed)
 
     # --- what recording, streaming and bots follow (gbmedia/rooms/media.py) ------------------
@@ -468,11 +499,16 @@ class LiveRooms:
     def on_program(self, listener: ProgramListener) -> None:
         self._program_listeners.append(listener)
 
+    def on_created(self, listener: CreatedListener) -> None:
+        self._created_listeners.append(listener)
+
     def media_of(self, room_id: uuid.UUID) -> RoomMedia | None:
         live = self.live.get(room_id)
-        return live if live is not None and not live.closed else None
+        return live if live is not None and not live.closed and not live.edge else None
 
     async def track_changed(self, event: str, live: LiveRoom, participant: Participant, track: PublishedTrack) -> None:
+        if live.edge:  # the room's own node records, packages and measures it
+            return
         for listener in self._track_listeners:
             try:
                 await listener(event, live, participant, track)
@@ -480,6 +516,8 @@ class LiveRooms:
                 log.exception("track listener failed", extra={"event": event, "track_id": track.id})
 
     async def program_changed(self, live: LiveRoom, program: Program) -> None:
+        if live.edge:
+            return
         for listener in self._program_listeners:
             try:
                 await listener(live, program)
@@ -527,18 +565,24 @@ class LiveRooms:
         ]
 
     def participant_count(self, room_id: uuid.UUID) -> int:
+        """Who is in the room on this node, plus the viewers its edge nodes serve (the room is not idle)."""
         live = self.live.get(room_id)
-        return len(live.participants) if live else 0
+        if live is None:
+            return 0
+        remote = sum(live.audience.remote.values()) if live.audience is not None else 0
+        return len(live.participants) + remote
 
     async def room_for(self, instance: Instance, name: str, actor: Actor, kind: str = "meeting") -> LiveRoom:
         """The open room with this name, created (as ``kind``) on first join (within quotas)."""
         return self.live_for(await self.rooms.open(actor, instance.id, name, kind))
 
-    def live_for(self, room: Room) -> LiveRoom:
-        """The live state of an open room this node serves, made on first use."""
+    def live_for(self, room: Room, *, edge: bool = False) -> LiveRoom:
+        """The live state of an open room this node serves (``edge``: as an edge copy), made on first use."""
         live = self.live.get(room.id)
         if live is None or live.closed:
-            live = self.live[room.id] = LiveRoom(room, self)
+            live = self.live[room.id] = LiveRoom(room, self, edge=edge)
+            for listener in self._created_listeners:
+                listener(live)
         return live
 
     async def _room_closed(self, room: Room, reason: str) -> None:

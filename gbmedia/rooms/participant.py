@@ -52,6 +52,9 @@ class Participant:
     subscriptions: dict[str, DownTrack] = field(default_factory=dict)
     grace_task: asyncio.Task[None] | None = None
     joined_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
+    # On an edge node (gbmedia/rooms/cascade.py): the host whose program this node pulls from the node named
+    # here; it has no socket, and its publisher is the pulling connection. None for everyone else.
+    fed_by: str | None = None
 
     def connect_subscriber(self, subscriber: SubscriberPeer) -> None:
         """Give the participant its subscriber connection; offers go out on its socket."""

@@ -84,6 +84,27 @@ def choose_node(nodes: list[NodeInfo], *, region: str, kind: str, prefer: str | 
     return best
 
 
+def may_serve_viewers(node: NodeInfo) -> bool:
+    """A node takes more viewers of a live room (as its origin or an edge): live, not draining, not full."""
+    return not node.draining and node.load_share < 1.0
+
+
+def edge_candidates(nodes: list[NodeInfo], origin: NodeInfo, *, region: str | None = None) -> list[NodeInfo]:
+    """The nodes that could become a new edge of ``origin``'s live room, best first.
+
+    Another worker of the origin's machine first (the same media address: the feed
+    never leaves the machine), then the closest region, then the least loaded; nodes
+    that cannot take viewers or that other nodes cannot reach yet are left out.
+    """
+    near = region or origin.region
+    fits = [n for n in nodes if n.node_id != origin.node_id and n.internal_url and may_serve_viewers(n)]
+
+    def rank(n: NodeInfo) -> tuple[bool, int, float, str]:
+        return (n.media_address != origin.media_address, region_distance(near, n.region), n.load_share, n.node_id)
+
+    return sorted(fits, key=rank)
+
+
 class Placer(Protocol):
     """What the relay and the room APIs ask: which node serves this room."""
 

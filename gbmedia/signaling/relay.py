@@ -12,6 +12,12 @@ and the path, so a node accepts relays only from nodes that know the secret; a b
 signature is refused (403 ``cluster_auth_failed``) and logged. A relayed request is
 served where it lands and never relayed again: when the target no longer owns the
 room it answers 503 ``room_moving`` and the client retries.
+
+A viewer of a live room (a ``/rtc`` join without ``can_publish``, a WHEP player) is
+routed to the node that has a seat for it (:meth:`Relay.route`): the origin while
+it has room, else an edge (gbmedia/rooms/cascade.py). Its seat travels with the
+relayed request (the ``seat`` query parameter, under the signature), and the edge
+serves it from its copy of the room instead of answering ``room_moving``.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import hashlib
 import hmac
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 import aiohttp
@@ -31,6 +37,7 @@ from aiohttp import WSMsgType, web
 from gbmedia.errors import ApiError
 from gbmedia.http.middleware import Handler
 from gbmedia.metrics import Sample
+from gbmedia.rooms.cascade import Cascade
 from gbmedia.rooms.placement import Placer
 from gbmedia.rooms.registry import NodeInfo, NodeRegistry
 from gbmedia.rooms.store import Room
@@ -125,6 +132,28 @@ def relayed(request: web.Request) -> bool:
     return RELAYED_FROM in request
 
 
+SEAT_PARAM = "seat"  # a routed viewer's seat at the node it is relayed to
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where a request for ``room`` is served: ``node`` (``here``: this one), as the room's owner or
+    (``edge``) as one of a live room's edges; ``seat`` is a viewer's reservation there."""
+
+    room: Room
+    node: NodeInfo
+    here: bool
+    edge: bool = False
+    seat: str | None = None
+
+
+def _with_query(request: web.Request, extra: Mapping[str, str] | None) -> str:
+    """The request's path and query, with ``extra`` parameters (what goes to the target, signed)."""
+    if not extra:
+        return request.path_qs
+    return str(request.rel_url.update_query(dict(extra)))
+
+
 @dataclass(eq=False)  # a pipe is itself, not its fields: kept in a set
 class SocketPipe:
     """A client's ``/rtc`` socket piped to the owner's: frames pass through untouched."""
@@ -171,10 +200,13 @@ class SocketPipe:
 class Relay:
     """Finds a room's owner and forwards requests there (see the module docstring)."""
 
-    def __init__(self, placement: Placer, registry: NodeRegistry, auth: ClusterAuth) -> None:
+    def __init__(
+        self, placement: Placer, registry: NodeRegistry, auth: ClusterAuth, cascade: Cascade | None = None
+    ) -> None:
         self.placement = placement
         self.registry = registry
         self.auth = auth
+        self.cascade = cascade if cascade is not None and cascade.enabled else None  # live rooms' edges
         self._session: aiohttp.ClientSession | None = None
         self.relayed_requests = 0
         self.relayed_sockets = 0
@@ -200,6 +232,54 @@ class Relay:
         node = await self.placement.owner(room, region)
         return None if node.node_id == self.placement.node_id else node
 
+    async def route(self, room: Room, region: str | None = None, *, viewer: bool = False) -> Route:
+        """Where a new request for ``room`` goes: its owner, or for a ``viewer`` of a live room the node
+        with a seat for it (the seat is taken now)."""
+        owner = await self.placement.owner(room, region)
+        me = self.placement.node_id
+        if viewer and self.cascade is not None and room.kind == "live":
+            seat = await self.cascade.seat_viewer(room, owner, region)
+            return Route(room, seat.node, seat.node.node_id == me, seat.edge, seat.seat)
+        return Route(room, owner, owner.node_id == me)
+
+    async def landed(self, request: web.Request, room: Room, *, viewer: bool = False) -> Route:
+        """A relayed request is served here: by the owner, or by an edge of the live room for a viewer.
+        Anywhere else the room has moved on (503 ``room_moving``, the client retries)."""
+        me = self.registry.me
+        seat = request.query.get(SEAT_PARAM) or None
+        if (await self.placement.owner(room)).node_id == me.node_id:
+            return Route(room, me, True, seat=seat)
+        if viewer and self.cascade is not None and room.kind == "live" and await self.cascade.serves(room.id):
+            return Route(room, me, True, edge=True, seat=seat)
+        raise ApiError(503, "room_moving", "the room is moving to another node; retry", {"retry_after": 1})
+
+    async def forward_viewer(
+        self, request: web.Request, room: Room, region: str | None = None
+    ) -> web.StreamResponse | Route:
+        """A viewer's HTTP request (WHEP): the answer of the node with its seat, or the Route when this
+        node serves it."""
+        if relayed(request):
+            return await self.landed(request, room, viewer=True)
+        for _attempt in range(2):
+            route = await self.route(room, region, viewer=True)
+            if route.here:
+                return route
+            try:
+                return await self._forward_http(request, route.node, {SEAT_PARAM: route.seat} if route.seat else None)
+            except aiohttp.ClientConnectorError:
+                await self.registry.forget(route.node)
+        raise ApiError(503, "owner_unreachable", "the room's node cannot be reached; retry", {"retry_after": 1})
+
+    async def forward_to(self, request: web.Request, node_id: str) -> web.StreamResponse | None:
+        """Forward ``request`` to the node ``node_id`` (a session it holds); None when that is this node,
+        or when the request was relayed already."""
+        if node_id == self.placement.node_id or relayed(request):
+            return None
+        node = await self.registry.get(node_id)
+        if node is None:
+            raise ApiError(404, "session_not_found", "the node that held this session is gone")
+        return await self._forward_http(request, node)
+
     async def place(self, room: Room, region: str | None = None) -> str:
         """Place a new room now (REST create), so its node is known before anyone joins."""
         return (await self.placement.owner(room, region)).node_id
@@ -218,14 +298,17 @@ class Relay:
                 await self.registry.forget(owner)  # refused: dead before its entry expired; place again
         raise ApiError(503, "owner_unreachable", "the room's node cannot be reached; retry", {"retry_after": 1})
 
-    async def _forward_http(self, request: web.Request, owner: NodeInfo) -> web.StreamResponse:
+    async def _forward_http(
+        self, request: web.Request, owner: NodeInfo, query: Mapping[str, str] | None = None
+    ) -> web.StreamResponse:
+        path = _with_query(request, query)
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP}
-        headers.update(self.auth.headers(request.method, request.path_qs))
+        headers.update(self.auth.headers(request.method, path))
         if request.remote:
             headers["X-Forwarded-For"] = request.remote
         body = await request.read()
         async with self.session.request(
-            request.method, owner.internal_url + request.path_qs, headers=headers, data=body, allow_redirects=False
+            request.method, owner.internal_url + path, headers=headers, data=body, allow_redirects=False
         ) as upstream:
             response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
             for name, value in upstream.headers.items():
@@ -246,9 +329,10 @@ class Relay:
         owner: NodeInfo,
         first: str | bytes,
         max_msg_size: int,
+        query: Mapping[str, str] | None = None,
     ) -> SocketPipe:
         """Open the owner's ``/rtc``, hand it the client's first frame (its join) and pipe the rest."""
-        path = request.path_qs
+        path = _with_query(request, query)
         try:
             upstream = await self.session.ws_connect(
                 owner.internal_url + path,

@@ -17,6 +17,10 @@ the room's ``viewer_count``. The server does not trickle: its candidates are in 
 answer. ICE restarts are not supported (``422``). Every error is the API's JSON
 ``{"error": {"code", "message"}}``, with CORS headers so a player on another origin
 can read it; ``OPTIONS`` answers CORS preflights without credentials.
+
+In a cluster a player may be served by one of the live room's edge nodes
+(gbmedia/rooms/cascade.py); its session's ``Location`` then names that node
+(``?node=``), so its ``PATCH`` and ``DELETE`` find the session through any node.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlencode
 
 from aiohttp import web
 from aiortc import RTCIceCandidate
@@ -38,9 +43,10 @@ from gbmedia.ratelimit import RateLimiter
 from gbmedia.rooms.audience import IngestSession, PlaybackSession, new_session_id
 from gbmedia.rooms.live import LiveRoom, LiveRooms
 from gbmedia.rooms.program import NO_PROGRAM
+from gbmedia.rooms.store import Room
 from gbmedia.sfu.peers import NegotiationError, TrackInfo, parse_sdp
 from gbmedia.sfu.playback import PlaybackPeer
-from gbmedia.signaling.relay import Relay
+from gbmedia.signaling.relay import Relay, Route
 from gbmedia.tenancy.auth import Authenticator, VerifiedToken, bearer_credential
 from gbmedia.tenancy.models import Actor
 
@@ -218,20 +224,31 @@ def _created(answer: str, location: str, etag: str) -> web.Response:
 
 
 async def _on_owner(request: web.Request, verified: VerifiedToken, *, create: bool) -> web.StreamResponse | None:
-    """The owner's answer when the room in the path lives on another node (None: here, or no open room)."""
+    """The owner's answer when the room in the path lives on another node (None: here, or no open room).
+
+    A session's own URL may name the node that holds it (``?node=``, a player an edge serves): it goes there.
+    """
     service = request.app[WHIP]
-    rooms = service.live_rooms.rooms
+    holder = request.query.get("node")
+    if holder and not create:
+        return await service.relay.forward_to(request, holder)
+    room = await _open_room(request, verified, create=create)
+    if room is None:
+        return None
+    return await service.relay.forward(request, room, verified.instance.region)
+
+
+async def _open_room(request: web.Request, verified: VerifiedToken, *, create: bool = False) -> Room | None:
+    """The open room in the path (``create``: opened as a live room if it is not), or None."""
+    rooms = request.app[WHIP].live_rooms.rooms
     name = request.match_info["room"]
     if create:  # WHIP ingest opens the live room, as a first join does
-        room = await rooms.open(Actor(verified.token.api_key, "api_key"), verified.instance.id, name, "live")
-    else:
-        try:
-            room = await rooms.get(verified.instance.id, name)
-        except ApiError:
-            return None
-        if room.status != "open":
-            return None
-    return await service.relay.forward(request, room, verified.instance.region)
+        return await rooms.open(Actor(verified.token.api_key, "api_key"), verified.instance.id, name, "live")
+    try:
+        room = await rooms.get(verified.instance.id, name)
+    except ApiError:
+        return None
+    return room if room.status == "open" else None
 
 
 async def whip_publish(request: web.Request) -> web.StreamResponse:
@@ -311,7 +328,7 @@ async def _session(request: web.Request, which: str) -> _Found:
         identity = found.ingest.identity
     else:
         found.playback = live.audience.playback.get(session_id)
-        if found.playback is None:
+        if found.playback is None or found.playback.edge is not None:  # an edge node's feed is not a player's
             raise missing
         identity = found.playback.identity
     if not (token.grants.room_admin or (token.identity == identity and token.grants.has(grant))):
@@ -388,11 +405,21 @@ def parse_sdpfrag(fragment: str) -> tuple[str | None, list[tuple[str | None, str
 
 async def whep_play(request: web.Request) -> web.StreamResponse:
     verified = await _verify(request, "can_subscribe")
-    if (relayed := await _on_owner(request, verified, create=False)) is not None:
-        return relayed
+    service = request.app[WHIP]
+    route: Route | None = None
+    room = await _open_room(request, verified)
+    if room is not None:  # a player is a viewer: served by the room's node, or an edge when that is full
+        served = await service.relay.forward_viewer(request, room, verified.instance.region)
+        if not isinstance(served, Route):
+            return served
+        route = served
     sdp = await _read_body(request, SDP)
     description = _offer(sdp, "play")
-    live = _find_live(request, verified)
+    cascade = service.relay.cascade
+    if route is not None and route.edge and cascade is not None:
+        live: LiveRoom | None = await cascade.edge_room(route.room)
+    else:
+        live = _find_live(request, verified)
     if live is not None and live.audience is None:
         raise ApiError(
             409, "not_a_live_room", f"room {live.room.name!r} is a {live.room.kind} room; WHEP plays live rooms"
@@ -418,11 +445,17 @@ async def whep_play(request: web.Request) -> web.StreamResponse:
     token = verified.token
     session = PlaybackSession(session_id, token.identity, token.name, peer, _ufrag(description))
     await live.audience.add_playback(session)
+    location = f"/whep/{live.room.name}/{session.id}"
+    if route is not None and cascade is not None:
+        if route.seat is not None:
+            await cascade.seated(live.room.id, route.seat)
+        if route.edge:  # the session's later requests must find this node, not the room's
+            location += "?" + urlencode({"node": service.relay.placement.node_id})
     log.info(
         "whep session started",
         extra={"room_id": str(live.room.id), "session_id": session.id, "identity": token.identity},
     )
-    return _created(answer, f"/whep/{live.room.name}/{session.id}", session.etag)
+    return _created(answer, location, session.etag)
 
 
 # --- routes --------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from gbmedia.rooms.live import LiveRoom, LiveRooms
 from gbmedia.rooms.participant import Participant, track_json
 from gbmedia.sfu.peers import NegotiationError, TrackInfo
 from gbmedia.signaling import protocol as p
-from gbmedia.signaling.relay import Relay, SocketPipe, relayed
+from gbmedia.signaling.relay import SEAT_PARAM, Relay, Route, SocketPipe, relayed
 from gbmedia.tenancy.auth import Authenticator
 from gbmedia.tenancy.models import Actor
 
@@ -234,7 +234,7 @@ class Connection:
         if not token.grants.room:
             raise p.ProtocolError("room_required", "the token names no room")
         if message.resume is not None and message.resume not in self.live_rooms.by_resume_token:
-            if await self._relay_to_owner(verified, token.grants.room, message.kind):
+            if await self._route(verified, token.grants.room, message.kind) is None:
                 return None  # the session lives on the room's node, which answers through the pipe
         if message.resume is not None:
             room, existing = self.live_rooms.by_resume_token.get(message.resume, (None, None))
@@ -249,16 +249,23 @@ class Connection:
             chat = await self._room_chat(verified, room)  # a new socket: chat starts again too
             await room.resume(existing, self.send, message.id, extra={"chat": chat})
             return None
-        if await self._relay_to_owner(verified, token.grants.room, message.kind):
+        viewer = not token.grants.can_publish and not token.grants.hidden  # a live room's viewer may go to an edge
+        route = await self._route(verified, token.grants.room, message.kind, viewer=viewer)
+        if route is None:
             return None
-        stored = await self.live_rooms.rooms.open(
-            Actor(token.api_key, "api_key"), verified.instance.id, token.grants.room, message.kind
-        )
-        room = self.live_rooms.live_for(stored)
+        cascade = self.service.relay.cascade
+        if route.edge and cascade is not None:
+            room = await cascade.edge_room(route.room)
+        else:
+            if cascade is not None:
+                await cascade.stop_edge(route.room.id)
+            room = self.live_rooms.live_for(route.room)
         participant = await room.join(
             token.identity, token.name, token.grants, auto_subscribe=message.auto_subscribe, send=self.send
         )
         self.room, self.participant = room, participant
+        if route.seat is not None and cascade is not None:
+            await cascade.seated(route.room.id, route.seat)
         joined = room.joined_message(participant)
         if message.id is not None:
             joined["id"] = message.id
@@ -267,27 +274,38 @@ class Connection:
         await room.start_subscriptions(participant)
         return None
 
-    async def _relay_to_owner(self, verified: Any, name: str, kind: str) -> bool:
-        """Pipe this socket to the room's node when that is another one; True when it did."""
+    async def _route(self, verified: Any, name: str, kind: str, *, viewer: bool = False) -> Route | None:
+        """Where this join is served: the Route when here, None when this socket is piped to the node
+        that serves it (the room's owner, or for a live room's ``viewer`` the node with its seat)."""
         token = verified.token
         relay = self.service.relay
         for _attempt in range(2):
             stored = await self.live_rooms.rooms.open(Actor(token.api_key, "api_key"), verified.instance.id, name, kind)
-            owner = await relay.owner(stored, verified.instance.region)
-            if owner is None:
-                return False
             if relayed(self.request):
-                raise p.ProtocolError("room_moving", "the room is moving to another node; reconnect and join again")
+                try:
+                    return await relay.landed(self.request, stored, viewer=viewer)
+                except ApiError as exc:
+                    raise p.ProtocolError(
+                        exc.code, "the room is moving to another node; reconnect and join again"
+                    ) from None
+            route = await relay.route(stored, verified.instance.region, viewer=viewer)
+            if route.here:
+                return route
             try:
                 self.pipe = await relay.open_pipe(
-                    self.request, self.ws, owner, self._raw, max_msg_size=4 * p.MAX_MESSAGE_BYTES
+                    self.request,
+                    self.ws,
+                    route.node,
+                    self._raw,
+                    max_msg_size=4 * p.MAX_MESSAGE_BYTES,
+                    query={SEAT_PARAM: route.seat} if route.seat else None,
                 )
             except aiohttp.ClientConnectorError:
-                continue  # the owner died before its registry entry expired: it is forgotten, place again
-            if self.chat_session is not None:  # the owner's session serves chat on this socket from now on
+                continue  # the node died before its registry entry expired: it is forgotten, route again
+            if self.chat_session is not None:  # the serving node's session serves chat on this socket from now on
                 await self.chat_session.stop()
                 self.chat_session = None
-            return True
+            return None
         raise p.ProtocolError("owner_unreachable", "the room's node cannot be reached; retry")
 
     async def _room_chat(self, verified: Any, room: LiveRoom) -> dict[str, Any]:

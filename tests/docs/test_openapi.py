@@ -114,6 +114,7 @@ REST_SOURCES = (
     "streaming/*.py",
     "signaling/whip.py",
     "signaling/relay.py",
+    "signaling/cascade.py",
 )
 # Bearer-authenticated paths outside /api/ (standard WHIP/WHEP URLs); their CORS preflights need no credentials.
 TOKEN_PATHS = ("/whip/", "/whep/")
@@ -1070,6 +1071,10 @@ async def test_real_answers_conform_to_the_documented_responses(client: TestClie
     nodes = await call("GET", "/api/v1/nodes", 200, headers=OPERATOR)
     (me,) = nodes["nodes"]
     await call("POST", "/api/v1/nodes/{node_id}/drain", 409, headers=OPERATOR, node_id=me["node_id"])
+    # Feeds between nodes (cascading live rooms): nodes only; their real feeds are tests/test_cascade.py's.
+    sdp = {"Content-Type": "application/sdp"}
+    await call("POST", "/cluster/cascade/{room_id}", 403, room_id=str(uuid.uuid4()), data=b"v=0", headers=sdp)
+    await call("DELETE", "/cluster/cascade/{room_id}/{session}", 403, room_id=str(uuid.uuid4()), session="abc")
 
     documented = {(m, path) for m, path, _ in operations()}
     assert documented == {(m, path) for m, path, _ in call.seen}, "every operation is exercised"
