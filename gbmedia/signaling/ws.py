@@ -67,6 +67,7 @@ class Connection:
         self.left = False
         self._send_lock = asyncio.Lock()
         self._reports: set[asyncio.Task[None]] = set()
+        self._held: list[dict[str, Any]] | None = None  # room events waiting for this socket's `joined`
         self.pipe: SocketPipe | None = None  # set when the room lives on another node
         self._closing: asyncio.Future[bool] | None = None
         self._raw: str | bytes = ""  # the frame being handled: a join relayed to the owner goes as it came
@@ -260,19 +261,42 @@ class Connection:
             if cascade is not None:
                 await cascade.stop_edge(route.room.id)
             room = self.live_rooms.live_for(route.room)
+        # Until `joined` is out, the room's events for this participant wait (another's publish may
+        # offer it tracks meanwhile): a client must never see an offer for a session it has not joined.
+        self._held = []
         participant = await room.join(
-            token.identity, token.name, token.grants, auto_subscribe=message.auto_subscribe, send=self.send
+            token.identity, token.name, token.grants, auto_subscribe=message.auto_subscribe, send=self._send_event
         )
         self.room, self.participant = room, participant
-        if route.seat is not None and cascade is not None:
-            await cascade.seated(route.room.id, route.seat)
-        joined = room.joined_message(participant)
-        if message.id is not None:
-            joined["id"] = message.id
-        joined["chat"] = await self._room_chat(verified, room)
-        await self.send(joined)
+        try:
+            if route.seat is not None and cascade is not None:
+                await cascade.seated(route.room.id, route.seat)
+            joined = room.joined_message(participant)
+            if message.id is not None:
+                joined["id"] = message.id
+            joined["chat"] = await self._room_chat(verified, room)
+            await self.send(joined)
+        finally:
+            await self._release_held()
         await room.start_subscriptions(participant)
         return None
+
+    async def _send_event(self, message: dict[str, Any]) -> None:
+        """The participant's room events: held while its ``joined`` is on its way, sent otherwise."""
+        if self._held is not None:
+            self._held.append(message)
+            return
+        await self.send(message)
+
+    async def _release_held(self) -> None:
+        """Send what waited for ``joined``, in order; events arriving meanwhile queue behind them."""
+        while self._held:
+            message = self._held.pop(0)
+            try:
+                await self.send(message)
+            except ConnectionError:
+                self._held.clear()
+        self._held = None
 
     async def _route(self, verified: Any, name: str, kind: str, *, viewer: bool = False) -> Route | None:
         """Where this join is served: the Route when here, None when this socket is piped to the node

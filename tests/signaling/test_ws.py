@@ -466,3 +466,37 @@ async def test_simulcast_over_signaling_track_settings_and_publisher_layers(rtc,
         assert (short["type"], short["code"]) == ("error", "invalid_candidate")
     finally:
         await sender.close()
+
+
+async def test_an_offer_made_while_a_join_is_on_its_way_comes_after_joined(
+    rtc, tenant: Tenant, monkeypatch: pytest.MonkeyPatch
+):
+    """Bob's join waits (its room chat lookup is held open) while alice publishes: the offer of her
+    track that the server makes bob meanwhile reaches him after his ``joined``, never before it
+    (a page drops an offer for a session it has not joined, and would never see her)."""
+    from gbmedia.signaling import ws
+
+    alice = await rtc()
+    await alice.join(token(tenant, "alice"))
+    lookup_reached, go_on = asyncio.Event(), asyncio.Event()
+    real_room_chat = ws.room_chat
+
+    async def slow_room_chat(*args, **kwargs):  # type: ignore[no-untyped-def]
+        if args[-1] == "bob":
+            lookup_reached.set()
+            await go_on.wait()
+        return await real_room_chat(*args, **kwargs)
+
+    monkeypatch.setattr(ws, "room_chat", slow_room_chat)
+    bob = await rtc()
+    joining = asyncio.ensure_future(bob.join(token(tenant, "bob")))
+    await asyncio.wait_for(lookup_reached.wait(), 15)
+    reply = await alice.publish(ColorVideoTrack(RED))  # bob is in the room already: he is offered her track
+    await asyncio.sleep(0.5)
+    assert not any(e["type"] == "offer" for e in bob.events)  # held back
+    go_on.set()
+    assert (await joining)["type"] == "joined"
+    await bob.wait_event(lambda e: e["type"] == "offer")
+    types = [e["type"] for e in bob.events]
+    assert types.index("joined") < types.index("offer")
+    await wait_for(lambda: len(bob.decoded(reply["tracks"][0]["id"])) >= 3, within=20)
