@@ -96,7 +96,8 @@ class Cluster:
         """Until every node in ``names`` is in the registry with its cluster listener."""
         async with asyncio.timeout(within):
             while True:
-                nodes = await self.live_nodes(http, next(iter(names)))
+                via = next((n for n in names if n in self.nodes), next(iter(self.nodes)))  # a process of ours
+                nodes = await self.live_nodes(http, via)
                 if names <= {n["node_id"] for n in nodes if n["internal_url"]}:
                     return
                 await asyncio.sleep(0.2)

@@ -348,3 +348,28 @@ async def _tree_is(cluster: Cluster, room_id: str, tree: dict[bytes, bytes]) -> 
         return bool(await store.hgetall(f"gbmedia:edges:{room_id}") == tree)
     finally:
         await store.aclose()
+
+
+async def test_two_workers_of_one_machine_serve_one_live_rooms_players(cluster: Cluster, clients: list[Any]):
+    """``gbmedia serve --workers 2``: WHEP players of one live room, all through the shared port, are
+    served by both workers once the first holds its share (the other worker is the edge)."""
+    server = await cluster.start("box", args=("--workers", "2"), cascade_viewers="2", cascade_linger_seconds="1")
+    low, high = (int(x) for x in server.env["GBMEDIA_UDP_PORTS"].split("-"))
+    middle = low + (high - low + 1) // 2  # the supervisor gives each worker one half, w0 the lower
+    async with aiohttp.ClientSession() as http:
+        await cluster.wait_registered(http, {"box-w0", "box-w1"})
+        tenant = await create_tenant_over_http(http, server.url)
+        await open_live_room(http, server.url, tenant)
+        await go_live(http, server.url, tenant, clients, RED)
+        players = []
+        for index in range(4):
+            player = await play(http, server.url, viewer_token(tenant, f"p{index}"), clients)
+            players.append(player)
+        halves = []
+        for player in players:
+            ports = candidate_ports(player.answer)
+            assert ports and (all(p < middle for p in ports) or all(p >= middle for p in ports)), ports
+            halves.append("w0" if min(ports) < middle else "w1")
+        assert sorted(halves) == ["w0", "w0", "w1", "w1"], halves  # two each: the origin's share, then the edge
+        for player in players:
+            await wait_for(lambda player=player: shows(player.frames, RED), within=MEDIA_TIMEOUT)
