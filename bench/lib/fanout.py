@@ -47,9 +47,11 @@ class Snapshot(ServerReading):
 async def snapshot(server: ChildServer, publisher: Publisher, workers: Sequence[WorkerProcess]) -> Snapshot:
     """The workers are asked first and read while the server's own figures are taken, so they line up."""
     replies = asyncio.gather(*(w.call({"cmd": "snapshot"}, 30) for w in workers))
-    drops, queued = udp_sockets(server.pid)
+    pids = server.pids()
+    sockets = [udp_sockets(pid) for pid in pids]
+    drops, queued = sum(d for d, _ in sockets), sum(q for _, q in sockets)
     snap = Snapshot(
-        **read_server(server.pid),
+        **read_server(pids),
         server_udp_drops=drops,
         server_udp_queued=queued,
         postgres_cpu=server.postgres_cpu(),

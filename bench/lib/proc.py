@@ -184,13 +184,25 @@ class ServerReading:
     machine: tuple[float, float]  # machine_busy()
 
 
-def read_server(pid: int) -> dict[str, Any]:
-    """``ServerReading``'s fields for server ``pid`` now, as keyword arguments (for it or a subclass)."""
+def read_server(pid: int | list[int]) -> dict[str, Any]:
+    """``ServerReading``'s fields for server ``pid`` now (summed over the pids of a server made of
+    several processes: ``gbmedia serve --workers N``), as keyword arguments (for it or a subclass)."""
+    pids = pid if isinstance(pid, list) else [pid]
     return {
         "t": time.monotonic(),
-        "server_cpu": cpu_seconds(pid),
-        "server_sys": sys_cpu_seconds(pid),
-        "server_wait": runqueue_wait_seconds(pid),
+        "server_cpu": sum(cpu_seconds(p) for p in pids),
+        "server_sys": sum(sys_cpu_seconds(p) for p in pids),
+        "server_wait": sum(runqueue_wait_seconds(p) for p in pids),
         "orchestrator_cpu": cpu_seconds(os.getpid()),
         "machine": machine_busy(),
     }
+
+
+def gbmedia_pids(pid: int) -> list[int]:
+    """``pid`` and its descendants that run gbmedia (a supervisor's workers; not its PostgreSQL)."""
+    found = [pid]
+    for child in descendants(pid):
+        with contextlib.suppress(OSError):
+            if b"gbmedia" in Path(f"/proc/{child}/cmdline").read_bytes():
+                found.append(child)
+    return found

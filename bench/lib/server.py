@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from bench.lib import REPO_ROOT
 from bench.lib.children import Child, die_with_parent, tail
 from bench.lib.errors import BenchError
-from bench.lib.proc import cpu_seconds, embedded_postmaster_pid, proc_stat, tree_cpu_seconds
+from bench.lib.proc import cpu_seconds, embedded_postmaster_pid, gbmedia_pids, proc_stat, tree_cpu_seconds
 
 if TYPE_CHECKING:
     import aiohttp
@@ -48,6 +48,10 @@ class ChildServer(Child):
 
     def postgres_pid(self) -> int | None:
         return None
+
+    def pids(self) -> list[int]:
+        """The processes that make the server (one, unless it runs workers)."""
+        return [self.pid]
 
     def cpu(self) -> float:
         return cpu_seconds(self.pid)
@@ -88,8 +92,10 @@ class Server(ChildServer):
         startup_timeout: float,
         extra_env: dict[str, str] | None = None,
         base_env: dict[str, str] | None = None,
+        args: tuple[str, ...] = (),
     ) -> None:
         super().__init__(workdir, startup_timeout, workdir / "server.log")
+        self.args = args  # e.g. ("--workers", "2")
         self.base_env = base_env or {}
         self.extra_env = extra_env or {}
         self.data_dir = workdir / "data"
@@ -114,6 +120,7 @@ class Server(ChildServer):
             "-m",
             "gbmedia",
             "serve",
+            *self.args,
             cwd=str(REPO_ROOT),
             env=env,
             stdout=asyncio.subprocess.PIPE,
@@ -149,6 +156,12 @@ class Server(ChildServer):
         assert self.proc is not None and self.proc.stdout is not None
         while await self.proc.stdout.readline():
             pass
+
+    def pids(self) -> list[int]:
+        return gbmedia_pids(self.pid)  # with --workers: the supervisor and its workers
+
+    def cpu(self) -> float:
+        return sum(cpu_seconds(pid) for pid in self.pids())
 
     def postgres_pid(self) -> int | None:
         return embedded_postmaster_pid(self.data_dir)

@@ -158,3 +158,16 @@ def test_cluster_smoke_joins_both_ways_counts_redis_calls_and_holds_idle_sockets
     assert result["join_relayed"]["redis_calls_per_join"] > result["join_direct"]["redis_calls_per_join"]
     idle = result["idle_sockets"]
     assert idle["sockets"] == 50 and idle["healthz_ok"] is True
+
+
+def test_workers_smoke_runs_one_and_two_workers_and_prints_the_scaling_efficiency() -> None:
+    out = smoke("workers")
+    assert "gbmedia live fan-out across workers" in out and "scaling efficiency" in out
+    result = last_json(out)
+    rows = {r["workers"]: r for r in result["rows"]}
+    assert set(rows) == {1, 2}
+    for row in rows.values():
+        assert "error" not in row, row
+        assert row["subscribers_joined"] == 2 and row["subscribers_without_media"] == 0
+        assert row["server_cpu_percent"] > 0 and row["verdict"] in ("holds", "inconclusive", "fails")
+    assert set(result["summary"]["max_viewers_held"]) == {"1", "2"}
