@@ -46,7 +46,7 @@ from gbmedia.rooms.program import NO_PROGRAM
 from gbmedia.rooms.store import Room
 from gbmedia.sfu.peers import NegotiationError, TrackInfo, parse_sdp
 from gbmedia.sfu.playback import PlaybackPeer
-from gbmedia.signaling.relay import Relay, Route
+from gbmedia.signaling.relay import Relay, Route, relayed
 from gbmedia.tenancy.auth import Authenticator, VerifiedToken, bearer_credential
 from gbmedia.tenancy.models import Actor
 
@@ -114,9 +114,13 @@ async def _bearer(request: web.Request) -> VerifiedToken:
     return await request.app[WHIP].auth.verify_access_token(credential)
 
 
-async def _within_rate(service: WhipService, api_key: str) -> None:
-    """429 once the token's API key has spent its request budget (the same buckets as the REST API's)."""
-    decision = await service.rate_limiter.take(api_key)
+async def _within_rate(request: web.Request, api_key: str) -> None:
+    """429 once the token's API key has spent its request budget (the same buckets as the REST API's).
+
+    A request another node forwarded here took its token there: it is not counted twice."""
+    if relayed(request):
+        return
+    decision = await request.app[WHIP].rate_limiter.take(api_key)
     if not decision.allowed:
         raise ApiError(
             429, "rate_limited", "too many requests; retry later", {"retry_after": round(decision.retry_after, 3)}
@@ -132,7 +136,7 @@ async def _verify(request: web.Request, grant: str) -> VerifiedToken:
     room = request.match_info["room"]
     if grants.room != room:
         raise forbidden("room_mismatch", f"the token is not for room {room!r}", token_room=grants.room)
-    await _within_rate(request.app[WHIP], verified.token.api_key)
+    await _within_rate(request, verified.token.api_key)
     return verified
 
 
@@ -314,7 +318,7 @@ async def _session(request: web.Request, which: str) -> _Found:
     grant = "can_publish" if which == "whip" else "can_subscribe"
     verified = await _bearer(request)
     token = verified.token
-    await _within_rate(request.app[WHIP], token.api_key)
+    await _within_rate(request, token.api_key)
     live = _find_live(request, verified)
     session_id = request.match_info["session"]
     missing = ApiError(404, "session_not_found", f"no {which.upper()} session {session_id} in this room")
