@@ -159,9 +159,9 @@ class ReconnectingParticipant:
     def frames_since(self, moment: float) -> int:
         return sum(1 for _, c in self.sessions for t in c.video_arrivals if t > moment)
 
-    def first_frame_after(self, moment: float) -> float | None:
-        times = [t for _, c in self.sessions for t in c.video_arrivals if t > moment]
-        return min(times) if times else None
+    def frames_of_sessions_since(self, moment: float) -> int:
+        """Frames decoded by the sessions that started after ``moment`` (a rejoin's, not the old one's)."""
+        return sum(len(c.video_arrivals) for started, c in self.sessions if started > moment)
 
     async def _socket(self) -> aiohttp.ClientWebSocketResponse:
         while True:

@@ -158,7 +158,7 @@ async def test_when_the_rooms_node_is_killed_the_room_moves_and_both_clients_get
             killed = time.monotonic()
             # Nobody does anything: both clients are back in the room, on a live node, and decode each other.
             await wait_for(
-                lambda: alice.frames_since(killed + 0.5) >= 10 and bob.frames_since(killed + 0.5) >= 10,
+                lambda: alice.frames_of_sessions_since(killed) >= 10 and bob.frames_of_sessions_since(killed) >= 10,
                 within=MEDIA_TIMEOUT,
             )
             assert len(alice.sessions) >= 2 and len(bob.sessions) >= 2
@@ -219,8 +219,9 @@ async def test_drain_moves_the_room_while_both_clients_keep_receiving(cluster: C
                 assert await resp.json() == {"node_id": "node-a", "drain_requested": True}
             asked = time.monotonic()
             assert await a.exited(within=60) == 0  # A empties and exits by itself
+            # Frames of the sessions joined after the move (the old ones kept playing until A left).
             await wait_for(
-                lambda: alice.frames_since(asked + 0.5) >= 10 and bob.frames_since(asked + 0.5) >= 10,
+                lambda: alice.frames_of_sessions_since(asked) >= 10 and bob.frames_of_sessions_since(asked) >= 10,
                 within=MEDIA_TIMEOUT,
             )
             assert (await _room(http, b.url, tenant, room["id"]))["node_id"] == "node-b"
