@@ -78,6 +78,8 @@ class Settings(BaseSettings):
     token_ttl_seconds: int = Field(default=6 * 3600, ge=60)
     shutdown_timeout: float = Field(default=10.0, ge=0)
     resume_grace_seconds: float = Field(default=20.0, ge=0, le=3600)
+    max_tracks_per_participant: int = Field(default=8, ge=1, le=64)
+    max_tracks_per_room: int = Field(default=400, ge=1, le=100_000)
     chat_max_message_bytes: int = Field(default=16 * 1024, ge=1, le=1024 * 1024)
     chat_rate_limit: float = Field(default=10.0, gt=0)
     chat_rate_burst: int = Field(default=20, ge=1)

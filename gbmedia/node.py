@@ -30,7 +30,7 @@ from gbmedia.recording.storage import storage_from_settings
 from gbmedia.rooms.audience import audience_samples
 from gbmedia.rooms.cascade import Cascade
 from gbmedia.rooms.cluster import ClusterMember
-from gbmedia.rooms.live import LiveRooms
+from gbmedia.rooms.live import LiveRooms, TrackLimits
 from gbmedia.rooms.placement import LocalPlacement, RedisPlacement
 from gbmedia.rooms.quality import QualityMonitor
 from gbmedia.rooms.registry import LocalRegistry, NodeInfo, NodeRegistry, RedisRegistry
@@ -117,7 +117,12 @@ class Node:
             rooms = Rooms(db.pool, tenancy.customers, tenancy.instances, node_id=settings.node_id)
             await aiortc_adapter.check_internals()
             media_address = await resolve_media_address(settings.media_host, settings.udp_port_range)
-            live_rooms = LiveRooms(rooms, resume_grace=settings.resume_grace_seconds, media_address=media_address)
+            live_rooms = LiveRooms(
+                rooms,
+                resume_grace=settings.resume_grace_seconds,
+                media_address=media_address,
+                track_limits=TrackLimits(settings.max_tracks_per_participant, settings.max_tracks_per_room),
+            )
             chat = Chat.create(
                 db.pool,
                 tenancy.instances,

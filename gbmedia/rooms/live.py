@@ -27,6 +27,7 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from aiortc import RTCIceCandidate
@@ -252,7 +253,8 @@ class LiveRoom:
             raise ProtocolError(
                 "grant_missing", "the token lacks the can_publish grant", details={"grant": "can_publish"}
             )
-        parse_sdp(sdp, "offer")  # refuse garbage before any connection exists
+        description = parse_sdp(sdp, "offer")  # refuse garbage before any connection exists
+        self._within_track_limits(participant, description)
         if participant.publisher is None:
             participant.publisher = PublisherPeer(participant.id, address=self.registry.media_address)
         answer, added, ended = await participant.publisher.answer(sdp, infos)
@@ -260,6 +262,31 @@ class LiveRoom:
             await self._track_ended(participant, track)
         await self._tracks_added(participant, added)
         return answer, added
+
+    def _within_track_limits(self, participant: Participant, description: Any) -> None:
+        """Refuse an offer that would publish more tracks than a participant, or the room, may have.
+
+        Every track is sent to every subscriber, and described in every subscriber's offer: an
+        offer with a thousand m-lines would be a thousand forwarded tracks and offers of that size
+        to everyone (an amplification), so the limits apply before any connection is touched.
+        """
+        sending = sum(
+            1 for m in description.media if m.kind in ("audio", "video") and m.direction in ("sendonly", "sendrecv")
+        )
+        limits = self.registry.track_limits
+        if sending > limits.per_participant:
+            raise ProtocolError(
+                "too_many_tracks",
+                f"a participant may publish at most {limits.per_participant} tracks; the offer sends {sending}",
+                details={"limit": limits.per_participant, "requested": sending, "scope": "participant"},
+            )
+        others = sum(len(p.published) for p in self.participants.values() if p is not participant)
+        if others + sending > limits.per_room:
+            raise ProtocolError(
+                "too_many_tracks",
+                f"the room carries at most {limits.per_room} tracks; {others} are published already",
+                details={"limit": limits.per_room, "requested": sending, "published": others, "scope": "room"},
+            )
 
     async def add_feed(self, participant: Participant, feed: Any) -> None:
         """An edge copy's host: ``participant`` (``fed_by`` set, no socket) joins with the tracks ``feed``
@@ -474,11 +501,27 @@ class LiveRoom:
         return track
 
 
+@dataclass(frozen=True)
+class TrackLimits:
+    """How many tracks one participant, and one room, may publish (GBMEDIA_MAX_TRACKS_PER_*)."""
+
+    per_participant: int = 8
+    per_room: int = 400
+
+
 class LiveRooms:
     """This node's live rooms, found by the database room they belong to."""
 
-    def __init__(self, rooms: Rooms, *, resume_grace: float, media_address: MediaAddress | None = None) -> None:
+    def __init__(
+        self,
+        rooms: Rooms,
+        *,
+        resume_grace: float,
+        media_address: MediaAddress | None = None,
+        track_limits: TrackLimits | None = None,
+    ) -> None:
         self.rooms = rooms
+        self.track_limits = track_limits or TrackLimits()
         self.resume_grace = resume_grace
         self.media_address = media_address
         self.live: dict[uuid.UUID, LiveRoom] = {}

@@ -287,6 +287,11 @@ async def whip_publish(request: web.Request) -> web.StreamResponse:
     except NegotiationError as exc:
         await live.leave(participant, "left")
         raise _negotiation_failed(exc) from None
+    except ProtocolError as exc:
+        await live.leave(participant, "left")
+        if exc.code != "too_many_tracks":
+            raise
+        raise ApiError(422, "too_many_tracks", exc.message, exc.details) from None
     session = IngestSession(new_session_id(), participant, _ufrag(description))
     live.audience.add_ingest(session)
     log.info(

@@ -500,3 +500,57 @@ async def test_an_offer_made_while_a_join_is_on_its_way_comes_after_joined(
     types = [e["type"] for e in bob.events]
     assert types.index("joined") < types.index("offer")
     await wait_for(lambda: len(bob.decoded(reply["tracks"][0]["id"])) >= 3, within=20)
+
+
+async def test_an_offer_with_more_tracks_than_a_participant_may_publish_is_refused(rtc, tenant: Tenant):
+    """One publish may not fan out a thousand tracks to everyone: past GBMEDIA_MAX_TRACKS_PER_PARTICIPANT
+    (8 by default) the offer is refused with ``too_many_tracks`` before any connection is made."""
+    alice, bob = await rtc(), await rtc()
+    await alice.join(token(tenant, "alice"))
+    await bob.join(token(tenant, "bob"))
+    alice.publisher = RTCPeerConnection(NO_STUN)
+    for _ in range(9):
+        alice.publisher.addTransceiver("audio", direction="sendonly")
+    offer = await alice.publisher.createOffer()
+    await alice.publisher.setLocalDescription(offer)
+    reply = await alice.request({"type": "publish", "sdp": alice.publisher.localDescription.sdp, "tracks": {}})
+    assert reply["type"] == "error" and reply["code"] == "too_many_tracks"
+    assert reply["details"] == {"limit": 8, "requested": 9, "scope": "participant"}
+    await asyncio.sleep(0.3)
+    assert not any(e["type"] in ("track_published", "offer") for e in bob.events)
+    # Within the limit the same participant publishes as usual.
+    await alice.publisher.close()
+    alice.publisher = None
+    ok = await alice.publish(ColorVideoTrack(RED), ToneAudioTrack())
+    assert ok["type"] == "publish_answer" and len(ok["tracks"]) == 2
+
+
+async def test_a_room_past_its_track_limit_refuses_more_and_whip_answers_422(
+    rtc, tenant: Tenant, node, client: TestClient
+):
+    from gbmedia.rooms.live import TrackLimits
+    from tests.rtc import offer_from
+    from tests.signaling.test_whip import SDP, host_token
+
+    node.live_rooms.track_limits = TrackLimits(per_participant=8, per_room=2)
+    alice, bob = await rtc(), await rtc()
+    await alice.join(token(tenant, "alice"))
+    await bob.join(token(tenant, "bob"))
+    assert (await alice.publish(ColorVideoTrack(RED), ToneAudioTrack()))["type"] == "publish_answer"
+    refused = await bob.publish(ColorVideoTrack(RED))
+    assert refused["type"] == "error" and refused["code"] == "too_many_tracks"
+    assert refused["details"]["scope"] == "room" and refused["details"]["published"] == 2
+
+    # WHIP into a live room: the same limit, as an HTTP 422 with the code.
+    node.live_rooms.track_limits = TrackLimits(per_participant=1, per_room=400)
+    pc = RTCPeerConnection(NO_STUN)
+    try:
+        pc.addTransceiver("audio", direction="sendonly")
+        pc.addTransceiver("video", direction="sendonly")
+        resp = await client.post(
+            "/whip/show", data=await offer_from(pc), headers={"Authorization": f"Bearer {host_token(tenant)}", **SDP}
+        )
+        assert resp.status == 422
+        assert (await resp.json())["error"]["code"] == "too_many_tracks"
+    finally:
+        await pc.close()
