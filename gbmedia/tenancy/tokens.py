@@ -134,9 +134,14 @@ def verify_token(token: str, api_secret: str) -> AccessToken:
         raise unauthorized("token_signature_invalid", "the token signature does not verify") from None
     except jwt.PyJWTError as exc:
         raise unauthorized("token_malformed", f"the token is invalid: {exc}") from None
+    for claim in ("exp", "nbf", "iat"):  # RFC 7519 NumericDate: a number, not a string PyJWT would coerce
+        if claim in claims and (isinstance(claims[claim], bool) or not isinstance(claims[claim], int | float)):
+            raise unauthorized("token_malformed", f"the token's {claim} is not a number (RFC 7519 NumericDate)")
     identity = claims["sub"]
     if not isinstance(identity, str) or not identity:
         raise unauthorized("token_malformed", "the token has an empty identity (sub)")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in identity):
+        raise unauthorized("token_malformed", "the token's identity (sub) contains control characters")
     return AccessToken(
         api_key=claims["iss"],
         identity=identity,

@@ -302,3 +302,25 @@ def test_require_grant():
             "details": {"grant": "room_admin"},
         }
     }
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"exp": str(int(time.time()) + 300)},  # PyJWT alone would coerce a numeric string
+        {"exp": "1e12"},
+        {"nbf": "0"},
+        {"iat": [1]},
+    ],
+    ids=["exp string", "exp float string", "nbf string", "iat list"],
+)
+def test_a_time_claim_that_is_not_a_number_is_refused(overrides: dict[str, Any]):
+    token = jwt.encode(claims(**overrides), SECRET, algorithm="HS256")
+    assert_refused(token, SECRET, 401, "token_malformed")
+
+
+@pytest.mark.parametrize("identity", ["al\x00ice", "bob\n", "\x7f"], ids=["NUL", "newline", "DEL"])
+def test_an_identity_with_control_characters_is_refused(identity: str):
+    token = jwt.encode(claims(sub=identity), SECRET, algorithm="HS256")
+    error = assert_refused(token, SECRET, 401, "token_malformed")
+    assert "control characters" in error.message
