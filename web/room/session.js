@@ -701,8 +701,11 @@ export class RoomSession extends EventTarget {
 
   _onOffer(offer) {
     let pc = null;
+    const deliveredOn = this.signaling; // an offer belongs to the socket (the session) that brought it
     this.subscriberChain = this.subscriberChain.then(async () => {
-      if (this.phase !== 'joined') return; // a resumed session gets the pending offer again
+      // A resumed session gets the pending offer again; an offer of an earlier session (still queued
+      // when the room moved and the page joined afresh) must not be answered on the new one.
+      if (this.phase !== 'joined' || this.signaling !== deliveredOn) return;
       pc = this._ensureSubscriber();
       await pc.setRemoteDescription({ type: 'offer', sdp: offer.sdp });
       this.remoteMids = { ...offer.tracks };
