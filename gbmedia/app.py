@@ -8,11 +8,13 @@ the whole node.
 
 from __future__ import annotations
 
+import hmac
 import time
 from importlib import resources
 
 from aiohttp import web
 
+from gbmedia.errors import ApiError
 from gbmedia.http import web as web_files
 from gbmedia.http.middleware import Handler, api_middleware
 from gbmedia.http.responses import json_response
@@ -48,7 +50,17 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    body = request.app[NODE].metrics.render()
+    """The node's metrics; with ``GBMEDIA_METRICS_TOKEN`` set, only for a bearer of that token
+    (what Prometheus is given), since the series name rooms and participants."""
+    node = request.app[NODE]
+    expected = node.settings.metrics_token
+    if expected is not None:
+        scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
+        if scheme != "Bearer" or not hmac.compare_digest(presented.strip().encode(), expected.encode()):
+            raise ApiError(
+                401, "metrics_token_required", "send Authorization: Bearer <GBMEDIA_METRICS_TOKEN> to read /metrics"
+            )
+    body = node.metrics.render()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
 

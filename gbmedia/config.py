@@ -66,6 +66,7 @@ class Settings(BaseSettings):
     public_url: str | None = None
     udp_ports: str = "50000-60000"
     operator_token: str | None = Field(default=None, min_length=16)
+    metrics_token: str | None = Field(default=None, min_length=16)  # unset: /metrics is open (scrape inside)
     secret_key: str | None = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "text"] = "json"
@@ -173,6 +174,7 @@ class Settings(BaseSettings):
         "public_host",
         "public_url",
         "operator_token",
+        "metrics_token",
         "secret_key",
         "cluster_secret",
         "cluster_host",
@@ -274,7 +276,15 @@ class Settings(BaseSettings):
 
 
 # Rejected values are echoed to help fix them, except these: they may be real secrets.
-_SECRET_FIELDS = {"operator_token", "secret_key", "cluster_secret", "database_url", "redis_url", "s3_secret_access_key"}
+_SECRET_FIELDS = {
+    "operator_token",
+    "metrics_token",
+    "secret_key",
+    "cluster_secret",
+    "database_url",
+    "redis_url",
+    "s3_secret_access_key",
+}
 
 
 def env_name(field: str) -> str:

@@ -205,3 +205,25 @@ async def test_rate_limit_is_shared_by_nodes_through_redis(tmp_path: Path, datab
             await client.close()
         for node in (node_a, node_b):
             await node.stop()
+
+
+async def test_metrics_can_be_kept_for_the_bearer_of_the_metrics_token(tmp_path, database_url):
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from gbmedia.app import create_app
+    from gbmedia.node import Node
+    from tests.conftest import make_settings
+
+    token = "metrics-token-0123456789"
+    node = await Node.start(make_settings(tmp_path, database_url, metrics_token=token))
+    try:
+        async with TestClient(TestServer(create_app(node))) as client:
+            for headers in ({}, {"Authorization": "Bearer wrong-token-0123456789"}, {"Authorization": token}):
+                resp = await client.get("/metrics", headers=headers)
+                assert resp.status == 401
+                assert (await resp.json())["error"]["code"] == "metrics_token_required"
+            resp = await client.get("/metrics", headers={"Authorization": f"Bearer {token}"})
+            assert resp.status == 200 and "gbmedia_build_info" in await resp.text()
+            assert (await client.get("/healthz")).status == 200  # the health routes stay open
+    finally:
+        await node.stop()
