@@ -62,9 +62,9 @@ _HOP = {
     "content-length",
     "content-encoding",
 }
-# The close code a relayed socket ends with when its owner goes away: "service
-# restart" (RFC 6455 7.4.1, registered 1012) tells the client to reconnect.
-CLOSE_OWNER_GONE = 1012
+# The close code of a socket whose room's node went away, drained or moved the room:
+# "service restart" (RFC 6455 7.4.1, registered 1012) tells the client to reconnect.
+CLOSE_RECONNECT = 1012
 
 RELAYED_FROM: web.RequestKey[str] = web.RequestKey("relayed_from")
 
@@ -174,7 +174,7 @@ class SocketPipe:
 
     async def _pump(self) -> None:
         """Owner → client; when the owner's socket ends, so does the client's (it reconnects)."""
-        code = CLOSE_OWNER_GONE
+        code = CLOSE_RECONNECT
         try:
             async for msg in self.upstream:
                 if msg.type == WSMsgType.TEXT:
@@ -356,7 +356,7 @@ class Relay:
         """Close every piped socket so its client reconnects elsewhere (this node drains)."""
         for pipe in list(self.pipes):
             with contextlib.suppress(Exception):
-                await pipe.downstream.close(code=CLOSE_OWNER_GONE, message=b"node draining")
+                await pipe.downstream.close(code=CLOSE_RECONNECT, message=b"node draining")
             await pipe.close()
 
     def samples(self) -> list[Sample]:

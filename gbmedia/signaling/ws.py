@@ -28,13 +28,11 @@ from gbmedia.rooms.live import LiveRoom, LiveRooms
 from gbmedia.rooms.participant import Participant, track_json
 from gbmedia.sfu.peers import NegotiationError, TrackInfo
 from gbmedia.signaling import protocol as p
-from gbmedia.signaling.relay import SEAT_PARAM, Relay, Route, SocketPipe, relayed
+from gbmedia.signaling.relay import CLOSE_RECONNECT, SEAT_PARAM, Relay, Route, SocketPipe, relayed
 from gbmedia.tenancy.auth import Authenticator
 from gbmedia.tenancy.models import Actor
 
 log = logging.getLogger(__name__)
-
-CLOSE_MOVED = 1012  # "service restart": reconnect (docs/protocol.md, "Clusters")
 
 
 @dataclass(frozen=True)
@@ -78,7 +76,7 @@ class Connection:
         async with self._send_lock:
             await self.ws.send_json(message)
         if message.get("type") == "moved":  # the room left this node: the client reconnects and lands on the new one
-            self._closing = asyncio.ensure_future(self.ws.close(code=CLOSE_MOVED, message=b"room moved"))
+            self._closing = asyncio.ensure_future(self.ws.close(code=CLOSE_RECONNECT, message=b"room moved"))
 
     async def handle(self, raw: str | bytes) -> None:
         if self.pipe is not None:

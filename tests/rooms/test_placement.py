@@ -9,7 +9,6 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
-from gbmedia.config import Settings
 from gbmedia.errors import ApiError
 from gbmedia.rooms.placement import (
     LOCAL_PREFERENCE,
@@ -24,22 +23,10 @@ from gbmedia.rooms.placement import (
 )
 from gbmedia.rooms.registry import LocalRegistry, NodeInfo, NodeLoad, RedisRegistry
 from gbmedia.rooms.store import Rooms
-from gbmedia.tenancy.secrets import SecretBox
 from gbmedia.tenancy.service import Tenancy
 from tests.rooms.test_store import ACTOR, make_instance
 
 PLACEMENT_REDIS_DB = 12
-
-
-@pytest.fixture
-def tenancy(pool: asyncpg.Pool, settings: Settings) -> Tenancy:
-    assert settings.secret_key
-    return Tenancy.create(pool, settings, SecretBox(settings.secret_key), "operator-token-for-tests")
-
-
-@pytest.fixture
-def rooms(pool: asyncpg.Pool, tenancy: Tenancy) -> Rooms:
-    return Rooms(pool, tenancy.customers, tenancy.instances, node_id="node-a")
 
 
 def node(node_id: str, region: str = "eu-west", cost: float = 0.0, **extra: object) -> NodeInfo:

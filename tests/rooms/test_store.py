@@ -9,26 +9,13 @@ import uuid
 import asyncpg
 import pytest
 
-from gbmedia.config import Settings
 from gbmedia.errors import ApiError
 from gbmedia.rooms.store import DEFAULT_EMPTY_TIMEOUT, Room, Rooms, RoomSweeper
 from gbmedia.tenancy import audit
 from gbmedia.tenancy.models import Actor, Instance
-from gbmedia.tenancy.secrets import SecretBox
 from gbmedia.tenancy.service import Tenancy
 
 ACTOR = Actor("tester", "cli", "req-1")
-
-
-@pytest.fixture
-def tenancy(pool: asyncpg.Pool, settings: Settings) -> Tenancy:
-    assert settings.secret_key
-    return Tenancy.create(pool, settings, SecretBox(settings.secret_key), "operator-token-for-tests")
-
-
-@pytest.fixture
-def rooms(pool: asyncpg.Pool, tenancy: Tenancy) -> Rooms:
-    return Rooms(pool, tenancy.customers, tenancy.instances, node_id="node-a")
 
 
 async def make_instance(tenancy: Tenancy, tier: str = "free", name: str = "acme") -> Instance:
