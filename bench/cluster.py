@@ -158,7 +158,7 @@ async def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
             async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
                 key, secret = await create_tenant(http, a.url)
                 rooms = max(1, args.joins // 20)
-                admin = mint_token(key, secret, "admin", Grants(room_admin=True))
+                admin = mint_token(key, secret, "admin", Grants(instance_admin=True))
                 for r in range(rooms):
                     async with http.post(
                         a.url + "/api/v1/rooms", json={"name": f"r{r}"}, headers={"Authorization": f"Bearer {admin}"}

@@ -223,7 +223,9 @@ async def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
             await server.start()
             async with aiohttp.ClientSession() as session:
                 key, secret = await create_tenant(session, server.url)
-                admin = {"Authorization": "Bearer " + mint_token(key, secret, "bench-admin", Grants(room_admin=True))}
+                admin = {
+                    "Authorization": "Bearer " + mint_token(key, secret, "bench-admin", Grants(instance_admin=True))
+                }
                 async with session.post(
                     f"{server.url}/api/v1/rooms", json={"name": ROOM, "kind": "live"}, headers=admin
                 ) as resp:

@@ -94,7 +94,7 @@ def create_app(node: Node) -> web.Application:
     tenancy_api.register(
         app,
         tenancy_api.TenancyApi(
-            node.tenancy, node.db.pool, token_ttl_seconds=settings.token_ttl_seconds, public_url=settings.public_url
+            node.tenancy, node.db.pool, token_ttl_seconds=settings.token_ttl_seconds, link_base=settings.base_url
         ),
     )
     rooms_api.register(

@@ -168,6 +168,8 @@ def cmd_token(args: argparse.Namespace, settings: Settings) -> int:
         grants = Grants.participant(args.room)
     else:
         raise ApiError(400, "grants_required", "give --room (participant grants) or --grant")
+    if args.url and (refusal := grants.link_refusal()) is not None:
+        raise ApiError(400, "grant_not_linkable", refusal)
     ttl = args.ttl or settings.token_ttl_seconds
     token = asyncio.run(
         _with_tenancy(

@@ -265,9 +265,19 @@ class Settings(BaseSettings):
         low, _, high = self.udp_ports.partition("-")
         return int(low), int(high)
 
-    def base_url(self) -> str:
-        """Where people open this node (join links): configured, else its media host and port."""
-        return self.public_url or f"http://{self.media_host}:{self.port}"
+    def base_url(self, port: int | None = None) -> str:
+        """Where people open this node (join links): configured, else the address it listens on.
+
+        Never a request's ``Host`` header: whoever sends the request would choose the
+        host that every link minted for it points people to. ``port``: the port the
+        node really listens on, when ``port`` is 0 (picked at start).
+        """
+        if self.public_url:
+            return self.public_url
+        host = self.host if self.host not in ("0.0.0.0", "::", "") else self.media_host
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{port or self.port}"
 
     @property
     def media_host(self) -> str:

@@ -25,7 +25,7 @@ class Tenant:
     secret: str
 
     def token(self, identity: str = "admin", **grants: Any) -> str:
-        chosen = Grants(**grants) if grants else Grants(room_admin=True)
+        chosen = Grants(**grants) if grants else Grants(instance_admin=True)
         return mint_token(self.key, self.secret, identity, chosen)
 
     @property

@@ -75,9 +75,32 @@ def test_operator_flow_customer_instance_credentials_token(cli_env: Path, capsys
     token = verify_token(parse_qs(link.query)["token"][0], credentials["secret"])
     assert (token.identity, token.grants.room) == ("carol", "standup")
     code, _, err = run(
-        capsys, "token", "--instance", instance_id, "--identity", "svc", "--grant", "room_admin", "--url"
+        capsys, "token", "--instance", instance_id, "--identity", "svc", "--grant", "room_create", "--url"
     )
     assert code == 1 and "url_needs_room" in err
+    # The instance's administration never travels in a link; a moderator moderates a named room.
+    admin_link = ("--grant", "instance_admin", "--grant", "room_join", "--room", "standup", "--url")
+    code, out, err = run(capsys, "token", "--instance", instance_id, "--identity", "ops", *admin_link)
+    assert (code, out) == (1, "") and "grant_not_linkable" in err
+    code, out, err = run(capsys, "token", "--instance", instance_id, "--identity", "host", "--grant", "room_admin")
+    assert (code, out) == (1, "") and "room_required" in err
+    code, out, _ = run(
+        capsys,
+        "token",
+        "--instance",
+        instance_id,
+        "--identity",
+        "host",
+        "--room",
+        "standup",
+        "--grant",
+        "room_join",
+        "--grant",
+        "room_admin",
+        "--url",
+    )
+    token = verify_token(parse_qs(urlsplit(out.strip()).query)["token"][0], credentials["secret"])
+    assert token.grants == Grants(room="standup", room_join=True, room_admin=True)  # a host's link
 
     code, out, _ = run(
         capsys,
@@ -87,12 +110,12 @@ def test_operator_flow_customer_instance_credentials_token(cli_env: Path, capsys
         "--identity",
         "svc",
         "--grant",
-        "room_admin",
+        "instance_admin",
         "--grant",
         "room_create",
     )
     token = verify_token(out.strip(), credentials["secret"])
-    assert token.grants == Grants(room_admin=True, room_create=True)
+    assert token.grants == Grants(instance_admin=True, room_create=True)
 
     code, out, _ = run(capsys, "tenant", "customer", "list")
     assert [c["name"] for c in json.loads(out)] == ["Acme"]

@@ -2,9 +2,11 @@
 
 Any access token of an instance acts as its identity (the token's ``sub``): it
 reaches the conversations it is a member of, and the room conversation of the
-room its token joins. ``room_admin`` and the operator administer: they read every
-conversation of the instance and may send as a named ``sender`` (bots,
-backends). Another instance's conversation is 404 like a missing one. Sends are
+room its token joins (the open room of that name, never a closed meeting's chat).
+``instance_admin`` and the operator administer: they read every conversation of the
+instance and may send as a named ``sender`` (bots, backends). A room's moderator
+(``room_admin``) deletes others' messages in its room's chat, and administers nothing
+else here. Another instance's conversation is 404 like a missing one. Sends are
 rate limited per sender (429 ``chat_rate_limited`` with ``Retry-After``).
 """
 
@@ -172,7 +174,7 @@ async def remove_member(request: web.Request) -> web.Response:
     identity = request.match_info["identity"]
     if not caller.admin and identity != caller.identity:
         raise ApiError(
-            403, "grant_missing", "only an administrator removes others (anyone may leave)", {"grant": "room_admin"}
+            403, "grant_missing", "only an administrator removes others (anyone may leave)", {"grant": "instance_admin"}
         )
     await chat.conversations.remove_member(conversation, identity)
     return json_response({"removed": identity})
@@ -244,7 +246,7 @@ async def post_receipt(request: web.Request) -> web.Response:
     if body.identity is not None:  # a bot backend reports for its bot
         if not caller.admin:
             raise ApiError(
-                403, "grant_missing", "reporting for another identity needs room_admin", {"grant": "room_admin"}
+                403, "grant_missing", "reporting for another identity needs instance_admin", {"grant": "instance_admin"}
             )
         caller = ChatCaller(caller.instance_id, body.identity, admin=True)
     receipt = await chat_of(request).messages.receipt(

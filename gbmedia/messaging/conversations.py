@@ -177,20 +177,23 @@ class Conversations:
         row = await (conn or self.pool).fetchrow(
             f"""SELECT {CONVERSATION_COLUMNS},
                        EXISTS (SELECT 1 FROM conversation_members m
-                                WHERE m.conversation_id = c.id AND m.identity = $3) AS is_member
+                                WHERE m.conversation_id = c.id AND m.identity = $3) AS is_member,
+                       EXISTS (SELECT 1 FROM rooms r WHERE r.id = c.room_id AND r.status = 'open'
+                                  AND r.name = $4) AS in_room
                   FROM conversations c WHERE id = $1 AND ($2::uuid IS NULL OR instance_id = $2)""",
             conversation_id,
             caller.instance_id,
             caller.identity,
+            caller.room,
         )  # one round trip: sends are hot
         if row is None:
             raise not_found("conversation", conversation_id)
-        conversation = conversation_from({k: v for k, v in row.items() if k != "is_member"})
+        conversation = conversation_from({k: v for k, v in row.items() if k not in ("is_member", "in_room")})
         if caller.admin or row["is_member"]:
             return conversation
         if caller.identity is None:  # pragma: no cover - callers without identity are admins
             raise forbidden("not_a_member", "you are not a member of this conversation")
-        if conversation.kind == "room" and caller.room is not None and conversation.title == caller.room:
+        if conversation.kind == "room" and row["in_room"]:  # the open room the token names: by id, not by name
             await self.add_member(conversation, caller.identity, conn=conn)
             return conversation
         raise forbidden("not_a_member", "you are not a member of this conversation")

@@ -185,7 +185,9 @@ class Messages:
             raise bad_request("invalid_kind", f"kind is one of {MESSAGE_KINDS}")
         self._check_content(content)
         if sender is not None and not caller.admin:
-            raise forbidden("grant_missing", "only an administrator may send as another identity", grant="room_admin")
+            raise forbidden(
+                "grant_missing", "only an administrator may send as another identity", grant="instance_admin"
+            )
         author = sender or caller.identity
         if author is None:
             raise bad_request("sender_required", "the operator names the sender")
@@ -413,7 +415,7 @@ class Messages:
             # The conversation's lock, as a send takes it: its events reach the outbox in commit order.
             await conn.execute("SELECT 1 FROM conversations WHERE id = $1 FOR UPDATE", conversation.id)
             current = await self._get(conversation, seq, conn, for_update=True)
-            if current.sender != caller.identity and not caller.admin:
+            if current.sender != caller.identity and not await _may_change_others(conn, caller, conversation, kind):
                 raise forbidden("not_the_sender", "only the sender (or an administrator) may change a message")
             if current.deleted_at is not None:
                 raise ApiError(409, "message_deleted", "the message was deleted")
@@ -551,3 +553,24 @@ class Messages:
             limit,
         )
         return [message_from(r) for r in rows]
+
+
+async def _may_change_others(
+    conn: asyncpg.Connection, caller: ChatCaller, conversation: Conversation, kind: str
+) -> bool:
+    """An administrator edits and deletes anyone's message; a room's moderator deletes them in its room's chat.
+
+    Its room: the open room its token names, found by the conversation's room id, so a
+    moderator of a later meeting of the same name has no say over an earlier one's chat.
+    """
+    if caller.admin:
+        return True
+    if not (caller.moderator and kind == "message.deleted" and conversation.kind == "room"):
+        return False
+    return bool(
+        await conn.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM rooms WHERE id = $1 AND status = 'open' AND name = $2)",
+            conversation.room_id,
+            caller.room,
+        )
+    )

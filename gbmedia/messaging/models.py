@@ -78,19 +78,29 @@ class Receipt:
 class ChatCaller:
     """Who acts in chat: an identity of an instance, or an administrator of it.
 
-    ``admin`` (the operator, or a token with ``room_admin``) reads every
+    ``admin`` (the operator, or a token with ``instance_admin``) reads every
     conversation of the instance and may send as a named sender (bots, backends);
     everyone else reaches only conversations it is a member of.
-    ``room`` is the room a participant token joins: its room conversation is open
-    to it without an explicit membership.
+    ``room`` is the room a participant (or its moderator) joins: the conversation of
+    the open room of that name is open to it without an explicit membership, and
+    never a closed meeting's of the same name. ``moderator``: the caller moderates
+    that room (``room_admin``), so it may remove others' messages in its chat.
     """
 
     instance_id: uuid.UUID | None  # None: the operator, before it names an instance
     identity: str | None
     admin: bool = False
     room: str | None = None
+    moderator: bool = False
 
     @classmethod
     def with_grants(cls, instance_id: uuid.UUID | None, identity: str | None, grants: Grants) -> ChatCaller:
         """An instance's identity acting with its access token's grants (REST and the socket alike)."""
-        return cls(instance_id, identity, admin=grants.room_admin, room=grants.room if grants.room_join else None)
+        in_room = grants.room is not None and (grants.room_join or grants.room_admin)
+        return cls(
+            instance_id,
+            identity,
+            admin=grants.instance_admin,
+            room=grants.room if in_room else None,
+            moderator=in_room and grants.room_admin,
+        )

@@ -1,11 +1,13 @@
 """REST routes of recordings: start and list under a room, read, stop, download.
 
-Who reaches what: starting and stopping need the ``room_record`` (or ``room_admin``)
-grant; reading and downloading need ``room_record``, ``room_admin`` or
+Who reaches what: starting and stopping need the ``room_record``, ``room_admin`` or
+``instance_admin`` grant; reading and downloading need one of those or
 ``room_create``. A token whose grants name a room (``grants.room``) reaches only
-that room's recordings. Another instance's room or recording answers 404 exactly
-like a missing one. The operator reaches all. Starting and stopping write the
-audit log (in :mod:`gbmedia.recording.service`).
+that room's recordings, unless it administers the instance (``room_admin`` always
+names its room: a meeting's moderator records its meeting, no other). Another
+instance's room or recording answers 404 exactly like a missing one. The operator
+reaches all. Starting and stopping write the audit log (in
+:mod:`gbmedia.recording.service`).
 """
 
 from __future__ import annotations
@@ -25,8 +27,8 @@ from gbmedia.rooms.store import Room, Rooms
 from gbmedia.tenancy.auth import principal_of
 from gbmedia.tenancy.models import Principal
 
-_WRITE = ("room_record", "room_admin")
-_READ = ("room_record", "room_admin", "room_create")
+_WRITE = ("room_record", "room_admin", "instance_admin")
+_READ = ("room_record", "room_admin", "instance_admin", "room_create")
 
 
 class RecordingStart(BaseModel):
@@ -49,15 +51,9 @@ def _recordings(request: web.Request) -> Recordings:
     return request.app[RECORDINGS_API].recordings
 
 
-def _require(principal: Principal, grants: tuple[str, ...]) -> None:
-    if principal.is_operator or any(principal.grants.has(g) for g in grants):
-        return
-    raise ApiError(403, "grant_missing", f"the token lacks the {' or '.join(grants)} grant", {"grant": grants[0]})
-
-
 def _check_room_grant(principal: Principal, room: Room) -> None:
     """A token limited to one room (``grants.room``) reaches no other room's recordings."""
-    if not principal.is_operator and principal.grants.room is not None and principal.grants.room != room.name:
+    if not principal.is_instance_admin and principal.grants.room is not None and principal.grants.room != room.name:
         raise ApiError(
             403, "room_not_granted", "the token's grants are for another room", {"room": principal.grants.room}
         )
@@ -89,7 +85,7 @@ async def _on_owner(request: web.Request, room: Room) -> web.StreamResponse | No
 
 async def start_recording(request: web.Request) -> web.StreamResponse:
     principal = principal_of(request)
-    _require(principal, _WRITE)
+    principal.require_any(*_WRITE)
     room = await _room(request, principal)
     if (relayed := await _on_owner(request, room)) is not None:
         return relayed
@@ -101,7 +97,7 @@ async def start_recording(request: web.Request) -> web.StreamResponse:
 
 async def list_recordings(request: web.Request) -> web.Response:
     principal = principal_of(request)
-    _require(principal, _READ)
+    principal.require_any(*_READ)
     room = await _room(request, principal)
     limit = query_int(request, "limit", 100, low=1, high=1000)
     offset = query_int(request, "offset", 0, low=0, high=10**9)
@@ -110,13 +106,13 @@ async def list_recordings(request: web.Request) -> web.Response:
 
 async def get_recording(request: web.Request) -> web.Response:
     principal = principal_of(request)
-    _require(principal, _READ)
+    principal.require_any(*_READ)
     return json_response(await _recording(request, principal))
 
 
 async def stop_recording(request: web.Request) -> web.StreamResponse:
     principal = principal_of(request)
-    _require(principal, _WRITE)
+    principal.require_any(*_WRITE)
     recording = await _recording(request, principal)
     room = await request.app[RECORDINGS_API].rooms.get(recording.instance_id, recording.room_id)
     if (relayed := await _on_owner(request, room)) is not None:
@@ -127,7 +123,7 @@ async def stop_recording(request: web.Request) -> web.StreamResponse:
 
 async def download_file(request: web.Request) -> web.StreamResponse:
     principal = principal_of(request)
-    _require(principal, _READ)
+    principal.require_any(*_READ)
     recording = await _recording(request, principal)
     service = _recordings(request)
     found, key = await service.file(recording, request.match_info["file"])

@@ -3,8 +3,11 @@ and the participants of a live room: list, remove, mute a track, media quality s
 
 Who reaches what: an instance caller reaches only its own instance's rooms, and
 another instance's room answers 404 ``room_not_found`` exactly like a missing one.
-Creating, listing and reading need the ``room_create`` or ``room_admin`` grant;
-closing, removing participants and muting their tracks need ``room_admin``.
+Creating and listing need the ``room_create`` or ``instance_admin`` grant. Reading a
+room and its participants needs those or being its moderator; closing, removing
+participants and muting their tracks need moderating the room: ``instance_admin``, or
+``room_admin`` for that room (``grants.room``), which is what a meeting's host
+carries in a join link and reaches no other room.
 Participants live on the node that holds the room; this node answers for its own.
 The operator reaches every room and names the instance a new room belongs to
 (``instance_id`` in the body); an instance caller may leave ``instance_id`` out, and if it sends one it must be its own.
@@ -80,10 +83,10 @@ def _rooms(request: web.Request) -> Rooms:
     return request.app[ROOMS_API].rooms
 
 
-def _require_any_grant(principal: Principal, *grants: str) -> None:
-    if principal.is_operator or any(principal.grants.has(g) for g in grants):
-        return
-    raise ApiError(403, "grant_missing", f"the token lacks the {' or '.join(grants)} grant", {"grant": grants[0]})
+def _require_reader(principal: Principal, room: Room) -> None:
+    """Reading a room: whoever may list rooms, or the room's moderator."""
+    if not principal.moderates(room.name):
+        principal.require_any("room_create", "instance_admin")
 
 
 def _scope(principal: Principal, requested: uuid.UUID | None) -> uuid.UUID | None:
@@ -104,7 +107,7 @@ def _scope(principal: Principal, requested: uuid.UUID | None) -> uuid.UUID | Non
 
 async def create_room(request: web.Request) -> web.Response:
     principal = principal_of(request)
-    _require_any_grant(principal, "room_create", "room_admin")
+    principal.require_any("room_create", "instance_admin")
     body = await read_model(request, RoomCreate)
     instance_id = _scope(principal, body.instance_id)
     if instance_id is None:
@@ -125,7 +128,7 @@ async def create_room(request: web.Request) -> web.Response:
 
 async def list_rooms(request: web.Request) -> web.Response:
     principal = principal_of(request)
-    _require_any_grant(principal, "room_create", "room_admin")
+    principal.require_any("room_create", "instance_admin")
     status = request.query.get("status", "open")
     if status not in _STATUS_FILTERS:
         raise bad_request("invalid_query", f"status must be one of {', '.join(_STATUS_FILTERS)}")
@@ -145,9 +148,9 @@ def _participants(request: web.Request, room: Room) -> list[dict[str, Any]]:
 
 async def get_room(request: web.Request) -> web.StreamResponse:
     principal = principal_of(request)
-    _require_any_grant(principal, "room_create", "room_admin")
     room_id = path_uuid(request, "room_id")
     room = await _rooms(request).get(_scope(principal, None), room_id)
+    _require_reader(principal, room)
     if (relayed := await _on_owner(request, room)) is not None:
         return relayed
     participants = _participants(request, room)
@@ -156,8 +159,8 @@ async def get_room(request: web.Request) -> web.StreamResponse:
 
 async def list_participants(request: web.Request) -> web.StreamResponse:
     principal = principal_of(request)
-    _require_any_grant(principal, "room_create", "room_admin")
     room = await _rooms(request).get(_scope(principal, None), path_uuid(request, "room_id"))
+    _require_reader(principal, room)
     if (relayed := await _on_owner(request, room)) is not None:
         return relayed
     return json_response({"participants": _participants(request, room)})
@@ -180,8 +183,8 @@ class _Relayed(Exception):
 async def _live_room(request: web.Request) -> tuple[Principal, Room, LiveRoom]:
     """The open room in the path with its live state; 404 ``participant_not_found`` when nobody is in it."""
     principal = principal_of(request)
-    _require_any_grant(principal, "room_admin")
     room = await _rooms(request).get(_scope(principal, None), path_uuid(request, "room_id"))
+    principal.require_moderator(room.name)
     if (relayed := await _on_owner(request, room)) is not None:
         raise _Relayed(relayed)
     live = request.app[ROOMS_API].live_rooms.live.get(room.id)
@@ -246,8 +249,8 @@ async def participant_stats(request: web.Request) -> web.StreamResponse:
     """Media quality of one participant: its published tracks as the SFU receives them, and
     each track it subscribes to as the SFU sends it (see :mod:`gbmedia.rooms.quality`)."""
     principal = principal_of(request)
-    _require_any_grant(principal, "room_create", "room_admin")
     room = await _rooms(request).get(_scope(principal, None), path_uuid(request, "room_id"))
+    _require_reader(principal, room)
     if (relayed := await _on_owner(request, room)) is not None:
         return relayed
     api = request.app[ROOMS_API]
@@ -261,10 +264,10 @@ async def participant_stats(request: web.Request) -> web.StreamResponse:
 
 async def close_room(request: web.Request) -> web.StreamResponse:
     principal = principal_of(request)
-    _require_any_grant(principal, "room_admin")
     room_id = path_uuid(request, "room_id")
     rooms = _rooms(request)
     room = await rooms.get(_scope(principal, None), room_id)
+    principal.require_moderator(room.name)
     if (relayed := await _on_owner(request, room)) is not None:  # the owner closes it and ends its live state
         return relayed
     return json_response(await rooms.close(principal.actor, room))

@@ -268,7 +268,7 @@ class Audience:
             await self.broadcast({"type": "reaction", "kind": kind, "count": count})
 
     async def invite(self, inviter: Participant, participant_id: str) -> None:
-        if not (inviter.is_host or inviter.grants.room_admin):
+        if not (inviter.is_host or inviter.grants.moderates(self.live.room.name)):
             raise ProtocolError("cohost_not_allowed", "only a host or a room_admin may invite co-hosts")
         target = self.live.participants.get(participant_id) or next(
             (q for q in self.live.participants.values() if q.identity == participant_id), None

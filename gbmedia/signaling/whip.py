@@ -319,7 +319,7 @@ class _Found:
 
 
 async def _session(request: web.Request, which: str) -> _Found:
-    """The session in the path, for a token of its instance and identity (or a room_admin of its room)."""
+    """The session in the path, for a token of its instance and identity (or its room's moderator)."""
     grant = "can_publish" if which == "whip" else "can_subscribe"
     verified = await _bearer(request)
     token = verified.token
@@ -340,7 +340,7 @@ async def _session(request: web.Request, which: str) -> _Found:
         if found.playback is None or found.playback.edge is not None:  # an edge node's feed is not a player's
             raise missing
         identity = found.playback.identity
-    if not (token.grants.room_admin or (token.identity == identity and token.grants.has(grant))):
+    if not (token.grants.moderates(live.room.name) or (token.identity == identity and token.grants.has(grant))):
         raise missing
     return found
 

@@ -1,8 +1,9 @@
 """REST routes of the tenancy domain under ``/api/v1``.
 
-Who reaches what: the operator reaches everything; an instance caller (a token
-signed with one of its API keys and carrying ``room_admin``) reaches its own
-instance, read-only its own customer, and nothing else. Another tenant's resources
+Who reaches what: the operator reaches everything; an instance administrator (a
+token signed with one of its API keys and carrying ``instance_admin``) reaches its
+own instance, read-only its own customer, and nothing else. A room's moderator
+(``room_admin``) administers nothing here: it moderates its room (rooms/api.py). Another tenant's resources
 answer exactly like missing ones (404), so ids cannot be probed.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -76,7 +78,7 @@ class KeyCreate(_Body):
 
 
 class TokenCreate(_Body):
-    identity: str = Field(min_length=1, max_length=128)
+    identity: str = Field(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]+$")  # no control characters
     name: str | None = Field(default=None, max_length=200)
     room: str | None = Field(default=None, min_length=1, max_length=200)
     grants: dict[str, bool] | None = None
@@ -90,7 +92,7 @@ class TenancyApi:
     tenancy: Tenancy
     pool: asyncpg.Pool
     token_ttl_seconds: int
-    public_url: str | None
+    link_base: Callable[[int], str]  # the node's base URL for join links, given the port a request came in on
 
 
 TENANCY_API: web.AppKey[TenancyApi] = web.AppKey("tenancy_api", TenancyApi)
@@ -114,8 +116,7 @@ def require_operator(principal: Principal) -> None:
 
 
 def _require_admin(principal: Principal) -> None:
-    if not principal.grants.room_admin:
-        raise ApiError(403, "grant_missing", "the token lacks the room_admin grant", {"grant": "room_admin"})
+    principal.require_any("instance_admin")
 
 
 async def reachable_instance(request: web.Request) -> Instance:
@@ -286,8 +287,8 @@ async def create_token(request: web.Request) -> web.Response:
     api = request.app[TENANCY_API]
     ttl = body.ttl_seconds or api.token_ttl_seconds
     token = await _tenancy(request).instances.mint(instance.id, body.identity, grants, name=body.name, ttl_seconds=ttl)
-    base = api.public_url or f"{request.scheme}://{request.host}"
-    url = join_link(base, token) if grants.room and grants.room_join else None
+    linkable = grants.room and grants.room_join and grants.link_refusal() is None
+    url = join_link(api.link_base(_local_port(request)), token) if linkable else None
     return json_response(
         {
             "token": token,
@@ -298,6 +299,12 @@ async def create_token(request: web.Request) -> web.Response:
         },
         status=201,
     )
+
+
+def _local_port(request: web.Request) -> int:
+    """The port this request reached the node on (the node's, whatever ``Host`` the client sent)."""
+    sockname = request.transport.get_extra_info("sockname") if request.transport else None
+    return int(sockname[1]) if isinstance(sockname, tuple) else 0
 
 
 async def list_audit(request: web.Request) -> web.Response:

@@ -255,6 +255,8 @@ class Instances:
         self, instance_id: uuid.UUID, identity: str, grants: Grants, *, name: str | None = None, ttl_seconds: int
     ) -> str:
         """A token signed with the instance's newest active key."""
+        if (refusal := grants.mint_refusal()) is not None:
+            raise bad_request("room_required", refusal)
         signing = await self.newest_signing_key(instance_id)
         if signing.instance.status != "active":
             raise conflict("instance_not_active", f"instance {instance_id} is {signing.instance.status}")

@@ -7,6 +7,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from gbmedia.errors import ApiError
 from gbmedia.tenancy.tokens import Grants
 
 FEATURES = ("recording", "live", "bots")
@@ -109,6 +110,31 @@ class Principal:
     @property
     def is_operator(self) -> bool:
         return self.kind == "operator"
+
+    @property
+    def is_instance_admin(self) -> bool:
+        """The operator, or a token of the instance's administration (never a join link's)."""
+        return self.is_operator or self.grants.instance_admin
+
+    def moderates(self, room: str) -> bool:
+        """Whether the caller may moderate the room named ``room``: an administrator, or its room_admin."""
+        return self.is_operator or self.grants.moderates(room)
+
+    def require_any(self, *grants: str) -> None:
+        """403 ``grant_missing`` unless the caller is the operator or its token has one of ``grants``."""
+        if self.is_operator or any(self.grants.has(g) for g in grants):
+            return
+        raise ApiError(403, "grant_missing", f"the token lacks the {' or '.join(grants)} grant", {"grant": grants[0]})
+
+    def require_moderator(self, room: str) -> None:
+        """403 ``grant_missing`` unless the caller moderates ``room``."""
+        if not self.moderates(room):
+            raise ApiError(
+                403,
+                "grant_missing",
+                f"moderating room {room!r} takes room_admin for it or instance_admin",
+                {"grant": "room_admin"},
+            )
 
 
 @dataclass(frozen=True)

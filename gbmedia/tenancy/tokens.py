@@ -23,6 +23,15 @@ LEEWAY_SECONDS = 10
 
 @dataclass(frozen=True)
 class Grants:
+    """What a token may do.
+
+    Two powers are kept apart on purpose: ``room_admin`` moderates the one room the
+    token names (``room``), which is what a meeting's host carries in a join link;
+    ``instance_admin`` administers the whole instance (API keys, tokens, settings,
+    audit log, every room and conversation) and is never put in a link, because a
+    link travels in chats, e-mails and browser histories.
+    """
+
     room: str | None = None
     room_join: bool = False
     can_publish: bool = False
@@ -32,6 +41,7 @@ class Grants:
     room_create: bool = False
     room_record: bool = False
     hidden: bool = False
+    instance_admin: bool = False
 
     @classmethod
     def names(cls) -> list[str]:
@@ -66,6 +76,22 @@ class Grants:
 
     def has(self, grant: str) -> bool:
         return bool(getattr(self, grant))
+
+    def moderates(self, room: str) -> bool:
+        """Whether the token may moderate the room named ``room`` (close it, remove and mute people)."""
+        return self.instance_admin or (self.room_admin and self.room == room)
+
+    def link_refusal(self) -> str | None:
+        """Why this token must not travel in a join link, or None when it may."""
+        if self.instance_admin:
+            return "a token with instance_admin administers the whole instance and is never put in a link"
+        return None
+
+    def mint_refusal(self) -> str | None:
+        """Why these grants make no token, or None when they do."""
+        if self.room_admin and not self.room:
+            return "room_admin moderates one room: name it in room (instance_admin administers every room)"
+        return None
 
 
 @dataclass(frozen=True)

@@ -270,7 +270,18 @@ def test_the_document_is_well_formed_openapi_3_1():
         "operatorToken": ("http", "bearer"),
         "accessToken": ("http", "bearer"),
     }
-    for claim in ("`iss`", "`sub`", "`name`", "`iat`", "`nbf`", "`exp`", "`jti`", "`grants`", "room_admin"):
+    for claim in (
+        "`iss`",
+        "`sub`",
+        "`name`",
+        "`iat`",
+        "`nbf`",
+        "`exp`",
+        "`jti`",
+        "`grants`",
+        "room_admin",
+        "instance_admin",
+    ):
         assert claim in schemes["accessToken"]["description"], claim
 
     for node in walk(DOC):
@@ -859,10 +870,10 @@ async def test_real_answers_conform_to_the_documented_responses(client: TestClie
         201,
         headers=admin,
         instance_id=iid,
-        json={"identity": "ops", "name": "Ops", "grants": {"room_admin": True}, "ttl_seconds": 600},
+        json={"identity": "ops", "name": "Ops", "grants": {"instance_admin": True}, "ttl_seconds": 600},
     )
     whoami = await call("GET", "/api/v1/whoami", 200, headers=bearer(minted["token"]))
-    assert (whoami["kind"], whoami["identity"], whoami["grants"]) == ("instance", "ops", {"room_admin": True})
+    assert (whoami["kind"], whoami["identity"], whoami["grants"]) == ("instance", "ops", {"instance_admin": True})
     participant = await call(
         "POST",
         "/api/v1/instances/{instance_id}/tokens",

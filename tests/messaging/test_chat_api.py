@@ -105,7 +105,7 @@ async def test_members_only_and_other_tenants_see_nothing(client: TestClient, te
     assert await error_of(await send(client, tenant, "mallory", conversation["id"], "hi")) == (403, "not_a_member")
     other = await create_tenant(client, "globex")
     assert await error_of(await client.get(url, headers=as_user(other, "alice"))) == (404, "conversation_not_found")
-    admin = await client.get(url, headers=as_user(tenant, "ops", room_admin=True))
+    admin = await client.get(url, headers=as_user(tenant, "ops", instance_admin=True))
     assert admin.status == 200  # an administrator of the instance reads it
     assert (await client.get(url, headers=OPERATOR)).status == 200
     mine = await (await client.get("/api/v1/conversations", headers=as_user(tenant, "bob"))).json()
@@ -183,7 +183,7 @@ async def test_search_finds_words_and_respects_membership_and_tenant(client: Tes
 
     assert await search(as_user(tenant, "bob"), q="budget") == ["the quarterly budget review is on friday"]
     assert await search(as_user(tenant, "bob"), q="budget", sender="bob") == []
-    assert sorted(await search(as_user(tenant, "ops", room_admin=True), q="budget")) == [
+    assert sorted(await search(as_user(tenant, "ops", instance_admin=True), q="budget")) == [
         "secret budget numbers",
         "the quarterly budget review is on friday",
     ]
@@ -267,15 +267,15 @@ async def test_members_join_and_leave(client: TestClient, tenant: Tenant):
     assert await error_of(resp) == (403, "grant_missing")  # only admins remove others
     assert (await client.delete(f"{url}/carol", headers=as_user(tenant, "carol"))).status == 200  # leaving is fine
     assert await error_of(await send(client, tenant, "carol", conversation["id"], "?")) == (403, "not_a_member")
-    assert (await client.delete(f"{url}/bob", headers=as_user(tenant, "ops", room_admin=True))).status == 200
+    assert (await client.delete(f"{url}/bob", headers=as_user(tenant, "ops", instance_admin=True))).status == 200
     assert await error_of(await client.delete(f"{url}/bob", headers=OPERATOR)) == (404, "member_not_found")
 
 
-async def test_a_bot_backend_sends_as_its_bot_with_room_admin(client: TestClient, tenant: Tenant):
+async def test_a_bot_backend_sends_as_its_bot_with_instance_admin(client: TestClient, tenant: Tenant):
     resp = await client.post(
         "/api/v1/conversations",
         json={"kind": "bot", "members": ["bot:helper", "alice"]},
-        headers=as_user(tenant, "ops", room_admin=True),
+        headers=as_user(tenant, "ops", instance_admin=True),
     )
     assert resp.status == 201, await resp.text()
     conversation = await resp.json()
@@ -283,7 +283,7 @@ async def test_a_bot_backend_sends_as_its_bot_with_room_admin(client: TestClient
     resp = await client.post(
         f"/api/v1/conversations/{conversation['id']}/messages",
         json={"content": "How can I help?", "idempotency_key": "greet", "sender": "bot:helper"},
-        headers=as_user(tenant, "ops", room_admin=True),
+        headers=as_user(tenant, "ops", instance_admin=True),
     )
     assert resp.status == 201 and (await resp.json())["sender"] == "bot:helper"
     resp = await client.post(
@@ -292,3 +292,80 @@ async def test_a_bot_backend_sends_as_its_bot_with_room_admin(client: TestClient
         headers=OPERATOR,
     )
     assert await error_of(resp) == (400, "sender_required")
+
+
+async def _room_chat(client: TestClient, tenant: Tenant, name: str) -> tuple[str, str]:
+    """A new meeting called ``name``: its room id and its chat's conversation id."""
+    from gbmedia.app import NODE
+
+    resp = await client.post("/api/v1/rooms", json={"name": name}, headers=tenant.admin)
+    assert resp.status == 201, await resp.text()
+    room = (await resp.json())["id"]
+    chat = await client.app[NODE].chat.conversations.for_room(uuid.UUID(tenant.instance_id), uuid.UUID(room), name)
+    return room, str(chat.id)
+
+
+def in_room(tenant: Tenant, identity: str, room: str, **grants: bool) -> dict[str, str]:
+    return bearer(mint_token(tenant.key, tenant.secret, identity, Grants(room=room, room_join=True, **grants)))
+
+
+async def test_a_rooms_chat_is_its_meetings_not_a_later_meeting_of_the_same_name(client: TestClient, tenant: Tenant):
+    room, old_chat = await _room_chat(client, tenant, "retro")
+    resp = await client.post(
+        f"/api/v1/conversations/{old_chat}/messages",
+        json={"content": "the layoffs list", "idempotency_key": "k1"},
+        headers=in_room(tenant, "zed", "retro"),
+    )
+    assert resp.status == 201, await resp.text()
+    assert (await client.delete(f"/api/v1/rooms/{room}", headers=tenant.admin)).status == 200
+    _, new_chat = await _room_chat(client, tenant, "retro")  # next week's meeting, same name
+    assert new_chat != old_chat
+    yan = in_room(tenant, "yan", "retro")  # invited to next week's only
+    assert await error_of(await client.get(f"/api/v1/conversations/{old_chat}/messages", headers=yan)) == (
+        403,
+        "not_a_member",
+    )
+    resp = await client.post(
+        f"/api/v1/conversations/{old_chat}/messages", json={"content": "hi", "idempotency_key": "y"}, headers=yan
+    )
+    assert await error_of(resp) == (403, "not_a_member")
+    resp = await client.get(f"/api/v1/conversations/{new_chat}/messages", headers=yan)
+    assert resp.status == 200 and (await resp.json())["messages"] == []
+    # Who was in the meeting keeps its chat.
+    resp = await client.get(f"/api/v1/conversations/{old_chat}/messages", headers=in_room(tenant, "zed", "retro"))
+    assert [m["content"] for m in (await resp.json())["messages"]] == ["the layoffs list"]
+
+
+async def test_a_moderator_deletes_messages_in_its_rooms_chat_only(client: TestClient, tenant: Tenant):
+    _, chat = await _room_chat(client, tenant, "town-hall")
+    _, other_chat = await _room_chat(client, tenant, "board")
+    for conversation, room in ((chat, "town-hall"), (other_chat, "board")):
+        resp = await client.post(
+            f"/api/v1/conversations/{conversation}/messages",
+            json={"content": "spam spam", "idempotency_key": "s"},
+            headers=in_room(tenant, "troll", room),
+        )
+        assert resp.status == 201, await resp.text()
+    host = in_room(tenant, "host", "town-hall", room_admin=True)
+    other_host = in_room(tenant, "host2", "board", room_admin=True)
+    assert await error_of(await client.delete(f"/api/v1/conversations/{chat}/messages/1", headers=other_host)) == (
+        403,
+        "not_a_member",
+    )
+    resp = await client.get(f"/api/v1/conversations/{chat}/messages", headers=other_host)
+    assert await error_of(resp) == (403, "not_a_member")
+    resp = await client.patch(
+        f"/api/v1/conversations/{chat}/messages/1", json={"content": "I love the host"}, headers=host
+    )
+    assert await error_of(resp) == (403, "not_the_sender")  # a moderator removes, never rewrites
+    resp = await client.delete(f"/api/v1/conversations/{chat}/messages/1", headers=host)
+    assert resp.status == 200 and (await resp.json())["deleted_at"] is not None
+    # Its room's chat only, and the instance's other chats stay out of its reach.
+    assert await error_of(await client.delete(f"/api/v1/conversations/{other_chat}/messages/1", headers=host)) == (
+        403,
+        "not_a_member",
+    )
+    assert await error_of(await client.get(f"/api/v1/conversations/{other_chat}/messages", headers=host)) == (
+        403,
+        "not_a_member",
+    )

@@ -240,7 +240,7 @@ async def test_participants_of_a_room_chat_in_its_conversation(client: TestClien
     )
     event = await bob.wait(lambda e: e["type"] == "chat_message")
     assert event["message"]["content"] == "can you hear me?"
-    resp = await client.get(f"/api/v1/conversations/{cid}", headers=bearer(token(tenant, "ops", room_admin=True)))
+    resp = await client.get(f"/api/v1/conversations/{cid}", headers=bearer(token(tenant, "ops", instance_admin=True)))
     conversation = await resp.json()
     assert (conversation["kind"], conversation["title"]) == ("room", "standup")
     assert {m["identity"] for m in conversation["members"]} == {"alice", "bob"}

@@ -9,6 +9,7 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 
+from gbmedia.app import NODE
 from gbmedia.tenancy.tokens import Grants, mint_token, verify_token
 from tests.helpers import OPERATOR, Tenant, bearer, create_tenant
 
@@ -265,8 +266,16 @@ async def test_minted_token_carries_identity_room_grants_and_expiry(client: Test
     assert (token.identity, token.name, token.api_key) == ("alice", "Alice", tenant.key)
     assert token.grants == Grants.participant("standup")
     assert abs(token.expires_at - (time.time() + 600)) < 30
-    # A join link on the address the caller used: the room page with this token.
-    assert body["url"] == f"http://{client.host}:{client.port}/web/room/?token={body['token']}"
+    # A join link on the node's own address (not the request's Host header): the room page with this token.
+    base = client.app[NODE].settings.base_url(client.port)
+    assert body["url"] == f"{base}/web/room/?token={body['token']}"
+    resp = await client.post(
+        f"/api/v1/instances/{tenant.instance_id}/tokens",
+        json={"identity": "bob", "room": "standup"},
+        headers={**tenant.admin, "Host": "phish.example"},
+    )
+    url = (await resp.json())["url"]
+    assert url.startswith(f"{base}/web/room/?token=") and "phish" not in url
     resp = await client.post(
         f"/api/v1/instances/{tenant.instance_id}/tokens",
         json={"identity": "rec", "room": "standup", "grants": {"room_record": True, "hidden": True}},
@@ -276,6 +285,24 @@ async def test_minted_token_carries_identity_room_grants_and_expiry(client: Test
     token = verify_token(body["token"], tenant.secret)
     assert token.grants == Grants(room="standup", room_record=True, hidden=True)
     assert body["url"] is None  # it cannot join, so no link
+    resp = await client.post(
+        f"/api/v1/instances/{tenant.instance_id}/tokens",
+        json={"identity": "ops", "room": "standup", "grants": {"room_join": True, "instance_admin": True}},
+        headers=tenant.admin,
+    )
+    body = await resp.json()
+    assert verify_token(body["token"], tenant.secret).grants.instance_admin
+    assert body["url"] is None  # an instance administrator's token never travels in a link
+    resp = await client.post(
+        f"/api/v1/instances/{tenant.instance_id}/tokens",
+        json={"identity": "host", "grants": {"room_admin": True}},
+        headers=tenant.admin,
+    )
+    assert await error_of(resp) == (400, "room_required")  # a moderator moderates a room: which one?
+    resp = await client.post(
+        f"/api/v1/instances/{tenant.instance_id}/tokens", json={"identity": "eve\u0000", "room": "r"}, headers=OPERATOR
+    )
+    assert await error_of(resp) == (400, "validation_failed")
     resp = await client.post(
         f"/api/v1/instances/{tenant.instance_id}/tokens",
         json={"identity": "x", "grants": {"fly": True}},
@@ -336,7 +363,10 @@ async def test_missing_grant_is_403_with_the_grant_named(client: TestClient):
     assert (await resp.json())["grants"] == {"room": "r", "room_join": True, "can_publish": True}
     resp = await client.get(f"/api/v1/instances/{tenant.instance_id}", headers=participant)
     assert await error_of(resp) == (403, "grant_missing")
-    assert (await resp.json())["error"]["details"] == {"grant": "room_admin"}
+    assert (await resp.json())["error"]["details"] == {"grant": "instance_admin"}
+    host = bearer(tenant.token("host", room="r", room_join=True, room_admin=True))  # a meeting host's link token
+    resp = await client.post(f"/api/v1/instances/{tenant.instance_id}/keys", json={}, headers=host)
+    assert await error_of(resp) == (403, "grant_missing")
 
 
 async def test_instance_callers_cannot_do_operator_work(client: TestClient):

@@ -58,6 +58,7 @@ def test_names_lists_boolean_grants_only():
         "room_create",
         "room_record",
         "hidden",
+        "instance_admin",
     ]
 
 
@@ -324,3 +325,13 @@ def test_an_identity_with_control_characters_is_refused(identity: str):
     token = jwt.encode(claims(sub=identity), SECRET, algorithm="HS256")
     error = assert_refused(token, SECRET, 401, "token_malformed")
     assert "control characters" in error.message
+
+
+def test_room_admin_moderates_its_room_and_instance_admin_every_room():
+    host = Grants(room="standup", room_join=True, room_admin=True)
+    assert host.moderates("standup") and not host.moderates("board")
+    assert not Grants(room="standup", room_join=True).moderates("standup")  # a participant
+    assert Grants(instance_admin=True).moderates("board")
+    assert Grants(room_admin=True).mint_refusal() is not None  # which room would it moderate?
+    assert host.mint_refusal() is None and host.link_refusal() is None  # a meeting host's link
+    assert Grants(room="standup", room_join=True, instance_admin=True).link_refusal() is not None
