@@ -9,7 +9,8 @@ convention (docs/testing.md, "Docs that run"):
 - ``<!-- not run: reason -->`` on the line before a session's fence (blank lines allowed
   between) keeps it from running; the reason is reported with the test's results.
 - In a ``console`` block a line starting with ``$ `` is a command (with the lines after it
-  while a line ends in ``\\``), and the lines up to the next command are what it prints,
+  while a line ends in ``\\``, and those starting with ``> ``, the shell's prompt for more),
+  and the lines up to the next command are what it prints,
   compared the way doctest compares (``ELLIPSIS``: ``...`` stands for any text;
   ``NORMALIZE_WHITESPACE``). A command with no lines after it must print nothing.
   ``sh``/``bash``/``shell`` blocks run as they are, their output unchecked.
@@ -136,9 +137,9 @@ def commands(block: Block) -> list[Command]:
             continue
         start = i
         text = [lines[i][2:]]
-        while text[-1].endswith("\\") and i + 1 < len(lines):
+        while i + 1 < len(lines) and (text[-1].endswith("\\") or lines[i + 1].startswith("> ")):
             i += 1
-            text.append(lines[i])
+            text.append(lines[i][2:] if lines[i].startswith("> ") else lines[i])
         i += 1
         output: list[str] = []
         while i < len(lines) and not lines[i].startswith("$ "):

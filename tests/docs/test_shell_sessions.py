@@ -89,11 +89,12 @@ def test_session_marked_not_run(block: Block):
 
 
 def test_console_commands_continue_over_backslashes_and_own_the_lines_after_them():
-    doc = "text\n\n```console\n$ echo a \\\n    b\n a b\n$ true\n```\n"
+    doc = "text\n\n```console\n$ echo a \\\n    b\n a b\n$ true\n$ for x in 1; do\n>   echo $x\n> done\n1\n```\n"
     block = blocks(doc, "x.md")[0]
     assert commands(block) == [
         Command("x.md:4", "echo a \\\n    b\n", " a b\n"),
         Command("x.md:7", "true\n", ""),
+        Command("x.md:8", "for x in 1; do\n  echo $x\ndone\n", "1\n"),
     ]
 
 
