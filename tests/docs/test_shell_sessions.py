@@ -150,7 +150,8 @@ async def encoder_offer() -> str:
 
 
 def node_env(tmp_path: Path, database_url: str) -> dict[str, str]:
-    env = dict(os.environ)
+    """A node of its own: none of the caller's GBMEDIA_* settings (a Redis URL, a region) leak into the outputs."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith("GBMEDIA_")}
     env.update(
         {
             "HOME": str(tmp_path / "home"),
