@@ -67,10 +67,12 @@ def redis_unavailable(message: str = "Redis does not answer; retry later") -> Ap
 
 
 # PostgreSQL is gone or going (class 08 connection errors, class 57 shutdown / cannot connect
-# now / statement cancelled) or asyncpg lost the connection under a query.
+# now / statement cancelled), out of resources (class 53: too many connections, its disk
+# full, out of memory), or asyncpg lost the connection under a query.
 _DATABASE_DOWN = (
     asyncpg.PostgresConnectionError,
     asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.InsufficientResourcesError,
     asyncpg.exceptions.ConnectionDoesNotExistError,
 )
 # A socket error or a timeout means the database only when the driver raised it (a refused
