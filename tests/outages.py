@@ -28,8 +28,12 @@ from gbmedia.db.embedded import ensure_database
 
 def _signal_tree(pid: int, sig: signal.Signals) -> None:
     """Send ``sig`` to a server and all its children (PostgreSQL's backends)."""
-    parent = psutil.Process(pid)
-    for proc in [parent, *parent.children(recursive=True)]:
+    try:
+        parent = psutil.Process(pid)
+        tree = [parent, *parent.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return
+    for proc in tree:
         try:
             proc.send_signal(sig)
         except psutil.NoSuchProcess:
@@ -93,7 +97,10 @@ class OwnPostgres:
             pid = self.server.get_pid()
             if pid is not None:
                 _signal_tree(pid, signal.SIGCONT)  # a failed test may leave it frozen
-            self.server.cleanup()
+            try:
+                self.server.cleanup()
+            except subprocess.CalledProcessError:
+                pass  # a failed test left it stopped: nothing to stop
         shutil.rmtree(self.home, ignore_errors=True)
 
 
