@@ -17,6 +17,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from gbmedia.bus import Bus, MemoryBus, RedisBus
 from gbmedia.config import Settings
@@ -73,13 +74,13 @@ def redis_client_for(settings: Settings) -> aioredis.Redis:
     """The node's Redis client (every Redis user of the node shares it: bus, presence,
     registry, placement, cascade, rate limits), bounded so an outage cannot hold anything.
 
-    redis-py's defaults wait 5 s per connect and per read and retry three times with
-    backoff: a Redis that is down or stopped held each request for about 25 s. Here a
-    connect or command waits at most ``GBMEDIA_REDIS_TIMEOUT_SECONDS`` and a failed one is
-    retried once at once (a connection Redis closed when it restarted is replaced), so a
-    caller learns within about twice the timeout that Redis is away (503
-    ``redis_unavailable``, see errors.outage_error) and the client reconnects by itself
-    when it is back.
+    A connect or a command waits at most ``GBMEDIA_REDIS_TIMEOUT_SECONDS`` (redis-py's own
+    default is 5 s, and older releases had none), and is not retried after a timeout: a
+    hung Redis costs a caller one timeout, then 503 ``redis_unavailable`` (see
+    errors.outage_error). A broken connection (Redis restarted under it) is retried once
+    at once on a fresh one, so the first call after a restart does not fail; redis-py's
+    default of three retries with backoff is not used. The client reconnects by itself
+    when Redis is back.
     """
     assert settings.redis_url is not None
     timeout = settings.redis_timeout_seconds
@@ -87,7 +88,7 @@ def redis_client_for(settings: Settings) -> aioredis.Redis:
         settings.redis_url,
         socket_connect_timeout=timeout,
         socket_timeout=timeout,
-        retry=Retry(NoBackoff(), 1),
+        retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
     )
 
 
