@@ -560,6 +560,11 @@ class Recordings:
 
     # --- stop ----------------------------------------------------------------------------
 
+    def running_room(self, recording_id: uuid.UUID) -> Room | None:
+        """The room of a recording running on this node (known without the database), else None."""
+        active = self.active.get(recording_id)
+        return None if active is None else active.room
+
     async def stop(
         self, actor: Actor, recording_id: uuid.UUID, *, reason: str = "api", instance_id: uuid.UUID | None = None
     ) -> Recording:
