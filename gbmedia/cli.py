@@ -195,14 +195,13 @@ def cmd_drain(args: argparse.Namespace, settings: Settings) -> int:
     import itertools
     import time
 
-    import redis.asyncio as aioredis
-
+    from gbmedia.node import redis_client_for
     from gbmedia.rooms.registry import NodeInfo, RedisRegistry
 
     target = args.node or settings.node_id
 
     async def run() -> list[str]:
-        client = aioredis.from_url(settings.redis_url)
+        client = redis_client_for(settings)
         try:
             me = NodeInfo("cli", settings.region, "", "", "", settings.udp_ports, 1.0, 1.0)
             registry = RedisRegistry(client, me, ttl=settings.node_ttl_seconds)

@@ -60,7 +60,10 @@ class Settings(BaseSettings):
     port: int = Field(default=7880, ge=0, le=65535)
     database_url: str | None = None
     database_pool_size: int = Field(default=10, ge=1, le=500)
+    # Outages (docs/operations.md "Outages"): no call to PostgreSQL or Redis waits longer than these.
+    database_command_timeout_seconds: float = Field(default=10.0, gt=0, le=3600)
     redis_url: str | None = None
+    redis_timeout_seconds: float = Field(default=2.0, gt=0, le=60)
     kafka_bootstrap_servers: str | None = None
     public_host: str | None = None
     public_url: str | None = None
@@ -88,6 +91,7 @@ class Settings(BaseSettings):
     # Recording (gbmedia/recording): where files are spooled and stored.
     recording_storage: Literal["local", "s3"] = "local"
     recording_dir: Path | None = None  # default: <data_dir>/recordings
+    min_free_disk_mb: int = Field(default=1024, ge=0, le=10_000_000)  # below it recordings stop and are refused
     s3_bucket: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
     s3_prefix: str = Field(default="", max_length=512, pattern=r"^[A-Za-z0-9!_.*'()/-]*$")
     s3_endpoint_url: str | None = None

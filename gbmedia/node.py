@@ -15,6 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from gbmedia.bus import Bus, MemoryBus, RedisBus
 from gbmedia.config import Settings
@@ -25,6 +28,7 @@ from gbmedia.messaging.service import Chat
 from gbmedia.metrics import Metrics, Sample
 from gbmedia.outbox import OutboxRelay, OutboxTrimmer
 from gbmedia.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
+from gbmedia.recording.disk import MB, DiskGuard
 from gbmedia.recording.service import Recordings
 from gbmedia.recording.storage import storage_from_settings
 from gbmedia.rooms.audience import audience_samples
@@ -66,6 +70,28 @@ def cluster_secret_for(settings: Settings) -> str:
     return load_or_create_file_secret(settings.data_dir / "cluster.secret", lambda: secrets.token_urlsafe(32))
 
 
+def redis_client_for(settings: Settings) -> aioredis.Redis:
+    """The node's Redis client (every Redis user of the node shares it: bus, presence,
+    registry, placement, cascade, rate limits), bounded so an outage cannot hold anything.
+
+    A connect or a command waits at most ``GBMEDIA_REDIS_TIMEOUT_SECONDS`` (redis-py's own
+    default is 5 s, and older releases had none), and is not retried after a timeout: a
+    hung Redis costs a caller one timeout, then 503 ``redis_unavailable`` (see
+    errors.outage_error). A broken connection (Redis restarted under it) is retried once
+    at once on a fresh one, so the first call after a restart does not fail; redis-py's
+    default of three retries with backoff is not used. The client reconnects by itself
+    when Redis is back.
+    """
+    assert settings.redis_url is not None
+    timeout = settings.redis_timeout_seconds
+    return aioredis.from_url(
+        settings.redis_url,
+        socket_connect_timeout=timeout,
+        socket_timeout=timeout,
+        retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+    )
+
+
 @dataclass
 class Node:
     settings: Settings
@@ -102,7 +128,7 @@ class Node:
         redis_client: aioredis.Redis | None = None
         try:
             if settings.redis_url:
-                redis_client = aioredis.from_url(settings.redis_url)
+                redis_client = redis_client_for(settings)
                 await redis_client.ping()
                 limiter: RateLimiter = RedisRateLimiter(redis_client, settings.api_rate_limit, settings.api_rate_burst)
             else:
@@ -141,7 +167,13 @@ class Node:
             storage = storage_from_settings(settings)
             await storage.check()
             recordings = Recordings(
-                db.pool, storage, rooms, tenancy.customers, tenancy.instances, node_id=settings.node_id
+                db.pool,
+                storage,
+                rooms,
+                tenancy.customers,
+                tenancy.instances,
+                node_id=settings.node_id,
+                disk=DiskGuard(storage.spool, settings.min_free_disk_mb * MB),
             )
             recordings.attach(live_rooms)
             await recordings.recover()

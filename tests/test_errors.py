@@ -1,10 +1,17 @@
-"""ApiError: a stable code, an HTTP status and a JSON body."""
+"""ApiError: a stable code, an HTTP status and a JSON body; outages as 503s."""
 
 from __future__ import annotations
 
-import pytest
+import uuid
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
-from gbmedia.errors import ApiError, bad_request, conflict, forbidden, not_found, unauthorized
+import asyncpg
+import pytest
+import redis.asyncio as aioredis
+import redis.exceptions
+
+from gbmedia.errors import ApiError, bad_request, conflict, forbidden, not_found, outage_error, unauthorized
 
 
 def test_body_without_details():
@@ -63,3 +70,49 @@ def test_not_found():
 def test_conflict():
     err = conflict("name_taken", "exists")
     assert (err.status, err.code, err.message, err.details) == (409, "name_taken", "exists", {})
+
+
+# --- outage_error, on failures the real drivers raise -------------------------------------------
+
+
+async def test_outage_error_names_the_service_from_what_its_driver_raised(tmp_path: Path):
+    missing = tmp_path / "no-server"  # a unix socket directory nobody listens in
+    missing.mkdir()
+    with pytest.raises(OSError) as refused_pg:
+        await asyncpg.connect(f"postgresql://x@/x?host={missing}", timeout=5)
+    found = outage_error(refused_pg.value)
+    assert found is not None and (found.status, found.code) == (503, "database_unavailable")
+    client = aioredis.from_url(f"unix://{missing}/redis.sock", retry=None)
+    with pytest.raises(redis.exceptions.ConnectionError) as refused_redis:
+        await client.ping()
+    await client.aclose()
+    found = outage_error(refused_redis.value)
+    assert found is not None and (found.status, found.code) == (503, "redis_unavailable")
+    # A driver failure re-raised as another is still the outage.
+    try:
+        raise RuntimeError("wrapped") from refused_pg.value
+    except RuntimeError as wrapped:
+        assert (found := outage_error(wrapped)) is not None and found.code == "database_unavailable"
+
+
+def test_the_same_types_raised_elsewhere_are_not_outages():
+    """A timeout or a missing file outside the drivers is somebody's bug: a 500, logged with its traceback."""
+    assert outage_error(TimeoutError()) is None
+    assert outage_error(FileNotFoundError(2, "gone")) is None
+    assert outage_error(ValueError("x")) is None
+
+
+async def test_a_database_out_of_connections_is_unavailable(pg_admin_url: str):
+    role = f"o_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(pg_admin_url)
+    try:
+        await admin.execute(f"CREATE ROLE \"{role}\" LOGIN PASSWORD 'pw-{role}' CONNECTION LIMIT 0")
+        parts = urlsplit(pg_admin_url)
+        host = parts.netloc.rpartition("@")[2]
+        user_url = urlunsplit(parts._replace(netloc=f"{role}:pw-{role}@{host}"))
+        with pytest.raises(asyncpg.exceptions.TooManyConnectionsError) as refused:
+            await asyncpg.connect(user_url, timeout=5)
+        assert (found := outage_error(refused.value)) is not None and found.code == "database_unavailable"
+    finally:
+        await admin.execute(f'DROP ROLE IF EXISTS "{role}"')
+        await admin.close()

@@ -73,12 +73,18 @@ class Database:
             self.url = await self.embedded.start()
         if run_migrations:
             await self.migrate()
+        # No statement and no new connection waits longer than the command timeout: a database
+        # that is down or hung fails the request (503 database_unavailable) instead of holding it.
+        # The pools reconnect by themselves once the database is back.
+        timeout = self.settings.database_command_timeout_seconds
         self._pool = await asyncpg.create_pool(
             self.url,
             min_size=1,
             max_size=self.settings.database_pool_size,
             init=_init_connection,
             reset=_keep_session,
+            command_timeout=timeout,
+            timeout=timeout,
         )
         self._batch_pool = await asyncpg.create_pool(
             self.url,
@@ -87,6 +93,8 @@ class Database:
             init=_init_connection,
             reset=_keep_session,
             server_settings=BATCH_SESSION_SETTINGS,
+            command_timeout=timeout,
+            timeout=timeout,
         )
 
     async def migrate(self) -> list[Migration]:

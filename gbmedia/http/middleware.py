@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from gbmedia.errors import ApiError
+from gbmedia.errors import ApiError, outage_error
 from gbmedia.http.keys import REQUEST_ID
 from gbmedia.http.responses import error_response
 from gbmedia.metrics import Metrics
@@ -92,11 +92,18 @@ def api_middleware(
             error = ApiError(exc.status, _HTTP_CODES.get(exc.status, "http_error"), exc.reason)
             if exc.status == 413:
                 error.message = f"the request body exceeds {max_body_bytes} bytes"
-        except Exception:
-            log.exception("unhandled error", extra={"request_id": request_id, "path": request.path})
-            error = ApiError(
-                500, "internal_error", f"the server failed; its logs have the details under request {request_id}"
-            )
+        except Exception as exc:
+            error = outage_error(exc)
+            if error is not None:  # PostgreSQL or Redis down or hung: 503, the node stays up
+                log.warning(
+                    "dependency unavailable",
+                    extra={"request_id": request_id, "path": request.path, "code": error.code, "error": repr(exc)},
+                )
+            else:
+                log.exception("unhandled error", extra={"request_id": request_id, "path": request.path})
+                error = ApiError(
+                    500, "internal_error", f"the server failed; its logs have the details under request {request_id}"
+                )
         if error is not None:
             if error.status == 429 and "Retry-After" not in headers and "retry_after" in error.details:
                 headers["Retry-After"] = str(max(1, round(error.details["retry_after"] + 0.5)))

@@ -18,7 +18,7 @@ from typing import Literal
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
-from gbmedia.errors import ApiError
+from gbmedia.errors import ApiError, outage_error
 from gbmedia.http.responses import json_response, path_uuid, query_int, read_model
 from gbmedia.recording.service import Recording, Recordings
 from gbmedia.recording.storage import LocalStorage, StorageError
@@ -113,12 +113,33 @@ async def get_recording(request: web.Request) -> web.Response:
 async def stop_recording(request: web.Request) -> web.StreamResponse:
     principal = principal_of(request)
     principal.require_any(*_WRITE)
-    recording = await _recording(request, principal)
+    try:
+        recording = await _recording(request, principal)
+    except Exception as exc:
+        if outage_error(exc) is None:
+            raise
+        return await _stop_without_database(request, principal, exc)
     room = await request.app[RECORDINGS_API].rooms.get(recording.instance_id, recording.room_id)
     if (relayed := await _on_owner(request, room)) is not None:
         return relayed
     stopped = await _recordings(request).stop(principal.actor, recording.id, instance_id=recording.instance_id)
     return json_response(stopped)
+
+
+async def _stop_without_database(request: web.Request, principal: Principal, outage: Exception) -> web.Response:
+    """The database is away, but a recording this node runs can still be stopped: from what the
+    node knows of it (its room and instance), with the same checks. Its media stops at once and
+    the answer is 503 ``database_unavailable`` saying so (Recordings.stop); its rows are finished
+    when the database is back. Anything else (another node's recording, an unknown id) is the 503
+    of the outage itself. Only a caller authenticated without the database reaches here: the
+    operator (an access token's key is looked up in it)."""
+    recordings = _recordings(request)
+    recording_id = path_uuid(request, "recording_id")
+    room = recordings.running_room(recording_id)
+    if room is None or (not principal.is_operator and room.instance_id != principal.instance_id):
+        raise outage
+    _check_room_grant(principal, room)
+    return json_response(await recordings.stop(principal.actor, recording_id, instance_id=room.instance_id))
 
 
 async def download_file(request: web.Request) -> web.StreamResponse:

@@ -20,6 +20,14 @@ Life of a recording (``status``):
   gone) or uploaded. The recording stops, the room is not touched: its
   participants keep their media. Files finished before the failure stay listed.
 
+Outages (docs/operations.md, "Outages"): stopping never waits for the database.
+The media stops being written at once; the rows are finished by writes that are
+retried until PostgreSQL answers again, so a recording stopped during an outage
+ends ``completed`` (or ``failed``) once it is back. The caller of a stop that meets
+the outage gets 503 ``database_unavailable`` saying so. Below the free-space
+reserve (:mod:`gbmedia.recording.disk`) starts are refused (507
+``insufficient_storage``) and running recordings stop with ``disk_full``.
+
 A node that dies mid-recording leaves playable files (the writers are crash-safe);
 at its next start it marks its interrupted recordings ``failed`` with
 ``interrupted`` and lists what is on disk. Recording minutes are counted against
@@ -35,16 +43,17 @@ import datetime as dt
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 
-from gbmedia.errors import ApiError, conflict, forbidden, not_found
+from gbmedia.errors import ApiError, conflict, database_unavailable, forbidden, not_found, outage_error
 from gbmedia.metrics import Sample
 from gbmedia.recording.codecs import SUPPORTED
 from gbmedia.recording.composite import CompositeJob
+from gbmedia.recording.disk import DiskGuard
 from gbmedia.recording.storage import LocalStorage, S3Storage, StorageError
 from gbmedia.recording.track_recorder import TrackRecorder, TrackResult
 from gbmedia.recording.writer import content_type_for, extension_for, repair
@@ -58,6 +67,7 @@ from gbmedia.tenancy.instances import Instances
 from gbmedia.tenancy.models import Actor
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 KINDS = ("tracks", "composite")
 ACTIVE = ("waiting", "recording", "stopping")
@@ -137,6 +147,7 @@ class _Active:
     started_wall: float
     started_mono: float
     media_mono: float | None = None  # when the first frame of any file was written
+    halted_mono: float | None = None  # when its media stopped being written
     status: str = "waiting"
     files: dict[str, _File] = field(default_factory=dict)  # by track id, "composite" for the composite
     adding: set[str] = field(default_factory=set)  # track ids whose file is being opened
@@ -145,10 +156,13 @@ class _Active:
     minutes_left: float = 0.0
     stopping: asyncio.Task[Recording] | None = None
     failure: str | None = None
+    halted: bool = False  # its media is no longer written (stopping, failed or out of disk)
+    database_down: asyncio.Event = field(default_factory=asyncio.Event)  # a write of it waits for PostgreSQL
 
     def media_seconds(self) -> float:
         """How long media has been recorded: from the first frame on (waiting is free)."""
-        return 0.0 if self.media_mono is None else max(0.0, time.monotonic() - self.media_mono)
+        end = time.monotonic() if self.halted_mono is None else self.halted_mono
+        return 0.0 if self.media_mono is None else max(0.0, end - self.media_mono)
 
 
 def _file(row: asyncpg.Record) -> RecordingFile:
@@ -173,6 +187,8 @@ class Recordings:
         *,
         node_id: str,
         composite_factory: CompositeFactory = CompositeJob,
+        disk: DiskGuard | None = None,
+        retry_cap: float = 2.0,
     ) -> None:
         self.pool = pool
         self.storage = storage
@@ -181,6 +197,9 @@ class Recordings:
         self.instances = instances
         self.node_id = node_id
         self.composite_factory = composite_factory
+        self.disk = disk or DiskGuard(storage.spool, 0)
+        self.retry_cap = retry_cap  # longest pause between retries of a write during a database outage
+        self._disk_watch: asyncio.Task[None] | None = None
         self.active: dict[uuid.UUID, _Active] = {}  # by recording id
         self._by_room: dict[uuid.UUID, _Active] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -291,6 +310,8 @@ class Recordings:
             raise conflict("room_on_other_node", f"the room's media is on node {room.node_id}; ask that node")
         if room.id in self._by_room:
             raise conflict("recording_in_progress", "the room is being recorded already; stop that recording first")
+        if (shortage := await self.disk.shortage()) is not None:
+            raise shortage
         async with self.pool.acquire() as conn, conn.transaction():
             left = await self._minutes_left(conn, room)
             try:
@@ -324,6 +345,8 @@ class Recordings:
         self.active[active.id] = active
         self._by_room[room.id] = active
         active.minutes_left = left
+        if self.disk.enabled and self._disk_watch is None:
+            self._disk_watch = asyncio.ensure_future(self._watch_disk())
         log.info(
             "recording started",
             extra={
@@ -446,8 +469,11 @@ class Recordings:
         if active.status == "waiting":
             active.status = "recording"
             self._spawn(
-                self.pool.execute(
-                    "UPDATE recordings SET status = 'recording' WHERE id = $1 AND status = 'waiting'", active.id
+                self._persist(
+                    active,
+                    lambda: self.pool.execute(
+                        "UPDATE recordings SET status = 'recording' WHERE id = $1 AND status = 'waiting'", active.id
+                    ),
                 )
             )
 
@@ -468,21 +494,26 @@ class Recordings:
             offset = max(0.0, result.first_frame_wall - active.started_wall)
         entry.arrival_offset, entry.sender_first = offset, result.first_frame_sender
         status = "failed" if error else "completed"
-        await self.pool.execute(
-            """UPDATE recording_files SET status = $2, error = $3, size_bytes = $4, duration_seconds = $5,
-                                         start_offset_seconds = $6, aligned_by = $7, completed_at = now()
-                WHERE id = $1""",
-            entry.id,
-            status,
-            error,
-            size,
-            result.stats.duration,
-            offset,
-            None if offset is None else "arrival",
+        await self._persist(
+            active,
+            lambda: self.pool.execute(
+                """UPDATE recording_files SET status = $2, error = $3, size_bytes = $4, duration_seconds = $5,
+                                             start_offset_seconds = $6, aligned_by = $7, completed_at = now()
+                    WHERE id = $1""",
+                entry.id,
+                status,
+                error,
+                size,
+                result.stats.duration,
+                offset,
+                None if offset is None else "arrival",
+            ),
         )
         if not result.stats.frames and error is None:
             # Nothing arrived (the track ended before its first keyframe): no empty file is kept.
-            await self.pool.execute("DELETE FROM recording_files WHERE id = $1", entry.id)
+            await self._persist(
+                active, lambda: self.pool.execute("DELETE FROM recording_files WHERE id = $1", entry.id)
+            )
             with contextlib.suppress(StorageError, OSError):
                 await self.storage.delete(entry.key)
         if error:
@@ -529,6 +560,11 @@ class Recordings:
 
     # --- stop ----------------------------------------------------------------------------
 
+    def running_room(self, recording_id: uuid.UUID) -> Room | None:
+        """The room of a recording running on this node (known without the database), else None."""
+        active = self.active.get(recording_id)
+        return None if active is None else active.room
+
     async def stop(
         self, actor: Actor, recording_id: uuid.UUID, *, reason: str = "api", instance_id: uuid.UUID | None = None
     ) -> Recording:
@@ -541,29 +577,109 @@ class Recordings:
                     "recording_on_other_node", f"the recording runs on node {recording.node_id}; ask that node"
                 )
             raise conflict("recording_not_active", f"the recording is {recording.status} already")
+        self._halt(active)
+        stopping = self._begin_stop(actor, active, reason)
+        blocked = asyncio.ensure_future(active.database_down.wait())
+        try:
+            await asyncio.wait({stopping, blocked}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            blocked.cancel()
+        if stopping.done():
+            return stopping.result()
+        raise database_unavailable(
+            "the recording's media is stopped; the database does not answer, so the recording is finished "
+            "(status, duration, size) once it does"
+        )
+
+    def _begin_stop(self, actor: Actor, active: _Active, reason: str) -> asyncio.Task[Recording]:
+        """The recording's one stop: finishing it runs in a task of its own, so a caller that gives up
+        (a request cut off, a 503 during an outage) never leaves it half done."""
         if active.stopping is None:
             active.stopping = asyncio.ensure_future(self._stop(actor, active, reason))
-        return await asyncio.shield(active.stopping)
+            self._tasks.add(active.stopping)  # type: ignore[arg-type]
+            active.stopping.add_done_callback(self._tasks.discard)  # type: ignore[arg-type]
+        return active.stopping
 
-    async def _stop(self, actor: Actor, active: _Active, reason: str) -> Recording:
+    def _halt(self, active: _Active) -> None:
+        """Stop writing the recording's media, at once and without the database: every file's
+        writer finishes (its file stays playable) and no new track joins."""
+        if active.halted:
+            return
+        active.halted = True
+        active.halted_mono = time.monotonic()
         if active.quota_timer is not None:
             active.quota_timer.cancel()
         active.status = "stopping"
-        await self.pool.execute(
-            "UPDATE recordings SET status = 'stopping' WHERE id = $1 AND status <> 'failed'", active.id
-        )
         for entry in list(active.files.values()):
             if entry.track is not None:
                 entry.track.remove_sink(entry.recorder)
             entry.recorder.finish()
         if active.composite is not None:
             active.composite.finish()
+
+    async def _persist(self, active: _Active, write: Callable[[], Awaitable[T]]) -> T:
+        """Run one of the recording's database writes, retrying while PostgreSQL is down or hung.
+
+        A recording's end must reach its row (status, duration, size, usage) even when the
+        database is away as it stops; the media is halted already, so waiting costs nothing
+        but time. Other failures are raised as before.
+        """
+        delay = 0.1
+        while True:
+            try:
+                result = await write()
+            except Exception as exc:
+                if outage_error(exc) is None:
+                    raise
+                if not active.database_down.is_set():
+                    log.warning(
+                        "recording waits for the database", extra={"recording_id": str(active.id), "error": repr(exc)}
+                    )
+                    active.database_down.set()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.retry_cap)
+                continue
+            active.database_down.clear()
+            return result
+
+    async def _stop(self, actor: Actor, active: _Active, reason: str) -> Recording:
+        self._halt(active)
+        await self._persist(
+            active,
+            lambda: self.pool.execute(
+                "UPDATE recordings SET status = 'stopping' WHERE id = $1 AND status <> 'failed'", active.id
+            ),
+        )
         pending = [e.finished for e in active.files.values() if e.finished is not None]
         if pending:
             await asyncio.gather(*pending, return_exceptions=True)
-        await self._align(active)
+        await self._persist(active, lambda: self._align(active))
         duration = active.media_seconds()
         status, error = ("failed", active.failure) if active.failure else ("completed", None)
+        size = await self._persist(active, lambda: self._finish_row(actor, active, reason, status, error, duration))
+        self.active.pop(active.id, None)
+        if self._by_room.get(active.room.id) is active:
+            del self._by_room[active.room.id]
+        if status == "failed":
+            self.failed += 1
+        else:
+            self.completed += 1
+        log.info(
+            "recording stopped",
+            extra={
+                "recording_id": str(active.id),
+                "status": status,
+                "reason": reason,
+                "duration_seconds": round(duration, 3),
+                "size_bytes": size,
+            },
+        )
+        return await self._persist(active, lambda: self.get(None, active.id))
+
+    async def _finish_row(
+        self, actor: Actor, active: _Active, reason: str, status: str, error: str | None, duration: float
+    ) -> int:
+        """The recording's final row, its usage and its audit entry, in one transaction; its size."""
         async with self.pool.acquire() as conn, conn.transaction():
             size = await conn.fetchval(
                 "SELECT coalesce(sum(size_bytes), 0)::bigint FROM recording_files WHERE recording_id = $1", active.id
@@ -603,24 +719,7 @@ class Recordings:
                     "size_bytes": size,
                 },
             )
-        self.active.pop(active.id, None)
-        if self._by_room.get(active.room.id) is active:
-            del self._by_room[active.room.id]
-        if status == "failed":
-            self.failed += 1
-        else:
-            self.completed += 1
-        log.info(
-            "recording stopped",
-            extra={
-                "recording_id": str(active.id),
-                "status": status,
-                "reason": reason,
-                "duration_seconds": round(duration, 3),
-                "size_bytes": size,
-            },
-        )
-        return await self.get(None, active.id)
+        return int(size)
 
     async def _align(self, active: _Active) -> None:
         """Line up each publisher's files by its sender reports (its own clock), anchored
@@ -649,13 +748,29 @@ class Recordings:
             return
         active.failure = error[:1000]
         log.warning("recording failed", extra={"recording_id": str(active.id), "error": active.failure})
-        await self.pool.execute(
-            "UPDATE recordings SET status = 'failed', error = $2 WHERE id = $1", active.id, active.failure
+        self._halt(active)
+        self._begin_stop(self.system_actor, active, "failed")
+        await self._persist(
+            active,
+            lambda: self.pool.execute(
+                "UPDATE recordings SET status = 'failed', error = $2 WHERE id = $1", active.id, active.failure
+            ),
         )
-        if active.stopping is None:
-            active.stopping = asyncio.ensure_future(self._stop(self.system_actor, active, "failed"))
-            self._tasks.add(active.stopping)  # type: ignore[arg-type]
-            active.stopping.add_done_callback(self._tasks.discard)  # type: ignore[arg-type]
+
+    async def _watch_disk(self) -> None:
+        """While recordings run, stop them all cleanly (``disk_full``) once free space falls below
+        the reserve, so the database sharing the filesystem keeps room to write."""
+        try:
+            while self.active:
+                await asyncio.sleep(self.disk.interval)
+                if (shortage := await self.disk.shortage()) is None:
+                    continue
+                log.warning("free disk space below the reserve: stopping recordings", extra=shortage.details)
+                for active in list(self.active.values()):
+                    self._halt(active)
+                    self._begin_stop(self.system_actor, active, "disk_full")
+        finally:
+            self._disk_watch = None
 
     # --- node life ----------------------------------------------------------------------------
 
@@ -703,7 +818,13 @@ class Recordings:
         return len(rows)
 
     async def close(self) -> None:
-        """Node shutdown: every running recording stops cleanly (reason ``node_shutdown``)."""
+        """Node shutdown: every running recording stops cleanly (reason ``node_shutdown``).
+
+        One whose rows cannot be written (the database is away) keeps its files, and the
+        next start closes it out as interrupted (:meth:`recover`).
+        """
+        if self._disk_watch is not None:
+            self._disk_watch.cancel()
         for active in list(self.active.values()):
             try:
                 await self.stop(self.system_actor, active.id, reason="node_shutdown")

@@ -16,7 +16,7 @@ from typing import Any
 import aiohttp
 from aiohttp import WSMsgType, web
 
-from gbmedia.errors import ApiError, RequestId, bad_request
+from gbmedia.errors import ApiError, RequestId, bad_request, outage_error
 from gbmedia.messaging.delivery import ChatHub
 from gbmedia.messaging.models import ChatCaller
 from gbmedia.messaging.presence import Presence
@@ -109,6 +109,9 @@ class Connection:
             error = p.ProtocolError(exc.code, exc.message, request_id)
         elif isinstance(exc, ApiError):
             error = p.ProtocolError(exc.code, exc.message, request_id, exc.details)
+        elif (outage := outage_error(exc)) is not None:  # PostgreSQL or Redis away: the client may retry
+            log.warning("signaling message failed: dependency unavailable", extra={"code": outage.code})
+            error = p.ProtocolError(outage.code, outage.message, request_id)
         elif isinstance(exc, ConnectionError):
             return
         else:

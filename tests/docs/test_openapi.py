@@ -339,6 +339,11 @@ def _source_error_codes() -> set[str]:
     codes |= set(re.findall(r'\bApiError\(\s*\d+,\s*"([a-z_]+)"', text))
     codes |= {f"{what}_not_found" for what in re.findall(r'\bnot_found\(\s*"([a-z_]+)"', text)}
     codes |= {f"quota_{quota}_exceeded" for quota in re.findall(r'\bquota_exceeded\(\s*"([a-z_]+)"', text)}
+    # Outages (errors.py): the constructors are named after their codes, and any failure the API
+    # middleware or a handler classifies with outage_error may be either 503.
+    codes |= set(re.findall(r"\b(database_unavailable|redis_unavailable|insufficient_storage)\(", text))
+    if "outage_error(" in text:
+        codes |= {"database_unavailable", "redis_unavailable"}
     return codes
 
 

@@ -51,7 +51,8 @@ def small_disk(tmp_path: Path) -> AsyncIterator[Path]:
 
 @pytest.fixture
 async def full_client(tmp_path: Path, database_url: str, small_disk: Path) -> AsyncIterator[TestClient]:
-    settings: Settings = make_settings(tmp_path, database_url, recording_dir=small_disk)
+    # The free-space reserve off: this is the write that fails with ENOSPC, past any guard.
+    settings: Settings = make_settings(tmp_path, database_url, recording_dir=small_disk, min_free_disk_mb=0)
     node = await Node.start(settings)
     try:
         async with TestClient(TestServer(create_app(node))) as client:
