@@ -373,7 +373,7 @@ class Audience:
 
         async def check() -> None:
             await asyncio.sleep(self.live.session_limits.connect_timeout)
-            if pc.connectionState == "connected":
+            if pc.connectionState in ("connected", "closed"):  # up, or already ended (DELETE, a failure)
                 return
             log.info(
                 "session not connected in time; ending it",
