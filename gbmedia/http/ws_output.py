@@ -6,8 +6,9 @@ wait until the heartbeat gives up on that client (tens of seconds). So frames go
 straight to the socket's transport, in one synchronous write each, and nothing waits:
 the transport's buffer is the socket's queue. Its size is the bound: once more than
 ``limit`` bytes are unsent the client is **cut off**. It gets nothing more, its
-listeners are told (chat forgets it, the room removes its participant), and the
-socket is closed with :data:`CLOSE_SLOW_READER`; that close frame queues behind what
+listeners are told (the signaling removes its participant from the room; chat
+forgets it when the socket has closed), and the socket is closed with
+:data:`CLOSE_SLOW_READER`; that close frame queues behind what
 the client has not read, so if it has not gone out within :data:`CUT_OFF_GRACE`
 seconds the connection is aborted. Either way the client reconnects and catches up
 (``chat_history``, a new ``join``).
