@@ -104,7 +104,13 @@ def create_app(node: Node) -> web.Application:
     signaling_ws.register(
         app,
         signaling_ws.RtcService(
-            node.tenancy.auth, node.live_rooms, node.chat, node.chat_hub, node.presence, node.relay
+            node.tenancy.auth,
+            node.live_rooms,
+            node.chat,
+            node.chat_hub,
+            node.presence,
+            node.relay,
+            socket_limit=settings.socket_max_buffered_bytes,
         ),
     )
     nodes_api.register(app, nodes_api.NodesApi(node.registry, node.db.pool, settings.clustered))

@@ -36,6 +36,7 @@ from gbmedia.rooms.cascade import Cascade
 from gbmedia.rooms.cluster import ClusterMember
 from gbmedia.rooms.live import LiveRooms, TrackLimits
 from gbmedia.rooms.placement import LocalPlacement, RedisPlacement
+from gbmedia.rooms.policy import SessionLimits
 from gbmedia.rooms.quality import QualityMonitor
 from gbmedia.rooms.registry import LocalRegistry, NodeInfo, NodeRegistry, RedisRegistry
 from gbmedia.rooms.speakers import RoomSpeakers
@@ -148,6 +149,9 @@ class Node:
                 resume_grace=settings.resume_grace_seconds,
                 media_address=media_address,
                 track_limits=TrackLimits(settings.max_tracks_per_participant, settings.max_tracks_per_room),
+                session_limits=SessionLimits(
+                    settings.media_connect_timeout_seconds, settings.max_sessions_per_identity
+                ),
             )
             chat = Chat.create(
                 db.pool,

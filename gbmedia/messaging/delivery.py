@@ -28,6 +28,7 @@ import uuid
 from typing import Any, Protocol
 
 from gbmedia.bus import Bus, Subscription
+from gbmedia.http.ws_output import text_frame
 from gbmedia.messaging.conversations import Conversations
 from gbmedia.messaging.models import Conversation
 from gbmedia.metrics import Sample
@@ -49,22 +50,6 @@ class Session(Protocol):
 def encode(event: dict[str, Any]) -> str:
     """An event as the JSON text every recipient's socket gets."""
     return json.dumps(event, separators=(",", ":"), ensure_ascii=False)
-
-
-def text_frame(text: str) -> bytes:
-    """An unmasked, unfragmented WebSocket text frame (RFC 6455 5.2), as a server sends it.
-
-    Built once per event and written as is to every recipient. A socket that
-    negotiated permessage-deflate may still get uncompressed frames (RSV1 clear,
-    RFC 7692 6), and writing them leaves its compression context untouched.
-    """
-    payload = text.encode("utf-8")
-    size = len(payload)
-    if size < 126:
-        return bytes((0x81, size)) + payload
-    if size < 65536:
-        return b"\x81\x7e" + size.to_bytes(2, "big") + payload
-    return b"\x81\x7f" + size.to_bytes(8, "big") + payload
 
 
 class ChatHub:

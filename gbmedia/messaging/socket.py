@@ -5,13 +5,14 @@ The socket (``gbmedia/signaling/ws.py``) parses frames, chat's among them (defin
 session (:meth:`ChatSession.open`) and hands it every other chat message. Replies
 come back as dicts; events for this client (new messages, receipts, typing) arrive
 as ready WebSocket frames (encoded once for all recipients, see
-:mod:`gbmedia.messaging.delivery`). Each socket collects what it gets during one
-turn of the event loop, its ``chat_ack`` replies included, and writes it all to
-its transport in one write at the end of the turn: on a busy node a socket costs
-one system call per turn, not one per event, and nothing ever waits on a socket,
-so a slow client never holds up delivery to others. A client whose unsent output
-grows past :data:`MAX_BUFFERED_BYTES` is disconnected: it reconnects and catches
-up from its last seq with ``chat_history``.
+:mod:`gbmedia.messaging.delivery`). They go out through the socket's
+:class:`~gbmedia.http.ws_output.SocketOutput`, shared with the signaling on the same
+socket: what a socket gets during one turn of the event loop, its ``chat_ack``
+replies included, leaves in one write at the end of the turn, so on a busy node a
+socket costs one system call per turn, not one per event; nothing ever waits on a
+socket, so a slow client never holds up delivery to others. A client whose unsent
+output grows past the socket's limit (``GBMEDIA_SOCKET_MAX_BUFFERED_BYTES``) is cut
+off: it reconnects and catches up from its last seq with ``chat_history``.
 """
 
 from __future__ import annotations
@@ -22,22 +23,19 @@ import json
 import logging
 import uuid
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from gbmedia.errors import ApiError, ProtocolError, RequestId
+from gbmedia.http.ws_output import SocketOutput, text_frame
 from gbmedia.messaging import protocol as p
-from gbmedia.messaging.delivery import ChatHub, text_frame
+from gbmedia.messaging.delivery import ChatHub
 from gbmedia.messaging.messages import message_event
 from gbmedia.messaging.models import ChatCaller, SendResult
 from gbmedia.messaging.presence import Presence, Status
 from gbmedia.messaging.service import Chat
 
-if TYPE_CHECKING:
-    from aiohttp import web
-
 log = logging.getLogger(__name__)
 
-MAX_BUFFERED_BYTES = 4 * 1024 * 1024  # unsent output of one socket before it is cut off
 PRESENCE_TTL = 60.0  # seconds an online mark lives without a refresh
 PRESENCE_REFRESH = 20.0
 MAX_SENDS_IN_FLIGHT = 64  # chat sends of one socket waiting for their commits at once
@@ -47,36 +45,9 @@ MAX_SENDS_IN_FLIGHT = 64  # chat sends of one socket waiting for their commits a
 Report = Callable[[Exception, RequestId], None]
 
 
-class RawFrames:
-    """Where a session's frames go: the socket's transport, straight (the socket is aiohttp's).
-
-    aiohttp writes its own frames (replies, pings, close) to the same transport, each
-    in one synchronous write, so frames never interleave; nothing is written once
-    the socket is closing.
-    """
-
-    def __init__(self, ws: web.WebSocketResponse, transport: asyncio.Transport | None) -> None:
-        self.ws = ws
-        self.transport = transport
-
-    def open(self) -> bool:
-        return self.transport is not None and not self.ws.closed and not self.transport.is_closing()
-
-    def buffered(self) -> int:
-        return self.transport.get_write_buffer_size() if self.transport is not None else 0
-
-    def write(self, data: bytes) -> None:
-        if self.transport is not None:
-            self.transport.write(data)
-
-    def abort(self) -> None:
-        if self.transport is not None:
-            self.transport.abort()
-
-
 class ChatSession:
     def __init__(
-        self, chat: Chat, hub: ChatHub, presence: Presence, caller: ChatCaller, frames: RawFrames, report: Report
+        self, chat: Chat, hub: ChatHub, presence: Presence, caller: ChatCaller, output: SocketOutput, report: Report
     ) -> None:
         assert caller.instance_id is not None and caller.identity is not None
         self.chat = chat
@@ -85,21 +56,18 @@ class ChatSession:
         self.caller = caller
         self.instance_id = str(caller.instance_id)
         self.identity = caller.identity
-        self._frames = frames
+        self.output = output
         self._report = report
-        self._backlog: list[bytes] = []
         self._sends: set[asyncio.Future[None]] = set()  # sends waiting for their commits
-        self._loop = asyncio.get_running_loop()
         self._status: Status = "online"
         self._tasks: list[asyncio.Task[None]] = []
-        self.cut_off = False
 
     @classmethod
     async def open(
-        cls, chat: Chat, hub: ChatHub, presence: Presence, caller: ChatCaller, frames: RawFrames, report: Report
+        cls, chat: Chat, hub: ChatHub, presence: Presence, caller: ChatCaller, output: SocketOutput, report: Report
     ) -> ChatSession:
-        """The socket's chat, started: ``caller`` is online and gets its conversations' events on ``frames``."""
-        session = cls(chat, hub, presence, caller, frames, report)
+        """The socket's chat, started: ``caller`` is online and gets its conversations' events on ``output``."""
+        session = cls(chat, hub, presence, caller, output, report)
         await session._start()
         return session
 
@@ -120,34 +88,14 @@ class ChatSession:
 
     # --- events to the client ------------------------------------------------------------
 
+    @property
+    def cut_off(self) -> bool:
+        """Whether the socket was cut off for not reading (it gets nothing more; it is closing)."""
+        return self.output.cut_off
+
     def push(self, frame: bytes) -> None:
-        """Queue a ready frame; it leaves with the others of this turn and the next (:meth:`_flush`)."""
-        if self.cut_off:
-            return
-        if not self._backlog:
-            self._loop.call_soon(self._flush_next_turn)
-        self._backlog.append(frame)
-
-    def _flush_next_turn(self) -> None:
-        # A batch's events reach the sessions in the turn it commits, its acks one turn later (when the
-        # senders' tasks resume): waiting one more turn puts a sender's ack in the same write as its events.
-        self._loop.call_soon(self._flush)
-
-    def _flush(self) -> None:
-        frames, self._backlog = self._backlog, []
-        if self.cut_off or not frames or not self._frames.open():
-            return  # closing: what it missed, it catches up with chat_history after reconnecting
-        if self._frames.buffered() > MAX_BUFFERED_BYTES:
-            self.cut_off = True
-            log.warning(
-                "chat client too slow; disconnecting it",
-                extra={"identity": self.identity, "buffered": self._frames.buffered()},
-            )
-            # Abort, not a close handshake: a close frame would queue behind megabytes the client does
-            # not read, and waiting for it would hold the session forever.
-            self._frames.abort()
-            return
-        self._frames.write(frames[0] if len(frames) == 1 else b"".join(frames))
+        """Queue a ready frame; it leaves with the others of this turn and the next (one write)."""
+        self.output.push(frame)
 
     def reply(self, message: dict[str, Any]) -> None:
         """A reply of this socket's, sent with the turn's events (acks ride along with deliveries)."""

@@ -40,6 +40,7 @@ import logging
 import secrets
 import uuid
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -340,6 +341,10 @@ class Audience:
             elif current is not None and (current is ended or current not in live_tracks):
                 session.peer.stop(kind)
 
+    def sessions_of(self, identity: str) -> int:
+        """The WHEP players ``identity`` holds in this copy of the room (checked against its limit)."""
+        return sum(1 for s in self.players if s.identity == identity)
+
     async def add_playback(self, session: PlaybackSession) -> None:
         self.playback[session.id] = session
         await self.update_program()
@@ -349,6 +354,37 @@ class Audience:
         async def on_state() -> None:
             if session.peer.pc.connectionState in ("failed", "closed") and session.id in self.playback:
                 await self.end_playback(session, "connection_" + session.peer.pc.connectionState)
+
+        async def end_unconnected() -> None:
+            if self.playback.get(session.id) is session:
+                await self.end_playback(session, "connect_timeout")
+
+        self._reap_unless_connected(session.id, session.peer.pc, end_unconnected)
+
+    def _reap_unless_connected(self, session_id: str, pc: Any, end: Callable[[], Awaitable[None]]) -> None:
+        """End a session whose connection is not up within the connect timeout.
+
+        A session without a socket ends only when its connection fails or closes, and a
+        connection whose ICE never completes (an offer with unreachable candidates, a
+        player that posted and went away) stays ``connecting`` for ever in aiortc: it
+        would count against ``max_participants`` and keep the room open. A connection up
+        by then is left alone (its later failure ends it through ``connectionstatechange``).
+        """
+
+        async def check() -> None:
+            await asyncio.sleep(self.live.session_limits.connect_timeout)
+            if pc.connectionState in ("connected", "closed"):  # up, or already ended (DELETE, a failure)
+                return
+            log.info(
+                "session not connected in time; ending it",
+                extra={"room_id": str(self.live.room.id), "session_id": session_id, "state": pc.connectionState},
+            )
+            try:
+                await end()
+            except Exception:  # its connection is closed (leave's finally); nothing else to undo
+                log.exception("ending an unconnected session failed", extra={"session_id": session_id})
+
+        self._spawn(check())
 
     async def end_playback(self, session: PlaybackSession, reason: str = "deleted") -> None:
         if self.playback.pop(session.id, None) is None:
@@ -371,6 +407,13 @@ class Audience:
             if state in ("failed", "closed") and self.ingest.get(session.id) is session:
                 del self.ingest[session.id]
                 await self.live.leave(session.participant, "disconnected")
+
+        async def end_unconnected() -> None:
+            if self.ingest.get(session.id) is session:
+                del self.ingest[session.id]
+                await self.live.leave(session.participant, "connect_timeout")
+
+        self._reap_unless_connected(session.id, publisher.pc, end_unconnected)
 
     async def close(self) -> None:
         self.closed = True

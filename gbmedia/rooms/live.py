@@ -38,7 +38,7 @@ from gbmedia.metrics import Sample
 from gbmedia.rooms.audience import Audience
 from gbmedia.rooms.media import ENDED, PUBLISHED, ProgramListener, RoomMedia, TrackListener, TrackOwner
 from gbmedia.rooms.participant import Participant, Send, track_json
-from gbmedia.rooms.policy import MeetingPolicy, RoomMembers, RoomPolicy
+from gbmedia.rooms.policy import MeetingPolicy, RoomMembers, RoomPolicy, SessionLimits
 from gbmedia.rooms.program import Program
 from gbmedia.rooms.store import Room, Rooms
 from gbmedia.sfu.forwarder import QUALITY_LAYERS
@@ -63,6 +63,7 @@ class LiveRoom:
         self.room = room
         self.registry = registry
         self.edge = edge  # an edge node's copy of another node's live room (see the module docstring)
+        self.session_limits = registry.session_limits
         self.participants: dict[str, Participant] = {}
         self.closed = False
         self.end_message: dict[str, Any] | None = None  # what the participants were told when the room ended here
@@ -519,9 +520,11 @@ class LiveRooms:
         resume_grace: float,
         media_address: MediaAddress | None = None,
         track_limits: TrackLimits | None = None,
+        session_limits: SessionLimits | None = None,
     ) -> None:
         self.rooms = rooms
         self.track_limits = track_limits or TrackLimits()
+        self.session_limits = session_limits or SessionLimits()
         self.resume_grace = resume_grace
         self.media_address = media_address
         self.live: dict[uuid.UUID, LiveRoom] = {}

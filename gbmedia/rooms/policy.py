@@ -10,6 +10,7 @@ policies never import the room.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from gbmedia.rooms.participant import Participant
@@ -18,11 +19,25 @@ from gbmedia.rooms.store import Room
 from gbmedia.sfu.track import PublishedTrack
 
 
+@dataclass(frozen=True)
+class SessionLimits:
+    """How long a session without a socket (WHIP, WHEP) has to connect, and how many one identity may hold.
+
+    Such a session has no socket whose close would end it: one whose ICE never completes
+    would stay for ever, counted against the room's participants (GBMEDIA_MEDIA_CONNECT_TIMEOUT_SECONDS,
+    GBMEDIA_MAX_SESSIONS_PER_IDENTITY).
+    """
+
+    connect_timeout: float = 20.0
+    per_identity: int = 5
+
+
 class RoomMembers(Protocol):
     """What a policy may see and do of its room."""
 
     room: Room
     participants: dict[str, Participant]
+    session_limits: SessionLimits
 
     def tracks(self) -> dict[str, PublishedTrack]: ...
 

@@ -443,6 +443,15 @@ async def whep_play(request: web.Request) -> web.StreamResponse:
             f"the room allows {live.room.max_participants} participants and players",
             {"max_participants": live.room.max_participants},
         )
+    token = verified.token
+    limit = live.session_limits.per_identity
+    if live.audience.sessions_of(token.identity) >= limit:
+        raise ApiError(
+            429,
+            "too_many_sessions",
+            f"{token.identity!r} already plays this room in {limit} sessions; end one (DELETE) first",
+            {"limit": limit, "retry_after": live.session_limits.connect_timeout},
+        )
     codecs = {"video": program.video.codec, "audio": program.audio.codec if program.audio else DEFAULT_AUDIO}
     session_id = new_session_id()
     peer = PlaybackPeer(session_id, address=live.registry.media_address)
@@ -451,7 +460,6 @@ async def whep_play(request: web.Request) -> web.StreamResponse:
     except NegotiationError as exc:
         await peer.close()
         raise _negotiation_failed(exc) from None
-    token = verified.token
     session = PlaybackSession(session_id, token.identity, token.name, peer, _ufrag(description))
     await live.audience.add_playback(session)
     location = f"/whep/{live.room.name}/{session.id}"

@@ -4,11 +4,18 @@ Authentication is the ``join`` message's token, not a header, so browsers can us
 the plain WebSocket API and tokens stay out of URLs and access logs. Whatever a
 client sends, the reply is a message: errors never close the socket, and one
 participant's bad input never reaches the others.
+
+Nothing waits for a client to read: replies and room events are written through the
+socket's :class:`~gbmedia.http.ws_output.SocketOutput` (shared with chat), so a
+broadcast to a room never waits on one participant's socket. A client that lets more
+than ``GBMEDIA_SOCKET_MAX_BUFFERED_BYTES`` pile up unread is cut off: it leaves its
+room at once (reason ``slow_reader``) and its socket is closed with code 4008.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -17,12 +24,13 @@ import aiohttp
 from aiohttp import WSMsgType, web
 
 from gbmedia.errors import ApiError, RequestId, bad_request, outage_error
+from gbmedia.http.ws_output import DEFAULT_LIMIT, SLOW_READER, SocketOutput, text_frame
 from gbmedia.messaging.delivery import ChatHub
 from gbmedia.messaging.models import ChatCaller
 from gbmedia.messaging.presence import Presence
 from gbmedia.messaging.protocol import CHAT_TYPES, Auth
 from gbmedia.messaging.service import Chat
-from gbmedia.messaging.socket import ChatSession, RawFrames, room_chat
+from gbmedia.messaging.socket import ChatSession, room_chat
 from gbmedia.rooms.audience import Audience
 from gbmedia.rooms.live import LiveRoom, LiveRooms
 from gbmedia.rooms.participant import Participant, track_json
@@ -45,6 +53,7 @@ class RtcService:
     chat_hub: ChatHub
     presence: Presence
     relay: Relay
+    socket_limit: int = DEFAULT_LIMIT  # unsent bytes of one socket before it is cut off
 
 
 RTC: web.AppKey[RtcService] = web.AppKey("rtc", RtcService)
@@ -61,9 +70,10 @@ class Connection:
         self.room: LiveRoom | None = None  # the participant's room, once joined
         self.participant: Participant | None = None
         self.chat_session: ChatSession | None = None
-        self.transport = request.transport  # chat writes its frames straight to it (messaging/socket.py)
+        # Signaling and chat write to the socket through one output, which never waits for the client.
+        self.output = SocketOutput(ws, request.transport, self.service.socket_limit)
+        self.output.on_cut_off(self._cut_off)
         self.left = False
-        self._send_lock = asyncio.Lock()
         self._reports: set[asyncio.Task[None]] = set()
         self._held: list[dict[str, Any]] | None = None  # room events waiting for this socket's `joined`
         self.pipe: SocketPipe | None = None  # set when the room lives on another node
@@ -71,10 +81,9 @@ class Connection:
         self._raw: str | bytes = ""  # the frame being handled: a join relayed to the owner goes as it came
 
     async def send(self, message: dict[str, Any]) -> None:
-        if self.ws.closed:
+        """Write ``message`` to the socket now, without waiting for the client (ConnectionError once closed)."""
+        if not self.output.write(text_frame(json.dumps(message, separators=(",", ":")))):
             raise ConnectionError("socket closed")
-        async with self._send_lock:
-            await self.ws.send_json(message)
         if message.get("type") == "moved":  # the room left this node: the client reconnects and lands on the new one
             self._closing = asyncio.ensure_future(self.ws.close(code=CLOSE_RECONNECT, message=b"room moved"))
 
@@ -94,6 +103,27 @@ class Connection:
                 await self.send(reply)
         except Exception as exc:
             await self._report(exc, request_id)
+
+    def _cut_off(self) -> None:
+        """The client stopped reading: its participant leaves the room now (the others see ``slow_reader``),
+        not after a resume grace period (its socket is closing: see :class:`SocketOutput`)."""
+        room, participant = self.room, self.participant
+        if room is None or participant is None or self.left:
+            return
+        self.left = True
+        log.warning(
+            "participant too slow to read; removing it",
+            extra={"room_id": str(room.room.id), "participant_id": participant.id},
+        )
+
+        async def leave() -> None:
+            try:
+                await room.leave(participant, SLOW_READER)
+            except Exception:  # its connections are closed (leave's finally); the room goes on
+                log.exception("removing a slow participant failed", extra={"participant_id": participant.id})
+
+        self._reports.add(task := asyncio.ensure_future(leave()))
+        task.add_done_callback(self._reports.discard)
 
     def _report_later(self, exc: Exception, request_id: RequestId) -> None:
         """:meth:`_report` from a callback (a pipelined chat send's error), in a task of its own."""
@@ -208,7 +238,7 @@ class Connection:
             self.service.chat_hub,
             self.service.presence,
             ChatCaller.with_grants(verified.instance.id, token.identity, token.grants),
-            RawFrames(self.ws, self.transport),
+            self.output,
             self._report_later,
         )
 

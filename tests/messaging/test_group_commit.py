@@ -24,7 +24,7 @@ from aiohttp.test_utils import TestClient
 
 from gbmedia.errors import ApiError
 from gbmedia.messaging import socket as chat_socket
-from gbmedia.messaging.delivery import CHANNEL, text_frame
+from gbmedia.messaging.delivery import CHANNEL
 from gbmedia.messaging.messages import Messages, message_event
 from gbmedia.messaging.models import ChatCaller, SendResult
 from gbmedia.node import Node
@@ -324,14 +324,6 @@ async def test_one_event_bus_messages_and_malformed_entries(client: TestClient, 
     await bob.wait(lambda e: len([x for x in bob.events if x.get("identity") == "carol"]) == 2)
 
 
-def test_text_frames_of_every_length_class():
-    assert text_frame("hi") == b"\x81\x02hi"
-    medium = text_frame("é" * 100)  # 200 bytes of UTF-8: a 16-bit length
-    assert medium[:4] == b"\x81\x7e\x00\xc8" and medium[4:].decode() == "é" * 100
-    large = text_frame("x" * 70_000)
-    assert large[:2] == b"\x81\x7f" and int.from_bytes(large[2:10], "big") == 70_000 and len(large) == 70_010
-
-
 async def test_a_large_frame_reaches_a_plain_websocket_client(client: TestClient, tenant: Tenant, connect):
     cid = await conversation_of(client, tenant, "alice", "bob")
     alice, bob = await connect(tenant, "alice"), await connect(tenant, "bob")
@@ -467,11 +459,10 @@ async def test_a_client_that_stops_reading_is_cut_off(
     client: TestClient, node: Node, tenant: Tenant, connect, monkeypatch: pytest.MonkeyPatch
 ):
     """Frames go straight to the transport; once a socket's unsent output passes the limit (limit and
-    kernel buffers made small here, so that happens quickly) the session stops writing and aborts the
-    connection: a close handshake could not get past the unread data."""
+    kernel buffers made small here, so that happens quickly) the session stops writing and the
+    connection ends: a close handshake cannot get past the unread data, so it is aborted."""
     import socket
 
-    monkeypatch.setattr(chat_socket, "MAX_BUFFERED_BYTES", 32 * 1024)
     cid = await conversation_of(client, tenant, "alice", "bob")
     alice = await connect(tenant, "alice")
     raw = socket.socket()
@@ -493,14 +484,15 @@ async def test_a_client_that_stops_reading_is_cut_off(
         await asyncio.sleep(0.01)
     assert node.chat_hub.online_here(tenant.instance_id, "bob")
     (session,) = node.chat_hub._sessions[(tenant.instance_id, "bob")]
-    server_side = session._frames.transport.get_extra_info("socket")
+    monkeypatch.setattr(session.output, "limit", 32 * 1024)  # GBMEDIA_SOCKET_MAX_BUFFERED_BYTES, for this socket
+    server_side = session.output.transport.get_extra_info("socket")
     server_side.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
     big = "y" * 15_000
     for n in range(400):  # bob never reads a byte from here on
         await alice.request({"type": "chat_send", "conversation_id": cid, "content": big, "idempotency_key": f"big{n}"})
         if session.cut_off:
             break
-    assert session.cut_off, (n, session._frames.buffered())
+    assert session.cut_off, (n, session.output.buffered())
     for _ in range(3000):  # the connection is aborted, the session ends
         if not node.chat_hub.online_here(tenant.instance_id, "bob"):
             break

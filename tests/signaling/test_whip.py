@@ -399,3 +399,113 @@ async def test_whip_and_whep_calls_share_the_callers_rate_limit(tmp_path, databa
             assert await error_of(resp) == (429, "rate_limited")
     finally:
         await node.stop()
+
+
+# --- sessions that never connect, and sessions per identity (issue 21, part 4) ---------------
+
+
+def unreachable(sdp: str) -> str:
+    """The offer without its ICE candidates: the server's ICE waits for candidates that never come,
+    as with a player that posted its offer and went away (aiortc stays ``connecting`` for ever)."""
+    return "".join(
+        line for line in sdp.splitlines(keepends=True) if not line.startswith(("a=candidate:", "a=end-of-candidates"))
+    )
+
+
+@pytest.fixture
+async def impatient(tmp_path, database_url: str) -> AsyncIterator[tuple[TestClient, Any]]:
+    """A node whose WHIP/WHEP sessions have 1.5 s to connect, two WHEP sessions per identity."""
+    from aiohttp.test_utils import TestServer
+
+    from gbmedia.app import create_app
+    from gbmedia.node import Node
+    from tests.conftest import make_settings
+
+    node = await Node.start(
+        make_settings(tmp_path, database_url, media_connect_timeout_seconds=1.5, max_sessions_per_identity=2)
+    )
+    try:
+        async with TestClient(TestServer(create_app(node))) as client:
+            yield client, node
+    finally:
+        await node.stop()
+
+
+async def post_unreachable(client: TestClient, path: str, token: str, opened: list[Any], *, publish: bool) -> Any:
+    """POST a real aiortc offer whose candidates were taken out; the session never connects."""
+    pc = RTCPeerConnection(NO_STUN)
+    if publish:
+        opened.append(Encoder(pc, "", "", ""))
+        h264_only(pc, ColorVideoTrack(BLUE))
+    else:
+        opened.append(Player(pc, "", "", ""))
+        pc.addTransceiver("video", direction="recvonly")
+        pc.addTransceiver("audio", direction="recvonly")
+    return await client.post(path, data=unreachable(await offer_from(pc)), headers={**SDP, **bearer(token)})
+
+
+async def test_a_player_that_never_connects_is_ended_and_frees_its_place(impatient, peers: list[Any]):
+    client, node = impatient
+    tenant = await create_tenant(client)
+    resp = await client.post(
+        "/api/v1/rooms", json={"name": "show", "kind": "live", "max_participants": 3}, headers=tenant.admin
+    )
+    assert resp.status == 201
+    encoder = await whip(client, host_token(tenant), ColorVideoTrack(RED), opened=peers)
+    player = await whep(client, live_token(tenant, "player"), opened=peers)
+    await wait_for(lambda: len(player.frames.get("video", [])) >= 1, within=30)
+    resp = await post_unreachable(client, "/whep/show", live_token(tenant, "zombie"), peers, publish=False)
+    assert resp.status == 201
+    live = next(iter(node.live_rooms.live.values()))
+    zombie = resp.headers["Location"].rsplit("/", 1)[1]
+    assert zombie in live.audience.playback and live.audience.occupancy() == 3
+    resp = await post_unreachable(client, "/whep/show", live_token(tenant, "late"), peers, publish=False)
+    assert await error_of(resp) == (409, "room_full")  # the zombie holds the last place
+
+    await wait_for(lambda: zombie not in live.audience.playback, within=30)
+    assert live.audience.occupancy() == 2
+    late = await whep(client, live_token(tenant, "late"), opened=peers)  # its place is free again
+    # The sessions that did connect are left alone: both players keep decoding the encoder.
+    seen = len(player.frames["video"])
+    await wait_for(lambda: len(player.frames["video"]) > seen + 5 and len(late.frames.get("video", [])) >= 3, within=30)
+    assert encoder.pc.connectionState == "connected" and len(live.audience.ingest) == 1
+    assert len(live.audience.players) == 2
+
+
+async def test_an_encoder_that_never_connects_leaves_and_its_room_closes_when_idle(impatient, peers: list[Any]):
+    client, node = impatient
+    tenant = await create_tenant(client)
+    resp = await client.post(
+        "/api/v1/rooms", json={"name": "show", "kind": "live", "empty_timeout": 1}, headers=tenant.admin
+    )
+    assert resp.status == 201
+    room_id = (await resp.json())["id"]
+    resp = await post_unreachable(client, "/whip/show", host_token(tenant), peers, publish=True)
+    assert resp.status == 201
+    live = next(iter(node.live_rooms.live.values()))
+    assert node.live_rooms.participant_count(live.room.id) == 1 and len(live.audience.ingest) == 1
+    await wait_for(lambda: not live.participants and not live.audience.ingest, within=30)
+    assert node.live_rooms.participant_count(live.room.id) == 0
+    await node.room_sweeper.stop()  # sweep often from now on: the room closes once its empty timeout passed
+    node.room_sweeper.interval = 0.1
+    node.room_sweeper.start()
+    await wait_for(lambda: live.room.id not in node.live_rooms.live, within=30)
+    resp = await client.get(f"/api/v1/rooms/{room_id}", headers=tenant.admin)
+    assert (await resp.json())["status"] == "closed"
+
+
+async def test_one_identity_may_hold_only_so_many_player_sessions(impatient, peers: list[Any]):
+    client, node = impatient
+    tenant = await create_tenant(client)
+    await whip(client, host_token(tenant), ColorVideoTrack(RED), opened=peers)
+    fan = live_token(tenant, "fan")
+    for _ in range(2):
+        assert (await post_unreachable(client, "/whep/show", fan, peers, publish=False)).status == 201
+    resp = await post_unreachable(client, "/whep/show", fan, peers, publish=False)
+    assert await error_of(resp) == (429, "too_many_sessions")
+    assert (await resp.json())["error"]["details"]["limit"] == 2 and resp.headers["Retry-After"] == "2"
+    other = await post_unreachable(client, "/whep/show", live_token(tenant, "other"), peers, publish=False)
+    assert other.status == 201  # the limit is the identity's, not the room's
+    live = next(iter(node.live_rooms.live.values()))
+    await wait_for(lambda: not live.audience.players, within=30)  # none connected: all ended
+    assert (await post_unreachable(client, "/whep/show", fan, peers, publish=False)).status == 201

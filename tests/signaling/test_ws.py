@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
+from collections.abc import AsyncIterator
 
 import pytest
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, TestServer
 from aiortc import RTCPeerConnection
 
+from gbmedia.app import create_app
+from gbmedia.http import ws_output
+from gbmedia.node import Node
 from gbmedia.tenancy.tokens import Grants, mint_token
-from tests.helpers import Tenant
+from tests.conftest import make_settings
+from tests.helpers import Tenant, create_tenant
 from tests.rtc import NO_STUN, ColorVideoTrack, RtcClient, ToneAudioTrack, close_to, mean_rgb, wait_for
 
 RED = (220, 30, 30)
@@ -554,3 +560,125 @@ async def test_a_room_past_its_track_limit_refuses_more_and_whip_answers_422(
         assert (await resp.json())["error"]["code"] == "too_many_tracks"
     finally:
         await pc.close()
+
+
+# --- a participant that stops reading (issue 21, part 5) ------------------------------------
+
+
+@pytest.fixture
+async def tight(tmp_path, database_url: str) -> AsyncIterator[tuple[TestClient, Node]]:
+    """A node whose sockets may leave 64 KiB unsent before they are cut off (GBMEDIA_SOCKET_MAX_BUFFERED_BYTES)."""
+    node = await Node.start(make_settings(tmp_path, database_url, socket_max_buffered_bytes=64 * 1024))
+    try:
+        async with TestClient(TestServer(create_app(node))) as client:
+            yield client, node
+    finally:
+        await node.stop()
+
+
+class RawClient:
+    """A WebSocket client on a plain TCP socket with a small receive buffer: nothing reads it until
+    the test does (an asyncio stream would keep reading into a buffer of its own)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.loop = asyncio.get_running_loop()
+        self.buffer = b""
+
+    @classmethod
+    async def connect(cls, client: TestClient) -> RawClient:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        raw = cls(sock)
+        await raw.loop.sock_connect(sock, (client.host, client.port))
+        await raw.loop.sock_sendall(
+            sock,
+            f"GET /rtc HTTP/1.1\r\nHost: {client.host}:{client.port}\r\nUpgrade: websocket\r\n"
+            "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n".encode(),
+        )
+        while not raw.buffer.endswith(b"\r\n\r\n"):
+            raw.buffer += await raw.loop.sock_recv(sock, 1)  # byte by byte: nothing past the handshake
+        assert raw.buffer.startswith(b"HTTP/1.1 101")
+        raw.buffer = b""
+        return raw
+
+    async def send(self, opcode: int, payload: bytes) -> None:
+        """A client's frame (masked, with a zero mask key, so the payload is as is)."""
+        assert len(payload) < 65536
+        size = bytes((0x80 | len(payload),)) if len(payload) < 126 else b"\xfe" + len(payload).to_bytes(2, "big")
+        await self.loop.sock_sendall(self.sock, bytes((0x80 | opcode,)) + size + b"\0\0\0\0" + payload)
+
+    async def read(self, size: int) -> bytes:
+        while len(self.buffer) < size:
+            chunk = await self.loop.sock_recv(self.sock, 65536)
+            if not chunk:
+                raise EOFError
+            self.buffer += chunk
+        data, self.buffer = self.buffer[:size], self.buffer[size:]
+        return data
+
+    async def frame(self) -> tuple[int, bytes]:
+        """The next (unmasked) frame the server sent: (opcode, payload)."""
+        head = await self.read(2)
+        size = head[1] & 0x7F
+        if size == 126:
+            size = int.from_bytes(await self.read(2), "big")
+        elif size == 127:
+            size = int.from_bytes(await self.read(8), "big")
+        return head[0] & 0x0F, await self.read(size)
+
+
+async def test_a_participant_that_stops_reading_holds_up_no_join_and_is_cut_off(
+    tight: tuple[TestClient, Node], monkeypatch: pytest.MonkeyPatch
+):
+    """One participant stops reading its socket while the room is busy: the others' joins complete
+    while it is stuck (a broadcast never waits for its socket), and once its unsent output passes the
+    limit it leaves the room (``slow_reader``) and gets a 4008 close."""
+    client, node = tight
+    tenant = await create_tenant(client)
+    # The close frame waits behind the unread output; this client reads it late (below): give it time.
+    monkeypatch.setattr(ws_output, "CUT_OFF_GRACE", 120.0)
+    observer = RtcClient(await client.ws_connect("/rtc"))
+    await observer.join(token(tenant, "observer"))
+    slow = await RawClient.connect(client)
+    await slow.send(0x1, json.dumps({"type": "join", "token": token(tenant, "slow"), "id": "j"}).encode())
+    joined = await observer.wait_event(lambda e: e["type"] == "participant_joined")
+    slow_id = joined["participant"]["id"]
+    live = next(iter(node.live_rooms.live.values()))
+    server_side = live.participants[slow_id].send_to_socket.__self__.request.transport  # type: ignore[union-attr]
+    server_side.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+
+    def slow_left() -> dict | None:
+        return next((e for e in observer.events if e.get("participant_id") == slow_id), None)
+
+    name = "N" * 1500  # each join tells the slow participant about 1.6 KB, which it never reads
+    joins = stuck = 0
+    while slow_left() is None and joins < 300:
+        joiner = RtcClient(await client.ws_connect("/rtc"))
+        try:
+            grants = Grants.participant("standup")
+            reply = await joiner.join(mint_token(tenant.key, tenant.secret, f"j{joins}", grants, name=name))
+            assert reply["type"] == "joined"
+            # Completed while the slow participant is in the room with output it has not read.
+            if slow_id in {p["id"] for p in reply["participants"]} and server_side.get_write_buffer_size() > 0:
+                stuck += 1
+            assert (await joiner.request({"type": "leave"}))["type"] == "left"
+        finally:
+            await joiner.close()
+        joins += 1
+    left = slow_left()
+    assert left is not None and left["type"] == "participant_left" and left["reason"] == "slow_reader", joins
+    assert stuck >= 10 and slow_id not in live.participants, (joins, stuck)
+    # The slow client reads at last: all it was sent before the cut-off, then a close with 4008.
+    frames = []
+    while (frame := await asyncio.wait_for(slow.frame(), 30))[0] != 0x8:
+        frames.append(frame)
+    assert json.loads(frames[0][1])["type"] == "joined"
+    assert int.from_bytes(frame[1][:2], "big") == ws_output.CLOSE_SLOW_READER and frame[1][2:] == b"slow_reader"
+    await slow.send(0x8, frame[1][:2])
+    with pytest.raises(EOFError):  # the close handshake done, the server ends the connection
+        await asyncio.wait_for(slow.frame(), 30)
+    slow.sock.close()
+    await observer.close()
