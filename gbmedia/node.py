@@ -19,12 +19,13 @@ import redis.asyncio as aioredis
 from gbmedia.bus import Bus, MemoryBus, RedisBus
 from gbmedia.config import Settings
 from gbmedia.db.pool import Database
+from gbmedia.http.abuse import AbuseLimits, TrustedProxies
 from gbmedia.messaging.delivery import ChatHub
 from gbmedia.messaging.presence import MemoryPresence, Presence, RedisPresence
 from gbmedia.messaging.service import Chat
 from gbmedia.metrics import Metrics, Sample
 from gbmedia.outbox import OutboxRelay, OutboxTrimmer
-from gbmedia.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
+from gbmedia.ratelimit import FallbackRateLimiter, RateLimiter, rate_limiter
 from gbmedia.recording.service import Recordings
 from gbmedia.recording.storage import storage_from_settings
 from gbmedia.rooms.audience import audience_samples
@@ -72,7 +73,8 @@ class Node:
     db: Database
     metrics: Metrics
     tenancy: Tenancy
-    rate_limiter: RateLimiter
+    rate_limiter: RateLimiter  # the REST budget of each caller (API key and identity)
+    abuse: AbuseLimits  # per source address: failed authentications, joins and new media sessions
     rooms: Rooms
     room_sweeper: RoomSweeper
     live_rooms: LiveRooms
@@ -104,13 +106,15 @@ class Node:
             if settings.redis_url:
                 redis_client = aioredis.from_url(settings.redis_url)
                 await redis_client.ping()
-                limiter: RateLimiter = RedisRateLimiter(redis_client, settings.api_rate_limit, settings.api_rate_burst)
-            else:
-                limiter = MemoryRateLimiter(settings.api_rate_limit, settings.api_rate_burst)
-            chat_limiter: RateLimiter = (
-                RedisRateLimiter(redis_client, settings.chat_rate_limit, settings.chat_rate_burst)
-                if redis_client is not None
-                else MemoryRateLimiter(settings.chat_rate_limit, settings.chat_rate_burst)
+            # Shared through Redis in a cluster; each falls back to this node's memory while Redis is away.
+            limiter = rate_limiter(redis_client, settings.api_rate_limit, settings.api_rate_burst, name="api")
+            chat_limiter = rate_limiter(redis_client, settings.chat_rate_limit, settings.chat_rate_burst, name="chat")
+            abuse = AbuseLimits(
+                auth_failures=rate_limiter(
+                    redis_client, settings.auth_failure_rate, settings.auth_failure_burst, name="auth_failures"
+                ),
+                joins=rate_limiter(redis_client, settings.join_rate_limit, settings.join_rate_burst, name="joins"),
+                trusted_proxies=TrustedProxies.parse(settings.trusted_proxies),
             )
             secret_box = SecretBox.for_node(settings.secret_key, settings.data_dir)
             tenancy = Tenancy.create(db.pool, settings, secret_box, operator_token_for(settings))
@@ -224,6 +228,7 @@ class Node:
             metrics=Metrics(settings.node_id, settings.region),
             tenancy=tenancy,
             rate_limiter=limiter,
+            abuse=abuse,
             rooms=rooms,
             room_sweeper=RoomSweeper(rooms, live_rooms.participant_count),
             live_rooms=live_rooms,
@@ -253,6 +258,9 @@ class Node:
         node.metrics.watch(relay.samples)
         node.metrics.watch(cascade.samples)
         node.metrics.watch(node.load_samples)
+        for each in (limiter, chat_limiter, abuse.auth_failures, abuse.joins):
+            if isinstance(each, FallbackRateLimiter):
+                node.metrics.watch(each.samples)
         node.outbox.start()
         node.room_sweeper.start()
         node.metrics.watch(node.quality.samples)

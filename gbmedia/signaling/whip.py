@@ -37,6 +37,7 @@ from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.sdp import SessionDescription, candidate_from_sdp
 
 from gbmedia.errors import ApiError, ProtocolError, forbidden
+from gbmedia.http.abuse import AbuseLimits, rate_limited
 from gbmedia.http.responses import error_response
 from gbmedia.metrics import Metrics
 from gbmedia.ratelimit import RateLimiter
@@ -76,6 +77,7 @@ class WhipService:
     rate_limiter: RateLimiter
     metrics: Metrics
     relay: Relay  # sessions live on the room's node: requests for another node's room go there
+    abuse: AbuseLimits  # per source address: failed token checks, and new sessions
 
 
 WHIP: web.AppKey[WhipService] = web.AppKey("whip", WhipService)
@@ -110,25 +112,34 @@ async def _discard(message: dict[str, Any]) -> None:
 
 async def _bearer(request: web.Request) -> VerifiedToken:
     """The request's bearer access token, verified (401/403 otherwise)."""
-    credential = bearer_credential(request.headers.get("Authorization"), "access token")
-    return await request.app[WHIP].auth.verify_access_token(credential)
+    service = request.app[WHIP]
+
+    async def attempt() -> VerifiedToken:
+        credential = bearer_credential(request.headers.get("Authorization"), "access token")
+        return await service.auth.verify_access_token(credential)
+
+    if relayed(request):  # counted by the node that forwarded it
+        return await attempt()
+    return await service.abuse.authenticate(service.abuse.source(request), attempt)
 
 
-async def _within_rate(request: web.Request, api_key: str) -> None:
-    """429 once the token's API key has spent its request budget (the same buckets as the REST API's).
+async def _within_rate(request: web.Request, verified: VerifiedToken) -> None:
+    """429 once the token's identity has spent its request budget (the same buckets as the REST API's).
 
     A request another node forwarded here took its token there: it is not counted twice."""
     if relayed(request):
         return
-    decision = await request.app[WHIP].rate_limiter.take(api_key)
+    token = verified.token
+    decision = await request.app[WHIP].rate_limiter.take(f"{token.api_key}:{token.identity}")
     if not decision.allowed:
-        raise ApiError(
-            429, "rate_limited", "too many requests; retry later", {"retry_after": round(decision.retry_after, 3)}
-        )
+        raise rate_limited(decision, "api")
 
 
 async def _verify(request: web.Request, grant: str) -> VerifiedToken:
-    """The bearer access token, with ``grant``, for the room in the path."""
+    """The bearer access token, with ``grant``, for the room in the path (a new session: counted per address)."""
+    if not relayed(request):
+        service = request.app[WHIP]
+        await service.abuse.join(service.abuse.source(request))
     verified = await _bearer(request)
     grants = verified.token.grants
     if not grants.has(grant):
@@ -136,7 +147,7 @@ async def _verify(request: web.Request, grant: str) -> VerifiedToken:
     room = request.match_info["room"]
     if grants.room != room:
         raise forbidden("room_mismatch", f"the token is not for room {room!r}", token_room=grants.room)
-    await _within_rate(request, verified.token.api_key)
+    await _within_rate(request, verified)
     return verified
 
 
@@ -323,7 +334,7 @@ async def _session(request: web.Request, which: str) -> _Found:
     grant = "can_publish" if which == "whip" else "can_subscribe"
     verified = await _bearer(request)
     token = verified.token
-    await _within_rate(request, token.api_key)
+    await _within_rate(request, verified)
     live = _find_live(request, verified)
     session_id = request.match_info["session"]
     missing = ApiError(404, "session_not_found", f"no {which.upper()} session {session_id} in this room")

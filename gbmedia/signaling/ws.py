@@ -17,6 +17,7 @@ import aiohttp
 from aiohttp import WSMsgType, web
 
 from gbmedia.errors import ApiError, RequestId, bad_request
+from gbmedia.http.abuse import AbuseLimits
 from gbmedia.messaging.delivery import ChatHub
 from gbmedia.messaging.models import ChatCaller
 from gbmedia.messaging.presence import Presence
@@ -45,6 +46,7 @@ class RtcService:
     chat_hub: ChatHub
     presence: Presence
     relay: Relay
+    abuse: AbuseLimits  # per source address: failed token checks, and joins
 
 
 RTC: web.AppKey[RtcService] = web.AppKey("rtc", RtcService)
@@ -69,6 +71,8 @@ class Connection:
         self.pipe: SocketPipe | None = None  # set when the room lives on another node
         self._closing: asyncio.Future[bool] | None = None
         self._raw: str | bytes = ""  # the frame being handled: a join relayed to the owner goes as it came
+        # A socket another node relays was counted there: its address here is that node's.
+        self.address: str | None = None if relayed(request) else self.service.abuse.source(request)
 
     async def send(self, message: dict[str, Any]) -> None:
         if self.ws.closed:
@@ -193,7 +197,11 @@ class Connection:
                 f"this server speaks protocol {p.PROTOCOL_VERSION}",
                 details={"supported": [p.PROTOCOL_VERSION]},
             )
-        return await self.service.auth.verify_access_token(raw_token)
+        if self.address is None:
+            return await self.service.auth.verify_access_token(raw_token)
+        abuse = self.service.abuse
+        await abuse.join(self.address)  # `join` and `auth` both: each builds a session, and churn is abuse
+        return await abuse.authenticate(self.address, lambda: self.service.auth.verify_access_token(raw_token))
 
     async def _start_chat(self, verified: Any) -> None:
         """Chat for the token's identity on this socket (once: ``auth`` or the first ``join``)."""

@@ -87,12 +87,22 @@ def bearer_credential(authorization: str | None, what: str = "token") -> str:
     return credential
 
 
+def rate_key(principal: Principal) -> str:
+    """Whose REST budget a request spends: the operator's, or one identity's under one API key.
+
+    Per identity, not per key: a guest's token, or a crowd of players sharing a viewer
+    token, spends its own budget and never the one the tenant's backend works with."""
+    if principal.identity is None:
+        return principal.actor.name
+    return f"{principal.actor.name}:{principal.identity}"
+
+
 def request_authenticator(auth: Authenticator) -> Authenticate:
-    """The API middleware's ``Authenticate``: the request's principal, kept on it; rate-limited per actor."""
+    """The API middleware's ``Authenticate``: the request's principal, kept on it; rate-limited per identity."""
 
     async def authenticate(request: web.Request) -> str:
         principal = await auth.authenticate(request.headers.get("Authorization"), request[REQUEST_ID])
         request[PRINCIPAL] = principal
-        return principal.actor.name
+        return rate_key(principal)
 
     return authenticate
