@@ -105,7 +105,14 @@ def create_app(node: Node) -> web.Application:
     signaling_ws.register(
         app,
         signaling_ws.RtcService(
-            node.tenancy.auth, node.live_rooms, node.chat, node.chat_hub, node.presence, node.relay, node.abuse
+            node.tenancy.auth,
+            node.live_rooms,
+            node.chat,
+            node.chat_hub,
+            node.presence,
+            node.relay,
+            node.abuse,
+            node.tenancy.revocations,
         ),
     )
     nodes_api.register(app, nodes_api.NodesApi(node.registry, node.db.pool, settings.clustered))
@@ -115,7 +122,13 @@ def create_app(node: Node) -> web.Application:
     signaling_whip.register(  # /whip and /whep (RFC 9725 ingest, WHEP playback)
         app,
         signaling_whip.WhipService(
-            node.tenancy.auth, node.live_rooms, node.rate_limiter, node.metrics, node.relay, node.abuse
+            node.tenancy.auth,
+            node.live_rooms,
+            node.rate_limiter,
+            node.metrics,
+            node.relay,
+            node.abuse,
+            node.tenancy.revocations,
         ),
     )
     streaming_api.register(app, node.hls, streaming_api.HlsOrigin(node.rooms, node.relay))

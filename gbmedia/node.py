@@ -138,6 +138,7 @@ class Node:
             # Without Redis this node is alone: the in-process bus and presence serve it.
             bus: Bus = RedisBus(redis_client) if redis_client is not None else MemoryBus()
             presence: Presence = RedisPresence(redis_client) if redis_client is not None else MemoryPresence()
+            await tenancy.revocations.start(bus)  # a revoked key or suspended tenant ends sessions on every node
             chat_hub = ChatHub(bus, chat.conversations)
             chat.messages.on_change(chat_hub.on_change)
             await chat_hub.start()
@@ -299,6 +300,7 @@ class Node:
         if self.hls is not None:
             await self.hls.close()
         await self.chat_hub.stop()
+        await self.tenancy.revocations.stop()
         await self.bus.close()
         if self.redis is not None:
             await self.redis.aclose()

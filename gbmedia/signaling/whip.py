@@ -25,6 +25,7 @@ In a cluster a player may be served by one of the live room's edge nodes
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -50,6 +51,7 @@ from gbmedia.sfu.playback import PlaybackPeer
 from gbmedia.signaling.relay import Relay, Route, relayed
 from gbmedia.tenancy.auth import Authenticator, VerifiedToken, bearer_credential
 from gbmedia.tenancy.models import Actor
+from gbmedia.tenancy.revocation import Credential, Revocations, Revoked
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +80,7 @@ class WhipService:
     metrics: Metrics
     relay: Relay  # sessions live on the room's node: requests for another node's room go there
     abuse: AbuseLimits  # per source address: failed token checks, and new sessions
+    revocations: Revocations  # sessions end when their API key is revoked or their tenant suspended
 
 
 WHIP: web.AppKey[WhipService] = web.AppKey("whip", WhipService)
@@ -235,6 +238,26 @@ def _created(answer: str, location: str, etag: str) -> web.Response:
     )
 
 
+def _credential(verified: VerifiedToken) -> Credential:
+    return Credential(verified.token.api_key, verified.instance.id, verified.instance.customer_id)
+
+
+async def _end_ingest(live: LiveRoom, session: IngestSession, revoked: Revoked) -> None:
+    """A WHIP session whose credential went ends as a DELETE would end it (nothing, if it ended already)."""
+    audience = live.audience
+    if audience is None or audience.ingest.get(session.id) is not session:
+        return
+    audience.ingest.pop(session.id, None)
+    await live.leave(session.participant, revoked.reason)
+
+
+async def _end_playback(live: LiveRoom, session: PlaybackSession, revoked: Revoked) -> None:
+    """A WHEP session whose credential went ends (nothing, if it ended already)."""
+    audience = live.audience
+    if audience is not None and audience.playback.get(session.id) is session:
+        await audience.end_playback(session, revoked.reason)
+
+
 # --- WHIP ------------------------------------------------------------------------------
 
 
@@ -305,6 +328,7 @@ async def whip_publish(request: web.Request) -> web.StreamResponse:
         raise ApiError(422, "too_many_tracks", exc.message, exc.details) from None
     session = IngestSession(new_session_id(), participant, _ufrag(description))
     live.audience.add_ingest(session)
+    request.app[WHIP].revocations.hold(session, _credential(verified), functools.partial(_end_ingest, live))
     log.info(
         "whip session started",
         extra={"room_id": str(live.room.id), "session_id": session.id, "participant_id": participant.id},
@@ -465,6 +489,7 @@ async def whep_play(request: web.Request) -> web.StreamResponse:
     token = verified.token
     session = PlaybackSession(session_id, token.identity, token.name, peer, _ufrag(description))
     await live.audience.add_playback(session)
+    service.revocations.hold(session, _credential(verified), functools.partial(_end_playback, live))
     location = f"/whep/{live.room.name}/{session.id}"
     if route is not None and cascade is not None:
         if route.seat is not None:

@@ -9,6 +9,8 @@ participant's bad input never reaches the others.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -30,8 +32,13 @@ from gbmedia.rooms.participant import Participant, track_json
 from gbmedia.sfu.peers import NegotiationError, TrackInfo
 from gbmedia.signaling import protocol as p
 from gbmedia.signaling.relay import CLOSE_RECONNECT, SEAT_PARAM, Relay, Route, SocketPipe, relayed
-from gbmedia.tenancy.auth import Authenticator
+from gbmedia.tenancy.auth import Authenticator, VerifiedToken
 from gbmedia.tenancy.models import Actor
+from gbmedia.tenancy.revocation import Credential, Revocations, Revoked
+
+# The socket's token no longer holds (its API key revoked, its instance or customer suspended);
+# the close reason names which: api_key_revoked, instance_suspended, customer_suspended.
+CLOSE_REVOKED = 4403
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +54,7 @@ class RtcService:
     presence: Presence
     relay: Relay
     abuse: AbuseLimits  # per source address: failed token checks, and joins
+    revocations: Revocations  # sessions end when their API key is revoked or their tenant suspended
 
 
 RTC: web.AppKey[RtcService] = web.AppKey("rtc", RtcService)
@@ -190,7 +198,7 @@ class Connection:
         assert isinstance(message, p.CohostAnswer)
         return await audience.answer_invite(participant, message.accept)
 
-    async def _verify(self, raw_token: str, protocol: int) -> Any:
+    async def _verify(self, raw_token: str, protocol: int) -> VerifiedToken:
         if protocol != p.PROTOCOL_VERSION:
             raise p.ProtocolError(
                 "unsupported_protocol",
@@ -198,10 +206,30 @@ class Connection:
                 details={"supported": [p.PROTOCOL_VERSION]},
             )
         if self.address is None:
-            return await self.service.auth.verify_access_token(raw_token)
-        abuse = self.service.abuse
-        await abuse.join(self.address)  # `join` and `auth` both: each builds a session, and churn is abuse
-        return await abuse.authenticate(self.address, lambda: self.service.auth.verify_access_token(raw_token))
+            verified = await self.service.auth.verify_access_token(raw_token)
+        else:
+            abuse = self.service.abuse
+            await abuse.join(self.address)  # `join` and `auth` both: each builds a session, and churn is abuse
+            verified = await abuse.authenticate(self.address, lambda: self.service.auth.verify_access_token(raw_token))
+        self.service.revocations.hold(self, credential_of(verified), Connection.revoke)
+        return verified
+
+    async def revoke(self, revoked: Revoked) -> None:
+        """The socket's credential no longer holds: its participant leaves the room (told ``removed``
+        with the reason), its chat stops, and the socket closes with :data:`CLOSE_REVOKED`."""
+        room, participant = self.room, self.participant
+        self.room, self.participant = None, None
+        if participant is not None:
+            self.left = True
+            with contextlib.suppress(ConnectionError):
+                await self.send({"type": "removed", "reason": revoked.reason})
+            if room is not None:
+                await room.leave(participant, revoked.reason)
+        if self.chat_session is not None:
+            session, self.chat_session = self.chat_session, None
+            await session.stop()
+        if not self.ws.closed:  # not awaited here: the client's close reply must not hold up the others' ends
+            self._closing = asyncio.ensure_future(self.ws.close(code=CLOSE_REVOKED, message=revoked.reason.encode()))
 
     async def _start_chat(self, verified: Any) -> None:
         """Chat for the token's identity on this socket (once: ``auth`` or the first ``join``)."""
@@ -274,6 +302,8 @@ class Connection:
             token.identity, token.name, token.grants, auto_subscribe=message.auto_subscribe, send=self._send_event
         )
         self.room, self.participant = room, participant
+        # The participant, too: one whose socket dropped waits out the resume grace without one.
+        self.service.revocations.hold(participant, credential_of(verified), functools.partial(_leave_revoked, room))
         try:
             if route.seat is not None and cascade is not None:
                 await cascade.seated(route.room.id, route.seat)
@@ -354,6 +384,17 @@ class Connection:
         if self.chat_session is not None:
             await self.chat_session.stop()
             self.chat_session = None
+
+
+def credential_of(verified: VerifiedToken) -> Credential:
+    """What a session was let in with, for :class:`Revocations`."""
+    instance = verified.instance
+    return Credential(verified.token.api_key, instance.id, instance.customer_id)
+
+
+async def _leave_revoked(room: LiveRoom, participant: Participant, revoked: Revoked) -> None:
+    """A participant whose credential went leaves (nothing, if it left already)."""
+    await room.leave(participant, revoked.reason)
 
 
 async def rtc_handler(request: web.Request) -> web.WebSocketResponse:
