@@ -24,7 +24,7 @@ from gbmedia.bus import RedisBus
 from gbmedia.node import Node
 from gbmedia.signaling.ws import CLOSE_REVOKED
 from gbmedia.tenancy.revocation import Credential, Revocations, Revoked
-from tests.cluster import cluster_redis_url
+from tests.cluster import cluster_redis_url, create_tenant_over_http, running_cluster
 from tests.conftest import make_settings
 from tests.helpers import OPERATOR, Tenant, create_tenant
 from tests.rtc import ColorVideoTrack, RtcClient, wait_for
@@ -308,3 +308,50 @@ async def test_a_revocation_on_one_node_ends_the_sessions_another_node_holds(
             await client.close()
         for node in nodes:
             await node.stop()
+
+
+@pytest.mark.redis
+async def test_a_participant_whose_socket_another_node_relays_is_ended_on_both(
+    tmp_path: Path, database_url: str, redis_url: str
+):
+    async with running_cluster(tmp_path, database_url, redis_url) as cluster:
+        a, b = await asyncio.gather(cluster.start("node-a"), cluster.start("node-b"))
+        async with aiohttp.ClientSession() as http:
+            await cluster.wait_registered(http, {"node-a", "node-b"})
+            tenant = await create_tenant_over_http(http, a.url)
+            async with http.post(
+                a.url + f"/api/v1/instances/{tenant.instance_id}/keys", json={}, headers=OPERATOR
+            ) as resp:
+                credentials = await resp.json()
+            rotated = Tenant(tenant.customer_id, tenant.instance_id, credentials["key"], credentials["secret"])
+            async with http.post(a.url + "/api/v1/rooms", json={"name": "standup"}, headers=tenant.admin) as resp:
+                owner = (await resp.json())["node_id"]
+            here, there = (a, b) if owner == "node-a" else (b, a)
+            clients: list[RtcClient] = []
+            try:
+                alice = RtcClient(await http.ws_connect(there.url.replace("http", "ws", 1) + "/rtc"))
+                bob = RtcClient(await http.ws_connect(here.url.replace("http", "ws", 1) + "/rtc"))
+                clients += [alice, bob]
+                assert (await alice.join(join_token(rotated, "alice")))["type"] == "joined"  # piped to the owner
+                assert (await alice.publish(ColorVideoTrack(RED)))["type"] == "publish_answer"
+                assert (await bob.join(join_token(tenant, "bob")))["type"] == "joined"
+
+                async with http.delete(
+                    there.url + f"/api/v1/instances/{tenant.instance_id}/keys/{rotated.key}", headers=OPERATOR
+                ) as resp:
+                    assert resp.status == 200
+
+                removed = await alice.wait_event(lambda e: e["type"] == "removed", within=10)
+                assert removed["reason"] == "api_key_revoked"
+                await wait_for(lambda: alice.ws.closed, within=10)
+                assert alice.ws.close_code == CLOSE_REVOKED
+                left = await bob.wait_event(lambda e: e["type"] == "participant_left", within=10)
+                assert left["reason"] == "api_key_revoked"
+                assert await still_in_the_room(bob)
+                for node in (here, there):
+                    again = RtcClient(await http.ws_connect(node.url.replace("http", "ws", 1) + "/rtc"))
+                    clients.append(again)
+                    assert (await again.join(join_token(rotated, "alice")))["code"] == "api_key_revoked"
+            finally:
+                for client in clients:
+                    await client.close()
