@@ -84,6 +84,8 @@ class Settings(BaseSettings):
     auth_failure_burst: int = Field(default=20, ge=1)
     join_rate_limit: float = Field(default=2.0, gt=0)
     join_rate_burst: int = Field(default=30, ge=1)
+    # Open sessions' credentials re-checked this often (a revocation the bus did not carry; tenancy/revocation.py).
+    revocation_check_seconds: float = Field(default=30.0, ge=0.1, le=3600)
     token_ttl_seconds: int = Field(default=6 * 3600, ge=60)
     shutdown_timeout: float = Field(default=10.0, ge=0)
     resume_grace_seconds: float = Field(default=20.0, ge=0, le=3600)

@@ -43,6 +43,7 @@ from gbmedia.signaling.cascade import HttpFeeder
 from gbmedia.signaling.relay import ClusterAuth, Relay
 from gbmedia.streaming.playlist import HlsConfig
 from gbmedia.streaming.service import HlsService
+from gbmedia.tenancy.revocation import Revocations
 from gbmedia.tenancy.secrets import SecretBox, load_or_create_file_secret
 from gbmedia.tenancy.service import Tenancy
 
@@ -102,6 +103,7 @@ class Node:
         db = Database(settings)
         await db.open()
         redis_client: aioredis.Redis | None = None
+        revocations: Revocations | None = None  # started with the bus: stopped if the start fails after
         try:
             if settings.redis_url:
                 redis_client = aioredis.from_url(settings.redis_url)
@@ -138,7 +140,10 @@ class Node:
             # Without Redis this node is alone: the in-process bus and presence serve it.
             bus: Bus = RedisBus(redis_client) if redis_client is not None else MemoryBus()
             presence: Presence = RedisPresence(redis_client) if redis_client is not None else MemoryPresence()
-            await tenancy.revocations.start(bus)  # a revoked key or suspended tenant ends sessions on every node
+            # A revoked key or suspended tenant ends its sessions on every node: at once over the bus,
+            # and at the latest at the next re-check of the credentials this node's sessions hold.
+            revocations = tenancy.revocations
+            await revocations.start(bus, tenancy.auth.revoked, settings.revocation_check_seconds)
             chat_hub = ChatHub(bus, chat.conversations)
             chat.messages.on_change(chat_hub.on_change)
             await chat_hub.start()
@@ -200,6 +205,8 @@ class Node:
             member.sockets = lambda: live_rooms.sockets
             await member.start()
         except BaseException:
+            if revocations is not None:
+                await revocations.stop()
             if redis_client is not None:
                 await redis_client.aclose()
             await db.close()

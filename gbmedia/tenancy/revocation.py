@@ -7,6 +7,12 @@ for as long as its client liked. The change is announced on the bus, so every no
 cluster hears it (the announcing node too, through its own subscription), and each node
 ends the sessions it holds under that credential, telling their clients why.
 
+The bus delivers at most once: a node cut off from Redis while the change was announced
+never hears it, and a change made while Redis was down reaches only the node that made
+it. So each node also re-checks the credentials of the sessions it holds every
+``GBMEDIA_REVOCATION_CHECK_SECONDS`` (one query per distinct API key), and ends those
+that no longer hold: the bus makes it seconds, the check makes it certain.
+
 Sessions register with :meth:`Revocations.hold`, naming their credential and what ends
 them. The registry holds a session weakly: one that ended on its own (left, deleted,
 reaped) needs no unregistering, and ending one that already ended must do nothing.
@@ -14,6 +20,8 @@ reaped) needs no unregistering, and ending one that already ended must do nothin
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import uuid
 import weakref
@@ -78,6 +86,8 @@ class Revoked:
 
 # Ends one session: called with the session and the revocation; must do nothing if it already ended.
 End = Callable[[Any, Revoked], Awaitable[None]]
+# Whether a credential still holds: None, or the revocation it is under (tenancy/auth.py).
+Check = Callable[[Credential], Awaitable[Revoked | None]]
 
 
 class Revocations:
@@ -89,17 +99,43 @@ class Revocations:
         self._sessions: dict[tuple[int, Credential], tuple[weakref.ref[Any], End]] = {}
         self._bus: Bus | None = None
         self._subscription: Subscription | None = None
+        self._checker: asyncio.Task[None] | None = None
         self.ended = 0  # sessions this node ended
 
-    async def start(self, bus: Bus) -> None:
+    async def start(self, bus: Bus, check: Check | None = None, interval: float = 30.0) -> None:
+        """Hear revocations on ``bus``; with ``check``, also re-check held credentials every ``interval``."""
         self._bus = bus
         self._subscription = await bus.subscribe(CHANNEL, self._on_message)
+        if check is not None:
+            self._checker = asyncio.create_task(self._check_every(check, interval), name="gbmedia.revocations")
 
     async def stop(self) -> None:
+        if self._checker is not None:
+            self._checker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._checker
+            self._checker = None
         if self._subscription is not None:
             await self._subscription.close()
             self._subscription = None
         self._bus = None
+
+    async def check(self, check: Check) -> int:
+        """Ask ``check`` about each distinct credential held; end the sessions of those that no longer hold."""
+        ended = 0
+        for credential in {key[1] for key in list(self._sessions)}:
+            revoked = await check(credential)
+            if revoked is not None:
+                ended += await self.end(revoked)
+        return ended
+
+    async def _check_every(self, check: Check, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.check(check)
+            except Exception:  # the database away: the next round tries again
+                log.warning("could not re-check the credentials of open sessions", exc_info=True)
 
     def hold(self, session: Any, credential: Credential, end: End) -> None:
         """Keep ``session`` (weakly) until it ends; ``end(session, revoked)`` ends it when ``credential`` goes.

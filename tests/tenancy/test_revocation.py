@@ -211,6 +211,44 @@ async def test_revoking_a_key_ends_its_whip_and_whep_sessions(
     assert kept.pc.connectionState not in ("closed", "failed")
 
 
+@pytest.mark.parametrize(
+    ("sql", "reason"),
+    [
+        ("UPDATE api_keys SET revoked_at = now() WHERE key = $1", "api_key_revoked"),
+        ("UPDATE instances SET status = 'suspended' WHERE id = (SELECT instance_id FROM api_keys WHERE key = $1)",
+         "instance_suspended"),
+        ("""UPDATE customers SET status = 'suspended' WHERE id =
+            (SELECT customer_id FROM instances i JOIN api_keys k ON k.instance_id = i.id WHERE k.key = $1)""",
+         "customer_suspended"),
+    ],
+)  # fmt: skip
+async def test_a_revocation_the_bus_never_carried_ends_the_sessions_at_the_next_check(
+    tmp_path: Path, database_url: str, opened: list[Any], sql: str, reason: str
+):
+    """Changed behind the node's back (another node announcing while Redis was down): the periodic
+    re-check of the held credentials finds it."""
+    node = await Node.start(make_settings(tmp_path, database_url, revocation_check_seconds=0.2))
+    try:
+        async with TestClient(TestServer(create_app(node))) as client:
+            tenant = await create_tenant(client)
+            other = await create_tenant(client, "globex")
+            alice = await participant(client, join_token(tenant, "alice"), opened)
+            carol = await ChatSocket.open(client, tenant.token("carol"))
+            dave = await participant(client, join_token(other, "dave"), opened)
+            opened.append(carol)
+            async with node.db.pool.acquire() as conn:
+                await conn.execute(sql, tenant.key)
+            removed = await alice.wait_event(lambda e: e["type"] == "removed", within=10)
+            assert removed == {"type": "removed", "reason": reason}
+            assert await carol.closed_with() == (CLOSE_REVOKED, reason)
+            assert await still_in_the_room(dave)
+            for item in opened:
+                await item.ws.close()
+            opened.clear()
+    finally:
+        await node.stop()
+
+
 # --- the registry ---------------------------------------------------------------------------
 
 
