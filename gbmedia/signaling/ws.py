@@ -221,15 +221,26 @@ class Connection:
         self.room, self.participant = None, None
         if participant is not None:
             self.left = True
-            with contextlib.suppress(ConnectionError):
-                await self.send({"type": "removed", "reason": revoked.reason})
+            with contextlib.suppress(ConnectionError, TimeoutError):
+                async with asyncio.timeout(1.0):  # a client that stops reading must not hold up the others' ends
+                    await self.send({"type": "removed", "reason": revoked.reason})
             if room is not None:
                 await room.leave(participant, revoked.reason)
         if self.chat_session is not None:
             session, self.chat_session = self.chat_session, None
             await session.stop()
         if not self.ws.closed:  # not awaited here: the client's close reply must not hold up the others' ends
-            self._closing = asyncio.ensure_future(self.ws.close(code=CLOSE_REVOKED, message=revoked.reason.encode()))
+            # A piped socket's session lives on the room's node, which heard the revocation too: its
+            # `removed` comes through the pipe, then its close; this node closes only if that does not come.
+            delay = 2.0 if self.pipe is not None else 0.0
+            self._closing = asyncio.ensure_future(self._close_revoked(revoked, delay))
+
+    async def _close_revoked(self, revoked: Revoked, delay: float) -> bool:
+        if delay:
+            await asyncio.sleep(delay)
+        if self.ws.closed:
+            return False
+        return await self.ws.close(code=CLOSE_REVOKED, message=revoked.reason.encode())
 
     async def _start_chat(self, verified: Any) -> None:
         """Chat for the token's identity on this socket (once: ``auth`` or the first ``join``)."""

@@ -20,7 +20,7 @@ from aiohttp import WSMsgType
 from aiohttp.test_utils import TestClient, TestServer
 
 from gbmedia.app import create_app
-from gbmedia.bus import RedisBus
+from gbmedia.bus import MemoryBus, RedisBus
 from gbmedia.node import Node
 from gbmedia.signaling.ws import CLOSE_REVOKED
 from gbmedia.tenancy.revocation import Credential, Revocations, Revoked
@@ -276,6 +276,39 @@ async def test_sessions_are_held_weakly_and_ended_once():
     assert await revocations.end(Revoked("api_key_revoked", api_key="key2")) == 0
     revocations.release(b)
     assert revocations.held == 0
+
+
+async def test_one_session_failing_to_end_leaves_the_others_ended_and_a_malformed_message_is_ignored(
+    caplog: pytest.LogCaptureFixture,
+):
+    bus = MemoryBus()
+    revocations = Revocations()
+    await revocations.start(bus)
+    ended: list[str] = []
+
+    class Session:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+    async def end(session: Session, _revoked: Revoked) -> None:
+        if session.name == "broken":
+            raise RuntimeError("its socket is in a bad state")
+        ended.append(session.name)
+
+    credential = Credential("key", uuid.uuid4(), uuid.uuid4())
+    sessions = [Session("broken"), Session("fine")]
+    for session in sessions:
+        revocations.hold(session, credential, end)
+    try:
+        await bus.publish("tenancy.revoked", {"reason": "api_key_revoked", "instance_id": "not-a-uuid"})
+        await bus.publish("tenancy.revoked", Revoked("api_key_revoked", api_key="key").to_message())
+        await wait_for(lambda: ended == ["fine"], within=5)
+        assert revocations.held == 0 and revocations.ended == 2
+        assert any("malformed revocation" in r.getMessage() for r in caplog.records)
+        assert any("ending a revoked session failed" in r.getMessage() for r in caplog.records)
+    finally:
+        await revocations.stop()
+        await bus.close()
 
 
 async def test_when_the_bus_cannot_announce_this_nodes_sessions_end_all_the_same(tmp_path: Path):
