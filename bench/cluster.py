@@ -137,6 +137,8 @@ async def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
             "GBMEDIA_WORKERS": "1",  # each server one node process (with Redis the default is one per core)
             "GBMEDIA_API_RATE_LIMIT": "100000",
             "GBMEDIA_API_RATE_BURST": "100000",
+            "GBMEDIA_JOIN_RATE_BURST": "100000",
+            "GBMEDIA_AUTH_FAILURE_BURST": "100000",
             **dict(args.server_env),
         }
         a = Server(

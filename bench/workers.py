@@ -53,6 +53,8 @@ async def one_step(args: argparse.Namespace, workers: int, n: int, tmp: Path) ->
         "GBMEDIA_WORKERS": str(workers),
         "GBMEDIA_API_RATE_LIMIT": "100000",
         "GBMEDIA_API_RATE_BURST": "100000",
+        "GBMEDIA_JOIN_RATE_BURST": "100000",
+        "GBMEDIA_AUTH_FAILURE_BURST": "100000",
         **dict(args.server_env),
     }
     if workers > 1:

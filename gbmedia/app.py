@@ -81,6 +81,7 @@ def create_app(node: Node) -> web.Application:
         rate_limiter=node.rate_limiter,
         metrics=node.metrics,
         max_body_bytes=settings.max_body_bytes,
+        abuse=node.abuse,
         already_counted=node.relay.auth.signed,
     )
     app = web.Application(
@@ -110,6 +111,8 @@ def create_app(node: Node) -> web.Application:
             node.chat_hub,
             node.presence,
             node.relay,
+            node.abuse,
+            node.tenancy.revocations,
             socket_limit=settings.socket_max_buffered_bytes,
         ),
     )
@@ -118,7 +121,16 @@ def create_app(node: Node) -> web.Application:
     recording_api.register(app, recording_api.RecordingsApi(node.recordings, node.rooms, node.relay))
     web_files.register(app)
     signaling_whip.register(  # /whip and /whep (RFC 9725 ingest, WHEP playback)
-        app, signaling_whip.WhipService(node.tenancy.auth, node.live_rooms, node.rate_limiter, node.metrics, node.relay)
+        app,
+        signaling_whip.WhipService(
+            node.tenancy.auth,
+            node.live_rooms,
+            node.rate_limiter,
+            node.metrics,
+            node.relay,
+            node.abuse,
+            node.tenancy.revocations,
+        ),
     )
     streaming_api.register(app, node.hls, streaming_api.HlsOrigin(node.rooms, node.relay))
     signaling_cascade.register(app, node.cascade)  # live rooms' feeds to edge nodes (cluster listener, signed)

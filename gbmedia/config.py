@@ -8,6 +8,7 @@ refuses to start.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 from pathlib import Path
@@ -79,6 +80,15 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     api_rate_limit: float = Field(default=50.0, gt=0)
     api_rate_burst: int = Field(default=100, ge=1)
+    # Abuse limits per source address (gbmedia/http/abuse.py): failed authentications, and joins and
+    # new WHIP/WHEP sessions; the address is the peer's, or X-Forwarded-For from a trusted proxy.
+    trusted_proxies: str = ""  # comma-separated addresses or CIDR networks, e.g. 10.0.0.0/8
+    auth_failure_rate: float = Field(default=0.2, gt=0)
+    auth_failure_burst: int = Field(default=20, ge=1)
+    join_rate_limit: float = Field(default=2.0, gt=0)
+    join_rate_burst: int = Field(default=30, ge=1)
+    # Open sessions' credentials re-checked this often (a revocation the bus did not carry; tenancy/revocation.py).
+    revocation_check_seconds: float = Field(default=30.0, ge=0.1, le=3600)
     token_ttl_seconds: int = Field(default=6 * 3600, ge=60)
     shutdown_timeout: float = Field(default=10.0, ge=0)
     resume_grace_seconds: float = Field(default=20.0, ge=0, le=3600)
@@ -190,6 +200,19 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _trusted_proxies(cls, value: str) -> str:
+        items = [item.strip() for item in value.split(",") if item.strip()]
+        for item in items:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"{item!r} is not an IP address or network; use e.g. 10.0.0.0/8, 192.168.1.7"
+                ) from None
+        return ",".join(items)
 
     @field_validator("public_url")
     @classmethod

@@ -22,12 +22,13 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from gbmedia.bus import Bus, MemoryBus, RedisBus
 from gbmedia.config import Settings
 from gbmedia.db.pool import Database
+from gbmedia.http.abuse import AbuseLimits, TrustedProxies
 from gbmedia.messaging.delivery import ChatHub
 from gbmedia.messaging.presence import MemoryPresence, Presence, RedisPresence
 from gbmedia.messaging.service import Chat
 from gbmedia.metrics import Metrics, Sample
 from gbmedia.outbox import OutboxRelay, OutboxTrimmer
-from gbmedia.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
+from gbmedia.ratelimit import FallbackRateLimiter, RateLimiter, rate_limiter
 from gbmedia.recording.disk import MB, DiskGuard
 from gbmedia.recording.service import Recordings
 from gbmedia.recording.storage import storage_from_settings
@@ -47,6 +48,7 @@ from gbmedia.signaling.cascade import HttpFeeder
 from gbmedia.signaling.relay import ClusterAuth, Relay
 from gbmedia.streaming.playlist import HlsConfig
 from gbmedia.streaming.service import HlsService
+from gbmedia.tenancy.revocation import Revocations
 from gbmedia.tenancy.secrets import SecretBox, load_or_create_file_secret
 from gbmedia.tenancy.service import Tenancy
 
@@ -99,7 +101,8 @@ class Node:
     db: Database
     metrics: Metrics
     tenancy: Tenancy
-    rate_limiter: RateLimiter
+    rate_limiter: RateLimiter  # the REST budget of each caller (API key and identity)
+    abuse: AbuseLimits  # per source address: failed authentications, joins and new media sessions
     rooms: Rooms
     room_sweeper: RoomSweeper
     live_rooms: LiveRooms
@@ -127,17 +130,20 @@ class Node:
         db = Database(settings)
         await db.open()
         redis_client: aioredis.Redis | None = None
+        revocations: Revocations | None = None  # started with the bus: stopped if the start fails after
         try:
             if settings.redis_url:
                 redis_client = redis_client_for(settings)
                 await redis_client.ping()
-                limiter: RateLimiter = RedisRateLimiter(redis_client, settings.api_rate_limit, settings.api_rate_burst)
-            else:
-                limiter = MemoryRateLimiter(settings.api_rate_limit, settings.api_rate_burst)
-            chat_limiter: RateLimiter = (
-                RedisRateLimiter(redis_client, settings.chat_rate_limit, settings.chat_rate_burst)
-                if redis_client is not None
-                else MemoryRateLimiter(settings.chat_rate_limit, settings.chat_rate_burst)
+            # Shared through Redis in a cluster; each falls back to this node's memory while Redis is away.
+            limiter = rate_limiter(redis_client, settings.api_rate_limit, settings.api_rate_burst, name="api")
+            chat_limiter = rate_limiter(redis_client, settings.chat_rate_limit, settings.chat_rate_burst, name="chat")
+            abuse = AbuseLimits(
+                auth_failures=rate_limiter(
+                    redis_client, settings.auth_failure_rate, settings.auth_failure_burst, name="auth_failures"
+                ),
+                joins=rate_limiter(redis_client, settings.join_rate_limit, settings.join_rate_burst, name="joins"),
+                trusted_proxies=TrustedProxies.parse(settings.trusted_proxies),
             )
             secret_box = SecretBox.for_node(settings.secret_key, settings.data_dir)
             tenancy = Tenancy.create(db.pool, settings, secret_box, operator_token_for(settings))
@@ -164,6 +170,10 @@ class Node:
             # Without Redis this node is alone: the in-process bus and presence serve it.
             bus: Bus = RedisBus(redis_client) if redis_client is not None else MemoryBus()
             presence: Presence = RedisPresence(redis_client) if redis_client is not None else MemoryPresence()
+            # A revoked key or suspended tenant ends its sessions on every node: at once over the bus,
+            # and at the latest at the next re-check of the credentials this node's sessions hold.
+            revocations = tenancy.revocations
+            await revocations.start(bus, tenancy.auth.revoked, settings.revocation_check_seconds)
             chat_hub = ChatHub(bus, chat.conversations)
             chat.messages.on_change(chat_hub.on_change)
             await chat_hub.start()
@@ -231,6 +241,8 @@ class Node:
             member.sockets = lambda: live_rooms.sockets
             await member.start()
         except BaseException:
+            if revocations is not None:
+                await revocations.stop()
             if redis_client is not None:
                 await redis_client.aclose()
             await db.close()
@@ -260,6 +272,7 @@ class Node:
             metrics=Metrics(settings.node_id, settings.region),
             tenancy=tenancy,
             rate_limiter=limiter,
+            abuse=abuse,
             rooms=rooms,
             room_sweeper=RoomSweeper(rooms, live_rooms.participant_count),
             live_rooms=live_rooms,
@@ -289,6 +302,9 @@ class Node:
         node.metrics.watch(relay.samples)
         node.metrics.watch(cascade.samples)
         node.metrics.watch(node.load_samples)
+        for each in (limiter, chat_limiter, abuse.auth_failures, abuse.joins):
+            if isinstance(each, FallbackRateLimiter):
+                node.metrics.watch(each.samples)
         node.outbox.start()
         node.room_sweeper.start()
         node.metrics.watch(node.quality.samples)
@@ -327,6 +343,7 @@ class Node:
         if self.hls is not None:
             await self.hls.close()
         await self.chat_hub.stop()
+        await self.tenancy.revocations.stop()
         await self.bus.close()
         if self.redis is not None:
             await self.redis.aclose()

@@ -51,6 +51,8 @@ class Cluster:
                 "GBMEDIA_CLUSTER_SECRET": secrets.token_urlsafe(24),
                 "GBMEDIA_API_RATE_LIMIT": "100000",
                 "GBMEDIA_API_RATE_BURST": "100000",
+                "GBMEDIA_JOIN_RATE_BURST": "100000",  # every client joins from this machine's address
+                "GBMEDIA_AUTH_FAILURE_BURST": "100000",
                 "GBMEDIA_LOG_LEVEL": "info",
                 "GBMEDIA_SHUTDOWN_TIMEOUT": "1",
                 "GBMEDIA_DRAIN_TIMEOUT": "20",

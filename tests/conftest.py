@@ -198,6 +198,8 @@ def make_settings(tmp_path: Path, database_url: str | None, **overrides: Any) ->
         "port": 0,
         "api_rate_limit": 10_000.0,
         "api_rate_burst": 10_000,
+        "auth_failure_burst": 10_000,  # tests fail authentication on purpose, all from 127.0.0.1
+        "join_rate_burst": 10_000,
         "shutdown_timeout": 1.0,
     }
     values.update(overrides)

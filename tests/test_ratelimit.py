@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import shutil
+import signal
+import socket
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
+from aiohttp.test_utils import TestClient, TestServer
+from redis.exceptions import RedisError
 
-from gbmedia.ratelimit import Decision, MemoryRateLimiter, RedisRateLimiter
+from gbmedia.app import create_app
+from gbmedia.node import Node
+from gbmedia.ratelimit import Decision, FallbackRateLimiter, MemoryRateLimiter, RedisRateLimiter
+from tests.conftest import make_settings
+from tests.helpers import OPERATOR
 
 # --- in memory ------------------------------------------------------------------------
 
@@ -176,3 +187,152 @@ async def test_redis_key_gets_a_ttl(redis_client: aioredis.Redis, prefix: str):
     assert 0 < ttl <= 4  # ceil(burst / rate) + 1: long enough to refill completely
     fields = await redis_client.hgetall(prefix + "k")
     assert float(fields[b"tokens"]) == pytest.approx(2.0, abs=0.01)
+
+
+# --- peek -------------------------------------------------------------------------------
+
+
+async def test_memory_peek_looks_without_spending():
+    limiter = MemoryRateLimiter(rate=0.001, burst=2)
+    for _ in range(5):
+        assert (await limiter.peek("k")).allowed
+    assert (await limiter.take("k")).allowed
+    assert (await limiter.take("k")).allowed
+    denied = await limiter.peek("k")
+    assert not denied.allowed and denied.retry_after > 0
+    assert not (await limiter.take("k")).allowed
+
+
+@pytest.mark.redis
+async def test_redis_peek_looks_without_spending(redis_client: aioredis.Redis, prefix: str):
+    limiter = RedisRateLimiter(redis_client, rate=0.001, burst=2, prefix=prefix)
+    for _ in range(5):
+        assert (await limiter.peek("k")).allowed
+    assert not await redis_client.exists(prefix + "k")  # looking writes nothing
+    assert (await limiter.take("k")).allowed
+    assert (await limiter.take("k")).allowed
+    assert not (await limiter.peek("k")).allowed
+    assert not (await limiter.take("k")).allowed
+
+
+# --- Redis going away -------------------------------------------------------------------
+
+
+class RedisChild:
+    """A redis-server of the test's own, on a port of its own, that the test stops and starts again."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.process: asyncio.subprocess.Process | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    async def start(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.skip("redis-server is not installed")
+        self.process = await asyncio.create_subprocess_exec(
+            binary,
+            "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            "--dir", str(self.directory),
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )  # fmt: skip
+        client = aioredis.from_url(self.url)
+        try:
+            for _ in range(200):
+                try:
+                    await client.ping()
+                    return
+                except (RedisError, OSError):
+                    await asyncio.sleep(0.025)
+            raise AssertionError("redis-server did not start")
+        finally:
+            await client.aclose()
+
+    async def stop(self) -> None:
+        if self.process is not None and self.process.returncode is None:
+            self.process.kill()
+            await self.process.wait()
+        self.process = None
+
+
+@pytest.fixture
+async def redis_child(tmp_path: Path) -> AsyncIterator[RedisChild]:
+    child = RedisChild(tmp_path)
+    await child.start()
+    yield child
+    await child.stop()
+
+
+async def test_the_redis_limiter_falls_back_to_memory_while_redis_is_down_and_goes_back(
+    redis_child: RedisChild, caplog: pytest.LogCaptureFixture
+):
+    client = aioredis.from_url(redis_child.url)
+    redis = RedisRateLimiter(client, rate=0.001, burst=3)
+    limiter = FallbackRateLimiter(redis, MemoryRateLimiter(0.001, 3), name="api", timeout=0.5, retry_interval=0.05)
+    try:
+        assert (await limiter.take("caller")).allowed
+        assert await client.exists("gbmedia:rl:caller")  # counted in Redis while it answers
+        await redis_child.stop()
+        with caplog.at_level(logging.WARNING, logger="gbmedia.ratelimit"):
+            decisions = [await limiter.take("caller") for _ in range(4)]
+        assert [d.allowed for d in decisions] == [True, True, True, False]  # memory's own bucket of three
+        assert limiter.degraded and limiter.fallbacks == 1
+        falls = [r for r in caplog.records if "falls back" in r.getMessage()]
+        assert len(falls) == 1  # once per outage, not per request
+        assert {s.name: s.value for s in limiter.samples()} == {
+            "gbmedia_ratelimit_redis_fallbacks_total": 1,
+            "gbmedia_ratelimit_degraded": 1,
+        }
+        await redis_child.start()  # an empty Redis: its buckets start full
+        await asyncio.sleep(0.06)  # past retry_interval: the next request tries Redis again
+        with caplog.at_level(logging.WARNING, logger="gbmedia.ratelimit"):
+            assert (await limiter.take("caller")).allowed
+        assert not limiter.degraded
+        assert any("back on Redis" in r.getMessage() for r in caplog.records)
+        assert await client.exists("gbmedia:rl:caller")
+    finally:
+        await client.aclose()
+
+
+async def test_a_redis_that_does_not_answer_costs_a_request_the_timeout_at_most(redis_child: RedisChild):
+    """A stopped (SIGSTOP) Redis accepts connections and never answers: the timeout ends the wait."""
+    client = aioredis.from_url(redis_child.url)
+    limiter = FallbackRateLimiter(
+        RedisRateLimiter(client, rate=1.0, burst=1), MemoryRateLimiter(1.0, 1), name="api", timeout=0.2
+    )
+    assert redis_child.process is not None
+    try:
+        assert (await limiter.take("a")).allowed
+        redis_child.process.send_signal(signal.SIGSTOP)
+        try:
+            decision = await asyncio.wait_for(limiter.take("b"), 5)  # would hang without the limiter's timeout
+            assert decision.allowed and limiter.degraded
+            assert (await limiter.peek("b")).allowed is False  # memory answers at once, without waiting again
+        finally:
+            redis_child.process.send_signal(signal.SIGCONT)
+    finally:
+        await client.aclose()
+
+
+async def test_the_rest_api_stays_up_while_its_redis_is_down(
+    tmp_path: Path, database_url: str, redis_child: RedisChild
+):
+    node = await Node.start(make_settings(tmp_path, database_url, redis_url=redis_child.url))
+    try:
+        async with TestClient(TestServer(create_app(node))) as client:
+            assert (await client.get("/api/v1/plans", headers=OPERATOR)).status == 200
+            await redis_child.stop()
+            resp = await client.get("/api/v1/plans", headers=OPERATOR)
+            assert resp.status == 200, await resp.text()
+            metrics = await (await client.get("/metrics")).text()
+            assert 'gbmedia_ratelimit_degraded{limiter="api"} 1.0' in metrics
+            assert 'gbmedia_ratelimit_redis_fallbacks_total{limiter="api"} 1.0' in metrics
+    finally:
+        await node.stop()

@@ -451,6 +451,8 @@ async def test_a_room_on_one_worker_is_served_through_the_shared_port_whichever_
         GBMEDIA_OPERATOR_TOKEN=OPERATOR_TOKEN,
         GBMEDIA_API_RATE_LIMIT="100000",
         GBMEDIA_API_RATE_BURST="100000",
+        GBMEDIA_JOIN_RATE_BURST="100000",
+        GBMEDIA_AUTH_FAILURE_BURST="100000",
         GBMEDIA_NODE_MAX_CPU="1",  # the shared test machine's CPU: placement by cost only
         GBMEDIA_HLS_ENABLED="false",
     )

@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from gbmedia.errors import ApiError, outage_error
+from gbmedia.http.abuse import AbuseLimits, rate_limited
 from gbmedia.http.keys import REQUEST_ID
 from gbmedia.http.responses import error_response
 from gbmedia.metrics import Metrics
@@ -56,10 +57,13 @@ def api_middleware(
     rate_limiter: RateLimiter,
     metrics: Metrics,
     max_body_bytes: int,
+    abuse: AbuseLimits | None = None,
     already_counted: Callable[[web.Request], bool] = lambda _request: False,
 ) -> Middleware:
     """``already_counted``: a request another node forwarded after taking its rate-limit token
-    (signaling/relay.py) is not counted twice against the caller's budget."""
+    (signaling/relay.py) is not counted twice against the caller's budget. ``abuse``: failed
+    authentications are counted per source address, and an address past its budget is refused
+    before its credentials are looked at (no database work)."""
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -71,16 +75,14 @@ def api_middleware(
         error: ApiError | None = None
         try:
             if request.path.startswith("/api/"):
-                caller = await authenticate(request)
-                decision = await rate_limiter.take(caller) if not already_counted(request) else None
+                counted = already_counted(request)
+                if abuse is not None and not counted:
+                    caller = await abuse.authenticate(abuse.source(request), lambda: authenticate(request))
+                else:
+                    caller = await authenticate(request)
+                decision = await rate_limiter.take(caller) if not counted else None
                 if decision is not None and not decision.allowed:
-                    headers["Retry-After"] = str(max(1, round(decision.retry_after + 0.5)))
-                    raise ApiError(
-                        429,
-                        "rate_limited",
-                        "too many requests; retry later",
-                        {"retry_after": round(decision.retry_after, 3)},
-                    )
+                    raise rate_limited(decision, "api")
             response = await handler(request)
         except ApiError as exc:
             error = exc

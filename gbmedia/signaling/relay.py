@@ -175,12 +175,18 @@ class SocketPipe:
     async def _pump(self) -> None:
         """Owner → client; when the owner's socket ends, so does the client's (it reconnects)."""
         code = CLOSE_RECONNECT
+        reason = b"owner node closed the session"
         try:
-            async for msg in self.upstream:
+            while True:
+                msg = await self.upstream.receive()
                 if msg.type == WSMsgType.TEXT:
                     await self.downstream.send_str(msg.data)
                 elif msg.type == WSMsgType.BINARY:
                     await self.downstream.send_bytes(msg.data)
+                elif msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
+                    if msg.type == WSMsgType.CLOSE and msg.extra:  # the owner's reason (a revocation's code)
+                        reason = str(msg.extra).encode()[:120]
+                    break
             if self.upstream.close_code is not None and self.upstream.close_code != 1006:
                 code = self.upstream.close_code
         except (ConnectionError, aiohttp.ClientError):
@@ -188,7 +194,7 @@ class SocketPipe:
         finally:
             if not self.downstream.closed:
                 with contextlib.suppress(ConnectionError, RuntimeError):
-                    await self.downstream.close(code=code, message=b"owner node closed the session")
+                    await self.downstream.close(code=code, message=reason)
 
     async def close(self) -> None:
         await self.upstream.close()

@@ -25,6 +25,7 @@ In a cluster a player may be served by one of the live room's edge nodes
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.sdp import SessionDescription, candidate_from_sdp
 
 from gbmedia.errors import ApiError, ProtocolError, forbidden
+from gbmedia.http.abuse import AbuseLimits, rate_limited
 from gbmedia.http.responses import error_response
 from gbmedia.metrics import Metrics
 from gbmedia.ratelimit import RateLimiter
@@ -49,6 +51,7 @@ from gbmedia.sfu.playback import PlaybackPeer
 from gbmedia.signaling.relay import Relay, Route, relayed
 from gbmedia.tenancy.auth import Authenticator, VerifiedToken, bearer_credential
 from gbmedia.tenancy.models import Actor
+from gbmedia.tenancy.revocation import Credential, Revocations, Revoked
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +79,8 @@ class WhipService:
     rate_limiter: RateLimiter
     metrics: Metrics
     relay: Relay  # sessions live on the room's node: requests for another node's room go there
+    abuse: AbuseLimits  # per source address: failed token checks, and new sessions
+    revocations: Revocations  # sessions end when their API key is revoked or their tenant suspended
 
 
 WHIP: web.AppKey[WhipService] = web.AppKey("whip", WhipService)
@@ -110,25 +115,34 @@ async def _discard(message: dict[str, Any]) -> None:
 
 async def _bearer(request: web.Request) -> VerifiedToken:
     """The request's bearer access token, verified (401/403 otherwise)."""
-    credential = bearer_credential(request.headers.get("Authorization"), "access token")
-    return await request.app[WHIP].auth.verify_access_token(credential)
+    service = request.app[WHIP]
+
+    async def attempt() -> VerifiedToken:
+        credential = bearer_credential(request.headers.get("Authorization"), "access token")
+        return await service.auth.verify_access_token(credential)
+
+    if relayed(request):  # counted by the node that forwarded it
+        return await attempt()
+    return await service.abuse.authenticate(service.abuse.source(request), attempt)
 
 
-async def _within_rate(request: web.Request, api_key: str) -> None:
-    """429 once the token's API key has spent its request budget (the same buckets as the REST API's).
+async def _within_rate(request: web.Request, verified: VerifiedToken) -> None:
+    """429 once the token's identity has spent its request budget (the same buckets as the REST API's).
 
     A request another node forwarded here took its token there: it is not counted twice."""
     if relayed(request):
         return
-    decision = await request.app[WHIP].rate_limiter.take(api_key)
+    token = verified.token
+    decision = await request.app[WHIP].rate_limiter.take(f"{token.api_key}:{token.identity}")
     if not decision.allowed:
-        raise ApiError(
-            429, "rate_limited", "too many requests; retry later", {"retry_after": round(decision.retry_after, 3)}
-        )
+        raise rate_limited(decision, "api")
 
 
 async def _verify(request: web.Request, grant: str) -> VerifiedToken:
-    """The bearer access token, with ``grant``, for the room in the path."""
+    """The bearer access token, with ``grant``, for the room in the path (a new session: counted per address)."""
+    if not relayed(request):
+        service = request.app[WHIP]
+        await service.abuse.join(service.abuse.source(request))
     verified = await _bearer(request)
     grants = verified.token.grants
     if not grants.has(grant):
@@ -136,7 +150,7 @@ async def _verify(request: web.Request, grant: str) -> VerifiedToken:
     room = request.match_info["room"]
     if grants.room != room:
         raise forbidden("room_mismatch", f"the token is not for room {room!r}", token_room=grants.room)
-    await _within_rate(request, verified.token.api_key)
+    await _within_rate(request, verified)
     return verified
 
 
@@ -224,6 +238,26 @@ def _created(answer: str, location: str, etag: str) -> web.Response:
     )
 
 
+def _credential(verified: VerifiedToken) -> Credential:
+    return Credential(verified.token.api_key, verified.instance.id, verified.instance.customer_id)
+
+
+async def _end_ingest(live: LiveRoom, session: IngestSession, revoked: Revoked) -> None:
+    """A WHIP session whose credential went ends as a DELETE would end it (nothing, if it ended already)."""
+    audience = live.audience
+    if audience is None or audience.ingest.get(session.id) is not session:
+        return
+    audience.ingest.pop(session.id, None)
+    await live.leave(session.participant, revoked.reason)
+
+
+async def _end_playback(live: LiveRoom, session: PlaybackSession, revoked: Revoked) -> None:
+    """A WHEP session whose credential went ends (nothing, if it ended already)."""
+    audience = live.audience
+    if audience is not None and audience.playback.get(session.id) is session:
+        await audience.end_playback(session, revoked.reason)
+
+
 # --- WHIP ------------------------------------------------------------------------------
 
 
@@ -294,6 +328,7 @@ async def whip_publish(request: web.Request) -> web.StreamResponse:
         raise ApiError(422, "too_many_tracks", exc.message, exc.details) from None
     session = IngestSession(new_session_id(), participant, _ufrag(description))
     live.audience.add_ingest(session)
+    request.app[WHIP].revocations.hold(session, _credential(verified), functools.partial(_end_ingest, live))
     log.info(
         "whip session started",
         extra={"room_id": str(live.room.id), "session_id": session.id, "participant_id": participant.id},
@@ -323,7 +358,7 @@ async def _session(request: web.Request, which: str) -> _Found:
     grant = "can_publish" if which == "whip" else "can_subscribe"
     verified = await _bearer(request)
     token = verified.token
-    await _within_rate(request, token.api_key)
+    await _within_rate(request, verified)
     live = _find_live(request, verified)
     session_id = request.match_info["session"]
     missing = ApiError(404, "session_not_found", f"no {which.upper()} session {session_id} in this room")
@@ -462,6 +497,7 @@ async def whep_play(request: web.Request) -> web.StreamResponse:
         raise _negotiation_failed(exc) from None
     session = PlaybackSession(session_id, token.identity, token.name, peer, _ufrag(description))
     await live.audience.add_playback(session)
+    service.revocations.hold(session, _credential(verified), functools.partial(_end_playback, live))
     location = f"/whep/{live.room.name}/{session.id}"
     if route is not None and cascade is not None:
         if route.seat is not None:

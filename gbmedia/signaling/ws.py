@@ -15,6 +15,8 @@ room at once (reason ``slow_reader``) and its socket is closed with code 4008.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import json
 import logging
 from dataclasses import dataclass
@@ -24,6 +26,7 @@ import aiohttp
 from aiohttp import WSMsgType, web
 
 from gbmedia.errors import ApiError, RequestId, bad_request, outage_error
+from gbmedia.http.abuse import AbuseLimits
 from gbmedia.http.ws_output import DEFAULT_LIMIT, SLOW_READER, SocketOutput, text_frame
 from gbmedia.messaging.delivery import ChatHub
 from gbmedia.messaging.models import ChatCaller
@@ -37,8 +40,13 @@ from gbmedia.rooms.participant import Participant, track_json
 from gbmedia.sfu.peers import NegotiationError, TrackInfo
 from gbmedia.signaling import protocol as p
 from gbmedia.signaling.relay import CLOSE_RECONNECT, SEAT_PARAM, Relay, Route, SocketPipe, relayed
-from gbmedia.tenancy.auth import Authenticator
+from gbmedia.tenancy.auth import Authenticator, VerifiedToken
 from gbmedia.tenancy.models import Actor
+from gbmedia.tenancy.revocation import Credential, Revocations, Revoked
+
+# The socket's token no longer holds (its API key revoked, its instance or customer suspended);
+# the close reason names which: api_key_revoked, instance_suspended, customer_suspended.
+CLOSE_REVOKED = 4403
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +61,8 @@ class RtcService:
     chat_hub: ChatHub
     presence: Presence
     relay: Relay
+    abuse: AbuseLimits  # per source address: failed token checks, and joins
+    revocations: Revocations  # sessions end when their API key is revoked or their tenant suspended
     socket_limit: int = DEFAULT_LIMIT  # unsent bytes of one socket before it is cut off
 
 
@@ -79,6 +89,8 @@ class Connection:
         self.pipe: SocketPipe | None = None  # set when the room lives on another node
         self._closing: asyncio.Future[bool] | None = None
         self._raw: str | bytes = ""  # the frame being handled: a join relayed to the owner goes as it came
+        # A socket another node relays was counted there: its address here is that node's.
+        self.address: str | None = None if relayed(request) else self.service.abuse.source(request)
 
     async def send(self, message: dict[str, Any]) -> None:
         """Write ``message`` to the socket now, without waiting for the client (ConnectionError once closed)."""
@@ -219,14 +231,49 @@ class Connection:
         assert isinstance(message, p.CohostAnswer)
         return await audience.answer_invite(participant, message.accept)
 
-    async def _verify(self, raw_token: str, protocol: int) -> Any:
+    async def _verify(self, raw_token: str, protocol: int) -> VerifiedToken:
         if protocol != p.PROTOCOL_VERSION:
             raise p.ProtocolError(
                 "unsupported_protocol",
                 f"this server speaks protocol {p.PROTOCOL_VERSION}",
                 details={"supported": [p.PROTOCOL_VERSION]},
             )
-        return await self.service.auth.verify_access_token(raw_token)
+        if self.address is None:
+            verified = await self.service.auth.verify_access_token(raw_token)
+        else:
+            abuse = self.service.abuse
+            await abuse.join(self.address)  # `join` and `auth` both: each builds a session, and churn is abuse
+            verified = await abuse.authenticate(self.address, lambda: self.service.auth.verify_access_token(raw_token))
+        self.service.revocations.hold(self, credential_of(verified), Connection.revoke)
+        return verified
+
+    async def revoke(self, revoked: Revoked) -> None:
+        """The socket's credential no longer holds: its participant leaves the room (told ``removed``
+        with the reason), its chat stops, and the socket closes with :data:`CLOSE_REVOKED`."""
+        room, participant = self.room, self.participant
+        self.room, self.participant = None, None
+        if participant is not None:
+            self.left = True
+            with contextlib.suppress(ConnectionError, TimeoutError):
+                async with asyncio.timeout(1.0):  # a client that stops reading must not hold up the others' ends
+                    await self.send({"type": "removed", "reason": revoked.reason})
+            if room is not None:
+                await room.leave(participant, revoked.reason)
+        if self.chat_session is not None:
+            session, self.chat_session = self.chat_session, None
+            await session.stop()
+        if not self.ws.closed:  # not awaited here: the client's close reply must not hold up the others' ends
+            # A piped socket's session lives on the room's node, which heard the revocation too: its
+            # `removed` comes through the pipe, then its close; this node closes only if that does not come.
+            delay = 2.0 if self.pipe is not None else 0.0
+            self._closing = asyncio.ensure_future(self._close_revoked(revoked, delay))
+
+    async def _close_revoked(self, revoked: Revoked, delay: float) -> bool:
+        if delay:
+            await asyncio.sleep(delay)
+        if self.ws.closed:
+            return False
+        return await self.ws.close(code=CLOSE_REVOKED, message=revoked.reason.encode())
 
     async def _start_chat(self, verified: Any) -> None:
         """Chat for the token's identity on this socket (once: ``auth`` or the first ``join``)."""
@@ -299,6 +346,8 @@ class Connection:
             token.identity, token.name, token.grants, auto_subscribe=message.auto_subscribe, send=self._send_event
         )
         self.room, self.participant = room, participant
+        # The participant, too: one whose socket dropped waits out the resume grace without one.
+        self.service.revocations.hold(participant, credential_of(verified), functools.partial(_leave_revoked, room))
         try:
             if route.seat is not None and cascade is not None:
                 await cascade.seated(route.room.id, route.seat)
@@ -379,6 +428,17 @@ class Connection:
         if self.chat_session is not None:
             await self.chat_session.stop()
             self.chat_session = None
+
+
+def credential_of(verified: VerifiedToken) -> Credential:
+    """What a session was let in with, for :class:`Revocations`."""
+    instance = verified.instance
+    return Credential(verified.token.api_key, instance.id, instance.customer_id)
+
+
+async def _leave_revoked(room: LiveRoom, participant: Participant, revoked: Revoked) -> None:
+    """A participant whose credential went leaves (nothing, if it left already)."""
+    await room.leave(participant, revoked.reason)
 
 
 async def rtc_handler(request: web.Request) -> web.WebSocketResponse:

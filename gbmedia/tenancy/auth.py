@@ -18,6 +18,7 @@ from gbmedia.http.middleware import Authenticate
 from gbmedia.tenancy.customers import Customers
 from gbmedia.tenancy.instances import Instances
 from gbmedia.tenancy.models import Actor, Instance, Principal
+from gbmedia.tenancy.revocation import Credential, Revoked
 from gbmedia.tenancy.tokens import AccessToken, unverified_api_key, verify_token
 
 PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal")
@@ -61,6 +62,20 @@ class Authenticator:
             raise forbidden("customer_suspended", f"the customer account is {customer.status}")
         return VerifiedToken(access, instance)
 
+    async def revoked(self, credential: Credential) -> Revoked | None:
+        """Whether an open session's credential still holds (None), or what revoked it
+        (:class:`~gbmedia.tenancy.revocation.Revocations` asks this of every held credential)."""
+        found = await self.instances.signing_key(credential.api_key)
+        if found is None or found[1]:
+            return Revoked("api_key_revoked", api_key=credential.api_key)
+        instance = found[0].instance
+        if instance.status != "active":
+            return Revoked("instance_suspended", instance_id=instance.id)
+        customer = await self.customers.get(instance.customer_id)
+        if customer.status != "active":
+            return Revoked("customer_suspended", customer_id=customer.id)
+        return None
+
     async def authenticate(self, authorization: str | None, request_id: str | None = None) -> Principal:
         credential = bearer_credential(authorization)
         if self.is_operator_token(credential):
@@ -87,12 +102,22 @@ def bearer_credential(authorization: str | None, what: str = "token") -> str:
     return credential
 
 
+def rate_key(principal: Principal) -> str:
+    """Whose REST budget a request spends: the operator's, or one identity's under one API key.
+
+    Per identity, not per key: a guest's token, or a crowd of players sharing a viewer
+    token, spends its own budget and never the one the tenant's backend works with."""
+    if principal.identity is None:
+        return principal.actor.name
+    return f"{principal.actor.name}:{principal.identity}"
+
+
 def request_authenticator(auth: Authenticator) -> Authenticate:
-    """The API middleware's ``Authenticate``: the request's principal, kept on it; rate-limited per actor."""
+    """The API middleware's ``Authenticate``: the request's principal, kept on it; rate-limited per identity."""
 
     async def authenticate(request: web.Request) -> str:
         principal = await auth.authenticate(request.headers.get("Authorization"), request[REQUEST_ID])
         request[PRINCIPAL] = principal
-        return principal.actor.name
+        return rate_key(principal)
 
     return authenticate

@@ -10,6 +10,7 @@ import asyncpg
 from gbmedia.errors import ApiError, bad_request, not_found
 from gbmedia.tenancy import audit
 from gbmedia.tenancy.models import QUOTAS, Actor, Customer, Plan, Quotas
+from gbmedia.tenancy.revocation import Revoked, nobody_listens
 
 _CUSTOMER_COLUMNS = "id, name, subscription_tier, status, max_instances, metadata, created_at"
 CUSTOMER_STATUSES = ("active", "suspended", "closed")
@@ -53,6 +54,7 @@ def _customer(row: asyncpg.Record) -> Customer:
 class Customers:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
+        self.announce_revoked = nobody_listens  # open sessions end on every node (tenancy/revocation.py)
 
     async def plans(self) -> list[Plan]:
         rows = await self.pool.fetch("SELECT * FROM plans ORDER BY price_cents_per_month, id")
@@ -174,6 +176,8 @@ class Customers:
                 customer_id=customer_id,
                 details={"changes": values},
             )
+        if values.get("status", "active") != "active":  # suspended or closed: its open sessions end
+            await self.announce_revoked(Revoked("customer_suspended", customer_id=customer_id))
         return _customer(row)
 
     async def quotas(self, customer: Customer, conn: asyncpg.Connection | None = None) -> Quotas:

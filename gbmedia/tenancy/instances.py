@@ -12,6 +12,7 @@ from gbmedia.errors import bad_request, conflict, not_found
 from gbmedia.tenancy import audit
 from gbmedia.tenancy.customers import Customers, quota_exceeded
 from gbmedia.tenancy.models import FEATURES, Actor, ApiKey, Credentials, Instance
+from gbmedia.tenancy.revocation import Revoked, nobody_listens
 from gbmedia.tenancy.secrets import SecretBox, new_api_key, new_api_secret
 from gbmedia.tenancy.sharding import shard_id_for
 from gbmedia.tenancy.tokens import Grants, mint_token
@@ -53,6 +54,7 @@ class Instances:
         self.secrets = secrets
         self.shard_count = shard_count
         self.default_region = default_region
+        self.announce_revoked = nobody_listens  # open sessions end on every node (tenancy/revocation.py)
 
     async def create(
         self,
@@ -164,6 +166,8 @@ class Instances:
                 instance_id=instance_id,
                 details={"changes": changes},
             )
+        if changes.get("status", "active") != "active":  # suspended or deleted: its open sessions end
+            await self.announce_revoked(Revoked("instance_suspended", instance_id=instance_id))
         return _instance(row)
 
     async def delete(self, actor: Actor, instance_id: uuid.UUID) -> Instance:
@@ -226,6 +230,7 @@ class Instances:
             await audit.record(
                 conn, actor, "api_key.revoke", "api_key", key, customer_id=instance.customer_id, instance_id=instance_id
             )
+        await self.announce_revoked(Revoked("api_key_revoked", api_key=key))  # its open sessions end everywhere
         return ApiKey(**dict(row))
 
     async def signing_key(self, api_key: str) -> tuple[SigningKey, bool] | None:

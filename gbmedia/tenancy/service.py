@@ -10,6 +10,7 @@ from gbmedia.config import Settings
 from gbmedia.tenancy.auth import Authenticator
 from gbmedia.tenancy.customers import Customers
 from gbmedia.tenancy.instances import Instances
+from gbmedia.tenancy.revocation import Revocations
 from gbmedia.tenancy.secrets import SecretBox
 
 
@@ -18,6 +19,7 @@ class Tenancy:
     customers: Customers
     instances: Instances
     auth: Authenticator
+    revocations: Revocations  # open sessions whose credential is revoked or suspended end
 
     @classmethod
     def create(cls, pool: asyncpg.Pool, settings: Settings, secrets: SecretBox, operator_token: str) -> Tenancy:
@@ -25,4 +27,6 @@ class Tenancy:
         instances = Instances(
             pool, customers, secrets, shard_count=settings.shard_count, default_region=settings.region
         )
-        return cls(customers, instances, Authenticator(instances, customers, operator_token))
+        revocations = Revocations()
+        customers.announce_revoked = instances.announce_revoked = revocations.announce
+        return cls(customers, instances, Authenticator(instances, customers, operator_token), revocations)

@@ -236,6 +236,8 @@ async def test_a_message_acknowledged_before_a_crash_is_never_lost_and_retries_n
             "GBMEDIA_CHAT_RATE_BURST": "100000",
             "GBMEDIA_API_RATE_LIMIT": "100000",
             "GBMEDIA_API_RATE_BURST": "100000",
+            "GBMEDIA_JOIN_RATE_BURST": "100000",
+            "GBMEDIA_AUTH_FAILURE_BURST": "100000",
             "GBMEDIA_LOG_LEVEL": "warning",
             "GBMEDIA_SHUTDOWN_TIMEOUT": "1",
         }
