@@ -80,10 +80,11 @@ class ClusterMember:
     async def read_load(self) -> NodeLoad:
         """The node's load now. Its cost: what its live rooms forward, plus, for each room placed
         here that carries less than a new room is charged (nobody in it yet), that charge."""
-        placed = await self.live_rooms.rooms.count_open_on(self.placement.node_id)
+        placed = await self.live_rooms.rooms.open_on(self.placement.node_id)
         load = self.media_load()
         reserved = 0.0
-        for kind, count in placed.items():
+        for kind, ids in placed.items():
+            count = len(ids)
             busy = sum(
                 1
                 for live in self.live_rooms.live.values()
@@ -93,7 +94,8 @@ class ClusterMember:
                 and live.cost() >= NEW_ROOM_COST.get(kind, 0.0)
             )
             reserved += max(count - busy, 0) * NEW_ROOM_COST.get(kind, NEW_ROOM_COST["meeting"])
-        return replace(load, cost=load.cost + reserved)
+        counted = tuple(str(room_id) for ids in placed.values() for room_id in ids)
+        return replace(load, cost=load.cost + reserved, counted_rooms=counted)
 
     def media_load(self) -> NodeLoad:
         now, cpu = time.monotonic(), time.process_time()

@@ -128,14 +128,16 @@ class RoomRouter(Protocol):
 
 
 # Claim a room for ARGV[1] unless a live node (its registry key exists) holds it. A claim
-# also charges the new owner the room's cost (ARGV[4]) under RECENT_KEY for ARGV[5] ms: until
-# its heartbeats count the room, placements racing in the same second see it as busier.
+# also charges the new owner the room's cost (ARGV[4]) under RECENT_KEY, a hash by room id
+# (ARGV[6]), until the owner's heartbeat counts the room (and removes it: registry.publish)
+# or ARGV[5] ms pass: placements racing in the same second see the node as busier, and a
+# room its heartbeat counts is never charged twice.
 _CLAIM = """
 local owner = redis.call('GET', KEYS[1])
 if owner and redis.call('EXISTS', ARGV[2] .. owner) == 1 then return owner end
 redis.call('SET', KEYS[1], ARGV[1])
 if tonumber(ARGV[4]) > 0 then
-  redis.call('INCRBYFLOAT', ARGV[3] .. ARGV[1], ARGV[4])
+  redis.call('HSET', ARGV[3] .. ARGV[1], ARGV[6], ARGV[4])
   redis.call('PEXPIRE', ARGV[3] .. ARGV[1], ARGV[5])
 end
 return ARGV[1]
@@ -204,7 +206,7 @@ class RedisPlacement:
                 {"nodes": len(nodes)},
             )
         owner_id = (
-            await self._claim(keys=[ROOM_KEY + str(room.id)], args=self._claim_args(chosen.node_id, room.kind))
+            await self._claim(keys=[ROOM_KEY + str(room.id)], args=self._claim_args(chosen.node_id, room.kind, room.id))
         ).decode()
         owner = chosen if owner_id == chosen.node_id else await self.registry.get(owner_id)
         if owner is None:  # the winner died between its claim and our read: place again
@@ -234,12 +236,12 @@ class RedisPlacement:
 
     async def claim(self, room_id: uuid.UUID) -> str:
         """Claim a room for this node unless a live node holds it; the owner after the claim."""
-        owner = await self._claim(keys=[ROOM_KEY + str(room_id)], args=self._claim_args(self.node_id, None))
+        owner = await self._claim(keys=[ROOM_KEY + str(room_id)], args=self._claim_args(self.node_id, None, room_id))
         return str(owner.decode())
 
-    def _claim_args(self, node_id: str, kind: str | None) -> list[str | float | int]:
+    def _claim_args(self, node_id: str, kind: str | None, room_id: uuid.UUID) -> list[str | float | int]:
         cost = NEW_ROOM_COST.get(kind, NEW_ROOM_COST["meeting"]) if kind is not None else 0.0
-        return [node_id, NODE_KEY, RECENT_KEY, cost, self.recent_ms]
+        return [node_id, NODE_KEY, RECENT_KEY, cost, self.recent_ms, str(room_id)]
 
     async def release(self, room_id: uuid.UUID) -> None:
         """Give up a room this node owns (closed or moved away): the next join places it anew."""

@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 NODE_KEY = "gbmedia:node:"  # + node id: the node's NodeInfo as JSON, with an expiry
 NODES_KEY = "gbmedia:nodes"  # set of node ids ever registered (pruned as they expire)
 DRAIN_KEY = "gbmedia:drain:"  # + node id: an operator asked this node to drain
-RECENT_KEY = "gbmedia:recent:"  # + node id: rooms placed on it since its last heartbeats (expires)
+RECENT_KEY = "gbmedia:recent:"  # + node id: hash room id -> cost, rooms placed on it its heartbeat has not counted
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,9 @@ class NodeLoad:
     forwarded_pps: float = 0.0
     sockets: int = 0
     cost: float = 0.0
+    # Rooms placed here that ``cost`` counts (ids): publishing them ends their placement charge
+    # (RECENT_KEY), so a room is never counted twice. Not stored in the registry entry.
+    counted_rooms: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -79,7 +82,9 @@ class NodeInfo:
         return self.load.cost + cost <= self.capacity
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        data["load"].pop("counted_rooms")  # the heartbeat's own business (RedisRegistry.publish)
+        return data
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> NodeInfo:
@@ -222,11 +227,15 @@ class RedisRegistry:
         self.me = replace(self.me, draining=True)
 
     async def publish(self, load: NodeLoad) -> None:
+        """The node's entry with its load; in the same transaction, the rooms the load counts stop
+        being charged as placed-but-uncounted (placement would count them twice otherwise)."""
         self.me = replace(self.me, load=load, updated_at=time.time())
         raw = json.dumps(self.me.to_json())
-        async with self.redis.pipeline(transaction=False) as pipe:
+        async with self.redis.pipeline(transaction=True) as pipe:
             pipe.set(NODE_KEY + self.me.node_id, raw, px=self.ttl_ms)
             pipe.sadd(NODES_KEY, self.me.node_id)
+            if load.counted_rooms:
+                pipe.hdel(RECENT_KEY + self.me.node_id, *load.counted_rooms)
             await pipe.execute()
 
     async def withdraw(self) -> None:
@@ -238,14 +247,18 @@ class RedisRegistry:
         ids = sorted(m.decode() if isinstance(m, bytes) else m for m in await self.redis.smembers(NODES_KEY))
         if not ids:
             return []
-        raws = await self.redis.mget([NODE_KEY + i for i in ids] + [RECENT_KEY + i for i in ids])
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.mget([NODE_KEY + i for i in ids])
+            for node_id in ids:
+                pipe.hvals(RECENT_KEY + node_id)
+            raws, *recents = await pipe.execute()
         nodes = []
         gone = []
-        for node_id, raw, recent in zip(ids, raws[: len(ids)], raws[len(ids) :], strict=True):
+        for node_id, raw, recent in zip(ids, raws, recents, strict=True):
             if raw is None:
                 gone.append(node_id)
                 continue
-            nodes.append(with_recent(NodeInfo.from_json(raw), float(recent or 0)))
+            nodes.append(with_recent(NodeInfo.from_json(raw), sum(float(cost) for cost in recent)))
         if gone:  # expired entries: keep the set small (a node coming back adds itself again)
             await self.redis.srem(NODES_KEY, *gone)
         return nodes

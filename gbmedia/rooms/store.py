@@ -207,12 +207,13 @@ class Rooms:
             node_id,
         )
 
-    async def count_open_on(self, node_id: str) -> dict[str, int]:
-        """This node's open rooms by kind: joined or not, each is a room placement sent here."""
+    async def open_on(self, node_id: str) -> dict[str, list[uuid.UUID]]:
+        """This node's open rooms' ids by kind: joined or not, each is a room placement sent here."""
         rows = await self.pool.fetch(
-            "SELECT kind, count(*) AS n FROM rooms WHERE node_id = $1 AND status = 'open' GROUP BY kind", node_id
+            "SELECT kind, array_agg(id) AS ids FROM rooms WHERE node_id = $1 AND status = 'open' GROUP BY kind",
+            node_id,
         )
-        return {row["kind"]: row["n"] for row in rows}
+        return {row["kind"]: list(row["ids"]) for row in rows}
 
     async def open_elsewhere(self, live_nodes: list[str], limit: int = 100) -> list[Room]:
         """Open rooms recorded on a node that is not among ``live_nodes`` (dead or gone)."""

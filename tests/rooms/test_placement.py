@@ -217,3 +217,25 @@ async def test_rooms_placed_in_one_burst_spread_before_any_heartbeat_counts_them
     loads = {n.node_id: n.load.cost for n in await first.registry.live_nodes()}
     assert loads == {"n1": owners.count("n1") * cost, "n2": owners.count("n2") * cost}
     assert loads["n1"] - loads["n2"] <= LOCAL_PREFERENCE * 1000 + cost
+
+
+async def test_a_room_the_owners_heartbeat_counts_is_no_longer_charged_as_placed(
+    redis_client: aioredis.Redis, rooms: Rooms, tenancy: Tenancy
+):
+    """A heartbeat between two placements used to count a new room twice (its report and the
+    placement charge, until the charge expired): a nearly full cluster answered cluster_full."""
+    instance = await make_instance(tenancy, "pro")
+    registry = await registered(redis_client, node("n1", capacity=50))
+    placement = RedisPlacement(redis_client, registry, rooms, recent_ms=60_000)
+    cost = NEW_ROOM_COST["meeting"]
+    first = await rooms.create(ACTOR, instance.id, "first")
+    assert (await placement.owner(first)).node_id == "n1"
+    assert [n.load.cost for n in await registry.live_nodes()] == [cost]  # charged until counted
+    # n1's heartbeat counts its placed room (what ClusterMember.read_load reports).
+    placed = await rooms.open_on("n1")
+    assert placed == {"meeting": [first.id]}
+    await registry.publish(NodeLoad(cost=cost, counted_rooms=(str(first.id),)))
+    assert [n.load.cost for n in await registry.live_nodes()] == [cost]  # once, not twice
+    assert (await placement.owner(await rooms.create(ACTOR, instance.id, "second"))).node_id == "n1"  # 48 <= 50
+    assert [n.load.cost for n in await registry.live_nodes()] == [2 * cost]
+    assert "counted_rooms" not in (await redis_client.get("gbmedia:node:n1")).decode()  # not stored in the entry
