@@ -280,19 +280,30 @@ async function toggleMicrophone(muted = !state.micMuted) {
 
 // Camera off releases the device (a phone's camera light goes off); on opens it again.
 async function toggleCamera(off = !state.cameraOff) {
-  if (!localStream || Boolean(off) === state.cameraOff) return state.cameraOff;
+  const stream = localStream;
   const sender = senderOf('video');
-  if (!sender) return state.cameraOff;
+  if (!stream || !sender || Boolean(off) === state.cameraOff) return state.cameraOff;
   if (off) {
     state.cameraOff = true;
     await announceMute('camera', true);
     await sender.replaceTrack(null);
-    if (localStream.video) localStream.video.stop();
-    localStream.video = null;
+    if (stream.video) stream.video.stop();
+    stream.video = null;
   } else {
-    const track = await openCamera(state.cameraId);
+    let track;
+    try {
+      track = await openCamera(state.cameraId);
+    } catch (error) {
+      console.warn('gblive: that camera did not open again; taking any:', error.name, error.message);
+      track = await openCamera(null); // unplugged meanwhile, say
+    }
+    if (localStream !== stream) {
+      track.stop(); // the live ended meanwhile
+      return state.cameraOff;
+    }
+    state.cameraId = track.getSettings().deviceId || state.cameraId;
     await sender.replaceTrack(track);
-    localStream.video = track;
+    stream.video = track;
     state.cameraOff = false;
     await announceMute('camera', false);
   }
