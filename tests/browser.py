@@ -210,11 +210,26 @@ class Browser:
         *,
         permissions: Sequence[str] = MEDIA_PERMISSIONS,
         timeout: float = 15.0,  # noqa: ASYNC109 - Playwright's per-page default, not an asyncio deadline
+        viewport: tuple[int, int] | None = None,
+        device_scale_factor: float | None = None,
+        init_script: str | None = None,
     ) -> Tab:
-        """Load ``url`` in a new tab with a fresh context; ``timeout`` (s) also becomes the page's default."""
+        """Load ``url`` in a new tab with a fresh context; ``timeout`` (s) also becomes the page's default.
+
+        ``viewport`` (CSS pixels) and ``device_scale_factor`` (devicePixelRatio) make the
+        tab look like another screen, a phone's say; Playwright's defaults otherwise (1280x720, 1).
+        ``init_script`` runs in the page before its own scripts (to watch what a page calls).
+        """
         process = await self._process_for(url)
-        context = await process.new_context(permissions=list(permissions))
+        options: dict[str, Any] = {"permissions": list(permissions)}
+        if viewport is not None:
+            options["viewport"] = {"width": viewport[0], "height": viewport[1]}
+        if device_scale_factor is not None:
+            options["device_scale_factor"] = device_scale_factor
+        context = await process.new_context(**options)
         context.set_default_timeout(timeout * 1000)
+        if init_script is not None:
+            await context.add_init_script(init_script)
         tab = Tab(context, await context.new_page())
         self.tabs.append(tab)
         await tab.page.goto(url)

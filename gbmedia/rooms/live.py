@@ -429,13 +429,14 @@ class LiveRoom:
         if down is None:
             raise ProtocolError("track_not_subscribed", f"you do not receive track {track_id}")
         layer: int | None = None
+        size: tuple[int, int] | None = None
         if quality is not None:
             layer = QUALITY_LAYERS[quality]
         elif width is not None and height is not None:
-            layer = down.layer_for_size(width, height)
+            size = (width, height)
         elif (width is None) != (height is None):
             raise ProtocolError("invalid_message", "give both width and height, or neither")
-        down.set_preferences(paused=paused, layer=layer)
+        down.set_preferences(paused=paused, layer=layer, size=size)
         return {
             "track_id": down.track.id,
             "paused": down.paused,

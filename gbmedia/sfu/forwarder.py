@@ -75,6 +75,7 @@ class DownTrack:
         "resent",
         "slot",
         "track",
+        "view_size",
         "waiting_keyframe",
     )
 
@@ -90,6 +91,7 @@ class DownTrack:
         self.waiting_keyframe = track.kind == "video"
         self.current_layer: int | None = None
         self.requested_layer = track.top  # what the subscriber asked for (size or quality)
+        self.view_size: tuple[int, int] | None = None  # the element size it asked for, kept to re-pick the layer
         self.bandwidth_cap = track.top  # what its bandwidth allows
         self.allocator = LayerAllocator(track.top)
         self.paused = False  # the subscriber's video is hidden: send nothing
@@ -211,30 +213,48 @@ class DownTrack:
 
     # --- what the subscriber wants -----------------------------------------------------
 
-    def set_preferences(self, *, paused: bool | None = None, layer: int | None = None) -> None:
+    def set_preferences(
+        self, *, paused: bool | None = None, layer: int | None = None, size: tuple[int, int] | None = None
+    ) -> None:
+        """A subscriber's wish: pause, a layer (a quality), or the size its video element is shown at.
+
+        A size is kept, not only turned into a layer: the layers' sizes are learnt from their
+        keyframes, and a layer that dynacast had paused (or a track just published) has none
+        yet, so the pick is made again each time a layer's size becomes known or changes
+        (:meth:`sizes_changed`); otherwise a pick made while the sizes were unknown (the top
+        layer) would stay until the element happened to change size.
+        """
         before = self.desired
         if paused is not None:
             if self.paused and not paused and self.track.kind == "video":
                 self.waiting_keyframe = True  # a picture resumes on a keyframe
                 self.current_layer = None
             self.paused = paused
-        if layer is not None:
+        if size is not None:
+            self.view_size = size
+            self.requested_layer = self.layer_for_size(*size)
+        elif layer is not None:
+            self.view_size = None
             self.requested_layer = max(0, min(layer, self.track.top))
         if self.desired != before:
             self.track.demand_changed()
 
+    def sizes_changed(self) -> None:
+        """A layer's size became known or changed: pick again for the element size asked for."""
+        if self.view_size is None:
+            return
+        before = self.desired
+        self.requested_layer = self.layer_for_size(*self.view_size)
+        if self.desired != before:
+            self.track.demand_changed()
+
     def layer_for_size(self, width: int, height: int) -> int:
-        """The smallest layer at least as large as the video element (the top when none is)."""
-        layers = self.track.layers
-        top = layers[-1].size
-        for lay in layers:
-            size = lay.size
-            if size is None and top is not None and lay.rid is not None:
-                scale = 2 ** (len(layers) - 1 - lay.index)  # q/h/f are usually 1/4, 1/2, 1
-                size = (top[0] // scale, top[1] // scale)
+        """The smallest layer at least as large as the video element (the top when none is, or
+        while no layer's size is known)."""
+        for index, size in enumerate(self.track.layer_sizes()):
             if size is not None and size[0] >= width and size[1] >= height:
-                return lay.index
-        return len(layers) - 1
+                return index
+        return self.track.top
 
     def apply_bandwidth(self, share_bps: float, now: float) -> None:
         before = self.desired

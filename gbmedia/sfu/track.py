@@ -122,6 +122,10 @@ class Downstream(Protocol):
 
     def write(self, out: Outgoing, now: float) -> None: ...
 
+    def sizes_changed(self) -> None:
+        """A layer's size became known or changed."""
+        ...
+
     def detach(self) -> None: ...
 
 
@@ -213,8 +217,13 @@ class PublishedTrack:
         key = False
         if self.kind == "video" and payload:
             key = is_keyframe(codec.mimeType, payload)
-            if key and layer.size is None:
-                layer.size = rtp_bytes.vp8_keyframe_size(payload) if codec.mimeType.lower() == "video/vp8" else None
+            if key and codec.mimeType.lower() == "video/vp8":
+                # Every keyframe: an encoder short of CPU or bandwidth scales its layers down.
+                size = rtp_bytes.vp8_keyframe_size(payload)
+                if size is not None and size != layer.size:
+                    layer.size = size
+                    for down in list(self.down_tracks):
+                        down.sizes_changed()
         if self.muted:
             return
         if self.sinks and self._feeds_sinks(layer, key, now):
@@ -245,6 +254,21 @@ class PublishedTrack:
         if best is not None and (current is None or best != current):
             self.request_keyframe(best)
         return False
+
+    def layer_sizes(self) -> list[tuple[int, int] | None]:
+        """Each layer's size, lowest first: as its keyframes tell, else inferred from the nearest
+        layer whose size is known (simulcast layers are each half the next one's size, what
+        web/room, LiveKit and most SDKs send), else None while no layer's size is known."""
+        known = [(lay.index, lay.size) for lay in self.layers if lay.size is not None]
+        sizes: list[tuple[int, int] | None] = []
+        for lay in self.layers:
+            if lay.size is not None or not known:
+                sizes.append(lay.size)
+                continue
+            index, (width, height) = min(known, key=lambda item: abs(item[0] - lay.index))
+            scale = 2.0 ** (lay.index - index)
+            sizes.append((round(width * scale), round(height * scale)))
+        return sizes
 
     def best_layer(self, wanted: int, now: float) -> int | None:
         """The layer to forward for a wish: it if flowing, else the nearest flowing below, else above."""

@@ -143,6 +143,56 @@ async def test_a_subscriber_gets_the_layer_it_asks_for_switching_on_keyframes(si
         await sub.close()
 
 
+async def test_a_size_asked_for_is_picked_again_when_the_layers_sizes_become_known(simulcast):
+    _, _, track, _ = simulcast
+    await wait_for(lambda: all(layer.size is not None for layer in track.layers))
+    sub = SubscriberPeer("bob")
+    try:
+        down = sub.add(track)
+        # As when dynacast paused h and f before their first keyframe: only q's size is known.
+        track.layers[1].size = track.layers[2].size = None
+        assert track.layer_sizes() == [SIZES["q"], SIZES["h"], SIZES["f"]]  # each layer twice the one below
+        down.set_preferences(size=(150, 100))
+        assert down.requested_layer == 1  # h (160x120) covers a 150x100 element
+        # No size known at all (a track just published): the top, until a keyframe tells.
+        for layer in track.layers:
+            layer.size = None
+        assert track.layer_sizes() == [None, None, None]
+        down.set_preferences(size=(150, 100))
+        assert down.requested_layer == 2
+        await wait_for(lambda: track.request_keyframe() or down.requested_layer == 1)  # asks until a keyframe comes
+        # A quality asked for is a layer, not a size: learning sizes leaves it alone.
+        down.set_preferences(layer=0)
+        track.layers[0].size = None
+        await wait_for(lambda: track.request_keyframe(0) or track.layers[0].size is not None)  # asks until one comes
+        assert down.requested_layer == 0 and down.view_size is None
+    finally:
+        await sub.close()
+
+
+async def test_an_encoder_that_scales_its_layers_down_moves_a_subscriber_up_a_layer(simulcast, monkeypatch):
+    _, _, track, _ = simulcast
+    await wait_for(lambda: all(layer.size is not None for layer in track.layers))
+    sub, viewer = SubscriberPeer("bob"), RawViewer()
+    try:
+        down = sub.add(track)
+        await viewer.answer(sub)
+        down.set_preferences(size=(150, 100))
+        assert down.requested_layer == 1
+        await wait_for(lambda: down.current_layer == 1 and viewer.sizes[-1:] == [SIZES["h"]])
+        # The publisher halves every layer (a browser short of CPU does): h no longer covers the
+        # element, f (now 160x120) does; the server moves the subscriber without being asked again.
+        for rid, (width, height) in list(SIZES.items()):
+            monkeypatch.setitem(SIZES, rid, (width // 2, height // 2))
+        await wait_for(lambda: [layer.size for layer in track.layers] == [(40, 30), (80, 60), (160, 120)])
+        await wait_for(lambda: down.requested_layer == 2 and down.current_layer == 2)
+        await wait_for(lambda: viewer.sizes[-1:] == [(160, 120)])
+        assert viewer.bad_switches == 0
+    finally:
+        await viewer.pc.close()
+        await sub.close()
+
+
 async def test_dynacast_pauses_layers_nobody_watches_and_resumes_them(simulcast, monkeypatch):
     monkeypatch.setattr(track_module, "DYNACAST_PAUSE_DELAY", 0.3)
     _, client, track, _ = simulcast

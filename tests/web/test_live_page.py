@@ -9,6 +9,7 @@ DOM and WebRTC statistics; nothing asserts how long anything took.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlencode
@@ -17,7 +18,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from gbmedia.node import Node
-from tests.browser import Browser
+from tests.browser import Browser, Tab
 from tests.helpers import Tenant
 from tests.rtc import ColorVideoTrack, RtcClient, ToneAudioTrack, wait_for
 from tests.signaling.test_whip import host_token, live_token, whep, whip
@@ -118,6 +119,132 @@ async def test_the_host_goes_live_from_the_browser(
     tab.assert_no_errors()
 
 
+# A phone's cameras (front, back, wide): Chromium's fake capture offers three devices.
+THREE_CAMERAS = "--use-fake-device-for-media-stream=device-count=3"
+
+
+async def keeps_receiving(player: Any, kind: str, more: int = 10) -> None:
+    """Until ``more`` further frames of ``kind`` reach the WHEP player."""
+    seen = len(player.frames.get(kind, []))
+    await wait_for(lambda: len(player.frames.get(kind, [])) >= seen + more, within=MEDIA_TIMEOUT)
+
+
+async def receives_nothing(player: Any, kind: str) -> None:
+    """No frame of ``kind`` reaches the player over a second (the server stopped forwarding it)."""
+    await asyncio.sleep(0.3)  # frames already on their way
+    seen = len(player.frames.get(kind, []))
+    await asyncio.sleep(1.0)
+    assert len(player.frames.get(kind, [])) == seen, kind
+
+
+def host_track(kind: str) -> str:
+    """JS: the host's track of ``kind`` as a viewer page knows it."""
+    return f"[...gblive.state.hosts.values()].flatMap(h => h.tracks).find(t => t.kind === {kind!r})"
+
+
+async def controls(tab: Tab) -> dict[str, Any]:
+    return await tab.evaluate("""() => Object.fromEntries(['host-controls', 'mic', 'camera', 'switch-camera', 'end',
+        'go-live', 'preview'].map(id => [id, document.getElementById(id).checkVisibility()]))""")
+
+
+async def test_the_host_mutes_turns_the_camera_off_switches_cameras_and_ends_the_live(
+    site: TestClient,
+    tenant: Tenant,
+    browser: Browser,
+    playwright_driver: Any,
+    chromium_executable: str,
+    peers: list[Any],
+):
+    async with Browser(playwright_driver, chromium_executable, extra_args=[THREE_CAMERAS]) as phone:
+        host = await phone.open(page_url(site, host_token(tenant, "star"), autolive="1"))
+        await host.wait_for("window.gblive && gblive.state.state === 'publishing'", timeout=MEDIA_TIMEOUT)
+        assert await controls(host) == {
+            "host-controls": True,
+            "mic": True,
+            "camera": True,
+            "switch-camera": True,
+            "end": True,
+            "go-live": False,
+            "preview": True,
+        }
+        player = await whep(site, live_token(tenant, "viewer"), opened=peers)
+        viewer = await browser.open(page_url(site, live_token(tenant, "ann")))
+        await viewer.wait_for("window.gblive && gblive.state.state === 'whep'", timeout=MEDIA_TIMEOUT)
+        await keeps_receiving(player, "audio")
+        await keeps_receiving(player, "video")
+
+        # Switch cameras: another device on the same sender, no new negotiation. (Chromium's second
+        # fake camera sends Y16 depth frames, which no encoder takes: the cameras used are the first
+        # and the third; the button moves from the third back to the first.)
+        cameras = await host.evaluate(
+            "async () => (await navigator.mediaDevices.enumerateDevices())"
+            ".filter(d => d.kind === 'videoinput').map(d => d.deviceId)"
+        )
+        assert len(cameras) == 3 and await host.evaluate("gblive.state.cameraId") == cameras[0]
+        offer = await host.evaluate("gblive.publisher.localDescription.sdp")
+        sending = (
+            "gblive.publisher.getSenders().find(s => s.track && s.track.kind === 'video').track.getSettings().deviceId"
+        )
+        assert await host.evaluate(f"gblive.switchCamera({cameras[2]!r})") == cameras[2]
+        assert await host.evaluate(sending) == cameras[2]
+        await keeps_receiving(player, "video")
+        await host.page.click("#switch-camera")
+        await host.wait_for(f"gblive.state.cameraId === {cameras[0]!r}", timeout=STATE_TIMEOUT)
+        assert await host.evaluate(sending) == cameras[0]
+        await keeps_receiving(player, "video")
+        assert await host.evaluate("gblive.publisher.localDescription.sdp") == offer  # replaceTrack: no renegotiation
+
+        # Mute: the microphone sends silence, the server forwards nothing, viewers are told.
+        await host.page.click("#mic")
+        assert await host.evaluate("[gblive.state.micMuted, gblive.localTracks.audio.enabled]") == [True, False]
+        assert await host.evaluate("document.getElementById('mic').textContent") == "Unmute"
+        await viewer.wait_for(f"{host_track('audio')}?.muted === true", timeout=STATE_TIMEOUT)
+        await receives_nothing(player, "audio")
+        await keeps_receiving(player, "video", 5)  # the picture goes on
+        await host.page.click("#mic")
+        await viewer.wait_for(f"{host_track('audio')}?.muted === false", timeout=STATE_TIMEOUT)
+        await keeps_receiving(player, "audio")
+
+        # Camera off: the device is released, no picture reaches viewers; on: it comes back.
+        await host.page.click("#camera")
+        await host.wait_for("gblive.state.cameraOff && gblive.localTracks.video === null", timeout=STATE_TIMEOUT)
+        assert (await controls(host))["preview"] is False
+        await viewer.wait_for(f"{host_track('video')}?.muted === true", timeout=STATE_TIMEOUT)
+        await receives_nothing(player, "video")
+        await host.page.click("#camera")
+        await host.wait_for(
+            "!gblive.state.cameraOff && gblive.localTracks.video.readyState === 'live'", timeout=STATE_TIMEOUT
+        )
+        await viewer.wait_for(f"{host_track('video')}?.muted === false", timeout=STATE_TIMEOUT)
+        await keeps_receiving(player, "video")
+
+        # End: the host leaves the stage, the viewer's page says the live ended, the host may go live again.
+        await host.page.click("#end")
+        await host.wait_for("gblive.state.state === 'ready'", timeout=STATE_TIMEOUT)
+        assert await host.evaluate("[gblive.localTracks, gblive.publisher]") == [None, None]
+        assert await controls(host) == {
+            "host-controls": False,
+            "mic": False,
+            "camera": False,
+            "switch-camera": False,
+            "end": False,
+            "go-live": True,
+            "preview": False,
+        }
+        await viewer.wait_for("gblive.state.state === 'waiting'", timeout=STATE_TIMEOUT)
+        assert await viewer.evaluate("document.getElementById('status').textContent") == "The live has ended"
+        await receives_nothing(player, "video")
+        await host.page.click("#go-live")
+        await host.wait_for("gblive.state.state === 'publishing'", timeout=MEDIA_TIMEOUT)
+        await viewer.wait_for("gblive.state.state === 'whep'", timeout=MEDIA_TIMEOUT)
+        await viewer.wait_for(
+            "(async () => { const s = await gblive.stats(); return s && s.framesDecoded > 10 && s; })()",
+            timeout=MEDIA_TIMEOUT,
+        )
+        host.assert_no_errors()
+        viewer.assert_no_errors()
+
+
 async def test_a_viewer_accepts_an_invite_and_goes_on_stage(
     site: TestClient, tenant: Tenant, browser: Browser, peers: list[Any]
 ):
@@ -153,7 +280,9 @@ async def test_without_webrtc_the_page_falls_back_to_hls(
     room_id = str(next(iter(node.live_rooms.live.values())).room.id)
     tab = await browser.open("about:blank")
     requested: list[str] = []
+    hls_requests: list[Any] = []
     tab.page.on("request", lambda request: requested.append(request.url))
+    tab.page.on("request", lambda request: hls_requests.append(request) if "/hls/" in request.url else None)
     await tab.page.goto(page_url(site, live_token(tenant, "ann"), transport="hls"))
     await tab.wait_for("window.gblive && gblive.state.state === 'hls'", timeout=STATE_TIMEOUT)
     assert await tab.evaluate("gblive.player.engine") == "hls.js"  # Chromium has no native HLS
@@ -165,6 +294,40 @@ async def test_without_webrtc_the_page_falls_back_to_hls(
         timeout=MEDIA_TIMEOUT,
     )
     assert any(f"/hls/{room_id}/" in url and url.endswith(".m4s") for url in requested)  # media parts
+    await no_credentials_to_hls(hls_requests)
+
+
+async def no_credentials_to_hls(requests: list[Any]) -> None:
+    """/hls takes none (docs/streaming.md): a token in a media URL or header only leaks (logs, CDNs, referers)."""
+    assert requests
+    for request in requests:
+        headers = await request.all_headers()
+        assert "token" not in request.url and "authorization" not in headers, (request.url, headers)
+
+
+# Chromium has its own HLS player, but hls.js takes over wherever Media Source Extensions
+# exist; without them the page is the one an older iPhone gets: the browser's own HLS.
+NO_MEDIA_SOURCE = "delete window.MediaSource; delete window.ManagedMediaSource;"
+
+
+async def test_a_browser_without_media_source_loads_hls_natively_without_a_token_in_the_url(
+    site: TestClient, tenant: Tenant, browser: Browser, node: Node, peers: list[Any]
+):
+    await whip(site, host_token(tenant, "star"), ColorVideoTrack(RED), opened=peers)
+    room_id = str(next(iter(node.live_rooms.live.values())).room.id)
+    tab = await browser.open("about:blank", init_script=NO_MEDIA_SOURCE)
+    hls_requests: list[Any] = []
+    tab.page.on("request", lambda request: hls_requests.append(request) if "/hls/" in request.url else None)
+    await tab.page.goto(page_url(site, live_token(tenant, "ann"), transport="hls"))
+    await tab.wait_for("window.gblive && gblive.state.state === 'hls'", timeout=STATE_TIMEOUT)
+    assert await tab.evaluate("gblive.player.engine") == "native"
+    assert await tab.evaluate("document.getElementById('video').src") == str(site.make_url(f"/hls/{room_id}/live.m3u8"))
+    # Chromium's own HLS fetched the playlist: that request is what this test is about. (It
+    # then stops with DEMUXER_ERROR_COULD_NOT_PARSE on the node's LL-HLS playlist, so playing
+    # is not asserted here; Safari's is the native player the page is for.)
+    await wait_for(lambda: any("/live.m3u8" in r.url for r in hls_requests), within=STATE_TIMEOUT)
+    await no_credentials_to_hls(hls_requests)
+    tab.assert_no_errors()
 
 
 async def test_the_page_without_a_token_says_so(site: TestClient, browser: Browser):

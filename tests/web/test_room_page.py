@@ -41,8 +41,16 @@ def subscriber_bundle_split(node: Node, identity: str) -> bool:
     return False
 
 
-def join_link(site: TestClient, tenant: Tenant, identity: str, room: str = "standup", **query: str) -> str:
-    token = mint_token(tenant.key, tenant.secret, identity, Grants.participant(room), name=identity.title())
+def join_link(
+    site: TestClient,
+    tenant: Tenant,
+    identity: str,
+    room: str = "standup",
+    *,
+    grants: Grants | None = None,
+    **query: str,
+) -> str:
+    token = mint_token(tenant.key, tenant.secret, identity, grants or Grants.participant(room), name=identity.title())
     return str(site.make_url("/web/room/")) + "?" + urlencode({"token": token, **query})
 
 
@@ -220,6 +228,61 @@ async def test_a_page_with_a_token_previews_and_joins_on_the_button(site: TestCl
     assert await tab.evaluate("gbroom.room.name") == "standup"
     await tab.wait_for("Object.keys(gbroom.localTracks).sort().join() === 'camera,microphone'", timeout=STATE_TIMEOUT)
     tab.assert_no_errors()
+
+
+def viewer_grants(room: str = "standup") -> Grants:
+    """A participant that may watch and listen but not publish (can_publish false)."""
+    return Grants(room=room, room_join=True, can_subscribe=True, can_publish_data=True)
+
+
+# Counts the page's calls for a camera or microphone (window.gumCalls).
+COUNT_GET_USER_MEDIA = """
+window.gumCalls = 0;
+const original = navigator.mediaDevices && navigator.mediaDevices.getUserMedia.bind(navigator.mediaDevices);
+if (original) navigator.mediaDevices.getUserMedia = (...args) => { window.gumCalls += 1; return original(...args); };
+"""
+
+
+async def test_a_viewer_is_never_asked_for_a_camera_and_sees_no_publish_controls(
+    site: TestClient, tenant: Tenant, browser: Browser, node: Node
+):
+    alice = await open_joined(browser, site, tenant, "alice")
+    vera = await browser.open(join_link(site, tenant, "vera", grants=viewer_grants()), init_script=COUNT_GET_USER_MEDIA)
+    await vera.wait_for("window.gbroom && gbroom.phase === 'idle'", timeout=STATE_TIMEOUT)
+    lobby = await vera.evaluate("""() => ({preview: document.querySelector('#preview-box').checkVisibility(),
+                                          identity: document.querySelector('#identity').textContent,
+                                          canPublish: gbroom.canPublish})""")
+    assert lobby == {"preview": False, "identity": "You will join as Vera to watch and listen.", "canPublish": False}
+    await vera.page.click("#join")
+    await vera.wait_for("gbroom.joined", timeout=STATE_TIMEOUT)
+    await wait_decoding(vera, "Alice")
+    await wait_hearing(vera, "Alice")
+    shown = await vera.evaluate("""() => ({
+        self: document.querySelectorAll('#grid .tile.self').length,
+        tiles: document.querySelectorAll('#grid .tile').length,
+        mic: document.querySelector('#mic').checkVisibility(),
+        camera: document.querySelector('#camera').checkVisibility(),
+        screen: document.querySelector('#screen').checkVisibility(),
+        leave: document.querySelector('#leave').checkVisibility(),
+        localTracks: gbroom.localTracks, gumCalls: window.gumCalls})""")
+    assert shown == {
+        "self": 0,
+        "tiles": 1,
+        "mic": False,
+        "camera": False,
+        "screen": False,
+        "leave": True,
+        "localTracks": {},
+        "gumCalls": 0,
+    }, shown
+    # Alice sees a participant that sends nothing; nothing of vera's reached the server.
+    await alice.wait_for("gbroom.participants.some(p => p.identity === 'vera' && p.tracks.length === 0)")
+    vera_there = [
+        p for live in node.live_rooms.live.values() for p in live.participants.values() if p.identity == "vera"
+    ]
+    assert len(vera_there) == 1 and vera_there[0].published == []
+    alice.assert_no_errors()
+    vera.assert_no_errors()
 
 
 async def test_an_expired_link_explains_itself(site: TestClient, tenant: Tenant, browser: Browser):

@@ -5,8 +5,13 @@
 // hearts (`reaction`), the viewer count (`viewer_count`), hosts coming and going and
 // co-host invitations. Media plays through WHEP (player.js), falling back to LL-HLS.
 // A token with can_publish makes this page the host's: "Go live" publishes the camera
-// and microphone over the same socket. A viewer invited on stage accepts and
-// publishes the same way (a co-host), still watching the program.
+// and microphone over the same socket; then the host mutes and unmutes the microphone,
+// turns the camera off (the device is released: its light goes off) and on, switches
+// between cameras (a phone's front and back: replaceTrack, no renegotiation), and ends
+// the live (the page leaves the room and joins again, not live: viewers see the end).
+// Mute and camera off are also `mute` requests, so the server stops forwarding the
+// track and viewers see `track_muted`. A viewer invited on stage accepts and publishes
+// the same way (a co-host), still watching the program.
 //
 // Query: token (required), transport=hls (skip WebRTC), autolive=1 (host: go live at once),
 // room_id (lets a viewer of a full room still watch over HLS, without chat).
@@ -36,12 +41,18 @@ const state = {
   invite: null,
   transport: null, // "whep" | "hls"
   error: null,
+  micMuted: false, // while publishing
+  cameraOff: false,
+  cameraId: null, // the deviceId of the camera in use (kept while it is off)
+  cameras: 0, // video inputs the browser offers
 };
 
 let signaling = null;
 let conversationId = null;
 let player = null;
 let publisher = null;
+let localStream = null; // what this page publishes: {audio, video} tracks
+let publishedIds = {}; // source -> track id, from the publish answer
 let retryTimer = null;
 let live = false; // this page publishes (a host on air, or a co-host): it publishes again after a reconnect
 let reconnects = 0;
@@ -69,6 +80,16 @@ function render() {
   $('viewer-count').textContent = String(state.viewerCount);
   $('host-name').textContent = hostName();
   document.body.dataset.role = state.role;
+  const onStage = live && localStream !== null;
+  $('host-controls').hidden = !onStage;
+  const mic = $('mic');
+  mic.textContent = state.micMuted ? 'Unmute' : 'Mute';
+  mic.setAttribute('aria-pressed', String(state.micMuted));
+  const camera = $('camera');
+  camera.textContent = state.cameraOff ? 'Camera on' : 'Camera off';
+  camera.setAttribute('aria-pressed', String(state.cameraOff));
+  $('switch-camera').hidden = state.cameras < 2;
+  $('end').hidden = state.role !== 'host';
 }
 
 // --- chat ------------------------------------------------------------------------------
@@ -168,7 +189,7 @@ async function play() {
       state.error = { transport: 'whep', code: error.code || error.name, message: error.message };
     }
   }
-  const hls = new HlsPlayer($('video'), { roomId: state.room.id, token });
+  const hls = new HlsPlayer($('video'), { roomId: state.room.id });
   player = hls;
   state.transport = 'hls';
   await hls.start();
@@ -183,14 +204,36 @@ function showUnmute() {
 
 // --- going live --------------------------------------------------------------------------
 
+const VIDEO = { width: { ideal: 720 }, height: { ideal: 1280 }, frameRate: { ideal: 30 } };
+
+async function openCamera(deviceId) {
+  const video = deviceId ? { ...VIDEO, deviceId: { exact: deviceId } } : VIDEO;
+  const stream = await navigator.mediaDevices.getUserMedia({ video });
+  return stream.getVideoTracks()[0];
+}
+
+async function countCameras() {
+  const devices = await navigator.mediaDevices.enumerateDevices();
+  state.cameras = devices.filter((device) => device.kind === 'videoinput').length;
+}
+
+function showPreview() {
+  const preview = $('preview');
+  const video = localStream && !state.cameraOff ? localStream.video : null;
+  preview.srcObject = video ? new MediaStream([video]) : null;
+  preview.hidden = !video;
+}
+
 async function goLive() {
   $('go-live').hidden = true;
   setState('joining', 'Starting the camera…');
-  const stream = await navigator.mediaDevices.getUserMedia({
-    video: { width: { ideal: 720 }, height: { ideal: 1280 }, frameRate: { ideal: 30 } }, audio: true });
-  const preview = $('preview');
-  preview.srcObject = stream;
-  preview.hidden = false;
+  const stream = await navigator.mediaDevices.getUserMedia({ video: VIDEO, audio: true });
+  localStream = { audio: stream.getAudioTracks()[0] || null, video: stream.getVideoTracks()[0] || null };
+  state.cameraId = localStream.video ? localStream.video.getSettings().deviceId || null : null;
+  state.micMuted = false;
+  state.cameraOff = false;
+  await countCameras();
+  showPreview();
   const pc = new RTCPeerConnection(RTC_CONFIG);
   publisher = pc;
   for (const track of stream.getTracks()) pc.addTransceiver(track, { direction: 'sendonly', streams: [stream] });
@@ -202,8 +245,142 @@ async function goLive() {
   }
   const reply = await signaling.request({ type: 'publish', sdp: pc.localDescription.sdp, tracks });
   await pc.setRemoteDescription({ type: 'answer', sdp: reply.sdp });
+  publishedIds = {};
+  for (const track of reply.tracks || []) publishedIds[track.source] = track.id;
   live = true;
   if (state.role === 'host') setState('publishing');
+  render();
+}
+
+function senderOf(kind) {
+  if (!publisher) return null;
+  const transceiver = publisher.getTransceivers().find((t) => t.receiver.track && t.receiver.track.kind === kind);
+  return transceiver ? transceiver.sender : null;
+}
+
+// Tells the server (which stops forwarding a muted track at once; viewers get `track_muted`).
+async function announceMute(source, muted) {
+  const trackId = publishedIds[source];
+  if (!trackId || !signaling || !signaling.isOpen) return;
+  try {
+    await signaling.request({ type: 'mute', track_id: trackId, muted });
+  } catch (error) {
+    console.warn(`gblive: the server refused to ${muted ? 'mute' : 'unmute'} the ${source}:`, error.code, error.message);
+  }
+}
+
+async function toggleMicrophone(muted = !state.micMuted) {
+  if (!localStream || !localStream.audio) return state.micMuted;
+  state.micMuted = Boolean(muted);
+  localStream.audio.enabled = !state.micMuted; // silence even before the server hears of it
+  render();
+  await announceMute('microphone', state.micMuted);
+  return state.micMuted;
+}
+
+// Camera off releases the device (a phone's camera light goes off); on opens it again.
+async function toggleCamera(off = !state.cameraOff) {
+  const stream = localStream;
+  const sender = senderOf('video');
+  if (!stream || !sender || Boolean(off) === state.cameraOff) return state.cameraOff;
+  if (off) {
+    state.cameraOff = true;
+    await announceMute('camera', true);
+    await sender.replaceTrack(null);
+    if (stream.video) stream.video.stop();
+    stream.video = null;
+  } else {
+    let track;
+    try {
+      track = await openCamera(state.cameraId);
+    } catch (error) {
+      console.warn('gblive: that camera did not open again; taking any:', error.name, error.message);
+      track = await openCamera(null); // unplugged meanwhile, say
+    }
+    if (localStream !== stream) {
+      track.stop(); // the live ended meanwhile
+      return state.cameraOff;
+    }
+    state.cameraId = track.getSettings().deviceId || state.cameraId;
+    await sender.replaceTrack(track);
+    stream.video = track;
+    state.cameraOff = false;
+    await announceMute('camera', false);
+  }
+  showPreview();
+  render();
+  return state.cameraOff;
+}
+
+// The next camera the browser offers (a phone: front, back), or the one named, on the same
+// sender: no renegotiation. The camera in use is released first: many phones cannot open both.
+async function switchCamera(deviceId = null) {
+  if (!localStream) return null;
+  const devices = (await navigator.mediaDevices.enumerateDevices()).filter((d) => d.kind === 'videoinput');
+  state.cameras = devices.length;
+  const index = devices.findIndex((d) => d.deviceId === state.cameraId);
+  const next = deviceId || (devices.length > 1 ? devices[(index + 1) % devices.length].deviceId : null);
+  if (!next || next === state.cameraId) return state.cameraId;
+  const sender = senderOf('video');
+  if (state.cameraOff || !sender) {
+    state.cameraId = next; // used when the camera comes on again
+    render();
+    return next;
+  }
+  const old = localStream.video;
+  if (old) old.stop();
+  let track;
+  try {
+    track = await openCamera(next);
+  } catch (error) {
+    console.warn('gblive: the other camera did not open:', error.name, error.message);
+    track = await openCamera(state.cameraId); // back to the one we had
+  }
+  if (!localStream || senderOf('video') !== sender) {
+    track.stop(); // the live ended meanwhile
+    return state.cameraId;
+  }
+  await sender.replaceTrack(track);
+  localStream.video = track;
+  state.cameraId = track.getSettings().deviceId || next;
+  showPreview();
+  render();
+  return state.cameraId;
+}
+
+function stopPublishing() {
+  if (publisher) publisher.close();
+  publisher = null;
+  if (localStream) [localStream.audio, localStream.video].forEach((track) => track && track.stop());
+  localStream = null;
+  publishedIds = {};
+  live = false;
+  state.micMuted = false;
+  state.cameraOff = false;
+  showPreview();
+}
+
+// Ends the live: the page leaves the room (viewers see the host go) and joins it again,
+// not live, so the host keeps the chat and the viewer count and may go live again.
+async function endLive() {
+  if (!live) return false;
+  const old = signaling;
+  signaling = null; // its close is no drop to recover from
+  stopPublishing();
+  setState('joining', 'Ending the live…');
+  if (old && old.isOpen) {
+    try {
+      await old.request({ type: 'leave' }, 5000);
+    } catch (error) {
+      console.warn('gblive: leave got no answer:', error.code);
+    }
+  }
+  if (old) old.close();
+  await connect();
+  $('go-live').hidden = state.role !== 'host';
+  setState('ready', 'The live has ended. You are not live.');
+  render();
+  return true;
 }
 
 async function inviteCohost(identity) {
@@ -239,7 +416,7 @@ function onMessage(message) {
       break;
     case 'participant_left':
       state.hosts.delete(message.participant_id);
-      offAir();
+      offAir(message.reason === 'left' ? 'The live has ended' : 'The host is away');
       break;
     case 'track_published': {
       const host = state.hosts.get(message.participant_id);
@@ -255,6 +432,20 @@ function onMessage(message) {
       const host = state.hosts.get(message.participant_id);
       if (host) host.tracks = host.tracks.filter((t) => t.id !== message.track_id);
       offAir();
+      break;
+    }
+    case 'track_muted': {
+      const host = state.hosts.get(message.participant_id);
+      const track = host && host.tracks.find((t) => t.id === message.track_id);
+      if (track) track.muted = message.muted;
+      if (message.by_admin && state.self && message.participant_id === state.self.id) {
+        // An administrator muted (or unmuted) one of ours: the server forwards nothing meanwhile.
+        const source = Object.keys(publishedIds).find((key) => publishedIds[key] === message.track_id);
+        if (source === 'microphone' && localStream && localStream.audio) {
+          state.micMuted = message.muted;
+          localStream.audio.enabled = !message.muted;
+        }
+      }
       break;
     }
     case 'reaction':
@@ -287,8 +478,10 @@ function playerConnected() {
   return Boolean(player && player.pc && player.pc.connectionState === 'connected');
 }
 
-function offAir() {
-  if (state.state === 'whep' && state.role === 'viewer' && !onAir()) setState('waiting', 'The host is away');
+// Nobody on stage sends video: a viewer waits (a host's tracks go before the host does, so
+// `participant_left` may only change the words: the host ended the live, or dropped out).
+function offAir(text = 'The host is away') {
+  if (['whep', 'hls', 'waiting'].includes(state.state) && state.role === 'viewer' && !onAir()) setState('waiting', text);
 }
 
 // The socket ended (the room moved to another node, the node went away, the network
@@ -298,9 +491,7 @@ async function reconnect() {
   const wasLive = live;
   const servedBy = state.room ? state.room.node_id : null;
   setState('reconnecting', 'Reconnecting…');
-  if (publisher) publisher.close();
-  publisher = null;
-  live = false;
+  stopPublishing();
   let delay = RECONNECT_FIRST_MS;
   for (;;) {
     await new Promise((resolve) => setTimeout(resolve, delay));
@@ -377,7 +568,7 @@ async function start() {
     // A full room (a huge audience) still plays over HLS when the link names the room's id.
     if (!(error instanceof SignalingError && error.code === 'room_full' && params.get('room_id'))) throw error;
     state.room = { id: params.get('room_id'), name: '' };
-    const hls = new HlsPlayer($('video'), { roomId: state.room.id, token });
+    const hls = new HlsPlayer($('video'), { roomId: state.room.id });
     player = hls;
     state.transport = 'hls';
     await hls.start();
@@ -404,6 +595,10 @@ $('chat-form').addEventListener('submit', (event) => {
 });
 $('heart').addEventListener('click', () => sendHeart().catch((error) => console.warn('gblive: heart', error)));
 $('go-live').addEventListener('click', () => goLive().catch(fail));
+$('mic').addEventListener('click', () => toggleMicrophone().catch(fail));
+$('camera').addEventListener('click', () => toggleCamera().catch(fail));
+$('switch-camera').addEventListener('click', () => switchCamera().catch(fail));
+$('end').addEventListener('click', () => endLive().catch(fail));
 $('invite-accept').addEventListener('click', () => answerInvite(true).catch(fail));
 $('invite-decline').addEventListener('click', () => answerInvite(false).catch(fail));
 $('unmute').addEventListener('click', () => {
@@ -424,6 +619,16 @@ window.gblive = {
   },
   sendHeart,
   sendChat,
+  toggleMicrophone,
+  toggleCamera,
+  switchCamera,
+  endLive,
+  get localTracks() {
+    return localStream ? { audio: localStream.audio, video: localStream.video } : null;
+  },
+  get publishedIds() {
+    return { ...publishedIds };
+  },
   inviteCohost,
   answerInvite,
   async stats() {

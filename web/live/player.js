@@ -150,18 +150,18 @@ export class WhepPlayer {
 }
 
 export class HlsPlayer {
-  constructor(video, { roomId, token }) {
+  constructor(video, { roomId }) {
     this.video = video;
     this.url = `/hls/${encodeURIComponent(roomId)}/live.m3u8`;
-    this.token = token;
     this.hls = null;
     this.engine = null; // "native" | "hls.js"
     this.lastError = null;
   }
 
-  // hls.js wherever Media Source Extensions exist (it sends the token as a header and
-  // tunes low-latency playback); the browser's own HLS only where they do not (older
-  // iPhones), with the token in the query since a media element sends no headers.
+  // hls.js wherever Media Source Extensions exist (it tunes low-latency playback); the
+  // browser's own HLS only where they do not (older iPhones). /hls takes no credentials
+  // (docs/streaming.md: the room id is what a viewer needs, a CDN may serve it), so none
+  // is sent: a token in a media URL would land in access logs, CDN logs and referers.
   async start() {
     const { default: Hls } = await import('./vendor/hls.light.min.mjs');
     if (!Hls.isSupported()) {
@@ -169,15 +169,13 @@ export class HlsPlayer {
         throw new PlaybackError('hls_unsupported', 'this browser plays neither WebRTC nor HLS');
       }
       this.engine = 'native';
-      this.video.src = `${this.url}?token=${encodeURIComponent(this.token)}`;
+      this.video.src = this.url;
       return;
     }
     this.engine = 'hls.js';
-    const token = this.token;
     this.hls = new Hls({
       lowLatencyMode: true,
       enableWorker: false, // the page's CSP allows no blob: workers
-      xhrSetup: (xhr) => xhr.setRequestHeader('Authorization', `Bearer ${token}`),
     });
     this.hls.on(Hls.Events.ERROR, (_event, data) => {
       this.lastError = { type: data.type, details: data.details, fatal: data.fatal,

@@ -2,10 +2,22 @@
 // fits (docs/protocol.md, track_settings): the size of the <video> element in device
 // pixels, or paused when the page is hidden or the element is not laid out. The server
 // picks the smallest layer at least that large; a paused video costs no bandwidth.
+// Sizes are sent again whenever the layout changes (the element resizes, the window
+// moves to a screen of another density, the page is zoomed).
+//
+// Device pixels count up to MAX_PIXEL_DENSITY per CSS pixel: a phone's 2.5-3 would ask
+// for the top layer for a tile a few centimetres wide, where the eye cannot tell it from
+// the middle one (LiveKit's adaptive stream caps the density the same way).
 //
 // sync(views) takes the wanted map trackId -> <video> element after every render.
 
 const SETTLE_MS = 250; // resizes are batched: a window drag sends one message
+export const MAX_PIXEL_DENSITY = 1.5;
+
+// Device pixels per CSS pixel that a video's size is reported in.
+export function pixelDensity(ratio = window.devicePixelRatio || 1) {
+  return Math.min(ratio, MAX_PIXEL_DENSITY); // below 1 (zoomed out) the element really is that small
+}
 
 export class ViewReporter {
   constructor(send) {
@@ -15,6 +27,7 @@ export class ViewReporter {
     this.timer = null;
     this.observer = typeof ResizeObserver === 'function' ? new ResizeObserver(() => this._schedule()) : null;
     document.addEventListener('visibilitychange', () => this._schedule());
+    window.addEventListener('resize', () => this._schedule()); // also fires when devicePixelRatio changes
   }
 
   sync(views) {
@@ -49,7 +62,7 @@ export class ViewReporter {
 
   _report() {
     const hidden = document.visibilityState === 'hidden';
-    const ratio = window.devicePixelRatio || 1;
+    const ratio = pixelDensity();
     for (const [trackId, element] of this.elements) {
       const box = element.getBoundingClientRect();
       const width = Math.round(box.width * ratio);

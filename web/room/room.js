@@ -63,7 +63,7 @@ function tiles() {
   if (!['joined', 'reconnecting', 'leaving'].includes(session.phase)) return wanted;
   const selfName = (session.self && displayName(session.self)) || 'You';
   const speaking = new Set(session.speakers.map((s) => s.participant_id));
-  wanted.push({
+  if (session.mayPublish) wanted.push({
     key: 'self', participantId: session.self ? session.self.id : '', name: selfName, self: true, source: 'camera',
     videoTrack: session.cameraTrack, micMuted: session.micMuted || !session.microphoneTrack,
     cameraOff: session.cameraOff || !session.cameraTrack, speaking: Boolean(session.self && speaking.has(session.self.id)),
@@ -182,7 +182,9 @@ function render() {
 
   if (lobby) {
     const name = (claims && (claims.name || claims.sub)) || '';
-    setText($('identity'), name ? `You will join as ${name}.` : 'Join the meeting.');
+    const as = session.mayPublish ? '' : ' to watch and listen';
+    setText($('identity'), name ? `You will join as ${name}${as}.` : `Join the meeting${as}.`);
+    $('preview-box').hidden = !session.mayPublish; // a viewer sends nothing: nothing to preview
     const preview = $('preview');
     const camera = session.cameraTrack;
     if ((preview.srcObject && preview.srcObject.getVideoTracks()[0]) !== camera) {
@@ -206,10 +208,12 @@ function render() {
   $('sound').hidden = !soundBlocked;
 
   const mic = $('mic');
+  mic.hidden = !session.mayPublish; // a viewer has nothing to mute
   mic.setAttribute('aria-pressed', String(session.micMuted));
   setText(mic, session.micMuted ? 'Unmute' : 'Mute');
   mic.disabled = session.camera !== null && !session.microphoneTrack;
   const camera = $('camera');
+  camera.hidden = !session.mayPublish;
   camera.setAttribute('aria-pressed', String(session.cameraOff));
   setText(camera, session.cameraOff ? 'Start video' : 'Stop video');
   camera.disabled = session.camera !== null && !session.cameraTrack;
@@ -312,6 +316,7 @@ window.gbroom = Object.freeze({
   get identity() { return session.self ? session.self.identity : null; },
   get room() { return session.room ? { ...session.room } : null; },
   get participants() { return [...session.participants.values()].map(participantView); },
+  get canPublish() { return session.mayPublish; },
   get localTracks() { return session.localTracks; },
   get micMuted() { return session.micMuted; },
   get cameraOff() { return session.cameraOff; },

@@ -98,11 +98,20 @@ export class RoomSession extends EventTarget {
     this.speakers = []; // the latest `speakers` event: [{participant_id, level, dbov}], loudest first
     this.signaling = null;
     this._previewing = null;
+    const claims = tokenClaims(token);
+    this._publishClaim = Boolean(claims && claims.grants && claims.grants.can_publish === true);
     this._resetMedia();
   }
 
+  // What the server granted, once joined.
   get canPublish() {
     return Boolean(this.self && this.self.grants && this.self.grants.can_publish);
+  }
+
+  // Whether this participant sends camera and microphone: the server's grants once joined,
+  // the token's (unverified) claim before. A viewer is never asked for a camera.
+  get mayPublish() {
+    return this.self ? this.canPublish : this._publishClaim;
   }
 
   get localTracks() {
@@ -139,8 +148,10 @@ export class RoomSession extends EventTarget {
 
   // --- local media ---------------------------------------------------------------------
 
-  // Camera and microphone, asked for once (a second call while the first waits gets the same promise).
+  // Camera and microphone, asked for once (a second call while the first waits gets the same promise);
+  // null, without asking the browser, for a participant that may not publish.
   preview() {
+    if (!this.mayPublish) return Promise.resolve(null);
     if (this.camera && this.camera.getTracks().some((track) => track.readyState === 'live')) {
       return Promise.resolve(this.camera);
     }
@@ -204,6 +215,7 @@ export class RoomSession extends EventTarget {
   }
 
   toggleMicrophone(muted = !this.micMuted) {
+    if (!this.mayPublish) return this.micMuted;
     this.micMuted = Boolean(muted);
     this._applyMute();
     this._syncMute('microphone');
@@ -212,6 +224,7 @@ export class RoomSession extends EventTarget {
   }
 
   toggleCamera(off = !this.cameraOff) {
+    if (!this.mayPublish) return this.cameraOff;
     this.cameraOff = Boolean(off);
     this._applyMute();
     this._syncMute('camera');
@@ -365,6 +378,7 @@ export class RoomSession extends EventTarget {
   _joined(joined) {
     this._closeMedia(); // a fresh session after a failed resume starts with new connections
     this._adopt(joined);
+    if (!this.canPublish) this._stopLocalMedia(); // the token claimed more than the server grants
     this._changed();
     if (this.canPublish) this._publishLocal();
     this._emit('connected', joined);
