@@ -470,7 +470,7 @@ class LiveRoom:
         track.muted = muted
         track.muted_by_admin = by_admin and muted
         if not muted:
-            track.request_keyframe()  # subscribers' decoders restart on a keyframe
+            track.unmuted()  # subscribers' decoders restart on a keyframe
         event = {"type": "track_muted", "participant_id": owner.id, "track_id": track.id, "muted": muted}
         if by_admin:
             await owner.send({**event, "by_admin": True})

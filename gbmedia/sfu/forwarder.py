@@ -226,9 +226,8 @@ class DownTrack:
         """
         before = self.desired
         if paused is not None:
-            if self.paused and not paused and self.track.kind == "video":
-                self.waiting_keyframe = True  # a picture resumes on a keyframe
-                self.current_layer = None
+            if self.paused and not paused:
+                self.resume_on_keyframe()  # a picture resumes on a keyframe
             self.paused = paused
         if size is not None:
             self.view_size = size
@@ -238,6 +237,14 @@ class DownTrack:
             self.requested_layer = max(0, min(layer, self.track.top))
         if self.desired != before:
             self.track.demand_changed()
+
+    def resume_on_keyframe(self) -> None:
+        if self.track.kind == "video":
+            self.waiting_keyframe = True
+            self.current_layer = None
+        # Number what comes next on from what was sent: the packets dropped meanwhile are not
+        # lost to the subscriber, whose jitter buffer would wait for them (and NACK) otherwise.
+        self._source_ssrc = None
 
     def sizes_changed(self) -> None:
         """A layer's size became known or changed: pick again for the element size asked for."""

@@ -126,6 +126,10 @@ class Downstream(Protocol):
         """A layer's size became known or changed."""
         ...
 
+    def resume_on_keyframe(self) -> None:
+        """Forward nothing more of this video until a keyframe (its decoder lost the picture)."""
+        ...
+
     def detach(self) -> None: ...
 
 
@@ -312,6 +316,18 @@ class PublishedTrack:
         if sink in self.sinks:
             self.sinks.remove(sink)
             self.demand_changed()
+
+    def unmuted(self) -> None:
+        """Forwarding resumes after a mute: numbering goes on without a gap, and each subscriber's
+        picture restarts on a keyframe.
+
+        Not only one keyframe request: the publisher may not have a picture to send yet (a
+        camera turned back on), and requests are rate limited; each down track keeps asking
+        (as after a pause) and forwards nothing its decoder cannot use until the keyframe.
+        """
+        for down in list(self.down_tracks):
+            down.resume_on_keyframe()
+        self.request_keyframe()  # video only
 
     def request_keyframe(self, layer: int | None = None) -> None:
         """Ask the publisher for a keyframe on a layer (default: every flowing one), rate limited."""

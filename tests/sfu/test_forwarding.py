@@ -182,7 +182,13 @@ async def test_server_mute_stops_forwarding(publisher):
         await asyncio.sleep(0.5)
         assert down.packets_out == sent
         video.muted = False
-        await wait_for(lambda: down.packets_out > sent)
+        video.unmuted()
+        # The subscriber's decoder restarts on a keyframe: nothing until one comes (a camera turned
+        # back on may take a while to have one; a delta frame without its reference is useless).
+        assert down.waiting_keyframe
+        await wait_for(lambda: down.packets_out > sent and not down.waiting_keyframe)
+        frames = len(viewer.video(video.id))
+        await wait_for(lambda: len(viewer.video(video.id)) >= frames + 3)  # decoded again
     finally:
         await viewer.close()
         await sub_server.close()
