@@ -7,11 +7,12 @@ import json
 
 import pytest
 from aiohttp.test_utils import TestClient
-from aiortc import RTCPeerConnection
+from aiortc import RTCPeerConnection, RTCSessionDescription
 
 from gbmedia.tenancy.tokens import Grants, mint_token
 from tests.helpers import Tenant
-from tests.rtc import NO_STUN, ColorVideoTrack, RtcClient, ToneAudioTrack, close_to, mean_rgb, wait_for
+from tests.rtc import NO_STUN, ColorVideoTrack, RtcClient, ToneAudioTrack, close_to, mean_rgb, offer_from, wait_for
+from tests.sdp_cases import MALFORMED
 
 RED = (220, 30, 30)
 GREEN = (30, 200, 30)
@@ -554,3 +555,24 @@ async def test_a_room_past_its_track_limit_refuses_more_and_whip_answers_422(
         assert (await resp.json())["error"]["code"] == "too_many_tracks"
     finally:
         await pc.close()
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+async def test_a_malformed_offer_is_refused_and_the_participant_can_publish_after(rtc, tenant: Tenant, case: str):
+    """Each of these answered ``internal_error`` (aiortc's parser asserting) or, without a DTLS
+    fingerprint, was answered: now ``invalid_sdp`` naming the line, before any connection exists."""
+    alice, bob = await rtc(), await rtc()
+    await alice.join(token(tenant, "alice"))
+    await bob.join(token(tenant, "bob"))
+    alice.publisher = RTCPeerConnection(NO_STUN)
+    alice.publisher.addTrack(ColorVideoTrack(RED))
+    alice.publisher.addTrack(ToneAudioTrack())
+    offer = await offer_from(alice.publisher)
+    refused = await alice.request({"type": "publish", "sdp": MALFORMED[case].change(offer), "tracks": {}})
+    assert refused["type"] == "error" and refused["code"] == "invalid_sdp", refused
+    assert MALFORMED[case].reason in refused["message"] and "line " in refused["message"]
+    # The same participant publishes its real offer on the same socket, and bob gets the tracks.
+    reply = await alice.request({"type": "publish", "sdp": offer, "tracks": {}})
+    assert reply["type"] == "publish_answer" and len(reply["tracks"]) == 2
+    await alice.publisher.setRemoteDescription(RTCSessionDescription(sdp=reply["sdp"], type="answer"))
+    await bob.wait_event(lambda e: e["type"] == "track_published")
