@@ -149,6 +149,10 @@ async def test_the_same_identity_replaces_its_older_session(rtc, tenant: Tenant)
         ('{"type": "subscribe", "track_ids": []}', "invalid_message"),
         ('{"type": "join", "token": "not-a-jwt"}', "token_malformed"),
         ('{"type": "join", "token": "x", "protocol": 9}', "unsupported_protocol"),
+        # json.loads recursed past Python's limit on these: internal_error before (issue 21, part 2)
+        ("[" * 100_000 + "]" * 100_000, "json_too_deep"),
+        ('{"type": "ping", "pad": ' + "[" * 5_000 + "]" * 5_000 + "}", "json_too_deep"),
+        ('{"type": "ping", "pad": ' + "[" * 32 + "]" * 32 + "}", "json_too_deep"),
     ],
 )
 async def test_bad_messages_get_protocol_errors_and_the_socket_stays_open(rtc, raw: str, code: str):
