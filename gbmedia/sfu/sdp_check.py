@@ -11,7 +11,8 @@ reaches aiortc is only what it can parse and connect with.
 The rules are those of the SDP WebRTC speaks (RFC 8866, RFC 8829/9429, RFC 8842):
 payload types 0-127 outside 64-95 (RFC 5761 section 4: with ``rtcp-mux`` they
 clash with RTCP packet types), header extension ids 1-255 (RFC 8285) and 1-14 for
-the extensions the forwarder writes in one-byte form (:mod:`gbmedia.sfu.rtp`), a
+the extensions the forwarder writes in one-byte form (:mod:`gbmedia.sfu.rtp`), mids
+of 1-16 token characters (the forwarder writes them in that form too), a
 BUNDLE group naming only mids that exist, and every m-section with ICE
 credentials, a DTLS fingerprint and a DTLS role (``a=setup``).
 """
@@ -33,6 +34,7 @@ FORWARDER_WRITES = (
     "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time",
     "urn:ietf:params:rtp-hdrext:ssrc-audio-level",
 )
+MAX_MID_LENGTH = 16  # RFC 8285: what a one-byte header extension element carries (the forwarder writes the mid)
 SETUP_ROLES = ("actpass", "active", "passive")
 KINDS = ("audio", "video", "application")
 INT_FMTP_PARAMETERS = ("apt", "max-fr", "max-fs", "maxplaybackrate", "minptime", "stereo", "useinbandfec")
@@ -147,7 +149,10 @@ def _media_attr(section: _Section, attr: str, value: str | None, line: str, numb
     if check is not None:
         check(section, _needs(value, attr), line, number)
     elif attr == "mid":
-        section.mid = _needs(value, attr).strip()
+        mid = _needs(value, attr)
+        if not _TOKEN.match(mid) or len(mid) > MAX_MID_LENGTH:
+            raise ValueError(f"a mid is a token of 1-{MAX_MID_LENGTH} characters")
+        section.mid = mid
 
 
 def _candidate(section: _Section, value: str, line: str, number: int) -> None:

@@ -101,6 +101,8 @@ def _in_video(line: str) -> str:
         (_in_video("a=sctp-port:x"), "SCTP port 'x'"),
         (_in_video("a=sctpmap:5000"), "a=sctpmap is"),
         (_in_video("a=mid"), "a=mid needs a value"),
+        (CHROME.replace("a=mid:1", "a=mid:" + "1" * 17), "a mid is a token of 1-16 characters"),
+        (CHROME.replace("a=mid:1", "a=mid:1 2"), "a mid is a token"),
         (_in_video("a=candidate:1 x udp 1 192.0.2.1 9 typ host"), "component 'x'"),
         (_in_video("a=candidate:1 1 udp 1 192.0.2.1 9 type host"), "must be 'typ'"),
         (_in_video("a=candidate:1 1 udp 1 192.0.2.1 9 typ srflx raddr 0.0.0.0 rport x"), "rport 'x'"),
