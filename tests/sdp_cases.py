@@ -44,6 +44,6 @@ MALFORMED: dict[str, Malformed] = {
         lambda sdp: re.sub(r"^a=group:[^\r\n]*", "a=group", sdp, flags=re.M), "a=group needs a value"
     ),
     "no_dtls_fingerprint": Malformed(
-        lambda sdp: re.sub(r"^a=fingerprint:[^\r\n]*\r?\n", "", sdp, flags=re.M), "no a DTLS fingerprint"
+        lambda sdp: re.sub(r"^a=fingerprint:[^\r\n]*\r?\n", "", sdp, flags=re.M), "lacks a DTLS fingerprint"
     ),
 }

@@ -13,8 +13,9 @@ payload types 0-127 outside 64-95 (RFC 5761 section 4: with ``rtcp-mux`` they
 clash with RTCP packet types), header extension ids 1-255 (RFC 8285) and 1-14 for
 the extensions the forwarder writes in one-byte form (:mod:`gbmedia.sfu.rtp`), mids
 of 1-16 token characters (the forwarder writes them in that form too), a
-BUNDLE group naming only mids that exist, and every m-section with ICE
-credentials, a DTLS fingerprint and a DTLS role (``a=setup``).
+BUNDLE group naming only mids that exist, and every m-section with a mid of its own, ICE
+credentials, a DTLS fingerprint and a DTLS role (``a=setup``); an audio or video
+one with exactly one direction (aiortc fails on none, where RFC 8866 means sendrecv).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ FORWARDER_WRITES = (
 MAX_MID_LENGTH = 16  # RFC 8285: what a one-byte header extension element carries (the forwarder writes the mid)
 SETUP_ROLES = ("actpass", "active", "passive")
 KINDS = ("audio", "video", "application")
+DIRECTIONS = ("sendonly", "recvonly", "sendrecv", "inactive")
 INT_FMTP_PARAMETERS = ("apt", "max-fr", "max-fs", "maxplaybackrate", "minptime", "stereo", "useinbandfec")
 
 _LINE = re.compile(r"^[a-z]=")
@@ -72,6 +74,7 @@ class _Section:
     setup: bool = False
     ufrag: bool = False
     pwd: bool = False
+    directions: int = 0  # a=sendonly, a=recvonly, a=sendrecv, a=inactive lines
     bundle: list[str] = field(default_factory=list)  # the session's a=group:BUNDLE mids
     bundle_line: tuple[int, str] = (0, "")
 
@@ -148,10 +151,14 @@ def _media_attr(section: _Section, attr: str, value: str | None, line: str, numb
     check = _MEDIA_CHECKS.get(attr)
     if check is not None:
         check(section, _needs(value, attr), line, number)
+    elif attr in DIRECTIONS:
+        section.directions += 1
     elif attr == "mid":
         mid = _needs(value, attr)
         if not _TOKEN.match(mid) or len(mid) > MAX_MID_LENGTH:
             raise ValueError(f"a mid is a token of 1-{MAX_MID_LENGTH} characters")
+        if section.mid is not None:
+            raise ValueError("an m-section has one a=mid")
         section.mid = mid
 
 
@@ -306,9 +313,12 @@ def check_sdp(sdp: str) -> None:
             raise InvalidSdp(number, line, str(exc)) from None
     if not sections:
         raise InvalidSdp(0, "", "the description has no media section (m-line)")
+    mids: set[str | None] = set()
     for section in sections:
         _check_section(session, section)
-    mids = {section.mid for section in sections}
+        if section.mid in mids:
+            raise InvalidSdp(section.line_number, section.line, f"mid {section.mid} is another m-section's too")
+        mids.add(section.mid)
     unknown = [mid for mid in session.bundle if mid not in mids]
     if unknown:
         raise InvalidSdp(*session.bundle_line, f"a=group:BUNDLE names mids no m-section has: {', '.join(unknown)}")
@@ -318,9 +328,17 @@ def _check_section(session: _Section, section: _Section) -> None:
     for pt, line, number in section.fmtp:
         if pt not in section.payload_types:
             raise InvalidSdp(number, line, f"no a=rtpmap in this m-section names payload type {pt}")
+    if section.kind != "application" and section.directions != 1:
+        raise InvalidSdp(
+            section.line_number,
+            section.line,
+            f"an audio or video m-section has one direction ({', '.join('a=' + d for d in DIRECTIONS)}), "
+            f"not {section.directions}",
+        )
     missing = [
         what
         for what, present in (
+            ("a mid (a=mid)", section.mid is not None),
             ("a DTLS fingerprint (a=fingerprint)", section.fingerprint or session.fingerprint),
             ("a DTLS role (a=setup)", section.setup or session.setup),
             ("an ICE username fragment (a=ice-ufrag)", section.ufrag or session.ufrag),
@@ -329,4 +347,4 @@ def _check_section(session: _Section, section: _Section) -> None:
         if not present
     ]
     if missing:
-        raise InvalidSdp(section.line_number, section.line, "the m-section has no " + " and no ".join(missing))
+        raise InvalidSdp(section.line_number, section.line, "the m-section lacks " + " and ".join(missing))
