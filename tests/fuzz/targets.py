@@ -116,17 +116,16 @@ def chat_body(data: bytes) -> None:
 # --- packets ------------------------------------------------------------------------
 
 # The extension ids a publisher's offer typically negotiates (tests/fuzz/seeds/sdp: Chrome's).
-_EXTENSIONS = HeaderExtensionsMap()
-_EXTENSIONS.configure(
-    RTCRtpParameters(
-        headerExtensions=[
-            RTCRtpHeaderExtensionParameters(id=1, uri="urn:ietf:params:rtp-hdrext:ssrc-audio-level"),
-            RTCRtpHeaderExtensionParameters(id=2, uri="http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"),
-            RTCRtpHeaderExtensionParameters(id=4, uri="urn:ietf:params:rtp-hdrext:sdes:mid"),
-            RTCRtpHeaderExtensionParameters(id=10, uri=aiortc_adapter.RID_URI),
-        ]
-    )
+_NEGOTIATED = RTCRtpParameters(
+    headerExtensions=[
+        RTCRtpHeaderExtensionParameters(id=1, uri="urn:ietf:params:rtp-hdrext:ssrc-audio-level"),
+        RTCRtpHeaderExtensionParameters(id=2, uri="http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"),
+        RTCRtpHeaderExtensionParameters(id=4, uri="urn:ietf:params:rtp-hdrext:sdes:mid"),
+        RTCRtpHeaderExtensionParameters(id=10, uri=aiortc_adapter.RID_URI),
+    ]
 )
+_EXTENSIONS = HeaderExtensionsMap()
+_EXTENSIONS.configure(_NEGOTIATED)
 _CODECS = [
     RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000, payloadType=96),
     RTCRtpCodecParameters(mimeType="video/H264", clockRate=90000, payloadType=102),
@@ -174,6 +173,7 @@ class _Transport:
         self.sender, self.receiver = transceiver.sender, transceiver.receiver
         self.dtls = self.receiver.transport
         aiortc_adapter.drop_unparsable_packets(self.dtls)
+        self.dtls._rtp_header_extensions_map.configure(_NEGOTIATED)
         self.dtls._rtp_router.register_sender(self.sender, self.SSRC)
         self.dtls._rtp_router.register_receiver(self.receiver, ssrcs=[self.REMOTE_SSRC], payload_types=[96], mid="0")
         self.seen: list[object] = []

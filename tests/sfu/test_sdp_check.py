@@ -120,7 +120,16 @@ def test_rules(sdp: str, reason: str):
     assert reason in str(refused.value)
 
 
+def test_what_aiortc_refuses_beyond_the_rules_is_invalid_sdp_too():
+    with pytest.raises(NegotiationError) as refused:
+        parse_sdp(CHROME.replace("s=-\r\n", "s=-\r\nv=x\r\n"), "offer")  # a second v= line
+    assert refused.value.code == "invalid_sdp" and "does not parse" in refused.value.message
+
+
 def test_what_the_rules_allow():
+    check_sdp(CHROME.replace("t=0 0\r\n", "t=0 0\r\n\r\n"))  # an empty line
+    with pytest.raises(InvalidSdp, match="starts with a semantic token"):
+        check_sdp(CHROME.replace("a=group:BUNDLE 0 1", "a=group:(BUNDLE) 0 1"))
     check_sdp(_in_video("a=extmap:20/recvonly urn:x"))  # two-byte ids for what the forwarder does not write
     check_sdp(_in_video("a=rtcp-fb:* nack"))
     check_sdp(_in_video("a=rtcp:9"))
