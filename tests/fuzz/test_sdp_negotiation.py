@@ -5,7 +5,8 @@ aiortc's ``setRemoteDescription`` and the SFU's own negotiation (simulcast, code
 track limits), which a mutated byte rarely reaches intact. Here offers are edited a
 line at a time from real ones (a browser's simulcast offer, aiortc's), so most
 parse and go all the way. The property: a publisher's offer is answered or refused
-with a :class:`NegotiationError`, a WHEP player's too; nothing else escapes.
+with a :class:`NegotiationError`, a WHEP player's too, and a subscriber's answer to
+the server's offer is accepted or refused the same way; nothing else escapes.
 Derandomized and bounded, so every run tries the same offers.
 """
 
@@ -14,12 +15,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from aiortc import RTCPeerConnection
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gbmedia.sfu.peers import NegotiationError, PublisherPeer
+from gbmedia.sfu.peers import NegotiationError, PublisherPeer, SubscriberPeer
 from gbmedia.sfu.playback import PlaybackPeer
+from gbmedia.sfu.track import PublishedTrack
+from tests.rtc import answer_to
 
 HERE = Path(__file__).parent
 SEEDS = sorted((HERE / "seeds" / "sdp").glob("*.sdp"))
@@ -128,3 +132,55 @@ async def test_replay(sdp: str):
 @given(offer=st.sampled_from(OFFERS), edits=st.lists(edit, min_size=1, max_size=4))
 async def test_an_edited_offer_is_answered_or_refused_with_a_code(offer: str, edits: list[tuple]):
     await negotiate(edited(offer, edits))
+
+
+class Subscribing:
+    """A published track (its receiver from a connection that never connects) and a real client's
+    answer to a subscriber offer carrying it: the answer each example edits."""
+
+    def __init__(self) -> None:
+        self.source = RTCPeerConnection()
+        receiver = self.source.addTransceiver("video", direction="recvonly").receiver
+        self.track = PublishedTrack("PA_source", "video", "camera", receiver, VP8, "0")
+        self.answer = ""
+
+    async def offer(self) -> SubscriberPeer:
+        server = SubscriberPeer("PA_fuzz")
+        server.add(self.track)
+        await server.offer()
+        return server
+
+    async def base_answer(self) -> str:
+        if not self.answer:
+            server, client = await self.offer(), RTCPeerConnection()
+            try:
+                self.answer = await answer_to(client, server.pc.localDescription.sdp)
+            finally:
+                await client.close()
+                await server.close()
+        return self.answer
+
+
+SUBSCRIBING: list[Subscribing] = []
+
+
+@settings(
+    max_examples=150,
+    derandomize=True,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(edits=st.lists(edit, min_size=1, max_size=4))
+async def test_an_edited_answer_is_accepted_or_refused_with_a_code(edits: list[tuple]):
+    if not SUBSCRIBING:
+        SUBSCRIBING.append(Subscribing())
+    subscribing = SUBSCRIBING[0]
+    answer = edited(await subscribing.base_answer(), edits)
+    server = await subscribing.offer()
+    try:
+        await server.accept_answer(answer)
+    except NegotiationError:
+        pass
+    finally:
+        await server.close()
