@@ -136,13 +136,14 @@ async def test_an_edited_offer_is_answered_or_refused_with_a_code(offer: str, ed
 
 class Subscribing:
     """A published track (its receiver from a connection that never connects) and a real client's
-    answer to a subscriber offer carrying it: the answer each example edits."""
+    answer to a subscriber offer carrying it: the answer each example edits (made once)."""
+
+    answer = ""
 
     def __init__(self) -> None:
         self.source = RTCPeerConnection()
         receiver = self.source.addTransceiver("video", direction="recvonly").receiver
         self.track = PublishedTrack("PA_source", "video", "camera", receiver, VP8, "0")
-        self.answer = ""
 
     async def offer(self) -> SubscriberPeer:
         server = SubscriberPeer("PA_fuzz")
@@ -151,17 +152,17 @@ class Subscribing:
         return server
 
     async def base_answer(self) -> str:
-        if not self.answer:
+        if not Subscribing.answer:
             server, client = await self.offer(), RTCPeerConnection()
             try:
-                self.answer = await answer_to(client, server.pc.localDescription.sdp)
+                Subscribing.answer = await answer_to(client, server.pc.localDescription.sdp)
             finally:
                 await client.close()
                 await server.close()
-        return self.answer
+        return Subscribing.answer
 
-
-SUBSCRIBING: list[Subscribing] = []
+    async def close(self) -> None:
+        await self.source.close()
 
 
 @settings(
@@ -173,14 +174,12 @@ SUBSCRIBING: list[Subscribing] = []
 )
 @given(edits=st.lists(edit, min_size=1, max_size=4))
 async def test_an_edited_answer_is_accepted_or_refused_with_a_code(edits: list[tuple]):
-    if not SUBSCRIBING:
-        SUBSCRIBING.append(Subscribing())
-    subscribing = SUBSCRIBING[0]
-    answer = edited(await subscribing.base_answer(), edits)
+    subscribing = Subscribing()
     server = await subscribing.offer()
     try:
-        await server.accept_answer(answer)
+        await server.accept_answer(edited(await subscribing.base_answer(), edits))
     except NegotiationError:
         pass
     finally:
         await server.close()
+        await subscribing.close()
