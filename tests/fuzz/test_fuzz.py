@@ -76,5 +76,7 @@ def test_a_fuzzing_session_finds_no_crash(tmp_path: Path):
     for crash in crashes:
         target, data = target_of(crash.read_bytes())
         found.append(f"{target}: {base64.b64encode(data).decode()} (add it to tests/fuzz/corpus/{target}/)")
-    assert not crashes and done.returncode == 0, "\n".join([*found, done.stderr[-6000:]])
+    uncaught = done.stderr.find("Uncaught Python exception")  # atheris's report: the traceback follows
+    report = done.stderr[uncaught : uncaught + 6000] if uncaught >= 0 else done.stderr[-6000:]
+    assert not crashes and done.returncode == 0, "\n".join([*found, report])
     assert f"Done {RUNS} runs" in done.stderr, done.stderr[-2000:]
