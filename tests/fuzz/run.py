@@ -5,7 +5,7 @@
     PYTHONPATH=. python -m tests.fuzz.run sdp -max_total_time=600 /tmp/sdp-corpus tests/fuzz/seeds/sdp
 
 ``python -m tests.fuzz.run all ...``: every target in one process, an input's first
-byte choosing the target (:func:`every_target`). The suite runs that, with a bounded
+byte choosing the target (:func:`tests.fuzz.targets.every_target`). The suite runs that, with a bounded
 budget (``tests/fuzz/test_fuzz.py``): starting Python with the parsers costs seconds,
 once instead of once per target. libFuzzer ends the process when it is done.
 
@@ -22,20 +22,7 @@ import types
 
 import atheris
 
-from tests.fuzz.targets import TARGETS
-
-ORDER = sorted(TARGETS)  # the first byte of an input to every_target picks ORDER[byte % len(ORDER)]
-
-
-def target_of(data: bytes) -> tuple[str, bytes]:
-    """The target an input of :func:`every_target` goes to, and the bytes it gets."""
-    return ORDER[data[0] % len(ORDER)], data[1:]
-
-
-def every_target(data: bytes) -> None:
-    if data:
-        name, rest = target_of(data)
-        TARGETS[name](rest)
+from tests.fuzz.targets import TARGETS, every_target
 
 
 # Coverage is gathered from the parsers only: instrumenting every module imported (all of aiortc,

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fuzz.targets import TARGETS
+from tests.fuzz.targets import ORDER, TARGETS, target_of
 
 HERE = Path(__file__).parent
 ROOT = HERE.parents[1]
@@ -48,8 +48,6 @@ def test_replay(target: str, path: Path):
 
 
 def test_a_fuzzing_session_finds_no_crash(tmp_path: Path):
-    from tests.fuzz.run import ORDER, target_of
-
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     for target, path in inputs("seeds") + inputs("corpus"):  # each prefixed with the byte that picks its target
