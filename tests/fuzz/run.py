@@ -24,7 +24,6 @@ import atheris
 
 from tests.fuzz.targets import TARGETS, every_target
 
-
 # Coverage is gathered from the parsers only: instrumenting every module imported (all of aiortc,
 # the rooms and tenancy behind gbmedia.signaling.whip) took seconds before the first input.
 PARSERS = (
