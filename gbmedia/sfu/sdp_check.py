@@ -50,7 +50,7 @@ _FINGERPRINT = re.compile(r"^[!#$%&'*+\-.0-9A-Z^_`a-z{|}~]+ [0-9A-Fa-f]{2}(:[0-9
 
 
 class InvalidSdp(ValueError):
-    """A description refused, with the (1-based) line that is wrong; ``message`` says why."""
+    """A description refused, with the (1-based) line that is wrong (0: the whole) and the ``reason``."""
 
     def __init__(self, line_number: int, line: str, reason: str) -> None:
         self.line_number = line_number
