@@ -131,6 +131,7 @@ _CODECS = [
     RTCRtpCodecParameters(mimeType="video/H264", clockRate=90000, payloadType=102),
     RTCRtpCodecParameters(mimeType="audio/opus", clockRate=48000, channels=2, payloadType=111),
 ]
+NTP = 0xE000_0000_8000_0000  # one fixed clock reading: the same input takes the same path every run
 _LAYOUTS = [
     rtp_bytes.ExtensionLayout(),
     rtp_bytes.ExtensionLayout(mid_id=4, mid=b"0", abs_send_time_id=2, audio_level_id=1),
@@ -155,7 +156,7 @@ def rtp(data: bytes) -> None:
     body = rtp_bytes.body(packet.payload, packet.padding_size)
     assert len(body) == len(packet.payload) + packet.padding_size
     for layout in _LAYOUTS:
-        block = rtp_bytes.extension_block(layout, aiortc_adapter.abs_send_time(), packet.extensions.audio_level)
+        block = rtp_bytes.extension_block(layout, aiortc_adapter.abs_send_time(NTP), packet.extensions.audio_level)
         assert len(block) % 4 == 0
         rtp_bytes.first_bytes(bool(block), bool(packet.padding_size), packet.marker, packet.payload_type)
 
