@@ -11,12 +11,13 @@ and a bad frame becomes a :class:`ProtocolError` with a stable code.
 
 from __future__ import annotations
 
-import json
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, StringConstraints, TypeAdapter, ValidationError
 
+from gbmedia import jsondepth
 from gbmedia.errors import ProtocolError, validation_problems
+from gbmedia.jsondepth import JsonTooDeep
 
 PROTOCOL_VERSION = 1
 MAX_MESSAGE_BYTES = 256 * 1024  # an SDP with dozens of m-lines stays far below this
@@ -32,6 +33,12 @@ class Message(BaseModel):
     id: Annotated[str, StringConstraints(max_length=64)] | int | None = None
 
 
+def _request_id(data: Any) -> str | int | None:
+    """The frame's ``id``, when it has one of the right type, for the reply or error."""
+    value = data.get("id") if isinstance(data, dict) else None
+    return value if isinstance(value, str | int) else None
+
+
 def parse(raw: str | bytes, types: tuple[str, ...], adapter: TypeAdapter[T]) -> T:
     """One frame as the message of ``adapter`` (a union discriminated by ``type``), or :class:`ProtocolError`.
 
@@ -41,12 +48,19 @@ def parse(raw: str | bytes, types: tuple[str, ...], adapter: TypeAdapter[T]) -> 
     if len(raw) > MAX_MESSAGE_BYTES:
         raise ProtocolError("message_too_large", f"messages are limited to {MAX_MESSAGE_BYTES} bytes")
     try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+        data = jsondepth.loads(raw)
+    except JsonTooDeep as exc:
+        raise ProtocolError(
+            "json_too_deep",
+            f"the message nests deeper than {exc.limit} levels",
+            _request_id(exc.parsed),
+            {"max_depth": exc.limit},
+        ) from None
+    except ValueError as exc:  # UnicodeDecodeError is one
         raise ProtocolError("invalid_json", f"the message is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise ProtocolError("invalid_message", "a message must be a JSON object")
-    request_id = data.get("id") if isinstance(data.get("id"), str | int) else None
+    request_id = _request_id(data)
     kind = data.get("type")
     if kind not in types:
         raise ProtocolError("unknown_type", f"unknown message type {kind!r}", request_id, {"types": list(types)})

@@ -17,7 +17,20 @@ ROOT = Path(gbmedia.__file__).parent
 # From the bottom. A package may import its own modules and those of lower layers, never a
 # package of its own layer or a higher one. The core modules may import one another.
 # The core modules may import one another; the root's modules (the composition root) too.
-CORE = {"gbmedia", "config", "db", "bus", "outbox", "metrics", "logs", "errors", "ratelimit", "http", "wire"}
+CORE = {
+    "gbmedia",
+    "config",
+    "db",
+    "bus",
+    "outbox",
+    "metrics",
+    "logs",
+    "errors",
+    "ratelimit",
+    "http",
+    "wire",
+    "jsondepth",
+}
 ROOT_MODULES = {"node", "app", "server", "cli", "workers", "__main__"}
 LAYERS: list[set[str]] = [
     CORE | {"sfu"},

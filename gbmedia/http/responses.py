@@ -11,7 +11,9 @@ from typing import Any, TypeVar
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
+from gbmedia import jsondepth
 from gbmedia.errors import ApiError, bad_request, validation_problems
+from gbmedia.jsondepth import JsonTooDeep
 
 Model = TypeVar("Model", bound=BaseModel)
 
@@ -43,25 +45,37 @@ def error_response(error: ApiError, headers: dict[str, str] | None = None) -> we
 
 async def read_json(request: web.Request) -> dict[str, Any]:
     """The body as a JSON object; aiohttp raises 413 past ``client_max_size``."""
-    body = await request.read()
+    return parse_json_body(await request.read())
+
+
+def parse_json_body(body: bytes) -> dict[str, Any]:
+    """A request body as a JSON object, or a 400 that says what is wrong with it."""
     if not body:
         raise bad_request("body_required", "this request needs a JSON object body")
     try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
+        data = jsondepth.loads(body)
+    except JsonTooDeep as exc:
+        raise bad_request(
+            "json_too_deep", f"the body nests deeper than {exc.limit} levels", max_depth=exc.limit
+        ) from None
+    except ValueError as exc:  # UnicodeDecodeError is one
         raise bad_request("invalid_json", f"the body is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise bad_request("body_not_object", "the body must be a JSON object")
     return data
 
 
-async def read_model(request: web.Request, model: type[Model]) -> Model:
-    data = await read_json(request)
+def validate_body(data: dict[str, Any], model: type[Model]) -> Model:
+    """A parsed body as ``model``, or 400 ``validation_failed`` listing each field's problem."""
     try:
         return model.model_validate(data)
     except ValidationError as exc:
         problems, text = validation_problems(exc, whole="(body)")
         raise bad_request("validation_failed", f"the request body is invalid: {text}", problems=problems) from None
+
+
+async def read_model(request: web.Request, model: type[Model]) -> Model:
+    return validate_body(await read_json(request), model)
 
 
 def path_uuid(request: web.Request, name: str) -> uuid.UUID:

@@ -14,7 +14,7 @@ import asyncpg
 
 from gbmedia import outbox
 from gbmedia.errors import ApiError, bad_request, forbidden, not_found
-from gbmedia.messaging.models import CONVERSATION_KINDS, MEMBER_ROLES, ChatCaller, Conversation, Member
+from gbmedia.messaging.models import CONVERSATION_KINDS, MEMBER_ROLES, ChatCaller, Conversation, Member, check_metadata
 from gbmedia.tenancy.instances import Instances
 from gbmedia.tenancy.sharding import shard_key_for
 
@@ -70,6 +70,7 @@ class Conversations:
             raise bad_request("direct_needs_two", "a direct conversation has exactly two members")
         if not members:
             raise bad_request("members_required", "name at least one member")
+        check_metadata(metadata)
         if caller.instance_id is None:
             raise bad_request("instance_id_required", "the operator must name the conversation's instance_id")
         instance = await self.instances.get(caller.instance_id)

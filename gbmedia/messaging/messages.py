@@ -29,7 +29,15 @@ from gbmedia import outbox
 from gbmedia.errors import ApiError, bad_request, forbidden, not_found
 from gbmedia.messaging.conversations import Conversations
 from gbmedia.messaging.group_commit import DEFAULT_LANES, SendBatcher, SendOutcome, SendRequest
-from gbmedia.messaging.models import MESSAGE_KINDS, ChatCaller, Conversation, Message, Receipt, SendResult
+from gbmedia.messaging.models import (
+    MESSAGE_KINDS,
+    ChatCaller,
+    Conversation,
+    Message,
+    Receipt,
+    SendResult,
+    check_metadata,
+)
 from gbmedia.tenancy.sharding import shard_key_for
 
 log = logging.getLogger(__name__)
@@ -191,6 +199,7 @@ class Messages:
         author = sender or caller.identity
         if author is None:
             raise bad_request("sender_required", "the operator names the sender")
+        check_metadata(metadata)
         encoded_metadata = json.dumps(metadata) if metadata else "{}"
         if "\\u0000" in encoded_metadata:  # nor can jsonb
             raise bad_request("invalid_content", "metadata cannot contain the NUL character (U+0000)")

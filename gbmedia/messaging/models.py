@@ -1,4 +1,4 @@
-"""Plain data of chat: conversations, members with their receipt cursors, messages."""
+"""Plain data of chat: conversations, members with their receipt cursors, messages; the check its metadata passes."""
 
 from __future__ import annotations
 
@@ -6,6 +6,9 @@ import datetime as dt
 import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+from gbmedia.errors import bad_request
+from gbmedia.jsondepth import MAX_JSON_DEPTH, depth_exceeds
 
 if TYPE_CHECKING:
     from gbmedia.tenancy.tokens import Grants
@@ -103,4 +106,17 @@ class ChatCaller:
             admin=grants.instance_admin,
             room=grants.room if in_room else None,
             moderator=in_room and grants.room_admin,
+        )
+
+
+def check_metadata(metadata: dict[str, Any] | None) -> None:
+    """400 ``json_too_deep`` for metadata nested past :data:`~gbmedia.jsondepth.MAX_JSON_DEPTH`.
+
+    JSON from a client is refused at that depth when it is parsed; this keeps a
+    caller that builds metadata itself (a bot) from storing what ``json.dumps`` and
+    every reader would recurse on.
+    """
+    if metadata and depth_exceeds(metadata):
+        raise bad_request(
+            "json_too_deep", f"metadata nests deeper than {MAX_JSON_DEPTH} levels", max_depth=MAX_JSON_DEPTH
         )

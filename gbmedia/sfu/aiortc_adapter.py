@@ -29,6 +29,7 @@ import asyncio
 import logging
 import random
 import socket
+import struct
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -39,6 +40,7 @@ from aioice.ice import StunProtocol
 from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
 from aiortc.clock import current_datetime, current_ntp_time
 from aiortc.codecs import is_rtx
+from aiortc.rtcdtlstransport import RTCDtlsTransport
 from aiortc.rtcdtlstransport import State as DtlsState
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters, RTCRtpHeaderExtensionParameters
 from aiortc.rtcrtpreceiver import NackGenerator
@@ -47,6 +49,7 @@ from aiortc.rtp import (
     RTCP_PSFB_PLI,
     RTCP_RTPFB_NACK,
     AnyRtcpPacket,
+    RtcpPacket,
     RtcpPsfbPacket,
     RtcpRtpfbPacket,
     RtpPacket,
@@ -98,6 +101,14 @@ _SENDER_ATTRS = (
 
 
 _ICE_ATTRS = ("get_component_candidates", "_protocols", "_nominated")
+_DTLS_ATTRS = (
+    "_rtp_router",
+    "_state",
+    "_tx_srtp",
+    "_rtp_header_extensions_map",
+    "_handle_rtp_data",
+    "_handle_rtcp_data",
+)
 
 
 async def check_internals() -> None:
@@ -106,9 +117,6 @@ async def check_internals() -> None:
         raise AiortcInternalsChanged(
             f"gbmedia's SFU adapter is written for aiortc {SUPPORTED_AIORTC}, found {aiortc.__version__}"
         )
-    from aiortc import RTCPeerConnection
-    from aiortc.rtcdtlstransport import RTCDtlsTransport
-
     missing = [] if hasattr(RTCDtlsTransport, "_send_rtp") else ["RTCDtlsTransport._send_rtp"]
     pc = RTCPeerConnection()
     try:
@@ -120,9 +128,11 @@ async def check_internals() -> None:
         if not hasattr(ext_map, "_HeaderExtensionsMap__ids"):
             missing.append("HeaderExtensionsMap.__ids")
         dtls = transceiver.receiver.transport
-        missing += [f"RTCDtlsTransport.{a}" for a in ("_rtp_router", "_state", "_tx_srtp") if not hasattr(dtls, a)]
+        missing += [f"RTCDtlsTransport.{a}" for a in _DTLS_ATTRS if not hasattr(dtls, a)]
         missing += [
-            f"RtpRouter.{a}" for a in ("mid_table", "ssrc_table", "route_rtp") if not hasattr(dtls._rtp_router, a)
+            f"RtpRouter.{a}"
+            for a in ("mid_table", "ssrc_table", "route_rtp", "route_rtcp")
+            if not hasattr(dtls._rtp_router, a)
         ]
         if not hasattr(dtls.transport, "_connection"):
             missing.append("RTCIceTransport._connection")
@@ -136,6 +146,52 @@ async def check_internals() -> None:
 
 
 # --- receive side -------------------------------------------------------------------
+
+# What aiortc's packet parsers raise on a datagram they cannot read. Its transport drops a
+# ValueError, but a header extension or REMB cut short raises struct.error, which ends the
+# transport's receive loop: one bad (if authenticated) packet closed the whole connection.
+UNPARSABLE = (ValueError, struct.error)
+
+
+def drop_unparsable_packets(dtls: RTCDtlsTransport) -> None:
+    """Make ``dtls`` drop every datagram aiortc cannot parse, as it already drops most of them.
+
+    Mirrors aiortc 1.16.0's ``RTCDtlsTransport._handle_rtp_data`` and ``_handle_rtcp_data``,
+    catching :data:`UNPARSABLE` around the parse and the routing (which reads a REMB's
+    SSRCs) alone: a failure in what handles a packet is still seen.
+    Once per transport (the SFU taps every receiver and sender on it).
+    """
+    if getattr(dtls, "_gbmedia_drops_unparsable", False):
+        return
+
+    async def handle_rtp(data: bytes, arrival_time_ms: int) -> None:
+        try:
+            packet = RtpPacket.parse(data, dtls._rtp_header_extensions_map)
+        except UNPARSABLE as exc:
+            log.debug("an RTP packet that does not parse was dropped: %s", exc)
+            return
+        receiver = dtls._rtp_router.route_rtp(packet)
+        if receiver is not None:
+            await receiver._handle_rtp_packet(packet, arrival_time_ms=arrival_time_ms)
+
+    async def handle_rtcp(data: bytes) -> None:
+        try:
+            packets = RtcpPacket.parse(data)
+        except UNPARSABLE as exc:
+            log.debug("an RTCP packet that does not parse was dropped: %s", exc)
+            return
+        for packet in packets:
+            try:
+                recipients = dtls._rtp_router.route_rtcp(packet)  # reads a REMB's SSRCs: struct.error too
+            except UNPARSABLE as exc:
+                log.debug("an RTCP packet that does not parse was dropped: %s", exc)
+                continue
+            for recipient in recipients:
+                await recipient._handle_rtcp_packet(packet)
+
+    dtls._handle_rtp_data = handle_rtp  # type: ignore[method-assign]
+    dtls._handle_rtcp_data = handle_rtcp  # type: ignore[method-assign]
+    dtls._gbmedia_drops_unparsable = True  # type: ignore[attr-defined]
 
 
 def tap_receiver(receiver: RTCRtpReceiver, sink: PacketSink, remb_floor: Callable[[], int] | None = None) -> None:
@@ -158,6 +214,8 @@ def tap_receiver(receiver: RTCRtpReceiver, sink: PacketSink, remb_floor: Callabl
     nack_generators: dict[int, NackGenerator] = {}
     estimator = receiver._RTCRtpReceiver__remote_bitrate_estimator  # type: ignore[attr-defined]
     from aiortc.rtcrtpreceiver import StreamStatistics
+
+    drop_unparsable_packets(receiver.transport)
 
     async def handle(packet: RtpPacket, arrival_time_ms: int) -> None:
         if not receiver._enabled:
@@ -381,6 +439,7 @@ def tap_sender_rtcp(
     picks its simulcast layer. Receiver reports still reach aiortc (RTT, stats).
     """
     original: Callable[[AnyRtcpPacket], Awaitable[None]] = sender._handle_rtcp_packet
+    drop_unparsable_packets(sender.transport)
 
     async def handle(packet: AnyRtcpPacket) -> None:
         if isinstance(packet, RtcpPsfbPacket):
@@ -390,7 +449,7 @@ def tap_sender_rtcp(
             if packet.fmt == RTCP_PSFB_APP:
                 try:
                     bitrate, ssrcs = unpack_remb_fci(packet.fci)
-                except ValueError:
+                except UNPARSABLE:  # a REMB whose SSRC count runs past its end: struct.error
                     return
                 if sender._ssrc in ssrcs:
                     on_remb(bitrate)

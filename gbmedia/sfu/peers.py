@@ -21,6 +21,7 @@ from gbmedia.sfu import aiortc_adapter
 from gbmedia.sfu.codecs import capability_for
 from gbmedia.sfu.forwarder import DownTrack, SenderSlot, share_estimate
 from gbmedia.sfu.media_address import MediaAddress
+from gbmedia.sfu.sdp_check import InvalidSdp, check_sdp
 from gbmedia.sfu.simulcast import complete_answer, offered_simulcast
 from gbmedia.sfu.track import PublishedTrack
 
@@ -57,15 +58,20 @@ class TrackInfo:
 
 
 def parse_sdp(sdp: str, expected_type: str) -> SessionDescription:
+    """A client's offer or answer, parsed; :class:`NegotiationError` ``invalid_sdp`` naming the bad line.
+
+    :func:`check_sdp` goes first: aiortc's parser asserts on what it does not expect.
+    """
     if not isinstance(sdp, str) or not sdp.startswith("v=0"):
         raise NegotiationError("invalid_sdp", f"the {expected_type} is not an SDP description")
     try:
-        description = SessionDescription.parse(sdp)
+        check_sdp(sdp)
+    except InvalidSdp as exc:
+        raise NegotiationError("invalid_sdp", f"the {expected_type} is refused: {exc}") from None
+    try:
+        return SessionDescription.parse(sdp)
     except (ValueError, IndexError, KeyError) as exc:
         raise NegotiationError("invalid_sdp", f"the {expected_type} SDP does not parse: {exc}") from None
-    if not description.media:
-        raise NegotiationError("invalid_sdp", f"the {expected_type} has no media section")
-    return description
 
 
 async def apply_remote(pc: RTCPeerConnection, sdp: str, kind: str) -> None:

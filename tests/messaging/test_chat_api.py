@@ -136,6 +136,13 @@ async def test_bad_sends_are_refused_and_store_nothing(client: TestClient, tenan
         assert await error_of(await client.post(url, json=body, headers=headers)) == expected, body
     resp = await client.post(url, data=b"{nope", headers={**headers, "Content-Type": "application/json"})
     assert await error_of(resp) == (400, "invalid_json")
+    # Nested past json.loads's recursion (a body of 200 KB), or parsed but past json.dumps's (the metadata
+    # stored): both were 500 internal_error (issue 21, part 2).
+    for metadata in ("[" * 100_000 + "]" * 100_000, '{"a":' * 600 + "1" + "}" * 600):
+        body = '{"content": "x", "idempotency_key": "deep", "metadata": ' + metadata + "}"
+        resp = await client.post(url, data=body, headers={**headers, "Content-Type": "application/json"})
+        assert await error_of(resp) == (400, "json_too_deep")
+        assert (await resp.json())["error"]["details"] == {"max_depth": 32}
     unknown = f"/api/v1/conversations/{uuid.uuid4()}/messages"
     assert await error_of(
         await client.post(unknown, json={"content": "x", "idempotency_key": "k"}, headers=headers)

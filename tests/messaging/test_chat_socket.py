@@ -203,6 +203,9 @@ async def test_chat_needs_auth_and_bad_input_gets_errors(client: TestClient, ten
     assert error["code"] == "not_authenticated"
     assert (await anonymous.request({"type": "auth", "token": "nope"}))["code"] == "token_malformed"
     alice = await connect(tenant, "alice")
+    deep: dict[str, Any] = {}
+    for _ in range(600):
+        deep = {"a": deep}
     cases = [
         (
             {"type": "chat_send", "conversation_id": cid, "content": "x", "idempotency_key": "bad key"},
@@ -220,6 +223,10 @@ async def test_chat_needs_auth_and_bad_input_gets_errors(client: TestClient, ten
         ({"type": "chat_send", "conversation_id": cid}, "invalid_message"),
         ({"type": "chat_history", "conversation_id": cid, "after_seq": 1, "before_seq": 3}, "invalid_message"),
         ({"type": "auth", "token": token(tenant, "alice")}, "already_authenticated"),
+        (  # parsed, then json.dumps recursed on it: internal_error before (issue 21, part 2)
+            {"type": "chat_send", "conversation_id": cid, "content": "x", "idempotency_key": "deep", "metadata": deep},
+            "json_too_deep",
+        ),
     ]
     for message, code in cases:
         error = await alice.request(message)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import struct
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import av
 import pytest
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
+from aiortc.rtp import RTCP_PSFB_APP, HeaderExtensionsMap, RtcpPsfbPacket, RtpPacket, unpack_remb_fci
 
 from gbmedia.sfu import aiortc_adapter
 from gbmedia.sfu.peers import NegotiationError, PublisherPeer, SubscriberPeer, TrackInfo
@@ -339,6 +341,46 @@ async def test_lost_packets_are_repaired_by_nack_without_a_freeze(publisher):
         assert decoded >= 4 * 30 * 0.8, decoded  # ~30 fps kept: no freeze
         assert keyframe_requests - requests_before <= 1
         assert close_to(mean_rgb(viewer.video(video.id)[-1]), RED)
+    finally:
+        await viewer.close()
+        await sub_server.close()
+
+
+async def test_packets_aiortc_cannot_parse_are_dropped_and_the_connections_live(publisher):
+    """Found by the fuzzer (tests/fuzz/corpus/rtp, rtcp): an abs-send-time extension cut short, or a REMB
+    whose SSRC count runs past its end, raised struct.error in aiortc's parser (which drops only
+    ValueError) and ended the DTLS transport's receive loop: one authenticated packet closed the
+    publisher's (or the subscriber's) whole connection."""
+    server, client = publisher
+    client.addTrack(ColorVideoTrack(RED))
+    (video,), _ = await publish(server, client)
+    await wait_for(lambda: video.packets_in > 0)
+    sub_server, viewer = SubscriberPeer("bob"), Receiving()
+    try:
+        sub_server.add(video)
+        await subscribe(sub_server, viewer)
+        await wait_for(lambda: len(viewer.video(video.id)) >= 3)
+
+        sender = client.getTransceivers()[0].sender
+        ids = sender._RTCRtpSender__rtp_header_extensions_map._HeaderExtensionsMap__ids
+        short_abs_send_time = RtpPacket(payload_type=97, sequence_number=1, timestamp=1, ssrc=0x5EED)
+        raw = bytearray(short_abs_send_time.serialize(HeaderExtensionsMap()))
+        raw[0] |= 0x10  # X: a one-byte extension block with abs-send-time of 2 bytes instead of 3
+        raw[12:12] = b"\xbe\xde\x00\x01" + bytes([(ids.abs_send_time << 4) | 1, 0, 0, 0])
+        with pytest.raises(struct.error):
+            RtpPacket.parse(bytes(raw), sender._RTCRtpSender__rtp_header_extensions_map)
+        await sender.transport._send_rtp(bytes(raw))
+
+        two_ssrcs_one_given = b"REMB\x02\x00\x10\x00\x00\x00\x00\x01"
+        short_remb = RtcpPsfbPacket(fmt=RTCP_PSFB_APP, ssrc=1, media_ssrc=0, fci=two_ssrcs_one_given)
+        with pytest.raises(struct.error):
+            unpack_remb_fci(short_remb.fci)
+        await viewer.pc.getTransceivers()[0].receiver.transport._send_rtp(bytes(short_remb))
+
+        seen_in, seen_out = video.packets_in, len(viewer.video(video.id))
+        await wait_for(lambda: video.packets_in > seen_in + 30 and len(viewer.video(video.id)) > seen_out + 10)
+        for pc in (server.pc, sub_server.pc):
+            assert {t.receiver.transport.state for t in pc.getTransceivers()} == {"connected"}
     finally:
         await viewer.close()
         await sub_server.close()

@@ -21,6 +21,7 @@ from gbmedia.signaling.whip import parse_sdpfrag
 from gbmedia.tenancy.tokens import Grants, mint_token
 from tests.helpers import Tenant, bearer, create_tenant
 from tests.rtc import NO_STUN, ColorVideoTrack, RtcClient, ToneAudioTrack, close_to, mean_rgb, offer_from, wait_for
+from tests.sdp_cases import MALFORMED
 
 RED = (220, 30, 30)
 BLUE = (30, 30, 220)
@@ -509,3 +510,33 @@ async def test_one_identity_may_hold_only_so_many_player_sessions(impatient, pee
     live = next(iter(node.live_rooms.live.values()))
     await wait_for(lambda: not live.audience.players, within=30)  # none connected: all ended
     assert (await post_unreachable(client, "/whep/show", fan, peers, publish=False)).status == 201
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+async def test_a_malformed_offer_is_a_400_naming_its_line_and_the_node_serves_on(
+    client: TestClient, tenant: Tenant, peers: list[Any], node, case: str
+):
+    """Each of these was a 500 ``internal_error`` (aiortc's parser asserting) or, without a DTLS
+    fingerprint, answered with 201: now 400 ``invalid_sdp`` on WHIP and WHEP, naming the line."""
+    malformed = MALFORMED[case]
+    pc = RTCPeerConnection(NO_STUN)
+    peers.append(Encoder(pc, "", "", ""))
+    h264_only(pc, ColorVideoTrack(RED))
+    pc.addTransceiver("audio", direction="sendonly")
+    player = RTCPeerConnection(NO_STUN)
+    peers.append(Player(player, "", "", ""))
+    player.addTransceiver("video", direction="recvonly")
+    player.addTransceiver("audio", direction="recvonly")
+    for path, offer, token in (
+        ("/whip/show", await offer_from(pc), host_token(tenant)),
+        ("/whep/show", await offer_from(player), live_token(tenant, "viewer")),
+    ):
+        resp = await client.post(path, data=malformed.change(offer), headers={**SDP, **bearer(token)})
+        assert resp.status == 400, await resp.text()
+        error = (await resp.json())["error"]
+        assert error["code"] == "invalid_sdp" and malformed.reason in error["message"] and "line " in error["message"]
+        assert resp.headers["Access-Control-Allow-Origin"] == "*"
+    # Nothing was left behind, and the node serves an encoder and a player as before.
+    assert not any(live.participants for live in node.live_rooms.live.values())
+    await whip(client, host_token(tenant), ColorVideoTrack(RED), ToneAudioTrack(), opened=peers)
+    await whep(client, live_token(tenant, "viewer"), opened=peers)

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from aiortc import RTCPeerConnection
+from aiortc import RTCPeerConnection, RTCSessionDescription
 
 from gbmedia.app import create_app
 from gbmedia.http import ws_output
@@ -17,7 +17,8 @@ from gbmedia.node import Node
 from gbmedia.tenancy.tokens import Grants, mint_token
 from tests.conftest import make_settings
 from tests.helpers import Tenant, create_tenant
-from tests.rtc import NO_STUN, ColorVideoTrack, RtcClient, ToneAudioTrack, close_to, mean_rgb, wait_for
+from tests.rtc import NO_STUN, ColorVideoTrack, RtcClient, ToneAudioTrack, close_to, mean_rgb, offer_from, wait_for
+from tests.sdp_cases import MALFORMED
 
 RED = (220, 30, 30)
 GREEN = (30, 200, 30)
@@ -154,6 +155,10 @@ async def test_the_same_identity_replaces_its_older_session(rtc, tenant: Tenant)
         ('{"type": "subscribe", "track_ids": []}', "invalid_message"),
         ('{"type": "join", "token": "not-a-jwt"}', "token_malformed"),
         ('{"type": "join", "token": "x", "protocol": 9}', "unsupported_protocol"),
+        # json.loads recursed past Python's limit on these: internal_error before (issue 21, part 2)
+        ("[" * 100_000 + "]" * 100_000, "json_too_deep"),
+        ('{"type": "ping", "pad": ' + "[" * 5_000 + "]" * 5_000 + "}", "json_too_deep"),
+        ('{"type": "ping", "pad": ' + "[" * 32 + "]" * 32 + "}", "json_too_deep"),
     ],
 )
 async def test_bad_messages_get_protocol_errors_and_the_socket_stays_open(rtc, raw: str, code: str):
@@ -682,3 +687,24 @@ async def test_a_participant_that_stops_reading_holds_up_no_join_and_is_cut_off(
         await asyncio.wait_for(slow.frame(), 30)
     slow.sock.close()
     await observer.close()
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+async def test_a_malformed_offer_is_refused_and_the_participant_can_publish_after(rtc, tenant: Tenant, case: str):
+    """Each of these answered ``internal_error`` (aiortc's parser asserting) or, without a DTLS
+    fingerprint, was answered: now ``invalid_sdp`` naming the line, before any connection exists."""
+    alice, bob = await rtc(), await rtc()
+    await alice.join(token(tenant, "alice"))
+    await bob.join(token(tenant, "bob"))
+    alice.publisher = RTCPeerConnection(NO_STUN)
+    alice.publisher.addTrack(ColorVideoTrack(RED))
+    alice.publisher.addTrack(ToneAudioTrack())
+    offer = await offer_from(alice.publisher)
+    refused = await alice.request({"type": "publish", "sdp": MALFORMED[case].change(offer), "tracks": {}})
+    assert refused["type"] == "error" and refused["code"] == "invalid_sdp", refused
+    assert MALFORMED[case].reason in refused["message"] and "line " in refused["message"]
+    # The same participant publishes its real offer on the same socket, and bob gets the tracks.
+    reply = await alice.request({"type": "publish", "sdp": offer, "tracks": {}})
+    assert reply["type"] == "publish_answer" and len(reply["tracks"]) == 2
+    await alice.publisher.setRemoteDescription(RTCSessionDescription(sdp=reply["sdp"], type="answer"))
+    await bob.wait_event(lambda e: e["type"] == "track_published")
