@@ -252,9 +252,8 @@ class _Parser:
     ) -> tuple[list[Stmt], tuple[str, ...]]:
         body, closer = self.block(closers)
         if closer is None:
-            raise BasicSyntaxError(
-                f"{name} without {' or '.join(' '.join(c) for c in sorted(closers))}", opener.line, None, self.dialog
-            )
+            missing = " ".join(max(closers, key=len))  # the one that must come: END IF, NEXT, LOOP...
+            raise BasicSyntaxError(f"{name} without {missing}", opener.line, None, self.dialog)
         return body, closer
 
     # --- statements -----------------------------------------------------------------
