@@ -22,7 +22,7 @@ class UserInfo:
     name: str = ""
     mobile: str = ""
     email: str = ""
-    locale: str = "en"
+    locale: str = ""  # empty: the instance's locale
     roles: tuple[str, ...] = ()
 
 

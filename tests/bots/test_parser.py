@@ -142,7 +142,7 @@ def test_new_object_and_array_members_and_indexes():
 
 
 def test_expressions_follow_precedence():
-    value = one("x = NOT a = 1 OR b AND -c ^ 2 + 3 * 4 MOD 5 & \"s\"").value
+    value = one('x = NOT a = 1 OR b AND -c ^ 2 + 3 * 4 MOD 5 & "s"').value
     assert isinstance(value, Binary) and value.op == "OR"
     assert isinstance(value.left, Unary) and value.left.op == "NOT"
     right = value.right
@@ -160,7 +160,7 @@ def test_literals_lists_and_interpolation():
 
 
 def test_select_from_a_list():
-    value = one('x = SELECT name, age FROM people WHERE age > 18 ORDER BY name DESC').value
+    value = one("x = SELECT name, age FROM people WHERE age > 18 ORDER BY name DESC").value
     assert isinstance(value, SelectFrom)
     assert value.fields == ["name", "age"] and value.order_by == "name" and value.descending
     assert one("x = SELECT * FROM people").value.fields == []
@@ -214,7 +214,7 @@ def test_hear_forms_and_input():
 def test_function_table_schedule_and_include():
     sources = {"lib": 'FUNCTION double(x)\n RETURN x * 2\nEND FUNCTION\nSET SCHEDULE "0 9 * * 1"\nTALK "lib"'}
     program = parse(
-        'INCLUDE lib\nTABLE people\n id integer key auto\n name * string(80) unique\n born date\nEND TABLE\n'
+        "INCLUDE lib\nTABLE people\n id integer key auto\n name * string(80) unique\n born date\nEND TABLE\n"
         'SET SCHEDULE "*/5 * * * *"\nx = double(2)',
         "main",
         sources.__getitem__,
@@ -275,14 +275,23 @@ def test_statements_separated_by_colon():
         ('x = DATEADD "a"', "line 1, col 5: DATEADD takes 3 arguments (date, unit, amount), got 1"),
         ('SAVE "t"', 'line 1, col 1: SAVE takes a table and its values (SAVE "table", a, b) or data AS "file"'),
         ("APPEND x", "line 1, col 1: APPEND takes a list and what to add (APPEND list, item)"),
-        ("SET SCHEDULE x", 'line 1, col 14: SET SCHEDULE takes a cron expression in quotes, like SET SCHEDULE "0 8 * * *"'),
+        (
+            "SET SCHEDULE x",
+            'line 1, col 14: SET SCHEDULE takes a cron expression in quotes, like SET SCHEDULE "0 8 * * *"',
+        ),
         ('SET SCHEDULE "* *"', "line 1, col 14: SET SCHEDULE needs 5 or 6 cron fields, got 2"),
         ("SET COLOR 1", "line 1, col 5: unknown setting SET COLOR"),
         ("HEAR 1", "line 1, col 6: expected a variable after HEAR, found the number 1"),
         ("HEAR x AS QRCODE", "line 1, col 11: HEAR AS QRCODE is not available on this server yet"),
         ('INPUT "a" b', "line 1, col 11: expected ',' or ';' between the INPUT prompt and its variable"),
-        ("IF x THEN FOR i = 1 TO 2", "line 1, col 11: FOR cannot follow THEN on the same line; start a block on the next line"),
-        ("IF x THEN\n FUNCTION f\n END FUNCTION\nEND IF", "line 2: FUNCTION must be at the top of the dialog, not inside a block"),
+        (
+            "IF x THEN FOR i = 1 TO 2",
+            "line 1, col 11: FOR cannot follow THEN on the same line; start a block on the next line",
+        ),
+        (
+            "IF x THEN\n FUNCTION f\n END FUNCTION\nEND IF",
+            "line 2: FUNCTION must be at the top of the dialog, not inside a block",
+        ),
         ("FUNCTION f\nEND FUNCTION\nFUNCTION F\nEND FUNCTION", "line 3: FUNCTION F is defined twice"),
         ("FUNCTION mid(a)\nEND FUNCTION", "line 1: FUNCTION MID has the name of a built-in"),
         ("INCLUDE other", "line 1: INCLUDE is not available here (no dialogs to include from)"),
@@ -296,7 +305,7 @@ def test_statements_separated_by_colon():
         ("CALL 1", "line 1, col 6: expected a FUNCTION name after CALL, found the number 1"),
         ("FUNCTION f(1)\nEND FUNCTION", "line 1, col 12: expected a parameter name, found the number 1"),
         ("TABLE t\n a string(x)\nEND TABLE", "line 2, col 11: expected a size in the field's parentheses"),
-        ('x = SELECT a FROM', "line 1, col 18: expected an expression, found the end of the line"),
+        ("x = SELECT a FROM", "line 1, col 18: expected an expression, found the end of the line"),
         ("x = SELECT a b", "line 1, col 14: expected FROM after the SELECT fields, found 'b'"),
     ],
 )

@@ -75,4 +75,6 @@ def test_errors_name_line_and_column(source: str, message: str):
     with pytest.raises(BasicSyntaxError) as caught:
         tokenize(source)
     assert str(caught.value) == message
-    assert (caught.value.line, caught.value.col) == tuple(int(n) for n in message.split(":")[0].replace("line ", "").split(", col "))
+    assert (caught.value.line, caught.value.col) == tuple(
+        int(n) for n in message.split(":")[0].replace("line ", "").split(", col ")
+    )
