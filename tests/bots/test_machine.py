@@ -27,7 +27,18 @@ async def test_assignment_arithmetic_and_text():
 
 
 async def test_if_elseif_else_and_one_line_if():
-    source = 'FOR EACH x IN [1, 2, 3]\n IF x = 1 THEN\n  TALK "one"\n ELSEIF x = 2 THEN\n  TALK "two"\n ELSE\n  TALK "many"\n END IF\nNEXT\nIF 1 < 2 THEN TALK "yes" ELSE TALK "no"'
+    source = (
+        "FOR EACH x IN [1, 2, 3]\n"
+        " IF x = 1 THEN\n"
+        '  TALK "one"\n'
+        " ELSEIF x = 2 THEN\n"
+        '  TALK "two"\n'
+        " ELSE\n"
+        '  TALK "many"\n'
+        " END IF\n"
+        "NEXT\n"
+        'IF 1 < 2 THEN TALK "yes" ELSE TALK "no"'
+    )
     assert await said(source) == ["one", "two", "many", "yes"]
 
 
@@ -38,7 +49,18 @@ async def test_comparisons_ignore_case_and_accents_and_logic_short_circuits():
 
 
 async def test_select_case():
-    source = 'FOR EACH c IN ["red", "Blue", "x"]\n SELECT CASE c\n  CASE "red", "green"\n   TALK "warm"\n  CASE "blue"\n   TALK "cold"\n  CASE ELSE\n   TALK "?"\n END SELECT\nNEXT'
+    source = (
+        'FOR EACH c IN ["red", "Blue", "x"]\n'
+        " SELECT CASE c\n"
+        '  CASE "red", "green"\n'
+        '   TALK "warm"\n'
+        '  CASE "blue"\n'
+        '   TALK "cold"\n'
+        "  CASE ELSE\n"
+        '   TALK "?"\n'
+        " END SELECT\n"
+        "NEXT"
+    )
     assert await said(source) == ["warm", "cold", "?"]
 
 
@@ -76,7 +98,16 @@ TALK x
 
 
 async def test_exit_function_and_end():
-    source = 'FUNCTION f(a)\n IF a THEN EXIT FUNCTION\n TALK "not"\nEND FUNCTION\nCALL f(TRUE)\nTALK "back"\nEND\nTALK "never"'
+    source = (
+        "FUNCTION f(a)\n"
+        " IF a THEN EXIT FUNCTION\n"
+        ' TALK "not"\n'
+        "END FUNCTION\n"
+        "CALL f(TRUE)\n"
+        'TALK "back"\n'
+        "END\n"
+        'TALK "never"'
+    )
     assert await said(source) == ["back"]
 
 
@@ -120,7 +151,16 @@ async def test_interpolation_runs_expressions():
 
 async def test_hear_suspends_and_the_json_state_resumes_the_run():
     compiled = load(
-        'TALK "Name?"\nHEAR name AS NAME\nFOR i = 1 TO 2\n TALK "Age ${i}?"\n HEAR age AS INTEGER\n total = total + age\nNEXT\nTALK name, total',
+        (
+            'TALK "Name?"\n'
+            "HEAR name AS NAME\n"
+            "FOR i = 1 TO 2\n"
+            ' TALK "Age ${i}?"\n'
+            " HEAR age AS INTEGER\n"
+            " total = total + age\n"
+            "NEXT\n"
+            "TALK name, total"
+        ),
         "form",
     )
     port = MemoryPort()
@@ -138,7 +178,17 @@ async def test_hear_suspends_and_the_json_state_resumes_the_run():
 
 async def test_a_run_resumes_in_another_process():
     """The state at a HEAR inside a FUNCTION, inside a FOR EACH, goes to a new Python process that finishes the run."""
-    source = 'FUNCTION ask(q)\n TALK q\n HEAR a AS BOOLEAN\n RETURN a\nEND FUNCTION\nFOR EACH q IN ["Tea?", "Coffee?"]\n r = ask(q)\n TALK q, r\nNEXT'
+    source = (
+        "FUNCTION ask(q)\n"
+        " TALK q\n"
+        " HEAR a AS BOOLEAN\n"
+        " RETURN a\n"
+        "END FUNCTION\n"
+        'FOR EACH q IN ["Tea?", "Coffee?"]\n'
+        " r = ask(q)\n"
+        " TALK q, r\n"
+        "NEXT"
+    )
     port = MemoryPort()
     run = Run(load(source, "drinks"), Context(port=port))
     outcome = await run.start()
@@ -213,7 +263,7 @@ async def test_a_menu_takes_an_option_or_its_number():
 
 
 async def test_hear_in_a_function_called_inside_an_expression_is_an_error():
-    outcome, port = await talk_with("FUNCTION f()\n HEAR x\n RETURN x\nEND FUNCTION\nTALK f() + 1")
+    outcome, _ = await talk_with("FUNCTION f()\n HEAR x\n RETURN x\nEND FUNCTION\nTALK f() + 1")
     assert outcome.status == "failed"
     assert (
         outcome.error.line == 2 and "HEAR cannot run in a FUNCTION called inside an expression" in outcome.error.message

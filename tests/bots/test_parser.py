@@ -14,7 +14,6 @@ from gbmedia.bots.syntax import (
     Call,
     CallStmt,
     DoLoop,
-    Exit,
     ForEach,
     ForRange,
     Hear,
