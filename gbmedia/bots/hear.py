@@ -118,6 +118,8 @@ def validate(kind: str, answer: Any, options: list[str], language: str) -> tuple
                 cleaned = cleaned.replace(".", "").replace(",", ".")
             else:
                 cleaned = cleaned.replace(",", "")
+        if not any(c.isdigit() for c in cleaned):
+            return False, None
         try:
             number = to_number(cleaned)
         except Fault:
