@@ -104,8 +104,8 @@ def coerce(field: dict[str, Any], value: Any, table: str, language: str) -> Any:
     """A value as the field's declared type stores it."""
     name, kind = field["name"], field["type"]
     if value is None or value == "":
-        if field.get("auto") and kind == "guid":
-            return str(uuid.uuid4())
+        if field.get("auto"):
+            return str(uuid.uuid4()) if kind == "guid" else None  # an integer is numbered when the row is saved
         if field.get("required") or field.get("key"):
             raise Fault(f"field {name} of table {table} is required")
         return None
@@ -179,12 +179,12 @@ async def merge(ctx: Context, table: Any, data: Any, key: Any) -> dict[str, int]
     key_name = to_text(key)
     store = ctx.need_tables()
     report = {"adds": 0, "updates": 0, "skipped": 0}
+    if key_name not in {f["name"] for f in await store.fields(name)}:
+        raise Fault(f"table {name} has no field {key_name}")
     for item in items:
         if not isinstance(item, dict):
             raise Fault(f"MERGE takes objects, not {kind_of(item)}")
         row, fields = await _build_row(ctx, name, (item,))
-        if key_name not in {f["name"] for f in fields}:
-            raise Fault(f"table {name} has no field {key_name}")
         existing = next(
             ((i, r) for i, r in await _table_rows(ctx, name) if compare("=", r.get(key_name), row[key_name])), None
         )

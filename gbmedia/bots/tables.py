@@ -1,12 +1,14 @@
 """An instance's dialog tables in PostgreSQL (migration 0007: ``bot_tables``, ``bot_rows``).
 
+The pool's connections encode and decode JSON themselves (gbmedia.db.pool), so values go
+in and come out as Python lists and dicts.
+
 Built for one instance: every query carries its id, so a dialog can reach no other
 tenant's rows whatever table name it writes.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 
@@ -36,7 +38,7 @@ class PgTables:
                ON CONFLICT (instance_id, name) DO UPDATE SET fields = EXCLUDED.fields, updated_at = now()""",
             self.instance_id,
             check_table_name(name),
-            json.dumps(fields),
+            fields,
         )
 
     async def fields(self, name: str) -> list[dict[str, Any]]:
@@ -47,14 +49,14 @@ class PgTables:
         )
         if raw is None:
             raise Fault(f"table {name} is not declared (TABLE {name} ... END TABLE)")
-        return list(json.loads(raw))
+        return list(raw)
 
     async def insert(self, name: str, row: dict[str, Any]) -> dict[str, Any]:
         await self.pool.execute(
             "INSERT INTO bot_rows (instance_id, table_name, data) VALUES ($1, $2, $3::jsonb)",
             self.instance_id,
             name,
-            json.dumps(row),
+            row,
         )
         return row
 
@@ -65,7 +67,7 @@ class PgTables:
             name,
             limit,
         )
-        return [(r["id"], json.loads(r["data"])) for r in records]
+        return [(r["id"], dict(r["data"])) for r in records]
 
     async def replace(self, name: str, row_id: int, row: dict[str, Any]) -> None:
         await self.pool.execute(
@@ -74,7 +76,7 @@ class PgTables:
             self.instance_id,
             name,
             row_id,
-            json.dumps(row),
+            row,
         )
 
     async def remove(self, name: str, row_ids: list[int]) -> int:
