@@ -111,7 +111,8 @@ async def test_save_checks_required_sizes_types_and_unique_fields(tables: PgTabl
 async def test_save_an_object_by_field_names(tables: PgTables):
     source = (
         PEOPLE
-        + 'o = NEW OBJECT\no.NAME = "Ana"\no.score = "3"\nSAVE "people", o\nr = FIND "people", "name=ana"\nTALK r.score + 1'
+        + 'o = NEW OBJECT\no.NAME = "Ana"\no.score = "3"\nSAVE "people", o\n'
+        + 'r = FIND "people", "name=ana"\nTALK r.score + 1'
     )
     assert await said(source, tables=tables) == ["4"]
 
@@ -121,7 +122,8 @@ async def test_merge_adds_updates_and_skips_by_key(tables: PgTables):
         PEOPLE
         + """
 SAVE "people", "Ana", "a@x.com", "", 1
-rows = PARSEJSON("[{""email"": ""a@x.com"", ""name"": ""Ana"", ""score"": 2}, {""email"": ""b@x.com"", ""name"": ""Bia""}]")
+rows = PARSEJSON("[{""email"": ""a@x.com"", ""name"": ""Ana"", ""score"": 2}, " + _
+                 "{""email"": ""b@x.com"", ""name"": ""Bia""}]")
 r = MERGE "people" WITH rows BY "email"
 TALK r.adds, r.updates, r.skipped
 MERGE "people" WITH rows BY "email"
@@ -139,7 +141,8 @@ TALK a.score, a.id, UBOUND(all)
 
 async def test_delete_rows_by_filter(tables: PgTables):
     source = PEOPLE + 'SAVE "people", "Ana"\nSAVE "people", "Bia"\nSAVE "people", "Caio"\n'
-    source += 'n = DELETE "people", "name in ana;caio"\nleft = FIND "people", "id>0"\nTALK n, left.name\nDELETE "people", "name=zz"'
+    source += 'n = DELETE "people", "name in ana;caio"\nleft = FIND "people", "id>0"\n'
+    source += 'TALK n, left.name\nDELETE "people", "name=zz"'
     assert await said(source, tables=tables) == ["2 Bia"]
 
 
@@ -154,7 +157,8 @@ async def test_an_instance_never_sees_another_instances_rows(pool: asyncpg.Pool,
 
 
 async def test_find_over_a_list_in_memory_and_the_filter_parser():
-    source = 'l = PARSEJSON("[{""a"": 1}, {""a"": 5}, {""a"": 9}]")\nTALK FIND(l, "a>=5")\nf = GETFILTER("age >= 18")\nTALK f.op'
+    source = 'l = PARSEJSON("[{""a"": 1}, {""a"": 5}, {""a"": 9}]")\nTALK FIND(l, "a>=5")\n'
+    source += 'f = GETFILTER("age >= 18")\nTALK f.op'
     assert await said(source) == ['[{"a": 5}, {"a": 9}]', ">="]
     assert parse_filter("city not in Rio;SP").op == "NOTIN"
     outcome, _ = await talk_with('x = GETFILTER("nonsense")')

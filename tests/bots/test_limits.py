@@ -37,7 +37,7 @@ async def test_the_statement_budget_survives_a_hear():
 
 
 async def test_wall_time_is_limited():
-    outcome, port = await talk_with('TALK "a"\nWAIT 5', limits=Limits(max_seconds=0.05))
+    outcome, _ = await talk_with('TALK "a"\nWAIT 5', limits=Limits(max_seconds=0.05))
     assert outcome.error.limit == "GBMEDIA_BOT_MAX_SECONDS" and outcome.error.line == 2
     outcome, _ = await talk_with("DO\nLOOP", limits=Limits(max_seconds=0.05, max_statements=10**9))
     assert outcome.error.limit == "GBMEDIA_BOT_MAX_SECONDS"
