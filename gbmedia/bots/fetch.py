@@ -14,6 +14,7 @@ service of their own on a private network.
 from __future__ import annotations
 
 import asyncio
+import base64
 import ipaddress
 import json
 import socket
@@ -130,7 +131,8 @@ class GuardedFetcher:
             else:
                 data = str(body).encode()
                 sent_headers.setdefault("Content-Type", "text/plain; charset=utf-8")
-        basic = aiohttp.BasicAuth(*auth) if auth else None
+        if auth is not None:
+            sent_headers["Authorization"] = "Basic " + base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
         async with aiohttp.ClientSession(connector=connector) as session:
             current = url
             for _hop in range(MAX_REDIRECTS + 1):
@@ -138,15 +140,13 @@ class GuardedFetcher:
                 if parts.scheme not in ("http", "https") or not parts.hostname:
                     raise Fault(f"{current!r} is not an http(s) URL")
                 resolver.pins[parts.hostname] = await self.checked_addresses(parts.hostname)
-                status, answer_headers, payload = await self._send(
-                    session, method, current, data, sent_headers, basic, budget
-                )
+                status, answer_headers, payload = await self._send(session, method, current, data, sent_headers, budget)
                 if status in (301, 302, 303, 307, 308) and "Location" in answer_headers:
                     current = urljoin(current, answer_headers["Location"])
                     if status == 303 or (status in (301, 302) and method != "GET"):
                         method, data = "GET", None
                     if urlsplit(current).hostname != parts.hostname:
-                        basic = None  # credentials never follow a redirect to another host
+                        sent_headers.pop("Authorization", None)  # credentials never follow a redirect to another host
                     continue
                 return self._decode(status, answer_headers, payload, method, url)
             raise Fault(f"{method} {url}: more than {MAX_REDIRECTS} redirects")
@@ -158,7 +158,6 @@ class GuardedFetcher:
         url: str,
         data: bytes | None,
         headers: dict[str, str],
-        auth: aiohttp.BasicAuth | None,
         budget: Budget,
     ) -> tuple[int, dict[str, str], bytes]:
         for attempt in range(RETRIES + 1):
@@ -166,7 +165,7 @@ class GuardedFetcher:
             timeout = aiohttp.ClientTimeout(total=budget.remaining_seconds())
             try:
                 async with session.request(
-                    method, url, data=data, headers=headers, auth=auth, allow_redirects=False, timeout=timeout
+                    method, url, data=data, headers=headers, allow_redirects=False, timeout=timeout
                 ) as response:
                     chunks = []
                     async for chunk in response.content.iter_chunked(64 * 1024):
