@@ -1,4 +1,4 @@
-"""An instance's files: SAVE AS, READFILE, DIR, COPY, CREATE FOLDER, DELETE, FILL, UPLOAD, and no way out of its folder."""
+"""An instance's files: SAVE AS, READFILE, DIR, COPY, FOLDER, DELETE, FILL, UPLOAD; no way out of its folder."""
 
 from __future__ import annotations
 
