@@ -146,6 +146,8 @@ def round_(ctx: Context, value: Any, decimals: Any = 0) -> int | float:
     from decimal import ROUND_HALF_UP, Decimal
 
     places = _int(decimals, "ROUND's decimals")
+    if not -15 <= places <= 15:
+        raise Fault("ROUND keeps from -15 to 15 decimal places")
     result = Decimal(str(to_number(value))).quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP)
     return int(result) if places <= 0 else float(result)
 

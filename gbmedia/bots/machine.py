@@ -49,6 +49,8 @@ from gbmedia.bots.values import kind_of, to_number, truthy
 log = logging.getLogger(__name__)
 
 STATE_VERSION = 1
+MAX_FRAMES = 200  # FUNCTION calls as statements: frames of the run's own stack
+MAX_INLINE_DEPTH = 50  # FUNCTION calls inside expressions: these use Python's stack
 SORRY = {
     "en": "Sorry, something went wrong on my side and I had to stop. Please try again later.",
     "pt": "Desculpe, algo deu errado do meu lado e precisei parar. Por favor, tente mais tarde.",
@@ -96,6 +98,7 @@ class Run:
         self.rows: list[dict[str, Any]] = []  # SELECT ... WHERE: the row being tested
         self.waiting = False
         self.finished = False
+        self.inline_depth = 0
         ctx.dialog = compiled.dialog
 
     # --- the outside: start, resume, snapshot -------------------------------------------
@@ -201,8 +204,14 @@ class Run:
 
     async def call_inline(self, name: str, args: list[Any]) -> Any:
         """A FUNCTION called inside an expression: run it to its RETURN here (it cannot HEAR)."""
+        if self.inline_depth >= MAX_INLINE_DEPTH:
+            raise Fault(f"FUNCTION calls inside expressions nested more than {MAX_INLINE_DEPTH} deep")
         self._push(name, args, inline=True)
-        await self._loop(len(self.frames))
+        self.inline_depth += 1
+        try:
+            await self._loop(len(self.frames))
+        finally:
+            self.inline_depth -= 1
         value, self.returned = self.returned, None
         return value
 
@@ -215,6 +224,11 @@ class Run:
             await self._loop(1)
         except (Fault, BasicError, PoliteStop) as exc:
             return await self._failed(exc, self._current())
+        except RecursionError:
+            return await self._failed(Fault("FUNCTION calls nested too deep"), self._current())
+        except Exception as exc:  # a built-in's bug must end this run, not reach the caller (a chat, an HTTP request)
+            log.exception("bot built-in failed unexpectedly in %s", self.compiled.dialog)
+            return await self._failed(Fault(f"internal error ({type(exc).__name__})"), self._current())
         if self.waiting:
             return Outcome("waiting", self.snapshot())
         self.finished = True
@@ -246,8 +260,8 @@ class Run:
 
     def _push(self, name: str, args: list[Any], inline: bool = False) -> None:
         unit = self.compiled.units[name]
-        if len(self.frames) >= 200:
-            raise Fault("too many nested FUNCTION calls (200)")
+        if len(self.frames) >= MAX_FRAMES:
+            raise Fault(f"FUNCTION calls nested more than {MAX_FRAMES} deep")
         frame = Frame(name, 0, dict(zip(unit.params, args, strict=True)), {}, inline)
         self.frames.append(frame)
         self.frame = frame

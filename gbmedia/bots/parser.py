@@ -139,6 +139,7 @@ CLOSERS: dict[tuple[str, ...], str] = {
 }
 
 _COMPARE = {"=", "<>", "<", ">", "<=", ">="}
+MAX_DEPTH = 32  # nested blocks, and nested parts of one expression: deeper is refused, never a Python RecursionError
 _EXPR_START_OPS = {"(", "[", "-", "+"}
 
 
@@ -154,6 +155,7 @@ class _Parser:
         self.chain = chain
         self.tokens = tokenize(source, dialog=dialog)
         self.pos = 0
+        self.depth = 0
         self.functions: dict[str, Function] = {}
         self.schedules: list[str] = []
         self.includes: list[str] = []
@@ -236,6 +238,20 @@ class _Parser:
     def block(self, closers: set[tuple[str, ...]], top: bool = False) -> tuple[list[Stmt], tuple[str, ...] | None]:
         """Statements until one of ``closers`` (not consumed) or the end of the file (None)."""
         body: list[Stmt] = []
+        self.deeper("blocks")
+        try:
+            return self._block(closers, top, body)
+        finally:
+            self.depth -= 1
+
+    def deeper(self, what: str) -> None:
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            raise self.error(f"{what} nested more than {MAX_DEPTH} deep")
+
+    def _block(
+        self, closers: set[tuple[str, ...]], top: bool, body: list[Stmt]
+    ) -> tuple[list[Stmt], tuple[str, ...] | None]:
         while True:
             self.skip_blank()
             if self.peek().kind == EOF:
@@ -795,7 +811,11 @@ class _Parser:
     # --- expressions ----------------------------------------------------------------
 
     def expression(self) -> Expr:
-        return self.or_expr()
+        self.deeper("expressions")
+        try:
+            return self.or_expr()
+        finally:
+            self.depth -= 1
 
     def or_expr(self) -> Expr:
         left = self.and_expr()
@@ -811,7 +831,11 @@ class _Parser:
 
     def not_expr(self) -> Expr:
         if (token := self.accept_word("NOT")) is not None:
-            return Unary(token.line, token.col, "NOT", self.not_expr())
+            self.deeper("NOTs")
+            try:
+                return Unary(token.line, token.col, "NOT", self.not_expr())
+            finally:
+                self.depth -= 1
         return self.comparison()
 
     def comparison(self) -> Expr:
@@ -844,7 +868,11 @@ class _Parser:
 
     def unary(self) -> Expr:
         if (token := self.accept_op("-", "+")) is not None:
-            return Unary(token.line, token.col, token.text, self.unary())
+            self.deeper("signs")
+            try:
+                return Unary(token.line, token.col, token.text, self.unary())
+            finally:
+                self.depth -= 1
         return self.power()
 
     def power(self) -> Expr:
@@ -939,6 +967,7 @@ class _Parser:
             t for t in tokenize(piece.source, piece.line, piece.col, self.dialog, fragment=True) if t.kind != NEWLINE
         ]
         inner.pos = 0
+        inner.depth = self.depth
         expr = inner.expression()
         if inner.peek().kind != EOF:
             raise inner.error(f"unexpected {describe(inner.peek())} in ${{...}}")

@@ -123,7 +123,23 @@ def compare(op: str, a: Any, b: Any) -> bool:
         raise Fault(f"cannot compare {kind_of(a)} with {kind_of(b)}") from None
 
 
+MAX_INT_BITS = 1024  # a whole number past this becomes a float: x = x * x in a loop cannot eat the CPU
+
+
+def _bounded(result: Any) -> Any:
+    if type(result) is int and result.bit_length() > MAX_INT_BITS:
+        try:
+            return float(result)
+        except OverflowError:
+            raise Fault("number too large") from None
+    return result
+
+
 def arithmetic(op: str, a: Any, b: Any) -> Any:
+    return _bounded(_arithmetic(op, a, b))
+
+
+def _arithmetic(op: str, a: Any, b: Any) -> Any:
     if op == "+":
         if isinstance(a, list):
             return [*a, *(b if isinstance(b, list) else [b])]
@@ -142,6 +158,8 @@ def arithmetic(op: str, a: Any, b: Any) -> Any:
         return x * y
     if op == "^":
         try:
+            if isinstance(y, int) and abs(y) > 64 and abs(x) > 1:
+                x = float(x)  # a big power is computed as a float, never as a huge whole number
             result = x**y
         except (OverflowError, ZeroDivisionError):
             raise Fault("number too large") from None

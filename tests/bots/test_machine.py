@@ -315,3 +315,36 @@ async def test_compile_errors(source: str, message: str):
 
 async def test_a_builtin_can_be_called_as_a_statement_and_zero_argument_ones_without_parentheses():
     assert await said('CALL LOG("x")\nid = UUID\nTALK LEN(id)') == ["36"]
+
+
+async def test_deep_recursion_ends_the_run_with_a_message():
+    source = "FUNCTION f(n)\n IF n = 0 THEN RETURN 0\n RETURN 1 + f(n - 1)\nEND FUNCTION\nTALK f(40)\nTALK f(500)"
+    outcome, port = await talk_with(source)
+    assert port.said[0] == "40"
+    assert outcome.error.message == "FUNCTION calls inside expressions nested more than 50 deep"
+    source = 'FUNCTION g(n)\n IF n > 0 THEN CALL g(n - 1)\nEND FUNCTION\nCALL g(150)\nTALK "ok"\nCALL g(1000)'
+    outcome, port = await talk_with(source)
+    assert port.said[0] == "ok" and outcome.error.message == "FUNCTION calls nested more than 200 deep"
+
+
+async def test_numbers_cannot_grow_without_bound():
+    assert await said("TALK 2 ^ 10, 2 ^ 100 > 1E30") == ["1024 true"]
+    outcome, _ = await talk_with("x = 10 ^ 10 ^ 10")
+    assert outcome.error.message == "number too large"
+    outcome, _ = await talk_with("x = 3\nDO\n x = x * x\nLOOP")
+    assert outcome.error.message == "number too large" and outcome.error.line == 3
+
+
+async def test_a_builtin_failing_unexpectedly_ends_only_the_run():
+    from gbmedia.bots.library import REGISTRY
+
+    @REGISTRY.builtin("brokenForTest", "")
+    def broken(ctx: object) -> None:
+        raise KeyError("bug")
+
+    try:
+        outcome, port = await talk_with("x = BROKENFORTEST()")
+    finally:
+        del REGISTRY.entries["brokenForTest"], REGISTRY.by_key["BROKENFORTEST"]
+    assert outcome.status == "failed" and outcome.error.message == "internal error (KeyError)"
+    assert port.said[-1].startswith("Sorry")

@@ -331,3 +331,15 @@ def test_an_error_carries_line_column_and_dialog():
     assert (error.line, error.col, error.dialog) == (2, 6, "greeting")
     assert error.to_json() == {"dialog": "greeting", "line": 2, "col": 6, "message": "unclosed string"}
     assert str(error) == "greeting: line 2, col 6: unclosed string"
+
+
+def test_nesting_is_bounded_without_a_python_recursion_error():
+    with pytest.raises(BasicSyntaxError, match="expressions nested more than 32 deep"):
+        parse("x = " + "(" * 150 + "1" + ")" * 150)
+    with pytest.raises(BasicSyntaxError, match="signs nested more than 32 deep"):
+        parse("x = " + "-" * 500 + "1")
+    with pytest.raises(BasicSyntaxError, match="NOTs nested more than 32 deep"):
+        parse("x = " + "NOT " * 500 + "1")
+    with pytest.raises(BasicSyntaxError, match="nested more than 32 deep"):
+        parse("IF x THEN\n" * 150 + "END IF\n" * 150)
+    assert parse("x = " + "(" * 25 + "1" + ")" * 25).body
