@@ -348,3 +348,37 @@ async def test_a_builtin_failing_unexpectedly_ends_only_the_run():
         del REGISTRY.entries["brokenForTest"], REGISTRY.by_key["BROKENFORTEST"]
     assert outcome.status == "failed" and outcome.error.message == "internal error (KeyError)"
     assert port.said[-1].startswith("Sorry")
+
+
+async def test_expressions_that_call_functions_everywhere():
+    """The compiled closures' awaiting forms: every kind of expression with a FUNCTION call inside."""
+    source = """
+FUNCTION one()
+  RETURN 1
+END FUNCTION
+FUNCTION obj()
+  o = NEW OBJECT
+  o.name = "x"
+  RETURN o
+END FUNCTION
+l = [NEW OBJECT, NEW OBJECT]
+l[one()] = "second"
+l[one() - 1].name = "first"
+holder = NEW OBJECT
+holder.items = [0, 0]
+holder.items[one()] = 5
+TALK l[one()], l[0].name, holder.items[1], "${one() + one()}", -one(), [one(), 2], NOT one()
+IF one() AND one() = 1 THEN TALK "and"
+IF FALSE OR one() THEN TALK "or"
+IF one() = 2 OR FALSE THEN TALK "no" ELSE TALK "neither"
+SELECT CASE 1
+  CASE 5, one()
+    TALK "case"
+END SELECT
+SELECT CASE 3
+  CASE one()
+    TALK "wrong"
+END SELECT
+TALK obj().name, UCASE(obj().name), MID("abc", one() + 1)
+"""
+    assert await said(source) == ["second first 5 2 -1 [1, 2] false", "and", "or", "neither", "case", "x X bc"]
