@@ -59,6 +59,7 @@ Setter = tuple[Callable[[Any, Any], Any], bool]
 @dataclass(slots=True)
 class Ins:
     line: int
+    dialog: str = field(default="", kw_only=True)  # where the statement was written: the dialog or an INCLUDEd one
 
 
 @dataclass(slots=True)
@@ -235,9 +236,10 @@ class _Compiler:
         self.loops: list[tuple[str, list[IJump]]] = []
         self.slots = 0
         self.in_function = False
+        self.dialog = ""  # the dialog of the statement being compiled
 
     def error(self, message: str, line: int, col: int | None = None) -> BasicSyntaxError:
-        return BasicSyntaxError(message, line, col, self.program.dialog)
+        return BasicSyntaxError(message, line, col, self.dialog or self.program.dialog)
 
     def unit(self, body: list[Stmt], function: bool) -> list[Ins]:
         self.code, self.loops, self.slots, self.in_function = [], [], 0, function
@@ -245,12 +247,15 @@ class _Compiler:
         return self.code
 
     def emit(self, ins: Ins) -> int:
+        ins.dialog = self.dialog
         self.code.append(ins)
         return len(self.code) - 1
 
     def block(self, body: list[Stmt]) -> None:
         for stmt in body:
+            outer, self.dialog = self.dialog, stmt.dialog or self.dialog
             self.statement(stmt)
+            self.dialog = outer
 
     def slot(self) -> str:
         self.slots += 1

@@ -246,13 +246,14 @@ class Run:
         if isinstance(exc, PoliteStop):
             await self.ctx.port.talk(str(exc))
             return Outcome("stopped")
+        dialog = (ins.dialog if ins is not None else "") or self.compiled.dialog
         if isinstance(exc, OverLimit):
-            error: BasicError = LimitExceeded(exc.limit, exc.allowed, line, self.compiled.dialog)
+            error: BasicError = LimitExceeded(exc.limit, exc.allowed, line, dialog)
         elif isinstance(exc, BasicError):
             error = exc
-            error.dialog = error.dialog or self.compiled.dialog
+            error.dialog = error.dialog or dialog
         else:
-            error = BasicRuntimeError(str(exc), line, None, self.compiled.dialog)
+            error = BasicRuntimeError(str(exc), line, None, dialog)
         log.warning("bot run ended: %s", error, extra={"dialog": error.dialog, "line": error.line})
         await self.ctx.port.log("error", str(error))
         await self.ctx.port.talk(SORRY.get(self.ctx.language, SORRY["en"]))

@@ -261,7 +261,9 @@ class _Parser:
                 if words in closers:
                     return body, words
                 raise self.error(f"{' '.join(words)} without {CLOSERS[words]}", col=False)
-            body.extend(self.statement(top))
+            for stmt in self.statement(top):
+                stmt.dialog = stmt.dialog or self.dialog
+                body.append(stmt)
 
     def closed_block(
         self, closers: set[tuple[str, ...]], opener: Token, name: str
@@ -727,7 +729,7 @@ class _Parser:
         body, _ = self.closed_block({("END", "FUNCTION")}, opener, "FUNCTION")
         self.pos += 2
         self.end_statement()
-        self.functions[name] = Function(name, params, body, opener.line)
+        self.functions[name] = Function(name, params, body, opener.line, self.dialog)
         return []
 
     def table_statement(self) -> list[Stmt]:

@@ -90,6 +90,7 @@ class SelectFrom(Expr):
 @dataclass(slots=True)
 class Stmt:
     line: int
+    dialog: str = field(default="", kw_only=True)  # the dialog the statement was written in (INCLUDEs differ)
 
 
 @dataclass(slots=True)
@@ -210,6 +211,7 @@ class Function:
     params: list[str]
     body: list[Stmt]
     line: int
+    dialog: str = ""
 
 
 @dataclass(slots=True)

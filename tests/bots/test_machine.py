@@ -382,3 +382,13 @@ END SELECT
 TALK obj().name, UCASE(obj().name), MID("abc", one() + 1)
 """
     assert await said(source) == ["second first 5 2 -1 [1, 2] false", "and", "or", "neither", "case", "x X bc"]
+
+
+async def test_errors_in_an_included_dialog_name_that_dialog_and_its_line():
+    lib = {"lib": 'TALK "lib"\nFUNCTION half(n)\n  RETURN n / 0\nEND FUNCTION'}
+    compiled = load('INCLUDE lib\nTALK "main"\nx = half(4)', "main", lib.__getitem__)
+    outcome = await Run(compiled, Context()).start()
+    assert str(outcome.error) == "lib: line 3: division by zero"
+    with pytest.raises(BasicSyntaxError) as caught:
+        load("TALK 1\nINCLUDE lib", "main", {"lib": "\nx = nosuch(1)"}.__getitem__)
+    assert str(caught.value) == "lib: line 2, col 5: unknown function NOSUCH"

@@ -199,7 +199,7 @@ def test_exit_end_return_call():
 
 
 def test_hear_forms_and_input():
-    assert one("HEAR x") == Hear(1, Name(1, 6, "X"), "")
+    assert one("HEAR x") == Hear(1, Name(1, 6, "X"), "", dialog="dialog")
     assert one("HEAR x AS EMAIL").kind == "EMAIL"
     menu = one('HEAR x AS "Yes", "No", "Maybe"')
     assert menu.kind == "MENU" and len(menu.options) == 3
