@@ -595,8 +595,9 @@ class _Parser:
             self.end_statement()
         return CallStmt(token.line, name.upper, args)
 
-    def hear_statement(self, end: bool = True) -> Stmt:
-        token = self.advance()
+    def hear_statement(self, end: bool = True, token: Token | None = None) -> Stmt:
+        """HEAR var [AS kind | AS "a", "b" | AS list]; ``token``: the INPUT that stands for it, already read."""
+        token = token or self.advance()
         target = self.assignable("a variable after HEAR")
         stmt = Hear(token.line, target, "")
         if self.accept_word("AS"):
@@ -624,9 +625,7 @@ class _Parser:
             stmts.append(Keyword(token.line, "talk", [self.primary()]))
             if not self.accept_op(",", ";"):
                 raise self.error("expected ',' or ';' between the INPUT prompt and its variable")
-        self.pos -= 1
-        self.tokens[self.pos] = Token(NAME, "HEAR", token.line, token.col, "HEAR")  # INPUT x = TALK then HEAR x
-        stmts.append(self.hear_statement())
+        stmts.append(self.hear_statement(token=token))  # INPUT "q", x is TALK "q" then HEAR x
         return stmts
 
     def assignable(self, what: str) -> Expr:

@@ -217,3 +217,13 @@ def test_public_addresses():
     assert is_public(ipaddress.ip_address("93.184.216.34"))
     assert not is_public(ipaddress.ip_address("::ffff:10.0.0.1"))
     assert not is_public(ipaddress.ip_address("224.0.0.1"))
+
+
+async def test_credentials_do_not_follow_a_redirect_to_another_host(server: TestServer):
+    """127.0.0.1 redirects to localhost (the same server under another name): the Basic credentials stay behind."""
+    allow = {"bots": {"http_allow": ["127.0.0.0/8", "::1/128"]}}
+    elsewhere = f"http://localhost:{server.port}/echo"
+    source = f'SET HTTP USERNAME = "u"\nSET HTTP PASSWORD = "p"\nr = GET "{url(server, "/redirect")}?to={elsewhere}"\n'
+    source += f'TALK ISEMPTY(r.auth)\ns = GET "{url(server, "/redirect")}?to=/echo"\nTALK ISEMPTY(s.auth)'
+    _, port = await run_http(source, allow)
+    assert port.said == ["true", "false"]
