@@ -146,29 +146,13 @@ async def _build_row(ctx: Context, table: str, values: tuple[Any, ...]) -> tuple
     return row, fields
 
 
-async def _auto_and_unique(
-    ctx: Context, table: str, row: dict[str, Any], fields: list[dict[str, Any]], skip_id: int | None = None
-) -> None:
-    existing = await _table_rows(ctx, table)
-    for f in fields:
-        if f.get("auto") and f["type"] == "integer" and row.get(f["name"]) is None:
-            row[f["name"]] = 1 + max(
-                (int(to_number(r.get(f["name"]))) for _, r in existing if r.get(f["name"]) is not None), default=0
-            )
-        if (f.get("unique") or f.get("key")) and row.get(f["name"]) is not None:
-            for row_id, other in existing:
-                if row_id != skip_id and compare("=", other.get(f["name"]), row[f["name"]]):
-                    raise Fault(f"table {table} already has a row with {f['name']} = {to_text(row[f['name']])}")
-
-
 @builtin("save", "table, values...", group="data", statement_only=True)
 async def save(ctx: Context, table: Any, *values: Any) -> dict[str, Any]:
     """Add a row to a declared table: values in the order of its fields (auto fields skipped), or one object."""
     name = check_table_name(to_text(table))
     row, fields = await _build_row(ctx, name, values)
-    await _auto_and_unique(ctx, name, row, fields)
     ctx.budget.check_value(to_text(row))
-    return await ctx.need_tables().insert(name, row)
+    return await ctx.need_tables().insert(name, row, fields)
 
 
 @builtin("merge", "table, data, key", group="data", bare=True)
@@ -189,8 +173,7 @@ async def merge(ctx: Context, table: Any, data: Any, key: Any) -> dict[str, int]
             ((i, r) for i, r in await _table_rows(ctx, name) if compare("=", r.get(key_name), row[key_name])), None
         )
         if existing is None:
-            await _auto_and_unique(ctx, name, row, fields)
-            await store.insert(name, row)
+            await store.insert(name, row, fields)
             report["adds"] += 1
             continue
         row_id, old = existing
@@ -198,8 +181,7 @@ async def merge(ctx: Context, table: Any, data: Any, key: Any) -> dict[str, int]
         if merged == old:
             report["skipped"] += 1
             continue
-        await _auto_and_unique(ctx, name, merged, fields, skip_id=row_id)
-        await store.replace(name, row_id, merged)
+        await store.replace(name, row_id, merged, fields)
         report["updates"] += 1
     return report
 

@@ -15,6 +15,7 @@ from typing import Any
 import asyncpg
 
 from gbmedia.bots.errors import Fault
+from gbmedia.bots.values import compare, to_number, to_text
 
 _TABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
@@ -23,6 +24,26 @@ def check_table_name(name: str) -> str:
     if not _TABLE_NAME.match(name):
         raise Fault(f"{name!r} is not a table name (letters, digits and _, up to 63)")
     return name
+
+
+def complete_row(
+    table: str,
+    row: dict[str, Any],
+    fields: list[dict[str, Any]],
+    existing: list[tuple[int, dict[str, Any]]],
+    skip_id: int | None = None,
+) -> dict[str, Any]:
+    """Number the row's empty ``auto`` integer fields and refuse a value a ``unique`` or ``key`` field already has."""
+    for f in fields:
+        name = f["name"]
+        if f.get("auto") and f["type"] == "integer" and row.get(name) is None:
+            taken = [int(to_number(r.get(name))) for _, r in existing if r.get(name) is not None]
+            row[name] = 1 + max(taken, default=0)
+        if (f.get("unique") or f.get("key")) and row.get(name) is not None:
+            for row_id, other in existing:
+                if row_id != skip_id and compare("=", other.get(name), row[name]):
+                    raise Fault(f"table {table} already has a row with {name} = {to_text(row[name])}")
+    return row
 
 
 class PgTables:
@@ -51,14 +72,26 @@ class PgTables:
             raise Fault(f"table {name} is not declared (TABLE {name} ... END TABLE)")
         return list(raw)
 
-    async def insert(self, name: str, row: dict[str, Any]) -> dict[str, Any]:
-        await self.pool.execute(
-            "INSERT INTO bot_rows (instance_id, table_name, data) VALUES ($1, $2, $3::jsonb)",
-            self.instance_id,
-            name,
-            row,
-        )
+    async def insert(self, name: str, row: dict[str, Any], fields: list[dict[str, Any]]) -> dict[str, Any]:
+        """Add a row, numbering and checking it under the table's lock: two runs saving at once get two numbers."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            existing = await self._locked_rows(conn, name)
+            complete_row(name, row, fields, existing)
+            await conn.execute(
+                "INSERT INTO bot_rows (instance_id, table_name, data) VALUES ($1, $2, $3::jsonb)",
+                self.instance_id,
+                name,
+                row,
+            )
         return row
+
+    async def _locked_rows(self, conn: asyncpg.Connection, name: str) -> list[tuple[int, dict[str, Any]]]:
+        lock = f"bot_rows/{self.instance_id}/{name}"  # one writer per table at a time; readers are not held up
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", lock)
+        records = await conn.fetch(
+            "SELECT id, data FROM bot_rows WHERE instance_id = $1 AND table_name = $2", self.instance_id, name
+        )
+        return [(r["id"], dict(r["data"])) for r in records]
 
     async def rows(self, name: str, limit: int) -> list[tuple[int, dict[str, Any]]]:
         records = await self.pool.fetch(
@@ -69,15 +102,17 @@ class PgTables:
         )
         return [(r["id"], dict(r["data"])) for r in records]
 
-    async def replace(self, name: str, row_id: int, row: dict[str, Any]) -> None:
-        await self.pool.execute(
-            """UPDATE bot_rows SET data = $4::jsonb, updated_at = now()
-               WHERE instance_id = $1 AND table_name = $2 AND id = $3""",
-            self.instance_id,
-            name,
-            row_id,
-            row,
-        )
+    async def replace(self, name: str, row_id: int, row: dict[str, Any], fields: list[dict[str, Any]]) -> None:
+        async with self.pool.acquire() as conn, conn.transaction():
+            complete_row(name, row, fields, await self._locked_rows(conn, name), skip_id=row_id)
+            await conn.execute(
+                """UPDATE bot_rows SET data = $4::jsonb, updated_at = now()
+                   WHERE instance_id = $1 AND table_name = $2 AND id = $3""",
+                self.instance_id,
+                name,
+                row_id,
+                row,
+            )
 
     async def remove(self, name: str, row_ids: list[int]) -> int:
         result = await self.pool.execute(

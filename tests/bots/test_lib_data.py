@@ -176,3 +176,17 @@ async def test_a_table_read_is_bounded_by_the_list_limit(tables: PgTables):
     source = PEOPLE + 'FOR i = 1 TO 12\n SAVE "people", "p${i}"\nNEXT\nx = FIND "people", "id>0"'
     outcome, _ = await talk_with(source, tables=tables, limits=Limits(max_list_items=10))
     assert outcome.error.limit == "GBMEDIA_BOT_MAX_LIST_ITEMS"
+
+
+async def test_runs_saving_at_once_get_distinct_numbers_and_unique_values_stay_unique(tables: PgTables):
+    import asyncio
+
+    await said(PEOPLE, tables=tables)
+    results = await asyncio.gather(
+        *(talk_with(f'SAVE "people", "P{i}", "same@x.com"', tables=tables) for i in range(8))
+    )
+    assert sum(1 for outcome, _ in results if outcome.status == "done") == 1  # one took the e-mail, seven were refused
+    results = await asyncio.gather(*(talk_with(f'SAVE "people", "Q{i}"', tables=tables) for i in range(8)))
+    assert all(outcome.status == "done" for outcome, _ in results)
+    ids = [row["id"] for _, row in await tables.rows("people", 100)]
+    assert sorted(ids) == list(range(1, 10))
