@@ -127,11 +127,14 @@ MAX_INT_BITS = 1024  # a whole number past this becomes a float: x = x * x in a 
 
 
 def _bounded(result: Any) -> Any:
+    """Numbers stay JSON's: a whole number too long becomes a float, and no float is infinite (jsonb refuses it)."""
     if type(result) is int and result.bit_length() > MAX_INT_BITS:
         try:
             return float(result)
         except OverflowError:
             raise Fault("number too large") from None
+    if type(result) is float and not math.isfinite(result):
+        raise Fault("number too large")
     return result
 
 

@@ -333,6 +333,8 @@ async def test_numbers_cannot_grow_without_bound():
     assert outcome.error.message == "number too large"
     outcome, _ = await talk_with("x = 3\nDO\n x = x * x\nLOOP")
     assert outcome.error.message == "number too large" and outcome.error.line == 3
+    outcome, _ = await talk_with("x = 1E300\ny = x * 1E10")
+    assert outcome.error.message == "number too large" and outcome.error.line == 2
 
 
 async def test_a_builtin_failing_unexpectedly_ends_only_the_run():
