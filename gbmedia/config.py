@@ -101,6 +101,13 @@ class Settings(BaseSettings):
     chat_rate_limit: float = Field(default=10.0, gt=0)
     chat_rate_burst: int = Field(default=20, ge=1)
     chat_writers: int = Field(default=2, ge=1, le=32)
+    # Bots (gbmedia/bots): the sandbox's limits on one run of a GB BASIC dialog (docs/bots.md, "Limits").
+    bot_max_statements: int = Field(default=1_000_000, ge=100, le=1_000_000_000)
+    bot_max_seconds: float = Field(default=30.0, gt=0, le=3600)  # while running: waiting at a HEAR is free
+    bot_max_value_bytes: int = Field(default=1024 * 1024, ge=1024, le=256 * 1024 * 1024)
+    bot_max_list_items: int = Field(default=10_000, ge=10, le=10_000_000)
+    bot_max_http_calls: int = Field(default=20, ge=0, le=10_000)
+    bot_max_http_bytes: int = Field(default=5 * 1024 * 1024, ge=0, le=1024 * 1024 * 1024)
     # Recording (gbmedia/recording): where files are spooled and stored.
     recording_storage: Literal["local", "s3"] = "local"
     recording_dir: Path | None = None  # default: <data_dir>/recordings

@@ -171,3 +171,13 @@ def test_workers_smoke_runs_one_and_two_workers_and_prints_the_scaling_efficienc
         assert row["subscribers_joined"] == 2 and row["subscribers_without_media"] == 0
         assert row["server_cpu_percent"] > 0 and row["verdict"] in ("holds", "inconclusive", "fails")
     assert set(result["summary"]["max_viewers_held"]) == {"1", "2"}
+
+
+def test_basic_smoke_runs_the_dialog_and_the_same_program_in_cpython() -> None:
+    out = smoke("basic")
+    assert "GB BASIC CPU-bound loop" in out and "gbmedia interpreter" in out and "CPython (same program)" in out
+    result = last_json(out)
+    assert result["iterations"] == 3000 and result["result"] == sum(i * 2 if i % 3 == 0 else -1 for i in range(1, 3001))
+    assert result["statements"] > 3 * 3000  # the interpreter's own count: test, branch, assignment, step per turn
+    assert result["gbmedia_basic"]["statements_per_s"] > 0 and result["cpython"]["statements_per_s"] > 0
+    assert result["node_translation"].startswith("not measured yet")

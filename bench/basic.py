@@ -1,0 +1,128 @@
+"""Statements per second of GB BASIC: a CPU-bound dialog in gbmedia's interpreter, beside the same program in CPython.
+
+The dialog is a loop of arithmetic, a comparison, a branch and assignments, run to the
+end by ``gbmedia.bots.machine.Run`` (the interpreter the bots use, with its sandbox's
+statement counting on). The same program written in Python runs in the same process
+right after, so the two figures come from the same machine at the same moment. The
+rate counts the statements the interpreter executed (its budget's counter), and the
+Python figure is that same count over the Python function's time: "how many of these
+statements per second".
+
+The old platform's approach (BASIC translated to JavaScript and run by Node) is not
+measured yet: issue 17 asks for it beside these two, with a fair small translation.
+
+Prints a table and JSON. Asserts nothing about time.
+
+    python -m bench.basic [--iterations 300000] [--repeat 3] [--json out.json]
+    python -m bench.basic --smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+from pathlib import Path
+
+from gbmedia.bots.compiler import load
+from gbmedia.bots.context import Context
+from gbmedia.bots.limits import Limits
+from gbmedia.bots.machine import Run
+
+DIALOG = """
+total = 0
+FOR i = 1 TO n
+  IF i MOD 3 = 0 THEN
+    total = total + i * 2
+  ELSE
+    total = total - 1
+  END IF
+NEXT
+"""
+
+
+def same_in_python(n: int) -> int:
+    """The dialog above, statement for statement."""
+    total = 0
+    for i in range(1, n + 1):
+        if i % 3 == 0:
+            total = total + i * 2
+        else:
+            total = total - 1
+    return total
+
+
+async def basic_once(n: int) -> tuple[float, float, int, int]:
+    """One run of the dialog: wall seconds, CPU seconds, statements executed, the total it computed."""
+    compiled = load(f"n = {n}\n" + DIALOG, "bench")
+    ctx = Context(limits=Limits(max_statements=10**10, max_seconds=3600))
+    run = Run(compiled, ctx)
+    wall, cpu = time.perf_counter(), time.process_time()
+    outcome = await run.start()
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    if outcome.status != "done":
+        raise RuntimeError(f"the benchmark dialog failed: {outcome.error}")
+    return wall, cpu, ctx.budget.statements, run.globals["TOTAL"]
+
+
+def python_once(n: int) -> tuple[float, int]:
+    wall = time.perf_counter()
+    total = same_in_python(n)
+    return time.perf_counter() - wall, total
+
+
+async def measure(n: int, repeat: int) -> dict[str, object]:
+    basic = [await basic_once(n) for _ in range(repeat)]
+    python = [python_once(n) for _ in range(repeat)]
+    best_basic = min(basic, key=lambda r: r[0])
+    best_python = min(python, key=lambda r: r[0])
+    statements = best_basic[2]
+    if best_basic[3] != best_python[1]:
+        raise RuntimeError(f"the two programs disagree: BASIC {best_basic[3]}, Python {best_python[1]}")
+    basic_rate = statements / best_basic[0]
+    python_rate = statements / best_python[0]
+    return {
+        "iterations": n,
+        "repeat": repeat,
+        "statements": statements,
+        "result": best_python[1],
+        "gbmedia_basic": {
+            "seconds": round(best_basic[0], 4),
+            "cpu_seconds": round(best_basic[1], 4),
+            "statements_per_s": round(basic_rate),
+        },
+        "cpython": {"seconds": round(best_python[0], 4), "statements_per_s": round(python_rate)},
+        "cpython_over_basic": round(python_rate / basic_rate, 1),
+        "node_translation": "not measured yet (a later part of issue 17)",
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Measure, print the table and the JSON; ``--smoke`` runs a short loop once."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--iterations", type=int, default=300_000, help="loop iterations (default 300,000)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each program; the fastest counts")
+    parser.add_argument("--json", type=Path, help="also write the JSON here")
+    parser.add_argument("--smoke", action="store_true", help="quick check: 3,000 iterations once: does it run?")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.iterations, args.repeat = 3_000, 1
+    result = asyncio.run(measure(args.iterations, args.repeat))
+    basic, python = result["gbmedia_basic"], result["cpython"]
+    print(f"GB BASIC CPU-bound loop: {args.iterations:,} iterations, {result['statements']:,} statements")
+    print(f"{'runtime':<22}{'seconds':>10}{'statements/s':>16}")
+    print(f"{'gbmedia interpreter':<22}{basic['seconds']:>10.4f}{basic['statements_per_s']:>16,}")  # type: ignore[index]
+    print(f"{'CPython (same program)':<22}{python['seconds']:>10.4f}{python['statements_per_s']:>16,}")  # type: ignore[index]
+    print(
+        f"CPython is {result['cpython_over_basic']}x the interpreter;"
+        " Node (the old platform's translation): not measured yet"
+    )
+    print(json.dumps(result))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2), encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,55 @@
+"""What a built-in sees of its run: the instance, the conversation, the stores, the budget.
+
+One :class:`Context` per run. ``settings`` holds what the dialog changed with ``SET``
+(language, HTTP headers, ...): plain JSON values, saved with a suspended run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from gbmedia.bots.errors import Fault
+from gbmedia.bots.host import ConversationPort, FileStore, HttpFetcher, MemoryPort, TableStore
+from gbmedia.bots.limits import Budget, Limits
+
+
+@dataclass
+class Context:
+    instance_id: str = "local"
+    dialog: str = "dialog"
+    port: ConversationPort = field(default_factory=MemoryPort)
+    tables: TableStore | None = None
+    files: FileStore | None = None
+    http: HttpFetcher | None = None
+    config: dict[str, Any] = field(default_factory=dict)  # the instance's config (GET CONFIG)
+    locale: str = "en"
+    limits: Limits = field(default_factory=Limits)
+    budget: Budget = field(init=False)
+    settings: dict[str, Any] = field(default_factory=dict)
+    goto: str | None = None  # GO TO dialog: the run ends and the engine starts this one
+
+    def __post_init__(self) -> None:
+        self.budget = Budget(self.limits)
+        if self.port.user is not None and self.port.user.locale:
+            self.locale = self.port.user.locale
+
+    @property
+    def language(self) -> str:
+        """The run's language: SET LANGUAGE, else the user's or instance's locale (its first part)."""
+        return str(self.settings.get("LANGUAGE") or self.locale).split("-")[0].lower()
+
+    def need_tables(self) -> TableStore:
+        if self.tables is None:
+            raise Fault("tables are not available to this run")
+        return self.tables
+
+    def need_files(self) -> FileStore:
+        if self.files is None:
+            raise Fault("files are not available to this run")
+        return self.files
+
+    def need_http(self) -> HttpFetcher:
+        if self.http is None:
+            raise Fault("HTTP is not available to this run")
+        return self.http

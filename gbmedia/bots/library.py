@@ -1,0 +1,10 @@
+"""Every GB BASIC built-in, registered: import this module to get the full registry."""
+
+from __future__ import annotations
+
+from gbmedia.bots import lib_conversation, lib_data, lib_dates, lib_files, lib_http, lib_text
+from gbmedia.bots.registry import REGISTRY
+
+MODULES = (lib_text, lib_dates, lib_conversation, lib_data, lib_files, lib_http)
+
+__all__ = ["MODULES", "REGISTRY"]
