@@ -15,9 +15,8 @@ from typing import Annotated, Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, StringConstraints, TypeAdapter, ValidationError
 
-from gbmedia import jsondepth
 from gbmedia.errors import ProtocolError, validation_problems
-from gbmedia.jsondepth import JsonTooDeep
+from gbmedia.jsondepth import JsonTooDeep, loads
 
 PROTOCOL_VERSION = 1
 MAX_MESSAGE_BYTES = 256 * 1024  # an SDP with dozens of m-lines stays far below this
@@ -48,7 +47,7 @@ def parse(raw: str | bytes, types: tuple[str, ...], adapter: TypeAdapter[T]) -> 
     if len(raw) > MAX_MESSAGE_BYTES:
         raise ProtocolError("message_too_large", f"messages are limited to {MAX_MESSAGE_BYTES} bytes")
     try:
-        data = jsondepth.loads(raw)
+        data = loads(raw)
     except JsonTooDeep as exc:
         raise ProtocolError(
             "json_too_deep",

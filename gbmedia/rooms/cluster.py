@@ -27,6 +27,8 @@ from gbmedia.rooms.registry import Heartbeat, NodeLoad, NodeRegistry
 
 log = logging.getLogger(__name__)
 
+CPU_WINDOW_SECONDS = 0.5  # a CPU share measured over less time says little
+
 
 class PipeCloser(Protocol):
     async def end_pipes(self) -> None: ...
@@ -65,6 +67,9 @@ class ClusterMember:
         await self.heartbeat.beat()
 
     async def start(self) -> None:
+        # The CPU share counts from here: starting (imports, checks, migrations) is no load, and
+        # counted it made a lone node refuse its first rooms as too busy (cluster_full).
+        self._cpu_mark = (time.monotonic(), time.process_time())
         await self.heartbeat.beat()  # registered before the node takes its first request
         self.heartbeat.start()
 
@@ -100,7 +105,11 @@ class ClusterMember:
     def media_load(self) -> NodeLoad:
         now, cpu = time.monotonic(), time.process_time()
         wall0, cpu0 = self._cpu_mark
-        self._cpu_mark = (now, cpu)
+        if now - wall0 >= CPU_WINDOW_SECONDS:
+            self._cpu_mark = (now, cpu)
+            share = round((cpu - cpu0) / (now - wall0), 3)
+        else:  # too short to say (the beats at start, one after another): the last figure holds
+            share = self.registry.me.load.cpu
         rooms = [live for live in self.live_rooms.live.values() if not live.closed]
         participants = [p for live in rooms for p in live.participants.values()]
         tracks = sum(len(p.published) for p in participants)
@@ -109,7 +118,7 @@ class ClusterMember:
         then, before = self._forwarded_mark
         self._forwarded_mark = (now, forwarded)
         return NodeLoad(
-            cpu=round((cpu - cpu0) / max(now - wall0, 1e-3), 3),
+            cpu=share,
             rooms=len(rooms),
             participants=len(participants),
             tracks=tracks,

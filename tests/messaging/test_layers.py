@@ -41,4 +41,7 @@ def test_the_wire_rules_import_only_the_core_errors():
         "gbmedia.errors",
         "gbmedia.errors.ProtocolError",
         "gbmedia.errors.validation_problems",
+        "gbmedia.jsondepth",  # the depth limit on what clients send (core)
+        "gbmedia.jsondepth.JsonTooDeep",
+        "gbmedia.jsondepth.loads",
     }
