@@ -257,6 +257,24 @@ class _Compiler:
             self.statement(stmt)
             self.dialog = outer
 
+    def branches(self, line: int, tests: list[tuple[Callable[[], Ev], list[Stmt]]], otherwise: list[Stmt]) -> None:
+        """IF/ELSEIF and SELECT CASE: the first branch whose test holds runs, else ``otherwise``.
+
+        Each test is compiled where its branch starts (``tests`` holds makers, not conditions).
+        """
+        ends: list[IJump] = []
+        for make_test, body in tests:
+            test = IJumpIf(line, make_test(), -1, False)
+            self.emit(test)
+            self.block(body)
+            jump = IJump(line, -1)
+            self.emit(jump)
+            ends.append(jump)
+            test.to = len(self.code)
+        self.block(otherwise)
+        for jump in ends:
+            jump.to = len(self.code)
+
     def slot(self) -> str:
         self.slots += 1
         return f"#{self.slots}"
@@ -282,34 +300,14 @@ class _Compiler:
                 )
             )
         elif isinstance(stmt, If):
-            ends: list[IJump] = []
-            for cond, body in stmt.branches:
-                test = IJumpIf(stmt.line, self.expr(cond), -1, False)
-                self.emit(test)
-                self.block(body)
-                jump = IJump(stmt.line, -1)
-                self.emit(jump)
-                ends.append(jump)
-                test.to = len(self.code)
-            self.block(stmt.otherwise)
-            for jump in ends:
-                jump.to = len(self.code)
+            self.branches(
+                stmt.line, [(lambda c=cond: self.expr(c), body) for cond, body in stmt.branches], stmt.otherwise
+            )
         elif isinstance(stmt, SelectCase):
             slot = self.slot()
             self.emit(IAssign(stmt.line, self.expr(stmt.subject), self.hidden_setter(slot)))
-            ends = []
-            for values, body in stmt.cases:
-                cond = self.case_test(slot, values)
-                test = IJumpIf(stmt.line, cond, -1, False)
-                self.emit(test)
-                self.block(body)
-                jump = IJump(stmt.line, -1)
-                self.emit(jump)
-                ends.append(jump)
-                test.to = len(self.code)
-            self.block(stmt.otherwise)
-            for jump in ends:
-                jump.to = len(self.code)
+            cases = [(lambda v=values: self.case_test(slot, v), body) for values, body in stmt.cases]
+            self.branches(stmt.line, cases, stmt.otherwise)
         elif isinstance(stmt, ForRange):
             slot = self.slot()
             self.emit(

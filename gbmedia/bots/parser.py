@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from gbmedia.bots.errors import BasicSyntaxError
+from gbmedia.bots.hear import FORMS
 from gbmedia.bots.library import REGISTRY
 from gbmedia.bots.syntax import (
     Assign,
@@ -48,22 +49,7 @@ from gbmedia.bots.tokens import EOF, NAME, NEWLINE, NUMBER, OP, STRING, Piece, T
 
 Loader = Callable[[str], str]  # an INCLUDEd dialog's name -> its source (KeyError: no such dialog)
 
-HEAR_KINDS = {
-    "EMAIL",
-    "INTEGER",
-    "NUMBER",
-    "BOOLEAN",
-    "NAME",
-    "DATE",
-    "HOUR",
-    "MONEY",
-    "ZIPCODE",
-    "LANGUAGE",
-    "MOBILE",
-    "PHONE",
-    "FILE",
-    "TEXT",
-}
+HEAR_KINDS = {*FORMS, "TEXT"}  # what HEAR ... AS takes: the forms it validates, or any text
 UNAVAILABLE_KINDS = {"QRCODE", "LOGIN"}  # need an image decoder and a sign-in flow: later parts of issue 17
 
 # Statements that call a built-in: words -> (built-in, words that separate arguments instead of commas).
