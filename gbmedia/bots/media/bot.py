@@ -67,10 +67,14 @@ class BotOptions:
     tone_hz: float = 440.0
 
 
-def bot_identity(name: str) -> str:
-    """A bot's identity in a room: ``bot:`` and its name in lower case (never a person's identity)."""
-    slug = re.sub(r"[^a-z0-9_.-]+", "-", name.lower()).strip("-") or "bot"
-    return f"bot:{slug}"
+def bot_identity(name: str, taken: set[str] | frozenset[str] = frozenset()) -> str:
+    """A bot's identity in a room: ``bot:`` and its name in lower case (never a person's identity), with
+    ``-2``, ``-3``... when another participant has it (the room would replace that one by the newcomer)."""
+    base = "bot:" + (re.sub(r"[^a-z0-9_.-]+", "-", name.lower()).strip("-") or "bot")
+    identity, n = base, 2
+    while identity in taken:
+        identity, n = f"{base}-{n}", n + 1
+    return identity
 
 
 class MediaBot:
@@ -119,7 +123,8 @@ class MediaBot:
             if holder:
                 await holder[0]._event(message)
 
-        participant = await live.join(bot_identity(name), name, grants, auto_subscribe=False, send=send)
+        identity = bot_identity(name, {p.identity for p in live.participants.values()})
+        participant = await live.join(identity, name, grants, auto_subscribe=False, send=send)
         bot = cls(live, participant, options or BotOptions(), renderer or Clock())
         holder.append(bot)
         bot._spawn(bot._answer_offers())

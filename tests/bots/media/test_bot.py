@@ -224,11 +224,15 @@ async def test_a_bot_leaves_cleanly_and_the_others_see_it_go(rtc, tenant: Tenant
     await wait_for(lambda: not receiver_threads() - before, within=10)  # every decoder thread ended
 
 
-async def test_a_bot_leaves_when_its_room_closes(tenant: Tenant, node: Node):
+async def test_bots_of_one_name_share_a_room_and_leave_when_it_closes(tenant: Tenant, node: Node):
     room = await open_room(node, tenant, "closing")
-    bot = await MediaBot.join(node.live_rooms, room, name="Clock", options=SMALL)
-    await wait_for(lambda: bot.video.rendered >= 2, within=MEDIA_WAIT)
+    first = await MediaBot.join(node.live_rooms, room, name="Clock", options=SMALL)
+    second = await MediaBot.join(node.live_rooms, room, name="Clock", options=SMALL)
+    live = node.live_rooms.live[room.id]
+    assert sorted(p.identity for p in live.participants.values()) == ["bot:clock", "bot:clock-2"]
+    await wait_for(lambda: first.video.rendered >= 2 and second.video.rendered >= 2, within=MEDIA_WAIT)
     await node.rooms.close(Actor("tests", "api_key"), room)
-    await wait_for(lambda: bot.left and bot.publisher.connectionState == "closed", within=MEDIA_WAIT)
-    await bot.leave()  # returns at once: it has left
-    assert not [t for t in threading.enumerate() if t.name.startswith(f"gbmedia-mediabot-{bot.id}")]
+    for bot in (first, second):
+        await wait_for(lambda bot=bot: bot.left and bot.publisher.connectionState == "closed", within=MEDIA_WAIT)
+        await bot.leave()  # returns at once: it has left
+        assert not [t for t in threading.enumerate() if t.name.startswith(f"gbmedia-mediabot-{bot.id}")]
