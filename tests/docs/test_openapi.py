@@ -691,12 +691,10 @@ async def _media_bot_calls(call: Caller, admin: dict[str, str], room_id: str) ->
     listed = await call("GET", "/api/v1/rooms/{room_id}/media_bots", 200, headers=admin, room_id=room_id)
     assert [b["id"] for b in listed["media_bots"]] == [bot["id"]]
     stopped = await call(
-        "DELETE", "/api/v1/rooms/{room_id}/media_bots/{bot_id}", 200, headers=admin, room_id=room_id, bot_id=bot["id"]
+        "DELETE", "/api/v1/rooms/{room_id}/media_bots/{bot}", 200, headers=admin, room_id=room_id, bot=bot["id"]
     )
     assert stopped["media_bot"]["left"] is True
-    await call(
-        "DELETE", "/api/v1/rooms/{room_id}/media_bots/{bot_id}", 404, headers=admin, room_id=room_id, bot_id=bot["id"]
-    )
+    await call("DELETE", "/api/v1/rooms/{room_id}/media_bots/{bot}", 404, headers=admin, room_id=room_id, bot=bot["id"])
 
 
 async def _live_calls(call: Caller, tenant: Tenant) -> None:

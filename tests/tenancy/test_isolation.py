@@ -83,7 +83,7 @@ def matrix(
         # Media bots on the room nobody publishes in; the stop needs a bot running there.
         ("POST", "/api/v1/rooms/{room_id}/media_bots"): (f"/api/v1/rooms/{quiet}/media_bots", {"audio": False}),
         ("GET", "/api/v1/rooms/{room_id}/media_bots"): (f"/api/v1/rooms/{quiet}/media_bots", None),
-        ("DELETE", "/api/v1/rooms/{room_id}/media_bots/{bot_id}"): (
+        ("DELETE", "/api/v1/rooms/{room_id}/media_bots/{bot}"): (
             f"/api/v1/rooms/{quiet}/media_bots/{media_bot}",
             None,
         ),

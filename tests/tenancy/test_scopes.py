@@ -67,7 +67,7 @@ ALLOWED: dict[tuple[str, str], frozenset[str]] = {
     ("GET", "/api/v1/rooms/{room_id}/participants/{participant}/stats"): MODERATORS,
     ("POST", "/api/v1/rooms/{room_id}/media_bots"): frozenset({ADMIN, OTHER_MODERATOR}),  # on ``quiet``
     ("GET", "/api/v1/rooms/{room_id}/media_bots"): frozenset({ADMIN, OTHER_MODERATOR}),
-    ("DELETE", "/api/v1/rooms/{room_id}/media_bots/{bot_id}"): frozenset({ADMIN, OTHER_MODERATOR}),
+    ("DELETE", "/api/v1/rooms/{room_id}/media_bots/{bot}"): frozenset({ADMIN, OTHER_MODERATOR}),
     ("POST", "/api/v1/conversations"): EVERYONE,  # anyone may start a conversation of its own
     ("GET", "/api/v1/conversations"): EVERYONE,  # ... and list its own
     ("GET", "/api/v1/conversations/{conversation_id}"): ADMINS,

@@ -2,7 +2,7 @@
 
 ``POST /api/v1/rooms/{room_id}/media_bots`` starts a bot that shows a clock, a slide
 or a chart, or publishes a participant's video through a filter;
-``GET`` lists the room's bots; ``DELETE .../media_bots/{bot_id}`` makes one leave.
+``GET`` lists the room's bots; ``DELETE .../media_bots/{bot}`` makes one leave.
 
 Who reaches what: the room's moderators, as for removing a participant:
 ``instance_admin`` (or the operator), or ``room_admin`` for that room (a meeting's
@@ -113,7 +113,7 @@ async def stop_media_bot(request: web.Request) -> web.StreamResponse:
     principal, room, relayed = await _room(request)
     if relayed is not None:
         return relayed
-    bot = await request.app[MEDIA_BOTS_API].bots.stop(room.id, request.match_info["bot_id"])
+    bot = await request.app[MEDIA_BOTS_API].bots.stop(room.id, request.match_info["bot"])
     await _audit(request, principal, room, "media_bot.stop", bot)
     return json_response({"media_bot": bot.to_json()})
 
@@ -122,4 +122,4 @@ def register(app: web.Application, api: MediaBotsApi) -> None:
     app[MEDIA_BOTS_API] = api
     app.router.add_post("/api/v1/rooms/{room_id}/media_bots", start_media_bot)
     app.router.add_get("/api/v1/rooms/{room_id}/media_bots", list_media_bots)
-    app.router.add_delete("/api/v1/rooms/{room_id}/media_bots/{bot_id}", stop_media_bot)
+    app.router.add_delete("/api/v1/rooms/{room_id}/media_bots/{bot}", stop_media_bot)
