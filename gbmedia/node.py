@@ -19,6 +19,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from gbmedia.bots.media.service import MediaBots
 from gbmedia.bus import Bus, MemoryBus, RedisBus
 from gbmedia.config import Settings
 from gbmedia.db.pool import Database
@@ -113,6 +114,7 @@ class Node:
     presence: Presence
     outbox: OutboxRelay | OutboxTrimmer
     recordings: Recordings
+    media_bots: MediaBots  # bots in this node's rooms as media participants
     quality: QualityMonitor  # media quality sampling
     speakers: RoomSpeakers  # active speaker events
     registry: NodeRegistry  # the cluster's nodes (only this one without Redis)
@@ -283,6 +285,7 @@ class Node:
             presence=presence,
             outbox=outbox,
             recordings=recordings,
+            media_bots=MediaBots(live_rooms),
             # Media quality and active speakers: packet sinks on every published track.
             quality=QualityMonitor(live_rooms, settings.stats_interval_ms / 1000),
             speakers=RoomSpeakers(live_rooms, settings.speaker_interval_ms / 1000),
@@ -339,6 +342,7 @@ class Node:
         await self.recordings.close()
         await self.quality.stop()
         await self.speakers.close()
+        await self.media_bots.close()  # before their rooms: each closes its own connections and thread
         await self.live_rooms.close()
         if self.hls is not None:
             await self.hls.close()

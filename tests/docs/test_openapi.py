@@ -24,6 +24,7 @@ from pydantic import BaseModel
 import gbmedia
 import gbmedia.http
 from gbmedia.app import NODE
+from gbmedia.bots.media import api as media_bots_api
 from gbmedia.messaging import api as messaging_api
 from gbmedia.messaging import models as chat_models
 from gbmedia.recording import api as recording_api
@@ -73,6 +74,7 @@ REQUEST_MODELS: dict[str, tuple[type[BaseModel], bool]] = {  # operationId: (mod
     "editMessage": (messaging_api.MessageEdit, False),
     "postReceipt": (messaging_api.ReceiptUpdate, False),
     "startRecording": (recording_api.RecordingStart, False),
+    "startMediaBot": (media_bots_api.MediaBotStart, False),
 }
 RESPONSE_DATACLASSES = {
     "Customer": models.Customer,
@@ -115,6 +117,7 @@ REST_SOURCES = (
     "signaling/whip.py",
     "signaling/relay.py",
     "signaling/cascade.py",
+    "bots/media/*.py",
 )
 # Bearer-authenticated paths outside /api/ (standard WHIP/WHEP URLs); their CORS preflights need no credentials.
 TOKEN_PATHS = ("/whip/", "/whep/")
@@ -662,6 +665,38 @@ async def _recording_calls(call: Caller, admin: dict[str, str], room_id: str) ->
     await call("POST", "/api/v1/recordings/{recording_id}/stop", 409, headers=admin, recording_id=rid)
 
 
+async def _media_bot_calls(call: Caller, admin: dict[str, str], room_id: str) -> None:
+    """Start, list and stop a media bot (tests/bots/media check its media)."""
+    started = await call(
+        "POST",
+        "/api/v1/rooms/{room_id}/media_bots",
+        201,
+        headers=admin,
+        room_id=room_id,
+        json={"name": "Docs Clock", "show": "clock", "audio": False},
+    )
+    bot = started["media_bot"]
+    assert (bot["identity"], bot["left"], len(bot["tracks"])) == ("bot:docs-clock", False, 1)
+    await call(
+        "POST", "/api/v1/rooms/{room_id}/media_bots", 400, headers=admin, room_id=room_id, json={"show": "movie"}
+    )
+    await call(
+        "POST",
+        "/api/v1/rooms/{room_id}/media_bots",
+        404,
+        headers=admin,
+        room_id=room_id,
+        json={"participant": "nobody", "filter": "edges"},
+    )
+    listed = await call("GET", "/api/v1/rooms/{room_id}/media_bots", 200, headers=admin, room_id=room_id)
+    assert [b["id"] for b in listed["media_bots"]] == [bot["id"]]
+    stopped = await call(
+        "DELETE", "/api/v1/rooms/{room_id}/media_bots/{bot}", 200, headers=admin, room_id=room_id, bot=bot["id"]
+    )
+    assert stopped["media_bot"]["left"] is True
+    await call("DELETE", "/api/v1/rooms/{room_id}/media_bots/{bot}", 404, headers=admin, room_id=room_id, bot=bot["id"])
+
+
 async def _live_calls(call: Caller, tenant: Tenant) -> None:
     """WHIP and WHEP with real aiortc offers (tests/signaling/test_whip.py covers them in depth)."""
     from aiortc import RTCPeerConnection
@@ -983,6 +1018,7 @@ async def test_real_answers_conform_to_the_documented_responses(client: TestClie
         participant="bob",
     )
     await _recording_calls(call, admin, room["id"])
+    await _media_bot_calls(call, admin, room["id"])
     closed = await call("DELETE", "/api/v1/rooms/{room_id}", 200, headers=admin, room_id=room["id"])
     assert closed["status"] == "closed" and closed["closed_at"]
     await _chat_calls(call, tenant)

@@ -46,6 +46,7 @@ def matrix(
     recording_file: str = "TR_x.webm",
     quiet_room: str | None = None,
     node_id: str = "node",
+    media_bot: str = "MB_x",
 ) -> dict[tuple[str, str], tuple[str, dict | None]]:
     conv = f"/api/v1/conversations/{conversation or uuid.uuid4()}"
     rec = f"/api/v1/recordings/{recording or uuid.uuid4()}"
@@ -79,6 +80,13 @@ def matrix(
         ("POST", "/api/v1/rooms"): ("/api/v1/rooms", {"name": "implant", "instance_id": inst}),
         ("GET", "/api/v1/rooms"): (f"/api/v1/rooms?instance_id={inst}&status=all", None),
         ("GET", "/api/v1/rooms/{room_id}"): (f"/api/v1/rooms/{room}", None),
+        # Media bots on the room nobody publishes in; the stop needs a bot running there.
+        ("POST", "/api/v1/rooms/{room_id}/media_bots"): (f"/api/v1/rooms/{quiet}/media_bots", {"audio": False}),
+        ("GET", "/api/v1/rooms/{room_id}/media_bots"): (f"/api/v1/rooms/{quiet}/media_bots", None),
+        ("DELETE", "/api/v1/rooms/{room_id}/media_bots/{bot}"): (
+            f"/api/v1/rooms/{quiet}/media_bots/{media_bot}",
+            None,
+        ),
         ("DELETE", "/api/v1/rooms/{room_id}"): (f"/api/v1/rooms/{room}", None),
         ("GET", "/api/v1/rooms/{room_id}/participants"): (f"/api/v1/rooms/{room}/participants", None),
         ("DELETE", "/api/v1/rooms/{room_id}/participants/{participant}"): (
@@ -206,11 +214,19 @@ async def test_the_operator_reaches_every_cell_of_the_matrix(client: TestClient)
         from gbmedia.app import NODE
 
         node_id = client.app[NODE].settings.node_id
+        bot = await start_media_bot(client, quiet)
         await _operator_reaches(
-            client, matrix(a, room, "alice", track, conversation, recording, f"{track}.webm", quiet, node_id)
+            client, matrix(a, room, "alice", track, conversation, recording, f"{track}.webm", quiet, node_id, bot)
         )
     finally:
         await alice.close()
+
+
+async def start_media_bot(client: TestClient, room: str) -> str:
+    """A media bot (a clock, no tone) in the room, for the cell that stops one."""
+    resp = await client.post(f"/api/v1/rooms/{room}/media_bots", json={"audio": False}, headers=OPERATOR)
+    assert resp.status == 201, await resp.text()
+    return (await resp.json())["media_bot"]["id"]
 
 
 async def _recording_of(client: TestClient, room: str, track: str) -> str:

@@ -26,7 +26,7 @@ from aiohttp.test_utils import TestClient
 from gbmedia.tenancy.tokens import Grants
 from tests.helpers import Tenant, bearer, create_tenant
 from tests.rtc import ColorVideoTrack, RtcClient
-from tests.tenancy.test_isolation import _recording_of, create_conversation, create_room, matrix
+from tests.tenancy.test_isolation import _recording_of, create_conversation, create_room, matrix, start_media_bot
 
 ADMIN, MODERATOR, OTHER_MODERATOR, PARTICIPANT = "instance admin", "moderator", "other room's moderator", "participant"
 ROLES = (ADMIN, MODERATOR, OTHER_MODERATOR, PARTICIPANT)
@@ -36,7 +36,7 @@ MODERATORS = frozenset({ADMIN, MODERATOR})
 OPERATOR_ONLY: frozenset[str] = frozenset()
 
 # Which roles (besides the operator) may use each route. The targets: room ``standup``
-# (alice publishes in it; its recording), room ``quiet`` (recordings are started and
+# (alice publishes in it; its recording), room ``quiet`` (recordings and media bots are started and
 # listed there), a group conversation of alice and bob.
 ALLOWED: dict[tuple[str, str], frozenset[str]] = {
     ("GET", "/api/v1/whoami"): EVERYONE,
@@ -65,6 +65,9 @@ ALLOWED: dict[tuple[str, str], frozenset[str]] = {
     ("DELETE", "/api/v1/rooms/{room_id}/participants/{participant}"): MODERATORS,
     ("POST", "/api/v1/rooms/{room_id}/participants/{participant}/tracks/{track}/mute"): MODERATORS,
     ("GET", "/api/v1/rooms/{room_id}/participants/{participant}/stats"): MODERATORS,
+    ("POST", "/api/v1/rooms/{room_id}/media_bots"): frozenset({ADMIN, OTHER_MODERATOR}),  # on ``quiet``
+    ("GET", "/api/v1/rooms/{room_id}/media_bots"): frozenset({ADMIN, OTHER_MODERATOR}),
+    ("DELETE", "/api/v1/rooms/{room_id}/media_bots/{bot}"): frozenset({ADMIN, OTHER_MODERATOR}),
     ("POST", "/api/v1/conversations"): EVERYONE,  # anyone may start a conversation of its own
     ("GET", "/api/v1/conversations"): EVERYONE,  # ... and list its own
     ("GET", "/api/v1/conversations/{conversation_id}"): ADMINS,
@@ -124,7 +127,8 @@ async def targets(client: TestClient, name: str) -> Targets:
     recording = await _recording_of(client, room, track)
     quiet = await create_room(client, tenant, "quiet")
     node_id = client.app[NODE].settings.node_id
-    cells = matrix(tenant, room, "alice", track, conversation, recording, f"{track}.webm", quiet, node_id)
+    bot = await start_media_bot(client, quiet)
+    cells = matrix(tenant, room, "alice", track, conversation, recording, f"{track}.webm", quiet, node_id, bot)
     return Targets(tenant, room, cells, alice)
 
 
