@@ -42,7 +42,6 @@ class Person:
         self.tenant = tenant
         self.identity = identity
         self.conversation_id = conversation_id
-        self.seen = 0
 
     async def messages(self) -> list[dict[str, Any]]:
         resp = await self.client.get(
@@ -54,18 +53,13 @@ class Person:
         return (await resp.json())["messages"]
 
     async def say(self, text: str) -> list[str]:
-        """Send ``text``; once the bot has handled it, what the bot said since the last call."""
+        """Send ``text``; once the bot has handled it, what the bot said after it."""
         resp = await self.client.post(
             f"/api/v1/conversations/{self.conversation_id}/messages",
             json={"content": text, "idempotency_key": uuid.uuid4().hex},
             headers=as_user(self.tenant, self.identity),
         )
         assert resp.status == 201, await resp.text()
+        mine = (await resp.json())["seq"]
         await self.node.bots.engine.settled()
-        return await self.replies()
-
-    async def replies(self) -> list[str]:
-        new = [m for m in await self.messages() if m["seq"] > self.seen]
-        if new:
-            self.seen = new[-1]["seq"]
-        return [m["content"] for m in new if m["sender"] == BOT]
+        return [m["content"] for m in await self.messages() if m["seq"] > mine and m["sender"] == BOT]
