@@ -42,6 +42,8 @@ def server_env(tmp_path: Path, database_url: str) -> dict[str, str]:
             "GBMEDIA_PORT": "0",
             "GBMEDIA_OPERATOR_TOKEN": OPERATOR_TOKEN,
             "GBMEDIA_SECRET_KEY": Fernet.generate_key().decode(),
+            "GBMEDIA_API_RATE_LIMIT": "100000",  # the test polls for the bot's replies
+            "GBMEDIA_API_RATE_BURST": "100000",
             "GBMEDIA_LOG_LEVEL": "warning",
             "GBMEDIA_SHUTDOWN_TIMEOUT": "1",
         }
