@@ -10,6 +10,7 @@ from aiohttp.test_utils import TestClient
 from gbmedia.node import Node
 from tests.bots.chat import BOT, Person, as_user, bot_conversation, upload
 from tests.helpers import Tenant
+from tests.messaging.test_chat_socket import ChatClient, _participant, token
 
 ORDER = """
 TABLE orders
@@ -149,3 +150,47 @@ async def test_a_failing_dialog_apologises_and_records_its_error(client: TestCli
     assert replies[0] == "before" and replies[1].startswith("Sorry, something went wrong")
     (run,) = await node.bots.engine.runs(uuid.UUID(tenant.instance_id))
     assert run["status"] == "failed" and "start: line 3" in run["last_error"]
+
+
+async def test_a_bot_in_a_rooms_chat_answers_a_participant_on_the_rtc_socket(
+    client: TestClient, node: Node, tenant: Tenant
+):
+    await upload(
+        client, tenant, "start", 'TALK "Welcome! Your name?"\nHEAR name AS NAME\nTALK "Nice to meet you, ${name}"'
+    )
+    alice = ChatClient(await client.ws_connect("/rtc"))
+    try:
+        joined = await alice.request({"type": "join", "token": token(tenant, "alice", **_participant("standup"))})
+        cid = joined["chat"]["conversation_id"]
+        resp = await client.post(
+            f"/api/v1/conversations/{cid}/members", json={"identity": BOT, "role": "bot"}, headers=tenant.admin
+        )
+        assert resp.status == 201, await resp.text()
+
+        async def say(text: str, reply: str) -> None:
+            ack = await alice.request(
+                {"type": "chat_send", "conversation_id": cid, "content": text, "idempotency_key": uuid.uuid4().hex}
+            )
+            assert ack["type"] == "chat_ack", ack
+            event = await alice.wait(
+                lambda e: (
+                    e["type"] == "chat_message"
+                    and e["message"]["sender"] == BOT
+                    and e["message"]["seq"] > ack["seq"]
+                    and e["message"]["content"] == reply
+                )
+            )
+            assert event["message"]["conversation_id"] == cid
+
+        await say("hello", "Welcome! Your name?")
+        await say("Ana", "Please type your full name (first and last name).")
+        await say("Ana Souza", "Nice to meet you, Ana Souza")
+        await node.bots.engine.settled()
+        bot_said = [m["content"] for m in alice.messages(cid) if m["sender"] == BOT]
+        assert bot_said == [
+            "Welcome! Your name?",
+            "Please type your full name (first and last name).",
+            "Nice to meet you, Ana Souza",
+        ]
+    finally:
+        await alice.close()
