@@ -40,6 +40,7 @@ import asyncpg
 from gbmedia.bots.chat_port import ChatPort
 from gbmedia.bots.compiler import Compiled
 from gbmedia.bots.dialogs import START_DIALOG, DialogMissing, dialog_name
+from gbmedia.bots.errors import BasicRuntimeError
 from gbmedia.bots.host import UserInfo
 from gbmedia.bots.machine import Outcome, Run, StateError
 from gbmedia.bots.runner import Runner
@@ -335,7 +336,10 @@ class DialogEngine:
                 await port.log(
                     "warning", f"{run_row['dialog']}: the waiting run could not resume ({exc}); starting over"
                 )
-                target = START_DIALOG if START_DIALOG in names else None
+                if START_DIALOG not in names:  # nothing to start over with: the stale run ends here
+                    error = BasicRuntimeError(f"the waiting run could not resume ({exc})", 0, None, run_row["dialog"])
+                    return Outcome("failed", error=error), run_row["dialog"], False
+                target = START_DIALOG
         elif START_DIALOG in names:
             target = START_DIALOG
         hops = 0
