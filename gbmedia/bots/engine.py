@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -54,6 +55,8 @@ WORKERS = 4  # conversations handled at once on a node (each holds a database co
 PAGE = 50  # messages read at a time
 MAX_GOTO = 10  # GO TO hops in one turn
 RELEASE = "/release"
+REMEMBER_SECONDS = 10.0  # how long "this conversation has (no) bot member" is trusted
+MAX_REMEMBERED = 100_000
 MISSING = {
     "en": "Sorry, this conversation's dialog is not available.",
     "pt": "Desculpe, o diálogo desta conversa não está disponível.",
@@ -83,6 +86,7 @@ class DialogEngine:
         self._again: set[uuid.UUID] = set()
         self._slots = asyncio.Semaphore(WORKERS)
         self._sweeper: asyncio.Task[None] | None = None
+        self._bot_members: dict[uuid.UUID, tuple[bool, float]] = {}  # conversation -> (has a bot, until)
         self._stopping = False
         self.handled = 0  # messages handled by this node (a metric and a test's witness)
 
@@ -114,13 +118,14 @@ class DialogEngine:
         if kind == "message":
             self.wake(conversation.id)  # never waits: this runs before the sender's ack
 
-    def wake(self, conversation_id: uuid.UUID) -> None:
+    def wake(self, conversation_id: uuid.UUID, swept: bool = False) -> None:
+        """Look at the conversation's unhandled messages (``swept``: the sweep knows it has a bot member)."""
         if self._stopping:
             return
         if conversation_id in self._running:
             self._again.add(conversation_id)  # its worker looks again when it is done
             return
-        task = asyncio.ensure_future(self._work(conversation_id))
+        task = asyncio.ensure_future(self._work(conversation_id, swept))
         self._running[conversation_id] = task
         task.add_done_callback(lambda _t: self._finished(conversation_id))
 
@@ -130,8 +135,30 @@ class DialogEngine:
             self._again.discard(conversation_id)
             self.wake(conversation_id)
 
-    async def _work(self, conversation_id: uuid.UUID) -> None:
+    async def _has_bot(self, conversation_id: uuid.UUID) -> bool:
+        """Whether the conversation has a bot member, remembered a few seconds (every chat message asks).
+
+        A bot added after a "no" is found by the next sweep at the latest.
+        """
+        now = time.monotonic()
+        known = self._bot_members.get(conversation_id)
+        if known is not None and known[1] > now:
+            return known[0]
+        found = bool(
+            await self.pool.fetchval(
+                "SELECT EXISTS (SELECT 1 FROM conversation_members WHERE conversation_id = $1 AND role = 'bot')",
+                conversation_id,
+            )
+        )
+        if len(self._bot_members) >= MAX_REMEMBERED:
+            self._bot_members.clear()
+        self._bot_members[conversation_id] = (found, now + REMEMBER_SECONDS)
+        return found
+
+    async def _work(self, conversation_id: uuid.UUID, swept: bool) -> None:
         try:
+            if not swept and not await self._has_bot(conversation_id):
+                return
             async with self._slots:
                 await self.process(conversation_id)
         except asyncio.CancelledError:
@@ -143,7 +170,7 @@ class DialogEngine:
         while True:
             try:
                 for conversation_id in await self.unhandled():
-                    self.wake(conversation_id)
+                    self.wake(conversation_id, swept=True)
             except asyncio.CancelledError:
                 raise
             except Exception:
