@@ -107,9 +107,13 @@ class ChatPort:
         try:
             await self.messages.send(caller, self.conversation_id, content, key)
         except ApiError as exc:
-            if exc.code != "idempotency_key_reused":
-                raise
-            # A replayed turn worded this reply differently: the one already stored stands.
+            if exc.code == "idempotency_key_reused":
+                return  # a replayed turn worded this reply differently: the one already stored stands
+            if exc.status >= 500:
+                raise  # the database is away: the turn is handled again later, its replies under the same keys
+            # Chat refused it for good (the bot left the conversation, the instance was suspended): the
+            # operator reads why; the run goes on, so one refused reply cannot block the conversation.
+            await self.log("warning", f"a reply was not sent: {exc}")
 
     async def send(self, channel: str, to: str, payload: dict[str, Any]) -> None:
         await self.log("warning", f"not sent: the instance has no {channel} channel (to {to or 'the user'})")

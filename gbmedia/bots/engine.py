@@ -289,6 +289,9 @@ class DialogEngine:
             await self._while_transferred(conv, sender, text, seq)
             return
         instance = await self.runner.instance(conv.instance_id)
+        if instance.status != "active":  # a suspended or deleted instance's bots say nothing
+            await self._advance(self.pool, conv.conversation_id, seq)
+            return
         port = ChatPort(
             self.pool,
             self.chat.messages,
