@@ -19,7 +19,9 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from gbmedia.bots.limits import Limits
 from gbmedia.bots.media.service import MediaBots
+from gbmedia.bots.service import Bots
 from gbmedia.bus import Bus, MemoryBus, RedisBus
 from gbmedia.config import Settings
 from gbmedia.db.pool import Database
@@ -122,6 +124,7 @@ class Node:
     member: ClusterMember  # heartbeat, fencing, adoption, drain
     relay: Relay  # forwards a room's requests to its node
     cascade: Cascade  # live rooms' audiences spread over edge nodes
+    bots: Bots  # dialogs, the engine that answers in chats, the scheduler
     redis: aioredis.Redis | None = None
     hls: HlsService | None = None
     started: float = field(default_factory=time.monotonic)
@@ -294,6 +297,7 @@ class Node:
             member=member,
             relay=relay,
             cascade=cascade,
+            bots=Bots.create(db.pool, chat, tenancy.instances, settings.data_dir, Limits.from_settings(settings)),
             redis=redis_client,
         )
         node.metrics.watch(live_rooms.media_samples)
@@ -309,6 +313,7 @@ class Node:
             if isinstance(each, FallbackRateLimiter):
                 node.metrics.watch(each.samples)
         node.outbox.start()
+        node.bots.start()
         node.room_sweeper.start()
         node.metrics.watch(node.quality.samples)
         node.quality.start()
@@ -338,6 +343,7 @@ class Node:
         await self.cascade.close()  # edge copies end while their feeding nodes can still be told
         await self.relay.close()
         await self.room_sweeper.stop()
+        await self.bots.stop()
         await self.outbox.stop()
         await self.recordings.close()
         await self.quality.stop()

@@ -24,6 +24,7 @@ from pydantic import BaseModel
 import gbmedia
 import gbmedia.http
 from gbmedia.app import NODE
+from gbmedia.bots import api as bots_api
 from gbmedia.bots.media import api as media_bots_api
 from gbmedia.messaging import api as messaging_api
 from gbmedia.messaging import models as chat_models
@@ -73,6 +74,7 @@ REQUEST_MODELS: dict[str, tuple[type[BaseModel], bool]] = {  # operationId: (mod
     "sendMessage": (messaging_api.MessageSend, False),
     "editMessage": (messaging_api.MessageEdit, False),
     "postReceipt": (messaging_api.ReceiptUpdate, False),
+    "putDialog": (bots_api.DialogPut, False),
     "startRecording": (recording_api.RecordingStart, False),
     "startMediaBot": (media_bots_api.MediaBotStart, False),
 }
@@ -114,6 +116,8 @@ REST_SOURCES = (
     "messaging/*.py",
     "recording/*.py",
     "streaming/*.py",
+    "bots/api.py",
+    "bots/dialogs.py",
     "signaling/whip.py",
     "signaling/relay.py",
     "signaling/cascade.py",
@@ -1104,6 +1108,29 @@ async def test_real_answers_conform_to_the_documented_responses(client: TestClie
     await call("GET", "/api/v1/rooms/{room_id}", 404, headers=admin, room_id=str(uuid.uuid4()))
     await call("DELETE", "/api/v1/rooms/{room_id}", 403, headers=bearer(creator["token"]), room_id=room["id"])
     await call("DELETE", "/api/v1/rooms/{room_id}", 404, headers=OPERATOR, room_id=str(uuid.uuid4()))
+    # Bots: an instance's dialogs and runs (tests/bots/test_api.py and test_engine.py say more).
+    dialog = "/api/v1/bots/dialogs/{name}"
+    await call("PUT", dialog, 201, headers=admin, name="start", json={"source": 'TALK "hi"'})
+    await call(
+        "PUT", dialog, 200, headers=OPERATOR, name="Start.bas", query={"instance_id": iid}, json={"source": "x = 1"}
+    )
+    await call("PUT", dialog, 400, headers=admin, name="broken", json={"source": 'TALK "unclosed'})
+    await call("PUT", dialog, 403, headers=bearer(participant["token"]), name="x", json={"source": ""})
+    await call(
+        "PUT", dialog, 404, headers=OPERATOR, name="x", query={"instance_id": str(uuid.uuid4())}, json={"source": ""}
+    )
+    await call("PUT", dialog, 413, headers=admin, name="big", json={"source": "' " + "x" * 300_000})
+    await call("GET", "/api/v1/bots/dialogs", 200, headers=admin)
+    await call("GET", "/api/v1/bots/dialogs", 400, headers=OPERATOR)
+    await call("GET", "/api/v1/bots/dialogs", 403, headers=bearer(participant["token"]))
+    await call("GET", "/api/v1/bots/dialogs", 404, headers=OPERATOR, query={"instance_id": str(uuid.uuid4())})
+    await call("GET", dialog, 200, headers=admin, name="start")
+    await call("GET", dialog, 400, headers=admin, name="start", query={"instance_id": "nope"})
+    await call("GET", dialog, 404, headers=admin, name="nope")
+    await call("GET", "/api/v1/bots/runs", 200, headers=admin, query={"limit": "10"})
+    await call("GET", "/api/v1/bots/runs", 400, headers=admin, query={"limit": "0"})
+    await call("DELETE", dialog, 204, headers=admin, name="start")
+    await call("DELETE", dialog, 404, headers=admin, name="start")
     deleted = await call("DELETE", "/api/v1/instances/{instance_id}", 200, headers=OPERATOR, instance_id=iid)
     assert deleted["status"] == "deleted"
     await call("GET", "/api/v1/whoami", 401, headers=admin)  # api_key_revoked

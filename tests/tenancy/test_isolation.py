@@ -122,6 +122,15 @@ def matrix(
             {"identity": "bob", "read_seq": 1},
         ),
         ("GET", "/api/v1/messages/search"): (f"/api/v1/messages/search?q=secret&instance_id={inst}", None),
+        # Bots: a dialog stored (``start``), listed, read and deleted; the runs listed.
+        ("PUT", "/api/v1/bots/dialogs/{name}"): (
+            f"/api/v1/bots/dialogs/start?instance_id={inst}",
+            {"source": 'TALK "implant"'},
+        ),
+        ("GET", "/api/v1/bots/dialogs"): (f"/api/v1/bots/dialogs?instance_id={inst}", None),
+        ("GET", "/api/v1/bots/dialogs/{name}"): (f"/api/v1/bots/dialogs/start?instance_id={inst}", None),
+        ("DELETE", "/api/v1/bots/dialogs/{name}"): (f"/api/v1/bots/dialogs/start?instance_id={inst}", None),
+        ("GET", "/api/v1/bots/runs"): (f"/api/v1/bots/runs?instance_id={inst}", None),
         # Recordings: start and list on a room nobody records; read, stop, download one that records alice.
         ("POST", "/api/v1/rooms/{room_id}/recordings"): (f"/api/v1/rooms/{quiet}/recordings", {"kinds": ["tracks"]}),
         ("GET", "/api/v1/rooms/{room_id}/recordings"): (f"/api/v1/rooms/{quiet}/recordings", None),

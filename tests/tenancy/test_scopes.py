@@ -80,6 +80,11 @@ ALLOWED: dict[tuple[str, str], frozenset[str]] = {
     ("DELETE", "/api/v1/conversations/{conversation_id}/messages/{seq}"): ADMINS,
     ("POST", "/api/v1/conversations/{conversation_id}/receipts"): ADMINS,
     ("GET", "/api/v1/messages/search"): EVERYONE,  # ... and search its own
+    ("PUT", "/api/v1/bots/dialogs/{name}"): ADMINS,  # an instance's bots are its administrators' only
+    ("GET", "/api/v1/bots/dialogs"): ADMINS,
+    ("GET", "/api/v1/bots/dialogs/{name}"): ADMINS,
+    ("DELETE", "/api/v1/bots/dialogs/{name}"): ADMINS,
+    ("GET", "/api/v1/bots/runs"): ADMINS,
     ("POST", "/api/v1/rooms/{room_id}/recordings"): frozenset({ADMIN, OTHER_MODERATOR}),  # on ``quiet``
     ("GET", "/api/v1/rooms/{room_id}/recordings"): frozenset({ADMIN, OTHER_MODERATOR}),  # on ``quiet``
     ("GET", "/api/v1/recordings/{recording_id}"): MODERATORS,  # ``standup``'s
@@ -126,6 +131,8 @@ async def targets(client: TestClient, name: str) -> Targets:
     conversation = await create_conversation(client, tenant)
     recording = await _recording_of(client, room, track)
     quiet = await create_room(client, tenant, "quiet")
+    resp = await client.put("/api/v1/bots/dialogs/start", json={"source": 'TALK "hi"'}, headers=tenant.admin)
+    assert resp.status == 201, await resp.text()  # what the dialog cells read and delete
     node_id = client.app[NODE].settings.node_id
     bot = await start_media_bot(client, quiet)
     cells = matrix(tenant, room, "alice", track, conversation, recording, f"{track}.webm", quiet, node_id, bot)
