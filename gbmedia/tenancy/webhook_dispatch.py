@@ -62,16 +62,16 @@ WITH due AS (
 ),
 claimed AS (
     UPDATE webhook_deliveries d
-       SET attempts = d.attempts + 1, next_attempt_at = now() + make_interval(secs => $2)
+       SET attempts = d.attempts + 1, next_attempt_at = now() + make_interval(secs => $2::float8)
       FROM due WHERE d.id = due.id
     RETURNING d.id, d.event_id, d.endpoint_id, d.attempts, d.retry_base
 ),
 interrupted AS (
-    UPDATE webhook_attempts a SET finished_at = now(), error = $4
+    UPDATE webhook_attempts a SET finished_at = now(), error = $4::text
       FROM claimed c WHERE a.delivery_id = c.id AND a.finished_at IS NULL
 ),
 started AS (
-    INSERT INTO webhook_attempts (delivery_id, attempt, node_id) SELECT id, attempts, $3 FROM claimed
+    INSERT INTO webhook_attempts (delivery_id, attempt, node_id) SELECT id, attempts, $3::text FROM claimed
 )
 SELECT c.id, c.event_id, c.attempts, c.retry_base, e.type, e.body::text AS body, w.url, w.secret_encrypted
   FROM claimed c
@@ -310,10 +310,11 @@ class WebhookDispatcher:
             )
             changed = await conn.execute(
                 """UPDATE webhook_deliveries
-                      SET status = $3,
-                          next_attempt_at = CASE WHEN $3 = 'pending' THEN now() + make_interval(secs => $4)
+                      SET status = $3::text,
+                          next_attempt_at = CASE WHEN $3::text = 'pending'
+                                                 THEN now() + make_interval(secs => $4::float8)
                                                  ELSE next_attempt_at END,
-                          finished_at = CASE WHEN $3 = 'pending' THEN NULL ELSE now() END
+                          finished_at = CASE WHEN $3::text = 'pending' THEN NULL ELSE now() END
                     WHERE id = $1 AND attempts = $2 AND status = 'pending'""",
                 delivery_id,
                 attempt,

@@ -57,11 +57,11 @@ REPLAY_WINDOW_SECONDS = 300  # what docs/api.md tells receivers to accept; signa
 # and a delivery per such endpoint. $1 event_id, $2 instance_id, $3 type, $4 body (JSON text).
 EMIT_SQL = """
 WITH wanted AS (
-    SELECT id FROM webhook_endpoints WHERE instance_id = $2 AND enabled AND $3 = ANY (events)
+    SELECT id FROM webhook_endpoints WHERE instance_id = $2::uuid AND enabled AND $3::text = ANY (events)
 ),
 event AS (
     INSERT INTO webhook_events (event_id, instance_id, type, body)
-    SELECT $1, $2, $3, $4::text::jsonb WHERE EXISTS (SELECT 1 FROM wanted)
+    SELECT $1::uuid, $2::uuid, $3::text, $4::text::jsonb WHERE EXISTS (SELECT 1 FROM wanted)
     RETURNING event_id
 )
 INSERT INTO webhook_deliveries (event_id, endpoint_id)
@@ -109,7 +109,7 @@ async def emit(conn: asyncpg.Connection, instance_id: uuid.UUID, event_type: str
 
 
 class WebhookEmitter:
-    """Events with no transaction of their own (a node's live state): each written in one of its own.
+    """Events with no transaction of their own (a node's live state): each written by one statement.
 
     A failure (the database away) is logged, never raised: a participant's join must not
     fail because its event could not be written, and the join itself touches the database.
@@ -120,11 +120,14 @@ class WebhookEmitter:
         self.failures = 0
 
     async def publish(self, instance_id: uuid.UUID, event_type: str, data: Mapping[str, Any]) -> uuid.UUID | None:
+        """Write the event (one statement, so one round trip and atomic on its own); its id, or None."""
+        if event_type not in EVENT_TYPES:
+            raise ValueError(f"unknown webhook event {event_type!r}")
+        event_id = uuid.uuid4()
+        body = event_body(event_id, instance_id, event_type, data)
         try:
-            async with self.pool.acquire() as conn, conn.transaction():
-                return await emit(conn, instance_id, event_type, data)
-        except (ValueError, RuntimeError, TypeError):
-            raise
+            await self.pool.execute(EMIT_SQL, event_id, instance_id, event_type, body)
+            return event_id
         except Exception as exc:  # the database away: the event is lost with the change's own writes
             self.failures += 1
             log.warning(

@@ -65,9 +65,9 @@ def _api(request: web.Request) -> WebhooksApi:
 
 
 def _delivery_id(request: web.Request) -> int:
-    raw = request.match_info["delivery_id"]
+    raw = request.match_info["delivery"]
     if not raw.isdigit() or len(raw) > 18:
-        raise bad_request("invalid_id", f"delivery_id must be a positive integer, got {raw!r}")
+        raise bad_request("invalid_id", f"delivery must be a positive integer, got {raw!r}")
     return int(raw)
 
 
@@ -159,4 +159,4 @@ def register(app: web.Application, api: WebhooksApi) -> None:
     r.add_delete(base + "/{webhook_id}", delete_webhook)
     r.add_post(base + "/{webhook_id}/test", send_test_event)
     r.add_get(base + "/{webhook_id}/deliveries", list_deliveries)
-    r.add_post(base + "/{webhook_id}/deliveries/{delivery_id}/redeliver", redeliver)
+    r.add_post(base + "/{webhook_id}/deliveries/{delivery}/redeliver", redeliver)

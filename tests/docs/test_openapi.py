@@ -703,9 +703,9 @@ async def _webhook_calls(call: Caller, admin: dict[str, str], iid: str) -> None:
     await call(
         "GET", one + "/deliveries", 400, headers=admin, instance_id=iid, webhook_id=hook, query={"status": "lost"}
     )
-    redeliver = one + "/deliveries/{delivery_id}/redeliver"
-    await call("POST", redeliver, 202, headers=admin, instance_id=iid, webhook_id=hook, delivery_id=delivery["id"])
-    await call("POST", redeliver, 404, headers=admin, instance_id=iid, webhook_id=hook, delivery_id="999999999")
+    redeliver = one + "/deliveries/{delivery}/redeliver"
+    await call("POST", redeliver, 202, headers=admin, instance_id=iid, webhook_id=hook, delivery=delivery["id"])
+    await call("POST", redeliver, 404, headers=admin, instance_id=iid, webhook_id=hook, delivery="999999999")
     await call("PATCH", one, 200, headers=admin, instance_id=iid, webhook_id=hook, json={"enabled": False})
     await call("POST", one + "/test", 409, headers=admin, instance_id=iid, webhook_id=hook)
     await call("DELETE", one, 200, headers=admin, instance_id=iid, webhook_id=hook)

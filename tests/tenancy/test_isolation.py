@@ -99,7 +99,7 @@ def matrix(
         ("DELETE", "/api/v1/instances/{instance_id}/webhooks/{webhook_id}"): (hook, None),
         ("POST", "/api/v1/instances/{instance_id}/webhooks/{webhook_id}/test"): (f"{hook}/test", None),
         ("GET", "/api/v1/instances/{instance_id}/webhooks/{webhook_id}/deliveries"): (f"{hook}/deliveries", None),
-        ("POST", "/api/v1/instances/{instance_id}/webhooks/{webhook_id}/deliveries/{delivery_id}/redeliver"): (
+        ("POST", "/api/v1/instances/{instance_id}/webhooks/{webhook_id}/deliveries/{delivery}/redeliver"): (
             f"{hook}/deliveries/{delivery}/redeliver",
             None,
         ),

@@ -61,7 +61,7 @@ ALLOWED: dict[tuple[str, str], frozenset[str]] = {
     ("DELETE", "/api/v1/instances/{instance_id}/webhooks/{webhook_id}"): ADMINS,
     ("POST", "/api/v1/instances/{instance_id}/webhooks/{webhook_id}/test"): ADMINS,
     ("GET", "/api/v1/instances/{instance_id}/webhooks/{webhook_id}/deliveries"): ADMINS,
-    ("POST", "/api/v1/instances/{instance_id}/webhooks/{webhook_id}/deliveries/{delivery_id}/redeliver"): ADMINS,
+    ("POST", "/api/v1/instances/{instance_id}/webhooks/{webhook_id}/deliveries/{delivery}/redeliver"): ADMINS,
     ("GET", "/api/v1/audit"): ADMINS,
     ("GET", "/api/v1/nodes"): OPERATOR_ONLY,
     ("POST", "/api/v1/nodes/{node_id}/drain"): OPERATOR_ONLY,
