@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from aiohttp.test_utils import TestClient
 
+from gbmedia.app import NODE
 from gbmedia.config import Settings
 from gbmedia.tenancy.tokens import Grants, mint_token
 from gbmedia.tenancy.webhook_events import signature
@@ -188,6 +189,9 @@ async def test_a_delivery_is_dead_after_the_last_attempt_and_redelivered_by_hand
     assert receiver.requests[0].json["data"] == {"webhook_id": hook_id}
     resp = await client.get(f"{base}/deliveries", params={"status": "dead"}, headers=tenant.admin)
     assert [d["id"] for d in (await resp.json())["deliveries"]] == [dead["id"]]
+    figures = {sample.name: sample.value for sample in client.app[NODE].webhooks.samples()}
+    assert (figures["gbmedia_webhook_dead_total"], figures["gbmedia_webhook_failed_attempts_total"]) == (1, 3)
+    assert "gbmedia_webhook_dead_total" in await (await client.get("/metrics")).text()
 
     receiver.answer = lambda r: 204  # the receiver is fixed; the operator sends the dead letter again
     resp = await client.post(f"{base}/deliveries/{dead['id']}/redeliver", headers=tenant.admin)
