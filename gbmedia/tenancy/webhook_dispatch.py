@@ -50,6 +50,8 @@ from gbmedia.tenancy.webhook_events import (
 log = logging.getLogger(__name__)
 
 MAX_ERROR_CHARS = 500
+RETENTION_SECONDS = 7 * 86400.0  # delivered and dead deliveries are listed this long, then deleted
+TRIM_INTERVAL = 600.0  # seconds between two deletions of old deliveries
 INTERRUPTED = "interrupted: its node stopped before the outcome was recorded"
 
 CLAIM_SQL = """
@@ -189,10 +191,31 @@ class WebhookDispatcher:
             Sample("gbmedia_webhook_in_flight", "Webhook attempts this node is making now", len(self._inflight)),
         ]
 
+    async def trim(self, older_than: float = RETENTION_SECONDS) -> int:
+        """Delete deliveries delivered or dead more than ``older_than`` seconds ago, and the events
+        left without deliveries; returns the deliveries deleted. Pending ones always stay."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            status = await conn.execute(
+                """DELETE FROM webhook_deliveries
+                    WHERE status <> 'pending' AND finished_at < now() - make_interval(secs => $1::float8)""",
+                older_than,
+            )
+            await conn.execute(
+                """DELETE FROM webhook_events e
+                    WHERE e.created_at < now() - make_interval(secs => $1::float8)
+                      AND NOT EXISTS (SELECT 1 FROM webhook_deliveries d WHERE d.event_id = e.event_id)""",
+                older_than,
+            )
+        return int(status.split()[-1])
+
     async def _run(self) -> None:
+        next_trim = time.monotonic() + TRIM_INTERVAL
         while True:
             self._wake.clear()
             try:
+                if time.monotonic() >= next_trim:
+                    next_trim = time.monotonic() + TRIM_INTERVAL
+                    await self.trim()
                 room = self.settings.concurrency - len(self._inflight)
                 claimed = await self.claim(room) if room > 0 else []
                 for claim in claimed:

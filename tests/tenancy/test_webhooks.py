@@ -202,6 +202,9 @@ async def test_a_delivery_is_dead_after_the_last_attempt_and_redelivered_by_hand
     assert (delivered["status"], delivered["attempts"]) == ("delivered", 4)
     assert [a["status_code"] for a in delivered["attempt_log"]] == [503, 503, 503, 204]
     assert_signed(receiver.requests[3], secret)
+    # Housekeeping: finished deliveries older than the retention go (here: any age), with their events.
+    assert await client.app[NODE].webhooks.trim(older_than=0) == 1
+    assert await deliveries(client, tenant, hook_id) == []
 
 
 async def test_redirects_are_not_followed(client: TestClient, tenant: Tenant, receiver: Receiver):

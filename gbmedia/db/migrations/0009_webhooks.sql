@@ -26,6 +26,7 @@ CREATE TABLE webhook_events (
     body        jsonb NOT NULL,
     created_at  timestamptz NOT NULL DEFAULT now()
 );
+CREATE INDEX webhook_events_created ON webhook_events (created_at);  -- the dispatcher's trim
 
 CREATE TABLE webhook_deliveries (
     id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
