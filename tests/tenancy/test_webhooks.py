@@ -312,3 +312,33 @@ async def test_an_endpoint_of_another_instance_is_404(client: TestClient, tenant
     assert (await resp.json())["webhooks"] == []
     resp = await client.get(theirs, headers=OPERATOR)  # untouched
     assert (await resp.json())["enabled"] is True
+
+
+async def test_a_recording_a_crash_interrupted_is_told_finished_at_the_next_start(
+    client: TestClient, tenant: Tenant, receiver: Receiver
+):
+    """What a crash leaves (a row still 'recording', as tests/recording/test_failures.py makes it) is
+    closed out by the node's recovery, in a transaction that also writes its recording_finished event."""
+    node = client.app[NODE]
+    _, secret = await create_endpoint(client, tenant, receiver.url(), ["recording_finished"])
+    resp = await client.post("/api/v1/rooms", json={"name": "cut"}, headers=tenant.admin)
+    room = await resp.json()
+    rid = uuid.uuid4()
+    await node.db.pool.execute(
+        """INSERT INTO recordings (id, customer_id, instance_id, room_id, kinds, status, storage, node_id,
+                                   started_by, started_at)
+           VALUES ($1, $2, $3, $4, '{tracks}', 'recording', 'local', $5, 'x', now() - interval '5 seconds')""",
+        rid,
+        uuid.UUID(tenant.customer_id),
+        uuid.UUID(tenant.instance_id),
+        uuid.UUID(room["id"]),
+        node.settings.node_id,
+    )
+    assert await node.recordings.recover() == 1
+    await receiver.wait_for(lambda: len(receiver.requests) == 1)
+    (told,) = receiver.requests
+    assert_signed(told, secret)
+    recording = told.json["data"]["recording"]
+    assert (recording["id"], recording["status"], recording["stop_reason"]) == (str(rid), "failed", "interrupted")
+    assert recording["duration_seconds"] >= 5 and recording["error"].startswith("interrupted")
+    assert told.json["data"]["room"] == {"id": room["id"], "name": "cut", "kind": "meeting"}
