@@ -108,6 +108,13 @@ class Settings(BaseSettings):
     bot_max_list_items: int = Field(default=10_000, ge=10, le=10_000_000)
     bot_max_http_calls: int = Field(default=20, ge=0, le=10_000)
     bot_max_http_bytes: int = Field(default=5 * 1024 * 1024, ge=0, le=1024 * 1024 * 1024)
+    # Webhooks (gbmedia/tenancy/webhook_dispatch.py, docs/api.md "Webhooks"): retries, the dead
+    # letter, each request's time limit, and private networks endpoints may name on purpose.
+    webhook_max_attempts: int = Field(default=10, ge=1, le=100)
+    webhook_backoff_seconds: float = Field(default=10.0, gt=0, le=86400)
+    webhook_backoff_max_seconds: float = Field(default=3600.0, gt=0, le=7 * 86400)
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+    webhook_allow_networks: str = ""  # comma-separated CIDRs, e.g. 10.20.0.0/16; empty: public addresses only
     # Recording (gbmedia/recording): where files are spooled and stored.
     recording_storage: Literal["local", "s3"] = "local"
     recording_dir: Path | None = None  # default: <data_dir>/recordings
@@ -208,7 +215,7 @@ class Settings(BaseSettings):
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
 
-    @field_validator("trusted_proxies")
+    @field_validator("trusted_proxies", "webhook_allow_networks")
     @classmethod
     def _trusted_proxies(cls, value: str) -> str:
         items = [item.strip() for item in value.split(",") if item.strip()]

@@ -45,6 +45,7 @@ from gbmedia.rooms.quality import QualityMonitor
 from gbmedia.rooms.registry import LocalRegistry, NodeInfo, NodeRegistry, RedisRegistry
 from gbmedia.rooms.speakers import RoomSpeakers
 from gbmedia.rooms.store import Rooms, RoomSweeper
+from gbmedia.rooms.webhooks import RoomWebhooks
 from gbmedia.sfu import aiortc_adapter
 from gbmedia.sfu.media_address import MediaAddress, resolve_media_address
 from gbmedia.signaling.cascade import HttpFeeder
@@ -53,7 +54,9 @@ from gbmedia.streaming.playlist import HlsConfig
 from gbmedia.streaming.service import HlsService
 from gbmedia.tenancy.revocation import Revocations
 from gbmedia.tenancy.secrets import SecretBox, load_or_create_file_secret
-from gbmedia.tenancy.service import Tenancy
+from gbmedia.tenancy.service import Tenancy, webhook_guard
+from gbmedia.tenancy.webhook_dispatch import DispatchSettings, WebhookDispatcher
+from gbmedia.tenancy.webhook_events import WebhookEmitter
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +128,7 @@ class Node:
     relay: Relay  # forwards a room's requests to its node
     cascade: Cascade  # live rooms' audiences spread over edge nodes
     bots: Bots  # dialogs, the engine that answers in chats, the scheduler
+    webhooks: WebhookDispatcher  # sends the instances' webhook deliveries (every node; one per delivery)
     redis: aioredis.Redis | None = None
     hls: HlsService | None = None
     started: float = field(default_factory=time.monotonic)
@@ -195,6 +199,8 @@ class Node:
                 disk=DiskGuard(storage.spool, settings.min_free_disk_mb * MB),
             )
             recordings.attach(live_rooms)
+            # Webhook events of the live state (participants, tracks, live), written as they happen.
+            RoomWebhooks(WebhookEmitter(db.pool)).attach(live_rooms)
             await recordings.recover()
             me = NodeInfo(
                 node_id=settings.node_id,
@@ -298,6 +304,18 @@ class Node:
             relay=relay,
             cascade=cascade,
             bots=Bots.create(db.pool, chat, tenancy.instances, settings.data_dir, Limits.from_settings(settings)),
+            webhooks=WebhookDispatcher(
+                db.pool,
+                secret_box,
+                webhook_guard(settings),
+                settings.node_id,
+                DispatchSettings(
+                    max_attempts=settings.webhook_max_attempts,
+                    backoff_seconds=settings.webhook_backoff_seconds,
+                    backoff_max_seconds=settings.webhook_backoff_max_seconds,
+                    timeout_seconds=settings.webhook_timeout_seconds,
+                ),
+            ),
             redis=redis_client,
         )
         node.metrics.watch(live_rooms.media_samples)
@@ -314,6 +332,8 @@ class Node:
                 node.metrics.watch(each.samples)
         node.outbox.start()
         node.bots.start()
+        node.metrics.watch(node.webhooks.samples)
+        node.webhooks.start()
         node.room_sweeper.start()
         node.metrics.watch(node.quality.samples)
         node.quality.start()
@@ -345,6 +365,7 @@ class Node:
         await self.room_sweeper.stop()
         await self.bots.stop()
         await self.outbox.stop()
+        await self.webhooks.stop()
         await self.recordings.close()
         await self.quality.stop()
         await self.speakers.close()

@@ -8,27 +8,33 @@ connection then made to exactly those checked addresses through a resolver that
 answers only with them. A name that resolves differently a moment later (DNS
 rebinding) therefore cannot move the connection. An instance's operator may allow
 networks with the instance config key ``bots.http_allow`` (a list of CIDRs), for a
-service of their own on a private network.
+service of their own on a private network. The checks themselves are
+:mod:`gbmedia.http.guard`'s, shared with webhooks.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import ipaddress
 import json
-import socket
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import aiohttp
-from aiohttp.abc import AbstractResolver, ResolveResult
 
 from gbmedia.bots.errors import Fault
 from gbmedia.bots.limits import Budget
+from gbmedia.http.guard import (
+    Address,
+    DestinationGuard,
+    DestinationRefused,
+    Network,
+    PinnedResolver,
+    is_public,  # noqa: F401  (re-exported: the bots' callers and tests import it from here)
+    parse_networks,
+    pinned_session,
+)
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 MAX_REDIRECTS = 5
 RETRY_STATUSES = {429, 503}
 RETRIES = 2
@@ -43,44 +49,14 @@ def allowed_networks(config: dict[str, Any]) -> list[Network]:
     networks = []
     for entry in raw:
         try:
-            networks.append(ipaddress.ip_network(str(entry), strict=False))
+            networks.extend(parse_networks([entry]))
         except ValueError:
             raise Fault(f"the instance's bots.http_allow has {entry!r}, which is not a CIDR") from None
     return networks
 
 
-def is_public(address: Address) -> bool:
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return address.is_global and not address.is_multicast
-
-
-class _PinnedResolver(AbstractResolver):
-    """Answers a host with the addresses checked for it, and nothing else."""
-
-    def __init__(self) -> None:
-        self.pins: dict[str, list[Address]] = {}
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        addresses = self.pins.get(host)
-        if not addresses:
-            raise OSError(f"{host} was not checked")
-        return [
-            ResolveResult(
-                hostname=host,
-                host=str(a),
-                port=port,
-                family=socket.AF_INET6 if a.version == 6 else socket.AF_INET,
-                proto=0,
-                flags=socket.AI_NUMERICHOST,
-            )
-            for a in addresses
-        ]
-
-    async def close(self) -> None:
-        return None
+# The guard is shared with webhooks (gbmedia/http/guard.py); these names stay for the bots' callers.
+_PinnedResolver = PinnedResolver
 
 
 class GuardedFetcher:
@@ -89,27 +65,14 @@ class GuardedFetcher:
     def __init__(self, allow: list[Network] | None = None, user_agent: str = "gbmedia-bot") -> None:
         self.allow = allow or []
         self.user_agent = user_agent
+        self.guard = DestinationGuard(self.allow, hint="bots.http_allow")
 
     async def checked_addresses(self, host: str) -> list[Address]:
         """Every address ``host`` resolves to, if all are allowed; else a Fault naming the refused one."""
         try:
-            addresses: list[Address] = [ipaddress.ip_address(host.strip("[]"))]
-        except ValueError:
-            loop = asyncio.get_running_loop()
-            try:
-                infos = await loop.getaddrinfo(host, None, type=socket.SOCK_STREAM)
-            except OSError as exc:
-                raise Fault(f"cannot resolve {host}: {exc.strerror or exc}") from None
-            addresses = list(dict.fromkeys(ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos))
-        for address in addresses:
-            if not is_public(address) and not any(
-                address in net for net in self.allow if net.version == address.version
-            ):
-                raise Fault(
-                    f"HTTP to {host} ({address}) is refused: not a public address"
-                    " (an operator may allow it with bots.http_allow)"
-                )
-        return addresses
+            return await self.guard.checked_addresses(host)
+        except DestinationRefused as exc:
+            raise Fault(str(exc)) from None
 
     async def request(
         self,
@@ -120,8 +83,7 @@ class GuardedFetcher:
         auth: tuple[str, str] | None,
         budget: Budget,
     ) -> Any:
-        resolver = _PinnedResolver()
-        connector = aiohttp.TCPConnector(resolver=resolver, use_dns_cache=False, limit=4)
+        resolver = PinnedResolver()
         data: bytes | None = None
         sent_headers = {"User-Agent": self.user_agent, **headers}
         if body is not None:
@@ -133,7 +95,7 @@ class GuardedFetcher:
                 sent_headers.setdefault("Content-Type", "text/plain; charset=utf-8")
         if auth is not None:
             sent_headers["Authorization"] = "Basic " + base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
-        async with aiohttp.ClientSession(connector=connector) as session:
+        async with pinned_session(resolver) as session:
             current = url
             for _hop in range(MAX_REDIRECTS + 1):
                 parts = urlsplit(current)

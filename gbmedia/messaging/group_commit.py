@@ -26,8 +26,9 @@ The statement, in order:
        is a member (or an administrator), the idempotency key is not stored yet;
     3. numbers the accepted sends per conversation ``last_seq + 1, + 2, ...`` in queue
        order, inserts them, moves ``last_seq``, and writes one outbox row per message
-       (in seq order, so the relay keeps the conversation's order), all in the same
-       statement, so in the same transaction;
+       (in seq order, so the relay keeps the conversation's order), and a webhook
+       ``message_created`` event with its deliveries where the instance has an endpoint
+       that selected it, all in the same statement, so in the same transaction;
     4. returns one row per send: what happened to it, the message (new or the one the
        key already stored), the conversation and its members (for the fan-out).
 
@@ -114,7 +115,7 @@ judged AS MATERIALIZED (
 ),
 fresh AS MATERIALIZED (
     SELECT j.*, j.last_seq + row_number() OVER (PARTITION BY j.conversation_id ORDER BY j.ord) AS seq,
-           gen_random_uuid() AS id, gen_random_uuid() AS event_id
+           gen_random_uuid() AS id, gen_random_uuid() AS event_id, gen_random_uuid() AS hook_id
       FROM judged j
      WHERE j.found AND j.allowed AND j.x_id IS NULL
 ),
@@ -142,6 +143,31 @@ queued AS (
                    'edited_at', NULL, 'deleted_at', NULL))
       FROM fresh f
      ORDER BY f.conversation_id, f.seq
+),
+-- Webhooks (tenancy/webhook_events.py): a message_created event only where an enabled endpoint of the
+-- message's instance selected it (one index probe per message otherwise), and its deliveries.
+hooked AS (
+    INSERT INTO webhook_events (event_id, instance_id, type, body)
+    SELECT f.hook_id, f.conversation_instance, 'message_created',
+           jsonb_build_object(
+               'id', f.hook_id, 'type', 'message_created', 'created_at', (SELECT at_text FROM clock),
+               'instance_id', f.conversation_instance,
+               'data', jsonb_build_object('message', jsonb_build_object(
+                   'id', f.id, 'conversation_id', f.conversation_id, 'seq', f.seq, 'sender', f.sender,
+                   'kind', f.kind, 'content', f.content, 'metadata', f.metadata::jsonb,
+                   'created_at', (SELECT at_text FROM clock))))
+      FROM fresh f
+     WHERE EXISTS (SELECT 1 FROM webhook_endpoints w
+                    WHERE w.instance_id = f.conversation_instance AND w.enabled AND 'message_created' = ANY (w.events))
+     ORDER BY f.conversation_id, f.seq
+    RETURNING event_id, instance_id
+),
+hooked_deliveries AS (
+    INSERT INTO webhook_deliveries (event_id, endpoint_id)
+    SELECT h.event_id, w.id
+      FROM hooked h
+      JOIN webhook_endpoints w
+        ON w.instance_id = h.instance_id AND w.enabled AND 'message_created' = ANY (w.events)
 )
 SELECT j.ord, j.found, j.allowed, f.id AS new_id, f.seq AS new_seq, (SELECT at FROM clock) AS created_at,
        j.x_id, j.x_seq, j.x_sender, j.x_kind, j.x_content, j.x_metadata, j.x_created_at, j.x_edited_at,

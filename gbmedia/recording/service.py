@@ -58,13 +58,14 @@ from gbmedia.recording.storage import LocalStorage, S3Storage, StorageError
 from gbmedia.recording.track_recorder import TrackRecorder, TrackResult
 from gbmedia.recording.writer import content_type_for, extension_for, repair
 from gbmedia.rooms.media import ENDED, PUBLISHED, RoomEvents, RoomMedia, TrackOwner
-from gbmedia.rooms.store import Room, Rooms
+from gbmedia.rooms.store import Room, Rooms, room_hook_json
 from gbmedia.sfu import aiortc_adapter
 from gbmedia.sfu.track import PublishedTrack
 from gbmedia.tenancy import audit
 from gbmedia.tenancy.customers import Customers, quota_exceeded
 from gbmedia.tenancy.instances import Instances
 from gbmedia.tenancy.models import Actor
+from gbmedia.tenancy.webhook_events import emit
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -340,6 +341,12 @@ class Recordings:
                 customer_id=room.customer_id,
                 instance_id=room.instance_id,
                 details={"room_id": str(room.id), "kinds": kinds, "storage": self.storage.name},
+            )
+            await emit(
+                conn,
+                room.instance_id,
+                "recording_started",
+                {"recording": {"id": str(row["id"]), "kinds": kinds}, "room": room_hook_json(room)},
             )
         active = _Active(row["id"], room, list(kinds), time.time(), time.monotonic())
         self.active[active.id] = active
@@ -719,6 +726,22 @@ class Recordings:
                     "size_bytes": size,
                 },
             )
+            await emit(
+                conn,
+                active.room.instance_id,
+                "recording_finished",
+                {
+                    "recording": {
+                        "id": str(active.id),
+                        "status": status,
+                        "error": error,
+                        "stop_reason": reason,
+                        "duration_seconds": round(duration, 3),
+                        "size_bytes": int(size),
+                    },
+                    "room": room_hook_json(active.room),
+                },
+            )
         return int(size)
 
     async def _align(self, active: _Active) -> None:
@@ -804,15 +827,35 @@ class Recordings:
                     await self.pool.execute(
                         "UPDATE recording_files SET status = 'failed', error = $2 WHERE id = $1", f["id"], str(exc)
                     )
-            await self.pool.execute(
-                """UPDATE recordings SET status = 'failed', error = 'interrupted: the node stopped while recording',
-                          stop_reason = 'interrupted', stopped_at = now(),
-                          size_bytes = (SELECT coalesce(sum(size_bytes), 0) FROM recording_files
-                                         WHERE recording_id = $1),
-                          duration_seconds = greatest(0, extract(epoch FROM now() - started_at))
-                    WHERE id = $1""",
-                row["id"],
-            )
+            async with self.pool.acquire() as conn, conn.transaction():
+                done = await conn.fetchrow(
+                    """UPDATE recordings SET status = 'failed',
+                              error = 'interrupted: the node stopped while recording',
+                              stop_reason = 'interrupted', stopped_at = now(),
+                              size_bytes = (SELECT coalesce(sum(size_bytes), 0) FROM recording_files
+                                             WHERE recording_id = $1),
+                              duration_seconds = greatest(0, extract(epoch FROM now() - started_at))
+                        WHERE id = $1
+                    RETURNING instance_id, room_id, error, duration_seconds, size_bytes""",
+                    row["id"],
+                )
+                room = await conn.fetchrow("SELECT id, name, kind FROM rooms WHERE id = $1", done["room_id"])
+                await emit(
+                    conn,
+                    done["instance_id"],
+                    "recording_finished",
+                    {
+                        "recording": {
+                            "id": str(row["id"]),
+                            "status": "failed",
+                            "error": done["error"],
+                            "stop_reason": "interrupted",
+                            "duration_seconds": round(float(done["duration_seconds"]), 3),
+                            "size_bytes": int(done["size_bytes"]),
+                        },
+                        "room": {"id": str(room["id"]), "name": room["name"], "kind": room["kind"]},
+                    },
+                )
         if rows:
             log.warning("interrupted recordings marked failed", extra={"count": len(rows)})
         return len(rows)

@@ -56,6 +56,9 @@ RoomTrackListener = Callable[[str, "LiveRoom", Participant, PublishedTrack], Awa
 POLICIES: dict[str, Callable[[RoomMembers], RoomPolicy]] = {"meeting": MeetingPolicy, "live": Audience}
 # Told of every LiveRoom this node makes (the cascade links live audiences across nodes).
 CreatedListener = Callable[["LiveRoom"], None]
+# Told when an announced participant joins (JOINED, reason "") or leaves (LEFT, with the reason).
+MemberListener = Callable[[str, "LiveRoom", Participant, str], Awaitable[None]]
+JOINED, LEFT = "joined", "left"
 
 
 class LiveRoom:
@@ -125,6 +128,8 @@ class LiveRoom:
             )
         self.policy.joined(participant)
         await self.registry.rooms.touch(self.room.id)
+        if self.announced(participant):
+            await self.registry.member_changed(JOINED, self, participant, "")
         return participant
 
     def joined_message(self, participant: Participant, *, resumed: bool = False) -> dict[str, Any]:
@@ -181,6 +186,8 @@ class LiveRoom:
             await self.broadcast({"type": "participant_left", "participant_id": participant.id, "reason": reason})
         await self.policy.left(participant)
         await self.registry.rooms.touch(self.room.id)
+        if self.announced(participant):
+            await self.registry.member_changed(LEFT, self, participant, reason)
         log.info(
             "participant left", extra={"room_id": str(self.room.id), "participant_id": participant.id, "reason": reason}
         )
@@ -536,6 +543,7 @@ class LiveRooms:
         self._track_listeners: list[TrackListener | RoomTrackListener] = []
         self._program_listeners: list[ProgramListener] = []
         self._created_listeners: list[CreatedListener] = []
+        self._member_listeners: list[MemberListener] = []
         rooms.on_close(self._room_closed)
 
     # --- what recording, streaming and bots follow (gbmedia/rooms/media.py) ------------------
@@ -548,6 +556,19 @@ class LiveRooms:
 
     def on_created(self, listener: CreatedListener) -> None:
         self._created_listeners.append(listener)
+
+    def on_member(self, listener: MemberListener) -> None:
+        """Follow announced participants joining and leaving this node's rooms (webhooks do)."""
+        self._member_listeners.append(listener)
+
+    async def member_changed(self, event: str, live: LiveRoom, participant: Participant, reason: str) -> None:
+        if live.edge:  # an edge's copy: the room's own node tells of its participants
+            return
+        for listener in self._member_listeners:
+            try:
+                await listener(event, live, participant, reason)
+            except Exception:  # a follower's failure never breaks a join or a leave
+                log.exception("member listener failed", extra={"event": event, "participant_id": participant.id})
 
     def media_of(self, room_id: uuid.UUID) -> RoomMedia | None:
         live = self.live.get(room_id)

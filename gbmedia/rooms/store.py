@@ -30,6 +30,7 @@ from gbmedia.tenancy import audit
 from gbmedia.tenancy.customers import Customers, quota_exceeded
 from gbmedia.tenancy.instances import Instances
 from gbmedia.tenancy.models import Actor
+from gbmedia.tenancy.webhook_events import emit
 
 log = logging.getLogger(__name__)
 
@@ -180,6 +181,7 @@ class Rooms:
                     "node_id": self.node_id,
                 },
             )
+            await emit(conn, room.instance_id, "room_started", {"room": room_hook_json(room)})
         return room
 
     async def open(self, actor: Actor, instance_id: uuid.UUID, name: str, kind: str = "meeting") -> Room:
@@ -297,6 +299,7 @@ class Rooms:
                 instance_id=closed.instance_id,
                 details={"name": closed.name, "reason": reason},
             )
+            await emit(conn, closed.instance_id, "room_finished", {"room": room_hook_json(closed), "reason": reason})
         await self._closed(closed, reason)
         return closed
 
@@ -352,6 +355,7 @@ class Rooms:
                     instance_id=done.instance_id,
                     details={"name": done.name, "reason": "idle", "empty_timeout": done.empty_timeout},
                 )
+                await emit(conn, done.instance_id, "room_finished", {"room": room_hook_json(done), "reason": "idle"})
             closed.append(done)
             await self._closed(done, "idle")
         if occupied:
@@ -367,6 +371,11 @@ class Rooms:
                 await listener(room, reason)
             except Exception:  # one listener's failure must not undo the close or skip others
                 log.exception("room close listener failed", extra={"room_id": str(room.id)})
+
+
+def room_hook_json(room: Room) -> dict[str, Any]:
+    """A room as its webhook events show it (rooms/webhooks.py shows it the same way)."""
+    return {"id": str(room.id), "name": room.name, "kind": room.kind}
 
 
 def _as_uuid(value: uuid.UUID | str) -> uuid.UUID | None:

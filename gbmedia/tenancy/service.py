@@ -7,11 +7,13 @@ from dataclasses import dataclass
 import asyncpg
 
 from gbmedia.config import Settings
+from gbmedia.http.guard import DestinationGuard
 from gbmedia.tenancy.auth import Authenticator
 from gbmedia.tenancy.customers import Customers
 from gbmedia.tenancy.instances import Instances
 from gbmedia.tenancy.revocation import Revocations
 from gbmedia.tenancy.secrets import SecretBox
+from gbmedia.tenancy.webhooks import Webhooks, parse_allow_networks
 
 
 @dataclass
@@ -20,6 +22,7 @@ class Tenancy:
     instances: Instances
     auth: Authenticator
     revocations: Revocations  # open sessions whose credential is revoked or suspended end
+    webhooks: Webhooks  # the instances' webhook endpoints and their deliveries
 
     @classmethod
     def create(cls, pool: asyncpg.Pool, settings: Settings, secrets: SecretBox, operator_token: str) -> Tenancy:
@@ -29,4 +32,12 @@ class Tenancy:
         )
         revocations = Revocations()
         customers.announce_revoked = instances.announce_revoked = revocations.announce
-        return cls(customers, instances, Authenticator(instances, customers, operator_token), revocations)
+        webhooks = Webhooks(pool, secrets, webhook_guard(settings))
+        return cls(customers, instances, Authenticator(instances, customers, operator_token), revocations, webhooks)
+
+
+def webhook_guard(settings: Settings) -> DestinationGuard:
+    """Where webhooks may go: public addresses, plus GBMEDIA_WEBHOOK_ALLOW_NETWORKS."""
+    return DestinationGuard(
+        parse_allow_networks(settings.webhook_allow_networks), hint="GBMEDIA_WEBHOOK_ALLOW_NETWORKS"
+    )

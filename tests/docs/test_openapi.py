@@ -33,7 +33,8 @@ from gbmedia.recording import service as recording_service
 from gbmedia.rooms import api as rooms_api
 from gbmedia.rooms import store as rooms
 from gbmedia.tenancy import api as tenancy_api
-from gbmedia.tenancy import models
+from gbmedia.tenancy import models, webhooks_api
+from gbmedia.tenancy import webhooks as webhook_store
 from gbmedia.tenancy.tokens import Grants, mint_token
 from tests.helpers import OPERATOR, Tenant, bearer
 
@@ -77,6 +78,8 @@ REQUEST_MODELS: dict[str, tuple[type[BaseModel], bool]] = {  # operationId: (mod
     "putDialog": (bots_api.DialogPut, False),
     "startRecording": (recording_api.RecordingStart, False),
     "startMediaBot": (media_bots_api.MediaBotStart, False),
+    "createWebhook": (webhooks_api.WebhookCreate, False),
+    "updateWebhook": (webhooks_api.WebhookUpdate, True),
 }
 RESPONSE_DATACLASSES = {
     "Customer": models.Customer,
@@ -93,6 +96,9 @@ RESPONSE_DATACLASSES = {
     "Receipt": chat_models.Receipt,
     "Recording": recording_service.Recording,
     "RecordingFile": recording_service.RecordingFile,
+    "Webhook": webhook_store.WebhookEndpoint,
+    "WebhookDelivery": webhook_store.WebhookDelivery,
+    "WebhookAttempt": webhook_store.WebhookAttempt,
 }
 # Codes the tenancy services raise that REST callers cannot reach: the pydantic
 # models refuse such input first (as validation_failed).
@@ -701,6 +707,49 @@ async def _media_bot_calls(call: Caller, admin: dict[str, str], room_id: str) ->
     await call("DELETE", "/api/v1/rooms/{room_id}/media_bots/{bot}", 404, headers=admin, room_id=room_id, bot=bot["id"])
 
 
+async def _webhook_calls(call: Caller, admin: dict[str, str], iid: str) -> None:
+    """Every webhook operation; real deliveries to a receiver are tests/tenancy/test_webhooks.py's."""
+    base = "/api/v1/instances/{instance_id}/webhooks"
+    one = base + "/{webhook_id}"
+    created = await call(
+        "POST",
+        base,
+        201,
+        headers=admin,
+        instance_id=iid,
+        json={"url": "https://hooks.example.invalid/docs", "events": ["room_started", "message_created"]},
+    )
+    hook = created["webhook"]["id"]
+    assert created["secret"].startswith("whsec_")
+    await call(
+        "POST",
+        base,
+        400,
+        headers=admin,
+        instance_id=iid,
+        json={"url": "http://127.0.0.1:9/", "events": ["room_started"]},
+    )
+    await call("GET", base, 200, headers=admin, instance_id=iid)
+    await call("GET", one, 200, headers=admin, instance_id=iid, webhook_id=hook)
+    await call("GET", one, 404, headers=admin, instance_id=iid, webhook_id=str(uuid.uuid4()))
+    await call("PATCH", one, 200, headers=admin, instance_id=iid, webhook_id=hook, json={"description": "docs"})
+    await call("PATCH", one, 400, headers=admin, instance_id=iid, webhook_id=hook, json={"url": None})
+    delivery = await call("POST", one + "/test", 202, headers=admin, instance_id=iid, webhook_id=hook)
+    listed = await call(
+        "GET", one + "/deliveries", 200, headers=admin, instance_id=iid, webhook_id=hook, query={"limit": "5"}
+    )
+    assert [d["id"] for d in listed["deliveries"]] == [delivery["id"]]
+    await call(
+        "GET", one + "/deliveries", 400, headers=admin, instance_id=iid, webhook_id=hook, query={"status": "lost"}
+    )
+    redeliver = one + "/deliveries/{delivery}/redeliver"
+    await call("POST", redeliver, 202, headers=admin, instance_id=iid, webhook_id=hook, delivery=delivery["id"])
+    await call("POST", redeliver, 404, headers=admin, instance_id=iid, webhook_id=hook, delivery="999999999")
+    await call("PATCH", one, 200, headers=admin, instance_id=iid, webhook_id=hook, json={"enabled": False})
+    await call("POST", one + "/test", 409, headers=admin, instance_id=iid, webhook_id=hook)
+    await call("DELETE", one, 200, headers=admin, instance_id=iid, webhook_id=hook)
+
+
 async def _live_calls(call: Caller, tenant: Tenant) -> None:
     """WHIP and WHEP with real aiortc offers (tests/signaling/test_whip.py covers them in depth)."""
     from aiortc import RTCPeerConnection
@@ -1027,6 +1076,7 @@ async def test_real_answers_conform_to_the_documented_responses(client: TestClie
     assert closed["status"] == "closed" and closed["closed_at"]
     await _chat_calls(call, tenant)
     await _live_calls(call, tenant)
+    await _webhook_calls(call, admin, iid)
     creator = await call(
         "POST",
         "/api/v1/instances/{instance_id}/tokens",

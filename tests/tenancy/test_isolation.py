@@ -35,6 +35,18 @@ async def create_conversation(client: TestClient, tenant: Tenant) -> str:
     return conversation
 
 
+async def create_webhook(client: TestClient, tenant: Tenant) -> tuple[str, int]:
+    """A webhook endpoint of the tenant (a URL that never resolves) and the delivery of a test event."""
+    base = f"/api/v1/instances/{tenant.instance_id}/webhooks"
+    body = {"url": "https://hooks.example.invalid/alpha", "events": ["room_started"]}
+    resp = await client.post(base, json=body, headers=tenant.admin)
+    assert resp.status == 201, await resp.text()
+    webhook = (await resp.json())["webhook"]["id"]
+    resp = await client.post(f"{base}/{webhook}/test", headers=tenant.admin)
+    assert resp.status == 202, await resp.text()
+    return webhook, (await resp.json())["id"]
+
+
 # (method, route template) -> (path with tenant A's ids, body)
 def matrix(
     a: Tenant,
@@ -47,11 +59,15 @@ def matrix(
     quiet_room: str | None = None,
     node_id: str = "node",
     media_bot: str = "MB_x",
+    webhook: str | None = None,
+    delivery: int = 1,
 ) -> dict[tuple[str, str], tuple[str, dict | None]]:
     conv = f"/api/v1/conversations/{conversation or uuid.uuid4()}"
     rec = f"/api/v1/recordings/{recording or uuid.uuid4()}"
     quiet = quiet_room or room
     inst, cust = a.instance_id, a.customer_id
+    hooks = f"/api/v1/instances/{inst}/webhooks"
+    hook = f"{hooks}/{webhook or uuid.uuid4()}"
     return {
         ("GET", "/api/v1/whoami"): ("/api/v1/whoami", None),
         ("GET", "/api/v1/plans"): ("/api/v1/plans", None),
@@ -73,6 +89,20 @@ def matrix(
         ("POST", "/api/v1/instances/{instance_id}/tokens"): (
             f"/api/v1/instances/{inst}/tokens",
             {"identity": "spy", "room": "r"},
+        ),
+        ("GET", "/api/v1/instances/{instance_id}/webhooks"): (hooks, None),
+        ("POST", "/api/v1/instances/{instance_id}/webhooks"): (
+            hooks,
+            {"url": "https://hooks.example.invalid/spy", "events": ["message_created"]},
+        ),
+        ("GET", "/api/v1/instances/{instance_id}/webhooks/{webhook_id}"): (hook, None),
+        ("PATCH", "/api/v1/instances/{instance_id}/webhooks/{webhook_id}"): (hook, {"description": "pwned"}),
+        ("DELETE", "/api/v1/instances/{instance_id}/webhooks/{webhook_id}"): (hook, None),
+        ("POST", "/api/v1/instances/{instance_id}/webhooks/{webhook_id}/test"): (f"{hook}/test", None),
+        ("GET", "/api/v1/instances/{instance_id}/webhooks/{webhook_id}/deliveries"): (f"{hook}/deliveries", None),
+        ("POST", "/api/v1/instances/{instance_id}/webhooks/{webhook_id}/deliveries/{delivery}/redeliver"): (
+            f"{hook}/deliveries/{delivery}/redeliver",
+            None,
         ),
         ("GET", "/api/v1/audit"): (f"/api/v1/audit?customer_id={cust}&instance_id={inst}", None),
         ("GET", "/api/v1/nodes"): ("/api/v1/nodes", None),
@@ -163,6 +193,7 @@ async def test_tenant_b_reaches_nothing_of_tenant_a(client: TestClient):
     resp = await client.post(f"/api/v1/rooms/{room}/recordings", json={}, headers=a.admin)
     assert resp.status == 201, await resp.text()
     recording = (await resp.json())["id"]
+    webhook, delivery = await create_webhook(client, a)
     secret_markers = [
         a.customer_id,
         a.instance_id,
@@ -174,8 +205,11 @@ async def test_tenant_b_reaches_nothing_of_tenant_a(client: TestClient):
         conversation,
         "a secret plan",
         recording,
+        webhook,
+        "hooks.example.invalid",
     ]
-    for (method, route), (path, body) in matrix(a, room, conversation=conversation, recording=recording).items():
+    cells = matrix(a, room, conversation=conversation, recording=recording, webhook=webhook, delivery=delivery)
+    for (method, route), (path, body) in cells.items():
         resp = await client.request(method, path, json=body, headers=b.admin)
         text = await resp.text()
         # An id the caller put in the path may be echoed back; anything else is a leak.
@@ -204,6 +238,8 @@ async def test_tenant_b_reaches_nothing_of_tenant_a(client: TestClient):
     assert [(m["content"], m["sender"]) for m in (await resp.json())["messages"]] == [("a secret plan", "alice")]
     resp = await client.get(f"/api/v1/conversations/{conversation}", headers=a.admin)
     assert [m["identity"] for m in (await resp.json())["members"]] == ["alice", "bob"]
+    resp = await client.get(f"/api/v1/instances/{a.instance_id}/webhooks", headers=a.admin)
+    assert [(w["id"], w["description"]) for w in (await resp.json())["webhooks"]] == [(webhook, "")]
 
 
 async def test_the_operator_reaches_every_cell_of_the_matrix(client: TestClient):
@@ -224,8 +260,23 @@ async def test_the_operator_reaches_every_cell_of_the_matrix(client: TestClient)
 
         node_id = client.app[NODE].settings.node_id
         bot = await start_media_bot(client, quiet)
+        webhook, delivery = await create_webhook(client, a)
         await _operator_reaches(
-            client, matrix(a, room, "alice", track, conversation, recording, f"{track}.webm", quiet, node_id, bot)
+            client,
+            matrix(
+                a,
+                room,
+                "alice",
+                track,
+                conversation,
+                recording,
+                f"{track}.webm",
+                quiet,
+                node_id,
+                media_bot=bot,
+                webhook=webhook,
+                delivery=delivery,
+            ),
         )
     finally:
         await alice.close()

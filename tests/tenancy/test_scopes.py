@@ -26,7 +26,14 @@ from aiohttp.test_utils import TestClient
 from gbmedia.tenancy.tokens import Grants
 from tests.helpers import Tenant, bearer, create_tenant
 from tests.rtc import ColorVideoTrack, RtcClient
-from tests.tenancy.test_isolation import _recording_of, create_conversation, create_room, matrix, start_media_bot
+from tests.tenancy.test_isolation import (
+    _recording_of,
+    create_conversation,
+    create_room,
+    create_webhook,
+    matrix,
+    start_media_bot,
+)
 
 ADMIN, MODERATOR, OTHER_MODERATOR, PARTICIPANT = "instance admin", "moderator", "other room's moderator", "participant"
 ROLES = (ADMIN, MODERATOR, OTHER_MODERATOR, PARTICIPANT)
@@ -54,6 +61,14 @@ ALLOWED: dict[tuple[str, str], frozenset[str]] = {
     ("POST", "/api/v1/instances/{instance_id}/keys"): ADMINS,
     ("DELETE", "/api/v1/instances/{instance_id}/keys/{key}"): ADMINS,
     ("POST", "/api/v1/instances/{instance_id}/tokens"): ADMINS,
+    ("GET", "/api/v1/instances/{instance_id}/webhooks"): ADMINS,
+    ("POST", "/api/v1/instances/{instance_id}/webhooks"): ADMINS,
+    ("GET", "/api/v1/instances/{instance_id}/webhooks/{webhook_id}"): ADMINS,
+    ("PATCH", "/api/v1/instances/{instance_id}/webhooks/{webhook_id}"): ADMINS,
+    ("DELETE", "/api/v1/instances/{instance_id}/webhooks/{webhook_id}"): ADMINS,
+    ("POST", "/api/v1/instances/{instance_id}/webhooks/{webhook_id}/test"): ADMINS,
+    ("GET", "/api/v1/instances/{instance_id}/webhooks/{webhook_id}/deliveries"): ADMINS,
+    ("POST", "/api/v1/instances/{instance_id}/webhooks/{webhook_id}/deliveries/{delivery}/redeliver"): ADMINS,
     ("GET", "/api/v1/audit"): ADMINS,
     ("GET", "/api/v1/nodes"): OPERATOR_ONLY,
     ("POST", "/api/v1/nodes/{node_id}/drain"): OPERATOR_ONLY,
@@ -135,7 +150,21 @@ async def targets(client: TestClient, name: str) -> Targets:
     assert resp.status == 201, await resp.text()  # what the dialog cells read and delete
     node_id = client.app[NODE].settings.node_id
     bot = await start_media_bot(client, quiet)
-    cells = matrix(tenant, room, "alice", track, conversation, recording, f"{track}.webm", quiet, node_id, bot)
+    webhook, delivery = await create_webhook(client, tenant)
+    cells = matrix(
+        tenant,
+        room,
+        "alice",
+        track,
+        conversation,
+        recording,
+        f"{track}.webm",
+        quiet,
+        node_id,
+        media_bot=bot,
+        webhook=webhook,
+        delivery=delivery,
+    )
     return Targets(tenant, room, cells, alice)
 
 
