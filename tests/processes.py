@@ -16,6 +16,41 @@ from typing import Any
 START_TIMEOUT = 120.0  # a loaded 2-core machine, maybe with coverage in the child
 
 
+def node_env(tmp_path: Path, database_url: str, **settings: str) -> dict[str, str]:
+    """The environment of a node of the test's own: none of the caller's ``GBMEDIA_*`` settings (a
+    Redis URL, a region) leak in; loopback, a port it picks, a known operator token, a fresh secret
+    key, budgets a test's clients (all from one address) never run out of; ``settings`` on top, by
+    setting name without the prefix (``chat_rate_limit="10"``). Two processes given the same
+    environment share database and key: a restart after a crash."""
+    from cryptography.fernet import Fernet
+
+    from tests.helpers import OPERATOR_TOKEN
+
+    env = {name: value for name, value in os.environ.items() if not name.startswith("GBMEDIA_")}
+    env.update(
+        {
+            "HOME": str(tmp_path / "home"),
+            "LANG": "C.UTF-8",
+            "GBMEDIA_DATABASE_URL": database_url,
+            "GBMEDIA_DATA_DIR": str(tmp_path / "data"),
+            "GBMEDIA_HOST": "127.0.0.1",
+            "GBMEDIA_PORT": "0",
+            "GBMEDIA_OPERATOR_TOKEN": OPERATOR_TOKEN,
+            "GBMEDIA_SECRET_KEY": Fernet.generate_key().decode(),
+            "GBMEDIA_API_RATE_LIMIT": "100000",
+            "GBMEDIA_API_RATE_BURST": "100000",
+            "GBMEDIA_CHAT_RATE_LIMIT": "100000",
+            "GBMEDIA_CHAT_RATE_BURST": "100000",
+            "GBMEDIA_JOIN_RATE_BURST": "100000",
+            "GBMEDIA_AUTH_FAILURE_BURST": "100000",
+            "GBMEDIA_LOG_LEVEL": "warning",
+            "GBMEDIA_SHUTDOWN_TIMEOUT": "1",
+        }
+    )
+    env.update({"GBMEDIA_" + name.upper(): value for name, value in settings.items()})
+    return env
+
+
 class ServerProcess:
     """One ``gbmedia serve`` child; its stdout and stderr go to files (no pipe can fill up)."""
 

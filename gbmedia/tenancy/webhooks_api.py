@@ -18,21 +18,10 @@ from gbmedia.errors import bad_request
 from gbmedia.http.responses import json_response, path_uuid, query_int, read_model
 from gbmedia.tenancy.api import _Body, _changes, reachable_instance
 from gbmedia.tenancy.auth import principal_of
+from gbmedia.tenancy.webhook_events import EVENT_TYPES
 from gbmedia.tenancy.webhooks import Webhooks
 
-EventName = Literal[
-    "room_started",
-    "room_finished",
-    "participant_joined",
-    "participant_left",
-    "track_published",
-    "track_unpublished",
-    "recording_started",
-    "recording_finished",
-    "live_started",
-    "live_ended",
-    "message_created",
-]
+EventName = Literal[EVENT_TYPES]  # type: ignore[valid-type]  # the one list, in webhook_events
 _URL = Field(min_length=1, max_length=2048)
 _EVENTS = Field(min_length=1, max_length=11)
 

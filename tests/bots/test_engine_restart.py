@@ -8,16 +8,15 @@ database gets the answer and the dialog goes on where it stopped, each reply onc
 from __future__ import annotations
 
 import asyncio
-import os
 import uuid
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-from cryptography.fernet import Fernet
 
 from gbmedia.tenancy.tokens import Grants, mint_token
-from tests.helpers import OPERATOR, OPERATOR_TOKEN, bearer
+from tests import processes
+from tests.helpers import OPERATOR, bearer
 from tests.processes import ServerProcess
 
 DIALOG = """
@@ -31,24 +30,7 @@ TIMEOUT = 120.0
 
 
 def server_env(tmp_path: Path, database_url: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GBMEDIA_")}
-    env.update(
-        {
-            "HOME": str(tmp_path),
-            "LANG": "C.UTF-8",
-            "GBMEDIA_DATABASE_URL": database_url,
-            "GBMEDIA_DATA_DIR": str(tmp_path / "data"),
-            "GBMEDIA_HOST": "127.0.0.1",
-            "GBMEDIA_PORT": "0",
-            "GBMEDIA_OPERATOR_TOKEN": OPERATOR_TOKEN,
-            "GBMEDIA_SECRET_KEY": Fernet.generate_key().decode(),
-            "GBMEDIA_API_RATE_LIMIT": "100000",  # the test polls for the bot's replies
-            "GBMEDIA_API_RATE_BURST": "100000",
-            "GBMEDIA_LOG_LEVEL": "warning",
-            "GBMEDIA_SHUTDOWN_TIMEOUT": "1",
-        }
-    )
-    return env
+    return processes.node_env(tmp_path, database_url)  # its budgets let the test poll for the bot's replies
 
 
 async def call(http: aiohttp.ClientSession, method: str, url: str, headers: dict[str, str], body: Any = None) -> Any:

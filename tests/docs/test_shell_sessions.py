@@ -19,8 +19,8 @@ from urllib.parse import urlsplit
 import pytest
 from aiortc import RTCPeerConnection
 from aiortc.mediastreams import AudioStreamTrack, VideoStreamTrack
-from cryptography.fernet import Fernet
 
+from tests import processes
 from tests.conftest import service_missing
 from tests.docs.sessions import (
     Block,
@@ -151,24 +151,7 @@ async def encoder_offer() -> str:
 
 def node_env(tmp_path: Path, database_url: str) -> dict[str, str]:
     """A node of its own: none of the caller's GBMEDIA_* settings (a Redis URL, a region) leak into the outputs."""
-    env = {name: value for name, value in os.environ.items() if not name.startswith("GBMEDIA_")}
-    env.update(
-        {
-            "HOME": str(tmp_path / "home"),
-            "LANG": "C.UTF-8",
-            "GBMEDIA_DATABASE_URL": database_url,
-            "GBMEDIA_DATA_DIR": str(tmp_path / "data"),
-            "GBMEDIA_HOST": "127.0.0.1",
-            "GBMEDIA_PORT": "0",
-            "GBMEDIA_OPERATOR_TOKEN": OPERATOR_TOKEN,
-            "GBMEDIA_SECRET_KEY": Fernet.generate_key().decode(),
-            "GBMEDIA_API_RATE_LIMIT": "100000",
-            "GBMEDIA_API_RATE_BURST": "100000",
-            "GBMEDIA_LOG_LEVEL": "warning",
-            "GBMEDIA_SHUTDOWN_TIMEOUT": "1",
-        }
-    )
-    return env
+    return processes.node_env(tmp_path, database_url)
 
 
 def session_env(env: dict[str, str], url: str) -> dict[str, str]:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import signal
 import uuid
 from collections.abc import Callable
@@ -26,10 +25,10 @@ from typing import Any
 
 import aiohttp
 import asyncpg
-from cryptography.fernet import Fernet
 
 from gbmedia.tenancy.tokens import Grants, mint_token
-from tests.helpers import OPERATOR, OPERATOR_TOKEN, bearer
+from tests import processes
+from tests.helpers import OPERATOR, bearer
 from tests.processes import ServerProcess
 
 TOTAL = 300  # messages alice means to send
@@ -221,27 +220,7 @@ def check_consistent(rows: list[asyncpg.Record], acks: dict[int, dict[str, Any]]
 async def test_a_message_acknowledged_before_a_crash_is_never_lost_and_retries_never_duplicate(
     tmp_path: Path, database_url: str
 ):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GBMEDIA_")}
-    env.update(
-        {
-            "HOME": str(tmp_path),
-            "LANG": "C.UTF-8",
-            "GBMEDIA_DATABASE_URL": database_url,
-            "GBMEDIA_DATA_DIR": str(tmp_path / "data"),
-            "GBMEDIA_HOST": "127.0.0.1",
-            "GBMEDIA_PORT": "0",
-            "GBMEDIA_OPERATOR_TOKEN": OPERATOR_TOKEN,
-            "GBMEDIA_SECRET_KEY": Fernet.generate_key().decode(),
-            "GBMEDIA_CHAT_RATE_LIMIT": "100000",
-            "GBMEDIA_CHAT_RATE_BURST": "100000",
-            "GBMEDIA_API_RATE_LIMIT": "100000",
-            "GBMEDIA_API_RATE_BURST": "100000",
-            "GBMEDIA_JOIN_RATE_BURST": "100000",
-            "GBMEDIA_AUTH_FAILURE_BURST": "100000",
-            "GBMEDIA_LOG_LEVEL": "warning",
-            "GBMEDIA_SHUTDOWN_TIMEOUT": "1",
-        }
-    )
+    env = processes.node_env(tmp_path, database_url)
     first = ServerProcess(env, tmp_path, "first")
     second = ServerProcess(env, tmp_path, "second")  # the same environment: same database, same secret key
     sockets: list[Socket] = []

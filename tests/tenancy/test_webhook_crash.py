@@ -12,19 +12,18 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import os
 import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import pytest
-from cryptography.fernet import Fernet
 
 from gbmedia.tenancy.tokens import Grants, mint_token
 from gbmedia.tenancy.webhook_dispatch import INTERRUPTED
 from gbmedia.tenancy.webhook_events import signature
-from tests.helpers import OPERATOR, OPERATOR_TOKEN, bearer
+from tests import processes
+from tests.helpers import OPERATOR, bearer
 from tests.processes import ServerProcess
 from tests.tenancy.webhook_receiver import Receiver
 
@@ -40,25 +39,13 @@ async def receiver() -> AsyncIterator[Receiver]:
 
 
 def node_env(tmp_path: Path, database_url: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GBMEDIA_")}
-    env.update(
-        {
-            "HOME": str(tmp_path),
-            "LANG": "C.UTF-8",
-            "GBMEDIA_DATABASE_URL": database_url,
-            "GBMEDIA_DATA_DIR": str(tmp_path / "data"),
-            "GBMEDIA_HOST": "127.0.0.1",
-            "GBMEDIA_PORT": "0",
-            "GBMEDIA_OPERATOR_TOKEN": OPERATOR_TOKEN,
-            "GBMEDIA_SECRET_KEY": Fernet.generate_key().decode(),
-            "GBMEDIA_LOG_LEVEL": "warning",
-            "GBMEDIA_SHUTDOWN_TIMEOUT": "1",
-            "GBMEDIA_WEBHOOK_ALLOW_NETWORKS": "127.0.0.0/8",
-            "GBMEDIA_WEBHOOK_TIMEOUT_SECONDS": "2",
-            "GBMEDIA_WEBHOOK_BACKOFF_SECONDS": "0.2",
-        }
+    return processes.node_env(
+        tmp_path,
+        database_url,
+        webhook_allow_networks="127.0.0.0/8",
+        webhook_timeout_seconds="2",
+        webhook_backoff_seconds="0.2",
     )
-    return env
 
 
 async def test_a_node_killed_mid_delivery_loses_no_event(tmp_path: Path, database_url: str, receiver: Receiver):
