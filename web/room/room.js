@@ -306,6 +306,33 @@ const chatView = Object.freeze({
   get ready() { return chat.ready; },
 });
 
+async function candidatePath(pc) {
+  if (!pc) return null;
+  const report = await pc.getStats();
+  let pair = null;
+  report.forEach((s) => {
+    if (s.type === 'transport' && s.selectedCandidatePairId) pair = report.get(s.selectedCandidatePairId) || pair;
+  });
+  if (!pair) {
+    report.forEach((s) => {
+      if (s.type === 'candidate-pair' && s.nominated && s.state === 'succeeded') pair = s;
+    });
+  }
+  const local = pair ? report.get(pair.localCandidateId) : null;
+  if (!local) return null;
+  return {
+    candidateType: local.candidateType,
+    protocol: local.protocol,
+    relayProtocol: local.relayProtocol || null,
+    bytesSent: pair.bytesSent || 0,
+    bytesReceived: pair.bytesReceived || 0,
+  };
+}
+
+async function candidatePaths() {
+  return { publisher: await candidatePath(session.publisher), subscriber: await candidatePath(session.subscriber) };
+}
+
 const join = () => session.join();
 const leave = () => session.leave();
 
@@ -332,6 +359,13 @@ window.gbroom = Object.freeze({
       subscriber: session.subscriber ? session.subscriber.connectionState : null };
   },
   stats,
+  // Which path each connection's media takes: the selected candidate pair's local candidate type
+  // (host, srflx, prflx, relay), its protocol, and for a relay how the page reaches the TURN server.
+  candidatePaths,
+  get iceServers() { return session.iceServers.map((s) => ({ ...s })); },
+  get iceServersExpireAt() { return session.iceServersExpireAt; },
+  get iceRefreshes() { return session.iceRefreshes; },
+  refreshIceServers: () => session.refreshIceServers(),
   // The server's latest `speakers` event, loudest first.
   get speakers() {
     return session.speakers.map((s) => ({ participantId: s.participant_id, level: s.level, dbov: s.dbov }));
