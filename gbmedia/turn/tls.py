@@ -1,9 +1,11 @@
 """A self-signed certificate for the embedded coturn's ``turns:`` port, made at start when none is configured.
 
-WebRTC stacks authenticate the TURN server by its credential exchange, not by the
-certificate (browsers accept any certificate on ``turns:``), so a generated one gives
-the TLS path, which is what gets through proxies that pass only TLS, without an
-operator step. Generating an RSA key takes tens of milliseconds: it runs in a thread.
+It gives clients that do not check the certificate (aiortc/aioice, most encoders) TURN
+over TLS without an operator step. Browsers check it: Chromium refuses a self-signed
+one (measured, tests/web/test_room_turn.py), so for browsers behind TLS-only proxies
+give coturn a real certificate for its host name (``GBMEDIA_TURN_TLS_CERT``/``_KEY``,
+or deploy/'s coturn with ``GBMEDIA_TURN_URLS`` naming that host). Key generation
+runs in a thread: it is CPU work off the event loop.
 """
 
 from __future__ import annotations

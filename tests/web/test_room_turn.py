@@ -1,5 +1,5 @@
 """The meeting page through TURN only: two Chromium tabs forced onto relayed candidates (the test-only
-``?ice=relay-udp`` / ``relay-tcp`` / ``relay-tls``, docs/testing.md) meet through the node's own coturn
+``?ice=relay-udp`` / ``relay-tcp``, docs/testing.md) meet through the node's own coturn
 with the credentials of their ``joined``, and WebRTC's statistics name the relay path they use.
 """
 
@@ -23,7 +23,9 @@ def settings(tmp_path: Path, database_url: str, turnserver: str) -> Settings:
     return make_settings(tmp_path, database_url, turn_embedded=True, turn_relay_ports="43000-43999")
 
 
-@pytest.mark.parametrize(("ice", "relay_protocol"), [("relay-udp", "udp"), ("relay-tcp", "tcp"), ("relay-tls", "tls")])
+# Not relay-tls: Chromium refuses the embedded coturn's self-signed certificate on turns: (measured: no
+# relayed candidate, nothing decoded), so TURN over TLS is tested with aioice (tests/turn/test_coturn.py).
+@pytest.mark.parametrize(("ice", "relay_protocol"), [("relay-udp", "udp"), ("relay-tcp", "tcp")])
 async def test_two_pages_see_each_other_through_turn_only(
     browser: Browser, site: TestClient, tenant: Tenant, node: Node, ice: str, relay_protocol: str
 ):
