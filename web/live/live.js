@@ -18,7 +18,7 @@
 // State for tests and tools: window.gblive.
 
 import { Signaling, SignalingError, roomOfToken, signalingUrl } from '../room/signaling.js';
-import { RETRY_REFRESH_MS, refreshDelayMs, rtcConfig } from '../room/ice.js';
+import { RETRY_REFRESH_MS, candidatePath, refreshDelayMs, rtcConfig } from '../room/ice.js';
 import { HlsPlayer, NotLive, WhepPlayer, gathered } from './player.js';
 
 const CHAT_KEEP = 40;
@@ -639,6 +639,14 @@ function fail(error) {
 
 window.gblive = {
   state,
+  // The path the WHEP player's and the host's media take (ice.js candidatePath), and the socket's ICE servers.
+  candidatePaths: async () => ({
+    player: player instanceof WhepPlayer ? await candidatePath(player.pc) : null,
+    publisher: await candidatePath(publisher),
+  }),
+  get iceServers() {
+    return iceServers.map((s) => ({ ...s }));
+  },
   get reconnects() {
     return reconnects;
   },

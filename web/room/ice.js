@@ -32,3 +32,30 @@ export function refreshDelayMs(expireAt) {
 }
 
 export const RETRY_REFRESH_MS = REFRESH_MIN_MS;
+
+// Which path a connection's media takes: the selected candidate pair's local candidate type
+// (host, srflx, prflx, relay), its protocol, and for a relay how this side reaches the TURN
+// server (udp, tcp, tls); null before a pair is selected.
+export async function candidatePath(pc) {
+  if (!pc) return null;
+  const report = await pc.getStats();
+  let pair = null;
+  report.forEach((s) => {
+    if (s.type === 'transport' && s.selectedCandidatePairId) pair = report.get(s.selectedCandidatePairId) || pair;
+  });
+  if (!pair) {
+    report.forEach((s) => {
+      if (s.type === 'candidate-pair' && s.nominated && s.state === 'succeeded') pair = s;
+    });
+  }
+  const local = pair ? report.get(pair.localCandidateId) : null;
+  if (!local) return null;
+  return {
+    candidateType: local.candidateType,
+    protocol: local.protocol,
+    relayProtocol: local.relayProtocol || null,
+    bytesSent: pair.bytesSent || 0,
+    bytesReceived: pair.bytesReceived || 0,
+  };
+}
+

@@ -13,6 +13,7 @@
 import { RoomChat } from './chat.js';
 import { ChatPanel } from './chatpanel.js';
 import { Grid } from './grid.js';
+import { candidatePath } from './ice.js';
 import { ViewReporter } from './layers.js';
 import { RoomSession, tokenClaims } from './session.js';
 import { StatsPanel } from './statspanel.js';
@@ -305,29 +306,6 @@ const chatView = Object.freeze({
   get lastSeq() { return chat.lastSeq; },
   get ready() { return chat.ready; },
 });
-
-async function candidatePath(pc) {
-  if (!pc) return null;
-  const report = await pc.getStats();
-  let pair = null;
-  report.forEach((s) => {
-    if (s.type === 'transport' && s.selectedCandidatePairId) pair = report.get(s.selectedCandidatePairId) || pair;
-  });
-  if (!pair) {
-    report.forEach((s) => {
-      if (s.type === 'candidate-pair' && s.nominated && s.state === 'succeeded') pair = s;
-    });
-  }
-  const local = pair ? report.get(pair.localCandidateId) : null;
-  if (!local) return null;
-  return {
-    candidateType: local.candidateType,
-    protocol: local.protocol,
-    relayProtocol: local.relayProtocol || null,
-    bytesSent: pair.bytesSent || 0,
-    bytesReceived: pair.bytesReceived || 0,
-  };
-}
 
 async function candidatePaths() {
   return { publisher: await candidatePath(session.publisher), subscriber: await candidatePath(session.subscriber) };
