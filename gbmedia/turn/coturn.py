@@ -17,11 +17,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import ipaddress
 import logging
 import os
 import secrets
+import signal
 import socket
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,6 +55,24 @@ DENIED_NETWORKS = (
     "fc00::/7",
     "fe80::/10",
 )
+
+
+def _dies_with(parent: int) -> Callable[[], None]:
+    """For the child, before exec: Linux sends it SIGTERM when the node's process (``parent``) dies.
+
+    A node killed outright (SIGKILL, a crashed worker) runs no shutdown, and an orphaned
+    coturn would keep its ports, and relay with a secret nobody holds any more, forever.
+    A parent already gone by then (the race the signal cannot cover) ends the child at once.
+    """
+
+    def in_child() -> None:
+        if sys.platform == "linux":
+            pr_set_pdeathsig = 1
+            ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+            if os.getppid() != parent:
+                os._exit(0)
+
+    return in_child
 
 
 def ip_range(network: str) -> str:
@@ -162,6 +184,7 @@ class EmbeddedCoturn:
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL,
+            preexec_fn=_dies_with(os.getpid()),
         )
         try:
             await self._until_listening(host, port)

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import ssl
 import stat
+import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -122,3 +123,52 @@ async def test_the_secret_stays_in_a_private_file_and_stop_ends_the_child(coturn
     host, port = host_port(coturn.urls[1])
     with pytest.raises(OSError):
         await asyncio.open_connection(host, port)
+
+
+KILLED_NODE = """
+import asyncio, pathlib, sys
+from gbmedia.turn.coturn import CoturnPlan, EmbeddedCoturn
+
+async def main():
+    plan = CoturnPlan(pathlib.Path(sys.argv[1]), sys.argv[2], sys.argv[2], (46000, 46999))
+    coturn = EmbeddedCoturn(plan, sys.argv[3])
+    await coturn.start()
+    print(coturn._process.pid, flush=True)
+    await asyncio.sleep(3600)
+
+asyncio.run(main())
+"""
+
+
+def gone(pid: int) -> bool:
+    """The process has exited (a zombie nobody reaped yet counts: it runs no more)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return True
+    return state in ("Z", "X")
+
+
+async def test_the_child_dies_with_a_node_killed_outright(turnserver: str, tmp_path: Path):
+    """A node SIGKILLed (a crashed worker) runs no shutdown: coturn must not outlive it."""
+    node = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        KILLED_NODE,
+        str(tmp_path / "turn"),
+        detect_public_host(),
+        turnserver,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert node.stdout is not None
+        child = int(await asyncio.wait_for(node.stdout.readline(), 30))
+        assert not gone(child)
+    finally:
+        node.kill()
+        await node.wait()
+    for _ in range(200):
+        if gone(child):
+            break
+        await asyncio.sleep(0.05)
+    assert gone(child)
