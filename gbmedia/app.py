@@ -118,6 +118,7 @@ def create_app(node: Node) -> web.Application:
             node.abuse,
             node.tenancy.revocations,
             socket_limit=settings.socket_max_buffered_bytes,
+            turn=node.turn,
         ),
     )
     nodes_api.register(app, nodes_api.NodesApi(node.registry, node.db.pool, settings.clustered))
@@ -136,6 +137,7 @@ def create_app(node: Node) -> web.Application:
             node.relay,
             node.abuse,
             node.tenancy.revocations,
+            turn=node.turn,
         ),
     )
     streaming_api.register(app, node.hls, streaming_api.HlsOrigin(node.rooms, node.relay))

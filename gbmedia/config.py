@@ -51,6 +51,16 @@ def detect_public_host() -> str:
         probe.close()
 
 
+def _port_range(value: str) -> str:
+    low, sep, high = value.partition("-")
+    if not sep or not low.strip().isdigit() or not high.strip().isdigit():
+        raise ValueError("must look like 50000-60000")
+    lo, hi = int(low), int(high)
+    if not 1024 <= lo <= hi <= 65535:
+        raise ValueError("must be a range within 1024-65535 with min <= max")
+    return f"{lo}-{hi}"
+
+
 class Settings(BaseSettings):
     """One node's configuration. Field ``x`` is read from ``GBMEDIA_X``."""
 
@@ -170,6 +180,45 @@ class Settings(BaseSettings):
     cascade_fanout: int = Field(default=4, ge=1, le=64)  # edges one node feeds before edges feed edges
     cascade_linger_seconds: float = Field(default=10.0, ge=0, le=3600)  # an unwatched edge keeps its copy this long
 
+    # TURN (gbmedia/turn): credentials for clients behind firewalls (docs/operations.md "TURN").
+    turn_urls: str = ""  # comma-separated turn:/turns:/stun: URLs of TURN servers sharing GBMEDIA_TURN_SECRET
+    turn_secret: str | None = Field(default=None, min_length=16)  # coturn's static-auth-secret
+    turn_credential_ttl_seconds: int = Field(default=24 * 3600, ge=60, le=7 * 24 * 3600)
+    turn_embedded: bool = True  # no GBMEDIA_TURN_URLS: start the node's own coturn when turnserver is installed
+    turn_relay_ports: str = "40000-49999"  # the embedded coturn's relay range (UDP)
+    turn_tls_cert: Path | None = None  # the embedded coturn's turns: certificate (PEM); unset: self-signed
+    turn_tls_key: Path | None = None
+
+    @field_validator("turn_urls")
+    @classmethod
+    def _turn_urls(cls, value: str) -> str:
+        from gbmedia.turn.credentials import parse_ice_urls
+
+        return ",".join(parse_ice_urls(value))
+
+    @field_validator("turn_relay_ports")
+    @classmethod
+    def _turn_relay_ports(cls, value: str) -> str:
+        return _port_range(value)
+
+    @field_validator("turn_secret", "turn_tls_cert", "turn_tls_key", mode="before")
+    @classmethod
+    def _turn_empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _turn_complete(self) -> Settings:
+        if bool(self.turn_urls) != bool(self.turn_secret):
+            raise ValueError("GBMEDIA_TURN_URLS and GBMEDIA_TURN_SECRET go together: set both or neither")
+        if (self.turn_tls_cert is None) != (self.turn_tls_key is None):
+            raise ValueError("GBMEDIA_TURN_TLS_CERT and GBMEDIA_TURN_TLS_KEY go together: set both or neither")
+        return self
+
+    @property
+    def turn_relay_range(self) -> tuple[int, int]:
+        low, _, high = self.turn_relay_ports.partition("-")
+        return int(low), int(high)
+
     speaker_interval_ms: int = Field(default=500, ge=50, le=10_000)
     stats_interval_ms: int = Field(default=1000, ge=100, le=60_000)
     hls_enabled: bool = True
@@ -280,13 +329,7 @@ class Settings(BaseSettings):
     @field_validator("udp_ports")
     @classmethod
     def _port_range(cls, value: str) -> str:
-        low, sep, high = value.partition("-")
-        if not sep or not low.strip().isdigit() or not high.strip().isdigit():
-            raise ValueError("must look like 50000-60000")
-        lo, hi = int(low), int(high)
-        if not 1024 <= lo <= hi <= 65535:
-            raise ValueError("must be a range within 1024-65535 with min <= max")
-        return f"{lo}-{hi}"
+        return _port_range(value)
 
     @model_validator(mode="after")
     def _node_outlives_heartbeats(self) -> Settings:
@@ -338,6 +381,7 @@ _SECRET_FIELDS = {
     "database_url",
     "redis_url",
     "s3_secret_access_key",
+    "turn_secret",
 }
 
 

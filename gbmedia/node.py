@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import shutil
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,6 +58,8 @@ from gbmedia.tenancy.secrets import SecretBox, load_or_create_file_secret
 from gbmedia.tenancy.service import Tenancy, webhook_guard
 from gbmedia.tenancy.webhook_dispatch import DispatchSettings, WebhookDispatcher
 from gbmedia.tenancy.webhook_events import WebhookEmitter
+from gbmedia.turn.coturn import CoturnPlan, EmbeddedCoturn
+from gbmedia.turn.credentials import TurnCredentials
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +80,41 @@ def cluster_secret_for(settings: Settings) -> str:
     if settings.cluster_secret:
         return settings.cluster_secret
     return load_or_create_file_secret(settings.data_dir / "cluster.secret", lambda: secrets.token_urlsafe(32))
+
+
+async def start_turn(
+    settings: Settings, media_address: MediaAddress
+) -> tuple[TurnCredentials | None, EmbeddedCoturn | None]:
+    """The TURN servers this node's clients are given credentials for, and the embedded coturn if it runs one.
+
+    Configured servers (``GBMEDIA_TURN_URLS`` with their shared secret) win; with none, a
+    node with ``turnserver`` installed starts its own (``GBMEDIA_TURN_EMBEDDED``). A coturn
+    that fails to start leaves the node without TURN, said loudly in the log: clients that
+    reach the node directly do not need it, and the node must not fail for their sake.
+    """
+    ttl = settings.turn_credential_ttl_seconds
+    if settings.turn_urls and settings.turn_secret:
+        return TurnCredentials(tuple(settings.turn_urls.split(",")), settings.turn_secret, ttl), None
+    executable = shutil.which("turnserver") if settings.turn_embedded else None
+    if executable is None:
+        return None, None
+    coturn = EmbeddedCoturn(
+        CoturnPlan(
+            directory=settings.data_dir / "turn" / settings.node_id,
+            advertised=media_address.advertised,
+            bind=media_address.bind,
+            relay_ports=settings.turn_relay_range,
+            cert=settings.turn_tls_cert,
+            key=settings.turn_tls_key,
+        ),
+        executable,
+    )
+    try:
+        urls = await coturn.start()
+    except OSError:
+        log.exception("the embedded coturn did not start: this node issues no TURN credentials")
+        return None, None
+    return TurnCredentials(urls, coturn.secret, ttl), coturn
 
 
 def redis_client_for(settings: Settings) -> aioredis.Redis:
@@ -131,6 +169,8 @@ class Node:
     webhooks: WebhookDispatcher  # sends the instances' webhook deliveries (every node; one per delivery)
     redis: aioredis.Redis | None = None
     hls: HlsService | None = None
+    turn: TurnCredentials | None = None  # TURN credentials for clients (none: no TURN server)
+    coturn: EmbeddedCoturn | None = None  # the node's own coturn child, when it runs one
     started: float = field(default_factory=time.monotonic)
 
     @classmethod
@@ -140,6 +180,8 @@ class Node:
         await db.open()
         redis_client: aioredis.Redis | None = None
         revocations: Revocations | None = None  # started with the bus: stopped if the start fails after
+        turn: TurnCredentials | None = None
+        coturn: EmbeddedCoturn | None = None
         try:
             if settings.redis_url:
                 redis_client = redis_client_for(settings)
@@ -159,6 +201,7 @@ class Node:
             rooms = Rooms(db.pool, tenancy.customers, tenancy.instances, node_id=settings.node_id)
             await aiortc_adapter.check_internals()
             media_address = await resolve_media_address(settings.media_host, settings.udp_port_range)
+            turn, coturn = await start_turn(settings, media_address)
             live_rooms = LiveRooms(
                 rooms,
                 resume_grace=settings.resume_grace_seconds,
@@ -252,6 +295,8 @@ class Node:
             member.sockets = lambda: live_rooms.sockets
             await member.start()
         except BaseException:
+            if coturn is not None:
+                await coturn.stop()
             if revocations is not None:
                 await revocations.stop()
             if redis_client is not None:
@@ -267,6 +312,7 @@ class Node:
                 "redis": bool(settings.redis_url),
                 "media_address": media_address.advertised,
                 "udp_ports": settings.udp_ports,
+                "turn_urls": list(turn.urls) if turn is not None else [],
             },
         )
         # The event stream: relay the outbox to Kafka, or (single node, no Kafka) keep it trimmed.
@@ -317,6 +363,8 @@ class Node:
                 ),
             ),
             redis=redis_client,
+            turn=turn,
+            coturn=coturn,
         )
         node.metrics.watch(live_rooms.media_samples)
         node.metrics.watch(lambda: audience_samples(live_rooms.audiences()))
@@ -380,6 +428,8 @@ class Node:
             await self.redis.aclose()
             self.redis = None
         await self.db.close()
+        if self.coturn is not None:
+            await self.coturn.stop()
         log.info("node stopped", extra={"node_id": self.settings.node_id})
 
     async def readiness(self) -> dict[str, dict[str, Any]]:

@@ -9,6 +9,13 @@ apt_install() {
   as_root apt-get update -qq >/dev/null && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
 }
 
+# Debian's coturn, without the system-wide service its package enables (an unconfigured TURN
+# server on port 3478): gbmedia starts its own, configured, as a child of the node.
+install_coturn() {
+  apt_install coturn || return 1
+  if command -v systemctl >/dev/null; then as_root systemctl disable --now coturn >/dev/null 2>&1 || true; fi
+}
+
 ensure_venv() {  # $1: pip extras spec, e.g. "." or ".[dev]"
   local py=${PYTHON:-python3}
   if ! "$py" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then

@@ -97,6 +97,15 @@ def media_tools() -> str:
     return path or "ffprobe"
 
 
+@pytest.fixture
+def turnserver() -> str:
+    """coturn's ``turnserver`` (Debian's coturn, which scripts/test installs): TURN is tested with it."""
+    path = shutil.which("turnserver")
+    if path is None:
+        service_missing("turnserver (Debian package coturn)")
+    return path or "turnserver"
+
+
 def _with_database(admin_url: str, name: str) -> str:
     base, _, query = admin_url.partition("?")
     base = base.rsplit("/", 1)[0] + "/" + name
@@ -201,6 +210,7 @@ def make_settings(tmp_path: Path, database_url: str | None, **overrides: Any) ->
         "auth_failure_burst": 10_000,  # tests fail authentication on purpose, all from 127.0.0.1
         "join_rate_burst": 10_000,
         "shutdown_timeout": 1.0,
+        "turn_embedded": False,  # a node starts coturn only in the tests of TURN (the `turnserver` fixture)
     }
     values.update(overrides)
     return Settings(**values)

@@ -401,3 +401,26 @@ def test_rejected_secrets_are_not_echoed(monkeypatch: pytest.MonkeyPatch, var: s
         load_settings()
     assert var in str(excinfo.value)
     assert value not in str(excinfo.value)
+
+
+# --- TURN ---------------------------------------------------------------------------
+
+
+def test_turn_urls_and_secret_go_together_and_are_checked():
+    urls = "turn:turn.example.com:3478?transport=udp, turns:turn.example.com:5349?transport=tcp"
+    s = load_settings(turn_urls=urls, turn_secret="s" * 16)
+    assert s.turn_urls == urls.replace(" ", "") and s.turn_embedded is True
+    with pytest.raises(ConfigError, match="GBMEDIA_TURN_URLS and GBMEDIA_TURN_SECRET go together"):
+        load_settings(turn_urls=urls)
+    with pytest.raises(ConfigError, match=r"GBMEDIA_TURN_URLS:.*not a TURN or STUN URL"):
+        load_settings(turn_urls="https://turn.example.com", turn_secret="s" * 16)
+    with pytest.raises(ConfigError, match="GBMEDIA_TURN_RELAY_PORTS:"):
+        load_settings(turn_relay_ports="40000")
+    with pytest.raises(ConfigError, match="GBMEDIA_TURN_TLS_CERT and GBMEDIA_TURN_TLS_KEY go together"):
+        load_settings(turn_tls_cert="/etc/turn.crt")
+
+
+def test_a_rejected_turn_secret_is_not_echoed():
+    with pytest.raises(ConfigError) as failure:
+        load_settings(turn_urls="turn:t.example.com", turn_secret="short-secret")
+    assert "short-secret" not in str(failure.value) and "GBMEDIA_TURN_SECRET" in str(failure.value)

@@ -16,7 +16,8 @@ from packaging.version import Version
 from gbmedia.config import Settings
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy" / "kubernetes"
-PER_POD = {"GBMEDIA_NODE_ID", "GBMEDIA_PUBLIC_HOST", "GBMEDIA_CLUSTER_HOST"}  # statefulset.yaml sets them from the pod
+# statefulset.yaml sets them from the pod, or (the TURN secret) from the coturn Secret
+PER_POD = {"GBMEDIA_NODE_ID", "GBMEDIA_PUBLIC_HOST", "GBMEDIA_CLUSTER_HOST", "GBMEDIA_TURN_SECRET"}
 MANIFESTS = sorted(p.name for p in DEPLOY.glob("*.yaml") if p.name != "kustomization.yaml")
 
 
@@ -49,7 +50,7 @@ def test_every_setting_has_a_home_in_the_manifests_and_each_value_is_valid():
     assert not set(config) & set(secret)
     # The ConfigMap's values are ones the node accepts (the bucket check happens at start-up).
     values = {k.removeprefix("GBMEDIA_").lower(): v for k, v in config.items()}
-    Settings(**values, operator_token="x" * 16)
+    Settings(**values, operator_token="x" * 16, turn_secret="x" * 16)  # the TURN secret: coturn's Secret
 
 
 # --- schemas ---------------------------------------------------------------------------

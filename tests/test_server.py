@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -89,6 +90,12 @@ def test_serve_with_no_environment_prints_url_answers_and_stops_cleanly(tmp_path
     assert not (tmp_path / ".local" / "share" / "gbmedia" / "postgres" / "postmaster.pid").exists()
     events = [json.loads(line)["msg"] for line in stderr.splitlines() if line.startswith("{")]
     assert "shutting down" in events and "embedded postgresql stopped" in events
+    # So was its own coturn (Debian's, which scripts/test installs; CI must have it).
+    if shutil.which("turnserver") or os.environ.get("CI"):
+        assert "embedded coturn started" in events and "embedded coturn stopped" in events
+        (pidfile,) = (tmp_path / ".local" / "share" / "gbmedia" / "turn").glob("*/turnserver.pid")
+        with pytest.raises(ProcessLookupError):
+            os.kill(int(pidfile.read_text().strip()), 0)
 
 
 def test_an_invalid_setting_stops_start_up_naming_the_variable(tmp_path: Path):

@@ -105,6 +105,12 @@ class Ping(_Message):
     type: Literal["ping"]
 
 
+class IceServersRequest(_Message):
+    """Fresh TURN credentials before the ones from ``joined`` expire (a long session)."""
+
+    type: Literal["ice_servers"]
+
+
 # --- chat: ChatMessage (gbmedia/messaging/protocol.py); gbmedia/messaging/socket.py handles them ---------
 
 # --- live rooms (gbmedia/rooms/audience.py handles these) ----------------------------
@@ -137,7 +143,18 @@ LiveMessage = Reaction | CohostInvite | CohostAnswer
 LIVE_TYPES = ("reaction", "cohost_invite", "cohost_answer")
 
 ClientMessage = (
-    Join | Publish | Answer | Candidate | Subscribe | Mute | TrackSettings | Leave | Ping | ChatMessage | LiveMessage
+    Join
+    | Publish
+    | Answer
+    | Candidate
+    | Subscribe
+    | Mute
+    | TrackSettings
+    | Leave
+    | Ping
+    | IceServersRequest
+    | ChatMessage
+    | LiveMessage
 )
 MESSAGE_TYPES = (
     "join",
@@ -149,6 +166,7 @@ MESSAGE_TYPES = (
     "track_settings",
     "leave",
     "ping",
+    "ice_servers",
     *CHAT_TYPES,
     *LIVE_TYPES,
 )

@@ -52,6 +52,7 @@ from gbmedia.signaling.relay import Relay, Route, relayed
 from gbmedia.tenancy.auth import Authenticator, VerifiedToken, bearer_credential
 from gbmedia.tenancy.models import Actor
 from gbmedia.tenancy.revocation import Credential, Revocations, Revoked
+from gbmedia.turn.credentials import TurnCredentials
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ FORWARDED_AUDIO = ("opus", "pcmu", "pcma")
 DEFAULT_AUDIO = RTCRtpCodecParameters(mimeType="audio/opus", clockRate=48000, channels=2, payloadType=111)
 CORS = {
     "Access-Control-Allow-Origin": "*",
-    "Access-Control-Expose-Headers": "Location, ETag, Accept-Patch, Accept-Post, Retry-After, X-Request-Id",
+    "Access-Control-Expose-Headers": "Location, ETag, Link, Accept-Patch, Accept-Post, Retry-After, X-Request-Id",
 }
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -81,6 +82,7 @@ class WhipService:
     relay: Relay  # sessions live on the room's node: requests for another node's room go there
     abuse: AbuseLimits  # per source address: failed token checks, and new sessions
     revocations: Revocations  # sessions end when their API key is revoked or their tenant suspended
+    turn: TurnCredentials | None = None  # TURN credentials in each 201's Link headers (None: no TURN server)
 
 
 WHIP: web.AppKey[WhipService] = web.AppKey("whip", WhipService)
@@ -229,13 +231,20 @@ def _find_live(request: web.Request, verified: VerifiedToken) -> LiveRoom | None
     )
 
 
-def _created(answer: str, location: str, etag: str) -> web.Response:
-    return web.Response(
+def _created(request: web.Request, answer: str, location: str, etag: str, session_id: str) -> web.Response:
+    """The 201 of a new session; with a TURN server, its ICE servers as RFC 9725 ``Link`` headers
+    (``rel="ice-server"``, one per URL, with a credential for this session)."""
+    response = web.Response(
         status=201,
         body=answer.encode(),
         content_type=SDP,
         headers={"Location": location, "ETag": etag, "Accept-Patch": SDPFRAG},
     )
+    turn = request.app[WHIP].turn
+    if turn is not None:
+        for link in turn.issue(session_id).link_headers():
+            response.headers.add("Link", link)
+    return response
 
 
 def _credential(verified: VerifiedToken) -> Credential:
@@ -333,7 +342,7 @@ async def whip_publish(request: web.Request) -> web.StreamResponse:
         "whip session started",
         extra={"room_id": str(live.room.id), "session_id": session.id, "participant_id": participant.id},
     )
-    return _created(answer, f"/whip/{live.room.name}/{session.id}", session.etag)
+    return _created(request, answer, f"/whip/{live.room.name}/{session.id}", session.etag, session.id)
 
 
 @dataclass
@@ -508,7 +517,7 @@ async def whep_play(request: web.Request) -> web.StreamResponse:
         "whep session started",
         extra={"room_id": str(live.room.id), "session_id": session.id, "identity": token.identity},
     )
-    return _created(answer, location, session.etag)
+    return _created(request, answer, location, session.etag, session.id)
 
 
 # --- routes --------------------------------------------------------------------------

@@ -43,6 +43,7 @@ from gbmedia.signaling.relay import CLOSE_RECONNECT, SEAT_PARAM, Relay, Route, S
 from gbmedia.tenancy.auth import Authenticator, VerifiedToken
 from gbmedia.tenancy.models import Actor
 from gbmedia.tenancy.revocation import Credential, Revocations, Revoked
+from gbmedia.turn.credentials import TurnCredentials
 
 # The socket's token no longer holds (its API key revoked, its instance or customer suspended);
 # the close reason names which: api_key_revoked, instance_suspended, customer_suspended.
@@ -64,6 +65,15 @@ class RtcService:
     abuse: AbuseLimits  # per source address: failed token checks, and joins
     revocations: Revocations  # sessions end when their API key is revoked or their tenant suspended
     socket_limit: int = DEFAULT_LIMIT  # unsent bytes of one socket before it is cut off
+    turn: TurnCredentials | None = None  # TURN credentials for each participant (None: no TURN server)
+
+    def ice_servers(self, participant: Participant) -> dict[str, Any]:
+        """``ice_servers`` (with a TURN credential for this participant) and when it expires, for ``joined``
+        and the ``ice_servers`` reply; an empty list without a TURN server."""
+        if self.turn is None:
+            return {"ice_servers": [], "ice_servers_expire_at": None}
+        issued = self.turn.issue(participant.id)
+        return {"ice_servers": issued.to_json(), "ice_servers_expire_at": issued.expires_at}
 
 
 RTC: web.AppKey[RtcService] = web.AppKey("rtc", RtcService)
@@ -181,6 +191,8 @@ class Connection:
         if room.participants.get(participant.id) is not participant:
             self.room, self.participant = None, None  # removed, replaced or the room closed: the session is over
             raise p.ProtocolError("not_joined", f"you are no longer in the room; join again before {message.type}")
+        if isinstance(message, p.IceServersRequest):
+            return {"type": "ice_servers", **self.service.ice_servers(participant)}
         if message.type in p.LIVE_TYPES:
             if room.audience is None:
                 raise p.ProtocolError("not_a_live_room", f"{message.type} needs a live room")
@@ -326,7 +338,8 @@ class Connection:
                 raise p.ProtocolError("resume_failed", "the session expired or belongs to someone else")
             self.room, self.participant = room, existing
             chat = await self._room_chat(verified, room)  # a new socket: chat starts again too
-            await room.resume(existing, self.send, message.id, extra={"chat": chat})
+            extra = {"chat": chat, **self.service.ice_servers(existing)}
+            await room.resume(existing, self.send, message.id, extra=extra)
             return None
         viewer = not token.grants.can_publish and not token.grants.hidden  # a live room's viewer may go to an edge
         route = await self._route(verified, token.grants.room, message.kind, viewer=viewer)
@@ -355,6 +368,7 @@ class Connection:
             if message.id is not None:
                 joined["id"] = message.id
             joined["chat"] = await self._room_chat(verified, room)
+            joined.update(self.service.ice_servers(participant))
             await self.send(joined)
         finally:
             await self._release_held()

@@ -18,9 +18,9 @@
 // State for tests and tools: window.gblive.
 
 import { Signaling, SignalingError, roomOfToken, signalingUrl } from '../room/signaling.js';
+import { RETRY_REFRESH_MS, candidatePath, refreshDelayMs, rtcConfig } from '../room/ice.js';
 import { HlsPlayer, NotLive, WhepPlayer, gathered } from './player.js';
 
-const RTC_CONFIG = { iceServers: [], bundlePolicy: 'max-bundle' };
 const CHAT_KEEP = 40;
 const HEARTS_MAX = 15;
 
@@ -170,7 +170,7 @@ async function play() {
   const forceHls = params.get('transport') === 'hls';
   if (!forceHls) {
     setState('joining', 'Connecting…');
-    const whep = new WhepPlayer($('video'), { room: state.room.name, token });
+    const whep = new WhepPlayer($('video'), { room: state.room.name, token, iceServers });
     try {
       await whep.start();
       player = whep;
@@ -234,7 +234,7 @@ async function goLive() {
   state.cameraOff = false;
   await countCameras();
   showPreview();
-  const pc = new RTCPeerConnection(RTC_CONFIG);
+  const pc = new RTCPeerConnection(rtcConfig(iceServers));
   publisher = pc;
   for (const track of stream.getTracks()) pc.addTransceiver(track, { direction: 'sendonly', streams: [stream] });
   await pc.setLocalDescription(await pc.createOffer());
@@ -524,6 +524,30 @@ async function reconnect() {
   }
 }
 
+// TURN credentials from `joined` / `ice_servers` (docs/protocol.md), renewed before they expire: the
+// connections made later (a WHEP player restarting, going live) use the current ones.
+let iceServers = [];
+let iceTimer = null;
+
+function setIceServers(message) {
+  iceServers = message.ice_servers || [];
+  clearTimeout(iceTimer);
+  const delay = refreshDelayMs(message.ice_servers_expire_at);
+  if (delay !== null) iceTimer = setTimeout(refreshIceServers, delay);
+}
+
+async function refreshIceServers() {
+  const current = signaling;
+  if (!current) return; // the next `joined` brings fresh ones
+  try {
+    const reply = await current.request({ type: 'ice_servers' });
+    if (signaling === current) setIceServers(reply);
+  } catch (error) {
+    console.warn('gblive: ICE servers not renewed:', error.code, error.message);
+    iceTimer = setTimeout(refreshIceServers, RETRY_REFRESH_MS);
+  }
+}
+
 // Opens the socket and joins; false when the page plays over HLS without a socket (a full room).
 async function connect() {
   const next = new Signaling(signalingUrl(window.location, roomOfToken(token)), {
@@ -551,6 +575,7 @@ async function connect() {
   for (const participant of joined.participants) state.hosts.set(participant.id, participant);
   state.role = joined.participant.grants.can_publish ? 'host' : 'viewer';
   conversationId = joined.chat ? joined.chat.conversation_id : null;
+  setIceServers(joined);
   render();
   loadChat().catch((error) => console.warn('gblive: chat history failed', error.code));
   return true;
@@ -614,6 +639,14 @@ function fail(error) {
 
 window.gblive = {
   state,
+  // The path the WHEP player's and the host's media take (ice.js candidatePath), and the socket's ICE servers.
+  candidatePaths: async () => ({
+    player: player instanceof WhepPlayer ? await candidatePath(player.pc) : null,
+    publisher: await candidatePath(publisher),
+  }),
+  get iceServers() {
+    return iceServers.map((s) => ({ ...s }));
+  },
   get reconnects() {
     return reconnects;
   },

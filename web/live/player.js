@@ -9,7 +9,8 @@
 // with the vendored hls.js (imported only then), or natively where the browser has
 // no Media Source Extensions but plays HLS itself.
 
-const RTC_CONFIG = { iceServers: [], bundlePolicy: 'max-bundle' };
+import { rtcConfig } from '../room/ice.js';
+
 const GATHER_MS = 3000;
 const CONNECT_MS = 15000;
 
@@ -61,8 +62,9 @@ function connected(pc) {
 }
 
 export class WhepPlayer {
-  constructor(video, { room, token }) {
+  constructor(video, { room, token, iceServers }) {
     this.video = video;
+    this.iceServers = iceServers || []; // from the socket's `joined`: the offer gathers relay candidates too
     this.room = room;
     this.token = token;
     this.pc = null;
@@ -71,7 +73,7 @@ export class WhepPlayer {
   }
 
   async start() {
-    const pc = new RTCPeerConnection(RTC_CONFIG);
+    const pc = new RTCPeerConnection(rtcConfig(this.iceServers));
     this.pc = pc;
     pc.addTransceiver('video', { direction: 'recvonly' });
     pc.addTransceiver('audio', { direction: 'recvonly' });

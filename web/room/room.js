@@ -13,6 +13,7 @@
 import { RoomChat } from './chat.js';
 import { ChatPanel } from './chatpanel.js';
 import { Grid } from './grid.js';
+import { candidatePath } from './ice.js';
 import { ViewReporter } from './layers.js';
 import { RoomSession, tokenClaims } from './session.js';
 import { StatsPanel } from './statspanel.js';
@@ -306,6 +307,10 @@ const chatView = Object.freeze({
   get ready() { return chat.ready; },
 });
 
+async function candidatePaths() {
+  return { publisher: await candidatePath(session.publisher), subscriber: await candidatePath(session.subscriber) };
+}
+
 const join = () => session.join();
 const leave = () => session.leave();
 
@@ -332,6 +337,13 @@ window.gbroom = Object.freeze({
       subscriber: session.subscriber ? session.subscriber.connectionState : null };
   },
   stats,
+  // Which path each connection's media takes: the selected candidate pair's local candidate type
+  // (host, srflx, prflx, relay), its protocol, and for a relay how the page reaches the TURN server.
+  candidatePaths,
+  get iceServers() { return session.iceServers.map((s) => ({ ...s })); },
+  get iceServersExpireAt() { return session.iceServersExpireAt; },
+  get iceRefreshes() { return session.iceRefreshes; },
+  refreshIceServers: () => session.refreshIceServers(),
   // The server's latest `speakers` event, loudest first.
   get speakers() {
     return session.speakers.map((s) => ({ participantId: s.participant_id, level: s.level, dbov: s.dbov }));

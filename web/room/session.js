@@ -16,9 +16,9 @@
 // and "chat" (detail: the event) for the chat events the server pushes (chat.js).
 
 import { applyActiveLayers, cameraEncodings } from './layers.js';
+import { RETRY_REFRESH_MS, refreshDelayMs, rtcConfig } from './ice.js';
 import { Signaling, SignalingError, roomOfToken, signalingUrl } from './signaling.js';
 
-const RTC_CONFIG = { iceServers: [], bundlePolicy: 'max-bundle' }; // the server's candidates are in its SDP
 const VIDEO = { width: { ideal: 1280 }, height: { ideal: 720 }, frameRate: { ideal: 30 } };
 const RETRY_FIRST_MS = 250;
 const RETRY_MAX_MS = 8000;
@@ -97,6 +97,10 @@ export class RoomSession extends EventTarget {
     this.offlineUntil = 0; // simulateNetworkLoss(): no reconnecting before this
     this.speakers = []; // the latest `speakers` event: [{participant_id, level, dbov}], loudest first
     this.signaling = null;
+    this.iceServers = []; // from `joined` / `ice_servers`: TURN URLs with this session's credential
+    this.iceServersExpireAt = null; // unix seconds
+    this.iceRefreshes = 0; // credentials renewed by an `ice_servers` request
+    this._iceTimer = null;
     this._previewing = null;
     const claims = tokenClaims(token);
     this._publishClaim = Boolean(claims && claims.grants && claims.grants.can_publish === true);
@@ -302,6 +306,8 @@ export class RoomSession extends EventTarget {
   }
 
   _end(phase, message) {
+    clearTimeout(this._iceTimer);
+    this._iceTimer = null;
     const signaling = this.signaling;
     this.signaling = null;
     if (signaling) signaling.close();
@@ -373,6 +379,47 @@ export class RoomSession extends EventTarget {
     this.participants = new Map(joined.participants.map((p) => [p.id, toParticipant(p)]));
     this.phase = 'joined';
     this.message = '';
+    this._setIceServers(joined);
+  }
+
+  // New TURN credentials (`joined`, `ice_servers`): the connections use them from their next gathering,
+  // and they are renewed before they expire. A running TURN allocation keeps the credential it was made with.
+  _setIceServers(message) {
+    this.iceServers = message.ice_servers || [];
+    this.iceServersExpireAt = message.ice_servers_expire_at || null;
+    for (const pc of [this.publisher, this.subscriber]) {
+      if (!pc || pc.signalingState === 'closed') continue;
+      try {
+        pc.setConfiguration({ ...pc.getConfiguration(), iceServers: rtcConfig(this.iceServers).iceServers });
+      } catch (error) {
+        console.warn('gbroom: new ICE servers not applied:', error.name, error.message);
+      }
+    }
+    clearTimeout(this._iceTimer);
+    this._iceTimer = null;
+    const delay = refreshDelayMs(this.iceServersExpireAt);
+    if (delay !== null) this._iceTimer = setTimeout(() => this._refreshIceServers(), delay);
+  }
+
+  async _refreshIceServers() {
+    this._iceTimer = null;
+    const signaling = this.signaling;
+    if (this.phase !== 'joined' || !signaling || !signaling.isOpen) return; // the next `joined` brings fresh ones
+    try {
+      const reply = await signaling.request({ type: 'ice_servers' });
+      if (this.signaling !== signaling) return;
+      this.iceRefreshes += 1;
+      this._setIceServers(reply);
+    } catch (error) {
+      console.warn('gbroom: ICE servers not renewed:', error.code, error.message);
+      if (this.phase === 'joined') this._iceTimer = setTimeout(() => this._refreshIceServers(), RETRY_REFRESH_MS);
+    }
+  }
+
+  // For tests: renew the TURN credentials now rather than near their expiry.
+  refreshIceServers() {
+    clearTimeout(this._iceTimer);
+    return this._refreshIceServers();
   }
 
   _joined(joined) {
@@ -559,7 +606,7 @@ export class RoomSession extends EventTarget {
 
   _ensurePublisher() {
     if (this.publisher) return this.publisher;
-    const pc = new RTCPeerConnection(RTC_CONFIG);
+    const pc = new RTCPeerConnection(rtcConfig(this.iceServers));
     pc.onicecandidate = (event) => this._onLocalCandidate('publisher', pc, event);
     pc.onconnectionstatechange = () => this._onConnectionState(pc);
     this.publisher = pc;
@@ -705,7 +752,7 @@ export class RoomSession extends EventTarget {
 
   _ensureSubscriber() {
     if (this.subscriber) return this.subscriber;
-    const pc = new RTCPeerConnection(RTC_CONFIG);
+    const pc = new RTCPeerConnection(rtcConfig(this.iceServers));
     pc.onicecandidate = (event) => this._onLocalCandidate('subscriber', pc, event);
     pc.onconnectionstatechange = () => this._onConnectionState(pc);
     pc.ontrack = () => this._changed();

@@ -1,0 +1,1 @@
+"""TURN: time-limited credentials for clients, and the node's own coturn when none is configured."""
