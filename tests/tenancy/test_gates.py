@@ -6,9 +6,11 @@ features turn it on (gbmedia/tenancy/gates.py says which switch wins).
 
 from __future__ import annotations
 
+import logging
 import uuid
 from typing import Any
 
+import pytest
 from aiohttp.test_utils import TestClient
 
 from gbmedia.node import Node
@@ -16,8 +18,8 @@ from gbmedia.tenancy.gates import feature_refusal
 from gbmedia.tenancy.tokens import Grants, mint_token
 from tests.bots.chat import Person, bot_conversation, upload
 from tests.helpers import OPERATOR, Tenant, bearer, create_tenant
-from tests.recording.helpers import NoiseVideoTrack, create_room, join, poll_recording
-from tests.rtc import NO_STUN, RtcClient, offer_from
+from tests.recording.helpers import NoiseVideoTrack, create_room, join, poll_recording, recorder_frames
+from tests.rtc import NO_STUN, ColorVideoTrack, RtcClient, ToneAudioTrack, offer_from, wait_for
 
 SDP = {"Content-Type": "application/sdp"}
 
@@ -159,6 +161,29 @@ async def test_a_running_recording_stops_when_the_stored_bytes_reach_the_quota(c
     assert recording["stop_reason"] == "storage_quota_exhausted"
     assert recording["size_bytes"] >= 100_000
     assert [f["status"] for f in recording["files"]] == ["completed"]  # what was written is kept, playable
+
+
+async def test_auto_record_is_refused_while_recording_is_off_and_starts_once_it_is_on(
+    client: TestClient, node: Node, caplog: pytest.LogCaptureFixture
+):
+    caplog.set_level(logging.WARNING, logger="gbmedia.recording.service")
+    tenant = await create_tenant(client)
+    await patch_features(client, tenant, recording=False)
+    await create_room(client, tenant, metadata={"auto_record": True})
+    alice = await join(client, tenant, "alice")
+    try:
+        await alice.publish(ToneAudioTrack())
+        await wait_for(lambda: any(getattr(r, "code", None) == "feature_disabled" for r in caplog.records), within=20)
+        assert not node.recordings.active
+        await patch_features(client, tenant, recording=True)
+        await alice.publish(ColorVideoTrack((200, 20, 20)))  # the next track starts it, with both tracks
+        await wait_for(lambda: bool(node.recordings.active), within=20)
+        rid = str(next(iter(node.recordings.active)))
+        await wait_for(lambda: len(recorder_frames(node, rid)) == 2, within=20)
+    finally:
+        await alice.close()
+    resp = await client.post(f"/api/v1/recordings/{rid}/stop", headers=tenant.admin)
+    assert resp.status == 200
 
 
 async def test_bots_rest_and_answers_stop_while_the_instance_turns_bots_off(client: TestClient, node: Node):
