@@ -23,6 +23,7 @@ from gbmedia.bots.service import Bots
 from gbmedia.errors import ApiError, bad_request
 from gbmedia.http.responses import json_response, query_int, query_uuid, read_model
 from gbmedia.tenancy.auth import principal_of
+from gbmedia.tenancy.gates import require_feature
 
 BOTS: web.AppKey[Bots] = web.AppKey("bots", Bots)
 
@@ -57,6 +58,7 @@ def dialog_json(dialog: Dialog, source: bool = False) -> dict[str, Any]:
 
 async def put_dialog(request: web.Request) -> web.Response:
     instance_id = await _instance(request)
+    await require_feature(request.app[BOTS].dialogs.pool, instance_id, "bots")
     body = await read_model(request, DialogPut)
     dialog, created = await request.app[BOTS].dialogs.save(instance_id, request.match_info["name"], body.source)
     return json_response(dialog_json(dialog), status=201 if created else 200)

@@ -45,7 +45,9 @@ from gbmedia.bots.errors import BasicRuntimeError
 from gbmedia.bots.host import UserInfo
 from gbmedia.bots.machine import Outcome, Run, StateError
 from gbmedia.bots.runner import Runner
+from gbmedia.errors import ApiError
 from gbmedia.messaging.service import Chat
+from gbmedia.tenancy.gates import require_feature
 from gbmedia.tenancy.models import Instance
 
 log = logging.getLogger(__name__)
@@ -280,6 +282,14 @@ class DialogEngine:
             seq,
         )
 
+    async def _bots_allowed(self, instance_id: uuid.UUID) -> bool:
+        """Whether the tier and the instance let bots answer now (gbmedia/tenancy/gates.py)."""
+        try:
+            await require_feature(self.pool, instance_id, "bots")
+        except ApiError:
+            return False
+        return True
+
     async def _handle(self, conv: BotConversation, message: asyncpg.Record) -> None:
         seq, sender, text = message["seq"], message["sender_id"], message["content"]
         if sender == conv.bot or message["kind"] == "system" or message["deleted_at"] is not None:
@@ -289,7 +299,9 @@ class DialogEngine:
             await self._while_transferred(conv, sender, text, seq)
             return
         instance = await self.runner.instance(conv.instance_id)
-        if instance.status != "active":  # a suspended or deleted instance's bots say nothing
+        if instance.status != "active" or not await self._bots_allowed(instance.id):
+            # A suspended or deleted instance's bots say nothing, nor do those whose tier or
+            # instance turned the bots feature off (the message is passed, not kept for later).
             await self._advance(self.pool, conv.conversation_id, seq)
             return
         port = ChatPort(

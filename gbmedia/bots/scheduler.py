@@ -26,6 +26,8 @@ from gbmedia.bots.chat_port import LogPort
 from gbmedia.bots.dialogs import Clock, DialogMissing, next_firing, utc_now
 from gbmedia.bots.machine import Outcome, Run
 from gbmedia.bots.runner import Runner
+from gbmedia.errors import ApiError
+from gbmedia.tenancy.gates import require_feature
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +108,11 @@ class Scheduler:
             compiled = await self.runner.dialogs.compiled(instance_id, dialog)
         except DialogMissing:
             return None  # deleted since it was read: its schedule went with it
+        try:  # bots turned off by the tier or the instance: this firing is passed by, not kept for later
+            await require_feature(self.pool, instance_id, "bots")
+        except ApiError as refused:
+            await port.log("warning", f"{dialog}: scheduled run skipped: {refused.message}")
+            return None
         try:
             outcome = await Run(compiled, self.runner.context(instance, dialog, port)).start()
         except Exception:

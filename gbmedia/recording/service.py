@@ -49,7 +49,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 
-from gbmedia.errors import ApiError, conflict, database_unavailable, forbidden, not_found, outage_error
+from gbmedia.errors import ApiError, conflict, database_unavailable, not_found, outage_error
 from gbmedia.metrics import Sample
 from gbmedia.recording.codecs import SUPPORTED
 from gbmedia.recording.composite import CompositeJob
@@ -63,6 +63,7 @@ from gbmedia.sfu import aiortc_adapter
 from gbmedia.sfu.track import PublishedTrack
 from gbmedia.tenancy import audit
 from gbmedia.tenancy.customers import Customers, quota_exceeded
+from gbmedia.tenancy.gates import require_feature
 from gbmedia.tenancy.instances import Instances
 from gbmedia.tenancy.models import Actor
 from gbmedia.tenancy.webhook_events import emit
@@ -174,6 +175,8 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+STORAGE_CHECK_SECONDS = 2.0  # between checks of the customers' stored bytes while recordings run
+
 CompositeFactory = Callable[..., Any]
 
 
@@ -201,6 +204,8 @@ class Recordings:
         self.disk = disk or DiskGuard(storage.spool, 0)
         self.retry_cap = retry_cap  # longest pause between retries of a write during a database outage
         self._disk_watch: asyncio.Task[None] | None = None
+        self._storage_watch: asyncio.Task[None] | None = None
+        self.storage_check_interval = STORAGE_CHECK_SECONDS
         self.active: dict[uuid.UUID, _Active] = {}  # by recording id
         self._by_room: dict[uuid.UUID, _Active] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -276,19 +281,15 @@ class Recordings:
 
     async def _minutes_left(self, conn: Any, room: Room) -> float:
         """Recording minutes left this month: the tier's allowance less what was used
-        (finished recordings) and what this node is recording now for the customer."""
-        instance = await self.instances.get(room.instance_id, conn)
+        (finished recordings) and what this node is recording now for the customer.
+
+        The feature gate (tier and instance) and the storage quota are checked first."""
+        await require_feature(conn, room.instance_id, "recording")
         customer = await self.customers.get(room.customer_id, conn)
         plan = await self.customers.plan(customer.subscription_tier, conn)
-        if not plan.features.get("recording", False):
-            raise forbidden(
-                "feature_not_in_plan",
-                f"the {plan.name} tier does not include recording",
-                feature="recording",
-                tier=plan.id,
-            )
-        if instance.features.get("recording") is False:
-            raise forbidden("feature_disabled", "recording is turned off for this instance", feature="recording")
+        stored = await self._stored_bytes(conn, customer.id)
+        if stored >= plan.quotas.storage_bytes:
+            raise quota_exceeded("storage_bytes", plan.quotas.storage_bytes, stored)
         used = await conn.fetchval(
             """SELECT coalesce(sum(quantity), 0)::float8 FROM usage_events
                 WHERE customer_id = $1 AND kind = 'recording_minutes'
@@ -301,6 +302,51 @@ class Recordings:
         if left <= 0:
             raise quota_exceeded("recording_minutes_per_month", limit, int(used + running + 0.999))
         return left
+
+    async def _stored_bytes(self, db: Any, customer_id: uuid.UUID) -> int:
+        """The customer's recordings' bytes: what the rows say (finished files, on any node)
+        plus what this node's running recordings have written to the spool so far."""
+        held = await db.fetchval(
+            "SELECT coalesce(sum(size_bytes), 0)::bigint FROM recordings WHERE customer_id = $1", customer_id
+        )
+        running = [a for a in self.active.values() if a.room.customer_id == customer_id and not a.halted]
+        return int(held) + await asyncio.to_thread(self._spool_bytes, running)
+
+    def _spool_bytes(self, running: list[_Active]) -> int:
+        """Bytes the running recordings' files hold on the spool now (a thread: it stats files)."""
+        total = 0
+        for active in running:
+            for entry in list(active.files.values()):
+                with contextlib.suppress(OSError):
+                    total += self.storage.spool_path(entry.key).stat().st_size
+        return total
+
+    async def _watch_storage(self) -> None:
+        """While recordings run, stop a customer's recordings (``storage_quota_exhausted``) once
+        its stored bytes reach the tier's ``storage_bytes``; the files written so far are kept."""
+        try:
+            while self.active:
+                await asyncio.sleep(self.storage_check_interval)
+                customers = {a.room.customer_id for a in self.active.values() if not a.halted}
+                for customer_id in customers:
+                    limit = await self.pool.fetchval(
+                        """SELECT p.storage_bytes FROM customers c JOIN plans p ON p.id = c.subscription_tier
+                            WHERE c.id = $1""",
+                        customer_id,
+                    )
+                    if limit is None or await self._stored_bytes(self.pool, customer_id) < limit:
+                        continue
+                    log.info("storage quota used up: stopping recordings", extra={"customer_id": str(customer_id)})
+                    for active in list(self.active.values()):
+                        if active.room.customer_id == customer_id:
+                            self._halt(active)
+                            self._begin_stop(self.system_actor, active, "storage_quota_exhausted")
+        except Exception as exc:
+            if outage_error(exc) is None:
+                raise
+            log.warning("storage quota check failed: PostgreSQL unavailable; checking again when a recording starts")
+        finally:
+            self._storage_watch = None
 
     # --- start -------------------------------------------------------------------------
 
@@ -354,6 +400,8 @@ class Recordings:
         active.minutes_left = left
         if self.disk.enabled and self._disk_watch is None:
             self._disk_watch = asyncio.ensure_future(self._watch_disk())
+        if self._storage_watch is None:
+            self._storage_watch = asyncio.ensure_future(self._watch_storage())
         log.info(
             "recording started",
             extra={
@@ -868,6 +916,8 @@ class Recordings:
         """
         if self._disk_watch is not None:
             self._disk_watch.cancel()
+        if self._storage_watch is not None:
+            self._storage_watch.cancel()
         for active in list(self.active.values()):
             try:
                 await self.stop(self.system_actor, active.id, reason="node_shutdown")

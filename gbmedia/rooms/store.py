@@ -28,6 +28,7 @@ import asyncpg
 from gbmedia.errors import ApiError, bad_request, conflict, not_found
 from gbmedia.tenancy import audit
 from gbmedia.tenancy.customers import Customers, quota_exceeded
+from gbmedia.tenancy.gates import require_feature
 from gbmedia.tenancy.instances import Instances
 from gbmedia.tenancy.models import Actor
 from gbmedia.tenancy.webhook_events import emit
@@ -137,6 +138,8 @@ class Rooms:
             customer = await self.customers.get(instance.customer_id, conn, for_update=True)
             if customer.status != "active":
                 raise conflict("customer_not_active", f"the customer account is {customer.status}")
+            if kind == "live":
+                await require_feature(conn, instance.id, "live")
             quotas = await self.customers.quotas(customer, conn)
             limit = quotas.max_participants_per_room
             if max_participants is None:
@@ -189,6 +192,8 @@ class Rooms:
         try:
             room = await self.get(instance_id, name)
             if room.status == "open":
+                if room.kind == "live":  # joining a live room opened before the feature was turned off
+                    await require_feature(self.pool, instance_id, "live")
                 return room
         except ApiError as exc:
             if exc.status != 404:

@@ -50,6 +50,7 @@ from gbmedia.sfu.peers import NegotiationError, TrackInfo, parse_sdp
 from gbmedia.sfu.playback import PlaybackPeer
 from gbmedia.signaling.relay import Relay, Route, relayed
 from gbmedia.tenancy.auth import Authenticator, VerifiedToken, bearer_credential
+from gbmedia.tenancy.gates import require_feature
 from gbmedia.tenancy.models import Actor
 from gbmedia.tenancy.revocation import Credential, Revocations, Revoked
 from gbmedia.turn.credentials import TurnCredentials
@@ -459,6 +460,7 @@ def parse_sdpfrag(fragment: str) -> tuple[str | None, list[tuple[str | None, str
 async def whep_play(request: web.Request) -> web.StreamResponse:
     verified = await _verify(request, "can_subscribe")
     service = request.app[WHIP]
+    await require_feature(service.auth.customers.pool, verified.instance.id, "live")  # 403 before any relay
     route: Route | None = None
     room = await _open_room(request, verified)
     if room is not None:  # a player is a viewer: served by the room's node, or an edge when that is full

@@ -12,7 +12,7 @@ from aiohttp.test_utils import TestClient
 from gbmedia.bots.scheduler import Scheduler
 from gbmedia.node import Node
 from tests.bots.chat import upload
-from tests.helpers import Tenant
+from tests.helpers import OPERATOR, Tenant
 
 REPORT = """
 SET SCHEDULE "0 8 * * *"
@@ -88,3 +88,31 @@ async def test_a_missed_schedule_fires_once_and_a_deleted_dialog_takes_its_sched
     clock.now += dt.timedelta(days=2)
     assert await scheduler.tick() == []
     assert await pool.fetchval("SELECT count(*) FROM schedules") == 0
+
+
+async def test_a_due_schedule_is_passed_by_while_the_instance_turns_bots_off(
+    client: TestClient, node: Node, tenant: Tenant, pool: asyncpg.Pool
+):
+    await upload(client, tenant, "report", REPORT)
+    next_at = await pool.fetchval(
+        "SELECT next_at FROM schedules WHERE instance_id = $1 AND dialog_name = 'report'", uuid.UUID(tenant.instance_id)
+    )
+    clock = Clock(next_at + dt.timedelta(seconds=1))
+    scheduler = Scheduler(pool, node.bots.engine.runner, clock=clock)
+    resp = await client.patch(
+        f"/api/v1/instances/{tenant.instance_id}", json={"features": {"bots": False}}, headers=OPERATOR
+    )
+    assert resp.status == 200
+    (firing,) = await scheduler.tick()
+    assert firing.outcome is None  # claimed (not replayed later), not run
+    assert await ticks(pool, tenant.instance_id) == 0
+    logged = await pool.fetch("SELECT message FROM instance_logs WHERE instance_id = $1", uuid.UUID(tenant.instance_id))
+    assert any("scheduled run skipped" in r["message"] and "bots" in r["message"] for r in logged)
+
+    resp = await client.patch(
+        f"/api/v1/instances/{tenant.instance_id}", json={"features": {"bots": True}}, headers=OPERATOR
+    )
+    clock.now = next_at + dt.timedelta(days=1, seconds=1)
+    (firing,) = await scheduler.tick()
+    assert firing.outcome is not None and firing.outcome.status == "done"
+    assert await ticks(pool, tenant.instance_id) == 1

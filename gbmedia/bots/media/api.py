@@ -28,6 +28,7 @@ from gbmedia.rooms.placement import RoomRouter
 from gbmedia.rooms.store import Room, Rooms
 from gbmedia.tenancy import audit
 from gbmedia.tenancy.auth import principal_of
+from gbmedia.tenancy.gates import require_feature
 from gbmedia.tenancy.models import Principal
 
 
@@ -85,6 +86,7 @@ async def start_media_bot(request: web.Request) -> web.StreamResponse:
     principal, room, relayed = await _room(request)
     if relayed is not None:
         return relayed
+    await require_feature(request.app[MEDIA_BOTS_API].pool, room.instance_id, "bots")
     body = await read_model(request, MediaBotStart)
     spec = BotSpec(
         name=body.name,
