@@ -239,6 +239,7 @@ def cmd_bot_run(args: argparse.Namespace, settings: Settings) -> int:
     """A dialog in the terminal for its author; no server, no database (see gbmedia.bots.terminal)."""
     from pathlib import Path
 
+    from gbmedia.bots.limits import Limits
     from gbmedia.bots.terminal import TerminalOptions
     from gbmedia.bots.terminal import main as run_in_terminal
 
@@ -250,6 +251,7 @@ def cmd_bot_run(args: argparse.Namespace, settings: Settings) -> int:
             tables=Path(args.tables) if args.tables else None,
             files=Path(args.files) if args.files else None,
             allow=args.allow or [],
+            limits=Limits.from_settings(settings),
         )
     )
 

@@ -86,6 +86,7 @@ class TerminalOptions:
     tables: Path | None = None
     files: Path | None = None
     allow: list[str] = field(default_factory=list)
+    limits: Limits = field(default_factory=Limits)  # the node's GBMEDIA_BOT_* limits, so a runaway shows here too
 
 
 def compile_file(path: Path) -> Compiled:
@@ -106,7 +107,9 @@ def _place(exc: BasicSyntaxError, path: Path) -> str:
     return place if exc.dialog in (None, dialog_name(path.stem)) else f"{exc.dialog}: {place}"
 
 
-async def _read_line(stdin: TextIO) -> str | None:
+async def _read_line(stdin: TextIO, err: TextIO) -> str | None:
+    if stdin.isatty():
+        print("> ", end="", file=err, flush=True)  # a prompt for a person typing; stdout stays the conversation
     line = await asyncio.to_thread(stdin.readline)  # a blocking read stays off the event loop
     return None if line == "" else line.rstrip("\r\n")
 
@@ -133,6 +136,9 @@ async def run_file(options: TerminalOptions, stdin: TextIO, out: TextIO, err: Te
                 except OSError as exc:
                     print(f"gbmedia: cannot read {path}: {exc.strerror}", file=err)
                     return EXIT_SYNTAX
+                except UnicodeDecodeError:
+                    print(f"gbmedia: cannot read {path}: not UTF-8 text", file=err)
+                    return EXIT_SYNTAX
                 ctx = Context(
                     instance_id="terminal",
                     port=port,
@@ -140,9 +146,9 @@ async def run_file(options: TerminalOptions, stdin: TextIO, out: TextIO, err: Te
                     files=files,
                     http=GuardedFetcher(allow),
                     locale=options.locale,
-                    limits=Limits(),
+                    limits=options.limits,
                 )
-                outcome = await _converse(compiled, ctx, stdin)
+                outcome = await _converse(compiled, ctx, stdin, err)
                 if outcome is None:
                     print("gbmedia: the input ended while the dialog waited at a HEAR", file=err)
                     return EXIT_INPUT_ENDED
@@ -158,11 +164,11 @@ async def run_file(options: TerminalOptions, stdin: TextIO, out: TextIO, err: Te
                 tables.dump(options.tables)
 
 
-async def _converse(compiled: Compiled, ctx: Context, stdin: TextIO) -> Outcome | None:
+async def _converse(compiled: Compiled, ctx: Context, stdin: TextIO, err: TextIO) -> Outcome | None:
     """Run to the end, answering each HEAR with a line of stdin; None when stdin ends first."""
     outcome = await Run(compiled, ctx).start()
     while outcome.status == "waiting":
-        answer = await _read_line(stdin)
+        answer = await _read_line(stdin, err)
         if answer is None:
             return None
         state = json.loads(json.dumps(outcome.state))  # as the engine stores it between two messages
@@ -171,4 +177,8 @@ async def _converse(compiled: Compiled, ctx: Context, stdin: TextIO) -> Outcome 
 
 
 def main(options: TerminalOptions) -> int:
-    return asyncio.run(run_file(options, sys.stdin, sys.stdout, sys.stderr))
+    try:
+        return asyncio.run(run_file(options, sys.stdin, sys.stdout, sys.stderr))
+    except KeyboardInterrupt:
+        print("", file=sys.stderr)
+        return 130  # the shell's convention for Ctrl-C

@@ -113,3 +113,18 @@ def test_http_to_a_private_address_is_refused_as_on_a_node(tmp_path: Path) -> No
     dialog = write(tmp_path, "ssrf.bas", 'x = GET "http://127.0.0.1:9/"\nTALK x\n')
     run = bot_run(dialog, [])
     assert run.code == 1 and "127.0.0.1" in run.err
+
+
+def test_a_runaway_loop_stops_at_the_limit_the_settings_give(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("GBMEDIA_BOT_MAX_STATEMENTS", "500")
+    dialog = write(tmp_path, "spin.bas", 'TALK "go"\nDO\n  x = 1\nLOOP\n')
+    run = bot_run(dialog, [])
+    assert run.code == 1 and run.said[0] == "go" and run.said[-1].startswith("Sorry")
+    assert "limit GBMEDIA_BOT_MAX_STATEMENTS exceeded (allowed: 500)" in run.err
+
+
+def test_a_file_that_is_not_utf8_exits_2(tmp_path: Path) -> None:
+    dialog = tmp_path / "latin.bas"
+    dialog.write_bytes(b'TALK "ol\xe1"\n')
+    run = bot_run(dialog, [])
+    assert run.code == 2 and "not UTF-8" in run.err
