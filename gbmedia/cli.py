@@ -235,6 +235,27 @@ def cmd_drain(args: argparse.Namespace, settings: Settings) -> int:
 # --- parser -----------------------------------------------------------------------
 
 
+def cmd_bot_run(args: argparse.Namespace, settings: Settings) -> int:
+    """A dialog in the terminal for its author; no server, no database (see gbmedia.bots.terminal)."""
+    from pathlib import Path
+
+    from gbmedia.bots.limits import Limits
+    from gbmedia.bots.terminal import TerminalOptions
+    from gbmedia.bots.terminal import main as run_in_terminal
+
+    return run_in_terminal(
+        TerminalOptions(
+            file=Path(args.file),
+            user=args.user,
+            locale=args.locale,
+            tables=Path(args.tables) if args.tables else None,
+            files=Path(args.files) if args.files else None,
+            allow=args.allow or [],
+            limits=Limits.from_settings(settings),
+        )
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gbmedia",
@@ -321,6 +342,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="print a join link to the room page (base: GBMEDIA_PUBLIC_URL) instead of the token",
     )
     token.set_defaults(func=cmd_token)
+
+    bot = sub.add_parser("bot", help="work on GB BASIC dialogs")
+    bsub = bot.add_subparsers(dest="bot_command", required=True, metavar="ACTION")
+    b_run = bsub.add_parser(
+        "run", help="run a dialog in the terminal: TALK prints, HEAR reads a line of stdin (no server needed)"
+    )
+    b_run.add_argument("file", help="the dialog (.bas); INCLUDE and GO TO find NAME.bas beside it")
+    b_run.add_argument("--user", default="author", help="the user's id and name the dialog sees (default author)")
+    b_run.add_argument("--locale", default="en", help="the run's locale: HEAR's re-asks and formats (default en)")
+    b_run.add_argument("--tables", help="a JSON scratch file keeping the tables between runs (default: memory)")
+    b_run.add_argument("--files", help="the dialog's files directory (default: a temporary one, removed after)")
+    b_run.add_argument("--allow", action="append", metavar="CIDR", help="a private network HTTP may reach (repeatable)")
+    b_run.set_defaults(func=cmd_bot_run)
     return parser
 
 

@@ -89,12 +89,13 @@ class ChatPort:
     dialog: str = ""
     said: list[str] = field(default_factory=list)
     transferred: tuple[str | None] | None = None  # (to,) once the run said TRANSFER TO
+    key: str = ""  # the replies' key prefix when the turn answers no message (a run the operator starts)
 
     def __post_init__(self) -> None:
         self.people = InstancePeople(self.pool, self.instance_id)
 
     async def talk(self, text: str) -> None:
-        key = f"bot.{self.answering}.{len(self.said)}"
+        key = f"{self.key or f'bot.{self.answering}'}.{len(self.said)}"
         self.said.append(text)
         if not text.strip():
             return  # an empty TALK says nothing (chat refuses empty messages); its key stays used

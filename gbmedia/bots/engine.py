@@ -33,6 +33,7 @@ import contextlib
 import logging
 import time
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,6 +60,7 @@ MAX_GOTO = 10  # GO TO hops in one turn
 RELEASE = "/release"
 REMEMBER_SECONDS = 10.0  # how long "this conversation has (no) bot member" is trusted
 MAX_REMEMBERED = 100_000
+RUN_COLUMNS = "id, conversation_id, user_identity, dialog, status, last_error, started_at, updated_at"
 MISSING = {
     "en": "Sorry, this conversation's dialog is not available.",
     "pt": "Desculpe, o diálogo desta conversa não está disponível.",
@@ -193,8 +195,7 @@ class DialogEngine:
     async def runs(self, instance_id: uuid.UUID, limit: int = 100) -> list[dict[str, Any]]:
         """The instance's runs, latest first: dialog, status (``waiting`` at a HEAR), last error."""
         rows = await self.pool.fetch(
-            """SELECT id, conversation_id, user_identity, dialog, status, last_error, started_at, updated_at
-                 FROM bot_runs WHERE instance_id = $1 ORDER BY updated_at DESC LIMIT $2""",
+            f"SELECT {RUN_COLUMNS} FROM bot_runs WHERE instance_id = $1 ORDER BY updated_at DESC LIMIT $2",
             instance_id,
             limit,
         )
@@ -202,16 +203,90 @@ class DialogEngine:
 
     # --- one conversation ---------------------------------------------------------------
 
-    async def process(self, conversation_id: uuid.UUID) -> int:
-        """Handle every message of the conversation past the bot's cursor; how many were handled."""
+    @contextlib.asynccontextmanager
+    async def _locked(self, conversation_id: uuid.UUID) -> AsyncIterator[None]:
+        """The conversation's advisory lock: one node, one task at a time works on its runs."""
         async with self.pool.acquire() as lock:
             key = f"bot:{conversation_id}"
             await lock.execute("SELECT pg_advisory_lock(hashtextextended($1, 0))", key)
             try:
-                return await self._process_locked(conversation_id)
+                yield
             finally:
                 with contextlib.suppress(Exception):
                     await lock.execute("SELECT pg_advisory_unlock(hashtextextended($1, 0))", key)
+
+    async def process(self, conversation_id: uuid.UUID) -> int:
+        """Handle every message of the conversation past the bot's cursor; how many were handled."""
+        async with self._locked(conversation_id):
+            return await self._process_locked(conversation_id)
+
+    # --- what the operator does (POST /api/v1/bots/conversations, DELETE /api/v1/bots/runs/{id}) ---
+
+    def bot_joined(self, conversation_id: uuid.UUID) -> None:
+        """Forget a remembered "no bot here": the next message is looked at at once on this node.
+
+        Other nodes learn it from their next sweep at the latest (``_has_bot``).
+        """
+        self._bot_members.pop(conversation_id, None)
+
+    async def start_run(self, conversation_id: uuid.UUID, user: str, dialog: str) -> dict[str, Any] | None:
+        """Start ``dialog`` for ``user`` in a conversation the bot is a member of, as if the user had named it.
+
+        The bot speaks first: it says what the dialog says up to its first HEAR, which
+        then waits for that user's next message there. Under the conversation's lock, so
+        it never interleaves with a message being handled; the replies' keys are unique to
+        this start. The run (``runs()``'s shape), or None when the bot is not a member.
+        """
+        async with self._locked(conversation_id):
+            conv = await self._conversation(conversation_id)
+            if conv is None:
+                return None
+            instance = await self.runner.instance(conv.instance_id)
+            port = ChatPort(
+                self.pool,
+                self.chat.messages,
+                conv.instance_id,
+                conv.conversation_id,
+                conv.bot,
+                UserInfo(user),
+                answering=0,
+                key=f"bot.start.{uuid.uuid4().hex}",
+            )
+            outcome, last, fresh = await self._turn(instance, port, None, "/" + dialog)
+            if outcome is not None and last is not None:
+                async with self.pool.acquire() as conn, conn.transaction():
+                    await self._save_run(conn, conv, user, last, outcome, fresh=fresh)
+        return await self.run_of(conv.instance_id, conversation_id, user)
+
+    async def run_of(self, instance_id: uuid.UUID, conversation_id: uuid.UUID, user: str) -> dict[str, Any] | None:
+        row = await self.pool.fetchrow(
+            f"""SELECT {RUN_COLUMNS} FROM bot_runs
+                 WHERE instance_id = $1 AND conversation_id = $2 AND user_identity = $3""",
+            instance_id,
+            conversation_id,
+            user,
+        )
+        return dict(row) if row is not None else None
+
+    async def stop_run(self, instance_id: uuid.UUID, run_id: uuid.UUID) -> dict[str, Any] | None:
+        """End a run: ``stopped``, its saved state dropped, so the user's next message no longer answers its HEAR.
+
+        Taken under the conversation's lock, so a message being handled at that moment
+        finishes first and cannot put the run back to waiting. None: no such run in the instance.
+        """
+        conversation_id = await self.pool.fetchval(
+            "SELECT conversation_id FROM bot_runs WHERE id = $1 AND instance_id = $2", run_id, instance_id
+        )
+        if conversation_id is None:
+            return None
+        async with self._locked(conversation_id):
+            row = await self.pool.fetchrow(
+                f"""UPDATE bot_runs SET status = 'stopped', state = NULL, updated_at = now()
+                     WHERE id = $1 AND instance_id = $2 RETURNING {RUN_COLUMNS}""",
+                run_id,
+                instance_id,
+            )
+        return dict(row) if row is not None else None
 
     async def _process_locked(self, conversation_id: uuid.UUID) -> int:
         state = await self._conversation(conversation_id)

@@ -21,6 +21,13 @@ class InstanceFiles:
     def __init__(self, data_dir: Path, instance_id: str) -> None:
         self.root = (Path(data_dir) / "bots" / instance_id / "files").resolve()
 
+    @classmethod
+    def rooted(cls, root: Path) -> InstanceFiles:
+        """Files under ``root`` itself (``gbmedia bot run --files DIR``), with the same path rules."""
+        files = cls.__new__(cls)
+        files.root = Path(root).resolve()
+        return files
+
     def path(self, name: str) -> Path:
         """The real path of ``name`` inside the root, or a Fault."""
         cleaned = name.strip().replace("\\", "/")

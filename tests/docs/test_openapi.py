@@ -76,6 +76,7 @@ REQUEST_MODELS: dict[str, tuple[type[BaseModel], bool]] = {  # operationId: (mod
     "editMessage": (messaging_api.MessageEdit, False),
     "postReceipt": (messaging_api.ReceiptUpdate, False),
     "putDialog": (bots_api.DialogPut, False),
+    "joinBotConversation": (bots_api.BotJoin, False),
     "startRecording": (recording_api.RecordingStart, False),
     "startMediaBot": (media_bots_api.MediaBotStart, False),
     "createWebhook": (webhooks_api.WebhookCreate, False),
@@ -1179,6 +1180,21 @@ async def test_real_answers_conform_to_the_documented_responses(client: TestClie
     await call("GET", dialog, 404, headers=admin, name="nope")
     await call("GET", "/api/v1/bots/runs", 200, headers=admin, query={"limit": "10"})
     await call("GET", "/api/v1/bots/runs", 400, headers=admin, query={"limit": "0"})
+    join = "/api/v1/bots/conversations"
+    joined = await call(
+        "POST", join, 201, headers=admin, json={"room_id": room["id"], "dialog": "start", "user": "ann"}
+    )
+    assert joined["run"]["status"] == "done"
+    await call("POST", join, 201, headers=admin, json={"room_id": room["id"], "bot": "helper"})
+    await call("POST", join, 400, headers=admin, json={})
+    await call("POST", join, 403, headers=bearer(participant["token"]), json={"room_id": room["id"]})
+    await call("POST", join, 404, headers=admin, json={"room_id": str(uuid.uuid4())})
+    await call("POST", join, 409, headers=admin, json={"room_id": room["id"], "bot": "ann"})
+    run = "/api/v1/bots/runs/{run_id}"
+    stopped = await call("DELETE", run, 200, headers=admin, run_id=joined["run"]["id"])
+    assert stopped["run"]["status"] == "stopped"
+    await call("DELETE", run, 400, headers=OPERATOR, run_id=joined["run"]["id"])
+    await call("DELETE", run, 404, headers=admin, run_id=str(uuid.uuid4()))
     await call("DELETE", dialog, 204, headers=admin, name="start")
     await call("DELETE", dialog, 404, headers=admin, name="start")
     deleted = await call("DELETE", "/api/v1/instances/{instance_id}", 200, headers=OPERATOR, instance_id=iid)

@@ -61,6 +61,7 @@ def matrix(
     media_bot: str = "MB_x",
     webhook: str | None = None,
     delivery: int = 1,
+    bot_run: str | None = None,
 ) -> dict[tuple[str, str], tuple[str, dict | None]]:
     conv = f"/api/v1/conversations/{conversation or uuid.uuid4()}"
     rec = f"/api/v1/recordings/{recording or uuid.uuid4()}"
@@ -161,6 +162,15 @@ def matrix(
         ("GET", "/api/v1/bots/dialogs/{name}"): (f"/api/v1/bots/dialogs/start?instance_id={inst}", None),
         ("DELETE", "/api/v1/bots/dialogs/{name}"): (f"/api/v1/bots/dialogs/start?instance_id={inst}", None),
         ("GET", "/api/v1/bots/runs"): (f"/api/v1/bots/runs?instance_id={inst}", None),
+        # A bot joins the conversation and starts ``start`` for alice; the run stopped is one waiting at a HEAR.
+        ("POST", "/api/v1/bots/conversations"): (
+            f"/api/v1/bots/conversations?instance_id={inst}",
+            {"conversation_id": conversation or str(uuid.uuid4()), "dialog": "start", "user": "alice"},
+        ),
+        ("DELETE", "/api/v1/bots/runs/{run_id}"): (
+            f"/api/v1/bots/runs/{bot_run or uuid.uuid4()}?instance_id={inst}",
+            None,
+        ),
         # Recordings: start and list on a room nobody records; read, stop, download one that records alice.
         ("POST", "/api/v1/rooms/{room_id}/recordings"): (f"/api/v1/rooms/{quiet}/recordings", {"kinds": ["tracks"]}),
         ("GET", "/api/v1/rooms/{room_id}/recordings"): (f"/api/v1/rooms/{quiet}/recordings", None),
@@ -261,6 +271,7 @@ async def test_the_operator_reaches_every_cell_of_the_matrix(client: TestClient)
         node_id = client.app[NODE].settings.node_id
         bot = await start_media_bot(client, quiet)
         webhook, delivery = await create_webhook(client, a)
+        bot_run = await start_bot_run(client, a, conversation)
         await _operator_reaches(
             client,
             matrix(
@@ -276,10 +287,23 @@ async def test_the_operator_reaches_every_cell_of_the_matrix(client: TestClient)
                 media_bot=bot,
                 webhook=webhook,
                 delivery=delivery,
+                bot_run=bot_run,
             ),
         )
     finally:
         await alice.close()
+
+
+async def start_bot_run(client: TestClient, tenant: Tenant, conversation: str) -> str:
+    """A bot run of bob's waiting at a HEAR in the conversation (saying nothing first), for the cell that stops one."""
+    resp = await client.put("/api/v1/bots/dialogs/ask", json={"source": "HEAR x\nTALK x"}, headers=tenant.admin)
+    assert resp.status == 201, await resp.text()
+    body = {"conversation_id": conversation, "dialog": "ask", "user": "bob"}
+    resp = await client.post("/api/v1/bots/conversations", json=body, headers=tenant.admin)
+    assert resp.status == 201, await resp.text()
+    run = (await resp.json())["run"]
+    assert run["status"] == "waiting"
+    return run["id"]
 
 
 async def start_media_bot(client: TestClient, room: str) -> str:

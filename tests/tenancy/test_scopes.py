@@ -32,6 +32,7 @@ from tests.tenancy.test_isolation import (
     create_room,
     create_webhook,
     matrix,
+    start_bot_run,
     start_media_bot,
 )
 
@@ -100,6 +101,8 @@ ALLOWED: dict[tuple[str, str], frozenset[str]] = {
     ("GET", "/api/v1/bots/dialogs/{name}"): ADMINS,
     ("DELETE", "/api/v1/bots/dialogs/{name}"): ADMINS,
     ("GET", "/api/v1/bots/runs"): ADMINS,
+    ("POST", "/api/v1/bots/conversations"): ADMINS,  # a bot in alice and bob's conversation
+    ("DELETE", "/api/v1/bots/runs/{run_id}"): ADMINS,
     ("POST", "/api/v1/rooms/{room_id}/recordings"): frozenset({ADMIN, OTHER_MODERATOR}),  # on ``quiet``
     ("GET", "/api/v1/rooms/{room_id}/recordings"): frozenset({ADMIN, OTHER_MODERATOR}),  # on ``quiet``
     ("GET", "/api/v1/recordings/{recording_id}"): MODERATORS,  # ``standup``'s
@@ -151,6 +154,7 @@ async def targets(client: TestClient, name: str) -> Targets:
     node_id = client.app[NODE].settings.node_id
     bot = await start_media_bot(client, quiet)
     webhook, delivery = await create_webhook(client, tenant)
+    bot_run = await start_bot_run(client, tenant, conversation)
     cells = matrix(
         tenant,
         room,
@@ -164,6 +168,7 @@ async def targets(client: TestClient, name: str) -> Targets:
         media_bot=bot,
         webhook=webhook,
         delivery=delivery,
+        bot_run=bot_run,
     )
     return Targets(tenant, room, cells, alice)
 
