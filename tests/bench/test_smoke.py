@@ -186,3 +186,14 @@ def test_basic_smoke_runs_the_dialog_in_cpython_and_its_javascript_translation_i
     assert result["statements"] > 3 * 3000  # the interpreter's own count: test, branch, assignment, step per turn
     assert result["gbmedia_basic"]["statements_per_s"] > 0 and result["cpython"]["statements_per_s"] > 0
     assert result["node_translation"]["statements_per_s"] > 0 and result["node_translation"]["node"].startswith("v")
+
+
+def test_bots_smoke_users_talk_to_a_dialog_over_rtc_chat_and_get_each_answer_once() -> None:
+    out = smoke("bots")
+    assert "GB BASIC bot: 5 users at once" in out and "a number (answers the HEAR)" in out
+    result = last_json(out)
+    # Every reply was checked word for word by the benchmark (it exits 1 on a wrong, missing or doubled one).
+    assert result["replies"] == 5 * (1 + 2) and result["extra_replies"] == 0
+    assert result["start"]["replies"] == 5 and result["hear"]["replies"] == 10
+    assert result["all"]["p50_ms"] > 0 and result["all"]["p99_ms"] >= result["all"]["p50_ms"]
+    assert result["replies_per_s"] > 0 and result["server_cpu_percent"] > 0
