@@ -16,7 +16,10 @@ Each of ``--users`` users opens a ``bot`` conversation with the bot over REST (t
 starts the dialog, which talks and stops at its HEAR, saved in PostgreSQL) and waits for
 the greeting, then sends ``--rounds`` numbers, each answered at the HEAR (the run is
 restored, validates the number, talks, and is saved at the next HEAR), waiting for each
-answer before the next: one message in flight per user. Every reply is checked word for
+answer before the next: one message in flight per user (``--ramp S`` spreads the hellos
+over S seconds instead; ``--think S`` waits S seconds after each reply, as a person
+reads and types, so the offered rate is below what the bot can do and the latency is
+the bot's, not a queue's). Every reply is checked word for
 word, and a reply that came twice fails the run.
 
 Printed: send-to-reply latency p50/p99/max, of the first message and of the HEAR
@@ -128,7 +131,10 @@ async def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
             latencies = Latencies()
             first = (time.monotonic(), server.cpu(), server.postgres_cpu(), cpu_seconds(os.getpid()))
             await asyncio.gather(
-                *(u.converse(i, args.rounds, args.reply_timeout, latencies) for i, u in enumerate(users))
+                *(
+                    u.converse(i, args.rounds, args.reply_timeout, latencies, args.ramp * i / len(users), args.think)
+                    for i, u in enumerate(users)
+                )
             )
             last = (time.monotonic(), server.cpu(), server.postgres_cpu(), cpu_seconds(os.getpid()))
             server.ensure_alive("during the exchanges")
@@ -144,7 +150,13 @@ async def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
     replies = len(latencies.start_us) + len(latencies.hear_us)
     return {
         "benchmark": "bots",
-        "config": {"users": args.users, "rounds": args.rounds, "cpus": os.cpu_count()},
+        "config": {
+            "users": args.users,
+            "rounds": args.rounds,
+            "ramp_s": args.ramp,
+            "think_s": args.think,
+            "cpus": os.cpu_count(),
+        },
         "machine": machine_info(),
         "seconds": round(seconds, 3),
         "replies": replies,
@@ -163,7 +175,9 @@ def print_table(result: dict[str, Any]) -> None:
     config = result["config"]
     print(
         f"GB BASIC bot: {config['users']:,} users at once, each 1 + {config['rounds']} HEAR/TALK exchanges "
-        f"over /rtc chat ({result['replies']:,} replies in {result['seconds']:.1f} s)"
+        f"over /rtc chat, hellos over {config['ramp_s']:g} s, {config['think_s']:g} s between a reply and the "
+        f"next number ({result['replies']:,} replies in "
+        f"{result['seconds']:.1f} s)"
     )
     print(f"{'reply to':<34}{'replies':>9}{'p50 ms':>10}{'p99 ms':>10}{'max ms':>10}")
     for name, label in (
@@ -188,6 +202,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=3, help="numbers each user sends after hello (default 3)")
     parser.add_argument(
         "--reply-timeout", type=float, default=300.0, help="seconds a user waits for one reply (default 300)"
+    )
+    parser.add_argument(
+        "--ramp",
+        type=float,
+        default=0.0,
+        help="seconds over which the users say hello, evenly spread (default 0: all at once)",
+    )
+    parser.add_argument(
+        "--think",
+        type=float,
+        default=0.0,
+        help="seconds a user waits after a reply before its next number (default 0: at once)",
     )
     parser.add_argument(
         "--settle", type=float, default=1.0, help="seconds to watch for doubled replies at the end (default 1)"

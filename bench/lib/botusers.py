@@ -112,10 +112,15 @@ class BotUser:
             raise BenchError(f"{self.identity} said {text!r}; the bot answered {content!r}, not {expected!r}")
         return round((at - sent_at) * 1e6)
 
-    async def converse(self, index: int, rounds: int, patience: float, into: Latencies) -> None:
-        """The whole conversation: hello (the start dialog), then ``rounds`` numbers answered at the HEAR."""
+    async def converse(
+        self, index: int, rounds: int, patience: float, into: Latencies, delay: float = 0.0, think: float = 0.0
+    ) -> None:
+        """The whole conversation, after ``delay`` s: hello (the start dialog), then ``rounds`` numbers answered
+        at the HEAR, each ``think`` s after the bot's last reply (a person reading and typing)."""
+        await asyncio.sleep(delay)
         into.start_us.append(await self.exchange("hello", GREETING, patience))
         for k in range(1, rounds + 1):
+            await asyncio.sleep(think)
             n = index * 100 + k
             into.hear_us.append(await self.exchange(str(n), answer_to(n), patience))
 
