@@ -8,8 +8,13 @@ rate counts the statements the interpreter executed (its budget's counter), and 
 Python figure is that same count over the Python function's time: "how many of these
 statements per second".
 
-The old platform's approach (BASIC translated to JavaScript and run by Node) is not
-measured yet: issue 17 asks for it beside these two, with a fair small translation.
+The old platform's approach runs third, in the same run: the dialog translated to
+JavaScript statement for statement (``bench/basic_js/loop.js``, wrapped in the async main
+the old translator emitted) and run by Node in a ``node:vm`` sandbox, a fresh context a
+run, as the old server ran each dialog (``bench/basic_js/run.js``). Its clock covers the
+loop only, as the other two do; Node's start and the script's compilation are outside
+it. Its rate is the same statement count over its time. Node (Debian's ``nodejs``) must be
+on the PATH: without it the benchmark fails rather than print two of the three figures.
 
 Prints a table and JSON. Asserts nothing about time.
 
@@ -22,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -29,6 +35,8 @@ from gbmedia.bots.compiler import load
 from gbmedia.bots.context import Context
 from gbmedia.bots.limits import Limits
 from gbmedia.bots.machine import Run
+
+NODE_RUNNER = Path(__file__).resolve().parent / "basic_js" / "run.js"
 
 DIALOG = """
 total = 0
@@ -72,16 +80,35 @@ def python_once(n: int) -> tuple[float, int]:
     return time.perf_counter() - wall, total
 
 
+async def node_best(n: int, repeat: int) -> tuple[float, int, str]:
+    """The translated dialog in Node: the fastest run's seconds, the total it computed, Node's version."""
+    node = shutil.which("node") or shutil.which("nodejs")
+    if node is None:
+        raise RuntimeError("node is not installed (Debian package nodejs): the old platform's figure needs it")
+    proc = await asyncio.create_subprocess_exec(
+        node, str(NODE_RUNNER), str(n), str(repeat), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await proc.communicate()
+    if proc.returncode != 0:
+        raise RuntimeError(f"node exited {proc.returncode}: {err.decode(errors='replace')[-2000:]}")
+    result = json.loads(out)
+    return float(result["seconds"]), int(result["total"]), str(result["node"])
+
+
 async def measure(n: int, repeat: int) -> dict[str, object]:
     basic = [await basic_once(n) for _ in range(repeat)]
     python = [python_once(n) for _ in range(repeat)]
+    node_seconds, node_total, node_version = await node_best(n, repeat)
     best_basic = min(basic, key=lambda r: r[0])
     best_python = min(python, key=lambda r: r[0])
     statements = best_basic[2]
-    if best_basic[3] != best_python[1]:
-        raise RuntimeError(f"the two programs disagree: BASIC {best_basic[3]}, Python {best_python[1]}")
+    if not best_basic[3] == best_python[1] == node_total:
+        raise RuntimeError(
+            f"the programs disagree: BASIC {best_basic[3]}, Python {best_python[1]}, JavaScript {node_total}"
+        )
     basic_rate = statements / best_basic[0]
     python_rate = statements / best_python[0]
+    node_rate = statements / node_seconds
     return {
         "iterations": n,
         "repeat": repeat,
@@ -93,8 +120,13 @@ async def measure(n: int, repeat: int) -> dict[str, object]:
             "statements_per_s": round(basic_rate),
         },
         "cpython": {"seconds": round(best_python[0], 4), "statements_per_s": round(python_rate)},
+        "node_translation": {
+            "seconds": round(node_seconds, 4),
+            "statements_per_s": round(node_rate),
+            "node": node_version,
+        },
         "cpython_over_basic": round(python_rate / basic_rate, 1),
-        "node_translation": "not measured yet (a later part of issue 17)",
+        "node_over_basic": round(node_rate / basic_rate, 1),
     }
 
 
@@ -109,14 +141,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.smoke:
         args.iterations, args.repeat = 3_000, 1
     result = asyncio.run(measure(args.iterations, args.repeat))
-    basic, python = result["gbmedia_basic"], result["cpython"]
+    rows = [
+        ("gbmedia interpreter", result["gbmedia_basic"]),
+        ("CPython (same program)", result["cpython"]),
+        ("Node (JS translation)", result["node_translation"]),
+    ]
     print(f"GB BASIC CPU-bound loop: {args.iterations:,} iterations, {result['statements']:,} statements")
-    print(f"{'runtime':<22}{'seconds':>10}{'statements/s':>16}")
-    print(f"{'gbmedia interpreter':<22}{basic['seconds']:>10.4f}{basic['statements_per_s']:>16,}")  # type: ignore[index]
-    print(f"{'CPython (same program)':<22}{python['seconds']:>10.4f}{python['statements_per_s']:>16,}")  # type: ignore[index]
+    print(f"{'runtime':<24}{'seconds':>10}{'statements/s':>16}")
+    for name, row in rows:
+        print(f"{name:<24}{row['seconds']:>10.4f}{row['statements_per_s']:>16,}")  # type: ignore[index]
     print(
-        f"CPython is {result['cpython_over_basic']}x the interpreter;"
-        " Node (the old platform's translation): not measured yet"
+        f"CPython is {result['cpython_over_basic']}x the interpreter; Node running the old platform's "
+        f"translation ({result['node_translation']['node']}) is {result['node_over_basic']}x"  # type: ignore[index]
     )
     print(json.dumps(result))
     if args.json:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -173,11 +174,26 @@ def test_workers_smoke_runs_one_and_two_workers_and_prints_the_scaling_efficienc
     assert set(result["summary"]["max_viewers_held"]) == {"1", "2"}
 
 
-def test_basic_smoke_runs_the_dialog_and_the_same_program_in_cpython() -> None:
+def test_basic_smoke_runs_the_dialog_in_cpython_and_its_javascript_translation_in_node() -> None:
+    if shutil.which("node") is None and shutil.which("nodejs") is None:  # scripts/test installs Debian's nodejs
+        service_missing("Node (Debian package nodejs), the old platform's runtime in the BASIC benchmark")
     out = smoke("basic")
     assert "GB BASIC CPU-bound loop" in out and "gbmedia interpreter" in out and "CPython (same program)" in out
+    assert "Node (JS translation)" in out
     result = last_json(out)
+    # The benchmark itself refuses to print figures when the three programs' totals differ.
     assert result["iterations"] == 3000 and result["result"] == sum(i * 2 if i % 3 == 0 else -1 for i in range(1, 3001))
     assert result["statements"] > 3 * 3000  # the interpreter's own count: test, branch, assignment, step per turn
     assert result["gbmedia_basic"]["statements_per_s"] > 0 and result["cpython"]["statements_per_s"] > 0
-    assert result["node_translation"].startswith("not measured yet")
+    assert result["node_translation"]["statements_per_s"] > 0 and result["node_translation"]["node"].startswith("v")
+
+
+def test_bots_smoke_users_talk_to_a_dialog_over_rtc_chat_and_get_each_answer_once() -> None:
+    out = smoke("bots")
+    assert "GB BASIC bot: 5 users at once" in out and "a number (answers the HEAR)" in out
+    result = last_json(out)
+    # Every reply was checked word for word by the benchmark (it exits 1 on a wrong, missing or doubled one).
+    assert result["replies"] == 5 * (1 + 2) and result["extra_replies"] == 0
+    assert result["start"]["replies"] == 5 and result["hear"]["replies"] == 10
+    assert result["all"]["p50_ms"] > 0 and result["all"]["p99_ms"] >= result["all"]["p50_ms"]
+    assert result["replies_per_s"] > 0 and result["server_cpu_percent"] > 0
