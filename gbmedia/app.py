@@ -118,6 +118,7 @@ def create_app(node: Node) -> web.Application:
             node.abuse,
             node.tenancy.revocations,
             socket_limit=settings.socket_max_buffered_bytes,
+            metrics=node.metrics,
         ),
     )
     nodes_api.register(app, nodes_api.NodesApi(node.registry, node.db.pool, settings.clustered))
