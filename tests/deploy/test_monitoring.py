@@ -1,0 +1,174 @@
+"""deploy/monitoring: the Prometheus scrape configuration, the alert rules and the Grafana
+dashboard name only metrics a live node exports (read from its /metrics here), and have
+the shape Prometheus and Grafana load. ``promtool check rules`` runs too where the
+Debian ``prometheus`` package is installed (it is on the project's machines).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client.parser import text_string_to_metric_families
+
+from gbmedia.app import create_app
+from gbmedia.node import Node
+from tests.conftest import make_settings
+
+MONITORING = Path(__file__).resolve().parents[2] / "deploy" / "monitoring"
+PROMETHEUS_OWN = {"up"}  # series Prometheus writes itself for every target
+# PromQL words that are not metric names: operators, modifiers, and names of labels in by/on clauses.
+KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or", "unless", "offset"}
+SUFFIXES = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_count", "_sum", "_created")}
+
+
+async def exported_metrics(client: TestClient) -> set[str]:
+    """Every series name a node's /metrics offers, labelled families without series yet included."""
+    resp = await client.get("/metrics")
+    assert resp.status == 200
+    names: set[str] = set()
+    for family in text_string_to_metric_families(await resp.text()):
+        names.add(family.name)
+        names.update(family.name + suffix for suffix in SUFFIXES.get(family.type, ()))
+        names.update(sample.name for sample in family.samples)
+    return names
+
+
+def metric_names(expr: str) -> set[str]:
+    """The metric names a PromQL expression reads (functions, labels, strings and durations left out)."""
+    if (variable := re.fullmatch(r"label_values\((\w+), *\w+\)", expr)) is not None:  # a Grafana variable's query
+        return {variable.group(1)}
+    expr = re.sub(r'"(?:[^"\\]|\\.)*"', "", expr)  # label values, regexes
+    expr = re.sub(r"\{[^}]*\}", "", expr)  # label matchers
+    expr = re.sub(r"\[[^\]]*\]", "", expr)  # range durations
+    expr = re.sub(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", expr)  # label lists
+    names = set()
+    for match in re.finditer(r"[A-Za-z_:][A-Za-z0-9_:]*", expr):
+        word = match.group()
+        if word in KEYWORDS or expr[match.end() :].lstrip().startswith("("):
+            continue  # a keyword, or a function called
+        if re.fullmatch(r"\d+(?:e\d+)?", word) or (match.start() > 0 and expr[match.start() - 1].isdigit()):
+            continue  # part of a number (3e9)
+        names.add(word)
+    return names
+
+
+def test_metric_names_are_read_from_expressions():
+    expr = 'histogram_quantile(0.9, sum by (kind, le) (rate(gbmedia_x_bucket{job=~"a|b"}[5m]))) > 5e9'
+    assert metric_names(expr) == {"gbmedia_x_bucket"}
+    assert metric_names("process_open_fds / process_max_fds > 0.8") == {"process_open_fds", "process_max_fds"}
+    assert metric_names("up == 0 and on (instance) gbmedia_node_draining") == {"up", "gbmedia_node_draining"}
+    assert metric_names("label_values(gbmedia_build_info, job)") == {"gbmedia_build_info"}
+
+
+def alert_rules() -> list[dict[str, Any]]:
+    groups = yaml.safe_load((MONITORING / "alerts.yml").read_text())["groups"]
+    assert groups and all(set(g) == {"name", "rules"} and g["rules"] for g in groups)
+    return [rule for group in groups for rule in group["rules"]]
+
+
+def dashboard_queries() -> list[tuple[str, str]]:
+    dashboard = json.loads((MONITORING / "grafana-dashboard.json").read_text())
+    queries = [("variable job", dashboard["templating"]["list"][0]["definition"])]
+    for panel in dashboard["panels"]:
+        if panel["type"] == "row":
+            continue
+        assert panel["targets"], panel["title"]
+        queries += [(panel["title"], target["expr"]) for target in panel["targets"]]
+    return queries
+
+
+def test_alert_rules_have_what_prometheus_and_alertmanager_need():
+    rules = alert_rules()
+    names = [rule["alert"] for rule in rules]
+    assert len(names) == len(set(names)), "alert names repeat"
+    for rule in rules:
+        assert set(rule) <= {"alert", "expr", "for", "labels", "annotations"}, rule["alert"]
+        assert re.fullmatch(r"Gbmedia[A-Za-z]+", rule["alert"])
+        assert rule["labels"]["severity"] in {"critical", "warning", "info"}
+        assert rule["annotations"]["summary"] and rule["annotations"]["description"]
+        assert "for" not in rule or re.fullmatch(r"\d+[smh]", rule["for"])
+
+
+def test_the_dashboard_panels_each_have_a_place_and_a_unique_id():
+    dashboard = json.loads((MONITORING / "grafana-dashboard.json").read_text())
+    ids = [panel["id"] for panel in dashboard["panels"]]
+    assert len(ids) == len(set(ids))
+    assert {i["name"] for i in dashboard["__inputs"]} == {"DS_PROMETHEUS"}
+    for panel in dashboard["panels"]:
+        assert {"h", "w", "x", "y"} <= set(panel["gridPos"]) and panel["gridPos"]["x"] + panel["gridPos"]["w"] <= 24
+
+
+@pytest.mark.parametrize("name", ["prometheus.yml", "prometheus-kubernetes.yml"])
+def test_the_scrape_configurations_send_the_metrics_token_and_load_the_rules(name: str):
+    config = yaml.safe_load((MONITORING / name).read_text())
+    assert config["rule_files"] == ["alerts.yml"]
+    jobs = config["scrape_configs"]
+    assert jobs
+    for job in jobs:
+        assert job["metrics_path"] == "/metrics"
+        # The token as a file Prometheus reads, never inline in the configuration.
+        assert job["authorization"] == {"type": "Bearer", "credentials_file": "/etc/prometheus/gbmedia-metrics-token"}
+        assert "credentials" not in job["authorization"] and "bearer_token" not in job
+    statefulset = (MONITORING.parent / "kubernetes" / "statefulset.yaml").read_text()
+    for job in jobs:
+        if "static_configs" in job:  # the headless Service of the StatefulSet names the pods
+            service = re.search(r"serviceName: (\S+)", statefulset)
+            assert service is not None
+            assert all(t.endswith(f".{service.group(1)}:7880") for t in job["static_configs"][0]["targets"])
+        else:  # the pods the StatefulSet labels, in its namespace, on the port its annotation names
+            assert "app.kubernetes.io/name: gbmedia" in statefulset and 'prometheus.io/port: "7880"' in statefulset
+            assert job["kubernetes_sd_configs"][0]["namespaces"]["names"] == ["gbmedia"]
+
+
+async def test_alerts_and_dashboard_name_only_metrics_the_node_exports(
+    client: TestClient, tmp_path: Path, database_url: str, kafka_bootstrap: str
+):
+    """Read from two live nodes: a single one as ``scripts/serve`` starts it, and one relaying its
+    outbox to Kafka (``gbmedia_outbox_lag_seconds`` and the relay's figures exist only there)."""
+    node = await Node.start(make_settings(tmp_path / "kafka", database_url, kafka_bootstrap_servers=kafka_bootstrap))
+    try:
+        async with TestClient(TestServer(create_app(node))) as with_kafka:
+            exported = await exported_metrics(client) | await exported_metrics(with_kafka) | PROMETHEUS_OWN
+    finally:
+        await node.stop()
+    used: dict[str, set[str]] = {}
+    for rule in alert_rules():
+        used[f"alert {rule['alert']}"] = metric_names(rule["expr"])
+    for title, expr in dashboard_queries():
+        used[f"panel {title}"] = metric_names(expr)
+    assert all(used.values()), [where for where, names in used.items() if not names]
+    missing = {where: names - exported for where, names in used.items() if names - exported}
+    assert missing == {}
+
+
+NO_PROMTOOL = pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool (Debian: prometheus) missing")
+
+
+def promtool(*args: str) -> None:
+    result = subprocess.run(["promtool", "check", *args], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@NO_PROMTOOL
+def test_promtool_accepts_the_alert_rules():
+    promtool("rules", str(MONITORING / "alerts.yml"))
+
+
+@NO_PROMTOOL
+def test_promtool_accepts_the_scrape_configuration(tmp_path: Path):
+    """With the token file where the configuration says (promtool checks that it exists)."""
+    token = tmp_path / "gbmedia-metrics-token"
+    token.write_text("a-metrics-token-of-16-chars")
+    config = (MONITORING / "prometheus.yml").read_text()
+    assert config.count("/etc/prometheus/gbmedia-metrics-token") == 1
+    (tmp_path / "prometheus.yml").write_text(config.replace("/etc/prometheus/gbmedia-metrics-token", str(token)))
+    shutil.copy(MONITORING / "alerts.yml", tmp_path / "alerts.yml")
+    promtool("config", str(tmp_path / "prometheus.yml"))
