@@ -1,7 +1,7 @@
 """deploy/monitoring: the Prometheus scrape configuration, the alert rules and the Grafana
 dashboard name only metrics a live node exports (read from its /metrics here), and have
-the shape Prometheus and Grafana load. ``promtool check rules`` runs too where the
-Debian ``prometheus`` package is installed (it is on the project's machines).
+the shape Prometheus and Grafana load; ``promtool`` (Debian's ``prometheus``, which
+scripts/test installs) checks the rules and the scrape configuration.
 """
 
 from __future__ import annotations
@@ -20,12 +20,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gbmedia.app import create_app
 from gbmedia.node import Node
-from tests.conftest import make_settings
+from tests.conftest import make_settings, service_missing
 
 MONITORING = Path(__file__).resolve().parents[2] / "deploy" / "monitoring"
 PROMETHEUS_OWN = {"up"}  # series Prometheus writes itself for every target
 # PromQL words that are not metric names: operators, modifiers, and names of labels in by/on clauses.
 KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or", "unless", "offset"}
+DROPPED = "gbmedia_(track|participant|live_room)_.+"  # per-room series the scrape configurations drop
 SUFFIXES = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_count", "_sum", "_created")}
 
 
@@ -117,6 +118,8 @@ def test_the_scrape_configurations_send_the_metrics_token_and_load_the_rules(nam
         # The token as a file Prometheus reads, never inline in the configuration.
         assert job["authorization"] == {"type": "Bearer", "credentials_file": "/etc/prometheus/gbmedia-metrics-token"}
         assert "credentials" not in job["authorization"] and "bearer_token" not in job
+        (drop,) = job["metric_relabel_configs"]  # the per-room series stay out of Prometheus
+        assert (drop["action"], drop["source_labels"], drop["regex"]) == ("drop", ["__name__"], DROPPED)
     statefulset = (MONITORING.parent / "kubernetes" / "statefulset.yaml").read_text()
     for job in jobs:
         if "static_configs" in job:  # the headless Service of the StatefulSet names the pods
@@ -147,22 +150,21 @@ async def test_alerts_and_dashboard_name_only_metrics_the_node_exports(
     assert all(used.values()), [where for where, names in used.items() if not names]
     missing = {where: names - exported for where, names in used.items() if names - exported}
     assert missing == {}
-
-
-NO_PROMTOOL = pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool (Debian: prometheus) missing")
+    dropped = {where: names for where, names in used.items() if any(re.fullmatch(DROPPED, n) for n in names)}
+    assert dropped == {}, "these read series the scrape configurations drop"
 
 
 def promtool(*args: str) -> None:
+    if shutil.which("promtool") is None:
+        service_missing("promtool (Debian's prometheus package; scripts/test installs it)")
     result = subprocess.run(["promtool", "check", *args], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@NO_PROMTOOL
 def test_promtool_accepts_the_alert_rules():
     promtool("rules", str(MONITORING / "alerts.yml"))
 
 
-@NO_PROMTOOL
 def test_promtool_accepts_the_scrape_configuration(tmp_path: Path):
     """With the token file where the configuration says (promtool checks that it exists)."""
     token = tmp_path / "gbmedia-metrics-token"
