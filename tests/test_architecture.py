@@ -30,6 +30,7 @@ CORE = {
     "http",
     "wire",
     "jsondepth",
+    "loopwatch",
 }
 ROOT_MODULES = {"node", "app", "server", "cli", "workers", "__main__"}
 LAYERS: list[set[str]] = [

@@ -30,12 +30,15 @@ DROPPED = "gbmedia_(track|participant|live_room)_.+"  # per-room series the scra
 SUFFIXES = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_count", "_sum", "_created")}
 
 
-async def exported_metrics(client: TestClient) -> set[str]:
-    """Every series name a node's /metrics offers, labelled families without series yet included."""
+async def exported_metrics(client: TestClient, documented: set[str] | None = None) -> set[str]:
+    """Every series name a node's /metrics offers, labelled families without series yet included;
+    each metric's name as docs/operations.md writes it goes into ``documented``."""
     resp = await client.get("/metrics")
     assert resp.status == 200
     names: set[str] = set()
     for family in text_string_to_metric_families(await resp.text()):
+        if documented is not None and not family.name.endswith("_created"):
+            documented.add(family.name + "_total" if family.type == "counter" else family.name)
         names.add(family.name)
         names.update(family.name + suffix for suffix in SUFFIXES.get(family.type, ()))
         names.update(sample.name for sample in family.samples)
@@ -131,17 +134,30 @@ def test_the_scrape_configurations_send_the_metrics_token_and_load_the_rules(nam
             assert job["kubernetes_sd_configs"][0]["namespaces"]["names"] == ["gbmedia"]
 
 
-async def test_alerts_and_dashboard_name_only_metrics_the_node_exports(
+async def test_alerts_dashboard_and_docs_agree_with_the_metrics_the_node_exports(
     client: TestClient, tmp_path: Path, database_url: str, kafka_bootstrap: str
 ):
     """Read from two live nodes: a single one as ``scripts/serve`` starts it, and one relaying its
     outbox to Kafka (``gbmedia_outbox_lag_seconds`` and the relay's figures exist only there)."""
     node = await Node.start(make_settings(tmp_path / "kafka", database_url, kafka_bootstrap_servers=kafka_bootstrap))
+    metrics: set[str] = set()
     try:
         async with TestClient(TestServer(create_app(node))) as with_kafka:
-            exported = await exported_metrics(client) | await exported_metrics(with_kafka) | PROMETHEUS_OWN
+            exported = await exported_metrics(client, metrics) | await exported_metrics(with_kafka, metrics)
+            exported |= PROMETHEUS_OWN
     finally:
         await node.stop()
+    operations = (MONITORING.parents[1] / "docs" / "operations.md").read_text()
+    section = operations.split("## Observability", 1)[1].split("\n## ", 1)[0]
+    assert {m for m in metrics if f"`{m}`" not in section} == set(), "metrics missing from docs/operations.md"
+    documented = set(re.findall(r"`((?:gbmedia|process)_[a-z_]+)`", section))
+    assert {m for m in documented if m not in exported and not re.fullmatch(DROPPED, m)} <= {
+        # Exported only while there is something to count: per-room series, fallbacks, HLS of a live room.
+        "gbmedia_live_room_node_viewers",
+        "gbmedia_live_room_edges",
+        "gbmedia_ratelimit_degraded",
+        "gbmedia_ratelimit_redis_fallbacks_total",
+    }
     used: dict[str, set[str]] = {}
     for rule in alert_rules():
         used[f"alert {rule['alert']}"] = metric_names(rule["expr"])
