@@ -6,13 +6,16 @@ scripts/test installs) checks the rules and the scrape configuration.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import shutil
+import socket
 import subprocess
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import yaml
 from aiohttp.test_utils import TestClient, TestServer
@@ -190,3 +193,87 @@ def test_promtool_accepts_the_scrape_configuration(tmp_path: Path):
     (tmp_path / "prometheus.yml").write_text(config.replace("/etc/prometheus/gbmedia-metrics-token", str(token)))
     shutil.copy(MONITORING / "alerts.yml", tmp_path / "alerts.yml")
     promtool("config", str(tmp_path / "prometheus.yml"))
+
+
+async def test_prometheus_scrapes_a_node_with_the_token_and_evaluates_every_rule_and_panel(
+    tmp_path: Path, database_url: str
+):
+    """The real Prometheus (Debian's), with prometheus.yml pointed at a live node that requires
+    the metrics token: the target is up, every alert rule evaluates without error, and every
+    dashboard query runs."""
+    binary = shutil.which("prometheus")
+    if binary is None:
+        service_missing("prometheus (Debian's prometheus package; scripts/test installs it)")
+    secret = "a-metrics-token-of-some-length"
+    node = await Node.start(make_settings(tmp_path / "node", database_url, metrics_token=secret))
+    process: asyncio.subprocess.Process | None = None
+    try:
+        async with TestClient(TestServer(create_app(node))) as client:
+            assert (await client.get("/metrics")).status == 401  # the token is required
+            token = tmp_path / "gbmedia-metrics-token"
+            token.write_text(secret + "\n")
+            config = yaml.safe_load((MONITORING / "prometheus.yml").read_text())
+            config["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
+            (job,) = config["scrape_configs"]
+            job["authorization"]["credentials_file"] = str(token)
+            job["static_configs"][0]["targets"] = [f"127.0.0.1:{client.server.port}"]
+            (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+            shutil.copy(MONITORING / "alerts.yml", tmp_path / "alerts.yml")
+            port = free_port()
+            process = await asyncio.create_subprocess_exec(
+                binary,
+                f"--config.file={tmp_path / 'prometheus.yml'}",
+                f"--storage.tsdb.path={tmp_path / 'data'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=(tmp_path / "prometheus.log").open("wb"),
+            )
+            api = f"http://127.0.0.1:{port}/api/v1"
+            async with aiohttp.ClientSession() as http:
+
+                async def get(path: str, **params: str) -> Any:
+                    async with http.get(f"{api}/{path}", params=params) as resp:
+                        body = await resp.json()
+                        assert body["status"] == "success", body
+                        return body["data"]
+
+                async def settled() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+                    for _ in range(300):
+                        try:
+                            targets = (await get("targets"))["activeTargets"]
+                            rules = [r for g in (await get("rules"))["groups"] for r in g["rules"]]
+                        except (aiohttp.ClientConnectionError, aiohttp.ContentTypeError):  # starting: 503
+                            targets, rules = [], []
+                        up = targets and all(t["health"] == "up" for t in targets)
+                        if up and rules and all(r["health"] != "unknown" for r in rules):  # each evaluated once
+                            return targets, rules
+                        await asyncio.sleep(0.1)
+                    log = (tmp_path / "prometheus.log").read_text()[-3000:]
+                    health = [(t["health"], t.get("lastError")) for t in targets], [r["health"] for r in rules]
+                    raise AssertionError(f"Prometheus did not scrape and evaluate: {health} {log}")
+
+                targets, rules = await settled()
+                assert [t["labels"]["job"] for t in targets] == ["gbmedia"]
+                assert {r["name"] for r in rules} == {r["alert"] for r in alert_rules()}
+                assert [(r["name"], r.get("lastError")) for r in rules if r["health"] != "ok"] == []
+                for title, expr in dashboard_queries():
+                    if expr.startswith("label_values("):
+                        values = await get("label/job/values", **{"match[]": "gbmedia_build_info"})
+                        assert values == ["gbmedia"], title
+                        continue
+                    query = expr.replace("$job", ".*")
+                    await get("query", query=query)  # parses and runs (an empty result is fine)
+                # The series arrive: the node's own build info, scraped with the token.
+                info = await get("query", query="gbmedia_build_info")
+                assert info["result"] and info["result"][0]["metric"]["node_id"] == node.settings.node_id
+    finally:
+        if process is not None and process.returncode is None:
+            process.terminate()
+            await process.wait()
+        await node.stop()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
