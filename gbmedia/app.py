@@ -119,6 +119,7 @@ def create_app(node: Node) -> web.Application:
             node.tenancy.revocations,
             socket_limit=settings.socket_max_buffered_bytes,
             turn=node.turn,
+            metrics=node.metrics,
         ),
     )
     nodes_api.register(app, nodes_api.NodesApi(node.registry, node.db.pool, settings.clustered))

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -18,9 +18,72 @@ from gbmedia import __version__
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
+# Seconds: from a tenth of a millisecond (a loop that keeps up) to seconds (one that stalls).
+LAG_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+LOSS_BUCKETS = (0.0, 0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+
+
 class Metrics:
+    """Every metric a node updates as things happen (others are read at scrape time: :meth:`watch`).
+
+    Labels stay bounded: methods, routes, codes, media kinds; never room ids or identities,
+    which would grow a series per meeting in Prometheus.
+    """
+
     def __init__(self, node_id: str, region: str) -> None:
         self.registry = CollectorRegistry()
+        # process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, ... (Linux /proc)
+        ProcessCollector(registry=self.registry)
+        self.loop_lag = Histogram(
+            "gbmedia_event_loop_lag_seconds",
+            "How late the event loop ran a timer: time every coroutine of the node waits behind CPU work",
+            registry=self.registry,
+            buckets=LAG_BUCKETS,
+        )
+        self.loop_lag_last = Gauge(
+            "gbmedia_event_loop_lag_last_seconds",
+            "The event loop's lag at its latest probe",
+            registry=self.registry,
+        )
+        self.join_latency = Histogram(
+            "gbmedia_join_duration_seconds",
+            "From a signaling join arriving to its joined answer sent (token check, room, placement)",
+            registry=self.registry,
+            buckets=LATENCY_BUCKETS,
+        )
+        self.signaling_errors = Counter(
+            "gbmedia_signaling_errors_total",
+            "Error messages sent on signaling sockets, by error code",
+            ["code"],
+            registry=self.registry,
+        )
+        self.chat_delivery = Histogram(
+            "gbmedia_chat_delivery_seconds",
+            "From a chat message's commit to its push to a recipient's socket on this node",
+            registry=self.registry,
+            buckets=LATENCY_BUCKETS,
+        )
+        self.media_loss = Histogram(
+            "gbmedia_media_loss_ratio",
+            "Share of a published track's packets lost on the way in, one observation per track and stats interval",
+            ["kind"],
+            registry=self.registry,
+            buckets=LOSS_BUCKETS,
+        )
+        self.media_jitter = Histogram(
+            "gbmedia_media_jitter_seconds",
+            "Interarrival jitter of a published track, one observation per track and stats interval",
+            ["kind"],
+            registry=self.registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5),
+        )
+        self.media_rtt = Histogram(
+            "gbmedia_media_rtt_seconds",
+            "Round-trip time to a participant, one observation per participant and stats interval",
+            registry=self.registry,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1, 2),
+        )
         self.http_requests = Counter(
             "gbmedia_http_requests_total",
             "HTTP requests by route and status",

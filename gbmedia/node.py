@@ -27,6 +27,7 @@ from gbmedia.bus import Bus, MemoryBus, RedisBus
 from gbmedia.config import Settings
 from gbmedia.db.pool import Database
 from gbmedia.http.abuse import AbuseLimits, TrustedProxies
+from gbmedia.loopwatch import LoopWatch
 from gbmedia.messaging.delivery import ChatHub
 from gbmedia.messaging.presence import MemoryPresence, Presence, RedisPresence
 from gbmedia.messaging.service import Chat
@@ -171,6 +172,7 @@ class Node:
     hls: HlsService | None = None
     turn: TurnCredentials | None = None  # TURN credentials for clients (none: no TURN server)
     coturn: EmbeddedCoturn | None = None  # the node's own coturn child, when it runs one
+    loop_watch: LoopWatch | None = None  # event-loop lag, for /metrics
     started: float = field(default_factory=time.monotonic)
 
     @classmethod
@@ -196,6 +198,7 @@ class Node:
                 joins=rate_limiter(redis_client, settings.join_rate_limit, settings.join_rate_burst, name="joins"),
                 trusted_proxies=TrustedProxies.parse(settings.trusted_proxies),
             )
+            metrics = Metrics(settings.node_id, settings.region)
             secret_box = SecretBox.for_node(settings.secret_key, settings.data_dir)
             tenancy = Tenancy.create(db.pool, settings, secret_box, operator_token_for(settings))
             rooms = Rooms(db.pool, tenancy.customers, tenancy.instances, node_id=settings.node_id)
@@ -226,7 +229,7 @@ class Node:
             # and at the latest at the next re-check of the credentials this node's sessions hold.
             revocations = tenancy.revocations
             await revocations.start(bus, tenancy.auth.revoked, settings.revocation_check_seconds)
-            chat_hub = ChatHub(bus, chat.conversations)
+            chat_hub = ChatHub(bus, chat.conversations, metrics.chat_delivery.observe)
             chat.messages.on_change(chat_hub.on_change)
             await chat_hub.start()
             # Recording: follows the live rooms' tracks; interrupted recordings of this node are closed out.
@@ -326,7 +329,7 @@ class Node:
         node = cls(
             settings=settings,
             db=db,
-            metrics=Metrics(settings.node_id, settings.region),
+            metrics=metrics,
             tenancy=tenancy,
             rate_limiter=limiter,
             abuse=abuse,
@@ -342,7 +345,7 @@ class Node:
             recordings=recordings,
             media_bots=MediaBots(live_rooms),
             # Media quality and active speakers: packet sinks on every published track.
-            quality=QualityMonitor(live_rooms, settings.stats_interval_ms / 1000),
+            quality=QualityMonitor(live_rooms, settings.stats_interval_ms / 1000, metrics),
             speakers=RoomSpeakers(live_rooms, settings.speaker_interval_ms / 1000),
             registry=registry,
             placement=placement,
@@ -383,6 +386,8 @@ class Node:
         node.metrics.watch(node.webhooks.samples)
         node.webhooks.start()
         node.room_sweeper.start()
+        node.loop_watch = LoopWatch(node.metrics)
+        node.loop_watch.start()
         node.metrics.watch(node.quality.samples)
         node.quality.start()
         if settings.hls_enabled:  # LL-HLS of live rooms, packaged once per room on this node
@@ -407,6 +412,8 @@ class Node:
         ]
 
     async def stop(self) -> None:
+        if self.loop_watch is not None:
+            await self.loop_watch.stop()
         await self.member.stop()
         await self.cascade.close()  # edge copies end while their feeding nodes can still be told
         await self.relay.close()

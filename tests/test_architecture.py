@@ -31,6 +31,7 @@ CORE = {
     "wire",
     "jsondepth",
     "turn",
+    "loopwatch",
 }
 ROOT_MODULES = {"node", "app", "server", "cli", "workers", "__main__"}
 LAYERS: list[set[str]] = [

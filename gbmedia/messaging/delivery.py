@@ -22,9 +22,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import json
 import logging
+import time
 import uuid
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from gbmedia.bus import Bus, Subscription
@@ -53,8 +56,12 @@ def encode(event: dict[str, Any]) -> str:
 
 
 class ChatHub:
-    def __init__(self, bus: Bus, conversations: Conversations) -> None:
+    def __init__(
+        self, bus: Bus, conversations: Conversations, delivery_latency: Callable[[float], None] | None = None
+    ) -> None:
         self.bus = bus
+        # Told, per recipient socket, the seconds from a message's commit to its push here (a histogram).
+        self.delivery_latency = delivery_latency
         self.conversations = conversations
         self._sessions: dict[tuple[str, str], set[Session]] = {}
         self._subscription: Subscription | None = None
@@ -130,7 +137,8 @@ class ChatHub:
         if members is None:
             members = await self.conversations.member_identities(conversation.id)
         payload = {"type": "chat_message", "message": event} if kind == "message" else {"type": "chat_receipt", **event}
-        self._queue(str(conversation.instance_id), members, payload)
+        committed = _committed_at(event) if kind == "message" else None
+        self._queue(str(conversation.instance_id), members, payload, committed)
 
     async def typing(self, conversation: Conversation, identity: str, active: bool) -> None:
         """Ephemeral: never stored, sent to the other members online now."""
@@ -141,22 +149,37 @@ class ChatHub:
             {"type": "typing", "conversation_id": str(conversation.id), "identity": identity, "active": active},
         )
 
-    def _queue(self, instance_id: str, members: list[str], event: dict[str, Any]) -> None:
-        """To this node's sessions now, and into the next bus message for the other nodes."""
+    def _queue(
+        self, instance_id: str, members: list[str], event: dict[str, Any], committed: float | None = None
+    ) -> None:
+        """To this node's sessions now, and into the next bus message for the other nodes.
+
+        ``committed`` (a message's commit time, epoch seconds) travels along so every node can
+        measure its delivery latency.
+        """
         text = encode(event)
-        self._push(instance_id, members, text_frame(text))
+        self._push(instance_id, members, text_frame(text), committed)
         if not self.bus.spans_nodes:
             return  # a single node: its sessions have it; publishing would reach only this hub, which skips it
-        self._outgoing.append({"instance_id": instance_id, "members": members, "frame": text})
+        entry: dict[str, Any] = {"instance_id": instance_id, "members": members, "frame": text}
+        if committed is not None:
+            entry["committed"] = committed
+        self._outgoing.append(entry)
         if self._publisher is None:
             self._publisher = asyncio.ensure_future(self._publish())
 
-    def _push(self, instance_id: str, members: Any, frame: bytes) -> None:
+    def _push(self, instance_id: str, members: Any, frame: bytes, committed: float | None = None) -> None:
         sessions = self._sessions
+        pushed = 0
         for identity in members:
             for session in tuple(sessions.get((instance_id, identity), ())):
                 session.push(frame)
-                self.delivered += 1
+                pushed += 1
+        self.delivered += pushed
+        if pushed and committed is not None and self.delivery_latency is not None:
+            latency = max(0.0, time.time() - committed)  # wall clocks: nodes' clocks are NTP-synchronised
+            for _ in range(pushed):
+                self.delivery_latency(latency)
 
     async def _publish(self) -> None:
         try:
@@ -192,4 +215,18 @@ class ChatHub:
             if not isinstance(instance_id, str) or not isinstance(text, str):
                 log.warning("malformed chat event on the bus")
                 continue
-            self._push(instance_id, entry.get("members") or (), text_frame(text))  # one frame, every member
+            committed = entry.get("committed")
+            committed = float(committed) if isinstance(committed, int | float) else None
+            self._push(instance_id, entry.get("members") or (), text_frame(text), committed)  # one frame, every member
+
+
+def _committed_at(message: dict[str, Any]) -> float | None:
+    """A message event's commit time, epoch seconds: its latest of created, edited, deleted (an edit
+    is delivered when it commits, not when the message was first sent); None if it has none."""
+    times = []
+    for key in ("created_at", "edited_at", "deleted_at"):
+        value = message.get(key)
+        if isinstance(value, str):
+            with contextlib.suppress(ValueError):
+                times.append(dt.datetime.fromisoformat(value).timestamp())
+    return max(times) if times else None

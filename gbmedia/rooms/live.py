@@ -540,6 +540,8 @@ class LiveRooms:
         self.sockets = 0  # open signaling sockets on this node (the signaling side counts them)
         self._retired_in = 0
         self._retired_forwarded = 0
+        self._retired_bytes_in = 0
+        self._retired_bytes_forwarded = 0
         self._track_listeners: list[TrackListener | RoomTrackListener] = []
         self._program_listeners: list[ProgramListener] = []
         self._created_listeners: list[CreatedListener] = []
@@ -599,6 +601,8 @@ class LiveRooms:
         """Keep an ended track's packet counts in the node's totals."""
         self._retired_in += track.packets_in
         self._retired_forwarded += track.packets_forwarded
+        self._retired_bytes_in += track.bytes_in
+        self._retired_bytes_forwarded += track.bytes_forwarded
 
     def forwarded_total(self) -> int:
         """RTP packets this node has sent to subscribers, ended tracks included."""
@@ -628,6 +632,18 @@ class LiveRooms:
                 "gbmedia_rtp_packets_forwarded_total",
                 "RTP packets sent to subscribers",
                 self._retired_forwarded + sum(t.packets_forwarded for t in tracks),
+                counter=True,
+            ),
+            Sample(
+                "gbmedia_rtp_bytes_received_total",
+                "RTP payload bytes received from publishers",
+                self._retired_bytes_in + sum(t.bytes_in for t in tracks),
+                counter=True,
+            ),
+            Sample(
+                "gbmedia_rtp_bytes_forwarded_total",
+                "RTP bytes (headers included) sent to subscribers",
+                self._retired_bytes_forwarded + sum(t.bytes_forwarded for t in tracks),
                 counter=True,
             ),
         ]

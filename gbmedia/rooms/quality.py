@@ -17,7 +17,7 @@ import logging
 import time
 from dataclasses import dataclass
 
-from gbmedia.metrics import Sample
+from gbmedia.metrics import Metrics, Sample
 from gbmedia.rooms.live import LiveRoom, LiveRooms
 from gbmedia.rooms.participant import Participant
 from gbmedia.sfu.stats import ParticipantStats, RateTracker, TrackMeter, down_stats, published_stats
@@ -33,8 +33,9 @@ class _Sampled:
 
 
 class QualityMonitor:
-    def __init__(self, live_rooms: LiveRooms, interval: float) -> None:
+    def __init__(self, live_rooms: LiveRooms, interval: float, metrics: Metrics | None = None) -> None:
         self.live_rooms = live_rooms
+        self.metrics = metrics  # loss, jitter and RTT histograms (no room or identity labels)
         self.interval = interval
         self.meters: dict[str, TrackMeter] = {}  # by published track id
         self._rates = RateTracker()
@@ -79,6 +80,8 @@ class QualityMonitor:
             for stats in await self._sample_room(live, self._rates, now):
                 latest[stats.participant_id] = _Sampled(str(live.room.id), stats)
         self._latest = latest
+        if self.metrics is not None:
+            observe_quality(self.metrics, [s.stats for s in latest.values()])
         self._rates.forget({key for s in latest.values() for key in _rate_keys(s.stats)})
 
     async def _sample_room(self, live: LiveRoom, rates: RateTracker, now: float) -> list[ParticipantStats]:
@@ -159,6 +162,22 @@ class QualityMonitor:
                     )
                 )
         return out
+
+
+def observe_quality(metrics: Metrics, snapshot: list[ParticipantStats]) -> None:
+    """One observation per published track (loss, jitter) and participant (RTT) in the node's histograms.
+
+    The per-track gauges name rooms and participants for a look at one meeting; these
+    histograms are what alerts and dashboards aggregate over, at bounded cardinality.
+    """
+    for stats in snapshot:
+        for track in stats.published:
+            if track.loss is not None:
+                metrics.media_loss.labels(track.kind).observe(track.loss)
+            if track.jitter_ms is not None:
+                metrics.media_jitter.labels(track.kind).observe(track.jitter_ms / 1000)
+        if (rtt := stats.rtt_ms) is not None:
+            metrics.media_rtt.observe(rtt / 1000)
 
 
 def _rate_keys(stats: ParticipantStats) -> list[str]:

@@ -162,6 +162,7 @@ class DownTrack:
             slot.last_seq, slot.last_ts = seq, ts
             self.packets_out += 1
             track.packets_forwarded += 1
+            track.bytes_forwarded += len(data)
             if packet.marker or track.kind == "audio":  # once per frame: sender reports map RTP time to NTP
                 raw.note_timestamp(ts, out.ntp_time)  # type: ignore[union-attr]
 

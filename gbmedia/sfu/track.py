@@ -148,6 +148,8 @@ class PublishedTrack:
     muted_by_admin: bool = False
     packets_in: int = 0
     packets_forwarded: int = 0  # sum over its down tracks, kept here so it outlives them
+    bytes_in: int = 0  # RTP payload bytes received
+    bytes_forwarded: int = 0  # RTP packet bytes (header and payload) sent to subscribers
     down_tracks: set[Downstream] = field(default_factory=set)
     sinks: list[PacketSink] = field(default_factory=list)
     layers: list[Layer] = field(default_factory=list)
@@ -216,6 +218,7 @@ class PublishedTrack:
         payload = packet.payload
         layer.note(now, len(payload))
         self.packets_in += 1
+        self.bytes_in += len(payload)
         self.media_ssrc = packet.ssrc
         self.codec = codec
         key = False

@@ -19,6 +19,7 @@ import contextlib
 import functools
 import json
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +35,7 @@ from gbmedia.messaging.presence import Presence
 from gbmedia.messaging.protocol import CHAT_TYPES, Auth
 from gbmedia.messaging.service import Chat
 from gbmedia.messaging.socket import ChatSession, room_chat
+from gbmedia.metrics import Metrics
 from gbmedia.rooms.audience import Audience
 from gbmedia.rooms.live import LiveRoom, LiveRooms
 from gbmedia.rooms.participant import Participant, track_json
@@ -66,6 +68,7 @@ class RtcService:
     revocations: Revocations  # sessions end when their API key is revoked or their tenant suspended
     socket_limit: int = DEFAULT_LIMIT  # unsent bytes of one socket before it is cut off
     turn: TurnCredentials | None = None  # TURN credentials for each participant (None: no TURN server)
+    metrics: Metrics | None = None  # join latency and errors by code
 
     def ice_servers(self, participant: Participant) -> dict[str, Any]:
         """``ice_servers`` (with a TURN credential for this participant) and when it expires, for ``joined``
@@ -169,6 +172,8 @@ class Connection:
         else:
             log.error("signaling message failed", exc_info=exc)
             error = p.ProtocolError("internal_error", "the server failed on this message", request_id)
+        if self.service.metrics is not None:  # codes are the server's own, a bounded set
+            self.service.metrics.signaling_errors.labels(error.code).inc()
         try:
             await self.send(error.to_message())
         except ConnectionError:
@@ -314,6 +319,7 @@ class Connection:
         }
 
     async def join(self, message: p.Join) -> dict[str, Any] | None:
+        started = time.perf_counter()
         if self.participant is not None:
             raise p.ProtocolError("already_joined", "this socket has already joined a room")
         verified = await self._verify(message.token, message.protocol)
@@ -370,6 +376,8 @@ class Connection:
             joined["chat"] = await self._room_chat(verified, room)
             joined.update(self.service.ice_servers(participant))
             await self.send(joined)
+            if self.service.metrics is not None:
+                self.service.metrics.join_latency.observe(time.perf_counter() - started)
         finally:
             await self._release_held()
         await room.start_subscriptions(participant)

@@ -13,6 +13,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client.parser import text_string_to_metric_families
 
 from gbmedia.app import create_app
 from gbmedia.node import Node
@@ -286,6 +287,10 @@ async def test_two_nodes_sharing_redis_deliver_to_members_on_either(tmp_path: Pa
         )
         event = await bob.wait(lambda e: e["type"] == "chat_message")
         assert event["message"]["content"] == "across nodes"
+        # Bob's node measured the delivery it got through the bus, from the message's commit time.
+        text = await (await clients[1].get("/metrics")).text()
+        (delivery,) = [f for f in text_string_to_metric_families(text) if f.name == "gbmedia_chat_delivery_seconds"]
+        assert next(s.value for s in delivery.samples if s.name.endswith("_count")) == 1
         await bob.request(
             {"type": "chat_send", "conversation_id": cid, "content": "and back", "idempotency_key": "x-2"}
         )

@@ -110,6 +110,8 @@ async def test_a_broken_store_fails_the_recording_and_leaves_the_room_alone(clie
         video = (await alice.publish(ColorVideoTrack((30, 30, 220))))["tracks"][0]["id"]
         failed = await poll_recording(client, tenant.admin, rid, lambda r: r["status"] == "failed" and r["stopped_at"])
         assert "cannot record" in failed["error"] and failed["files"] == []
+        figures = {sample.name: sample.value for sample in node.recordings.samples()}
+        assert (figures["gbmedia_recordings_failed_total"], figures["gbmedia_recordings_completed_total"]) == (1, 0)
         await _bob_keeps_receiving(bob, video)
     finally:
         await alice.close()

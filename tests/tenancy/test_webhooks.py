@@ -169,6 +169,8 @@ async def test_a_500_is_retried_with_the_same_event_id_until_delivered(
         (2, 200, None),
     ]
     assert all(a["finished_at"] is not None for a in log)
+    figures = {sample.name: sample.value for sample in client.app[NODE].webhooks.samples()}
+    assert (figures["gbmedia_webhook_delivered_total"], figures["gbmedia_webhook_failed_attempts_total"]) == (1, 1)
 
 
 async def test_a_delivery_is_dead_after_the_last_attempt_and_redelivered_by_hand(
