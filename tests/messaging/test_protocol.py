@@ -26,6 +26,7 @@ SOCKET_TYPES = [
     "track_settings",
     "leave",
     "ping",
+    "ice_servers",
     "auth",
     "chat_send",
     "chat_history",

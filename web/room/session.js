@@ -771,10 +771,14 @@ export class RoomSession extends EventTarget {
       await pc.setRemoteDescription({ type: 'offer', sdp: offer.sdp });
       this.remoteMids = { ...offer.tracks };
       await pc.setLocalDescription(await pc.createAnswer());
+      // Still the session the offer came on (the room may have moved while the answer was made).
       const signaling = this.signaling;
-      if (pc !== this.subscriber || !signaling || !signaling.isOpen) return;
+      if (pc !== this.subscriber || signaling !== deliveredOn || !signaling || !signaling.isOpen) return;
       signaling.request({ type: 'answer', sdp: pc.localDescription.sdp }).catch((error) => {
-        if (!TRANSIENT.has(error.code)) console.error('gbroom: the server refused our answer:', error.code, error.message);
+        if (TRANSIENT.has(error.code)) return;
+        // The room moved away after the answer left: its old node dropped the offer with the session.
+        if (error.code === 'unexpected_answer' && (this.moving || this.signaling !== signaling)) return;
+        console.error('gbroom: the server refused our answer:', error.code, error.message);
       });
       this.trickle.subscriber = true;
       this._flushCandidates('subscriber');
