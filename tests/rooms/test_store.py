@@ -54,15 +54,18 @@ async def test_create_uses_the_tier_defaults_and_this_node(rooms: Rooms, tenancy
     assert room.metadata == {} and room.closed_at is None
     assert room.last_active_at >= room.created_at
 
-    live = await rooms.create(ACTOR, instance.id, "show", "live", 5, 60, {"topic": "launch"})
+    # The free tier has no live rooms (tenancy/gates.py); a tier with them does.
+    refused = await api_error(rooms.create(ACTOR, instance.id, "show", "live", 5, 60, {"topic": "launch"}))
+    assert (refused.status, refused.code, refused.details["feature"]) == (403, "feature_not_in_plan", "live")
+    pro = await make_instance(tenancy, "pro", "studio")
+    live = await rooms.create(ACTOR, pro.id, "show", "live", 5, 60, {"topic": "launch"})
     assert (live.kind, live.max_participants, live.empty_timeout, live.metadata) == ("live", 5, 60, {"topic": "launch"})
-    entries = await audit.list_entries(pool, instance_id=instance.id)
-    created = [e for e in entries if e.action == "room.create"]
-    assert [(e.target_id, e.actor, e.request_id) for e in created] == [
-        (str(live.id), "tester", "req-1"),
-        (str(room.id), "tester", "req-1"),
-    ]
-    assert created[0].details["name"] == "show"
+    for owner, made in ((instance, room), (pro, live)):
+        entries = await audit.list_entries(pool, instance_id=owner.id)
+        created = [e for e in entries if e.action == "room.create"]
+        assert [(e.target_id, e.actor, e.request_id, e.details["name"]) for e in created] == [
+            (str(made.id), "tester", "req-1", made.name)
+        ]
 
 
 async def test_open_rooms_are_counted_per_customer_against_the_quota(rooms: Rooms, tenancy: Tenancy):
