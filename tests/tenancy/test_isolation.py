@@ -7,6 +7,7 @@ row here fails the first test, so isolation is checked for every endpoint.
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 from aiohttp.test_utils import TestClient
 
@@ -252,12 +253,16 @@ async def test_tenant_b_reaches_nothing_of_tenant_a(client: TestClient):
     assert [(w["id"], w["description"]) for w in (await resp.json())["webhooks"]] == [(webhook, "")]
 
 
-async def test_the_operator_reaches_every_cell_of_the_matrix(client: TestClient):
-    """The matrix paths are real: the operator gets a success on each of them."""
+async def live_targets(
+    client: TestClient, a: Tenant
+) -> tuple[str, Any, dict[tuple[str, str], tuple[str, dict | None]]]:
+    """Something real behind every cell of ``a``'s matrix: room ``standup`` where alice (the returned
+    RtcClient, for the caller to close) publishes and is recorded, room ``quiet`` with a media bot, a
+    conversation with a bot run, a dialog, a webhook with a delivery. Returns the room id, alice, the cells."""
+    from gbmedia.app import NODE
     from gbmedia.tenancy.tokens import Grants, mint_token
     from tests.rtc import ColorVideoTrack, RtcClient
 
-    a = await create_tenant(client, "alpha")
     room = await create_room(client, a)
     alice = RtcClient(await client.ws_connect("/rtc"))  # a participant publishing a track, for its cells
     try:
@@ -266,30 +271,38 @@ async def test_the_operator_reaches_every_cell_of_the_matrix(client: TestClient)
         conversation = await create_conversation(client, a)
         recording = await _recording_of(client, room, track)
         quiet = await create_room(client, a, "quiet")
-        from gbmedia.app import NODE
-
+        resp = await client.put("/api/v1/bots/dialogs/start", json={"source": 'TALK "hi"'}, headers=a.admin)
+        assert resp.status == 201, await resp.text()  # what the dialog cells read and delete
         node_id = client.app[NODE].settings.node_id
         bot = await start_media_bot(client, quiet)
         webhook, delivery = await create_webhook(client, a)
         bot_run = await start_bot_run(client, a, conversation)
-        await _operator_reaches(
-            client,
-            matrix(
-                a,
-                room,
-                "alice",
-                track,
-                conversation,
-                recording,
-                f"{track}.webm",
-                quiet,
-                node_id,
-                media_bot=bot,
-                webhook=webhook,
-                delivery=delivery,
-                bot_run=bot_run,
-            ),
-        )
+    except BaseException:
+        await alice.close()
+        raise
+    cells = matrix(
+        a,
+        room,
+        "alice",
+        track,
+        conversation,
+        recording,
+        f"{track}.webm",
+        quiet,
+        node_id,
+        media_bot=bot,
+        webhook=webhook,
+        delivery=delivery,
+        bot_run=bot_run,
+    )
+    return room, alice, cells
+
+
+async def test_the_operator_reaches_every_cell_of_the_matrix(client: TestClient):
+    """The matrix paths are real: the operator gets a success on each of them."""
+    _, alice, cells = await live_targets(client, await create_tenant(client, "alpha"))
+    try:
+        await _operator_reaches(client, cells)
     finally:
         await alice.close()
 

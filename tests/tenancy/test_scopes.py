@@ -25,16 +25,8 @@ from aiohttp.test_utils import TestClient
 
 from gbmedia.tenancy.tokens import Grants
 from tests.helpers import Tenant, bearer, create_tenant
-from tests.rtc import ColorVideoTrack, RtcClient
-from tests.tenancy.test_isolation import (
-    _recording_of,
-    create_conversation,
-    create_room,
-    create_webhook,
-    matrix,
-    start_bot_run,
-    start_media_bot,
-)
+from tests.rtc import RtcClient
+from tests.tenancy.test_isolation import create_room, live_targets, matrix
 
 ADMIN, MODERATOR, OTHER_MODERATOR, PARTICIPANT = "instance admin", "moderator", "other room's moderator", "participant"
 ROLES = (ADMIN, MODERATOR, OTHER_MODERATOR, PARTICIPANT)
@@ -139,37 +131,8 @@ def _fields(grants: Grants) -> dict:
 
 
 async def targets(client: TestClient, name: str) -> Targets:
-    from gbmedia.app import NODE
-
     tenant = await create_tenant(client, name)
-    room = await create_room(client, tenant, "standup")
-    alice = RtcClient(await client.ws_connect("/rtc"))
-    await alice.join(tenant.token("alice", **_fields(Grants.participant("standup"))))
-    track = (await alice.publish(ColorVideoTrack((0, 0, 0))))["tracks"][0]["id"]
-    conversation = await create_conversation(client, tenant)
-    recording = await _recording_of(client, room, track)
-    quiet = await create_room(client, tenant, "quiet")
-    resp = await client.put("/api/v1/bots/dialogs/start", json={"source": 'TALK "hi"'}, headers=tenant.admin)
-    assert resp.status == 201, await resp.text()  # what the dialog cells read and delete
-    node_id = client.app[NODE].settings.node_id
-    bot = await start_media_bot(client, quiet)
-    webhook, delivery = await create_webhook(client, tenant)
-    bot_run = await start_bot_run(client, tenant, conversation)
-    cells = matrix(
-        tenant,
-        room,
-        "alice",
-        track,
-        conversation,
-        recording,
-        f"{track}.webm",
-        quiet,
-        node_id,
-        media_bot=bot,
-        webhook=webhook,
-        delivery=delivery,
-        bot_run=bot_run,
-    )
+    room, alice, cells = await live_targets(client, tenant)
     return Targets(tenant, room, cells, alice)
 
 
