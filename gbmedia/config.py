@@ -79,6 +79,9 @@ class Settings(BaseSettings):
     public_host: str | None = None
     public_url: str | None = None
     udp_ports: str = "50000-60000"
+    # Single-port mode (gbmedia/sfu/udp_mux.py): every peer connection of the process on this one UDP
+    # port (0: one the kernel picks); "off" (or empty): each connection its own port in GBMEDIA_UDP_PORTS.
+    udp_port: int | None = Field(default=7882, ge=0, le=65535)
     operator_token: str | None = Field(default=None, min_length=16)
     metrics_token: str | None = Field(default=None, min_length=16)  # unset: /metrics is open (scrape inside)
     secret_key: str | None = None
@@ -330,6 +333,11 @@ class Settings(BaseSettings):
     @classmethod
     def _port_range(cls, value: str) -> str:
         return _port_range(value)
+
+    @field_validator("udp_port", mode="before")
+    @classmethod
+    def _single_port_off(cls, value: object) -> object:
+        return None if isinstance(value, str) and value.strip().lower() in ("", "off") else value
 
     @model_validator(mode="after")
     def _node_outlives_heartbeats(self) -> Settings:

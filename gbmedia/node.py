@@ -12,7 +12,7 @@ import logging
 import secrets
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -24,7 +24,7 @@ from gbmedia.bots.limits import Limits
 from gbmedia.bots.media.service import MediaBots
 from gbmedia.bots.service import Bots
 from gbmedia.bus import Bus, MemoryBus, RedisBus
-from gbmedia.config import Settings
+from gbmedia.config import ConfigError, Settings
 from gbmedia.db.pool import Database
 from gbmedia.http.abuse import AbuseLimits, TrustedProxies
 from gbmedia.loopwatch import LoopWatch
@@ -49,7 +49,8 @@ from gbmedia.rooms.speakers import RoomSpeakers
 from gbmedia.rooms.store import Rooms, RoomSweeper
 from gbmedia.rooms.webhooks import RoomWebhooks
 from gbmedia.sfu import aiortc_adapter
-from gbmedia.sfu.media_address import MediaAddress, resolve_media_address
+from gbmedia.sfu.media_address import MediaAddress, media_ports, resolve_media_address
+from gbmedia.sfu.udp_mux import UdpMux
 from gbmedia.signaling.cascade import HttpFeeder
 from gbmedia.signaling.relay import ClusterAuth, Relay
 from gbmedia.streaming.playlist import HlsConfig
@@ -184,6 +185,7 @@ class Node:
         revocations: Revocations | None = None  # started with the bus: stopped if the start fails after
         turn: TurnCredentials | None = None
         coturn: EmbeddedCoturn | None = None
+        mux: UdpMux | None = None  # single-port mode's socket: closed if the start fails after
         try:
             if settings.redis_url:
                 redis_client = redis_client_for(settings)
@@ -204,6 +206,15 @@ class Node:
             rooms = Rooms(db.pool, tenancy.customers, tenancy.instances, node_id=settings.node_id)
             await aiortc_adapter.check_internals()
             media_address = await resolve_media_address(settings.media_host, settings.udp_port_range)
+            if settings.udp_port is not None:
+                try:
+                    mux = await UdpMux.bind(media_address.bind, settings.udp_port)
+                except OSError as exc:
+                    raise ConfigError(
+                        f"GBMEDIA_UDP_PORT: cannot bind UDP {media_address.bind}:{settings.udp_port} "
+                        f"({exc.strerror}); choose another port, 0 for any, or off for GBMEDIA_UDP_PORTS"
+                    ) from None
+                media_address = replace(media_address, mux=mux)
             turn, coturn = await start_turn(settings, media_address)
             live_rooms = LiveRooms(
                 rooms,
@@ -254,7 +265,7 @@ class Node:
                 url=settings.base_url(),
                 internal_url="",  # known once the server listens (server.py)
                 media_address=media_address.advertised,
-                udp_ports=settings.udp_ports,
+                udp_ports=media_ports(media_address),
                 capacity=settings.node_capacity,
                 max_cpu=settings.node_max_cpu,
             )
@@ -298,6 +309,8 @@ class Node:
             member.sockets = lambda: live_rooms.sockets
             await member.start()
         except BaseException:
+            if mux is not None:
+                mux.close()
             if coturn is not None:
                 await coturn.stop()
             if revocations is not None:
@@ -314,7 +327,8 @@ class Node:
                 "embedded_db": db.embedded is not None,
                 "redis": bool(settings.redis_url),
                 "media_address": media_address.advertised,
-                "udp_ports": settings.udp_ports,
+                "udp_ports": media_ports(media_address),
+                "udp_single_port": media_address.mux is not None,
                 "turn_urls": list(turn.urls) if turn is not None else [],
             },
         )
@@ -426,6 +440,8 @@ class Node:
         await self.speakers.close()
         await self.media_bots.close()  # before their rooms: each closes its own connections and thread
         await self.live_rooms.close()
+        if self.media_address.mux is not None:
+            self.media_address.mux.close()
         if self.hls is not None:
             await self.hls.close()
         await self.chat_hub.stop()

@@ -154,7 +154,9 @@ class WorkerPlan:
 
     @property
     def udp_ports(self) -> str:
-        return self.values["udp_ports"]
+        """The media ports the worker binds: its one port (``0-0``: one picked at start) or its slice."""
+        port = self.values.get("udp_port")
+        return f"{port}-{port}" if port is not None else self.values["udp_ports"]
 
     def environment(self, base: dict[str, str]) -> dict[str, str]:
         env = dict(base)
@@ -186,6 +188,8 @@ def plan_workers(
         }
         if settings.cluster_port:
             values["cluster_port"] = str(settings.cluster_port + index)
+        if settings.udp_port is not None:  # one media port per worker, counting up (0: each picks its own)
+            values["udp_port"] = str(settings.udp_port + index if settings.udp_port else 0)
         if database_url is not None:
             values["database_url"] = database_url
         load_settings(**values)  # raises ConfigError naming the variable

@@ -79,6 +79,7 @@ class Cluster:
             "GBMEDIA_NODE_ID": name,
             "GBMEDIA_DATA_DIR": str(self.tmp_path / name),
             "GBMEDIA_UDP_PORTS": f"{low}-{low + 399}",
+            "GBMEDIA_UDP_PORT": "off",  # the cluster tests check candidates against each node's own range
             "GBMEDIA_TURN_EMBEDDED": "false",  # cluster tests are about placement and relaying, not TURN
             **{f"GBMEDIA_{k.upper()}": v for k, v in env.items()},
         }

@@ -35,6 +35,7 @@ def node_env(tmp_path: Path, database_url: str, **settings: str) -> dict[str, st
             "GBMEDIA_DATA_DIR": str(tmp_path / "data"),
             "GBMEDIA_HOST": "127.0.0.1",
             "GBMEDIA_PORT": "0",
+            "GBMEDIA_UDP_PORT": "0",  # single-port mode, on a port of its own (nodes run side by side)
             "GBMEDIA_OPERATOR_TOKEN": OPERATOR_TOKEN,
             "GBMEDIA_SECRET_KEY": Fernet.generate_key().decode(),
             "GBMEDIA_API_RATE_LIMIT": "100000",

@@ -424,3 +424,16 @@ def test_a_rejected_turn_secret_is_not_echoed():
     with pytest.raises(ConfigError) as failure:
         load_settings(turn_urls="turn:t.example.com", turn_secret="short-secret")
     assert "short-secret" not in str(failure.value) and "GBMEDIA_TURN_SECRET" in str(failure.value)
+
+
+def test_one_media_port_by_default_and_the_range_on_request(monkeypatch: pytest.MonkeyPatch, clean_env: Path):
+    assert load_settings().udp_port == 7882
+    for off in ("off", "", " OFF "):
+        monkeypatch.setenv("GBMEDIA_UDP_PORT", off)
+        assert load_settings().udp_port is None  # each connection its own port in GBMEDIA_UDP_PORTS
+    monkeypatch.setenv("GBMEDIA_UDP_PORT", "0")
+    assert load_settings().udp_port == 0
+    for bad in ("70000", "-1", "seven"):
+        monkeypatch.setenv("GBMEDIA_UDP_PORT", bad)
+        with pytest.raises(ConfigError, match="GBMEDIA_UDP_PORT"):
+            load_settings()

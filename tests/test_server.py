@@ -88,8 +88,11 @@ def test_serve_with_no_environment_prints_url_answers_and_stops_cleanly(tmp_path
     assert code == 0, stderr
     # The embedded database was stopped with the node.
     assert not (tmp_path / ".local" / "share" / "gbmedia" / "postgres" / "postmaster.pid").exists()
-    events = [json.loads(line)["msg"] for line in stderr.splitlines() if line.startswith("{")]
+    records = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+    events = [record["msg"] for record in records]
     assert "shutting down" in events and "embedded postgresql stopped" in events
+    (started,) = [record for record in records if record["msg"] == "node started"]
+    assert (started["udp_single_port"], started["udp_ports"]) == (True, "7882-7882")  # one media port by default
     # So was its own coturn (Debian's, which scripts/test installs; CI must have it).
     if shutil.which("turnserver") or os.environ.get("CI"):
         assert "embedded coturn started" in events and "embedded coturn stopped" in events

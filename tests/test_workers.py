@@ -217,6 +217,23 @@ class Supervised:
         self._log.close()
 
 
+def two_free_udp_ports() -> int:
+    """A port that is free with the next one (for two workers' media sockets)."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.bind(("127.0.0.1", 0))
+            base = probe.getsockname()[1]
+            if base >= 65535:
+                continue
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as other:
+                try:
+                    other.bind(("127.0.0.1", base + 1))
+                except OSError:
+                    continue
+                return base
+    raise RuntimeError("no two consecutive free UDP ports")
+
+
 def node_ids_seen(port: int, want: set[str], tries: int = 400) -> set[str]:
     """``GET /healthz`` over fresh connections until every node in ``want`` answered (or tries run out)."""
     seen: set[str] = set()
@@ -254,7 +271,7 @@ def test_two_workers_share_the_port_restart_when_killed_and_stop_on_sigterm(tmp_
         GBMEDIA_REDIS_URL=redis_url,
         GBMEDIA_DATA_DIR=str(data_dir),
         GBMEDIA_NODE_ID=node,
-        GBMEDIA_UDP_PORTS="51000-51063",
+        GBMEDIA_UDP_PORT=str(base := two_free_udp_ports()),
         GBMEDIA_HOST="127.0.0.1",
     )
     server = Supervised(tmp_path, env, "--workers", "2", "--port", "0")
@@ -270,9 +287,9 @@ def test_two_workers_share_the_port_restart_when_killed_and_stop_on_sigterm(tmp_
         both = {f"{node}-w0", f"{node}-w1"}
         assert node_ids_seen(port, both) == both
 
-        # Disjoint UDP slices of the configured range, as each node reported it at start.
+        # One media port each, counting up from the configured one, as each node reported it at start.
         started = {e["node_id"]: e["udp_ports"] for e in server.events("node started")}
-        assert started == {f"{node}-w0": "51000-51031", f"{node}-w1": "51032-51063"}
+        assert started == {f"{node}-w0": f"{base}-{base}", f"{node}-w1": f"{base + 1}-{base + 1}"}
         assert all(e["embedded_db"] is False for e in server.events("node started"))  # the supervisor's database
 
         # A worker killed is started again, with the same index, node id and slice.
@@ -286,7 +303,7 @@ def test_two_workers_share_the_port_restart_when_killed_and_stop_on_sigterm(tmp_
         assert [(e["worker"], e["signal"], e["expected"]) for e in exits] == [(0, "SIGKILL", False)]
         assert [e["worker"] for e in server.events("worker restarting")] == [0]
         restarted = [e for e in server.events("worker started") if e["restart"]]
-        assert [(e["worker"], e["pid"], e["udp_ports"]) for e in restarted] == [(0, new_pid, "51000-51031")]
+        assert [(e["worker"], e["pid"], e["udp_ports"]) for e in restarted] == [(0, new_pid, f"{base}-{base}")]
 
         server.proc.send_signal(signal.SIGTERM)
         code = server.proc.wait(timeout=180)

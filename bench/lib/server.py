@@ -107,6 +107,7 @@ class Server(ChildServer):
             GBMEDIA_DATA_DIR=str(self.data_dir),
             GBMEDIA_HOST="127.0.0.1",
             GBMEDIA_PORT="0",
+            GBMEDIA_UDP_PORT="0",  # one media socket, on a port of its own (a benchmark may run servers side by side)
             GBMEDIA_OPERATOR_TOKEN=OPERATOR_TOKEN,
             GBMEDIA_LOG_LEVEL="warning",
             GBMEDIA_LOG_FORMAT="text",

@@ -100,7 +100,7 @@ _SENDER_ATTRS = (
 )
 
 
-_ICE_ATTRS = ("get_component_candidates", "_protocols", "_nominated")
+_ICE_ATTRS = ("get_component_candidates", "_protocols", "_nominated", "local_username", "local_password")
 _DTLS_ATTRS = (
     "_rtp_router",
     "_state",
@@ -139,6 +139,8 @@ async def check_internals() -> None:
         missing += [a for a in _RECORDING_RECEIVER_ATTRS if not hasattr(transceiver.receiver, a)]  # recording
         connection = transceiver.receiver.transport.transport.iceGatherer._connection
         missing += [f"aioice.Connection.{a}" for a in _ICE_ATTRS if not hasattr(connection, a)]
+        if not hasattr(StunProtocol(connection), "transactions"):  # the UDP mux routes STUN responses by it
+            missing.append("aioice.StunProtocol.transactions")
     finally:
         await pc.close()
     if missing:
@@ -315,7 +317,28 @@ def use_media_address(pc: RTCPeerConnection, address: MediaAddress) -> None:
         connection.get_component_candidates = gather  # type: ignore[method-assign]
 
 
+def _muxed_candidate(connection: IceConnection, address: MediaAddress, component: int) -> Candidate:
+    """The host candidate on the node's one UDP port: the mux hands this connection its datagrams."""
+    assert address.mux is not None
+    protocol = address.mux.attach(
+        connection.local_username, connection.local_password, lambda: StunProtocol(connection)
+    )
+    protocol.local_candidate = Candidate(  # type: ignore[attr-defined]
+        foundation=candidate_foundation("host", "udp", address.advertised),
+        component=component,
+        transport="udp",
+        priority=candidate_priority(component, "host"),
+        host=address.advertised,
+        port=address.mux.port,
+        type="host",
+    )
+    connection._protocols.append(protocol)
+    return protocol.local_candidate  # type: ignore[attr-defined]
+
+
 async def _host_candidate(connection: IceConnection, address: MediaAddress, component: int) -> Candidate:
+    if address.mux is not None:
+        return _muxed_candidate(connection, address, component)
     loop = asyncio.get_running_loop()
     low, high = address.ports
     ports = range(low, high + 1)

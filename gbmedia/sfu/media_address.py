@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from gbmedia.sfu.udp_mux import UdpMux
 
 
 @dataclass(frozen=True)
@@ -19,6 +21,7 @@ class MediaAddress:
     advertised: str  # the IP address put in host candidates
     bind: str  # the local address sockets bind to
     ports: tuple[int, int]  # inclusive UDP port range
+    mux: UdpMux | None = field(default=None, compare=False)  # single-port mode: every connection on it
 
     def __post_init__(self) -> None:
         low, high = self.ports
@@ -56,3 +59,11 @@ async def resolve_media_address(host: str, ports: tuple[int, int]) -> MediaAddre
         advertised = str(infos[0][4][0])
     bind = advertised if _is_local(advertised) else ("::" if ":" in advertised else "0.0.0.0")
     return MediaAddress(advertised, bind, ports)
+
+
+def media_ports(address: MediaAddress) -> str:
+    """The ports clients' media reaches, as the node registry and logs show them: ``low-high``."""
+    if address.mux is not None:
+        return f"{address.mux.port}-{address.mux.port}"
+    low, high = address.ports
+    return f"{low}-{high}"

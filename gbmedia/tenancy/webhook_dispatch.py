@@ -323,14 +323,8 @@ class WebhookDispatcher:
         else:
             state, next_in = "pending", self.settings.backoff(failures)
         async with self.pool.acquire() as conn, conn.transaction():
-            await conn.execute(
-                """UPDATE webhook_attempts SET finished_at = now(), status_code = $3, error = $4
-                    WHERE delivery_id = $1 AND attempt = $2""",
-                delivery_id,
-                attempt,
-                status,
-                error,
-            )
+            # The delivery's row before its attempt's: the order in which deleting an endpoint (cascading to
+            # its deliveries, then their attempts) takes them, or the two deadlock.
             changed = await conn.execute(
                 """UPDATE webhook_deliveries
                       SET status = $3::text,
@@ -343,6 +337,14 @@ class WebhookDispatcher:
                 attempt,
                 state,
                 next_in,
+            )
+            await conn.execute(
+                """UPDATE webhook_attempts SET finished_at = now(), status_code = $3, error = $4
+                    WHERE delivery_id = $1 AND attempt = $2""",
+                delivery_id,
+                attempt,
+                status,
+                error,
             )
         if changed == "UPDATE 0":
             return

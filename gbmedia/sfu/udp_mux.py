@@ -1,0 +1,217 @@
+"""One UDP socket for every ICE connection of a node process (single-port mode).
+
+Operators ask for one port: one firewall rule, one Kubernetes port per pod. With
+``GBMEDIA_UDP_PORT`` every peer connection's host candidate is the same socket, and
+datagrams are handed to the right connection here:
+
+- a STUN Binding request names its connection in USERNAME (``local-ufrag:remote``);
+  once its MESSAGE-INTEGRITY checks out with that connection's password, the sender's
+  address is that connection's, and everything else from it (DTLS, SRTP, SRTCP,
+  consent checks) goes there too;
+- a STUN response goes to the connection whose transaction it answers (the node's own
+  connectivity checks reach addresses that have not written to it yet);
+- anything else from an address no connection owns is dropped and counted.
+
+The connections' protocols (aioice's ``StunProtocol``, attached by the aiortc adapter)
+see a :class:`MuxedTransport` in place of a socket of their own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from aioice import stun
+
+log = logging.getLogger(__name__)
+
+Address = tuple[str, int]
+
+
+class MuxedProtocol(Protocol):
+    """What the mux needs of a connection's protocol (aioice's StunProtocol has it)."""
+
+    transactions: dict[bytes, Any]
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None: ...
+
+    def connection_lost(self, exc: Exception | None) -> None: ...
+
+    def datagram_received(self, data: bytes, addr: Address) -> None: ...
+
+
+@dataclass
+class _Entry:
+    ufrag: str
+    password: bytes
+    protocol: MuxedProtocol
+    addresses: set[Address] = field(default_factory=set)
+
+
+@dataclass
+class MuxCounters:
+    """Datagrams the mux could not place, by reason (exported as metrics by the node)."""
+
+    unknown_address: int = 0  # not STUN, from an address no connection owns
+    unknown_ufrag: int = 0  # a Binding request for a connection that is not here
+    bad_integrity: int = 0  # a Binding request whose MESSAGE-INTEGRITY does not check out
+    unmatched_response: int = 0  # a STUN response to no transaction of ours
+
+
+class MuxedTransport(asyncio.DatagramTransport):
+    """The shared socket, as one connection's protocol sees it: sends go out of the one port."""
+
+    def __init__(self, mux: UdpMux, entry: _Entry) -> None:
+        super().__init__()
+        self._mux = mux
+        self._entry = entry
+        self._closing = False
+
+    def sendto(self, data: bytes, addr: Any = None) -> None:  # type: ignore[override]
+        if self._closing or addr is None:
+            return
+        self._mux.send(data, (addr[0], addr[1]))
+
+    def close(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        self._mux.detach(self._entry)
+        asyncio.get_running_loop().call_soon(self._entry.protocol.connection_lost, None)
+
+    def is_closing(self) -> bool:
+        return self._closing
+
+    def abort(self) -> None:
+        self.close()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        if name == "sockname":
+            return self._mux.local_address
+        return default
+
+
+class UdpMux(asyncio.DatagramProtocol):
+    """The node's one media socket and the table from remote address to connection."""
+
+    def __init__(self) -> None:
+        self._transport: asyncio.DatagramTransport | None = None
+        self._by_ufrag: dict[str, _Entry] = {}
+        self._by_address: dict[Address, _Entry] = {}
+        self.counters = MuxCounters()
+        self.local_address: Address = ("", 0)
+
+    @classmethod
+    async def bind(cls, host: str, port: int) -> UdpMux:
+        """Bind ``host:port`` (port 0: one the kernel picks) and start demultiplexing."""
+        loop = asyncio.get_running_loop()
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        _, mux = await loop.create_datagram_endpoint(cls, local_addr=(host, port), family=family)
+        return mux
+
+    @property
+    def port(self) -> int:
+        return self.local_address[1]
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        if sock is not None:  # a burst of keyframes to many subscribers must not overflow the queue
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * 1024 * 1024)
+        sockname = transport.get_extra_info("sockname")
+        self.local_address = (sockname[0], sockname[1])
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+        for entry in list(self._by_ufrag.values()):
+            entry.protocol.connection_lost(None)
+        self._by_ufrag.clear()
+        self._by_address.clear()
+
+    @property
+    def connections(self) -> int:
+        return len(self._by_ufrag)
+
+    def attach(self, ufrag: str, password: str, protocol_factory: Callable[[], MuxedProtocol]) -> MuxedProtocol:
+        """A protocol for the connection whose local ICE username fragment is ``ufrag``."""
+        if ufrag in self._by_ufrag:
+            raise ValueError(f"ICE ufrag {ufrag!r} is already on this port")
+        protocol = protocol_factory()
+        entry = _Entry(ufrag, password.encode(), protocol)
+        self._by_ufrag[ufrag] = entry
+        protocol.connection_made(MuxedTransport(self, entry))
+        return protocol
+
+    def detach(self, entry: _Entry) -> None:
+        if self._by_ufrag.get(entry.ufrag) is entry:
+            del self._by_ufrag[entry.ufrag]
+        for address in entry.addresses:
+            if self._by_address.get(address) is entry:
+                del self._by_address[address]
+        entry.addresses.clear()
+
+    def send(self, data: bytes, addr: Address) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.sendto(data, addr)
+
+    def _own(self, entry: _Entry, addr: Address) -> None:
+        previous = self._by_address.get(addr)
+        if previous is entry:
+            return
+        if previous is not None:  # the client's port now serves another connection (a new one)
+            previous.addresses.discard(addr)
+        self._by_address[addr] = entry
+        entry.addresses.add(addr)
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        addr = (addr[0], addr[1])
+        if data and data[0] < 2:  # RFC 7983: 0-3 is STUN; aioice only ever sees 0-1 (no TURN channel data)
+            try:
+                message = stun.parse_message(data)
+            except ValueError:
+                message = None
+            if message is not None:
+                self._stun_received(message, data, addr)
+                return
+        entry = self._by_address.get(addr)
+        if entry is None:
+            self.counters.unknown_address += 1
+            return
+        entry.protocol.datagram_received(data, addr)
+
+    def _stun_received(self, message: stun.Message, data: bytes, addr: Address) -> None:
+        if message.message_class == stun.Class.REQUEST:
+            username = message.attributes.get("USERNAME")
+            ufrag = username.partition(":")[0] if isinstance(username, str) else ""
+            entry = self._by_ufrag.get(ufrag)
+            if entry is None:
+                self.counters.unknown_ufrag += 1
+                return
+            if "MESSAGE-INTEGRITY" in message.attributes and message.check_message_integrity(entry.password):
+                self._own(entry, addr)
+            else:
+                self.counters.bad_integrity += 1  # the connection answers 400/401 itself
+            entry.protocol.datagram_received(data, addr)
+            return
+        entry = self._by_address.get(addr)
+        if entry is None or message.transaction_id not in entry.protocol.transactions:
+            entry = next(
+                (e for e in self._by_ufrag.values() if message.transaction_id in e.protocol.transactions), None
+            )
+        if entry is None:
+            self.counters.unmatched_response += 1
+            return
+        if message.message_class == stun.Class.RESPONSE:
+            self._own(entry, addr)
+        entry.protocol.datagram_received(data, addr)
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("media socket error: %s", exc)
