@@ -67,16 +67,22 @@ def make_subscribers(session: aiohttp.ClientSession, command: dict[str, Any]) ->
     """A worker's subscribers from its ``join`` command: Janus VideoRoom ones or gbmedia ``/rtc`` ones."""
     if command.get("server") == "janus":
         return [
-            JanusSubscriber(session, command["url"], command["room"], command["feed"], name)
+            JanusSubscriber(session, command["url"], command["room"], command["feed"], name, clear=command["clear"])
             for name in command["names"]
         ]
-    return [Subscriber(session, command["url"], t) for t in command["tokens"]]
+    return [Subscriber(session, command["url"], t, clear=command["clear"]) for t in command["tokens"]]
 
 
-def worker(index: int, log_path: Path, nice: int) -> WorkerProcess:
+def worker(index: int, log_path: Path, nice: int, clear: bool) -> WorkerProcess:
     """The orchestrator's handle on one subscriber worker process."""
     return WorkerProcess(
-        index, log_path, nice, module="bench.forwarding", what="subscriber worker", stop_command="leave"
+        index,
+        log_path,
+        nice,
+        module="bench.forwarding",
+        what="subscriber worker",
+        stop_command="leave",
+        args=("--worker", "--clear-subscribers" if clear else "--no-clear-subscribers"),
     )
 
 
@@ -94,8 +100,11 @@ async def run_one(
 ) -> dict[str, Any]:
     """N subscribers join, receive, warm up; one window is measured; they leave."""
     server = target.server
-    joins = target.join_commands(n, max(1, args.per_process))
-    workers = [worker(i, workdir / f"{target.name}-worker-n{n}-{i}.log", args.nice) for i in range(len(joins))]
+    joins = [{**join, "clear": args.clear_subscribers} for join in target.join_commands(n, max(1, args.per_process))]
+    workers = [
+        worker(i, workdir / f"{target.name}-worker-n{n}-{i}.log", args.nice, args.clear_subscribers)
+        for i in range(len(joins))
+    ]
     async with running(workers, live):
         joining_since = time.monotonic()
         joined = await fanout.join(n, workers, joins, args.join_timeout, "subscriber")
@@ -178,6 +187,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=float, default=5.0, help="warm-up per N before measuring (default 5)")
     parser.add_argument("--bitrate", type=int, default=1_000_000, help="publisher encoder bitrate (default 1e6)")
     parser.add_argument("--per-process", type=int, default=8, help="subscribers per worker process (default 8)")
+    parser.add_argument(
+        "--clear-subscribers",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="subscribers count packets from their clear RTP headers, many per read, without decrypting "
+        "(default on: a few microseconds a packet, so the machine can offer hundreds of them; the KF rcvd "
+        "column then stays 0, keyframes being inside the encrypted payload); --no-clear-subscribers: "
+        "aiortc decrypts and parses every packet as before",
+    )
     parser.add_argument(
         "--nice",
         type=int,
@@ -368,6 +386,8 @@ def main(argv: list[str] | None = None) -> int:
         "subscribers",
         (lambda: serve_subscribers(make_subscribers)) if args.worker else None,
         lambda: orchestrate(args),
+        # Clear subscribers drain their sockets themselves, which uvloop's UDP transports do not allow.
+        use_uvloop=not (args.worker and args.clear_subscribers),
     )
     if isinstance(result, int):
         return result

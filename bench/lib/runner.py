@@ -24,13 +24,17 @@ def run_benchmark(
     children: str,
     worker: Callable[[], Coroutine[Any, Any, None]] | None,
     orchestrate: Callable[[], Coroutine[Any, Any, dict[str, Any]]],
+    *,
+    use_uvloop: bool = True,
 ) -> dict[str, Any] | int:
-    """Under uvloop where installed: a worker process's loop (``worker`` given: exit status 0), or the
-    orchestrator's, whose result comes back (an exit status instead where it failed or was stopped)."""
+    """Under uvloop where installed (unless ``use_uvloop`` is False): a worker process's loop (``worker``
+    given: exit status 0), or the orchestrator's, whose result comes back (an exit status instead where it
+    failed or was stopped)."""
     with contextlib.suppress(ImportError):
         import uvloop
 
-        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+        if use_uvloop:
+            asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     if worker is not None:
         if args.nice:
             lower_priority(args.nice)

@@ -28,7 +28,7 @@ from bench.lib.proc import cpu_seconds, udp_sockets
 from bench.lib.rtc import NO_STUN, enlarge_receive_buffers
 from bench.lib.signaling import Signaling
 from bench.lib.workers import commands, reply
-from gbmedia.sfu.aiortc_adapter import tap_receiver
+from gbmedia.sfu.aiortc_adapter import read_rtp_in_the_clear, tap_receiver
 from gbmedia.sfu.codecs import is_keyframe
 
 
@@ -56,40 +56,62 @@ class PacketCounter:
         self._recent: collections.deque[int] = collections.deque()
 
     def __call__(self, packet: Any, codec: Any) -> None:
+        """A packet aiortc decrypted and parsed (``tap_receiver``)."""
+        if self._count(packet.sequence_number, packet.marker, len(packet.payload)):
+            if packet.payload and is_keyframe(codec.mimeType, packet.payload):
+                self.counts.keyframes += 1
+
+    def clear(self, data: bytes) -> None:
+        """An SRTP packet as it arrived (``read_rtp_in_the_clear``): its header is readable, its payload
+        is not, so keyframes go uncounted and the bytes are the payload's plus padding (the 10-byte
+        authentication tag of AES_CM_128_HMAC_SHA1_80, the profile aiortc offers first, taken off)."""
+        offset = 12 + 4 * (data[0] & 0x0F)
+        if data[0] & 0x10 and len(data) >= offset + 4:
+            offset += 4 + 4 * int.from_bytes(data[offset + 2 : offset + 4], "big")
+        self._count(int.from_bytes(data[2:4], "big"), data[1] >> 7, max(0, len(data) - offset - 10))
+
+    def _count(self, seq: int, marker: int, size: int) -> bool:
+        """Count one packet; True when it is new (not a retransmission of one already counted)."""
         c = self.counts
         if c.first_at is None:
             c.first_at = time.monotonic()
         c.packets += 1
-        c.bytes += len(packet.payload)
-        seq = packet.sequence_number
+        c.bytes += size
         if self._seen[seq]:
             c.duplicates += 1  # a NACK answered, or a resend: counted, not a new frame
-            return
+            return False
         self._seen[seq] = 1
         self._recent.append(seq)
         if len(self._recent) > 8192:
             self._seen[self._recent.popleft()] = 0
         c.unique += 1
-        c.frames += packet.marker
-        if packet.payload and is_keyframe(codec.mimeType, packet.payload):
-            c.keyframes += 1
+        c.frames += marker
         if c.ext_seq is None:
             c.ext_seq = seq
         else:
             delta = (seq - c.ext_seq) & 0xFFFF
             if 0 < delta < 0x8000:
                 c.ext_seq += delta
+        return True
 
 
 class Subscriber:
-    """One participant that only receives: one socket, one peer connection."""
+    """One participant that only receives: one socket, one peer connection.
 
-    def __init__(self, session: aiohttp.ClientSession, url: str, token: str) -> None:
+    ``clear``: once connected, count packets from their clear RTP headers, many per socket read,
+    without aiortc decrypting them (:func:`read_rtp_in_the_clear`): a subscriber then costs a few
+    microseconds per packet, so one machine can offer a server hundreds of them."""
+
+    def __init__(self, session: aiohttp.ClientSession, url: str, token: str, *, clear: bool = False) -> None:
         self.session = session
         self.url = url
         self.token = token
         self.pc = RTCPeerConnection(NO_STUN)
         self.counter = PacketCounter()
+        self.clear = clear
+        self._release_socket: Callable[[], None] | None = None
+        if clear:
+            self.pc.on("connectionstatechange", self._take_the_socket)
         self.signaling: Signaling | None = None
         self.errors: list[str] = []
         self._tapped: set[int] = set()
@@ -100,6 +122,10 @@ class Subscriber:
     @property
     def counts(self) -> Counts:
         return self.counter.counts
+
+    def _take_the_socket(self) -> None:
+        if self.pc.connectionState == "connected" and self._release_socket is None:
+            self._release_socket = read_rtp_in_the_clear(self.pc, self.counter.clear)
 
     async def join(self) -> None:
         self.signaling = await Signaling.connect(self.session, self.url, self._on_event)
@@ -134,7 +160,7 @@ class Subscriber:
             receiver = transceiver.receiver
             if id(receiver) not in self._tapped:
                 self._tapped.add(id(receiver))
-                tap_receiver(receiver, self.counter)  # raw RTP, never decoded
+                tap_receiver(receiver, self.counter)  # raw RTP, never decoded (before a clear reader, if any)
         await self.pc.setLocalDescription(await self.pc.createAnswer())
         enlarge_receive_buffers(self.pc)
         return self.pc.localDescription.sdp
@@ -144,12 +170,15 @@ class Subscriber:
         data["errors"] = self.errors[-3:]
         data["state"] = self.pc.connectionState
         data["rtx_removed"] = self.rtx_removed
+        data["clear"] = self._release_socket is not None
         return data
 
     async def close(self) -> None:
         await self._leave()
         for task in list(self._tasks):
             task.cancel()
+        if self._release_socket is not None:
+            self._release_socket()
         with contextlib.suppress(Exception):
             await self.pc.close()
 
@@ -163,8 +192,10 @@ class JanusSubscriber(Subscriber):
     as a subscriber to the publisher's feed; Janus's offer comes in the event, the answer goes with
     ``start``."""
 
-    def __init__(self, session: aiohttp.ClientSession, url: str, room: int, feed: int, name: str) -> None:
-        super().__init__(session, url, "")
+    def __init__(
+        self, session: aiohttp.ClientSession, url: str, room: int, feed: int, name: str, *, clear: bool = False
+    ) -> None:
+        super().__init__(session, url, "", clear=clear)
         self.room, self.feed, self.name = room, feed, name
         self.janus: janus.JanusSession | None = None
         self.handle = 0

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 import socket
 import struct
@@ -365,6 +366,60 @@ async def _host_candidate(connection: IceConnection, address: MediaAddress, comp
         connection._protocols.append(protocol)
         return protocol.local_candidate
     raise ConnectionError(f"no free UDP port in {low}-{high} on {address.bind}")
+
+
+def read_rtp_in_the_clear(
+    pc: RTCPeerConnection, sink: Callable[[bytes], None], batch: int = 64
+) -> Callable[[], None] | None:
+    """Hand ``pc``'s incoming RTP to ``sink`` undecrypted, many datagrams per wake-up; None if it cannot.
+
+    For load generators, never for the server: SRTP leaves the RTP header in the clear, so a
+    receiver that only counts packets (sequence numbers, marker bits) need not decrypt, depacketize
+    or pass through aiortc at all. The nominated pair's transport stops reading and a duplicate of its
+    socket is drained here, ``batch`` datagrams per readiness event instead of one; STUN (consent
+    checks), DTLS and RTCP still go to aiortc. Needs asyncio's own loop (uvloop's UDP transports cannot
+    pause). Call the returned function before closing ``pc``: it closes the duplicate.
+    """
+    loop = asyncio.get_running_loop()
+    releases: list[Callable[[], None]] = []
+    for dtls in {t.receiver.transport for t in pc.getTransceivers()}:
+        connection: IceConnection = dtls.transport._connection
+        pair = connection._nominated.get(1)
+        if pair is None or dtls._state is not DtlsState.CONNECTED:
+            continue
+        transport, received = pair.protocol.transport, pair.protocol.datagram_received
+        if not hasattr(transport, "pause_reading"):
+            continue
+        transport.pause_reading()
+        own = socket.socket(fileno=os.dup(transport.get_extra_info("socket").fileno()))
+        own.setblocking(False)
+
+        def drain(own: socket.socket = own, received: Callable[[bytes, Any], None] = received) -> None:
+            for _ in range(batch):
+                try:
+                    data, addr = own.recvfrom(2048)
+                except (BlockingIOError, InterruptedError):
+                    return
+                if len(data) >= 12 and 128 <= data[0] <= 191 and not 192 <= data[1] <= 223:
+                    sink(data)  # RTP (RFC 5761: RTCP types 192-223 share the first byte's range)
+                else:
+                    received(data, addr)
+
+        def release(own: socket.socket = own) -> None:
+            if own.fileno() >= 0:
+                loop.remove_reader(own.fileno())
+                own.close()
+
+        loop.add_reader(own.fileno(), drain)
+        releases.append(release)
+    if not releases:
+        return None
+
+    def release_all() -> None:
+        for release in releases:
+            release()
+
+    return release_all
 
 
 # --- send side ----------------------------------------------------------------------
