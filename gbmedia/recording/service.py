@@ -61,7 +61,7 @@ from gbmedia.rooms.media import ENDED, PUBLISHED, RoomEvents, RoomMedia, TrackOw
 from gbmedia.rooms.store import Room, Rooms, room_hook_json
 from gbmedia.sfu import aiortc_adapter
 from gbmedia.sfu.track import PublishedTrack
-from gbmedia.tenancy import audit
+from gbmedia.tenancy import audit, usage
 from gbmedia.tenancy.customers import Customers, quota_exceeded
 from gbmedia.tenancy.gates import require_feature
 from gbmedia.tenancy.instances import Instances
@@ -750,13 +750,20 @@ class Recordings:
                 size,
             )
             if duration > 0:
-                await conn.execute(
-                    """INSERT INTO usage_events (customer_id, instance_id, kind, quantity, room_id)
-                       VALUES ($1, $2, 'recording_minutes', $3, $4)""",
-                    active.room.customer_id,
-                    active.room.instance_id,
-                    duration / 60,
-                    active.room.id,
+                await usage.record(
+                    conn,
+                    [
+                        usage.UsageEvent(
+                            customer_id=active.room.customer_id,
+                            instance_id=active.room.instance_id,
+                            kind="recording_minutes",
+                            quantity=usage.minutes(duration),
+                            key=f"recording:{active.id}",  # once per recording, however often the stop is retried
+                            occurred_at=dt.datetime.now(dt.UTC),
+                            room_id=active.room.id,
+                            subject=str(active.id),
+                        )
+                    ],
                 )
             await audit.record(
                 conn,

@@ -27,6 +27,7 @@ import asyncpg
 
 from gbmedia.errors import ApiError, bad_request, conflict, not_found
 from gbmedia.tenancy import audit
+from gbmedia.tenancy.billing import require_standing
 from gbmedia.tenancy.customers import Customers, quota_exceeded
 from gbmedia.tenancy.gates import require_feature
 from gbmedia.tenancy.instances import Instances
@@ -138,6 +139,7 @@ class Rooms:
             customer = await self.customers.get(instance.customer_id, conn, for_update=True)
             if customer.status != "active":
                 raise conflict("customer_not_active", f"the customer account is {customer.status}")
+            await require_standing(conn, customer.id)  # pending, past due or cancelled: no new rooms
             if kind == "live":
                 await require_feature(conn, instance.id, "live")
             quotas = await self.customers.quotas(customer, conn)
