@@ -4,7 +4,6 @@ counting a minute twice."""
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import json
 import uuid
@@ -16,6 +15,7 @@ import pytest
 from gbmedia.tenancy import usage
 from gbmedia.tenancy.metering import Usage, UsageMeter
 from gbmedia.tenancy.usage import UsageEvent
+from tests.test_bus import wait_until
 
 T0 = dt.datetime(2026, 11, 30, 22, 0, tzinfo=dt.UTC)
 
@@ -114,7 +114,9 @@ async def test_reports_sum_per_hour_day_and_period_and_storage_is_a_peak(pool: a
 async def test_storage_snapshots_once_an_hour_whichever_node_takes_them(pool: asyncpg.Pool):
     cid, iid = await _customer(pool)
     room = await pool.fetchval(
-        "INSERT INTO rooms (customer_id, instance_id, name, max_participants) VALUES ($1, $2, 'r', 5) RETURNING id", cid, iid
+        "INSERT INTO rooms (customer_id, instance_id, name, max_participants) VALUES ($1, $2, 'r', 5) RETURNING id",
+        cid,
+        iid,
     )
     await pool.execute(
         """INSERT INTO recordings (customer_id, instance_id, room_id, kinds, status, storage, node_id, started_by,
@@ -177,7 +179,7 @@ async def test_a_failed_flush_is_written_again_unchanged_and_never_twice(pool: a
     with pytest.raises(asyncpg.InterfaceError):
         await meter.flush()
     # The same tick (3 s, 100 bytes) was committed by someone else's retry of it: a conflict, not a count.
-    first = meter._fix_ticks(clock())  # noqa: SLF001 - the ticks the meter fixed
+    first = meter._fix_ticks(clock())
     await usage.record(pool, first)
     meter.pool = pool
     clock.advance(2)
@@ -215,9 +217,7 @@ async def test_the_meter_task_flushes_on_its_own(pool: asyncpg.Pool):
     meter.start()
     meter.start()  # once
     try:
-        deadline = asyncio.get_running_loop().time() + 10
-        while meter.written == 0 and asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(0.05)
+        await wait_until(lambda: meter.written > 0)
     finally:
         await meter.stop()
     assert meter.written == 1 and seen
