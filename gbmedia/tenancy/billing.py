@@ -319,9 +319,10 @@ class Billing:
                 )
                 issued = now >= end
                 row = await conn.fetchrow(
-                    f"""UPDATE invoices SET plan_id = $2, subtotal_cents = $3, total_cents = $3, generated_at = $4,
-                                            status = CASE WHEN $5 THEN 'open' ELSE 'draft' END,
-                                            issued_at = CASE WHEN $5 THEN $4 END
+                    f"""UPDATE invoices SET plan_id = $2, subtotal_cents = $3, total_cents = $3,
+                                            generated_at = $4::timestamptz,
+                                            status = CASE WHEN $5::boolean THEN 'open' ELSE 'draft' END,
+                                            issued_at = CASE WHEN $5::boolean THEN $4::timestamptz END
                          WHERE id = $1 RETURNING {_INVOICE_COLUMNS}""",
                     row["id"],
                     plan_id,
@@ -411,8 +412,8 @@ class Billing:
                 await conn.execute(
                     """INSERT INTO subscriptions (customer_id, plan_id, status, payment_reference, amount_cents,
                                                   activated_at, cancelled_at)
-                       VALUES ($1, $2, $3, $4, $5, CASE WHEN $3 = 'active' THEN now() END,
-                               CASE WHEN $3 = 'cancelled' THEN now() END)""",
+                       VALUES ($1, $2, $3::text, $4, $5, CASE WHEN $3::text = 'active' THEN now() END,
+                               CASE WHEN $3::text = 'cancelled' THEN now() END)""",
                     customer_id,
                     plan["id"],
                     status,
@@ -428,10 +429,10 @@ class Billing:
                         {"current": current["status"], "requested": status},
                     )
                 await conn.execute(
-                    """UPDATE subscriptions SET status = $2, updated_at = now(),
-                              activated_at = CASE WHEN $2 = 'active' THEN coalesce(activated_at, now())
+                    """UPDATE subscriptions SET status = $2::text, updated_at = now(),
+                              activated_at = CASE WHEN $2::text = 'active' THEN coalesce(activated_at, now())
                                                   ELSE activated_at END,
-                              cancelled_at = CASE WHEN $2 = 'cancelled' THEN now() ELSE cancelled_at END
+                              cancelled_at = CASE WHEN $2::text = 'cancelled' THEN now() ELSE cancelled_at END
                         WHERE id = $1""",
                     current["id"],
                     status,
