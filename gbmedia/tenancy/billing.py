@@ -61,6 +61,11 @@ _DESCRIPTIONS = {
 }
 
 
+def plain(value: Decimal) -> str:
+    """An exact decimal without exponent or trailing zeros: ``10000``, ``0.4``."""
+    return format(value.normalize(), "f")
+
+
 @dataclass(frozen=True)
 class Price:
     kind: str
@@ -88,10 +93,10 @@ class InvoiceLine:
             "kind": self.kind,
             "description": self.description,
             "unit": self.unit,
-            "quantity": str(self.quantity),
-            "included": str(self.included),
-            "billable": str(self.billable),
-            "unit_price_cents": str(self.unit_price_cents),
+            "quantity": plain(self.quantity),
+            "included": plain(self.included),
+            "billable": plain(self.billable),
+            "unit_price_cents": plain(self.unit_price_cents),
             "amount_cents": self.amount_cents,
         }
 

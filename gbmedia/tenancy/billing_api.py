@@ -33,7 +33,7 @@ from gbmedia.http.responses import (
 from gbmedia.tenancy import usage
 from gbmedia.tenancy.api import reachable_customer_id, require_operator
 from gbmedia.tenancy.auth import principal_of
-from gbmedia.tenancy.billing import Billing, invoice_html
+from gbmedia.tenancy.billing import Billing, Invoice, invoice_html
 from gbmedia.tenancy.webhook_events import signature
 
 TIMESTAMP_HEADER = "X-Gbmedia-Billing-Timestamp"
@@ -150,19 +150,24 @@ async def create_invoice(request: web.Request) -> web.Response:
     return json_response(invoice.to_json(), status=201)
 
 
-async def get_invoice(request: web.Request) -> web.StreamResponse:
+async def _reachable_invoice(request: web.Request) -> Invoice:
     principal = principal_of(request)
     invoice_id = path_uuid(request, "invoice_id")
-    fmt = request.query.get("format", "json")
-    if fmt not in ("json", "html"):
-        raise bad_request("invalid_query", "format must be json or html", param="format")
     invoice = await _billing(request).get(invoice_id)
     if not principal.is_operator:
         if principal.customer_id != invoice.customer_id:
             raise not_found("invoice", invoice_id)
         principal.require_any("instance_admin")
-    if fmt == "json":
-        return json_response(invoice.to_json())
+    return invoice
+
+
+async def get_invoice(request: web.Request) -> web.Response:
+    return json_response((await _reachable_invoice(request)).to_json())
+
+
+async def print_invoice(request: web.Request) -> web.Response:
+    """The invoice as a printable HTML page (the dashboard opens it; a browser prints it)."""
+    invoice = await _reachable_invoice(request)
     name = await _billing(request).pool.fetchval("SELECT name FROM customers WHERE id = $1", invoice.customer_id)
     return web.Response(text=invoice_html(invoice, name or ""), content_type="text/html", charset="utf-8")
 
@@ -216,4 +221,5 @@ def register(app: web.Application, api: BillingApi) -> None:
     r.add_post("/api/v1/customers/{customer_id}/invoices", create_invoice)
     r.add_get("/api/v1/customers/{customer_id}/subscription", get_subscription)
     r.add_get("/api/v1/invoices/{invoice_id}", get_invoice)
+    r.add_get("/api/v1/invoices/{invoice_id}/print", print_invoice)
     r.add_post("/billing/payment-events", payment_event)

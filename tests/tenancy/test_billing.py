@@ -168,7 +168,7 @@ async def test_usage_invoices_and_standing_over_rest(client: TestClient):
     assert [i["id"] for i in listed["invoices"]] == [invoice["id"]]
     resp = await client.get(f"/api/v1/invoices/{invoice['id']}", headers=tenant.admin)
     assert (await resp.json())["number"] == invoice["number"]
-    resp = await client.get(f"/api/v1/invoices/{invoice['id']}", headers=tenant.admin, params={"format": "html"})
+    resp = await client.get(f"/api/v1/invoices/{invoice['id']}/print", headers=tenant.admin)
     assert resp.status == 200 and resp.content_type == "text/html"
     page = await resp.text()
     assert invoice["number"] in page and "29.00 USD" in page and "<script" not in page
@@ -177,8 +177,9 @@ async def test_usage_invoices_and_standing_over_rest(client: TestClient):
             f"/api/v1/invoices/{uuid.uuid4() if headers is OPERATOR else invoice['id']}", headers=headers
         )
         assert await _error(resp, 404) == "invoice_not_found"
-    resp = await client.get(f"/api/v1/invoices/{invoice['id']}", headers=OPERATOR, params={"format": "pdf"})
-    assert await _error(resp, 400) == "invalid_query"
+    resp = await client.get(f"/api/v1/invoices/{invoice['id']}/print", headers=other.admin)
+    assert await _error(resp, 404) == "invoice_not_found"
+    assert await _error(await client.get("/api/v1/invoices/nope", headers=OPERATOR), 400) == "invalid_id"
 
     # standing: the provider's events move the subscription they name
     sub = await (await client.get(f"{url}/subscription", headers=tenant.admin)).json()
