@@ -32,6 +32,7 @@ from gbmedia.tenancy.customers import Customers, quota_exceeded
 from gbmedia.tenancy.gates import require_feature
 from gbmedia.tenancy.instances import Instances
 from gbmedia.tenancy.models import Actor
+from gbmedia.tenancy.usage import require_participant_minutes
 from gbmedia.tenancy.webhook_events import emit
 
 log = logging.getLogger(__name__)
@@ -191,6 +192,7 @@ class Rooms:
 
     async def open(self, actor: Actor, instance_id: uuid.UUID, name: str, kind: str = "meeting") -> Room:
         """The instance's open room with this name, created (as ``kind``) when there is none."""
+        await require_participant_minutes(self.pool, instance_id)
         try:
             room = await self.get(instance_id, name)
             if room.status == "open":

@@ -27,6 +27,8 @@ from typing import Any, Literal
 
 import asyncpg
 
+from gbmedia.tenancy.customers import quota_exceeded
+
 MINUTE_KINDS = ("publish_minutes", "subscribe_minutes", "viewer_minutes", "recording_minutes")
 COUNT_KINDS = ("messages", "bytes_out")
 GAUGE_KINDS = ("storage_bytes",)
@@ -237,6 +239,34 @@ async def snapshot_storage(db: asyncpg.Pool | asyncpg.Connection, now: dt.dateti
         for row in rows
     ]
     return await record(db, events)
+
+
+async def require_participant_minutes(db: asyncpg.Pool | asyncpg.Connection, instance_id: uuid.UUID) -> None:
+    """Refuse a new session (403 ``quota_participant_minutes_per_month_exceeded``) once the customer's
+    participant minutes this period (receiving and viewing, as metered so far) reach the tier's quota.
+
+    Checked when a session starts (a join, WHIP, WHEP): sessions already running go on; a node's
+    unflushed ticks (at most ``GBMEDIA_USAGE_FLUSH_SECONDS``) are not counted yet.
+    """
+    row = await db.fetchrow(
+        """SELECT c.id, p.participant_minutes_per_month AS quota
+             FROM instances i JOIN customers c ON c.id = i.customer_id JOIN plans p ON p.id = c.subscription_tier
+            WHERE i.id = $1""",
+        instance_id,
+    )
+    if row is None or row["quota"] is None:
+        return
+    customer_id, limit = row["id"], row["quota"]
+    start, end = period_bounds(dt.datetime.now(dt.UTC))
+    used = await db.fetchval(
+        """SELECT coalesce(sum(quantity), 0) FROM usage_hourly
+            WHERE customer_id = $1 AND kind IN ('subscribe_minutes', 'viewer_minutes') AND hour >= $2 AND hour < $3""",
+        customer_id,
+        start,
+        end,
+    )
+    if used >= limit:
+        raise quota_exceeded("participant_minutes_per_month", limit, int(used))
 
 
 def bucket_json(bucket: Bucket) -> dict[str, Any]:

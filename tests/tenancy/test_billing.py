@@ -265,3 +265,47 @@ async def test_the_hook_is_off_without_a_secret(tmp_path: Path, database_url: st
             assert await _error(resp, 503) == "billing_hook_disabled"
     finally:
         await started.stop()
+
+
+async def test_participant_minutes_are_refused_once_the_tier_quota_is_used(client: TestClient, node: Any):
+    """Joins, WHIP and WHEP are refused with the quota's code once the month's participant minutes
+    (receiving and viewing) reach the tier's quota; below it they go on."""
+    from aiortc import RTCPeerConnection
+
+    from gbmedia.tenancy.tokens import Grants, mint_token
+    from tests.rtc import RtcClient, offer_from
+
+    tenant = await create_tenant(client, "minutes", "starter")
+    await node.db.pool.execute("UPDATE plans SET participant_minutes_per_month = 5 WHERE id = 'starter'")
+    resp = await client.get(f"/api/v1/customers/{tenant.customer_id}", headers=OPERATOR)
+    assert (await resp.json())["quotas"]["participant_minutes_per_month"] == 5
+    host = mint_token(tenant.key, tenant.secret, "host", Grants.participant("show"))
+    cid, iid = uuid.UUID(tenant.customer_id), uuid.UUID(tenant.instance_id)
+    now = dt.datetime.now(dt.UTC)
+    await usage.record(node.db.pool, [UsageEvent(cid, iid, "subscribe_minutes", Decimal("4.5"), "q1", now)])
+    socket = RtcClient(await client.ws_connect("/rtc"))
+    try:
+        assert (await socket.join(host, kind="live"))["type"] == "joined"  # 4.5 of 5 used
+    finally:
+        await socket.close()
+    await usage.record(node.db.pool, [UsageEvent(cid, iid, "viewer_minutes", Decimal("0.5"), "q2", now)])
+    socket = RtcClient(await client.ws_connect("/rtc"))
+    try:
+        reply = await socket.join(host, kind="live")
+    finally:
+        await socket.close()
+    code = "quota_participant_minutes_per_month_exceeded"
+    assert (reply["type"], reply["code"], reply["details"]) == (
+        "error",
+        code,
+        {"quota": "participant_minutes_per_month", "limit": 5, "used": 5},
+    )
+    player = RTCPeerConnection()
+    try:
+        player.addTransceiver("video", direction="recvonly")
+        offer = (await offer_from(player)).encode()
+        headers = {**bearer(host), "Content-Type": "application/sdp"}
+        for path in ("/whip/show", "/whep/show"):
+            assert await _error(await client.post(path, data=offer, headers=headers), 403) == code
+    finally:
+        await player.close()

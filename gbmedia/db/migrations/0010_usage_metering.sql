@@ -17,6 +17,11 @@ ALTER TABLE usage_events
     ADD COLUMN idempotency_key text;
 CREATE UNIQUE INDEX usage_events_idempotency ON usage_events (idempotency_key);
 
+-- Participant minutes (receiving and viewing) a tier allows per month; NULL: no quota, billed per use.
+ALTER TABLE plans ADD COLUMN participant_minutes_per_month integer
+    CHECK (participant_minutes_per_month >= 0);
+UPDATE plans SET participant_minutes_per_month = 10000 WHERE id = 'free';
+
 -- Sum of the hour's events (storage_bytes: the largest snapshot of the hour).
 CREATE TABLE usage_hourly (
     customer_id uuid NOT NULL REFERENCES customers (id) ON DELETE CASCADE,
