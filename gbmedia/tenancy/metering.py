@@ -82,6 +82,7 @@ class UsageMeter:
         self._tick = 0
         self._before_flush: list[Callable[[], Awaitable[None] | None]] = []
         self._task: asyncio.Task[None] | None = None
+        self._flushing = asyncio.Lock()  # one flush at a time: a tick is fixed, written and committed together
         self.written = 0  # events committed by this meter
         self.failures = 0
 
@@ -183,6 +184,10 @@ class UsageMeter:
 
     async def flush(self) -> int:
         """Write every accrued tick; how many events were new. A failed write is kept for the next flush."""
+        async with self._flushing:
+            return await self._flush()
+
+    async def _flush(self) -> int:
         for hook in self._before_flush:
             result = hook()
             if result is not None:
