@@ -7,15 +7,18 @@ from __future__ import annotations
 import datetime as dt
 import json
 import uuid
+from collections.abc import AsyncIterator
 from decimal import Decimal
 
 import asyncpg
 import pytest
 
+from gbmedia.outbox import OutboxRelay, event_id_of
 from gbmedia.tenancy import usage
 from gbmedia.tenancy.metering import Usage, UsageMeter
 from gbmedia.tenancy.usage import UsageEvent
 from tests.test_bus import wait_until
+from tests.test_outbox import all_sent, async_true, eventually, make_relay, read_topics
 
 T0 = dt.datetime(2026, 11, 30, 22, 0, tzinfo=dt.UTC)
 
@@ -221,3 +224,27 @@ async def test_the_meter_task_flushes_on_its_own(pool: asyncpg.Pool):
     finally:
         await meter.stop()
     assert meter.written == 1 and seen
+
+
+@pytest.fixture
+async def relay(pool: asyncpg.Pool, kafka_bootstrap: str) -> AsyncIterator[OutboxRelay]:
+    running = make_relay(pool, kafka_bootstrap)
+    running.start()
+    await eventually(async_true(lambda: running.connected), "the relay to connect")
+    yield running
+    await running.stop()
+
+
+async def test_usage_events_reach_kafka_once_through_the_outbox(
+    pool: asyncpg.Pool, relay: OutboxRelay, kafka_bootstrap: str
+):
+    cid, iid = await _customer(pool)
+    event = _event(cid, iid, "viewer_minutes", "0.5", "whep:s1:0", T0)
+    assert await usage.record(pool, [event]) == 1
+    assert await usage.record(pool, [event]) == 0  # a replay: no second outbox row either
+    await eventually(lambda: all_sent(pool), "the usage event relayed")
+    (record,) = await read_topics(kafka_bootstrap, ["usage.events"])
+    assert record.topic == "gbmedia.usage.events" and record.key == str(cid).encode()
+    assert event_id_of(record) == usage.event_id("whep:s1:0")
+    value = json.loads(record.value)
+    assert (value["kind"], value["quantity"], value["key"]) == ("viewer_minutes", 0.5, "whep:s1:0")
