@@ -206,6 +206,12 @@ async def payment_event(request: web.Request) -> web.Response:
 
 def _validated(data: dict[str, Any]) -> PaymentEvent:
     event = validate_body(data, PaymentEvent)
+    for name in ("customer_id", "invoice_id"):
+        value = getattr(event, name)
+        try:
+            _ = value is None or uuid.UUID(value)
+        except ValueError:
+            raise bad_request("validation_failed", f"{name} must be a UUID", problems=[{"field": name}]) from None
     if event.type == "subscription.updated" and (event.status is None or event.subscription is None):
         raise bad_request("payment_event_incomplete", "subscription.updated needs subscription and status")
     if event.type == "invoice.paid" and event.invoice_id is None:

@@ -233,6 +233,8 @@ async def test_usage_invoices_and_standing_over_rest(client: TestClient):
     incomplete = {"id": "evt_9", "type": "subscription.updated", "customer_id": cid}
     assert await _error(await _signed(client, incomplete), 400) == "payment_event_incomplete"
     assert await _error(await _signed(client, {**paid, "type": "refund"}), 400) == "validation_failed"
+    not_uuid = {**event, "id": "evt_11", "customer_id": "-" * 36}
+    assert await _error(await _signed(client, not_uuid), 400) == "validation_failed"
     unknown = {**event, "id": "evt_10", "customer_id": str(uuid.uuid4())}
     assert await _error(await _signed(client, unknown), 404) == "customer_not_found"
 
