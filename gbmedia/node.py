@@ -54,6 +54,7 @@ from gbmedia.sfu import aiortc_adapter
 from gbmedia.sfu.media_address import MediaAddress, resolve_media_address
 from gbmedia.signaling.cascade import HttpFeeder
 from gbmedia.signaling.relay import ClusterAuth, Relay
+from gbmedia.streaming.metering import meter_hls
 from gbmedia.streaming.playlist import HlsConfig
 from gbmedia.streaming.service import HlsService
 from gbmedia.tenancy.billing import InvoiceCloser
@@ -412,6 +413,7 @@ class Node:
                 video_bitrate=settings.hls_video_bitrate,
             )
             node.metrics.watch(node.hls.samples)
+            meter_hls(node.hls, meter)  # players' fetched media time: viewer_minutes, channel hls
         return node
 
     def load_samples(self) -> list[Sample]:

@@ -68,6 +68,7 @@ class _Session:
 class _Counts:
     tick: int
     counts: dict[tuple[Usage, str], int] = field(default_factory=dict)
+    seconds: dict[tuple[Usage, str, str | None], float] = field(default_factory=dict)
 
 
 class UsageMeter:
@@ -78,6 +79,7 @@ class UsageMeter:
         self.id = uuid.uuid4().hex[:16]  # this process's counters' keys
         self.sessions: dict[str, _Session] = {}
         self._counts: dict[tuple[Usage, str], int] = {}
+        self._seconds: dict[tuple[Usage, str, str | None], float] = {}
         self._pending_counts: _Counts | None = None
         self._tick = 0
         self._before_flush: list[Callable[[], Awaitable[None] | None]] = []
@@ -124,6 +126,13 @@ class UsageMeter:
         if quantity > 0:
             self._counts[(owner, kind)] = self._counts.get((owner, kind), 0) + quantity
 
+    def count_seconds(self, owner: Usage, kind: str, seconds: float, *, channel: str | None = None) -> None:
+        """Add to a timed usage that is not a session: media time served (LL-HLS viewers fetch it by the part)."""
+        if kind not in usage.MINUTE_KINDS:
+            raise ValueError(f"{kind!r} is not a timed usage")
+        if seconds > 0:
+            self._seconds[(owner, kind, channel)] = self._seconds.get((owner, kind, channel), 0.0) + seconds
+
     def before_flush(self, hook: Callable[[], Awaitable[None] | None]) -> None:
         """Run ``hook`` before each flush (a module that samples its state, like the rooms' byte counts)."""
         self._before_flush.append(hook)
@@ -153,9 +162,9 @@ class UsageMeter:
                         channel=s.channel,
                     )
                 )
-        if self._pending_counts is None and self._counts:
-            self._pending_counts = _Counts(self._tick, self._counts)
-            self._counts = {}
+        if self._pending_counts is None and (self._counts or self._seconds):
+            self._pending_counts = _Counts(self._tick, self._counts, self._seconds)
+            self._counts, self._seconds = {}, {}
             self._tick += 1
         if self._pending_counts is not None:
             at = dt.datetime.fromtimestamp(now, dt.UTC)
@@ -170,6 +179,20 @@ class UsageMeter:
                         f"{owner.room_id}:{kind}",
                         occurred_at=at,
                         room_id=owner.room_id,
+                    )
+                )
+            for (owner, kind, channel), seconds in self._pending_counts.seconds.items():
+                events.append(
+                    UsageEvent(
+                        customer_id=owner.customer_id,
+                        instance_id=owner.instance_id,
+                        kind=kind,
+                        quantity=usage.minutes(seconds),
+                        key=f"{self.id}:{self._pending_counts.tick}:{owner.customer_id}:{owner.instance_id}:"
+                        f"{owner.room_id}:{kind}:{channel}",
+                        occurred_at=at,
+                        room_id=owner.room_id,
+                        channel=channel,
                     )
                 )
         return events

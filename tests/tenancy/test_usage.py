@@ -167,6 +167,8 @@ async def test_a_session_is_written_in_ticks_and_ends_exactly(pool: asyncpg.Pool
         meter.open("x", owner, "messages")
     with pytest.raises(ValueError):
         meter.count(owner, "publish_minutes")
+    with pytest.raises(ValueError):
+        meter.count_seconds(owner, "messages", 1.0)
 
 
 async def test_a_failed_flush_is_written_again_unchanged_and_never_twice(pool: asyncpg.Pool, database_url: str):
