@@ -25,6 +25,7 @@ from gbmedia.tenancy.usage import UsageEvent
 from gbmedia.tenancy.webhook_events import signature
 from tests.conftest import make_settings
 from tests.helpers import OPERATOR, Tenant, bearer, create_tenant
+from tests.rtc import RtcClient
 
 SECRET = "billing-test-secret-0123456789"
 NOV = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
@@ -207,6 +208,12 @@ async def test_usage_invoices_and_standing_over_rest(client: TestClient):
 
     # past due: participant tokens and new rooms are refused; the admin still reads its invoices
     assert await _error(await client.get("/api/v1/whoami", headers=participant), 403) == "subscription_past_due"
+    socket = RtcClient(await client.ws_connect("/rtc"))
+    try:
+        reply = await socket.join(participant["Authorization"].removeprefix("Bearer "))
+    finally:
+        await socket.close()
+    assert (reply["type"], reply["code"]) == ("error", "subscription_past_due")
     resp = await client.post("/api/v1/rooms", headers=tenant.admin, json={"name": "r2"})
     assert await _error(resp, 403) == "subscription_past_due"
     assert (await client.get(f"{url}/invoices", headers=tenant.admin)).status == 200
