@@ -79,6 +79,8 @@ class Authenticator:
         customer = await self.customers.get(instance.customer_id)
         if customer.status != "active":
             return Revoked("customer_suspended", customer_id=customer.id)
+        if await subscription_status(self.customers.pool, customer.id) == "cancelled":
+            return Revoked("subscription_cancelled", customer_id=customer.id)
         return None
 
     async def authenticate(self, authorization: str | None, request_id: str | None = None) -> Principal:

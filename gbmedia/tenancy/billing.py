@@ -36,6 +36,7 @@ import asyncpg
 
 from gbmedia.errors import ApiError, conflict, forbidden, not_found
 from gbmedia.tenancy import usage
+from gbmedia.tenancy.revocation import Revoked, nobody_listens
 
 log = logging.getLogger(__name__)
 
@@ -255,6 +256,7 @@ def _invoice(row: asyncpg.Record, lines: Sequence[asyncpg.Record]) -> Invoice:
 class Billing:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
+        self.announce_revoked = nobody_listens  # a cancelled subscription's open sessions end (revocation.py)
 
     async def prices(self, plan_id: str, conn: asyncpg.Connection | None = None) -> list[Price]:
         rows = await (conn or self.pool).fetch(
@@ -376,7 +378,18 @@ class Billing:
     # --- the payment provider ---------------------------------------------------------
 
     async def apply_payment_event(self, event_id: str, body: dict[str, Any]) -> dict[str, Any]:
-        """Apply a verified provider event once: a subscription's status, or an invoice paid."""
+        """Apply a verified provider event once: a subscription's status, or an invoice paid.
+
+        A cancellation of the customer's current subscription ends its open sessions on every
+        node (past due and pending only refuse new ones)."""
+        result = await self._apply(event_id, body)
+        if result.get("status") == "cancelled" and "subscription" in result:
+            customer_id = uuid.UUID(str(body["customer_id"]))
+            if await subscription_status(self.pool, customer_id) == "cancelled":
+                await self.announce_revoked(Revoked("subscription_cancelled", customer_id=customer_id))
+        return result
+
+    async def _apply(self, event_id: str, body: dict[str, Any]) -> dict[str, Any]:
         customer_id = uuid.UUID(str(body["customer_id"]))
         async with self.pool.acquire() as conn, conn.transaction():
             if await conn.fetchval("SELECT 1 FROM customers WHERE id = $1", customer_id) is None:

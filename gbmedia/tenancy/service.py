@@ -34,9 +34,11 @@ class Tenancy:
         )
         revocations = Revocations()
         customers.announce_revoked = instances.announce_revoked = revocations.announce
+        billing = Billing(pool)
+        billing.announce_revoked = revocations.announce
         webhooks = Webhooks(pool, secrets, webhook_guard(settings))
         auth = Authenticator(instances, customers, operator_token)
-        return cls(customers, instances, auth, revocations, webhooks, Billing(pool))
+        return cls(customers, instances, auth, revocations, webhooks, billing)
 
 
 def webhook_guard(settings: Settings) -> DestinationGuard:

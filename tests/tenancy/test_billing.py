@@ -218,10 +218,16 @@ async def test_usage_invoices_and_standing_over_rest(client: TestClient):
     assert await _error(resp, 403) == "subscription_past_due"
     assert (await client.get(f"{url}/invoices", headers=tenant.admin)).status == 200
 
-    # paid again: active; then cancelled, which is final
-    for n, status in ((2, "active"), (3, "cancelled")):
-        resp = await _signed(client, {**event, "id": f"evt_{n}", "status": status})
-        assert resp.status == 200, await resp.text()
+    # paid again: active (a participant joins); then cancelled, which is final and ends its session
+    assert (await _signed(client, {**event, "id": "evt_2", "status": "active"})).status == 200
+    socket = RtcClient(await client.ws_connect("/rtc"))
+    try:
+        assert (await socket.join(participant["Authorization"].removeprefix("Bearer ")))["type"] == "joined"
+        assert (await _signed(client, {**event, "id": "evt_3", "status": "cancelled"})).status == 200
+        removed = await socket.wait_event(lambda e: e["type"] == "removed")
+        assert removed["reason"] == "subscription_cancelled"
+    finally:
+        await socket.close()
     assert await _error(await client.get("/api/v1/whoami", headers=participant), 403) == "subscription_cancelled"
     resp = await _signed(client, {**event, "id": "evt_4", "status": "active"})
     assert await _error(resp, 409) == "subscription_transition_invalid"
