@@ -32,7 +32,7 @@ from gbmedia.signaling import ws as signaling_ws
 from gbmedia.signaling.relay import cluster_middleware
 from gbmedia.streaming import api as streaming_api
 from gbmedia.tenancy import api as tenancy_api
-from gbmedia.tenancy import webhooks_api
+from gbmedia.tenancy import billing_api, webhooks_api
 from gbmedia.tenancy.auth import request_authenticator
 
 # The node, for the health routes here and for tests that look inside a running app; modules never use it.
@@ -102,6 +102,7 @@ def create_app(node: Node) -> web.Application:
         ),
     )
     webhooks_api.register(app, webhooks_api.WebhooksApi(node.tenancy.webhooks, node.webhooks.wake))
+    billing_api.register(app, billing_api.BillingApi(node.tenancy.billing, settings.billing_webhook_secret))
     rooms_api.register(
         app,
         rooms_api.RoomsApi(node.rooms, node.live_rooms, node.tenancy.instances, node.quality, node.db.pool, node.relay),

@@ -128,6 +128,10 @@ class Settings(BaseSettings):
     webhook_backoff_max_seconds: float = Field(default=3600.0, gt=0, le=7 * 86400)
     webhook_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
     webhook_allow_networks: str = ""  # comma-separated CIDRs, e.g. 10.20.0.0/16; empty: public addresses only
+    # Usage metering and billing (gbmedia/tenancy/metering.py, billing.py; docs/api.md "Usage", "Billing").
+    usage_flush_seconds: float = Field(default=5.0, ge=0.1, le=300)  # what a killed node may lose at most
+    billing_close_interval_seconds: float = Field(default=3600.0, ge=1, le=86400)
+    billing_webhook_secret: str = ""  # signs the payment provider's events; empty: the hook answers 503
     # Recording (gbmedia/recording): where files are spooled and stored.
     recording_storage: Literal["local", "s3"] = "local"
     recording_dir: Path | None = None  # default: <data_dir>/recordings
@@ -390,6 +394,7 @@ _SECRET_FIELDS = {
     "redis_url",
     "s3_secret_access_key",
     "turn_secret",
+    "billing_webhook_secret",
 }
 
 

@@ -29,6 +29,7 @@ from gbmedia.db.pool import Database
 from gbmedia.http.abuse import AbuseLimits, TrustedProxies
 from gbmedia.loopwatch import LoopWatch
 from gbmedia.messaging.delivery import ChatHub
+from gbmedia.messaging.metering import meter_messages
 from gbmedia.messaging.presence import MemoryPresence, Presence, RedisPresence
 from gbmedia.messaging.service import Chat
 from gbmedia.metrics import Metrics, Sample
@@ -41,6 +42,7 @@ from gbmedia.rooms.audience import audience_samples
 from gbmedia.rooms.cascade import Cascade
 from gbmedia.rooms.cluster import ClusterMember
 from gbmedia.rooms.live import LiveRooms, TrackLimits
+from gbmedia.rooms.metering import RoomMeter
 from gbmedia.rooms.placement import LocalPlacement, RedisPlacement
 from gbmedia.rooms.policy import SessionLimits
 from gbmedia.rooms.quality import QualityMonitor
@@ -53,8 +55,11 @@ from gbmedia.sfu.media_address import MediaAddress, media_ports, resolve_media_a
 from gbmedia.sfu.udp_mux import UdpMux
 from gbmedia.signaling.cascade import HttpFeeder
 from gbmedia.signaling.relay import ClusterAuth, Relay
+from gbmedia.streaming.metering import meter_hls
 from gbmedia.streaming.playlist import HlsConfig
 from gbmedia.streaming.service import HlsService
+from gbmedia.tenancy.billing import InvoiceCloser
+from gbmedia.tenancy.metering import UsageMeter
 from gbmedia.tenancy.revocation import Revocations
 from gbmedia.tenancy.secrets import SecretBox, load_or_create_file_secret
 from gbmedia.tenancy.service import Tenancy, webhook_guard
@@ -169,6 +174,8 @@ class Node:
     cascade: Cascade  # live rooms' audiences spread over edge nodes
     bots: Bots  # dialogs, the engine that answers in chats, the scheduler
     webhooks: WebhookDispatcher  # sends the instances' webhook deliveries (every node; one per delivery)
+    meter: UsageMeter  # usage of this node's sessions and counters, written in idempotent ticks
+    invoice_closer: InvoiceCloser  # issues ended periods' invoices, snapshots storage (every node; idempotent)
     redis: aioredis.Redis | None = None
     hls: HlsService | None = None
     turn: TurnCredentials | None = None  # TURN credentials for clients (none: no TURN server)
@@ -258,6 +265,10 @@ class Node:
             recordings.attach(live_rooms)
             # Webhook events of the live state (participants, tracks, live), written as they happen.
             RoomWebhooks(WebhookEmitter(db.pool)).attach(live_rooms)
+            # Usage: rooms' minutes and bytes, chat's messages, flushed every GBMEDIA_USAGE_FLUSH_SECONDS.
+            meter = UsageMeter(db.pool, settings.usage_flush_seconds)
+            RoomMeter(meter, live_rooms).attach()
+            meter_messages(chat.messages, meter)
             await recordings.recover()
             me = NodeInfo(
                 node_id=settings.node_id,
@@ -379,6 +390,8 @@ class Node:
                     timeout_seconds=settings.webhook_timeout_seconds,
                 ),
             ),
+            meter=meter,
+            invoice_closer=InvoiceCloser(tenancy.billing, settings.billing_close_interval_seconds),
             redis=redis_client,
             turn=turn,
             coturn=coturn,
@@ -399,6 +412,8 @@ class Node:
         node.bots.start()
         node.metrics.watch(node.webhooks.samples)
         node.webhooks.start()
+        node.meter.start()
+        node.invoice_closer.start()
         node.room_sweeper.start()
         node.loop_watch = LoopWatch(node.metrics)
         node.loop_watch.start()
@@ -412,6 +427,7 @@ class Node:
                 video_bitrate=settings.hls_video_bitrate,
             )
             node.metrics.watch(node.hls.samples)
+            meter_hls(node.hls, meter)  # players' fetched media time: viewer_minutes, channel hls
         return node
 
     def load_samples(self) -> list[Sample]:
@@ -442,6 +458,8 @@ class Node:
         await self.live_rooms.close()
         if self.media_address.mux is not None:
             self.media_address.mux.close()
+        await self.meter.stop()  # after the rooms: their sessions' last seconds are written
+        await self.invoice_closer.stop()
         if self.hls is not None:
             await self.hls.close()
         await self.chat_hub.stop()

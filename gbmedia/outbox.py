@@ -78,7 +78,7 @@ from gbmedia.metrics import Sample
 log = logging.getLogger(__name__)
 
 #: The event stream's topics, as stored in ``outbox.topic``; Kafka's names add a prefix.
-TOPICS: frozenset[str] = frozenset({"chat.messages", "chat.receipts", "chat.conversations"})
+TOPICS: frozenset[str] = frozenset({"chat.messages", "chat.receipts", "chat.conversations", "usage.events"})
 DEFAULT_TOPIC_PREFIX = "gbmedia."
 DEFAULT_PARTITIONS = 8
 DEFAULT_RETENTION = 3600.0  # seconds

@@ -119,9 +119,14 @@ class Messages:
         self.conversations = conversations
         self.max_content_bytes = max_content_bytes
         self._listeners: list[ChangeListener] = []
+        self._sent_listeners: list[Callable[[Conversation], None]] = []
         self._ts_configs: dict[uuid.UUID, tuple[str, float]] = {}
         self.batcher = SendBatcher(batch_pool or pool, self._committed, lanes=writers)  # Database.batch_pool: see there
         self._joining: set[asyncio.Task[None]] = set()  # first sends of room participants, joining the chat
+
+    def on_sent(self, listener: Callable[[Conversation], None]) -> None:
+        """``listener(conversation)``, synchronously, for each new message committed (usage metering)."""
+        self._sent_listeners.append(listener)
 
     def on_change(self, listener: ChangeListener) -> None:
         """``listener(kind, event, conversation, members)`` after each committed change (``message`` or
@@ -321,6 +326,10 @@ class Messages:
 
     async def _committed(self, outcomes: list[SendOutcome]) -> None:
         """After a batch's commit, before its acks: the new messages to the listeners, in seq order."""
+        for outcome in outcomes:
+            if outcome.status == "created" and outcome.conversation is not None:
+                for sent in self._sent_listeners:
+                    sent(outcome.conversation)
         for outcome in outcomes:
             if outcome.status == "created":
                 assert outcome.message is not None and outcome.conversation is not None

@@ -30,7 +30,8 @@ reserve (:mod:`gbmedia.recording.disk`) starts are refused (507
 
 A node that dies mid-recording leaves playable files (the writers are crash-safe);
 at its next start it marks its interrupted recordings ``failed`` with
-``interrupted`` and lists what is on disk. Recording minutes are counted against
+``interrupted``, lists what is on disk and bills their minutes up to the files' last
+write (the same usage key as a clean stop: never twice). Recording minutes are counted against
 the tier's ``recording_minutes_per_month``: a start with none left is refused, and
 a running recording stops by itself when the month's minutes run out.
 """
@@ -61,7 +62,7 @@ from gbmedia.rooms.media import ENDED, PUBLISHED, RoomEvents, RoomMedia, TrackOw
 from gbmedia.rooms.store import Room, Rooms, room_hook_json
 from gbmedia.sfu import aiortc_adapter
 from gbmedia.sfu.track import PublishedTrack
-from gbmedia.tenancy import audit
+from gbmedia.tenancy import audit, usage
 from gbmedia.tenancy.customers import Customers, quota_exceeded
 from gbmedia.tenancy.gates import require_feature
 from gbmedia.tenancy.instances import Instances
@@ -750,13 +751,20 @@ class Recordings:
                 size,
             )
             if duration > 0:
-                await conn.execute(
-                    """INSERT INTO usage_events (customer_id, instance_id, kind, quantity, room_id)
-                       VALUES ($1, $2, 'recording_minutes', $3, $4)""",
-                    active.room.customer_id,
-                    active.room.instance_id,
-                    duration / 60,
-                    active.room.id,
+                await usage.record(
+                    conn,
+                    [
+                        usage.UsageEvent(
+                            customer_id=active.room.customer_id,
+                            instance_id=active.room.instance_id,
+                            kind="recording_minutes",
+                            quantity=usage.minutes(duration),
+                            key=f"recording:{active.id}",  # once per recording, however often the stop is retried
+                            occurred_at=dt.datetime.now(dt.UTC),
+                            room_id=active.room.id,
+                            subject=str(active.id),
+                        )
+                    ],
                 )
             await audit.record(
                 conn,
@@ -860,6 +868,8 @@ class Recordings:
                 "AND status = 'recording'",
                 row["id"],
             )
+            # The last write before the crash ends what is billed (the writers flush as they go).
+            last_write = await asyncio.to_thread(self._last_write, [f["storage_key"] for f in files])
             for f in files:
                 try:
                     # The cut file plays as it is; a remux gives it its duration and seek index back.
@@ -887,6 +897,7 @@ class Recordings:
                     RETURNING instance_id, room_id, error, duration_seconds, size_bytes""",
                     row["id"],
                 )
+                await self._bill_interrupted(conn, row["id"], last_write)
                 room = await conn.fetchrow("SELECT id, name, kind FROM rooms WHERE id = $1", done["room_id"])
                 await emit(
                     conn,
@@ -907,6 +918,36 @@ class Recordings:
         if rows:
             log.warning("interrupted recordings marked failed", extra={"count": len(rows)})
         return len(rows)
+
+    def _last_write(self, keys: list[str]) -> float | None:
+        times = [p.stat().st_mtime for p in (self.storage.spool_path(k) for k in keys) if p.exists()]
+        return max(times, default=None)
+
+    async def _bill_interrupted(self, conn: Any, recording_id: uuid.UUID, last_write: float | None) -> None:
+        """An interrupted recording's minutes: from its start to its files' last write, once (its key)."""
+        row = await conn.fetchrow(
+            "SELECT customer_id, instance_id, room_id, started_at FROM recordings WHERE id = $1", recording_id
+        )
+        if last_write is None or row["started_at"] is None:
+            return
+        seconds = last_write - row["started_at"].timestamp()
+        if seconds <= 0:
+            return
+        await usage.record(
+            conn,
+            [
+                usage.UsageEvent(
+                    customer_id=row["customer_id"],
+                    instance_id=row["instance_id"],
+                    kind="recording_minutes",
+                    quantity=usage.minutes(seconds),
+                    key=f"recording:{recording_id}",
+                    occurred_at=dt.datetime.now(dt.UTC),
+                    room_id=row["room_id"],
+                    subject=str(recording_id),
+                )
+            ],
+        )
 
     async def close(self) -> None:
         """Node shutdown: every running recording stops cleanly (reason ``node_shutdown``).

@@ -38,6 +38,7 @@ import contextlib
 import dataclasses
 import logging
 import secrets
+import time
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -95,6 +96,7 @@ class PlaybackSession:
     ice_ufrag: str | None
     etag: str = field(default_factory=new_etag)
     edge: str | None = None
+    started_at: float = field(default_factory=time.time)  # epoch seconds, for usage metering
 
 
 class AudienceLink(Protocol):
@@ -389,6 +391,7 @@ class Audience:
     async def end_playback(self, session: PlaybackSession, reason: str = "deleted") -> None:
         if self.playback.pop(session.id, None) is None:
             return
+        self.live.session_ended(session)
         await session.peer.close()
         self.count_changed()
         log.info(

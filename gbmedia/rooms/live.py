@@ -35,7 +35,7 @@ from aiortc.sdp import candidate_from_sdp
 
 from gbmedia.errors import ApiError, ProtocolError
 from gbmedia.metrics import Sample
-from gbmedia.rooms.audience import Audience
+from gbmedia.rooms.audience import Audience, PlaybackSession
 from gbmedia.rooms.media import ENDED, PUBLISHED, ProgramListener, RoomMedia, TrackListener, TrackOwner
 from gbmedia.rooms.participant import Participant, Send, track_json
 from gbmedia.rooms.policy import MeetingPolicy, RoomMembers, RoomPolicy, SessionLimits
@@ -58,6 +58,8 @@ POLICIES: dict[str, Callable[[RoomMembers], RoomPolicy]] = {"meeting": MeetingPo
 CreatedListener = Callable[["LiveRoom"], None]
 # Told when an announced participant joins (JOINED, reason "") or leaves (LEFT, with the reason).
 MemberListener = Callable[[str, "LiveRoom", Participant, str], Awaitable[None]]
+# Told (synchronously) when any participant or WHEP player leaves a room of this node.
+SessionEndListener = Callable[["LiveRoom", "Participant | PlaybackSession"], None]
 JOINED, LEFT = "joined", "left"
 
 
@@ -99,6 +101,9 @@ class LiveRoom:
 
     async def program_changed(self, program: Program) -> None:
         await self.registry.program_changed(self, program)
+
+    def session_ended(self, session: Participant | PlaybackSession) -> None:
+        self.registry.session_ended(self, session)
 
     async def broadcast(self, message: dict[str, Any], *, exclude: Participant | None = None) -> None:
         await asyncio.gather(*(p.send(message) for p in self.participants.values() if p is not exclude))
@@ -166,6 +171,7 @@ class LiveRoom:
     async def leave(self, participant: Participant, reason: str = "left") -> None:
         if self.participants.pop(participant.id, None) is None:
             return
+        self.session_ended(participant)
         self.registry.by_resume_token.pop(participant.resume_token, None)
         if participant.grace_task is not None and participant.grace_task is not asyncio.current_task():
             participant.grace_task.cancel()
@@ -546,6 +552,7 @@ class LiveRooms:
         self._program_listeners: list[ProgramListener] = []
         self._created_listeners: list[CreatedListener] = []
         self._member_listeners: list[MemberListener] = []
+        self._session_end_listeners: list[SessionEndListener] = []
         rooms.on_close(self._room_closed)
 
     # --- what recording, streaming and bots follow (gbmedia/rooms/media.py) ------------------
@@ -558,6 +565,18 @@ class LiveRooms:
 
     def on_created(self, listener: CreatedListener) -> None:
         self._created_listeners.append(listener)
+
+    def on_session_end(self, listener: SessionEndListener) -> None:
+        """Follow every participant (announced or not) and WHEP player leaving this node's rooms, at once
+        and synchronously (usage metering stops its clock there)."""
+        self._session_end_listeners.append(listener)
+
+    def session_ended(self, live: LiveRoom, session: Participant | PlaybackSession) -> None:
+        for listener in self._session_end_listeners:
+            try:
+                listener(live, session)
+            except Exception:  # a follower's failure never breaks a leave
+                log.exception("session end listener failed", extra={"room_id": str(live.room.id)})
 
     def on_member(self, listener: MemberListener) -> None:
         """Follow announced participants joining and leaving this node's rooms (webhooks do)."""

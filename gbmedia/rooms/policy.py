@@ -49,6 +49,10 @@ class RoomMembers(Protocol):
         """Tell whoever follows the room's program (LL-HLS) that it changed."""
         ...
 
+    def session_ended(self, session: Any) -> None:
+        """Tell the node's followers (usage metering) that a participant or WHEP player left."""
+        ...
+
 
 class RoomPolicy(Protocol):
     def announced(self, participant: Participant) -> bool:

@@ -27,10 +27,12 @@ import asyncpg
 
 from gbmedia.errors import ApiError, bad_request, conflict, not_found
 from gbmedia.tenancy import audit
+from gbmedia.tenancy.billing import require_standing
 from gbmedia.tenancy.customers import Customers, quota_exceeded
 from gbmedia.tenancy.gates import require_feature
 from gbmedia.tenancy.instances import Instances
 from gbmedia.tenancy.models import Actor
+from gbmedia.tenancy.usage import require_participant_minutes
 from gbmedia.tenancy.webhook_events import emit
 
 log = logging.getLogger(__name__)
@@ -138,6 +140,7 @@ class Rooms:
             customer = await self.customers.get(instance.customer_id, conn, for_update=True)
             if customer.status != "active":
                 raise conflict("customer_not_active", f"the customer account is {customer.status}")
+            await require_standing(conn, customer.id)  # pending, past due or cancelled: no new rooms
             if kind == "live":
                 await require_feature(conn, instance.id, "live")
             quotas = await self.customers.quotas(customer, conn)
@@ -189,6 +192,7 @@ class Rooms:
 
     async def open(self, actor: Actor, instance_id: uuid.UUID, name: str, kind: str = "meeting") -> Room:
         """The instance's open room with this name, created (as ``kind``) when there is none."""
+        await require_participant_minutes(self.pool, instance_id)
         try:
             room = await self.get(instance_id, name)
             if room.status == "open":

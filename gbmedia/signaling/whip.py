@@ -53,6 +53,7 @@ from gbmedia.tenancy.auth import Authenticator, VerifiedToken, bearer_credential
 from gbmedia.tenancy.gates import require_feature
 from gbmedia.tenancy.models import Actor
 from gbmedia.tenancy.revocation import Credential, Revocations, Revoked
+from gbmedia.tenancy.usage import require_participant_minutes
 from gbmedia.turn.credentials import TurnCredentials
 
 log = logging.getLogger(__name__)
@@ -461,6 +462,7 @@ async def whep_play(request: web.Request) -> web.StreamResponse:
     verified = await _verify(request, "can_subscribe")
     service = request.app[WHIP]
     await require_feature(service.auth.customers.pool, verified.instance.id, "live")  # 403 before any relay
+    await require_participant_minutes(service.auth.customers.pool, verified.instance.id)
     route: Route | None = None
     room = await _open_room(request, verified)
     if room is not None:  # a player is a viewer: served by the room's node, or an edge when that is full

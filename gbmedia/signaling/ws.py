@@ -48,7 +48,7 @@ from gbmedia.tenancy.revocation import Credential, Revocations, Revoked
 from gbmedia.turn.credentials import TurnCredentials
 
 # The socket's token no longer holds (its API key revoked, its instance or customer suspended);
-# the close reason names which: api_key_revoked, instance_suspended, customer_suspended.
+# the close reason names which: api_key_revoked, instance_suspended, customer_suspended, subscription_cancelled.
 CLOSE_REVOKED = 4403
 
 log = logging.getLogger(__name__)

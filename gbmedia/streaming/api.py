@@ -123,7 +123,9 @@ async def media(request: web.Request) -> web.StreamResponse:
         found = rendition.file(name)
     if found is None:
         raise ApiError(404, "hls_file_not_found", f"no file {name[:80]!r} in this live stream")
-    _service(request).bytes_served += len(found.body)
+    service = _service(request)
+    service.bytes_served += len(found.body)
+    service.served(uuid.UUID(request.match_info["room_id"]), rendition.media_seconds(name))
     return web.Response(
         body=found.body, headers={"Content-Type": found.content_type, "Cache-Control": IMMUTABLE, **_CORS}
     )

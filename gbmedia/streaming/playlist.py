@@ -262,6 +262,16 @@ class Rendition:
             return HlsFile(segment.parts[parsed[1]].data, "video/iso.segment")
         return None
 
+    def media_seconds(self, name: str) -> float:
+        """The media time a part or complete segment named ``name`` holds (0 for the init segment)."""
+        parsed = self.parse_name(name)
+        segment = self._segment(parsed[0]) if parsed is not None else None
+        if parsed is None or segment is None:
+            return 0.0
+        if parsed[1] is None:
+            return segment.duration or 0.0
+        return segment.parts[parsed[1]].duration if parsed[1] < len(segment.parts) else 0.0
+
     def is_upcoming(self, name: str) -> bool:
         """A part or segment that does not exist yet but will soon: worth a blocking wait."""
         parsed = self.parse_name(name)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from gbmedia.metrics import Sample
@@ -32,6 +33,7 @@ class _Running:
     program: Packager
     video: PublishedTrack
     audio: PublishedTrack | None
+    room: Room | None = None  # whose viewers the media served counts for (usage metering)
 
 
 class HlsService:
@@ -40,6 +42,8 @@ class HlsService:
         self.video_bitrate = video_bitrate
         self.running: dict[uuid.UUID, _Running] = {}
         self.bytes_served = 0
+        # Told (room, seconds) for each part or segment served: the media time viewers fetched (usage metering).
+        self.on_served: Callable[[Room, float], None] | None = None
         self._retired_parts = 0
         self._retired_encoded = 0
         self._retired_lost = 0
@@ -50,6 +54,12 @@ class HlsService:
     def rendition(self, room_id: uuid.UUID) -> Rendition | None:
         running = self.running.get(room_id)
         return running.program.rendition if running is not None else None
+
+    def served(self, room_id: uuid.UUID, seconds: float) -> None:
+        """A player fetched ``seconds`` of the room's media."""
+        running = self.running.get(room_id)
+        if self.on_served is not None and running is not None and running.room is not None and seconds > 0:
+            self.on_served(running.room, seconds)
 
     def program(self, room_id: uuid.UUID) -> Packager | None:
         running = self.running.get(room_id)
@@ -82,7 +92,7 @@ class HlsService:
             audio=audio is not None,
         )
         program.start()
-        self.running[live.room.id] = _Running(program, video, audio)
+        self.running[live.room.id] = _Running(program, video, audio, live.room)
         if audio is not None:
             audio.add_sink(program.audio_sink)
         video.add_sink(program.video_sink)

@@ -15,6 +15,7 @@ from aiohttp import web
 from gbmedia.errors import forbidden, unauthorized
 from gbmedia.http.keys import REQUEST_ID
 from gbmedia.http.middleware import Authenticate
+from gbmedia.tenancy.billing import standing_refusal, subscription_status
 from gbmedia.tenancy.customers import Customers
 from gbmedia.tenancy.instances import Instances
 from gbmedia.tenancy.models import Actor, Instance, Principal
@@ -60,6 +61,10 @@ class Authenticator:
         customer = await self.customers.get(instance.customer_id)
         if customer.status != "active":
             raise forbidden("customer_suspended", f"the customer account is {customer.status}")
+        if not access.grants.instance_admin:  # an administrator still reads its usage and invoices
+            refusal = standing_refusal(await subscription_status(self.customers.pool, customer.id))
+            if refusal is not None:
+                raise refusal
         return VerifiedToken(access, instance)
 
     async def revoked(self, credential: Credential) -> Revoked | None:
@@ -74,6 +79,8 @@ class Authenticator:
         customer = await self.customers.get(instance.customer_id)
         if customer.status != "active":
             return Revoked("customer_suspended", customer_id=customer.id)
+        if await subscription_status(self.customers.pool, customer.id) == "cancelled":
+            return Revoked("subscription_cancelled", customer_id=customer.id)
         return None
 
     async def authenticate(self, authorization: str | None, request_id: str | None = None) -> Principal:

@@ -17,6 +17,7 @@ QUOTAS = (
     "max_participants_per_room",
     "recording_minutes_per_month",
     "storage_bytes",
+    "participant_minutes_per_month",
 )
 
 
@@ -27,6 +28,7 @@ class Quotas:
     max_participants_per_room: int
     recording_minutes_per_month: int
     storage_bytes: int
+    participant_minutes_per_month: int | None  # None: no quota (the tier bills them per use)
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
 """Ending the open sessions of a credential that no longer holds: a revoked API key, a suspended
-(or deleted) instance, a suspended (or closed) customer.
+(or deleted) instance, a suspended (or closed) customer, a cancelled subscription.
 
 A token is checked once, when a session starts (a socket's ``join`` or ``auth``, a WHIP or
 WHEP ``POST``); without this module a session open when its key is revoked would run on
@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 CHANNEL = "tenancy.revoked"
 
-Reason = Literal["api_key_revoked", "instance_suspended", "customer_suspended"]
+Reason = Literal["api_key_revoked", "instance_suspended", "customer_suspended", "subscription_cancelled"]
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ import asyncpg
 from gbmedia.config import Settings
 from gbmedia.http.guard import DestinationGuard
 from gbmedia.tenancy.auth import Authenticator
+from gbmedia.tenancy.billing import Billing
 from gbmedia.tenancy.customers import Customers
 from gbmedia.tenancy.instances import Instances
 from gbmedia.tenancy.revocation import Revocations
@@ -23,6 +24,7 @@ class Tenancy:
     auth: Authenticator
     revocations: Revocations  # open sessions whose credential is revoked or suspended end
     webhooks: Webhooks  # the instances' webhook endpoints and their deliveries
+    billing: Billing  # prices, invoices, subscription standing
 
     @classmethod
     def create(cls, pool: asyncpg.Pool, settings: Settings, secrets: SecretBox, operator_token: str) -> Tenancy:
@@ -32,8 +34,11 @@ class Tenancy:
         )
         revocations = Revocations()
         customers.announce_revoked = instances.announce_revoked = revocations.announce
+        billing = Billing(pool)
+        billing.announce_revoked = revocations.announce
         webhooks = Webhooks(pool, secrets, webhook_guard(settings))
-        return cls(customers, instances, Authenticator(instances, customers, operator_token), revocations, webhooks)
+        auth = Authenticator(instances, customers, operator_token)
+        return cls(customers, instances, auth, revocations, webhooks, billing)
 
 
 def webhook_guard(settings: Settings) -> DestinationGuard:

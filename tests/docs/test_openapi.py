@@ -33,7 +33,7 @@ from gbmedia.recording import service as recording_service
 from gbmedia.rooms import api as rooms_api
 from gbmedia.rooms import store as rooms
 from gbmedia.tenancy import api as tenancy_api
-from gbmedia.tenancy import models, webhooks_api
+from gbmedia.tenancy import billing_api, models, webhooks_api
 from gbmedia.tenancy import webhooks as webhook_store
 from gbmedia.tenancy.tokens import Grants, mint_token
 from tests.helpers import OPERATOR, Tenant, bearer
@@ -81,6 +81,8 @@ REQUEST_MODELS: dict[str, tuple[type[BaseModel], bool]] = {  # operationId: (mod
     "startMediaBot": (media_bots_api.MediaBotStart, False),
     "createWebhook": (webhooks_api.WebhookCreate, False),
     "updateWebhook": (webhooks_api.WebhookUpdate, True),
+    "createInvoice": (billing_api.InvoiceCreate, False),
+    "postPaymentEvent": (billing_api.PaymentEvent, False),
 }
 RESPONSE_DATACLASSES = {
     "Customer": models.Customer,
@@ -751,6 +753,33 @@ async def _webhook_calls(call: Caller, admin: dict[str, str], iid: str) -> None:
     await call("DELETE", one, 200, headers=admin, instance_id=iid, webhook_id=hook)
 
 
+async def _billing_calls(call: Caller, admin: dict[str, str], cid: str, participant: dict[str, str]) -> None:
+    """Usage, invoices, standing and the payment hook (tests/tenancy/test_billing.py covers them in depth)."""
+    usage_path, invoices = "/api/v1/customers/{customer_id}/usage", "/api/v1/customers/{customer_id}/invoices"
+    nobody = str(uuid.uuid4())
+    report = await call("GET", usage_path, 200, headers=admin, customer_id=cid, query={"granularity": "hour"})
+    assert report["granularity"] == "hour"
+    await call("GET", usage_path, 200, headers=OPERATOR, customer_id=cid, query={"from": "2026-01-01"})
+    await call("GET", usage_path, 400, headers=OPERATOR, customer_id=cid, query={"granularity": "week"})
+    await call("GET", usage_path, 403, headers=participant, customer_id=cid)
+    await call("GET", usage_path, 404, headers=OPERATOR, customer_id=nobody)
+    period = dt.datetime.now(dt.UTC).strftime("%Y-%m")
+    invoice = await call("POST", invoices, 201, headers=OPERATOR, customer_id=cid, json={"period": period})
+    await call("POST", invoices, 400, headers=OPERATOR, customer_id=cid, json={"period": "2999-01"})
+    await call("POST", invoices, 403, headers=admin, customer_id=cid, json={"period": period})
+    await call("POST", invoices, 404, headers=OPERATOR, customer_id=nobody, json={"period": period})
+    await call("GET", invoices, 200, headers=admin, customer_id=cid, query={"limit": "5"})
+    await call("GET", invoices, 400, headers=admin, customer_id=cid, query={"limit": "0"})
+    await call("GET", "/api/v1/customers/{customer_id}/subscription", 200, headers=admin, customer_id=cid)
+    await call("GET", "/api/v1/invoices/{invoice_id}", 200, headers=admin, invoice_id=invoice["id"])
+    await call("GET", "/api/v1/invoices/{invoice_id}", 400, headers=admin, invoice_id="nope")
+    await call("GET", "/api/v1/invoices/{invoice_id}", 404, headers=OPERATOR, invoice_id=nobody)
+    page = await call("GET", "/api/v1/invoices/{invoice_id}/print", 200, headers=admin, invoice_id=invoice["id"])
+    assert invoice["number"] in page
+    await call("GET", "/api/v1/invoices/{invoice_id}/print", 403, headers=participant, invoice_id=invoice["id"])
+    await call("POST", "/billing/payment-events", 503, json={"id": "e"})  # no GBMEDIA_BILLING_WEBHOOK_SECRET here
+
+
 async def _live_calls(call: Caller, tenant: Tenant) -> None:
     """WHIP and WHEP with real aiortc offers (tests/signaling/test_whip.py covers them in depth)."""
     from aiortc import RTCPeerConnection
@@ -1078,6 +1107,7 @@ async def test_real_answers_conform_to_the_documented_responses(client: TestClie
     await _chat_calls(call, tenant)
     await _live_calls(call, tenant)
     await _webhook_calls(call, admin, iid)
+    await _billing_calls(call, admin, cid, bearer(participant["token"]))
     creator = await call(
         "POST",
         "/api/v1/instances/{instance_id}/tokens",

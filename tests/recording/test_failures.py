@@ -148,7 +148,15 @@ async def test_an_interrupted_recording_is_closed_out_at_the_next_start(client: 
             rid,
             key,
         )
+    cut_at = path.stat().st_mtime  # the recorder's last write before it was killed
     assert await node.recordings.recover() == 1
+    # Billed from its start to that last write, once (usage metering, docs/api.md "Usage").
+    billed = await node.db.pool.fetchrow(
+        """SELECT e.quantity::float8 * 60 AS seconds, extract(epoch FROM r.started_at)::float8 AS started
+             FROM usage_events e JOIN recordings r ON r.id = $1 WHERE e.idempotency_key = 'recording:' || $1::text""",
+        rid,
+    )
+    assert billed["seconds"] == pytest.approx(cut_at - billed["started"], abs=0.01)
     recording = await node.recordings.get(None, rid)
     assert recording.status == "failed" and recording.error.startswith("interrupted")
     (entry,) = recording.files

@@ -42,6 +42,7 @@ async def test_customer_is_created_with_its_tier_quota_and_subscription(client: 
         "max_participants_per_room": 300,
         "recording_minutes_per_month": 6000,
         "storage_bytes": 107374182400,
+        "participant_minutes_per_month": None,
     }
     assert body["usage"] == {"instances": 0, "open_rooms": 0}
 

@@ -6,6 +6,7 @@ row here fails the first test, so isolation is checked for every endpoint.
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 from typing import Any
 
@@ -48,6 +49,18 @@ async def create_webhook(client: TestClient, tenant: Tenant) -> tuple[str, int]:
     return webhook, (await resp.json())["id"]
 
 
+def current_period() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m")
+
+
+async def create_invoice(client: TestClient, tenant: Tenant) -> str:
+    """The tenant's invoice for the running period (a draft), made by the operator."""
+    url = f"/api/v1/customers/{tenant.customer_id}/invoices"
+    resp = await client.post(url, json={"period": current_period()}, headers=OPERATOR)
+    assert resp.status == 201, await resp.text()
+    return (await resp.json())["id"]
+
+
 # (method, route template) -> (path with tenant A's ids, body)
 def matrix(
     a: Tenant,
@@ -63,6 +76,7 @@ def matrix(
     webhook: str | None = None,
     delivery: int = 1,
     bot_run: str | None = None,
+    invoice: str | None = None,
 ) -> dict[tuple[str, str], tuple[str, dict | None]]:
     conv = f"/api/v1/conversations/{conversation or uuid.uuid4()}"
     rec = f"/api/v1/recordings/{recording or uuid.uuid4()}"
@@ -70,6 +84,7 @@ def matrix(
     inst, cust = a.instance_id, a.customer_id
     hooks = f"/api/v1/instances/{inst}/webhooks"
     hook = f"{hooks}/{webhook or uuid.uuid4()}"
+    bill = f"/api/v1/invoices/{invoice or uuid.uuid4()}"
     return {
         ("GET", "/api/v1/whoami"): ("/api/v1/whoami", None),
         ("GET", "/api/v1/plans"): ("/api/v1/plans", None),
@@ -107,6 +122,16 @@ def matrix(
             None,
         ),
         ("GET", "/api/v1/audit"): (f"/api/v1/audit?customer_id={cust}&instance_id={inst}", None),
+        # Usage and billing: the customer's report, invoices (one made for the period) and standing.
+        ("GET", "/api/v1/customers/{customer_id}/usage"): (f"/api/v1/customers/{cust}/usage?granularity=hour", None),
+        ("GET", "/api/v1/customers/{customer_id}/invoices"): (f"/api/v1/customers/{cust}/invoices", None),
+        ("POST", "/api/v1/customers/{customer_id}/invoices"): (
+            f"/api/v1/customers/{cust}/invoices",
+            {"period": current_period()},
+        ),
+        ("GET", "/api/v1/customers/{customer_id}/subscription"): (f"/api/v1/customers/{cust}/subscription", None),
+        ("GET", "/api/v1/invoices/{invoice_id}"): (bill, None),
+        ("GET", "/api/v1/invoices/{invoice_id}/print"): (f"{bill}/print", None),
         ("GET", "/api/v1/nodes"): ("/api/v1/nodes", None),
         ("POST", "/api/v1/nodes/{node_id}/drain"): (f"/api/v1/nodes/{node_id}/drain", None),
         ("POST", "/api/v1/rooms"): ("/api/v1/rooms", {"name": "implant", "instance_id": inst}),
@@ -205,6 +230,7 @@ async def test_tenant_b_reaches_nothing_of_tenant_a(client: TestClient):
     assert resp.status == 201, await resp.text()
     recording = (await resp.json())["id"]
     webhook, delivery = await create_webhook(client, a)
+    invoice = await create_invoice(client, a)
     secret_markers = [
         a.customer_id,
         a.instance_id,
@@ -218,8 +244,11 @@ async def test_tenant_b_reaches_nothing_of_tenant_a(client: TestClient):
         recording,
         webhook,
         "hooks.example.invalid",
+        invoice,
     ]
-    cells = matrix(a, room, conversation=conversation, recording=recording, webhook=webhook, delivery=delivery)
+    cells = matrix(
+        a, room, conversation=conversation, recording=recording, webhook=webhook, delivery=delivery, invoice=invoice
+    )
     for (method, route), (path, body) in cells.items():
         resp = await client.request(method, path, json=body, headers=b.admin)
         text = await resp.text()
@@ -277,6 +306,7 @@ async def live_targets(
         bot = await start_media_bot(client, quiet)
         webhook, delivery = await create_webhook(client, a)
         bot_run = await start_bot_run(client, a, conversation)
+        invoice = await create_invoice(client, a)
     except BaseException:
         await alice.close()
         raise
@@ -294,6 +324,7 @@ async def live_targets(
         webhook=webhook,
         delivery=delivery,
         bot_run=bot_run,
+        invoice=invoice,
     )
     return room, alice, cells
 
