@@ -186,6 +186,15 @@ def cmd_token(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_dashboard(args: argparse.Namespace, settings: Settings) -> int:
+    """A new one-time login link to the dashboard of the node with these settings (the earlier one stops working)."""
+    from gbmedia.tenancy.dashboard_login import LOGIN_TTL_SECONDS, issue_code, login_link
+
+    print(login_link(settings.base_url(), issue_code(settings.data_dir)))
+    print(f"(works once, for {LOGIN_TTL_SECONDS // 60} minutes)", file=sys.stderr)
+    return 0
+
+
 def cmd_drain(args: argparse.Namespace, settings: Settings) -> int:
     """Ask a node (and its workers) to drain through Redis; ``--wait`` until they have left."""
     if not settings.redis_url:
@@ -342,6 +351,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="print a join link to the room page (base: GBMEDIA_PUBLIC_URL) instead of the token",
     )
     token.set_defaults(func=cmd_token)
+
+    dashboard = sub.add_parser(
+        "dashboard", help="print a one-time login link to the operator dashboard (base: GBMEDIA_PUBLIC_URL)"
+    )
+    dashboard.set_defaults(func=cmd_dashboard)
 
     bot = sub.add_parser("bot", help="work on GB BASIC dialogs")
     bsub = bot.add_subparsers(dest="bot_command", required=True, metavar="ACTION")

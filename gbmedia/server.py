@@ -19,6 +19,7 @@ from aiohttp import web
 from gbmedia.app import create_app
 from gbmedia.config import Settings
 from gbmedia.node import Node
+from gbmedia.tenancy.dashboard_login import LOGIN_TTL_SECONDS, issue_code, login_link
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,12 @@ def public_url(settings: Settings, port: int) -> str:
     if ":" in host:
         host = f"[{host}]"
     return f"http://{host}:{port}"
+
+
+def dashboard_line(settings: Settings, url: str) -> str:
+    """The line that takes the operator into the dashboard, logged in: a fresh one-time link."""
+    code = issue_code(settings.data_dir)
+    return f"open the dashboard (one-time login link, {LOGIN_TTL_SECONDS // 60} minutes): {login_link(url, code)}"
 
 
 async def serve(settings: Settings, *, ready_line: bool = True, reuse_port: bool = False) -> None:
@@ -65,6 +72,7 @@ async def serve(settings: Settings, *, ready_line: bool = True, reuse_port: bool
                 else "operator token from GBMEDIA_OPERATOR_TOKEN",
                 flush=True,
             )
+            print(dashboard_line(settings, url), flush=True)
         await _until_stopped(stop, node)
         if settings.clustered and not node.member.drained.is_set():
             # Rooms move to other nodes before this one goes: meetings continue (rolling upgrades).
