@@ -75,7 +75,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         workers.die_with_supervisor()
     install_event_loop_policy()
     # A worker shares the HTTP port with its siblings; a lone node binds it alone.
-    asyncio.run(serve(settings, reuse_port=index is not None))
+    asyncio.run(serve(settings, reuse_port=index is not None, dashboard_link=index is None))
     return 0
 
 

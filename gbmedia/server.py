@@ -39,12 +39,15 @@ def dashboard_line(settings: Settings, url: str) -> str:
     return f"open the dashboard (one-time login link, {LOGIN_TTL_SECONDS // 60} minutes): {login_link(url, code)}"
 
 
-async def serve(settings: Settings, *, ready_line: bool = True, reuse_port: bool = False) -> None:
+async def serve(
+    settings: Settings, *, ready_line: bool = True, reuse_port: bool = False, dashboard_link: bool = True
+) -> None:
     """Run the node until SIGTERM or SIGINT.
 
     ``reuse_port``: this process is one of several workers (:mod:`gbmedia.workers`)
     listening on the same port with SO_REUSEPORT; the kernel spreads new
-    connections over them.
+    connections over them. ``dashboard_link``: print a one-time dashboard login link; a
+    worker does not (its supervisor prints one for all, and a worker's would replace it).
     """
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -72,7 +75,8 @@ async def serve(settings: Settings, *, ready_line: bool = True, reuse_port: bool
                 else "operator token from GBMEDIA_OPERATOR_TOKEN",
                 flush=True,
             )
-            print(dashboard_line(settings, url), flush=True)
+            if dashboard_link:
+                print(dashboard_line(settings, url), flush=True)
         await _until_stopped(stop, node)
         if settings.clustered and not node.member.drained.is_set():
             # Rooms move to other nodes before this one goes: meetings continue (rolling upgrades).
