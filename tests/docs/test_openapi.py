@@ -672,9 +672,13 @@ async def _recording_calls(call: Caller, admin: dict[str, str], room_id: str) ->
     await call(
         "GET", "/api/v1/recordings/{recording_id}/files/{file}", 404, headers=admin, recording_id=rid, file="nope.webm"
     )
+    await call("DELETE", "/api/v1/recordings/{recording_id}", 409, headers=admin, recording_id=rid)  # running
     stopped = await call("POST", "/api/v1/recordings/{recording_id}/stop", 200, headers=admin, recording_id=rid)
     assert stopped["status"] == "completed"
     await call("POST", "/api/v1/recordings/{recording_id}/stop", 409, headers=admin, recording_id=rid)
+    deleted = await call("DELETE", "/api/v1/recordings/{recording_id}", 200, headers=admin, recording_id=rid)
+    assert deleted["id"] == rid
+    await call("DELETE", "/api/v1/recordings/{recording_id}", 404, headers=admin, recording_id=rid)
 
 
 async def _media_bot_calls(call: Caller, admin: dict[str, str], room_id: str) -> None:
