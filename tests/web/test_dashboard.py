@@ -10,11 +10,17 @@ own customer. Browser pages are the slowest tests, so the checks share these pag
 
 from __future__ import annotations
 
+import asyncio
+import os
+
 from aiohttp.test_utils import TestClient
 
+from gbmedia.node import Node
 from gbmedia.tenancy.tokens import Grants, mint_token
 from tests.browser import Browser, Tab
 from tests.helpers import OPERATOR, OPERATOR_TOKEN, Tenant, create_tenant
+from tests.recording.helpers import recorder_frames
+from tests.rtc import wait_for
 from tests.web.test_room_page import STATE_TIMEOUT, open_joined, tile, wait_hearing
 
 QUALITY_TIMEOUT = 45.0  # first media and the node's first stats samples, two cores shared
@@ -45,7 +51,7 @@ async def log_in(browser: Browser, site: TestClient, token: str) -> Tab:
 
 
 async def test_the_operator_runs_tenants_rooms_webhooks_and_audit_from_the_dashboard(
-    site: TestClient, tenant: Tenant, browser: Browser
+    site: TestClient, node: Node, tenant: Tenant, browser: Browser
 ):
     # A wrong token is refused on the login form, naming the problem.
     dash = await log_in(browser, site, "not-a-token")
@@ -69,7 +75,7 @@ async def test_the_operator_runs_tenants_rooms_webhooks_and_audit_from_the_dashb
     await dash.page.select_option(f"{row} select.tier", "pro")
     await dash.page.fill(f"{row} input.max-instances", "5")
     await dash.page.click(f"{row} button.save")
-    await dash.wait_for(f"document.querySelector(\"tr[data-customer-id='{customer_id}'] select.tier\").value === 'pro'")
+    await dash.wait_for("document.getElementById('status').textContent === 'Customer Globex saved.'")
     detail = await api(site, "GET", f"/api/v1/customers/{customer_id}")
     assert (detail["customer"]["subscription_tier"], detail["customer"]["max_instances"]) == ("pro", 5)
     await dash.page.click(f"{row} button.suspend")
@@ -141,6 +147,36 @@ async def test_the_operator_runs_tenants_rooms_webhooks_and_audit_from_the_dashb
     await dash.page.wait_for_selector(f"{card.format('alice')} .track[data-kind=audio][data-muted=true]")
     await bob.wait_for(tile("Alice", "?.querySelector('.badge.mic-muted')?.checkVisibility()"), timeout=STATE_TIMEOUT)
     assert await bob.wait_for(silent, timeout=STATE_TIMEOUT)
+
+    # Record the room from the dashboard (bob watching alice keeps her video flowing), stop it,
+    # then play, download and delete the recording.
+    await dash.page.click("#record-room")
+    await dash.page.wait_for_selector("#recordings .recording button.stop:visible")
+    rid = await dash.page.get_attribute("#recordings .recording", "data-recording-id")
+    await wait_for(lambda: max(recorder_frames(node, rid).values(), default=0) >= 30, within=QUALITY_TIMEOUT)
+    await dash.page.click("#recordings .recording button.stop")
+    done = f"#recordings .recording[data-recording-id='{rid}'][data-status=completed]"
+    await dash.page.wait_for_selector(done, timeout=STATE_TIMEOUT * 1000)
+    video_row = f"{done} tr[data-kind=video][data-status=completed]"
+    await dash.page.click(f"{video_row} button.play")
+    await dash.wait_for(
+        "(() => { const v = document.querySelector('#recordings video.playback'); "
+        "return v && v.readyState >= 1 && v.videoWidth > 0; })()",
+        timeout=STATE_TIMEOUT,
+    )
+    name = await dash.page.get_attribute(video_row, "data-file")
+    files = (await api(site, "GET", f"/api/v1/recordings/{rid}"))["files"]
+    (size,) = [f["size_bytes"] for f in files if f["name"] == name]
+    async with dash.page.expect_download() as download_info:
+        await dash.page.click(f"{video_row} button.download")
+    download = await download_info.value
+    assert await asyncio.to_thread(os.path.getsize, await download.path()) == size > 0
+    dash.page.once("dialog", lambda dialog: asyncio.ensure_future(dialog.accept()))
+    await dash.page.click(f"{done} button.delete")
+    await dash.wait_for(f"!document.querySelector(\"[data-recording-id='{rid}']\")")
+    resp = await site.get(f"/api/v1/recordings/{rid}", headers=OPERATOR)
+    assert resp.status == 404
+
     # And remove bob: his card goes, his page is told.
     await dash.page.click(f"{card.format('bob')} button.remove")
     await dash.wait_for("document.getElementById('participants').dataset.count === '1'", timeout=STATE_TIMEOUT)

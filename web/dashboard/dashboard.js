@@ -35,10 +35,10 @@ const ctx = {
   fail,
   get who() { return state.who; },
   get operator() { return state.who?.kind === 'operator'; },
-  go: (view, arg) => show(view, arg),
+  go: (view, arg) => show(view, arg, { keepStatus: true }), // after an action: its message stays
 };
 
-async function show(name, arg) {
+async function show(name, arg, { keepStatus = false } = {}) {
   if (state.stop) {
     state.stop();
     state.stop = null;
@@ -50,7 +50,7 @@ async function show(name, arg) {
     if (button.dataset.view === name) button.setAttribute('aria-current', 'page');
   }
   const root = clear($('view'));
-  status('');
+  if (!keepStatus) status('');
   try {
     state.stop = (await VIEWS[name].show(ctx, root, arg)) || null;
   } catch (error) {

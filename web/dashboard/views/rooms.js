@@ -56,12 +56,21 @@ class RoomWatch {
         this.ctx.fail(error);
       }
     });
+    const record = h('button', { type: 'button', id: 'record-room' }, 'Start recording');
+    record.addEventListener('click', async () => {
+      try {
+        await post(`rooms/${this.room.id}/recordings`, {});
+        await this.showRecordings();
+      } catch (error) {
+        this.ctx.fail(error);
+      }
+    });
     this.box.replaceChildren(
       h('h2', {}, `Room ${this.room.name}`),
       h('p', { class: 'muted' }, `${this.room.kind} · node ${this.room.node_id ?? '–'} · `, h('code', {}, this.room.id), ' ', close),
       h('h3', {}, 'Participants'), this.list,
       h('h3', {}, 'Bitrate received from each participant'), this.chart,
-      h('h3', {}, 'Recordings'), this.recordings);
+      h('h3', {}, 'Recordings ', record), this.recordings);
     this.box.dataset.roomId = this.room.id;
     await this.showRecordings();
     await this.poll();
@@ -160,7 +169,7 @@ class RoomWatch {
       this.recordings.replaceChildren(h('p', { class: 'muted' }, 'No recordings of this room.'));
       return;
     }
-    this.recordings.replaceChildren(...recordings.map((rec) => recordingBlock(this.ctx, rec)));
+    this.recordings.replaceChildren(...recordings.map((rec) => recordingBlock(this.ctx, rec, () => this.showRecordings())));
   }
 }
 
@@ -169,9 +178,14 @@ async function fileBlob(rec, file) {
   return URL.createObjectURL(await response.blob());
 }
 
-function recordingBlock(ctx, rec) {
+const RUNNING = ['waiting', 'recording', 'stopping'];
+
+function recordingBlock(ctx, rec, refresh) {
   const player = h('div', { class: 'player' });
   const files = (rec.files || []).map((file) => {
+    const attrs = { dataset: { file: file.name, kind: file.kind, status: file.status } };
+    const who = file.participant_identity || 'composite';
+    if (file.status !== 'completed') return { cells: [file.name, who, file.status, ''], attrs };
     const play = h('button', { type: 'button', class: 'play' }, 'Play');
     play.addEventListener('click', async () => {
       try {
@@ -192,11 +206,33 @@ function recordingBlock(ctx, rec) {
         ctx.fail(error);
       }
     });
-    return [file.name, file.participant_identity || 'composite', bytes(file.size_bytes ?? 0), h('span', {}, play, ' ', download)];
+    return { cells: [file.name, who, bytes(file.size_bytes ?? 0), h('span', {}, play, ' ', download)], attrs };
   });
-  return h('div', { class: 'recording', dataset: { recordingId: rec.id, status: rec.status } },
-    h('p', {}, `${when(rec.created_at)} · ${rec.status} · ${Math.round(rec.duration_seconds)} s`),
+  const running = RUNNING.includes(rec.status);
+  const remove = h('button', { type: 'button', class: 'delete danger', hidden: running }, 'Delete recording');
+  const stop = h('button', { type: 'button', class: 'stop', hidden: !running }, 'Stop recording');
+  stop.addEventListener('click', async () => {
+    try {
+      await post(`recordings/${rec.id}/stop`);
+      await refresh();
+    } catch (error) {
+      ctx.fail(error);
+    }
+  });
+  const block = h('div', { class: 'recording', dataset: { recordingId: rec.id, status: rec.status } },
+    h('p', {}, `${when(rec.created_at)} · ${rec.status} · ${Math.round(rec.duration_seconds)} s · ${bytes(rec.size_bytes)} `, stop, remove),
     table(['File', 'Who', 'Size', ''], files), player);
+  remove.addEventListener('click', async () => {
+    if (!window.confirm('Delete this recording and its files for good?')) return;
+    try {
+      await del(`recordings/${rec.id}`);
+      block.remove();
+      ctx.status('Recording deleted.');
+    } catch (error) {
+      ctx.fail(error);
+    }
+  });
+  return block;
 }
 
 export async function show(ctx, root, arg = {}) {
