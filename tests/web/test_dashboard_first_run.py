@@ -7,6 +7,7 @@ from its stdout, exactly as a person would copy it.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from pathlib import Path
 
@@ -21,6 +22,16 @@ from tests.web.test_room_page import STATE_TIMEOUT
 LINK = re.compile(r"^open the dashboard \(one-time login link, 60 minutes\): (\S+/web/dashboard/#login=(\S+))$")
 
 
+async def printed_link_lines(server: ServerProcess, within: float = 30.0) -> list[str]:
+    """The server's stdout once it holds the dashboard line (printed just after the listening line)."""
+    deadline = asyncio.get_running_loop().time() + within
+    while True:
+        lines = (await asyncio.to_thread(server.stdout_path.read_text)).splitlines()
+        if any(LINK.match(line) for line in lines) or asyncio.get_running_loop().time() > deadline:
+            return lines
+        await asyncio.sleep(0.05)
+
+
 async def test_the_printed_line_logs_the_operator_in_and_one_click_starts_a_meeting(
     tmp_path: Path, database_url: str, browser: Browser
 ):
@@ -30,10 +41,16 @@ async def test_the_printed_line_logs_the_operator_in_and_one_click_starts_a_meet
     )
     try:
         url = await server.start()
-        lines = server.stdout_path.read_text().splitlines()
+        lines = await printed_link_lines(server)
         (link, code) = next(m.groups() for line in lines if (m := LINK.match(line)))
         assert link.startswith(f"{url}/web/dashboard/#login=")
         assert OPERATOR_TOKEN not in "\n".join(lines)  # the long-lived token is never printed
+
+        # The printed address itself (the meeting page, which needs a join link) points the way too.
+        home = await browser.open(url)
+        await home.wait_for("window.gbroom && gbroom.phase === 'no_token'", timeout=STATE_TIMEOUT)
+        hint = "document.querySelector('#notice .operator-hint a')"
+        assert await home.evaluate(f"{hint}.checkVisibility() && {hint}.getAttribute('href')") == "/web/dashboard/"
 
         dash = await browser.open(link)
         await dash.wait_for("document.body.dataset.phase === 'ready'", timeout=STATE_TIMEOUT)
@@ -78,7 +95,7 @@ async def test_the_printed_line_logs_the_operator_in_and_one_click_starts_a_meet
                 rooms = (await resp.json())["rooms"]
         assert [c["name"] for c in customers] == ["Default"]
         assert len(rooms) == 2 and len({r["instance_id"] for r in rooms}) == 1
-        for tab in (dash, host_tab, guest_tab):
+        for tab in (home, dash, host_tab, guest_tab):
             tab.assert_no_errors()
     finally:
         await server.stop()
