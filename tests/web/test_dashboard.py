@@ -203,6 +203,20 @@ async def test_the_operator_runs_tenants_rooms_webhooks_and_audit_from_the_dashb
         " && document.querySelector('#invoices .unavailable')"
     )
 
+    # What the chart draws once metering answers: one bar per bucket and kind, heights to scale.
+    heights = await dash.evaluate("""(async () => {
+        const { usageSeries } = await import('/web/dashboard/views/usage.js');
+        const { lineChart } = await import('/web/dashboard/chart.js');
+        const svg = lineChart(usageSeries([
+            { start: '2026-12-01T00:00:00Z', amounts: { participant_minutes: 30, recording_minutes: 5 } },
+            { start: '2026-12-02T00:00:00Z', amounts: { participant_minutes: 45, recording_minutes: 0 } },
+        ]), { kind: 'bars' });
+        return [...svg.querySelectorAll('rect.bar')].map(r => Number(r.getAttribute('height')));
+    })()""")
+    assert len(heights) == 4
+    assert heights[1] == max(heights) > 0 and heights[3] == 0  # participant minutes 30, 45; recording 5, 0
+    assert abs(heights[0] / heights[1] - 30 / 45) < 0.01 and abs(heights[2] / heights[1] - 5 / 45) < 0.01
+
     # The audit log, filtered by action: what the dashboard just did is there.
     await go(dash, "audit")
     await dash.page.fill("#audit-filter [name=action]", "webhook.")
@@ -224,6 +238,8 @@ async def test_the_operator_runs_tenants_rooms_webhooks_and_audit_from_the_dashb
     await dash.page.wait_for_selector("#node-cpu-chart svg.chart")
     assert page_errors(dash) == []
     alice.assert_no_errors()
+    for tab in (alice, bob):  # out of the room now: the node's stop at the end need not close their sessions
+        await tab.close()
 
     # An instance's administrator sees its own customer, rooms and log, never another's.
     other = await create_tenant(site, "initech")
