@@ -134,6 +134,7 @@ async def test_the_operator_runs_tenants_rooms_webhooks_and_audit_from_the_dashb
         "document.querySelectorAll('#bitrate-chart polyline.series').length === 2 && "
         "document.querySelector('#bitrate-chart polyline.series').getAttribute('points').split(' ').length >= 2"
     )
+    await dash.wait_for("document.querySelectorAll('#rtt-chart polyline.series').length >= 1", timeout=QUALITY_TIMEOUT)
 
     # Mute alice's microphone from the dashboard: bob's page, which hears her now, stops hearing her.
     silent = """(async () => {
@@ -271,6 +272,12 @@ async def test_the_operator_runs_tenants_rooms_webhooks_and_audit_from_the_dashb
         f"'customers/{other.customer_id}'); return 'visible'; }} catch (e) {{ return e.status; }} }})()"
     )
     assert answer == 404
+    # Its "Start a meeting" opens the room in its own instance.
+    await go(admin, "meeting")
+    await admin.page.click("#start-meeting")
+    await admin.page.wait_for_selector("#join-links .guest-link input")
+    opened = (await api(site, "GET", f"/api/v1/rooms?instance_id={tenant.instance_id}"))["rooms"]
+    assert any(r["name"].startswith("meeting-") for r in opened)
     assert page_errors(admin) == []
     # A participant's token administers nothing: refused at the door.
     participant = await log_in(

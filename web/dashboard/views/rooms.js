@@ -39,8 +39,12 @@ class RoomWatch {
     this.room = room;
     this.cards = new Map();
     this.history = new History(90);
+    this.rtt = new History(90);
+    this.loss = new History(90);
     this.list = h('div', { id: 'participants' });
     this.chart = h('div', { id: 'bitrate-chart' });
+    this.rttChart = h('div', { id: 'rtt-chart' });
+    this.lossChart = h('div', { id: 'loss-chart' });
     this.recordings = h('div', { id: 'recordings' });
     this.timer = null;
     this.stopped = false;
@@ -70,6 +74,7 @@ class RoomWatch {
       h('p', { class: 'muted' }, `${this.room.kind} · node ${this.room.node_id ?? '–'} · `, h('code', {}, this.room.id), ' ', close),
       h('h3', {}, 'Participants'), this.list,
       h('h3', {}, 'Bitrate received from each participant'), this.chart,
+      h('h3', {}, 'Round-trip time and packet loss'), this.rttChart, this.lossChart,
       h('h3', {}, 'Recordings ', record), this.recordings);
     this.box.dataset.roomId = this.room.id;
     await this.showRecordings();
@@ -107,7 +112,13 @@ class RoomWatch {
         this.list.append(card.node);
       }
       card.update(participant, stats[i]);
-      if (stats[i]) this.history.add(participant.name || participant.identity, stats[i].bitrate_in_bps ?? 0);
+      const name = participant.name || participant.identity;
+      if (stats[i]) {
+        this.history.add(name, stats[i].bitrate_in_bps ?? 0);
+        if (stats[i].rtt_ms != null) this.rtt.add(name, stats[i].rtt_ms);
+        const loss = lossOf(stats[i]);
+        if (loss != null) this.loss.add(name, loss * 100);
+      }
     });
     for (const [id, card] of this.cards) {
       if (!seen.has(id)) {
@@ -117,6 +128,8 @@ class RoomWatch {
     }
     this.list.dataset.count = String(participants.length);
     this.chart.replaceChildren(lineChart(this.history.toSeries(), { format: bps, title: 'bitrate in' }));
+    this.rttChart.replaceChildren(lineChart(this.rtt.toSeries(), { format: (v) => `${Math.round(v)} ms`, title: 'RTT' }));
+    this.lossChart.replaceChildren(lineChart(this.loss.toSeries(), { format: (v) => `${v.toFixed(1)} %`, title: 'loss (since the track started)' }));
   }
 
   card(participant) {
