@@ -80,6 +80,8 @@ class Settings(BaseSettings):
     public_url: str | None = None
     udp_ports: str = "50000-60000"
     operator_token: str | None = Field(default=None, min_length=16)
+    # Print a one-time dashboard login link at start; off where stdout goes to shared logs (Kubernetes).
+    dashboard_login_link: bool = True
     metrics_token: str | None = Field(default=None, min_length=16)  # unset: /metrics is open (scrape inside)
     secret_key: str | None = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"

@@ -34,7 +34,10 @@ def public_url(settings: Settings, port: int) -> str:
 
 
 def dashboard_line(settings: Settings, url: str) -> str:
-    """The line that takes the operator into the dashboard, logged in: a fresh one-time link."""
+    """The line that takes the operator into the dashboard, logged in: a fresh one-time link
+    (``GBMEDIA_DASHBOARD_LOGIN_LINK``; off, only where the dashboard is and how to get a link)."""
+    if not settings.dashboard_login_link:
+        return f"dashboard at {url}/web/dashboard/ (`gbmedia dashboard` prints a one-time login link)"
     code = issue_code(settings.data_dir)
     return f"open the dashboard (one-time login link, {LOGIN_TTL_SECONDS // 60} minutes): {login_link(url, code)}"
 

@@ -12,7 +12,9 @@ from aiohttp.test_utils import TestClient
 
 from gbmedia import cli
 from gbmedia.config import Settings
+from gbmedia.server import dashboard_line
 from gbmedia.tenancy.dashboard_login import LOGIN_FILE, issue_code, login_link, redeem_code
+from tests.conftest import make_settings
 from tests.helpers import OPERATOR_TOKEN
 
 
@@ -101,3 +103,19 @@ def test_the_cli_prints_a_fresh_link_for_the_nodes_data_dir(
     assert link.startswith("https://meet.example.com/web/dashboard/#login=")
     assert "works once" in err
     redeem_code(tmp_path, link.split("#login=", 1)[1])  # the printed code is the stored one
+
+
+def test_the_start_line_carries_a_link_unless_turned_off(tmp_path: Path):
+    on = make_settings(tmp_path / "on", None)
+    line = dashboard_line(on, "http://192.0.2.1:7880")
+    assert line.startswith(
+        "open the dashboard (one-time login link, 60 minutes): http://192.0.2.1:7880/web/dashboard/#login="
+    )
+    redeem_code(on.data_dir, line.rsplit("#login=", 1)[1])
+    # Off (stdout shipped to shared logs): where the dashboard is, no code, nothing stored.
+    off = make_settings(tmp_path / "off", None, dashboard_login_link=False)
+    line = dashboard_line(off, "http://192.0.2.1:7880")
+    assert (
+        line == "dashboard at http://192.0.2.1:7880/web/dashboard/ (`gbmedia dashboard` prints a one-time login link)"
+    )
+    assert not (off.data_dir / LOGIN_FILE).exists()
