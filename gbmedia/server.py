@@ -79,7 +79,7 @@ async def serve(
                 flush=True,
             )
             if dashboard_link:
-                print(dashboard_line(settings, url), flush=True)
+                print(await asyncio.to_thread(dashboard_line, settings, url), flush=True)  # writes a file
         await _until_stopped(stop, node)
         if settings.clustered and not node.member.drained.is_set():
             # Rooms move to other nodes before this one goes: meetings continue (rolling upgrades).
