@@ -52,7 +52,7 @@ async def test_the_printed_line_logs_the_operator_in_and_one_click_starts_a_meet
         hint = "document.querySelector('#notice .operator-hint a')"
         assert await home.evaluate(f"{hint}.checkVisibility() && {hint}.getAttribute('href')") == "/web/dashboard/"
 
-        dash = await browser.open(link)
+        dash = await browser.open(link, permissions=["clipboard-read", "clipboard-write"])
         await dash.wait_for("document.body.dataset.phase === 'ready'", timeout=STATE_TIMEOUT)
         assert await dash.evaluate("gbdash.who.kind") == "operator"
         assert await dash.evaluate("location.href") == f"{url}/web/dashboard/"  # the code left the address bar
@@ -73,6 +73,8 @@ async def test_the_printed_line_logs_the_operator_in_and_one_click_starts_a_meet
         host_link = await dash.page.input_value("#join-links .host-link input")
         guest_link = await dash.page.input_value("#join-links .guest-link input")
         assert host_link.startswith(f"{url}/web/room/?token=") and guest_link.startswith(f"{url}/web/room/?token=")
+        await dash.wait_for("document.getElementById('status').textContent.includes('guest link is copied')")
+        assert await dash.evaluate("navigator.clipboard.readText()") == guest_link  # the click copied it
         await dash.page.click("#more-guest")
         await dash.page.wait_for_selector("#join-links .guest-link >> nth=1")
         await dash.page.click("#join-links .guest-link button.copy")

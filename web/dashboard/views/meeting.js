@@ -47,6 +47,7 @@ export async function show(ctx, root) {
     guests += 1;
     const url = await link(current.instanceId, current.room, `guest-${suffix()}`, `Guest ${guests}`);
     links.append(h('li', { class: 'guest-link' }, `Guest ${guests}: `, copyField(url)));
+    return url;
   }
   start.addEventListener('click', async () => {
     start.disabled = true;
@@ -59,11 +60,17 @@ export async function show(ctx, root) {
       links.replaceChildren(h('li', { class: 'host-link' }, 'You (host): ', copyField(hostUrl), ' ',
         h('a', { href: hostUrl, target: '_blank', rel: 'noopener', id: 'open-host' }, 'Open')));
       guests = 0;
-      await addGuest();
+      const guestUrl = await addGuest();
       roomLine.textContent = `Room ${room.name} is open.`;
       roomLine.hidden = false;
       more.hidden = false;
-      ctx.status('Meeting ready: copy a link for each guest.');
+      // The same click copies the first guest's link, ready to paste into a chat or an invite.
+      const copied = await Promise.race([
+        navigator.clipboard ? navigator.clipboard.writeText(guestUrl).then(() => true, () => false) : false,
+        new Promise((resolve) => { setTimeout(() => resolve(false), 2000); }), // a permission prompt left open
+      ]);
+      ctx.status(copied ? 'Meeting ready: the guest link is copied; paste it to your guest.'
+        : 'Meeting ready: copy a link for each guest.');
     } catch (error) {
       ctx.fail(error);
     } finally {
