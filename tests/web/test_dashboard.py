@@ -3,9 +3,10 @@
 One page session walks what an operator does: log in with the token, create a customer
 and an instance (keys, features, suspension), watch a live room whose two participants
 are real Chromium pages (their bitrate moving), mute one (the other page stops hearing
-it) and remove the other, webhook deliveries with a redelivery, usage, the audit log and
-the nodes. A second context logs in as an instance's administrator and sees only its
-own customer. Browser pages are the slowest tests, so the checks share these pages.
+it), record the room (play, download, delete the recording) and remove the other,
+webhook deliveries with a redelivery, usage, the audit log and the nodes. A second
+context logs in as an instance's administrator and sees only its own customer, rooms
+and log. Browser pages are the slowest tests, so the checks share these pages.
 """
 
 from __future__ import annotations
