@@ -22,7 +22,7 @@ from gbmedia.http.middleware import Handler, api_middleware
 from gbmedia.http.responses import json_response
 from gbmedia.messaging import api as messaging_api
 from gbmedia.metrics import CONTENT_TYPE
-from gbmedia.node import Node
+from gbmedia.node import Node, operator_token_for
 from gbmedia.recording import api as recording_api
 from gbmedia.rooms import api as rooms_api
 from gbmedia.rooms import nodes_api
@@ -32,7 +32,7 @@ from gbmedia.signaling import ws as signaling_ws
 from gbmedia.signaling.relay import cluster_middleware
 from gbmedia.streaming import api as streaming_api
 from gbmedia.tenancy import api as tenancy_api
-from gbmedia.tenancy import billing_api, webhooks_api
+from gbmedia.tenancy import billing_api, dashboard_login, webhooks_api
 from gbmedia.tenancy.auth import request_authenticator
 
 # The node, for the health routes here and for tests that look inside a running app; modules never use it.
@@ -101,6 +101,7 @@ def create_app(node: Node) -> web.Application:
             node.tenancy, node.db.pool, token_ttl_seconds=settings.token_ttl_seconds, link_base=settings.base_url
         ),
     )
+    dashboard_login.register(app, dashboard_login.DashboardLogin(settings.data_dir, operator_token_for(settings)))
     webhooks_api.register(app, webhooks_api.WebhooksApi(node.tenancy.webhooks, node.webhooks.wake))
     billing_api.register(app, billing_api.BillingApi(node.tenancy.billing, settings.billing_webhook_secret))
     rooms_api.register(

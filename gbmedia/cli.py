@@ -75,7 +75,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         workers.die_with_supervisor()
     install_event_loop_policy()
     # A worker shares the HTTP port with its siblings; a lone node binds it alone.
-    asyncio.run(serve(settings, reuse_port=index is not None))
+    asyncio.run(serve(settings, reuse_port=index is not None, dashboard_link=index is None))
     return 0
 
 
@@ -183,6 +183,15 @@ def cmd_token(args: argparse.Namespace, settings: Settings) -> int:
         print(join_link(settings.base_url(), token))
     else:
         print(token)
+    return 0
+
+
+def cmd_dashboard(args: argparse.Namespace, settings: Settings) -> int:
+    """A new one-time login link to the dashboard of the node with these settings (the earlier one stops working)."""
+    from gbmedia.tenancy.dashboard_login import LOGIN_TTL_SECONDS, issue_code, login_link
+
+    print(login_link(settings.base_url(), issue_code(settings.data_dir)))
+    print(f"(works once, for {LOGIN_TTL_SECONDS // 60} minutes)", file=sys.stderr)
     return 0
 
 
@@ -342,6 +351,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="print a join link to the room page (base: GBMEDIA_PUBLIC_URL) instead of the token",
     )
     token.set_defaults(func=cmd_token)
+
+    dashboard = sub.add_parser(
+        "dashboard", help="print a one-time login link to the operator dashboard (base: GBMEDIA_PUBLIC_URL)"
+    )
+    dashboard.set_defaults(func=cmd_dashboard)
 
     bot = sub.add_parser("bot", help="work on GB BASIC dialogs")
     bsub = bot.add_subparsers(dest="bot_command", required=True, metavar="ACTION")

@@ -83,6 +83,8 @@ class Settings(BaseSettings):
     # port (0: one the kernel picks); "off" (or empty): each connection its own port in GBMEDIA_UDP_PORTS.
     udp_port: int | None = Field(default=7882, ge=0, le=65535)
     operator_token: str | None = Field(default=None, min_length=16)
+    # Print a one-time dashboard login link at start; off where stdout goes to shared logs (Kubernetes).
+    dashboard_login_link: bool = True
     metrics_token: str | None = Field(default=None, min_length=16)  # unset: /metrics is open (scrape inside)
     secret_key: str | None = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"

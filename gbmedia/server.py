@@ -19,6 +19,7 @@ from aiohttp import web
 from gbmedia.app import create_app
 from gbmedia.config import Settings
 from gbmedia.node import Node
+from gbmedia.tenancy.dashboard_login import LOGIN_TTL_SECONDS, issue_code, login_link
 
 log = logging.getLogger(__name__)
 
@@ -32,12 +33,24 @@ def public_url(settings: Settings, port: int) -> str:
     return f"http://{host}:{port}"
 
 
-async def serve(settings: Settings, *, ready_line: bool = True, reuse_port: bool = False) -> None:
+def dashboard_line(settings: Settings, url: str) -> str:
+    """The line that takes the operator into the dashboard, logged in: a fresh one-time link
+    (``GBMEDIA_DASHBOARD_LOGIN_LINK``; off, only where the dashboard is and how to get a link)."""
+    if not settings.dashboard_login_link:
+        return f"dashboard at {url}/web/dashboard/ (`gbmedia dashboard` prints a one-time login link)"
+    code = issue_code(settings.data_dir)
+    return f"open the dashboard (one-time login link, {LOGIN_TTL_SECONDS // 60} minutes): {login_link(url, code)}"
+
+
+async def serve(
+    settings: Settings, *, ready_line: bool = True, reuse_port: bool = False, dashboard_link: bool = True
+) -> None:
     """Run the node until SIGTERM or SIGINT.
 
     ``reuse_port``: this process is one of several workers (:mod:`gbmedia.workers`)
     listening on the same port with SO_REUSEPORT; the kernel spreads new
-    connections over them.
+    connections over them. ``dashboard_link``: print a one-time dashboard login link; a
+    worker does not (its supervisor prints one for all, and a worker's would replace it).
     """
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -65,6 +78,8 @@ async def serve(settings: Settings, *, ready_line: bool = True, reuse_port: bool
                 else "operator token from GBMEDIA_OPERATOR_TOKEN",
                 flush=True,
             )
+            if dashboard_link:
+                print(await asyncio.to_thread(dashboard_line, settings, url), flush=True)  # writes a file
         await _until_stopped(stop, node)
         if settings.clustered and not node.member.drained.is_set():
             # Rooms move to other nodes before this one goes: meetings continue (rolling upgrades).

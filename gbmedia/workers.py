@@ -372,7 +372,7 @@ class Supervisor:
         await self._stop_workers(keepers)
 
     def _announce(self, port: int) -> None:
-        from gbmedia.server import public_url
+        from gbmedia.server import dashboard_line, public_url
 
         url = public_url(self.settings, port)
         log.info(
@@ -385,6 +385,7 @@ class Supervisor:
             if not self.settings.operator_token
             else "operator token from GBMEDIA_OPERATOR_TOKEN"
         )
+        _say(dashboard_line(self.settings, url))
 
     async def _keep(self, slot: _Slot) -> None:
         """Run one worker; start it again when it dies, until the supervisor stops.

@@ -282,6 +282,15 @@ def test_two_workers_share_the_port_restart_when_killed_and_stop_on_sigterm(tmp_
         port = int(server.wait_for(r"^gbmedia listening on http://127\.0\.0\.1:(\d+)$")[1])
         server.wait_for(f"^operator token in {re.escape(str(data_dir))}/operator.token$")
         assert (data_dir / "cluster.secret").exists()
+        # The supervisor's dashboard link logs in through whichever worker the connection reaches.
+        code = server.wait_for(rf"^open the dashboard .*: http://127\.0\.0\.1:{port}/web/dashboard/#login=(\S+)$")[1]
+        login = urllib.request.Request(
+            f"http://127.0.0.1:{port}/dashboard/login",
+            data=json.dumps({"code": code}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(login, timeout=10) as resp:
+            assert json.loads(resp.read())["token"] == (data_dir / "operator.token").read_text().strip()
 
         # One port, two nodes: fresh connections reach both.
         both = {f"{node}-w0", f"{node}-w1"}

@@ -170,11 +170,20 @@ async def download_file(request: web.Request) -> web.StreamResponse:
     return response
 
 
+async def delete_recording(request: web.Request) -> web.Response:
+    """A finished recording, files and all; the answer is what it was."""
+    principal = principal_of(request)
+    principal.require_any(*_WRITE)
+    recording = await _recording(request, principal)
+    return json_response(await _recordings(request).delete(principal.actor, recording))
+
+
 def register(app: web.Application, api: RecordingsApi) -> None:
     app[RECORDINGS_API] = api
     r = app.router
     r.add_post("/api/v1/rooms/{room_id}/recordings", start_recording)
     r.add_get("/api/v1/rooms/{room_id}/recordings", list_recordings)
     r.add_get("/api/v1/recordings/{recording_id}", get_recording)
+    r.add_delete("/api/v1/recordings/{recording_id}", delete_recording)
     r.add_post("/api/v1/recordings/{recording_id}/stop", stop_recording)
     r.add_get("/api/v1/recordings/{recording_id}/files/{file}", download_file)

@@ -278,6 +278,39 @@ class Recordings:
             raise conflict("recording_file_failed", f"{name} failed and holds nothing: {found.error}")
         return found, key
 
+    # --- removing ----------------------------------------------------------------------
+
+    async def delete(self, actor: Actor, recording: Recording) -> Recording:
+        """Remove a finished recording: its files from storage, then its rows (which frees the
+        customer's storage quota, counted from the rows) and an audit entry.
+
+        A running one is refused (409 ``recording_still_running``): its recorder would write on.
+        Files go first: if the store fails (502 ``storage_unavailable``) the rows stay, so the
+        delete can be retried and no file is left that nothing lists.
+        """
+        if recording.id in self.active or recording.status in ("waiting", "recording", "stopping"):
+            raise conflict("recording_still_running", "the recording is still running; stop it first")
+        keys = await self.pool.fetch("SELECT storage_key FROM recording_files WHERE recording_id = $1", recording.id)
+        for row in keys:
+            try:
+                await self.storage.delete(row["storage_key"])
+            except (StorageError, OSError) as exc:
+                raise ApiError(502, "storage_unavailable", f"the recording store failed: {exc}") from None
+        async with self.pool.acquire() as conn, conn.transaction():
+            if await conn.fetchval("DELETE FROM recordings WHERE id = $1 RETURNING id", recording.id) is None:
+                raise not_found("recording", recording.id)  # a concurrent delete won
+            await audit.record(
+                conn,
+                actor,
+                "recording.delete",
+                "recording",
+                recording.id,
+                customer_id=recording.customer_id,
+                instance_id=recording.instance_id,
+                details={"room_id": str(recording.room_id), "files": len(keys), "size_bytes": recording.size_bytes},
+            )
+        return recording
+
     # --- quotas ------------------------------------------------------------------------
 
     async def _minutes_left(self, conn: Any, room: Room) -> float:

@@ -33,7 +33,7 @@ from gbmedia.recording import service as recording_service
 from gbmedia.rooms import api as rooms_api
 from gbmedia.rooms import store as rooms
 from gbmedia.tenancy import api as tenancy_api
-from gbmedia.tenancy import billing_api, models, webhooks_api
+from gbmedia.tenancy import billing_api, dashboard_login, models, webhooks_api
 from gbmedia.tenancy import webhooks as webhook_store
 from gbmedia.tenancy.tokens import Grants, mint_token
 from tests.helpers import OPERATOR, Tenant, bearer
@@ -78,6 +78,7 @@ REQUEST_MODELS: dict[str, tuple[type[BaseModel], bool]] = {  # operationId: (mod
     "putDialog": (bots_api.DialogPut, False),
     "joinBotConversation": (bots_api.BotJoin, False),
     "startRecording": (recording_api.RecordingStart, False),
+    "dashboardLogin": (dashboard_login.LoginRequest, False),
     "startMediaBot": (media_bots_api.MediaBotStart, False),
     "createWebhook": (webhooks_api.WebhookCreate, False),
     "updateWebhook": (webhooks_api.WebhookUpdate, True),
@@ -673,9 +674,13 @@ async def _recording_calls(call: Caller, admin: dict[str, str], room_id: str) ->
     await call(
         "GET", "/api/v1/recordings/{recording_id}/files/{file}", 404, headers=admin, recording_id=rid, file="nope.webm"
     )
+    await call("DELETE", "/api/v1/recordings/{recording_id}", 409, headers=admin, recording_id=rid)  # running
     stopped = await call("POST", "/api/v1/recordings/{recording_id}/stop", 200, headers=admin, recording_id=rid)
     assert stopped["status"] == "completed"
     await call("POST", "/api/v1/recordings/{recording_id}/stop", 409, headers=admin, recording_id=rid)
+    deleted = await call("DELETE", "/api/v1/recordings/{recording_id}", 200, headers=admin, recording_id=rid)
+    assert deleted["id"] == rid
+    await call("DELETE", "/api/v1/recordings/{recording_id}", 404, headers=admin, recording_id=rid)
 
 
 async def _media_bot_calls(call: Caller, admin: dict[str, str], room_id: str) -> None:
@@ -932,6 +937,12 @@ async def test_real_answers_conform_to_the_documented_responses(client: TestClie
     assert "<title>" in page
     await call("GET", "/web/{path}", 302, path="room", allow_redirects=False)
     await call("GET", "/web/{path}", 404, path="room/nope.js")
+    # The dashboard's one-time login link (tests/tenancy/test_dashboard_login.py covers it in depth).
+    code = dashboard_login.issue_code(client.app[NODE].settings.data_dir)
+    await call("POST", "/dashboard/login", 400, json={"code": ""})
+    await call("POST", "/dashboard/login", 401, json={"code": "guess"})
+    session = await call("POST", "/dashboard/login", 200, json={"code": code})
+    assert session["kind"] == "operator"
     await call("GET", "/api/v1/whoami", 200, headers=OPERATOR)
     await call("GET", "/api/v1/plans", 200, headers=OPERATOR)
 

@@ -87,6 +87,25 @@ async def test_record_a_room_per_track_then_download_the_files(client: TestClien
     resp = await client.get(f"/api/v1/recordings/{rid}/files/{files['audio']['name']}", headers=recorder)
     assert resp.status == 404 and (await resp.json())["error"]["code"] == "recording_file_missing"
 
+    # Deleted (the dashboard's button): its files leave the store (the one already gone is no
+    # error), its rows go with the storage they counted, and the audit log says who did it.
+    video_file = node.recordings.storage.spool_path(f"{tenant.instance_id}/{rid}/{files['video']['name']}")
+    assert video_file.exists()
+    resp = await client.delete(f"/api/v1/recordings/{rid}", headers=recorder)
+    assert resp.status == 200, await resp.text()
+    assert (await resp.json())["id"] == rid
+    assert not video_file.exists()
+    resp = await client.get(f"/api/v1/recordings/{rid}", headers=recorder)
+    assert resp.status == 404 and (await resp.json())["error"]["code"] == "recording_not_found"
+    async with node.db.pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM recording_files WHERE recording_id = $1", uuid.UUID(rid)) == 0
+        entry = await conn.fetchrow("SELECT actor, details FROM audit_log WHERE action = 'recording.delete'")
+        held = await conn.fetchval(
+            "SELECT coalesce(sum(size_bytes), 0) FROM recordings WHERE customer_id = $1", uuid.UUID(tenant.customer_id)
+        )
+    assert entry["actor"] == tenant.key and entry["details"]["files"] == 2
+    assert held == 0  # what the storage quota counts
+
 
 async def test_recording_requests_that_cannot_be_served_are_refused_with_codes(client: TestClient, node: Node):
     tenant = await create_tenant(client)

@@ -201,6 +201,7 @@ def matrix(
         ("POST", "/api/v1/rooms/{room_id}/recordings"): (f"/api/v1/rooms/{quiet}/recordings", {"kinds": ["tracks"]}),
         ("GET", "/api/v1/rooms/{room_id}/recordings"): (f"/api/v1/rooms/{quiet}/recordings", None),
         ("GET", "/api/v1/recordings/{recording_id}"): (rec, None),
+        ("DELETE", "/api/v1/recordings/{recording_id}"): (rec, None),  # after its stop (removals run last)
         ("POST", "/api/v1/recordings/{recording_id}/stop"): (f"{rec}/stop", None),
         ("GET", "/api/v1/recordings/{recording_id}/files/{file}"): (f"{rec}/files/{recording_file}", None),
     }
@@ -280,6 +281,8 @@ async def test_tenant_b_reaches_nothing_of_tenant_a(client: TestClient):
     assert [m["identity"] for m in (await resp.json())["members"]] == ["alice", "bob"]
     resp = await client.get(f"/api/v1/instances/{a.instance_id}/webhooks", headers=a.admin)
     assert [(w["id"], w["description"]) for w in (await resp.json())["webhooks"]] == [(webhook, "")]
+    resp = await client.get(f"/api/v1/recordings/{recording}", headers=a.admin)
+    assert resp.status == 200  # B's DELETE did not remove it
 
 
 async def live_targets(

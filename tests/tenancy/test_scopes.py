@@ -105,6 +105,7 @@ ALLOWED: dict[tuple[str, str], frozenset[str]] = {
     ("GET", "/api/v1/rooms/{room_id}/recordings"): frozenset({ADMIN, OTHER_MODERATOR}),  # on ``quiet``
     ("GET", "/api/v1/recordings/{recording_id}"): MODERATORS,  # ``standup``'s
     ("POST", "/api/v1/recordings/{recording_id}/stop"): MODERATORS,
+    ("DELETE", "/api/v1/recordings/{recording_id}"): MODERATORS,
     ("GET", "/api/v1/recordings/{recording_id}/files/{file}"): MODERATORS,
 }
 
