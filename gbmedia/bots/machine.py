@@ -221,6 +221,12 @@ class Run:
         if self.finished:
             raise StateError("this run has ended")
         try:
+            return await self._go_on()
+        finally:  # ended, failed or waiting at a HEAR: its browser pages do not outlive this call
+            await self.ctx.release()
+
+    async def _go_on(self) -> Outcome:
+        try:
             await self._loop(1)
         except (Fault, BasicError, PoliteStop) as exc:
             return await self._failed(exc, self._current())

@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 from gbmedia.bots.errors import BasicSyntaxError
 from gbmedia.bots.hear import FORMS
+from gbmedia.bots.lib_web import KEYS
 from gbmedia.bots.library import REGISTRY
 from gbmedia.bots.syntax import (
     Assign,
@@ -77,6 +78,11 @@ STATEMENTS: dict[tuple[str, ...], tuple[str, tuple[str, ...]]] = {
     ("MERGE",): ("merge", ("WITH", "BY")),
     ("SET", "HEADER"): ("setHeader", ("AS", "=")),
     ("SET", "PARAM"): ("setParam", ("AS", "=")),
+    ("OPEN",): ("openPage", ("AS",)),
+    ("CLICK", "LINK", "TEXT"): ("linkByText", ()),
+    ("CLICK", "BUTTON"): ("clickButton", ()),
+    ("CLICK",): ("click", ()),
+    ("HOVER",): ("hover", ()),
 }
 
 # Forms that give a value, written without parentheses on the right of "=": x = FIND "t", "a=1".
@@ -93,6 +99,10 @@ VALUE_FORMS: dict[tuple[str, ...], tuple[str, tuple[str, ...]]] = {
     ("SORT",): ("sortBy", ("BY",)),
     ("MERGE",): ("merge", ("WITH", "BY")),
     ("DELETE",): ("delete", ()),
+    ("OPEN",): ("openPage", ("AS",)),
+    ("TEXT", "OF"): ("getTextOf", ()),
+    ("SCREENSHOT",): ("screenshot", ()),
+    ("DOWNLOAD",): ("download", ()),
 }
 
 # SET <setting> [AS|=] value: the settings a dialog may change for the rest of its run.
@@ -282,6 +292,7 @@ class _Parser:
             "SAVE": self.save_statement,
             "SORT": self.sort_statement,
             "APPEND": self.append_statement,
+            "PRESS": self.press_statement,
         }.get(word)
         if word == "SELECT" and self.peek(1).is_word("CASE"):
             return [self.select_statement()]
@@ -370,6 +381,11 @@ class _Parser:
             args = self.arguments(separators)
             self.check_arity(name, args, token, " ".join(words))
             return Call(token.line, token.col, name, args)
+        if token.kind == NAME and (self.peek(1).kind in (NEWLINE, EOF) or self.peek(1).is_op(":")):
+            builtin = REGISTRY.get(token.upper)  # x = SCREENSHOT: a bare built-in that waits (a lookup cannot)
+            if builtin is not None and builtin.bare and builtin.is_async and builtin.min_args == 0:
+                self.advance()
+                return Call(token.line, token.col, builtin.name, [])
         if token.kind == NAME and not self.peek(1).is_op("(") and self.starts_expression(self.peek(1)):
             builtin = REGISTRY.get(token.upper)
             if builtin is not None and builtin.bare:  # x = FORMAT v, "dd/MM/yyyy"
@@ -653,7 +669,26 @@ class _Parser:
                     value = self.expression()
                 self.end_statement()
                 return Keyword(token.line, "set", [Literal(token.line, token.col, " ".join(setting)), value])
+        if self.peek().kind == STRING or self.peek(1).is_op(","):  # SET "selector", "text": type into a field
+            self.pos -= 1
+            stmt = self.keyword_statement(("SET",), ("setElementText", ()))
+            self.end_statement()
+            return stmt
         raise self.error(f"unknown setting SET {self.peek().text.upper()}")
+
+    def press_statement(self) -> Stmt:
+        """PRESS ENTER (a key's name, or its text: PRESS "Tab") [ON target | , target]."""
+        token = self.advance()
+        key = self.peek()
+        if key.kind == NAME and key.upper in KEYS:
+            self.advance()
+            args: list[Expr] = [Literal(key.line, key.col, key.upper)]
+        else:
+            args = [self.expression()]
+        if self.accept_word("ON") or self.accept_op(","):
+            args.append(self.expression())
+        self.end_statement()
+        return Keyword(token.line, "pressKey", args)
 
     def save_statement(self) -> Stmt:
         token = self.advance()
@@ -915,6 +950,9 @@ class _Parser:
                 return Literal(token.line, token.col, word == "TRUE")
             if word in ("NULL", "NOTHING", "EMPTY"):
                 return Literal(token.line, token.col, None)
+            if word == "TEXT" and self.peek().is_word("OF") and self.starts_expression(self.peek(1)):
+                self.advance()  # TEXT OF target, inside an expression too: TALK TEXT OF "#total"
+                return Call(token.line, token.col, "getTextOf", [self.power()])
             if word == "NEW":
                 kind = self.expect_name("OBJECT or ARRAY after NEW")
                 if kind.upper == "OBJECT":
