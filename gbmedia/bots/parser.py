@@ -83,6 +83,14 @@ STATEMENTS: dict[tuple[str, ...], tuple[str, tuple[str, ...]]] = {
     ("CLICK", "BUTTON"): ("clickButton", ()),
     ("CLICK",): ("click", ()),
     ("HOVER",): ("hover", ()),
+    ("JOIN", "ROOM"): ("joinRoom", ("AS",)),
+    ("SHOW", "CLOCK"): ("showClock", ()),
+    ("SHOW", "SLIDE"): ("showSlide", ()),
+    ("SHOW", "CHART"): ("showChart", ()),
+    ("PROCESS", "VIDEO", "OF"): ("processVideo", ("WITH",)),
+    ("PLAY", "TONE"): ("playTone", ()),
+    ("SAY",): ("say", ()),
+    ("LEAVE", "ROOM"): ("leaveRoom", ()),
 }
 
 # Forms that give a value, written without parentheses on the right of "=": x = FIND "t", "a=1".
@@ -103,6 +111,8 @@ VALUE_FORMS: dict[tuple[str, ...], tuple[str, tuple[str, ...]]] = {
     ("TEXT", "OF"): ("getTextOf", ()),
     ("SCREENSHOT",): ("screenshot", ()),
     ("DOWNLOAD",): ("download", ()),
+    ("JOIN", "ROOM"): ("joinRoom", ("AS",)),
+    ("PROCESS", "VIDEO", "OF"): ("processVideo", ("WITH",)),
 }
 
 # SET <setting> [AS|=] value: the settings a dialog may change for the rest of its run.
@@ -309,7 +319,7 @@ class _Parser:
             stmts = handler()
             return stmts if isinstance(stmts, list) else [stmts]
         keyword = self.match_form(STATEMENTS)
-        if keyword is not None and not self.peek(len(keyword)).is_op("=", "[", "."):
+        if keyword is not None and (len(keyword) > 1 or not self.peek(1).is_op("=", "[", ".")):
             stmt = self.keyword_statement(keyword, STATEMENTS[keyword])
             self.end_statement()
             return [stmt]

@@ -10,9 +10,11 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import asyncpg
 
+from gbmedia.bots.browser import Browsers, WebRun
 from gbmedia.bots.context import Context
 from gbmedia.bots.dialogs import Dialogs
 from gbmedia.bots.errors import Fault
@@ -20,9 +22,15 @@ from gbmedia.bots.fetch import GuardedFetcher, allowed_networks
 from gbmedia.bots.files import InstanceFiles
 from gbmedia.bots.host import ConversationPort
 from gbmedia.bots.limits import Limits
+from gbmedia.bots.media.dialog import MediaPort
 from gbmedia.bots.tables import PgTables
 from gbmedia.tenancy.instances import Instances
 from gbmedia.tenancy.models import Instance
+
+if TYPE_CHECKING:
+    from gbmedia.bots.media.service import MediaBots
+    from gbmedia.rooms.placement import Placer
+    from gbmedia.rooms.store import Rooms
 
 
 @dataclass
@@ -32,15 +40,24 @@ class Runner:
     dialogs: Dialogs
     data_dir: Path
     limits: Limits
+    browsers: Browsers | None = None  # the node's browser (web automation)
+    media_bots: MediaBots | None = None  # the node's media bots (JOIN ROOM...)
+    rooms: Rooms | None = None
+    placement: Placer | None = None
 
     async def instance(self, instance_id: uuid.UUID) -> Instance:
         return await self.instances.get(instance_id)
 
     def context(self, instance: Instance, dialog: str, port: ConversationPort) -> Context:
         try:
-            http: GuardedFetcher | None = GuardedFetcher(allowed_networks(instance.config))
+            allow = allowed_networks(instance.config)
+            http: GuardedFetcher | None = GuardedFetcher(allow)
         except Fault:
-            http = None  # a malformed bots.http_allow: the dialog's GET says HTTP is not available
+            allow, http = [], None  # a malformed bots.http_allow: the dialog's GET says HTTP is not available
+        web = WebRun(self.browsers, str(instance.id), allow) if self.browsers is not None and http else None
+        media = None
+        if self.media_bots is not None and self.rooms is not None:
+            media = MediaPort(self.media_bots, self.rooms, instance.id, self.placement)
         return Context(
             instance_id=str(instance.id),
             dialog=dialog,
@@ -51,4 +68,6 @@ class Runner:
             config=instance.config,
             locale=instance.locale or "en",
             limits=self.limits,
+            web=web,
+            media=media,
         )
