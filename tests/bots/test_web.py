@@ -10,6 +10,7 @@ to a private address are refused too.
 from __future__ import annotations
 
 import ipaddress
+import re
 import struct
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -33,7 +34,7 @@ FORM = """<!doctype html><title>Form</title>
   <input id="email" name="email"> <input id="amount" name="amount" value="10">
   <button type="submit">Send</button>
 </form>"""
-RESULT = "<!doctype html><title>Result</title><p id='result'>got {email} {amount}</p>"
+RESULT = "<!doctype html><title>Result</title><h1>Result</h1><p id='result'>got {email} {amount}</p>"
 LINKS = """<!doctype html><title>Links</title><h1 id="title">Start <b>here</b></h1>
 <div id="menu" style="position:absolute;left:0;top:400px;width:200px;height:100px;background:#c00"
      onmouseenter="document.getElementById('hovered').textContent='open'">menu</div>
@@ -271,3 +272,13 @@ def test_cyrb53_matches_javascript_and_selectors_are_told_from_addresses() -> No
     assert cyrb53("") == 3338908027751811
     assert [is_selector(t) for t in ("#id", ".c", "form input", "a[href]", "div", "*")] == [True] * 6
     assert [is_selector(t) for t in ("https://x.org", "/path", "", "hello!", "3 apples", "www.x.org")] == [False] * 6
+
+
+async def test_the_docs_example_runs_against_a_served_form(site: str, browsers: Browsers, tmp_path: Path) -> None:
+    doc = (Path(__file__).parents[2] / "docs" / "bots.md").read_text()
+    section = doc[doc.index("## Web automation") : doc.index("## Dates and text")]
+    block = re.search(r"^```bas\n(.*?)^```", section, re.MULTILINE | re.DOTALL)
+    assert block is not None
+    lines = await said(block[1].replace("https://shop.example.com", site), browsers, tmp_path)
+    assert lines[:2] == ["got ana@example.com 25", "h1"]
+    assert re.fullmatch(r"screenshots/\d+-\d+\.png", lines[2])

@@ -8,6 +8,7 @@ camera through the filter it chose.
 
 from __future__ import annotations
 
+import re
 import uuid
 from pathlib import Path
 from typing import Any
@@ -167,3 +168,12 @@ def test_espeak_wav_is_read_and_resampled() -> None:
     assert list(samples[:4]) == [0, 500, 1000, 1500]
     with pytest.raises(ValueError):
         wav_samples(b"not a wav at all, not at all....")
+
+
+def test_the_docs_media_block_compiles() -> None:
+    doc = (Path(__file__).parents[3] / "docs" / "bots.md").read_text()
+    section = doc[doc.index("## Media bots") : doc.index("## The dialog engine")]
+    block = re.search(r"^```bas\n(.*?)^```", section, re.MULTILINE | re.DOTALL)
+    assert block is not None
+    compiled = load(block[1], "docs")
+    assert compiled.dialog == "docs"
