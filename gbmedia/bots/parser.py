@@ -50,8 +50,8 @@ from gbmedia.bots.tokens import EOF, NAME, NEWLINE, NUMBER, OP, STRING, Piece, T
 
 Loader = Callable[[str], str]  # an INCLUDEd dialog's name -> its source (KeyError: no such dialog)
 
-HEAR_KINDS = {*FORMS, "TEXT"}  # what HEAR ... AS takes: the forms it validates, or any text
-UNAVAILABLE_KINDS = {"QRCODE", "LOGIN"}  # need an image decoder and a sign-in flow: later parts of issue 17
+HEAR_KINDS = {*FORMS, "TEXT", "LOGIN"}  # what HEAR ... AS takes: the forms it validates, any text, a sign-in
+UNAVAILABLE_KINDS = {"QRCODE"}  # needs an image decoder: a later part of issue 18
 
 # Statements that call a built-in: words -> (built-in, words that separate arguments instead of commas).
 # Longest first wins ("TALK TO" before "TALK").
