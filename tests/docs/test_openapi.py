@@ -25,6 +25,7 @@ import gbmedia
 import gbmedia.http
 from gbmedia.app import NODE
 from gbmedia.bots import api as bots_api
+from gbmedia.bots.login import PgLogins
 from gbmedia.bots.media import api as media_bots_api
 from gbmedia.messaging import api as messaging_api
 from gbmedia.messaging import models as chat_models
@@ -77,6 +78,7 @@ REQUEST_MODELS: dict[str, tuple[type[BaseModel], bool]] = {  # operationId: (mod
     "postReceipt": (messaging_api.ReceiptUpdate, False),
     "putDialog": (bots_api.DialogPut, False),
     "joinBotConversation": (bots_api.BotJoin, False),
+    "botSignIn": (bots_api.LoginPost, False),
     "startRecording": (recording_api.RecordingStart, False),
     "startMediaBot": (media_bots_api.MediaBotStart, False),
     "createWebhook": (webhooks_api.WebhookCreate, False),
@@ -1190,6 +1192,14 @@ async def test_real_answers_conform_to_the_documented_responses(client: TestClie
     await call("POST", join, 403, headers=bearer(participant["token"]), json={"room_id": room["id"]})
     await call("POST", join, 404, headers=admin, json={"room_id": str(uuid.uuid4())})
     await call("POST", join, 409, headers=admin, json={"room_id": room["id"], "bot": "ann"})
+    # HEAR AS LOGIN: ann signs in with the code a bot gave in the room's chat (tests/bots/test_login.py).
+    login = "/api/v1/bots/login"
+    code = await PgLogins(client.app[NODE].db.pool, uuid.UUID(iid), uuid.UUID(joined["conversation_id"]), "ann").start()
+    signed = await call("POST", login, 200, headers=bearer(participant["token"]), json={"code": code})
+    assert signed["signed_in"]["conversation_id"] == joined["conversation_id"]
+    await call("POST", login, 400, headers=admin, json={"code": 1})
+    await call("POST", login, 403, headers=OPERATOR, json={"code": code})
+    await call("POST", login, 404, headers=admin, json={"code": code})
     run = "/api/v1/bots/runs/{run_id}"
     stopped = await call("DELETE", run, 200, headers=admin, run_id=joined["run"]["id"])
     assert stopped["run"]["status"] == "stopped"
