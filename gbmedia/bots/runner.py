@@ -20,9 +20,11 @@ from gbmedia.bots.fetch import GuardedFetcher, allowed_networks
 from gbmedia.bots.files import InstanceFiles
 from gbmedia.bots.host import ConversationPort
 from gbmedia.bots.limits import Limits
+from gbmedia.bots.providers import InstanceProviders
 from gbmedia.bots.tables import PgTables
 from gbmedia.tenancy.instances import Instances
 from gbmedia.tenancy.models import Instance
+from gbmedia.tenancy.run_tokens import RunScope, RunTokens
 
 
 @dataclass
@@ -32,11 +34,21 @@ class Runner:
     dialogs: Dialogs
     data_dir: Path
     limits: Limits
+    run_tokens: RunTokens | None = None  # getCustomToken's tokens (None: a runner without the node's secret key)
 
     async def instance(self, instance_id: uuid.UUID) -> Instance:
         return await self.instances.get(instance_id)
 
     def context(self, instance: Instance, dialog: str, port: ConversationPort) -> Context:
+        tokens = self.run_tokens
+        conversation = getattr(port, "conversation_id", None)
+        user = port.user.id if port.user is not None else None
+
+        def run_token() -> str:
+            if tokens is None:
+                raise Fault("this node gives dialogs no run tokens")
+            return tokens.mint(RunScope(instance.id, conversation, user, dialog))
+
         try:
             http: GuardedFetcher | None = GuardedFetcher(allowed_networks(instance.config))
         except Fault:
@@ -51,4 +63,6 @@ class Runner:
             config=instance.config,
             locale=instance.locale or "en",
             limits=self.limits,
+            run_token=run_token,
+            providers=InstanceProviders(self.pool, self.instances.secrets, instance.id, http),
         )

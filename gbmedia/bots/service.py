@@ -14,6 +14,7 @@ from gbmedia.bots.runner import Runner
 from gbmedia.bots.scheduler import Scheduler
 from gbmedia.messaging.service import Chat
 from gbmedia.tenancy.instances import Instances
+from gbmedia.tenancy.run_tokens import RunTokens
 
 
 @dataclass
@@ -25,7 +26,7 @@ class Bots:
     @classmethod
     def create(cls, pool: asyncpg.Pool, chat: Chat, instances: Instances, data_dir: Path, limits: Limits) -> Bots:
         dialogs = Dialogs(pool)
-        runner = Runner(pool, instances, dialogs, data_dir, limits)
+        runner = Runner(pool, instances, dialogs, data_dir, limits, RunTokens(instances.secrets))
         return cls(dialogs, DialogEngine(pool, chat, runner), Scheduler(pool, runner))
 
     def start(self) -> None:
