@@ -38,6 +38,7 @@ CASES: list[tuple[str, str, dict[str, Any], Check]] = [
         [{"name": "Ana"}],
     ),
     ("system", "executeSQL", {"data": [{"n": 2}, {"n": 3}], "sql": "SELECT sum(n) AS total FROM ?"}, [{"total": 5}]),
+    ("system", "executeSQL", {"data": {"n": 1}, "sql": "SELECT n * 2 AS twice FROM data"}, [{"twice": 2}]),
     ("system", "getRandomId", {"length": 6}, lambda v: re.fullmatch(r"[A-HJ-NP-Z2-9]{6}", v)),
     ("system", "generatePassword", {"length": 16}, lambda v: isinstance(v, str) and len(v) == 16),
     ("system", "isValidDate", {"text": "2026-02-30"}, False),
