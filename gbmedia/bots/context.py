@@ -6,6 +6,7 @@ One :class:`Context` per run. ``settings`` holds what the dialog changed with ``
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +35,9 @@ class Context:
     goto: str | None = None  # GO TO dialog: the run ends and the engine starts this one
     web: WebRun | None = None  # the node's browser, for OPEN, CLICK... (gbmedia/bots/browser.py)
     media: MediaPort | None = None  # the node's rooms, for JOIN ROOM, SHOW... (gbmedia/bots/media/dialog.py)
+    run_token: Callable[[], str] | None = None  # getCustomToken: a token scoped to this run (tenancy/run_tokens.py)
+    providers: Any = None  # the instance's outside services (gbmedia/bots/providers.py), None: none configured
+    over_http: bool = False  # called through the keyword API, not by a dialog (keywords that need a dialog refuse)
 
     def __post_init__(self) -> None:
         self.budget = Budget(self.limits)

@@ -23,9 +23,11 @@ from gbmedia.bots.files import InstanceFiles
 from gbmedia.bots.host import ConversationPort
 from gbmedia.bots.limits import Limits
 from gbmedia.bots.media.dialog import MediaPort
+from gbmedia.bots.providers import InstanceProviders
 from gbmedia.bots.tables import PgTables
 from gbmedia.tenancy.instances import Instances
 from gbmedia.tenancy.models import Instance
+from gbmedia.tenancy.run_tokens import RunScope, RunTokens
 
 if TYPE_CHECKING:
     from gbmedia.bots.media.service import MediaBots
@@ -40,6 +42,7 @@ class Runner:
     dialogs: Dialogs
     data_dir: Path
     limits: Limits
+    run_tokens: RunTokens | None = None  # getCustomToken's tokens (None: a runner without the node's secret key)
     browsers: Browsers | None = None  # the node's browser (web automation)
     media_bots: MediaBots | None = None  # the node's media bots (JOIN ROOM...)
     rooms: Rooms | None = None
@@ -49,6 +52,15 @@ class Runner:
         return await self.instances.get(instance_id)
 
     def context(self, instance: Instance, dialog: str, port: ConversationPort) -> Context:
+        tokens = self.run_tokens
+        conversation = getattr(port, "conversation_id", None)
+        user = port.user.id if port.user is not None else None
+
+        def run_token() -> str:
+            if tokens is None:
+                raise Fault("this node gives dialogs no run tokens")
+            return tokens.mint(RunScope(instance.id, conversation, user, dialog))
+
         try:
             allow = allowed_networks(instance.config)
             http: GuardedFetcher | None = GuardedFetcher(allow)
@@ -70,4 +82,6 @@ class Runner:
             limits=self.limits,
             web=web,
             media=media,
+            run_token=run_token,
+            providers=InstanceProviders(self.pool, self.instances.secrets, instance.id, http),
         )

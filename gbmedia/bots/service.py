@@ -16,6 +16,7 @@ from gbmedia.bots.runner import Runner
 from gbmedia.bots.scheduler import Scheduler
 from gbmedia.messaging.service import Chat
 from gbmedia.tenancy.instances import Instances
+from gbmedia.tenancy.run_tokens import RunTokens
 
 
 @dataclass
@@ -31,7 +32,7 @@ class Bots:
     ) -> Bots:
         """``ports``: what runs may reach of the node (``browsers``, ``media_bots``, ``rooms``, ``placement``)."""
         dialogs = Dialogs(pool)
-        runner = Runner(pool, instances, dialogs, data_dir, limits, **ports)
+        runner = Runner(pool, instances, dialogs, data_dir, limits, RunTokens(instances.secrets), **ports)
         return cls(dialogs, DialogEngine(pool, chat, runner), Scheduler(pool, runner), runner.browsers)
 
     def start(self) -> None:
