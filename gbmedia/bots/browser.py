@@ -124,6 +124,7 @@ class Browsers:
         self._opening = asyncio.Lock()
         self.sessions: dict[tuple[str, str, str], Session] = {}
         self.handles: dict[str, Handle] = {}
+        self.currents: dict[tuple[str, str], str] = {}  # (instance, owner) -> its current page's handle
         self.closed = False
         self.proxy = GuardProxy()
 
@@ -219,6 +220,7 @@ class Browsers:
 
     async def close_owner(self, instance_id: str, owner: str) -> int:
         """Close every context of a run (when it ends or suspends): how many there were."""
+        self.currents.pop((instance_id, owner), None)
         mine = [s for s in list(self.sessions.values()) if s.instance_id == instance_id and s.owner == owner]
         for session in mine:
             await self._close_session(session)
@@ -272,15 +274,34 @@ class Browsers:
 class WebRun:
     """What one run holds of the browser: its sessions (by name), its current page, its allowed networks.
 
-    ``owner`` tells this run's contexts from other runs' of the same instance; the keyword
-    API gives each caller its own. :meth:`release` closes them all.
+    ``owner`` tells this run's contexts from other runs' of the same instance. A dialog's
+    run has its own, and :meth:`release` closes them when the run ends or waits. The
+    keyword API names each caller's owner (:meth:`keep_for`), so a caller's pages and
+    current page last from one call to the next until ``closeHandles`` or
+    ``GBMEDIA_BOT_BROWSER_SECONDS``.
     """
 
     browsers: Browsers
     instance_id: str
     allow: list[Network] = field(default_factory=list)
     owner: str = field(default_factory=lambda: secrets.token_hex(8))
-    current: str | None = None  # the handle of the page the statements act on
+
+    @property
+    def current(self) -> str | None:
+        """The handle of the page the statements act on (the last opened or chosen)."""
+        handle = self.browsers.currents.get((self.instance_id, self.owner))
+        return handle if handle in self.browsers.handles else None
+
+    @current.setter
+    def current(self, handle: str | None) -> None:
+        if handle is None:
+            self.browsers.currents.pop((self.instance_id, self.owner), None)
+        else:
+            self.browsers.currents[(self.instance_id, self.owner)] = handle
+
+    def keep_for(self, caller: str) -> None:
+        """Act as ``caller`` (a keyword API credential): its sessions and current page, kept between calls."""
+        self.owner = f"http:{caller}"
 
     async def release(self) -> int:
         self.current = None

@@ -100,6 +100,9 @@ DIALOG_ONLY = STATEMENTS | {
     "wait",
     "transferTo",
 }
+# A dialog's media bot lives in the run's settings: over HTTP there is no run to keep it (media bots have
+# their REST API, /api/v1/rooms/{room_id}/media_bots).
+DIALOG_ONLY |= {"joinRoom", "showClock", "showSlide", "showChart", "processVideo", "playTone", "say", "leaveRoom"}
 DIALOG_ONLY -= {"exit"}  # with a run token, exit ends that run
 NEEDS_RUN = {"talk", "userName", "userMobile", "setUserParam", "sendFile", "getCustomToken", "gotoDialog", "exit"}
 

@@ -179,6 +179,9 @@ class KeywordsApi:
         dialog = principal.run.dialog if principal.run else "keywords"
         ctx: Context = engine.runner.context(instance, dialog, await self.port(principal, instance_id))
         ctx.over_http = True
+        if ctx.web is not None:  # web automation: the caller's pages last across its calls, until closeHandles
+            run = principal.run
+            ctx.web.keep_for(f"{principal.actor.kind}:{principal.actor.name}:{run.dialog if run else ''}")
         if principal.run is None:
             ctx.run_token = None
         try:
