@@ -78,7 +78,6 @@ STATEMENTS: dict[tuple[str, ...], tuple[str, tuple[str, ...]]] = {
     ("MERGE",): ("merge", ("WITH", "BY")),
     ("SET", "HEADER"): ("setHeader", ("AS", "=")),
     ("SET", "PARAM"): ("setParam", ("AS", "=")),
-    ("OPEN",): ("openPage", ("AS",)),
     ("CLICK", "LINK", "TEXT"): ("linkByText", ()),
     ("CLICK", "BUTTON"): ("clickButton", ()),
     ("CLICK",): ("click", ()),
@@ -107,7 +106,6 @@ VALUE_FORMS: dict[tuple[str, ...], tuple[str, tuple[str, ...]]] = {
     ("SORT",): ("sortBy", ("BY",)),
     ("MERGE",): ("merge", ("WITH", "BY")),
     ("DELETE",): ("delete", ()),
-    ("OPEN",): ("openPage", ("AS",)),
     ("TEXT", "OF"): ("getTextOf", ()),
     ("SCREENSHOT",): ("screenshot", ()),
     ("DOWNLOAD",): ("download", ()),
@@ -303,6 +301,7 @@ class _Parser:
             "SORT": self.sort_statement,
             "APPEND": self.append_statement,
             "PRESS": self.press_statement,
+            "OPEN": self.open_statement,
         }.get(word)
         if word == "SELECT" and self.peek(1).is_word("CASE"):
             return [self.select_statement()]
@@ -384,6 +383,9 @@ class _Parser:
         token = self.peek()
         if token.is_word("SELECT") and not self.peek(1).is_op("("):
             return self.select_from()
+        if token.is_word("OPEN") and self.starts_expression(self.peek(1)):  # page = OPEN url [AS #session]
+            self.advance()
+            return Call(token.line, token.col, "openPage", self.open_arguments())
         words = self.match_form(VALUE_FORMS)
         if words is not None and self.starts_expression(self.peek(len(words))):
             name, separators = VALUE_FORMS[words]
@@ -685,6 +687,23 @@ class _Parser:
             self.end_statement()
             return stmt
         raise self.error(f"unknown setting SET {self.peek().text.upper()}")
+
+    def open_arguments(self) -> list[Expr]:
+        """OPEN url [AS "session" | AS #session]: the arguments of openPage (the OPEN word already read)."""
+        args = [self.expression()]
+        if self.accept_word("AS"):
+            if self.accept_op("#"):
+                name = self.expect_name("a session name after AS #")
+                args.append(Literal(name.line, name.col, name.text))
+            else:
+                args.append(self.expression())
+        return args
+
+    def open_statement(self) -> Stmt:
+        token = self.advance()
+        args = self.open_arguments()
+        self.end_statement()
+        return Keyword(token.line, "openPage", args)
 
     def press_statement(self) -> Stmt:
         """PRESS ENTER (a key's name, or its text: PRESS "Tab") [ON target | , target]."""

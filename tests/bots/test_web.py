@@ -21,7 +21,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from gbmedia.bots.browser import BrowserLimits, Browsers, WebRun, cyrb53
+from gbmedia.bots.compiler import load
 from gbmedia.bots.context import Context
+from gbmedia.bots.errors import BasicSyntaxError
 from gbmedia.bots.files import InstanceFiles
 from gbmedia.bots.lib_web import is_selector
 from gbmedia.bots.registry import REGISTRY
@@ -126,7 +128,7 @@ async def test_a_form_is_filled_and_sent_with_enter_and_with_its_button(
 SET "#email", "ana@example.com"
 PRESS ENTER
 TALK TEXT OF "#result"
-OPEN "{site}/form" AS "second"
+OPEN "{site}/form" AS #second
 SET "#email", "bia@example.com"
 SET "#amount", "25"
 TALK TEXT OF "#amount"
@@ -282,3 +284,20 @@ async def test_the_docs_example_runs_against_a_served_form(site: str, browsers: 
     lines = await said(block[1].replace("https://shop.example.com", site), browsers, tmp_path)
     assert lines[:2] == ["got ana@example.com 25", "h1"]
     assert re.fullmatch(r"screenshots/\d+-\d+\.png", lines[2])
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ("OPEN\n", "expected an expression"),
+        ('OPEN "https://x.org" AS #\n', "a session name after AS #"),
+        ('OPEN "https://x.org", "a", "b"\n', "unexpected ','"),
+        ("PRESS\n", "expected an expression"),
+        ("CLICK BUTTON\n", "CLICK BUTTON takes 1 argument"),
+        ('SET "#a"\n', "SET takes 2 arguments"),
+    ],
+)
+def test_web_statements_that_do_not_parse(source: str, message: str) -> None:
+    with pytest.raises(BasicSyntaxError) as error:
+        load(source, "web")
+    assert message in str(error.value)
