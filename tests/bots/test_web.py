@@ -301,3 +301,19 @@ def test_web_statements_that_do_not_parse(source: str, message: str) -> None:
     with pytest.raises(BasicSyntaxError) as error:
         load(source, "web")
     assert message in str(error.value)
+
+
+async def test_the_terminal_drives_a_page_with_allow(site: str, tmp_path: Path) -> None:
+    import io
+
+    from gbmedia.bots.terminal import TerminalOptions, run_file
+
+    dialog = tmp_path / "form.bas"
+    dialog.write_text(f'OPEN "{site}/form"\nSET "#email", "ana@example.com"\nPRESS ENTER\nTALK TEXT OF "#result"\n')
+    out, err = io.StringIO(), io.StringIO()
+    options = TerminalOptions(file=dialog, allow=["127.0.0.0/8"])
+    assert await run_file(options, io.StringIO(""), out, err) == 0, err.getvalue()
+    assert out.getvalue() == "got ana@example.com 10\n"
+    refused = TerminalOptions(file=dialog)
+    assert await run_file(refused, io.StringIO(""), io.StringIO(), err) == 1
+    assert "not a public address" in err.getvalue()
