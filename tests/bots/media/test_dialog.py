@@ -17,10 +17,11 @@ import numpy as np
 import pytest
 
 from gbmedia.bots.compiler import load
+from gbmedia.bots.errors import Fault
 from gbmedia.bots.host import MemoryPort
 from gbmedia.bots.machine import Outcome, Run
 from gbmedia.bots.media.dialog import SETTING
-from gbmedia.bots.media.speech import espeak, wav_samples
+from gbmedia.bots.media.speech import espeak, synthesize, wav_samples
 from gbmedia.node import Node
 from tests.bots.media.test_bot import MEDIA_WAIT, CheckerTrack, bgr, frames_after, open_room, token
 from tests.helpers import Tenant
@@ -177,3 +178,14 @@ def test_the_docs_media_block_compiles() -> None:
     assert block is not None
     compiled = load(block[1], "docs")
     assert compiled.dialog == "docs"
+
+
+@pytest.mark.skipif(espeak() is None, reason="espeak-ng is not installed (scripts/test installs it)")
+async def test_speech_in_a_language_espeak_lacks_falls_back_to_english_and_long_text_is_refused() -> None:
+    english = await synthesize("hello there", "en")
+    unknown = await synthesize("hello there", "zz")
+    assert english.size > 24_000 and unknown.size == english.size  # the same English voice
+    with pytest.raises(Fault, match="at most 1000 characters"):
+        await synthesize("a" * 1001)
+    with pytest.raises(ValueError, match="without samples"):
+        wav_samples(b"RIFF\x00\x00\x00\x00WAVEfmt " + bytes(16))
