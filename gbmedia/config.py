@@ -123,6 +123,13 @@ class Settings(BaseSettings):
     bot_max_list_items: int = Field(default=10_000, ge=10, le=10_000_000)
     bot_max_http_calls: int = Field(default=20, ge=0, le=10_000)
     bot_max_http_bytes: int = Field(default=5 * 1024 * 1024, ge=0, le=1024 * 1024 * 1024)
+    # Web automation (gbmedia/bots/browser.py): one Chromium per node, contexts bounded per instance.
+    bot_browser_contexts: int = Field(default=4, ge=1, le=256)  # browser sessions one instance holds at once
+    bot_browser_pages: int = Field(default=4, ge=1, le=64)  # pages one session holds
+    bot_browser_seconds: float = Field(default=300.0, gt=0, le=3600)  # a session closes after this, whatever
+    bot_browser_action_seconds: float = Field(default=10.0, gt=0, le=300)  # one navigation, click, download
+    bot_browser_memory_mb: int = Field(default=256, ge=32, le=16384)  # JavaScript heap of each renderer
+    bot_browser_executable: str = "/usr/bin/chromium"
     # Webhooks (gbmedia/tenancy/webhook_dispatch.py, docs/api.md "Webhooks"): retries, the dead
     # letter, each request's time limit, and private networks endpoints may name on purpose.
     webhook_max_attempts: int = Field(default=10, ge=1, le=100)

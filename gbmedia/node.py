@@ -20,6 +20,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from gbmedia.bots.browser import BrowserLimits, Browsers
 from gbmedia.bots.limits import Limits
 from gbmedia.bots.media.service import MediaBots
 from gbmedia.bots.service import Bots
@@ -351,6 +352,7 @@ class Node:
         )
         if isinstance(outbox, OutboxRelay):
             chat.messages.on_change(outbox.changed)  # relay promptly after local commits
+        media_bots = MediaBots(live_rooms)
         node = cls(
             settings=settings,
             db=db,
@@ -368,7 +370,7 @@ class Node:
             presence=presence,
             outbox=outbox,
             recordings=recordings,
-            media_bots=MediaBots(live_rooms),
+            media_bots=media_bots,
             # Media quality and active speakers: packet sinks on every published track.
             quality=QualityMonitor(live_rooms, settings.stats_interval_ms / 1000, metrics),
             speakers=RoomSpeakers(live_rooms, settings.speaker_interval_ms / 1000),
@@ -377,7 +379,17 @@ class Node:
             member=member,
             relay=relay,
             cascade=cascade,
-            bots=Bots.create(db.pool, chat, tenancy.instances, settings.data_dir, Limits.from_settings(settings)),
+            bots=Bots.create(
+                db.pool,
+                chat,
+                tenancy.instances,
+                settings.data_dir,
+                Limits.from_settings(settings),
+                browsers=Browsers(BrowserLimits.from_settings(settings)),  # started by the first OPEN
+                media_bots=media_bots,
+                rooms=rooms,
+                placement=placement,
+            ),
             webhooks=WebhookDispatcher(
                 db.pool,
                 secret_box,

@@ -21,6 +21,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from gbmedia.bots.dialogs import Dialog
+from gbmedia.bots.login import sign_in
 from gbmedia.bots.service import Bots
 from gbmedia.errors import ApiError, bad_request, not_found
 from gbmedia.http.responses import json_response, query_int, query_uuid, read_model
@@ -146,6 +147,25 @@ async def stop_run(request: web.Request) -> web.Response:
     return json_response({"run": run})
 
 
+class LoginPost(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    code: str = Field(min_length=4, max_length=32)
+
+
+async def sign_in_route(request: web.Request) -> web.Response:
+    """POST /api/v1/bots/login: the caller (any token of the instance naming a person) signs in with a
+    code a bot gave in HEAR ... AS LOGIN; the run waiting there then gets the caller's identity."""
+    principal = principal_of(request)
+    if principal.is_operator or principal.instance_id is None or not principal.identity:
+        raise ApiError(403, "identity_required", "signing in takes an access token of the instance naming a person")
+    body = await read_model(request, LoginPost)
+    done = await sign_in(request.app[BOTS].engine.pool, principal.instance_id, body.code, principal.identity)
+    if done is None:
+        raise ApiError(404, "login_code_not_found", "no such sign-in code: unknown, expired or used")
+    return json_response({"signed_in": done})
+
+
 def register(app: web.Application, bots: Bots) -> None:
     app[BOTS] = bots
     r = app.router
@@ -156,3 +176,4 @@ def register(app: web.Application, bots: Bots) -> None:
     r.add_get("/api/v1/bots/runs", list_runs)
     r.add_delete("/api/v1/bots/runs/{run_id}", stop_run)
     r.add_post("/api/v1/bots/conversations", join_conversation)
+    r.add_post("/api/v1/bots/login", sign_in_route)

@@ -21,7 +21,9 @@ from typing import Any
 
 import asyncpg
 
+from gbmedia.bots.errors import Fault
 from gbmedia.bots.host import UserInfo
+from gbmedia.bots.login import PgLogins
 from gbmedia.errors import ApiError
 from gbmedia.messaging.messages import Messages
 from gbmedia.messaging.models import ChatCaller
@@ -121,6 +123,17 @@ class ChatPort:
 
     async def transfer(self, to: str | None) -> None:
         self.transferred = (to,)
+
+    def _logins(self) -> PgLogins:
+        if self.user is None:  # pragma: no cover - a chat run always has its user
+            raise Fault("HEAR AS LOGIN needs a user")
+        return PgLogins(self.pool, self.instance_id, self.conversation_id, self.user.id)
+
+    async def login_start(self) -> str:
+        return await self._logins().start()
+
+    async def login_result(self) -> dict[str, Any] | None:
+        return await self._logins().result()
 
     async def log(self, level: str, text: str) -> None:
         details = {"dialog": self.dialog, "conversation_id": str(self.conversation_id)}

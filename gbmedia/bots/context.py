@@ -6,12 +6,17 @@ One :class:`Context` per run. ``settings`` holds what the dialog changed with ``
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gbmedia.bots.errors import Fault
 from gbmedia.bots.host import ConversationPort, FileStore, HttpFetcher, MemoryPort, TableStore
 from gbmedia.bots.limits import Budget, Limits
+
+if TYPE_CHECKING:
+    from gbmedia.bots.browser import WebRun
+    from gbmedia.bots.media.dialog import MediaPort
 
 
 @dataclass
@@ -28,6 +33,11 @@ class Context:
     budget: Budget = field(init=False)
     settings: dict[str, Any] = field(default_factory=dict)
     goto: str | None = None  # GO TO dialog: the run ends and the engine starts this one
+    web: WebRun | None = None  # the node's browser, for OPEN, CLICK... (gbmedia/bots/browser.py)
+    media: MediaPort | None = None  # the node's rooms, for JOIN ROOM, SHOW... (gbmedia/bots/media/dialog.py)
+    run_token: Callable[[], str] | None = None  # getCustomToken: a token scoped to this run (tenancy/run_tokens.py)
+    providers: Any = None  # the instance's outside services (gbmedia/bots/providers.py), None: none configured
+    over_http: bool = False  # called through the keyword API, not by a dialog (keywords that need a dialog refuse)
 
     def __post_init__(self) -> None:
         self.budget = Budget(self.limits)
@@ -53,3 +63,18 @@ class Context:
         if self.http is None:
             raise Fault("HTTP is not available to this run")
         return self.http
+
+    def need_web(self) -> WebRun:
+        if self.web is None:
+            raise Fault("web automation is not available to this run")
+        return self.web
+
+    def need_media(self) -> MediaPort:
+        if self.media is None:
+            raise Fault("media bots are not available to this run")
+        return self.media
+
+    async def release(self) -> None:
+        """The run ended or stopped at a HEAR: close what it holds open (browser contexts)."""
+        if self.web is not None:
+            await self.web.release()

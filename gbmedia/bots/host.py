@@ -61,9 +61,31 @@ class MemoryPort:
     transferred_to: list[str | None] = field(default_factory=list)
     people: dict[str, dict[str, Any]] = field(default_factory=dict)
     params: dict[str, Any] = field(default_factory=dict)
+    logins: dict[str, str | None] = field(default_factory=dict)  # HEAR AS LOGIN: code -> who signed in with it
 
     async def talk(self, text: str) -> None:
         self.said.append(text)
+
+    async def login_start(self) -> str:
+        from gbmedia.bots.login import new_code
+
+        self.logins = {new_code(): None}
+        return next(iter(self.logins))
+
+    def sign_in(self, code: str, identity: str) -> bool:
+        """What ``POST /api/v1/bots/login`` does on a node: the person with ``code`` is ``identity``."""
+        if code not in self.logins or self.logins[code] is not None:
+            return False
+        self.logins[code] = identity
+        return True
+
+    async def login_result(self) -> dict[str, Any] | None:
+        for code, identity in self.logins.items():
+            if identity is not None:
+                del self.logins[code]
+                person = self.people.get(identity) or {}
+                return {"identity": identity, "name": person.get("name", ""), "email": person.get("email", "")}
+        return None
 
     async def send(self, channel: str, to: str, payload: dict[str, Any]) -> None:
         self.sent.append((channel, to, payload))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from gbmedia.bots.context import Context
+from gbmedia.bots.lib_web import get_by_selector, is_selector
 from gbmedia.bots.registry import REGISTRY
 from gbmedia.bots.values import to_text
 
@@ -21,7 +22,9 @@ async def _call(ctx: Context, method: str, url: Any, body: Any = None) -> Any:
 
 @builtin("getHttp", "url", group="http", bare=True)
 async def get_http(ctx: Context, url: Any) -> Any:
-    """GET a URL: its JSON as an object, or its text."""
+    """GET a URL: its JSON as an object, or its text; with a web page open, GET "selector" is its element."""
+    if ctx.web is not None and ctx.web.current is not None and isinstance(url, str) and is_selector(url):
+        return await get_by_selector(ctx, url)
     return await _call(ctx, "GET", url)
 
 

@@ -44,6 +44,8 @@ from gbmedia.bots.hear import options_of, reask_message, validate
 from gbmedia.bots.lib_data import declare_table
 from gbmedia.bots.library import REGISTRY
 from gbmedia.bots.limits import Budget, OverLimit
+from gbmedia.bots.login import NOT_YET, PROMPT
+from gbmedia.bots.login import message as login_message
 from gbmedia.bots.values import kind_of, to_number, truthy
 
 log = logging.getLogger(__name__)
@@ -114,6 +116,15 @@ class Run:
         assert isinstance(ins, IHear)
         self.ctx.budget.restart_clock()
         try:
+            if ins.kind == "LOGIN":  # the answer is who signed in with the code, not what was written
+                who = await self._login_port().login_result()
+                if who is None:
+                    await self._login_prompt(NOT_YET)
+                    return Outcome("waiting", self.snapshot())
+                await self._set(ins.setter, who)
+                self.waiting = False
+                self.frame.pc += 1
+                return await self._go()
             options = options_of([await self._value(o) for o in ins.options])
             ok, value = validate(ins.kind, answer, options, self.ctx.language)
             if not ok:
@@ -125,6 +136,17 @@ class Run:
         self.waiting = False
         self.frame.pc += 1
         return await self._go()
+
+    def _login_port(self) -> Any:
+        port = self.ctx.port
+        if not callable(getattr(port, "login_start", None)):
+            raise Fault("HEAR AS LOGIN needs a conversation with a person (a chat), not this one")
+        return port
+
+    async def _login_prompt(self, table: dict[str, str]) -> None:
+        """Give the user a new one-time sign-in code (HEAR AS LOGIN)."""
+        code = await self._login_port().login_start()
+        await self.ctx.port.talk(login_message(table, self.ctx.language, code))
 
     def snapshot(self) -> dict[str, Any]:
         """The run as JSON: enough to :meth:`restore` it in another process."""
@@ -220,6 +242,12 @@ class Run:
     async def _go(self) -> Outcome:
         if self.finished:
             raise StateError("this run has ended")
+        try:
+            return await self._go_on()
+        finally:  # ended, failed or waiting at a HEAR: its browser pages do not outlive this call
+            await self.ctx.release()
+
+    async def _go_on(self) -> Outcome:
         try:
             await self._loop(1)
         except (Fault, BasicError, PoliteStop) as exc:
@@ -371,6 +399,8 @@ class Run:
                 if any(f.inline for f in self.frames):
                     raise Fault("HEAR cannot run in a FUNCTION called inside an expression; use CALL f or x = f(...)")
                 budget.statements -= 1  # counted again when it resumes
+                if ins.kind == "LOGIN":  # type: ignore[attr-defined]
+                    await self._login_prompt(PROMPT)
                 self.waiting = True
                 return
             elif kind is ICall:

@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 from gbmedia.bots.errors import BasicSyntaxError
 from gbmedia.bots.hear import FORMS
+from gbmedia.bots.lib_web import KEYS
 from gbmedia.bots.library import REGISTRY
 from gbmedia.bots.syntax import (
     Assign,
@@ -49,8 +50,8 @@ from gbmedia.bots.tokens import EOF, NAME, NEWLINE, NUMBER, OP, STRING, Piece, T
 
 Loader = Callable[[str], str]  # an INCLUDEd dialog's name -> its source (KeyError: no such dialog)
 
-HEAR_KINDS = {*FORMS, "TEXT"}  # what HEAR ... AS takes: the forms it validates, or any text
-UNAVAILABLE_KINDS = {"QRCODE", "LOGIN"}  # need an image decoder and a sign-in flow: later parts of issue 17
+HEAR_KINDS = {*FORMS, "TEXT", "LOGIN"}  # what HEAR ... AS takes: the forms it validates, any text, a sign-in
+UNAVAILABLE_KINDS = {"QRCODE"}  # needs an image decoder: a later part of issue 18
 
 # Statements that call a built-in: words -> (built-in, words that separate arguments instead of commas).
 # Longest first wins ("TALK TO" before "TALK").
@@ -77,6 +78,18 @@ STATEMENTS: dict[tuple[str, ...], tuple[str, tuple[str, ...]]] = {
     ("MERGE",): ("merge", ("WITH", "BY")),
     ("SET", "HEADER"): ("setHeader", ("AS", "=")),
     ("SET", "PARAM"): ("setParam", ("AS", "=")),
+    ("CLICK", "LINK", "TEXT"): ("linkByText", ()),
+    ("CLICK", "BUTTON"): ("clickButton", ()),
+    ("CLICK",): ("click", ()),
+    ("HOVER",): ("hover", ()),
+    ("JOIN", "ROOM"): ("joinRoom", ("AS",)),
+    ("SHOW", "CLOCK"): ("showClock", ()),
+    ("SHOW", "SLIDE"): ("showSlide", ()),
+    ("SHOW", "CHART"): ("showChart", ()),
+    ("PROCESS", "VIDEO", "OF"): ("processVideo", ("WITH",)),
+    ("PLAY", "TONE"): ("playTone", ()),
+    ("SAY",): ("say", ()),
+    ("LEAVE", "ROOM"): ("leaveRoom", ()),
 }
 
 # Forms that give a value, written without parentheses on the right of "=": x = FIND "t", "a=1".
@@ -93,6 +106,11 @@ VALUE_FORMS: dict[tuple[str, ...], tuple[str, tuple[str, ...]]] = {
     ("SORT",): ("sortBy", ("BY",)),
     ("MERGE",): ("merge", ("WITH", "BY")),
     ("DELETE",): ("delete", ()),
+    ("TEXT", "OF"): ("getTextOf", ()),
+    ("SCREENSHOT",): ("screenshot", ()),
+    ("DOWNLOAD",): ("download", ()),
+    ("JOIN", "ROOM"): ("joinRoom", ("AS",)),
+    ("PROCESS", "VIDEO", "OF"): ("processVideo", ("WITH",)),
 }
 
 # SET <setting> [AS|=] value: the settings a dialog may change for the rest of its run.
@@ -282,6 +300,8 @@ class _Parser:
             "SAVE": self.save_statement,
             "SORT": self.sort_statement,
             "APPEND": self.append_statement,
+            "PRESS": self.press_statement,
+            "OPEN": self.open_statement,
         }.get(word)
         if word == "SELECT" and self.peek(1).is_word("CASE"):
             return [self.select_statement()]
@@ -298,7 +318,7 @@ class _Parser:
             stmts = handler()
             return stmts if isinstance(stmts, list) else [stmts]
         keyword = self.match_form(STATEMENTS)
-        if keyword is not None and not self.peek(len(keyword)).is_op("=", "[", "."):
+        if keyword is not None and (len(keyword) > 1 or not self.peek(1).is_op("=", "[", ".")):
             stmt = self.keyword_statement(keyword, STATEMENTS[keyword])
             self.end_statement()
             return [stmt]
@@ -363,6 +383,9 @@ class _Parser:
         token = self.peek()
         if token.is_word("SELECT") and not self.peek(1).is_op("("):
             return self.select_from()
+        if token.is_word("OPEN") and self.starts_expression(self.peek(1)):  # page = OPEN url [AS #session]
+            self.advance()
+            return Call(token.line, token.col, "openPage", self.open_arguments())
         words = self.match_form(VALUE_FORMS)
         if words is not None and self.starts_expression(self.peek(len(words))):
             name, separators = VALUE_FORMS[words]
@@ -370,6 +393,11 @@ class _Parser:
             args = self.arguments(separators)
             self.check_arity(name, args, token, " ".join(words))
             return Call(token.line, token.col, name, args)
+        if token.kind == NAME and (self.peek(1).kind in (NEWLINE, EOF) or self.peek(1).is_op(":")):
+            builtin = REGISTRY.get(token.upper)  # x = SCREENSHOT: a bare built-in that waits (a lookup cannot)
+            if builtin is not None and builtin.bare and builtin.is_async and builtin.min_args == 0:
+                self.advance()
+                return Call(token.line, token.col, builtin.name, [])
         if token.kind == NAME and not self.peek(1).is_op("(") and self.starts_expression(self.peek(1)):
             builtin = REGISTRY.get(token.upper)
             if builtin is not None and builtin.bare:  # x = FORMAT v, "dd/MM/yyyy"
@@ -653,7 +681,43 @@ class _Parser:
                     value = self.expression()
                 self.end_statement()
                 return Keyword(token.line, "set", [Literal(token.line, token.col, " ".join(setting)), value])
+        if self.peek().kind == STRING or self.peek(1).is_op(","):  # SET "selector", "text": type into a field
+            self.pos -= 1
+            stmt = self.keyword_statement(("SET",), ("setElementText", ()))
+            self.end_statement()
+            return stmt
         raise self.error(f"unknown setting SET {self.peek().text.upper()}")
+
+    def open_arguments(self) -> list[Expr]:
+        """OPEN url [AS "session" | AS #session]: the arguments of openPage (the OPEN word already read)."""
+        args = [self.expression()]
+        if self.accept_word("AS"):
+            if self.accept_op("#"):
+                name = self.expect_name("a session name after AS #")
+                args.append(Literal(name.line, name.col, name.text))
+            else:
+                args.append(self.expression())
+        return args
+
+    def open_statement(self) -> Stmt:
+        token = self.advance()
+        args = self.open_arguments()
+        self.end_statement()
+        return Keyword(token.line, "openPage", args)
+
+    def press_statement(self) -> Stmt:
+        """PRESS ENTER (a key's name, or its text: PRESS "Tab") [ON target | , target]."""
+        token = self.advance()
+        key = self.peek()
+        if key.kind == NAME and key.upper in KEYS:
+            self.advance()
+            args: list[Expr] = [Literal(key.line, key.col, key.upper)]
+        else:
+            args = [self.expression()]
+        if self.accept_word("ON") or self.accept_op(","):
+            args.append(self.expression())
+        self.end_statement()
+        return Keyword(token.line, "pressKey", args)
 
     def save_statement(self) -> Stmt:
         token = self.advance()
@@ -915,6 +979,9 @@ class _Parser:
                 return Literal(token.line, token.col, word == "TRUE")
             if word in ("NULL", "NOTHING", "EMPTY"):
                 return Literal(token.line, token.col, None)
+            if word == "TEXT" and self.peek().is_word("OF") and self.starts_expression(self.peek(1)):
+                self.advance()  # TEXT OF target, inside an expression too: TALK TEXT OF "#total"
+                return Call(token.line, token.col, "getTextOf", [self.power()])
             if word == "NEW":
                 kind = self.expect_name("OBJECT or ARRAY after NEW")
                 if kind.upper == "OBJECT":

@@ -10,9 +10,11 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import asyncpg
 
+from gbmedia.bots.browser import Browsers, WebRun
 from gbmedia.bots.context import Context
 from gbmedia.bots.dialogs import Dialogs
 from gbmedia.bots.errors import Fault
@@ -20,9 +22,17 @@ from gbmedia.bots.fetch import GuardedFetcher, allowed_networks
 from gbmedia.bots.files import InstanceFiles
 from gbmedia.bots.host import ConversationPort
 from gbmedia.bots.limits import Limits
+from gbmedia.bots.media.dialog import MediaPort
+from gbmedia.bots.providers import InstanceProviders
 from gbmedia.bots.tables import PgTables
 from gbmedia.tenancy.instances import Instances
 from gbmedia.tenancy.models import Instance
+from gbmedia.tenancy.run_tokens import RunScope, RunTokens
+
+if TYPE_CHECKING:
+    from gbmedia.bots.media.service import MediaBots
+    from gbmedia.rooms.placement import Placer
+    from gbmedia.rooms.store import Rooms
 
 
 @dataclass
@@ -32,15 +42,34 @@ class Runner:
     dialogs: Dialogs
     data_dir: Path
     limits: Limits
+    run_tokens: RunTokens | None = None  # getCustomToken's tokens (None: a runner without the node's secret key)
+    browsers: Browsers | None = None  # the node's browser (web automation)
+    media_bots: MediaBots | None = None  # the node's media bots (JOIN ROOM...)
+    rooms: Rooms | None = None
+    placement: Placer | None = None
 
     async def instance(self, instance_id: uuid.UUID) -> Instance:
         return await self.instances.get(instance_id)
 
     def context(self, instance: Instance, dialog: str, port: ConversationPort) -> Context:
+        tokens = self.run_tokens
+        conversation = getattr(port, "conversation_id", None)
+        user = port.user.id if port.user is not None else None
+
+        def run_token() -> str:
+            if tokens is None:
+                raise Fault("this node gives dialogs no run tokens")
+            return tokens.mint(RunScope(instance.id, conversation, user, dialog))
+
         try:
-            http: GuardedFetcher | None = GuardedFetcher(allowed_networks(instance.config))
+            allow = allowed_networks(instance.config)
+            http: GuardedFetcher | None = GuardedFetcher(allow)
         except Fault:
-            http = None  # a malformed bots.http_allow: the dialog's GET says HTTP is not available
+            allow, http = [], None  # a malformed bots.http_allow: the dialog's GET says HTTP is not available
+        web = WebRun(self.browsers, str(instance.id), allow) if self.browsers is not None and http else None
+        media = None
+        if self.media_bots is not None and self.rooms is not None:
+            media = MediaPort(self.media_bots, self.rooms, instance.id, self.placement)
         return Context(
             instance_id=str(instance.id),
             dialog=dialog,
@@ -51,4 +80,8 @@ class Runner:
             config=instance.config,
             locale=instance.locale or "en",
             limits=self.limits,
+            web=web,
+            media=media,
+            run_token=run_token,
+            providers=InstanceProviders(self.pool, self.instances.secrets, instance.id, http),
         )

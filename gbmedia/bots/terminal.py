@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from gbmedia.bots.browser import Browsers, WebRun
 from gbmedia.bots.compiler import Compiled, load
 from gbmedia.bots.context import Context
 from gbmedia.bots.dialogs import dialog_name
@@ -121,6 +122,7 @@ async def run_file(options: TerminalOptions, stdin: TextIO, out: TextIO, err: Te
     except ValueError as exc:
         print(f"gbmedia: --allow: {exc}", file=err)
         return EXIT_SYNTAX
+    browsers = Browsers()  # OPEN, CLICK...: Chromium starts at the first OPEN, with --allow's networks
     tables = MemoryTables.load(options.tables) if options.tables else MemoryTables()
     port = TerminalPort(out, err, UserInfo(options.user, options.user, locale=options.locale))
     with tempfile.TemporaryDirectory(prefix="gbmedia-bot-") as scratch:
@@ -145,6 +147,7 @@ async def run_file(options: TerminalOptions, stdin: TextIO, out: TextIO, err: Te
                     tables=tables,
                     files=files,
                     http=GuardedFetcher(allow),
+                    web=WebRun(browsers, "terminal", allow),
                     locale=options.locale,
                     limits=options.limits,
                 )
@@ -160,6 +163,7 @@ async def run_file(options: TerminalOptions, stdin: TextIO, out: TextIO, err: Te
             print(f"gbmedia: more than {MAX_GOTO} GO TO in a row", file=err)
             return EXIT_FAILED
         finally:
+            await browsers.close()
             if options.tables:
                 tables.dump(options.tables)
 

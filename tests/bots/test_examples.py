@@ -35,7 +35,7 @@ def source(name: str) -> str:
 def test_every_example_is_a_file_the_docs_show() -> None:
     docs = (EXAMPLES.parents[1] / "docs" / "bots.md").read_text(encoding="utf-8")
     names = sorted(p.name for p in EXAMPLES.glob("*.bas"))
-    assert names == ["expense.bas", "expense_table.bas", "report.bas", "start.bas"]
+    assert names == ["expense.bas", "expense_table.bas", "media.bas", "report.bas", "start.bas"]
     for name in names:
         assert f"examples/bots/{name}" in docs
 

@@ -77,6 +77,7 @@ def matrix(
     delivery: int = 1,
     bot_run: str | None = None,
     invoice: str | None = None,
+    login_code: str = "ABCDEFGH",
 ) -> dict[tuple[str, str], tuple[str, dict | None]]:
     conv = f"/api/v1/conversations/{conversation or uuid.uuid4()}"
     rec = f"/api/v1/recordings/{recording or uuid.uuid4()}"
@@ -197,6 +198,19 @@ def matrix(
             f"/api/v1/bots/runs/{bot_run or uuid.uuid4()}?instance_id={inst}",
             None,
         ),
+        # HEAR AS LOGIN: a person signs in with the code a bot gave (bob's, in the conversation).
+        ("POST", "/api/v1/bots/login"): ("/api/v1/bots/login", {"code": login_code}),
+        # The keyword API (a keyword reading the instance's people) and the instance's providers.
+        ("POST", "/api/v1/keywords/{group}/{name}"): (
+            f"/api/v1/keywords/system/getUser?instance_id={inst}",
+            {"name": "alice"},
+        ),
+        ("GET", "/api/v1/bots/providers"): (f"/api/v1/bots/providers?instance_id={inst}", None),
+        ("PUT", "/api/v1/bots/providers/{service}"): (
+            f"/api/v1/bots/providers/sms?instance_id={inst}",
+            {"kind": "webhook", "settings": {"url": "https://hooks.example.invalid/sms"}, "secret": "s3cret"},
+        ),
+        ("DELETE", "/api/v1/bots/providers/{service}"): (f"/api/v1/bots/providers/sms?instance_id={inst}", None),
         # Recordings: start and list on a room nobody records; read, stop, download one that records alice.
         ("POST", "/api/v1/rooms/{room_id}/recordings"): (f"/api/v1/rooms/{quiet}/recordings", {"kinds": ["tracks"]}),
         ("GET", "/api/v1/rooms/{room_id}/recordings"): (f"/api/v1/rooms/{quiet}/recordings", None),
@@ -310,6 +324,7 @@ async def live_targets(
         webhook, delivery = await create_webhook(client, a)
         bot_run = await start_bot_run(client, a, conversation)
         invoice = await create_invoice(client, a)
+        login_code = await _login_code(client, a, conversation)
     except BaseException:
         await alice.close()
         raise
@@ -328,8 +343,18 @@ async def live_targets(
         delivery=delivery,
         bot_run=bot_run,
         invoice=invoice,
+        login_code=login_code,
     )
     return room, alice, cells
+
+
+async def _login_code(client: TestClient, a: Tenant, conversation: str) -> str:
+    """A sign-in code a bot gave bob in the conversation (HEAR AS LOGIN), for the cell that signs in."""
+    from gbmedia.app import NODE
+    from gbmedia.bots.login import PgLogins
+
+    logins = PgLogins(client.app[NODE].db.pool, uuid.UUID(a.instance_id), uuid.UUID(conversation), "bob")
+    return await logins.start()
 
 
 async def test_the_operator_reaches_every_cell_of_the_matrix(client: TestClient):
@@ -381,6 +406,10 @@ async def _operator_reaches(client: TestClient, cells: dict[tuple[str, str], tup
         if cell == ("POST", "/api/v1/customers/{customer_id}/instances"):
             body = {"name": "second"}
         resp = await client.request(cell[0], path, json=body, headers=OPERATOR)
+        if cell == ("POST", "/api/v1/bots/login"):
+            # Signing in is a person's: the operator's token names nobody (tests/bots/test_login.py).
+            assert (resp.status, (await resp.json())["error"]["code"]) == (403, "identity_required")
+            continue
         if cell == ("POST", "/api/v1/nodes/{node_id}/drain"):
             # A node without Redis has nowhere to drain to (tests/test_cluster.py drains a cluster's node).
             assert (resp.status, (await resp.json())["error"]["code"]) == (409, "not_clustered")

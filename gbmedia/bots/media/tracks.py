@@ -193,6 +193,12 @@ class ToneTrack(MediaStreamTrack):
         self.amplitude = amplitude
         self._start: float | None = None
         self._samples = 0
+        self._speech = np.zeros(0, dtype=np.int16)  # what SAY queued: sent before the tone goes on
+        self.spoken = 0  # samples of speech sent, for tests and stats
+
+    def say(self, samples: np.ndarray) -> None:
+        """Queue speech (48 kHz int16): it plays in place of the tone, then the tone comes back."""
+        self._speech = np.concatenate([self._speech, samples.astype(np.int16)])
 
     async def recv(self) -> av.AudioFrame:
         if self.readyState != "live":
@@ -204,6 +210,12 @@ class ToneTrack(MediaStreamTrack):
             await asyncio.sleep(wait)
         t = (self._samples + np.arange(AUDIO_SAMPLES)) / AUDIO_RATE
         samples = (np.sin(2 * math.pi * self.frequency * t) * self.amplitude * 32767).astype(np.int16)
+        if self._speech.size:
+            spoken = self._speech[:AUDIO_SAMPLES]
+            self._speech = self._speech[AUDIO_SAMPLES:]
+            samples = np.zeros(AUDIO_SAMPLES, dtype=np.int16)
+            samples[: spoken.size] = spoken
+            self.spoken += spoken.size
         frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
         frame.sample_rate = AUDIO_RATE
         frame.pts, frame.time_base = self._samples, AUDIO_TIME_BASE
