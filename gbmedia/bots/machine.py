@@ -15,7 +15,7 @@ an unexpected exception.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -80,6 +80,10 @@ class Outcome:
     goto: str | None = None
 
 
+# Called before each statement's first instruction when set (the debugger): it may pause the run by awaiting.
+LineHook = Callable[["Run", Ins], Awaitable[None]]
+
+
 class StateError(ValueError):
     """A saved state that does not belong to this dialog (changed since) or is malformed."""
 
@@ -99,6 +103,8 @@ class Run:
         self.waiting = False
         self.finished = False
         self.inline_depth = 0
+        self.line_hook: LineHook | None = None
+        self.starts = {name: unit.starts for name, unit in compiled.units.items()}
         ctx.dialog = compiled.dialog
 
     # --- the outside: start, resume, snapshot -------------------------------------------
@@ -288,6 +294,7 @@ class Run:
         budget = self.ctx.budget
         max_statements = budget.limits.max_statements
         units = self.units
+        hook, starts = self.line_hook, self.starts
         while True:
             frame = self.frame
             code = units[frame.unit]
@@ -299,6 +306,9 @@ class Run:
                     return
                 continue
             ins = code[frame.pc]
+            if hook is not None and frame.pc in starts[frame.unit]:
+                await hook(self, ins)  # a debugger's breakpoint or step: the run waits here
+                budget.restart_clock()  # time paused is not time run
             budget.statements += 1
             if budget.statements > max_statements:
                 raise OverLimit("statements", max_statements)
