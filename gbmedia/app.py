@@ -15,6 +15,7 @@ from importlib import resources
 from aiohttp import web
 
 from gbmedia.bots import api as bots_api
+from gbmedia.bots.debug import api as debugger_api
 from gbmedia.bots.media import api as media_bots_api
 from gbmedia.errors import ApiError
 from gbmedia.http import web as web_files
@@ -125,6 +126,7 @@ def create_app(node: Node) -> web.Application:
     nodes_api.register(app, nodes_api.NodesApi(node.registry, node.db.pool, settings.clustered))
     messaging_api.register(app, node.chat)
     bots_api.register(app, node.bots)
+    debugger_api.register(app, node.bots.debugger)
     recording_api.register(app, recording_api.RecordingsApi(node.recordings, node.rooms, node.relay))
     media_bots_api.register(app, media_bots_api.MediaBotsApi(node.media_bots, node.rooms, node.db.pool, node.relay))
     web_files.register(app)

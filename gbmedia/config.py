@@ -118,6 +118,10 @@ class Settings(BaseSettings):
     bot_max_list_items: int = Field(default=10_000, ge=10, le=10_000_000)
     bot_max_http_calls: int = Field(default=20, ge=0, le=10_000)
     bot_max_http_bytes: int = Field(default=5 * 1024 * 1024, ge=0, le=1024 * 1024 * 1024)
+    # The dialog debugger (gbmedia/bots/debug, docs/bots.md "Debugging"): a debug run nobody
+    # touches for this long ends; an instance holds at most this many at once.
+    debug_run_idle_seconds: float = Field(default=600.0, gt=0, le=86400)
+    debug_runs_per_instance: int = Field(default=5, ge=1, le=1000)
     # Webhooks (gbmedia/tenancy/webhook_dispatch.py, docs/api.md "Webhooks"): retries, the dead
     # letter, each request's time limit, and private networks endpoints may name on purpose.
     webhook_max_attempts: int = Field(default=10, ge=1, le=100)

@@ -352,7 +352,15 @@ class Node:
             member=member,
             relay=relay,
             cascade=cascade,
-            bots=Bots.create(db.pool, chat, tenancy.instances, settings.data_dir, Limits.from_settings(settings)),
+            bots=Bots.create(
+                db.pool,
+                chat,
+                tenancy.instances,
+                settings.data_dir,
+                Limits.from_settings(settings),
+                settings.debug_run_idle_seconds,
+                settings.debug_runs_per_instance,
+            ),
             webhooks=WebhookDispatcher(
                 db.pool,
                 secret_box,

@@ -15,6 +15,7 @@ import dataclasses
 import re
 from typing import Any
 
+from gbmedia.bots.errors import BasicSyntaxError
 from gbmedia.bots.library import REGISTRY
 from gbmedia.bots.parser import CLOSERS, SETTINGS, STATEMENTS, VALUE_FORMS, Loader, parse
 from gbmedia.bots.syntax import Program
@@ -72,6 +73,9 @@ def shape(node: Any, renames: dict[str, str] | None = None) -> Any:
     return node
 
 
+_NAMED = {"Name", "Call", "CallStmt", "ForRange", "ForEach", "Function"}
+
+
 def _names_in(program: Program) -> set[str]:
     """Every variable and FUNCTION name the dialog uses (upper-case)."""
     found: set[str] = set()
@@ -81,7 +85,14 @@ def _names_in(program: Program) -> set[str]:
             kind = type(node).__name__
             for f in dataclasses.fields(node):
                 value = getattr(node, f.name)
-                if f.name in ("name", "var") and kind in ("Name", "Call", "CallStmt", "ForRange", "ForEach", "Function"):
+                if f.name in ("name", "var") and kind in (
+                    "Name",
+                    "Call",
+                    "CallStmt",
+                    "ForRange",
+                    "ForEach",
+                    "Function",
+                ):
                     found.add(str(value).upper())
                 elif f.name == "params" and kind == "Function":
                     found.update(p.upper() for p in value)
@@ -145,7 +156,7 @@ def rename(source: str, old: str, new: str, dialog: str = "dialog", loader: Load
     result = _replace(source, edits)
     try:
         after = parse(result, dialog, loader)
-    except Exception as exc:  # BasicSyntaxError: the name was also a keyword somewhere
+    except BasicSyntaxError as exc:  # the name was also a keyword somewhere
         raise RefactorError("refactor_unsafe", f"renaming {old} would break the dialog: {exc}") from None
     if shape(after) != shape(before, {old_u: new_u}):
         raise RefactorError("refactor_unsafe", f"{old} is also used as something else than a name; rename it by hand")
@@ -210,11 +221,10 @@ def reformat(source: str, dialog: str = "dialog", loader: Loader | None = None) 
 
     result = lay_out(cased)
     try:
-        if shape(parse(result, dialog, loader)) == shape(before):
-            return result
-    except Exception:  # noqa: S110 - a keyword that was a name somewhere: fall back to indentation only
-        pass
-    return lay_out(lines)  # whitespace at a line's start never changes a statement
+        same = shape(parse(result, dialog, loader)) == shape(before)
+    except BasicSyntaxError:  # a keyword word that was a name somewhere
+        same = False
+    return result if same else lay_out(lines)  # whitespace at a line's start never changes a statement
 
 
 def _case_keywords(source: str, tokens: list[Token]) -> str:

@@ -29,6 +29,7 @@ from gbmedia.bots.files import InstanceFiles
 from gbmedia.bots.host import MemoryPort, UserInfo
 from gbmedia.bots.limits import Limits
 from gbmedia.bots.memory_tables import MemoryTables
+from gbmedia.tenancy.instances import Instances
 from gbmedia.tenancy.models import Instance
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,7 @@ class TooManyDebugRuns(Exception):
 @dataclass
 class Debugger:
     dialogs: Dialogs
+    instances: Instances
     limits: Limits
     idle_seconds: float = 600.0
     per_instance: int = 5

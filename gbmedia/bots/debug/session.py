@@ -31,6 +31,7 @@ from gbmedia.bots.host import MemoryPort
 from gbmedia.bots.machine import Outcome
 
 RUNNING, BREAK, STOPPED = "running", "break", "stopped"
+YIELD_EVERY = 256  # statements between two turns given to the event loop (a power of two)
 SETTLE_SECONDS = 5.0  # how long an action waits for the run to pause, wait at a HEAR or end
 
 
@@ -66,12 +67,16 @@ class DebugRun:
     _go: asyncio.Event = field(default_factory=asyncio.Event)
     _settled: asyncio.Event = field(default_factory=asyncio.Event)
     _task: asyncio.Task[None] | None = None
+    _statements: int = 0
     _said_read: int = 0
     _logs_read: int = 0
 
     # --- the engine's side ---------------------------------------------------------------
 
     async def _pause_hook(self, place: Place) -> None:
+        self._statements += 1
+        if not self._statements & (YIELD_EVERY - 1):
+            await asyncio.sleep(0)  # a busy loop still lets stop, getContext and other runs in
         if place.dialog != self.dialog:
             return  # an INCLUDEd dialog's statements: its lines are not this source's
         self.line, self.function, self._depth = place.line, place.function, place.depth
@@ -107,18 +112,18 @@ class DebugRun:
         self._settled.clear()
         self._task = asyncio.create_task(self._drive(first, answer), name=f"debug-run-{self.id}")
 
-    async def _wait_settled(self, timeout: float) -> None:
+    async def _wait_settled(self, settle: float) -> None:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._settled.wait(), timeout)
+            await asyncio.wait_for(self._settled.wait(), settle)
 
     # --- the operator's side ---------------------------------------------------------------
 
-    async def start(self, stop_on_entry: bool, timeout: float = SETTLE_SECONDS) -> None:
+    async def start(self, stop_on_entry: bool, settle: float = SETTLE_SECONDS) -> None:
         self.engine.set_pause_hook(self._pause_hook)
         if stop_on_entry:
             self._stepping_depth = 1 << 30  # the first statement, wherever it is
         self._launch(first=True)
-        await self._wait_settled(timeout)
+        await self._wait_settled(settle)
 
     def _require_break(self) -> None:
         self._require_alive()
@@ -131,31 +136,31 @@ class DebugRun:
         if self.state == STOPPED:
             raise DebugStateError("debug_run_stopped", "the debug run has ended")
 
-    async def step(self, timeout: float = SETTLE_SECONDS) -> None:
+    async def step(self, settle: float = SETTLE_SECONDS) -> None:
         """Step over: run this statement (a FUNCTION it calls included) and pause at the next one."""
         self._require_break()
         self._stepping_depth = self._depth
-        await self._release(timeout)
+        await self._release(settle)
 
-    async def resume(self, timeout: float = SETTLE_SECONDS) -> None:
+    async def resume(self, settle: float = SETTLE_SECONDS) -> None:
         """Run on to the next breakpoint, HEAR or the end."""
         self._require_break()
         self._stepping_depth = None
-        await self._release(timeout)
+        await self._release(settle)
 
-    async def _release(self, timeout: float) -> None:
+    async def _release(self, settle: float) -> None:
         self._settled.clear()
         self._go.set()
-        await self._wait_settled(timeout)
+        await self._wait_settled(settle)
 
-    async def send_message(self, text: str, timeout: float = SETTLE_SECONDS) -> None:
+    async def send_message(self, text: str, settle: float = SETTLE_SECONDS) -> None:
         """The user's answer to the HEAR the run waits at."""
         self._require_alive()
         if not self.waiting:
             raise DebugStateError("debug_run_not_waiting", "the dialog is not waiting at a HEAR")
         self.waiting = False
         self._launch(first=False, answer=text)
-        await self._wait_settled(timeout)
+        await self._wait_settled(settle)
 
     def set_breakpoint(self, line: int, enabled: bool) -> None:
         if enabled:
