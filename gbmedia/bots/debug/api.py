@@ -27,7 +27,7 @@ from gbmedia.bots.debug.service import Debugger, TooManyDebugRuns
 from gbmedia.bots.debug.session import DebugRun, DebugStateError
 from gbmedia.bots.dialogs import MAX_SOURCE_BYTES, dialog_name
 from gbmedia.bots.errors import BasicSyntaxError
-from gbmedia.errors import ApiError, bad_request, not_found
+from gbmedia.errors import ApiError, bad_request, conflict, not_found
 from gbmedia.http.responses import json_response, query_uuid, read_model
 from gbmedia.tenancy.auth import principal_of
 from gbmedia.tenancy.gates import require_feature
@@ -111,7 +111,14 @@ def _run(request: web.Request, instance: Instance, raw: str | None) -> DebugRun:
 
 
 def _state_error(exc: DebugStateError) -> ApiError:
-    return ApiError(409, exc.code, str(exc))
+    """409 with the run's reason (each code spelled out: the API's documentation is checked against them)."""
+    if exc.code == "debug_run_waiting":
+        return conflict("debug_run_waiting", str(exc))
+    if exc.code == "debug_run_not_waiting":
+        return conflict("debug_run_not_waiting", str(exc))
+    if exc.code == "debug_run_not_paused":
+        return conflict("debug_run_not_paused", str(exc))
+    return conflict("debug_run_stopped", str(exc))
 
 
 async def _source_of(request: web.Request, instance: Instance, dialog: str | None, source: str | None) -> str:
