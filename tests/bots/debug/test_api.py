@@ -8,8 +8,11 @@ from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
 
 from gbmedia.app import NODE
+from gbmedia.bots.debug.service import Debugger
+from gbmedia.bots.limits import Limits
 from tests.bots.chat import as_user, upload
 from tests.helpers import OPERATOR, Tenant, create_tenant
+from tests.rtc import wait_for
 
 ASK = """n = 2
 square = n * n
@@ -188,3 +191,21 @@ async def test_the_older_platforms_debugger_service_names(client: TestClient, te
     assert await error(resp) == (400, "debug_line_required")
     resp = await client.post(f"{legacy}/launch", json={}, headers=admin)
     assert await error(resp) == (404, "not_found")
+
+
+async def test_the_reaper_ends_a_paused_run_left_alone_and_removes_its_files(client: TestClient, tenant: Tenant):
+    node = client.app[NODE]
+    debugger = Debugger(node.bots.dialogs, node.tenancy.instances, Limits(), idle_seconds=0.05)
+    instance = await node.tenancy.instances.get(uuid.UUID(tenant.instance_id))
+    source = 'SAVE "kept for the run" AS "notes.txt"\nHEAR y'
+    compiled = await debugger.compile(instance.id, "idle", source)
+    run = await debugger.start(instance, compiled, source, [], stop_on_entry=False)
+    assert run.waiting and run.scratch is not None and (run.scratch / "notes.txt").is_file()
+    scratch = run.scratch
+    debugger.start_reaper()
+    try:
+        await wait_for(lambda: run.id not in debugger.runs, within=10)
+        assert run.state == "stopped"
+        assert not scratch.exists()
+    finally:
+        await debugger.close()
