@@ -82,7 +82,11 @@ async def test_debug_runs_are_apart_from_each_other_and_from_other_instances(cli
     assert second["variables"]["ROWS"] == {"text": "mine"}  # its own table: one row, not the other run's too
     resp = await client.get(f"{RUNS}/{first['id']}", headers=admin)
     assert (await resp.json())["breakpoints"] == [5]  # the other run's breakpoint is not here
+    resp = await client.get("/api/v1/bots/runs", headers=admin)
+    assert (await resp.json())["runs"] == []  # the dialog engine has no run of them: nothing live was touched
     other = await create_tenant(client, "other")
+    resp = await client.post("/debuggerService/getContext", json={"botId": first["id"]}, headers=other.admin)
+    assert await error(resp) == (404, "debug_run_not_found")
     for method, suffix in (("GET", ""), ("POST", "/step"), ("DELETE", "")):
         resp = await client.request(method, f"{RUNS}/{first['id']}{suffix}", headers=other.admin)
         assert await error(resp) == (404, "debug_run_not_found")
