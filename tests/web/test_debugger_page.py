@@ -38,7 +38,7 @@ async def test_the_page_drives_a_debug_run(site: TestClient, tenant: Tenant, bro
     page = str(site.make_url("/web/debugger/")) + "?" + urlencode({"token": tenant.token(), "dialog": "debugme"})
     tab = await browser.open(page)
     await tab.wait_for("document.querySelectorAll('#source li').length === 7")
-    await tab.page.click("#source li[data-line='2'] .num")
+    await tab.page.click("#source li[data-line='2'] code")
     assert await tab.evaluate("gbDebugger.breakpoints") == [2]
     assert await tab.evaluate("document.querySelector('#source li[data-line=\"2\"]').classList.contains('breakpoint')")
 

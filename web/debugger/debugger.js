@@ -60,8 +60,8 @@ function renderSource() {
     const num = document.createElement('span');
     num.className = 'num';
     num.textContent = String(line);
-    num.title = 'Toggle breakpoint';
-    num.addEventListener('click', () => toggleBreakpoint(line));
+    item.title = 'Click to set or clear a breakpoint';
+    item.addEventListener('click', () => toggleBreakpoint(line)); // a click anywhere on the line
     const code = document.createElement('code');
     code.textContent = text || ' ';
     item.append(num, code);

@@ -130,6 +130,14 @@ async def test_bad_requests_and_the_per_instance_cap(client: TestClient, tenant:
     assert await error(resp) == (404, "debug_run_not_found")
     debugger.idle_seconds = 600.0
     await post(client, RUNS, {"source": "TALK 1"}, admin, 201)
+    # An instance that turns bots off debugs none either.
+    resp = await client.patch(
+        f"/api/v1/instances/{tenant.instance_id}", json={"features": {"bots": False}}, headers=OPERATOR
+    )
+    assert resp.status == 200, await resp.text()
+    debugger.per_instance = 5
+    resp = await client.post(RUNS, json={"source": "TALK 1"}, headers=admin)
+    assert await error(resp) == (403, "feature_disabled")
 
 
 async def test_refactor_renames_and_reformats(client: TestClient, tenant: Tenant):
