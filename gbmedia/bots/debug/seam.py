@@ -10,6 +10,7 @@ calls an engine already has.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -82,3 +83,19 @@ class InterpreterRun:
         if len(self.run.frames) > 1:
             scope.update(self.run.frame.vars)
         return scope
+
+
+def blocking_hook(hook: PauseHook, loop: asyncio.AbstractEventLoop) -> Callable[[str, int], None]:
+    """``hook`` for an engine that runs a dialog in a worker thread and calls a plain ``(dialog, line)`` hook.
+
+    The compiled (WebAssembly) engine runs in a thread of its own pool and calls its
+    ``line_hook(dialog, line)`` there: this hook hands the place to the debugger's pause
+    hook on the event loop and blocks that worker thread until the pause ends, which is
+    how a thread-run engine pauses. Such an engine reports no call depth, so its steps go
+    into FUNCTIONs (depth 1 everywhere).
+    """
+
+    def line_hook(dialog: str, line: int) -> None:
+        asyncio.run_coroutine_threadsafe(hook(Place(line, dialog, 1, None)), loop).result()
+
+    return line_hook

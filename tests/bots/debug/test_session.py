@@ -7,12 +7,13 @@ import uuid
 
 from gbmedia.bots.compiler import load
 from gbmedia.bots.context import Context
-from gbmedia.bots.debug.seam import InterpreterRun
+from gbmedia.bots.debug.seam import InterpreterRun, Place, blocking_hook
 from gbmedia.bots.debug.session import BREAK, RUNNING, STOPPED, DebugRun, DebugStateError
 from gbmedia.bots.host import MemoryPort
 from gbmedia.bots.limits import Limits
 from gbmedia.bots.machine import Run
 from gbmedia.bots.memory_tables import MemoryTables
+from tests.rtc import wait_for
 
 DIALOG = """total = 0
 FOR EACH n IN [1, 2, 3]
@@ -151,3 +152,29 @@ async def test_a_paused_run_does_not_spend_its_time_limit():
 async def test_without_a_debugger_the_interpreter_calls_no_hook():
     run = Run(load("x = 1\nTALK x"), Context())
     assert run.line_hook is None and (await run.start()).status == "done"
+
+
+async def test_an_engine_running_in_a_thread_pauses_through_a_blocking_hook():
+    """What the compiled engine plugs into: its worker thread waits while the debugger holds the pause."""
+    seen: list[Place] = []
+    release = asyncio.Event()
+
+    async def pause(place: Place) -> None:
+        seen.append(place)
+        if place.line == 2:
+            await release.wait()
+
+    line_hook = blocking_hook(pause, asyncio.get_running_loop())
+    done: list[int] = []
+
+    def engine_thread() -> None:
+        for line in (1, 2, 3):
+            line_hook("sums", line)
+            done.append(line)
+
+    worker = asyncio.create_task(asyncio.to_thread(engine_thread))
+    await wait_for(lambda: [p.line for p in seen] == [1, 2], within=10)
+    assert done == [1]  # the thread waits at line 2 while the pause holds
+    release.set()
+    await worker
+    assert done == [1, 2, 3] and seen[-1] == Place(3, "sums", 1, None)
