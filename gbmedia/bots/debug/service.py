@@ -21,12 +21,12 @@ from pathlib import Path
 from gbmedia.bots.compiler import Compiled, load
 from gbmedia.bots.context import Context
 from gbmedia.bots.debug.seam import InterpreterRun
-from gbmedia.bots.debug.session import DebugRun
+from gbmedia.bots.debug.session import DebugPort, DebugRun
 from gbmedia.bots.dialogs import Dialogs, dialog_name
 from gbmedia.bots.errors import Fault
 from gbmedia.bots.fetch import GuardedFetcher, allowed_networks
 from gbmedia.bots.files import InstanceFiles
-from gbmedia.bots.host import MemoryPort, UserInfo
+from gbmedia.bots.host import UserInfo
 from gbmedia.bots.limits import Limits
 from gbmedia.bots.memory_tables import MemoryTables
 from gbmedia.tenancy.instances import Instances
@@ -100,7 +100,7 @@ class Debugger:
         if sum(1 for run in self.runs.values() if run.instance_id == instance.id) >= self.per_instance:
             raise TooManyDebugRuns(self.per_instance)
         scratch = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="gbmedia-debug-"))
-        port = MemoryPort(user=DEBUG_USER)
+        port = DebugPort(user=DEBUG_USER)
         try:
             http: GuardedFetcher | None = GuardedFetcher(allowed_networks(instance.config))
         except Fault:

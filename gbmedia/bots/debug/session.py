@@ -35,6 +35,19 @@ YIELD_EVERY = 256  # statements between two turns given to the event loop (a pow
 SETTLE_SECONDS = 5.0  # how long an action waits for the run to pause, wait at a HEAR or end
 
 
+@dataclass
+class DebugPort(MemoryPort):
+    """A debug run's conversation: in memory; what would leave it (SEND, TRANSFER TO) is shown as a log line instead."""
+
+    async def send(self, channel: str, to: str, payload: dict[str, Any]) -> None:
+        await super().send(channel, to, payload)
+        self.logs.append(("send", f"{channel} to {to}: {json.dumps(payload, default=str)}"))
+
+    async def transfer(self, to: str | None) -> None:
+        await super().transfer(to)
+        self.logs.append(("transfer", f"to {to or 'a person'}"))
+
+
 class DebugStateError(Exception):
     """An action that does not fit the run's state (step while it runs, a message while it does not HEAR)."""
 

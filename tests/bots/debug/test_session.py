@@ -8,7 +8,7 @@ import uuid
 from gbmedia.bots.compiler import load
 from gbmedia.bots.context import Context
 from gbmedia.bots.debug.seam import InterpreterRun, Place, blocking_hook
-from gbmedia.bots.debug.session import BREAK, RUNNING, STOPPED, DebugRun, DebugStateError
+from gbmedia.bots.debug.session import BREAK, RUNNING, STOPPED, DebugPort, DebugRun, DebugStateError
 from gbmedia.bots.host import MemoryPort
 from gbmedia.bots.limits import Limits
 from gbmedia.bots.machine import Run
@@ -178,3 +178,17 @@ async def test_an_engine_running_in_a_thread_pauses_through_a_blocking_hook():
     release.set()
     await worker
     assert done == [1, 2, 3] and seen[-1] == Place(3, "sums", 1, None)
+
+
+async def test_what_would_leave_the_conversation_is_shown_as_logs():
+    source = 'LOG "checking"\nSEND MAIL "ana@example.com", "Hi", "Body"\nTRANSFER TO "sales"\nTALK "done"'
+    port = DebugPort()
+    run = DebugRun(uuid.uuid4(), "d", source, InterpreterRun(load(source, "d"), Context(port=port)), port)
+    await run.start(stop_on_entry=False)
+    context = run.context()
+    assert context["messages"] == ["done"] and context["outcome"] == "done"
+    assert [(entry["level"], entry["text"]) for entry in context["logs"]] == [
+        ("info", "checking"),
+        ("send", 'mail to ana@example.com: {"subject": "Hi", "body": "Body"}'),
+        ("transfer", "to sales"),
+    ]
