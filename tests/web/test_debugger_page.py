@@ -29,6 +29,7 @@ VARIABLES = (
     ".map(r => [r.cells[0].textContent, r.cells[1].textContent]))"
 )
 CURRENT = "[...document.querySelectorAll('#source li.current')].map(li => Number(li.dataset.line))"
+LINE_TEXT = "(n) => document.querySelector(`#source li[data-line='${n}'] code`).textContent"
 CHAT = "[...document.querySelectorAll('#chat li')].map(li => [li.className, li.textContent])"
 
 
@@ -77,6 +78,24 @@ async def test_the_page_drives_a_debug_run(site: TestClient, tenant: Tenant, bro
     assert await tab.evaluate(CURRENT) == []
     resp = await site.get(f"/api/v1/debugger/runs/{run_id}", headers=tenant.admin)
     assert resp.status == 404  # the stop ended it on the server too
+
+    # Rename on the page: the source shown changes where total is the variable, and that is what runs next.
+    await tab.page.fill("#rename-old", "total")
+    await tab.page.fill("#rename-new", "sum")
+    await tab.page.click("#rename")
+    await tab.wait_for("document.querySelector('#status').textContent === 'Renamed total to sum'")
+    assert await tab.evaluate(LINE_TEXT, 2) == "sum = n * 2"
+    assert await tab.evaluate(LINE_TEXT, 3) == 'TALK "total is ${sum}"'
+    assert await tab.evaluate("gbDebugger.breakpoints") == [2]  # lines stay, and their breakpoints
+    await tab.page.click("#start")
+    await tab.wait_for(f"{RUN} && {RUN}.state === 'break' && {RUN}.line === 2")
+    await tab.page.click("#step")
+    await tab.wait_for(f"{RUN}.line === 3")
+    assert await tab.evaluate(VARIABLES) == {"N": "3", "SUM": "6"}
+    await tab.page.click("#stop")
+    await tab.wait_for(f"{RUN}.state === 'stopped'")
+    resp = await site.get("/api/v1/bots/dialogs/debugme", headers=tenant.admin)
+    assert (await resp.json())["source"] == DIALOG  # the stored dialog is unchanged
     tab.assert_no_errors()
 
     bare = await browser.open(str(site.make_url("/web/debugger/")))  # no token: the page says what it needs

@@ -6,7 +6,10 @@
 // answer of the API is the run's context (state, line, variables, what the bot said),
 // which the page shows: the current line highlighted, the variables panel, the
 // conversation, and an error on the line where the run failed. A run still busy when
-// its answer came is asked again until it pauses, waits or ends.
+// its answer came is asked again until it pauses, waits or ends. Rename and Reformat
+// change the source shown (through /api/v1/debugger/refactor; lines stay where they
+// are, so breakpoints do too); a changed source is what the next Start debugs, and it
+// is not stored.
 
 const params = new URLSearchParams(location.search);
 const token = params.get('token') || '';
@@ -18,6 +21,7 @@ const state = {
   source: '',
   dialog: '',
   breakpoints: new Set(),
+  edited: false, // the source shown is a refactored one, not the stored dialog's
   run: null, // the last context the API gave
 };
 
@@ -92,6 +96,8 @@ function paint() {
   $('step').disabled = !(run && run.state === 'break');
   $('resume').disabled = !(run && run.state === 'break');
   $('stop').disabled = !live;
+  $('rename').disabled = !state.source || Boolean(live);
+  $('reformat').disabled = !state.source || Boolean(live);
   const waiting = Boolean(run && run.waiting_for_input);
   $('chat-input').disabled = !waiting;
   $('send').disabled = !waiting;
@@ -178,6 +184,7 @@ async function load(name) {
     const dialog = await api('GET', `/api/v1/bots/dialogs/${encodeURIComponent(name)}`);
     state.dialog = dialog.name;
     state.source = dialog.source;
+    state.edited = false;
     state.run = null;
     state.breakpoints.clear();
     $('chat').replaceChildren();
@@ -194,14 +201,29 @@ $('load-form').addEventListener('submit', (event) => {
 });
 $('start').addEventListener('click', () => {
   $('chat').replaceChildren();
-  act(() =>
-    api('POST', '/api/v1/debugger/runs', {
-      dialog: state.dialog,
-      breakpoints: [...state.breakpoints],
-      stop_on_entry: state.breakpoints.size === 0,
-    }),
-  );
+  const body = { dialog: state.dialog, breakpoints: [...state.breakpoints], stop_on_entry: state.breakpoints.size === 0 };
+  if (state.edited) body.source = state.source;
+  act(() => api('POST', '/api/v1/debugger/runs', body));
 });
+
+async function refactor(change) {
+  try {
+    const result = await api('POST', '/api/v1/debugger/refactor', { ...change, dialog: state.dialog, source: state.source });
+    state.source = result.source;
+    state.edited = true;
+    state.run = null;
+    renderSource();
+    setStatus(change.action === 'rename' ? `Renamed ${change.old} to ${change.new}` : 'Reformatted');
+  } catch (error) {
+    failed(error);
+  }
+}
+
+$('rename-form').addEventListener('submit', (event) => {
+  event.preventDefault();
+  refactor({ action: 'rename', old: $('rename-old').value.trim(), new: $('rename-new').value.trim() });
+});
+$('reformat').addEventListener('click', () => refactor({ action: 'reformat' }));
 $('step').addEventListener('click', () => act(() => api('POST', `/api/v1/debugger/runs/${state.run.id}/step`)));
 $('resume').addEventListener('click', () => act(() => api('POST', `/api/v1/debugger/runs/${state.run.id}/resume`)));
 $('stop').addEventListener('click', () => act(() => api('DELETE', `/api/v1/debugger/runs/${state.run.id}`)));
