@@ -307,8 +307,7 @@ class Run:
                 continue
             ins = code[frame.pc]
             if hook is not None and frame.pc in starts[frame.unit]:
-                await hook(self, ins)  # a debugger's breakpoint or step: the run waits here
-                budget.restart_clock()  # time paused is not time run
+                await hook(self, ins)  # a debugger's breakpoint or step: the run may wait here
             budget.statements += 1
             if budget.statements > max_statements:
                 raise OverLimit("statements", max_statements)

@@ -30,14 +30,14 @@ class Place:
     function: str | None  # the FUNCTION being run (None: the dialog's body)
 
 
-PauseHook = Callable[[Place], Awaitable[None]]
+PauseHook = Callable[[Place], Awaitable[bool]]  # True when it paused the run there
 
 
 class Debuggable(Protocol):
     """An engine's run as the debugger drives it."""
 
     def set_pause_hook(self, hook: PauseHook | None) -> None:
-        """Call ``hook`` before every statement (None: run at full speed)."""
+        """Call ``hook`` before every statement (None: run at full speed); time it paused is not run time."""
 
     async def start(self) -> Outcome:
         """Run from the top until the dialog ends, fails, or waits at a HEAR."""
@@ -67,7 +67,8 @@ class InterpreterRun:
 
         async def line_hook(run: Run, ins: Ins) -> None:
             unit = run.frame.unit
-            await hook(Place(ins.line, ins.dialog or self.compiled.dialog, len(run.frames), unit or None))
+            if await hook(Place(ins.line, ins.dialog or self.compiled.dialog, len(run.frames), unit or None)):
+                run.ctx.budget.restart_clock()  # time paused is not time run; time running still counts
 
         self.run.line_hook = line_hook
 

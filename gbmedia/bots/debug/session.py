@@ -86,22 +86,24 @@ class DebugRun:
 
     # --- the engine's side ---------------------------------------------------------------
 
-    async def _pause_hook(self, place: Place) -> None:
+    async def _pause_hook(self, place: Place) -> bool:
+        """Before each statement: pause here (True) at a breakpoint or where a step ends."""
         self._statements += 1
         if not self._statements & (YIELD_EVERY - 1):
             await asyncio.sleep(0)  # a busy loop still lets stop, getContext and other runs in
         if place.dialog != self.dialog:
-            return  # an INCLUDEd dialog's statements: its lines are not this source's
+            return False  # an INCLUDEd dialog's statements: its lines are not this source's
         self.line, self.function, self._depth = place.line, place.function, place.depth
         stepping = self._stepping_depth is not None and place.depth <= self._stepping_depth
         if not stepping and place.line not in self.breakpoints:
-            return
+            return False
         self._stepping_depth = None
         self.state = BREAK
         self._go.clear()
         self._settled.set()
         await self._go.wait()
         self.state = RUNNING
+        return True
 
     async def _drive(self, first: bool, answer: str = "") -> None:
         try:

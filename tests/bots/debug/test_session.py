@@ -149,6 +149,14 @@ async def test_a_paused_run_does_not_spend_its_time_limit():
     assert run.waiting  # the clock restarted when it went on
 
 
+async def test_a_busy_run_under_the_debugger_still_meets_its_time_limit():
+    run = debug_run("DO WHILE 1 = 1\n    x = 1\nLOOP", limits=Limits(max_statements=10**9, max_seconds=0.2))
+    await run.start(stop_on_entry=False, settle=30)
+    context = run.context()
+    assert (context["state"], context["outcome"]) == (STOPPED, "failed")
+    assert "GBMEDIA_BOT_MAX_SECONDS" in context["error"]["message"]
+
+
 async def test_without_a_debugger_the_interpreter_calls_no_hook():
     run = Run(load("x = 1\nTALK x"), Context())
     assert run.line_hook is None and (await run.start()).status == "done"
@@ -159,10 +167,11 @@ async def test_an_engine_running_in_a_thread_pauses_through_a_blocking_hook():
     seen: list[Place] = []
     release = asyncio.Event()
 
-    async def pause(place: Place) -> None:
+    async def pause(place: Place) -> bool:
         seen.append(place)
         if place.line == 2:
             await release.wait()
+        return place.line == 2
 
     line_hook = blocking_hook(pause, asyncio.get_running_loop())
     done: list[int] = []
