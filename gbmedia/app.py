@@ -17,6 +17,7 @@ from aiohttp import web
 
 from gbmedia.bots import api as bots_api
 from gbmedia.bots import keywords_api, providers_api
+from gbmedia.bots.debug import api as debugger_api
 from gbmedia.bots.media import api as media_bots_api
 from gbmedia.errors import ApiError
 from gbmedia.http import web as web_files
@@ -146,6 +147,7 @@ def create_app(node: Node) -> web.Application:
     bots_api.register(app, node.bots)
     keywords_api.register(app, keywords_api.KeywordsApi(node.bots, old_keyword_paths_authenticator(node)))
     providers_api.register(app, providers_api.ProvidersApi(node.db.pool, node.tenancy.instances.secrets))
+    debugger_api.register(app, node.bots.debugger)
     recording_api.register(app, recording_api.RecordingsApi(node.recordings, node.rooms, node.relay))
     media_bots_api.register(app, media_bots_api.MediaBotsApi(node.media_bots, node.rooms, node.db.pool, node.relay))
     web_files.register(app)

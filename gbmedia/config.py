@@ -130,6 +130,10 @@ class Settings(BaseSettings):
     bot_browser_action_seconds: float = Field(default=10.0, gt=0, le=300)  # one navigation, click, download
     bot_browser_memory_mb: int = Field(default=256, ge=32, le=16384)  # JavaScript heap of each renderer
     bot_browser_executable: str = "/usr/bin/chromium"
+    # The dialog debugger (gbmedia/bots/debug, docs/bots.md "Debugging"): a debug run nobody
+    # touches for this long ends; an instance holds at most this many at once.
+    debug_run_idle_seconds: float = Field(default=600.0, gt=0, le=86400)
+    debug_runs_per_instance: int = Field(default=5, ge=1, le=1000)
     # Webhooks (gbmedia/tenancy/webhook_dispatch.py, docs/api.md "Webhooks"): retries, the dead
     # letter, each request's time limit, and private networks endpoints may name on purpose.
     webhook_max_attempts: int = Field(default=10, ge=1, le=100)

@@ -385,6 +385,8 @@ class Node:
                 tenancy.instances,
                 settings.data_dir,
                 Limits.from_settings(settings),
+                debug_idle_seconds=settings.debug_run_idle_seconds,
+                debug_runs_per_instance=settings.debug_runs_per_instance,
                 browsers=Browsers(BrowserLimits.from_settings(settings)),  # started by the first OPEN
                 media_bots=media_bots,
                 rooms=rooms,

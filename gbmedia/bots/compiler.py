@@ -158,6 +158,7 @@ class Unit:
     name: str
     params: list[str]
     code: list[Ins]
+    starts: frozenset[int] = frozenset()  # where each statement's first instruction is: a debugger's stopping points
 
 
 @dataclass
@@ -179,9 +180,10 @@ def load(source: str, dialog: str = "dialog", loader: Loader | None = None) -> C
 
 def compile_program(program: Program) -> Compiled:
     compiler = _Compiler(program)
-    units = {"": Unit("", [], compiler.unit(program.body, function=False))}
+    units = {"": Unit("", [], compiler.unit(program.body, function=False), frozenset(compiler.starts))}
     for name, function in program.functions.items():
-        units[name] = Unit(name, function.params, compiler.unit(function.body, function=True))
+        code = compiler.unit(function.body, function=True)
+        units[name] = Unit(name, function.params, code, frozenset(compiler.starts))
     fingerprint = hashlib.sha256(repr((program.body, sorted(program.functions.items()))).encode()).hexdigest()[:16]
     return Compiled(program.dialog, units, program.schedules, [t.name for t in program.tables], fingerprint, program)
 
@@ -237,12 +239,14 @@ class _Compiler:
         self.slots = 0
         self.in_function = False
         self.dialog = ""  # the dialog of the statement being compiled
+        self.starts: set[int] = set()  # the current unit's statement starts
 
     def error(self, message: str, line: int, col: int | None = None) -> BasicSyntaxError:
         return BasicSyntaxError(message, line, col, self.dialog or self.program.dialog)
 
     def unit(self, body: list[Stmt], function: bool) -> list[Ins]:
         self.code, self.loops, self.slots, self.in_function = [], [], 0, function
+        self.starts = set()
         self.block(body)
         return self.code
 
@@ -254,6 +258,7 @@ class _Compiler:
     def block(self, body: list[Stmt]) -> None:
         for stmt in body:
             outer, self.dialog = self.dialog, stmt.dialog or self.dialog
+            self.starts.add(len(self.code))
             self.statement(stmt)
             self.dialog = outer
 

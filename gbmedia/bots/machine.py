@@ -15,7 +15,7 @@ an unexpected exception.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -82,6 +82,10 @@ class Outcome:
     goto: str | None = None
 
 
+# Called before each statement's first instruction when set (the debugger): it may pause the run by awaiting.
+LineHook = Callable[["Run", Ins], Awaitable[None]]
+
+
 class StateError(ValueError):
     """A saved state that does not belong to this dialog (changed since) or is malformed."""
 
@@ -101,6 +105,8 @@ class Run:
         self.waiting = False
         self.finished = False
         self.inline_depth = 0
+        self.line_hook: LineHook | None = None
+        self.starts = {name: unit.starts for name, unit in compiled.units.items()}
         ctx.dialog = compiled.dialog
 
     # --- the outside: start, resume, snapshot -------------------------------------------
@@ -316,6 +322,7 @@ class Run:
         budget = self.ctx.budget
         max_statements = budget.limits.max_statements
         units = self.units
+        hook, starts = self.line_hook, self.starts
         while True:
             frame = self.frame
             code = units[frame.unit]
@@ -327,6 +334,8 @@ class Run:
                     return
                 continue
             ins = code[frame.pc]
+            if hook is not None and frame.pc in starts[frame.unit]:
+                await hook(self, ins)  # a debugger's breakpoint or step: the run may wait here
             budget.statements += 1
             if budget.statements > max_statements:
                 raise OverLimit("statements", max_statements)

@@ -9,6 +9,7 @@ from typing import Any
 import asyncpg
 
 from gbmedia.bots.browser import Browsers
+from gbmedia.bots.debug.service import Debugger
 from gbmedia.bots.dialogs import Dialogs
 from gbmedia.bots.engine import DialogEngine
 from gbmedia.bots.limits import Limits
@@ -24,22 +25,35 @@ class Bots:
     dialogs: Dialogs
     engine: DialogEngine
     scheduler: Scheduler
+    debugger: Debugger  # debug runs: in memory, apart from the engine's runs
     browsers: Browsers | None = None  # closed with the bots: every context, then the browser process
 
     @classmethod
     def create(
-        cls, pool: asyncpg.Pool, chat: Chat, instances: Instances, data_dir: Path, limits: Limits, **ports: Any
+        cls,
+        pool: asyncpg.Pool,
+        chat: Chat,
+        instances: Instances,
+        data_dir: Path,
+        limits: Limits,
+        *,
+        debug_idle_seconds: float = 600.0,
+        debug_runs_per_instance: int = 5,
+        **ports: Any,
     ) -> Bots:
         """``ports``: what runs may reach of the node (``browsers``, ``media_bots``, ``rooms``, ``placement``)."""
         dialogs = Dialogs(pool)
         runner = Runner(pool, instances, dialogs, data_dir, limits, RunTokens(instances.secrets), **ports)
-        return cls(dialogs, DialogEngine(pool, chat, runner), Scheduler(pool, runner), runner.browsers)
+        debugger = Debugger(dialogs, instances, limits, debug_idle_seconds, debug_runs_per_instance)
+        return cls(dialogs, DialogEngine(pool, chat, runner), Scheduler(pool, runner), debugger, runner.browsers)
 
     def start(self) -> None:
         self.engine.start()
         self.scheduler.start()
+        self.debugger.start_reaper()
 
     async def stop(self) -> None:
+        await self.debugger.close()
         await self.scheduler.stop()
         await self.engine.stop()
         if self.browsers is not None:

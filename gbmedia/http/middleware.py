@@ -51,6 +51,11 @@ def route_label(request: web.Request) -> str:
     return resource.canonical if resource is not None else "unmatched"
 
 
+# Paths whose callers are authenticated and rate limited here: the REST API, and the older
+# platform's names kept as aliases of it (``/debuggerService/<name>``, gbmedia/bots/debug/api.py).
+AUTHENTICATED_PREFIXES = ("/api/", "/debuggerService/")
+
+
 def api_middleware(
     *,
     authenticate: Authenticate,
@@ -74,7 +79,7 @@ def api_middleware(
         headers: dict[str, str] = {}
         error: ApiError | None = None
         try:
-            if request.path.startswith("/api/"):
+            if request.path.startswith(AUTHENTICATED_PREFIXES):
                 counted = already_counted(request)
                 if abuse is not None and not counted:
                     caller = await abuse.authenticate(abuse.source(request), lambda: authenticate(request))

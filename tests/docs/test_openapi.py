@@ -26,6 +26,7 @@ import gbmedia.http
 from gbmedia.app import NODE
 from gbmedia.bots import api as bots_api
 from gbmedia.bots import providers_api
+from gbmedia.bots.debug import api as debugger_api
 from gbmedia.bots.login import PgLogins
 from gbmedia.bots.media import api as media_bots_api
 from gbmedia.messaging import api as messaging_api
@@ -81,6 +82,11 @@ REQUEST_MODELS: dict[str, tuple[type[BaseModel], bool]] = {  # operationId: (mod
     "joinBotConversation": (bots_api.BotJoin, False),
     "botSignIn": (bots_api.LoginPost, False),
     "putBotProvider": (providers_api.ProviderPut, False),
+    "startDebugRun": (debugger_api.DebugStart, False),
+    "setDebugBreakpoint": (debugger_api.BreakpointSet, False),
+    "sendDebugMessage": (debugger_api.DebugMessage, False),
+    "refactorDialog": (debugger_api.Refactor, False),
+    "debuggerService": (debugger_api.LegacyCall, False),
     "startRecording": (recording_api.RecordingStart, False),
     "dashboardLogin": (dashboard_login.LoginRequest, False),
     "startMediaBot": (media_bots_api.MediaBotStart, False),
@@ -131,6 +137,7 @@ REST_SOURCES = (
     "recording/*.py",
     "streaming/*.py",
     "bots/api.py",
+    "bots/debug/*.py",
     "bots/dialogs.py",
     "bots/keywords_api.py",
     "bots/providers_api.py",
@@ -140,7 +147,15 @@ REST_SOURCES = (
     "bots/media/*.py",
 )
 # Bearer-authenticated paths outside /api/ (standard WHIP/WHEP URLs); their CORS preflights need no credentials.
-TOKEN_PATHS = ("/whip/", "/whep/", "/systemKeywords/", "/dialogKeywords/", "/imageProcessing/", "/webAutomation/")
+TOKEN_PATHS = (
+    "/whip/",
+    "/whep/",
+    "/systemKeywords/",
+    "/dialogKeywords/",
+    "/imageProcessing/",
+    "/webAutomation/",
+    "/debuggerService/",
+)
 
 
 # --- a tiny JSON Schema ------------------------------------------------------------
@@ -976,6 +991,89 @@ async def _keyword_calls(call: Caller, admin: dict[str, str], iid: str, particip
     await call("DELETE", one, 400, headers=OPERATOR, service="sms")
 
 
+async def _debugger_calls(call: Caller, admin: dict[str, str], participant: dict[str, str]) -> None:
+    """The debugger's routes on the stored dialog ``start`` (``TALK "hi"``) and a source with a HEAR."""
+    runs = "/api/v1/debugger/runs"
+    body = {"source": "x = 1\nHEAR y\nTALK y", "breakpoints": [1], "stop_on_entry": False}
+    run = await call("POST", runs, 201, headers=admin, json=body)
+    assert (run["state"], run["line"]) == ("break", 1)
+    await call("POST", runs, 400, headers=admin, json={"source": "IF"})
+    await call("POST", runs, 403, headers=participant, json={"dialog": "start"})
+    await call("POST", runs, 404, headers=admin, json={"dialog": "nope"})
+    one = "/api/v1/debugger/runs/{run_id}"
+    rid = run["id"]
+    await call("GET", one, 200, headers=admin, run_id=rid)
+    await call("GET", one, 400, headers=OPERATOR, run_id=rid)
+    await call("GET", one, 403, headers=participant, run_id=rid)
+    await call("GET", one, 404, headers=admin, run_id=str(uuid.uuid4()))
+    bp = one + "/breakpoints"
+    await call("POST", bp, 200, headers=admin, run_id=rid, json={"line": 3, "enabled": True})
+    await call("POST", bp, 400, headers=admin, run_id=rid, json={"line": "3"})
+    await call("POST", bp, 403, headers=participant, run_id=rid, json={"line": 3})
+    await call("POST", bp, 404, headers=admin, run_id=str(uuid.uuid4()), json={"line": 3})
+    for action in ("step", "resume"):
+        await call("POST", f"{one}/{action}", 400, headers=OPERATOR, run_id=rid)
+        await call("POST", f"{one}/{action}", 403, headers=participant, run_id=rid)
+        await call("POST", f"{one}/{action}", 404, headers=admin, run_id=str(uuid.uuid4()))
+    stepped = await call("POST", one + "/step", 200, headers=admin, run_id=rid)
+    assert stepped["line"] == 2
+    resumed = await call("POST", one + "/resume", 200, headers=admin, run_id=rid)
+    assert resumed["waiting_for_input"]
+    await call("POST", one + "/step", 409, headers=admin, run_id=rid)
+    await call("POST", one + "/resume", 409, headers=admin, run_id=rid)
+    messages = one + "/messages"
+    answered = await call("POST", messages, 200, headers=admin, run_id=rid, json={"text": "yo"})
+    assert (answered["state"], answered["line"]) == ("break", 3)
+    await call("POST", messages, 409, headers=admin, run_id=rid, json={"text": "again"})
+    await call("POST", messages, 400, headers=admin, run_id=rid, json={})
+    await call("POST", messages, 403, headers=participant, run_id=rid, json={"text": "x"})
+    await call("POST", messages, 404, headers=admin, run_id=str(uuid.uuid4()), json={"text": "x"})
+    stopped = await call("DELETE", one, 200, headers=admin, run_id=rid)
+    assert stopped["state"] == "stopped"
+    await call("DELETE", one, 400, headers=OPERATOR, run_id=rid)
+    await call("DELETE", one, 403, headers=participant, run_id=rid)
+    await call("DELETE", one, 404, headers=admin, run_id=rid)
+    refactor = "/api/v1/debugger/refactor"
+    renamed = await call(
+        "POST", refactor, 200, headers=admin, json={"action": "rename", "source": "a = 1", "old": "a", "new": "b"}
+    )
+    assert renamed["source"] == "b = 1"
+    await call("POST", refactor, 400, headers=admin, json={"action": "rename", "source": "a = 1"})
+    await call("POST", refactor, 403, headers=participant, json={"action": "reformat", "source": "a = 1"})
+    await call("POST", refactor, 404, headers=admin, json={"action": "reformat", "dialog": "nope"})
+    await call(
+        "POST",
+        refactor,
+        409,
+        headers=admin,
+        json={"action": "rename", "source": "a = 1\nb = 2", "old": "a", "new": "b"},
+    )
+    unsafe = {"action": "rename", "source": "email = 1\nHEAR e AS EMAIL", "old": "email", "new": "m"}
+    await call("POST", refactor, 422, headers=admin, json=unsafe)
+    legacy = "/debuggerService/{name}"
+    started = await call("POST", legacy, 201, headers=admin, name="start", json={"scriptName": "start"})
+    assert started["outcome"] == "done"
+    context = await call("POST", legacy, 200, headers=admin, name="getContext", json={"botId": started["botId"]})
+    assert context["messages"] == []  # start's answer had them
+    formatted = await call(
+        "POST", legacy, 200, headers=admin, name="refactor", json={"code": "talk 1", "change": "reformat"}
+    )
+    assert formatted["source"] == "TALK 1"
+    await call("POST", legacy, 400, headers=admin, name="refactor", json={"code": "talk 1", "change": "?"})
+    await call("POST", legacy, 403, headers=participant, name="step", json={"botId": started["botId"]})
+    await call("POST", legacy, 404, headers=admin, name="launch", json={})
+    await call("POST", legacy, 409, headers=admin, name="step", json={"botId": started["botId"]})
+    await call(
+        "POST",
+        legacy,
+        422,
+        headers=admin,
+        name="refactor",
+        json={"code": unsafe["source"], "change": "rename email to m"},
+    )
+    await call("POST", legacy, 200, headers=admin, name="stop", json={"botId": started["botId"]})
+
+
 async def test_real_answers_conform_to_the_documented_responses(client: TestClient):
     call = Caller(client)
     await call("GET", "/healthz", 200)
@@ -1271,6 +1369,7 @@ async def test_real_answers_conform_to_the_documented_responses(client: TestClie
     await call("GET", dialog, 200, headers=admin, name="start")
     await call("GET", dialog, 400, headers=admin, name="start", query={"instance_id": "nope"})
     await call("GET", dialog, 404, headers=admin, name="nope")
+    await _debugger_calls(call, admin, bearer(participant["token"]))
     await call("GET", "/api/v1/bots/runs", 200, headers=admin, query={"limit": "10"})
     await call("GET", "/api/v1/bots/runs", 400, headers=admin, query={"limit": "0"})
     join = "/api/v1/bots/conversations"

@@ -78,6 +78,7 @@ def matrix(
     bot_run: str | None = None,
     invoice: str | None = None,
     login_code: str = "ABCDEFGH",
+    debug_run: str | None = None,
 ) -> dict[tuple[str, str], tuple[str, dict | None]]:
     conv = f"/api/v1/conversations/{conversation or uuid.uuid4()}"
     rec = f"/api/v1/recordings/{recording or uuid.uuid4()}"
@@ -86,6 +87,7 @@ def matrix(
     hooks = f"/api/v1/instances/{inst}/webhooks"
     hook = f"{hooks}/{webhook or uuid.uuid4()}"
     bill = f"/api/v1/invoices/{invoice or uuid.uuid4()}"
+    dbg = f"/api/v1/debugger/runs/{debug_run or uuid.uuid4()}"
     return {
         ("GET", "/api/v1/whoami"): ("/api/v1/whoami", None),
         ("GET", "/api/v1/plans"): ("/api/v1/plans", None),
@@ -211,6 +213,19 @@ def matrix(
             {"kind": "webhook", "settings": {"url": "https://hooks.example.invalid/sms"}, "secret": "s3cret"},
         ),
         ("DELETE", "/api/v1/bots/providers/{service}"): (f"/api/v1/bots/providers/sms?instance_id={inst}", None),
+        # The debugger: a run of ``start`` started; the live one paused at its first line stepped,
+        # resumed to its HEAR, answered and stopped; ``start`` reformatted.
+        ("POST", "/api/v1/debugger/runs"): (f"/api/v1/debugger/runs?instance_id={inst}", {"dialog": "start"}),
+        ("GET", "/api/v1/debugger/runs/{run_id}"): (f"{dbg}?instance_id={inst}", None),
+        ("POST", "/api/v1/debugger/runs/{run_id}/breakpoints"): (f"{dbg}/breakpoints?instance_id={inst}", {"line": 2}),
+        ("POST", "/api/v1/debugger/runs/{run_id}/step"): (f"{dbg}/step?instance_id={inst}", None),
+        ("POST", "/api/v1/debugger/runs/{run_id}/resume"): (f"{dbg}/resume?instance_id={inst}", None),
+        ("POST", "/api/v1/debugger/runs/{run_id}/messages"): (f"{dbg}/messages?instance_id={inst}", {"text": "hi"}),
+        ("DELETE", "/api/v1/debugger/runs/{run_id}"): (f"{dbg}?instance_id={inst}", None),
+        ("POST", "/api/v1/debugger/refactor"): (
+            f"/api/v1/debugger/refactor?instance_id={inst}",
+            {"action": "reformat", "dialog": "start"},
+        ),
         # Recordings: start and list on a room nobody records; read, stop, download one that records alice.
         ("POST", "/api/v1/rooms/{room_id}/recordings"): (f"/api/v1/rooms/{quiet}/recordings", {"kinds": ["tracks"]}),
         ("GET", "/api/v1/rooms/{room_id}/recordings"): (f"/api/v1/rooms/{quiet}/recordings", None),
@@ -325,6 +340,7 @@ async def live_targets(
         bot_run = await start_bot_run(client, a, conversation)
         invoice = await create_invoice(client, a)
         login_code = await _login_code(client, a, conversation)
+        debug_run = await start_debug_run(client, a)
     except BaseException:
         await alice.close()
         raise
@@ -344,6 +360,7 @@ async def live_targets(
         bot_run=bot_run,
         invoice=invoice,
         login_code=login_code,
+        debug_run=debug_run,
     )
     return room, alice, cells
 
@@ -375,6 +392,16 @@ async def start_bot_run(client: TestClient, tenant: Tenant, conversation: str) -
     assert resp.status == 201, await resp.text()
     run = (await resp.json())["run"]
     assert run["status"] == "waiting"
+    return run["id"]
+
+
+async def start_debug_run(client: TestClient, tenant: Tenant) -> str:
+    """A debug run paused at its first line, with a HEAR further on, for the debugger's cells."""
+    body = {"source": "x = 1\ny = 2\nHEAR z\nTALK z", "stop_on_entry": True}
+    resp = await client.post("/api/v1/debugger/runs", json=body, headers=tenant.admin)
+    assert resp.status == 201, await resp.text()
+    run = await resp.json()
+    assert (run["state"], run["line"]) == ("break", 1)
     return run["id"]
 
 

@@ -106,6 +106,14 @@ ALLOWED: dict[tuple[str, str], frozenset[str]] = {
     ("GET", "/api/v1/bots/providers"): ADMINS,
     ("PUT", "/api/v1/bots/providers/{service}"): ADMINS,
     ("DELETE", "/api/v1/bots/providers/{service}"): ADMINS,
+    ("POST", "/api/v1/debugger/runs"): ADMINS,  # debugging an instance's dialogs is its administrators' only
+    ("GET", "/api/v1/debugger/runs/{run_id}"): ADMINS,
+    ("POST", "/api/v1/debugger/runs/{run_id}/breakpoints"): ADMINS,
+    ("POST", "/api/v1/debugger/runs/{run_id}/step"): ADMINS,
+    ("POST", "/api/v1/debugger/runs/{run_id}/resume"): ADMINS,
+    ("POST", "/api/v1/debugger/runs/{run_id}/messages"): ADMINS,
+    ("DELETE", "/api/v1/debugger/runs/{run_id}"): ADMINS,
+    ("POST", "/api/v1/debugger/refactor"): ADMINS,
     ("POST", "/api/v1/rooms/{room_id}/recordings"): frozenset({ADMIN, OTHER_MODERATOR}),  # on ``quiet``
     ("GET", "/api/v1/rooms/{room_id}/recordings"): frozenset({ADMIN, OTHER_MODERATOR}),  # on ``quiet``
     ("GET", "/api/v1/recordings/{recording_id}"): MODERATORS,  # ``standup``'s

@@ -1,0 +1,1 @@
+"""The remote debugger of GB BASIC dialogs: debug runs, breakpoints, stepping, refactoring."""

@@ -1,0 +1,102 @@
+"""What the debugger needs of an engine, and the interpreter's side of it.
+
+The debugger drives a run through a small interface so that any engine that runs GB
+BASIC (the interpreter today, the WebAssembly engine later) can be debugged the same
+way: the engine calls a *pause hook* before each statement with the statement's place,
+and the hook may wait there (a breakpoint or a step); between two statements the
+debugger reads the variables in scope. Starting and answering a HEAR are the same
+calls an engine already has.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from gbmedia.bots.compiler import Compiled, Ins
+from gbmedia.bots.context import Context
+from gbmedia.bots.machine import Outcome, Run
+
+
+@dataclass(frozen=True, slots=True)
+class Place:
+    """Where a run is about to execute a statement: its source line, the dialog it was written in, the call depth."""
+
+    line: int
+    dialog: str
+    depth: int  # 1 in the dialog's body, 2 inside a FUNCTION it called, ...
+    function: str | None  # the FUNCTION being run (None: the dialog's body)
+
+
+PauseHook = Callable[[Place], Awaitable[bool]]  # True when it paused the run there
+
+
+class Debuggable(Protocol):
+    """An engine's run as the debugger drives it."""
+
+    def set_pause_hook(self, hook: PauseHook | None) -> None:
+        """Call ``hook`` before every statement (None: run at full speed); time it paused is not run time."""
+
+    async def start(self) -> Outcome:
+        """Run from the top until the dialog ends, fails, or waits at a HEAR."""
+
+    async def answer(self, text: str) -> Outcome:
+        """Give the HEAR the run waits at the user's answer, and go on."""
+
+    def variables(self) -> dict[str, Any]:
+        """The variables in scope where the run stands, by name (JSON values)."""
+
+
+class InterpreterRun:
+    """The interpreter (:class:`gbmedia.bots.machine.Run`) behind the :class:`Debuggable` seam.
+
+    The run stays in memory between HEARs (no snapshot and restore): a debug run lives
+    only on the node that holds it.
+    """
+
+    def __init__(self, compiled: Compiled, ctx: Context) -> None:
+        self.compiled = compiled
+        self.run = Run(compiled, ctx)
+
+    def set_pause_hook(self, hook: PauseHook | None) -> None:
+        if hook is None:
+            self.run.line_hook = None
+            return
+
+        async def line_hook(run: Run, ins: Ins) -> None:
+            unit = run.frame.unit
+            if await hook(Place(ins.line, ins.dialog or self.compiled.dialog, len(run.frames), unit or None)):
+                run.ctx.budget.restart_clock()  # time paused is not time run; time running still counts
+
+        self.run.line_hook = line_hook
+
+    async def start(self) -> Outcome:
+        return await self.run.start()
+
+    async def answer(self, text: str) -> Outcome:
+        return await self.run.resume(text)
+
+    def variables(self) -> dict[str, Any]:
+        """The dialog's variables, then the FUNCTION's own (its parameters) over them, as BASIC looks them up."""
+        scope = dict(self.run.globals)
+        if len(self.run.frames) > 1:
+            scope.update(self.run.frame.vars)
+        return scope
+
+
+def blocking_hook(hook: PauseHook, loop: asyncio.AbstractEventLoop) -> Callable[[str, int], None]:
+    """``hook`` for an engine that runs a dialog in a worker thread and calls a plain ``(dialog, line)`` hook.
+
+    The compiled (WebAssembly) engine runs in a thread of its own pool and calls its
+    ``line_hook(dialog, line)`` there: this hook hands the place to the debugger's pause
+    hook on the event loop and blocks that worker thread until the pause ends, which is
+    how a thread-run engine pauses. Such an engine reports no call depth, so its steps go
+    into FUNCTIONs (depth 1 everywhere).
+    """
+
+    def line_hook(dialog: str, line: int) -> None:
+        asyncio.run_coroutine_threadsafe(hook(Place(line, dialog, 1, None)), loop).result()
+
+    return line_hook
