@@ -118,6 +118,8 @@ class Settings(BaseSettings):
     bot_max_list_items: int = Field(default=10_000, ge=10, le=10_000_000)
     bot_max_http_calls: int = Field(default=20, ge=0, le=10_000)
     bot_max_http_bytes: int = Field(default=5 * 1024 * 1024, ge=0, le=1024 * 1024 * 1024)
+    # CONVERT's LibreOffice (a name on PATH or a path); missing, CONVERT fails with a clear error.
+    bot_office_binary: str = Field(default="soffice", min_length=1, max_length=4096)
     # Webhooks (gbmedia/tenancy/webhook_dispatch.py, docs/api.md "Webhooks"): retries, the dead
     # letter, each request's time limit, and private networks endpoints may name on purpose.
     webhook_max_attempts: int = Field(default=10, ge=1, le=100)

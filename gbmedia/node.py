@@ -23,6 +23,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from gbmedia.bots.limits import Limits
 from gbmedia.bots.media.service import MediaBots
 from gbmedia.bots.service import Bots
+from gbmedia.bots.sharing import PURPOSE as SHARE_LINKS
+from gbmedia.bots.sharing import ShareLinks
 from gbmedia.bus import Bus, MemoryBus, RedisBus
 from gbmedia.config import Settings
 from gbmedia.db.pool import Database
@@ -352,7 +354,15 @@ class Node:
             member=member,
             relay=relay,
             cascade=cascade,
-            bots=Bots.create(db.pool, chat, tenancy.instances, settings.data_dir, Limits.from_settings(settings)),
+            bots=Bots.create(
+                db.pool,
+                chat,
+                tenancy.instances,
+                settings.data_dir,
+                Limits.from_settings(settings),
+                links=ShareLinks(secret_box.derive(SHARE_LINKS), settings.public_url or ""),
+                office_binary=settings.bot_office_binary,
+            ),
             webhooks=WebhookDispatcher(
                 db.pool,
                 secret_box,

@@ -20,6 +20,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
+from gbmedia.bots import shared_api
 from gbmedia.bots.dialogs import Dialog
 from gbmedia.bots.service import Bots
 from gbmedia.errors import ApiError, bad_request, not_found
@@ -156,3 +157,4 @@ def register(app: web.Application, bots: Bots) -> None:
     r.add_get("/api/v1/bots/runs", list_runs)
     r.add_delete("/api/v1/bots/runs/{run_id}", stop_run)
     r.add_post("/api/v1/bots/conversations", join_conversation)
+    shared_api.register(app, bots)  # SHARE FOLDER's links

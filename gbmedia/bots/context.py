@@ -12,6 +12,7 @@ from typing import Any
 from gbmedia.bots.errors import Fault
 from gbmedia.bots.host import ConversationPort, FileStore, HttpFetcher, MemoryPort, TableStore
 from gbmedia.bots.limits import Budget, Limits
+from gbmedia.bots.sharing import ShareLinks
 
 
 @dataclass
@@ -28,6 +29,8 @@ class Context:
     budget: Budget = field(init=False)
     settings: dict[str, Any] = field(default_factory=dict)
     goto: str | None = None  # GO TO dialog: the run ends and the engine starts this one
+    office_binary: str = "soffice"  # CONVERT's LibreOffice (GBMEDIA_BOT_OFFICE_BINARY)
+    links: ShareLinks | None = None  # SHARE FOLDER's signer: the node's, None where no node serves links
 
     def __post_init__(self) -> None:
         self.budget = Budget(self.limits)
@@ -48,6 +51,11 @@ class Context:
         if self.files is None:
             raise Fault("files are not available to this run")
         return self.files
+
+    def need_links(self) -> ShareLinks:
+        if self.links is None:
+            raise Fault("shared links are not available to this run (no node serves them)")
+        return self.links
 
     def need_http(self) -> HttpFetcher:
         if self.http is None:

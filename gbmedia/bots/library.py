@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from gbmedia.bots import lib_conversation, lib_data, lib_dates, lib_files, lib_http, lib_text
+from gbmedia.bots import lib_conversation, lib_data, lib_dates, lib_docs, lib_files, lib_http, lib_image, lib_text
 from gbmedia.bots.registry import REGISTRY
 
-MODULES = (lib_text, lib_dates, lib_conversation, lib_data, lib_files, lib_http)
+MODULES = (lib_text, lib_dates, lib_conversation, lib_data, lib_files, lib_docs, lib_image, lib_http)
 
 __all__ = ["MODULES", "REGISTRY"]

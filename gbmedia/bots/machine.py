@@ -40,7 +40,7 @@ from gbmedia.bots.compiler import (
 )
 from gbmedia.bots.context import Context
 from gbmedia.bots.errors import BasicError, BasicRuntimeError, Fault, LimitExceeded, PoliteStop
-from gbmedia.bots.hear import options_of, reask_message, validate
+from gbmedia.bots.hear import options_of, prepare, reask_message, validate
 from gbmedia.bots.lib_data import declare_table
 from gbmedia.bots.library import REGISTRY
 from gbmedia.bots.limits import Budget, OverLimit
@@ -115,7 +115,7 @@ class Run:
         self.ctx.budget.restart_clock()
         try:
             options = options_of([await self._value(o) for o in ins.options])
-            ok, value = validate(ins.kind, answer, options, self.ctx.language)
+            ok, value = validate(ins.kind, await prepare(ins.kind, answer, self.ctx), options, self.ctx.language)
             if not ok:
                 await self.ctx.port.talk(reask_message(ins.kind, options, self.ctx.language))
                 return Outcome("waiting", self.snapshot())

@@ -50,7 +50,7 @@ from gbmedia.bots.tokens import EOF, NAME, NEWLINE, NUMBER, OP, STRING, Piece, T
 Loader = Callable[[str], str]  # an INCLUDEd dialog's name -> its source (KeyError: no such dialog)
 
 HEAR_KINDS = {*FORMS, "TEXT"}  # what HEAR ... AS takes: the forms it validates, or any text
-UNAVAILABLE_KINDS = {"QRCODE", "LOGIN"}  # need an image decoder and a sign-in flow: later parts of issue 17
+UNAVAILABLE_KINDS = {"LOGIN"}  # needs a sign-in flow: a later part of issue 17
 
 # Statements that call a built-in: words -> (built-in, words that separate arguments instead of commas).
 # Longest first wins ("TALK TO" before "TALK").
@@ -73,6 +73,12 @@ STATEMENTS: dict[tuple[str, ...], tuple[str, tuple[str, ...]]] = {
     ("ALLOW", "ROLE"): ("allowRole", ()),
     ("CREATE", "FOLDER"): ("createFolder", ()),
     ("COPY",): ("copyFile", ()),
+    ("SHARE", "FOLDER"): ("shareFolder", ()),
+    ("CONVERT",): ("convert", ()),
+    ("CHART",): ("chart", ()),
+    ("SHARPEN",): ("sharpen", ()),
+    ("BLUR",): ("blur", ()),
+    ("MERGE", "IMAGE"): ("mergeImage", ()),
     ("DELETE",): ("delete", ()),
     ("MERGE",): ("merge", ("WITH", "BY")),
     ("SET", "HEADER"): ("setHeader", ("AS", "=")),
@@ -86,9 +92,11 @@ VALUE_FORMS: dict[tuple[str, ...], tuple[str, tuple[str, ...]]] = {
     ("GET",): ("getHttp", ()),
     ("POST",): ("postHttp", ()),
     ("PUT",): ("putHttp", ()),
-    ("DIR",): ("dir", ()),
-    ("UPLOAD",): ("upload", ()),
+    ("DIR",): ("dirFolder", ()),
+    ("UPLOAD",): ("uploadFile", ()),
     ("FILL",): ("fill", ("WITH",)),
+    ("SHARE", "FOLDER"): ("shareFolder", ()),
+    ("MERGE", "IMAGE"): ("mergeImage", ()),
     ("USER", "OF"): ("userOf", ()),
     ("SORT",): ("sortBy", ("BY",)),
     ("MERGE",): ("merge", ("WITH", "BY")),
@@ -308,6 +316,8 @@ class _Parser:
 
     def match_form(self, table: dict[tuple[str, ...], tuple[str, tuple[str, ...]]]) -> tuple[str, ...] | None:
         for words in sorted(table, key=len, reverse=True):
+            if words == ("MERGE", "IMAGE") and self.peek(2).is_word("WITH"):
+                continue  # MERGE image WITH rows BY key: a table named image, not MERGE IMAGE a, b
             if self.at_words(words):
                 return words
         return None
@@ -377,7 +387,11 @@ class _Parser:
                 args = self.arguments()
                 self.check_arity(builtin.name, args, token, token.upper)
                 return Call(token.line, token.col, builtin.name, args)
-        return self.expression()
+        value = self.expression()
+        if self.peek().is_word("AS") and self.peek(1).is_word("PDF", "IMAGE"):  # x = data AS PDF
+            self.advance()
+            return Call(token.line, token.col, "asPDF" if self.advance().upper == "PDF" else "asImage", [value])
+        return value
 
     def select_from(self) -> Expr:
         token = self.advance()

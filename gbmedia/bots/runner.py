@@ -20,6 +20,7 @@ from gbmedia.bots.fetch import GuardedFetcher, allowed_networks
 from gbmedia.bots.files import InstanceFiles
 from gbmedia.bots.host import ConversationPort
 from gbmedia.bots.limits import Limits
+from gbmedia.bots.sharing import ShareLinks
 from gbmedia.bots.tables import PgTables
 from gbmedia.tenancy.instances import Instances
 from gbmedia.tenancy.models import Instance
@@ -32,6 +33,8 @@ class Runner:
     dialogs: Dialogs
     data_dir: Path
     limits: Limits
+    links: ShareLinks | None = None  # SHARE FOLDER's signer
+    office_binary: str = "soffice"  # CONVERT's LibreOffice
 
     async def instance(self, instance_id: uuid.UUID) -> Instance:
         return await self.instances.get(instance_id)
@@ -51,4 +54,6 @@ class Runner:
             config=instance.config,
             locale=instance.locale or "en",
             limits=self.limits,
+            office_binary=self.office_binary,
+            links=self.links,
         )

@@ -12,6 +12,7 @@ from gbmedia.bots.engine import DialogEngine
 from gbmedia.bots.limits import Limits
 from gbmedia.bots.runner import Runner
 from gbmedia.bots.scheduler import Scheduler
+from gbmedia.bots.sharing import ShareLinks
 from gbmedia.messaging.service import Chat
 from gbmedia.tenancy.instances import Instances
 
@@ -23,9 +24,18 @@ class Bots:
     scheduler: Scheduler
 
     @classmethod
-    def create(cls, pool: asyncpg.Pool, chat: Chat, instances: Instances, data_dir: Path, limits: Limits) -> Bots:
+    def create(
+        cls,
+        pool: asyncpg.Pool,
+        chat: Chat,
+        instances: Instances,
+        data_dir: Path,
+        limits: Limits,
+        links: ShareLinks | None = None,
+        office_binary: str = "soffice",
+    ) -> Bots:
         dialogs = Dialogs(pool)
-        runner = Runner(pool, instances, dialogs, data_dir, limits)
+        runner = Runner(pool, instances, dialogs, data_dir, limits, links, office_binary)
         return cls(dialogs, DialogEngine(pool, chat, runner), Scheduler(pool, runner))
 
     def start(self) -> None:
