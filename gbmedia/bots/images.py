@@ -51,9 +51,9 @@ def encode(picture: np.ndarray, name: str) -> bytes:
     return buffer.tobytes()
 
 
-def sharpen(picture: np.ndarray, amount: float = 1.0) -> np.ndarray:
+def sharpen(picture: np.ndarray, amount: float = 1.5) -> np.ndarray:
     """An unsharp mask: the picture plus ``amount`` times its difference from a blurred copy."""
-    blurred = cv2.GaussianBlur(picture, (0, 0), sigmaX=2.0)
+    blurred = cv2.GaussianBlur(picture, (0, 0), sigmaX=3.0)
     return cv2.addWeighted(picture, 1.0 + amount, blurred, -amount, 0)
 
 
