@@ -28,7 +28,9 @@ MISSING = (
 )
 
 
-async def _communicate(argv: list[str], stdin: bytes | None, seconds: float, cwd: str | None = None) -> bytes:
+async def _communicate(
+    what: str, argv: list[str], stdin: bytes | None, seconds: float, cwd: str | None = None
+) -> bytes:
     """Run ``argv`` to its end within ``seconds``: its standard output; a Fault when it ran out of time."""
     process = await asyncio.create_subprocess_exec(
         *argv,
@@ -44,7 +46,7 @@ async def _communicate(argv: list[str], stdin: bytes | None, seconds: float, cwd
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
         await process.wait()
-        raise Fault(f"{PurePosixPath(argv[0]).name} did not finish within {seconds:.0f} seconds") from None
+        raise Fault(f"{what} did not finish within {seconds:.1f} seconds") from None
     finally:
         if process.returncode is None:  # cancelled: leave nothing running
             with contextlib.suppress(ProcessLookupError):
@@ -72,7 +74,7 @@ async def convert_to_pdf(binary: str, name: str, data: bytes, seconds: float) ->
             str(work / "out"),
             str(source),
         ]
-        await _communicate(argv, None, seconds, cwd=str(work))
+        await _communicate("LibreOffice", argv, None, seconds, cwd=str(work))
         result = work / "out" / (source.stem + ".pdf")
         if not result.is_file():
             raise Fault(f"LibreOffice could not convert {name} to PDF")
@@ -84,7 +86,7 @@ async def convert_to_pdf(binary: str, name: str, data: bytes, seconds: float) ->
 async def render_template(request: dict[str, Any], seconds: float) -> dict[str, Any]:
     """``gbmedia.bots.templating``'s answer to ``request``, rendered in a capped child process."""
     argv = [sys.executable, "-m", "gbmedia.bots.templating", f"{seconds:.1f}"]
-    out = await _communicate(argv, json.dumps(request).encode(), seconds)
+    out = await _communicate("the template", argv, json.dumps(request).encode(), seconds)
     try:
         answer: dict[str, Any] = json.loads(out)
     except ValueError:

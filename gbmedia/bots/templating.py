@@ -17,9 +17,12 @@ import base64
 import io
 import json
 import sys
+import zipfile
 from typing import Any
 
 from jinja2 import TemplateError, Undefined
+from jinja2.runtime import Context
+from jinja2.utils import missing
 from jinja2.sandbox import SandboxedEnvironment
 
 from gbmedia.bots.lib_data import field_of
@@ -28,8 +31,21 @@ from gbmedia.bots.values import to_text
 MEMORY_BYTES = 512 * 1024 * 1024  # the child's address space: Python, Jinja2, python-docx and the template
 
 
+class BasicContext(Context):
+    """Names found as BASIC finds variables: ``{{ Name }}`` reads ``name`` when no ``Name`` is given."""
+
+    def resolve_or_missing(self, key: str) -> Any:
+        value = super().resolve_or_missing(key)
+        if value is missing:
+            wanted = key.casefold()
+            value = next((v for k, v in self.parent.items() if k.casefold() == wanted), missing)
+        return value
+
+
 class BasicEnvironment(SandboxedEnvironment):
     """Jinja2's sandbox, reading objects' fields the way BASIC does."""
+
+    context_class = BasicContext
 
     def getattr(self, obj: Any, attribute: str) -> Any:
         if isinstance(obj, dict):
@@ -70,7 +86,7 @@ def render(request: dict[str, Any]) -> dict[str, Any]:
         return {"result": render_text(request["template"], request["data"])}
     except TemplateError as exc:
         return {"error": f"the template is not valid: {exc}"}
-    except (KeyError, ValueError, OSError) as exc:  # docxtpl: not a Word document
+    except (KeyError, ValueError, OSError, zipfile.BadZipFile) as exc:  # docxtpl: not a Word document
         return {"error": f"the template cannot be filled: {type(exc).__name__}: {exc}"}
 
 
