@@ -1,10 +1,10 @@
-"""What SHARE FOLDER's links serve: ``GET /api/v1/bots/shared/{token}[/{path}]``, with no credentials.
+"""What SHARE FOLDER's links serve: ``GET /shared/{token}[/{path}]``, with no credentials.
 
 The token is the grant (gbmedia/bots/sharing.py): its signature and expiry are checked
 on every request (403 ``share_link_invalid`` or ``share_link_expired``), and it reaches
 only its folder of its instance's bot files: the folder's listing, a file in it (sent
 from disk by aiohttp, never read whole into memory) or a subfolder's listing. A path
-that leaves the folder, or names nothing, is 404 ``file_not_found``. The instance must
+that leaves the folder, or names nothing, is 404 ``shared_file_not_found``. The instance must
 still be active: a suspended or deleted instance's links serve nothing. Files go out
 with ``Content-Security-Policy: sandbox``: an HTML file a dialog wrote runs no script
 on the node's origin.
@@ -47,7 +47,7 @@ async def _grant(request: web.Request) -> tuple[Grant, InstanceFiles]:
 
 
 def _not_found(path: str) -> ApiError:
-    return ApiError(404, "file_not_found", f"no file {path} in this shared folder")
+    return ApiError(404, "shared_file_not_found", f"no file {path} in this shared folder")
 
 
 async def _listing(request: web.Request, grant: Grant, files: InstanceFiles, below: str) -> web.Response:

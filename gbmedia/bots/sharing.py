@@ -21,7 +21,7 @@ from gbmedia.errors import ApiError
 
 PURPOSE = "gbmedia bots share links v1"
 MAX_SECONDS = 7 * 24 * 3600
-ROUTE = "/api/v1/bots/shared/"
+ROUTE = "/shared/"  # outside /api/: the link itself is the credential (no Authorization, like /hls/)
 
 
 def _b64(data: bytes) -> str:

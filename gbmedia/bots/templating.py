@@ -22,8 +22,8 @@ from typing import Any
 
 from jinja2 import TemplateError, Undefined
 from jinja2.runtime import Context
-from jinja2.utils import missing
 from jinja2.sandbox import SandboxedEnvironment
+from jinja2.utils import missing
 
 from gbmedia.bots.lib_data import field_of
 from gbmedia.bots.values import to_text
