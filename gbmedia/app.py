@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import hmac
 import time
+from collections.abc import Awaitable, Callable
 from importlib import resources
 
 from aiohttp import web
 
 from gbmedia.bots import api as bots_api
+from gbmedia.bots import keywords_api, providers_api
 from gbmedia.bots.media import api as media_bots_api
 from gbmedia.errors import ApiError
 from gbmedia.http import web as web_files
+from gbmedia.http.abuse import rate_limited
 from gbmedia.http.middleware import Handler, api_middleware
 from gbmedia.http.responses import json_response
 from gbmedia.messaging import api as messaging_api
@@ -77,6 +80,20 @@ def openapi_handler() -> Handler:
     return openapi
 
 
+def old_keyword_paths_authenticator(node: Node) -> Callable[[web.Request], Awaitable[str]]:
+    """What the API middleware does for /api/, for the old platform's keyword paths (/systemKeywords/...)."""
+    authenticate = request_authenticator(node.tenancy.auth)
+
+    async def check(request: web.Request) -> str:
+        caller = await authenticate(request)
+        decision = await node.rate_limiter.take(caller)
+        if not decision.allowed:
+            raise rate_limited(decision, "api")
+        return caller
+
+    return check
+
+
 def create_app(node: Node) -> web.Application:
     settings = node.settings
     middleware = api_middleware(
@@ -125,6 +142,8 @@ def create_app(node: Node) -> web.Application:
     nodes_api.register(app, nodes_api.NodesApi(node.registry, node.db.pool, settings.clustered))
     messaging_api.register(app, node.chat)
     bots_api.register(app, node.bots)
+    keywords_api.register(app, keywords_api.KeywordsApi(node.bots, old_keyword_paths_authenticator(node)))
+    providers_api.register(app, providers_api.ProvidersApi(node.db.pool, node.tenancy.instances.secrets))
     recording_api.register(app, recording_api.RecordingsApi(node.recordings, node.rooms, node.relay))
     media_bots_api.register(app, media_bots_api.MediaBotsApi(node.media_bots, node.rooms, node.db.pool, node.relay))
     web_files.register(app)

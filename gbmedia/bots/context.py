@@ -6,6 +6,7 @@ One :class:`Context` per run. ``settings`` holds what the dialog changed with ``
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +30,9 @@ class Context:
     budget: Budget = field(init=False)
     settings: dict[str, Any] = field(default_factory=dict)
     goto: str | None = None  # GO TO dialog: the run ends and the engine starts this one
+    run_token: Callable[[], str] | None = None  # getCustomToken: a token scoped to this run (tenancy/run_tokens.py)
+    providers: Any = None  # the instance's outside services (gbmedia/bots/providers.py), None: none configured
+    over_http: bool = False  # called through the keyword API, not by a dialog (keywords that need a dialog refuse)
     office_binary: str = "soffice"  # CONVERT's LibreOffice (GBMEDIA_BOT_OFFICE_BINARY)
     links: ShareLinks | None = None  # SHARE FOLDER's signer: the node's, None where no node serves links
 

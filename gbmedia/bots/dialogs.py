@@ -22,7 +22,7 @@ from typing import Any
 import asyncpg
 from croniter import croniter
 
-from gbmedia.bots.compiler import Compiled, load
+from gbmedia.bots.compiler import Compiled, ITable, load
 from gbmedia.bots.errors import BasicSyntaxError
 from gbmedia.errors import ApiError, bad_request, not_found
 
@@ -123,6 +123,7 @@ class Dialogs:
                 source,
             )
             await conn.execute("DELETE FROM schedules WHERE instance_id = $1 AND dialog_name = $2", instance_id, name)
+            await self._declare_tables(conn, instance_id, compiled)
             if cron is not None:
                 await conn.execute(
                     """INSERT INTO schedules (instance_id, dialog_name, cron, next_at) VALUES ($1, $2, $3, $4)""",
@@ -132,6 +133,24 @@ class Dialogs:
                     next_firing(cron, self.clock()),
                 )
         return Dialog(name, source, row["updated_at"], cron), bool(row["created"])
+
+    @staticmethod
+    async def _declare_tables(conn: asyncpg.Connection, instance_id: uuid.UUID, compiled: Compiled) -> None:
+        """The dialog's TABLE declarations take effect when it is stored, so the keyword API finds its tables.
+
+        (Running the dialog declares them again, the same way: gbmedia/bots/tables.py.)
+        """
+        for unit in compiled.units.values():
+            for ins in unit.code:
+                if isinstance(ins, ITable):
+                    await conn.execute(
+                        """INSERT INTO bot_tables (instance_id, name, fields) VALUES ($1, $2, $3::jsonb)
+                           ON CONFLICT (instance_id, name)
+                           DO UPDATE SET fields = EXCLUDED.fields, updated_at = now()""",
+                        instance_id,
+                        ins.name,
+                        ins.fields,
+                    )
 
     async def list(self, instance_id: uuid.UUID) -> list[Dialog]:
         rows = await self.pool.fetch(

@@ -20,22 +20,40 @@ async def talk(ctx: Context, *parts: Any) -> None:
     await ctx.port.talk(" ".join(to_text(p) for p in parts))
 
 
+async def deliver(ctx: Context, service: str, action: str, channel: str, to: str, payload: dict[str, Any]) -> Any:
+    """Send through the instance's provider for ``service`` (gbmedia/bots/providers.py).
+
+    A run with no providers at all (``gbmedia bot run``, a test's MemoryPort) hands it to
+    its port, which records it; on a node an unconfigured service is a
+    ``provider_not_configured`` error, never a silent success.
+    """
+    if ctx.providers is None:
+        await ctx.port.send(channel, to, payload)
+        return None
+    answer = await ctx.providers.call(service, action, {"to": to, **payload}, ctx.budget)
+    await ctx.port.log("info", f"{action} to {to or 'the user'} through the {service} provider")
+    return answer
+
+
 @builtin("talkTo", "to, text", group="conversation", statement_only=True)
-async def talk_to(ctx: Context, to: Any, text: Any) -> None:
-    """Say something to another person of the instance (by mobile or id) on their channel."""
-    await ctx.port.send("talk", to_text(to), {"text": to_text(text)})
+async def talk_to(ctx: Context, to: Any, text: Any) -> Any:
+    """Say something to another person (by mobile or id) on their channel: the messaging provider."""
+    return await deliver(ctx, "messaging", "talk", "talk", to_text(to), {"text": to_text(text)})
 
 
 @builtin("sendSms", "to, text", group="conversation", statement_only=True)
-async def send_sms(ctx: Context, to: Any, text: Any) -> None:
-    """Send a text message to a mobile number."""
-    await ctx.port.send("sms", to_text(to), {"text": to_text(text)})
+async def send_sms(ctx: Context, to: Any, text: Any) -> Any:
+    """Send a text message to a mobile number: the sms provider."""
+    return await deliver(ctx, "sms", "send", "sms", to_text(to), {"text": to_text(text)})
 
 
 @builtin("sendMail", "to, subject, body", group="conversation", statement_only=True)
-async def send_mail(ctx: Context, to: Any, subject: Any, body: Any) -> None:
-    """Send an e-mail."""
-    await ctx.port.send("mail", to_text(to), {"subject": to_text(subject), "body": to_text(body)})
+async def send_mail(ctx: Context, to: Any, subject: Any, body: Any) -> Any:
+    """Send an e-mail: the mail provider (SMTP, or a webhook)."""
+    address = to_text(to).strip()
+    if "@" not in address or any(c in address for c in " \r\n,;<>"):
+        raise Fault(f"{address!r} is not an e-mail address")
+    return await deliver(ctx, "mail", "send", "mail", address, {"subject": to_text(subject), "body": to_text(body)})
 
 
 @builtin("sendFile", "file, caption?", group="conversation", statement_only=True)
@@ -45,9 +63,10 @@ async def send_file(ctx: Context, file: Any, caption: Any = None) -> None:
 
 
 @builtin("sendFileTo", "to, file, caption?", group="conversation", statement_only=True)
-async def send_file_to(ctx: Context, to: Any, file: Any, caption: Any = None) -> None:
-    """Send a file of the instance to another person."""
-    await ctx.port.send("file", to_text(to), {"file": to_text(file), "caption": to_text(caption)})
+async def send_file_to(ctx: Context, to: Any, file: Any, caption: Any = None) -> Any:
+    """Send a file of the instance to another person: the messaging provider."""
+    payload = {"file": to_text(file), "caption": to_text(caption)}
+    return await deliver(ctx, "messaging", "send_file", "file", to_text(to), payload)
 
 
 @builtin("transferTo", "to?", group="conversation", statement_only=True)

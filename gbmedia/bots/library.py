@@ -2,9 +2,35 @@
 
 from __future__ import annotations
 
-from gbmedia.bots import lib_conversation, lib_data, lib_dates, lib_docs, lib_files, lib_http, lib_image, lib_text
+from gbmedia.bots import (
+    keywords,
+    lib_conversation,
+    lib_data,
+    lib_dates,
+    lib_docs,
+    lib_files,
+    lib_http,
+    lib_image,
+    lib_keywords,
+    lib_providers,
+    lib_storage,
+    lib_text,
+)
 from gbmedia.bots.registry import REGISTRY
 
-MODULES = (lib_text, lib_dates, lib_conversation, lib_data, lib_files, lib_docs, lib_image, lib_http)
+MODULES = (
+    lib_text,
+    lib_dates,
+    lib_conversation,
+    lib_data,
+    lib_files,
+    lib_docs,
+    lib_image,
+    lib_http,
+    lib_keywords,
+    lib_storage,
+    lib_providers,
+)
+keywords.register_aliases()
 
 __all__ = ["MODULES", "REGISTRY"]

@@ -101,6 +101,14 @@ class Registry:
 
         return add
 
+    def alias(self, name: str, *aliases: str) -> None:
+        """More names for a registered built-in (the keyword API's camelCase names of BASIC's built-ins)."""
+        entry = self.entries[name]
+        for key in aliases:
+            if key.upper() in self.by_key:
+                raise ValueError(f"built-in {key} registered twice")
+            self.by_key[key.upper()] = entry
+
     def get(self, name: str) -> Builtin | None:
         return self.by_key.get(name.upper())
 

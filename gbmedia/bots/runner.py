@@ -20,10 +20,12 @@ from gbmedia.bots.fetch import GuardedFetcher, allowed_networks
 from gbmedia.bots.files import InstanceFiles
 from gbmedia.bots.host import ConversationPort
 from gbmedia.bots.limits import Limits
+from gbmedia.bots.providers import InstanceProviders
 from gbmedia.bots.sharing import ShareLinks
 from gbmedia.bots.tables import PgTables
 from gbmedia.tenancy.instances import Instances
 from gbmedia.tenancy.models import Instance
+from gbmedia.tenancy.run_tokens import RunScope, RunTokens
 
 
 @dataclass
@@ -33,6 +35,7 @@ class Runner:
     dialogs: Dialogs
     data_dir: Path
     limits: Limits
+    run_tokens: RunTokens | None = None  # getCustomToken's tokens (None: a runner without the node's secret key)
     links: ShareLinks | None = None  # SHARE FOLDER's signer
     office_binary: str = "soffice"  # CONVERT's LibreOffice
 
@@ -40,6 +43,15 @@ class Runner:
         return await self.instances.get(instance_id)
 
     def context(self, instance: Instance, dialog: str, port: ConversationPort) -> Context:
+        tokens = self.run_tokens
+        conversation = getattr(port, "conversation_id", None)
+        user = port.user.id if port.user is not None else None
+
+        def run_token() -> str:
+            if tokens is None:
+                raise Fault("this node gives dialogs no run tokens")
+            return tokens.mint(RunScope(instance.id, conversation, user, dialog))
+
         try:
             http: GuardedFetcher | None = GuardedFetcher(allowed_networks(instance.config))
         except Fault:
@@ -54,6 +66,8 @@ class Runner:
             config=instance.config,
             locale=instance.locale or "en",
             limits=self.limits,
+            run_token=run_token,
+            providers=InstanceProviders(self.pool, self.instances.secrets, instance.id, http),
             office_binary=self.office_binary,
             links=self.links,
         )

@@ -15,6 +15,7 @@ from gbmedia.bots.scheduler import Scheduler
 from gbmedia.bots.sharing import ShareLinks
 from gbmedia.messaging.service import Chat
 from gbmedia.tenancy.instances import Instances
+from gbmedia.tenancy.run_tokens import RunTokens
 
 
 @dataclass
@@ -35,7 +36,16 @@ class Bots:
         office_binary: str = "soffice",
     ) -> Bots:
         dialogs = Dialogs(pool)
-        runner = Runner(pool, instances, dialogs, data_dir, limits, links, office_binary)
+        runner = Runner(
+            pool,
+            instances,
+            dialogs,
+            data_dir,
+            limits,
+            RunTokens(instances.secrets),
+            links=links,
+            office_binary=office_binary,
+        )
         return cls(dialogs, DialogEngine(pool, chat, runner), Scheduler(pool, runner))
 
     def start(self) -> None:

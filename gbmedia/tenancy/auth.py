@@ -12,13 +12,14 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from gbmedia.errors import forbidden, unauthorized
+from gbmedia.errors import ApiError, forbidden, unauthorized
 from gbmedia.http.keys import REQUEST_ID
 from gbmedia.http.middleware import Authenticate
 from gbmedia.tenancy.customers import Customers
 from gbmedia.tenancy.instances import Instances
 from gbmedia.tenancy.models import Actor, Instance, Principal
 from gbmedia.tenancy.revocation import Credential, Revoked
+from gbmedia.tenancy.run_tokens import RunTokens, is_run_token
 from gbmedia.tenancy.tokens import AccessToken, unverified_api_key, verify_token
 
 PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal")
@@ -40,6 +41,7 @@ class Authenticator:
         self.instances = instances
         self.customers = customers
         self._operator_token = operator_token.encode()
+        self.run_tokens = RunTokens(instances.secrets)
 
     def is_operator_token(self, presented: str) -> bool:
         return hmac.compare_digest(presented.encode(), self._operator_token)
@@ -80,6 +82,8 @@ class Authenticator:
         credential = bearer_credential(authorization)
         if self.is_operator_token(credential):
             return Principal(kind="operator", actor=Actor("operator", "operator", request_id))
+        if is_run_token(credential):
+            return await self.run_principal(credential, request_id)
         verified = await self.verify_access_token(credential)
         return Principal(
             kind="instance",
@@ -88,6 +92,27 @@ class Authenticator:
             instance_id=verified.instance.id,
             identity=verified.token.identity,
             grants=verified.token.grants,
+        )
+
+    async def run_principal(self, credential: str, request_id: str | None) -> Principal:
+        """A dialog run's token: its instance (which must be active), its conversation and user; no grants."""
+        scope = self.run_tokens.verify(credential)
+        try:
+            instance = await self.instances.get(scope.instance_id)
+        except ApiError:
+            raise unauthorized("run_token_invalid", "the dialog run's instance no longer exists") from None
+        if instance.status != "active":
+            raise forbidden("instance_suspended", f"the instance is {instance.status}")
+        customer = await self.customers.get(instance.customer_id)
+        if customer.status != "active":
+            raise forbidden("customer_suspended", f"the customer account is {customer.status}")
+        return Principal(
+            kind="instance",
+            actor=Actor(f"run:{scope.dialog}", "system", request_id),
+            customer_id=instance.customer_id,
+            instance_id=instance.id,
+            identity=scope.user,
+            run=scope,
         )
 
 

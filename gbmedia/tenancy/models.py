@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from gbmedia.errors import ApiError
+from gbmedia.tenancy.run_tokens import RunScope
 from gbmedia.tenancy.tokens import Grants
 
 FEATURES = ("recording", "live", "bots")
@@ -106,6 +107,7 @@ class Principal:
     instance_id: uuid.UUID | None = None
     identity: str | None = None
     grants: Grants = field(default_factory=Grants)
+    run: RunScope | None = None  # a dialog run's token: the run's conversation and user (gbmedia/tenancy/run_tokens.py)
 
     @property
     def is_operator(self) -> bool:

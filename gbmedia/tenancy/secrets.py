@@ -59,6 +59,14 @@ class SecretBox:
     def encrypt(self, plaintext: str) -> bytes:
         return self._fernet.encrypt(plaintext.encode())
 
+    def seal(self, data: bytes) -> bytes:
+        """Authenticated encryption with its issue time (a dialog run token's body)."""
+        return self._fernet.encrypt(data)
+
+    def unseal(self, token: bytes, ttl_seconds: int) -> bytes:
+        """What :meth:`seal` sealed, if younger than ``ttl_seconds``; raises ``InvalidToken`` otherwise."""
+        return self._fernet.decrypt(token, ttl=ttl_seconds)
+
     def decrypt(self, ciphertext: bytes) -> str:
         """Raises :class:`SecretKeyMismatch` when another node key encrypted it."""
         try:
