@@ -8,6 +8,7 @@ another instance.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from gbmedia.bots.dialogs import Dialogs
 from gbmedia.bots.errors import Fault
 from gbmedia.bots.fetch import GuardedFetcher, allowed_networks
 from gbmedia.bots.files import InstanceFiles
-from gbmedia.bots.host import ConversationPort
+from gbmedia.bots.host import ConversationPort, FileStore
 from gbmedia.bots.limits import Limits
 from gbmedia.bots.providers import InstanceProviders
 from gbmedia.bots.sharing import ShareLinks
@@ -38,6 +39,14 @@ class Runner:
     run_tokens: RunTokens | None = None  # getCustomToken's tokens (None: a runner without the node's secret key)
     links: ShareLinks | None = None  # SHARE FOLDER's signer
     office_binary: str = "soffice"  # CONVERT's LibreOffice
+
+    file_store: Callable[[str], FileStore] | None = None  # an instance id -> its files; None: the data directory
+
+    def files_for(self, instance_id: str) -> FileStore:
+        """An instance's bot files: in the node's data directory, or in S3 (GBMEDIA_BOT_FILES_STORAGE)."""
+        if self.file_store is not None:
+            return self.file_store(instance_id)
+        return InstanceFiles(self.data_dir, instance_id)
 
     async def instance(self, instance_id: uuid.UUID) -> Instance:
         return await self.instances.get(instance_id)
@@ -61,7 +70,7 @@ class Runner:
             dialog=dialog,
             port=port,
             tables=PgTables(self.pool, str(instance.id)),
-            files=InstanceFiles(self.data_dir, str(instance.id)),
+            files=self.files_for(str(instance.id)),
             http=http,
             config=instance.config,
             locale=instance.locale or "en",

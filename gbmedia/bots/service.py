@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import asyncpg
 
 from gbmedia.bots.dialogs import Dialogs
 from gbmedia.bots.engine import DialogEngine
+from gbmedia.bots.host import FileStore
 from gbmedia.bots.limits import Limits
 from gbmedia.bots.runner import Runner
 from gbmedia.bots.scheduler import Scheduler
@@ -34,6 +36,7 @@ class Bots:
         limits: Limits,
         links: ShareLinks | None = None,
         office_binary: str = "soffice",
+        file_store: Callable[[str], FileStore] | None = None,
     ) -> Bots:
         dialogs = Dialogs(pool)
         runner = Runner(
@@ -45,6 +48,7 @@ class Bots:
             RunTokens(instances.secrets),
             links=links,
             office_binary=office_binary,
+            file_store=file_store,
         )
         return cls(dialogs, DialogEngine(pool, chat, runner), Scheduler(pool, runner))
 

@@ -16,7 +16,7 @@ import asyncio
 import datetime as dt
 import mimetypes
 import uuid
-from pathlib import Path
+from pathlib import PurePosixPath
 from typing import Any
 from urllib.parse import quote
 
@@ -24,6 +24,7 @@ from aiohttp import web
 
 from gbmedia.bots.errors import Fault
 from gbmedia.bots.files import InstanceFiles
+from gbmedia.bots.host import FileStore
 from gbmedia.bots.service import Bots
 from gbmedia.bots.sharing import ROUTE, Grant
 from gbmedia.errors import ApiError
@@ -32,7 +33,7 @@ from gbmedia.http.responses import json_response
 SHARED_BOTS: web.AppKey[Bots] = web.AppKey("shared_bots", Bots)
 
 
-async def _grant(request: web.Request) -> tuple[Grant, InstanceFiles]:
+async def _grant(request: web.Request) -> tuple[Grant, FileStore]:
     runner = request.app[SHARED_BOTS].engine.runner
     if runner.links is None:  # pragma: no cover - a node always signs links
         raise ApiError(403, "share_link_invalid", "this node serves no share links")
@@ -43,17 +44,21 @@ async def _grant(request: web.Request) -> tuple[Grant, InstanceFiles]:
         instance = None
     if instance is None or instance.status != "active":
         raise ApiError(403, "share_link_invalid", "the instance that shared this folder is not active")
-    return grant, InstanceFiles(runner.data_dir, grant.instance_id)
+    return grant, runner.files_for(grant.instance_id)
 
 
 def _not_found(path: str) -> ApiError:
     return ApiError(404, "shared_file_not_found", f"no file {path} in this shared folder")
 
 
-async def _listing(request: web.Request, grant: Grant, files: InstanceFiles, below: str) -> web.Response:
+async def _listing(request: web.Request, grant: Grant, files: FileStore, below: str) -> web.Response:
     folder = f"{grant.folder}/{below}" if below else grant.folder
     entries: list[dict[str, Any]] = []
-    for entry in await files.listing(folder):
+    try:
+        listed = await files.listing(folder)
+    except Fault:  # the folder was deleted after it was shared
+        raise _not_found(below or ".") from None
+    for entry in listed:
         inside = f"{below}/{entry['name']}" if below else entry["name"]
         entries.append({**entry, "path": inside, "url": f"{ROUTE}{request.match_info['token']}/{quote(inside)}"})
     expires = dt.datetime.fromtimestamp(grant.expires, dt.UTC)
@@ -68,24 +73,24 @@ async def shared_folder(request: web.Request) -> web.Response:
 async def shared_file(request: web.Request) -> web.StreamResponse:
     grant, files = await _grant(request)
     below = request.match_info["path"].strip("/")
-
-    def locate() -> tuple[Path, bool]:
-        root = files.path(grant.folder)
-        path = files.path(f"{grant.folder}/{below}")
-        if not path.is_relative_to(root) or not path.exists():
-            raise Fault("outside")
-        return path, path.is_dir()
-
     try:
-        path, is_folder = await asyncio.to_thread(locate)
+        kind = await files.kind(f"{grant.folder}/{below}")  # clean_name: no "..", so never outside the folder
     except Fault:
-        raise _not_found(below) from None
-    if is_folder:
+        kind = None
+    if kind is None:
+        raise _not_found(below)
+    if kind == "folder":
         return await _listing(request, grant, files, below)
-    kind = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-    return web.FileResponse(
-        path, headers={"Content-Type": kind, "X-Content-Type-Options": "nosniff", "Content-Security-Policy": "sandbox"}
-    )
+    name = PurePosixPath(below).name
+    headers = {
+        "Content-Type": mimetypes.guess_type(name)[0] or "application/octet-stream",
+        "X-Content-Type-Options": "nosniff",
+        "Content-Security-Policy": "sandbox",
+    }
+    if isinstance(files, InstanceFiles):  # from disk, never read whole into memory
+        return web.FileResponse(await asyncio.to_thread(files.path, f"{grant.folder}/{below}"), headers=headers)
+    limit = request.app[SHARED_BOTS].engine.runner.limits.max_value_bytes  # what a bot may have written
+    return web.Response(body=await files.read(f"{grant.folder}/{below}", limit), headers=headers)
 
 
 def register(app: web.Application, bots: Bots) -> None:

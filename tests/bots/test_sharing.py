@@ -111,6 +111,9 @@ async def test_a_live_node_serves_the_shared_folder_only(node: Node, client: Tes
     unknown = runner.links.link(str(uuid.uuid4()), "reports", 60)
     assert await error_of(await client.get(unknown)) == (403, "share_link_invalid")
 
+    gone = runner.links.link(tenant.instance_id, "removed", 60)
+    assert await error_of(await client.get(gone)) == (404, "shared_file_not_found")
+
     resp = await client.patch(f"/api/v1/instances/{tenant.instance_id}", json={"status": "suspended"}, headers=OPERATOR)
     assert resp.status == 200, await resp.text()
     assert await error_of(await client.get(link)) == (403, "share_link_invalid")

@@ -1192,6 +1192,8 @@ async def test_real_answers_conform_to_the_documented_responses(client: TestClie
     shared = await call("GET", "/shared/{token}", 200, token=token)
     assert [f["name"] for f in shared["files"]] == ["a.bin", "sub"]
     await call("GET", "/shared/{token}", 403, token=forged)
+    removed = runner.links.link(iid, "removed", 60).rsplit("/", 1)[1]
+    await call("GET", "/shared/{token}", 404, token=removed)
     assert await call("GET", "/shared/{token}/{path}", 200, token=token, path="a.bin") == "hi"
     await call("GET", "/shared/{token}/{path}", 403, token=expired, path="a.bin")
     await call("GET", "/shared/{token}/{path}", 404, token=token, path="none.bin")
