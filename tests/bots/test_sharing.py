@@ -13,9 +13,10 @@ from gbmedia.bots.compiler import load
 from gbmedia.bots.context import Context
 from gbmedia.bots.host import MemoryPort
 from gbmedia.bots.machine import converse
-from gbmedia.bots.sharing import ROUTE, Grant, ShareLinks
+from gbmedia.bots.sharing import PURPOSE, ROUTE, Grant, ShareLinks
 from gbmedia.errors import ApiError
 from gbmedia.node import Node
+from gbmedia.tenancy.secrets import SecretBox
 from tests.bots.helpers import talk_with
 from tests.helpers import OPERATOR, create_tenant
 
@@ -114,22 +115,15 @@ async def test_a_live_node_serves_the_shared_folder_only(node: Node, client: Tes
     gone = runner.links.link(tenant.instance_id, "removed", 60)
     assert await error_of(await client.get(gone)) == (404, "shared_file_not_found")
 
+    # The key is derived from the node's secret key: another key's links are forged ones.
+    same = ShareLinks(SecretBox.for_node(node.settings.secret_key, node.settings.data_dir).derive(PURPOSE))
+    assert same.check(token).folder == "reports"
+    with pytest.raises(ApiError):
+        ShareLinks(SecretBox.for_node(None, node.settings.data_dir / "other").derive(PURPOSE)).check(token)
+
     resp = await client.patch(f"/api/v1/instances/{tenant.instance_id}", json={"status": "suspended"}, headers=OPERATOR)
     assert resp.status == 200, await resp.text()
     assert await error_of(await client.get(link)) == (403, "share_link_invalid")
-
-
-async def test_the_node_signs_with_a_key_derived_from_its_secret_key(node: Node):
-    links = node.bots.engine.runner.links
-    assert links is not None
-    token = links.link("i", "f", 60).rsplit("/", 1)[1]
-    from gbmedia.bots.sharing import PURPOSE
-    from gbmedia.tenancy.secrets import SecretBox
-
-    same = ShareLinks(SecretBox.for_node(node.settings.secret_key, node.settings.data_dir).derive(PURPOSE))
-    assert same.check(token).folder == "f"
-    with pytest.raises(ApiError):
-        ShareLinks(SecretBox.for_node(None, node.settings.data_dir / "other").derive(PURPOSE)).check(token)
 
 
 def test_context_default_has_no_links():
