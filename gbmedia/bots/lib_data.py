@@ -116,12 +116,12 @@ def coerce(field: dict[str, Any], value: Any, table: str, language: str) -> Any:
                 raise Fault(f"field {name} of table {table} holds at most {field['size']} characters")
             return text
         if kind == "integer":
-            number = to_number(value, "a whole number")
+            number = to_number(value, f"a whole number (field {name} of table {table})")
             if number != int(number):
                 raise Fault(f"field {name} of table {table} takes a whole number, not {value}")
             return int(number)
         if kind in ("number", "double"):
-            return to_number(value)
+            return to_number(value, f"a number (field {name} of table {table})")
         if kind == "date":
             return iso(parse_date(value, language))
         if kind == "boolean":

@@ -13,13 +13,21 @@ from typing import Any
 
 from gbmedia.bots.context import Context
 from gbmedia.bots.errors import Fault
-from gbmedia.bots.providers import ProviderNotConfigured
+from gbmedia.bots.providers import Provider, ProviderNotConfigured
 from gbmedia.bots.registry import REGISTRY
 from gbmedia.bots.values import to_number, to_text
 
 builtin = REGISTRY.builtin
 
 MAX_IMAGE_BYTES = 10 * 1024 * 1024
+
+
+async def configured(ctx: Context, service: str) -> Provider:
+    """The instance's provider for ``service``, before any work is done for it; or ``provider_not_configured``."""
+    provider = None if ctx.providers is None else await ctx.providers.get(service)
+    if provider is None:
+        raise ProviderNotConfigured(service)
+    return provider
 
 
 async def provide(ctx: Context, service: str, action: str, arguments: dict[str, Any]) -> Any:
@@ -98,6 +106,7 @@ async def get_stock(ctx: Context, symbol: Any) -> Any:
 @builtin("seeCaption", "file", group="files")
 async def see_caption(ctx: Context, file: Any) -> Any:
     """A caption of an image of the instance's files (what it shows): the vision provider."""
+    await configured(ctx, "vision")
     image = await _image(ctx, file)
     return await provide(ctx, "vision", "caption", {"image": base64.b64encode(image).decode(), "name": to_text(file)})
 
@@ -105,12 +114,10 @@ async def see_caption(ctx: Context, file: Any) -> Any:
 @builtin("getOCR", "file, language?", group="files", aliases=("seeText",))
 async def get_ocr(ctx: Context, file: Any, language: Any = None) -> Any:
     """The text in an image of the instance's files: Tesseract where installed, or the instance's ocr provider."""
+    provider = await configured(ctx, "ocr")
     image = await _image(ctx, file)
-    if ctx.providers is None:
-        raise ProviderNotConfigured("ocr")
-    provider = await ctx.providers.get("ocr")
     lang = to_text(language) or None
-    if provider is not None and provider.kind == "webhook":
+    if provider.kind == "webhook":
         arguments: dict[str, Any] = {"image": base64.b64encode(image).decode(), "name": to_text(file), "language": lang}
     else:
         arguments = {"image": image, "language": lang}

@@ -119,8 +119,13 @@ async def execute_sql(ctx: Context, data: Any, sql: Any) -> list[dict[str, Any]]
     """Run a reading SQL statement (SQLite's) over a list of objects, the table ``data``: the rows it selects.
 
     Never the server's database: the list goes into an in-memory database of its own,
-    where nothing can be written; ``SELECT name FROM data WHERE age > 30`` (or ``FROM ?``).
+    where nothing can be written; ``SELECT name FROM data WHERE age > 30`` (or ``FROM ?``). One object
+    (what FIND gives when one row matches) is a list of one, nothing (FIND found none) an empty list.
     """
+    if data is None:
+        data = []
+    if isinstance(data, dict):
+        data = [data]
     if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
         raise Fault(f"executeSQL runs over a list of objects, not {kind_of(data)}")
     ctx.budget.check_value(data)

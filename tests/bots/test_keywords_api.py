@@ -38,6 +38,7 @@ CASES: list[tuple[str, str, dict[str, Any], Check]] = [
         [{"name": "Ana"}],
     ),
     ("system", "executeSQL", {"data": [{"n": 2}, {"n": 3}], "sql": "SELECT sum(n) AS total FROM ?"}, [{"total": 5}]),
+    ("system", "executeSQL", {"data": {"n": 1}, "sql": "SELECT n * 2 AS twice FROM data"}, [{"twice": 2}]),
     ("system", "getRandomId", {"length": 6}, lambda v: re.fullmatch(r"[A-HJ-NP-Z2-9]{6}", v)),
     ("system", "generatePassword", {"length": 16}, lambda v: isinstance(v, str) and len(v) == 16),
     ("system", "isValidDate", {"text": "2026-02-30"}, False),
@@ -257,3 +258,67 @@ async def test_a_run_token_acts_on_its_own_conversation_and_user(client: TestCli
     # A forged or altered token is refused.
     resp = await client.post("/api/v1/keywords/dialog/userName", json={}, headers=bearer(token[:-4] + "AAAA"))
     assert (resp.status, (await resp.json())["error"]["code"]) == (401, "run_token_invalid")
+
+
+# The note's names no built-in serves yet: the file store's and images' (kwfiles), the web's (bots), and
+# the old platform's internals with no meaning here. A helper adding one takes it off this list.
+NOT_YET = {
+    ("system", "callVM"),
+    ("system", "renderTable"),
+    ("system", "closeHandles"),
+    ("system", "asPDF"),
+    ("system", "asImage"),
+    ("system", "getFileContents"),
+    ("system", "internalGetDocument"),
+    ("system", "uploadFile"),
+    ("system", "shareFolder"),
+    ("system", "internalCreateDocument"),
+    ("system", "createDocument"),
+    ("system", "convert"),
+    ("system", "screenCapture"),
+    ("system", "autoSave"),
+    ("system", "internalAutoSave"),
+    ("system", "deleteFile"),
+    ("system", "dirFolder"),
+    ("dialog", "chart"),
+    ("dialog", "getQRCode"),
+    *(
+        ("web", n)
+        for n in (
+            "isSelector",
+            "cyrb53",
+            "closeHandles",
+            "openPage",
+            "getPageByHandle",
+            "getBySelector",
+            "getByFrame",
+            "hover",
+            "click",
+            "pressKey",
+            "linkByText",
+            "clickButton",
+            "screenshot",
+            "setElementText",
+            "download",
+            "getTextOf",
+        )
+    ),
+    ("image", "sharpen"),
+    ("image", "blur"),
+    ("image", "mergeImage"),
+}
+
+
+async def test_every_name_of_the_note_is_served_but_those_not_built_yet(client: TestClient, tenant: Tenant):
+    assert set(keywords.missing()) <= NOT_YET
+    assert sum(len(names) for names in keywords.GROUPS.values()) == 63 + 41 + 16 + 3  # the note, name for name
+    answered = 0
+    for group, names in keywords.GROUPS.items():
+        for name in names:
+            resp = await client.post(f"/api/v1/keywords/{group}/{name}", json={}, headers=tenant.admin)
+            if (group, name) in keywords.missing():
+                assert resp.status == 404, name
+                continue
+            assert resp.status in (200, 400, 409), (name, resp.status, await resp.text())
+            answered += 1
+    assert answered == 123 - len(keywords.missing())

@@ -25,6 +25,7 @@ import gbmedia
 import gbmedia.http
 from gbmedia.app import NODE
 from gbmedia.bots import api as bots_api
+from gbmedia.bots import providers_api
 from gbmedia.bots.files import InstanceFiles
 from gbmedia.bots.media import api as media_bots_api
 from gbmedia.messaging import api as messaging_api
@@ -78,6 +79,7 @@ REQUEST_MODELS: dict[str, tuple[type[BaseModel], bool]] = {  # operationId: (mod
     "postReceipt": (messaging_api.ReceiptUpdate, False),
     "putDialog": (bots_api.DialogPut, False),
     "joinBotConversation": (bots_api.BotJoin, False),
+    "putBotProvider": (providers_api.ProviderPut, False),
     "startRecording": (recording_api.RecordingStart, False),
     "startMediaBot": (media_bots_api.MediaBotStart, False),
     "createWebhook": (webhooks_api.WebhookCreate, False),
@@ -128,13 +130,15 @@ REST_SOURCES = (
     "bots/dialogs.py",
     "bots/shared_api.py",
     "bots/sharing.py",
+    "bots/keywords_api.py",
+    "bots/providers_api.py",
     "signaling/whip.py",
     "signaling/relay.py",
     "signaling/cascade.py",
     "bots/media/*.py",
 )
 # Bearer-authenticated paths outside /api/ (standard WHIP/WHEP URLs); their CORS preflights need no credentials.
-TOKEN_PATHS = ("/whip/", "/whep/")
+TOKEN_PATHS = ("/whip/", "/whep/", "/systemKeywords/", "/dialogKeywords/", "/imageProcessing/", "/webAutomation/")
 
 
 # --- a tiny JSON Schema ------------------------------------------------------------
@@ -422,7 +426,11 @@ def test_request_bodies_mirror_the_pydantic_models(operation_id: str):
         for _, _, op in operations()
         if "requestBody" in op and "application/json" in op["requestBody"]["content"]
     }
-    assert with_bodies == set(REQUEST_MODELS)
+    # The keyword API's bodies are each keyword's arguments, made from the registry (x-keywords):
+    # tests/bots/test_keywords_doc.py checks them.
+    keyword_calls = {op for op in with_bodies if op.startswith("callKeyword")}
+    assert len(keyword_calls) == 5
+    assert with_bodies - keyword_calls == set(REQUEST_MODELS)
 
 
 @pytest.mark.parametrize("name", sorted(RESPONSE_DATACLASSES))
@@ -894,6 +902,47 @@ class Caller:
         return body
 
 
+async def _keyword_calls(call: Caller, admin: dict[str, str], iid: str, participant: dict[str, str]) -> None:
+    """The keyword API and the instance's providers (tests/bots/test_keywords_api.py and test_providers.py say more)."""
+    kw = "/api/v1/keywords/{group}/{name}"
+    answer = await call("POST", kw, 200, headers=admin, group="system", name="numberOnly", json={"text": "a1b2"})
+    assert answer == {"group": "system", "keyword": "numberOnly", "result": "12"}
+    await call("POST", kw, 200, headers=OPERATOR, group="dialog", name="getNow", query={"instance_id": iid}, json={})
+    await call("POST", kw, 400, headers=admin, group="system", name="numberOnly", json={})
+    await call("POST", kw, 400, headers=OPERATOR, group="system", name="numberOnly", json={"text": "1"})
+    await call("POST", kw, 403, headers=participant, group="system", name="numberOnly", json={"text": "1"})
+    await call("POST", kw, 404, headers=admin, group="system", name="nope", json={})
+    await call("POST", kw, 409, headers=admin, group="dialog", name="talk", json={"text": ["hi"]})
+    await call("POST", kw, 409, headers=admin, group="system", name="sendSmsTo", json={"to": "1", "text": "x"})
+    await call("POST", kw, 401, group="system", name="numberOnly", json={"text": "1"})
+    for old, name in (
+        ("/systemKeywords/{name}", "numberToLetters"),
+        ("/dialogKeywords/{name}", "getCoded"),
+        ("/imageProcessing/{name}", "nope"),
+        ("/webAutomation/{name}", "nope"),
+    ):
+        status = 404 if name == "nope" else 200
+        body = {"number": 1, "pid": 3} if name == "numberToLetters" else {"text": "x"}
+        await call("POST", old, status, headers=admin, name=name, json=body if status == 200 else None)
+    await call("POST", "/systemKeywords/{name}", 401, name="numberOnly", json={"text": "1"})
+    providers = "/api/v1/bots/providers"
+    one = providers + "/{service}"
+    hook = {"kind": "webhook", "settings": {"url": "https://hooks.example.invalid/sms"}, "secret": "s3cret"}
+    made = await call("PUT", one, 201, headers=admin, service="sms", json=hook)
+    assert made["has_secret"] and "secret" not in made
+    await call("PUT", one, 200, headers=admin, service="sms", json={**hook, "secret": None})
+    await call("PUT", one, 400, headers=admin, service="sms", json={"kind": "smtp"})
+    await call("PUT", one, 404, headers=admin, service="fax", json=hook)
+    await call("PUT", one, 403, headers=participant, service="sms", json=hook)
+    listed = await call("GET", providers, 200, headers=admin)
+    assert [p["service"] for p in listed["providers"]] == ["sms"]
+    await call("GET", providers, 400, headers=OPERATOR)
+    await call("GET", providers, 404, headers=OPERATOR, query={"instance_id": str(uuid.uuid4())})
+    await call("DELETE", one, 204, headers=admin, service="sms")
+    await call("DELETE", one, 404, headers=admin, service="sms")
+    await call("DELETE", one, 400, headers=OPERATOR, service="sms")
+
+
 async def test_real_answers_conform_to_the_documented_responses(client: TestClient):
     call = Caller(client)
     await call("GET", "/healthz", 200)
@@ -1081,6 +1130,7 @@ async def test_real_answers_conform_to_the_documented_responses(client: TestClie
     await _chat_calls(call, tenant)
     await _live_calls(call, tenant)
     await _webhook_calls(call, admin, iid)
+    await _keyword_calls(call, admin, iid, bearer(participant["token"]))
     creator = await call(
         "POST",
         "/api/v1/instances/{instance_id}/tokens",

@@ -172,6 +172,17 @@ def matrix(
             f"/api/v1/bots/runs/{bot_run or uuid.uuid4()}?instance_id={inst}",
             None,
         ),
+        # The keyword API (a keyword reading the instance's people) and the instance's providers.
+        ("POST", "/api/v1/keywords/{group}/{name}"): (
+            f"/api/v1/keywords/system/getUser?instance_id={inst}",
+            {"name": "alice"},
+        ),
+        ("GET", "/api/v1/bots/providers"): (f"/api/v1/bots/providers?instance_id={inst}", None),
+        ("PUT", "/api/v1/bots/providers/{service}"): (
+            f"/api/v1/bots/providers/sms?instance_id={inst}",
+            {"kind": "webhook", "settings": {"url": "https://hooks.example.invalid/sms"}, "secret": "s3cret"},
+        ),
+        ("DELETE", "/api/v1/bots/providers/{service}"): (f"/api/v1/bots/providers/sms?instance_id={inst}", None),
         # Recordings: start and list on a room nobody records; read, stop, download one that records alice.
         ("POST", "/api/v1/rooms/{room_id}/recordings"): (f"/api/v1/rooms/{quiet}/recordings", {"kinds": ["tracks"]}),
         ("GET", "/api/v1/rooms/{room_id}/recordings"): (f"/api/v1/rooms/{quiet}/recordings", None),

@@ -95,6 +95,10 @@ ALLOWED: dict[tuple[str, str], frozenset[str]] = {
     ("GET", "/api/v1/bots/runs"): ADMINS,
     ("POST", "/api/v1/bots/conversations"): ADMINS,  # a bot in alice and bob's conversation
     ("DELETE", "/api/v1/bots/runs/{run_id}"): ADMINS,
+    ("POST", "/api/v1/keywords/{group}/{name}"): ADMINS,  # (and a dialog run's token: tests/bots/test_keywords_api.py)
+    ("GET", "/api/v1/bots/providers"): ADMINS,
+    ("PUT", "/api/v1/bots/providers/{service}"): ADMINS,
+    ("DELETE", "/api/v1/bots/providers/{service}"): ADMINS,
     ("POST", "/api/v1/rooms/{room_id}/recordings"): frozenset({ADMIN, OTHER_MODERATOR}),  # on ``quiet``
     ("GET", "/api/v1/rooms/{room_id}/recordings"): frozenset({ADMIN, OTHER_MODERATOR}),  # on ``quiet``
     ("GET", "/api/v1/recordings/{recording_id}"): MODERATORS,  # ``standup``'s
