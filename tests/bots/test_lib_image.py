@@ -14,6 +14,7 @@ from PIL import Image
 from gbmedia.bots.context import Context
 from gbmedia.bots.files import InstanceFiles
 from gbmedia.bots.limits import Limits
+from gbmedia.bots.parser import parse
 from gbmedia.bots.registry import REGISTRY
 from tests.bots.helpers import said, talk_with
 
@@ -147,3 +148,25 @@ async def test_the_keyword_api_gives_what_basic_gives(files: InstanceFiles):
     await said('SHARPEN "edge.png", "basic.png"', files=files)
     assert np.array_equal(get(files, "api.png"), get(files, "basic.png"))
     assert REGISTRY.get("mergeImage").group == REGISTRY.get("blur").group == "images"
+
+
+@pytest.mark.parametrize(
+    ("source", "name"),
+    [
+        ('MERGE IMAGE "a.png", "b.png"', "mergeImage"),
+        ('x = MERGE IMAGE "a.png", "b.png"', "mergeImage"),
+        ('MERGE image WITH rows BY "id"', "merge"),  # a table named image: the data MERGE, as before
+        ('x = MERGE image WITH rows BY "id"', "merge"),
+        ('SHARPEN "a.png"', "sharpen"),
+        ('BLUR "a.png", 3', "blur"),
+        ("x = data AS PDF", "asPDF"),
+        ("x = data AS IMAGE", "asImage"),
+        ('SHARE FOLDER "r", 5', "shareFolder"),
+        ('CONVERT "a.docx"', "convert"),
+        ('CHART "bar", v, "a, b"', "chart"),
+    ],
+)
+def test_the_statements_call_their_keywords(source: str, name: str):
+    (stmt,) = parse(source).body
+    called = stmt.value if hasattr(stmt, "value") else stmt
+    assert called.name == name, called

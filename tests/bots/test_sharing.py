@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import time
 import uuid
 from typing import Any
@@ -12,11 +14,13 @@ from aiohttp.test_utils import TestClient
 from gbmedia.bots.compiler import load
 from gbmedia.bots.context import Context
 from gbmedia.bots.host import MemoryPort
+from gbmedia.bots.library import REGISTRY
 from gbmedia.bots.machine import converse
 from gbmedia.bots.sharing import PURPOSE, ROUTE, Grant, ShareLinks
 from gbmedia.errors import ApiError
 from gbmedia.node import Node
 from gbmedia.tenancy.secrets import SecretBox
+from tests.bots.chat import Person, bot_conversation, upload
 from tests.bots.helpers import talk_with
 from tests.helpers import OPERATOR, create_tenant
 
@@ -114,6 +118,16 @@ async def test_a_live_node_serves_the_shared_folder_only(node: Node, client: Tes
 
     gone = runner.links.link(tenant.instance_id, "removed", 60)
     assert await error_of(await client.get(gone)) == (404, "shared_file_not_found")
+
+    # The same node's chat: HEAR AS QRCODE takes a picture sent as a message (its JSON) or a file's name.
+    await upload(client, tenant, "ticket", "HEAR code AS QRCODE\nTALK code")
+    await REGISTRY.call("getQRCode", runner.context(instance, "t", MemoryPort()), ["TICKET-9", "reports/qr.png"])
+    picture = base64.b64encode(await runner.files_for(tenant.instance_id).read("reports/qr.png", 10**6)).decode()
+    alice = Person(client, node, tenant, "alice", await bot_conversation(client, tenant))
+    assert await alice.say("ticket") == []
+    assert await alice.say("TICKET-9") == ["Please send a picture of a QR code."]
+    assert await alice.say(json.dumps({"name": "qr.png", "data": picture})) == ["TICKET-9"]
+    assert await alice.say("ticket") == [] and await alice.say("reports/qr.png") == ["TICKET-9"]
 
     # The key is derived from the node's secret key: another key's links are forged ones.
     same = ShareLinks(SecretBox.for_node(node.settings.secret_key, node.settings.data_dir).derive(PURPOSE))
