@@ -62,23 +62,28 @@ OLD_PREFIXES = {
     "webAutomation": "web",
 }
 
-# The note's names for built-ins BASIC already had under another name.
+# The note's names for built-ins BASIC had under another name: the note's becomes the canonical one
+# (what the registry describes and errors say), BASIC's stays an alias (and the statement tables' name).
+RENAMES: dict[str, str] = {
+    "userOf": "getUser",
+    "sendSms": "sendSmsTo",
+    "sendMail": "sendEmail",
+    "setParam": "setUserParam",
+    "toList": "getToLst",
+    "today": "getToday",
+    "now": "getNow",
+    "hour": "getHourFromDate",
+    "dateDiff": "getDateDiff",
+    "isNumber": "isValidNumber",
+    "base64": "getCoded",
+    "postHttp": "postByHttp",
+    "putHttp": "putByHttp",
+}
+# More note names for a built-in that has its note name already.
 ALIASES: dict[str, tuple[str, ...]] = {
-    "userOf": ("getUser",),
-    "sendSms": ("sendSmsTo",),
-    "sendMail": ("sendEmail",),
-    "setParam": ("setUserParam",),
-    "toList": ("getToLst",),
-    "today": ("getToday",),
-    "now": ("getNow",),
-    "hour": ("getHourFromDate",),
-    "dateDiff": ("getDateDiff",),
     "getHttp": ("getByHttp",),
-    "postHttp": ("postByHttp",),
-    "putHttp": ("putByHttp",),
     "save": ("saveToStorage", "saveToStorageWithJSON"),
     "log": ("note",),
-    "base64": ("getCoded",),
 }
 
 # Statements of the dialog's own flow: no built-in runs them, a dialog does.
@@ -105,6 +110,10 @@ NEEDS_RUN = {"talk", "userName", "userMobile", "setUserParam", "sendFile", "getC
 
 
 def register_aliases() -> None:
+    """Give BASIC's built-ins the note's names (once: the registry is the process's)."""
+    for old, new in RENAMES.items():
+        if old in REGISTRY.entries:
+            REGISTRY.rename(old, new)
     for name, aliases in ALIASES.items():
         if name in REGISTRY.entries:
             REGISTRY.alias(name, *(a for a in aliases if REGISTRY.get(a) is None))

@@ -395,7 +395,8 @@ class Run:
                 raise Fault(f"unknown instruction {kind.__name__}")
 
     async def _keyword(self, ins: IKeyword) -> None:
-        builtin = REGISTRY.entries[ins.name]
+        builtin = REGISTRY.get(ins.name)  # a statement's name may be an alias (SEND MAIL: sendMail, now sendEmail)
+        assert builtin is not None, ins.name
         args = [await self._value(a) for a in ins.args]
         result = builtin.fn(self.ctx, *args)
         if builtin.is_async:

@@ -119,7 +119,7 @@ def test_sort_and_append_change_their_variable_in_place():
         ('x = DELETE "t", "a=1"', "delete", 2),
         ('x = FORMAT d, "dd/MM/yyyy"', "format", 2),
         ('x = DATEADD d, "day", 3', "dateAdd", 3),
-        ('x = DATEDIFF a, b, "day"', "dateDiff", 3),
+        ('x = DATEDIFF a, b, "day"', "getDateDiff", 3),  # the keyword API's name (docs/keywords.md)
         ('x = FORMAT(d, "dd")', "FORMAT", 2),
         ("x = UBOUND(list)", "UBOUND", 1),
         ('x = MID("abc", 2, 1)', "MID", 3),

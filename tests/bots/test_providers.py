@@ -154,6 +154,13 @@ async def test_the_webhook_provider_signs_its_request_and_its_answer_is_the_keyw
         await allow_local(client, tenant)
         for service in ("stocks", "sms"):
             await put_provider(client, tenant, service, {"kind": "webhook", "settings": {"url": url}, "secret": SECRET})
+        # The signing key is stored encrypted (the node's Fernet key), never as it was given.
+        stored = await client.app[NODE].db.pool.fetchval(
+            "SELECT secret_encrypted FROM bot_providers WHERE instance_id = $1 AND service = 'stocks'",
+            uuid.UUID(tenant.instance_id),
+        )
+        assert SECRET.encode() not in bytes(stored)
+        assert client.app[NODE].tenancy.instances.secrets.decrypt(stored) == SECRET
         quote = await call(client, tenant, "system", "getStock", {"symbol": "petr4"})
         assert quote["result"] == {"symbol": "PETR4", "price": 42.5}
         outcome, _ = await run_dialog(
