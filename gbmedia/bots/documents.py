@@ -176,11 +176,5 @@ def qr_png(text: str) -> bytes:
 
 def qr_decode(picture: np.ndarray) -> str | None:
     """The text of the QR code in a picture, or None when none is found or read."""
-    detector = cv2.QRCodeDetector()
-    for candidate in (picture, cv2.cvtColor(picture, cv2.COLOR_BGR2GRAY)):
-        text, points, _ = detector.detectAndDecode(candidate)
-        if text:
-            return str(text)
-        if points is None:
-            break
-    return None
+    text, _, _ = cv2.QRCodeDetector().detectAndDecode(cv2.cvtColor(picture, cv2.COLOR_BGR2GRAY))
+    return str(text) if text else None

@@ -34,9 +34,9 @@ def target_name(target: Any, folder: str, extension: str) -> str:
     return name if PurePosixPath(name).suffix else name + extension
 
 
-async def _made(ctx: Context, name: str, work: Any, *args: Any) -> str:
-    ctx.budget.check_value(args[0] if args else None)
-    return await store(ctx, name, await asyncio.to_thread(work, *args))
+async def _made(ctx: Context, name: str, work: Any, data: Any) -> str:
+    """``work(data)``'s bytes (a PDF, a PNG), made in a worker thread, stored as ``name``."""
+    return await store(ctx, name, await asyncio.to_thread(work, data))
 
 
 @builtin("asPDF", "data, target?", group="files", bare=True)
