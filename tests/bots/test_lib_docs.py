@@ -280,3 +280,18 @@ async def test_the_keyword_api_gives_what_basic_gives(files: InstanceFiles):
     assert await REGISTRY.call("getQRCode", ctx, ["same", "api.png"]) == "api.png"
     await said('x = GETQRCODE("same", "basic.png")', files=files)
     assert (files.root / "api.png").read_bytes() == (files.root / "basic.png").read_bytes()
+
+
+def test_a_qr_code_photographed_at_an_angle_is_read():
+    """A QR code as a camera sees it: turned, in perspective, on a grey background, with noise."""
+    code = cv2.imdecode(np.frombuffer(documents.qr_png("https://gb.example/t/42"), np.uint8), cv2.IMREAD_COLOR)
+    h, w = code.shape[:2]
+    corners = np.float32([[0, 0], [w, 0], [w, h], [0, h]])
+    seen = np.float32([[120, 90], [480, 140], [430, 500], [90, 430]])
+    photo = cv2.warpPerspective(
+        code, cv2.getPerspectiveTransform(corners, seen), (640, 600), borderValue=(120, 120, 120)
+    )
+    noise = np.random.default_rng(3).normal(0, 8, photo.shape)
+    photo = np.clip(photo.astype(float) + noise, 0, 255).astype(np.uint8)
+    assert documents.qr_decode(photo) == "https://gb.example/t/42"
+    assert documents.qr_decode(np.full((50, 50, 3), 200, np.uint8)) is None
