@@ -47,7 +47,6 @@ from gbmedia.tenancy.auth import principal_of
 from gbmedia.tenancy.gates import require_feature
 from gbmedia.tenancy.models import Principal
 
-KEYWORDS: web.AppKey[KeywordsApi] = web.AppKey("keywords", object)  # type: ignore[arg-type]
 OLD_ONLY_ARGUMENTS = {"pid"}  # the old platform's dialog id: every old call carried it
 
 
@@ -224,6 +223,9 @@ class KeywordsApi:
         await self.authenticate(request)
         prefix = request.path.strip("/").split("/", 1)[0]
         return await self.call(request, OLD_PREFIXES[prefix], request.match_info["name"], old_path=True)
+
+
+KEYWORDS: web.AppKey[KeywordsApi] = web.AppKey("keywords", KeywordsApi)
 
 
 def register(app: web.Application, api: KeywordsApi) -> None:
