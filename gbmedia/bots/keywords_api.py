@@ -193,6 +193,10 @@ class KeywordsApi:
             raise bad_request("keyword_failed", f"{canonical}: {exc}", **details) from None
         if ctx.goto is not None and principal.run is not None:  # gotoDialog: the run's user is in that dialog now
             result = await self.goto(principal, ctx.goto)
+        transferred = getattr(ctx.port, "transferred", None)
+        if transferred is not None and principal.run is not None and principal.run.conversation_id is not None:
+            assert principal.run.user is not None
+            await engine.transfer(instance_id, principal.run.conversation_id, principal.run.user, transferred[0])
         return json_response({"group": group, "keyword": canonical, "result": result})
 
     async def exit_run(self, principal: Principal) -> Any:
