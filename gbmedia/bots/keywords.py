@@ -103,10 +103,19 @@ DIALOG_ONLY = STATEMENTS | {
     "setHeader",
     "allowRole",
     "wait",
-    "transferTo",
 }
 DIALOG_ONLY -= {"exit"}  # with a run token, exit ends that run
-NEEDS_RUN = {"talk", "userName", "userMobile", "setUserParam", "sendFile", "getCustomToken", "gotoDialog", "exit"}
+NEEDS_RUN = {
+    "talk",
+    "userName",
+    "userMobile",
+    "setUserParam",
+    "sendFile",
+    "getCustomToken",
+    "gotoDialog",
+    "transferTo",
+    "exit",
+}
 
 
 def register_aliases() -> None:

@@ -184,13 +184,13 @@ async def test_every_keyword_names_its_missing_or_unknown_argument(client: TestC
 
 
 async def test_dialog_statements_and_run_keywords_refuse_an_instance_token(client: TestClient, tenant: Tenant):
-    for group, name in [("dialog", n) for n in ("hear", "setLanguage", "allowRole", "showMenu", "transferTo")] + [
+    for group, name in [("dialog", n) for n in ("hear", "setLanguage", "allowRole", "showMenu")] + [
         ("system", "wait"),
         ("system", "set"),
     ]:
         answer = await keyword(client, group, name, {}, tenant.admin, 409)
         assert answer["error"]["code"] == "keyword_dialog_only", name
-    for name in ("talk", "userName", "exit", "gotoDialog"):
+    for name in ("talk", "userName", "exit", "gotoDialog", "transferTo"):
         answer = await keyword(client, "dialog", name, {}, tenant.admin, 409)
         assert answer["error"]["code"] == "keyword_run_required", name
     answer = await keyword(client, "system", "getCustomToken", {}, tenant.admin, 409)
@@ -254,6 +254,15 @@ async def test_a_run_token_acts_on_its_own_conversation_and_user(client: TestCli
     assert moved["result"]["dialog"] == "other" and (await bot_said())[-1] == "in other"
     missing = await keyword(client, "dialog", "gotoDialog", {"dialog": "nowhere"}, run, 404)
     assert missing["error"]["code"] == "dialog_not_found"
+    # transferTo hands the conversation to a person, as TRANSFER TO in the dialog does.
+    assert (await keyword(client, "dialog", "transferTo", {"to": "agent"}, run))["result"] is None
+    handed = await client.app[NODE].db.pool.fetchrow(
+        "SELECT transferred_to, transferred_by FROM bot_conversations WHERE conversation_id = $1",
+        uuid.UUID(conversation),
+    )
+    assert (handed["transferred_to"], handed["transferred_by"]) == ("agent", "alice")
+    resp = await client.get(f"/api/v1/conversations/{conversation}", headers=tenant.admin)
+    assert "agent" in [m["identity"] for m in (await resp.json())["members"]]
     ended = await keyword(client, "dialog", "exit", {}, run)
     assert ended["result"]["status"] == "stopped"
     # A forged or altered token is refused.
