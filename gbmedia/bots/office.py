@@ -5,6 +5,12 @@ in a session of their own, and are killed with their whole process group at the 
 deadline: LibreOffice's ``soffice`` launcher starts ``soffice.bin`` as a child, which
 a plain kill would leave behind. Each conversion gets a fresh LibreOffice profile
 directory, so conversions in parallel never share (and lock) one.
+
+LibreOffice fetches what a document links to (an HTML page's ``<img src="http://...">``),
+which would let a dialog's file reach the node's private network. Where the system lets
+a process drop its network (``unshare -rn``: a user and network namespace of its own, no
+privileges needed), LibreOffice runs without one, so it fetches nothing; where it does
+not, LibreOffice runs as it is (docs/security.md says so).
 """
 
 from __future__ import annotations
@@ -54,6 +60,24 @@ async def _communicate(
     return out
 
 
+_isolation: list[str] | None = None
+
+
+async def isolation() -> list[str]:
+    """``["unshare", "-rn"]`` where that runs a process without a network here, else nothing (checked once)."""
+    global _isolation
+    if _isolation is None:
+        found = shutil.which("unshare")
+        works = False
+        if found is not None:
+            probe = await asyncio.create_subprocess_exec(
+                found, "-rn", "true", stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
+            )
+            works = await probe.wait() == 0
+        _isolation = [found, "-rn"] if found is not None and works else []
+    return _isolation
+
+
 async def convert_to_pdf(binary: str, name: str, data: bytes, seconds: float) -> bytes:
     """A document (``name`` says its format: .docx, .odt, .rtf, .txt, .html...) converted to PDF by LibreOffice."""
     found = shutil.which(binary)
@@ -64,6 +88,7 @@ async def convert_to_pdf(binary: str, name: str, data: bytes, seconds: float) ->
         source = work / (PurePosixPath(name).name or "document")
         await asyncio.to_thread(source.write_bytes, data)
         argv = [
+            *await isolation(),
             found,
             f"-env:UserInstallation={(work / 'profile').as_uri()}",
             "--headless",

@@ -17,9 +17,11 @@ import cv2
 import docx
 import numpy as np
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 from pypdf import PdfReader
 
-from gbmedia.bots import documents, templating
+from gbmedia.bots import documents, office, templating
 from gbmedia.bots.context import Context
 from gbmedia.bots.files import InstanceFiles
 from gbmedia.bots.limits import Limits
@@ -295,3 +297,24 @@ def test_a_qr_code_photographed_at_an_angle_is_read():
     photo = np.clip(photo.astype(float) + noise, 0, 255).astype(np.uint8)
     assert documents.qr_decode(photo) == "https://gb.example/t/42"
     assert documents.qr_decode(np.full((50, 50, 3), 200, np.uint8)) is None
+
+
+async def test_convert_fetches_nothing_a_document_links_to(files: InstanceFiles, soffice: str):
+    """An HTML page's picture on a local server: LibreOffice (which would fetch it) runs without a network."""
+    if not await office.isolation():
+        service_missing("unshare -rn is not permitted here: CONVERT cannot drop LibreOffice's network")
+    hits: list[str] = []
+
+    async def picture_handler(request: web.Request) -> web.Response:
+        hits.append(request.path)
+        return web.Response(status=404)
+
+    app = web.Application()
+    app.router.add_route("*", "/{name}", picture_handler)
+    async with TestServer(app, host="127.0.0.1") as server:
+        page = f'<html><body><p>Linked picture below</p><img src="http://127.0.0.1:{server.port}/x.png"></body></html>'
+        (files.root / "page.html").write_text(page)
+        outcome, port = await talk_with('TALK CONVERT("page.html")', files=files, limits=Limits(max_seconds=120))
+    assert outcome.status == "done", outcome.error
+    assert port.said == ["page.pdf"] and len(PdfReader(files.root / "page.pdf").pages) >= 1
+    assert hits == []  # without the namespace, LibreOffice asks for /x.png (OPTIONS, then GET twice)
