@@ -107,6 +107,9 @@ def options_of(values: list[Any]) -> list[str]:
     return options
 
 
+UPLOADS = "uploads/"  # where UPLOAD stores a file the user sent: the only files HEAR AS QRCODE reads by name
+
+
 @dataclass(frozen=True, slots=True)
 class Decoded:
     """What a QR code in the user's picture says (None: no code was found or read)."""
@@ -132,15 +135,17 @@ def _file_bytes(answer: Any) -> bytes | None:
 async def prepare(kind: str, answer: Any, ctx: Context) -> Any:
     """The answer as ``validate`` takes it: for QRCODE, the decoded QR code of the picture sent.
 
-    The picture is a sent file (as HEAR AS FILE gets one), or the name of a file among
-    the bot's files (one an earlier UPLOAD stored).
+    The picture is a sent file (as HEAR AS FILE gets one), or the name of one an earlier
+    UPLOAD stored under ``uploads/``: only there, so a user cannot have the bot read its
+    other files by naming them.
     """
     if kind != "QRCODE":
         return answer
     data = _file_bytes(answer)
-    if data is None and isinstance(answer, str) and answer.strip() and ctx.files is not None:
+    named = answer.strip() if isinstance(answer, str) else ""
+    if data is None and named.startswith(UPLOADS) and ctx.files is not None:
         try:
-            data = await ctx.files.read(answer.strip(), ctx.limits.max_value_bytes)
+            data = await ctx.files.read(named, ctx.limits.max_value_bytes)
         except Fault:
             data = None
     if data is None or len(data) > ctx.limits.max_value_bytes:

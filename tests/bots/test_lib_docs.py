@@ -152,8 +152,9 @@ async def test_qr_codes_are_made_and_read_back(files: InstanceFiles):
 
 
 async def test_hear_as_qrcode_decodes_the_picture_sent_and_re_asks_without_one(files: InstanceFiles):
-    await REGISTRY.call("getQRCode", Context(files=files), ["TICKET-7", "sent/qr.png"])
-    qr = base64.b64encode((files.root / "sent" / "qr.png").read_bytes()).decode()
+    await REGISTRY.call("getQRCode", Context(files=files), ["TICKET-7", "uploads/qr.png"])
+    await REGISTRY.call("getQRCode", Context(files=files), ["SECRET", "private/qr.png"])
+    qr = base64.b64encode((files.root / "uploads" / "qr.png").read_bytes()).decode()
     blank = base64.b64encode(cv2.imencode(".png", np.full((64, 64, 3), 255, np.uint8))[1].tobytes()).decode()
     answers: list[Any] = [
         "TICKET-7",  # typed text is not a picture
@@ -161,15 +162,16 @@ async def test_hear_as_qrcode_decodes_the_picture_sent_and_re_asks_without_one(f
         {"name": "doc.txt", "data": base64.b64encode(b"hello").decode()},  # not a picture
         {"name": "bad.png", "data": "%%%"},  # not Base64
         "{not json",
+        "private/qr.png",  # a file of the bot's that the user did not upload: not read
         {"name": "qr.png", "data": qr},
         '{"name": "qr.png", "data": "' + qr + '"}',  # the same file, as JSON text (a chat attachment's content)
-        "sent/qr.png",  # a file of the bot's, by name
+        "uploads/qr.png",  # one UPLOAD stored, by name
     ]
     source = "HEAR a AS QRCODE\nTALK a\nHEAR b AS QRCODE\nTALK b\nHEAR c AS QRCODE\nTALK c"
     outcome, port = await talk_with(source, answers, files=files)
     assert outcome.status == "done", outcome.error
-    assert port.said == ["Please send a picture of a QR code."] * 5 + ["TICKET-7"] * 3
-    outcome, port = await talk_with("HEAR a AS QRCODE", ["sent/qr.png"], locale="pt")
+    assert port.said == ["Please send a picture of a QR code."] * 6 + ["TICKET-7"] * 3
+    outcome, port = await talk_with("HEAR a AS QRCODE", ["uploads/qr.png"], locale="pt")
     assert port.said == ["Por favor, envie uma foto de um QR code."]  # no files: a name is no picture
 
 

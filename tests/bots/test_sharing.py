@@ -121,13 +121,13 @@ async def test_a_live_node_serves_the_shared_folder_only(node: Node, client: Tes
 
     # The same node's chat: HEAR AS QRCODE takes a picture sent as a message (its JSON) or a file's name.
     await upload(client, tenant, "ticket", "HEAR code AS QRCODE\nTALK code")
-    await REGISTRY.call("getQRCode", runner.context(instance, "t", MemoryPort()), ["TICKET-9", "reports/qr.png"])
-    picture = base64.b64encode(await runner.files_for(tenant.instance_id).read("reports/qr.png", 10**6)).decode()
+    await REGISTRY.call("getQRCode", runner.context(instance, "t", MemoryPort()), ["TICKET-9", "uploads/qr.png"])
+    picture = base64.b64encode(await runner.files_for(tenant.instance_id).read("uploads/qr.png", 10**6)).decode()
     alice = Person(client, node, tenant, "alice", await bot_conversation(client, tenant))
     assert await alice.say("ticket") == []
     assert await alice.say("TICKET-9") == ["Please send a picture of a QR code."]
     assert await alice.say(json.dumps({"name": "qr.png", "data": picture})) == ["TICKET-9"]
-    assert await alice.say("ticket") == [] and await alice.say("reports/qr.png") == ["TICKET-9"]
+    assert await alice.say("ticket") == [] and await alice.say("uploads/qr.png") == ["TICKET-9"]
 
     # The key is derived from the node's secret key: another key's links are forged ones.
     same = ShareLinks(SecretBox.for_node(node.settings.secret_key, node.settings.data_dir).derive(PURPOSE))
