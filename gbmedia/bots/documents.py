@@ -26,6 +26,7 @@ CHART_KINDS = ("bar", "line", "pie", "donut")
 CHART_SIZE = (800, 500)  # pixels
 MAX_CHART_POINTS = 500
 MAX_IMAGE_ROWS = 200  # a table drawn as a picture; a PDF table pages instead
+MAX_CELL = 500  # characters of one PDF table cell (more is cut, with "…"): a row must fit on a page
 QR_SCALE = 8  # pixels per module
 QR_QUIET = 4  # modules of white border, as the QR standard asks
 
@@ -74,11 +75,14 @@ def pdf(data: Any, title: str = "") -> bytes:
     if table is None:
         document.multi_cell(0, 5, to_text(data), new_x="LMARGIN", new_y="NEXT")
     else:
-        with document.table(first_row_as_headings=True, repeat_headings=1) as grid:
-            for row in [table.columns, *table.rows]:
-                cells = grid.row()
-                for value in row:
-                    cells.cell(value)
+        try:
+            with document.table(first_row_as_headings=True, repeat_headings=1) as grid:
+                for row in [table.columns, *table.rows]:
+                    cells = grid.row()
+                    for value in row:
+                        cells.cell(value if len(value) <= MAX_CELL else value[: MAX_CELL - 1] + "…")
+        except ValueError as exc:  # fpdf2: a row taller than a page (many wide columns of long text)
+            raise Fault(f"the table cannot be laid out on PDF pages: {exc}") from None
     return bytes(document.output())
 
 

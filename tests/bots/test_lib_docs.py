@@ -136,8 +136,12 @@ async def test_bad_chart_table_and_qr_arguments(files: InstanceFiles, source: st
     assert outcome.status == "failed" and message in outcome.error.message, outcome.error
 
 
-async def test_a_table_picture_has_a_bounded_number_of_rows(files: InstanceFiles):
+async def test_tables_are_bounded_pictures_and_pdf_pages(files: InstanceFiles):
     ctx = Context(files=files)
+    long = await REGISTRY.call("asPDF", ctx, [[{"note": "x" * 5000}]])  # a cell past 500 characters is cut
+    assert pdf_text(files, long).replace("\n", "").count("x") == 499
+    with pytest.raises(Exception, match="the table cannot be laid out on PDF pages"):
+        await REGISTRY.call("asPDF", ctx, [[{str(i): "y" * 499 for i in range(40)}]])
     with pytest.raises(Exception, match="at most 200 rows"):
         await REGISTRY.call("asImage", ctx, [[{"n": i} for i in range(201)]])
     name = await REGISTRY.call("asImage", ctx, [[]])  # no rows: a picture that says so
