@@ -152,10 +152,13 @@ def chart(kind: str, series: Series, title: str = "") -> bytes:
     figure = Figure(figsize=(CHART_SIZE[0] / 100, CHART_SIZE[1] / 100), dpi=100)
     axes = figure.add_subplot()
     colours = [PALETTE[i % len(PALETTE)] for i in range(len(series.values))]
-    if kind == "bar":
-        axes.bar(series.labels, series.values, color=colours)
-    elif kind == "line":
-        axes.plot(series.labels, series.values, color=PALETTE[0], marker="o")
+    positions = list(range(len(series.values)))  # by position: two equal labels are still two bars
+    if kind in ("bar", "line"):
+        if kind == "bar":
+            axes.bar(positions, series.values, color=colours)
+        else:
+            axes.plot(positions, series.values, color=PALETTE[0], marker="o")
+        axes.set_xticks(positions, series.labels)
     else:
         if any(v < 0 for v in series.values) or not any(series.values):
             raise Fault("a pie chart takes values that are not negative, and not all zero")

@@ -95,7 +95,7 @@ async def test_data_as_image_and_render_table(files: InstanceFiles):
 
 
 async def test_bar_and_pie_charts_have_their_size_and_colours(files: InstanceFiles):
-    source = 'v = NEW ARRAY\nAPPEND v, 1, 2, 4\nx = CHART "bar", v, "a, b, c"\nTALK x\nCHART "line", v\n'
+    source = 'v = NEW ARRAY\nAPPEND v, 1, 2, 4\nx = CHART "bar", v, "a, a, c"\nTALK x\nCHART "line", v\n'
     source += 'TALK CHART("pie", v, NEW ARRAY, "c/pie")'
     bar, pie = await said(source, files=files)
     assert bar.startswith("charts/") and pie == "c/pie.png"
@@ -110,7 +110,7 @@ async def test_bar_and_pie_charts_have_their_size_and_colours(files: InstanceFil
 
 
 async def test_a_chart_of_rows_labels_each_value(files: InstanceFiles):
-    rows = [{"month": "Jan", "sales": 3}, {"month": "Feb", "sales": 3}]
+    rows = [{"month": "Jan", "sales": 3}, {"month": "Jan", "sales": 3}]  # the same label twice: two wedges
     name = await REGISTRY.call("chart", Context(files=files), ["donut", rows])
     drawn = picture(files, name)
     halves = [colour_pixels(drawn, c) for c in documents.PALETTE[:2]]
