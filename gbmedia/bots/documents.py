@@ -26,6 +26,7 @@ CHART_KINDS = ("bar", "line", "pie", "donut")
 CHART_SIZE = (800, 500)  # pixels
 MAX_CHART_POINTS = 500
 MAX_IMAGE_ROWS = 200  # a table drawn as a picture; a PDF table pages instead
+MAX_PDF_ROWS = 2000  # fpdf2 lays out ~200-400 rows a second on one core: a bound on a thread nothing can stop
 MAX_CELL = 500  # characters of one PDF table cell (more is cut, with "…"): a row must fit on a page
 QR_SCALE = 8  # pixels per module
 QR_QUIET = 4  # modules of white border, as the QR standard asks
@@ -72,6 +73,8 @@ def pdf(data: Any, title: str = "") -> bytes:
         document.multi_cell(0, 10, title, new_x="LMARGIN", new_y="NEXT")
         document.set_font_size(10)
     table = table_of(data)
+    if table is not None and len(table.rows) > MAX_PDF_ROWS:
+        raise Fault(f"a PDF table holds at most {MAX_PDF_ROWS} rows, not {len(table.rows)}")
     if table is None:
         document.multi_cell(0, 5, to_text(data), new_x="LMARGIN", new_y="NEXT")
     else:

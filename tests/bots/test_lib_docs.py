@@ -140,6 +140,8 @@ async def test_tables_are_bounded_pictures_and_pdf_pages(files: InstanceFiles):
     ctx = Context(files=files)
     long = await REGISTRY.call("asPDF", ctx, [[{"note": "x" * 5000}]])  # a cell past 500 characters is cut
     assert pdf_text(files, long).replace("\n", "").count("x") == 499
+    with pytest.raises(Exception, match="a PDF table holds at most 2000 rows, not 2001"):
+        await REGISTRY.call("renderTable", ctx, [[1] * 2001, "big.pdf"])
     with pytest.raises(Exception, match="the table cannot be laid out on PDF pages"):
         await REGISTRY.call("asPDF", ctx, [[{str(i): "y" * 499 for i in range(40)}]])
     with pytest.raises(Exception, match="at most 200 rows"):
