@@ -27,6 +27,8 @@ CHART_SIZE = (800, 500)  # pixels
 MAX_CHART_POINTS = 500
 MAX_IMAGE_ROWS = 200  # a table drawn as a picture; a PDF table pages instead
 MAX_PDF_ROWS = 2000  # fpdf2 lays out ~200-400 rows a second on one core: a bound on a thread nothing can stop
+MAX_PDF_TEXT = 200_000  # characters of text in a PDF (about 60 pages, a second or two of layout)
+MAX_IMAGE_TEXT = 5_000  # characters of text in a picture (matplotlib's wrapping is slow: ~2 s for this many)
 MAX_CELL = 500  # characters of one PDF table cell (more is cut, with "…"): a row must fit on a page
 QR_SCALE = 8  # pixels per module
 QR_QUIET = 4  # modules of white border, as the QR standard asks
@@ -76,7 +78,10 @@ def pdf(data: Any, title: str = "") -> bytes:
     if table is not None and len(table.rows) > MAX_PDF_ROWS:
         raise Fault(f"a PDF table holds at most {MAX_PDF_ROWS} rows, not {len(table.rows)}")
     if table is None:
-        document.multi_cell(0, 5, to_text(data), new_x="LMARGIN", new_y="NEXT")
+        text = to_text(data)
+        if len(text) > MAX_PDF_TEXT:
+            raise Fault(f"a PDF holds at most {MAX_PDF_TEXT} characters of text, not {len(text)}")
+        document.multi_cell(0, 5, text, new_x="LMARGIN", new_y="NEXT")
     else:
         try:
             with document.table(first_row_as_headings=True, repeat_headings=1) as grid:
@@ -105,6 +110,10 @@ def image(data: Any, title: str = "") -> bytes:
     table = table_of(data)
     if table is not None and len(table.rows) > MAX_IMAGE_ROWS:
         raise Fault(f"a table picture shows at most {MAX_IMAGE_ROWS} rows, not {len(table.rows)}: use AS PDF")
+    if table is None and len(to_text(data)) > MAX_IMAGE_TEXT:
+        raise Fault(
+            f"a picture shows at most {MAX_IMAGE_TEXT} characters of text, not {len(to_text(data))}: use AS PDF"
+        )
     lines = 2 + (len(table.rows) if table is not None else to_text(data).count("\n") + 1)
     figure = Figure(figsize=(8, min(0.3 * lines + 0.5, 80)), dpi=100)
     axes = figure.add_axes((0, 0, 1, 1))

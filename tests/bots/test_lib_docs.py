@@ -142,6 +142,10 @@ async def test_tables_are_bounded_pictures_and_pdf_pages(files: InstanceFiles):
     assert pdf_text(files, long).replace("\n", "").count("x") == 499
     with pytest.raises(Exception, match="a PDF table holds at most 2000 rows, not 2001"):
         await REGISTRY.call("renderTable", ctx, [[1] * 2001, "big.pdf"])
+    with pytest.raises(Exception, match="a PDF holds at most 200000 characters of text, not 200001"):
+        await REGISTRY.call("asPDF", ctx, ["x" * 200_001])
+    with pytest.raises(Exception, match="a picture shows at most 5000 characters of text, not 5001: use AS PDF"):
+        await REGISTRY.call("asImage", ctx, ["x" * 5001])
     with pytest.raises(Exception, match="the table cannot be laid out on PDF pages"):
         await REGISTRY.call("asPDF", ctx, [[{str(i): "y" * 499 for i in range(40)}]])
     with pytest.raises(Exception, match="at most 200 rows"):
