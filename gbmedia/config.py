@@ -134,6 +134,10 @@ class Settings(BaseSettings):
     # touches for this long ends; an instance holds at most this many at once.
     debug_run_idle_seconds: float = Field(default=600.0, gt=0, le=86400)
     debug_runs_per_instance: int = Field(default=5, ge=1, le=1000)
+    # CONVERT's LibreOffice (a name on PATH or a path); missing, CONVERT fails with a clear error.
+    bot_office_binary: str = Field(default="soffice", min_length=1, max_length=4096)
+    # Where bots' files live: the node's data directory, or the recordings' S3 bucket (GBMEDIA_S3_*) under bots/.
+    bot_files_storage: Literal["local", "s3"] = "local"
     # Webhooks (gbmedia/tenancy/webhook_dispatch.py, docs/api.md "Webhooks"): retries, the dead
     # letter, each request's time limit, and private networks endpoints may name on purpose.
     webhook_max_attempts: int = Field(default=10, ge=1, le=100)
@@ -182,6 +186,8 @@ class Settings(BaseSettings):
     def _s3_needs_a_bucket(self) -> Settings:
         if self.recording_storage == "s3" and not self.s3_bucket:
             raise ValueError("GBMEDIA_RECORDING_STORAGE=s3 needs GBMEDIA_S3_BUCKET")
+        if self.bot_files_storage == "s3" and not self.s3_bucket:
+            raise ValueError("GBMEDIA_BOT_FILES_STORAGE=s3 needs GBMEDIA_S3_BUCKET")
         if self.recording_dir is not None:
             object.__setattr__(self, "recording_dir", self.recording_dir.expanduser().resolve())
         return self

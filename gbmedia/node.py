@@ -12,6 +12,7 @@ import logging
 import secrets
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -23,7 +24,10 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from gbmedia.bots.browser import BrowserLimits, Browsers
 from gbmedia.bots.limits import Limits
 from gbmedia.bots.media.service import MediaBots
+from gbmedia.bots.s3_files import S3Files, s3_client
 from gbmedia.bots.service import Bots
+from gbmedia.bots.sharing import PURPOSE as SHARE_LINKS
+from gbmedia.bots.sharing import ShareLinks
 from gbmedia.bus import Bus, MemoryBus, RedisBus
 from gbmedia.config import ConfigError, Settings
 from gbmedia.db.pool import Database
@@ -70,6 +74,16 @@ from gbmedia.turn.coturn import CoturnPlan, EmbeddedCoturn
 from gbmedia.turn.credentials import TurnCredentials
 
 log = logging.getLogger(__name__)
+
+
+def bot_file_store(settings: Settings) -> Callable[[str], S3Files] | None:
+    """Where bots' files live: None (the data directory), or the S3 bucket of GBMEDIA_S3_* under ``bots/``."""
+    if settings.bot_files_storage != "s3":
+        return None
+    client = s3_client(settings)
+    assert settings.s3_bucket is not None  # the settings refuse s3 without a bucket
+    bucket, prefix = settings.s3_bucket, settings.s3_prefix
+    return lambda instance_id: S3Files(client, bucket, prefix, instance_id)
 
 
 def operator_token_for(settings: Settings) -> str:
@@ -391,6 +405,9 @@ class Node:
                 media_bots=media_bots,
                 rooms=rooms,
                 placement=placement,
+                links=ShareLinks(secret_box.derive(SHARE_LINKS), settings.public_url or ""),
+                office_binary=settings.bot_office_binary,
+                file_store=bot_file_store(settings),
             ),
             webhooks=WebhookDispatcher(
                 db.pool,

@@ -20,6 +20,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
+from gbmedia.bots import shared_api
 from gbmedia.bots.dialogs import Dialog
 from gbmedia.bots.login import sign_in
 from gbmedia.bots.service import Bots
@@ -177,3 +178,4 @@ def register(app: web.Application, bots: Bots) -> None:
     r.add_delete("/api/v1/bots/runs/{run_id}", stop_run)
     r.add_post("/api/v1/bots/conversations", join_conversation)
     r.add_post("/api/v1/bots/login", sign_in_route)
+    shared_api.register(app, bots)  # SHARE FOLDER's links

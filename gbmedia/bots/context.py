@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from gbmedia.bots.errors import Fault
 from gbmedia.bots.host import ConversationPort, FileStore, HttpFetcher, MemoryPort, TableStore
 from gbmedia.bots.limits import Budget, Limits
+from gbmedia.bots.sharing import ShareLinks
 
 if TYPE_CHECKING:
     from gbmedia.bots.browser import WebRun
@@ -38,6 +39,8 @@ class Context:
     run_token: Callable[[], str] | None = None  # getCustomToken: a token scoped to this run (tenancy/run_tokens.py)
     providers: Any = None  # the instance's outside services (gbmedia/bots/providers.py), None: none configured
     over_http: bool = False  # called through the keyword API, not by a dialog (keywords that need a dialog refuse)
+    office_binary: str = "soffice"  # CONVERT's LibreOffice (GBMEDIA_BOT_OFFICE_BINARY)
+    links: ShareLinks | None = None  # SHARE FOLDER's signer: the node's, None where no node serves links
 
     def __post_init__(self) -> None:
         self.budget = Budget(self.limits)
@@ -58,6 +61,11 @@ class Context:
         if self.files is None:
             raise Fault("files are not available to this run")
         return self.files
+
+    def need_links(self) -> ShareLinks:
+        if self.links is None:
+            raise Fault("shared links are not available to this run (no node serves them)")
+        return self.links
 
     def need_http(self) -> HttpFetcher:
         if self.http is None:

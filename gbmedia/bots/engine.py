@@ -258,6 +258,21 @@ class DialogEngine:
                     await self._save_run(conn, conv, user, last, outcome, fresh=fresh)
         return await self.run_of(conv.instance_id, conversation_id, user)
 
+    async def transfer(self, instance_id: uuid.UUID, conversation_id: uuid.UUID, user: str, to: str | None) -> None:
+        """TRANSFER TO from outside the dialog (the keyword API with a run's token), as a turn would do it."""
+        async with self._locked(conversation_id):
+            if to:
+                conversation = await self.chat.conversations.get(instance_id, conversation_id)
+                with contextlib.suppress(Exception):  # a direct conversation keeps its two members
+                    await self.chat.conversations.add_member(conversation, to)
+            await self.pool.execute(
+                """UPDATE bot_conversations SET transferred_to = $2, transferred_by = $3, transferred_at = now()
+                    WHERE conversation_id = $1""",
+                conversation_id,
+                to or "",
+                user,
+            )
+
     async def run_of(self, instance_id: uuid.UUID, conversation_id: uuid.UUID, user: str) -> dict[str, Any] | None:
         row = await self.pool.fetchrow(
             f"""SELECT {RUN_COLUMNS} FROM bot_runs

@@ -15,6 +15,14 @@ from typing import Any
 from gbmedia.bots.errors import Fault
 
 
+def clean_name(name: str) -> str:
+    """``name`` as a relative POSIX path with no ``..`` and no absolute start, or a Fault (every store's rule)."""
+    cleaned = name.strip().replace("\\", "/")
+    if not cleaned or "\0" in cleaned or cleaned.startswith("/") or any(p == ".." for p in cleaned.split("/")):
+        raise Fault(f"{name!r} is not a file name of this bot (no absolute paths, no '..')")
+    return "/".join(p for p in cleaned.split("/") if p not in ("", "."))
+
+
 class InstanceFiles:
     """The FileStore of one instance, rooted at ``<data_dir>/bots/<instance_id>/files``."""
 
@@ -30,17 +38,24 @@ class InstanceFiles:
 
     def path(self, name: str) -> Path:
         """The real path of ``name`` inside the root, or a Fault."""
-        cleaned = name.strip().replace("\\", "/")
-        if not cleaned or "\0" in cleaned or cleaned.startswith("/") or any(p == ".." for p in cleaned.split("/")):
-            raise Fault(f"{name!r} is not a file name of this bot (no absolute paths, no '..')")
+        cleaned = clean_name(name)
         self.root.mkdir(parents=True, exist_ok=True)
-        resolved = (self.root / cleaned).resolve()
+        resolved = (self.root / cleaned).resolve() if cleaned else self.root
         if resolved != self.root and not resolved.is_relative_to(self.root):
             raise Fault(f"{name!r} leads outside this bot's files")
         return resolved
 
     def relative(self, path: Path) -> str:
         return path.relative_to(self.root).as_posix()
+
+    async def kind(self, name: str) -> str | None:
+        """``file``, ``folder``, or None when nothing is there."""
+
+        def work() -> str | None:
+            path = self.path(name)
+            return "folder" if path.is_dir() else "file" if path.is_file() else None
+
+        return await asyncio.to_thread(work)
 
     async def write(self, name: str, data: bytes) -> str:
         def work() -> str:

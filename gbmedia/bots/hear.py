@@ -4,17 +4,29 @@
 ISO, a BOOLEAN as true/false, a menu answer as the option as written) or None when
 the answer does not fit; the run then re-asks with ``reask_message`` in the run's
 language and waits again.
+
+``HEAR x AS QRCODE`` takes a picture: ``prepare`` decodes the QR code in it (OpenCV's
+QRCodeDetector, in a worker thread) before ``validate`` sees the answer, and a picture
+without a readable code is re-asked like any misfit answer.
 """
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import binascii
+import json
 import re
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from gbmedia.bots.errors import Fault
 from gbmedia.bots.lib_data import field_of
 from gbmedia.bots.lib_dates import iso, parse_date
 from gbmedia.bots.values import fold, to_number, to_text
+
+if TYPE_CHECKING:
+    from gbmedia.bots.context import Context
 
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 _HOUR = re.compile(r"^(\d{1,2})[:h](\d{2})$")
@@ -42,6 +54,7 @@ FORMS = (
     "MOBILE",
     "PHONE",
     "FILE",
+    "QRCODE",
 )
 
 REASK = {
@@ -58,6 +71,7 @@ REASK = {
         "LANGUAGE": "Please name a language, like English or Portuguese.",
         "MOBILE": "Please type a valid phone number.",
         "FILE": "Please send a file.",
+        "QRCODE": "Please send a picture of a QR code.",
         "MENU": "Please choose one of: {options}.",
     },
     "pt": {
@@ -73,6 +87,7 @@ REASK = {
         "LANGUAGE": "Por favor, diga um idioma, como Português ou Inglês.",
         "MOBILE": "Por favor, digite um telefone válido.",
         "FILE": "Por favor, envie um arquivo.",
+        "QRCODE": "Por favor, envie uma foto de um QR code.",
         "MENU": "Por favor, escolha uma opção: {options}.",
     },
 }
@@ -92,8 +107,67 @@ def options_of(values: list[Any]) -> list[str]:
     return options
 
 
+UPLOADS = "uploads/"  # where UPLOAD stores a file the user sent: the only files HEAR AS QRCODE reads by name
+
+
+@dataclass(frozen=True, slots=True)
+class Decoded:
+    """What a QR code in the user's picture says (None: no code was found or read)."""
+
+    text: str | None
+
+
+def _file_bytes(answer: Any) -> bytes | None:
+    """The bytes of a sent file: HEAR AS FILE's {name, data: base64}, or that object as JSON text."""
+    if isinstance(answer, str) and answer.lstrip().startswith("{"):
+        try:
+            answer = json.loads(answer)
+        except ValueError:
+            return None
+    if not isinstance(answer, dict) or not isinstance(field_of(answer, "data"), str):
+        return None
+    try:
+        return base64.b64decode(field_of(answer, "data"), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+
+
+async def prepare(kind: str, answer: Any, ctx: Context) -> Any:
+    """The answer as ``validate`` takes it: for QRCODE, the decoded QR code of the picture sent.
+
+    The picture is a sent file (as HEAR AS FILE gets one), or the name of one an earlier
+    UPLOAD stored under ``uploads/``: only there, so a user cannot have the bot read its
+    other files by naming them.
+    """
+    if kind != "QRCODE":
+        return answer
+    data = _file_bytes(answer)
+    named = answer.strip() if isinstance(answer, str) else ""
+    if data is None and named.startswith(UPLOADS) and ctx.files is not None:
+        try:
+            data = await ctx.files.read(named, ctx.limits.max_value_bytes)
+        except Fault:
+            data = None
+    if data is None or len(data) > ctx.limits.max_value_bytes:
+        return Decoded(None)
+    from gbmedia.bots import documents, images  # OpenCV and Pillow: loaded when a QR code is first read
+
+    limit = images.pixel_limit(ctx.limits.max_value_bytes)
+
+    def work() -> str | None:
+        try:
+            return documents.qr_decode(images.decode(data, limit))
+        except Fault:
+            return None
+
+    return Decoded(await asyncio.to_thread(work))
+
+
 def validate(kind: str, answer: Any, options: list[str], language: str) -> tuple[bool, Any]:
     """Whether ``answer`` fits ``kind``, and the value the variable then gets."""
+    if kind == "QRCODE":
+        ok = isinstance(answer, Decoded) and bool(answer.text)
+        return ok, answer.text if ok else None
     if kind == "FILE":
         ok = isinstance(answer, dict) and bool(field_of(answer, "name")) and field_of(answer, "data") is not None
         return ok, answer if ok else None

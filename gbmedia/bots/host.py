@@ -126,7 +126,10 @@ class TableStore(Protocol):
 
 
 class FileStore(Protocol):
-    """An instance's files (SAVE AS, DIR, COPY, DELETE, CREATE FOLDER, FILL, UPLOAD)."""
+    """An instance's files (SAVE AS, DIR, COPY, DELETE, CREATE FOLDER, FILL, UPLOAD): on disk or in S3."""
+
+    async def kind(self, path: str) -> str | None:
+        """``file``, ``folder``, or None when nothing is there."""
 
     async def write(self, path: str, data: bytes) -> str: ...
 

@@ -62,23 +62,28 @@ OLD_PREFIXES = {
     "webAutomation": "web",
 }
 
-# The note's names for built-ins BASIC already had under another name.
+# The note's names for built-ins BASIC had under another name: the note's becomes the canonical one
+# (what the registry describes and errors say), BASIC's stays an alias (and the statement tables' name).
+RENAMES: dict[str, str] = {
+    "userOf": "getUser",
+    "sendSms": "sendSmsTo",
+    "sendMail": "sendEmail",
+    "setParam": "setUserParam",
+    "toList": "getToLst",
+    "today": "getToday",
+    "now": "getNow",
+    "hour": "getHourFromDate",
+    "dateDiff": "getDateDiff",
+    "isNumber": "isValidNumber",
+    "base64": "getCoded",
+    "postHttp": "postByHttp",
+    "putHttp": "putByHttp",
+}
+# More note names for a built-in that has its note name already.
 ALIASES: dict[str, tuple[str, ...]] = {
-    "userOf": ("getUser",),
-    "sendSms": ("sendSmsTo",),
-    "sendMail": ("sendEmail",),
-    "setParam": ("setUserParam",),
-    "toList": ("getToLst",),
-    "today": ("getToday",),
-    "now": ("getNow",),
-    "hour": ("getHourFromDate",),
-    "dateDiff": ("getDateDiff",),
     "getHttp": ("getByHttp",),
-    "postHttp": ("postByHttp",),
-    "putHttp": ("putByHttp",),
     "save": ("saveToStorage", "saveToStorageWithJSON"),
     "log": ("note",),
-    "base64": ("getCoded",),
 }
 
 # Statements of the dialog's own flow: no built-in runs them, a dialog does.
@@ -98,16 +103,29 @@ DIALOG_ONLY = STATEMENTS | {
     "setHeader",
     "allowRole",
     "wait",
-    "transferTo",
 }
 # A dialog's media bot lives in the run's settings: over HTTP there is no run to keep it (media bots have
 # their REST API, /api/v1/rooms/{room_id}/media_bots).
 DIALOG_ONLY |= {"joinRoom", "showClock", "showSlide", "showChart", "processVideo", "playTone", "say", "leaveRoom"}
 DIALOG_ONLY -= {"exit"}  # with a run token, exit ends that run
-NEEDS_RUN = {"talk", "userName", "userMobile", "setUserParam", "sendFile", "getCustomToken", "gotoDialog", "exit"}
+NEEDS_RUN = {
+    "talk",
+    "userName",
+    "userMobile",
+    "setUserParam",
+    "sendFile",
+    "getCustomToken",
+    "gotoDialog",
+    "transferTo",
+    "exit",
+}
 
 
 def register_aliases() -> None:
+    """Give BASIC's built-ins the note's names (once: the registry is the process's)."""
+    for old, new in RENAMES.items():
+        if old in REGISTRY.entries:
+            REGISTRY.rename(old, new)
     for name, aliases in ALIASES.items():
         if name in REGISTRY.entries:
             REGISTRY.alias(name, *(a for a in aliases if REGISTRY.get(a) is None))

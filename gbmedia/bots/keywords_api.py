@@ -47,7 +47,6 @@ from gbmedia.tenancy.auth import principal_of
 from gbmedia.tenancy.gates import require_feature
 from gbmedia.tenancy.models import Principal
 
-KEYWORDS: web.AppKey[KeywordsApi] = web.AppKey("keywords", object)  # type: ignore[arg-type]
 OLD_ONLY_ARGUMENTS = {"pid"}  # the old platform's dialog id: every old call carried it
 
 
@@ -197,6 +196,10 @@ class KeywordsApi:
             raise bad_request("keyword_failed", f"{canonical}: {exc}", **details) from None
         if ctx.goto is not None and principal.run is not None:  # gotoDialog: the run's user is in that dialog now
             result = await self.goto(principal, ctx.goto)
+        transferred = getattr(ctx.port, "transferred", None)
+        if transferred is not None and principal.run is not None and principal.run.conversation_id is not None:
+            assert principal.run.user is not None
+            await engine.transfer(instance_id, principal.run.conversation_id, principal.run.user, transferred[0])
         return json_response({"group": group, "keyword": canonical, "result": result})
 
     async def exit_run(self, principal: Principal) -> Any:
@@ -227,6 +230,9 @@ class KeywordsApi:
         await self.authenticate(request)
         prefix = request.path.strip("/").split("/", 1)[0]
         return await self.call(request, OLD_PREFIXES[prefix], request.match_info["name"], old_path=True)
+
+
+KEYWORDS: web.AppKey[KeywordsApi] = web.AppKey("keywords", KeywordsApi)
 
 
 def register(app: web.Application, api: KeywordsApi) -> None:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 from typing import Any
 
 from gbmedia.bots.context import Context
 from gbmedia.bots.errors import Fault, PoliteStop
 from gbmedia.bots.limits import OverLimit
+from gbmedia.bots.providers import ProviderNotConfigured
 from gbmedia.bots.registry import REGISTRY
 from gbmedia.bots.values import to_number, to_text
 
@@ -56,17 +58,31 @@ async def send_mail(ctx: Context, to: Any, subject: Any, body: Any) -> Any:
     return await deliver(ctx, "mail", "send", "mail", address, {"subject": to_text(subject), "body": to_text(body)})
 
 
+MAX_SENT_FILE_BYTES = 10 * 1024 * 1024
+
+
+async def _send_file(ctx: Context, to: str, file: Any, caption: Any) -> Any:
+    """A file of the instance, its bytes in base64, through the messaging provider (the port records it without one)."""
+    payload: dict[str, Any] = {"file": to_text(file), "caption": to_text(caption)}
+    if ctx.providers is not None:
+        if await ctx.providers.get("messaging") is None:
+            raise ProviderNotConfigured("messaging")
+        data = await ctx.need_files().read(payload["file"], MAX_SENT_FILE_BYTES)
+        payload["data"] = base64.b64encode(data).decode()
+    return await deliver(ctx, "messaging", "send_file", "file", to, payload)
+
+
 @builtin("sendFile", "file, caption?", group="conversation", statement_only=True)
-async def send_file(ctx: Context, file: Any, caption: Any = None) -> None:
-    """Send a file of the instance (its path) to the user, with an optional caption."""
-    await ctx.port.send("file", "", {"file": to_text(file), "caption": to_text(caption)})
+async def send_file(ctx: Context, file: Any, caption: Any = None) -> Any:
+    """Send a file of the instance (its path) to the run's user, with an optional caption: the messaging provider."""
+    user = ctx.port.user
+    return await _send_file(ctx, user.mobile or user.id if user is not None else "", file, caption)
 
 
 @builtin("sendFileTo", "to, file, caption?", group="conversation", statement_only=True)
 async def send_file_to(ctx: Context, to: Any, file: Any, caption: Any = None) -> Any:
     """Send a file of the instance to another person: the messaging provider."""
-    payload = {"file": to_text(file), "caption": to_text(caption)}
-    return await deliver(ctx, "messaging", "send_file", "file", to_text(to), payload)
+    return await _send_file(ctx, to_text(to), file, caption)
 
 
 @builtin("transferTo", "to?", group="conversation", statement_only=True)

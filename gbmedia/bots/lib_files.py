@@ -1,18 +1,22 @@
-"""Built-ins over the instance's files: SAVE ... AS, DIR, COPY, CREATE FOLDER, FILL, UPLOAD, READ."""
+"""Built-ins over the instance's files: SAVE ... AS, DIR, COPY, CREATE FOLDER, UPLOAD, READ, DELETE, SHARE FOLDER.
+
+The canonical names are the old keyword API's (saveFile, getFileContents, dirFolder,
+uploadFile...); the BASIC spellings (READFILE, DIR, UPLOAD) are aliases. Documents made
+from data (AS PDF, CHART, FILL, CONVERT...) are in lib_docs.py, pictures in lib_image.py.
+"""
 
 from __future__ import annotations
 
 import base64
 import binascii
 import json
-import re
 from typing import Any
 
 from gbmedia.bots.context import Context
 from gbmedia.bots.errors import Fault
-from gbmedia.bots.lib_data import field_of
 from gbmedia.bots.registry import REGISTRY
-from gbmedia.bots.values import kind_of, to_text
+from gbmedia.bots.sharing import MAX_SECONDS
+from gbmedia.bots.values import kind_of, to_number, to_text
 
 builtin = REGISTRY.builtin
 
@@ -32,14 +36,14 @@ async def save_file(ctx: Context, data: Any, name: Any) -> str:
     return await ctx.need_files().write(to_text(name), payload)
 
 
-@builtin("readFile", "name", group="files")
+@builtin("getFileContents", "name", group="files", aliases=("readFile",))
 async def read_file(ctx: Context, name: Any) -> str:
     """The text of a file of the bot."""
     data = await ctx.need_files().read(to_text(name), ctx.limits.max_value_bytes)
     return data.decode("utf-8", errors="replace")
 
 
-@builtin("dir", "folder?", group="files", bare=True)
+@builtin("dirFolder", "folder?", group="files", bare=True, aliases=("dir",))
 async def dir_(ctx: Context, folder: Any = None) -> list[dict[str, Any]]:
     """The files and folders in a folder of the bot: name, path, folder, size."""
     return ctx.budget.check_value(await ctx.need_files().listing(to_text(folder)))
@@ -57,7 +61,7 @@ async def copy_file(ctx: Context, source: Any, target: Any) -> str:
     return await ctx.need_files().copy(to_text(source), to_text(target))
 
 
-@builtin("upload", "file, folder?", group="files", bare=True)
+@builtin("uploadFile", "file, folder?", group="files", bare=True, aliases=("upload",))
 async def upload(ctx: Context, file: Any, folder: Any = None) -> str:
     """Store a file the user sent (HEAR x AS FILE gives {name, data: base64}) among the bot's files: its path."""
     if not isinstance(file, dict) or "name" not in file or "data" not in file:
@@ -73,20 +77,21 @@ async def upload(ctx: Context, file: Any, folder: Any = None) -> str:
     return await ctx.need_files().write(place, payload)
 
 
-_PLACEHOLDER = re.compile(r"\{\{\s*([\w.]+)\s*\}\}")
+@builtin("deleteFile", "name", group="files")
+async def delete_file(ctx: Context, name: Any) -> bool:
+    """Remove a file or folder of the bot: true when there was one (DELETE "file" does the same)."""
+    return await ctx.need_files().delete(to_text(name))
 
 
-@builtin("fill", "template, data", group="files", bare=True)
-async def fill(ctx: Context, template: Any, data: Any) -> str:
-    """A text template file of the bot with each {{field}} replaced by the data's field (a.b for nested ones)."""
-    text = (await ctx.need_files().read(to_text(template), ctx.limits.max_value_bytes)).decode(
-        "utf-8", errors="replace"
-    )
+MAX_SHARE_MINUTES = MAX_SECONDS // 60
 
-    def value(match: re.Match[str]) -> str:
-        current: Any = data
-        for part in match[1].split("."):
-            current = field_of(current, part)
-        return to_text(current)
 
-    return ctx.budget.check_value(_PLACEHOLDER.sub(value, text))
+@builtin("shareFolder", "folder, minutes?", group="files", bare=True)
+async def share_folder(ctx: Context, folder: Any, minutes: Any = None) -> str:
+    """A link to a folder of the bot that anyone may read until it expires (60 minutes, at most a week): its URL."""
+    lifetime = 60 if minutes is None or minutes == "" else to_number(minutes, "a number of minutes")
+    if not 1 <= lifetime <= MAX_SHARE_MINUTES:
+        raise Fault(f"a share link lasts 1 to {MAX_SHARE_MINUTES} minutes, not {to_text(minutes)}")
+    links = ctx.need_links()
+    path = await ctx.need_files().make_folder(to_text(folder))
+    return links.link(ctx.instance_id, path, int(lifetime * 60))

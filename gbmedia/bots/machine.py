@@ -40,7 +40,7 @@ from gbmedia.bots.compiler import (
 )
 from gbmedia.bots.context import Context
 from gbmedia.bots.errors import BasicError, BasicRuntimeError, Fault, LimitExceeded, PoliteStop
-from gbmedia.bots.hear import options_of, reask_message, validate
+from gbmedia.bots.hear import options_of, prepare, reask_message, validate
 from gbmedia.bots.lib_data import declare_table
 from gbmedia.bots.library import REGISTRY
 from gbmedia.bots.limits import Budget, OverLimit
@@ -132,7 +132,7 @@ class Run:
                 self.frame.pc += 1
                 return await self._go()
             options = options_of([await self._value(o) for o in ins.options])
-            ok, value = validate(ins.kind, answer, options, self.ctx.language)
+            ok, value = validate(ins.kind, await prepare(ins.kind, answer, self.ctx), options, self.ctx.language)
             if not ok:
                 await self.ctx.port.talk(reask_message(ins.kind, options, self.ctx.language))
                 return Outcome("waiting", self.snapshot())
@@ -434,7 +434,8 @@ class Run:
                 raise Fault(f"unknown instruction {kind.__name__}")
 
     async def _keyword(self, ins: IKeyword) -> None:
-        builtin = REGISTRY.entries[ins.name]
+        builtin = REGISTRY.get(ins.name)  # a statement's name may be an alias (SEND MAIL: sendMail, now sendEmail)
+        assert builtin is not None, ins.name
         args = [await self._value(a) for a in ins.args]
         result = builtin.fn(self.ctx, *args)
         if builtin.is_async:

@@ -51,7 +51,6 @@ from gbmedia.bots.tokens import EOF, NAME, NEWLINE, NUMBER, OP, STRING, Piece, T
 Loader = Callable[[str], str]  # an INCLUDEd dialog's name -> its source (KeyError: no such dialog)
 
 HEAR_KINDS = {*FORMS, "TEXT", "LOGIN"}  # what HEAR ... AS takes: the forms it validates, any text, a sign-in
-UNAVAILABLE_KINDS = {"QRCODE"}  # needs an image decoder: a later part of issue 18
 
 # Statements that call a built-in: words -> (built-in, words that separate arguments instead of commas).
 # Longest first wins ("TALK TO" before "TALK").
@@ -74,6 +73,12 @@ STATEMENTS: dict[tuple[str, ...], tuple[str, tuple[str, ...]]] = {
     ("ALLOW", "ROLE"): ("allowRole", ()),
     ("CREATE", "FOLDER"): ("createFolder", ()),
     ("COPY",): ("copyFile", ()),
+    ("SHARE", "FOLDER"): ("shareFolder", ()),
+    ("CONVERT",): ("convert", ()),
+    ("CHART",): ("chart", ()),
+    ("SHARPEN",): ("sharpen", ()),
+    ("BLUR",): ("blur", ()),
+    ("MERGE", "IMAGE"): ("mergeImage", ()),
     ("DELETE",): ("delete", ()),
     ("MERGE",): ("merge", ("WITH", "BY")),
     ("SET", "HEADER"): ("setHeader", ("AS", "=")),
@@ -99,9 +104,11 @@ VALUE_FORMS: dict[tuple[str, ...], tuple[str, tuple[str, ...]]] = {
     ("GET",): ("getHttp", ()),
     ("POST",): ("postHttp", ()),
     ("PUT",): ("putHttp", ()),
-    ("DIR",): ("dir", ()),
-    ("UPLOAD",): ("upload", ()),
+    ("DIR",): ("dirFolder", ()),
+    ("UPLOAD",): ("uploadFile", ()),
     ("FILL",): ("fill", ("WITH",)),
+    ("SHARE", "FOLDER"): ("shareFolder", ()),
+    ("MERGE", "IMAGE"): ("mergeImage", ()),
     ("USER", "OF"): ("userOf", ()),
     ("SORT",): ("sortBy", ("BY",)),
     ("MERGE",): ("merge", ("WITH", "BY")),
@@ -328,6 +335,8 @@ class _Parser:
 
     def match_form(self, table: dict[tuple[str, ...], tuple[str, tuple[str, ...]]]) -> tuple[str, ...] | None:
         for words in sorted(table, key=len, reverse=True):
+            if words == ("MERGE", "IMAGE") and self.peek(2).is_word("WITH"):
+                continue  # MERGE image WITH rows BY key: a table named image, not MERGE IMAGE a, b
             if self.at_words(words):
                 return words
         return None
@@ -405,7 +414,11 @@ class _Parser:
                 args = self.arguments()
                 self.check_arity(builtin.name, args, token, token.upper)
                 return Call(token.line, token.col, builtin.name, args)
-        return self.expression()
+        value = self.expression()
+        if self.peek().is_word("AS") and self.peek(1).is_word("PDF", "IMAGE"):  # x = data AS PDF
+            self.advance()
+            return Call(token.line, token.col, "asPDF" if self.advance().upper == "PDF" else "asImage", [value])
+        return value
 
     def select_from(self) -> Expr:
         token = self.advance()
@@ -621,8 +634,6 @@ class _Parser:
                 stmt.options = [self.expression()]
                 while self.accept_op(","):
                     stmt.options.append(self.expression())
-            elif kind.kind == NAME and kind.upper in UNAVAILABLE_KINDS:
-                raise self.error(f"HEAR AS {kind.upper} is not available on this server yet")
             elif kind.kind == NAME and kind.upper in HEAR_KINDS and self.peek(1).kind in (NEWLINE, EOF):
                 stmt.kind = self.advance().upper
             else:

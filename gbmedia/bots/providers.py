@@ -49,7 +49,7 @@ from gbmedia.tenancy.secrets import SecretBox
 SERVICES: dict[str, str] = {
     "mail": "sendEmail (SEND MAIL)",
     "sms": "sendSmsTo (SEND SMS TO)",
-    "messaging": "talkTo (TALK TO), sendFileTo (SEND FILE TO), sendTemplateTo",
+    "messaging": "talkTo (TALK TO), sendFile (SEND FILE), sendFileTo (SEND FILE TO), sendTemplateTo",
     "payments": "pay",
     "crm": "createLead, createDeal, findContact, getActiveTasks",
     "stocks": "getStock",

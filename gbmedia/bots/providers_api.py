@@ -22,7 +22,6 @@ from gbmedia.errors import ApiError, bad_request, not_found
 from gbmedia.http.responses import json_response, read_model
 from gbmedia.tenancy.secrets import SecretBox
 
-PROVIDERS: web.AppKey[ProvidersApi] = web.AppKey("bot_providers", object)  # type: ignore[arg-type]
 _EMAIL = re.compile(r"^[^@\s<>,;]+@[^@\s<>,;]+$")
 _HOST = re.compile(r"^[A-Za-z0-9.\-:\[\]]{1,255}$")
 
@@ -117,6 +116,9 @@ class ProvidersApi:
         if done.endswith(" 0"):
             raise not_found("provider", service)
         return web.Response(status=204)
+
+
+PROVIDERS: web.AppKey[ProvidersApi] = web.AppKey("bot_providers", ProvidersApi)
 
 
 def register(app: web.Application, api: ProvidersApi) -> None:

@@ -8,6 +8,7 @@ same entries, listing them with :meth:`Registry.describe` and calling them with
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -108,6 +109,18 @@ class Registry:
             if key.upper() in self.by_key:
                 raise ValueError(f"built-in {key} registered twice")
             self.by_key[key.upper()] = entry
+
+    def rename(self, name: str, canonical: str) -> None:
+        """Make ``canonical`` a built-in's name (the keyword API's), keeping every name it had as an alias."""
+        entry = self.entries.pop(name)
+        if canonical.upper() in self.by_key and self.by_key[canonical.upper()] is not entry:
+            raise ValueError(f"built-in {canonical} registered twice")
+        renamed = dataclasses.replace(entry, name=canonical)
+        for key, value in list(self.by_key.items()):
+            if value is entry:
+                self.by_key[key] = renamed
+        self.by_key[canonical.upper()] = renamed
+        self.entries[canonical] = renamed
 
     def get(self, name: str) -> Builtin | None:
         return self.by_key.get(name.upper())

@@ -8,6 +8,7 @@ another instance.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,10 +21,11 @@ from gbmedia.bots.dialogs import Dialogs
 from gbmedia.bots.errors import Fault
 from gbmedia.bots.fetch import GuardedFetcher, allowed_networks
 from gbmedia.bots.files import InstanceFiles
-from gbmedia.bots.host import ConversationPort
+from gbmedia.bots.host import ConversationPort, FileStore
 from gbmedia.bots.limits import Limits
 from gbmedia.bots.media.dialog import MediaPort
 from gbmedia.bots.providers import InstanceProviders
+from gbmedia.bots.sharing import ShareLinks
 from gbmedia.bots.tables import PgTables
 from gbmedia.tenancy.instances import Instances
 from gbmedia.tenancy.models import Instance
@@ -47,6 +49,16 @@ class Runner:
     media_bots: MediaBots | None = None  # the node's media bots (JOIN ROOM...)
     rooms: Rooms | None = None
     placement: Placer | None = None
+    links: ShareLinks | None = None  # SHARE FOLDER's signer
+    office_binary: str = "soffice"  # CONVERT's LibreOffice
+
+    file_store: Callable[[str], FileStore] | None = None  # an instance id -> its files; None: the data directory
+
+    def files_for(self, instance_id: str) -> FileStore:
+        """An instance's bot files: in the node's data directory, or in S3 (GBMEDIA_BOT_FILES_STORAGE)."""
+        if self.file_store is not None:
+            return self.file_store(instance_id)
+        return InstanceFiles(self.data_dir, instance_id)
 
     async def instance(self, instance_id: uuid.UUID) -> Instance:
         return await self.instances.get(instance_id)
@@ -75,7 +87,7 @@ class Runner:
             dialog=dialog,
             port=port,
             tables=PgTables(self.pool, str(instance.id)),
-            files=InstanceFiles(self.data_dir, str(instance.id)),
+            files=self.files_for(str(instance.id)),
             http=http,
             config=instance.config,
             locale=instance.locale or "en",
@@ -84,4 +96,6 @@ class Runner:
             media=media,
             run_token=run_token,
             providers=InstanceProviders(self.pool, self.instances.secrets, instance.id, http),
+            office_binary=self.office_binary,
+            links=self.links,
         )

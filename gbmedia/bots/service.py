@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,9 +13,11 @@ from gbmedia.bots.browser import Browsers
 from gbmedia.bots.debug.service import Debugger
 from gbmedia.bots.dialogs import Dialogs
 from gbmedia.bots.engine import DialogEngine
+from gbmedia.bots.host import FileStore
 from gbmedia.bots.limits import Limits
 from gbmedia.bots.runner import Runner
 from gbmedia.bots.scheduler import Scheduler
+from gbmedia.bots.sharing import ShareLinks
 from gbmedia.messaging.service import Chat
 from gbmedia.tenancy.instances import Instances
 from gbmedia.tenancy.run_tokens import RunTokens
@@ -39,11 +42,25 @@ class Bots:
         *,
         debug_idle_seconds: float = 600.0,
         debug_runs_per_instance: int = 5,
+        links: ShareLinks | None = None,
+        office_binary: str = "soffice",
+        file_store: Callable[[str], FileStore] | None = None,
         **ports: Any,
     ) -> Bots:
         """``ports``: what runs may reach of the node (``browsers``, ``media_bots``, ``rooms``, ``placement``)."""
         dialogs = Dialogs(pool)
-        runner = Runner(pool, instances, dialogs, data_dir, limits, RunTokens(instances.secrets), **ports)
+        runner = Runner(
+            pool,
+            instances,
+            dialogs,
+            data_dir,
+            limits,
+            RunTokens(instances.secrets),
+            links=links,
+            office_binary=office_binary,
+            file_store=file_store,
+            **ports,
+        )
         debugger = Debugger(dialogs, instances, limits, debug_idle_seconds, debug_runs_per_instance)
         return cls(dialogs, DialogEngine(pool, chat, runner), Scheduler(pool, runner), debugger, runner.browsers)
 

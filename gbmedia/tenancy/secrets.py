@@ -8,6 +8,8 @@ directory so a restart can still read what it wrote.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import secrets
 import string
@@ -42,12 +44,17 @@ def load_or_create_file_secret(path: Path, make: Callable[[], str]) -> str:
 
 class SecretBox:
     def __init__(self, key: str) -> None:
-        self._fernet = Fernet(key.encode())
+        self._key = key.encode()
+        self._fernet = Fernet(self._key)
 
     @classmethod
     def for_node(cls, configured: str | None, data_dir: Path) -> SecretBox:
         key = configured or load_or_create_file_secret(data_dir / "secret.key", lambda: Fernet.generate_key().decode())
         return cls(key)
+
+    def derive(self, purpose: str) -> bytes:
+        """A key of its own for ``purpose`` (signing bots' share links...): HMAC of the node key, never the key."""
+        return hmac.new(self._key, purpose.encode(), hashlib.sha256).digest()
 
     def encrypt(self, plaintext: str) -> bytes:
         return self._fernet.encrypt(plaintext.encode())

@@ -12,6 +12,7 @@ import re
 import uuid
 from typing import Any
 
+import pytest
 from aiohttp.test_utils import TestClient
 
 from gbmedia.app import NODE
@@ -183,13 +184,13 @@ async def test_every_keyword_names_its_missing_or_unknown_argument(client: TestC
 
 
 async def test_dialog_statements_and_run_keywords_refuse_an_instance_token(client: TestClient, tenant: Tenant):
-    for group, name in [("dialog", n) for n in ("hear", "setLanguage", "allowRole", "showMenu", "transferTo")] + [
+    for group, name in [("dialog", n) for n in ("hear", "setLanguage", "allowRole", "showMenu")] + [
         ("system", "wait"),
         ("system", "set"),
     ]:
         answer = await keyword(client, group, name, {}, tenant.admin, 409)
         assert answer["error"]["code"] == "keyword_dialog_only", name
-    for name in ("talk", "userName", "exit", "gotoDialog"):
+    for name in ("talk", "userName", "exit", "gotoDialog", "transferTo"):
         answer = await keyword(client, "dialog", name, {}, tenant.admin, 409)
         assert answer["error"]["code"] == "keyword_run_required", name
     answer = await keyword(client, "system", "getCustomToken", {}, tenant.admin, 409)
@@ -253,6 +254,15 @@ async def test_a_run_token_acts_on_its_own_conversation_and_user(client: TestCli
     assert moved["result"]["dialog"] == "other" and (await bot_said())[-1] == "in other"
     missing = await keyword(client, "dialog", "gotoDialog", {"dialog": "nowhere"}, run, 404)
     assert missing["error"]["code"] == "dialog_not_found"
+    # transferTo hands the conversation to a person, as TRANSFER TO in the dialog does.
+    assert (await keyword(client, "dialog", "transferTo", {"to": "agent"}, run))["result"] is None
+    handed = await client.app[NODE].db.pool.fetchrow(
+        "SELECT transferred_to, transferred_by FROM bot_conversations WHERE conversation_id = $1",
+        uuid.UUID(conversation),
+    )
+    assert (handed["transferred_to"], handed["transferred_by"]) == ("agent", "alice")
+    resp = await client.get(f"/api/v1/conversations/{conversation}", headers=tenant.admin)
+    assert "agent" in [m["identity"] for m in (await resp.json())["members"]]
     ended = await keyword(client, "dialog", "exit", {}, run)
     assert ended["result"]["status"] == "stopped"
     # A forged or altered token is refused.
@@ -322,3 +332,35 @@ async def test_every_name_of_the_note_is_served_but_those_not_built_yet(client: 
             assert resp.status in (200, 400, 409), (name, resp.status, await resp.text())
             answered += 1
     assert answered == 123 - len(keywords.missing())
+
+
+async def test_a_scheduled_runs_token_talks_to_the_instance_log(client: TestClient, tenant: Tenant):
+    """A run with no conversation (SET SCHEDULE) says what it says in the instance's log, as the run itself does."""
+    from gbmedia.tenancy.run_tokens import RunScope
+
+    node = client.app[NODE]
+    token = node.tenancy.auth.run_tokens.mint(RunScope(uuid.UUID(tenant.instance_id), None, None, "report"))
+    await keyword(client, "dialog", "talk", {"text": ["nightly", "report"]}, bearer(token))
+    logged = await node.db.pool.fetch(
+        "SELECT message FROM instance_logs WHERE instance_id = $1", uuid.UUID(tenant.instance_id)
+    )
+    assert "TALK nightly report" in [r["message"] for r in logged]
+    assert (await keyword(client, "dialog", "exit", {}, bearer(token)))["result"] is None  # nothing to stop
+    answer = await keyword(client, "dialog", "userName", {}, bearer(token), 400)
+    assert answer["error"]["code"] == "keyword_failed"  # nobody to name
+    # A limit of the sandbox is its own error, naming the setting.
+    answer = await keyword(client, "system", "append", {"list": list(range(10_000)), "items": [1]}, tenant.admin, 400)
+    assert (answer["error"]["code"], answer["error"]["details"]["limit"]) == (
+        "keyword_limit_exceeded",
+        "GBMEDIA_BOT_MAX_LIST_ITEMS",
+    )
+
+
+async def test_an_instance_port_refuses_what_needs_a_conversation(pool):
+    from gbmedia.bots.keywords_api import InstancePort, RunRequired
+
+    port = InstancePort(pool, uuid.uuid4())
+    for attempt in (port.talk("x"), port.send("sms", "1", {}), port.transfer(None), port.set_param("a", 1)):
+        with pytest.raises(RunRequired):
+            await attempt
+    assert await port.user_of("nobody") is None

@@ -23,7 +23,8 @@ def test_each_served_keyword_has_its_arguments_and_answer():
     assert entries["system"]["append"]["arguments"]["properties"]["items"]["type"] == "array"
     assert entries["dialog"]["talk"]["http"] == "run_token"
     assert entries["dialog"]["hear"]["http"] == "dialog_only"
-    assert entries["dialog"]["getNow"]["builtin"] == "now"  # the note's name for BASIC's NOW
+    assert entries["dialog"]["getNow"]["builtin"] == "getNow"  # the note's name, BASIC's NOW an alias
+    assert entries["system"]["getByHttp"]["builtin"] == "getHttp"  # two note names, one built-in
     served = sum(len(group) for group in entries.values())
     assert served == sum(len(keywords.names(g)) for g in keywords.GROUPS) - len(keywords.missing())
     for group in entries.values():

@@ -18,7 +18,7 @@ async def test_talk_print_and_sends_go_through_the_port():
         ("talk", "+5511", {"text": "hi"}),
         ("sms", "+5511", {"text": "code"}),
         ("mail", "a@b.c", {"subject": "Sub", "body": "Body"}),
-        ("file", "", {"file": "r.txt", "caption": ""}),
+        ("file", "user", {"file": "r.txt", "caption": ""}),  # SEND FILE: to the run's user
         ("file", "+55", {"file": "r.txt", "caption": "cap"}),
     ]
     assert port.logs == [("info", "for ops"), ("debug", "detail")]

@@ -152,12 +152,24 @@ async def test_the_webhook_provider_signs_its_request_and_its_answer_is_the_keyw
     async with TestServer(app, host="127.0.0.1") as server:
         url = str(server.make_url("/hook"))
         await allow_local(client, tenant)
-        for service in ("stocks", "sms"):
+        runner = client.app[NODE].bots.engine.runner
+        instance = await runner.instance(uuid.UUID(tenant.instance_id))
+        await runner.context(instance, "t", MemoryPort()).need_files().write("r.txt", b"receipt 7")
+        for service in ("stocks", "sms", "messaging"):
             await put_provider(client, tenant, service, {"kind": "webhook", "settings": {"url": url}, "secret": SECRET})
+        # The signing key is stored encrypted (the node's Fernet key), never as it was given.
+        stored = await client.app[NODE].db.pool.fetchval(
+            "SELECT secret_encrypted FROM bot_providers WHERE instance_id = $1 AND service = 'stocks'",
+            uuid.UUID(tenant.instance_id),
+        )
+        assert SECRET.encode() not in bytes(stored)
+        assert client.app[NODE].tenancy.instances.secrets.decrypt(stored) == SECRET
         quote = await call(client, tenant, "system", "getStock", {"symbol": "petr4"})
         assert quote["result"] == {"symbol": "PETR4", "price": 42.5}
         outcome, _ = await run_dialog(
-            client, tenant, 'x = getStock("PETR4")\nSEND SMS TO "+5511999990000", "price " + x.price'
+            client,
+            tenant,
+            'x = getStock("PETR4")\nSEND SMS TO "+5511999990000", "price " + x.price\nSEND FILE "r.txt", "yours"',
         )
         assert outcome.status == "done", outcome.error
         assert all(seen["verified"] and seen["age"] < 600 for seen in receiver.seen)
@@ -166,9 +178,10 @@ async def test_the_webhook_provider_signs_its_request_and_its_answer_is_the_keyw
             ("stocks", "quote", {"symbol": "PETR4"}),
             ("stocks", "quote", {"symbol": "PETR4"}),
             ("sms", "send", {"to": "+5511999990000", "text": "price 42.5"}),
+            ("messaging", "send_file", {"to": "alice", "file": "r.txt", "caption": "yours", "data": "cmVjZWlwdCA3"}),
         ]
         assert {e["instance_id"] for e in envelopes} == {tenant.instance_id}
-        assert len({e["id"] for e in envelopes}) == 3
+        assert len({e["id"] for e in envelopes}) == 4
         # An answer of 400 or more is the keyword's failure, not a success.
         receiver.status = 503
         failed = await call(client, tenant, "system", "getStock", {"symbol": "VALE3"}, 400)

@@ -27,6 +27,7 @@ from gbmedia.app import NODE
 from gbmedia.bots import api as bots_api
 from gbmedia.bots import providers_api
 from gbmedia.bots.debug import api as debugger_api
+from gbmedia.bots.files import InstanceFiles
 from gbmedia.bots.login import PgLogins
 from gbmedia.bots.media import api as media_bots_api
 from gbmedia.messaging import api as messaging_api
@@ -139,6 +140,8 @@ REST_SOURCES = (
     "bots/api.py",
     "bots/debug/*.py",
     "bots/dialogs.py",
+    "bots/shared_api.py",
+    "bots/sharing.py",
     "bots/keywords_api.py",
     "bots/providers_api.py",
     "signaling/whip.py",
@@ -1370,6 +1373,22 @@ async def test_real_answers_conform_to_the_documented_responses(client: TestClie
     await call("GET", dialog, 400, headers=admin, name="start", query={"instance_id": "nope"})
     await call("GET", dialog, 404, headers=admin, name="nope")
     await _debugger_calls(call, admin, bearer(participant["token"]))
+    # SHARE FOLDER's links (tests/bots/test_sharing.py says more): no credentials, the signed link is the grant.
+    runner = client.app[NODE].bots.engine.runner
+    assert runner.links is not None
+    await InstanceFiles(runner.data_dir, iid).write("shared/a.bin", b"hi")
+    await InstanceFiles(runner.data_dir, iid).write("shared/sub/b.txt", b"b")
+    token = runner.links.link(iid, "shared", 60).rsplit("/", 1)[1]
+    forged = token[:-1] + ("A" if token[-1] != "A" else "B")
+    expired = runner.links.link(iid, "shared", 60, now=0).rsplit("/", 1)[1]
+    shared = await call("GET", "/shared/{token}", 200, token=token)
+    assert [f["name"] for f in shared["files"]] == ["a.bin", "sub"]
+    await call("GET", "/shared/{token}", 403, token=forged)
+    removed = runner.links.link(iid, "removed", 60).rsplit("/", 1)[1]
+    await call("GET", "/shared/{token}", 404, token=removed)
+    assert await call("GET", "/shared/{token}/{path}", 200, token=token, path="a.bin") == "hi"
+    await call("GET", "/shared/{token}/{path}", 403, token=expired, path="a.bin")
+    await call("GET", "/shared/{token}/{path}", 404, token=token, path="none.bin")
     await call("GET", "/api/v1/bots/runs", 200, headers=admin, query={"limit": "10"})
     await call("GET", "/api/v1/bots/runs", 400, headers=admin, query={"limit": "0"})
     join = "/api/v1/bots/conversations"
