@@ -352,7 +352,9 @@ class Node:
             member=member,
             relay=relay,
             cascade=cascade,
-            bots=Bots.create(db.pool, chat, tenancy.instances, settings.data_dir, Limits.from_settings(settings)),
+            bots=Bots.create(
+                db.pool, chat, tenancy.instances, settings.data_dir, Limits.from_settings(settings), settings.bot_engine
+            ),
             webhooks=WebhookDispatcher(
                 db.pool,
                 secret_box,

@@ -32,6 +32,7 @@ class Runner:
     dialogs: Dialogs
     data_dir: Path
     limits: Limits
+    engine: str = "wasm"  # GBMEDIA_BOT_ENGINE: "wasm" (compiled, the default) or "interp"
 
     async def instance(self, instance_id: uuid.UUID) -> Instance:
         return await self.instances.get(instance_id)

@@ -23,9 +23,11 @@ class Bots:
     scheduler: Scheduler
 
     @classmethod
-    def create(cls, pool: asyncpg.Pool, chat: Chat, instances: Instances, data_dir: Path, limits: Limits) -> Bots:
+    def create(
+        cls, pool: asyncpg.Pool, chat: Chat, instances: Instances, data_dir: Path, limits: Limits, engine: str = "wasm"
+    ) -> Bots:
         dialogs = Dialogs(pool)
-        runner = Runner(pool, instances, dialogs, data_dir, limits)
+        runner = Runner(pool, instances, dialogs, data_dir, limits, engine)
         return cls(dialogs, DialogEngine(pool, chat, runner), Scheduler(pool, runner))
 
     def start(self) -> None:

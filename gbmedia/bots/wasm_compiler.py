@@ -517,6 +517,7 @@ class _Unit:
             text = "\n".join(blk)
             for i, label in enumerate(self.labels):
                 text = text.replace(f"@L{i}@", str(label.block))
+            text = text.replace("@SLOTS@", str(self.slots))
             code_blocks.append(text)
         n = len(code_blocks)
         names = " ".join(f"$b{i}" for i in range(n))
@@ -547,7 +548,7 @@ class _Unit:
         """Leave the run here: the host saves this frame (its block, its slots) and every caller does the same."""
         return (
             f"(call $h_spill (i32.const {self.uid}) (i32.const @L{self.labels.index(label)}@) (local.get $fp)"
-            f" (i32.const {self.slots})) (global.set $unwind (i32.const 1)) {self.ret(f'(i64.const {NONE})')}"
+            f" (i32.const @SLOTS@)) (global.set $unwind (i32.const 1)) {self.ret(f'(i64.const {NONE})')}"
         )
 
     def mark(self, stmt: Stmt) -> None:
