@@ -263,9 +263,9 @@ _HELPERS = """
     (local.set $y (i64.shr_s (local.get $b) (i64.const 1)))
     (if (i32.and (i32.and (i64.ne (local.get $y) (i64.const 0))
                           (i64.lt_u (i64.add (local.get $x) (i64.const 0x20000000000000)) (i64.const 0x40000000000000)))
-                 (i32.and (i64.lt_u (i64.add (local.get $y) (i64.const 0x20000000000000)) (i64.const 0x40000000000000))
-                          (i64.eqz (i64.rem_s (local.get $x) (local.get $y)))))
-      (then (return (i64.shl (i64.div_s (local.get $x) (local.get $y)) (i64.const 1)))))))
+                 (i64.lt_u (i64.add (local.get $y) (i64.const 0x20000000000000)) (i64.const 0x40000000000000)))
+      (then (if (i64.eqz (i64.rem_s (local.get $x) (local.get $y)))
+        (then (return (i64.shl (i64.div_s (local.get $x) (local.get $y)) (i64.const 1)))))))))
   (call $h_bin (i32.const 3) (local.get $a) (local.get $b)))
 (func $idiv (param $a i64) (param $b i64) (result i64) (local $x i64) (local $y i64) (local $q i64)
   (if (call $both (local.get $a) (local.get $b)) (then
@@ -447,7 +447,7 @@ class _Module:
         )
 
 
-@dataclass
+@dataclass(eq=False)  # labels are told apart by identity: two not yet placed are not the same label
 class _Label:
     block: int = -1
 
