@@ -42,9 +42,9 @@ import asyncpg
 from gbmedia.bots.chat_port import ChatPort
 from gbmedia.bots.compiler import Compiled
 from gbmedia.bots.dialogs import START_DIALOG, DialogMissing, dialog_name
+from gbmedia.bots.engines import new_run, restore_run
 from gbmedia.bots.errors import BasicRuntimeError
 from gbmedia.bots.host import UserInfo
-from gbmedia.bots.engines import new_run, restore_run
 from gbmedia.bots.machine import Outcome, StateError
 from gbmedia.bots.runner import Runner
 from gbmedia.errors import ApiError

@@ -35,9 +35,7 @@ async def _compiled_wasm(compiled: Compiled) -> Any:
             compiled._not_compiled = exc  # type: ignore[attr-defined]
     refused = getattr(compiled, "_not_compiled", None)
     if refused is not None:
-        log.info(
-            "dialog %s runs in the interpreter: %s", compiled.dialog, refused, extra={"dialog": compiled.dialog}
-        )
+        log.info("dialog %s runs in the interpreter: %s", compiled.dialog, refused, extra={"dialog": compiled.dialog})
         return None
     return compiled._wasm  # type: ignore[attr-defined]
 

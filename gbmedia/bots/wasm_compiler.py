@@ -241,13 +241,15 @@ _HELPERS = """
 (func $add (param $a i64) (param $b i64) (result i64) (local $r i64)
   (if (call $both (local.get $a) (local.get $b)) (then
     (local.set $r (i64.add (local.get $a) (local.get $b)))
-    (if (i64.ge_s (i64.and (i64.xor (local.get $a) (local.get $r)) (i64.xor (local.get $b) (local.get $r))) (i64.const 0))
+    (if (i64.ge_s (i64.and (i64.xor (local.get $a) (local.get $r))
+                          (i64.xor (local.get $b) (local.get $r))) (i64.const 0))
       (then (return (local.get $r))))))
   (call $h_bin (i32.const 0) (local.get $a) (local.get $b)))
 (func $sub (param $a i64) (param $b i64) (result i64) (local $r i64)
   (if (call $both (local.get $a) (local.get $b)) (then
     (local.set $r (i64.sub (local.get $a) (local.get $b)))
-    (if (i64.ge_s (i64.and (i64.xor (local.get $a) (local.get $b)) (i64.xor (local.get $a) (local.get $r))) (i64.const 0))
+    (if (i64.ge_s (i64.and (i64.xor (local.get $a) (local.get $b))
+                          (i64.xor (local.get $a) (local.get $r))) (i64.const 0))
       (then (return (local.get $r))))))
   (call $h_bin (i32.const 1) (local.get $a) (local.get $b)))
 (func $mul (param $a i64) (param $b i64) (result i64) (local $x i64)
@@ -297,7 +299,8 @@ _HELPERS = """
 (func $forstep (param $c i64) (param $s i64) (result i64) (local $r i64)
   (if (call $both (local.get $c) (local.get $s)) (then
     (local.set $r (i64.add (local.get $c) (local.get $s)))
-    (if (i64.ge_s (i64.and (i64.xor (local.get $c) (local.get $r)) (i64.xor (local.get $s) (local.get $r))) (i64.const 0))
+    (if (i64.ge_s (i64.and (i64.xor (local.get $c) (local.get $r))
+                          (i64.xor (local.get $s) (local.get $r))) (i64.const 0))
       (then (return (local.get $r))))))
   (call $h_forstep (local.get $c) (local.get $s)))
 (func $enter
@@ -343,9 +346,7 @@ def _has_resume_point(stmts: list[Stmt], functions: dict[str, Any]) -> bool:
         if isinstance(s, Assign) and isinstance(s.value, Call) and s.value.name in functions:
             return True
         if isinstance(s, If):
-            if any(_has_resume_point(b, functions) for _, b in s.branches) or _has_resume_point(
-                s.otherwise, functions
-            ):
+            if any(_has_resume_point(b, functions) for _, b in s.branches) or _has_resume_point(s.otherwise, functions):
                 return True
         elif isinstance(s, SelectCase):
             if any(_has_resume_point(b, functions) for _, b in s.cases) or _has_resume_point(s.otherwise, functions):
@@ -420,7 +421,9 @@ class _Module:
                 fn = self.program.functions[unit_name]
                 funcs.append(_Unit(self, i, unit_name, fn.params, fn.body, fn.dialog or self.program.dialog).build())
         # every variable any unit reads or writes has a global, made while the units compiled
-        globals_ = "\n".join(f'(global $g{i} (export "g{i}") (mut i64) (i64.const {UNSET}))' for i in range(len(self.names)))
+        globals_ = "\n".join(
+            f'(global $g{i} (export "g{i}") (mut i64) (i64.const {UNSET}))' for i in range(len(self.names))
+        )
         helpers = _HELPERS.replace("STACK_BYTES", str(STACK_PAGES * 65536))
         return "\n".join(
             [
@@ -429,7 +432,7 @@ class _Module:
                 f'(memory (export "stack") {STACK_PAGES} {STACK_PAGES})',
                 '(global $stmt (export "stmt") (mut i32) (i32.const 0))',
                 '(global $unwind (export "unwind") (mut i32) (i32.const 0))',
-                '(global $frames (mut i32) (i32.const 1))',
+                "(global $frames (mut i32) (i32.const 1))",
                 '(global $inline (export "inline") (mut i32) (i32.const 0))',
                 '(global $sp (export "sp") (mut i32) (i32.const 0))',
                 '(global $gcflag (export "gcflag") (mut i32) (i32.const 0))',
@@ -652,7 +655,8 @@ class _Unit:
             f" (local.set {result} (call $u{uid} (i32.const 1) {dummies})))"
             f" (else {evaluate} (call $enter) (local.set {result} (call $u{uid} (i32.const 0) {passed}))))"
             f" (call $leave)"
-            f" (if (global.get $unwind) (then (if (i32.eq (global.get $unwind) (i32.const 1)) (then {self.spill(label)}))"
+            f" (if (global.get $unwind) (then"
+            f" (if (i32.eq (global.get $unwind) (i32.const 1)) (then {self.spill(label)}))"
             f" {self.ret(f'(i64.const {NONE})')}))"
         )
         if target is not None:
@@ -872,8 +876,11 @@ class _Unit:
             )
         if isinstance(target, Member):
             name = self.mod.const(target.name)
-            return f"(local.set {t} {value}) (call $h_setmember {self.expr(target.target)} (i32.const {name}) (local.get {t}))"
-        raise self.error("only a variable, an item or a field can be assigned", target.line, target.col)  # pragma: no cover
+            holder = self.expr(target.target)
+            return f"(local.set {t} {value}) (call $h_setmember {holder} (i32.const {name}) (local.get {t}))"
+        raise self.error(
+            "only a variable, an item or a field can be assigned", target.line, target.col
+        )  # pragma: no cover
 
     # --- expressions ----------------------------------------------------------------------------
 

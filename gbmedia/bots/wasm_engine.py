@@ -43,7 +43,6 @@ from gbmedia.bots.values import arithmetic, compare, kind_of, to_number, to_text
 from gbmedia.bots.wasm_compiler import (
     BINARY_OPS,
     COMPARE_OPS,
-    FIRST_CONST,
     INT_LIMIT,
     MISFIT,
     WasmDialog,
