@@ -25,7 +25,9 @@ import asyncio
 import logging
 import math
 import threading
+import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from typing import Any
 
@@ -59,6 +61,10 @@ MAX_VALUES = 1_000_000  # host values alive at once: past this the run fails (me
 
 _engine_lock = threading.Lock()
 _engine: wasmtime.Engine | None = None
+# The threads modules run in: their own pool, not the loop's default executor, because a run
+# waiting for a built-in on the loop holds its thread, and that built-in may itself need a
+# thread of the default executor (files): sharing one pool could let runs starve it.
+_runs = ThreadPoolExecutor(max_workers=32, thread_name_prefix="gbmedia-wasm")
 
 
 def engine() -> wasmtime.Engine:
@@ -74,7 +80,7 @@ def engine() -> wasmtime.Engine:
 
             def tick() -> None:
                 while True:
-                    threading.Event().wait(EPOCH_TICK)
+                    time.sleep(EPOCH_TICK)
                     eng.increment_epoch()
 
             threading.Thread(target=tick, name="gbmedia-wasm-epoch", daemon=True).start()
@@ -489,7 +495,7 @@ class WasmRun:
             raise StateError("this run has ended")
         self.loop = asyncio.get_running_loop()
         try:
-            status = await asyncio.to_thread(self._enter, resume)
+            status = await self.loop.run_in_executor(_runs, self._enter, resume)
         except wasmtime.Trap as trap:
             if trap.trap_code == wasmtime.TrapCode.OUT_OF_FUEL:
                 return await self._failed(OverLimit("statements", self.ctx.limits.max_statements))
