@@ -74,7 +74,7 @@ def test_every_fixture_gives_the_same_transcript_compiled_and_interpreted(path: 
 
 # --- generated programs ----------------------------------------------------------------------
 
-VARS = ["a", "b", "c"]
+VARS = ["a", "b", "c", "s", "d"]  # s starts as text ("7": a number to arithmetic), d as a fraction
 NUMBERS = st.one_of(
     st.integers(-12, 12),
     st.sampled_from([2**31 - 1, 2**53 + 1, 2**62 - 1, -(2**62), 10**20, 0.5, 1.25, -2.5]),
@@ -138,7 +138,7 @@ def statements(draw: st.DrawFn, depth: int, loop: int) -> list[str]:
 
 @st.composite
 def programs(draw: st.DrawFn) -> tuple[str, list[str]]:
-    lines = ["FUNCTION f(x)", "  RETURN x * 2 + a", "END FUNCTION", "a = 1", "b = 2", "c = 3"]
+    lines = ["FUNCTION f(x)", "  RETURN x * 2 + a", "END FUNCTION", "a = 1", "b = 2", "c = 3", 's = "7"', "d = 0.5"]
     lines += draw(statements(2, 0))
     answers = draw(st.lists(st.sampled_from(["5", "-3", "x", "2.5", "4611686018427387904"]), max_size=6))
     return "\n".join(lines) + "\n", answers
