@@ -471,6 +471,7 @@ class _Unit:
         self.labels: list[_Label] = []
         self.loops: list[tuple[str, str, Any]] = []  # (kind, "br" | "jump", label name or _Label)
         self.uniq = 0
+        self.sid = 0  # the statement being compiled: a FUNCTION's call sets it back on return
 
     # --- bookkeeping -----------------------------------------------------------------------
 
@@ -555,7 +556,7 @@ class _Unit:
         )
 
     def mark(self, stmt: Stmt) -> None:
-        sid = len(self.mod.lines)
+        sid = self.sid = len(self.mod.lines)
         self.mod.lines.append([stmt.dialog or self.dialog, stmt.line])
         gc = "(if (i32.and (global.get $gcflag) (i32.eqz (global.get $inline))) (then (call $h_gc)))"
         self.emit(f"(global.set $stmt (i32.const {sid})) {gc}")
@@ -654,7 +655,7 @@ class _Unit:
             f" (then (local.set $resuming (i32.const 0)) (call $enter)"
             f" (local.set {result} (call $u{uid} (i32.const 1) {dummies})))"
             f" (else {evaluate} (call $enter) (local.set {result} (call $u{uid} (i32.const 0) {passed}))))"
-            f" (call $leave)"
+            f" (call $leave) (global.set $stmt (i32.const {self.sid}))"
             f" (if (global.get $unwind) (then"
             f" (if (i32.eq (global.get $unwind) (i32.const 1)) (then {self.spill(label)}))"
             f" {self.ret(f'(i64.const {NONE})')}))"
@@ -763,8 +764,9 @@ class _Unit:
             f" {self.sstore(step, step_code)}"
             f" {self.write_var(var, f'(local.get {start})')}"
         )
-        test = f"(call $fortest {self.read_var(var)} {self.sload(end)} {self.sload(step)})"
-        advance = self.write_var(var, f"(call $forstep {self.read_var(var)} {self.sload(step)})")
+        here = f"(global.set $stmt (i32.const {self.sid}))"  # the test and the step fail at the FOR's line
+        test = f"(block (result i32) {here} (call $fortest {self.read_var(var)} {self.sload(end)} {self.sload(step)}))"
+        advance = here + " " + self.write_var(var, f"(call $forstep {self.read_var(var)} {self.sload(step)})")
         self.loop_body("FOR", stmt.body, test, advance)
 
     def loop_body(self, kind: str, body: list[Stmt], exit_test: str, advance: str) -> None:
@@ -794,8 +796,9 @@ class _Unit:
             f" {self.sstore(count, f'(call $h_len {self.sload(items)})')}"
         )
         test = f"(i64.ge_s {self.sload(pos)} {self.sload(count)})"
+        item = f"(call $chk (call $h_item {self.sload(items)} {self.sload(pos)}))"
         take = (
-            f"{self.write_var(var, f'(call $chk (call $h_item {self.sload(items)} {self.sload(pos)}))')}"
+            f"(global.set $stmt (i32.const {self.sid})) {self.write_var(var, item)}"
             f" {self.sstore(pos, f'(i64.add {self.sload(pos)} (i64.const 2))')}"
         )
         # the item is taken before the body, as the interpreter's FOR EACH does
@@ -815,10 +818,15 @@ class _Unit:
         self.emit(self.jump(top))
         self.place(out_label)
 
+    def cond_here(self, e: Expr) -> str:
+        """A loop's condition, tested after its body ran: it fails at the loop's line, not the body's last."""
+        return f"(block (result i32) (global.set $stmt (i32.const {self.sid})) {self.cond(e)})"
+
     def do_loop(self, stmt: DoLoop) -> None:
+        sid = self.sid
         test = None
         if stmt.cond is not None and not stmt.at_end:
-            c = self.cond(stmt.cond)
+            c = self.cond_here(stmt.cond)
             test = c if stmt.until else f"(i32.eqz {c})"
         if self.flat(stmt.body):
             out, top = self.fresh("x"), self.fresh("top")
@@ -827,7 +835,8 @@ class _Unit:
             self.loops.pop()
             head = f"(br_if {out} {test})" if test else ""
             if stmt.cond is not None and stmt.at_end:
-                c = self.cond(stmt.cond)
+                self.sid = sid
+                c = self.cond_here(stmt.cond)
                 again = f"(i32.eqz {c})" if stmt.until else c
                 bottom = f"(br_if {top} {again})"
             else:
@@ -842,7 +851,8 @@ class _Unit:
         self.block(stmt.body)
         self.loops.pop()
         if stmt.cond is not None and stmt.at_end:
-            c = self.cond(stmt.cond)
+            self.sid = sid
+            c = self.cond_here(stmt.cond)
             again = f"(i32.eqz {c})" if stmt.until else c
             self.emit(f"(if {again} (then {self.jump(top)}))")
         else:
@@ -965,7 +975,8 @@ class _Unit:
             passed = " ".join(f"(local.get {t})" for t in temps)
             return (
                 f"(block (result i64) {evaluate} (call $ienter)"
-                f" (local.set {result} (call $u{uid} (i32.const 0) {passed})) (call $ileave) (local.get {result}))"
+                f" (local.set {result} (call $u{uid} (i32.const 0) {passed})) (call $ileave)"
+                f" (global.set $stmt (i32.const {self.sid})) (local.get {result}))"
             )
         builtin = REGISTRY.get(name)
         if builtin is None:
