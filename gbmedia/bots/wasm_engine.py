@@ -93,10 +93,14 @@ def _module(wasm: bytes) -> wasmtime.Module:
 
 
 def wasm_of(compiled: Compiled) -> WasmDialog:
-    """The dialog compiled to WebAssembly, once per compiled dialog (kept on it); NotCompiled when it cannot be."""
+    """The dialog compiled to WebAssembly, once per compiled dialog (kept on it); NotCompiled when it cannot be.
+
+    CPU work of tens of milliseconds the first time: the engine calls it in a thread (engines.new_run).
+    """
     cached = getattr(compiled, "_wasm", None)
     if cached is None:
         cached = compile_wasm(compiled)
+        _module(cached.wasm)  # Cranelift's compilation (tens of ms) here, in the caller's thread, not at the run
         compiled._wasm = cached  # type: ignore[attr-defined]
     return cached
 

@@ -65,7 +65,7 @@ async def test_an_epoch_deadline_stops_a_loop_that_runs_too_long():
     run, _ = compiled_run("DO\n  x = 1\nLOOP\n", Limits(max_statements=10**9, max_seconds=0.2))
     outcome = await run.start()
     assert outcome.status == "failed" and "GBMEDIA_BOT_MAX_SECONDS" in str(outcome.error)
-    assert outcome.error is not None and outcome.error.line == 2
+    assert outcome.error is not None and outcome.error.line in (1, 2)  # the loop's lines: DO, or its body
 
 
 async def test_dead_values_are_collected_between_statements(monkeypatch: pytest.MonkeyPatch):
