@@ -174,41 +174,62 @@ def load_wasm(wasm: bytes) -> WasmDialog:
 
 # --- the module ------------------------------------------------------------------------------
 
-_IMPORTS = """
-(import "h" "bin" (func $h_bin (param i32 i64 i64) (result i64)))
-(import "h" "cmp" (func $h_cmp (param i32 i64 i64) (result i32)))
-(import "h" "un" (func $h_un (param i32 i64) (result i64)))
-(import "h" "num" (func $h_num (param i64 i32) (result i64)))
-(import "h" "truthy" (func $h_truthy (param i64) (result i32)))
-(import "h" "check" (func $h_check (param i64)))
-(import "h" "unset" (func $h_unset (param i32) (result i64)))
-(import "h" "join" (func $h_join (param i64 i64) (result i64)))
-(import "h" "text" (func $h_text (param i64) (result i64)))
-(import "h" "index" (func $h_index (param i64 i64) (result i64)))
-(import "h" "member" (func $h_member (param i64 i32) (result i64)))
-(import "h" "setindex" (func $h_setindex (param i64 i64 i64)))
-(import "h" "setmember" (func $h_setmember (param i64 i32 i64)))
-(import "h" "newlist" (func $h_newlist (result i64)))
-(import "h" "push" (func $h_push (param i64 i64)))
-(import "h" "arg" (func $h_arg (param i64)))
-(import "h" "call0" (func $h_call0 (param i32) (result i64)))
-(import "h" "call1" (func $h_call1 (param i32 i64) (result i64)))
-(import "h" "call2" (func $h_call2 (param i32 i64 i64) (result i64)))
-(import "h" "call3" (func $h_call3 (param i32 i64 i64 i64) (result i64)))
-(import "h" "calln" (func $h_calln (param i32 i32) (result i64)))
-(import "h" "fortest" (func $h_fortest (param i64 i64 i64) (result i32)))
-(import "h" "forstep" (func $h_forstep (param i64 i64) (result i64)))
-(import "h" "each" (func $h_each (param i64) (result i64)))
-(import "h" "len" (func $h_len (param i64) (result i64)))
-(import "h" "item" (func $h_item (param i64 i64) (result i64)))
-(import "h" "table" (func $h_table (param i32)))
-(import "h" "hear" (func $h_hear (param i32 i64) (result i64)))
-(import "h" "fault" (func $h_fault (param i32)))
-(import "h" "spill" (func $h_spill (param i32 i32 i32 i32)))
-(import "h" "frame" (func $h_frame (param i32 i32 i32) (result i32)))
-(import "h" "gc" (func $h_gc))
-(import "h" "line" (func $h_line (param i32)))
-"""
+# The host's imports: (name, parameter types, result type). One with a result is imported without
+# it and wrapped: the host writes the result at address 0 of the linear memory and the wrapper
+# loads it. wasmtime's Python binding converts a callback's result slowly (it builds type objects
+# at every call); writing 8 bytes through a pointer is cheap, and the shadow stack starts at 16.
+IMPORTS: list[tuple[str, tuple[str, ...], str | None]] = [
+    ("bin", ("i32", "i64", "i64"), "i64"),
+    ("cmp", ("i32", "i64", "i64"), "i32"),
+    ("un", ("i32", "i64"), "i64"),
+    ("num", ("i64", "i32"), "i64"),
+    ("truthy", ("i64",), "i32"),
+    ("check", ("i64",), None),
+    ("unset", ("i32",), "i64"),
+    ("join", ("i64", "i64"), "i64"),
+    ("text", ("i64",), "i64"),
+    ("index", ("i64", "i64"), "i64"),
+    ("member", ("i64", "i32"), "i64"),
+    ("setindex", ("i64", "i64", "i64"), None),
+    ("setmember", ("i64", "i32", "i64"), None),
+    ("newlist", (), "i64"),
+    ("push", ("i64", "i64"), None),
+    ("arg", ("i64",), None),
+    ("call0", ("i32",), "i64"),
+    ("call1", ("i32", "i64"), "i64"),
+    ("call2", ("i32", "i64", "i64"), "i64"),
+    ("call3", ("i32", "i64", "i64", "i64"), "i64"),
+    ("calln", ("i32", "i32"), "i64"),
+    ("fortest", ("i64", "i64", "i64"), "i32"),
+    ("forstep", ("i64", "i64"), "i64"),
+    ("each", ("i64",), "i64"),
+    ("len", ("i64",), "i64"),
+    ("item", ("i64", "i64"), "i64"),
+    ("table", ("i32",), None),
+    ("hear", ("i32", "i64"), "i64"),
+    ("fault", ("i32",), None),
+    ("spill", ("i32", "i32", "i32", "i32"), None),
+    ("frame", ("i32", "i32", "i32"), "i32"),
+    ("gc", (), None),
+    ("line", ("i32",), None),
+]
+RESULT_ADDRESS = 0
+STACK_BASE = 16
+
+
+def _imports_text() -> str:
+    imports, wrappers = [], []  # every import comes before the module's first function
+    for name, params, result in IMPORTS:
+        ps = f" (param {' '.join(params)})" if params else ""
+        if result is None:
+            imports.append(f'(import "h" "{name}" (func $h_{name}{ps}))')
+            continue
+        imports.append(f'(import "h" "{name}" (func $x_{name}{ps}))')
+        args = " ".join(f"(local.get {i})" for i in range(len(params)))
+        load = "(i64.load (i32.const 0))" if result == "i64" else "(i32.wrap_i64 (i64.load (i32.const 0)))"
+        wrappers.append(f"(func $h_{name}{ps} (result {result}) (call $x_{name} {args}) {load})")
+    return "\n".join(imports + wrappers)
+
 
 _HELPERS = """
 (func $both (param $a i64) (param $b i64) (result i32)
@@ -428,13 +449,13 @@ class _Module:
         return "\n".join(
             [
                 "(module",
-                _IMPORTS,
+                _imports_text(),
                 f'(memory (export "stack") {STACK_PAGES} {STACK_PAGES})',
                 '(global $stmt (export "stmt") (mut i32) (i32.const 0))',
                 '(global $unwind (export "unwind") (mut i32) (i32.const 0))',
                 "(global $frames (mut i32) (i32.const 1))",
                 '(global $inline (export "inline") (mut i32) (i32.const 0))',
-                '(global $sp (export "sp") (mut i32) (i32.const 0))',
+                f'(global $sp (export "sp") (mut i32) (i32.const {STACK_BASE}))',
                 '(global $gcflag (export "gcflag") (mut i32) (i32.const 0))',
                 globals_,
                 helpers,
@@ -442,7 +463,7 @@ class _Module:
                 *funcs,
                 '(func (export "run") (param $resume i32) (result i32)',
                 "  (global.set $frames (i32.const 1)) (global.set $inline (i32.const 0))",
-                "  (global.set $unwind (i32.const 0)) (global.set $sp (i32.const 0))",
+                f"  (global.set $unwind (i32.const 0)) (global.set $sp (i32.const {STACK_BASE}))",
                 "  (drop (call $u0 (local.get $resume) ))",
                 "  (global.get $unwind))",
                 ")",

@@ -22,6 +22,7 @@ terminal choose an engine and otherwise do not care.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import math
 import threading
@@ -45,8 +46,10 @@ from gbmedia.bots.values import arithmetic, compare, kind_of, to_number, to_text
 from gbmedia.bots.wasm_compiler import (
     BINARY_OPS,
     COMPARE_OPS,
+    IMPORTS,
     INT_LIMIT,
     MISFIT,
+    STACK_BASE,
     WasmDialog,
     compile_wasm,
 )
@@ -129,6 +132,8 @@ class WasmRun:
         self.instance = wasmtime.Instance(self.store, _module(dialog.wasm), self._imports())
         self.exports = self.instance.exports(self.store)
         self.memory: wasmtime.Memory = self.exports["stack"]  # type: ignore[assignment]
+        # the memory never grows (its minimum is its maximum), so its address stays put
+        self.result = ctypes.cast(self.memory.data_ptr(self.store), ctypes.POINTER(ctypes.c_int64))
         self.globals_ = [self.exports[f"g{i}"] for i in range(len(self.meta["names"]))]
         ctx.dialog = dialog.dialog
 
@@ -344,42 +349,21 @@ class WasmRun:
                 dialog, line = self.meta["lines"][sid]
                 hook(dialog, line)
 
-        table: list[tuple[Callable[..., Any], list[Any], list[Any]]] = [
-            (h_bin, [i32, i64, i64], [i64]),
-            (h_cmp, [i32, i64, i64], [i32]),
-            (h_un, [i32, i64], [i64]),
-            (h_num, [i64, i32], [i64]),
-            (h_truthy, [i64], [i32]),
-            (h_check, [i64], []),
-            (h_unset, [i32], [i64]),
-            (h_join, [i64, i64], [i64]),
-            (h_text, [i64], [i64]),
-            (h_index, [i64, i64], [i64]),
-            (h_member, [i64, i32], [i64]),
-            (h_setindex, [i64, i64, i64], []),
-            (h_setmember, [i64, i32, i64], []),
-            (h_newlist, [], [i64]),
-            (h_push, [i64, i64], []),
-            (h_arg, [i64], []),
-            (h_call0, [i32], [i64]),
-            (h_call1, [i32, i64], [i64]),
-            (h_call2, [i32, i64, i64], [i64]),
-            (h_call3, [i32, i64, i64, i64], [i64]),
-            (h_calln, [i32, i32], [i64]),
-            (h_fortest, [i64, i64, i64], [i32]),
-            (h_forstep, [i64, i64], [i64]),
-            (h_each, [i64], [i64]),
-            (h_len, [i64], [i64]),
-            (h_item, [i64, i64], [i64]),
-            (h_table, [i32], []),
-            (h_hear, [i32, i64], [i64]),
-            (h_fault, [i32], []),
-            (h_spill, [i32, i32, i32, i32], []),
-            (h_frame, [i32, i32, i32], [i32]),
-            (h_gc, [], []),
-            (h_line, [i32], []),
-        ]
-        return [wasmtime.Func(store, wasmtime.FuncType(p, r), fn) for fn, p, r in table]
+        here = locals()
+        types = {"i32": i32, "i64": i64}
+        funcs = []
+        for name, params, result in IMPORTS:
+            fn = here[f"h_{name}"]
+            if result is not None:
+                fn = self._to_memory(fn)  # its result goes to address 0 (see wasm_compiler.IMPORTS)
+            funcs.append(wasmtime.Func(store, wasmtime.FuncType([types[t] for t in params], []), fn))
+        return funcs
+
+    def _to_memory(self, fn: Callable[..., int]) -> Callable[..., None]:
+        def returns_through_memory(*args: int) -> None:
+            self.result[0] = fn(*args)
+
+        return returns_through_memory
 
     def _read_slots(self, fp: int, slots: int) -> list[Any]:
         raw = self.memory.read(self.store, fp, fp + slots * 8)
@@ -389,7 +373,7 @@ class WasmRun:
         """Drop host values no variable or loop refers to any more (between two statements: no temporaries)."""
         self.exports["gcflag"].set_value(self.store, wasmtime.Val.i32(0))  # type: ignore[union-attr]
         sp = self.exports["sp"].value(self.store)  # type: ignore[union-attr]
-        raw = self.memory.read(self.store, 0, sp) if sp else b""
+        raw = self.memory.read(self.store, STACK_BASE, sp) if sp > STACK_BASE else b""
         slots = [int.from_bytes(raw[i : i + 8], "little", signed=True) for i in range(0, len(raw), 8)]
         gvals = [g.value(self.store) for g in self.globals_]  # type: ignore[union-attr]
         keep = self.values[: self.base]
@@ -412,7 +396,7 @@ class WasmRun:
         self.gc_at = max(self.base + GC_START, 2 * len(keep))
         if new_slots:
             data = b"".join((x & 0xFFFFFFFFFFFFFFFF).to_bytes(8, "little") for x in new_slots)
-            self.memory.write(self.store, data, 0)
+            self.memory.write(self.store, data, STACK_BASE)
         for g, x in zip(self.globals_, new_globals, strict=True):
             g.set_value(self.store, wasmtime.Val.i64(x))  # type: ignore[union-attr]
 
