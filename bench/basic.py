@@ -71,17 +71,17 @@ NEXT
 """
 
 
-async def text_once(n: int, engine: str) -> tuple[float, int, str]:
-    """One run of the text loop in one engine: wall seconds, statements (the interpreter's count), the text made."""
+async def text_once(n: int, engine: str) -> tuple[float, float, int, str]:
+    """One run of the text loop in one engine: wall and CPU seconds, statements (the interpreter's), the text made."""
     compiled = load(f"n = {n}\n" + TEXT_DIALOG, "text")
     ctx = Context(limits=Limits(max_statements=10**10, max_seconds=3600))
     run: Run | WasmRun = Run(compiled, ctx) if engine == "interp" else WasmRun(wasm_of(compiled), ctx)
-    wall = time.perf_counter()
+    wall, cpu = time.perf_counter(), time.process_time()
     outcome = await run.start()
-    wall = time.perf_counter() - wall
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     if outcome.status != "done":
         raise RuntimeError(f"the text dialog failed in {engine}: {outcome.error}")
-    return wall, ctx.budget.statements, run.globals["OUT"]
+    return wall, cpu, ctx.budget.statements, run.globals["OUT"]
 
 
 def same_in_python(n: int) -> int:
@@ -150,8 +150,8 @@ async def measure(n: int, repeat: int) -> dict[str, object]:
     text_n = max(1, n // 15)  # the text loop is slower per turn: fewer turns, the same order of time
     text_interp = min([await text_once(text_n, "interp") for _ in range(repeat)])
     text_compiled = min([await text_once(text_n, "wasm") for _ in range(repeat)])
-    if text_interp[2] != text_compiled[2]:
-        raise RuntimeError(f"the engines disagree on the text loop: {text_interp[2]!r}, {text_compiled[2]!r}")
+    if text_interp[3] != text_compiled[3]:
+        raise RuntimeError(f"the engines disagree on the text loop: {text_interp[3]!r}, {text_compiled[3]!r}")
     best_basic = min(basic, key=lambda r: r[0])
     best_python = min(python, key=lambda r: r[0])
     best_compiled = min(compiled, key=lambda r: r[0])
@@ -191,10 +191,12 @@ async def measure(n: int, repeat: int) -> dict[str, object]:
         "node_over_basic": round(node_rate / basic_rate, 1),
         "text_loop": {
             "iterations": text_n,
-            "statements": text_interp[1],
-            "interpreter_statements_per_s": round(text_interp[1] / text_interp[0]),
-            "compiled_statements_per_s": round(text_interp[1] / text_compiled[0]),
+            "statements": text_interp[2],
+            "interpreter_statements_per_s": round(text_interp[2] / text_interp[0]),
+            "compiled_statements_per_s": round(text_interp[2] / text_compiled[0]),
             "compiled_over_interpreter": round(text_interp[0] / text_compiled[0], 2),
+            "interpreter_cpu_seconds": round(text_interp[1], 4),
+            "compiled_cpu_seconds": round(text_compiled[1], 4),
         },
     }
 
@@ -221,6 +223,10 @@ def main(argv: list[str] | None = None) -> int:
     for name, row in rows:
         print(f"{name:<24}{row['seconds']:>10.4f}{row['statements_per_s']:>16,}")  # type: ignore[index]
     print(
+        f"CPU seconds: interpreter {result['gbmedia_basic']['cpu_seconds']}, "  # type: ignore[index]
+        f"compiled {result['gbmedia_compiled']['cpu_seconds']}"  # type: ignore[index]
+    )
+    print(
         f"The compiled engine is {result['compiled_over_basic']}x the interpreter; "
         f"CPython is {result['cpython_over_basic']}x the interpreter; Node running the old platform's "
         f"translation ({result['node_translation']['node']}) is {result['node_over_basic']}x"  # type: ignore[index]
@@ -229,7 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"Text loop ({text['iterations']:,} iterations, every operation an import): interpreter "  # type: ignore[index]
         f"{text['interpreter_statements_per_s']:,} statements/s, compiled {text['compiled_statements_per_s']:,} "  # type: ignore[index]
-        f"({text['compiled_over_interpreter']}x)"  # type: ignore[index]
+        f"({text['compiled_over_interpreter']}x); CPU seconds {text['interpreter_cpu_seconds']} and "  # type: ignore[index]
+        f"{text['compiled_cpu_seconds']}"  # type: ignore[index]
     )
     print(json.dumps(result))
     if args.json:
