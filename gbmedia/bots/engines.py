@@ -33,6 +33,9 @@ async def _compiled_wasm(compiled: Compiled) -> Any:
             await asyncio.to_thread(wasm_of, compiled)
         except NotCompiled as exc:
             compiled._not_compiled = exc  # type: ignore[attr-defined]
+        except Exception as exc:  # a compiler bug must not stop the dialog: the interpreter runs it
+            log.exception("dialog %s failed to compile to WebAssembly", compiled.dialog)
+            compiled._not_compiled = exc  # type: ignore[attr-defined]
     refused = getattr(compiled, "_not_compiled", None)
     if refused is not None:
         log.info("dialog %s runs in the interpreter: %s", compiled.dialog, refused, extra={"dialog": compiled.dialog})

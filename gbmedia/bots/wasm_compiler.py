@@ -32,6 +32,7 @@ engine then runs that dialog in the interpreter.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,6 +71,7 @@ NONE, FALSE, TRUE, UNSET = 1, 3, 5, 7  # encoded handles 0..3
 FIRST_CONST = 4  # the first constant's handle index
 INT_LIMIT = 1 << 62  # whole numbers with |n| < 2^62 are unboxed
 MISFIT = -1  # what the hear import gives when the answer is re-asked
+MAX_BLOCKS = 256  # resume points in one unit: more is refused (Cranelift's time grows fast with them)
 STACK_PAGES = 4  # the shadow stack's linear memory: 256 KiB, fixed (the store's memory cap)
 FAULTS = [
     "FUNCTION calls nested more than 200 deep",
@@ -83,6 +85,9 @@ BINARY_OPS = ["+", "-", "*", "/", "\\", "MOD", "^", "&"]
 COMPARE_OPS = ["=", "<>", "<", ">", "<=", ">="]
 _CMP_NAME = {"=": "eq", "<>": "ne", "<": "lt", ">": "gt", "<=": "le", ">=": "ge"}
 _ARITH_NAME = {"+": "add", "-": "sub", "*": "mul", "/": "div", "\\": "idiv", "MOD": "mod"}
+
+
+_LABEL = re.compile(r"@L(\d+)@")
 
 
 class NotCompiled(BasicSyntaxError):
@@ -473,6 +478,7 @@ class _Module:
 
 @dataclass(eq=False)  # labels are told apart by identity: two not yet placed are not the same label
 class _Label:
+    index: int  # its number in the unit's labels: "@L<index>@" in the text until the blocks are numbered
     block: int = -1
 
 
@@ -493,6 +499,7 @@ class _Unit:
         self.loops: list[tuple[str, str, Any]] = []  # (kind, "br" | "jump", label name or _Label)
         self.uniq = 0
         self.sid = 0  # the statement being compiled: a FUNCTION's call sets it back on return
+        self.first_line = body[0].line if body else 0
 
     # --- bookkeeping -----------------------------------------------------------------------
 
@@ -515,7 +522,7 @@ class _Unit:
         return f"${prefix}{self.uniq}"
 
     def new_label(self) -> _Label:
-        label = _Label()
+        label = _Label(len(self.labels))
         self.labels.append(label)
         return label
 
@@ -525,7 +532,7 @@ class _Unit:
         label.block = len(self.blocks) - 1
 
     def jump(self, label: _Label) -> str:
-        return f"(local.set $pc (i32.const @L{self.labels.index(label)}@)) (br $dispatch)"
+        return f"(local.set $pc (i32.const @L{label.index}@)) (br $dispatch)"
 
     def sload(self, i: int) -> str:
         return f"(i64.load offset={i * 8} (local.get $fp))"
@@ -538,18 +545,29 @@ class _Unit:
     def build(self) -> str:
         self.block(self.body)
         code_blocks = []
+
+        def block_of(match: re.Match[str]) -> str:
+            return str(self.labels[int(match.group(1))].block)
+
         for blk in self.blocks:
-            text = "\n".join(blk)
-            for i, label in enumerate(self.labels):
-                text = text.replace(f"@L{i}@", str(label.block))
-            text = text.replace("@SLOTS@", str(self.slots))
-            code_blocks.append(text)
+            text = _LABEL.sub(block_of, "\n".join(blk))
+            code_blocks.append(text.replace("@SLOTS@", str(self.slots)))
         n = len(code_blocks)
+        if n > MAX_BLOCKS:
+            raise NotCompiled(
+                f"{self.name or 'the dialog'} needs more than {MAX_BLOCKS} blocks (a block per HEAR, per FUNCTION"
+                " called as a statement and per loop or branch around them): too many for the compiled engine",
+                self.first_line,
+                None,
+                self.dialog,
+            )
         names = " ".join(f"$b{i}" for i in range(n))
-        inner = f"(block $b0 (br_table {names} (local.get $pc)))"
-        for i in range(1, n):
-            inner = f"(block $b{i} {inner}\n{code_blocks[i - 1]})"
-        dispatch = f"(loop $dispatch {inner}\n{code_blocks[-1]})"
+        # (loop (block $b{n-1} ... (block $b1 (block $b0 (br_table ...)) code0) code1 ...) code{n-1}): built as a
+        # list, not by wrapping a string n times (that is quadratic in the dialog's size)
+        parts = ["(loop $dispatch ", *(f"(block $b{i} " for i in range(n - 1, 0, -1))]
+        parts.append(f"(block $b0 (br_table {names} (local.get $pc)))")
+        parts += [f"\n{code})" for code in code_blocks]
+        dispatch = "".join(parts)
         params = " ".join(f"(param $p{i} i64)" for i in range(len(self.params)))
         temps = " ".join(f"(local $t{i} i64)" for i in range(self.temps))
         copy_params = " ".join(self.sstore(i, f"(local.get $p{i})") for i in range(len(self.params)))
@@ -572,7 +590,7 @@ class _Unit:
     def spill(self, label: _Label) -> str:
         """Leave the run here: the host saves this frame (its block, its slots) and every caller does the same."""
         return (
-            f"(call $h_spill (i32.const {self.uid}) (i32.const @L{self.labels.index(label)}@) (local.get $fp)"
+            f"(call $h_spill (i32.const {self.uid}) (i32.const @L{label.index}@) (local.get $fp)"
             f" (i32.const @SLOTS@)) (global.set $unwind (i32.const 1)) {self.ret(f'(i64.const {NONE})')}"
         )
 

@@ -163,6 +163,24 @@ async def test_a_dialog_the_compiler_refuses_runs_in_the_interpreter_and_the_log
         await restore_run(compiled, Context(), state)
 
 
+async def test_a_dialog_too_big_to_compile_or_one_the_compiler_fails_on_runs_in_the_interpreter(
+    monkeypatch: pytest.MonkeyPatch, caplog
+):
+    big = load("".join(f"HEAR a{i}\n" for i in range(300)), "big")
+    with pytest.raises(NotCompiled, match="more than 256 blocks"):
+        compile_wasm(big)
+    assert isinstance(await new_run(big, Context()), Run)
+
+    def broken(compiled: object, debug: bool = False) -> None:
+        raise RuntimeError("a bug in the compiler")
+
+    monkeypatch.setattr(wasm_engine, "compile_wasm", broken)
+    with caplog.at_level(logging.INFO, logger="gbmedia.bots.engines"):
+        run = await new_run(load("TALK 1\n", "buggy"), Context())
+    assert isinstance(run, Run) and "buggy failed to compile" in caplog.text
+    assert (await run.start()).status == "done"
+
+
 async def test_the_module_carries_its_line_map_and_calls_the_line_hook_in_debug_mode():
     source = "x = 1\nIF x = 1 THEN\n  TALK x\nEND IF\n"
     compiled = load(source, "d")
