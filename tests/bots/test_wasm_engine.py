@@ -82,6 +82,45 @@ async def test_dead_values_are_collected_between_statements(monkeypatch: pytest.
     assert outcome.status == "failed" and "values alive" in str(outcome.error)
 
 
+async def test_collections_between_statements_keep_every_live_value_of_frames_loops_and_variables(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    monkeypatch.setattr(wasm_engine, "GC_START", 4)  # a collection every few values: every statement, nearly
+    source = """
+FUNCTION label(word, n)
+  out = ""
+  FOR EACH part IN [word, "-", n]
+    out = out & part
+  NEXT
+  RETURN out
+END FUNCTION
+words = ["ana", "bo", "cy"]
+all = NEW ARRAY
+FOR EACH w IN words
+  FOR i = 1 TO 30
+    text = label(w, i)
+  NEXT
+  all[UBOUND(all)] = text & "!"
+  HEAR again
+  TALK again & ":" & text
+NEXT
+TALK all
+"""
+    compiled = load(source, "gc")
+    transcripts = []
+    for engine in ("wasm", "interp"):
+        ctx = Context()
+        run = await new_run(compiled, ctx, engine)
+        outcome = await run.start()
+        for answer in ["x", "y", "z"]:
+            state = json.loads(json.dumps(outcome.state))
+            outcome = await (await restore_run(compiled, ctx, state)).resume(answer)
+        assert outcome.status == "done"
+        transcripts.append(said(ctx))
+    assert transcripts[0] == transcripts[1]
+    assert transcripts[0][-1] == '["ana-30!", "bo-30!", "cy-30!"]'
+
+
 async def test_a_hear_deep_in_function_calls_resumes_through_json():
     source = """
 FUNCTION ask(q, times)
