@@ -111,7 +111,7 @@ def condition(draw: st.DrawFn) -> str:
 def statements(draw: st.DrawFn, depth: int, loop: int) -> list[str]:
     out: list[str] = []
     for _ in range(draw(st.integers(1, 4))):
-        kind = draw(st.integers(0, 6 if depth > 0 else 3))
+        kind = draw(st.integers(0, 8 if depth > 0 else 3))
         if kind == 0:
             out.append(f"{draw(st.sampled_from(VARS))} = {draw(number_expr())}")
         elif kind == 1:
@@ -129,6 +129,10 @@ def statements(draw: st.DrawFn, depth: int, loop: int) -> list[str]:
             start, end, step = draw(st.integers(-3, 3)), draw(st.integers(-3, 4)), draw(st.sampled_from([1, 2, -1]))
             out += [f"FOR {var} = {start} TO {end} STEP {step}", *draw(statements(depth - 1, loop + 1)), "NEXT"]
             out.append(f"TALK {var}")
+        elif kind == 7:  # a FUNCTION called as a statement that waits at a HEAR: frames saved and restored
+            out.append(f"CALL g({draw(number_expr(1))})")
+        elif kind == 8:
+            out.append(f"{draw(st.sampled_from(VARS))} = h({draw(number_expr(1))}, {draw(st.sampled_from(VARS))})")
         else:
             var = f"k{loop}"
             out += [f"{var} = 0", f"DO WHILE {var} < 3", f"{var} = {var} + 1"]
@@ -138,9 +142,20 @@ def statements(draw: st.DrawFn, depth: int, loop: int) -> list[str]:
 
 @st.composite
 def programs(draw: st.DrawFn) -> tuple[str, list[str]]:
-    lines = ["FUNCTION f(x)", "  RETURN x * 2 + a", "END FUNCTION", "a = 1", "b = 2", "c = 3", 's = "7"', "d = 0.5"]
+    lines = ["FUNCTION f(x)", "  RETURN x * 2 + a", "END FUNCTION"]
+    lines += ["FUNCTION g(y)", "  HEAR c AS INTEGER", '  TALK "g " & (y + c)', "END FUNCTION"]
+    lines += [
+        "FUNCTION h(n, m)",
+        "  FOR j = 1 TO 2",
+        "    HEAR b",
+        "    n = n & b",
+        "  NEXT",
+        "  RETURN n & m",
+        "END FUNCTION",
+    ]
+    lines += ["a = 1", "b = 2", "c = 3", 's = "7"', "d = 0.5"]
     lines += draw(statements(2, 0))
-    answers = draw(st.lists(st.sampled_from(["5", "-3", "x", "2.5", "4611686018427387904"]), max_size=6))
+    answers = draw(st.lists(st.sampled_from(["5", "-3", "x", "2.5", "4611686018427387904"]), max_size=10))
     return "\n".join(lines) + "\n", answers
 
 
