@@ -261,8 +261,19 @@ def cmd_bot_run(args: argparse.Namespace, settings: Settings) -> int:
             files=Path(args.files) if args.files else None,
             allow=args.allow or [],
             limits=Limits.from_settings(settings),
+            engine=args.engine,
         )
     )
+
+
+def cmd_bot_compile(args: argparse.Namespace, settings: Settings) -> int:
+    """A dialog compiled to a WebAssembly module (see gbmedia.bots.wasm_compiler)."""
+    import sys
+    from pathlib import Path
+
+    from gbmedia.bots.terminal import compile_to_file
+
+    return compile_to_file(Path(args.file), Path(args.output) if args.output else None, args.debug, sys.stderr)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -368,7 +379,18 @@ def build_parser() -> argparse.ArgumentParser:
     b_run.add_argument("--tables", help="a JSON scratch file keeping the tables between runs (default: memory)")
     b_run.add_argument("--files", help="the dialog's files directory (default: a temporary one, removed after)")
     b_run.add_argument("--allow", action="append", metavar="CIDR", help="a private network HTTP may reach (repeatable)")
+    b_run.add_argument(
+        "--engine",
+        choices=["wasm", "interp"],
+        default="wasm",
+        help="wasm: compiled to WebAssembly and run in wasmtime (default); interp: the interpreter",
+    )
     b_run.set_defaults(func=cmd_bot_run)
+    b_compile = bsub.add_parser("compile", help="compile a dialog to a WebAssembly module (.wasm)")
+    b_compile.add_argument("file", help="the dialog (.bas); INCLUDEs are read from NAME.bas beside it")
+    b_compile.add_argument("-o", "--output", help="the module's path (default: FILE with .wasm)")
+    b_compile.add_argument("--debug", action="store_true", help="call the line hook at every statement")
+    b_compile.set_defaults(func=cmd_bot_compile)
     return parser
 
 

@@ -118,6 +118,8 @@ class Settings(BaseSettings):
     chat_writers: int = Field(default=2, ge=1, le=32)
     # Bots (gbmedia/bots): the sandbox's limits on one run of a GB BASIC dialog (docs/bots.md, "Limits").
     bot_max_statements: int = Field(default=1_000_000, ge=100, le=1_000_000_000)
+    # The engine dialogs run in: "wasm" (compiled to WebAssembly, run in wasmtime) or "interp".
+    bot_engine: Literal["wasm", "interp"] = "wasm"
     bot_max_seconds: float = Field(default=30.0, gt=0, le=3600)  # while running: waiting at a HEAR is free
     bot_max_value_bytes: int = Field(default=1024 * 1024, ge=1024, le=256 * 1024 * 1024)
     bot_max_list_items: int = Field(default=10_000, ge=10, le=10_000_000)

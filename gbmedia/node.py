@@ -408,6 +408,7 @@ class Node:
                 links=ShareLinks(secret_box.derive(SHARE_LINKS), settings.public_url or ""),
                 office_binary=settings.bot_office_binary,
                 file_store=bot_file_store(settings),
+                engine=settings.bot_engine,
             ),
             webhooks=WebhookDispatcher(
                 db.pool,

@@ -42,9 +42,10 @@ import asyncpg
 from gbmedia.bots.chat_port import ChatPort
 from gbmedia.bots.compiler import Compiled
 from gbmedia.bots.dialogs import START_DIALOG, DialogMissing, dialog_name
+from gbmedia.bots.engines import new_run, restore_run
 from gbmedia.bots.errors import BasicRuntimeError
 from gbmedia.bots.host import UserInfo
-from gbmedia.bots.machine import Outcome, Run, StateError
+from gbmedia.bots.machine import Outcome, StateError
 from gbmedia.bots.runner import Runner
 from gbmedia.errors import ApiError
 from gbmedia.messaging.service import Chat
@@ -457,7 +458,8 @@ class DialogEngine:
             try:
                 compiled = await self.runner.dialogs.compiled(instance.id, run_row["dialog"])
                 port.dialog = compiled.dialog
-                run = Run.restore(compiled, self.runner.context(instance, compiled.dialog, port), run_row["state"])
+                ctx = self.runner.context(instance, compiled.dialog, port)
+                run = await restore_run(compiled, ctx, run_row["state"])
                 outcome = await run.resume(text)
                 target = None if outcome.status != "goto" else outcome.goto
                 if target is None:
@@ -491,7 +493,8 @@ class DialogEngine:
         return outcome, None, True
 
     async def _start(self, instance: Instance, port: ChatPort, compiled: Compiled) -> Outcome:
-        return await Run(compiled, self.runner.context(instance, compiled.dialog, port)).start()
+        ctx = self.runner.context(instance, compiled.dialog, port)
+        return await (await new_run(compiled, ctx, self.runner.engine)).start()
 
     async def _save_run(
         self, conn: Any, conv: BotConversation, user: str, dialog: str, outcome: Outcome, *, fresh: bool

@@ -53,6 +53,7 @@ class Runner:
     office_binary: str = "soffice"  # CONVERT's LibreOffice
 
     file_store: Callable[[str], FileStore] | None = None  # an instance id -> its files; None: the data directory
+    engine: str = "wasm"  # GBMEDIA_BOT_ENGINE: "wasm" (compiled, the default) or "interp"
 
     def files_for(self, instance_id: str) -> FileStore:
         """An instance's bot files: in the node's data directory, or in S3 (GBMEDIA_BOT_FILES_STORAGE)."""

@@ -24,7 +24,8 @@ import asyncpg
 
 from gbmedia.bots.chat_port import LogPort
 from gbmedia.bots.dialogs import Clock, DialogMissing, next_firing, utc_now
-from gbmedia.bots.machine import Outcome, Run
+from gbmedia.bots.engines import new_run
+from gbmedia.bots.machine import Outcome
 from gbmedia.bots.runner import Runner
 from gbmedia.errors import ApiError
 from gbmedia.tenancy.gates import require_feature
@@ -114,7 +115,8 @@ class Scheduler:
             await port.log("warning", f"{dialog}: scheduled run skipped: {refused.message}")
             return None
         try:
-            outcome = await Run(compiled, self.runner.context(instance, dialog, port)).start()
+            run = await new_run(compiled, self.runner.context(instance, dialog, port), self.runner.engine)
+            outcome = await run.start()
         except Exception:
             log.exception("scheduled dialog failed", extra={"dialog": dialog})
             return None

@@ -45,6 +45,7 @@ class Bots:
         links: ShareLinks | None = None,
         office_binary: str = "soffice",
         file_store: Callable[[str], FileStore] | None = None,
+        engine: str = "wasm",
         **ports: Any,
     ) -> Bots:
         """``ports``: what runs may reach of the node (``browsers``, ``media_bots``, ``rooms``, ``placement``)."""
@@ -59,6 +60,7 @@ class Bots:
             links=links,
             office_binary=office_binary,
             file_store=file_store,
+            engine=engine,
             **ports,
         )
         debugger = Debugger(dialogs, instances, limits, debug_idle_seconds, debug_runs_per_instance)

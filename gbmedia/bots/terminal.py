@@ -17,6 +17,10 @@ What a run reaches, and why it needs no server:
 - HTTP goes through the same guard as on a node: private addresses are refused unless
   ``--allow CIDR`` names them.
 - INCLUDE and GO TO find ``NAME.bas`` next to FILE.
+- ``--engine wasm`` (the default) runs the dialog compiled to WebAssembly, ``--engine
+  interp`` in the interpreter; a dialog the compiler refuses runs in the interpreter,
+  with a note on stderr. FILE may also be a module ``gbmedia bot compile`` wrote
+  (``.wasm``): it runs as compiled, without its source.
 
 Operator lines (LOG, the error that ended a run, SEND, TRANSFER TO) go to stderr.
 Exit status: 0 the dialog ended, 1 it failed at run time (its error on stderr),
@@ -38,6 +42,7 @@ from gbmedia.bots.browser import Browsers, WebRun
 from gbmedia.bots.compiler import Compiled, load
 from gbmedia.bots.context import Context
 from gbmedia.bots.dialogs import dialog_name
+from gbmedia.bots.engines import DEFAULT_ENGINE, new_run, restore_run
 from gbmedia.bots.errors import BasicSyntaxError
 from gbmedia.bots.fetch import GuardedFetcher
 from gbmedia.bots.files import InstanceFiles
@@ -45,6 +50,8 @@ from gbmedia.bots.host import UserInfo
 from gbmedia.bots.limits import Limits
 from gbmedia.bots.machine import Outcome, Run
 from gbmedia.bots.memory_tables import MemoryTables
+from gbmedia.bots.wasm_compiler import NotCompiled, WasmDialog, compile_wasm, load_wasm
+from gbmedia.bots.wasm_engine import WasmRun
 from gbmedia.http.guard import parse_networks
 
 MAX_GOTO = 10  # GO TO hops in one terminal session, as in the engine's turn
@@ -88,6 +95,7 @@ class TerminalOptions:
     files: Path | None = None
     allow: list[str] = field(default_factory=list)
     limits: Limits = field(default_factory=Limits)  # the node's GBMEDIA_BOT_* limits, so a runaway shows here too
+    engine: str = DEFAULT_ENGINE
 
 
 def compile_file(path: Path) -> Compiled:
@@ -131,7 +139,9 @@ async def run_file(options: TerminalOptions, stdin: TextIO, out: TextIO, err: Te
         try:
             for _ in range(MAX_GOTO + 1):
                 try:
-                    compiled = compile_file(path)
+                    compiled: Compiled | WasmDialog = (
+                        load_wasm(path.read_bytes()) if path.suffix == ".wasm" else compile_file(path)
+                    )
                 except BasicSyntaxError as exc:
                     print(f"{path}: {_place(exc, path)}: {exc.message}", file=err)
                     return EXIT_SYNTAX
@@ -140,6 +150,9 @@ async def run_file(options: TerminalOptions, stdin: TextIO, out: TextIO, err: Te
                     return EXIT_SYNTAX
                 except UnicodeDecodeError:
                     print(f"gbmedia: cannot read {path}: not UTF-8 text", file=err)
+                    return EXIT_SYNTAX
+                except ValueError as exc:
+                    print(f"gbmedia: {path}: {exc}", file=err)
                     return EXIT_SYNTAX
                 ctx = Context(
                     instance_id="terminal",
@@ -151,7 +164,7 @@ async def run_file(options: TerminalOptions, stdin: TextIO, out: TextIO, err: Te
                     locale=options.locale,
                     limits=options.limits,
                 )
-                outcome = await _converse(compiled, ctx, stdin, err)
+                outcome = await _converse(compiled, ctx, stdin, err, options.engine)
                 if outcome is None:
                     print("gbmedia: the input ended while the dialog waited at a HEAR", file=err)
                     return EXIT_INPUT_ENDED
@@ -168,16 +181,50 @@ async def run_file(options: TerminalOptions, stdin: TextIO, out: TextIO, err: Te
                 tables.dump(options.tables)
 
 
-async def _converse(compiled: Compiled, ctx: Context, stdin: TextIO, err: TextIO) -> Outcome | None:
+async def _converse(
+    compiled: Compiled | WasmDialog, ctx: Context, stdin: TextIO, err: TextIO, engine: str = DEFAULT_ENGINE
+) -> Outcome | None:
     """Run to the end, answering each HEAR with a line of stdin; None when stdin ends first."""
-    outcome = await Run(compiled, ctx).start()
+    if isinstance(compiled, WasmDialog):
+        outcome = await WasmRun(compiled, ctx).start()
+    else:
+        run = await new_run(compiled, ctx, engine)
+        if engine == "wasm" and isinstance(run, Run):
+            print(f"[info] {compiled.dialog} runs in the interpreter: {compiled._not_compiled}", file=err)  # type: ignore[attr-defined]
+        outcome = await run.start()
     while outcome.status == "waiting":
         answer = await _read_line(stdin, err)
         if answer is None:
             return None
         state = json.loads(json.dumps(outcome.state))  # as the engine stores it between two messages
-        outcome = await Run.restore(compiled, ctx, state).resume(answer)
+        if isinstance(compiled, WasmDialog):
+            outcome = await WasmRun.restore(compiled, ctx, state).resume(answer)
+        else:
+            outcome = await (await restore_run(compiled, ctx, state)).resume(answer)
     return outcome
+
+
+def compile_to_file(file: Path, out: Path | None, debug: bool, err: TextIO) -> int:
+    """``gbmedia bot compile FILE -o FILE.wasm``: the dialog as a WebAssembly module, its meta and line map inside."""
+    try:
+        compiled = compile_file(file)
+        module = compile_wasm(compiled, debug=debug)
+    except NotCompiled as exc:
+        print(f"{file}: {_place(exc, file)}: {exc.message} (it runs in the interpreter)", file=err)
+        return EXIT_SYNTAX
+    except BasicSyntaxError as exc:
+        print(f"{file}: {_place(exc, file)}: {exc.message}", file=err)
+        return EXIT_SYNTAX
+    except OSError as exc:
+        print(f"gbmedia: cannot read {file}: {exc.strerror}", file=err)
+        return EXIT_SYNTAX
+    except UnicodeDecodeError:
+        print(f"gbmedia: cannot read {file}: not UTF-8 text", file=err)
+        return EXIT_SYNTAX
+    target = out or file.with_suffix(".wasm")
+    target.write_bytes(module.wasm)
+    print(f"{target}: {len(module.wasm)} bytes, {len(module.meta['lines'])} statements", file=err)
+    return EXIT_DONE
 
 
 def main(options: TerminalOptions) -> int:

@@ -179,8 +179,9 @@ def test_basic_smoke_runs_the_dialog_in_cpython_and_its_javascript_translation_i
         service_missing("Node (Debian package nodejs), the old platform's runtime in the BASIC benchmark")
     out = smoke("basic")
     assert "GB BASIC CPU-bound loop" in out and "gbmedia interpreter" in out and "CPython (same program)" in out
-    assert "Node (JS translation)" in out
+    assert "Node (JS translation)" in out and "gbmedia compiled (wasm)" in out
     result = last_json(out)
+    assert result["gbmedia_compiled"]["statements_per_s"] > 0  # its total matched the others' (else no figures)
     # The benchmark itself refuses to print figures when the three programs' totals differ.
     assert result["iterations"] == 3000 and result["result"] == sum(i * 2 if i % 3 == 0 else -1 for i in range(1, 3001))
     assert result["statements"] > 3 * 3000  # the interpreter's own count: test, branch, assignment, step per turn

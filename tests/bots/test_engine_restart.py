@@ -8,11 +8,13 @@ database gets the answer and the dialog goes on where it stopped, each reply onc
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import asyncpg
 
 from gbmedia.tenancy.tokens import Grants, mint_token
 from tests import processes
@@ -81,6 +83,12 @@ async def test_a_dialog_resumes_at_its_hear_after_its_node_is_killed(tmp_path: P
 
             first.kill()  # waiting at the second HEAR
             await first.exited()
+            conn = await asyncpg.connect(database_url)
+            try:  # the run waits in the compiled engine (GBMEDIA_BOT_ENGINE's default): its frames, in PostgreSQL
+                state = json.loads(await conn.fetchval("SELECT state FROM bot_runs WHERE status = 'waiting'"))
+            finally:
+                await conn.close()
+            assert state["engine"] == "wasm" and state["globals"]["EMAIL"] == "ana@example.com"
             url = await second.start()
             await say(url, "thirty")
             assert await bot_replies(http, url, cid, alice, 3) == [

@@ -1,0 +1,4 @@
+' answers:
+TALK "checking"
+ALLOW ROLE "admin"
+TALK "not reached"

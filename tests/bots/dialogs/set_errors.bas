@@ -1,0 +1,6 @@
+' answers:
+list = [1, 2]
+list[2] = 3
+TALK list
+text = "abc"
+text.size = 3
