@@ -34,9 +34,12 @@ class SubscriberNegotiation:
         self.state = State.IDLE
         self.pending_offer: str | None = None  # the offer the client has to answer
         self.again = False  # a change arrived meanwhile: offer once more after the answer
+        self.closed = False  # its connection was replaced (a media restart): it offers nothing more
 
     async def renegotiate(self) -> None:
         """Offer the current set of tracks now, or after the answer in flight."""
+        if self.closed:
+            return
         if self.state is not State.IDLE:
             self.again = True
             return
@@ -47,6 +50,8 @@ class SubscriberNegotiation:
         except BaseException:
             self.state = State.IDLE
             raise
+        if self.closed:  # replaced while the offer was made: the client has discarded that connection
+            return
         self.pending_offer = sdp
         self.state = State.AWAITING_ANSWER
         await self._send({"type": "offer", "sdp": sdp, "tracks": tracks})
@@ -70,3 +75,9 @@ class SubscriberNegotiation:
         """Send the waiting offer again (a resumed socket may never have received it)."""
         if self.pending_offer is not None and self.state is State.AWAITING_ANSWER:
             await self._send({"type": "offer", "sdp": self.pending_offer, "tracks": self.peer.track_ids_by_mid()})
+
+    def close(self) -> None:
+        """The connection is being replaced: no offer of it goes out any more, and no answer is taken."""
+        self.closed = True
+        self.pending_offer = None
+        self.state = State.IDLE
