@@ -326,7 +326,7 @@ class LiveRoom:
             replacement = fresh.add(down.track)
             replacement.carry_over(down)
             participant.subscriptions[track_id] = replacement
-        participant.connect_subscriber(fresh)
+        participant.connect_subscriber(fresh, restart=True)
         participant.media_restarts += 1
         if previous is not None:
             await previous.close()

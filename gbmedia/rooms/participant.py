@@ -62,10 +62,10 @@ class Participant:
     client_paths: dict[str, ClientPath] = field(default_factory=dict)
     media_restarts: int = 0  # connections replaced after their media path failed
 
-    def connect_subscriber(self, subscriber: SubscriberPeer) -> None:
-        """Give the participant its subscriber connection; offers go out on its socket."""
+    def connect_subscriber(self, subscriber: SubscriberPeer, *, restart: bool = False) -> None:
+        """Give the participant its subscriber connection (``restart``: replacing one); offers go out on its socket."""
         self.subscriber = subscriber
-        self.negotiation = SubscriberNegotiation(subscriber, self.send)
+        self.negotiation = SubscriberNegotiation(subscriber, self.send, restart=restart)
 
     @property
     def connected(self) -> bool:
