@@ -144,7 +144,7 @@ async def test_a_network_change_moves_a_call_onto_turn_over_tcp_without_leaving(
 
 @pytest.mark.parametrize("settings", [False], indirect=True)
 async def test_without_udp_and_without_turn_the_page_says_media_cannot_connect(
-    browser_in_namespace: Browser, namespace: netns.Namespace, site: TestClient, tenant: Tenant, node: Node
+    node: Node, site: TestClient, tenant: Tenant, namespace: netns.Namespace, browser_in_namespace: Browser
 ):
     assert node.coturn is None and node.turn is None
     await namespace.block_udp()
@@ -155,3 +155,4 @@ async def test_without_udp_and_without_turn_the_page_says_media_cannot_connect(
     print(f"the page gave up on media {time.monotonic() - started:.2f} s after joining")
     status = await tab.evaluate("document.getElementById('status').textContent")
     assert status == "Media could not connect: UDP to the server seems blocked and no TURN server is configured."
+
