@@ -155,4 +155,3 @@ async def test_without_udp_and_without_turn_the_page_says_media_cannot_connect(
     print(f"the page gave up on media {time.monotonic() - started:.2f} s after joining")
     status = await tab.evaluate("document.getElementById('status').textContent")
     assert status == "Media could not connect: UDP to the server seems blocked and no TURN server is configured."
-
