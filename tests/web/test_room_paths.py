@@ -92,11 +92,18 @@ async def test_a_network_change_moves_a_call_onto_turn_over_tcp_without_leaving(
 
         await namespace.block_udp()  # bob's network now lets only TCP through
         cut = time.monotonic()
+        cut_on_page = await bob.evaluate("performance.now()")
         await bob.wait_for("gbroom.mediaRestarts >= 2", timeout=RECOVERY_BOUND)  # both connections replaced
         await alice.wait_for(FLOWING % {"name": "Bob"}, timeout=RECOVERY_BOUND)
         await bob.wait_for(FLOWING % {"name": "Alice"}, timeout=RECOVERY_BOUND)
         recovered = time.monotonic() - cut
-        print(f"media back both ways {recovered:.2f} s after bob's UDP was cut")
+        steps = await bob.evaluate("gbroom.recoveries")
+        noticed = min(r["startedAt"] for r in steps) - cut_on_page
+        connected = max(r["connectedAt"] or 0 for r in steps) - cut_on_page
+        print(
+            f"bob's UDP cut: replacement started after {noticed / 1000:.2f} s, connected over TURN/TCP after "
+            f"{connected / 1000:.2f} s, media seen flowing both ways after {recovered:.2f} s"
+        )
 
         paths = await bob.evaluate("gbroom.candidatePaths()")
         for direction in ("publisher", "subscriber"):

@@ -25,7 +25,7 @@ const RETRY_MAX_MS = 8000;
 const TRANSIENT = new Set(['connection_lost', 'timeout']);
 // A media connection that stays `disconnected` this long is taken as failed (a network change):
 // Chromium says `failed` only after about 30 s, far past a short freeze.
-const DISCONNECTED_GRACE_MS = 1500;
+const DISCONNECTED_GRACE_MS = 1000;
 // A media connection that has not connected this long after its negotiation never will (UDP blocked).
 const CONNECT_TIMEOUT_MS = 15000;
 const RECOVER_RETRY_MS = 4000; // a replacement that did not connect is tried again after this
@@ -113,6 +113,7 @@ export class RoomSession extends EventTarget {
     this.iceRefreshes = 0; // credentials renewed by an `ice_servers` request
     this._iceTimer = null;
     this.mediaRestarts = 0; // media connections replaced after their path failed (a network change)
+    this.recoveries = []; // each replacement: {target, reason, startedAt, connectedAt} (performance.now() ms)
     this.mediaFailure = null; // a MEDIA_FAILURES code while media cannot connect at all
     this.subscriberEpoch = 0; // bumped when the subscriber connection is replaced: older offers are stale
     this._previewing = null;
@@ -864,6 +865,8 @@ export class RoomSession extends EventTarget {
     this._watch[target] = null;
     if (state === 'connected') {
       this.everConnected[target] = true;
+      const recovery = this.recoveries.findLast((r) => r.target === target);
+      if (recovery && recovery.connectedAt === null) recovery.connectedAt = performance.now();
       if (this.mediaFailure) {
         this.mediaFailure = null;
         if (Object.values(MEDIA_FAILURES).includes(this.message)) this.message = '';
@@ -909,6 +912,8 @@ export class RoomSession extends EventTarget {
     if (!old) return false;
     console.warn(`gbroom: replacing the ${target} connection:`, reason);
     this.mediaRestarts += 1;
+    this.recoveries.push({ target, reason, startedAt: performance.now(), connectedAt: null });
+    if (this.recoveries.length > 20) this.recoveries.shift();
     this._dropConnection(target);
     if (target === 'publisher') {
       const sent = [...this.sources].filter(([transceiver]) => transceiver.sender.track);
