@@ -60,6 +60,8 @@ CreatedListener = Callable[["LiveRoom"], None]
 # Told when an announced participant joins (JOINED, reason "") or leaves (LEFT, with the reason).
 MemberListener = Callable[[str, "LiveRoom", Participant, str], Awaitable[None]]
 JOINED, LEFT = "joined", "left"
+# A media restart's tracks its first offer left out wait this long for a later offer to carry them.
+RESTART_HOLD_SECONDS = 10.0
 # Told each time a participant's publisher or subscriber connection connects, with the path it took.
 PathListener = Callable[[str, ServerPath], None]
 
@@ -173,7 +175,7 @@ class LiveRoom:
         if participant.grace_task is not None and participant.grace_task is not asyncio.current_task():
             participant.grace_task.cancel()
         try:
-            for track in participant.published:
+            for track in [*participant.published, *self._release_held(participant)]:
                 await self._track_ended(participant, track)
         finally:
             # Whatever telling the others did, this participant's own connections close: an open one keeps
@@ -270,10 +272,10 @@ class LiveRoom:
             )
         description = parse_sdp(sdp, "offer")  # refuse garbage before any connection exists
         self._within_track_limits(participant, description)
-        kept: list[PublishedTrack] = []
+        kept = self._release_held(participant)  # a restart's tracks its first offer did not carry
         if restart and participant.publisher is not None:
             previous, participant.publisher = participant.publisher, None
-            kept = previous.release_tracks()
+            kept += previous.release_tracks()
             await previous.close()
             participant.media_restarts += 1
         if participant.publisher is None:
@@ -281,13 +283,40 @@ class LiveRoom:
             self._watch(participant, "publisher", participant.publisher.pc)
         try:
             answer, added, ended = await participant.publisher.answer(sdp, infos, adopt=kept)
-        finally:
-            for track in kept:  # sent no more by the new connection (or its offer failed): they end
+        except BaseException:
+            for track in kept:
                 await self._track_ended(participant, track)
+            raise
+        if restart and kept:
+            self._hold(participant, kept)
+        else:
+            ended += kept  # not sent again: they end
         for track in ended:
             await self._track_ended(participant, track)
         await self._tracks_added(participant, added)
         return answer, added
+
+    def _hold(self, participant: Participant, tracks: list[PublishedTrack]) -> None:
+        """Keep a restart's tracks that its first offer did not carry for the next offer (a client may add
+        some in a second negotiation: web/room adds a screen share so); they end after RESTART_HOLD_SECONDS."""
+        participant.held_tracks = tracks
+
+        async def end() -> None:
+            await asyncio.sleep(RESTART_HOLD_SECONDS)
+            for track in self._release_held(participant):
+                await self._track_ended(participant, track)
+
+        participant.held_task = task = asyncio.ensure_future(end())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    @staticmethod
+    def _release_held(participant: Participant) -> list[PublishedTrack]:
+        held, participant.held_tracks = participant.held_tracks, []
+        if participant.held_task is not None and participant.held_task is not asyncio.current_task():
+            participant.held_task.cancel()
+        participant.held_task = None
+        return held
 
     def _new_subscriber(self, participant: Participant) -> SubscriberPeer:
         peer = SubscriberPeer(participant.id, address=self.registry.media_address)

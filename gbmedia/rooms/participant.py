@@ -61,6 +61,9 @@ class Participant:
     server_paths: dict[str, ServerPath] = field(default_factory=dict)
     client_paths: dict[str, ClientPath] = field(default_factory=dict)
     media_restarts: int = 0  # connections replaced after their media path failed
+    # A publisher restart's tracks its first offer did not carry, waiting for the next (gbmedia/rooms/live.py).
+    held_tracks: list[PublishedTrack] = field(default_factory=list)
+    held_task: asyncio.Task[None] | None = None
 
     def connect_subscriber(self, subscriber: SubscriberPeer, *, restart: bool = False) -> None:
         """Give the participant its subscriber connection (``restart``: replacing one); offers go out on its socket."""

@@ -162,3 +162,40 @@ async def test_without_udp_and_without_turn_the_page_says_media_cannot_connect(
     print(f"the page gave up on media {time.monotonic() - started:.2f} s after joining")
     status = await tab.evaluate("document.getElementById('status').textContent")
     assert status == "Media could not connect: UDP to the server seems blocked and no TURN server is configured."
+
+
+FLOWING_SOURCE = """(async () => {
+    const find = async () => (await gbroom.stats()).video.find(v => v.name === 'Alice' && v.source === %(source)r);
+    const before = await find();
+    await new Promise(r => setTimeout(r, 300));
+    const after = await find();
+    return Boolean(before && after && after.framesDecoded > before.framesDecoded && after.videoWidth > 0) && after;
+})()"""
+
+
+async def test_replaced_connections_keep_the_camera_the_screen_share_and_their_track_ids(
+    browser: Browser, site: TestClient, tenant: Tenant, node: Node
+):
+    """The page's own replacement (what a failed path triggers), with a screen share, which goes in a
+    second negotiation of the new publisher connection: both tracks keep their ids and come back."""
+    alice = await open_joined(browser, site, tenant, "alice")
+    bob = await open_joined(browser, site, tenant, "bob")
+    await alice.evaluate("gbroom.startScreenShare()")
+    await alice.wait_for("gbroom.localTracks.screen_share", timeout=STATE_TIMEOUT)
+    ids = await alice.evaluate("gbroom.localTracks")
+    for source in ("camera", "screen_share"):
+        await bob.wait_for(FLOWING_SOURCE % {"source": source}, timeout=RECOVERY_BOUND)
+
+    assert await alice.evaluate("gbroom.recoverMedia('publisher')") is True
+    assert await bob.evaluate("gbroom.recoverMedia('subscriber')") is True
+    await alice.wait_for("gbroom.connectionStates.publisher === 'connected'", timeout=RECOVERY_BOUND)
+    for source in ("camera", "screen_share"):
+        await bob.wait_for(FLOWING_SOURCE % {"source": source}, timeout=RECOVERY_BOUND)
+    assert await alice.evaluate("gbroom.localTracks") == ids  # the server kept the ids
+    received = {t["id"] for p in await bob.evaluate("gbroom.participants") for t in p["tracks"]}
+    assert {ids["camera"]["id"], ids["screen_share"]["id"]} <= received
+    assert await alice.evaluate("gbroom.rejoins") == 0 and await bob.evaluate("gbroom.rejoins") == 0
+    (live,) = node.live_rooms.live.values()
+    assert sorted(p.media_restarts for p in live.participants.values()) == [1, 1]
+    alice.assert_no_errors()
+    bob.assert_no_errors()
