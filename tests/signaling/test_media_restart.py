@@ -15,6 +15,7 @@ from aiohttp.test_utils import TestClient
 from aiortc import RTCPeerConnection, RTCSessionDescription
 
 from gbmedia.tenancy.tokens import Grants, mint_token
+from tests.docs.test_openapi import DOC, validate
 from tests.helpers import Tenant
 from tests.rtc import NO_STUN, ColorVideoTrack, RtcClient, ToneAudioTrack, close_to, mean_rgb, offer_from, wait_for
 
@@ -38,7 +39,9 @@ def metric(text: str, name: str, **labels: str) -> float:
 async def stats(client: TestClient, tenant: Tenant, room: str, who: str) -> dict[str, Any]:
     resp = await client.get(STATS.format(room=room, participant=who), headers=tenant.admin)
     assert resp.status == 200, await resp.text()
-    return await resp.json()
+    body = await resp.json()
+    assert validate(body, DOC["components"]["schemas"]["ParticipantStats"]) == []  # as documented
+    return body
 
 
 def fresh_subscriber(rtc: RtcClient) -> RTCPeerConnection:

@@ -28,6 +28,7 @@ from gbmedia.tenancy.tokens import Grants, mint_token
 from tests import netns
 from tests.browser import Browser
 from tests.conftest import make_settings, service_missing
+from tests.docs.test_openapi import DOC, validate
 from tests.helpers import Tenant
 from tests.rtc import RtcClient
 from tests.web.test_room_page import STATE_TIMEOUT, join_link, open_joined, wait_decoding
@@ -131,7 +132,7 @@ async def test_a_network_change_moves_a_call_onto_turn_over_tcp_without_leaving(
         deadline = time.monotonic() + STATE_TIMEOUT
         while body is None and time.monotonic() < deadline:
             body = await relayed()
-        assert body is not None
+        assert body is not None and validate(body, DOC["components"]["schemas"]["ParticipantStats"]) == []
         assert body["participant_id"] == bob_id and body["connections"]["restarts"] >= 2
         for direction in ("publisher", "subscriber"):
             assert body["connections"][direction]["server"]["remote_type"] == "relay", body["connections"]
