@@ -11,9 +11,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from aiohttp.test_utils import TestClient
 from aiortc import RTCPeerConnection, RTCSessionDescription
 
+from gbmedia.rooms import live as live_module
 from gbmedia.tenancy.tokens import Grants, mint_token
 from tests.docs.test_openapi import DOC, validate
 from tests.helpers import Tenant
@@ -139,3 +141,46 @@ async def test_clients_report_their_path_and_bad_reports_and_restarts_are_refuse
     await viewer.join(token(tenant, "dave", room_join=True, can_publish=False, can_subscribe=False))
     refused = await viewer.request({"type": "subscriber_restart"})
     assert refused["type"] == "error" and refused["code"] == "grant_missing"
+
+
+async def test_a_track_a_restart_leaves_out_waits_for_a_later_offer_then_ends(
+    rtc: Any, tenant: Tenant, monkeypatch: pytest.MonkeyPatch
+):
+    """web/room sends a screen share again in a second negotiation after a restart: a track the restart's
+    offer leaves out keeps its id for a later offer, and ends (announced) only if none carries it."""
+    alice, bob = await rtc(), await rtc()
+    await alice.join(token(tenant, "alice"))
+    first = await alice.publish(ColorVideoTrack(RED), ToneAudioTrack(), sources={"0": "camera", "1": "microphone"})
+    ids = {t["kind"]: t["id"] for t in first["tracks"]}
+    await bob.join(token(tenant, "bob"))
+    await wait_for(lambda: len(bob.decoded(ids["video"])) >= 3, within=20)
+
+    async def restart_with(*tracks: Any, sources: dict[str, Any]) -> dict[str, Any]:
+        await alice.publisher.close()  # type: ignore[union-attr]
+        alice.publisher = RTCPeerConnection(NO_STUN)
+        for track in tracks:
+            alice.publisher.addTrack(track)
+        sdp = await offer_from(alice.publisher)
+        reply = await alice.request({"type": "publish", "sdp": sdp, "tracks": sources, "restart": True})
+        await alice.publisher.setRemoteDescription(RTCSessionDescription(sdp=reply["sdp"], type="answer"))
+        return reply
+
+    reply = await restart_with(ColorVideoTrack(RED), sources={"0": {"source": "camera"}})
+    assert [t["id"] for t in reply["tracks"]] == [ids["video"]]  # the microphone waits, unannounced
+    alice.publisher.addTrack(ToneAudioTrack())  # type: ignore[union-attr]
+    later = await alice.request(
+        {
+            "type": "publish",
+            "sdp": await offer_from(alice.publisher),  # type: ignore[arg-type]
+            "tracks": {"0": {"source": "camera"}, "1": {"source": "microphone"}},
+        }
+    )
+    await alice.publisher.setRemoteDescription(RTCSessionDescription(sdp=later["sdp"], type="answer"))  # type: ignore[union-attr]
+    assert {t["kind"]: t["id"] for t in later["tracks"]} == ids  # taken over by the later offer
+    assert not [e for e in bob.events if e["type"] in ("track_unpublished", "track_published")]
+
+    monkeypatch.setattr(live_module, "RESTART_HOLD_SECONDS", 0.2)
+    await restart_with(ColorVideoTrack(RED), sources={"0": {"source": "camera"}})  # no later offer this time
+    gone = await bob.wait_event(lambda e: e["type"] == "track_unpublished", within=10)
+    assert gone["track_id"] == ids["audio"]
+    assert not [e for e in bob.events if e["type"] == "participant_left"]
