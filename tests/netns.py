@@ -56,12 +56,15 @@ class Namespace:
         return ["ip", "netns", "exec", self.name, *args]
 
     async def block_udp(self) -> None:
-        """Drop every UDP datagram leaving the namespace (a network that lets only TCP through)."""
+        """Drop every UDP datagram leaving or reaching the namespace (a network that lets only TCP through)."""
         await run(*self.command("nft", "add", "table", "inet", "gbtest"))
-        await run(
-            *self.command("nft", "add", "chain", "inet", "gbtest", "out", "{ type filter hook output priority 0 ; }")
-        )
-        await run(*self.command("nft", "add", "rule", "inet", "gbtest", "out", "meta", "l4proto", "udp", "drop"))
+        for chain, hook in (("out", "output"), ("in", "input")):
+            await run(
+                *self.command(
+                    "nft", "add", "chain", "inet", "gbtest", chain, f"{{ type filter hook {hook} priority 0 ; }}"
+                )
+            )
+            await run(*self.command("nft", "add", "rule", "inet", "gbtest", chain, "meta", "l4proto", "udp", "drop"))
 
     async def unblock_udp(self) -> None:
         await run(*self.command("nft", "delete", "table", "inet", "gbtest"))
