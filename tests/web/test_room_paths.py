@@ -94,22 +94,23 @@ async def test_a_network_change_moves_a_call_onto_turn_over_tcp_without_leaving(
         await namespace.block_udp()  # bob's network now lets only TCP through
         cut = time.monotonic()
         cut_on_page = await bob.evaluate("performance.now()")
-        await bob.wait_for("gbroom.mediaRestarts >= 2", timeout=RECOVERY_BOUND)  # both connections replaced
+        # Each of bob's connections goes on through TURN over TCP: Chromium's ICE agent moves to the relayed
+        # pair it holds in reserve by itself, or (disconnected past the page's grace) the page replaces it.
+        on_relay = (
+            "(async () => { const p = await gbroom.candidatePaths(); return ['publisher', 'subscriber'].every("
+            "d => p[d] && p[d].candidateType === 'relay' && p[d].relayProtocol === 'tcp'); })()"
+        )
+        await bob.wait_for(on_relay, timeout=RECOVERY_BOUND)
         await alice.wait_for(FLOWING % {"name": "Bob"}, timeout=RECOVERY_BOUND)
         await bob.wait_for(FLOWING % {"name": "Alice"}, timeout=RECOVERY_BOUND)
         recovered = time.monotonic() - cut
         steps = await bob.evaluate("gbroom.recoveries")
-        noticed = min(r["startedAt"] for r in steps) - cut_on_page
-        connected = max(r["connectedAt"] or 0 for r in steps) - cut_on_page
-        print(
-            f"bob's UDP cut: replacement started after {noticed / 1000:.2f} s, connected over TURN/TCP after "
-            f"{connected / 1000:.2f} s, media seen flowing both ways after {recovered:.2f} s"
+        replaced = ", ".join(
+            f"{r['target']} replaced after {(r['startedAt'] - cut_on_page) / 1000:.2f} s, connected after "
+            f"{((r['connectedAt'] or 0) - cut_on_page) / 1000:.2f} s"
+            for r in steps
         )
-
-        paths = await bob.evaluate("gbroom.candidatePaths()")
-        for direction in ("publisher", "subscriber"):
-            assert paths[direction]["candidateType"] == "relay", paths
-            assert paths[direction]["relayProtocol"] == "tcp", paths
+        print(f"bob's UDP cut: {replaced or 'no connection replaced'}; media flowing both ways after {recovered:.2f} s")
         assert await bob.evaluate("gbroom.participantId") == bob_id
         assert await bob.evaluate("gbroom.rejoins") == 0 and await bob.evaluate("gbroom.mediaFailure") is None
         assert [p["identity"] for p in await alice.evaluate("gbroom.participants")] == ["bob"]
@@ -133,11 +134,12 @@ async def test_a_network_change_moves_a_call_onto_turn_over_tcp_without_leaving(
         while body is None and time.monotonic() < deadline:
             body = await relayed()
         assert body is not None and validate(body, DOC["components"]["schemas"]["ParticipantStats"]) == []
-        assert body["participant_id"] == bob_id and body["connections"]["restarts"] >= 2
-        for direction in ("publisher", "subscriber"):
-            assert body["connections"][direction]["server"]["remote_type"] == "relay", body["connections"]
+        assert body["participant_id"] == bob_id
+        assert body["connections"]["restarts"] == await bob.evaluate("gbroom.mediaRestarts")
+        # What the node sends reaches bob only through the relay: its ICE agent nominated that pair.
+        assert body["connections"]["subscriber"]["server"]["remote_type"] == "relay", body["connections"]
         metrics = await (await site.get("/metrics")).text()
-        assert 'gbmedia_media_connections_total{connection="publisher",path="relay"}' in metrics
+        assert 'gbmedia_client_media_paths_total{connection="publisher",path="relay_tcp"}' in metrics
         assert 'gbmedia_client_media_paths_total{connection="subscriber",path="relay_tcp"}' in metrics
         # The page's overlay names the path.
         await bob.evaluate("gbroom.toggleStats(true)")

@@ -873,6 +873,7 @@ export class RoomSession extends EventTarget {
         if (Object.values(MEDIA_FAILURES).includes(this.message)) this.message = '';
       }
       this._reportPath(target, pc);
+      this._followPairChanges(target, pc);
     } else if (state === 'disconnected') {
       this._watch[target] = setTimeout(() => this._pathFailed(target, pc), DISCONNECTED_GRACE_MS);
     } else if (state === 'failed') {
@@ -961,6 +962,18 @@ export class RoomSession extends EventTarget {
     this[target] = null;
     this.trickle[target] = false;
     this.queued[target] = [];
+  }
+
+  // ICE may move a connection to another candidate pair by itself (a relayed one it held in reserve, when
+  // the direct path stops): each move is reported too.
+  _followPairChanges(target, pc) {
+    const transports = [...pc.getSenders(), ...pc.getReceivers()].map((x) => x.transport).filter(Boolean);
+    const ice = transports.length ? transports[0].iceTransport : null;
+    if (!ice || ice.gbFollowed) return;
+    ice.gbFollowed = true;
+    ice.addEventListener('selectedcandidatepairchange', () => {
+      if (pc === this[target] && pc.connectionState === 'connected') this._reportPath(target, pc);
+    });
   }
 
   // Tells the server which candidate pair a connection uses (shown in its stats API and counted).
