@@ -30,6 +30,7 @@ const DISCONNECTED_GRACE_MS = 1000;
 // the page says why. Chromium itself may stay `connecting` far longer. Should it connect later after
 // all, the message goes away.
 const CONNECT_TIMEOUT_MS = 10000;
+const PATH_CHECK_MS = 3000; // how often a connected connection's candidate pair is read (reported when changed)
 // Why media cannot flow, as the page says it (set on `mediaFailure`).
 export const MEDIA_FAILURES = {
   no_turn: 'Media could not connect: UDP to the server seems blocked and no TURN server is configured.',
@@ -966,18 +967,28 @@ export class RoomSession extends EventTarget {
 
   // ICE may move a connection to another candidate pair by itself (a relayed one it held in reserve, when
   // the direct path stops): each move is reported too.
+  // Chromium does not always fire selectedcandidatepairchange: the path is also read every few seconds.
   _followPairChanges(target, pc) {
     const transports = [...pc.getSenders(), ...pc.getReceivers()].map((x) => x.transport).filter(Boolean);
     const ice = transports.length ? transports[0].iceTransport : null;
-    if (!ice || ice.gbFollowed) return;
-    ice.gbFollowed = true;
-    ice.addEventListener('selectedcandidatepairchange', () => {
-      if (pc === this[target] && pc.connectionState === 'connected') this._reportPath(target, pc);
-    });
+    if (ice && !ice.gbFollowed) {
+      ice.gbFollowed = true;
+      ice.addEventListener('selectedcandidatepairchange', () => {
+        if (pc === this[target] && pc.connectionState === 'connected') this._reportPath(target, pc);
+      });
+    }
+    if (pc.gbPathTimer) return;
+    pc.gbPathTimer = setInterval(() => {
+      if (pc !== this[target] || pc.signalingState === 'closed') {
+        clearInterval(pc.gbPathTimer);
+      } else if (pc.connectionState === 'connected') {
+        this._reportPath(target, pc, true);
+      }
+    }, PATH_CHECK_MS);
   }
 
   // Tells the server which candidate pair a connection uses (shown in its stats API and counted).
-  async _reportPath(target, pc) {
+  async _reportPath(target, pc, onlyChanged = false) {
     let path = null;
     for (let tries = 0; tries < 5 && !path && pc === this[target]; tries += 1) {
       path = await candidatePath(pc);
@@ -985,6 +996,10 @@ export class RoomSession extends EventTarget {
     }
     const signaling = this.signaling;
     if (!path || pc !== this[target] || !signaling || !signaling.isOpen) return;
+    const last = this.paths[target];
+    const same = last && last.candidateType === path.candidateType && last.protocol === path.protocol
+      && last.relayProtocol === path.relayProtocol;
+    if (onlyChanged && same) return;
     this.paths = { ...this.paths, [target]: path };
     const report = { type: 'media_path', target, candidate_type: path.candidateType, protocol: path.protocol };
     if (path.relayProtocol) report.relay_protocol = path.relayProtocol;
