@@ -189,6 +189,7 @@ class PublishedTrack:
         self._by_ssrc.clear()
         for layer in self.layers:
             layer.ssrc = None
+            layer.last_packet = float("-inf")  # flowing is judged on the new connection's packets only
         self._sink_layer = None
         self.attach()
         for down in list(self.down_tracks):
