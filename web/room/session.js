@@ -861,7 +861,11 @@ export class RoomSession extends EventTarget {
   // cannot reach the server: said on the page).
   _onConnectionState(pc) {
     const target = pc === this.publisher ? 'publisher' : pc === this.subscriber ? 'subscriber' : null;
-    if (!target || this.phase !== 'joined') return;
+    if (!target) return;
+    if (this.phase !== 'joined') {
+      this._changed();
+      return;
+    }
     const state = pc.connectionState;
     clearTimeout(this._watch[target]);
     this._watch[target] = null;
