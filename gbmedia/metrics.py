@@ -58,6 +58,20 @@ class Metrics:
             ["code"],
             registry=self.registry,
         )
+        self.media_connections = Counter(
+            "gbmedia_media_connections_total",
+            "Media connections (a participant's publisher or subscriber) that connected, by the path the node's "
+            "ICE agent nominated: host, srflx, prflx or relay (through TURN)",
+            ["connection", "path"],
+            registry=self.registry,
+        )
+        self.client_paths = Counter(
+            "gbmedia_client_media_paths_total",
+            "Media paths browsers reported (media_path), by connection and path: host, srflx, prflx, "
+            "relay_udp, relay_tcp, relay_tls (how the client reaches its TURN server)",
+            ["connection", "path"],
+            registry=self.registry,
+        )
         self.chat_delivery = Histogram(
             "gbmedia_chat_delivery_seconds",
             "From a chat message's commit to its push to a recipient's socket on this node",

@@ -429,6 +429,9 @@ class Node:
             coturn=coturn,
         )
         node.metrics.watch(live_rooms.media_samples)
+        live_rooms.path_listener = lambda connection, path: node.metrics.media_connections.labels(
+            connection, path.remote_type
+        ).inc()
         node.metrics.watch(lambda: audience_samples(live_rooms.audiences()))
         node.metrics.watch(outbox.samples)
         node.metrics.watch(recordings.samples)

@@ -39,7 +39,7 @@ import asyncio
 import ipaddress
 import os
 import shutil
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -184,10 +184,18 @@ class Tab:
 class Browser:
     """Opens :class:`Tab` s in headless Chromium processes that it starts on demand."""
 
-    def __init__(self, playwright: Playwright, executable: str, *, extra_args: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        playwright: Playwright,
+        executable: str,
+        *,
+        extra_args: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         self.playwright = playwright
         self.executable = executable
         self.extra_args = tuple(extra_args)
+        self.env = dict(env) if env is not None else None  # the processes' environment (HOME: its NSS trust store)
         self.tabs: list[Tab] = []
         self._processes: dict[str | None, PlaywrightBrowser] = {}  # insecure origin (or None) -> process
         self._launching = asyncio.Lock()
@@ -199,8 +207,9 @@ class Browser:
                 args = [*CHROMIUM_FLAGS, *self.extra_args]
                 if origin:
                     args.append(f"--unsafely-treat-insecure-origin-as-secure={origin}")
+                options: dict[str, Any] = {"env": self.env} if self.env is not None else {}
                 self._processes[origin] = await self.playwright.chromium.launch(
-                    executable_path=self.executable, headless=True, args=args, timeout=30_000
+                    executable_path=self.executable, headless=True, args=args, timeout=30_000, **options
                 )
             return self._processes[origin]
 

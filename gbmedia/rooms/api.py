@@ -259,7 +259,9 @@ async def participant_stats(request: web.Request) -> web.StreamResponse:
         raise ApiError(404, "participant_not_found", f"no participant {request.match_info['participant']} in the room")
     participant = live.find(request.match_info["participant"])
     stats = await api.quality.stats_for(live, participant)
-    return json_response({**stats.to_json(), "interval_seconds": api.quality.interval})
+    return json_response(
+        {**stats.to_json(), "interval_seconds": api.quality.interval, "connections": participant.connections_json()}
+    )
 
 
 async def close_room(request: web.Request) -> web.StreamResponse:

@@ -43,7 +43,8 @@ from gbmedia.rooms.program import Program
 from gbmedia.rooms.store import Room, Rooms
 from gbmedia.sfu.forwarder import QUALITY_LAYERS
 from gbmedia.sfu.media_address import MediaAddress
-from gbmedia.sfu.peers import PublisherPeer, SubscriberPeer, TrackInfo, parse_sdp
+from gbmedia.sfu.paths import ClientPath, ServerPath, server_path
+from gbmedia.sfu.peers import PublisherPeer, SubscriberPeer, TrackInfo, on_connected, parse_sdp
 from gbmedia.sfu.track import PublishedTrack
 from gbmedia.tenancy.models import Actor, Instance
 from gbmedia.tenancy.tokens import Grants
@@ -61,6 +62,10 @@ MemberListener = Callable[[str, "LiveRoom", Participant, str], Awaitable[None]]
 # Told (synchronously) when any participant or WHEP player leaves a room of this node.
 SessionEndListener = Callable[["LiveRoom", "Participant | PlaybackSession"], None]
 JOINED, LEFT = "joined", "left"
+# A media restart's tracks its first offer left out wait this long for a later offer to carry them.
+RESTART_HOLD_SECONDS = 10.0
+# Told each time a participant's publisher or subscriber connection connects, with the path it took.
+PathListener = Callable[[str, ServerPath], None]
 
 
 class LiveRoom:
@@ -124,7 +129,7 @@ class LiveRoom:
                 details={"max_participants": self.room.max_participants},
             )
         participant = Participant(identity, name, grants, auto_subscribe, send)
-        participant.connect_subscriber(SubscriberPeer(participant.id, address=self.registry.media_address))
+        participant.connect_subscriber(self._new_subscriber(participant))
         self.participants[participant.id] = participant
         self.registry.by_resume_token[participant.resume_token] = (self, participant)
         if self.announced(participant):
@@ -176,7 +181,7 @@ class LiveRoom:
         if participant.grace_task is not None and participant.grace_task is not asyncio.current_task():
             participant.grace_task.cancel()
         try:
-            for track in participant.published:
+            for track in [*participant.published, *self._release_held(participant)]:
                 await self._track_ended(participant, track)
         finally:
             # Whatever telling the others did, this participant's own connections close: an open one keeps
@@ -261,21 +266,112 @@ class LiveRoom:
     # --- media -------------------------------------------------------------------------
 
     async def publish(
-        self, participant: Participant, sdp: str, infos: dict[str, TrackInfo]
+        self, participant: Participant, sdp: str, infos: dict[str, TrackInfo], *, restart: bool = False
     ) -> tuple[str, list[PublishedTrack]]:
+        """Apply a publisher offer. ``restart``: the offer comes from a fresh connection that replaces the
+        participant's publisher connection (its media path failed; aiortc has no ICE restart, so the
+        client starts over with a new one): the tracks it sends again keep their ids, subscribers and
+        recordings, and the others see no track end and none start."""
         if not participant.grants.can_publish:
             raise ProtocolError(
                 "grant_missing", "the token lacks the can_publish grant", details={"grant": "can_publish"}
             )
         description = parse_sdp(sdp, "offer")  # refuse garbage before any connection exists
         self._within_track_limits(participant, description)
+        kept = self._release_held(participant)  # a restart's tracks its first offer did not carry
+        if restart and participant.publisher is not None:
+            previous, participant.publisher = participant.publisher, None
+            kept += previous.release_tracks()
+            await previous.close()
+            participant.media_restarts += 1
         if participant.publisher is None:
             participant.publisher = PublisherPeer(participant.id, address=self.registry.media_address)
-        answer, added, ended = await participant.publisher.answer(sdp, infos)
+            self._watch(participant, "publisher", participant.publisher.pc)
+        try:
+            answer, added, ended = await participant.publisher.answer(sdp, infos, adopt=kept)
+        except BaseException:
+            for track in kept:
+                await self._track_ended(participant, track)
+            raise
+        if restart and kept:
+            self._hold(participant, kept)
+        else:
+            ended += kept  # not sent again: they end
         for track in ended:
             await self._track_ended(participant, track)
         await self._tracks_added(participant, added)
         return answer, added
+
+    def _hold(self, participant: Participant, tracks: list[PublishedTrack]) -> None:
+        """Keep a restart's tracks that its first offer did not carry for the next offer (a client may add
+        some in a second negotiation: web/room adds a screen share so); they end after RESTART_HOLD_SECONDS."""
+        participant.held_tracks = tracks
+
+        async def end() -> None:
+            await asyncio.sleep(RESTART_HOLD_SECONDS)
+            for track in self._release_held(participant):
+                await self._track_ended(participant, track)
+
+        participant.held_task = task = asyncio.ensure_future(end())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    @staticmethod
+    def _release_held(participant: Participant) -> list[PublishedTrack]:
+        held, participant.held_tracks = participant.held_tracks, []
+        if participant.held_task is not None and participant.held_task is not asyncio.current_task():
+            participant.held_task.cancel()
+        participant.held_task = None
+        return held
+
+    def _new_subscriber(self, participant: Participant) -> SubscriberPeer:
+        peer = SubscriberPeer(participant.id, address=self.registry.media_address)
+        self._watch(participant, "subscriber", peer.pc)
+        return peer
+
+    def _watch(self, participant: Participant, connection: str, pc: Any) -> None:
+        """Tell the registry's path listener (the metrics) which path ``pc`` took each time it connects."""
+
+        def connected() -> None:
+            path = server_path(pc)
+            if path is not None:
+                participant.server_paths[connection] = path
+                self.registry.media_connected(connection, path)
+
+        on_connected(pc, connected)
+
+    async def restart_subscriber(self, participant: Participant) -> None:
+        """Replace the participant's subscriber connection with a fresh one (its media path failed) and
+        offer it every track it received, with the same track ids and the same wishes (size, pause).
+
+        The client discards its old connection before asking, so what is offered next is for the new
+        one; an offer of the old connection still being made is never sent (its negotiation is closed).
+        """
+        if not participant.grants.can_subscribe:
+            raise ProtocolError(
+                "grant_missing", "the token lacks the can_subscribe grant", details={"grant": "can_subscribe"}
+            )
+        previous = participant.subscriber
+        if participant.negotiation is not None:
+            participant.negotiation.close()
+        fresh = self._new_subscriber(participant)
+        downs, participant.subscriptions = participant.subscriptions, {}
+        for track_id, down in downs.items():
+            down.detach()
+            replacement = fresh.add(down.track)
+            replacement.carry_over(down)
+            participant.subscriptions[track_id] = replacement
+        participant.connect_subscriber(fresh, restart=True)
+        participant.media_restarts += 1
+        if previous is not None:
+            await previous.close()
+        await self.renegotiate(participant)
+
+    def report_path(self, participant: Participant, connection: str, path: ClientPath) -> bool:
+        """Keep the path the client says a connection of it uses; True when it is new or changed."""
+        changed = participant.client_paths.get(connection) != path
+        participant.client_paths[connection] = path
+        return changed
 
     def _within_track_limits(self, participant: Participant, description: Any) -> None:
         """Refuse an offer that would publish more tracks than a participant, or the room, may have.
@@ -553,6 +649,7 @@ class LiveRooms:
         self._created_listeners: list[CreatedListener] = []
         self._member_listeners: list[MemberListener] = []
         self._session_end_listeners: list[SessionEndListener] = []
+        self.path_listener: PathListener | None = None  # the node's metrics count connections by path
         rooms.on_close(self._room_closed)
 
     # --- what recording, streaming and bots follow (gbmedia/rooms/media.py) ------------------
@@ -590,6 +687,13 @@ class LiveRooms:
                 await listener(event, live, participant, reason)
             except Exception:  # a follower's failure never breaks a join or a leave
                 log.exception("member listener failed", extra={"event": event, "participant_id": participant.id})
+
+    def media_connected(self, connection: str, path: ServerPath) -> None:
+        if self.path_listener is not None:
+            try:
+                self.path_listener(connection, path)
+            except Exception:  # counting must never break a connection
+                log.exception("path listener failed")
 
     def media_of(self, room_id: uuid.UUID) -> RoomMedia | None:
         live = self.live.get(room_id)

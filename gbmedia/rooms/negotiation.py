@@ -28,15 +28,21 @@ class State(enum.Enum):
 
 
 class SubscriberNegotiation:
-    def __init__(self, peer: SubscriberPeer, send: Send) -> None:
+    def __init__(self, peer: SubscriberPeer, send: Send, *, restart: bool = False) -> None:
         self.peer = peer
         self._send = send
+        # A replacement connection (a media restart): its offers say ``restart`` until one is answered, so
+        # the client tells them from offers of the connection it discarded that were still on their way.
+        self.restart = restart
         self.state = State.IDLE
         self.pending_offer: str | None = None  # the offer the client has to answer
         self.again = False  # a change arrived meanwhile: offer once more after the answer
+        self.closed = False  # its connection was replaced (a media restart): it offers nothing more
 
     async def renegotiate(self) -> None:
         """Offer the current set of tracks now, or after the answer in flight."""
+        if self.closed:
+            return
         if self.state is not State.IDLE:
             self.again = True
             return
@@ -47,9 +53,11 @@ class SubscriberNegotiation:
         except BaseException:
             self.state = State.IDLE
             raise
+        if self.closed:  # replaced while the offer was made: the client has discarded that connection
+            return
         self.pending_offer = sdp
         self.state = State.AWAITING_ANSWER
-        await self._send({"type": "offer", "sdp": sdp, "tracks": tracks})
+        await self._send(self._offer(sdp, tracks))
 
     async def answer(self, sdp: str) -> None:
         """Apply the client's answer; then make the offer that changes meanwhile asked for."""
@@ -63,10 +71,23 @@ class SubscriberNegotiation:
             raise
         self.pending_offer = None
         self.state = State.IDLE
+        self.restart = False
         if self.again:
             await self.renegotiate()
 
     async def resend(self) -> None:
         """Send the waiting offer again (a resumed socket may never have received it)."""
         if self.pending_offer is not None and self.state is State.AWAITING_ANSWER:
-            await self._send({"type": "offer", "sdp": self.pending_offer, "tracks": self.peer.track_ids_by_mid()})
+            await self._send(self._offer(self.pending_offer, self.peer.track_ids_by_mid()))
+
+    def _offer(self, sdp: str, tracks: dict[str, str]) -> dict[str, object]:
+        message: dict[str, object] = {"type": "offer", "sdp": sdp, "tracks": tracks}
+        if self.restart:
+            message["restart"] = True
+        return message
+
+    def close(self) -> None:
+        """The connection is being replaced: no offer of it goes out any more, and no answer is taken."""
+        self.closed = True
+        self.pending_offer = None
+        self.state = State.IDLE

@@ -18,6 +18,7 @@ from typing import Any
 
 from gbmedia.rooms.negotiation import SubscriberNegotiation
 from gbmedia.sfu.forwarder import DownTrack
+from gbmedia.sfu.paths import ClientPath, ServerPath, server_path
 from gbmedia.sfu.peers import PublisherPeer, SubscriberPeer
 from gbmedia.sfu.track import PublishedTrack
 from gbmedia.tenancy.tokens import Grants
@@ -55,11 +56,19 @@ class Participant:
     # On an edge node (gbmedia/rooms/cascade.py): the host whose program this node pulls from the node named
     # here; it has no socket, and its publisher is the pulling connection. None for everyone else.
     fed_by: str | None = None
+    # The path each media connection ("publisher", "subscriber") took when it last connected, as the
+    # node's ICE agent saw it, and as the client reported it (gbmedia/sfu/paths.py).
+    server_paths: dict[str, ServerPath] = field(default_factory=dict)
+    client_paths: dict[str, ClientPath] = field(default_factory=dict)
+    media_restarts: int = 0  # connections replaced after their media path failed
+    # A publisher restart's tracks its first offer did not carry, waiting for the next (gbmedia/rooms/live.py).
+    held_tracks: list[PublishedTrack] = field(default_factory=list)
+    held_task: asyncio.Task[None] | None = None
 
-    def connect_subscriber(self, subscriber: SubscriberPeer) -> None:
-        """Give the participant its subscriber connection; offers go out on its socket."""
+    def connect_subscriber(self, subscriber: SubscriberPeer, *, restart: bool = False) -> None:
+        """Give the participant its subscriber connection (``restart``: replacing one); offers go out on its socket."""
         self.subscriber = subscriber
-        self.negotiation = SubscriberNegotiation(subscriber, self.send)
+        self.negotiation = SubscriberNegotiation(subscriber, self.send, restart=restart)
 
     @property
     def connected(self) -> bool:
@@ -98,6 +107,24 @@ class Participant:
             "can_subscribe": self.grants.can_subscribe,
             "subscriptions": sorted(self.subscriptions),
         }
+
+    def connections_json(self) -> dict[str, Any]:
+        """Each media connection's state and path now: the node's view (``server``: the nominated pair,
+        read live) and the client's (``client``: its last ``media_path`` report); null where unknown."""
+        out: dict[str, Any] = {}
+        for name, peer in (("publisher", self.publisher), ("subscriber", self.subscriber)):
+            pc = getattr(peer, "pc", None)  # an edge's pulled feed has a connection too; a bot's may not
+            if pc is None:
+                out[name] = None
+                continue
+            path = server_path(pc)
+            client = self.client_paths.get(name)
+            out[name] = {
+                "state": pc.connectionState,
+                "server": path.to_json() if path is not None else None,
+                "client": client.to_json() if client is not None else None,
+            }
+        return {**out, "restarts": self.media_restarts}
 
     async def send(self, message: dict[str, Any]) -> None:
         """Deliver an event; dropped while the socket is away (resume resends state)."""

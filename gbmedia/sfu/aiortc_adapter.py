@@ -638,3 +638,23 @@ def answer_with_codec(transceiver: RTCRtpTransceiver, wanted: RTCRtpCodecParamet
         return False
     transceiver._codecs = keep[:1]
     return True
+
+
+# --- ICE: which path a connection's media takes ------------------------------------------
+
+
+def selected_pair(pc: RTCPeerConnection) -> tuple[Candidate, Candidate] | None:
+    """The (local, remote) aioice candidates of the pair ICE nominated for ``pc``'s media; None before
+    one is (or once closed). aiortc exposes no candidate-pair statistics: aioice's ``_nominated`` holds it.
+
+    With ``max-bundle`` every transceiver shares one ICE transport; the first with a transport is read.
+    """
+    for transceiver in pc.getTransceivers():
+        dtls = transceiver.receiver.transport
+        if dtls is None:
+            continue
+        pair = dtls.transport._connection._nominated.get(1)
+        if pair is None:
+            return None
+        return pair.local_candidate, pair.remote_candidate
+    return None

@@ -270,6 +270,14 @@ class DownTrack:
         if self.desired != before:
             self.track.demand_changed()
 
+    def carry_over(self, previous: DownTrack) -> None:
+        """Keep what the subscriber asked of ``previous`` (size, quality, pause): this down track replaces
+        it on a new subscriber connection (a media restart)."""
+        self.requested_layer = previous.requested_layer
+        self.view_size = previous.view_size
+        self.paused = previous.paused
+        self.track.demand_changed()
+
     def detach(self) -> None:
         self.track.down_tracks.discard(self)
         if self.slot.down is self:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from aiortc import MediaStreamTrack, RTCBundlePolicy, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
@@ -38,6 +39,15 @@ def server_configuration() -> RTCConfiguration:
     the node's own address is its candidate (see :mod:`gbmedia.sfu.media_address`).
     """
     return RTCConfiguration(iceServers=[], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
+
+
+def on_connected(pc: RTCPeerConnection, callback: Callable[[], None]) -> None:
+    """Call ``callback`` each time ``pc`` reaches ``connected`` (ICE and DTLS up): the moment its path is known."""
+
+    @pc.on("connectionstatechange")
+    def changed() -> None:
+        if pc.connectionState == "connected":
+            callback()
 
 
 class NegotiationError(ValueError):
@@ -105,11 +115,21 @@ class PublisherPeer:
         self._lock = asyncio.Lock()
 
     async def answer(
-        self, offer_sdp: str, infos: dict[str, TrackInfo] | None = None
+        self,
+        offer_sdp: str,
+        infos: dict[str, TrackInfo] | None = None,
+        adopt: list[PublishedTrack] | None = None,
     ) -> tuple[str, list[PublishedTrack], list[PublishedTrack]]:
-        """Apply the publisher's offer; returns (answer SDP, new tracks, ended tracks)."""
+        """Apply the publisher's offer; returns (answer SDP, new tracks, ended tracks).
+
+        ``adopt``: the tracks of the participant's previous publisher connection (a media
+        restart). A new m-line of the same kind, source and layers takes one over (its id,
+        subscribers and sinks; :meth:`PublishedTrack.rebind`) instead of starting a new
+        track; those taken are removed from the list, which the caller ends.
+        """
         description = parse_sdp(offer_sdp, "offer")
         infos = infos or {}
+        adopt = adopt if adopt is not None else []
         simulcast = {
             mid: offer
             for mid, offer in offered_simulcast(offer_sdp).items()
@@ -139,6 +159,16 @@ class PublisherPeer:
                     continue
                 info = infos.get(mid, TrackInfo())
                 offer = simulcast.get(mid)
+                rids = offer.rids if offer else ()
+                kept = next(
+                    (t for t in adopt if t.kind == transceiver.kind and t.source == info.source and t.rids == rids),
+                    None,
+                )
+                if kept is not None:
+                    adopt.remove(kept)
+                    kept.rebind(transceiver.receiver, codec, mid)
+                    self.tracks[mid] = kept
+                    continue
                 track = PublishedTrack(
                     self.participant_id,
                     transceiver.kind,
@@ -147,7 +177,7 @@ class PublisherPeer:
                     codec,
                     mid,
                     name=info.name,
-                    rids=offer.rids if offer else (),
+                    rids=rids,
                 )
                 track.attach()
                 self.tracks[mid] = track
@@ -159,6 +189,13 @@ class PublisherPeer:
 
     async def add_ice_candidate(self, candidate: object) -> None:
         await self.pc.addIceCandidate(candidate)  # type: ignore[arg-type]
+
+    def release_tracks(self) -> list[PublishedTrack]:
+        """Hand the tracks over (to a replacing connection, :meth:`answer`'s ``adopt``): closing this
+        connection afterwards leaves them open."""
+        tracks = list(self.tracks.values())
+        self.tracks.clear()
+        return tracks
 
     async def close(self) -> None:
         for track in self.tracks.values():

@@ -177,6 +177,24 @@ class PublishedTrack:
     def attach(self) -> None:
         aiortc_adapter.tap_receiver(self.receiver, self.on_packet, self.remb_floor)
 
+    def rebind(self, receiver: RTCRtpReceiver, codec: RTCRtpCodecParameters, mid: str) -> None:
+        """Go on receiving from a new publisher connection (the client's media path changed and it
+        negotiated a fresh one): same id, same down tracks and sinks, packets from ``receiver`` now.
+
+        The new connection's streams have new SSRCs: every layer is learnt again from its first
+        packet, and each down track waits for a keyframe and numbers on from what it sent, so a
+        subscriber sees a short freeze, not a new track.
+        """
+        self.receiver, self.codec, self.mid = receiver, codec, mid
+        self._by_ssrc.clear()
+        for layer in self.layers:
+            layer.ssrc = None
+            layer.last_packet = float("-inf")  # flowing is judged on the new connection's packets only
+        self._sink_layer = None
+        self.attach()
+        for down in list(self.down_tracks):
+            down.resume_on_keyframe()
+
     def remb_floor(self) -> int:
         """The least bandwidth estimate to tell a simulcast publisher: what its wanted layers need.
 

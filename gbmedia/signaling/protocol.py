@@ -48,6 +48,9 @@ class Publish(_Message):
 
     type: Literal["publish"]
     sdp: Sdp
+    # The offer comes from a fresh connection replacing the publisher connection (its media path failed):
+    # the tracks it sends again keep their ids and subscribers (docs/protocol.md, "Media restart").
+    restart: bool = False
     tracks: dict[Annotated[str, StringConstraints(min_length=1, max_length=32)], TrackInfoIn] = Field(
         default_factory=dict
     )
@@ -105,6 +108,23 @@ class Ping(_Message):
     type: Literal["ping"]
 
 
+class SubscriberRestart(_Message):
+    """The client's subscriber connection failed and was discarded: the server makes a fresh one and
+    offers it every track the participant received (same track ids, same wishes)."""
+
+    type: Literal["subscriber_restart"]
+
+
+class MediaPath(_Message):
+    """Which candidate pair one of the client's connections uses, as its WebRTC stack reports it."""
+
+    type: Literal["media_path"]
+    target: Literal["publisher", "subscriber"]
+    candidate_type: Literal["host", "srflx", "prflx", "relay"]
+    protocol: Literal["udp", "tcp"]
+    relay_protocol: Literal["udp", "tcp", "tls"] | None = None
+
+
 class IceServersRequest(_Message):
     """Fresh TURN credentials before the ones from ``joined`` expire (a long session)."""
 
@@ -153,6 +173,8 @@ ClientMessage = (
     | Leave
     | Ping
     | IceServersRequest
+    | SubscriberRestart
+    | MediaPath
     | ChatMessage
     | LiveMessage
 )
@@ -167,6 +189,8 @@ MESSAGE_TYPES = (
     "leave",
     "ping",
     "ice_servers",
+    "subscriber_restart",
+    "media_path",
     *CHAT_TYPES,
     *LIVE_TYPES,
 )

@@ -39,6 +39,7 @@ from gbmedia.metrics import Metrics
 from gbmedia.rooms.audience import Audience
 from gbmedia.rooms.live import LiveRoom, LiveRooms
 from gbmedia.rooms.participant import Participant, track_json
+from gbmedia.sfu.paths import ClientPath
 from gbmedia.sfu.peers import NegotiationError, TrackInfo
 from gbmedia.signaling import protocol as p
 from gbmedia.signaling.relay import CLOSE_RECONNECT, SEAT_PARAM, Relay, Route, SocketPipe, relayed
@@ -206,10 +207,18 @@ class Connection:
             return await self._live_message(room.audience, participant, message)  # type: ignore[arg-type]
         if isinstance(message, p.Publish):
             infos = {mid: TrackInfo(t.source, t.name) for mid, t in message.tracks.items()}
-            answer, _added = await room.publish(participant, message.sdp, infos)
+            answer, _added = await room.publish(participant, message.sdp, infos, restart=message.restart)
             return {"type": "publish_answer", "sdp": answer, "tracks": [track_json(t) for t in participant.published]}
         if isinstance(message, p.Answer):
             await room.answer(participant, message.sdp)
+            return {"type": "ack"} if message.id is not None else None
+        if isinstance(message, p.SubscriberRestart):
+            await room.restart_subscriber(participant)
+            return {"type": "ack"}
+        if isinstance(message, p.MediaPath):
+            path = ClientPath(message.candidate_type, message.protocol, message.relay_protocol)
+            if room.report_path(participant, message.target, path) and self.service.metrics is not None:
+                self.service.metrics.client_paths.labels(message.target, path.label).inc()
             return {"type": "ack"} if message.id is not None else None
         if isinstance(message, p.Candidate):
             candidate = message.candidate.model_dump() if message.candidate else None

@@ -2,9 +2,10 @@
 
 It gives clients that do not check the certificate (aiortc/aioice, most encoders) TURN
 over TLS without an operator step. Browsers check it: Chromium refuses a self-signed
-one (measured, tests/web/test_room_turn.py), so for browsers behind TLS-only proxies
-give coturn a real certificate for its host name (``GBMEDIA_TURN_TLS_CERT``/``_KEY``,
-or deploy/'s coturn with ``GBMEDIA_TURN_URLS`` naming that host). Key generation
+one and accepts one whose issuer it trusts (measured, tests/web/test_room_turns.py), so
+for browsers behind TLS-only proxies give coturn a real certificate for its address or
+host name (``GBMEDIA_TURN_TLS_CERT``/``_KEY``, or deploy/'s coturn with
+``GBMEDIA_TURN_URLS`` naming that host). Key generation
 runs in a thread: it is CPU work off the event loop.
 """
 

@@ -67,3 +67,42 @@ async def test_changes_fold_into_one_offer_and_a_refused_answer_leaves_it_waitin
     finally:
         await peer.close()
         await client.close()
+
+
+async def test_a_replacing_connection_marks_its_offers_and_a_closed_one_sends_none(rtc, tenant: Tenant, node: Node):
+    """A media restart: the new connection's offers say ``restart`` until one is answered (resent too); the
+    replaced connection's negotiation sends nothing more, not even an offer it was making when closed."""
+    alice = await rtc()
+    await alice.join(token(tenant, "alice"))
+    (video_id,) = (t["id"] for t in (await alice.publish(ColorVideoTrack(RED)))["tracks"])
+    (live,) = node.live_rooms.live.values()
+    track = live.tracks()[video_id]
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    old_peer, peer, client = SubscriberPeer("PA_old"), SubscriberPeer("PA_new"), RTCPeerConnection(NO_STUN)
+    try:
+        old = SubscriberNegotiation(old_peer, send)
+        old_peer.add(track)
+        making = asyncio.ensure_future(old.renegotiate())
+        await asyncio.sleep(0)  # the offer is being made (ICE gathering) when the connection is replaced
+        old.close()
+        await making
+        await old.renegotiate()
+        assert sent == [] and old.state is State.IDLE
+
+        fresh = SubscriberNegotiation(peer, send, restart=True)
+        peer.add(track)
+        await fresh.renegotiate()
+        await fresh.resend()
+        assert [m.get("restart") for m in sent] == [True, True]
+        await fresh.answer(await answer_to(client, sent[0]))
+        peer.remove(next(iter(s.down for s in peer.slots if s.down is not None)))
+        await fresh.renegotiate()  # answered once: later offers are ordinary
+        assert "restart" not in sent[-1] and len(sent) == 3
+    finally:
+        await old_peer.close()
+        await peer.close()
+        await client.close()

@@ -332,6 +332,14 @@ window.gbroom = Object.freeze({
   get resumes() { return session.resumes; },
   get rejoins() { return session.rejoins; },
   get moves() { return session.moves; },
+  // Media connections replaced after their path failed, and why media cannot connect (null: it can).
+  get mediaRestarts() { return session.mediaRestarts; },
+  get mediaFailure() { return session.mediaFailure; },
+  get recoveries() { return session.recoveries.map((r) => ({ ...r })); },
+  // The candidate path each connection last reported to the server (media_path).
+  get reportedPaths() { return JSON.parse(JSON.stringify(session.paths)); },
+  // Replace a connection now, as when its path fails ('publisher' or 'subscriber').
+  recoverMedia: (target) => session.recoverMedia(target, 'asked by the page'),
   get connectionStates() {
     return { publisher: session.publisher ? session.publisher.connectionState : null,
       subscriber: session.subscriber ? session.subscriber.connectionState : null };

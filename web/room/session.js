@@ -16,13 +16,26 @@
 // and "chat" (detail: the event) for the chat events the server pushes (chat.js).
 
 import { applyActiveLayers, cameraEncodings } from './layers.js';
-import { RETRY_REFRESH_MS, refreshDelayMs, rtcConfig } from './ice.js';
+import { RETRY_REFRESH_MS, candidatePath, refreshDelayMs, rtcConfig } from './ice.js';
 import { Signaling, SignalingError, roomOfToken, signalingUrl } from './signaling.js';
 
 const VIDEO = { width: { ideal: 1280 }, height: { ideal: 720 }, frameRate: { ideal: 30 } };
 const RETRY_FIRST_MS = 250;
 const RETRY_MAX_MS = 8000;
 const TRANSIENT = new Set(['connection_lost', 'timeout']);
+// A media connection that stays `disconnected` this long is taken as failed (a network change):
+// Chromium says `failed` only after about 30 s, far past a short freeze.
+const DISCONNECTED_GRACE_MS = 1000;
+// A media connection that has not connected this long after its negotiation never will (UDP blocked):
+// the page says why. Chromium itself may stay `connecting` far longer. Should it connect later after
+// all, the message goes away.
+const CONNECT_TIMEOUT_MS = 10000;
+const PATH_CHECK_MS = 3000; // how often a connected connection's candidate pair is read (reported when changed)
+// Why media cannot flow, as the page says it (set on `mediaFailure`).
+export const MEDIA_FAILURES = {
+  no_turn: 'Media could not connect: UDP to the server seems blocked and no TURN server is configured.',
+  turn_failed: 'Media could not connect, not even through the TURN relay. Check your network or firewall.',
+};
 
 // Codes the page explains to the user: they are no fault of the page.
 export const USER_ERRORS = {
@@ -101,6 +114,10 @@ export class RoomSession extends EventTarget {
     this.iceServersExpireAt = null; // unix seconds
     this.iceRefreshes = 0; // credentials renewed by an `ice_servers` request
     this._iceTimer = null;
+    this.mediaRestarts = 0; // media connections replaced after their path failed (a network change)
+    this.recoveries = []; // each replacement: {target, reason, startedAt, connectedAt} (performance.now() ms)
+    this.mediaFailure = null; // a MEDIA_FAILURES code while media cannot connect at all
+    this.subscriberEpoch = 0; // bumped when the subscriber connection is replaced: older offers are stale
     this._previewing = null;
     const claims = tokenClaims(token);
     this._publishClaim = Boolean(claims && claims.grants && claims.grants.can_publish === true);
@@ -148,6 +165,11 @@ export class RoomSession extends EventTarget {
     this.screenTransceiver = null;
     this.ackedMute = new Map(); // track id -> muted, as the server knows it
     this.muting = new Set(); // track ids with a mute request in flight
+    this.publishRestart = false; // the next publish replaces the server's publisher connection
+    this.awaitingRestartOffer = false; // after subscriber_restart: only an offer marked `restart` is ours
+    this.paths = {}; // per connection: the candidate path last reported
+    this.everConnected = { publisher: false, subscriber: false };
+    this._watch = { publisher: null, subscriber: null }; // per connection: its disconnect or connect timer
   }
 
   // --- local media ---------------------------------------------------------------------
@@ -434,10 +456,10 @@ export class RoomSession extends EventTarget {
   _resumed(joined) {
     this._adopt(joined);
     this.resumes += 1;
-    const failed = [this.publisher, this.subscriber].some((pc) => pc && pc.connectionState === 'failed');
-    if (failed) {
-      this._restart('a media connection failed while the socket was away');
-      return;
+    for (const target of ['publisher', 'subscriber']) {
+      const pc = this[target];
+      // A connection whose path failed while the socket was away is replaced now, in the session.
+      if (pc && pc.connectionState === 'failed') this._pathFailed(target, pc);
     }
     this._flushCandidates('publisher');
     this._flushCandidates('subscriber');
@@ -489,19 +511,6 @@ export class RoomSession extends EventTarget {
     }
   }
 
-  // Starts over with a fresh join and new media connections.
-  _restart(reason) {
-    console.warn('gbroom: joining again:', reason);
-    const signaling = this.signaling;
-    this.signaling = null;
-    if (signaling) {
-      signaling.send({ type: 'leave' });
-      signaling.close();
-    }
-    this.resumeToken = null;
-    this._reconnect();
-  }
-
   // For tests: the socket drops as on a network loss, and stays away for `ms`.
   simulateNetworkLoss(ms = 0) {
     this.offlineUntil = Date.now() + ms;
@@ -519,6 +528,8 @@ export class RoomSession extends EventTarget {
     const participant = this.participants.get(message.participant_id);
     switch (message.type) {
       case 'offer':
+        if (this.awaitingRestartOffer && !message.restart) return; // made for the connection we discarded
+        this.awaitingRestartOffer = false;
         this._onOffer(message);
         return;
       case 'chat_message':
@@ -669,7 +680,9 @@ export class RoomSession extends EventTarget {
       const source = this.sources.get(transceiver);
       if (transceiver.mid !== null && source && transceiver.sender.track) tracks[transceiver.mid] = { source };
     }
-    const reply = signaling.request({ type: 'publish', sdp: pc.localDescription.sdp, tracks });
+    const publish = { type: 'publish', sdp: pc.localDescription.sdp, tracks };
+    if (this.publishRestart) publish.restart = true; // a fresh connection: the server keeps our track ids
+    const reply = signaling.request(publish);
     // The server reads its socket in order: candidates sent after publish find its connection.
     this.trickle.publisher = true;
     this._flushCandidates('publisher');
@@ -687,7 +700,9 @@ export class RoomSession extends EventTarget {
       throw error;
     }
     if (pc !== this.publisher || pc.signalingState !== 'have-local-offer') return;
+    if (publish.restart) this.publishRestart = false;
     await pc.setRemoteDescription({ type: 'answer', sdp: answer.sdp });
+    this._watchConnect('publisher', pc);
     const byMid = new Map(answer.tracks.map((track) => [track.mid, track]));
     const trackIds = {};
     for (const transceiver of pc.getTransceivers()) {
@@ -763,10 +778,11 @@ export class RoomSession extends EventTarget {
   _onOffer(offer) {
     let pc = null;
     const deliveredOn = this.signaling; // an offer belongs to the socket (the session) that brought it
+    const epoch = this.subscriberEpoch; // and to the subscriber connection it was made for
     this.subscriberChain = this.subscriberChain.then(async () => {
       // A resumed session gets the pending offer again; an offer of an earlier session (still queued
       // when the room moved and the page joined afresh) must not be answered on the new one.
-      if (this.phase !== 'joined' || this.signaling !== deliveredOn) return;
+      if (this.phase !== 'joined' || this.signaling !== deliveredOn || this.subscriberEpoch !== epoch) return;
       pc = this._ensureSubscriber();
       await pc.setRemoteDescription({ type: 'offer', sdp: offer.sdp });
       this.remoteMids = { ...offer.tracks };
@@ -782,6 +798,7 @@ export class RoomSession extends EventTarget {
       });
       this.trickle.subscriber = true;
       this._flushCandidates('subscriber');
+      this._watchConnect('subscriber', pc);
       this._changed();
     }).catch((error) => {
       if (pc !== this.subscriber) return; // closed because the session ended or started over
@@ -839,22 +856,165 @@ export class RoomSession extends EventTarget {
     }
   }
 
+  // A connection's state: connected (its path is reported), disconnected for a while or failed (its path
+  // is gone: replaced by a fresh connection within the session), failed before ever connecting (media
+  // cannot reach the server: said on the page).
   _onConnectionState(pc) {
-    if (pc.connectionState === 'failed' && this.phase === 'joined' && (pc === this.publisher || pc === this.subscriber)) {
-      this._restart(`the ${pc === this.publisher ? 'publisher' : 'subscriber'} connection failed`);
+    const target = pc === this.publisher ? 'publisher' : pc === this.subscriber ? 'subscriber' : null;
+    if (!target) return;
+    if (this.phase !== 'joined') {
+      this._changed();
+      return;
+    }
+    const state = pc.connectionState;
+    clearTimeout(this._watch[target]);
+    this._watch[target] = null;
+    if (state === 'connected') {
+      this.everConnected[target] = true;
+      const recovery = this.recoveries.findLast((r) => r.target === target);
+      if (recovery && recovery.connectedAt === null) recovery.connectedAt = performance.now();
+      if (this.mediaFailure) {
+        this.mediaFailure = null;
+        if (Object.values(MEDIA_FAILURES).includes(this.message)) this.message = '';
+      }
+      this._reportPath(target, pc);
+      this._followPairChanges(target, pc);
+    } else if (state === 'disconnected') {
+      this._watch[target] = setTimeout(() => this._pathFailed(target, pc), DISCONNECTED_GRACE_MS);
+    } else if (state === 'failed') {
+      this._pathFailed(target, pc);
     }
     this._changed();
   }
 
-  _closeMedia() {
-    for (const pc of [this.publisher, this.subscriber]) {
-      if (pc) {
-        pc.onicecandidate = null;
-        pc.onconnectionstatechange = null;
-        pc.ontrack = null;
-        pc.close();
-      }
+  // Until a negotiated connection connects: past CONNECT_TIMEOUT_MS it is taken as failed.
+  _watchConnect(target, pc) {
+    if (pc.connectionState === 'connected' || this._watch[target]) return;
+    this._watch[target] = setTimeout(() => {
+      this._watch[target] = null;
+      if (pc === this[target] && pc.connectionState !== 'connected') this._pathFailed(target, pc);
+    }, CONNECT_TIMEOUT_MS);
+  }
+
+  _pathFailed(target, pc) {
+    if (pc !== this[target] || this.phase !== 'joined') return;
+    if (!this.everConnected[target]) {
+      // It never connected: a new connection would fail the same way. Say why, once, and wait.
+      const relayed = this.iceServers.some((server) => [].concat(server.urls).some((url) => /^turns?:/.test(url)));
+      this.mediaFailure = relayed ? 'turn_failed' : 'no_turn';
+      this.message = MEDIA_FAILURES[this.mediaFailure];
+      console.warn(`gbroom: the ${target} connection did not connect:`, this.mediaFailure);
+      this._changed();
+      return;
     }
+    this.recoverMedia(target, `the ${target} connection ${pc.connectionState === 'failed' ? 'failed' : 'stopped'}`);
+  }
+
+  // Replaces a connection whose path failed with a fresh one over the same session: aiortc (the server)
+  // has no ICE restart. The server keeps this participant, its track ids and subscriptions, so the
+  // others see a short freeze and nothing else (docs/protocol.md, "Media restart").
+  recoverMedia(target, reason = 'asked') {
+    if (this.phase !== 'joined' || !this.signaling) return false;
+    const old = this[target];
+    if (!old) return false;
+    console.warn(`gbroom: replacing the ${target} connection:`, reason);
+    this.mediaRestarts += 1;
+    this.recoveries.push({ target, reason, startedAt: performance.now(), connectedAt: null });
+    if (this.recoveries.length > 20) this.recoveries.shift();
+    this._dropConnection(target);
+    if (target === 'publisher') {
+      const sent = [...this.sources].filter(([transceiver]) => transceiver.sender.track);
+      this.sources = new Map();
+      this.screenTransceiver = null;
+      this.publishRestart = true;
+      for (const [transceiver, source] of sent) {
+        if (source === 'screen_share') continue; // in a second negotiation, as after a rejoin (_publishLocal)
+        this._addLocal(transceiver.sender.track, this.camera || new MediaStream(), source);
+      }
+      if (this.sources.size) this._requestPublish();
+      if (this.screenTrack) {
+        this.publishChain = this.publishChain.then(() => {
+          if (this.screenTrack && !this.screenTransceiver && this.phase === 'joined') {
+            this.screenTransceiver = this._addLocal(this.screenTrack, this.screen, 'screen_share');
+          }
+        });
+        this._requestPublish();
+      }
+    } else {
+      this.subscriberEpoch += 1;
+      this.awaitingRestartOffer = true; // offers of the discarded connection may still be on their way
+      this.remoteMids = {};
+      this.signaling.request({ type: 'subscriber_restart' }).catch((error) => {
+        console.warn('gbroom: the subscriber connection was not restarted:', error.code, error.message);
+      });
+    }
+    // A replacement that does not connect within CONNECT_TIMEOUT_MS of its negotiation (the network is
+    // still away) is replaced again (_watchConnect, _pathFailed): this one has connected before.
+    this._changed();
+    return true;
+  }
+
+  _dropConnection(target) {
+    const pc = this[target];
+    clearTimeout(this._watch[target]);
+    this._watch[target] = null;
+    if (pc) {
+      pc.onicecandidate = null;
+      pc.onconnectionstatechange = null;
+      pc.ontrack = null;
+      pc.close();
+    }
+    this[target] = null;
+    this.trickle[target] = false;
+    this.queued[target] = [];
+  }
+
+  // ICE may move a connection to another candidate pair by itself (a relayed one it held in reserve, when
+  // the direct path stops): each move is reported too.
+  // Chromium does not always fire selectedcandidatepairchange: the path is also read every few seconds.
+  _followPairChanges(target, pc) {
+    const transports = [...pc.getSenders(), ...pc.getReceivers()].map((x) => x.transport).filter(Boolean);
+    const ice = transports.length ? transports[0].iceTransport : null;
+    if (ice && !ice.gbFollowed) {
+      ice.gbFollowed = true;
+      ice.addEventListener('selectedcandidatepairchange', () => {
+        if (pc === this[target] && pc.connectionState === 'connected') this._reportPath(target, pc);
+      });
+    }
+    if (pc.gbPathTimer) return;
+    pc.gbPathTimer = setInterval(() => {
+      if (pc !== this[target] || pc.signalingState === 'closed') {
+        clearInterval(pc.gbPathTimer);
+      } else if (pc.connectionState === 'connected') {
+        this._reportPath(target, pc, true);
+      }
+    }, PATH_CHECK_MS);
+  }
+
+  // Tells the server which candidate pair a connection uses (shown in its stats API and counted).
+  async _reportPath(target, pc, onlyChanged = false) {
+    let path = null;
+    for (let tries = 0; tries < 5 && !path && pc === this[target]; tries += 1) {
+      path = await candidatePath(pc);
+      if (!path) await sleep(200); // the selected pair shows in getStats a moment after `connected`
+    }
+    const signaling = this.signaling;
+    if (!path || pc !== this[target] || !signaling || !signaling.isOpen) return;
+    const last = this.paths[target];
+    const same = last && last.candidateType === path.candidateType && last.protocol === path.protocol
+      && last.relayProtocol === path.relayProtocol;
+    if (onlyChanged && same) return;
+    this.paths = { ...this.paths, [target]: path };
+    const report = { type: 'media_path', target, candidate_type: path.candidateType, protocol: path.protocol };
+    if (path.relayProtocol) report.relay_protocol = path.relayProtocol;
+    signaling.request(report).catch((error) => {
+      if (!TRANSIENT.has(error.code)) console.warn('gbroom: media path not reported:', error.code, error.message);
+    });
+    this._changed();
+  }
+
+  _closeMedia() {
+    for (const target of ['publisher', 'subscriber']) this._dropConnection(target);
     this._resetMedia();
   }
 }

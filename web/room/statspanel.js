@@ -2,11 +2,21 @@
 //
 // Rows come from RTCPeerConnection.getStats() of the two connections: every track this
 // page sends (outbound-rtp, with the server's receiver reports as remote-inbound-rtp)
-// and every track it receives (inbound-rtp). Bitrates are computed between two
+// and every track it receives (inbound-rtp), then one row per connection naming its path (the
+// selected candidate pair: direct, through NAT, or a TURN relay over UDP, TCP or TLS). Bitrates are computed between two
 // readings; the overlay refreshes once a second while it is open. Names are set with
 // textContent only, never as HTML.
 
+import { candidatePath } from './ice.js';
+
 const REFRESH_MS = 1000;
+
+// How a connection's media travels, in words: direct, through a NAT, or through TURN over UDP, TCP or TLS.
+export function pathLabel(path) {
+  const how = { host: 'direct', srflx: 'through NAT', prflx: 'direct (learnt)' }[path.candidateType];
+  if (how) return `${how} (${path.protocol.toUpperCase()})`;
+  return `TURN relay over ${(path.relayProtocol || 'udp').toUpperCase()}`;
+}
 
 function entriesOf(report, type) {
   const out = [];
@@ -112,6 +122,16 @@ export class StatsPanel {
         });
       }
     }
+    for (const [target, pc] of [['publisher', publisher], ['subscriber', subscriber]]) {
+      const path = pc ? await candidatePath(pc) : null;
+      if (!path) continue;
+      rows.push({
+        key: `path:${target}`, direction: 'path', name: target === 'publisher' ? 'Sending' : 'Receiving',
+        kind: pathLabel(path), path,
+        bitrate: null, packets: null, lost: null, fractionLost: null, jitterMs: null, fps: null, width: null,
+        height: null, rttMs: null,
+      });
+    }
     this.rows = rows;
     if (this.isOpen) this._draw();
     return rows;
@@ -125,8 +145,9 @@ export class StatsPanel {
       tr.dataset.kind = row.kind;
       tr.dataset.direction = row.direction;
       const size = row.width && row.height ? ` ${row.width}×${row.height}` : '';
+      const arrow = { sent: '↑', received: '↓', path: '⇄' }[row.direction];
       const cells = [
-        `${row.direction === 'sent' ? '↑' : '↓'} ${row.name}${row.rid ? ` (${row.rid})` : ''}`,
+        `${arrow} ${row.name}${row.rid ? ` (${row.rid})` : ''}`,
         `${row.kind}${size}`,
         row.bitrate === null ? '–' : `${(row.bitrate / 1000).toFixed(0)} kb/s`,
         row.lost === null ? '–' : String(row.lost),
