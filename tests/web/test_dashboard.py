@@ -310,6 +310,7 @@ async def test_the_operator_runs_tenants_rooms_webhooks_and_audit_from_the_dashb
     total = 19900 + 161 + 1600 + 1600 + 2000
     assert await dash.evaluate("document.getElementById('invoice-total').textContent") == money(total, "USD")
     invoice_id = await dash.evaluate("document.getElementById('invoice-detail').dataset.invoiceId")
+    number = (await api(site, "GET", f"/api/v1/invoices/{invoice_id}"))["number"]
     assert (await api(site, "GET", f"/api/v1/invoices/{invoice_id}"))["total_cents"] == total
     row = f"#invoice-table tr[data-invoice-id='{invoice_id}']"
     await dash.page.wait_for_selector(f"{row}[data-status=draft]")
@@ -320,11 +321,22 @@ async def test_the_operator_runs_tenants_rooms_webhooks_and_audit_from_the_dashb
     printed = await opened.value
     await printed.wait_for_function("document.getElementById('total')")
     assert await printed.evaluate("document.getElementById('total').textContent") == money(total, "USD")
-    assert printed.url.startswith("blob:") and OPERATOR_TOKEN not in printed.url
+    assert OPERATOR_TOKEN not in printed.url and await printed.title() == f"Invoice {number}"
+    assert await printed.evaluate("getComputedStyle(document.body).marginTop") == "28px"  # its own style applies
     await printed.close()
-    # Reopened from the list, the same invoice.
+    # Reloaded (per day again), the list opens the same invoice; a period not begun is the API's 400, shown.
+    await dash.page.select_option("#usage-granularity", "day")
+    await dash.wait_for(f"document.getElementById('usage-box').dataset.loaded === '{customer_id}/day'")
+    assert await dash.evaluate("document.getElementById('invoice-detail').dataset.invoiceId") is None
     await dash.page.click(f"{row} button.open")
-    await dash.wait_for(f"document.getElementById('invoice-detail').dataset.invoiceId === '{invoice_id}'")
+    await dash.wait_for(
+        f"document.getElementById('invoice-detail').dataset.invoiceId === '{invoice_id}' && "
+        f"document.getElementById('invoice-total').textContent === {money(total, 'USD')!r}"
+    )
+    await dash.page.fill("#invoice-form [name=period]", "2999-01")
+    await dash.page.click("#invoice-form button[type=submit]")
+    await dash.wait_for("document.getElementById('status').textContent.startsWith('period_in_future')")
+    assert len((await api(site, "GET", f"/api/v1/customers/{customer_id}/invoices"))["invoices"]) == 1
 
     # The audit log, filtered by action: what the dashboard just did is there.
     await go(dash, "audit")
@@ -380,6 +392,26 @@ async def test_the_operator_runs_tenants_rooms_webhooks_and_audit_from_the_dashb
         f"'customers/{other.customer_id}'); return 'visible'; }} catch (e) {{ return e.status; }} }})()"
     )
     assert answer == 404
+    # Its usage view: its own customer only, the invoice the operator made (read-only), its subscription.
+    resp = await site.post(
+        f"/api/v1/customers/{tenant.customer_id}/invoices",
+        json={"period": dt.datetime.now(dt.UTC).strftime("%Y-%m")},
+        headers=OPERATOR,
+    )
+    assert resp.status == 201
+    theirs = await resp.json()
+    await go(admin, "usage")
+    await admin.wait_for(f"document.getElementById('usage-box')?.dataset.loaded === '{tenant.customer_id}/day'")
+    assert await admin.evaluate("[...document.querySelectorAll('#usage-customer option')].map(o => o.value)") == [
+        tenant.customer_id
+    ]
+    assert await admin.evaluate("document.getElementById('invoice-form')") is None
+    assert await admin.evaluate("document.getElementById('subscription').dataset.status") == "active"
+    listed = await admin.evaluate(
+        "[...document.querySelectorAll('#invoice-table tbody tr')]"
+        ".map(r => [r.dataset.invoiceId, r.cells[3].textContent])"
+    )
+    assert listed == [[theirs["id"], money(theirs["total_cents"], "USD")]]
     # Its "Start a meeting" opens the room in its own instance.
     await go(admin, "meeting")
     await admin.page.click("#start-meeting")
