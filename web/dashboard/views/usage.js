@@ -114,7 +114,7 @@ function lineRows(invoice) {
   }));
 }
 
-async function openInvoice(detail, id) {
+async function openInvoice(ctx, detail, id) {
   const invoice = await get(`invoices/${id}`);
   const lines = table(['Item', 'Used', 'Included', 'Billable', 'Unit price', 'Amount'], lineRows(invoice),
     { id: 'invoice-lines' });
@@ -123,7 +123,7 @@ async function openInvoice(detail, id) {
     h('tr', {}, h('th', { colspan: 5 }, 'Total'), h('td', { id: 'invoice-total', dataset: { cents: invoice.total_cents } },
       money(invoice.total_cents, invoice.currency)))));
   const print = h('button', { type: 'button', class: 'print' }, 'Printable page');
-  print.addEventListener('click', () => printInvoice(invoice.id).catch((e) => detail.dispatchEvent(new CustomEvent('fail', { detail: e }))));
+  print.addEventListener('click', () => printInvoice(invoice.id).catch(ctx.fail));
   detail.dataset.invoiceId = invoice.id;
   detail.dataset.status = invoice.status;
   detail.replaceChildren(
@@ -164,9 +164,8 @@ async function printInvoice(id) {
 
 async function drawInvoices(ctx, box, customerId) {
   const detail = h('div', { id: 'invoice-detail' });
-  detail.addEventListener('fail', (event) => ctx.fail(event.detail));
   const list = h('div');
-  const open = (id) => openInvoice(detail, id).catch(ctx.fail);
+  const open = (id) => openInvoice(ctx, detail, id).catch(ctx.fail);
   const reload = async () => {
     const { invoices } = await get(`customers/${customerId}/invoices`);
     list.replaceChildren(invoices.length === 0 ? h('p', { class: 'muted' }, 'No invoices yet.')
@@ -186,7 +185,7 @@ async function drawInvoices(ctx, box, customerId) {
         const invoice = await post(`customers/${customerId}/invoices`, { period: period.value });
         ctx.status(`Invoice ${invoice.number} generated (${invoice.status}).`);
         await reload();
-        await openInvoice(detail, invoice.id);
+        await openInvoice(ctx, detail, invoice.id);
       } catch (error) {
         ctx.fail(error);
       }
