@@ -4,7 +4,8 @@ One page session walks what an operator does: log in with the token, create a cu
 and an instance (keys, features, suspension), watch a live room whose two participants
 are real Chromium pages (their bitrate moving), mute one (the other page stops hearing
 it), record the room (play, download, delete the recording) and remove the other,
-webhook deliveries with a redelivery, usage, the audit log and the nodes. A second
+webhook deliveries with a redelivery, usage and invoices (the chart's bars, the totals and the
+invoice's lines equal to usage written through the meter's path), the audit log and the nodes. A second
 context logs in as an instance's administrator and sees only its own customer, rooms
 and log. Browser pages are the slowest tests, so the checks share these pages.
 """
@@ -12,12 +13,17 @@ and log. Browser pages are the slowest tests, so the checks share these pages.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import os
+import uuid
+from decimal import Decimal
 
 from aiohttp.test_utils import TestClient
 
 from gbmedia.node import Node
+from gbmedia.tenancy import usage
 from gbmedia.tenancy.tokens import Grants, mint_token
+from gbmedia.tenancy.usage import UsageEvent
 from tests.browser import Browser, Tab
 from tests.helpers import OPERATOR, OPERATOR_TOKEN, Tenant, create_tenant
 from tests.recording.helpers import recorder_frames
@@ -25,6 +31,50 @@ from tests.rtc import wait_for
 from tests.web.test_room_page import STATE_TIMEOUT, open_joined, tile, wait_hearing
 
 QUALITY_TIMEOUT = 45.0  # first media and the node's first stats samples, two cores shared
+
+
+async def known_usage(node: Node, customer_id: str, instance_id: str) -> list[UsageEvent]:
+    """Usage written as the meter writes it (usage.record): three hours of this month, so the
+    chart's buckets and the invoice's lines have known values."""
+    now = dt.datetime.now(dt.UTC)
+    period_start = usage.period_bounds(now)[0]
+    hours = [max(period_start, now - dt.timedelta(hours=back)) for back in (0, 1, 26)]
+    cid, iid = uuid.UUID(customer_id), uuid.UUID(instance_id)
+    events = [
+        UsageEvent(cid, iid, "publish_minutes", Decimal("100000.25"), "dash-1", hours[2]),
+        UsageEvent(cid, iid, "publish_minutes", Decimal("400"), "dash-2", hours[1]),
+        UsageEvent(cid, iid, "publish_minutes", Decimal("102.5"), "dash-3", hours[0]),
+        UsageEvent(cid, iid, "recording_minutes", Decimal("8000"), "dash-4", hours[1]),
+        UsageEvent(cid, iid, "messages", Decimal("1200001"), "dash-5", hours[0]),
+        UsageEvent(cid, iid, "bytes_out", Decimal(15 * 10**11), "dash-6", hours[2]),
+    ]
+    assert await usage.record(node.db.pool, events) == len(events)
+    return events
+
+
+def expected_bars(events: list[UsageEvent], granularity: str) -> dict[str, dict[str, float]]:
+    """What the chart must draw: per kind, each bucket's start and its sum."""
+    bars: dict[str, dict[str, float]] = {}
+    for e in events:
+        at = e.occurred_at.replace(minute=0, second=0, microsecond=0)
+        if granularity == "day":
+            at = at.replace(hour=0)
+        key = at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        per_kind = bars.setdefault(e.kind, {})
+        per_kind[key] = per_kind.get(key, 0) + float(e.quantity)
+    return bars
+
+
+async def drawn_bars(tab: Tab) -> dict[str, dict[str, float]]:
+    drawn = await tab.evaluate(
+        "[...document.querySelectorAll('.usage-kind')].map(f => [f.dataset.kind, "
+        "[...f.querySelectorAll('rect.bar')].map(r => [r.dataset.t, Number(r.dataset.v)])])"
+    )
+    return {kind: dict(bars) for kind, bars in drawn}
+
+
+def money(cents: int, currency: str) -> str:
+    return f"{cents // 100:,}.{cents % 100:02d} {currency}"
 
 
 def page_errors(tab: Tab) -> list[str]:
@@ -197,27 +247,99 @@ async def test_the_operator_runs_tenants_rooms_webhooks_and_audit_from_the_dashb
     await dash.page.click(f"{delivery} button.redeliver")
     await dash.wait_for("document.getElementById('status').textContent.includes('queued again')")
 
-    # Usage and invoices: this node has no metering routes, and says so.
+    # Usage, invoices and the subscription of Globex, from known usage written through the meter's own path.
+    written = await known_usage(node, customer_id, instance_id)
     await go(dash, "usage")
-    await dash.page.select_option("#usage-customer", tenant.customer_id)
-    await dash.wait_for(
-        "document.querySelector('#usage-chart .unavailable')?.textContent.includes('not available on this node')"
-        " && document.querySelector('#invoices .unavailable')"
+    await dash.page.select_option("#usage-customer", customer_id)
+    await dash.wait_for(f"document.getElementById('usage-box').dataset.loaded === '{customer_id}/day'")
+    assert await drawn_bars(dash) == expected_bars(written, "day")
+    await dash.page.select_option("#usage-granularity", "hour")
+    await dash.wait_for(f"document.getElementById('usage-box').dataset.loaded === '{customer_id}/hour'")
+    assert await drawn_bars(dash) == expected_bars(written, "hour")
+    # Bar heights are to scale within each kind's chart; the totals table shows each kind's sum.
+    heights = await dash.evaluate(
+        "[...document.querySelectorAll('.usage-kind[data-kind=publish_minutes] rect.bar')]"
+        ".map(r => [Number(r.dataset.v), Number(r.getAttribute('height'))])"
     )
+    tallest = max(heights)
+    assert all(abs(h / tallest[1] - v / tallest[0]) < 0.01 for v, h in heights)
+    totals = await dash.evaluate(
+        "[...document.querySelectorAll('#usage-totals tbody tr')].map(r => [r.dataset.kind, r.cells[1].textContent])"
+    )
+    assert totals == [
+        ["publish_minutes", "100502.75 min"],
+        ["recording_minutes", "8000 min"],
+        ["messages", "1200001"],
+        ["bytes_out", "1.5 TB"],
+    ]
+    shown = await dash.evaluate("document.getElementById('subscription').dataset.status")
+    subscription = (await api(site, "GET", f"/api/v1/customers/{customer_id}/subscription"))["subscription"]
+    assert shown == subscription["status"] == "active" and subscription["plan_id"] == "pro"
+    assert "pro tier" in await dash.evaluate("document.getElementById('subscription').textContent")
 
-    # What the chart draws once metering answers: one bar per bucket and kind, heights to scale.
-    heights = await dash.evaluate("""(async () => {
-        const { usageSeries } = await import('/web/dashboard/views/usage.js');
-        const { lineChart } = await import('/web/dashboard/chart.js');
-        const svg = lineChart(usageSeries([
-            { start: '2026-12-01T00:00:00Z', amounts: { participant_minutes: 30, recording_minutes: 5 } },
-            { start: '2026-12-02T00:00:00Z', amounts: { participant_minutes: 45, recording_minutes: 0 } },
-        ]), { kind: 'bars' });
-        return [...svg.querySelectorAll('rect.bar')].map(r => Number(r.getAttribute('height')));
-    })()""")
-    assert len(heights) == 4
-    assert heights[1] == max(heights) > 0 and heights[3] == 0  # participant minutes 30, 45; recording 5, 0
-    assert abs(heights[0] / heights[1] - 30 / 45) < 0.01 and abs(heights[2] / heights[1] - 5 / 45) < 0.01
+    # Generate this month's invoice: its lines and total are the pro tier's prices of that usage.
+    assert await dash.evaluate("document.getElementById('invoice-table')") is None
+    await dash.page.fill("#invoice-form [name=period]", written[0].occurred_at.strftime("%Y-%m"))
+    await dash.page.click("#invoice-form button[type=submit]")
+    await dash.page.wait_for_selector(
+        "#invoice-detail[data-invoice-id] #invoice-total"
+    )  # a draft (open past its month)
+    lines = await dash.evaluate(
+        "[...document.querySelectorAll('#invoice-lines tbody tr')].map(r => "
+        "[r.dataset.kind, ...[...r.cells].map(c => c.textContent)])"
+    )
+    by_kind = {line[0]: line[1:] for line in lines}
+    assert by_kind["subscription"][-1] == "199.00 USD"
+    # pro: 100,000 publishing minutes included, 0.32 cents each beyond -> 502.75 x 0.32 = 160.88 -> 161
+    assert by_kind["publish_minutes"] == [
+        "Publishing minutes",
+        "100502.75 minute",
+        "100000",
+        "502.75",
+        "0.32¢",
+        "1.61 USD",
+    ]
+    # 6,000 recording minutes included, 0.8 cents beyond -> 2,000 x 0.8 = 1,600
+    assert by_kind["recording_minutes"][1:] == ["8000 minute", "6000", "2000", "0.8¢", "16.00 USD"]
+    # 1,000,000 messages included, 0.008 cents beyond -> 200,001 x 0.008 = 1,600.008 -> 1,600
+    assert by_kind["messages"][1:] == ["1200001 message", "1000000", "200001", "0.008¢", "16.00 USD"]
+    # 1,000 GB included, 4 cents a GB beyond -> 500 x 4 = 2,000
+    assert by_kind["bytes_out"][1:] == ["1500 GB", "1000", "500", "4¢", "20.00 USD"]
+    assert {k: v[-1] for k, v in by_kind.items() if k not in ("subscription", *(e.kind for e in written))} == {
+        "subscribe_minutes": "0.00 USD",
+        "viewer_minutes": "0.00 USD",
+        "storage_bytes": "0.00 USD",
+    }
+    total = 19900 + 161 + 1600 + 1600 + 2000
+    assert await dash.evaluate("document.getElementById('invoice-total').textContent") == money(total, "USD")
+    invoice_id = await dash.evaluate("document.getElementById('invoice-detail').dataset.invoiceId")
+    number = (await api(site, "GET", f"/api/v1/invoices/{invoice_id}"))["number"]
+    assert (await api(site, "GET", f"/api/v1/invoices/{invoice_id}"))["total_cents"] == total
+    row = f"#invoice-table tr[data-invoice-id='{invoice_id}']"
+    await dash.page.wait_for_selector(row)
+    assert await dash.evaluate(f'document.querySelector("{row}").cells[3].textContent') == money(total, "USD")
+    # The printable page opens in a new tab, fetched with the token (never in its URL).
+    async with dash.page.context.expect_page() as opened:
+        await dash.page.click("#invoice-detail button.print")
+    printed = await opened.value
+    await printed.wait_for_function("document.getElementById('total')")
+    assert await printed.evaluate("document.getElementById('total').textContent") == money(total, "USD")
+    assert OPERATOR_TOKEN not in printed.url and await printed.title() == f"Invoice {number}"
+    assert await printed.evaluate("getComputedStyle(document.body).marginTop") == "28px"  # its own style applies
+    await printed.close()
+    # Reloaded (per day again), the list opens the same invoice; a period not begun is the API's 400, shown.
+    await dash.page.select_option("#usage-granularity", "day")
+    await dash.wait_for(f"document.getElementById('usage-box').dataset.loaded === '{customer_id}/day'")
+    assert await dash.evaluate("document.getElementById('invoice-detail').dataset.invoiceId") is None
+    await dash.page.click(f"{row} button.open")
+    await dash.wait_for(
+        f"document.getElementById('invoice-detail').dataset.invoiceId === '{invoice_id}' && "
+        f"document.getElementById('invoice-total').textContent === {money(total, 'USD')!r}"
+    )
+    await dash.page.fill("#invoice-form [name=period]", "2999-01")
+    await dash.page.click("#invoice-form button[type=submit]")
+    await dash.wait_for("document.getElementById('status').textContent.startsWith('period_in_future')")
+    assert len((await api(site, "GET", f"/api/v1/customers/{customer_id}/invoices"))["invoices"]) == 1
 
     # The audit log, filtered by action: what the dashboard just did is there.
     await go(dash, "audit")
@@ -273,6 +395,26 @@ async def test_the_operator_runs_tenants_rooms_webhooks_and_audit_from_the_dashb
         f"'customers/{other.customer_id}'); return 'visible'; }} catch (e) {{ return e.status; }} }})()"
     )
     assert answer == 404
+    # Its usage view: its own customer only, the invoice the operator made (read-only), its subscription.
+    resp = await site.post(
+        f"/api/v1/customers/{tenant.customer_id}/invoices",
+        json={"period": dt.datetime.now(dt.UTC).strftime("%Y-%m")},
+        headers=OPERATOR,
+    )
+    assert resp.status == 201
+    theirs = await resp.json()
+    await go(admin, "usage")
+    await admin.wait_for(f"document.getElementById('usage-box')?.dataset.loaded === '{tenant.customer_id}/day'")
+    assert await admin.evaluate("[...document.querySelectorAll('#usage-customer option')].map(o => o.value)") == [
+        tenant.customer_id
+    ]
+    assert await admin.evaluate("document.getElementById('invoice-form')") is None
+    assert await admin.evaluate("document.getElementById('subscription').dataset.status") == "active"
+    listed = await admin.evaluate(
+        "[...document.querySelectorAll('#invoice-table tbody tr')]"
+        ".map(r => [r.dataset.invoiceId, r.cells[3].textContent])"
+    )
+    assert listed == [[theirs["id"], money(theirs["total_cents"], "USD")]]
     # Its "Start a meeting" opens the room in its own instance.
     await go(admin, "meeting")
     await admin.page.click("#start-meeting")

@@ -11,11 +11,17 @@ function el(tag, attrs, text) {
   return node;
 }
 
+const clockTime = (t) => new Date(t).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit', second: '2-digit' });
+
 /**
  * Draw `series` ([{name, points: [{t, v}]}]) into a new <svg class="chart">.
- * `format` turns a value into axis text; `kind` 'line' (default) or 'bars' (usage buckets).
+ * `format` turns a value into axis text, `clock` a time into the x axis's; `kind` 'line'
+ * (default) or 'bars' (usage buckets: each bar `step` ms wide in time, and carrying its
+ * bucket's start and exact value as data-t and data-v, so what is drawn can be checked).
  */
-export function lineChart(series, { width = 560, height = 180, format = String, title = '', kind = 'line' } = {}) {
+export function lineChart(series, {
+  width = 560, height = 180, format = String, title = '', kind = 'line', clock = clockTime, step = 0,
+} = {}) {
   const svg = el('svg', { class: 'chart', viewBox: `0 0 ${width} ${height}`, role: 'img', 'aria-label': title });
   const left = 64;
   const right = 8;
@@ -28,7 +34,7 @@ export function lineChart(series, { width = 560, height = 180, format = String, 
     return svg;
   }
   const t0 = Math.min(...all.map((p) => p.t));
-  const t1 = Math.max(...all.map((p) => p.t));
+  const t1 = Math.max(...all.map((p) => p.t)) + (kind === 'bars' ? step : 0);
   const vmax = Math.max(...all.map((p) => p.v), 0) || 1;
   const x = (t) => left + (t1 === t0 ? (width - left - right) / 2 : ((t - t0) / (t1 - t0)) * (width - left - right));
   const y = (v) => top + (1 - v / vmax) * (height - top - bottom);
@@ -36,17 +42,18 @@ export function lineChart(series, { width = 560, height = 180, format = String, 
   svg.append(el('line', { x1: left, y1: top, x2: left, y2: y(0), class: 'axis' }));
   svg.append(el('text', { x: left - 4, y: top + 4, 'text-anchor': 'end', class: 'tick' }, format(vmax)));
   svg.append(el('text', { x: left - 4, y: y(0), 'text-anchor': 'end', class: 'tick' }, format(0)));
-  const clock = (t) => new Date(t).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit', second: '2-digit' });
   svg.append(el('text', { x: left, y: height - 6, class: 'tick' }, clock(t0)));
   svg.append(el('text', { x: width - right, y: height - 6, 'text-anchor': 'end', class: 'tick' }, clock(t1)));
   series.forEach((s, i) => {
     const colour = COLOURS[i % COLOURS.length];
     const points = s.points.filter((p) => Number.isFinite(p.v));
     if (kind === 'bars') {
-      const barWidth = Math.max(2, (width - left - right) / Math.max(points.length, 1) / series.length - 2);
+      const slot = step && t1 > t0 ? x(t0 + step) - x(t0) : (width - left - right) / Math.max(points.length, 1);
+      const barWidth = Math.max(2, slot / series.length - 2);
       for (const p of points) {
         svg.append(el('rect', {
           x: x(+p.t) + i * barWidth, y: y(p.v), width: barWidth, height: y(0) - y(p.v), fill: colour, class: 'bar',
+          'data-t': new Date(+p.t).toISOString(), 'data-v': p.v,
         }));
       }
     } else {
