@@ -1,14 +1,21 @@
-"""Debug runs over the interpreter: breakpoints, stepping over, HEAR answers, stop, isolation."""
+"""Debug runs over both engines: breakpoints, stepping over, HEAR answers, stop, isolation.
+
+The checks that make sense for any engine run over the interpreter (the reference) and
+the compiled engine alike, with the same lines, variables and transcripts expected.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
 
+import pytest
+
 from gbmedia.bots.compiler import load
 from gbmedia.bots.context import Context
-from gbmedia.bots.debug.seam import InterpreterRun, Place, blocking_hook
+from gbmedia.bots.debug.seam import Debuggable, InterpreterRun, Place, blocking_hook
 from gbmedia.bots.debug.session import BREAK, RUNNING, STOPPED, DebugPort, DebugRun, DebugStateError
+from gbmedia.bots.debug.wasm import WasmDebugRun, debug_module
 from gbmedia.bots.host import MemoryPort
 from gbmedia.bots.limits import Limits
 from gbmedia.bots.machine import Run
@@ -29,17 +36,28 @@ END FUNCTION
 """
 
 
-def debug_run(source: str = DIALOG, breakpoints: tuple[int, ...] = (), limits: Limits | None = None) -> DebugRun:
+@pytest.fixture(params=["interp", "wasm"])
+def engine(request: pytest.FixtureRequest) -> str:
+    """The engine a test's debug runs use: each such test runs over both, expecting the same."""
+    return request.param
+
+
+def debug_run(
+    engine: str, source: str = DIALOG, breakpoints: tuple[int, ...] = (), limits: Limits | None = None
+) -> DebugRun:
     compiled = load(source, "sums")
     port = MemoryPort()
     ctx = Context(port=port, tables=MemoryTables(), limits=limits or Limits())
-    run = DebugRun(uuid.uuid4(), "sums", source, InterpreterRun(compiled, ctx), port)
+    runner: Debuggable = (
+        WasmDebugRun(debug_module(compiled), ctx) if engine == "wasm" else InterpreterRun(compiled, ctx)
+    )
+    run = DebugRun(uuid.uuid4(), "sums", source, runner, port, engine_name=engine)
     run.breakpoints.update(breakpoints)
     return run
 
 
-async def test_a_breakpoint_stops_at_its_line_with_the_variables_of_that_moment():
-    run = debug_run(breakpoints=(3,))
+async def test_a_breakpoint_stops_at_its_line_with_the_variables_of_that_moment(engine: str):
+    run = debug_run(engine, breakpoints=(3,))
     await run.start(stop_on_entry=False)
     context = run.context()
     assert (context["state"], context["line"], context["function"]) == (BREAK, 3, None)
@@ -55,8 +73,8 @@ async def test_a_breakpoint_stops_at_its_line_with_the_variables_of_that_moment(
     assert run.context()["messages"] == []  # read once: "since the last call"
 
 
-async def test_step_runs_one_statement_and_steps_over_a_function():
-    run = debug_run()
+async def test_step_runs_one_statement_and_steps_over_a_function(engine: str):
+    run = debug_run(engine)
     await run.start(stop_on_entry=True)
     assert (run.state, run.line) == (BREAK, 1)
     lines = []
@@ -67,8 +85,8 @@ async def test_step_runs_one_statement_and_steps_over_a_function():
     assert run.context()["variables"]["TOTAL"] == 6
 
 
-async def test_a_breakpoint_inside_a_function_shows_its_parameters_and_step_stays_in_it():
-    run = debug_run(breakpoints=(9,))
+async def test_a_breakpoint_inside_a_function_shows_its_parameters_and_step_stays_in_it(engine: str):
+    run = debug_run(engine, breakpoints=(9,))
     await run.start(stop_on_entry=False)
     context = run.context()
     assert (context["line"], context["function"]) == (9, "ADD")
@@ -79,8 +97,8 @@ async def test_a_breakpoint_inside_a_function_shows_its_parameters_and_step_stay
     assert (run.line, run.function, run.context()["variables"]["N"]) == (3, None, 2)
 
 
-async def test_send_message_answers_the_hear_and_the_dialog_goes_on():
-    run = debug_run()
+async def test_send_message_answers_the_hear_and_the_dialog_goes_on(engine: str):
+    run = debug_run(engine)
     await run.start(stop_on_entry=False)
     assert run.waiting and run.state == RUNNING
     try:
@@ -103,21 +121,21 @@ async def test_send_message_answers_the_hear_and_the_dialog_goes_on():
             raise AssertionError("an ended run takes no more actions")
 
 
-async def test_an_error_ends_the_run_at_its_line():
-    run = debug_run('x = 1\nTALK "a"\ny = [1][5]\nTALK "never"')
+async def test_an_error_ends_the_run_at_its_line(engine: str):
+    run = debug_run(engine, 'x = 1\nTALK "a"\ny = [1][5]\nTALK "never"')
     await run.start(stop_on_entry=False)
     context = run.context()
     assert (context["state"], context["outcome"], context["line"]) == (STOPPED, "failed", 3)
     assert context["error"]["line"] == 3 and "outside the list" in context["error"]["message"]
 
 
-async def test_stop_ends_a_paused_run_and_a_busy_one():
-    paused = debug_run(breakpoints=(1,))
+async def test_stop_ends_a_paused_run_and_a_busy_one(engine: str):
+    paused = debug_run(engine, breakpoints=(1,))
     await paused.start(stop_on_entry=False)
     assert paused.state == BREAK
     await paused.stop()
     assert (paused.state, paused.outcome) == (STOPPED, "stopped")
-    busy = debug_run("DO WHILE 1 = 1\n    x = 1\nLOOP", limits=Limits(max_statements=10**9, max_seconds=60))
+    busy = debug_run(engine, "DO WHILE 1 = 1\n    x = 1\nLOOP", limits=Limits(max_statements=10**9, max_seconds=60))
     await busy.start(stop_on_entry=False, settle=0.05)
     assert busy.state == RUNNING and not busy.waiting  # still looping: the answer says so
     await busy.stop()
@@ -128,8 +146,8 @@ async def test_stop_ends_a_paused_run_and_a_busy_one():
         assert exc.code == "debug_run_stopped"
 
 
-async def test_two_debug_runs_do_not_see_each_other():
-    first, second = debug_run(breakpoints=(5,)), debug_run(breakpoints=(3,))
+async def test_two_debug_runs_do_not_see_each_other(engine: str):
+    first, second = debug_run(engine, breakpoints=(5,)), debug_run(engine, breakpoints=(3,))
     await asyncio.gather(first.start(False), second.start(False))
     assert (first.line, second.line) == (5, 3)
     assert first.context()["variables"]["TOTAL"] == 6 and second.context()["variables"]["TOTAL"] == 0
@@ -140,8 +158,8 @@ async def test_two_debug_runs_do_not_see_each_other():
     assert first.context()["messages"] == ["hello Bo"]
 
 
-async def test_a_paused_run_does_not_spend_its_time_limit():
-    run = debug_run(breakpoints=(2,), limits=Limits(max_seconds=0.2))
+async def test_a_paused_run_does_not_spend_its_time_limit(engine: str):
+    run = debug_run(engine, breakpoints=(2,), limits=Limits(max_seconds=0.2))
     await run.start(stop_on_entry=False)
     budget = run.engine.run.ctx.budget  # type: ignore[attr-defined]
     budget.deadline -= 10  # as if the operator had looked at the pause for a long time
@@ -149,8 +167,8 @@ async def test_a_paused_run_does_not_spend_its_time_limit():
     assert run.waiting  # the clock restarted when it went on
 
 
-async def test_a_busy_run_under_the_debugger_still_meets_its_time_limit():
-    run = debug_run("DO WHILE 1 = 1\n    x = 1\nLOOP", limits=Limits(max_statements=10**9, max_seconds=0.2))
+async def test_a_busy_run_under_the_debugger_still_meets_its_time_limit(engine: str):
+    run = debug_run(engine, "DO WHILE 1 = 1\n    x = 1\nLOOP", limits=Limits(max_statements=10**9, max_seconds=0.2))
     await run.start(stop_on_entry=False, settle=30)
     context = run.context()
     assert (context["state"], context["outcome"]) == (STOPPED, "failed")
@@ -201,3 +219,60 @@ async def test_what_would_leave_the_conversation_is_shown_as_logs():
         ("send", 'mail to ana@example.com: {"subject": "Hi", "body": "Body"}'),
         ("transfer", "to sales"),
     ]
+
+
+STEPPED = """count = 0
+DO WHILE count < 2
+    count = count + 1
+    IF count = 1 THEN
+        TALK "one"
+    ELSE
+        TALK "more"
+    END IF
+LOOP
+FOR i = 1 TO 2
+    SELECT CASE i
+        CASE 1
+            word = twice("a")
+        CASE ELSE
+            CALL greet(i)
+    END SELECT
+NEXT
+x = twice("b") & twice("c")
+TALK word & x
+FUNCTION twice(t)
+    RETURN t & t
+END FUNCTION
+FUNCTION greet(who)
+    HEAR answer
+    TALK "hi " + answer + " " + who
+END FUNCTION
+"""
+
+
+async def walk(engine: str, into: int) -> list[tuple[object, ...]]:
+    """Step the dialog from its first statement to its end: where each step stopped and what it saw."""
+    run = debug_run(engine, STEPPED, breakpoints=(into,))
+    await run.start(stop_on_entry=True)
+    seen: list[tuple[object, ...]] = []
+    while run.state != STOPPED:
+        context = run.context()
+        seen.append((context["state"], context["line"], context["function"], context["waiting_for_input"]))
+        seen.append(tuple(sorted(context["variables"].items())))
+        if run.waiting:
+            await run.send_message("Ana")
+        elif context["line"] == into:
+            await run.resume()  # at the breakpoint inside a FUNCTION: then step on from the next pause
+        else:
+            await run.step()
+    seen.append((run.outcome, tuple(run.port.said)))
+    return seen
+
+
+async def test_both_engines_step_through_the_same_lines_with_the_same_variables_and_transcript():
+    """Loops, branches, FUNCTIONs inside expressions and as statements, a HEAR in a FUNCTION: the same walk."""
+    for into in (21, 25):  # a breakpoint in the FUNCTION called inside expressions, then in the one with the HEAR
+        interp, wasm = await walk("interp", into), await walk("wasm", into)
+        assert wasm == interp
+        assert interp[-1] == ("done", ("one", "more", "hi Ana 2", "aabbcc"))
+        assert ("break", into, "TWICE" if into == 21 else "GREET", False) in interp
