@@ -140,6 +140,8 @@ async def test_stop_ends_a_paused_run_and_a_busy_one(engine: str):
     assert busy.state == RUNNING and not busy.waiting  # still looping: the answer says so
     await busy.stop()
     assert busy.state == STOPPED
+    if engine == "wasm":  # stop waited for the worker threads to leave their modules (paused and busy alike)
+        assert paused.engine.run.outside.is_set() and busy.engine.run.outside.is_set()  # type: ignore[attr-defined]
     try:
         await busy.resume()
     except DebugStateError as exc:
@@ -173,6 +175,16 @@ async def test_a_busy_run_under_the_debugger_still_meets_its_time_limit(engine: 
     context = run.context()
     assert (context["state"], context["outcome"]) == (STOPPED, "failed")
     assert "GBMEDIA_BOT_MAX_SECONDS" in context["error"]["message"]
+
+
+async def test_a_runaway_loop_under_the_debugger_still_meets_its_statements_limit(engine: str):
+    run = debug_run(engine, "n = 0\nDO\n    n = n + 1\nLOOP", limits=Limits(max_statements=300, max_seconds=60))
+    await run.start(stop_on_entry=False, settle=30)
+    context = run.context()
+    assert (context["state"], context["outcome"]) == (STOPPED, "failed")
+    assert context["error"]["line"] in (2, 3)  # in the loop (the engines count statements their own way)
+    assert "GBMEDIA_BOT_MAX_STATEMENTS" in context["error"]["message"]
+    assert 100 < context["variables"]["N"] < 300  # it ran, and stopped near the limit
 
 
 async def test_without_a_debugger_the_interpreter_calls_no_hook():
