@@ -635,7 +635,7 @@ class _Unit:
         if isinstance(stmt, Hear):
             self.hear(stmt)
             return
-        self.mark(stmt, hook=not isinstance(stmt, DoLoop))  # a DO calls it at each turn: see do_loop
+        self.mark(stmt, hook=not isinstance(stmt, DoLoop))  # a DO calls it at each test: see do_loop
         if isinstance(stmt, Assign):
             self.emit(self.store(stmt.target, self.expr(stmt.value)))
         elif isinstance(stmt, Keyword):
@@ -873,7 +873,11 @@ class _Unit:
         return f"(block (result i32) (global.set $stmt (i32.const {self.sid})) {self.cond(e)})"
 
     def do_loop(self, stmt: DoLoop) -> None:
-        """Each turn starts at the DO's line, as in the interpreter (whose loop jumps back to the DO statement)."""
+        """A debugger stops at ``DO WHILE``/``DO UNTIL`` at each test, as the interpreter does; at a plain ``DO`` never.
+
+        (The interpreter's loop jumps back to the DO statement's first instruction: the test,
+        or with none, the body's first statement.)
+        """
         sid = self.sid
         test = None
         if stmt.cond is not None and not stmt.at_end:
@@ -884,7 +888,7 @@ class _Unit:
             self.loops.append(("DO", "br", out))
             code = self.flat_code(stmt.body)
             self.loops.pop()
-            head = f"{self.line_call(sid)} (br_if {out} {test})" if test else self.line_call(sid)
+            head = f"{self.line_call(sid)} (br_if {out} {test})" if test else ""
             if stmt.cond is not None and stmt.at_end:
                 self.sid = sid
                 c = self.cond_here(stmt.cond)
@@ -896,8 +900,8 @@ class _Unit:
             return
         top, out_label = self.new_label(), self.new_label()
         self.place(top)
-        self.emit(self.line_call(sid))
         if test:
+            self.emit(self.line_call(sid))
             self.emit(f"(if {test} (then {self.jump(out_label)}))")
         self.loops.append(("DO", "jump", out_label))
         self.block(stmt.body)
