@@ -88,6 +88,20 @@ class DebugRun:
 
     # --- the engine's side ---------------------------------------------------------------
 
+    def _note(self, place: Place) -> bool:
+        """In an engine's thread, before each statement: note the place; whether :meth:`_pause_hook` must run.
+
+        The same decision as the pause hook's, made without the event loop (plain reads and
+        writes of attributes); False where the run goes on without pausing.
+        """
+        if self._halting:
+            return True
+        if place.dialog != self.dialog:
+            return False
+        self.line, self.function, self._depth = place.line, place.function, place.depth
+        stepping = self._stepping_depth is not None and place.depth <= self._stepping_depth
+        return stepping or place.line in self.breakpoints
+
     async def _pause_hook(self, place: Place) -> bool:
         """Before each statement: pause here (True) at a breakpoint or where a step ends."""
         if self._halting:
@@ -140,7 +154,7 @@ class DebugRun:
     # --- the operator's side ---------------------------------------------------------------
 
     async def start(self, stop_on_entry: bool, settle: float = SETTLE_SECONDS) -> None:
-        self.engine.set_pause_hook(self._pause_hook)
+        self.engine.set_pause_hook(self._pause_hook, self._note)
         if stop_on_entry:
             self._stepping_depth = 1 << 30  # the first statement, wherever it is
         self._launch(first=True)

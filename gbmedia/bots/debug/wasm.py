@@ -21,7 +21,7 @@ from typing import Any
 
 from gbmedia.bots.compiler import Compiled
 from gbmedia.bots.context import Context
-from gbmedia.bots.debug.seam import PauseHook, blocking_hook
+from gbmedia.bots.debug.seam import PauseHook, PlaceNote, blocking_hook
 from gbmedia.bots.machine import Outcome
 from gbmedia.bots.wasm_compiler import WasmDialog, compile_wasm
 from gbmedia.bots.wasm_engine import EPOCH_TICK, WasmRun, _module
@@ -57,8 +57,9 @@ class WasmDebugRun:
 
     def __init__(self, dialog: WasmDialog, ctx: Context) -> None:
         self.run = _TrackedRun(dialog, ctx)
+        self.held = False  # the worker thread waits in the line hook: the store may be read from the loop
 
-    def set_pause_hook(self, hook: PauseHook | None) -> None:
+    def set_pause_hook(self, hook: PauseHook | None, note: PlaceNote | None = None) -> None:
         run = self.run
         if hook is None:
             run.ctx.line_hook = None  # type: ignore[attr-defined]
@@ -73,7 +74,16 @@ class WasmDebugRun:
             run.ctx.budget.restart_clock()
             run.store.set_epoch_deadline(max(1, math.ceil(run.ctx.budget.remaining_seconds() / EPOCH_TICK)))
 
-        run.ctx.line_hook = blocking_hook(hook, asyncio.get_running_loop(), where, resumed)  # type: ignore[attr-defined]
+        pause = blocking_hook(hook, asyncio.get_running_loop(), where, resumed, note)
+
+        def line_hook(dialog: str, line: int) -> None:
+            self.held = True
+            try:
+                pause(dialog, line)
+            finally:
+                self.held = False
+
+        run.ctx.line_hook = line_hook  # type: ignore[attr-defined]
 
     async def start(self) -> Outcome:
         return await self.run.start()
@@ -82,7 +92,14 @@ class WasmDebugRun:
         return await self.run.resume(text)
 
     def variables(self) -> dict[str, Any]:
-        """The dialog's variables, then the FUNCTION's parameters over them (read while the worker thread waits)."""
+        """The dialog's variables, then the FUNCTION's parameters over them.
+
+        Read from the event loop only while the worker thread waits in the line hook or is
+        out of the module, so the store is never used by two threads at once; while the
+        thread runs (a stop that is still waiting for a slow built-in) there is nothing.
+        """
+        if not self.held and not self.run.outside.is_set():
+            return {}
         return {**self.run.globals, **self.run.locals()}
 
     async def close(self) -> None:
