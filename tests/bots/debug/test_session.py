@@ -192,6 +192,22 @@ async def test_without_a_debugger_the_interpreter_calls_no_hook():
     assert run.line_hook is None and (await run.start()).status == "done"
 
 
+async def test_a_compiled_debug_run_with_its_hook_taken_off_runs_without_stopping():
+    seen: list[Place] = []
+
+    async def pause(place: Place) -> bool:
+        seen.append(place)
+        return False
+
+    ctx = Context(port=MemoryPort())
+    run = WasmDebugRun(debug_module(load("x = 1\nTALK x", "d")), ctx)
+    run.set_pause_hook(pause)
+    run.set_pause_hook(None)
+    assert ctx.line_hook is None  # type: ignore[attr-defined]
+    assert (await run.start()).status == "done" and seen == [] and run.variables() == {"X": 1}
+    await run.close()  # nothing runs: nothing to wait for
+
+
 async def test_an_engine_running_in_a_thread_pauses_through_a_blocking_hook():
     """What the compiled engine plugs into: its worker thread waits while the debugger holds the pause."""
     seen: list[Place] = []
