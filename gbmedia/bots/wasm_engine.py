@@ -128,6 +128,7 @@ class WasmRun:
         self.waiting = False
         self.finished = False
         self.at: tuple[int, int, int] | None = None  # debug modules: the statement's unit, call depth, frame address
+        self.failed = False  # ended by an error (its frames are where it failed)
         self.store = wasmtime.Store(engine())
         self.store.set_limits(memory_size=65536 * 4, table_elements=0, instances=1, tables=0, memories=1)
         self.instance = wasmtime.Instance(self.store, _module(dialog.wasm), self._imports())
@@ -172,8 +173,9 @@ class WasmRun:
     def locals(self) -> dict[str, Any]:
         """The FUNCTION's own variables (its parameters) where the run stands: none in the dialog's body.
 
-        At a statement of a debug module they are in the frame the ``line`` import named; at
-        a HEAR, in the innermost frame saved while unwinding.
+        At a statement of a debug module they are in the frame the ``line`` import named (a
+        failed run's too: the statement that failed); at a HEAR, in the innermost frame saved
+        while unwinding; a run that ended well stands in the dialog's body.
         """
         units = self.meta["units"]
         if self.waiting:
@@ -181,7 +183,7 @@ class WasmRun:
                 return {}
             frame = self.frames_out[0]
             return dict(zip(units[frame["unit"]]["params"], frame["vals"], strict=False))
-        if self.at is None or self.finished:
+        if self.at is None or (self.finished and not self.failed):
             return {}
         unit, _, fp = self.at
         params = units[unit]["params"]
@@ -542,7 +544,7 @@ class WasmRun:
         return dialog or self.dialog.dialog, line
 
     async def _failed(self, exc: BaseException) -> Outcome:
-        self.finished = True
+        self.finished = self.failed = True
         self.waiting = False
         dialog, line = self.line()
         if isinstance(exc, PoliteStop):

@@ -127,6 +127,11 @@ async def test_an_error_ends_the_run_at_its_line(engine: str):
     context = run.context()
     assert (context["state"], context["outcome"], context["line"]) == (STOPPED, "failed", 3)
     assert context["error"]["line"] == 3 and "outside the list" in context["error"]["message"]
+    inside = debug_run(engine, "x = 1\ny = f(2)\nTALK y\nFUNCTION f(a)\n    b = [1][a]\n    RETURN b\nEND FUNCTION")
+    await inside.start(stop_on_entry=False)
+    context = inside.context()
+    assert (context["outcome"], context["line"], context["function"]) == ("failed", 5, "F")
+    assert context["variables"] == {"X": 1, "A": 2}  # where it failed: the FUNCTION's parameters too
 
 
 async def test_stop_ends_a_paused_run_and_a_busy_one(engine: str):
