@@ -63,7 +63,7 @@ class Bots:
             engine=engine,
             **ports,
         )
-        debugger = Debugger(dialogs, instances, limits, debug_idle_seconds, debug_runs_per_instance)
+        debugger = Debugger(dialogs, instances, limits, debug_idle_seconds, debug_runs_per_instance, engine)
         return cls(dialogs, DialogEngine(pool, chat, runner), Scheduler(pool, runner), debugger, runner.browsers)
 
     def start(self) -> None:

@@ -22,7 +22,9 @@ engine"):
   (loops, IFs) compile to plain structured WebAssembly, the fast path.
 - The statement being run is the global ``stmt``: the custom section ``gbmedia.lines``
   maps it to the source line (and dialog) for errors, and with ``debug=True`` each
-  statement also calls the ``line`` import (a debugger's hook).
+  statement also calls the ``line`` import (a debugger's hook) with its unit, the call
+  depth (1 in the body, 2 in a FUNCTION it called, ...) and the unit's frame address in
+  the shadow stack, where a FUNCTION's parameters are (their names: the meta's units).
 
 What is not compiled yet (``SELECT ... FROM``, whose WHERE sees a row's fields as
 variables) is refused with :class:`NotCompiled` naming the line and construct: the
@@ -66,7 +68,7 @@ from gbmedia.bots.syntax import (
     Unary,
 )
 
-FORMAT = 1  # the meta section's format: a .wasm file from another version is refused
+FORMAT = 2  # the meta section's format: a .wasm file from another version is refused (2: the line import's frame)
 NONE, FALSE, TRUE, UNSET = 1, 3, 5, 7  # encoded handles 0..3
 FIRST_CONST = 4  # the first constant's handle index
 INT_LIMIT = 1 << 62  # whole numbers with |n| < 2^62 are unboxed
@@ -216,7 +218,7 @@ IMPORTS: list[tuple[str, tuple[str, ...], str | None]] = [
     ("spill", ("i32", "i32", "i32", "i32"), None),
     ("frame", ("i32", "i32", "i32"), "i32"),
     ("gc", (), None),
-    ("line", ("i32",), None),
+    ("line", ("i32", "i32", "i32", "i32"), None),  # statement, unit, call depth, frame address
 ]
 RESULT_ADDRESS = 0
 STACK_BASE = 16
@@ -594,13 +596,22 @@ class _Unit:
             f" (i32.const @SLOTS@)) (global.set $unwind (i32.const 1)) {self.ret(f'(i64.const {NONE})')}"
         )
 
-    def mark(self, stmt: Stmt) -> None:
+    def mark(self, stmt: Stmt, hook: bool = True) -> None:
         sid = self.sid = len(self.mod.lines)
         self.mod.lines.append([stmt.dialog or self.dialog, stmt.line])
         gc = "(if (i32.and (global.get $gcflag) (i32.eqz (global.get $inline))) (then (call $h_gc)))"
         self.emit(f"(global.set $stmt (i32.const {sid})) {gc}")
-        if self.mod.debug:
-            self.emit(f"(call $h_line (i32.const {sid}))")
+        if hook:
+            self.emit(self.line_call(sid))
+
+    def line_call(self, sid: int) -> str:
+        """Debug modules: the ``line`` import, before statement ``sid`` (not when re-entering it to resume it)."""
+        if not self.mod.debug:
+            return ""
+        return (
+            f"(if (i32.eqz (local.get $resuming)) (then (call $h_line (i32.const {sid}) (i32.const {self.uid})"
+            " (global.get $frames) (local.get $fp))))"
+        )
 
     # --- statements ----------------------------------------------------------------------------
 
@@ -624,7 +635,7 @@ class _Unit:
         if isinstance(stmt, Hear):
             self.hear(stmt)
             return
-        self.mark(stmt)
+        self.mark(stmt, hook=not isinstance(stmt, DoLoop))  # a DO calls it at each test: see do_loop
         if isinstance(stmt, Assign):
             self.emit(self.store(stmt.target, self.expr(stmt.value)))
         elif isinstance(stmt, Keyword):
@@ -862,6 +873,11 @@ class _Unit:
         return f"(block (result i32) (global.set $stmt (i32.const {self.sid})) {self.cond(e)})"
 
     def do_loop(self, stmt: DoLoop) -> None:
+        """A debugger stops at ``DO WHILE``/``DO UNTIL`` at each test, as the interpreter does; at a plain ``DO`` never.
+
+        (The interpreter's loop jumps back to the DO statement's first instruction: the test,
+        or with none, the body's first statement.)
+        """
         sid = self.sid
         test = None
         if stmt.cond is not None and not stmt.at_end:
@@ -872,7 +888,7 @@ class _Unit:
             self.loops.append(("DO", "br", out))
             code = self.flat_code(stmt.body)
             self.loops.pop()
-            head = f"(br_if {out} {test})" if test else ""
+            head = f"{self.line_call(sid)} (br_if {out} {test})" if test else ""
             if stmt.cond is not None and stmt.at_end:
                 self.sid = sid
                 c = self.cond_here(stmt.cond)
@@ -885,6 +901,7 @@ class _Unit:
         top, out_label = self.new_label(), self.new_label()
         self.place(top)
         if test:
+            self.emit(self.line_call(sid))
             self.emit(f"(if {test} (then {self.jump(out_label)}))")
         self.loops.append(("DO", "jump", out_label))
         self.block(stmt.body)

@@ -127,6 +127,8 @@ class WasmRun:
         self.answer: Any = None
         self.waiting = False
         self.finished = False
+        self.at: tuple[int, int, int] | None = None  # debug modules: the statement's unit, call depth, frame address
+        self.failed = False  # ended by an error (its frames are where it failed)
         self.store = wasmtime.Store(engine())
         self.store.set_limits(memory_size=65536 * 4, table_elements=0, instances=1, tables=0, memories=1)
         self.instance = wasmtime.Instance(self.store, _module(dialog.wasm), self._imports())
@@ -167,6 +169,25 @@ class WasmRun:
             if raw != 7:
                 out[name] = self.dec(raw)
         return out
+
+    def locals(self) -> dict[str, Any]:
+        """The FUNCTION's own variables (its parameters) where the run stands: none in the dialog's body.
+
+        At a statement of a debug module they are in the frame the ``line`` import named (a
+        failed run's too: the statement that failed); at a HEAR, in the innermost frame saved
+        while unwinding; a run that ended well stands in the dialog's body.
+        """
+        units = self.meta["units"]
+        if self.waiting:
+            if len(self.frames_out) < 2:
+                return {}
+            frame = self.frames_out[0]
+            return dict(zip(units[frame["unit"]]["params"], frame["vals"], strict=False))
+        if self.at is None or (self.finished and not self.failed):
+            return {}
+        unit, _, fp = self.at
+        params = units[unit]["params"]
+        return dict(zip(params, self._read_slots(fp, len(params)), strict=True))
 
     # --- the imports -------------------------------------------------------------------------
 
@@ -343,9 +364,10 @@ class WasmRun:
         def h_gc() -> None:
             self._collect()
 
-        def h_line(sid: int) -> None:
+        def h_line(sid: int, unit: int, depth: int, fp: int) -> None:
             hook = getattr(self.ctx, "line_hook", None)
             if hook is not None:
+                self.at = (unit, depth, fp)
                 dialog, line = self.meta["lines"][sid]
                 hook(dialog, line)
 
@@ -411,6 +433,7 @@ class WasmRun:
             raise StateError("this run is not waiting for an answer")
         self.ctx.budget.restart_clock()
         self.answer = answer
+        self.waiting = False  # running again (a debugger reading locals() meanwhile reads the live frame)
         return await self._go(resume=True)
 
     def snapshot(self) -> dict[str, Any]:
@@ -502,6 +525,8 @@ class WasmRun:
             return await self._failed(Fault(f"internal error ({type(exc).__name__})"))
         if status == 1:
             self.waiting = True
+            # the frames to reload if this same object resumes (a debug run stays in memory): innermost saved first
+            self.frames_in = list(reversed(self.frames_out))
             return Outcome("waiting", self.snapshot())
         self.waiting = False
         self.finished = True
@@ -519,7 +544,7 @@ class WasmRun:
         return dialog or self.dialog.dialog, line
 
     async def _failed(self, exc: BaseException) -> Outcome:
-        self.finished = True
+        self.finished = self.failed = True
         self.waiting = False
         dialog, line = self.line()
         if isinstance(exc, PoliteStop):

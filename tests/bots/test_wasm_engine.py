@@ -25,7 +25,7 @@ from gbmedia.bots.errors import LimitExceeded
 from gbmedia.bots.limits import Limits
 from gbmedia.bots.machine import Run, StateError
 from gbmedia.bots.terminal import TerminalOptions, compile_to_file, run_file
-from gbmedia.bots.wasm_compiler import NotCompiled, compile_wasm, load_wasm, read_custom_sections
+from gbmedia.bots.wasm_compiler import NotCompiled, _custom_section, compile_wasm, load_wasm, read_custom_sections
 from gbmedia.bots.wasm_engine import WasmRun, wasm_of
 from tests.bots.terminal import EXAMPLES, bot_run
 
@@ -233,6 +233,22 @@ async def test_the_module_carries_its_line_map_and_calls_the_line_hook_in_debug_
     ctx.line_hook = lambda dialog, line: seen.append((dialog, line))  # type: ignore[attr-defined]
     assert (await WasmRun(module, ctx).start()).status == "done"
     assert seen == [("d", 1), ("d", 2), ("d", 3)]
+    # the hook's run knows the statement's unit, call depth and frame: a FUNCTION's parameters by name
+    source = "x = 1\nCALL f(x + 1)\nFUNCTION f(a)\n  TALK a\nEND FUNCTION\n"
+    ctx = Context()
+    run = WasmRun(compile_wasm(load(source, "d"), debug=True), ctx)
+    places: list[tuple[int, int, dict]] = []
+    ctx.line_hook = lambda dialog, line: places.append((line, run.at[1], run.locals()))  # type: ignore[attr-defined,index]
+    assert (await run.start()).status == "done"
+    assert places == [(1, 1, {}), (2, 1, {}), (4, 2, {"A": 2})]
+    # a module of the format before the line import took its frame is refused, not run wrong
+    meta = {k: v for k, v in module.meta.items() if k != "lines"}
+    lines = _custom_section("gbmedia.lines", json.dumps(module.meta["lines"], separators=(",", ":")).encode())
+    sections = _custom_section("gbmedia.meta", json.dumps(meta, separators=(",", ":")).encode()) + lines
+    assert module.wasm.endswith(sections)
+    stale = module.wasm[: -len(sections)] + _custom_section("gbmedia.meta", json.dumps({**meta, "format": 1}).encode())
+    with pytest.raises(ValueError, match="another version"):
+        load_wasm(stale + lines)
     with pytest.raises(ValueError, match="not a WebAssembly module"):
         load_wasm(b"nope")
     with pytest.raises(ValueError, match=r"no gbmedia\.meta"):

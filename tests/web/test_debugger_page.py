@@ -3,8 +3,10 @@
 The page loads the dialog's source with line numbers; a click on a number sets a
 breakpoint; Start pauses there with the line highlighted and the variables shown;
 Step moves one statement; Resume runs to the HEAR, whose question shows in the chat;
-the answer typed in the chat box goes on to a run-time error shown on its line; Stop
-ends a second run. What the page shows is checked against the API's context.
+the answer typed in the chat box goes on to a run-time error shown on its line (all in
+the node's engine, the compiled one); a second run, in the interpreter chosen in the
+engine menu, pauses at the same line with the same variables, and Stop ends it. What the
+page shows is checked against the API's context.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ async def test_the_page_drives_a_debug_run(site: TestClient, tenant: Tenant, bro
 
     await tab.page.click("#start")
     await tab.wait_for(f"{RUN} && {RUN}.state === 'break' && {RUN}.line === 2")
+    assert await tab.evaluate(f"{RUN}.engine") == "wasm"  # the node's engine: nothing chosen
     assert await tab.evaluate(CURRENT) == [2]
     assert await tab.evaluate(VARIABLES) == {"N": "3"}
     assert await tab.evaluate("document.querySelector('#status').textContent") == "Paused at line 2"
@@ -70,8 +73,11 @@ async def test_the_page_drives_a_debug_run(site: TestClient, tenant: Tenant, bro
     assert await tab.evaluate(VARIABLES) == {"N": "3", "TOTAL": "6", "NAME": '"Ana"'}
     assert await tab.evaluate(CURRENT) == []
 
-    await tab.page.click("#start")  # again: the breakpoint is still set
+    await tab.page.select_option("#engine", "interp")
+    await tab.page.click("#start")  # again, in the interpreter: the breakpoint is still set
     await tab.wait_for(f"{RUN}.state === 'break' && {RUN}.line === 2")
+    assert await tab.evaluate(f"{RUN}.engine") == "interp"
+    assert await tab.evaluate(VARIABLES) == {"N": "3"}
     run_id = await tab.evaluate(f"{RUN}.id")
     await tab.page.click("#stop")
     await tab.wait_for(f"{RUN}.state === 'stopped' && document.querySelector('#stop').disabled")

@@ -9,7 +9,8 @@
 // its answer came is asked again until it pauses, waits or ends. Rename and Reformat
 // change the source shown (through /api/v1/debugger/refactor; lines stay where they
 // are, so breakpoints do too); a changed source is what the next Start debugs, and it
-// is not stored.
+// is not stored. The engine menu picks the interpreter or the compiled engine for the
+// next Start (the node's GBMEDIA_BOT_ENGINE when left at its first choice).
 
 const params = new URLSearchParams(location.search);
 const token = params.get('token') || '';
@@ -203,6 +204,7 @@ $('start').addEventListener('click', () => {
   $('chat').replaceChildren();
   const body = { dialog: state.dialog, breakpoints: [...state.breakpoints], stop_on_entry: state.breakpoints.size === 0 };
   if (state.edited) body.source = state.source;
+  if ($('engine').value) body.engine = $('engine').value; // else the node's GBMEDIA_BOT_ENGINE
   act(() => api('POST', '/api/v1/debugger/runs', body));
 });
 

@@ -44,6 +44,7 @@ class DebugStart(BaseModel):
     source: str | None = Field(default=None, max_length=MAX_SOURCE_BYTES)
     breakpoints: list[int] = Field(default_factory=list, max_length=1000)
     stop_on_entry: bool = False
+    engine: Literal["interp", "wasm"] | None = None  # None: the node's GBMEDIA_BOT_ENGINE
 
 
 class BreakpointSet(BaseModel):
@@ -141,7 +142,7 @@ async def _start(request: web.Request, instance: Instance, body: DebugStart) -> 
     except BasicSyntaxError as exc:
         raise ApiError(400, "bot_syntax_error", str(exc), exc.to_json()) from None
     try:
-        return await debugger.start(instance, compiled, source, body.breakpoints, body.stop_on_entry)
+        return await debugger.start(instance, compiled, source, body.breakpoints, body.stop_on_entry, body.engine)
     except TooManyDebugRuns:
         raise ApiError(
             429,

@@ -5,7 +5,8 @@ BASIC (the interpreter today, the WebAssembly engine later) can be debugged the 
 way: the engine calls a *pause hook* before each statement with the statement's place,
 and the hook may wait there (a breakpoint or a step); between two statements the
 debugger reads the variables in scope. Starting and answering a HEAR are the same
-calls an engine already has.
+calls an engine already has. The WebAssembly engine's side is in
+:mod:`gbmedia.bots.debug.wasm`.
 """
 
 from __future__ import annotations
@@ -31,13 +32,19 @@ class Place:
 
 
 PauseHook = Callable[[Place], Awaitable[bool]]  # True when it paused the run there
+# Called in the engine's own thread before the pause hook: notes the place, and says whether the pause hook
+# must run there (False: it would not pause, so a thread-run engine skips the trip to the event loop).
+PlaceNote = Callable[[Place], bool]
 
 
 class Debuggable(Protocol):
     """An engine's run as the debugger drives it."""
 
-    def set_pause_hook(self, hook: PauseHook | None) -> None:
-        """Call ``hook`` before every statement (None: run at full speed); time it paused is not run time."""
+    def set_pause_hook(self, hook: PauseHook | None, note: PlaceNote | None = None) -> None:
+        """Call ``hook`` before every statement (None: run at full speed); time it paused is not run time.
+
+        An engine may first ask ``note`` (cheap, thread-safe) and skip ``hook`` where it says False.
+        """
 
     async def start(self) -> Outcome:
         """Run from the top until the dialog ends, fails, or waits at a HEAR."""
@@ -47,6 +54,13 @@ class Debuggable(Protocol):
 
     def variables(self) -> dict[str, Any]:
         """The variables in scope where the run stands, by name (JSON values)."""
+
+    async def close(self) -> None:
+        """After stop: wait until nothing of the run executes any more (a worker thread left its module)."""
+
+
+class RunHalted(Exception):
+    """The debugger stopped the run: raised by the pause hook, it ends an engine that runs in a thread."""
 
 
 class InterpreterRun:
@@ -60,7 +74,8 @@ class InterpreterRun:
         self.compiled = compiled
         self.run = Run(compiled, ctx)
 
-    def set_pause_hook(self, hook: PauseHook | None) -> None:
+    def set_pause_hook(self, hook: PauseHook | None, note: PlaceNote | None = None) -> None:
+        """The hook runs on the loop, in the run's own task: a call costs little, so ``note`` is not needed."""
         if hook is None:
             self.run.line_hook = None
             return
@@ -85,18 +100,37 @@ class InterpreterRun:
             scope.update(self.run.frame.vars)
         return scope
 
+    async def close(self) -> None:
+        """Nothing to wait for: the run is a task on the loop, and the debugger cancelled it."""
 
-def blocking_hook(hook: PauseHook, loop: asyncio.AbstractEventLoop) -> Callable[[str, int], None]:
+
+def blocking_hook(
+    hook: PauseHook,
+    loop: asyncio.AbstractEventLoop,
+    where: Callable[[], tuple[int, str | None]] | None = None,
+    resumed: Callable[[], None] | None = None,
+    note: PlaceNote | None = None,
+) -> Callable[[str, int], None]:
     """``hook`` for an engine that runs a dialog in a worker thread and calls a plain ``(dialog, line)`` hook.
 
     The compiled (WebAssembly) engine runs in a thread of its own pool and calls its
     ``line_hook(dialog, line)`` there: this hook hands the place to the debugger's pause
     hook on the event loop and blocks that worker thread until the pause ends, which is
-    how a thread-run engine pauses. Such an engine reports no call depth, so its steps go
-    into FUNCTIONs (depth 1 everywhere).
+    how a thread-run engine pauses. ``where`` gives the statement's call depth and
+    FUNCTION (without it: depth 1, the body, and steps would go into FUNCTIONs);
+    ``resumed`` runs in the thread after a pause (the engine restarts its clocks there).
+    ``note``, asked in the thread first, spares the trip to the loop (tens of microseconds)
+    at the statements where the run will not pause: most of them.
+    A :class:`RunHalted` from the pause hook is raised in the thread, out of the engine.
     """
 
     def line_hook(dialog: str, line: int) -> None:
-        asyncio.run_coroutine_threadsafe(hook(Place(line, dialog, 1, None)), loop).result()
+        depth, function = where() if where is not None else (1, None)
+        place = Place(line, dialog, depth, function)
+        if note is not None and not note(place):
+            return
+        paused = asyncio.run_coroutine_threadsafe(hook(place), loop).result()
+        if paused and resumed is not None:
+            resumed()
 
     return line_hook

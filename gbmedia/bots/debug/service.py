@@ -20,15 +20,18 @@ from pathlib import Path
 
 from gbmedia.bots.compiler import Compiled, load
 from gbmedia.bots.context import Context
-from gbmedia.bots.debug.seam import InterpreterRun
+from gbmedia.bots.debug.seam import Debuggable, InterpreterRun
 from gbmedia.bots.debug.session import DebugPort, DebugRun
+from gbmedia.bots.debug.wasm import WasmDebugRun, debug_module
 from gbmedia.bots.dialogs import Dialogs, dialog_name
+from gbmedia.bots.engines import DEFAULT_ENGINE
 from gbmedia.bots.errors import Fault
 from gbmedia.bots.fetch import GuardedFetcher, allowed_networks
 from gbmedia.bots.files import InstanceFiles
 from gbmedia.bots.host import UserInfo
 from gbmedia.bots.limits import Limits
 from gbmedia.bots.memory_tables import MemoryTables
+from gbmedia.bots.wasm_compiler import NotCompiled
 from gbmedia.tenancy.instances import Instances
 from gbmedia.tenancy.models import Instance
 
@@ -47,6 +50,7 @@ class Debugger:
     limits: Limits
     idle_seconds: float = 600.0
     per_instance: int = 5
+    engine: str = DEFAULT_ENGINE  # GBMEDIA_BOT_ENGINE: the engine a debug run uses unless its start names one
     runs: dict[uuid.UUID, DebugRun] = field(default_factory=dict)
     _reaper: asyncio.Task[None] | None = None
 
@@ -96,7 +100,9 @@ class Debugger:
         source: str,
         breakpoints: list[int],
         stop_on_entry: bool,
+        engine: str | None = None,
     ) -> DebugRun:
+        """A debug run of ``compiled`` in ``engine`` (None: the node's); one the compiler refuses runs interpreted."""
         if sum(1 for run in self.runs.values() if run.instance_id == instance.id) >= self.per_instance:
             raise TooManyDebugRuns(self.per_instance)
         scratch = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="gbmedia-debug-"))
@@ -116,11 +122,22 @@ class Debugger:
             locale=instance.locale or "en",
             limits=self.limits,
         )
-        run = DebugRun(instance.id, compiled.dialog, source, InterpreterRun(compiled, ctx), port, scratch)
+        runner, name = await self._engine(compiled, ctx, engine or self.engine)
+        run = DebugRun(instance.id, compiled.dialog, source, runner, port, scratch, name)
         run.breakpoints.update(breakpoints)
         self.runs[run.id] = run
         await run.start(stop_on_entry)
         return run
+
+    async def _engine(self, compiled: Compiled, ctx: Context, engine: str) -> tuple[Debuggable, str]:
+        if engine == "wasm":
+            try:
+                module = await asyncio.to_thread(debug_module, compiled)
+            except NotCompiled as exc:
+                log.info("debug run of %s in the interpreter: %s", compiled.dialog, exc)
+            else:
+                return WasmDebugRun(module, ctx), "wasm"
+        return InterpreterRun(compiled, ctx), "interp"
 
     def get(self, instance_id: uuid.UUID, run_id: uuid.UUID) -> DebugRun | None:
         """The instance's run (None for another instance's: the caller answers 404 alike)."""

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gbmedia.bots.debug.seam import Debuggable, Place
+from gbmedia.bots.debug.seam import Debuggable, Place, RunHalted
 from gbmedia.bots.host import MemoryPort
 from gbmedia.bots.machine import Outcome
 
@@ -66,6 +66,7 @@ class DebugRun:
     engine: Debuggable
     port: MemoryPort
     scratch: Path | None = None
+    engine_name: str = "interp"  # which engine runs it: "interp" or "wasm"
     breakpoints: set[int] = field(default_factory=set)
     id: uuid.UUID = field(default_factory=uuid.uuid4)
     state: str = RUNNING
@@ -77,6 +78,7 @@ class DebugRun:
     last_used: float = field(default_factory=time.monotonic)
     _stepping_depth: int | None = None  # stepping: pause at the next statement this deep or shallower
     _depth: int = 1
+    _halting: bool = False  # stop was asked: the pause hook halts the engine
     _go: asyncio.Event = field(default_factory=asyncio.Event)
     _settled: asyncio.Event = field(default_factory=asyncio.Event)
     _task: asyncio.Task[None] | None = None
@@ -86,8 +88,24 @@ class DebugRun:
 
     # --- the engine's side ---------------------------------------------------------------
 
+    def _note(self, place: Place) -> bool:
+        """In an engine's thread, before each statement: note the place; whether :meth:`_pause_hook` must run.
+
+        The same decision as the pause hook's, made without the event loop (plain reads and
+        writes of attributes); False where the run goes on without pausing.
+        """
+        if self._halting:
+            return True
+        if place.dialog != self.dialog:
+            return False
+        self.line, self.function, self._depth = place.line, place.function, place.depth
+        stepping = self._stepping_depth is not None and place.depth <= self._stepping_depth
+        return stepping or place.line in self.breakpoints
+
     async def _pause_hook(self, place: Place) -> bool:
         """Before each statement: pause here (True) at a breakpoint or where a step ends."""
+        if self._halting:
+            raise RunHalted  # stopped: an engine running in a thread leaves its module here
         self._statements += 1
         if not self._statements & (YIELD_EVERY - 1):
             await asyncio.sleep(0)  # a busy loop still lets stop, getContext and other runs in
@@ -102,6 +120,8 @@ class DebugRun:
         self._go.clear()
         self._settled.set()
         await self._go.wait()
+        if self._halting:
+            raise RunHalted
         self.state = RUNNING
         return True
 
@@ -134,7 +154,7 @@ class DebugRun:
     # --- the operator's side ---------------------------------------------------------------
 
     async def start(self, stop_on_entry: bool, settle: float = SETTLE_SECONDS) -> None:
-        self.engine.set_pause_hook(self._pause_hook)
+        self.engine.set_pause_hook(self._pause_hook, self._note)
         if stop_on_entry:
             self._stepping_depth = 1 << 30  # the first statement, wherever it is
         self._launch(first=True)
@@ -186,10 +206,13 @@ class DebugRun:
     async def stop(self) -> None:
         """End the run wherever it is (paused, running or waiting) and drop its scratch files."""
         task, self._task = self._task, None
+        self._halting = True
+        self._go.set()  # a pause held in an engine's worker thread ends, and the hook halts that engine
         if task is not None and not task.done():
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self.engine.close()
         if self.state != STOPPED:
             self.state, self.waiting, self.outcome = STOPPED, False, "stopped"
         self._settled.set()
@@ -207,6 +230,7 @@ class DebugRun:
         return {
             "id": self.id,
             "dialog": self.dialog,
+            "engine": self.engine_name,
             "state": self.state,
             "line": self.line,
             "function": self.function,

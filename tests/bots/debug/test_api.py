@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 
+import pytest
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
 
@@ -33,11 +34,13 @@ async def error(resp: ClientResponse) -> tuple[int, str]:
     return resp.status, (await resp.json())["error"]["code"]
 
 
-async def test_a_stored_dialog_is_debugged_from_breakpoint_to_end(client: TestClient, tenant: Tenant):
+@pytest.mark.parametrize("engine", ["interp", "wasm"])
+async def test_a_stored_dialog_is_debugged_from_breakpoint_to_end(client: TestClient, tenant: Tenant, engine: str):
     await upload(client, tenant, "ask", ASK)
     admin = tenant.admin
-    run = await post(client, RUNS, {"dialog": "ask", "breakpoints": [2]}, admin, 201)
+    run = await post(client, RUNS, {"dialog": "ask", "breakpoints": [2], "engine": engine}, admin, 201)
     assert (run["state"], run["line"], run["variables"], run["source"]) == ("break", 2, {"N": 2}, ASK)
+    assert run["engine"] == engine
     path = f"{RUNS}/{run['id']}"
     run = await post(client, f"{path}/step", None, admin)
     assert (run["state"], run["line"], run["variables"]) == ("break", 3, {"N": 2, "SQUARE": 4})
@@ -108,6 +111,7 @@ async def test_bad_requests_and_the_per_instance_cap(client: TestClient, tenant:
         ({"source": "TALK 1\x00"}, 400, "invalid_content"),
         ({"dialog": "nope"}, 404, "dialog_not_found"),
         ({"source": "TALK 1", "breakpoints": "3"}, 400, "validation_failed"),
+        ({"source": "TALK 1", "engine": "jit"}, 400, "validation_failed"),
     ]
     for body, status, code in cases:
         resp = await client.post(RUNS, json=body, headers=admin)
@@ -115,6 +119,11 @@ async def test_bad_requests_and_the_per_instance_cap(client: TestClient, tenant:
     resp = await client.get(f"{RUNS}/not-a-uuid", headers=admin)
     assert await error(resp) == (404, "debug_run_not_found")
     paused = await post(client, RUNS, {"source": "x = 1\nHEAR y", "stop_on_entry": True}, admin, 201)
+    assert paused["engine"] == "wasm"  # no engine named: the node's GBMEDIA_BOT_ENGINE (the default, wasm)
+    query = "rows = [NEW OBJECT]\nx = SELECT * FROM rows\nTALK UBOUND(x)"
+    refused = await post(client, RUNS, {"source": query, "engine": "wasm"}, admin, 201)
+    assert (refused["engine"], refused["outcome"], refused["messages"]) == ("interp", "done", ["1"])
+    assert (await client.delete(f"{RUNS}/{refused['id']}", headers=admin)).status == 200
     resp = await client.post(f"{RUNS}/{paused['id']}/breakpoints", json={"line": 0}, headers=admin)
     assert await error(resp) == (400, "validation_failed")
     resp = await client.post(f"{RUNS}/{paused['id']}/messages", json={"text": "hi"}, headers=admin)

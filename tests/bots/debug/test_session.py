@@ -1,14 +1,21 @@
-"""Debug runs over the interpreter: breakpoints, stepping over, HEAR answers, stop, isolation."""
+"""Debug runs over both engines: breakpoints, stepping over, HEAR answers, stop, isolation.
+
+The checks that make sense for any engine run over the interpreter (the reference) and
+the compiled engine alike, with the same lines, variables and transcripts expected.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
 
+import pytest
+
 from gbmedia.bots.compiler import load
 from gbmedia.bots.context import Context
-from gbmedia.bots.debug.seam import InterpreterRun, Place, blocking_hook
+from gbmedia.bots.debug.seam import Debuggable, InterpreterRun, Place, blocking_hook
 from gbmedia.bots.debug.session import BREAK, RUNNING, STOPPED, DebugPort, DebugRun, DebugStateError
+from gbmedia.bots.debug.wasm import WasmDebugRun, debug_module
 from gbmedia.bots.host import MemoryPort
 from gbmedia.bots.limits import Limits
 from gbmedia.bots.machine import Run
@@ -29,17 +36,28 @@ END FUNCTION
 """
 
 
-def debug_run(source: str = DIALOG, breakpoints: tuple[int, ...] = (), limits: Limits | None = None) -> DebugRun:
+@pytest.fixture(params=["interp", "wasm"])
+def engine(request: pytest.FixtureRequest) -> str:
+    """The engine a test's debug runs use: each such test runs over both, expecting the same."""
+    return request.param
+
+
+def debug_run(
+    engine: str, source: str = DIALOG, breakpoints: tuple[int, ...] = (), limits: Limits | None = None
+) -> DebugRun:
     compiled = load(source, "sums")
     port = MemoryPort()
     ctx = Context(port=port, tables=MemoryTables(), limits=limits or Limits())
-    run = DebugRun(uuid.uuid4(), "sums", source, InterpreterRun(compiled, ctx), port)
+    runner: Debuggable = (
+        WasmDebugRun(debug_module(compiled), ctx) if engine == "wasm" else InterpreterRun(compiled, ctx)
+    )
+    run = DebugRun(uuid.uuid4(), "sums", source, runner, port, engine_name=engine)
     run.breakpoints.update(breakpoints)
     return run
 
 
-async def test_a_breakpoint_stops_at_its_line_with_the_variables_of_that_moment():
-    run = debug_run(breakpoints=(3,))
+async def test_a_breakpoint_stops_at_its_line_with_the_variables_of_that_moment(engine: str):
+    run = debug_run(engine, breakpoints=(3,))
     await run.start(stop_on_entry=False)
     context = run.context()
     assert (context["state"], context["line"], context["function"]) == (BREAK, 3, None)
@@ -55,8 +73,8 @@ async def test_a_breakpoint_stops_at_its_line_with_the_variables_of_that_moment(
     assert run.context()["messages"] == []  # read once: "since the last call"
 
 
-async def test_step_runs_one_statement_and_steps_over_a_function():
-    run = debug_run()
+async def test_step_runs_one_statement_and_steps_over_a_function(engine: str):
+    run = debug_run(engine)
     await run.start(stop_on_entry=True)
     assert (run.state, run.line) == (BREAK, 1)
     lines = []
@@ -67,8 +85,8 @@ async def test_step_runs_one_statement_and_steps_over_a_function():
     assert run.context()["variables"]["TOTAL"] == 6
 
 
-async def test_a_breakpoint_inside_a_function_shows_its_parameters_and_step_stays_in_it():
-    run = debug_run(breakpoints=(9,))
+async def test_a_breakpoint_inside_a_function_shows_its_parameters_and_step_stays_in_it(engine: str):
+    run = debug_run(engine, breakpoints=(9,))
     await run.start(stop_on_entry=False)
     context = run.context()
     assert (context["line"], context["function"]) == (9, "ADD")
@@ -79,8 +97,8 @@ async def test_a_breakpoint_inside_a_function_shows_its_parameters_and_step_stay
     assert (run.line, run.function, run.context()["variables"]["N"]) == (3, None, 2)
 
 
-async def test_send_message_answers_the_hear_and_the_dialog_goes_on():
-    run = debug_run()
+async def test_send_message_answers_the_hear_and_the_dialog_goes_on(engine: str):
+    run = debug_run(engine)
     await run.start(stop_on_entry=False)
     assert run.waiting and run.state == RUNNING
     try:
@@ -103,33 +121,40 @@ async def test_send_message_answers_the_hear_and_the_dialog_goes_on():
             raise AssertionError("an ended run takes no more actions")
 
 
-async def test_an_error_ends_the_run_at_its_line():
-    run = debug_run('x = 1\nTALK "a"\ny = [1][5]\nTALK "never"')
+async def test_an_error_ends_the_run_at_its_line(engine: str):
+    run = debug_run(engine, 'x = 1\nTALK "a"\ny = [1][5]\nTALK "never"')
     await run.start(stop_on_entry=False)
     context = run.context()
     assert (context["state"], context["outcome"], context["line"]) == (STOPPED, "failed", 3)
     assert context["error"]["line"] == 3 and "outside the list" in context["error"]["message"]
+    inside = debug_run(engine, "x = 1\ny = f(2)\nTALK y\nFUNCTION f(a)\n    b = [1][a]\n    RETURN b\nEND FUNCTION")
+    await inside.start(stop_on_entry=False)
+    context = inside.context()
+    assert (context["outcome"], context["line"], context["function"]) == ("failed", 5, "F")
+    assert context["variables"] == {"X": 1, "A": 2}  # where it failed: the FUNCTION's parameters too
 
 
-async def test_stop_ends_a_paused_run_and_a_busy_one():
-    paused = debug_run(breakpoints=(1,))
+async def test_stop_ends_a_paused_run_and_a_busy_one(engine: str):
+    paused = debug_run(engine, breakpoints=(1,))
     await paused.start(stop_on_entry=False)
     assert paused.state == BREAK
     await paused.stop()
     assert (paused.state, paused.outcome) == (STOPPED, "stopped")
-    busy = debug_run("DO WHILE 1 = 1\n    x = 1\nLOOP", limits=Limits(max_statements=10**9, max_seconds=60))
+    busy = debug_run(engine, "DO WHILE 1 = 1\n    x = 1\nLOOP", limits=Limits(max_statements=10**9, max_seconds=60))
     await busy.start(stop_on_entry=False, settle=0.05)
     assert busy.state == RUNNING and not busy.waiting  # still looping: the answer says so
     await busy.stop()
     assert busy.state == STOPPED
+    if engine == "wasm":  # stop waited for the worker threads to leave their modules (paused and busy alike)
+        assert paused.engine.run.outside.is_set() and busy.engine.run.outside.is_set()  # type: ignore[attr-defined]
     try:
         await busy.resume()
     except DebugStateError as exc:
         assert exc.code == "debug_run_stopped"
 
 
-async def test_two_debug_runs_do_not_see_each_other():
-    first, second = debug_run(breakpoints=(5,)), debug_run(breakpoints=(3,))
+async def test_two_debug_runs_do_not_see_each_other(engine: str):
+    first, second = debug_run(engine, breakpoints=(5,)), debug_run(engine, breakpoints=(3,))
     await asyncio.gather(first.start(False), second.start(False))
     assert (first.line, second.line) == (5, 3)
     assert first.context()["variables"]["TOTAL"] == 6 and second.context()["variables"]["TOTAL"] == 0
@@ -140,8 +165,8 @@ async def test_two_debug_runs_do_not_see_each_other():
     assert first.context()["messages"] == ["hello Bo"]
 
 
-async def test_a_paused_run_does_not_spend_its_time_limit():
-    run = debug_run(breakpoints=(2,), limits=Limits(max_seconds=0.2))
+async def test_a_paused_run_does_not_spend_its_time_limit(engine: str):
+    run = debug_run(engine, breakpoints=(2,), limits=Limits(max_seconds=0.2))
     await run.start(stop_on_entry=False)
     budget = run.engine.run.ctx.budget  # type: ignore[attr-defined]
     budget.deadline -= 10  # as if the operator had looked at the pause for a long time
@@ -149,17 +174,43 @@ async def test_a_paused_run_does_not_spend_its_time_limit():
     assert run.waiting  # the clock restarted when it went on
 
 
-async def test_a_busy_run_under_the_debugger_still_meets_its_time_limit():
-    run = debug_run("DO WHILE 1 = 1\n    x = 1\nLOOP", limits=Limits(max_statements=10**9, max_seconds=0.2))
+async def test_a_busy_run_under_the_debugger_still_meets_its_time_limit(engine: str):
+    run = debug_run(engine, "DO WHILE 1 = 1\n    x = 1\nLOOP", limits=Limits(max_statements=10**9, max_seconds=0.2))
     await run.start(stop_on_entry=False, settle=30)
     context = run.context()
     assert (context["state"], context["outcome"]) == (STOPPED, "failed")
     assert "GBMEDIA_BOT_MAX_SECONDS" in context["error"]["message"]
 
 
+async def test_a_runaway_loop_under_the_debugger_still_meets_its_statements_limit(engine: str):
+    run = debug_run(engine, "n = 0\nDO\n    n = n + 1\nLOOP", limits=Limits(max_statements=300, max_seconds=60))
+    await run.start(stop_on_entry=False, settle=30)
+    context = run.context()
+    assert (context["state"], context["outcome"]) == (STOPPED, "failed")
+    assert context["error"]["line"] in (2, 3)  # in the loop (the engines count statements their own way)
+    assert "GBMEDIA_BOT_MAX_STATEMENTS" in context["error"]["message"]
+    assert 100 < context["variables"]["N"] < 300  # it ran, and stopped near the limit
+
+
 async def test_without_a_debugger_the_interpreter_calls_no_hook():
     run = Run(load("x = 1\nTALK x"), Context())
     assert run.line_hook is None and (await run.start()).status == "done"
+
+
+async def test_a_compiled_debug_run_with_its_hook_taken_off_runs_without_stopping():
+    seen: list[Place] = []
+
+    async def pause(place: Place) -> bool:
+        seen.append(place)
+        return False
+
+    ctx = Context(port=MemoryPort())
+    run = WasmDebugRun(debug_module(load("x = 1\nTALK x", "d")), ctx)
+    run.set_pause_hook(pause)
+    run.set_pause_hook(None)
+    assert ctx.line_hook is None  # type: ignore[attr-defined]
+    assert (await run.start()).status == "done" and seen == [] and run.variables() == {"X": 1}
+    await run.close()  # nothing runs: nothing to wait for
 
 
 async def test_an_engine_running_in_a_thread_pauses_through_a_blocking_hook():
@@ -201,3 +252,64 @@ async def test_what_would_leave_the_conversation_is_shown_as_logs():
         ("send", 'mail to ana@example.com: {"subject": "Hi", "body": "Body"}'),
         ("transfer", "to sales"),
     ]
+
+
+STEPPED = """count = 0
+DO WHILE count < 2
+    count = count + 1
+    IF count = 1 THEN
+        TALK "one"
+    ELSE
+        TALK "more"
+    END IF
+LOOP
+FOR i = 1 TO 2
+    SELECT CASE i
+        CASE 1
+            word = twice("a")
+        CASE ELSE
+            CALL greet(i)
+    END SELECT
+NEXT
+x = twice("b") & twice("c")
+DO
+    count = count - 1
+LOOP UNTIL count = 0
+TALK word & x
+FUNCTION twice(t)
+    RETURN t & t
+END FUNCTION
+FUNCTION greet(who)
+    HEAR answer
+    TALK "hi " + answer + " " + who
+END FUNCTION
+"""
+
+
+async def walk(engine: str, into: int) -> list[tuple[object, ...]]:
+    """Step the dialog from its first statement to its end: where each step stopped and what it saw.
+
+    ``into`` is a breakpoint inside a FUNCTION: a step over its call stops there, and steps go on from it.
+    """
+    run = debug_run(engine, STEPPED, breakpoints=(into,))
+    await run.start(stop_on_entry=True)
+    seen: list[tuple[object, ...]] = []
+    while run.state != STOPPED:
+        context = run.context()
+        seen.append((context["state"], context["line"], context["function"], context["waiting_for_input"]))
+        seen.append(tuple(sorted(context["variables"].items())))
+        if run.waiting:
+            await run.send_message("Ana")
+        else:
+            await run.step()  # over a FUNCTION call, unless it stops at the breakpoint inside; out of one at its end
+    seen.append((run.outcome, tuple(run.port.said)))
+    return seen
+
+
+async def test_both_engines_step_through_the_same_lines_with_the_same_variables_and_transcript():
+    """Loops, branches, FUNCTIONs inside expressions and as statements, a HEAR in a FUNCTION: the same walk."""
+    for into in (24, 28):  # a breakpoint in the FUNCTION called inside expressions, then in the one with the HEAR
+        interp, wasm = await walk("interp", into), await walk("wasm", into)
+        assert wasm == interp
+        assert interp[-1] == ("done", ("one", "more", "hi Ana 2", "aabbcc"))
+        assert ("break", into, "TWICE" if into == 24 else "GREET", False) in interp
