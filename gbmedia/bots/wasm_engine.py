@@ -481,6 +481,12 @@ class WasmRun:
     async def _go(self, resume: bool) -> Outcome:
         if self.finished:
             raise StateError("this run has ended")
+        try:
+            return await self._go_on(resume)
+        finally:  # ended, failed or waiting at a HEAR: its browser pages do not outlive this call (as Run's)
+            await self.ctx.release()
+
+    async def _go_on(self, resume: bool) -> Outcome:
         self.loop = asyncio.get_running_loop()
         try:
             status = await self.loop.run_in_executor(_runs, self._enter, resume)
