@@ -54,7 +54,11 @@ WORDING = 'FUNCTION line(n, what)\n  RETURN n + " x " + what\nEND FUNCTION\n'
 SHOP = '<!doctype html><h1>{item}</h1><p>In stock: <span id="stock">{stock}</span></p>'
 
 
-async def test_a_dialog_takes_an_order_through_data_files_http_and_mail(client: TestClient, tenant: Tenant, smtp):  # noqa: F811
+async def test_a_dialog_takes_an_order_through_data_files_http_the_browser_and_mail(
+    client: TestClient,
+    tenant: Tenant,
+    smtp,  # noqa: F811
+):
     port, inbox = smtp
 
     async def price(request: web.Request) -> web.Response:
