@@ -1,0 +1,71 @@
+"""callVM, autoSave and createDocument at their edges, in a plain context (no node): what each refuses, and why.
+
+Their behaviour over HTTP and in dialogs is tests/bots/test_keywords_api.py's.
+"""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import pytest
+
+from gbmedia.bots import lib_system
+from gbmedia.bots.compiler import Compiled, load
+from gbmedia.bots.context import Context
+from gbmedia.bots.errors import Fault
+from gbmedia.bots.files import InstanceFiles
+from gbmedia.bots.host import MemoryPort
+from gbmedia.bots.library import REGISTRY
+from gbmedia.bots.limits import Limits
+from gbmedia.bots.machine import converse
+
+
+def context(tmp_path: Path, **kw: object) -> Context:
+    return Context(files=InstanceFiles(tmp_path, "sys"), **kw)  # type: ignore[arg-type]
+
+
+async def test_call_vm_needs_stored_dialogs_and_a_name(tmp_path: Path) -> None:
+    with pytest.raises(Fault, match="stored dialogs"):
+        await REGISTRY.call("callVM", context(tmp_path), ["other"])
+
+    async def stored(name: str) -> Compiled:
+        return load('TALK "in " + "other"', name)
+
+    port = MemoryPort()
+    ctx = context(tmp_path, dialogs=stored, port=port)
+    with pytest.raises(Fault, match="needs a dialog's name"):
+        await REGISTRY.call("callVM", ctx, ["  "])
+    assert await REGISTRY.call("callVM", ctx, ["other"]) == {}
+    assert port.said == ["in other"]
+    # In a dialog, a callVM that fails ends the run with its reason, and the caller's dialog name is kept.
+    outcome = await converse(load('x = callVM("")', "caller"), ctx, [])
+    assert outcome.status == "failed" and "needs a dialog's name" in str(outcome.error)
+    assert ctx.dialog == "caller" and ctx.call_depth == 0
+
+
+async def test_auto_save_keeps_within_the_value_limit_and_stops_after_a_hundred_copies(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ctx = context(tmp_path, limits=Limits(max_value_bytes=4))
+    big = {"name": "big.bin", "data": base64.b64encode(b"12345").decode()}
+    with pytest.raises(Fault, match="larger than 4 bytes"):
+        await REGISTRY.call("autoSave", ctx, [big])
+    monkeypatch.setattr(lib_system, "MAX_AUTOSAVE_COPIES", 2)
+    small = {"name": "a.txt", "data": base64.b64encode(b"hi").decode()}
+    first = await REGISTRY.call("autoSave", ctx, [small])
+    second = await REGISTRY.call("internalAutoSave", ctx, [small])
+    assert second == first.replace("a.txt", "a-2.txt")
+    with pytest.raises(Fault, match="saved 2 times today"):
+        await REGISTRY.call("autoSave", ctx, [small])
+
+
+def test_a_word_table_is_bounded_and_text_becomes_paragraphs() -> None:
+    from io import BytesIO
+
+    from docx import Document
+
+    with pytest.raises(Fault, match="at most 2000 rows"):
+        lib_system.docx([{"n": i} for i in range(lib_system.MAX_DOCX_ROWS + 1)])
+    document = Document(BytesIO(lib_system.docx("Dear Ana,\nyour order is ready.")))
+    assert [p.text for p in document.paragraphs] == ["Dear Ana,", "your order is ready."]
