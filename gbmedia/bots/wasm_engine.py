@@ -178,10 +178,26 @@ class WasmRun:
         builtin = self.builtins[bid >> 1]
         result = builtin.fn(self.ctx, *args)
         if builtin.is_async:
+            before = self.ctx.budget.statements
             result = self._await(result)
+            self._charge(self.ctx.budget.statements - before)
         if bid & 1:
             result = self.ctx.budget.check_value(result)
         return self.enc(result)
+
+    def _charge(self, statements: int) -> None:
+        """Statements a built-in ran (callVM's dialog, in the interpreter) come out of this run's fuel.
+
+        They were counted in the budget; the fuel spent is added to it when the run leaves the
+        module (``_enter``), so they move from the one to the other rather than counting twice.
+        """
+        if statements <= 0:
+            return
+        self.ctx.budget.statements -= statements
+        left = self.store.get_fuel() - statements * FUEL_PER_STATEMENT
+        if left < 0:
+            raise OverLimit("statements", self.ctx.limits.max_statements)
+        self.store.set_fuel(left)
 
     def _imports(self) -> list[wasmtime.Func]:
         i32, i64 = wasmtime.ValType.i32(), wasmtime.ValType.i64()

@@ -69,3 +69,26 @@ def test_a_word_table_is_bounded_and_text_becomes_paragraphs() -> None:
         lib_system.docx([{"n": i} for i in range(lib_system.MAX_DOCX_ROWS + 1)])
     document = Document(BytesIO(lib_system.docx("Dear Ana,\nyour order is ready.")))
     assert [p.text for p in document.paragraphs] == ["Dear Ana,", "your order is ready."]
+
+
+@pytest.mark.parametrize("engine", ["wasm", "interp"])
+async def test_call_vm_spends_the_callers_statement_budget(tmp_path: Path, engine: str) -> None:
+    """The called dialog's statements count against the caller's limit, in either engine."""
+    from gbmedia.bots.engines import new_run
+
+    async def stored(name: str) -> Compiled:
+        return load("n = 0\nDO WHILE n < 200\n  n = n + 1\nLOOP", name)  # about 600 statements
+
+    # About 600 statements in the called dialog, then 500-900 in the caller (by engine): together over 1000.
+    caller = load('x = callVM("busy")\nm = 0\nDO WHILE m < 300\n  m = m + 1\nLOOP\nTALK "done"', "caller")
+    port = MemoryPort()
+    ctx = context(tmp_path, dialogs=stored, port=port, limits=Limits(max_statements=1000))
+    outcome = await (await new_run(caller, ctx, engine)).start()
+    assert outcome.status == "failed" and "GBMEDIA_BOT_MAX_STATEMENTS" in str(outcome.error)
+    assert "done" not in port.said
+    roomy = context(tmp_path, dialogs=stored, port=MemoryPort(), limits=Limits(max_statements=5000))
+    assert (await (await new_run(caller, roomy, engine)).start()).status == "done"
+    # Either part alone is within the limit.
+    alone = load("m = 0\nDO WHILE m < 300\n  m = m + 1\nLOOP", "alone")
+    tight = context(tmp_path, dialogs=stored, port=MemoryPort(), limits=Limits(max_statements=1000))
+    assert (await (await new_run(alone, tight, engine)).start()).status == "done"
