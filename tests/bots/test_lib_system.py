@@ -92,3 +92,19 @@ async def test_call_vm_spends_the_callers_statement_budget(tmp_path: Path, engin
     alone = load("m = 0\nDO WHILE m < 300\n  m = m + 1\nLOOP", "alone")
     tight = context(tmp_path, dialogs=stored, port=MemoryPort(), limits=Limits(max_statements=1000))
     assert (await (await new_run(alone, tight, engine)).start()).status == "done"
+
+
+def test_call_vm_in_a_terminal_run_finds_the_dialog_beside_the_file(tmp_path: Path) -> None:
+    from tests.bots.test_wasm_differential import converse as terminal
+
+    (tmp_path / "tax.bas").write_text("FUNCTION due(a)\n  RETURN a * 2\nEND FUNCTION\n")
+    (tmp_path / "broken.bas").write_text('TALK "unclosed\n')
+    main = tmp_path / "main.bas"
+    main.write_text('TALK callVM("tax", "due", 21)\nTALK callVM("broken")\n')
+    for engine in ("wasm", "interp"):
+        code, out, err = terminal(main, [], engine)
+        assert (code, out.splitlines()[0]) == (1, "42"), (engine, out, err)
+        assert "dialog broken does not compile" in err
+    main.write_text('x = callVM("absent")\n')
+    code, _, err = terminal(main, [], "interp")
+    assert code == 1 and "absent.bas is not beside main.bas" in err
