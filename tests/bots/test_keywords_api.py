@@ -224,6 +224,10 @@ async def test_call_vm_auto_save_and_documents_say_what_is_wrong(client: TestCli
     assert "name one" in await failed("callVM", {"dialog": "tax", "function": "", "args": [1]})
     assert "cannot HEAR" in await failed("callVM", {"dialog": "asks"})
     assert "nested more than 4 deep" in await failed("callVM", {"dialog": "loop"})
+    await upload(client, tenant, "part", "FUNCTION one()\n  RETURN 1\nEND FUNCTION")
+    await upload(client, tenant, "whole", "INCLUDE part\nx = one()")
+    assert (await client.delete("/api/v1/bots/dialogs/part", headers=tenant.admin)).status in (200, 204)
+    assert "dialog whole does not compile" in await failed("callVM", {"dialog": "whole"})  # its INCLUDE went away
     # In a dialog, the called FUNCTION talks in the caller's conversation, and its value comes back.
     port = await run_basic(client, tenant, 'n = callVM("asks", "f")\nTALK "got " + n')
     assert port.said == ["from f", "got 2"]
