@@ -7,7 +7,8 @@ The old platform's meanings, kept where gbmedia has the same thing:
   budget of statements, time and HTTP), the same files, tables and conversation. With a
   ``function`` it runs that FUNCTION of the dialog and gives what it RETURNs; without,
   it runs the dialog's body and gives its variables as an object. The called dialog
-  cannot HEAR (it has no turn of its own in the conversation).
+  cannot HEAR (it has no turn of its own in the conversation) nor GO TO (the caller's
+  run decides where the user goes).
 - ``autoSave(file)`` (``internalAutoSave``) kept a file the user sent in the bot's
   storage, named for the day, never over another one: here among the bot's files,
   under ``autosave/<yyyy-mm-dd>/``.
@@ -67,20 +68,21 @@ async def call_vm(ctx: Context, dialog: Any, function: Any = None, *args: Any) -
             raise Fault(f"{to_text(function)} of {compiled.dialog} takes {len(unit.params)} arguments, not {len(args)}")
     elif args:
         raise Fault("callVM passes arguments to a FUNCTION: name one")
-    caller = ctx.dialog
+    caller, goto = ctx.dialog, ctx.goto
     run = Run(compiled, ctx)  # the caller's context: its budget, stores and conversation
     ctx.call_depth += 1
     try:
         if wanted:
             result = await run.call_inline(wanted, list(args))
         else:
-            await run._loop(1)
-            if run.waiting:
+            if await run.run_within():
                 raise Fault(f"dialog {compiled.dialog} waits at a HEAR: a dialog callVM runs cannot HEAR")
-            result = {name.lower(): value for name, value in run.globals.items()}
+            result = {var.lower(): value for var, value in run.globals.items()}
+        if ctx.goto != goto:
+            raise Fault(f"dialog {compiled.dialog} went to {ctx.goto}: a dialog callVM runs cannot GO TO")
     finally:
         ctx.call_depth -= 1
-        ctx.dialog = caller
+        ctx.dialog, ctx.goto = caller, goto
     return ctx.budget.check_value(result)
 
 

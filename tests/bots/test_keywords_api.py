@@ -212,6 +212,7 @@ async def test_call_vm_auto_save_and_documents_say_what_is_wrong(client: TestCli
     await upload(client, tenant, "tax", TAX)
     await upload(client, tenant, "asks", 'HEAR x\nFUNCTION f()\n  TALK "from f"\n  RETURN 2\nEND FUNCTION')
     await upload(client, tenant, "loop", 'x = callVM("loop")')
+    await upload(client, tenant, "moves", 'GO TO "tax"')
 
     async def failed(name: str, body: dict[str, Any]) -> str:
         answer = await keyword(client, "system", name, body, tenant.admin, 400)
@@ -223,6 +224,7 @@ async def test_call_vm_auto_save_and_documents_say_what_is_wrong(client: TestCli
     assert "takes 2 arguments, not 1" in await failed("callVM", {"dialog": "tax", "function": "due", "args": [1]})
     assert "name one" in await failed("callVM", {"dialog": "tax", "function": "", "args": [1]})
     assert "cannot HEAR" in await failed("callVM", {"dialog": "asks"})
+    assert "went to tax: a dialog callVM runs cannot GO TO" in await failed("callVM", {"dialog": "moves"})
     assert "nested more than 4 deep" in await failed("callVM", {"dialog": "loop"})
     await upload(client, tenant, "part", "FUNCTION one()\n  RETURN 1\nEND FUNCTION")
     await upload(client, tenant, "whole", "INCLUDE part\nx = one()")
