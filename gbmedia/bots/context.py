@@ -6,7 +6,7 @@ One :class:`Context` per run. ``settings`` holds what the dialog changed with ``
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +17,7 @@ from gbmedia.bots.sharing import ShareLinks
 
 if TYPE_CHECKING:
     from gbmedia.bots.browser import WebRun
+    from gbmedia.bots.compiler import Compiled
     from gbmedia.bots.media.dialog import MediaPort
 
 
@@ -41,6 +42,8 @@ class Context:
     over_http: bool = False  # called through the keyword API, not by a dialog (keywords that need a dialog refuse)
     office_binary: str = "soffice"  # CONVERT's LibreOffice (GBMEDIA_BOT_OFFICE_BINARY)
     links: ShareLinks | None = None  # SHARE FOLDER's signer: the node's, None where no node serves links
+    dialogs: Callable[[str], Awaitable[Compiled]] | None = None  # callVM: the instance's stored dialog of a name
+    call_depth: int = 0  # callVM calls running inside this run now
 
     def __post_init__(self) -> None:
         self.budget = Budget(self.limits)

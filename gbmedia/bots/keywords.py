@@ -84,6 +84,7 @@ ALIASES: dict[str, tuple[str, ...]] = {
     "getHttp": ("getByHttp",),
     "save": ("saveToStorage", "saveToStorageWithJSON"),
     "log": ("note",),
+    "screenshot": ("screenCapture",),  # the system group's name for a picture of the current page
 }
 
 # Statements of the dialog's own flow: no built-in runs them, a dialog does.

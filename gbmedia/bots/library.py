@@ -15,6 +15,7 @@ from gbmedia.bots import (
     lib_media,
     lib_providers,
     lib_storage,
+    lib_system,
     lib_text,
     lib_web,
 )
@@ -31,6 +32,7 @@ MODULES = (
     lib_http,
     lib_keywords,
     lib_storage,
+    lib_system,
     lib_providers,
     lib_web,
     lib_media,

@@ -243,6 +243,11 @@ class Run:
         value, self.returned = self.returned, None
         return value
 
+    async def run_within(self) -> bool:
+        """Run the dialog's body inside another run (callVM): no outcome, nothing released; True if at a HEAR."""
+        await self._loop(1)
+        return self.waiting
+
     # --- the loop -----------------------------------------------------------------------
 
     async def _go(self) -> Outcome:

@@ -16,9 +16,10 @@ from typing import TYPE_CHECKING
 import asyncpg
 
 from gbmedia.bots.browser import Browsers, WebRun
+from gbmedia.bots.compiler import Compiled
 from gbmedia.bots.context import Context
-from gbmedia.bots.dialogs import Dialogs
-from gbmedia.bots.errors import Fault
+from gbmedia.bots.dialogs import DialogMissing, Dialogs
+from gbmedia.bots.errors import BasicError, Fault
 from gbmedia.bots.fetch import GuardedFetcher, allowed_networks
 from gbmedia.bots.files import InstanceFiles
 from gbmedia.bots.host import ConversationPort, FileStore
@@ -80,6 +81,15 @@ class Runner:
         except Fault:
             allow, http = [], None  # a malformed bots.http_allow: the dialog's GET says HTTP is not available
         web = WebRun(self.browsers, str(instance.id), allow) if self.browsers is not None and http else None
+
+        async def stored_dialog(name: str) -> Compiled:
+            try:
+                return await self.dialogs.compiled(instance.id, name)
+            except DialogMissing:
+                raise Fault(f"the bot has no dialog {name}") from None
+            except BasicError as exc:  # a stored dialog whose INCLUDE went away since it was saved
+                raise Fault(f"dialog {name} does not compile: {exc}") from None
+
         media = None
         if self.media_bots is not None and self.rooms is not None:
             media = MediaPort(self.media_bots, self.rooms, instance.id, self.placement)
@@ -99,4 +109,5 @@ class Runner:
             providers=InstanceProviders(self.pool, self.instances.secrets, instance.id, http),
             office_binary=self.office_binary,
             links=self.links,
+            dialogs=stored_dialog,
         )

@@ -34,6 +34,7 @@ import asyncio
 import json
 import sys
 import tempfile
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -43,7 +44,7 @@ from gbmedia.bots.compiler import Compiled, load
 from gbmedia.bots.context import Context
 from gbmedia.bots.dialogs import dialog_name
 from gbmedia.bots.engines import DEFAULT_ENGINE, new_run, restore_run
-from gbmedia.bots.errors import BasicSyntaxError
+from gbmedia.bots.errors import BasicSyntaxError, Fault
 from gbmedia.bots.fetch import GuardedFetcher
 from gbmedia.bots.files import InstanceFiles
 from gbmedia.bots.host import UserInfo
@@ -110,6 +111,21 @@ def compile_file(path: Path) -> Compiled:
     return load(path.read_text(encoding="utf-8"), dialog_name(path.stem), loader)
 
 
+def _beside(path: Path) -> Callable[[str], Awaitable[Compiled]]:
+    """callVM's dialogs in a terminal run: ``NAME.bas`` beside the file, as INCLUDE and GO TO find them."""
+
+    async def stored(name: str) -> Compiled:
+        candidate = path.parent / f"{dialog_name(name)}.bas"
+        if not candidate.is_file():
+            raise Fault(f"the bot has no dialog {name} ({candidate.name} is not beside {path.name})")
+        try:
+            return await asyncio.to_thread(compile_file, candidate)
+        except BasicSyntaxError as exc:
+            raise Fault(f"dialog {name} does not compile: {exc}") from None
+
+    return stored
+
+
 def _place(exc: BasicSyntaxError, path: Path) -> str:
     """``line L, col C``, with the dialog's name when the error is in an INCLUDEd one."""
     place = f"line {exc.line}" if exc.col is None else f"line {exc.line}, col {exc.col}"
@@ -156,6 +172,7 @@ async def run_file(options: TerminalOptions, stdin: TextIO, out: TextIO, err: Te
                     return EXIT_SYNTAX
                 ctx = Context(
                     instance_id="terminal",
+                    dialogs=_beside(path),
                     port=port,
                     tables=tables,
                     files=files,

@@ -675,7 +675,9 @@ class _Unit:
         return f"{guard} (global.set $unwind (i32.const 2)) {self.ret(f'(i64.const {NONE})')}"
 
     def keyword(self, stmt: Stmt, name: str, args: list[Expr], target: Expr | None) -> None:
-        builtin = REGISTRY.entries[name]
+        builtin = REGISTRY.get(name)  # a statement's name may be an alias (SEND MAIL: sendMail, now sendEmail)
+        assert builtin is not None, name
+        name = builtin.name
         if not builtin.accepts(len(args)):
             raise self.error(f"{name} takes {builtin.arity_text()}, got {len(args)}", stmt.line)
         call = self.builtin_call(name, args, checked=target is not None)

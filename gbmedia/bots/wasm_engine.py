@@ -199,10 +199,26 @@ class WasmRun:
         builtin = self.builtins[bid >> 1]
         result = builtin.fn(self.ctx, *args)
         if builtin.is_async:
+            before = self.ctx.budget.statements
             result = self._await(result)
+            self._charge(self.ctx.budget.statements - before)
         if bid & 1:
             result = self.ctx.budget.check_value(result)
         return self.enc(result)
+
+    def _charge(self, statements: int) -> None:
+        """Statements a built-in ran (callVM's dialog, in the interpreter) come out of this run's fuel.
+
+        They were counted in the budget; the fuel spent is added to it when the run leaves the
+        module (``_enter``), so they move from the one to the other rather than counting twice.
+        """
+        if statements <= 0:
+            return
+        self.ctx.budget.statements -= statements
+        left = self.store.get_fuel() - statements * FUEL_PER_STATEMENT
+        if left < 0:
+            raise OverLimit("statements", self.ctx.limits.max_statements)
+        self.store.set_fuel(left)
 
     def _imports(self) -> list[wasmtime.Func]:
         i32, i64 = wasmtime.ValType.i32(), wasmtime.ValType.i64()
@@ -504,6 +520,12 @@ class WasmRun:
     async def _go(self, resume: bool) -> Outcome:
         if self.finished:
             raise StateError("this run has ended")
+        try:
+            return await self._go_on(resume)
+        finally:  # ended, failed or waiting at a HEAR: its browser pages do not outlive this call (as Run's)
+            await self.ctx.release()
+
+    async def _go_on(self, resume: bool) -> Outcome:
         self.loop = asyncio.get_running_loop()
         try:
             status = await self.loop.run_in_executor(_runs, self._enter, resume)

@@ -26,8 +26,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from gbmedia.bots import lib_dates
-from gbmedia.bots.compiler import load
+from gbmedia.bots.compiler import Compiled, load
 from gbmedia.bots.context import Context
+from gbmedia.bots.errors import Fault
 from gbmedia.bots.fetch import GuardedFetcher, allowed_networks
 from gbmedia.bots.files import InstanceFiles
 from gbmedia.bots.host import MemoryPort, UserInfo
@@ -134,8 +135,15 @@ async def test_every_basic_block_runs(
     library = {b.options["name"]: b.source for b in blocks() if "name" in b.options}
     config = {"bots": {"params": {"greeting": "Olá"}, "http_allow": ["127.0.0.0/8"]}}
     port = MemoryPort(user=UserInfo("u1", "Ana", roles=("admin",)))
+
+    async def stored(name: str) -> Compiled:  # callVM: the doc's named blocks are the bot's stored dialogs
+        if name not in library:
+            raise Fault(f"the bot has no dialog {name}")
+        return load(library[name], name, library.__getitem__)
+
     ctx = Context(
         instance_id="doc",
+        dialogs=stored,
         port=port,
         tables=PgTables(pool, await new_instance(pool, f"doc-{uuid.uuid4().hex[:6]}")),
         files=InstanceFiles(tmp_path, "doc"),

@@ -23,7 +23,7 @@ from gbmedia.bots.context import Context
 from gbmedia.bots.debug.seam import Debuggable, InterpreterRun
 from gbmedia.bots.debug.session import DebugPort, DebugRun
 from gbmedia.bots.debug.wasm import WasmDebugRun, debug_module
-from gbmedia.bots.dialogs import Dialogs, dialog_name
+from gbmedia.bots.dialogs import DialogMissing, Dialogs, dialog_name
 from gbmedia.bots.engines import DEFAULT_ENGINE
 from gbmedia.bots.errors import Fault
 from gbmedia.bots.fetch import GuardedFetcher, allowed_networks
@@ -111,9 +111,18 @@ class Debugger:
             http: GuardedFetcher | None = GuardedFetcher(allowed_networks(instance.config))
         except Fault:
             http = None
+
+        async def stored(name: str) -> Compiled:
+            """callVM: the instance's stored dialog, run in this debug run's sandbox (its tables and files)."""
+            try:
+                return await self.dialogs.compiled(instance.id, name)
+            except DialogMissing:
+                raise Fault(f"the bot has no dialog {name}") from None
+
         ctx = Context(
             instance_id=str(instance.id),
             dialog=compiled.dialog,
+            dialogs=stored,
             port=port,
             tables=MemoryTables(),
             files=InstanceFiles.rooted(scratch),

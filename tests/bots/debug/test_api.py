@@ -230,3 +230,11 @@ async def test_the_reaper_ends_a_paused_run_left_alone_and_removes_its_files(cli
         assert not scratch.exists()
     finally:
         await debugger.close()
+
+
+async def test_a_debug_run_calls_the_instances_stored_dialogs_with_call_vm(client: TestClient, tenant: Tenant):
+    await upload(client, tenant, "tax", "FUNCTION due(a)\n  RETURN a * 2\nEND FUNCTION\n")
+    source = 'TALK callVM("tax", "due", 21)\nTALK callVM("nowhere")'
+    run = await post(client, RUNS, {"source": source}, tenant.admin, 201)  # no breakpoint: it runs to its end
+    assert (run["state"], run["outcome"], run["messages"][0]) == ("stopped", "failed", "42")
+    assert (run["error"]["line"], run["error"]["message"]) == (2, "the bot has no dialog nowhere")
