@@ -149,22 +149,38 @@ class DownTrack:
         if packet.ssrc != self._source_ssrc:
             self._start_source(packet.ssrc, packet.sequence_number, packet.timestamp)
         raw = self._raw
+        if not raw.connected():  # type: ignore[union-attr]
+            return
         block = out.extension_block(self._layout)  # type: ignore[arg-type]
         seq = (packet.sequence_number + self._seq_offset) & 0xFFFF
         ts = (packet.timestamp + self._ts_offset) & 0xFFFFFFFF
-        b0 = 0x90 if block else 0x80
-        if packet.padding_size:
-            b0 |= 0x20
-        data = _HEADER.pack(b0, (0x80 if packet.marker else 0) | raw.payload_type, seq, ts, raw.ssrc) + block + out.body  # type: ignore[union-attr]
-        if raw.send(data, len(packet.payload)):  # type: ignore[union-attr]
+        native = raw.native  # type: ignore[union-attr]
+        if native is not None:  # rewrite, protect, history and send happen in C, for every plan at once
+            session, address, fd = native
+            plan = (session, address, self._history, raw.payload_type, seq, ts, raw.ssrc, block)  # type: ignore[union-attr]
+            batch = out.plans.get(fd)
+            if batch is None:
+                out.plans[fd] = [plan]
+            else:
+                batch.append(plan)
+            size = 12 + len(block) + len(out.body)
+        else:
+            b0 = 0x90 if block else 0x80
+            if packet.padding_size:
+                b0 |= 0x20
+            b1 = (0x80 if packet.marker else 0) | raw.payload_type  # type: ignore[union-attr]
+            data = _HEADER.pack(b0, b1, seq, ts, raw.ssrc) + block + out.body  # type: ignore[union-attr]
+            raw.transmit(data)  # type: ignore[union-attr]
             self._history[seq & (HISTORY_SIZE - 1)] = data
-            slot = self.slot
-            slot.last_seq, slot.last_ts = seq, ts
-            self.packets_out += 1
-            track.packets_forwarded += 1
-            track.bytes_forwarded += len(data)
-            if packet.marker or track.kind == "audio":  # once per frame: sender reports map RTP time to NTP
-                raw.note_timestamp(ts, out.ntp_time)  # type: ignore[union-attr]
+            size = len(data)
+        raw.count(len(packet.payload))  # type: ignore[union-attr]
+        slot = self.slot
+        slot.last_seq, slot.last_ts = seq, ts
+        self.packets_out += 1
+        track.packets_forwarded += 1
+        track.bytes_forwarded += size
+        if packet.marker or track.kind == "audio":  # once per frame: sender reports map RTP time to NTP
+            raw.note_timestamp(ts, out.ntp_time)  # type: ignore[union-attr]
 
     def _follow_layer(self, out: Outgoing, now: float) -> bool:
         """Simulcast: forward the current layer; move to the best one on its keyframe."""
