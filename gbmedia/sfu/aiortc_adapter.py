@@ -431,6 +431,9 @@ def read_rtp_in_the_clear(
 # --- send side ----------------------------------------------------------------------
 
 
+_DTLS_CONNECTED = DtlsState.CONNECTED
+
+
 class RawSender:
     """Sends already-built RTP bytes through an aiortc sender's transport.
 
@@ -448,12 +451,12 @@ class RawSender:
     index).
     """
 
-    __slots__ = ("_connection", "_dtls", "_ext_ids", "_pair", "_route", "_sender", "native", "payload_type", "ssrc")
+    __slots__ = ("_dtls", "_ext_ids", "_nominated", "_pair", "_route", "_sender", "native", "payload_type", "ssrc")
 
     def __init__(self, sender: RTCRtpSender, payload_type: int) -> None:
         self._sender = sender
         self._dtls = sender.transport
-        self._connection = sender.transport.transport._connection
+        self._nominated: dict[int, Any] = sender.transport.transport._connection._nominated  # aioice never rebinds it
         self._ext_ids = sender._RTCRtpSender__rtp_header_extensions_map._HeaderExtensionsMap__ids  # type: ignore[attr-defined]
         self._pair: Any = None
         self._route: tuple[Any, tuple[str, int], Any] | None = None
@@ -483,9 +486,9 @@ class RawSender:
 
     def connected(self) -> bool:
         """DTLS is up and ICE has a nominated pair; resolves the route (and :attr:`native`) once per pair."""
-        if self._dtls._state is not DtlsState.CONNECTED:
+        if self._dtls._state is not _DTLS_CONNECTED:
             return False
-        pair = self._connection._nominated.get(1)
+        pair = self._nominated.get(1)
         if pair is None:
             return False
         if pair is not self._pair:  # resolved once per nominated pair, not per packet
@@ -513,11 +516,11 @@ class RawSender:
         sendto, address, protect = self._route  # type: ignore[misc]
         sendto(protect(data), address)
 
-    def count(self, payload_size: int) -> None:
-        """One more packet sent: aiortc's sender reports carry these counters."""
+    def count(self, payload_size: int, packets: int = 1) -> None:
+        """Packets sent: aiortc's sender reports carry these counters."""
         sender = self._sender
         sender._RTCRtpSender__octet_count += payload_size  # type: ignore[attr-defined]
-        sender._RTCRtpSender__packet_count += 1  # type: ignore[attr-defined]
+        sender._RTCRtpSender__packet_count += packets  # type: ignore[attr-defined]
 
     def note_timestamp(self, rtp_timestamp: int, ntp_time: int) -> None:
         """Tell aiortc's sender-report writer which RTP time matches ``ntp_time`` (now)."""

@@ -102,7 +102,7 @@ class Outgoing:
         self.ntp_time = ntp_time  # one clock reading per incoming packet, for every subscriber
         self.abs_send_time = aiortc_adapter.abs_send_time(ntp_time)
         self.audio_level = packet.extensions.audio_level
-        self.extensions: dict[rtp_bytes.ExtensionLayout, bytes] = {}
+        self.extensions: dict[int, bytes] = {}  # by id() of an interned layout (forwarder._LAYOUTS)
         # Down tracks on the native path leave their rewrite here, by socket: sent in one call after all wrote.
         self.plans: dict[int, list[tuple[Any, ...]]] = {}
 
@@ -114,9 +114,10 @@ class Outgoing:
             self.plans = {}
 
     def extension_block(self, layout: rtp_bytes.ExtensionLayout) -> bytes:
-        block = self.extensions.get(layout)
+        key = id(layout)  # layouts are interned (one object per value), and live as long as this packet's loop
+        block = self.extensions.get(key)
         if block is None:
-            block = self.extensions[layout] = rtp_bytes.extension_block(layout, self.abs_send_time, self.audio_level)
+            block = self.extensions[key] = rtp_bytes.extension_block(layout, self.abs_send_time, self.audio_level)
         return block
 
 
