@@ -24,7 +24,7 @@
 #include <string.h>
 #include <sys/socket.h>
 
-#define MAX_PACKET 1500                         /* clear RTP larger than this is not forwarded */
+#define MAX_PACKET 4096                         /* clear RTP larger than this is not forwarded (UDP over the internet: ~1200) */
 #define SLOT_SIZE (MAX_PACKET + SRTP_MAX_TRAILER_LEN + 16)
 #define BATCH 64                                /* datagrams per sendmmsg */
 
@@ -100,7 +100,7 @@ static PyObject *Session_protect(SessionObject *self, PyObject *arg) {
     }
     if (data.len < 12 || data.len > MAX_PACKET) {
         PyBuffer_Release(&data);
-        PyErr_SetString(PyExc_ValueError, "not an RTP packet of 12 to 1500 bytes");
+        PyErr_SetString(PyExc_ValueError, "not an RTP packet of 12 to 4096 bytes");
         return NULL;
     }
     int len = (int)data.len;
