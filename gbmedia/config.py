@@ -82,6 +82,9 @@ class Settings(BaseSettings):
     # Single-port mode (gbmedia/sfu/udp_mux.py): every peer connection of the process on this one UDP
     # port (0: one the kernel picks); "off" (or empty): each connection its own port in GBMEDIA_UDP_PORTS.
     udp_port: int | None = Field(default=7882, ge=0, le=65535)
+    # The RTP fan-out (gbmedia/sfu/fanout.py): auto = the C extension when it is built and single-port
+    # mode is on; on = refuse to start without it; off = the Python path.
+    native_forwarding: Literal["auto", "on", "off"] = "auto"
     operator_token: str | None = Field(default=None, min_length=16)
     # Print a one-time dashboard login link at start; off where stdout goes to shared logs (Kubernetes).
     dashboard_login_link: bool = True

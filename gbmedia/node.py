@@ -55,7 +55,7 @@ from gbmedia.rooms.registry import LocalRegistry, NodeInfo, NodeRegistry, RedisR
 from gbmedia.rooms.speakers import RoomSpeakers
 from gbmedia.rooms.store import Rooms, RoomSweeper
 from gbmedia.rooms.webhooks import RoomWebhooks
-from gbmedia.sfu import aiortc_adapter
+from gbmedia.sfu import aiortc_adapter, fanout
 from gbmedia.sfu.media_address import MediaAddress, media_ports, resolve_media_address
 from gbmedia.sfu.udp_mux import UdpMux
 from gbmedia.signaling.cascade import HttpFeeder
@@ -237,6 +237,12 @@ class Node:
                         f"({exc.strerror}); choose another port, 0 for any, or off for GBMEDIA_UDP_PORTS"
                     ) from None
                 media_address = replace(media_address, mux=mux)
+            try:
+                native = fanout.choose(settings.native_forwarding, single_port=mux is not None)
+            except fanout.NativeUnavailable as exc:
+                raise ConfigError(str(exc)) from None
+            if mux is not None:
+                mux.native_fanout = native
             turn, coturn = await start_turn(settings, media_address)
             live_rooms = LiveRooms(
                 rooms,

@@ -16,6 +16,33 @@ install_coturn() {
   if command -v systemctl >/dev/null; then as_root systemctl disable --now coturn >/dev/null 2>&1 || true; fi
 }
 
+# The native RTP fan-out (gbmedia/sfu/_fanout.c) builds with gcc, Python's headers and Debian's
+# libsrtp2-dev; without them the package installs anyway and forwards in Python.
+ensure_native_build_deps() {
+  local py=${PYTHON:-python3} missing=()
+  command -v gcc >/dev/null || missing+=(gcc)
+  [ -f /usr/include/srtp2/srtp.h ] || missing+=(libsrtp2-dev)
+  "$py" -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' 2>/dev/null \
+    || missing+=(python3-dev)
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "installing ${missing[*]} (for the native RTP fan-out)..." >&2
+    apt_install "${missing[@]}" || echo "${missing[*]} cannot be installed; RTP is forwarded in Python" >&2
+  fi
+}
+
+# An editable install does not rebuild the extension when its source changes: build it in place
+# when it is missing or older than gbmedia/sfu/_fanout.c.
+build_native() {
+  local built
+  built=$(ls gbmedia/sfu/_fanout*.so 2>/dev/null | head -1 || true)
+  if [ -z "$built" ] || [ gbmedia/sfu/_fanout.c -nt "$built" ]; then
+    .venv/bin/python -c 'import setuptools, sys; sys.exit(int(setuptools.__version__.split(".")[0]) < 77)' 2>/dev/null \
+      || .venv/bin/python -m pip install -q "setuptools>=77"
+    .venv/bin/python setup.py -q build_ext --inplace >/dev/null 2>&1 \
+      || echo "the native RTP fan-out did not build; RTP is forwarded in Python" >&2
+  fi
+}
+
 ensure_venv() {  # $1: pip extras spec, e.g. "." or ".[dev]"
   local py=${PYTHON:-python3}
   if ! "$py" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then

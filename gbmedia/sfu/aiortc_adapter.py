@@ -31,6 +31,7 @@ import os
 import random
 import socket
 import struct
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -58,9 +59,11 @@ from aiortc.rtp import (
     unpack_remb_fci,
 )
 
+from gbmedia.sfu import fanout
 from gbmedia.sfu.codecs import same_codec
 from gbmedia.sfu.media_address import MediaAddress
 from gbmedia.sfu.rtp import ExtensionLayout
+from gbmedia.sfu.udp_mux import MuxedTransport
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +112,9 @@ _DTLS_ATTRS = (
     "_rtp_header_extensions_map",
     "_handle_rtp_data",
     "_handle_rtcp_data",
+    "_ssl",  # the native fan-out re-exports the DTLS-SRTP keys (native_session)
+    "_srtp_profiles",
+    "_role",
 )
 
 
@@ -425,6 +431,9 @@ def read_rtp_in_the_clear(
 # --- send side ----------------------------------------------------------------------
 
 
+_DTLS_CONNECTED = DtlsState.CONNECTED
+
+
 class RawSender:
     """Sends already-built RTP bytes through an aiortc sender's transport.
 
@@ -433,17 +442,25 @@ class RawSender:
     aioice ``send`` → ``sendto`` → ``send_data``) is four coroutines per packet for the
     same two calls. The sender's packet and octet counters are kept, so the sender
     reports aiortc writes stay right.
+
+    On a node forwarding natively (single-port mode, :mod:`gbmedia.sfu.fanout`),
+    :attr:`native` holds what the C fan-out needs for this subscriber: its own SRTP
+    session keyed like aiortc's (:func:`native_session`), the client's address as a
+    sockaddr, and the shared socket's descriptor. That session then owns the SRTP
+    state of this transport's RTP; aiortc's keeps protecting RTCP (SRTCP has its own
+    index).
     """
 
-    __slots__ = ("_connection", "_dtls", "_ext_ids", "_pair", "_route", "_sender", "payload_type", "ssrc")
+    __slots__ = ("_dtls", "_ext_ids", "_nominated", "_pair", "_route", "_sender", "native", "payload_type", "ssrc")
 
     def __init__(self, sender: RTCRtpSender, payload_type: int) -> None:
         self._sender = sender
         self._dtls = sender.transport
-        self._connection = sender.transport.transport._connection
+        self._nominated: dict[int, Any] = sender.transport.transport._connection._nominated  # aioice never rebinds it
         self._ext_ids = sender._RTCRtpSender__rtp_header_extensions_map._HeaderExtensionsMap__ids  # type: ignore[attr-defined]
         self._pair: Any = None
         self._route: tuple[Any, tuple[str, int], Any] | None = None
+        self.native: tuple[Any, bytes, int] | None = None
         self.ssrc: int = sender._ssrc
         self.payload_type = payload_type
 
@@ -467,29 +484,89 @@ class RawSender:
             audio_level_id=ids.audio_level or 0,
         )
 
-    def send(self, data: bytes, payload_size: int) -> bool:
-        """Protect and send one RTP packet; False when not connected (yet, or any more)."""
-        dtls = self._dtls
-        if dtls._state is not DtlsState.CONNECTED:
+    def connected(self) -> bool:
+        """DTLS is up and ICE has a nominated pair; resolves the route (and :attr:`native`) once per pair."""
+        if self._dtls._state is not _DTLS_CONNECTED:
             return False
-        pair = self._connection._nominated.get(1)
+        pair = self._nominated.get(1)
         if pair is None:
             return False
         if pair is not self._pair:  # resolved once per nominated pair, not per packet
             self._pair = pair
-            self._route = (pair.protocol.transport.sendto, pair.remote_addr, dtls._tx_srtp.protect)
+            transport = pair.protocol.transport
+            self._route = (transport.sendto, pair.remote_addr, self._dtls._tx_srtp.protect)
+            self.native = _native_route(self._dtls, transport, pair.remote_addr)
+        return True
+
+    def send(self, data: bytes, payload_size: int) -> bool:
+        """Protect and send one RTP packet; False when not connected (yet, or any more)."""
+        if not self.connected():
+            return False
+        native = self.native
+        if native is not None:
+            session, address, fd = native
+            fanout.native.resend(fd, session, address, data)  # type: ignore[union-attr]
+        else:
+            self.transmit(data)
+        self.count(payload_size)
+        return True
+
+    def transmit(self, data: bytes) -> None:
+        """The Python path's protect and send (after :meth:`connected`)."""
         sendto, address, protect = self._route  # type: ignore[misc]
         sendto(protect(data), address)
+
+    def count(self, payload_size: int, packets: int = 1) -> None:
+        """Packets sent: aiortc's sender reports carry these counters."""
         sender = self._sender
         sender._RTCRtpSender__octet_count += payload_size  # type: ignore[attr-defined]
-        sender._RTCRtpSender__packet_count += 1  # type: ignore[attr-defined]
-        return True
+        sender._RTCRtpSender__packet_count += packets  # type: ignore[attr-defined]
 
     def note_timestamp(self, rtp_timestamp: int, ntp_time: int) -> None:
         """Tell aiortc's sender-report writer which RTP time matches ``ntp_time`` (now)."""
         sender = self._sender
         sender._RTCRtpSender__ntp_timestamp = ntp_time  # type: ignore[attr-defined]
         sender._RTCRtpSender__rtp_timestamp = rtp_timestamp  # type: ignore[attr-defined]
+
+
+_native_sessions: weakref.WeakKeyDictionary[RTCDtlsTransport, Any] = weakref.WeakKeyDictionary()
+
+
+def native_session(dtls: RTCDtlsTransport) -> Any:
+    """A native SRTP session with the keys aiortc derived for this transport's sending side.
+
+    Mirrors aiortc 1.16.0's ``RTCDtlsTransport._setup_srtp``: the TLS exporter is
+    deterministic for a DTLS session, so exporting again gives the same key and salt.
+    One per transport (senders bundled on it share it), so the rollover counter of each
+    SSRC lives in one place for the life of the connection.
+    """
+    session = _native_sessions.get(dtls)
+    if session is None:
+        key, profile = srtp_sending_key(dtls)
+        session = _native_sessions[dtls] = fanout.native.Session(key, profile)  # type: ignore[union-attr]
+    return session
+
+
+def srtp_sending_key(dtls: RTCDtlsTransport) -> tuple[bytes, int]:
+    """The master key and salt this side protects its SRTP with, and the libsrtp profile number.
+
+    Exported again the way aiortc 1.16.0's ``_setup_srtp`` does (RFC 5764 section 4.2:
+    client key, server key, client salt, server salt; each side sends with its own).
+    """
+    selected = dtls._ssl.get_selected_srtp_profile()
+    profile = next(p for p in dtls._srtp_profiles if p.openssl_profile == selected)
+    view = dtls._ssl.export_keying_material(b"EXTRACTOR-dtls_srtp", 2 * (profile.key_length + profile.salt_length))
+    return profile.get_key_and_salt(view, 1 if dtls._role == "server" else 0), profile.libsrtp_profile
+
+
+def _native_route(dtls: RTCDtlsTransport, transport: Any, address: tuple[str, int]) -> tuple[Any, bytes, int] | None:
+    """(session, sockaddr, fd) when this pair's socket is a natively forwarding node's shared one."""
+    if not isinstance(transport, MuxedTransport) or not transport.mux.native_fanout or fanout.native is None:
+        return None
+    mux = transport.mux
+    if mux.fileno < 0 or (":" in address[0]) != (":" in mux.local_address[0]):
+        return None
+    return native_session(dtls), fanout.native.address(address[0], address[1]), mux.fileno
 
 
 def ntp_now() -> int:

@@ -31,6 +31,9 @@ HISTORY_SIZE = 256
 _HEADER = rtp_bytes.HEADER
 
 QUALITY_LAYERS = {"low": 0, "medium": 1, "high": 2}
+# One object per distinct extension layout (there are few: ids and mids repeat), so a packet's
+# block cache (Outgoing.extension_block) is looked up by identity, not by hashing the fields.
+_LAYOUTS: dict[rtp_bytes.ExtensionLayout, rtp_bytes.ExtensionLayout] = {}
 
 
 @dataclass(eq=False)
@@ -66,6 +69,8 @@ class DownTrack:
         "_seq_offset",
         "_source_ssrc",
         "_ts_offset",
+        "_unreported",
+        "_unreported_octets",
         "allocator",
         "bandwidth_cap",
         "current_layer",
@@ -88,6 +93,9 @@ class DownTrack:
         self._seq_offset = 0
         self._ts_offset = 0
         self._history: list[bytes | None] = [None] * HISTORY_SIZE
+        # Sent since the sender's counters were last brought up to date (once a frame: see write).
+        self._unreported = 0
+        self._unreported_octets = 0
         self.waiting_keyframe = track.kind == "video"
         self.current_layer: int | None = None
         self.requested_layer = track.top  # what the subscriber asked for (size or quality)
@@ -119,7 +127,8 @@ class DownTrack:
         if not self._raw.ready:
             return False
         if self._layout is None:
-            self._layout = self._raw.layout()
+            layout = self._raw.layout()
+            self._layout = _LAYOUTS.setdefault(layout, layout)
         return True
 
     def rebind(self) -> None:
@@ -149,22 +158,43 @@ class DownTrack:
         if packet.ssrc != self._source_ssrc:
             self._start_source(packet.ssrc, packet.sequence_number, packet.timestamp)
         raw = self._raw
+        if not raw.connected():  # type: ignore[union-attr]
+            return
         block = out.extension_block(self._layout)  # type: ignore[arg-type]
         seq = (packet.sequence_number + self._seq_offset) & 0xFFFF
         ts = (packet.timestamp + self._ts_offset) & 0xFFFFFFFF
-        b0 = 0x90 if block else 0x80
-        if packet.padding_size:
-            b0 |= 0x20
-        data = _HEADER.pack(b0, (0x80 if packet.marker else 0) | raw.payload_type, seq, ts, raw.ssrc) + block + out.body  # type: ignore[union-attr]
-        if raw.send(data, len(packet.payload)):  # type: ignore[union-attr]
+        native = raw.native  # type: ignore[union-attr]
+        if native is not None:  # rewrite, protect, history and send happen in C, for every plan at once
+            session, address, fd = native
+            plan = (session, address, self._history, raw.payload_type, seq, ts, raw.ssrc, block)  # type: ignore[union-attr]
+            batch = out.plans.get(fd)
+            if batch is None:
+                out.plans[fd] = [plan]
+            else:
+                batch.append(plan)
+            size = 12 + len(block) + len(out.body)
+        else:
+            b0 = 0x90 if block else 0x80
+            if packet.padding_size:
+                b0 |= 0x20
+            b1 = (0x80 if packet.marker else 0) | raw.payload_type  # type: ignore[union-attr]
+            data = _HEADER.pack(b0, b1, seq, ts, raw.ssrc) + block + out.body  # type: ignore[union-attr]
+            raw.transmit(data)  # type: ignore[union-attr]
             self._history[seq & (HISTORY_SIZE - 1)] = data
-            slot = self.slot
-            slot.last_seq, slot.last_ts = seq, ts
-            self.packets_out += 1
-            track.packets_forwarded += 1
-            track.bytes_forwarded += len(data)
-            if packet.marker or track.kind == "audio":  # once per frame: sender reports map RTP time to NTP
-                raw.note_timestamp(ts, out.ntp_time)  # type: ignore[union-attr]
+            size = len(data)
+        self._unreported += 1
+        self._unreported_octets += len(packet.payload)
+        slot = self.slot
+        slot.last_seq, slot.last_ts = seq, ts
+        self.packets_out += 1
+        track.packets_forwarded += 1
+        track.bytes_forwarded += size
+        if packet.marker or track.kind == "audio":
+            # Once per frame: sender reports map RTP time to NTP, and carry the packet and octet
+            # counts (a frame late at most; counting into aiortc's sender per packet cost more).
+            raw.count(self._unreported_octets, self._unreported)  # type: ignore[union-attr]
+            self._unreported = self._unreported_octets = 0
+            raw.note_timestamp(ts, out.ntp_time)  # type: ignore[union-attr]
 
     def _follow_layer(self, out: Outgoing, now: float) -> bool:
         """Simulcast: forward the current layer; move to the best one on its keyframe."""

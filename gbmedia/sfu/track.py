@@ -8,13 +8,13 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from aiortc import RTCRtpReceiver
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import RtpPacket
 
-from gbmedia.sfu import aiortc_adapter
+from gbmedia.sfu import aiortc_adapter, fanout
 from gbmedia.sfu import rtp as rtp_bytes
 from gbmedia.sfu.codecs import is_keyframe
 from gbmedia.sfu.frames import FrameSink, FrameSource
@@ -92,7 +92,7 @@ class Layer:
 class Outgoing:
     """One incoming packet, prepared once for every down track that forwards it."""
 
-    __slots__ = ("abs_send_time", "audio_level", "body", "extensions", "key", "layer", "ntp_time", "packet")
+    __slots__ = ("abs_send_time", "audio_level", "body", "extensions", "key", "layer", "ntp_time", "packet", "plans")
 
     def __init__(self, packet: RtpPacket, layer: int, key: bool, ntp_time: int) -> None:
         self.packet = packet
@@ -102,12 +102,22 @@ class Outgoing:
         self.ntp_time = ntp_time  # one clock reading per incoming packet, for every subscriber
         self.abs_send_time = aiortc_adapter.abs_send_time(ntp_time)
         self.audio_level = packet.extensions.audio_level
-        self.extensions: dict[rtp_bytes.ExtensionLayout, bytes] = {}
+        self.extensions: dict[int, bytes] = {}  # by id() of an interned layout (forwarder._LAYOUTS)
+        # Down tracks on the native path leave their rewrite here, by socket: sent in one call after all wrote.
+        self.plans: dict[int, list[tuple[Any, ...]]] = {}
+
+    def flush(self) -> None:
+        """Send what the native down tracks planned (gbmedia/sfu/_fanout.c)."""
+        if self.plans:
+            packet = self.packet
+            fanout.flush(self.plans, self.body, bool(packet.padding_size), packet.marker)
+            self.plans = {}
 
     def extension_block(self, layout: rtp_bytes.ExtensionLayout) -> bytes:
-        block = self.extensions.get(layout)
+        key = id(layout)  # layouts are interned (one object per value), and live as long as this packet's loop
+        block = self.extensions.get(key)
         if block is None:
-            block = self.extensions[layout] = rtp_bytes.extension_block(layout, self.abs_send_time, self.audio_level)
+            block = self.extensions[key] = rtp_bytes.extension_block(layout, self.abs_send_time, self.audio_level)
         return block
 
 
@@ -263,6 +273,7 @@ class PublishedTrack:
             out = Outgoing(packet, layer.index, key, aiortc_adapter.ntp_now())
             for down in self.down_tracks:
                 down.write(out, now)
+            out.flush()
 
     def _feeds_sinks(self, layer: Layer, key: bool, now: float) -> bool:
         """Sinks get one layer, the best flowing one, switched on its keyframe."""

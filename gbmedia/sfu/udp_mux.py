@@ -72,6 +72,11 @@ class MuxedTransport(asyncio.DatagramTransport):
         self._entry = entry
         self._closing = False
 
+    @property
+    def mux(self) -> UdpMux:
+        """The shared socket (the native fan-out sends on its descriptor directly)."""
+        return self._mux
+
     def sendto(self, data: bytes, addr: Any = None) -> None:  # type: ignore[override]
         if self._closing or addr is None:
             return
@@ -105,6 +110,8 @@ class UdpMux(asyncio.DatagramProtocol):
         self._by_address: dict[Address, _Entry] = {}
         self.counters = MuxCounters()
         self.local_address: Address = ("", 0)
+        self.fileno = -1  # the socket's descriptor, for the native fan-out's sendmmsg
+        self.native_fanout = False  # set by the node: its down tracks forward natively (gbmedia/sfu/fanout.py)
 
     @classmethod
     async def bind(cls, host: str, port: int) -> UdpMux:
@@ -125,10 +132,13 @@ class UdpMux(asyncio.DatagramProtocol):
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * 1024 * 1024)
+            self.fileno = sock.fileno()
         sockname = transport.get_extra_info("sockname")
         self.local_address = (sockname[0], sockname[1])
 
     def close(self) -> None:
+        self.fileno = -1
+        self.native_fanout = False
         if self._transport is not None:
             self._transport.close()
         for entry in list(self._by_ufrag.values()):

@@ -1,0 +1,19 @@
+"""The native fan-out extension (gbmedia/sfu/_fanout.c); everything else is in pyproject.toml.
+
+Optional: without gcc, the Python headers or libsrtp2-dev the package installs without it
+and the node forwards in Python (gbmedia/sfu/fanout.py says which path runs).
+"""
+
+from setuptools import Extension, setup
+
+setup(
+    ext_modules=[
+        Extension(
+            "gbmedia.sfu._fanout",
+            sources=["gbmedia/sfu/_fanout.c"],
+            libraries=["srtp2"],
+            extra_compile_args=["-O2", "-std=c11", "-D_GNU_SOURCE", "-Wall", "-Wno-missing-field-initializers"],
+            optional=True,
+        )
+    ]
+)

@@ -1,0 +1,384 @@
+"""The native fan-out (gbmedia/sfu/_fanout.c) against the Python path it replaces.
+
+The differential test drives one published track, through the same down-track
+decisions, into two real subscribers: one on a natively forwarding socket, one on the
+Python path. It feeds a recorded sequence (three simulcast layers with loss,
+reordering, layer switches, an SSRC change and padding-only packets) and requires the
+clear RTP each path kept to be byte-identical, and what each subscriber's link carried
+to decrypt, with that connection's keys, to the same packets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pylibsrtp
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+from aiortc.rtp import RtpPacket
+from pylibsrtp import Policy, Session
+
+from gbmedia.app import create_app
+from gbmedia.config import ConfigError, detect_public_host
+from gbmedia.node import Node
+from gbmedia.sfu import aiortc_adapter, fanout
+from gbmedia.sfu.forwarder import HISTORY_SIZE, DownTrack
+from gbmedia.sfu.media_address import MediaAddress
+from gbmedia.sfu.peers import PublisherPeer, SubscriberPeer
+from gbmedia.sfu.track import PublishedTrack
+from gbmedia.sfu.udp_mux import UdpMux
+from gbmedia.tenancy.tokens import Grants, mint_token
+from tests.conftest import make_settings, service_missing
+from tests.helpers import create_tenant
+from tests.rtc import ColorVideoTrack, RtcClient, close_to, mean_rgb, wait_for
+from tests.sfu.test_forwarding import Receiving, publish, subscribe
+from tests.sfu.test_simulcast import RawViewer
+from tests.simulcast import SIZES, SimulcastPublisher
+
+GREEN = (30, 200, 30)
+VP8 = RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000, payloadType=96)
+KEY_LENGTHS = {
+    Policy.SRTP_PROFILE_AES128_CM_SHA1_80: 30,
+    Policy.SRTP_PROFILE_AEAD_AES_128_GCM: 28,
+    Policy.SRTP_PROFILE_AEAD_AES_256_GCM: 44,
+}
+
+
+def native() -> object:
+    """The extension; scripts/test builds it (a missing one fails in CI, skips elsewhere)."""
+    if fanout.native is None:
+        service_missing(f"the native fan-out (python setup.py build_ext --inplace): {fanout.IMPORT_ERROR}")
+    return fanout.native
+
+
+def policy(key: bytes, profile: int, inbound: bool) -> Policy:
+    ssrc_type = Policy.SSRC_ANY_INBOUND if inbound else Policy.SSRC_ANY_OUTBOUND
+    made = Policy(key=key, ssrc_type=ssrc_type, srtp_profile=profile)
+    made.allow_repeat_tx = True
+    made.window_size = 1024
+    return made
+
+
+def is_rtp(data: bytes) -> bool:
+    return 128 <= data[0] < 192 and not 192 <= data[1] <= 223
+
+
+# --- the extension on its own ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("profile", sorted(KEY_LENGTHS))
+def test_native_srtp_is_libsrtps_byte_for_byte_and_decrypts(profile: int):
+    ext = native()
+    key = os.urandom(KEY_LENGTHS[profile])
+    mine, reference = ext.Session(key, profile), Session(policy(key, profile, inbound=False))  # type: ignore[attr-defined]
+    receiver = Session(policy(key, profile, inbound=True))
+
+    def packet(seq: int) -> bytes:
+        return bytes([0x80, 96]) + seq.to_bytes(2, "big") + (seq * 3000).to_bytes(4, "big") + b"\0\0\0\7" + b"x" * 90
+
+    for seq in (1, 2, 65535, 0):  # 0 after 65535: the rollover counter moves on
+        protected = mine.protect(packet(seq))
+        assert protected == reference.protect(packet(seq))
+        assert receiver.unprotect(protected) == packet(seq)
+    assert mine.protect(packet(2)) == reference.protect(packet(2))  # a NACK answer repeats an index
+
+
+def test_bad_input_to_the_extension_is_refused():
+    ext = native()
+    with pytest.raises(ValueError, match="must be 30 bytes"):
+        ext.Session(b"short", Policy.SRTP_PROFILE_AES128_CM_SHA1_80)  # type: ignore[attr-defined]
+    with pytest.raises(ValueError, match="unsupported SRTP profile"):
+        ext.Session(bytes(30), 999)  # type: ignore[attr-defined]
+    session = ext.Session(bytes(30), Policy.SRTP_PROFILE_AES128_CM_SHA1_80)  # type: ignore[attr-defined]
+    with pytest.raises(ValueError, match="not an RTP packet"):
+        session.protect(b"\x80")
+    with pytest.raises(ValueError, match="not an IP address"):
+        ext.address("nowhere", 1)  # type: ignore[attr-defined]
+    with pytest.raises(ValueError, match="port out of range"):
+        ext.address("127.0.0.1", 70000)  # type: ignore[attr-defined]
+    assert len(ext.address("::1", 5)) == 28 and len(ext.address("127.0.0.1", 5)) == 16  # type: ignore[attr-defined]
+    with pytest.raises(TypeError, match="a plan is"):
+        ext.send(-1, b"body", False, False, [("not", "a", "plan")])  # type: ignore[attr-defined]
+    # A closed socket: nothing goes, nothing breaks; the clear packet is still kept for NACKs.
+    history: list[bytes | None] = [None] * 4
+    plan = (session, ext.address("127.0.0.1", 9), history, 96, 5, 7, 9, b"")  # type: ignore[attr-defined]
+    assert ext.send(-1, b"body", False, True, [plan]) == (0, 1)  # type: ignore[attr-defined]
+    assert history[1] == bytes([0x80, 0xE0, 0, 5, 0, 0, 0, 7, 0, 0, 0, 9]) + b"body"
+    assert ext.resend(-1, session, ext.address("127.0.0.1", 9), history[1]) is False  # type: ignore[attr-defined]
+
+
+def test_the_path_is_chosen_and_said(monkeypatch, caplog):
+    caplog.set_level(logging.INFO, logger="gbmedia.sfu.fanout")
+    native()
+    assert fanout.choose("auto", single_port=True) is True
+    assert "native path" in caplog.text
+    assert fanout.choose("off", single_port=True) is False
+    assert "GBMEDIA_NATIVE_FORWARDING=off" in caplog.text
+    assert fanout.choose("auto", single_port=False) is False
+    assert "single-port mode is off" in caplog.text
+    with pytest.raises(fanout.NativeUnavailable, match="single-port"):
+        fanout.choose("on", single_port=False)
+    monkeypatch.setattr(fanout, "native", None)
+    caplog.clear()
+    assert fanout.choose("auto", single_port=True) is False
+    assert "Python path, because the native extension is not built" in caplog.text
+    with pytest.raises(fanout.NativeUnavailable, match="not built"):
+        fanout.choose("on", single_port=True)
+
+
+# --- through real connections -----------------------------------------------------------
+
+
+@pytest.fixture
+async def muxes() -> AsyncIterator[tuple[UdpMux, UdpMux]]:
+    """Two shared sockets on this machine's address: one forwarding natively, one in Python."""
+    native()
+    here = detect_public_host()
+    fast, reference = await UdpMux.bind(here, 0), await UdpMux.bind(here, 0)
+    fast.native_fanout = True
+    yield fast, reference
+    fast.close()
+    reference.close()
+
+
+def address(mux: UdpMux) -> MediaAddress:
+    here = mux.local_address[0]
+    return MediaAddress(here, here, (41000, 41020), mux=mux)
+
+
+def vp8(key: bool, start: bool, width: int = 0, height: int = 0) -> bytes:
+    """A VP8 payload (RFC 7741 descriptor, then a frame header the SFU reads keyframes from)."""
+    if not start:
+        return b"\x00" + b"c" * 300
+    if not key:
+        return b"\x10\x01" + b"d" * 300
+    return b"\x10\x00\x00\x00\x9d\x01\x2a" + width.to_bytes(2, "little") + height.to_bytes(2, "little") + b"k" * 300
+
+
+def recorded_sequence() -> list[tuple[str, RtpPacket]]:
+    """Three layers, frames of three packets, a keyframe every sixth frame; then the damage."""
+    ssrcs = {"q": 1111, "h": 2222, "f": 3333}
+    seqs = {"q": 65000, "h": 100, "f": 30000}  # q wraps around
+    out: list[tuple[str, RtpPacket]] = []
+    for frame in range(40):
+        if frame == 20:  # the h layer's encoder restarts: a new SSRC and numbering
+            ssrcs["h"], seqs["h"] = 4444, 5000
+        for rid in ("q", "h", "f"):
+            width, height = SIZES[rid]
+            for part in range(3):
+                packet = RtpPacket(
+                    payload_type=96,
+                    marker=part == 2,
+                    sequence_number=seqs[rid] & 0xFFFF,
+                    timestamp=(frame * 3000 + 77) & 0xFFFFFFFF,
+                    ssrc=ssrcs[rid],
+                    payload=vp8(frame % 6 == 0, part == 0, width, height),
+                )
+                packet.extensions.rtp_stream_id = rid
+                packet.extensions.abs_send_time = frame * 100
+                seqs[rid] += 1
+                out.append((rid, packet))
+            if frame % 7 == 3:  # padding only (bandwidth probing), as browsers send
+                pad = RtpPacket(
+                    payload_type=96,
+                    sequence_number=seqs[rid] & 0xFFFF,
+                    timestamp=frame * 3000 + 77,
+                    ssrc=ssrcs[rid],
+                )
+                pad.padding_size = 200
+                pad.extensions.rtp_stream_id = rid
+                seqs[rid] += 1
+                out.append((rid, pad))
+    del out[50], out[120], out[200]  # loss
+    out[60], out[61] = out[61], out[60]  # reordering
+    out[150], out[152] = out[152], out[150]
+    return out
+
+
+async def test_native_and_python_paths_send_the_same_rtp(muxes):
+    fast, reference = muxes
+    source_pc = RTCPeerConnection()
+    receiver = source_pc.addTransceiver("video", direction="recvonly").receiver
+    track = PublishedTrack("pub", "video", "camera", receiver, VP8, "0", rids=("q", "h", "f"))
+    subs = [SubscriberPeer("native", address=address(fast)), SubscriberPeer("python", address=address(reference))]
+    clients = [RTCPeerConnection(RTCConfiguration(iceServers=[])) for _ in subs]
+    captured: list[list[bytes]] = [[], []]
+    try:
+        downs: list[DownTrack] = [sub.add(track) for sub in subs]
+        # The same SSRC and numbering on both, so the two paths' packets can be equal byte for byte.
+        downs[1].slot.transceiver.sender._ssrc = downs[0].slot.transceiver.sender._ssrc
+        downs[1].slot.last_seq, downs[1].slot.last_ts = downs[0].slot.last_seq, downs[0].slot.last_ts = 65530, 2**32 - 5
+        for sub, client, capture in zip(subs, clients, captured, strict=True):
+            offer, _ = await sub.offer()
+            await client.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
+            await client.setLocalDescription(await client.createAnswer())
+            aiortc_adapter.tap_receiver(client.getTransceivers()[0].receiver, lambda packet, codec: None)
+            await sub.accept_answer(client.localDescription.sdp)
+            ice = client.getTransceivers()[0].receiver.transport.transport
+            receive = ice._recv
+
+            async def recording(receive=receive, capture=capture) -> bytes:
+                data = await receive()
+                if is_rtp(data):
+                    capture.append(data)
+                return data
+
+            ice._recv = recording
+        await wait_for(lambda: all(d.bind() and d._raw.connected() for d in downs), within=20)  # type: ignore[union-attr]
+        assert downs[0]._raw.native is not None and downs[1]._raw.native is None  # type: ignore[union-attr]
+
+        layers_sent: list[int | None] = []
+        for index, (_, packet) in enumerate(recorded_sequence()):
+            if index == 100:
+                for down in downs:
+                    down.set_preferences(layer=0)  # to q, on its next keyframe
+            if index == 250:
+                for down in downs:
+                    down.set_preferences(layer=2)  # back to f
+            track.on_packet(packet, VP8)
+            layers_sent.append(downs[0].current_layer)
+            await asyncio.sleep(0)  # let the subscribers' links take it in
+        assert {2, 0} <= set(layers_sent)  # both switches happened
+        assert downs[0].packets_out == downs[1].packets_out > 60
+
+        # Before encryption: byte-identical.
+        assert downs[0]._history == downs[1]._history
+        kept = {int.from_bytes(p[2:4], "big"): p for p in downs[0]._history if p is not None}
+        assert len(kept) == min(downs[0].packets_out, HISTORY_SIZE)
+        assert any(p[0] & 0x20 for p in kept.values())  # padding went through
+        assert any(p[0] & 0x10 for p in kept.values())  # and the header extensions
+
+        # After: each link decrypts, with its connection's own keys, to the same packets.
+        await wait_for(lambda: all(len({c[2:4] for c in capture}) >= len(kept) for capture in captured))
+        decrypted = []
+        for down, capture in zip(downs, captured, strict=True):
+            key, profile = aiortc_adapter.srtp_sending_key(down.slot.transceiver.sender.transport)
+            session = Session(policy(key, profile, inbound=True))
+            clear: dict[int, bytes] = {}
+            for data in capture:
+                with contextlib.suppress(pylibsrtp.Error):  # a NACK answer repeats an index: a replay
+                    packet = session.unprotect(data)
+                    clear[int.from_bytes(packet[2:4], "big")] = packet
+            decrypted.append(clear)
+        assert decrypted[0] == decrypted[1]
+        assert all(decrypted[0][seq] == packet for seq, packet in kept.items())
+    finally:
+        for client in clients:
+            await client.close()
+        for sub in subs:
+            await sub.close()
+        await source_pc.close()
+
+
+async def test_native_path_repairs_losses_with_nacks_and_keeps_sender_reports(muxes):
+    fast, _ = muxes
+    server, client = PublisherPeer("alice", address=address(fast)), RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    sub_server, viewer = SubscriberPeer("bob", address=address(fast)), Receiving()
+    dropped: set[int] = set()
+    try:
+        client.addTrack(ColorVideoTrack(GREEN))
+        added, _ = await publish(server, client)
+        video = added[0]
+        await wait_for(lambda: video.packets_in > 30)
+        down = sub_server.add(video)
+        await subscribe(sub_server, viewer)
+        await wait_for(lambda: len(viewer.video(video.id)) >= 5)
+        assert down._raw is not None and down._raw.native is not None  # this one forwards in C
+
+        ice = viewer.pc.getTransceivers()[0].receiver.transport.transport
+        receive = ice._recv
+
+        async def lossy() -> bytes:
+            while True:
+                data = await receive()
+                seq = int.from_bytes(data[2:4], "big")
+                if is_rtp(data) and seq % 5 == 3 and seq not in dropped:
+                    dropped.add(seq)
+                    continue
+                return data
+
+        ice._recv = lossy
+        before = len(viewer.video(video.id))
+        await wait_for(lambda: len(dropped) >= 15 and down.resent >= 12, within=20)
+        await wait_for(lambda: len(viewer.video(video.id)) >= before + 30, within=20)  # decoding goes on
+        assert close_to(mean_rgb(viewer.video(video.id)[-1]), GREEN)
+
+        async def reported() -> dict | None:
+            stats = await viewer.pc.getTransceivers()[0].receiver.getStats()
+            return next((s for s in stats.values() if s.type == "remote-outbound-rtp"), None)
+
+        remote = None
+        for _ in range(200):  # aiortc sends a sender report every 0.5 to 1.5 s
+            remote = await reported()
+            if remote is not None and remote.packetsSent > 30:
+                break
+            await asyncio.sleep(0.05)
+        assert remote is not None and remote.packetsSent > 30
+        assert remote.packetsSent <= down.packets_out + down.resent
+    finally:
+        await viewer.close()
+        await sub_server.close()
+        await client.close()
+        await server.close()
+
+
+async def test_native_path_switches_simulcast_layers_on_keyframes(muxes):
+    fast, _ = muxes
+    server, client = PublisherPeer("alice", address=address(fast)), SimulcastPublisher()
+    sub, viewer = SubscriberPeer("bob", address=address(fast)), RawViewer()
+    try:
+        answer, added, _ = await server.answer(await client.offer())
+        await client.accept(answer)
+        track = added[0]
+        await wait_for(lambda: all(layer.ssrc is not None for layer in track.layers), within=20)
+        down = sub.add(track)
+        await viewer.answer(sub)
+        await wait_for(lambda: viewer.sizes[-1:] == [SIZES["f"]], within=20)
+        assert down._raw is not None and down._raw.native is not None
+        down.set_preferences(layer=0)
+        await wait_for(lambda: viewer.sizes[-1:] == [SIZES["q"]])
+        down.set_preferences(layer=2)
+        await wait_for(lambda: viewer.sizes[-1:] == [SIZES["f"]])
+        assert viewer.switches >= 2 and viewer.bad_switches == 0
+    finally:
+        await viewer.pc.close()
+        await sub.close()
+        await client.close()
+        await server.close()
+
+
+async def test_a_node_without_the_extension_says_so_and_forwards_in_python(
+    tmp_path: Path, database_url: str, monkeypatch, caplog
+):
+    caplog.set_level(logging.INFO, logger="gbmedia.sfu.fanout")
+    with pytest.raises(ConfigError, match="GBMEDIA_NATIVE_FORWARDING=on, but single-port mode is off"):
+        await Node.start(make_settings(tmp_path, database_url, udp_port="off", native_forwarding="on"))
+    monkeypatch.setattr(fanout, "native", None)
+    caplog.clear()
+    node = await Node.start(make_settings(tmp_path, database_url, udp_port=0))
+    try:
+        assert "RTP fan-out: Python path, because the native extension is not built" in caplog.text
+        mux = node.media_address.mux
+        assert mux is not None and not mux.native_fanout
+        async with TestClient(TestServer(create_app(node))) as http:
+            tenant = await create_tenant(http)
+            token = lambda who: mint_token(tenant.key, tenant.secret, who, Grants.participant("py"), name=who)  # noqa: E731
+            alice, bob = RtcClient(await http.ws_connect("/rtc")), RtcClient(await http.ws_connect("/rtc"))
+            try:
+                await alice.join(token("alice"))
+                await bob.join(token("bob"))
+                (published,) = (await alice.publish(ColorVideoTrack(GREEN)))["tracks"]
+                await wait_for(lambda: len(bob.decoded(published["id"])) >= 5, within=30)
+                assert close_to(mean_rgb(bob.decoded(published["id"])[-1]), GREEN)
+            finally:
+                await alice.close()
+                await bob.close()
+    finally:
+        await node.stop()
