@@ -3,9 +3,10 @@
 The viewer's (or host's) page runs in its own network namespace (tests/netns.py), whose UDP a rule can
 cut while the node and the other page keep theirs. Nothing on the pages is set for it (no ``?ice=``).
 
-- A network change while watching: the viewer's UDP is cut; its WHEP session goes silent, the page
-  starts a new one (the server has no ICE restart), which goes through the node's TURN over TCP, and
-  playback goes on over WebRTC.
+- A network change on a live: the host's and the viewer's UDP is cut (both pages in the namespace);
+  the viewer's WHEP session goes silent and the page starts a new one (the server has no ICE restart),
+  the host's publisher connection is replaced with a `publish` restart (same track ids), both through
+  the node's TURN over TCP, and playback goes on over WebRTC.
 - No UDP and no TURN: the host's page says its media cannot connect (instead of a spinner), and a
   viewer's page says so too and plays over HLS (plain HTTP) instead.
 """
@@ -47,46 +48,57 @@ def settings(request: pytest.FixtureRequest, tmp_path: Path, database_url: str, 
     return make_settings(tmp_path, database_url, turn_embedded=with_turn, turn_relay_ports="48000-48999")
 
 
-async def test_a_network_change_while_watching_moves_playback_onto_turn_over_tcp(
+async def test_a_network_change_on_a_live_moves_host_and_viewer_onto_turn_over_tcp(
     site: TestClient,
     tenant: Tenant,
-    browser: Browser,
     browser_in_namespace: Browser,  # noqa: F811
     namespace: netns.Namespace,  # noqa: F811
     node: Node,
 ):
     assert node.coturn is not None
-    host = await browser.open(page_url(site, host_token(tenant, "star"), autolive="1"))
-    await host.wait_for("window.gblive && gblive.state.state === 'publishing'", timeout=MEDIA_TIMEOUT)
+    host = await browser_in_namespace.open(page_url(site, host_token(tenant, "star"), autolive="1"))
+    await host.wait_for(
+        "window.gblive && gblive.state.state === 'publishing' && gblive.publisher.connectionState === 'connected'",
+        timeout=MEDIA_TIMEOUT,
+    )
+    ids = await host.evaluate("gblive.publishedIds")
     viewer = await browser_in_namespace.open(page_url(site, live_token(tenant, "ann")))
     await viewer.wait_for(PLAYING, timeout=MEDIA_TIMEOUT)
-    direct = (await viewer.evaluate("gblive.candidatePaths()"))["player"]
-    assert direct["candidateType"] != "relay", direct  # UDP works: no relay needed yet
+    direct = await viewer.evaluate("gblive.candidatePaths()")
+    assert direct["player"]["candidateType"] != "relay", direct  # UDP works: no relay needed yet
+    direct = await host.evaluate("gblive.candidatePaths()")
+    assert direct["publisher"]["candidateType"] != "relay", direct
 
-    await namespace.block_udp()  # ann's network now lets only TCP through
+    await namespace.block_udp()  # the network of both now lets only TCP through
     cut = time.monotonic()
-    cut_on_page = await viewer.evaluate("performance.now()")
-    await viewer.wait_for(
-        "(async () => { const p = (await gblive.candidatePaths()).player;"
-        " return Boolean(p && p.candidateType === 'relay' && p.relayProtocol === 'tcp'); })()",
-        timeout=MEDIA_BACK_BOUND,
-    )
+    cut_on_page = {tab: await tab.evaluate("performance.now()") for tab in (host, viewer)}
+    for tab, connection in ((host, "publisher"), (viewer, "player")):
+        await tab.wait_for(
+            f"(async () => {{ const p = (await gblive.candidatePaths()).{connection};"
+            " return Boolean(p && p.candidateType === 'relay' && p.relayProtocol === 'tcp'); })()",
+            timeout=max(1.0, MEDIA_BACK_BOUND - (time.monotonic() - cut)),
+        )
     await viewer.wait_for(PLAYING, timeout=max(1.0, MEDIA_BACK_BOUND - (time.monotonic() - cut)))
     recovered = time.monotonic() - cut
-    steps = await viewer.evaluate("gblive.state.recoveries")
-    replaced = ", ".join(
-        f"{r['target']} replaced after {(r['startedAt'] - cut_on_page) / 1000:.2f} s ({r['reason']}), connected "
-        f"after {((r['connectedAt'] or 0) - cut_on_page) / 1000:.2f} s"
-        for r in steps
-    )
-    print(f"ann's UDP cut: {replaced or 'no WHEP session replaced'}; playing again after {recovered:.2f} s")
+    replaced = []
+    for tab in (host, viewer):
+        for r in await tab.evaluate("gblive.state.recoveries"):
+            started, connected = r["startedAt"] - cut_on_page[tab], (r["connectedAt"] or 0) - cut_on_page[tab]
+            replaced.append(
+                f"{r['target']} replaced after {started / 1000:.2f} s ({r['reason']}), "
+                f"connected after {connected / 1000:.2f} s"
+            )
+    print(f"the live's UDP cut: {', '.join(replaced) or 'nothing replaced'}; playing again after {recovered:.2f} s")
     state = await viewer.evaluate("gblive.state")
     assert state["transport"] == "whep" and state["mediaFailure"] is None
-    assert await viewer.evaluate("gblive.reconnects") == 0  # the socket (TCP) never dropped
+    for tab in (host, viewer):
+        assert await tab.evaluate("gblive.reconnects") == 0  # the sockets (TCP) never dropped
+    assert await host.evaluate("gblive.publishedIds") == ids  # a restart keeps the host's track ids
     # The old WHEP session went with its DELETE: the node keeps one per viewer.
     (live,) = node.live_rooms.live.values()
     assert [p.identity for p in live.participants.values()].count("ann") <= 1
     host.assert_no_errors()
+    viewer.assert_no_errors()
 
 
 @pytest.mark.parametrize("settings", [False], indirect=True)
