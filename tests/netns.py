@@ -46,6 +46,13 @@ async def run(*args: str) -> None:
         raise RuntimeError(f"{' '.join(args)} failed ({process.returncode}): {output.decode(errors='replace')}")
 
 
+async def no_ipv6(namespace: str, *interfaces: str) -> None:
+    """Turns IPv6 off for these interfaces (or `all`, `default`) of a namespace (its own /proc/sys/net)."""
+    for interface in interfaces:
+        path = f"/proc/sys/net/ipv6/conf/{interface}/disable_ipv6"
+        await run("ip", "netns", "exec", namespace, "sh", "-c", f"echo 1 > {path}")
+
+
 @dataclass(frozen=True)
 class Namespace:
     name: str
@@ -90,8 +97,13 @@ async def namespace() -> AsyncIterator[Namespace]:
     try:
         await run("ip", "netns", "add", name)
         created = True
+        # No IPv6 inside: its link-local address turns usable (DAD) a second or two after the link comes up,
+        # and Chromium, started by then, takes that for a network change and aborts its loads
+        # (ERR_NETWORK_CHANGED, seen failing a page's module load).
+        await no_ipv6(name, "all", "default")
         await run("ip", "link", "add", outer, "type", "veth", "peer", "name", inner)
         await run("ip", "link", "set", inner, "netns", name)
+        await no_ipv6(name, inner)
         await run("ip", "addr", "add", f"{host_side}/30", "dev", outer)
         await run("ip", "link", "set", outer, "up")
         await run("ip", "netns", "exec", name, "ip", "addr", "add", f"{ns_side}/30", "dev", inner)

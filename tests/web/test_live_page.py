@@ -218,6 +218,10 @@ async def test_the_host_mutes_turns_the_camera_off_switches_cameras_and_ends_the
         await viewer.wait_for(f"{host_track('video')}?.muted === false", timeout=STATE_TIMEOUT)
         await keeps_receiving(player, "video")
 
+        # Muted, camera off: quiet connections, not dead ones: neither page replaced one (the silent-path check).
+        assert await host.evaluate("[gblive.state.mediaRestarts, gblive.state.mediaFailure]") == [0, None]
+        assert await viewer.evaluate("[gblive.state.mediaRestarts, gblive.state.mediaFailure]") == [0, None]
+
         # End: the host leaves the stage, the viewer's page says the live ended, the host may go live again.
         await host.page.click("#end")
         await host.wait_for("gblive.state.state === 'ready'", timeout=STATE_TIMEOUT)

@@ -13,6 +13,7 @@ while the node and the other page keep theirs. Nothing on the page is set for it
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -32,8 +33,14 @@ from tests.docs.test_openapi import DOC, validate
 from tests.helpers import Tenant
 from tests.rtc import RtcClient
 from tests.web.test_room_page import STATE_TIMEOUT, join_link, open_joined, wait_decoding
+from tests.web.test_room_simulcast import subscription_of
 
 RECOVERY_BOUND = 30.0  # seconds: generous; the figure measured is printed (docs/performance.md)
+# Media back after a network change: the issue asks for 5 s; measured 3-6 s on the loaded two-core test
+# machine (the page's silent-path check finds the dead path in about 2 s). Three times the target leaves
+# the margin a loaded machine needs, and still fails if only Chromium's own detection (5.5-8 s, then
+# a replacement) or its 30 s `failed` were left.
+MEDIA_BACK_BOUND = 15.0
 
 
 @pytest.fixture
@@ -100,9 +107,9 @@ async def test_a_network_change_moves_a_call_onto_turn_over_tcp_without_leaving(
             "(async () => { const p = await gbroom.candidatePaths(); return ['publisher', 'subscriber'].every("
             "d => p[d] && p[d].candidateType === 'relay' && p[d].relayProtocol === 'tcp'); })()"
         )
-        await bob.wait_for(on_relay, timeout=RECOVERY_BOUND)
-        await alice.wait_for(FLOWING % {"name": "Bob"}, timeout=RECOVERY_BOUND)
-        await bob.wait_for(FLOWING % {"name": "Alice"}, timeout=RECOVERY_BOUND)
+        await bob.wait_for(on_relay, timeout=MEDIA_BACK_BOUND)
+        await alice.wait_for(FLOWING % {"name": "Bob"}, timeout=max(1.0, MEDIA_BACK_BOUND - (time.monotonic() - cut)))
+        await bob.wait_for(FLOWING % {"name": "Alice"}, timeout=max(1.0, MEDIA_BACK_BOUND - (time.monotonic() - cut)))
         recovered = time.monotonic() - cut
         steps = await bob.evaluate("gbroom.recoveries")
         replaced = ", ".join(
@@ -110,7 +117,11 @@ async def test_a_network_change_moves_a_call_onto_turn_over_tcp_without_leaving(
             f"{((r['connectedAt'] or 0) - cut_on_page) / 1000:.2f} s"
             for r in steps
         )
-        print(f"bob's UDP cut: {replaced or 'no connection replaced'}; media flowing both ways after {recovered:.2f} s")
+        silent = await bob.evaluate("gbroom.silentPaths")
+        print(
+            f"bob's UDP cut: {replaced or 'no connection replaced'} ({silent} found silent); "
+            f"media flowing both ways after {recovered:.2f} s"
+        )
         assert await bob.evaluate("gbroom.participantId") == bob_id
         assert await bob.evaluate("gbroom.rejoins") == 0 and await bob.evaluate("gbroom.mediaFailure") is None
         assert [p["identity"] for p in await alice.evaluate("gbroom.participants")] == ["bob"]
@@ -200,5 +211,45 @@ async def test_replaced_connections_keep_the_camera_the_screen_share_and_their_t
     assert await alice.evaluate("gbroom.rejoins") == 0 and await bob.evaluate("gbroom.rejoins") == 0
     (live,) = node.live_rooms.live.values()
     assert sorted(p.media_restarts for p in live.participants.values()) == [1, 1]
+    alice.assert_no_errors()
+    bob.assert_no_errors()
+
+
+QUIET_FOR_MS = 10000  # how long both connections stay quiet but healthy (the issue's figure)
+
+
+async def test_a_muted_participant_and_a_paused_video_are_not_taken_for_a_dead_path(
+    browser: Browser, site: TestClient, tenant: Tenant, node: Node
+):
+    """The silent-path check (web/room/session.js) replaces a connection that receives nothing for 2 s.
+    A quiet connection still receives: the node's RTCP sender reports on each sending track (paused or
+    not) and its receiver reports on each received one (muted or not). Alice mutes her camera and
+    microphone, bob hides her video (the node pauses it: no RTP at all) and mutes himself: for 10 s
+    neither page replaces a connection."""
+    alice = await open_joined(browser, site, tenant, "alice")
+    bob = await open_joined(browser, site, tenant, "bob")
+    await wait_decoding(bob, "Alice")
+    await alice.evaluate("gbroom.toggleMicrophone(true); gbroom.toggleCamera(true)")
+    await bob.evaluate("gbroom.toggleMicrophone(true); gbroom.toggleCamera(true)")
+    camera = (await alice.evaluate("gbroom.localTracks"))["camera"]["id"]
+    await bob.evaluate("() => { document.querySelector('#grid .tile:not(.self) video').style.display = 'none'; }")
+    deadline = time.monotonic() + STATE_TIMEOUT
+    while not ((down := subscription_of(node, "bob", camera)) is not None and down.paused):
+        assert time.monotonic() < deadline, "bob's subscription to alice's camera was not paused"
+        await asyncio.sleep(0.05)
+    for tab in (alice, bob):
+        await tab.wait_for(
+            "gbroom.connectionStates.publisher === 'connected' && gbroom.connectionStates.subscriber === 'connected'",
+            timeout=STATE_TIMEOUT,
+        )
+    started = await bob.evaluate("performance.now()")
+    # Ends early should a connection be replaced; otherwise once the quiet time has passed on bob's clock.
+    await bob.wait_for(
+        f"gbroom.mediaRestarts > 0 || performance.now() - {started} >= {QUIET_FOR_MS}",
+        timeout=QUIET_FOR_MS / 1000 + STATE_TIMEOUT,
+    )
+    assert down.paused
+    for tab in (alice, bob):
+        assert await tab.evaluate("[gbroom.mediaRestarts, gbroom.silentPaths, gbroom.recoveries]") == [0, 0, []]
     alice.assert_no_errors()
     bob.assert_no_errors()

@@ -18,8 +18,9 @@
 // State for tests and tools: window.gblive.
 
 import { Signaling, SignalingError, roomOfToken, signalingUrl } from '../room/signaling.js';
-import { RETRY_REFRESH_MS, candidatePath, refreshDelayMs, rtcConfig } from '../room/ice.js';
-import { HlsPlayer, NotLive, WhepPlayer, gathered } from './player.js';
+import { MEDIA_FAILURES, RETRY_REFRESH_MS, candidatePath, mediaFailureOf, refreshDelayMs, rtcConfig } from '../room/ice.js';
+import { watchSilence } from '../room/liveness.js';
+import { CONNECT_MS, HlsPlayer, NotLive, WhepPlayer, gathered } from './player.js';
 
 const CHAT_KEEP = 40;
 const HEARTS_MAX = 15;
@@ -45,6 +46,9 @@ const state = {
   cameraOff: false,
   cameraId: null, // the deviceId of the camera in use (kept while it is off)
   cameras: 0, // video inputs the browser offers
+  mediaFailure: null, // a MEDIA_FAILURES code (ice.js) when WebRTC media never connected
+  mediaRestarts: 0, // WHEP sessions and host publisher connections replaced after their path failed
+  recoveries: [], // each replacement: {target, reason, startedAt, connectedAt} (performance.now() ms)
 };
 
 let signaling = null;
@@ -170,16 +174,22 @@ async function play() {
   const forceHls = params.get('transport') === 'hls';
   if (!forceHls) {
     setState('joining', 'Connecting…');
-    const whep = new WhepPlayer($('video'), { room: state.room.name, token, iceServers });
+    const whep = new WhepPlayer($('video'), { room: state.room.name, token, iceServers, expectMedia: onAir });
+    player = whep; // a reconnect or a newer play() meanwhile replaces it
     try {
       await whep.start();
-      player = whep;
+      if (player !== whep) return;
       state.transport = 'whep';
-      whep.onFailed = () => play();
+      state.mediaFailure = null;
+      const recovery = state.recoveries.findLast((r) => r.target === 'player');
+      if (recovery && recovery.connectedAt === null) recovery.connectedAt = performance.now();
+      whep.onFailed = (why) => replacePlayer(whep, why);
       setState('whep');
       showUnmute();
       return;
     } catch (error) {
+      if (player !== whep) return;
+      player = null;
       if (error instanceof NotLive) {
         setState('waiting', 'The stream has not started yet');
         retryTimer = setTimeout(play, error.retryAfter * 1000);
@@ -187,14 +197,31 @@ async function play() {
       }
       console.warn('gblive: WebRTC playback failed, trying HLS:', error.code || '', error.message);
       state.error = { transport: 'whep', code: error.code || error.name, message: error.message };
+      if (['timeout', 'ice_failed'].includes(error.code)) state.mediaFailure = mediaFailureOf(iceServers);
     }
   }
   const hls = new HlsPlayer($('video'), { roomId: state.room.id });
   player = hls;
   state.transport = 'hls';
   await hls.start();
-  setState('hls');
+  // WebRTC media could not connect: the page says why, and plays over HLS (plain HTTPS) meanwhile.
+  setState('hls', state.mediaFailure ? `${MEDIA_FAILURES[state.mediaFailure]} Playing over HLS instead.` : '');
   showUnmute();
+}
+
+// A connected WHEP session lost its path (a network change): a new session replaces it, over whatever
+// path works now (TURN over TCP when UDP went away). Viewers keep their socket, chat and count.
+function replacePlayer(whep, why) {
+  if (player !== whep || state.state === 'ended') return;
+  console.warn('gblive: replacing the WHEP session:', why);
+  noteRecovery('player', why);
+  play().catch(fail);
+}
+
+function noteRecovery(target, reason) {
+  state.mediaRestarts += 1;
+  state.recoveries.push({ target, reason, startedAt: performance.now(), connectedAt: null });
+  if (state.recoveries.length > 20) state.recoveries.shift();
 }
 
 function showUnmute() {
@@ -234,22 +261,89 @@ async function goLive() {
   state.cameraOff = false;
   await countCameras();
   showPreview();
+  const sending = stream.getTracks().map((track) => ({ kind: track.kind, track }));
+  if (!(await publishOn(sending, false))) return;
+  live = true;
+  if (state.role === 'host') setState('publishing');
+  render();
+}
+
+// Publishes `sending` ([{kind, track or null}]) on a new publisher connection; `restart` replaces the
+// server's publisher connection of this participant, keeping its track ids (docs/protocol.md, "Media
+// restart"). False when another connection replaced this one meanwhile.
+async function publishOn(sending, restart) {
   const pc = new RTCPeerConnection(rtcConfig(iceServers));
+  if (publisher) publisher.close();
   publisher = pc;
-  for (const track of stream.getTracks()) pc.addTransceiver(track, { direction: 'sendonly', streams: [stream] });
+  const stream = new MediaStream(sending.map((s) => s.track).filter(Boolean));
+  for (const { kind, track } of sending) pc.addTransceiver(track || kind, { direction: 'sendonly', streams: [stream] });
   await pc.setLocalDescription(await pc.createOffer());
   await gathered(pc);
   const tracks = {};
   for (const transceiver of pc.getTransceivers()) {
-    tracks[transceiver.mid] = { source: transceiver.sender.track.kind === 'video' ? 'camera' : 'microphone' };
+    tracks[transceiver.mid] = { source: transceiver.receiver.track.kind === 'video' ? 'camera' : 'microphone' };
   }
-  const reply = await signaling.request({ type: 'publish', sdp: pc.localDescription.sdp, tracks });
+  const publish = { type: 'publish', sdp: pc.localDescription.sdp, tracks };
+  if (restart) publish.restart = true;
+  const reply = await signaling.request(publish);
+  if (pc !== publisher) return false;
   await pc.setRemoteDescription({ type: 'answer', sdp: reply.sdp });
   publishedIds = {};
   for (const track of reply.tracks || []) publishedIds[track.source] = track.id;
-  live = true;
-  if (state.role === 'host') setState('publishing');
-  render();
+  watchPublisher(pc);
+  return true;
+}
+
+// The host's publisher connection, as web/room watches its own: one that never connects says why
+// (no spinner forever), one whose path fails once connected is replaced by a new one.
+function watchPublisher(pc) {
+  let connectedOnce = false;
+  let grace = null;
+  let done = false;
+  const replace = (why) => {
+    if (done || pc !== publisher || !live) return;
+    done = true;
+    clearTimeout(grace);
+    stopSilence();
+    console.warn('gblive: replacing the publisher connection:', why);
+    noteRecovery('publisher', why);
+    const sending = pc.getTransceivers().map((t) => ({ kind: t.receiver.track.kind, track: t.sender.track }));
+    publishOn(sending, true).catch((error) => {
+      console.warn('gblive: the publisher connection was not replaced:', error.code || '', error.message || '');
+    });
+  };
+  const stopSilence = watchSilence(pc, {
+    expected: () => pc === publisher && pc.getTransceivers().some((t) => t.sender.track),
+    onSilent: (ms) => replace(`it received nothing for ${ms} ms`),
+  });
+  const timeout = setTimeout(() => {
+    if (pc !== publisher || pc.connectionState === 'connected' || connectedOnce) return;
+    if (state.recoveries.some((r) => r.target === 'publisher')) {
+      replace('its replacement did not connect'); // the network is still away: try again
+      return;
+    }
+    state.mediaFailure = mediaFailureOf(iceServers);
+    console.warn('gblive: the publisher connection did not connect:', state.mediaFailure);
+    setState(state.state, MEDIA_FAILURES[state.mediaFailure]);
+  }, CONNECT_MS);
+  pc.addEventListener('connectionstatechange', () => {
+    if (pc !== publisher) return;
+    clearTimeout(grace);
+    if (pc.connectionState === 'connected') {
+      connectedOnce = true;
+      clearTimeout(timeout);
+      const recovery = state.recoveries.findLast((r) => r.target === 'publisher');
+      if (recovery && recovery.connectedAt === null) recovery.connectedAt = performance.now();
+      if (state.mediaFailure) {
+        state.mediaFailure = null;
+        setState(state.state, '');
+      }
+    } else if (pc.connectionState === 'failed' && connectedOnce) {
+      replace('it failed');
+    } else if (pc.connectionState === 'disconnected' && connectedOnce) {
+      grace = setTimeout(() => replace('it stopped'), 1000);
+    }
+  });
 }
 
 function senderOf(kind) {

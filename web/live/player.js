@@ -8,11 +8,18 @@
 // connection that does not come up, falls back to HLS at /hls/{room_id}/live.m3u8,
 // with the vendored hls.js (imported only then), or natively where the browser has
 // no Media Source Extensions but plays HLS itself.
+//
+// A connected WHEP session whose path fails (a network change: Chromium's `failed`, `disconnected`
+// past a short grace, or the silent-path check of ../room/liveness.js) calls `onFailed` once: the
+// page starts a new WHEP session (the server has no ICE restart: RFC 9725's PATCH gets 422).
 
 import { rtcConfig } from '../room/ice.js';
+import { watchSilence } from '../room/liveness.js';
 
 const GATHER_MS = 3000;
-const CONNECT_MS = 15000;
+// A connection not connected this long after the answer never will (UDP blocked, no usable TURN).
+export const CONNECT_MS = 10000;
+const DISCONNECTED_GRACE_MS = 1000; // `disconnected` this long is taken as failed (as in web/room)
 
 export class NotLive extends Error {
   constructor(retryAfter) {
@@ -30,14 +37,27 @@ export class PlaybackError extends Error {
   }
 }
 
+// Until the connection's candidates are gathered (WHIP/WHEP offers carry them all: no trickling): at most
+// GATHER_MS, and RELAY_SETTLE_MS after the first relayed candidate, for on a network that drops UDP the TURN
+// over UDP allocation never answers and gathering would take the whole GATHER_MS (a replacement's delay).
+const RELAY_SETTLE_MS = 500;
+
 export function gathered(pc) {
   if (pc.iceGatheringState === 'complete') return Promise.resolve();
   return new Promise((resolve) => {
+    let settle = null;
     const timer = setTimeout(resolve, GATHER_MS);
+    const done = () => {
+      clearTimeout(timer);
+      clearTimeout(settle);
+      resolve();
+    };
     pc.addEventListener('icegatheringstatechange', () => {
-      if (pc.iceGatheringState === 'complete') {
-        clearTimeout(timer);
-        resolve();
+      if (pc.iceGatheringState === 'complete') done();
+    });
+    pc.addEventListener('icecandidate', (event) => {
+      if (!settle && event.candidate && / typ relay/.test(event.candidate.candidate)) {
+        settle = setTimeout(done, RELAY_SETTLE_MS);
       }
     });
   });
@@ -62,8 +82,9 @@ function connected(pc) {
 }
 
 export class WhepPlayer {
-  constructor(video, { room, token, iceServers }) {
+  constructor(video, { room, token, iceServers, expectMedia }) {
     this.video = video;
+    this.expectMedia = expectMedia || (() => true); // whether the server should be sending now (a host on air)
     this.iceServers = iceServers || []; // from the socket's `joined`: the offer gathers relay candidates too
     this.room = room;
     this.token = token;
@@ -109,9 +130,33 @@ export class WhepPlayer {
     }
     this.location = response.headers.get('Location');
     await pc.setRemoteDescription({ type: 'answer', sdp: await response.text() });
-    await connected(pc);
+    try {
+      await connected(pc);
+    } catch (error) {
+      this.stop(); // its session at the server goes too
+      throw error;
+    }
+    this._watchPath(pc);
+  }
+
+  _watchPath(pc) {
+    let done = false;
+    let grace = null;
+    const failed = (why) => {
+      if (done || pc !== this.pc) return;
+      done = true;
+      clearTimeout(grace);
+      stopSilence();
+      if (this.onFailed) this.onFailed(why);
+    };
+    const stopSilence = watchSilence(pc, {
+      expected: () => this.expectMedia(),
+      onSilent: (ms) => failed(`it received nothing for ${ms} ms`),
+    });
     pc.addEventListener('connectionstatechange', () => {
-      if (pc.connectionState === 'failed' && this.onFailed) this.onFailed();
+      clearTimeout(grace);
+      if (pc.connectionState === 'failed') failed('it failed');
+      else if (pc.connectionState === 'disconnected') grace = setTimeout(() => failed('it stopped'), DISCONNECTED_GRACE_MS);
     });
   }
 

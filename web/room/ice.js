@@ -33,6 +33,18 @@ export function refreshDelayMs(expireAt) {
 
 export const RETRY_REFRESH_MS = REFRESH_MIN_MS;
 
+// Why media cannot flow, as a page says it, when a connection never connected.
+export const MEDIA_FAILURES = {
+  no_turn: 'Media could not connect: UDP to the server seems blocked and no TURN server is configured.',
+  turn_failed: 'Media could not connect, not even through the TURN relay. Check your network or firewall.',
+};
+
+// Which MEDIA_FAILURES code fits a connection that never connected with these ICE servers.
+export function mediaFailureOf(iceServers) {
+  const relayed = (iceServers || []).some((server) => [].concat(server.urls).some((url) => /^turns?:/.test(url)));
+  return relayed ? 'turn_failed' : 'no_turn';
+}
+
 // Which path a connection's media takes: the selected candidate pair's local candidate type
 // (host, srflx, prflx, relay), its protocol, and for a relay how this side reaches the TURN
 // server (udp, tcp, tls); null before a pair is selected.
@@ -59,3 +71,15 @@ export async function candidatePath(pc) {
   };
 }
 
+
+// Everything a connection has received (RTP, RTCP, DTLS; not STUN), summed over its transports: what the
+// silent-path check watches grow (liveness.js).
+export async function receivedBytes(pc) {
+  if (!pc) return 0;
+  const report = await pc.getStats();
+  let total = 0;
+  report.forEach((s) => {
+    if (s.type === 'transport') total += s.bytesReceived || 0;
+  });
+  return total;
+}

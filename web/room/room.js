@@ -334,6 +334,7 @@ window.gbroom = Object.freeze({
   get moves() { return session.moves; },
   // Media connections replaced after their path failed, and why media cannot connect (null: it can).
   get mediaRestarts() { return session.mediaRestarts; },
+  get silentPaths() { return session.silentPaths; },
   get mediaFailure() { return session.mediaFailure; },
   get recoveries() { return session.recoveries.map((r) => ({ ...r })); },
   // The candidate path each connection last reported to the server (media_path).

@@ -16,7 +16,8 @@
 // and "chat" (detail: the event) for the chat events the server pushes (chat.js).
 
 import { applyActiveLayers, cameraEncodings } from './layers.js';
-import { RETRY_REFRESH_MS, candidatePath, refreshDelayMs, rtcConfig } from './ice.js';
+import { MEDIA_FAILURES, RETRY_REFRESH_MS, candidatePath, mediaFailureOf, refreshDelayMs, rtcConfig } from './ice.js';
+import { watchSilence } from './liveness.js';
 import { Signaling, SignalingError, roomOfToken, signalingUrl } from './signaling.js';
 
 const VIDEO = { width: { ideal: 1280 }, height: { ideal: 720 }, frameRate: { ideal: 30 } };
@@ -31,11 +32,7 @@ const DISCONNECTED_GRACE_MS = 1000;
 // all, the message goes away.
 const CONNECT_TIMEOUT_MS = 10000;
 const PATH_CHECK_MS = 3000; // how often a connected connection's candidate pair is read (reported when changed)
-// Why media cannot flow, as the page says it (set on `mediaFailure`).
-export const MEDIA_FAILURES = {
-  no_turn: 'Media could not connect: UDP to the server seems blocked and no TURN server is configured.',
-  turn_failed: 'Media could not connect, not even through the TURN relay. Check your network or firewall.',
-};
+export { MEDIA_FAILURES }; // why media cannot flow, as the page says it (set on `mediaFailure`)
 
 // Codes the page explains to the user: they are no fault of the page.
 export const USER_ERRORS = {
@@ -115,6 +112,7 @@ export class RoomSession extends EventTarget {
     this.iceRefreshes = 0; // credentials renewed by an `ice_servers` request
     this._iceTimer = null;
     this.mediaRestarts = 0; // media connections replaced after their path failed (a network change)
+    this.silentPaths = 0; // of which found by the silent-path check (nothing received for SILENT_MS)
     this.recoveries = []; // each replacement: {target, reason, startedAt, connectedAt} (performance.now() ms)
     this.mediaFailure = null; // a MEDIA_FAILURES code while media cannot connect at all
     this.subscriberEpoch = 0; // bumped when the subscriber connection is replaced: older offers are stale
@@ -879,6 +877,7 @@ export class RoomSession extends EventTarget {
       }
       this._reportPath(target, pc);
       this._followPairChanges(target, pc);
+      this._watchLiveness(target, pc);
     } else if (state === 'disconnected') {
       this._watch[target] = setTimeout(() => this._pathFailed(target, pc), DISCONNECTED_GRACE_MS);
     } else if (state === 'failed') {
@@ -900,8 +899,7 @@ export class RoomSession extends EventTarget {
     if (pc !== this[target] || this.phase !== 'joined') return;
     if (!this.everConnected[target]) {
       // It never connected: a new connection would fail the same way. Say why, once, and wait.
-      const relayed = this.iceServers.some((server) => [].concat(server.urls).some((url) => /^turns?:/.test(url)));
-      this.mediaFailure = relayed ? 'turn_failed' : 'no_turn';
+      this.mediaFailure = mediaFailureOf(this.iceServers);
       this.message = MEDIA_FAILURES[this.mediaFailure];
       console.warn(`gbroom: the ${target} connection did not connect:`, this.mediaFailure);
       this._changed();
@@ -959,6 +957,7 @@ export class RoomSession extends EventTarget {
     clearTimeout(this._watch[target]);
     this._watch[target] = null;
     if (pc) {
+      if (pc.gbLiveness) pc.gbLiveness();
       pc.onicecandidate = null;
       pc.onconnectionstatechange = null;
       pc.ontrack = null;
@@ -967,6 +966,31 @@ export class RoomSession extends EventTarget {
     this[target] = null;
     this.trickle[target] = false;
     this.queued[target] = [];
+  }
+
+  // Whether a connection should be receiving RTCP from the node now: the subscriber connection while it
+  // receives a track (the node's sender reports), the publisher connection while it sends one (the
+  // node's receiver reports).
+  _mediaExpected(target, pc) {
+    return pc.getTransceivers().some((t) => {
+      const direction = t.currentDirection;
+      if (target === 'subscriber') return direction === 'recvonly' || direction === 'sendrecv';
+      return (direction === 'sendonly' || direction === 'sendrecv') && Boolean(t.sender.track);
+    });
+  }
+
+  // The silent-path check (liveness.js): a connection that received nothing for SILENT_MS while carrying
+  // media is replaced at once, without waiting for Chromium's own `disconnected`.
+  _watchLiveness(target, pc) {
+    if (pc.gbLiveness) return;
+    pc.gbLiveness = watchSilence(pc, {
+      expected: () => pc === this[target] && this.phase === 'joined' && this._mediaExpected(target, pc),
+      onSilent: (ms) => {
+        if (pc !== this[target] || this.phase !== 'joined') return;
+        this.silentPaths += 1;
+        this.recoverMedia(target, `the ${target} connection received nothing for ${ms} ms`);
+      },
+    });
   }
 
   // ICE may move a connection to another candidate pair by itself (a relayed one it held in reserve, when
