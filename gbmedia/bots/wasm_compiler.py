@@ -716,6 +716,8 @@ class _Unit:
             self.emit(self.store(target, f"(local.get {result})", check=True))
 
     def hear(self, stmt: Hear) -> None:
+        if stmt.kind == "LOGIN":  # it talks (a sign-in code) when the run stops there, which the module cannot say
+            raise NotCompiled("HEAR ... AS LOGIN is not compiled yet", stmt.line, None, self.dialog)
         label = self.new_label()
         self.place(label)
         self.mark(stmt)

@@ -37,7 +37,7 @@ import wasmtime
 from gbmedia.bots.compiler import Compiled, get_index, get_member
 from gbmedia.bots.context import Context
 from gbmedia.bots.errors import BasicError, BasicRuntimeError, Fault, LimitExceeded, PoliteStop
-from gbmedia.bots.hear import options_of, reask_message, validate
+from gbmedia.bots.hear import options_of, prepare, reask_message, validate
 from gbmedia.bots.lib_data import declare_table
 from gbmedia.bots.library import REGISTRY
 from gbmedia.bots.limits import Budget, OverLimit
@@ -353,7 +353,10 @@ class WasmRun:
             kind = self.meta["hears"][hid]
             raw = self.dec(opts)
             options = options_of(raw if isinstance(raw, list) else [])
-            ok, value = validate(kind, self.answer, options, self.ctx.language)
+            answer = (
+                self._await(prepare(kind, self.answer, self.ctx)) if kind == "QRCODE" else self.answer
+            )  # the code it shows
+            ok, value = validate(kind, answer, options, self.ctx.language)
             if not ok:
                 self._await(self.ctx.port.talk(reask_message(kind, options, self.ctx.language)))
                 return MISFIT
