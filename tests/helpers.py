@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp.test_utils import TestClient
 
 from gbmedia.tenancy.tokens import Grants, mint_token
+
+T = TypeVar("T")
 
 OPERATOR_TOKEN = "test-operator-token-0123456789"
 OPERATOR = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
@@ -43,3 +47,16 @@ async def create_tenant(client: TestClient, name: str = "acme", tier: str = "sta
     assert resp.status == 201, await resp.text()
     body = await resp.json()
     return Tenant(customer["id"], body["instance"]["id"], body["credentials"]["key"], body["credentials"]["secret"])
+
+
+def run_apart(coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro`` to its end in an event loop of its own, from a test that is not async.
+
+    Not ``asyncio.run``: that leaves the thread with no current loop afterwards, and a later
+    test that makes aiortc objects outside a loop (tests/fuzz) then fails to find one.
+    """
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(coro)
+    finally:
+        loop.close()

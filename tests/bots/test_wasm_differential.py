@@ -9,7 +9,6 @@ interpreter with itself, so each one is compiled first.
 
 from __future__ import annotations
 
-import asyncio
 import io
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from gbmedia.bots.terminal import TerminalOptions, compile_file, run_file
 from gbmedia.bots.wasm_engine import wasm_of
 from tests.bots.terminal import EXAMPLES
 from tests.bots.test_examples import VISIT
+from tests.helpers import run_apart
 
 FIXTURES = Path(__file__).resolve().parent / "dialogs"
 
@@ -47,7 +47,7 @@ def converse(file: Path, answers: list[str], engine: str, tables: Path | None = 
     out, err = io.StringIO(), io.StringIO()
     stdin = io.StringIO("".join(f"{a}\n" for a in answers))
     options = TerminalOptions(file=file, engine=engine, tables=tables, limits=Limits(max_statements=200_000))
-    code = asyncio.run(run_file(options, stdin, out, err))
+    code = run_apart(run_file(options, stdin, out, err))
     return code, out.getvalue(), err.getvalue()
 
 

@@ -7,7 +7,6 @@ the module's sections and line hook, the saved state's checks, ``gbmedia bot com
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
 import logging
@@ -28,6 +27,7 @@ from gbmedia.bots.terminal import TerminalOptions, compile_to_file, run_file
 from gbmedia.bots.wasm_compiler import NotCompiled, _custom_section, compile_wasm, load_wasm, read_custom_sections
 from gbmedia.bots.wasm_engine import WasmRun, wasm_of
 from tests.bots.terminal import EXAMPLES, bot_run
+from tests.helpers import run_apart
 
 
 def compiled_run(source: str, limits: Limits | None = None, dialog: str = "d") -> tuple[WasmRun, Context]:
@@ -295,5 +295,5 @@ def test_bot_compile_writes_a_module_that_bot_run_runs_and_refuses_what_it_canno
 def terminal(file: Path, answers: list[str]) -> tuple[int, str, str]:
     out, err = io.StringIO(), io.StringIO()
     stdin = io.StringIO("".join(f"{a}\n" for a in answers))
-    code = asyncio.run(run_file(TerminalOptions(file=file), stdin, out, err))
+    code = run_apart(run_file(TerminalOptions(file=file), stdin, out, err))
     return code, out.getvalue(), err.getvalue()

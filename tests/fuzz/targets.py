@@ -169,6 +169,11 @@ class _Transport:
 
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
+        # Made inside its own loop: aiortc asks for the current one, and a test before may have
+        # left the thread with none (asyncio.run does).
+        self.loop.run_until_complete(self._setup())
+
+    async def _setup(self) -> None:
         self.pc = RTCPeerConnection()
         transceiver = self.pc.addTransceiver("video")
         self.sender, self.receiver = transceiver.sender, transceiver.receiver
