@@ -90,6 +90,21 @@ class StateError(ValueError):
     """A saved state that does not belong to this dialog (changed since) or is malformed."""
 
 
+async def run_failed(ctx: Context, exc: BaseException, dialog: str, line: int) -> Outcome:
+    """How a run of either engine ends on an error: the operator's log line, a polite word to the user."""
+    if isinstance(exc, OverLimit):
+        error: BasicError = LimitExceeded(exc.limit, exc.allowed, line, dialog)
+    elif isinstance(exc, BasicError):
+        error = exc
+        error.dialog = error.dialog or dialog
+    else:
+        error = BasicRuntimeError(str(exc), line, None, dialog)
+    log.warning("bot run ended: %s", error, extra={"dialog": error.dialog, "line": error.line})
+    await ctx.port.log("error", str(error))
+    await ctx.port.talk(SORRY.get(ctx.language, SORRY["en"]))
+    return Outcome("failed", error=error)
+
+
 class Run:
     """One run of a dialog in one conversation."""
 
@@ -286,17 +301,7 @@ class Run:
             await self.ctx.port.talk(str(exc))
             return Outcome("stopped")
         dialog = (ins.dialog if ins is not None else "") or self.compiled.dialog
-        if isinstance(exc, OverLimit):
-            error: BasicError = LimitExceeded(exc.limit, exc.allowed, line, dialog)
-        elif isinstance(exc, BasicError):
-            error = exc
-            error.dialog = error.dialog or dialog
-        else:
-            error = BasicRuntimeError(str(exc), line, None, dialog)
-        log.warning("bot run ended: %s", error, extra={"dialog": error.dialog, "line": error.line})
-        await self.ctx.port.log("error", str(error))
-        await self.ctx.port.talk(SORRY.get(self.ctx.language, SORRY["en"]))
-        return Outcome("failed", error=error)
+        return await run_failed(self.ctx, exc, dialog, line)
 
     def _push(self, name: str, args: list[Any], inline: bool = False) -> None:
         unit = self.compiled.units[name]

@@ -36,12 +36,12 @@ import wasmtime
 
 from gbmedia.bots.compiler import Compiled, get_index, get_member
 from gbmedia.bots.context import Context
-from gbmedia.bots.errors import BasicError, BasicRuntimeError, Fault, LimitExceeded, PoliteStop
+from gbmedia.bots.errors import BasicError, Fault, PoliteStop
 from gbmedia.bots.hear import options_of, prepare, reask_message, validate
 from gbmedia.bots.lib_data import declare_table
 from gbmedia.bots.library import REGISTRY
 from gbmedia.bots.limits import Budget, OverLimit
-from gbmedia.bots.machine import SORRY, Outcome, StateError
+from gbmedia.bots.machine import Outcome, StateError, run_failed
 from gbmedia.bots.values import arithmetic, compare, kind_of, to_number, to_text, truthy
 from gbmedia.bots.wasm_compiler import (
     BINARY_OPS,
@@ -575,14 +575,4 @@ class WasmRun:
         if isinstance(exc, PoliteStop):
             await self.ctx.port.talk(str(exc))
             return Outcome("stopped")
-        if isinstance(exc, OverLimit):
-            error: BasicError = LimitExceeded(exc.limit, exc.allowed, line, dialog)
-        elif isinstance(exc, BasicError):
-            error = exc
-            error.dialog = error.dialog or dialog
-        else:
-            error = BasicRuntimeError(str(exc), line, None, dialog)
-        log.warning("bot run ended: %s", error, extra={"dialog": error.dialog, "line": error.line})
-        await self.ctx.port.log("error", str(error))
-        await self.ctx.port.talk(SORRY.get(self.ctx.language, SORRY["en"]))
-        return Outcome("failed", error=error)
+        return await run_failed(self.ctx, exc, dialog, line)
