@@ -17,7 +17,6 @@ from gbmedia.bots.sharing import ShareLinks
 
 if TYPE_CHECKING:
     from gbmedia.bots.browser import WebRun
-    from gbmedia.bots.compiler import Compiled
     from gbmedia.bots.media.dialog import MediaPort
 
 
@@ -42,7 +41,9 @@ class Context:
     over_http: bool = False  # called through the keyword API, not by a dialog (keywords that need a dialog refuse)
     office_binary: str = "soffice"  # CONVERT's LibreOffice (GBMEDIA_BOT_OFFICE_BINARY)
     links: ShareLinks | None = None  # SHARE FOLDER's signer: the node's, None where no node serves links
-    dialogs: Callable[[str], Awaitable[Compiled]] | None = None  # callVM: the instance's stored dialog of a name
+    # callVM: the instance's stored dialog of a name, compiled (a compiler.Compiled: not imported, the
+    # compiler imports the library, whose built-ins import this module)
+    dialogs: Callable[[str], Awaitable[Any]] | None = None
     call_depth: int = 0  # callVM calls running inside this run now
 
     def __post_init__(self) -> None:

@@ -28,6 +28,7 @@ import binascii
 import datetime
 import io
 import mimetypes
+from collections.abc import Callable
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -41,6 +42,16 @@ from gbmedia.bots.values import kind_of, to_text
 
 builtin = REGISTRY.builtin
 
+# The interpreter's Run, handed in by gbmedia.bots.machine when it is imported: the interpreter imports
+# this module (through the library), so this one never imports it back.
+_interpreter: list[Callable[[Any, Context], Any]] = []
+
+
+def use_interpreter(run_class: Callable[[Any, Context], Any]) -> None:
+    """What callVM runs another dialog with (gbmedia.bots.machine.Run)."""
+    _interpreter[:] = [run_class]
+
+
 MAX_CALL_DEPTH = 4  # callVM inside callVM: a bound, so two dialogs calling each other stop
 MAX_AUTOSAVE_COPIES = 100  # the same name saved again the same day: name-2.ext ... name-100.ext
 MAX_DOCX_ROWS = 2000  # a Word table of more rows takes python-docx seconds: the same bound as a PDF's
@@ -49,8 +60,6 @@ MAX_DOCX_ROWS = 2000  # a Word table of more rows takes python-docx seconds: the
 @builtin("callVM", "dialog, function?, args...", group="system", bare=True)
 async def call_vm(ctx: Context, dialog: Any, function: Any = None, *args: Any) -> Any:
     """Run another dialog of the bot in this run: its FUNCTION's RETURN value, or (no function) its variables."""
-    from gbmedia.bots.machine import Run  # the interpreter imports this registry: import it when called
-
     if ctx.dialogs is None:
         raise Fault("callVM needs the bot's stored dialogs (not available to this run)")
     if ctx.call_depth >= MAX_CALL_DEPTH:
@@ -69,7 +78,9 @@ async def call_vm(ctx: Context, dialog: Any, function: Any = None, *args: Any) -
     elif args:
         raise Fault("callVM passes arguments to a FUNCTION: name one")
     caller, goto = ctx.dialog, ctx.goto
-    run = Run(compiled, ctx)  # the caller's context: its budget, stores and conversation
+    if not _interpreter:
+        raise Fault("callVM needs the interpreter, which this process has not loaded")
+    run = _interpreter[0](compiled, ctx)  # the caller's context: its budget, stores and conversation
     ctx.call_depth += 1
     try:
         if wanted:

@@ -42,6 +42,7 @@ from gbmedia.bots.context import Context
 from gbmedia.bots.errors import BasicError, BasicRuntimeError, Fault, LimitExceeded, PoliteStop
 from gbmedia.bots.hear import options_of, prepare, reask_message, validate
 from gbmedia.bots.lib_data import declare_table
+from gbmedia.bots.lib_system import use_interpreter
 from gbmedia.bots.library import REGISTRY
 from gbmedia.bots.limits import Budget, OverLimit
 from gbmedia.bots.login import NOT_YET, PROMPT
@@ -482,3 +483,6 @@ async def converse(compiled: Compiled, ctx: Context, answers: list[Any]) -> Outc
         run = Run.restore(compiled, ctx, state)
         outcome = await run.resume(pending.pop(0))
     return outcome
+
+
+use_interpreter(Run)  # callVM (lib_system) runs other dialogs with this

@@ -27,6 +27,8 @@ SOCKET_TYPES = [
     "leave",
     "ping",
     "ice_servers",
+    "subscriber_restart",
+    "media_path",
     "auth",
     "chat_send",
     "chat_history",
