@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Awaitable
 from typing import Any, Literal
 
 from aiohttp import web
@@ -111,6 +112,20 @@ def _run(request: web.Request, instance: Instance, raw: str | None) -> DebugRun:
     return run
 
 
+async def _named_run(request: web.Request) -> DebugRun:
+    """The debug run the path names, of the caller's instance (404 otherwise)."""
+    return _run(request, await _instance(request), request.match_info["run_id"])
+
+
+async def _acted(run: DebugRun, action: Awaitable[None]) -> web.Response:
+    """The run's context after ``action`` (step, resume, a message); 409 when its state does not allow it."""
+    try:
+        await action
+    except DebugStateError as exc:
+        raise _state_error(exc) from None
+    return json_response(_context(run))
+
+
 def _state_error(exc: DebugStateError) -> ApiError:
     """409 with the run's reason (each code spelled out: the API's documentation is checked against them)."""
     if exc.code == "debug_run_waiting":
@@ -165,54 +180,36 @@ async def start_run(request: web.Request) -> web.Response:
 
 
 async def get_context(request: web.Request) -> web.Response:
-    instance = await _instance(request)
-    return json_response(_context(_run(request, instance, request.match_info["run_id"])))
+    return json_response(_context(await _named_run(request)))
 
 
 async def stop_run(request: web.Request) -> web.Response:
-    instance = await _instance(request)
-    run = _run(request, instance, request.match_info["run_id"])
+    run = await _named_run(request)
     await request.app[DEBUGGER].end(run)
     return json_response(_context(run))
 
 
 async def set_breakpoint(request: web.Request) -> web.Response:
-    instance = await _instance(request)
-    run = _run(request, instance, request.match_info["run_id"])
+    run = await _named_run(request)
     body = await read_model(request, BreakpointSet)
     run.set_breakpoint(body.line, body.enabled)
     return json_response(_context(run))
 
 
 async def step(request: web.Request) -> web.Response:
-    instance = await _instance(request)
-    run = _run(request, instance, request.match_info["run_id"])
-    try:
-        await run.step()
-    except DebugStateError as exc:
-        raise _state_error(exc) from None
-    return json_response(_context(run))
+    run = await _named_run(request)
+    return await _acted(run, run.step())
 
 
 async def resume(request: web.Request) -> web.Response:
-    instance = await _instance(request)
-    run = _run(request, instance, request.match_info["run_id"])
-    try:
-        await run.resume()
-    except DebugStateError as exc:
-        raise _state_error(exc) from None
-    return json_response(_context(run))
+    run = await _named_run(request)
+    return await _acted(run, run.resume())
 
 
 async def send_message(request: web.Request) -> web.Response:
-    instance = await _instance(request)
-    run = _run(request, instance, request.match_info["run_id"])
+    run = await _named_run(request)
     body = await read_model(request, DebugMessage)
-    try:
-        await run.send_message(body.text)
-    except DebugStateError as exc:
-        raise _state_error(exc) from None
-    return json_response(_context(run))
+    return await _acted(run, run.send_message(body.text))
 
 
 async def _refactored(request: web.Request, instance: Instance, body: Refactor) -> str:
