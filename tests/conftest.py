@@ -42,29 +42,6 @@ from tests.rtc import RtcClient, receiver_threads
 
 TEMPLATE_DB = "gbmedia_test_template"
 
-
-def _xdist_worker() -> int:
-    """0 in a plain run, N in pytest-xdist's worker ``gwN``."""
-    name = os.environ.get("PYTEST_XDIST_WORKER", "")
-    return int(name[2:]) if name.startswith("gw") and name[2:].isdigit() else 0
-
-
-def _give_worker_its_redis_databases(worker: int) -> None:
-    """Move worker N's Redis databases N up: the cluster tests flush theirs, and rows must not mix.
-
-    Set before any test module reads them (tests/cluster.py reads its database at import).
-    """
-    if not worker:
-        return
-    url = os.environ.get("GBMEDIA_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-    base, _, db = url.rpartition("/")
-    if base.startswith("redis") and db.isdigit():
-        os.environ["GBMEDIA_TEST_REDIS_URL"] = f"{base}/{int(db) + worker}"
-    cluster_db = int(os.environ.get("GBMEDIA_TEST_CLUSTER_REDIS_DB", "11"))
-    os.environ["GBMEDIA_TEST_CLUSTER_REDIS_DB"] = str(cluster_db + worker)
-
-
-_give_worker_its_redis_databases(_xdist_worker())
 IN_CI = bool(os.environ.get("CI"))
 pytest_plugins = ["tests.browser"]  # the `browser` fixture: real Chromium (tests/browser.py)
 
