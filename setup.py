@@ -11,7 +11,7 @@ setup(
         Extension(
             "gbmedia.sfu._fanout",
             sources=["gbmedia/sfu/_fanout.c"],
-            libraries=["srtp2"],
+            libraries=["srtp2", "dl"],
             extra_compile_args=["-O2", "-std=c11", "-D_GNU_SOURCE", "-Wall", "-Wno-missing-field-initializers"],
             optional=True,
         )

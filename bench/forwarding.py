@@ -7,8 +7,8 @@ object every time (aiortc encodes in a thread pool while the track makes the nex
 frame). Subscribers run in worker processes (``--per-process`` each),
 join over ``/rtc`` with their own tokens, answer the server's offers and count RTP
 packets and frames (marker bits) through :func:`gbmedia.sfu.aiortc_adapter.tap_receiver`:
-they never decode. ``--servers gbmedia,janus`` runs the same load against Janus 1.1.2
-too (``bench.lib.janus``).
+they never decode. ``--servers gbmedia,gbmedia-python,janus`` runs the same load against
+gbmedia's Python fan-out path and Janus 1.1.2 too (``bench.lib.janus``).
 
 For every N the benchmark warms up, then measures over a window: the server
 process's CPU time (utime + stime of all its threads, from /proc; the embedded
@@ -159,8 +159,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--servers",
         default="gbmedia",
-        help="comma-separated servers to measure one after the other: gbmedia, janus "
-        "(default gbmedia; gbmedia,janus for the comparison)",
+        help="comma-separated servers to measure one after the other: gbmedia (its native fan-out), "
+        "gbmedia-python (its Python path), janus (default gbmedia; gbmedia,gbmedia-python,janus for the "
+        "comparison)",
     )
     parser.add_argument("--subscribers", default="1,4,16,32", help="comma-separated N values (default 1,4,16,32)")
     parser.add_argument(
@@ -248,7 +249,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.servers = [v.strip() for v in args.servers.split(",") if v.strip()]
     unknown = [v for v in args.servers if v not in TARGETS]
     if not args.servers or unknown or len(set(args.servers)) != len(args.servers):
-        parser.error(f"--servers takes gbmedia and/or janus, each once, not {','.join(args.servers)!r}")
+        parser.error(f"--servers takes {', '.join(TARGETS)}, each once, not {','.join(args.servers)!r}")
     if args.step < 1:
         parser.error("--step must be >= 1")
     if args.baseline and 0 not in args.counts:

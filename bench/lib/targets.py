@@ -23,13 +23,20 @@ ROOM = "bench-forwarding"
 
 
 class GbmediaTarget:
-    """``gbmedia serve`` (embedded PostgreSQL), one tenant; subscribers join ``/rtc`` with their own tokens."""
+    """``gbmedia serve`` (embedded PostgreSQL), one tenant; subscribers join ``/rtc`` with their own tokens.
+
+    ``gbmedia`` forwards on the native path (gbmedia/sfu/_fanout.c): it refuses to start without
+    it rather than measure the other one; ``gbmedia-python`` on the Python path, the reference.
+    ``--server-env`` comes last, so it can override either.
+    """
 
     name = "gbmedia"
+    native_forwarding = "on"
 
     def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
-        self.server = Server(workdir, args.startup_timeout, dict(args.server_env))
+        env = {"GBMEDIA_NATIVE_FORWARDING": self.native_forwarding, **dict(args.server_env)}
+        self.server = Server(workdir, args.startup_timeout, env)
         self.key = self.secret = ""
 
     async def start(self, session: aiohttp.ClientSession) -> str:
@@ -119,5 +126,16 @@ class JanusTarget:
             await self.control.destroy()
 
 
+class GbmediaPythonTarget(GbmediaTarget):
+    """gbmedia on its Python fan-out path (GBMEDIA_NATIVE_FORWARDING=off)."""
+
+    name = "gbmedia-python"
+    native_forwarding = "off"
+
+
 Target = GbmediaTarget | JanusTarget
-TARGETS: dict[str, type[GbmediaTarget] | type[JanusTarget]] = {"gbmedia": GbmediaTarget, "janus": JanusTarget}
+TARGETS: dict[str, type[GbmediaTarget] | type[JanusTarget]] = {
+    "gbmedia": GbmediaTarget,
+    "gbmedia-python": GbmediaPythonTarget,
+    "janus": JanusTarget,
+}

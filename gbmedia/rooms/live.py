@@ -644,6 +644,7 @@ class LiveRooms:
         self._retired_forwarded = 0
         self._retired_bytes_in = 0
         self._retired_bytes_forwarded = 0
+        self._retired_send_drops = 0
         self._track_listeners: list[TrackListener | RoomTrackListener] = []
         self._program_listeners: list[ProgramListener] = []
         self._created_listeners: list[CreatedListener] = []
@@ -726,6 +727,7 @@ class LiveRooms:
         self._retired_forwarded += track.packets_forwarded
         self._retired_bytes_in += track.bytes_in
         self._retired_bytes_forwarded += track.bytes_forwarded
+        self._retired_send_drops += track.send_drops
 
     def forwarded_total(self) -> int:
         """RTP packets this node has sent to subscribers, ended tracks included."""
@@ -769,7 +771,28 @@ class LiveRooms:
                 self._retired_bytes_forwarded + sum(t.bytes_forwarded for t in tracks),
                 counter=True,
             ),
+            Sample(
+                "gbmedia_rtp_send_drops_total",
+                "RTP datagrams to subscribers the native fan-out dropped on a full send buffer",
+                self._retired_send_drops + sum(t.send_drops for t in tracks),
+                counter=True,
+            ),
+            *(
+                Sample(
+                    "gbmedia_down_tracks_by_path",
+                    "Down tracks sending, by fan-out path (native: gbmedia/sfu/_fanout.c)",
+                    count,
+                    labels=(("path", path),),
+                )
+                for path, count in self.down_tracks_by_path().items()
+            ),
         ]
+
+    def down_tracks_by_path(self) -> dict[str, int]:
+        """Down tracks by fan-out path: native (a C downlink sends for them) or python."""
+        tracks = [t for live in self.live.values() for p in live.participants.values() for t in p.published]
+        native = sum(len(t.native_links) for t in tracks)
+        return {"native": native, "python": sum(len(t.down_tracks) for t in tracks) - native}
 
     def participant_count(self, room_id: uuid.UUID) -> int:
         """Who is in the room on this node, plus the viewers its edge nodes serve (the room is not idle)."""

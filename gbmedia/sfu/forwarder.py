@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiortc import RTCRtpTransceiver
 
-from gbmedia.sfu import aiortc_adapter
+from gbmedia.sfu import aiortc_adapter, fanout
 from gbmedia.sfu import rtp as rtp_bytes
 from gbmedia.sfu.allocator import LayerAllocator, video_share
 from gbmedia.sfu.track import Outgoing, PublishedTrack
@@ -62,10 +63,23 @@ class SenderSlot:
 
 
 class DownTrack:
+    """One published track as one subscriber receives it: the decisions (layer, pause, keyframe
+    wait), and on the Python path the sending too.
+
+    On the native path (:mod:`gbmedia.sfu.fanout`) the sending state lives in a C downlink
+    (``_link``): numbering, SRTP, address, NACK history and counters. Python sets the layer
+    it forwards (-1 for none) when a decision changes it, and is asked again only while
+    unsettled, on keyframes and every ``REVIEW_INTERVAL`` (``PublishedTrack.deciding``).
+    """
+
     __slots__ = (
         "_history",
         "_layout",
+        "_link",
+        "_link_config",
+        "_packets_out",
         "_raw",
+        "_resent",
         "_seq_offset",
         "_source_ssrc",
         "_ts_offset",
@@ -74,10 +88,9 @@ class DownTrack:
         "allocator",
         "bandwidth_cap",
         "current_layer",
-        "packets_out",
         "paused",
         "requested_layer",
-        "resent",
+        "settled",
         "slot",
         "track",
         "view_size",
@@ -103,11 +116,30 @@ class DownTrack:
         self.bandwidth_cap = track.top  # what its bandwidth allows
         self.allocator = LayerAllocator(track.top)
         self.paused = False  # the subscriber's video is hidden: send nothing
-        self.packets_out = 0
-        self.resent = 0
+        self._packets_out = 0
+        self._resent = 0
+        self._link: Any = None  # the native downlink (gbmedia/sfu/_fanout.c), once connected on the native path
+        self._link_config: tuple[Any, ...] | None = None
+        self.settled = False  # native, and nothing to decide until the next keyframe or review
         slot.down = self
         track.down_tracks.add(self)
+        track.deciding.add(self)
         track.demand_changed()
+
+    @property
+    def packets_out(self) -> int:
+        return self._packets_out + (self._link.packets_out if self._link is not None else 0)
+
+    @property
+    def resent(self) -> int:
+        return self._resent + (self._link.resent if self._link is not None else 0)
+
+    def kept(self, seq: int) -> bytes | None:
+        """The clear packet sent with this sequence number, while kept for NACK answers."""
+        if self._link is not None:
+            return self._link.kept(seq)  # type: ignore[no-any-return]
+        data = self._history[seq & (HISTORY_SIZE - 1)]
+        return data if data is not None and int.from_bytes(data[2:4], "big") == seq else None
 
     @property
     def desired(self) -> int | None:
@@ -135,6 +167,8 @@ class DownTrack:
         """Renegotiation may change the payload type or the extension ids: look them up again."""
         self._raw = None
         self._layout = None
+        self._link_config = None
+        self._unsettle()
 
     def write(self, out: Outgoing, now: float) -> None:
         if self._raw is None or self._layout is None:
@@ -143,58 +177,96 @@ class DownTrack:
                 return
         track = self.track
         if track.simulcast:
-            if not self._follow_layer(out, now):
-                return
+            forward = self._follow_layer(out, now)
         elif self.waiting_keyframe:
-            if self.paused:
-                return
-            if not out.key:
-                track.request_keyframe()
-                return
-            self.waiting_keyframe = False
-        elif self.paused:
+            forward = False
+            if not self.paused:
+                if out.key:
+                    self.waiting_keyframe, forward = False, True
+                else:
+                    track.request_keyframe()
+        else:
+            forward = not self.paused
+        raw = self._raw
+        if not raw.connected():  # type: ignore[union-attr]
+            if self._link is not None:
+                self._link.layer = -1
+            self._unsettle()
+            return
+        native = raw.native  # type: ignore[union-attr]
+        if native is not None:  # C sends it, with every other native down track (PublishedTrack.on_packet)
+            self._decide_natively(native, now)
+            return
+        if not forward:
             return
         packet = out.packet
         if packet.ssrc != self._source_ssrc:
             self._start_source(packet.ssrc, packet.sequence_number, packet.timestamp)
-        raw = self._raw
-        if not raw.connected():  # type: ignore[union-attr]
-            return
         block = out.extension_block(self._layout)  # type: ignore[arg-type]
         seq = (packet.sequence_number + self._seq_offset) & 0xFFFF
         ts = (packet.timestamp + self._ts_offset) & 0xFFFFFFFF
-        native = raw.native  # type: ignore[union-attr]
-        if native is not None:  # rewrite, protect, history and send happen in C, for every plan at once
-            session, address, fd = native
-            plan = (session, address, self._history, raw.payload_type, seq, ts, raw.ssrc, block)  # type: ignore[union-attr]
-            batch = out.plans.get(fd)
-            if batch is None:
-                out.plans[fd] = [plan]
-            else:
-                batch.append(plan)
-            size = 12 + len(block) + len(out.body)
-        else:
-            b0 = 0x90 if block else 0x80
-            if packet.padding_size:
-                b0 |= 0x20
-            b1 = (0x80 if packet.marker else 0) | raw.payload_type  # type: ignore[union-attr]
-            data = _HEADER.pack(b0, b1, seq, ts, raw.ssrc) + block + out.body  # type: ignore[union-attr]
-            raw.transmit(data)  # type: ignore[union-attr]
-            self._history[seq & (HISTORY_SIZE - 1)] = data
-            size = len(data)
+        b0 = 0x90 if block else 0x80
+        if packet.padding_size:
+            b0 |= 0x20
+        b1 = (0x80 if packet.marker else 0) | raw.payload_type  # type: ignore[union-attr]
+        data = _HEADER.pack(b0, b1, seq, ts, raw.ssrc) + block + out.body  # type: ignore[union-attr]
+        raw.transmit(data)  # type: ignore[union-attr]
+        self._history[seq & (HISTORY_SIZE - 1)] = data
         self._unreported += 1
         self._unreported_octets += len(packet.payload)
         slot = self.slot
         slot.last_seq, slot.last_ts = seq, ts
-        self.packets_out += 1
+        self._packets_out += 1
         track.packets_forwarded += 1
-        track.bytes_forwarded += size
+        track.bytes_forwarded += len(data)
         if packet.marker or track.kind == "audio":
             # Once per frame: sender reports map RTP time to NTP, and carry the packet and octet
             # counts (a frame late at most; counting into aiortc's sender per packet cost more).
             raw.count(self._unreported_octets, self._unreported)  # type: ignore[union-attr]
             self._unreported = self._unreported_octets = 0
             raw.note_timestamp(ts, out.ntp_time)  # type: ignore[union-attr]
+
+    def _decide_natively(self, native: tuple[Any, bytes, int], now: float) -> None:
+        """Tell the C downlink what it forwards now; settled when nothing is left to decide."""
+        link = self._link
+        track = self.track
+        if link is None:
+            slot = self.slot
+            link = self._link = fanout.native.Downlink(  # type: ignore[union-attr]
+                slot.last_seq, slot.last_ts, _SWITCH_GAP.get(track.codec.clockRate, 3000)
+            )
+            track.native_links.append(link)
+        raw = self._raw
+        config = (native, raw.payload_type, raw.ssrc, self._layout)  # type: ignore[union-attr]
+        if config != self._link_config:
+            session, address, fd = native
+            link.configure(session, address, fd, raw.payload_type, raw.ssrc, track.layout_index(self._layout))  # type: ignore[union-attr, arg-type]
+            self._link_config = config
+        if self.paused:
+            layer, settled = -1, True
+        elif track.simulcast:
+            layer = -1 if self.current_layer is None else self.current_layer
+            settled = layer >= 0 and track.best_layer(self.desired, now) == layer  # type: ignore[arg-type]
+        else:
+            layer = -1 if self.waiting_keyframe else 0
+            settled = layer >= 0
+        link.layer = layer
+        if settled != self.settled:
+            self.settled = settled
+            if settled:
+                track.deciding.discard(self)
+            else:
+                track.deciding.add(self)
+        octets, packets, ts, ntp = link.take_counts()
+        if packets and ntp:  # what the sender reports carry (a review's lag at most)
+            raw.count(octets, packets)  # type: ignore[union-attr]
+            raw.note_timestamp(ts, ntp)  # type: ignore[union-attr]
+
+    def _unsettle(self) -> None:
+        """Something changed: decide on the next packet, not only on a keyframe or review."""
+        if self.settled:
+            self.settled = False
+            self.track.deciding.add(self)
 
     def _follow_layer(self, out: Outgoing, now: float) -> bool:
         """Simulcast: forward the current layer; move to the best one on its keyframe."""
@@ -230,12 +302,16 @@ class DownTrack:
         raw = self._raw
         if raw is None:
             return
+        if self._link is not None:
+            if raw.connected():
+                self._link.resend(sequence_numbers)
+            return
         history = self._history
         for seq in sequence_numbers:
             data = history[seq & (HISTORY_SIZE - 1)]
             if data is not None and int.from_bytes(data[2:4], "big") == seq:
                 if raw.send(data, 0):
-                    self.resent += 1
+                    self._resent += 1
 
     def keyframe_requested(self) -> None:
         """The subscriber lost the picture: ask the publisher for its current layer."""
@@ -260,6 +336,8 @@ class DownTrack:
             if self.paused and not paused:
                 self.resume_on_keyframe()  # a picture resumes on a keyframe
             self.paused = paused
+            if paused and self._link is not None:
+                self._link.layer = -1
         if size is not None:
             self.view_size = size
             self.requested_layer = self.layer_for_size(*size)
@@ -267,15 +345,21 @@ class DownTrack:
             self.view_size = None
             self.requested_layer = max(0, min(layer, self.track.top))
         if self.desired != before:
+            self._unsettle()
             self.track.demand_changed()
 
     def resume_on_keyframe(self) -> None:
         if self.track.kind == "video":
             self.waiting_keyframe = True
             self.current_layer = None
+            if self._link is not None:
+                self._link.layer = -1
         # Number what comes next on from what was sent: the packets dropped meanwhile are not
         # lost to the subscriber, whose jitter buffer would wait for them (and NACK) otherwise.
         self._source_ssrc = None
+        if self._link is not None:
+            self._link.reset_source()
+        self._unsettle()
 
     def sizes_changed(self) -> None:
         """A layer's size became known or changed: pick again for the element size asked for."""
@@ -284,6 +368,7 @@ class DownTrack:
         before = self.desired
         self.requested_layer = self.layer_for_size(*self.view_size)
         if self.desired != before:
+            self._unsettle()
             self.track.demand_changed()
 
     def layer_for_size(self, width: int, height: int) -> int:
@@ -298,6 +383,7 @@ class DownTrack:
         before = self.desired
         self.bandwidth_cap = self.allocator.update(share_bps, [lay.bitrate for lay in self.track.layers], now)
         if self.desired != before:
+            self._unsettle()
             self.track.demand_changed()
 
     def carry_over(self, previous: DownTrack) -> None:
@@ -306,9 +392,18 @@ class DownTrack:
         self.requested_layer = previous.requested_layer
         self.view_size = previous.view_size
         self.paused = previous.paused
+        self._unsettle()
         self.track.demand_changed()
 
     def detach(self) -> None:
+        track = self.track
+        link = self._link
+        if link is not None:  # the slot's numbering goes on from what C sent
+            link.layer = -1
+            self.slot.last_seq, self.slot.last_ts = link.last_seq, link.last_ts
+            if link in track.native_links:
+                track.native_links.remove(link)
+        track.deciding.discard(self)
         self.track.down_tracks.discard(self)
         if self.slot.down is self:
             self.slot.down = None

@@ -23,6 +23,9 @@ log = logging.getLogger(__name__)
 
 KEYFRAME_REQUEST_INTERVAL = 0.5  # seconds: at most two PLIs a second reach a publisher, per layer
 LAYER_ACTIVE_SECONDS = 1.0  # a layer with no packet for this long is not flowing (paused, or lost)
+# Settled native down tracks are asked again this often (and on every keyframe): a layer may have
+# stopped flowing, the sender reports want counts. Each ask costs a Python call per down track.
+REVIEW_INTERVAL = 0.25
 DYNACAST_PAUSE_DELAY = 2.0  # a layer nobody wants is paused only after this long (no flapping)
 
 # What a layer is assumed to need before it was measured (bits/s; web/room's maxBitrate values).
@@ -92,7 +95,7 @@ class Layer:
 class Outgoing:
     """One incoming packet, prepared once for every down track that forwards it."""
 
-    __slots__ = ("abs_send_time", "audio_level", "body", "extensions", "key", "layer", "ntp_time", "packet", "plans")
+    __slots__ = ("abs_send_time", "audio_level", "body", "extensions", "key", "layer", "ntp_time", "packet")
 
     def __init__(self, packet: RtpPacket, layer: int, key: bool, ntp_time: int) -> None:
         self.packet = packet
@@ -103,15 +106,6 @@ class Outgoing:
         self.abs_send_time = aiortc_adapter.abs_send_time(ntp_time)
         self.audio_level = packet.extensions.audio_level
         self.extensions: dict[int, bytes] = {}  # by id() of an interned layout (forwarder._LAYOUTS)
-        # Down tracks on the native path leave their rewrite here, by socket: sent in one call after all wrote.
-        self.plans: dict[int, list[tuple[Any, ...]]] = {}
-
-    def flush(self) -> None:
-        """Send what the native down tracks planned (gbmedia/sfu/_fanout.c)."""
-        if self.plans:
-            packet = self.packet
-            fanout.flush(self.plans, self.body, bool(packet.padding_size), packet.marker)
-            self.plans = {}
 
     def extension_block(self, layout: rtp_bytes.ExtensionLayout) -> bytes:
         key = id(layout)  # layouts are interned (one object per value), and live as long as this packet's loop
@@ -130,7 +124,10 @@ class Downstream(Protocol):
         """The simulcast layer it wants."""
         ...
 
-    def write(self, out: Outgoing, now: float) -> None: ...
+    def write(self, out: Outgoing, now: float) -> None:
+        """Decide about one packet, and send it on the Python path (the native one sends in
+        :meth:`PublishedTrack.on_packet`, for every native down track at once)."""
+        ...
 
     def sizes_changed(self) -> None:
         """A layer's size became known or changed."""
@@ -160,7 +157,17 @@ class PublishedTrack:
     packets_forwarded: int = 0  # sum over its down tracks, kept here so it outlives them
     bytes_in: int = 0  # RTP payload bytes received
     bytes_forwarded: int = 0  # RTP packet bytes (header and payload) sent to subscribers
+    send_drops: int = 0  # datagrams the native path's full send buffer refused
     down_tracks: set[Downstream] = field(default_factory=set)
+    # The native fan-out (gbmedia/sfu/_fanout.c): the down tracks' C sending state, and the extension
+    # layouts they use (a downlink names its layout by index: the blocks are built once per packet).
+    native_links: list[Any] = field(default_factory=list)
+    native_layouts: list[rtp_bytes.ExtensionLayout] = field(default_factory=list)
+    # Down tracks whose next packet needs a Python decision: all on the Python path; on the native one,
+    # those not settled (connecting, waiting for a keyframe, between layers). The others are asked
+    # again on every keyframe and every REVIEW_INTERVAL (a layer may stop flowing).
+    deciding: set[Downstream] = field(default_factory=set)
+    _review_at: float = 0.0
     sinks: list[PacketSink] = field(default_factory=list)
     layers: list[Layer] = field(default_factory=list)
     media_ssrc: int | None = None  # the last SSRC a packet came from
@@ -271,9 +278,45 @@ class PublishedTrack:
                     break
         if self.down_tracks:
             out = Outgoing(packet, layer.index, key, aiortc_adapter.ntp_now())
-            for down in self.down_tracks:
-                down.write(out, now)
-            out.flush()
+            if key or now >= self._review_at:
+                self._review_at = now + REVIEW_INTERVAL
+                for down in tuple(self.down_tracks):
+                    down.write(out, now)
+            elif self.deciding:
+                for down in tuple(self.deciding):
+                    down.write(out, now)
+            if self.native_links:
+                self._forward_natively(out)
+
+    def _forward_natively(self, out: Outgoing) -> None:
+        """One C call sends the packet to every native down track on its layer."""
+        packet = out.packet
+        blocks = tuple([out.extension_block(layout) for layout in self.native_layouts])
+        forwarded, size, dropped = fanout.native.forward(  # type: ignore[union-attr]
+            self.native_links,
+            out.layer,
+            packet.ssrc,
+            packet.sequence_number,
+            packet.timestamp,
+            packet.marker,
+            bool(packet.padding_size),
+            out.body,
+            blocks,
+            len(packet.payload),
+            out.ntp_time,
+        )
+        self.packets_forwarded += forwarded
+        self.bytes_forwarded += size
+        if dropped:
+            self.send_drops += dropped
+
+    def layout_index(self, layout: rtp_bytes.ExtensionLayout) -> int:
+        """The index a native downlink names its header extension layout by."""
+        try:
+            return self.native_layouts.index(layout)
+        except ValueError:
+            self.native_layouts.append(layout)
+            return len(self.native_layouts) - 1
 
     def _feeds_sinks(self, layer: Layer, key: bool, now: float) -> bool:
         """Sinks get one layer, the best flowing one, switched on its keyframe."""
@@ -422,6 +465,8 @@ class PublishedTrack:
         for down in tuple(self.down_tracks):
             down.detach()
         self.down_tracks.clear()
+        self.deciding.clear()
+        self.native_links.clear()
         sinks, self.sinks = self.sinks, []
         for sink in sinks:
             try:

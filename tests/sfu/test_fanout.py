@@ -104,14 +104,35 @@ def test_bad_input_to_the_extension_is_refused():
     with pytest.raises(ValueError, match="port out of range"):
         ext.address("127.0.0.1", 70000)  # type: ignore[attr-defined]
     assert len(ext.address("::1", 5)) == 28 and len(ext.address("127.0.0.1", 5)) == 16  # type: ignore[attr-defined]
-    with pytest.raises(TypeError, match="a plan is"):
-        ext.send(-1, b"body", False, False, [("not", "a", "plan")])  # type: ignore[attr-defined]
-    # A closed socket: nothing goes, nothing breaks; the clear packet is still kept for NACKs.
-    history: list[bytes | None] = [None] * 4
-    plan = (session, ext.address("127.0.0.1", 9), history, 96, 5, 7, 9, b"")  # type: ignore[attr-defined]
-    assert ext.send(-1, b"body", False, True, [plan]) == (0, 1)  # type: ignore[attr-defined]
-    assert history[1] == bytes([0x80, 0xE0, 0, 5, 0, 0, 0, 7, 0, 0, 0, 9]) + b"body"
-    assert ext.resend(-1, session, ext.address("127.0.0.1", 9), history[1]) is False  # type: ignore[attr-defined]
+    with pytest.raises(ValueError, match="16 bits"):
+        ext.Downlink(70000, 0, 3000)  # type: ignore[attr-defined]
+    link = ext.Downlink(4, 6, 3000)  # type: ignore[attr-defined]
+    with pytest.raises(TypeError):
+        link.configure("not a session", b"", 0, 96, 1, 0)
+    with pytest.raises(ValueError, match="payload type is 7 bits"):
+        link.configure(session, ext.address("127.0.0.1", 9), -1, 200, 1, 0)  # type: ignore[attr-defined]
+    with pytest.raises(TypeError, match="downlinks are Downlink"):
+        ext.forward(["not a link"], 0, 1, 2, 3, False, False, b"body", (b"",), 4, 5)  # type: ignore[attr-defined]
+    with pytest.raises(TypeError, match="blocks are bytes"):
+        ext.forward([link], 0, 1, 2, 3, False, False, b"body", ("x",), 4, 5)  # type: ignore[attr-defined]
+    # Not configured yet, or on another layer: nothing is sent, nothing is counted.
+    assert ext.forward([link], 0, 1, 2, 3, False, False, b"body", (b"",), 4, 5) == (0, 0, 0)  # type: ignore[attr-defined]
+    link.configure(session, ext.address("127.0.0.1", 9), -1, 96, 9, 0)  # type: ignore[attr-defined]
+    assert ext.forward([link], 0, 1, 2, 3, False, False, b"body", (b"",), 4, 5) == (0, 0, 0)  # type: ignore[attr-defined]
+    # A closed socket: nothing goes (counted as dropped), nothing breaks; the clear packet is kept for NACKs,
+    # numbered on from where the slot stopped (4, 6) with a gap of 3000 in time.
+    link.layer = 0
+    assert ext.forward([link], 0, 1, 2, 3, True, False, b"body", (b"",), 4, 5) == (1, 16, 1)  # type: ignore[attr-defined]
+    assert link.kept(5) == bytes([0x80, 0xE0, 0, 5]) + (3006).to_bytes(4, "big") + bytes([0, 0, 0, 9]) + b"body"
+    assert link.kept(6) is None and link.kept(5 + 256) is None
+    assert (link.last_seq, link.last_ts, link.packets_out) == (5, 3006, 1)
+    assert link.resend([5, 6]) == 0  # nothing went out of a closed socket
+    with pytest.raises(TypeError):
+        link.resend(5)
+    assert link.take_counts() == (4, 1, 3006, 5) and link.take_counts() == (0, 0, 3006, 5)
+    assert "libsrtp2 2." in ext.library()  # type: ignore[attr-defined]
+    with pytest.raises(ext.Error, match="sessions exist"):  # type: ignore[attr-defined]
+        ext.use_library("/nonexistent.so")  # type: ignore[attr-defined]
 
 
 def test_the_path_is_chosen_and_said(monkeypatch, caplog):
@@ -203,6 +224,7 @@ def recorded_sequence() -> list[tuple[str, RtpPacket]]:
 
 
 async def test_native_and_python_paths_send_the_same_rtp(muxes):
+    ext = native()
     fast, reference = muxes
     source_pc = RTCPeerConnection()
     receiver = source_pc.addTransceiver("video", direction="recvonly").receiver
@@ -248,10 +270,10 @@ async def test_native_and_python_paths_send_the_same_rtp(muxes):
         assert {2, 0} <= set(layers_sent)  # both switches happened
         assert downs[0].packets_out == downs[1].packets_out > 60
 
-        # Before encryption: byte-identical.
-        assert downs[0]._history == downs[1]._history
-        kept = {int.from_bytes(p[2:4], "big"): p for p in downs[0]._history if p is not None}
-        assert len(kept) == min(downs[0].packets_out, HISTORY_SIZE)
+        # Before encryption: byte-identical, and the same packets kept for NACK answers.
+        kept = {int.from_bytes(p[2:4], "big"): p for p in downs[1]._history if p is not None}
+        assert {seq: p for seq in range(65536) if (p := downs[0].kept(seq)) is not None} == kept
+        assert len(kept) == min(downs[0].packets_out, HISTORY_SIZE) and HISTORY_SIZE == ext.HISTORY  # type: ignore[attr-defined]
         assert any(p[0] & 0x20 for p in kept.values())  # padding went through
         assert any(p[0] & 0x10 for p in kept.values())  # and the header extensions
 

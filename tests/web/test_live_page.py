@@ -18,6 +18,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from gbmedia.node import Node
+from gbmedia.sfu import fanout
 from tests.browser import Browser, Tab
 from tests.helpers import Tenant
 from tests.rtc import ColorVideoTrack, RtcClient, ToneAudioTrack, wait_for
@@ -43,7 +44,7 @@ def page_url(site: TestClient, token: str, **query: str) -> str:
 
 
 async def test_a_phone_viewer_watches_over_whep_with_chat_hearts_and_count(
-    site: TestClient, tenant: Tenant, browser: Browser, peers: list[Any]
+    site: TestClient, tenant: Tenant, browser: Browser, peers: list[Any], node: Node
 ):
     await whip(site, host_token(tenant, "star"), ColorVideoTrack(RED), ToneAudioTrack(), opened=peers)
     tab = await browser.open(page_url(site, live_token(tenant, "ann")))
@@ -56,6 +57,8 @@ async def test_a_phone_viewer_watches_over_whep_with_chat_hearts_and_count(
     )
     assert stats["codec"] == "video/H264"
     assert await tab.evaluate("document.getElementById('video').videoWidth") > 0
+    # The WHEP viewer's video and audio go through the native fan-out (gbmedia/sfu/_fanout.c) where it is built.
+    assert node.live_rooms.down_tracks_by_path()["native" if fanout.native is not None else "python"] == 2
     assert await tab.evaluate("document.getElementById('host-name').textContent") == "Star"
     await tab.wait_for("document.getElementById('viewer-count').textContent === '1'", timeout=STATE_TIMEOUT)
 

@@ -14,6 +14,7 @@ from urllib.parse import urlencode
 from aiohttp.test_utils import TestClient
 
 from gbmedia.node import Node
+from gbmedia.sfu import fanout
 from gbmedia.tenancy.tokens import Grants, mint_token
 from tests.browser import Browser, Tab
 from tests.helpers import OPERATOR, Tenant
@@ -154,6 +155,10 @@ async def test_two_tabs_see_and_hear_each_other_and_a_late_joiner_sees_both(
         await wait_decoding(carol, name)
         await wait_hearing(carol, name)
     carol.assert_no_errors()
+    # All twelve down tracks (each tab receives the two others' camera and microphone) went through the
+    # native fan-out (gbmedia/sfu/_fanout.c), the default wherever it is built (scripts/test builds it).
+    path = "native" if fanout.native is not None else "python"
+    assert node.live_rooms.down_tracks_by_path()[path] == 12
 
 
 async def test_muting_shows_on_the_other_page(site: TestClient, tenant: Tenant, browser: Browser):
