@@ -92,6 +92,7 @@ _RECEIVER_ATTRS = (
 )
 _SENDER_ATTRS = (
     "_ssrc",
+    "_send_rtcp",
     "_RTCRtpSender__rtp_header_extensions_map",
     "_RTCRtpSender__rtp_history",
     "_RTCRtpSender__mid",
@@ -463,6 +464,8 @@ class RawSender:
         self.native: tuple[Any, bytes, int] | None = None
         self.ssrc: int = sender._ssrc
         self.payload_type = payload_type
+        # aiortc's sender reports (its RTCP loop, once a second or so) leave by the same short way as the RTP.
+        sender._send_rtcp = self._send_rtcp  # type: ignore[method-assign]
 
     @property
     def ready(self) -> bool:
@@ -510,6 +513,15 @@ class RawSender:
             self.transmit(data)
         self.count(payload_size)
         return True
+
+    async def _send_rtcp(self, packets: list[Any]) -> None:
+        """aiortc's ``RTCRtpSender._send_rtcp`` without its four coroutines per packet (transport, ICE,
+        aioice, the protocol): protect with the transport's own SRTCP session and hand the datagram
+        to the nominated pair's socket. Per subscriber and second that was most of the Python left."""
+        if not self.connected():
+            return  # aiortc's would raise ConnectionError and drop it, as here
+        sendto, address, _ = self._route  # type: ignore[misc]
+        sendto(self._dtls._tx_srtp.protect_rtcp(b"".join([bytes(p) for p in packets])), address)
 
     def transmit(self, data: bytes) -> None:
         """The Python path's protect and send (after :meth:`connected`)."""

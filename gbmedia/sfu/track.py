@@ -25,7 +25,7 @@ KEYFRAME_REQUEST_INTERVAL = 0.5  # seconds: at most two PLIs a second reach a pu
 LAYER_ACTIVE_SECONDS = 1.0  # a layer with no packet for this long is not flowing (paused, or lost)
 # Settled native down tracks are asked again this often (and on every keyframe): a layer may have
 # stopped flowing, the sender reports want counts. Each ask costs a Python call per down track.
-REVIEW_INTERVAL = 0.25
+REVIEW_INTERVAL = 0.5
 DYNACAST_PAUSE_DELAY = 2.0  # a layer nobody wants is paused only after this long (no flapping)
 
 # What a layer is assumed to need before it was measured (bits/s; web/room's maxBitrate values).
