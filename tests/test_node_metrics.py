@@ -13,6 +13,7 @@ from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from gbmedia.node import Node
+from gbmedia.sfu import fanout
 from tests.helpers import Tenant
 from tests.messaging.test_chat_socket import ChatClient, conversation_of
 from tests.messaging.test_chat_socket import token as chat_token
@@ -70,6 +71,11 @@ async def test_a_session_moves_the_media_join_and_quality_metrics(rtc, tenant: T
     assert value(during, "gbmedia_rtp_packets_received_total") > 50
     assert value(during, "gbmedia_rtp_bytes_received_total") > value(during, "gbmedia_rtp_packets_received_total")
     assert value(during, "gbmedia_rtp_bytes_forwarded_total") > value(during, "gbmedia_rtp_packets_forwarded_total")
+    # Bob's two down tracks go through the native fan-out where it is built; loopback drops nothing.
+    path = "native" if fanout.native is not None else "python"
+    assert value(during, "gbmedia_down_tracks_by_path", path=path) == 2
+    assert value(during, "gbmedia_down_tracks_by_path", path={"native": "python", "python": "native"}[path]) == 0
+    assert value(during, "gbmedia_rtp_send_drops_total") == 0
     for kind in ("audio", "video"):  # loopback loses nothing: every observation in the lowest bucket
         count = value(during, "gbmedia_media_loss_ratio_count", kind=kind)
         assert value(during, "gbmedia_media_loss_ratio_bucket", kind=kind, le="0.0") == count

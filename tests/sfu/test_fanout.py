@@ -14,6 +14,8 @@ import asyncio
 import contextlib
 import logging
 import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -404,3 +406,78 @@ async def test_a_node_without_the_extension_says_so_and_forwards_in_python(
                 await bob.close()
     finally:
         await node.stop()
+
+
+async def test_a_settled_native_down_track_is_not_asked_per_packet_and_still_pauses_and_resumes(muxes, monkeypatch):
+    fast, _ = muxes
+    server, client = PublisherPeer("alice", address=address(fast)), RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    sub_server, viewer = SubscriberPeer("bob", address=address(fast)), Receiving()
+    try:
+        client.addTrack(ColorVideoTrack(GREEN))
+        added, _ = await publish(server, client)
+        video = added[0]
+        down = sub_server.add(video)
+        await subscribe(sub_server, viewer)
+        await wait_for(lambda: len(viewer.video(video.id)) >= 5, within=20)
+        # Forwarding on, nothing to decide: C sends every packet, Python only reviews.
+        await wait_for(lambda: down.settled and down not in video.deciding and video.native_links == [down._link])
+        written: list[int] = []
+        real_write = DownTrack.write
+
+        def counted(self: DownTrack, out, now: float) -> None:  # type: ignore[no-untyped-def]
+            written.append(out.packet.sequence_number)
+            real_write(self, out, now)
+
+        monkeypatch.setattr(DownTrack, "write", counted)
+        before = down.packets_out
+        await wait_for(lambda: down.packets_out >= before + 60)
+        assert len(written) < 20  # keyframes and reviews (every 0.5 s), not the 60+ packets sent meanwhile
+
+        # A pause stops the C sending at once; a resume waits for a keyframe, then the picture is back.
+        down.set_preferences(paused=True)
+        assert down._link.layer == -1
+        await asyncio.sleep(0.3)
+        paused_at = down.packets_out
+        frames = len(viewer.video(video.id))
+        await asyncio.sleep(0.7)
+        assert down.packets_out == paused_at
+        down.set_preferences(paused=False)
+        await wait_for(lambda: len(viewer.video(video.id)) >= frames + 10, within=20)
+        assert close_to(mean_rgb(viewer.video(video.id)[-1]), GREEN)
+        await wait_for(lambda: down.settled)
+
+        # Unsubscribing hands the numbering back to the slot: a later track on it continues from there.
+        link = down._link
+        sub_server.remove(down)
+        assert link not in video.native_links and down not in video.deciding
+        assert (down.slot.last_seq, down.slot.last_ts) == (link.last_seq, link.last_ts)
+    finally:
+        await viewer.close()
+        await sub_server.close()
+        await client.close()
+        await server.close()
+
+
+def test_the_srtp_library_is_pylibsrtps_and_the_system_one_protects_byte_for_byte_alike():
+    """The extension protects with the libsrtp that pylibsrtp carries (OpenSSL); where that cannot load it
+    falls back to Debian's libsrtp2 (NSS), says so, and the packets are the same either way."""
+    native()
+    assert fanout.LIBRARY.startswith("libsrtp2 2.") and "pylibsrtp" in fanout.LIBRARY
+    key = os.urandom(30)
+    packet = bytes([0x80, 96, 0, 9, 0, 0, 1, 0, 0, 0, 0, 7]) + os.urandom(1000)
+    script = (
+        "import sys, logging; logging.basicConfig(level=logging.INFO); sys.modules['pylibsrtp._binding'] = None\n"
+        "from gbmedia.sfu import fanout\n"
+        "print(fanout.LIBRARY)\n"
+        f"print(fanout.native.Session(bytes.fromhex('{key.hex()}'), 1).protect(bytes.fromhex('{packet.hex()}')).hex())\n"
+        "try:\n"
+        "    fanout.native.use_library('/lib/x86_64-linux-gnu/libc.so.6')\n"
+        "except fanout.native.Error as exc:\n"
+        "    print(exc)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True)
+    library, protected, refused = done.stdout.splitlines()
+    assert library == "libsrtp2 (system)"
+    assert "protecting with the system libsrtp2" in done.stderr
+    assert bytes.fromhex(protected) == native().Session(key, 1).protect(packet)  # type: ignore[attr-defined]
+    assert "has no srtp_init: not libsrtp 2" in refused  # a library without libsrtp is refused
