@@ -10,6 +10,11 @@ packets and frames (marker bits) through :func:`gbmedia.sfu.aiortc_adapter.tap_r
 they never decode. ``--servers gbmedia,gbmedia-python,janus`` runs the same load against
 gbmedia's Python fan-out path and Janus 1.1.2 too (``bench.lib.janus``).
 
+``--video 2160p`` publishes a 3840x2160 30 fps VP8 stream at 15-20 Mbps instead (issue 20's 4K
+row): aiortc cannot encode that live, so ffmpeg encodes a 10 s clip once before the run (cached
+in ``--cache-dir``, checked with ffprobe) and the publisher replays its packets at the clip's frame
+rate without encoding (``bench.lib.clip``, ``bench.lib.media.ReplayVideoTrack``).
+
 For every N the benchmark warms up, then measures over a window: the server
 process's CPU time (utime + stime of all its threads, from /proc; the embedded
 PostgreSQL is a separate process and is reported apart), the packets the publisher
@@ -18,6 +23,7 @@ subscriber received. It prints tables and JSON. It asserts nothing about time: i
 is a measurement.
 
     python -m bench.forwarding --subscribers 1,4,16,32 --seconds 15
+    python -m bench.forwarding --servers gbmedia --video 2160p --subscribers 16 --seconds 8
     python -m bench.forwarding --smoke
 """
 
@@ -35,7 +41,7 @@ from typing import Any
 import aiohttp
 import aiortc
 
-from bench.lib import fanout
+from bench.lib import clip, fanout
 from bench.lib.cli import add_server_options, cpu_list
 from bench.lib.errors import BenchError
 from bench.lib.fanout import add_marginals
@@ -186,7 +192,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--janus-binary", default=JANUS_BINARY, help="default /usr/bin/janus")
     parser.add_argument("--seconds", type=float, default=15.0, help="measurement window per N (default 15)")
     parser.add_argument("--warmup", type=float, default=5.0, help="warm-up per N before measuring (default 5)")
-    parser.add_argument("--bitrate", type=int, default=1_000_000, help="publisher encoder bitrate (default 1e6)")
+    parser.add_argument(
+        "--bitrate", type=int, default=1_000_000, help="publisher encoder bitrate (default 1e6; vga only)"
+    )
+    parser.add_argument(
+        "--video",
+        choices=list(clip.VIDEOS),
+        default="vga",
+        help="what the publisher sends: vga, 640x480 VP8 encoded live at --bitrate (default); 2160p, a "
+        "3840x2160 30 fps VP8 clip at about 18 Mbps, encoded once with ffmpeg and replayed at its real rate",
+    )
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=clip.default_cache_dir(),
+        help="where the 2160p clip is kept between runs, named by its parameters (default ~/.cache/gbmedia-bench)",
+    )
     parser.add_argument("--per-process", type=int, default=8, help="subscribers per worker process (default 8)")
     parser.add_argument(
         "--clear-subscribers",
@@ -255,7 +276,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.baseline and 0 not in args.counts:
         args.counts = [0, *args.counts]
     args.fps_label = "30 fps"
+    args.clip = args.clip_info = None  # set by prepare_video (2160p)
     return args
+
+
+def prepare_video(args: argparse.Namespace) -> None:
+    """For a clip video (2160p): the clip from the cache, encoded first where missing, its probe printed;
+    ``args.clip`` then names the file the publishers replay. Nothing to do for vga (encoded live)."""
+    spec = clip.VIDEOS[args.video]
+    if spec is None:
+        return
+    print(f"[clip] {spec.key()} in {args.cache_dir} ...", file=sys.stderr)
+    t0 = time.monotonic()
+    info, encoded = clip.ensure_clip(spec, args.cache_dir)
+    how = f"encoded in {time.monotonic() - t0:.1f} s" if encoded else "cached"
+    print(f"  {how}: {clip.describe(info)}", file=sys.stderr)
+    args.clip, args.clip_info = info.path, info
 
 
 async def measure_server(
@@ -331,6 +367,7 @@ async def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
     targets: list[Target] = []
     cancel_on_sigterm()
     load_before = os.getloadavg()
+    await asyncio.to_thread(prepare_video, args)
     with workdir("gbmedia-bench-", args.keep) as tmp:
         try:
             async with aiohttp.ClientSession() as session:
@@ -358,11 +395,7 @@ async def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
             "subscribers": args.counts,
             "seconds": args.seconds,
             "warmup": args.warmup,
-            "bitrate": args.bitrate,
-            "width": 640,
-            "height": 480,
-            "fps": 30,
-            "codec": "VP8",
+            **video_config(args),
             "per_process": args.per_process,
             "extend": args.extend,
             "pin_server": sorted(args.pin_server) if args.pin_server else None,
@@ -375,6 +408,23 @@ async def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
         },
         "rows": rows,
         "summary": summarize(rows, args.servers),
+    }
+
+
+def video_config(args: argparse.Namespace) -> dict[str, Any]:
+    """The published stream in the JSON ``config``: size and bitrate as encoded live (vga), or as ffprobe
+    measured the replayed clip (2160p, with the clip's details)."""
+    info: clip.ClipInfo | None = args.clip_info
+    if info is None:
+        return {"video": args.video, "bitrate": args.bitrate, "width": 640, "height": 480, "fps": 30, "codec": "VP8"}
+    return {
+        "video": args.video,
+        "bitrate": round(info.bitrate),
+        "width": info.width,
+        "height": info.height,
+        "fps": info.fps,
+        "codec": info.codec.upper(),
+        "clip": info.as_json(),
     }
 
 

@@ -114,13 +114,24 @@ def profile_summary(path: Path, top: int = 15) -> list[str]:
 # --- output -------------------------------------------------------------------------
 
 
+def stream_label(args: argparse.Namespace) -> str:
+    """What the publisher sends, for a table's title: the live encoder's pinned bitrate (vga), or the
+    replayed clip's size and real bitrate as ffprobe measured it (2160p), not ``--bitrate``."""
+    info = args.clip_info
+    if info is None:
+        return f"640x480 VP8, {args.fps_label}, encoder fixed at {args.bitrate / 1e6:.2f} Mbps"
+    return (
+        f"{info.width}x{info.height} {info.codec.upper()}, {info.fps:g} fps, {info.bitrate / 1e6:.2f} Mbps "
+        f"clip replayed without encoding"
+    )
+
+
 def print_table(rows: list[dict[str, Any]], args: argparse.Namespace, name: str = "gbmedia") -> None:
     """One server's two tables (figures, context) and their legend; for gbmedia, the transcoding reference."""
     process = "the gbmedia serve process" if name.startswith("gbmedia") else f"the {name} process"
     print()
     print(
-        f"{name} forwarding: 1 publisher (640x480 VP8, {args.fps_label}, encoder fixed at "
-        f"{args.bitrate / 1e6:.2f} Mbps) -> N subscribers counting RTP without decoding; "
+        f"{name} forwarding: 1 publisher ({stream_label(args)}) -> N subscribers counting RTP without decoding; "
         f"{args.seconds:.0f} s window after {args.warmup:.0f} s warm-up; server CPU = utime+stime of "
         f"{process}, all threads; {os.cpu_count()} cores."
     )
@@ -199,8 +210,8 @@ def print_table(rows: list[dict[str, Any]], args: argparse.Namespace, name: str 
         "the server's threads were ready but waited for a CPU.",
     ]
     print("Legend: " + "\n        ".join(legend))
-    if name != "gbmedia":
-        return
+    if name != "gbmedia" or args.clip_info is not None:
+        return  # the transcoding reference was measured on the 640x480 stream only
     marginal = [
         r["marginal_ms_per_frame_per_subscriber"] for r in rows if r["marginal_ms_per_frame_per_subscriber"] is not None
     ]

@@ -13,6 +13,7 @@ import asyncio
 import fractions
 import math
 import time
+from pathlib import Path
 from typing import Any
 
 import av
@@ -142,6 +143,48 @@ class MovingVideo(MediaStreamTrack):
         return frame
 
 
+class ReplayVideoTrack(MediaStreamTrack):
+    """A pre-encoded clip's packets (``bench.lib.clip``), replayed in a loop at the clip's frame rate.
+
+    aiortc's sender packetizes an ``av.Packet`` without encoding it (``Vp8Encoder.pack``), so the
+    publisher spends no CPU on pixels. aiortc's own ``MediaPlayer(decode=False, loop=True)`` is not
+    used: after its first loop the timestamps start again from 0, so its throttle stops waiting and
+    the clip goes out as fast as it is read, with RTP timestamps jumping back. Here the packets
+    are read once into memory, and frame ``i`` goes out at ``start + i / fps`` with a timestamp that
+    keeps growing across loops (the clip starts with a keyframe, so a loop is a clean cut).
+    """
+
+    kind = "video"
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            rate = stream.average_rate or stream.guessed_rate
+            self.fps = float(rate) if rate else 30.0
+            self._packets = [bytes(p) for p in container.demux(stream) if p.size]
+        if not self._packets:
+            raise ValueError(f"{path}: no video packets")
+        self._ticks = VIDEO_CLOCK_RATE / self.fps  # RTP clock ticks per frame
+        self._start: float | None = None
+        self._index = 0
+        self.produced = 0
+
+    async def recv(self) -> av.Packet:
+        if self._start is None:
+            self._start = time.monotonic()
+        else:
+            self._index += 1
+            wait = self._start + self._index / self.fps - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+        packet = av.Packet(self._packets[self._index % len(self._packets)])
+        packet.pts = round(self._index * self._ticks)
+        packet.time_base = VIDEO_TIME_BASE
+        self.produced += 1
+        return packet
+
+
 class FixedBitrateVp8Encoder(Vp8Encoder):
     """aiortc's VP8 encoder with a target bitrate that REMB cannot change.
 
@@ -168,3 +211,9 @@ class FixedBitrateVp8Encoder(Vp8Encoder):
         self.frames += 1
         self.forced_keyframes += bool(force_keyframe)
         return super().encode(frame, force_keyframe)
+
+    def pack(self, packet: av.Packet) -> tuple[list[bytes], int]:
+        """A pre-encoded frame (``ReplayVideoTrack``): counted as a frame sent like an encoded one, so the
+        publisher's frame rate reads the same either way; nothing is forced (a replay cannot make keyframes)."""
+        self.frames += 1
+        return super().pack(packet)

@@ -1,7 +1,8 @@
 """Publishers: the one sender of a run, in the orchestrator's process (or an HLS worker's).
 
-``Publisher`` sends pinned-bitrate VP8 over gbmedia's ``/rtc`` and keeps pinging the
-server all along (the reply time is the server's event-loop lag, beside its CPU);
+``Publisher`` sends pinned-bitrate VP8 over gbmedia's ``/rtc`` (or replays a pre-encoded
+clip: ``bench.lib.clip``, 4K) and keeps pinging the server all along (the reply time is
+the server's event-loop lag, beside its CPU);
 ``JanusPublisher`` is the same over Janus's VideoRoom, only the signaling differs;
 ``AvPublisher`` sends video and audio into a ``live`` room for the HLS packager.
 """
@@ -14,24 +15,28 @@ import asyncio
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import aiohttp
-from aiortc import RTCPeerConnection, RTCRtpSender, RTCSessionDescription
+from aiortc import MediaStreamTrack, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 
 from bench.lib import janus
 from bench.lib.errors import BenchError
-from bench.lib.media import FixedBitrateVp8Encoder, MovingVideo, PlasmaVideoTrack, ToneAudioTrack
+from bench.lib.media import FixedBitrateVp8Encoder, MovingVideo, PlasmaVideoTrack, ReplayVideoTrack, ToneAudioTrack
 from bench.lib.rtc import NO_STUN, prefer_codec, wait_connected
 from bench.lib.signaling import Signaling
 
 
 class Publisher:
-    """One VP8 video track (``PlasmaVideoTrack``, the encoder pinned at ``bitrate``) published over ``/rtc``."""
+    """One VP8 video track published over ``/rtc``: ``PlasmaVideoTrack`` with the encoder pinned at
+    ``bitrate``, or, given ``clip``, that VP8 file's packets replayed at its frame rate without encoding
+    (``ReplayVideoTrack``; ``bitrate`` then unused: the clip's own is what goes out)."""
 
-    def __init__(self, bitrate: int, width: int = 640, height: int = 480) -> None:
+    def __init__(self, bitrate: int, width: int = 640, height: int = 480, clip: Path | None = None) -> None:
         self.bitrate = bitrate
         self.pc = RTCPeerConnection(NO_STUN)
-        self.track = PlasmaVideoTrack(width, height)
+        self.track: MediaStreamTrack = PlasmaVideoTrack(width, height) if clip is None else ReplayVideoTrack(clip)
+        # Also the packer of a replayed clip: its frame counter then counts the frames replayed.
         self.encoder = FixedBitrateVp8Encoder(bitrate)
         self.signaling: Signaling | None = None
         self.sender: RTCRtpSender | None = None
@@ -124,7 +129,7 @@ class Publisher:
             await self.signaling.leave()
 
     async def counters(self) -> dict[str, float]:
-        """What it sent so far: packets and bytes (``getStats``), frames encoded and keyframes forced."""
+        """What it sent so far: packets and bytes (``getStats``), frames encoded (or replayed) and keyframes forced."""
         packets = octets = 0
         if self.sender is not None:
             for stats in (await self.sender.getStats()).values():
@@ -151,8 +156,8 @@ class JanusPublisher(Publisher):
     """The same publisher, signaled over Janus's HTTP API: VideoRoom ``join`` as a publisher, ``publish``
     with the offer; the answer comes in the event. Its pings are Janus ``ping`` requests."""
 
-    def __init__(self, bitrate: int) -> None:
-        super().__init__(bitrate)
+    def __init__(self, bitrate: int, clip: Path | None = None) -> None:
+        super().__init__(bitrate, clip=clip)
         self.janus: janus.JanusSession | None = None
         self.feed_id = 0
 

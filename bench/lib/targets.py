@@ -48,7 +48,7 @@ class GbmediaTarget:
         )
 
     async def publish(self, session: aiohttp.ClientSession, args: argparse.Namespace) -> Publisher:
-        publisher = Publisher(args.bitrate)
+        publisher = Publisher(args.bitrate, clip=args.clip)
         token = mint_token(self.key, self.secret, "publisher", Grants.participant(ROOM))
         await publisher.start(session, self.server.url, token, args.join_timeout)
         return publisher
@@ -96,7 +96,7 @@ class JanusTarget:
         )
 
     async def publish(self, session: aiohttp.ClientSession, args: argparse.Namespace) -> Publisher:
-        publisher = JanusPublisher(args.bitrate)
+        publisher = JanusPublisher(args.bitrate, clip=args.clip)
         await publisher.start(session, self.server.url, self.room, args.join_timeout)
         self.feed = publisher.feed_id
         return publisher

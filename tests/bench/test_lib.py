@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import itertools
 import os
 import socket
 import subprocess
@@ -18,15 +19,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import av
+import numpy as np
 import pytest
 
-from bench.lib import chat_report, forwarding_report, janus, proc, profile, report, runner
+from bench import forwarding
+from bench.lib import chat_report, clip, forwarding_report, janus, proc, profile, report, runner
 from bench.lib.chatclient import Plan
 from bench.lib.cli import cpu_list, env_pair
 from bench.lib.errors import BenchError
 from bench.lib.fanout import Snapshot, add_marginals, measure
 from bench.lib.hlsplayer import Stats
-from bench.lib.media import AUDIO_SAMPLES, audio_frame
+from bench.lib.media import AUDIO_SAMPLES, ReplayVideoTrack, audio_frame
 from bench.lib.server import parse_metrics
 from bench.lib.signaling import ws_url
 from bench.lib.stats import cpu_delta, percentile, percentile_ms
@@ -425,6 +429,91 @@ def test_add_server_count_prefers_the_servers_own_count() -> None:
     unread = row("gbmedia", 8, 5.0, 800.0)
     forwarding_report.add_server_count(unread, None, (10.0, 8800))
     assert unread["packets_counted_by"] == "subscribers" and unread["forwarded_packets_per_s"] == 800.0
+
+
+# --- the 4K clip (bench.forwarding --video 2160p) --------------------------------------------------------------
+
+
+def test_the_clip_key_names_every_parameter_that_changes_the_bytes() -> None:
+    assert clip.UHD.key() == "vp8-3840x2160-30fps-10s-18000k-g60-noise12-v1"
+    assert clip.ClipSpec(bitrate=16_000_000).key() != clip.UHD.key()
+    assert clip.ClipSpec(keyframe_seconds=1.0).keyframe_interval == 30
+
+
+def test_the_ffmpeg_command_encodes_vp8_realtime_at_the_pinned_rate(tmp_path: Path) -> None:
+    command = clip.UHD.ffmpeg_command(tmp_path / "out.webm", "/usr/bin/ffmpeg")
+    assert command[0] == "/usr/bin/ffmpeg" and command[-1] == str(tmp_path / "out.webm")
+    options = dict(itertools.pairwise(command))  # each option's name -> the word after it
+    assert options["-i"] == "testsrc2=size=3840x2160:rate=30:duration=10"
+    assert options["-c:v"] == "libvpx" and options["-deadline"] == "realtime" and options["-cpu-used"] == "8"
+    assert options["-b:v"] == options["-minrate"] == options["-maxrate"] == "18000000"
+    assert options["-g"] == options["-keyint_min"] == "60" and options["-threads"] == "2"
+
+
+def probe_json(codec: str = "vp8", size: int = 75_000, frames: int = 300) -> dict[str, Any]:
+    packets = [{"size": str(size), "flags": "K__" if i % 60 == 0 else "___"} for i in range(frames)]
+    stream = {"codec_name": codec, "width": 3840, "height": 2160, "avg_frame_rate": "30/1"}
+    return {"streams": [stream], "packets": [*packets, {"size": "0", "flags": "K__"}]}
+
+
+def test_parse_probe_measures_the_bitrate_from_the_packets_and_problems_checks_it() -> None:
+    info = clip.parse_probe(Path("c.webm"), probe_json())
+    assert (info.frames, info.keyframes, info.seconds) == (300, 5, 10.0)  # the empty packet is not a frame
+    assert info.bitrate == pytest.approx(18e6)  # 75 kB a frame at 30 fps
+    assert clip.problems(info, clip.UHD) == []
+    assert info.as_json()["bitrate"] == 18_000_000
+    thin = clip.parse_probe(Path("c.webm"), probe_json("vp9", size=40_000))
+    assert clip.problems(thin, clip.UHD) == ["codec 'vp9', not vp8", "9.60 Mbps, not within 15-20 Mbps"]
+    with pytest.raises(BenchError):
+        clip.parse_probe(Path("c.webm"), {"streams": []})
+
+
+def test_the_cache_dir_follows_xdg_cache_home(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert clip.default_cache_dir() == tmp_path / "gbmedia-bench"
+
+
+def test_the_forwarding_video_option_defaults_to_vga_and_labels_the_stream() -> None:
+    args = forwarding.parse_args(["--smoke"])
+    assert args.video == "vga" and args.clip is None and args.clip_info is None
+    assert forwarding_report.stream_label(args) == "640x480 VP8, 30 fps, encoder fixed at 1.00 Mbps"
+    assert forwarding.video_config(args) == {
+        "video": "vga",
+        "bitrate": 1_000_000,
+        "width": 640,
+        "height": 480,
+        "fps": 30,
+        "codec": "VP8",
+    }
+    uhd = forwarding.parse_args(["--video", "2160p", "--subscribers", "16"])
+    uhd.clip_info = clip.parse_probe(Path("c.webm"), probe_json(size=66_000))
+    assert forwarding_report.stream_label(uhd) == ("3840x2160 VP8, 30 fps, 15.84 Mbps clip replayed without encoding")
+    config = forwarding.video_config(uhd)
+    assert (config["width"], config["height"], config["bitrate"]) == (3840, 2160, 15_840_000)
+    assert config["clip"]["keyframes"] == 5
+    with pytest.raises(SystemExit):
+        forwarding.parse_args(["--video", "1080p"])
+
+
+def test_the_replay_track_keeps_the_frame_rate_and_its_timestamps_grow_across_loops(tmp_path: Path) -> None:
+    path = tmp_path / "tiny.webm"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libvpx", rate=30)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for i in range(3):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), i * 80, np.uint8), format="rgb24")
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+
+    async def replay() -> tuple[list[int], float]:
+        track = ReplayVideoTrack(path)
+        started = time.monotonic()
+        stamps = [(await track.recv()).pts for _ in range(7)]  # two loops and a bit
+        return stamps, time.monotonic() - started
+
+    stamps, took = asyncio.run(replay())
+    assert stamps == [i * 3000 for i in range(7)]  # 90 kHz ticks at 30 fps, never back to 0
+    assert took >= 6 / 30 - 0.01  # paced: frame i at i / 30 s
 
 
 # --- the chat report -----------------------------------------------------------------------------------------
