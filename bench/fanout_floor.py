@@ -46,14 +46,20 @@ def receive(n: int, host: str, conn: multiprocessing.connection.Connection) -> N
     received = 0
     while not conn.poll():
         for key, _ in selector.select(timeout=0.05):
-            sock = key.fileobj
-            for _ in range(64):
-                try:
-                    sock.recv(2048)  # type: ignore[union-attr]
-                except BlockingIOError:
-                    break
-                received += 1
-    conn.send(received)
+            received += drain(key.fileobj, 64)  # type: ignore[arg-type]
+    conn.send(received + sum(drain(sock) for sock in sockets))  # and what is still queued
+
+
+def drain(sock: socket.socket, most: int = 1 << 30) -> int:
+    """Read up to ``most`` datagrams without waiting; how many were read."""
+    count = 0
+    while count < most:
+        try:
+            sock.recv(2048)
+        except BlockingIOError:
+            break
+        count += 1
+    return count
 
 
 def thread_cpu() -> tuple[float, float]:

@@ -198,3 +198,14 @@ def test_bots_smoke_users_talk_to_a_dialog_over_rtc_chat_and_get_each_answer_onc
     assert result["start"]["replies"] == 5 and result["hear"]["replies"] == 10
     assert result["all"]["p50_ms"] > 0 and result["all"]["p99_ms"] >= result["all"]["p50_ms"]
     assert result["replies_per_s"] > 0 and result["server_cpu_percent"] > 0
+
+
+def test_fanout_floor_smoke_splits_the_native_fan_outs_cpu_into_user_and_kernel() -> None:
+    out = smoke("fanout_floor")
+    assert "The native fan-out alone" in out and "user us/dgram" in out and "sys us/dgram" in out
+    result = last_json(out)
+    (row,) = result["rows"]
+    assert row["subscribers"] == 4 and row["incoming_packets"] > 50
+    assert row["received"] == row["incoming_packets"] * 4  # every datagram reached its receiver
+    assert row["us_per_datagram"] > 0 and result["protect_us_from_python"] > 0
+    assert result["library"].startswith("libsrtp2 2.")
