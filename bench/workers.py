@@ -183,6 +183,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--width", type=int, default=1280)
     parser.add_argument("--height", type=int, default=720)
     parser.add_argument("--per-process", type=int, default=10)
+    live.add_viewer_options(parser)
     parser.add_argument("--nice", type=int, default=10)
     parser.add_argument("--keep-going", action="store_true")
     parser.add_argument("--join-timeout", type=float, default=90.0)

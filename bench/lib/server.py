@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import signal
 import sys
 import time
@@ -225,12 +226,35 @@ def parse_metrics(text: str) -> dict[str, float]:
     return values
 
 
-async def read_metrics(url: str, session: aiohttp.ClientSession | None = None) -> dict[str, float]:
-    """The server's ``/metrics`` (``parse_metrics``): its own counters, read beside the /proc figures."""
+def parse_labeled(text: str, name: str, label: str) -> dict[str, float]:
+    """One metric's samples in Prometheus text by the value of one of its labels: ``parse_labeled(text,
+    "gbmedia_down_tracks_by_path", "path")`` is ``{"native": 600.0, "python": 0.0}``. Samples without the
+    label are left out; several with the same value are summed (``parse_metrics`` sums them all)."""
+    values: dict[str, float] = {}
+    pattern = re.compile(rf'(?:^|[{{,]){re.escape(label)}="((?:[^"\\]|\\.)*)"')
+    for line in text.splitlines():
+        if not line.startswith(name + "{"):
+            continue
+        labels, _, value = line[len(name) :].rpartition(" ")
+        found = pattern.search(labels.strip()[1:-1])
+        if found is None:
+            continue
+        with contextlib.suppress(ValueError):
+            values[found.group(1)] = values.get(found.group(1), 0.0) + float(value)
+    return values
+
+
+async def read_metrics_text(url: str, session: aiohttp.ClientSession | None = None) -> str:
+    """The server's ``/metrics`` as Prometheus text."""
     import aiohttp
 
     async with contextlib.AsyncExitStack() as stack:
         if session is None:
             session = await stack.enter_async_context(aiohttp.ClientSession())
         async with session.get(url.rstrip("/") + "/metrics") as resp:
-            return parse_metrics(await resp.text())
+            return await resp.text()
+
+
+async def read_metrics(url: str, session: aiohttp.ClientSession | None = None) -> dict[str, float]:
+    """The server's ``/metrics`` (``parse_metrics``): its own counters, read beside the /proc figures."""
+    return parse_metrics(await read_metrics_text(url, session))

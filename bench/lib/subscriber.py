@@ -229,10 +229,27 @@ class JanusSubscriber(Subscriber):
             await self.janus.destroy()
 
 
+async def join_all(subscribers: list[Subscriber], concurrency: int | None = None) -> list[BaseException | None]:
+    """Every subscriber's ``join``, at most ``concurrency`` at once (None or 0: all at once): each one's
+    exception, or None where it joined.
+
+    A worker holding a hundred clear subscribers would otherwise open a hundred offers, ICE checks and
+    DTLS handshakes in the same instant, against a server pinned to one core: the handshakes queue up
+    behind each other and time out, which would measure the stampede, not how many viewers it holds."""
+    limit = asyncio.Semaphore(concurrency if concurrency and concurrency > 0 else max(1, len(subscribers)))
+
+    async def one(subscriber: Subscriber) -> None:
+        async with limit:
+            await subscriber.join()
+
+    return list(await asyncio.gather(*(one(s) for s in subscribers), return_exceptions=True))
+
+
 async def serve_subscribers(make: Callable[[aiohttp.ClientSession, dict[str, Any]], list[Subscriber]]) -> None:
     """A subscriber worker process: JSON commands on stdin, one JSON reply line each on stdout.
 
-    ``join`` (``make`` builds its subscribers from the command) answers how many joined; ``snapshot``
+    ``join`` (``make`` builds its subscribers from the command; its ``concurrency``, if any, bounds the
+    joins in flight) answers how many joined; ``snapshot``
     answers every subscriber's counts with this process's CPU and UDP figures; ``leave`` closes them."""
     subscribers: list[Subscriber] = []
     async with aiohttp.ClientSession() as session:
@@ -240,7 +257,7 @@ async def serve_subscribers(make: Callable[[aiohttp.ClientSession, dict[str, Any
             async for command in commands():
                 if command["cmd"] == "join":
                     subscribers = make(session, command)
-                    results = await asyncio.gather(*(s.join() for s in subscribers), return_exceptions=True)
+                    results = await join_all(subscribers, command.get("concurrency"))
                     reply(
                         {
                             "joined": sum(r is None for r in results),

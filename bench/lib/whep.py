@@ -16,7 +16,7 @@ from aiortc import RTCSessionDescription
 
 from bench.lib.errors import BenchError
 from bench.lib.publisher import Publisher
-from bench.lib.rtc import enlarge_receive_buffers
+from bench.lib.rtc import enlarge_receive_buffers, wait_connected
 from bench.lib.signaling import Signaling
 from bench.lib.subscriber import Subscriber
 from gbmedia.sfu.aiortc_adapter import tap_receiver
@@ -71,12 +71,30 @@ class WhipPublisher(Publisher):
 
 
 class WhepViewer(Subscriber):
-    """One WHEP player that counts packets like the ``/rtc`` subscribers (no decoding)."""
+    """One WHEP player that counts packets like the ``/rtc`` subscribers (no decoding).
 
-    def __init__(self, session: aiohttp.ClientSession, url: str, token: str, room: str) -> None:
-        super().__init__(session, url, token)
+    ``clear``: once connected, count from the clear RTP headers without decrypting, as the forwarding
+    benchmark's clear subscribers do (``Subscriber``): the viewer is then cheap enough that one machine
+    can offer a server the hundreds of viewers a live stream has.
+
+    ``connect_timeout``: ``join`` returns only once ICE and DTLS completed (or raises after that many
+    seconds), so that a worker bounding its joins in flight bounds the handshakes the server works on,
+    not only the HTTP exchanges that precede them."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        url: str,
+        token: str,
+        room: str,
+        *,
+        clear: bool = False,
+        connect_timeout: float | None = None,
+    ) -> None:
+        super().__init__(session, url, token, clear=clear)
         self.room = room
         self.location = ""
+        self.connect_timeout = connect_timeout
 
     async def join(self) -> None:
         transceiver = self.pc.addTransceiver("video", direction="recvonly")
@@ -87,6 +105,8 @@ class WhepViewer(Subscriber):
             self.session, f"{self.url}/whep/{self.room}", self.pc.localDescription.sdp, self.token, "WHEP play"
         )
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+        if self.connect_timeout is not None:
+            await wait_connected(self.pc, self.connect_timeout, "a WHEP viewer's")
 
     async def _leave(self) -> None:
         if self.location:

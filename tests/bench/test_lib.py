@@ -31,10 +31,10 @@ from bench.lib.errors import BenchError
 from bench.lib.fanout import Snapshot, add_marginals, measure
 from bench.lib.hlsplayer import Stats
 from bench.lib.media import AUDIO_SAMPLES, ReplayVideoTrack, audio_frame
-from bench.lib.server import parse_metrics
+from bench.lib.server import parse_labeled, parse_metrics
 from bench.lib.signaling import ws_url
 from bench.lib.stats import cpu_delta, percentile, percentile_ms
-from bench.lib.subscriber import PacketCounter
+from bench.lib.subscriber import PacketCounter, Subscriber, join_all
 from bench.lib.websocket import WS_GUID, RawWebSocket
 
 # --- stats ---------------------------------------------------------------------------------------------------
@@ -211,6 +211,20 @@ def test_parse_metrics_sums_label_sets_and_skips_comments() -> None:
         'gbmedia_labelled_total{kind="b"} 3\n'
     )
     assert parse_metrics(text) == {"gbmedia_rtp_packets_forwarded_total": 1500.0, "gbmedia_labelled_total": 5.0}
+
+
+def test_parse_labeled_splits_one_metric_by_one_label() -> None:
+    text = (
+        "# HELP gbmedia_down_tracks_by_path Down tracks sending, by fan-out path\n"
+        'gbmedia_down_tracks_by_path{path="native"} 600\n'
+        'gbmedia_down_tracks_by_path{room="r",path="python"} 2\n'
+        'gbmedia_down_tracks_by_path{room="s",path="python"} 1\n'
+        'gbmedia_down_tracks_by_path{room="t"} 7\n'  # without the label: left out
+        'gbmedia_down_tracks_by_path_total{path="native"} 9\n'  # another metric whose name starts alike
+        'gbmedia_other{path="native"} 5\n'
+    )
+    assert parse_labeled(text, "gbmedia_down_tracks_by_path", "path") == {"native": 600.0, "python": 3.0}
+    assert parse_labeled(text, "gbmedia_absent", "path") == {}
 
 
 def test_ws_url() -> None:
@@ -706,3 +720,63 @@ async def test_raw_websocket_refuses_a_wrong_accept_key() -> None:
     with pytest.raises(BenchError, match="handshake refused"):
         await ws.handshake
     assert transport.closed
+
+
+# --- live: WHEP viewers ---------------------------------------------------------------------------
+
+
+def test_live_join_commands_split_the_tokens_and_share_the_joins_in_flight() -> None:
+    from bench.live import join_commands
+
+    tokens = [f"t{i}" for i in range(120)]
+    joins = join_commands("http://s", tokens, 50, True, 16, 30.0)
+    assert [len(j["tokens"]) for j in joins] == [50, 50, 20]
+    assert [t for j in joins for t in j["tokens"]] == tokens
+    assert {j["concurrency"] for j in joins} == {5}  # 16 in flight over 3 workers
+    assert all(j["cmd"] == "join" and j["clear"] and j["connect_timeout"] == 30.0 for j in joins)
+    many = join_commands("http://s", tokens, 1, False, 16, 30.0)
+    assert len(many) == 120 and {j["concurrency"] for j in many} == {1}  # never below one
+    assert join_commands("http://s", [], 50, True, 16, 30.0) == []
+
+
+async def test_join_all_keeps_at_most_the_concurrency_in_flight_and_returns_each_outcome() -> None:
+    in_flight = peak = 0
+
+    class Fake:
+        def __init__(self, fail: bool) -> None:
+            self.fail = fail
+
+        async def join(self) -> None:
+            nonlocal in_flight, peak
+            in_flight += 1
+            peak = max(peak, in_flight)
+            await asyncio.sleep(0.01)
+            in_flight -= 1
+            if self.fail:
+                raise BenchError("refused")
+
+    fakes: list[Any] = [Fake(fail=i == 3) for i in range(10)]
+    subscribers: list[Subscriber] = fakes
+    results = await join_all(subscribers, 3)
+    assert peak == 3
+    assert [r is None for r in results] == [i != 3 for i in range(10)]
+    assert isinstance(results[3], BenchError)
+    peak = 0
+    await join_all(subscribers, None)  # unbounded: all at once
+    assert peak == 10
+
+
+def test_live_summary_takes_viewers_per_core_from_the_steps_that_held() -> None:
+    from bench.live import GOAL_VIEWERS_PER_CORE, LIVEKIT_VIEWERS_PER_VCPU, summary
+
+    rows: list[dict[str, Any]] = [
+        {"subscribers": 0, "server_cpu_percent": 20.0, "holds": None, "publisher_fps": 30.0},
+        {"subscribers": 300, "server_cpu_percent": 50.0, "holds": True, "publisher_fps": 30.0},
+        # the publisher dropped out: the server spent nothing, which says nothing per viewer
+        {"subscribers": 600, "server_cpu_percent": 5.0, "holds": False, "publisher_fps": 0.0},
+    ]
+    result = summary(rows)
+    assert result["max_viewers_held"] == 300 and result["server_cpu_percent_at_max"] == 50.0
+    assert result["viewers_per_core_used"] == 600.0 and result["viewers_per_core_from_average"] == 600.0
+    assert (result["livekit_viewers_per_vcpu"], result["goal_viewers_per_core"]) == (204, 1000)
+    assert (LIVEKIT_VIEWERS_PER_VCPU, GOAL_VIEWERS_PER_CORE) == (204, 1000)

@@ -94,6 +94,12 @@ def test_live_smoke_plays_two_whep_viewers_and_gives_a_verdict() -> None:
     assert row["forwarded_packets_per_s"] > 0 and row["fps_min"] > 0
     assert row["verdict"] in ("holds", "inconclusive", "fails")
     assert isinstance(result["summary"]["max_viewers_held"], int)
+    # Clear viewers (the default): both counted their packets from the clear RTP headers, undecrypted,
+    # and the server sent to them on its native fan-out (its /metrics, read after the window).
+    assert result["config"]["clear_viewers"] is True
+    assert row["viewers_clear"] == 2
+    assert row["down_tracks_native"] == 2 and row["down_tracks_python"] == 0
+    assert "viewers/core" in out and "Goal: 1000 viewers per core" in out
 
 
 def test_chat_smoke_persists_and_delivers_every_message(tmp_path: Path) -> None:
