@@ -25,6 +25,7 @@ from bench.lib.errors import BenchError
 from bench.lib.media import FixedBitrateVp8Encoder, MovingVideo, PlasmaVideoTrack, ReplayVideoTrack, ToneAudioTrack
 from bench.lib.rtc import NO_STUN, prefer_codec, wait_connected
 from bench.lib.signaling import Signaling
+from gbmedia.sfu.aiortc_adapter import keep_consent_on
 
 
 class Publisher:
@@ -101,6 +102,7 @@ class Publisher:
             {"type": "publish", "sdp": offer, "tracks": {mid: {"source": "camera", "name": "bench"}}},
             timeout=timeout,
         )
+        keep_consent_on(self.pc)  # as tolerant of a late consent answer as a browser
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=reply["sdp"], type="answer"))
         self.track_id = reply["tracks"][0]["id"]
         await self._connected(timeout)
@@ -175,6 +177,7 @@ class JanusPublisher(Publisher):
         reply = await self.janus.message(handle, {"request": "publish"}, janus.jsep("offer", offer), timeout=timeout)
         if "jsep" not in reply:
             raise BenchError(f"janus answered the publisher without an SDP: {reply}")
+        keep_consent_on(self.pc)  # as tolerant of a late consent answer as a browser
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=reply["jsep"]["sdp"], type="answer"))
         self.track_id = f"janus-feed-{self.feed_id}"
         await self._connected(timeout)

@@ -28,7 +28,7 @@ from bench.lib.proc import cpu_seconds, udp_sockets
 from bench.lib.rtc import NO_STUN, enlarge_receive_buffers
 from bench.lib.signaling import Signaling
 from bench.lib.workers import commands, reply
-from gbmedia.sfu.aiortc_adapter import read_rtp_in_the_clear, tap_receiver
+from gbmedia.sfu.aiortc_adapter import keep_consent_on, read_rtp_in_the_clear, tap_receiver
 from gbmedia.sfu.codecs import is_keyframe
 
 
@@ -156,6 +156,7 @@ class Subscriber:
         sdp, removed = janus.strip_rtx(sdp)
         self.rtx_removed += removed
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+        keep_consent_on(self.pc)  # as tolerant of a late consent answer as a browser
         for transceiver in self.pc.getTransceivers():
             receiver = transceiver.receiver
             if id(receiver) not in self._tapped:
