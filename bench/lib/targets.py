@@ -41,7 +41,8 @@ class GbmediaTarget:
 
     async def start(self, session: aiohttp.ClientSession) -> str:
         await self.server.start()
-        self.key, self.secret = await create_tenant(session, self.server.url)
+        # Enterprise: rooms of up to 1,000 participants (pro allows 300; the table goes to 512 subscribers).
+        self.key, self.secret = await create_tenant(session, self.server.url, tier="enterprise")
         return (
             f"gbmedia serve on {self.server.url}, pid {self.server.pid}, "
             f"embedded PostgreSQL pid {self.server.postgres_pid()}"
