@@ -215,6 +215,7 @@ class AvPublisher:
         reply = await self.signaling.request({"type": "publish", "sdp": self.pc.localDescription.sdp, "tracks": {}})
         if reply["type"] != "publish_answer":
             raise BenchError(f"publish refused: {reply}")
+        keep_consent_on(self.pc)  # as tolerant of a late consent answer as a browser
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=reply["sdp"], type="answer"))
 
     async def close(self) -> None:

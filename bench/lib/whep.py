@@ -19,7 +19,7 @@ from bench.lib.publisher import Publisher
 from bench.lib.rtc import enlarge_receive_buffers, wait_connected
 from bench.lib.signaling import Signaling
 from bench.lib.subscriber import Subscriber
-from gbmedia.sfu.aiortc_adapter import tap_receiver
+from gbmedia.sfu.aiortc_adapter import keep_consent_on, tap_receiver
 
 SDP = {"Content-Type": "application/sdp"}
 
@@ -59,6 +59,7 @@ class WhipPublisher(Publisher):
         self.signaling = await Signaling.connect(session, url)
         _, offer = await self._offer()
         self.location, answer = await exchange(session, f"{url}/whip/{self.room}", offer, token, "WHIP publish")
+        keep_consent_on(self.pc)  # as tolerant of a late consent answer as a browser (or OBS)
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
         self.track_id = self.location.rsplit("/", 1)[-1]
         await self._connected(timeout)
@@ -104,6 +105,7 @@ class WhepViewer(Subscriber):
         self.location, answer = await exchange(
             self.session, f"{self.url}/whep/{self.room}", self.pc.localDescription.sdp, self.token, "WHEP play"
         )
+        keep_consent_on(self.pc)  # as tolerant of a late consent answer as a browser
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
         if self.connect_timeout is not None:
             await wait_connected(self.pc, self.connect_timeout, "a WHEP viewer's")
