@@ -64,7 +64,7 @@ from bench.lib.report import fmt, machine_info, print_json
 from bench.lib.runner import cancel_on_sigterm, run_benchmark, workdir
 from bench.lib.subscriber import JanusSubscriber, Subscriber, serve_subscribers
 from bench.lib.targets import TARGETS, Target
-from bench.lib.workers import WorkerProcess, running
+from bench.lib.workers import WorkerProcess, counting_worker, running
 
 # --- the subscriber workers ------------------------------------------------------------
 
@@ -81,14 +81,14 @@ def make_subscribers(session: aiohttp.ClientSession, command: dict[str, Any]) ->
 
 def worker(index: int, log_path: Path, nice: int, clear: bool) -> WorkerProcess:
     """The orchestrator's handle on one subscriber worker process."""
-    return WorkerProcess(
+    return counting_worker(
         index,
         log_path,
         nice,
         module="bench.forwarding",
         what="subscriber worker",
-        stop_command="leave",
-        args=("--worker", "--clear-subscribers" if clear else "--no-clear-subscribers"),
+        flag="clear-subscribers",
+        clear=clear,
     )
 
 

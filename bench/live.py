@@ -59,7 +59,7 @@ from bench.lib.runner import cancel_on_sigterm, run_benchmark, workdir
 from bench.lib.server import Server, create_tenant, parse_labeled, read_metrics_text
 from bench.lib.subscriber import Subscriber, serve_subscribers
 from bench.lib.whep import WhepViewer, WhipPublisher
-from bench.lib.workers import WorkerProcess, running
+from bench.lib.workers import WorkerProcess, counting_worker, running
 from gbmedia.tenancy.tokens import Grants, mint_token
 
 ROOM = "bench-live"
@@ -82,14 +82,8 @@ def make_viewers(session: aiohttp.ClientSession, command: dict[str, Any]) -> lis
 
 def worker(index: int, log_path: Path, nice: int, clear: bool) -> WorkerProcess:
     """The orchestrator's handle on one viewer worker process (``clear``: it runs on asyncio's own loop)."""
-    return WorkerProcess(
-        index,
-        log_path,
-        nice,
-        module="bench.live",
-        what="viewer worker",
-        stop_command="leave",
-        args=("--worker", "--clear-viewers" if clear else "--no-clear-viewers"),
+    return counting_worker(
+        index, log_path, nice, module="bench.live", what="viewer worker", flag="clear-viewers", clear=clear
     )
 
 

@@ -87,6 +87,22 @@ class WorkerProcess(Child):
         self.close_log()
 
 
+def counting_worker(
+    index: int, log_path: Path, nice: int, *, module: str, what: str, flag: str, clear: bool
+) -> WorkerProcess:
+    """A worker of ``module`` whose receivers count RTP (``--<flag>``: from the clear header; ``--no-<flag>``:
+    through aiortc), one of the forwarding and live benchmarks' subscriber or viewer processes."""
+    return WorkerProcess(
+        index,
+        log_path,
+        nice,
+        module=module,
+        what=what,
+        stop_command="leave",
+        args=("--worker", f"--{flag}" if clear else f"--no-{flag}"),
+    )
+
+
 @contextlib.asynccontextmanager
 async def running(
     workers: Sequence[WorkerProcess], live: list[WorkerProcess] | None = None
