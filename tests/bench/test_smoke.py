@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import service_missing
+from tests.conftest import IN_CI, service_missing
 
 ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT = 300  # seconds; a smoke run takes 5-30 s on a quiet 2-core machine
@@ -53,32 +53,29 @@ def measured(rows: list[dict[str, Any]], n: int) -> dict[str, Any]:
     return row
 
 
-def test_forwarding_smoke_forwards_to_one_subscriber_and_prints_cpu_per_packet() -> None:
-    out = smoke("forwarding")
+def test_forwarding_smoke_forwards_to_one_subscriber_prints_cpu_per_packet_and_compares_with_janus() -> None:
+    """One run for both servers where Janus is installed (CI installs it: a missing one fails there), gbmedia
+    alone elsewhere: the gbmedia rows and tables are the same either way, and the run is the suite's longest."""
+    janus = Path("/usr/bin/janus").exists()  # scripts/test installs Debian's janus
+    if not janus and IN_CI:
+        pytest.fail("required test service missing: Janus (Debian package janus), the forwarding benchmark's peer")
+    out = smoke("forwarding", "--servers", "gbmedia,janus" if janus else "gbmedia")
     assert "gbmedia forwarding: 1 publisher" in out
     for header in ("fwd pkt/s", "srv CPU%", "us/pkt", "fps min", "loss %", "Side by side", "Per server:"):
         assert header in out
     result = last_json(out)
-    row = measured(result["rows"], 1)
-    assert row["server"] == "gbmedia"
+    row = measured([r for r in result["rows"] if r["server"] == "gbmedia"], 1)
     assert row["subscribers_joined"] == 1 and row["subscribers_without_media"] == 0
     assert row["packets_counted_by"] == "server"  # gbmedia's own counter on /metrics was read
     assert row["forwarded_packets_per_s"] > 0 and row["read_packets_per_s"] > 0
     assert row["server_us_per_packet"] > 0 and row["fps_min"] > 0
     assert row["loss_percent"] is not None
     assert isinstance(result["summary"]["servers"]["gbmedia"]["max_subscribers_30fps"], int)
-
-
-def test_forwarding_smoke_against_janus_compares_both_servers() -> None:
-    if not Path("/usr/bin/janus").exists():  # scripts/test installs Debian's janus
-        service_missing("Janus (Debian package janus), the forwarding benchmark's peer")
-    out = smoke("forwarding", "--servers", "gbmedia,janus")
-    assert "janus forwarding: 1 publisher" in out and "Ratio gbmedia/Janus" in out
-    result = last_json(out)
-    for server in ("gbmedia", "janus"):
-        row = next(r for r in result["rows"] if r["server"] == server)
-        assert "error" not in row and row["forwarded_packets_per_s"] > 0
-    assert "1" in result["summary"]["ratio_by_subscribers"]
+    if janus:
+        assert "janus forwarding: 1 publisher" in out and "Ratio gbmedia/Janus" in out
+        row = measured([r for r in result["rows"] if r["server"] == "janus"], 1)
+        assert row["forwarded_packets_per_s"] > 0
+        assert "1" in result["summary"]["ratio_by_subscribers"]
 
 
 def test_live_smoke_plays_two_whep_viewers_and_gives_a_verdict() -> None:
