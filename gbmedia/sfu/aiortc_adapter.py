@@ -320,11 +320,7 @@ def use_media_address(pc: RTCPeerConnection, address: MediaAddress) -> None:
     a server wants one socket in its port range, advertised as its public address.
     Transports already patched, or already gathered, are left alone.
     """
-    transports = {t.receiver.transport for t in pc.getTransceivers()}
-    if pc.sctp is not None:
-        transports.add(pc.sctp.transport)
-    for dtls in transports:
-        connection: IceConnection = dtls.transport.iceGatherer._connection
+    for connection in _ice_connections(pc):
         if getattr(connection, "_gbmedia_address", None) is not None:
             continue
         connection._gbmedia_address = address  # type: ignore[attr-defined]
@@ -346,12 +342,16 @@ def keep_consent_on(pc: RTCPeerConnection) -> None:
 
     The node does it on every connection it makes (:func:`use_media_address`); a load generator
     standing in for browsers (which are as tolerant) does it on its clients."""
+    for connection in _ice_connections(pc):
+        connection.query_consent = functools.partial(keep_consent, connection)  # type: ignore[method-assign]
+
+
+def _ice_connections(pc: RTCPeerConnection) -> list[IceConnection]:
+    """The aioice connection under each of ``pc``'s transports (media and data channel)."""
     transports = {t.receiver.transport for t in pc.getTransceivers()}
     if pc.sctp is not None:
         transports.add(pc.sctp.transport)
-    for dtls in transports:
-        connection: IceConnection = dtls.transport.iceGatherer._connection
-        connection.query_consent = functools.partial(keep_consent, connection)  # type: ignore[method-assign]
+    return [dtls.transport.iceGatherer._connection for dtls in transports]
 
 
 # RFC 7675: consent to send lapses 30 s after the last authenticated answer to a check made every 5 s
@@ -368,7 +368,8 @@ async def keep_consent(connection: IceConnection) -> None:
     """The node's consent freshness (replaces aioice's ``query_consent`` per server connection)."""
     assert connection.remote_password is not None
     key = connection.remote_password.encode("utf8")
-    answered = asyncio.get_running_loop().time()
+    loop = asyncio.get_running_loop()
+    answered = loop.time()
     while True:
         await asyncio.sleep(CONSENT_INTERVAL * (0.8 + 0.4 * random.random()))
         for pair in list(connection._nominated.values()):
@@ -381,8 +382,8 @@ async def keep_consent(connection: IceConnection) -> None:
                 )
             except stun.TransactionError:
                 continue
-            answered = asyncio.get_running_loop().time()
-        if asyncio.get_running_loop().time() - answered >= CONSENT_EXPIRY:
+            answered = loop.time()
+        if loop.time() - answered >= CONSENT_EXPIRY:
             log.info("ICE consent to send expired: no answer to consent checks for %.0f s", CONSENT_EXPIRY)
             connection._query_consent_task = None
             await connection.close()
@@ -566,15 +567,11 @@ class RawSender:
         return True
 
     def send(self, data: bytes, payload_size: int) -> bool:
-        """Protect and send one RTP packet; False when not connected (yet, or any more)."""
+        """Protect and send one RTP packet on the Python path (a NACK answer; on the native path the
+        C downlink answers them); False when not connected (yet, or any more)."""
         if not self.connected():
             return False
-        native = self.native
-        if native is not None:
-            session, address, fd = native
-            fanout.native.resend(fd, session, address, data)  # type: ignore[union-attr]
-        else:
-            self.transmit(data)
+        self.transmit(data)
         self.count(payload_size)
         return True
 

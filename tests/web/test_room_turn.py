@@ -12,10 +12,20 @@ from aiohttp.test_utils import TestClient
 
 from gbmedia.config import Settings
 from gbmedia.node import Node
-from tests.browser import Browser
+from tests.browser import Browser, Tab
 from tests.conftest import make_settings
 from tests.helpers import Tenant
 from tests.web.test_room_page import open_joined, wait_decoding
+
+
+async def assert_relayed(tabs: tuple[Tab, ...], relay_protocol: str) -> None:
+    """Both of each page's connections carry media through TURN, reaching it over ``relay_protocol``."""
+    for tab in tabs:
+        paths = await tab.evaluate("gbroom.candidatePaths()")
+        for direction in ("publisher", "subscriber"):
+            path = paths[direction]
+            assert path is not None and path["candidateType"] == "relay", paths
+            assert path["relayProtocol"] == relay_protocol and path["bytesReceived"] > 0, paths
 
 
 @pytest.fixture
@@ -38,12 +48,7 @@ async def test_two_pages_see_each_other_through_turn_only(
     )
     await wait_decoding(alice, "Bob")
     await wait_decoding(bob, "Alice")
-    for tab in (alice, bob):
-        paths = await tab.evaluate("gbroom.candidatePaths()")
-        for direction in ("publisher", "subscriber"):
-            path = paths[direction]
-            assert path is not None and path["candidateType"] == "relay", paths
-            assert path["relayProtocol"] == relay_protocol and path["bytesReceived"] > 0, paths
+    await assert_relayed((alice, bob), relay_protocol)
     # Renewed credentials reach the page (and its connections' configuration) without a new join.
     assert await alice.evaluate("gbroom.refreshIceServers().then(() => gbroom.iceRefreshes)") == 1
     alice.assert_no_errors()

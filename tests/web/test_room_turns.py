@@ -31,6 +31,7 @@ from tests.browser import Browser
 from tests.conftest import make_settings, service_missing
 from tests.helpers import Tenant
 from tests.web.test_room_page import open_joined, wait_decoding
+from tests.web.test_room_turn import assert_relayed
 
 
 def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
@@ -126,11 +127,6 @@ async def test_two_pages_meet_over_turn_over_tls_with_a_certificate_the_browser_
     bob = await open_joined(trusting_browser, site, tenant, "bob", ice="relay-tls")
     await wait_decoding(alice, "Bob")
     await wait_decoding(bob, "Alice")
-    for tab in (alice, bob):
-        paths = await tab.evaluate("gbroom.candidatePaths()")
-        for direction in ("publisher", "subscriber"):
-            path = paths[direction]
-            assert path is not None and path["candidateType"] == "relay", paths
-            assert path["relayProtocol"] == "tls" and path["bytesReceived"] > 0, paths
+    await assert_relayed((alice, bob), "tls")
     alice.assert_no_errors()
     bob.assert_no_errors()
