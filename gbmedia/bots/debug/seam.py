@@ -12,6 +12,7 @@ calls an engine already has. The WebAssembly engine's side is in
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -129,8 +130,29 @@ def blocking_hook(
         place = Place(line, dialog, depth, function)
         if note is not None and not note(place):
             return
-        paused = asyncio.run_coroutine_threadsafe(hook(place), loop).result()
+        paused = _wait_on(loop, asyncio.run_coroutine_threadsafe(hook(place), loop))
         if paused and resumed is not None:
             resumed()
 
     return line_hook
+
+
+LOOP_CHECK_SECONDS = 1.0
+
+
+def _wait_on(loop: asyncio.AbstractEventLoop, future: concurrent.futures.Future[bool]) -> bool:
+    """The pause hook's answer, or :class:`RunHalted` once ``loop`` is closed: a worker thread never outlives it.
+
+    A run paused when its event loop ends (a node stopped without ending its debug runs, a
+    test's loop cancelled its tasks and closed) would otherwise hold its thread forever, and
+    the pool's exit at interpreter shutdown would wait on it.
+    """
+    while True:
+        try:
+            return future.result(LOOP_CHECK_SECONDS)
+        except concurrent.futures.CancelledError:  # the loop cancelled the hook's task: it is shutting down
+            raise RunHalted from None
+        except concurrent.futures.TimeoutError:
+            if loop.is_closed():
+                future.cancel()
+                raise RunHalted from None

@@ -13,7 +13,7 @@ import pytest
 
 from gbmedia.bots.compiler import load
 from gbmedia.bots.context import Context
-from gbmedia.bots.debug.seam import Debuggable, InterpreterRun, Place, blocking_hook
+from gbmedia.bots.debug.seam import LOOP_CHECK_SECONDS, Debuggable, InterpreterRun, Place, blocking_hook
 from gbmedia.bots.debug.session import BREAK, RUNNING, STOPPED, DebugPort, DebugRun, DebugStateError
 from gbmedia.bots.debug.wasm import WasmDebugRun, debug_module
 from gbmedia.bots.host import MemoryPort
@@ -42,6 +42,17 @@ def engine(request: pytest.FixtureRequest) -> str:
     return request.param
 
 
+_started: list[DebugRun] = []
+
+
+@pytest.fixture(autouse=True)
+async def _stop_debug_runs():
+    """A test that leaves a run paused (most do) stops it, as the node does at shutdown."""
+    yield
+    while _started:
+        await _started.pop().stop()
+
+
 def debug_run(
     engine: str, source: str = DIALOG, breakpoints: tuple[int, ...] = (), limits: Limits | None = None
 ) -> DebugRun:
@@ -53,6 +64,7 @@ def debug_run(
     )
     run = DebugRun(uuid.uuid4(), "sums", source, runner, port, engine_name=engine)
     run.breakpoints.update(breakpoints)
+    _started.append(run)
     return run
 
 
@@ -313,3 +325,27 @@ async def test_both_engines_step_through_the_same_lines_with_the_same_variables_
         assert wasm == interp
         assert interp[-1] == ("done", ("one", "more", "hi Ana 2", "aabbcc"))
         assert ("break", into, "TWICE" if into == 24 else "GREET", False) in interp
+
+
+def _paused_on_a_loop_of_its_own() -> tuple[asyncio.AbstractEventLoop, DebugRun]:
+    loop = asyncio.new_event_loop()
+    run = debug_run("wasm", breakpoints=(3,))
+    _started.remove(run)  # its loop is the test's own
+    loop.run_until_complete(run.start(stop_on_entry=False))
+    assert run.state == BREAK and not run.engine.run.outside.is_set()  # type: ignore[attr-defined]
+    return loop, run
+
+
+def test_a_run_paused_when_its_event_loop_ends_lets_its_worker_thread_go():
+    """No debugger will ever answer a pause whose loop is gone: the engine halts rather than hold its thread."""
+    loop, cancelled = _paused_on_a_loop_of_its_own()
+    tasks = asyncio.all_tasks(loop)  # the hook's task among them, as a loop shutting down cancels them
+    for task in tasks:
+        task.cancel()
+    loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+    loop.close()
+    assert cancelled.engine.run.outside.wait(10 * LOOP_CHECK_SECONDS)  # type: ignore[attr-defined]
+
+    loop, closed = _paused_on_a_loop_of_its_own()
+    loop.close()  # its tasks left pending, never to run again
+    assert closed.engine.run.outside.wait(10 * LOOP_CHECK_SECONDS)  # type: ignore[attr-defined]
