@@ -101,6 +101,15 @@ class MuxedTransport(asyncio.DatagramTransport):
         return default
 
 
+# Linux's <linux/in.h> (Python's socket module does not name them). PROBE sends every datagram with
+# Don't Fragment set and the kernel's path-MTU guesses ignored: for an unconnected socket the kernel
+# then writes IP ID 0 instead of hashing an ID per datagram (__ip_select_ident: 3 % of a natively
+# forwarding node's CPU, measured with perf at 256 subscribers). Media datagrams stay under 1,200
+# bytes (RTP, SCTP, DTLS fragments), so nothing needs fragmenting.
+IP_MTU_DISCOVER = 10
+IP_PMTUDISC_PROBE = 3
+
+
 class UdpMux(asyncio.DatagramProtocol):
     """The node's one media socket and the table from remote address to connection."""
 
@@ -132,6 +141,9 @@ class UdpMux(asyncio.DatagramProtocol):
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * 1024 * 1024)
+            if sock.family == socket.AF_INET:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_PROBE)
             self.fileno = sock.fileno()
         sockname = transport.get_extra_info("sockname")
         self.local_address = (sockname[0], sockname[1])

@@ -127,6 +127,33 @@ async def test_strangers_are_dropped_and_a_bad_password_owns_no_address(mux: Udp
         await server.close()
 
 
+async def test_datagrams_leave_with_dont_fragment_and_no_per_datagram_ip_id():
+    """IP_PMTUDISC_PROBE on the shared socket: DF set and IP ID 0, so the kernel skips hashing an ID
+    for every forwarded datagram (seen on the wire: a raw socket reads the IPv4 header back)."""
+    mux = await UdpMux.bind("127.0.0.1", 0)
+    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sink.bind(("127.0.0.1", 0))
+    wire = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_UDP)  # root: every local UDP datagram
+    wire.setblocking(False)
+    try:
+        port = sink.getsockname()[1]
+        for _ in range(3):
+            mux.send(b"x" * 1100, ("127.0.0.1", port))
+        headers = []
+        loop = asyncio.get_running_loop()
+        while len(headers) < 3:
+            packet = await asyncio.wait_for(loop.sock_recv(wire, 65536), 5)
+            if int.from_bytes(packet[22:24], "big") == port:  # UDP destination port, after a 20-byte IPv4 header
+                headers.append(packet[:20])
+        for header in headers:
+            assert int.from_bytes(header[6:8], "big") & 0x4000  # Don't Fragment
+            assert header[4:6] == b"\0\0"  # IP ID 0: not hashed per datagram
+    finally:
+        wire.close()
+        sink.close()
+        mux.close()
+
+
 async def test_the_port_is_refused_to_a_second_connection_with_the_same_ufrag(mux: UdpMux):
     class Quiet(asyncio.DatagramProtocol):
         def __init__(self) -> None:
