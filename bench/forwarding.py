@@ -252,11 +252,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "folder (collapsed stacks, server-nN.txt); adds a little CPU load to the machine",
     )
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs)")
-    parser.add_argument("--smoke", action="store_true", help="quick check: N=1, 5 s window, 2 s warm-up")
+    parser.add_argument("--smoke", action="store_true", help="quick check: N=1, 3 s window, 1.5 s warm-up")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.smoke:
-        args.subscribers, args.seconds, args.warmup = "1", 5.0, 2.0
+        args.subscribers, args.seconds, args.warmup, args.pause = "1", 3.0, 1.5, 0.0
         args.baseline = False if args.baseline is None else args.baseline
     if args.baseline is None:
         args.baseline = True

@@ -244,8 +244,8 @@ async def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
                 base = f"{server.url}/hls/{room_id}"
                 await wait_ready(session, base, 60)
                 cpu0 = server.cpu()
-                await asyncio.sleep(5)
-                idle = 100 * (server.cpu() - cpu0) / 5
+                await asyncio.sleep(args.idle_seconds)
+                idle = 100 * (server.cpu() - cpu0) / args.idle_seconds
                 steps = []
                 for i, players in enumerate(args.players):
                     step = await run_step(players, args, server, base, tmp, i + 1)
@@ -272,7 +272,7 @@ async def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """The command line; ``--smoke`` shrinks the run to 5 players and a 5 s window."""
+    """The command line; ``--smoke`` shrinks the run to 5 players and a 3 s window."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "--players",
@@ -287,11 +287,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=float, default=4.0)
     parser.add_argument("--nice", type=int, default=5, help="niceness of the player processes")
     add_server_options(parser, startup_timeout=60.0, server_env_help="extra environment for gbmedia serve (repeatable)")
-    parser.add_argument("--smoke", action="store_true", help="a quick run: 5 players, 5 s")
+    parser.add_argument(
+        "--idle-seconds", type=float, default=5.0, help="the server's idle CPU is measured this long first (default 5)"
+    )
+    parser.add_argument("--smoke", action="store_true", help="a quick run: 5 players, a 3 s window")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.smoke:
-        args.players, args.seconds, args.warmup = [5], 5.0, 2.0
+        args.players, args.seconds, args.warmup, args.idle_seconds = [5], 3.0, 1.0, 2.0
     return args
 
 

@@ -348,13 +348,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_server_options(parser, startup_timeout=90.0, server_env_help="extra environment for gbmedia serve (repeatable)")
     parser.add_argument("--json", type=Path, help="also write the JSON result to this file")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs)")
-    parser.add_argument("--smoke", action="store_true", help="quick check: N=2, 640x360, 4 s window, 2 s warm-up")
+    parser.add_argument("--smoke", action="store_true", help="quick check: N=2, 640x360, 3 s window, 1.5 s warm-up")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.per_process is None:
         args.per_process = 50 if args.clear_viewers else 10
     if args.smoke:
-        args.viewers, args.seconds, args.warmup, args.width, args.height = "2", 4.0, 2.0, 640, 360
+        args.viewers, args.seconds, args.warmup, args.width, args.height = "2", 3.0, 1.5, 640, 360
+        args.pause = 0.0
     try:
         args.counts = sorted({int(v) for v in args.viewers.split(",") if v.strip()})
     except ValueError:
