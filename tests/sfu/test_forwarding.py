@@ -11,7 +11,17 @@ from dataclasses import dataclass, field
 import av
 import pytest
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
-from aiortc.rtp import RTCP_PSFB_APP, HeaderExtensionsMap, RtcpPsfbPacket, RtpPacket, unpack_remb_fci
+from aiortc.rtp import (
+    RTCP_PSFB_APP,
+    HeaderExtensionsMap,
+    RtcpPsfbPacket,
+    RtcpSdesPacket,
+    RtcpSenderInfo,
+    RtcpSourceInfo,
+    RtcpSrPacket,
+    RtpPacket,
+    unpack_remb_fci,
+)
 
 from gbmedia.sfu import aiortc_adapter
 from gbmedia.sfu.peers import NegotiationError, PublisherPeer, SubscriberPeer, TrackInfo
@@ -76,6 +86,69 @@ async def publisher() -> AsyncIterator[tuple[PublisherPeer, RTCPeerConnection]]:
 
 async def test_adapter_finds_every_aiortc_internal_it_uses():
     await aiortc_adapter.check_internals()
+
+
+def test_sender_reports_are_the_bytes_aiortc_writes():
+    """The loop's timer packs reports itself: byte for byte aiortc's SR + SDES, every padding case."""
+    for cname in (None, "", "a", "ab", "abc", "abcd", "{7c2e-é}", "x" * 40):
+        for counts in ((0, 0), (17, 20_400), (2**32 + 5, 2**40 + 9)):  # counters wrap at 32 bits, as aiortc's
+            ours = aiortc_adapter.sender_report_bytes(
+                0xDEADBEEF, 0xE1234567_89ABCDEF, 90_000, *counts, aiortc_adapter.sdes_bytes(0xDEADBEEF, cname)
+            )
+            info = RtcpSenderInfo(0xE1234567_89ABCDEF, 90_000, counts[0] & 0xFFFFFFFF, counts[1] & 0xFFFFFFFF)
+            theirs = bytes(RtcpSrPacket(ssrc=0xDEADBEEF, sender_info=info))
+            if cname is not None:
+                chunk = RtcpSourceInfo(ssrc=0xDEADBEEF, items=[(1, cname.encode())])
+                theirs += bytes(RtcpSdesPacket(chunks=[chunk]))
+            assert ours == theirs, cname
+
+
+async def test_forwarding_senders_report_from_the_loops_one_timer(publisher, monkeypatch: pytest.MonkeyPatch):
+    """A subscriber's sender reports come from the shared timer: the viewer reads them (aiortc's
+    remote-outbound-rtp), answers them (the round trip time the node then knows), and a
+    stopped sender leaves the timer."""
+    server, client = publisher
+    client.addTrack(ColorVideoTrack(RED))
+    (video,), _ = await publish(server, client)
+    await wait_for(lambda: video.packets_in > 0)
+    reports = aiortc_adapter.sender_reports()
+    sent = reports.sent
+    sub_server, viewer = SubscriberPeer("bob"), Receiving()
+    try:
+        sub_server.add(video)
+        await subscribe(sub_server, viewer)
+        await wait_for(lambda: len(viewer.video(video.id)) >= 5)
+        sender = next(iter(video.down_tracks)).slot.transceiver.sender
+        assert sender in reports
+
+        async def stats(of: object, kind: str) -> list[object]:
+            return [s for s in (await of.getStats()).values() if s.type == kind]  # type: ignore[attr-defined]
+
+        receiver = viewer.pc.getTransceivers()[0].receiver
+        for _ in range(100):
+            seen = await stats(receiver, "remote-outbound-rtp")
+            answered = [s for s in await stats(sender, "remote-inbound-rtp") if s.roundTripTime is not None]
+            if seen and answered:
+                break
+            await asyncio.sleep(0.1)
+        assert seen and seen[0].packetsSent > 0  # the viewer read a report with the forwarded count
+        assert answered and 0 <= answered[0].roundTripTime < 1  # the node matched the viewer's LSR/DLSR
+        assert reports.sent > sent
+
+        def refuse(self: aiortc_adapter.RawSender, payload: bytes) -> None:
+            raise OSError("refused")
+
+        working = aiortc_adapter.RawSender.send_rtcp_now  # a report that fails (its socket refuses) stops no timer
+        monkeypatch.setattr(aiortc_adapter.RawSender, "send_rtcp_now", refuse)
+        failed = reports.failed
+        await wait_for(lambda: reports.failed > failed, within=5)
+        monkeypatch.setattr(aiortc_adapter.RawSender, "send_rtcp_now", working)
+        sent = reports.sent
+        await wait_for(lambda: reports.sent > sent, within=5)
+    finally:
+        await viewer.close()
+        await sub_server.close()
+    assert sender not in reports
 
 
 async def test_subscriber_decodes_the_publishers_video_and_audio(publisher):
