@@ -116,6 +116,7 @@ _SENDER_ATTRS = (
     "_RTCRtpSender__lsr_time",
     "_RTCRtpSender__rtcp_started",
     "_RTCRtpSender__rtcp_exited",
+    "_RTCRtpSender__stats",
     "_run_rtcp",
     "_handle_rtcp_packet",
 )
@@ -748,6 +749,22 @@ async def report_from_the_loop(sender: RTCRtpSender) -> None:
         reports.discard(sender)
     await sender._send_rtcp([RtcpByePacket(sources=[sender._ssrc])])
     sender._RTCRtpSender__rtcp_exited.set()  # type: ignore[attr-defined]
+
+
+def sender_figures(sender: RTCRtpSender) -> tuple[int, int, Any | None]:
+    """Packets and payload octets sent, and the latest ``remote-inbound-rtp`` stats (None before a
+    receiver report): what ``getStats()`` says of a sender, without it.
+
+    ``getStats()`` also rebuilds the transport's, ICE's and every candidate pair's stats each
+    call: sampled for every down track each second, that was 4 % of a natively forwarding
+    node's CPU at 256 subscribers (py-spy), for figures the quality monitor never reads.
+    """
+    report = sender._RTCRtpSender__stats  # type: ignore[attr-defined]
+    return (
+        sender._RTCRtpSender__packet_count,  # type: ignore[attr-defined]
+        sender._RTCRtpSender__octet_count,  # type: ignore[attr-defined]
+        report.get("remote-inbound-rtp_" + str(id(sender))),
+    )
 
 
 _native_sessions: weakref.WeakKeyDictionary[RTCDtlsTransport, Any] = weakref.WeakKeyDictionary()

@@ -30,6 +30,7 @@ from typing import Any
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import RtpPacket
 
+from gbmedia.sfu import aiortc_adapter
 from gbmedia.sfu.forwarder import DownTrack
 from gbmedia.sfu.track import PublishedTrack
 
@@ -195,16 +196,14 @@ async def down_stats(
     down: DownTrack, source_fps: float | None, rates: RateTracker, key: str, now: float | None = None
 ) -> DownStats:
     """One down track's figures, keyed ``key`` (subscriber and track) for its rates."""
-    report = await down.slot.transceiver.sender.getStats()
-    outbound = _by_type(report, "outbound-rtp")
-    remote = _by_type(report, "remote-inbound-rtp")
+    packets_sent, bytes_sent, remote = aiortc_adapter.sender_figures(down.slot.transceiver.sender)
     track = down.track
     stats = DownStats(
         track_id=track.id,
         publisher_id=track.participant_id,
         kind=track.kind,
-        packets_sent=outbound.packetsSent if outbound else down.packets_out,
-        bytes_sent=outbound.bytesSent if outbound else 0,
+        packets_sent=packets_sent,
+        bytes_sent=bytes_sent,
         layer=down.current_layer if track.simulcast else None,
         paused=down.paused,
         fps=source_fps,

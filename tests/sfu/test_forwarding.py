@@ -133,6 +133,11 @@ async def test_forwarding_senders_report_from_the_loops_one_timer(publisher, mon
             await asyncio.sleep(0.1)
         assert seen and seen[0].packetsSent > 0  # the viewer read a report with the forwarded count
         assert answered and 0 <= answered[0].roundTripTime < 1  # the node matched the viewer's LSR/DLSR
+        report = await sender.getStats()  # what the quality monitor reads instead: the same figures
+        figures = aiortc_adapter.sender_figures(sender)
+        outbound = next(s for s in report.values() if s.type == "outbound-rtp")
+        remote = next(s for s in report.values() if s.type == "remote-inbound-rtp")
+        assert figures == (outbound.packetsSent, outbound.bytesSent, remote) and figures[0] > 0
         assert reports.sent > sent
 
         def refuse(self: aiortc_adapter.RawSender, payload: bytes) -> None:
