@@ -64,6 +64,8 @@ from aiortc.rtp import (
     RtcpPacket,
     RtcpPsfbPacket,
     RtcpRtpfbPacket,
+    RtcpSdesPacket,
+    RtcpSourceInfo,
     RtpPacket,
     pack_remb_fci,
     unpack_remb_fci,
@@ -636,13 +638,10 @@ def sender_report_bytes(ssrc: int, ntp: int, rtp_timestamp: int, packets: int, o
 
 
 def sdes_bytes(ssrc: int, cname: str | None) -> bytes:
-    """The SDES packet with the CNAME item, padded as aiortc's ``RtcpSdesPacket`` does (empty: no CNAME)."""
+    """The sender's SDES packet with its CNAME (empty: no CNAME yet), written by aiortc once per sender."""
     if cname is None:
         return b""
-    text = cname.encode("utf8")
-    chunk = struct.pack("!LBB", ssrc, 1, len(text)) + text + b"\x00\x00"
-    chunk += b"\x00" * (-len(chunk) % 4)
-    return struct.pack("!BBH", 0x81, 202, len(chunk) // 4) + chunk
+    return bytes(RtcpSdesPacket(chunks=[RtcpSourceInfo(ssrc=ssrc, items=[(1, cname.encode("utf8"))])]))
 
 
 class SenderReports:
@@ -659,51 +658,51 @@ class SenderReports:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
+        # (due time, id as the tie-break, sender); a stopped sender's entry is dropped when it comes up
         self._due: list[tuple[float, int, RTCRtpSender]] = []
-        self._active: dict[RTCRtpSender, tuple[int, bytes]] = {}  # sender -> (registration, its SDES)
-        self._registrations = 0
+        self._sdes: dict[RTCRtpSender, bytes] = {}  # the senders reporting, each with its SDES packet
         self._timer: asyncio.TimerHandle | None = None
         self.sent = 0
         self.failed = 0
 
-    def __len__(self) -> int:
-        return len(self._active)
-
     def __contains__(self, sender: object) -> bool:
-        return sender in self._active
+        return sender in self._sdes
 
     def add(self, sender: RTCRtpSender) -> None:
-        self._registrations += 1
-        self._active[sender] = (self._registrations, sdes_bytes(sender._ssrc, sender._RTCRtpSender__cname))  # type: ignore[attr-defined]
-        self._schedule(sender, self._registrations, self._loop.time())
+        """Report for ``sender`` (started: its CNAME is known) until :meth:`discard`."""
+        self._sdes[sender] = sdes_bytes(sender._ssrc, sender._RTCRtpSender__cname)  # type: ignore[attr-defined]
+        when = self._next(sender, self._loop.time())
+        if self._timer is not None and when < self._timer.when():
+            self._timer.cancel()
+            self._timer = None
+        if self._timer is None:
+            self._timer = self._loop.call_at(when, self._fire)
 
     def discard(self, sender: RTCRtpSender) -> None:
-        self._active.pop(sender, None)
+        self._sdes.pop(sender, None)
 
-    def _schedule(self, sender: RTCRtpSender, registration: int, now: float) -> None:
+    def _next(self, sender: RTCRtpSender, now: float) -> float:
+        """Queue ``sender``'s next report 0.5-1.5 s after ``now`` (RFC 3550 6.2); when that is."""
         when = now + 0.5 + random.random()
-        heapq.heappush(self._due, (when, registration, sender))
-        if self._timer is None or when < self._timer.when():
-            if self._timer is not None:
-                self._timer.cancel()
-            self._timer = self._loop.call_at(when, self._fire)
+        heapq.heappush(self._due, (when, id(sender), sender))
+        return when
 
     def _fire(self) -> None:
         self._timer = None
         now = self._loop.time()
         due = self._due
         while due and due[0][0] <= now + REPORT_SLACK:
-            _, registration, sender = heapq.heappop(due)
-            active = self._active.get(sender)
-            if active is None or active[0] != registration:
+            sender = heapq.heappop(due)[2]
+            sdes = self._sdes.get(sender)
+            if sdes is None:
                 continue  # stopped since
             try:
-                self._report(sender, active[1])
+                self._report(sender, sdes)
             except Exception:  # one sender's failure must not stop the others' reports, nor the timer
                 self.failed += 1
                 log.exception("sender report for SSRC %s failed", sender._ssrc)
-            heapq.heappush(due, (now + 0.5 + random.random(), registration, sender))
-        if due and self._timer is None:
+            self._next(sender, now)
+        if due:
             self._timer = self._loop.call_at(due[0][0], self._fire)
 
     def _report(self, sender: RTCRtpSender, sdes: bytes) -> None:
