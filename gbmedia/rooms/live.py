@@ -279,20 +279,27 @@ class LiveRoom:
         description = parse_sdp(sdp, "offer")  # refuse garbage before any connection exists
         self._within_track_limits(participant, description)
         kept = self._release_held(participant)  # a restart's tracks its first offer did not carry
+        previous: PublisherPeer | None = None
         if restart and participant.publisher is not None:
             previous, participant.publisher = participant.publisher, None
             kept += previous.release_tracks()
-            await previous.close()
+            # Published all along: a player or subscriber arriving while the old connection closes and
+            # the new one is answered must find them (else it is pointed at nothing, for good).
+            participant.restarting = list(kept)
             participant.media_restarts += 1
-        if participant.publisher is None:
-            participant.publisher = PublisherPeer(participant.id, address=self.registry.media_address)
-            self._watch(participant, "publisher", participant.publisher.pc)
         try:
+            if previous is not None:
+                await previous.close()
+            if participant.publisher is None:
+                participant.publisher = PublisherPeer(participant.id, address=self.registry.media_address)
+                self._watch(participant, "publisher", participant.publisher.pc)
             answer, added, ended = await participant.publisher.answer(sdp, infos, adopt=kept)
         except BaseException:
+            participant.restarting = []
             for track in kept:
                 await self._track_ended(participant, track)
             raise
+        participant.restarting = []
         if restart and kept:
             self._hold(participant, kept)
         else:

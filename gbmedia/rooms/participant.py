@@ -64,6 +64,9 @@ class Participant:
     # A publisher restart's tracks its first offer did not carry, waiting for the next (gbmedia/rooms/live.py).
     held_tracks: list[PublishedTrack] = field(default_factory=list)
     held_task: asyncio.Task[None] | None = None
+    # A publisher restart's tracks while its new connection is being answered: still published (players,
+    # the program, subscriptions must not see them vanish and come back), each until the answer adopts it.
+    restarting: list[PublishedTrack] = field(default_factory=list)
 
     def connect_subscriber(self, subscriber: SubscriberPeer, *, restart: bool = False) -> None:
         """Give the participant its subscriber connection (``restart``: replacing one); offers go out on its socket."""
@@ -77,7 +80,8 @@ class Participant:
 
     @property
     def published(self) -> list[PublishedTrack]:
-        return list(self.publisher.tracks.values()) if self.publisher else []
+        tracks = list(self.publisher.tracks.values()) if self.publisher else []
+        return tracks + [t for t in self.restarting if t not in tracks] if self.restarting else tracks
 
     @property
     def is_host(self) -> bool:

@@ -9,6 +9,7 @@ starting, the same track ids. The stats API says which path each connection took
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -20,6 +21,7 @@ from gbmedia.tenancy.tokens import Grants, mint_token
 from tests.docs.test_openapi import DOC, validate
 from tests.helpers import Tenant
 from tests.rtc import NO_STUN, ColorVideoTrack, RtcClient, ToneAudioTrack, close_to, mean_rgb, offer_from, wait_for
+from tests.signaling.test_whip import host_token, live_token, peers, whep  # noqa: F401 (peers: a fixture)
 
 RED = (220, 30, 30)
 STATS = "/api/v1/rooms/{room}/participants/{participant}/stats"
@@ -184,3 +186,60 @@ async def test_a_track_a_restart_leaves_out_waits_for_a_later_offer_then_ends(
     gone = await bob.wait_event(lambda e: e["type"] == "track_unpublished", within=10)
     assert gone["track_id"] == ids["audio"]
     assert not [e for e in bob.events if e["type"] == "participant_left"]
+
+
+async def test_a_player_arriving_while_the_hosts_connection_is_replaced_gets_the_program(
+    rtc: Any,
+    tenant: Tenant,
+    client: TestClient,
+    node: Any,
+    peers: list[Any],  # noqa: F811
+):
+    """A live host's restart closes its old connection and answers the new one, both awaited: a WHEP
+    player that starts meanwhile must still be pointed at the host's video (it once got nothing for good,
+    the program having seemed empty for that moment), and so must the players already there."""
+    host = await rtc()
+    await host.join(host_token(tenant, "star"), kind="live")
+    first = await host.publish(ColorVideoTrack(RED), sources={"0": "camera"})
+    (video,) = [t["id"] for t in first["tracks"]]
+    early = await whep(client, live_token(tenant, "early"), opened=peers)
+    await wait_for(lambda: len(early.frames.get("video", [])) >= 3, within=30)
+    live = next(iter(node.live_rooms.live.values()))
+    participant = next(p for p in live.participants.values() if p.identity == "star")
+    track = live.tracks()[video]
+
+    closing, release = asyncio.Event(), asyncio.Event()
+    previous = participant.publisher
+    close = previous.close
+
+    async def close_when_released() -> None:
+        closing.set()
+        await release.wait()
+        await close()
+
+    previous.close = close_when_released
+    await host.publisher.close()
+    host.publisher = RTCPeerConnection(NO_STUN)
+    host.publisher.addTrack(ColorVideoTrack(RED))
+    restart = asyncio.ensure_future(
+        host.request(
+            {
+                "type": "publish",
+                "sdp": await offer_from(host.publisher),
+                "tracks": {"0": {"source": "camera"}},
+                "restart": True,
+            }
+        )
+    )
+    await asyncio.wait_for(closing.wait(), 10)
+    assert participant.published == [track] and live.audience.current_program.video is track
+    late = await whep(client, live_token(tenant, "late"), opened=peers)  # while the old connection closes
+    assert live.audience.current_program.video is track
+    release.set()
+    reply = await restart
+    assert [t["id"] for t in reply["tracks"]] == [video] and participant.published == [track]
+    await host.publisher.setRemoteDescription(RTCSessionDescription(sdp=reply["sdp"], type="answer"))
+    count = len(early.frames.get("video", []))
+    await wait_for(lambda: len(late.frames.get("video", [])) >= 3, within=30)
+    await wait_for(lambda: len(early.frames.get("video", [])) >= count + 3, within=30)
+    assert close_to(mean_rgb(late.frames["video"][-1]), RED)
