@@ -3,6 +3,11 @@
 The benchmarks are measurements, not tests: nothing here asserts a time or a rate. What is
 asserted is that each one still runs end to end (its server child, its worker processes,
 its clients) and that the figures it prints are there and come from real traffic.
+
+The runs are started together, a few at a time (:data:`LANES`), when the first of these tests
+starts: each spends most of its 5-30 s waiting (a server starting, a warm-up, a window), so run
+one after the other they took two and a half minutes of the suite. Each test then reads its own
+run's output. Only the selected tests' runs start (``-k`` picks one, one runs).
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +27,16 @@ import pytest
 from tests.conftest import IN_CI, service_missing
 
 ROOT = Path(__file__).resolve().parents[2]
-TIMEOUT = 300  # seconds; a smoke run takes 5-30 s on a quiet 2-core machine
+TIMEOUT = 300  # seconds; a smoke run takes 5-30 s on a quiet 2-core machine, longer beside the others
+LANES = 3  # runs at once: together about one core, the rest for the suite's other work
+JANUS = Path("/usr/bin/janus").exists()  # scripts/test installs Debian's janus
+DIR = "{dir}"  # in a run's arguments: the module's temporary directory (JSON files the tests read)
 
 
-def smoke(name: str, *args: str) -> str:
-    """``python -m bench.<name> --smoke *args`` from the repository root: its stdout (the run must exit 0)."""
+def run_smoke(name: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """``python -m bench.<name> --smoke *args`` from the repository root."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    done = subprocess.run(
+    return subprocess.run(
         [sys.executable, "-m", f"bench.{name}", "--smoke", *args],
         cwd=ROOT,
         env=env,
@@ -34,10 +44,39 @@ def smoke(name: str, *args: str) -> str:
         text=True,
         timeout=TIMEOUT,
     )
+
+
+@pytest.fixture(scope="module")
+def smoke_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("smoke")
+
+
+@pytest.fixture(scope="module")
+def smoke_runs(request: pytest.FixtureRequest, smoke_dir: Path) -> Iterator[dict[str, Future[Any]]]:
+    """Every selected test's run (its ``smoke`` marker), started now, ``LANES`` at a time, longest first."""
+    wanted: list[tuple[str, ...]] = []
+    for item in request.session.items:
+        marker = item.get_closest_marker("smoke")
+        if marker is not None and item.module is request.module:
+            wanted.append(tuple(str(a).replace(DIR, str(smoke_dir)) for a in marker.args))
+    wanted.sort(key=lambda args: LONGEST_FIRST.index(args[0]) if args[0] in LONGEST_FIRST else len(LONGEST_FIRST))
+    with ThreadPoolExecutor(LANES, thread_name_prefix="smoke") as pool:
+        yield {args[0]: pool.submit(run_smoke, *args) for args in wanted}
+
+
+# The order the runs start in (their lengths on a quiet machine, longest first): the suite waits for the last.
+LONGEST_FIRST = ("workers", "hls", "forwarding", "live", "chat", "cluster", "bots", "recording", "basic")
+
+
+@pytest.fixture
+def out(request: pytest.FixtureRequest, smoke_runs: dict[str, Future[Any]]) -> str:
+    """This test's run's stdout (the run must have exited 0)."""
+    name = request.node.get_closest_marker("smoke").args[0]
+    done = smoke_runs[name].result()
     assert done.returncode == 0, (
         f"bench.{name} --smoke exited {done.returncode}:\n{done.stdout[-3000:]}\n" + (done.stderr[-5000:])
     )
-    return done.stdout
+    return str(done.stdout)
 
 
 def last_json(stdout: str) -> dict[str, Any]:
@@ -53,13 +92,13 @@ def measured(rows: list[dict[str, Any]], n: int) -> dict[str, Any]:
     return row
 
 
-def test_forwarding_smoke_forwards_to_one_subscriber_prints_cpu_per_packet_and_compares_with_janus() -> None:
+@pytest.mark.smoke("forwarding", "--servers", "gbmedia,janus" if JANUS else "gbmedia")
+def test_forwarding_smoke_forwards_to_one_subscriber_prints_cpu_per_packet_and_compares_with_janus(out: str) -> None:
     """One run for both servers where Janus is installed (CI installs it: a missing one fails there), gbmedia
-    alone elsewhere: the gbmedia rows and tables are the same either way, and the run is the suite's longest."""
-    janus = Path("/usr/bin/janus").exists()  # scripts/test installs Debian's janus
+    alone elsewhere: the gbmedia rows and tables are the same either way."""
+    janus = JANUS
     if not janus and IN_CI:
         pytest.fail("required test service missing: Janus (Debian package janus), the forwarding benchmark's peer")
-    out = smoke("forwarding", "--servers", "gbmedia,janus" if janus else "gbmedia")
     assert "gbmedia forwarding: 1 publisher" in out
     for header in ("fwd pkt/s", "srv CPU%", "us/pkt", "fps min", "loss %", "Side by side", "Per server:"):
         assert header in out
@@ -78,8 +117,8 @@ def test_forwarding_smoke_forwards_to_one_subscriber_prints_cpu_per_packet_and_c
         assert "1" in result["summary"]["ratio_by_subscribers"]
 
 
-def test_live_smoke_plays_two_whep_viewers_and_gives_a_verdict() -> None:
-    out = smoke("live")
+@pytest.mark.smoke("live")
+def test_live_smoke_plays_two_whep_viewers_and_gives_a_verdict(out: str) -> None:
     assert "gbmedia live: 1 WHIP publisher" in out
     for header in ("pub kbps", "fwd pkt/s", "srv CPU%", "verdict", "Largest N held by one server process"):
         assert header in out
@@ -99,12 +138,12 @@ def test_live_smoke_plays_two_whep_viewers_and_gives_a_verdict() -> None:
     assert "viewers/core" in out and "Goal: 1000 viewers per core" in out
 
 
-def test_chat_smoke_persists_and_delivers_every_message(tmp_path: Path) -> None:
-    out = smoke("chat", "--json", str(tmp_path / "chat.json"))
+@pytest.mark.smoke("chat", "--json", f"{DIR}/chat.json")
+def test_chat_smoke_persists_and_delivers_every_message(out: str, smoke_dir: Path) -> None:
     for header in ("offered/s", "acked/s", "deliv/s", "deliv p99", "srv ms/msg", "Target (the issue)"):
         assert header in out
     assert "COUNT CHECK ok" in out
-    result = json.loads((tmp_path / "chat.json").read_text())
+    result = json.loads((smoke_dir / "chat.json").read_text())
     (row,) = result["rows"]
     assert row["drained"] and not row["errors"]
     assert row["acked_per_s"] > 0 and row["deliveries_per_s"] > 0
@@ -114,8 +153,8 @@ def test_chat_smoke_persists_and_delivers_every_message(tmp_path: Path) -> None:
     assert check["ok"] and check["sent"] == check["acked"] == check["stored"] > 0
 
 
-def test_hls_smoke_serves_ll_hls_parts_to_players() -> None:
-    out = smoke("hls")
+@pytest.mark.smoke("hls")
+def test_hls_smoke_serves_ll_hls_parts_to_players(out: str) -> None:
     assert "LL-HLS: VP8 (transcoded)" in out
     for header in ("parts/s made", "req/s", "media p50 ms", "reload p50 ms", "CPU ms/req"):
         assert header in out
@@ -127,10 +166,10 @@ def test_hls_smoke_serves_ll_hls_parts_to_players() -> None:
 
 
 @pytest.mark.usefixtures("media_tools")
-def test_recording_smoke_records_both_tracks_with_both_pipelines(tmp_path: Path) -> None:
-    out = smoke("recording", "--json", str(tmp_path / "recording.json"))
+@pytest.mark.smoke("recording", "--json", f"{DIR}/recording.json")
+def test_recording_smoke_records_both_tracks_with_both_pipelines(out: str, smoke_dir: Path) -> None:
     assert "gbmedia CPU s" in out and "aiortc CPU s" in out and "ms CPU per media s" in out
-    result = json.loads((tmp_path / "recording.json").read_text())
+    result = json.loads((smoke_dir / "recording.json").read_text())
     assert [r["codec"] for r in result["results"]] == ["VP8", "opus"]
     for row in result["results"]:
         assert row["packets"] > 0 and row["kbps"] > 0
@@ -139,8 +178,8 @@ def test_recording_smoke_records_both_tracks_with_both_pipelines(tmp_path: Path)
             assert row[f"{pipeline}_file_duration_s"] > 2  # a 3 s stream, all of it written
 
 
-def test_quality_smoke_prices_the_sinks_ticks_and_samples() -> None:
-    out = smoke("quality")
+@pytest.mark.smoke("quality")
+def test_quality_smoke_prices_the_sinks_ticks_and_samples(out: str) -> None:
     assert "TrackMeter.on_rtp, per packet" in out and "SpeakerDetector.tick" in out
     result = last_json(out)
     assert set(result["per_packet_us"]) == {"track_meter", "level_meter", "loop"}
@@ -149,8 +188,8 @@ def test_quality_smoke_prices_the_sinks_ticks_and_samples() -> None:
     assert result["sample_us"]["receiver"] > 0 and result["sample_us"]["sender"] > 0
 
 
-def test_cluster_smoke_joins_both_ways_counts_redis_calls_and_holds_idle_sockets() -> None:
-    out = smoke("cluster")
+@pytest.mark.smoke("cluster", "--redis-url", "redis://127.0.0.1:6379/14")  # workers flushes 13, at once
+def test_cluster_smoke_joins_both_ways_counts_redis_calls_and_holds_idle_sockets(out: str) -> None:
     assert "gbmedia cluster: 2 node processes" in out
     for header in ("straight to the owner", "through another node", "Redis calls/join", "KB per socket"):
         assert header in out
@@ -164,8 +203,8 @@ def test_cluster_smoke_joins_both_ways_counts_redis_calls_and_holds_idle_sockets
     assert idle["sockets"] == 50 and idle["healthz_ok"] is True
 
 
-def test_workers_smoke_runs_one_and_two_workers_and_prints_the_scaling_efficiency() -> None:
-    out = smoke("workers")
+@pytest.mark.smoke("workers")
+def test_workers_smoke_runs_one_and_two_workers_and_prints_the_scaling_efficiency(out: str) -> None:
     assert "gbmedia live fan-out across workers" in out and "scaling efficiency" in out
     result = last_json(out)
     rows = {r["workers"]: r for r in result["rows"]}
@@ -177,10 +216,13 @@ def test_workers_smoke_runs_one_and_two_workers_and_prints_the_scaling_efficienc
     assert set(result["summary"]["max_viewers_held"]) == {"1", "2"}
 
 
-def test_basic_smoke_runs_the_dialog_in_cpython_and_its_javascript_translation_in_node() -> None:
+@pytest.mark.smoke("basic")
+def test_basic_smoke_runs_the_dialog_in_cpython_and_its_javascript_translation_in_node(
+    request: pytest.FixtureRequest,
+) -> None:
     if shutil.which("node") is None and shutil.which("nodejs") is None:  # scripts/test installs Debian's nodejs
         service_missing("Node (Debian package nodejs), the old platform's runtime in the BASIC benchmark")
-    out = smoke("basic")
+    out = request.getfixturevalue("out")
     assert "GB BASIC CPU-bound loop" in out and "gbmedia interpreter" in out and "CPython (same program)" in out
     assert "Node (JS translation)" in out and "gbmedia compiled (wasm)" in out
     result = last_json(out)
@@ -192,8 +234,8 @@ def test_basic_smoke_runs_the_dialog_in_cpython_and_its_javascript_translation_i
     assert result["node_translation"]["statements_per_s"] > 0 and result["node_translation"]["node"].startswith("v")
 
 
-def test_bots_smoke_users_talk_to_a_dialog_over_rtc_chat_and_get_each_answer_once() -> None:
-    out = smoke("bots")
+@pytest.mark.smoke("bots")
+def test_bots_smoke_users_talk_to_a_dialog_over_rtc_chat_and_get_each_answer_once(out: str) -> None:
     assert "GB BASIC bot: 5 users at once" in out and "a number (answers the HEAR)" in out
     result = last_json(out)
     # Every reply was checked word for word by the benchmark (it exits 1 on a wrong, missing or doubled one).
@@ -203,8 +245,8 @@ def test_bots_smoke_users_talk_to_a_dialog_over_rtc_chat_and_get_each_answer_onc
     assert result["replies_per_s"] > 0 and result["server_cpu_percent"] > 0
 
 
-def test_fanout_floor_smoke_splits_the_native_fan_outs_cpu_into_user_and_kernel() -> None:
-    out = smoke("fanout_floor")
+@pytest.mark.smoke("fanout_floor")
+def test_fanout_floor_smoke_splits_the_native_fan_outs_cpu_into_user_and_kernel(out: str) -> None:
     assert "The native fan-out alone" in out and "user us/dgram" in out and "sys us/dgram" in out
     result = last_json(out)
     (row,) = result["rows"]
