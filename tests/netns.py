@@ -8,8 +8,9 @@ network change in the middle of a call. Needs root (``ip netns``) and nftables.
 The namespace reaches the machine through 198.51.100.0/30 (a documentation range,
 never the machine's own subnet): packets for any of the machine's own addresses are
 delivered locally, so pages and media reach the node at its interface address, with
-no forwarding or NAT. Names carry the test process id and a counter, so parallel
-runs never collide; :func:`namespace` always removes what it made.
+no forwarding or NAT. Names carry the test process id and a counter; :func:`namespace`
+always removes what it made, and the first one a process makes removes what a killed run
+left (its process gone): a leftover's veth would hold our address, and its route would win.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import re
 import shutil
 import stat
 from collections.abc import AsyncIterator
@@ -25,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 _counter = itertools.count()
+_swept = False
+LEFT_BY = re.compile(r"^gbt(\d+)n\d+\b")  # a namespace's name: the test process id, then a counter
 
 
 def missing() -> str | None:
@@ -85,8 +89,40 @@ class Namespace:
         return str(script)
 
 
+async def output(*args: str) -> str:
+    """What a command prints (its errors ignored)."""
+    process = await asyncio.create_subprocess_exec(
+        *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
+    )
+    printed, _ = await process.communicate()
+    return printed.decode(errors="replace")
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+async def remove_leftovers() -> list[str]:
+    """Delete the namespaces whose test process is gone (a run killed mid-test); their names."""
+    removed = []
+    for line in (await output("ip", "netns", "list")).splitlines():
+        match = LEFT_BY.match(line)
+        if match and not alive(int(match[1])):
+            await run("ip", "netns", "del", match[0])  # its veth pair goes with it
+            removed.append(match[0])
+    return removed
+
+
 @asynccontextmanager
 async def namespace() -> AsyncIterator[Namespace]:
+    global _swept
+    if not _swept:
+        _swept = True
+        await remove_leftovers()
     number = next(_counter)
     name = f"gbt{os.getpid()}n{number}"
     outer, inner = f"gbo{os.getpid() % 100000}{number}", f"gbi{os.getpid() % 100000}{number}"
