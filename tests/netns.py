@@ -26,6 +26,8 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.processes import alive
+
 _counter = itertools.count()
 _swept = False
 LEFT_BY = re.compile(r"^gbt(\d+)n\d+\b")  # a namespace's name: the test process id, then a counter
@@ -96,14 +98,6 @@ async def output(*args: str) -> str:
     )
     printed, _ = await process.communicate()
     return printed.decode(errors="replace")
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 async def remove_leftovers() -> list[str]:

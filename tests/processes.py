@@ -16,6 +16,15 @@ from typing import Any
 START_TIMEOUT = 120.0  # a loaded 2-core machine, maybe with coverage in the child
 
 
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` still exists (a zombie counts: it has not been waited for)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def node_env(tmp_path: Path, database_url: str, **settings: str) -> dict[str, str]:
     """The environment of a node of the test's own: none of the caller's ``GBMEDIA_*`` settings (a
     Redis URL, a region) leak in; loopback, a port it picks, a known operator token, a fresh secret

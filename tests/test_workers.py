@@ -32,6 +32,7 @@ from gbmedia.tenancy.tokens import Grants, mint_token
 from gbmedia.workers import MIN_UDP_PORTS_PER_WORKER, plan_workers, restart_delay, split_port_range, worker_count
 from tests.cluster import create_tenant_over_http
 from tests.helpers import OPERATOR, OPERATOR_TOKEN, bearer
+from tests.processes import alive
 from tests.rtc import RtcClient
 from tests.test_server import bare_env
 
@@ -246,14 +247,6 @@ def node_ids_seen(port: int, want: set[str], tries: int = 400) -> set[str]:
         if want <= seen:
             break
     return seen
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def wait_gone(pid: int, timeout: float = 60) -> bool:
