@@ -8,7 +8,11 @@ on the event loop, plus a periodic tick per room. This measures, in one process:
   extension (as the server's transport hands them over);
 * CPU of one detector tick for rooms of N participants;
 * CPU of one quality sample (aiortc ``getStats()`` on a real connected receiver and
-  sender pair, plus the rate arithmetic) per track.
+  sender pair, plus the rate arithmetic) per track;
+* CPU per packet of the publisher's receive path pieces that run in Python: aiortc's RTP
+  parse and its REMB estimator (``RemoteBitrateEstimator.add``), fed a 30 fps stream at
+  VGA's 1 Mbps (4 packets a frame) and at 4K's 18 Mbps (68): the estimator does part of
+  its work per frame and per millisecond, so its cost per packet depends on the stream.
 
 Prints a table and JSON. Asserts nothing about time.
 
@@ -26,6 +30,7 @@ import time
 from pathlib import Path
 
 from aiortc import RTCPeerConnection
+from aiortc.rate import RemoteBitrateEstimator
 from aiortc.rtcrtpparameters import (
     RTCRtpCodecParameters,
     RTCRtpHeaderExtensionParameters,
@@ -135,6 +140,62 @@ async def sample_cost(rounds: int = 200) -> tuple[float, float]:
         await b.close()
 
 
+VIDEO_EXTENSIONS = (
+    RTCRtpHeaderExtensionParameters(id=1, uri="urn:ietf:params:rtp-hdrext:sdes:mid"),
+    RTCRtpHeaderExtensionParameters(id=3, uri="http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"),
+)
+STREAMS = {"vga": 1_000_000, "4k": 18_000_000}  # bits/s of a 30 fps VP8 stream, 1,100-byte payloads
+
+
+def video_stream(bitrate: int, seconds: float) -> list[tuple[bytes, int]]:
+    """A 30 fps stream's packets as they arrive, serialized with mid and abs-send-time: (datagram, arrival ms).
+
+    A frame's packets leave together (abs-send-time 0.1 ms apart) and arrive 0.1 ms apart."""
+    extensions = HeaderExtensionsMap()
+    extensions.configure(RTCRtpParameters(headerExtensions=list(VIDEO_EXTENSIONS)))
+    per_frame = max(1, round(bitrate / 30 / 8 / 1100))
+    out: list[tuple[bytes, int]] = []
+    seq = 0
+    for frame in range(int(seconds * 30)):
+        sent_ms = frame * 1000 / 30
+        for i in range(per_frame):
+            packet = RtpPacket(
+                payload_type=96,
+                sequence_number=seq % 65536,
+                timestamp=frame * 3000,
+                ssrc=1,
+                marker=i == per_frame - 1,
+                payload=bytes(1100),
+            )
+            packet.extensions.mid = "0"
+            packet.extensions.abs_send_time = int((sent_ms + i * 0.1) / 1000 * (1 << 18)) & 0xFFFFFF
+            out.append((packet.serialize(extensions), int(sent_ms + 20 + i * 0.1)))
+            seq += 1
+    return out
+
+
+def receive_cost(bitrate: int, seconds: float) -> tuple[float, float, int]:
+    """µs of CPU per packet of aiortc's RTP parse and of its REMB estimator on a ``bitrate`` stream;
+    packets per frame."""
+    stream = video_stream(bitrate, seconds)
+    extensions = HeaderExtensionsMap()
+    extensions.configure(RTCRtpParameters(headerExtensions=list(VIDEO_EXTENSIONS)))
+    started = cpu()
+    parsed = [(RtpPacket.parse(data, extensions), arrival) for data, arrival in stream]
+    parse = (cpu() - started) / len(stream) * 1e6
+    estimator = RemoteBitrateEstimator()
+    started = cpu()
+    for packet, arrival in parsed:
+        estimator.add(
+            abs_send_time=packet.extensions.abs_send_time,
+            arrival_time_ms=arrival,
+            payload_size=len(packet.payload),
+            ssrc=packet.ssrc,
+        )
+    remb = (cpu() - started) / len(stream) * 1e6
+    return parse, remb, len(stream) // int(seconds * 30)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Measure, print the table and the JSON; ``--smoke`` measures fewer packets, ticks and samples."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -154,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     level_meter = min(per_packet(SpeakerDetector().add("PA", "TR"), batch) for _ in range(3)) - base
     ticks = {n: tick_cost(n, rounds) for n in (2, 10, 50, 200)}
     receive, send = asyncio.run(sample_cost(rounds))
+    seconds = 10.0 if args.smoke else 60.0
+    received = {name: min(receive_cost(bitrate, seconds) for _ in range(3)) for name, bitrate in STREAMS.items()}
     load = os.getloadavg()
 
     print(f"machine load (1/5/15 min): {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} CPUs")
@@ -165,11 +228,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| SpeakerDetector.tick, room of {n} audio participants | {cost:.1f} µs |")
     print(f"| receiver.getStats() + rates, per published track and sample | {receive:.1f} µs |")
     print(f"| sender.getStats() + rates, per down track and sample | {send:.1f} µs |")
+    for name, (parse, remb, per_frame) in received.items():
+        print(f"| RtpPacket.parse, per {name} packet | {parse:.2f} µs |")
+        print(f"| RemoteBitrateEstimator.add (REMB), per {name} packet ({per_frame} a frame) | {remb:.2f} µs |")
     result = {
         "load": load,
         "per_packet_us": {"track_meter": track_meter, "level_meter": level_meter, "loop": base},
         "tick_us": ticks,
         "sample_us": {"receiver": receive, "sender": send},
+        "receive_us": {
+            name: {"parse": parse, "remb_estimator": remb, "packets_per_frame": per_frame}
+            for name, (parse, remb, per_frame) in received.items()
+        },
     }
     print(json.dumps(result))
     if args.json:

@@ -186,6 +186,10 @@ def test_quality_smoke_prices_the_sinks_ticks_and_samples(out: str) -> None:
     assert set(result["tick_us"]) == {"2", "10", "50", "200"}
     assert all(value > 0 for value in result["tick_us"].values())
     assert result["sample_us"]["receiver"] > 0 and result["sample_us"]["sender"] > 0
+    assert "RemoteBitrateEstimator.add (REMB), per vga packet" in out
+    received = result["receive_us"]
+    assert received["vga"]["packets_per_frame"] == 4 and received["4k"]["packets_per_frame"] == 68
+    assert all(figures["parse"] > 0 and figures["remb_estimator"] > 0 for figures in received.values())
 
 
 @pytest.mark.smoke("cluster", "--redis-url", "redis://127.0.0.1:6379/14")  # workers flushes 13, at once
