@@ -147,12 +147,17 @@ VIDEO_EXTENSIONS = (
 STREAMS = {"vga": 1_000_000, "4k": 18_000_000}  # bits/s of a 30 fps VP8 stream, 1,100-byte payloads
 
 
+def video_extensions() -> HeaderExtensionsMap:
+    extensions = HeaderExtensionsMap()
+    extensions.configure(RTCRtpParameters(headerExtensions=list(VIDEO_EXTENSIONS)))
+    return extensions
+
+
 def video_stream(bitrate: int, seconds: float) -> list[tuple[bytes, int]]:
     """A 30 fps stream's packets as they arrive, serialized with mid and abs-send-time: (datagram, arrival ms).
 
     A frame's packets leave together (abs-send-time 0.1 ms apart) and arrive 0.1 ms apart."""
-    extensions = HeaderExtensionsMap()
-    extensions.configure(RTCRtpParameters(headerExtensions=list(VIDEO_EXTENSIONS)))
+    extensions = video_extensions()
     per_frame = max(1, round(bitrate / 30 / 8 / 1100))
     out: list[tuple[bytes, int]] = []
     seq = 0
@@ -178,8 +183,7 @@ def receive_cost(bitrate: int, seconds: float) -> tuple[float, float, int]:
     """µs of CPU per packet of aiortc's RTP parse and of its REMB estimator on a ``bitrate`` stream;
     packets per frame."""
     stream = video_stream(bitrate, seconds)
-    extensions = HeaderExtensionsMap()
-    extensions.configure(RTCRtpParameters(headerExtensions=list(VIDEO_EXTENSIONS)))
+    extensions = video_extensions()
     started = cpu()
     parsed = [(RtpPacket.parse(data, extensions), arrival) for data, arrival in stream]
     parse = (cpu() - started) / len(stream) * 1e6

@@ -43,13 +43,15 @@ def missing() -> str | None:
     return None
 
 
-async def run(*args: str) -> None:
+async def run(*args: str, check: bool = True) -> str:
+    """What the command prints; RuntimeError if it fails, unless ``check`` is off (then its errors are ignored)."""
     process = await asyncio.create_subprocess_exec(
-        *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+        *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT if check else asyncio.subprocess.DEVNULL
     )
     output, _ = await process.communicate()
-    if process.returncode != 0:
+    if check and process.returncode != 0:
         raise RuntimeError(f"{' '.join(args)} failed ({process.returncode}): {output.decode(errors='replace')}")
+    return output.decode(errors="replace")
 
 
 async def no_ipv6(namespace: str, *interfaces: str) -> None:
@@ -91,19 +93,10 @@ class Namespace:
         return str(script)
 
 
-async def output(*args: str) -> str:
-    """What a command prints (its errors ignored)."""
-    process = await asyncio.create_subprocess_exec(
-        *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
-    )
-    printed, _ = await process.communicate()
-    return printed.decode(errors="replace")
-
-
 async def remove_leftovers() -> list[str]:
     """Delete the namespaces whose test process is gone (a run killed mid-test); their names."""
     removed = []
-    for line in (await output("ip", "netns", "list")).splitlines():
+    for line in (await run("ip", "netns", "list")).splitlines():
         match = LEFT_BY.match(line)
         if match and not alive(int(match[1])):
             await run("ip", "netns", "del", match[0])  # its veth pair goes with it
@@ -144,7 +137,4 @@ async def namespace() -> AsyncIterator[Namespace]:
     finally:
         if created:
             await run("ip", "netns", "del", name)  # removes the inner end, and with it the pair
-        process = await asyncio.create_subprocess_exec(
-            "ip", "link", "del", outer, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
-        )
-        await process.wait()  # gone already with its peer, normally
+        await run("ip", "link", "del", outer, check=False)  # gone already with its peer, normally

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import subprocess
 
-import pytest
-
 from tests import netns
-
-pytestmark = pytest.mark.skipif(netns.missing() is not None, reason=str(netns.missing()))
+from tests.conftest import service_missing
 
 
 def gone_pid() -> int:
@@ -18,6 +15,8 @@ def gone_pid() -> int:
 
 
 async def test_a_killed_runs_namespace_is_removed_before_ours_takes_its_address():
+    if (why := netns.missing()) is not None:
+        service_missing(why)
     stale, outer = f"gbt{gone_pid()}n0", "gbostale0"
     await netns.run("ip", "netns", "add", stale)
     try:  # as a run killed mid-test leaves it: the veth's host side holds the first /30's address
@@ -29,17 +28,17 @@ async def test_a_killed_runs_namespace_is_removed_before_ours_takes_its_address(
 
         assert await netns.remove_leftovers() == [stale]
         assert stale not in await netns_names()
-        assert outer not in await netns.output("ip", "-br", "link")  # the pair went with the namespace
+        assert outer not in await netns.run("ip", "-br", "link")  # the pair went with the namespace
         async with netns.namespace() as ours:
             assert await netns.remove_leftovers() == []  # ours (a live process's) stays
             assert ours.name in await netns_names()
-            shown = await netns.output("ip", "-br", "addr", "show", "to", "198.51.100.0/24")
+            shown = await netns.run("ip", "-br", "addr", "show", "to", "198.51.100.0/24")
             holders = [line.split()[0].partition("@")[0] for line in shown.splitlines() if line.strip()]
             assert holders == [ours.outer_link]  # the only link with an address of the range: ours
     finally:
-        await netns.output("ip", "netns", "del", stale)
-        await netns.output("ip", "link", "del", outer)
+        await netns.run("ip", "netns", "del", stale, check=False)
+        await netns.run("ip", "link", "del", outer, check=False)
 
 
 async def netns_names() -> str:
-    return await netns.output("ip", "netns", "list")
+    return await netns.run("ip", "netns", "list")

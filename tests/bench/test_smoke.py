@@ -31,6 +31,8 @@ TIMEOUT = 300  # seconds; a smoke run takes 5-30 s on a quiet 2-core machine, lo
 LANES = 3  # runs at once: together about one core, the rest for the suite's other work
 JANUS = Path("/usr/bin/janus").exists()  # scripts/test installs Debian's janus
 DIR = "{dir}"  # in a run's arguments: the module's temporary directory (JSON files the tests read)
+# The order the runs start in (their lengths on a quiet machine, longest first): the suite waits for the last.
+LONGEST_FIRST = ("workers", "hls", "forwarding", "live", "chat", "cluster", "bots", "recording", "basic")
 
 
 def run_smoke(name: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -62,10 +64,6 @@ def smoke_runs(request: pytest.FixtureRequest, smoke_dir: Path) -> Iterator[dict
     wanted.sort(key=lambda args: LONGEST_FIRST.index(args[0]) if args[0] in LONGEST_FIRST else len(LONGEST_FIRST))
     with ThreadPoolExecutor(LANES, thread_name_prefix="smoke") as pool:
         yield {args[0]: pool.submit(run_smoke, *args) for args in wanted}
-
-
-# The order the runs start in (their lengths on a quiet machine, longest first): the suite waits for the last.
-LONGEST_FIRST = ("workers", "hls", "forwarding", "live", "chat", "cluster", "bots", "recording", "basic")
 
 
 @pytest.fixture
