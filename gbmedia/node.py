@@ -8,6 +8,7 @@ sweeper). Shutdown runs in reverse.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import secrets
 import shutil
@@ -57,7 +58,7 @@ from gbmedia.rooms.store import Rooms, RoomSweeper
 from gbmedia.rooms.webhooks import RoomWebhooks
 from gbmedia.sfu import aiortc_adapter, fanout
 from gbmedia.sfu.media_address import MediaAddress, media_ports, resolve_media_address
-from gbmedia.sfu.udp_mux import UdpMux
+from gbmedia.sfu.udp_mux import MuxCounters, UdpMux
 from gbmedia.signaling.cascade import HttpFeeder
 from gbmedia.signaling.relay import ClusterAuth, Relay
 from gbmedia.streaming.metering import meter_hls
@@ -446,6 +447,8 @@ class Node:
         node.metrics.watch(relay.samples)
         node.metrics.watch(cascade.samples)
         node.metrics.watch(node.load_samples)
+        if media_address.mux is not None:
+            node.metrics.watch(functools.partial(udp_samples, media_address.mux.counters))
         for each in (limiter, chat_limiter, abuse.auth_failures, abuse.joins):
             if isinstance(each, FallbackRateLimiter):
                 node.metrics.watch(each.samples)
@@ -531,3 +534,20 @@ async def _check(probe: Any) -> dict[str, Any]:
     except Exception as exc:  # any failure means "not ready", and says why
         return {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:300]}
     return {"ok": True, "latency_ms": round((time.perf_counter() - started) * 1000, 2)}
+
+
+def udp_samples(counters: MuxCounters) -> list[Sample]:
+    """The shared media port's counters on /metrics (docs/operations.md)."""
+    dropped = "Datagrams the shared media port dropped, by reason"
+    return [
+        *(
+            Sample("gbmedia_udp_dropped_total", dropped, getattr(counters, reason), True, (("reason", reason),))
+            for reason in ("unknown_address", "unknown_ufrag", "bad_integrity", "unmatched_response")
+        ),
+        Sample(
+            "gbmedia_udp_consent_answered_total",
+            "Consent checks the shared media port answered itself",
+            counters.consent_answered,
+            True,
+        ),
+    ]

@@ -75,7 +75,7 @@ from gbmedia.sfu import fanout
 from gbmedia.sfu.codecs import same_codec
 from gbmedia.sfu.media_address import MediaAddress
 from gbmedia.sfu.rtp import ExtensionLayout
-from gbmedia.sfu.udp_mux import MuxedTransport
+from gbmedia.sfu.udp_mux import Address, ConsentAnswer, MuxedTransport, binding_success
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +134,10 @@ _ICE_ATTRS = (
     "_query_consent_task",
     "build_request",
     "remote_password",
+    "remote_username",
+    "ice_controlling",
+    "_closing",  # the mux's consent answers (_consent_answer)
+    "_early_checks_done",
 )
 _DTLS_ATTRS = (
     "_rtp_router",
@@ -404,11 +408,44 @@ async def keep_consent(connection: IceConnection) -> None:
             return
 
 
+def _consent_answer(connection: IceConnection) -> ConsentAnswer:
+    """The mux answers ``connection``'s consent checks itself (:func:`udp_mux.binding_success`).
+
+    Only a request aioice would answer with a plain success and then do nothing more for: a Binding
+    request (integrity already checked by the mux) with the full USERNAME, no USE-CANDIDATE and no
+    role conflict, from the remote address of the connection's selected pair, once its early checks
+    are done and while it is not closing. Anything else goes to aioice's ``request_received`` as before.
+    """
+    password = connection.local_password.encode("utf8")
+
+    def answer(protocol: Any, message: stun.Message, addr: Address) -> bytes | None:
+        attributes = message.attributes
+        conflict = "ICE-CONTROLLING" if connection.ice_controlling else "ICE-CONTROLLED"  # our own role's
+        if (
+            connection._closing
+            or not connection._early_checks_done
+            or message.message_method != stun.Method.BINDING
+            or "USE-CANDIDATE" in attributes
+            or conflict in attributes
+            or attributes.get("USERNAME") != f"{connection.local_username}:{connection.remote_username}"
+        ):
+            return None
+        pair = connection._nominated.get(protocol.local_candidate.component)
+        if pair is None or pair.protocol is not protocol or pair.remote_addr != addr:
+            return None
+        return binding_success(message.transaction_id, addr, password)
+
+    return answer
+
+
 def _muxed_candidate(connection: IceConnection, address: MediaAddress, component: int) -> Candidate:
     """The host candidate on the node's one UDP port: the mux hands this connection its datagrams."""
     assert address.mux is not None
     protocol = address.mux.attach(
-        connection.local_username, connection.local_password, lambda: StunProtocol(connection)
+        connection.local_username,
+        connection.local_password,
+        lambda: StunProtocol(connection),
+        _consent_answer(connection),
     )
     protocol.local_candidate = Candidate(  # type: ignore[attr-defined]
         foundation=candidate_foundation("host", "udp", address.advertised),

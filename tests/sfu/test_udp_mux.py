@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import os
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
@@ -18,7 +20,7 @@ from gbmedia.config import ConfigError, Settings, detect_public_host, load_setti
 from gbmedia.node import Node
 from gbmedia.sfu.media_address import MediaAddress, media_ports
 from gbmedia.sfu.peers import PublisherPeer
-from gbmedia.sfu.udp_mux import UdpMux
+from gbmedia.sfu.udp_mux import UdpMux, binding_success
 from gbmedia.tenancy.tokens import Grants, mint_token
 from gbmedia.workers import plan_workers
 from tests.conftest import make_settings
@@ -127,6 +129,82 @@ async def test_strangers_are_dropped_and_a_bad_password_owns_no_address(mux: Udp
         await server.close()
 
 
+@pytest.mark.parametrize("addr", [("192.0.2.7", 50123), ("2001:db8::7", 443), ("::ffff:192.0.2.7", 9)])
+def test_the_muxs_binding_answer_is_aioices_byte_for_byte(addr: tuple[str, int]):
+    request = stun.parse_message(binding_request("local:remote", b"the-local-password-123"))
+    theirs = stun.Message(
+        message_method=stun.Method.BINDING,
+        message_class=stun.Class.RESPONSE,
+        transaction_id=request.transaction_id,
+    )
+    theirs.attributes["XOR-MAPPED-ADDRESS"] = addr
+    theirs.add_message_integrity(b"the-local-password-123")
+    ours = binding_success(request.transaction_id, addr, b"the-local-password-123")
+    assert ours == bytes(theirs)
+    parsed = stun.parse_message(ours)
+    assert parsed.check_message_integrity(b"the-local-password-123")
+    host, port = parsed.attributes["XOR-MAPPED-ADDRESS"]
+    assert (ipaddress.ip_address(host), port) == (ipaddress.ip_address(addr[0]), addr[1])
+
+
+def ice_connection(pc: RTCPeerConnection) -> Any:
+    return pc.getTransceivers()[0].receiver.transport.transport.iceGatherer._connection
+
+
+async def check(client: RTCPeerConnection, *, nominate: bool = False) -> stun.Message:
+    """One connectivity check from the client's selected pair, as its consent checks are made."""
+    connection = ice_connection(client)
+    pair = connection._nominated[1]
+    request = connection.build_request(pair, nominate=nominate)
+    response, _ = await pair.protocol.request(
+        request, pair.remote_addr, integrity_key=connection.remote_password.encode(), retransmissions=0
+    )
+    return response
+
+
+async def test_consent_checks_on_the_selected_pair_are_answered_by_the_mux_and_others_by_the_connection(
+    mux: UdpMux,
+):
+    here = detect_public_host()
+    server = PublisherPeer("PA_c", address=MediaAddress(here, here, (41000, 41020), mux=mux))
+    client = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    probe.setblocking(False)
+    try:
+        answer, added = await connect(server, client)
+        await wait_for(lambda: added[0].packets_in > 5, within=20)
+        client_address = ice_connection(client)._nominated[1].local_addr
+
+        before = mux.counters.consent_answered
+        response = await check(client)  # aioice checks the answer's MESSAGE-INTEGRITY with the password
+        assert response.message_class == stun.Class.RESPONSE
+        assert response.attributes["XOR-MAPPED-ADDRESS"] == client_address
+        assert mux.counters.consent_answered == before + 1
+
+        response = await check(client, nominate=True)  # USE-CANDIDATE: the connection's own business
+        assert response.message_class == stun.Class.RESPONSE
+        assert mux.counters.consent_answered == before + 1
+
+        # The right credentials from another address: not the selected pair, so aioice answers (and learns
+        # a peer-reflexive candidate), never the mux.
+        ufrag = next(line.split(":", 1)[1] for line in answer.splitlines() if line.startswith("a=ice-ufrag:"))
+        password = next(line.split(":", 1)[1] for line in answer.splitlines() if line.startswith("a=ice-pwd:"))
+        remote_ufrag = ice_connection(client).local_username
+        probe.bind((here, 0))
+        probe.sendto(binding_request(f"{ufrag}:{remote_ufrag}", password.encode()), (here, mux.port))
+        answered = stun.parse_message(await reply_to(probe))
+        assert answered.message_class == stun.Class.RESPONSE and answered.check_message_integrity(password.encode())
+        assert answered.attributes["XOR-MAPPED-ADDRESS"] == probe.getsockname()
+        assert mux.counters.consent_answered == before + 1
+
+        before_packets = added[0].packets_in
+        await wait_for(lambda: added[0].packets_in > before_packets + 5, within=20)  # media never noticed
+    finally:
+        probe.close()
+        await client.close()
+        await server.close()
+
+
 async def test_datagrams_leave_with_dont_fragment_and_no_per_datagram_ip_id():
     """IP_PMTUDISC_PROBE on the shared socket: DF set and IP ID 0, so the kernel skips hashing an ID
     for every forwarded datagram (seen on the wire: a raw socket reads the IPv4 header back)."""
@@ -185,6 +263,15 @@ async def test_a_node_in_single_port_mode_carries_a_meeting_on_one_port(tmp_path
                     (node.media_address.advertised, mux.port)
                 ]
                 assert mux.connections >= 2  # alice's publisher and bob's subscriber, on the one port
+
+                # What the port drops is on /metrics, by reason (one RTP-looking datagram from a stranger).
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as stranger:
+                    stranger.sendto(b"\x80" + os.urandom(40), (node.media_address.advertised, mux.port))
+                await wait_for(lambda: mux.counters.unknown_address == 1, within=5)
+                metrics = await (await client.get("/metrics")).text()
+                assert 'gbmedia_udp_dropped_total{reason="unknown_address"} 1.0' in metrics
+                assert 'gbmedia_udp_dropped_total{reason="bad_integrity"} 0.0' in metrics
+                assert "gbmedia_udp_consent_answered_total " in metrics
             finally:
                 await alice.close()
                 await bob.close()
