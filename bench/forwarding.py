@@ -66,6 +66,8 @@ from bench.lib.subscriber import JanusSubscriber, Subscriber, serve_subscribers
 from bench.lib.targets import TARGETS, Target
 from bench.lib.workers import WorkerProcess, counting_worker, running
 
+UPKEEP_SETTLE = 2.0  # seconds after muting before the upkeep window: the last packets are sent and read
+
 # --- the subscriber workers ------------------------------------------------------------
 
 
@@ -131,8 +133,33 @@ async def run_one(
         row = fanout.measure(n, first, last, joined, len(waiting), publisher, joining_since)
         add_server_count(row, sent_a, sent_b)
         row["server"] = target.name
+        if args.upkeep and n and publisher.can_mute:
+            row["upkeep_cpu_percent"] = await measure_upkeep(server, publisher, args.upkeep)
         row["rtx_payload_types_removed"] = sum(sb.get("rtx_removed", 0) for sb in last.subs)
         return row
+
+
+async def measure_upkeep(server: Any, publisher: Publisher, seconds: float) -> float:
+    """The server's CPU (% of a core) with the subscribers still joined and nothing forwarded: the publisher's
+    track muted on the server (it still receives it). Against the N=0 row that is what each subscriber
+    costs per second besides forwarding: sender reports, consent checks, its RTCP, quality sampling."""
+    await publisher.mute(True)
+    try:
+        await asyncio.sleep(UPKEEP_SETTLE)
+        cpu, started = server.cpu(), time.monotonic()
+        await asyncio.sleep(seconds)
+        return (server.cpu() - cpu) / (time.monotonic() - started) * 100
+    finally:
+        await publisher.mute(False)
+
+
+def add_upkeep(rows: list[dict[str, Any]]) -> None:
+    """Per row with an upkeep window: µs of server CPU per subscriber and second, against the N=0 row."""
+    base = next((r for r in rows if r["subscribers"] == 0), None)
+    for row in rows:
+        upkeep = row.get("upkeep_cpu_percent")
+        if upkeep is not None and base is not None and row["subscribers"]:
+            row["upkeep_us_per_subscriber_s"] = (upkeep - base["server_cpu_percent"]) * 1e4 / row["subscribers"]
 
 
 async def server_count(
@@ -239,6 +266,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="seconds for subscribers to join and receive a first frame (default 60)",
     )
     parser.add_argument("--pause", type=float, default=2.0, help="seconds between rows (default 2)")
+    parser.add_argument(
+        "--upkeep",
+        type=float,
+        default=0.0,
+        help="after each window, this many seconds more with the publisher muted on the server (gbmedia only): "
+        "the CPU the joined subscribers cost without forwarding, per subscriber and second (default 0: off)",
+    )
     add_server_options(
         parser,
         startup_timeout=90.0,
@@ -343,7 +377,8 @@ async def measure_server(
             print(
                 f"  [{target.name}] N={n}: {row['forwarded_packets_per_s']:.0f} packets/s forwarded, "
                 f"{row['server_cpu_percent']:.1f}% CPU, fps min {fmt(row['fps_min'], '.1f')}, loss "
-                f"{fmt(row['loss_percent'], '.2f')}%, machine {row['machine_busy_percent']:.0f}% busy",
+                f"{fmt(row['loss_percent'], '.2f')}%, machine {row['machine_busy_percent']:.0f}% busy"
+                + (f"; muted {row['upkeep_cpu_percent']:.1f}% CPU" if "upkeep_cpu_percent" in row else ""),
                 file=sys.stderr,
             )
             if index == len(counts) and args.extend and n and good(row) and n + args.step <= args.max_subscribers:
@@ -388,6 +423,7 @@ async def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
                 target.server.kill_now()
     for name in args.servers:
         add_marginals([r for r in rows if r.get("server") == name and "error" not in r])
+        add_upkeep([r for r in rows if r.get("server") == name and "error" not in r])
     return {
         "benchmark": "forwarding",
         "config": {
@@ -399,6 +435,7 @@ async def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
             "per_process": args.per_process,
             "extend": args.extend,
             "pin_server": sorted(args.pin_server) if args.pin_server else None,
+            "upkeep": args.upkeep,
         },
         "machine": machine_info(aiortc=aiortc.__version__, loadavg_before=load_before, loadavg_after=os.getloadavg()),
         "reference": {

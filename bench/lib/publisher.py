@@ -29,6 +29,7 @@ from gbmedia.sfu.aiortc_adapter import keep_consent_on
 
 
 class Publisher:
+    can_mute = True  # gbmedia's `mute` message (bench.forwarding --upkeep)
     """One VP8 video track published over ``/rtc``: ``PlasmaVideoTrack`` with the encoder pinned at
     ``bitrate``, or, given ``clip``, that VP8 file's packets replayed at its frame rate without encoding
     (``ReplayVideoTrack``; ``bitrate`` then unused: the clip's own is what goes out)."""
@@ -126,6 +127,11 @@ class Publisher:
         assert self.signaling is not None
         await self.signaling.request({"type": "ping"}, timeout=10)
 
+    async def mute(self, muted: bool) -> None:
+        """Mute (or unmute) the published track on the server: it keeps receiving, forwards nothing."""
+        assert self.signaling is not None
+        await self.signaling.request({"type": "mute", "track_id": self.track_id, "muted": muted}, timeout=10)
+
     async def _leave(self) -> None:
         if self.signaling is not None:
             await self.signaling.leave()
@@ -157,6 +163,8 @@ class Publisher:
 class JanusPublisher(Publisher):
     """The same publisher, signaled over Janus's HTTP API: VideoRoom ``join`` as a publisher, ``publish``
     with the offer; the answer comes in the event. Its pings are Janus ``ping`` requests."""
+
+    can_mute = False
 
     def __init__(self, bitrate: int, clip: Path | None = None) -> None:
         super().__init__(bitrate, clip=clip)
