@@ -87,7 +87,7 @@ def binding_success(transaction_id: bytes, addr: Address, password: bytes) -> by
     ``ipaddress`` per answer: with a consent check every 5 s per connection, that and the second
     parse were a visible part of the node's CPU per subscriber (bench.forwarding, muted publisher).
     """
-    host = addr[0]
+    host = addr[0].partition("%")[0]  # a link-local IPv6 address's scope is not on the wire
     raw = socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host)
     pad = _COOKIE_BYTES + transaction_id
     mapped = _ADDRESS.pack(

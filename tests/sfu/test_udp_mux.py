@@ -129,7 +129,9 @@ async def test_strangers_are_dropped_and_a_bad_password_owns_no_address(mux: Udp
         await server.close()
 
 
-@pytest.mark.parametrize("addr", [("192.0.2.7", 50123), ("2001:db8::7", 443), ("::ffff:192.0.2.7", 9)])
+@pytest.mark.parametrize(
+    "addr", [("192.0.2.7", 50123), ("2001:db8::7", 443), ("::ffff:192.0.2.7", 9), ("fe80::7%lo", 5)]
+)
 def test_the_muxs_binding_answer_is_aioices_byte_for_byte(addr: tuple[str, int]):
     request = stun.parse_message(binding_request("local:remote", b"the-local-password-123"))
     theirs = stun.Message(
@@ -144,7 +146,7 @@ def test_the_muxs_binding_answer_is_aioices_byte_for_byte(addr: tuple[str, int])
     parsed = stun.parse_message(ours)
     assert parsed.check_message_integrity(b"the-local-password-123")
     host, port = parsed.attributes["XOR-MAPPED-ADDRESS"]
-    assert (ipaddress.ip_address(host), port) == (ipaddress.ip_address(addr[0]), addr[1])
+    assert (ipaddress.ip_address(host), port) == (ipaddress.ip_address(addr[0].partition("%")[0]), addr[1])
 
 
 def ice_connection(pc: RTCPeerConnection) -> Any:
