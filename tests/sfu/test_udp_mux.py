@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import os
 import socket
@@ -68,6 +69,32 @@ def nothing_waiting(probe: socket.socket) -> bool:
     return False
 
 
+@contextlib.asynccontextmanager
+async def one_connection(
+    mux: UdpMux, name: str
+) -> AsyncIterator[tuple[RTCPeerConnection, socket.socket, str, list[Any]]]:
+    """A server connection on the mux receiving an aiortc client's video, and a probe socket on this host:
+    (client, probe, the server's answer, its published tracks)."""
+    here = detect_public_host()
+    server = PublisherPeer(name, address=MediaAddress(here, here, (41000, 41020), mux=mux))
+    client = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    probe.setblocking(False)
+    try:
+        answer, added = await connect(server, client)
+        await wait_for(lambda: added[0].packets_in > 5, within=20)
+        probe.bind((here, 0))
+        yield client, probe, answer, added
+    finally:
+        probe.close()
+        await client.close()
+        await server.close()
+
+
+def sdp_value(sdp: str, attribute: str) -> str:
+    return next(line.split(":", 1)[1] for line in sdp.splitlines() if line.startswith(f"a={attribute}:"))
+
+
 async def test_two_connections_from_one_address_share_the_port_and_each_gets_its_own_media(mux: UdpMux):
     here = detect_public_host()
     address = MediaAddress(here, here, (41000, 41020), mux=mux)
@@ -98,15 +125,8 @@ async def test_two_connections_from_one_address_share_the_port_and_each_gets_its
 
 async def test_strangers_are_dropped_and_a_bad_password_owns_no_address(mux: UdpMux):
     here = detect_public_host()
-    server = PublisherPeer("PA_x", address=MediaAddress(here, here, (41000, 41020), mux=mux))
-    client = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    probe.setblocking(False)
-    try:
-        answer, added = await connect(server, client)
-        await wait_for(lambda: added[0].packets_in > 5, within=20)
-        ufrag = next(line.split(":", 1)[1] for line in answer.splitlines() if line.startswith("a=ice-ufrag:"))
-        probe.bind((here, 0))
+    async with one_connection(mux, "PA_x") as (_, probe, answer, added):
+        ufrag = sdp_value(answer, "ice-ufrag")
 
         probe.sendto(binding_request("nope:abcd", b"whatever-password-here"), (here, mux.port))
         await wait_for(lambda: mux.counters.unknown_ufrag == 1, within=5)
@@ -123,10 +143,6 @@ async def test_strangers_are_dropped_and_a_bad_password_owns_no_address(mux: Udp
         await wait_for(lambda: mux.counters.unknown_address == 2, within=5)
         before = added[0].packets_in
         await wait_for(lambda: added[0].packets_in > before + 5, within=20)  # the real one never noticed
-    finally:
-        probe.close()
-        await client.close()
-        await server.close()
 
 
 @pytest.mark.parametrize(
@@ -168,13 +184,7 @@ async def test_consent_checks_on_the_selected_pair_are_answered_by_the_mux_and_o
     mux: UdpMux,
 ):
     here = detect_public_host()
-    server = PublisherPeer("PA_c", address=MediaAddress(here, here, (41000, 41020), mux=mux))
-    client = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    probe.setblocking(False)
-    try:
-        answer, added = await connect(server, client)
-        await wait_for(lambda: added[0].packets_in > 5, within=20)
+    async with one_connection(mux, "PA_c") as (client, probe, answer, added):
         client_address = ice_connection(client)._nominated[1].local_addr
 
         before = mux.counters.consent_answered
@@ -189,10 +199,8 @@ async def test_consent_checks_on_the_selected_pair_are_answered_by_the_mux_and_o
 
         # The right credentials from another address: not the selected pair, so aioice answers (and learns
         # a peer-reflexive candidate), never the mux.
-        ufrag = next(line.split(":", 1)[1] for line in answer.splitlines() if line.startswith("a=ice-ufrag:"))
-        password = next(line.split(":", 1)[1] for line in answer.splitlines() if line.startswith("a=ice-pwd:"))
+        ufrag, password = sdp_value(answer, "ice-ufrag"), sdp_value(answer, "ice-pwd")
         remote_ufrag = ice_connection(client).local_username
-        probe.bind((here, 0))
         probe.sendto(binding_request(f"{ufrag}:{remote_ufrag}", password.encode()), (here, mux.port))
         answered = stun.parse_message(await reply_to(probe))
         assert answered.message_class == stun.Class.RESPONSE and answered.check_message_integrity(password.encode())
@@ -201,10 +209,6 @@ async def test_consent_checks_on_the_selected_pair_are_answered_by_the_mux_and_o
 
         before_packets = added[0].packets_in
         await wait_for(lambda: added[0].packets_in > before_packets + 5, within=20)  # media never noticed
-    finally:
-        probe.close()
-        await client.close()
-        await server.close()
 
 
 async def test_datagrams_leave_with_dont_fragment_and_no_per_datagram_ip_id():
