@@ -362,6 +362,20 @@ def test_marginals_are_against_the_row_above() -> None:
     assert rows[1]["marginal_ms_per_frame_per_subscriber"] == pytest.approx(0.2 / (10 * 30) * 1000)
 
 
+def test_upkeep_is_the_muted_windows_cpu_over_the_publisher_alone_per_subscriber_and_second():
+    rows = [
+        {"subscribers": 0, "server_cpu_percent": 2.0},
+        {"subscribers": 100, "server_cpu_percent": 12.0, "upkeep_cpu_percent": 4.0},
+        {"subscribers": 200, "server_cpu_percent": 22.0},  # no upkeep window (Janus, or --upkeep 0)
+    ]
+    forwarding.add_upkeep(rows)
+    assert rows[1]["upkeep_us_per_subscriber_s"] == pytest.approx(200.0)  # 2 % of a core = 20 ms/s over 100
+    assert "upkeep_us_per_subscriber_s" not in rows[0] and "upkeep_us_per_subscriber_s" not in rows[2]
+    alone = [{"subscribers": 100, "server_cpu_percent": 12.0, "upkeep_cpu_percent": 4.0}]
+    forwarding.add_upkeep(alone)  # no N=0 row to measure against
+    assert "upkeep_us_per_subscriber_s" not in alone[0]
+
+
 # --- the forwarding verdicts ---------------------------------------------------------------------------------
 
 

@@ -90,7 +90,7 @@ def measured(rows: list[dict[str, Any]], n: int) -> dict[str, Any]:
     return row
 
 
-@pytest.mark.smoke("forwarding", "--servers", "gbmedia,janus" if JANUS else "gbmedia", "--baseline", "--upkeep", "1")
+@pytest.mark.smoke("forwarding", "--servers", "gbmedia,janus" if JANUS else "gbmedia", "--upkeep", "1")
 def test_forwarding_smoke_forwards_to_one_subscriber_prints_cpu_per_packet_and_compares_with_janus(out: str) -> None:
     """One run for both servers where Janus is installed (CI installs it: a missing one fails there), gbmedia
     alone elsewhere: the gbmedia rows and tables are the same either way."""
@@ -107,9 +107,10 @@ def test_forwarding_smoke_forwards_to_one_subscriber_prints_cpu_per_packet_and_c
     assert row["forwarded_packets_per_s"] > 0 and row["read_packets_per_s"] > 0
     assert row["server_us_per_packet"] > 0 and row["fps_min"] > 0
     assert row["loss_percent"] is not None
-    # --upkeep: a window with the track muted on the server (it forwards nothing then), against N=0
-    assert row["upkeep_cpu_percent"] > 0 and isinstance(row["upkeep_us_per_subscriber_s"], float)
-    assert "upkeep us/sub/s" in out
+    # --upkeep: a window with the track muted on the server (it forwards nothing then); per subscriber
+    # only against an N=0 row, which the smoke run leaves out
+    assert row["upkeep_cpu_percent"] > 0 and "upkeep_us_per_subscriber_s" not in row
+    assert "muted srv%" in out
     assert isinstance(result["summary"]["servers"]["gbmedia"]["max_subscribers_30fps"], int)
     if janus:
         assert "janus forwarding: 1 publisher" in out and "Ratio gbmedia/Janus" in out
