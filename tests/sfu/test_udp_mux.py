@@ -141,6 +141,10 @@ async def test_strangers_are_dropped_and_a_bad_password_owns_no_address(mux: Udp
         await wait_for(lambda: mux.counters.unknown_address == 1, within=5)
         probe.sendto(bytes(20), (here, mux.port))  # a STUN-looking header that does not parse
         await wait_for(lambda: mux.counters.unknown_address == 2, within=5)
+        indication = stun.Message(message_method=stun.Method.BINDING, message_class=stun.Class.INDICATION)
+        probe.sendto(bytes(indication), (here, mux.port))  # keepalive-style: ignored, as aioice would
+        await asyncio.sleep(0.3)
+        assert nothing_waiting(probe) and mux.counters.unmatched_response == 0
         before = added[0].packets_in
         await wait_for(lambda: added[0].packets_in > before + 5, within=20)  # the real one never noticed
 
