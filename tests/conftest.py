@@ -16,6 +16,7 @@ import contextlib
 import gc
 import os
 import shutil
+import sys
 import tempfile
 import uuid
 import warnings
@@ -50,6 +51,41 @@ pytest_plugins = ["tests.browser"]  # the `browser` fixture: real Chromium (test
 
 class ReceiverLeftRunning(pytest.PytestWarning):
     """A test left an aiortc receiver running (a peer connection nobody closed)."""
+
+
+TASKS_DUMPED_BEFORE_TIMEOUT = 10.0  # seconds before pytest-timeout fails a test that still runs
+
+
+@pytest.fixture(autouse=True)
+async def tasks_shown_before_a_timeout(request: pytest.FixtureRequest) -> AsyncIterator[None]:
+    """Print every asyncio task's stack to stderr shortly before pytest-timeout fails a hung test.
+
+    pytest-timeout shows the threads' stacks, and a test hung in asyncio shows only its event loop
+    waiting in ``select``: what it waits for is a task's ``await``. The report's captured stderr then
+    names it.
+    """
+    marker = request.node.get_closest_marker("timeout")
+    limit = float(marker.args[0]) if marker and marker.args else float(request.config.getini("timeout") or 0)
+    loop = asyncio.get_running_loop()
+    handle = None
+    if limit > TASKS_DUMPED_BEFORE_TIMEOUT:
+        handle = loop.call_later(limit - TASKS_DUMPED_BEFORE_TIMEOUT, _print_tasks, loop, request.node.nodeid)
+    yield
+    if handle is not None:
+        handle.cancel()
+
+
+def _print_tasks(loop: asyncio.AbstractEventLoop, test: str) -> None:
+    tasks = asyncio.all_tasks(loop)
+    print(f"--- {test} is about to time out; its {len(tasks)} asyncio tasks:", file=sys.stderr)
+    for task in tasks:
+        print(f"- {task.get_name()}, awaiting (outermost first):", file=sys.stderr)
+        awaited: Any = task.get_coro()
+        while awaited is not None:  # the whole chain of awaits, not only the task's own frame
+            frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "gi_frame", None)
+            if frame is not None:
+                print(f"    {frame.f_code.co_filename}:{frame.f_lineno} {frame.f_code.co_name}", file=sys.stderr)
+            awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "gi_yieldfrom", None)
 
 
 @pytest.fixture(autouse=True)
