@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,20 @@ TIMEOUT = 120.0
 
 def server_env(tmp_path: Path, database_url: str) -> dict[str, str]:
     return processes.node_env(tmp_path, database_url)  # its budgets let the test poll for the bot's replies
+
+
+async def waiting_state(database_url: str, wanted: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+    """The waiting run's saved state once ``wanted`` holds for it (within 20 s)."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        for _ in range(200):
+            raw = await conn.fetchval("SELECT state FROM bot_runs WHERE status = 'waiting'")
+            if raw is not None and wanted(state := json.loads(raw)):
+                return state
+            await asyncio.sleep(0.1)
+    finally:
+        await conn.close()
+    raise AssertionError("no waiting run with the state wanted")
 
 
 async def call(http: aiohttp.ClientSession, method: str, url: str, headers: dict[str, str], body: Any = None) -> Any:
@@ -80,14 +95,15 @@ async def test_a_dialog_resumes_at_its_hear_after_its_node_is_killed(tmp_path: P
             assert await bot_replies(http, url, cid, alice, 1) == ["Your e-mail?"]
             await say(url, "ana@example.com")
             assert await bot_replies(http, url, cid, alice, 2) == ["Your e-mail?", "And your age?"]
+            # The reply is committed before the run's new state (a turn killed between the two is run again
+            # from the user's message, under the same message keys: chat_port.py); this test kills the node
+            # once the run waits at the second HEAR, so it waits for that state first.
+            state = await waiting_state(database_url, lambda s: "EMAIL" in s["globals"])
 
             first.kill()  # waiting at the second HEAR
             await first.exited()
-            conn = await asyncpg.connect(database_url)
-            try:  # the run waits in the compiled engine (GBMEDIA_BOT_ENGINE's default): its frames, in PostgreSQL
-                state = json.loads(await conn.fetchval("SELECT state FROM bot_runs WHERE status = 'waiting'"))
-            finally:
-                await conn.close()
+            # the run waits in the compiled engine (GBMEDIA_BOT_ENGINE's default): its frames, in PostgreSQL
+            assert state == await waiting_state(database_url, lambda s: True)
             assert state["engine"] == "wasm" and state["globals"]["EMAIL"] == "ana@example.com"
             url = await second.start()
             await say(url, "thirty")
