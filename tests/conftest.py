@@ -58,7 +58,7 @@ TASKS_DUMPED_BEFORE_TIMEOUT = 10.0  # seconds before pytest-timeout fails a test
 
 @pytest.fixture(autouse=True)
 async def tasks_shown_before_a_timeout(request: pytest.FixtureRequest) -> AsyncIterator[None]:
-    """Print every asyncio task's stack to stderr shortly before pytest-timeout fails a hung test.
+    """Print every asyncio task's chain of awaits to stderr shortly before pytest-timeout fails a hung test.
 
     pytest-timeout shows the threads' stacks, and a test hung in asyncio shows only its event loop
     waiting in ``select``: what it waits for is a task's ``await``. The report's captured stderr then

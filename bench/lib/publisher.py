@@ -29,10 +29,11 @@ from gbmedia.sfu.aiortc_adapter import keep_consent_on
 
 
 class Publisher:
-    can_mute = True  # gbmedia's `mute` message (bench.forwarding --upkeep)
     """One VP8 video track published over ``/rtc``: ``PlasmaVideoTrack`` with the encoder pinned at
     ``bitrate``, or, given ``clip``, that VP8 file's packets replayed at its frame rate without encoding
     (``ReplayVideoTrack``; ``bitrate`` then unused: the clip's own is what goes out)."""
+
+    can_mute = True  # gbmedia's `mute` message (bench.forwarding --upkeep)
 
     def __init__(self, bitrate: int, width: int = 640, height: int = 480, clip: Path | None = None) -> None:
         self.bitrate = bitrate
