@@ -134,21 +134,23 @@ async def run_one(
         add_server_count(row, sent_a, sent_b)
         row["server"] = target.name
         if args.upkeep and n and publisher.can_mute:
-            row["upkeep_cpu_percent"] = await measure_upkeep(server, publisher, args.upkeep)
+            row["upkeep_cpu_percent"], row["upkeep_runs_per_s"] = await measure_upkeep(server, publisher, args.upkeep)
         row["rtx_payload_types_removed"] = sum(sb.get("rtx_removed", 0) for sb in last.subs)
         return row
 
 
-async def measure_upkeep(server: Any, publisher: Publisher, seconds: float) -> float:
+async def measure_upkeep(server: Any, publisher: Publisher, seconds: float) -> tuple[float, float]:
     """The server's CPU (% of a core) with the subscribers still joined and nothing forwarded: the publisher's
     track muted on the server (it still receives it). Against the N=0 row that is what each subscriber
-    costs per second besides forwarding: sender reports, consent checks, its RTCP, quality sampling."""
+    costs per second besides forwarding: sender reports, consent checks, its RTCP, quality sampling.
+    Also how often per second its threads were put on a CPU (each wake-up costs CPU of its own)."""
     await publisher.mute(True)
     try:
         await asyncio.sleep(UPKEEP_SETTLE)
-        cpu, started = server.cpu(), time.monotonic()
+        cpu, runs, started = server.cpu(), server.runs(), time.monotonic()
         await asyncio.sleep(seconds)
-        return (server.cpu() - cpu) / (time.monotonic() - started) * 100
+        window = time.monotonic() - started
+        return (server.cpu() - cpu) / window * 100, (server.runs() - runs) / window
     finally:
         await publisher.mute(False)
 

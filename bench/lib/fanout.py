@@ -157,6 +157,7 @@ def measure(
         "server_cpu_percent": 100 * server_cpu / window,
         "server_sys_percent": 100 * (b.server_sys - a.server_sys) / window,
         "server_runqueue_wait_percent": 100 * (b.server_wait - a.server_wait) / window,
+        "server_runs_per_s": (b.server_runs - a.server_runs) / window,
         "server_udp_drops": b.server_udp_drops - a.server_udp_drops,
         "server_udp_queued_kb_end": b.server_udp_queued / 1024,
         "subscriber_udp_queued_kb_end": sum(w.get("udp_queued", 0) for w in b.workers) / 1024,

@@ -183,7 +183,9 @@ def print_table(rows: list[dict[str, Any]], args: argparse.Namespace, name: str 
                 col("join ping max", "join_ping_ms_max", ".0f"),
                 col("own lag max", "publisher_loop_lag_ms_max", ".0f"),
                 col("srv wait%", "server_runqueue_wait_percent", ".1f"),
+                col("srv runs/s", "server_runs_per_s", ".0f"),
                 col("muted srv%", "upkeep_cpu_percent", ".1f"),
+                col("muted runs/s", "upkeep_runs_per_s", ".0f"),
                 col("upkeep us/sub/s", "upkeep_us_per_subscriber_s", ".0f"),
                 col("postgres%", "postgres_cpu_percent", ".1f"),
                 col("publisher%", "publisher_process_cpu_percent", ".1f"),
@@ -209,9 +211,11 @@ def print_table(rows: list[dict[str, Any]], args: argparse.Namespace, name: str 
         "ping: reply time of a signaling ping to the server every 0.5 s in the window (its event-loop lag); join "
         "ping max: the worst while joining and warming up;",
         "own lag: the publisher process's own event-loop lag (so a slow ping is the server's); srv wait: time "
-        "the server's threads were ready but waited for a CPU;",
+        "the server's threads were ready but waited for a CPU; srv runs/s: times per second its threads were put "
+        "on a CPU (wake-ups, mostly: each costs CPU of its own);",
         "muted srv% (--upkeep): server CPU with the subscribers joined and the publisher muted on the server "
-        "(nothing forwarded); upkeep us/sub/s: that less the N=0 row's, per subscriber and second.",
+        "(nothing forwarded), muted runs/s its runs/s then; upkeep us/sub/s: that less the N=0 row's, per "
+        "subscriber and second.",
     ]
     print("Legend: " + "\n        ".join(legend))
     if name != "gbmedia" or args.clip_info is not None:

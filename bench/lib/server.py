@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from bench.lib import REPO_ROOT
 from bench.lib.children import Child, die_with_parent, tail
 from bench.lib.errors import BenchError
-from bench.lib.proc import cpu_seconds, embedded_postmaster_pid, gbmedia_pids, proc_stat, tree_cpu_seconds
+from bench.lib.proc import cpu_runs, cpu_seconds, embedded_postmaster_pid, gbmedia_pids, proc_stat, tree_cpu_seconds
 
 if TYPE_CHECKING:
     import aiohttp
@@ -56,6 +56,10 @@ class ChildServer(Child):
 
     def cpu(self) -> float:
         return cpu_seconds(self.pid)
+
+    def runs(self) -> int:
+        """Times the server's threads were put on a CPU (:func:`bench.lib.proc.cpu_runs`)."""
+        return sum(cpu_runs(pid) for pid in self.pids())
 
     def postgres_cpu(self) -> float:
         return 0.0

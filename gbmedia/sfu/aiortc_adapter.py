@@ -14,9 +14,10 @@ aiortc clients in the same process keep working):
   (:func:`use_media_address`), instead of one ephemeral port per interface.
 * ICE consent: every connection checks consent to send the way RFC 7675 says (answers
   accepted for as long as a retransmitted check waits, consent lost 30 s after the
-  last one: :func:`keep_consent`), not with aioice's single half-second try.
-* Sender reports: a forwarding sender's RTCP reports go out from one timer of the event
-  loop for all of them (:class:`SenderReports`), not from a task per sender.
+  last one: :func:`keep_consent`), not with aioice's single half-second try; the checks
+  fall on the loop's upkeep grid (:mod:`gbmedia.sfu.upkeep_clock`).
+* Sender reports: a forwarding sender's RTCP reports go out from the loop's upkeep grid
+  for all of them (:class:`SenderReports`), not from a task per sender.
 * Send: packets go straight to ``sender.transport._send_rtp`` after we stamp the
   sender's SSRC, payload type and header extensions, store them in the sender's
   history (so aiortc answers the subscriber's NACKs) and count them (so its sender
@@ -34,6 +35,7 @@ import asyncio
 import functools
 import heapq
 import logging
+import math
 import os
 import random
 import socket
@@ -76,6 +78,7 @@ from gbmedia.sfu.codecs import same_codec
 from gbmedia.sfu.media_address import MediaAddress
 from gbmedia.sfu.rtp import ExtensionLayout
 from gbmedia.sfu.udp_mux import Address, ConsentAnswer, MuxedTransport, binding_success
+from gbmedia.sfu.upkeep_clock import UpkeepClock, upkeep_clock
 
 log = logging.getLogger(__name__)
 
@@ -387,9 +390,10 @@ async def keep_consent(connection: IceConnection) -> None:
     assert connection.remote_password is not None
     key = connection.remote_password.encode("utf8")
     loop = asyncio.get_running_loop()
+    clock = upkeep_clock()  # checks due in the same tick as others (and as sender reports) share a wake-up
     answered = loop.time()
     while True:
-        await asyncio.sleep(CONSENT_INTERVAL * (0.8 + 0.4 * random.random()))
+        await clock.sleep(CONSENT_INTERVAL * (0.8 + 0.4 * random.random()))
         for pair in list(connection._nominated.values()):
             try:
                 await pair.protocol.request(
@@ -664,7 +668,6 @@ class RawSender:
 _SR = struct.Struct("!BBHLQLLL")
 RTCP_SR_FIRST = 0x80
 RTCP_SR = 200
-REPORT_SLACK = 0.02  # seconds: reports due this soon go out in the same wake-up
 
 
 def sender_report_bytes(ssrc: int, ntp: int, rtp_timestamp: int, packets: int, octets: int, sdes: bytes) -> bytes:
@@ -682,23 +685,27 @@ def sdes_bytes(ssrc: int, cname: str | None) -> bytes:
 
 
 class SenderReports:
-    """Every forwarding sender's RTCP sender reports, on one timer of the event loop.
+    """Every forwarding sender's RTCP sender reports, on the loop's upkeep grid.
 
     aiortc gives each sender a task that sleeps 0.5-1.5 s, builds its report from
     dataclasses and sends it: about 50 µs per sender and second, 7 % of a natively
-    forwarding node's CPU at 256 subscribers (py-spy). Here a heap of due times wakes the
-    loop once for every report due, each packed with one struct call and sent the short
-    way (:meth:`RawSender.send_rtcp_now`). The same bytes, the same randomised intervals
-    (RFC 3550 6.2), the round-trip bookkeeping aiortc does, and the BYE when a sender stops
+    forwarding node's CPU at 256 subscribers (py-spy). Here a heap of due times hands the
+    reports to the loop's :class:`~gbmedia.sfu.upkeep_clock.UpkeepClock`, which wakes the
+    loop once per tick for every report due in it (with the consent checks due then too),
+    each packed with one struct call and sent the short way (:meth:`RawSender.send_rtcp_now`).
+    The same bytes, the same randomised intervals (RFC 3550 6.2, late by less than a tick),
+    the round-trip bookkeeping aiortc does, and the BYE when a sender stops
     (:func:`report_from_the_loop`).
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
+    def __init__(self, clock: UpkeepClock) -> None:
+        self._clock = clock
+        self._loop = clock.loop
         # (due time, id as the tie-break, sender); a stopped sender's entry is dropped when it comes up
         self._due: list[tuple[float, int, RTCRtpSender]] = []
         self._sdes: dict[RTCRtpSender, bytes] = {}  # the senders reporting, each with its SDES packet
-        self._timer: asyncio.TimerHandle | None = None
+        self._scheduled = math.inf  # when the clock calls back next
+        self._turn = 0  # the clock's call back that is still wanted (an earlier one supersedes it)
         self.sent = 0
         self.failed = 0
 
@@ -708,12 +715,7 @@ class SenderReports:
     def add(self, sender: RTCRtpSender) -> None:
         """Report for ``sender`` (started: its CNAME is known) until :meth:`discard`."""
         self._sdes[sender] = sdes_bytes(sender._ssrc, sender._RTCRtpSender__cname)  # type: ignore[attr-defined]
-        when = self._next(sender, self._loop.time())
-        if self._timer is not None and when < self._timer.when():
-            self._timer.cancel()
-            self._timer = None
-        if self._timer is None:
-            self._timer = self._loop.call_at(when, self._fire)
+        self._schedule(self._next(sender, self._loop.time()))
 
     def discard(self, sender: RTCRtpSender) -> None:
         self._sdes.pop(sender, None)
@@ -724,11 +726,22 @@ class SenderReports:
         heapq.heappush(self._due, (when, id(sender), sender))
         return when
 
-    def _fire(self) -> None:
-        self._timer = None
+    def _schedule(self, when: float) -> None:
+        at = self._clock.on_grid(when)
+        if at >= self._scheduled:
+            return
+        self._scheduled = at
+        self._turn += 1
+        self._clock.call_at(at, functools.partial(self._fire, self._turn))
+
+    def _fire(self, turn: int) -> None:
+        if turn != self._turn:
+            return  # superseded by an earlier call back, which has run
+        self._scheduled = math.inf
         now = self._loop.time()
+        until = now + self._clock.tick / 2  # what the clock ran this tick for
         due = self._due
-        while due and due[0][0] <= now + REPORT_SLACK:
+        while due and due[0][0] <= until:
             sender = heapq.heappop(due)[2]
             sdes = self._sdes.get(sender)
             if sdes is None:
@@ -740,7 +753,7 @@ class SenderReports:
                 log.exception("sender report for SSRC %s failed", sender._ssrc)
             self._next(sender, now)
         if due:
-            self._timer = self._loop.call_at(due[0][0], self._fire)
+            self._schedule(due[0][0])
 
     def _report(self, sender: RTCRtpSender, sdes: bytes) -> None:
         ntp = sender._RTCRtpSender__ntp_timestamp  # type: ignore[attr-defined]
@@ -767,7 +780,7 @@ def sender_reports() -> SenderReports:
     loop = asyncio.get_running_loop()
     reports = _loop_reports.get(loop)
     if reports is None:
-        reports = _loop_reports[loop] = SenderReports(loop)
+        reports = _loop_reports[loop] = SenderReports(upkeep_clock())
     return reports
 
 

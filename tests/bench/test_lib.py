@@ -155,7 +155,19 @@ def test_descendants_and_reading_the_machine() -> None:
     busy, total = proc.machine_busy()
     assert 0 <= busy <= total
     reading = proc.read_server(os.getpid())
-    assert set(reading) == {"t", "server_cpu", "server_sys", "server_wait", "orchestrator_cpu", "machine"}
+    assert set(reading) == {
+        "t",
+        "server_cpu",
+        "server_sys",
+        "server_wait",
+        "server_runs",
+        "orchestrator_cpu",
+        "machine",
+    }
+    runs = proc.cpu_runs(os.getpid())
+    for _ in range(5):
+        time.sleep(0.01)  # each sleep ends in a wake-up: the thread is put on a CPU again
+    assert proc.cpu_runs(os.getpid()) >= runs + 5
 
 
 def test_embedded_postmaster_pid_reads_the_first_line(tmp_path: Path) -> None:
@@ -302,6 +314,7 @@ def snapshot(t: float, cpu: float, subs: list[dict[str, Any]], packets: int, fra
         server_cpu=cpu,
         server_sys=cpu / 4,
         server_wait=0.0,
+        server_runs=int(t * 100),
         orchestrator_cpu=0.0,
         machine=(t * 50, t * 100),
         server_udp_drops=0,
@@ -343,6 +356,7 @@ def test_measure_turns_two_snapshots_into_rates_loss_and_cpu_per_packet() -> Non
     assert row["duplicates_received"] == 10
     assert row["machine_busy_percent"] == pytest.approx(50.0)
     assert row["ping_ms_max"] == 2.0
+    assert row["server_runs_per_s"] == pytest.approx(100.0)
 
 
 def test_marginals_are_against_the_row_above() -> None:

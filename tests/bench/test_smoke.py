@@ -110,7 +110,8 @@ def test_forwarding_smoke_forwards_to_one_subscriber_prints_cpu_per_packet_and_c
     # --upkeep: a window with the track muted on the server (it forwards nothing then); per subscriber
     # only against an N=0 row, which the smoke run leaves out
     assert row["upkeep_cpu_percent"] > 0 and "upkeep_us_per_subscriber_s" not in row
-    assert "muted srv%" in out
+    assert row["upkeep_runs_per_s"] > 0 and row["server_runs_per_s"] > 0  # a live node wakes up, muted or not
+    assert "muted srv%" in out and "muted runs/s" in out
     assert isinstance(result["summary"]["servers"]["gbmedia"]["max_subscribers_30fps"], int)
     if janus:
         assert "janus forwarding: 1 publisher" in out and "Ratio gbmedia/Janus" in out
