@@ -33,9 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import heapq
 import logging
-import math
 import os
 import random
 import socket
@@ -43,6 +41,7 @@ import struct
 import time
 import weakref
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import aiortc
@@ -684,13 +683,20 @@ def sdes_bytes(ssrc: int, cname: str | None) -> bytes:
     return bytes(RtcpSdesPacket(chunks=[RtcpSourceInfo(ssrc=ssrc, items=[(1, cname.encode("utf8"))])]))
 
 
+@dataclass(slots=True)
+class _Reporting:
+    """One sender's reports, from its :meth:`SenderReports.add` until its discard."""
+
+    sdes: bytes
+
+
 class SenderReports:
     """Every forwarding sender's RTCP sender reports, on the loop's upkeep grid.
 
     aiortc gives each sender a task that sleeps 0.5-1.5 s, builds its report from
     dataclasses and sends it: about 50 µs per sender and second, 7 % of a natively
-    forwarding node's CPU at 256 subscribers (py-spy). Here a heap of due times hands the
-    reports to the loop's :class:`~gbmedia.sfu.upkeep_clock.UpkeepClock`, which wakes the
+    forwarding node's CPU at 256 subscribers (py-spy). Here each sender's next report is a
+    timer of the loop's :class:`~gbmedia.sfu.upkeep_clock.UpkeepClock`, which wakes the
     loop once per tick for every report due in it (with the consent checks due then too),
     each packed with one struct call and sent the short way (:meth:`RawSender.send_rtcp_now`).
     The same bytes, the same randomised intervals (RFC 3550 6.2, late by less than a tick),
@@ -700,60 +706,39 @@ class SenderReports:
 
     def __init__(self, clock: UpkeepClock) -> None:
         self._clock = clock
-        self._loop = clock.loop
-        # (due time, id as the tie-break, sender); a stopped sender's entry is dropped when it comes up
-        self._due: list[tuple[float, int, RTCRtpSender]] = []
-        self._sdes: dict[RTCRtpSender, bytes] = {}  # the senders reporting, each with its SDES packet
-        self._scheduled = math.inf  # when the clock calls back next
-        self._turn = 0  # the clock's call back that is still wanted (an earlier one supersedes it)
+        # the senders reporting, each with its SDES packet; a timer whose sender was discarded (or
+        # added again since: a new chain of timers) finds another object here and ends its chain
+        self._reporting: dict[RTCRtpSender, _Reporting] = {}
         self.sent = 0
         self.failed = 0
 
     def __contains__(self, sender: object) -> bool:
-        return sender in self._sdes
+        return sender in self._reporting
 
     def add(self, sender: RTCRtpSender) -> None:
         """Report for ``sender`` (started: its CNAME is known) until :meth:`discard`."""
-        self._sdes[sender] = sdes_bytes(sender._ssrc, sender._RTCRtpSender__cname)  # type: ignore[attr-defined]
-        self._schedule(self._next(sender, self._loop.time()))
+        reporting = self._reporting[sender] = _Reporting(
+            sdes_bytes(sender._ssrc, sender._RTCRtpSender__cname)  # type: ignore[attr-defined]
+        )
+        self._next(sender, reporting)
 
     def discard(self, sender: RTCRtpSender) -> None:
-        self._sdes.pop(sender, None)
+        self._reporting.pop(sender, None)
 
-    def _next(self, sender: RTCRtpSender, now: float) -> float:
-        """Queue ``sender``'s next report 0.5-1.5 s after ``now`` (RFC 3550 6.2); when that is."""
-        when = now + 0.5 + random.random()
-        heapq.heappush(self._due, (when, id(sender), sender))
-        return when
+    def _next(self, sender: RTCRtpSender, reporting: _Reporting) -> None:
+        """``sender``'s next report 0.5-1.5 s from now (RFC 3550 6.2)."""
+        when = self._clock.loop.time() + 0.5 + random.random()
+        self._clock.call_at(when, functools.partial(self._fire, sender, reporting))
 
-    def _schedule(self, when: float) -> None:
-        at = self._clock.on_grid(when)
-        if at >= self._scheduled:
-            return
-        self._scheduled = at
-        self._turn += 1
-        self._clock.call_at(at, functools.partial(self._fire, self._turn))
-
-    def _fire(self, turn: int) -> None:
-        if turn != self._turn:
-            return  # superseded by an earlier call back, which has run
-        self._scheduled = math.inf
-        now = self._loop.time()
-        until = now + self._clock.tick / 2  # what the clock ran this tick for
-        due = self._due
-        while due and due[0][0] <= until:
-            sender = heapq.heappop(due)[2]
-            sdes = self._sdes.get(sender)
-            if sdes is None:
-                continue  # stopped since
-            try:
-                self._report(sender, sdes)
-            except Exception:  # one sender's failure must not stop the others' reports, nor the timer
-                self.failed += 1
-                log.exception("sender report for SSRC %s failed", sender._ssrc)
-            self._next(sender, now)
-        if due:
-            self._schedule(due[0][0])
+    def _fire(self, sender: RTCRtpSender, reporting: _Reporting) -> None:
+        if self._reporting.get(sender) is not reporting:
+            return  # stopped since
+        try:
+            self._report(sender, reporting.sdes)
+        except Exception:  # one sender's failure must not stop its next reports
+            self.failed += 1
+            log.exception("sender report for SSRC %s failed", sender._ssrc)
+        self._next(sender, reporting)
 
     def _report(self, sender: RTCRtpSender, sdes: bytes) -> None:
         ntp = sender._RTCRtpSender__ntp_timestamp  # type: ignore[attr-defined]
