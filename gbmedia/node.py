@@ -56,7 +56,7 @@ from gbmedia.rooms.registry import LocalRegistry, NodeInfo, NodeRegistry, RedisR
 from gbmedia.rooms.speakers import RoomSpeakers
 from gbmedia.rooms.store import Rooms, RoomSweeper
 from gbmedia.rooms.webhooks import RoomWebhooks
-from gbmedia.sfu import aiortc_adapter, fanout
+from gbmedia.sfu import aiortc_adapter, fanout, remb
 from gbmedia.sfu.media_address import MediaAddress, media_ports, resolve_media_address
 from gbmedia.sfu.udp_mux import MuxCounters, UdpMux
 from gbmedia.signaling.cascade import HttpFeeder
@@ -244,6 +244,7 @@ class Node:
                 raise ConfigError(str(exc)) from None
             if mux is not None:
                 mux.native_fanout = native
+            log.info(remb.describe())
             turn, coturn = await start_turn(settings, media_address)
             live_rooms = LiveRooms(
                 rooms,

@@ -30,12 +30,15 @@ ensure_native_build_deps() {
   fi
 }
 
-# An editable install does not rebuild the extension when its source changes: build it in place
-# when it is missing or older than gbmedia/sfu/_fanout.c.
+# An editable install does not rebuild the extensions when their source changes: build them in
+# place when one is missing or older than its source (gbmedia/sfu/_fanout.c, gbmedia/sfu/_remb.c).
 build_native() {
-  local built
-  built=$(ls gbmedia/sfu/_fanout*.so 2>/dev/null | head -1 || true)
-  if [ -z "$built" ] || [ gbmedia/sfu/_fanout.c -nt "$built" ]; then
+  local built stale="" name
+  for name in _fanout _remb; do
+    built=$(ls gbmedia/sfu/$name*.so 2>/dev/null | head -1 || true)
+    if [ -z "$built" ] || [ gbmedia/sfu/$name.c -nt "$built" ]; then stale=1; fi
+  done
+  if [ -n "$stale" ]; then
     .venv/bin/python -c 'import setuptools, sys; sys.exit(int(setuptools.__version__.split(".")[0]) < 77)' 2>/dev/null \
       || .venv/bin/python -m pip install -q "setuptools>=77"
     .venv/bin/python setup.py -q build_ext --inplace >/dev/null 2>&1 \

@@ -72,7 +72,7 @@ from aiortc.rtp import (
     unpack_remb_fci,
 )
 
-from gbmedia.sfu import fanout
+from gbmedia.sfu import fanout, remb
 from gbmedia.sfu.codecs import same_codec
 from gbmedia.sfu.media_address import MediaAddress
 from gbmedia.sfu.rtp import ExtensionLayout
@@ -243,7 +243,8 @@ def tap_receiver(receiver: RTCRtpReceiver, sink: PacketSink, remb_floor: Callabl
     """Route the receiver's RTP packets to ``sink`` instead of aiortc's decoder.
 
     Mirrors aiortc 1.16.0's ``RTCRtpReceiver._handle_rtp_packet`` up to the point
-    where it would depacketise: bandwidth estimate (REMB), statistics for receiver
+    where it would depacketise: bandwidth estimate (REMB, with the native estimator
+    where it is built: :mod:`gbmedia.sfu.remb`), statistics for receiver
     reports, NACK generation (one generator per SSRC: a simulcast publisher sends
     several streams on one receiver, and aiortc's single generator would take the
     interleaving for loss). RTX is not negotiated on publisher connections (see
@@ -257,7 +258,9 @@ def tap_receiver(receiver: RTCRtpReceiver, sink: PacketSink, remb_floor: Callabl
     active: dict[int, Any] = receiver._RTCRtpReceiver__active_ssrc  # type: ignore[attr-defined]
     nacks_wanted = receiver._RTCRtpReceiver__nack_generator is not None  # type: ignore[attr-defined]
     nack_generators: dict[int, NackGenerator] = {}
-    estimator = receiver._RTCRtpReceiver__remote_bitrate_estimator  # type: ignore[attr-defined]
+    estimator = None
+    if receiver._RTCRtpReceiver__remote_bitrate_estimator is not None:  # type: ignore[attr-defined]
+        estimator = receiver._RTCRtpReceiver__remote_bitrate_estimator = remb.new_estimator()  # type: ignore[attr-defined]
     from aiortc.rtcrtpreceiver import StreamStatistics
 
     drop_unparsable_packets(receiver.transport)

@@ -1,4 +1,5 @@
-"""``pip install .`` builds the native fan-out: the package's own build compiles gbmedia/sfu/_fanout.c.
+"""``pip install .`` builds the native extensions: the package's own build compiles gbmedia/sfu/_fanout.c
+and gbmedia/sfu/_remb.c.
 
 Built from a clean export of the tracked files (``git archive``), so a module built in place
 (scripts/test does that) cannot stand in for the one pip builds; the wheel's module then
@@ -22,7 +23,7 @@ def test_pip_builds_the_native_fan_out_into_the_wheel(tmp_path: Path):
     archive = subprocess.run(["git", "archive", "HEAD"], cwd=ROOT, capture_output=True, check=True).stdout
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
         tar.extractall(source, filter="data")
-    assert not list(source.glob("gbmedia/sfu/_fanout*.so"))  # nothing prebuilt in what pip gets
+    assert not list(source.glob("gbmedia/sfu/*.so"))  # nothing prebuilt in what pip gets
     subprocess.run(
         [
             sys.executable,
@@ -43,11 +44,13 @@ def test_pip_builds_the_native_fan_out_into_the_wheel(tmp_path: Path):
     )
     (wheel,) = wheels.glob("gbmedia-*.whl")
     with zipfile.ZipFile(wheel) as zipped:
-        assert any(n.startswith("gbmedia/sfu/_fanout.") and n.endswith(".so") for n in zipped.namelist())
+        for name in ("_fanout", "_remb"):
+            assert any(n.startswith(f"gbmedia/sfu/{name}.") and n.endswith(".so") for n in zipped.namelist())
         zipped.extractall(unpacked)
     check = (
-        "import gbmedia.sfu._fanout as f; from gbmedia.sfu import fanout; "
-        "assert f.__file__.startswith(sys.argv[1]), f.__file__; "
+        "import gbmedia.sfu._fanout as f, gbmedia.sfu._remb as r; from gbmedia.sfu import fanout; "
+        "assert f.__file__.startswith(sys.argv[1]) and r.__file__.startswith(sys.argv[1]), (f.__file__, r.__file__); "
+        "assert r.Estimator().add(1000, 0, 1200, 7) is None; "
         "print(len(f.Session(bytes(30), 1).protect(bytes([128, 96]) + bytes(110))), fanout.LIBRARY)"
     )
     done = subprocess.run(

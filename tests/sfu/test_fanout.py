@@ -382,6 +382,7 @@ async def test_a_node_without_the_extension_says_so_and_forwards_in_python(
     tmp_path: Path, database_url: str, monkeypatch, caplog
 ):
     caplog.set_level(logging.INFO, logger="gbmedia.sfu.fanout")
+    caplog.set_level(logging.INFO, logger="gbmedia.node")
     with pytest.raises(ConfigError, match="GBMEDIA_NATIVE_FORWARDING=on, but single-port mode is off"):
         await Node.start(make_settings(tmp_path, database_url, udp_port="off", native_forwarding="on"))
     monkeypatch.setattr(fanout, "native", None)
@@ -389,6 +390,7 @@ async def test_a_node_without_the_extension_says_so_and_forwards_in_python(
     node = await Node.start(make_settings(tmp_path, database_url, udp_port=0))
     try:
         assert "RTP fan-out: Python path, because the native extension is not built" in caplog.text
+        assert "REMB estimate: native (gbmedia.sfu._remb)" in caplog.text  # the other extension still runs
         mux = node.media_address.mux
         assert mux is not None and not mux.native_fanout
         async with TestClient(TestServer(create_app(node))) as http:
