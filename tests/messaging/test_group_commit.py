@@ -501,12 +501,25 @@ async def test_a_client_that_stops_reading_is_cut_off(
     writer.close()
 
 
-async def cancel_lock_waiters(pool: asyncpg.Pool) -> None:
-    await wait_for_lock_waiter(pool, 1)
-    await pool.execute(
-        "SELECT pg_cancel_backend(pid) FROM pg_stat_activity "
-        "WHERE wait_event_type = 'Lock' AND datname = current_database()"
+async def cancel_lock_waiters(pool: asyncpg.Pool, cancelled: set[tuple[int, object]]) -> None:
+    """Cancel the statements waiting for a lock, once at least one that is not in ``cancelled`` waits.
+
+    A cancelled statement can still show as waiting for a moment (the backend acts on the cancel
+    request asynchronously): counting it as the next waiter cancelled nothing, and the statement that
+    then came to wait did so until its timeout. So each statement is known by its backend and its start.
+    """
+    query = (
+        "SELECT pid, query_start FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
     )
+    for _ in range(3000):
+        waiting = {(row["pid"], row["query_start"]) for row in await pool.fetch(query)} - cancelled
+        if waiting:
+            for pid, _started in waiting:
+                await pool.execute("SELECT pg_cancel_backend($1)", pid)
+            cancelled |= waiting
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("no new statement waiting for a lock within 30 s")
 
 
 async def test_a_failed_batch_is_written_send_by_send_and_only_the_failing_send_fails(
@@ -525,8 +538,9 @@ async def test_a_failed_batch_is_written_send_by_send_and_only_the_failing_send_
     async with conversation_locked(pool, blocked):
         stuck = asyncio.ensure_future(messages.send(caller(tenant, "alice"), blocked, "stuck", "s1"))
         fine = asyncio.ensure_future(messages.send(caller(tenant, "bob"), free, "fine", "f1"))
-        await cancel_lock_waiters(pool)  # the batch of both fails
-        await cancel_lock_waiters(pool)  # "stuck" on its own fails again; "fine" on its own commits
+        cancelled: set[tuple[int, object]] = set()
+        await cancel_lock_waiters(pool, cancelled)  # the batch of both fails
+        await cancel_lock_waiters(pool, cancelled)  # "stuck" on its own fails again; "fine" on its own commits
         with pytest.raises(asyncpg.QueryCanceledError):
             await stuck
         assert (await fine).created
