@@ -551,4 +551,10 @@ def udp_samples(counters: MuxCounters) -> list[Sample]:
             counters.consent_answered,
             True,
         ),
+        Sample(
+            "gbmedia_udp_rtp_direct_total",
+            "Publishers' RTP datagrams the shared media port handed straight to their tracks",
+            counters.rtp_direct,
+            True,
+        ),
     ]

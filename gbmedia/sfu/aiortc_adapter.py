@@ -45,12 +45,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiortc
+import pylibsrtp
 from aioice import stun
 from aioice.candidate import Candidate, candidate_foundation, candidate_priority
 from aioice.ice import Connection as IceConnection
 from aioice.ice import StunProtocol
 from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
-from aiortc.clock import current_datetime, current_ntp_time
+from aiortc.clock import current_datetime, current_ms, current_ntp_time
 from aiortc.codecs import is_rtx
 from aiortc.rtcdtlstransport import RTCDtlsTransport
 from aiortc.rtcdtlstransport import State as DtlsState
@@ -68,6 +69,7 @@ from aiortc.rtp import (
     RtcpSdesPacket,
     RtcpSourceInfo,
     RtpPacket,
+    is_rtcp,
     pack_remb_fci,
     unpack_remb_fci,
 )
@@ -148,6 +150,9 @@ _DTLS_ATTRS = (
     "_rtp_header_extensions_map",
     "_handle_rtp_data",
     "_handle_rtcp_data",
+    "_rx_srtp",  # the shared port's RTP straight to its receiver (receive_rtp_directly)
+    "_RTCDtlsTransport__rx_bytes",
+    "_RTCDtlsTransport__rx_packets",
     "_ssl",  # the native fan-out re-exports the DTLS-SRTP keys (native_session)
     "_srtp_profiles",
     "_role",
@@ -265,7 +270,7 @@ def tap_receiver(receiver: RTCRtpReceiver, sink: PacketSink, remb_floor: Callabl
 
     drop_unparsable_packets(receiver.transport)
 
-    async def handle(packet: RtpPacket, arrival_time_ms: int) -> None:
+    def handle_now(packet: RtpPacket, arrival_time_ms: int) -> None:
         if not receiver._enabled:
             return
         rtcp_ssrc = receiver._RTCRtpReceiver__rtcp_ssrc  # type: ignore[attr-defined]
@@ -280,8 +285,12 @@ def tap_receiver(receiver: RTCRtpReceiver, sink: PacketSink, remb_floor: Callabl
                 bitrate, ssrcs = remb
                 if remb_floor is not None:
                     bitrate = max(bitrate, remb_floor())
-                await receiver._send_rtcp(
-                    RtcpPsfbPacket(fmt=RTCP_PSFB_APP, ssrc=rtcp_ssrc, media_ssrc=0, fci=pack_remb_fci(bitrate, ssrcs))
+                _soon(
+                    receiver._send_rtcp(
+                        RtcpPsfbPacket(
+                            fmt=RTCP_PSFB_APP, ssrc=rtcp_ssrc, media_ssrc=0, fci=pack_remb_fci(bitrate, ssrcs)
+                        )
+                    )
                 )
         active[packet.ssrc] = current_datetime()
         codec = codecs.get(packet.payload_type)
@@ -296,10 +305,81 @@ def tap_receiver(receiver: RTCRtpReceiver, sink: PacketSink, remb_floor: Callabl
             if generator is None:
                 generator = nack_generators[packet.ssrc] = NackGenerator()
             if generator.add(packet):
-                await receiver._send_rtcp_nack(packet.ssrc, sorted(generator.missing))
+                _soon(receiver._send_rtcp_nack(packet.ssrc, sorted(generator.missing)))
         sink(packet, codec)
 
+    async def handle(packet: RtpPacket, arrival_time_ms: int) -> None:  # aiortc's way in (its DTLS transport's task)
+        handle_now(packet, arrival_time_ms)
+
     receiver._handle_rtp_packet = handle  # type: ignore[method-assign]
+    receiver._gbmedia_handle_now = handle_now  # type: ignore[attr-defined]
+    receive_rtp_directly(receiver.transport)
+
+
+# Tasks sending a receiver's REMB and NACKs: the loop keeps only weak references to tasks.
+_sending: set[asyncio.Task[None]] = set()
+
+
+def _soon(send: Awaitable[None]) -> None:
+    """Send an RTCP packet from a task of its own: the receive path does not wait for the send."""
+    task = asyncio.ensure_future(send)
+    _sending.add(task)
+    task.add_done_callback(_sending.discard)
+
+
+def receive_rtp_directly(dtls: RTCDtlsTransport) -> bool:
+    """On the shared UDP port, ``dtls``'s RTP goes from the socket to its receiver in one call.
+
+    aiortc receives every datagram through aioice: a failed STUN parse, the connection's queue,
+    then the DTLS transport's task, woken once per datagram, unprotects it and hands it on. For a
+    publisher's RTP that hop and the rest of the stage cost 0.5 % of a core per 640x480 publisher
+    in a running node (bench.forwarding, N=0, docs/performance.md). Here the mux offers the
+    connection's SRTP to :func:`_direct_rtp`, which does what aiortc's ``_recv_next`` and
+    :func:`drop_unparsable_packets` do with RTP, counters included. SRTCP, DTLS and anything that
+    arrives before the handshake has keyed SRTP still go aiortc's way. False where the transport
+    is not on the shared port (its datagrams then all go aiortc's way).
+    """
+    if getattr(dtls, "_gbmedia_rtp_direct", False):
+        return True
+    connection: IceConnection = dtls.transport._connection
+    muxed = [p.transport for p in connection._protocols if isinstance(getattr(p, "transport", None), MuxedTransport)]
+    if not muxed:
+        return False
+    receive = functools.partial(_direct_rtp, dtls)
+    for transport in muxed:
+        transport.receive_media(receive)
+    dtls._gbmedia_rtp_direct = True  # type: ignore[attr-defined]
+    return True
+
+
+def _direct_rtp(dtls: RTCDtlsTransport, data: bytes) -> bool:
+    """One SRTP datagram from the shared port (see :func:`receive_rtp_directly`): True when it was RTP."""
+    srtp = dtls._rx_srtp
+    if dtls._state is not _DTLS_CONNECTED or srtp is None or is_rtcp(data):
+        return False
+    dtls._RTCDtlsTransport__rx_bytes += len(data)  # type: ignore[attr-defined]
+    dtls._RTCDtlsTransport__rx_packets += 1  # type: ignore[attr-defined]
+    arrival_time_ms = current_ms()
+    try:
+        clear = srtp.unprotect(data)
+        packet = RtpPacket.parse(clear, dtls._rtp_header_extensions_map)
+        receiver = dtls._rtp_router.route_rtp(packet)
+    except pylibsrtp.Error:
+        return True  # not authentic, or replayed: aiortc drops it too
+    except UNPARSABLE as exc:
+        log.debug("an RTP packet that does not parse was dropped: %s", exc)
+        return True
+    if receiver is None:
+        return True
+    handle_now = getattr(receiver, "_gbmedia_handle_now", None)
+    try:
+        if handle_now is not None:
+            handle_now(packet, arrival_time_ms)
+        else:  # a receiver the SFU does not tap: aiortc's own handler, from a task
+            _soon(receiver._handle_rtp_packet(packet, arrival_time_ms=arrival_time_ms))
+    except Exception:  # a failure in what handles one packet must not end the connection, nor the port
+        log.exception("handling an RTP packet failed; dropped")
+    return True
 
 
 async def request_keyframe(receiver: RTCRtpReceiver, media_ssrc: int) -> None:

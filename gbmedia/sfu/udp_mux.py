@@ -10,7 +10,9 @@ datagrams are handed to the right connection here:
   consent checks) goes there too;
 - a STUN response goes to the connection whose transaction it answers (the node's own
   connectivity checks reach addresses that have not written to it yet);
-- anything else from an address no connection owns is dropped and counted.
+- anything else from an address no connection owns is dropped and counted;
+- a connection may take its SRTP before its protocol does (:meth:`MuxedTransport.receive_media`):
+  a published track's RTP then skips aioice's queue and the task behind it.
 
 A consent check on a connection's selected pair (RFC 7675: every 5 s from each client) is
 answered here, without aioice parsing it a second time and building the answer from its
@@ -52,6 +54,10 @@ class MuxedProtocol(Protocol):
     def datagram_received(self, data: bytes, addr: Address) -> None: ...
 
 
+# Takes a connection's SRTP datagram (first byte 128-191) before its protocol does: True when it took it,
+# False to let it go the usual way (aioice, then aiortc's DTLS transport).
+MediaReceiver = Callable[[bytes], bool]
+
 # Answers a connection's authenticated Binding request itself: the response's bytes, or None to
 # leave the request to the connection (anything but a plain consent check on its selected pair).
 ConsentAnswer = Callable[[MuxedProtocol, stun.Message, Address], bytes | None]
@@ -64,6 +70,7 @@ class _Entry:
     protocol: MuxedProtocol
     answer: ConsentAnswer | None = None
     addresses: set[Address] = field(default_factory=set)
+    media: MediaReceiver | None = None
 
 
 # RFC 8489: the Binding success response's header and the attributes aioice writes into it.
@@ -111,6 +118,7 @@ class MuxCounters:
     bad_integrity: int = 0  # a Binding request whose MESSAGE-INTEGRITY does not check out
     unmatched_response: int = 0  # a STUN response to no transaction of ours
     consent_answered: int = 0  # consent checks answered by the mux itself (not an error: see binding_success)
+    rtp_direct: int = 0  # RTP handed to its connection's media receiver (MuxedTransport.receive_media)
 
 
 class MuxedTransport(asyncio.DatagramTransport):
@@ -132,10 +140,19 @@ class MuxedTransport(asyncio.DatagramTransport):
             return
         self._mux.send(data, (addr[0], addr[1]))
 
+    def receive_media(self, receiver: MediaReceiver | None) -> None:
+        """Offer this connection's SRTP datagrams to ``receiver`` first (None: no longer).
+
+        What it takes skips the connection's protocol and the queue behind it: a published track's
+        RTP, handled in the same call (gbmedia.sfu.aiortc_adapter). What it declines goes the usual way.
+        """
+        self._entry.media = receiver
+
     def close(self) -> None:
         if self._closing:
             return
         self._closing = True
+        self._entry.media = None
         self._mux.detach(self._entry)
         asyncio.get_running_loop().call_soon(self._entry.protocol.connection_lost, None)
 
@@ -263,6 +280,9 @@ class UdpMux(asyncio.DatagramProtocol):
         entry = self._by_address.get(addr)
         if entry is None:
             self.counters.unknown_address += 1
+            return
+        if entry.media is not None and data and 127 < data[0] < 192 and entry.media(data):
+            self.counters.rtp_direct += 1
             return
         entry.protocol.datagram_received(data, addr)
 

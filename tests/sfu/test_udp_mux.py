@@ -282,6 +282,13 @@ async def test_a_node_in_single_port_mode_carries_a_meeting_on_one_port(tmp_path
                 assert 'gbmedia_udp_dropped_total{reason="unknown_address"} 1.0' in metrics
                 assert 'gbmedia_udp_dropped_total{reason="bad_integrity"} 0.0' in metrics
                 assert "gbmedia_udp_consent_answered_total " in metrics
+                # Alice's camera reached her track the direct way, and /metrics says how much of it.
+                direct = next(
+                    float(line.split()[-1])
+                    for line in metrics.splitlines()
+                    if line.startswith("gbmedia_udp_rtp_direct_total ")
+                )
+                assert direct > 0 and direct <= mux.counters.rtp_direct
             finally:
                 await alice.close()
                 await bob.close()

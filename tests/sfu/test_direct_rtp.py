@@ -1,0 +1,150 @@
+"""A publisher's RTP on the shared UDP port goes from the socket to its track in one call.
+
+(gbmedia.sfu.aiortc_adapter.receive_rtp_directly, gbmedia.sfu.udp_mux.MuxedTransport.receive_media.)
+Everything aiortc did with that RTP still happens: the DTLS transport's counters, the receiver's
+statistics (its receiver reports to the publisher), REMB, NACK, and the same drops of what is not
+authentic or does not parse; SRTCP and DTLS still go aiortc's way.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from aiortc import RTCConfiguration, RTCPeerConnection
+from aiortc.rtp import RTCP_PSFB_APP, HeaderExtensionsMap, RtcpPsfbPacket, RtpPacket, unpack_remb_fci
+
+from gbmedia.config import detect_public_host
+from gbmedia.sfu import aiortc_adapter
+from gbmedia.sfu.peers import PublisherPeer, SubscriberPeer
+from gbmedia.sfu.udp_mux import UdpMux
+from tests.rtc import ColorVideoTrack, close_to, mean_rgb, wait_for
+from tests.sfu.test_fanout import address
+from tests.sfu.test_forwarding import Receiving, publish, subscribe
+
+BLUE = (30, 30, 200)
+
+
+@pytest.fixture
+async def on_port() -> AsyncIterator[tuple[UdpMux, PublisherPeer, RTCPeerConnection, SubscriberPeer, Receiving]]:
+    """A publisher and a subscriber, both on one shared port; the publisher sends a blue camera."""
+    mux = await UdpMux.bind(detect_public_host(), 0)
+    server = PublisherPeer("alice", address=address(mux))
+    client = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    sub_server, viewer = SubscriberPeer("bob", address=address(mux)), Receiving()
+    yield mux, server, client, sub_server, viewer
+    await viewer.close()
+    await sub_server.close()
+    await client.close()
+    await server.close()
+    mux.close()
+
+
+def rembs_to(client: RTCPeerConnection) -> list[tuple[int, list[int]]]:
+    """The REMB packets the publisher's sender receives from now on."""
+    sender = client.getSenders()[0]
+    handle, seen = sender._handle_rtcp_packet, []
+
+    async def recording(packet: Any) -> None:
+        if isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_APP:
+            seen.append(unpack_remb_fci(packet.fci))
+        await handle(packet)
+
+    sender._handle_rtcp_packet = recording  # type: ignore[method-assign]
+    return seen
+
+
+async def test_a_publishers_rtp_goes_straight_to_its_track_and_everything_else_still_happens(on_port):
+    mux, server, client, sub_server, viewer = on_port
+    client.addTrack(ColorVideoTrack(BLUE))
+    rembs = rembs_to(client)
+    (video,), _ = await publish(server, client)
+    await wait_for(lambda: video.packets_in > 60)
+    # Every RTP packet the track counted came the direct way (none through aioice's queue).
+    assert mux.counters.rtp_direct >= video.packets_in
+    dtls = server.pc.getTransceivers()[0].receiver.transport
+    transport_stats = next(s for s in dtls._get_stats().values() if s.type == "transport")
+    assert transport_stats.packetsReceived >= mux.counters.rtp_direct  # aiortc's counters still count them
+
+    sub_server.add(video)
+    await subscribe(sub_server, viewer)
+    await wait_for(lambda: len(viewer.video(video.id)) >= 10)
+    assert close_to(mean_rgb(viewer.video(video.id)[-1]), BLUE)
+
+    # The publisher hears about its stream as before: receiver reports and REMB (aiortc's rate control
+    # waits 3 s of measured throughput for its first estimate).
+    async def remote_inbound() -> Any:
+        stats = await client.getSenders()[0].getStats()
+        return next((s for s in stats.values() if s.type == "remote-inbound-rtp"), None)
+
+    await wait_for(lambda: len(rembs) >= 1, within=20)
+    assert client.getSenders()[0]._ssrc in rembs[0][1]
+    assert await remote_inbound() is not None
+    # SRTCP still goes aiortc's way: the publisher's sender reports reach the node's receiver.
+    receiver_stats = await server.pc.getTransceivers()[0].receiver.getStats()
+    assert any(s.type == "remote-outbound-rtp" for s in receiver_stats.values())
+
+
+async def test_forged_unparsable_and_failing_packets_are_dropped_and_the_publisher_lives(on_port, caplog):
+    _, server, client, sub_server, viewer = on_port
+    client.addTrack(ColorVideoTrack(BLUE))
+    (video,), _ = await publish(server, client)
+    sub_server.add(video)
+    await subscribe(sub_server, viewer)
+    await wait_for(lambda: len(viewer.video(video.id)) >= 3)
+    sender = client.getTransceivers()[0].sender
+    ice = sender.transport.transport
+
+    # Not authentic: RTP-looking bytes no SRTP key signed.
+    for _ in range(5):
+        await ice._send(bytes([0x80, 96]) + os.urandom(200))
+    # Authentic but unparsable: an abs-send-time extension cut short (aiortc's parser raises struct.error).
+    ids = sender._RTCRtpSender__rtp_header_extensions_map._HeaderExtensionsMap__ids
+    raw = bytearray(
+        RtpPacket(payload_type=97, sequence_number=1, timestamp=1, ssrc=0x5EED).serialize(HeaderExtensionsMap())
+    )
+    raw[0] |= 0x10
+    raw[12:12] = b"\xbe\xde\x00\x01" + bytes([(ids.abs_send_time << 4) | 1, 0, 0, 0])
+    with pytest.raises(struct.error):
+        RtpPacket.parse(bytes(raw), sender._RTCRtpSender__rtp_header_extensions_map)
+    await sender.transport._send_rtp(bytes(raw))
+    seen_in, seen_out = video.packets_in, len(viewer.video(video.id))
+    await wait_for(lambda: video.packets_in > seen_in + 30 and len(viewer.video(video.id)) > seen_out + 10)
+    assert close_to(mean_rgb(viewer.video(video.id)[-1]), BLUE)
+
+    # What handles a packet fails once: logged, that packet dropped, the next ones handled. (SRTP has
+    # seen that packet, so a retransmission of it is a replay: as with a packet aiortc cannot parse,
+    # the subscribers recover on the next keyframe, not by NACK.)
+    receiver = server.pc.getTransceivers()[0].receiver
+    handle_now, failures = receiver._gbmedia_handle_now, []
+
+    def failing_once(packet: RtpPacket, arrival_time_ms: int) -> None:
+        if not failures:
+            failures.append(packet.sequence_number)
+            raise RuntimeError("a bug in what handles packets")
+        handle_now(packet, arrival_time_ms)
+
+    receiver._gbmedia_handle_now = failing_once
+    down = next(iter(video.down_tracks))
+    with caplog.at_level(logging.ERROR, logger="gbmedia.sfu.aiortc_adapter"):
+        seen_in, sent = video.packets_in, down.packets_out
+        await wait_for(lambda: video.packets_in > seen_in + 30 and down.packets_out > sent + 30)
+    assert failures and "handling an RTP packet failed; dropped" in caplog.text
+    assert {t.receiver.transport.state for t in server.pc.getTransceivers()} == {"connected"}
+
+
+async def test_a_transport_off_the_shared_port_keeps_aiortcs_way():
+    server, client = PublisherPeer("carol"), RTCPeerConnection()
+    try:
+        client.addTrack(ColorVideoTrack(BLUE))
+        (video,), _ = await publish(server, client)
+        await wait_for(lambda: video.packets_in > 10)
+        dtls = server.pc.getTransceivers()[0].receiver.transport
+        assert aiortc_adapter.receive_rtp_directly(dtls) is False  # its own socket: nothing to hook into
+    finally:
+        await client.close()
+        await server.close()
