@@ -215,13 +215,9 @@ def drop_unparsable_packets(dtls: RTCDtlsTransport) -> None:
         return
 
     async def handle_rtp(data: bytes, arrival_time_ms: int) -> None:
-        try:
-            packet = RtpPacket.parse(data, dtls._rtp_header_extensions_map)
-        except UNPARSABLE as exc:
-            log.debug("an RTP packet that does not parse was dropped: %s", exc)
-            return
-        receiver = dtls._rtp_router.route_rtp(packet)
-        if receiver is not None:
+        routed = _parse_and_route(dtls, data)
+        if routed is not None:
+            packet, receiver = routed
             await receiver._handle_rtp_packet(packet, arrival_time_ms=arrival_time_ms)
 
     async def handle_rtcp(data: bytes) -> None:
@@ -242,6 +238,17 @@ def drop_unparsable_packets(dtls: RTCDtlsTransport) -> None:
     dtls._handle_rtp_data = handle_rtp  # type: ignore[method-assign]
     dtls._handle_rtcp_data = handle_rtcp  # type: ignore[method-assign]
     dtls._gbmedia_drops_unparsable = True  # type: ignore[attr-defined]
+
+
+def _parse_and_route(dtls: RTCDtlsTransport, data: bytes) -> tuple[RtpPacket, Any] | None:
+    """A clear RTP packet and the receiver it is for; None (dropped) where it does not parse or is for none."""
+    try:
+        packet = RtpPacket.parse(data, dtls._rtp_header_extensions_map)
+    except UNPARSABLE as exc:
+        log.debug("an RTP packet that does not parse was dropped: %s", exc)
+        return None
+    receiver = dtls._rtp_router.route_rtp(packet)
+    return None if receiver is None else (packet, receiver)
 
 
 def tap_receiver(receiver: RTCRtpReceiver, sink: PacketSink, remb_floor: Callable[[], int] | None = None) -> None:
@@ -362,15 +369,12 @@ def _direct_rtp(dtls: RTCDtlsTransport, data: bytes) -> bool:
     arrival_time_ms = current_ms()
     try:
         clear = srtp.unprotect(data)
-        packet = RtpPacket.parse(clear, dtls._rtp_header_extensions_map)
-        receiver = dtls._rtp_router.route_rtp(packet)
     except pylibsrtp.Error:
         return True  # not authentic, or replayed: aiortc drops it too
-    except UNPARSABLE as exc:
-        log.debug("an RTP packet that does not parse was dropped: %s", exc)
+    routed = _parse_and_route(dtls, clear)
+    if routed is None:
         return True
-    if receiver is None:
-        return True
+    packet, receiver = routed
     handle_now = getattr(receiver, "_gbmedia_handle_now", None)
     try:
         if handle_now is not None:

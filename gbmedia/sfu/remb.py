@@ -12,13 +12,10 @@ built, aiortc's own estimator runs, as it did before; the node says which at sta
 
 from __future__ import annotations
 
-import logging
 from types import ModuleType
 from typing import Protocol
 
 from aiortc.rate import RemoteBitrateEstimator
-
-log = logging.getLogger(__name__)
 
 native: ModuleType | None
 try:

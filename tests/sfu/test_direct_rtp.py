@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection
-from aiortc.rtp import RTCP_PSFB_APP, HeaderExtensionsMap, RtcpPsfbPacket, RtpPacket, unpack_remb_fci
+from aiortc.rtp import HeaderExtensionsMap, RtpPacket
 
 from gbmedia.config import detect_public_host
 from gbmedia.sfu import aiortc_adapter
@@ -25,6 +25,7 @@ from gbmedia.sfu.udp_mux import UdpMux
 from tests.rtc import ColorVideoTrack, close_to, mean_rgb, wait_for
 from tests.sfu.test_fanout import address
 from tests.sfu.test_forwarding import Receiving, publish, subscribe
+from tests.sfu.test_remb import rembs_to
 
 BLUE = (30, 30, 200)
 
@@ -42,20 +43,6 @@ async def on_port() -> AsyncIterator[tuple[UdpMux, PublisherPeer, RTCPeerConnect
     await client.close()
     await server.close()
     mux.close()
-
-
-def rembs_to(client: RTCPeerConnection) -> list[tuple[int, list[int]]]:
-    """The REMB packets the publisher's sender receives from now on."""
-    sender = client.getSenders()[0]
-    handle, seen = sender._handle_rtcp_packet, []
-
-    async def recording(packet: Any) -> None:
-        if isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_APP:
-            seen.append(unpack_remb_fci(packet.fci))
-        await handle(packet)
-
-    sender._handle_rtcp_packet = recording  # type: ignore[method-assign]
-    return seen
 
 
 async def test_a_publishers_rtp_goes_straight_to_its_track_and_everything_else_still_happens(on_port):

@@ -22,10 +22,10 @@ from aiortc.rate import BandwidthUsage, RemoteBitrateEstimator
 from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket, unpack_remb_fci
 
 from gbmedia.sfu import remb
-from gbmedia.sfu.peers import PublisherPeer, TrackInfo
+from gbmedia.sfu.peers import TrackInfo
 from tests.conftest import service_missing
 from tests.rtc import ColorVideoTrack, wait_for
-from tests.sfu.test_forwarding import publish
+from tests.sfu.test_forwarding import publish, publisher  # noqa: F401 - publisher: the fixture
 
 
 def native() -> Any:
@@ -226,16 +226,22 @@ def test_without_the_extension_aiortcs_estimator_runs_and_the_node_says_which(mo
     )
 
 
-@pytest.fixture
-async def publisher() -> Any:
-    server, client = PublisherPeer("alice"), RTCPeerConnection()
-    yield server, client
-    await client.close()
-    await server.close()
+def rembs_to(client: RTCPeerConnection) -> list[tuple[int, list[int]]]:
+    """The REMB packets the publisher's (first) sender receives from now on."""
+    sender = client.getSenders()[0]
+    handle, seen = sender._handle_rtcp_packet, []
+
+    async def recording(packet: Any) -> None:
+        if isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_APP:
+            seen.append(unpack_remb_fci(packet.fci))
+        await handle(packet)
+
+    sender._handle_rtcp_packet = recording  # type: ignore[method-assign]
+    return seen
 
 
 @pytest.mark.parametrize("built", [True, False])
-async def test_a_publisher_gets_remb_from_the_estimator_that_runs(publisher, monkeypatch, built: bool):
+async def test_a_publisher_gets_remb_from_the_estimator_that_runs(publisher, monkeypatch, built: bool):  # noqa: F811
     """A real aiortc publisher: the node's receiver runs the native estimator (or aiortc's where the extension
     is missing) and the publisher receives REMB for its stream's SSRC from it."""
     native()
@@ -243,15 +249,7 @@ async def test_a_publisher_gets_remb_from_the_estimator_that_runs(publisher, mon
         monkeypatch.setattr(remb, "native", None)
     server, client = publisher
     sender = client.addTrack(ColorVideoTrack((200, 30, 30)))
-    rembs: list[tuple[int, list[int]]] = []
-    handle = client.getSenders()[0]._handle_rtcp_packet
-
-    async def recording(packet: Any) -> None:
-        if isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_APP:
-            rembs.append(unpack_remb_fci(packet.fci))
-        await handle(packet)
-
-    client.getSenders()[0]._handle_rtcp_packet = recording  # type: ignore[method-assign]
+    rembs = rembs_to(client)
     (track,), _ = await publish(server, client, {"0": TrackInfo("camera", "cam")})
     estimator = track.receiver._RTCRtpReceiver__remote_bitrate_estimator
     assert isinstance(estimator, native().Estimator if built else RemoteBitrateEstimator)
