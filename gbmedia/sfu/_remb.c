@@ -57,8 +57,7 @@ typedef struct {  /* RateCounter */
 } RateCounter;
 
 typedef struct {  /* TimestampGroup */
-    int64_t arrival_time, first_timestamp, last_timestamp, size;
-    int has_arrival;
+    int64_t arrival_time, first_timestamp, last_timestamp, size;  /* arrival: set by the group's first packet */
 } Group;
 
 typedef struct {
@@ -187,7 +186,6 @@ static int new_timestamp_group(Estimator *s, int64_t timestamp, int64_t arrival_
 }
 
 static void group_start(Group *g, int64_t timestamp) {
-    g->has_arrival = 0;
     g->arrival_time = 0;
     g->first_timestamp = g->last_timestamp = timestamp;
     g->size = 0;
@@ -217,7 +215,6 @@ static int compute_deltas(Estimator *s, int64_t timestamp, int64_t arrival_time,
     }
     s->current.size += packet_size;
     s->current.arrival_time = arrival_time;
-    s->current.has_arrival = 1;
     return found;
 }
 
