@@ -62,7 +62,7 @@ from bench.lib.profile import finish_profiler, start_py_spy
 from bench.lib.publisher import Publisher
 from bench.lib.report import fmt, machine_info, print_json
 from bench.lib.runner import cancel_on_sigterm, run_benchmark, workdir
-from bench.lib.subscriber import JanusSubscriber, Subscriber, serve_subscribers
+from bench.lib.subscriber import POLL_MS, JanusSubscriber, Subscriber, serve_subscribers, socket_poller
 from bench.lib.targets import TARGETS, Target
 from bench.lib.workers import WorkerProcess, counting_worker, running
 
@@ -73,12 +73,14 @@ UPKEEP_SETTLE = 2.0  # seconds after muting before the upkeep window: the last p
 
 def make_subscribers(session: aiohttp.ClientSession, command: dict[str, Any]) -> list[Subscriber]:
     """A worker's subscribers from its ``join`` command: Janus VideoRoom ones or gbmedia ``/rtc`` ones."""
+    clear = command["clear"]
+    poller = socket_poller(command.get("poll_ms", 0)) if clear else None
     if command.get("server") == "janus":
         return [
-            JanusSubscriber(session, command["url"], command["room"], command["feed"], name, clear=command["clear"])
+            JanusSubscriber(session, command["url"], command["room"], command["feed"], name, clear=clear, poller=poller)
             for name in command["names"]
         ]
-    return [Subscriber(session, command["url"], t, clear=command["clear"]) for t in command["tokens"]]
+    return [Subscriber(session, command["url"], t, clear=clear, poller=poller) for t in command["tokens"]]
 
 
 def worker(index: int, log_path: Path, nice: int, clear: bool) -> WorkerProcess:
@@ -108,7 +110,10 @@ async def run_one(
 ) -> dict[str, Any]:
     """N subscribers join, receive, warm up; one window is measured; they leave."""
     server = target.server
-    joins = [{**join, "clear": args.clear_subscribers} for join in target.join_commands(n, max(1, args.per_process))]
+    joins = [
+        {**join, "clear": args.clear_subscribers, "poll_ms": args.poll_ms}
+        for join in target.join_commands(n, max(1, args.per_process))
+    ]
     workers = [
         worker(i, workdir / f"{target.name}-worker-n{n}-{i}.log", args.nice, args.clear_subscribers)
         for i in range(len(joins))
@@ -238,6 +243,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="where the 2160p clip is kept between runs, named by its parameters (default ~/.cache/gbmedia-bench)",
     )
     parser.add_argument("--per-process", type=int, default=8, help="subscribers per worker process (default 8)")
+    parser.add_argument(
+        "--poll-ms",
+        type=float,
+        default=POLL_MS,
+        help=f"clear subscribers read their sockets every this many ms instead of being woken by each datagram "
+        f"(default {POLL_MS:g}: on one machine a subscriber woken by the server's send costs the server's CPU, "
+        "which a server sending to other machines does not pay; bench/lib/subscriber.py, SocketPoller); "
+        "0: woken by each as before",
+    )
     parser.add_argument(
         "--clear-subscribers",
         action=argparse.BooleanOptionalAction,
@@ -435,6 +449,8 @@ async def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
             "warmup": args.warmup,
             **video_config(args),
             "per_process": args.per_process,
+            "clear_subscribers": args.clear_subscribers,
+            "poll_ms": args.poll_ms if args.clear_subscribers else None,
             "extend": args.extend,
             "pin_server": sorted(args.pin_server) if args.pin_server else None,
             "upkeep": args.upkeep,

@@ -57,7 +57,7 @@ from bench.lib.proc import pin_process
 from bench.lib.report import col, fmt, machine_info, print_aligned, print_json, table
 from bench.lib.runner import cancel_on_sigterm, run_benchmark, workdir
 from bench.lib.server import Server, create_tenant, parse_labeled, read_metrics_text
-from bench.lib.subscriber import Subscriber, serve_subscribers
+from bench.lib.subscriber import POLL_MS, Subscriber, serve_subscribers, socket_poller
 from bench.lib.whep import WhepViewer, WhipPublisher
 from bench.lib.workers import WorkerProcess, counting_worker, running
 from gbmedia.tenancy.tokens import Grants, mint_token
@@ -75,8 +75,10 @@ GOAL_VIEWERS_PER_CORE = 1000  # issue 20: five times LiveKit's figure, per core 
 def make_viewers(session: aiohttp.ClientSession, command: dict[str, Any]) -> list[Subscriber]:
     """A worker's WHEP viewers from its ``join`` command (one token each; clear ones unless told not)."""
     clear, timeout = bool(command.get("clear", False)), command.get("connect_timeout")
+    poller = socket_poller(command.get("poll_ms", 0)) if clear else None
     return [
-        WhepViewer(session, command["url"], t, ROOM, clear=clear, connect_timeout=timeout) for t in command["tokens"]
+        WhepViewer(session, command["url"], t, ROOM, clear=clear, connect_timeout=timeout, poller=poller)
+        for t in command["tokens"]
     ]
 
 
@@ -88,7 +90,13 @@ def worker(index: int, log_path: Path, nice: int, clear: bool) -> WorkerProcess:
 
 
 def join_commands(
-    url: str, tokens: list[str], per: int, clear: bool, concurrency: int, connect_timeout: float
+    url: str,
+    tokens: list[str],
+    per: int,
+    clear: bool,
+    concurrency: int,
+    connect_timeout: float,
+    poll_ms: float = POLL_MS,
 ) -> list[dict[str, Any]]:
     """Each viewer worker's ``join`` command: ``per`` tokens each (the last takes the rest).
 
@@ -105,6 +113,7 @@ def join_commands(
             "url": url,
             "tokens": chunk,
             "clear": clear,
+            "poll_ms": poll_ms,
             "concurrency": share,
             "connect_timeout": connect_timeout,
         }
@@ -160,7 +169,13 @@ async def run_one(
     grants = Grants(room=ROOM, can_subscribe=True)
     tokens = [mint_token(key, secret, f"viewer-{n}-{i}", grants) for i in range(n)]
     joins = join_commands(
-        server.url, tokens, args.per_process, args.clear_viewers, args.join_concurrency, args.connect_timeout
+        server.url,
+        tokens,
+        args.per_process,
+        args.clear_viewers,
+        args.join_concurrency,
+        args.connect_timeout,
+        args.poll_ms,
     )
     workers = [worker(i, workdir / f"worker-n{n}-{i}.log", args.nice, args.clear_viewers) for i in range(len(joins))]
     async with running(workers, live):
@@ -305,6 +320,14 @@ def add_viewer_options(parser: argparse.ArgumentParser) -> None:
         help="viewers count packets from their clear RTP headers, many per read, without decrypting (default "
         "on: a few microseconds a packet, so this machine can offer hundreds of viewers; keyframes go "
         "uncounted, being inside the encrypted payload); --no-clear-viewers: aiortc decrypts every packet",
+    )
+    parser.add_argument(
+        "--poll-ms",
+        type=float,
+        default=POLL_MS,
+        help=f"clear viewers read their sockets every this many ms instead of being woken by each datagram "
+        f"(default {POLL_MS:g}: on one machine a viewer woken by the server's send costs the server's CPU; "
+        "bench/lib/subscriber.py, SocketPoller); 0: woken by each as before",
     )
 
 
@@ -451,6 +474,7 @@ async def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
             "join_concurrency": args.join_concurrency,
             "connect_timeout": args.connect_timeout,
             "clear_viewers": args.clear_viewers,
+            "poll_ms": args.poll_ms if args.clear_viewers else None,
             "pin_server": sorted(args.pin_server) if args.pin_server else None,
             "max_loss_percent": LOSS_LIMIT_PERCENT,
         },

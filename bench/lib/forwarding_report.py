@@ -129,9 +129,14 @@ def stream_label(args: argparse.Namespace) -> str:
 def print_table(rows: list[dict[str, Any]], args: argparse.Namespace, name: str = "gbmedia") -> None:
     """One server's two tables (figures, context) and their legend; for gbmedia, the transcoding reference."""
     process = "the gbmedia serve process" if name.startswith("gbmedia") else f"the {name} process"
+    reading = ""
+    if getattr(args, "clear_subscribers", False):
+        poll = getattr(args, "poll_ms", 0)
+        reading = f" (read every {poll:g} ms)" if poll > 0 else " (woken by each datagram)"
     print()
     print(
-        f"{name} forwarding: 1 publisher ({stream_label(args)}) -> N subscribers counting RTP without decoding; "
+        f"{name} forwarding: 1 publisher ({stream_label(args)}) -> N subscribers{reading} counting RTP without "
+        "decoding; "
         f"{args.seconds:.0f} s window after {args.warmup:.0f} s warm-up; server CPU = utime+stime of "
         f"{process}, all threads; {os.cpu_count()} cores."
     )

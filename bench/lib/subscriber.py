@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import json
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -30,6 +32,10 @@ from bench.lib.signaling import Signaling
 from bench.lib.workers import commands, reply
 from gbmedia.sfu.aiortc_adapter import keep_consent_on, read_rtp_in_the_clear, tap_receiver
 from gbmedia.sfu.codecs import is_keyframe
+
+log = logging.getLogger(__name__)
+
+POLL_MS = 5.0  # how often clear subscribers read their sockets by default (SocketPoller)
 
 
 @dataclass
@@ -95,20 +101,81 @@ class PacketCounter:
         return True
 
 
+class SocketPoller:
+    """Drains the clear subscribers' sockets of one worker process from one timer, every ``interval`` s.
+
+    A subscriber that waits on its socket is woken by whoever sends to it. On one machine that
+    sender is the server being measured: every wake-up of a subscriber process that a datagram
+    causes is paid for on the server's CPU (the kernel's ``try_to_wake_up``; in a virtual machine an
+    interrupt to the other core as well), a cost a server sending through a network card to other
+    machines does not have. A socket no one waits on fills without waking anyone; the worker reads
+    it on its own clock instead, each datagram at most ``interval`` late (the sequence numbers,
+    frames and losses counted are the same). Each socket's datagrams go to the ``drain`` it was
+    watched with (a :data:`gbmedia.sfu.aiortc_adapter.SocketWatch`).
+    """
+
+    def __init__(self, interval: float) -> None:
+        if interval <= 0:
+            raise ValueError("a poll interval must be positive")
+        self.interval = interval
+        self.ticks = 0
+        self._drains: dict[int, Callable[[], None]] = {}
+        self._timer: asyncio.TimerHandle | None = None
+
+    def watch(self, fd: int, drain: Callable[[], None]) -> Callable[[], None]:
+        self._drains[fd] = drain
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self.interval, self._tick)
+        return functools.partial(self._unwatch, fd, drain)
+
+    def _unwatch(self, fd: int, drain: Callable[[], None]) -> None:
+        if self._drains.get(fd) is drain:
+            del self._drains[fd]
+        if not self._drains and self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _tick(self) -> None:
+        self._timer = asyncio.get_running_loop().call_later(self.interval, self._tick)
+        self.ticks += 1
+        for drain in list(self._drains.values()):
+            try:
+                drain()
+            except Exception:  # one subscriber's failure must not stop the others' counting
+                log.exception("draining a subscriber's socket failed")
+
+
+@functools.cache
+def socket_poller(interval_ms: float) -> SocketPoller | None:
+    """This process's poller for ``interval_ms`` (one for all its subscribers); None for 0: each socket
+    is drained when it becomes readable, as before."""
+    return SocketPoller(interval_ms / 1000) if interval_ms > 0 else None
+
+
 class Subscriber:
     """One participant that only receives: one socket, one peer connection.
 
     ``clear``: once connected, count packets from their clear RTP headers, many per socket read,
     without aiortc decrypting them (:func:`read_rtp_in_the_clear`): a subscriber then costs a few
-    microseconds per packet, so one machine can offer a server hundreds of them."""
+    microseconds per packet, so one machine can offer a server hundreds of them. ``poller``: read
+    those on its clock instead of when each socket becomes readable (:class:`SocketPoller`)."""
 
-    def __init__(self, session: aiohttp.ClientSession, url: str, token: str, *, clear: bool = False) -> None:
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        url: str,
+        token: str,
+        *,
+        clear: bool = False,
+        poller: SocketPoller | None = None,
+    ) -> None:
         self.session = session
         self.url = url
         self.token = token
         self.pc = RTCPeerConnection(NO_STUN)
         self.counter = PacketCounter()
         self.clear = clear
+        self.poller = poller
         self._release_socket: Callable[[], None] | None = None
         if clear:
             self.pc.on("connectionstatechange", self._take_the_socket)
@@ -125,7 +192,8 @@ class Subscriber:
 
     def _take_the_socket(self) -> None:
         if self.pc.connectionState == "connected" and self._release_socket is None:
-            self._release_socket = read_rtp_in_the_clear(self.pc, self.counter.clear)
+            watch = self.poller.watch if self.poller is not None else None
+            self._release_socket = read_rtp_in_the_clear(self.pc, self.counter.clear, watch=watch)
 
     async def join(self) -> None:
         self.signaling = await Signaling.connect(self.session, self.url, self._on_event)
@@ -194,9 +262,17 @@ class JanusSubscriber(Subscriber):
     ``start``."""
 
     def __init__(
-        self, session: aiohttp.ClientSession, url: str, room: int, feed: int, name: str, *, clear: bool = False
+        self,
+        session: aiohttp.ClientSession,
+        url: str,
+        room: int,
+        feed: int,
+        name: str,
+        *,
+        clear: bool = False,
+        poller: SocketPoller | None = None,
     ) -> None:
-        super().__init__(session, url, "", clear=clear)
+        super().__init__(session, url, "", clear=clear, poller=poller)
         self.room, self.feed, self.name = room, feed, name
         self.janus: janus.JanusSession | None = None
         self.handle = 0

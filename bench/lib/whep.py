@@ -18,7 +18,7 @@ from bench.lib.errors import BenchError
 from bench.lib.publisher import Publisher
 from bench.lib.rtc import enlarge_receive_buffers, wait_connected
 from bench.lib.signaling import Signaling
-from bench.lib.subscriber import Subscriber
+from bench.lib.subscriber import SocketPoller, Subscriber
 from gbmedia.sfu.aiortc_adapter import keep_consent_on, tap_receiver
 
 SDP = {"Content-Type": "application/sdp"}
@@ -91,8 +91,9 @@ class WhepViewer(Subscriber):
         *,
         clear: bool = False,
         connect_timeout: float | None = None,
+        poller: SocketPoller | None = None,
     ) -> None:
-        super().__init__(session, url, token, clear=clear)
+        super().__init__(session, url, token, clear=clear, poller=poller)
         self.room = room
         self.location = ""
         self.connect_timeout = connect_timeout

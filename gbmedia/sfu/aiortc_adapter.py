@@ -581,8 +581,12 @@ async def _host_candidate(connection: IceConnection, address: MediaAddress, comp
     raise ConnectionError(f"no free UDP port in {low}-{high} on {address.bind}")
 
 
+# Starts calling ``drain`` when the socket ``fd`` may have data; the function it returns stops that.
+SocketWatch = Callable[[int, Callable[[], None]], Callable[[], None]]
+
+
 def read_rtp_in_the_clear(
-    pc: RTCPeerConnection, sink: Callable[[bytes], None], batch: int = 64
+    pc: RTCPeerConnection, sink: Callable[[bytes], None], batch: int = 64, watch: SocketWatch | None = None
 ) -> Callable[[], None] | None:
     """Hand ``pc``'s incoming RTP to ``sink`` undecrypted, many datagrams per wake-up; None if it cannot.
 
@@ -591,9 +595,11 @@ def read_rtp_in_the_clear(
     or pass through aiortc at all. The nominated pair's transport stops reading and a duplicate of its
     socket is drained here, ``batch`` datagrams per readiness event instead of one; STUN (consent
     checks), DTLS and RTCP still go to aiortc. Needs asyncio's own loop (uvloop's UDP transports cannot
-    pause). Call the returned function before closing ``pc``: it closes the duplicate.
+    pause). ``watch`` decides when the duplicate is drained: by default on every readiness event of the
+    loop; a load generator may drain on a clock of its own instead, so that no datagram wakes it
+    (bench/lib/subscriber.py, ``SocketPoller``). Call the returned function before closing ``pc``: it
+    closes the duplicate.
     """
-    loop = asyncio.get_running_loop()
     releases: list[Callable[[], None]] = []
     for dtls in {t.receiver.transport for t in pc.getTransceivers()}:
         connection: IceConnection = dtls.transport._connection
@@ -618,12 +624,13 @@ def read_rtp_in_the_clear(
                 else:
                     received(data, addr)
 
-        def release(own: socket.socket = own) -> None:
+        unwatch = (watch or _watch_readable)(own.fileno(), drain)
+
+        def release(own: socket.socket = own, unwatch: Callable[[], None] = unwatch) -> None:
             if own.fileno() >= 0:
-                loop.remove_reader(own.fileno())
+                unwatch()
                 own.close()
 
-        loop.add_reader(own.fileno(), drain)
         releases.append(release)
     if not releases:
         return None
@@ -633,6 +640,13 @@ def read_rtp_in_the_clear(
             release()
 
     return release_all
+
+
+def _watch_readable(fd: int, drain: Callable[[], None]) -> Callable[[], None]:
+    """The default :data:`SocketWatch`: the running loop calls ``drain`` whenever ``fd`` is readable."""
+    loop = asyncio.get_running_loop()
+    loop.add_reader(fd, drain)
+    return functools.partial(loop.remove_reader, fd)
 
 
 # --- send side ----------------------------------------------------------------------

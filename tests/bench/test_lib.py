@@ -762,6 +762,8 @@ def test_live_join_commands_split_the_tokens_and_share_the_joins_in_flight() -> 
     assert [t for j in joins for t in j["tokens"]] == tokens
     assert {j["concurrency"] for j in joins} == {5}  # 16 in flight over 3 workers
     assert all(j["cmd"] == "join" and j["clear"] and j["connect_timeout"] == 30.0 for j in joins)
+    assert {j["poll_ms"] for j in joins} == {5.0}  # the viewers read on a clock by default
+    assert {j["poll_ms"] for j in join_commands("http://s", tokens, 50, True, 16, 30.0, 0)} == {0}
     many = join_commands("http://s", tokens, 1, False, 16, 30.0)
     assert len(many) == 120 and {j["concurrency"] for j in many} == {1}  # never below one
     assert join_commands("http://s", [], 50, True, 16, 30.0) == []

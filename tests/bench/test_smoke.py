@@ -98,9 +98,11 @@ def test_forwarding_smoke_forwards_to_one_subscriber_prints_cpu_per_packet_and_c
     if not janus and IN_CI:
         pytest.fail("required test service missing: Janus (Debian package janus), the forwarding benchmark's peer")
     assert "gbmedia forwarding: 1 publisher" in out
+    assert "subscribers (read every 5 ms)" in out  # clear subscribers drained on a clock, not woken by the server
     for header in ("fwd pkt/s", "srv CPU%", "us/pkt", "fps min", "loss %", "Side by side", "Per server:"):
         assert header in out
     result = last_json(out)
+    assert result["config"]["clear_subscribers"] is True and result["config"]["poll_ms"] == 5.0
     row = measured([r for r in result["rows"] if r["server"] == "gbmedia"], 1)
     assert row["subscribers_joined"] == 1 and row["subscribers_without_media"] == 0
     assert row["packets_counted_by"] == "server"  # gbmedia's own counter on /metrics was read
@@ -135,7 +137,7 @@ def test_live_smoke_plays_two_whep_viewers_and_gives_a_verdict(out: str) -> None
     assert isinstance(result["summary"]["max_viewers_held"], int)
     # Clear viewers (the default): both counted their packets from the clear RTP headers, undecrypted,
     # and the server sent to them on its native fan-out (its /metrics, read after the window).
-    assert result["config"]["clear_viewers"] is True
+    assert result["config"]["clear_viewers"] is True and result["config"]["poll_ms"] == 5.0
     assert row["viewers_clear"] == 2
     assert row["down_tracks_native"] == 2 and row["down_tracks_python"] == 0
     assert "viewers/core" in out and "Goal: 1000 viewers per core" in out

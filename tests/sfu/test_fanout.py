@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -135,6 +136,37 @@ def test_bad_input_to_the_extension_is_refused():
     assert "libsrtp2 2." in ext.library()  # type: ignore[attr-defined]
     with pytest.raises(ext.Error, match="sessions exist"):  # type: ignore[attr-defined]
         ext.use_library("/nonexistent.so")  # type: ignore[attr-defined]
+
+
+def test_a_nack_answer_reaches_back_to_the_oldest_kept_packet():
+    """The SRTP window of a downlink's session is as long as its NACK history, no shorter: the oldest
+    packet kept can still be protected again and sent, and decrypts to what was first sent."""
+    ext = native()
+    key, profile = os.urandom(28), Policy.SRTP_PROFILE_AEAD_AES_128_GCM
+    receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        receiver.bind(("127.0.0.1", 0))
+        receiver.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        receiver.settimeout(5)
+        sender.bind(("127.0.0.1", 0))
+        link = ext.Downlink(0, 0, 3000)  # type: ignore[attr-defined]
+        link.configure(ext.Session(key, profile), ext.address(*receiver.getsockname()), sender.fileno(), 96, 77, 0)  # type: ignore[attr-defined]
+        link.layer = 0
+        sent = ext.HISTORY + 40  # type: ignore[attr-defined]
+        for seq in range(sent):
+            assert ext.forward([link], 0, 5, seq, seq * 3000, False, False, b"%d" % seq, (b"",), 3, 0)[0] == 1  # type: ignore[attr-defined]
+        for _ in range(sent):
+            receiver.recv(2048)
+        oldest = link.last_seq - ext.HISTORY + 1  # type: ignore[attr-defined]
+        assert link.kept(oldest - 1) is None and link.kept(oldest) is not None
+        assert link.resend([oldest - 1]) == 0  # gone from the history: nothing to answer with
+        assert link.resend([oldest]) == 1
+        again = Session(policy(key, profile, inbound=True)).unprotect(receiver.recv(2048))
+        assert again == link.kept(oldest) and int.from_bytes(again[2:4], "big") == oldest
+    finally:
+        receiver.close()
+        sender.close()
 
 
 def test_the_path_is_chosen_and_said(monkeypatch, caplog):
