@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import inspect
 import os
 import shutil
 import sys
@@ -81,12 +82,28 @@ def _print_tasks(loop: asyncio.AbstractEventLoop, test: str) -> None:
     print(f"--- {test} is about to time out; its {len(tasks)} asyncio tasks:", file=sys.stderr)
     for task in tasks:
         print(f"- {task.get_name()}, awaiting (outermost first):", file=sys.stderr)
-        awaited: Any = task.get_coro()
-        while awaited is not None:  # the whole chain of awaits, not only the task's own frame
-            frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "gi_frame", None)
-            if frame is not None:
-                print(f"    {frame.f_code.co_filename}:{frame.f_lineno} {frame.f_code.co_name}", file=sys.stderr)
-            awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "gi_yieldfrom", None)
+        for frame in awaited_frames(task.get_coro()):
+            print(f"    {frame.f_code.co_filename}:{frame.f_lineno} {frame.f_code.co_name}", file=sys.stderr)
+
+
+def awaited_frames(awaited: Any) -> Iterator[Any]:
+    """The frames of a chain of awaits, outermost first, through coroutines, generators and async
+    generators. A fixture's teardown awaits its async generator's ``asend``, which does not name the
+    generator; the generator is then the running one the awaiting frame holds (pytest-asyncio's
+    finalizer keeps it as ``gen_obj``), so a teardown that hangs shows the fixture's line."""
+    outer = None
+    while awaited is not None:
+        frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "gi_frame", None)
+        frame = frame or getattr(awaited, "ag_frame", None)
+        if frame is not None:
+            yield frame
+            outer = frame
+        following = getattr(awaited, "cr_await", None) or getattr(awaited, "gi_yieldfrom", None)
+        following = following or getattr(awaited, "ag_await", None)
+        if following is None and frame is None and outer is not None:
+            running = (v for v in outer.f_locals.values() if inspect.isasyncgen(v) and v.ag_running)
+            following, outer = next(running, None), None
+        awaited = following
 
 
 @pytest.fixture(autouse=True)

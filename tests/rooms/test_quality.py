@@ -12,11 +12,14 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from types import SimpleNamespace
 from typing import Any
 
 from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
+from gbmedia.rooms import quality
+from gbmedia.sfu.stats import RateTracker
 from tests.docs.test_openapi import DOC, validate
 from tests.helpers import Tenant, bearer, create_tenant
 from tests.rtc import ColorVideoTrack, RtcClient, ToneAudioTrack, wait_for
@@ -197,3 +200,60 @@ async def test_a_simulcast_publisher_shows_its_layers_and_gets_no_meter(rtc, ten
         assert video["bitrate_bps"] > 0 and video["fps"] is None and video["frames_received"] is None
     finally:
         await publisher.close()
+
+
+# --- how sampling shares the loop --------------------------------------------------------
+
+
+async def loop_turns_while(work: Any) -> int:
+    """How many times another task ran while ``work`` was awaited: the yields it made to the loop."""
+    turns = 0
+
+    async def count() -> None:
+        nonlocal turns
+        while True:
+            turns += 1
+            await asyncio.sleep(0)
+
+    counter = asyncio.ensure_future(count())
+    await asyncio.sleep(0)  # the counter runs once before the work starts
+    started = turns
+    try:
+        await work
+    finally:
+        counter.cancel()
+    return turns - started
+
+
+def room_of(participants: int) -> SimpleNamespace:
+    people = {
+        f"p{i}": SimpleNamespace(id=f"p{i}", identity=f"viewer-{i}", published=[], subscriptions={"TR_x": object()})
+        for i in range(participants)
+    }
+    return SimpleNamespace(participants=people)
+
+
+async def test_sampling_a_large_room_yields_to_the_forwarding_by_time_slices_not_per_participant(monkeypatch):
+    async def quick(down: Any, *args: Any) -> str:
+        return "figures"
+
+    monitor = quality.QualityMonitor(SimpleNamespace(on_track=lambda listener: None), 1.0)  # type: ignore[arg-type]
+    monkeypatch.setattr(quality, "down_stats", quick)
+    work = monitor._sample_room(room_of(500), RateTracker(), time.monotonic())  # type: ignore[arg-type]
+    assert await loop_turns_while(work) <= 2  # 500 participants in well under a slice: not 500 loop turns
+
+    async def slow(down: Any, *args: Any) -> str:
+        busy_until = time.perf_counter() + quality.SAMPLING_SLICE * 1.5  # a room whose sampling takes long
+        while time.perf_counter() < busy_until:
+            pass
+        return "figures"
+
+    monkeypatch.setattr(quality, "down_stats", slow)
+    results: list[Any] = []
+
+    async def sample() -> None:
+        results.extend(await monitor._sample_room(room_of(6), RateTracker(), time.monotonic()))  # type: ignore[arg-type]
+
+    assert await loop_turns_while(sample()) >= 5  # the forwarding ran between participants
+    assert [r.participant_id for r in results] == [f"p{i}" for i in range(6)]
+    assert all(r.subscribed == ["figures"] for r in results)
