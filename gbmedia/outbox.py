@@ -74,6 +74,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from gbmedia.metrics import Sample
+from gbmedia.waits import wait_for_event
 
 log = logging.getLogger(__name__)
 
@@ -576,8 +577,7 @@ class OutboxRelay(_Periodic):
             if full:
                 await asyncio.sleep(self.busy_interval)
             else:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.idle_interval)
+                await wait_for_event(self._wake, self.idle_interval)
 
 
 class OutboxTrimmer(_Periodic):

@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gbmedia.config import ConfigError, Settings, env_name, load_settings
+from gbmedia.waits import wait_for_event
 
 log = logging.getLogger(__name__)
 
@@ -428,9 +429,7 @@ class Supervisor:
             failures = 1 if loop.time() - started >= STABLE_SECONDS else failures + 1
             delay = restart_delay(failures)
             log.warning("worker restarting", extra=fields | {"delay_seconds": delay, "failures": failures})
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), delay)
-            if self._stop.is_set():
+            if await wait_for_event(self._stop, delay):
                 return
 
     async def _spawn(self, slot: _Slot) -> asyncio.subprocess.Process:

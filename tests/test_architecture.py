@@ -32,6 +32,7 @@ CORE = {
     "jsondepth",
     "turn",
     "loopwatch",
+    "waits",
 }
 ROOT_MODULES = {"node", "app", "server", "cli", "workers", "__main__"}
 LAYERS: list[set[str]] = [

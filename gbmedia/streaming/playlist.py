@@ -19,6 +19,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from gbmedia.waits import wait_for_event
+
 PLAYLIST_NAME = "live.m3u8"
 _PART_NAME = re.compile(r"^(?P<rid>[0-9a-f]{8})-(?P<msn>\d{1,9})(?:\.(?P<part>\d{1,4}))?\.m4s$")
 
@@ -179,9 +181,7 @@ class Rendition:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or self.ended:
                 return bool(predicate())
-            try:
-                await asyncio.wait_for(self._changed.wait(), remaining)
-            except TimeoutError:
+            if not await wait_for_event(self._changed, remaining):
                 return bool(predicate())
         return True
 

@@ -46,6 +46,7 @@ from gbmedia.tenancy.webhook_events import (
     TIMESTAMP_HEADER,
     signature,
 )
+from gbmedia.waits import wait_for_event
 
 log = logging.getLogger(__name__)
 
@@ -228,8 +229,7 @@ class WebhookDispatcher:
                 raise
             except Exception as exc:  # the database away: try again at the next poll
                 log.warning("webhook claim failed", extra={"error": type(exc).__name__, "detail": str(exc)[:300]})
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.settings.idle_interval)
+            await wait_for_event(self._wake, self.settings.idle_interval)
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._inflight.discard(task)

@@ -29,6 +29,7 @@ from typing import Any
 from gbmedia.bots.debug.seam import Debuggable, Place, RunHalted
 from gbmedia.bots.host import MemoryPort
 from gbmedia.bots.machine import Outcome
+from gbmedia.waits import wait_for_event
 
 RUNNING, BREAK, STOPPED = "running", "break", "stopped"
 YIELD_EVERY = 256  # statements between two turns given to the event loop (a power of two)
@@ -148,8 +149,7 @@ class DebugRun:
         self._task = asyncio.create_task(self._drive(first, answer), name=f"debug-run-{self.id}")
 
     async def _wait_settled(self, settle: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._settled.wait(), settle)
+        await wait_for_event(self._settled, settle)
 
     # --- the operator's side ---------------------------------------------------------------
 

@@ -21,7 +21,6 @@ falling behind.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import fractions
 import math
 import threading
@@ -37,6 +36,7 @@ from aiortc.mediastreams import MediaStreamError
 
 from gbmedia.bots.media.filters import Filter
 from gbmedia.bots.media.renderers import Renderer
+from gbmedia.waits import wait_for_event
 
 T = TypeVar("T")
 VIDEO_CLOCK = 90_000
@@ -88,8 +88,7 @@ class LatestFrame:
 
     async def next(self, within: float) -> av.VideoFrame | None:
         """The newest frame not handed out yet, or None when none comes within ``within`` seconds."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._fresh.wait(), within)
+        await wait_for_event(self._fresh, within)
         self._fresh.clear()
         frame, self.frame = self.frame, None
         return frame
