@@ -427,9 +427,13 @@ class OutboxRelay(_Periodic):
         )
 
     async def _stop_producer(self, producer: Any) -> None:
-        # stop() flushes what is queued; bounded so a dead broker cannot hold up shutdown.
+        # stop() flushes what is queued; bounded so a dead broker cannot hold up shutdown. Not
+        # asyncio.wait_for: on Python 3.11 it swallows the relay's own cancellation when the stop
+        # finishes in the same loop turn, and the relay then runs on while the node waits for it
+        # (gbmedia/waits.py).
         try:
-            await asyncio.wait_for(producer.stop(), self.request_timeout)
+            async with asyncio.timeout(self.request_timeout):
+                await producer.stop()
         except Exception as exc:  # the producer is dropped either way
             log.debug("outbox producer stop failed: %s: %s", type(exc).__name__, exc)
 
