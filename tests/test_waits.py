@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import Awaitable, Callable
 
 import asyncpg
 import pytest
@@ -23,10 +24,10 @@ async def test_it_says_whether_the_event_came_or_the_time_ran_out():
     assert await wait_for_event(event, 0) is True  # already set: no wait at all
 
 
-async def cancelled_as_the_event_is_set(wait: object) -> asyncio.Task[object]:
+async def cancelled_as_the_event_is_set(wait: Callable[[asyncio.Event], Awaitable[object]]) -> asyncio.Task[object]:
     """A task waiting with ``wait(event)``, cancelled in the same loop turn as its event is set."""
     event = asyncio.Event()
-    task = asyncio.ensure_future(wait(event))  # type: ignore[operator]
+    task = asyncio.ensure_future(wait(event))
     await asyncio.sleep(0)
     await asyncio.sleep(0)  # it is waiting now
     event.set()
