@@ -41,7 +41,7 @@ from typing import Any
 import aiohttp
 import aiortc
 
-from bench.lib import clip, fanout
+from bench.lib import clip, fanout, netns
 from bench.lib.cli import add_server_options, cpu_list
 from bench.lib.errors import BenchError
 from bench.lib.fanout import add_marginals
@@ -57,6 +57,7 @@ from bench.lib.forwarding_report import (
     summarize,
 )
 from bench.lib.janus import JANUS_BINARY
+from bench.lib.netns import SubscriberHost, subscriber_host
 from bench.lib.proc import pin_process
 from bench.lib.profile import finish_profiler, start_py_spy
 from bench.lib.publisher import Publisher
@@ -83,8 +84,8 @@ def make_subscribers(session: aiohttp.ClientSession, command: dict[str, Any]) ->
     return [Subscriber(session, command["url"], t, clear=clear, poller=poller) for t in command["tokens"]]
 
 
-def worker(index: int, log_path: Path, nice: int, clear: bool) -> WorkerProcess:
-    """The orchestrator's handle on one subscriber worker process."""
+def worker(index: int, log_path: Path, nice: int, clear: bool, host: SubscriberHost | None) -> WorkerProcess:
+    """The orchestrator's handle on one subscriber worker process (inside the subscribers' host, if any)."""
     return counting_worker(
         index,
         log_path,
@@ -93,6 +94,7 @@ def worker(index: int, log_path: Path, nice: int, clear: bool) -> WorkerProcess:
         what="subscriber worker",
         flag="clear-subscribers",
         clear=clear,
+        prefix=host.command() if host is not None else (),
     )
 
 
@@ -115,7 +117,7 @@ async def run_one(
         for join in target.join_commands(n, max(1, args.per_process))
     ]
     workers = [
-        worker(i, workdir / f"{target.name}-worker-n{n}-{i}.log", args.nice, args.clear_subscribers)
+        worker(i, workdir / f"{target.name}-worker-n{n}-{i}.log", args.nice, args.clear_subscribers, args.host)
         for i in range(len(joins))
     ]
     async with running(workers, live):
@@ -253,6 +255,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "0: woken by each as before",
     )
     parser.add_argument(
+        "--subscriber-host",
+        choices=("auto", "netns", "local"),
+        default="auto",
+        help="where the subscribers run: netns, a network namespace of their own behind a veth pair whose "
+        "receive runs in a kernel thread off the server's CPUs (bench/lib/netns.py: on one machine the kernel "
+        "otherwise charges each subscriber's receive path to the server's send, which a server sending to other "
+        "machines does not pay; needs root, iproute2 and ethtool); local, on this host over loopback as before; "
+        "auto (default): netns where it can be made, else local",
+    )
+    parser.add_argument(
         "--clear-subscribers",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -327,7 +339,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.counts = [0, *args.counts]
     args.fps_label = "30 fps"
     args.clip = args.clip_info = None  # set by prepare_video (2160p)
+    args.host = args.server_address = None  # set by subscribers_where (--subscriber-host)
     return args
+
+
+def subscribers_where(args: argparse.Namespace) -> contextlib.AbstractAsyncContextManager[SubscriberHost | None]:
+    """The subscribers' host for ``--subscriber-host``: a namespace, or None for this host (loopback)."""
+    if args.subscriber_host == "local" or (args.subscriber_host == "auto" and netns.missing() is not None):
+        if args.subscriber_host == "auto":
+            print(f"[subscribers] on this host: {netns.missing()}", file=sys.stderr)
+        return contextlib.nullcontext()
+    return subscriber_host(args.pin_server or ())
 
 
 def prepare_video(args: argparse.Namespace) -> None:
@@ -421,7 +443,10 @@ async def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
     await asyncio.to_thread(prepare_video, args)
     with workdir("gbmedia-bench-", args.keep) as tmp:
         try:
-            async with aiohttp.ClientSession() as session:
+            async with aiohttp.ClientSession() as session, subscribers_where(args) as host:
+                args.host, args.server_address = host, host.server_address if host else None
+                if host is not None:
+                    print(f"[subscribers] in {host.describe()}", file=sys.stderr)
                 for name in args.servers:
                     target = TARGETS[name](args, tmp / name)
                     targets.append(target)
@@ -451,6 +476,7 @@ async def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
             "per_process": args.per_process,
             "clear_subscribers": args.clear_subscribers,
             "poll_ms": args.poll_ms if args.clear_subscribers else None,
+            "subscriber_host": "netns" if args.server_address else "local",
             "extend": args.extend,
             "pin_server": sorted(args.pin_server) if args.pin_server else None,
             "upkeep": args.upkeep,

@@ -133,10 +133,12 @@ def print_table(rows: list[dict[str, Any]], args: argparse.Namespace, name: str 
     if getattr(args, "clear_subscribers", False):
         poll = getattr(args, "poll_ms", 0)
         reading = f" (read every {poll:g} ms)" if poll > 0 else " (woken by each datagram)"
+    host = getattr(args, "server_address", None)
+    where = f" on another host (a network namespace; server on {host})" if host else " on this host (loopback)"
     print()
     print(
-        f"{name} forwarding: 1 publisher ({stream_label(args)}) -> N subscribers{reading} counting RTP without "
-        "decoding; "
+        f"{name} forwarding: 1 publisher ({stream_label(args)}) -> N subscribers{where}{reading} counting RTP "
+        "without decoding; "
         f"{args.seconds:.0f} s window after {args.warmup:.0f} s warm-up; server CPU = utime+stime of "
         f"{process}, all threads; {os.cpu_count()} cores."
     )

@@ -74,8 +74,10 @@ def write_config(
     admin_secret: str,
     lib_dir: Path = JANUS_LIB_DIR,
     debug_level: int = 3,
+    http_ip: str = "127.0.0.1",
 ) -> Path:
-    """A Janus config folder that loads only the VideoRoom plugin and the HTTP transport."""
+    """A Janus config folder that loads only the VideoRoom plugin and the HTTP transport (its API on
+    ``http_ip``, its admin API on 127.0.0.1)."""
     plugins, transports, empty = folder / "plugins", folder / "transports", folder / "none"
     for path in (plugins, transports, empty):
         path.mkdir(parents=True, exist_ok=True)
@@ -128,7 +130,7 @@ general: {{
     base_path = "/janus"
     http = true
     port = {http_port}
-    ip = "127.0.0.1"
+    ip = "{http_ip}"
     https = false
 }}
 admin: {{
@@ -159,8 +161,10 @@ class JanusServer(ChildServer):
         ip: str | None = None,
         binary: str = JANUS_BINARY,
         lib_dir: Path = JANUS_LIB_DIR,
+        http_ip: str = "127.0.0.1",
     ) -> None:
         super().__init__(workdir, startup_timeout, workdir / "janus.log")
+        self.http_ip = http_ip  # where its API listens: subscribers on another host reach it there
         self.data_dir = workdir / "config"  # its config folder
         self.ip = ip
         self.binary = binary
@@ -182,6 +186,7 @@ class JanusServer(ChildServer):
             admin_port=admin_port,
             admin_secret=self.admin_secret,
             lib_dir=self.lib_dir,
+            http_ip=self.http_ip,
         )
         log = self.open_log()
         self.proc = await asyncio.create_subprocess_exec(
@@ -194,7 +199,7 @@ class JanusServer(ChildServer):
             start_new_session=True,
             preexec_fn=die_with_parent,
         )
-        url = f"http://127.0.0.1:{port}/janus"
+        url = f"http://{self.http_ip}:{port}/janus"
         deadline = time.monotonic() + self.startup_timeout
         async with aiohttp.ClientSession() as http:
             while True:

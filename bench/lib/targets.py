@@ -35,7 +35,10 @@ class GbmediaTarget:
 
     def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
-        env = {"GBMEDIA_NATIVE_FORWARDING": self.native_forwarding, **dict(args.server_env)}
+        env = {"GBMEDIA_NATIVE_FORWARDING": self.native_forwarding}
+        if args.server_address:  # the subscribers on another host reach it (signaling and media) there
+            env.update(GBMEDIA_HOST=args.server_address, GBMEDIA_PUBLIC_HOST=args.server_address)
+        env.update(dict(args.server_env))
         self.server = Server(workdir, args.startup_timeout, env)
         self.key = self.secret = ""
 
@@ -82,7 +85,13 @@ class JanusTarget:
 
     def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
-        self.server = janus.JanusServer(workdir, args.startup_timeout, args.janus_ip, args.janus_binary)
+        self.server = janus.JanusServer(
+            workdir,
+            args.startup_timeout,
+            args.janus_ip or args.server_address,
+            args.janus_binary,
+            http_ip=args.server_address or "127.0.0.1",
+        )
         self.control: janus.JanusSession | None = None
         self.feed = 0
 

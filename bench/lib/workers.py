@@ -38,6 +38,7 @@ class WorkerProcess(Child):
         stop_command: str,
         args: Sequence[str] = ("--worker",),
         limit: int = 1 << 16,
+        prefix: Sequence[str] = (),
     ) -> None:
         super().__init__(log_path)
         self.index = index
@@ -46,11 +47,13 @@ class WorkerProcess(Child):
         self.what = what  # "subscriber worker", "client worker": names it in errors
         self.stop_command = stop_command
         self.limit = limit  # the longest reply line
+        self.prefix = list(prefix)  # what it runs under, e.g. ip netns exec <name> (bench.lib.netns)
         self._lock = asyncio.Lock()
 
     async def start(self) -> None:
         log = self.open_log()
         self.proc = await asyncio.create_subprocess_exec(
+            *self.prefix,
             sys.executable,
             *self.argv,
             cwd=str(REPO_ROOT),
@@ -88,10 +91,19 @@ class WorkerProcess(Child):
 
 
 def counting_worker(
-    index: int, log_path: Path, nice: int, *, module: str, what: str, flag: str, clear: bool
+    index: int,
+    log_path: Path,
+    nice: int,
+    *,
+    module: str,
+    what: str,
+    flag: str,
+    clear: bool,
+    prefix: Sequence[str] = (),
 ) -> WorkerProcess:
     """A worker of ``module`` whose receivers count RTP (``--<flag>``: from the clear header; ``--no-<flag>``:
-    through aiortc), one of the forwarding and live benchmarks' subscriber or viewer processes."""
+    through aiortc), one of the forwarding and live benchmarks' subscriber or viewer processes; ``prefix``
+    runs it elsewhere (another host's namespace)."""
     return WorkerProcess(
         index,
         log_path,
@@ -100,6 +112,7 @@ def counting_worker(
         what=what,
         stop_command="leave",
         args=("--worker", f"--{flag}" if clear else f"--no-{flag}"),
+        prefix=prefix,
     )
 
 

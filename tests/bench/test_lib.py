@@ -663,7 +663,14 @@ def test_janus_config_loads_only_the_videoroom_and_http(tmp_path: Path) -> None:
     assert sorted(p.name for p in (folder / "transports").iterdir()) == ["libjanus_http.so"]
     general = (folder / "janus.jcfg").read_text()
     assert 'ice_enforce_list = "192.0.2.7"' in general and 'admin_secret = "s3cret"' in general
-    assert "port = 8088" in (folder / "janus.transport.http.jcfg").read_text()
+    http = (folder / "janus.transport.http.jcfg").read_text()
+    assert "port = 8088" in http and 'ip = "127.0.0.1"' in http and 'admin_ip = "127.0.0.1"' in http
+    # subscribers on another host reach its API on the address they reach its media on; the admin API stays local
+    address = "203.0.113.1"
+    http = janus.write_config(
+        tmp_path / "cfg3", ip=address, http_port=1, admin_port=2, admin_secret="x", lib_dir=lib, http_ip=address
+    ).joinpath("janus.transport.http.jcfg")
+    assert '    ip = "203.0.113.1"' in http.read_text() and 'admin_ip = "127.0.0.1"' in http.read_text()
     with pytest.raises(BenchError, match="is the Debian package janus installed"):
         janus.write_config(
             tmp_path / "cfg2", ip="192.0.2.7", http_port=1, admin_port=2, admin_secret="x", lib_dir=tmp_path / "nowhere"

@@ -1,0 +1,180 @@
+"""Another host for a benchmark's subscribers: a network namespace behind a veth pair, received like a NIC.
+
+On one machine the kernel delivers a datagram in the context of whoever sent it. On
+loopback a forwarding server's CPU therefore pays its subscribers' receive path too: IP
+and UDP receive, the socket lookup, the queueing on each subscriber's socket. That is
+most of what a datagram costs the kernel, and a server sending to other machines never
+pays it. In the subscribers' own namespace, behind a veth pair, the namespace's end
+receives with NAPI in a kernel thread of its own (GRO on: veth then queues the
+datagram and wakes that thread instead of receiving it in the sender's call), polled on
+a timer (``napi_defer_hard_irqs``, ``gro_flush_timeout``: a network card's interrupt
+coalescing) and kept off the server's CPUs. The server then pays its send path up to the
+link, as it pays it up to a network card's driver. veth queues a datagram for NAPI only
+when the sending end has no TSO (``veth_skb_is_eligible_for_gro``), so the machine's end
+has it turned off.
+
+The other way (the subscribers' RTCP and STUN to the server) has no NAPI: the server's
+receive path is paid by the subscribers' sends, as on loopback, for every server alike.
+
+The pair uses the first free /30 of 203.0.113.0/24 (TEST-NET-3: never a machine's own
+subnet, and not the 198.51.100.0/24 the tests' namespaces use), so benchmarks run side by
+side do not share an address. Needs root, iproute2 and ethtool. Names carry the
+benchmark's process id; each namespace made first removes those a killed run left (its
+process gone).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import re
+import shutil
+from collections.abc import AsyncIterator, Collection
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.lib.errors import BenchError
+
+RANGE = "203.0.113"  # a /30 of it per namespace: .4k+1 the machine's end (the server listens there), .4k+2 inside
+POLL_NS = 500_000  # the namespace's NAPI polls every 0.5 ms while traffic flows (gro_flush_timeout)
+POLLS_BEFORE_WAKE_UPS = 100  # empty polls (50 ms) before it goes back to being woken (napi_defer_hard_irqs)
+LEFT_BY = re.compile(r"^gbb(\d+)n\d+\b")  # a namespace's name: the benchmark's process id, then a counter
+SYS_NET = Path("/sys/class/net")
+PROC = Path("/proc")
+_counter = itertools.count()
+
+
+def missing() -> str | None:
+    """Why the subscribers cannot have a host of their own here, or None."""
+    if os.geteuid() != 0:
+        return "network namespaces need root"
+    for tool, package in (("ip", "iproute2"), ("ethtool", "ethtool")):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed (Debian package {package})"
+    return None
+
+
+async def run(*args: str, check: bool = True) -> str:
+    """What the command prints; BenchError if it fails, unless ``check`` is off."""
+    process = await asyncio.create_subprocess_exec(
+        *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
+    output, _ = await process.communicate()
+    text = output.decode(errors="replace")
+    if check and process.returncode != 0:
+        raise BenchError(f"{' '.join(args)} failed ({process.returncode}): {text.strip()}")
+    return text
+
+
+@dataclass(frozen=True)
+class SubscriberHost:
+    name: str  # the namespace
+    outer_link: str  # the veth end on the machine's side
+    inner_link: str  # the end in the namespace
+    server_address: str
+    address: str
+    napi_thread: int | None  # the pid of the namespace's receive thread (None: not found)
+
+    def command(self, *args: str) -> list[str]:
+        """``args`` run inside the namespace."""
+        return ["ip", "netns", "exec", self.name, *args]
+
+    def describe(self) -> str:
+        return (
+            f"a network namespace of their own ({self.name}, {self.address}; the server on {self.server_address}, "
+            "receive polled in a thread of its own)"
+        )
+
+
+def _alive(pid: int) -> bool:
+    return (PROC / str(pid)).exists()
+
+
+async def remove_leftovers() -> list[str]:
+    """Delete the benchmark namespaces whose process is gone (a run killed mid-way); their names."""
+    removed = []
+    for line in (await run("ip", "netns", "list")).splitlines():
+        match = LEFT_BY.match(line)
+        if match and not _alive(int(match[1])):
+            await run("ip", "netns", "del", match[0])  # its veth pair goes with it
+            removed.append(match[0])
+    return removed
+
+
+def napi_thread(link: str) -> int | None:
+    """The pid of the kernel thread that receives for ``link`` (threaded NAPI names it ``napi/<link>-<id>``)."""
+    for entry in PROC.iterdir():
+        if entry.name.isdigit():
+            try:
+                comm = (entry / "comm").read_text().strip()
+            except OSError:
+                continue  # gone meanwhile
+            if comm.startswith(f"napi/{link}-"):
+                return int(entry.name)
+    return None
+
+
+def keep_off(pid: int, cpus: Collection[int]) -> None:
+    """Move ``pid`` to the CPUs not in ``cpus`` (the server's), where there are any left."""
+    others = set(os.sched_getaffinity(0)) - set(cpus)
+    if others:
+        os.sched_setaffinity(pid, others)
+
+
+async def tune_receive(name: str, inner: str, outer: str) -> None:
+    """NAPI on the namespace's end, threaded and polled; no TSO on the machine's end (see the module)."""
+    inside = ["ip", "netns", "exec", name]
+    await run("ethtool", "-K", outer, "tso", "off")
+    await run(*inside, "ethtool", "-K", inner, "gro", "on")
+    for setting, value in (
+        ("threaded", 1),
+        ("napi_defer_hard_irqs", POLLS_BEFORE_WAKE_UPS),
+        ("gro_flush_timeout", POLL_NS),
+    ):
+        await run(*inside, "sh", "-c", f"echo {value} > {SYS_NET / inner / setting}")
+
+
+async def free_subnet() -> int:
+    """The first /30 of ``RANGE`` no link on this machine has an address in: its base (0, 4, 8 ...)."""
+    shown = await run("ip", "-4", "-o", "addr", "show", "to", f"{RANGE}.0/24")
+    used = {int(m[1]) // 4 * 4 for m in re.finditer(rf"inet {re.escape(RANGE)}\.(\d+)/", shown)}
+    base = next((b for b in range(0, 256, 4) if b not in used), None)
+    if base is None:
+        raise BenchError(f"every /30 of {RANGE}.0/24 is taken: remove the namespaces holding them")
+    return base
+
+
+@asynccontextmanager
+async def subscriber_host(server_cpus: Collection[int] = ()) -> AsyncIterator[SubscriberHost]:
+    """The namespace, set up and tuned; removed when the block ends however it ends. Its receive thread
+    runs off ``server_cpus`` (the CPUs the server is pinned to, where it is)."""
+    if (why := missing()) is not None:
+        raise BenchError(f"the subscribers cannot have a host of their own: {why}")
+    await remove_leftovers()
+    base = await free_subnet()
+    server_address, address = f"{RANGE}.{base + 1}", f"{RANGE}.{base + 2}"
+    pid, number = os.getpid(), next(_counter)
+    name, outer, inner = f"gbb{pid}n{number}", f"gbbo{pid % 100000}n{number}", f"gbbi{pid % 100000}n{number}"
+    inside = ["ip", "netns", "exec", name]
+    created = False
+    try:
+        await run("ip", "netns", "add", name)
+        created = True
+        await run("ip", "link", "add", outer, "type", "veth", "peer", "name", inner)
+        await run("ip", "link", "set", inner, "netns", name)
+        await run("ip", "addr", "add", f"{server_address}/30", "dev", outer)
+        await run("ip", "link", "set", outer, "up")
+        await run(*inside, "ip", "addr", "add", f"{address}/30", "dev", inner)
+        await run(*inside, "ip", "link", "set", inner, "up")
+        await run(*inside, "ip", "link", "set", "lo", "up")
+        await tune_receive(name, inner, outer)
+        thread = napi_thread(inner)
+        if thread is not None and server_cpus:
+            keep_off(thread, server_cpus)
+        yield SubscriberHost(name, outer, inner, server_address, address, thread)
+    finally:
+        if created:
+            await run("ip", "netns", "del", name, check=False)  # removes the inner end, and with it the pair
+        await run("ip", "link", "del", outer, check=False)  # gone already with its peer, normally
