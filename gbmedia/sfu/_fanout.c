@@ -51,12 +51,13 @@ typedef struct {
     unsigned int (*key_length)(srtp_profile_t);
     unsigned int (*salt_length)(srtp_profile_t);
     const char *(*version)(void);
+    srtp_err_status_t (*unprotect)(srtp_t, void *, int *);
 } SrtpLibrary;
 
 static SrtpLibrary lib = {
     srtp_init, srtp_create, srtp_dealloc, srtp_protect, srtp_crypto_policy_set_from_profile_for_rtp,
     srtp_crypto_policy_set_from_profile_for_rtcp, srtp_profile_get_master_key_length,
-    srtp_profile_get_master_salt_length, srtp_get_version_string,
+    srtp_profile_get_master_salt_length, srtp_get_version_string, srtp_unprotect,
 };
 static char library_name[512] = "libsrtp2 (system)";
 static Py_ssize_t sessions_alive = 0;
@@ -80,7 +81,7 @@ static PyObject *fanout_use_library(PyObject *module, PyObject *args) {
     const char *names[] = {"srtp_init", "srtp_create", "srtp_dealloc", "srtp_protect",
                            "srtp_crypto_policy_set_from_profile_for_rtp",
                            "srtp_crypto_policy_set_from_profile_for_rtcp", "srtp_profile_get_master_key_length",
-                           "srtp_profile_get_master_salt_length", "srtp_get_version_string"};
+                           "srtp_profile_get_master_salt_length", "srtp_get_version_string", "srtp_unprotect"};
     void **slots_of_found = (void **)&found;
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
         slots_of_found[i] = dlsym(handle, names[i]);
@@ -122,7 +123,7 @@ static PyObject *fanout_library(PyObject *module, PyObject *unused) {
     return PyUnicode_FromString(library_name);
 }
 
-/* --- Session: one subscriber transport's outbound SRTP context ---------------------- */
+/* --- Session: one transport's outbound SRTP context (a subscriber's), or its inbound one --- */
 
 typedef struct {
     PyObject_HEAD
@@ -139,10 +140,11 @@ static void Session_dealloc(SessionObject *self) {
 }
 
 static PyObject *Session_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
-    static char *kwlist[] = {"key", "profile", NULL};
+    static char *kwlist[] = {"key", "profile", "inbound", NULL};
     Py_buffer key;
     int profile;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "y*i", kwlist, &key, &profile)) {
+    int inbound = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "y*i|p", kwlist, &key, &profile, &inbound)) {
         return NULL;
     }
     srtp_policy_t policy;
@@ -162,12 +164,14 @@ static PyObject *Session_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     unsigned char material[64];
     memcpy(material, key.buf, key.len);
     PyBuffer_Release(&key);
-    policy.ssrc.type = ssrc_any_outbound;
+    policy.ssrc.type = inbound ? ssrc_any_inbound : ssrc_any_outbound;
     policy.key = material;
     /* A sender's window only has to reach back as far as the NACK history: libsrtp shifts the whole
-     * window's bit vector for every packet protected, so 1024 (aiortc's) cost 4x this in the profile. */
-    policy.window_size = HISTORY;
-    policy.allow_repeat_tx = 1; /* NACK answers resend the same index */
+     * window's bit vector for every packet protected, so 1024 (aiortc's) cost 4x this in the profile.
+     * A receiver's is aiortc's own (1.16.0's _setup_srtp): the replay window decides which late
+     * packets (NACK repairs) are still taken, and that must not change with the path. */
+    policy.window_size = inbound ? 1024 : HISTORY;
+    policy.allow_repeat_tx = 1; /* NACK answers resend the same index (and aiortc sets it on both) */
     policy.next = NULL;
     SessionObject *self = (SessionObject *)type->tp_alloc(type, 0);
     if (self == NULL) {
@@ -209,8 +213,30 @@ static PyObject *Session_protect(SessionObject *self, PyObject *arg) {
     return PyBytes_FromStringAndSize((const char *)one_slot, len);
 }
 
+/* unprotect(packet) -> the clear packet, or None where libsrtp refuses it (not authentic, replayed,
+ * too short or too long for a slot): the receive path drops those, as aiortc's does. */
+static PyObject *Session_unprotect(SessionObject *self, PyObject *arg) {
+    Py_buffer data;
+    if (PyObject_GetBuffer(arg, &data, PyBUF_SIMPLE) < 0) {
+        return NULL;
+    }
+    if (data.len < 12 || data.len > (Py_ssize_t)sizeof(one_slot)) {
+        PyBuffer_Release(&data);
+        Py_RETURN_NONE;
+    }
+    int len = (int)data.len;
+    memcpy(one_slot, data.buf, len);
+    PyBuffer_Release(&data);
+    if (lib.unprotect(self->srtp, one_slot, &len) != srtp_err_status_ok) {
+        Py_RETURN_NONE;
+    }
+    return PyBytes_FromStringAndSize((const char *)one_slot, len);
+}
+
 static PyMethodDef Session_methods[] = {
     {"protect", (PyCFunction)Session_protect, METH_O, "SRTP-protect one RTP packet (for tests)."},
+    {"unprotect", (PyCFunction)Session_unprotect, METH_O,
+     "The clear RTP packet of one SRTP packet (inbound sessions), or None when it is refused."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -218,7 +244,8 @@ static PyTypeObject SessionType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "gbmedia.sfu._fanout.Session",
     .tp_basicsize = sizeof(SessionObject),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Session(key, profile): outbound SRTP for one DTLS transport (key = master key + salt).",
+    .tp_doc = "Session(key, profile, inbound=False): outbound (or inbound) SRTP for one DTLS transport "
+              "(key = master key + salt).",
     .tp_new = Session_new,
     .tp_dealloc = (destructor)Session_dealloc,
     .tp_methods = Session_methods,

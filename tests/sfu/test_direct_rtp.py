@@ -17,23 +17,30 @@ from typing import Any
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection
 from aiortc.rtp import HeaderExtensionsMap, RtpPacket
+from pylibsrtp import Session
 
 from gbmedia.config import detect_public_host
 from gbmedia.sfu import aiortc_adapter
 from gbmedia.sfu.peers import PublisherPeer, SubscriberPeer
 from gbmedia.sfu.udp_mux import UdpMux
 from tests.rtc import ColorVideoTrack, close_to, mean_rgb, wait_for
-from tests.sfu.test_fanout import address
+from tests.sfu.test_fanout import address, native, policy
 from tests.sfu.test_forwarding import Receiving, publish, subscribe
 from tests.sfu.test_remb import rembs_to
 
 BLUE = (30, 30, 200)
 
 
-@pytest.fixture
-async def on_port() -> AsyncIterator[tuple[UdpMux, PublisherPeer, RTCPeerConnection, SubscriberPeer, Receiving]]:
-    """A publisher and a subscriber, both on one shared port; the publisher sends a blue camera."""
+@pytest.fixture(params=["python", "native"])
+async def on_port(
+    request: pytest.FixtureRequest,
+) -> AsyncIterator[tuple[UdpMux, PublisherPeer, RTCPeerConnection, SubscriberPeer, Receiving]]:
+    """A publisher and a subscriber, both on one shared port; the publisher sends a blue camera. On a
+    natively forwarding node's port (``native``) too, where the RTP is unprotected in C."""
     mux = await UdpMux.bind(detect_public_host(), 0)
+    if request.param == "native":
+        native()  # built by scripts/test: a missing one fails in CI, skips elsewhere
+        mux.native_fanout = True
     server = PublisherPeer("alice", address=address(mux))
     client = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     sub_server, viewer = SubscriberPeer("bob", address=address(mux)), Receiving()
@@ -56,6 +63,11 @@ async def test_a_publishers_rtp_goes_straight_to_its_track_and_everything_else_s
     dtls = server.pc.getTransceivers()[0].receiver.transport
     transport_stats = next(s for s in dtls._get_stats().values() if s.type == "transport")
     assert transport_stats.packetsReceived >= mux.counters.rtp_direct  # aiortc's counters still count them
+    # Which session unprotected them: a native one on a native node's port, made once; aiortc's elsewhere.
+    made = dtls.__dict__.get("_gbmedia_rx_native")
+    assert (made is not None) == mux.native_fanout
+    if made is not None:
+        assert made[0] is dtls._rx_srtp and type(made[1]).__name__ == "Session"
 
     sub_server.add(video)
     await subscribe(sub_server, viewer)
@@ -122,6 +134,21 @@ async def test_forged_unparsable_and_failing_packets_are_dropped_and_the_publish
         await wait_for(lambda: video.packets_in > seen_in + 30 and down.packets_out > sent + 30)
     assert failures and "handling an RTP packet failed; dropped" in caplog.text
     assert {t.receiver.transport.state for t in server.pc.getTransceivers()} == {"connected"}
+
+
+@pytest.mark.parametrize("on_port", ["native"], indirect=True)
+async def test_a_native_receiving_session_is_made_anew_when_the_transport_is_keyed_anew(on_port):
+    _, server, client, _, _ = on_port
+    client.addTrack(ColorVideoTrack(BLUE))
+    (video,), _ = await publish(server, client)
+    await wait_for(lambda: video.packets_in > 10)
+    dtls = server.pc.getTransceivers()[0].receiver.transport
+    first = dtls._gbmedia_rx_native
+    key, profile = aiortc_adapter.srtp_receiving_key(dtls)
+    dtls._rx_srtp = Session(policy(key, profile, inbound=True))  # as a new handshake would leave it
+    seen = video.packets_in
+    await wait_for(lambda: video.packets_in > seen + 10)  # same keys: the packets still come through
+    assert dtls._gbmedia_rx_native[0] is dtls._rx_srtp and dtls._gbmedia_rx_native[1] is not first[1]
 
 
 async def test_a_transport_off_the_shared_port_keeps_aiortcs_way():

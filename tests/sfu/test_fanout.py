@@ -93,6 +93,41 @@ def test_native_srtp_is_libsrtps_byte_for_byte_and_decrypts(profile: int):
     assert mine.protect(packet(2)) == reference.protect(packet(2))  # a NACK answer repeats an index
 
 
+@pytest.mark.parametrize("profile", sorted(KEY_LENGTHS))
+def test_native_unprotect_takes_and_refuses_what_aiortcs_receiving_session_does(profile: int):
+    """The publisher's RTP is unprotected natively on a native node: the same clear packets, and the same
+    replays, forgeries and late packets refused (the window is aiortc's 1024)."""
+    ext = native()
+    key = os.urandom(KEY_LENGTHS[profile])
+    sender = Session(policy(key, profile, inbound=False))
+    mine = ext.Session(key, profile, inbound=True)  # type: ignore[attr-defined]
+    reference = Session(policy(key, profile, inbound=True))
+
+    def packet(seq: int) -> bytes:
+        return bytes([0x80, 96]) + seq.to_bytes(2, "big") + (seq * 3000).to_bytes(4, "big") + b"\0\0\0\7" + b"y" * 300
+
+    def reference_unprotect(data: bytes) -> bytes | None:
+        try:
+            return reference.unprotect(data)
+        except pylibsrtp.Error:
+            return None
+
+    protected = {seq: sender.protect(packet(seq)) for seq in [*range(65000, 65536), *range(0, 1500)]}
+    order = [*range(65000, 65400), *range(65450, 65536), *range(0, 1200), *range(65400, 65450), *range(1200, 1500)]
+    order += [5, 1499]  # replays
+    results = []
+    for seq in order:  # across the wrap, with 50 packets that come too late for the window
+        got = mine.unprotect(protected[seq])
+        assert got == reference_unprotect(protected[seq])
+        results.append(got)
+    assert results[0] == packet(65000) and results[-1] is None and results[-2] is None
+    assert sum(r is None for r in results) == 52  # the 50 late ones (outside 1024) and the 2 replays
+    forged = bytearray(sender.protect(packet(1500)))
+    forged[20] ^= 1
+    assert mine.unprotect(bytes(forged)) is None and reference_unprotect(bytes(forged)) is None
+    assert mine.unprotect(b"\x80" * 11) is None and mine.unprotect(b"\x80" * 9000) is None  # too short, too long
+
+
 def test_bad_input_to_the_extension_is_refused():
     ext = native()
     with pytest.raises(ValueError, match="must be 30 bytes"):
