@@ -8,7 +8,10 @@ frame). Subscribers run in worker processes (``--per-process`` each),
 join over ``/rtc`` with their own tokens, answer the server's offers and count RTP
 packets and frames (marker bits) through :func:`gbmedia.sfu.aiortc_adapter.tap_receiver`:
 they never decode. ``--servers gbmedia,gbmedia-python,janus`` runs the same load against
-gbmedia's Python fan-out path and Janus 1.1.2 too (``bench.lib.janus``).
+gbmedia's Python fan-out path and Janus 1.1.2 too (``bench.lib.janus``). The subscribers run
+on a host of their own where one can be made (``--subscriber-host``, ``bench.lib.netns``: a
+network namespace whose receive runs off the server's CPUs), so the server is not charged their
+kernel's receive path as it is on loopback.
 
 ``--video 2160p`` publishes a 3840x2160 30 fps VP8 stream at 15-20 Mbps instead (issue 20's 4K
 row): aiortc cannot encode that live, so ffmpeg encodes a 10 s clip once before the run (cached
