@@ -9,13 +9,21 @@ user time (header rewrite, SRTP, the C loop) and system time (the kernel's UDP s
 on loopback the receive side's delivery and wake-ups are charged to the sender too).
 That system time is the floor of any server forwarding on this machine, C or Python.
 
-    python -m bench.fanout_floor --subscribers 32,128,512 --seconds 5
+By default (``--receivers auto``) the receivers live in a network namespace of their own where
+one can be made (``bench.lib.netns``, as ``bench.forwarding``'s subscribers): their kernel's
+receive path then runs in that namespace's own thread, not in the sender's system call, and the
+system time is the send path alone. ``--receivers local`` keeps them on loopback; ``--pin`` keeps
+the sending thread on some CPUs (and the namespace's receive thread off them).
+
+    python -m bench.fanout_floor --subscribers 32,128,512 --seconds 5 --pin 1
     python -m bench.fanout_floor --smoke
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -26,14 +34,20 @@ import sys
 import time
 from typing import Any
 
+from bench.lib import netns
+from bench.lib.cli import cpu_list
+from bench.lib.netns import SubscriberHost
 from bench.lib.report import col, machine_info, print_aligned, print_json, table
 from gbmedia.sfu import fanout
 
 PROFILES = {"aes-gcm": (7, 28), "aes-cm-sha1-80": (1, 30)}  # libsrtp profile number, key + salt bytes
 
 
-def receive(n: int, host: str, conn: multiprocessing.connection.Connection) -> None:
-    """The receiver process: N sockets, drained as they become readable, until told to stop; then the count."""
+def receive(n: int, host: str, conn: multiprocessing.connection.Connection, namespace: str | None = None) -> None:
+    """The receiver process: N sockets (in ``namespace``, if any), drained as they become readable, until told
+    to stop; then the count."""
+    if namespace is not None:
+        netns.enter(namespace)
     sockets = []
     selector = selectors.DefaultSelector()
     for _ in range(n):
@@ -70,16 +84,22 @@ def thread_cpu() -> tuple[float, float]:
     return usage.ru_utime, usage.ru_stime
 
 
-def measure(n: int, args: argparse.Namespace) -> dict[str, Any]:
-    """One N: a receiver process, N downlinks, ``--rate`` incoming packets/s for ``--seconds``."""
+def measure(n: int, args: argparse.Namespace, host: SubscriberHost | None = None) -> dict[str, Any]:
+    """One N: a receiver process (in ``host``'s namespace, else on ``--host``), N downlinks, ``--rate``
+    incoming packets/s for ``--seconds``."""
     native = fanout.native
     assert native is not None
+    if args.pin:
+        os.sched_setaffinity(0, args.pin)  # this thread
+    there, here = (host.address, host.server_address) if host is not None else (args.host, args.host)
     parent, child = multiprocessing.Pipe()
-    receiver = multiprocessing.Process(target=receive, args=(n, args.host, child), daemon=True)
+    receiver = multiprocessing.Process(
+        target=receive, args=(n, there, child, host.name if host is not None else None), daemon=True
+    )
     receiver.start()
     ports = parent.recv()
     sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sender.bind((args.host, 0))
+    sender.bind((here, 0))
     sender.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
     sender.setblocking(False)
     profile, key_length = PROFILES[args.profile]
@@ -88,7 +108,7 @@ def measure(n: int, args: argparse.Namespace) -> dict[str, Any]:
         link = native.Downlink(0, 0, 3000)
         link.configure(
             native.Session(os.urandom(key_length), profile),
-            native.address(args.host, port),
+            native.address(there, port),
             sender.fileno(),
             96,
             1234,
@@ -165,7 +185,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--profile", choices=sorted(PROFILES), default="aes-gcm", help="SRTP (default aes-gcm, aiortc's first choice)"
     )
-    parser.add_argument("--host", default="127.0.0.1", help="where the receivers listen (default 127.0.0.1)")
+    parser.add_argument(
+        "--receivers",
+        choices=("auto", "netns", "local"),
+        default="auto",
+        help="where the receivers live: netns, a network namespace of their own whose receive runs in its own "
+        "thread (bench/lib/netns.py; root, iproute2, ethtool); local, on --host; auto (default): netns where "
+        "it can be made",
+    )
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="where local receivers listen (default 127.0.0.1; not with netns)"
+    )
+    parser.add_argument(
+        "--pin",
+        type=cpu_list,
+        metavar="CPUS",
+        help="run the sending thread on these CPUs (and the namespace's receive thread off them), e.g. 1",
+    )
     parser.add_argument("--json", help="also write the JSON result to this file")
     parser.add_argument("--smoke", action="store_true", help="quick check: N=4, 1 s")
     args = parser.parse_args(argv)
@@ -180,16 +216,38 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def receivers_where(args: argparse.Namespace) -> contextlib.AbstractAsyncContextManager[SubscriberHost | None]:
+    """The receivers' namespace for ``--receivers``, or None for ``--host``."""
+    if args.receivers == "local" or (args.receivers == "auto" and netns.missing() is not None):
+        return contextlib.nullcontext()
+    return netns.subscriber_host(args.pin or ())
+
+
+async def measure_all(args: argparse.Namespace) -> tuple[list[dict[str, Any]], str]:
+    """Every N (each in a thread of its own: the one whose CPU is measured), and where the receivers were."""
+    async with receivers_where(args) as host:
+        where = f"in {host.describe()}" if host is not None else f"on {args.host}"
+        rows = [await asyncio.to_thread(measure, n, args, host) for n in args.counts]
+    return rows, where
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if fanout.native is None:
         print(f"the native fan-out is not built: {fanout.IMPORT_ERROR}", file=sys.stderr)
         return 1
     load_before = os.getloadavg()
-    rows = [measure(n, args) for n in args.counts]
+    rows, where = asyncio.run(measure_all(args))
     result = {
         "benchmark": "fanout_floor",
-        "config": {"seconds": args.seconds, "rate": args.rate, "size": args.size, "profile": args.profile},
+        "config": {
+            "seconds": args.seconds,
+            "rate": args.rate,
+            "size": args.size,
+            "profile": args.profile,
+            "receivers": "local" if where.startswith("on ") else "netns",
+            "pin": sorted(args.pin) if args.pin else None,
+        },
         "library": fanout.LIBRARY,
         "protect_us_from_python": protect_cost(args),
         "machine": machine_info(loadavg_before=load_before, loadavg_after=os.getloadavg()),
@@ -197,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(
         f"The native fan-out alone ({fanout.LIBRARY}, {args.profile}, {args.size}-byte packets, {args.rate:g} "
-        f"incoming/s to N receivers on {args.host}, one thread; CPU of that thread):"
+        f"incoming/s to N receivers {where}, one thread; CPU of that thread):"
     )
     print_aligned(
         table(
@@ -215,7 +273,10 @@ def main(argv: list[str] | None = None) -> int:
         )
     )
     print(f"One Session.protect called from Python: {result['protect_us_from_python']:.2f} us.")
-    print("sys: the kernel's UDP send, and on loopback the delivery to the receiver, charged to the sender.")
+    print(
+        "sys: the kernel's UDP send; on loopback the delivery to the receiver is charged to the sender too, "
+        "in a namespace of their own it runs in that namespace's receive thread."
+    )
     print_json(result, args.json)
     return 0
 

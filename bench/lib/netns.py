@@ -26,6 +26,7 @@ process gone).
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import itertools
 import os
 import re
@@ -43,6 +44,8 @@ POLLS_BEFORE_WAKE_UPS = 100  # empty polls (50 ms) before it goes back to being 
 LEFT_BY = re.compile(r"^gbb(\d+)n\d+\b")  # a namespace's name: the benchmark's process id, then a counter
 SYS_NET = Path("/sys/class/net")
 PROC = Path("/proc")
+NETNS_DIR = Path("/run/netns")  # where ip netns keeps the namespaces it names
+CLONE_NEWNET = 0x40000000
 _counter = itertools.count()
 
 
@@ -86,6 +89,19 @@ class SubscriberHost:
             f"a network namespace of their own ({self.name}, {self.address}; the server on {self.server_address}, "
             "receive polled in a thread of its own)"
         )
+
+
+def enter(name: str) -> None:
+    """Move the calling thread into the namespace ``name`` (``setns``; what ``ip netns exec`` does for a
+    command, for a process forked here): the sockets it makes from then on live there."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    descriptor = os.open(NETNS_DIR / name, os.O_RDONLY)
+    try:
+        if libc.setns(descriptor, CLONE_NEWNET) != 0:
+            error = ctypes.get_errno()
+            raise OSError(error, f"setns into {name}: {os.strerror(error)}")
+    finally:
+        os.close(descriptor)
 
 
 def _alive(pid: int) -> bool:

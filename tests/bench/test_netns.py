@@ -16,11 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from bench import forwarding
+from bench import fanout_floor, forwarding
 from bench.lib import netns
 from bench.lib.errors import BenchError
 from bench.lib.targets import GbmediaTarget, JanusTarget
 from tests.conftest import service_missing
+from tests.sfu.test_fanout import native
 
 COUNT = 200
 
@@ -157,3 +158,17 @@ def test_servers_listen_where_the_subscribers_host_reaches_them(tmp_path: Path) 
     assert janus_server.ip == janus_server.http_ip == "203.0.113.5"
     args.janus_ip = "192.0.2.9"
     assert JanusTarget(args, tmp_path / "d").server.ip == "192.0.2.9"  # --janus-ip still wins for ICE
+
+
+def test_entering_a_namespace_that_is_not_there_is_refused() -> None:
+    with pytest.raises(FileNotFoundError):
+        netns.enter("gbb-nowhere")
+
+
+async def test_the_fan_out_floor_measures_with_its_receivers_on_this_host_or_in_a_namespace(can_make: None) -> None:
+    native()
+    for receivers, where in (("local", "on 127.0.0.1"), ("netns", "in a network namespace of their own")):
+        args = fanout_floor.parse_args(["--receivers", receivers, "--subscribers", "2", "--seconds", "0.3"])
+        (row,), said = await fanout_floor.measure_all(args)
+        assert said.startswith(where)
+        assert row["incoming_packets"] > 10 and row["received"] == 2 * row["incoming_packets"]  # every datagram
