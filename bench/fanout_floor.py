@@ -185,13 +185,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--profile", choices=sorted(PROFILES), default="aes-gcm", help="SRTP (default aes-gcm, aiortc's first choice)"
     )
-    parser.add_argument(
+    netns.add_host_option(
+        parser,
         "--receivers",
-        choices=("auto", "netns", "local"),
-        default="auto",
-        help="where the receivers live: netns, a network namespace of their own whose receive runs in its own "
-        "thread (bench/lib/netns.py; root, iproute2, ethtool); local, on --host; auto (default): netns where "
-        "it can be made",
+        "the receivers",
+        "their kernel's receive path then runs in that thread, not in the sender's system call",
     )
     parser.add_argument(
         "--host", default="127.0.0.1", help="where local receivers listen (default 127.0.0.1; not with netns)"
@@ -218,9 +216,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def receivers_where(args: argparse.Namespace) -> contextlib.AbstractAsyncContextManager[SubscriberHost | None]:
     """The receivers' namespace for ``--receivers``, or None for ``--host``."""
-    if args.receivers == "local" or (args.receivers == "auto" and netns.missing() is not None):
-        return contextlib.nullcontext()
-    return netns.subscriber_host(args.pin or ())
+    return netns.host_for(args.receivers, "receivers", args.pin or ())
 
 
 async def measure_all(args: argparse.Namespace) -> tuple[list[dict[str, Any]], str]:

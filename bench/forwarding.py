@@ -60,7 +60,7 @@ from bench.lib.forwarding_report import (
     summarize,
 )
 from bench.lib.janus import JANUS_BINARY
-from bench.lib.netns import SubscriberHost, subscriber_host
+from bench.lib.netns import SubscriberHost
 from bench.lib.proc import pin_process
 from bench.lib.profile import finish_profiler, start_py_spy
 from bench.lib.publisher import Publisher
@@ -257,15 +257,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "which a server sending to other machines does not pay; bench/lib/subscriber.py, SocketPoller); "
         "0: woken by each as before",
     )
-    parser.add_argument(
+    netns.add_host_option(
+        parser,
         "--subscriber-host",
-        choices=("auto", "netns", "local"),
-        default="auto",
-        help="where the subscribers run: netns, a network namespace of their own behind a veth pair whose "
-        "receive runs in a kernel thread off the server's CPUs (bench/lib/netns.py: on one machine the kernel "
-        "otherwise charges each subscriber's receive path to the server's send, which a server sending to other "
-        "machines does not pay; needs root, iproute2 and ethtool); local, on this host over loopback as before; "
-        "auto (default): netns where it can be made, else local",
+        "the subscribers",
+        "on one machine the kernel otherwise charges each subscriber's receive path to the server's send, "
+        "which a server sending to other machines does not pay; the server listens on the pair's address",
     )
     parser.add_argument(
         "--clear-subscribers",
@@ -348,11 +345,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def subscribers_where(args: argparse.Namespace) -> contextlib.AbstractAsyncContextManager[SubscriberHost | None]:
     """The subscribers' host for ``--subscriber-host``: a namespace, or None for this host (loopback)."""
-    if args.subscriber_host == "local" or (args.subscriber_host == "auto" and netns.missing() is not None):
-        if args.subscriber_host == "auto":
-            print(f"[subscribers] on this host: {netns.missing()}", file=sys.stderr)
-        return contextlib.nullcontext()
-    return subscriber_host(args.pin_server or ())
+    return netns.host_for(args.subscriber_host, "subscribers", args.pin_server or ())
 
 
 def prepare_video(args: argparse.Namespace) -> None:

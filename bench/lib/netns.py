@@ -25,12 +25,15 @@ process gone).
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import contextlib
 import ctypes
 import itertools
 import os
 import re
 import shutil
+import sys
 from collections.abc import AsyncIterator, Collection
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -194,3 +197,28 @@ async def subscriber_host(server_cpus: Collection[int] = ()) -> AsyncIterator[Su
         if created:
             await run("ip", "netns", "del", name, check=False)  # removes the inner end, and with it the pair
         await run("ip", "link", "del", outer, check=False)  # gone already with its peer, normally
+
+
+def add_host_option(parser: argparse.ArgumentParser, flag: str, who: str, why: str) -> None:
+    """``flag`` (auto, netns, local): where a benchmark's receiving side (``who``) runs."""
+    parser.add_argument(
+        flag,
+        choices=("auto", "netns", "local"),
+        default="auto",
+        help=f"where {who} run: netns, a network namespace of their own behind a veth pair whose receive runs "
+        f"in a kernel thread of its own (bench/lib/netns.py: {why}; needs root, iproute2 and ethtool); local, "
+        "on this host over loopback as before 2026-12-07; auto (default): netns where it can be made, else local",
+    )
+
+
+def host_for(
+    choice: str, who: str, server_cpus: Collection[int] = ()
+) -> contextlib.AbstractAsyncContextManager[SubscriberHost | None]:
+    """The namespace ``choice`` asks for (its receive thread off ``server_cpus``), or None for this host;
+    ``auto`` falls back to this host where a namespace cannot be made, and says why on stderr."""
+    if choice == "local":
+        return contextlib.nullcontext()
+    if choice == "auto" and (why := missing()) is not None:
+        print(f"[{who}] on this host: {why}", file=sys.stderr)
+        return contextlib.nullcontext()
+    return subscriber_host(server_cpus)
