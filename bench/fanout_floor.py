@@ -219,12 +219,12 @@ def receivers_where(args: argparse.Namespace) -> contextlib.AbstractAsyncContext
     return netns.host_for(args.receivers, "receivers", args.pin or ())
 
 
-async def measure_all(args: argparse.Namespace) -> tuple[list[dict[str, Any]], str]:
-    """Every N (each in a thread of its own: the one whose CPU is measured), and where the receivers were."""
+async def measure_all(args: argparse.Namespace) -> tuple[list[dict[str, Any]], SubscriberHost | None]:
+    """Every N (each in a thread of its own: the one whose CPU is measured), and the receivers' namespace
+    (None: they were on ``--host``)."""
     async with receivers_where(args) as host:
-        where = f"in {host.describe()}" if host is not None else f"on {args.host}"
         rows = [await asyncio.to_thread(measure, n, args, host) for n in args.counts]
-    return rows, where
+    return rows, host
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -233,7 +233,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"the native fan-out is not built: {fanout.IMPORT_ERROR}", file=sys.stderr)
         return 1
     load_before = os.getloadavg()
-    rows, where = asyncio.run(measure_all(args))
+    rows, host = asyncio.run(measure_all(args))
+    where = f"in {host.describe()}" if host is not None else f"on {args.host}"
     result = {
         "benchmark": "fanout_floor",
         "config": {
@@ -241,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
             "rate": args.rate,
             "size": args.size,
             "profile": args.profile,
-            "receivers": "local" if where.startswith("on ") else "netns",
+            "receivers": "netns" if host is not None else "local",
             "pin": sorted(args.pin) if args.pin else None,
         },
         "library": fanout.LIBRARY,

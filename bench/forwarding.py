@@ -119,10 +119,8 @@ async def run_one(
         {**join, "clear": args.clear_subscribers, "poll_ms": args.poll_ms}
         for join in target.join_commands(n, max(1, args.per_process))
     ]
-    workers = [
-        worker(i, workdir / f"{target.name}-worker-n{n}-{i}.log", args.nice, args.clear_subscribers, args.host)
-        for i in range(len(joins))
-    ]
+    logs = [workdir / f"{target.name}-worker-n{n}-{i}.log" for i in range(len(joins))]
+    workers = [worker(i, log, args.nice, args.clear_subscribers, args.subscribers_in) for i, log in enumerate(logs)]
     async with running(workers, live):
         joining_since = time.monotonic()
         joined = await fanout.join(n, workers, joins, args.join_timeout, "subscriber")
@@ -339,7 +337,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.counts = [0, *args.counts]
     args.fps_label = "30 fps"
     args.clip = args.clip_info = None  # set by prepare_video (2160p)
-    args.host = args.server_address = None  # set by subscribers_where (--subscriber-host)
+    args.subscribers_in = args.server_address = None  # set in orchestrate (--subscriber-host)
     return args
 
 
@@ -440,7 +438,7 @@ async def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
     with workdir("gbmedia-bench-", args.keep) as tmp:
         try:
             async with aiohttp.ClientSession() as session, subscribers_where(args) as host:
-                args.host, args.server_address = host, host.server_address if host else None
+                args.subscribers_in, args.server_address = host, host.server_address if host else None
                 if host is not None:
                     print(f"[subscribers] in {host.describe()}", file=sys.stderr)
                 for name in args.servers:

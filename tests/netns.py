@@ -15,7 +15,6 @@ left (its process gone): a leftover's veth would hold our address, and its route
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import os
 import re
@@ -26,6 +25,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.lib.netns import run  # raises BenchError, a RuntimeError, when a command fails
 from tests.processes import alive
 
 _counter = itertools.count()
@@ -41,17 +41,6 @@ def missing() -> str | None:
         if shutil.which(tool) is None:
             return f"{tool} is not installed (Debian packages iproute2, nftables)"
     return None
-
-
-async def run(*args: str, check: bool = True) -> str:
-    """What the command prints; RuntimeError if it fails, unless ``check`` is off (then its errors are ignored)."""
-    process = await asyncio.create_subprocess_exec(
-        *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT if check else asyncio.subprocess.DEVNULL
-    )
-    output, _ = await process.communicate()
-    if check and process.returncode != 0:
-        raise RuntimeError(f"{' '.join(args)} failed ({process.returncode}): {output.decode(errors='replace')}")
-    return output.decode(errors="replace")
 
 
 async def no_ipv6(namespace: str, *interfaces: str) -> None:

@@ -167,8 +167,8 @@ def test_entering_a_namespace_that_is_not_there_is_refused() -> None:
 
 async def test_the_fan_out_floor_measures_with_its_receivers_on_this_host_or_in_a_namespace(can_make: None) -> None:
     native()
-    for receivers, where in (("local", "on 127.0.0.1"), ("netns", "in a network namespace of their own")):
+    for receivers in ("local", "netns"):
         args = fanout_floor.parse_args(["--receivers", receivers, "--subscribers", "2", "--seconds", "0.3"])
-        (row,), said = await fanout_floor.measure_all(args)
-        assert said.startswith(where)
+        (row,), host = await fanout_floor.measure_all(args)
+        assert (host is not None) == (receivers == "netns")
         assert row["incoming_packets"] > 10 and row["received"] == 2 * row["incoming_packets"]  # every datagram
