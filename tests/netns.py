@@ -25,8 +25,8 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.lib.netns import remove_leftovers as sweep
 from bench.lib.netns import run  # raises BenchError, a RuntimeError, when a command fails
-from tests.processes import alive
 
 _counter = itertools.count()
 _swept = False
@@ -84,13 +84,7 @@ class Namespace:
 
 async def remove_leftovers() -> list[str]:
     """Delete the namespaces whose test process is gone (a run killed mid-test); their names."""
-    removed = []
-    for line in (await run("ip", "netns", "list")).splitlines():
-        match = LEFT_BY.match(line)
-        if match and not alive(int(match[1])):
-            await run("ip", "netns", "del", match[0])  # its veth pair goes with it
-            removed.append(match[0])
-    return removed
+    return await sweep(LEFT_BY)
 
 
 @asynccontextmanager

@@ -111,15 +111,32 @@ def _alive(pid: int) -> bool:
     return (PROC / str(pid)).exists()
 
 
-async def remove_leftovers() -> list[str]:
-    """Delete the benchmark namespaces whose process is gone (a run killed mid-way); their names."""
+async def remove_leftovers(left_by: re.Pattern[str] = LEFT_BY) -> list[str]:
+    """Delete the namespaces named by ``left_by`` (its group 1: the process id that made them; the
+    benchmarks' by default, the tests' in tests/netns.py) whose process is gone (a run killed
+    mid-way); their names."""
     removed = []
     for line in (await run("ip", "netns", "list")).splitlines():
-        match = LEFT_BY.match(line)
+        match = left_by.match(line)
         if match and not _alive(int(match[1])):
-            await run("ip", "netns", "del", match[0])  # its veth pair goes with it
+            await delete_namespace(match[0])
             removed.append(match[0])
     return removed
+
+
+async def delete_namespace(name: str) -> None:
+    """Delete the namespace ``name`` and the veth pairs it holds, both ends, before returning.
+
+    ``ip netns del`` alone only drops the name: the kernel tears the namespace down later, from a
+    work queue, and until then the machine's end of its pair still holds its address and route
+    (seen: still there right after a run of namespaces had been deleted). Deleting a veth end
+    deletes its peer at once."""
+    shown = await run("ip", "-n", name, "-o", "link", "show", "type", "veth")
+    for line in shown.splitlines():
+        link = line.split(": ")[1].partition("@")[0] if ": " in line else ""
+        if link:
+            await run("ip", "-n", name, "link", "del", link, check=False)  # gone meanwhile: fine
+    await run("ip", "netns", "del", name)
 
 
 def napi_thread(link: str) -> int | None:
