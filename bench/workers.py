@@ -160,12 +160,12 @@ def print_result(result: dict[str, Any], args: argparse.Namespace) -> None:
     print(
         "Largest N held: "
         + ", ".join(f"{w} worker(s): {h}" for w, h in summary["max_viewers_held"].items())
+        + "; scaling efficiency "
         + (
-            "; scaling efficiency "
-            + ", ".join(f"{w} workers: {e}" for w, e in summary["scaling_efficiency"].items())
-            + " (goal >= 0.9)"
+            ", ".join(f"{w} workers: {e}" for w, e in summary["scaling_efficiency"].items()) + " (goal >= 0.9)"
             if summary.get("scaling_efficiency")
-            else ""
+            # said either way: a busy machine where one worker held no N is a result, not a missing line
+            else "- (one worker held no N: nothing to scale from)"
         )
         + "."
     )

@@ -23,7 +23,7 @@ import av
 import numpy as np
 import pytest
 
-from bench import forwarding
+from bench import forwarding, workers
 from bench.lib import chat_report, clip, forwarding_report, janus, proc, profile, report, runner
 from bench.lib.chatclient import Plan
 from bench.lib.cli import cpu_list, env_pair
@@ -817,3 +817,27 @@ def test_live_summary_takes_viewers_per_core_from_the_steps_that_held() -> None:
     assert result["viewers_per_core_used"] == 600.0 and result["viewers_per_core_from_average"] == 600.0
     assert (result["livekit_viewers_per_vcpu"], result["goal_viewers_per_core"]) == (204, 1000)
     assert (LIVEKIT_VIEWERS_PER_VCPU, GOAL_VIEWERS_PER_CORE) == (204, 1000)
+
+
+# --- bench.workers' summary line ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("held", "said"),
+    [
+        ({"1": 2, "2": 4}, "scaling efficiency 2 workers: 1.0 (goal >= 0.9)."),
+        ({"1": 0, "2": 2}, "scaling efficiency - (one worker held no N: nothing to scale from)."),
+    ],
+)
+def test_the_workers_summary_says_the_scaling_efficiency_or_why_there_is_none(
+    held: dict[str, int], said: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """On a busy machine one worker may hold no N: the line still says what became of the efficiency."""
+    args = workers.parse_args(["--smoke"])
+    row = {"workers": 1, "subscribers": 2, "server_cpu_percent": 5.0, "fps_min": 30.0, "loss_percent": 0.0}
+    summary: dict[str, Any] = {"max_viewers_held": held}
+    if held["1"]:
+        summary["scaling_efficiency"] = {"2": 1.0}
+    workers.print_result({"rows": [{**row, "verdict": "holds"}], "summary": summary}, args)
+    out = capsys.readouterr().out
+    assert "gbmedia live fan-out across workers" in out and said in out
