@@ -553,7 +553,7 @@ def udp_samples(counters: MuxCounters) -> list[Sample]:
         ),
         Sample(
             "gbmedia_udp_rtp_direct_total",
-            "Publishers' RTP datagrams the shared media port handed straight to their tracks",
+            "SRTP and SRTCP datagrams the shared media port handed straight to their connections' handlers",
             counters.rtp_direct,
             True,
         ),

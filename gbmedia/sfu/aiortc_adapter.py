@@ -40,7 +40,7 @@ import socket
 import struct
 import time
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -335,17 +335,18 @@ def _soon(send: Awaitable[None]) -> None:
 
 
 def receive_rtp_directly(dtls: RTCDtlsTransport) -> bool:
-    """On the shared UDP port, ``dtls``'s RTP goes from the socket to its receiver in one call.
+    """On the shared UDP port, ``dtls``'s SRTP and SRTCP go from the socket to their handlers in one call.
 
     aiortc receives every datagram through aioice: a failed STUN parse, the connection's queue,
     then the DTLS transport's task, woken once per datagram, unprotects it and hands it on. For a
     publisher's RTP that hop and the rest of the stage cost 0.5 % of a core per 640x480 publisher
-    in a running node (bench.forwarding, N=0, docs/performance.md). Here the mux offers the
-    connection's SRTP to :func:`_direct_rtp`, which does what aiortc's ``_recv_next`` and
-    :func:`drop_unparsable_packets` do with RTP, counters included. SRTCP, DTLS and anything that
-    arrives before the handshake has keyed SRTP still go aiortc's way. False where the transport
-    is not on the shared port (its datagrams then all go aiortc's way). On a natively forwarding
-    node the RTP is unprotected in C too (:func:`_unprotect_natively`).
+    in a running node (bench.forwarding, N=0, docs/performance.md); a browser's RTCP (receiver
+    reports, REMB, NACK, PLI: a few per second from every subscriber) paid the same hop. Here the
+    mux offers the connection's SRTP to :func:`_direct_srtp`, which does what aiortc's
+    ``_recv_next`` and :func:`drop_unparsable_packets` do with it, counters included. DTLS, and
+    anything that arrives before the handshake has keyed SRTP, still go aiortc's way. False where
+    the transport is not on the shared port (its datagrams then all go aiortc's way). On a
+    natively forwarding node the RTP is unprotected in C too (:func:`_unprotect_natively`).
     """
     if getattr(dtls, "_gbmedia_rtp_direct", False):
         return True
@@ -353,8 +354,9 @@ def receive_rtp_directly(dtls: RTCDtlsTransport) -> bool:
     muxed = [p.transport for p in connection._protocols if isinstance(getattr(p, "transport", None), MuxedTransport)]
     if not muxed:
         return False
+    drop_unparsable_packets(dtls)
     native = fanout.native is not None and all(t.mux.native_fanout for t in muxed)
-    receive = functools.partial(_direct_rtp, dtls, _unprotect_natively if native else _unprotect)
+    receive = functools.partial(_direct_srtp, dtls, _unprotect_natively if native else _unprotect)
     for transport in muxed:
         transport.receive_media(receive)
     dtls._gbmedia_rtp_direct = True  # type: ignore[attr-defined]
@@ -364,13 +366,17 @@ def receive_rtp_directly(dtls: RTCDtlsTransport) -> bool:
 Unprotect = Callable[[RTCDtlsTransport, Any, bytes], "bytes | None"]
 
 
-def _direct_rtp(dtls: RTCDtlsTransport, unprotect: Unprotect, data: bytes) -> bool:
-    """One SRTP datagram from the shared port (see :func:`receive_rtp_directly`): True when it was RTP."""
+def _direct_srtp(dtls: RTCDtlsTransport, unprotect: Unprotect, data: bytes) -> bool:
+    """One SRTP or SRTCP datagram from the shared port (see :func:`receive_rtp_directly`): True when
+    it was taken (handled, or dropped as aiortc would drop it)."""
     srtp = dtls._rx_srtp
-    if dtls._state is not _DTLS_CONNECTED or srtp is None or is_rtcp(data):
+    if dtls._state is not _DTLS_CONNECTED or srtp is None:
         return False
     dtls._RTCDtlsTransport__rx_bytes += len(data)  # type: ignore[attr-defined]
     dtls._RTCDtlsTransport__rx_packets += 1  # type: ignore[attr-defined]
+    if is_rtcp(data):
+        _direct_rtcp(dtls, srtp, data)
+        return True
     arrival_time_ms = current_ms()
     clear = unprotect(dtls, srtp, data)
     if clear is None:
@@ -388,6 +394,48 @@ def _direct_rtp(dtls: RTCDtlsTransport, unprotect: Unprotect, data: bytes) -> bo
     except Exception:  # a failure in what handles one packet must not end the connection, nor the port
         log.exception("handling an RTP packet failed; dropped")
     return True
+
+
+def _direct_rtcp(dtls: RTCDtlsTransport, srtp: Any, data: bytes) -> None:
+    """An SRTCP datagram: unprotected by aiortc's session (SRTCP stays in one session) and handed to
+    the transport's RTCP handler (:func:`drop_unparsable_packets`) in this call."""
+    try:
+        clear = srtp.unprotect_rtcp(data)
+    except pylibsrtp.Error:
+        return  # not authentic, or replayed: aiortc drops it too
+    run_now(dtls._handle_rtcp_data(clear), "handling an RTCP packet failed; dropped")
+
+
+def run_now(step: Coroutine[Any, Any, None], failure: str) -> None:
+    """Run ``step`` in this call, as far as it goes without waiting: aiortc's RTCP handlers are
+    coroutines that never wait for a receiver report, a REMB or a sender report, and a task per
+    packet would cost the loop turn this path saves. Should one wait after all, the rest runs in
+    a task (:func:`_run_on`). A failure is logged with ``failure`` and ends only that packet."""
+    try:
+        waiting = step.send(None)
+    except StopIteration:
+        return
+    except Exception:
+        log.exception(failure)
+        return
+    _soon(_run_on(step, waiting, failure))
+
+
+async def _run_on(step: Coroutine[Any, Any, None], waiting: Any, failure: str) -> None:
+    """Drive ``step`` as its task would have, from where it first waited (on ``waiting``)."""
+    try:
+        while True:
+            if isinstance(waiting, asyncio.Future):
+                await asyncio.wait((waiting,))  # its outcome reaches ``step`` when it resumes
+            else:  # a bare yield (asyncio.sleep(0))
+                await asyncio.sleep(0)
+            waiting = step.send(None)
+    except StopIteration:
+        return
+    except Exception:
+        log.exception(failure)
+    finally:
+        step.close()
 
 
 def _unprotect(dtls: RTCDtlsTransport, srtp: Any, data: bytes) -> bytes | None:
@@ -750,6 +798,7 @@ class RawSender:
             transport = pair.protocol.transport
             self._route = (transport.sendto, pair.remote_addr, self._dtls._tx_srtp.protect)
             self.native = _native_route(self._dtls, transport, pair.remote_addr)
+            receive_rtp_directly(self._dtls)  # the subscriber's RTCP (reports, REMB, NACK, PLI) skips aioice's queue
         return True
 
     def send(self, data: bytes, payload_size: int) -> bool:

@@ -11,8 +11,9 @@ datagrams are handed to the right connection here:
 - a STUN response goes to the connection whose transaction it answers (the node's own
   connectivity checks reach addresses that have not written to it yet);
 - anything else from an address no connection owns is dropped and counted;
-- a connection may take its SRTP before its protocol does (:meth:`MuxedTransport.receive_media`):
-  a published track's RTP then skips aioice's queue and the task behind it.
+- a connection may take its SRTP and SRTCP before its protocol does (:meth:`MuxedTransport.receive_media`):
+  a published track's RTP, and the RTCP of publishers and subscribers, then skip aioice's queue
+  and the task behind it.
 
 A consent check on a connection's selected pair (RFC 7675: every 5 s from each client) is
 answered here, without aioice parsing it a second time and building the answer from its
@@ -54,7 +55,7 @@ class MuxedProtocol(Protocol):
     def datagram_received(self, data: bytes, addr: Address) -> None: ...
 
 
-# Takes a connection's SRTP datagram (first byte 128-191) before its protocol does: True when it took it,
+# Takes a connection's SRTP or SRTCP datagram (first byte 128-191) before its protocol does: True when it took it,
 # False to let it go the usual way (aioice, then aiortc's DTLS transport).
 MediaReceiver = Callable[[bytes], bool]
 
@@ -118,7 +119,7 @@ class MuxCounters:
     bad_integrity: int = 0  # a Binding request whose MESSAGE-INTEGRITY does not check out
     unmatched_response: int = 0  # a STUN response to no transaction of ours
     consent_answered: int = 0  # consent checks answered by the mux itself (not an error: see binding_success)
-    rtp_direct: int = 0  # RTP handed to its connection's media receiver (MuxedTransport.receive_media)
+    rtp_direct: int = 0  # SRTP/SRTCP handed to its connection's media receiver (MuxedTransport.receive_media)
 
 
 class MuxedTransport(asyncio.DatagramTransport):

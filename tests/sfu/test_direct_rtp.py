@@ -1,13 +1,15 @@
-"""A publisher's RTP on the shared UDP port goes from the socket to its track in one call.
+"""SRTP and SRTCP on the shared UDP port go from the socket to their handlers in one call.
 
 (gbmedia.sfu.aiortc_adapter.receive_rtp_directly, gbmedia.sfu.udp_mux.MuxedTransport.receive_media.)
-Everything aiortc did with that RTP still happens: the DTLS transport's counters, the receiver's
-statistics (its receiver reports to the publisher), REMB, NACK, and the same drops of what is not
-authentic or does not parse; SRTCP and DTLS still go aiortc's way.
+A publisher's RTP reaches its track, a publisher's and a subscriber's RTCP their receiver and sender.
+Everything aiortc did with them still happens: the DTLS transport's counters, the receiver's
+statistics (its receiver reports to the publisher), REMB, NACK, sender and receiver reports, and the
+same drops of what is not authentic or does not parse; DTLS still goes aiortc's way.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import struct
@@ -16,11 +18,12 @@ from typing import Any
 
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection
-from aiortc.rtp import HeaderExtensionsMap, RtpPacket
+from aiortc.rtp import HeaderExtensionsMap, RtcpRrPacket, RtpPacket, is_rtcp
 from pylibsrtp import Session
 
 from gbmedia.config import detect_public_host
 from gbmedia.sfu import aiortc_adapter
+from gbmedia.sfu.forwarder import DownTrack
 from gbmedia.sfu.peers import PublisherPeer, SubscriberPeer
 from gbmedia.sfu.udp_mux import UdpMux
 from tests.rtc import ColorVideoTrack, close_to, mean_rgb, wait_for
@@ -83,7 +86,7 @@ async def test_a_publishers_rtp_goes_straight_to_its_track_and_everything_else_s
     await wait_for(lambda: len(rembs) >= 1, within=20)
     assert client.getSenders()[0]._ssrc in rembs[0][1]
     assert await remote_inbound() is not None
-    # SRTCP still goes aiortc's way: the publisher's sender reports reach the node's receiver.
+    # The publisher's sender reports (SRTCP) reach the node's receiver.
     receiver_stats = await server.pc.getTransceivers()[0].receiver.getStats()
     assert any(s.type == "remote-outbound-rtp" for s in receiver_stats.values())
 
@@ -162,3 +165,72 @@ async def test_a_transport_off_the_shared_port_keeps_aiortcs_way():
     finally:
         await client.close()
         await server.close()
+
+
+def srtcp(datagrams: list[bytes]) -> list[bytes]:
+    return [d for d in datagrams if 127 < d[0] < 192 and is_rtcp(d)]
+
+
+async def test_a_subscribers_rtcp_goes_straight_to_its_sender(on_port, monkeypatch):
+    _, server, client, sub_server, viewer = on_port
+    client.addTrack(ColorVideoTrack(BLUE))
+    (video,), _ = await publish(server, client)
+    sub_server.add(video)
+    await subscribe(sub_server, viewer)
+    await wait_for(lambda: len(viewer.video(video.id)) >= 3)
+    sender = sub_server.pc.getTransceivers()[0].sender
+    connection = sender.transport.transport._connection
+    queued: list[bytes] = []  # what still takes aioice's queue (and the DTLS transport's task)
+    enqueue = connection.data_received
+    connection.data_received = lambda data, component: (queued.append(data), enqueue(data, component))
+    tapped, reports = sender._handle_rtcp_packet, []
+
+    async def handle(packet):
+        if isinstance(packet, RtcpRrPacket):
+            reports.append(packet)
+        await tapped(packet)
+
+    sender._handle_rtcp_packet = handle
+    # The viewer's receiver reports (aiortc sends one about every second) reach the sender, and aiortc's
+    # statistics from them still come out of getStats(); none of them took the queue.
+    await wait_for(lambda: len(reports) >= 2, within=10)
+    assert any(r.ssrc == sender._ssrc for rr in reports for r in rr.reports)
+    assert any(s.type == "remote-inbound-rtp" for s in (await sender.getStats()).values())
+    assert srtcp(queued) == []
+    # A keyframe request (PLI) the viewer sends takes the same way to its down track.
+    asked: list[DownTrack] = []
+    monkeypatch.setattr(DownTrack, "keyframe_requested", lambda down: asked.append(down))
+    await viewer.pc.getTransceivers()[0].receiver._send_rtcp_pli(sender._ssrc)
+    await wait_for(lambda: len(asked) == 1)
+    assert asked[0].track is video and srtcp(queued) == []
+
+
+async def test_an_rtcp_handler_that_waits_finishes_in_a_task_and_one_that_fails_is_logged(caplog):
+    finished: list[str] = []
+
+    async def waits() -> None:
+        await asyncio.sleep(0.01)
+        await asyncio.sleep(0)
+        finished.append("waited")
+
+    async def at_once() -> None:
+        finished.append("at once")
+
+    aiortc_adapter.run_now(at_once(), "failed")
+    assert finished == ["at once"]  # in the call itself: no task, no loop turn
+    aiortc_adapter.run_now(waits(), "failed")
+    assert finished == ["at once"]
+    await wait_for(lambda: finished == ["at once", "waited"])
+
+    async def fails_at_once() -> None:
+        raise RuntimeError("a bug in an RTCP handler")
+
+    async def fails_later() -> None:
+        await asyncio.sleep(0.01)
+        raise RuntimeError("a later bug in an RTCP handler")
+
+    with caplog.at_level(logging.ERROR, logger="gbmedia.sfu.aiortc_adapter"):
+        aiortc_adapter.run_now(fails_at_once(), "handling an RTCP packet failed; dropped")
+        aiortc_adapter.run_now(fails_later(), "handling an RTCP packet failed; dropped")
+        await wait_for(lambda: caplog.text.count("handling an RTCP packet failed; dropped") == 2)
+    assert "a bug in an RTCP handler" in caplog.text and "a later bug in an RTCP handler" in caplog.text
