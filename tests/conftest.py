@@ -352,3 +352,31 @@ async def tansu_broker(tmp_path: Path) -> AsyncIterator[TansuBroker]:
 def kafka_bootstrap(tansu_broker: TansuBroker) -> str:
     """``127.0.0.1:PORT`` of a fresh, empty Kafka-compatible broker for this test."""
     return tansu_broker.bootstrap
+
+
+# scripts/test runs the suite in two parts: the tests that can share the machine on two pytest-xdist
+# workers, then, one at a time, those marked `alone` here. Run beside other tests, these failed
+# (a parallel run of the whole suite, 2026-12-07: 10 cluster tests and one namespace test, nothing
+# else):
+# - Redis: one database (the cluster tests flush it; pub/sub channels are not per database either),
+#   and the cluster tests' nodes place rooms by the machine's load and count on their heartbeats;
+# - tests/netns.py numbers its namespaces' 198.51.100.0/30 subnets per process;
+# - the benchmarks' tests: their smoke runs start many processes, pin CPUs and read the machine's load.
+NETNS_FILES = ("tests/test_netns.py", "tests/web/test_room_paths.py", "tests/web/test_live_paths.py")
+
+
+def runs_alone(item: pytest.Item) -> bool:
+    """True for a test that must not run beside others (see above)."""
+    path = item.nodeid.partition("::")[0]
+    return (
+        "redis_url" in getattr(item, "fixturenames", ())
+        or item.get_closest_marker("redis") is not None
+        or path in NETNS_FILES
+        or path.startswith("tests/bench/")
+    )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if runs_alone(item):
+            item.add_marker(pytest.mark.alone)
