@@ -131,9 +131,9 @@ async def run_one(
         # The server's own count of packets sent, read just outside the CPU window (the reading costs the
         # server a little CPU: Janus answers an admin request per subscriber).
         sent_a = await server_count(target, session, snap.subs)
-        first = await fanout.snapshot(server, publisher, workers)
+        first = await fanout.snapshot(server, publisher, workers, args.subscribers_in)
         await asyncio.sleep(args.seconds)
-        last = await fanout.snapshot(server, publisher, workers)
+        last = await fanout.snapshot(server, publisher, workers, args.subscribers_in)
         sent_b = await server_count(target, session, last.subs)
         if profiler is not None:
             await finish_profiler(profiler)

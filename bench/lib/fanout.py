@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bench.lib.errors import BenchError
+from bench.lib.netns import SubscriberHost
 from bench.lib.proc import ServerReading, read_server, udp_sockets
 from bench.lib.publisher import Publisher
 from bench.lib.server import ChildServer
@@ -35,6 +36,7 @@ class Snapshot(ServerReading):
 
     server_udp_drops: int
     server_udp_queued: int
+    link_drops: int  # datagrams the link to the subscribers' host dropped (bench.lib.netns; 0 on loopback)
     postgres_cpu: float
     publisher: dict[str, float]
     workers: list[dict[str, Any]] = field(default_factory=list)
@@ -44,8 +46,11 @@ class Snapshot(ServerReading):
         return [s for w in self.workers for s in w["subs"]]
 
 
-async def snapshot(server: ChildServer, publisher: Publisher, workers: Sequence[WorkerProcess]) -> Snapshot:
-    """The workers are asked first and read while the server's own figures are taken, so they line up."""
+async def snapshot(
+    server: ChildServer, publisher: Publisher, workers: Sequence[WorkerProcess], host: SubscriberHost | None = None
+) -> Snapshot:
+    """The workers are asked first and read while the server's own figures are taken, so they line up;
+    ``host``: the subscribers' namespace, whose link's drops are read too."""
     replies = asyncio.gather(*(w.call({"cmd": "snapshot"}, 30) for w in workers))
     pids = server.pids()
     sockets = [udp_sockets(pid) for pid in pids]
@@ -54,6 +59,7 @@ async def snapshot(server: ChildServer, publisher: Publisher, workers: Sequence[
         **read_server(pids),
         server_udp_drops=drops,
         server_udp_queued=queued,
+        link_drops=host.link_drops() if host is not None else 0,
         postgres_cpu=server.postgres_cpu(),
         publisher=await publisher.counters(),
     )
@@ -159,6 +165,7 @@ def measure(
         "server_runqueue_wait_percent": 100 * (b.server_wait - a.server_wait) / window,
         "server_runs_per_s": (b.server_runs - a.server_runs) / window,
         "server_udp_drops": b.server_udp_drops - a.server_udp_drops,
+        "link_drops": b.link_drops - a.link_drops,
         "server_udp_queued_kb_end": b.server_udp_queued / 1024,
         "subscriber_udp_queued_kb_end": sum(w.get("udp_queued", 0) for w in b.workers) / 1024,
         "subscriber_udp_drops": sum(

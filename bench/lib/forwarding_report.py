@@ -182,6 +182,7 @@ def print_table(rows: list[dict[str, Any]], args: argparse.Namespace, name: str 
                 col("KF rcvd", "keyframes_received"),
                 col("dup rcvd", "duplicates_received"),
                 ("drops srv/sub", lambda r: f"{r['server_udp_drops']}/{r['subscriber_udp_drops']}"),
+                col("link drops", "link_drops"),
                 (
                     "unread KB srv/sub",
                     lambda r: f"{r['server_udp_queued_kb_end']:.0f}/{r['subscriber_udp_queued_kb_end']:.0f}",
@@ -212,7 +213,8 @@ def print_table(rows: list[dict[str, Any]], args: argparse.Namespace, name: str 
         f"kept 30 fps: every subscriber received >= {KEPT_FPS:.0f} distinct frames/s. Context: KF = keyframes; "
         "dup = retransmitted packets received twice;",
         "drops srv/sub: datagrams the kernel dropped on the server's / the subscribers' UDP sockets (receive "
-        "buffer full: that side fell behind);",
+        "buffer full: that side fell behind); link drops: datagrams the link to the subscribers' host dropped "
+        "(its queue to that host's receive full; bench/lib/netns.py);",
         "unread KB srv/sub: receive memory held by datagrams waiting in those sockets at the window's end (that side "
         "is behind: low fps with a subscriber backlog is the subscribers' CPU, not the server);",
         "ping: reply time of a signaling ping to the server every 0.5 s in the window (its event-loop lag); join "

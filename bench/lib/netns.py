@@ -44,6 +44,7 @@ from bench.lib.errors import BenchError
 RANGE = "203.0.113"  # a /30 of it per namespace: .4k+1 the machine's end (the server listens there), .4k+2 inside
 POLL_NS = 500_000  # the namespace's NAPI polls every 0.5 ms while traffic flows (gro_flush_timeout)
 POLLS_BEFORE_WAKE_UPS = 100  # empty polls (50 ms) before it goes back to being woken (napi_defer_hard_irqs)
+RECEIVE_PRIORITY = 50  # SCHED_FIFO for the namespace's receive thread: before any process, as a card's interrupt
 LEFT_BY = re.compile(r"^gbb(\d+)n\d+\b")  # a namespace's name: the benchmark's process id, then a counter
 SYS_NET = Path("/sys/class/net")
 PROC = Path("/proc")
@@ -82,6 +83,13 @@ class SubscriberHost:
     server_address: str
     address: str
     napi_thread: int | None  # the pid of the namespace's receive thread (None: not found)
+
+    def link_drops(self) -> int:
+        """Datagrams to the namespace the link dropped so far (its queue to the receive thread was full)."""
+        try:
+            return int((SYS_NET / self.outer_link / "statistics" / "tx_dropped").read_text())
+        except (OSError, ValueError):
+            return 0
 
     def command(self, *args: str) -> list[str]:
         """``args`` run inside the namespace."""
@@ -159,6 +167,18 @@ def keep_off(pid: int, cpus: Collection[int]) -> None:
         os.sched_setaffinity(pid, others)
 
 
+def receive_first(pid: int) -> None:
+    """Run the receive thread ``pid`` before any process (SCHED_FIFO), as a network card's interrupt and
+    softirq run before them on a real host.
+
+    veth queues what it hands to NAPI in a ring of 256 datagrams. As an ordinary thread, the
+    receive waited its turn behind the subscribers' processes (8-16 busy ones share a CPU at
+    N=256-512), the ring filled during a fan-out's burst, and veth dropped the rest: the server's
+    ``sendmmsg`` saw nothing (the kernel counts it in Udp SndbufErrors), the subscribers saw loss.
+    """
+    os.sched_setscheduler(pid, os.SCHED_FIFO, os.sched_param(RECEIVE_PRIORITY))
+
+
 async def tune_receive(name: str, inner: str, outer: str) -> None:
     """NAPI on the namespace's end, threaded and polled; no TSO on the machine's end (see the module)."""
     inside = ["ip", "netns", "exec", name]
@@ -207,8 +227,10 @@ async def subscriber_host(server_cpus: Collection[int] = ()) -> AsyncIterator[Su
         await run(*inside, "ip", "link", "set", "lo", "up")
         await tune_receive(name, inner, outer)
         thread = napi_thread(inner)
-        if thread is not None and server_cpus:
-            keep_off(thread, server_cpus)
+        if thread is not None:
+            receive_first(thread)
+            if server_cpus:
+                keep_off(thread, server_cpus)
         yield SubscriberHost(name, outer, inner, server_address, address, thread)
     finally:
         if created:

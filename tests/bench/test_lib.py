@@ -319,6 +319,7 @@ def snapshot(t: float, cpu: float, subs: list[dict[str, Any]], packets: int, fra
         machine=(t * 50, t * 100),
         server_udp_drops=0,
         server_udp_queued=0,
+        link_drops=int(t * 3),
         postgres_cpu=0.0,
         publisher={
             "packets": packets,
@@ -357,6 +358,7 @@ def test_measure_turns_two_snapshots_into_rates_loss_and_cpu_per_packet() -> Non
     assert row["machine_busy_percent"] == pytest.approx(50.0)
     assert row["ping_ms_max"] == 2.0
     assert row["server_runs_per_s"] == pytest.approx(100.0)
+    assert row["link_drops"] == 30  # dropped on the way to the subscribers' host in the window
 
 
 def test_marginals_are_against_the_row_above() -> None:

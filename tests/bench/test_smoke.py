@@ -117,6 +117,7 @@ def test_forwarding_smoke_forwards_to_one_subscriber_prints_cpu_per_packet_and_c
     assert row["forwarded_packets_per_s"] > 0 and row["read_packets_per_s"] > 0
     assert row["server_us_per_packet"] > 0 and row["fps_min"] > 0
     assert row["loss_percent"] is not None
+    assert row["link_drops"] == 0 and "link drops" in out  # one subscriber: nothing lost on the way to its host
     # --upkeep: a window with the track muted on the server (it forwards nothing then); per subscriber
     # only against an N=0 row, which the smoke run leaves out
     assert row["upkeep_cpu_percent"] > 0 and "upkeep_us_per_subscriber_s" not in row
