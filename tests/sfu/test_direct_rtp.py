@@ -25,6 +25,7 @@ from gbmedia.config import detect_public_host
 from gbmedia.sfu import aiortc_adapter
 from gbmedia.sfu.forwarder import DownTrack
 from gbmedia.sfu.peers import PublisherPeer, SubscriberPeer
+from gbmedia.sfu.track import PublishedTrack
 from gbmedia.sfu.udp_mux import UdpMux
 from tests.rtc import ColorVideoTrack, close_to, mean_rgb, wait_for
 from tests.sfu.test_fanout import address, native, policy
@@ -91,13 +92,21 @@ async def test_a_publishers_rtp_goes_straight_to_its_track_and_everything_else_s
     assert any(s.type == "remote-outbound-rtp" for s in receiver_stats.values())
 
 
-async def test_forged_unparsable_and_failing_packets_are_dropped_and_the_publisher_lives(on_port, caplog):
-    _, server, client, sub_server, viewer = on_port
+async def watched(
+    server: PublisherPeer, client: RTCPeerConnection, sub_server: SubscriberPeer, viewer: Receiving
+) -> PublishedTrack:
+    """The client's blue camera, published and shown to the viewer."""
     client.addTrack(ColorVideoTrack(BLUE))
     (video,), _ = await publish(server, client)
     sub_server.add(video)
     await subscribe(sub_server, viewer)
     await wait_for(lambda: len(viewer.video(video.id)) >= 3)
+    return video
+
+
+async def test_forged_unparsable_and_failing_packets_are_dropped_and_the_publisher_lives(on_port, caplog):
+    _, server, client, sub_server, viewer = on_port
+    video = await watched(server, client, sub_server, viewer)
     sender = client.getTransceivers()[0].sender
     ice = sender.transport.transport
 
@@ -173,11 +182,7 @@ def srtcp(datagrams: list[bytes]) -> list[bytes]:
 
 async def test_a_subscribers_rtcp_goes_straight_to_its_sender(on_port, monkeypatch):
     _, server, client, sub_server, viewer = on_port
-    client.addTrack(ColorVideoTrack(BLUE))
-    (video,), _ = await publish(server, client)
-    sub_server.add(video)
-    await subscribe(sub_server, viewer)
-    await wait_for(lambda: len(viewer.video(video.id)) >= 3)
+    video = await watched(server, client, sub_server, viewer)
     sender = sub_server.pc.getTransceivers()[0].sender
     connection = sender.transport.transport._connection
     queued: list[bytes] = []  # what still takes aioice's queue (and the DTLS transport's task)
