@@ -226,6 +226,26 @@ async def _delete_in_chunks(pool: asyncpg.Pool, condition: str, retention: float
             return total
 
 
+CANCEL_RETRY_SECONDS = 1.0
+
+
+async def cancel_until_done(task: asyncio.Task[None]) -> None:
+    """Cancel ``task`` and wait for it to end, cancelling it again each second it goes on.
+
+    A cancellation can be swallowed below the relay's own code: Python 3.11's ``asyncio.wait_for``
+    returns instead of raising when the task is cancelled in the loop turn its awaitable finishes
+    (CPython gh-86296), and the libraries the relay awaits (the Kafka client, the database driver)
+    have timeouts of their own. The relay then went back to waiting for rows, and a node's stop
+    awaited it forever (tests/deploy/test_monitoring.py hung 300 s with the relay idle in its wait
+    after the cancellation; docs/testing.md).
+    """
+    while not task.done():
+        task.cancel()
+        await asyncio.wait((task,), timeout=CANCEL_RETRY_SECONDS)
+    with contextlib.suppress(asyncio.CancelledError):
+        task.result()
+
+
 class _Periodic(abc.ABC):
     """start/stop of a background task, in the node's style (see RoomSweeper)."""
 
@@ -243,9 +263,7 @@ class _Periodic(abc.ABC):
     async def stop(self) -> None:
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_until_done(task)
         await self._closed()
 
     @abc.abstractmethod

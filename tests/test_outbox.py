@@ -16,6 +16,7 @@ import asyncpg
 import pytest
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
 
+from gbmedia import outbox
 from gbmedia.db.pool import _init_connection
 from gbmedia.outbox import (
     EVENT_ID_HEADER,
@@ -23,6 +24,8 @@ from gbmedia.outbox import (
     EventDeduper,
     OutboxRelay,
     OutboxTrimmer,
+    _Periodic,
+    cancel_until_done,
     enqueue,
     event_id_of,
     kafka_topic,
@@ -457,3 +460,61 @@ def test_event_deduper_is_a_bounded_lru() -> None:
         deduper.seen("not-a-uuid")
     with pytest.raises(ValueError):
         EventDeduper(capacity=0)
+
+
+class Stubborn(_Periodic):
+    """A loop whose first cancellation is swallowed below it, as Python 3.11's ``asyncio.wait_for`` does
+    when the cancellation lands in the loop turn its wait finishes (CPython gh-86296)."""
+
+    _task_name = "stubborn"
+
+    def __init__(self) -> None:
+        self.swallowed = 0
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                if self.swallowed:
+                    raise
+                self.swallowed += 1  # and back to waiting, as the relay went back to waiting for rows
+
+
+async def test_a_loop_that_swallows_its_cancellation_still_stops(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(outbox, "CANCEL_RETRY_SECONDS", 0.05)
+    loop = Stubborn()
+    loop.start()
+    await asyncio.sleep(0)
+    assert loop.running
+    async with asyncio.timeout(10) as limit:  # with one cancellation only, this stop waited forever
+        await loop.stop()
+    assert not limit.expired()  # stopped by itself, not by this test's limit cancelling it
+    assert loop.swallowed == 1 and not loop.running
+
+
+async def test_cancel_until_done_cancels_once_a_loop_that_listens_and_keeps_a_failure() -> None:
+    cancellations = []
+
+    async def listens() -> None:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            cancellations.append(1)
+            raise
+
+    task = asyncio.ensure_future(listens())
+    await asyncio.sleep(0)
+    await cancel_until_done(task)
+    assert task.cancelled() and cancellations == [1]
+
+    async def fails_when_stopped() -> None:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            raise RuntimeError("a failure while stopping") from None
+
+    task = asyncio.ensure_future(fails_when_stopped())
+    await asyncio.sleep(0)
+    with pytest.raises(RuntimeError, match="a failure while stopping"):
+        await cancel_until_done(task)
