@@ -57,7 +57,6 @@ from __future__ import annotations
 
 import abc
 import asyncio
-import contextlib
 import datetime as dt
 import json
 import logging
@@ -74,7 +73,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from gbmedia.metrics import Sample
-from gbmedia.waits import wait_for_event
+from gbmedia.waits import cancel_until_done, wait_for_event
 
 log = logging.getLogger(__name__)
 
@@ -224,26 +223,6 @@ async def _delete_in_chunks(pool: asyncpg.Pool, condition: str, retention: float
         total += count
         if count < _DELETE_CHUNK:
             return total
-
-
-CANCEL_RETRY_SECONDS = 1.0
-
-
-async def cancel_until_done(task: asyncio.Task[None]) -> None:
-    """Cancel ``task`` and wait for it to end, cancelling it again each second it goes on.
-
-    A cancellation can be swallowed below the relay's own code: Python 3.11's ``asyncio.wait_for``
-    returns instead of raising when the task is cancelled in the loop turn its awaitable finishes
-    (CPython gh-86296), and the libraries the relay awaits (the Kafka client, the database driver)
-    have timeouts of their own. The relay then went back to waiting for rows, and a node's stop
-    awaited it forever (tests/deploy/test_monitoring.py hung 300 s with the relay idle in its wait
-    after the cancellation; docs/testing.md).
-    """
-    while not task.done():
-        task.cancel()
-        await asyncio.wait((task,), timeout=CANCEL_RETRY_SECONDS)
-    with contextlib.suppress(asyncio.CancelledError):
-        task.result()
 
 
 class _Periodic(abc.ABC):

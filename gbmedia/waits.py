@@ -1,4 +1,4 @@
-"""Waiting for an event with a time limit, without losing a cancellation.
+"""Waiting for an event with a time limit, and stopping a task, without losing a cancellation.
 
 Python 3.11's ``asyncio.wait_for`` returns the awaited result when the waiting task is cancelled
 in the same loop turn as the awaited thing finishes (CPython gh-86296, fixed in 3.12): the
@@ -12,6 +12,7 @@ itself and counts it, so a cancellation from outside always propagates.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 
 async def wait_for_event(event: asyncio.Event, seconds: float) -> bool:
@@ -22,3 +23,23 @@ async def wait_for_event(event: asyncio.Event, seconds: float) -> bool:
     except TimeoutError:
         return event.is_set()
     return True
+
+
+CANCEL_RETRY_SECONDS = 1.0
+
+
+async def cancel_until_done(task: asyncio.Task[None]) -> None:
+    """Cancel ``task`` and wait for it to end, cancelling it again each second it goes on.
+
+    A cancellation can be swallowed below a background loop's own code: Python 3.11's
+    ``asyncio.wait_for`` returns instead of raising when the task is cancelled in the loop turn its
+    awaitable finishes (CPython gh-86296), and the libraries a loop awaits (the Kafka client, the database driver)
+    have timeouts of their own. The outbox relay then went back to waiting for rows, and a node's
+    stop awaited it forever (tests/deploy/test_monitoring.py hung 300 s with the relay idle in its wait
+    after the cancellation; docs/testing.md).
+    """
+    while not task.done():
+        task.cancel()
+        await asyncio.wait((task,), timeout=CANCEL_RETRY_SECONDS)
+    with contextlib.suppress(asyncio.CancelledError):
+        task.result()

@@ -16,7 +16,7 @@ import asyncpg
 import pytest
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
 
-from gbmedia import outbox
+from gbmedia import waits
 from gbmedia.db.pool import _init_connection
 from gbmedia.outbox import (
     EVENT_ID_HEADER,
@@ -25,7 +25,6 @@ from gbmedia.outbox import (
     OutboxRelay,
     OutboxTrimmer,
     _Periodic,
-    cancel_until_done,
     enqueue,
     event_id_of,
     kafka_topic,
@@ -482,7 +481,7 @@ class Stubborn(_Periodic):
 
 
 async def test_a_loop_that_swallows_its_cancellation_still_stops(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(outbox, "CANCEL_RETRY_SECONDS", 0.05)
+    monkeypatch.setattr(waits, "CANCEL_RETRY_SECONDS", 0.05)
     loop = Stubborn()
     loop.start()
     await asyncio.sleep(0)
@@ -491,30 +490,3 @@ async def test_a_loop_that_swallows_its_cancellation_still_stops(monkeypatch: py
         await loop.stop()
     assert not limit.expired()  # stopped by itself, not by this test's limit cancelling it
     assert loop.swallowed == 1 and not loop.running
-
-
-async def test_cancel_until_done_cancels_once_a_loop_that_listens_and_keeps_a_failure() -> None:
-    cancellations = []
-
-    async def listens() -> None:
-        try:
-            await asyncio.sleep(3600)
-        except asyncio.CancelledError:
-            cancellations.append(1)
-            raise
-
-    task = asyncio.ensure_future(listens())
-    await asyncio.sleep(0)
-    await cancel_until_done(task)
-    assert task.cancelled() and cancellations == [1]
-
-    async def fails_when_stopped() -> None:
-        try:
-            await asyncio.sleep(3600)
-        except asyncio.CancelledError:
-            raise RuntimeError("a failure while stopping") from None
-
-    task = asyncio.ensure_future(fails_when_stopped())
-    await asyncio.sleep(0)
-    with pytest.raises(RuntimeError, match="a failure while stopping"):
-        await cancel_until_done(task)

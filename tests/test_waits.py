@@ -1,4 +1,4 @@
-"""Waiting for an event with a time limit without losing a cancellation (gbmedia/waits.py)."""
+"""Waiting for an event with a time limit, and stopping a task, without losing a cancellation (gbmedia/waits.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from cryptography.fernet import Fernet
 from gbmedia.http.guard import DestinationGuard
 from gbmedia.tenancy.secrets import SecretBox
 from gbmedia.tenancy.webhook_dispatch import DispatchSettings, WebhookDispatcher
-from gbmedia.waits import wait_for_event
+from gbmedia.waits import cancel_until_done, wait_for_event
 
 
 async def test_it_says_whether_the_event_came_or_the_time_ran_out():
@@ -62,3 +62,30 @@ async def test_the_webhook_dispatcher_stops_when_woken_as_it_is_stopped(pool: as
         await asyncio.wait([stopping], timeout=5)
     assert done, "the dispatcher did not stop"
     assert not dispatcher.running
+
+
+async def test_cancel_until_done_cancels_once_a_loop_that_listens_and_keeps_a_failure() -> None:
+    cancellations = []
+
+    async def listens() -> None:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            cancellations.append(1)
+            raise
+
+    task = asyncio.ensure_future(listens())
+    await asyncio.sleep(0)
+    await cancel_until_done(task)
+    assert task.cancelled() and cancellations == [1]
+
+    async def fails_when_stopped() -> None:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            raise RuntimeError("a failure while stopping") from None
+
+    task = asyncio.ensure_future(fails_when_stopped())
+    await asyncio.sleep(0)
+    with pytest.raises(RuntimeError, match="a failure while stopping"):
+        await cancel_until_done(task)
