@@ -25,6 +25,15 @@ def alive(pid: int) -> bool:
     return True
 
 
+def gone(pid: int) -> bool:
+    """The process has exited (a zombie nobody reaped yet counts: it runs no more)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return True
+    return state in ("Z", "X")
+
+
 def node_env(tmp_path: Path, database_url: str, **settings: str) -> dict[str, str]:
     """The environment of a node of the test's own: none of the caller's ``GBMEDIA_*`` settings (a
     Redis URL, a region) leak in; loopback, a port it picks, a known operator token, a fresh secret

@@ -33,6 +33,7 @@ CORE = {
     "turn",
     "loopwatch",
     "waits",
+    "orphans",
 }
 ROOT_MODULES = {"node", "app", "server", "cli", "workers", "__main__"}
 LAYERS: list[set[str]] = [

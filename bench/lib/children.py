@@ -5,21 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
 import sys
 from pathlib import Path
 from typing import BinaryIO
-
-
-def die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    """Linux: the child gets SIGTERM if the orchestrator dies without cleaning up.
-
-    A benchmark killed with SIGKILL (or an OOM) would otherwise leave a server and its
-    embedded PostgreSQL running, and the next run would measure beside them."""
-    with contextlib.suppress(Exception):
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def tail(path: Path, lines: int = 30) -> str:

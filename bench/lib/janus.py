@@ -33,9 +33,10 @@ from typing import Any
 
 import aiohttp
 
-from bench.lib.children import die_with_parent, tail
+from bench.lib.children import tail
 from bench.lib.errors import BenchError
 from bench.lib.server import ChildServer
+from gbmedia.orphans import dying_with_parent
 
 JANUS_BINARY = "/usr/bin/janus"
 JANUS_LIB_DIR = Path("/usr/lib/x86_64-linux-gnu/janus")  # from `dpkg -L janus`
@@ -190,14 +191,11 @@ class JanusServer(ChildServer):
         )
         log = self.open_log()
         self.proc = await asyncio.create_subprocess_exec(
-            self.binary,
-            "-F",
-            str(self.data_dir),
+            *dying_with_parent([self.binary, "-F", str(self.data_dir)]),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=log,
             stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=die_with_parent,
         )
         url = f"http://{self.http_ip}:{port}/janus"
         deadline = time.monotonic() + self.startup_timeout

@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bench.lib import REPO_ROOT
-from bench.lib.children import Child, die_with_parent, tail
+from bench.lib.children import Child, tail
 from bench.lib.errors import BenchError
 from bench.lib.proc import cpu_runs, cpu_seconds, embedded_postmaster_pid, gbmedia_pids, proc_stat, tree_cpu_seconds
+from gbmedia.orphans import dying_with_parent
 
 if TYPE_CHECKING:
     import aiohttp
@@ -125,17 +126,12 @@ class Server(ChildServer):
         env.update(self.extra_env)
         log = self.open_log()
         self.proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "gbmedia",
-            "serve",
-            *self.args,
+            *dying_with_parent([sys.executable, "-m", "gbmedia", "serve", *self.args]),
             cwd=str(REPO_ROOT),
             env=env,
             stdout=asyncio.subprocess.PIPE,
             stderr=log,
             start_new_session=True,
-            preexec_fn=die_with_parent,
         )
         assert self.proc.stdout is not None
         deadline = time.monotonic() + self.startup_timeout

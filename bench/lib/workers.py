@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from bench.lib import REPO_ROOT
-from bench.lib.children import Child, die_with_parent, tail
+from bench.lib.children import Child, tail
 from bench.lib.errors import BenchError
+from gbmedia.orphans import dying_with_parent
 
 
 class WorkerProcess(Child):
@@ -53,16 +54,13 @@ class WorkerProcess(Child):
     async def start(self) -> None:
         log = self.open_log()
         self.proc = await asyncio.create_subprocess_exec(
-            *self.prefix,
-            sys.executable,
-            *self.argv,
+            *dying_with_parent([*self.prefix, sys.executable, *self.argv]),
             cwd=str(REPO_ROOT),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=log,
             # a ^C in the terminal reaches only the orchestrator
             start_new_session=True,
-            preexec_fn=die_with_parent,
             limit=self.limit,
         )
 

@@ -17,18 +17,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import ipaddress
 import logging
 import os
 import secrets
-import signal
 import socket
-import sys
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from gbmedia.orphans import dying_with_parent
 from gbmedia.turn.tls import self_signed
 
 log = logging.getLogger(__name__)
@@ -55,24 +52,6 @@ DENIED_NETWORKS = (
     "fc00::/7",
     "fe80::/10",
 )
-
-
-def _dies_with(parent: int) -> Callable[[], None]:
-    """For the child, before exec: Linux sends it SIGTERM when the node's process (``parent``) dies.
-
-    A node killed outright (SIGKILL, a crashed worker) runs no shutdown, and an orphaned
-    coturn would keep its ports, and relay with a secret nobody holds any more, forever.
-    A parent already gone by then (the race the signal cannot cover) ends the child at once.
-    """
-
-    def in_child() -> None:
-        if sys.platform == "linux":
-            pr_set_pdeathsig = 1
-            ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
-            if os.getppid() != parent:
-                os._exit(0)
-
-    return in_child
 
 
 def ip_range(network: str) -> str:
@@ -178,13 +157,10 @@ class EmbeddedCoturn:
         with os.fdopen(fd, "w") as out:
             out.write(self.config(port, tls_port, cert, key))
         self._process = await asyncio.create_subprocess_exec(
-            self.executable,
-            "-c",
-            str(conf),
+            *dying_with_parent([self.executable, "-c", str(conf)]),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL,
-            preexec_fn=_dies_with(os.getpid()),
         )
         try:
             await self._until_listening(host, port)

@@ -25,6 +25,7 @@ from aioice.turn import TurnClientTcpProtocol, TurnClientUdpProtocol
 from gbmedia.config import detect_public_host
 from gbmedia.turn.coturn import CoturnPlan, EmbeddedCoturn
 from gbmedia.turn.credentials import TurnCredentials
+from tests.processes import gone
 
 
 def host_port(url: str) -> tuple[str, int]:
@@ -138,15 +139,6 @@ async def main():
 
 asyncio.run(main())
 """
-
-
-def gone(pid: int) -> bool:
-    """The process has exited (a zombie nobody reaped yet counts: it runs no more)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return True
-    return state in ("Z", "X")
 
 
 async def test_the_child_dies_with_a_node_killed_outright(turnserver: str, tmp_path: Path):
