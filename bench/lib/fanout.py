@@ -59,7 +59,7 @@ async def snapshot(
         **read_server(pids),
         server_udp_drops=drops,
         server_udp_queued=queued,
-        link_drops=host.link_drops() if host is not None else 0,
+        link_drops=await host.link_drops() if host is not None else 0,
         postgres_cpu=server.postgres_cpu(),
         publisher=await publisher.counters(),
     )

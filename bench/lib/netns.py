@@ -9,7 +9,8 @@ receives with NAPI in a kernel thread of its own (GRO on: veth then queues the
 datagram and wakes that thread instead of receiving it in the sender's call), polled on
 a timer (``napi_defer_hard_irqs``, ``gro_flush_timeout``: a network card's interrupt
 coalescing) and kept off the server's CPUs. The server then pays its send path up to the
-link, as it pays it up to a network card's driver. veth queues a datagram for NAPI only
+link, as it pays it up to a network card's driver, and a queue in front of the link (pfifo,
+``LINK_QUEUE``) holds a burst as a card's queue would. veth queues a datagram for NAPI only
 when the sending end has no TSO (``veth_skb_is_eligible_for_gro``), so the machine's end
 has it turned off.
 
@@ -30,6 +31,7 @@ import asyncio
 import contextlib
 import ctypes
 import itertools
+import json
 import os
 import re
 import shutil
@@ -44,6 +46,11 @@ from bench.lib.errors import BenchError
 RANGE = "203.0.113"  # a /30 of it per namespace: .4k+1 the machine's end (the server listens there), .4k+2 inside
 POLL_NS = 500_000  # the namespace's NAPI polls every 0.5 ms while traffic flows (gro_flush_timeout)
 POLLS_BEFORE_WAKE_UPS = 100  # empty polls (50 ms) before it goes back to being woken (napi_defer_hard_irqs)
+# A queue in front of the link, as in front of every network card (txqueuelen 1000). veth has none
+# by default, so a fan-out's burst found only its ring of 256 and the rest was dropped: the native
+# fan-out's sendmmsg lost 0.2-0.5 % at N=128-512 (2026-12-07), a NIC's queue would have held it. With
+# a queue, veth stops it while the ring is full (the qdisc's requeues) and nothing is lost.
+LINK_QUEUE = 1000
 RECEIVE_PRIORITY = 50  # SCHED_FIFO for the namespace's receive thread: before any process, as a card's interrupt
 LEFT_BY = re.compile(r"^gbb(\d+)n\d+\b")  # a namespace's name: the benchmark's process id, then a counter
 SYS_NET = Path("/sys/class/net")
@@ -84,12 +91,14 @@ class SubscriberHost:
     address: str
     napi_thread: int | None  # the pid of the namespace's receive thread (None: not found)
 
-    def link_drops(self) -> int:
-        """Datagrams to the namespace the link dropped so far (its queue to the receive thread was full)."""
+    async def link_drops(self) -> int:
+        """Datagrams to the namespace dropped so far: by the link itself (its ring to the receive thread
+        was full) and by the queue in front of it (full too); 0 once the link is gone."""
         try:
-            return int((SYS_NET / self.outer_link / "statistics" / "tx_dropped").read_text())
+            dropped = int((SYS_NET / self.outer_link / "statistics" / "tx_dropped").read_text())
         except (OSError, ValueError):
             return 0
+        return dropped + queue_drops(await run("tc", "-s", "-j", "qdisc", "show", "dev", self.outer_link, check=False))
 
     def command(self, *args: str) -> list[str]:
         """``args`` run inside the namespace."""
@@ -147,6 +156,15 @@ async def delete_namespace(name: str) -> None:
     await run("ip", "netns", "del", name)
 
 
+def queue_drops(shown: str) -> int:
+    """Drops counted by the qdiscs in ``tc -s -j qdisc show`` output (0 when there is none to read)."""
+    try:
+        qdiscs = json.loads(shown)
+    except ValueError:
+        return 0
+    return sum(int(q.get("drops", 0)) for q in qdiscs) if isinstance(qdiscs, list) else 0
+
+
 def napi_thread(link: str) -> int | None:
     """The pid of the kernel thread that receives for ``link`` (threaded NAPI names it ``napi/<link>-<id>``)."""
     for entry in PROC.iterdir():
@@ -183,6 +201,7 @@ async def tune_receive(name: str, inner: str, outer: str) -> None:
     """NAPI on the namespace's end, threaded and polled; no TSO on the machine's end (see the module)."""
     inside = ["ip", "netns", "exec", name]
     await run("ethtool", "-K", outer, "tso", "off")
+    await run("tc", "qdisc", "replace", "dev", outer, "root", "pfifo", "limit", str(LINK_QUEUE))  # see LINK_QUEUE
     await run(*inside, "ethtool", "-K", inner, "gro", "on")
     for setting, value in (
         ("threaded", 1),

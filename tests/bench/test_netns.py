@@ -9,6 +9,7 @@ nothing is left behind, even by a run that was killed.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import socket
 import sys
@@ -64,6 +65,9 @@ async def test_the_servers_datagrams_reach_the_subscribers_host_and_are_received
         assert host.name in await names()
         assert f"inet {host.server_address}/30" in await netns.run("ip", "-4", "-o", "addr", "show", host.outer_link)
         assert "tcp-segmentation-offload: off" in await netns.run("ethtool", "-k", host.outer_link)
+        # A queue in front of the link, as in front of a network card, holds what veth's ring cannot.
+        queue = json.loads(await netns.run("tc", "-s", "-j", "qdisc", "show", "dev", host.outer_link))
+        assert [(q["kind"], q["options"]["limit"]) for q in queue] == [("pfifo", netns.LINK_QUEUE)]
         inside = await netns.run(*host.command("ethtool", "-k", host.inner_link))
         assert "generic-receive-offload: on" in inside
         threaded = await netns.run(*host.command("cat", f"/sys/class/net/{host.inner_link}/threaded"))
@@ -93,14 +97,14 @@ async def test_the_servers_datagrams_reach_the_subscribers_host_and_are_received
                 sender.close()
             assert reply == str(COUNT).encode() and source[0] == host.address  # every datagram, and the way back
             assert runs_of(host.napi_thread) > runs_before  # received by the namespace's own thread
-            assert host.link_drops() == 0  # the link's own count (its sysfs statistics): nothing dropped here
+            assert await host.link_drops() == 0  # the link's and its queue's counts: nothing dropped here
         finally:
             if receiver.returncode is None:
                 receiver.kill()
             await receiver.wait()
     assert host.name not in await names()
     assert host.outer_link not in await netns.run("ip", "-br", "link")
-    assert host.link_drops() == 0  # the link is gone: nothing to read
+    assert await host.link_drops() == 0  # the link is gone: nothing to read
 
 
 async def test_two_hosts_at_once_take_different_addresses_and_a_killed_runs_is_removed(can_make: None) -> None:
@@ -176,3 +180,14 @@ async def test_the_fan_out_floor_measures_with_its_receivers_on_this_host_or_in_
         (row,), host = await fanout_floor.measure_all(args)
         assert (host is not None) == (receivers == "netns")
         assert row["incoming_packets"] > 10 and row["received"] == 2 * row["incoming_packets"]  # every datagram
+
+
+def test_the_queues_drops_are_read_from_tcs_json() -> None:
+    # `tc -s -j qdisc show dev <link>` as this machine's iproute2 prints it, with drops added
+    shown = (
+        '[{"kind":"pfifo","handle":"8002:","root":true,"refcnt":3,"options":{"limit":1000},"bytes":0,'
+        '"packets":0,"drops":7,"overlimits":0,"requeues":0,"backlog":0,"qlen":0}]'
+    )
+    assert netns.queue_drops(shown) == 7
+    assert netns.queue_drops('Cannot find device "gbbo1n0"\n') == 0  # the link is gone
+    assert netns.queue_drops("") == 0
