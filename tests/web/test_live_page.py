@@ -184,7 +184,7 @@ async def test_the_host_mutes_turns_the_camera_off_switches_cameras_and_ends_the
             ".filter(d => d.kind === 'videoinput').map(d => d.deviceId)"
         )
         assert len(cameras) == 3 and await host.evaluate("gblive.state.cameraId") == cameras[0]
-        offer = await host.evaluate("gblive.publisher.localDescription.sdp")
+        offer = await host.evaluate("(window.offeredOn = gblive.publisher).localDescription.sdp")
         sending = (
             "gblive.publisher.getSenders().find(s => s.track && s.track.kind === 'video').track.getSettings().deviceId"
         )
@@ -195,7 +195,12 @@ async def test_the_host_mutes_turns_the_camera_off_switches_cameras_and_ends_the
         await host.wait_for(f"gblive.state.cameraId === {cameras[0]!r}", timeout=STATE_TIMEOUT)
         assert await host.evaluate(sending) == cameras[0]
         await keeps_receiving(player, "video")
-        assert await host.evaluate("gblive.publisher.localDescription.sdp") == offer  # replaceTrack: no renegotiation
+        # replaceTrack: no renegotiation on the connection the offer came from. On a loaded machine the page
+        # may replace that connection meanwhile (the silent-path check: nothing received for 2 s, a recovery
+        # it records; one CI run's parallel part did); the camera sent on the current one is checked above.
+        assert await host.evaluate("window.offeredOn.localDescription.sdp") == offer
+        replaced = await host.evaluate("gblive.publisher !== window.offeredOn")
+        assert not replaced or await host.evaluate("gblive.state.recoveries.some(r => r.target === 'publisher')")
 
         # Mute: the microphone sends silence, the server forwards nothing, viewers are told.
         await host.page.click("#mic")
